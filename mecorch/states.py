@@ -1,0 +1,68 @@
+"""Lifecycle states, with the ETSI MEC 010-2 spelling where ETSI has one."""
+
+from enum import Enum
+
+
+class DeploymentType(str, Enum):
+    """The deployment manner of an instance (a documented mecorch extension:
+    ETSI has no container deployment)."""
+    CONTAINER = "CONTAINER"
+    VM = "VM"
+
+
+class OnboardingState(str, Enum):
+    CREATED = "CREATED"
+    UPLOADING = "UPLOADING"
+    PROCESSING = "PROCESSING"
+    ONBOARDED = "ONBOARDED"
+    ERROR = "ERROR"
+
+
+class OperationalState(str, Enum):
+    ENABLED = "ENABLED"
+    DISABLED = "DISABLED"
+
+
+class UsageState(str, Enum):
+    IN_USE = "IN_USE"
+    NOT_IN_USE = "NOT_IN_USE"
+
+
+class InstantiationState(str, Enum):
+    NOT_INSTANTIATED = "NOT_INSTANTIATED"
+    INSTANTIATED = "INSTANTIATED"
+
+
+class InstanceOperationalState(str, Enum):
+    """operationalState of an instantiated app (AppInstanceInfo)."""
+    STARTED = "STARTED"
+    STOPPED = "STOPPED"
+
+
+class LcmOperation(str, Enum):
+    INSTANTIATE = "INSTANTIATE"
+    OPERATE = "OPERATE"
+    TERMINATE = "TERMINATE"
+
+
+class OperationState(str, Enum):
+    """operationState of an LCM operation occurrence."""
+    STARTING = "STARTING"
+    PROCESSING = "PROCESSING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    FAILED_TEMP = "FAILED_TEMP"
+
+
+class TerminationType(str, Enum):
+    GRACEFUL = "GRACEFUL"
+    FORCEFUL = "FORCEFUL"
+
+
+class ObservedState(str, Enum):
+    """What a backend reports about an instance's runtime, kept apart from
+    what mecorch decided (the instance's own state in the store)."""
+    RUNNING = "RUNNING"
+    STOPPED = "STOPPED"
+    MISSING = "MISSING"
+    UNKNOWN = "UNKNOWN"
