@@ -56,7 +56,7 @@ fi
 
 # Serialise concurrent builds into the same OUT_DIR; re-check after the wait
 # because the other build may have just produced the image.
-exec 9>"$OUT_DIR/.build.lock"
+exec 9>"$OUT_DIR/.sample-vm.lock"
 flock 9
 if [[ ${FORCE:-0} != 1 ]] && is_cached; then
     report_cached
@@ -65,7 +65,7 @@ fi
 
 # --- temp dir + cleanup on every exit path --------------------------------
 # The temp dir lives inside OUT_DIR so the final mv is an atomic rename.
-TMP=$(mktemp -d "$OUT_DIR/.build.XXXXXX")
+TMP=$(mktemp -d "$OUT_DIR/.sample-vm-build.XXXXXX")
 RAW="$TMP/disk.raw"
 MNT="$TMP/mnt"
 LOOP=""
@@ -141,7 +141,7 @@ fetch_deb() {
     mkdir -p "$TMP/dl"
     # Sandbox::User=root: the _apt user cannot write into our temp dir.
     (cd "$TMP/dl" && apt-get download -q -o APT::Sandbox::User=root "$pkg" >/dev/null) ||
-        die "apt-get download $pkg failed"
+        return 1
     deb=$(ls -1 "$TMP/dl/${pkg}"_*.deb | head -n1)
     mv "$deb" "$CACHE/"
     echo "$CACHE/$(basename "$deb")"
@@ -166,7 +166,20 @@ fi
 KVER=${KPKG#linux-image-}
 log "kernel package: $KPKG"
 
-KDEB=$(fetch_deb "$KPKG")
+if ! KDEB=$(fetch_deb "$KPKG"); then
+    # Stale apt lists: the mirror may have moved on to a newer kernel ABI
+    # (a different package name), so refresh once and resolve again.
+    [[ $apt_updated == 0 && -z ${KERNEL_PKG:-} ]] || die "apt-get download $KPKG failed"
+    log "download failed, refreshing apt lists"
+    wait_for_apt
+    apt-get update -q >/dev/null
+    apt_updated=1
+    KPKG=$(resolve_dep "$KERNEL_META" '^linux-image-[0-9]')
+    [[ -n $KPKG ]] || die "cannot resolve the kernel package behind $KERNEL_META"
+    KVER=${KPKG#linux-image-}
+    log "kernel package: $KPKG"
+    KDEB=$(fetch_deb "$KPKG") || die "apt-get download $KPKG failed"
+fi
 # Keep only the current kernel .deb in the cache.
 for old in "$CACHE"/linux-image-*-cloud-amd64_*.deb; do
     [[ -e $old && $old != "$KDEB" ]] && rm -f "$old"
@@ -190,7 +203,7 @@ depmod -b "$KROOT" "$KVER"
 if pkg_installed busybox-static; then
     BUSYBOX=/bin/busybox
 else
-    BBDEB=$(fetch_deb busybox-static)
+    BBDEB=$(fetch_deb busybox-static) || die "apt-get download busybox-static failed"
     dpkg-deb -x "$BBDEB" "$TMP/bb"
     BUSYBOX="$TMP/bb/bin/busybox"
 fi
