@@ -40,7 +40,9 @@ class InstanceOperationalState(str, Enum):
 
 
 class LcmOperation(str, Enum):
-    INSTANTIATE = "INSTANTIATE"
+    # "INSTATIATE" is how the ETSI MEC 010-2 OpenAPI spells it; responses
+    # must validate against that schema, so the typo is kept on the wire.
+    INSTANTIATE = "INSTATIATE"
     OPERATE = "OPERATE"
     TERMINATE = "TERMINATE"
 
@@ -51,7 +53,6 @@ class OperationState(str, Enum):
     PROCESSING = "PROCESSING"
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
-    FAILED_TEMP = "FAILED_TEMP"
 
 
 class TerminationType(str, Enum):

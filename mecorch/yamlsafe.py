@@ -11,7 +11,7 @@ import yaml
 from .errors import InvalidInput
 
 MAX_YAML_BYTES = 1 << 20
-MAX_ALIASES = 100
+MAX_ALIASES = 32
 
 
 class _Loader(yaml.SafeLoader):
@@ -39,3 +39,7 @@ def load_yaml(text: str | bytes, what: str = "document"):
         raise
     except yaml.YAMLError as e:
         raise InvalidInput(f"{what} is not valid YAML: {e}") from None
+    except RecursionError:
+        # PyYAML composes nested collections recursively: "[[[[..." of a
+        # few thousand levels would otherwise escape as a 500.
+        raise InvalidInput(f"{what} is nested too deeply") from None

@@ -1,0 +1,133 @@
+"""Route table: ETSI paths to the orchestrator's services."""
+
+from __future__ import annotations
+
+from ..errors import InvalidInput
+from ..mep import MP1, etag
+from ..orchestrator import Orchestrator
+from ..pkgmgmt import PKGM
+from ..journal import LCM
+from .. import filters
+from .http import Request, Response, Router
+
+
+def install(r: Router, o: Orchestrator) -> None:
+    pk, lcm, mep = o.packages, o.lcm, o.mep
+
+    # ---------------------------------------------------------------- app_pkgm
+    def onboard(req: Request) -> Response:
+        info = pk.view(pk.get(pk.onboard(req.json())["id"]))
+        return Response(201, info, {"Location": info["_links"]["self"]["href"]})
+
+    def list_packages(req: Request) -> Response:
+        return Response(200, pk.list(req.query.get("filter")))
+
+    def get_package(req: Request) -> Response:
+        return Response(200, pk.view(pk.get(req.params["id"])))
+
+    def patch_package(req: Request) -> Response:
+        return Response(200, pk.modify(req.params["id"], req.json()))
+
+    def delete_package(req: Request) -> Response:
+        gone = pk.delete(req.params["id"])
+        return Response(204) if gone else Response(202)
+
+    def appd(req: Request) -> Response:
+        doc = pk.get(req.params["id"]) if "id" in req.params else pk.by_appd(req.params["appDId"])
+        return Response(200, doc["_appd"])
+
+    def content(req: Request) -> Response:
+        doc = pk.get(req.params["id"]) if "id" in req.params else pk.by_appd(req.params["appDId"])
+        with open(doc["_zip"], "rb") as f:
+            return Response(200, f.read(), content_type="application/zip")
+
+    r.add("POST", f"{PKGM}/app_packages", onboard)
+    r.add("GET", f"{PKGM}/app_packages", list_packages)
+    r.add("GET", f"{PKGM}/app_packages/{{id}}", get_package)
+    r.add("PATCH", f"{PKGM}/app_packages/{{id}}", patch_package)
+    r.add("DELETE", f"{PKGM}/app_packages/{{id}}", delete_package)
+    r.add("GET", f"{PKGM}/app_packages/{{id}}/appd", appd)
+    r.add("GET", f"{PKGM}/onboarded_app_packages/{{appDId}}/appd", appd)
+    r.add("GET", f"{PKGM}/app_packages/{{id}}/package_content", content)
+    r.add("GET", f"{PKGM}/onboarded_app_packages/{{appDId}}/package_content", content)
+
+    # ---------------------------------------------------------------- app_lcm
+    def create_instance(req: Request) -> Response:
+        info = lcm.create(req.json(), req.headers.get("Idempotency-Key"))
+        return Response(201, info, {"Location": info["_links"]["self"]["href"]})
+
+    def list_instances(req: Request) -> Response:
+        return Response(200, filters.apply(lcm.list(), req.query.get("filter")))
+
+    def get_instance(req: Request) -> Response:
+        return Response(200, lcm.view(lcm.get(req.params["id"])))
+
+    def delete_instance(req: Request) -> Response:
+        lcm.delete(req.params["id"])
+        return Response(204)
+
+    def accepted(op: dict) -> Response:
+        return Response(202, op, {"Location": op["_links"]["self"]["href"]})
+
+    r.add("POST", f"{LCM}/app_instances", create_instance)
+    r.add("GET", f"{LCM}/app_instances", list_instances)
+    r.add("GET", f"{LCM}/app_instances/{{id}}", get_instance)
+    r.add("DELETE", f"{LCM}/app_instances/{{id}}", delete_instance)
+    r.add("POST", f"{LCM}/app_instances/{{id}}/instantiate",
+          lambda req: accepted(lcm.instantiate(req.params["id"], req.json())))
+    r.add("POST", f"{LCM}/app_instances/{{id}}/terminate",
+          lambda req: accepted(lcm.terminate(req.params["id"], req.json())))
+    r.add("POST", f"{LCM}/app_instances/{{id}}/operate",
+          lambda req: accepted(lcm.operate(req.params["id"], req.json())))
+    r.add("GET", f"{LCM}/app_lcm_op_occs",
+          lambda req: Response(200, filters.apply(lcm.ops(), req.query.get("filter"))))
+    r.add("GET", f"{LCM}/app_lcm_op_occs/{{id}}",
+          lambda req: Response(200, lcm.op(req.params["id"])))
+
+    # ---------------------------------------------------------------- Mp1
+    app = f"{MP1}/applications/{{app}}"
+
+    def rules(kind: str):
+        def list_(req: Request) -> Response:
+            return Response(200, mep.list_rules(req.params["app"], kind))
+
+        def get(req: Request) -> Response:
+            rule = mep.get_rule(req.params["app"], kind, req.params["rule"])
+            return Response(200, rule, {"ETag": f'"{etag(rule)}"'})
+
+        def put(req: Request) -> Response:
+            rule = mep.put_rule(req.params["app"], kind, req.params["rule"], req.json(),
+                                req.headers.get("If-Match"))
+            return Response(200, rule, {"ETag": f'"{etag(rule)}"'})
+        r.add("GET", f"{app}/{kind}", list_)
+        r.add("GET", f"{app}/{kind}/{{rule}}", get)
+        r.add("PUT", f"{app}/{kind}/{{rule}}", put)
+
+    rules("traffic_rules")
+    rules("dns_rules")
+
+    def subscribe(req: Request) -> Response:
+        sub = mep.subscribe(req.params["app"], req.json())
+        return Response(201, sub, {"Location": sub["_links"]["self"]["href"]})
+
+    def unsubscribe(req: Request) -> Response:
+        mep.unsubscribe(req.params["app"], req.params["sub"])
+        return Response(204)
+
+    def confirm(fn):
+        def handler(req: Request) -> Response:
+            fn(req.params["app"], req.json())
+            return Response(204)
+        return handler
+
+    r.add("GET", f"{app}/subscriptions",
+          lambda req: Response(200, mep.subscriptions(req.params["app"])))
+    r.add("POST", f"{app}/subscriptions", subscribe)
+    r.add("GET", f"{app}/subscriptions/{{sub}}",
+          lambda req: Response(200, mep.subscription(req.params["app"], req.params["sub"])))
+    r.add("DELETE", f"{app}/subscriptions/{{sub}}", unsubscribe)
+    r.add("POST", f"{app}/confirm_termination", confirm(mep.confirm_termination))
+    r.add("POST", f"{app}/confirm_ready", confirm(mep.confirm_ready))
+
+
+__all__ = ["install", "InvalidInput"]

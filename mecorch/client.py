@@ -1,0 +1,84 @@
+"""A small client of mecorch's REST API, for the CLI and the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any, TextIO
+
+from .errors import MecorchError, Timeout
+
+
+class ApiError(MecorchError):
+    """An error answer of the API, carrying its ProblemDetails."""
+
+    def __init__(self, status: int, problem: dict):
+        super().__init__(problem.get("detail") or problem.get("title") or f"HTTP {status}")
+        self.status = status
+        self.body = problem
+
+
+class Client:
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 60):
+        self.base = base_url.rstrip("/")
+        self.token = token if token is not None else os.environ.get("MECORCH_TOKEN")
+        self.timeout = timeout
+
+    def call(self, method: str, path: str, body: Any = None,
+             headers: dict | None = None) -> tuple[int, Any, dict]:
+        data = json.dumps(body).encode() if body is not None else None
+        hdrs = {"Accept": "application/json", **(headers or {})}
+        if data is not None:
+            hdrs["Content-Type"] = "application/json"
+        if self.token:
+            hdrs["Authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=hdrs)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:   # noqa: S310
+                return resp.status, _decode(resp.read(), resp.headers), dict(resp.headers)
+        except urllib.error.HTTPError as e:
+            payload = _decode(e.read(), e.headers)
+            raise ApiError(e.code, payload if isinstance(payload, dict) else {}) from None
+        except OSError as e:
+            raise MecorchError(f"cannot reach mecorch at {self.base}: {e}") from None
+
+    def get(self, path: str) -> Any:
+        return self.call("GET", path)[1]
+
+    def post(self, path: str, body: Any, headers: dict | None = None) -> tuple[Any, dict]:
+        _, data, hdrs = self.call("POST", path, body, headers)
+        return data, hdrs
+
+    def wait_op(self, op: dict, timeout: float = 600, out: TextIO | None = None) -> dict:
+        """Poll an LCM op occurrence until it ends, printing progress."""
+        href = op["_links"]["self"]["href"]
+        deadline = time.monotonic() + timeout
+        seen_state, seen_steps = None, 0
+        while True:
+            cur = self.get(href)
+            if out is not None:
+                if cur["operationState"] != seen_state:
+                    seen_state = cur["operationState"]
+                    print(f"  {cur['lcmOperation']} {seen_state}", file=out, flush=True)
+            if cur["operationState"] in ("COMPLETED", "FAILED"):
+                return cur
+            if time.monotonic() > deadline:
+                raise Timeout(f"operation {cur['id']} still {cur['operationState']} "
+                              f"after {timeout:.0f}s")
+            time.sleep(0.2)
+            seen_steps += 1
+
+
+def _decode(raw: bytes, headers) -> Any:
+    ctype = headers.get("Content-Type", "") if headers else ""
+    if "json" in ctype and raw:
+        return json.loads(raw)
+    return raw
+
+
+def print_json(doc: Any, out: TextIO = sys.stdout) -> None:
+    print(json.dumps(doc, indent=2, sort_keys=False), file=out)

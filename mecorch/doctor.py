@@ -1,0 +1,73 @@
+"""`mecorch doctor`: check every configured backend for real and say how to
+fix what is missing."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from typing import TextIO
+
+from .drivers import load_driver
+from .errors import MecorchError
+from .config import ROLES
+from .model import Check
+
+
+def run_checks(cfg: dict) -> list[tuple[str, str, Check]]:
+    """(host id, role, check) for every driver of every host."""
+    rows: list[tuple[str, str, Check]] = []
+    for host in cfg["hosts"]:
+        for role in ROLES:
+            section = host.get(role)
+            if not section:
+                continue
+            try:
+                driver = load_driver(role, section)
+            except MecorchError as e:
+                rows.append((host["id"], role, Check(
+                    f"driver {section.get('driver')}", False, e.detail,
+                    "install mecorch with `bash vagrant/provision.sh`")))
+                continue
+            except ImportError as e:
+                rows.append((host["id"], role, Check(
+                    f"driver {section.get('driver')}", False, f"cannot import: {e}",
+                    "install the driver's backend library (`bash vagrant/provision.sh`)")))
+                continue
+            try:
+                checks = driver.check()
+            finally:
+                driver.close()
+            rows.extend((host["id"], role, c) for c in checks)
+    return rows
+
+
+def print_table(rows: list[tuple[str, str, Check]], out: TextIO = sys.stdout) -> None:
+    headers = ("HOST", "ROLE", "CHECK", "STATUS", "DETAIL")
+    table = [(h, r, c.name, "ok" if c.ok else "FAIL", c.detail) for h, r, c in rows]
+    width = shutil.get_terminal_size((120, 20)).columns
+    widths = [max(len(str(x[i])) for x in [headers, *table]) for i in range(4)]
+
+    def line(cells):
+        head = "  ".join(str(c).ljust(w) for c, w in zip(cells[:4], widths))
+        tail = str(cells[4])
+        room = max(20, width - len(head) - 2)
+        return f"{head}  {tail if len(tail) <= room else tail[:room - 1] + '…'}"
+
+    print(line(headers), file=out)
+    for row in table:
+        print(line(row), file=out)
+    failed = [(h, r, c) for h, r, c in rows if not c.ok]
+    if failed:
+        print(f"\n{len(failed)} check(s) failed:", file=out)
+        for h, r, c in failed:
+            print(f"- [{h}/{r}] {c.name}: {c.detail}", file=out)
+            if c.fix:
+                print(f"  fix: {c.fix}", file=out)
+    else:
+        print(f"\nall {len(rows)} checks passed", file=out)
+
+
+def main(cfg: dict) -> int:
+    rows = run_checks(cfg)
+    print_table(rows)
+    return 0 if rows and all(c.ok for _, _, c in rows) else 1

@@ -1,0 +1,91 @@
+"""Attribute-based filtering (ETSI GS MEC 009 / SOL 013 `filter=`).
+
+    filter=(eq,appName,sample);(neq,usageState,IN_USE);(in,appDId,a,b)
+
+Each term is (op,attribute,value[,value...]); terms are ANDed. Attributes
+are paths through objects with '/' ("instantiatedAppState/operationalState").
+Operators: eq neq in nin gt gte lt lte cont ncont.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+from .errors import InvalidInput
+
+_TERM = re.compile(r"\((eq|neq|in|nin|gt|gte|lt|lte|cont|ncont),([A-Za-z0-9_/.]{1,128}),"
+                   r"([^()]{0,1024})\)")
+_MAX_TERMS = 16
+
+
+def _num(a: Any, b: str) -> tuple[float, float] | None:
+    try:
+        return float(a), float(b)
+    except (TypeError, ValueError):
+        return None
+
+
+def _cmp(op: str) -> Callable[[Any, list[str]], bool]:
+    def fn(actual: Any, values: list[str]) -> bool:
+        if isinstance(actual, (list, tuple)):
+            return any(fn(a, values) for a in actual)
+        text = "" if actual is None else str(actual).lower() if isinstance(actual, bool) \
+            else str(actual)
+        if op == "eq":
+            return actual is not None and text == values[0]
+        if op == "neq":
+            return text != values[0]
+        if op == "in":
+            return text in values
+        if op == "nin":
+            return text not in values
+        if op == "cont":
+            return any(v in text for v in values)
+        if op == "ncont":
+            return not any(v in text for v in values)
+        pair = _num(actual, values[0])
+        if pair is None:
+            return False
+        a, b = pair
+        return {"gt": a > b, "gte": a >= b, "lt": a < b, "lte": a <= b}[op]
+    return fn
+
+
+def parse(expr: str | None) -> list[tuple[str, list[str], list[str]]]:
+    """[(op, path parts, values)]; InvalidInput on anything malformed."""
+    if not expr:
+        return []
+    terms = expr.split(";")
+    if len(terms) > _MAX_TERMS:
+        raise InvalidInput(f"filter: at most {_MAX_TERMS} terms")
+    out = []
+    for term in terms:
+        m = _TERM.fullmatch(term.strip())
+        if not m:
+            raise InvalidInput(f"filter: {term[:80]!r} is not (op,attribute,value)")
+        op, path, values = m.groups()
+        vals = values.split(",")
+        if op in ("eq", "neq", "gt", "gte", "lt", "lte") and len(vals) != 1:
+            raise InvalidInput(f"filter: {op} takes one value")
+        out.append((op, path.split("/"), vals))
+    return out
+
+
+def _lookup(doc: Any, path: list[str]) -> Any:
+    for part in path:
+        if isinstance(doc, list):
+            doc = [d.get(part) if isinstance(d, dict) else None for d in doc]
+        elif isinstance(doc, dict):
+            doc = doc.get(part)
+        else:
+            return None
+    return doc
+
+
+def apply(docs: list[dict], expr: str | None) -> list[dict]:
+    terms = parse(expr)
+    if not terms:
+        return docs
+    checks = [(_cmp(op), path, vals) for op, path, vals in terms]
+    return [d for d in docs if all(fn(_lookup(d, path), vals) for fn, path, vals in checks)]

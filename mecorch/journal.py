@@ -1,0 +1,77 @@
+"""LCM operation occurrences (ETSI AppInstanceLcmOpOcc) as a journal.
+
+An op occurrence is written before any backend is touched and after every
+step, so that after a crash `Lcm.recover` knows what was under way and what
+had already been made (the compute handle, whether rules were applied).
+"""
+
+from __future__ import annotations
+
+from .errors import MecorchError
+from .states import LcmOperation, OperationState
+from .store import Store
+from .timeutil import new_id, timestamp
+
+LCM = "/app_lcm/v1"
+# ETSI's OperationParams is an enum of operation names, spelled correctly
+# there, unlike LcmOperation's "INSTATIATE".
+_PARAMS = {LcmOperation.INSTANTIATE: "INSTANTIATE",
+           LcmOperation.OPERATE: "OPERATE",
+           LcmOperation.TERMINATE: "TERMINATE"}
+
+
+class Journal:
+    def __init__(self, store: Store):
+        self.store = store
+
+    def start(self, instance_id: str, operation: LcmOperation, plan: dict) -> dict:
+        now = timestamp()
+        op_id = new_id()
+        doc = {
+            "id": op_id,
+            "operationState": OperationState.STARTING.value,
+            "stateEnteredTime": now,
+            "startTime": now,
+            "lcmOperation": operation.value,
+            "operationParams": _PARAMS[operation],
+            "appInstanceId": instance_id,
+            "_links": {"self": {"href": f"{LCM}/app_lcm_op_occs/{op_id}"},
+                       "appInstance": {"href": f"{LCM}/app_instances/{instance_id}"}},
+            "_plan": plan,          # what was decided: manner, host, request
+            "_steps": [],           # what was done, in order
+        }
+        return self.store.put("op_occs", op_id, doc)
+
+    def step(self, op: dict, name: str, **data) -> dict:
+        """Record a step done (or about to be done: 'begin:' steps) and move
+        the op to PROCESSING."""
+        op["_steps"].append({"step": name, **data})
+        if op["operationState"] == OperationState.STARTING.value:
+            op["operationState"] = OperationState.PROCESSING.value
+            op["stateEnteredTime"] = timestamp()
+        return self.store.put("op_occs", op["id"], op)
+
+    def done(self, op: dict, name: str) -> bool:
+        return any(s["step"] == name for s in op["_steps"])
+
+    def data(self, op: dict, name: str) -> dict | None:
+        for s in op["_steps"]:
+            if s["step"] == name:
+                return s
+        return None
+
+    def finish(self, op: dict, error: MecorchError | None = None) -> dict:
+        op["operationState"] = (OperationState.FAILED if error else OperationState.COMPLETED).value
+        op["stateEnteredTime"] = timestamp()
+        if error:
+            op["error"] = error.problem(op["_links"]["self"]["href"])
+        return self.store.put("op_occs", op["id"], op)
+
+    def in_progress(self, instance_id: str | None = None) -> list[dict]:
+        ops = []
+        for state in (OperationState.STARTING, OperationState.PROCESSING):
+            where = {"operationState": state.value}
+            if instance_id:
+                where["appInstanceId"] = instance_id
+            ops.extend(self.store.list("op_occs", **where))
+        return ops

@@ -1,0 +1,434 @@
+"""Application instance lifecycle (ETSI MEC 010-2 app_lcm): the heart of the
+unified orchestration function.
+
+instantiate = decide the manner, pick a host with room, ask the CIM or the
+VIM for the resources, ask the MEP for the rules, answer with what was
+allocated; terminate = notify the app, stop, remove rules, release
+resources by the manner recorded for the instance. Each runs as an op
+occurrence in a worker thread; every step is journalled before and after,
+and a failure undoes the steps before it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from . import decision, validate
+from .drivers import ComputeDriver
+from .errors import Conflict, InvalidInput, MecorchError, NotFound
+from .hosts import EdgeHost, Inventory, Need
+from .journal import LCM, Journal
+from .mep import MepService
+from .model import Allocation, ResourceRequest
+from .pkgmgmt import PackageManager
+from .states import (DeploymentType, InstanceOperationalState, InstantiationState,
+                     LcmOperation, TerminationType)
+from .store import Store
+from .timeutil import new_id, public
+
+log = logging.getLogger("mecorch.lcm")
+
+
+class Lcm:
+    def __init__(self, store: Store, inventory: Inventory, packages: PackageManager,
+                 mep: MepService, cfg: dict, workers: int = 8):
+        self.store = store
+        self.inventory = inventory
+        self.packages = packages
+        self.mep = mep
+        self.journal = Journal(store)
+        self.default_graceful_s = int(cfg["orchestrator"]["graceful_timeout_s"])
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lcm")
+        # one operation at a time per instance; guards the check-and-start
+        self._busy: set[str] = set()
+        self._busy_lock = threading.Lock()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    # ------------------------------------------------------------ queries
+    def get(self, instance_id: str) -> dict:
+        doc = self.store.get("instances", instance_id)
+        if doc is None:
+            raise NotFound(f"app instance {instance_id!r} does not exist")
+        return doc
+
+    def view(self, doc: dict) -> dict:
+        return public(doc)
+
+    def list(self) -> list[dict]:
+        return [public(d) for d in self.store.list("instances")]
+
+    def op(self, op_id: str) -> dict:
+        doc = self.store.get("op_occs", op_id)
+        if doc is None:
+            raise NotFound(f"LCM operation occurrence {op_id!r} does not exist")
+        return public(doc)
+
+    def ops(self) -> list[dict]:
+        return [public(d) for d in self.store.list("op_occs")]
+
+    # ------------------------------------------------------------ create / delete
+    def create(self, body: dict, idempotency_key: str | None = None) -> dict:
+        """CreateAppInstanceRequest -> AppInstanceInfo (NOT_INSTANTIATED)."""
+        if not isinstance(body, dict):
+            raise InvalidInput("body must be a CreateAppInstanceRequest object")
+        key = f"create|{validate.text(idempotency_key, 'Idempotency-Key', 128)}" \
+            if idempotency_key else None
+        if key:
+            seen = self.store.get("idempotency", key)
+            if seen:
+                return public(self.get(seen["resource"]))
+        app_d_id = validate.ident(body.get("appDId"), "appDId")
+        pkg = self.packages.usable(app_d_id)
+        iid = new_id()
+        href = f"{LCM}/app_instances/{iid}"
+        appd = pkg["_appd"]
+        doc = {
+            "id": iid,
+            "appInstanceName": validate.text(body.get("appInstanceName") or appd["appName"],
+                                             "appInstanceName"),
+            "appInstanceDescription": validate.text(
+                body.get("appInstanceDescription") or appd.get("appDescription") or "-",
+                "appInstanceDescription", 1024),
+            "appDId": app_d_id,
+            "appProvider": appd["appProvider"],
+            "appName": appd["appName"],
+            "appSoftVersion": appd["appSoftVersion"],
+            "appDVersion": appd["appDVersion"],
+            "appPkgId": pkg["id"],
+            "instantiationState": InstantiationState.NOT_INSTANTIATED.value,
+            "_links": {"self": {"href": href},
+                       "instantiate": {"href": f"{href}/instantiate"},
+                       "terminate": {"href": f"{href}/terminate"},
+                       "operate": {"href": f"{href}/operate"}},
+        }
+        with self.store.transaction():
+            self.store.put("instances", iid, doc)
+            if key:
+                self.store.put("idempotency", key, {"resource": iid})
+        return public(doc)
+
+    def delete(self, instance_id: str) -> None:
+        with self._exclusive(instance_id):
+            doc = self.get(instance_id)
+            if doc["instantiationState"] != InstantiationState.NOT_INSTANTIATED.value:
+                raise Conflict(f"app instance {instance_id} is INSTANTIATED: terminate it first")
+            self.store.delete("instances", instance_id)
+            self.mep.forget(instance_id)
+
+    # ------------------------------------------------------------ instantiate
+    def instantiate(self, instance_id: str, body: dict) -> dict:
+        """Validate and plan synchronously (400/404/409 here, nothing made),
+        then run the deployment as an op occurrence in the background."""
+        if not isinstance(body, dict):
+            raise InvalidInput("body must be an InstantiateAppRequest object")
+        with self._exclusive(instance_id):
+            inst = self.get(instance_id)
+            if inst["instantiationState"] != InstantiationState.NOT_INSTANTIATED.value:
+                raise Conflict(f"app instance {instance_id} is already INSTANTIATED")
+            pkg = self.packages.usable(inst["appDId"])
+            recorded = DeploymentType(pkg["_manner"])
+            choice = decision.decide_manner(body, recorded)
+            request = decision.resource_request(
+                instance_id, pkg["_appd"], choice.manner, pkg["_image"], body)
+            traffic, dns = self.mep.initial_rules(pkg["_appd"], body)
+            wanted = _selected_hosts(body)
+            need = Need(request.vcpu, request.memory_mb,
+                        request.disk_gb + sum(v.size_gb for v in request.volumes))
+            host = self.inventory.reserve(instance_id, choice.manner, need, wanted,
+                                          self._used_by_host())
+            try:
+                op = self.journal.start(instance_id, LcmOperation.INSTANTIATE, {
+                    "hostId": host.id, "manner": choice.manner.value,
+                    "decidedBy": choice.source, "request": _request_doc(request),
+                    "need": dataclasses.asdict(need)})
+                inst["_opId"] = op["id"]
+                self.store.put("instances", instance_id, inst)
+                self.mep.set_rules(instance_id, traffic, dns)
+            except BaseException:
+                self.inventory.release(instance_id)
+                raise
+            self._busy.add(instance_id)
+        self._pool.submit(self._guarded, instance_id, self._run_instantiate, op, request, host)
+        return public(op)
+
+    def _run_instantiate(self, op: dict, request: ResourceRequest, host: EdgeHost) -> None:
+        iid = request.instance_id
+        compute: ComputeDriver | None = None
+        alloc: Allocation | None = None
+        try:
+            compute = host.compute(request.manner)
+            self.journal.step(op, "begin:deploy")
+            alloc = compute.deploy(request)
+            self.journal.step(op, "deploy", handle=alloc.handle)
+            target = alloc.addresses[0].ip if alloc.addresses else None
+            self.journal.step(op, "begin:rules")
+            self.mep.apply(host, iid, target)
+            self.journal.step(op, "rules")
+            inst = self.get(iid)
+            inst.update({
+                "instantiationState": InstantiationState.INSTANTIATED.value,
+                "instantiatedAppState": {"operationalState": InstanceOperationalState.STARTED.value},
+                "hostId": host.id,
+                "deploymentType": request.manner.value,     # mecorch extension
+                "allocatedResources": _allocation_view(alloc, host.id),  # mecorch extension
+                "_handle": alloc.handle,
+                "_need": op["_plan"]["need"],
+            })
+            self.store.put("instances", iid, inst)
+            self.journal.finish(op)
+            self.packages.refresh_usage(inst["appDId"])
+        except Exception as e:   # noqa: BLE001 - every failure must be undone
+            err = e if isinstance(e, MecorchError) else _internal(e)
+            log.warning("instantiate %s failed: %s; rolling back", iid, err.detail)
+            self._undo_instantiate(op, host, request.manner, alloc.handle if alloc else None)
+            self.journal.finish(op, err)
+        finally:
+            self.inventory.release(iid)
+
+    def _undo_instantiate(self, op: dict, host: EdgeHost, manner: DeploymentType,
+                          handle: dict | None) -> None:
+        iid = op["appInstanceId"]
+        if self.journal.done(op, "begin:rules"):
+            _best_effort(f"remove rules of {iid}", self.mep.remove, host, iid)
+        if self.journal.done(op, "begin:deploy"):
+            step = self.journal.data(op, "deploy")
+            handle = handle or (step or {}).get("handle")
+            _best_effort(f"release resources of {iid}", _destroy, host.compute(manner), iid, handle)
+        inst = self.store.get("instances", iid)
+        if inst is not None:
+            for k in ("instantiatedAppState", "hostId", "deploymentType",
+                      "allocatedResources", "_handle", "_need"):
+                inst.pop(k, None)
+            inst["instantiationState"] = InstantiationState.NOT_INSTANTIATED.value
+            self.store.put("instances", iid, inst)
+
+    # ------------------------------------------------------------ terminate
+    def terminate(self, instance_id: str, body: dict) -> dict:
+        if not isinstance(body, dict):
+            raise InvalidInput("body must be a TerminateAppRequest object")
+        try:
+            kind = TerminationType(body.get("terminationType"))
+        except ValueError:
+            raise InvalidInput("terminationType must be GRACEFUL or FORCEFUL") from None
+        timeout = body.get("gracefulTerminationTimeout", self.default_graceful_s)
+        timeout = validate.integer(timeout, "gracefulTerminationTimeout", 0, 3600)
+        if kind is TerminationType.FORCEFUL:
+            timeout = 0
+        with self._exclusive(instance_id):
+            inst = self.get(instance_id)
+            if inst["instantiationState"] != InstantiationState.INSTANTIATED.value:
+                raise Conflict(f"app instance {instance_id} is NOT_INSTANTIATED")
+            op = self.journal.start(instance_id, LcmOperation.TERMINATE, {
+                "terminationType": kind.value, "timeout": timeout,
+                "hostId": inst["hostId"], "manner": inst["deploymentType"]})
+            self._busy.add(instance_id)
+        self._pool.submit(self._guarded, instance_id, self._run_terminate, op)
+        return public(op)
+
+    def _run_terminate(self, op: dict) -> None:
+        iid = op["appInstanceId"]
+        plan = op["_plan"]
+        try:
+            inst = self.get(iid)
+            host = self.inventory.get(plan["hostId"])
+            compute = host.compute(DeploymentType(plan["manner"]))
+            deadline = time.monotonic() + plan["timeout"]
+            if plan["terminationType"] == TerminationType.GRACEFUL.value:
+                self.journal.step(op, "notify")
+                confirmed = self.mep.notify_termination(iid, plan["timeout"])
+                self.journal.step(op, "notified", confirmed=confirmed)
+            self._release(op, host, compute, iid, inst.get("_handle"),
+                          max(0.0, deadline - time.monotonic()))
+            self.journal.finish(op)
+            self.packages.refresh_usage(inst["appDId"])
+        except Exception as e:   # noqa: BLE001 - op must end FAILED with the reason
+            err = e if isinstance(e, MecorchError) else _internal(e)
+            log.warning("terminate %s failed: %s", iid, err.detail)
+            self.journal.finish(op, err)
+
+    def _release(self, op: dict, host: EdgeHost, compute: ComputeDriver, iid: str,
+                 handle: dict | None, stop_timeout: float) -> None:
+        """Stop, remove rules, destroy, forget: the end of every instance."""
+        self.journal.step(op, "begin:stop")
+        if handle:
+            compute.stop(handle, stop_timeout)
+        self.journal.step(op, "begin:rules-removal")
+        self.mep.remove(host, iid)
+        self.journal.step(op, "begin:destroy")
+        _destroy(compute, iid, handle)
+        inst = self.get(iid)
+        for k in ("instantiatedAppState", "hostId", "deploymentType",
+                  "allocatedResources", "_handle", "_need"):
+            inst.pop(k, None)
+        inst["instantiationState"] = InstantiationState.NOT_INSTANTIATED.value
+        self.store.put("instances", iid, inst)
+        self.journal.step(op, "released")
+
+    # ------------------------------------------------------------ operate
+    def operate(self, instance_id: str, body: dict) -> dict:
+        if not isinstance(body, dict):
+            raise InvalidInput("body must be an OperateAppRequest object")
+        try:
+            to = InstanceOperationalState(body.get("changeStateTo"))
+        except ValueError:
+            raise InvalidInput("changeStateTo must be STARTED or STOPPED") from None
+        graceful = body.get("stopType", "GRACEFUL")
+        if graceful not in ("GRACEFUL", "FORCEFUL"):
+            raise InvalidInput("stopType must be GRACEFUL or FORCEFUL")
+        timeout = validate.integer(body.get("gracefulStopTimeout", self.default_graceful_s),
+                                   "gracefulStopTimeout", 0, 3600)
+        with self._exclusive(instance_id):
+            inst = self.get(instance_id)
+            if inst["instantiationState"] != InstantiationState.INSTANTIATED.value:
+                raise Conflict(f"app instance {instance_id} is NOT_INSTANTIATED")
+            if inst["instantiatedAppState"]["operationalState"] == to.value:
+                raise Conflict(f"app instance {instance_id} is already {to.value}")
+            op = self.journal.start(instance_id, LcmOperation.OPERATE, {
+                "to": to.value, "timeout": timeout if graceful == "GRACEFUL" else 0})
+            self._busy.add(instance_id)
+        self._pool.submit(self._guarded, instance_id, self._run_operate, op)
+        return public(op)
+
+    def _run_operate(self, op: dict) -> None:
+        iid = op["appInstanceId"]
+        try:
+            inst = self.get(iid)
+            host = self.inventory.get(inst["hostId"])
+            compute = host.compute(DeploymentType(inst["deploymentType"]))
+            self.journal.step(op, "begin:" + op["_plan"]["to"].lower())
+            if op["_plan"]["to"] == InstanceOperationalState.STOPPED.value:
+                compute.stop(inst["_handle"], op["_plan"]["timeout"])
+            else:
+                compute.start(inst["_handle"])
+            inst["instantiatedAppState"] = {"operationalState": op["_plan"]["to"]}
+            self.store.put("instances", iid, inst)
+            self.journal.finish(op)
+        except Exception as e:   # noqa: BLE001
+            self.journal.finish(op, e if isinstance(e, MecorchError) else _internal(e))
+
+    # ------------------------------------------------------------ recovery
+    def recover(self) -> list[str]:
+        """Finish or undo every operation a crash interrupted. Returns what
+        was done, one line each."""
+        done = []
+        for op in self.journal.in_progress():
+            iid = op["appInstanceId"]
+            plan = op["_plan"]
+            try:
+                if op["lcmOperation"] == LcmOperation.INSTANTIATE.value:
+                    host = self.inventory.get(plan["hostId"])
+                    self._undo_instantiate(op, host, DeploymentType(plan["manner"]), None)
+                    self.journal.finish(op, Conflict("interrupted by a restart of mecorch; "
+                                                     "rolled back"))
+                    done.append(f"rolled back instantiate of {iid}")
+                elif op["lcmOperation"] == LcmOperation.TERMINATE.value:
+                    host = self.inventory.get(plan["hostId"])
+                    compute = host.compute(DeploymentType(plan["manner"]))
+                    inst = self.get(iid)
+                    self._release(op, host, compute, iid, inst.get("_handle"), 0)
+                    self.journal.finish(op)
+                    done.append(f"finished terminate of {iid}")
+                else:
+                    self.journal.finish(op, Conflict("interrupted by a restart of mecorch"))
+                    done.append(f"failed interrupted operate of {iid}")
+                inst = self.store.get("instances", iid)
+                if inst:
+                    self.packages.refresh_usage(inst["appDId"])
+            except MecorchError as e:
+                done.append(f"could not recover op {op['id']} of {iid}: {e.detail}")
+        return done
+
+    # ------------------------------------------------------------ helpers
+    def _exclusive(self, instance_id: str):
+        lcm = self
+
+        class _Guard:
+            def __enter__(self):
+                lcm._busy_lock.acquire()
+                if instance_id in lcm._busy:
+                    lcm._busy_lock.release()
+                    raise Conflict(f"app instance {instance_id} has an operation in progress")
+                return self
+
+            def __exit__(self, *exc):
+                lcm._busy_lock.release()
+                return False
+        return _Guard()
+
+    def _guarded(self, instance_id: str, fn, *args) -> None:
+        try:
+            fn(*args)
+        finally:
+            with self._busy_lock:
+                self._busy.discard(instance_id)
+
+    def _used_by_host(self) -> dict[str, Need]:
+        used: dict[str, Need] = {}
+        for inst in self.store.list("instances",
+                                    instantiationState=InstantiationState.INSTANTIATED.value):
+            n = inst.get("_need")
+            if not n:
+                continue
+            u = used.get(inst["hostId"], Need(0.0, 0, 0.0))
+            used[inst["hostId"]] = Need(u.vcpu + n["vcpu"], u.memory_mb + n["memory_mb"],
+                                        u.disk_gb + n["disk_gb"])
+        return used
+
+
+def _selected_hosts(body: dict) -> list[str]:
+    """Host ids named in selectedMECHostInfo (MECHostInformation.hostId is
+    KeyValuePairs in the spec; mecorch reads {"id": ...} or a plain string)."""
+    infos = body.get("selectedMECHostInfo") or []
+    if not isinstance(infos, list):
+        raise InvalidInput("selectedMECHostInfo must be an array of MECHostInformation")
+    ids = []
+    for i, info in enumerate(infos):
+        hid = info.get("hostId") if isinstance(info, dict) else None
+        if isinstance(hid, dict):
+            hid = hid.get("id")
+        ids.append(validate.ident(hid, f"selectedMECHostInfo[{i}].hostId"))
+    return ids
+
+
+def _destroy(compute: ComputeDriver, instance_id: str, handle: dict | None) -> None:
+    """Destroy by handle, or, when the handle was never recorded (a crash
+    inside deploy), by what the backend finds under the instance's label."""
+    if handle:
+        compute.destroy(handle)
+        return
+    for obs in compute.list_instances():
+        if obs.instance_id == instance_id:
+            compute.destroy(obs.handle)
+
+
+def _best_effort(what: str, fn, *args) -> None:
+    try:
+        fn(*args)
+    except Exception as e:   # noqa: BLE001 - undo must try every step
+        log.error("%s failed during rollback: %s", what, e)
+
+
+def _internal(e: Exception) -> MecorchError:
+    log.exception("internal error")
+    return MecorchError(f"internal error: {type(e).__name__}: {e}")
+
+
+def _request_doc(req: ResourceRequest) -> dict:
+    d = dataclasses.asdict(req)
+    d["manner"] = req.manner.value
+    return d
+
+
+def _allocation_view(alloc: Allocation, host_id: str) -> dict:
+    return {
+        "hostId": host_id,
+        "compute": {"vcpu": alloc.vcpu, "memoryMb": alloc.memory_mb},
+        "storage": list(alloc.storage),
+        "network": [dataclasses.asdict(a) for a in alloc.addresses],
+    }

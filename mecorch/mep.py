@@ -1,0 +1,279 @@
+"""The MEP service: each instance's traffic and DNS rules, the Mp1 calls an
+app makes about itself (MEC 011 app support), and termination notices.
+
+The rules an instance runs under come from its AppD (appTrafficRule,
+appDNSRule), are kept in the store, and are applied to the host's MEP
+driver as one set. An app can read and change only its own rules; every
+change is validated (`mecorch.rules`) before anything is applied, and the
+stored set changes only when the driver accepted the new one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import threading
+import urllib.parse
+import urllib.request
+
+from . import validate
+from .errors import Conflict, InvalidInput, MecorchError, NotFound, PreconditionFailed
+from .hosts import EdgeHost, Inventory
+from .rules import DnsRule, TrafficRule, unique_ids
+from .store import Store
+from .timeutil import new_id
+
+log = logging.getLogger("mecorch.mep")
+MP1 = "/mec_app_support/v1"
+KINDS = {"traffic_rules": ("trafficRules", "trafficRuleId", TrafficRule),
+         "dns_rules": ("dnsRules", "dnsRuleId", DnsRule)}
+
+
+class MepService:
+    def __init__(self, store: Store, inventory: Inventory, cfg: dict):
+        self.store = store
+        self.inventory = inventory
+        self.callback_networks = [ipaddress.ip_network(n)
+                                  for n in cfg["api"]["callback_networks"]]
+        self._lock = threading.Lock()
+        self._termination: dict[str, threading.Event] = {}
+
+    # ------------------------------------------------------------ rule sets
+    def initial_rules(self, appd: dict, request: dict) -> tuple[list[dict], list[dict]]:
+        """The instance's rules from the AppD's descriptors (state ACTIVE),
+        validated, as ETSI TrafficRule / DnsRule documents. The request may
+        replace them with its own appTrafficRule / appDNSRule arrays."""
+        traffic_src = request.get("appTrafficRule", appd.get("appTrafficRule") or [])
+        dns_src = request.get("appDNSRule", appd.get("appDNSRule") or [])
+        if not isinstance(traffic_src, list) or not isinstance(dns_src, list):
+            raise InvalidInput("appTrafficRule and appDNSRule must be arrays")
+        traffic = [TrafficRule.from_etsi({"state": "ACTIVE", **_descriptor(d)},
+                                         f"appTrafficRule[{i}]")
+                   for i, d in enumerate(traffic_src)]
+        dns = [DnsRule.from_etsi({"state": "ACTIVE", **_descriptor(d)}, f"appDNSRule[{i}]")
+               for i, d in enumerate(dns_src)]
+        unique_ids(traffic, "traffic_rule_id", "appTrafficRule")
+        unique_ids(dns, "dns_rule_id", "appDNSRule")
+        return [r.to_etsi() for r in traffic], [r.to_etsi() for r in dns]
+
+    def set_rules(self, instance_id: str, traffic: list[dict], dns: list[dict]) -> None:
+        """Record the instance's rule set (applied later by `apply`)."""
+        self.store.put("rules", instance_id, {"trafficRules": traffic, "dnsRules": dns,
+                                              "hostId": None, "targetIp": None})
+
+    def apply(self, host: EdgeHost, instance_id: str, target_ip: str | None) -> None:
+        doc = self._rules(instance_id)
+        doc.update(hostId=host.id, targetIp=target_ip)
+        self._push(host, instance_id, doc)
+        self.store.put("rules", instance_id, doc)
+
+    def remove(self, host: EdgeHost, instance_id: str) -> None:
+        mep = host.mep()
+        if mep is not None:
+            mep.remove_rules(instance_id)
+        doc = self.store.get("rules", instance_id)
+        if doc:
+            doc["hostId"] = None
+            self.store.put("rules", instance_id, doc)
+
+    def forget(self, instance_id: str) -> None:
+        self.store.delete("rules", instance_id)
+        for sub in self.store.list("subscriptions", appInstanceId=instance_id):
+            self.store.delete("subscriptions", sub["id"])
+
+    def _push(self, host: EdgeHost, instance_id: str, doc: dict) -> None:
+        mep = host.mep()
+        if mep is None:
+            if doc["trafficRules"] or doc["dnsRules"]:
+                raise Conflict(f"edge host {host.id!r} has no MEP configured for the rules")
+            return
+        mep.apply_rules(instance_id, doc["targetIp"],
+                        [TrafficRule.from_etsi(r) for r in doc["trafficRules"]],
+                        [DnsRule.from_etsi(r) for r in doc["dnsRules"]])
+
+    def _rules(self, instance_id: str) -> dict:
+        doc = self.store.get("rules", instance_id)
+        if doc is None:
+            if self.store.get("instances", instance_id) is None:
+                raise NotFound(f"app instance {instance_id!r} does not exist")
+            doc = {"trafficRules": [], "dnsRules": [], "hostId": None, "targetIp": None}
+        return doc
+
+    # ------------------------------------------------------------ Mp1 rules
+    def list_rules(self, instance_id: str, kind: str) -> list[dict]:
+        return self._rules(instance_id)[KINDS[kind][0]]
+
+    def get_rule(self, instance_id: str, kind: str, rule_id: str) -> dict:
+        key, id_field, _ = KINDS[kind]
+        for rule in self._rules(instance_id)[key]:
+            if rule[id_field] == rule_id:
+                return rule
+        raise NotFound(f"{kind[:-1].replace('_', ' ')} {rule_id!r} of instance "
+                       f"{instance_id} does not exist")
+
+    def put_rule(self, instance_id: str, kind: str, rule_id: str, body,
+                 if_match: str | None = None) -> dict:
+        """Replace one rule (MEC 011 PUT): validate, apply the whole new set
+        to the backend if the instance is deployed, then store it."""
+        key, id_field, cls = KINDS[kind]
+        current = self.get_rule(instance_id, kind, rule_id)
+        if if_match is not None and if_match.strip('"') != etag(current):
+            raise PreconditionFailed("the rule changed since it was read (ETag mismatch)")
+        new = cls.from_etsi(body, kind[:-1]).to_etsi()
+        if new[id_field] != rule_id:
+            raise InvalidInput(f"{id_field} in the body ({new[id_field]!r}) differs from the "
+                               f"one in the URI ({rule_id!r})")
+        with self._lock:
+            doc = self._rules(instance_id)
+            doc[key] = [new if r[id_field] == rule_id else r for r in doc[key]]
+            if doc.get("hostId"):
+                self._push(self.inventory.get(doc["hostId"]), instance_id, doc)
+            self.store.put("rules", instance_id, doc)
+        return new
+
+    # ------------------------------------------------------------ subscriptions
+    def subscribe(self, instance_id: str, body) -> dict:
+        self._instance(instance_id)
+        if not isinstance(body, dict):
+            raise InvalidInput("body must be an AppTerminationNotificationSubscription")
+        if body.get("subscriptionType") != "AppTerminationNotificationSubscription":
+            raise InvalidInput("subscriptionType must be AppTerminationNotificationSubscription")
+        if body.get("appInstanceId", instance_id) != instance_id:
+            raise InvalidInput("appInstanceId in the body must be the instance of the URI")
+        callback = self._callback(body.get("callbackReference"))
+        sid = new_id()
+        doc = {"subscriptionType": "AppTerminationNotificationSubscription",
+               "callbackReference": callback, "appInstanceId": instance_id,
+               "_links": {"self": {"href": _sub_href(instance_id, sid)}}, "id": sid}
+        self.store.put("subscriptions", sid, doc)
+        return _public_sub(doc)
+
+    def subscriptions(self, instance_id: str) -> dict:
+        self._instance(instance_id)
+        subs = self.store.list("subscriptions", appInstanceId=instance_id)
+        return {"_links": {
+            "self": {"href": f"{MP1}/applications/{instance_id}/subscriptions"},
+            "subscriptions": [{"href": s["_links"]["self"]["href"],
+                               "subscriptionType": s["subscriptionType"]} for s in subs]}}
+
+    def subscription(self, instance_id: str, sid: str) -> dict:
+        doc = self.store.get("subscriptions", sid)
+        if doc is None or doc["appInstanceId"] != instance_id:
+            raise NotFound(f"subscription {sid!r} of instance {instance_id} does not exist")
+        return _public_sub(doc)
+
+    def unsubscribe(self, instance_id: str, sid: str) -> None:
+        self.subscription(instance_id, sid)
+        self.store.delete("subscriptions", sid)
+
+    # ------------------------------------------------------------ termination
+    def notify_termination(self, instance_id: str, timeout_s: float,
+                           action: str = "TERMINATING") -> bool:
+        """Send AppTerminationNotification to the app's subscriptions and
+        wait for confirm_termination or the timeout. True if confirmed; no
+        subscription means nothing to wait for (False at once)."""
+        subs = self.store.list("subscriptions", appInstanceId=instance_id)
+        if not subs or timeout_s <= 0:
+            return False
+        event = threading.Event()
+        with self._lock:
+            self._termination[instance_id] = event
+        try:
+            sent = 0
+            for sub in subs:
+                note = {"notificationType": "AppTerminationNotification",
+                        "operationAction": action, "maxGracefulTimeout": int(timeout_s),
+                        "_links": {"subscription": {"href": sub["_links"]["self"]["href"]},
+                                   "confirmTermination": {
+                                       "href": f"{MP1}/applications/{instance_id}/confirm_termination"}}}
+                try:
+                    _post_json(sub["callbackReference"], note, timeout=min(5.0, timeout_s))
+                    sent += 1
+                except OSError as e:
+                    log.warning("termination notice to %s failed: %s", sub["callbackReference"], e)
+            return event.wait(timeout_s) if sent else False
+        finally:
+            with self._lock:
+                self._termination.pop(instance_id, None)
+
+    def confirm_termination(self, instance_id: str, body) -> None:
+        self._instance(instance_id)
+        if not isinstance(body, dict) or body.get("operationAction") not in ("TERMINATING",
+                                                                              "STOPPING"):
+            raise InvalidInput("operationAction must be TERMINATING or STOPPING")
+        with self._lock:
+            event = self._termination.get(instance_id)
+        if event is None:
+            raise Conflict(f"no termination of instance {instance_id} is in progress")
+        event.set()
+
+    def confirm_ready(self, instance_id: str, body) -> None:
+        inst = self._instance(instance_id)
+        if not isinstance(body, dict) or body.get("indication") != "READY":
+            raise InvalidInput("indication must be READY")
+        inst["_ready"] = True
+        self.store.put("instances", instance_id, inst)
+
+    # ------------------------------------------------------------ helpers
+    def _instance(self, instance_id: str) -> dict:
+        inst = self.store.get("instances", instance_id)
+        if inst is None:
+            raise NotFound(f"app instance {instance_id!r} does not exist")
+        return inst
+
+    def _callback(self, url) -> str:
+        """Callbacks go only to allowed networks (loopback by default): the
+        MEP must not become a way to reach arbitrary hosts."""
+        url = validate.text(url, "callbackReference", 2048)
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InvalidInput("callbackReference must be an http(s) URL")
+        try:
+            addr = ipaddress.ip_address(parts.hostname)
+        except ValueError:
+            if parts.hostname != "localhost":
+                raise InvalidInput("callbackReference must name an IP address (or localhost)") \
+                    from None
+            addr = ipaddress.ip_address("127.0.0.1")
+        if not any(addr in net for net in self.callback_networks):
+            raise InvalidInput(f"callbackReference address {addr} is not in the allowed "
+                               "callback networks")
+        return url
+
+
+def etag(doc: dict) -> str:
+    """A stable entity tag of a rule, for If-Match on PUT."""
+    import hashlib
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _descriptor(d) -> dict:
+    """AppD rule descriptors have the MEC 011 shape minus `state`; a
+    descriptor's dstInterface is an array (MEC 010-2), the rule's an object."""
+    if not isinstance(d, dict):
+        raise InvalidInput("a rule descriptor must be an object")
+    d = dict(d)
+    if isinstance(d.get("dstInterface"), list) and len(d["dstInterface"]) == 1:
+        d["dstInterface"] = d["dstInterface"][0]
+    if d.get("dstInterface") == []:
+        d.pop("dstInterface")
+    return d
+
+
+def _sub_href(instance_id: str, sid: str) -> str:
+    return f"{MP1}/applications/{instance_id}/subscriptions/{sid}"
+
+
+def _public_sub(doc: dict) -> dict:
+    return {k: v for k, v in doc.items() if k != "id"}
+
+
+def _post_json(url: str, body: dict, timeout: float) -> None:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:    # noqa: S310 - checked URL
+        resp.read(1024)
+
+
+__all__ = ["MepService", "etag", "MecorchError"]

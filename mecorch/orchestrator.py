@@ -1,0 +1,38 @@
+"""The unified orchestration function (MEO + MEPM in one process): wires the
+store, the edge host inventory, package management, the MEP and the LCM."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .hosts import Inventory
+from .lcm import Lcm
+from .mep import MepService
+from .pkgmgmt import PackageManager
+from .store import Store
+
+log = logging.getLogger("mecorch")
+
+
+class Orchestrator:
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.store = Store(Path(cfg["state_dir"]) / "mecorch.db")
+        self.inventory = Inventory(cfg)
+        self.packages = PackageManager(self.store, self.inventory, cfg)
+        self.mep = MepService(self.store, self.inventory, cfg)
+        self.lcm = Lcm(self.store, self.inventory, self.packages, self.mep, cfg)
+
+    def recover(self) -> list[str]:
+        """Finish or undo what a crash interrupted. Called before serving."""
+        done = self.lcm.recover() + self.packages.recover()
+        for line in done:
+            log.warning("recovery: %s", line)
+        return done
+
+    def close(self) -> None:
+        self.lcm.close()
+        for host in self.inventory.hosts.values():
+            host.close()
+        self.store.close()

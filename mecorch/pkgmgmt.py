@@ -1,0 +1,359 @@
+"""Application package management (ETSI MEC 010-2 app_pkgm): onboard,
+query, enable/disable, delete.
+
+Onboarding is all or nothing: fetch the package (a file, or an HTTP URL on
+loopback), check its checksum, open and verify it (`mecorch.package`:
+archive limits, manifest, signature, AppD), put its software image into the
+manner's image repository on every host that has that manner, and only then
+mark it ONBOARDED. Any failure removes the record, the file and the images:
+nothing of a rejected package is kept. The record is written through
+CREATED -> UPLOADING -> PROCESSING, so a crash leaves a trace `recover`
+cleans up.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import re
+import tempfile
+import threading
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from . import filters, validate
+from .errors import Conflict, IntegrityError, InvalidInput, MecorchError, NotFound
+from .hosts import Inventory
+from .package import open_package
+from .states import (DeploymentType, InstantiationState, OnboardingState,
+                     OperationalState, UsageState)
+from .store import Store
+from .timeutil import new_id, public, sha256_file
+
+log = logging.getLogger("mecorch.pkgm")
+PKGM = "/app_pkgm/v1"
+_VERSION_TAG = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+class PackageManager:
+    def __init__(self, store: Store, inventory: Inventory, cfg: dict):
+        self.store = store
+        self.inventory = inventory
+        self.dir = Path(cfg["state_dir"]) / "packages"
+        orch = cfg["orchestrator"]
+        self.trusted_key = orch.get("trusted_key")
+        self.max_bytes = int(orch.get("max_package_bytes", 2 << 30))
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ onboard
+    def onboard(self, body) -> dict:
+        req = _create_request(body)
+        pid = new_id()
+        doc = {"id": pid, "appPkgName": req["appPkgName"], "appPkgVersion": req["appPkgVersion"],
+               "checksum": req["checksum"], "onboardingState": OnboardingState.CREATED.value,
+               "_path": req["appPkgPath"], "_images": []}
+        if "userDefinedData" in req:
+            doc["userDefinedData"] = req["userDefinedData"]
+        self.store.put("packages", pid, doc)
+        try:
+            return public(self._onboard(doc, req))
+        except BaseException as e:
+            self._discard(doc)
+            if isinstance(e, (MecorchError, KeyboardInterrupt)):
+                raise
+            log.exception("onboarding failed")
+            raise MecorchError(f"onboarding failed: {type(e).__name__}: {e}") from None
+
+    def _onboard(self, doc: dict, req: dict) -> dict:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        zpath = self.dir / f"{doc['id']}.zip"
+        self._state(doc, OnboardingState.UPLOADING)
+        _fetch(req["appPkgPath"], zpath, self.max_bytes)
+        got = sha256_file(zpath)
+        if got != req["checksum"]["hash"]:
+            raise IntegrityError(f"package checksum mismatch: expected "
+                                 f"{req['checksum']['hash']}, got {got}")
+        self._state(doc, OnboardingState.PROCESSING)
+        pkg = open_package(zpath, trusted_key=self.trusted_key)
+        with self._lock:
+            for other in self.store.list("packages", appDId=pkg.app_d_id):
+                if other["id"] != doc["id"]:
+                    raise Conflict(f"an app package with appDId {pkg.app_d_id!r} is already "
+                                   f"onboarded ({other['id']})")
+            doc["appDId"] = pkg.app_d_id            # claims the appDId
+            self.store.put("packages", doc["id"], doc)
+        image = self._store_image(doc, pkg)
+        appd = pkg.appd
+        doc.update({
+            "appDId": pkg.app_d_id, "appProvider": appd["appProvider"],
+            "appName": appd["appName"], "appSoftwareVersion": appd["appSoftVersion"],
+            "appDVersion": appd["appDVersion"],
+            "softwareImages": [{
+                "id": pkg.image.id, "name": pkg.image.name, "version": pkg.image.version,
+                "containerFormat": pkg.image.container_format,
+                "diskFormat": pkg.image.disk_format, "imagePath": image,
+            }],
+            "onboardingState": OnboardingState.ONBOARDED.value,
+            "operationalState": OperationalState.ENABLED.value,
+            "usageState": UsageState.NOT_IN_USE.value,
+            "deploymentType": pkg.manner.value,                 # mecorch extension
+            "_links": {"self": {"href": f"{PKGM}/app_packages/{doc['id']}"},
+                       "appD": {"href": f"{PKGM}/app_packages/{doc['id']}/appd"},
+                       "appPkgContent": {"href": f"{PKGM}/app_packages/{doc['id']}/package_content"}},
+            "_appd": appd, "_manner": pkg.manner.value, "_image": image, "_zip": str(zpath),
+        })
+        return self.store.put("packages", doc["id"], doc)
+
+    def _store_image(self, doc: dict, pkg) -> str:
+        """Put the software image into the manner's repository on every host
+        that runs that manner; returns the image name deployments use."""
+        manner = pkg.manner
+        hosts = [h for h in self.inventory.hosts.values() if h.has(manner)]
+        if not hosts:
+            raise Conflict(f"no edge host runs {manner.value} apps")
+        info = pkg.image
+        if manner is DeploymentType.CONTAINER and info.reference:
+            # A reference names an image already in the registry: mark it
+            # available, then check it is really there.
+            image = info.reference
+            doc["_images"].append({"image": image, "imported": False})
+            self.store.put("packages", doc["id"], doc)
+            for host in hosts:
+                drv = host.compute(manner)
+                drv.set_image_available(image, True)
+                drv.check_image(image)
+            return image
+        if manner is DeploymentType.CONTAINER:
+            registry = hosts[0].section("cim")["registry"]
+            image = f"{registry}/mecorch-apps/{_repo_name(pkg.app_d_id)}:" \
+                    f"{_VERSION_TAG.sub('_', info.version or 'latest')[:128]}"
+        else:
+            image = pkg.app_d_id
+        doc["_images"].append({"image": image, "imported": True})
+        self.store.put("packages", doc["id"], doc)     # journal before import
+        with tempfile.TemporaryDirectory(dir=self.dir) as tmp:
+            src = Path(tmp) / "image"
+            pkg.extract(info.path, src)
+            for host in hosts:
+                host.compute(manner).import_image(image, str(src), info.sha256)
+        return image
+
+    def _discard(self, doc: dict) -> None:
+        """Remove every trace of a package that did not make it."""
+        manner = doc.get("_manner")
+        for entry in doc.get("_images", []):
+            for host in self.inventory.hosts.values():
+                for m in ([DeploymentType(manner)] if manner else list(DeploymentType)):
+                    if not host.has(m):
+                        continue
+                    try:
+                        drv = host.compute(m)
+                        if entry.get("imported"):
+                            drv.remove_image(entry["image"])
+                        else:
+                            drv.set_image_available(entry["image"], False)
+                    except MecorchError as e:
+                        log.warning("cleanup of image %s: %s", entry["image"], e.detail)
+        for suffix in (".zip", ".zip.part"):
+            try:
+                os.unlink(self.dir / f"{doc['id']}{suffix}")
+            except FileNotFoundError:
+                pass
+        self.store.delete("packages", doc["id"])
+
+    def _state(self, doc: dict, state: OnboardingState) -> None:
+        doc["onboardingState"] = state.value
+        self.store.put("packages", doc["id"], doc)
+
+    def recover(self) -> list[str]:
+        """Clean up packages whose onboarding a crash interrupted; finish
+        deletions that were pending."""
+        done = []
+        for doc in self.store.list("packages"):
+            if doc["onboardingState"] != OnboardingState.ONBOARDED.value:
+                self._discard(doc)
+                done.append(f"removed half-onboarded package {doc['id']}")
+            elif doc.get("_deletionPending") and not self._users(doc["appDId"]):
+                self._remove(doc)
+                done.append(f"finished pending deletion of package {doc['id']}")
+        return done
+
+    # ------------------------------------------------------------ queries
+    def get(self, pkg_id: str) -> dict:
+        doc = self.store.get("packages", pkg_id)
+        if doc is None or doc["onboardingState"] != OnboardingState.ONBOARDED.value:
+            raise NotFound(f"app package {pkg_id!r} does not exist")
+        return doc
+
+    def by_appd(self, app_d_id: str) -> dict:
+        for doc in self.store.list("packages", appDId=app_d_id):
+            if doc["onboardingState"] == OnboardingState.ONBOARDED.value:
+                return doc
+        raise NotFound(f"no onboarded app package has appDId {app_d_id!r}")
+
+    def view(self, doc: dict) -> dict:
+        out = public(doc)
+        out["deletionPending"] = bool(doc.get("_deletionPending"))   # mecorch extension
+        return out
+
+    def list(self, filter_expr: str | None = None) -> list[dict]:
+        docs = self.store.list("packages", onboardingState=OnboardingState.ONBOARDED.value)
+        return filters.apply([self.view(d) for d in docs], filter_expr)
+
+    def usable(self, app_d_id: str) -> dict:
+        """The package an instance of `app_d_id` is made from, if it may be."""
+        doc = self.by_appd(app_d_id)
+        if doc["operationalState"] != OperationalState.ENABLED.value:
+            raise Conflict(f"app package {doc['id']} ({app_d_id}) is DISABLED")
+        if doc.get("_deletionPending"):
+            raise Conflict(f"app package {doc['id']} ({app_d_id}) is pending deletion")
+        return doc
+
+    # ------------------------------------------------------------ state changes
+    def modify(self, pkg_id: str, body) -> dict:
+        """PATCH with AppPkgInfoModifications {operationState}."""
+        if not isinstance(body, dict) or set(body) != {"operationState"}:
+            raise InvalidInput("body must be AppPkgInfoModifications {operationState}")
+        try:
+            want = OperationalState(body["operationState"])
+        except ValueError:
+            raise InvalidInput("operationState must be ENABLED or DISABLED") from None
+        with self._lock:
+            doc = self.get(pkg_id)
+            if doc["operationalState"] == want.value:
+                raise Conflict(f"app package {pkg_id} is already {want.value}")
+            if want is OperationalState.ENABLED and doc.get("_deletionPending"):
+                raise Conflict(f"app package {pkg_id} is pending deletion")
+            doc["operationalState"] = want.value
+            self.store.put("packages", pkg_id, doc)
+        return {"operationState": want.value}
+
+    def delete(self, pkg_id: str) -> bool:
+        """Delete a DISABLED package. Returns False when instances still use
+        it: it is then marked pending and removed after its last instance."""
+        with self._lock:
+            doc = self.get(pkg_id)
+            if doc["operationalState"] != OperationalState.DISABLED.value:
+                raise Conflict(f"app package {pkg_id} is ENABLED: disable it first")
+            if self._users(doc["appDId"]):
+                doc["_deletionPending"] = True
+                self.store.put("packages", pkg_id, doc)
+                return False
+            self._remove(doc)
+            return True
+
+    def refresh_usage(self, app_d_id: str) -> None:
+        """Recompute usageState after an instance came or went, and finish a
+        pending deletion when the last user is gone."""
+        with self._lock:
+            try:
+                doc = self.by_appd(app_d_id)
+            except NotFound:
+                return
+            users = self._users(app_d_id)
+            doc["usageState"] = (UsageState.IN_USE if users else UsageState.NOT_IN_USE).value
+            if doc.get("_deletionPending") and not users:
+                self._remove(doc)
+            else:
+                self.store.put("packages", doc["id"], doc)
+
+    def _users(self, app_d_id: str) -> int:
+        return sum(1 for i in self.store.list("instances", appDId=app_d_id)
+                   if i["instantiationState"] == InstantiationState.INSTANTIATED.value
+                   or i.get("_opId") and self._op_running(i["_opId"]))
+
+    def _op_running(self, op_id: str) -> bool:
+        op = self.store.get("op_occs", op_id)
+        return bool(op) and op["operationState"] in ("STARTING", "PROCESSING")
+
+    def _remove(self, doc: dict) -> None:
+        """Delete the package, its image from the repository, its file."""
+        doc["onboardingState"] = OnboardingState.PROCESSING.value   # mark before removing
+        self.store.put("packages", doc["id"], doc)
+        self._discard(doc)
+
+    def content_path(self, pkg_id: str) -> str:
+        return self.get(pkg_id)["_zip"]
+
+
+# ---------------------------------------------------------------- helpers
+def _create_request(body) -> dict:
+    if not isinstance(body, dict):
+        raise InvalidInput("body must be a CreateAppPkg object")
+    allowed = {"appPkgName", "appPkgVersion", "appPkgPath", "checksum", "appProvider",
+               "userDefinedData"}
+    extra = set(body) - allowed
+    if extra:
+        raise InvalidInput(f"CreateAppPkg has no field(s) {', '.join(sorted(extra))}")
+    out = {"appPkgName": validate.text(body.get("appPkgName"), "appPkgName", 128),
+           "appPkgVersion": validate.text(body.get("appPkgVersion"), "appPkgVersion", 64),
+           "appPkgPath": validate.text(body.get("appPkgPath"), "appPkgPath", 2048)}
+    cs = body.get("checksum")
+    if not isinstance(cs, dict) or set(cs) != {"algorithm", "hash"}:
+        raise InvalidInput("checksum must be {algorithm, hash}")
+    if str(cs["algorithm"]).upper().replace("-", "") != "SHA256":
+        raise InvalidInput("checksum.algorithm must be SHA-256")
+    out["checksum"] = {"algorithm": "SHA-256", "hash": validate.sha256(cs["hash"], "checksum.hash")}
+    if "appProvider" in body:
+        validate.text(body["appProvider"], "appProvider", 128)
+    if "userDefinedData" in body:
+        udd = body["userDefinedData"]
+        if not isinstance(udd, dict) or len(udd) > 32:
+            raise InvalidInput("userDefinedData must be an object of at most 32 pairs")
+        for k, v in udd.items():
+            validate.text(k, "userDefinedData key", 64)
+            validate.text(v if isinstance(v, str) else str(v), f"userDefinedData.{k}", 1024)
+        out["userDefinedData"] = udd
+    return out
+
+
+def _fetch(path: str, dest: Path, max_bytes: int) -> None:
+    """Copy the package from a local file or a loopback HTTP URL to `dest`,
+    refusing more than `max_bytes`."""
+    parts = urllib.parse.urlsplit(path)
+    part = dest.with_suffix(".zip.part")
+    if parts.scheme in ("http", "https"):
+        host = parts.hostname or ""
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise InvalidInput("appPkgPath: HTTP URLs must point at loopback")
+        try:
+            with urllib.request.urlopen(path, timeout=30) as resp, open(part, "wb") as out:  # noqa: S310
+                _copy_limited(resp, out, max_bytes)
+        except OSError as e:
+            raise InvalidInput(f"appPkgPath: cannot fetch {path}: {e}") from None
+    elif parts.scheme in ("", "file"):
+        local = Path(urllib.parse.unquote(parts.path) if parts.scheme else path)
+        if not local.is_absolute():
+            raise InvalidInput("appPkgPath: a local path must be absolute")
+        try:
+            if not local.is_file():
+                raise InvalidInput(f"appPkgPath: {local} is not a file")
+            with open(local, "rb") as src, open(part, "wb") as out:
+                _copy_limited(src, out, max_bytes)
+        except OSError as e:
+            raise InvalidInput(f"appPkgPath: cannot read {local}: {e.strerror}") from None
+    else:
+        raise InvalidInput("appPkgPath must be an absolute path, a file: URL or a loopback http URL")
+    os.replace(part, dest)
+
+
+def _copy_limited(src, out, max_bytes: int) -> None:
+    total = 0
+    while block := src.read(1 << 20):
+        total += len(block)
+        if total > max_bytes:
+            raise InvalidInput(f"appPkgPath: package is larger than {max_bytes} bytes")
+        out.write(block)
+
+
+def _repo_name(app_d_id: str) -> str:
+    """A registry repository name from an appDId (lower case, [a-z0-9._-])."""
+    name = re.sub(r"[^a-z0-9]+", "-", app_d_id.lower()).strip("-")
+    return name or "app"
+

@@ -1,0 +1,108 @@
+"""The state store: one SQLite file (WAL) holding what mecorch decided.
+
+Each table keeps a JSON document per row plus a few indexed columns copied
+out of it for filtering. Writes are transactions; the op journal row of an
+LCM operation is committed before any backend is touched, so a restart can
+finish or undo what a crash interrupted. What the backends report
+(observed state) is never stored as truth here: it is read from them.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+# table -> indexed columns (each also a key of the document)
+TABLES: dict[str, tuple[str, ...]] = {
+    "packages": ("appDId", "onboardingState", "operationalState", "usageState"),
+    "instances": ("appDId", "appPkgId", "instantiationState", "hostId"),
+    "op_occs": ("appInstanceId", "operationState", "lcmOperation"),
+    "subscriptions": ("appInstanceId",),
+    "idempotency": ("resource",),
+    "rules": ("hostId",),
+}
+
+
+class Store:
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False,
+                                   isolation_level=None, timeout=30)
+        self._lock = threading.RLock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        for table, cols in TABLES.items():
+            extra = "".join(f', "{c}" TEXT' for c in cols)
+            self._db.execute(f'CREATE TABLE IF NOT EXISTS {table} '
+                             f'(id TEXT PRIMARY KEY, seq INTEGER, doc TEXT NOT NULL{extra})')
+            for c in cols:
+                self._db.execute(f'CREATE INDEX IF NOT EXISTS {table}_{c} ON {table}("{c}")')
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes so they land together or not at all."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def put(self, table: str, id_: str, doc: dict[str, Any]) -> dict[str, Any]:
+        cols = TABLES[table]
+        values = [_index_value(doc.get(c)) for c in cols]
+        names = "".join(f', "{c}"' for c in cols)
+        marks = ", ?" * len(cols)
+        with self._lock:
+            # seq keeps insertion order stable across updates
+            self._db.execute(
+                f'INSERT INTO {table} (id, seq, doc{names}) VALUES (?, '
+                f'(SELECT COALESCE(MAX(seq), 0) + 1 FROM {table}), ?{marks}) '
+                f'ON CONFLICT(id) DO UPDATE SET doc=excluded.doc'
+                + "".join(f', "{c}"=excluded."{c}"' for c in cols),
+                [id_, json.dumps(doc, separators=(",", ":")), *values])
+        return doc
+
+    def get(self, table: str, id_: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT doc FROM {table} WHERE id=?", (id_,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def list(self, table: str, **where: Any) -> list[dict[str, Any]]:
+        """Documents whose indexed columns equal the given values, in
+        insertion order."""
+        cols = TABLES[table]
+        for k in where:
+            if k not in cols:
+                raise KeyError(f"{table}.{k} is not an indexed column")
+        sql = f"SELECT doc FROM {table}"
+        if where:
+            sql += " WHERE " + " AND ".join(f'"{k}"=?' for k in where)
+        sql += " ORDER BY seq"
+        with self._lock:
+            rows = self._db.execute(sql, [_index_value(v) for v in where.values()]).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def delete(self, table: str, id_: str) -> None:
+        with self._lock:
+            self._db.execute(f"DELETE FROM {table} WHERE id=?", (id_,))
+
+
+def _index_value(value: Any) -> str | None:
+    if value is None:
+        return None
+    if hasattr(value, "value"):         # enums
+        value = value.value
+    return str(value)

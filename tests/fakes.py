@@ -1,0 +1,120 @@
+"""In-memory drivers for testing the core's logic (flows, rollback, state
+rules). They prove nothing about a backend: the real-backend tests do that."""
+
+from __future__ import annotations
+
+import threading
+
+from mecorch.drivers import Capabilities, ComputeDriver, PlatformDriver
+from mecorch.errors import BackendError, ImageNotFound, ImageUnavailable
+from mecorch.model import Address, Allocation, Check, HostCapacity, Observation
+from mecorch.states import DeploymentType, ObservedState
+
+
+class FakeCompute(ComputeDriver):
+    def __init__(self, manner: DeploymentType, cpus: float = 2, memory_mb: int = 4096,
+                 disk_gb: float = 100):
+        super().__init__({})
+        self.kind = "cim" if manner is DeploymentType.CONTAINER else "vim"
+        self.manner = manner
+        self.cpus, self.memory_mb, self.disk_gb = cpus, memory_mb, disk_gb
+        self.images: dict[str, dict] = {}
+        self.instances: dict[str, dict] = {}
+        self.fail: dict[str, Exception] = {}       # verb -> error to raise
+        self.calls: list[str] = []
+        self.deploy_gate: threading.Event | None = None   # block deploy until set
+        self._n = 0
+
+    def _maybe_fail(self, verb: str) -> None:
+        self.calls.append(verb)
+        if verb in self.fail:
+            raise self.fail[verb]
+
+    def capabilities(self):
+        return Capabilities(manner=self.manner)
+
+    def check(self):
+        return [Check("fake", True, "in memory")]
+
+    def import_image(self, image, source, sha256=None):
+        self._maybe_fail("import_image")
+        self.images[image] = {"image": image, "available": True, "source": source}
+        return self.images[image]
+
+    def set_image_available(self, image, available):
+        self.images.setdefault(image, {"image": image})["available"] = available
+
+    def remove_image(self, image):
+        self._maybe_fail("remove_image")
+        self.images.pop(image, None)
+
+    def check_image(self, image):
+        rec = self.images.get(image)
+        if rec is None or "source" not in rec and not rec.get("reference_ok"):
+            raise ImageNotFound(f"{image} not in the fake repository")
+        if not rec.get("available"):
+            raise ImageUnavailable(f"{image} unavailable")
+        return rec
+
+    def capacity(self):
+        return HostCapacity(self.cpus, 0, self.memory_mb, 0, self.disk_gb, 0)
+
+    def deploy(self, request):
+        self._maybe_fail("deploy")
+        if self.deploy_gate is not None:
+            self.deploy_gate.wait(10)
+        self.check_image(request.image)
+        self._n += 1
+        ip = f"10.123.0.{self._n}"
+        self.instances[request.instance_id] = {"state": ObservedState.RUNNING, "ip": ip,
+                                               "request": request}
+        return Allocation(request.instance_id, self.manner, request.vcpu, request.memory_mb,
+                          (), (Address(ip, "fake"),), {"id": request.instance_id})
+
+    def start(self, handle):
+        self._maybe_fail("start")
+        self.instances[handle["id"]]["state"] = ObservedState.RUNNING
+
+    def stop(self, handle, timeout_s):
+        self._maybe_fail("stop")
+        if handle["id"] in self.instances:
+            self.instances[handle["id"]]["state"] = ObservedState.STOPPED
+
+    def destroy(self, handle):
+        self._maybe_fail("destroy")
+        self.instances.pop(handle["id"], None)
+
+    def inspect(self, handle):
+        inst = self.instances.get(handle["id"])
+        return Observation(handle["id"], inst["state"] if inst else ObservedState.MISSING, handle)
+
+    def list_instances(self):
+        return [Observation(i, v["state"], {"id": i}) for i, v in self.instances.items()]
+
+
+class FakeMep(PlatformDriver):
+    def __init__(self):
+        super().__init__({})
+        self.applied: dict[str, tuple] = {}
+        self.fail: Exception | None = None
+
+    def capabilities(self):
+        return Capabilities(manner=None)
+
+    def check(self):
+        return [Check("fake", True, "in memory")]
+
+    def apply_rules(self, instance_id, target_ip, traffic_rules, dns_rules):
+        if self.fail:
+            raise self.fail
+        self.applied[instance_id] = (target_ip, list(traffic_rules), list(dns_rules))
+
+    def remove_rules(self, instance_id):
+        self.applied.pop(instance_id, None)
+
+    def rule_owners(self):
+        return set(self.applied)
+
+
+def broken(what: str = "injected failure") -> Exception:
+    return BackendError(what)

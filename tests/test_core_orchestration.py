@@ -1,0 +1,383 @@
+"""The orchestration flows through the real REST API, with in-memory drivers
+standing in for the backends: decision rules, package state rules, rollback,
+op occurrences, capacity, recovery. (The drivers are proven on their real
+backends in test_docker_cim, test_libvirt_vim and test_linux_mep; the whole
+chain on real backends in test_e2e.)"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import tarfile
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fakes import FakeCompute, FakeMep, broken
+from mecorch import config
+from mecorch.api import make_server
+from mecorch.client import ApiError, Client
+from mecorch.orchestrator import Orchestrator
+from mecorch.package import build_package
+from mecorch.states import DeploymentType
+
+REPO = Path(__file__).resolve().parents[1]
+CONTAINER_APPD = REPO / "examples/sample-container-app/Definitions/appd.yaml"
+VM_APPD = REPO / "examples/sample-vm-app/Definitions/appd.yaml"
+POD = (REPO / "examples/orchestration/container-pod.yaml").read_text()
+TOSCA = (REPO / "examples/orchestration/vm-tosca.yaml").read_text()
+INST = "/app_lcm/v1/app_instances"
+PKGS = "/app_pkgm/v1/app_packages"
+
+
+def _fake_docker_tar() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        data = b"{}"
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def make_package(tmp: Path, appd_path: Path, image_bytes: bytes, **appd_changes) -> Path:
+    """A real package zip built by `build_package` around a tiny fake image."""
+    appd = yaml.safe_load(appd_path.read_text())
+    appd.update(appd_changes)
+    src = Path(tempfile.mkdtemp(dir=tmp, prefix=f"src-{appd['appDId']}-"))
+    (src / "Definitions").mkdir(parents=True)
+    sw = appd["swImageDescriptor"]["swImage"]
+    (src / sw).parent.mkdir(parents=True, exist_ok=True)
+    (src / sw).write_bytes(image_bytes)
+    appd["swImageDescriptor"].pop("checksum", None)
+    (src / "Definitions" / appd_path.name).write_text(yaml.safe_dump(appd))
+    return build_package(src, src.with_suffix(".zip"))
+
+
+@pytest.fixture
+def env(tmp_path):
+    cfg = config.load()
+    cfg["state_dir"] = str(tmp_path / "state")
+    cfg["hosts"][0]["cim"]["state_dir"] = str(tmp_path / "state/cim")
+    orch = Orchestrator(cfg)
+    host = orch.inventory.get("default")
+    cim, vim, mep = FakeCompute(DeploymentType.CONTAINER), FakeCompute(DeploymentType.VM), FakeMep()
+    host.attach("cim", cim)
+    host.attach("vim", vim)
+    host.attach("mep", mep)
+    server = make_server(orch, "127.0.0.1:0")
+    t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    t.start()
+    client = Client(f"http://127.0.0.1:{server.server_address[1]}", token="")
+
+    class Env:
+        pass
+    e = Env()
+    e.orch, e.cim, e.vim, e.mep, e.c, e.tmp = orch, cim, vim, mep, client, tmp_path
+    yield e
+    server.shutdown()
+    server.server_close()
+    orch.close()
+
+
+def onboard(e, appd_path=CONTAINER_APPD, **changes) -> dict:
+    image = _fake_docker_tar() if appd_path == CONTAINER_APPD else b"QFI\xfb" + b"\0" * 508
+    zpath = make_package(e.tmp, appd_path, image, **changes)
+    body = {"appPkgName": "p", "appPkgVersion": "1", "appPkgPath": str(zpath),
+            "checksum": {"algorithm": "SHA-256",
+                         "hash": hashlib.sha256(zpath.read_bytes()).hexdigest()}}
+    return e.c.post(PKGS, body)[0]
+
+
+def create(e, app_d_id="sample-http") -> dict:
+    return e.c.post(INST, {"appDId": app_d_id})[0]
+
+
+def instantiate(e, iid, **body) -> dict:
+    body.setdefault("selectedMECHostInfo", [{"hostId": {"id": "default"}}])
+    op, headers = e.c.post(f"{INST}/{iid}/instantiate", body)
+    assert headers["Location"] == op["_links"]["self"]["href"]
+    return e.c.wait_op(op, timeout=10)
+
+
+def terminate(e, iid, **body) -> dict:
+    body.setdefault("terminationType", "FORCEFUL")
+    op, _ = e.c.post(f"{INST}/{iid}/terminate", body)
+    return e.c.wait_op(op, timeout=20)
+
+
+def problem(fn, *args, **kw) -> ApiError:
+    with pytest.raises(ApiError) as info:
+        fn(*args, **kw)
+    return info.value
+
+
+# ---------------------------------------------------------------- deploy flow
+def test_container_deploy_and_terminate(env):
+    pkg = onboard(env)
+    assert pkg["onboardingState"] == "ONBOARDED" and pkg["deploymentType"] == "CONTAINER"
+    assert env.cim.images, "the image went into the container image repository"
+    inst = create(env)
+    assert inst["instantiationState"] == "NOT_INSTANTIATED"
+    op = instantiate(env, inst["id"])
+    assert op["operationState"] == "COMPLETED" and op["lcmOperation"] == "INSTATIATE"
+    info = env.c.get(f"{INST}/{inst['id']}")
+    assert info["instantiationState"] == "INSTANTIATED"
+    assert info["instantiatedAppState"] == {"operationalState": "STARTED"}
+    assert info["deploymentType"] == "CONTAINER"
+    assert info["allocatedResources"]["network"][0]["ip"].startswith("10.123.0.")
+    target, traffic, dns = env.mep.applied[inst["id"]]
+    assert target == info["allocatedResources"]["network"][0]["ip"]
+    assert [r.dns_rule_id for r in dns] == ["sample-http-dns"]
+    assert env.c.get(f"{PKGS}/{pkg['id']}")["usageState"] == "IN_USE"
+
+    op = terminate(env, inst["id"])
+    assert op["operationState"] == "COMPLETED"
+    assert env.cim.instances == {} and env.mep.applied == {}
+    assert env.c.get(f"{INST}/{inst['id']}")["instantiationState"] == "NOT_INSTANTIATED"
+    assert env.c.get(f"{PKGS}/{pkg['id']}")["usageState"] == "NOT_IN_USE"
+
+
+# ---------------------------------------------------------------- the decision
+def test_manner_from_deployment_type_orchestration_info_and_onboarding(env):
+    onboard(env)
+    onboard(env, VM_APPD)
+    a = create(env)
+    assert instantiate(env, a["id"], deploymentType="CONTAINER")["operationState"] == "COMPLETED"
+    b = create(env)
+    assert instantiate(env, b["id"], orchestrationInfo=POD)["operationState"] == "COMPLETED"
+    v = create(env, "sample-vm")
+    assert instantiate(env, v["id"], orchestrationInfo=TOSCA)["operationState"] == "COMPLETED"
+    w = create(env, "sample-vm")
+    assert instantiate(env, w["id"])["operationState"] == "COMPLETED"       # recorded
+    assert len(env.cim.instances) == 2 and len(env.vim.instances) == 2
+    plans = [o["_plan"]["decidedBy"] for o in env.orch.store.list("op_occs")]
+    assert plans == ["deploymentType", "orchestrationInfo", "orchestrationInfo", "onboarding"]
+
+
+def test_contradicting_signals_are_a_400_naming_them(env):
+    onboard(env)
+    inst = create(env)
+    err = problem(env.c.post, f"{INST}/{inst['id']}/instantiate",
+                  {"deploymentType": "VM", "orchestrationInfo": POD,
+                   "selectedMECHostInfo": [{"hostId": {"id": "default"}}]})
+    assert err.status == 400
+    assert "deploymentType" in err.body["detail"] and "orchestrationInfo" in err.body["detail"]
+    assert env.orch.store.list("op_occs") == [] and env.cim.calls == ["import_image"]
+
+
+# ---------------------------------------------------------------- failures
+@pytest.mark.parametrize("where", ["deploy", "rules"])
+def test_failure_at_each_step_rolls_back(env, where):
+    onboard(env)
+    inst = create(env)
+    if where == "deploy":
+        env.cim.fail["deploy"] = broken("no room in the fake")
+    else:
+        env.mep.fail = broken("iptables said no")
+    op = instantiate(env, inst["id"])
+    assert op["operationState"] == "FAILED"
+    assert op["error"]["status"] == 502 and op["error"]["detail"]
+    assert env.cim.instances == {} and env.mep.applied == {}
+    info = env.c.get(f"{INST}/{inst['id']}")
+    assert info["instantiationState"] == "NOT_INSTANTIATED" and "allocatedResources" not in info
+
+
+def test_capacity_refusal_changes_nothing(env):
+    onboard(env)
+    inst = create(env)
+    err = problem(instantiate, env, inst["id"],
+                  orchestrationInfo=POD.replace("memory: 64Mi", "memory: 64Gi"))
+    assert err.status == 409 and "no edge host has room" in err.body["detail"]
+    assert env.orch.store.list("op_occs") == [] and env.cim.instances == {}
+
+
+def test_unknown_host_is_problem_details(env):
+    onboard(env)
+    inst = create(env)
+    err = problem(instantiate, env, inst["id"], selectedMECHostInfo=[{"hostId": {"id": "nope"}}])
+    assert err.status == 404 and "unknown edge host" in err.body["detail"]
+
+
+def test_one_operation_at_a_time_per_instance(env):
+    onboard(env)
+    inst = create(env)
+    env.cim.deploy_gate = threading.Event()
+    op, _ = env.c.post(f"{INST}/{inst['id']}/instantiate",
+                       {"selectedMECHostInfo": [{"hostId": {"id": "default"}}]})
+    err = problem(env.c.post, f"{INST}/{inst['id']}/terminate", {"terminationType": "FORCEFUL"})
+    assert err.status == 409
+    env.cim.deploy_gate.set()
+    assert env.c.wait_op(op, timeout=10)["operationState"] == "COMPLETED"
+
+
+# ---------------------------------------------------------------- packages
+def test_package_state_rules(env):
+    pkg = onboard(env)
+    url = f"{PKGS}/{pkg['id']}"
+    assert problem(env.c.call, "DELETE", url).status == 409          # enabled
+    assert problem(env.c.call, "PATCH", url, {"operationState": "ENABLED"}).status == 409
+    inst = create(env)
+    instantiate(env, inst["id"])
+    env.c.call("PATCH", url, {"operationState": "DISABLED"})
+    other = create  # a disabled package cannot be instantiated
+    assert problem(other, env).status == 409
+    assert env.c.call("DELETE", url)[0] == 202                       # pending: in use
+    assert env.c.get(url)["deletionPending"] is True
+    assert problem(env.c.call, "PATCH", url, {"operationState": "ENABLED"}).status == 409
+    image = next(iter(env.cim.images))
+    terminate(env, inst["id"])
+    assert problem(env.c.get, url).status == 404                      # finished deleting
+    assert image not in env.cim.images                                # image removed too
+    assert not list((Path(env.orch.cfg["state_dir"]) / "packages").iterdir())
+
+
+def test_tampered_package_is_refused_and_nothing_kept(env):
+    zpath = make_package(env.tmp, CONTAINER_APPD, _fake_docker_tar())
+    good = hashlib.sha256(zpath.read_bytes()).hexdigest()
+    body = {"appPkgName": "p", "appPkgVersion": "1", "appPkgPath": str(zpath),
+            "checksum": {"algorithm": "SHA-256", "hash": "0" * 64}}
+    assert problem(env.c.post, PKGS, body).status == 422
+    data = bytearray(zpath.read_bytes())
+    i = data.find(b"sample-http.mec.local")                          # inside the AppD
+    data[i] = ord("S")
+    zpath.write_bytes(bytes(data))
+    body["checksum"]["hash"] = hashlib.sha256(bytes(data)).hexdigest()
+    err = problem(env.c.post, PKGS, body)
+    assert err.status in (400, 422), err.body
+    assert good != body["checksum"]["hash"]
+    assert env.c.get(PKGS) == [] and env.cim.images == {}
+    assert env.orch.store.list("packages") == []
+    assert not list((Path(env.orch.cfg["state_dir"]) / "packages").iterdir())
+
+
+def test_failed_image_import_keeps_nothing(env):
+    env.cim.fail["import_image"] = broken("registry down")
+    assert problem(onboard, env).status == 502
+    assert env.orch.store.list("packages") == [] and env.cim.images == {}
+
+
+def test_duplicate_app_d_id_is_a_conflict(env):
+    onboard(env)
+    assert problem(onboard, env).status == 409
+    assert len(env.c.get(PKGS)) == 1
+
+
+def test_query_filter(env):
+    onboard(env)
+    onboard(env, VM_APPD)
+    assert [p["appDId"] for p in env.c.get(PKGS + "?filter=(eq,appDId,sample-vm)")] == ["sample-vm"]
+    assert len(env.c.get(PKGS + "?filter=(in,deploymentType,VM,CONTAINER)")) == 2
+    assert problem(env.c.get, PKGS + "?filter=(bogus)").status == 400
+
+
+# ---------------------------------------------------------------- termination notice
+def test_graceful_termination_waits_for_confirm(env):
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    got = []
+
+    class Callback(BaseHTTPRequestHandler):
+        def do_POST(self):
+            import json
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+    cb = HTTPServer(("127.0.0.1", 0), Callback)
+    threading.Thread(target=cb.serve_forever, daemon=True).start()
+    try:
+        onboard(env)
+        inst = create(env)
+        instantiate(env, inst["id"])
+        app = f"/mec_app_support/v1/applications/{inst['id']}"
+        sub, _ = env.c.post(f"{app}/subscriptions", {
+            "subscriptionType": "AppTerminationNotificationSubscription",
+            "callbackReference": f"http://127.0.0.1:{cb.server_address[1]}/notify",
+            "appInstanceId": inst["id"]})
+        t0 = time.monotonic()
+        op, _ = env.c.post(f"{INST}/{inst['id']}/terminate",
+                           {"terminationType": "GRACEFUL", "gracefulTerminationTimeout": 30})
+        for _ in range(100):
+            if got:
+                break
+            time.sleep(0.05)
+        assert got and got[0]["notificationType"] == "AppTerminationNotification"
+        assert got[0]["maxGracefulTimeout"] == 30
+        env.c.post(f"{app}/confirm_termination", {"operationAction": "TERMINATING"})
+        assert env.c.wait_op(op, timeout=10)["operationState"] == "COMPLETED"
+        assert time.monotonic() - t0 < 10, "the confirm ended the wait early"
+        steps = env.orch.store.get("op_occs", op["id"])["_steps"]
+        assert {"step": "notified", "confirmed": True} in steps
+    finally:
+        cb.shutdown()
+
+
+def test_callbacks_only_to_allowed_networks(env):
+    onboard(env)
+    inst = create(env)
+    err = problem(env.c.post, f"/mec_app_support/v1/applications/{inst['id']}/subscriptions", {
+        "subscriptionType": "AppTerminationNotificationSubscription",
+        "callbackReference": "http://192.0.2.1/x", "appInstanceId": inst["id"]})
+    assert err.status == 400
+
+
+# ---------------------------------------------------------------- Mp1 rules
+def test_mp1_rule_update_reapplies_and_validates(env):
+    onboard(env)
+    inst = create(env)
+    instantiate(env, inst["id"])
+    url = f"/mec_app_support/v1/applications/{inst['id']}/dns_rules/sample-http-dns"
+    status, rule, headers = env.c.call("GET", url)
+    changed = dict(rule, state="INACTIVE")
+    assert problem(env.c.call, "PUT", url, changed, {"If-Match": '"stale"'}).status == 412
+    _, new, _ = env.c.call("PUT", url, changed, {"If-Match": headers["ETag"]})
+    assert new["state"] == "INACTIVE"
+    assert env.mep.applied[inst["id"]][2][0].state == "INACTIVE"
+    bad = dict(rule, domainName="x.com\naddress=/evil/1.2.3.4")
+    assert problem(env.c.call, "PUT", url, bad).status == 400
+    assert problem(env.c.call, "GET", url.replace("sample-http-dns", "nope")).status == 404
+    assert env.c.get(url)["state"] == "INACTIVE"
+
+
+# ---------------------------------------------------------------- recovery
+def test_recover_rolls_back_an_interrupted_instantiate(env):
+    onboard(env)
+    inst = create(env)
+    orch = env.orch
+    pkg = orch.packages.by_appd("sample-http")
+    # what a crash right after the deploy call leaves: journal says deploy
+    # began; the backend has the instance; no handle was recorded.
+    op = orch.lcm.journal.start(inst["id"], __import__("mecorch.states").states.LcmOperation.INSTANTIATE,
+                                {"hostId": "default", "manner": "CONTAINER", "need": {}})
+    orch.lcm.journal.step(op, "begin:deploy")
+    from mecorch import decision
+    req = decision.resource_request(inst["id"], pkg["_appd"], DeploymentType.CONTAINER,
+                                    pkg["_image"], {})
+    env.cim.deploy(req)
+    assert inst["id"] in env.cim.instances
+    done = orch.recover()
+    assert any("rolled back" in d for d in done)
+    assert env.cim.instances == {}
+    assert orch.store.get("op_occs", op["id"])["operationState"] == "FAILED"
+
+
+def test_idempotent_create(env):
+    onboard(env)
+    a, _ = env.c.post(INST, {"appDId": "sample-http"}, {"Idempotency-Key": "k-1"})
+    b, _ = env.c.post(INST, {"appDId": "sample-http"}, {"Idempotency-Key": "k-1"})
+    assert a["id"] == b["id"] and len(env.c.get(INST)) == 1
+
+
+def test_errors_are_problem_details(env):
+    err = problem(env.c.get, "/app_lcm/v1/app_instances/nope")
+    assert err.status == 404 and err.body["status"] == 404 and err.body["title"]
+    assert problem(env.c.call, "PUT", PKGS, {}).status == 405
+    assert problem(env.c.post, INST, "not an object").status == 400
+    assert copy.deepcopy(err.body)["instance"] == "/app_lcm/v1/app_instances/nope"
