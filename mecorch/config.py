@@ -25,7 +25,8 @@ DEFAULT: dict[str, Any] = {
                 "network": "mecorch", "network_cidr": "192.168.150.0/24",
                 "accel": "auto"},
         "mep": {"driver": "linux", "dns_listen": "127.0.0.1", "dns_port": 5353,
-                "chain_prefix": "MECORCH", "netns": None},
+                "chain_prefix": "MECORCH", "netns": None,
+                "service_cidr": "10.90.0.0/24", "dns_ttl": 0},
     }],
 }
 

@@ -74,7 +74,9 @@ def domain_name(value, field: str = "domainName") -> str:
 
 
 def ip_address(value, field: str, version: int | None = None) -> str:
-    if not isinstance(value, str) or len(value) > 45:
+    # '%' would admit an IPv6 scope id, which ipaddress takes as free text
+    # (newlines, spaces, option text): refuse scoped addresses outright.
+    if not isinstance(value, str) or len(value) > 45 or "%" in value:
         _fail(field, "must be an IP address")
     try:
         addr = ipaddress.ip_address(value)
@@ -87,7 +89,7 @@ def ip_address(value, field: str, version: int | None = None) -> str:
 
 def network(value, field: str, version: int | None = None) -> str:
     """An address or a CIDR network ('10.0.0.0/24'), normalised."""
-    if not isinstance(value, str) or len(value) > 49:
+    if not isinstance(value, str) or len(value) > 49 or "%" in value:
         _fail(field, "must be an IP address or CIDR network")
     try:
         net = ipaddress.ip_network(value, strict=False)

@@ -1,0 +1,142 @@
+"""DNS rules served by a dnsmasq that mecorch starts and owns.
+
+Rendering is pure (`render_hosts`, `argv`); the few I/O helpers below let
+OSError and subprocess errors through: the driver maps them in its one
+choke point.
+
+How rules reach dnsmasq: one hosts-format file per instance, named by the
+instance id, in the `--hostsdir` directory. dnsmasq watches that directory
+with inotify: a new, changed or renamed-in file is re-read and the names it
+held before are flushed; a removed file's names are flushed (measured with
+dnsmasq 2.90). Files are replaced atomically (write `.<id>.tmp`, then
+rename): dnsmasq ignores dot-files, so it never reads a half-written one.
+dnsmasq is never restarted or signalled for a rule change.
+
+TTL: hostsdir entries are all served with one TTL, `--local-ttl`, which the
+config sets (`dns_ttl`, default 0 = clients must not cache). A per-rule
+`ttl` cannot be expressed. The driver serves a rule whose ttl is >= dns_ttl
+with dns_ttl (a client never caches the answer longer than the app asked),
+and refuses a rule whose ttl is below dns_ttl with UnsupportedAction
+(serving it would let clients cache longer than the app allows).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from mecorch.errors import BackendError, UnsupportedAction
+from mecorch.rules import DnsRule
+
+
+def render_hosts(instance_id: str, rules: list[DnsRule]) -> str:
+    """The hostsdir file of an instance: one `address name` line per ACTIVE
+    rule (INACTIVE ones are left out), sorted by rule id; '' if none."""
+    active = sorted((r for r in rules if r.active), key=lambda r: r.dns_rule_id)
+    if not active:
+        return ""
+    lines = [f"# mecorch: DNS rules of instance {instance_id} (generated, do not edit)"]
+    for r in active:
+        lines.append(f"# {r.dns_rule_id}")
+        lines.append(f"{r.ip_address} {r.domain_name}")
+    return "\n".join(lines) + "\n"
+
+
+def check_ttls(rules: list[DnsRule], local_ttl: int) -> None:
+    for r in rules:
+        if r.ttl is not None and r.ttl < local_ttl:
+            raise UnsupportedAction(
+                f"dnsRule {r.dns_rule_id}: ttl {r.ttl} is below the {local_ttl} s this MEP "
+                f"serves every DNS rule with (dnsmasq hostsdir entries share one "
+                f"--local-ttl); omit ttl or use a value >= {local_ttl}")
+
+
+def argv(*, pid_file: Path, hosts_dir: Path, log_file: Path, listen: str, port: int,
+         local_ttl: int, user: str) -> list[str]:
+    """The dnsmasq command line: DNS only, our hostsdir only, nothing else
+    (no config file, no /etc/hosts, no upstream resolvers, no DHCP)."""
+    return ["dnsmasq", "--conf-file=/dev/null", f"--pid-file={pid_file}",
+            f"--port={port}", f"--listen-address={listen}", "--bind-interfaces",
+            "--no-resolv", "--no-hosts", f"--hostsdir={hosts_dir}",
+            f"--local-ttl={local_ttl}", f"--user={user}", f"--log-facility={log_file}"]
+
+
+def live_pid(pid_file: Path) -> int | None:
+    """The pid in `pid_file` if it is a running dnsmasq started with that
+    very pid file (so a recycled pid of another process is not taken)."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    if Path(cmdline[0].decode(errors="replace")).name != "dnsmasq":
+        return None
+    if f"--pid-file={pid_file}".encode() not in cmdline:
+        return None
+    return pid
+
+
+def start(cmd: list[str], pid_file: Path, timeout_s: float = 5.0) -> int:
+    """Start dnsmasq as a daemon (it forks and writes its pid file; the
+    parent's exit status tells whether it could bind). Returns its pid."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    if proc.returncode != 0:
+        raise BackendError(f"dnsmasq did not start (exit {proc.returncode}): "
+                           f"{(proc.stderr or proc.stdout).strip()[-500:]}")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pid = live_pid(pid_file)
+        if pid:
+            return pid
+        time.sleep(0.02)
+    raise BackendError(f"dnsmasq started but {pid_file} names no running dnsmasq")
+
+
+def stop(pid_file: Path, timeout_s: float = 5.0) -> bool:
+    """Stop the dnsmasq named by our pid file (only that one). True if one
+    was running."""
+    pid = live_pid(pid_file)
+    if pid is None:
+        pid_file.unlink(missing_ok=True)
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while Path(f"/proc/{pid}").exists():
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + timeout_s
+        time.sleep(0.02)
+    pid_file.unlink(missing_ok=True)
+    return True
+
+
+def stage(hosts_dir: Path, instance_id: str, text: str) -> Path | None:
+    """Write the instance's new file next to its final place, not yet
+    visible to dnsmasq (dot-file). None when the instance has no rules."""
+    if not text:
+        return None
+    tmp = hosts_dir / f".{instance_id}.tmp"
+    with open(tmp, "w", encoding="ascii") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)
+    return tmp
+
+
+def commit(hosts_dir: Path, instance_id: str, staged: Path | None) -> None:
+    """Make the staged file the instance's file (atomic rename), or remove
+    the instance's file when there is nothing staged."""
+    final = hosts_dir / instance_id
+    if staged is None:
+        final.unlink(missing_ok=True)
+    else:
+        os.replace(staged, final)
+
+
+def discard(staged: Path | None) -> None:
+    if staged is not None:
+        staged.unlink(missing_ok=True)

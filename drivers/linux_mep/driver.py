@@ -1,0 +1,257 @@
+"""LinuxMEP: DNS rules in mecorch's dnsmasq, traffic rules in iptables.
+
+Config keys (the `mep` section): dns_listen, dns_port, dns_ttl (default 0),
+dns_user (default root: the hostsdir lives under state_dir, which may not be
+readable by an unprivileged user), chain_prefix, netns (optional: run
+iptables and dnsmasq inside this existing network namespace, through
+`ip netns exec NS ...`), state_dir, run_dir, host_id.
+
+Files: <state_dir>/dns/hosts.d/<instance id> (one per instance with ACTIVE
+DNS rules), <run_dir>/dnsmasq.pid, <run_dir>/dnsmasq.log, <run_dir>/mep.lock.
+
+apply_rules is all-or-nothing across both backends: everything is validated
+and rendered first (nothing touched on error); the new DNS file is staged
+invisibly; iptables-restore applies the instance's chains; only then is the
+DNS file renamed into place. If iptables fails, the staged file is dropped
+and the instance's chains are put back as they were (iptables-nft commits
+each table of one restore separately, so a failure in nat can follow a
+committed raw); if the rename fails, the chains are put back too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+from mecorch import validate
+from mecorch.drivers import Capabilities, PlatformDriver
+from mecorch.errors import (BackendError, BackendUnavailable, InvalidInput,
+                            MecorchError, Timeout)
+from mecorch.model import Check
+from mecorch.rules import DnsRule, TrafficRule, unique_ids
+
+from . import dnsmasq, iptables
+
+CMD_TIMEOUT_S = 15
+
+
+@contextlib.contextmanager
+def _backend(what: str) -> Iterator[None]:
+    """The one place where OS and subprocess failures become mecorch errors."""
+    try:
+        yield
+    except MecorchError:
+        raise
+    except FileNotFoundError as e:
+        raise BackendUnavailable(f"{what}: {e.filename or e} not found (is it installed?)") from None
+    except subprocess.TimeoutExpired as e:
+        raise Timeout(f"{what}: {e.cmd[0] if e.cmd else 'command'} timed out") from None
+    except subprocess.CalledProcessError as e:
+        err = (e.stderr or e.stdout or "").strip()[-800:]
+        raise BackendError(f"{what}: {' '.join(e.cmd[:6])} failed (exit {e.returncode}): {err}") from None
+    except OSError as e:
+        raise BackendError(f"{what}: {e.strerror or e} ({e.filename or ''})") from None
+
+
+class LinuxMEP(PlatformDriver):
+    kind = "mep"
+
+    def __init__(self, config: dict[str, Any]):
+        super().__init__(config)
+        # Only validation and paths here: no files, no processes.
+        self.prefix = iptables.check_prefix(config.get("chain_prefix", "MECORCH"))
+        self.netns = config.get("netns")
+        if self.netns is not None:
+            validate.ident(self.netns, "mep.netns")
+        self.dns_listen = validate.ip_address(config.get("dns_listen", "127.0.0.1"), "mep.dns_listen")
+        self.dns_port = validate.port(config.get("dns_port", 5353), "mep.dns_port")
+        self.dns_ttl = validate.integer(config.get("dns_ttl", 0), "mep.dns_ttl", 0, 2**31 - 1)
+        self.dns_user = validate.ident(config.get("dns_user", "root"), "mep.dns_user")
+        # Steered service addresses (the VIPs traffic rules DNAT from) get a
+        # route into a dummy interface: traffic to a VIP whose rule is gone
+        # is dropped on this host instead of following the default route.
+        cidr = config.get("service_cidr")
+        self.service_cidr = validate.network(cidr, "mep.service_cidr") if cidr else None
+        self.service_if = validate.ident(config.get("service_interface", "mecorch-svc"),
+                                         "mep.service_interface")[:15]
+        state_dir = Path(validate.text(config.get("state_dir", "/var/lib/mecorch"), "mep.state_dir", 1024))
+        run_dir = Path(validate.text(config.get("run_dir", "/run/mecorch"), "mep.run_dir", 1024))
+        self.hosts_dir = state_dir / "dns" / "hosts.d"
+        self.run_dir = run_dir
+        self.pid_file = run_dir / "dnsmasq.pid"
+        self.log_file = run_dir / "dnsmasq.log"
+        self._lock = threading.Lock()
+
+    # -- plumbing ------------------------------------------------------------------
+
+    def _argv(self, *argv: str) -> list[str]:
+        return (["ip", "netns", "exec", self.netns] if self.netns else []) + list(argv)
+
+    def _run(self, *argv: str, input: str | None = None) -> str:
+        return subprocess.run(self._argv(*argv), input=input, capture_output=True, text=True,
+                              check=True, timeout=CMD_TIMEOUT_S).stdout
+
+    def _save(self) -> iptables.Saved:
+        # One iptables-save of every table: one fork instead of one per table.
+        return iptables.parse_save(self._run("iptables-save"))
+
+    def _restore(self, text: str) -> None:
+        if text:
+            self._run("iptables-restore", "-w", "5", "--noflush", input=text)
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """One rule change at a time, across threads and processes: each
+        change reads iptables-save and then writes from what it read."""
+        with self._lock:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.run_dir / "mep.lock", "w") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)
+                yield
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(manner=None)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Make the top chains and hooks exist, the hostsdir, and a running
+        dnsmasq (started unless our pid file names a live one)."""
+        with _backend("mep open"), self._exclusive():
+            self.hosts_dir.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.hosts_dir, 0o755)
+            self._restore(iptables.base_text(self._save(), self.prefix))
+            if self.service_cidr:
+                self._ensure_service_route()
+            if dnsmasq.live_pid(self.pid_file) is None:
+                dnsmasq.start(self._argv(*dnsmasq.argv(
+                    pid_file=self.pid_file, hosts_dir=self.hosts_dir, log_file=self.log_file,
+                    listen=self.dns_listen, port=self.dns_port, local_ttl=self.dns_ttl,
+                    user=self.dns_user)), self.pid_file)
+
+    def _ensure_service_route(self) -> None:
+        links = self._run("ip", "-o", "link", "show")
+        if f": {self.service_if}:" not in links:
+            self._run("ip", "link", "add", self.service_if, "type", "dummy")
+        self._run("ip", "link", "set", self.service_if, "up")
+        self._run("ip", "route", "replace", self.service_cidr, "dev", self.service_if)
+
+    def close(self) -> None:
+        """Nothing to release: the driver holds no connection, and dnsmasq
+        is meant to outlive the process (see stop_services)."""
+
+    def stop_services(self) -> bool:
+        """Stop the dnsmasq mecorch started (the one its pid file names,
+        verified by command line), for tests and shutdown. Rules and chains
+        are kept. True if one was running."""
+        with _backend("mep stop"):
+            return dnsmasq.stop(self.pid_file)
+
+    def dnsmasq_pid(self) -> int | None:
+        return dnsmasq.live_pid(self.pid_file)
+
+    # -- rules -------------------------------------------------------------------------
+
+    def _validate(self, instance_id, target_ip, traffic_rules, dns_rules):
+        validate.ident(instance_id, "instance_id")
+        validate.ip_address(target_ip, "target_ip")
+        for name, rules, cls in (("traffic_rules", traffic_rules, TrafficRule),
+                                 ("dns_rules", dns_rules, DnsRule)):
+            if not isinstance(rules, (list, tuple)) or not all(isinstance(r, cls) for r in rules):
+                raise InvalidInput(f"{name}: must be a list of mecorch.rules.{cls.__name__}")
+        unique_ids(traffic_rules, "traffic_rule_id", "trafficRules")
+        unique_ids(dns_rules, "dns_rule_id", "dnsRules")
+
+    def apply_rules(self, instance_id: str, target_ip: str,
+                    traffic_rules: list, dns_rules: list) -> None:
+        self._validate(instance_id, target_ip, traffic_rules, dns_rules)
+        # Render everything before touching anything: an unsupported or
+        # malformed rule stops here with nothing changed.
+        desired = iptables.render_instance(self.prefix, instance_id, target_ip, list(traffic_rules))
+        dnsmasq.check_ttls(list(dns_rules), self.dns_ttl)
+        hosts = dnsmasq.render_hosts(instance_id, list(dns_rules))
+        with _backend(f"apply rules of {instance_id}"), self._exclusive():
+            self.hosts_dir.mkdir(parents=True, exist_ok=True)
+            saved = self._save()
+            change = iptables.transition(saved, self.prefix, instance_id, desired)
+            before = iptables.current(saved, self.prefix, instance_id)
+            staged = dnsmasq.stage(self.hosts_dir, instance_id, hosts)
+            try:
+                self._restore(change)
+                dnsmasq.commit(self.hosts_dir, instance_id, staged)
+            except BaseException:
+                dnsmasq.discard(staged)
+                self._put_back(instance_id, before)
+                raise
+
+    def _put_back(self, instance_id: str, before: dict[str, list[str]]) -> None:
+        """Best effort: return the instance's chains to `before` after a
+        failed change (the original error is what the caller sees)."""
+        with contextlib.suppress(Exception):
+            self._restore(iptables.transition(self._save(), self.prefix, instance_id, before))
+
+    def remove_rules(self, instance_id: str) -> None:
+        validate.ident(instance_id, "instance_id")
+        with _backend(f"remove rules of {instance_id}"), self._exclusive():
+            self._restore(iptables.transition(self._save(), self.prefix, instance_id, {}))
+            dnsmasq.commit(self.hosts_dir, instance_id, None)
+            (self.hosts_dir / f".{instance_id}.tmp").unlink(missing_ok=True)
+
+    def rule_owners(self) -> set[str]:
+        with _backend("list rule owners"):
+            found = set(iptables.owners(self._save(), self.prefix))
+            if self.hosts_dir.is_dir():
+                for name in os.listdir(self.hosts_dir):
+                    with contextlib.suppress(InvalidInput):
+                        found.add(validate.ident(name, "file"))   # skips .tmp dot-files
+            return found
+
+    def chains_text(self) -> str:
+        """mecorch's chains and hooks as iptables-save shows them (for
+        before/after comparisons and doctor)."""
+        with _backend("read chains"):
+            return iptables.our_chains(self._save(), self.prefix)
+
+    # -- doctor ------------------------------------------------------------------------
+
+    def check(self) -> list[Check]:
+        return [self._check("mep: dnsmasq", self._check_dnsmasq,
+                            "apt-get install dnsmasq-base"),
+                self._check("mep: iptables", self._check_iptables,
+                            "apt-get install iptables; run as root"
+                            + (f"; create the netns: ip netns add {self.netns}" if self.netns else "")),
+                self._check("mep: dnsmasq running", self._check_running,
+                            "mecorch starts it on open(); see " + str(self.log_file))]
+
+    @staticmethod
+    def _check(name: str, probe, fix: str) -> Check:
+        try:
+            return Check(name, True, probe())
+        except Exception as e:          # doctor never raises
+            return Check(name, False, str(e), fix)
+
+    def _check_dnsmasq(self) -> str:
+        with _backend("dnsmasq --version"):
+            out = subprocess.run(["dnsmasq", "--version"], capture_output=True, text=True,
+                                 check=True, timeout=CMD_TIMEOUT_S).stdout
+        return out.splitlines()[0] if out else "dnsmasq (no version)"
+
+    def _check_iptables(self) -> str:
+        with _backend("iptables"):
+            version = self._run("iptables", "--version").strip()
+            self._run("iptables-save", "-t", "nat")       # usable, not just installed
+        m = re.search(r"\((\w+)\)", version)
+        return f"{version}; backend {m.group(1) if m else 'legacy'}" + (
+            f"; netns {self.netns}" if self.netns else "")
+
+    def _check_running(self) -> str:
+        pid = dnsmasq.live_pid(self.pid_file)
+        if pid is None:
+            raise BackendError(f"no live dnsmasq in {self.pid_file}")
+        return f"pid {pid}, {self.dns_listen}:{self.dns_port}, ttl {self.dns_ttl}"

@@ -1,0 +1,403 @@
+"""LinuxMEP against real iptables and a real dnsmasq, inside network
+namespaces these tests make (the host's own iptables is never touched).
+
+Topology (all addresses exist only inside the namespaces made here):
+
+    client ns  10.231.1.2 --veth-- 10.231.1.1  edge ns (the MEP: iptables,
+                                   10.231.2.1  dnsmasq on 10.231.1.1)
+    instance ns 10.231.2.2, 10.231.2.3 --veth--/
+
+The client's default route is the edge; the edge forwards. A "service"
+address 10.231.3.80 exists nowhere: only a FORWARD rule (DNAT in the edge)
+makes it reach the instance's HTTP server, which answers with the address
+it was reached on.
+"""
+
+from __future__ import annotations
+
+import copy
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from drivers.linux_mep import LinuxMEP, iptables
+from mecorch.errors import BackendError, InvalidInput, UnsupportedAction
+from mecorch.rules import DnsRule, TrafficRule
+
+from conftest import run
+
+pytestmark = pytest.mark.mep
+
+SERVICE = "10.231.3.80"
+INSTANCE_A, INSTANCE_B = "10.231.2.2", "10.231.2.3"
+PORT = 8080
+
+SERVER = r"""
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("reached " + self.connection.getsockname()[0]).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body)))
+        self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def ns(name: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run("ip", "netns", "exec", name, *argv, check=check)
+
+
+class Lab:
+    def __init__(self, tmp: Path):
+        u = secrets.token_hex(4)
+        self.edge, self.client, self.inst = f"mect-{u}", f"mect-{u}-c", f"mect-{u}-i"
+        self.links = (f"mc{u}", f"mi{u}")       # veth names (edge side), < 16 chars
+        self.tmp = tmp
+        self.server: subprocess.Popen | None = None
+        self.driver: LinuxMEP | None = None
+
+    def up(self) -> None:
+        for name in (self.edge, self.client, self.inst):
+            run("ip", "netns", "add", name)
+            ns(name, "ip", "link", "set", "lo", "up")
+        for (link, peer_ns, edge_ip, peer_ips) in (
+                (self.links[0], self.client, "10.231.1.1/24", ["10.231.1.2/24"]),
+                (self.links[1], self.inst, "10.231.2.1/24", ["10.231.2.2/24", "10.231.2.3/24"])):
+            run("ip", "link", "add", link, "netns", self.edge, "type", "veth",
+                "peer", "name", link + "p", "netns", peer_ns)
+            ns(self.edge, "ip", "addr", "add", edge_ip, "dev", link)
+            ns(self.edge, "ip", "link", "set", link, "up")
+            for ip in peer_ips:
+                ns(peer_ns, "ip", "addr", "add", ip, "dev", link + "p")
+            ns(peer_ns, "ip", "link", "set", link + "p", "up")
+            ns(peer_ns, "ip", "route", "add", "default", "via", edge_ip.split("/")[0])
+        ns(self.edge, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        self.server = subprocess.Popen(
+            ["ip", "netns", "exec", self.inst, sys.executable, "-c", SERVER, str(PORT)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.driver = LinuxMEP({
+            "driver": "linux", "dns_listen": "10.231.1.1", "dns_port": 5353,
+            "chain_prefix": "MECT", "netns": self.edge, "state_dir": str(self.tmp / "state"),
+            "run_dir": str(self.tmp / "run"), "host_id": "test"})
+        deadline = time.monotonic() + 10
+        while ns(self.inst, "curl", "-s", "-m", "1", f"http://{INSTANCE_A}:{PORT}/",
+                 check=False).returncode != 0:
+            assert time.monotonic() < deadline, "sample instance server did not come up"
+            time.sleep(0.1)
+
+    def down(self) -> None:
+        if self.driver is not None:
+            self.driver.stop_services()
+        if self.server is not None:
+            self.server.terminate()
+            self.server.wait(10)
+        for name in (self.edge, self.client, self.inst):
+            run("ip", "netns", "del", name, check=False)
+
+    # -- probes ---------------------------------------------------------------------
+    def dig(self, name: str, qtype: str = "A") -> str:
+        return ns(self.client, "dig", "+short", "+time=1", "+tries=1", "@10.231.1.1",
+                  "-p", "5353", name, qtype, check=False).stdout.strip()
+
+    def get(self, addr: str = SERVICE, port: int = PORT) -> str | None:
+        """Body of GET http://addr:port/ from the client ns, None if unreachable."""
+        r = ns(self.client, "curl", "-s", "-m", "1", f"http://{addr}:{port}/", check=False)
+        return r.stdout if r.returncode == 0 else None
+
+    def snapshot(self) -> tuple[str, dict]:
+        """Every iptables rule in the edge ns (no counters) and every file
+        of the hostsdir with its content."""
+        tables = "".join(ns(self.edge, "iptables-save", "-t", t).stdout for t in ("raw", "nat", "filter"))
+        rules = "\n".join(l for l in tables.splitlines() if not l.startswith("#"))
+        hosts = self.driver.hosts_dir
+        files = {p.name: p.read_text() for p in hosts.iterdir()} if hosts.is_dir() else {}
+        return rules, files
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    lab = Lab(tmp_path_factory.mktemp("mep"))
+    try:
+        lab.up()
+        lab.driver.open()
+        yield lab
+    finally:
+        pid = lab.driver.dnsmasq_pid() if lab.driver else None
+        lab.down()
+    # Nothing leaked: namespaces gone, our dnsmasq gone.
+    left = run("ip", "netns", "list").stdout
+    assert lab.edge not in left and lab.client not in left and lab.inst not in left
+    assert pid is None or not Path(f"/proc/{pid}").exists()
+
+
+def poll(probe, want, timeout: float = 3.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = probe()
+        if got == want or time.monotonic() > deadline:
+            return got
+        time.sleep(0.05)
+
+
+def dns(rule_id="d1", name="app.mect.test", ip="10.231.2.2", state="ACTIVE", **kw) -> DnsRule:
+    return DnsRule.from_etsi({"dnsRuleId": rule_id, "domainName": name, "ipAddressType": "IP_V4",
+                              "ipAddress": ip, "state": state, **kw})
+
+
+def forward(rule_id="f1", priority=10, action="FORWARD_DECAPSULATED", dst=SERVICE,
+            port=PORT, state="ACTIVE", **kw) -> TrafficRule:
+    return TrafficRule.from_etsi({
+        "trafficRuleId": rule_id, "filterType": "FLOW", "priority": priority,
+        "trafficFilter": [{"dstAddress": [dst], "dstPort": [str(port)], "protocol": ["tcp"]}],
+        "action": action, "state": state, **kw})
+
+
+# -- DNS ---------------------------------------------------------------------------------
+
+def test_open_is_idempotent_and_doctor_passes(lab):
+    pid = lab.driver.dnsmasq_pid()
+    before = lab.driver.chains_text()
+    lab.driver.open()
+    LinuxMEP(lab.driver.config).open()          # another process would find it running
+    assert lab.driver.dnsmasq_pid() == pid and pid is not None
+    assert lab.driver.chains_text() == before
+    checks = lab.driver.check()
+    assert all(c.ok for c in checks), checks
+    assert "nf_tables" in checks[1].detail
+
+
+def test_dns_rule_resolves_changes_and_goes_away_without_restart(lab):
+    d = lab.driver
+    pid = d.dnsmasq_pid()
+    d.apply_rules("dns-a", INSTANCE_A, [], [dns()])
+    assert poll(lambda: lab.dig("app.mect.test"), "10.231.2.2") == "10.231.2.2"
+    d.apply_rules("dns-a", INSTANCE_A, [], [dns(ip="10.231.2.3")])
+    assert poll(lambda: lab.dig("app.mect.test"), "10.231.2.3") == "10.231.2.3"
+    d.apply_rules("dns-a", INSTANCE_A, [], [dns(ip="10.231.2.3", state="INACTIVE")])
+    assert poll(lambda: lab.dig("app.mect.test"), "") == ""
+    assert "dns-a" not in d.rule_owners()
+    d.apply_rules("dns-a", INSTANCE_A, [], [dns()])
+    assert poll(lambda: lab.dig("app.mect.test"), "10.231.2.2") == "10.231.2.2"
+    assert "dns-a" in d.rule_owners()
+    d.remove_rules("dns-a")
+    assert poll(lambda: lab.dig("app.mect.test"), "") == ""
+    d.remove_rules("dns-a")                     # already gone: success
+    assert d.dnsmasq_pid() == pid               # never restarted
+    assert list(d.hosts_dir.iterdir()) == []
+
+
+def test_dns_ipv6_rule_and_ttl_policy(lab):
+    d = lab.driver
+    v6 = DnsRule.from_etsi({"dnsRuleId": "d6", "domainName": "v6.mect.test", "ipAddressType": "IP_V6",
+                            "ipAddress": "2001:db8::7", "state": "ACTIVE", "ttl": 300})
+    d.apply_rules("dns-6", INSTANCE_A, [], [v6])
+    try:
+        assert poll(lambda: lab.dig("v6.mect.test", "AAAA"), "2001:db8::7") == "2001:db8::7"
+        # ttl 300 is served with the configured local ttl (0): never cached longer.
+        out = ns(lab.client, "dig", "+noall", "+answer", "@10.231.1.1", "-p", "5353",
+                 "v6.mect.test", "AAAA").stdout.split()
+        assert out[1] == "0"
+    finally:
+        d.remove_rules("dns-6")
+    strict = LinuxMEP({**d.config, "dns_ttl": 60})
+    with pytest.raises(UnsupportedAction, match="ttl 30"):
+        strict.apply_rules("dns-t", INSTANCE_A, [], [dns(ttl=30)])
+
+
+# -- traffic -------------------------------------------------------------------------------
+
+def test_forward_steers_drop_blocks_and_removal_restores_chains(lab):
+    d = lab.driver
+    before = lab.snapshot()
+    chains_before = d.chains_text()
+    assert lab.get() is None                          # the service address leads nowhere yet
+    d.apply_rules("web-a", INSTANCE_A, [forward()], [dns()])
+    assert lab.get() == f"reached {INSTANCE_A}"
+    assert "web-a" in d.rule_owners()
+    assert "web-a" in LinuxMEP(d.config).rule_owners()   # found from the backend alone
+    # A DROP of higher priority (lower number) wins over the FORWARD...
+    d.apply_rules("web-a", INSTANCE_A, [forward(), forward("x", 1, "DROP")], [dns()])
+    assert lab.get() is None
+    # ...a lower-priority DROP does not.
+    d.apply_rules("web-a", INSTANCE_A, [forward(), forward("x", 99, "DROP")], [dns()])
+    assert lab.get() == f"reached {INSTANCE_A}"
+    # DROP also blocks the instance's own address; PASSTHROUGH first lets it be.
+    d.apply_rules("web-a", INSTANCE_A, [forward("x", 5, "DROP", dst=INSTANCE_A)], [])
+    assert lab.get(INSTANCE_A) is None
+    d.apply_rules("web-a", INSTANCE_A, [forward("x", 5, "DROP", dst=INSTANCE_A),
+                                       forward("p", 4, "PASSTHROUGH", dst=INSTANCE_A)], [])
+    assert lab.get(INSTANCE_A) == f"reached {INSTANCE_A}"
+    # dstInterface IP overrides the target address; INACTIVE rules are not applied.
+    d.apply_rules("web-a", INSTANCE_A, [forward(dstInterface={"interfaceType": "IP",
+                                                              "dstIpAddress": INSTANCE_B})], [])
+    assert lab.get() == f"reached {INSTANCE_B}"
+    d.apply_rules("web-a", INSTANCE_A, [forward(state="INACTIVE")], [])
+    assert lab.get() is None
+    d.apply_rules("web-a", INSTANCE_A, [forward()], [dns()])
+    d.remove_rules("web-a")
+    assert lab.get() is None
+    assert d.chains_text() == chains_before
+    assert lab.snapshot() == before                  # byte for byte, files too
+    assert "web-a" not in d.rule_owners()
+
+
+def test_two_instances_are_independent(lab):
+    d = lab.driver
+    before = lab.snapshot()
+    d.apply_rules("two-a", INSTANCE_A, [forward(port=PORT)], [dns("d", "a.mect.test")])
+    d.apply_rules("two-b", INSTANCE_B, [forward(dst="10.231.3.81")], [dns("d", "b.mect.test", INSTANCE_B)])
+    assert lab.get() == f"reached {INSTANCE_A}"
+    assert lab.get("10.231.3.81") == f"reached {INSTANCE_B}"
+    assert poll(lambda: lab.dig("b.mect.test"), INSTANCE_B) == INSTANCE_B
+    assert {"two-a", "two-b"} <= d.rule_owners()
+    d.apply_rules("two-a", INSTANCE_A, [], [])              # A empties its set
+    assert lab.get() is None and lab.get("10.231.3.81") == f"reached {INSTANCE_B}"
+    assert poll(lambda: lab.dig("a.mect.test"), "") == ""
+    assert lab.dig("b.mect.test") == INSTANCE_B
+    d.remove_rules("two-b")
+    assert lab.snapshot() == before
+
+
+def test_unsupported_action_changes_nothing(lab):
+    d = lab.driver
+    d.apply_rules("uns", INSTANCE_A, [forward()], [dns()])
+    try:
+        before = lab.snapshot()
+        for rule in (forward(action="FORWARD_ENCAPSULATED"), forward(action="DUPLICATE_DECAPSULATED"),
+                     forward(dst="2001:db8::1")):
+            with pytest.raises(UnsupportedAction):
+                d.apply_rules("uns", INSTANCE_A, [rule], [dns(ip="10.231.2.3")])
+            assert lab.snapshot() == before
+    finally:
+        d.remove_rules("uns")
+
+
+def test_iptables_failure_leaves_dns_and_chains_unchanged(lab):
+    """Real failure half-way: a foreign nat rule references the instance's
+    chain, so removing it fails in nat after raw was already committed
+    (iptables-nft commits per table). The raw part must be put back and the
+    DNS file must not change."""
+    d = lab.driver
+    d.apply_rules("atom", INSTANCE_A, [forward()], [dns(name="atom.mect.test")])
+    chain = iptables.instance_chain(d.prefix, "atom")
+    ns(lab.edge, "iptables", "-t", "nat", "-N", "FOREIGN")
+    ns(lab.edge, "iptables", "-t", "nat", "-A", "FOREIGN", "-j", chain)
+    try:
+        before = lab.snapshot()
+        with pytest.raises(BackendError, match="iptables-restore"):
+            d.apply_rules("atom", INSTANCE_A, [forward(state="INACTIVE")],
+                          [dns(name="atom.mect.test", state="INACTIVE")])
+        assert lab.snapshot() == before
+        assert lab.get() == f"reached {INSTANCE_A}"
+        assert lab.dig("atom.mect.test") == INSTANCE_A
+    finally:
+        ns(lab.edge, "iptables", "-t", "nat", "-F", "FOREIGN")
+        ns(lab.edge, "iptables", "-t", "nat", "-X", "FOREIGN")
+    d.remove_rules("atom")
+
+
+def test_dns_failure_puts_chains_back(lab):
+    """Real failure at the last step: the DNS file cannot be renamed into
+    place (a directory sits at its name); the chains go back as they were."""
+    d = lab.driver
+    before = lab.snapshot()
+    (d.hosts_dir / "dnsfail").mkdir()
+    try:
+        with pytest.raises(BackendError):
+            d.apply_rules("dnsfail", INSTANCE_A, [forward()], [dns(name="fail.mect.test")])
+        assert lab.get() is None
+        files = sorted(p.name for p in d.hosts_dir.iterdir())
+        assert files == ["dnsfail"]                # no staged file left behind
+    finally:
+        (d.hosts_dir / "dnsfail").rmdir()
+    assert lab.snapshot() == before
+
+
+# -- hostile input ---------------------------------------------------------------------------
+
+PAYLOADS = [
+    "a\nb", "x\r\n-A INPUT -j ACCEPT", "#comment", "-- -j ACCEPT", "-j ACCEPT",
+    "--address=/x/1.2.3.4", "a\x00b", "x" * 300, "app.\u00e9xample.test", "\u0430pp.test",
+    "$(reboot)", "`id`", "a;b", "a|b", "a b", "a&&b", "'\"", "../../etc/passwd", "",
+    "10.0.0.1 -j ACCEPT", "10.0.0.1\n", "80 --dport 22", "fe80::1%lo -j DROP",
+]
+GOOD_DNS = {"dnsRuleId": "h1", "domainName": "hostile.mect.test", "ipAddressType": "IP_V4",
+            "ipAddress": "10.231.2.2", "ttl": 0, "state": "ACTIVE"}
+GOOD_TR = {"trafficRuleId": "h1", "filterType": "FLOW", "priority": 1,
+           "trafficFilter": [{"srcAddress": ["10.231.1.2"], "dstAddress": [SERVICE],
+                              "srcPort": ["1000-65535"], "dstPort": ["8080"], "protocol": ["tcp"],
+                              "token": ["t"], "srcTunnelAddress": ["10.0.0.1"],
+                              "tgtTunnelAddress": ["10.0.0.2"], "srcTunnelPort": ["2152"],
+                              "dstTunnelPort": ["2152"], "qCI": 1, "dSCP": 1, "tC": 1}],
+           "action": "FORWARD_DECAPSULATED", "state": "ACTIVE",
+           "dstInterface": {"interfaceType": "TUNNEL", "srcMacAddress": "02-00-00-00-00-01",
+                            "dstMacAddress": "02-00-00-00-00-02", "dstIpAddress": "10.231.2.2",
+                            "tunnelInfo": {"tunnelType": "GTP_U", "tunnelDstAddress": "10.0.0.3",
+                                           "tunnelSrcAddress": "10.0.0.4"}}}
+# Every leaf of both rules: (which rule, path of keys/indexes).
+DNS_PATHS = [("dns", (k,)) for k in GOOD_DNS]
+TR_PATHS = ([("tr", (k,)) for k in GOOD_TR if k not in ("trafficFilter", "dstInterface")]
+            + [("tr", ("trafficFilter", 0, k) + ((0,) if isinstance(v, list) else ()))
+               for k, v in GOOD_TR["trafficFilter"][0].items()]
+            + [("tr", ("dstInterface", k)) for k in GOOD_TR["dstInterface"] if k != "tunnelInfo"]
+            + [("tr", ("dstInterface", "tunnelInfo", k)) for k in GOOD_TR["dstInterface"]["tunnelInfo"]])
+
+
+def _inject(doc: dict, path: tuple, value) -> dict:
+    doc = copy.deepcopy(doc)
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return doc
+
+
+def test_every_field_is_a_full_schema_leaf():
+    # DnsRule: 6 fields; TrafficRule: 5 scalars, 13 TrafficFilter fields,
+    # 4 DestinationInterface scalars, 3 TunnelInfo fields (the whole schema).
+    assert len(DNS_PATHS) == 6 and len(TR_PATHS) == 5 + 13 + 4 + 3
+
+
+def test_hostile_input_refused_and_nothing_changed(lab):
+    d = lab.driver
+    d.apply_rules("calm", INSTANCE_A, [forward()], [dns()])   # something to stay untouched
+    try:
+        before = lab.snapshot()
+        GOOD_TR_OK = TrafficRule.from_etsi(GOOD_TR)          # the untouched docs are valid
+        DnsRule.from_etsi(GOOD_DNS)
+        assert GOOD_TR_OK.dst_interface[0].interface_type == "TUNNEL"
+        refused = 0
+        for kind, path in DNS_PATHS + TR_PATHS:
+            # Wrong JSON types too; an array item also gets a number instead of a string.
+            for payload in PAYLOADS + [{"x": 1}, ["x"], 10**20] + ([1] if path[-1] == 0 else []):
+                good = GOOD_DNS if kind == "dns" else GOOD_TR
+                doc = _inject(good, path, payload)
+                with pytest.raises(InvalidInput) as err:
+                    rule = (DnsRule if kind == "dns" else TrafficRule).from_etsi(doc)
+                    d.apply_rules("calm", INSTANCE_A, *(([], [rule]) if kind == "dns" else ([rule], [])))
+                assert not isinstance(err.value, UnsupportedAction), (path, payload)
+                field = str(path[-1] if not isinstance(path[-1], int) else path[-2])
+                assert field in err.value.detail, (path, payload, err.value.detail)
+                refused += 1
+        # The driver's own arguments too.
+        for payload in PAYLOADS + [None, 5]:
+            with pytest.raises(InvalidInput):
+                d.apply_rules(payload, INSTANCE_A, [forward()], [dns()])
+            with pytest.raises(InvalidInput):
+                d.apply_rules("calm", payload, [forward()], [dns()])
+            with pytest.raises(InvalidInput):
+                d.remove_rules(payload)
+        with pytest.raises(InvalidInput):
+            d.apply_rules("calm", INSTANCE_A, [GOOD_TR], [])         # a dict, not a rule
+        with pytest.raises(InvalidInput, match="duplicate"):
+            d.apply_rules("calm", INSTANCE_A, [forward(), forward()], [])
+        assert refused > 500
+        assert lab.snapshot() == before
+        assert lab.get() == f"reached {INSTANCE_A}"
+    finally:
+        d.remove_rules("calm")
