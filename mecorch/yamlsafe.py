@@ -28,6 +28,18 @@ class _Loader(yaml.SafeLoader):
                 raise InvalidInput(f"YAML uses more than {MAX_ALIASES} aliases")
         return super().compose_node(parent, index)
 
+    def construct_mapping(self, node, deep=False):
+        # PyYAML keeps the last of two equal keys; a descriptor with two
+        # appDId lines must be refused, not silently half-read.
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise InvalidInput(f"YAML mapping has the key {key!r} twice "
+                                   f"(line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
 
 def load_yaml(text: str | bytes, what: str = "document"):
     """Parse one YAML document strictly; raise InvalidInput on any problem."""

@@ -63,3 +63,8 @@ def test_yaml_billion_laughs_refused():
 def test_yaml_size_limit():
     with pytest.raises(InvalidInput, match="larger than"):
         load_yaml("a: " + "x" * (2 << 20))
+
+
+def test_yaml_duplicate_keys_refused():
+    with pytest.raises(InvalidInput, match="twice"):
+        load_yaml("appDId: a\nappName: x\nappDId: b\n")

@@ -1,0 +1,263 @@
+"""Validating an AppD (ETSI MEC 010-2 6.2.1.2) and deriving the app's
+deployment manner from its software image descriptor.
+
+The NFV types the AppD refers to (virtualComputeDescriptor,
+swImageDescriptor, virtualStorageDescriptor) follow ETSI GS NFV-IFA 011
+field names; units: virtualMemSize and minRam in MB, minDisk, size and
+sizeOfStorage in GB. One documented deviation: `numVirtualCpu` may be
+fractional (0.5) for a container app; a VM app needs a whole number.
+
+Manner: containerFormat DOCKER -> CONTAINER; containerFormat BARE with
+diskFormat QCOW2 or RAW -> VM; anything else is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import rules, validate
+from ..errors import InvalidInput
+from ..states import DeploymentType
+
+REQUIRED = ("appDId", "appName", "appProvider", "appSoftVersion", "appDVersion",
+            "mecVersion", "appDescription", "virtualComputeDescriptor", "swImageDescriptor")
+# Every top-level AppD attribute of MEC 010-2: an unknown key is most likely
+# a misspelt one, which would otherwise be ignored silently.
+KNOWN = set(REQUIRED) | {
+    "appInfoName", "appServiceRequired", "appServiceOptional", "appServiceProduced",
+    "appFeatureRequired", "appFeatureOptional", "transportDependencies",
+    "appTrafficRule", "appDNSRule", "appLatency", "terminateAppInstanceOpConfig",
+    "changeAppInstanceStateOpConfig", "virtualStorageDescriptor", "appExtCpd"}
+CONTAINER_FORMATS = {"AKI", "AMI", "ARI", "BARE", "DOCKER", "OVA", "OVF"}
+DISK_FORMATS = {"AKI", "AMI", "ARI", "ISO", "QCOW2", "RAW", "VDI", "VHD", "VHDX", "VMDK"}
+TRAFFIC_ACTIONS = {"DROP", "FORWARD_DECAPSULATED", "FORWARD_AS_IS", "PASSTHROUGH",
+                   "DUPLICATED_DECAPSULATED", "DUPLICATE_AS_IS"}
+# Where a swImage that is not a package file cannot be an image reference:
+# it looks like a file name, so "not in the package" is the clear error.
+FILE_SUFFIXES = (".tar", ".qcow2", ".img", ".raw", ".iso")
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """The software image of the app. `path` (a file in the package) or
+    `reference` (a container image reference) is set, never both. `sha256`
+    is the declared checksum, or for a file its manifest hash (verified
+    equal when both exist)."""
+    id: str
+    name: str
+    version: str
+    container_format: str
+    disk_format: str | None
+    path: str | None = None
+    reference: str | None = None
+    sha256: str | None = None
+    size: int | None = None             # bytes of the file in the package
+    min_disk_gb: float | None = None
+    min_ram_mb: float | None = None
+
+
+def _mapping(value, field: str) -> dict:
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{field}: must be a mapping")
+    return value
+
+
+def _list(value, field: str, max_items: int = 64) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > max_items:
+        raise InvalidInput(f"{field}: must be a list of at most {max_items} items")
+    return value
+
+
+def _enum(value, field: str, allowed: set[str]) -> str:
+    if not isinstance(value, str) or value.upper() not in allowed:
+        raise InvalidInput(f"{field}: {value!r} is not one of {', '.join(sorted(allowed))}")
+    return value.upper()
+
+
+def _unique_ids(items: list[dict], key: str, field: str) -> None:
+    ids = [item[key] for item in items]
+    dup = {i for i in ids if ids.count(i) > 1}
+    if dup:
+        raise InvalidInput(f"{field}: {key} {', '.join(sorted(dup))} used more than once")
+
+
+def checksum(value, field: str) -> str | None:
+    """NFV checksum: 'hex', 'sha256:hex' or {algorithm: SHA-256, hash: hex}."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        algo = str(value.get("algorithm", "")).upper().replace("_", "-")
+        if algo not in ("SHA-256", "SHA256"):
+            raise InvalidInput(f"{field}.algorithm: only SHA-256 is supported")
+        return validate.sha256(value.get("hash"), f"{field}.hash")
+    if isinstance(value, str) and value.lower().startswith("sha256:"):
+        value = value[7:]
+    return validate.sha256(value, field)
+
+
+def compute(vcd, manner: DeploymentType) -> dict:
+    f = "virtualComputeDescriptor"
+    vcd = _mapping(vcd, f)
+    vcpu = _mapping(vcd.get("virtualCpu"), f"{f}.virtualCpu")
+    mem = _mapping(vcd.get("virtualMemory"), f"{f}.virtualMemory")
+    validate.ident(vcd.get("virtualComputeDescId"), f"{f}.virtualComputeDescId")
+    n = validate.number(vcpu.get("numVirtualCpu"), f"{f}.virtualCpu.numVirtualCpu", 0.01, 256)
+    if manner is DeploymentType.VM and n != int(n):
+        raise InvalidInput(f"{f}.virtualCpu.numVirtualCpu: a VM needs a whole number "
+                           f"of vCPUs, not {n:g}")
+    mb = validate.number(mem.get("virtualMemSize"), f"{f}.virtualMemory.virtualMemSize",
+                         4, 1 << 20)
+    return {"vcpu": n, "memory_mb": int(mb)}
+
+
+def software_image(swd) -> tuple[DeploymentType, dict]:
+    """(manner, validated swImageDescriptor fields)."""
+    f = "swImageDescriptor"
+    swd = _mapping(swd, f)
+    out = {"id": validate.ident(swd.get("id"), f"{f}.id"),
+           "name": validate.text(swd.get("name"), f"{f}.name", 128),
+           "version": validate.text(swd.get("version"), f"{f}.version", 64),
+           "checksum": checksum(swd.get("checksum"), f"{f}.checksum")}
+    cf = _enum(swd.get("containerFormat"), f"{f}.containerFormat", CONTAINER_FORMATS)
+    df = swd.get("diskFormat")
+    df = None if df is None else _enum(df, f"{f}.diskFormat", DISK_FORMATS)
+    if cf == "DOCKER" and df in (None, "RAW"):
+        manner = DeploymentType.CONTAINER
+    elif cf == "BARE" and df in ("QCOW2", "RAW"):
+        manner = DeploymentType.VM
+    else:
+        raise InvalidInput(
+            f"{f}: containerFormat {cf} with diskFormat {df} is not deployable: use "
+            "containerFormat DOCKER (a container app) or containerFormat BARE with "
+            "diskFormat QCOW2 or RAW (a VM app)")
+    for key, lo, hi in (("minDisk", 0, 16384), ("minRam", 0, 1 << 20), ("size", 0, 16384)):
+        if swd.get(key) is not None:
+            out[key] = validate.number(swd[key], f"{f}.{key}", lo, hi)
+    swimage = swd.get("swImage")
+    out["swImage"] = validate.text(swimage, f"{f}.swImage", 255)
+    out["containerFormat"], out["diskFormat"] = cf, df
+    return manner, out
+
+
+def image_location(swimage: str, manner: DeploymentType, files: set[str]) -> tuple[str, str]:
+    """('file', member) when swImage names a package file, else
+    ('reference', ref) for a container image reference."""
+    f = "swImageDescriptor.swImage"
+    if swimage in files:
+        return "file", swimage
+    # A VM image is always a file; so is anything shaped like a file path
+    # ("Artifacts/x", "x.tar"): saying "not in the package" is the clear error.
+    looks_like_path = (swimage.split("/")[0][:1].isupper() and "/" in swimage
+                       or swimage.lower().endswith(FILE_SUFFIXES))
+    if manner is DeploymentType.VM or looks_like_path:
+        raise InvalidInput(f"{f}: {swimage!r} is not a file in the package"
+                           + ("" if manner is DeploymentType.VM else
+                              " (and not an image reference)"))
+    return "reference", validate.image_ref(swimage, f)
+
+
+def check_image_head(head: bytes, path: str, manner: DeploymentType, disk_format: str | None):
+    """The file's first bytes match its declared format: a `docker save`
+    tar (ustar header), a qcow2 (QFI\\xfb magic); a raw disk has no magic."""
+    f = "swImageDescriptor.swImage"
+    if manner is DeploymentType.CONTAINER and head[257:262] != b"ustar":
+        raise InvalidInput(f"{f}: {path} is not a tar archive (a `docker save` tar is expected)")
+    if disk_format == "QCOW2" and head[:4] != b"QFI\xfb":
+        raise InvalidInput(f"{f}: {path} is not a qcow2 image (diskFormat QCOW2)")
+    if disk_format == "RAW" and manner is DeploymentType.VM and head[:4] == b"QFI\xfb":
+        raise InvalidInput(f"{f}: {path} is a qcow2 image but diskFormat says RAW")
+
+
+def storage(value) -> list[dict]:
+    f = "virtualStorageDescriptor"
+    out = []
+    for i, vsd in enumerate(_list(value, f, 16)):
+        g = f"{f}[{i}]"
+        vsd = _mapping(vsd, g)
+        out.append({"id": validate.ident(vsd.get("id"), f"{g}.id"),
+                    "typeOfStorage": _enum(vsd.get("typeOfStorage"), f"{g}.typeOfStorage",
+                                           {"BLOCK", "OBJECT", "FILE"}),
+                    "size_gb": validate.number(vsd.get("sizeOfStorage"),
+                                               f"{g}.sizeOfStorage", 0.001, 16384)})
+    _unique_ids(out, "id", f)
+    return out
+
+
+def dns_rules(value) -> None:
+    f = "appDNSRule"
+    rules = _list(value, f)
+    for i, rule in enumerate(rules):
+        g = f"{f}[{i}]"
+        rule = _mapping(rule, g)
+        validate.ident(rule.get("dnsRuleId"), f"{g}.dnsRuleId")
+        validate.domain_name(rule.get("domainName"), f"{g}.domainName")
+        kind = _enum(rule.get("ipAddressType"), f"{g}.ipAddressType", {"IP_V4", "IP_V6"})
+        validate.ip_address(rule.get("ipAddress"), f"{g}.ipAddress",
+                            4 if kind == "IP_V4" else 6)
+        if rule.get("ttl") is not None:
+            validate.integer(rule["ttl"], f"{g}.ttl", 0, 2**31 - 1)
+    _unique_ids(rules, "dnsRuleId", f)
+
+
+def traffic_rules(value) -> None:
+    """Shape and values. Filters are checked by mecorch.rules (MEC 011,
+    the same values the MEP accepts; MEC 010-2's `tag` is MEC 011's
+    `token`); what the MEP can express is the driver's own check."""
+    f = "appTrafficRule"
+    rules_ = _list(value, f)
+    for i, rule in enumerate(rules_):
+        g = f"{f}[{i}]"
+        rule = _mapping(rule, g)
+        validate.ident(rule.get("trafficRuleId"), f"{g}.trafficRuleId")
+        _enum(rule.get("filterType"), f"{g}.filterType", {"FLOW", "PACKET"})
+        validate.integer(rule.get("priority"), f"{g}.priority", 0, 255)
+        _enum(rule.get("action"), f"{g}.action", TRAFFIC_ACTIONS)
+        filters = _list(rule.get("trafficFilter"), f"{g}.trafficFilter", rules.MAX_FILTERS)
+        if not filters:
+            raise InvalidInput(f"{g}.trafficFilter: at least one filter is required")
+        for j, flt in enumerate(filters):
+            flt = _mapping(flt, f"{g}.trafficFilter[{j}]")
+            rules.TrafficFilter.from_etsi({"token" if k == "tag" else k: v
+                                           for k, v in flt.items()},
+                                          f"{g}.trafficFilter[{j}]")
+        for j, itf in enumerate(_list(rule.get("dstInterface"), f"{g}.dstInterface", 2)):
+            h = f"{g}.dstInterface[{j}]"
+            itf = _mapping(itf, h)
+            _enum(itf.get("interfaceType"), f"{h}.interfaceType", {"TUNNEL", "MAC", "IP"})
+            if itf.get("dstIPAddress") is not None:
+                validate.ip_address(itf["dstIPAddress"], f"{h}.dstIPAddress")
+            for key in ("srcMACAddress", "dstMACAddress"):
+                if itf.get(key) is not None:
+                    rules.mac_address(itf[key], f"{h}.{key}")
+    _unique_ids(rules_, "trafficRuleId", f)
+
+
+def validate_appd(appd) -> dict:
+    """Check an AppD; return what the rest of mecorch needs from it:
+    {app_d_id, manner, sw_image (validated fields), compute, storage}."""
+    appd = _mapping(appd, "AppD")
+    missing = [k for k in REQUIRED if appd.get(k) in (None, "", [], {})]
+    if missing:
+        raise InvalidInput(f"AppD: required field(s) missing: {', '.join(missing)}")
+    unknown = sorted(k for k in appd if k not in KNOWN)
+    if unknown:
+        raise InvalidInput(f"AppD: unknown field(s) {', '.join(map(str, unknown))} "
+                           "(not an ETSI MEC 010-2 AppD attribute)")
+    app_d_id = validate.ident(appd["appDId"], "appDId")
+    for key in ("appName", "appProvider", "appSoftVersion", "appDVersion"):
+        validate.text(appd[key], key, 128)
+    validate.text(appd["appDescription"], "appDescription", 1024)
+    if appd.get("appInfoName") is not None:
+        validate.text(appd["appInfoName"], "appInfoName", 128)
+    versions = _list(appd["mecVersion"], "mecVersion", 16)
+    for i, v in enumerate(versions):
+        validate.text(v, f"mecVersion[{i}]", 32)
+    manner, sw = software_image(appd["swImageDescriptor"])
+    result = {"app_d_id": app_d_id, "manner": manner, "sw_image": sw,
+              "compute": compute(appd["virtualComputeDescriptor"], manner),
+              "storage": storage(appd.get("virtualStorageDescriptor"))}
+    dns_rules(appd.get("appDNSRule"))
+    traffic_rules(appd.get("appTrafficRule"))
+    return result
