@@ -1,0 +1,100 @@
+"""The one place where Docker Engine and registry failures become
+mecorch errors, plus the lazy connection to the daemon.
+
+Everything in this driver that touches dockerd (docker-py, and requests
+underneath it) or the registry (urllib) runs inside `backend_errors()`, so
+no backend exception type ever reaches the core.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import urllib.error
+from typing import Any, Callable
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from mecorch.errors import (BackendError, BackendUnavailable, Conflict, ImageNotFound,
+                            MecorchError, NotFound, Timeout)
+
+
+def _daemon_message(e: docker.errors.APIError) -> str:
+    # The daemon's own sentence ("port is already allocated", ...) is the
+    # useful part; docker-py's str() buries it after the request URL.
+    return (e.explanation or str(e)).strip()
+
+
+@contextlib.contextmanager
+def backend_errors(what: str):
+    """Run a block of backend calls; re-raise failures as mecorch errors
+    whose detail starts with `what` (the step that failed)."""
+    try:
+        yield
+    except MecorchError:
+        raise
+    except docker.errors.ImageNotFound as e:
+        raise ImageNotFound(f"{what}: {_daemon_message(e)}") from None
+    except docker.errors.NotFound as e:
+        raise NotFound(f"{what}: {_daemon_message(e)}") from None
+    except docker.errors.APIError as e:
+        if e.status_code == 409:
+            raise Conflict(f"{what}: {_daemon_message(e)}") from None
+        raise BackendError(f"{what}: {_daemon_message(e)}") from None
+    except (requests.exceptions.Timeout, socket.timeout, TimeoutError) as e:
+        raise Timeout(f"{what}: the backend did not answer in time ({e})") from None
+    except requests.exceptions.ConnectionError as e:
+        raise BackendUnavailable(f"{what}: cannot reach dockerd ({_root_cause(e)})") from None
+    except urllib.error.HTTPError as e:
+        raise BackendError(f"{what}: registry answered HTTP {e.code} {e.reason}") from None
+    except urllib.error.URLError as e:
+        raise BackendUnavailable(f"{what}: cannot reach the registry ({e.reason})") from None
+    except docker.errors.DockerException as e:
+        # Raised by the client constructor when the version probe fails:
+        # the daemon is down or the socket does not exist.
+        if "server API version" in str(e):
+            raise BackendUnavailable(f"{what}: cannot reach dockerd ({_root_cause(e)})") from None
+        raise BackendError(f"{what}: {e}") from None
+    except requests.exceptions.RequestException as e:
+        raise BackendError(f"{what}: {e}") from None
+    except ConnectionError as e:
+        raise BackendUnavailable(f"{what}: {e}") from None
+
+
+def _root_cause(e: BaseException) -> str:
+    """The innermost exception's text (FileNotFoundError, ECONNREFUSED...),
+    which says more than the urllib3 wrapper chain around it."""
+    while True:
+        nxt = e.__cause__ or e.__context__
+        if nxt is None:
+            return str(e)
+        e = nxt
+
+
+def connect(base_url: str, timeout: float) -> docker.APIClient:
+    """A low-level client; `version="auto"` probes the daemon, so this is
+    where an unreachable daemon is first seen (callers wrap it)."""
+    return docker.APIClient(base_url=base_url, version="auto", timeout=timeout)
+
+
+def gone_ok(what: str, call: Callable, *args, **kw) -> Any:
+    """Run one backend call; None when its object does not exist."""
+    try:
+        with backend_errors(what):
+            return call(*args, **kw)
+    except NotFound:
+        return None
+
+
+def drain(what: str, lines) -> list[dict]:
+    """Drain a decoded pull/push/load progress stream. The daemon reports
+    failures of these inside the stream (HTTP 200), not as a status."""
+    out = []
+    with backend_errors(what):
+        for line in lines:
+            if isinstance(line, dict) and line.get("error"):
+                raise BackendError(f"{what}: {line['error']}")
+            out.append(line)
+    return out

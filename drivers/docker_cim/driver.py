@@ -1,0 +1,404 @@
+"""DockerCIM: the container infrastructure manager on the Docker Engine.
+
+An instance is a pause container (owns the network namespace, the address
+on mecorch's bridge network and the published ports) and an app container
+started inside that namespace, plus its named volumes. Every object is
+labelled with the instance id and host id, so `list_instances` finds them
+after a restart without the store.
+
+docker-py's low-level `APIClient` is used rather than `DockerClient`: the
+high-level models re-inspect an object after every create, which would
+double the number of daemon round trips of a deploy.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from mecorch import validate
+from mecorch.catalog import ImageCatalog
+from mecorch.drivers import Capabilities, ComputeDriver
+from mecorch.errors import BackendError, Conflict, InvalidInput, MecorchError, NotFound
+from mecorch.model import (Address, Allocation, Check, HostCapacity, Observation,
+                           ResourceRequest)
+from mecorch.states import DeploymentType, ObservedState
+
+from . import pause
+from .backend import backend_errors, connect, drain, gone_ok
+from .plan import (LABEL_HOST, LABEL_INSTANCE, LABEL_NETWORK, LABEL_RESERVED, LABEL_ROLE,
+                   LABEL_VOLUME, Plan, make_plan)
+from .images import ImageRepository
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+_STATES = {"running": ObservedState.RUNNING, "created": ObservedState.STOPPED,
+           "exited": ObservedState.STOPPED, "dead": ObservedState.STOPPED}
+
+
+class DockerCIM(ComputeDriver):
+    kind = "cim"
+
+    def __init__(self, config: dict[str, Any]):
+        super().__init__(config)
+        self.docker_host = validate.text(
+            config.get("docker_host", "unix:///var/run/docker.sock"), "cim.docker_host", 1024)
+        self.registry_host = validate.text(config.get("registry", "127.0.0.1:5000"),
+                                           "cim.registry", 255)
+        if validate.split_image_ref(f"{self.registry_host}/x")[0] != self.registry_host:
+            raise InvalidInput("cim.registry: must be host:port, e.g. 127.0.0.1:5000")
+        self.network = validate.ident(config.get("network", "mecorch"), "cim.network")
+        self.host_id = validate.ident(config.get("host_id", "default"), "cim.host_id")
+        self.busybox = validate.text(config.get("busybox", "/bin/busybox"), "cim.busybox", 1024)
+        self.timeout_s = validate.number(config.get("timeout_s", 60), "cim.timeout_s", 1, 3600)
+        state_dir = Path(config.get("state_dir", "/var/lib/mecorch"))
+        self.catalog = ImageCatalog(state_dir / "container-images.json")
+        self.images = ImageRepository(self.registry_host, self.catalog, self._client)
+        self.registry = self.images.registry
+        self._api = None
+        self._network_id: str | None = None
+        self._pause_ready = False
+        self._lock = threading.Lock()
+
+    # -- connection ----------------------------------------------------------
+    def _client(self):
+        with self._lock:
+            if self._api is None:
+                with backend_errors(f"connect to dockerd at {self.docker_host}"):
+                    self._api = connect(self.docker_host, self.timeout_s)
+            return self._api
+
+    def open(self) -> None:
+        api = self._client()
+        if not self._pause_ready:
+            self._ensure_pause_image(api)
+            self._pause_ready = True
+        self._ensure_network(api)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._api is not None:
+                self._api.close()
+            self._api, self._network_id, self._pause_ready = None, None, False
+
+    def capabilities(self) -> Capabilities:
+        # The local volume driver has no size limit on overlay2/extfs, so
+        # VolumeSpec.size_gb is recorded but not enforced.
+        return Capabilities(manner=DeploymentType.CONTAINER, graceful_stop=True,
+                            sized_volumes=False, reserved_volumes=True, published_ports=True)
+
+    def check(self) -> list[Check]:
+        """For `mecorch doctor`: every probe is real; nothing raises."""
+        checks = []
+        try:
+            api = self._client()
+            with backend_errors("docker version"):
+                ver, info = api.version(), api.info()
+            checks.append(Check("docker daemon", True, f"Docker Engine {ver.get('Version')} "
+                                f"(API {ver.get('ApiVersion')}) at {self.docker_host}"))
+            bridge = "bridge" in (info.get("Plugins") or {}).get("Network", [])
+            with backend_errors(f"look up network {self.network}"):
+                have = any(n["Name"] == self.network for n in api.networks(names=[self.network]))
+            checks.append(Check(
+                "docker network driver", bridge,
+                (f"bridge driver present; network {self.network} "
+                 + ("exists" if have else "will be created on first use"))
+                if bridge else "no bridge network driver",
+                "" if bridge else "start dockerd with bridge networking"))
+            backing = dict(info.get("DriverStatus") or []).get("Backing Filesystem", "?")
+            checks.append(Check("volume sizes", True,
+                                f"not enforced: local volumes on {info.get('Driver')}/{backing} "
+                                "have no size limit (sized_volumes=False)"))
+        except MecorchError as e:
+            checks.append(Check("docker daemon", False, e.detail,
+                                f"start dockerd so that {self.docker_host} answers"))
+        try:
+            with backend_errors(f"registry {self.registry_host}"):
+                self.registry.ping()
+            checks.append(Check("container image repository", True,
+                                f"registry API v2 at {self.registry.scheme}://{self.registry_host}"))
+        except MecorchError as e:
+            checks.append(Check("container image repository", False, e.detail,
+                                f"start the registry on {self.registry_host}"))
+        static = pause.is_static_elf(self.busybox)
+        checks.append(Check("pause image source", static,
+                            f"{self.busybox} is a static executable" if static
+                            else f"{self.busybox} is missing or not statically linked",
+                            "" if static else "apt-get install busybox-static"))
+        return checks
+
+    def _ensure_pause_image(self, api) -> None:
+        if gone_ok("inspect the pause image", api.inspect_image, pause.PAUSE_IMAGE):
+            return
+        data = pause.rootfs_tar(self.busybox)
+        with backend_errors(f"build the pause image {pause.PAUSE_IMAGE}"):
+            api.import_image_from_data(data, repository=pause.PAUSE_REPO, tag=pause.PAUSE_TAG,
+                                       changes=pause.import_changes())
+
+    def _ensure_network(self, api) -> str:
+        """Id of mecorch's bridge network, created when missing. Cached:
+        a failed deploy clears the cache so a removed network is re-made."""
+        if self._network_id:
+            return self._network_id
+        for _ in range(2):
+            with backend_errors(f"look up network {self.network}"):
+                # The name filter matches substrings: keep the exact name.
+                nets = [n for n in api.networks(names=[self.network]) if n["Name"] == self.network]
+            if nets:
+                if nets[0].get("Driver") != "bridge":
+                    raise Conflict(f"network {self.network} exists with driver "
+                                   f"{nets[0].get('Driver')}, not bridge")
+                self._network_id = nets[0]["Id"]
+                return self._network_id
+            try:
+                with backend_errors(f"create network {self.network}"):
+                    net = api.create_network(self.network, driver="bridge", check_duplicate=True,
+                                             labels={LABEL_NETWORK: "true",
+                                                     LABEL_HOST: self.host_id})
+                self._network_id = net["Id"]
+                return self._network_id
+            except Conflict:
+                continue        # created concurrently by another process: look again
+        raise Conflict(f"network {self.network}: could not be found or created")
+
+    # -- image repository (see images.py) --------------------------------------
+    def check_image(self, image: str) -> dict:
+        return self.images.check(image)
+
+    def set_image_available(self, image: str, available: bool) -> None:
+        self.images.set_available(image, available)
+
+    def import_image(self, image: str, source: str, sha256: str | None = None) -> dict:
+        return self.images.import_tar(image, source, sha256)
+
+    def remove_image(self, image: str) -> None:
+        self.images.remove(image)
+
+    # -- deploy ----------------------------------------------------------------
+    def deploy(self, request: ResourceRequest) -> Allocation:
+        plan = make_plan(request)
+        digest = self.check_image(request.image)["digest"]
+        self.open()
+        api = self._client()
+        made: list[tuple[str, str]] = []          # what to undo, in order made
+        try:
+            image = f"{self.registry_host}/{plan.repo}@{digest}"
+            drain(f"pull {image}", api.pull(f"{self.registry_host}/{plan.repo}", tag=digest,
+                                              stream=True, decode=True))
+            storage = self._create_volumes(api, plan, made)
+            pause_id = self._create_pause(api, plan, made)
+            app_id = self._create_app(api, plan, image, pause_id, made, request)
+            with backend_errors(f"inspect {plan.pause_name}"):
+                nets = api.inspect_container(pause_id)["NetworkSettings"]["Networks"]
+            net = nets.get(self.network)
+            if not net or not net.get("IPAddress"):
+                raise BackendError(f"{plan.pause_name}: no address on network {self.network}")
+        except BaseException as e:
+            # The network or pause image may have been removed behind our
+            # back: look again on the next deploy.
+            self._network_id, self._pause_ready = None, False
+            self._rollback(api, made, e)
+            raise
+        handle = {"instance_id": plan.instance_id, "host_id": self.host_id,
+                  "network": self.network, "image": request.image, "digest": digest,
+                  "app": {"id": app_id, "name": plan.app_name},
+                  "pause": {"id": pause_id, "name": plan.pause_name},
+                  "volumes": [{"name": v.name, "reserved": v.reserved} for v in plan.volumes]}
+        return Allocation(
+            instance_id=plan.instance_id, manner=DeploymentType.CONTAINER,
+            vcpu=plan.nano_cpus / 1e9, memory_mb=plan.mem_bytes // MiB, storage=storage,
+            addresses=(Address(net["IPAddress"], self.network, net.get("MacAddress") or None),),
+            handle=handle,
+            extra={"ports": {k: list(v) for k, v in plan.ports.items()},
+                   "image_digest": digest, "sized_volumes": False})
+
+    def _labels(self, plan: Plan, role: str) -> dict[str, str]:
+        return {LABEL_INSTANCE: plan.instance_id, LABEL_HOST: self.host_id, LABEL_ROLE: role}
+
+    def _create_volumes(self, api, plan: Plan, made: list) -> tuple[dict, ...]:
+        storage = []
+        for v in plan.volumes:
+            found = gone_ok(f"inspect volume {v.name}", api.inspect_volume, v.name)
+            if found is not None:
+                # A reserved volume kept from an earlier life of this
+                # instance is reused (and not undone on failure).
+                if (found.get("Labels") or {}).get(LABEL_INSTANCE) != plan.instance_id:
+                    raise Conflict(f"volume {v.name} exists and does not belong to "
+                                   f"instance {plan.instance_id}")
+            else:
+                labels = {**self._labels(plan, "volume"), LABEL_VOLUME: v.volume,
+                          LABEL_RESERVED: "true" if v.reserved else "false"}
+                with backend_errors(f"create volume {v.name}"):
+                    api.create_volume(v.name, driver="local", labels=labels)
+                made.append(("volume", v.name))
+            storage.append({"name": v.volume, "id": v.name, "size_gb": v.size_gb,
+                            "reserved": v.reserved, "mount_path": v.mount_path,
+                            "size_enforced": False})
+        return tuple(storage)
+
+    def _create_pause(self, api, plan: Plan, made: list) -> str:
+        # Ports are published here: the app has no network of its own.
+        with backend_errors(f"create {plan.pause_name}"):
+            host_config = api.create_host_config(network_mode=self.network,
+                                                 port_bindings=plan.ports or None)
+            cid = api.create_container(pause.PAUSE_IMAGE, name=plan.pause_name,
+                                       labels=self._labels(plan, "pause"),
+                                       ports=list(plan.exposed) or None,
+                                       host_config=host_config)["Id"]
+        made.append(("container", cid))
+        with backend_errors(f"start {plan.pause_name}"):
+            api.start(cid)
+        return cid
+
+    def _create_app(self, api, plan: Plan, image: str, pause_id: str, made: list,
+                    request: ResourceRequest) -> str:
+        labels = {**self._labels(plan, "app"), "mecorch.image": request.image}
+        with backend_errors(f"create {plan.app_name}"):
+            host_config = api.create_host_config(
+                network_mode=f"container:{pause_id}", nano_cpus=plan.nano_cpus,
+                mem_limit=plan.mem_bytes,
+                binds={v.name: {"bind": v.mount_path, "mode": "rw"} for v in plan.volumes} or None)
+            cid = api.create_container(image, command=plan.command, entrypoint=plan.entrypoint,
+                                       name=plan.app_name,
+                                       environment=plan.env or None, labels=labels,
+                                       host_config=host_config)["Id"]
+        made.append(("container", cid))
+        with backend_errors(f"start {plan.app_name}"):
+            api.start(cid)
+        return cid
+
+    def _rollback(self, api, made: list, error: BaseException) -> None:
+        left = []
+        for kind, ident in reversed(made):
+            try:
+                if kind == "container":
+                    gone_ok(f"remove container {ident[:12]}", api.remove_container,
+                             ident, force=True)
+                else:
+                    gone_ok(f"remove volume {ident}", api.remove_volume, ident)
+            except MecorchError as e:
+                left.append(e.detail)
+        if left and isinstance(error, MecorchError):
+            error.detail = f"{error.detail} (rollback incomplete: {'; '.join(left)})"
+            error.args = (error.detail,)
+
+    # -- instances -------------------------------------------------------------
+    @staticmethod
+    def _ref(handle: dict, role: str) -> str | None:
+        obj = handle.get(role) or {}
+        ref = obj.get("id") or obj.get("name")
+        return validate.ident(ref, f"handle.{role}") if ref else None
+
+    def _check_handle(self, handle) -> str:
+        if not isinstance(handle, dict):
+            raise InvalidInput("handle: must be the mapping deploy returned")
+        return validate.ident(handle.get("instance_id"), "handle.instance_id")
+
+    def stop(self, handle: dict, timeout_s: float) -> None:
+        # Only the app stops: the pause container keeps the namespace, so
+        # the instance keeps its address (and the MEP rules pointing at it).
+        self._check_handle(handle)
+        wait = math.ceil(validate.number(timeout_s, "timeout_s", 0, 86400))
+        app = self._ref(handle, "app")
+        if app:
+            api = self._client()
+            gone_ok(f"stop {app[:12]}", api.stop, app, timeout=wait)
+
+    def start(self, handle: dict) -> None:
+        iid = self._check_handle(handle)
+        api = self._client()
+        for role in ("pause", "app"):    # the namespace first, then what joins it
+            ref = self._ref(handle, role)
+            try:
+                if not ref:
+                    raise NotFound(role)
+                with backend_errors(f"start {ref[:12]}"):
+                    api.start(ref)      # already running: a no-op
+            except NotFound:
+                raise NotFound(f"instance {iid}: its {role} container is gone") from None
+
+    def destroy(self, handle: dict) -> None:
+        self._check_handle(handle)
+        api = self._client()
+        for role in ("app", "pause"):
+            ref = self._ref(handle, role)
+            if ref:
+                gone_ok(f"remove {ref[:12]}", api.remove_container, ref, force=True)
+        for v in handle.get("volumes") or []:
+            if not v.get("reserved"):
+                name = validate.ident(v.get("name"), "handle.volumes.name")
+                gone_ok(f"remove volume {name}", api.remove_volume, name)
+
+    def inspect(self, handle: dict) -> Observation:
+        iid = self._check_handle(handle)
+        app = self._ref(handle, "app")
+        info = gone_ok(f"inspect {app[:12]}", self._client().inspect_container, app) \
+            if app else None
+        if info is None:
+            return Observation(iid, ObservedState.MISSING, handle, "app container is gone")
+        st = info["State"]
+        detail = f"{st['Status']}, exit code {st.get('ExitCode')}" + \
+            (", killed: out of memory" if st.get("OOMKilled") else "")
+        return Observation(iid, _STATES.get(st["Status"], ObservedState.UNKNOWN), handle, detail)
+
+    def list_instances(self) -> list[Observation]:
+        api = self._client()
+        flt = {"label": [f"{LABEL_HOST}={self.host_id}", LABEL_INSTANCE]}
+        with backend_errors("list mecorch containers"):
+            containers = api.containers(all=True, filters=flt)
+        with backend_errors("list mecorch volumes"):
+            volumes = api.volumes(filters=flt).get("Volumes") or []
+        by_id: dict[str, dict] = defaultdict(lambda: {"app": None, "pause": None})
+        for c in containers:
+            labels = c.get("Labels") or {}
+            role = labels.get(LABEL_ROLE)
+            if role in ("app", "pause"):
+                by_id[labels[LABEL_INSTANCE]][role] = c
+        vols = defaultdict(list)
+        for v in volumes:
+            labels = v.get("Labels") or {}
+            vols[labels[LABEL_INSTANCE]].append(
+                {"name": v["Name"], "reserved": labels.get(LABEL_RESERVED) == "true"})
+        out = []
+        for iid, parts in sorted(by_id.items()):
+            handle = {"instance_id": iid, "host_id": self.host_id, "network": self.network,
+                      "volumes": vols.get(iid, [])}
+            for role, c in parts.items():
+                if c:
+                    handle[role] = {"id": c["Id"], "name": c["Names"][0].lstrip("/")}
+            app = parts["app"]
+            if app is None:
+                out.append(Observation(iid, ObservedState.MISSING, handle,
+                                       "app container is gone (pause container left)"))
+            else:
+                out.append(Observation(iid, _STATES.get(app["State"], ObservedState.UNKNOWN),
+                                       handle, app.get("Status", "")))
+        return out
+
+    def capacity(self) -> HostCapacity:
+        api = self._client()
+        with backend_errors("docker info"):
+            info = api.info()
+            apps = api.containers(all=True, filters={"label": [f"{LABEL_ROLE}=app",
+                                                               LABEL_INSTANCE]})
+        cpu_used = mem_used = 0
+        for c in apps:
+            hc = gone_ok(f"inspect {c['Id'][:12]}", api.inspect_container, c["Id"])
+            if hc:      # removed meanwhile: it uses nothing
+                cpu_used += hc["HostConfig"].get("NanoCpus") or 0
+                mem_used += hc["HostConfig"].get("Memory") or 0
+        root = info.get("DockerRootDir", "/var/lib/docker")
+        try:
+            fs = os.statvfs(root)
+        except OSError as e:
+            raise BackendError(f"capacity: cannot read the filesystem of Docker's data root "
+                               f"{root} ({e.strerror}); is the daemon on another machine?")
+        return HostCapacity(
+            cpu_total=float(info["NCPU"]), cpu_used=cpu_used / 1e9,
+            memory_mb_total=info["MemTotal"] // MiB, memory_mb_used=mem_used // MiB,
+            disk_gb_total=fs.f_blocks * fs.f_frsize / GiB,
+            disk_gb_used=(fs.f_blocks - fs.f_bfree) * fs.f_frsize / GiB)
