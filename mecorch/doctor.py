@@ -33,8 +33,17 @@ def run_checks(cfg: dict) -> list[tuple[str, str, Check]]:
                     f"driver {section.get('driver')}", False, f"cannot import: {e}",
                     "install the driver's backend library (`bash vagrant/provision.sh`)")))
                 continue
+            # open() makes what mecorch owns on the backend (its network,
+            # pool, chains, dnsmasq) exist, as `serve` would on first use; a
+            # failure there is a finding, reported with the checks.
+            checks = []
             try:
-                checks = driver.check()
+                driver.open()
+            except MecorchError as e:
+                checks.append(Check(f"{role} open", False, e.detail,
+                                    "see the checks below and the backend's log"))
+            try:
+                checks += driver.check()
             finally:
                 driver.close()
             rows.extend((host["id"], role, c) for c in checks)
@@ -44,7 +53,8 @@ def run_checks(cfg: dict) -> list[tuple[str, str, Check]]:
 def print_table(rows: list[tuple[str, str, Check]], out: TextIO = sys.stdout) -> None:
     headers = ("HOST", "ROLE", "CHECK", "STATUS", "DETAIL")
     table = [(h, r, c.name, "ok" if c.ok else "FAIL", c.detail) for h, r, c in rows]
-    width = shutil.get_terminal_size((120, 20)).columns
+    # Cut long details to the terminal's width; print them whole into a pipe.
+    width = shutil.get_terminal_size((120, 20)).columns if out.isatty() else 10**6
     widths = [max(len(str(x[i])) for x in [headers, *table]) for i in range(4)]
 
     def line(cells):

@@ -181,12 +181,14 @@ class Lcm:
                 "_need": op["_plan"]["need"],
             })
             self.store.put("instances", iid, inst)
-            self.journal.finish(op)
             self.packages.refresh_usage(inst["appDId"])
+            self._free(iid)
+            self.journal.finish(op)
         except Exception as e:   # noqa: BLE001 - every failure must be undone
             err = e if isinstance(e, MecorchError) else _internal(e)
             log.warning("instantiate %s failed: %s; rolling back", iid, err.detail)
             self._undo_instantiate(op, host, request.manner, alloc.handle if alloc else None)
+            self._free(iid)
             self.journal.finish(op, err)
         finally:
             self.inventory.release(iid)
@@ -245,11 +247,13 @@ class Lcm:
                 self.journal.step(op, "notified", confirmed=confirmed)
             self._release(op, host, compute, iid, inst.get("_handle"),
                           max(0.0, deadline - time.monotonic()))
-            self.journal.finish(op)
             self.packages.refresh_usage(inst["appDId"])
+            self._free(iid)
+            self.journal.finish(op)
         except Exception as e:   # noqa: BLE001 - op must end FAILED with the reason
             err = e if isinstance(e, MecorchError) else _internal(e)
             log.warning("terminate %s failed: %s", iid, err.detail)
+            self._free(iid)
             self.journal.finish(op, err)
 
     def _release(self, op: dict, host: EdgeHost, compute: ComputeDriver, iid: str,
@@ -308,8 +312,10 @@ class Lcm:
                 compute.start(inst["_handle"])
             inst["instantiatedAppState"] = {"operationalState": op["_plan"]["to"]}
             self.store.put("instances", iid, inst)
+            self._free(iid)
             self.journal.finish(op)
         except Exception as e:   # noqa: BLE001
+            self._free(iid)
             self.journal.finish(op, e if isinstance(e, MecorchError) else _internal(e))
 
     # ------------------------------------------------------------ recovery
@@ -365,8 +371,13 @@ class Lcm:
         try:
             fn(*args)
         finally:
-            with self._busy_lock:
-                self._busy.discard(instance_id)
+            self._free(instance_id)
+
+    def _free(self, instance_id: str) -> None:
+        """End the instance's operation lock; called before the op is
+        journalled as ended, so the next operation may start at once."""
+        with self._busy_lock:
+            self._busy.discard(instance_id)
 
     def _used_by_host(self) -> dict[str, Need]:
         used: dict[str, Need] = {}

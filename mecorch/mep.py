@@ -154,7 +154,10 @@ class MepService:
         subs = self.store.list("subscriptions", appInstanceId=instance_id)
         return {"_links": {
             "self": {"href": f"{MP1}/applications/{instance_id}/subscriptions"},
+            # MEC 011 v2.1.1 names the type `rel` (required); later versions
+            # call it subscriptionType: both are given.
             "subscriptions": [{"href": s["_links"]["self"]["href"],
+                               "rel": s["subscriptionType"],
                                "subscriptionType": s["subscriptionType"]} for s in subs]}}
 
     def subscription(self, instance_id: str, sid: str) -> dict:

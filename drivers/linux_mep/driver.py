@@ -74,8 +74,10 @@ class LinuxMEP(PlatformDriver):
         self.dns_ttl = validate.integer(config.get("dns_ttl", 0), "mep.dns_ttl", 0, 2**31 - 1)
         self.dns_user = validate.ident(config.get("dns_user", "root"), "mep.dns_user")
         # Steered service addresses (the VIPs traffic rules DNAT from) get a
-        # route into a dummy interface: traffic to a VIP whose rule is gone
-        # is dropped on this host instead of following the default route.
+        # route into a port-less bridge (a sink; the `dummy` link type is not
+        # in every kernel, `bridge` is wherever Docker runs): traffic to a VIP
+        # whose rule is gone dies on this host instead of following the
+        # default route out.
         cidr = config.get("service_cidr")
         self.service_cidr = validate.network(cidr, "mep.service_cidr") if cidr else None
         self.service_if = validate.ident(config.get("service_interface", "mecorch-svc"),
@@ -138,7 +140,7 @@ class LinuxMEP(PlatformDriver):
     def _ensure_service_route(self) -> None:
         links = self._run("ip", "-o", "link", "show")
         if f": {self.service_if}:" not in links:
-            self._run("ip", "link", "add", self.service_if, "type", "dummy")
+            self._run("ip", "link", "add", self.service_if, "type", "bridge")
         self._run("ip", "link", "set", self.service_if, "up")
         self._run("ip", "route", "replace", self.service_cidr, "dev", self.service_if)
 

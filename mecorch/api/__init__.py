@@ -1,6 +1,7 @@
 """The REST API: ETSI MEC 010-2 app_pkgm and app_lcm (northbound, Mm1-style)
 and MEC 011 mec_app_support (Mp1, for apps), plus the project's own
-OpenAPI document at /openapi.yaml."""
+OpenAPI document at /openapi.yaml (also /openapi/mecorch.yaml, beside the
+ETSI files it refers to at /openapi/etsi/{name})."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, NotFound
 from ..orchestrator import Orchestrator
 from .http import ApiServer, Request, Response, Router
 from . import routes
+
+_OPENAPI_DIR = resources.files("mecorch").joinpath("openapi")
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -49,15 +52,35 @@ def load_tokens(cfg: dict, host: str) -> set[str]:
 def make_server(orch: Orchestrator, listen: str) -> ApiServer:
     host, port = parse_listen(listen)
     tokens = load_tokens(orch.cfg, host)
+    return ApiServer((host, port), make_router(orch), int(orch.cfg["api"]["max_body_bytes"]),
+                     tokens)
+
+
+def make_router(orch: Orchestrator) -> Router:
+    """Every route the server answers: the ETSI APIs and the OpenAPI documents."""
     router = Router()
     routes.install(router, orch)
     router.add("GET", "/openapi.yaml", _openapi)
-    return ApiServer((host, port), router, int(orch.cfg["api"]["max_body_bytes"]), tokens)
+    # The same document where its relative $refs (etsi/...) resolve.
+    router.add("GET", "/openapi/mecorch.yaml", _openapi)
+    router.add("GET", "/openapi/etsi/{name}", _etsi_file)
+    return router
 
 
 def _openapi(req: Request) -> Response:
-    text = resources.files("mecorch").joinpath("openapi.yaml").read_bytes()
+    text = _OPENAPI_DIR.joinpath("mecorch.yaml").read_bytes()
     return Response(200, text, content_type="application/yaml")
 
 
-__all__ = ["make_server", "parse_listen", "json"]
+def _etsi_file(req: Request) -> Response:
+    """A vendored ETSI file, only by a name in that folder's listing (so no
+    path can be smuggled in)."""
+    folder = _OPENAPI_DIR.joinpath("etsi")
+    name = req.params["name"]
+    if name not in {f.name for f in folder.iterdir() if f.is_file()}:
+        raise NotFound(f"no ETSI file named {name!r}")
+    ctype = "application/yaml" if name.endswith(".yaml") else "text/plain; charset=utf-8"
+    return Response(200, folder.joinpath(name).read_bytes(), content_type=ctype)
+
+
+__all__ = ["make_server", "make_router", "parse_listen", "json"]
