@@ -127,6 +127,14 @@ EOF
 fi
 say "registry ready at $REGISTRY_ADDR"
 
+# /dev/kvm as udev sets it on a normal Debian (root:kvm 0660). With the
+# 0600 some machines boot with, libvirt's permission check and its cached
+# QEMU capabilities disagree and it re-probes QEMU on every domain define
+# (30-85 s each). Whether KVM really boots guests is probed by mecorch.
+if [ -e /dev/kvm ] && getent group kvm >/dev/null; then
+  chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
+fi
+
 libvirt_up() { virsh -c qemu:///system version; }
 if ! libvirt_up >/dev/null 2>&1; then
   if have_systemd; then

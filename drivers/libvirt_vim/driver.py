@@ -1,0 +1,423 @@
+"""LibvirtVIM: mecorch's VIM on libvirt + QEMU.
+
+An instance is a persistent domain `mecorch-<instance_id>` whose system
+disk is a qcow2 overlay on a base copy of the repository image, plus one
+qcow2 volume per data disk, all in the dir pool mecorch owns, with a virtio
+NIC on the NAT network mecorch owns. The domain's <metadata> records the
+instance, so `list_instances` finds it after a restart without the store.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from functools import cached_property
+
+import libvirt
+
+from mecorch import validate
+from mecorch.drivers import Capabilities, ComputeDriver
+from mecorch.errors import BackendUnavailable, Conflict, InvalidInput, MecorchError, NotFound
+from mecorch.model import (Address, Allocation, Check, HostCapacity, Observation,
+                           ResourceRequest)
+from mecorch.states import DeploymentType, ObservedState
+
+from . import accel as A
+from . import network as N
+from . import storage as S
+from . import xmlrender as X
+from .errors import libvirt_errors
+from .images import VMImageRepo
+from .request import validate_request
+from .settings import Settings, parse
+
+GIB = 1 << 30
+# Names mecorch gives libvirt objects: an ident plus a prefix or suffix.
+_OBJECT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
+_UNDEFINE_FLAGS = (libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                   | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                   | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
+_STATES = {libvirt.VIR_DOMAIN_RUNNING: ObservedState.RUNNING,
+           libvirt.VIR_DOMAIN_BLOCKED: ObservedState.RUNNING,
+           libvirt.VIR_DOMAIN_SHUTDOWN: ObservedState.RUNNING,    # shutting down
+           libvirt.VIR_DOMAIN_SHUTOFF: ObservedState.STOPPED,
+           libvirt.VIR_DOMAIN_CRASHED: ObservedState.STOPPED}
+
+
+def _lookup_domain(conn, name: str):
+    """The domain or None (raw libvirt; callers wrap in libvirt_errors)."""
+    try:
+        return conn.lookupByName(name)
+    except libvirt.libvirtError as e:
+        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise
+
+
+def _read_meta(dom) -> X.DomainMeta | None:
+    try:
+        text = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, X.NS, 0)
+    except libvirt.libvirtError as e:
+        if e.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN_METADATA, libvirt.VIR_ERR_NO_DOMAIN):
+            return None
+        raise
+    return X.parse_meta(text)
+
+
+class LibvirtVIM(ComputeDriver):
+    kind = "vim"
+
+    def __init__(self, config: dict):
+        super().__init__(config)
+        self._conn = None
+        self._conn_lock = threading.Lock()
+        self._probe_lock = threading.Lock()
+        self._opened = False
+
+    @cached_property
+    def settings(self) -> Settings:
+        return parse(self.config)
+
+    @cached_property
+    def images(self) -> VMImageRepo:
+        return VMImageRepo(self.settings.state_dir)
+
+    # -- connection and owned objects -------------------------------------
+    def _connect(self):
+        with self._conn_lock:
+            if self._conn is not None and self._conn.isAlive():
+                return self._conn
+            self._conn = None
+            with libvirt_errors(f"connect to {self.settings.uri}"):
+                self._conn = libvirt.open(self.settings.uri)
+            return self._conn
+
+    def open(self) -> None:
+        s = self.settings
+        conn = self._connect()
+        s.console_dir.mkdir(parents=True, exist_ok=True)
+        with libvirt_errors("create the mecorch pool and network"):
+            S.ensure_pool(conn, s.pool, str(s.pool_dir))
+            N.ensure_network(conn, s.network, s.bridge, s.network_cidr)
+        self._opened = True
+
+    def close(self) -> None:
+        with self._conn_lock:
+            conn, self._conn = self._conn, None
+            self._opened = False
+        if conn is not None:
+            try:
+                conn.close()
+            except libvirt.libvirtError:
+                pass
+
+    def _ready(self):
+        """The connection, with the pool and network made (once)."""
+        conn = self._connect()
+        if not self._opened:
+            self.open()
+        return conn
+
+    def _pool(self, conn):
+        return conn.storagePoolLookupByName(self.settings.pool)
+
+    # -- capabilities and checks ------------------------------------------
+    def _accel_known(self) -> str:
+        if self.settings.accel != "auto":
+            return self.settings.accel
+        cached = A.load(str(self.settings.accel_cache))
+        return cached["accel"] if cached else ""
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(manner=DeploymentType.VM, graceful_stop=True, sized_volumes=True,
+                            reserved_volumes=True, published_ports=False,
+                            hardware_accel=self._accel_known())
+
+    def check(self) -> list[Check]:
+        from .checks import run_checks      # doctor-only code, kept apart
+        return run_checks(self)
+
+    # -- image repository ---------------------------------------------------
+    def import_image(self, image: str, source: str, sha256: str | None = None) -> dict:
+        return self.images.import_image(image, source, sha256)
+
+    def set_image_available(self, image: str, available: bool) -> None:
+        self.images.set_available(image, available)
+
+    def check_image(self, image: str) -> dict:
+        return self.images.check(image)
+
+    def remove_image(self, image: str) -> None:
+        self.images.remove(image)
+        try:
+            self._collect_bases()
+        except BackendUnavailable:
+            pass        # libvirtd down: the next destroy/remove_image collects it
+
+    def _collect_bases(self) -> None:
+        """Delete base volumes of images no longer in the repository that no
+        overlay uses (a running instance keeps its base)."""
+        conn = self._connect()
+        keep = {X.base_volume_name(i, r.get("sha256", "")) for i, r in self.images.catalog.all().items()}
+        with libvirt_errors("clean up unused base volumes"):
+            try:
+                pool = self._pool(conn)
+            except libvirt.libvirtError as e:
+                if e.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
+                    return
+                raise
+            for name in S.unused_bases(pool, keep):
+                S.delete_volume(pool, name)
+
+    # -- deploy -------------------------------------------------------------
+    def _accel_for(self, conn, pool, base) -> str:
+        mode = self.settings.accel
+        if mode != "auto":
+            return mode
+        with self._probe_lock:       # one probe at a time, then the cache
+            cached = A.load(str(self.settings.accel_cache))
+            if cached:
+                return cached["accel"]
+            result = A.probe(conn, pool, base, self.settings.network,
+                             str(self.settings.console_dir), self.settings.probe_timeout_s)
+            A.save(str(self.settings.accel_cache), result)
+            return result["accel"]
+
+    def probe_accel(self, image_path: str) -> dict:
+        """Decide KVM or TCG now, by booting `image_path` (a bootable disk)
+        under KVM, and cache the answer, so `mecorch doctor` can say which
+        is used before the first deploy. Leaves nothing in the pool."""
+        conn = self._ready()
+        name = "probe-base.qcow2"
+        with libvirt_errors("accel probe"):
+            pool = self._pool(conn)
+            base = S.ensure_base(conn, pool, image_path, name)
+            try:
+                self._accel_for(conn, pool, base)
+            finally:
+                S.delete_volume(pool, name)
+        return A.load(str(self.settings.accel_cache)) or {"accel": self.settings.accel}
+
+    def deploy(self, request: ResourceRequest) -> Allocation:
+        v = validate_request(request)
+        record = self.images.check(request.image)
+        s = self.settings
+        conn = self._ready()
+        iid, name = v["iid"], X.domain_name(v["iid"])
+        root = X.root_volume_name(iid)
+        data = [(X.data_volume_name(iid, vs.name), vs) for vs in request.volumes]
+        with libvirt_errors(f"deploy {iid}"):
+            pool = self._pool(conn)
+            if _lookup_domain(conn, name) is not None:
+                raise Conflict(f"instance {iid}: domain {name} already exists")
+            for vol in [root] + [n for n, _ in data]:
+                if S.lookup_volume(pool, vol) is not None:
+                    raise Conflict(f"instance {iid}: volume {vol} already exists in pool {s.pool}")
+        made: list[str] = []
+        dom = None
+        try:
+            with libvirt_errors(f"deploy {iid}"):
+                base = S.ensure_base(conn, pool, str(self.images.path(request.image)),
+                                     X.base_volume_name(request.image, record["sha256"]))
+                accel = self._accel_for(conn, pool, base)
+                S.create_overlay(pool, root, base, v["disk_bytes"])
+                made.append(root)
+                for vol, vs in data:
+                    S.create_volume(pool, vol, int(vs.size_gb * GIB))
+                    made.append(vol)
+                meta = X.DomainMeta(iid, request.app_d_id, s.host_id, request.image, s.pool,
+                                    ((root, False),) + tuple((n, vs.reserved) for n, vs in data))
+                spec = X.DomainSpec(name=name, virt_type=A.VIRT_TYPE[accel], vcpu=v["vcpu"],
+                                    memory_mb=request.memory_mb, pool=s.pool,
+                                    disks=(root,) + tuple(n for n, _ in data),
+                                    network=s.network, console_log=self._console_log(name),
+                                    meta=meta)
+                dom = conn.defineXML(X.domain_xml(spec))
+                t0 = time.monotonic()
+                dom.create()
+                deadline = t0 + s.boot_timeout_s
+                leases = N.wait_lease(dom, deadline)
+                tcp = [p.port for p in request.ports if p.protocol == "tcp"]
+                if tcp:
+                    N.wait_tcp(leases[0][0], tcp[0], deadline)
+                boot_s = time.monotonic() - t0
+                uuid = dom.UUIDString()
+        except BaseException as e:
+            self._rollback(conn, name, dom, made, e)
+            raise
+        vols = [{"name": "root", "size_gb": request.disk_gb, "id": root, "reserved": False}]
+        vols += [{"name": vs.name, "size_gb": vs.size_gb, "id": n, "reserved": vs.reserved}
+                 for n, vs in data]
+        handle = {"domain": name, "uuid": uuid, "pool": s.pool, "instance_id": iid,
+                  "volumes": [{"name": x["id"], "reserved": x["reserved"]} for x in vols]}
+        return Allocation(
+            instance_id=iid, manner=DeploymentType.VM, vcpu=request.vcpu,
+            memory_mb=request.memory_mb, storage=tuple(vols),
+            addresses=tuple(Address(ip, s.network, mac) for ip, mac in leases),
+            handle=handle,
+            extra={"accel": accel, "vcpu_count": v["vcpu"], "boot_s": round(boot_s, 2),
+                   "console_log": self._console_log(name), "image_sha256": record["sha256"]})
+
+    def _console_log(self, name: str) -> str:
+        return str(self.settings.console_dir / f"{name}.console.log")
+
+    def _rollback(self, conn, name: str, dom, made: list[str], cause: BaseException) -> None:
+        """Undo a failed deploy; a failure here is added to the cause's detail."""
+        try:
+            with libvirt_errors(f"roll back {name}"):
+                if dom is not None:
+                    self._remove_domain(dom)
+                pool = self._pool(conn)
+                for vol in reversed(made):
+                    S.delete_volume(pool, vol)
+            self._remove_console_log(name)
+        except MecorchError as e:
+            if isinstance(cause, MecorchError):
+                cause.detail += f" (and the rollback failed: {e.detail})"
+                cause.args = (cause.detail,)
+
+    # -- lifecycle -------------------------------------------------------------
+    @staticmethod
+    def _handle_parts(handle: dict) -> tuple[str, list[dict]]:
+        """Domain name and volumes of a handle, checked: they become libvirt
+        lookups and are longer than an ident (prefix/suffix added)."""
+        if not isinstance(handle, dict):
+            raise InvalidInput("handle: must be a mapping")
+        name = handle.get("domain")
+        if not (isinstance(name, str) and name.startswith(X.DOMAIN_PREFIX)
+                and _OBJECT_NAME.fullmatch(name) and ".." not in name):
+            raise InvalidInput("handle.domain: not a mecorch domain name")
+        vols = handle.get("volumes") or []
+        for i, vol in enumerate(vols):
+            vname = vol.get("name") if isinstance(vol, dict) else None
+            if not (isinstance(vname, str) and _OBJECT_NAME.fullmatch(vname) and ".." not in vname):
+                raise InvalidInput(f"handle.volumes[{i}].name: not a volume name")
+        return name, vols
+
+    def _remove_domain(self, dom) -> None:
+        """Destroy (if running) and undefine; already gone is fine."""
+        for step in (dom.destroy, lambda: dom.undefineFlags(_UNDEFINE_FLAGS)):
+            try:
+                step()
+            except libvirt.libvirtError as e:
+                # Not running (destroy) or gone (either): nothing to do.
+                if e.get_error_code() not in (libvirt.VIR_ERR_OPERATION_INVALID,
+                                              libvirt.VIR_ERR_NO_DOMAIN):
+                    raise
+
+    def _remove_console_log(self, name: str) -> None:
+        try:
+            os.unlink(self._console_log(name))
+        except FileNotFoundError:
+            pass
+
+    def destroy(self, handle: dict) -> None:
+        name, vols = self._handle_parts(handle)
+        conn = self._connect()
+        with libvirt_errors(f"destroy {name}"):
+            dom = _lookup_domain(conn, name)
+            reserved = {v["name"]: bool(v.get("reserved")) for v in vols}
+            if dom is not None:
+                meta = _read_meta(dom)      # the domain knows its volumes too
+                for vol, res in (meta.volumes if meta else ()):
+                    reserved.setdefault(vol, res)
+                self._remove_domain(dom)
+            try:
+                pool = self._pool(conn)
+            except libvirt.libvirtError as e:
+                if e.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
+                    raise
+                pool = None
+            if pool is not None:
+                for vol, res in reserved.items():
+                    if not res:
+                        S.delete_volume(pool, vol)
+        self._remove_console_log(name)
+        self._collect_bases()
+
+    def stop(self, handle: dict, timeout_s: float) -> None:
+        name, _ = self._handle_parts(handle)
+        timeout_s = validate.number(timeout_s, "timeout_s", 0, 86400)
+        conn = self._connect()
+        with libvirt_errors(f"stop {name}"):
+            dom = _lookup_domain(conn, name)
+            if dom is None or not dom.isActive():
+                return
+            if timeout_s > 0:
+                try:
+                    dom.shutdown()          # ACPI power button
+                except libvirt.libvirtError as e:
+                    if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+                        raise
+                deadline = time.monotonic() + timeout_s
+                while dom.isActive() and time.monotonic() < deadline:
+                    time.sleep(0.2)
+            if dom.isActive():      # the guest ignored ACPI (or timeout 0)
+                try:
+                    dom.destroy()
+                except libvirt.libvirtError as e:
+                    if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+                        raise
+
+    def start(self, handle: dict) -> None:
+        name, _ = self._handle_parts(handle)
+        conn = self._connect()
+        with libvirt_errors(f"start {name}"):
+            dom = _lookup_domain(conn, name)
+            if dom is None:
+                raise NotFound(f"domain {name} does not exist")
+            if not dom.isActive():
+                dom.create()
+
+    def _observe(self, dom, handle: dict | None = None) -> Observation:
+        meta = _read_meta(dom)
+        state, reason = dom.state()
+        observed = _STATES.get(state, ObservedState.UNKNOWN)
+        iid = meta.instance_id if meta else (handle or {}).get("instance_id", "")
+        h = dict(handle or {"domain": dom.name(), "uuid": dom.UUIDString(), "instance_id": iid,
+                            "pool": meta.pool if meta else self.settings.pool,
+                            "volumes": [{"name": n, "reserved": r}
+                                        for n, r in (meta.volumes if meta else ())]})
+        return Observation(iid, observed, h, detail=f"libvirt state {state} reason {reason}")
+
+    def inspect(self, handle: dict) -> Observation:
+        name, _ = self._handle_parts(handle)
+        conn = self._connect()
+        with libvirt_errors(f"inspect {name}"):
+            dom = _lookup_domain(conn, name)
+            if dom is None:
+                return Observation(handle.get("instance_id", ""), ObservedState.MISSING, handle,
+                                   detail=f"domain {name} does not exist")
+            return self._observe(dom, handle)
+
+    def _own_domains(self, conn) -> list[tuple[object, X.DomainMeta]]:
+        """Domains whose metadata says this host and pool made them."""
+        out = []
+        for dom in conn.listAllDomains(0):
+            if not dom.name().startswith(X.DOMAIN_PREFIX):
+                continue
+            meta = _read_meta(dom)
+            if meta and meta.host_id == self.settings.host_id and meta.pool == self.settings.pool:
+                out.append((dom, meta))
+        return out
+
+    def list_instances(self) -> list[Observation]:
+        conn = self._connect()
+        with libvirt_errors("list instances"):
+            return [self._observe(dom) for dom, _ in self._own_domains(conn)]
+
+    def capacity(self) -> HostCapacity:
+        conn = self._ready()
+        with libvirt_errors("read host capacity"):
+            _, mem_mb, cpus, *_ = conn.getInfo()
+            vcpu_used = mem_used = 0
+            for dom, _ in self._own_domains(conn):
+                _, max_kib, _, nvcpu, _ = dom.info()
+                vcpu_used += nvcpu
+                mem_used += max_kib // 1024
+            _, cap, _, avail = self._pool(conn).info()
+        return HostCapacity(cpu_total=float(cpus), cpu_used=float(vcpu_used),
+                            memory_mb_total=int(mem_mb), memory_mb_used=int(mem_used),
+                            disk_gb_total=cap / GIB, disk_gb_used=(cap - avail) / GIB)

@@ -1,0 +1,39 @@
+"""Validation of a VM ResourceRequest (InvalidInput before anything exists)."""
+
+from __future__ import annotations
+
+import math
+
+from mecorch import validate
+from mecorch.errors import InvalidInput
+from mecorch.model import ResourceRequest
+from mecorch.states import DeploymentType
+
+GIB = 1 << 30
+
+
+def validate_request(r: ResourceRequest) -> dict:
+    """Check every field of a VM request before anything is made; returns
+    the derived values (vCPU count, system disk bytes)."""
+    if r.manner != DeploymentType.VM:
+        raise InvalidInput(f"manner: the VIM deploys VMs, not {r.manner}")
+    iid = validate.ident(r.instance_id, "instance_id")
+    validate.text(r.app_d_id, "app_d_id")
+    validate.ident(r.image, "image")
+    vcpu = max(1, math.ceil(validate.number(r.vcpu, "vcpu", 0.01, 64)))
+    validate.integer(r.memory_mb, "memory_mb", 32, 1 << 22)
+    disk_gb = validate.number(r.disk_gb, "disk_gb", 0, 4096)
+    if len(r.volumes) > 20:
+        raise InvalidInput("volumes: at most 20 data disks")
+    seen = set()
+    for i, v in enumerate(r.volumes):
+        validate.ident(v.name, f"volumes[{i}].name")
+        validate.number(v.size_gb, f"volumes[{i}].size_gb", 0.001, 4096)
+        if v.name == "root" or v.name in seen:
+            raise InvalidInput(f"volumes[{i}].name: {v.name!r} is used twice or is 'root'")
+        seen.add(v.name)
+    for i, p in enumerate(r.ports):
+        validate.port(p.port, f"ports[{i}].port")
+        if p.protocol not in ("tcp", "udp"):
+            raise InvalidInput(f"ports[{i}].protocol: must be tcp or udp")
+    return {"iid": iid, "vcpu": vcpu, "disk_bytes": int(disk_gb * GIB)}
