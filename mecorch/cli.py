@@ -7,7 +7,6 @@ import argparse
 import logging
 import signal
 import sys
-from pathlib import Path
 
 from . import __version__, config
 from .errors import MecorchError
@@ -121,5 +120,3 @@ def serve(cfg: dict, listen: str, verbose: bool = False) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-
-__all__ = ["main", "serve", "Path"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .client import Client, print_json
 from .errors import InvalidInput
-from .timeutil import sha256_file
+from .fileutil import sha256_file
 from .yamlsafe import load_yaml
 
 PKGM = "/app_pkgm/v1/app_packages"

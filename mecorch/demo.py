@@ -22,7 +22,7 @@ from pathlib import Path
 from .client import ApiError, Client
 from .errors import MecorchError
 from .package import build_package
-from .timeutil import sha256_file
+from .fileutil import sha256_file
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 APPS = [  # (package folder, how the instantiate request decides the manner)

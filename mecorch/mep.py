@@ -18,7 +18,7 @@ import urllib.parse
 import urllib.request
 
 from . import validate
-from .errors import Conflict, InvalidInput, MecorchError, NotFound, PreconditionFailed
+from .errors import Conflict, InvalidInput, NotFound, PreconditionFailed
 from .hosts import EdgeHost, Inventory
 from .rules import DnsRule, TrafficRule, unique_ids
 from .store import Store
@@ -278,5 +278,3 @@ def _post_json(url: str, body: dict, timeout: float) -> None:
     with urllib.request.urlopen(req, timeout=timeout) as resp:    # noqa: S310 - checked URL
         resp.read(1024)
 
-
-__all__ = ["MepService", "etag", "MecorchError"]

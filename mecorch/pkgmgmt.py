@@ -30,7 +30,8 @@ from .package import open_package
 from .states import (DeploymentType, InstantiationState, OnboardingState,
                      OperationalState, UsageState)
 from .store import Store
-from .timeutil import new_id, public, sha256_file
+from .fileutil import sha256_file
+from .timeutil import new_id, public
 
 log = logging.getLogger("mecorch.pkgm")
 PKGM = "/app_pkgm/v1"

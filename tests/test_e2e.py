@@ -28,7 +28,7 @@ import yaml
 from conftest import run
 from mecorch.client import ApiError, Client
 from mecorch.package import build_package
-from mecorch.timeutil import sha256_file
+from mecorch.fileutil import sha256_file
 
 pytestmark = [pytest.mark.docker, pytest.mark.libvirt, pytest.mark.mep]
 

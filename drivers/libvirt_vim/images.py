@@ -19,19 +19,12 @@ from pathlib import Path
 
 from mecorch import validate
 from mecorch.catalog import ImageCatalog
+from mecorch.fileutil import sha256_file, unlink_quietly
 from mecorch.errors import (BackendError, ImageNotFound, ImageUnavailable,
                             IntegrityError, InvalidInput)
 
 FORMATS = ("qcow2", "raw")
 _CHUNK = 1 << 20
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def qemu_img_info(path: str | os.PathLike) -> dict:
@@ -105,10 +98,7 @@ class VMImageRepo:
             os.chmod(tmp, 0o644)
             os.replace(tmp, target)
         except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+            unlink_quietly(tmp)
             raise
         st = target.stat()
         return self.catalog.put(

@@ -6,7 +6,6 @@ ETSI files it refers to at /openapi/etsi/{name})."""
 from __future__ import annotations
 
 import ipaddress
-import json
 from importlib import resources
 from pathlib import Path
 
@@ -83,4 +82,4 @@ def _etsi_file(req: Request) -> Response:
     return Response(200, folder.joinpath(name).read_bytes(), content_type=ctype)
 
 
-__all__ = ["make_server", "make_router", "parse_listen", "json"]
+__all__ = ["make_server", "make_router", "parse_listen"]

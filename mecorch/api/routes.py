@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..errors import InvalidInput
 from ..mep import MP1, etag
 from ..orchestrator import Orchestrator
 from ..pkgmgmt import PKGM
@@ -129,5 +128,3 @@ def install(r: Router, o: Orchestrator) -> None:
     r.add("POST", f"{app}/confirm_termination", confirm(mep.confirm_termination))
     r.add("POST", f"{app}/confirm_ready", confirm(mep.confirm_ready))
 
-
-__all__ = ["install", "InvalidInput"]

@@ -9,7 +9,8 @@ build.py for the source folder layout, reader.py for the checks.
 """
 
 from .appd import ImageInfo, validate_appd
-from .archive import DEFAULT_LIMITS, ArchiveLimits, sha256_file
+from ..fileutil import sha256_file
+from .archive import DEFAULT_LIMITS, ArchiveLimits
 from .build import APPD_PATH, ARTIFACTS_FILE, build_package
 from .reader import Package, open_package
 from .schema import NFV_SCHEMAS

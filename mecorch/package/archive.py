@@ -14,7 +14,6 @@ is only ever streamed, and never more than its declared size.
 from __future__ import annotations
 
 import hashlib
-import os
 import stat
 import struct
 import zipfile
@@ -40,15 +39,6 @@ class ArchiveLimits:
 
 
 DEFAULT_LIMITS = ArchiveLimits()
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """SHA-256 (hex) of a file, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_member_name(name: str, what: str = "archive member") -> str:

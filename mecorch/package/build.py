@@ -29,10 +29,12 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from ..fileutil import unlink_quietly
 from ..errors import InvalidInput
 from ..yamlsafe import MAX_YAML_BYTES, load_yaml
 from . import appd as appd_mod
-from .archive import CHUNK, check_member_name, sha256_file
+from ..fileutil import sha256_file
+from .archive import CHUNK, check_member_name
 from .meta import META_PATH, SIGNATURE_SUFFIX, format_manifest, format_tosca_meta, sign_manifest
 
 APPD_PATH = "Definitions/appd.yaml"
@@ -178,9 +180,6 @@ def build_package(src_dir: str | os.PathLike, out_zip: str | os.PathLike,
         os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        unlink_quietly(tmp)
         raise
     return out

@@ -11,12 +11,13 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..fileutil import sha256_file, unlink_quietly
 from ..errors import IntegrityError, InvalidInput
 from ..states import DeploymentType
 from ..yamlsafe import MAX_YAML_BYTES, load_yaml
 from . import appd as appd_mod
 from .archive import (DEFAULT_LIMITS, ArchiveLimits, hash_member, member_files,
-                      open_zip, read_member, sha256_file, stream_member)
+                      open_zip, read_member, stream_member)
 from .meta import META_PATH, SIGNATURE_SUFFIX, parse_manifest, parse_tosca_meta, verify_signature
 
 MAX_META_BYTES = 64 << 10
@@ -68,10 +69,7 @@ class Package:
                                      "(the package changed after it was opened)")
             os.replace(tmp, dest)
         except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+            unlink_quietly(tmp)
             raise
         return dest
 
