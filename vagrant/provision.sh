@@ -110,6 +110,13 @@ fi
 say "dockerd ready"
 
 registry_up() { curl -fsS "http://$REGISTRY_ADDR/v2/"; }
+# Debian's docker-registry unit serves :5000 with htpasswd auth on every
+# interface; mecorch's registry is loopback-only without auth, on the same
+# port: on a systemd host, the packaged unit gives way to it.
+if have_systemd && systemctl is-active --quiet docker-registry 2>/dev/null && ! registry_up >/dev/null 2>&1; then
+  say "stopping Debian's docker-registry unit (mecorch runs its own on $REGISTRY_ADDR)"
+  systemctl disable --now docker-registry
+fi
 if ! registry_up >/dev/null 2>&1; then
   # Our own registry config: loopback only, no auth, deletes enabled (a
   # deleted package removes its image from the repository).
