@@ -102,6 +102,7 @@ def serve(cfg: dict, listen: str, verbose: bool = False) -> int:
     try:
         server = make_server(orch, listen)
         orch.recover()
+        orch.start_background()         # periodic reconciliation
         # SIGTERM ends the process like Ctrl-C: finish the request, close.
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         host, port = server.server_address[:2]

@@ -83,6 +83,31 @@ def _lookup(doc: Any, path: list[str]) -> Any:
     return doc
 
 
+def prefilter(expr: str | None, columns: tuple[str, ...] = ()) -> tuple[str, list[str]] | None:
+    """SQL over a stored JSON `doc` column that keeps a superset of what
+    `apply` keeps, so a store can skip decoding most rows (decoding every
+    document is what makes a query slow: 10,000 packages take ~0.6 s).
+    Only eq/in terms on a text value narrow; numbers, booleans, arrays,
+    nulls and missing paths all pass, and `apply` decides on them. A
+    top-level attribute among `columns` (the store's indexed text copies of
+    string fields) is matched on its column, using the index. None when no
+    term narrows."""
+    clauses, params = [], []
+    for op, path, vals in parse(expr):
+        if op not in ("eq", "in"):
+            continue
+        # path parts match [A-Za-z0-9_.]+ (_TERM): quoted, they are literal keys
+        jpath = "$" + "".join(f'."{part}"' for part in path)
+        marks = ", ".join("?" * len(vals))
+        if len(path) == 1 and path[0] in columns:
+            clauses.append(f'"{path[0]}" IN ({marks})')
+            params += vals
+            continue
+        clauses.append(f"(json_type(doc, ?) IS NOT 'text' OR json_extract(doc, ?) IN ({marks}))")
+        params += [jpath, jpath, *vals]
+    return (" AND ".join(clauses), params) if clauses else None
+
+
 def apply(docs: list[dict], expr: str | None) -> list[dict]:
     terms = parse(expr)
     if not terms:

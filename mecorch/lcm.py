@@ -11,7 +11,10 @@ and a failure undoes the steps before it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
+import json
 import logging
 import threading
 import time
@@ -31,6 +34,9 @@ from .store import Store
 from .timeutil import new_id, public
 
 log = logging.getLogger("mecorch.lcm")
+# What an instance record holds only while it is deployed.
+_DEPLOYED_KEYS = ("instantiatedAppState", "hostId", "deploymentType", "allocatedResources",
+                  "_handle", "_need", "_observed", "_mp1Token")
 
 
 class Lcm:
@@ -46,6 +52,8 @@ class Lcm:
         # one operation at a time per instance; guards the check-and-start
         self._busy: set[str] = set()
         self._busy_lock = threading.Lock()
+        # op occurrences running in this process (recovery leaves them alone)
+        self._live: set[str] = set()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -58,10 +66,15 @@ class Lcm:
         return doc
 
     def view(self, doc: dict) -> dict:
-        return public(doc)
+        out = public(doc)
+        observed = doc.get("_observed")
+        if observed and doc["instantiationState"] == InstantiationState.INSTANTIATED.value:
+            # mecorch extension: what reconciliation last saw of the runtime
+            out["observedState"] = observed["state"]
+        return out
 
     def list(self) -> list[dict]:
-        return [public(d) for d in self.store.list("instances")]
+        return [self.view(d) for d in self.store.list("instances")]
 
     def op(self, op_id: str) -> dict:
         doc = self.store.get("op_occs", op_id)
@@ -122,11 +135,42 @@ class Lcm:
             self.mep.forget(instance_id)
 
     # ------------------------------------------------------------ instantiate
-    def instantiate(self, instance_id: str, body: dict) -> dict:
+    def instantiate(self, instance_id: str, body: dict,
+                    idempotency_key: str | None = None) -> dict:
         """Validate and plan synchronously (400/404/409 here, nothing made),
-        then run the deployment as an op occurrence in the background."""
+        then run the deployment as an op occurrence in the background.
+        A retry with the same Idempotency-Key gets the same op occurrence
+        back, whatever state it is in, and deploys nothing."""
         if not isinstance(body, dict):
             raise InvalidInput("body must be an InstantiateAppRequest object")
+        key = None
+        if idempotency_key:
+            key = (f"instantiate|{instance_id}|"
+                   f"{validate.text(idempotency_key, 'Idempotency-Key', 128)}")
+            fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True, default=str)
+                                         .encode()).hexdigest()
+            seen = self._replay(key, fingerprint)
+            if seen:
+                return seen
+        try:
+            return self._instantiate(instance_id, body, key, fingerprint if key else None)
+        except Conflict:
+            # a concurrent twin of this request may have won the race
+            seen = self._replay(key, fingerprint) if key else None
+            if seen:
+                return seen
+            raise
+
+    def _replay(self, key: str, fingerprint: str) -> dict | None:
+        seen = self.store.get("idempotency", key)
+        if not seen:
+            return None
+        if seen.get("fingerprint") != fingerprint:
+            raise Conflict("Idempotency-Key was already used with a different request body")
+        return public(self.store.get("op_occs", seen["resource"]))
+
+    def _instantiate(self, instance_id: str, body: dict, key: str | None,
+                     fingerprint: str | None) -> dict:
         with self._exclusive(instance_id):
             inst = self.get(instance_id)
             if inst["instantiationState"] != InstantiationState.NOT_INSTANTIATED.value:
@@ -136,6 +180,9 @@ class Lcm:
             choice = decision.decide_manner(body, recorded)
             request = decision.resource_request(
                 instance_id, pkg["_appd"], choice.manner, pkg["_image"], body)
+            # The app's Mp1 credential: only its digest is stored; the token
+            # itself goes to the app's environment, never into the journal.
+            app_token, app_token_digest = self.mep.new_app_token()
             traffic, dns = self.mep.initial_rules(pkg["_appd"], body)
             wanted = _selected_hosts(body)
             need = Need(request.vcpu, request.memory_mb,
@@ -148,12 +195,19 @@ class Lcm:
                     "decidedBy": choice.source, "request": _request_doc(request),
                     "need": dataclasses.asdict(need)})
                 inst["_opId"] = op["id"]
+                inst["_mp1Token"] = app_token_digest
                 self.store.put("instances", instance_id, inst)
+                if key:
+                    self.store.put("idempotency", key, {"resource": op["id"],
+                                                        "fingerprint": fingerprint})
                 self.mep.set_rules(instance_id, traffic, dns)
             except BaseException:
                 self.inventory.release(instance_id)
                 raise
             self._busy.add(instance_id)
+            self._live.add(op["id"])
+        request = dataclasses.replace(request, env={
+            **request.env, **self.mep.app_env(instance_id, app_token)})
         self._pool.submit(self._guarded, instance_id, self._run_instantiate, op, request, host)
         return public(op)
 
@@ -204,8 +258,7 @@ class Lcm:
             _best_effort(f"release resources of {iid}", _destroy, host.compute(manner), iid, handle)
         inst = self.store.get("instances", iid)
         if inst is not None:
-            for k in ("instantiatedAppState", "hostId", "deploymentType",
-                      "allocatedResources", "_handle", "_need"):
+            for k in _DEPLOYED_KEYS:
                 inst.pop(k, None)
             inst["instantiationState"] = InstantiationState.NOT_INSTANTIATED.value
             self.store.put("instances", iid, inst)
@@ -230,6 +283,7 @@ class Lcm:
                 "terminationType": kind.value, "timeout": timeout,
                 "hostId": inst["hostId"], "manner": inst["deploymentType"]})
             self._busy.add(instance_id)
+            self._live.add(op["id"])
         self._pool.submit(self._guarded, instance_id, self._run_terminate, op)
         return public(op)
 
@@ -267,8 +321,7 @@ class Lcm:
         self.journal.step(op, "begin:destroy")
         _destroy(compute, iid, handle)
         inst = self.get(iid)
-        for k in ("instantiatedAppState", "hostId", "deploymentType",
-                  "allocatedResources", "_handle", "_need"):
+        for k in _DEPLOYED_KEYS:
             inst.pop(k, None)
         inst["instantiationState"] = InstantiationState.NOT_INSTANTIATED.value
         self.store.put("instances", iid, inst)
@@ -296,6 +349,7 @@ class Lcm:
             op = self.journal.start(instance_id, LcmOperation.OPERATE, {
                 "to": to.value, "timeout": timeout if graceful == "GRACEFUL" else 0})
             self._busy.add(instance_id)
+            self._live.add(op["id"])
         self._pool.submit(self._guarded, instance_id, self._run_operate, op)
         return public(op)
 
@@ -320,35 +374,49 @@ class Lcm:
 
     # ------------------------------------------------------------ recovery
     def recover(self) -> list[str]:
-        """Finish or undo every operation a crash interrupted. Returns what
-        was done, one line each."""
+        """Finish or undo every operation a crash interrupted (or whose
+        recovery failed before, e.g. with a backend down: called again by
+        each reconciliation round). Operations running in this process are
+        left alone. Returns what was done, one line each."""
         done = []
         for op in self.journal.in_progress():
             iid = op["appInstanceId"]
-            plan = op["_plan"]
+            with self._busy_lock:
+                if op["id"] in self._live or iid in self._busy:
+                    continue
+                self._busy.add(iid)
             try:
-                if op["lcmOperation"] == LcmOperation.INSTANTIATE.value:
-                    host = self.inventory.get(plan["hostId"])
-                    self._undo_instantiate(op, host, DeploymentType(plan["manner"]), None)
-                    self.journal.finish(op, Conflict("interrupted by a restart of mecorch; "
-                                                     "rolled back"))
-                    done.append(f"rolled back instantiate of {iid}")
-                elif op["lcmOperation"] == LcmOperation.TERMINATE.value:
-                    host = self.inventory.get(plan["hostId"])
-                    compute = host.compute(DeploymentType(plan["manner"]))
-                    inst = self.get(iid)
-                    self._release(op, host, compute, iid, inst.get("_handle"), 0)
-                    self.journal.finish(op)
-                    done.append(f"finished terminate of {iid}")
-                else:
-                    self.journal.finish(op, Conflict("interrupted by a restart of mecorch"))
-                    done.append(f"failed interrupted operate of {iid}")
-                inst = self.store.get("instances", iid)
-                if inst:
-                    self.packages.refresh_usage(inst["appDId"])
+                op = self.store.get("op_occs", op["id"])     # again, now that it is held
+                if op["operationState"] in ("STARTING", "PROCESSING"):
+                    done.append(self._recover_one(op))
             except MecorchError as e:
                 done.append(f"could not recover op {op['id']} of {iid}: {e.detail}")
+            finally:
+                self._free(iid)
         return done
+
+    def _recover_one(self, op: dict) -> str:
+        iid = op["appInstanceId"]
+        plan = op["_plan"]
+        if op["lcmOperation"] == LcmOperation.INSTANTIATE.value:
+            host = self.inventory.get(plan["hostId"])
+            self._undo_instantiate(op, host, DeploymentType(plan["manner"]), None)
+            self.journal.finish(op, Conflict("interrupted by a restart of mecorch; rolled back"))
+            line = f"rolled back instantiate of {iid}"
+        elif op["lcmOperation"] == LcmOperation.TERMINATE.value:
+            host = self.inventory.get(plan["hostId"])
+            compute = host.compute(DeploymentType(plan["manner"]))
+            inst = self.get(iid)
+            self._release(op, host, compute, iid, inst.get("_handle"), 0)
+            self.journal.finish(op)
+            line = f"finished terminate of {iid}"
+        else:
+            self.journal.finish(op, Conflict("interrupted by a restart of mecorch"))
+            line = f"failed interrupted operate of {iid}"
+        inst = self.store.get("instances", iid)
+        if inst:
+            self.packages.refresh_usage(inst["appDId"])
+        return line
 
     # ------------------------------------------------------------ helpers
     def _exclusive(self, instance_id: str):
@@ -367,11 +435,31 @@ class Lcm:
                 return False
         return _Guard()
 
-    def _guarded(self, instance_id: str, fn, *args) -> None:
+    def _guarded(self, instance_id: str, fn, op: dict, *args) -> None:
         try:
-            fn(*args)
+            fn(op, *args)
+        finally:
+            with self._busy_lock:
+                self._live.discard(op["id"])
+            self._free(instance_id)
+
+    @contextlib.contextmanager
+    def hold(self, instance_id: str):
+        """Keep every LCM operation off the instance while the block runs
+        (recovery, reconciliation); Conflict if one is in progress."""
+        with self._exclusive(instance_id):
+            self._busy.add(instance_id)
+        try:
+            yield
         finally:
             self._free(instance_id)
+
+    def working_on(self, instance_id: str) -> bool:
+        """An operation of the instance runs here or awaits recovery."""
+        with self._busy_lock:
+            if instance_id in self._busy:
+                return True
+        return bool(self.journal.in_progress(instance_id))
 
     def _free(self, instance_id: str) -> None:
         """End the instance's operation lock; called before the op is

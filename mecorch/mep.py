@@ -6,13 +6,21 @@ appDNSRule), are kept in the store, and are applied to the host's MEP
 driver as one set. An app can read and change only its own rules; every
 change is validated (`mecorch.rules`) before anything is applied, and the
 stored set changes only when the driver accepted the new one.
+
+Each instantiation issues the instance an Mp1 token (random; only its
+SHA-256 is stored, in the instance record as `_mp1Token`) that the app gets
+in its environment (`app_env`); the API lets that token reach the
+instance's own Mp1 resources and nothing else (mecorch.api.http).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import json
 import logging
+import secrets
 import threading
 import urllib.parse
 import urllib.request
@@ -36,6 +44,9 @@ class MepService:
         self.inventory = inventory
         self.callback_networks = [ipaddress.ip_network(n)
                                   for n in cfg["api"]["callback_networks"]]
+        # Where apps reach Mp1: api.mp1_url if set, else the listen address
+        # (loopback by default, which a bridged container cannot reach).
+        self.mp1_url = cfg["api"].get("mp1_url") or f"http://{cfg['api']['listen']}{MP1}"
         self._lock = threading.Lock()
         self._termination: dict[str, threading.Event] = {}
 
@@ -99,6 +110,29 @@ class MepService:
                 raise NotFound(f"app instance {instance_id!r} does not exist")
             doc = {"trafficRules": [], "dnsRules": [], "hostId": None, "targetIp": None}
         return doc
+
+    # ------------------------------------------------------------ Mp1 tokens
+    @staticmethod
+    def new_app_token() -> tuple[str, str]:
+        """(token, what to store: its SHA-256). The token is 256 random
+        bits, so a fast hash is enough: there is nothing to brute-force."""
+        token = secrets.token_urlsafe(32)
+        return token, token_digest(token)
+
+    def app_env(self, instance_id: str, token: str) -> dict[str, str]:
+        """What an app instance is told about its Mp1 (environment variables)."""
+        return {"MEC_APP_INSTANCE_ID": instance_id, "MEC_APP_TOKEN": token,
+                "MEC_MP1_URL": self.mp1_url}
+
+    def app_token_owner(self, token: str) -> str | None:
+        """The instance an Mp1 token was issued to (and not yet revoked by
+        its termination), or None."""
+        digest = token_digest(token)
+        for inst in self.store.list("instances"):
+            stored = inst.get("_mp1Token")
+            if stored and hmac.compare_digest(stored, digest):
+                return inst["id"]
+        return None
 
     # ------------------------------------------------------------ Mp1 rules
     def list_rules(self, instance_id: str, kind: str) -> list[dict]:
@@ -243,6 +277,10 @@ class MepService:
             raise InvalidInput(f"callbackReference address {addr} is not in the allowed "
                                "callback networks")
         return url
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def etag(doc: dict) -> str:

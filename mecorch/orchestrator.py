@@ -10,6 +10,7 @@ from .hosts import Inventory
 from .lcm import Lcm
 from .mep import MepService
 from .pkgmgmt import PackageManager
+from .reconcile import Reconciler
 from .store import Store
 
 log = logging.getLogger("mecorch")
@@ -23,15 +24,23 @@ class Orchestrator:
         self.packages = PackageManager(self.store, self.inventory, cfg)
         self.mep = MepService(self.store, self.inventory, cfg)
         self.lcm = Lcm(self.store, self.inventory, self.packages, self.mep, cfg)
+        self.reconciler = Reconciler(self.store, self.inventory, self.lcm, self.mep,
+                                     cfg["orchestrator"].get("reconcile_interval_s", 30))
 
     def recover(self) -> list[str]:
-        """Finish or undo what a crash interrupted. Called before serving."""
-        done = self.lcm.recover() + self.packages.recover()
+        """Finish or undo what a crash interrupted and reconcile the store
+        with the backends (one round). Called before serving."""
+        done = self.reconciler.run_once() + self.packages.recover()
         for line in done:
             log.warning("recovery: %s", line)
         return done
 
+    def start_background(self) -> None:
+        """Reconcile every orchestrator.reconcile_interval_s from now on."""
+        self.reconciler.start()
+
     def close(self) -> None:
+        self.reconciler.stop()
         self.lcm.close()
         for host in self.inventory.hosts.values():
             host.close()

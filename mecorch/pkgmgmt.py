@@ -29,13 +29,15 @@ from .hosts import Inventory
 from .package import open_package
 from .states import (DeploymentType, InstantiationState, OnboardingState,
                      OperationalState, UsageState)
-from .store import Store
+from .store import TABLES, Store
 from .fileutil import sha256_file
 from .timeutil import new_id, public
 
 log = logging.getLogger("mecorch.pkgm")
 PKGM = "/app_pkgm/v1"
 _VERSION_TAG = re.compile(r"[^A-Za-z0-9_.-]")
+# internal fields a listing never shows (the AppD is most of a record)
+_LIST_DROPS = ("_appd", "_images", "_path", "_zip", "_image", "_manner")
 
 
 class PackageManager:
@@ -128,8 +130,10 @@ class PackageManager:
             return image
         if manner is DeploymentType.CONTAINER:
             registry = hosts[0].section("cim")["registry"]
+            # The package id in the tag: orchestrators sharing a registry
+            # (a lab, a test run) never remove each other's images.
             image = f"{registry}/mecorch-apps/{_repo_name(pkg.app_d_id)}:" \
-                    f"{_VERSION_TAG.sub('_', info.version or 'latest')[:128]}"
+                    f"{_VERSION_TAG.sub('_', info.version or 'latest')[:110]}-{doc['id'][:8]}"
         else:
             image = pkg.app_d_id
         doc["_images"].append({"image": image, "imported": True})
@@ -172,7 +176,11 @@ class PackageManager:
         """Clean up packages whose onboarding a crash interrupted; finish
         deletions that were pending."""
         done = []
-        for doc in self.store.list("packages"):
+        # only the rows needing work are decoded: start-up must not read
+        # every package of a large store
+        for doc in self.store.list("packages", match=(
+                "onboardingState IS NOT ? OR json_extract(doc, '$._deletionPending')",
+                [OnboardingState.ONBOARDED.value])):
             if doc["onboardingState"] != OnboardingState.ONBOARDED.value:
                 self._discard(doc)
                 done.append(f"removed half-onboarded package {doc['id']}")
@@ -200,7 +208,10 @@ class PackageManager:
         return out
 
     def list(self, filter_expr: str | None = None) -> list[dict]:
-        docs = self.store.list("packages", onboardingState=OnboardingState.ONBOARDED.value)
+        docs = self.store.list("packages",
+                               match=filters.prefilter(filter_expr, TABLES["packages"]),
+                               drop=_LIST_DROPS,
+                               onboardingState=OnboardingState.ONBOARDED.value)
         return filters.apply([self.view(d) for d in docs], filter_expr)
 
     def usable(self, app_d_id: str) -> dict:

@@ -18,7 +18,9 @@ from typing import Any, Iterator
 
 # table -> indexed columns (each also a key of the document)
 TABLES: dict[str, tuple[str, ...]] = {
-    "packages": ("appDId", "onboardingState", "operationalState", "usageState"),
+    # appName and appProvider: what `filter=` queries ask most after appDId
+    "packages": ("appDId", "onboardingState", "operationalState", "usageState",
+                 "appName", "appProvider"),
     "instances": ("appDId", "appPkgId", "instantiationState", "hostId"),
     "op_occs": ("appInstanceId", "operationState", "lcmOperation"),
     "subscriptions": ("appInstanceId",),
@@ -41,6 +43,15 @@ class Store:
             extra = "".join(f', "{c}" TEXT' for c in cols)
             self._db.execute(f'CREATE TABLE IF NOT EXISTS {table} '
                              f'(id TEXT PRIMARY KEY, seq INTEGER, doc TEXT NOT NULL{extra})')
+            have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            for c in cols:
+                if c not in have:
+                    # a store made by an older mecorch: add the column and
+                    # fill it from the documents (string values, as put does)
+                    self._db.execute(f'ALTER TABLE {table} ADD COLUMN "{c}" TEXT')
+                    self._db.execute(f'UPDATE {table} SET "{c}"=json_extract(doc, ?) '
+                                     f"WHERE json_type(doc, ?)='text'",
+                                     (f'$."{c}"', f'$."{c}"'))
             for c in cols:
                 self._db.execute(f'CREATE INDEX IF NOT EXISTS {table}_{c} ON {table}("{c}")')
 
@@ -80,19 +91,33 @@ class Store:
             row = self._db.execute(f"SELECT doc FROM {table} WHERE id=?", (id_,)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def list(self, table: str, **where: Any) -> list[dict[str, Any]]:
+    def list(self, table: str, match: tuple[str, list] | None = None,
+             drop: tuple[str, ...] = (), **where: Any) -> list[dict[str, Any]]:
         """Documents whose indexed columns equal the given values, in
-        insertion order."""
+        insertion order. `match`: an extra SQL condition with its
+        parameters, written by mecorch itself (e.g. filters.prefilter), to
+        select rows before their documents are decoded. `drop`: top-level
+        keys left out of the documents (removed by SQLite, so a listing does
+        not decode large internal fields only to throw them away)."""
         cols = TABLES[table]
         for k in where:
             if k not in cols:
                 raise KeyError(f"{table}.{k} is not an indexed column")
-        sql = f"SELECT doc FROM {table}"
-        if where:
-            sql += " WHERE " + " AND ".join(f'"{k}"=?' for k in where)
+        conds = [f'"{k}"=?' for k in where]
+        params = [_index_value(v) for v in where.values()]
+        if match:
+            conds.append(f"({match[0]})")
+            params += list(match[1])
+        column = "doc"
+        if drop:
+            column = f"json_remove(doc{', ?' * len(drop)})"
+            params = [f'$."{k}"' for k in drop] + params
+        sql = f"SELECT {column} FROM {table}"
+        if conds:
+            sql += " WHERE " + " AND ".join(conds)
         sql += " ORDER BY seq"
         with self._lock:
-            rows = self._db.execute(sql, [_index_value(v) for v in where.values()]).fetchall()
+            rows = self._db.execute(sql, params).fetchall()
         return [json.loads(r[0]) for r in rows]
 
     def delete(self, table: str, id_: str) -> None:

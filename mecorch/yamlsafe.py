@@ -34,6 +34,13 @@ class _Loader(yaml.SafeLoader):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                # "? [a]" makes a list key: unhashable, it would escape as a
+                # TypeError (a 500); no mecorch document has such keys.
+                raise InvalidInput(f"YAML mapping key must be a scalar "
+                                   f"(line {key_node.start_mark.line + 1})") from None
             if isinstance(key, (str, int, float, bool)) and key in seen:
                 raise InvalidInput(f"YAML mapping has the key {key!r} twice "
                                    f"(line {key_node.start_mark.line + 1})")

@@ -187,10 +187,15 @@ class DockerCIM(ComputeDriver):
         made: list[tuple[str, str]] = []          # what to undo, in order made
         try:
             image = f"{self.registry_host}/{plan.repo}@{digest}"
-            drain(f"pull {image}", api.pull(f"{self.registry_host}/{plan.repo}", tag=digest,
-                                              stream=True, decode=True))
-            storage = self._create_volumes(api, plan, made)
+            with backend_errors(f"pull {image}"):     # the call itself can fail too
+                drain(f"pull {image}", api.pull(f"{self.registry_host}/{plan.repo}",
+                                                  tag=digest, stream=True, decode=True))
+            # The pause container first: it carries the instance's labels,
+            # so a crash before the app exists leaves something
+            # list_instances finds (with the labelled volumes), never
+            # volumes alone.
             pause_id = self._create_pause(api, plan, made)
+            storage = self._create_volumes(api, plan, made)
             app_id = self._create_app(api, plan, image, pause_id, made, request)
             with backend_errors(f"inspect {plan.pause_name}"):
                 nets = api.inspect_container(pause_id)["NetworkSettings"]["Networks"]

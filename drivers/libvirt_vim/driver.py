@@ -222,11 +222,6 @@ class LibvirtVIM(ComputeDriver):
                 base = S.ensure_base(conn, pool, str(self.images.path(request.image)),
                                      X.base_volume_name(request.image, record["sha256"]))
                 accel = self._accel_for(conn, pool, base)
-                S.create_overlay(pool, root, base, v["disk_bytes"])
-                made.append(root)
-                for vol, vs in data:
-                    S.create_volume(pool, vol, int(vs.size_gb * GIB))
-                    made.append(vol)
                 meta = X.DomainMeta(iid, request.app_d_id, s.host_id, request.image, s.pool,
                                     ((root, False),) + tuple((n, vs.reserved) for n, vs in data))
                 spec = X.DomainSpec(name=name, virt_type=A.VIRT_TYPE[accel], vcpu=v["vcpu"],
@@ -234,7 +229,16 @@ class LibvirtVIM(ComputeDriver):
                                     disks=(root,) + tuple(n for n, _ in data),
                                     network=s.network, console_log=self._console_log(name),
                                     meta=meta)
+                # Defined before its volumes exist (libvirt checks them at
+                # start): a crash in between leaves a domain whose metadata
+                # names the volumes, which list_instances finds and destroy
+                # removes; never volumes nothing points to.
                 dom = conn.defineXML(X.domain_xml(spec))
+                S.create_overlay(pool, root, base, v["disk_bytes"])
+                made.append(root)
+                for vol, vs in data:
+                    S.create_volume(pool, vol, int(vs.size_gb * GIB))
+                    made.append(vol)
                 t0 = time.monotonic()
                 dom.create()
                 deadline = t0 + s.boot_timeout_s

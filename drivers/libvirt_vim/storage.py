@@ -98,10 +98,18 @@ def unused_bases(pool, keep: set[str]) -> list[str]:
     pool.refresh(0)
     vols = pool.listAllVolumes(0)
     used = set()
+    bases = []
     for v in vols:
-        if not v.name().startswith("base-"):
-            path = X.backing_path(v.XMLDesc(0))
-            if path:
-                used.add(path)
-    return [v.name() for v in vols
-            if v.name().startswith("base-") and v.name() not in keep and v.path() not in used]
+        # a concurrent destroy may delete a listed volume before it is
+        # read: gone is fine (it backs nothing any more)
+        try:
+            if v.name().startswith("base-"):
+                bases.append((v.name(), v.path()))
+            else:
+                path = X.backing_path(v.XMLDesc(0))
+                if path:
+                    used.add(path)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
+                raise
+    return [name for name, path in bases if name not in keep and path not in used]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import InvalidInput, NotFound
 from ..orchestrator import Orchestrator
-from .http import ApiServer, Request, Response, Router
+from .http import PUBLIC, ApiServer, Request, Response, Router
 from . import routes
 
 _OPENAPI_DIR = resources.files("mecorch").joinpath("openapi")
@@ -52,17 +52,18 @@ def make_server(orch: Orchestrator, listen: str) -> ApiServer:
     host, port = parse_listen(listen)
     tokens = load_tokens(orch.cfg, host)
     return ApiServer((host, port), make_router(orch), int(orch.cfg["api"]["max_body_bytes"]),
-                     tokens)
+                     tokens, orch.mep.app_token_owner)
 
 
 def make_router(orch: Orchestrator) -> Router:
     """Every route the server answers: the ETSI APIs and the OpenAPI documents."""
     router = Router()
     routes.install(router, orch)
-    router.add("GET", "/openapi.yaml", _openapi)
+    # The published documents need no token (their `security: [{}]`).
+    router.add("GET", "/openapi.yaml", _openapi, PUBLIC)
     # The same document where its relative $refs (etsi/...) resolve.
-    router.add("GET", "/openapi/mecorch.yaml", _openapi)
-    router.add("GET", "/openapi/etsi/{name}", _etsi_file)
+    router.add("GET", "/openapi/mecorch.yaml", _openapi, PUBLIC)
+    router.add("GET", "/openapi/etsi/{name}", _etsi_file, PUBLIC)
     return router
 
 

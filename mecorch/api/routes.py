@@ -7,7 +7,7 @@ from ..orchestrator import Orchestrator
 from ..pkgmgmt import PKGM
 from ..journal import LCM
 from .. import filters
-from .http import Request, Response, Router
+from .http import APP, Request, Response, Router
 
 
 def install(r: Router, o: Orchestrator) -> None:
@@ -73,7 +73,8 @@ def install(r: Router, o: Orchestrator) -> None:
     r.add("GET", f"{LCM}/app_instances/{{id}}", get_instance)
     r.add("DELETE", f"{LCM}/app_instances/{{id}}", delete_instance)
     r.add("POST", f"{LCM}/app_instances/{{id}}/instantiate",
-          lambda req: accepted(lcm.instantiate(req.params["id"], req.json())))
+          lambda req: accepted(lcm.instantiate(req.params["id"], req.json(),
+                                               req.headers.get("Idempotency-Key"))))
     r.add("POST", f"{LCM}/app_instances/{{id}}/terminate",
           lambda req: accepted(lcm.terminate(req.params["id"], req.json())))
     r.add("POST", f"{LCM}/app_instances/{{id}}/operate",
@@ -84,6 +85,7 @@ def install(r: Router, o: Orchestrator) -> None:
           lambda req: Response(200, lcm.op(req.params["id"])))
 
     # ---------------------------------------------------------------- Mp1
+    # APP: an app may call these with its own Mp1 token, for itself only.
     app = f"{MP1}/applications/{{app}}"
 
     def rules(kind: str):
@@ -98,9 +100,9 @@ def install(r: Router, o: Orchestrator) -> None:
             rule = mep.put_rule(req.params["app"], kind, req.params["rule"], req.json(),
                                 req.headers.get("If-Match"))
             return Response(200, rule, {"ETag": f'"{etag(rule)}"'})
-        r.add("GET", f"{app}/{kind}", list_)
-        r.add("GET", f"{app}/{kind}/{{rule}}", get)
-        r.add("PUT", f"{app}/{kind}/{{rule}}", put)
+        r.add("GET", f"{app}/{kind}", list_, APP)
+        r.add("GET", f"{app}/{kind}/{{rule}}", get, APP)
+        r.add("PUT", f"{app}/{kind}/{{rule}}", put, APP)
 
     rules("traffic_rules")
     rules("dns_rules")
@@ -120,11 +122,11 @@ def install(r: Router, o: Orchestrator) -> None:
         return handler
 
     r.add("GET", f"{app}/subscriptions",
-          lambda req: Response(200, mep.subscriptions(req.params["app"])))
-    r.add("POST", f"{app}/subscriptions", subscribe)
+          lambda req: Response(200, mep.subscriptions(req.params["app"])), APP)
+    r.add("POST", f"{app}/subscriptions", subscribe, APP)
     r.add("GET", f"{app}/subscriptions/{{sub}}",
-          lambda req: Response(200, mep.subscription(req.params["app"], req.params["sub"])))
-    r.add("DELETE", f"{app}/subscriptions/{{sub}}", unsubscribe)
-    r.add("POST", f"{app}/confirm_termination", confirm(mep.confirm_termination))
-    r.add("POST", f"{app}/confirm_ready", confirm(mep.confirm_ready))
+          lambda req: Response(200, mep.subscription(req.params["app"], req.params["sub"])), APP)
+    r.add("DELETE", f"{app}/subscriptions/{{sub}}", unsubscribe, APP)
+    r.add("POST", f"{app}/confirm_termination", confirm(mep.confirm_termination), APP)
+    r.add("POST", f"{app}/confirm_ready", confirm(mep.confirm_ready), APP)
 

@@ -1,0 +1,151 @@
+"""Overhead of deploy + terminate through mecorch's REST API over the same
+backend work done directly, interleaved in one run (alternating who goes
+first), p50 and p99 of each and their ratios.
+
+- containers: API = create instance, instantiate (no rules), wait for the
+  op, terminate FORCEFUL, wait, delete the instance record; direct = the
+  docker-py calls of bench/cim_overhead.py (pull by digest, pause
+  container on the network, app container in its netns with the limits,
+  inspect; remove both).
+- VMs: API = the same, plus an HTTP answer from the guest before
+  terminating; direct = bench/vim_overhead.py's bare libvirt calls (overlay
+  volume, define, create, lease, HTTP; destroy, undefine, delete volume),
+  on the pool and network mecorch made.
+
+Used by bench/run.py (it owns the lab); not a standalone script.
+"""
+
+from __future__ import annotations
+
+import time
+
+import docker
+
+from lab import NO_RULES, Lab, pct
+
+import vim_overhead as vo                              # noqa: E402
+from drivers.docker_cim.pause import PAUSE_IMAGE      # noqa: E402
+from drivers.libvirt_vim import xmlrender as X        # noqa: E402
+
+
+class DirectDocker:
+    """What a hand-written docker-py script does for one instance."""
+
+    def __init__(self, image: str, network: str, tag: str):
+        self.tag = tag
+        self.api = docker.APIClient(base_url="unix:///var/run/docker.sock", version="auto")
+        repo, _, _ = image.rpartition(":")
+        self.repo = repo
+        self.digest = self.api.inspect_distribution(image)["Descriptor"]["digest"]
+        self.network = network
+
+    def deploy(self, name: str) -> dict:
+        api = self.api
+        for _ in api.pull(self.repo, tag=self.digest, stream=True, decode=True):
+            pass
+        labels = {"mecorch.bench": self.tag}
+        pause = api.create_container(
+            PAUSE_IMAGE, name=f"{name}-pause", labels=labels,
+            host_config=api.create_host_config(network_mode=self.network))["Id"]
+        api.start(pause)
+        app = api.create_container(
+            f"{self.repo}@{self.digest}", name=f"{name}-app", labels=labels,
+            host_config=api.create_host_config(network_mode=f"container:{pause}",
+                                               nano_cpus=500_000_000,
+                                               mem_limit=64 * 1024 * 1024))["Id"]
+        api.start(app)
+        api.inspect_container(pause)
+        return {"app": app, "pause": pause}
+
+    def destroy(self, h: dict) -> None:
+        self.api.remove_container(h["app"], force=True)
+        self.api.remove_container(h["pause"], force=True)
+
+
+def _api_cycle(lab: Lab, app_d_id: str, reach=None) -> tuple[float, float]:
+    api = lab.api
+    t0 = time.perf_counter()
+    iid, op = api.deploy(app_d_id, **NO_RULES)
+    if op["operationState"] != "COMPLETED":
+        raise RuntimeError(f"deploy failed: {op.get('error')}")
+    if reach is not None:
+        info = api.get(f"/app_lcm/v1/app_instances/{iid}")
+        reach(info["allocatedResources"]["network"][0]["ip"])
+    t1 = time.perf_counter()
+    op = api.terminate(iid)
+    if op["operationState"] != "COMPLETED":
+        raise RuntimeError(f"terminate failed: {op.get('error')}")
+    api.delete(iid)
+    return t1 - t0, time.perf_counter() - t1
+
+
+def _summary(res: dict[str, list[tuple[float, float]]], target50: float, target99: float) -> dict:
+    out = {}
+    for name, rows in res.items():
+        for i, what in ((0, "deploy"), (1, "terminate"), (None, "cycle")):
+            vals = [r[0] + r[1] if i is None else r[i] for r in rows]
+            out[f"{name}_{what}_p50_ms"] = round(pct(vals, 50) * 1e3, 1)
+            out[f"{name}_{what}_p99_ms"] = round(pct(vals, 99) * 1e3, 1)
+    for what in ("deploy", "terminate", "cycle"):
+        for p in ("p50", "p99"):
+            out[f"ratio_{what}_{p}"] = round(out[f"api_{what}_{p}_ms"]
+                                             / out[f"direct_{what}_{p}_ms"], 3)
+    out["n"] = len(res["api"])
+    out["met"] = out["ratio_cycle_p50"] <= target50 and out["ratio_cycle_p99"] <= target99
+    return out
+
+
+def containers(lab: Lab, app_d_id: str, n: int = 30) -> dict:
+    image = lab.pkgs[app_d_id]["softwareImages"][0]["imagePath"]
+    _api_cycle(lab, app_d_id)                       # warm-up: network, pull, driver open
+    direct = DirectDocker(image, lab.cfg["hosts"][0]["cim"]["network"], lab.tag)
+
+    def via_direct(i: int) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        h = direct.deploy(f"mecb-{lab.tag}-d{i}")
+        t1 = time.perf_counter()
+        direct.destroy(h)
+        return t1 - t0, time.perf_counter() - t1
+
+    via_direct(-1)
+    res: dict[str, list] = {"api": [], "direct": []}
+    try:
+        for i in range(n):
+            order = [("api", lambda: _api_cycle(lab, app_d_id)), ("direct", lambda: via_direct(i))]
+            for name, fn in (order if i % 2 == 0 else order[::-1]):
+                res[name].append(fn())
+    finally:
+        direct.api.close()
+    return _summary(res, 1.25, 1.5)
+
+
+def vms(lab: Lab, app_d_id: str, n: int = 3) -> dict:
+    vim = lab.cfg["hosts"][0]["vim"]
+    state_dir, run_dir = lab.host_dirs
+    # the direct path's domains carry another host id: the lab's mecorch
+    # reconciles its own host id and would remove them as orphans
+    cfg = {**vim, "host_id": f"direct{lab.tag}", "state_dir": state_dir, "run_dir": run_dir}
+    sha = vo.WORKLOADS.joinpath("sample-vm.qcow2.sha256").read_text().split()[0]
+    base = X.base_volume_name(app_d_id, sha)
+    vo.MEMORY_MB = 256                               # the sample VM AppD's memory
+    conn = vo.libvirt.open(vo.URI)
+
+    def reach(ip: str) -> None:
+        vo.http_get(ip, time.monotonic() + 120)
+
+    def via_direct(i: int) -> tuple[float, float]:
+        # vim_overhead's direct path times deploy..HTTP and the whole cycle
+        cycle, reachable = vo.via_libvirt(conn, cfg, base, f"mecb{lab.tag}d{i}")
+        return reachable, cycle - reachable
+
+    try:
+        _api_cycle(lab, app_d_id, reach)             # warm-up: pool, network, base volume
+        res: dict[str, list] = {"api": [], "direct": []}
+        for i in range(n):
+            order = [("api", lambda: _api_cycle(lab, app_d_id, reach)),
+                     ("direct", lambda: via_direct(i))]
+            for name, fn in (order if i % 2 == 0 else order[::-1]):
+                res[name].append(fn())
+    finally:
+        conn.close()
+    return _summary(res, 1.10, 1.10)

@@ -1,0 +1,339 @@
+"""The benchmark lab: a `mecorch serve` process with names of its own on the
+real backends, a fast API client, process sampling and the cleanup.
+
+Everything it makes carries the run's tag: a state dir under /var/tmp
+(mode 0711 so QEMU, running as libvirt-qemu, can read the pool), a docker
+network, a libvirt pool and NAT network on 192.168.188.0/24, iptables
+chains with the prefix MECBN, a dnsmasq on a free loopback port, a
+service-address sink link. `Lab.close()` removes all of it. Only loopback
+and the containers/VMs the lab starts are contacted.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from mecorch import config as mconfig                 # noqa: E402
+from mecorch.client import ApiError, Client           # noqa: E402
+from mecorch.package import build_package             # noqa: E402
+from mecorch.fileutil import sha256_file              # noqa: E402
+
+INST = "/app_lcm/v1/app_instances"
+PKGS = "/app_pkgm/v1/app_packages"
+CHAIN_PREFIX = "MECBN"
+VM_CIDR = "192.168.188.0/24"
+SERVICE_CIDR = "10.188.0.0/24"
+NO_RULES = {"appTrafficRule": [], "appDNSRule": []}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (p99 of fewer than 100 samples is the max)."""
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(p / 100 * len(s) + 0.5) - 1))]
+
+
+class Api(Client):
+    """mecorch's client with an op wait that polls every 5 ms: the 200 ms
+    of Client.wait_op would swamp the overhead being measured."""
+
+    def wait(self, op: dict, timeout: float = 300, poll: float = 0.005) -> dict:
+        href = op["_links"]["self"]["href"]
+        deadline = time.monotonic() + timeout
+        while True:
+            cur = self.get(href)
+            if cur["operationState"] in ("COMPLETED", "FAILED"):
+                return cur
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"op {cur['id']} still {cur['operationState']}")
+            time.sleep(poll)
+
+    host_id = "default"
+    poll = 0.005
+
+    def deploy(self, app_d_id: str, **body) -> tuple[str, dict]:
+        inst, _ = self.post(INST, {"appDId": app_d_id})
+        op, _ = self.post(f"{INST}/{inst['id']}/instantiate",
+                          {"selectedMECHostInfo": [{"hostId": {"id": self.host_id}}], **body})
+        return inst["id"], self.wait(op, poll=self.poll)
+
+    def terminate(self, iid: str) -> dict:
+        op, _ = self.post(f"{INST}/{iid}/terminate", {"terminationType": "FORCEFUL"})
+        return self.wait(op, poll=self.poll)
+
+    def delete(self, iid: str) -> None:
+        self.call("DELETE", f"{INST}/{iid}")
+
+
+def config(tmp: Path, tag: str, dns_port: int, **orchestrator) -> dict:
+    cfg = {
+        "state_dir": str(tmp / "state"), "run_dir": str(tmp / "run"),
+        "orchestrator": orchestrator,
+        # a host id of its own: mecorch labels what it makes with it, and
+        # another mecorch on this machine (the tests') must not see the
+        # bench's containers as its own orphans, nor the bench theirs
+        "hosts": [{"id": f"bench{tag}",
+                   "cim": {"network": f"mecb-{tag}"},
+                   "vim": {"pool": f"mecb-{tag}", "network": f"mecb-{tag}",
+                           "network_cidr": VM_CIDR, "accel": "tcg"},
+                   "mep": {"dns_port": dns_port, "chain_prefix": CHAIN_PREFIX,
+                           "service_cidr": SERVICE_CIDR,
+                           "service_interface": f"mecb-{tag}"[:15]}}],
+    }
+    # a list in the overlay replaces the default's: fill the driver defaults in
+    base = mconfig.DEFAULT["hosts"][0]
+    for role in ("cim", "vim", "mep"):
+        cfg["hosts"][0][role] = {**base[role], **cfg["hosts"][0][role]}
+    return cfg
+
+
+class Serve:
+    """One `mecorch serve` process on a config file."""
+
+    def __init__(self, cfg_path: Path, log_path: Path, host_id: str = "default"):
+        self.port = free_port()
+        self.log = open(log_path, "ab")
+        self.t0 = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mecorch.cli", "--config", str(cfg_path), "serve",
+             "--listen", f"127.0.0.1:{self.port}"],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=str(REPO))
+        self.api = Api(f"http://127.0.0.1:{self.port}", token="", timeout=120)
+        self.api.host_id = host_id
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def ready(self, timeout: float = 30) -> float:
+        """Seconds from the exec to the first answer of GET app_packages
+        (a query matching nothing: with a large store, listing everything
+        would measure the listing, which store_scale measures)."""
+        while True:
+            try:
+                self.api.get(f"{PKGS}?filter=(eq,appDId,bench-ready-probe)")
+                return time.perf_counter() - self.t0
+            except ApiError:
+                raise
+            except Exception:  # noqa: BLE001 - not listening yet
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"mecorch serve exited with {self.proc.returncode}")
+                if time.perf_counter() - self.t0 > timeout:
+                    raise
+                time.sleep(0.005)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+class Lab:
+    """A tagged state dir, config and serve process; `close` removes all."""
+
+    def __init__(self, **orchestrator):
+        self.tag = secrets.token_hex(3)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"mecorch-bench-{self.tag}-", dir="/var/tmp"))
+        os.chmod(self.tmp, 0o711)
+        self.dns_port = free_port()
+        self.cfg = config(self.tmp, self.tag, self.dns_port, **orchestrator)
+        self.cfg_path = self.tmp / "mecorch.yaml"
+        self.cfg_path.write_text(yaml.safe_dump(self.cfg))
+        self.serve: Serve | None = None
+        self.pkgs: dict[str, dict] = {}
+
+    @property
+    def host_id(self) -> str:
+        return self.cfg["hosts"][0]["id"]
+
+    @property
+    def host_dirs(self) -> tuple[str, str]:
+        return (str(self.tmp / "state" / "hosts" / self.host_id),
+                str(self.tmp / "run" / self.host_id))
+
+    def start(self) -> float:
+        self.serve = Serve(self.cfg_path, self.tmp / "serve.log", self.host_id)
+        return self.serve.ready()
+
+    @property
+    def api(self) -> Api:
+        assert self.serve is not None
+        return self.serve.api
+
+    def onboard(self, folder: str, app_d_id: str) -> dict:
+        """Onboard a copy of an example package under an appDId of the
+        bench's own, so its registry image is not the tests' image."""
+        src = REPO / "examples" / folder
+        dst = self.tmp / "pkgsrc" / app_d_id
+        shutil.copytree(src, dst)
+        appd = dst / "Definitions" / "appd.yaml"
+        doc = yaml.safe_load(appd.read_text())
+        doc["appDId"] = doc["appName"] = app_d_id
+        doc["swImageDescriptor"]["name"] = f"mecorch/{app_d_id}"
+        appd.write_text(yaml.safe_dump(doc, sort_keys=False))
+        zpath = build_package(dst, self.tmp / f"{app_d_id}.zip")
+        pkg, _ = self.api.post(PKGS, {"appPkgName": app_d_id, "appPkgVersion": "1.0",
+                                      "appPkgPath": str(zpath),
+                                      "checksum": {"algorithm": "SHA-256",
+                                                   "hash": sha256_file(zpath)}})
+        self.pkgs[app_d_id] = pkg
+        return pkg
+
+    def close(self) -> list[str]:
+        """Terminate and delete every instance, delete the packages, stop
+        the server, remove the infrastructure. Returns what was left."""
+        problems = []
+        if self.serve is not None and self.serve.proc.poll() is None:
+            api = self.api
+            try:
+                for inst in api.get(INST):
+                    if inst["instantiationState"] == "INSTANTIATED":
+                        api.terminate(inst["id"])
+                    api.delete(inst["id"])
+                for pkg in api.get(PKGS):
+                    if pkg["operationalState"] == "ENABLED":
+                        api.call("PATCH", f"{PKGS}/{pkg['id']}", {"operationState": "DISABLED"})
+                    api.call("DELETE", f"{PKGS}/{pkg['id']}")
+            except Exception as e:  # noqa: BLE001 - clean up the rest anyway
+                problems.append(f"API cleanup: {e}")
+            self.serve.stop()
+        problems += remove_infrastructure(self.cfg, self.tag, *self.host_dirs,
+                                          tmp=str(self.tmp))
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return problems
+
+
+def _run(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True)
+
+
+def remove_infrastructure(cfg: dict, tag: str, state_dir: str, run_dir: str,
+                          tmp: str) -> list[str]:
+    """The lab's docker containers/volumes/network, libvirt domains/pool/
+    network, iptables chains, sink link and dnsmasq (by its pid file)."""
+    name = f"mecb-{tag}"
+    host = cfg["hosts"][0]
+    ids = _run("docker", "ps", "-aq", "--filter", f"network={name}").stdout.split()
+    ids += _run("docker", "ps", "-aq", "--filter",
+                f"label=mecorch.host={cfg['hosts'][0]['id']}").stdout.split()
+    ids += _run("docker", "ps", "-aq", "--filter", f"label=mecorch.bench={tag}").stdout.split()
+    if ids:
+        _run("docker", "rm", "-f", *set(ids))
+    _run("docker", "network", "rm", name)
+    doms = _run("virsh", "-q", "-c", "qemu:///system", "list", "--all", "--name").stdout.split()
+    for dom in doms:
+        # the lab's domains (mecorch's and the direct path's) have their
+        # disks in the lab's pool, under its state dir
+        xml = _run("virsh", "-c", "qemu:///system", "dumpxml", dom).stdout
+        if tmp in xml or f"pool='{name}'" in xml:
+            _run("virsh", "-c", "qemu:///system", "destroy", dom)
+            _run("virsh", "-c", "qemu:///system", "undefine", dom, "--nvram")
+    for cmd in (["net-destroy", name], ["net-undefine", name]):
+        _run("virsh", "-c", "qemu:///system", *cmd)
+    for cmd in (["pool-destroy", name], ["pool-undefine", name]):
+        _run("virsh", "-c", "qemu:///system", *cmd)
+    from drivers.linux_mep import LinuxMEP
+    mep = LinuxMEP({**host["mep"], "state_dir": state_dir, "run_dir": run_dir})
+    try:
+        mep.stop_services()
+    except Exception:  # noqa: BLE001 - never started
+        pass
+    saved = _run("iptables-save").stdout
+    for table in ("raw", "nat"):
+        top = f"{CHAIN_PREFIX}-RAW" if table == "raw" else f"{CHAIN_PREFIX}-PRE"
+        for hook in ("PREROUTING", "OUTPUT"):
+            while _run("iptables", "-w", "-t", table, "-D", hook, "-j", top).returncode == 0:
+                pass
+        chains = {line[1:].split()[0] for line in saved.splitlines()
+                  if line.startswith(f":{CHAIN_PREFIX}")}
+        for chain in chains:
+            _run("iptables", "-w", "-t", table, "-F", chain)
+        for chain in chains:
+            _run("iptables", "-w", "-t", table, "-X", chain)
+    _run("ip", "link", "del", host["mep"]["service_interface"])
+    left = []
+    if _run("docker", "ps", "-aq", "--filter", f"network={name}").stdout.strip():
+        left.append("containers")
+    if f":{CHAIN_PREFIX}" in _run("iptables-save").stdout:
+        left.append("iptables chains")
+    if name in _run("virsh", "-c", "qemu:///system", "net-list", "--all", "--name").stdout:
+        left.append("libvirt network")
+    return left
+
+
+# ------------------------------------------------------------------ process sampling
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_s(pid: int) -> float:
+    """utime + stime of the process (all its threads), seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below pid (children, grandchildren...)."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    return 0
+
+
+def sample(pid: int, seconds: float, every: float = 1.0) -> dict:
+    """RSS (mean, max) and CPU (% of one core over the whole period)."""
+    rss = []
+    c0, t0 = cpu_s(pid), time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        rss.append(rss_mb(pid))
+        time.sleep(every)
+    cpu = (cpu_s(pid) - c0) / (time.monotonic() - t0) * 100
+    return {"rss_mb": round(sum(rss) / len(rss), 1), "rss_max_mb": round(max(rss), 1),
+            "cpu_pct": round(cpu, 2), "threads": threads(pid),
+            "descendants": len(descendants(pid)), "seconds": seconds}

@@ -1,0 +1,120 @@
+"""Scale of the store: list and query latency through the API with 10,000
+packages and 1,000 instances recorded.
+
+The records are written straight into a fresh SQLite store with
+mecorch.store.Store (copies of a real onboarded package's document and of
+a real instance record, each with its own id/appDId/name), then `mecorch
+serve` runs on that state dir with the lab's kind of config (a host id and
+names of its own). Listing and querying never touch a backend. The
+instances are recorded NOT_INSTANTIATED: INSTANTIATED records without a
+runtime would only be marked MISSING by the reconciler, and the bench must
+not make it touch anything.
+
+Used by bench/run.py; not a standalone script.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import secrets
+import shutil
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from lab import INST, PKGS, Serve, config, free_port, pct, remove_infrastructure
+from mecorch.store import Store
+
+
+def populate(db: Path, pkg_doc: dict, inst_doc: dict, packages: int, instances: int) -> None:
+    store = Store(db)
+    try:
+        with store.transaction():
+            for i in range(packages):
+                d = copy.deepcopy(pkg_doc)
+                pid = f"pkg{i:06d}-{secrets.token_hex(8)}"
+                d.update(id=pid, appDId=f"app-{i:05d}", appName=f"app-{i:05d}",
+                         appPkgName=f"app-{i:05d}")
+                d["_links"] = {k: {"href": v["href"].replace(pkg_doc["id"], pid)}
+                               for k, v in d.get("_links", {}).items()}
+                d["usageState"] = "IN_USE" if i < instances else "NOT_IN_USE"
+                store.put("packages", pid, d)
+            for i in range(instances):
+                d = copy.deepcopy(inst_doc)
+                iid = f"inst{i:05d}-{secrets.token_hex(8)}"
+                d.update(id=iid, appDId=f"app-{i:05d}", appName=f"app-{i:05d}",
+                         appInstanceName=f"inst-{i:05d}",
+                         instantiationState="NOT_INSTANTIATED")
+                for k in ("instantiatedAppState", "hostId", "deploymentType",
+                          "allocatedResources", "_handle", "_need", "_opId", "_observed"):
+                    d.pop(k, None)
+                d["_links"] = {k: {"href": v["href"].replace(inst_doc["id"], iid)}
+                               for k, v in d.get("_links", {}).items()}
+                store.put("instances", iid, d)
+    finally:
+        store.close()
+
+
+def _time(api, path: str, n: int) -> tuple[list[float], int]:
+    """Request to the last byte of the answer; the answer is decoded after
+    the clock stops (decoding 8 MB of JSON is the client's cost)."""
+    url = api.base + path
+    urllib.request.urlopen(url).read()           # warm: page cache, code paths
+    out, body = [], b""
+    for _ in range(n):
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(url, timeout=60) as resp:
+            body = resp.read()
+        out.append(time.perf_counter() - t0)
+    doc = json.loads(body)
+    return out, len(doc) if isinstance(doc, list) else 1
+
+
+def run(pkg_doc: dict, inst_doc: dict, packages: int = 10_000, instances: int = 1_000,
+        n: int = 30) -> dict:
+    tag = secrets.token_hex(3)
+    tmp = Path(tempfile.mkdtemp(prefix=f"mecorch-bench-{tag}-", dir="/var/tmp"))
+    os.chmod(tmp, 0o711)
+    cfg = config(tmp, tag, free_port())
+    cfg_path = tmp / "mecorch.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    host_id = cfg["hosts"][0]["id"]
+    t0 = time.perf_counter()
+    populate(tmp / "state" / "mecorch.db", pkg_doc, inst_doc, packages, instances)
+    populate_s = time.perf_counter() - t0
+    serve = Serve(cfg_path, tmp / "serve.log", host_id)
+    out: dict = {"packages": packages, "instances": instances, "n": n,
+                 "populate_s": round(populate_s, 1)}
+    try:
+        out["startup_s"] = round(serve.ready(timeout=120), 3)
+        api = serve.api
+        queries = {
+            "list_packages": PKGS,
+            "query_packages": f"{PKGS}?filter=(eq,appName,app-04242)",
+            "query_packages_state": f"{PKGS}?filter=(eq,usageState,IN_USE)",
+            "list_instances": INST,
+            "query_instances": f"{INST}?filter=(eq,appDId,app-00424)",
+            "get_package": None,
+        }
+        one = api.get(f"{PKGS}?filter=(eq,appName,app-04242)")[0]["id"]
+        queries["get_package"] = f"{PKGS}/{one}"
+        worst = 0.0
+        for name, path in queries.items():
+            vals, size = _time(api, path, n)
+            out[f"{name}_p50_ms"] = round(pct(vals, 50) * 1e3, 1)
+            out[f"{name}_p99_ms"] = round(pct(vals, 99) * 1e3, 1)
+            out[f"{name}_items"] = size
+            worst = max(worst, pct(vals, 99))
+        out["worst_p99_ms"] = round(worst * 1e3, 1)
+        out["met"] = worst < 0.050
+    finally:
+        serve.stop()
+        remove_infrastructure(cfg, tag, str(tmp / "state" / "hosts" / host_id),
+                              str(tmp / "run" / host_id), tmp=str(tmp))
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
