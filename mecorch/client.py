@@ -49,6 +49,15 @@ class Client:
     def get(self, path: str) -> Any:
         return self.call("GET", path)[1]
 
+    def get_all(self, path: str) -> list:
+        """A listing with every page (follows Link rel="next", NFV-SOL 013)."""
+        items: list = []
+        while path:
+            _, page, headers = self.call("GET", path)
+            items += page
+            path = _next_link(headers.get("Link", ""))
+        return items
+
     def post(self, path: str, body: Any, headers: dict | None = None) -> tuple[Any, dict]:
         _, data, hdrs = self.call("POST", path, body, headers)
         return data, hdrs
@@ -71,6 +80,14 @@ class Client:
                               f"after {timeout:.0f}s")
             time.sleep(0.2)
             seen_steps += 1
+
+
+def _next_link(link: str) -> str | None:
+    for part in link.split(","):
+        target, _, params = part.partition(";")
+        if 'rel="next"' in params.replace(" ", ""):
+            return target.strip().strip("<>")
+    return None
 
 
 def _decode(raw: bytes, headers) -> Any:

@@ -34,7 +34,7 @@ def package_onboard(c: Client, a) -> int:
 
 
 def package_list(c: Client, a) -> int:
-    rows = c.get(PKGM + _q(a.filter))
+    rows = c.get_all(PKGM + _q(a.filter))
     fmt = "{:<36}  {:<20}  {:<9}  {:<10}  {:<8}  {}"
     print(fmt.format("ID", "APPDID", "MANNER", "STATE", "USAGE", "NAME"))
     for p in rows:

@@ -14,7 +14,7 @@ DEFAULT: dict[str, Any] = {
     "state_dir": "/var/lib/mecorch",
     "run_dir": "/run/mecorch",
     "api": {"listen": "127.0.0.1:8080", "token_file": None,
-            "max_body_bytes": 1048576,
+            "max_body_bytes": 1048576, "page_size": 500,
             "callback_networks": ["127.0.0.0/8", "::1/128"], "mp1_url": None},
     "orchestrator": {"cpu_allocation_ratio": 4.0, "graceful_timeout_s": 30,
                      "reconcile_interval_s": 30},

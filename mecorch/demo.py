@@ -181,7 +181,7 @@ def _terminate(client: Client, inst: dict) -> None:
 
 
 def _remove_packages(client: Client, quiet: bool = False) -> None:
-    for pkg in client.get(PKGS):
+    for pkg in client.get_all(PKGS):
         if pkg["appDId"] not in ("sample-http", "sample-vm"):
             continue
         if pkg["operationalState"] == "ENABLED":

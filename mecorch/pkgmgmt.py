@@ -214,6 +214,30 @@ class PackageManager:
                                onboardingState=OnboardingState.ONBOARDED.value)
         return filters.apply([self.view(d) for d in docs], filter_expr)
 
+    def list_page(self, filter_expr: str | None, marker: str | None,
+                  size: int) -> tuple[list[dict], str | None]:
+        """One page of the listing (NFV-SOL 013 paging): at most `size`
+        matching packages after `marker`, and the marker of the next page
+        (None on the last one). The marker is the insertion sequence of the
+        last package returned, so pages stay stable while packages come and
+        go."""
+        after = _marker(marker)
+        match = filters.prefilter(filter_expr, TABLES["packages"])
+        out: list[dict] = []
+        while len(out) < size:
+            rows = self.store.page("packages", after, size, match=match, drop=_LIST_DROPS,
+                                   onboardingState=OnboardingState.ONBOARDED.value)
+            for seq, doc in rows:
+                after = seq
+                out += filters.apply([self.view(doc)], filter_expr)
+                if len(out) == size:
+                    break
+            if len(rows) < size:
+                return out, None
+        more = self.store.page("packages", after, 1, match=match, drop=_LIST_DROPS,
+                               onboardingState=OnboardingState.ONBOARDED.value)
+        return out, (str(after) if more else None)
+
     def usable(self, app_d_id: str) -> dict:
         """The package an instance of `app_d_id` is made from, if it may be."""
         doc = self.by_appd(app_d_id)
@@ -353,6 +377,15 @@ def _fetch(path: str, dest: Path, max_bytes: int) -> None:
     else:
         raise InvalidInput("appPkgPath must be an absolute path, a file: URL or a loopback http URL")
     os.replace(part, dest)
+
+
+def _marker(marker: str | None) -> int:
+    if marker is None:
+        return 0
+    if not isinstance(marker, str) or not marker.isascii() or not marker.isdigit() \
+            or len(marker) > 18:
+        raise InvalidInput("nextpage_opaque_marker is not a marker this server gave")
+    return int(marker)
 
 
 def _copy_limited(src, out, max_bytes: int) -> None:

@@ -54,6 +54,8 @@ class Store:
                                      (f'$."{c}"', f'$."{c}"'))
             for c in cols:
                 self._db.execute(f'CREATE INDEX IF NOT EXISTS {table}_{c} ON {table}("{c}")')
+            # listings walk insertion order (paging reads seq ranges)
+            self._db.execute(f"CREATE INDEX IF NOT EXISTS {table}__seq ON {table}(seq)")
 
     def close(self) -> None:
         with self._lock:
@@ -91,6 +93,13 @@ class Store:
             row = self._db.execute(f"SELECT doc FROM {table} WHERE id=?", (id_,)).fetchone()
         return json.loads(row[0]) if row else None
 
+    def page(self, table: str, after: int, limit: int,
+             match: tuple[str, list] | None = None, drop: tuple[str, ...] = (),
+             **where: Any) -> list[tuple[int, dict[str, Any]]]:
+        """Up to `limit` (seq, document) pairs with seq > `after`, in
+        insertion order: the building block of paged listings."""
+        return self._select(table, match, drop, where, after=after, limit=limit)
+
     def list(self, table: str, match: tuple[str, list] | None = None,
              drop: tuple[str, ...] = (), **where: Any) -> list[dict[str, Any]]:
         """Documents whose indexed columns equal the given values, in
@@ -99,6 +108,10 @@ class Store:
         select rows before their documents are decoded. `drop`: top-level
         keys left out of the documents (removed by SQLite, so a listing does
         not decode large internal fields only to throw them away)."""
+        return [doc for _, doc in self._select(table, match, drop, where)]
+
+    def _select(self, table: str, match, drop, where: dict, after: int | None = None,
+                limit: int | None = None) -> list[tuple[int, dict[str, Any]]]:
         cols = TABLES[table]
         for k in where:
             if k not in cols:
@@ -108,17 +121,27 @@ class Store:
         if match:
             conds.append(f"({match[0]})")
             params += list(match[1])
+        if after is not None:
+            conds.append("seq > ?")
+            params.append(int(after))
         column = "doc"
         if drop:
             column = f"json_remove(doc{', ?' * len(drop)})"
             params = [f'$."{k}"' for k in drop] + params
-        sql = f"SELECT {column} FROM {table}"
-        if conds:
-            sql += " WHERE " + " AND ".join(conds)
-        sql += " ORDER BY seq"
+        where_sql = (" WHERE " + " AND ".join(conds)) if conds else ""
+        if limit is None:
+            sql = f"SELECT seq, {column} FROM {table}{where_sql} ORDER BY seq"
+        else:
+            # Pick the page's rows first, walking insertion order (so the
+            # walk stops at the page's end instead of sorting every match),
+            # then build only their documents.
+            sql = (f"SELECT seq, {column} FROM {table} WHERE seq IN "
+                   f"(SELECT seq FROM {table} INDEXED BY {table}__seq{where_sql} "
+                   f"ORDER BY seq LIMIT ?) ORDER BY seq")
+            params.append(int(limit))
         with self._lock:
             rows = self._db.execute(sql, params).fetchall()
-        return [json.loads(r[0]) for r in rows]
+        return [(r[0], json.loads(r[1])) for r in rows]
 
     def delete(self, table: str, id_: str) -> None:
         with self._lock:

@@ -355,8 +355,11 @@ class Checker:
             name = resp["$ref"].removeprefix("#/components/responses/")
             resp = doc()["components"]["responses"][name]
             ptr = [("components", "responses", name)]
-        for h in resp.get("headers", {}):
-            assert h in ans.headers, f"{method} {template} {status}: no {h} header"
+        for h, spec in resp.get("headers", {}).items():
+            if "$ref" in spec:
+                spec = doc()["components"]["headers"][spec["$ref"].rsplit("/", 1)[1]]
+            if spec.get("required"):
+                assert h in ans.headers, f"{method} {template} {status}: no {h} header"
         ctype = ans.headers.get("Content-Type", "").split(";")[0].strip()
         if not ans.raw:
             assert "content" not in resp, f"{method} {template} {status}: documented body missing"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import urllib.parse
+
 from ..mep import MP1, etag
 from ..orchestrator import Orchestrator
 from ..pkgmgmt import PKGM
@@ -19,7 +21,16 @@ def install(r: Router, o: Orchestrator) -> None:
         return Response(201, info, {"Location": info["_links"]["self"]["href"]})
 
     def list_packages(req: Request) -> Response:
-        return Response(200, pk.list(req.query.get("filter")))
+        # NFV-SOL 013 paging: a Link rel="next" header while more remain
+        items, marker = pk.list_page(req.query.get("filter"),
+                                     req.query.get("nextpage_opaque_marker"),
+                                     int(o.cfg["api"]["page_size"]))
+        headers = {}
+        if marker:
+            query = {k: v for k, v in req.query.items() if k != "nextpage_opaque_marker"}
+            query["nextpage_opaque_marker"] = marker
+            headers["Link"] = f'<{PKGM}/app_packages?{urllib.parse.urlencode(query)}>; rel="next"'
+        return Response(200, items, headers)
 
     def get_package(req: Request) -> Response:
         return Response(200, pk.view(pk.get(req.params["id"])))
