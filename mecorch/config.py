@@ -17,7 +17,8 @@ DEFAULT: dict[str, Any] = {
             "max_body_bytes": 1048576, "page_size": 500,
             "callback_networks": ["127.0.0.0/8", "::1/128"], "mp1_url": None},
     "orchestrator": {"cpu_allocation_ratio": 4.0, "graceful_timeout_s": 30,
-                     "reconcile_interval_s": 30},
+                     "reconcile_interval_s": 30, "trusted_key": None,
+                     "max_package_bytes": 2147483648},
     "hosts": [{
         "id": "default",
         "cim": {"driver": "docker", "docker_host": "unix:///var/run/docker.sock",
