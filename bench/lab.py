@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from mecorch import config as mconfig                 # noqa: E402
 from mecorch.client import ApiError, Client           # noqa: E402
 from mecorch.package import build_package             # noqa: E402
 from mecorch.fileutil import sha256_file              # noqa: E402
+from cim_overhead import free_port, pct               # noqa: E402 - shared by the suite
 
 INST = "/app_lcm/v1/app_instances"
 PKGS = "/app_pkgm/v1/app_packages"
@@ -39,16 +39,15 @@ SERVICE_CIDR = "10.188.0.0/24"
 NO_RULES = {"appTrafficRule": [], "appDNSRule": []}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pct(values: list[float], p: float) -> float:
-    """Nearest-rank percentile (p99 of fewer than 100 samples is the max)."""
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(p / 100 * len(s) + 0.5) - 1))]
+def new_lab_dir(tag: str, **orchestrator) -> tuple[Path, dict, Path, str]:
+    """A private state dir (mode 0711: QEMU, as libvirt-qemu, must reach the
+    pool in it) with its config written: (dir, config, config path, host id)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"mecorch-bench-{tag}-", dir="/var/tmp"))
+    os.chmod(tmp, 0o711)
+    cfg = config(tmp, tag, free_port(), **orchestrator)
+    cfg_path = tmp / "mecorch.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    return tmp, cfg, cfg_path, cfg["hosts"][0]["id"]
 
 
 class Api(Client):
@@ -156,12 +155,8 @@ class Lab:
 
     def __init__(self, **orchestrator):
         self.tag = secrets.token_hex(3)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f"mecorch-bench-{self.tag}-", dir="/var/tmp"))
-        os.chmod(self.tmp, 0o711)
-        self.dns_port = free_port()
-        self.cfg = config(self.tmp, self.tag, self.dns_port, **orchestrator)
-        self.cfg_path = self.tmp / "mecorch.yaml"
-        self.cfg_path.write_text(yaml.safe_dump(self.cfg))
+        self.tmp, self.cfg, self.cfg_path, _ = new_lab_dir(self.tag, **orchestrator)
+        self.dns_port = self.cfg["hosts"][0]["mep"]["dns_port"]
         self.serve: Serve | None = None
         self.pkgs: dict[str, dict] = {}
 

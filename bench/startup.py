@@ -9,26 +9,17 @@ Used by bench/run.py; not a standalone script.
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 import statistics
-import tempfile
-from pathlib import Path
 
-import yaml
 
-from lab import Serve, config, free_port, remove_infrastructure
+from lab import Serve, new_lab_dir, remove_infrastructure
 
 
 def run(starts: int = 5) -> dict:
     tag = secrets.token_hex(3)
-    tmp = Path(tempfile.mkdtemp(prefix=f"mecorch-bench-{tag}-", dir="/var/tmp"))
-    os.chmod(tmp, 0o711)
-    cfg = config(tmp, tag, free_port())
-    cfg_path = tmp / "mecorch.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg))
-    host_id = cfg["hosts"][0]["id"]
+    tmp, cfg, cfg_path, host_id = new_lab_dir(tag)
     times = []
     try:
         for _ in range(starts):

@@ -17,17 +17,14 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import secrets
 import shutil
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-import yaml
 
-from lab import INST, PKGS, Serve, config, free_port, pct, remove_infrastructure
+from lab import INST, PKGS, Serve, new_lab_dir, pct, remove_infrastructure
 from mecorch.store import Store
 
 
@@ -95,12 +92,7 @@ def _time_all_pages(api, path: str, n: int) -> tuple[list[float], int, int]:
 def run(pkg_doc: dict, inst_doc: dict, packages: int = 10_000, instances: int = 1_000,
         n: int = 30) -> dict:
     tag = secrets.token_hex(3)
-    tmp = Path(tempfile.mkdtemp(prefix=f"mecorch-bench-{tag}-", dir="/var/tmp"))
-    os.chmod(tmp, 0o711)
-    cfg = config(tmp, tag, free_port())
-    cfg_path = tmp / "mecorch.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg))
-    host_id = cfg["hosts"][0]["id"]
+    tmp, cfg, cfg_path, host_id = new_lab_dir(tag)
     t0 = time.perf_counter()
     populate(tmp / "state" / "mecorch.db", pkg_doc, inst_doc, packages, instances)
     populate_s = time.perf_counter() - t0
