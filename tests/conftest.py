@@ -55,3 +55,45 @@ def sample_vm() -> dict:
 def run(*argv: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
     """Run a command without a shell, capturing text output."""
     return subprocess.run(argv, check=check, capture_output=True, text=True, **kw)
+
+
+class NotificationSink:
+    """An app's notification endpoint on loopback: `url` to subscribe with,
+    `got` the JSON bodies POSTed to it, `wait()` until the first arrives."""
+
+    def __init__(self):
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, HTTPServer
+        got: list = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+        self.got = got
+        self._server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/notify"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def wait(self, timeout_s: float = 10.0) -> list:
+        import time
+        deadline = time.monotonic() + timeout_s
+        while not self.got and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.got
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def notification_sink():
+    sink = NotificationSink()
+    yield sink
+    sink.close()

@@ -277,46 +277,26 @@ def test_query_filter(env):
 
 
 # ---------------------------------------------------------------- termination notice
-def test_graceful_termination_waits_for_confirm(env):
-    from http.server import BaseHTTPRequestHandler, HTTPServer
-    got = []
-
-    class Callback(BaseHTTPRequestHandler):
-        def do_POST(self):
-            import json
-            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *a):
-            pass
-    cb = HTTPServer(("127.0.0.1", 0), Callback)
-    threading.Thread(target=cb.serve_forever, daemon=True).start()
-    try:
-        onboard(env)
-        inst = create(env)
-        instantiate(env, inst["id"])
-        app = f"/mec_app_support/v1/applications/{inst['id']}"
-        sub, _ = env.c.post(f"{app}/subscriptions", {
-            "subscriptionType": "AppTerminationNotificationSubscription",
-            "callbackReference": f"http://127.0.0.1:{cb.server_address[1]}/notify",
-            "appInstanceId": inst["id"]})
-        t0 = time.monotonic()
-        op, _ = env.c.post(f"{INST}/{inst['id']}/terminate",
-                           {"terminationType": "GRACEFUL", "gracefulTerminationTimeout": 30})
-        for _ in range(100):
-            if got:
-                break
-            time.sleep(0.05)
-        assert got and got[0]["notificationType"] == "AppTerminationNotification"
-        assert got[0]["maxGracefulTimeout"] == 30
-        env.c.post(f"{app}/confirm_termination", {"operationAction": "TERMINATING"})
-        assert env.c.wait_op(op, timeout=10)["operationState"] == "COMPLETED"
-        assert time.monotonic() - t0 < 10, "the confirm ended the wait early"
-        steps = env.orch.store.get("op_occs", op["id"])["_steps"]
-        assert {"step": "notified", "confirmed": True} in steps
-    finally:
-        cb.shutdown()
+def test_graceful_termination_waits_for_confirm(env, notification_sink):
+    onboard(env)
+    inst = create(env)
+    instantiate(env, inst["id"])
+    app = f"/mec_app_support/v1/applications/{inst['id']}"
+    sub, _ = env.c.post(f"{app}/subscriptions", {
+        "subscriptionType": "AppTerminationNotificationSubscription",
+        "callbackReference": notification_sink.url,
+        "appInstanceId": inst["id"]})
+    t0 = time.monotonic()
+    op, _ = env.c.post(f"{INST}/{inst['id']}/terminate",
+                       {"terminationType": "GRACEFUL", "gracefulTerminationTimeout": 30})
+    got = notification_sink.wait()
+    assert got and got[0]["notificationType"] == "AppTerminationNotification"
+    assert got[0]["maxGracefulTimeout"] == 30
+    env.c.post(f"{app}/confirm_termination", {"operationAction": "TERMINATING"})
+    assert env.c.wait_op(op, timeout=10)["operationState"] == "COMPLETED"
+    assert time.monotonic() - t0 < 10, "the confirm ended the wait early"
+    steps = env.orch.store.get("op_occs", op["id"])["_steps"]
+    assert {"step": "notified", "confirmed": True} in steps
 
 
 def test_callbacks_only_to_allowed_networks(env):
@@ -410,7 +390,6 @@ def test_package_listing_is_paged(env):
     status, body, headers = env.c.call("GET", PKGS)
     assert len(body) == 7 and "Link" not in headers
     # the client follows Link headers
-    from mecorch.api import routes  # noqa: F401 - the route reads api.page_size
     assert len(env.c.get_all(PKGS + "?filter=" + urllib.parse.quote("(eq,appName,same)"))) == 3
     assert problem(env.c.get, PKGS + "?nextpage_opaque_marker=-1").status == 400
     assert problem(env.c.get, PKGS + "?nextpage_opaque_marker=" + "9" * 30).status == 400

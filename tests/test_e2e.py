@@ -9,17 +9,14 @@ backends are then searched for anything of the instances that was left.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -173,25 +170,14 @@ def _leftovers(iid: str) -> list[str]:
     return found
 
 
-class _Callback(BaseHTTPRequestHandler):
-    got: list = []
-
-    def do_POST(self):
-        self.got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *a):
-        pass
-
-
 @pytest.mark.parametrize("app_d_id,decide,body_text", [
     ("sample-http", {"deploymentType": "CONTAINER"}, "mecorch sample container"),
     ("sample-vm", {"orchestrationInfo": (EXAMPLES / "orchestration/vm-tosca.yaml").read_text()},
      "mecorch sample vm"),
 ])
 def test_deploy_reach_by_dns_and_traffic_rule_then_terminate_gracefully(mec, app_d_id, decide,
-                                                                          body_text):
+                                                                          body_text,
+                                                                          notification_sink):
     c = mec["c"]
     info, op = _deploy(c, app_d_id, **decide)
     assert op["operationState"] == "COMPLETED", op.get("error")
@@ -207,29 +193,20 @@ def test_deploy_reach_by_dns_and_traffic_rule_then_terminate_gracefully(mec, app
 
     # graceful termination: the subscribed app gets the notice; its confirm
     # ends the wait long before the timeout
-    _Callback.got = []
-    cb = HTTPServer(("127.0.0.1", 0), _Callback)
-    threading.Thread(target=cb.serve_forever, daemon=True).start()
-    try:
-        c.post(f"/mec_app_support/v1/applications/{iid}/subscriptions", {
-            "subscriptionType": "AppTerminationNotificationSubscription",
-            "callbackReference": f"http://127.0.0.1:{cb.server_address[1]}/n",
-            "appInstanceId": iid})
-        t0 = time.monotonic()
-        op, _ = c.post(f"{INST}/{iid}/terminate",
-                       {"terminationType": "GRACEFUL", "gracefulTerminationTimeout": 60})
-        for _ in range(100):
-            if _Callback.got:
-                break
-            time.sleep(0.1)
-        assert _Callback.got and _Callback.got[0]["operationAction"] == "TERMINATING"
-        c.post(f"/mec_app_support/v1/applications/{iid}/confirm_termination",
-               {"operationAction": "TERMINATING"})
-        op = c.wait_op(op, timeout=120)
-        assert op["operationState"] == "COMPLETED", op.get("error")
-        assert time.monotonic() - t0 < 45
-    finally:
-        cb.shutdown()
+    c.post(f"/mec_app_support/v1/applications/{iid}/subscriptions", {
+        "subscriptionType": "AppTerminationNotificationSubscription",
+        "callbackReference": notification_sink.url,
+        "appInstanceId": iid})
+    t0 = time.monotonic()
+    op, _ = c.post(f"{INST}/{iid}/terminate",
+                   {"terminationType": "GRACEFUL", "gracefulTerminationTimeout": 60})
+    got = notification_sink.wait()
+    assert got and got[0]["operationAction"] == "TERMINATING"
+    c.post(f"/mec_app_support/v1/applications/{iid}/confirm_termination",
+           {"operationAction": "TERMINATING"})
+    op = c.wait_op(op, timeout=120)
+    assert op["operationState"] == "COMPLETED", op.get("error")
+    assert time.monotonic() - t0 < 45
     assert _leftovers(iid) == []
     assert _dig(mec["dns_port"], dns["domainName"]) == ""        # name gone with the rules
     c.call("DELETE", f"{INST}/{iid}")

@@ -23,12 +23,10 @@ import functools
 import hashlib
 import json
 import re
-import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -417,16 +415,6 @@ def _onboard_body(e, appd_path) -> tuple[dict, Path]:
                          "hash": hashlib.sha256(zpath.read_bytes()).hexdigest()}}, zpath
 
 
-class _Callback(BaseHTTPRequestHandler):
-    got: list = []
-
-    def do_POST(self):
-        self.got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *a):
-        pass
 
 
 PKG_INFO = (PKGM_FILE, "AppPkgInfo")
@@ -435,11 +423,11 @@ OP_OCC = (LCM_FILE, "AppInstanceLcmOpOcc")
 HOST = [{"hostId": {"id": "default"}}]
 
 
-def test_responses_validate_against_etsi_schemas(env):  # noqa: F811 - the fixture
+def test_responses_validate_against_etsi_schemas(env, notification_sink):  # noqa: F811 - the fixture
     api = Checker(env.c.base)
     _packages(api, env)
     vm_inst = _lifecycle(api, env)
-    _mp1(api, env, vm_inst)
+    _mp1(api, env, vm_inst, notification_sink)
     _openapi_files(api)
     _deletion(api, env)
 
@@ -567,7 +555,7 @@ def _lifecycle(api: Checker, e) -> str:
     return vm["id"]
 
 
-def _mp1(api: Checker, e, vm_inst: str) -> None:
+def _mp1(api: Checker, e, vm_inst: str, notification_sink) -> None:
     (inst,) = [i for i in api("GET", INST, status=200, etsi=INST_INFO, many=True)
                if i["id"] != vm_inst]
     app = f"{MP1}/{inst['id']}"
@@ -595,58 +583,47 @@ def _mp1(api: Checker, e, vm_inst: str) -> None:
     assert api("GET", f"{app}/dns_rules/sample-http-dns", status=200,
                etsi=(MP1_FILE, "DnsRule")) == rule             # unchanged
 
-    cb = HTTPServer(("127.0.0.1", 0), _Callback)
-    _Callback.got = []
-    threading.Thread(target=cb.serve_forever, daemon=True).start()
-    try:
-        sub_type = "AppTerminationNotificationSubscription"
-        sub_req = {"subscriptionType": sub_type, "appInstanceId": inst["id"],
-                   "callbackReference": f"http://127.0.0.1:{cb.server_address[1]}/notify"}
-        sub_schema = (MP1_FILE, sub_type)
-        sub = api("POST", f"{app}/subscriptions", sub_req, status=201, etsi=sub_schema)
-        api("POST", f"{app}/subscriptions", dict(sub_req, callbackReference="http://192.0.2.1/"),
-            status=400)
-        api("POST", f"{MP1}/nope/subscriptions", sub_req, status=404)
-        extra = api("POST", f"{app}/subscriptions", sub_req, status=201, etsi=sub_schema)
-        links = api("GET", f"{app}/subscriptions", status=200,
-                    etsi=(MP1_FILE, "MecAppSuptApiSubscriptionLinkList"))
-        assert {s["rel"] for s in links["_links"]["subscriptions"]} == {sub_type}
-        assert len(links["_links"]["subscriptions"]) == 2
-        api("GET", f"{MP1}/nope/subscriptions", status=404)
-        api("GET", sub["_links"]["self"]["href"], status=200, etsi=sub_schema)
-        api("DELETE", extra["_links"]["self"]["href"], status=204)
-        api("GET", extra["_links"]["self"]["href"], status=404)
-        api("DELETE", extra["_links"]["self"]["href"], status=404)
+    sub_type = "AppTerminationNotificationSubscription"
+    sub_req = {"subscriptionType": sub_type, "appInstanceId": inst["id"],
+               "callbackReference": notification_sink.url}
+    sub_schema = (MP1_FILE, sub_type)
+    sub = api("POST", f"{app}/subscriptions", sub_req, status=201, etsi=sub_schema)
+    api("POST", f"{app}/subscriptions", dict(sub_req, callbackReference="http://192.0.2.1/"),
+        status=400)
+    api("POST", f"{MP1}/nope/subscriptions", sub_req, status=404)
+    extra = api("POST", f"{app}/subscriptions", sub_req, status=201, etsi=sub_schema)
+    links = api("GET", f"{app}/subscriptions", status=200,
+                etsi=(MP1_FILE, "MecAppSuptApiSubscriptionLinkList"))
+    assert {s["rel"] for s in links["_links"]["subscriptions"]} == {sub_type}
+    assert len(links["_links"]["subscriptions"]) == 2
+    api("GET", f"{MP1}/nope/subscriptions", status=404)
+    api("GET", sub["_links"]["self"]["href"], status=200, etsi=sub_schema)
+    api("DELETE", extra["_links"]["self"]["href"], status=204)
+    api("GET", extra["_links"]["self"]["href"], status=404)
+    api("DELETE", extra["_links"]["self"]["href"], status=404)
 
-        api("POST", f"{app}/confirm_ready", {"indication": "READY"}, status=204)
-        api("POST", f"{app}/confirm_ready", {"indication": "SOON"}, status=400)
-        api("POST", f"{MP1}/nope/confirm_ready", {"indication": "READY"}, status=404)
-        confirm = {"operationAction": "TERMINATING"}
-        api("POST", f"{app}/confirm_termination", confirm, status=409)   # nothing to confirm
-        api("POST", f"{app}/confirm_termination", {"operationAction": "NOW"}, status=400)
-        api("POST", f"{MP1}/nope/confirm_termination", confirm, status=404)
+    api("POST", f"{app}/confirm_ready", {"indication": "READY"}, status=204)
+    api("POST", f"{app}/confirm_ready", {"indication": "SOON"}, status=400)
+    api("POST", f"{MP1}/nope/confirm_ready", {"indication": "READY"}, status=404)
+    confirm = {"operationAction": "TERMINATING"}
+    api("POST", f"{app}/confirm_termination", confirm, status=409)   # nothing to confirm
+    api("POST", f"{app}/confirm_termination", {"operationAction": "NOW"}, status=400)
+    api("POST", f"{MP1}/nope/confirm_termination", confirm, status=404)
 
-        op = api("POST", f"{INST}/{inst['id']}/terminate",
-                 {"terminationType": "GRACEFUL", "gracefulTerminationTimeout": 30},
-                 status=202, etsi=OP_OCC)
-        for _ in range(200):
-            if _Callback.got:
-                break
-            time.sleep(0.05)
-        (note,) = _Callback.got
-        # the notification a subscriber receives: ETSI, and as documented
-        assert errors_of(etsi_validator(MP1_FILE, "AppTerminationNotification"), note) == []
-        callback = _pointer("paths", "/mec_app_support/v1/applications/{appInstanceId}"
-                            "/subscriptions", "post", "callbacks", "AppTerminationNotification",
-                            "{$request.body#/callbackReference}", "post", "requestBody",
-                            "content", "application/json", "schema")
-        assert errors_of(doc_validator(callback), note) == []
-        assert note["_links"]["subscription"]["href"] == sub["_links"]["self"]["href"]
-        api("POST", note["_links"]["confirmTermination"]["href"], confirm, status=204)
-        assert api.wait(op)["operationState"] == "COMPLETED"
-    finally:
-        cb.shutdown()
-        cb.server_close()
+    op = api("POST", f"{INST}/{inst['id']}/terminate",
+             {"terminationType": "GRACEFUL", "gracefulTerminationTimeout": 30},
+             status=202, etsi=OP_OCC)
+    (note,) = notification_sink.wait()
+    # the notification a subscriber receives: ETSI, and as documented
+    assert errors_of(etsi_validator(MP1_FILE, "AppTerminationNotification"), note) == []
+    callback = _pointer("paths", "/mec_app_support/v1/applications/{appInstanceId}"
+                        "/subscriptions", "post", "callbacks", "AppTerminationNotification",
+                        "{$request.body#/callbackReference}", "post", "requestBody",
+                        "content", "application/json", "schema")
+    assert errors_of(doc_validator(callback), note) == []
+    assert note["_links"]["subscription"]["href"] == sub["_links"]["self"]["href"]
+    api("POST", note["_links"]["confirmTermination"]["href"], confirm, status=204)
+    assert api.wait(op)["operationState"] == "COMPLETED"
     info = api("GET", f"{INST}/{inst['id']}", status=200, etsi=INST_INFO)
     assert info["instantiationState"] == "NOT_INSTANTIATED" and "allocatedResources" not in info
 
