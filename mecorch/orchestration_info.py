@@ -206,11 +206,11 @@ def _get(d, key):
     return d.get(key) if isinstance(d, dict) else None
 
 
-def _node_templates(doc: dict):
+def _node_templates(doc: dict, root: str = ROOT):
     tt = doc.get("topology_template")
     if isinstance(tt, dict) and "node_templates" in tt:
-        return tt["node_templates"], f"{ROOT}.topology_template.node_templates"
-    return doc.get("node_templates"), f"{ROOT}.node_templates"
+        return tt["node_templates"], f"{root}.topology_template.node_templates"
+    return doc.get("node_templates"), f"{root}.node_templates"
 
 
 def _looks_tosca(doc: dict) -> bool:
@@ -369,19 +369,39 @@ _VOLUME = {"tosca.nodes.nfv.Vdu.VirtualBlockStorage", "tosca.nodes.BlockStorage"
            "tosca.nodes.Storage.BlockStorage", "BlockStorage", "LocalVolume"}
 
 
-def _role(type_name: str, node_types: dict) -> str | None:
+ROLES = {**{t: "compute" for t in _COMPUTE}, **{t: "software" for t in _SOFTWARE},
+         **{t: "volume" for t in _VOLUME}}
+
+
+def _role(type_name: str, node_types: dict, roles: dict[str, str] = ROLES) -> str | None:
+    """The role of a node type: its own, or that of the nearest type it is
+    derived from (through the document's node_types) that `roles` knows."""
     seen = set()
     t = type_name
     while isinstance(t, str) and t not in seen and len(seen) < 16:
         seen.add(t)
-        if t in _COMPUTE:
-            return "compute"
-        if t in _SOFTWARE:
-            return "software"
-        if t in _VOLUME:
-            return "volume"
+        if t in roles:
+            return roles[t]
         t = _get(node_types.get(t), "derived_from")
     return None
+
+
+def tosca_nodes(doc: dict, root: str = ROOT, roles: dict[str, str] = ROLES,
+                node_types: dict | None = None) -> list[tuple[str, dict, str, str | None]]:
+    """The node templates of a TOSCA service template as (name, node,
+    where, role): the one TOSCA reader of orchestrationInfo and of the
+    TOSCA AppD (mecorch.package.tosca_appd). `node_types` adds type
+    definitions from imported files to the document's own."""
+    nodes, where = _node_templates(doc, root)
+    nodes = _mapping(nodes, where)
+    types = {**(node_types or {}), **_mapping(doc.get("node_types"), f"{root}.node_types")}
+    out = []
+    for name, node in nodes.items():
+        n_where = f"{where}.{_key(name)}"
+        if not isinstance(node, dict) or not isinstance(node.get("type"), str):
+            raise InvalidInput(f"{n_where}: must be a mapping with a 'type'")
+        out.append((name, node, n_where, _role(node["type"], types, roles)))
+    return out
 
 
 def _image_artifacts(node: dict, where: str) -> list[tuple[str, str]]:
@@ -402,15 +422,27 @@ def _image_artifacts(node: dict, where: str) -> list[tuple[str, str]]:
     return out
 
 
-def _memory(v, w):
+def _plain(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _memory(v, w, plain=False):
+    # plain: a bare number is MB, as the AppD's virtualMemSize (EdgeGallery
+    # TOSCA AppDs write them so); orchestrationInfo requires a unit
+    if plain and _plain(v):
+        return check_memory_mb(v, w)
     return bytes_to_mb(tosca_bytes(v, w), w)
 
 
-def _disk(v, w):
+def _disk(v, w, plain=False):
+    if plain and _plain(v):
+        return check_disk_gb(v, w)
     return bytes_to_gb(tosca_bytes(v, w), w)
 
 
-def _volume_size(v, w):
+def _volume_size(v, w, plain=False):
+    if plain and _plain(v):
+        return check_volume_gb(v, w)
     return bytes_to_gb(tosca_bytes(v, w), w, volume=True)
 
 
@@ -431,19 +463,26 @@ _VOLUME_SIZES = (("properties", "size"),
                  ("properties", "virtual_block_storage_data", "size_of_storage"))
 
 
-def _tosca_compute(node: dict, where: str) -> dict:
+def _tosca_compute(node: dict, where: str, plain: bool = False) -> dict:
+    """vCPU, memory, disk and image names of a compute node. `plain`
+    (TOSCA AppDs): bare numbers are MB / GB, and virtual_local_storage may
+    be one mapping instead of a list of one, as EdgeGallery writes them."""
     found: dict[str, list] = {"vcpu": [], "memory_mb": [], "disk_gb": []}
     for what, read, path in _COMPUTE_FIELDS:
         raw = _at(node, path, where)
         if raw is not None:
             w = f"{where}.{'.'.join(path)}"
-            found[what].append((w, read(raw, w), raw))
+            value = read(raw, w) if read is check_vcpu else read(raw, w, plain)
+            found[what].append((w, value, raw))
     lw = f"{where}.{'.'.join(_VC)}.virtual_local_storage"
-    local = _sequence(_at(node, _VC + ("virtual_local_storage",), where), lw, 1)
+    local = _at(node, _VC + ("virtual_local_storage",), where)
+    if plain and isinstance(local, dict):
+        local = [local]
+    local = _sequence(local, lw, 1)
     if local:
         raw = _mapping(local[0], f"{lw}[0]").get("size_of_storage")
         found["disk_gb"].append((f"{lw}[0].size_of_storage",
-                                 _disk(raw, f"{lw}[0].size_of_storage"), raw))
+                                 _disk(raw, f"{lw}[0].size_of_storage", plain), raw))
     out = {what: _same(values) for what, values in found.items()}
     images = _image_artifacts(node, where)
     name = _at(node, ("properties", "sw_image_data", "name"), where)
@@ -454,7 +493,7 @@ def _tosca_compute(node: dict, where: str) -> dict:
     return out
 
 
-def _tosca_volume(name, node: dict, where: str) -> VolumeOverride:
+def _tosca_volume(name, node: dict, where: str, plain: bool = False) -> VolumeOverride:
     props = _mapping(node.get("properties"), f"{where}.properties")
     if "name" in props:
         vname = validate.ident(props["name"], f"{where}.properties.name")
@@ -468,7 +507,7 @@ def _tosca_volume(name, node: dict, where: str) -> VolumeOverride:
         raw = _at(node, path, where)
         if raw is not None:
             w = f"{where}.{'.'.join(path)}"
-            sizes.append((w, _volume_size(raw, w), raw))
+            sizes.append((w, _volume_size(raw, w, plain), raw))
     policy = props.get("deletion_policy")
     if policy is not None and policy not in ("RETAIN", "DELETE"):
         raise InvalidInput(f"{where}.properties.deletion_policy: must be RETAIN or DELETE")
@@ -477,15 +516,9 @@ def _tosca_volume(name, node: dict, where: str) -> VolumeOverride:
 
 
 def _tosca(doc: dict) -> Details:
-    nodes, where = _node_templates(doc)
-    nodes = _mapping(nodes, where)
-    node_types = _mapping(doc.get("node_types"), f"{ROOT}.node_types")
+    _, where = _node_templates(doc)
     computes, images, volumes = [], [], []
-    for name, node in nodes.items():
-        n_where = f"{where}.{_key(name)}"
-        if not isinstance(node, dict) or not isinstance(node.get("type"), str):
-            raise InvalidInput(f"{n_where}: must be a mapping with a 'type'")
-        role = _role(node["type"], node_types)
+    for name, node, n_where, role in tosca_nodes(doc):
         if role == "compute":
             computes.append((n_where, _tosca_compute(node, n_where)))
         elif role == "software":

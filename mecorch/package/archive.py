@@ -132,25 +132,33 @@ def open_zip(path: Path, limits: ArchiveLimits) -> zipfile.ZipFile:
         f = open(path, "rb")
     except OSError as e:
         raise InvalidInput(f"cannot read package {path}: {e.strerror}") from None
+    return open_zip_file(f, size, limits)
+
+
+def open_zip_file(f: BinaryIO, size: int, limits: ArchiveLimits,
+                  what: str = "package") -> zipfile.ZipFile:
+    """open_zip on an open binary file of `size` bytes (a package, or a zip
+    nested in one, in a temporary file or in memory), which the returned
+    ZipFile owns: closing it closes `f`. `what` names the archive in errors."""
     try:
         entries, cd_size = _peek_end_record(f, size)
         if entries > limits.max_entries:
-            raise PayloadTooLarge(f"package has {entries} entries, more than the limit "
+            raise PayloadTooLarge(f"{what} has {entries} entries, more than the limit "
                                   f"of {limits.max_entries}")
         if cd_size > limits.max_entries * (46 + limits.max_name_len + 1024):
-            raise PayloadTooLarge(f"package central directory is {cd_size} bytes: too large")
+            raise PayloadTooLarge(f"{what} central directory is {cd_size} bytes: too large")
         f.seek(0)
         zf = zipfile.ZipFile(f)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, struct.error, ValueError) as e:
         f.close()
-        raise InvalidInput(f"package is not a valid zip archive: {e}") from None
+        raise InvalidInput(f"{what} is not a valid zip archive: {e}") from None
     except BaseException:
         f.close()
         raise
     try:
         infos = zf.infolist()
         if len(infos) > limits.max_entries:
-            raise PayloadTooLarge(f"package has {len(infos)} entries, more than the limit "
+            raise PayloadTooLarge(f"{what} has {len(infos)} entries, more than the limit "
                                   f"of {limits.max_entries}")
         seen: set[str] = set()
         for info in infos:
@@ -169,8 +177,30 @@ def open_zip(path: Path, limits: ArchiveLimits) -> zipfile.ZipFile:
                     raise InvalidInput(f"archive member {name!r} is below a file, not a directory")
     except BaseException:
         zf.close()
+        f.close()
         raise
-    return zf
+    return _Owning(zf, f)
+
+
+class _Owning:
+    """A ZipFile that closes the file it was opened on (zipfile leaves a
+    file object it was given open)."""
+
+    def __init__(self, zf: zipfile.ZipFile, f: BinaryIO):
+        self._zf, self._f = zf, f
+
+    def __getattr__(self, name):
+        return getattr(self._zf, name)
+
+    def close(self) -> None:
+        self._zf.close()
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def member_files(zf: zipfile.ZipFile) -> list[str]:
