@@ -175,12 +175,14 @@ def test_contradicting_signals_are_a_400_naming_them(request_, recorded, expecte
     assert expected in detail
 
 
-@pytest.mark.parametrize("value", ["vm", "Vm", "", " VM", "VM\n", "--VM", "KUBERNETES",
-                                   1, True, ["VM"], {"VM": 1}, "x" * 10000])
+@pytest.mark.parametrize("value", ["", " VM", "VM\n", "--VM", "KUBERNETES", 2, -1, "01",
+                                   1.0, 0.5, True, False, ["VM"], {"VM": 1}, "x" * 10000])
 def test_invalid_deployment_type(value):
     detail = refused(decide_manner, {"deploymentType": value}, None)
-    assert detail.startswith("deploymentType: must be \"VM\" or \"CONTAINER\"")
-    assert len(detail) < 120                        # a huge value is not echoed whole
+    assert detail.startswith("deploymentType: ")
+    assert detail.endswith('accepted: "VM" or "CONTAINER" (any case), or 0 (VM) or 1 '
+                           '(CONTAINER) as a number or a string')
+    assert len(detail) < 200                        # a huge value is not echoed whole
     refused(deployment_type, value)
 
 
@@ -426,8 +428,9 @@ def test_bad_arguments_are_refused():
     refused(resource_request, "i1", appd(), CONTAINER, "--privileged", {})
     refused(resource_request, "i1", appd(), VM, "--privileged", {})
     refused(resource_request, "i1", appd(), CONTAINER, REF, "not a dict")
-    assert "manner: must be" in refused(resource_request, "i1", appd(), "KUBERNETES", REF, {})
-    assert "recorded manner: must be" in refused(decide_manner, {}, "vm")
+    assert "manner: 'KUBERNETES' is not a deployment type" in refused(
+        resource_request, "i1", appd(), "KUBERNETES", REF, {})
+    assert "recorded manner: 'pod' is not" in refused(decide_manner, {}, "pod")
 
 
 # -- merge order: AppD < request descriptors < orchestrationInfo ----------------
