@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("zip")
     o.add_argument("--name")
     o.add_argument("--pkg-version", default="1.0")
+    o.add_argument("--upload", action="store_true",
+                   help="send the zip over the API (create + PUT package_content) instead of "
+                        "giving mecorch its path; for a mecorch on another machine")
     pkg.add_parser("list", help="list onboarded packages").add_argument("--filter")
     for action in ("show", "enable", "disable", "delete"):
         pkg.add_parser(action, help=f"{action} a package").add_argument("id")

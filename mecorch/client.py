@@ -11,6 +11,9 @@ import urllib.request
 from typing import Any, TextIO
 
 from .errors import MecorchError, Timeout
+from .fileutil import sha256_file
+
+PKGM = "/app_pkgm/v1"
 
 
 class ApiError(MecorchError):
@@ -61,6 +64,34 @@ class Client:
     def post(self, path: str, body: Any, headers: dict | None = None) -> tuple[Any, dict]:
         _, data, hdrs = self.call("POST", path, body, headers)
         return data, hdrs
+
+    def upload_package(self, create_body: dict, zip_path: str | os.PathLike) -> dict:
+        """Two-step onboarding as an OSS does it: create the package resource
+        (CreateAppPkg without appPkgPath; the checksum is computed here when
+        the body has none), then PUT the zip to its package_content, streamed
+        from the file. Returns the onboarded AppPkgInfo. If the upload is
+        refused, the server has already removed the resource."""
+        body = {k: v for k, v in create_body.items() if k != "appPkgPath"}
+        if "checksum" not in body:
+            body["checksum"] = {"algorithm": "SHA-256", "hash": sha256_file(zip_path)}
+        info, _ = self.post(f"{PKGM}/app_packages", body)
+        href = info["_links"]["appPkgContent"]["href"]
+        size = os.path.getsize(zip_path)
+        hdrs = {"Content-Type": "application/zip", "Content-Length": str(size),
+                "Accept": "application/json"}
+        if self.token:
+            hdrs["Authorization"] = f"Bearer {self.token}"
+        with open(zip_path, "rb") as f:
+            req = urllib.request.Request(self.base + href, data=f, method="PUT", headers=hdrs)
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:   # noqa: S310
+                    resp.read()
+            except urllib.error.HTTPError as e:
+                payload = _decode(e.read(), e.headers)
+                raise ApiError(e.code, payload if isinstance(payload, dict) else {}) from None
+            except OSError as e:
+                raise MecorchError(f"cannot upload to mecorch at {self.base}: {e}") from None
+        return self.get(info["_links"]["self"]["href"])
 
     def wait_op(self, op: dict, timeout: float = 600, out: TextIO | None = None) -> dict:
         """Poll an LCM op occurrence until it ends, printing progress."""

@@ -9,6 +9,12 @@ mark it ONBOARDED. Any failure removes the record, the file and the images:
 nothing of a rejected package is kept. The record is written through
 CREATED -> UPLOADING -> PROCESSING, so a crash leaves a trace `recover`
 cleans up.
+
+Two-step onboarding (how an OSS on another machine onboards): a CreateAppPkg
+without appPkgPath makes the package resource in CREATED, and
+`upload(id, stream)` (PUT .../package_content) receives the zip into the
+same all-or-nothing onboarding. A CREATED resource survives a restart; one
+whose upload or processing a crash interrupted is removed like any other.
 """
 
 from __future__ import annotations
@@ -59,9 +65,33 @@ class PackageManager:
                "_path": req["appPkgPath"], "_images": []}
         if "userDefinedData" in req:
             doc["userDefinedData"] = req["userDefinedData"]
+        if req["appPkgPath"] is None:            # two-step: the content comes by upload()
+            doc["_awaitingContent"] = True
+            doc["_links"] = _links(pid)
+            return public(self.store.put("packages", pid, doc))
         self.store.put("packages", pid, doc)
+        return self._onboard_or_discard(doc, req, None)
+
+    def upload(self, pkg_id: str, stream) -> dict:
+        """Receive the content of a package created without appPkgPath
+        (PUT .../package_content): streamed to disk, then the same checks
+        and all-or-nothing onboarding as by path. `stream` has read(n) and
+        set_limit(n). Content for a package that has it, or is receiving or
+        processing it, is a 409. A failure removes the resource."""
+        with self._lock:
+            doc = self.store.get("packages", pkg_id)
+            if doc is None:
+                raise NotFound(f"app package {pkg_id!r} does not exist")
+            if not doc.get("_awaitingContent") \
+                    or doc["onboardingState"] != OnboardingState.CREATED.value:
+                raise Conflict(f"app package {pkg_id} is {doc['onboardingState']}: its content "
+                               "was already given")
+            self._state(doc, OnboardingState.UPLOADING)      # claims the upload
+        return self._onboard_or_discard(doc, {"checksum": doc["checksum"]}, stream)
+
+    def _onboard_or_discard(self, doc: dict, req: dict, stream) -> dict:
         try:
-            return public(self._onboard(doc, req))
+            return public(self._onboard(doc, req, stream))
         except BaseException as e:
             self._discard(doc)
             if isinstance(e, (MecorchError, KeyboardInterrupt)):
@@ -69,11 +99,14 @@ class PackageManager:
             log.exception("onboarding failed")
             raise MecorchError(f"onboarding failed: {type(e).__name__}: {e}") from None
 
-    def _onboard(self, doc: dict, req: dict) -> dict:
+    def _onboard(self, doc: dict, req: dict, stream=None) -> dict:
         self.dir.mkdir(parents=True, exist_ok=True)
         zpath = self.dir / f"{doc['id']}.zip"
         self._state(doc, OnboardingState.UPLOADING)
-        _fetch(req["appPkgPath"], zpath, self.max_bytes)
+        if stream is None:
+            _fetch(req["appPkgPath"], zpath, self.max_bytes)
+        else:
+            _receive(stream, zpath, self.max_bytes)
         got = sha256_file(zpath)
         if got != req["checksum"]["hash"]:
             raise IntegrityError(f"package checksum mismatch: expected "
@@ -102,9 +135,7 @@ class PackageManager:
             "operationalState": OperationalState.ENABLED.value,
             "usageState": UsageState.NOT_IN_USE.value,
             "deploymentType": pkg.manner.value,                 # mecorch extension
-            "_links": {"self": {"href": f"{PKGM}/app_packages/{doc['id']}"},
-                       "appD": {"href": f"{PKGM}/app_packages/{doc['id']}/appd"},
-                       "appPkgContent": {"href": f"{PKGM}/app_packages/{doc['id']}/package_content"}},
+            "_links": _links(doc["id"]),
             "_appd": appd, "_manner": pkg.manner.value, "_image": image, "_zip": str(zpath),
         })
         return self.store.put("packages", doc["id"], doc)
@@ -181,6 +212,9 @@ class PackageManager:
         for doc in self.store.list("packages", match=(
                 "onboardingState IS NOT ? OR json_extract(doc, '$._deletionPending')",
                 [OnboardingState.ONBOARDED.value])):
+            if doc.get("_awaitingContent") \
+                    and doc["onboardingState"] == OnboardingState.CREATED.value:
+                continue                          # waits for its upload, across restarts
             if doc["onboardingState"] != OnboardingState.ONBOARDED.value:
                 self._discard(doc)
                 done.append(f"removed half-onboarded package {doc['id']}")
@@ -196,6 +230,15 @@ class PackageManager:
             raise NotFound(f"app package {pkg_id!r} does not exist")
         return doc
 
+    def resource(self, pkg_id: str) -> dict:
+        """An onboarded package, or one created for two-step onboarding
+        that has not (yet) got its content."""
+        doc = self.store.get("packages", pkg_id)
+        if doc is not None and doc.get("_awaitingContent") \
+                and doc["onboardingState"] != OnboardingState.ONBOARDED.value:
+            return doc
+        return self.get(pkg_id)
+
     def by_appd(self, app_d_id: str) -> dict:
         for doc in self.store.list("packages", appDId=app_d_id):
             if doc["onboardingState"] == OnboardingState.ONBOARDED.value:
@@ -205,6 +248,14 @@ class PackageManager:
     def view(self, doc: dict) -> dict:
         out = public(doc)
         out["deletionPending"] = bool(doc.get("_deletionPending"))   # mecorch extension
+        if doc["onboardingState"] != OnboardingState.ONBOARDED.value:
+            # what only the content tells is not known yet: the fields the
+            # ETSI schema requires anyway are empty until it is onboarded
+            for key in ("appDId", "appName", "appSoftwareVersion", "appDVersion"):
+                out.setdefault(key, "")
+            out.setdefault("softwareImages", [])
+            out.setdefault("operationalState", OperationalState.DISABLED.value)
+            out.setdefault("usageState", UsageState.NOT_IN_USE.value)
         return out
 
     def list(self, filter_expr: str | None = None) -> list[dict]:
@@ -268,9 +319,16 @@ class PackageManager:
 
     def delete(self, pkg_id: str) -> bool:
         """Delete a DISABLED package. Returns False when instances still use
-        it: it is then marked pending and removed after its last instance."""
+        it: it is then marked pending and removed after its last instance.
+        A package still waiting for its content is simply removed."""
         with self._lock:
-            doc = self.get(pkg_id)
+            doc = self.resource(pkg_id)
+            if doc["onboardingState"] != OnboardingState.ONBOARDED.value:
+                if doc["onboardingState"] != OnboardingState.CREATED.value:
+                    raise Conflict(f"app package {pkg_id} is {doc['onboardingState']}: "
+                                   "wait for its onboarding to end")
+                self.store.delete("packages", pkg_id)
+                return True
             if doc["operationalState"] != OperationalState.DISABLED.value:
                 raise Conflict(f"app package {pkg_id} is ENABLED: disable it first")
             if self._users(doc["appDId"]):
@@ -325,7 +383,9 @@ def _create_request(body) -> dict:
         raise InvalidInput(f"CreateAppPkg has no field(s) {', '.join(sorted(extra))}")
     out = {"appPkgName": validate.text(body.get("appPkgName"), "appPkgName", 128),
            "appPkgVersion": validate.text(body.get("appPkgVersion"), "appPkgVersion", 64),
-           "appPkgPath": validate.text(body.get("appPkgPath"), "appPkgPath", 2048)}
+           # absent: two-step onboarding, the content comes by PUT .../package_content
+           "appPkgPath": None if "appPkgPath" not in body
+           else validate.text(body["appPkgPath"], "appPkgPath", 2048)}
     cs = body.get("checksum")
     if not isinstance(cs, dict) or set(cs) != {"algorithm", "hash"}:
         raise InvalidInput("checksum must be {algorithm, hash}")
@@ -377,6 +437,25 @@ def _fetch(path: str, dest: Path, max_bytes: int) -> None:
     else:
         raise InvalidInput("appPkgPath must be an absolute path, a file: URL or a loopback http URL")
     os.replace(part, dest)
+
+
+def _receive(stream, dest: Path, max_bytes: int) -> None:
+    """Write an uploaded body to `dest`, block by block, refusing more
+    than `max_bytes`."""
+    part = dest.with_suffix(".zip.part")
+    stream.set_limit(max_bytes)
+    with open(part, "wb") as out:
+        while block := stream.read(1 << 20):
+            out.write(block)
+    if os.path.getsize(part) == 0:
+        raise InvalidInput("the package content is empty")
+    os.replace(part, dest)
+
+
+def _links(pkg_id: str) -> dict:
+    return {"self": {"href": f"{PKGM}/app_packages/{pkg_id}"},
+            "appD": {"href": f"{PKGM}/app_packages/{pkg_id}/appd"},
+            "appPkgContent": {"href": f"{PKGM}/app_packages/{pkg_id}/package_content"}}
 
 
 def _marker(marker: str | None) -> int:

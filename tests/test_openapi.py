@@ -225,7 +225,7 @@ def test_document_lists_exactly_the_routes_the_server_has():
     routes, ops = _routes_of_router(), _operations_of_doc()
     assert routes - ops == set(), "routes missing from mecorch.yaml"
     assert ops - routes == set(), "operations in mecorch.yaml that no route serves"
-    assert len(routes) == len(ops) == 33
+    assert len(routes) == len(ops) == 34
 
 
 def test_every_operation_documents_its_errors_as_problem_details():
@@ -317,8 +317,11 @@ class Checker:
 
     def call(self, method: str, path: str, body: Any = None,
              headers: dict | None = None) -> Answer:
-        data = json.dumps(body).encode() if body is not None else None
-        hdrs = {"Content-Type": "application/json"} if data is not None else {}
+        if isinstance(body, bytes):           # a package zip
+            data, hdrs = body, {"Content-Type": "application/zip"}
+        else:
+            data = json.dumps(body).encode() if body is not None else None
+            hdrs = {"Content-Type": "application/json"} if data is not None else {}
         req = urllib.request.Request(self.base + path, data=data, method=method,
                                      headers={**hdrs, **(headers or {})})
         try:
@@ -343,7 +346,8 @@ class Checker:
         self.seen.add((method, template))
         resp = op["responses"].get(str(status))
         assert resp is not None, f"{method} {template} answered {status}, not documented"
-        if status < 300 and body is not None:     # what was accepted is documented as valid
+        if status < 300 and body is not None and not isinstance(body, bytes):
+            # what was accepted is documented as valid
             errs = errors_of(doc_validator(_pointer(
                 "paths", template, method.lower(), "requestBody", "content", "application/json",
                 "schema")), body)
@@ -464,6 +468,21 @@ def _packages(api: Checker, e) -> None:
     assert api("GET", "/app_pkgm/v1/onboarded_app_packages/sample-http/package_content",
                status=200) == zpath.read_bytes()
     api("GET", f"{PKGS}/nope/package_content", status=404)
+    # two-step onboarding: create without appPkgPath, then PUT the zip
+    two = dict(vm_body, appPkgName="two-step")
+    two.pop("appPkgPath")
+    made = api("POST", PKGS, two, status=201, etsi=PKG_INFO)
+    assert made["onboardingState"] == "CREATED"
+    assert api("GET", made["_links"]["self"]["href"], status=200, etsi=PKG_INFO) == made
+    content = made["_links"]["appPkgContent"]["href"]
+    api("GET", content, status=409)
+    api("PUT", content, Path(vm_body["appPkgPath"]).read_bytes(), status=409)  # appDId taken
+    api("GET", made["_links"]["self"]["href"], status=404)         # refused: nothing kept
+    made = api("POST", PKGS, two, status=201, etsi=PKG_INFO)
+    content = made["_links"]["appPkgContent"]["href"]
+    api("PUT", content, b"{}", {"Content-Type": "application/json"}, status=415)
+    api("PUT", content, b"x" * 10, status=422)                      # checksum mismatch
+    api("PUT", f"{PKGS}/nope/package_content", b"x", status=404)
     api("GET", "/app_pkgm/v1/onboarded_app_packages/nope/package_content", status=404)
     mods = (PKGM_FILE, "AppPkgInfoModifications")
     api("PATCH", url, {"operationState": "DISABLED"}, status=200, etsi=mods)

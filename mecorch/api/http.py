@@ -43,6 +43,7 @@ MAX_JSON_DEPTH = 64
 # body (a slow client must not hold a thread forever).
 REQUEST_TIMEOUT_S = 30.0
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,15}")
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,15}")
 
 
 @dataclass
@@ -53,6 +54,9 @@ class Request:
     headers: Any
     raw: bytes
     params: dict[str, str] = field(default_factory=dict)
+    # the body of a streaming route (Router.add(stream=True)), read by the
+    # handler as it arrives; `raw` is then empty
+    stream: "BodyStream | None" = None
 
     def json(self) -> Any:
         """The body as JSON. Refused: no body, bad UTF-8 or JSON, nesting
@@ -78,12 +82,96 @@ class Request:
 @dataclass
 class Response:
     status: int
-    body: Any = None                    # JSON-able, bytes, or None
+    body: Any = None                    # JSON-able, bytes, FileBody, or None
     headers: dict[str, str] = field(default_factory=dict)
     content_type: str = "application/json"
 
 
 Handler = Callable[[Request], Response]
+
+
+@dataclass
+class FileBody:
+    """A response body sent from an open binary file in blocks (a package
+    zip is never held whole in memory). The server closes it."""
+    file: Any
+    size: int
+
+
+class BodyStream:
+    """The request body of a streaming route, read as it arrives. Framed by
+    one Content-Length or by chunked transfer coding (strictly parsed); each
+    read is under the connection's socket timeout; more than `limit` bytes
+    is a 413. `done` tells whether the whole body (and, chunked, its
+    trailer) was read, so the connection can be kept."""
+
+    MAX_LINE = 4096          # a chunk-size or trailer line
+    MAX_TRAILERS = 32
+
+    def __init__(self, rfile, length: int | None, chunked: bool):
+        self._rfile = rfile
+        self._left = length if length is not None else 0   # of the current chunk, when chunked
+        self._chunked = chunked
+        self.length = length
+        self.received = 0
+        self.limit: int | None = None
+        self.done = not chunked and not length
+
+    def set_limit(self, limit: int) -> None:
+        """Refuse a body over `limit` bytes: at once when Content-Length says
+        so, else as soon as more arrives."""
+        self.limit = limit
+        if self.length is not None and self.length > limit:
+            raise PayloadTooLarge(f"request body larger than {limit} bytes")
+
+    def read(self, size: int = 1 << 20) -> bytes:
+        """Up to `size` bytes of the body; b"" at its end."""
+        while not self.done:
+            if self._chunked and self._left == 0:
+                self._next_chunk()
+                continue
+            data = self._recv(min(size, self._left))
+            if not data:
+                raise InvalidInput("the request body ended before its declared length")
+            self._left -= len(data)
+            self.received += len(data)
+            if self.limit is not None and self.received > self.limit:
+                raise PayloadTooLarge(f"request body larger than {self.limit} bytes")
+            if self._left == 0:
+                if self._chunked:
+                    if self._line() != b"":
+                        raise InvalidInput("a chunk of the request body is longer than its size")
+                else:
+                    self.done = True
+            return data
+        return b""
+
+    def _recv(self, n: int) -> bytes:
+        try:
+            return self._rfile.read1(n) if hasattr(self._rfile, "read1") else self._rfile.read(n)
+        except OSError:                   # the socket timeout
+            raise RequestTimeout("the request body did not arrive in time") from None
+
+    def _line(self) -> bytes:
+        try:
+            line = self._rfile.readline(self.MAX_LINE + 1)
+        except OSError:
+            raise RequestTimeout("the request body did not arrive in time") from None
+        if len(line) > self.MAX_LINE or not line.endswith(b"\r\n"):
+            raise InvalidInput("malformed chunked request body (a line too long or not CRLF)")
+        return line[:-2]
+
+    def _next_chunk(self) -> None:
+        size = self._line().split(b";", 1)[0]          # chunk extensions are ignored
+        if not _CHUNK_SIZE.fullmatch(size):
+            raise InvalidInput("malformed chunked request body (chunk size)")
+        self._left = int(size, 16)
+        if self._left == 0:                             # last chunk: the trailer follows
+            for _ in range(self.MAX_TRAILERS + 1):
+                if self._line() == b"":
+                    self.done = True
+                    return
+            raise InvalidInput("chunked request body has too many trailer lines")
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
@@ -123,14 +211,24 @@ class Router:
     def __init__(self):
         self._routes: list[tuple[str, re.Pattern, Handler]] = []
         self._access: dict[int, str] = {}          # index in _routes -> access class
+        self._streaming: set[Handler] = set()      # handlers that read the body themselves
 
-    def add(self, method: str, pattern: str, handler: Handler, access: str = OPERATOR) -> None:
+    def add(self, method: str, pattern: str, handler: Handler, access: str = OPERATOR,
+            stream: bool = False) -> None:
         """`pattern` uses {name} for one path segment. APP routes must have
-        an {app} segment: the instance an app token is checked against."""
+        an {app} segment: the instance an app token is checked against.
+        `stream`: the handler reads the body itself from `Request.stream`
+        (not held whole, not bound by api.max_body_bytes: the handler sets
+        its own limit)."""
         assert access in (OPERATOR, APP, PUBLIC) and (access != APP or "{app}" in pattern)
         regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern)
         self._access[len(self._routes)] = access
+        if stream:
+            self._streaming.add(handler)
         self._routes.append((method, re.compile(regex + r"/?"), handler))
+
+    def streams(self, handler: Handler) -> bool:
+        return handler in self._streaming
 
     def resolve(self, method: str, path: str) -> tuple[Handler, dict[str, str], str]:
         """(handler, path parameters, access class) of the route."""
@@ -154,6 +252,14 @@ class MethodNotAllowed(MecorchError):
 
 class RequestTimeout(MecorchError):
     status, title = 408, "Request timeout"
+
+
+class NotAcceptable(MecorchError):
+    status, title = 406, "Not acceptable"
+
+
+class UnsupportedMediaType(InvalidInput):
+    status, title = 415, "Unsupported media type"
 
 
 class ApiServer(ThreadingHTTPServer):
@@ -207,7 +313,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         url = urllib.parse.urlsplit(self.path)
         instance = url.path
-        body_read = False
+        body_read, stream = False, None
         try:
             try:
                 handler, params, access = self.server.router.resolve(self.command, url.path)
@@ -217,25 +323,30 @@ class _RequestHandler(BaseHTTPRequestHandler):
             except UnicodeDecodeError:
                 raise InvalidInput("a path parameter is not UTF-8") from None
             self._authorize(access, params)
-            raw = self._body()
-            body_read = True
+            if self.server.router.streams(handler):
+                raw, stream = b"", self._body_stream()
+            else:
+                raw, stream = self._body(), None
+                body_read = True
             try:
                 query = {k: v[-1] for k, v in urllib.parse.parse_qs(
                     url.query, errors="strict", max_num_fields=64).items()}
             except (UnicodeDecodeError, ValueError):
                 raise InvalidInput("the query string is not valid (UTF-8, at most 64 fields)") \
                     from None
-            resp = handler(Request(self.command, url.path, query, self.headers, raw, params))
+            resp = handler(Request(self.command, url.path, query, self.headers, raw, params,
+                                   stream))
         except MecorchError as e:
-            if not body_read:       # an unread body would be read as the next request
-                self.close_connection = True
             resp = Response(e.status, e.problem(instance), content_type="application/problem+json")
             if isinstance(e, Unauthorized):
                 resp.headers["WWW-Authenticate"] = "Bearer"
         except Exception as e:  # noqa: BLE001 - a bug must still answer ProblemDetails
+            self.close_connection = True
             log.exception("unhandled error on %s %s", self.command, url.path)
             err = MecorchError(f"internal error: {type(e).__name__}")
             resp = Response(500, err.problem(instance), content_type="application/problem+json")
+        if not (body_read or (stream is not None and stream.done)):
+            self.close_connection = True   # an unread body would be read as the next request
         self._send(resp)
 
     # Methods no route has answer 405 like any method a path lacks.
@@ -296,7 +407,29 @@ class _RequestHandler(BaseHTTPRequestHandler):
             raise InvalidInput("the request body is shorter than its Content-Length")
         return data
 
+    def _body_stream(self) -> BodyStream:
+        """The framing of a streaming route's body: one Content-Length, or
+        `Transfer-Encoding: chunked` alone (both at once is the
+        request-smuggling classic; other codings are refused)."""
+        te = self.headers.get_all("Transfer-Encoding") or []
+        lengths = self.headers.get_all("Content-Length") or []
+        if te:
+            if lengths:
+                raise InvalidInput("a request must not have both Transfer-Encoding and "
+                                   "Content-Length")
+            if len(te) != 1 or te[0].strip().lower() != "chunked":
+                raise InvalidInput("the only Transfer-Encoding accepted is chunked")
+            return BodyStream(self.rfile, None, chunked=True)
+        if not lengths:
+            return BodyStream(self.rfile, 0, chunked=False)
+        if len(set(lengths)) != 1 or not _CONTENT_LENGTH.fullmatch(lengths[0]):
+            raise InvalidInput("Content-Length must be one decimal number")
+        return BodyStream(self.rfile, int(lengths[0]), chunked=False)
+
     def _send(self, resp: Response) -> None:
+        if isinstance(resp.body, FileBody):
+            self._send_file(resp)
+            return
         if resp.body is None:
             data = b""
         elif isinstance(resp.body, bytes):
@@ -312,3 +445,25 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
+
+    def _send_file(self, resp: Response) -> None:
+        body = resp.body
+        try:
+            self.send_response(resp.status)
+            self.send_header("Content-Type", resp.content_type)
+            self.send_header("Content-Length", str(body.size))
+            for k, v in resp.headers.items():
+                self.send_header(k, v)
+            self.end_headers()
+            if self.command == "HEAD":
+                return
+            left = body.size
+            while left > 0:
+                block = body.file.read(min(1 << 20, left))
+                if not block:           # the file shrank: the client sees a short body
+                    self.close_connection = True
+                    return
+                self.wfile.write(block)
+                left -= len(block)
+        finally:
+            body.file.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import urllib.parse
 
 from ..mep import MP1, etag
@@ -9,7 +10,9 @@ from ..orchestrator import Orchestrator
 from ..pkgmgmt import PKGM
 from ..journal import LCM
 from .. import filters
-from .http import APP, Request, Response, Router
+from ..errors import Conflict, NotFound
+from ..states import OnboardingState
+from .http import APP, FileBody, Request, Response, Router, UnsupportedMediaType
 
 
 def install(r: Router, o: Orchestrator) -> None:
@@ -17,8 +20,17 @@ def install(r: Router, o: Orchestrator) -> None:
 
     # ---------------------------------------------------------------- app_pkgm
     def onboard(req: Request) -> Response:
-        info = pk.view(pk.get(pk.onboard(req.json())["id"]))
+        info = pk.view(pk.resource(pk.onboard(req.json())["id"]))
         return Response(201, info, {"Location": info["_links"]["self"]["href"]})
+
+    def upload(req: Request) -> Response:
+        """Two-step onboarding: the zip of a package created without
+        appPkgPath, streamed to disk (never held whole in memory)."""
+        ctype = req.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if ctype != "application/zip":
+            raise UnsupportedMediaType("package content must be sent as application/zip")
+        info = pk.upload(req.params["id"], req.stream)
+        return Response(202, None, {"Location": info["_links"]["self"]["href"]})
 
     def list_packages(req: Request) -> Response:
         # NFV-SOL 013 paging: a Link rel="next" header while more remain
@@ -33,7 +45,7 @@ def install(r: Router, o: Orchestrator) -> None:
         return Response(200, items, headers)
 
     def get_package(req: Request) -> Response:
-        return Response(200, pk.view(pk.get(req.params["id"])))
+        return Response(200, pk.view(pk.resource(req.params["id"])))
 
     def patch_package(req: Request) -> Response:
         return Response(200, pk.modify(req.params["id"], req.json()))
@@ -47,9 +59,20 @@ def install(r: Router, o: Orchestrator) -> None:
         return Response(200, doc["_appd"])
 
     def content(req: Request) -> Response:
-        doc = pk.get(req.params["id"]) if "id" in req.params else pk.by_appd(req.params["appDId"])
-        with open(doc["_zip"], "rb") as f:
-            return Response(200, f.read(), content_type="application/zip")
+        """The package zip, sent from the file in blocks."""
+        if "id" in req.params:
+            doc = pk.resource(req.params["id"])
+            if doc["onboardingState"] != OnboardingState.ONBOARDED.value:
+                raise Conflict(f"app package {doc['id']} is {doc['onboardingState']}: "
+                               "it has no content yet")
+        else:
+            doc = pk.by_appd(req.params["appDId"])
+        try:
+            f = open(doc["_zip"], "rb")       # closed by the server once sent
+        except FileNotFoundError:             # deleted meanwhile
+            raise NotFound(f"app package {doc['id']} has no content any more") from None
+        return Response(200, FileBody(f, os.fstat(f.fileno()).st_size),
+                        content_type="application/zip")
 
     r.add("POST", f"{PKGM}/app_packages", onboard)
     r.add("GET", f"{PKGM}/app_packages", list_packages)
@@ -59,6 +82,7 @@ def install(r: Router, o: Orchestrator) -> None:
     r.add("GET", f"{PKGM}/app_packages/{{id}}/appd", appd)
     r.add("GET", f"{PKGM}/onboarded_app_packages/{{appDId}}/appd", appd)
     r.add("GET", f"{PKGM}/app_packages/{{id}}/package_content", content)
+    r.add("PUT", f"{PKGM}/app_packages/{{id}}/package_content", upload, stream=True)
     r.add("GET", f"{PKGM}/onboarded_app_packages/{{appDId}}/package_content", content)
 
     # ---------------------------------------------------------------- app_lcm
