@@ -9,6 +9,11 @@ fractional (0.5) for a container app; a VM app needs a whole number.
 
 Manner: containerFormat DOCKER -> CONTAINER; containerFormat BARE with
 diskFormat QCOW2 or RAW -> VM; anything else is refused.
+
+Dual-format apps (a mecorch extension): swImageDescriptor may be a list of
+two SwImageDesc, one per manner (a `docker save` tar and a qcow2/raw disk);
+each may carry its own virtualComputeDescriptor and virtualStorageDescriptor
+(the needs of that manner, replacing the AppD's top-level ones for it).
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ class ImageInfo:
     size: int | None = None             # bytes of the file in the package
     min_disk_gb: float | None = None
     min_ram_mb: float | None = None
+    manner: DeploymentType | None = None    # the manner this image deploys by
 
 
 def _mapping(value, field: str) -> dict:
@@ -234,9 +240,45 @@ def traffic_rules(value) -> None:
     _unique_ids(rules_, "trafficRuleId", f)
 
 
+IMAGE_NEEDS = ("virtualComputeDescriptor", "virtualStorageDescriptor")
+
+
+def software_images(appd: dict) -> list[dict]:
+    """Every software image of the AppD with its manner and its own needs:
+    [{manner, sw_image, compute, storage}], in AppD order. A list of
+    swImageDescriptor (dual-format) holds at most one image per manner."""
+    f = "swImageDescriptor"
+    entries = appd[f] if isinstance(appd[f], list) else [appd[f]]
+    if not 1 <= len(entries) <= 2:
+        raise InvalidInput(f"{f}: a list must hold one or two images (one per manner)")
+    out = []
+    for i, entry in enumerate(entries):
+        where = f"{f}[{i}]" if isinstance(appd[f], list) else f
+        try:
+            manner, sw = software_image(entry)
+            own = entry if isinstance(appd[f], list) else {}
+            vcd = own.get("virtualComputeDescriptor") or appd["virtualComputeDescriptor"]
+            vsd = own.get("virtualStorageDescriptor", appd.get("virtualStorageDescriptor"))
+            item = {"manner": manner, "sw_image": sw, "compute": compute(vcd, manner),
+                    "storage": storage(vsd)}
+        except InvalidInput as e:
+            if where == f:
+                raise
+            raise InvalidInput(e.detail.replace(f, where, 1)
+                               if e.detail.startswith(f) else f"{where}: {e.detail}") from None
+        if any(o["manner"] is manner for o in out):
+            raise InvalidInput(f"{where}: a second {manner.value} image; a dual-format AppD "
+                               "has one image per manner")
+        out.append(item)
+    if len({o["sw_image"]["id"] for o in out}) < len(out):
+        raise InvalidInput(f"{f}: the images need distinct ids")
+    return out
+
+
 def validate_appd(appd) -> dict:
     """Check an AppD; return what the rest of mecorch needs from it:
-    {app_d_id, manner, sw_image (validated fields), compute, storage}."""
+    {app_d_id, manner, sw_image (validated fields), compute, storage} of
+    its first image, and `images`: every image with its manner and needs."""
     appd = _mapping(appd, "AppD")
     missing = [k for k in REQUIRED if appd.get(k) in (None, "", [], {})]
     if missing:
@@ -254,10 +296,10 @@ def validate_appd(appd) -> dict:
     versions = _list(appd["mecVersion"], "mecVersion", 16)
     for i, v in enumerate(versions):
         validate.text(v, f"mecVersion[{i}]", 32)
-    manner, sw = software_image(appd["swImageDescriptor"])
-    result = {"app_d_id": app_d_id, "manner": manner, "sw_image": sw,
-              "compute": compute(appd["virtualComputeDescriptor"], manner),
-              "storage": storage(appd.get("virtualStorageDescriptor"))}
+    images = software_images(appd)
+    first = images[0]
+    result = {"app_d_id": app_d_id, "manner": first["manner"], "sw_image": first["sw_image"],
+              "compute": first["compute"], "storage": first["storage"], "images": images}
     dns_rules(appd.get("appDNSRule"))
     traffic_rules(appd.get("appTrafficRule"))
     return result

@@ -99,13 +99,14 @@ def _check_appd(src: Path, members: dict[str, Path]) -> dict:
     fails here rather than at onboarding."""
     appd = load_yaml(members[APPD_PATH].read_bytes(), f"AppD {members[APPD_PATH]}")
     info = appd_mod.validate_appd(appd)
-    sw = info["sw_image"]
-    kind, where = appd_mod.image_location(sw["swImage"], info["manner"], set(members))
-    if kind == "file":
-        with open(members[where], "rb") as fh:
-            appd_mod.check_image_head(fh.read(512), where, info["manner"], sw["diskFormat"])
-        if sw["checksum"] and sw["checksum"] != sha256_file(members[where]):
-            raise InvalidInput(f"{where}: SHA-256 does not match swImageDescriptor.checksum")
+    for image in info["images"]:            # two for a dual-format app
+        sw, manner = image["sw_image"], image["manner"]
+        kind, where = appd_mod.image_location(sw["swImage"], manner, set(members))
+        if kind == "file":
+            with open(members[where], "rb") as fh:
+                appd_mod.check_image_head(fh.read(512), where, manner, sw["diskFormat"])
+            if sw["checksum"] and sw["checksum"] != sha256_file(members[where]):
+                raise InvalidInput(f"{where}: SHA-256 does not match swImageDescriptor.checksum")
     return appd
 
 

@@ -43,10 +43,12 @@ class Package:
     appd: dict
     app_d_id: str
     manner: DeploymentType
-    image: appd_mod.ImageInfo
+    image: appd_mod.ImageInfo                       # the first of `images`
     compute: dict = field(default_factory=dict)     # {vcpu, memory_mb}
     storage: tuple[dict, ...] = ()                  # [{id, typeOfStorage, size_gb}]
     limits: ArchiveLimits = DEFAULT_LIMITS
+    # every software image, one per manner (two for a dual-format app)
+    images: tuple[appd_mod.ImageInfo, ...] = ()
 
     def extract(self, member: str, dest_path: str | os.PathLike) -> Path:
         """Stream one file of the package to `dest_path` (written
@@ -92,7 +94,7 @@ def _image(zf, sw: dict, manner: DeploymentType, hashes: dict[str, str]) -> appd
     kind, where = appd_mod.image_location(sw["swImage"], manner, set(hashes))
     common = dict(id=sw["id"], name=sw["name"], version=sw["version"],
                   container_format=sw["containerFormat"], disk_format=sw["diskFormat"],
-                  min_disk_gb=sw.get("minDisk"), min_ram_mb=sw.get("minRam"))
+                  min_disk_gb=sw.get("minDisk"), min_ram_mb=sw.get("minRam"), manner=manner)
     if kind == "reference":
         return appd_mod.ImageInfo(reference=where, sha256=sw["checksum"], **common)
     chunks = stream_member(zf, where)
@@ -141,10 +143,11 @@ def open_package(zip_path: str | os.PathLike, trusted_key: str | os.PathLike | b
 
         appd = load_yaml(read_member(zf, appd_path, MAX_YAML_BYTES, "AppD"), f"AppD {appd_path}")
         info = appd_mod.validate_appd(appd)
-        image = _image(zf, info["sw_image"], info["manner"], hashes)
+        images = tuple(_image(zf, i["sw_image"], i["manner"], hashes) for i in info["images"])
+        image = images[0]
     return Package(path=path, sha256=sha256_file(path), files=tuple(files), hashes=hashes,
                    tosca_meta=meta, manifest=manifest, manifest_metadata=metadata,
                    signed=signed, signature_verified=verified, appd_path=appd_path,
                    appd=appd, app_d_id=info["app_d_id"], manner=info["manner"],
                    image=image, compute=info["compute"], storage=tuple(info["storage"]),
-                   limits=limits)
+                   limits=limits, images=images)
