@@ -129,6 +129,20 @@ class Inventory:
                                f"{need.vcpu:g} vCPU, {need.memory_mb} MB, {need.disk_gb:g} GB "
                                f"({'; '.join(reasons)})")
 
+    def promised(self, host_id: str, used: Need | None) -> Need:
+        """What the host has promised: `used` (instances in the store) plus
+        the deploys in flight there."""
+        cpu, mem, disk = (used.vcpu, used.memory_mb, used.disk_gb) if used else (0.0, 0, 0.0)
+        with self._lock:
+            for hid, n in self._inflight.values():
+                if hid == host_id:
+                    cpu, mem, disk = cpu + n.vcpu, mem + n.memory_mb, disk + n.disk_gb
+        return Need(cpu, mem, disk)
+
+    @property
+    def cpu_allocation_ratio(self) -> float:
+        return self._ratio
+
     def release(self, instance_id: str) -> None:
         with self._lock:
             self._inflight.pop(instance_id, None)

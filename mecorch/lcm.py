@@ -99,27 +99,7 @@ class Lcm:
         app_d_id = validate.ident(body.get("appDId"), "appDId")
         pkg = self.packages.usable(app_d_id)
         iid = new_id()
-        href = f"{LCM}/app_instances/{iid}"
-        appd = pkg["_appd"]
-        doc = {
-            "id": iid,
-            "appInstanceName": validate.text(body.get("appInstanceName") or appd["appName"],
-                                             "appInstanceName"),
-            "appInstanceDescription": validate.text(
-                body.get("appInstanceDescription") or appd.get("appDescription") or "-",
-                "appInstanceDescription", 1024),
-            "appDId": app_d_id,
-            "appProvider": appd["appProvider"],
-            "appName": appd["appName"],
-            "appSoftVersion": appd["appSoftVersion"],
-            "appDVersion": appd["appDVersion"],
-            "appPkgId": pkg["id"],
-            "instantiationState": InstantiationState.NOT_INSTANTIATED.value,
-            "_links": {"self": {"href": href},
-                       "instantiate": {"href": f"{href}/instantiate"},
-                       "terminate": {"href": f"{href}/terminate"},
-                       "operate": {"href": f"{href}/operate"}},
-        }
+        doc = new_instance_doc(iid, body, pkg)
         with self.store.transaction():
             self.store.put("instances", iid, doc)
             if key:
@@ -184,11 +164,11 @@ class Lcm:
             # itself goes to the app's environment, never into the journal.
             app_token, app_token_digest = self.mep.new_app_token()
             traffic, dns = self.mep.initial_rules(pkg["_appd"], body)
-            wanted = _selected_hosts(body)
+            wanted = selected_hosts(body)
             need = Need(request.vcpu, request.memory_mb,
                         request.disk_gb + sum(v.size_gb for v in request.volumes))
             host = self.inventory.reserve(instance_id, choice.manner, need, wanted,
-                                          self._used_by_host())
+                                          self.used_by_host())
             try:
                 op = self.journal.start(instance_id, LcmOperation.INSTANTIATE, {
                     "hostId": host.id, "manner": choice.manner.value,
@@ -265,16 +245,7 @@ class Lcm:
 
     # ------------------------------------------------------------ terminate
     def terminate(self, instance_id: str, body: dict) -> dict:
-        if not isinstance(body, dict):
-            raise InvalidInput("body must be a TerminateAppRequest object")
-        try:
-            kind = TerminationType(body.get("terminationType"))
-        except ValueError:
-            raise InvalidInput("terminationType must be GRACEFUL or FORCEFUL") from None
-        timeout = body.get("gracefulTerminationTimeout", self.default_graceful_s)
-        timeout = validate.integer(timeout, "gracefulTerminationTimeout", 0, 3600)
-        if kind is TerminationType.FORCEFUL:
-            timeout = 0
+        kind, timeout = parse_terminate(body, self.default_graceful_s)
         with self._exclusive(instance_id):
             inst = self.get(instance_id)
             if inst["instantiationState"] != InstantiationState.INSTANTIATED.value:
@@ -329,17 +300,7 @@ class Lcm:
 
     # ------------------------------------------------------------ operate
     def operate(self, instance_id: str, body: dict) -> dict:
-        if not isinstance(body, dict):
-            raise InvalidInput("body must be an OperateAppRequest object")
-        try:
-            to = InstanceOperationalState(body.get("changeStateTo"))
-        except ValueError:
-            raise InvalidInput("changeStateTo must be STARTED or STOPPED") from None
-        graceful = body.get("stopType", "GRACEFUL")
-        if graceful not in ("GRACEFUL", "FORCEFUL"):
-            raise InvalidInput("stopType must be GRACEFUL or FORCEFUL")
-        timeout = validate.integer(body.get("gracefulStopTimeout", self.default_graceful_s),
-                                   "gracefulStopTimeout", 0, 3600)
+        to, graceful, timeout = parse_operate(body, self.default_graceful_s)
         with self._exclusive(instance_id):
             inst = self.get(instance_id)
             if inst["instantiationState"] != InstantiationState.INSTANTIATED.value:
@@ -467,7 +428,8 @@ class Lcm:
         with self._busy_lock:
             self._busy.discard(instance_id)
 
-    def _used_by_host(self) -> dict[str, Need]:
+    def used_by_host(self) -> dict[str, Need]:
+        """Per host, what INSTANTIATED instances in the store hold."""
         used: dict[str, Need] = {}
         for inst in self.store.list("instances",
                                     instantiationState=InstantiationState.INSTANTIATED.value):
@@ -480,7 +442,62 @@ class Lcm:
         return used
 
 
-def _selected_hosts(body: dict) -> list[str]:
+def parse_terminate(body, default_s: int) -> tuple[TerminationType, int]:
+    """TerminateAppRequest -> (kind, graceful timeout; 0 when FORCEFUL)."""
+    if not isinstance(body, dict):
+        raise InvalidInput("body must be a TerminateAppRequest object")
+    try:
+        kind = TerminationType(body.get("terminationType"))
+    except ValueError:
+        raise InvalidInput("terminationType must be GRACEFUL or FORCEFUL") from None
+    timeout = validate.integer(body.get("gracefulTerminationTimeout", default_s),
+                               "gracefulTerminationTimeout", 0, 3600)
+    return kind, 0 if kind is TerminationType.FORCEFUL else timeout
+
+
+def parse_operate(body, default_s: int) -> tuple[InstanceOperationalState, str, int]:
+    """OperateAppRequest -> (target state, stop type, graceful stop timeout)."""
+    if not isinstance(body, dict):
+        raise InvalidInput("body must be an OperateAppRequest object")
+    try:
+        to = InstanceOperationalState(body.get("changeStateTo"))
+    except ValueError:
+        raise InvalidInput("changeStateTo must be STARTED or STOPPED") from None
+    graceful = body.get("stopType", "GRACEFUL")
+    if graceful not in ("GRACEFUL", "FORCEFUL"):
+        raise InvalidInput("stopType must be GRACEFUL or FORCEFUL")
+    timeout = validate.integer(body.get("gracefulStopTimeout", default_s),
+                               "gracefulStopTimeout", 0, 3600)
+    return to, graceful, timeout
+
+
+def new_instance_doc(iid: str, body: dict, pkg: dict) -> dict:
+    """A NOT_INSTANTIATED AppInstanceInfo for CreateAppInstanceRequest `body`
+    of package `pkg` (the MEO's and the MEPM's records alike)."""
+    href = f"{LCM}/app_instances/{iid}"
+    appd = pkg["_appd"]
+    return {
+        "id": iid,
+        "appInstanceName": validate.text(body.get("appInstanceName") or appd["appName"],
+                                         "appInstanceName"),
+        "appInstanceDescription": validate.text(
+            body.get("appInstanceDescription") or appd.get("appDescription") or "-",
+            "appInstanceDescription", 1024),
+        "appDId": pkg["appDId"],
+        "appProvider": appd["appProvider"],
+        "appName": appd["appName"],
+        "appSoftVersion": appd["appSoftVersion"],
+        "appDVersion": appd["appDVersion"],
+        "appPkgId": pkg["id"],
+        "instantiationState": InstantiationState.NOT_INSTANTIATED.value,
+        "_links": {"self": {"href": href},
+                   "instantiate": {"href": f"{href}/instantiate"},
+                   "terminate": {"href": f"{href}/terminate"},
+                   "operate": {"href": f"{href}/operate"}},
+    }
+
+
+def selected_hosts(body: dict) -> list[str]:
     """Host ids named in selectedMECHostInfo (MECHostInformation.hostId is
     KeyValuePairs in the spec; mecorch reads {"id": ...} or a plain string)."""
     infos = body.get("selectedMECHostInfo") or []

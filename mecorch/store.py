@@ -26,6 +26,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "subscriptions": ("appInstanceId",),
     "idempotency": ("resource",),
     "rules": ("hostId",),
+    "hosts": (),                # an MEO's registered edge hosts
 }
 
 
