@@ -80,10 +80,10 @@ def format_tosca_meta(entry_definitions: str, manifest: str) -> str:
             f"ETSI-Entry-Manifest: {manifest}\n")
 
 
-def parse_tosca_meta(data: bytes) -> dict[str, str]:
-    """Block 0 of TOSCA.meta as a dict; Entry-Definitions and
-    ETSI-Entry-Manifest are required and must be safe member names."""
-    what = META_PATH
+def meta_block(data: bytes, what: str) -> dict[str, str]:
+    """Block 0 of a TOSCA.meta-style file ('Key: Value' lines up to the
+    first blank line) as a dict; later blocks (Name/Content-Type) are not
+    used."""
     meta: dict[str, str] = {}
     for n, key, value in _key_values(_decode(data, what), what):
         if not key:
@@ -93,17 +93,31 @@ def parse_tosca_meta(data: bytes) -> dict[str, str]:
         if key in meta:
             raise InvalidInput(f"{what} line {n}: {key} appears twice")
         meta[key] = value
-    for key in ("TOSCA-Meta-File-Version", "CSAR-Version", "Created-By",
-                "Entry-Definitions", "ETSI-Entry-Manifest"):
+    return meta
+
+
+def parse_tosca_meta(data: bytes) -> dict[str, str]:
+    """Block 0 of TOSCA.meta as a dict. Entry-Definitions is required;
+    ETSI-Entry-Manifest (SOL004 2.6 and later, and mecorch's own packages)
+    is optional: without it the reader looks for the manifest at the root
+    (reader.find_manifest). Both must be safe member names."""
+    what = META_PATH
+    meta = meta_block(data, what)
+    # Created-By is TOSCA's too, but EdgeGallery writes "Created-by": the
+    # keyname case is not what makes a package trustworthy.
+    if not meta.get("Created-By") and meta.get("Created-by"):
+        meta["Created-By"] = meta.pop("Created-by")
+    for key in ("TOSCA-Meta-File-Version", "CSAR-Version", "Created-By", "Entry-Definitions"):
         if not meta.get(key):
             raise InvalidInput(f"{what}: {key} is missing")
     if meta["TOSCA-Meta-File-Version"] not in ("1.0", "1.1"):
         raise InvalidInput(f"{what}: TOSCA-Meta-File-Version "
                            f"{meta['TOSCA-Meta-File-Version']!r} is not supported (1.0, 1.1)")
     check_member_name(meta["Entry-Definitions"], f"{what} Entry-Definitions")
-    check_member_name(meta["ETSI-Entry-Manifest"], f"{what} ETSI-Entry-Manifest")
-    if not meta["ETSI-Entry-Manifest"].endswith(".mf"):
-        raise InvalidInput(f"{what}: ETSI-Entry-Manifest must name a .mf file")
+    if "ETSI-Entry-Manifest" in meta:
+        check_member_name(meta["ETSI-Entry-Manifest"], f"{what} ETSI-Entry-Manifest")
+        if not meta["ETSI-Entry-Manifest"].endswith(".mf"):
+            raise InvalidInput(f"{what}: ETSI-Entry-Manifest must name a .mf file")
     return meta
 
 
