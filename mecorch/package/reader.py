@@ -39,7 +39,7 @@ from ..states import DeploymentType
 from ..yamlsafe import MAX_YAML_BYTES, load_yaml
 from . import appd as appd_mod
 from . import tosca_appd
-from .archive import (CHUNK, DEFAULT_LIMITS, ArchiveLimits, check_member_name, hash_member,
+from .archive import (DEFAULT_LIMITS, ArchiveLimits, check_member_name, hash_member,
                       member_files, open_zip, open_zip_file, read_member, stream_member)
 from .meta import (META_PATH, SIGNATURE_SUFFIX, meta_block, parse_manifest, parse_tosca_meta,
                    verify_signature)
@@ -205,7 +205,7 @@ def _image(zf, sw: dict, manner: DeploymentType, hashes: dict[str, str],
     TOSCA AppD or SwImageDesc.json gives, in any algorithm it may use."""
     common = dict(id=sw["id"], name=sw["name"], version=sw["version"],
                   container_format=sw["containerFormat"], disk_format=sw["diskFormat"],
-                  min_disk_gb=sw.get("minDisk"), min_ram_mb=sw.get("minRam"))
+                  min_disk_gb=sw.get("minDisk"), min_ram_mb=sw.get("minRam"), manner=manner)
     nested = _nested_location(sw["swImage"], hashes)
     if nested:
         return _nested_image(zf, nested, sw, manner, hashes, declared, work, limits, common)
@@ -404,10 +404,19 @@ def open_package(zip_path: str | os.PathLike, trusted_key: str | os.PathLike | b
         info = appd_mod.validate_appd(appd)
         image, nested = _image(zf, info["sw_image"], info["manner"], hashes, declared, work,
                                limits)
+        images = [image]
+        for other in info["images"][1:]:    # a dual-format app's image of the other manner
+            more, inside = _image(zf, other["sw_image"], other["manner"], hashes, None, work,
+                                  limits)
+            if inside:
+                raise InvalidInput("swImageDescriptor[1].swImage: the second image of a "
+                                   "dual-format app must be a file of the package, not "
+                                   "inside a zip")
+            images.append(more)
     return Package(path=path, sha256=sha256_file(path), files=tuple(files), hashes=hashes,
                    tosca_meta=meta, manifest=manifest, manifest_metadata=metadata,
                    signed=signed, signature_verified=verified, appd_path=appd_path,
                    appd=appd, app_d_id=info["app_d_id"], manner=info["manner"],
                    image=image, compute=info["compute"], storage=tuple(info["storage"]),
                    limits=limits, layout=layout, appd_format=appd_format,
-                   image_nested=nested)
+                   image_nested=nested, images=tuple(images))
