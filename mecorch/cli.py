@@ -10,7 +10,7 @@ import signal
 import sys
 
 from . import __version__, config
-from .errors import MecorchError
+from .errors import InvalidInput, MecorchError
 
 FILTER_HELP = """\
 filter syntax (ETSI MEC 009 / NFV-SOL 013 attribute filters):
@@ -59,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
                         "(default: mecorch at INFO, libraries at WARNING)")
     s.add_argument("--log-format", choices=("text", "json"), default="text",
                    help="text lines (default) or one JSON object per line")
+    s.add_argument("--role", choices=("all", "meo", "mepm"),
+                   help="all: one node, MEO and MEPM in one process (default: the config's "
+                        "`role`); meo: the system level, placing instances on the MEPMs of "
+                        "meo.mepms and those that register; mepm: one edge host's MEPM")
     sub.add_parser("doctor", help="check every configured backend for real")
     d = sub.add_parser("demo", help="onboard, deploy, reach and terminate the sample apps")
     d.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:8080",
@@ -157,7 +161,8 @@ def _run(args) -> int:
         from . import doctor
         return doctor.main(cfg)
     if args.command == "serve":
-        return serve(cfg, args.listen or cfg["api"]["listen"], args.verbose, args.log_format)
+        return serve(cfg, args.listen or cfg["api"]["listen"], args.verbose, args.log_format,
+                     args.role or cfg.get("role", "all"))
     if args.command == "demo":
         from . import demo
         return demo.main(cfg, args.listen)
@@ -173,21 +178,73 @@ def _run(args) -> int:
     return getattr(commands, f"{args.command}_{args.action}")(client, args)
 
 
-def serve(cfg: dict, listen: str, verbose: int = 0, log_format: str = "text") -> int:
+def serve(cfg: dict, listen: str, verbose: int = 0, log_format: str = "text",
+          role: str = "all") -> int:
     from . import logs
-    from .api import make_server
-    from .orchestrator import Orchestrator
     logs.setup(verbose, log_format)
+    if role == "meo":
+        return _serve_meo(cfg, listen)
+    from .api import make_server, serve_app_networks, status
+    from .mepm.lease import HostLease
+    from .mepm.register import Registration
+    from .orchestrator import Orchestrator
+    if role == "mepm" and len(cfg["hosts"]) != 1:
+        raise InvalidInput(f"an MEPM serves exactly one edge host; the config's hosts list "
+                           f"has {len(cfg['hosts'])}")
+    # One owner per host id: taken before anything is reconciled, so a
+    # second mecorch never reads the first one's objects as orphans.
+    lease = HostLease(cfg["state_dir"], listen)
+    lease.acquire([h["id"] for h in cfg["hosts"]])
     orch = Orchestrator(cfg)
+    registration = None
     try:
-        server = make_server(orch, listen)
+        server = make_server(orch, listen, role)
         orch.recover()
+        # Mp1 and DNS where apps look: their networks' gateways (issue 12)
+        app_servers = serve_app_networks(orch, server.server_address[1])
+        orch.mep.serve_dns_everywhere()
         orch.start_background()         # periodic reconciliation
+        status.for_orchestrator(orch).start()      # backend probes, metrics
         # SIGTERM ends the process like Ctrl-C: finish the request, close.
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         host, port = server.server_address[:2]
-        logs.event("serve.start", url=f"http://{host}:{port}", pid=os.getpid(),
+        logs.event("serve.start", url=f"http://{host}:{port}", pid=os.getpid(), role=role,
                    hosts=",".join(orch.inventory.hosts))
+        if role == "mepm" and (cfg.get("mepm") or {}).get("meo_url"):
+            registration = Registration(cfg, server)
+            registration.start()
+        try:
+            server.serve_forever(poll_interval=0.2)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+            for app_server in app_servers:
+                app_server.shutdown()
+                app_server.server_close()
+    finally:
+        if registration is not None:
+            registration.stop()
+        status.for_orchestrator(orch).stop()
+        orch.close()
+        lease.release()
+        logs.event("serve.stop", pid=os.getpid())
+    return 0
+
+
+def _serve_meo(cfg: dict, listen: str) -> int:
+    from . import logs
+    from .api import make_server
+    from .meo.orchestrator import MeoOrchestrator
+    meo = MeoOrchestrator(cfg)
+    try:
+        server = make_server(meo, listen, "meo")
+        meo.recover()
+        meo.start_background()          # heartbeat, resync
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        host, port = server.server_address[:2]
+        logs.event("serve.start", url=f"http://{host}:{port}", pid=os.getpid(), role="meo",
+                   hosts=",".join(e.host_id for e in meo.registry.entries()))
         try:
             server.serve_forever(poll_interval=0.2)
         except KeyboardInterrupt:
@@ -195,7 +252,7 @@ def serve(cfg: dict, listen: str, verbose: int = 0, log_format: str = "text") ->
         finally:
             server.server_close()
     finally:
-        orch.close()
+        meo.close()
         logs.event("serve.stop", pid=os.getpid())
     return 0
 

@@ -41,6 +41,9 @@ BOOL = ("true or false", lambda v: isinstance(v, bool))
 STRS = ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
 LIST = ("a list", lambda v: isinstance(v, list))          # of mappings: see its "[]" rows
 MAP = ("a mapping", lambda v: isinstance(v, dict))
+# appDId -> manner preference; its keys are app ids, so not schema rows
+PREFS = ("a mapping of appDId to container or vm", lambda v: isinstance(v, dict) and all(
+    isinstance(k, str) and x in ("container", "vm") for k, x in v.items()))
 
 ABSENT = object()       # an optional key with no default: not in DEFAULT
 REQUIRED = object()     # an item key that must be given (in list items)
@@ -89,17 +92,28 @@ KEYS: list[Key] = [
     _k("orchestrator.trusted_key", STR, None, "PEM public key packages must be signed with",
        nullable=True),
     _k("orchestrator.max_package_bytes", INT, 2147483648, "largest app package accepted"),
+    _k("orchestrator.health_interval_s", NUMBER, 15, "probe every backend this often"),
+    _k("orchestrator.prefer", STR, None, "manner a dual-format app gets when both fit",
+       nullable=True, choices=("container", "vm")),
+    _k("orchestrator.prefer_by_app", PREFS, {}, "the same, per appDId (wins over prefer)"),
 
     _k("meo", MAP, {}, "role meo: the MEPMs this MEO places instances on"),
     _k("meo.mepms", LIST, [], "MEPMs known from the configuration"),
+    _k("meo.mepms[].id", STR, REQUIRED, "the host id the MEPM serves (checked)"),
     _k("meo.mepms[].url", STR, REQUIRED, "base URL of the MEPM's API"),
     _k("meo.mepms[].token_file", STR, None, "bearer token to call it with", nullable=True),
     _k("meo.mepms[].ca_file", STR, None, "CA to check its TLS certificate", nullable=True),
-    _k("meo.heartbeat_s", NUMBER, 10, "ask each MEPM this often whether it is alive"),
+    _k("meo.heartbeat_s", NUMBER, 2, "ask each MEPM this often whether it is alive"),
+    _k("meo.unreachable_after", INT, 2, "missed heartbeats in a row: UNREACHABLE"),
+    _k("meo.request_timeout_s", NUMBER, 10, "wait this long for an MEPM's answer"),
+    _k("meo.sync_s", NUMBER, 10, "refresh the hosts' instance states this often"),
+    _k("meo.op_timeout_s", NUMBER, 3600, "an operation a host has not ended by then fails"),
 
     _k("mepm", MAP, {}, "role mepm: the MEO this MEPM registers with"),
     _k("mepm.meo_url", STR, None, "base URL of the MEO", nullable=True),
     _k("mepm.meo_token_file", STR, None, "bearer token to call the MEO with", nullable=True),
+    _k("mepm.advertise_url", STR, None, "URL the MEO reaches this MEPM at (registration)",
+       nullable=True),
     _k("mepm.latency_ms", NUMBER, None, "latency this host declares (AppD appLatency)",
        nullable=True),
 

@@ -66,7 +66,7 @@ def test_choices_refused_with_closest(tmp_path):
 
 def test_required_item_key(tmp_path):
     with pytest.raises(InvalidInput, match=r"meo.mepms\[0\] needs 'url'"):
-        config.load(write(tmp_path, "meo: {mepms: [{token_file: /t}]}\n"))
+        config.load(write(tmp_path, "meo: {mepms: [{id: e1, token_file: /t}]}\n"))
 
 
 def test_host_entry_inherits_default_host_keys_for_named_roles(tmp_path):

@@ -6,13 +6,14 @@ ETSI files it refers to at /openapi/etsi/{name})."""
 from __future__ import annotations
 
 import ipaddress
+import ssl
 from importlib import resources
 from pathlib import Path
 
 from ..errors import InvalidInput, NotFound
 from ..orchestrator import Orchestrator
 from .http import PUBLIC, ApiServer, Request, Response, Router
-from . import routes
+from . import routes, status
 
 _OPENAPI_DIR = resources.files("mecorch").joinpath("openapi")
 
@@ -48,17 +49,90 @@ def load_tokens(cfg: dict, host: str) -> set[str]:
     return tokens
 
 
-def make_server(orch: Orchestrator, listen: str) -> ApiServer:
+def make_server(orch: Orchestrator, listen: str, role: str = "all") -> ApiServer:
     host, port = parse_listen(listen)
     tokens = load_tokens(orch.cfg, host)
-    return ApiServer((host, port), make_router(orch), int(orch.cfg["api"]["max_body_bytes"]),
-                     tokens, orch.mep.app_token_owner)
+    tls = _tls_context(orch.cfg, host, role)
+    server = ApiServer((host, port), make_router(orch), int(orch.cfg["api"]["max_body_bytes"]),
+                       tokens, orch.mep.app_token_owner if orch.mep is not None else None)
+    if tls is not None:
+        # The handshake happens on the first read, in the connection's own
+        # thread under its timeout: a slow client never stalls accept().
+        server.socket = tls.wrap_socket(server.socket, server_side=True,
+                                        do_handshake_on_connect=False)
+    return server
+
+
+def _tls_context(cfg: dict, host: str, role: str) -> ssl.SSLContext | None:
+    """TLS from api.tls_cert / api.tls_key. An MEPM off loopback must have
+    it: its MEO sends it bearer tokens and app packages over the network."""
+    cert, key = cfg["api"].get("tls_cert"), cfg["api"].get("tls_key")
+    if not cert:
+        if role == "mepm" and not ipaddress.ip_address(host).is_loopback:
+            raise InvalidInput(f"an MEPM listening on {host} needs api.tls_cert and "
+                               "api.tls_key (its MEO sends tokens and packages over the network)")
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert, key or None)
+    except (OSError, ssl.SSLError) as e:
+        raise InvalidInput(f"cannot load api.tls_cert {cert} / api.tls_key {key}: {e}") from None
+    return ctx
+
+
+def serve_app_networks(orch: Orchestrator, port: int) -> list[ApiServer]:
+    """Serve Mp1 on every app network's gateway address too (issue 12), on
+    the northbound API's port, so an app reaches it from its own network.
+    Only the Mp1 routes, and only with an app's own token (an operator
+    token that nobody holds closes them to everyone else). Each server runs
+    in a daemon thread; the caller shuts them down. A gateway that cannot be
+    bound is logged and left out (its apps are told the listen address)."""
+    import logging
+    import secrets
+    import threading
+    from ..mep import MP1
+
+    class Mp1Only(Router):
+        def add(self, method, pattern, *args, **kw):
+            if pattern.startswith(MP1 + "/"):
+                super().add(method, pattern, *args, **kw)
+
+    router = Mp1Only()
+    routes.install(router, orch)
+    if getattr(orch, "role", "all") == "meo":
+        from ..meo import routes as host_routes
+    else:
+        from ..mepm import routes as host_routes
+    host_routes.install(router, orch)
+    nobody = {secrets.token_urlsafe(32)}
+    servers = []
+    orch.mep.mp1_port = port
+    for gateway in orch.mep.app_gateways():
+        try:
+            server = ApiServer((gateway, port), router, int(orch.cfg["api"]["max_body_bytes"]),
+                               nobody, orch.mep.app_token_owner)
+        except OSError as e:
+            logging.getLogger("mecorch.api").warning("Mp1 not served on %s:%s: %s",
+                                                     gateway, port, e.strerror)
+            continue
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                         name=f"mp1-{gateway}", daemon=True).start()
+        orch.mep.mp1_gateways.add(gateway)
+        servers.append(server)
+    return servers
 
 
 def make_router(orch: Orchestrator) -> Router:
     """Every route the server answers: the ETSI APIs and the OpenAPI documents."""
     router = Router()
     routes.install(router, orch)
+    if getattr(orch, "role", "all") == "meo":
+        from ..meo import routes as host_routes
+    else:
+        from ..mepm import routes as host_routes
+    host_routes.install(router, orch)
+    status.install(router, orch)        # /metrics, /healthz, /readyz, /status
     # The published documents need no token (their `security: [{}]`).
     router.add("GET", "/openapi.yaml", _openapi, PUBLIC)
     # The same document where its relative $refs (etsi/...) resolve.
@@ -83,4 +157,4 @@ def _etsi_file(req: Request) -> Response:
     return Response(200, folder.joinpath(name).read_bytes(), content_type=ctype)
 
 
-__all__ = ["make_server", "make_router", "parse_listen"]
+__all__ = ["make_server", "make_router", "parse_listen", "serve_app_networks"]

@@ -51,7 +51,7 @@ def install(r: Router, o: Orchestrator) -> None:
         return Response(200, pk.modify(req.params["id"], req.json()))
 
     def delete_package(req: Request) -> Response:
-        gone = pk.delete(req.params["id"])
+        gone = pk.delete(req.params["id"], req.query)
         return Response(204) if gone else Response(202)
 
     def appd(req: Request) -> Response:
@@ -120,6 +120,8 @@ def install(r: Router, o: Orchestrator) -> None:
           lambda req: Response(200, lcm.op(req.params["id"])))
 
     # ---------------------------------------------------------------- Mp1
+    if mep is None:
+        return                  # an MEO: apps talk to their own host's MEPM
     # APP: an app may call these with its own Mp1 token, for itself only.
     app = f"{MP1}/applications/{{app}}"
 

@@ -1,0 +1,532 @@
+"""App lifecycle at the system level (the MEO's Mm1 app_lcm for the OSS).
+
+The MEO keeps the OSS's instance resources and op occurrences; the work is
+done by the MEPM of the host each instance is placed on, reached through
+the MEPM contract. An instantiate:
+
+1. decides the manner and the resource needs (the same pure code as a
+   host), places the instance (`placement.place`) and reserves its needs
+   in the registry until the host's own ledger holds them;
+2. journals the op occurrence, then, as recorded steps: makes the package
+   onboarded on the host (on first use), creates the host's instance
+   resource, dispatches the host's instantiate, and follows the host's op
+   occurrence to its end, copying what was allocated.
+
+Every call to a host carries an idempotency key derived from the MEO's own
+ids, and every step is journalled, so the same function finishes an
+operation after a broken link or an MEO restart: a retried create or
+instantiate returns what the first made, never a second instance. While a
+host is UNREACHABLE its operations stay PROCESSING; when it returns the
+registry's resync resumes them and they end as the host ended them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from .. import decision, validate
+from ..errors import (BackendUnavailable, Conflict, InvalidInput, MecorchError, NotFound,
+                      Timeout)
+from ..hosts import Need
+from ..journal import Journal
+from ..lcm import new_instance_doc, parse_operate, parse_terminate, selected_hosts
+from ..decision import HostFacts
+from ..states import DeploymentType, InstantiationState, LcmOperation, OperationState
+from ..store import Store
+from ..timeutil import new_id, public
+from . import placement
+from .registry import UNREACHABLE, HostEntry, Registry
+
+log = logging.getLogger("mecorch.meo.lcm")
+INSTANTIATED = InstantiationState.INSTANTIATED.value
+NOT_INSTANTIATED = InstantiationState.NOT_INSTANTIATED.value
+# What the MEO copies from the host's AppInstanceInfo (the host is the
+# truth for what runs on it).
+_FROM_HOST = ("instantiationState", "instantiatedAppState", "deploymentType",
+              "allocatedResources", "observedState")
+_DEPLOYED = ("instantiatedAppState", "hostId", "deploymentType", "allocatedResources",
+             "observedState", "_remote")
+
+
+class HostAway(Exception):
+    """The host of an operation stopped answering: leave the op PROCESSING
+    for the resync."""
+
+
+class SystemLcm:
+    def __init__(self, store: Store, packages, registry: Registry, cfg: dict,
+                 workers: int = 16):
+        self.store = store
+        self.packages = packages
+        self.registry = registry
+        self.journal = Journal(store)
+        self.default_graceful_s = int(cfg["orchestrator"]["graceful_timeout_s"])
+        self.orchestrator_cfg = cfg["orchestrator"]
+        meo = cfg.get("meo") or {}
+        self.op_timeout_s = float(meo.get("op_timeout_s", 3600))
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="meo-lcm")
+        self._busy: set[str] = set()           # instances with an operation here
+        self._live: set[str] = set()           # op occurrences a worker is on
+        self._lock = threading.Lock()
+        self._place_lock = threading.Lock()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    # ---------------------------------------------------------------- queries
+    def get(self, instance_id: str) -> dict:
+        doc = self.store.get("instances", instance_id)
+        if doc is None:
+            raise NotFound(f"app instance {instance_id!r} does not exist")
+        return doc
+
+    def view(self, doc: dict) -> dict:
+        return public(doc)
+
+    def list(self) -> list[dict]:
+        return [public(d) for d in self.store.list("instances")]
+
+    def op(self, op_id: str) -> dict:
+        doc = self.store.get("op_occs", op_id)
+        if doc is None:
+            raise NotFound(f"LCM operation occurrence {op_id!r} does not exist")
+        return public(doc)
+
+    def ops(self) -> list[dict]:
+        return [public(d) for d in self.store.list("op_occs")]
+
+    # ---------------------------------------------------------------- create / delete
+    def create(self, body: dict, idempotency_key: str | None = None) -> dict:
+        if not isinstance(body, dict):
+            raise InvalidInput("body must be a CreateAppInstanceRequest object")
+        key = f"create|{validate.text(idempotency_key, 'Idempotency-Key', 128)}" \
+            if idempotency_key else None
+        if key:
+            seen = self.store.get("idempotency", key)
+            if seen:
+                return public(self.get(seen["resource"]))
+        pkg = self.packages.usable(validate.ident(body.get("appDId"), "appDId"))
+        iid = new_id()
+        doc = new_instance_doc(iid, body, pkg)
+        with self.store.transaction():
+            self.store.put("instances", iid, doc)
+            if key:
+                self.store.put("idempotency", key, {"resource": iid})
+        return public(doc)
+
+    def delete(self, instance_id: str) -> None:
+        with self._exclusive(instance_id):
+            doc = self.get(instance_id)
+            self._no_unfinished_op(instance_id)
+            if doc["instantiationState"] != NOT_INSTANTIATED:
+                raise Conflict(f"app instance {instance_id} is INSTANTIATED: terminate it first")
+            remote = doc.get("_hostInstance")
+            if remote:
+                # the host's (NOT_INSTANTIATED) resource goes first: a host
+                # that is away keeps the MEO's record, to be deleted again
+                self.registry.get(remote["hostId"]).mepm.delete_instance(remote["id"])
+            self.store.delete("instances", instance_id)
+
+    # ---------------------------------------------------------------- instantiate
+    def instantiate(self, instance_id: str, body: dict,
+                    idempotency_key: str | None = None) -> dict:
+        if not isinstance(body, dict):
+            raise InvalidInput("body must be an InstantiateAppRequest object")
+        key = fingerprint = None
+        if idempotency_key:
+            key = (f"instantiate|{instance_id}|"
+                   f"{validate.text(idempotency_key, 'Idempotency-Key', 128)}")
+            fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True, default=str)
+                                         .encode()).hexdigest()
+            seen = self.store.get("idempotency", key)
+            if seen:
+                if seen.get("fingerprint") != fingerprint:
+                    raise Conflict("Idempotency-Key was already used with a different "
+                                   "request body")
+                return public(self.store.get("op_occs", seen["resource"]))
+        with self._exclusive(instance_id):
+            inst = self.get(instance_id)
+            self._no_unfinished_op(instance_id)
+            if inst["instantiationState"] != NOT_INSTANTIATED:
+                raise Conflict(f"app instance {instance_id} is already INSTANTIATED")
+            pkg = self.packages.usable(inst["appDId"])
+            wanted = selected_hosts(body)
+            recorded = pkg.get("_manners") or [pkg["_manner"]]
+            choice = decision.decide_manner(body, recorded,
+                                            self._chooser(instance_id, pkg, body, wanted))
+            # validates the whole request as the host will (400 here, not later)
+            request = decision.resource_request(instance_id, pkg["_appd"], choice.manner,
+                                                _image_of(pkg, choice.manner), body)
+            need = _need(request)
+            max_latency = _max_latency_ns(pkg["_appd"])
+            with self._place_lock:
+                accel = choice.manner is DeploymentType.VM and \
+                    decision.accel_required(pkg["_appd"])
+                host_id = placement.place(choice.manner, need, self.registry.candidates(),
+                                          wanted, max_latency, accel)
+                self.registry.reserve(host_id, instance_id, need)
+            try:
+                # the host decides the same manner: it is told it explicitly
+                host_body = {k: v for k, v in body.items()
+                             if k not in decision.TYPE_FIELDS and k != "selectedMECHostInfo"}
+                host_body["deploymentType"] = choice.manner.value
+                host_body["selectedMECHostInfo"] = [{"hostId": {"id": host_id}}]
+                op = self.journal.start(instance_id, LcmOperation.INSTANTIATE, {
+                    "hostId": host_id, "manner": choice.manner.value,
+                    "decidedBy": choice.source, "body": host_body, "pkgId": pkg["id"]})
+                op["decisionReason"] = choice.reason                # mecorch extension
+                self.store.put("op_occs", op["id"], op)
+                inst["_opId"] = op["id"]
+                self.store.put("instances", instance_id, inst)
+                if key:
+                    self.store.put("idempotency", key, {"resource": op["id"],
+                                                        "fingerprint": fingerprint})
+            except BaseException:
+                self.registry.unreserve(host_id, instance_id)
+                raise
+            self._busy.add(instance_id)
+            self._live.add(op["id"])
+        self._pool.submit(self._guarded, instance_id, self._run_instantiate, op)
+        return public(op)
+
+    def _chooser(self, instance_id: str, pkg: dict, body: dict, wanted: list[str]):
+        """The manner policy of a dual-format app whose request names none,
+        over what the hosts last reported (decision.choose_manner is pure)."""
+        appd = pkg["_appd"]
+
+        def choose(manners):
+            needs = {m: _need(decision.resource_request(instance_id, appd, m,
+                                                        _image_of(pkg, m), body))
+                     for m in manners}
+            accel = DeploymentType.VM in manners and decision.accel_required(appd)
+            facts = [_facts(c) for c in self.registry.candidates()
+                     if c.reachable and c.info and (not wanted or c.host_id in wanted)]
+            pref, source = decision.preference_for(self.orchestrator_cfg, pkg["appDId"])
+            return decision.choose_manner(manners, facts, pref, needs, accel,
+                                          source or "the configured preference")
+        return choose
+
+    def _run_instantiate(self, op: dict) -> None:
+        iid, plan = op["appInstanceId"], op["_plan"]
+        entry = self.registry.get(plan["hostId"])
+        mepm = entry.mepm
+        try:
+            if not self.journal.done(op, "package"):
+                pkg = self.packages.get(plan["pkgId"])
+                host_pkg = mepm.ensure_package(pkg, pkg["_zip"])
+                self.packages.record_host_copy(pkg["id"], entry.host_id, host_pkg)
+                self.journal.step(op, "package", id=host_pkg)
+            remote = self.journal.data(op, "created")
+            if remote is None:
+                inst = self.get(iid)
+                made = mepm.create_instance(
+                    {"appDId": inst["appDId"], "appInstanceName": inst["appInstanceName"],
+                     "appInstanceDescription": inst["appInstanceDescription"]},
+                    key=f"meo-{iid}")
+                remote = self.journal.step(op, "created", id=made["id"])["_steps"][-1]
+                inst = self.get(iid)
+                inst["_hostInstance"] = {"hostId": entry.host_id, "id": made["id"]}
+                self.store.put("instances", iid, inst)
+            sent = self.journal.data(op, "dispatched")
+            if sent is None:
+                host_op = mepm.instantiate(remote["id"], plan["body"], key=f"meo-{op['id']}")
+                sent = self.journal.step(op, "dispatched", opId=host_op["id"])["_steps"][-1]
+                self.registry.beat(entry)           # the host's ledger holds it now
+            self.registry.unreserve(entry.host_id, iid)
+            host_op = self._await(entry, sent["opId"])
+            if host_op["operationState"] != OperationState.COMPLETED.value:
+                raise _host_failure(entry.host_id, host_op)
+            inst = self.get(iid)
+            self._copy_host_view(inst, mepm.get_instance(remote["id"]), entry.host_id)
+            self.store.put("instances", iid, inst)
+            self.packages.refresh_usage(inst["appDId"])
+            self._free(iid)
+            self.journal.finish(op)
+        except HostAway:
+            log.warning("instantiate %s: host %s is away; the op stays PROCESSING until "
+                        "it returns", iid, entry.host_id)
+        except Exception as e:  # noqa: BLE001 - the op must end FAILED with the reason
+            self.registry.unreserve(entry.host_id, iid)
+            if isinstance(e, BackendUnavailable) and self.journal.done(op, "dispatched"):
+                return          # the host is going away: the resync ends it
+            err = e if isinstance(e, MecorchError) else _internal(e)
+            log.warning("instantiate %s on %s failed: %s", iid, entry.host_id, err.detail)
+            self._free(iid)
+            self.journal.finish(op, err)
+
+    # ---------------------------------------------------------------- terminate / operate
+    def terminate(self, instance_id: str, body: dict) -> dict:
+        parse_terminate(body, self.default_graceful_s)
+        return self._host_op(instance_id, LcmOperation.TERMINATE, body)
+
+    def operate(self, instance_id: str, body: dict) -> dict:
+        to, _, _ = parse_operate(body, self.default_graceful_s)
+        with self._lock:
+            inst = self.get(instance_id)
+        if inst.get("instantiatedAppState", {}).get("operationalState") == to.value:
+            raise Conflict(f"app instance {instance_id} is already {to.value}")
+        return self._host_op(instance_id, LcmOperation.OPERATE, body)
+
+    def _host_op(self, instance_id: str, operation: LcmOperation, body: dict) -> dict:
+        with self._exclusive(instance_id):
+            inst = self.get(instance_id)
+            self._no_unfinished_op(instance_id)
+            if inst["instantiationState"] != INSTANTIATED:
+                raise Conflict(f"app instance {instance_id} is NOT_INSTANTIATED")
+            remote = inst["_hostInstance"]
+            op = self.journal.start(instance_id, operation, {
+                "hostId": remote["hostId"], "hostInstance": remote["id"], "body": body})
+            inst["_opId"] = op["id"]
+            self.store.put("instances", instance_id, inst)
+            self._busy.add(instance_id)
+            self._live.add(op["id"])
+        self._pool.submit(self._guarded, instance_id, self._run_host_op, op)
+        return public(op)
+
+    def _run_host_op(self, op: dict) -> None:
+        iid, plan = op["appInstanceId"], op["_plan"]
+        entry = self.registry.get(plan["hostId"])
+        mepm = entry.mepm
+        terminate = op["lcmOperation"] == LcmOperation.TERMINATE.value
+        try:
+            sent = self.journal.data(op, "dispatched")
+            if sent is None:
+                host_op = self._dispatch(entry, plan, terminate)
+                if host_op is None:             # already done on the host
+                    host_op = {"operationState": OperationState.COMPLETED.value}
+                else:
+                    sent = self.journal.step(op, "dispatched", opId=host_op["id"])["_steps"][-1]
+            if sent is not None:
+                host_op = self._await(entry, sent["opId"])
+            if host_op["operationState"] != OperationState.COMPLETED.value:
+                raise _host_failure(entry.host_id, host_op)
+            inst = self.get(iid)
+            self._copy_host_view(inst, mepm.get_instance(plan["hostInstance"]), entry.host_id)
+            self.store.put("instances", iid, inst)
+            self.packages.refresh_usage(inst["appDId"])
+            self._free(iid)
+            self.journal.finish(op)
+        except HostAway:
+            log.warning("%s of %s: host %s is away; the op stays PROCESSING until it "
+                        "returns", op["lcmOperation"], iid, entry.host_id)
+        except Exception as e:  # noqa: BLE001
+            if isinstance(e, BackendUnavailable) and self.journal.done(op, "dispatched"):
+                return
+            err = e if isinstance(e, MecorchError) else _internal(e)
+            log.warning("%s of %s on %s failed: %s", op["lcmOperation"], iid, entry.host_id,
+                        err.detail)
+            self._free(iid)
+            self.journal.finish(op, err)
+
+    def _dispatch(self, entry: HostEntry, plan: dict, terminate: bool) -> dict | None:
+        """Start the host's operation. After a broken link the host may have
+        started it already (or even finished it): then follow that one."""
+        mepm, rid = entry.mepm, plan["hostInstance"]
+        try:
+            return (mepm.terminate if terminate else mepm.operate)(rid, plan["body"])
+        except Conflict:
+            running = [o for o in mepm.ops_of(rid)
+                       if o["operationState"] in ("STARTING", "PROCESSING")]
+            if running:
+                return running[-1]
+            view = mepm.get_instance(rid)
+            if terminate and (view is None or view["instantiationState"] == NOT_INSTANTIATED):
+                return None
+            raise
+
+    def _await(self, entry: HostEntry, host_op_id: str) -> dict:
+        """Follow the host's op occurrence to its end. Polls back off from
+        20 ms (a container deploy takes about half a second) to 500 ms."""
+        delay, deadline = 0.02, time.monotonic() + self.op_timeout_s
+        while True:
+            try:
+                host_op = entry.mepm.get_op(host_op_id)
+            except BackendUnavailable:
+                if entry.state == UNREACHABLE:
+                    raise HostAway() from None
+                host_op = {"operationState": "PROCESSING"}
+            if host_op is None:
+                raise MecorchError(f"edge host {entry.host_id!r} has no op occurrence "
+                                   f"{host_op_id} any more")
+            if host_op["operationState"] in ("COMPLETED", "FAILED", "ROLLED_BACK"):
+                return host_op
+            if time.monotonic() > deadline:
+                raise Timeout(f"edge host {entry.host_id!r}: op occurrence {host_op_id} "
+                              f"not ended after meo.op_timeout_s ({self.op_timeout_s:g} s)")
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+
+    def _copy_host_view(self, inst: dict, view: dict | None, host_id: str) -> None:
+        if view is None or view.get("instantiationState") != INSTANTIATED:
+            for k in _DEPLOYED:
+                inst.pop(k, None)
+            inst["instantiationState"] = NOT_INSTANTIATED
+            return
+        for k in _FROM_HOST:
+            if k in view:
+                inst[k] = view[k]
+            else:
+                inst.pop(k, None)
+        inst["hostId"] = host_id
+
+    # ---------------------------------------------------------------- resync
+    def resync(self, entry: HostEntry) -> list[str]:
+        """A host answered again (or the MEO started): take its instances'
+        state as the host has it, and resume the operations that were in
+        flight there. Nothing on the host is started or stopped."""
+        done = []
+        views = {v["id"]: v for v in entry.mepm.list_instances()}
+        for inst in self.store.list("instances"):
+            remote = inst.get("_hostInstance")
+            if not remote or remote["hostId"] != entry.host_id or self._is_busy(inst["id"]):
+                continue
+            if self.journal.in_progress(inst["id"]):
+                continue
+            before = {k: inst.get(k) for k in _FROM_HOST}
+            view = views.get(remote["id"])
+            if view is None:
+                if inst["instantiationState"] == INSTANTIATED:
+                    inst["observedState"] = "MISSING"       # the host lost it
+            else:
+                self._copy_host_view(inst, view, entry.host_id)
+            if {k: inst.get(k) for k in _FROM_HOST} != before:
+                self.store.put("instances", inst["id"], inst)
+                done.append(f"instance {inst['id']} resynced from host {entry.host_id}")
+        for op in self.journal.in_progress():
+            if op["_plan"].get("hostId") == entry.host_id and self._resume(op):
+                done.append(f"resumed {op['lcmOperation']} {op['id']} on host "
+                            f"{entry.host_id}")
+        return done
+
+    def recover(self) -> list[str]:
+        """At start: resume every operation a crash of the MEO interrupted
+        (on the hosts that answer; the others when they return). An op of a
+        host no longer registered ends FAILED."""
+        done = []
+        for op in self.journal.in_progress():
+            try:
+                entry = self.registry.get(op["_plan"]["hostId"])
+            except NotFound:
+                self.journal.finish(op, Conflict(f"edge host {op['_plan']['hostId']!r} is "
+                                                 "no longer registered"))
+                done.append(f"failed {op['lcmOperation']} {op['id']}: host gone")
+                continue
+            if entry.state != UNREACHABLE and self._resume(op):
+                done.append(f"resumed {op['lcmOperation']} {op['id']}")
+        return done
+
+    def _resume(self, op: dict) -> bool:
+        iid = op["appInstanceId"]
+        with self._lock:
+            if op["id"] in self._live or iid in self._busy:
+                return False
+            self._busy.add(iid)
+            self._live.add(op["id"])
+        op = self.store.get("op_occs", op["id"])
+        fn = self._run_instantiate if op["lcmOperation"] == LcmOperation.INSTANTIATE.value \
+            else self._run_host_op
+        self._pool.submit(self._guarded, iid, fn, op)
+        return True
+
+    # ---------------------------------------------------------------- locking
+    def _exclusive(self, instance_id: str):
+        lcm = self
+
+        class _Guard:
+            def __enter__(self):
+                lcm._lock.acquire()
+                if instance_id in lcm._busy:
+                    lcm._lock.release()
+                    raise Conflict(f"app instance {instance_id} has an operation in progress")
+                return self
+
+            def __exit__(self, *exc):
+                lcm._lock.release()
+                return False
+        return _Guard()
+
+    def _no_unfinished_op(self, instance_id: str) -> None:
+        """An op left PROCESSING while its host is away still owns the
+        instance: a second instantiate then could make a duplicate."""
+        for op in self.journal.in_progress(instance_id):
+            host = op["_plan"].get("hostId")
+            raise Conflict(f"app instance {instance_id} has an operation in progress "
+                           f"({op['id']}, on edge host {host!r}, which ends it when it "
+                           "answers again)")
+
+    def tick(self) -> None:
+        """Resume every unfinished operation whose host answers (after a
+        broken link, a host's return, an MEO restart)."""
+        for op in self.journal.in_progress():
+            try:
+                entry = self.registry.get(op["_plan"]["hostId"])
+            except NotFound:
+                continue
+            if entry.state != UNREACHABLE:
+                self._resume(op)
+
+    def _is_busy(self, instance_id: str) -> bool:
+        with self._lock:
+            return instance_id in self._busy
+
+    def _guarded(self, instance_id: str, fn, op: dict) -> None:
+        try:
+            fn(op)
+        finally:
+            with self._lock:
+                self._live.discard(op["id"])
+                # an op left PROCESSING (host away) keeps the instance held
+                # for the resync, through the journal, not this set
+                self._busy.discard(instance_id)
+
+    def _free(self, instance_id: str) -> None:
+        with self._lock:
+            self._busy.discard(instance_id)
+
+
+def _need(request) -> Need:
+    return Need(request.vcpu, request.memory_mb,
+                request.disk_gb + sum(v.size_gb for v in request.volumes))
+
+
+def _image_of(pkg: dict, manner: DeploymentType) -> str:
+    return (pkg.get("_imageOf") or {}).get(manner.value) or pkg.get("_image") or ""
+
+
+def _facts(c) -> HostFacts:
+    """HostFacts of one reported host: its cores, memory and disk are shared
+    by its containers and VMs, so its room is the least either reports."""
+    caps = c.info.manners
+    frees = [cap.free for cap in caps.values()]
+    vm = caps.get(DeploymentType.VM.value)
+    return HostFacts(c.host_id, DeploymentType.CONTAINER.value in caps, vm is not None,
+                     vm.accel if vm else "",
+                     max(min(f[0] for f in frees) - c.reserved.vcpu, 0.0) if frees else 0.0,
+                     max(min(f[1] for f in frees) - c.reserved.memory_mb, 0) if frees else 0,
+                     max(min(f[2] for f in frees) - c.reserved.disk_gb, 0.0) if frees else 0.0)
+
+
+def _max_latency_ns(appd: dict) -> int | None:
+    lat = appd.get("appLatency")
+    if isinstance(lat, dict) and isinstance(lat.get("maxLatency"), int):
+        return lat["maxLatency"]
+    return None
+
+
+def _host_failure(host_id: str, host_op: dict) -> MecorchError:
+    err = host_op.get("error") or {}
+    detail = err.get("detail") or f"the operation ended {host_op['operationState']}"
+    e = MecorchError(f"edge host {host_id!r}: {detail}")
+    e.status = int(err.get("status") or 500)
+    e.title = err.get("title") or e.title
+    return e
+
+
+def _internal(e: Exception) -> MecorchError:
+    log.exception("internal error")
+    return MecorchError(f"internal error: {type(e).__name__}: {e}")

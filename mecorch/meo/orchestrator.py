@@ -1,0 +1,78 @@
+"""The MEO (`mecorch serve --role meo`): its own store (packages, instance
+resources and op occurrences for the OSS, registered hosts), the host
+registry with its heartbeat, and the system-level LCM. It runs no backend
+of its own: every edge host is an MEPM reached through the MEPM contract."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from ..hosts import Inventory
+from ..store import Store
+from .lcm import SystemLcm
+from .packages import SystemPackages
+from .registry import REACHABLE, HostEntry, Registry
+
+log = logging.getLogger("mecorch.meo")
+
+
+class MeoOrchestrator:
+    role = "meo"
+    mep = None                  # no Mp1 here: apps talk to their host's MEPM
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.store = Store(Path(cfg["state_dir"]) / "meo.db")
+        # no edge host of its own: packages are verified and kept, not imported
+        self.packages = SystemPackages(self.store, Inventory({**cfg, "hosts": []}), cfg)
+        self.registry = Registry(self.store, cfg, on_return=self._host_returned)
+        self.packages.registry = self.registry
+        self.lcm = SystemLcm(self.store, self.packages, self.registry, cfg)
+        meo = cfg.get("meo") or {}
+        self.sync_s = float(meo.get("sync_s", 10))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _host_returned(self, entry: HostEntry) -> None:
+        for line in self.lcm.resync(entry) + self.packages.host_tasks(entry.host_id):
+            log.warning("resync: %s", line)
+
+    def recover(self) -> list[str]:
+        """Before serving: reach every host once, finish what the MEO's own
+        crash interrupted."""
+        self.registry.beat_all()
+        done = self.packages.recover()
+        for entry in self.registry.entries():
+            if entry.state == REACHABLE:
+                done += self.lcm.resync(entry)
+        done += self.lcm.recover()
+        for line in done:
+            log.warning("recovery: %s", line)
+        return done
+
+    def start_background(self) -> None:
+        self.registry.start()
+        self._thread = threading.Thread(target=self._sync_loop, name="meo-sync", daemon=True)
+        self._thread.start()
+
+    def _sync_loop(self) -> None:
+        """Every meo.sync_s: the hosts' view of their instances (observed
+        state) and the operations to resume; the heartbeat does the rest."""
+        while not self._stop.wait(self.sync_s):
+            try:
+                self.lcm.tick()
+                for entry in self.registry.entries():
+                    if entry.state == REACHABLE:
+                        self.lcm.resync(entry)
+            except Exception:           # noqa: BLE001 - the loop must survive anything
+                log.exception("sync round failed")
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self.registry.stop()
+        self.lcm.close()
+        self.store.close()

@@ -1,0 +1,264 @@
+"""The MEO's view of every edge host: which MEPMs it knows (from its config
+or from their registration), whether each answers, and what each last
+reported (manners, capacity, latency).
+
+A heartbeat asks every MEPM for its HostInfo every `meo.heartbeat_s`. A
+host that misses `meo.unreachable_after` heartbeats in a row is
+UNREACHABLE: placement leaves it out and the host list shows it. When it
+answers again it is resynced (its instances and the outcomes of the
+operations that were in flight) without restarting anything; nothing on
+the host depends on the MEO meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .. import validate
+from ..errors import Conflict, InvalidInput, MecorchError, NotFound
+from ..hosts import Need
+from ..mepm.contract import HostInfo, Mepm
+from ..mepm.remote import RemoteMepm
+from ..store import Store
+from ..timeutil import timestamp
+from .placement import Candidate
+
+log = logging.getLogger("mecorch.meo.hosts")
+REACHABLE, UNREACHABLE, UNKNOWN = "REACHABLE", "UNREACHABLE", "UNKNOWN"
+
+
+@dataclass
+class HostEntry:
+    host_id: str
+    mepm: Mepm
+    source: str                     # "config" | "registration" | "in-process"
+    url: str | None = None
+    state: str = UNKNOWN            # until the first heartbeat
+    info: HostInfo | None = None
+    misses: int = 0
+    last_seen: dict | None = None
+    last_error: str = ""
+    reserved: dict[str, Need] = field(default_factory=dict)   # instance -> need
+
+    def view(self) -> dict:
+        """The host as the host list shows it (mecorch extension)."""
+        out = {"hostId": self.host_id, "state": self.state, "source": self.source,
+               "url": self.url, "lastSeen": self.last_seen}
+        if self.info:
+            d = self.info.to_dict()
+            out.update(capacity=d["capacity"], latencyMs=d["latencyMs"])
+        if self.last_error and self.state == UNREACHABLE:
+            out["reason"] = self.last_error
+        return out
+
+
+class Registry:
+    def __init__(self, store: Store, cfg: dict,
+                 on_return: Callable[[HostEntry], None] | None = None):
+        meo = cfg.get("meo") or {}
+        self.store = store
+        self.heartbeat_s = float(meo.get("heartbeat_s", 2))
+        self.unreachable_after = int(meo.get("unreachable_after", 2))
+        self.timeout_s = float(meo.get("request_timeout_s", 10))
+        self.on_return = on_return or (lambda entry: None)
+        self._hosts: dict[str, HostEntry] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="heartbeat")
+        for i, entry in enumerate(meo.get("mepms") or []):
+            self._from_config(entry, i)
+        for doc in store.list("hosts"):
+            if doc["id"] not in self._hosts:
+                self._add(HostEntry(doc["id"], self._remote(doc["id"], doc["url"],
+                                                            doc.get("_token"), doc.get("caFile")),
+                                    "registration", doc["url"]))
+
+    # ---------------------------------------------------------------- membership
+    def _remote(self, host_id: str, url: str, token: str | None, ca_file: str | None) -> Mepm:
+        return RemoteMepm(host_id, url, token, ca_file, self.timeout_s)
+
+    def _from_config(self, entry: dict, i: int) -> None:
+        where = f"meo.mepms[{i}]"
+        if not isinstance(entry, dict):
+            raise InvalidInput(f"{where} must be a mapping with id and url")
+        hid = validate.ident(entry.get("id"), f"{where}.id")
+        url = validate.text(entry.get("url"), f"{where}.url", 512)
+        token = _read_token(entry.get("token_file"), f"{where}.token_file")
+        self._add(HostEntry(hid, self._remote(hid, url, token, entry.get("ca_file")),
+                            "config", url))
+
+    def _add(self, entry: HostEntry) -> HostEntry:
+        with self._lock:
+            if entry.host_id in self._hosts:
+                raise Conflict(f"edge host {entry.host_id!r} is already registered "
+                               f"({self._hosts[entry.host_id].source})")
+            self._hosts[entry.host_id] = entry
+        return entry
+
+    def attach(self, mepm: Mepm) -> HostEntry:
+        """An in-process MEPM (one node, benchmarks, core tests)."""
+        entry = self._add(HostEntry(mepm.host_id, mepm, "in-process"))
+        self.beat(entry)
+        return entry
+
+    def register(self, body) -> dict:
+        """An MEPM announcing itself: {hostId, url, token?, caFile?}. The MEO
+        checks the MEPM at that URL really serves that host id before it
+        records it; a re-registration of the same host and URL is a refresh."""
+        if not isinstance(body, dict):
+            raise InvalidInput("body must be {hostId, url, token}")
+        extra = set(body) - {"hostId", "url", "token", "caFile"}
+        if extra:
+            raise InvalidInput(f"host registration has no field(s) {', '.join(sorted(extra))}")
+        hid = validate.ident(body.get("hostId"), "hostId")
+        url = validate.text(body.get("url"), "url", 512)
+        token = body.get("token")
+        if token is not None:
+            token = validate.text(token, "token", 512)
+        ca = body.get("caFile")
+        if ca is not None:
+            ca = validate.text(ca, "caFile", 1024)
+        with self._lock:
+            old = self._hosts.get(hid)
+        if old is not None and (old.source != "registration" or old.url != url):
+            raise Conflict(f"edge host {hid!r} is already known at {old.url or old.source}")
+        mepm = self._remote(hid, url, token, ca)
+        try:
+            served = mepm.discover()
+        except MecorchError as e:
+            raise InvalidInput(f"cannot reach the MEPM of {hid!r} at {url}: {e.detail}") from None
+        if hid not in served:
+            raise InvalidInput(f"the MEPM at {url} serves {', '.join(served) or 'no host'}, "
+                               f"not {hid!r}")
+        self.store.put("hosts", hid, {"id": hid, "url": url, "_token": token, "caFile": ca})
+        if old is not None:
+            with self._lock:
+                self._hosts.pop(hid, None)
+        entry = self._add(HostEntry(hid, mepm, "registration", url))
+        self.beat(entry)
+        return entry.view()
+
+    def deregister(self, host_id: str) -> None:
+        entry = self.get(host_id)
+        if entry.source != "registration":
+            raise Conflict(f"edge host {host_id!r} comes from the {entry.source}; "
+                           "remove it there")
+        with self._lock:
+            self._hosts.pop(host_id, None)
+        self.store.delete("hosts", host_id)
+        entry.mepm.close()
+
+    def get(self, host_id: str) -> HostEntry:
+        with self._lock:
+            entry = self._hosts.get(host_id)
+        if entry is None:
+            raise NotFound(f"unknown edge host {host_id!r}; known: "
+                           f"{', '.join(sorted(self._hosts)) or 'none'}")
+        return entry
+
+    def entries(self) -> list[HostEntry]:
+        with self._lock:
+            return sorted(self._hosts.values(), key=lambda e: e.host_id)
+
+    # ---------------------------------------------------------------- placement facts
+    def candidates(self) -> list[Candidate]:
+        with self._lock:
+            return [Candidate(e.host_id, e.state == REACHABLE, e.info, _sum(e.reserved.values()))
+                    for e in self._hosts.values()]
+
+    def reserve(self, host_id: str, instance_id: str, need: Need) -> None:
+        with self._lock:
+            self._hosts[host_id].reserved[instance_id] = need
+
+    def unreserve(self, host_id: str, instance_id: str) -> None:
+        with self._lock:
+            entry = self._hosts.get(host_id)
+            if entry:
+                entry.reserved.pop(instance_id, None)
+
+    # ---------------------------------------------------------------- heartbeat
+    def beat(self, entry: HostEntry) -> bool:
+        """Ask one host for its info now; returns whether it answered."""
+        try:
+            info = entry.mepm.info()
+        except MecorchError as e:
+            with self._lock:
+                entry.misses += 1
+                entry.last_error = e.detail
+                went = entry.state == REACHABLE and entry.misses >= self.unreachable_after
+                if went or entry.info is None:
+                    entry.state = UNREACHABLE
+            if went:
+                log.warning("edge host %s UNREACHABLE: %s", entry.host_id, e.detail)
+            return False
+        if info.host_id != entry.host_id:
+            with self._lock:
+                entry.state, entry.last_error = UNREACHABLE, (
+                    f"the MEPM at {entry.url} now serves {info.host_id!r}")
+            return False
+        with self._lock:
+            before = entry.state
+            entry.info, entry.misses, entry.last_error = info, 0, ""
+            entry.last_seen = timestamp()
+            entry.state = REACHABLE
+        if before != REACHABLE:
+            log.log(logging.WARNING if before == UNREACHABLE else logging.INFO,
+                    "edge host %s REACHABLE (was %s)", entry.host_id, before)
+            try:
+                self.on_return(entry)
+            except Exception:           # noqa: BLE001 - a resync failure is retried next time
+                log.exception("resync of edge host %s failed", entry.host_id)
+                with self._lock:
+                    entry.state = UNREACHABLE
+        return True
+
+    def beat_all(self) -> None:
+        list(self._pool.map(self.beat, self.entries()))
+
+    def start(self) -> None:
+        if self._thread is None and self.heartbeat_s > 0:
+            self._thread = threading.Thread(target=self._loop, name="meo-heartbeat", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                self.beat_all()
+            except Exception:           # noqa: BLE001 - the heartbeat must survive anything
+                log.exception("heartbeat round failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+        self._pool.shutdown(wait=True)
+        for e in self.entries():
+            e.mepm.close()
+
+
+def _sum(needs) -> Need:
+    cpu, mem, disk = 0.0, 0, 0.0
+    for n in needs:
+        cpu, mem, disk = cpu + n.vcpu, mem + n.memory_mb, disk + n.disk_gb
+    return Need(cpu, mem, disk)
+
+
+def _read_token(path, where: str) -> str | None:
+    if path is None:
+        return None
+    path = validate.text(path, where, 1024)
+    try:
+        lines = [t.strip() for t in Path(path).read_text(encoding="utf-8").splitlines()
+                 if t.strip() and not t.startswith("#")]
+    except OSError as e:
+        raise InvalidInput(f"cannot read {where} {path}: {e.strerror}") from None
+    if not lines:
+        raise InvalidInput(f"{where} {path} holds no token")
+    return lines[0]

@@ -1,0 +1,140 @@
+"""The MEPM contract: everything the MEO asks of one edge host.
+
+It is ETSI MEC 010-2 at the Mm3 reference point: app package management
+and app lifecycle on the host's MEPM (the same resources and bodies as the
+northbound API), plus what ETSI leaves out, as a documented extension: the
+host's inventory and capacity (`HostInfo`, `GET /mecorch/v1/hosts`).
+
+Failure semantics every implementation keeps:
+- a host that cannot be reached raises `BackendUnavailable` (never a
+  different error, so the MEO can tell "unreachable" from "refused");
+- an answer of the MEPM that refuses raises the same `MecorchError`
+  subclass (status) the MEPM answered, with its detail;
+- creates and instantiates carry an idempotency key: a retry after a
+  broken link returns what the first call made, never a second instance;
+- deleting what is gone succeeds.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import asdict, dataclass, field
+
+from ..states import DeploymentType
+
+
+@dataclass(frozen=True)
+class MannerCapacity:
+    """What a host can still promise for one manner. vCPUs are allocatable
+    ones (the host's cpu_allocation_ratio applied); `used` is what the MEPM
+    promised (instances plus deploys in flight), as Nova's placement counts."""
+    vcpu_total: float
+    vcpu_used: float
+    memory_mb_total: int
+    memory_mb_used: int
+    disk_gb_total: float
+    disk_gb_used: float
+    accel: str = ""             # VM: "kvm" | "tcg" once probed
+
+    @property
+    def free(self) -> tuple[float, int, float]:
+        return (self.vcpu_total - self.vcpu_used, self.memory_mb_total - self.memory_mb_used,
+                self.disk_gb_total - self.disk_gb_used)
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    host_id: str
+    manners: dict[str, MannerCapacity] = field(default_factory=dict)   # "CONTAINER"/"VM"
+    latency_ms: float | None = None     # declared one-way latency to its UEs
+    mp1_url: str | None = None
+
+    def supports(self, manner: DeploymentType) -> bool:
+        return manner.value in self.manners
+
+    def to_dict(self) -> dict:
+        return {"hostId": self.host_id, "latencyMs": self.latency_ms, "mp1Url": self.mp1_url,
+                "capacity": {m: _camel(asdict(c)) for m, c in self.manners.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HostInfo":
+        manners = {}
+        for m, c in (d.get("capacity") or {}).items():
+            DeploymentType(m)               # an unknown manner is a broken peer
+            manners[m] = MannerCapacity(
+                float(c["vcpuTotal"]), float(c["vcpuUsed"]), int(c["memoryMbTotal"]),
+                int(c["memoryMbUsed"]), float(c["diskGbTotal"]), float(c["diskGbUsed"]),
+                str(c.get("accel") or ""))
+        lat = d.get("latencyMs")
+        return cls(str(d["hostId"]), manners, float(lat) if lat is not None else None,
+                   d.get("mp1Url"))
+
+
+def _camel(d: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        head, *rest = k.split("_")
+        out[head + "".join(w.capitalize() for w in rest)] = v
+    return out
+
+
+class Mepm(abc.ABC):
+    """One edge host's MEPM, as the MEO sees it."""
+
+    host_id: str
+
+    @abc.abstractmethod
+    def info(self) -> HostInfo:
+        """The host's manners and capacity, now."""
+
+    # ---------------------------------------------------------------- packages
+    @abc.abstractmethod
+    def ensure_package(self, pkg: dict, zip_path: str) -> str:
+        """Make the app package (the MEO's AppPkgInfo, its zip on the MEO)
+        onboarded and enabled on this host; returns the host's package id.
+        A package already there is left as it is."""
+
+    @abc.abstractmethod
+    def remove_package(self, app_d_id: str) -> None:
+        """Disable and delete the host's copy of the package (gone = success;
+        deletion pending on the host while instances there still use it)."""
+
+    # ---------------------------------------------------------------- instances
+    @abc.abstractmethod
+    def create_instance(self, body: dict, key: str) -> dict:
+        """CreateAppInstanceRequest -> the host's AppInstanceInfo."""
+
+    @abc.abstractmethod
+    def instantiate(self, instance_id: str, body: dict, key: str) -> dict:
+        """InstantiateAppRequest -> the host's AppInstanceLcmOpOcc (202)."""
+
+    @abc.abstractmethod
+    def terminate(self, instance_id: str, body: dict) -> dict:
+        """TerminateAppRequest -> the host's op occurrence."""
+
+    @abc.abstractmethod
+    def operate(self, instance_id: str, body: dict) -> dict:
+        """OperateAppRequest -> the host's op occurrence."""
+
+    @abc.abstractmethod
+    def delete_instance(self, instance_id: str) -> None:
+        """Delete a NOT_INSTANTIATED instance resource (gone = success)."""
+
+    @abc.abstractmethod
+    def get_instance(self, instance_id: str) -> dict | None:
+        """The host's AppInstanceInfo, None when it has none by that id."""
+
+    @abc.abstractmethod
+    def list_instances(self) -> list[dict]:
+        """Every AppInstanceInfo of the host."""
+
+    @abc.abstractmethod
+    def get_op(self, op_id: str) -> dict | None:
+        """The host's op occurrence, None when it has none by that id."""
+
+    @abc.abstractmethod
+    def ops_of(self, instance_id: str) -> list[dict]:
+        """The host's op occurrences of one instance."""
+
+    def close(self) -> None:
+        """Release connections (nothing by default)."""

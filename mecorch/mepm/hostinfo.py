@@ -1,0 +1,39 @@
+"""What an edge host reports of itself to an MEO: the manners it runs, the
+capacity it can still promise for each, its declared latency. Served as
+the `/mecorch/v1/hosts` extension (ETSI has no host inventory resource)."""
+
+from __future__ import annotations
+
+from ..errors import MecorchError
+from ..states import DeploymentType
+from .contract import HostInfo, MannerCapacity
+
+
+def host_info(orch, host_id: str) -> HostInfo:
+    """`orch`: the host-level Orchestrator that owns `host_id`."""
+    host = orch.inventory.get(host_id)
+    used = orch.lcm.used_by_host().get(host_id)
+    promised = orch.inventory.promised(host_id, used)
+    ratio = orch.inventory.cpu_allocation_ratio
+    manners = {}
+    for manner in DeploymentType:
+        if not host.has(manner):
+            continue
+        total = host.totals(manner)
+        accel = ""
+        if manner is DeploymentType.VM:
+            try:
+                accel = host.compute(manner).capabilities().hardware_accel
+            except MecorchError:
+                accel = ""
+        # disk: the backend's own free space is the truth (images and other
+        # tenants use it too); mecorch's promises come on top
+        manners[manner.value] = MannerCapacity(
+            vcpu_total=total.cpu_total * ratio, vcpu_used=promised.vcpu,
+            memory_mb_total=total.memory_mb_total, memory_mb_used=promised.memory_mb,
+            disk_gb_total=total.disk_gb_total, disk_gb_used=total.disk_gb_used,
+            accel=accel)
+    mepm_cfg = orch.cfg.get("mepm") or {}
+    lat = mepm_cfg.get("latency_ms")
+    return HostInfo(host_id, manners, float(lat) if lat is not None else None,
+                    getattr(orch.mep, "mp1_url", None))

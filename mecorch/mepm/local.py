@@ -1,0 +1,79 @@
+"""The MEPM contract in process: the MEO calls a host-level Orchestrator
+directly, with no hop and no extra process (one node; the 100-host
+placement benchmark; the MEO's core tests with in-memory drivers)."""
+
+from __future__ import annotations
+
+from ..errors import NotFound
+from ..timeutil import public
+from .contract import HostInfo, Mepm
+from .hostinfo import host_info
+
+
+class LocalMepm(Mepm):
+    def __init__(self, orch, host_id: str):
+        self.orch = orch
+        self.host_id = host_id
+
+    def info(self) -> HostInfo:
+        return host_info(self.orch, self.host_id)
+
+    def _package(self, app_d_id: str) -> dict | None:
+        try:
+            return self.orch.packages.by_appd(app_d_id)
+        except NotFound:
+            return None
+
+    def ensure_package(self, pkg: dict, zip_path: str) -> str:
+        have = self._package(pkg["appDId"])
+        if have is None:
+            have = self.orch.packages.onboard({
+                "appPkgName": pkg["appPkgName"], "appPkgVersion": pkg["appPkgVersion"],
+                "appPkgPath": zip_path, "checksum": pkg["checksum"]})
+        if have.get("operationalState") == "DISABLED":
+            self.orch.packages.modify(have["id"], {"operationState": "ENABLED"})
+        return have["id"]
+
+    def remove_package(self, app_d_id: str) -> None:
+        have = self._package(app_d_id)
+        if have is None:
+            return
+        if have["operationalState"] == "ENABLED":
+            self.orch.packages.modify(have["id"], {"operationState": "DISABLED"})
+        self.orch.packages.delete(have["id"])
+
+    def create_instance(self, body: dict, key: str) -> dict:
+        return self.orch.lcm.create(body, key)
+
+    def instantiate(self, instance_id: str, body: dict, key: str) -> dict:
+        return self.orch.lcm.instantiate(instance_id, body, key)
+
+    def terminate(self, instance_id: str, body: dict) -> dict:
+        return self.orch.lcm.terminate(instance_id, body)
+
+    def operate(self, instance_id: str, body: dict) -> dict:
+        return self.orch.lcm.operate(instance_id, body)
+
+    def delete_instance(self, instance_id: str) -> None:
+        try:
+            self.orch.lcm.delete(instance_id)
+        except NotFound:
+            pass
+
+    def get_instance(self, instance_id: str) -> dict | None:
+        try:
+            return self.orch.lcm.view(self.orch.lcm.get(instance_id))
+        except NotFound:
+            return None
+
+    def list_instances(self) -> list[dict]:
+        return self.orch.lcm.list()
+
+    def get_op(self, op_id: str) -> dict | None:
+        try:
+            return self.orch.lcm.op(op_id)
+        except NotFound:
+            return None
+
+    def ops_of(self, instance_id: str) -> list[dict]:
+        return [public(d) for d in self.orch.store.list("op_occs", appInstanceId=instance_id)]

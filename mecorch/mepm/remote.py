@@ -1,0 +1,225 @@
+"""The MEPM contract over HTTP: an edge host's MEPM reached at its URL
+through ETSI MEC 010-2's own resources (Mm3), with a bearer token, over
+TLS when the URL is https (the MEPM's certificate checked against the
+configured CA file).
+
+One place maps the transport: an unreachable host is BackendUnavailable;
+an answer that refuses becomes the mecorch error of its status, with the
+MEPM's ProblemDetails detail, so the MEO can tell "the host is away" from
+"the host said no". Connections are kept alive per thread: a deploy makes
+a handful of calls and must not pay a TCP (and TLS) handshake for each.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import ssl
+import threading
+import time
+import urllib.parse
+from typing import Any
+
+from .. import errors
+from ..errors import BackendUnavailable, MecorchError
+from .contract import HostInfo, Mepm
+
+PKGM = "/app_pkgm/v1"
+LCM = "/app_lcm/v1"
+HOSTS = "/mecorch/v1/hosts"
+_BY_STATUS = {400: errors.InvalidInput, 401: errors.Unauthorized, 403: errors.Forbidden,
+              404: errors.NotFound, 409: errors.Conflict, 412: errors.PreconditionFailed,
+              413: errors.PayloadTooLarge, 422: errors.IntegrityError,
+              503: errors.BackendUnavailable, 504: errors.Timeout}
+
+
+class RemoteMepm(Mepm):
+    def __init__(self, host_id: str, url: str, token: str | None = None,
+                 ca_file: str | None = None, timeout_s: float = 10.0):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+            raise errors.InvalidInput(f"MEPM url {url!r} must be http(s)://HOST:PORT")
+        self.host_id = host_id
+        self.url = url.rstrip("/")
+        self._scheme, self._host, self._port = parts.scheme, parts.hostname, parts.port
+        self._token = token
+        self._timeout = timeout_s
+        self._ctx: ssl.SSLContext | None = None
+        if parts.scheme == "https":
+            self._ctx = ssl.create_default_context(cafile=ca_file)
+        self._local = threading.local()
+
+    # ---------------------------------------------------------------- transport
+    def _conn(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            if self._ctx is not None:
+                conn = http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout,
+                                                   context=self._ctx)
+            else:
+                conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+            self._local.conn = conn
+        return conn
+
+    def _drop(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def call(self, method: str, path: str, body: Any = None, headers: dict | None = None,
+             raw: Any = None) -> tuple[int, Any]:
+        hdrs = {"Accept": "application/json", **(headers or {})}
+        data = raw
+        if body is not None:
+            data = json.dumps(body).encode()
+            hdrs["Content-Type"] = "application/json"
+        if self._token:
+            hdrs["Authorization"] = f"Bearer {self._token}"
+        for attempt in (1, 2):
+            conn = self._conn()
+            try:
+                conn.request(method, path, body=data, headers=hdrs)
+                resp = conn.getresponse()
+                payload = resp.read()
+                if resp.getheader("Connection", "").lower() == "close":
+                    self._drop()
+                break
+            except (OSError, http.client.HTTPException) as e:
+                self._drop()
+                # a kept-alive connection the server closed meanwhile: one
+                # fresh try (never for a body streamed from a file)
+                if attempt == 1 and raw is None and isinstance(
+                        e, (http.client.RemoteDisconnected, ConnectionResetError,
+                            BrokenPipeError)):
+                    continue
+                raise BackendUnavailable(
+                    f"edge host {self.host_id!r}: MEPM at {self.url} unreachable: {e}") from None
+        doc = _decode(payload)
+        if resp.status >= 400:
+            detail = doc.get("detail") if isinstance(doc, dict) else None
+            cls = _BY_STATUS.get(resp.status, MecorchError)
+            err = cls(f"edge host {self.host_id!r}: {detail or f'HTTP {resp.status}'}")
+            if cls is MecorchError:
+                err.status = resp.status
+            raise err
+        return resp.status, doc
+
+    def _get(self, path: str) -> Any:
+        return self.call("GET", path)[1]
+
+    # ---------------------------------------------------------------- host
+    def info(self) -> HostInfo:
+        return HostInfo.from_dict(self._get(f"{HOSTS}/{self.host_id}"))
+
+    def discover(self) -> list[str]:
+        """Host ids the MEPM at this URL serves (one for an MEPM)."""
+        return [h["hostId"] for h in self._get(HOSTS)]
+
+    # ---------------------------------------------------------------- packages
+    def _package(self, app_d_id: str, version: str | None) -> dict | None:
+        q = urllib.parse.quote(f"(eq,appDId,{app_d_id})")
+        for p in self._get(f"{PKGM}/app_packages?filter={q}"):
+            if version is None or p.get("appDVersion") == version:
+                return p
+        return None
+
+    def ensure_package(self, pkg: dict, zip_path: str) -> str:
+        have = self._package(pkg["appDId"], pkg.get("appDVersion"))
+        if have is None:
+            have = self._upload(pkg, zip_path)
+        if have.get("operationalState") == "DISABLED":
+            self.call("PATCH", f"{PKGM}/app_packages/{have['id']}", {"operationState": "ENABLED"})
+        return have["id"]
+
+    def _upload(self, pkg: dict, zip_path: str) -> dict:
+        """Create + PUT package_content (MEC 010-2's two-step onboarding):
+        the MEPM may be on another machine, so it gets the bytes, not a path."""
+        _, info = self.call("POST", f"{PKGM}/app_packages", {
+            "appPkgName": pkg["appPkgName"], "appPkgVersion": pkg["appPkgVersion"],
+            "checksum": {"algorithm": "SHA-256", "hash": pkg["checksum"]["hash"]},
+            "userDefinedData": {"mecorch.meoPackageId": pkg["id"]}})
+        size = os.path.getsize(zip_path)
+        with open(zip_path, "rb") as f:
+            self.call("PUT", f"{PKGM}/app_packages/{info['id']}/package_content",
+                      headers={"Content-Type": "application/zip", "Content-Length": str(size)},
+                      raw=f)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            doc = self._get(f"{PKGM}/app_packages/{info['id']}")
+            if doc.get("onboardingState") == "ONBOARDED":
+                return doc
+            if doc.get("onboardingState") == "ERROR":
+                raise errors.Conflict(f"edge host {self.host_id!r} could not onboard "
+                                      f"package {pkg['appDId']}")
+            time.sleep(0.2)
+        raise errors.Timeout(f"edge host {self.host_id!r}: package onboarding took over 600 s")
+
+    def remove_package(self, app_d_id: str) -> None:
+        have = self._package(app_d_id, None)
+        if have is None:
+            return
+        if have.get("operationalState") == "ENABLED":
+            try:
+                self.call("PATCH", f"{PKGM}/app_packages/{have['id']}",
+                          {"operationState": "DISABLED"})
+            except errors.Conflict:
+                pass                # disabled meanwhile
+        try:
+            self.call("DELETE", f"{PKGM}/app_packages/{have['id']}")
+        except errors.NotFound:
+            pass
+
+    # ---------------------------------------------------------------- instances
+    def create_instance(self, body: dict, key: str) -> dict:
+        return self.call("POST", f"{LCM}/app_instances", body, {"Idempotency-Key": key})[1]
+
+    def instantiate(self, instance_id: str, body: dict, key: str) -> dict:
+        return self.call("POST", f"{LCM}/app_instances/{instance_id}/instantiate", body,
+                         {"Idempotency-Key": key})[1]
+
+    def terminate(self, instance_id: str, body: dict) -> dict:
+        return self.call("POST", f"{LCM}/app_instances/{instance_id}/terminate", body)[1]
+
+    def operate(self, instance_id: str, body: dict) -> dict:
+        return self.call("POST", f"{LCM}/app_instances/{instance_id}/operate", body)[1]
+
+    def delete_instance(self, instance_id: str) -> None:
+        try:
+            self.call("DELETE", f"{LCM}/app_instances/{instance_id}")
+        except errors.NotFound:
+            pass
+
+    def get_instance(self, instance_id: str) -> dict | None:
+        try:
+            return self._get(f"{LCM}/app_instances/{instance_id}")
+        except errors.NotFound:
+            return None
+
+    def list_instances(self) -> list[dict]:
+        return self._get(f"{LCM}/app_instances")
+
+    def get_op(self, op_id: str) -> dict | None:
+        try:
+            return self._get(f"{LCM}/app_lcm_op_occs/{op_id}")
+        except errors.NotFound:
+            return None
+
+    def ops_of(self, instance_id: str) -> list[dict]:
+        q = urllib.parse.quote(f"(eq,appInstanceId,{instance_id})")
+        return self._get(f"{LCM}/app_lcm_op_occs?filter={q}")
+
+    def close(self) -> None:
+        self._drop()
+
+
+def _decode(payload: bytes) -> Any:
+    if not payload:
+        return None
+    try:
+        return json.loads(payload)
+    except ValueError:
+        return None
+
+

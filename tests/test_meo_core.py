@@ -1,0 +1,252 @@
+"""The MEO over several edge hosts, with each host an in-process MEPM
+(LocalMepm: the host-level Orchestrator) on in-memory drivers: placement
+across hosts, the 409 naming each host, an explicit host, a host that
+stops answering (UNREACHABLE, nothing placed there, its op finished on
+its return), package copies on first use. The same flows over HTTP on the
+real backends are in test_meo_e2e.py."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from fakes import FakeCompute, FakeMep
+from mecorch import config
+from mecorch.api import make_server
+from mecorch.client import ApiError, Client
+from mecorch.errors import BackendUnavailable
+from mecorch.meo.orchestrator import MeoOrchestrator
+from mecorch.mepm.local import LocalMepm
+from mecorch.orchestrator import Orchestrator
+from mecorch.states import DeploymentType
+from test_core_orchestration import CONTAINER_APPD, VM_APPD, _fake_docker_tar, make_package
+
+INST = "/app_lcm/v1/app_instances"
+PKGS = "/app_pkgm/v1/app_packages"
+HOSTS = "/mecorch/v1/hosts"
+
+
+class FlakyMepm(LocalMepm):
+    """A LocalMepm whose link can be cut: every call raises
+    BackendUnavailable while `down` is set (the host itself keeps running)."""
+
+    def __init__(self, orch, host_id):
+        super().__init__(orch, host_id)
+        self.down = threading.Event()
+        self.calls = 0
+
+    def __getattribute__(self, name):
+        attr = super().__getattribute__(name)
+        if name in ("info", "ensure_package", "remove_package", "create_instance",
+                    "instantiate", "terminate", "operate", "delete_instance", "get_instance",
+                    "list_instances", "get_op", "ops_of"):
+            def call(*a, **kw):
+                if self.down.is_set():
+                    raise BackendUnavailable(f"edge host {self.host_id!r}: link cut by the test")
+                return attr(*a, **kw)
+            return call
+        return attr
+
+
+def _host(tmp, hid, vim=True, cpus=2):
+    cfg = config.load()
+    cfg["state_dir"] = str(tmp / hid)
+    cfg["hosts"][0]["id"] = hid
+    if not vim:
+        cfg["hosts"][0]["vim"] = None
+    orch = Orchestrator(cfg)
+    host = orch.inventory.get(hid)
+    cim = FakeCompute(DeploymentType.CONTAINER, cpus=cpus)
+    host.attach("cim", cim)
+    if vim:
+        host.attach("vim", FakeCompute(DeploymentType.VM, cpus=cpus))
+    host.attach("mep", FakeMep())
+    return orch, cim
+
+
+@pytest.fixture
+def system(tmp_path):
+    hosts, mepms = {}, {}
+    for hid, vim, cpus in (("edge1", False, 1), ("edge2", True, 2), ("edge3", True, 2)):
+        hosts[hid], _ = _host(tmp_path, hid, vim, cpus)
+    cfg = config.load()
+    cfg["state_dir"] = str(tmp_path / "meo")
+    cfg["hosts"] = []
+    cfg["meo"]["heartbeat_s"] = 0       # beats driven by the test
+    meo = MeoOrchestrator(cfg)
+    for hid, orch in hosts.items():
+        mepms[hid] = FlakyMepm(orch, hid)
+        meo.registry.attach(mepms[hid])
+    server = make_server(meo, "127.0.0.1:0", "meo")
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+
+    class S:
+        pass
+    s = S()
+    s.meo, s.hosts, s.mepms, s.tmp = meo, hosts, mepms, tmp_path
+    s.c = Client(f"http://127.0.0.1:{server.server_address[1]}", token="")
+    yield s
+    server.shutdown()
+    server.server_close()
+    meo.close()
+    for orch in hosts.values():
+        orch.close()
+
+
+def onboard(s, appd=CONTAINER_APPD, **changes):
+    import hashlib
+    image = _fake_docker_tar() if appd == CONTAINER_APPD else b"QFI\xfb" + b"\0" * 508
+    # no fixed service address or name: many instances of one app may run
+    # on one host (the MEP refuses a second owner of an address: test_mep_*)
+    changes.setdefault("appTrafficRule", [])
+    changes.setdefault("appDNSRule", [])
+    z = make_package(s.tmp, appd, image, **changes)
+    return s.c.post(PKGS, {"appPkgName": "p", "appPkgVersion": "1", "appPkgPath": str(z),
+                           "checksum": {"algorithm": "SHA-256",
+                                        "hash": hashlib.sha256(z.read_bytes()).hexdigest()}})[0]
+
+
+def deploy(s, app_d_id, **body):
+    inst = s.c.post(INST, {"appDId": app_d_id})[0]
+    op, _ = s.c.post(f"{INST}/{inst['id']}/instantiate", body)
+    op = s.c.wait_op(op, timeout=20)
+    return inst["id"], op
+
+
+def test_placement_across_hosts_and_first_use_copies(system):
+    s = system
+    pkg = onboard(s)
+    vm_pkg = onboard(s, VM_APPD)
+    # the MEO keeps the package; no host has it before an instance goes there
+    assert all(not o.packages.list() for o in s.hosts.values())
+    placed = []
+    for _ in range(4):
+        iid, op = deploy(s, pkg["appDId"], deploymentType="CONTAINER")
+        assert op["operationState"] == "COMPLETED", op
+        placed.append(s.c.get(f"{INST}/{iid}")["hostId"])
+    # edge1 has 1 core (4 vCPU), edge2/3 2 cores: most free share first
+    assert set(placed) == {"edge1", "edge2", "edge3"}, placed
+    for iid_host in placed:
+        assert s.hosts[iid_host].packages.by_appd(pkg["appDId"])
+    for _ in range(2):
+        iid, op = deploy(s, vm_pkg["appDId"], deploymentType="VM")
+        assert op["operationState"] == "COMPLETED", op
+        assert s.c.get(f"{INST}/{iid}")["hostId"] in ("edge2", "edge3")
+    # every MEO instance is exactly one host instance
+    meo_ids = {i["id"] for i in s.c.get(INST)}
+    host_insts = [i for o in s.hosts.values() for i in o.lcm.list()
+                  if i["instantiationState"] == "INSTANTIATED"]
+    assert len(host_insts) == len(meo_ids) == 6
+
+
+def test_no_host_fits_names_each_host(system):
+    s = system
+    vm_pkg = onboard(s, VM_APPD)
+    inst = s.c.post(INST, {"appDId": vm_pkg["appDId"]})[0]
+    with pytest.raises(ApiError) as e:
+        s.c.post(f"{INST}/{inst['id']}/instantiate", {
+            "deploymentType": "VM",
+            "virtualComputeDescriptor": {"virtualCpu": {"numVirtualCpu": 64},
+                                         "virtualMemory": {"virtualMemSize": 512}}})
+    assert e.value.status == 409
+    d = e.value.body["detail"]
+    assert "edge1: no VIM: takes no VM" in d and "edge2: vCPU" in d and "edge3: vCPU" in d
+    assert s.c.get(f"{INST}/{inst['id']}")["instantiationState"] == "NOT_INSTANTIATED"
+    assert not s.c.get("/app_lcm/v1/app_lcm_op_occs")
+
+
+def test_explicit_host_is_honoured(system):
+    s = system
+    pkg = onboard(s)
+    for _ in range(2):
+        iid, op = deploy(s, pkg["appDId"], deploymentType="CONTAINER",
+                         selectedMECHostInfo=[{"hostId": {"id": "edge3"}}])
+        assert s.c.get(f"{INST}/{iid}")["hostId"] == "edge3"
+    with pytest.raises(ApiError) as e:
+        deploy(s, pkg["appDId"], selectedMECHostInfo=[{"hostId": {"id": "edge9"}}])
+    assert e.value.status == 404
+
+
+def test_unreachable_host_gets_nothing_and_its_op_ends_on_return(system):
+    s = system
+    pkg = onboard(s)
+    gate = threading.Event()
+    s.hosts["edge2"].inventory.get("edge2").compute(DeploymentType.CONTAINER).deploy_gate = gate
+    inst = s.c.post(INST, {"appDId": pkg["appDId"]})[0]
+    op, _ = s.c.post(f"{INST}/{inst['id']}/instantiate", {
+        "deploymentType": "CONTAINER", "selectedMECHostInfo": [{"hostId": {"id": "edge2"}}]})
+    # the host got the instantiate; now its link breaks mid-deploy
+    deadline = time.monotonic() + 5
+    while not s.hosts["edge2"].lcm.list() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)
+    s.mepms["edge2"].down.set()
+    for _ in range(3):
+        s.meo.registry.beat_all()
+    hosts = {h["hostId"]: h for h in s.c.get(HOSTS)}
+    assert hosts["edge2"]["state"] == "UNREACHABLE" and "link cut" in hosts["edge2"]["reason"]
+    # new deploys go elsewhere
+    for _ in range(2):
+        iid, done = deploy(s, pkg["appDId"], deploymentType="CONTAINER")
+        assert s.c.get(f"{INST}/{iid}")["hostId"] != "edge2"
+    gate.set()                          # the host finishes by itself meanwhile
+    time.sleep(0.5)
+    assert s.c.get(f"/app_lcm/v1/app_lcm_op_occs/{op['id']}")["operationState"] == "PROCESSING"
+    # a second instantiate of the same instance must not make a duplicate
+    with pytest.raises(ApiError) as e:
+        s.c.post(f"{INST}/{inst['id']}/instantiate", {"deploymentType": "CONTAINER"})
+    assert e.value.status == 409
+    s.mepms["edge2"].down.clear()
+    s.meo.registry.beat_all()           # REACHABLE again: resync
+    done = s.c.wait_op(op, timeout=10)
+    assert done["operationState"] == "COMPLETED"
+    view = s.c.get(f"{INST}/{inst['id']}")
+    assert view["instantiationState"] == "INSTANTIATED" and view["hostId"] == "edge2"
+    assert len([i for i in s.hosts["edge2"].lcm.list()
+                if i["instantiationState"] == "INSTANTIATED"]) == 1
+
+
+def test_terminate_and_delete_release_the_host(system):
+    s = system
+    pkg = onboard(s)
+    iid, _ = deploy(s, pkg["appDId"], deploymentType="CONTAINER")
+    hid = s.c.get(f"{INST}/{iid}")["hostId"]
+    op, _ = s.c.post(f"{INST}/{iid}/terminate", {"terminationType": "FORCEFUL"})
+    assert s.c.wait_op(op, timeout=10)["operationState"] == "COMPLETED"
+    assert s.c.get(f"{INST}/{iid}")["instantiationState"] == "NOT_INSTANTIATED"
+    s.c.call("DELETE", f"{INST}/{iid}")
+    assert not s.hosts[hid].lcm.list()
+    # the package's copies go with it
+    s.c.call("PATCH", f"{PKGS}/{pkg['id']}", {"operationState": "DISABLED"})
+    s.c.call("DELETE", f"{PKGS}/{pkg['id']}")
+    assert not s.hosts[hid].packages.list()
+
+
+def test_meo_restart_resumes_an_interrupted_op(system, tmp_path):
+    s = system
+    pkg = onboard(s)
+    gate = threading.Event()
+    s.hosts["edge3"].inventory.get("edge3").compute(DeploymentType.CONTAINER).deploy_gate = gate
+    inst = s.c.post(INST, {"appDId": pkg["appDId"]})[0]
+    op, _ = s.c.post(f"{INST}/{inst['id']}/instantiate", {
+        "deploymentType": "CONTAINER", "selectedMECHostInfo": [{"hostId": {"id": "edge3"}}]})
+    time.sleep(0.3)
+    # a second MEO on the same store (as after a crash) finds the op and
+    # follows the host's op to its end; the host makes one instance only
+    cfg = dict(s.meo.cfg)
+    meo2 = MeoOrchestrator(cfg)
+    try:
+        meo2.registry.attach(LocalMepm(s.hosts["edge3"], "edge3"))
+        gate.set()
+        meo2.lcm.recover()
+        deadline = time.monotonic() + 10
+        while meo2.lcm.op(op["id"])["operationState"] == "PROCESSING" \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert meo2.lcm.op(op["id"])["operationState"] == "COMPLETED"
+    finally:
+        meo2.close()
+    assert len(s.hosts["edge3"].lcm.list()) == 1

@@ -1,0 +1,83 @@
+"""Placement by the MEO (pure: the hosts' reported facts handed in)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mecorch.errors import CapacityExceeded, NotFound
+from mecorch.hosts import Need
+from mecorch.meo.placement import Candidate, place, why_not
+from mecorch.mepm.contract import HostInfo, MannerCapacity
+from mecorch.states import DeploymentType
+
+C, V = DeploymentType.CONTAINER, DeploymentType.VM
+SMALL = Need(1, 512, 1)
+
+
+def cap(vcpu=8.0, used_cpu=0.0, mem=4096, used_mem=0, disk=100.0, used_disk=0.0, accel=""):
+    return MannerCapacity(vcpu, used_cpu, mem, used_mem, disk, used_disk, accel)
+
+
+def host(hid, manners=("CONTAINER", "VM"), reachable=True, latency=None, reserved=None, **kw):
+    info = HostInfo(hid, {m: cap(**kw) for m in manners}, latency)
+    return Candidate(hid, reachable, info, reserved or Need(0.0, 0, 0.0))
+
+
+def test_most_free_capacity_wins_then_host_id():
+    hosts = [host("a", used_cpu=4), host("b", used_cpu=1), host("c", used_cpu=1)]
+    assert place(C, SMALL, hosts) == "b"
+
+
+def test_a_host_without_a_vim_takes_no_vm():
+    hosts = [host("novim", manners=("CONTAINER",)), host("full", used_cpu=7.5)]
+    with pytest.raises(CapacityExceeded) as e:
+        place(V, SMALL, hosts)
+    assert "novim: no VIM: takes no VM" in e.value.detail
+    assert "full: vCPU 8.5 of 8" in e.value.detail
+
+
+def test_the_409_names_every_host_and_its_reason():
+    hosts = [host("down", reachable=False), host("full", used_mem=4000),
+             host("far", latency=50.0), host("tiny", disk=0.5)]
+    with pytest.raises(CapacityExceeded) as e:
+        place(C, SMALL, hosts, max_latency_ns=10_000_000)
+    d = e.value.detail
+    for reason in ("down: UNREACHABLE", "full: memory 4512 of 4096 MB",
+                   "far: latency 50 ms over the app's maximum 10 ms",
+                   "tiny: disk 1 GB of 0.5 GB free"):
+        assert reason in d
+    assert e.value.status == 409
+
+
+def test_latency_is_only_checked_where_the_host_declares_it():
+    hosts = [host("undeclared"), host("near", latency=1.0, used_cpu=2)]
+    assert place(C, SMALL, hosts, max_latency_ns=5_000_000) == "undeclared"
+    with pytest.raises(CapacityExceeded, match="near: latency 1 ms"):
+        place(C, SMALL, [host("near", latency=1.0)], max_latency_ns=500_000)
+
+
+def test_explicit_host_is_honoured_even_when_another_is_freer():
+    hosts = [host("busy", used_cpu=6), host("idle")]
+    assert place(C, SMALL, hosts, wanted=["busy"]) == "busy"
+    with pytest.raises(NotFound):
+        place(C, SMALL, hosts, wanted=["nope"])
+    with pytest.raises(CapacityExceeded, match="busy: vCPU"):
+        place(C, Need(4, 512, 1), hosts, wanted=["busy"])
+
+
+def test_reservations_not_yet_reported_count():
+    hosts = [host("a", reserved=Need(7.5, 0, 0.0)), host("b", used_cpu=2)]
+    assert place(C, SMALL, hosts) == "b"
+    assert why_not(hosts[0], C, SMALL, None) == "vCPU 8.5 of 8"
+
+
+def test_hardware_acceleration_needs_a_kvm_vim():
+    hosts = [host("tcg", accel="tcg"), host("kvm", accel="kvm", used_cpu=6)]
+    assert place(V, SMALL, hosts, accel=True) == "kvm"
+    with pytest.raises(CapacityExceeded, match="tcg: VIM is tcg-only"):
+        place(V, SMALL, hosts[:1], accel=True)
+
+
+def test_no_host_registered_says_so():
+    with pytest.raises(CapacityExceeded, match="no edge host is registered"):
+        place(C, SMALL, [])
