@@ -81,6 +81,15 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--zip", dest="zip_out", metavar="FILE",
                    help="zip to write (default: <dir>.zip)")
     b.add_argument("--sign", metavar="KEY", help="PEM private key to sign the manifest with")
+    cv = pkg.add_parser("convert", help="rewrite a package (SOL004 without "
+                        "ETSI-Entry-Manifest, EdgeGallery-style CSAR, TOSCA AppD) in "
+                        "mecorch's own layout")
+    cv.add_argument("src", metavar="ZIP", help="the package to convert (every check is made)")
+    cv.add_argument("--zip", dest="zip_out", metavar="FILE",
+                    help="zip to write (default: <src>-mecorch.zip)")
+    cv.add_argument("--sign", metavar="KEY", help="PEM private key to sign the manifest with")
+    cv.add_argument("--trusted-key", metavar="PEM",
+                    help="public key the source package's signature must verify with")
     o = _output(pkg.add_parser("onboard", help="onboard a package zip"))
     o.add_argument("zip", help="package zip on this machine (the server reads it)")
     o.add_argument("--name", help="appPkgName (default: the zip's name)")
@@ -166,6 +175,12 @@ def _run(args) -> int:
     if args.command == "demo":
         from . import demo
         return demo.main(cfg, args.listen)
+    if args.command == "package" and args.action == "convert":
+        from .package import convert_package
+        src = args.src[:-4] if args.src.endswith(".zip") else args.src
+        print(convert_package(args.src, args.zip_out or f"{src}-mecorch.zip",
+                              signing_key=args.sign, trusted_key=args.trusted_key))
+        return 0
     if args.command == "package" and args.action == "build":
         from .package import build_package
         out = build_package(args.dir, args.zip_out or f"{args.dir.rstrip('/')}.zip",

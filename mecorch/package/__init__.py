@@ -5,16 +5,20 @@ Entry-Definitions names the AppD and ETSI-Entry-Manifest the manifest), the
 AppD (YAML, ETSI MEC 010-2 field names), a manifest with one
 Source/Algorithm/Hash entry per file, an optional signature of the manifest
 and the artifacts (software images). See meta.py for the file formats,
-build.py for the source folder layout, reader.py for the checks.
+build.py for the source folder layout, reader.py for the checks and the
+other layouts read (SOL004 without ETSI-Entry-Manifest, EdgeGallery-style
+CSARs), tosca_appd.py for TOSCA AppDs, convert.py for rewriting any of them
+in mecorch's own layout.
 """
 
 from .appd import ImageInfo, validate_appd
 from ..fileutil import sha256_file
 from .archive import DEFAULT_LIMITS, ArchiveLimits
 from .build import APPD_PATH, ARTIFACTS_FILE, build_package
+from .convert import convert_package
 from .reader import Package, open_package
 from .schema import NFV_SCHEMAS
 
 __all__ = ["APPD_PATH", "ARTIFACTS_FILE", "ArchiveLimits", "DEFAULT_LIMITS", "ImageInfo",
-           "NFV_SCHEMAS", "Package", "build_package", "open_package", "sha256_file",
+           "NFV_SCHEMAS", "Package", "build_package", "convert_package", "open_package", "sha256_file",
            "validate_appd"]

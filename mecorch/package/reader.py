@@ -393,8 +393,8 @@ def open_package(zip_path: str | os.PathLike, trusted_key: str | os.PathLike | b
                     if cand in hashes or _nested_location(cand, hashes):
                         return check_member_name(cand, where)
                 return file
-            appd, declared = tosca_appd.read(doc, shown, read_inner, resolve, swimagedesc,
-                                             sid_where)
+            appd, declared = tosca_appd.read(doc, inner, read_inner, resolve, swimagedesc,
+                                             sid_where, shown)
             appd_format = "TOSCA"
         elif zipped_appd:
             raise layout_error(f"{appd_path} (a zipped APPD) holds {inner}, which is not a "

@@ -126,18 +126,19 @@ def _imported_types(doc: dict, path: str, read, where: str) -> dict:
     todo, seen = [(doc, path)], set()
     while todo:
         cur, cur_path = todo.pop()
+        at = where if cur_path == path else f"{where} (import {cur_path})"
         imports = cur.get("imports") or []
         if not isinstance(imports, list):
-            raise InvalidInput(f"{where} {cur_path}: imports must be a list")
+            raise InvalidInput(f"{at}: imports must be a list")
         for i, imp in enumerate(imports):
             name = imp.get("file") if isinstance(imp, dict) else imp
             if not isinstance(name, str) or not name:
-                raise InvalidInput(f"{where} {cur_path}: imports[{i}] must name a file")
+                raise InvalidInput(f"{at}: imports[{i}] must name a file")
             if "://" in name:
                 continue            # never fetched: standard types are known by name
             target = posixpath.normpath(posixpath.join(posixpath.dirname(cur_path), name))
             if target.startswith("../") or target == ".." or target.startswith("/"):
-                raise InvalidInput(f"{where} {cur_path}: imports[{i}] {name!r} points "
+                raise InvalidInput(f"{at}: imports[{i}] {name!r} points "
                                    "outside the package")
             if target in seen:
                 continue
@@ -146,7 +147,7 @@ def _imported_types(doc: dict, path: str, read, where: str) -> dict:
                 raise InvalidInput(f"{where}: more than {MAX_IMPORTS} imported files")
             data = read(target)
             if data is None:
-                raise InvalidInput(f"{where} {cur_path}: imports[{i}] {name!r} is not a file "
+                raise InvalidInput(f"{at}: imports[{i}] {name!r} is not a file "
                                    "of the package")
             sub = load_yaml(data, f"{where} import {target}")
             if not isinstance(sub, dict):
@@ -313,16 +314,17 @@ def _text(value, where: str, max_len: int = 128) -> str:
 
 
 def read(doc: dict, path: str, read_file, resolve_image, swimagedesc: list[dict] | None,
-         swimagedesc_where: str = "Image/" + SWIMAGEDESC) -> tuple[dict, tuple | None]:
+         swimagedesc_where: str = "Image/" + SWIMAGEDESC,
+         shown: str | None = None) -> tuple[dict, tuple | None]:
     """(the AppD in MEC 010-2 field names, the image checksum the
     descriptor declares as (algorithm, hex) or None).
 
-    `path` names the service template in errors and anchors relative
-    imports; `read_file(name)` gives a file of the same archive (None if
+    `path` anchors relative imports, `shown` (default `path`) names the
+    service template in errors; `read_file(name)` gives a file of the same archive (None if
     absent); `resolve_image(file, where)` turns an artifact's file into the
     package path of the image; `swimagedesc` is the parsed
     Image/SwImageDesc.json, when the package has one."""
-    where = f"AppD {path}"
+    where = f"AppD {shown or path}"
     types = _imported_types(doc, path, read_file, where)
     nodes = oi.tosca_nodes(doc, where, ROLES, types)
     types = {**types, **(doc.get("node_types") or {})}
