@@ -38,7 +38,7 @@ from .states import DeploymentType
 from .yamlsafe import load_yaml
 
 __all__ = ["Decision", "HostFacts", "ACCEPTED_FORMS", "appd_for_manner", "accel_required",
-           "can_run", "choose_manner", "decide_manner", "deployment_type", "image_manners",
+           "can_run", "choose_manner", "room_for", "decide_manner", "deployment_type", "image_manners",
            "named_type", "orchestration_kind", "preference_for", "resource_request"]
 
 VM, CONTAINER = DeploymentType.VM, DeploymentType.CONTAINER
@@ -318,7 +318,7 @@ def can_run(h: HostFacts, manner: DeploymentType, accel: bool = False) -> str | 
     return None
 
 
-def _room(h: HostFacts, need) -> str | None:
+def room_for(h: HostFacts, need) -> str | None:
     """None if `need` (vcpu, memory_mb, disk_gb) fits the host's free room."""
     if need is None:
         return None
@@ -383,7 +383,7 @@ def choose_manner(manners_available: Iterable, host_facts: Sequence[HostFacts],
             why = can_run(h, m, accel and m is VM)
             if why is None:
                 runnable.add(m)
-                why = _room(h, needs.get(m))
+                why = room_for(h, needs.get(m))
             (why_not[m] if why else fits[m]).append(f"{h.host_id}: {why}" if why else h.host_id)
     possible = [m for m in available if fits[m]]
 

@@ -20,7 +20,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from . import decision, validate
+from . import decision, manner_policy, validate
 from .drivers import ComputeDriver
 from .errors import Conflict, InvalidInput, MecorchError, NotFound
 from .hosts import EdgeHost, Inventory, Need
@@ -35,7 +35,8 @@ from .timeutil import new_id, public
 
 log = logging.getLogger("mecorch.lcm")
 # What an instance record holds only while it is deployed.
-_DEPLOYED_KEYS = ("instantiatedAppState", "hostId", "deploymentType", "allocatedResources",
+_DEPLOYED_KEYS = ("instantiatedAppState", "hostId", "deploymentType", "decisionReason",
+                  "allocatedResources",
                   "_handle", "_need", "_observed", "_mp1Token")
 
 
@@ -48,6 +49,7 @@ class Lcm:
         self.mep = mep
         self.journal = Journal(store)
         self.default_graceful_s = int(cfg["orchestrator"]["graceful_timeout_s"])
+        self._orchestrator_cfg = cfg["orchestrator"]     # the manner preference
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lcm")
         # one operation at a time per instance; guards the check-and-start
         self._busy: set[str] = set()
@@ -156,15 +158,21 @@ class Lcm:
             if inst["instantiationState"] != InstantiationState.NOT_INSTANTIATED.value:
                 raise Conflict(f"app instance {instance_id} is already INSTANTIATED")
             pkg = self.packages.usable(inst["appDId"])
-            recorded = DeploymentType(pkg["_manner"])
-            choice = decision.decide_manner(body, recorded)
+            # A dual-format app records both manners; with none named the
+            # policy chooses from host facts (decision.choose_manner).
+            recorded = pkg.get("_manners") or [pkg["_manner"]]
+            images = pkg.get("_imageOf") or {pkg["_manner"]: pkg["_image"]}
+            chooser = manner_policy.PolicyChooser(
+                self.inventory, self._orchestrator_cfg, instance_id, inst["appDId"],
+                pkg["_appd"], images, body, selected_hosts(body), self.used_by_host())
+            choice = decision.decide_manner(body, recorded, chooser)
             request = decision.resource_request(
-                instance_id, pkg["_appd"], choice.manner, pkg["_image"], body)
+                instance_id, pkg["_appd"], choice.manner, images[choice.manner.value], body)
             # The app's Mp1 credential: only its digest is stored; the token
             # itself goes to the app's environment, never into the journal.
             app_token, app_token_digest = self.mep.new_app_token()
             traffic, dns = self.mep.initial_rules(pkg["_appd"], body)
-            wanted = selected_hosts(body)
+            wanted = chooser.fit_hosts or selected_hosts(body)
             need = Need(request.vcpu, request.memory_mb,
                         request.disk_gb + sum(v.size_gb for v in request.volumes))
             host = self.inventory.reserve(instance_id, choice.manner, need, wanted,
@@ -174,6 +182,8 @@ class Lcm:
                     "hostId": host.id, "manner": choice.manner.value,
                     "decidedBy": choice.source, "request": _request_doc(request),
                     "need": dataclasses.asdict(need)})
+                op["decisionReason"] = choice.reason                # mecorch extension
+                self.store.put("op_occs", op["id"], op)
                 inst["_opId"] = op["id"]
                 inst["_mp1Token"] = app_token_digest
                 self.store.put("instances", instance_id, inst)
@@ -210,6 +220,7 @@ class Lcm:
                 "instantiatedAppState": {"operationalState": InstanceOperationalState.STARTED.value},
                 "hostId": host.id,
                 "deploymentType": request.manner.value,     # mecorch extension
+                "decisionReason": op.get("decisionReason"),  # mecorch extension
                 "allocatedResources": _allocation_view(alloc, host.id),  # mecorch extension
                 "_handle": alloc.handle,
                 "_need": op["_plan"]["need"],
@@ -250,6 +261,10 @@ class Lcm:
             inst = self.get(instance_id)
             if inst["instantiationState"] != InstantiationState.INSTANTIATED.value:
                 raise Conflict(f"app instance {instance_id} is NOT_INSTANTIATED")
+            named, field = decision.named_type(body, "TerminateAppRequest")
+            if named is not None and named.value != inst["deploymentType"]:
+                raise InvalidInput(f"{field} says {named.value} but app instance "
+                                   f"{instance_id} was deployed as {inst['deploymentType']}")
             op = self.journal.start(instance_id, LcmOperation.TERMINATE, {
                 "terminationType": kind.value, "timeout": timeout,
                 "hostId": inst["hostId"], "manner": inst["deploymentType"]})

@@ -29,7 +29,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from . import filters, validate
+from . import decision, filters, validate
 from .errors import Conflict, IntegrityError, InvalidInput, MecorchError, NotFound
 from .hosts import Inventory
 from .package import open_package
@@ -65,6 +65,8 @@ class PackageManager:
                "_path": req["appPkgPath"], "_images": []}
         if "userDefinedData" in req:
             doc["userDefinedData"] = req["userDefinedData"]
+        if req.get("manner"):                   # mecorch extension: onboard for one manner
+            doc["_askedManner"], doc["_askedField"] = req["manner"], req["mannerField"]
         if req["appPkgPath"] is None:            # two-step: the content comes by upload()
             doc["_awaitingContent"] = True
             doc["_links"] = _links(pid)
@@ -120,39 +122,63 @@ class PackageManager:
                                    f"onboarded ({other['id']})")
             doc["appDId"] = pkg.app_d_id            # claims the appDId
             self.store.put("packages", doc["id"], doc)
-        image = self._store_image(doc, pkg)
+        infos = self._images_to_store(doc, pkg)
+        stored = {info.manner.value: self._store_image(doc, pkg, info) for info in infos}
         appd = pkg.appd
+        manners = list(stored)
         doc.update({
             "appDId": pkg.app_d_id, "appProvider": appd["appProvider"],
             "appName": appd["appName"], "appSoftwareVersion": appd["appSoftVersion"],
             "appDVersion": appd["appDVersion"],
             "softwareImages": [{
-                "id": pkg.image.id, "name": pkg.image.name, "version": pkg.image.version,
-                "containerFormat": pkg.image.container_format,
-                "diskFormat": pkg.image.disk_format, "imagePath": image,
-            }],
+                "id": info.id, "name": info.name, "version": info.version,
+                "containerFormat": info.container_format,
+                "diskFormat": info.disk_format, "imagePath": stored[info.manner.value],
+            } for info in infos],
             "onboardingState": OnboardingState.ONBOARDED.value,
             "operationalState": OperationalState.ENABLED.value,
             "usageState": UsageState.NOT_IN_USE.value,
-            "deploymentType": pkg.manner.value,                 # mecorch extension
+            # mecorch extensions: the manner(s) recorded for the appDId
+            "deploymentTypes": manners,
             "_links": _links(doc["id"]),
-            "_appd": appd, "_manner": pkg.manner.value, "_image": image, "_zip": str(zpath),
+            "_appd": appd, "_manner": manners[0], "_image": stored[manners[0]],
+            "_manners": manners, "_imageOf": stored, "_zip": str(zpath),
         })
+        if len(manners) == 1:
+            doc["deploymentType"] = manners[0]
         return self.store.put("packages", doc["id"], doc)
 
-    def _store_image(self, doc: dict, pkg) -> str:
-        """Put the software image into the manner's repository on every host
+    def _images_to_store(self, doc: dict, pkg) -> list:
+        """The package's images to onboard: the one of the manner the
+        CreateAppPkg named (it must be in the package), else every image a
+        host can run (a dual-format app on a site without a VIM keeps only
+        its container image)."""
+        asked = doc.get("_askedManner")
+        if asked:
+            field = doc.get("_askedField", "deploymentType")
+            infos = [i for i in pkg.images if i.manner.value == asked]
+            if not infos:
+                held = " and ".join(f"a {i.manner.value} image ({i.container_format}"
+                                    + (f"/{i.disk_format})" if i.disk_format else ")")
+                                    for i in pkg.images)
+                raise InvalidInput(f"{field} says {asked} but the package holds only {held}")
+            return infos
+        hosts = self.inventory.hosts.values()
+        infos = [i for i in pkg.images if any(h.has(i.manner) for h in hosts)]
+        return infos or list(pkg.images[:1])     # none: _store_image says why
+
+    def _store_image(self, doc: dict, pkg, info) -> str:
+        """Put one software image into its manner's repository on every host
         that runs that manner; returns the image name deployments use."""
-        manner = pkg.manner
+        manner = info.manner
         hosts = [h for h in self.inventory.hosts.values() if h.has(manner)]
         if not hosts:
             raise Conflict(f"no edge host runs {manner.value} apps")
-        info = pkg.image
         if manner is DeploymentType.CONTAINER and info.reference:
             # A reference names an image already in the registry: mark it
             # available, then check it is really there.
             image = info.reference
-            doc["_images"].append({"image": image, "imported": False})
+            doc["_images"].append({"image": image, "imported": False, "manner": manner.value})
             self.store.put("packages", doc["id"], doc)
             for host in hosts:
                 drv = host.compute(manner)
@@ -167,7 +193,7 @@ class PackageManager:
                     f"{_VERSION_TAG.sub('_', info.version or 'latest')[:110]}-{doc['id'][:8]}"
         else:
             image = pkg.app_d_id
-        doc["_images"].append({"image": image, "imported": True})
+        doc["_images"].append({"image": image, "imported": True, "manner": manner.value})
         self.store.put("packages", doc["id"], doc)     # journal before import
         with tempfile.TemporaryDirectory(dir=self.dir) as tmp:
             src = Path(tmp) / "image"
@@ -178,8 +204,8 @@ class PackageManager:
 
     def _discard(self, doc: dict) -> None:
         """Remove every trace of a package that did not make it."""
-        manner = doc.get("_manner")
         for entry in doc.get("_images", []):
+            manner = entry.get("manner") or doc.get("_manner")
             for host in self.inventory.hosts.values():
                 for m in ([DeploymentType(manner)] if manner else list(DeploymentType)):
                     if not host.has(m):
@@ -317,12 +343,23 @@ class PackageManager:
             self.store.put("packages", pkg_id, doc)
         return {"operationState": want.value}
 
-    def delete(self, pkg_id: str) -> bool:
+    def delete(self, pkg_id: str, query: dict | None = None) -> bool:
         """Delete a DISABLED package. Returns False when instances still use
         it: it is then marked pending and removed after its last instance.
-        A package still waiting for its content is simply removed."""
+        A package still waiting for its content is simply removed.
+        `query` may name a deploymentType (or deployMethod), a mecorch
+        extension: it must be a manner recorded for the package (400)."""
+        unknown = sorted(set(query or {}) - set(decision.TYPE_FIELDS))
+        if unknown:
+            raise InvalidInput(f"DELETE app_packages has no query parameter(s) "
+                               f"{', '.join(u[:40] for u in unknown)}")
+        named, field = decision.named_type(query or {}, "the delete request")
         with self._lock:
             doc = self.resource(pkg_id)
+            recorded = doc.get("_manners") or ([doc["_manner"]] if doc.get("_manner") else [])
+            if named is not None and recorded and named.value not in recorded:
+                raise InvalidInput(f"{field} says {named.value} but app package {pkg_id} was "
+                                   f"onboarded as {' and '.join(recorded)}")
             if doc["onboardingState"] != OnboardingState.ONBOARDED.value:
                 if doc["onboardingState"] != OnboardingState.CREATED.value:
                     raise Conflict(f"app package {pkg_id} is {doc['onboardingState']}: "
@@ -377,7 +414,7 @@ def _create_request(body) -> dict:
     if not isinstance(body, dict):
         raise InvalidInput("body must be a CreateAppPkg object")
     allowed = {"appPkgName", "appPkgVersion", "appPkgPath", "checksum", "appProvider",
-               "userDefinedData"}
+               "userDefinedData", *decision.TYPE_FIELDS}
     extra = set(body) - allowed
     if extra:
         raise InvalidInput(f"CreateAppPkg has no field(s) {', '.join(sorted(extra))}")
@@ -394,6 +431,8 @@ def _create_request(body) -> dict:
     out["checksum"] = {"algorithm": "SHA-256", "hash": validate.sha256(cs["hash"], "checksum.hash")}
     if "appProvider" in body:
         validate.text(body["appProvider"], "appProvider", 128)
+    named, field = decision.named_type(body, "CreateAppPkg")     # mecorch extension
+    out["manner"], out["mannerField"] = (named.value, field) if named else (None, None)
     if "userDefinedData" in body:
         udd = body["userDefinedData"]
         if not isinstance(udd, dict) or len(udd) > 32:
