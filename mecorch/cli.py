@@ -108,8 +108,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--name", help="appInstanceName (default: the AppD's appName)")
     i = _output(app.add_parser("instantiate", help="deploy an instance"))
     i.add_argument("id", metavar="ID", help=ID_HELP)
-    i.add_argument("--type", choices=["CONTAINER", "VM"],
-                   help="deploymentType (default: decided from --orchestration or the package)")
+    i.add_argument("--type", metavar="VM|CONTAINER|0|1",
+                   help="deploymentType (default: decided from --orchestration or the "
+                        "package; a dual-format package: by the manner policy)")
     i.add_argument("--orchestration", metavar="FILE", help="TOSCA or Kubernetes-style YAML")
     i.add_argument("--host", help="edge host id (default: any configured host with room; "
                                   "with one host, that one)")
