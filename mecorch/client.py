@@ -128,5 +128,5 @@ def _decode(raw: bytes, headers) -> Any:
     return raw
 
 
-def print_json(doc: Any, out: TextIO = sys.stdout) -> None:
-    print(json.dumps(doc, indent=2, sort_keys=False), file=out)
+def print_json(doc: Any, out: TextIO | None = None) -> None:
+    print(json.dumps(doc, indent=2, sort_keys=False), file=out or sys.stdout)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .client import Client, print_json
+from .client import ApiError, Client, print_json
 from .errors import InvalidInput, NotFound
 from .fileutil import sha256_file
 from .yamlsafe import load_yaml
@@ -24,6 +25,7 @@ INST = "/app_lcm/v1/app_instances"
 OPS = "/app_lcm/v1/app_lcm_op_occs"
 MP1 = "/mec_app_support/v1/applications"
 HOSTS = "/mecorch/v1/hosts"
+READYZ = "/readyz"
 
 
 def _q(filter_expr: str | None) -> str:
@@ -237,12 +239,18 @@ def app_delete(c: Client, a) -> int:
 def app_events(c: Client, a) -> int:
     iid = instance_id(c, a.id)
     ops = c.get(f"{OPS}{_q(f'(eq,appInstanceId,{iid})')}")
-    ops.sort(key=lambda o: o["startTime"])
+    ops.sort(key=lambda o: (o["startTime"]["seconds"], o["startTime"]["nanoSeconds"]))
     return emit(a, ops, lambda rows: table(
         ("OP", "OPERATION", "STATE", "STARTED", "ENDED", "ERROR"),
-        ((o["id"], o["operationParams"], o["operationState"], o["startTime"],
-          o["stateEnteredTime"] if o["operationState"] in ("COMPLETED", "FAILED") else "",
-          (o.get("error") or {}).get("detail", "")) for o in rows)))
+        ((o["id"], o["operationParams"], o["operationState"], _time(o["startTime"]),
+          _time(o["stateEnteredTime"]) if o["operationState"] in ("COMPLETED", "FAILED")
+          else "", (o.get("error") or {}).get("detail", "")) for o in rows)))
+
+
+def _time(ts: dict) -> str:
+    """An ETSI TimeStamp as UTC with milliseconds."""
+    t = time.gmtime(ts["seconds"])
+    return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{ts['nanoSeconds'] // 1_000_000:03d}Z"
 
 
 def app_rules(c: Client, a) -> int:
@@ -275,34 +283,64 @@ def _filters(filters: list[dict]) -> str:
 
 def _destination(rule: dict) -> str:
     out = []
-    for d in rule.get("dstInterface") or []:
+    dst = rule.get("dstInterface") or []
+    for d in [dst] if isinstance(dst, dict) else dst:
+        if not isinstance(d, dict):
+            continue
         tun = d.get("tunnelInfo") or {}
         out.append(d.get("dstIpAddress") or tun.get("tunnelDstAddress") or d.get("interfaceType"))
     return ",".join(str(x) for x in out if x)
 
 
 # ---------------------------------------------------------------- hosts
+def _backends(c: Client) -> dict[str, list[dict]]:
+    """host id -> its backends' last probes, from /readyz (503 when one is
+    down: the same body, as ProblemDetails)."""
+    try:
+        checks = c.get(READYZ)["checks"]
+    except ApiError as e:
+        if e.status != 503:
+            raise
+        checks = e.body.get("checks") or []
+    out: dict[str, list[dict]] = {}
+    for chk in checks:
+        host, _, role = chk["name"].rpartition("/")
+        if host:
+            out.setdefault(host, []).append({**chk, "role": role})
+    return out
+
+
 def host_list(c: Client, a) -> int:
     hosts = c.get(HOSTS)
+    backends = _backends(c)
     if a.output == "json":
-        print_json(hosts)
+        print_json([{**h, "backends": backends.get(h.get("hostId"), [])} for h in hosts])
         return 0
-    table(("HOST", "VCPU TOTAL", "PROMISED", "FREE", "MEMORY MB", "PROMISED", "FREE",
-           "INSTANCES", "BACKENDS"),
-          ((h["id"], _n(h["capacity"].get("vcpuTotal")), _n(h["capacity"].get("vcpuPromised")),
-            _n(h["capacity"].get("vcpuFree")), _n(h["capacity"].get("memoryMbTotal")),
-            _n(h["capacity"].get("memoryMbPromised")), _n(h["capacity"].get("memoryMbFree")),
-            h.get("instances", 0),
-            " ".join(f"{b['role']}={b['driver']}:{'up' if b['up'] else 'DOWN'}"
-                     for b in h["backends"])) for h in hosts))
+    rows = []
     for h in hosts:
-        for b in h["backends"]:
-            if not b["up"]:
-                print(f"{h['id']}/{b['role']}: {b['detail']}", file=sys.stderr)
+        hid = h.get("hostId")
+        health = " ".join(f"{b['role']}:{'up' if b['ok'] else 'DOWN'}"
+                          for b in backends.get(hid, [])) or h.get("state", "")
+        for manner, cap in sorted((h.get("capacity") or {"-": {}}).items()):
+            vt, vu = cap.get("vcpuTotal"), cap.get("vcpuUsed")
+            mt, mu = cap.get("memoryMbTotal"), cap.get("memoryMbUsed")
+            rows.append((hid, manner, _n(vt), _n(vu), _n(None if vt is None else vt - vu),
+                         _n(mt), _n(mu), _n(None if mt is None else mt - mu), health))
+    table(("HOST", "MANNER", "VCPU", "VCPU PROMISED", "VCPU FREE", "MEM MB", "MEM PROMISED",
+           "MEM FREE", "BACKENDS"), rows)
+    for hid, probes in backends.items():
+        for b in probes:
+            if not b["ok"]:
+                print(f"{hid}/{b['role']}: {b['detail']}", file=sys.stderr)
+    for h in hosts:
+        if h.get("reason"):
+            print(f"{h.get('hostId')}: {h['reason']}", file=sys.stderr)
     return 0
 
 
 def _n(x) -> str:
     if x is None:
         return "?"
-    return f"{x:g}" if isinstance(x, float) else str(x)
+    if isinstance(x, float):
+        return f"{round(x, 3):g}"
+    return str(x)

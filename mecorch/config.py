@@ -44,9 +44,6 @@ MAP = ("a mapping", lambda v: isinstance(v, dict))
 # appDId -> manner preference; its keys are app ids, so not schema rows
 PREFS = ("a mapping of appDId to container or vm", lambda v: isinstance(v, dict) and all(
     isinstance(k, str) and x in ("container", "vm") for k, x in v.items()))
-# appDId -> manner preference; its keys are app ids, so not schema rows
-PREFS = ("a mapping of appDId to container or vm", lambda v: isinstance(v, dict) and all(
-    isinstance(k, str) and x in ("container", "vm") for k, x in v.items()))
 
 ABSENT = object()       # an optional key with no default: not in DEFAULT
 REQUIRED = object()     # an item key that must be given (in list items)
@@ -95,9 +92,6 @@ KEYS: list[Key] = [
     _k("orchestrator.trusted_key", STR, None, "PEM public key packages must be signed with",
        nullable=True),
     _k("orchestrator.max_package_bytes", INT, 2147483648, "largest app package accepted"),
-    _k("orchestrator.prefer", STR, None, "manner a dual-format app gets when both fit",
-       nullable=True, choices=("container", "vm")),
-    _k("orchestrator.prefer_by_app", PREFS, {}, "the same, per appDId (wins over prefer)"),
     _k("orchestrator.health_interval_s", NUMBER, 15, "probe every backend this often"),
     _k("orchestrator.prefer", STR, None, "manner a dual-format app gets when both fit",
        nullable=True, choices=("container", "vm")),

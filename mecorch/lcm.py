@@ -20,7 +20,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from . import decision, manner_policy, validate
+from . import decision, logs, manner_policy, validate
 from .drivers import ComputeDriver
 from .errors import Conflict, InvalidInput, MecorchError, NotFound
 from .hosts import EdgeHost, Inventory, Need
@@ -106,6 +106,7 @@ class Lcm:
             self.store.put("instances", iid, doc)
             if key:
                 self.store.put("idempotency", key, {"resource": iid})
+        logs.event("instance.created", instance=iid, package=pkg["id"], app=app_d_id)
         return public(doc)
 
     def delete(self, instance_id: str) -> None:
@@ -115,6 +116,7 @@ class Lcm:
                 raise Conflict(f"app instance {instance_id} is INSTANTIATED: terminate it first")
             self.store.delete("instances", instance_id)
             self.mep.forget(instance_id)
+        logs.event("instance.deleted", instance=instance_id, package=doc.get("appPkgId"))
 
     # ------------------------------------------------------------ instantiate
     def instantiate(self, instance_id: str, body: dict,
@@ -392,6 +394,7 @@ class Lcm:
         inst = self.store.get("instances", iid)
         if inst:
             self.packages.refresh_usage(inst["appDId"])
+        logs.op_ended(op, inst)
         return line
 
     # ------------------------------------------------------------ helpers
@@ -412,12 +415,14 @@ class Lcm:
         return _Guard()
 
     def _guarded(self, instance_id: str, fn, op: dict, *args) -> None:
+        logs.op_started(op, self.store.get("instances", instance_id))
         try:
             fn(op, *args)
         finally:
             with self._busy_lock:
                 self._live.discard(op["id"])
             self._free(instance_id)
+            logs.op_ended(op, self.store.get("instances", instance_id))
 
     @contextlib.contextmanager
     def hold(self, instance_id: str):

@@ -44,7 +44,7 @@ def unlisten(fn: Listener) -> None:
             _listeners.remove(fn)
 
 
-def event(name: str, level: int = logging.INFO, **fields: Any) -> None:
+def event(name: str, level: int = logging.INFO, /, **fields: Any) -> None:
     """Log one event and tell the listeners. Fields that are None are left
     out; an event never raises (a log line must not fail an operation)."""
     fields = {k: v for k, v in fields.items() if v is not None}
@@ -111,3 +111,71 @@ def setup(verbose: int = 0, fmt: str = "text", stream=None) -> logging.Handler:
     # The drivers' loggers are named after their packages (drivers.*).
     logging.getLogger("drivers").setLevel(logging.DEBUG if verbose >= 1 else logging.INFO)
     return handler
+
+
+# ---------------------------------------------------------------- LCM operations
+def _seconds(ts: dict | None) -> float | None:
+    if not isinstance(ts, dict):
+        return None
+    return ts.get("seconds", 0) + ts.get("nanoSeconds", 0) / 1e9
+
+
+def _op_fields(op: dict, inst: dict | None) -> dict:
+    plan = op.get("_plan") or {}
+    inst = inst or {}
+    return {"op": op["id"], "operation": op.get("operationParams"),
+            "instance": op.get("appInstanceId"), "package": inst.get("appPkgId"),
+            "app": inst.get("appDId"), "host": plan.get("hostId") or inst.get("hostId"),
+            "manner": plan.get("manner") or inst.get("deploymentType")}
+
+
+def op_started(op: dict, inst: dict | None) -> None:
+    """An LCM op occurrence began running (instantiate, terminate, operate)."""
+    fields = _op_fields(op, inst)
+    if op.get("operationParams") == "OPERATE":
+        fields["to"] = (op.get("_plan") or {}).get("to")
+    event("op.started", **fields)
+
+
+def op_ended(op: dict, inst: dict | None) -> None:
+    """The op ended (COMPLETED or FAILED): its line with the duration, and
+    the instance's new state when it completed."""
+    state = op.get("operationState")
+    if state not in ("COMPLETED", "FAILED"):
+        return
+    fields = _op_fields(op, inst)
+    start, end = _seconds(op.get("startTime")), _seconds(op.get("stateEnteredTime"))
+    if start is not None and end is not None:
+        fields["duration_s"] = round(max(0.0, end - start), 3)
+    if state == "FAILED":
+        event("op.failed", logging.WARNING, error=(op.get("error") or {}).get("detail"),
+              **fields)
+        return
+    event("op.completed", **fields)
+    ids = {k: fields[k] for k in ("instance", "package", "host", "op", "manner")}
+    kind = op.get("operationParams")
+    if kind == "INSTANTIATE":
+        addrs = [a.get("ip") for a in ((inst or {}).get("allocatedResources") or {})
+                 .get("network", [])]
+        event("instance.state", state="INSTANTIATED", addresses=",".join(addrs) or None, **ids)
+    elif kind == "TERMINATE":
+        event("instance.state", state="NOT_INSTANTIATED", **ids)
+    elif kind == "OPERATE":
+        event("instance.state", state="INSTANTIATED",
+              operational=(op.get("_plan") or {}).get("to"), **ids)
+
+
+_UUID = None
+
+
+def recovery(line: str) -> None:
+    """A recovery or reconciliation action (one line of what it did), with
+    the instance and host it names as fields."""
+    global _UUID
+    import re
+    if _UUID is None:
+        _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+    ids = _UUID.findall(line)
+    host = re.search(r"\bhost (\S+?)(?:[\s:,;)]|$)", line)
+    event("recovery", logging.WARNING, action=line, instance=ids[0] if ids else None,
+          host=host.group(1) if host else None)

@@ -25,7 +25,7 @@ import threading
 import urllib.parse
 import urllib.request
 
-from . import validate
+from . import logs, validate
 from .errors import Conflict, InvalidInput, NotFound, PreconditionFailed
 from .hosts import EdgeHost, Inventory
 from .rules import DnsRule, TrafficRule, unique_ids
@@ -164,6 +164,8 @@ class MepService:
             if doc.get("hostId"):
                 self._push(self.inventory.get(doc["hostId"]), instance_id, doc)
             self.store.put("rules", instance_id, doc)
+        logs.event("rule.changed", kind=kind[:-1], rule=rule_id, instance=instance_id,
+                   host=doc.get("hostId"), state=new.get("state"))
         return new
 
     # ------------------------------------------------------------ subscriptions

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from . import logs
 from .hosts import Inventory
 from .lcm import Lcm
 from .mep import MepService
@@ -32,7 +33,7 @@ class Orchestrator:
         with the backends (one round). Called before serving."""
         done = self.reconciler.run_once() + self.packages.recover()
         for line in done:
-            log.warning("recovery: %s", line)
+            logs.recovery(line)
         return done
 
     def start_background(self) -> None:

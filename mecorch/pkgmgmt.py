@@ -29,7 +29,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from . import decision, filters, validate
+from . import decision, filters, logs, validate
 from .errors import Conflict, IntegrityError, InvalidInput, MecorchError, NotFound
 from .hosts import Inventory
 from .package import open_package
@@ -93,8 +93,14 @@ class PackageManager:
 
     def _onboard_or_discard(self, doc: dict, req: dict, stream) -> dict:
         try:
-            return public(self._onboard(doc, req, stream))
+            done = public(self._onboard(doc, req, stream))
+            logs.event("package.onboarded", package=doc["id"], app=done.get("appDId"),
+                       manner=doc.get("_manner"), name=doc.get("appPkgName"))
+            return done
         except BaseException as e:
+            logs.event("package.onboard_failed", logging.WARNING, package=doc["id"],
+                       name=doc.get("appPkgName"),
+                       error=getattr(e, "detail", None) or type(e).__name__)
             self._discard(doc)
             if isinstance(e, (MecorchError, KeyboardInterrupt)):
                 raise
@@ -341,6 +347,7 @@ class PackageManager:
                 raise Conflict(f"app package {pkg_id} is pending deletion")
             doc["operationalState"] = want.value
             self.store.put("packages", pkg_id, doc)
+        logs.event(f"package.{want.value.lower()}", package=pkg_id, app=doc.get("appDId"))
         return {"operationState": want.value}
 
     def delete(self, pkg_id: str, query: dict | None = None) -> bool:
@@ -371,8 +378,10 @@ class PackageManager:
             if self._users(doc["appDId"]):
                 doc["_deletionPending"] = True
                 self.store.put("packages", pkg_id, doc)
+                logs.event("package.deletion_pending", package=pkg_id, app=doc["appDId"])
                 return False
             self._remove(doc)
+            logs.event("package.deleted", package=pkg_id, app=doc["appDId"])
             return True
 
     def refresh_usage(self, app_d_id: str) -> None:
@@ -387,6 +396,8 @@ class PackageManager:
             doc["usageState"] = (UsageState.IN_USE if users else UsageState.NOT_IN_USE).value
             if doc.get("_deletionPending") and not users:
                 self._remove(doc)
+                logs.event("package.deleted", package=doc["id"], app=app_d_id,
+                           reason="last instance gone")
             else:
                 self.store.put("packages", doc["id"], doc)
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from . import logs
 from .errors import Conflict, MecorchError
 from .hosts import EdgeHost, Inventory
 from .lcm import Lcm
@@ -73,7 +74,7 @@ class Reconciler:
         while not self._stop.wait(self.interval_s):
             try:
                 for line in self.run_once():
-                    log.warning("reconcile: %s", line)
+                    logs.recovery(line)
             except Exception:      # noqa: BLE001 - the loop must survive anything
                 log.exception("reconcile round failed; retrying next round")
 

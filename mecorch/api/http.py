@@ -10,6 +10,8 @@ Access control, per route (`Router.add(..., access=...)`):
   {app} only. Without operator tokens, a request that presents an app
   token is still held to that app's own resources.
 - PUBLIC (the OpenAPI documents): anyone.
+- LOCAL (/metrics, /healthz, /readyz, /status): anyone on loopback, an
+  operator token from anywhere else.
 
 An app token is refused (403) everywhere but its own instance's Mp1 routes.
 
@@ -21,6 +23,7 @@ footprint target).
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import logging
 import math
@@ -35,7 +38,7 @@ from ..errors import (Forbidden, InvalidInput, MecorchError, NotFound, PayloadTo
                       Unauthorized)
 
 log = logging.getLogger("mecorch.api")
-OPERATOR, APP, PUBLIC = "operator", "app", "public"
+OPERATOR, APP, PUBLIC, LOCAL = "operator", "app", "public", "local"
 # Deeper JSON than this is refused before parsing: json.loads recurses per
 # level and would otherwise fail with RecursionError (a 500) near 1000.
 MAX_JSON_DEPTH = 64
@@ -220,7 +223,7 @@ class Router:
         `stream`: the handler reads the body itself from `Request.stream`
         (not held whole, not bound by api.max_body_bytes: the handler sets
         its own limit)."""
-        assert access in (OPERATOR, APP, PUBLIC) and (access != APP or "{app}" in pattern)
+        assert access in (OPERATOR, APP, PUBLIC, LOCAL) and (access != APP or "{app}" in pattern)
         regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern)
         self._access[len(self._routes)] = access
         if stream:
@@ -358,6 +361,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
         token used outside its own instance's Mp1 routes."""
         if access == PUBLIC:
             return
+        if access == LOCAL and _loopback(self.client_address[0]):
+            return
+        if access == LOCAL:
+            access = OPERATOR
         token = self._bearer()
         operators = self.server.tokens
         if token is not None and operators and any(
@@ -467,3 +474,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 left -= len(block)
         finally:
             body.file.close()
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.split("%")[0]).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,453 @@
+"""What an operator looks at: `/metrics` (Prometheus text format), `/healthz`
+(the process answers), `/readyz` (store open, backends reachable), the
+backend health of each edge host, and a small read-only HTML status page
+(`/status`).
+
+/metrics, /healthz, /readyz and /status need no token from loopback (a
+local Prometheus or curl), and an operator token from anywhere else.
+
+Backend health is probed per host and role with a cheap real call
+(`capacity()` of a compute driver, `check()` of a MEP): in the background
+every `orchestrator.health_interval_s` while `mecorch serve` runs (a change
+is logged as backend.down / backend.up), and on demand when no probe is
+recent. Gauges are read from the store when scraped; operation latencies
+are observed from the same events the log writes (mecorch.logs).
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+from .. import logs
+from ..errors import MecorchError
+from ..states import DeploymentType, InstantiationState
+from .http import LOCAL, Request, Response, Router
+
+METRICS_CTYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Seconds of an op, from 10 ms to 10 min (a TCG VM boot takes minutes).
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+RECENT_OPS = 20
+
+
+# ---------------------------------------------------------------- backend health
+@dataclass
+class Probe:
+    host: str
+    role: str
+    driver: str
+    up: bool
+    detail: str
+    at: float
+
+
+class Health:
+    """The last probe of every backend of every host."""
+
+    def __init__(self, orch):
+        self.orch = orch
+        self._lock = threading.Lock()
+        self._probes: dict[tuple[str, str], Probe] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def interval_s(self) -> float:
+        return float(self.orch.cfg["orchestrator"].get("health_interval_s", 15))
+
+    def probe_all(self) -> list[Probe]:
+        out = []
+        inventory = getattr(self.orch, "inventory", None)     # an MEO has no local hosts
+        for host in (inventory.hosts.values() if inventory is not None else ()):
+            for role in ("cim", "vim", "mep"):
+                if host.section(role):
+                    out.append(self._probe(host, role))
+        return out
+
+    def _probe(self, host, role: str) -> Probe:
+        driver = host.section(role).get("driver", "?")
+        try:
+            if role == "mep":
+                failed = [f"{c.name}: {c.detail}" for c in host.mep().check() if not c.ok]
+                up, detail = not failed, "; ".join(failed) or "ok"
+            else:
+                manner = DeploymentType.CONTAINER if role == "cim" else DeploymentType.VM
+                cap = host.compute(manner).capacity()
+                up, detail = True, f"{cap.cpu_total:g} CPUs, {cap.memory_mb_total} MB"
+        except MecorchError as e:
+            up, detail = False, e.detail
+        except Exception as e:      # noqa: BLE001 - a probe reports, never raises
+            up, detail = False, f"{type(e).__name__}: {e}"
+        probe = Probe(host.id, role, driver, up, detail[:300], time.time())
+        with self._lock:
+            old = self._probes.get((host.id, role))
+            self._probes[(host.id, role)] = probe
+        if old is not None and old.up != up or old is None and not up:
+            logs.event("backend.up" if up else "backend.down",
+                       logs.logging.INFO if up else logs.logging.WARNING,
+                       host=host.id, role=role, driver=driver,
+                       detail=None if up else probe.detail)
+        return probe
+
+    def snapshot(self) -> list[Probe]:
+        """The latest probes; probed now when none is recent (no serve loop,
+        or the loop is behind)."""
+        with self._lock:
+            probes = list(self._probes.values())
+        max_age = max(2 * self.interval_s(), 5.0)
+        if not probes or any(time.time() - p.at > max_age for p in probes):
+            return self.probe_all()
+        return probes
+
+    def start(self) -> None:
+        if self._thread is None and self.interval_s() > 0:
+            self._thread = threading.Thread(target=self._loop, name="health", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _loop(self) -> None:
+        while True:
+            self.probe_all()
+            if self._stop.wait(self.interval_s()):
+                return
+
+
+# ---------------------------------------------------------------- views
+def _used_by_host(orch) -> dict[str, dict]:
+    used: dict[str, dict] = {}
+    for inst in orch.store.list("instances",
+                                instantiationState=InstantiationState.INSTANTIATED.value):
+        n = inst.get("_need") or {}
+        u = used.setdefault(inst["hostId"], {"vcpu": 0.0, "memory_mb": 0, "disk_gb": 0.0,
+                                             "instances": 0})
+        u["vcpu"] += n.get("vcpu", 0)
+        u["memory_mb"] += n.get("memory_mb", 0)
+        u["disk_gb"] += n.get("disk_gb", 0)
+        u["instances"] += 1
+    return used
+
+
+def hosts_view(orch, health: Health) -> list[dict]:
+    """Each host: capacity (total as allocatable, promised, free) and the
+    health of its backends."""
+    from ..hosts import Need
+    probes = {(p.host, p.role): p for p in health.snapshot()}
+    used = _used_by_host(orch)
+    ratio = float(orch.cfg["orchestrator"]["cpu_allocation_ratio"])
+    out = []
+    for host in orch.inventory.hosts.values():
+        u = used.get(host.id, {"vcpu": 0.0, "memory_mb": 0, "disk_gb": 0.0, "instances": 0})
+        promised = orch.inventory.promised(host.id, Need(u["vcpu"], u["memory_mb"], u["disk_gb"]))
+        total = None
+        for manner in (DeploymentType.CONTAINER, DeploymentType.VM):
+            probe = probes.get((host.id, "cim" if manner is DeploymentType.CONTAINER else "vim"))
+            if host.has(manner) and probe is not None and probe.up:
+                try:
+                    total = host.totals(manner)
+                    break
+                except MecorchError:
+                    continue
+        cap: dict[str, Any] = {"cpuAllocationRatio": ratio,
+                               "vcpuPromised": round(promised.vcpu, 3),
+                               "memoryMbPromised": promised.memory_mb,
+                               "diskGbPromised": round(promised.disk_gb, 3)}
+        if total is not None:
+            vcpu_total = total.cpu_total * ratio
+            free_disk = total.disk_gb_total - total.disk_gb_used
+            cap.update({"cpus": total.cpu_total, "vcpuTotal": vcpu_total,
+                        "vcpuFree": round(vcpu_total - promised.vcpu, 3),
+                        "memoryMbTotal": total.memory_mb_total,
+                        "memoryMbFree": total.memory_mb_total - promised.memory_mb,
+                        "diskGbFree": round(free_disk, 1)})
+        out.append({
+            "id": host.id, "instances": u["instances"], "capacity": cap,
+            "backends": [{"role": role, "driver": p.driver, "up": p.up, "detail": p.detail}
+                         for role in ("cim", "vim", "mep")
+                         if (p := probes.get((host.id, role))) is not None]})
+    return out
+
+
+# ---------------------------------------------------------------- metrics
+class Metrics:
+    """A registry of its own per server: histograms and counters fed by
+    events, gauges read from the store at each scrape."""
+
+    def __init__(self, orch, health: Health):
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.process_collector import ProcessCollector
+        self.orch, self.health = orch, health
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        self.op_seconds = Histogram(
+            "mecorch_lcm_operation_duration_seconds",
+            "Duration of LCM operations (instantiate, terminate, operate) from start to end",
+            ("operation", "manner", "outcome"), buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.events = Counter("mecorch_events", "Events logged, by event name", ("event",),
+                              registry=self.registry)
+        gauge = GaugeMetricFamily
+        metrics = self
+
+        class StoreCollector:
+            def collect(self):
+                return metrics._collect(gauge)
+        self.registry.register(StoreCollector())
+        logs.listen(self._on_event)
+
+    def close(self) -> None:
+        logs.unlisten(self._on_event)
+
+    def _on_event(self, name: str, fields: dict) -> None:
+        self.events.labels(name).inc()
+        if name in ("op.completed", "op.failed") and "duration_s" in fields:
+            self.op_seconds.labels(fields.get("operation", "?"), fields.get("manner", "?"),
+                                   "completed" if name == "op.completed" else "failed") \
+                .observe(fields["duration_s"])
+
+    def _collect(self, gauge):
+        store = self.orch.store
+        inst = gauge("mecorch_instances", "App instances by manner, state and host",
+                     labels=("manner", "state", "operational", "host"))
+        counts: dict[tuple, int] = {}
+        for d in store.list("instances", drop=("_handle",)):
+            key = (d.get("deploymentType") or "none", d["instantiationState"],
+                   (d.get("instantiatedAppState") or {}).get("operationalState") or "none",
+                   d.get("hostId") or "none")
+            counts[key] = counts.get(key, 0) + 1
+        for key, n in sorted(counts.items()):
+            inst.add_metric(key, n)
+        yield inst
+        pk = gauge("mecorch_packages", "App packages by onboarding, operational and usage state",
+                   labels=("onboarding", "operational", "usage"))
+        counts = {}
+        for d in store.list("packages", drop=("_appd", "_images")):
+            key = (d.get("onboardingState", "?"), d.get("operationalState") or "none",
+                   d.get("usageState") or "none")
+            counts[key] = counts.get(key, 0) + 1
+        for key, n in sorted(counts.items()):
+            pk.add_metric(key, n)
+        yield pk
+        rules = gauge("mecorch_rules", "Traffic and DNS rules of app instances, by kind, "
+                                       "state and host", labels=("kind", "state", "host"))
+        counts = {}
+        for d in store.list("rules"):
+            for kind, key in (("traffic", "trafficRules"), ("dns", "dnsRules")):
+                for r in d.get(key) or []:
+                    k = (kind, r.get("state", "?"), d.get("hostId") or "none")
+                    counts[k] = counts.get(k, 0) + 1
+        for key, n in sorted(counts.items()):
+            rules.add_metric(key, n)
+        yield rules
+        up = gauge("mecorch_backend_up", "1 when the backend answered its last probe",
+                   labels=("host", "role", "driver"))
+        for p in self.health.snapshot():
+            up.add_metric((p.host, p.role, p.driver), 1 if p.up else 0)
+        yield up
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+        return generate_latest(self.registry)
+
+
+# ---------------------------------------------------------------- per orchestrator
+class Status:
+    def __init__(self, orch):
+        self.orch = orch
+        self.health = Health(orch)
+        self._metrics: Metrics | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def metrics(self) -> Metrics:
+        with self._lock:
+            if self._metrics is None:
+                self._metrics = Metrics(self.orch, self.health)
+            return self._metrics
+
+    def start(self) -> None:
+        """The background health probes and the metrics' event listener
+        (before the first scrape, so no operation goes uncounted)."""
+        self.metrics
+        self.health.start()
+
+    def stop(self) -> None:
+        self.health.stop()
+        if self._metrics is not None:
+            self._metrics.close()
+
+
+_STATUS: "weakref.WeakKeyDictionary[Any, Status]" = weakref.WeakKeyDictionary()
+_STATUS_LOCK = threading.Lock()
+
+
+def for_orchestrator(orch) -> Status:
+    with _STATUS_LOCK:
+        st = _STATUS.get(orch)
+        if st is None:
+            st = _STATUS[orch] = Status(orch)
+        return st
+
+
+# ---------------------------------------------------------------- routes
+def install(router: Router, orch) -> None:
+    """Nothing of the orchestrator is touched here: the services are looked
+    up when a request comes."""
+
+    def metrics(req: Request) -> Response:
+        return Response(200, for_orchestrator(orch).metrics.render(), content_type=METRICS_CTYPE)
+
+    def healthz(req: Request) -> Response:
+        return Response(200, {"status": "alive"})
+
+    def readyz(req: Request) -> Response:
+        checks = []
+        try:
+            orch.store.get("instances", "-")        # the store answers a query
+            checks.append({"name": "store", "ok": True, "detail": orch.store.path})
+        except Exception as e:                      # noqa: BLE001 - reported
+            checks.append({"name": "store", "ok": False, "detail": str(e)})
+        for p in for_orchestrator(orch).health.snapshot():
+            checks.append({"name": f"{p.host}/{p.role}", "ok": p.up, "detail": p.detail})
+        failed = [c["name"] for c in checks if not c["ok"]]
+        if failed:
+            return Response(503, {"type": "about:blank", "title": "Service unavailable",
+                                  "status": 503, "detail": f"not ready: {', '.join(failed)}",
+                                  "checks": checks},
+                            content_type="application/problem+json")
+        return Response(200, {"status": "ready", "checks": checks})
+
+    def page(req: Request) -> Response:
+        return Response(200, render_page(orch, for_orchestrator(orch).health).encode(),
+                        content_type="text/html; charset=utf-8")
+
+    router.add("GET", "/metrics", metrics, LOCAL)
+    router.add("GET", "/healthz", healthz, LOCAL)
+    router.add("GET", "/readyz", readyz, LOCAL)
+    router.add("GET", "/status", page, LOCAL)
+
+
+# ---------------------------------------------------------------- the page
+_CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
+h1{font-size:1.4em;margin:0 0 .2em} h2{font-size:1.1em;margin:1.4em 0 .4em}
+table{border-collapse:collapse;width:100%} th,td{text-align:left;padding:3px 8px;
+border-bottom:1px solid #ddd;vertical-align:top} th{background:#f3f3f3}
+td.num{text-align:right} .ok{color:#075e00} .bad{color:#a00000;font-weight:bold}
+.muted{color:#777} code{font-size:.95em}
+"""
+
+
+def _cell(v: Any, cls: str = "") -> str:
+    text = "-" if v in (None, "", []) else str(v)
+    attr = f' class="{cls}"' if cls else ""
+    return f"<td{attr}>{html.escape(text)}</td>"
+
+
+def _table(tid: str, headers: list[str], rows: list[str], empty: str) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join(rows) or f'<tr><td colspan="{len(headers)}" class="muted">' \
+                            f"{html.escape(empty)}</td></tr>"
+    return f'<table id="{tid}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _ts(ts: dict | None) -> str:
+    if not isinstance(ts, dict):
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts.get("seconds", 0))) + "Z"
+
+
+def render_page(orch, health: Health) -> str:
+    """Plain HTML from the store and the probes: no script, no build step;
+    it reloads itself every 10 s."""
+    hosts = hosts_view(orch, health)
+    host_rows = []
+    for h in hosts:
+        c = h["capacity"]
+        backends = " ".join(f"{b['role']}={b['driver']}:{'up' if b['up'] else 'DOWN'}"
+                            for b in h["backends"])
+        down = any(not b["up"] for b in h["backends"])
+        host_rows.append(
+            f'<tr data-host="{html.escape(h["id"])}">' + _cell(h["id"])
+            + _cell(f"{c.get('vcpuTotal', '?')}", "num") + _cell(c["vcpuPromised"], "num")
+            + _cell(c.get("vcpuFree", "?"), "num") + _cell(c.get("memoryMbTotal", "?"), "num")
+            + _cell(c["memoryMbPromised"], "num") + _cell(c.get("memoryMbFree", "?"), "num")
+            + _cell(h["instances"], "num") + _cell(backends, "bad" if down else "ok") + "</tr>")
+    pkgs = orch.packages.list()
+    pkg_rows = [f'<tr data-package="{html.escape(p["id"])}">' + _cell(p["appDId"])
+                + _cell(p.get("appName")) + _cell(p.get("appSoftVersion"))
+                + _cell(p.get("deploymentType")) + _cell(p.get("operationalState"))
+                + _cell(p.get("usageState")) + _cell(p["id"]) + "</tr>" for p in pkgs]
+    inst_rows, rule_rows = [], []
+    for inst in orch.lcm.list():
+        iid = inst["id"]
+        try:
+            dns = orch.mep.list_rules(iid, "dns_rules")
+            traffic = orch.mep.list_rules(iid, "traffic_rules")
+        except MecorchError:
+            dns, traffic = [], []
+        addrs = ", ".join(n["ip"] for n in (inst.get("allocatedResources") or {})
+                          .get("network", []))
+        state = inst["instantiationState"]
+        observed = inst.get("observedState")
+        inst_rows.append(
+            f'<tr data-instance="{html.escape(iid)}">' + _cell(inst.get("appInstanceName"))
+            + _cell(inst["appDId"]) + _cell(inst.get("hostId"))
+            + _cell(inst.get("deploymentType")) + _cell(state)
+            + _cell((inst.get("instantiatedAppState") or {}).get("operationalState"))
+            + _cell(observed, "bad" if observed not in (None, "RUNNING") else "")
+            + _cell(addrs) + _cell(", ".join(r.get("domainName", "") for r in dns))
+            + _cell(iid) + "</tr>")
+        if state != InstantiationState.INSTANTIATED.value:
+            continue
+        for r in traffic:
+            dst = ", ".join(",".join(f.get("dstAddress") or []) + ":" +
+                            ",".join(f.get("dstPort") or []) for f in r.get("trafficFilter", []))
+            rule_rows.append("<tr>" + _cell(inst.get("appInstanceName")) + _cell("traffic")
+                             + _cell(r.get("trafficRuleId")) + _cell(r.get("state"))
+                             + _cell(f"{r.get('action')} {dst}") + "</tr>")
+        for r in dns:
+            rule_rows.append("<tr>" + _cell(inst.get("appInstanceName")) + _cell("dns")
+                             + _cell(r.get("dnsRuleId")) + _cell(r.get("state"))
+                             + _cell(f"{r.get('domainName')} -> {r.get('ipAddress')}") + "</tr>")
+    ops = sorted(orch.lcm.ops(), key=lambda o: (o["startTime"].get("seconds", 0),
+                                                o["startTime"].get("nanoSeconds", 0)),
+                 reverse=True)[:RECENT_OPS]
+    op_rows = ["<tr>" + _cell(_ts(o["startTime"])) + _cell(o.get("operationParams"))
+               + _cell(o["operationState"],
+                       "bad" if o["operationState"] == "FAILED" else "")
+               + _cell(o["appInstanceId"]) + _cell((o.get("error") or {}).get("detail"))
+               + "</tr>" for o in ops]
+    now = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="refresh" content="10">
+<title>mecorch status</title><style>{_CSS}</style></head>
+<body>
+<h1>mecorch status</h1>
+<p class="muted">{html.escape(now)} &middot; read-only; reloads every 10 s &middot;
+<a href="/metrics">metrics</a> &middot; <a href="/readyz">readiness</a></p>
+<h2>Edge hosts</h2>
+{_table("hosts", ["host", "vCPU total", "promised", "free", "memory MB", "promised", "free",
+                  "instances", "backends"], host_rows, "no hosts configured")}
+<h2>App packages</h2>
+{_table("packages", ["appDId", "name", "version", "manner", "state", "usage", "id"],
+        pkg_rows, "no packages onboarded")}
+<h2>App instances</h2>
+{_table("instances", ["name", "appDId", "host", "manner", "state", "operational", "observed",
+                      "addresses", "DNS names", "id"], inst_rows, "no instances")}
+<h2>Rules</h2>
+{_table("rules", ["instance", "kind", "rule", "state", "what"], rule_rows,
+        "no rules of deployed instances")}
+<h2>Recent operations</h2>
+{_table("operations", ["started", "operation", "state", "instance", "error"], op_rows,
+        "no operations yet")}
+</body></html>
+"""
