@@ -34,7 +34,7 @@ class HostLease:
     def __init__(self, state_dir: str, api: str):
         self.state_dir = str(Path(state_dir).resolve())
         self.api = api
-        self._fds: dict[str, int] = {}
+        self._fds: dict[str, tuple[int, Path]] = {}
 
     def acquire(self, host_ids: list[str]) -> None:
         """Hold every host id or none: Conflict naming the holder."""
@@ -51,27 +51,38 @@ class HostLease:
         d = lease_dir()
         d.mkdir(mode=0o755, parents=True, exist_ok=True)
         path = d / f"{host_id}.lease"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read(fd)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read(fd)
+                os.close(fd)
+                raise Conflict(
+                    f"edge host {host_id!r} is held by another mecorch (state dir "
+                    f"{holder.get('stateDir', '?')}, pid {holder.get('pid', '?')}, API "
+                    f"{holder.get('api', '?')}): stop that one, or give this one another "
+                    "host id") from None
+            # A holder releasing removes the file: a lock taken on the file
+            # it just removed holds nothing, so take the one at the path.
+            try:
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
             os.close(fd)
-            raise Conflict(
-                f"edge host {host_id!r} is held by another mecorch (state dir "
-                f"{holder.get('stateDir', '?')}, pid {holder.get('pid', '?')}, API "
-                f"{holder.get('api', '?')}): stop that one, or give this one another host id")
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"hostId": host_id, "stateDir": self.state_dir,
                                   "pid": os.getpid(), "api": self.api}).encode(), 0)
-        self._fds[host_id] = fd
+        self._fds[host_id] = (fd, path)
 
     def release(self) -> None:
-        for fd in self._fds.values():
+        for fd, path in self._fds.values():
             try:
-                os.close(fd)            # drops the flock
+                os.unlink(path)         # while still held: see _acquire_one
             except OSError:
                 pass
+            os.close(fd)                # drops the flock
         self._fds.clear()
 
     def holds(self, host_id: str) -> bool:

@@ -1,0 +1,86 @@
+"""MEO to MEPM over TLS with bearer tokens both ways (in-memory drivers
+behind a real HTTPS server on loopback)."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import threading
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from fakes import FakeCompute, FakeMep
+from mecorch import config
+from mecorch.api import _tls_context, make_server
+from mecorch.errors import BackendUnavailable, InvalidInput, Unauthorized
+from mecorch.mepm.remote import RemoteMepm
+from mecorch.orchestrator import Orchestrator
+from mecorch.states import DeploymentType
+
+
+def _self_signed(tmp):
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mepm.test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    (tmp / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return str(tmp / "cert.pem"), str(tmp / "key.pem")
+
+
+@pytest.fixture
+def mepm(tmp_path):
+    cert, key = _self_signed(tmp_path)
+    (tmp_path / "tokens").write_text("mepm-token-0123456789abcdef\n")
+    cfg = config.load()
+    cfg["state_dir"] = str(tmp_path / "state")
+    cfg["hosts"][0]["id"] = "tls-edge"
+    cfg["api"].update(tls_cert=cert, tls_key=key, token_file=str(tmp_path / "tokens"))
+    orch = Orchestrator(cfg)
+    host = orch.inventory.get("tls-edge")
+    host.attach("cim", FakeCompute(DeploymentType.CONTAINER))
+    host.attach("vim", FakeCompute(DeploymentType.VM))
+    host.attach("mep", FakeMep())
+    server = make_server(orch, "127.0.0.1:0", "mepm")
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    yield f"https://127.0.0.1:{server.server_address[1]}", cert
+    server.shutdown()
+    server.server_close()
+    orch.close()
+
+
+def test_host_info_over_tls_with_a_token(mepm):
+    url, ca = mepm
+    remote = RemoteMepm("tls-edge", url, "mepm-token-0123456789abcdef", ca)
+    info = remote.info()
+    assert info.host_id == "tls-edge" and set(info.manners) == {"CONTAINER", "VM"}
+    assert info.manners["CONTAINER"].vcpu_total == 2 * 4.0       # fake cores x ratio
+    assert remote.discover() == ["tls-edge"]
+
+
+def test_wrong_token_and_unknown_ca_are_refused(mepm):
+    url, ca = mepm
+    with pytest.raises(Unauthorized):
+        RemoteMepm("tls-edge", url, "not-the-token-0123456789", ca).info()
+    with pytest.raises(BackendUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+        RemoteMepm("tls-edge", url, "mepm-token-0123456789abcdef").info()
+
+
+def test_an_mepm_off_loopback_needs_tls():
+    cfg = config.load()
+    with pytest.raises(InvalidInput, match="an MEPM listening on 10.20.30.40 needs api.tls_cert"):
+        _tls_context(cfg, "10.20.30.40", "mepm")
+    assert _tls_context(cfg, "127.0.0.1", "mepm") is None
