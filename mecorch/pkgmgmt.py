@@ -121,12 +121,18 @@ class PackageManager:
                                  f"{req['checksum']['hash']}, got {got}")
         self._state(doc, OnboardingState.PROCESSING)
         pkg = open_package(zpath, trusted_key=self.trusted_key)
+        # Upgrades: an appDId may be onboarded once per (appDVersion,
+        # appSoftVersion); instances keep the package they were made from.
+        version = (str(pkg.appd["appDVersion"]), str(pkg.appd["appSoftVersion"]))
         with self._lock:
             for other in self.store.list("packages", appDId=pkg.app_d_id):
-                if other["id"] != doc["id"]:
-                    raise Conflict(f"an app package with appDId {pkg.app_d_id!r} is already "
-                                   f"onboarded ({other['id']})")
-            doc["appDId"] = pkg.app_d_id            # claims the appDId
+                if other["id"] != doc["id"] and _version_of(other) == version:
+                    raise Conflict(f"app package {other['id']} already holds appDId "
+                                   f"{pkg.app_d_id!r} at appDVersion {version[0]!r}, "
+                                   f"appSoftVersion {version[1]!r}: onboard an upgrade with "
+                                   "another appDVersion or appSoftVersion")
+            doc["appDId"] = pkg.app_d_id            # claims the appDId at this version
+            doc["appDVersion"], doc["appSoftwareVersion"] = version
             self.store.put("packages", doc["id"], doc)
         infos = self._images_to_store(doc, pkg)
         stored = {info.manner.value: self._store_image(doc, pkg, info) for info in infos}
@@ -198,7 +204,8 @@ class PackageManager:
             image = f"{registry}/mecorch-apps/{_repo_name(pkg.app_d_id)}:" \
                     f"{_VERSION_TAG.sub('_', info.version or 'latest')[:110]}-{doc['id'][:8]}"
         else:
-            image = pkg.app_d_id
+            # one VM image per package: two versions of an app coexist
+            image = f"{pkg.app_d_id[:55]}-{doc['id'][:8]}"
         doc["_images"].append({"image": image, "imported": True, "manner": manner.value})
         self.store.put("packages", doc["id"], doc)     # journal before import
         with tempfile.TemporaryDirectory(dir=self.dir) as tmp:
@@ -250,7 +257,7 @@ class PackageManager:
             if doc["onboardingState"] != OnboardingState.ONBOARDED.value:
                 self._discard(doc)
                 done.append(f"removed half-onboarded package {doc['id']}")
-            elif doc.get("_deletionPending") and not self._users(doc["appDId"]):
+            elif doc.get("_deletionPending") and not self._users(doc):
                 self._remove(doc)
                 done.append(f"finished pending deletion of package {doc['id']}")
         return done
@@ -272,10 +279,16 @@ class PackageManager:
         return self.get(pkg_id)
 
     def by_appd(self, app_d_id: str) -> dict:
-        for doc in self.store.list("packages", appDId=app_d_id):
-            if doc["onboardingState"] == OnboardingState.ONBOARDED.value:
-                return doc
-        raise NotFound(f"no onboarded app package has appDId {app_d_id!r}")
+        """The package a lookup of `app_d_id` without a version means: the
+        newest (last onboarded) version that is ENABLED and not pending
+        deletion, else the newest onboarded one (its AppD stays readable)."""
+        docs = [d for d in self.store.list("packages", appDId=app_d_id,
+                                           onboardingState=OnboardingState.ONBOARDED.value)]
+        if not docs:
+            raise NotFound(f"no onboarded app package has appDId {app_d_id!r}")
+        live = [d for d in docs if d.get("operationalState") == OperationalState.ENABLED.value
+                and not d.get("_deletionPending")]
+        return (live or docs)[-1]
 
     def view(self, doc: dict) -> dict:
         out = public(doc)
@@ -321,9 +334,17 @@ class PackageManager:
                                onboardingState=OnboardingState.ONBOARDED.value)
         return out, (str(after) if more else None)
 
-    def usable(self, app_d_id: str) -> dict:
-        """The package an instance of `app_d_id` is made from, if it may be."""
-        doc = self.by_appd(app_d_id)
+    def usable(self, app_d_id: str, pkg_id: str | None = None) -> dict:
+        """The package an instance of `app_d_id` is made from, if it may be:
+        `pkg_id` (the version the instance was created from: its appPkgId),
+        else the newest enabled version."""
+        if pkg_id:
+            doc = self.store.get("packages", pkg_id)
+            if doc is None or doc.get("appDId") != app_d_id \
+                    or doc["onboardingState"] != OnboardingState.ONBOARDED.value:
+                raise NotFound(f"app package {pkg_id!r} of appDId {app_d_id!r} does not exist")
+        else:
+            doc = self.by_appd(app_d_id)
         if doc["operationalState"] != OperationalState.ENABLED.value:
             raise Conflict(f"app package {doc['id']} ({app_d_id}) is DISABLED")
         if doc.get("_deletionPending"):
@@ -375,7 +396,7 @@ class PackageManager:
                 return True
             if doc["operationalState"] != OperationalState.DISABLED.value:
                 raise Conflict(f"app package {pkg_id} is ENABLED: disable it first")
-            if self._users(doc["appDId"]):
+            if self._users(doc):
                 doc["_deletionPending"] = True
                 self.store.put("packages", pkg_id, doc)
                 logs.event("package.deletion_pending", package=pkg_id, app=doc["appDId"])
@@ -385,26 +406,30 @@ class PackageManager:
             return True
 
     def refresh_usage(self, app_d_id: str) -> None:
-        """Recompute usageState after an instance came or went, and finish a
-        pending deletion when the last user is gone."""
+        """Recompute usageState of every version of `app_d_id` after an
+        instance came or went, and finish the pending deletion of a version
+        whose last instance is gone."""
         with self._lock:
-            try:
-                doc = self.by_appd(app_d_id)
-            except NotFound:
-                return
-            users = self._users(app_d_id)
-            doc["usageState"] = (UsageState.IN_USE if users else UsageState.NOT_IN_USE).value
-            if doc.get("_deletionPending") and not users:
-                self._remove(doc)
-                logs.event("package.deleted", package=doc["id"], app=app_d_id,
-                           reason="last instance gone")
-            else:
-                self.store.put("packages", doc["id"], doc)
+            for doc in self.store.list("packages", appDId=app_d_id,
+                                       onboardingState=OnboardingState.ONBOARDED.value):
+                users = self._users(doc)
+                usage = (UsageState.IN_USE if users else UsageState.NOT_IN_USE).value
+                if doc.get("_deletionPending") and not users:
+                    self._remove(doc)
+                    logs.event("package.deleted", package=doc["id"], app=app_d_id,
+                               reason="last instance gone")
+                elif doc.get("usageState") != usage:
+                    doc["usageState"] = usage
+                    self.store.put("packages", doc["id"], doc)
 
-    def _users(self, app_d_id: str) -> int:
-        return sum(1 for i in self.store.list("instances", appDId=app_d_id)
-                   if i["instantiationState"] == InstantiationState.INSTANTIATED.value
-                   or i.get("_opId") and self._op_running(i["_opId"]))
+    def _users(self, doc: dict) -> int:
+        """Instances using this package: made from it (their appPkgId; one
+        without, from before versions, counts for every version) and
+        instantiated or being instantiated/terminated."""
+        return sum(1 for i in self.store.list("instances", appDId=doc["appDId"])
+                   if i.get("appPkgId", doc["id"]) == doc["id"]
+                   and (i["instantiationState"] == InstantiationState.INSTANTIATED.value
+                        or i.get("_opId") and self._op_running(i["_opId"])))
 
     def _op_running(self, op_id: str) -> bool:
         op = self.store.get("op_occs", op_id)
@@ -506,6 +531,10 @@ def _links(pkg_id: str) -> dict:
     return {"self": {"href": f"{PKGM}/app_packages/{pkg_id}"},
             "appD": {"href": f"{PKGM}/app_packages/{pkg_id}/appd"},
             "appPkgContent": {"href": f"{PKGM}/app_packages/{pkg_id}/package_content"}}
+
+
+def _version_of(doc: dict) -> tuple[str | None, str | None]:
+    return doc.get("appDVersion"), doc.get("appSoftwareVersion")
 
 
 def _marker(marker: str | None) -> int:
