@@ -105,7 +105,7 @@ def package_onboard(c: Client, a) -> int:
 
 def _package_rows(rows: list[dict]) -> None:
     table(("ID", "APPDID", "NAME", "VERSION", "MANNER", "STATE", "USAGE", "ONBOARDING"),
-          ((p["id"], p["appDId"], p["appName"], p.get("appSoftVersion"),
+          ((p["id"], p["appDId"], p["appName"], p.get("appSoftwareVersion"),
             p.get("deploymentType") or "+".join(p.get("deploymentTypes") or ()),
             p["operationalState"], p["usageState"],
             p["onboardingState"]) for p in rows))

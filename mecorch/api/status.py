@@ -382,7 +382,7 @@ def render_page(orch, health: Health) -> str:
             + _cell(h["instances"], "num") + _cell(backends, "bad" if down else "ok") + "</tr>")
     pkgs = orch.packages.list()
     pkg_rows = [f'<tr data-package="{html.escape(p["id"])}">' + _cell(p["appDId"])
-                + _cell(p.get("appName")) + _cell(p.get("appSoftVersion"))
+                + _cell(p.get("appName")) + _cell(p.get("appSoftwareVersion"))
                 + _cell(p.get("deploymentType")) + _cell(p.get("operationalState"))
                 + _cell(p.get("usageState")) + _cell(p["id"]) + "</tr>" for p in pkgs]
     inst_rows, rule_rows = [], []
@@ -435,8 +435,9 @@ def render_page(orch, health: Health) -> str:
 <p class="muted">{html.escape(now)} &middot; read-only; reloads every 10 s &middot;
 <a href="/metrics">metrics</a> &middot; <a href="/readyz">readiness</a></p>
 <h2>Edge hosts</h2>
-{_table("hosts", ["host", "vCPU total", "promised", "free", "memory MB", "promised", "free",
-                  "instances", "backends"], host_rows, "no hosts configured")}
+{_table("hosts", ["host", "vCPU total", "vCPU promised", "vCPU free", "memory MB",
+                  "memory promised", "memory free", "instances", "backends"], host_rows,
+        "no hosts configured")}
 <h2>App packages</h2>
 {_table("packages", ["appDId", "name", "version", "manner", "state", "usage", "id"],
         pkg_rows, "no packages onboarded")}
