@@ -399,7 +399,8 @@ def choose_manner(manners_available: Iterable, host_facts: Sequence[HostFacts],
         others = [no(o) for o in available if o is not m]
         return m, f"{m.value}: only that manner fits ({m.value} on {', '.join(fits[m])}; " \
                   + "; ".join(others) + ")"
-    both = "; ".join(f"{m.value} on {', '.join(fits[m])}" for m in available)
+    both = "; ".join(f"{m.value} on {', '.join(fits[m])}" for m in available) + "".join(
+        f"; {m.value} not on " + ", ".join(why_not[m]) for m in available if why_not[m])
     if pref is not None:
         return pref, f"{pref.value}: both manners fit ({both}); {preference_from} " \
                      f"prefers {pref.value.lower()}"
