@@ -104,8 +104,11 @@ def package_onboard(c: Client, a) -> int:
 
 
 def _package_rows(rows: list[dict]) -> None:
-    table(("ID", "APPDID", "NAME", "VERSION", "MANNER", "STATE", "USAGE", "ONBOARDING"),
+    # several versions of one appDId can be onboarded: both versions shown
+    table(("ID", "APPDID", "NAME", "VERSION", "APPD-VERSION", "MANNER", "STATE", "USAGE",
+           "ONBOARDING"),
           ((p["id"], p["appDId"], p["appName"], p.get("appSoftwareVersion"),
+            p.get("appDVersion"),
             p.get("deploymentType") or "+".join(p.get("deploymentTypes") or ()),
             p["operationalState"], p["usageState"],
             p["onboardingState"]) for p in rows))
