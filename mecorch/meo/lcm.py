@@ -154,7 +154,7 @@ class SystemLcm:
             self._no_unfinished_op(instance_id)
             if inst["instantiationState"] != NOT_INSTANTIATED:
                 raise Conflict(f"app instance {instance_id} is already INSTANTIATED")
-            pkg = self.packages.usable(inst["appDId"])
+            pkg = self.packages.usable(inst["appDId"], inst.get("appPkgId"))
             wanted = selected_hosts(body)
             recorded = pkg.get("_manners") or [pkg["_manner"]]
             choice = decision.decide_manner(body, recorded,
