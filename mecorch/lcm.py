@@ -180,6 +180,9 @@ class Lcm:
             host = self.inventory.reserve(instance_id, choice.manner, need, wanted,
                                           self.used_by_host())
             try:
+                # First: the rules claim their addresses and names on the
+                # host (400/409 here, before anything is made or journalled).
+                self.mep.set_rules(instance_id, traffic, dns, host)
                 op = self.journal.start(instance_id, LcmOperation.INSTANTIATE, {
                     "hostId": host.id, "manner": choice.manner.value,
                     "decidedBy": choice.source, "request": _request_doc(request),
@@ -192,14 +195,14 @@ class Lcm:
                 if key:
                     self.store.put("idempotency", key, {"resource": op["id"],
                                                         "fingerprint": fingerprint})
-                self.mep.set_rules(instance_id, traffic, dns)
             except BaseException:
+                self.mep.release(instance_id)
                 self.inventory.release(instance_id)
                 raise
             self._busy.add(instance_id)
             self._live.add(op["id"])
         request = dataclasses.replace(request, env={
-            **request.env, **self.mep.app_env(instance_id, app_token)})
+            **request.env, **self.mep.app_env(instance_id, app_token, host, choice.manner)})
         self._pool.submit(self._guarded, instance_id, self._run_instantiate, op, request, host)
         return public(op)
 
@@ -245,6 +248,7 @@ class Lcm:
         iid = op["appInstanceId"]
         if self.journal.done(op, "begin:rules"):
             _best_effort(f"remove rules of {iid}", self.mep.remove, host, iid)
+        self.mep.release(iid)           # its addresses and names are free again
         if self.journal.done(op, "begin:deploy"):
             step = self.journal.data(op, "deploy")
             handle = handle or (step or {}).get("handle")

@@ -199,10 +199,12 @@ class PackageManager:
             return image
         if manner is DeploymentType.CONTAINER:
             registry = hosts[0].section("cim")["registry"]
-            # The package id in the tag: orchestrators sharing a registry
-            # (a lab, a test run) never remove each other's images.
-            image = f"{registry}/mecorch-apps/{_repo_name(pkg.app_d_id)}:" \
-                    f"{_VERSION_TAG.sub('_', info.version or 'latest')[:110]}-{doc['id'][:8]}"
+            # The package id in the repository name: a registry deletes a
+            # manifest (by digest) with every tag of it in its repository, so
+            # two versions of an app with the same image, or orchestrators
+            # sharing a registry (a lab, a test run), need a repository each.
+            image = f"{registry}/mecorch-apps/{_repo_name(pkg.app_d_id)[:100]}-" \
+                    f"{doc['id'][:8]}:{_VERSION_TAG.sub('_', info.version or 'latest')[:110]}"
         else:
             # one VM image per package: two versions of an app coexist
             image = f"{pkg.app_d_id[:55]}-{doc['id'][:8]}"

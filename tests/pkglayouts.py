@@ -109,16 +109,20 @@ def rules(app: str, vip: str, snake: bool) -> tuple[list, list]:
     return dns, traffic
 
 
-def mec_appd(kind: str, app: str, image_member: str, vip: str, version: str = "1.0") -> bytes:
-    """A MEC 010-2 AppD (the samples') for `app`."""
+def mec_appd(kind: str, app: str, image_member: str, vip: str | None,
+             version: str = "1.0") -> bytes:
+    """A MEC 010-2 AppD (the samples') for `app`; no rules without `vip`."""
     src = "sample-container-app" if kind == "container" else "sample-vm-app"
     appd = yaml.safe_load((EXAMPLES / src / "Definitions/appd.yaml").read_text())
     appd["appDId"] = appd["appName"] = app
     appd["appDVersion"] = appd["appSoftVersion"] = version
     appd["swImageDescriptor"]["swImage"] = image_member
-    dns, traffic = rules(app, vip, snake=False)
-    traffic[0]["dstInterface"] = [traffic[0]["dstInterface"]]
-    appd["appDNSRule"], appd["appTrafficRule"] = dns, traffic
+    appd.pop("appDNSRule", None)
+    appd.pop("appTrafficRule", None)
+    if vip:
+        dns, traffic = rules(app, vip, snake=False)
+        traffic[0]["dstInterface"] = [traffic[0]["dstInterface"]]
+        appd["appDNSRule"], appd["appTrafficRule"] = dns, traffic
     return yaml.safe_dump(appd, sort_keys=False).encode()
 
 
