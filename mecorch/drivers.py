@@ -125,6 +125,12 @@ class ComputeDriver(Driver):
         """Every instance this driver finds on its backend by mecorch's
         labels/metadata, whether or not the store knows it."""
 
+    def app_gateway(self) -> str | None:
+        """This host's address on the network the driver attaches apps to
+        (its gateway), where apps reach the MEP's DNS and Mp1; None when
+        there is none (the default)."""
+        return None
+
 
 class PlatformDriver(Driver):
     """The MEP data plane: DNS rules and traffic rules of instances."""

@@ -231,6 +231,7 @@ class Lcm:
                 "_need": op["_plan"]["need"],
             })
             self.store.put("instances", iid, inst)
+            self.journal.events.instance(inst)          # notifications
             self.packages.refresh_usage(inst["appDId"])
             self._free(iid)
             self.journal.finish(op)
@@ -317,6 +318,7 @@ class Lcm:
             inst.pop(k, None)
         inst["instantiationState"] = InstantiationState.NOT_INSTANTIATED.value
         self.store.put("instances", iid, inst)
+        self.journal.events.instance(inst)              # notifications
         self.journal.step(op, "released")
 
     # ------------------------------------------------------------ operate
@@ -348,6 +350,7 @@ class Lcm:
                 compute.start(inst["_handle"])
             inst["instantiatedAppState"] = {"operationalState": op["_plan"]["to"]}
             self.store.put("instances", iid, inst)
+            self.journal.events.instance(inst)          # notifications
             self._free(iid)
             self.journal.finish(op)
         except Exception as e:   # noqa: BLE001

@@ -7,6 +7,17 @@ driver as one set. An app can read and change only its own rules; every
 change is validated (`mecorch.rules`) before anything is applied, and the
 stored set changes only when the driver accepted the new one.
 
+Ownership of addresses and names (the ledger is the store's rule sets that
+are *claimed*: from instantiation until termination or rollback): a traffic
+rule's destinations must lie in the host's service range (400 naming it);
+a destination (address:port/protocol) another instance of the host claims
+is a 409 naming that instance; a DNS name belongs to the first instance
+that claims it (409), unless every claimant comes from the same app (same
+appDId: replicas share a name), and must lie in the host's MEC domain
+(`mep.dns_domain`, 400). Claims are checked and taken under one lock, at
+instantiation (before anything is made) and on every Mp1 PUT (with the
+apply), so of two instantiations racing for one address exactly one wins.
+
 Each instantiation issues the instance an Mp1 token (random; only its
 SHA-256 is stored, in the instance record as `_mp1Token`) that the app gets
 in its environment (`app_env`); the API lets that token reach the
@@ -26,9 +37,11 @@ import urllib.parse
 import urllib.request
 
 from . import logs, validate
-from .errors import Conflict, InvalidInput, NotFound, PreconditionFailed
+from . import rules as R
+from .errors import Conflict, InvalidInput, MecorchError, NotFound, PreconditionFailed
 from .hosts import EdgeHost, Inventory
 from .rules import DnsRule, TrafficRule, unique_ids
+from .states import DeploymentType
 from .store import Store
 from .timeutil import new_id
 
@@ -46,7 +59,14 @@ class MepService:
                                   for n in cfg["api"]["callback_networks"]]
         # Where apps reach Mp1: api.mp1_url if set, else the listen address
         # (loopback by default, which a bridged container cannot reach).
-        self.mp1_url = cfg["api"].get("mp1_url") or f"http://{cfg['api']['listen']}{MP1}"
+        self.cfg_mp1_url = cfg["api"].get("mp1_url")
+        self.mp1_url = self.cfg_mp1_url or f"http://{cfg['api']['listen']}{MP1}"
+        self.mp1_port = int(cfg["api"]["listen"].rpartition(":")[2] or 8080)
+        # App-network gateway addresses Mp1 is served on (mecorch.api.serve_app_networks
+        # adds them): an app on such a network is given that address.
+        self.mp1_gateways: set[str] = set()
+        # One lock for the rule ledger: claims are checked and taken (and Mp1
+        # changes applied) one at a time.
         self._lock = threading.Lock()
         self._termination: dict[str, threading.Event] = {}
 
@@ -68,10 +88,86 @@ class MepService:
         unique_ids(dns, "dns_rule_id", "appDNSRule")
         return [r.to_etsi() for r in traffic], [r.to_etsi() for r in dns]
 
-    def set_rules(self, instance_id: str, traffic: list[dict], dns: list[dict]) -> None:
-        """Record the instance's rule set (applied later by `apply`)."""
-        self.store.put("rules", instance_id, {"trafficRules": traffic, "dnsRules": dns,
-                                              "hostId": None, "targetIp": None})
+    def set_rules(self, instance_id: str, traffic: list[dict], dns: list[dict],
+                  host: EdgeHost | None = None) -> None:
+        """Record the instance's rule set (applied later by `apply`). With
+        `host`, the set claims its addresses and names there: checked
+        against every other claim of that host and taken atomically
+        (InvalidInput / Conflict with nothing recorded)."""
+        inst = self.store.get("instances", instance_id) or {}
+        doc = {"id": instance_id, "trafficRules": traffic, "dnsRules": dns, "hostId": None,
+               "targetIp": None,
+               "appDId": inst.get("appDId"), "claimHost": host.id if host else None}
+        with self._lock:
+            if host is not None:
+                self.check_claims(host, instance_id, doc)
+            self.store.put("rules", instance_id, doc)
+
+    def release(self, instance_id: str) -> None:
+        """Give up the instance's claims (its rule set is kept, unclaimed).
+        Nothing claimed: nothing to do."""
+        with self._lock:
+            doc = self.store.get("rules", instance_id)
+            if doc and doc.get("claimHost"):
+                doc["claimHost"] = None
+                self.store.put("rules", instance_id, doc)
+
+    # ------------------------------------------------------------ ownership
+    def check_claims(self, host: EdgeHost, instance_id: str, doc: dict) -> None:
+        """Refuse a rule set that leaves the host's service range or MEC
+        domain (InvalidInput) or takes what another instance of the host
+        claims (Conflict naming it). Called with the ledger lock held."""
+        mep = host.section("mep")
+        service = mep.get("service_cidr")
+        domain = mep.get("dns_domain")
+        traffic = [TrafficRule.from_etsi(r) for r in doc["trafficRules"]]
+        dns = [DnsRule.from_etsi(r) for r in doc["dnsRules"]]
+        if service:
+            for rule in traffic:
+                bad = R.outside(rule, service)
+                if bad:
+                    raise InvalidInput(
+                        f"trafficRule {rule.traffic_rule_id}: destination {bad} is outside "
+                        f"the service range {service} of host {host.id} (trafficFilter."
+                        f"dstAddress must lie in it)")
+        if domain:
+            for rule in dns:
+                if not R.in_domain(rule.domain_name, domain):
+                    raise InvalidInput(
+                        f"dnsRule {rule.dns_rule_id}: domainName {rule.domain_name} is not in "
+                        f"the MEC domain {domain} of host {host.id}")
+        mine = [d for rule in traffic for d in R.destinations(rule)]
+        names = {r.domain_name: r.dns_rule_id for r in dns}
+        for other_id, other in self._claims(host.id, instance_id):
+            for rule in other["trafficRules"]:
+                for theirs in R.destinations(TrafficRule.from_etsi(rule)):
+                    for d in mine:
+                        where = d.overlap(theirs)
+                        if where:
+                            raise Conflict(
+                                f"trafficRule {d.rule_id}: {where} is steered by instance "
+                                f"{other_id} (app {other.get('appDId')}, trafficRule "
+                                f"{theirs.rule_id})")
+            same_app = doc.get("appDId") is not None and other.get("appDId") == doc["appDId"]
+            if same_app:
+                continue
+            for rule in other["dnsRules"]:
+                name = rule["domainName"]
+                if name in names:
+                    raise Conflict(
+                        f"dnsRule {names[name]}: the name {name} belongs to instance "
+                        f"{other_id} (app {other.get('appDId')}); only instances of that "
+                        f"app may share it")
+
+    def _claims(self, host_id: str, but: str):
+        """(instance id, rule set) of every claim on the host but `but`'s."""
+        for doc in self.store.list("rules"):
+            iid = doc.get("id")
+            if iid == but:
+                continue
+            claim = doc.get("claimHost", doc.get("hostId"))
+            if claim == host_id:
+                yield iid, doc
 
     def apply(self, host: EdgeHost, instance_id: str, target_ip: str | None) -> None:
         doc = self._rules(instance_id)
@@ -83,10 +179,12 @@ class MepService:
         mep = host.mep()
         if mep is not None:
             mep.remove_rules(instance_id)
-        doc = self.store.get("rules", instance_id)
-        if doc:
-            doc["hostId"] = None
-            self.store.put("rules", instance_id, doc)
+        with self._lock:
+            doc = self.store.get("rules", instance_id)
+            if doc:
+                doc["hostId"] = None
+                doc["claimHost"] = None
+                self.store.put("rules", instance_id, doc)
 
     def forget(self, instance_id: str) -> None:
         self.store.delete("rules", instance_id)
@@ -108,7 +206,8 @@ class MepService:
         if doc is None:
             if self.store.get("instances", instance_id) is None:
                 raise NotFound(f"app instance {instance_id!r} does not exist")
-            doc = {"trafficRules": [], "dnsRules": [], "hostId": None, "targetIp": None}
+            doc = {"id": instance_id, "trafficRules": [], "dnsRules": [], "hostId": None,
+                   "targetIp": None}
         return doc
 
     # ------------------------------------------------------------ Mp1 tokens
@@ -119,10 +218,64 @@ class MepService:
         token = secrets.token_urlsafe(32)
         return token, token_digest(token)
 
-    def app_env(self, instance_id: str, token: str) -> dict[str, str]:
-        """What an app instance is told about its Mp1 (environment variables)."""
+    def app_env(self, instance_id: str, token: str, host: EdgeHost | None = None,
+                manner: DeploymentType | None = None) -> dict[str, str]:
+        """What an app instance is told about its Mp1 (environment variables
+        of a container; SMBIOS OEM strings of a VM)."""
         return {"MEC_APP_INSTANCE_ID": instance_id, "MEC_APP_TOKEN": token,
-                "MEC_MP1_URL": self.mp1_url}
+                "MEC_MP1_URL": self.app_mp1_url(host, manner)}
+
+    def app_mp1_url(self, host: EdgeHost | None, manner: DeploymentType | None) -> str:
+        """api.mp1_url when set; else the gateway of the app's network when
+        Mp1 is served there; else the listen address."""
+        gateway = self.gateway(host, manner) if host and manner and \
+            not self.cfg_mp1_url else None
+        if gateway and gateway in self.mp1_gateways:
+            return f"http://{gateway}:{self.mp1_port}{MP1}"
+        return self.mp1_url
+
+    @staticmethod
+    def gateway(host: EdgeHost, manner: DeploymentType) -> str | None:
+        """The host's address on the app network of `manner`, or None."""
+        if not host.has(manner):
+            return None
+        try:
+            return host.compute(manner).app_gateway()
+        except MecorchError as e:
+            log.warning("no gateway of the %s network of host %s: %s", manner.value,
+                        host.id, e.detail)
+            return None
+
+    def app_gateways(self) -> list[str]:
+        """Every host's app-network gateway addresses (where Mp1 and DNS are
+        served to apps)."""
+        found = []
+        for host in self.inventory.hosts.values():
+            for manner in DeploymentType:
+                gw = self.gateway(host, manner)
+                if gw and gw not in found:
+                    found.append(gw)
+        return found
+
+    def serve_dns_everywhere(self) -> None:
+        """`serve_dns` on every host with a MEP; a failure is logged (the
+        rules still work on the MEP's own listener)."""
+        for host in self.inventory.hosts.values():
+            if host.section("mep"):
+                try:
+                    self.serve_dns(host)
+                except MecorchError as e:
+                    log.warning("DNS not served on host %s's app networks: %s", host.id,
+                                e.detail)
+
+    def serve_dns(self, host: EdgeHost) -> None:
+        """Have the host's MEP answer DNS on its app-network gateways too
+        (and its data-plane address, which the MEP knows from its config).
+        A MEP without that ability (a fake) is left alone."""
+        mep = host.mep()
+        serve_on = getattr(mep, "serve_dns_on", None)
+        if serve_on is not None:
+            serve_on([gw for gw in (self.gateway(host, m) for m in DeploymentType) if gw])
 
     def app_token_owner(self, token: str) -> str | None:
         """The instance an Mp1 token was issued to (and not yet revoked by
@@ -161,6 +314,11 @@ class MepService:
         with self._lock:
             doc = self._rules(instance_id)
             doc[key] = [new if r[id_field] == rule_id else r for r in doc[key]]
+            claim = doc.get("claimHost", doc.get("hostId"))
+            if claim:
+                # Checked against the other claims with the lock held, then
+                # applied: nothing is applied or stored when refused.
+                self.check_claims(self.inventory.get(claim), instance_id, doc)
             if doc.get("hostId"):
                 self._push(self.inventory.get(doc["hostId"]), instance_id, doc)
             self.store.put("rules", instance_id, doc)

@@ -395,3 +395,109 @@ def unique_ids(rules: list, attr: str, field: str) -> None:
         if rid in seen:
             _fail(field, f"duplicate id {rid!r}")
         seen.add(rid)
+
+
+# -- what a rule set claims: addresses and names ---------------------------------
+#
+# Ownership is decided on these pure values (mecorch.mep holds the ledger):
+# a traffic rule claims every (destination address, port, protocol) its
+# filters match; a DNS rule claims its name. Two instances may not claim
+# overlapping destinations (one DNAT would shadow the other).
+
+_PROTOCOL_NUMBERS = {"6": "tcp", "17": "udp", "132": "sctp", "1": "icmp", "58": "icmpv6",
+                     "47": "gre", "50": "esp", "51": "ah"}
+ALL_PORTS = ((0, 65535),)
+
+
+@dataclass(frozen=True)
+class Destination:
+    """One box of destinations a TrafficFilter matches: an address interval,
+    port intervals (ALL_PORTS when the filter names none) and protocols
+    (None: every protocol)."""
+    rule_id: str
+    version: int
+    lo: int
+    hi: int
+    ports: tuple[tuple[int, int], ...]
+    protocols: frozenset | None
+
+    def overlap(self, other: "Destination") -> str | None:
+        """A destination both match, as text (`10.90.0.10:80/tcp`), or None."""
+        if self.version != other.version or self.hi < other.lo or other.hi < self.lo:
+            return None
+        if self.protocols is None:
+            protos = other.protocols
+        elif other.protocols is None:
+            protos = self.protocols
+        else:
+            protos = self.protocols & other.protocols
+            if not protos:
+                return None
+        port = None
+        for lo1, hi1 in self.ports:
+            for lo2, hi2 in other.ports:
+                if max(lo1, lo2) <= min(hi1, hi2):
+                    port = max(lo1, lo2)
+                    break
+            if port is not None:
+                break
+        if port is None:
+            return None
+        addr = ipaddress.ip_address(max(self.lo, other.lo))
+        shown = f"[{addr}]" if addr.version == 6 else str(addr)
+        both_all = self.ports == ALL_PORTS and other.ports == ALL_PORTS
+        proto = "any protocol" if protos is None else "/".join(sorted(protos))
+        return f"{shown} ({proto}, every port)" if both_all else f"{shown}:{port}/{proto}"
+
+
+def address_interval(value: str) -> tuple[int, int, int]:
+    """(IP version, lowest, highest) of a normalised address, CIDR or range."""
+    if "-" in value:
+        lo_s, _, hi_s = value.partition("-")
+        lo, hi = ipaddress.ip_address(lo_s), ipaddress.ip_address(hi_s)
+        return lo.version, int(lo), int(hi)
+    net = ipaddress.ip_network(value, strict=False)
+    return net.version, int(net.network_address), int(net.broadcast_address)
+
+
+def _port_interval(value: str) -> tuple[int, int]:
+    lo, _, hi = value.partition("-")
+    return int(lo), int(hi or lo)
+
+
+def destinations(rule: TrafficRule) -> list[Destination]:
+    """Every destination box the rule's filters match. A filter without
+    dstAddress matches every address (version 4 and 6)."""
+    out = []
+    for flt in rule.traffic_filter:
+        protos = frozenset(_PROTOCOL_NUMBERS.get(p, p) for p in flt.protocol) or None
+        if protos is None and flt.dst_port:
+            protos = frozenset(("tcp", "udp"))      # as the MEP renders a port alone
+        ports = tuple(_port_interval(p) for p in flt.dst_port) or ALL_PORTS
+        addrs = [address_interval(a) for a in flt.dst_address] or [
+            (4, 0, 2**32 - 1), (6, 0, 2**128 - 1)]
+        for version, lo, hi in addrs:
+            out.append(Destination(rule.traffic_rule_id, version, lo, hi, ports, protos))
+    return out
+
+
+def outside(rule: TrafficRule, service_range: str) -> str | None:
+    """The first destination address of the rule that is not inside
+    `service_range` (a CIDR), or None when all are. A filter without
+    dstAddress is reported as "every address"."""
+    net = ipaddress.ip_network(service_range)
+    for flt in rule.traffic_filter:
+        if not flt.dst_address:
+            return "every address (the filter names no dstAddress)"
+        for value in flt.dst_address:
+            version, lo, hi = address_interval(value)
+            if version != net.version or lo < int(net.network_address) \
+                    or hi > int(net.broadcast_address):
+                return value
+    return None
+
+
+def in_domain(name: str, domain: str) -> bool:
+    """`name` is `domain` or a name below it (both normalised, lower-case)."""
+    domain = domain.lower().rstrip(".")
+    return name == domain or name.endswith("." + domain)

@@ -243,3 +243,66 @@ def test_dnsmasq_argv_has_no_config_or_upstream():
                         listen="127.0.0.1", port=5353, local_ttl=0, user="root")
     assert argv[0] == "dnsmasq" and "--conf-file=/dev/null" in argv
     assert {"--no-resolv", "--no-hosts", "--bind-interfaces", "--hostsdir=/s/h"} <= set(argv)
+
+
+# -- ownership: what a rule claims (issue 12) --------------------------------------------
+
+from mecorch import rules as R       # noqa: E402 - grouped with the tests that use it
+
+
+def _dest(**flt) -> list:
+    return R.destinations(tr(trafficFilter=[flt]))
+
+
+def test_destinations_and_their_overlap():
+    mine = _dest(dstAddress=["10.90.0.10"], dstPort=["80"], protocol=["TCP"])
+    assert mine[0].overlap(_dest(dstAddress=["10.90.0.0/28"], dstPort=["70-90"])[0]) \
+        == "10.90.0.10:80/tcp"
+    assert mine[0].overlap(_dest(dstAddress=["10.90.0.10"])[0]) == "10.90.0.10:80/tcp"
+    assert mine[0].overlap(_dest(dstAddress=["10.90.0.10"], dstPort=["80"],
+                                 protocol=["17"])[0]) is None
+    assert mine[0].overlap(_dest(dstAddress=["10.90.0.11"], dstPort=["80"])[0]) is None
+    everything = _dest(dstPort=["80"])               # no dstAddress: every v4 and v6 address
+    assert len(everything) == 2 and any(d.overlap(mine[0]) for d in everything)
+    whole = _dest(dstAddress=["10.90.0.1-10.90.0.20"])
+    assert "every port" in whole[0].overlap(_dest(dstAddress=["10.90.0.20"])[0])
+    assert _dest(dstAddress=["2001:db8::1"])[0].overlap(mine[0]) is None
+
+
+def test_outside_the_service_range_and_in_domain():
+    assert R.outside(tr(), "10.9.0.0/24") is None
+    assert R.outside(tr(), "10.9.1.0/24") == "10.9.0.80"
+    assert R.outside(tr(trafficFilter=[{"dstAddress": ["10.9.0.0/23"]}]), "10.9.0.0/24") \
+        == "10.9.0.0/23"
+    assert R.outside(tr(trafficFilter=[{"dstAddress": ["10.9.0.250-10.9.1.2"]}]),
+                     "10.9.0.0/24") == "10.9.0.250-10.9.1.2"
+    assert "every address" in R.outside(tr(trafficFilter=[{"dstPort": ["80"]}]), "10.9.0.0/24")
+    assert R.in_domain("a.mec.local", "MEC.local.") and R.in_domain("mec.local", "mec.local")
+    assert not R.in_domain("evilmec.local", "mec.local")
+    assert not R.in_domain("mec.local.evil.org", "mec.local")
+
+
+def test_plumbing_chains_are_rendered_once_and_torn_down():
+    saved = iptables.parse_save("*filter\n:FORWARD DROP [0:0]\nCOMMIT\n*nat\n:POSTROUTING ACCEPT"
+                                " [0:0]\nCOMMIT\n*raw\nCOMMIT\n")
+    text = iptables.base_text(saved, "MX", "10.9.0.0/24")
+    assert "-I FORWARD 1 -j MX-FWD" in text and "-I POSTROUTING 1 -j MX-POST" in text
+    assert "--ctstate DNAT --ctorigdst 10.9.0.0/24" in text
+    assert "-j MASQUERADE" in text and text.count("-j ACCEPT") == 1
+    # once applied (as iptables-save shows it), nothing more to do
+    applied = iptables.parse_save("\n".join(
+        [l if not l.startswith("-I ") else "-A " + l.split()[1] + " " + " ".join(l.split()[3:])
+         for l in text.replace("COMMIT\n", "COMMIT\n").splitlines()]))
+    assert iptables.base_text(applied, "MX", "10.9.0.0/24") == ""
+    down = iptables.teardown_text(applied, "MX")
+    assert "-D FORWARD -j MX-FWD" in down and "-X MX-POST" in down and "-X MX-RAW" in down
+    assert iptables.base_text(saved, "MX") .count("FWD") == 0      # no range: no plumbing
+
+
+def test_dnsmasq_argv_upstream_domain_and_dynamic():
+    argv = dnsmasq.argv(pid_file="p", hosts_dir="h", log_file="l", listen=["10.0.0.1", "10.0.1.1"],
+                        port=53, local_ttl=0, user="root", upstream=("192.0.2.53",),
+                        domain="mec.local", dynamic=True)
+    assert argv.count("--bind-dynamic") == 1 and "--bind-interfaces" not in argv
+    assert "--listen-address=10.0.0.1" in argv and "--listen-address=10.0.1.1" in argv
+    assert "--server=192.0.2.53" in argv and "--local=/mec.local/" in argv

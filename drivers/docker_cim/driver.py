@@ -52,6 +52,14 @@ class DockerCIM(ComputeDriver):
         if validate.split_image_ref(f"{self.registry_host}/x")[0] != self.registry_host:
             raise InvalidInput("cim.registry: must be host:port, e.g. 127.0.0.1:5000")
         self.network = validate.ident(config.get("network", "mecorch"), "cim.network")
+        # The containers' resolvers (Docker's `dns` option; on a user-defined
+        # network Docker's embedded DNS at 127.0.0.11 forwards to them):
+        # "gateway" is the network's gateway, where the MEP answers DNS rules.
+        dns = config.get("dns", ["gateway"])
+        if not isinstance(dns, list) or len(dns) > 3:
+            raise InvalidInput("cim.dns: must be a list of up to 3 IP addresses or 'gateway'")
+        self.dns = [d if d == "gateway" else validate.ip_address(d, f"cim.dns[{i}]")
+                    for i, d in enumerate(dns)]
         self.host_id = validate.ident(config.get("host_id", "default"), "cim.host_id")
         self.busybox = validate.text(config.get("busybox", "/bin/busybox"), "cim.busybox", 1024)
         self.timeout_s = validate.number(config.get("timeout_s", 60), "cim.timeout_s", 1, 3600)
@@ -61,6 +69,7 @@ class DockerCIM(ComputeDriver):
         self.registry = self.images.registry
         self._api = None
         self._network_id: str | None = None
+        self._gateway: str | None = None
         self._pause_ready = False
         self._lock = threading.Lock()
 
@@ -152,6 +161,7 @@ class DockerCIM(ComputeDriver):
                 if nets[0].get("Driver") != "bridge":
                     raise Conflict(f"network {self.network} exists with driver "
                                    f"{nets[0].get('Driver')}, not bridge")
+                self._gateway = _gateway_of(nets[0])
                 self._network_id = nets[0]["Id"]
                 return self._network_id
             try:
@@ -159,11 +169,30 @@ class DockerCIM(ComputeDriver):
                     net = api.create_network(self.network, driver="bridge", check_duplicate=True,
                                              labels={LABEL_NETWORK: "true",
                                                      LABEL_HOST: self.host_id})
+                with backend_errors(f"inspect network {self.network}"):
+                    self._gateway = _gateway_of(api.inspect_network(net["Id"]))
                 self._network_id = net["Id"]
                 return self._network_id
             except Conflict:
                 continue        # created concurrently by another process: look again
         raise Conflict(f"network {self.network}: could not be found or created")
+
+    def app_gateway(self) -> str | None:
+        """The gateway address of mecorch's network (the bridge's address on
+        this host), the network made if missing."""
+        self._ensure_network(self._client())
+        return self._gateway
+
+    def _resolvers(self) -> list[str] | None:
+        out = []
+        for d in self.dns:
+            if d == "gateway":
+                if not self._gateway:
+                    raise BackendError(f"network {self.network} has no gateway address "
+                                       "for the containers' DNS (cim.dns: gateway)")
+                d = self._gateway
+            out.append(d)
+        return out or None
 
     # -- image repository (see images.py) --------------------------------------
     def check_image(self, image: str) -> dict:
@@ -249,7 +278,8 @@ class DockerCIM(ComputeDriver):
         # Ports are published here: the app has no network of its own.
         with backend_errors(f"create {plan.pause_name}"):
             host_config = api.create_host_config(network_mode=self.network,
-                                                 port_bindings=plan.ports or None)
+                                                 port_bindings=plan.ports or None,
+                                                 dns=self._resolvers())
             cid = api.create_container(pause.PAUSE_IMAGE, name=plan.pause_name,
                                        labels=self._labels(plan, "pause"),
                                        ports=list(plan.exposed) or None,
@@ -407,3 +437,12 @@ class DockerCIM(ComputeDriver):
             memory_mb_total=info["MemTotal"] // MiB, memory_mb_used=mem_used // MiB,
             disk_gb_total=fs.f_blocks * fs.f_frsize / GiB,
             disk_gb_used=(fs.f_blocks - fs.f_bfree) * fs.f_frsize / GiB)
+
+
+def _gateway_of(net: dict) -> str | None:
+    """The IPv4 gateway of a network as Docker inspects it."""
+    for cfg in (net.get("IPAM") or {}).get("Config") or []:
+        gw = cfg.get("Gateway")
+        if gw and ":" not in gw:
+            return gw.split("/")[0]
+    return None

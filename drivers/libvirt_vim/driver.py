@@ -228,7 +228,7 @@ class LibvirtVIM(ComputeDriver):
                                     memory_mb=request.memory_mb, pool=s.pool,
                                     disks=(root,) + tuple(n for n, _ in data),
                                     network=s.network, console_log=self._console_log(name),
-                                    meta=meta)
+                                    meta=meta, oem_strings=v["oem_strings"])
                 # Defined before its volumes exist (libvirt checks them at
                 # start): a crash in between leaves a domain whose metadata
                 # names the volumes, which list_instances finds and destroy
@@ -411,6 +411,10 @@ class LibvirtVIM(ComputeDriver):
         conn = self._connect()
         with libvirt_errors("list instances"):
             return [self._observe(dom) for dom, _ in self._own_domains(conn)]
+
+    def app_gateway(self) -> str | None:
+        """The NAT network's gateway (from the config; no libvirt call)."""
+        return X.gateway(self.settings.network_cidr)
 
     def capacity(self) -> HostCapacity:
         conn = self._ready()

@@ -36,4 +36,10 @@ def validate_request(r: ResourceRequest) -> dict:
         validate.port(p.port, f"ports[{i}].port")
         if p.protocol not in ("tcp", "udp"):
             raise InvalidInput(f"ports[{i}].protocol: must be tcp or udp")
-    return {"iid": iid, "vcpu": vcpu, "disk_bytes": int(disk_gb * GIB)}
+    # The environment reaches the guest as SMBIOS OEM strings KEY=VALUE
+    # (read in the guest from /sys/firmware/dmi/entries/11-0/raw).
+    env = validate.env(dict(r.env))
+    oem = tuple(f"{k}={v}" for k, v in sorted(env.items()))
+    if sum(len(e) + 1 for e in oem) > 8192:
+        raise InvalidInput("env: at most 8 KiB of KEY=VALUE strings reach a VM")
+    return {"iid": iid, "vcpu": vcpu, "disk_bytes": int(disk_gb * GIB), "oem_strings": oem}

@@ -18,6 +18,9 @@ NS_PREFIX = "mecorch"
 ET.register_namespace(NS_PREFIX, NS)
 
 DOMAIN_PREFIX = "mecorch-"
+# libvirt's namespace for options passed to a network's dnsmasq.
+NS_DNSMASQ = "http://libvirt.org/schemas/network/dnsmasq/1.0"
+ET.register_namespace("dnsmasq", NS_DNSMASQ)
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrib) -> ET.Element:
@@ -53,8 +56,17 @@ def base_volume_name(image_id: str, sha256: str) -> str:
 
 # -- network and pool --------------------------------------------------------
 
+def gateway(cidr: str) -> str:
+    """The network's gateway: its first host address (.1)."""
+    return str(next(ipaddress.ip_network(cidr, strict=False).hosts()))
+
+
 def network_xml(name: str, bridge: str, cidr: str) -> str:
-    """A NAT network with DHCP over the whole CIDR but the gateway (.1)."""
+    """A NAT network with DHCP over the whole CIDR but the gateway (.1).
+
+    libvirt's own DNS is off: the MEP's dnsmasq answers DNS on the gateway
+    (port 53) with the DNS rules and upstream forwarding, and the DHCP
+    leases name the gateway as the guests' DNS server."""
     net = ipaddress.ip_network(cidr, strict=False)
     hosts = list(net.hosts()) if net.num_addresses <= 65536 else None
     if hosts is None or len(hosts) < 3:
@@ -63,9 +75,12 @@ def network_xml(name: str, bridge: str, cidr: str) -> str:
     _sub(root, "name", name)
     _sub(root, "forward", mode="nat")
     _sub(root, "bridge", name=bridge, stp="on", delay="0")
+    _sub(root, "dns", enable="no")
     ip = _sub(root, "ip", address=hosts[0], netmask=net.netmask)
     dhcp = _sub(ip, "dhcp")
     _sub(dhcp, "range", start=hosts[1], end=hosts[-1])
+    opts = _sub(root, f"{{{NS_DNSMASQ}}}options")
+    _sub(opts, f"{{{NS_DNSMASQ}}}option", value=f"dhcp-option=option:dns-server,{hosts[0]}")
     return _text(root)
 
 
@@ -157,6 +172,9 @@ class DomainSpec:
     network: str
     console_log: str | None = None
     meta: DomainMeta | None = None
+    # SMBIOS type 11 OEM strings ("KEY=VALUE"): what the guest is told
+    # without a network call (its Mp1 URL, instance id and token).
+    oem_strings: tuple[str, ...] = ()
 
 
 def domain_xml(spec: DomainSpec) -> str:
@@ -167,9 +185,16 @@ def domain_xml(spec: DomainSpec) -> str:
         md.append(spec.meta.to_xml())
     _sub(root, "memory", spec.memory_mb, unit="MiB")
     _sub(root, "vcpu", spec.vcpu, placement="static")
+    if spec.oem_strings:
+        sysinfo = _sub(root, "sysinfo", type="smbios")
+        oem = _sub(sysinfo, "oemStrings")
+        for entry in spec.oem_strings:
+            _sub(oem, "entry", entry)
     os_el = _sub(root, "os")
     _sub(os_el, "type", "hvm", arch="x86_64")
     _sub(os_el, "boot", dev="hd")
+    if spec.oem_strings:
+        _sub(os_el, "smbios", mode="sysinfo")
     feats = _sub(root, "features")
     _sub(feats, "acpi")                 # ACPI shutdown needs it
     _sub(feats, "apic")

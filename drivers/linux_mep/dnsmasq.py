@@ -12,6 +12,14 @@ dnsmasq 2.90). Files are replaced atomically (write `.<id>.tmp`, then
 rename): dnsmasq ignores dot-files, so it never reads a half-written one.
 dnsmasq is never restarted or signalled for a rule change.
 
+Two dnsmasq processes read that one hostsdir: the control one on
+`dns_listen:dns_port` (loopback by default), and the clients' one on port 53
+of the addresses apps and UEs look at (the app networks' gateways, the
+data-plane address), started with --bind-dynamic so an address that appears
+later (a network made after the MEP opened) is bound when it appears.
+Names that are no DNS rule go to the configured upstream servers (none by
+default: REFUSED); names in the MEC domain never go upstream (--local).
+
 TTL: hostsdir entries are all served with one TTL, `--local-ttl`, which the
 config sets (`dns_ttl`, default 0 = clients must not cache). A per-rule
 `ttl` cannot be expressed. The driver serves a rule whose ttl is >= dns_ttl
@@ -54,14 +62,29 @@ def check_ttls(rules: list[DnsRule], local_ttl: int) -> None:
                 f"--local-ttl); omit ttl or use a value >= {local_ttl}")
 
 
-def argv(*, pid_file: Path, hosts_dir: Path, log_file: Path, listen: str, port: int,
-         local_ttl: int, user: str) -> list[str]:
-    """The dnsmasq command line: DNS only, our hostsdir only, nothing else
-    (no config file, no /etc/hosts, no upstream resolvers, no DHCP)."""
-    return ["dnsmasq", "--conf-file=/dev/null", f"--pid-file={pid_file}",
-            f"--port={port}", f"--listen-address={listen}", "--bind-interfaces",
-            "--no-resolv", "--no-hosts", f"--hostsdir={hosts_dir}",
-            f"--local-ttl={local_ttl}", f"--user={user}", f"--log-facility={log_file}"]
+def argv(*, pid_file: Path, hosts_dir: Path, log_file: Path, listen: str | list[str],
+         port: int, local_ttl: int, user: str, upstream: tuple[str, ...] = (),
+         domain: str | None = None, dynamic: bool = False) -> list[str]:
+    """The dnsmasq command line: DNS only, our hostsdir only (no config
+    file, no /etc/hosts, no /etc/resolv.conf, no DHCP); `upstream` servers
+    for other names; `domain` answered here only."""
+    addrs = [listen] if isinstance(listen, str) else list(listen)
+    return (["dnsmasq", "--conf-file=/dev/null", f"--pid-file={pid_file}", f"--port={port}"]
+            + [f"--listen-address={a}" for a in addrs]
+            + ["--bind-dynamic" if dynamic else "--bind-interfaces",
+               "--no-resolv", "--no-hosts", f"--hostsdir={hosts_dir}",
+               f"--local-ttl={local_ttl}", f"--user={user}", f"--log-facility={log_file}"]
+            + [f"--server={u}" for u in upstream]
+            + ([f"--local=/{domain}/"] if domain else []))
+
+
+def cmdline(pid: int) -> list[str]:
+    """The argv of a running process ([] if it is gone)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
 
 
 def live_pid(pid_file: Path) -> int | None:

@@ -4,10 +4,18 @@ Config keys (the `mep` section): dns_listen, dns_port, dns_ttl (default 0),
 dns_user (default root: the hostsdir lives under state_dir, which may not be
 readable by an unprivileged user), chain_prefix, netns (optional: run
 iptables and dnsmasq inside this existing network namespace, through
-`ip netns exec NS ...`), state_dir, run_dir, host_id.
+`ip netns exec NS ...`), service_cidr, dns_domain, dns_upstream (servers
+for names that are no DNS rule; none: refused), data_plane_address (the
+UE-side address DNS is answered on), state_dir, run_dir, host_id.
+
+Where DNS rules are answered: dns_listen:dns_port (the control listener),
+and port 53 of the data-plane address and of the addresses the core names
+with `serve_dns_on` (the app networks' gateways: what containers and VMs
+are given as resolver).
 
 Files: <state_dir>/dns/hosts.d/<instance id> (one per instance with ACTIVE
-DNS rules), <run_dir>/dnsmasq.pid, <run_dir>/dnsmasq.log, <run_dir>/mep.lock.
+DNS rules), <run_dir>/dnsmasq.pid, <run_dir>/dnsmasq.log,
+<run_dir>/dnsmasq-clients.pid, <run_dir>/dnsmasq-clients.log, <run_dir>/mep.lock.
 
 apply_rules is all-or-nothing across both backends: everything is validated
 and rendered first (nothing touched on error); the new DNS file is staged
@@ -39,6 +47,7 @@ from mecorch.rules import DnsRule, TrafficRule, unique_ids
 from . import dnsmasq, iptables
 
 CMD_TIMEOUT_S = 15
+CLIENT_DNS_PORT = 53        # resolvers given by DHCP or Docker's dns option have no port
 
 
 @contextlib.contextmanager
@@ -73,6 +82,19 @@ class LinuxMEP(PlatformDriver):
         self.dns_port = validate.port(config.get("dns_port", 5353), "mep.dns_port")
         self.dns_ttl = validate.integer(config.get("dns_ttl", 0), "mep.dns_ttl", 0, 2**31 - 1)
         self.dns_user = validate.ident(config.get("dns_user", "root"), "mep.dns_user")
+        upstream = config.get("dns_upstream")
+        upstream = [] if upstream is None else upstream
+        if not isinstance(upstream, list) or len(upstream) > 8:
+            raise InvalidInput("mep.dns_upstream: must be a list of at most 8 IP addresses")
+        self.dns_upstream = tuple(validate.ip_address(u, f"mep.dns_upstream[{i}]")
+                                  for i, u in enumerate(upstream))
+        domain = config.get("dns_domain")
+        self.dns_domain = None if domain is None else validate.domain_name(domain,
+                                                                          "mep.dns_domain")
+        dp = config.get("data_plane_address")
+        self.data_plane_address = None if dp is None else validate.ip_address(
+            dp, "mep.data_plane_address")
+        self._client_addresses = [self.data_plane_address] if self.data_plane_address else []
         # Steered service addresses (the VIPs traffic rules DNAT from) get a
         # route into a port-less bridge (a sink; the `dummy` link type is not
         # in every kernel, `bridge` is wherever Docker runs): traffic to a VIP
@@ -88,6 +110,8 @@ class LinuxMEP(PlatformDriver):
         self.run_dir = run_dir
         self.pid_file = run_dir / "dnsmasq.pid"
         self.log_file = run_dir / "dnsmasq.log"
+        self.clients_pid_file = run_dir / "dnsmasq-clients.pid"
+        self.clients_log_file = run_dir / "dnsmasq-clients.log"
         self._lock = threading.Lock()
 
     # -- plumbing ------------------------------------------------------------------
@@ -128,14 +152,54 @@ class LinuxMEP(PlatformDriver):
         with _backend("mep open"), self._exclusive():
             self.hosts_dir.mkdir(parents=True, exist_ok=True)
             os.chmod(self.hosts_dir, 0o755)
-            self._restore(iptables.base_text(self._save(), self.prefix))
+            self._restore(iptables.base_text(self._save(), self.prefix, self.service_cidr))
             if self.service_cidr:
                 self._ensure_service_route()
             if dnsmasq.live_pid(self.pid_file) is None:
-                dnsmasq.start(self._argv(*dnsmasq.argv(
-                    pid_file=self.pid_file, hosts_dir=self.hosts_dir, log_file=self.log_file,
-                    listen=self.dns_listen, port=self.dns_port, local_ttl=self.dns_ttl,
-                    user=self.dns_user)), self.pid_file)
+                dnsmasq.start(self._argv(*self._dnsmasq_argv(
+                    self.pid_file, self.log_file, self.dns_listen, self.dns_port)), self.pid_file)
+            self._ensure_clients_dnsmasq()
+
+    def _dnsmasq_argv(self, pid_file: Path, log_file: Path, listen, port: int,
+                      dynamic: bool = False) -> list[str]:
+        return dnsmasq.argv(pid_file=pid_file, hosts_dir=self.hosts_dir, log_file=log_file,
+                            listen=listen, port=port, local_ttl=self.dns_ttl,
+                            user=self.dns_user, upstream=self.dns_upstream,
+                            domain=self.dns_domain, dynamic=dynamic)
+
+    def serve_dns_on(self, addresses: list[str]) -> None:
+        """Answer DNS rules on port 53 of `addresses` (the app networks'
+        gateways) as well as on the data-plane address. Restarts the
+        clients' dnsmasq only when the set of addresses changes."""
+        wanted = [validate.ip_address(a, "address") for a in addresses]
+        if self.data_plane_address:
+            wanted.append(self.data_plane_address)
+        wanted = sorted(set(wanted))
+        with _backend("serve DNS on the app networks"), self._exclusive():
+            self._client_addresses = wanted
+            self._ensure_clients_dnsmasq()
+
+    def _ensure_clients_dnsmasq(self) -> None:
+        """The clients' dnsmasq runs with exactly the wanted addresses (and
+        not at all without any). Called with the lock held."""
+        pid = dnsmasq.live_pid(self.clients_pid_file)
+        if not self._client_addresses:
+            if pid is not None:
+                dnsmasq.stop(self.clients_pid_file)
+            return
+        cmd = self._argv(*self._dnsmasq_argv(self.clients_pid_file, self.clients_log_file,
+                                             self._client_addresses, CLIENT_DNS_PORT,
+                                             dynamic=True))
+        running = dnsmasq.cmdline(pid) if pid is not None else []
+        if running and running == cmd[-len(running):]:
+            return
+        if pid is not None:
+            dnsmasq.stop(self.clients_pid_file)
+        dnsmasq.start(cmd, self.clients_pid_file)
+
+    def client_dns_addresses(self) -> list[str]:
+        """Where the clients' dnsmasq answers (port 53)."""
+        return list(self._client_addresses)
 
     def _ensure_service_route(self) -> None:
         links = self._run("ip", "-o", "link", "show")
@@ -153,7 +217,23 @@ class LinuxMEP(PlatformDriver):
         verified by command line), for tests and shutdown. Rules and chains
         are kept. True if one was running."""
         with _backend("mep stop"):
-            return dnsmasq.stop(self.pid_file)
+            clients = dnsmasq.stop(self.clients_pid_file)
+            return dnsmasq.stop(self.pid_file) or clients
+
+    def uninstall(self) -> None:
+        """Remove everything of this MEP: both dnsmasq processes, every hook
+        and chain of its prefix (all instances' rules), its hostsdir files
+        and its service route sink. For tests and decommissioning."""
+        self.stop_services()
+        with _backend("mep uninstall"), self._exclusive():
+            self._restore(iptables.teardown_text(self._save(), self.prefix))
+            if self.hosts_dir.is_dir():
+                for name in os.listdir(self.hosts_dir):
+                    (self.hosts_dir / name).unlink(missing_ok=True)
+            if self.service_cidr:
+                links = self._run("ip", "-o", "link", "show")
+                if f": {self.service_if}:" in links:
+                    self._run("ip", "link", "del", self.service_if)
 
     def dnsmasq_pid(self) -> int | None:
         return dnsmasq.live_pid(self.pid_file)

@@ -24,6 +24,15 @@ connections; a DROP rule (raw) also cuts established ones.
 
 Instances are independent: a RETURN leaves only that instance's chain.
 IPv4 only (iptables, not ip6tables): IPv6 filters are UnsupportedAction.
+
+Plumbing for steered connections (when the MEP has a service range), so a
+client on any app network or the UE side reaches an app on any other:
+
+    filter FORWARD     -> PREFIX-FWD   ACCEPT what was DNATed from the range
+                                       (before Docker's and libvirt's drops)
+    nat    POSTROUTING -> PREFIX-POST  MASQUERADE it (a client on the same
+                                       bridge as the app would otherwise get
+                                       the reply from the app's own address)
 """
 
 from __future__ import annotations
@@ -206,12 +215,12 @@ def owners(saved: Saved, prefix: str) -> dict[str, str]:
 def our_chains(saved: Saved, prefix: str) -> str:
     """mecorch's chains and hooks as comparable text (for tests and doctor)."""
     out = []
-    for table in TABLES:
+    for table in TABLES + ("filter",):
         chains = saved.get(table, {})
         mine = sorted(c for c in chains if c.startswith(prefix + "-"))
         out.append(f"*{table}")
         out += [f":{c}" for c in mine]
-        for hook in HOOKS:
+        for hook in HOOKS + ("POSTROUTING", "FORWARD"):
             out += [l for l in chains.get(hook, []) if f"-j {prefix}-" in l]
         for c in mine:
             out += chains[c]
@@ -233,11 +242,58 @@ def _base_lines(saved: Saved, prefix: str, table: str) -> list[str]:
     return lines
 
 
-def base_text(saved: Saved, prefix: str) -> str:
-    """Restore text that makes mecorch's top chains exist ('' if they do)."""
+PLUMBING = {"filter": ("FORWARD", "FWD", "ACCEPT"), "nat": ("POSTROUTING", "POST", "MASQUERADE")}
+
+
+def plumbing_chain(prefix: str, table: str) -> str:
+    return f"{prefix}-{PLUMBING[table][1]}"
+
+
+def _plumbing_lines(saved: Saved, prefix: str, table: str, service_cidr: str) -> list[str]:
+    """Make the table's plumbing chain hold exactly its one rule, hooked
+    once; nothing when it already does (so open() changes nothing)."""
+    hook, _, target = PLUMBING[table]
+    chain = plumbing_chain(prefix, table)
+    chains = saved.get(table, {})
+    want = [f"-A {chain} -m conntrack --ctstate DNAT --ctorigdst {service_cidr} "
+            f"{_comment('mecorch:steered')} -j {target}"]
+    lines = []
+    if chains.get(chain) != want or chain not in chains:
+        lines += [f":{chain} - [0:0]", *want]           # declare = create or flush
+    if not any(l.endswith(f"-j {chain}") for l in chains.get(hook, [])):
+        lines.append(f"-I {hook} 1 -j {chain}")
+    return lines
+
+
+def base_text(saved: Saved, prefix: str, service_cidr: str | None = None) -> str:
+    """Restore text that makes mecorch's top chains (and, with a service
+    range, the plumbing chains) exist ('' if they do)."""
     parts = []
     for table in TABLES:
         lines = _base_lines(saved, prefix, table)
+        if service_cidr and table in PLUMBING:
+            lines += _plumbing_lines(saved, prefix, table, service_cidr)
+        if lines:
+            parts += [f"*{table}", *lines, "COMMIT"]
+    if service_cidr:
+        lines = _plumbing_lines(saved, prefix, "filter", service_cidr)
+        if lines:
+            parts += ["*filter", *lines, "COMMIT"]
+    return "\n".join(parts) + "\n" if parts else ""
+
+
+def teardown_text(saved: Saved, prefix: str) -> str:
+    """Restore text removing every hook and chain of `prefix` (all
+    instances' rules too): for uninstall and tests."""
+    parts = []
+    for table in ("raw", "nat", "filter"):
+        chains = saved.get(table, {})
+        mine = sorted(c for c in chains if c.startswith(prefix + "-"))
+        lines = []
+        for hook in ("PREROUTING", "OUTPUT", "POSTROUTING", "FORWARD"):
+            lines += ["-D" + l[2:] for l in chains.get(hook, [])
+                      if l.split()[-1] in mine and l.split()[-2] == "-j"]
+        lines += [f"-F {c}" for c in mine] + [f"-X {c}" for c in mine]
         if lines:
             parts += [f"*{table}", *lines, "COMMIT"]
     return "\n".join(parts) + "\n" if parts else ""

@@ -13,8 +13,17 @@
 # ttyS0. An ACPI power-button event (virsh shutdown / QEMU system_powerdown)
 # powers it off through busybox acpid. Extra virtio disks show up as /dev/vdX.
 #
-# Idempotent: a finished image whose checksum verifies is reused ("cached").
-# Set FORCE=1 to rebuild anyway. The kernel/busybox .debs are kept in
+# MEC: the guest reads what the platform tells it (MEC_MP1_URL,
+# MEC_APP_INSTANCE_ID, MEC_APP_TOKEN) from its SMBIOS type 11 OEM strings
+# (/sys/firmware/dmi/entries/11-*/raw; mecorch's VIM sets them) into
+# /run/mec.env, publishes its instance id at /mec-instance, and answers
+# /cgi-bin/mec (a sample MEC client to drive from the host: resolve a name,
+# fetch a URL, call its own Mp1 with its token; see the script below). Its
+# resolver is the one DHCP names (the MEP's DNS on the network's gateway).
+#
+# Idempotent: a finished image whose checksum verifies and whose recorded
+# build key (the SHA-256 of this script) matches is reused ("cached"): a
+# changed script rebuilds. Set FORCE=1 to rebuild anyway. The kernel/busybox .debs are kept in
 # OUT_DIR/cache/ so a rebuild does not download them again.
 set -euo pipefail
 
@@ -37,11 +46,14 @@ mkdir -p "$OUT_DIR/cache"
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
 IMG="$OUT_DIR/$IMG_NAME"
 SUM="$IMG.sha256"
+KEY_FILE="$IMG.key"
+BUILD_KEY=$(sha256sum "${BASH_SOURCE[0]}" | cut -d' ' -f1)
 
 # The .sha256 holds a plain "sha256sum" line with a relative file name, so it
 # verifies from OUT_DIR.
 is_cached() {
-    [[ -s $IMG && -s $SUM ]] && (cd "$OUT_DIR" && sha256sum --check --status "$IMG_NAME.sha256")
+    [[ -s $IMG && -s $SUM && "$(cat "$KEY_FILE" 2>/dev/null)" == "$BUILD_KEY" ]] &&
+        (cd "$OUT_DIR" && sha256sum --check --status "$IMG_NAME.sha256")
 }
 report_cached() {
     log "cached"
@@ -209,13 +221,16 @@ else
 fi
 # It must be static: the initramfs has no libc.
 if ldd "$BUSYBOX" >/dev/null 2>&1; then die "$BUSYBOX is not statically linked"; fi
-for applet in acpid udhcpc httpd insmod ip poweroff; do
-    "$BUSYBOX" --list | grep -qx "$applet" || die "busybox lacks the $applet applet"
+# (The list goes to a file first: grep -q would end the pipe early, and
+# pipefail would take busybox's SIGPIPE for a missing applet.)
+"$BUSYBOX" --list > "$TMP/applets"
+for applet in acpid udhcpc httpd insmod ip poweroff nslookup nc dd tr grep sed head; do
+    grep -qx "$applet" "$TMP/applets" || die "busybox lacks the $applet applet"
 done
 
 # --- initramfs -------------------------------------------------------------
 IRD="$TMP/initramfs"
-mkdir -p "$IRD"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,run,tmp,etc/acpi/PWRF,lib/modules,var/log,var/run,www}
+mkdir -p "$IRD"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,run,tmp,etc/acpi/PWRF,lib/modules,var/log,var/run,www/cgi-bin}
 cp "$BUSYBOX" "$IRD/bin/busybox"
 ln -s busybox "$IRD/bin/sh"
 # The kernel opens /dev/console before /init runs, so the node must exist in
@@ -299,6 +314,18 @@ hostname -F /etc/hostname
 hostname > /www/hostname
 ip link set lo up
 
+# What the MEC platform tells this app: SMBIOS type 11 OEM strings
+# "KEY=VALUE" (after the 5-byte structure header, NUL-separated). The token
+# stays in /run/mec.env (0600); the instance id is published.
+: > /run/mec.env
+chmod 600 /run/mec.env
+for t in /sys/firmware/dmi/entries/11-*/raw; do
+    [ -r "$t" ] || continue
+    dd if="$t" bs=1 skip=5 2>/dev/null | tr '\0' '\n' | grep '^MEC_[A-Z0-9_]*=' >> /run/mec.env
+done
+sed -n 's/^MEC_APP_INSTANCE_ID=//p' /run/mec.env > /www/mec-instance
+say "MEC instance $(cat /www/mec-instance) Mp1 $(sed -n 's/^MEC_MP1_URL=//p' /run/mec.env)"
+
 # Extra virtio disks (virtio_blk probes synchronously, give the nodes a moment).
 for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /dev/vda ] && break; sleep 0.2; done
 disks=$(cd /dev && ls -d vd? 2>/dev/null | tr '\n' ' ')
@@ -361,6 +388,55 @@ esac
 exit 0
 EOF
 chmod 755 "$IRD/etc/udhcpc.script"
+
+# The sample MEC client, as CGI of the guest's httpd (the guest has no
+# shell access; a test or the demo drives it from the host over HTTP).
+# Query: env | resolve=NAME | fetch=URL | mp1=PATH (GET; POST: PUT of the
+# request body to $MEC_MP1_URL/PATH). HTTP answers come back whole (status
+# line, headers, body). HTTP is spoken with nc: busybox-static's wget calls
+# glibc's NSS, which a static binary without NSS modules crashes in.
+cat > "$IRD/www/cgi-bin/mec" <<'CGI'
+#!/bin/sh
+get() { sed -n "s/^$1=//p" /run/mec.env; }
+# http METHOD URL [BODY] [AUTHORIZATION]: one HTTP/1.0 exchange, printed whole
+http() {
+    hp=${2#http://}
+    hostport=${hp%%/*}
+    path=/${hp#*/}
+    [ "$hostport" = "$hp" ] && path=/
+    host=${hostport%:*}
+    port=${hostport##*:}
+    [ "$port" = "$hostport" ] && port=80
+    {
+        printf '%s %s HTTP/1.0\r\nHost: %s\r\n' "$1" "$path" "$hostport"
+        [ -n "$4" ] && printf 'Authorization: Bearer %s\r\n' "$4"
+        [ "$1" = PUT ] && printf 'Content-Type: application/json\r\nContent-Length: %s\r\n' "${#3}"
+        printf '\r\n%s' "$3"
+    } | nc -w 5 "$host" "$port"
+}
+printf 'Content-Type: text/plain\r\n\r\n'
+q=$QUERY_STRING
+case "$q" in
+env)
+    echo "MEC_APP_INSTANCE_ID=$(get MEC_APP_INSTANCE_ID)"
+    echo "MEC_MP1_URL=$(get MEC_MP1_URL)"
+    [ -n "$(get MEC_APP_TOKEN)" ] && echo "MEC_APP_TOKEN=(given)" ;;
+resolve=*)
+    nslookup "${q#resolve=}" 2>&1 ;;
+fetch=http://*)
+    http GET "${q#fetch=}" ;;
+mp1=*)
+    if [ "$REQUEST_METHOD" = POST ]; then
+        http PUT "$(get MEC_MP1_URL)/${q#mp1=}" "$(head -c "${CONTENT_LENGTH:-0}")" \
+            "$(get MEC_APP_TOKEN)"
+    else
+        http GET "$(get MEC_MP1_URL)/${q#mp1=}" "" "$(get MEC_APP_TOKEN)"
+    fi ;;
+*)
+    echo "unknown action: use env, resolve=NAME, fetch=URL or mp1=PATH" ;;
+esac
+CGI
+chmod 755 "$IRD/www/cgi-bin/mec"
 
 # acpid: default action table maps the PWRF event to PWRF/00000080 under -c.
 # "#!/bin/sh" matters: acpid ignores SIGCHLD, a shell resets it.
@@ -428,6 +504,7 @@ rm -f "$RAW"
 (cd "$TMP" && sha256sum "$IMG_NAME") > "$TMP/$IMG_NAME.sha256"
 mv -f "$TMP/$IMG_NAME" "$IMG"
 mv -f "$TMP/$IMG_NAME.sha256" "$SUM"
+echo "$BUILD_KEY" > "$KEY_FILE"
 log "built $(du -k "$IMG" | cut -f1) KiB image, kernel $KVER"
 echo "$IMG"
 cat "$SUM"
