@@ -1,11 +1,14 @@
 """`mecorch doctor`: check every configured backend for real and say how to
-fix what is missing."""
+fix what is missing. Each driver's checks are printed as soon as they ran
+(a KVM probe boots a guest: a silent minute reads as a hang), then the
+table of all of them and what to fix."""
 
 from __future__ import annotations
 
 import shutil
 import sys
-from typing import TextIO
+import time
+from typing import Callable, TextIO
 
 from .drivers import load_driver
 from .errors import MecorchError
@@ -13,41 +16,58 @@ from .config import ROLES
 from .model import Check
 
 
-def run_checks(cfg: dict) -> list[tuple[str, str, Check]]:
-    """(host id, role, check) for every driver of every host."""
+Progress = Callable[[str, str, str, "list[Check] | None", float], None]
+
+
+def run_checks(cfg: dict, progress: Progress | None = None) -> list[tuple[str, str, Check]]:
+    """(host id, role, check) for every driver of every host. `progress`
+    is called with (host, role, driver, None, 0) before a driver's checks
+    and with (host, role, driver, its checks, seconds) after them."""
     rows: list[tuple[str, str, Check]] = []
     for host in cfg["hosts"]:
         for role in ROLES:
             section = host.get(role)
             if not section:
                 continue
-            try:
-                driver = load_driver(role, section)
-            except MecorchError as e:
-                rows.append((host["id"], role, Check(
-                    f"driver {section.get('driver')}", False, e.detail,
-                    "install mecorch with `bash vagrant/provision.sh`")))
-                continue
-            except ImportError as e:
-                rows.append((host["id"], role, Check(
-                    f"driver {section.get('driver')}", False, f"cannot import: {e}",
-                    "install the driver's backend library (`bash vagrant/provision.sh`)")))
-                continue
-            # open() makes what mecorch owns on the backend (its network,
-            # pool, chains, dnsmasq) exist, as `serve` would on first use; a
-            # failure there is a finding, reported with the checks.
-            checks = []
-            try:
-                driver.open()
-            except MecorchError as e:
-                checks.append(Check(f"{role} open", False, e.detail,
-                                    "see the checks below and the backend's log"))
-            try:
-                checks += driver.check()
-            finally:
-                driver.close()
-            rows.extend((host["id"], role, c) for c in checks)
+            before = len(rows)
+            t0 = time.monotonic()
+            if progress:
+                progress(host["id"], role, str(section.get("driver")), None, 0.0)
+            _check_driver(host, role, section, rows)
+            if progress:
+                progress(host["id"], role, str(section.get("driver")),
+                         [c for _, _, c in rows[before:]], time.monotonic() - t0)
     return rows
+
+
+def _check_driver(host: dict, role: str, section: dict,
+                  rows: list[tuple[str, str, Check]]) -> None:
+    try:
+        driver = load_driver(role, section)
+    except MecorchError as e:
+        rows.append((host["id"], role, Check(
+            f"driver {section.get('driver')}", False, e.detail,
+            "install mecorch with `bash vagrant/provision.sh`")))
+        return
+    except ImportError as e:
+        rows.append((host["id"], role, Check(
+            f"driver {section.get('driver')}", False, f"cannot import: {e}",
+            "install the driver's backend library (`bash vagrant/provision.sh`)")))
+        return
+    # open() makes what mecorch owns on the backend (its network,
+    # pool, chains, dnsmasq) exist, as `serve` would on first use; a
+    # failure there is a finding, reported with the checks.
+    checks = []
+    try:
+        driver.open()
+    except MecorchError as e:
+        checks.append(Check(f"{role} open", False, e.detail,
+                            "see the checks below and the backend's log"))
+    try:
+        checks += driver.check()
+    finally:
+        driver.close()
+    rows.extend((host["id"], role, c) for c in checks)
 
 
 def print_table(rows: list[tuple[str, str, Check]], out: TextIO = sys.stdout) -> None:
@@ -77,7 +97,19 @@ def print_table(rows: list[tuple[str, str, Check]], out: TextIO = sys.stdout) ->
         print(f"\nall {len(rows)} checks passed", file=out)
 
 
+def print_progress(host: str, role: str, driver: str, checks: list[Check] | None,
+                   seconds: float, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
+    if checks is None:
+        print(f"checking {host}/{role} ({driver}) ...", file=out, flush=True)
+        return
+    for c in checks:
+        print(f"  {'ok  ' if c.ok else 'FAIL'}  {c.name}: {c.detail}", file=out, flush=True)
+    print(f"  ({len(checks)} checks, {seconds:.1f} s)", file=out, flush=True)
+
+
 def main(cfg: dict) -> int:
-    rows = run_checks(cfg)
+    rows = run_checks(cfg, print_progress)
+    print(file=sys.stdout)
     print_table(rows)
     return 0 if rows and all(c.ok for _, _, c in rows) else 1
