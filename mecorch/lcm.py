@@ -231,7 +231,6 @@ class Lcm:
                 "_need": op["_plan"]["need"],
             })
             self.store.put("instances", iid, inst)
-            self.journal.events.instance(inst)          # notifications
             self.packages.refresh_usage(inst["appDId"])
             self._free(iid)
             self.journal.finish(op)
@@ -318,7 +317,6 @@ class Lcm:
             inst.pop(k, None)
         inst["instantiationState"] = InstantiationState.NOT_INSTANTIATED.value
         self.store.put("instances", iid, inst)
-        self.journal.events.instance(inst)              # notifications
         self.journal.step(op, "released")
 
     # ------------------------------------------------------------ operate
@@ -350,7 +348,6 @@ class Lcm:
                 compute.start(inst["_handle"])
             inst["instantiatedAppState"] = {"operationalState": op["_plan"]["to"]}
             self.store.put("instances", iid, inst)
-            self.journal.events.instance(inst)          # notifications
             self._free(iid)
             self.journal.finish(op)
         except Exception as e:   # noqa: BLE001
