@@ -341,8 +341,10 @@ class SystemLcm:
 
     def _await(self, entry: HostEntry, host_op_id: str) -> dict:
         """Follow the host's op occurrence to its end. Polls back off from
-        20 ms (a container deploy takes about half a second) to 500 ms."""
-        delay, deadline = 0.02, time.monotonic() + self.op_timeout_s
+        5 ms to 50 ms: a container deploy takes about half a second, and a
+        coarser poll would add its own wait to every deploy (a GET of an op
+        occurrence costs the host about a millisecond)."""
+        delay, deadline = 0.005, time.monotonic() + self.op_timeout_s
         while True:
             try:
                 host_op = entry.mepm.get_op(host_op_id)
@@ -359,7 +361,7 @@ class SystemLcm:
                 raise Timeout(f"edge host {entry.host_id!r}: op occurrence {host_op_id} "
                               f"not ended after meo.op_timeout_s ({self.op_timeout_s:g} s)")
             time.sleep(delay)
-            delay = min(delay * 1.5, 0.5)
+            delay = min(delay * 1.5, 0.05)
 
     def _copy_host_view(self, inst: dict, view: dict | None, host_id: str) -> None:
         if view is None or view.get("instantiationState") != INSTANTIATED:
