@@ -162,3 +162,13 @@ def test_serve_refuses_a_typo_at_start(tmp_path):
     assert "unknown key 'lisen' at api.lisen; did you mean 'listen'?" in r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "s").exists()           # refused before anything was made
+
+
+def test_the_example_meo_and_mepm_configs_load():
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    meo = config.load(repo / "config/meo.example.yaml")
+    assert meo["role"] == "meo" and [m["id"] for m in meo["meo"]["mepms"]] == ["edge1", "edge2"]
+    mepm = config.load(repo / "config/mepm.example.yaml")
+    assert mepm["role"] == "mepm" and mepm["hosts"][0]["id"] == "edge3"
+    assert mepm["hosts"][0]["cim"]["driver"] == "docker"        # inherited
