@@ -263,11 +263,12 @@ class Lcm:
     # ------------------------------------------------------------ terminate
     def terminate(self, instance_id: str, body: dict) -> dict:
         kind, timeout = parse_terminate(body, self.default_graceful_s)
+        # mecorch extension: a named manner, checked against the instance's
+        named, field = decision.named_type(body, "TerminateAppRequest")
         with self._exclusive(instance_id):
             inst = self.get(instance_id)
             if inst["instantiationState"] != InstantiationState.INSTANTIATED.value:
                 raise Conflict(f"app instance {instance_id} is NOT_INSTANTIATED")
-            named, field = decision.named_type(body, "TerminateAppRequest")
             if named is not None and named.value != inst["deploymentType"]:
                 raise InvalidInput(f"{field} says {named.value} but app instance "
                                    f"{instance_id} was deployed as {inst['deploymentType']}")

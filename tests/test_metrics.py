@@ -68,6 +68,7 @@ def test_metrics_count_operations_instances_packages_rules_and_backends(env):  #
             assert value(up, "mecorch_backend_up", host="default", role=role) == 1
         assert value(m["mecorch_events"], "mecorch_events_total", event="op.completed") == 1
         assert "process_resident_memory_bytes" in m
+        assert value(m["mecorch_notifications_pending"], "mecorch_notifications_pending") == 0
 
         # a failed operation is timed too, under its own outcome
         assert terminate(env, iid)["operationState"] == "COMPLETED"

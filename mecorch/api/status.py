@@ -139,6 +139,8 @@ def hosts_view(orch, health: Health) -> list[dict]:
     """Each host: capacity (total as allocatable, promised, free) and the
     health of its backends."""
     from ..hosts import Need
+    if getattr(orch, "inventory", None) is None:
+        return []               # an MEO: its hosts are /mecorch/v1/hosts (the registry)
     probes = {(p.host, p.role): p for p in health.snapshot()}
     used = _used_by_host(orch)
     ratio = float(orch.cfg["orchestrator"]["cpu_allocation_ratio"])
@@ -213,7 +215,17 @@ class Metrics:
                 .observe(fields["duration_s"])
 
     def _collect(self, gauge):
-        store = self.orch.store
+        """Each family on its own: one that cannot be read (a store of an
+        MEO has other tables) is left out, the others still answer."""
+        for family in (self._instances, self._packages, self._rules, self._backends,
+                       self._outbox):
+            try:
+                yield from family(gauge, self.orch.store)
+            except Exception:       # noqa: BLE001 - a scrape must not fail whole
+                logs.logging.getLogger("mecorch.api").debug("metrics: %s failed",
+                                                            family.__name__, exc_info=True)
+
+    def _instances(self, gauge, store):
         inst = gauge("mecorch_instances", "App instances by manner, state and host",
                      labels=("manner", "state", "operational", "host"))
         counts: dict[tuple, int] = {}
@@ -225,6 +237,8 @@ class Metrics:
         for key, n in sorted(counts.items()):
             inst.add_metric(key, n)
         yield inst
+
+    def _packages(self, gauge, store):
         pk = gauge("mecorch_packages", "App packages by onboarding, operational and usage state",
                    labels=("onboarding", "operational", "usage"))
         counts = {}
@@ -235,6 +249,8 @@ class Metrics:
         for key, n in sorted(counts.items()):
             pk.add_metric(key, n)
         yield pk
+
+    def _rules(self, gauge, store):
         rules = gauge("mecorch_rules", "Traffic and DNS rules of app instances, by kind, "
                                        "state and host", labels=("kind", "state", "host"))
         counts = {}
@@ -246,11 +262,20 @@ class Metrics:
         for key, n in sorted(counts.items()):
             rules.add_metric(key, n)
         yield rules
+
+    def _backends(self, gauge, store):
         up = gauge("mecorch_backend_up", "1 when the backend answered its last probe",
                    labels=("host", "role", "driver"))
         for p in self.health.snapshot():
             up.add_metric((p.host, p.role, p.driver), 1 if p.up else 0)
         yield up
+
+    def _outbox(self, gauge, store):
+        """Notifications stored and not yet delivered (mecorch/notify.py)."""
+        box = gauge("mecorch_notifications_pending",
+                    "Notifications waiting for delivery to subscribers' callbacks")
+        box.add_metric((), len(store.list("outbox")))
+        yield box
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
@@ -391,7 +416,7 @@ def render_page(orch, health: Health) -> str:
         try:
             dns = orch.mep.list_rules(iid, "dns_rules")
             traffic = orch.mep.list_rules(iid, "traffic_rules")
-        except MecorchError:
+        except (MecorchError, AttributeError):      # an MEO has no MEP of its own
             dns, traffic = [], []
         addrs = ", ".join(n["ip"] for n in (inst.get("allocatedResources") or {})
                           .get("network", []))
