@@ -161,6 +161,13 @@ class DockerCIM(ComputeDriver):
                 if nets[0].get("Driver") != "bridge":
                     raise Conflict(f"network {self.network} exists with driver "
                                    f"{nets[0].get('Driver')}, not bridge")
+                # The network is marked with the host id that made it: another
+                # edge host's network is never taken over (its containers
+                # would be reached, and removed, as if they were ours).
+                owner = (nets[0].get("Labels") or {}).get(LABEL_HOST)
+                if owner and owner != self.host_id:
+                    raise Conflict(f"network {self.network} belongs to edge host {owner!r}, "
+                                   f"not {self.host_id!r}: give cim.network another name")
                 self._gateway = _gateway_of(nets[0])
                 self._network_id = nets[0]["Id"]
                 return self._network_id
