@@ -50,6 +50,17 @@ PKGS = "/app_pkgm/v1/app_packages"
 INST = "/app_lcm/v1/app_instances"
 
 
+class _NoAliases(yaml.SafeDumper):
+    def ignore_aliases(self, data):
+        return True
+
+
+def dump(doc) -> bytes:
+    """YAML of `doc` without anchors (a TOSCA AppD may not use them), even
+    where the test shares one object between two places."""
+    return yaml.dump(doc, Dumper=_NoAliases, sort_keys=False).encode()
+
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -182,7 +193,7 @@ def mec037_appd(kind: str, app: str, image_file: str, image_sha: str, vip: str,
         nodes["Data"] = {"type": "tosca.nodes.nfv.Vdu.VirtualBlockStorage",
                          "properties": {"virtual_block_storage_data":
                                         {"size_of_storage": "1 GB"}}}
-    return yaml.safe_dump(doc, sort_keys=False).encode()
+    return dump(doc)
 
 
 def eg_appd(kind: str, app: str, image_name: str, vip: str, version: str = "1.0") -> bytes:
@@ -227,13 +238,13 @@ def eg_appd(kind: str, app: str, image_name: str, vip: str, version: str = "1.0"
                                                      "appDNSRule": dns}},
             }},
     }
-    return yaml.safe_dump(doc, sort_keys=False).encode()
+    return dump(doc)
 
 
-EG_TYPES = yaml.safe_dump({
+EG_TYPES = dump({
     "tosca_definitions_version": "tosca_simple_profile_yaml_1_2",
     "node_types": {"Tests.nodes.EgCompute": {"derived_from": "tosca.nodes.nfv.Vdu.Compute"}},
-}).encode()
+})
 
 
 # -- layouts -----------------------------------------------------------------------

@@ -174,7 +174,7 @@ def _appd_change(change):
         def edit(inner):
             doc = yaml.safe_load(inner["Definition/MainServiceTemplate.yaml"])
             change(doc)
-            inner["Definition/MainServiceTemplate.yaml"] = yaml.safe_dump(doc).encode()
+            inner["Definition/MainServiceTemplate.yaml"] = L.dump(doc)
         _rezip(files, "APPD/bad.zip", edit)
     return mutate
 
@@ -201,7 +201,7 @@ def _sol004(tmp, layout="pre26-tosca", kind="container", change=None, **kw):
     if change:
         doc = yaml.safe_load(appd)
         change(doc)
-        appd = yaml.safe_dump(doc).encode()
+        appd = L.dump(doc)
     return L.sol004(tmp / "bad.zip", appd, member, image,
                     entry_manifest=layout.startswith("sol004"), **kw)
 

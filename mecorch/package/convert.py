@@ -25,6 +25,14 @@ from .build import APPD_PATH, build_package
 from .reader import open_package
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """No anchors/aliases in the written AppD, even where the source AppD
+    shares one object between two places (readers count aliases)."""
+
+    def ignore_aliases(self, data):
+        return True
+
+
 def _artifact_name(image_path: str, taken: set[str]) -> str:
     base = posixpath.basename(image_path) or "image"
     stem, ext = posixpath.splitext(base)
@@ -66,6 +74,7 @@ def convert_package(src_zip: str | os.PathLike, out_zip: str | os.PathLike,
         header = (f"# AppD converted by `mecorch package convert` from {src.name} "
                   f"({pkg.layout} layout, {pkg.appd_format} AppD)\n")
         (folder / APPD_PATH).write_text(
-            header + yaml.safe_dump(appd, sort_keys=False, allow_unicode=True),
+            header + yaml.dump(appd, Dumper=_PlainDumper, sort_keys=False,
+                               allow_unicode=True),
             encoding="utf-8")
         return build_package(folder, out, signing_key=signing_key)

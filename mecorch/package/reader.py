@@ -26,6 +26,7 @@ names, types, ratio, overlap) and are never opened more than one level deep.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import posixpath
@@ -279,36 +280,43 @@ def _nested_image(zf, nested, sw, manner, hashes, declared, work, limits, common
 
 
 def _appd_zip(zf, member: str, sha256: str, work: Path, limits: ArchiveLimits):
-    """(service template path, its bytes, reader of the zip's other files)
-    of an EdgeGallery zipped APPD."""
+    """(service template path, its bytes, reader of the zip's other files,
+    the open zip to close) of an EdgeGallery zipped APPD. Files are read
+    when asked for, each at most MAX_YAML_BYTES: a zip of many small
+    well-compressed files must not be expanded whole into memory."""
     if zf.getinfo(member).file_size > MAX_APPD_ZIP_BYTES:
         raise PayloadTooLarge(f"{member}: a zipped AppD larger than {MAX_APPD_ZIP_BYTES} bytes")
-    with _nested_zip(zf, member, sha256, work, limits) as inz:
-        files = member_files(inz)
-        contents = {}
-        for name in files:
-            if name.lower().endswith((".yaml", ".yml", ".meta")):
-                try:
-                    contents[name] = read_member(inz, name, MAX_YAML_BYTES, "AppD file")
-                except MecorchError as e:
-                    raise _named(e, member) from None
-    metas = [f for f in ("TOSCA_VNFD.meta", "TOSCA_VNFS.meta", META_PATH) if f in contents]
-    if metas:
-        meta = meta_block(contents[metas[0]], f"{member}: {metas[0]}")
-        entry = meta.get("Entry-Definitions")
-        if not entry:
-            raise layout_error(f"{member}: {metas[0]} has no Entry-Definitions")
-        check_member_name(entry, f"{member}: {metas[0]} Entry-Definitions")
-    else:
-        mains = [f for f in contents if posixpath.basename(f) == "MainServiceTemplate.yaml"]
-        if len(mains) != 1:
-            raise layout_error(f"{member} is a zipped APPD without TOSCA_VNFD.meta and with "
-                               f"{len(mains)} MainServiceTemplate.yaml")
-        entry = mains[0]
-    if entry not in contents:
-        raise layout_error(f"{member}: Entry-Definitions names {entry}, which is not a YAML "
-                           f"file in {member}")
-    return entry, contents[entry], contents.get
+    inz = _nested_zip(zf, member, sha256, work, limits)
+    try:
+        files = set(member_files(inz))
+
+        def read(name: str) -> bytes | None:
+            if name not in files:
+                return None
+            try:
+                return read_member(inz, name, MAX_YAML_BYTES, "AppD file")
+            except MecorchError as e:
+                raise _named(e, member) from None
+        metas = [f for f in ("TOSCA_VNFD.meta", "TOSCA_VNFS.meta", META_PATH) if f in files]
+        if metas:
+            meta = meta_block(read(metas[0]), f"{member}: {metas[0]}")
+            entry = meta.get("Entry-Definitions")
+            if not entry:
+                raise layout_error(f"{member}: {metas[0]} has no Entry-Definitions")
+            check_member_name(entry, f"{member}: {metas[0]} Entry-Definitions")
+        else:
+            mains = [f for f in files if posixpath.basename(f) == "MainServiceTemplate.yaml"]
+            if len(mains) != 1:
+                raise layout_error(f"{member} is a zipped APPD without TOSCA_VNFD.meta and "
+                                   f"with {len(mains)} MainServiceTemplate.yaml")
+            entry = mains[0]
+        if entry not in files or not entry.lower().endswith((".yaml", ".yml")):
+            raise layout_error(f"{member}: Entry-Definitions names {entry}, which is not a "
+                               f"YAML file in {member}")
+        return entry, read(entry), read, inz
+    except BaseException:
+        inz.close()
+        raise
 
 
 def _swimagedesc(zf, files: list[str]) -> tuple[list[dict] | None, str]:
@@ -332,7 +340,8 @@ def open_package(zip_path: str | os.PathLike, trusted_key: str | os.PathLike | b
     if not path.is_file():
         raise InvalidInput(f"package {path} is not a file")
     with open_zip(path, limits) as zf, \
-            tempfile.TemporaryDirectory(dir=path.parent, prefix=".mecorch-open-") as work:
+            tempfile.TemporaryDirectory(dir=path.parent, prefix=".mecorch-open-") as work, \
+            contextlib.ExitStack() as opened:
         work = Path(work)
         files = member_files(zf)
         if META_PATH not in files:
@@ -371,7 +380,9 @@ def open_package(zip_path: str | os.PathLike, trusted_key: str | os.PathLike | b
                 raise IntegrityError(f"{name}: SHA-256 does not match the manifest {manifest}")
 
         if zipped_appd:
-            inner, text, read_inner = _appd_zip(zf, appd_path, hashes[appd_path], work, limits)
+            inner, text, read_inner, inz = _appd_zip(zf, appd_path, hashes[appd_path], work,
+                                                     limits)
+            opened.callback(inz.close)
             shown = f"{appd_path}:{inner}"
         else:
             inner, shown = appd_path, appd_path
@@ -383,6 +394,7 @@ def open_package(zip_path: str | os.PathLike, trusted_key: str | os.PathLike | b
         doc = load_yaml(text, f"AppD {shown}")
         declared = None
         if tosca_appd.is_tosca(doc):
+            tosca_appd.plain_yaml(text, f"AppD {shown}")
             swimagedesc, sid_where = _swimagedesc(zf, files)
 
             def resolve(file: str, where: str) -> str:

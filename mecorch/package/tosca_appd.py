@@ -33,6 +33,8 @@ import json
 import posixpath
 import re
 
+import yaml
+
 from .. import orchestration_info as oi
 from .. import validate
 from ..errors import InvalidInput
@@ -71,6 +73,34 @@ _MEC_ATTRS = {"app_service_required": "appServiceRequired",
               "transport_dependencies": "transportDependencies",
               "app_traffic_rule": "appTrafficRule", "app_dns_rule": "appDNSRule",
               "app_latency": "appLatency"}
+
+
+def plain_yaml(text: bytes | str, what: str) -> None:
+    """Refuse YAML anchors, aliases, merge keys and explicit tags in a TOSCA
+    AppD (after the strict loader's own limits): a descriptor from outside
+    is read one way, each value written where it is used. A merge key lets
+    a later key override a merged one silently, and a tag asks the reader
+    to build something; neither belongs in a descriptor."""
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            line = event.start_mark.line + 1
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                raise InvalidInput(f"{what} line {line}: YAML anchors and aliases are not "
+                                   "accepted in a TOSCA AppD (write each value where it is "
+                                   "used)")
+            tag = getattr(event, "tag", None)
+            if tag and not (isinstance(event, yaml.ScalarEvent) and event.implicit[0]) \
+                    and not isinstance(event, (yaml.DocumentStartEvent,)):
+                raise InvalidInput(f"{what} line {line}: the YAML tag {tag[:60]!r} is not "
+                                   "accepted in a TOSCA AppD")
+            if isinstance(event, yaml.ScalarEvent) and event.value == "<<" \
+                    and event.style is None:
+                raise InvalidInput(f"{what} line {line}: YAML merge keys (<<) are not "
+                                   "accepted in a TOSCA AppD")
+    except yaml.YAMLError as e:
+        raise InvalidInput(f"{what} is not valid YAML: {e}") from None
+    except RecursionError:
+        raise InvalidInput(f"{what} is nested too deeply") from None
 
 
 def is_tosca(doc) -> bool:
@@ -150,6 +180,7 @@ def _imported_types(doc: dict, path: str, read, where: str) -> dict:
                 raise InvalidInput(f"{at}: imports[{i}] {name!r} is not a file "
                                    "of the package")
             sub = load_yaml(data, f"{where} import {target}")
+            plain_yaml(data, f"{where} import {target}")
             if not isinstance(sub, dict):
                 raise InvalidInput(f"{where} import {target}: must be a TOSCA definitions file")
             nt = sub.get("node_types") or {}
