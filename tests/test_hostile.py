@@ -325,7 +325,8 @@ def _cases(w) -> list[tuple[str, object]]:
     create_pkg = {"appPkgName": "p", "appPkgVersion": "1", "appPkgPath": str(w.src_zip),
                   "checksum": {"algorithm": "SHA-256",
                                "hash": hashlib.sha256(w.src_zip.read_bytes()).hexdigest()},
-                  "appProvider": "prov", "userDefinedData": {"k": "v"}}
+                  "appProvider": "prov", "userDefinedData": {"k": "v"},
+                  "deploymentType": "CONTAINER", "deployMethod": "1"}
     body_fields("POST app_packages", "POST", PKGS, create_pkg)
     cases.append(("POST app_packages userDefinedData key", lambda p: (
         "POST", PKGS, {**create_pkg, "userDefinedData": {p if isinstance(p, str) else str(p):
@@ -338,6 +339,9 @@ def _cases(w) -> list[tuple[str, object]]:
     cases.append(("PATCH app_packages/{id}", lambda p: (
         "PATCH", f"{PKGS}/{q(p)}", {"operationState": "DISABLED"}, None)))
     cases.append(("DELETE app_packages/{id}", lambda p: ("DELETE", f"{PKGS}/{q(p)}", None, None)))
+    for name in ("deploymentType", "deployMethod"):       # the package is ENABLED: never gone
+        cases.append((f"DELETE app_packages?{name}", lambda p, n=name: (
+            "DELETE", f"{PKGS}/{pkg}?{n}={q(p)}", None, None)))
     # filters
     for path in (PKGS, INST, OPS):
         cases.append((f"GET {path}?filter", lambda p, path=path: (
@@ -357,7 +361,7 @@ def _cases(w) -> list[tuple[str, object]]:
         cases.append((f"{method} {tmpl}", lambda p, t=tmpl, m=method, b=body: (
             m, t.format(q(p)), b, None)))
     instantiate = {"selectedMECHostInfo": HOST, "deploymentType": "CONTAINER",
-                   "orchestrationInfo": POD_DOC,
+                   "deployMethod": "container", "orchestrationInfo": POD_DOC,
                    "appTrafficRule": [_descriptor(TRAFFIC_RULE)],
                    "appDNSRule": [_descriptor(DNS_RULE)],
                    "virtualComputeDescriptor": {"virtualComputeDescId": "c",
@@ -375,6 +379,10 @@ def _cases(w) -> list[tuple[str, object]]:
     body_fields("terminate", "POST", f"{INST}/{a}/terminate",
                 {"terminationType": "GRACEFUL", "gracefulTerminationTimeout": 0},
                 extra_leaves=[("gracefulTerminationTimeout",)])
+    # the deployment type of a terminate: on the idle instance (a valid one
+    # is then a 409), so that no payload ends instance A
+    body_fields("terminate deploymentType", "POST", f"{INST}/{idle}/terminate",
+                {"terminationType": "FORCEFUL", "deploymentType": "VM", "deployMethod": "0"})
     body_fields("operate", "POST", f"{INST}/{a}/operate",
                 {"changeStateTo": "STARTED", "stopType": "GRACEFUL", "gracefulStopTimeout": 0},
                 extra_leaves=[("gracefulStopTimeout",)])
