@@ -401,3 +401,27 @@ def test_hostile_input_refused_and_nothing_changed(lab):
         assert lab.get() == f"reached {INSTANCE_A}"
     finally:
         d.remove_rules("calm")
+
+
+def test_a_dns_only_change_leaves_iptables_alone(lab):
+    """Changing only DNS rules (same traffic rules as last applied, chains
+    still of that shape) runs no iptables-restore; a traffic change does."""
+    d = lab.driver
+    d.apply_rules("dnsonly", INSTANCE_A, [forward()], [dns(name="only.mect.test")])
+    restores = []
+    real = d._restore
+    d._restore = lambda text: (restores.append(text), real(text))
+    try:
+        d.apply_rules("dnsonly", INSTANCE_A, [forward()], [dns(name="only.mect.test",
+                                                               ip=INSTANCE_B)])
+        assert poll(lambda: lab.dig("only.mect.test"), INSTANCE_B) == INSTANCE_B
+        assert restores == [""] and lab.get() == f"reached {INSTANCE_A}"
+        d.apply_rules("dnsonly", INSTANCE_B, [forward()], [dns(name="only.mect.test")])
+        assert restores[-1] and lab.get() == f"reached {INSTANCE_B}"
+        # chains changed behind its back (flushed): the shape differs, so it restores
+        ns(lab.edge, "iptables", "-t", "nat", "-F", iptables.instance_chain(d.prefix, "dnsonly"))
+        d.apply_rules("dnsonly", INSTANCE_B, [forward()], [dns(name="only.mect.test")])
+        assert restores[-1] and lab.get() == f"reached {INSTANCE_B}"
+    finally:
+        d._restore = real
+        d.remove_rules("dnsonly")

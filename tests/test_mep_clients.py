@@ -271,7 +271,14 @@ def poll(probe, check, timeout: float = 10.0):
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    assert SAMPLE_VM.is_file(), f"{SAMPLE_VM} missing: run vagrant/workloads/build-vm-image.sh"
+    assert SAMPLE_VM.is_file(), f"{SAMPLE_VM} missing: run bash vagrant/provision.sh"
+    # The image must come from the current build script (it reads the OEM
+    # strings and carries the MEC client): the build records the script's hash.
+    script = Path(__file__).resolve().parents[1] / "vagrant/workloads/build-vm-image.sh"
+    key = Path(f"{SAMPLE_VM}.key")
+    assert key.is_file() and key.read_text().strip() == sha256_file(script), (
+        f"{SAMPLE_VM} was built by an older build-vm-image.sh: run bash vagrant/provision.sh "
+        "(it rebuilds the cached image when the script changed)")
     # QEMU runs as libvirt-qemu and must reach the pool under the state dir.
     tmp = Path(tempfile.mkdtemp(prefix="mecorch-mep12-", dir="/var/tmp"))
     os.chmod(tmp, 0o711)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import re
 import subprocess
@@ -47,6 +48,7 @@ from mecorch.rules import DnsRule, TrafficRule, unique_ids
 from . import dnsmasq, iptables
 
 CMD_TIMEOUT_S = 15
+log = logging.getLogger("mecorch.mep.linux")
 CLIENT_DNS_PORT = 53        # resolvers given by DHCP or Docker's dns option have no port
 
 
@@ -113,6 +115,7 @@ class LinuxMEP(PlatformDriver):
         self.clients_pid_file = run_dir / "dnsmasq-clients.pid"
         self.clients_log_file = run_dir / "dnsmasq-clients.log"
         self._lock = threading.Lock()
+        self._applied: dict[str, dict] = {}     # instance -> traffic rule lines it last got
 
     # -- plumbing ------------------------------------------------------------------
 
@@ -158,7 +161,12 @@ class LinuxMEP(PlatformDriver):
             if dnsmasq.live_pid(self.pid_file) is None:
                 dnsmasq.start(self._argv(*self._dnsmasq_argv(
                     self.pid_file, self.log_file, self.dns_listen, self.dns_port)), self.pid_file)
-            self._ensure_clients_dnsmasq()
+            try:
+                self._ensure_clients_dnsmasq()
+            except BackendError as e:
+                # The rules still work (and are answered on dns_listen); the
+                # doctor check shows why the clients' listener is missing.
+                log.warning("DNS for apps and UEs not served: %s", e.detail)
 
     def _dnsmasq_argv(self, pid_file: Path, log_file: Path, listen, port: int,
                       dynamic: bool = False) -> list[str]:
@@ -261,16 +269,24 @@ class LinuxMEP(PlatformDriver):
         with _backend(f"apply rules of {instance_id}"), self._exclusive():
             self.hosts_dir.mkdir(parents=True, exist_ok=True)
             saved = self._save()
-            change = iptables.transition(saved, self.prefix, instance_id, desired)
             before = iptables.current(saved, self.prefix, instance_id)
+            # A change of DNS rules only (the traffic rules this process last
+            # applied, and iptables still shows that many lines in the
+            # instance's chains and its jumps): no iptables-restore at all.
+            unchanged = (self._applied.get(instance_id) == desired
+                         and iptables.matches(saved, self.prefix, instance_id, desired))
+            change = "" if unchanged else iptables.transition(saved, self.prefix, instance_id,
+                                                              desired)
             staged = dnsmasq.stage(self.hosts_dir, instance_id, hosts)
             try:
                 self._restore(change)
                 dnsmasq.commit(self.hosts_dir, instance_id, staged)
             except BaseException:
+                self._applied.pop(instance_id, None)
                 dnsmasq.discard(staged)
                 self._put_back(instance_id, before)
                 raise
+            self._applied[instance_id] = desired
 
     def _put_back(self, instance_id: str, before: dict[str, list[str]]) -> None:
         """Best effort: return the instance's chains to `before` after a
@@ -281,6 +297,7 @@ class LinuxMEP(PlatformDriver):
     def remove_rules(self, instance_id: str) -> None:
         validate.ident(instance_id, "instance_id")
         with _backend(f"remove rules of {instance_id}"), self._exclusive():
+            self._applied.pop(instance_id, None)
             self._restore(iptables.transition(self._save(), self.prefix, instance_id, {}))
             dnsmasq.commit(self.hosts_dir, instance_id, None)
             (self.hosts_dir / f".{instance_id}.tmp").unlink(missing_ok=True)
@@ -309,7 +326,9 @@ class LinuxMEP(PlatformDriver):
                             "apt-get install iptables; run as root"
                             + (f"; create the netns: ip netns add {self.netns}" if self.netns else "")),
                 self._check("mep: dnsmasq running", self._check_running,
-                            "mecorch starts it on open(); see " + str(self.log_file))]
+                            "mecorch starts it on open(); see " + str(self.log_file)),
+                self._check("mep: DNS for apps and UEs", self._check_clients,
+                            "free port 53 on those addresses; see " + str(self.clients_log_file))]
 
     @staticmethod
     def _check(name: str, probe, fix: str) -> Check:
@@ -331,6 +350,15 @@ class LinuxMEP(PlatformDriver):
         m = re.search(r"\((\w+)\)", version)
         return f"{version}; backend {m.group(1) if m else 'legacy'}" + (
             f"; netns {self.netns}" if self.netns else "")
+
+    def _check_clients(self) -> str:
+        if not self._client_addresses:
+            return "no app network or data-plane address to serve (yet)"
+        pid = dnsmasq.live_pid(self.clients_pid_file)
+        if pid is None:
+            raise BackendError(f"no live dnsmasq in {self.clients_pid_file} for "
+                               f"{', '.join(self._client_addresses)}:{CLIENT_DNS_PORT}")
+        return f"pid {pid}, port {CLIENT_DNS_PORT} on {', '.join(self._client_addresses)}"
 
     def _check_running(self) -> str:
         pid = dnsmasq.live_pid(self.pid_file)

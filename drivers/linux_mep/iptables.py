@@ -331,6 +331,23 @@ def transition(saved: Saved, prefix: str, instance_id: str,
     return "\n".join(parts) + "\n" if parts else ""
 
 
+def matches(saved: Saved, prefix: str, instance_id: str, desired: dict[str, list[str]]) -> bool:
+    """`saved` shows the instance with exactly as many rule lines per table
+    as `desired`, and its jumps (or, for `{}`, no chain and no jump): the
+    shape of what was applied, still there."""
+    chain = instance_chain(prefix, instance_id)
+    for table in TABLES:
+        chains = saved.get(table, {})
+        jumped = any(l.split()[-1] == chain for l in chains.get(top_chain(prefix, table), []))
+        if not desired:
+            if chain in chains or jumped:
+                return False
+        elif chain not in chains or not jumped or \
+                len(chains[chain]) != len(desired.get(table, [])):
+            return False
+    return True
+
+
 def current(saved: Saved, prefix: str, instance_id: str) -> dict[str, list[str]]:
     """The instance's rule lines as `saved` shows them, in `desired` form
     (what `transition` needs to put them back after a failure)."""
