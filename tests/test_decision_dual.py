@@ -630,3 +630,15 @@ def test_bad_dual_appds_are_refused_naming_the_image(tmp_path, change, says):
     with pytest.raises(InvalidInput) as e:
         dual_package(tmp_path, swImageDescriptor=appd["swImageDescriptor"])
     assert says in e.value.detail
+
+
+def test_the_container_tosca_example():
+    text = (REPO / "examples/orchestration/container-tosca.yaml").read_text()
+    d = decide_manner({"orchestrationInfo": text}, BOTH)
+    assert (d.manner, d.source) == (CONTAINER, "orchestrationType")
+    appd = yaml.safe_load(DUAL_APPD.read_text())
+    r = resource_request("i1", appd, CONTAINER, "127.0.0.1:5000/a/b:1", {"orchestrationInfo": text})
+    assert (r.vcpu, r.memory_mb) == (1.0, 128)
+    # the VM-only sample app refuses it, naming both signals
+    assert "orchestrationInfo's orchestration type says CONTAINER but the app was onboarded " \
+           "as VM" in refused(decide_manner, {"orchestrationInfo": text}, "VM")
