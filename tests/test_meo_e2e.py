@@ -203,7 +203,8 @@ def system(sample_container, sample_vm):
         pkgs = {}
         for zpath in (_sample(tmp, "sample-container-app"),
                       _sample(tmp, "sample-container-app", "meo-http", rules=False),
-                      _sample(tmp, "sample-vm-app")):
+                      _sample(tmp, "sample-vm-app"),
+                      _sample(tmp, "sample-vm-app", "meo-vm", rules=False)):
             pkg, _ = c.post(PKGS, {"appPkgName": zpath.stem, "appPkgVersion": "1.0",
                                    "appPkgPath": str(zpath),
                                    "checksum": {"algorithm": "SHA-256",
@@ -364,6 +365,38 @@ def test_mepm_killed_keeps_serving_then_resyncs(system):
                for k, a in after.items())
 
 
+def test_mepm_killed_mid_deploy_the_op_ends_with_the_hosts_outcome(system):
+    """The link breaks (the MEPM dies) while a VM boots there: the MEO's op
+    stays PROCESSING while the host is away, and ends as the host ended it
+    (its restart rolled the interrupted deploy back): FAILED with the
+    reason, no VM left, and a retry makes exactly one."""
+    c, procs, edges = system["c"], system["procs"], system["edges"]
+    edge = edges["edge3"]
+    inst = c.post(INST, {"appDId": "meo-vm"})[0]
+    op, _ = c.post(f"{INST}/{inst['id']}/instantiate", {
+        "deploymentType": "VM", "selectedMECHostInfo": [{"hostId": {"id": edge["id"]}}]})
+    host_ops = lambda: [o for o in procs["edge3"].client.get("/app_lcm/v1/app_lcm_op_occs")
+                        if o["operationState"] == "PROCESSING"]
+    _wait(host_ops, 60, "the VM deploy running on edge3")
+    time.sleep(2)
+    procs["edge3"].kill()
+    _wait(lambda: {h["hostId"]: h for h in c.get(HOSTS)}[edge["id"]]["state"] == "UNREACHABLE",
+          30, "edge3 UNREACHABLE")
+    assert c.get(f"/app_lcm/v1/app_lcm_op_occs/{op['id']}")["operationState"] == "PROCESSING"
+    procs["edge3"].start()
+    done = c.wait_op(op, timeout=120)
+    assert done["operationState"] == "FAILED"
+    assert "interrupted by a restart" in done["error"]["detail"], done["error"]
+    assert c.get(f"{INST}/{inst['id']}")["instantiationState"] == "NOT_INSTANTIATED"
+    assert not _domains(edge["id"], "meo-vm")
+    op, _ = c.post(f"{INST}/{inst['id']}/instantiate", {
+        "deploymentType": "VM", "selectedMECHostInfo": [{"hostId": {"id": edge["id"]}}]})
+    assert c.wait_op(op, timeout=300)["operationState"] == "COMPLETED"
+    assert len(_domains(edge["id"], "meo-vm")) == 1
+    vm = c.get(f"{INST}/{inst['id']}")
+    assert "mecorch sample vm" in _http(f"http://{_ip(vm)}/")
+
+
 def test_meo_killed_every_mepm_keeps_serving_and_the_meo_finds_the_same_state(system):
     c, procs, edges = system["c"], system["procs"], system["edges"]
     seen = sorted((i["id"], i["hostId"], i["instantiationState"]) for i in c.get(INST))
@@ -410,6 +443,17 @@ def _labelled(host_id: str) -> dict[str, str]:
         return {}
     out = json.loads(run("docker", "inspect", *ids).stdout)
     return {c["Id"]: c["State"]["StartedAt"] for c in out}
+
+
+def _domains(host_id: str, app_d_id: str) -> list[str]:
+    """Running libvirt domains of that host id (mecorch's metadata names it)."""
+    out = []
+    names = run("virsh", "-c", "qemu:///system", "list", "--name").stdout.split()
+    for name in names:
+        xml = run("virsh", "-c", "qemu:///system", "dumpxml", name, check=False).stdout
+        if host_id in xml and app_d_id in xml:
+            out.append(name)
+    return out
 
 
 def _strip_counters(text: str) -> list[str]:
