@@ -303,7 +303,7 @@ MALFORMED = {
     "TOSCA image artifact not in the package": (
         lambda t: _sol004(t, change=lambda d: _nodes(d)["Vdu"]["artifacts"]["sw_image"]
                           .update(file="../Artifacts/nope.tar")), InvalidInput,
-        "'../Artifacts/nope.tar' is not a file in the package"),
+        "artifacts.sw_image.file: '../Artifacts/nope.tar' is not a file in the package"),
     "container node without resources": (
         lambda t: _sol004(t, change=lambda d: _nodes(d)["Vdu"]["properties"].pop(
             "requested_memory_resources")), InvalidInput,

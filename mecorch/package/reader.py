@@ -169,6 +169,15 @@ def _named(e: MecorchError, member: str) -> MecorchError:
     return err
 
 
+def one_line(load, *args):
+    """Call a loader; its error, PyYAML's multi-line report with a caret
+    included, becomes one line (one message per refusal)."""
+    try:
+        return load(*args)
+    except MecorchError as e:
+        raise type(e)(" ".join(e.detail.split())) from None
+
+
 def find_manifest(files: list[str], entry: str) -> str:
     """The manifest of a CSAR whose TOSCA.meta does not name one: the root
     .mf named like the Entry-Definitions file, else the only root .mf."""
@@ -391,7 +400,7 @@ def open_package(zip_path: str | os.PathLike, trusted_key: str | os.PathLike | b
             def read_inner(name):
                 return read_member(zf, name, MAX_YAML_BYTES, "AppD import") \
                     if name in hashes else None
-        doc = load_yaml(text, f"AppD {shown}")
+        doc = one_line(load_yaml, text, f"AppD {shown}")
         declared = None
         if tosca_appd.is_tosca(doc):
             tosca_appd.plain_yaml(text, f"AppD {shown}")
@@ -404,7 +413,7 @@ def open_package(zip_path: str | os.PathLike, trusted_key: str | os.PathLike | b
                 for cand in (posixpath.normpath(posixpath.join(base, file)), file.lstrip("/")):
                     if cand in hashes or _nested_location(cand, hashes):
                         return check_member_name(cand, where)
-                return file
+                raise InvalidInput(f"{where}: {file[:200]!r} is not a file in the package")
             appd, declared = tosca_appd.read(doc, inner, read_inner, resolve, swimagedesc,
                                              sid_where, shown)
             appd_format = "TOSCA"

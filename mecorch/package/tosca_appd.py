@@ -98,7 +98,7 @@ def plain_yaml(text: bytes | str, what: str) -> None:
                 raise InvalidInput(f"{what} line {line}: YAML merge keys (<<) are not "
                                    "accepted in a TOSCA AppD")
     except yaml.YAMLError as e:
-        raise InvalidInput(f"{what} is not valid YAML: {e}") from None
+        raise InvalidInput(" ".join(f"{what} is not valid YAML: {e}".split())) from None
     except RecursionError:
         raise InvalidInput(f"{what} is nested too deeply") from None
 
@@ -179,7 +179,10 @@ def _imported_types(doc: dict, path: str, read, where: str) -> dict:
             if data is None:
                 raise InvalidInput(f"{at}: imports[{i}] {name!r} is not a file "
                                    "of the package")
-            sub = load_yaml(data, f"{where} import {target}")
+            try:
+                sub = load_yaml(data, f"{where} import {target}")
+            except InvalidInput as e:
+                raise InvalidInput(" ".join(e.detail.split())) from None
             plain_yaml(data, f"{where} import {target}")
             if not isinstance(sub, dict):
                 raise InvalidInput(f"{where} import {target}: must be a TOSCA definitions file")
