@@ -74,8 +74,8 @@ class Api(Client):
                           {"selectedMECHostInfo": [{"hostId": {"id": self.host_id}}], **body})
         return inst["id"], self.wait(op, poll=self.poll)
 
-    def terminate(self, iid: str) -> dict:
-        op, _ = self.post(f"{INST}/{iid}/terminate", {"terminationType": "FORCEFUL"})
+    def terminate(self, iid: str, body: dict | None = None) -> dict:
+        op, _ = self.post(f"{INST}/{iid}/terminate", body or {"terminationType": "FORCEFUL"})
         return self.wait(op, poll=self.poll)
 
     def delete(self, iid: str) -> None:
@@ -196,6 +196,18 @@ class Lab:
                                                    "hash": sha256_file(zpath)}})
         self.pkgs[app_d_id] = pkg
         return pkg
+
+    def pkg_doc(self, app_d_id: str) -> dict:
+        """The onboarded package's stored document (with the internal
+        fields: _appd, _image), read from the lab's store."""
+        import json
+        import sqlite3
+        db = sqlite3.connect(f"file:{self.tmp / 'state' / 'mecorch.db'}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT doc FROM packages WHERE appDId=?", (app_d_id,)).fetchone()
+        finally:
+            db.close()
+        return json.loads(row[0])
 
     def close(self) -> list[str]:
         """Terminate and delete every instance, delete the packages, stop
