@@ -22,7 +22,6 @@ import pytest
 import yaml
 
 import pkglayouts as L
-from conftest import WORKLOADS
 from mecorch.client import ApiError
 from mecorch.errors import IntegrityError, InvalidInput
 from mecorch.package import convert_package, open_package

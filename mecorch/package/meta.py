@@ -8,6 +8,9 @@ TOSCA.meta (block 0 only; other TOSCA blocks are not used):
     Entry-Definitions: Definitions/appd.yaml
     ETSI-Entry-Manifest: sample-http.mf
 
+ETSI-Entry-Manifest is what mecorch writes; packages made before SOL004
+2.6, and EdgeGallery's, have none (reader.find_manifest then finds it).
+
 The manifest: a metadata block, then one block per file of the package
 (every file except the manifest and its signature):
 
