@@ -430,3 +430,24 @@ def test_malformed_variant_onboarding_refused_nothing_kept(lab, tmp_path, case):
     assert re.search(match, e.value.detail), e.value.detail
     assert c.get_all(L.PKGS) == before
     assert _state_files(lab) == files_before
+
+
+def test_a_signed_package_must_sign_its_tosca_meta(tmp_path):
+    from mecorch.package.meta import sign_manifest
+    from test_package import keypair
+    private, public = keypair(tmp_path)
+    image = fake_image(tmp_path, "container")
+    files = L.edgegallery_files("container", "sig", image, "10.90.0.240")
+    md = {"app_product_name": "sig"}
+    for listed in (False, True):
+        files.pop("sig.mf", None)
+        files.pop("sig.mf.sig", None)
+        files["sig.mf"] = L.manifest(files, md, skip=() if listed else (L.META,))
+        files["sig.mf.sig"] = sign_manifest(files["sig.mf"], private)
+        path = L.write_zip(tmp_path / f"sig-{listed}.zip", files)
+        if listed:
+            assert open_package(path, trusted_key=public).signature_verified
+        else:
+            assert open_package(path).app_d_id == "sig"         # unsigned use: accepted
+            with pytest.raises(IntegrityError, match="TOSCA.meta is not listed in the manifest"):
+                open_package(path, trusted_key=public)

@@ -377,8 +377,9 @@ def open_package(zip_path: str | os.PathLike, trusted_key: str | os.PathLike | b
         covered = [f for f in files if f not in (manifest, manifest + SIGNATURE_SUFFIX)]
         for name in covered:
             # TOSCA.meta only points at files the manifest covers: several
-            # tools (EdgeGallery's among them) leave it out.
-            if name not in hashes and name != META_PATH:
+            # tools (EdgeGallery's among them) leave it out. Not when the
+            # signature is checked: then which file is the AppD is signed too.
+            if name not in hashes and (name != META_PATH or verified):
                 raise IntegrityError(f"{name} is not listed in the manifest {manifest}")
         for name in sorted(hashes):
             if name not in covered:
