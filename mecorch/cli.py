@@ -128,6 +128,11 @@ def _parser() -> argparse.ArgumentParser:
                                              "addresses, DNS names", formatter_class=fmt,
                                 epilog=FILTER_HELP))
     al.add_argument("--filter", metavar="EXPR", help="attribute filter (see below)")
+    lg = app.add_parser("logs", help="the instance's output: a container's stdout/stderr, a "
+                                     "VM's serial console (kept after termination until "
+                                     "the instance is deleted)")
+    lg.add_argument("id", metavar="ID", help=ID_HELP)
+    lg.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
     for action, what in (("show", "show an instance"), ("delete", "delete an instance"),
                          ("events", "the instance's LCM operation occurrences, oldest first"),
                          ("rules", "the instance's traffic and DNS rules")):

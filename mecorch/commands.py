@@ -239,6 +239,22 @@ def app_delete(c: Client, a) -> int:
     return 0
 
 
+def app_logs(c: Client, a) -> int:
+    iid = instance_id(c, a.id)
+    query = f"?tail={a.tail}" if a.tail is not None else ""
+    _, data, headers = c.call("GET", f"{INST}/{iid}/logs{query}")
+    if headers.get("X-Mecorch-Logs-Source") == "kept":
+        print(f"(output of the last run of {iid}, kept after its termination)",
+              file=sys.stderr)
+    out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
+    if out is not None:
+        out.write(data if isinstance(data, bytes) else str(data).encode())
+        out.flush()
+    else:
+        sys.stdout.write(data.decode(errors="replace") if isinstance(data, bytes) else data)
+    return 0
+
+
 def app_events(c: Client, a) -> int:
     iid = instance_id(c, a.id)
     ops = c.get(f"{OPS}{_q(f'(eq,appInstanceId,{iid})')}")

@@ -125,6 +125,13 @@ class ComputeDriver(Driver):
         """Every instance this driver finds on its backend by mecorch's
         labels/metadata, whether or not the store knows it."""
 
+    def logs(self, handle: dict, tail: int | None = None) -> bytes:
+        """The instance's own output (a container's stdout and stderr, a
+        VM's serial console), its last `tail` lines; b"" when it wrote none."""
+        from .errors import UnsupportedAction
+        raise UnsupportedAction(f"the {self.kind} driver {type(self).__name__} keeps no "
+                                "output of its instances")
+
     def app_gateway(self) -> str | None:
         """This host's address on the network the driver attaches apps to
         (its gateway), where apps reach the MEP's DNS and Mp1; None when

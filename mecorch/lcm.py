@@ -18,9 +18,10 @@ import json
 import logging
 import threading
 import time
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
-from . import decision, logs, manner_policy, validate
+from . import applogs, decision, logs, manner_policy, validate
 from .drivers import ComputeDriver
 from .errors import Conflict, InvalidInput, MecorchError, NotFound
 from .hosts import EdgeHost, Inventory, Need
@@ -49,6 +50,8 @@ class Lcm:
         self.mep = mep
         self.journal = Journal(store)
         self.default_graceful_s = int(cfg["orchestrator"]["graceful_timeout_s"])
+        # apps' output kept after termination (mecorch.applogs)
+        self.logs_dir = Path(cfg["state_dir"]) / "app-logs"
         self._orchestrator_cfg = cfg["orchestrator"]     # the manner preference
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lcm")
         # one operation at a time per instance; guards the check-and-start
@@ -116,6 +119,7 @@ class Lcm:
                 raise Conflict(f"app instance {instance_id} is INSTANTIATED: terminate it first")
             self.store.delete("instances", instance_id)
             self.mep.forget(instance_id)
+            applogs.forget(self.logs_dir, instance_id)
         logs.event("instance.deleted", instance=instance_id, package=doc.get("appPkgId"))
 
     # ------------------------------------------------------------ instantiate
@@ -312,6 +316,7 @@ class Lcm:
         self.journal.step(op, "begin:rules-removal")
         self.mep.remove(host, iid)
         self.journal.step(op, "begin:destroy")
+        applogs.keep(self.logs_dir, compute, iid, handle)
         _destroy(compute, iid, handle)
         inst = self.get(iid)
         for k in _DEPLOYED_KEYS:

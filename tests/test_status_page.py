@@ -245,3 +245,50 @@ def test_cli_on_the_real_lab(lab):
         done = [ln for ln in log.splitlines() if " op.completed " in ln and f"instance={iid}" in ln]
         assert done and all(f"host={lab.host_id}" in ln for ln in done), log[-3000:]
     assert "package.onboarded" in log and "instance.state state=INSTANTIATED" in log
+
+
+POD_WITH_OUTPUT = """\
+apiVersion: v1
+kind: Pod
+metadata: {name: logs-app}
+spec:
+  containers:
+    - name: app
+      image: mecorch/sample-http:1.0
+      command: ["/bin/sh", "-c", "echo mecorch-logs-$MEC_APP_INSTANCE_ID; exec /bin/serve"]
+"""
+
+
+def test_app_logs_while_running_and_after_termination(lab):
+    # a container that writes a line of its own, and the VM's serial console
+    iid = lab.create("sample-http")
+    body = {"selectedMECHostInfo": lab.selected, "orchestrationInfo": POD_WITH_OUTPUT}
+    from crashlab import rules_body
+    body.update(rules_body("CONTAINER", 39))
+    body["appDNSRule"][0]["domainName"] = "lab-logs.mec.local"
+    op, _ = lab.c.post(f"/app_lcm/v1/app_instances/{iid}/instantiate", body)
+    assert lab.c.wait_op(op, timeout=300)["operationState"] == "COMPLETED"
+    line = f"mecorch-logs-{iid}"
+    r = cli(lab, "app", "logs", iid[:8])
+    assert r.returncode == 0 and r.stdout.strip() == line, (r.stdout, r.stderr)
+    vm = lab.deployed["VM"]
+    r = cli(lab, "app", "logs", vm[:8])
+    console = r.stdout
+    assert r.returncode == 0 and console.count("\n") > 3, r.stderr
+    r = cli(lab, "app", "logs", vm[:8], "--tail", "2")
+    assert r.stdout.splitlines() == console.splitlines()[-2:]
+
+    for inst in (iid, vm):
+        r = cli(lab, "app", "terminate", inst[:8], "--forceful")
+        assert r.returncode == 0, r.stderr
+    # the runtimes are gone; their output is kept
+    assert run(*lab.docker, "ps", "-aq", "--filter", f"label=mecorch.instance={iid}").stdout == ""
+    r = cli(lab, "app", "logs", iid[:8])
+    assert r.returncode == 0 and r.stdout.strip() == line
+    assert "kept after its termination" in r.stderr
+    r = cli(lab, "app", "logs", vm[:8])
+    assert r.stdout.startswith(console[:200]) and len(r.stdout) >= len(console)
+    # deleting the instance deletes what was kept
+    assert cli(lab, "app", "delete", iid[:8]).returncode == 0
+    assert not (lab.tmp / "state" / "app-logs" / f"{iid}.log").exists()
+    assert (lab.tmp / "state" / "app-logs" / f"{vm}.log").exists()

@@ -375,6 +375,16 @@ class DockerCIM(ComputeDriver):
                 name = validate.ident(v.get("name"), "handle.volumes.name")
                 gone_ok(f"remove volume {name}", api.remove_volume, name)
 
+    def logs(self, handle: dict, tail: int | None = None) -> bytes:
+        """The app container's stdout and stderr, as Docker keeps them."""
+        self._check_handle(handle)
+        app = self._ref(handle, "app")
+        if not app:
+            return b""
+        with backend_errors(f"logs of {app[:12]}"):
+            return self._client().logs(app, stdout=True, stderr=True,
+                                       tail="all" if tail is None else int(tail))
+
     def inspect(self, handle: dict) -> Observation:
         iid = self._check_handle(handle)
         app = self._ref(handle, "app")

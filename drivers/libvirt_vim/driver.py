@@ -386,6 +386,20 @@ class LibvirtVIM(ComputeDriver):
                                         for n, r in (meta.volumes if meta else ())]})
         return Observation(iid, observed, h, detail=f"libvirt state {state} reason {reason}")
 
+    def logs(self, handle: dict, tail: int | None = None) -> bytes:
+        """The guest's serial console, as virtlogd writes it."""
+        name, _ = self._handle_parts(handle)
+        try:
+            with open(self._console_log(name), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return b""
+        except OSError as e:
+            raise MecorchError(f"cannot read the console log of {name}: {e.strerror}") from None
+        if tail is None:
+            return data
+        return b"".join(data.splitlines(keepends=True)[-tail:]) if tail > 0 else b""
+
     def inspect(self, handle: dict) -> Observation:
         name, _ = self._handle_parts(handle)
         conn = self._connect()

@@ -358,6 +358,22 @@ def install(router: Router, orch) -> None:
     router.add("GET", "/readyz", readyz, LOCAL)
     router.add("GET", "/status", page, LOCAL)
 
+    def app_logs(req: Request) -> Response:
+        from .. import applogs
+        from ..errors import InvalidInput, UnsupportedAction
+        lcm = orch.lcm
+        if not hasattr(lcm, "logs_dir"):
+            raise UnsupportedAction("an MEO keeps no app output: ask the instance's MEPM")
+        tail = req.query.get("tail")
+        if tail is not None:
+            if not tail.isdigit() or int(tail) > applogs.MAX_TAIL:
+                raise InvalidInput(f"tail must be a number of lines, 0 to {applogs.MAX_TAIL}")
+            tail = int(tail)
+        data, source = applogs.read(lcm, lcm.logs_dir, req.params["id"], tail)
+        return Response(200, data, {"X-Mecorch-Logs-Source": source},
+                        content_type="text/plain; charset=utf-8")
+    router.add("GET", "/app_lcm/v1/app_instances/{id}/logs", app_logs)
+
 
 # ---------------------------------------------------------------- the page
 _CSS = """
