@@ -108,11 +108,13 @@ class Inventory:
         return host
 
     def reserve(self, instance_id: str, manner: DeploymentType, need: Need,
-                wanted: list[str], used: dict[str, Need]) -> EdgeHost:
+                wanted: list[str], used: dict[str, Need], accel: bool = False) -> EdgeHost:
         """Pick a host for the instance and hold its resources until
         `release`. `wanted`: hosts named in selectedMECHostInfo (any of them
         will do), empty for "any host". `used`: per host, what instances in
-        the store already hold. Raises CapacityExceeded, changing nothing."""
+        the store already hold. `accel`: the AppD asks for hardware
+        acceleration, which a VM only gets from a KVM VIM. Raises
+        CapacityExceeded, changing nothing."""
         candidates = [self.get(h) for h in wanted] if wanted else list(self.hosts.values())
         candidates = [h for h in candidates if h.has(manner)]
         if not candidates:
@@ -121,6 +123,11 @@ class Inventory:
             reasons = []
             for host in candidates:
                 why = self._why_not(host, manner, need, used.get(host.id))
+                if why is None and accel and manner is DeploymentType.VM:
+                    have = host.compute(manner).capabilities().hardware_accel
+                    if have != "kvm":
+                        why = (f"VIM is {have or 'not probed'}-only; the app asks for "
+                               "hardware acceleration")
                 if why is None:
                     self._inflight[instance_id] = (host.id, need)
                     return host

@@ -181,8 +181,9 @@ class Lcm:
             wanted = chooser.fit_hosts or selected_hosts(body)
             need = Need(request.vcpu, request.memory_mb,
                         request.disk_gb + sum(v.size_gb for v in request.volumes))
+            accel = choice.manner is DeploymentType.VM and decision.accel_required(pkg["_appd"])
             host = self.inventory.reserve(instance_id, choice.manner, need, wanted,
-                                          self.used_by_host())
+                                          self.used_by_host(), accel)
             try:
                 # First: the rules claim their addresses and names on the
                 # host (400/409 here, before anything is made or journalled).
@@ -235,6 +236,7 @@ class Lcm:
                 "_need": op["_plan"]["need"],
             })
             self.store.put("instances", iid, inst)
+            self.journal.events.instance(inst)          # notifications
             self.packages.refresh_usage(inst["appDId"])
             self._free(iid)
             self.journal.finish(op)
@@ -323,6 +325,7 @@ class Lcm:
             inst.pop(k, None)
         inst["instantiationState"] = InstantiationState.NOT_INSTANTIATED.value
         self.store.put("instances", iid, inst)
+        self.journal.events.instance(inst)              # notifications
         self.journal.step(op, "released")
 
     # ------------------------------------------------------------ operate
@@ -354,6 +357,7 @@ class Lcm:
                 compute.start(inst["_handle"])
             inst["instantiatedAppState"] = {"operationalState": op["_plan"]["to"]}
             self.store.put("instances", iid, inst)
+            self.journal.events.instance(inst)          # notifications
             self._free(iid)
             self.journal.finish(op)
         except Exception as e:   # noqa: BLE001

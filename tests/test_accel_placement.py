@@ -1,0 +1,27 @@
+"""A VM named outright for an AppD that asks for hardware acceleration is
+refused on a host whose VIM is TCG-only (the single node's placement, as
+the MEO's placement does: tests/test_placement.py). In-memory drivers."""
+
+from __future__ import annotations
+
+import yaml
+
+from test_decision_dual import DUAL_APPD, INST, _onboard, _problem, dual_package, lab  # noqa: F401
+
+
+def test_explicit_vm_with_acceleration_needs_a_kvm_vim(lab):  # noqa: F811
+    appd = yaml.safe_load(DUAL_APPD.read_text())
+    vcd = dict(appd["virtualComputeDescriptor"], requestAdditionalCapabilities=[
+        {"requestedAdditionalCapabilityName": "hardwareAcceleration", "supportMandatory": True}])
+    appd["swImageDescriptor"][1]["virtualComputeDescriptor"] = vcd
+    _onboard(lab, dual_package(lab.tmp, swImageDescriptor=appd["swImageDescriptor"]))
+    inst = lab.c.post(INST, {"appDId": "sample-dual"})[0]
+    err = _problem(lab.c.post, f"{INST}/{inst['id']}/instantiate",
+                   {"deploymentType": "VM", "selectedMECHostInfo": [{"hostId": {"id": "edge-b"}}]})
+    assert err.status == 409
+    assert "edge-b: VIM is tcg-only; the app asks for hardware acceleration" in err.detail
+    assert lab.c.get(f"{INST}/{inst['id']}")["instantiationState"] == "NOT_INSTANTIATED"
+    lab.fakes["b-vim"].accel = "kvm"
+    op, _ = lab.c.post(f"{INST}/{inst['id']}/instantiate",
+                       {"deploymentType": "VM", "selectedMECHostInfo": [{"hostId": {"id": "edge-b"}}]})
+    assert lab.c.wait_op(op, timeout=10)["operationState"] == "COMPLETED"
