@@ -9,6 +9,8 @@ gracefully, removes the packages, and shows that nothing is left.
 
 from __future__ import annotations
 
+import copy
+import ipaddress
 import json
 import os
 import shutil
@@ -23,6 +25,7 @@ from .client import ApiError, Client
 from .errors import MecorchError
 from .package import build_package
 from .fileutil import sha256_file
+from .yamlsafe import load_yaml
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 APPS = [  # (package folder, how the instantiate request decides the manner)
@@ -45,9 +48,9 @@ def main(cfg: dict, listen: str) -> int:
         _wait_ready(client, server)
         _clean_earlier_run(client)
         instances = []
-        for folder, decide in APPS:
+        for n, (folder, decide) in enumerate(APPS):
             appd_id, pkg = _onboard(client, folder, work)
-            instances.append(_deploy(client, appd_id, decide))
+            instances.append(_deploy(client, appd_id, decide, _service_rules(cfg, folder, n)))
         for inst in instances:
             _show(client, cfg, inst)
         for inst in instances:
@@ -116,9 +119,30 @@ def _onboard(client: Client, folder: str, work: Path) -> tuple[str, dict]:
     return pkg["appDId"], pkg
 
 
-def _deploy(client: Client, appd_id: str, decide: dict) -> dict:
+def _service_rules(cfg: dict, folder: str, n: int) -> dict:
+    """The AppD's DNS and traffic rules with their service address taken
+    from the host's own service range (its 10th, 11th... address): the MEP
+    refuses a destination outside it. {} without a range (the AppD's as
+    they are)."""
+    cidr = (cfg["hosts"][0].get("mep") or {}).get("service_cidr")
+    if not cidr:
+        return {}
+    appd = load_yaml((EXAMPLES / folder / "Definitions" / "appd.yaml").read_text(),
+                     what="sample AppD")
+    vip = str(ipaddress.ip_network(cidr)[10 + n])
+    dns_rules = copy.deepcopy(appd.get("appDNSRule") or [])
+    traffic = copy.deepcopy(appd.get("appTrafficRule") or [])
+    for rule in dns_rules:
+        rule["ipAddress"] = vip
+    for rule in traffic:
+        for flt in rule.get("trafficFilter") or []:
+            flt["dstAddress"] = [vip]
+    return {"appDNSRule": dns_rules, "appTrafficRule": traffic}
+
+
+def _deploy(client: Client, appd_id: str, decide: dict, rules: dict) -> dict:
     inst, _ = client.post(INST, {"appDId": appd_id, "appInstanceName": f"demo-{appd_id}"})
-    body = {"selectedMECHostInfo": [{"hostId": {"id": "default"}}]}
+    body = {"selectedMECHostInfo": [{"hostId": {"id": "default"}}], **rules}
     for key, value in decide.items():
         body[key] = (EXAMPLES / "orchestration" / value).read_text() \
             if key == "orchestrationInfo" else value
