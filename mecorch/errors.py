@@ -83,6 +83,11 @@ class ImageUnavailable(Conflict):
     title = "Image unavailable"
 
 
+class IdempotencyMismatch(MecorchError):
+    """An Idempotency-Key already used with another request body."""
+    status, title = 422, "Idempotency-Key reused"
+
+
 class IntegrityError(MecorchError):
     """A checksum, manifest or signature does not match."""
     status, title = 422, "Integrity check failed"

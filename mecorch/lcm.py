@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from . import applogs, decision, logs, manner_policy, validate
 from .drivers import ComputeDriver
-from .errors import Conflict, InvalidInput, MecorchError, NotFound
+from .errors import Conflict, IdempotencyMismatch, InvalidInput, MecorchError, NotFound
 from .hosts import EdgeHost, Inventory, Need
 from .journal import LCM, Journal
 from .mep import MepService
@@ -100,6 +100,8 @@ class Lcm:
         if key:
             seen = self.store.get("idempotency", key)
             if seen:
+                if seen.get("fingerprint", fingerprint(body)) != fingerprint(body):
+                    raise idempotency_mismatch()
                 return public(self.get(seen["resource"]))
         app_d_id = validate.ident(body.get("appDId"), "appDId")
         pkg = self.packages.usable(app_d_id)
@@ -108,7 +110,8 @@ class Lcm:
         with self.store.transaction():
             self.store.put("instances", iid, doc)
             if key:
-                self.store.put("idempotency", key, {"resource": iid})
+                self.store.put("idempotency", key, {"resource": iid,
+                                                    "fingerprint": fingerprint(body)})
         logs.event("instance.created", instance=iid, package=pkg["id"], app=app_d_id)
         return public(doc)
 
@@ -131,30 +134,30 @@ class Lcm:
         back, whatever state it is in, and deploys nothing."""
         if not isinstance(body, dict):
             raise InvalidInput("body must be an InstantiateAppRequest object")
-        key = None
+        validate.known_fields(body, INSTANTIATE_FIELDS, "InstantiateAppRequest")
+        key = digest = None
         if idempotency_key:
             key = (f"instantiate|{instance_id}|"
                    f"{validate.text(idempotency_key, 'Idempotency-Key', 128)}")
-            fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True, default=str)
-                                         .encode()).hexdigest()
-            seen = self._replay(key, fingerprint)
+            digest = fingerprint(body)
+            seen = self._replay(key, digest)
             if seen:
                 return seen
         try:
-            return self._instantiate(instance_id, body, key, fingerprint if key else None)
+            return self._instantiate(instance_id, body, key, digest)
         except Conflict:
             # a concurrent twin of this request may have won the race
-            seen = self._replay(key, fingerprint) if key else None
+            seen = self._replay(key, digest) if key else None
             if seen:
                 return seen
             raise
 
-    def _replay(self, key: str, fingerprint: str) -> dict | None:
+    def _replay(self, key: str, digest: str) -> dict | None:
         seen = self.store.get("idempotency", key)
         if not seen:
             return None
-        if seen.get("fingerprint") != fingerprint:
-            raise Conflict("Idempotency-Key was already used with a different request body")
+        if seen.get("fingerprint") != digest:
+            raise idempotency_mismatch()
         return public(self.store.get("op_occs", seen["resource"]))
 
     def _instantiate(self, instance_id: str, body: dict, key: str | None,
@@ -476,10 +479,28 @@ class Lcm:
         return used
 
 
+# InstantiateAppRequest as mecorch defines it: ETSI's attributes and
+# mecorch's documented extensions (a misspelling of one is refused).
+INSTANTIATE_FIELDS = ("selectedMECHostInfo", "locationConstraints", "vimConnectionInfo",
+                      "virtualComputeDescriptor", "virtualStorageDescriptor",
+                      *decision.TYPE_FIELDS, "orchestrationInfo", "appTrafficRule", "appDNSRule")
+TERMINATE_FIELDS = ("terminationType", "gracefulTerminationTimeout", *decision.TYPE_FIELDS)
+
+
+def fingerprint(body) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def idempotency_mismatch() -> IdempotencyMismatch:
+    return IdempotencyMismatch("Idempotency-Key was already used with a different request "
+                               "body: use a new key for a new request")
+
+
 def parse_terminate(body, default_s: int) -> tuple[TerminationType, int]:
     """TerminateAppRequest -> (kind, graceful timeout; 0 when FORCEFUL)."""
     if not isinstance(body, dict):
         raise InvalidInput("body must be a TerminateAppRequest object")
+    validate.known_fields(body, TERMINATE_FIELDS, "TerminateAppRequest")
     try:
         kind = TerminationType(body.get("terminationType"))
     except ValueError:

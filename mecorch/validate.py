@@ -4,6 +4,7 @@ InvalidInput naming the field. Allow-lists, never deny-lists."""
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 
@@ -135,3 +136,20 @@ def sha256(value, field: str = "checksum") -> str:
     if not isinstance(value, str) or not _SHA256.fullmatch(value.lower()):
         _fail(field, "must be 64 hexadecimal digits (SHA-256)")
     return value.lower()
+
+
+def known_fields(body: dict, allowed, what: str) -> None:
+    """A field mecorch does not know in a body whose schema it defines is a
+    typo until proven otherwise: refuse it, naming it and the closest known
+    field (a misspelled `deployementType` must not deploy by another
+    manner)."""
+    unknown = sorted((k for k in body if k not in allowed), key=str)
+    if not unknown:
+        return
+    first = str(unknown[0])
+    shown = first if len(first) <= 64 else first[:61] + "..."
+    close = difflib.get_close_matches(first, list(allowed), n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else \
+        f"; its fields: {', '.join(sorted(allowed))}"
+    more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
+    raise InvalidInput(f"{what} has no field {shown!r}{more}{hint}")

@@ -251,7 +251,7 @@ def test_instantiate_retry_with_the_same_idempotency_key(lab, witnesses):
     assert getattr(e.value, "status", None) == 409
     with pytest.raises(Exception) as e:                                # same key, other body
         lab.c.call("POST", url, {**body, "deploymentType": "VM"}, key)
-    assert getattr(e.value, "status", None) == 409
+    assert getattr(e.value, "status", None) == 422
     ops = [o for o in lab.c.get("/app_lcm/v1/app_lcm_op_occs") if o["appInstanceId"] == iid]
     assert len(ops) == 1
     assert lab.census()[iid]["container:app"] == 1

@@ -22,8 +22,6 @@ registry's resync resumes them and they end as the host ended them.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import threading
 import time
@@ -34,7 +32,8 @@ from ..errors import (BackendUnavailable, Conflict, InvalidInput, MecorchError, 
                       Timeout)
 from ..hosts import Need
 from ..journal import Journal
-from ..lcm import new_instance_doc, parse_operate, parse_terminate, selected_hosts
+from ..lcm import (INSTANTIATE_FIELDS, fingerprint, idempotency_mismatch, new_instance_doc,
+                   parse_operate, parse_terminate, selected_hosts)
 from ..decision import HostFacts
 from ..states import DeploymentType, InstantiationState, LcmOperation, OperationState
 from ..store import Store
@@ -109,6 +108,8 @@ class SystemLcm:
         if key:
             seen = self.store.get("idempotency", key)
             if seen:
+                if seen.get("fingerprint", fingerprint(body)) != fingerprint(body):
+                    raise idempotency_mismatch()
                 return public(self.get(seen["resource"]))
         pkg = self.packages.usable(validate.ident(body.get("appDId"), "appDId"))
         iid = new_id()
@@ -116,7 +117,8 @@ class SystemLcm:
         with self.store.transaction():
             self.store.put("instances", iid, doc)
             if key:
-                self.store.put("idempotency", key, {"resource": iid})
+                self.store.put("idempotency", key, {"resource": iid,
+                                                    "fingerprint": fingerprint(body)})
         return public(doc)
 
     def delete(self, instance_id: str) -> None:
@@ -137,17 +139,16 @@ class SystemLcm:
                     idempotency_key: str | None = None) -> dict:
         if not isinstance(body, dict):
             raise InvalidInput("body must be an InstantiateAppRequest object")
-        key = fingerprint = None
+        validate.known_fields(body, INSTANTIATE_FIELDS, "InstantiateAppRequest")
+        key = digest = None
         if idempotency_key:
             key = (f"instantiate|{instance_id}|"
                    f"{validate.text(idempotency_key, 'Idempotency-Key', 128)}")
-            fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True, default=str)
-                                         .encode()).hexdigest()
+            digest = fingerprint(body)
             seen = self.store.get("idempotency", key)
             if seen:
-                if seen.get("fingerprint") != fingerprint:
-                    raise Conflict("Idempotency-Key was already used with a different "
-                                   "request body")
+                if seen.get("fingerprint") != digest:
+                    raise idempotency_mismatch()
                 return public(self.store.get("op_occs", seen["resource"]))
         with self._exclusive(instance_id):
             inst = self.get(instance_id)
@@ -185,7 +186,7 @@ class SystemLcm:
                 self.store.put("instances", instance_id, inst)
                 if key:
                     self.store.put("idempotency", key, {"resource": op["id"],
-                                                        "fingerprint": fingerprint})
+                                                        "fingerprint": digest})
             except BaseException:
                 self.registry.unreserve(host_id, instance_id)
                 raise

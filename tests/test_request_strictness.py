@@ -1,0 +1,48 @@
+"""Requests mecorch defines refuse what they do not know, and an
+Idempotency-Key reused with another body is a 422 (in-memory drivers)."""
+
+from __future__ import annotations
+
+import pytest
+
+from test_core_orchestration import INST, create, env, onboard, problem  # noqa: F401
+
+
+def test_a_misspelled_extension_is_refused_with_the_closest_field(env):  # noqa: F811
+    onboard(env)
+    iid = create(env)["id"]
+    err = problem(env.c.post, f"{INST}/{iid}/instantiate",
+                  {"deployementType": "VM", "selectedMECHostInfo": [{"hostId": {"id": "default"}}]})
+    assert err.status == 400
+    assert err.body["detail"] == ("InstantiateAppRequest has no field 'deployementType' "
+                                  "(did you mean 'deploymentType'?)")
+    assert env.c.get(f"{INST}/{iid}")["instantiationState"] == "NOT_INSTANTIATED"
+    assert not env.c.get("/app_lcm/v1/app_lcm_op_occs")
+    err = problem(env.c.post, f"{INST}/{iid}/instantiate", {"zzz": 1})
+    assert "InstantiateAppRequest has no field 'zzz'; its fields: " in err.body["detail"]
+
+
+def test_terminate_refuses_unknown_fields(env):  # noqa: F811
+    onboard(env)
+    iid = create(env)["id"]
+    err = problem(env.c.post, f"{INST}/{iid}/terminate",
+                  {"terminationType": "FORCEFUL", "gracefullTerminationTimeout": 3})
+    assert err.status == 400 and "did you mean 'gracefulTerminationTimeout'" in err.body["detail"]
+
+
+def test_idempotency_key_with_another_body_is_a_422(env):  # noqa: F811
+    onboard(env)
+    key = {"Idempotency-Key": "k-422"}
+    a, _ = env.c.post(INST, {"appDId": "sample-http", "appInstanceName": "one"}, key)
+    again, _ = env.c.post(INST, {"appDId": "sample-http", "appInstanceName": "one"}, key)
+    assert again["id"] == a["id"]
+    err = problem(env.c.post, INST, {"appDId": "sample-http", "appInstanceName": "two"}, key)
+    assert err.status == 422 and "Idempotency-Key was already used" in err.body["detail"]
+    assert len(env.c.get(INST)) == 1
+    body = {"deploymentType": "CONTAINER", "selectedMECHostInfo": [{"hostId": {"id": "default"}}],
+            "appTrafficRule": [], "appDNSRule": []}
+    op, _ = env.c.post(f"{INST}/{a['id']}/instantiate", body, key)
+    err = problem(env.c.post, f"{INST}/{a['id']}/instantiate", {**body, "deploymentType": "VM"},
+                  key)
+    assert err.status == 422
+    env.c.wait_op(op, timeout=10)
