@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.linux_mep import LinuxMEP, iptables
+from drivers.linux_mep import LinuxMEP, dnsmasq, iptables
 from mecorch.errors import BackendError, InvalidInput, UnsupportedAction
 from mecorch.rules import DnsRule, TrafficRule
 
@@ -425,3 +425,51 @@ def test_a_dns_only_change_leaves_iptables_alone(lab):
     finally:
         d._restore = real
         d.remove_rules("dnsonly")
+
+
+def test_clients_dns_on_port_53_forwards_upstream_as_configured(lab):
+    """The clients' listener: port 53 of the data-plane address and of the
+    addresses serve_dns_on names (restarted only when they change); names
+    that are no rule go to dns_upstream, names of the MEC domain never do;
+    without upstream they are refused."""
+    upstream = subprocess.Popen(
+        ["ip", "netns", "exec", lab.client, "dnsmasq", "--no-daemon", "--conf-file=/dev/null",
+         "--port=53", "--listen-address=10.231.1.2", "--bind-interfaces", "--no-resolv",
+         "--no-hosts", "--address=/upstream.test/10.9.9.9", "--address=/mect.test/10.9.9.8"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = lab.tmp / "run-clients"
+    mep = LinuxMEP({**lab.driver.config, "run_dir": str(run_dir), "dns_listen": "10.231.1.1",
+                    "dns_port": 5354, "dns_upstream": ["10.231.1.2"], "dns_domain": "mect.test",
+                    "data_plane_address": "10.231.1.1"})
+    closed = LinuxMEP({**lab.driver.config, "run_dir": str(lab.tmp / "run-closed"),
+                       "dns_port": 5355, "data_plane_address": "10.231.2.1"})
+
+    def dig53(server, name):
+        return ns(lab.client, "dig", "+short", "+time=1", "+tries=2", f"@{server}", name,
+                  check=False).stdout.strip()
+    try:
+        mep.open()
+        closed.open()
+        lab.driver.apply_rules("dns53", INSTANCE_A, [], [dns(name="app53.mect.test")])
+        assert poll(lambda: dig53("10.231.1.1", "app53.mect.test"), INSTANCE_A) == INSTANCE_A
+        assert dig53("10.231.1.1", "upstream.test") == "10.9.9.9"        # forwarded
+        assert dig53("10.231.1.1", "other.mect.test") == ""              # the MEC domain stays
+        assert dig53("10.231.2.1", "app53.mect.test") == INSTANCE_A      # the closed MEP...
+        refused = ns(lab.client, "dig", "+time=1", "+tries=1", "@10.231.2.1", "upstream.test",
+                     check=False).stdout
+        assert "status: REFUSED" in refused                              # ...forwards nothing
+        closed.stop_services()
+        pid = dnsmasq.live_pid(mep.clients_pid_file)
+        mep.serve_dns_on([])                                             # same set: kept
+        assert dnsmasq.live_pid(mep.clients_pid_file) == pid
+        mep.serve_dns_on(["10.231.2.1"])                                 # a gateway more
+        assert dnsmasq.live_pid(mep.clients_pid_file) not in (None, pid)
+        assert mep.client_dns_addresses() == ["10.231.1.1", "10.231.2.1"]
+        assert all(c.ok for c in mep.check()), mep.check()
+    finally:
+        lab.driver.remove_rules("dns53")
+        for m in (mep, closed):
+            m.stop_services()
+        upstream.terminate()
+        upstream.wait(10)
+    assert dnsmasq.live_pid(mep.clients_pid_file) is None
