@@ -46,3 +46,14 @@ def test_idempotency_key_with_another_body_is_a_422(env):  # noqa: F811
                   key)
     assert err.status == 422
     env.c.wait_op(op, timeout=10)
+
+
+def test_a_misspelled_appd_field_names_the_closest():
+    from mecorch.errors import InvalidInput
+    from mecorch.package import appd as appd_mod
+    import yaml
+    from test_core_orchestration import CONTAINER_APPD
+    doc = yaml.safe_load(CONTAINER_APPD.read_text())
+    doc["appTraficRule"] = doc.pop("appTrafficRule")
+    with pytest.raises(InvalidInput, match="did you mean 'appTrafficRule'"):
+        appd_mod.validate_appd(doc)

@@ -18,6 +18,7 @@ each may carry its own virtualComputeDescriptor and virtualStorageDescriptor
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 from .. import rules, validate
@@ -283,10 +284,12 @@ def validate_appd(appd) -> dict:
     missing = [k for k in REQUIRED if appd.get(k) in (None, "", [], {})]
     if missing:
         raise InvalidInput(f"AppD: required field(s) missing: {', '.join(missing)}")
-    unknown = sorted(k for k in appd if k not in KNOWN)
+    unknown = sorted(map(str, (k for k in appd if k not in KNOWN)))
     if unknown:
-        raise InvalidInput(f"AppD: unknown field(s) {', '.join(map(str, unknown))} "
-                           "(not an ETSI MEC 010-2 AppD attribute)")
+        close = difflib.get_close_matches(unknown[0], list(KNOWN), n=1, cutoff=0.6)
+        raise InvalidInput(f"AppD: unknown field(s) {', '.join(unknown)} "
+                           "(not an ETSI MEC 010-2 AppD attribute"
+                           + (f"; did you mean {close[0]!r}?)" if close else ")"))
     app_d_id = validate.ident(appd["appDId"], "appDId")
     for key in ("appName", "appProvider", "appSoftVersion", "appDVersion"):
         validate.text(appd[key], key, 128)
