@@ -9,7 +9,9 @@ Operators: eq neq in nin gt gte lt lte cont ncont.
 
 from __future__ import annotations
 
+import functools
 import re
+from pathlib import PurePosixPath
 from typing import Any, Callable
 
 from .errors import InvalidInput
@@ -114,3 +116,73 @@ def apply(docs: list[dict], expr: str | None) -> list[dict]:
         return docs
     checks = [(_cmp(op), path, vals) for op, path, vals in terms]
     return [d for d in docs if all(fn(_lookup(d, path), vals) for fn, path, vals in checks)]
+
+
+# ---------------------------------------------------------------- attributes
+# A filter may name only attributes the resource has (ETSI GS MEC 009 /
+# NFV-SOL 013: an attribute that does not exist is a 400). What a resource
+# has is read from the published OpenAPI document (mecorch.yaml, which
+# extends the ETSI schemas): one source for the document and the check.
+_MAX_SCHEMA_DEPTH = 12
+
+
+@functools.cache
+def _openapi_file(name: str) -> dict:
+    from importlib import resources
+    from .yamlsafe import load_yaml
+    text = resources.files("mecorch").joinpath("openapi", name).read_text(encoding="utf-8")
+    return load_yaml(text, what=name)
+
+
+def _resolve(ref: str, base: str) -> tuple[dict, str]:
+    target, _, pointer = ref.partition("#")
+    name = base if not target else str(PurePosixPath(base).parent / target)
+    node: Any = _openapi_file(name)
+    for part in pointer.strip("/").split("/"):
+        node = node[part.replace("~1", "/").replace("~0", "~")]
+    return node, name
+
+
+@functools.cache
+def attributes(schema: str) -> tuple[frozenset[str], frozenset[str]]:
+    """(attribute paths, open paths) of components/schemas/`schema` of
+    mecorch.yaml: paths joined by '/' through objects and array items; an
+    open path (an object with additionalProperties, e.g. userDefinedData)
+    admits any attribute below it."""
+    paths: set[str] = set()
+    open_: set[str] = set()
+
+    def walk(node: Any, file: str, prefix: tuple[str, ...], depth: int) -> None:
+        if not isinstance(node, dict) or depth > _MAX_SCHEMA_DEPTH:
+            return
+        if isinstance(node.get("$ref"), str):
+            target, where = _resolve(node["$ref"], file)
+            walk(target, where, prefix, depth + 1)
+        for key in ("allOf", "anyOf", "oneOf"):
+            for sub in node.get(key, []):
+                walk(sub, file, prefix, depth + 1)
+        if "items" in node:
+            walk(node["items"], file, prefix, depth + 1)
+        if node.get("additionalProperties") not in (None, False) and prefix:
+            open_.add("/".join(prefix))
+        for name, sub in (node.get("properties") or {}).items():
+            path = prefix + (name,)
+            paths.add("/".join(path))
+            walk(sub, file, path, depth + 1)
+
+    walk({"$ref": f"#/components/schemas/{schema}"}, "mecorch.yaml", (), 0)
+    return frozenset(paths), frozenset(open_)
+
+
+def check(expr: str | None, schema: str) -> None:
+    """Refuse (400) a filter that names an attribute the resource
+    `schema` (a schema of mecorch.yaml) does not have."""
+    terms = parse(expr)
+    if not terms:
+        return
+    paths, open_ = attributes(schema)
+    for _, path, _ in terms:
+        joined = "/".join(path)
+        if joined in paths or any("/".join(path[:i]) in open_ for i in range(1, len(path))):
+            continue
+        raise InvalidInput(f"filter: {schema} has no attribute {joined!r}")

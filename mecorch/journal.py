@@ -8,6 +8,7 @@ had already been made (the compute handle, whether rules were applied).
 from __future__ import annotations
 
 from .errors import MecorchError
+from .events import NONE as NO_EVENTS, Events
 from .states import LcmOperation, OperationState
 from .store import Store
 from .timeutil import new_id, timestamp
@@ -23,6 +24,9 @@ _PARAMS = {LcmOperation.INSTANTIATE: "INSTANTIATE",
 class Journal:
     def __init__(self, store: Store):
         self.store = store
+        # told of every operationState entered, and (by the Lcm) of instance
+        # state changes: the notifications of mecorch.subscriptions
+        self.events: Events = NO_EVENTS
 
     def start(self, instance_id: str, operation: LcmOperation, plan: dict) -> dict:
         now = timestamp()
@@ -40,16 +44,22 @@ class Journal:
             "_plan": plan,          # what was decided: manner, host, request
             "_steps": [],           # what was done, in order
         }
-        return self.store.put("op_occs", op_id, doc)
+        self.store.put("op_occs", op_id, doc)
+        self.events.operation(doc)
+        return doc
 
     def step(self, op: dict, name: str, **data) -> dict:
         """Record a step done (or about to be done: 'begin:' steps) and move
         the op to PROCESSING."""
         op["_steps"].append({"step": name, **data})
-        if op["operationState"] == OperationState.STARTING.value:
+        entered = op["operationState"] == OperationState.STARTING.value
+        if entered:
             op["operationState"] = OperationState.PROCESSING.value
             op["stateEnteredTime"] = timestamp()
-        return self.store.put("op_occs", op["id"], op)
+        self.store.put("op_occs", op["id"], op)
+        if entered:
+            self.events.operation(op)
+        return op
 
     def done(self, op: dict, name: str) -> bool:
         return any(s["step"] == name for s in op["_steps"])
@@ -65,7 +75,9 @@ class Journal:
         op["stateEnteredTime"] = timestamp()
         if error:
             op["error"] = error.problem(op["_links"]["self"]["href"])
-        return self.store.put("op_occs", op["id"], op)
+        self.store.put("op_occs", op["id"], op)
+        self.events.operation(op)
+        return op
 
     def in_progress(self, instance_id: str | None = None) -> list[dict]:
         ops = []

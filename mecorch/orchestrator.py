@@ -13,6 +13,8 @@ from .mep import MepService
 from .pkgmgmt import PackageManager
 from .reconcile import Reconciler
 from .store import Store
+from .events import Guarded
+from .subscriptions import Subscriptions
 
 log = logging.getLogger("mecorch")
 
@@ -27,6 +29,9 @@ class Orchestrator:
         self.lcm = Lcm(self.store, self.inventory, self.packages, self.mep, cfg)
         self.reconciler = Reconciler(self.store, self.inventory, self.lcm, self.mep,
                                      cfg["orchestrator"].get("reconcile_interval_s", 30))
+        # northbound subscriptions: told of changes by the core's hooks
+        self.subscriptions = Subscriptions(self.store, cfg)
+        self.packages.events = self.lcm.journal.events = Guarded(self.subscriptions)
 
     def recover(self) -> list[str]:
         """Finish or undo what a crash interrupted and reconcile the store
@@ -39,8 +44,10 @@ class Orchestrator:
     def start_background(self) -> None:
         """Reconcile every orchestrator.reconcile_interval_s from now on."""
         self.reconciler.start()
+        self.subscriptions.start()      # the notification sender
 
     def close(self) -> None:
+        self.subscriptions.stop()
         self.reconciler.stop()
         self.lcm.close()
         for host in self.inventory.hosts.values():

@@ -37,6 +37,7 @@ from .states import (DeploymentType, InstantiationState, OnboardingState,
                      OperationalState, UsageState)
 from .store import TABLES, Store
 from .fileutil import sha256_file
+from .events import NONE as NO_EVENTS, Events
 from .timeutil import new_id, public
 
 log = logging.getLogger("mecorch.pkgm")
@@ -55,6 +56,7 @@ class PackageManager:
         self.trusted_key = orch.get("trusted_key")
         self.max_bytes = int(orch.get("max_package_bytes", 2 << 30))
         self._lock = threading.Lock()
+        self.events: Events = NO_EVENTS         # notifications (mecorch.subscriptions)
 
     # ------------------------------------------------------------ onboard
     def onboard(self, body) -> dict:
@@ -72,7 +74,9 @@ class PackageManager:
             doc["_links"] = _links(pid)
             return public(self.store.put("packages", pid, doc))
         self.store.put("packages", pid, doc)
-        return self._onboard_or_discard(doc, req, None)
+        done = self._onboard_or_discard(doc, req, None)
+        self.events.package("ONBOARDED", doc)       # doc: as _onboard stored it
+        return done
 
     def upload(self, pkg_id: str, stream) -> dict:
         """Receive the content of a package created without appPkgPath
@@ -89,7 +93,9 @@ class PackageManager:
                 raise Conflict(f"app package {pkg_id} is {doc['onboardingState']}: its content "
                                "was already given")
             self._state(doc, OnboardingState.UPLOADING)      # claims the upload
-        return self._onboard_or_discard(doc, {"checksum": doc["checksum"]}, stream)
+        done = self._onboard_or_discard(doc, {"checksum": doc["checksum"]}, stream)
+        self.events.package("ONBOARDED", doc)
+        return done
 
     def _onboard_or_discard(self, doc: dict, req: dict, stream) -> dict:
         try:
@@ -370,6 +376,7 @@ class PackageManager:
                 raise Conflict(f"app package {pkg_id} is pending deletion")
             doc["operationalState"] = want.value
             self.store.put("packages", pkg_id, doc)
+            self.events.package(want.value, doc)
         logs.event(f"package.{want.value.lower()}", package=pkg_id, app=doc.get("appDId"))
         return {"operationState": want.value}
 
@@ -442,6 +449,7 @@ class PackageManager:
         doc["onboardingState"] = OnboardingState.PROCESSING.value   # mark before removing
         self.store.put("packages", doc["id"], doc)
         self._discard(doc)
+        self.events.package("DELETED", doc)
 
     def content_path(self, pkg_id: str) -> str:
         return self.get(pkg_id)["_zip"]

@@ -149,17 +149,6 @@ class Store:
             rows = self._db.execute(sql, params).fetchall()
         return [(r[0], json.loads(r[1])) for r in rows]
 
-    def firsts(self, table: str, column: str) -> list[dict[str, Any]]:
-        """The oldest document (lowest insertion seq) of each value of the
-        indexed `column`, in insertion order: the heads of per-key queues."""
-        if column not in TABLES[table]:
-            raise KeyError(f"{table}.{column} is not an indexed column")
-        with self._lock:
-            rows = self._db.execute(
-                f'SELECT doc FROM {table} WHERE seq IN (SELECT MIN(seq) FROM {table} '
-                f'GROUP BY "{column}") ORDER BY seq').fetchall()
-        return [json.loads(r[0]) for r in rows]
-
     def delete(self, table: str, id_: str) -> None:
         with self._lock:
             self._db.execute(f"DELETE FROM {table} WHERE id=?", (id_,))

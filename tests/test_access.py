@@ -454,7 +454,8 @@ def test_no_route_or_published_path_reaches_a_backend_socket():
     from types import SimpleNamespace
     router = make_router(SimpleNamespace(packages=Unused(), lcm=Unused(), mep=Unused()))
     patterns = [regex.pattern for _, regex, _ in router._routes]
-    assert len(patterns) == 33
+    # guards the walk (test_openapi checks the routes against the document)
+    assert len(patterns) > 40
     doc = yaml.safe_load((REPO / "mecorch/openapi/mecorch.yaml").read_text())
     for text in patterns + list(doc["paths"]):
         for word in SOCKET_WORDS:

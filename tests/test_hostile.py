@@ -414,6 +414,41 @@ def _cases(w) -> list[tuple[str, object]]:
         body_fields(name, "POST", f"{app}/{name}", body)
         cases.append((f"POST {{app}}/{name}", lambda p, n=name, b=body: (
             "POST", f"{MP1}/{q(p)}/{n}", b, None)))
+    # app_pkgm and app_lcm subscriptions; two-step onboarding; negotiation
+    cb = "http://127.0.0.1:9/cb"
+    basic = {"authType": ["BASIC"], "paramsBasic": {"userName": "u", "password": "p"}}
+    body_fields("POST app_pkgm subscriptions", "POST", "/app_pkgm/v1/subscriptions",
+                {"subsctiptionType": "AppPackageOnBoarding", "callbackUri": cb,
+                 "appPkgFilter": ["(eq,appDId,sample-http)"], "authentication": basic},
+                extra_leaves=[("appPkgFilter",), ("authentication",), ("authentication", "authType")])
+    body_fields("POST app_lcm subscriptions inst", "POST", "/app_lcm/v1/subscriptions",
+                {"subscriptionType": "AppInstanceStateChange", "callbackUri": cb,
+                 "appInstanceState": "STARTED", "appInstanceSubscriptionFilter": {
+                     "appInstSelectorType": "APP_FROM_PROVIDER", "appsFromProviders": [
+                         {"appProvider": "p", "appProducts": {"appName": "n"}}]},
+                 "authentication": {"authType": ["BEARER"], "paramsBearer": {"token": "t"}}},
+                extra_leaves=[("appInstanceSubscriptionFilter",),
+                              ("appInstanceSubscriptionFilter", "appsFromProviders", 0)])
+    body_fields("POST app_lcm subscriptions op", "POST", "/app_lcm/v1/subscriptions",
+                {"subscriptionType": "AppLcmOpOccStateChange", "callbackUri": cb,
+                 "appLcmOpOccSubscriptionFilter": {
+                     "notificationTypes": "AppLcmOperationOccurrenceNotification",
+                     "operationStates": ["FAILED"], "operationTypes": "OPERATE",
+                     "appInstanceSubscriptionFilter": {"appInstSelectorType": "APP_IDENTITY",
+                                                       "appInstances": [a]}}},
+                extra_leaves=[("appLcmOpOccSubscriptionFilter",)])
+    for base in ("/app_pkgm/v1/subscriptions", "/app_lcm/v1/subscriptions"):
+        for method in ("GET", "DELETE"):
+            cases.append((f"{method} {base}/{{}}", lambda p, b=base, m=method: (
+                m, f"{b}/{q(p)}", None, None)))
+        cases.append((f"GET {base}?{{}}", lambda p, b=base: ("GET", f"{b}?{q(p)}=1", None, None)))
+    cases.append(("GET app_lcm subscriptions?subscriptionType", lambda p: (
+        "GET", f"/app_lcm/v1/subscriptions?subscriptionType={q(p)}", None, None)))
+    cases.append(("PUT package_content/{id}", lambda p: (
+        "PUT", f"{PKGS}/{q(p)}/package_content", None, {"Content-Type": "application/zip"})))
+    cases.append(("PUT package_content Content-Type", lambda p: (
+        "PUT", f"{PKGS}/{pkg}/package_content", None, {"Content-Type": p})))
+    cases.append(("GET app_packages Accept", lambda p: ("GET", PKGS, None, {"Accept": p})))
     return cases
 
 

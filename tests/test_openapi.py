@@ -440,6 +440,7 @@ def test_responses_validate_against_etsi_schemas(env, notification_sink):  # noq
     vm_inst = _lifecycle(api, env)
     _mp1(api, env, vm_inst, notification_sink)
     _openapi_files(api)
+    _subscriptions(api, notification_sink)
     _deletion(api, env)
 
     # The tour used every operation mecorch.yaml documents.
@@ -661,6 +662,61 @@ def _openapi_files(api: Checker) -> None:
         assert api("GET", f"/openapi/etsi/{name}", status=200) == (ETSI / name).read_bytes()
     for name in ("nope.yaml", "..%2Fmecorch.yaml", "%2E%2E", ".", "__init__.py"):
         api("GET", f"/openapi/etsi/{name}", status=404)
+
+
+def _subscriptions(api: Checker, sink) -> None:
+    """app_pkgm and app_lcm subscriptions (delivery: test_subscriptions)."""
+    subs = "/app_pkgm/v1/subscriptions"
+    info = (PKGM_FILE, "AppPkgSubscriptionInfo")
+    req = {"subsctiptionType": "AppPackageOnBoarding", "callbackUri": sink.url,
+           "appPkgFilter": ["(eq,appDId,sample-http)"]}
+    sub = api("POST", subs, req, status=201, etsi=info)
+    assert sub["subscriptionType"] == "AppPackageOnBoarding"
+    api("POST", subs, dict(req, callbackUri="http://192.0.2.1/x"), status=400)
+    api("POST", subs, dict(req, subsctiptionType="Nope"), status=400)
+    api("POST", subs, dict(req, appPkgFilter=["(eq,nope,1)"]), status=400)
+    api("POST", subs, req, {"Accept": "text/html"}, status=406)
+    links = api("GET", subs, status=200, etsi=(PKGM_FILE, "AppPkgSubscriptionLinkList"))
+    assert links["_links"]["subscriptions"] == [
+        {"href": sub["_links"]["self"]["href"], "subsctiptionType": "AppPackageOnBoarding"}]
+    api("GET", subs + "?bogus=1", status=400)
+    api("GET", sub["_links"]["self"]["href"], status=200, etsi=info)
+    api("GET", f"{subs}/nope", status=404)
+    api("DELETE", sub["_links"]["self"]["href"], status=204)
+    api("DELETE", sub["_links"]["self"]["href"], status=404)
+
+    subs = "/app_lcm/v1/subscriptions"
+    inst_req = {"subscriptionType": "AppInstanceStateChange", "callbackUri": sink.url,
+                "appInstanceState": "STARTED",
+                "appInstanceSubscriptionFilter": {"appInstSelectorType": "APP_D_ID",
+                                                  "appInstances": ["sample-http"]}}
+    inst_sub = api("POST", subs, inst_req, status=201, etsi=(LCM_FILE, "AppInstSubscriptionInfo"))
+    assert inst_sub["notificationType"] == "STARTED"
+    op_req = {"subscriptionType": "AppLcmOpOccStateChange", "callbackUri": sink.url,
+              "appLcmOpOccSubscriptionFilter": {"operationStates": "FAILED",
+                                                "operationTypes": "INSTANTIATE"}}
+    op_sub = api("POST", subs + "?subscriptionType=AppLcmOpOccStateChange", op_req,
+                 status=201, etsi=(LCM_FILE, "AppLcmOpOccSubscriptionInfo"))
+    api("POST", subs + "?subscriptionType=AppInstanceStateChange", op_req, status=400)
+    api("POST", subs, dict(inst_req, appInstanceState="GONE"), status=400)
+    api("POST", subs, {"subscriptionType": "Other", "callbackUri": sink.url}, status=400)
+    link_list = (LCM_FILE, "SubscriptionLinkList")
+    assert len(api("GET", subs, status=200, etsi=link_list)["_links"]["subscriptions"]) == 2
+    only = api("GET", subs + "?subscriptionType=AppInstanceStateChange", status=200,
+               etsi=link_list)["_links"]["subscriptions"]
+    assert only == [{"href": inst_sub["_links"]["self"]["href"],
+                     "subscriptionType": "AppInstanceStateChange"}]
+    api("GET", subs + "?subscriptionType=Other", status=400)
+    url = op_sub["_links"]["self"]["href"]
+    api("GET", url, status=200, etsi=(LCM_FILE, "AppLcmOpOccSubscriptionInfo"))
+    api("GET", url + "?subscriptionType=AppLcmOpOccStateChange", status=200,
+        etsi=(LCM_FILE, "AppLcmOpOccSubscriptionInfo"))
+    api("GET", url + "?subscriptionType=AppInstanceStateChange", status=404)
+    api("GET", url + "?filter=x", status=400)
+    for s in (inst_sub, op_sub):
+        api("DELETE", s["_links"]["self"]["href"], status=204)
+    api("DELETE", url, status=404)
+    assert api("GET", subs, status=200, etsi=link_list)["_links"]["subscriptions"] == []
 
 
 def _deletion(api: Checker, e) -> None:

@@ -22,6 +22,8 @@ from mecorch.orchestrator import Orchestrator
 from mecorch.states import DeploymentType
 from test_core_orchestration import CONTAINER_APPD, PKGS, _fake_docker_tar, make_package
 
+ZIP = {"Accept": "application/zip"}
+
 
 class Lab:
     """An orchestrator with fake drivers behind a real API server; `restart`
@@ -105,7 +107,7 @@ def test_create_then_put_onboards(lab):
     assert lab.c.get(f"{PKGS}/{created['id']}")["onboardingState"] == "CREATED"
     assert lab.c.get(PKGS) == []                          # listings show onboarded ones
     with pytest.raises(ApiError) as e:                    # no content yet
-        lab.c.get(f"{PKGS}/{created['id']}/package_content")
+        lab.c.call("GET", f"{PKGS}/{created['id']}/package_content", headers=ZIP)
     assert e.value.status == 409
 
     status, raw, hdrs = _put(lab, created["id"], data)
@@ -114,7 +116,11 @@ def test_create_then_put_onboards(lab):
     info = lab.c.get(f"{PKGS}/{created['id']}")
     assert info["onboardingState"] == "ONBOARDED" and info["appDId"] == "sample-http"
     assert info["userDefinedData"] == {"by": "oss"} and lab.cim.images
-    assert lab.c.get(f"{PKGS}/{created['id']}/package_content") == data
+    assert lab.c.call("GET", f"{PKGS}/{created['id']}/package_content",
+                      headers=ZIP)[1] == data
+    with pytest.raises(ApiError) as e:        # the client's default Accept: JSON only
+        lab.c.get(f"{PKGS}/{created['id']}/package_content")
+    assert e.value.status == 406
 
     # the content once more: 409, and the package is untouched
     status, raw, _ = _put(lab, created["id"], data)

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..errors import InvalidInput, NotFound
 from ..orchestrator import Orchestrator
 from .http import PUBLIC, ApiServer, Request, Response, Router
-from . import routes, status
+from . import routes, status, subscription_routes
 
 _OPENAPI_DIR = resources.files("mecorch").joinpath("openapi")
 
@@ -127,6 +127,7 @@ def make_router(orch: Orchestrator) -> Router:
     """Every route the server answers: the ETSI APIs and the OpenAPI documents."""
     router = Router()
     routes.install(router, orch)
+    subscription_routes.install(router, orch)   # app_pkgm and app_lcm subscriptions
     if getattr(orch, "role", "all") == "meo":
         from ..meo import routes as host_routes
     else:

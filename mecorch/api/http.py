@@ -215,23 +215,51 @@ class Router:
         self._routes: list[tuple[str, re.Pattern, Handler]] = []
         self._access: dict[int, str] = {}          # index in _routes -> access class
         self._streaming: set[Handler] = set()      # handlers that read the body themselves
+        # content negotiation and query parameters, per handler (see add)
+        self._produces: dict[Handler, str] = {}
+        self._query: dict[Handler, frozenset[str]] = {}
 
     def add(self, method: str, pattern: str, handler: Handler, access: str = OPERATOR,
-            stream: bool = False) -> None:
+            stream: bool = False, produces: str | None = None,
+            query: tuple[str, ...] | None = None) -> None:
         """`pattern` uses {name} for one path segment. APP routes must have
         an {app} segment: the instance an app token is checked against.
         `stream`: the handler reads the body itself from `Request.stream`
         (not held whole, not bound by api.max_body_bytes: the handler sets
-        its own limit)."""
+        its own limit).
+        `produces`: the media type of the route's answers: a request whose
+        Accept excludes it is a 406 before anything is done. `query`: the
+        query parameters the route takes; any other is a 400 naming it."""
         assert access in (OPERATOR, APP, PUBLIC, LOCAL) and (access != APP or "{app}" in pattern)
         regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern)
         self._access[len(self._routes)] = access
         if stream:
             self._streaming.add(handler)
+        if produces:
+            self._produces[handler] = produces
+        if query is not None:
+            self._query[handler] = frozenset(query)
         self._routes.append((method, re.compile(regex + r"/?"), handler))
 
     def streams(self, handler: Handler) -> bool:
         return handler in self._streaming
+
+    def check_request(self, handler: Handler, accept: str | None, query: str) -> None:
+        """406 when Accept excludes what the route produces; 400 for query
+        parameters the route does not take (both before the handler runs)."""
+        produces = self._produces.get(handler)
+        if produces and accept and not acceptable(accept, produces):
+            raise NotAcceptable(f"this resource is only available as {produces} "
+                                f"(Accept: {accept[:100]})")
+        allowed = self._query.get(handler)
+        if allowed is not None and query:
+            names = {k for k, _ in urllib.parse.parse_qsl(query, keep_blank_values=True,
+                                                         errors="replace", max_num_fields=64)}
+            unknown = sorted(names - allowed)
+            if unknown:
+                takes = ", ".join(sorted(allowed)) or "none"
+                raise InvalidInput(f"unknown query parameter(s) {', '.join(unknown)[:200]} "
+                                   f"(this resource takes: {takes})")
 
     def resolve(self, method: str, path: str) -> tuple[Handler, dict[str, str], str]:
         """(handler, path parameters, access class) of the route."""
@@ -251,6 +279,42 @@ class Router:
 
 class MethodNotAllowed(MecorchError):
     status, title = 405, "Method not allowed"
+
+
+def acceptable(accept: str, media_type: str) -> bool:
+    """Whether an Accept header (RFC 9110 12.5.1) admits `media_type`: the
+    most specific range that matches it decides, by its q (0: refused).
+    Ranges that do not parse are ignored (none that parses: anything goes)."""
+    kind, _, sub = media_type.lower().partition("/")
+    best = (-1, 0.0)                      # (specificity, q)
+    parsed = False
+    for item in accept.split(",")[:64]:
+        rng, *params = [p.strip() for p in item.split(";")]
+        rtype, slash, rsub = rng.lower().partition("/")
+        if not slash or not rtype or not rsub:
+            continue
+        q = 1.0
+        for p in params:
+            name, _, value = p.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = -1.0
+        if not 0.0 <= q <= 1.0:
+            continue
+        parsed = True
+        if (rtype, rsub) == (kind, sub):
+            spec = 2
+        elif rtype == kind and rsub == "*":
+            spec = 1
+        elif (rtype, rsub) == ("*", "*"):
+            spec = 0
+        else:
+            continue
+        if spec > best[0]:
+            best = (spec, q)
+    return best[1] > 0 or not parsed
 
 
 class RequestTimeout(MecorchError):
@@ -326,6 +390,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
             except UnicodeDecodeError:
                 raise InvalidInput("a path parameter is not UTF-8") from None
             self._authorize(access, params)
+            self.server.router.check_request(handler, self.headers.get("Accept"), url.query)
             if self.server.router.streams(handler):
                 raw, stream = b"", self._body_stream()
             else:

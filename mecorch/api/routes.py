@@ -15,6 +15,13 @@ from ..states import OnboardingState
 from .http import APP, FileBody, Request, Response, Router, UnsupportedMediaType
 
 
+# The query parameters of the ETSI listings mecorch honours: every attribute
+# is always returned (all_fields); fields / exclude_fields / exclude_default
+# are refused by name rather than ignored.
+LISTING = ("filter", "all_fields")
+JSON, ZIP = "application/json", "application/zip"
+
+
 def install(r: Router, o: Orchestrator) -> None:
     pk, lcm, mep = o.packages, o.lcm, o.mep
 
@@ -33,6 +40,7 @@ def install(r: Router, o: Orchestrator) -> None:
         return Response(202, None, {"Location": info["_links"]["self"]["href"]})
 
     def list_packages(req: Request) -> Response:
+        filters.check(req.query.get("filter"), "AppPkgInfo")
         # NFV-SOL 013 paging: a Link rel="next" header while more remain
         items, marker = pk.list_page(req.query.get("filter"),
                                      req.query.get("nextpage_opaque_marker"),
@@ -74,16 +82,18 @@ def install(r: Router, o: Orchestrator) -> None:
         return Response(200, FileBody(f, os.fstat(f.fileno()).st_size),
                         content_type="application/zip")
 
-    r.add("POST", f"{PKGM}/app_packages", onboard)
-    r.add("GET", f"{PKGM}/app_packages", list_packages)
-    r.add("GET", f"{PKGM}/app_packages/{{id}}", get_package)
-    r.add("PATCH", f"{PKGM}/app_packages/{{id}}", patch_package)
+    r.add("POST", f"{PKGM}/app_packages", onboard, produces=JSON)
+    r.add("GET", f"{PKGM}/app_packages", list_packages, produces=JSON,
+          query=LISTING + ("nextpage_opaque_marker",))
+    r.add("GET", f"{PKGM}/app_packages/{{id}}", get_package, produces=JSON)
+    r.add("PATCH", f"{PKGM}/app_packages/{{id}}", patch_package, produces=JSON)
     r.add("DELETE", f"{PKGM}/app_packages/{{id}}", delete_package)
-    r.add("GET", f"{PKGM}/app_packages/{{id}}/appd", appd)
-    r.add("GET", f"{PKGM}/onboarded_app_packages/{{appDId}}/appd", appd)
-    r.add("GET", f"{PKGM}/app_packages/{{id}}/package_content", content)
-    r.add("PUT", f"{PKGM}/app_packages/{{id}}/package_content", upload, stream=True)
-    r.add("GET", f"{PKGM}/onboarded_app_packages/{{appDId}}/package_content", content)
+    r.add("GET", f"{PKGM}/app_packages/{{id}}/appd", appd, produces=JSON)
+    r.add("GET", f"{PKGM}/onboarded_app_packages/{{appDId}}/appd", appd, produces=JSON)
+    r.add("GET", f"{PKGM}/app_packages/{{id}}/package_content", content, produces=ZIP)
+    r.add("PUT", f"{PKGM}/app_packages/{{id}}/package_content", upload, stream=True, query=())
+    r.add("GET", f"{PKGM}/onboarded_app_packages/{{appDId}}/package_content", content,
+          produces=ZIP)
 
     # ---------------------------------------------------------------- app_lcm
     def create_instance(req: Request) -> Response:
@@ -91,6 +101,7 @@ def install(r: Router, o: Orchestrator) -> None:
         return Response(201, info, {"Location": info["_links"]["self"]["href"]})
 
     def list_instances(req: Request) -> Response:
+        filters.check(req.query.get("filter"), "AppInstanceInfo")
         return Response(200, filters.apply(lcm.list(), req.query.get("filter")))
 
     def get_instance(req: Request) -> Response:
@@ -103,21 +114,25 @@ def install(r: Router, o: Orchestrator) -> None:
     def accepted(op: dict) -> Response:
         return Response(202, op, {"Location": op["_links"]["self"]["href"]})
 
-    r.add("POST", f"{LCM}/app_instances", create_instance)
-    r.add("GET", f"{LCM}/app_instances", list_instances)
-    r.add("GET", f"{LCM}/app_instances/{{id}}", get_instance)
+    r.add("POST", f"{LCM}/app_instances", create_instance, produces=JSON)
+    r.add("GET", f"{LCM}/app_instances", list_instances, produces=JSON, query=LISTING)
+    r.add("GET", f"{LCM}/app_instances/{{id}}", get_instance, produces=JSON)
     r.add("DELETE", f"{LCM}/app_instances/{{id}}", delete_instance)
     r.add("POST", f"{LCM}/app_instances/{{id}}/instantiate",
           lambda req: accepted(lcm.instantiate(req.params["id"], req.json(),
-                                               req.headers.get("Idempotency-Key"))))
+                                               req.headers.get("Idempotency-Key"))),
+          produces=JSON)
     r.add("POST", f"{LCM}/app_instances/{{id}}/terminate",
-          lambda req: accepted(lcm.terminate(req.params["id"], req.json())))
+          lambda req: accepted(lcm.terminate(req.params["id"], req.json())), produces=JSON)
     r.add("POST", f"{LCM}/app_instances/{{id}}/operate",
-          lambda req: accepted(lcm.operate(req.params["id"], req.json())))
-    r.add("GET", f"{LCM}/app_lcm_op_occs",
-          lambda req: Response(200, filters.apply(lcm.ops(), req.query.get("filter"))))
+          lambda req: accepted(lcm.operate(req.params["id"], req.json())), produces=JSON)
+
+    def list_ops(req: Request) -> Response:
+        filters.check(req.query.get("filter"), "AppInstanceLcmOpOcc")
+        return Response(200, filters.apply(lcm.ops(), req.query.get("filter")))
+    r.add("GET", f"{LCM}/app_lcm_op_occs", list_ops, produces=JSON, query=LISTING)
     r.add("GET", f"{LCM}/app_lcm_op_occs/{{id}}",
-          lambda req: Response(200, lcm.op(req.params["id"])))
+          lambda req: Response(200, lcm.op(req.params["id"])), produces=JSON)
 
     # ---------------------------------------------------------------- Mp1
     if mep is None:
