@@ -162,7 +162,10 @@ class LinuxMEP(PlatformDriver):
                 dnsmasq.start(self._argv(*self._dnsmasq_argv(
                     self.pid_file, self.log_file, self.dns_listen, self.dns_port)), self.pid_file)
             try:
-                self._ensure_clients_dnsmasq()
+                # One already running (e.g. from before a restart of mecorch)
+                # is kept as it is: serve_dns_on sets the exact addresses.
+                if dnsmasq.live_pid(self.clients_pid_file) is None:
+                    self._ensure_clients_dnsmasq()
             except BackendError as e:
                 # The rules still work (and are answered on dns_listen); the
                 # doctor check shows why the clients' listener is missing.
