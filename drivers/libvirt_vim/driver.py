@@ -19,7 +19,8 @@ import libvirt
 
 from mecorch import validate
 from mecorch.drivers import Capabilities, ComputeDriver
-from mecorch.errors import BackendUnavailable, Conflict, InvalidInput, MecorchError, NotFound
+from mecorch.errors import (BackendUnavailable, Conflict, InvalidInput, MecorchError, NotFound,
+                            Timeout)
 from mecorch.model import (Address, Allocation, Check, HostCapacity, Observation,
                            ResourceRequest)
 from mecorch.states import DeploymentType, ObservedState
@@ -242,10 +243,17 @@ class LibvirtVIM(ComputeDriver):
                 t0 = time.monotonic()
                 dom.create()
                 deadline = t0 + s.boot_timeout_s
-                leases = N.wait_lease(dom, deadline)
-                tcp = [p.port for p in request.ports if p.protocol == "tcp"]
-                if tcp:
-                    N.wait_tcp(leases[0][0], tcp[0], deadline)
+                try:
+                    leases = N.wait_lease(dom, deadline)
+                    tcp = [p.port for p in request.ports if p.protocol == "tcp"]
+                    if tcp:
+                        N.wait_tcp(leases[0][0], tcp[0], deadline)
+                except Timeout as e:
+                    # Name the setting and show what the guest said: the
+                    # console log goes with the rollback.
+                    raise Timeout(f"{e.detail} (waited {s.boot_timeout_s:g} s: "
+                                  f"vim.boot_timeout_s); the guest's console ended with: "
+                                  f"{self._console_tail(name)}") from None
                 boot_s = time.monotonic() - t0
                 uuid = dom.UUIDString()
         except BaseException as e:
@@ -263,6 +271,14 @@ class LibvirtVIM(ComputeDriver):
             handle=handle,
             extra={"accel": accel, "vcpu_count": v["vcpu"], "boot_s": round(boot_s, 2),
                    "console_log": self._console_log(name), "image_sha256": record["sha256"]})
+
+    def _console_tail(self, name: str, lines: int = 6) -> str:
+        try:
+            data = self.logs({"domain": name}, None)
+        except MecorchError:
+            data = b""
+        last = [ln.strip() for ln in data.decode(errors="replace").splitlines() if ln.strip()]
+        return " | ".join(last[-lines:])[-600:] or "(nothing)"
 
     def _console_log(self, name: str) -> str:
         return str(self.settings.console_dir / f"{name}.console.log")
