@@ -74,7 +74,7 @@ def package_id(c: Client, ref: str) -> str:
 
 
 def instance_id(c: Client, ref: str) -> str:
-    return _match("app instance", ref, c.get(INST), "appDId", "appInstanceName")["id"]
+    return _match("app instance", ref, c.get_all(INST), "appDId", "appInstanceName")["id"]
 
 
 # ---------------------------------------------------------------- config
@@ -209,7 +209,7 @@ def _dns_names(c: Client, iid: str) -> list[str]:
 
 
 def app_list(c: Client, a) -> int:
-    rows = c.get(INST + _q(a.filter))
+    rows = c.get_all(INST + _q(a.filter))
     for inst in rows:
         if inst["instantiationState"] == "INSTANTIATED":
             inst["_dns"] = _dns_names(c, inst["id"])

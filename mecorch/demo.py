@@ -99,7 +99,7 @@ def _wait_ready(client: Client, server: subprocess.Popen) -> None:
 def _clean_earlier_run(client: Client) -> None:
     """An interrupted earlier demo may have left its instances/packages."""
     ids = {"sample-http", "sample-vm"}
-    for inst in client.get(INST):
+    for inst in client.get_all(INST):
         if inst["appDId"] in ids:
             if inst["instantiationState"] == "INSTANTIATED":
                 op, _ = client.post(f"{INST}/{inst['id']}/terminate", {"terminationType": "FORCEFUL"})

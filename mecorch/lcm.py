@@ -21,17 +21,17 @@ import time
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
-from . import applogs, decision, logs, manner_policy, validate
+from . import applogs, decision, filters, logs, manner_policy, validate
 from .drivers import ComputeDriver
 from .errors import Conflict, IdempotencyMismatch, InvalidInput, MecorchError, NotFound
 from .hosts import EdgeHost, Inventory, Need
 from .journal import LCM, Journal
 from .mep import MepService
 from .model import Allocation, ResourceRequest
-from .pkgmgmt import PackageManager
+from .pkgmgmt import PackageManager, _marker as pkg_marker
 from .states import (DeploymentType, InstanceOperationalState, InstantiationState,
                      LcmOperation, TerminationType)
-from .store import Store
+from .store import TABLES, Store
 from .timeutil import new_id, public
 
 log = logging.getLogger("mecorch.lcm")
@@ -80,6 +80,28 @@ class Lcm:
 
     def list(self) -> list[dict]:
         return [self.view(d) for d in self.store.list("instances")]
+
+    def list_page(self, filter_expr: str | None, marker: str | None,
+                  size: int) -> tuple[list[dict], str | None]:
+        """One page of the instance listing, paged like the packages'
+        (NFV-SOL 013; PackageManager.list_page): at most `size` matching
+        instances after `marker`, and the next page's marker (None on the
+        last). The marker is the insertion sequence of the last one
+        returned; the filter's eq/in terms narrow rows in SQLite first."""
+        after = pkg_marker(marker)
+        match = filters.prefilter(filter_expr, TABLES["instances"])
+        out: list[dict] = []
+        while len(out) < size:
+            rows = self.store.page("instances", after, size, match=match)
+            for seq, doc in rows:
+                after = seq
+                out += filters.apply([self.view(doc)], filter_expr)
+                if len(out) == size:
+                    break
+            if len(rows) < size:
+                return out, None
+        more = self.store.page("instances", after, 1, match=match)
+        return out, (str(after) if more else None)
 
     def op(self, op_id: str) -> dict:
         doc = self.store.get("op_occs", op_id)

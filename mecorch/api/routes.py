@@ -102,7 +102,16 @@ def install(r: Router, o: Orchestrator) -> None:
 
     def list_instances(req: Request) -> Response:
         filters.check(req.query.get("filter"), "AppInstanceInfo")
-        return Response(200, filters.apply(lcm.list(), req.query.get("filter")))
+        # NFV-SOL 013 paging, as the package listing
+        items, marker = lcm.list_page(req.query.get("filter"),
+                                      req.query.get("nextpage_opaque_marker"),
+                                      int(o.cfg["api"]["page_size"]))
+        headers = {}
+        if marker:
+            query = {k: v for k, v in req.query.items() if k != "nextpage_opaque_marker"}
+            query["nextpage_opaque_marker"] = marker
+            headers["Link"] = f'<{LCM}/app_instances?{urllib.parse.urlencode(query)}>; rel="next"'
+        return Response(200, items, headers)
 
     def get_instance(req: Request) -> Response:
         return Response(200, lcm.view(lcm.get(req.params["id"])))
@@ -115,7 +124,8 @@ def install(r: Router, o: Orchestrator) -> None:
         return Response(202, op, {"Location": op["_links"]["self"]["href"]})
 
     r.add("POST", f"{LCM}/app_instances", create_instance, produces=JSON)
-    r.add("GET", f"{LCM}/app_instances", list_instances, produces=JSON, query=LISTING)
+    r.add("GET", f"{LCM}/app_instances", list_instances, produces=JSON,
+          query=LISTING + ("nextpage_opaque_marker",))
     r.add("GET", f"{LCM}/app_instances/{{id}}", get_instance, produces=JSON)
     r.add("DELETE", f"{LCM}/app_instances/{{id}}", delete_instance)
     r.add("POST", f"{LCM}/app_instances/{{id}}/instantiate",
