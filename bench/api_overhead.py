@@ -26,39 +26,61 @@ from lab import NO_RULES, Lab, pct
 
 import vim_overhead as vo                              # noqa: E402
 from drivers.docker_cim.pause import PAUSE_IMAGE      # noqa: E402
+from drivers.docker_cim.plan import make_plan         # noqa: E402
 from drivers.libvirt_vim import xmlrender as X        # noqa: E402
 from mecorch.decision import resource_request         # noqa: E402
 from mecorch.states import DeploymentType             # noqa: E402
 
 
 class DirectDocker:
-    """What a hand-written docker-py script does for one instance."""
+    """What a hand-written docker-py script does for one instance, making
+    the objects mecorch's Docker CIM makes for the same AppD (the plan of
+    drivers/docker_cim/plan.py: the pause container on the network with
+    the resolver option and the published ports, the app container in its
+    netns with the limits, environment and labels; then the address read).
+    Terminate removes both with force (what a script would do: one kill +
+    remove each)."""
 
-    def __init__(self, image: str, network: str, tag: str):
-        self.tag = tag
+    def __init__(self, lab: Lab, app_d_id: str):
+        cim = lab.cfg["hosts"][0]["cim"]
+        pkg = lab.pkg_doc(app_d_id)
+        self.appd, self.image = pkg["_appd"], pkg["_image"]
+        self.tag, self.network = lab.tag, cim["network"]
+        self.registry = cim.get("registry", "127.0.0.1:5000")
         self.api = docker.APIClient(base_url="unix:///var/run/docker.sock", version="auto")
-        repo, _, _ = image.rpartition(":")
-        self.repo = repo
-        self.digest = self.api.inspect_distribution(image)["Descriptor"]["digest"]
-        self.network = network
+        self.repo = self.image.rpartition(":")[0]
+        self.digest = self.api.inspect_distribution(self.image)["Descriptor"]["digest"]
+        net = self.api.inspect_network(self.network)
+        self.dns = [net["IPAM"]["Config"][0]["Gateway"]]
+        self.mp1_url = f"http://{self.dns[0]}:{lab.serve.port}/mec_app_support/v1"
 
-    def deploy(self, name: str) -> dict:
+    def deploy(self, iid: str) -> dict:
+        req = resource_request(iid, self.appd, DeploymentType.CONTAINER, self.image, {})
+        req = dataclasses.replace(req, env={
+            **req.env, "MEC_APP_INSTANCE_ID": iid, "MEC_APP_TOKEN": "t" * 43,
+            "MEC_MP1_URL": self.mp1_url})
+        plan = make_plan(req)
         api = self.api
         for _ in api.pull(self.repo, tag=self.digest, stream=True, decode=True):
             pass
-        labels = {"mecorch.bench": self.tag}
+        labels = {"mecorch.bench": self.tag, "bench.instance": iid}
         pause = api.create_container(
-            PAUSE_IMAGE, name=f"{name}-pause", labels=labels,
-            host_config=api.create_host_config(network_mode=self.network))["Id"]
+            PAUSE_IMAGE, name=f"mecb-{iid}-pause", labels={**labels, "bench.role": "pause"},
+            ports=list(plan.exposed) or None,
+            host_config=api.create_host_config(network_mode=self.network,
+                                               port_bindings=plan.ports or None,
+                                               dns=self.dns))["Id"]
         api.start(pause)
         app = api.create_container(
-            f"{self.repo}@{self.digest}", name=f"{name}-app", labels=labels,
+            f"{self.repo}@{self.digest}", name=f"mecb-{iid}-app", command=plan.command,
+            entrypoint=plan.entrypoint, environment=plan.env or None,
+            labels={**labels, "bench.role": "app", "bench.image": self.image},
             host_config=api.create_host_config(network_mode=f"container:{pause}",
-                                               nano_cpus=500_000_000,
-                                               mem_limit=64 * 1024 * 1024))["Id"]
+                                               nano_cpus=plan.nano_cpus,
+                                               mem_limit=plan.mem_bytes))["Id"]
         api.start(app)
-        api.inspect_container(pause)
-        return {"app": app, "pause": pause}
+        ip = api.inspect_container(pause)["NetworkSettings"]["Networks"][self.network]["IPAddress"]
+        return {"app": app, "pause": pause, "ip": ip}
 
     def destroy(self, h: dict) -> None:
         self.api.remove_container(h["app"], force=True)
@@ -113,13 +135,12 @@ def _summary(res: dict[str, list[tuple[float, ...]]], target50: float, target99:
 
 
 def containers(lab: Lab, app_d_id: str, n: int = 30) -> dict:
-    image = lab.pkgs[app_d_id]["softwareImages"][0]["imagePath"]
     _api_cycle(lab, app_d_id)                       # warm-up: network, pull, driver open
-    direct = DirectDocker(image, lab.cfg["hosts"][0]["cim"]["network"], lab.tag)
+    direct = DirectDocker(lab, app_d_id)
 
     def via_direct(i: int) -> tuple[float, float]:
         t0 = time.perf_counter()
-        h = direct.deploy(f"mecb-{lab.tag}-d{i}")
+        h = direct.deploy(f"{lab.tag}d{i}")
         t1 = time.perf_counter()
         direct.destroy(h)
         return t1 - t0, time.perf_counter() - t1
@@ -133,7 +154,7 @@ def containers(lab: Lab, app_d_id: str, n: int = 30) -> dict:
                 res[name].append(fn())
     finally:
         direct.api.close()
-    return _summary(res, 1.25, 1.5)
+    return _summary(res, 1.10, 1.20)
 
 
 GRACEFUL = {"terminationType": "GRACEFUL", "gracefulTerminationTimeout": 30}

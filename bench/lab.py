@@ -11,13 +11,17 @@ and the containers/VMs the lab starts are contacted.
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import yaml
@@ -27,6 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from mecorch import config as mconfig                 # noqa: E402
 from mecorch.client import ApiError, Client           # noqa: E402
+from mecorch.errors import MecorchError               # noqa: E402
 from mecorch.package import build_package             # noqa: E402
 from mecorch.fileutil import sha256_file              # noqa: E402
 from cim_overhead import free_port, pct               # noqa: E402 - shared by the suite
@@ -51,8 +56,51 @@ def new_lab_dir(tag: str, **orchestrator) -> tuple[Path, dict, Path, str]:
 
 
 class Api(Client):
-    """mecorch's client with an op wait that polls every 5 ms: the 200 ms
-    of Client.wait_op would swamp the overhead being measured."""
+    """mecorch's client with an op wait that polls every 5 ms (the 200 ms
+    of Client.wait_op would swamp the overhead being measured), over a
+    keep-alive HTTP/1.1 connection per thread, as docker-py talks to
+    dockerd: mecorch's Client opens a connection per call, which makes
+    each 5 ms poll a TCP handshake and a server thread, CPU taken from
+    the engine on a 2-core host and counted against mecorch."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self._local = threading.local()
+        u = urllib.parse.urlsplit(self.base)
+        self._hostport = (u.hostname, u.port)
+
+    def call(self, method: str, path: str, body=None, headers: dict | None = None):
+        data = json.dumps(body).encode() if body is not None else None
+        hdrs = {"Accept": "application/json", **(headers or {})}
+        if data is not None:
+            hdrs["Content-Type"] = "application/json"
+        if self.token:
+            hdrs["Authorization"] = f"Bearer {self.token}"
+        for attempt in (0, 1):
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = self._local.conn = http.client.HTTPConnection(
+                    *self._hostport, timeout=self.timeout)
+            try:
+                conn.request(method, path, body=data, headers=hdrs)
+                resp = conn.getresponse()
+                raw = resp.read()
+                break
+            except (http.client.HTTPException, OSError) as e:
+                conn.close()
+                self._local.conn = None
+                # the server closed an idle keep-alive connection: once more
+                if attempt or not isinstance(e, (http.client.RemoteDisconnected,
+                                                 BrokenPipeError, ConnectionResetError)):
+                    raise MecorchError(f"cannot reach mecorch at {self.base}: {e}") from None
+        if resp.getheader("Connection", "").lower() == "close":
+            conn.close()
+            self._local.conn = None
+        payload = json.loads(raw) if raw and "json" in resp.getheader("Content-Type", "") \
+            else raw
+        if resp.status >= 400:
+            raise ApiError(resp.status, payload if isinstance(payload, dict) else {})
+        return resp.status, payload, dict(resp.getheaders())
 
     def wait(self, op: dict, timeout: float = 300, poll: float = 0.005) -> dict:
         href = op["_links"]["self"]["href"]
@@ -200,7 +248,6 @@ class Lab:
     def pkg_doc(self, app_d_id: str) -> dict:
         """The onboarded package's stored document (with the internal
         fields: _appd, _image), read from the lab's store."""
-        import json
         import sqlite3
         db = sqlite3.connect(f"file:{self.tmp / 'state' / 'mecorch.db'}?mode=ro", uri=True)
         try:
@@ -216,7 +263,7 @@ class Lab:
         if self.serve is not None and self.serve.proc.poll() is None:
             api = self.api
             try:
-                for inst in api.get(INST):
+                for inst in api.get_all(INST):
                     if inst["instantiationState"] == "INSTANTIATED":
                         api.terminate(inst["id"])
                     api.delete(inst["id"])

@@ -90,17 +90,42 @@ def run(lab: Lab, app_d_id: str, total: int, concurrency: int, reach=None) -> di
 
 def direct_containers(lab: Lab, app_d_id: str, total: int, concurrency: int) -> dict:
     """The backend's own ceiling: the same two phases with bench/api_overhead.py's
-    direct docker-py calls, same concurrency."""
+    direct docker-py calls (the same objects), same concurrency."""
     from api_overhead import DirectDocker
-    image = lab.pkgs[app_d_id]["softwareImages"][0]["imagePath"]
-    direct = DirectDocker(image, lab.cfg["hosts"][0]["cim"]["network"], lab.tag)
+    direct = DirectDocker(lab, app_d_id)
     try:
         wall_d, handles, fail_d = _pool(list(range(total)), concurrency,
-                                        lambda i: direct.deploy(f"mecb-{lab.tag}-t{i}"))
+                                        lambda i: direct.deploy(f"{lab.tag}t{i}x{time.monotonic_ns()}"))
         wall_t, _, fail_t = _pool(handles, concurrency, direct.destroy)
     finally:
         direct.api.close()
     return {"total": total, "concurrency": concurrency, "failures": len(fail_d) + len(fail_t),
-            "deploys_per_s": round(len(handles) / wall_d, 2),
+            "failure_samples": (fail_d + fail_t)[:3],
+            "deploy_wall_s": round(wall_d, 1), "deploys_per_s": round(len(handles) / wall_d, 2),
+            "terminate_wall_s": round(wall_t, 1),
             "terminates_per_s": round((len(handles) - len(fail_t)) / wall_t, 2),
             "cycles_per_s": round(len(handles) / (wall_d + wall_t), 2)}
+
+
+def compare(lab: Lab, app_d_id: str, total: int, concurrency: int) -> dict:
+    """API and direct in A-B-B-A order, total/2 each time (a load that
+    drifts during the run weighs on both alike): the sums of each and the
+    API/direct ratios of the rates."""
+    half = max(concurrency, total // 2)
+    runs: dict[str, list[dict]] = {"api": [], "direct": []}
+    for name in ("api", "direct", "direct", "api"):
+        fn = run if name == "api" else direct_containers
+        runs[name].append(fn(lab, app_d_id, half, concurrency))
+    out: dict = {"concurrency": concurrency, "order": "api,direct,direct,api"}
+    for name, rs in runs.items():
+        n = sum(r.get("completed", r["total"] - r["failures"]) for r in rs)
+        wd = sum(r["deploy_wall_s"] for r in rs)
+        wt = sum(r["terminate_wall_s"] for r in rs)
+        out[name] = {"total": sum(r["total"] for r in rs), "failures": sum(r["failures"] for r in rs),
+                     "failure_samples": sum((r["failure_samples"] for r in rs), [])[:3],
+                     "deploys_per_s": round(n / wd, 2), "terminates_per_s": round(n / wt, 2),
+                     "cycles_per_s": round(n / (wd + wt), 2),
+                     "halves_deploys_per_s": [r["deploys_per_s"] for r in rs]}
+    for k in ("deploys_per_s", "terminates_per_s", "cycles_per_s"):
+        out[f"ratio_{k}"] = round(out["api"][k] / out["direct"][k], 3)
+    return out
