@@ -6,7 +6,9 @@ from __future__ import annotations
 import threading
 
 from mecorch.drivers import Capabilities, ComputeDriver, PlatformDriver
-from mecorch.errors import BackendError, ImageNotFound, ImageUnavailable
+from mecorch import validate
+from mecorch.errors import (BackendError, BackendUnavailable, ImageNotFound, ImageUnavailable,
+                            IntegrityError, InvalidInput)
 from mecorch.model import Address, Allocation, Check, HostCapacity, Observation
 from mecorch.states import DeploymentType, ObservedState
 
@@ -23,18 +25,27 @@ class FakeCompute(ComputeDriver):
         self.fail: dict[str, Exception] = {}       # verb -> error to raise
         self.calls: list[str] = []
         self.deploy_gate: threading.Event | None = None   # block deploy until set
+        self.down = False          # the "backend" is unreachable: every verb fails
         self._n = 0
 
     def _maybe_fail(self, verb: str) -> None:
         self.calls.append(verb)
+        if self.down:
+            raise BackendUnavailable(f"fake backend down ({verb})")
         if verb in self.fail:
             raise self.fail[verb]
+
+    @staticmethod
+    def _id(handle) -> str:
+        if not isinstance(handle, dict) or not isinstance(handle.get("id"), str):
+            raise InvalidInput("handle: not a fake handle")
+        return handle["id"]
 
     def capabilities(self):
         return Capabilities(manner=self.manner)
 
     def check(self):
-        return [Check("fake", True, "in memory")]
+        return [Check("fake", not self.down, "down" if self.down else "in memory")]
 
     def import_image(self, image, source, sha256=None):
         self._maybe_fail("import_image")
@@ -54,15 +65,20 @@ class FakeCompute(ComputeDriver):
             raise ImageNotFound(f"{image} not in the fake repository")
         if not rec.get("available"):
             raise ImageUnavailable(f"{image} unavailable")
+        if rec.get("corrupt"):
+            raise IntegrityError(f"{image} does not match its checksum")
         return rec
 
     def capacity(self):
+        if self.down:
+            raise BackendUnavailable("fake backend down (capacity)")
         return HostCapacity(self.cpus, 0, self.memory_mb, 0, self.disk_gb, 0)
 
     def deploy(self, request):
         self._maybe_fail("deploy")
         if self.deploy_gate is not None:
             self.deploy_gate.wait(10)
+        self._validate(request)
         self.check_image(request.image)
         self._n += 1
         ip = f"10.123.0.{self._n}"
@@ -71,24 +87,37 @@ class FakeCompute(ComputeDriver):
         return Allocation(request.instance_id, self.manner, request.vcpu, request.memory_mb,
                           (), (Address(ip, "fake"),), {"id": request.instance_id})
 
+    def _validate(self, r) -> None:
+        """What every real driver refuses before it makes anything."""
+        if r.manner != self.manner:
+            raise InvalidInput(f"manner: this fake deploys {self.manner}, not {r.manner}")
+        validate.ident(r.instance_id, "instance_id")
+        validate.number(r.vcpu, "vcpu", 0.01, 1024)
+        validate.integer(r.memory_mb, "memory_mb", 1, 1 << 30)
+        names = [validate.ident(v.name, f"volumes[{i}].name") for i, v in enumerate(r.volumes)]
+        if len(set(names)) != len(names):
+            raise InvalidInput("volumes: a name is used twice")
+
     def start(self, handle):
         self._maybe_fail("start")
-        self.instances[handle["id"]]["state"] = ObservedState.RUNNING
+        self.instances[self._id(handle)]["state"] = ObservedState.RUNNING
 
     def stop(self, handle, timeout_s):
         self._maybe_fail("stop")
-        if handle["id"] in self.instances:
+        if self._id(handle) in self.instances:
             self.instances[handle["id"]]["state"] = ObservedState.STOPPED
 
     def destroy(self, handle):
         self._maybe_fail("destroy")
-        self.instances.pop(handle["id"], None)
+        self.instances.pop(self._id(handle), None)
 
     def inspect(self, handle):
-        inst = self.instances.get(handle["id"])
+        inst = self.instances.get(self._id(handle))
         return Observation(handle["id"], inst["state"] if inst else ObservedState.MISSING, handle)
 
     def list_instances(self):
+        if self.down:
+            raise BackendUnavailable("fake backend down (list_instances)")
         return [Observation(i, v["state"], {"id": i}) for i, v in self.instances.items()]
 
 
