@@ -206,6 +206,7 @@ def serve(cfg: dict, listen: str, verbose: int = 0, log_format: str = "text",
     if role == "meo":
         return _serve_meo(cfg, listen)
     from .api import make_server, serve_app_networks, status
+    from .watch import Watcher
     from .mepm.lease import HostLease
     from .mepm.register import Registration
     from .orchestrator import Orchestrator
@@ -217,6 +218,7 @@ def serve(cfg: dict, listen: str, verbose: int = 0, log_format: str = "text",
     lease = HostLease(cfg["state_dir"], listen)
     lease.acquire([h["id"] for h in cfg["hosts"]])
     orch = Orchestrator(cfg)
+    watcher = Watcher(orch)
     registration = None
     try:
         server = make_server(orch, listen, role)
@@ -226,6 +228,7 @@ def serve(cfg: dict, listen: str, verbose: int = 0, log_format: str = "text",
         orch.mep.serve_dns_everywhere()
         orch.start_background()         # periodic reconciliation
         status.for_orchestrator(orch).start()      # backend probes, metrics
+        watcher.start()                 # observed state from Docker's events
         # SIGTERM ends the process like Ctrl-C: finish the request, close.
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         host, port = server.server_address[:2]
@@ -247,6 +250,7 @@ def serve(cfg: dict, listen: str, verbose: int = 0, log_format: str = "text",
         if registration is not None:
             registration.stop()
         status.for_orchestrator(orch).stop()
+        watcher.stop()
         orch.close()
         lease.release()
         logs.event("serve.stop", pid=os.getpid())

@@ -222,10 +222,17 @@ def app_list(c: Client, a) -> int:
            "ADDRESSES", "DNS"),
           ((i["id"], i.get("appInstanceName"), i["appDId"], i.get("hostId"),
             i.get("deploymentType"), i["instantiationState"],
-            i.get("instantiatedAppState", {}).get("operationalState"), i.get("observedState"),
+            i.get("instantiatedAppState", {}).get("operationalState"), _observed(i),
             ",".join(n["ip"] for n in i.get("allocatedResources", {}).get("network", [])),
             ",".join(i.get("_dns", []))) for i in rows))
     return 0
+
+
+def _observed(inst: dict) -> str:
+    state, detail = inst.get("observedState"), inst.get("observedStateDetail")
+    if state and state != "RUNNING" and detail:
+        return f"{state} ({detail})"
+    return state or ""
 
 
 def app_show(c: Client, a) -> int:

@@ -76,6 +76,8 @@ class Lcm:
         if observed and doc["instantiationState"] == InstantiationState.INSTANTIATED.value:
             # mecorch extension: what reconciliation last saw of the runtime
             out["observedState"] = observed["state"]
+            out["observedStateDetail"] = observed.get("detail", "")
+            out["observedStateTime"] = observed.get("at")
         return out
 
     def list(self) -> list[dict]:

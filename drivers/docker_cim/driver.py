@@ -385,6 +385,43 @@ class DockerCIM(ComputeDriver):
             return self._client().logs(app, stdout=True, stderr=True,
                                        tail="all" if tail is None else int(tail))
 
+    def watch(self, on_change, stop: threading.Event) -> None:
+        """Report each start and death of an app container of this host as
+        Docker's own events say it (seconds, not a reconcile period):
+        on_change(Observation) with the exit code in its detail, until
+        `stop` is set. Raises BackendError when the stream breaks."""
+        api = connect(self.docker_host, None)         # a stream: no read timeout
+        flt = {"type": "container", "event": ["start", "die"],
+               "label": [f"{LABEL_HOST}={self.host_id}", f"{LABEL_ROLE}=app"]}
+        with backend_errors("docker events"):
+            stream = api.events(decode=True, filters=flt)
+        done = threading.Event()
+
+        def close_on_stop() -> None:       # the stream blocks: close it from here
+            while not done.is_set():
+                if stop.wait(0.5):
+                    stream.close()
+                    return
+        threading.Thread(target=close_on_stop, name="docker-events-close", daemon=True).start()
+        try:
+            with backend_errors("docker events"):
+                for ev in stream:
+                    attrs = (ev.get("Actor") or {}).get("Attributes") or {}
+                    iid = attrs.get(LABEL_INSTANCE)
+                    if not iid:
+                        continue
+                    if ev.get("Action") == "start":
+                        on_change(Observation(iid, ObservedState.RUNNING, {}, "running"))
+                    else:
+                        on_change(Observation(iid, ObservedState.STOPPED, {},
+                                              f"exited, exit code {attrs.get('exitCode', '?')}"))
+        except MecorchError:
+            if not stop.is_set():
+                raise
+        finally:
+            done.set()
+            api.close()
+
     def inspect(self, handle: dict) -> Observation:
         iid = self._check_handle(handle)
         app = self._ref(handle, "app")

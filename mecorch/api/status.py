@@ -438,6 +438,8 @@ def render_page(orch, health: Health) -> str:
                           .get("network", []))
         state = inst["instantiationState"]
         observed = inst.get("observedState")
+        if observed and observed != "RUNNING" and inst.get("observedStateDetail"):
+            observed = f"{observed} ({inst['observedStateDetail']})"
         inst_rows.append(
             f'<tr data-instance="{html.escape(iid)}">' + _cell(inst.get("appInstanceName"))
             + _cell(inst["appDId"]) + _cell(inst.get("hostId"))
