@@ -1,8 +1,9 @@
 """Mp1 rule change to effect, measured from inside an app container (issue 12).
 
 A `mecorch serve` lab (bench/lab.py: its own host id, docker network,
-chains, dnsmasq port, service range 10.188.0.0/24) deploys one container
-app. A prober runs in that container's network namespace (`nsenter --net`
+dnsmasq port; here also a chain prefix and service range of its own, so a
+concurrent bench/run.py lab on MECBN / 10.188.0.0/24 cannot touch it)
+deploys two container apps. A prober runs in that container's network namespace (`nsenter --net`
 into its pause container), with the app's own MEC_MP1_URL and
 MEC_APP_TOKEN (read from the container's environment), so every packet
 takes the path the app's own would: Mp1 on the app network's gateway, DNS
@@ -29,10 +30,15 @@ Target: p99 of both Mp1 paths under 100 ms.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+
+import yaml
 
 from lab import REPO, Lab, pct
 
@@ -41,7 +47,7 @@ from mecorch.rules import DnsRule, TrafficRule            # noqa: E402 - lab put
 TARGET_MS = 100.0
 APP = "mp1bench"
 NAME, DIRECT_NAME = "mp1bench.mec.local", "direct.mp1bench.mec.local"
-VIP, ALT, DIRECT_VIP, DIRECT_ALT = "10.188.0.30", "10.188.0.31", "10.188.0.40", "10.188.0.41"
+SERVICE = "10.187.{}.0/24"
 
 # Runs in the app's network namespace: stdlib only, one JSON command per line.
 PROBER = r'''
@@ -95,9 +101,9 @@ def put(path, body):
     conn.request("PUT", base + path, json.dumps(body),
                  {"Authorization": "Bearer " + token, "Content-Type": "application/json"})
     r = conn.getresponse()
-    r.read()
+    text = r.read()
     if r.status != 200:
-        raise SystemExit(f"PUT {path}: {r.status}")
+        raise SystemExit(f"PUT {path}: {r.status} {text[:600]!r}")
 
 for line in sys.stdin:
     cmd = json.loads(line)
@@ -163,8 +169,20 @@ def container_env(name: str) -> dict[str, str]:
     return dict(e.split("=", 1) for e in json.loads(out))
 
 
+def own_lab() -> Lab:
+    """bench/lab.py's lab with a chain prefix and service range of its own."""
+    lab = Lab(reconcile_interval_s=0)     # the direct rule set is no orphan to remove
+    mep = lab.cfg["hosts"][0]["mep"]
+    mep["chain_prefix"] = f"MECBA{lab.tag}".upper()[:16]
+    mep["service_cidr"] = SERVICE.format(int(lab.tag, 16) % 250)
+    lab.cfg_path.write_text(yaml.safe_dump(lab.cfg))
+    return lab
+
+
 def measure(lab: Lab, n: int) -> dict:
     api = lab.api
+    net = ipaddress.ip_network(lab.cfg["hosts"][0]["mep"]["service_cidr"])
+    VIP, ALT, DIRECT_VIP, DIRECT_ALT = (str(net[i]) for i in (30, 31, 40, 41))
     lab.onboard("sample-container-app", APP)
     backend, op = api.deploy(APP, deploymentType="CONTAINER", appTrafficRule=[], appDNSRule=[])
     if op["operationState"] != "COMPLETED":
@@ -191,6 +209,10 @@ def measure(lab: Lab, n: int) -> dict:
     direct_id = f"direct-{lab.tag}"
     try:
         prober(op="wait_tcp", addr=VIP, up=True)          # the deployed rule works
+        direct_tr = [TrafficRule.from_etsi(traffic_rule("d", DIRECT_VIP, target))]
+        mep.apply_rules(direct_id, target, direct_tr,
+                        [DnsRule.from_etsi(dns_rule("d", DIRECT_NAME, DIRECT_VIP))])
+        prober(op="wait_tcp", addr=DIRECT_VIP, up=True)
         for i in range(n):
             # interleaved, so drift hits both paths alike
             ip = ALT if i % 2 == 0 else VIP
@@ -205,18 +227,18 @@ def measure(lab: Lab, n: int) -> dict:
                          body=traffic_rule("vip", VIP, target), wait="tcp", addr=VIP, up=True)
             res["mp1_tcp_call"].append(got["call"])
             res["mp1_tcp_effect"].append(got["effect"])
-            # direct: the MEP driver alone, a rule set of its own
+            # direct: the MEP driver alone, a rule set of its own, the same
+            # steps (a DNS change with the traffic rule unchanged; then the
+            # traffic rule off, untimed, and on again)
             dip = DIRECT_ALT if i % 2 == 0 else DIRECT_VIP
             dns_obj = DnsRule.from_etsi(dns_rule("d", DIRECT_NAME, dip))
             t0 = time.perf_counter()
-            mep.apply_rules(direct_id, target, [], [dns_obj])
+            mep.apply_rules(direct_id, target, direct_tr, [dns_obj])
             res["direct_dns_effect"].append(prober(op="wait_dns", name=DIRECT_NAME, ip=dip) - t0)
             mep.apply_rules(direct_id, target, [], [dns_obj])
             prober(op="wait_tcp", addr=DIRECT_VIP, up=False)
             t0 = time.perf_counter()
-            mep.apply_rules(direct_id, target,
-                            [TrafficRule.from_etsi(traffic_rule("d", DIRECT_VIP, target))],
-                            [dns_obj])
+            mep.apply_rules(direct_id, target, direct_tr, [dns_obj])
             res["direct_tcp_effect"].append(prober(op="wait_tcp", addr=DIRECT_VIP, up=True) - t0)
     finally:
         prober.close()
@@ -246,19 +268,27 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--json", help="write the figures to this file")
     args = ap.parse_args()
-    lab = Lab(reconcile_interval_s=0)     # the direct rule set is no orphan to remove
+    lab = own_lab()
     left: list[str] = []
     try:
         lab.start()
         res = measure(lab, args.n)
     finally:
+        # lab.close() removes the MECBN chains only (and counts any MECBN
+        # chain of another run as left behind): this lab's own prefix is
+        # removed after it, every hook and chain (the MEP's uninstall).
+        left = [p for p in lab.close() if p != "iptables chains"]
+        from drivers.linux_mep import LinuxMEP
+        scratch = tempfile.mkdtemp(prefix="mecorch-bench-mp1-")
         try:
-            from drivers.linux_mep import LinuxMEP
-            state_dir, run_dir = lab.host_dirs
-            LinuxMEP({**lab.cfg["hosts"][0]["mep"], "state_dir": state_dir, "run_dir": run_dir,
+            LinuxMEP({**lab.cfg["hosts"][0]["mep"], "state_dir": scratch, "run_dir": scratch,
                       "host_id": lab.host_id}).uninstall()
         finally:
-            left = lab.close()
+            shutil.rmtree(scratch, ignore_errors=True)
+        prefix = lab.cfg["hosts"][0]["mep"]["chain_prefix"]
+        saved = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+        if f":{prefix}-" in saved:
+            left.append(f"iptables chains {prefix}-*")
     out = report(res, args.n)
     out["left_behind"] = left
     if args.json:
