@@ -459,6 +459,20 @@ _COMPUTE_FIELDS = (
     ("disk_gb", _disk, ("properties", "disk_size")),
     ("disk_gb", _disk, _HOST + ("disk_size",)),
 )
+# The property names a TOSCA Compute host capability has (TOSCA Simple
+# Profile tosca.capabilities.Compute): another name there is a typo that
+# would silently deploy with the AppD's size instead.
+TOSCA_HOST_PROPERTIES = ("name", "num_cpus", "cpu_frequency", "disk_size", "mem_size")
+# Every field of a Kubernetes container (core/v1 Container): mecorch reads
+# some and ignores the others as Kubernetes defines them; a field that is
+# none of these is a typo, refused as `kubectl --validate=strict` does.
+K8S_CONTAINER_FIELDS = (
+    "name", "image", "command", "args", "workingDir", "ports", "env", "envFrom",
+    "resources", "resizePolicy", "restartPolicy", "volumeMounts", "volumeDevices",
+    "livenessProbe", "readinessProbe", "startupProbe", "lifecycle",
+    "terminationMessagePath", "terminationMessagePolicy", "imagePullPolicy",
+    "securityContext", "stdin", "stdinOnce", "tty")
+K8S_RESOURCES_FIELDS = ("limits", "requests", "claims")
 _VOLUME_SIZES = (("properties", "size"),
                  ("properties", "virtual_block_storage_data", "size_of_storage"))
 
@@ -467,6 +481,9 @@ def _tosca_compute(node: dict, where: str, plain: bool = False) -> dict:
     """vCPU, memory, disk and image names of a compute node. `plain`
     (TOSCA AppDs): bare numbers are MB / GB, and virtual_local_storage may
     be one mapping instead of a list of one, as EdgeGallery writes them."""
+    host_props = _at(node, _HOST, where)
+    if isinstance(host_props, dict):
+        validate.known_fields(host_props, TOSCA_HOST_PROPERTIES, f"{where}.{'.'.join(_HOST)}")
     found: dict[str, list] = {"vcpu": [], "memory_mb": [], "disk_gb": []}
     for what, read, path in _COMPUTE_FIELDS:
         raw = _at(node, path, where)
@@ -688,10 +705,12 @@ def _kubernetes(doc: dict, kind: str) -> Details:
         raise InvalidInput(f"{where}.initContainers: is not supported")
     c_where = f"{where}.containers[0]"
     c = _mapping(containers[0], c_where, required=True)
+    validate.known_fields(c, K8S_CONTAINER_FIELDS, c_where)
     images = []
     if c.get("image") is not None:
         images.append((f"{c_where}.image", validate.text(c["image"], f"{c_where}.image", 255)))
     res = _mapping(c.get("resources"), f"{c_where}.resources")
+    validate.known_fields(res, K8S_RESOURCES_FIELDS, f"{c_where}.resources")
     limits = _mapping(res.get("limits"), f"{c_where}.resources.limits")
     requests = _mapping(res.get("requests"), f"{c_where}.resources.requests")
 

@@ -3,6 +3,8 @@ Idempotency-Key reused with another body is a 422 (in-memory drivers)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from test_core_orchestration import INST, create, env, onboard, problem  # noqa: F401
@@ -57,3 +59,22 @@ def test_a_misspelled_appd_field_names_the_closest():
     doc["appTraficRule"] = doc.pop("appTrafficRule")
     with pytest.raises(InvalidInput, match="did you mean 'appTrafficRule'"):
         appd_mod.validate_appd(doc)
+
+
+@pytest.mark.parametrize("doc, says", [
+    ("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec:\n  containers:\n"
+     "    - name: c\n      image: sample-http\n      resourcez: {limits: {cpu: 1}}\n",
+     "orchestrationInfo.spec.containers[0] has no field 'resourcez' (did you mean 'resources'?)"),
+    ("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec:\n  containers:\n"
+     "    - name: c\n      resources: {limit: {cpu: 1}}\n",
+     "orchestrationInfo.spec.containers[0].resources has no field 'limit' "
+     "(did you mean 'limits'?)"),
+    ((Path(__file__).resolve().parents[1] / "examples/orchestration/vm-tosca.yaml").read_text()
+     .replace("num_cpus", "num_cpuz"), "has no field 'num_cpuz' (did you mean 'num_cpus'?)"),
+])
+def test_orchestration_info_typos_are_refused(doc, says):
+    from mecorch import decision, orchestration_info
+    from mecorch.errors import InvalidInput
+    with pytest.raises(InvalidInput) as e:
+        orchestration_info.details(orchestration_info.parse(doc))
+    assert says in e.value.detail
