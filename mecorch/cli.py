@@ -94,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("zip", help="package zip on this machine (the server reads it)")
     o.add_argument("--name", help="appPkgName (default: the zip's name)")
     o.add_argument("--pkg-version", default="1.0", help="appPkgVersion (default 1.0)")
+    o.add_argument("--upload", action="store_true",
+                   help="send the zip over the API (create, then PUT package_content) instead "
+                        "of giving the server its path: for a mecorch on another machine")
     pl = _output(pkg.add_parser("list", help="list onboarded packages", formatter_class=fmt,
                                 epilog=FILTER_HELP))
     pl.add_argument("--filter", metavar="EXPR", help="attribute filter (see below)")

@@ -96,10 +96,12 @@ def package_onboard(c: Client, a) -> int:
     if not path.is_file():
         raise InvalidInput(f"{path} is not a file")
     print(f"onboarding {path} ...", file=sys.stderr, flush=True)
-    info, _ = c.post(PKGM, {
-        "appPkgName": a.name or path.stem, "appPkgVersion": a.pkg_version,
-        "appPkgPath": str(path),
-        "checksum": {"algorithm": "SHA-256", "hash": sha256_file(path)}})
+    body = {"appPkgName": a.name or path.stem, "appPkgVersion": a.pkg_version,
+            "checksum": {"algorithm": "SHA-256", "hash": sha256_file(path)}}
+    if getattr(a, "upload", False):
+        info = c.upload_package(body, path)     # two-step: create + PUT package_content
+    else:
+        info, _ = c.post(PKGM, {**body, "appPkgPath": str(path)})
     return emit(a, info, _package_text)
 
 

@@ -263,3 +263,26 @@ def test_client_upload_package(lab):
         lab.c.upload_package(body, zpath)
     assert e.value.status == 409
     assert [p["id"] for p in lab.c.get(PKGS)] == [info["id"]]
+
+
+def test_cli_onboard_upload(lab):
+    """`mecorch package onboard --upload`: the zip goes over the API (the
+    server never gets a path)."""
+    import json as _json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    data, _ = _zip(lab)
+    zpath = lab.tmp / "cli.zip"
+    zpath.write_bytes(data)
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-m", "mecorch.cli", "--api", f"http://127.0.0.1:{lab.port}",
+         "--output", "json", "package", "onboard", "--upload", str(zpath), "--name", "cli"],
+        capture_output=True, text=True, timeout=120, cwd=repo,
+        env={**os.environ, "PYTHONPATH": str(repo), "MECORCH_TOKEN": ""})
+    assert out.returncode == 0, out.stderr
+    info = _json.loads(out.stdout)
+    assert info["onboardingState"] == "ONBOARDED" and info["appPkgName"] == "cli"
+    assert lab.orch.store.get("packages", info["id"])["_path"] is None   # uploaded, no path
