@@ -145,6 +145,12 @@ def _parser() -> argparse.ArgumentParser:
         dest="action", required=True, metavar="ACTION")
     _output(host.add_parser("list", help="each host: capacity (total, promised, free) and "
                                          "the health of its backends"))
+    td = host.add_parser("teardown", help="with `mecorch serve` stopped and no instance or "
+                                          "package left: remove everything mecorch made on the "
+                                          "host (networks, pool, chains and hooks, links, its "
+                                          "dnsmasq) and say what was removed")
+    td.add_argument("host_id", metavar="HOST", nargs="?",
+                    help="host id (default: the only configured host)")
     return p
 
 
@@ -189,6 +195,14 @@ def _run(args) -> int:
         src = args.src[:-4] if args.src.endswith(".zip") else args.src
         print(convert_package(args.src, args.zip_out or f"{src}-mecorch.zip",
                               signing_key=args.sign, trusted_key=args.trusted_key))
+        return 0
+    if args.command == "host" and args.action == "teardown":
+        from .teardown import teardown
+        removed = teardown(cfg, args.host_id)
+        for line in removed:
+            print(f"removed {line}")
+        if not removed:
+            print("nothing to remove")
         return 0
     if args.command == "package" and args.action == "build":
         from .package import build_package

@@ -385,6 +385,27 @@ class DockerCIM(ComputeDriver):
             return self._client().logs(app, stdout=True, stderr=True,
                                        tail="all" if tail is None else int(tail))
 
+    def uninstall(self) -> list[str]:
+        """Remove what this driver made for its host (`mecorch host
+        teardown`): its bridge network, when no container of the host is
+        left. Returns what was removed, one line each."""
+        api = self._client()
+        with backend_errors("list mecorch containers"):
+            left = api.containers(all=True, filters={"label": [f"{LABEL_HOST}={self.host_id}"]})
+        if left:
+            raise Conflict(f"{len(left)} container(s) of host {self.host_id} remain: "
+                           "terminate their instances first")
+        done = []
+        with backend_errors(f"look up network {self.network}"):
+            nets = [n for n in api.networks(names=[self.network]) if n["Name"] == self.network]
+        for net in nets:
+            if (net.get("Labels") or {}).get(LABEL_NETWORK) != "true":
+                continue            # not made by mecorch: not ours to remove
+            gone_ok(f"remove network {self.network}", api.remove_network, net["Id"])
+            done.append(f"docker network {self.network}")
+        self._network_id = None
+        return done
+
     def watch(self, on_change, stop: threading.Event) -> None:
         """Report each start and death of an app container of this host as
         Docker's own events say it (seconds, not a reconcile period):

@@ -402,6 +402,48 @@ class LibvirtVIM(ComputeDriver):
                                         for n, r in (meta.volumes if meta else ())]})
         return Observation(iid, observed, h, detail=f"libvirt state {state} reason {reason}")
 
+    def uninstall(self) -> list[str]:
+        """Remove what this driver made for its host (`mecorch host
+        teardown`): its NAT network and its storage pool with the volumes
+        left in it (image bases), when no domain of the host is left.
+        Returns what was removed, one line each."""
+        s = self.settings
+        conn = self._connect()
+        done = []
+        with libvirt_errors("tear down the mecorch pool and network"):
+            left = self._own_domains(conn)
+            if left:
+                raise Conflict(f"{len(left)} domain(s) of host {s.host_id} remain: terminate "
+                               "their instances first")
+            try:
+                net = conn.networkLookupByName(s.network)
+            except libvirt.libvirtError as e:
+                if e.get_error_code() != libvirt.VIR_ERR_NO_NETWORK:
+                    raise
+                net = None
+            if net is not None:
+                if net.isActive():
+                    net.destroy()
+                net.undefine()
+                done.append(f"libvirt network {s.network}")
+            try:
+                pool = conn.storagePoolLookupByName(s.pool)
+            except libvirt.libvirtError as e:
+                if e.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
+                    raise
+                pool = None
+            if pool is not None:
+                if not pool.isActive():
+                    pool.create()
+                vols = pool.listAllVolumes()
+                for vol in vols:
+                    vol.delete()
+                pool.destroy()
+                pool.undefine()
+                done.append(f"libvirt pool {s.pool} ({len(vols)} volume(s))")
+        self._opened = False
+        return done
+
     def logs(self, handle: dict, tail: int | None = None) -> bytes:
         """The guest's serial console, as virtlogd writes it."""
         name, _ = self._handle_parts(handle)
