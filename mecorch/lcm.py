@@ -128,7 +128,11 @@ class Lcm:
                     raise idempotency_mismatch()
                 return public(self.get(seen["resource"]))
         app_d_id = validate.ident(body.get("appDId"), "appDId")
-        pkg = self.packages.usable(app_d_id)
+        # mecorch extension: appPkgId picks one version of the app (an MEO
+        # creates an instance from the exact package it copied here)
+        pkg_id = body.get("appPkgId")
+        pkg = self.packages.usable(app_d_id, validate.ident(pkg_id, "appPkgId")
+                                   if pkg_id is not None else None)
         iid = new_id()
         doc = new_instance_doc(iid, body, pkg)
         with self.store.transaction():
@@ -190,7 +194,7 @@ class Lcm:
             inst = self.get(instance_id)
             if inst["instantiationState"] != InstantiationState.NOT_INSTANTIATED.value:
                 raise Conflict(f"app instance {instance_id} is already INSTANTIATED")
-            pkg = self.packages.usable(inst["appDId"])
+            pkg = self.packages.usable(inst["appDId"], inst.get("appPkgId"))
             # A dual-format app records both manners; with none named the
             # policy chooses from host facts (decision.choose_manner).
             recorded = pkg.get("_manners") or [pkg["_manner"]]

@@ -187,9 +187,6 @@ def test_usable_takes_the_version_asked_for_and_usage_counts_per_version(env):
     assert env.c.call("DELETE", f"{L.PKGS}/{v1['id']}")[0] == 204      # no user: gone now
 
 
-@pytest.mark.xfail(strict=True, reason="mecorch/lcm.py (and meo/lcm.py) instantiate with "
-                   "packages.usable(inst['appDId']): the newest version, not the instance's "
-                   "appPkgId; needs usable(inst['appDId'], inst.get('appPkgId'))")
 def test_an_instance_created_before_an_upgrade_deploys_its_own_version(env):
     from test_core_orchestration import create, instantiate, onboard
     v1 = onboard(env, appDVersion="1.0")

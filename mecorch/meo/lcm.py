@@ -32,7 +32,7 @@ from ..errors import (BackendUnavailable, Conflict, InvalidInput, MecorchError, 
                       Timeout)
 from ..hosts import Need
 from ..journal import Journal
-from ..lcm import (INSTANTIATE_FIELDS, fingerprint, idempotency_mismatch, new_instance_doc,
+from ..lcm import (INSTANTIATE_FIELDS, Lcm, fingerprint, idempotency_mismatch, new_instance_doc,
                    parse_operate, parse_terminate, selected_hosts)
 from ..decision import HostFacts
 from ..states import DeploymentType, InstantiationState, LcmOperation, OperationState
@@ -89,6 +89,10 @@ class SystemLcm:
 
     def list(self) -> list[dict]:
         return [public(d) for d in self.store.list("instances")]
+
+    # The same paged listing as a host's (it reads only self.store and
+    # self.view): NFV-SOL 013 paging of the MEO's own instance resources.
+    list_page = Lcm.list_page
 
     def op(self, op_id: str) -> dict:
         doc = self.store.get("op_occs", op_id)
@@ -227,7 +231,8 @@ class SystemLcm:
                 inst = self.get(iid)
                 made = mepm.create_instance(
                     {"appDId": inst["appDId"], "appInstanceName": inst["appInstanceName"],
-                     "appInstanceDescription": inst["appInstanceDescription"]},
+                     "appInstanceDescription": inst["appInstanceDescription"],
+                     "appPkgId": self.journal.data(op, "package")["id"]},   # its version
                     key=f"meo-{iid}")
                 remote = self.journal.step(op, "created", id=made["id"])["_steps"][-1]
                 inst = self.get(iid)

@@ -54,15 +54,17 @@ class SystemPackages(PackageManager):
         pending = []
         for host_id in sorted(doc.get("_hostCopies") or {}):
             try:
-                self.registry.get(host_id).mepm.remove_package(doc["appDId"])
+                self.registry.get(host_id).mepm.remove_package(
+                    doc["appDId"], (doc.get("appDVersion"), doc.get("appSoftwareVersion")))
             except MecorchError as e:
                 log.warning("package %s: copy on host %s not removed yet: %s",
                             doc["id"], host_id, e.detail)
                 pending.append(host_id)
         for host_id in pending:
-            key = f"{host_id}|remove|{doc['appDId']}"
+            key = f"{host_id}|remove|{doc['id']}"
             self.store.put("host_tasks", key,
-                           {"id": key, "hostId": host_id, "removePackage": doc["appDId"]})
+                           {"id": key, "hostId": host_id, "removePackage": doc["appDId"],
+                            "versions": [doc.get("appDVersion"), doc.get("appSoftwareVersion")]})
         super()._remove(doc)
 
     def host_tasks(self, host_id: str) -> list[str]:
@@ -73,7 +75,7 @@ class SystemPackages(PackageManager):
             if app is None:
                 continue
             try:
-                self.registry.get(host_id).mepm.remove_package(app)
+                self.registry.get(host_id).mepm.remove_package(app, tuple(task["versions"]))
             except MecorchError as e:
                 log.warning("host %s: package %s still not removed: %s", host_id, app, e.detail)
                 continue

@@ -95,9 +95,10 @@ class Mepm(abc.ABC):
         A package already there is left as it is."""
 
     @abc.abstractmethod
-    def remove_package(self, app_d_id: str) -> None:
-        """Disable and delete the host's copy of the package (gone = success;
-        deletion pending on the host while instances there still use it)."""
+    def remove_package(self, app_d_id: str, versions: tuple | None = None) -> None:
+        """Disable and delete the host's copy of the package of that appDId
+        and (appDVersion, appSoftwareVersion) (gone = success; deletion
+        pending on the host while instances there still use it)."""
 
     # ---------------------------------------------------------------- instances
     @abc.abstractmethod

@@ -18,14 +18,22 @@ class LocalMepm(Mepm):
     def info(self) -> HostInfo:
         return host_info(self.orch, self.host_id)
 
-    def _package(self, app_d_id: str) -> dict | None:
-        try:
-            return self.orch.packages.by_appd(app_d_id)
-        except NotFound:
-            return None
+    def _package(self, app_d_id: str, versions: tuple | None) -> dict | None:
+        """The host's package of that appDId and (appDVersion,
+        appSoftwareVersion); with no versions, the one a lookup by appDId
+        takes."""
+        if versions is None:
+            try:
+                return self.orch.packages.by_appd(app_d_id)
+            except NotFound:
+                return None
+        for doc in self.orch.packages.list(f"(eq,appDId,{app_d_id})"):
+            if (doc.get("appDVersion"), doc.get("appSoftwareVersion")) == versions:
+                return doc
+        return None
 
     def ensure_package(self, pkg: dict, zip_path: str) -> str:
-        have = self._package(pkg["appDId"])
+        have = self._package(pkg["appDId"], _versions(pkg))
         if have is None:
             have = self.orch.packages.onboard({
                 "appPkgName": pkg["appPkgName"], "appPkgVersion": pkg["appPkgVersion"],
@@ -34,8 +42,8 @@ class LocalMepm(Mepm):
             self.orch.packages.modify(have["id"], {"operationState": "ENABLED"})
         return have["id"]
 
-    def remove_package(self, app_d_id: str) -> None:
-        have = self._package(app_d_id)
+    def remove_package(self, app_d_id: str, versions: tuple | None = None) -> None:
+        have = self._package(app_d_id, versions)
         if have is None:
             return
         if have["operationalState"] == "ENABLED":
@@ -77,3 +85,7 @@ class LocalMepm(Mepm):
 
     def ops_of(self, instance_id: str) -> list[dict]:
         return [public(d) for d in self.orch.store.list("op_occs", appInstanceId=instance_id)]
+
+
+def _versions(pkg: dict) -> tuple:
+    return (pkg.get("appDVersion"), pkg.get("appSoftwareVersion"))

@@ -118,15 +118,19 @@ class RemoteMepm(Mepm):
         return [h["hostId"] for h in self._get(HOSTS)]
 
     # ---------------------------------------------------------------- packages
-    def _package(self, app_d_id: str, version: str | None) -> dict | None:
+    def _package(self, app_d_id: str, versions: tuple | None) -> dict | None:
+        """The host's package of that appDId and (appDVersion,
+        appSoftwareVersion); with no versions, the newest there."""
         q = urllib.parse.quote(f"(eq,appDId,{app_d_id})")
-        for p in self._get(f"{PKGM}/app_packages?filter={q}"):
-            if version is None or p.get("appDVersion") == version:
+        found = self._get(f"{PKGM}/app_packages?filter={q}")
+        for p in found:
+            if versions is None or (p.get("appDVersion"), p.get("appSoftwareVersion")) == versions:
                 return p
         return None
 
     def ensure_package(self, pkg: dict, zip_path: str) -> str:
-        have = self._package(pkg["appDId"], pkg.get("appDVersion"))
+        have = self._package(pkg["appDId"], (pkg.get("appDVersion"),
+                                             pkg.get("appSoftwareVersion")))
         if have is None:
             have = self._upload(pkg, zip_path)
         if have.get("operationalState") == "DISABLED":
@@ -156,8 +160,8 @@ class RemoteMepm(Mepm):
             time.sleep(0.2)
         raise errors.Timeout(f"edge host {self.host_id!r}: package onboarding took over 600 s")
 
-    def remove_package(self, app_d_id: str) -> None:
-        have = self._package(app_d_id, None)
+    def remove_package(self, app_d_id: str, versions: tuple | None = None) -> None:
+        have = self._package(app_d_id, versions)
         if have is None:
             return
         if have.get("operationalState") == "ENABLED":
