@@ -250,3 +250,24 @@ def test_meo_restart_resumes_an_interrupted_op(system, tmp_path):
     finally:
         meo2.close()
     assert len(s.hosts["edge3"].lcm.list()) == 1
+
+
+def test_the_oss_subscribes_at_the_meo(system, notification_sink):
+    s = system
+    s.meo.subscriptions.start()
+    s.c.post("/app_lcm/v1/subscriptions", {"subscriptionType": "AppInstanceStateChange",
+                                           "callbackUri": notification_sink.url,
+                                           "appInstanceState": "STARTED"})
+    s.c.post("/app_lcm/v1/subscriptions", {"subscriptionType": "AppLcmOpOccStateChange",
+                                           "callbackUri": notification_sink.url})
+    pkg = onboard(s)
+    iid, op = deploy(s, pkg["appDId"], deploymentType="CONTAINER")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(
+            n.get("notificationType") == "STARTED" for n in notification_sink.got):
+        time.sleep(0.05)
+    got = [(n["notificationType"], n.get("appInstanceId")) for n in notification_sink.got]
+    assert ("STARTED", iid) in got
+    # the op occurrence's states as the MEO journalled them, in order
+    states = [t for t, i in got if i == iid and t in ("STARTING", "PROCESSING", "COMPLETED")]
+    assert states[0] == "STARTING" and states[-1] == "COMPLETED", got

@@ -250,6 +250,7 @@ class SystemLcm:
             inst = self.get(iid)
             self._copy_host_view(inst, mepm.get_instance(remote["id"]), entry.host_id)
             self.store.put("instances", iid, inst)
+            self.journal.events.instance(inst)              # notifications
             self.packages.refresh_usage(inst["appDId"])
             self._free(iid)
             self.journal.finish(op)
@@ -314,6 +315,7 @@ class SystemLcm:
             inst = self.get(iid)
             self._copy_host_view(inst, mepm.get_instance(plan["hostInstance"]), entry.host_id)
             self.store.put("instances", iid, inst)
+            self.journal.events.instance(inst)              # notifications
             self.packages.refresh_usage(inst["appDId"])
             self._free(iid)
             self.journal.finish(op)

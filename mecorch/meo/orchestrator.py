@@ -9,8 +9,10 @@ import logging
 import threading
 from pathlib import Path
 
+from ..events import Guarded
 from ..hosts import Inventory
 from ..store import Store
+from ..subscriptions import Subscriptions
 from .lcm import SystemLcm
 from .packages import SystemPackages
 from .registry import REACHABLE, HostEntry, Registry
@@ -30,6 +32,9 @@ class MeoOrchestrator:
         self.registry = Registry(self.store, cfg, on_return=self._host_returned)
         self.packages.registry = self.registry
         self.lcm = SystemLcm(self.store, self.packages, self.registry, cfg)
+        # the OSS subscribes here (Mm1): told of the MEO's own resources
+        self.subscriptions = Subscriptions(self.store, cfg)
+        self.packages.events = self.lcm.journal.events = Guarded(self.subscriptions)
         meo = cfg.get("meo") or {}
         self.sync_s = float(meo.get("sync_s", 10))
         self._stop = threading.Event()
@@ -54,6 +59,7 @@ class MeoOrchestrator:
 
     def start_background(self) -> None:
         self.registry.start()
+        self.subscriptions.start()      # the notification sender
         self._thread = threading.Thread(target=self._sync_loop, name="meo-sync", daemon=True)
         self._thread.start()
 
@@ -70,6 +76,7 @@ class MeoOrchestrator:
                 log.exception("sync round failed")
 
     def close(self) -> None:
+        self.subscriptions.stop()
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
