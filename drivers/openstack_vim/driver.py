@@ -327,29 +327,24 @@ class OpenStackVIM(ComputeDriver):
 
     def _remove(self, conn, iid: str, server_id: str | None, port_id: str | None) -> None:
         """Delete the server (and wait until it is gone), then the port.
-        Each is tried even when the other fails (Nova down must not keep a
-        port that Neutron could delete); the first failure is raised."""
-        failures: list[MecorchError] = []
-        try:
-            srv = self._find_server(conn, iid, server_id)
-            with os_errors(f"delete the server of {iid}"):
-                if srv is not None:
-                    conn.compute.delete_server(srv, ignore_missing=True)
-                    conn.compute.wait_for_delete(srv, interval=1, wait=DELETE_WAIT_S)
-        except MecorchError as e:
-            failures.append(e)
-        try:
-            with os_errors(f"delete the port of {iid}"):
-                ports = [conn.network.find_port(port_id, ignore_missing=True)] if port_id else []
-                ports += list(conn.network.ports(name=server_name(iid)))
-                for p in {p.id: p for p in ports if p is not None}.values():
-                    if p.name == server_name(iid) and (p.description or "").startswith(
-                            self._port_description_prefix()):
-                        conn.network.delete_port(p, ignore_missing=True)
-        except MecorchError as e:
-            failures.append(e)
-        if failures:
-            raise failures[0]
+
+        When the server cannot be deleted (Nova down), its port is kept
+        too: deleting the port of a server that is still building makes
+        nova-compute wait minutes for a device detach. `list_instances`
+        reports both (the server by its metadata, a port without server as
+        MISSING), so the reconciler removes them once the cloud is back."""
+        srv = self._find_server(conn, iid, server_id)
+        with os_errors(f"delete the server of {iid}"):
+            if srv is not None:
+                conn.compute.delete_server(srv, ignore_missing=True)
+                conn.compute.wait_for_delete(srv, interval=1, wait=DELETE_WAIT_S)
+        with os_errors(f"delete the port of {iid}"):
+            ports = [conn.network.find_port(port_id, ignore_missing=True)] if port_id else []
+            ports += list(conn.network.ports(name=server_name(iid)))
+            for p in {p.id: p for p in ports if p is not None}.values():
+                if p.name == server_name(iid) and (p.description or "").startswith(
+                        self._port_description_prefix()):
+                    conn.network.delete_port(p, ignore_missing=True)
 
     def _port_description_prefix(self) -> str:
         return f"mecorch host={self.settings.host_id} instance="
