@@ -242,8 +242,9 @@ class SystemLcm:
             if sent is None:
                 host_op = mepm.instantiate(remote["id"], plan["body"], key=f"meo-{op['id']}")
                 sent = self.journal.step(op, "dispatched", opId=host_op["id"])["_steps"][-1]
-                self.registry.beat(entry)           # the host's ledger holds it now
-            self.registry.unreserve(entry.host_id, iid)
+            # the host's own ledger holds it now: the MEO's reservation goes
+            # once a report made after this dispatch has arrived
+            self.registry.dispatched(entry.host_id, iid)
             host_op = self._await(entry, sent["opId"])
             if host_op["operationState"] != OperationState.COMPLETED.value:
                 raise _host_failure(entry.host_id, host_op)
@@ -349,7 +350,7 @@ class SystemLcm:
 
     def _await(self, entry: HostEntry, host_op_id: str) -> dict:
         """Follow the host's op occurrence to its end. Polls back off from
-        5 ms to 50 ms: a container deploy takes about half a second, and a
+        5 ms to 20 ms: a container deploy takes about half a second, and a
         coarser poll would add its own wait to every deploy (a GET of an op
         occurrence costs the host about a millisecond)."""
         delay, deadline = 0.005, time.monotonic() + self.op_timeout_s
@@ -369,7 +370,7 @@ class SystemLcm:
                 raise Timeout(f"edge host {entry.host_id!r}: op occurrence {host_op_id} "
                               f"not ended after meo.op_timeout_s ({self.op_timeout_s:g} s)")
             time.sleep(delay)
-            delay = min(delay * 1.5, 0.05)
+            delay = min(delay * 1.5, 0.02)
 
     def _copy_host_view(self, inst: dict, view: dict | None, host_id: str) -> None:
         if view is None or view.get("instantiationState") != INSTANTIATED:

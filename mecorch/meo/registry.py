@@ -43,7 +43,10 @@ class HostEntry:
     misses: int = 0
     last_seen: dict | None = None
     last_error: str = ""
-    reserved: dict[str, Need] = field(default_factory=dict)   # instance -> need
+    # instance -> [need, None or the heartbeat number current when the host
+    # took the deploy]; a report from a later heartbeat includes it
+    reserved: dict[str, list] = field(default_factory=dict)
+    beat_seq: int = 0               # heartbeats started so far
 
     def view(self) -> dict:
         """The host as the host list shows it (mecorch extension)."""
@@ -169,12 +172,26 @@ class Registry:
     # ---------------------------------------------------------------- placement facts
     def candidates(self) -> list[Candidate]:
         with self._lock:
-            return [Candidate(e.host_id, e.state == REACHABLE, e.info, _sum(e.reserved.values()))
+            return [Candidate(e.host_id, e.state == REACHABLE, e.info,
+                              _sum(r[0] for r in e.reserved.values()))
                     for e in self._hosts.values()]
 
     def reserve(self, host_id: str, instance_id: str, need: Need) -> None:
+        """Hold `need` on the host until a report of the host counts it."""
         with self._lock:
-            self._hosts[host_id].reserved[instance_id] = need
+            self._hosts[host_id].reserved[instance_id] = [need, None]
+
+    def dispatched(self, host_id: str, instance_id: str) -> None:
+        """The host accepted the deploy: its next report counts it, and the
+        MEO's reservation ends with that report. Without a heartbeat (tests,
+        benchmarks) the host is asked at once."""
+        with self._lock:
+            entry = self._hosts.get(host_id)
+            if entry is None or instance_id not in entry.reserved:
+                return
+            entry.reserved[instance_id][1] = entry.beat_seq
+        if self.heartbeat_s <= 0:
+            self.beat(entry)
 
     def unreserve(self, host_id: str, instance_id: str) -> None:
         with self._lock:
@@ -185,6 +202,9 @@ class Registry:
     # ---------------------------------------------------------------- heartbeat
     def beat(self, entry: HostEntry) -> bool:
         """Ask one host for its info now; returns whether it answered."""
+        with self._lock:
+            entry.beat_seq += 1
+            seq = entry.beat_seq
         try:
             info = entry.mepm.info()
         except MecorchError as e:
@@ -207,6 +227,9 @@ class Registry:
             entry.info, entry.misses, entry.last_error = info, 0, ""
             entry.last_seen = timestamp()
             entry.state = REACHABLE
+            for iid, (_, mark) in list(entry.reserved.items()):
+                if mark is not None and mark < seq:      # this report counts it
+                    del entry.reserved[iid]
         if before != REACHABLE:
             log.log(logging.WARNING if before == UNREACHABLE else logging.INFO,
                     "edge host %s REACHABLE (was %s)", entry.host_id, before)
