@@ -3,7 +3,8 @@
 Reconciliation compares the store with the backends every
 `orchestrator.reconcile_interval_s`; a container that crashes in between
 would stay "RUNNING" until the next round. A compute driver that can stream
-its backend's events (`watch(on_change, stop)`: the Docker CIM) is watched
+its backend's events (`watch(on_change, stop)`: Docker's events in the CIM,
+libvirt's domain lifecycle events in the VIM) is watched
 by one thread per host while `mecorch serve` runs: each start or death of
 an app's runtime is recorded as the instance's observed state at once (with
 the exit code in its detail) and logged (instance.observed). A stream that

@@ -73,3 +73,28 @@ def test_crashed_container_shows_stopped_with_exit_code_within_seconds():
     finally:
         left = lab.teardown()
     assert left == []
+
+
+@pytest.mark.libvirt
+def test_destroyed_vm_shows_stopped_within_seconds():
+    from crashlab import VIRSH
+    lab = Lab("evm", "MEW", interval_s=60)
+    try:
+        lab.start()
+        lab.onboard(("sample-vm-app",))
+        iid = lab.create("sample-vm")
+        op, _ = lab.c.post(f"/app_lcm/v1/app_instances/{iid}/instantiate",
+                           {"selectedMECHostInfo": lab.selected, "deploymentType": "VM",
+                            "appTrafficRule": [], "appDNSRule": []})
+        assert lab.c.wait_op(op, timeout=400)["operationState"] == "COMPLETED"
+        time.sleep(1)
+        run(*VIRSH, "destroy", f"mecorch-{iid}")
+        took = wait_for(lab, iid, "STOPPED (stopped")
+        info = lab.c.get(f"/app_lcm/v1/app_instances/{iid}")
+        assert info["observedState"] == "STOPPED" and "libvirt event" in info["observedStateDetail"]
+        run(*VIRSH, "start", f"mecorch-{iid}")
+        wait_for(lab, iid, "RUNNING")
+        assert took < 5
+    finally:
+        left = lab.teardown()
+    assert left == []

@@ -402,6 +402,52 @@ class LibvirtVIM(ComputeDriver):
                                         for n, r in (meta.volumes if meta else ())]})
         return Observation(iid, observed, h, detail=f"libvirt state {state} reason {reason}")
 
+    def watch(self, on_change, stop: threading.Event) -> None:
+        """Report each lifecycle change of a domain of this host as
+        libvirt's own events say it (seconds, not a reconcile period):
+        on_change(Observation) until `stop` is set. A connection of its
+        own, served by libvirt's default event loop (one thread per process)."""
+        _event_loop_ready()
+        s = self.settings
+        with libvirt_errors(f"connect to {s.uri} for events"):
+            conn = libvirt.open(s.uri)
+        reasons = {libvirt.VIR_DOMAIN_EVENT_STOPPED: "stopped",
+                   libvirt.VIR_DOMAIN_EVENT_CRASHED: "crashed",
+                   libvirt.VIR_DOMAIN_EVENT_STARTED: "started",
+                   libvirt.VIR_DOMAIN_EVENT_RESUMED: "resumed",
+                   libvirt.VIR_DOMAIN_EVENT_SUSPENDED: "suspended"}
+
+        def lifecycle(_conn, dom, event, detail, _opaque):
+            if event not in reasons or not dom.name().startswith(X.DOMAIN_PREFIX):
+                return
+            meta = _read_meta(dom)
+            if not meta or meta.host_id != s.host_id or meta.pool != s.pool:
+                return                      # another host's domain: not ours
+            state = ObservedState.RUNNING if event in (libvirt.VIR_DOMAIN_EVENT_STARTED,
+                                                       libvirt.VIR_DOMAIN_EVENT_RESUMED) \
+                else ObservedState.STOPPED
+            on_change(Observation(meta.instance_id, state, {},
+                                  f"{reasons[event]} (libvirt event detail {detail})"))
+        try:
+            with libvirt_errors("register for domain events"):
+                cb = conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                                 lifecycle, None)
+            try:
+                while not stop.wait(0.5) and conn.isAlive():
+                    pass
+            finally:
+                try:
+                    conn.domainEventDeregisterAny(cb)
+                except libvirt.libvirtError:
+                    pass
+            if not stop.is_set():
+                raise BackendUnavailable(f"the event connection to {s.uri} was lost")
+        finally:
+            try:
+                conn.close()
+            except libvirt.libvirtError:
+                pass
+
     def uninstall(self) -> list[str]:
         """Remove what this driver made for its host (`mecorch host
         teardown`): its NAT network and its storage pool with the volumes
@@ -501,3 +547,24 @@ class LibvirtVIM(ComputeDriver):
         return HostCapacity(cpu_total=float(cpus), cpu_used=float(vcpu_used),
                             memory_mb_total=int(mem_mb), memory_mb_used=int(mem_used),
                             disk_gb_total=cap / GIB, disk_gb_used=(cap - avail) / GIB)
+
+
+_EVENT_LOOP_LOCK = threading.Lock()
+_EVENT_LOOP = []
+
+
+def _event_loop_ready() -> None:
+    """libvirt's default event loop, registered and run by one daemon thread
+    per process (registered before the connections that want events)."""
+    with _EVENT_LOOP_LOCK:
+        if not _EVENT_LOOP:
+            libvirt.virEventRegisterDefaultImpl()
+            # a periodic timeout makes each run return, so the loop never
+            # blocks for good on a connection that went away
+            libvirt.virEventAddTimeout(1000, lambda *_: None, None)
+
+            def run() -> None:
+                while True:
+                    libvirt.virEventRunDefaultImpl()
+            threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+            _EVENT_LOOP.append(True)
