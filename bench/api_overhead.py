@@ -160,7 +160,7 @@ def containers(lab: Lab, app_d_id: str, n: int = 30) -> dict:
 GRACEFUL = {"terminationType": "GRACEFUL", "gracefulTerminationTimeout": 30}
 
 
-def vms(lab: Lab, app_d_id: str, n: int = 3) -> dict:
+def vms(lab: Lab, app_d_id: str, n: int = 3, warm: bool = True) -> dict:
     """Interleaved VM cycles: the API (GRACEFUL terminate: the ACPI button)
     against vim_overhead's direct path making the driver's libvirt calls
     for the request mecorch makes from the same AppD (decision.
@@ -193,8 +193,9 @@ def vms(lab: Lab, app_d_id: str, n: int = 3) -> dict:
                               GRACEFUL["gracefulTerminationTimeout"])
 
     try:
-        _api_cycle(lab, app_d_id, reach, GRACEFUL)   # warm-up: pool, network, base volume
-        via_direct(-1)
+        if warm:       # the base volume exists already (footprint's VM): warm-up only
+            _api_cycle(lab, app_d_id, reach, GRACEFUL)
+            via_direct(-1)
         res: dict[str, list] = {"api": [], "direct": []}
         for i in range(n):
             order = [("api", lambda: _api_cycle(lab, app_d_id, reach, GRACEFUL)),

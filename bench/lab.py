@@ -3,8 +3,8 @@ real backends, a fast API client, process sampling and the cleanup.
 
 Everything it makes carries the run's tag: a state dir under /var/tmp
 (mode 0711 so QEMU, running as libvirt-qemu, can read the pool), a docker
-network, a libvirt pool and NAT network on 192.168.188.0/24, iptables
-chains with the prefix MECBN, a dnsmasq on a free loopback port, a
+network, a libvirt pool and NAT network on a free 192.168.180-199.0/24, iptables
+chains with the prefix MECBN<tag>, a dnsmasq on a free loopback port, a
 service-address sink link. `Lab.close()` removes all of it. Only loopback
 and the containers/VMs the lab starts are contacted.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -42,6 +43,28 @@ CHAIN_PREFIX = "MECBN"
 VM_CIDR = "192.168.188.0/24"
 SERVICE_CIDR = "10.188.0.0/24"
 NO_RULES = {"appTrafficRule": [], "appDNSRule": []}
+
+
+def free_vm_cidr() -> str:
+    """A 192.168.180-199.0/24 no libvirt network and no route of this host
+    uses: several benches (and engineers) run labs at once."""
+    import ipaddress
+    used = []
+    for line in _run("ip", "-4", "-o", "addr", "show").stdout.splitlines():
+        parts = line.split()
+        if "inet" in parts:
+            used.append(ipaddress.ip_interface(parts[parts.index("inet") + 1]).network)
+    for name in _run("virsh", "-q", "-c", "qemu:///system", "net-list", "--all",
+                     "--name").stdout.split():
+        xml = _run("virsh", "-c", "qemu:///system", "net-dumpxml", name).stdout
+        for m in re.finditer(r"<ip address='([0-9.]+)' netmask='([0-9.]+)'", xml):
+            used.append(ipaddress.ip_interface(f"{m.group(1)}/{m.group(2)}").network)
+    taken = {str(n) for n in used}
+    for third in secrets.SystemRandom().sample(range(180, 200), 20):
+        net = ipaddress.ip_network(f"192.168.{third}.0/24")
+        if str(net) not in taken and not any(net.overlaps(u) for u in used):
+            return str(net)
+    raise RuntimeError("no free 192.168.180-199.0/24 for the lab's VM network")
 
 
 def new_lab_dir(tag: str, **orchestrator) -> tuple[Path, dict, Path, str]:
@@ -130,6 +153,10 @@ class Api(Client):
         self.call("DELETE", f"{INST}/{iid}")
 
 
+def chain_prefix(tag: str) -> str:
+    return f"{CHAIN_PREFIX}{tag.upper()}"
+
+
 def config(tmp: Path, tag: str, dns_port: int, **orchestrator) -> dict:
     cfg = {
         "state_dir": str(tmp / "state"), "run_dir": str(tmp / "run"),
@@ -140,8 +167,10 @@ def config(tmp: Path, tag: str, dns_port: int, **orchestrator) -> dict:
         "hosts": [{"id": f"bench{tag}",
                    "cim": {"network": f"mecb-{tag}"},
                    "vim": {"pool": f"mecb-{tag}", "network": f"mecb-{tag}",
-                           "network_cidr": VM_CIDR, "accel": "tcg"},
-                   "mep": {"dns_port": dns_port, "chain_prefix": CHAIN_PREFIX,
+                           "network_cidr": free_vm_cidr(), "accel": "tcg"},
+                   # a prefix per lab: labs of several benches run at once,
+                   # and the cleanup removes every chain of its prefix
+                   "mep": {"dns_port": dns_port, "chain_prefix": chain_prefix(tag),
                            "service_cidr": SERVICE_CIDR,
                            "service_interface": f"mecb-{tag}"[:15]}}],
     }
@@ -315,14 +344,23 @@ def remove_infrastructure(cfg: dict, tag: str, state_dir: str, run_dir: str,
         mep.stop_services()
     except Exception:  # noqa: BLE001 - never started
         pass
+    prefix = host["mep"]["chain_prefix"]
     saved = _run("iptables-save").stdout
-    for table in ("raw", "nat"):
-        top = f"{CHAIN_PREFIX}-RAW" if table == "raw" else f"{CHAIN_PREFIX}-PRE"
-        for hook in ("PREROUTING", "OUTPUT"):
-            while _run("iptables", "-w", "-t", table, "-D", hook, "-j", top).returncode == 0:
+    # the lab's chains and the jumps to them (drivers/linux_mep/iptables.py:
+    # raw/nat PREFIX-RAW/-PRE, nat POSTROUTING PREFIX-POST, filter FORWARD
+    # PREFIX-FWD, one chain per instance)
+    tops = {"raw": [("PREROUTING", "RAW"), ("OUTPUT", "RAW")],
+            "nat": [("PREROUTING", "PRE"), ("OUTPUT", "PRE"), ("POSTROUTING", "POST")],
+            "filter": [("FORWARD", "FWD")]}
+    for table, hooks in tops.items():
+        for hook, top in hooks:
+            while _run("iptables", "-w", "-t", table, "-D", hook, "-j",
+                       f"{prefix}-{top}").returncode == 0:
                 pass
-        chains = {line[1:].split()[0] for line in saved.splitlines()
-                  if line.startswith(f":{CHAIN_PREFIX}")}
+        section = saved.split(f"*{table}\n", 1)[1].split("COMMIT", 1)[0] \
+            if f"*{table}\n" in saved else ""
+        chains = {line[1:].split()[0] for line in section.splitlines()
+                  if line.startswith(f":{prefix}-")}
         for chain in chains:
             _run("iptables", "-w", "-t", table, "-F", chain)
         for chain in chains:
@@ -331,7 +369,7 @@ def remove_infrastructure(cfg: dict, tag: str, state_dir: str, run_dir: str,
     left = []
     if _run("docker", "ps", "-aq", "--filter", f"network={name}").stdout.strip():
         left.append("containers")
-    if f":{CHAIN_PREFIX}" in _run("iptables-save").stdout:
+    if f":{prefix}-" in _run("iptables-save").stdout:
         left.append("iptables chains")
     if name in _run("virsh", "-c", "qemu:///system", "net-list", "--all", "--name").stdout:
         left.append("libvirt network")

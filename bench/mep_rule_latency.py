@@ -149,10 +149,125 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))] * 1000
 
 
+def _rules(kind: str, k: int) -> tuple[str, str, DnsRule, TrafficRule]:
+    """Instance k's DNS name and steered address (unique per instance and
+    path: up to 1,000 instances in 10.231.3-6.x for mecorch, 10.231.20-23.x
+    for the direct path) and its two rules."""
+    base = 3 if kind == "d" else 20
+    name, addr = f"{kind}{k}.bench.test", f"10.231.{base + k // 250}.{k % 250 + 1}"
+    dns = DnsRule.from_etsi({"dnsRuleId": "d", "domainName": name, "ipAddressType": "IP_V4",
+                             "ipAddress": addr_of(name), "state": "ACTIVE"})
+    fwd = TrafficRule.from_etsi({
+        "trafficRuleId": "f", "filterType": "FLOW", "priority": 1, "action": "FORWARD_DECAPSULATED",
+        "state": "ACTIVE", "trafficFilter": [{"dstAddress": [addr], "dstPort": [str(APP_PORT)],
+                                              "protocol": ["tcp"]}]})
+    return name, addr, dns, fwd
+
+
+def curve(sizes: list[int], probes: int = 20) -> dict:
+    """Rule apply to effect with N instances holding rules, for each N in
+    `sizes` (ascending), on LinuxMEP driven directly (no REST API, no
+    containers: the MEP alone), against the direct backend calls at the
+    same size (a hosts file + one iptables-restore --noflush per instance,
+    as many held). At each size the last `probes` instances added are the
+    measured ones (each apply made while N - 1 or so are held)."""
+    u = secrets.token_hex(3)
+    tmp = Path(tempfile.mkdtemp(prefix="mecb-"))
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    edge, client, inst, server = lab_up(u)
+    mep = LinuxMEP({"driver": "linux", "dns_listen": DNS_ADDR, "dns_port": DNS_PORT,
+                    "chain_prefix": f"MC{u[:4].upper()}", "netns": edge,
+                    "state_dir": str(tmp / "state"), "run_dir": str(tmp / "run"),
+                    "host_id": f"bench{u}"})
+    out: dict = {"sizes": sizes, "probes": probes,
+                 "driven": "LinuxMEP.apply_rules directly (the MEP alone, in a netns), "
+                           "1 DNS + 1 DNAT rule per instance", "by_size": {}}
+    have = 0
+    sock = None
+
+    def driver(k: int, measure: bool):
+        name, addr, dns, fwd = _rules("d", k)
+        t0 = time.perf_counter()
+        mep.apply_rules(f"bench-{k}", "10.231.2.2", [fwd], [dns])
+        call = time.perf_counter() - t0
+        return (call, *time_to_effect(t0, name, addr, sock)) if measure else None
+
+    def direct(k: int, measure: bool):
+        name, addr, _, _ = _rules("x", k)
+        t0 = time.perf_counter()
+        f = mep.hosts_dir / f".direct-{k}"
+        f.write_text(f"{addr_of(name)} {name}\n")
+        os.replace(f, mep.hosts_dir / f"direct-{k}")
+        subprocess.run(["ip", "netns", "exec", edge, "iptables-restore", "-w", "5", "--noflush"],
+                       input=f"*nat\n-A BENCH-DIRECT -d {addr}/32 -p tcp -m tcp --dport {APP_PORT} "
+                             f"-j DNAT --to-destination 10.231.2.3\nCOMMIT\n",
+                       text=True, check=True, capture_output=True)
+        call = time.perf_counter() - t0
+        return (call, *time_to_effect(t0, name, addr, sock)) if measure else None
+
+    try:
+        mep.open()
+        nsx(edge, "iptables", "-t", "nat", "-N", "BENCH-DIRECT")
+        nsx(edge, "iptables", "-t", "nat", "-I", "PREROUTING", "1", "-j", "BENCH-DIRECT")
+        fd = os.open(f"/var/run/netns/{client}", os.O_RDONLY)
+        setns(fd)                                # probes from the client's side (this thread)
+        os.close(fd)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.settimeout(0.05)
+        time.sleep(0.3)
+        for n in sizes:
+            t0 = time.perf_counter()
+            while have < max(have, n - probes):
+                driver(have, False)
+                direct(have, False)
+                have += 1
+            fill_s = time.perf_counter() - t0
+            res: dict[str, list] = {"driver": [], "direct": []}
+            while have < n:
+                order = (("driver", driver), ("direct", direct))
+                for who, fn in (order if have % 2 == 0 else order[::-1]):
+                    res[who].append(fn(have, True))
+                have += 1
+            row = {"held": have, "fill_s": round(fill_s, 1)}
+            for who, rows in res.items():
+                for i, what in enumerate(("call", "dns", "tcp")):
+                    vals = [r[i] for r in rows]
+                    row[f"{who}_{what}_p50_ms"] = round(pct(vals, 50), 1)
+                    row[f"{who}_{what}_p99_ms"] = round(pct(vals, 99), 1)
+                row[f"{who}_effect_p99_ms"] = max(row[f"{who}_dns_p99_ms"], row[f"{who}_tcp_p99_ms"])
+            row["ratio_effect_p99"] = round(row["driver_effect_p99_ms"]
+                                            / max(0.1, row["direct_effect_p99_ms"]), 2)
+            out["by_size"][str(n)] = row
+            print(f"    rules with {n} held: {row}", flush=True)
+        t0 = time.perf_counter()
+        for k in range(have):
+            mep.remove_rules(f"bench-{k}")
+        out["remove_all_s"] = round(time.perf_counter() - t0, 1)
+        out["left_behind"] = sorted(mep.rule_owners() - {f"direct-{k}" for k in range(have)})
+    finally:
+        setns(home)                              # back home for teardown
+        os.close(home)
+        if sock is not None:
+            sock.close()
+        mep.stop_services()
+        server.terminate()
+        server.wait(5)
+        for ns in (edge, client, inst):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["rm", "-rf", str(tmp)])
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=100, help="rules (instances) to apply")
-    n = ap.parse_args().n
+    ap.add_argument("--curve", default="", help="sizes, e.g. 10,100,1000: the cost curve instead")
+    args = ap.parse_args()
+    if args.curve:
+        import json
+        print(json.dumps(curve([int(x) for x in args.curve.split(",")]), indent=1))
+        return
+    n = args.n
     u = secrets.token_hex(3)
     tmp = Path(tempfile.mkdtemp(prefix="mecb-"))
     home = os.open("/proc/self/ns/net", os.O_RDONLY)

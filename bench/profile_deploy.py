@@ -2,9 +2,10 @@
 """Where a container deploy+terminate through the REST API spends its time:
 py-spy samples the lab's `mecorch serve` (every thread, idle included, so
 time spent waiting on dockerd shows as the socket read it is) while the
-bench's client runs N cycles; prints the share of each leaf-most mecorch,
-docker-py, http and stdlib frame, and writes the collapsed stacks (for a
-flame graph: flamegraph.pl or speedscope) next to --out.
+bench's client runs N cycles; prints the LCM worker's wall time per cycle
+inside each mecorch call (DockerCIM.* is the engine's time plus docker-py;
+the rest is mecorch's own) and the API threads' time, and writes the
+collapsed stacks (for a flame graph: flamegraph.pl or speedscope) to --out.
 
     py-spy must be on PATH or given by --py-spy, e.g.
     python3 -m venv /tmp/spy && /tmp/spy/bin/pip install py-spy
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import re
 import shutil
 import subprocess
 import sys
@@ -31,26 +33,30 @@ from lab import Lab, pct                 # noqa: E402
 APP = "bench-http"
 
 
-def summarize(collapsed: Path, top: int = 25) -> list[tuple[str, float]]:
-    """Share of samples by the innermost frame of mecorch/drivers code
-    (what our code was doing, including the call it was blocked in)."""
-    own: collections.Counter = collections.Counter()
-    total = 0
+CALLS = re.compile(r"(Lcm\.\w+|MepService\.\w+|PackageManager\.\w+|Journal\.\w+|"
+                   r"DockerCIM\.\w+|ImageRepository\.\w+|keep|_destroy|Store\.\w+) \(")
+
+
+def summarize(collapsed: Path, cycles: int, rate: int) -> tuple[list, list]:
+    """Wall time per cycle (ms) of the LCM worker inside each mecorch call
+    (cumulative: a call's time includes the backend calls it waits on),
+    and of the API request threads by their innermost mecorch frame."""
+    worker: collections.Counter = collections.Counter()
+    http: collections.Counter = collections.Counter()
     for line in collapsed.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         n = int(count)
         frames = stack.split(";")
-        # worker threads idle in the pool queue / the accept loop are not
-        # deploy work
-        if any("_worker (concurrent/futures/thread.py" in f or "serve_forever" in f
-               and "process_request" not in stack for f in frames[-3:]):
-            continue
-        total += n
-        ours = [f for f in frames if "/mecorch/" in f or "/drivers/" in f]
-        leaf = frames[-1]
-        key = f"{ours[-1]}  ->  {leaf}" if ours else leaf
-        own[key] += n
-    return [(k, 100 * v / max(1, total)) for k, v in own.most_common(top)]
+        thread = frames[0].split(": ", 1)[-1]
+        if thread.startswith("lcm"):
+            for name in {m.group(1) for f in frames for m in [CALLS.match(f)] if m}:
+                worker[name] += n
+        elif "process_request_thread" in stack:
+            ours = [f for f in frames if "(mecorch/" in f]
+            http[ours[-1] if ours else frames[-1]] += n
+    per = 1000 / rate / cycles
+    return ([(k, v * per) for k, v in worker.most_common(25)],
+            [(k, v * per) for k, v in http.most_common(10)])
 
 
 def main() -> int:
@@ -78,10 +84,14 @@ def main() -> int:
         t = [c[1] * 1e3 for c in cycles]
         print(f"{args.n} cycles under py-spy: deploy p50 {pct(d, 50):.0f} ms, "
               f"terminate p50 {pct(t, 50):.0f} ms")
-        print(f"collapsed stacks: {args.out}\n\nshare of serve's busy-thread samples "
-              "(innermost mecorch frame -> leaf):")
-        for key, share in summarize(Path(args.out)):
-            print(f"  {share:5.1f} %  {key}")
+        worker, http = summarize(Path(args.out), args.n, args.rate)
+        print(f"collapsed stacks: {args.out}\n\nLCM worker, ms per cycle inside each call "
+              "(cumulative):")
+        for key, ms in worker:
+            print(f"  {ms:8.1f}  {key}")
+        print("\nAPI request threads, ms per cycle by innermost mecorch frame:")
+        for key, ms in http:
+            print(f"  {ms:8.1f}  {key}")
     finally:
         lab.close()
     return 0

@@ -1,5 +1,7 @@
 """Scale of the store: list and query latency through the API with 10,000
-packages and 1,000 instances recorded.
+packages recorded and 10, 1,000 and 10,000 instances (the instance curve,
+paged like the packages: one request is one page of api.page_size), and
+the time `mecorch serve` takes to be ready on the largest store.
 
 The records are written straight into a fresh SQLite store with
 mecorch.store.Store (copies of a real onboarded package's document and of
@@ -28,7 +30,8 @@ from lab import INST, PKGS, Serve, new_lab_dir, pct, remove_infrastructure
 from mecorch.store import Store
 
 
-def populate(db: Path, pkg_doc: dict, inst_doc: dict, packages: int, instances: int) -> None:
+def populate(db: Path, pkg_doc: dict, inst_doc: dict, packages: int, instances: int,
+             first_instance: int = 0) -> None:
     store = Store(db)
     try:
         with store.transaction():
@@ -39,9 +42,9 @@ def populate(db: Path, pkg_doc: dict, inst_doc: dict, packages: int, instances: 
                          appPkgName=f"app-{i:05d}")
                 d["_links"] = {k: {"href": v["href"].replace(pkg_doc["id"], pid)}
                                for k, v in d.get("_links", {}).items()}
-                d["usageState"] = "IN_USE" if i < instances else "NOT_IN_USE"
+                d["usageState"] = "IN_USE" if i < 1000 else "NOT_IN_USE"
                 store.put("packages", pid, d)
-            for i in range(instances):
+            for i in range(first_instance, instances):
                 d = copy.deepcopy(inst_doc)
                 iid = f"inst{i:05d}-{secrets.token_hex(8)}"
                 d.update(id=iid, appDId=f"app-{i:05d}", appName=f"app-{i:05d}",
@@ -89,44 +92,77 @@ def _time_all_pages(api, path: str, n: int) -> tuple[list[float], int, int]:
     return out, items, pages
 
 
-def run(pkg_doc: dict, inst_doc: dict, packages: int = 10_000, instances: int = 1_000,
-        n: int = 30) -> dict:
+def _serve(cfg_path: Path, tmp: Path, host_id: str) -> tuple[Serve, float]:
+    serve = Serve(cfg_path, tmp / "serve.log", host_id)
+    try:
+        return serve, serve.ready(timeout=120)
+    except BaseException:
+        serve.stop()
+        raise
+
+
+def _measure(out: dict, api, queries: dict, n: int, suffix: str = "") -> float:
+    worst = 0.0
+    for name, path in queries.items():
+        vals, size = _time(api, path, n)
+        out[f"{name}{suffix}_p50_ms"] = round(pct(vals, 50) * 1e3, 1)
+        out[f"{name}{suffix}_p99_ms"] = round(pct(vals, 99) * 1e3, 1)
+        out[f"{name}{suffix}_items"] = size
+        worst = max(worst, pct(vals, 99))
+    return worst
+
+
+def run(pkg_doc: dict, inst_doc: dict, packages: int = 10_000,
+        instance_sizes: tuple[int, ...] = (10, 1_000, 10_000), n: int = 30) -> dict:
     tag = secrets.token_hex(3)
     tmp, cfg, cfg_path, host_id = new_lab_dir(tag)
-    t0 = time.perf_counter()
-    populate(tmp / "state" / "mecorch.db", pkg_doc, inst_doc, packages, instances)
-    populate_s = time.perf_counter() - t0
-    serve = Serve(cfg_path, tmp / "serve.log", host_id)
-    out: dict = {"packages": packages, "instances": instances, "n": n,
-                 "populate_s": round(populate_s, 1)}
+    db = tmp / "state" / "mecorch.db"
+    out: dict = {"packages": packages, "instance_sizes": list(instance_sizes), "n": n,
+                 "instances_curve": {}}
+    have = 0
+    serve = None
     try:
-        out["startup_s"] = round(serve.ready(timeout=120), 3)
-        api = serve.api
-        queries = {
-            "list_packages": PKGS,
-            "query_packages": f"{PKGS}?filter=(eq,appName,app-04242)",
-            "query_packages_state": f"{PKGS}?filter=(eq,usageState,IN_USE)",
-            "list_instances": INST,
-            "query_instances": f"{INST}?filter=(eq,appDId,app-00424)",
-            "get_package": None,
-        }
-        one = api.get(f"{PKGS}?filter=(eq,appName,app-04242)")[0]["id"]
-        queries["get_package"] = f"{PKGS}/{one}"
-        worst = 0.0
-        for name, path in queries.items():
-            vals, size = _time(api, path, n)
-            out[f"{name}_p50_ms"] = round(pct(vals, 50) * 1e3, 1)
-            out[f"{name}_p99_ms"] = round(pct(vals, 99) * 1e3, 1)
-            out[f"{name}_items"] = size
-            worst = max(worst, pct(vals, 99))
-        out["worst_p99_ms"] = round(worst * 1e3, 1)
-        vals, items, pages = _time_all_pages(api, PKGS, max(3, n // 10))
-        out["all_package_pages_p50_ms"] = round(pct(vals, 50) * 1e3, 1)
-        out["all_package_pages_items"] = items
-        out["all_package_pages"] = pages
-        out["met"] = worst < 0.050
+        for k, size in enumerate(instance_sizes):
+            t0 = time.perf_counter()
+            populate(db, pkg_doc, inst_doc, packages if k == 0 else 0, size, have)
+            have = size
+            out.setdefault("populate_s", []).append(round(time.perf_counter() - t0, 1))
+            serve, ready = _serve(cfg_path, tmp, host_id)
+            api = serve.api
+            row: dict = {"serve_ready_s": round(ready, 3)}
+            _measure(row, api, {"list_instances": INST,
+                                "query_instances": f"{INST}?filter=(eq,appDId,app-00004)",
+                                "query_instances_name":
+                                    f"{INST}?filter=(eq,appInstanceName,inst-{size - 1:05d})"}, n)
+            vals, items, pages = _time_all_pages(api, INST, 3)
+            row["all_instance_pages_p50_ms"] = round(pct(vals, 50) * 1e3, 1)
+            row["all_instance_pages_items"], row["all_instance_pages"] = items, pages
+            out["instances_curve"][str(size)] = row
+            print(f"    store with {size} instances: {row}", flush=True)
+            if k == len(instance_sizes) - 1:
+                out["instances"] = size
+                out["startup_s"] = round(ready, 3)
+                queries = {
+                    "list_packages": PKGS,
+                    "query_packages": f"{PKGS}?filter=(eq,appName,app-04242)",
+                    "query_packages_state": f"{PKGS}?filter=(eq,usageState,IN_USE)",
+                    "list_instances": INST,
+                    "query_instances": f"{INST}?filter=(eq,appDId,app-00424)",
+                }
+                one = api.get(f"{PKGS}?filter=(eq,appName,app-04242)")[0]["id"]
+                queries["get_package"] = f"{PKGS}/{one}"
+                worst = _measure(out, api, queries, n)
+                out["worst_p99_ms"] = round(worst * 1e3, 1)
+                vals, items, pages = _time_all_pages(api, PKGS, max(3, n // 10))
+                out["all_package_pages_p50_ms"] = round(pct(vals, 50) * 1e3, 1)
+                out["all_package_pages_items"] = items
+                out["all_package_pages"] = pages
+                out["met"] = worst < 0.050
+            serve.stop()
+            serve = None
     finally:
-        serve.stop()
+        if serve is not None:
+            serve.stop()
         remove_infrastructure(cfg, tag, str(tmp / "state" / "hosts" / host_id),
                               str(tmp / "run" / host_id), tmp=str(tmp))
         shutil.rmtree(tmp, ignore_errors=True)
