@@ -313,9 +313,9 @@ def main() -> int:
     args.idle_s = 5 if q else 30
     args.interval_s = 5 if q else 30            # orchestrator.reconcile_interval_s
     args.n_container = 6 if q else 30
-    args.n_vm = 1 if q else 4
+    args.n_vm = 1 if q else 3
     args.deploys = 16 if q else 100             # per path, in A-B-B-A halves
-    args.vm_deploys = 0 if q else 8
+    args.vm_deploys = 0 if q else 4
     args.n_rules = 10 if q else 50
     args.container_sizes = [0, 5, 10, 20] if q else [0, 10, 50, 200]
     args.lag_samples = 2 if q else 5
