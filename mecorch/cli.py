@@ -46,8 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--api", metavar="URL",
                    help="mecorch API to talk to (default: http://<api.listen>)")
     p.add_argument("--token", metavar="TOKEN",
-                   help="bearer token for the API (default: $MECORCH_TOKEN; needed when the "
-                        "server has api.token_file)")
+                   help="bearer token for the API (default: $MECORCH_TOKEN, which other "
+                        "users cannot see in `ps`; needed when the server has api.token_file)")
     _output(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -16,6 +16,9 @@ from .fileutil import sha256_file
 PKGM = "/app_pkgm/v1"
 
 
+PROGRESS_EVERY_S = 10.0       # a waiting CLI says it still waits this often
+
+
 class ApiError(MecorchError):
     """An error answer of the API, carrying its ProblemDetails."""
 
@@ -96,14 +99,22 @@ class Client:
     def wait_op(self, op: dict, timeout: float = 600, out: TextIO | None = None) -> dict:
         """Poll an LCM op occurrence until it ends, printing progress."""
         href = op["_links"]["self"]["href"]
-        deadline = time.monotonic() + timeout
+        t0 = time.monotonic()
+        deadline = t0 + timeout
         seen_state, seen_steps = None, 0
+        said = t0
         while True:
             cur = self.get(href)
             if out is not None:
+                now = time.monotonic()
                 if cur["operationState"] != seen_state:
                     seen_state = cur["operationState"]
-                    print(f"  {cur['lcmOperation']} {seen_state}", file=out, flush=True)
+                    said = now
+                    print(f"  {_op_name(cur)} {seen_state}", file=out, flush=True)
+                elif now - said >= PROGRESS_EVERY_S:
+                    said = now
+                    print(f"  {_op_name(cur)} {seen_state}, {now - t0:.0f} s ...",
+                          file=out, flush=True)
             if cur["operationState"] in ("COMPLETED", "FAILED"):
                 return cur
             if time.monotonic() > deadline:
@@ -111,6 +122,12 @@ class Client:
                               f"after {timeout:.0f}s")
             time.sleep(0.2)
             seen_steps += 1
+
+
+def _op_name(op: dict) -> str:
+    """INSTANTIATE, TERMINATE, OPERATE (ETSI's lcmOperation spells the
+    first INSTATIATE; operationParams spells it right)."""
+    return str(op.get("operationParams") or op.get("lcmOperation"))
 
 
 def _next_link(link: str) -> str | None:

@@ -169,6 +169,9 @@ def app_instantiate(c: Client, a) -> int:
         load_yaml(text, what=a.orchestration)          # fail early on bad YAML
         body["orchestrationInfo"] = text
     op, _ = c.post(f"{INST}/{iid}/instantiate", body)
+    if a.type == "VM":
+        print("  a VM is deployed once it took a DHCP lease and opened its first port "
+              "(up to the host's vim.boot_timeout_s)", file=sys.stderr, flush=True)
     op = c.wait_op(op, out=sys.stderr)
     if op["operationState"] != "COMPLETED":
         print(f"instantiate failed: {op.get('error', {}).get('detail')}", file=sys.stderr)

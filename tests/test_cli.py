@@ -189,3 +189,20 @@ def test_help_explains_arguments_and_filters(capsys):
         cli.main(["app", "operate", "--help"])
     out = capsys.readouterr().out
     assert "unique prefix" in out and "start: STARTED" in out
+
+
+def test_long_wait_says_it_still_waits(env, capsys, monkeypatch):  # noqa: F811
+    import threading
+    from mecorch import client
+    monkeypatch.setattr(client, "PROGRESS_EVERY_S", 0.3)
+    onboard(env)
+    env.cim.deploy_gate = threading.Event()
+    threading.Timer(1.5, env.cim.deploy_gate.set).start()
+    rc, out, _ = run_cli(env, capsys, "app", "create", "sample-http")
+    rc, out, err = run_cli(env, capsys, "app", "instantiate", out.strip())
+    assert rc == 0, err
+    lines = err.splitlines()
+    assert lines[0] == "  INSTANTIATE PROCESSING" or lines[0] == "  INSTANTIATE STARTING"
+    assert any(ln.startswith("  INSTANTIATE PROCESSING, ") and ln.endswith(" s ...")
+               for ln in lines), err
+    assert lines[-1] == "  INSTANTIATE COMPLETED"
