@@ -115,8 +115,14 @@ class Served:
         app got it in its environment)."""
         status, inst, _ = self("POST", INST, {"appDId": "sample-http"}, token)
         assert status == 201, inst
+        # the AppD's traffic rule with a service address of this instance's
+        # own: one address is steered by one instance only
+        self.deployed = getattr(self, "deployed", 0) + 1
+        rule = yaml.safe_load((REPO / "examples/sample-container-app/Definitions/appd.yaml")
+                              .read_text())["appTrafficRule"][0]
+        rule["trafficFilter"][0]["dstAddress"] = [f"10.90.0.{100 + self.deployed}"]
         status, op, _ = self("POST", f"{INST}/{inst['id']}/instantiate",
-                             {"selectedMECHostInfo": HOST}, token)
+                             {"selectedMECHostInfo": HOST, "appTrafficRule": [rule]}, token)
         assert status == 202, op
         assert self.wait(op, token)["operationState"] == "COMPLETED"
         env = self.cim.instances[inst["id"]]["request"].env
@@ -460,10 +466,12 @@ def test_no_route_or_published_path_reaches_a_backend_socket():
     for text in patterns + list(doc["paths"]):
         for word in SOCKET_WORDS:
             assert word not in text.lower(), (text, word)
-    # every route is one of the three ETSI APIs or the documents
+    # every route is one of the three ETSI APIs, the documents, mecorch's
+    # host inventory extension or the operator's health, metrics and status
     for p in patterns:
         assert p.startswith(("/app_pkgm/v1/", "/app_lcm/v1/", "/mec_app_support/v1/",
-                             "/openapi")), p
+                             "/openapi", "/mecorch/v1/hosts", "/metrics", "/healthz",
+                             "/readyz", "/status")), p
     # no module of mecorch's API imports a socket or backend library, or
     # names a backend socket
     for f in (REPO / "mecorch/api").glob("*.py"):

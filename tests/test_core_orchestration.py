@@ -145,8 +145,10 @@ def test_container_deploy_and_terminate(env):
 
 # ---------------------------------------------------------------- the decision
 def test_manner_from_deployment_type_orchestration_info_and_onboarding(env):
-    onboard(env)
-    onboard(env, VM_APPD)
+    # two instances of each app on one host: no fixed service address, which
+    # only one instance may steer (test_mep_* for that rule)
+    onboard(env, appTrafficRule=[], appDNSRule=[])
+    onboard(env, VM_APPD, appTrafficRule=[], appDNSRule=[])
     a = create(env)
     assert instantiate(env, a["id"], deploymentType="CONTAINER")["operationState"] == "COMPLETED"
     b = create(env)
