@@ -39,7 +39,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from fakes import broken
-from mecorch.api import make_router
+from mecorch.api import make_router, make_server
 from mecorch.package import NFV_SCHEMAS
 from test_core_orchestration import (CONTAINER_APPD, INST, PKGS, POD, TOSCA, VM_APPD,
                                      _fake_docker_tar, make_package)
@@ -314,6 +314,9 @@ class Answer:
     body: Any = None
 
 
+EXTENSION = ("mecorch", "extension")    # a resource ETSI does not define
+
+
 @dataclass
 class Checker:
     """Calls the API and checks each answer against mecorch.yaml and the
@@ -382,6 +385,8 @@ class Checker:
             return ans.raw
         errs = errors_of(doc_validator(_pointer(*ptr[0], "content", ctype, "schema")), ans.body)
         assert errs == [], f"{method} {path} {status} vs mecorch.yaml: {errs}"
+        if etsi == EXTENSION:
+            return ans.body     # no ETSI schema: mecorch.yaml's own was checked above
         assert etsi is not None, f"{method} {template}: name the ETSI schema to check"
         items = ans.body if many else [ans.body]
         assert isinstance(items, list)
@@ -412,9 +417,10 @@ def _template(path: str) -> str:
 
 
 def _api_file(template: str) -> str:
-    return {"/app_pkgm": PKGM_FILE, "/app_lcm/": LCM_FILE, "/mec_app": MP1_FILE,
-            "/openapi": LCM_FILE}[next(p for p in ("/app_pkgm", "/app_lcm/", "/mec_app",
-                                                   "/openapi") if template.startswith(p))]
+    # mecorch's own routes answer the MEC 010-2 ProblemDetails, as app_lcm does
+    files = {"/app_pkgm": PKGM_FILE, "/app_lcm/": LCM_FILE, "/mec_app": MP1_FILE,
+             "/openapi": LCM_FILE, "/mecorch/": LCM_FILE}
+    return files[next(p for p in files if template.startswith(p))]
 
 
 def _onboard_body(e, appd_path) -> tuple[dict, Path]:
@@ -441,6 +447,7 @@ def test_responses_validate_against_etsi_schemas(env, notification_sink):  # noq
     _mp1(api, env, vm_inst, notification_sink)
     _openapi_files(api)
     _subscriptions(api, notification_sink)
+    _hosts(api, env)
     _deletion(api, env)
 
     # The tour used every operation mecorch.yaml documents.
@@ -558,7 +565,9 @@ def _lifecycle(api: Checker, e) -> str:
     # a failed operation carries its reason (the `error` extension)
     bad = api("POST", INST, {"appDId": "sample-http"}, status=201, etsi=INST_INFO)
     e.cim.fail["deploy"] = broken("injected")
-    op = api("POST", f"{INST}/{bad['id']}/instantiate", {"selectedMECHostInfo": HOST},
+    # (no rules: the first instance owns the AppD's service address)
+    op = api("POST", f"{INST}/{bad['id']}/instantiate",
+             {"selectedMECHostInfo": HOST, "appTrafficRule": [], "appDNSRule": []},
              status=202, etsi=OP_OCC)
     failed = api.wait(op)
     e.cim.fail.clear()
@@ -580,6 +589,44 @@ def _lifecycle(api: Checker, e) -> str:
     api("POST", f"{url}/terminate", {"terminationType": "SOMETIME"}, status=400)
     api("POST", f"{INST}/nope/terminate", {"terminationType": "FORCEFUL"}, status=404)
     return vm["id"]
+
+
+def _hosts(api: Checker, e) -> None:
+    """The host inventory extension: on this node, and in an MEO's registry
+    with this node's server as the MEPM that registers."""
+    import threading
+    from mecorch import config as mconfig
+    from mecorch.meo.orchestrator import MeoOrchestrator
+    hosts = api("GET", "/mecorch/v1/hosts", status=200, etsi=EXTENSION)
+    assert [h["hostId"] for h in hosts] == ["default"]
+    assert set(hosts[0]["capacity"]) == {"CONTAINER", "VM"}
+    api("GET", "/mecorch/v1/hosts/default", status=200, etsi=EXTENSION)
+    api("GET", "/mecorch/v1/hosts/nope", status=404)
+    cfg = mconfig.load()
+    cfg["state_dir"] = str(e.tmp / "meo")
+    cfg["hosts"] = []
+    cfg["meo"]["heartbeat_s"] = 0
+    meo = MeoOrchestrator(cfg)
+    server = make_server(meo, "127.0.0.1:0", "meo")
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    try:
+        m = Checker(f"http://127.0.0.1:{server.server_address[1]}")
+        got = m("POST", "/mecorch/v1/hosts", {"hostId": "default", "url": api.base}, status=201, etsi=EXTENSION)
+        assert got["state"] == "REACHABLE" and got["source"] == "registration"
+        assert m("GET", "/mecorch/v1/hosts", status=200, etsi=EXTENSION)[0]["hostId"] == "default"
+        m("GET", "/mecorch/v1/hosts/default", status=200, etsi=EXTENSION)
+        m("POST", "/mecorch/v1/hosts", {"hostId": "other", "url": api.base}, status=400)
+        m("POST", "/mecorch/v1/hosts", {"hostId": "default", "url": "http://127.0.0.1:9"},
+          status=409)
+        m("DELETE", "/mecorch/v1/hosts/default", status=204)
+        m("DELETE", "/mecorch/v1/hosts/default", status=404)
+        api.seen |= m.seen
+        api.checked += m.checked
+    finally:
+        server.shutdown()
+        server.server_close()
+        meo.close()
 
 
 def _mp1(api: Checker, e, vm_inst: str, notification_sink) -> None:
