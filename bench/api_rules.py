@@ -22,7 +22,7 @@ from mep_rule_latency import dns_answer, dns_query
 
 MP1 = "/mec_app_support/v1/applications"
 VIP = "10.188.0.10"
-NAME = "bench.mecb.test"
+NAME = "bench.mecb.mec.local"     # inside the default mep.dns_domain
 
 
 def _resolves(sock: socket.socket, port: int, want: str) -> bool:

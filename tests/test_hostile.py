@@ -672,7 +672,7 @@ def test_hostile_sample_against_the_real_mep(real_mep):
     host_rules_before = run("iptables-save").stdout
     a, _ = s.deployed_instance()
     idle = s("POST", INST, {"appDId": "sample-http"})[1]["id"]
-    dns = {**DNS_RULE, "domainName": "hostile-a.mect.test"}
+    dns = {**DNS_RULE, "domainName": "hostile-a.mec.local"}
     tr = {k: v for k, v in TRAFFIC_RULE.items() if k != "dstInterface"}
     tr["trafficFilter"] = [{"dstAddress": ["10.90.0.10"], "dstPort": ["80"], "protocol": ["tcp"]}]
     tr["dstInterface"] = {"interfaceType": "IP", "dstIpAddress": "10.123.0.1"}
@@ -680,7 +680,7 @@ def test_hostile_sample_against_the_real_mep(real_mep):
     assert wire.send("PUT", f"{MP1}/{a}/dns_rules/sample-http-dns", dns)[0] == 200
     assert wire.send("PUT", f"{MP1}/{a}/traffic_rules/sample-http-vip", tr)[0] == 200
     before = lab.snapshot()
-    assert "hostile-a.mect.test" in "".join(before[1].values())
+    assert "hostile-a.mec.local" in "".join(before[1].values())
     assert "10.90.0.10" in before[0]
     tried = 0
     for kind, rule, rid in (("dns_rules", dns, "sample-http-dns"),
