@@ -7,6 +7,7 @@ test)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import http.client
 import socket
 import threading
@@ -169,17 +170,31 @@ def test_wrong_content_type_and_unknown_package(lab):
 
 
 def test_size_limit(tmp_path):
+    """Over orchestrator.max_package_bytes: a Content-Length that says so is
+    refused from the headers (the body is not read), a chunked body as soon
+    as it passes the limit; the package resource is removed either way
+    (the upload had claimed it), and nothing of the body is kept."""
     lab = Lab(tmp_path, max_package_bytes=4096)
     try:
-        data, body = _zip(lab)
-        assert len(data) > 4096
-        for chunked in (False, True):
+        _, body = _zip(lab)
+        # (what is sent after the headers, the framing header): nothing is
+        # sent that the server does not read, so its answer is never lost
+        # to a reset connection
+        for framing, payload in ((b"Content-Length: 5000", b""),
+                                 (b"Transfer-Encoding: chunked", b"1388\r\n" + b"x" * 5000)):
             created, _ = lab.c.post(PKGS, body)
-            status, raw, _ = _put(lab, created["id"], data, chunked=chunked)
-            assert status == 413, raw
+            url = f"{PKGS}/{created['id']}/package_content"
+            with socket.create_connection(("127.0.0.1", lab.port), timeout=10) as sock:
+                sock.sendall(f"PUT {url} HTTP/1.1\r\nHost: x\r\n"
+                             f"Content-Type: application/zip\r\n".encode()
+                             + framing + b"\r\n\r\n" + payload)
+                resp = http.client.HTTPResponse(sock)
+                resp.begin()
+                assert resp.status == 413, (framing, resp.read())
             with pytest.raises(ApiError) as e:
                 lab.c.get(f"{PKGS}/{created['id']}")
             assert e.value.status == 404
+        assert not list((tmp_path / "state/packages").glob("*.zip*"))
     finally:
         lab.stop()
 
@@ -199,8 +214,11 @@ def test_both_framings_or_bad_chunks_are_refused(lab):
         created, _ = lab.c.post(PKGS, body)
         url = f"{PKGS}/{created['id']}/package_content"
         with socket.create_connection(("127.0.0.1", lab.port), timeout=10) as s:
+            # a framing refused from the headers: its body is never read, so
+            # it is not sent (unread bytes would reset the connection)
             s.sendall(b"PUT " + url.encode() + b" HTTP/1.1\r\nHost: x\r\n"
-                      b"Content-Type: application/zip\r\n" + head + b"\r\n" + tail)
+                      b"Content-Type: application/zip\r\n" + head + b"\r\n"
+                      + (b"" if early else tail))
             resp = http.client.HTTPResponse(s)
             resp.begin()
             assert resp.status == 400, (head, tail, resp.read())
@@ -286,3 +304,22 @@ def test_cli_onboard_upload(lab):
     info = _json.loads(out.stdout)
     assert info["onboardingState"] == "ONBOARDED" and info["appPkgName"] == "cli"
     assert lab.orch.store.get("packages", info["id"])["_path"] is None   # uploaded, no path
+
+
+def test_refused_upload_keeps_the_connection(lab):
+    """A PUT refused before its body is read (415, 404, 409) still reads a
+    small body, so the client gets its answer and the keep-alive
+    connection goes on."""
+    data, body = _zip(lab)
+    created, _ = lab.c.post(PKGS, body)
+    conn = http.client.HTTPConnection("127.0.0.1", lab.port, timeout=10)
+    for path, ctype, want in ((f"{PKGS}/{created['id']}/package_content", "text/plain", 415),
+                              (f"{PKGS}/nope/package_content", "application/zip", 404)):
+        conn.request("PUT", path, body=data, headers={"Content-Type": ctype})
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == want
+    conn.request("GET", f"{PKGS}/{created['id']}")          # the same connection
+    resp = conn.getresponse()
+    assert resp.status == 200 and json.loads(resp.read())["onboardingState"] == "CREATED"
+    conn.close()

@@ -47,6 +47,8 @@ MAX_JSON_DEPTH = 64
 REQUEST_TIMEOUT_S = 30.0
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,15}")
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,15}")
+# what is still read of a streaming body refused before it was read
+DRAIN_MAX = 1 << 20
 
 
 @dataclass
@@ -163,6 +165,21 @@ class BodyStream:
         if len(line) > self.MAX_LINE or not line.endswith(b"\r\n"):
             raise InvalidInput("malformed chunked request body (a line too long or not CRLF)")
         return line[:-2]
+
+    def drain(self, most: int) -> None:
+        """Read and drop a body of at most `most` bytes that the handler
+        refused before reading any of it. A longer one, one refused as too
+        large, one read in part (a failure while reading it), or one that
+        fails now is left: the connection is then closed."""
+        if self.received or (self.length is not None and (
+                self.length > most or (self.limit is not None and self.length > self.limit))):
+            return
+        self.limit = most
+        try:
+            while self.read(1 << 16):
+                pass
+        except MecorchError:
+            pass
 
     def _next_chunk(self) -> None:
         size = self._line().split(b";", 1)[0]          # chunk extensions are ignored
@@ -413,6 +430,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
             log.exception("unhandled error on %s %s", self.command, url.path)
             err = MecorchError(f"internal error: {type(e).__name__}")
             resp = Response(500, err.problem(instance), content_type="application/problem+json")
+        if stream is not None and not stream.done:
+            # refused before its body was read (415, 404, 409): read a small
+            # rest so the client, still sending, gets the answer rather than
+            # a reset connection
+            stream.drain(DRAIN_MAX)
         if not (body_read or (stream is not None and stream.done)):
             self.close_connection = True   # an unread body would be read as the next request
         self._send(resp)
