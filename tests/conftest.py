@@ -97,3 +97,28 @@ def notification_sink():
     sink = NotificationSink()
     yield sink
     sink.close()
+
+
+def remove_mep_chains(prefix: str, netns: str | None = None) -> None:
+    """Remove every hook jumping to a `PREFIX-*` chain and every such chain,
+    in every table (what a test's MEP made: RAW, PRE, FWD, POST...). Only
+    that prefix is touched: the shared service sink and other prefixes stay."""
+    pre = ["ip", "netns", "exec", netns] if netns else []
+    saved = run(*pre, "iptables-save").stdout
+    table = None
+    hooks, chains = [], []
+    for line in saved.splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith(f":{prefix}-"):
+            chains.append((table, line.split()[0][1:]))
+        elif line.startswith("-A ") and f" -j {prefix}-" in line:
+            parts = line.split()
+            if not parts[1].startswith(f"{prefix}-"):
+                hooks.append((table, parts[1:]))
+    for table, spec in hooks:
+        run(*pre, "iptables", "-w", "-t", table, "-D", *spec, check=False)
+    for table, chain in chains:
+        run(*pre, "iptables", "-w", "-t", table, "-F", chain, check=False)
+    for table, chain in chains:
+        run(*pre, "iptables", "-w", "-t", table, "-X", chain, check=False)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import run
+from conftest import remove_mep_chains, run
 from mecorch import config as mconfig
 from mecorch.client import Client
 from mecorch.package import build_package
@@ -289,19 +289,8 @@ class Lab:
         from drivers.linux_mep import LinuxMEP
         mep = LinuxMEP({**host["mep"], "state_dir": str(self.tmp / "state/hosts" / self.host_id),
                         "run_dir": str(self.tmp / "run" / self.host_id)})
-        mep.stop_services()
-        saved = run("iptables-save").stdout
-        for table in ("raw", "nat"):
-            chain = f"{self.chain}-RAW" if table == "raw" else f"{self.chain}-PRE"
-            for hook in ("PREROUTING", "OUTPUT"):
-                if f"-A {hook} -j {chain}" in saved:
-                    run("iptables", "-w", "-t", table, "-D", hook, "-j", chain, check=False)
-            chains = [chain] + sorted({ln.split()[0][1:] for ln in saved.split("\n")
-                                       if ln.startswith(f":{self.chain}-")} - {chain})
-            for ch in chains:
-                run("iptables", "-w", "-t", table, "-F", ch, check=False)
-            for ch in chains:
-                run("iptables", "-w", "-t", table, "-X", ch, check=False)
+        mep.stop_services()                 # both dnsmasqs
+        remove_mep_chains(self.chain)       # every hook and chain of the prefix
 
 
 def wait_clean(lab: Lab, since: float, limit_s: float = 10.0,

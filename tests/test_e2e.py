@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import run
+from conftest import remove_mep_chains, run
 from mecorch.client import ApiError, Client
 from mecorch.package import build_package
 from mecorch.fileutil import sha256_file
@@ -117,16 +117,8 @@ def _remove_infrastructure(cfg: dict, tag: str, tmp: Path) -> None:
     from drivers.linux_mep import LinuxMEP
     mep = LinuxMEP({**cfg["hosts"][0]["mep"], "state_dir": str(tmp / "state/hosts/default"),
                     "run_dir": str(tmp / "run/default")})
-    mep.stop_services()
-    saved = run("iptables-save").stdout
-    for table in ("raw", "nat"):
-        for hook in ("PREROUTING", "OUTPUT"):
-            chain = "MECE2E-RAW" if table == "raw" else "MECE2E-PRE"
-            if f"-A {hook} -j {chain}" in saved or f"-j {chain}" in saved:
-                run("iptables", "-w", "-t", table, "-D", hook, "-j", chain, check=False)
-        for chain in ("MECE2E-RAW", "MECE2E-PRE"):
-            run("iptables", "-w", "-t", table, "-F", chain, check=False)
-            run("iptables", "-w", "-t", table, "-X", chain, check=False)
+    mep.stop_services()                 # both dnsmasqs
+    remove_mep_chains("MECE2E")         # every hook and chain of the prefix
 
 
 def _dig(port: int, name: str) -> str:
