@@ -90,7 +90,8 @@ phase_end
 
 # ------------------------------------------------------------------ up
 phase up
-vg up
+# (without the upload's progress meter: thousands of "Progress: N%" lines)
+vg up 2>&1 | sed -u 's/\x1b\[K/\n/g' | grep --line-buffered -v '^Progress: '
 phase_end
 
 # ------------------------------------------------------------------ meo

@@ -135,10 +135,22 @@ if [ "${FORCE:-0}" = 1 ] || [ ! -s "$BOXFILE" ]; then
   debootstrap --variant=minbase --cache-dir="$CACHE/debs" "$SUITE" "$MNT" "$MIRROR" \
     > "$CACHE/debootstrap.log" 2>&1 || { tail -20 "$CACHE/debootstrap.log"; die "debootstrap failed"; }
 
+  # The chroot gets a /dev of its own, never the workstation's: package
+  # scripts chgrp device nodes by the chroot's group ids (its "kvm" is
+  # another gid than the workstation's), and /sys is read-only.
   mount -t proc proc "$MNT/proc"
-  mount -t sysfs sys "$MNT/sys"
-  mount --bind /dev "$MNT/dev"
-  mount --bind /dev/pts "$MNT/dev/pts"
+  mount -t sysfs -o ro sys "$MNT/sys"
+  mount -t tmpfs -o mode=755,size=1m boxdev "$MNT/dev"
+  mknod -m 666 "$MNT/dev/null" c 1 3
+  mknod -m 666 "$MNT/dev/zero" c 1 5
+  mknod -m 666 "$MNT/dev/full" c 1 7
+  mknod -m 666 "$MNT/dev/random" c 1 8
+  mknod -m 666 "$MNT/dev/urandom" c 1 9
+  mknod -m 666 "$MNT/dev/tty" c 5 0
+  mkdir -m 755 "$MNT/dev/pts"
+  mkdir -m 1777 "$MNT/dev/shm"
+  mount -t devpts -o newinstance,ptmxmode=0666 devpts "$MNT/dev/pts"
+  ln -s pts/ptmx "$MNT/dev/ptmx"
   mkdir -p "$CACHE/apt-archives/partial" "$MNT/tmp/wheels"
   mount --bind "$CACHE/apt-archives" "$MNT/var/cache/apt/archives"
   mount --bind "$CACHE/wheels" "$MNT/tmp/wheels"
@@ -190,7 +202,8 @@ EOF
   # Each guest gets its own SSH host keys at first boot.
   rm -f "$MNT"/etc/ssh/ssh_host_*
   mkdir -p "$MNT/etc/systemd/system/ssh.service.d"
-  printf '[Service]\nExecStartPre=/usr/bin/ssh-keygen -A\n' \
+  # (before the unit's own "sshd -t", which fails without host keys)
+  printf '[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n' \
     > "$MNT/etc/systemd/system/ssh.service.d/hostkeys.conf"
   in_root useradd -m -s /bin/bash -G sudo vagrant
   install -d -m 700 "$MNT/home/vagrant/.ssh"
