@@ -448,6 +448,7 @@ def test_responses_validate_against_etsi_schemas(env, notification_sink):  # noq
     _openapi_files(api)
     _subscriptions(api, notification_sink)
     _hosts(api, env)
+    _operations(api, env)
     _deletion(api, env)
 
     # The tour used every operation mecorch.yaml documents.
@@ -700,6 +701,20 @@ def _mp1(api: Checker, e, vm_inst: str, notification_sink) -> None:
     assert api.wait(op)["operationState"] == "COMPLETED"
     info = api("GET", f"{INST}/{inst['id']}", status=200, etsi=INST_INFO)
     assert info["instantiationState"] == "NOT_INSTANTIATED" and "allocatedResources" not in info
+
+
+def _operations(api: Checker, env) -> None:
+    """The operator's endpoints (mecorch/api/status.py): on loopback, no token."""
+    assert b"mecorch_instances" in api("GET", "/metrics", status=200)
+    assert api("GET", "/healthz", status=200, etsi=EXTENSION) == {"status": "alive"}
+    assert api("GET", "/readyz", status=200, etsi=EXTENSION)["status"] == "ready"
+    assert b"<title>mecorch status</title>" in api("GET", "/status", status=200)
+    insts = env.c.get("/app_lcm/v1/app_instances")
+    idle = [i for i in insts if i["instantiationState"] == "NOT_INSTANTIATED"]
+    assert idle, insts
+    logs = f"/app_lcm/v1/app_instances/{idle[0]['id']}/logs"
+    api("GET", logs, status=404)                # never deployed: nothing kept
+    api("GET", f"{logs}?tail=lots", status=400)
 
 
 def _openapi_files(api: Checker) -> None:
