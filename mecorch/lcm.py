@@ -117,30 +117,10 @@ class Lcm:
     # ------------------------------------------------------------ create / delete
     def create(self, body: dict, idempotency_key: str | None = None) -> dict:
         """CreateAppInstanceRequest -> AppInstanceInfo (NOT_INSTANTIATED)."""
-        if not isinstance(body, dict):
-            raise InvalidInput("body must be a CreateAppInstanceRequest object")
-        key = f"create|{validate.text(idempotency_key, 'Idempotency-Key', 128)}" \
-            if idempotency_key else None
-        if key:
-            seen = self.store.get("idempotency", key)
-            if seen:
-                if seen.get("fingerprint", fingerprint(body)) != fingerprint(body):
-                    raise idempotency_mismatch()
-                return public(self.get(seen["resource"]))
-        app_d_id = validate.ident(body.get("appDId"), "appDId")
-        # mecorch extension: appPkgId picks one version of the app (an MEO
-        # creates an instance from the exact package it copied here)
-        pkg_id = body.get("appPkgId")
-        pkg = self.packages.usable(app_d_id, validate.ident(pkg_id, "appPkgId")
-                                   if pkg_id is not None else None)
-        iid = new_id()
-        doc = new_instance_doc(iid, body, pkg)
-        with self.store.transaction():
-            self.store.put("instances", iid, doc)
-            if key:
-                self.store.put("idempotency", key, {"resource": iid,
-                                                    "fingerprint": fingerprint(body)})
-        logs.event("instance.created", instance=iid, package=pkg["id"], app=app_d_id)
+        doc, made = create_instance(self.store, self.packages, body, idempotency_key)
+        if made:
+            logs.event("instance.created", instance=doc["id"], package=doc["appPkgId"],
+                       app=doc["appDId"])
         return public(doc)
 
     def delete(self, instance_id: str) -> None:
@@ -552,6 +532,40 @@ def parse_operate(body, default_s: int) -> tuple[InstanceOperationalState, str, 
     timeout = validate.integer(body.get("gracefulStopTimeout", default_s),
                                "gracefulStopTimeout", 0, 3600)
     return to, graceful, timeout
+
+
+def create_instance(store: Store, packages, body, idempotency_key: str | None
+                    ) -> tuple[dict, bool]:
+    """Store a new NOT_INSTANTIATED instance record for
+    CreateAppInstanceRequest `body` (the MEO's and a host's alike); returns
+    it and whether it was made now (False: a retry with the same
+    Idempotency-Key, answered with the first one's record)."""
+    if not isinstance(body, dict):
+        raise InvalidInput("body must be a CreateAppInstanceRequest object")
+    key = f"create|{validate.text(idempotency_key, 'Idempotency-Key', 128)}" \
+        if idempotency_key else None
+    if key:
+        seen = store.get("idempotency", key)
+        if seen:
+            if seen.get("fingerprint", fingerprint(body)) != fingerprint(body):
+                raise idempotency_mismatch()
+            doc = store.get("instances", seen["resource"])
+            if doc is None:
+                raise NotFound(f"app instance {seen['resource']!r} does not exist")
+            return doc, False
+    app_d_id = validate.ident(body.get("appDId"), "appDId")
+    # mecorch extension: appPkgId picks one version of the app (an MEO
+    # creates an instance from the exact package it copied to the host)
+    pkg_id = body.get("appPkgId")
+    pkg = packages.usable(app_d_id, validate.ident(pkg_id, "appPkgId")
+                          if pkg_id is not None else None)
+    iid = new_id()
+    doc = new_instance_doc(iid, body, pkg)
+    with store.transaction():
+        store.put("instances", iid, doc)
+        if key:
+            store.put("idempotency", key, {"resource": iid, "fingerprint": fingerprint(body)})
+    return doc, True
 
 
 def new_instance_doc(iid: str, body: dict, pkg: dict) -> dict:

@@ -32,12 +32,12 @@ from ..errors import (BackendUnavailable, Conflict, InvalidInput, MecorchError, 
                       Timeout)
 from ..hosts import Need
 from ..journal import Journal
-from ..lcm import (INSTANTIATE_FIELDS, Lcm, fingerprint, idempotency_mismatch, new_instance_doc,
+from ..lcm import (INSTANTIATE_FIELDS, Lcm, create_instance, fingerprint, idempotency_mismatch,
                    parse_operate, parse_terminate, selected_hosts)
 from ..decision import HostFacts
 from ..states import DeploymentType, InstantiationState, LcmOperation, OperationState
 from ..store import Store
-from ..timeutil import new_id, public
+from ..timeutil import public
 from . import placement
 from .registry import UNREACHABLE, HostEntry, Registry
 
@@ -105,25 +105,7 @@ class SystemLcm:
 
     # ---------------------------------------------------------------- create / delete
     def create(self, body: dict, idempotency_key: str | None = None) -> dict:
-        if not isinstance(body, dict):
-            raise InvalidInput("body must be a CreateAppInstanceRequest object")
-        key = f"create|{validate.text(idempotency_key, 'Idempotency-Key', 128)}" \
-            if idempotency_key else None
-        if key:
-            seen = self.store.get("idempotency", key)
-            if seen:
-                if seen.get("fingerprint", fingerprint(body)) != fingerprint(body):
-                    raise idempotency_mismatch()
-                return public(self.get(seen["resource"]))
-        pkg = self.packages.usable(validate.ident(body.get("appDId"), "appDId"))
-        iid = new_id()
-        doc = new_instance_doc(iid, body, pkg)
-        with self.store.transaction():
-            self.store.put("instances", iid, doc)
-            if key:
-                self.store.put("idempotency", key, {"resource": iid,
-                                                    "fingerprint": fingerprint(body)})
-        return public(doc)
+        return public(create_instance(self.store, self.packages, body, idempotency_key)[0])
 
     def delete(self, instance_id: str) -> None:
         with self._exclusive(instance_id):
@@ -217,53 +199,68 @@ class SystemLcm:
         return choose
 
     def _run_instantiate(self, op: dict) -> None:
-        iid, plan = op["appInstanceId"], op["_plan"]
-        entry = self.registry.get(plan["hostId"])
-        mepm = entry.mepm
+        entry = self.registry.get(op["_plan"]["hostId"])
+        self._run(op, entry, self._instantiate_steps,
+                  lambda: self.registry.unreserve(entry.host_id, op["appInstanceId"]))
+
+    def _instantiate_steps(self, op: dict, entry: HostEntry) -> tuple[dict, str]:
+        """The recorded steps of an instantiate on the host; each done once,
+        each call to the host idempotent. Returns the host's ended op and the
+        host's instance id."""
+        iid, plan, mepm = op["appInstanceId"], op["_plan"], entry.mepm
+        if not self.journal.done(op, "package"):
+            pkg = self.packages.get(plan["pkgId"])
+            host_pkg = mepm.ensure_package(pkg, pkg["_zip"])
+            self.packages.record_host_copy(pkg["id"], entry.host_id, host_pkg)
+            self.journal.step(op, "package", id=host_pkg)
+        remote = self.journal.data(op, "created")
+        if remote is None:
+            inst = self.get(iid)
+            made = mepm.create_instance(
+                {"appDId": inst["appDId"], "appInstanceName": inst["appInstanceName"],
+                 "appInstanceDescription": inst["appInstanceDescription"],
+                 "appPkgId": self.journal.data(op, "package")["id"]},   # its version
+                key=f"meo-{iid}")
+            remote = self.journal.step(op, "created", id=made["id"])["_steps"][-1]
+            inst = self.get(iid)
+            inst["_hostInstance"] = {"hostId": entry.host_id, "id": made["id"]}
+            self.store.put("instances", iid, inst)
+        sent = self.journal.data(op, "dispatched")
+        if sent is None:
+            host_op = mepm.instantiate(remote["id"], plan["body"], key=f"meo-{op['id']}")
+            sent = self.journal.step(op, "dispatched", opId=host_op["id"])["_steps"][-1]
+        # the host's own ledger holds it now: the MEO's reservation goes once
+        # a report made after this dispatch has arrived
+        self.registry.dispatched(entry.host_id, iid)
+        return self._await(entry, sent["opId"]), remote["id"]
+
+    def _run(self, op: dict, entry: HostEntry, steps, on_failure=None) -> None:
+        """Run an operation's steps on its host, then take the host's view
+        of the instance; the op ends as the host's op ended. While the host
+        is away the op stays PROCESSING (the resync resumes it)."""
+        iid = op["appInstanceId"]
         try:
-            if not self.journal.done(op, "package"):
-                pkg = self.packages.get(plan["pkgId"])
-                host_pkg = mepm.ensure_package(pkg, pkg["_zip"])
-                self.packages.record_host_copy(pkg["id"], entry.host_id, host_pkg)
-                self.journal.step(op, "package", id=host_pkg)
-            remote = self.journal.data(op, "created")
-            if remote is None:
-                inst = self.get(iid)
-                made = mepm.create_instance(
-                    {"appDId": inst["appDId"], "appInstanceName": inst["appInstanceName"],
-                     "appInstanceDescription": inst["appInstanceDescription"],
-                     "appPkgId": self.journal.data(op, "package")["id"]},   # its version
-                    key=f"meo-{iid}")
-                remote = self.journal.step(op, "created", id=made["id"])["_steps"][-1]
-                inst = self.get(iid)
-                inst["_hostInstance"] = {"hostId": entry.host_id, "id": made["id"]}
-                self.store.put("instances", iid, inst)
-            sent = self.journal.data(op, "dispatched")
-            if sent is None:
-                host_op = mepm.instantiate(remote["id"], plan["body"], key=f"meo-{op['id']}")
-                sent = self.journal.step(op, "dispatched", opId=host_op["id"])["_steps"][-1]
-            # the host's own ledger holds it now: the MEO's reservation goes
-            # once a report made after this dispatch has arrived
-            self.registry.dispatched(entry.host_id, iid)
-            host_op = self._await(entry, sent["opId"])
+            host_op, host_instance = steps(op, entry)
             if host_op["operationState"] != OperationState.COMPLETED.value:
                 raise _host_failure(entry.host_id, host_op)
             inst = self.get(iid)
-            self._copy_host_view(inst, mepm.get_instance(remote["id"]), entry.host_id)
+            self._copy_host_view(inst, entry.mepm.get_instance(host_instance), entry.host_id)
             self.store.put("instances", iid, inst)
             self.journal.events.instance(inst)              # notifications
             self.packages.refresh_usage(inst["appDId"])
             self._free(iid)
             self.journal.finish(op)
         except HostAway:
-            log.warning("instantiate %s: host %s is away; the op stays PROCESSING until "
-                        "it returns", iid, entry.host_id)
+            log.warning("%s of %s: host %s is away; the op stays PROCESSING until it "
+                        "returns", op["lcmOperation"], iid, entry.host_id)
         except Exception as e:  # noqa: BLE001 - the op must end FAILED with the reason
-            self.registry.unreserve(entry.host_id, iid)
+            if on_failure is not None:
+                on_failure()
             if isinstance(e, BackendUnavailable) and self.journal.done(op, "dispatched"):
                 return          # the host is going away: the resync ends it
             err = e if isinstance(e, MecorchError) else _internal(e)
-            log.warning("instantiate %s on %s failed: %s", iid, entry.host_id, err.detail)
+            log.warning("%s of %s on %s failed: %s", op["lcmOperation"], iid, entry.host_id,
+                        err.detail)
             self._free(iid)
             self.journal.finish(op, err)
 
@@ -297,40 +294,18 @@ class SystemLcm:
         return public(op)
 
     def _run_host_op(self, op: dict) -> None:
-        iid, plan = op["appInstanceId"], op["_plan"]
-        entry = self.registry.get(plan["hostId"])
-        mepm = entry.mepm
-        terminate = op["lcmOperation"] == LcmOperation.TERMINATE.value
-        try:
-            sent = self.journal.data(op, "dispatched")
-            if sent is None:
-                host_op = self._dispatch(entry, plan, terminate)
-                if host_op is None:             # already done on the host
-                    host_op = {"operationState": OperationState.COMPLETED.value}
-                else:
-                    sent = self.journal.step(op, "dispatched", opId=host_op["id"])["_steps"][-1]
-            if sent is not None:
-                host_op = self._await(entry, sent["opId"])
-            if host_op["operationState"] != OperationState.COMPLETED.value:
-                raise _host_failure(entry.host_id, host_op)
-            inst = self.get(iid)
-            self._copy_host_view(inst, mepm.get_instance(plan["hostInstance"]), entry.host_id)
-            self.store.put("instances", iid, inst)
-            self.journal.events.instance(inst)              # notifications
-            self.packages.refresh_usage(inst["appDId"])
-            self._free(iid)
-            self.journal.finish(op)
-        except HostAway:
-            log.warning("%s of %s: host %s is away; the op stays PROCESSING until it "
-                        "returns", op["lcmOperation"], iid, entry.host_id)
-        except Exception as e:  # noqa: BLE001
-            if isinstance(e, BackendUnavailable) and self.journal.done(op, "dispatched"):
-                return
-            err = e if isinstance(e, MecorchError) else _internal(e)
-            log.warning("%s of %s on %s failed: %s", op["lcmOperation"], iid, entry.host_id,
-                        err.detail)
-            self._free(iid)
-            self.journal.finish(op, err)
+        self._run(op, self.registry.get(op["_plan"]["hostId"]), self._host_op_steps)
+
+    def _host_op_steps(self, op: dict, entry: HostEntry) -> tuple[dict, str]:
+        plan = op["_plan"]
+        sent = self.journal.data(op, "dispatched")
+        if sent is None:
+            terminate = op["lcmOperation"] == LcmOperation.TERMINATE.value
+            host_op = self._dispatch(entry, plan, terminate)
+            if host_op is None:                 # already done on the host
+                return {"operationState": OperationState.COMPLETED.value}, plan["hostInstance"]
+            sent = self.journal.step(op, "dispatched", opId=host_op["id"])["_steps"][-1]
+        return self._await(entry, sent["opId"]), plan["hostInstance"]
 
     def _dispatch(self, entry: HostEntry, plan: dict, terminate: bool) -> dict | None:
         """Start the host's operation. After a broken link the host may have
