@@ -36,6 +36,7 @@ from .hosts import EdgeHost, Inventory
 from .lcm import Lcm
 from .mep import MepService
 from .model import Observation
+from .rules import DnsRule, TrafficRule
 from .states import DeploymentType, InstantiationState, ObservedState
 from .store import Store
 from .timeutil import timestamp
@@ -114,6 +115,10 @@ class Reconciler:
                       obs_list: list[Observation]) -> list[str]:
         inst = self.store.get("instances", iid)
         if self._owned(inst, host, manner):
+            if obs_list[0].state is ObservedState.STOPPED:
+                done = self._revive(host, manner, iid, obs_list[0])
+                if done:
+                    return done
             return self._adopt(inst, obs_list[0])
         if self.lcm.working_on(iid):
             return []
@@ -144,6 +149,32 @@ class Reconciler:
         if old is None and obs.state is ObservedState.RUNNING:
             return []               # the normal case: nothing to report
         return [f"instance {inst['id']} observed {obs.state.value} (was {old or 'unknown'})"]
+
+    def _revive(self, host: EdgeHost, manner: DeploymentType, iid: str,
+                obs: Observation) -> list[str]:
+        """A stopped instance the operator did not stop, whose runtime died
+        with its host (a reboot, a daemon restart): the driver starts it
+        again (`revive`, which tells that case from a crash). A driver
+        without `revive` (libvirt: domain autostart does it) is left alone."""
+        revive = getattr(host.compute(manner), "revive", None)
+        if revive is None or self.lcm.working_on(iid):
+            return []
+        try:
+            with self.lcm.hold(iid):
+                inst = self.store.get("instances", iid)
+                state = ((inst or {}).get("instantiatedAppState") or {}).get("operationalState")
+                if not self._owned(inst, host, manner) or state != "STARTED" \
+                        or self.lcm.journal.in_progress(iid):
+                    return []
+                if not revive(obs.handle):
+                    return []
+        except Conflict:
+            return []
+        except MecorchError as e:
+            return [f"could not start {manner.value} of instance {iid} again: {e.detail}"]
+        self._record(iid, ObservedState.RUNNING, "started again after its host restarted")
+        return [f"instance {iid} started again on host {host.id} (its runtime stopped "
+                f"with the host)"]
 
     def _vanished(self, host: EdgeHost, manner: DeploymentType, iid: str,
                   op_id: str | None) -> list[str]:
@@ -200,6 +231,39 @@ class Reconciler:
                 continue
             except MecorchError as e:
                 done.append(f"could not remove orphaned rules of {iid}: {e.detail}")
+        return done + self._reapply(host, mep)
+
+    def _reapply(self, host: EdgeHost, mep) -> list[str]:
+        """Apply again the stored rules of every INSTANTIATED instance of the
+        host whose rules the MEP does not hold as applied (after a reboot
+        the chains are gone). Rules in place are not touched."""
+        applied = getattr(mep, "rules_applied", None)
+        if applied is None:
+            return []
+        done = []
+        for inst in self.store.list("instances", instantiationState=INSTANTIATED,
+                                    hostId=host.id):
+            iid = inst["id"]
+            doc = self.store.get("rules", iid)
+            if not doc or doc.get("hostId") != host.id or not doc.get("targetIp") \
+                    or self.lcm.working_on(iid):
+                continue
+            try:
+                with self.lcm.hold(iid):
+                    doc = self.store.get("rules", iid)
+                    if not self._rules_owned(iid, host) or not doc \
+                            or doc.get("hostId") != host.id or self.lcm.journal.in_progress(iid):
+                        continue
+                    if applied(iid, doc["targetIp"],
+                               [TrafficRule.from_etsi(r) for r in doc["trafficRules"]],
+                               [DnsRule.from_etsi(r) for r in doc["dnsRules"]]):
+                        continue
+                    self.mep.apply(host, iid, doc["targetIp"])
+                    done.append(f"re-applied the rules of instance {iid} on host {host.id}")
+            except Conflict:
+                continue
+            except MecorchError as e:
+                done.append(f"could not re-apply the rules of {iid}: {e.detail}")
         return done
 
     def _rules_owned(self, iid: str, host: EdgeHost) -> bool:

@@ -17,6 +17,7 @@ import math
 import os
 import threading
 from collections import defaultdict
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,10 @@ from .images import ImageRepository
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
+# How much earlier than its pause container an app container may have
+# stopped and still count as stopped with the host: dockerd's shutdown stops
+# them together, each within its stop timeout (10 s by default).
+REVIVE_SLACK_S = 20
 _STATES = {"running": ObservedState.RUNNING, "created": ObservedState.STOPPED,
            "exited": ObservedState.STOPPED, "dead": ObservedState.STOPPED}
 
@@ -283,10 +288,15 @@ class DockerCIM(ComputeDriver):
 
     def _create_pause(self, api, plan: Plan, made: list) -> str:
         # Ports are published here: the app has no network of its own.
+        # unless-stopped: the namespace (address, published ports) comes
+        # back with dockerd after a host reboot; the app container has no
+        # restart policy (a crash must stay visible as STOPPED with its exit
+        # code), it is started again by `revive` (mecorch serve at start).
         with backend_errors(f"create {plan.pause_name}"):
             host_config = api.create_host_config(network_mode=self.network,
                                                  port_bindings=plan.ports or None,
-                                                 dns=self._resolvers())
+                                                 dns=self._resolvers(),
+                                                 restart_policy={"Name": "unless-stopped"})
             cid = api.create_container(pause.PAUSE_IMAGE, name=plan.pause_name,
                                        labels=self._labels(plan, "pause"),
                                        ports=list(plan.exposed) or None,
@@ -362,6 +372,40 @@ class DockerCIM(ComputeDriver):
                     api.start(ref)      # already running: a no-op
             except NotFound:
                 raise NotFound(f"instance {iid}: its {role} container is gone") from None
+
+    def revive(self, handle: dict) -> bool:
+        """After a host reboot (or a dockerd restart): start the app
+        container again when it died with its host, not by itself. Docker
+        keeps a container's last finish time across a start, so: its pause
+        container (restart policy unless-stopped) started again after the
+        app finished, and the app finished no earlier than REVIVE_SLACK_S
+        before the pause's previous run ended (dockerd stops both at once;
+        the slack covers its stop timeout). A crashed app (it finished
+        while its pause kept running, or long before) stays stopped. The
+        caller checks the operator did not stop it. True if started."""
+        iid = self._check_handle(handle)
+        api = self._client()
+        app, pause_ref = self._ref(handle, "app"), self._ref(handle, "pause")
+        if not app or not pause_ref:
+            return False
+        app_info = gone_ok(f"inspect {app[:12]}", api.inspect_container, app)
+        pause_info = gone_ok(f"inspect {pause_ref[:12]}", api.inspect_container, pause_ref)
+        if app_info is None or pause_info is None or app_info["State"]["Running"]:
+            return False
+        if not pause_info["State"]["Running"]:
+            with backend_errors(f"start {pause_ref[:12]} of {iid}"):
+                api.start(pause_ref)
+            pause_info = gone_ok(f"inspect {pause_ref[:12]}", api.inspect_container, pause_ref)
+            if pause_info is None:
+                return False
+        # Times of the one daemon clock, parsed (their fractions vary in length).
+        app_end = _instant(app_info["State"]["FinishedAt"])
+        if app_end > _instant(pause_info["State"]["StartedAt"]) or \
+                app_end < _instant(pause_info["State"]["FinishedAt"]) - REVIVE_SLACK_S:
+            return False
+        with backend_errors(f"start {app[:12]} of {iid}"):
+            api.start(app)
+        return True
 
     def destroy(self, handle: dict) -> None:
         self._check_handle(handle)
@@ -512,6 +556,17 @@ class DockerCIM(ComputeDriver):
             memory_mb_total=info["MemTotal"] // MiB, memory_mb_used=mem_used // MiB,
             disk_gb_total=fs.f_blocks * fs.f_frsize / GiB,
             disk_gb_used=(fs.f_blocks - fs.f_bfree) * fs.f_frsize / GiB)
+
+
+def _instant(text: str) -> float:
+    """Docker's RFC 3339 time (nanoseconds, 'Z') as seconds since the epoch;
+    the zero time (never) is 0."""
+    date, _, frac = text.rstrip("Z").partition(".")
+    try:
+        whole = datetime.strptime(date, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return 0.0
+    return max(0.0, whole.timestamp() + float(f"0.{frac or 0}"))
 
 
 def _gateway_of(net: dict) -> str | None:

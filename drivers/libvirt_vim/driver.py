@@ -235,6 +235,9 @@ class LibvirtVIM(ComputeDriver):
                 # names the volumes, which list_instances finds and destroy
                 # removes; never volumes nothing points to.
                 dom = conn.defineXML(X.domain_xml(spec))
+                # libvirtd starts it again when the host boots (autostart is
+                # cleared by an operator's stop, set again by start).
+                dom.setAutostart(1)
                 S.create_overlay(pool, root, base, v["disk_bytes"])
                 made.append(root)
                 for vol, vs in data:
@@ -363,7 +366,10 @@ class LibvirtVIM(ComputeDriver):
         conn = self._connect()
         with libvirt_errors(f"stop {name}"):
             dom = _lookup_domain(conn, name)
-            if dom is None or not dom.isActive():
+            if dom is None:
+                return
+            dom.setAutostart(0)     # stopped by the operator: stays off across a reboot
+            if not dom.isActive():
                 return
             if timeout_s > 0:
                 try:
@@ -388,6 +394,7 @@ class LibvirtVIM(ComputeDriver):
             dom = _lookup_domain(conn, name)
             if dom is None:
                 raise NotFound(f"domain {name} does not exist")
+            dom.setAutostart(1)
             if not dom.isActive():
                 dom.create()
 

@@ -305,6 +305,23 @@ class LinuxMEP(PlatformDriver):
             dnsmasq.commit(self.hosts_dir, instance_id, None)
             (self.hosts_dir / f".{instance_id}.tmp").unlink(missing_ok=True)
 
+    def rules_applied(self, instance_id: str, target_ip: str,
+                      traffic_rules: list, dns_rules: list) -> bool:
+        """The instance's rules are in place as `apply_rules` leaves them
+        (its chains with that many lines and their jumps, its DNS file with
+        that text). Reconciliation asks before applying again: after a host
+        reboot the chains are gone while the DNS files remain."""
+        self._validate(instance_id, target_ip, traffic_rules, dns_rules)
+        desired = iptables.render_instance(self.prefix, instance_id, target_ip, list(traffic_rules))
+        hosts = dnsmasq.render_hosts(instance_id, list(dns_rules))
+        with _backend(f"check rules of {instance_id}"):
+            if not iptables.matches(self._save(), self.prefix, instance_id, desired):
+                return False
+            try:
+                return (self.hosts_dir / instance_id).read_text(encoding="ascii") == hosts
+            except FileNotFoundError:
+                return hosts == ""
+
     def rule_owners(self) -> set[str]:
         with _backend("list rule owners"):
             found = set(iptables.owners(self._save(), self.prefix))
