@@ -79,8 +79,8 @@ def new_lab_dir(tag: str, **orchestrator) -> tuple[Path, dict, Path, str]:
 
 
 class Api(Client):
-    """mecorch's client with an op wait that polls every 5 ms (the 200 ms
-    of Client.wait_op would swamp the overhead being measured), over a
+    """mecorch's client with an op wait that polls from every 5 ms (the
+    200 ms of Client.wait_op would swamp the overhead being measured), over a
     keep-alive HTTP/1.1 connection per thread, as docker-py talks to
     dockerd: mecorch's Client opens a connection per call, which makes
     each 5 ms poll a TCP handshake and a server thread, CPU taken from
@@ -126,15 +126,21 @@ class Api(Client):
         return resp.status, payload, dict(resp.getheaders())
 
     def wait(self, op: dict, timeout: float = 300, poll: float = 0.005) -> dict:
+        """Poll the op every `poll` s at first, then every 2 % of the time
+        waited so far (at most 0.2 s): the end is seen within ~2 % of the
+        op's own time while a 20 s VM boot is not polled 4,000 times (each
+        poll is CPU the guest or the engine does not get on 2 cores)."""
         href = op["_links"]["self"]["href"]
-        deadline = time.monotonic() + timeout
+        start = time.monotonic()
+        deadline = start + timeout
         while True:
             cur = self.get(href)
             if cur["operationState"] in ("COMPLETED", "FAILED"):
                 return cur
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 raise TimeoutError(f"op {cur['id']} still {cur['operationState']}")
-            time.sleep(poll)
+            time.sleep(min(0.2, max(poll, 0.02 * (now - start))))
 
     host_id = "default"
     poll = 0.005
