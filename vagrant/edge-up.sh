@@ -94,7 +94,7 @@ fi
 # ---------------------------------------------------------------- ready
 token=$(head -n1 "$ETC/mepm.tokens")
 started=$SECONDS
-until curl -fsS -o /dev/null --cacert "$ETC/lab-ca.pem" \
+until curl -fs -o /dev/null --cacert "$ETC/lab-ca.pem" \
         -H "Authorization: Bearer $token" "https://$IP:$PORT/mecorch/v1/hosts"; do
   if ! systemctl is-active --quiet mecorch-mepm.service && [ $((SECONDS - started)) -gt 20 ]; then
     journalctl -u mecorch-mepm.service --no-pager -n 40 >&2 || true

@@ -107,7 +107,7 @@ reachable() {
 import json, sys
 hosts = json.load(sys.stdin)
 sys.exit(0 if len(hosts) == int(sys.argv[1]) and all(h["state"] == "REACHABLE" for h in hosts) else 1)
-' "$MECORCH_EDGES"
+' "$MECORCH_EDGES" 2>/dev/null
 }
 for ((i = 0; i < 120; i++)); do
   reachable && break
@@ -159,7 +159,7 @@ phase reach
 bridge=$(virsh -q -c qemu:///system net-info mecorch-vlab | awk '/^Bridge:/ {print $2}')
 [ -n "$bridge" ] || die "no bridge for the libvirt network mecorch-vlab"
 k=0
-while IFS=$'\t' read -r name _ ip _; do
+while IFS=$'\t' read -r name _ ip port; do
   k=$((k + 1))
   # DNS: the host's MEP answers the app's name on the private network
   got=$(dig +short +time=3 +tries=2 "@$ip" "$NAME")
@@ -187,8 +187,17 @@ while IFS=$'\t' read -r name _ ip _; do
     die "$name: http://$NAME/ from the workstation gave '$body'"
   say "$name: http://$NAME/ from the workstation: $body"
   # From the client app beside it: its resolver is the MEP on its gateway.
-  cid=$(vg ssh "$name" -c "sudo docker ps -q --filter label=mecorch.instance=${CLIENT[$name]} --filter label=mecorch.role=app" </dev/null 2>/dev/null | tr -d '\r')
-  [ -n "$cid" ] || die "$name: no container of the client app ${CLIENT[$name]}"
+  # The host's own instance of the client app (its MEPM, asked directly on
+  # the private network with its token): its container carries that id.
+  host_inst=$(curl -fsS --cacert "$LAB/ca.pem" -H "Authorization: Bearer $(head -n1 "$LAB/$name/mepm.tokens")" \
+      "https://$ip:$port/app_lcm/v1/app_instances" | python3 -c '
+import json, sys
+ids = [i["id"] for i in json.load(sys.stdin)
+       if i["appDId"] == "vlab-client" and i["instantiationState"] == "INSTANTIATED"]
+print(ids[0] if len(ids) == 1 else "")')
+  [ -n "$host_inst" ] || die "$name: its MEPM has no single instance of vlab-client"
+  cid=$(vg ssh "$name" -c "sudo docker ps -q --filter label=mecorch.instance=$host_inst --filter label=mecorch.role=app" </dev/null 2>/dev/null | tr -d '\r')
+  [ -n "$cid" ] || die "$name: no container of the client app (host instance $host_inst)"
   body=$(vg ssh "$name" -c "sudo docker exec $cid wget -q -T 5 -O - http://$NAME/" </dev/null 2>/dev/null | tr -d '\r')
   [[ $body == *"mecorch sample container"* ]] ||
     die "$name: http://$NAME/ from the client app gave '$body'"
@@ -203,7 +212,7 @@ while IFS=$'\t' read -r name host_id ip _; do
     m app terminate "$id" >/dev/null
     m app delete "$id" >/dev/null
   done
-  left=$(vg ssh "$name" -c "sudo docker ps -aq --filter label=mecorch.instance=${APP[$name]}; sudo docker ps -aq --filter label=mecorch.instance=${CLIENT[$name]}" </dev/null 2>/dev/null | tr -d '\r')
+  left=$(vg ssh "$name" -c "sudo docker ps -aq --filter label=mecorch.host=$host_id" </dev/null 2>/dev/null | tr -d '\r')
   [ -z "$left" ] || die "$name: containers of $host_id left after terminate: $left"
   got=$(dig +short +time=3 +tries=1 "@$ip" "$NAME" || true)
   [ "$got" != "$VIP" ] || die "$name: $NAME still answered after terminate"
