@@ -15,9 +15,15 @@ Each round:
      working on;
    - marks INSTANTIATED instances whose runtime vanished as observed
      MISSING (the record is kept: an operator decides what happens next);
+   - after a host reboot or daemon restart: starts again what stopped with
+     its host (the driver's `revive`; never what the operator stopped or
+     what crashed by itself), and moves the rules of an instance whose
+     runtime came back with another address to that address;
 3. per MEP, re-opens the driver when its own check fails (a dead dnsmasq
-   is started again), and removes rules of instances that are not
-   INSTANTIATED there.
+   is started again), removes rules of instances that are not
+   INSTANTIATED there, and applies again the stored rules of INSTANTIATED
+   instances the MEP does not hold as applied (`rules_applied`: after a
+   reboot the chains are gone).
 
 A backend that cannot be listed is skipped for the round with a log line:
 "cannot list" never means "nothing exists". Every change to one instance is
@@ -115,11 +121,12 @@ class Reconciler:
                       obs_list: list[Observation]) -> list[str]:
         inst = self.store.get("instances", iid)
         if self._owned(inst, host, manner):
+            done = self._readdress(host, iid, obs_list[0])
             if obs_list[0].state is ObservedState.STOPPED:
-                done = self._revive(host, manner, iid, obs_list[0])
-                if done:
-                    return done
-            return self._adopt(inst, obs_list[0])
+                revived = self._revive(host, manner, iid, obs_list[0])
+                if revived:
+                    return done + revived
+            return done + self._adopt(inst, obs_list[0])
         if self.lcm.working_on(iid):
             return []
         try:
@@ -149,6 +156,35 @@ class Reconciler:
         if old is None and obs.state is ObservedState.RUNNING:
             return []               # the normal case: nothing to report
         return [f"instance {inst['id']} observed {obs.state.value} (was {old or 'unknown'})"]
+
+    def _readdress(self, host: EdgeHost, iid: str, obs: Observation) -> list[str]:
+        """The runtime has another address than the one its rules steer to
+        (a container restarted by dockerd gets the first free address): the
+        rules are applied again to the new one and the record follows."""
+        now = (obs.handle or {}).get("address") or {}
+        doc = self.store.get("rules", iid) or {}
+        if not now.get("ip") or doc.get("hostId") != host.id \
+                or doc.get("targetIp") in (None, now["ip"]) or self.lcm.working_on(iid):
+            return []
+        try:
+            with self.lcm.hold(iid):
+                inst = self.store.get("instances", iid)
+                doc = self.store.get("rules", iid) or {}
+                old = doc.get("targetIp")
+                if not self._rules_owned(iid, host) or doc.get("hostId") != host.id \
+                        or old in (None, now["ip"]) or self.lcm.journal.in_progress(iid):
+                    return []
+                self.mep.apply(host, iid, now["ip"])
+                nets = (inst.get("allocatedResources") or {}).get("network") or []
+                for n in nets:
+                    if n.get("ip") == old:
+                        n.update(ip=now["ip"], mac=now.get("mac") or n.get("mac"))
+                self.store.put("instances", iid, inst)
+        except Conflict:
+            return []
+        except MecorchError as e:
+            return [f"could not move the rules of {iid} to its new address: {e.detail}"]
+        return [f"instance {iid} has a new address {now['ip']} (was {old}): its rules follow"]
 
     def _revive(self, host: EdgeHost, manner: DeploymentType, iid: str,
                 obs: Observation) -> list[str]:

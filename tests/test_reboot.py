@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 import urllib.request
@@ -40,6 +41,7 @@ import pytest
 from conftest import remove_mep_chains, run
 from crashlab import INST, VIRSH, Daemon, Lab, private_registry
 from drivers.docker_cim.driver import REVIVE_SLACK_S
+from drivers.docker_cim.pause import PAUSE_IMAGE
 
 pytestmark = [pytest.mark.docker, pytest.mark.mep]
 
@@ -124,6 +126,12 @@ def lab_iptables(lab: Lab) -> list[str]:
         elif line.startswith("-A ") and lab.chain in line:
             out.append(line)
     return sorted(out)
+
+
+def addressless(lines: list[str]) -> list[str]:
+    """The lines with every DNAT target address replaced by one word."""
+    return sorted(re.sub(r"--to-destination \S+", "--to-destination ADDR", line)
+                  for line in lines)
 
 
 def containers(lab: Lab, iid: str) -> dict[str, dict]:
@@ -212,8 +220,42 @@ def test_instances_come_back_after_a_reboot(reboot_lab):
     assert lab_iptables(lab) == [] and dig(lab, name) == ""
     dockerd.start()
     assert containers(lab, running)["pause"]["State"]["Running"], "pause not restarted"
-    t0 = time.monotonic()
-    lab.start()
+    # dockerd gives a restarted container the first free address, which need
+    # not be its old one: make sure it is not, with squatters on the old one
+    old_ip, squatters = move_address(lab, containers(lab, running)["pause"])
+    try:
+        t0 = time.monotonic()
+        lab.start()
+        check_back(lab, running, stopped, crashed, vip, name, before, old_ip,
+                   rules_before, t0)
+    finally:
+        if squatters:
+            run(*lab.docker, "rm", "-f", *squatters)
+
+
+def move_address(lab: Lab, pause: dict) -> tuple[str, list[str]]:
+    """Give the running instance's pause container another address (as a
+    dockerd restart may): its old one is taken by squatter containers."""
+    net = lab.cfg["hosts"][0]["cim"]["network"]
+    old_ip = pause["NetworkSettings"]["Networks"][net]["IPAddress"]
+    run(*lab.docker, "network", "disconnect", net, pause["Id"])
+    squatters = []
+    for _ in range(8):
+        cid = run(*lab.docker, "run", "-d", "--network", net, "--label", "mecorch.test=squatter",
+                  PAUSE_IMAGE).stdout.strip()
+        squatters.append(cid)
+        ip = json.loads(run(*lab.docker, "inspect", cid).stdout)[0][
+            "NetworkSettings"]["Networks"][net]["IPAddress"]
+        if ip == old_ip:
+            break
+    else:
+        raise AssertionError(f"no squatter got {old_ip}")
+    run(*lab.docker, "network", "connect", net, pause["Id"])
+    return old_ip, squatters
+
+
+def check_back(lab: Lab, running: str, stopped: str, crashed: str, vip: str, name: str,
+               before: dict, old_ip: str, rules_before: list[str], t0: float) -> None:
     back = wait_until("DNS and traffic back",
                       lambda: dig(lab, name) == vip and BODY in http_body(vip), lab)
     print(f"\nreachable {back:.1f} s after `mecorch serve` started")
@@ -231,18 +273,35 @@ def test_instances_come_back_after_a_reboot(reboot_lab):
     assert not containers(lab, stopped)["app"]["State"]["Running"]
     assert not containers(lab, crashed)["app"]["State"]["Running"]
     assert observed(lab, stopped) == "STOPPED" and observed(lab, crashed) == "STOPPED"
+    # each is steered to its address now (the running one's moved), which
+    # its record shows too
+    net_name = lab.cfg["hosts"][0]["cim"]["network"]
+    new_ip = parts["pause"]["NetworkSettings"]["Networks"][net_name]["IPAddress"]
+    assert new_ip != old_ip
+    dnat = " ".join(lab_iptables(lab))
+    for iid in (running, stopped, crashed):
+        ip = containers(lab, iid)["pause"]["NetworkSettings"]["Networks"][net_name]["IPAddress"]
+        assert f"--to-destination {ip}" in dnat, (iid, ip, dnat)
+        net = lab.c.get(f"{INST}/{iid}")["allocatedResources"]["network"]
+        assert [n["ip"] for n in net] == [ip], (iid, net)
+
+    def now() -> list[str]:
+        return addressless(lab_iptables(lab))
     # every rule back exactly once (the stopped ones' rules too: they are
     # INSTANTIATED), and a later round changes nothing
-    assert lab_iptables(lab) == rules_before
+    assert now() == addressless(rules_before)
     assert lab.problems() == []
     time.sleep(2 * lab.cfg["orchestrator"]["reconcile_interval_s"] + 1)
-    assert lab_iptables(lab) == rules_before
+    assert now() == addressless(rules_before)
     assert sorted(os.listdir(lab.hostsdir)) == sorted([running, stopped, crashed])
     log = lab.log_tail(20000)
     assert f"instance {running} started again" in log, log[-3000:]
-    assert f"re-applied the rules of instance {running}" in log, log[-3000:]
+    for iid in (running, stopped, crashed):
+        assert f"re-applied the rules of instance {iid}" in log or \
+            f"instance {iid} has a new address" in log, log[-3000:]
     assert f"instance {stopped} started again" not in log
     assert f"instance {crashed} started again" not in log
+    assert f"instance {running} has a new address {new_ip}" in log
     print(f"reboot: back in {time.monotonic() - t0:.1f} s")
 
 

@@ -524,6 +524,13 @@ class DockerCIM(ComputeDriver):
             for role, c in parts.items():
                 if c:
                     handle[role] = {"id": c["Id"], "name": c["Names"][0].lstrip("/")}
+            # The running pause container's address now: dockerd gives a
+            # restarted container the first free one, not necessarily its
+            # old one (reconciliation makes the rules follow it).
+            net = ((((parts["pause"] or {}).get("NetworkSettings") or {}).get("Networks")
+                    or {}).get(self.network) or {})
+            if (parts["pause"] or {}).get("State") == "running" and net.get("IPAddress"):
+                handle["address"] = {"ip": net["IPAddress"], "mac": net.get("MacAddress") or None}
             app = parts["app"]
             if app is None:
                 out.append(Observation(iid, ObservedState.MISSING, handle,
