@@ -237,7 +237,7 @@ def main() -> int:
               f"{r['direct_deploy_p99_ms']:<7.2f} {r['first_use_p50_ms']:>8.2f}ms "
               f"{r['hosts_used']:>10}")
     print("(in-memory drivers: the MEO's own cost; the MEO follows the host's op by "
-          "polling, 5 ms backing off to 50 ms)")
+          "polling, 5 ms backing off to 20 ms)")
     if not a.no_real:
         r = real(6 if a.quick else 20)
         results["real"] = r
