@@ -25,7 +25,6 @@ import time
 from functools import cached_property
 
 import openstack
-from openstack import exceptions as sdk_exc
 
 from mecorch import validate
 from mecorch.drivers import Capabilities, ComputeDriver
@@ -45,7 +44,7 @@ PREFIX = "mecorch-"
 META_INSTANCE, META_HOST, META_APP = "mecorch_instance", "mecorch_host", "mecorch_app"
 _UUID = re.compile(r"[0-9a-fA-F-]{32,36}")
 _STATES = {"ACTIVE": ObservedState.RUNNING, "SHUTOFF": ObservedState.STOPPED,
-           "STOPPED": ObservedState.STOPPED, "SUSPENDED": ObservedState.STOPPED,
+           "SUSPENDED": ObservedState.STOPPED,
            "PAUSED": ObservedState.STOPPED, "SHELVED": ObservedState.STOPPED,
            "SHELVED_OFFLOADED": ObservedState.STOPPED}
 DELETE_WAIT_S = 180

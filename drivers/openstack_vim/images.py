@@ -161,11 +161,12 @@ class GlanceImages:
             raise ImageUnavailable(f"VM image {image!r} is deactivated in Glance")
         if img.status != "active":
             raise ImageUnavailable(f"VM image {image!r} is {img.status!r} in Glance, not active")
+        # Without a local record (a state dir that was lost) there is no
+        # package hash to hold Glance's against: Glance's own status stands.
         rec = self.records.get(image) or {}
         want = rec.get("hash_value")
-        if want is None:        # no local record (another state dir): the image's own mark
-            want = _prop(img, "mecorch_os_hash") or img.hash_value
-        if rec.get("hash_algo") not in (None, img.hash_algo) or img.hash_value != want:
+        if want is not None and (rec.get("hash_algo") != img.hash_algo
+                                 or img.hash_value != want):
             raise IntegrityError(f"VM image {image!r}: Glance's {img.hash_algo} {img.hash_value} "
                                  f"is not the imported package's {want}")
         return {"image": image, "glance_id": img.id, "status": img.status,

@@ -25,6 +25,9 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 NAME=${MECORCH_OS_NAME:-mecorch-os-aio}
+# A Docker network of its own (its own bridge): the container does not
+# depend on docker0, which other labs on a shared host may tear down.
+NET=${MECORCH_OS_NETWORK:-mecorch-os}
 CLOUDS_YAML=${MECORCH_OS_CLOUDS_YAML:-/etc/mecorch/openstack-clouds.yaml}
 CACHE=/var/cache/mecorch/openstack
 MIRROR=http://deb.debian.org/debian
@@ -55,7 +58,7 @@ CAPS=(AUDIT_CONTROL AUDIT_READ AUDIT_WRITE BLOCK_SUSPEND CHOWN
       SYS_CHROOT SYS_MODULE SYS_NICE SYS_PACCT SYS_PTRACE SYS_RAWIO SYS_TIME
       SYS_TTY_CONFIG SYSLOG WAKE_ALARM)
 run_opts() {
-  local o=(--hostname os-aio --label mecorch.test-cloud=1
+  local o=(--hostname os-aio --label mecorch.test-cloud=1 --network "$NET"
            --security-opt seccomp=unconfined --security-opt apparmor=unconfined
            --security-opt systempaths=unconfined
            --device /dev/net/tun --device-cgroup-rule 'a *:* rwm')
@@ -91,7 +94,7 @@ EOF
   local c="$NAME-build-pkgs"
   docker rm -f "$c" >/dev/null 2>&1 || true
   # shellcheck disable=SC2046
-  docker run --name "$c" -e DEBIAN_FRONTEND=noninteractive "$BASE_TAG.raw" sh -c \
+  docker run --name "$c" --network "$NET" -e DEBIAN_FRONTEND=noninteractive "$BASE_TAG.raw" sh -c \
     "apt-get update -q && apt-get install -y -q --no-install-recommends $(grep -v '^#' "$HERE/packages.txt" | tr '\n' ' ') && apt-get clean && rm -rf /var/lib/apt/lists/*" \
     >"$CACHE/apt.log" 2>&1 || { tail -30 "$CACHE/apt.log" >&2; docker rm -f "$c" >/dev/null; die "apt-get install failed (log: $CACHE/apt.log)"; }
   docker commit "$c" "$BASE_TAG" >/dev/null
@@ -113,6 +116,11 @@ build_aio() {
   docker rm -f "$c" >/dev/null
 }
 
+ensure_network() {
+  docker network inspect "$NET" >/dev/null 2>&1 ||
+    docker network create --label mecorch.test-cloud=1 "$NET" >/dev/null
+}
+
 container_image() { docker inspect -f '{{.Config.Image}}' "$NAME" 2>/dev/null || true; }
 running() { [ "$(docker inspect -f '{{.State.Running}}' "$NAME" 2>/dev/null)" = true ]; }
 
@@ -120,6 +128,11 @@ start_container() {
   local img; img=$(container_image)
   if [ -n "$img" ] && [ "$img" != "$AIO_TAG" ]; then
     say "container $NAME runs an older image ($img): replacing it"
+    docker rm -f "$NAME" >/dev/null
+    img=""
+  fi
+  if [ -n "$img" ] && ! docker inspect -f '{{json .NetworkSettings.Networks}}' "$NAME" | grep -q "\"$NET\""; then
+    say "container $NAME is not on network $NET: replacing it"
     docker rm -f "$NAME" >/dev/null
     img=""
   fi
@@ -165,6 +178,7 @@ case "${1:-up}" in
   up)
     mkdir -p "$CACHE" "$(dirname "$CLOUDS_YAML")"
     t0=$SECONDS
+    ensure_network
     build_base
     build_aio
     start_container
@@ -173,7 +187,7 @@ case "${1:-up}" in
     say "cloud ready in $((SECONDS - t0)) s; clouds.yaml written to $CLOUDS_YAML (cloud 'mecorch-test'):"
     clouds_yaml
     ;;
-  base) mkdir -p "$CACHE"; build_base ;;   # the package stage alone
+  base) mkdir -p "$CACHE"; ensure_network; build_base ;;   # the package stage alone
   clouds) clouds_yaml ;;
   status) running && docker exec "$NAME" /usr/local/sbin/aio ready ;;
   down) docker rm -f "$NAME" >/dev/null 2>&1 || true; say "container $NAME removed (images kept)" ;;
