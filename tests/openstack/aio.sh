@@ -278,6 +278,15 @@ start_all() {
   for s in nova-conductor nova-scheduler nova-compute linuxbridge-agent dhcp-agent; do start_one "$s"; done
 }
 
+clean_netns() {
+  local ns
+  for ns in /run/netns/*; do
+    [ -e "$ns" ] || continue
+    umount "$ns" 2>/dev/null || true
+    rm -f "$ns"
+  done
+}
+
 stop_all() {
   local i
   for ((i=${#ORDER[@]}-1; i>=0; i--)); do stop_one "${ORDER[$i]}"; done
@@ -322,12 +331,16 @@ configure() {
   python3 /usr/local/sbin/aio-bootstrap.py ready
   say "stopping the services for the image commit"
   stop_all
+  clean_netns
   say "configured"
 }
 
 run() {
-  # A restarted container keeps its files but not its processes.
+  # A restarted container (or the committed image) keeps its files but not
+  # its processes or mounts: stale pid files, and the DHCP agent's netns
+  # files that are no longer nsfs mounts ("failed to open netns").
   rm -f "$RUN"/*.pid "$RUN"/*.held /run/mysqld/mysqld.pid /run/libvirtd.pid /run/virtlogd.pid
+  clean_netns
   trap 'stop_all; exit 0' TERM INT
   start_all || true
   say "started; keeping the daemons up"
