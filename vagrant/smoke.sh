@@ -189,13 +189,15 @@ while IFS=$'\t' read -r name _ ip port; do
   # From the client app beside it: its resolver is the MEP on its gateway.
   # The host's own instance of the client app (its MEPM, asked directly on
   # the private network with its token): its container carries that id.
-  host_inst=$(curl -fsS --cacert "$LAB/ca.pem" -H "Authorization: Bearer $(head -n1 "$LAB/$name/mepm.tokens")" \
-      "https://$ip:$port/app_lcm/v1/app_instances" | python3 -c '
+  listed=$(curl -sS --cacert "$LAB/ca.pem" -H "Authorization: Bearer $(head -n1 "$LAB/$name/mepm.tokens")" \
+      "https://$ip:$port/app_lcm/v1/app_instances" 2>&1) ||
+    die "$name: its MEPM's instance list: $listed"
+  host_inst=$(python3 -c '
 import json, sys
-ids = [i["id"] for i in json.load(sys.stdin)
-       if i["appDId"] == "vlab-client" and i["instantiationState"] == "INSTANTIATED"]
-print(ids[0] if len(ids) == 1 else "")')
-  [ -n "$host_inst" ] || die "$name: its MEPM has no single instance of vlab-client"
+ids = [i["id"] for i in json.loads(sys.argv[1])
+       if i.get("appDId") == "vlab-client" and i.get("instantiationState") == "INSTANTIATED"]
+print(ids[0] if len(ids) == 1 else "")' "$listed" 2>&1) || die "$name: its MEPM's instance list: $host_inst: $listed"
+  [ -n "$host_inst" ] || die "$name: its MEPM has no single instance of vlab-client: $listed"
   cid=$(vg ssh "$name" -c "sudo docker ps -q --filter label=mecorch.instance=$host_inst --filter label=mecorch.role=app" </dev/null 2>/dev/null | tr -d '\r')
   [ -n "$cid" ] || die "$name: no container of the client app (host instance $host_inst)"
   body=$(vg ssh "$name" -c "sudo docker exec $cid wget -q -T 5 -O - http://$NAME/" </dev/null 2>/dev/null | tr -d '\r')
