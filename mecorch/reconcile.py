@@ -193,9 +193,13 @@ class Reconciler:
         again (`revive`, which tells that case from a crash). A driver
         without `revive` (libvirt: domain autostart does it) is left alone."""
         revive = getattr(host.compute(manner), "revive", None)
-        if revive is None or self.lcm.working_on(iid):
+        inst = self.store.get("instances", iid)
+        state = ((inst or {}).get("instantiatedAppState") or {}).get("operationalState")
+        if revive is None or state != "STARTED" or self.lcm.working_on(iid):
             return []
         try:
+            if not revive(obs.handle, check_only=True):    # a crash: not held
+                return []
             with self.lcm.hold(iid):
                 inst = self.store.get("instances", iid)
                 state = ((inst or {}).get("instantiatedAppState") or {}).get("operationalState")
@@ -285,6 +289,12 @@ class Reconciler:
                     or self.lcm.working_on(iid):
                 continue
             try:
+                # Checked first without holding the instance: a round must
+                # not make every API operation of it wait (409) meanwhile.
+                if applied(iid, doc["targetIp"],
+                           [TrafficRule.from_etsi(r) for r in doc["trafficRules"]],
+                           [DnsRule.from_etsi(r) for r in doc["dnsRules"]]):
+                    continue
                 with self.lcm.hold(iid):
                     doc = self.store.get("rules", iid)
                     if not self._rules_owned(iid, host) or not doc \

@@ -373,7 +373,7 @@ class DockerCIM(ComputeDriver):
             except NotFound:
                 raise NotFound(f"instance {iid}: its {role} container is gone") from None
 
-    def revive(self, handle: dict) -> bool:
+    def revive(self, handle: dict, check_only: bool = False) -> bool:
         """After a host reboot (or a dockerd restart): start the app
         container again when it died with its host, not by itself. Docker
         keeps a container's last finish time across a start, so: its pause
@@ -382,7 +382,8 @@ class DockerCIM(ComputeDriver):
         before the pause's previous run ended (dockerd stops both at once;
         the slack covers its stop timeout). A crashed app (it finished
         while its pause kept running, or long before) stays stopped. The
-        caller checks the operator did not stop it. True if started."""
+        caller checks the operator did not stop it. True if started (with
+        `check_only`: if it would be; nothing is started)."""
         iid = self._check_handle(handle)
         api = self._client()
         app, pause_ref = self._ref(handle, "app"), self._ref(handle, "pause")
@@ -392,7 +393,7 @@ class DockerCIM(ComputeDriver):
         pause_info = gone_ok(f"inspect {pause_ref[:12]}", api.inspect_container, pause_ref)
         if app_info is None or pause_info is None or app_info["State"]["Running"]:
             return False
-        if not pause_info["State"]["Running"]:
+        if not pause_info["State"]["Running"] and not check_only:
             with backend_errors(f"start {pause_ref[:12]} of {iid}"):
                 api.start(pause_ref)
             pause_info = gone_ok(f"inspect {pause_ref[:12]}", api.inspect_container, pause_ref)
@@ -400,9 +401,11 @@ class DockerCIM(ComputeDriver):
                 return False
         # Times of the one daemon clock, parsed (their fractions vary in length).
         app_end = _instant(app_info["State"]["FinishedAt"])
-        if app_end > _instant(pause_info["State"]["StartedAt"]) or \
-                app_end < _instant(pause_info["State"]["FinishedAt"]) - REVIVE_SLACK_S:
+        if pause_info["State"]["Running"] and app_end > _instant(pause_info["State"]["StartedAt"]) \
+                or app_end < _instant(pause_info["State"]["FinishedAt"]) - REVIVE_SLACK_S:
             return False
+        if check_only:
+            return True
         with backend_errors(f"start {app[:12]} of {iid}"):
             api.start(app)
         return True
