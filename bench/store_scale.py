@@ -142,14 +142,15 @@ def run(pkg_doc: dict, inst_doc: dict, packages: int = 10_000,
             if k == len(instance_sizes) - 1:
                 out["instances"] = size
                 out["startup_s"] = round(ready, 3)
+                mid = f"app-{packages * 4242 // 10_000:05d}"      # app-04242 of 10,000
                 queries = {
                     "list_packages": PKGS,
-                    "query_packages": f"{PKGS}?filter=(eq,appName,app-04242)",
+                    "query_packages": f"{PKGS}?filter=(eq,appName,{mid})",
                     "query_packages_state": f"{PKGS}?filter=(eq,usageState,IN_USE)",
                     "list_instances": INST,
-                    "query_instances": f"{INST}?filter=(eq,appDId,app-00424)",
+                    "query_instances": f"{INST}?filter=(eq,appDId,app-{size * 424 // 10_000:05d})",
                 }
-                one = api.get(f"{PKGS}?filter=(eq,appName,app-04242)")[0]["id"]
+                one = api.get(f"{PKGS}?filter=(eq,appName,{mid})")[0]["id"]
                 queries["get_package"] = f"{PKGS}/{one}"
                 worst = _measure(out, api, queries, n)
                 out["worst_p99_ms"] = round(worst * 1e3, 1)
