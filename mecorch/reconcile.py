@@ -281,6 +281,12 @@ class Reconciler:
         if applied is None:
             return []
         done = []
+        # one iptables-save for the round's first look at every instance
+        snapshot, saved = getattr(mep, "snapshot", None), None
+        try:
+            saved = snapshot() if snapshot is not None else None
+        except MecorchError as e:
+            return [f"skipped re-applying rules on host {host.id}: {e.detail}"]
         for inst in self.store.list("instances", instantiationState=INSTANTIATED,
                                     hostId=host.id):
             iid = inst["id"]
@@ -291,9 +297,10 @@ class Reconciler:
             try:
                 # Checked first without holding the instance: a round must
                 # not make every API operation of it wait (409) meanwhile.
-                if applied(iid, doc["targetIp"],
-                           [TrafficRule.from_etsi(r) for r in doc["trafficRules"]],
-                           [DnsRule.from_etsi(r) for r in doc["dnsRules"]]):
+                first = (iid, doc["targetIp"],
+                         [TrafficRule.from_etsi(r) for r in doc["trafficRules"]],
+                         [DnsRule.from_etsi(r) for r in doc["dnsRules"]])
+                if applied(*first, saved=saved) if saved is not None else applied(*first):
                     continue
                 with self.lcm.hold(iid):
                     doc = self.store.get("rules", iid)

@@ -56,14 +56,14 @@ def mepm(tmp_path):
     server = make_server(orch, "127.0.0.1:0", "mepm")
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                      daemon=True).start()
-    yield f"https://127.0.0.1:{server.server_address[1]}", cert
+    yield f"https://127.0.0.1:{server.server_address[1]}", cert, orch, tmp_path
     server.shutdown()
     server.server_close()
     orch.close()
 
 
 def test_host_info_over_tls_with_a_token(mepm):
-    url, ca = mepm
+    url, ca, *_ = mepm
     remote = RemoteMepm("tls-edge", url, "mepm-token-0123456789abcdef", ca)
     info = remote.info()
     assert info.host_id == "tls-edge" and set(info.manners) == {"CONTAINER", "VM"}
@@ -72,7 +72,7 @@ def test_host_info_over_tls_with_a_token(mepm):
 
 
 def test_wrong_token_and_unknown_ca_are_refused(mepm):
-    url, ca = mepm
+    url, ca, *_ = mepm
     with pytest.raises(Unauthorized):
         RemoteMepm("tls-edge", url, "not-the-token-0123456789", ca).info()
     with pytest.raises(BackendUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
@@ -84,3 +84,18 @@ def test_an_mepm_off_loopback_needs_tls():
     with pytest.raises(InvalidInput, match="an MEPM listening on 10.20.30.40 needs api.tls_cert"):
         _tls_context(cfg, "10.20.30.40", "mepm")
     assert _tls_context(cfg, "127.0.0.1", "mepm") is None
+
+
+def test_listings_follow_every_page(mepm):
+    url, ca, orch, tmp = mepm
+    remote = RemoteMepm("tls-edge", url, "mepm-token-0123456789abcdef", ca)
+    orch.cfg["api"]["page_size"] = 2
+    from test_core_orchestration import CONTAINER_APPD, _fake_docker_tar, make_package
+    import hashlib
+    z = make_package(tmp, CONTAINER_APPD, _fake_docker_tar())
+    orch.packages.onboard({"appPkgName": "p", "appPkgVersion": "1", "appPkgPath": str(z),
+                           "checksum": {"algorithm": "SHA-256",
+                                        "hash": hashlib.sha256(z.read_bytes()).hexdigest()}})
+    made = {remote.create_instance({"appDId": "sample-http"}, key=f"k{i}")["id"]
+            for i in range(5)}
+    assert {i["id"] for i in remote.list_instances()} == made

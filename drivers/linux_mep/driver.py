@@ -305,17 +305,27 @@ class LinuxMEP(PlatformDriver):
             dnsmasq.commit(self.hosts_dir, instance_id, None)
             (self.hosts_dir / f".{instance_id}.tmp").unlink(missing_ok=True)
 
+    def snapshot(self) -> iptables.Saved:
+        """One iptables-save, for several `rules_applied` questions in a row
+        (a reconciliation round asks for every instance: one fork per round,
+        not one per instance)."""
+        with _backend("read rules"):
+            return self._save()
+
     def rules_applied(self, instance_id: str, target_ip: str,
-                      traffic_rules: list, dns_rules: list) -> bool:
+                      traffic_rules: list, dns_rules: list,
+                      saved: iptables.Saved | None = None) -> bool:
         """The instance's rules are in place as `apply_rules` leaves them
         (its chains with that many lines and their jumps, its DNS file with
         that text). Reconciliation asks before applying again: after a host
-        reboot the chains are gone while the DNS files remain."""
+        reboot the chains are gone while the DNS files remain. `saved`: a
+        `snapshot()` to read instead of a new iptables-save."""
         self._validate(instance_id, target_ip, traffic_rules, dns_rules)
         desired = iptables.render_instance(self.prefix, instance_id, target_ip, list(traffic_rules))
         hosts = dnsmasq.render_hosts(instance_id, list(dns_rules))
         with _backend(f"check rules of {instance_id}"):
-            if not iptables.matches(self._save(), self.prefix, instance_id, desired):
+            if not iptables.matches(saved if saved is not None else self._save(), self.prefix,
+                                    instance_id, desired):
                 return False
             try:
                 return (self.hosts_dir / instance_id).read_text(encoding="ascii") == hosts

@@ -6,7 +6,6 @@ ETSI files it refers to at /openapi/etsi/{name})."""
 from __future__ import annotations
 
 import ipaddress
-import ssl
 from importlib import resources
 from pathlib import Path
 
@@ -63,7 +62,7 @@ def make_server(orch: Orchestrator, listen: str, role: str = "all") -> ApiServer
     return server
 
 
-def _tls_context(cfg: dict, host: str, role: str) -> ssl.SSLContext | None:
+def _tls_context(cfg: dict, host: str, role: str):
     """TLS from api.tls_cert / api.tls_key. An MEPM off loopback must have
     it: its MEO sends it bearer tokens and app packages over the network."""
     cert, key = cfg["api"].get("tls_cert"), cfg["api"].get("tls_key")
@@ -72,6 +71,7 @@ def _tls_context(cfg: dict, host: str, role: str) -> ssl.SSLContext | None:
             raise InvalidInput(f"an MEPM listening on {host} needs api.tls_cert and "
                                "api.tls_key (its MEO sends tokens and packages over the network)")
         return None
+    import ssl          # only when TLS is configured: OpenSSL costs the idle node RSS
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:

@@ -22,6 +22,7 @@ import urllib.parse
 from typing import Any
 
 from .. import errors
+from ..client import _next_link           # one reading of Link rel="next"
 from ..errors import BackendUnavailable, MecorchError
 from .contract import HostInfo, Mepm
 
@@ -70,6 +71,20 @@ class RemoteMepm(Mepm):
 
     def call(self, method: str, path: str, body: Any = None, headers: dict | None = None,
              raw: Any = None) -> tuple[int, Any]:
+        status, doc, _ = self._request(method, path, body, headers, raw)
+        return status, doc
+
+    def get_all(self, path: str) -> list:
+        """A listing with all its pages (NFV-SOL 013: Link rel="next")."""
+        items: list = []
+        while path:
+            _, page, headers = self._request("GET", path)
+            items += page or []
+            path = _next_link(headers.get("link", ""))
+        return items
+
+    def _request(self, method: str, path: str, body: Any = None, headers: dict | None = None,
+                 raw: Any = None) -> tuple[int, Any, dict]:
         hdrs = {"Accept": "application/json", **(headers or {})}
         data = raw
         if body is not None:
@@ -104,7 +119,7 @@ class RemoteMepm(Mepm):
             if cls is MecorchError:
                 err.status = resp.status
             raise err
-        return resp.status, doc
+        return resp.status, doc, {k.lower(): v for k, v in resp.getheaders()}
 
     def _get(self, path: str) -> Any:
         return self.call("GET", path)[1]
@@ -122,7 +137,7 @@ class RemoteMepm(Mepm):
         """The host's package of that appDId and (appDVersion,
         appSoftwareVersion); with no versions, the newest there."""
         q = urllib.parse.quote(f"(eq,appDId,{app_d_id})")
-        found = self._get(f"{PKGM}/app_packages?filter={q}")
+        found = self.get_all(f"{PKGM}/app_packages?filter={q}")
         for p in found:
             if versions is None or (p.get("appDVersion"), p.get("appSoftwareVersion")) == versions:
                 return p
@@ -202,7 +217,7 @@ class RemoteMepm(Mepm):
             return None
 
     def list_instances(self) -> list[dict]:
-        return self._get(f"{LCM}/app_instances")
+        return self.get_all(f"{LCM}/app_instances")
 
     def get_op(self, op_id: str) -> dict | None:
         try:
