@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -161,11 +162,41 @@ class Lab:
         self.ids.add(inst["id"])
         return inst["id"]
 
-    def instantiate(self, iid: str, manner: str, n: int = 0, headers=None) -> dict:
-        op, _ = self.c.post(f"{INST}/{iid}/instantiate",
-                            {"selectedMECHostInfo": self.selected, "deploymentType": manner,
-                             **rules_body(manner, n)}, headers)
+    def instantiate(self, iid: str, manner: str, n: int | None = None, headers=None) -> dict:
+        """`n` picks the instance's service address (rules_body); by default
+        one no other deployed instance of the lab steers (an address has one
+        owner), the same again for a retry of the same instance."""
+        # one at a time up to the 202: a concurrent twin would see the
+        # address as free until this op occurrence exists
+        with self._address_lock:
+            if n is None:
+                n = self._address_of(iid)
+            else:
+                self._held()[iid] = n
+            op, _ = self.c.post(f"{INST}/{iid}/instantiate",
+                                {"selectedMECHostInfo": self.selected, "deploymentType": manner,
+                                 **rules_body(manner, n)}, headers)
         return op
+
+    _address_lock = threading.Lock()
+
+    def _held(self) -> dict[str, int]:
+        """instance -> the n of its service address, as instantiated here"""
+        if not hasattr(self, "_addresses"):
+            self._addresses = {}
+        return self._addresses
+
+    def _address_of(self, iid: str) -> int:
+        """The instance's last n while no other deployed (or deploying)
+        instance holds it, else the smallest free one."""
+        held = self._held()
+        live = {i["id"] for i in self.c.get(INST) if i["instantiationState"] == "INSTANTIATED"}
+        live |= {o["appInstanceId"] for o in self.c.get("/app_lcm/v1/app_lcm_op_occs")
+                 if o["operationState"] in ("STARTING", "PROCESSING")}
+        taken = {n for other, n in held.items() if other in live and other != iid}
+        if held.get(iid) is None or held[iid] in taken:
+            held[iid] = next(n for n in range(0, 55) if n not in taken)
+        return held[iid]
 
     def deploy(self, app_d_id: str, manner: str, timeout: float = 300) -> str:
         iid = self.create(app_d_id)

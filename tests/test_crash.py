@@ -160,7 +160,7 @@ def test_kill_during_instantiate(lab, stats, witnesses, manner):
     for n, delay in enumerate(kill_points(duration)):
         iid = lab.create(APPS[manner])
         crash_cycle(lab, stats, witnesses, ("instantiate", manner),
-                    lambda: lab.instantiate(iid, manner, n), delay)
+                    lambda: lab.instantiate(iid, manner), delay)
         targets.append(iid)
     lab.targets = getattr(lab, "targets", {})
     lab.targets[manner] = targets

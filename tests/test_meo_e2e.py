@@ -183,7 +183,7 @@ def system(sample_container, sample_vm):
                                tmp / f"{name}.log", tokens[name])
         meo_cfg = {"role": "meo", "state_dir": str(tmp / "meo"), "run_dir": str(tmp / "run/meo"),
                    "api": {"token_file": str(tmp / "meo.token")}, "hosts": [],
-                   "meo": {"heartbeat_s": 1, "request_timeout_s": 3, "sync_s": 2,
+                   "meo": {"heartbeat_s": 1, "request_timeout_s": 10, "sync_s": 2,
                            "mepms": [{"id": edges[n]["id"],
                                       "url": f"http://127.0.0.1:{edges[n]['port']}",
                                       "token_file": str(tmp / f"{n}.token")}

@@ -29,6 +29,7 @@ from .contract import HostInfo, Mepm
 PKGM = "/app_pkgm/v1"
 LCM = "/app_lcm/v1"
 HOSTS = "/mecorch/v1/hosts"
+ONBOARD_TIMEOUT_S = 600.0
 _BY_STATUS = {400: errors.InvalidInput, 401: errors.Unauthorized, 403: errors.Forbidden,
               404: errors.NotFound, 409: errors.Conflict, 412: errors.PreconditionFailed,
               413: errors.PayloadTooLarge, 422: errors.IntegrityError,
@@ -84,7 +85,7 @@ class RemoteMepm(Mepm):
         return items
 
     def _request(self, method: str, path: str, body: Any = None, headers: dict | None = None,
-                 raw: Any = None) -> tuple[int, Any, dict]:
+                 raw: Any = None, timeout_s: float | None = None) -> tuple[int, Any, dict]:
         hdrs = {"Accept": "application/json", **(headers or {})}
         data = raw
         if body is not None:
@@ -95,6 +96,11 @@ class RemoteMepm(Mepm):
         for attempt in (1, 2):
             conn = self._conn()
             try:
+                # a longer wait for one call (a synchronous onboarding), then
+                # the connection's own again
+                conn.timeout = timeout_s or self._timeout
+                if conn.sock is not None:
+                    conn.sock.settimeout(conn.timeout)
                 conn.request(method, path, body=data, headers=hdrs)
                 resp = conn.getresponse()
                 payload = resp.read()
@@ -161,9 +167,12 @@ class RemoteMepm(Mepm):
             "userDefinedData": {"mecorch.meoPackageId": pkg["id"]}})
         size = os.path.getsize(zip_path)
         with open(zip_path, "rb") as f:
-            self.call("PUT", f"{PKGM}/app_packages/{info['id']}/package_content",
-                      headers={"Content-Type": "application/zip", "Content-Length": str(size)},
-                      raw=f)
+            # the host answers once the package is ONBOARDED (its image
+            # loaded into its repository): seconds, not the usual round trip
+            self._request("PUT", f"{PKGM}/app_packages/{info['id']}/package_content",
+                          headers={"Content-Type": "application/zip",
+                                   "Content-Length": str(size)},
+                          raw=f, timeout_s=ONBOARD_TIMEOUT_S)
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             doc = self._get(f"{PKGM}/app_packages/{info['id']}")
