@@ -26,6 +26,7 @@ from .drivers import ComputeDriver
 from .errors import Conflict, IdempotencyMismatch, InvalidInput, MecorchError, NotFound
 from .hosts import EdgeHost, Inventory, Need
 from .journal import LCM, Journal
+from .locks import exclusive
 from .mep import MepService
 from .model import Allocation, ResourceRequest
 from .pkgmgmt import PackageManager, _marker as pkg_marker
@@ -424,20 +425,7 @@ class Lcm:
 
     # ------------------------------------------------------------ helpers
     def _exclusive(self, instance_id: str):
-        lcm = self
-
-        class _Guard:
-            def __enter__(self):
-                lcm._busy_lock.acquire()
-                if instance_id in lcm._busy:
-                    lcm._busy_lock.release()
-                    raise Conflict(f"app instance {instance_id} has an operation in progress")
-                return self
-
-            def __exit__(self, *exc):
-                lcm._busy_lock.release()
-                return False
-        return _Guard()
+        return exclusive(self._busy_lock, self._busy, instance_id)
 
     def _guarded(self, instance_id: str, fn, op: dict, *args) -> None:
         logs.op_started(op, self.store.get("instances", instance_id))

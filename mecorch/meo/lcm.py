@@ -32,6 +32,7 @@ from ..errors import (BackendUnavailable, Conflict, InvalidInput, MecorchError, 
                       Timeout)
 from ..hosts import Need
 from ..journal import Journal
+from ..locks import exclusive
 from ..lcm import (INSTANTIATE_FIELDS, Lcm, create_instance, fingerprint, idempotency_mismatch,
                    parse_operate, parse_terminate, selected_hosts)
 from ..decision import HostFacts
@@ -421,20 +422,7 @@ class SystemLcm:
 
     # ---------------------------------------------------------------- locking
     def _exclusive(self, instance_id: str):
-        lcm = self
-
-        class _Guard:
-            def __enter__(self):
-                lcm._lock.acquire()
-                if instance_id in lcm._busy:
-                    lcm._lock.release()
-                    raise Conflict(f"app instance {instance_id} has an operation in progress")
-                return self
-
-            def __exit__(self, *exc):
-                lcm._lock.release()
-                return False
-        return _Guard()
+        return exclusive(self._lock, self._busy, instance_id)
 
     def _no_unfinished_op(self, instance_id: str) -> None:
         """An op left PROCESSING while its host is away still owns the
