@@ -38,7 +38,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run
-from crashlab import INST, VIRSH, Lab, private_registry, wait_clean
+from crashlab import INST, VIRSH, Lab, private_registry, rules_body, wait_clean
 
 pytestmark = [pytest.mark.docker, pytest.mark.libvirt, pytest.mark.mep]
 
@@ -234,7 +234,9 @@ def test_instantiate_retry_with_the_same_idempotency_key(lab, witnesses):
     first POST."""
     iid = lab.create("sample-http")
     key = {"Idempotency-Key": f"retry-{iid}"}
-    body = {"selectedMECHostInfo": lab.selected, "deploymentType": "CONTAINER"}
+    # service addresses of their own (one address, one owner)
+    body = {"selectedMECHostInfo": lab.selected, "deploymentType": "CONTAINER",
+            **rules_body("CONTAINER", 50)}
     url = f"{INST}/{iid}/instantiate"
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda _: lab.c.call("POST", url, body, key), range(4)))
@@ -261,6 +263,7 @@ def test_instantiate_retry_with_the_same_idempotency_key(lab, witnesses):
     other = lab.create("sample-http")
     key = {"Idempotency-Key": f"retry-{other}"}
     url = f"{INST}/{other}/instantiate"
+    body = {**body, **rules_body("CONTAINER", 51)}
     first = lab.c.call("POST", url, body, key)[1]
     lab.kill()
     lab.start()
