@@ -42,44 +42,20 @@ _DEPLOYED_KEYS = ("instantiatedAppState", "hostId", "deploymentType", "decisionR
                   "_handle", "_need", "_observed", "_mp1Token")
 
 
-class Lcm:
-    def __init__(self, store: Store, inventory: Inventory, packages: PackageManager,
-                 mep: MepService, cfg: dict, workers: int = 8):
-        self.store = store
-        self.inventory = inventory
-        self.packages = packages
-        self.mep = mep
-        self.journal = Journal(store)
-        self.default_graceful_s = int(cfg["orchestrator"]["graceful_timeout_s"])
-        # apps' output kept after termination (mecorch.applogs)
-        self.logs_dir = Path(cfg["state_dir"]) / "app-logs"
-        self._orchestrator_cfg = cfg["orchestrator"]     # the manner preference
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lcm")
-        # one operation at a time per instance; guards the check-and-start
-        self._busy: set[str] = set()
-        self._busy_lock = threading.Lock()
-        # op occurrences running in this process (recovery leaves them alone)
-        self._live: set[str] = set()
+class InstanceQueries:
+    """The app_lcm queries, over `self.store` and `self.view`: the same for a
+    host's LCM and the MEO's (each has its own store and view)."""
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
+    store: Store
 
-    # ------------------------------------------------------------ queries
+    def view(self, doc: dict) -> dict:
+        return public(doc)
+
     def get(self, instance_id: str) -> dict:
         doc = self.store.get("instances", instance_id)
         if doc is None:
             raise NotFound(f"app instance {instance_id!r} does not exist")
         return doc
-
-    def view(self, doc: dict) -> dict:
-        out = public(doc)
-        observed = doc.get("_observed")
-        if observed and doc["instantiationState"] == InstantiationState.INSTANTIATED.value:
-            # mecorch extension: what reconciliation last saw of the runtime
-            out["observedState"] = observed["state"]
-            out["observedStateDetail"] = observed.get("detail", "")
-            out["observedStateTime"] = observed.get("at")
-        return out
 
     def list(self) -> list[dict]:
         return [self.view(d) for d in self.store.list("instances")]
@@ -114,6 +90,40 @@ class Lcm:
 
     def ops(self) -> list[dict]:
         return [public(d) for d in self.store.list("op_occs")]
+
+
+class Lcm(InstanceQueries):
+    def __init__(self, store: Store, inventory: Inventory, packages: PackageManager,
+                 mep: MepService, cfg: dict, workers: int = 8):
+        self.store = store
+        self.inventory = inventory
+        self.packages = packages
+        self.mep = mep
+        self.journal = Journal(store)
+        self.default_graceful_s = int(cfg["orchestrator"]["graceful_timeout_s"])
+        # apps' output kept after termination (mecorch.applogs)
+        self.logs_dir = Path(cfg["state_dir"]) / "app-logs"
+        self._orchestrator_cfg = cfg["orchestrator"]     # the manner preference
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lcm")
+        # one operation at a time per instance; guards the check-and-start
+        self._busy: set[str] = set()
+        self._busy_lock = threading.Lock()
+        # op occurrences running in this process (recovery leaves them alone)
+        self._live: set[str] = set()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    # ------------------------------------------------------------ queries
+    def view(self, doc: dict) -> dict:
+        out = public(doc)
+        observed = doc.get("_observed")
+        if observed and doc["instantiationState"] == InstantiationState.INSTANTIATED.value:
+            # mecorch extension: what reconciliation last saw of the runtime
+            out["observedState"] = observed["state"]
+            out["observedStateDetail"] = observed.get("detail", "")
+            out["observedStateTime"] = observed.get("at")
+        return out
 
     # ------------------------------------------------------------ create / delete
     def create(self, body: dict, idempotency_key: str | None = None) -> dict:

@@ -33,8 +33,8 @@ from ..errors import (BackendUnavailable, Conflict, InvalidInput, MecorchError, 
 from ..hosts import Need
 from ..journal import Journal
 from ..locks import exclusive
-from ..lcm import (INSTANTIATE_FIELDS, Lcm, create_instance, fingerprint, idempotency_mismatch,
-                   parse_operate, parse_terminate, selected_hosts)
+from ..lcm import (INSTANTIATE_FIELDS, InstanceQueries, create_instance, fingerprint,
+                   idempotency_mismatch, parse_operate, parse_terminate, selected_hosts)
 from ..decision import HostFacts
 from ..states import DeploymentType, InstantiationState, LcmOperation, OperationState
 from ..store import Store
@@ -58,7 +58,9 @@ class HostAway(Exception):
     for the resync."""
 
 
-class SystemLcm:
+class SystemLcm(InstanceQueries):
+    """Queries (get, list, list_page, op, ops) as a host's: InstanceQueries."""
+
     def __init__(self, store: Store, packages, registry: Registry, cfg: dict,
                  workers: int = 16):
         self.store = store
@@ -77,32 +79,6 @@ class SystemLcm:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
-
-    # ---------------------------------------------------------------- queries
-    def get(self, instance_id: str) -> dict:
-        doc = self.store.get("instances", instance_id)
-        if doc is None:
-            raise NotFound(f"app instance {instance_id!r} does not exist")
-        return doc
-
-    def view(self, doc: dict) -> dict:
-        return public(doc)
-
-    def list(self) -> list[dict]:
-        return [public(d) for d in self.store.list("instances")]
-
-    # The same paged listing as a host's (it reads only self.store and
-    # self.view): NFV-SOL 013 paging of the MEO's own instance resources.
-    list_page = Lcm.list_page
-
-    def op(self, op_id: str) -> dict:
-        doc = self.store.get("op_occs", op_id)
-        if doc is None:
-            raise NotFound(f"LCM operation occurrence {op_id!r} does not exist")
-        return public(doc)
-
-    def ops(self) -> list[dict]:
-        return [public(d) for d in self.store.list("op_occs")]
 
     # ---------------------------------------------------------------- create / delete
     def create(self, body: dict, idempotency_key: str | None = None) -> dict:
