@@ -141,10 +141,10 @@ m package onboard "$work/vlab-client.zip" >/dev/null
 declare -A APP=() CLIENT=()
 while IFS=$'\t' read -r name host_id _ _; do
   for app in sample-http vlab-client; do
-    id=$(m app create "$app" --name "$app-$name" | jget id)
-    m app instantiate "$id" --type CONTAINER --host "$host_id" >/dev/null
-    state=$(m app show "$id" | jget instantiationState)
-    on=$(m app show "$id" | jget hostId)
+    id=$(m app create "$app" --name "$app-$name" | jget id) || die "$app on $name: create failed"
+    m app instantiate "$id" --type CONTAINER --host "$host_id" >/dev/null || die "$app on $name: instantiate failed"
+    state=$(m app show "$id" | jget instantiationState) || die "$app on $name: show failed"
+    on=$(m app show "$id" | jget hostId) || die "$app on $name: show failed"
     if [ "$state" != INSTANTIATED ] || [ "$on" != "$host_id" ]; then
       die "$app on $name: $state on $on"
     fi
@@ -156,13 +156,20 @@ phase_end
 
 # ------------------------------------------------------------------ reach
 phase reach
+client_fetch() {   # the busybox script the client app runs
+  cat <<EOF
+a=\$(nslookup $NAME | sed -n 's/^Address[^:]*:[[:space:]]*\([0-9.]*\)\$/\1/p' | tail -n1)
+echo "resolved \$a"
+printf 'GET / HTTP/1.0\r\nHost: $NAME\r\n\r\n' | nc -w 5 "\$a" 80
+EOF
+}
 bridge=$(virsh -q -c qemu:///system net-info mecorch-vlab | awk '/^Bridge:/ {print $2}')
 [ -n "$bridge" ] || die "no bridge for the libvirt network mecorch-vlab"
 k=0
 while IFS=$'\t' read -r name _ ip port; do
   k=$((k + 1))
   # DNS: the host's MEP answers the app's name on the private network
-  got=$(dig +short +time=3 +tries=2 "@$ip" "$NAME")
+  got=$(dig +short +time=3 +tries=2 "@$ip" "$NAME") || die "$name: dig @$ip $NAME failed: $got"
   [ "$got" = "$VIP" ] || die "$name: dig @$ip $NAME gave '$got', not $VIP"
   say "$name: $NAME -> $got (dig @$ip)"
   # A client of the workstation on the lab's bridge, resolving through and
@@ -198,12 +205,24 @@ ids = [i["id"] for i in json.loads(sys.argv[1])
        if i.get("appDId") == "vlab-client" and i.get("instantiationState") == "INSTANTIATED"]
 print(ids[0] if len(ids) == 1 else "")' "$listed" 2>&1) || die "$name: its MEPM's instance list: $host_inst: $listed"
   [ -n "$host_inst" ] || die "$name: its MEPM has no single instance of vlab-client: $listed"
-  cid=$(vg ssh "$name" -c "sudo docker ps -q --filter label=mecorch.instance=$host_inst --filter label=mecorch.role=app" </dev/null 2>/dev/null | tr -d '\r')
+  # (each $(...) below ends in `|| die`: under set -e a failed substitution
+  # would otherwise end the script without a word)
+  cid=$(vg ssh "$name" -c "sudo docker ps -q --filter label=mecorch.instance=$host_inst --filter label=mecorch.role=app" </dev/null 2>"$work/ssh.err" | tr -d '\r') ||
+    die "$name: docker ps in the host: $(cat "$work/ssh.err")"
   [ -n "$cid" ] || die "$name: no container of the client app (host instance $host_inst)"
-  body=$(vg ssh "$name" -c "sudo docker exec $cid wget -q -T 5 -O - http://$NAME/" </dev/null 2>/dev/null | tr -d '\r')
-  [[ $body == *"mecorch sample container"* ]] ||
-    die "$name: http://$NAME/ from the client app gave '$body'"
-  say "$name: http://$NAME/ from the client app: $body"
+  # The app's own resolver answers the name, and HTTP reaches the address it
+  # gave. busybox nslookup + nc, not wget: busybox-static's wget crashes in
+  # glibc's NSS without its modules. The script goes in on stdin (no quoting
+  # through ssh, sudo and docker exec).
+  body=""
+  for ((i = 0; i < 10; i++)); do
+    body=$(client_fetch | vg ssh "$name" -c "sudo docker exec -i $cid /bin/busybox sh" \
+           2>"$work/ssh.err" | tr -d '\r') && [[ $body == *"mecorch sample container"* ]] && break
+    sleep 1
+  done
+  [[ $body == *"resolved $VIP"* && $body == *"mecorch sample container"* ]] ||
+    die "$name: http://$NAME/ from the client app gave '$body' ($(cat "$work/ssh.err"))"
+  say "$name: http://$NAME/ from the client app: $(grep -m1 resolved <<<"$body"), $(tail -n1 <<<"$body")"
 done < "$LAB/edges.tsv"
 phase_end
 
@@ -214,7 +233,8 @@ while IFS=$'\t' read -r name host_id ip _; do
     m app terminate "$id" >/dev/null
     m app delete "$id" >/dev/null
   done
-  left=$(vg ssh "$name" -c "sudo docker ps -aq --filter label=mecorch.host=$host_id" </dev/null 2>/dev/null | tr -d '\r')
+  left=$(vg ssh "$name" -c "sudo docker ps -aq --filter label=mecorch.host=$host_id" </dev/null 2>"$work/ssh.err" | tr -d '\r') ||
+    die "$name: docker ps in the host: $(cat "$work/ssh.err")"
   [ -z "$left" ] || die "$name: containers of $host_id left after terminate: $left"
   got=$(dig +short +time=3 +tries=1 "@$ip" "$NAME" || true)
   [ "$got" != "$VIP" ] || die "$name: $NAME still answered after terminate"

@@ -36,7 +36,9 @@ MIRROR=http://deb.debian.org/debian
 DISK_GB=12
 HOST_VENV=/opt/mecorch/venv          # only its pip is used, to make wheels
 insecure_key() {
-  find /usr/share/rubygems-integration/all/gems/ -path '*/vagrant-*/keys/vagrant.pub' 2>/dev/null | head -n1
+  # (|| true: before vagrant is installed the folder does not exist, and a
+  # failed substitution would end the script silently under set -e)
+  find /usr/share/rubygems-integration/all/gems/ -path '*/vagrant-*/keys/vagrant.pub' 2>/dev/null | head -n1 || true
 }
 INSECURE_KEY=$(insecure_key)
 
