@@ -193,6 +193,39 @@ def test_deploy_reach_limits_stop_start_destroy(cim, api, sample, uid, config):
     cim.stop(handle, timeout_s=1)                  # gone: success
 
 
+def test_capacity_reads_limit_labels_and_inspects_app_containers_without_them(cim, api,
+                                                                              sample, uid):
+    # The app container carries the limits it was made with as labels, equal
+    # to its HostConfig: capacity() counts it from the listing alone.
+    before = cim.capacity()
+    alloc = cim.deploy(request(f"cap-{uid}", sample["ref"], vcpu=0.5, memory_mb=48))
+    unlabeled = None
+    try:
+        app = api.inspect_container(alloc.handle["app"]["id"])
+        labels = app["Config"]["Labels"]
+        assert labels["mecorch.nano-cpus"] == str(app["HostConfig"]["NanoCpus"]) == "500000000"
+        assert labels["mecorch.mem-bytes"] == str(app["HostConfig"]["Memory"]) == str(48 << 20)
+        mid = cim.capacity()
+        assert mid.cpu_used - before.cpu_used == pytest.approx(0.5)
+        assert mid.memory_mb_used - before.memory_mb_used == 48
+        # An app container of an older mecorch (no limit labels; another host
+        # id: every mecorch app container on the daemon uses its resources)
+        # is counted by inspecting it.
+        hc = api.create_host_config(nano_cpus=250_000_000, mem_limit=32 << 20)
+        unlabeled = api.create_container(
+            sample["ref"], name=f"mecorch-old-{uid}-app", host_config=hc,
+            labels={"mecorch.instance": f"old-{uid}", "mecorch.host": f"other-{uid}",
+                    "mecorch.role": "app"})["Id"]
+        after = cim.capacity()
+        assert after.cpu_used - mid.cpu_used == pytest.approx(0.25)
+        assert after.memory_mb_used - mid.memory_mb_used == 32
+    finally:
+        if unlabeled:
+            api.remove_container(unlabeled, force=True)
+        cim.destroy(alloc.handle)
+    assert cim.capacity().cpu_used == pytest.approx(before.cpu_used)
+
+
 def test_reserved_volume_survives_destroy_and_is_reused(cim, api, sample, uid):
     iid = f"keep-{uid}"
     vols = (VolumeSpec("db", mount_path="/db", reserved=True), VolumeSpec("tmp", mount_path="/t"))

@@ -31,8 +31,8 @@ from mecorch.states import DeploymentType, ObservedState
 
 from . import pause
 from .backend import backend_errors, connect, drain, gone_ok
-from .plan import (LABEL_HOST, LABEL_INSTANCE, LABEL_NETWORK, LABEL_RESERVED, LABEL_ROLE,
-                   LABEL_VOLUME, Plan, make_plan)
+from .plan import (LABEL_HOST, LABEL_INSTANCE, LABEL_MEM_BYTES, LABEL_NANO_CPUS,
+                   LABEL_NETWORK, LABEL_RESERVED, LABEL_ROLE, LABEL_VOLUME, Plan, make_plan)
 from .images import ImageRepository
 
 MiB = 1024 * 1024
@@ -308,7 +308,8 @@ class DockerCIM(ComputeDriver):
 
     def _create_app(self, api, plan: Plan, image: str, pause_id: str, made: list,
                     request: ResourceRequest) -> str:
-        labels = {**self._labels(plan, "app"), "mecorch.image": request.image}
+        labels = {**self._labels(plan, "app"), "mecorch.image": request.image,
+                  LABEL_NANO_CPUS: str(plan.nano_cpus), LABEL_MEM_BYTES: str(plan.mem_bytes)}
         with backend_errors(f"create {plan.app_name}"):
             host_config = api.create_host_config(
                 network_mode=f"container:{pause_id}", nano_cpus=plan.nano_cpus,
@@ -551,10 +552,14 @@ class DockerCIM(ComputeDriver):
                                                                LABEL_INSTANCE]})
         cpu_used = mem_used = 0
         for c in apps:
-            hc = gone_ok(f"inspect {c['Id'][:12]}", api.inspect_container, c["Id"])
-            if hc:      # removed meanwhile: it uses nothing
-                cpu_used += hc["HostConfig"].get("NanoCpus") or 0
-                mem_used += hc["HostConfig"].get("Memory") or 0
+            limits = _label_limits(c.get("Labels") or {})
+            if limits is None:      # made by a mecorch before the limit labels
+                hc = gone_ok(f"inspect {c['Id'][:12]}", api.inspect_container, c["Id"])
+                # removed meanwhile: it uses nothing
+                limits = ((hc["HostConfig"].get("NanoCpus") or 0,
+                           hc["HostConfig"].get("Memory") or 0) if hc else (0, 0))
+            cpu_used += limits[0]
+            mem_used += limits[1]
         root = info.get("DockerRootDir", "/var/lib/docker")
         try:
             fs = os.statvfs(root)
@@ -586,3 +591,13 @@ def _gateway_of(net: dict) -> str | None:
         if gw and ":" not in gw:
             return gw.split("/")[0]
     return None
+
+
+def _label_limits(labels: dict) -> tuple[int, int] | None:
+    """(NanoCpus, Memory bytes) from an app container's limit labels; None
+    when it has none (or they do not read as numbers: then the container is
+    inspected, its HostConfig is the truth)."""
+    try:
+        return int(labels[LABEL_NANO_CPUS]), int(labels[LABEL_MEM_BYTES])
+    except (KeyError, ValueError):
+        return None

@@ -21,6 +21,11 @@ LABEL_HOST = "mecorch.host"
 LABEL_RESERVED = "mecorch.reserved"
 LABEL_VOLUME = "mecorch.volume"
 LABEL_NETWORK = "mecorch.network"
+# The limits an app container was created with (mecorch never changes them
+# afterwards): capacity() reads them from the listing instead of inspecting
+# every container on every health probe.
+LABEL_NANO_CPUS = "mecorch.nano-cpus"
+LABEL_MEM_BYTES = "mecorch.mem-bytes"
 
 _PROTOCOLS = ("tcp", "udp", "sctp")
 
