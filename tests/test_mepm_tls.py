@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import threading
+import time
 
 import pytest
 from cryptography import x509
@@ -54,6 +55,7 @@ def mepm(tmp_path):
     host.attach("vim", FakeCompute(DeploymentType.VM))
     host.attach("mep", FakeMep())
     server = make_server(orch, "127.0.0.1:0", "mepm")
+    server.keepalive_idle = 0.3         # idle kept-alive connections closed soon
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                      daemon=True).start()
     yield f"https://127.0.0.1:{server.server_address[1]}", cert, orch, tmp_path
@@ -69,6 +71,29 @@ def test_host_info_over_tls_with_a_token(mepm):
     assert info.host_id == "tls-edge" and set(info.manners) == {"CONTAINER", "VM"}
     assert info.manners["CONTAINER"].vcpu_total == 2 * 4.0       # fake cores x ratio
     assert remote.discover() == ["tls-edge"]
+
+
+def test_a_connection_the_mepm_closed_while_idle_is_opened_again(mepm):
+    """Over TLS a kept-alive connection the server closed shows as an SSL
+    EOF on the next request: the client opens a new one and the call works
+    (a POST too: the server closed it before any request came)."""
+    url, ca, orch, tmp = mepm
+    from test_core_orchestration import CONTAINER_APPD, _fake_docker_tar, make_package
+    import hashlib
+    z = make_package(tmp, CONTAINER_APPD, _fake_docker_tar())
+    orch.packages.onboard({"appPkgName": "p", "appPkgVersion": "1", "appPkgPath": str(z),
+                           "checksum": {"algorithm": "SHA-256",
+                                        "hash": hashlib.sha256(z.read_bytes()).hexdigest()}})
+    remote = RemoteMepm("tls-edge", url, "mepm-token-0123456789abcdef", ca)
+    remote.info()
+    first = remote._local.conn.sock
+    for _ in range(2):
+        time.sleep(0.8)                 # past the server's keepalive_idle
+        assert remote.info().host_id == "tls-edge"
+        time.sleep(0.8)
+        made = remote.create_instance({"appDId": "sample-http"}, key=f"idle-{time.time()}")
+        assert made["id"]
+    assert remote._local.conn.sock is not first
 
 
 def test_wrong_token_and_unknown_ca_are_refused(mepm):

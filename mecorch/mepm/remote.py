@@ -26,6 +26,14 @@ from ..client import _next_link           # one reading of Link rel="next"
 from ..errors import BackendUnavailable, MecorchError
 from .contract import HostInfo, Mepm
 
+# How a kept-alive connection the MEPM closed while it was idle shows on the
+# next request: over TLS the close arrives as an SSL EOF, not as the plain
+# socket's RemoteDisconnected (seen in the Vagrant lab: a terminate sent
+# after a minute without calls failed with "EOF occurred in violation of
+# protocol").
+_CLOSED_BY_SERVER = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
+                     ssl.SSLEOFError, ssl.SSLZeroReturnError)
+
 PKGM = "/app_pkgm/v1"
 LCM = "/app_lcm/v1"
 HOSTS = "/mecorch/v1/hosts"
@@ -111,9 +119,7 @@ class RemoteMepm(Mepm):
                 self._drop()
                 # a kept-alive connection the server closed meanwhile: one
                 # fresh try (never for a body streamed from a file)
-                if attempt == 1 and raw is None and isinstance(
-                        e, (http.client.RemoteDisconnected, ConnectionResetError,
-                            BrokenPipeError)):
+                if attempt == 1 and raw is None and isinstance(e, _CLOSED_BY_SERVER):
                     continue
                 raise BackendUnavailable(
                     f"edge host {self.host_id!r}: MEPM at {self.url} unreachable: {e}") from None
