@@ -895,3 +895,32 @@ def test_keep_alive_after_an_error_is_not_confused(wire_api):
         resp.read()
         s.settimeout(3)
         assert s.recv(100) == b""            # closed: no second answer
+
+
+def test_an_idle_keep_alive_connection_is_closed_and_its_thread_ends(wire_api):
+    """Between requests a kept-alive connection waits `keepalive_idle`, not
+    the request timeout: requests inside it share the connection; then the
+    server closes it and the connection's thread is gone."""
+    wire_api.server.keepalive_idle = 0.5
+    wire_api.server.request_timeout = 30.0
+    port = wire_api.server.server_address[1]
+    req = b"GET /app_lcm/v1/app_instances HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    before = threading.active_count()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        for pause in (0.0, 0.3):             # inside the idle time: same connection
+            time.sleep(pause)
+            s.sendall(req)
+            resp = http.client.HTTPResponse(s)
+            resp.begin()
+            assert resp.status == 200 and resp.getheader("Connection", "") != "close"
+            resp.read()
+        assert threading.active_count() == before + 1
+        s.settimeout(5)
+        t0 = time.monotonic()
+        assert s.recv(100) == b""            # closed by the server, no answer
+        waited = time.monotonic() - t0
+    assert 0.3 < waited < 3, waited
+    deadline = time.monotonic() + 5
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() == before

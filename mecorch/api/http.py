@@ -45,6 +45,10 @@ MAX_JSON_DEPTH = 64
 # A client gets this long for each read of its request line, headers and
 # body (a slow client must not hold a thread forever).
 REQUEST_TIMEOUT_S = 30.0
+# An idle keep-alive connection is closed after this long without a request
+# (Apache's default): each one holds a thread of the server, and an idle
+# edge node should not keep the threads of a burst of clients gone quiet.
+KEEPALIVE_IDLE_S = 5.0
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,15}")
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,15}")
 # what is still read of a streaming body refused before it was read
@@ -358,6 +362,7 @@ class ApiServer(ThreadingHTTPServer):
         # token -> the app instance it was issued to, or None
         self.app_token_owner = app_token_owner or (lambda token: None)
         self.request_timeout = REQUEST_TIMEOUT_S
+        self.keepalive_idle = KEEPALIVE_IDLE_S
         super().__init__(address, _RequestHandler)
 
 
@@ -372,6 +377,22 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         self.timeout = self.server.request_timeout       # socket timeout of this connection
         super().setup()
+
+    def handle(self) -> None:
+        """http.server's keep-alive loop, with the wait for the next request
+        under `keepalive_idle` and the request itself under the request
+        timeout."""
+        self.close_connection = True
+        self.handle_one_request()
+        while not self.close_connection:
+            try:
+                self.connection.settimeout(self.server.keepalive_idle)
+                if not self.rfile.peek(1):          # the client closed it
+                    return
+                self.connection.settimeout(self.timeout)
+            except OSError:                         # idle too long, or reset
+                return
+            self.handle_one_request()
 
     def log_message(self, fmt, *args):            # through logging, not stderr
         log.debug("%s " + fmt, self.client_address[0], *args)
