@@ -19,7 +19,6 @@ import logging
 import threading
 import time
 from pathlib import Path
-from concurrent.futures import ThreadPoolExecutor
 
 from . import applogs, decision, filters, logs, manner_policy, validate
 from .drivers import ComputeDriver
@@ -34,6 +33,7 @@ from .states import (DeploymentType, InstanceOperationalState, InstantiationStat
                      LcmOperation, TerminationType)
 from .store import TABLES, Store
 from .timeutil import new_id, public
+from .workers import Workers
 
 log = logging.getLogger("mecorch.lcm")
 # What an instance record holds only while it is deployed.
@@ -104,7 +104,7 @@ class Lcm(InstanceQueries):
         # apps' output kept after termination (mecorch.applogs)
         self.logs_dir = Path(cfg["state_dir"]) / "app-logs"
         self._orchestrator_cfg = cfg["orchestrator"]     # the manner preference
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lcm")
+        self._pool = Workers(workers, "lcm")     # threads end when idle (mecorch.workers)
         # one operation at a time per instance; guards the check-and-start
         self._busy: set[str] = set()
         self._busy_lock = threading.Lock()

@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from .. import decision, validate
 from ..errors import (BackendUnavailable, Conflict, InvalidInput, MecorchError, NotFound,
@@ -39,6 +38,7 @@ from ..decision import HostFacts
 from ..states import DeploymentType, InstantiationState, LcmOperation, OperationState
 from ..store import Store
 from ..timeutil import public
+from ..workers import Workers
 from . import placement
 from .registry import UNREACHABLE, HostEntry, Registry
 
@@ -71,7 +71,7 @@ class SystemLcm(InstanceQueries):
         self.orchestrator_cfg = cfg["orchestrator"]
         meo = cfg.get("meo") or {}
         self.op_timeout_s = float(meo.get("op_timeout_s", 3600))
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="meo-lcm")
+        self._pool = Workers(workers, "meo-lcm")
         self._busy: set[str] = set()           # instances with an operation here
         self._live: set[str] = set()           # op occurrences a worker is on
         self._lock = threading.Lock()
