@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 
-from . import __version__, config
+from . import __version__, config, heap
 from .errors import InvalidInput, MecorchError
 
 FILTER_HELP = """\
@@ -234,6 +234,7 @@ def serve(cfg: dict, listen: str, verbose: int = 0, log_format: str = "text",
     # second mecorch never reads the first one's objects as orphans.
     lease = HostLease(cfg["state_dir"], listen)
     lease.acquire([h["id"] for h in cfg["hosts"]])
+    heap.limit_arenas()                 # before any thread starts (mecorch.heap)
     orch = Orchestrator(cfg)
     watcher = Watcher(orch)
     registration = None
@@ -278,6 +279,7 @@ def _serve_meo(cfg: dict, listen: str) -> int:
     from . import logs
     from .api import make_server
     from .meo.orchestrator import MeoOrchestrator
+    heap.limit_arenas()
     meo = MeoOrchestrator(cfg)
     try:
         server = make_server(meo, listen, "meo")

@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from . import logs
+from . import heap, logs
 from .errors import Conflict, MecorchError
 from .hosts import EdgeHost, Inventory
 from .lcm import Lcm
@@ -84,6 +84,9 @@ class Reconciler:
                     logs.recovery(line)
             except Exception:      # noqa: BLE001 - the loop must survive anything
                 log.exception("reconcile round failed; retrying next round")
+            # what the round (and the requests since the last one) freed
+            # goes back to the system: an idle node stays small
+            heap.trim()
 
     # ------------------------------------------------------------ one round
     def run_once(self) -> list[str]:
