@@ -14,6 +14,10 @@ import time
 from pathlib import Path
 
 from lab import NO_RULES, Lab, descendants, sample
+from mecorch.api.http import KEEPALIVE_IDLE_S
+from mecorch.workers import IDLE_S
+
+SETTLE_S = max(IDLE_S, KEEPALIVE_IDLE_S) + 2
 
 
 def dnsmasq_count(lab: Lab) -> int:
@@ -27,7 +31,9 @@ def dnsmasq_count(lab: Lab) -> int:
 
 
 def idle(lab: Lab, seconds: float) -> dict:
-    time.sleep(2)                    # let the last request's work settle
+    # idle: after the last request's LCM workers and kept-alive connections
+    # ended (mecorch.workers.IDLE_S, api.http.KEEPALIVE_IDLE_S), not during
+    time.sleep(SETTLE_S)
     out = sample(lab.serve.pid, seconds)
     out["dnsmasq"] = dnsmasq_count(lab)
     return out

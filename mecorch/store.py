@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+CACHE_KIB = 512
 # table -> indexed columns (each also a key of the document)
 TABLES: dict[str, tuple[str, ...]] = {
     # appName and appProvider: what `filter=` queries ask most after appDId
@@ -45,6 +46,10 @@ class Store:
         self._lock = threading.RLock()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # SQLite's own page cache (2 MB by default) stays allocated for the
+        # process's life once a store of some hundred instances filled it;
+        # the pages are in the kernel's cache anyway, a re-read is a copy.
+        self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         for table, cols in TABLES.items():
             extra = "".join(f', "{c}" TEXT' for c in cols)
             self._db.execute(f'CREATE TABLE IF NOT EXISTS {table} '

@@ -43,3 +43,15 @@ def test_prefilter_narrows_text_equality(store):
     sql = filters.prefilter("(eq,s,text)")
     assert [d["id"] for d in store.list("packages", match=sql)] == ["a"]
     assert filters.prefilter("(neq,s,text)") is None
+
+
+def test_the_store_keeps_a_small_page_cache(tmp_path):
+    """SQLite's page cache is capped (mecorch.store.CACHE_KIB): an idle node
+    does not keep 2 MB of it for the process's life."""
+    from mecorch.store import CACHE_KIB
+    store = Store(tmp_path / "s.db")
+    try:
+        assert store._db.execute("PRAGMA cache_size").fetchone()[0] == -CACHE_KIB
+        assert CACHE_KIB <= 512
+    finally:
+        store.close()
