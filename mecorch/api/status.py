@@ -23,7 +23,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from .. import logs
+from .. import heap, logs
 from ..errors import MecorchError
 from ..states import DeploymentType, InstantiationState
 from .http import LOCAL, Request, Response, Router
@@ -116,6 +116,7 @@ class Health:
     def _loop(self) -> None:
         while True:
             self.probe_all()
+            heap.trim()             # a probe lists every app container (mecorch.heap)
             if self._stop.wait(self.interval_s()):
                 return
 
