@@ -263,6 +263,53 @@ def test_two_instances_are_independent(lab):
     assert lab.snapshot() == before
 
 
+def test_a_change_reads_the_same_chains_as_a_full_iptables_save(lab):
+    """apply/remove read only the hooks, the top chain and the instance's
+    chain (`iptables -S CHAIN` each): what they read equals those chains in
+    a full iptables-save, for an instance with rules, one without and one
+    whose chain does not exist."""
+    d = lab.driver
+    before = lab.snapshot()
+    d.apply_rules("read-a", INSTANCE_A, [forward(port=PORT)], [])
+    d.apply_rules("read-b", INSTANCE_B, [forward(dst="10.231.3.82")], [])
+    try:
+        full = d._save()
+        for iid in ("read-a", "read-b", "read-none"):
+            read = d._read_chains(iid)
+            chain = iptables.instance_chain(d.prefix, iid)
+            for table in iptables.TABLES:
+                names = [*iptables.HOOKS, iptables.top_chain(d.prefix, table), chain]
+                want = {n: full[table][n] for n in names if n in full[table]}
+                assert read[table] == want, (iid, table)
+            want_change = iptables.transition(full, d.prefix, iid, {})
+            assert iptables.transition(read, d.prefix, iid, {}) == want_change
+            assert iptables.current(read, d.prefix, iid) == iptables.current(full, d.prefix, iid)
+        assert iptables.instance_chain(d.prefix, "read-a") in d._read_chains("read-a")["nat"]
+        assert iptables.instance_chain(d.prefix, "read-none") not in d._read_chains("read-none")["nat"]
+    finally:
+        d.remove_rules("read-a")
+        d.remove_rules("read-b")
+    assert lab.snapshot() == before
+
+
+def test_rules_change_and_go_away_when_read_chain_by_chain(lab, monkeypatch):
+    """The path a host with many instances takes (READ_BY_CHAIN_AT): apply,
+    change, empty and remove, each reading the chains one by one."""
+    import drivers.linux_mep.driver as linux_driver
+    monkeypatch.setattr(linux_driver, "READ_BY_CHAIN_AT", 0)
+    d = lab.driver
+    before = lab.snapshot()
+    d.apply_rules("bychain", INSTANCE_A, [forward(port=PORT)], [])
+    assert lab.get() == f"reached {INSTANCE_A}"
+    d.apply_rules("bychain", INSTANCE_B, [forward(port=PORT)], [])       # moved
+    assert lab.get() == f"reached {INSTANCE_B}"
+    d.apply_rules("bychain", INSTANCE_B, [], [])
+    assert lab.get() is None
+    d.remove_rules("bychain")
+    d.remove_rules("bychain")                      # gone already: fine
+    assert lab.snapshot() == before
+
+
 def test_unsupported_action_changes_nothing(lab):
     d = lab.driver
     d.apply_rules("uns", INSTANCE_A, [forward()], [dns()])
