@@ -167,16 +167,16 @@ class LinuxMEP(PlatformDriver):
         """The chain's rule lines ("-A ...", as iptables-save prints them), or
         None when it does not exist (never for a built-in hook: that is an
         error, e.g. a table iptables cannot read)."""
-        r = subprocess.run(self._argv("iptables", "-w", "5", "-t", table, "-S", chain),
-                           capture_output=True, text=True, timeout=CMD_TIMEOUT_S)
-        if r.returncode == 0:
-            return [line for line in r.stdout.splitlines() if line.startswith("-A ")]
-        # legacy: "No chain/target/match by that name"; nf_tables: "chain `X'
-        # in table `nat' is incompatible" (its words for a missing chain too)
-        if r.returncode == 1 and not builtin and (
-                "No chain/target/match" in r.stderr or "is incompatible" in r.stderr):
-            return None
-        raise subprocess.CalledProcessError(r.returncode, r.args, r.stdout, r.stderr)
+        try:
+            out = self._run("iptables", "-w", "5", "-t", table, "-S", chain)
+        except subprocess.CalledProcessError as e:
+            # legacy: "No chain/target/match by that name"; nf_tables: "chain
+            # `X' in table `nat' is incompatible" (its words for a missing chain too)
+            if e.returncode == 1 and not builtin and (
+                    "No chain/target/match" in e.stderr or "is incompatible" in e.stderr):
+                return None
+            raise
+        return [line for line in out.splitlines() if line.startswith("-A ")]
 
     def _restore(self, text: str) -> None:
         if text:
