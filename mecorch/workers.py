@@ -65,12 +65,10 @@ class Workers:
                     return
             with self._lock:
                 self._idle -= 1
-                if job is not _STOP:
-                    self._pending -= 1
-            if job is _STOP:
-                with self._lock:
+                if job is _STOP:
                     self._threads.discard(me)
-                return
+                    return
+                self._pending -= 1
             fn, args = job
             try:
                 fn(*args)
