@@ -299,6 +299,9 @@ def test_rules_change_and_go_away_when_read_chain_by_chain(lab, monkeypatch):
     monkeypatch.setattr(linux_driver, "READ_BY_CHAIN_AT", 0)
     d = lab.driver
     before = lab.snapshot()
+    # another instance's rule, held throughout: no change of "bychain" may
+    # touch it (the top chain holds both jumps)
+    d.apply_rules("bychain-other", INSTANCE_B, [forward(dst="10.231.3.83")], [])
     d.apply_rules("bychain", INSTANCE_A, [forward(port=PORT)], [])
     assert lab.get() == f"reached {INSTANCE_A}"
     d.apply_rules("bychain", INSTANCE_B, [forward(port=PORT)], [])       # moved
@@ -307,6 +310,8 @@ def test_rules_change_and_go_away_when_read_chain_by_chain(lab, monkeypatch):
     assert lab.get() is None
     d.remove_rules("bychain")
     d.remove_rules("bychain")                      # gone already: fine
+    assert lab.get("10.231.3.83") == f"reached {INSTANCE_B}"
+    d.remove_rules("bychain-other")
     assert lab.snapshot() == before
 
 
