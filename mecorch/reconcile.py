@@ -138,8 +138,14 @@ class Reconciler:
                 if self._owned(inst, host, manner) or self.lcm.journal.in_progress(iid):
                     return []
                 compute = host.compute(manner)
+                # Listed before the hold: a terminate and delete that ended
+                # meanwhile removed these objects itself. Only what the
+                # backend still shows now is an orphan (and worth a line).
+                obs_list = [o for o in compute.list_instances() if o.instance_id == iid]
                 for obs in obs_list:
                     compute.destroy(obs.handle)
+                if not obs_list:
+                    return []
                 return [f"removed orphaned {manner.value} objects of instance {iid} "
                         f"on host {host.id}"]
         except Conflict:

@@ -395,3 +395,21 @@ def test_package_listing_is_paged(env):
     assert len(env.c.get_all(PKGS + "?filter=" + urllib.parse.quote("(eq,appName,same)"))) == 3
     assert problem(env.c.get, PKGS + "?nextpage_opaque_marker=-1").status == 400
     assert problem(env.c.get, PKGS + "?nextpage_opaque_marker=" + "9" * 30).status == 400
+
+
+def test_orphan_listed_before_a_delete_ended_is_not_reported(env):
+    """The reconciler lists the backend, then looks at each instance: one
+    that a terminate + delete removed in between is not an orphan (no
+    destroy, no recovery line); one still on the backend is removed."""
+    from mecorch.model import Observation
+    from mecorch.states import ObservedState
+    rec, host = env.orch.reconciler, env.orch.inventory.get("default")
+    stale = Observation("gone-meanwhile", ObservedState.RUNNING, {"id": "gone-meanwhile"})
+    env.cim.calls.clear()
+    assert rec._one_observed(host, DeploymentType.CONTAINER, "gone-meanwhile", [stale]) == []
+    assert "destroy" not in env.cim.calls
+    env.cim.instances["left-behind"] = {"state": ObservedState.RUNNING, "ip": "10.123.0.9"}
+    live = Observation("left-behind", ObservedState.RUNNING, {"id": "left-behind"})
+    done = rec._one_observed(host, DeploymentType.CONTAINER, "left-behind", [live])
+    assert done == ["removed orphaned CONTAINER objects of instance left-behind on host default"]
+    assert "left-behind" not in env.cim.instances
