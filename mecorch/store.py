@@ -112,17 +112,24 @@ class Store:
         return self._select(table, match, drop, where, after=after, limit=limit)
 
     def list(self, table: str, match: tuple[str, list] | None = None,
-             drop: tuple[str, ...] = (), **where: Any) -> list[dict[str, Any]]:
+             drop: tuple[str, ...] = (), keep: tuple[str, ...] = (),
+             **where: Any) -> list[dict[str, Any]]:
         """Documents whose indexed columns equal the given values, in
         insertion order. `match`: an extra SQL condition with its
         parameters, written by mecorch itself (e.g. filters.prefilter), to
         select rows before their documents are decoded. `drop`: top-level
         keys left out of the documents (removed by SQLite, so a listing does
-        not decode large internal fields only to throw them away)."""
-        return [doc for _, doc in self._select(table, match, drop, where)]
+        not decode large internal fields only to throw them away). `keep`:
+        only these top-level keys, built by SQLite (a key a document does not
+        have reads as None): a periodic pass over every instance decodes
+        ~100 bytes of each instead of its whole ~2 KB document."""
+        if drop and keep:
+            raise ValueError("store.list: drop or keep, not both")
+        return [doc for _, doc in self._select(table, match, drop, where, keep=keep)]
 
     def _select(self, table: str, match, drop, where: dict, after: int | None = None,
-                limit: int | None = None) -> list[tuple[int, dict[str, Any]]]:
+                limit: int | None = None,
+                keep: tuple[str, ...] = ()) -> list[tuple[int, dict[str, Any]]]:
         cols = TABLES[table]
         for k in where:
             if k not in cols:
@@ -139,6 +146,9 @@ class Store:
         if drop:
             column = f"json_remove(doc{', ?' * len(drop)})"
             params = [f'$."{k}"' for k in drop] + params
+        elif keep:
+            column = f"json_object({', '.join(['?, json_extract(doc, ?)'] * len(keep))})"
+            params = [x for k in keep for x in (k, f'$."{k}"')] + params
         where_sql = (" WHERE " + " AND ".join(conds)) if conds else ""
         if limit is None:
             sql = f"SELECT seq, {column} FROM {table}{where_sql} ORDER BY seq"
