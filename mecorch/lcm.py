@@ -474,8 +474,10 @@ class Lcm(InstanceQueries):
     def used_by_host(self) -> dict[str, Need]:
         """Per host, what INSTANTIATED instances in the store hold."""
         used: dict[str, Need] = {}
+        # every placement asks: only the two keys, not each whole document
         for inst in self.store.list("instances",
-                                    instantiationState=InstantiationState.INSTANTIATED.value):
+                                    instantiationState=InstantiationState.INSTANTIATED.value,
+                                    keep=("hostId", "_need")):
             n = inst.get("_need")
             if not n:
                 continue

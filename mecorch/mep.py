@@ -281,7 +281,7 @@ class MepService:
         """The instance an Mp1 token was issued to (and not yet revoked by
         its termination), or None."""
         digest = token_digest(token)
-        for inst in self.store.list("instances"):
+        for inst in self.store.list("instances", keep=("id", "_mp1Token")):
             stored = inst.get("_mp1Token")
             if stored and hmac.compare_digest(stored, digest):
                 return inst["id"]

@@ -435,8 +435,10 @@ class PackageManager:
         """Instances using this package: made from it (their appPkgId; one
         without, from before versions, counts for every version) and
         instantiated or being instantiated/terminated."""
-        return sum(1 for i in self.store.list("instances", appDId=doc["appDId"])
-                   if i.get("appPkgId", doc["id"]) == doc["id"]
+        # asked at every instantiate and terminate: only the keys it reads
+        return sum(1 for i in self.store.list("instances", appDId=doc["appDId"],
+                                              keep=("appPkgId", "instantiationState", "_opId"))
+                   if (i["appPkgId"] or doc["id"]) == doc["id"]
                    and (i["instantiationState"] == InstantiationState.INSTANTIATED.value
                         or i.get("_opId") and self._op_running(i["_opId"])))
 

@@ -297,7 +297,7 @@ class Reconciler:
         except MecorchError as e:
             return [f"skipped re-applying rules on host {host.id}: {e.detail}"]
         for inst in self.store.list("instances", instantiationState=INSTANTIATED,
-                                    hostId=host.id):
+                                    hostId=host.id, keep=("id",)):
             iid = inst["id"]
             doc = self.store.get("rules", iid)
             if not doc or doc.get("hostId") != host.id or not doc.get("targetIp") \
@@ -335,9 +335,11 @@ class Reconciler:
 
     # ------------------------------------------------------------ helpers
     def _instantiated(self, host: EdgeHost, manner: DeploymentType) -> list[dict]:
+        """id and _opId of the host's INSTANTIATED instances of one manner."""
         return [i for i in self.store.list("instances", instantiationState=INSTANTIATED,
-                                           hostId=host.id)
-                if i.get("deploymentType") == manner.value]
+                                           hostId=host.id,
+                                           keep=("id", "_opId", "deploymentType"))
+                if i["deploymentType"] == manner.value]
 
     @staticmethod
     def _owned(inst: dict | None, host: EdgeHost, manner: DeploymentType) -> bool:

@@ -125,7 +125,8 @@ class Health:
 def _used_by_host(orch) -> dict[str, dict]:
     used: dict[str, dict] = {}
     for inst in orch.store.list("instances",
-                                instantiationState=InstantiationState.INSTANTIATED.value):
+                                instantiationState=InstantiationState.INSTANTIATED.value,
+                                keep=("hostId", "_need")):
         n = inst.get("_need") or {}
         u = used.setdefault(inst["hostId"], {"vcpu": 0.0, "memory_mb": 0, "disk_gb": 0.0,
                                              "instances": 0})
