@@ -401,3 +401,39 @@ def test_restarted_driver_finds_and_removes_instances_by_label(cim, api, sample,
     fresh.destroy(obs.handle)
     assert leftovers(api, iid) == [] and fresh.list_instances() == []
     fresh.close()
+
+
+def test_lean_listing_matches_docker_py_on_what_the_driver_reads(cim, api, sample, uid):
+    """list_containers keeps Id, Names, State, Status, mecorch's labels and the
+    endpoints' addresses, equal to what docker-py's full listing says."""
+    from drivers.docker_cim.backend import list_containers
+    iid = f"lean-{uid}"
+    alloc = cim.deploy(request(iid, sample["ref"]))
+    try:
+        flt = {"label": [f"mecorch.instance={iid}"]}
+        full = {c["Id"]: c for c in api.containers(all=True, filters=flt)}
+        lean = list_containers(api, flt)
+        assert len(lean) == len(full) == 2          # the app and its pause container
+        for c in lean:
+            f = full[c["Id"]]
+            assert set(c) == {"Id", "Names", "Labels", "State", "Status", "NetworkSettings"}
+            assert (c["Names"], c["State"]) == (f["Names"], f["State"])
+            assert c["Labels"] == {k: v for k, v in f["Labels"].items()
+                                   if k.startswith("mecorch.")}
+            for net, ep in c["NetworkSettings"]["Networks"].items():
+                f_ep = f["NetworkSettings"]["Networks"][net]
+                assert ep == {"IPAddress": f_ep["IPAddress"], "MacAddress": f_ep["MacAddress"]}
+        pause = next(c for c in lean if c["Labels"]["mecorch.role"] == "pause")
+        assert pause["NetworkSettings"]["Networks"][cim.network]["IPAddress"] \
+            == alloc.addresses[0].ip
+    finally:
+        cim.destroy(alloc.handle)
+
+
+def test_lean_listing_error_is_the_daemons(api):
+    """A filter dockerd refuses is a BackendError with the daemon's sentence, as
+    through docker-py's own listing."""
+    from drivers.docker_cim.backend import backend_errors, list_containers
+    with pytest.raises(BackendError, match="list x: Invalid filter 'no-such-filter'"):
+        with backend_errors("list x"):
+            list_containers(api, {"no-such-filter": ["1"]})

@@ -30,7 +30,7 @@ from mecorch.model import (Address, Allocation, Check, HostCapacity, Observation
 from mecorch.states import DeploymentType, ObservedState
 
 from . import pause
-from .backend import backend_errors, connect, drain, gone_ok
+from .backend import backend_errors, connect, drain, gone_ok, list_containers
 from .plan import (LABEL_HOST, LABEL_INSTANCE, LABEL_MEM_BYTES, LABEL_NANO_CPUS,
                    LABEL_NETWORK, LABEL_RESERVED, LABEL_ROLE, LABEL_VOLUME, Plan, make_plan)
 from .images import ImageRepository
@@ -439,7 +439,7 @@ class DockerCIM(ComputeDriver):
         left. Returns what was removed, one line each."""
         api = self._client()
         with backend_errors("list mecorch containers"):
-            left = api.containers(all=True, filters={"label": [f"{LABEL_HOST}={self.host_id}"]})
+            left = list_containers(api, {"label": [f"{LABEL_HOST}={self.host_id}"]})
         if left:
             raise Conflict(f"{len(left)} container(s) of host {self.host_id} remain: "
                            "terminate their instances first")
@@ -507,7 +507,7 @@ class DockerCIM(ComputeDriver):
         api = self._client()
         flt = {"label": [f"{LABEL_HOST}={self.host_id}", LABEL_INSTANCE]}
         with backend_errors("list mecorch containers"):
-            containers = api.containers(all=True, filters=flt)
+            containers = list_containers(api, flt)
         with backend_errors("list mecorch volumes"):
             volumes = api.volumes(filters=flt).get("Volumes") or []
         by_id: dict[str, dict] = defaultdict(lambda: {"app": None, "pause": None})
@@ -548,8 +548,7 @@ class DockerCIM(ComputeDriver):
         api = self._client()
         with backend_errors("docker info"):
             info = api.info()
-            apps = api.containers(all=True, filters={"label": [f"{LABEL_ROLE}=app",
-                                                               LABEL_INSTANCE]})
+            apps = list_containers(api, {"label": [f"{LABEL_ROLE}=app", LABEL_INSTANCE]})
         cpu_used = mem_used = 0
         for c in apps:
             limits = _label_limits(c.get("Labels") or {})
