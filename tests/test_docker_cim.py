@@ -437,3 +437,22 @@ def test_lean_listing_error_is_the_daemons(api):
     with pytest.raises(BackendError, match="list x: Invalid filter 'no-such-filter'"):
         with backend_errors("list x"):
             list_containers(api, {"no-such-filter": ["1"]})
+
+
+def test_lean_decoding_keeps_labels_that_look_like_docker_fields():
+    """An image's labels named like Docker's own fields are labels, not a
+    container or an endpoint to trim: mecorch's labels beside them survive."""
+    import json
+    from drivers.docker_cim.backend import _lean
+    raw = json.dumps([{
+        "Id": "c1", "Names": ["/a"], "State": "running", "Status": "Up", "Image": "x",
+        "Labels": {"Id": "1", "Names": "n", "IPPrefixLen": "16", "EndpointID": "e",
+                   "mecorch.instance": "i1", "mecorch.role": "app"},
+        "NetworkSettings": {"Networks": {"n1": {"EndpointID": "e1", "IPPrefixLen": 16,
+                                                "IPAddress": "10.0.0.2", "MacAddress": "m",
+                                                "Gateway": "10.0.0.1"}}},
+        "Mounts": [{"Type": "volume"}]}])
+    assert json.loads(raw, object_hook=_lean) == [{
+        "Id": "c1", "Names": ["/a"], "State": "running", "Status": "Up",
+        "Labels": {"mecorch.instance": "i1", "mecorch.role": "app"},
+        "NetworkSettings": {"Networks": {"n1": {"IPAddress": "10.0.0.2", "MacAddress": "m"}}}}]

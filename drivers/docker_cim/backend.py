@@ -89,12 +89,14 @@ LABEL_PREFIX = "mecorch."
 
 
 def _lean(obj: dict) -> dict:
-    if "Id" in obj and "Names" in obj:          # one container
+    # Told apart by value types a label cannot have (label values are
+    # strings): an image labelled "Id", "Names" or "EndpointID" stays whole.
+    if isinstance(obj.get("Names"), list) and "Id" in obj:     # one container
         out = {k: obj[k] for k in SUMMARY_KEYS if k in obj}
         out["Labels"] = {k: v for k, v in (obj.get("Labels") or {}).items()
                          if k.startswith(LABEL_PREFIX)}
         return out
-    if "EndpointID" in obj:                     # one of its networks
+    if isinstance(obj.get("IPPrefixLen"), int):                # one of its networks
         return {k: obj[k] for k in ENDPOINT_KEYS if k in obj}
     return obj
 
