@@ -128,10 +128,15 @@ _MAX_SCHEMA_DEPTH = 12
 
 @functools.cache
 def _openapi_file(name: str) -> dict:
+    """One of the OpenAPI files shipped in the package. They are mecorch's
+    own (not input), so libyaml's safe loader reads them where PyYAML has
+    it: the strict pure-Python loader of yamlsafe took ~230 ms for the two
+    files of the first filtered request, the whole of a start-up's budget
+    (tests/test_filters.py checks both loaders read them the same)."""
+    import yaml
     from importlib import resources
-    from .yamlsafe import load_yaml
     text = resources.files("mecorch").joinpath("openapi", name).read_text(encoding="utf-8")
-    return load_yaml(text, what=name)
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
 
 
 def _resolve(ref: str, base: str) -> tuple[dict, str]:

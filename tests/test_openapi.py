@@ -200,6 +200,19 @@ def test_document_is_valid_openapi():
     validate_openapi(d, base_uri=DOC_PATH.as_uri())
 
 
+@pytest.mark.parametrize("name", ["mecorch.yaml", *(f"etsi/{n}" for n in ETSI_FILES
+                                                   if n.endswith(".yaml"))])
+def test_filters_read_the_shipped_files_as_the_strict_loader_does(name):
+    """filters reads these files with libyaml's safe loader (start-up
+    cost); the strict loader mecorch uses for input (duplicate keys refused,
+    aliases counted) must read each to the same document."""
+    from mecorch import filters
+    from mecorch.yamlsafe import load_yaml
+    assert yaml.__with_libyaml__, "PyYAML without libyaml: filters falls back to SafeLoader"
+    strict = load_yaml((OPENAPI / name).read_text(encoding="utf-8"), what=name)
+    assert filters._openapi_file(name) == strict
+
+
 def test_every_ref_resolves():
     """openapi-spec-validator resolves what it walks; this resolves every
     $ref written in the document, into the vendored ETSI files too."""
