@@ -70,6 +70,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$VENV/bin/pip" install -q -e "$REPO[test]"
   echo "$want" > "$stamp"
 fi
+# Bytecode for mecorch's own modules, as pip writes it for the packages it
+# installs (an editable install has none): where PYTHONDONTWRITEBYTECODE is
+# set, every `mecorch` start would otherwise compile ~80 modules again
+# (0.3-0.4 s of a 1 s start). A source newer than its .pyc is still read.
+"$VENV/bin/python" -m compileall -q "$REPO/mecorch" "$REPO/drivers" >/dev/null
 ln -sf "$VENV/bin/mecorch" /usr/local/bin/mecorch
 
 # ---------------------------------------------------------------- daemons
