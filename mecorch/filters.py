@@ -110,12 +110,17 @@ def prefilter(expr: str | None, columns: tuple[str, ...] = ()) -> tuple[str, lis
     return (" AND ".join(clauses), params) if clauses else None
 
 
+def matcher(expr: str | None) -> Callable[[dict], bool]:
+    """The filter as a predicate, parsed once (a paged listing tests each
+    document of a page with it)."""
+    checks = [(_cmp(op), path, vals) for op, path, vals in parse(expr)]
+    return lambda d: all(fn(_lookup(d, path), vals) for fn, path, vals in checks)
+
+
 def apply(docs: list[dict], expr: str | None) -> list[dict]:
-    terms = parse(expr)
-    if not terms:
+    if not expr:
         return docs
-    checks = [(_cmp(op), path, vals) for op, path, vals in terms]
-    return [d for d in docs if all(fn(_lookup(d, path), vals) for fn, path, vals in checks)]
+    return list(filter(matcher(expr), docs))
 
 
 # ---------------------------------------------------------------- attributes

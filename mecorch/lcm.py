@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import applogs, decision, filters, logs, manner_policy, validate
+from . import applogs, decision, logs, manner_policy, paging, validate
 from .drivers import ComputeDriver
 from .errors import Conflict, IdempotencyMismatch, InvalidInput, MecorchError, NotFound
 from .hosts import EdgeHost, Inventory, Need
@@ -28,10 +28,10 @@ from .journal import LCM, Journal
 from .locks import exclusive
 from .mep import MepService
 from .model import Allocation, ResourceRequest
-from .pkgmgmt import PackageManager, _marker as pkg_marker
+from .pkgmgmt import PackageManager
 from .states import (DeploymentType, InstanceOperationalState, InstantiationState,
                      LcmOperation, TerminationType)
-from .store import TABLES, Store
+from .store import Store
 from .timeutil import new_id, public
 from .workers import Workers
 
@@ -63,24 +63,8 @@ class InstanceQueries:
     def list_page(self, filter_expr: str | None, marker: str | None,
                   size: int) -> tuple[list[dict], str | None]:
         """One page of the instance listing, paged like the packages'
-        (NFV-SOL 013; PackageManager.list_page): at most `size` matching
-        instances after `marker`, and the next page's marker (None on the
-        last). The marker is the insertion sequence of the last one
-        returned; the filter's eq/in terms narrow rows in SQLite first."""
-        after = pkg_marker(marker)
-        match = filters.prefilter(filter_expr, TABLES["instances"])
-        out: list[dict] = []
-        while len(out) < size:
-            rows = self.store.page("instances", after, size, match=match)
-            for seq, doc in rows:
-                after = seq
-                out += filters.apply([self.view(doc)], filter_expr)
-                if len(out) == size:
-                    break
-            if len(rows) < size:
-                return out, None
-        more = self.store.page("instances", after, 1, match=match)
-        return out, (str(after) if more else None)
+        (NFV-SOL 013, mecorch.paging)."""
+        return paging.page(self.store, "instances", self.view, filter_expr, marker, size)
 
     def op(self, op_id: str) -> dict:
         doc = self.store.get("op_occs", op_id)

@@ -29,7 +29,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from . import decision, filters, logs, validate
+from . import decision, filters, logs, paging, validate
 from .errors import Conflict, IntegrityError, InvalidInput, MecorchError, NotFound
 from .hosts import Inventory
 from .package import open_package
@@ -320,27 +320,9 @@ class PackageManager:
 
     def list_page(self, filter_expr: str | None, marker: str | None,
                   size: int) -> tuple[list[dict], str | None]:
-        """One page of the listing (NFV-SOL 013 paging): at most `size`
-        matching packages after `marker`, and the marker of the next page
-        (None on the last one). The marker is the insertion sequence of the
-        last package returned, so pages stay stable while packages come and
-        go."""
-        after = _marker(marker)
-        match = filters.prefilter(filter_expr, TABLES["packages"])
-        out: list[dict] = []
-        while len(out) < size:
-            rows = self.store.page("packages", after, size, match=match, drop=_LIST_DROPS,
-                                   onboardingState=OnboardingState.ONBOARDED.value)
-            for seq, doc in rows:
-                after = seq
-                out += filters.apply([self.view(doc)], filter_expr)
-                if len(out) == size:
-                    break
-            if len(rows) < size:
-                return out, None
-        more = self.store.page("packages", after, 1, match=match, drop=_LIST_DROPS,
-                               onboardingState=OnboardingState.ONBOARDED.value)
-        return out, (str(after) if more else None)
+        """One page of the listing (NFV-SOL 013 paging, mecorch.paging)."""
+        return paging.page(self.store, "packages", self.view, filter_expr, marker, size,
+                           drop=_LIST_DROPS, onboardingState=OnboardingState.ONBOARDED.value)
 
     def usable(self, app_d_id: str, pkg_id: str | None = None) -> dict:
         """The package an instance of `app_d_id` is made from, if it may be:
@@ -547,15 +529,6 @@ def _links(pkg_id: str) -> dict:
 
 def _version_of(doc: dict) -> tuple[str | None, str | None]:
     return doc.get("appDVersion"), doc.get("appSoftwareVersion")
-
-
-def _marker(marker: str | None) -> int:
-    if marker is None:
-        return 0
-    if not isinstance(marker, str) or not marker.isascii() or not marker.isdigit() \
-            or len(marker) > 18:
-        raise InvalidInput("nextpage_opaque_marker is not a marker this server gave")
-    return int(marker)
 
 
 def _copy_limited(src, out, max_bytes: int) -> None:
