@@ -525,3 +525,33 @@ def test_clients_dns_on_port_53_forwards_upstream_as_configured(lab):
         upstream.terminate()
         upstream.wait(10)
     assert dnsmasq.live_pid(mep.clients_pid_file) is None
+
+
+def test_removing_what_was_applied_without_traffic_rules_reads_no_iptables(lab):
+    """An instance this driver applied with DNS rules only has no chains:
+    removing it runs no iptables at all and its name goes away. A driver
+    that did not apply it (a new process) reads iptables and removes the
+    chains it finds."""
+    d = lab.driver
+    d.apply_rules("nochains", INSTANCE_A, [], [dns(name="nochains.mect.test")])
+    assert poll(lambda: lab.dig("nochains.mect.test"), INSTANCE_A) == INSTANCE_A
+    ran = []
+    real = d._run
+    d._run = lambda *argv, **kw: (ran.append(argv[0]), real(*argv, **kw))[1]
+    try:
+        d.remove_rules("nochains")
+        assert ran == []
+        assert poll(lambda: lab.dig("nochains.mect.test"), "") == ""
+        # chains applied, then forgotten (as by a restart): read and removed
+        d._run = real
+        chain = iptables.instance_chain(d.prefix, "nochains")
+        d.apply_rules("nochains", INSTANCE_A, [forward()], [])
+        assert chain in ns(lab.edge, "iptables-save", "-t", "nat").stdout
+        d._applied.clear()
+        d._run = lambda *argv, **kw: (ran.append(argv[0]), real(*argv, **kw))[1]
+        d.remove_rules("nochains")
+        assert "iptables-restore" in ran
+        assert chain not in ns(lab.edge, "iptables-save", "-t", "nat").stdout
+    finally:
+        d._run = real
+        d.remove_rules("nochains")

@@ -349,9 +349,13 @@ class LinuxMEP(PlatformDriver):
     def remove_rules(self, instance_id: str) -> None:
         validate.ident(instance_id, "instance_id")
         with _backend(f"remove rules of {instance_id}"), self._exclusive():
-            self._applied.pop(instance_id, None)
-            self._restore(iptables.transition(self._read(instance_id), self.prefix, instance_id,
-                                              {}))
+            # This process left the instance with no chains (it was applied
+            # without traffic rules, a DNS name alone or nothing): no
+            # iptables-save to find nothing. Unknown (another life of the
+            # process, a failed change): read and remove what is there.
+            if self._applied.pop(instance_id, None) != {}:
+                self._restore(iptables.transition(self._read(instance_id), self.prefix,
+                                                  instance_id, {}))
             dnsmasq.commit(self.hosts_dir, instance_id, None)
             (self.hosts_dir / f".{instance_id}.tmp").unlink(missing_ok=True)
 
