@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import yaml
@@ -86,6 +87,9 @@ class Api(Client):
     each 5 ms poll a TCP handshake and a server thread, CPU taken from
     the engine on a 2-core host and counted against mecorch."""
 
+    # an OpWaiter: the end of each op as its notification tells it (Lab.notify_ops)
+    waiter: "OpWaiter | None" = None
+
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self._local = threading.local()
@@ -133,6 +137,8 @@ class Api(Client):
         href = op["_links"]["self"]["href"]
         start = time.monotonic()
         deadline = start + timeout
+        if self.waiter is not None:
+            return self._wait_notified(op["id"], href, deadline)
         while True:
             cur = self.get(href)
             if cur["operationState"] in ("COMPLETED", "FAILED"):
@@ -141,6 +147,18 @@ class Api(Client):
             if now > deadline:
                 raise TimeoutError(f"op {cur['id']} still {cur['operationState']}")
             time.sleep(min(0.2, max(poll, 0.02 * (now - start))))
+
+    def _wait_notified(self, op_id: str, href: str, deadline: float) -> dict:
+        """Wait for the op's COMPLETED/FAILED notification, then read the op
+        once; a GET every second as well, should a notification be late."""
+        while True:
+            self.waiter.ended(op_id, 1.0)
+            cur = self.get(href)
+            if cur["operationState"] in ("COMPLETED", "FAILED"):
+                self.waiter.forget(op_id)
+                return cur
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"op {cur['id']} still {cur['operationState']}")
 
     host_id = "default"
     poll = 0.005
@@ -233,6 +251,48 @@ class Serve:
         self.log.close()
 
 
+class OpWaiter:
+    """A loopback receiver of AppLcmOpOccNotification: how an ETSI MEC 010-2
+    client learns that an operation ended, without polling. (Polling every
+    5 ms cost the serve ~70 ms and the client ~60 ms of CPU per container
+    deploy+terminate on a 2-core host: CPU taken from the engine and counted
+    against mecorch, while the direct path polls nothing.)"""
+
+    def __init__(self):
+        self._ended: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer._event(body.get("appLcmOpOccId", "")).set()
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/ops"
+        threading.Thread(target=self.server.serve_forever, name="op-waiter", daemon=True).start()
+
+    def _event(self, op_id: str) -> threading.Event:
+        with self._lock:
+            return self._ended.setdefault(op_id, threading.Event())
+
+    def ended(self, op_id: str, timeout: float) -> bool:
+        return self._event(op_id).wait(timeout)
+
+    def forget(self, op_id: str) -> None:
+        with self._lock:
+            self._ended.pop(op_id, None)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 class Lab:
     """A tagged state dir, config and serve process; `close` removes all."""
 
@@ -242,6 +302,7 @@ class Lab:
         self.dns_port = self.cfg["hosts"][0]["mep"]["dns_port"]
         self.serve: Serve | None = None
         self.pkgs: dict[str, dict] = {}
+        self.waiter: OpWaiter | None = None
 
     @property
     def host_id(self) -> str:
@@ -254,12 +315,25 @@ class Lab:
 
     def start(self) -> float:
         self.serve = Serve(self.cfg_path, self.tmp / "serve.log", self.host_id)
+        self.serve.api.waiter = self.waiter     # the subscription is in the store
         return self.serve.ready()
 
     @property
     def api(self) -> Api:
         assert self.serve is not None
         return self.serve.api
+
+    def notify_ops(self) -> OpWaiter:
+        """Subscribe to the end (COMPLETED, FAILED) of every LCM operation:
+        from now on the lab's clients wait for the notification instead of
+        polling (Api.waiter)."""
+        if self.waiter is None:
+            self.waiter = OpWaiter()
+            self.api.post("/app_lcm/v1/subscriptions", {
+                "subscriptionType": "AppLcmOpOccStateChange", "callbackUri": self.waiter.url,
+                "appLcmOpOccSubscriptionFilter": {"operationStates": ["COMPLETED", "FAILED"]}})
+        self.api.waiter = self.waiter
+        return self.waiter
 
     def onboard(self, folder: str, app_d_id: str) -> dict:
         """Onboard a copy of an example package under an appDId of the
@@ -309,6 +383,8 @@ class Lab:
             except Exception as e:  # noqa: BLE001 - clean up the rest anyway
                 problems.append(f"API cleanup: {e}")
             self.serve.stop()
+        if self.waiter is not None:
+            self.waiter.close()
         problems += remove_infrastructure(self.cfg, self.tag, *self.host_dirs,
                                           tmp=str(self.tmp))
         shutil.rmtree(self.tmp, ignore_errors=True)

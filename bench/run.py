@@ -10,7 +10,9 @@ it as JSON.
 - footprint of `mecorch serve` (role all): idle RSS/CPU, processes;
 - container deploy+terminate through the REST API against docker-py making
   the same objects (api_overhead.py), throughput at concurrency 8 against
-  the same direct calls (throughput.py, A-B-B-A);
+  the same direct calls (throughput.py, A-B-B-A); the API clients learn each
+  operation's end from its notification (a loopback subscriber), not by
+  polling;
 - VM deploy / time-to-HTTP / terminate against the libvirt calls the driver
   makes (api_overhead.vms, vim_overhead.py);
 - curves (scale.py, mep_rule_latency.curve, store_scale.py): idle RSS and
@@ -122,6 +124,11 @@ def main_lab(args, R: dict) -> tuple[dict, dict] | None:
             fp["per_vm"] = footprint.growth(base, fp["idle_1vm"], 1)
             footprint.release(lab, ids)
 
+        # from here the bench's clients learn each op's end from its
+        # notification (AppLcmOpOccNotification), as an ETSI client would:
+        # polling would spend on the client and the API CPU the direct path
+        # does not (bench/lab.py OpWaiter)
+        lab.notify_ops()
         # each part on its own: one failing does not lose the others
         _part(R, "overhead_container", lambda: api_overhead.containers(
             lab, CONTAINER_APP, args.n_container),

@@ -49,10 +49,11 @@ def _pool(items: list, concurrency: int, fn: Callable) -> tuple[float, list, lis
 
 
 def run(lab: Lab, app_d_id: str, total: int, concurrency: int, reach=None) -> dict:
-    # its own client polling ops every 50 ms, as a real client would: 8
-    # clients polling every 5 ms would spend the cores being measured
+    # its own client, told of each op's end by the lab's notifications
+    # (Lab.notify_ops) or else polling every 50 ms: 8 clients polling every
+    # 5 ms would spend the cores being measured
     api = Api(lab.api.base, token="", timeout=300)
-    api.host_id, api.poll = lab.api.host_id, 0.05
+    api.host_id, api.poll, api.waiter = lab.api.host_id, 0.05, lab.api.waiter
     made: list[str] = []
 
     def deploy(_: int) -> float:
