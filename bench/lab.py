@@ -251,6 +251,25 @@ class Serve:
         self.log.close()
 
 
+def loopback_receiver(on_post, path: str, name: str) -> tuple[ThreadingHTTPServer, str]:
+    """A notification receiver on 127.0.0.1: on_post(body bytes) for each
+    POST, answered 204 when it returns True (else not at all). The server
+    (serving from a thread of its own) and its callback URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            if on_post(self.rfile.read(int(self.headers["Content-Length"]))):
+                self.send_response(204)
+                self.end_headers()
+
+        def log_message(self, *a):
+            pass
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}{path}"
+
+
 class OpWaiter:
     """A loopback receiver of AppLcmOpOccNotification: how an ETSI MEC 010-2
     client learns that an operation ended, without polling. (Polling every
@@ -261,21 +280,11 @@ class OpWaiter:
     def __init__(self):
         self._ended: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
-        outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer._event(body.get("appLcmOpOccId", "")).set()
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *a):
-                pass
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/ops"
-        threading.Thread(target=self.server.serve_forever, name="op-waiter", daemon=True).start()
+        def ended(body: bytes) -> bool:
+            self._event(json.loads(body).get("appLcmOpOccId", "")).set()
+            return True
+        self.server, self.url = loopback_receiver(ended, "/ops", "op-waiter")
 
     def _event(self, op_id: str) -> threading.Event:
         with self._lock:

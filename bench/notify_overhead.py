@@ -27,14 +27,13 @@ import sqlite3
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lab import NO_RULES, Lab, pct                    # noqa: E402
+from lab import NO_RULES, Lab, loopback_receiver, pct  # noqa: E402
 
 APP = "bench-notify-http"
 PKG_SUBS, LCM_SUBS = "/app_pkgm/v1/subscriptions", "/app_lcm/v1/subscriptions"
@@ -47,24 +46,13 @@ class Receiver:
     def __init__(self, live: bool):
         self.live, self.got = live, 0
         self._closing = threading.Event()
-        outer = self
+        self.server, self.url = loopback_receiver(self._got, "/notify", "receiver")
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                self.rfile.read(int(self.headers["Content-Length"]))
-                outer.got += 1
-                if not outer.live:
-                    outer._closing.wait(120)
-                    return
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *a):
-                pass
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/notify"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def _got(self, body: bytes) -> bool:
+        self.got += 1
+        if not self.live:
+            self._closing.wait(120)
+        return self.live
 
     def close(self) -> None:
         self._closing.set()
