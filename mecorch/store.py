@@ -44,6 +44,8 @@ class Store:
         self._db = sqlite3.connect(self.path, check_same_thread=False,
                                    isolation_level=None, timeout=30)
         self._lock = threading.RLock()
+        # per table: the highest seq this store has given (see put)
+        self._last_seq: dict[str, int] = {}
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         # SQLite's own page cache (2 MB by default) stays allocated for the
@@ -90,13 +92,19 @@ class Store:
         names = "".join(f', "{c}"' for c in cols)
         marks = ", ?" * len(cols)
         with self._lock:
-            # seq keeps insertion order stable across updates
-            self._db.execute(
+            # seq keeps insertion order stable across updates. A new row's
+            # seq is past every seq given before, not only past the rows
+            # left: the notification sender walks the outbox upwards while it
+            # deletes what it sent, and a seq given again after a delete put
+            # a later notification ahead of an earlier one.
+            last = self._last_seq.get(table, 0)
+            seq = self._db.execute(
                 f'INSERT INTO {table} (id, seq, doc{names}) VALUES (?, '
-                f'(SELECT COALESCE(MAX(seq), 0) + 1 FROM {table}), ?{marks}) '
+                f'(SELECT MAX(COALESCE(MAX(seq), 0), ?) + 1 FROM {table}), ?{marks}) '
                 f'ON CONFLICT(id) DO UPDATE SET doc=excluded.doc'
-                + "".join(f', "{c}"=excluded."{c}"' for c in cols),
-                [id_, json.dumps(doc, separators=(",", ":")), *values])
+                + "".join(f', "{c}"=excluded."{c}"' for c in cols) + ' RETURNING seq',
+                [id_, last, json.dumps(doc, separators=(",", ":")), *values]).fetchone()[0]
+            self._last_seq[table] = max(last, seq)
         return doc
 
     def get(self, table: str, id_: str) -> dict[str, Any] | None:

@@ -39,3 +39,23 @@ def test_keep_and_drop_together_is_an_error(store):
 def test_drop_leaves_the_rest_whole(store):
     docs = store.list("instances", hostId="h2", drop=("_opId",))
     assert docs == [{"id": "c", "hostId": "h2", "instantiationState": "INSTANTIATED"}]
+
+
+def test_a_seq_is_never_given_twice_after_a_delete(tmp_path):
+    """The outbox's sender walks seq upwards while it deletes what it sent:
+    a row put after the newest was deleted must still come after it (a seq
+    given again put a later notification ahead of an earlier one)."""
+    store = Store(tmp_path / "m.db")
+    try:
+        store.put("outbox", "a", {"id": "a", "subscriptionId": "s", "body": {}})
+        (seq_a, _), = store.page("outbox", 0, 10)
+        store.delete("outbox", "a")
+        store.put("outbox", "b", {"id": "b", "subscriptionId": "s", "body": {}})
+        store.put("outbox", "b", {"id": "b", "subscriptionId": "s", "body": {"x": 1}})
+        store.put("outbox", "c", {"id": "c", "subscriptionId": "s", "body": {}})
+        rows = store.page("outbox", seq_a, 10)
+        assert [doc["id"] for _, doc in rows] == ["b", "c"]
+        assert rows[0][1]["body"] == {"x": 1}
+        assert seq_a < rows[0][0] < rows[1][0]
+    finally:
+        store.close()
