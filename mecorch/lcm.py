@@ -299,8 +299,8 @@ class Lcm(InstanceQueries):
             inst = self.get(iid)
             host = self.inventory.get(plan["hostId"])
             compute = host.compute(DeploymentType(plan["manner"]))
-            deadline = time.monotonic() + plan["timeout"]
             if plan["terminationType"] == TerminationType.GRACEFUL.value:
+                deadline = time.monotonic() + plan["timeout"]
                 self.journal.step(op, "notify")
                 confirmed = self.mep.notify_termination(iid, plan["timeout"])
                 self.journal.step(op, "notified", confirmed=confirmed)
