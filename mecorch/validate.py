@@ -37,6 +37,12 @@ def text(value, field: str, max_len: int = 256) -> str:
         _fail(field, f"must be 1 to {max_len} characters")
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         _fail(field, "must not contain control characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # a lone surrogate ("\ud800" in the JSON): not Unicode text, and
+        # not storable as the indexed column the store copies a name into
+        _fail(field, "must be Unicode text (it holds a lone surrogate)")
     return value
 
 

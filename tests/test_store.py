@@ -1,4 +1,5 @@
-"""The store's listing projections (pure logic on a SQLite file)."""
+"""The store's listing projections and indexes (pure logic on a SQLite
+file)."""
 
 import pytest
 
@@ -59,3 +60,27 @@ def test_a_seq_is_never_given_twice_after_a_delete(tmp_path):
         assert seq_a < rows[0][0] < rows[1][0]
     finally:
         store.close()
+
+
+def test_an_equality_on_an_indexed_column_is_answered_from_its_index(tmp_path):
+    """(column, seq) indexes: a rare value is found without walking the
+    table, and a page walks insertion order without sorting (SQLite's own
+    plan, read with EXPLAIN QUERY PLAN)."""
+    s = Store(tmp_path / "i.db")
+    try:
+        for i in range(50):
+            s.put("packages", f"p{i}", {"id": f"p{i}", "appName": f"n{i}",
+                                        "onboardingState": "ONBOARDED"})
+        s.close()
+        s = Store(tmp_path / "i.db")        # statistics are read when opened
+        plan = " ".join(r[3] for r in s._db.execute(
+            "EXPLAIN QUERY PLAN SELECT seq FROM packages WHERE onboardingState=? AND "
+            "appName IN (?, ?) AND seq > ? ORDER BY seq LIMIT 10", ["ONBOARDED", "n3", "n9", 0]))
+        assert "INDEX packages_appName" in plan, plan
+        plan = " ".join(r[3] for r in s._db.execute(
+            "EXPLAIN QUERY PLAN SELECT seq FROM packages WHERE onboardingState=? AND seq > ? "
+            "ORDER BY seq LIMIT 10", ["ONBOARDED", 0]))
+        assert "packages_onboardingState (onboardingState=? AND seq>?)" in plan, plan
+        assert "TEMP B-TREE" not in plan, plan
+    finally:
+        s.close()
