@@ -4,7 +4,7 @@ paged like the packages: one request is one page of api.page_size), and
 the time `mecorch serve` takes to be ready on the largest store.
 
 The records are written straight into a fresh SQLite store with
-mecorch.store.Store (copies of a real onboarded package's document and of
+mecorch.store.Store and the edge host's views (copies of a real onboarded package's document and of
 a real instance record, each with its own id/appDId/name), then `mecorch
 serve` runs on that state dir with the lab's kind of config (a host id and
 names of its own). Listing and querying never touch a backend. The
@@ -27,12 +27,13 @@ from pathlib import Path
 
 
 from lab import INST, PKGS, Serve, new_lab_dir, pct, remove_infrastructure
+from mecorch import views
 from mecorch.store import Store
 
 
 def populate(db: Path, pkg_doc: dict, inst_doc: dict, packages: int, instances: int,
              first_instance: int = 0) -> None:
-    store = Store(db)
+    store = Store(db, views.MEPM)         # as mecorch serve writes its rows
     try:
         with store.transaction():
             for i in range(packages):

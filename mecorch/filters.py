@@ -110,6 +110,16 @@ def prefilter(expr: str | None, columns: tuple[str, ...] = ()) -> tuple[str, lis
     return (" AND ".join(clauses), params) if clauses else None
 
 
+def exact_on_columns(expr: str | None, columns: tuple[str, ...]) -> bool:
+    """True when `prefilter` keeps exactly what `apply` keeps: every term
+    is eq/in on a top-level attribute among `columns`. The store copies a
+    string field into its column as it is, and the fields it indexes are
+    strings (validated when written), so the column's equality is the
+    term's. Also True for no filter at all."""
+    return all(op in ("eq", "in") and len(path) == 1 and path[0] in columns
+               for op, path, _ in parse(expr))
+
+
 def matcher(expr: str | None) -> Callable[[dict], bool]:
     """The filter as a predicate, parsed once (a paged listing tests each
     document of a page with it)."""

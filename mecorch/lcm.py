@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import applogs, decision, logs, manner_policy, paging, validate
+from . import applogs, decision, logs, manner_policy, paging, validate, views
 from .drivers import ComputeDriver
 from .errors import Conflict, IdempotencyMismatch, InvalidInput, MecorchError, NotFound
 from .hosts import EdgeHost, Inventory, Need
@@ -49,7 +49,7 @@ class InstanceQueries:
     store: Store
 
     def view(self, doc: dict) -> dict:
-        return public(doc)
+        return views.system_instance_view(doc)
 
     def get(self, instance_id: str) -> dict:
         doc = self.store.get("instances", instance_id)
@@ -64,7 +64,7 @@ class InstanceQueries:
                   size: int) -> tuple[list[dict], str | None]:
         """One page of the instance listing, paged like the packages'
         (NFV-SOL 013, mecorch.paging)."""
-        return paging.page(self.store, "instances", self.view, filter_expr, marker, size)
+        return paging.page(self.store, "instances", filter_expr, marker, size)
 
     def op(self, op_id: str) -> dict:
         doc = self.store.get("op_occs", op_id)
@@ -100,14 +100,7 @@ class Lcm(InstanceQueries):
 
     # ------------------------------------------------------------ queries
     def view(self, doc: dict) -> dict:
-        out = public(doc)
-        observed = doc.get("_observed")
-        if observed and doc["instantiationState"] == InstantiationState.INSTANTIATED.value:
-            # mecorch extension: what reconciliation last saw of the runtime
-            out["observedState"] = observed["state"]
-            out["observedStateDetail"] = observed.get("detail", "")
-            out["observedStateTime"] = observed.get("at")
-        return out
+        return views.host_instance_view(doc)
 
     # ------------------------------------------------------------ create / delete
     def create(self, body: dict, idempotency_key: str | None = None) -> dict:

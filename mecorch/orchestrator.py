@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from . import logs
+from . import logs, views
 from .hosts import Inventory
 from .lcm import Lcm
 from .mep import MepService
@@ -22,7 +22,7 @@ log = logging.getLogger("mecorch")
 class Orchestrator:
     def __init__(self, cfg: dict):
         self.cfg = cfg
-        self.store = Store(Path(cfg["state_dir"]) / "mecorch.db")
+        self.store = Store(Path(cfg["state_dir"]) / "mecorch.db", views.MEPM)
         self.inventory = Inventory(cfg)
         self.packages = PackageManager(self.store, self.inventory, cfg)
         self.mep = MepService(self.store, self.inventory, cfg)

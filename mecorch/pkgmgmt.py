@@ -29,7 +29,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from . import decision, filters, logs, paging, validate
+from . import decision, filters, logs, paging, validate, views
 from .errors import Conflict, IntegrityError, InvalidInput, MecorchError, NotFound
 from .hosts import Inventory
 from .package import open_package
@@ -299,17 +299,7 @@ class PackageManager:
         return (live or docs)[-1]
 
     def view(self, doc: dict) -> dict:
-        out = public(doc)
-        out["deletionPending"] = bool(doc.get("_deletionPending"))   # mecorch extension
-        if doc["onboardingState"] != OnboardingState.ONBOARDED.value:
-            # what only the content tells is not known yet: the fields the
-            # ETSI schema requires anyway are empty until it is onboarded
-            for key in ("appDId", "appName", "appSoftwareVersion", "appDVersion"):
-                out.setdefault(key, "")
-            out.setdefault("softwareImages", [])
-            out.setdefault("operationalState", OperationalState.DISABLED.value)
-            out.setdefault("usageState", UsageState.NOT_IN_USE.value)
-        return out
+        return views.package_view(doc)
 
     def list(self, filter_expr: str | None = None) -> list[dict]:
         docs = self.store.list("packages",
@@ -321,8 +311,8 @@ class PackageManager:
     def list_page(self, filter_expr: str | None, marker: str | None,
                   size: int) -> tuple[list[dict], str | None]:
         """One page of the listing (NFV-SOL 013 paging, mecorch.paging)."""
-        return paging.page(self.store, "packages", self.view, filter_expr, marker, size,
-                           drop=_LIST_DROPS, onboardingState=OnboardingState.ONBOARDED.value)
+        return paging.page(self.store, "packages", filter_expr, marker, size,
+                           onboardingState=OnboardingState.ONBOARDED.value)
 
     def usable(self, app_d_id: str, pkg_id: str | None = None) -> dict:
         """The package an instance of `app_d_id` is made from, if it may be:

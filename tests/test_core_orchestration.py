@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+import json
 import tarfile
 import tempfile
 import threading
@@ -379,7 +380,8 @@ def test_package_listing_is_paged(env):
     for expr in (None, "(eq,appName,same)"):
         ids, marker = [], None
         while True:
-            items, marker = orch.packages.list_page(expr, marker, 2)
+            texts, marker = orch.packages.list_page(expr, marker, 2)
+            items = [json.loads(t) for t in texts]      # the views as stored
             ids += [p["id"] for p in items]
             pages += 1
             assert len(items) <= 2

@@ -5,6 +5,7 @@ give is a 400. Core logic on the store (no backend is involved)."""
 
 from __future__ import annotations
 
+import json
 import threading
 import urllib.parse
 
@@ -47,7 +48,8 @@ def test_list_page_walks_every_instance_once(env):
                        ("(eq,appDId,none)", [])):
         ids, marker, pages = [], None, 0
         while True:
-            items, marker = orch.lcm.list_page(expr, marker, 3)
+            texts, marker = orch.lcm.list_page(expr, marker, 3)
+            items = [json.loads(t) for t in texts]      # the views as stored
             assert len(items) <= 3
             assert all(k == "_links" or not k.startswith("_") for it in items for k in it)
             ids += [it["id"] for it in items]
@@ -83,3 +85,26 @@ def test_marker_not_given_by_the_server_is_a_400(env, marker):
     with pytest.raises(ApiError) as e:
         c.get(INST + "?nextpage_opaque_marker=" + urllib.parse.quote(marker))
     assert e.value.status == 400 and "nextpage_opaque_marker" in e.value.body["detail"]
+
+
+def test_a_listed_instance_is_what_its_own_get_shows(env):
+    """The listing sends the views the store keeps: each is the single
+    GET's view, kept in step with every write (observedState included)."""
+    orch, c = env
+    doc = orch.store.get("instances", "i2")
+    doc.update(instantiationState="INSTANTIATED", hostId="h",
+               _observed={"state": "MISSING", "detail": "gone", "at": 5})
+    orch.store.put("instances", "i2", doc)
+    listed = c.get_all(INST)
+    assert [i["id"] for i in listed] == [f"i{i}" for i in range(8)]
+    for item in listed:
+        assert item == c.get(f"{INST}/{item['id']}")
+        assert "_mp1Token" not in item
+    assert listed[2]["observedState"] == "MISSING"
+    # filters on an indexed column (exact in SQLite) and on a path that is
+    # not (tested on each view) choose the same instances
+    for flt, want in (("(eq,appInstanceName,inst2)", ["i2"]),
+                      ("(eq,observedState,MISSING)", ["i2"]),
+                      ("(in,appDId,a);(neq,appName,n3)", ["i1", "i5", "i7"])):
+        got = c.get_all(INST + "?filter=" + urllib.parse.quote(flt))
+        assert [i["id"] for i in got] == want, flt

@@ -1,5 +1,8 @@
-"""The store's listing projections and indexes (pure logic on a SQLite
-file)."""
+"""The store's listing projections, views and indexes (pure logic on a
+SQLite file)."""
+
+import json
+import sqlite3
 
 import pytest
 
@@ -60,6 +63,75 @@ def test_a_seq_is_never_given_twice_after_a_delete(tmp_path):
         assert seq_a < rows[0][0] < rows[1][0]
     finally:
         store.close()
+
+
+# ---------------------------------------------------------------- views
+def _shown(doc: dict) -> dict:
+    return {"id": doc["id"], "state": doc["instantiationState"].lower()}
+
+
+def _named(doc: dict) -> dict:
+    return {"id": doc["id"], "named": True}
+
+
+def test_a_row_keeps_its_view_as_the_views_give_it(tmp_path):
+    from mecorch.store import Views
+    s = Store(tmp_path / "v.db", Views(1, {"instances": _shown}))
+    try:
+        s.put("instances", "a", {"id": "a", "instantiationState": "NOT_INSTANTIATED"})
+        s.put("instances", "b", {"id": "b", "instantiationState": "INSTANTIATED"})
+        s.put("instances", "a", {"id": "a", "instantiationState": "INSTANTIATED"})
+        rows = s.page_views("instances", 0, 10)
+        assert [json.loads(v) for _, v in rows] == [{"id": "a", "state": "instantiated"},
+                                                    {"id": "b", "state": "instantiated"}]
+        assert all(isinstance(v, str) for _, v in rows)
+        with pytest.raises(KeyError, match="no views of op_occs"):
+            s.page_views("op_occs", 0, 10)
+    finally:
+        s.close()
+
+
+def test_rows_written_without_views_get_them_when_read_and_when_next_opened(tmp_path):
+    from mecorch.store import Views
+    views = Views(1, {"instances": _shown})
+    db = tmp_path / "v.db"
+    s = Store(db, views)
+    s.put("instances", "a", {"id": "a", "instantiationState": "INSTANTIATED"})
+    s.close()
+    plain = Store(db)                   # e.g. a command that opens the store on its own
+    plain.put("instances", "a", {"id": "a", "instantiationState": "NOT_INSTANTIATED"})
+    plain.put("instances", "b", {"id": "b", "instantiationState": "INSTANTIATED"})
+    plain.close()
+    raw = sqlite3.connect(db)
+    assert raw.execute("SELECT view FROM instances ORDER BY seq").fetchall() == [(None,), (None,)]
+    s = Store(db, views)
+    try:
+        # no stale view of "a" survives the update made without views
+        stored = dict(raw.execute("SELECT id, view FROM instances").fetchall())
+        assert {k: json.loads(v) for k, v in stored.items()} == {
+            "a": {"id": "a", "state": "not_instantiated"}, "b": {"id": "b", "state": "instantiated"}}
+        raw.execute("UPDATE instances SET view=NULL WHERE id='b'")
+        raw.commit()
+        assert [json.loads(v)["state"] for _, v in s.page_views("instances", 0, 10)] == \
+            ["not_instantiated", "instantiated"]
+    finally:
+        s.close()
+        raw.close()
+
+
+def test_other_views_than_the_store_holds_rebuild_every_one(tmp_path):
+    from mecorch.store import Views
+    db = tmp_path / "v.db"
+    s = Store(db, Views(1, {"instances": _shown}))
+    s.put("instances", "a", {"id": "a", "instantiationState": "INSTANTIATED"})
+    s.close()
+    for views, want in ((Views(1, {"instances": _named}), {"id": "a", "named": True}),
+                        (Views(2, {"instances": _shown}), {"id": "a", "state": "instantiated"})):
+        s = Store(db, views)
+        try:
+            assert [json.loads(v) for _, v in s.page_views("instances", 0, 10)] == [want]
+        finally:
+            s.close()
 
 
 def test_an_equality_on_an_indexed_column_is_answered_from_its_index(tmp_path):

@@ -9,7 +9,7 @@ from ..mep import MP1, etag
 from ..orchestrator import Orchestrator
 from ..pkgmgmt import PKGM
 from ..journal import LCM
-from .. import filters
+from .. import filters, paging
 from ..errors import Conflict, NotFound
 from ..states import OnboardingState
 from .http import APP, FileBody, Request, Response, Router, UnsupportedMediaType
@@ -50,7 +50,7 @@ def install(r: Router, o: Orchestrator) -> None:
             query = {k: v for k, v in req.query.items() if k != "nextpage_opaque_marker"}
             query["nextpage_opaque_marker"] = marker
             headers["Link"] = f'<{PKGM}/app_packages?{urllib.parse.urlencode(query)}>; rel="next"'
-        return Response(200, items, headers)
+        return Response(200, paging.body(items), headers)
 
     def get_package(req: Request) -> Response:
         return Response(200, pk.view(pk.resource(req.params["id"])))
@@ -111,7 +111,7 @@ def install(r: Router, o: Orchestrator) -> None:
             query = {k: v for k, v in req.query.items() if k != "nextpage_opaque_marker"}
             query["nextpage_opaque_marker"] = marker
             headers["Link"] = f'<{LCM}/app_instances?{urllib.parse.urlencode(query)}>; rel="next"'
-        return Response(200, items, headers)
+        return Response(200, paging.body(items), headers)
 
     def get_instance(req: Request) -> Response:
         return Response(200, lcm.view(lcm.get(req.params["id"])))

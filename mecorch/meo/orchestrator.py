@@ -9,6 +9,7 @@ import logging
 import threading
 from pathlib import Path
 
+from .. import views
 from ..events import Guarded
 from ..hosts import Inventory
 from ..store import Store
@@ -26,7 +27,7 @@ class MeoOrchestrator:
 
     def __init__(self, cfg: dict):
         self.cfg = cfg
-        self.store = Store(Path(cfg["state_dir"]) / "meo.db")
+        self.store = Store(Path(cfg["state_dir"]) / "meo.db", views.MEO)
         # no edge host of its own: packages are verified and kept, not imported
         self.packages = SystemPackages(self.store, Inventory({**cfg, "hosts": []}), cfg)
         self.registry = Registry(self.store, cfg, on_return=self._host_returned)
