@@ -61,9 +61,9 @@ class InstanceQueries:
         return [self.view(d) for d in self.store.list("instances")]
 
     def list_page(self, filter_expr: str | None, marker: str | None,
-                  size: int) -> tuple[list[dict], str | None]:
+                  size: int) -> tuple[list[str], str | None]:
         """One page of the instance listing, paged like the packages'
-        (NFV-SOL 013, mecorch.paging)."""
+        (NFV-SOL 013, mecorch.paging): JSON texts, as stored."""
         return paging.page(self.store, "instances", filter_expr, marker, size)
 
     def op(self, op_id: str) -> dict:

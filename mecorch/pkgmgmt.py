@@ -309,8 +309,9 @@ class PackageManager:
         return filters.apply([self.view(d) for d in docs], filter_expr)
 
     def list_page(self, filter_expr: str | None, marker: str | None,
-                  size: int) -> tuple[list[dict], str | None]:
-        """One page of the listing (NFV-SOL 013 paging, mecorch.paging)."""
+                  size: int) -> tuple[list[str], str | None]:
+        """One page of the listing (NFV-SOL 013 paging, mecorch.paging): the
+        views as the store keeps them, JSON texts."""
         return paging.page(self.store, "packages", filter_expr, marker, size,
                            onboardingState=OnboardingState.ONBOARDED.value)
 
