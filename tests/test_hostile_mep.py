@@ -93,8 +93,10 @@ class Env:
         for appd in (CONTAINER_APPD, VM_APPD):
             self.onboard(appd)
 
-    def onboard(self, appd_path: Path) -> None:
-        appd = yaml.safe_load(appd_path.read_text())
+    def onboard(self, appd_path: Path, appd: dict | None = None) -> None:
+        """Onboard the AppD at `appd_path` (or `appd` in its place, with the
+        image that path's app has)."""
+        appd = appd or yaml.safe_load(appd_path.read_text())
         src = Path(tempfile.mkdtemp(dir=self.tmp))
         sw = appd["swImageDescriptor"]["swImage"]
         (src / sw).parent.mkdir(parents=True)

@@ -165,10 +165,14 @@ class Lab:
             f"artifacts:\n  - source: {SAMPLE_VM}\n    path: Artifacts/sample-vm.qcow2\n")
         for name, folder in (("sample-container-app", EXAMPLES / "sample-container-app"),
                              ("sample-vm-app", vm_folder)):
-            zpath = build_package(folder, self.tmp / f"{name}.zip")
-            self.api.call("POST", "/app_pkgm/v1/app_packages", {
-                "appPkgName": name, "appPkgVersion": "1.0", "appPkgPath": str(zpath),
-                "checksum": {"algorithm": "SHA-256", "hash": sha256_file(zpath)}})
+            self.onboard_folder(name, folder)
+
+    def onboard_folder(self, name: str, folder: Path) -> None:
+        """Build the package of an app folder and onboard it."""
+        zpath = build_package(folder, self.tmp / f"{name}.zip")
+        self.api.call("POST", "/app_pkgm/v1/app_packages", {
+            "appPkgName": name, "appPkgVersion": "1.0", "appPkgPath": str(zpath),
+            "checksum": {"algorithm": "SHA-256", "hash": sha256_file(zpath)}})
 
     def create(self, app_d_id: str) -> str:
         return self.api.call("POST", INST, {"appDId": app_d_id})[1]["id"]
