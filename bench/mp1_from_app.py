@@ -3,15 +3,18 @@
 A `mecorch serve` lab (bench/lab.py: its own host id, docker network,
 dnsmasq port; here also a chain prefix and service range of its own, so a
 concurrent bench/run.py lab on MECBN / 10.188.0.0/24 cannot touch it)
-deploys two container apps. A prober runs in that container's network namespace (`nsenter --net`
-into its pause container), with the app's own MEC_MP1_URL and
-MEC_APP_TOKEN (read from the container's environment), so every packet
-takes the path the app's own would: Mp1 on the app network's gateway, DNS
-through the container's default resolver (Docker's 127.0.0.11, which
-forwards to the MEP's dnsmasq on the gateway), TCP through the steering
-rule of its service address to a second container (its dstInterface names
-that container: a bridge does not send a frame back out the port it came
-in by, so an app cannot reach itself through its own service address).
+deploys two container apps: the app whose rules change (its traffic rule
+steers its service address to itself: a rule may steer only to its own
+instance) and a client. A prober runs in the client container's network
+namespace (`nsenter --net` into its pause container), with the app's own
+MEC_MP1_URL and MEC_APP_TOKEN (read from the app container's environment),
+so every packet takes the path the app's own would: Mp1 on the app
+network's gateway (the same for both), DNS through a container's default
+resolver (Docker's 127.0.0.11, which forwards to the MEP's dnsmasq on the
+gateway), TCP through the steering rule of the app's service address to
+the app (from the client: a bridge does not send a frame back out the port
+it came in by, so an app cannot reach itself through its own service
+address).
 
 - DNS: the prober PUTs its DNS rule with a new ipAddress and stops the clock
   when its resolver answers the new address.
@@ -128,11 +131,12 @@ for line in sys.stdin:
 '''
 
 
-def traffic_rule(rule_id: str, vip: str, to: str, state: str = "ACTIVE") -> dict:
+def traffic_rule(rule_id: str, vip: str, state: str = "ACTIVE") -> dict:
+    """Steering `vip` to the rule's own instance (no dstIpAddress: it may
+    name no other)."""
     return {"trafficRuleId": rule_id, "filterType": "FLOW", "priority": 1, "state": state,
             "trafficFilter": [{"dstAddress": [vip], "dstPort": ["80"], "protocol": ["tcp"]}],
-            "action": "FORWARD_DECAPSULATED",
-            "dstInterface": {"interfaceType": "IP", "dstIpAddress": to}}
+            "action": "FORWARD_DECAPSULATED", "dstInterface": {"interfaceType": "IP"}}
 
 
 def dns_rule(rule_id: str, name: str, ip: str) -> dict:
@@ -184,18 +188,18 @@ def measure(lab: Lab, n: int) -> dict:
     net = ipaddress.ip_network(lab.cfg["hosts"][0]["mep"]["service_cidr"])
     VIP, ALT, DIRECT_VIP, DIRECT_ALT = (str(net[i]) for i in (30, 31, 40, 41))
     lab.onboard("sample-container-app", APP)
-    backend, op = api.deploy(APP, deploymentType="CONTAINER", appTrafficRule=[], appDNSRule=[])
+    client, op = api.deploy(APP, deploymentType="CONTAINER", appTrafficRule=[], appDNSRule=[])
     if op["operationState"] != "COMPLETED":
         raise RuntimeError(f"deploy failed: {op.get('error')}")
-    target = api.get(f"/app_lcm/v1/app_instances/{backend}")["allocatedResources"]["network"][0]["ip"]
     iid, op = api.deploy(APP, deploymentType="CONTAINER",
-                         appTrafficRule=[descriptor(traffic_rule("vip", VIP, target))],
+                         appTrafficRule=[descriptor(traffic_rule("vip", VIP))],
                          appDNSRule=[descriptor(dns_rule("dns", NAME, VIP))])
     if op["operationState"] != "COMPLETED":
         raise RuntimeError(f"deploy failed: {op.get('error')}")
-    env = container_env(f"mecorch-{iid}-app")
+    target = api.get(f"/app_lcm/v1/app_instances/{iid}")["allocatedResources"]["network"][0]["ip"]
+    env = container_env(f"mecorch-{iid}-app")          # the app's own Mp1 URL and token
     pause_pid = int(subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}",
-                                    f"mecorch-{iid}-pause"], capture_output=True, text=True,
+                                    f"mecorch-{client}-pause"], capture_output=True, text=True,
                                    check=True).stdout)
     from drivers.linux_mep import LinuxMEP
     state_dir, run_dir = lab.host_dirs
@@ -209,7 +213,7 @@ def measure(lab: Lab, n: int) -> dict:
     direct_id = f"direct-{lab.tag}"
     try:
         prober(op="wait_tcp", addr=VIP, up=True)          # the deployed rule works
-        direct_tr = [TrafficRule.from_etsi(traffic_rule("d", DIRECT_VIP, target))]
+        direct_tr = [TrafficRule.from_etsi(traffic_rule("d", DIRECT_VIP))]
         mep.apply_rules(direct_id, target, direct_tr,
                         [DnsRule.from_etsi(dns_rule("d", DIRECT_NAME, DIRECT_VIP))])
         prober(op="wait_tcp", addr=DIRECT_VIP, up=True)
@@ -221,10 +225,10 @@ def measure(lab: Lab, n: int) -> dict:
             res["mp1_dns_call"].append(got["call"])
             res["mp1_dns_effect"].append(got["effect"])
             prober(op="put", path=f"{path}/traffic_rules/vip",
-                   body=traffic_rule("vip", VIP, target, "INACTIVE"))
+                   body=traffic_rule("vip", VIP, "INACTIVE"))
             prober(op="wait_tcp", addr=VIP, up=False)
             got = prober(op="mp1", path=f"{path}/traffic_rules/vip",
-                         body=traffic_rule("vip", VIP, target), wait="tcp", addr=VIP, up=True)
+                         body=traffic_rule("vip", VIP), wait="tcp", addr=VIP, up=True)
             res["mp1_tcp_call"].append(got["call"])
             res["mp1_tcp_effect"].append(got["effect"])
             # direct: the MEP driver alone, a rule set of its own, the same

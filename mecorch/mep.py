@@ -7,6 +7,18 @@ driver as one set. An app can read and change only its own rules; every
 change is validated (`mecorch.rules`) before anything is applied, and the
 stored set changes only when the driver accepted the new one.
 
+Where a rule sends traffic: a traffic rule steers (DNATs) only to its own
+instance. A `dstInterface.dstIpAddress` other than the instance's own
+address (`targetIp`, the first address its deployment got) is a 400 naming
+the field and the address; before the instance has an address (an AppD or
+instantiate request, an Mp1 PUT while it deploys) no dstIpAddress can be
+its own, so any is refused (omit it: the rule then steers to the
+instance). Checked on every change (`check_targets`), whether or not the
+set claims a host, and again when the set is applied to an address.
+Otherwise an app could steer its service address to any address the host
+reaches (another app's unpublished container) and read it through the
+MEP's forwarding (issue 28, finding 1).
+
 Ownership of addresses and names (the ledger is the store's rule sets that
 are *claimed*: from instantiation until termination or rollback): a traffic
 rule's destinations must lie in the host's service range (400 naming it);
@@ -99,6 +111,7 @@ class MepService:
                "targetIp": None,
                "appDId": inst.get("appDId"), "claimHost": host.id if host else None}
         with self._lock:
+            check_targets(doc)
             if host is not None:
                 self.check_claims(host, instance_id, doc)
             self.store.put("rules", instance_id, doc)
@@ -116,7 +129,8 @@ class MepService:
     def check_claims(self, host: EdgeHost, instance_id: str, doc: dict) -> None:
         """Refuse a rule set that leaves the host's service range or MEC
         domain (InvalidInput) or takes what another instance of the host
-        claims (Conflict naming it). Called with the ledger lock held."""
+        claims (Conflict naming it). Called with the ledger lock held, after
+        `check_targets`."""
         mep = host.section("mep")
         service = mep.get("service_cidr")
         domain = mep.get("dns_domain")
@@ -172,6 +186,9 @@ class MepService:
     def apply(self, host: EdgeHost, instance_id: str, target_ip: str | None) -> None:
         doc = self._rules(instance_id)
         doc.update(hostId=host.id, targetIp=target_ip)
+        # Against the address the set is applied to now (a set stored before
+        # this check existed, or an instance that moved, is refused here).
+        check_targets(doc)
         self._push(host, instance_id, doc)
         self.store.put("rules", instance_id, doc)
 
@@ -315,9 +332,11 @@ class MepService:
             doc = self._rules(instance_id)
             doc[key] = [new if r[id_field] == rule_id else r for r in doc[key]]
             claim = doc.get("claimHost", doc.get("hostId"))
+            # Checked (where it sends traffic; then against the other claims)
+            # with the lock held, then applied: nothing is applied or stored
+            # when refused.
+            check_targets(doc)
             if claim:
-                # Checked against the other claims with the lock held, then
-                # applied: nothing is applied or stored when refused.
                 self.check_claims(self.inventory.get(claim), instance_id, doc)
             if doc.get("hostId"):
                 self._push(self.inventory.get(doc["hostId"]), instance_id, doc)
@@ -437,6 +456,28 @@ class MepService:
             raise InvalidInput(f"callbackReference address {addr} is not in the allowed "
                                "callback networks")
         return url
+
+
+def check_targets(doc: dict) -> None:
+    """Refuse a rule set steering anywhere but to its own instance: every
+    dstInterface.dstIpAddress must be the set's `targetIp` (InvalidInput
+    naming the rule, the field and the address). Before the instance has an
+    address (targetIp None) no dstIpAddress is its own."""
+    own = doc.get("targetIp")
+    for raw in doc["trafficRules"]:
+        rule = TrafficRule.from_etsi(raw)
+        bad = R.foreign_target(rule, own)
+        if bad is None:
+            continue
+        if own is None:
+            raise InvalidInput(
+                f"trafficRule {rule.traffic_rule_id}: dstInterface.dstIpAddress {bad} cannot "
+                f"be the instance's own address: it has none yet (a rule steers only to its "
+                f"own instance; omit dstIpAddress to steer to it)")
+        raise InvalidInput(
+            f"trafficRule {rule.traffic_rule_id}: dstInterface.dstIpAddress {bad} is not the "
+            f"instance's own address {own} (a rule steers only to its own instance; omit "
+            f"dstIpAddress to steer to it)")
 
 
 def token_digest(token: str) -> str:

@@ -501,3 +501,18 @@ def in_domain(name: str, domain: str) -> bool:
     """`name` is `domain` or a name below it (both normalised, lower-case)."""
     domain = domain.lower().rstrip(".")
     return name == domain or name.endswith("." + domain)
+
+
+def foreign_target(rule: TrafficRule, own: str | None) -> str | None:
+    """The first dstInterface.dstIpAddress of the rule that is not `own`
+    (the instance's own address; None when it has none yet), or None when
+    every one is. Where traffic is sent (DNATed to) must be the rule's own
+    instance: any other address would let an app steer its service address
+    to something it does not own (issue 28, finding 1). A rule naming no
+    dstIpAddress steers to its instance."""
+    mine = ipaddress.ip_address(own) if own else None
+    for iface in rule.dst_interface:
+        addr = iface.dst_ip_address
+        if addr is not None and ipaddress.ip_address(addr) != mine:
+            return addr
+    return None

@@ -201,6 +201,7 @@ def inject(doc, path: tuple, value):
     return doc
 
 
+A_IP = "10.123.0.1"      # the fake CIM's first address: the world's instance A
 DNS_RULE = {"dnsRuleId": "sample-http-dns", "domainName": "sample-http.mec.local",
             "ipAddressType": "IP_V4", "ipAddress": "10.90.0.10", "ttl": 60, "state": "ACTIVE"}
 TRAFFIC_RULE = {
@@ -211,8 +212,10 @@ TRAFFIC_RULE = {
                        "tgtTunnelAddress": ["10.0.0.2"], "srcTunnelPort": ["2152"],
                        "dstTunnelPort": ["2152"], "qCI": 1, "dSCP": 1, "tC": 1}],
     "action": "FORWARD_DECAPSULATED", "state": "ACTIVE",
+    # dstIpAddress: instance A's own address (the fake CIM's first; a rule
+    # may steer only to its own instance, issue 28)
     "dstInterface": {"interfaceType": "TUNNEL", "srcMacAddress": "02-00-00-00-00-01",
-                     "dstMacAddress": "02-00-00-00-00-02", "dstIpAddress": "10.90.0.20",
+                     "dstMacAddress": "02-00-00-00-00-02", "dstIpAddress": A_IP,
                      "tunnelInfo": {"tunnelType": "GTP_U", "tunnelDstAddress": "10.0.0.3",
                                     "tunnelSrcAddress": "10.0.0.4"}}}
 
@@ -247,6 +250,7 @@ def world(tmp_path):
                                           "hash": hashlib.sha256(vm_zip.read_bytes()).hexdigest()}})
     assert st == 201, vm_pkg
     a, _ = s.deployed_instance()
+    assert s("GET", f"{INST}/{a}")[1]["allocatedResources"]["network"][0]["ip"] == A_IP
     w = type("World", (), {})()
     w.s, w.a, w.tmp = s, a, tmp_path
     w.pkg = next(p for p in s("GET", PKGS)[1] if p["appDId"] == "sample-http")
@@ -675,7 +679,9 @@ def test_hostile_sample_against_the_real_mep(real_mep):
     dns = {**DNS_RULE, "domainName": "hostile-a.mec.local"}
     tr = {k: v for k, v in TRAFFIC_RULE.items() if k != "dstInterface"}
     tr["trafficFilter"] = [{"dstAddress": ["10.90.0.10"], "dstPort": ["80"], "protocol": ["tcp"]}]
-    tr["dstInterface"] = {"interfaceType": "IP", "dstIpAddress": "10.123.0.1"}
+    # its own address (the fake CIM's first): a rule steers only to its instance
+    assert s("GET", f"{INST}/{a}")[1]["allocatedResources"]["network"][0]["ip"] == A_IP
+    tr["dstInterface"] = {"interfaceType": "IP", "dstIpAddress": A_IP}
     wire = Wire(s.server.server_address[1])
     assert wire.send("PUT", f"{MP1}/{a}/dns_rules/sample-http-dns", dns)[0] == 200
     assert wire.send("PUT", f"{MP1}/{a}/traffic_rules/sample-http-vip", tr)[0] == 200

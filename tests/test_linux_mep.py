@@ -232,10 +232,17 @@ def test_forward_steers_drop_blocks_and_removal_restores_chains(lab):
     d.apply_rules("web-a", INSTANCE_A, [forward("x", 5, "DROP", dst=INSTANCE_A),
                                        forward("p", 4, "PASSTHROUGH", dst=INSTANCE_A)], [])
     assert lab.get(INSTANCE_A) == f"reached {INSTANCE_A}"
-    # dstInterface IP overrides the target address; INACTIVE rules are not applied.
+    # dstInterface IP may name the target address; any other is refused with
+    # nothing changed (a rule steers only to its own instance, issue 28);
+    # INACTIVE rules are not applied.
     d.apply_rules("web-a", INSTANCE_A, [forward(dstInterface={"interfaceType": "IP",
-                                                              "dstIpAddress": INSTANCE_B})], [])
-    assert lab.get() == f"reached {INSTANCE_B}"
+                                                              "dstIpAddress": INSTANCE_A})], [])
+    assert lab.get() == f"reached {INSTANCE_A}"
+    applied = d.chains_text()
+    with pytest.raises(InvalidInput, match=f"dstIpAddress {INSTANCE_B}"):
+        d.apply_rules("web-a", INSTANCE_A, [forward(dstInterface={
+            "interfaceType": "IP", "dstIpAddress": INSTANCE_B})], [])
+    assert d.chains_text() == applied and lab.get() == f"reached {INSTANCE_A}"
     d.apply_rules("web-a", INSTANCE_A, [forward(state="INACTIVE")], [])
     assert lab.get() is None
     d.apply_rules("web-a", INSTANCE_A, [forward()], [dns()])

@@ -122,7 +122,8 @@ def test_render_expands_filters_and_ranges():
     rule = tr(trafficFilter=[{"srcAddress": ["10.0.0.1-10.0.0.9", "192.0.2.0/24"],
                               "dstPort": ["8000-8080"]}],
               dstInterface={"interfaceType": "IP", "dstIpAddress": "10.5.5.5"})
-    nat = iptables.render_instance("MEC", "i", "10.0.1.2", [rule])["nat"]
+    # dstIpAddress may only name the instance's own address (issue 28)
+    nat = iptables.render_instance("MEC", "i", "10.5.5.5", [rule])["nat"]
     assert len(nat) == 4            # 2 sources x (tcp, udp) since no protocol was given
     assert "-m iprange --src-range 10.0.0.1-10.0.0.9 -p tcp -m tcp --dport 8000:8080" in nat[0]
     assert "-s 192.0.2.0/24 -p udp -m udp --dport 8000:8080" in nat[3]

@@ -155,6 +155,17 @@ def _targets(rule: TrafficRule, target_ip: str) -> dict[str, str]:
                                    "dstInterface (MAC and TUNNEL interfaces need an "
                                    "L2/tunnel data plane)")
             dest = iface.dst_ip_address or target_ip
+            # Defense in depth (the core refuses it first, mecorch.mep.
+            # check_targets): the contract gives the driver the instance's
+            # address, and a rule DNATs only there. Any other destination
+            # would steer the service address to something the app does not
+            # own, which the FWD plumbing chain would then forward.
+            if target_ip is None or \
+                    ipaddress.ip_address(dest) != ipaddress.ip_address(target_ip):
+                raise InvalidInput(
+                    f"trafficRule {rule.traffic_rule_id}: dstInterface.dstIpAddress {dest} is "
+                    f"not the instance's own address {target_ip} (a rule steers only to its "
+                    f"own instance)")
         _ipv4(rule, dest)
         return {"raw": "RETURN", "nat": f"DNAT --to-destination {dest}"}
     _unsupported(rule, f"action {rule.action} cannot be expressed with iptables "
@@ -251,7 +262,15 @@ def plumbing_chain(prefix: str, table: str) -> str:
 
 def _plumbing_lines(saved: Saved, prefix: str, table: str, service_cidr: str) -> list[str]:
     """Make the table's plumbing chain hold exactly its one rule, hooked
-    once; nothing when it already does (so open() changes nothing)."""
+    once; nothing when it already does (so open() changes nothing).
+
+    Why accepting (and masquerading) every connection DNATed from the
+    service range is safe: only mecorch's instance chains DNAT from that
+    range (it is the MEP's own), and each of their DNATs goes to the
+    instance's own address: `_targets` refuses any other destination, as
+    the core does before it (issue 28, finding 1). So the chain forwards
+    only to app instances, on the service addresses their rules claim,
+    never past Docker's or libvirt's isolation to anything else."""
     hook, _, target = PLUMBING[table]
     chain = plumbing_chain(prefix, table)
     chains = saved.get(table, {})
