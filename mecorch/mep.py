@@ -25,10 +25,11 @@ rule's destinations must lie in the host's service range (400 naming it);
 a destination (address:port/protocol) another instance of the host claims
 is a 409 naming that instance; a DNS name belongs to the first instance
 that claims it (409), unless every claimant comes from the same app (same
-appDId: replicas share a name), and must lie in the host's MEC domain
-(`mep.dns_domain`, 400). Claims are checked and taken under one lock, at
-instantiation (before anything is made) and on every Mp1 PUT (with the
-apply), so of two instantiations racing for one address exactly one wins.
+appDId: replicas share a name), and must lie below the host's MEC domain
+(`mep.dns_domain`, 400; the bare domain itself is the host's, no app's).
+Claims are checked and taken under one lock, at instantiation (before
+anything is made) and on every Mp1 PUT (with the apply), so of two
+instantiations racing for one address exactly one wins.
 
 Each instantiation issues the instance an Mp1 token (random; only its
 SHA-256 is stored, in the instance record as `_mp1Token`) that the app gets
@@ -128,9 +129,9 @@ class MepService:
     # ------------------------------------------------------------ ownership
     def check_claims(self, host: EdgeHost, instance_id: str, doc: dict) -> None:
         """Refuse a rule set that leaves the host's service range or MEC
-        domain (InvalidInput) or takes what another instance of the host
-        claims (Conflict naming it). Called with the ledger lock held, after
-        `check_targets`."""
+        domain, or claims the bare domain (InvalidInput), or takes what
+        another instance of the host claims (Conflict naming it). Called
+        with the ledger lock held, after `check_targets`."""
         mep = host.section("mep")
         service = mep.get("service_cidr")
         domain = mep.get("dns_domain")
@@ -146,7 +147,12 @@ class MepService:
                         f"dstAddress must lie in it)")
         if domain:
             for rule in dns:
-                if not R.in_domain(rule.domain_name, domain):
+                if rule.domain_name == domain.lower().rstrip("."):
+                    raise InvalidInput(
+                        f"dnsRule {rule.dns_rule_id}: domainName {rule.domain_name} is the MEC "
+                        f"domain of host {host.id} itself, which no app may claim (a name "
+                        f"below it may be, e.g. app.{rule.domain_name})")
+                if not R.below_domain(rule.domain_name, domain):
                     raise InvalidInput(
                         f"dnsRule {rule.dns_rule_id}: domainName {rule.domain_name} is not in "
                         f"the MEC domain {domain} of host {host.id}")

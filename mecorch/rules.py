@@ -497,10 +497,12 @@ def outside(rule: TrafficRule, service_range: str) -> str | None:
     return None
 
 
-def in_domain(name: str, domain: str) -> bool:
-    """`name` is `domain` or a name below it (both normalised, lower-case)."""
+def below_domain(name: str, domain: str) -> bool:
+    """`name` is a name below `domain` (both normalised, lower-case). The
+    domain itself is not below it: the MEC domain is the host's, no app's
+    to claim (issue 28, finding 10)."""
     domain = domain.lower().rstrip(".")
-    return name == domain or name.endswith("." + domain)
+    return name.endswith("." + domain)
 
 
 def foreign_target(rule: TrafficRule, own: str | None) -> str | None:

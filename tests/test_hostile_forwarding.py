@@ -1,4 +1,5 @@
-"""Hostile forwarding (issue 28): where a rule may send traffic.
+"""Hostile forwarding (issue 28): where a rule may send traffic and which
+names it may claim.
 
 Finding 1: a traffic rule's `dstInterface.dstIpAddress` (where the MEP
 DNATs the service address to) was never checked, and the MEP's FWD chain
@@ -8,6 +9,9 @@ unpublished container and read it from a UE. Now a rule steers only to its
 own instance (its own address; none before it has one): anything else is a
 400 naming dstIpAddress and the address, with nothing applied or stored;
 the LinuxMEP driver refuses it too.
+
+Finding 10: an app could claim the bare MEC domain (`mec.local`) as a DNS
+name. Now only names below it are accepted.
 
 The real-backend proof is a `mecorch serve` of its own (tests/test_mep_clients.py's
 Lab: host id, docker network, chain prefix, service range, dnsmasq port and a
@@ -38,8 +42,9 @@ from mecorch.rules import TrafficRule
 
 from conftest import SAMPLE_CONTAINER_REF, run
 from test_hostile_mep import CONTAINER_APPD, Env, descriptor, refused
+from test_hostile_mep import dns as fake_dns
 from test_hostile_mep import traffic as fake_traffic
-from test_mep_clients import EXAMPLES, INST, MP1, Lab, app_mp1, etsi, poll, traffic
+from test_mep_clients import EXAMPLES, INST, MP1, Lab, app_mp1, dns, etsi, poll, traffic
 
 OPS = "/app_lcm/v1/app_lcm_op_occs"
 # An address the fake CIM never gives (it counts 10.123.0.1, .2, ...).
@@ -274,3 +279,52 @@ class TestDnatTargetIsTheInstancesOwn:
         assert R.foreign_target(rule, None) == "10.0.0.6"
         assert R.foreign_target(TrafficRule.from_etsi(fake_traffic()), None) is None
 
+
+class TestBareDomainRefused:
+    def test_mp1_put_or_instantiate_of_the_bare_domain_is_400_naming_it(self, env):
+        a = env.deploy()
+        before = env.state()
+        for name in ("mec.local", "MEC.local."):
+            e = refused(env.c.call, "PUT", f"{MP1}/{a}/dns_rules/sample-http-dns",
+                        fake_dns(name))
+            assert e.status == 400 and "mec.local" in e.detail and "itself" in e.detail
+            assert env.state() == before
+        b = env.create()
+        e = refused(env.instantiate, b, appDNSRule=[descriptor(fake_dns("mec.local"))])
+        assert e.status == 400 and "mec.local" in e.detail and "itself" in e.detail
+        assert env.state() == before
+        assert env.c.get(f"{INST}/{b}")["instantiationState"] == "NOT_INSTANTIATED"
+
+    def test_an_appd_claiming_the_bare_domain_is_400(self, env):
+        appd = yaml.safe_load(CONTAINER_APPD.read_text())
+        appd["appDId"] = appd["appName"] = "bare"
+        appd["appDNSRule"][0]["domainName"] = "mec.local"
+        env.onboard(CONTAINER_APPD, appd)
+        before = env.state()
+        b = env.create("bare")
+        e = refused(env.instantiate, b)
+        assert e.status == 400 and "mec.local" in e.detail and "itself" in e.detail
+        assert env.state() == before
+
+    def test_names_below_it_stay_accepted(self, env):
+        a = env.deploy()
+        env.c.call("PUT", f"{MP1}/{a}/dns_rules/sample-http-dns", fake_dns("x.mec.local"))
+        assert env.mep.applied[a][2][0].domain_name == "x.mec.local"
+
+    def test_below_domain(self):
+        assert R.below_domain("a.mec.local", "MEC.local.")
+        assert not R.below_domain("mec.local", "mec.local")
+        assert not R.below_domain("evilmec.local", "mec.local")
+
+    @pytest.mark.docker
+    @pytest.mark.libvirt
+    @pytest.mark.mep
+    def test_real_mp1_put_of_the_bare_domain_is_400_and_nothing_changes(self, flab):
+        lab, a = flab, flab.ids["a"]
+        before = lab.snapshot()
+        rule = etsi(dns("a-dns", "mec.local", lab.vip["a"]))
+        got = lab.in_app(a, app_mp1("PUT", f"applications/{a}/dns_rules/a-dns", rule))
+        assert " 400 " in got.splitlines()[0] and "mec.local" in got, got
+        assert lab.snapshot() == before
+        assert lab.dig("mec.local") == ""
+        assert lab.dig(lab.names["a"]) == lab.vip["a"]

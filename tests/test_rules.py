@@ -270,7 +270,7 @@ def test_destinations_and_their_overlap():
     assert _dest(dstAddress=["2001:db8::1"])[0].overlap(mine[0]) is None
 
 
-def test_outside_the_service_range_and_in_domain():
+def test_outside_the_service_range_and_below_domain():
     assert R.outside(tr(), "10.9.0.0/24") is None
     assert R.outside(tr(), "10.9.1.0/24") == "10.9.0.80"
     assert R.outside(tr(trafficFilter=[{"dstAddress": ["10.9.0.0/23"]}]), "10.9.0.0/24") \
@@ -278,9 +278,10 @@ def test_outside_the_service_range_and_in_domain():
     assert R.outside(tr(trafficFilter=[{"dstAddress": ["10.9.0.250-10.9.1.2"]}]),
                      "10.9.0.0/24") == "10.9.0.250-10.9.1.2"
     assert "every address" in R.outside(tr(trafficFilter=[{"dstPort": ["80"]}]), "10.9.0.0/24")
-    assert R.in_domain("a.mec.local", "MEC.local.") and R.in_domain("mec.local", "mec.local")
-    assert not R.in_domain("evilmec.local", "mec.local")
-    assert not R.in_domain("mec.local.evil.org", "mec.local")
+    assert R.below_domain("a.mec.local", "MEC.local.")
+    assert not R.below_domain("mec.local", "mec.local")     # the domain is the host's
+    assert not R.below_domain("evilmec.local", "mec.local")
+    assert not R.below_domain("mec.local.evil.org", "mec.local")
 
 
 def test_plumbing_chains_are_rendered_once_and_torn_down():
