@@ -1,11 +1,12 @@
 """Hostile YAML in an AppD (issue 28, finding 4): a document of a few KB
 whose aliases expand it to tens of MB (or, over a 1 MB string, to ~30 GB)
 is refused by the strict loader while it is read, before anything of it
-is stored.
+is stored; and every AppD field mecorch keeps and serves is checked for its
+shape, so a field that is not what MEC 010-2 says is a 400 naming it.
 
 The expansion attack goes through a real `mecorch serve` (a subprocess, so
 its memory is the daemon's own, read from /proc/PID/status) and the REST
-onboarding path."""
+onboarding path; the field checks through the in-process API server."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import yaml
 from mecorch import yamlsafe
 from mecorch.client import ApiError, Client
 from mecorch.errors import InvalidInput, MecorchError
+from mecorch.package.appd import validate_appd
 from test_package import appd_package, load_appd
 
 REPO = Path(__file__).resolve().parent.parent
@@ -145,7 +147,7 @@ def serve(tmp_path_factory):
 def test_the_serve_of_these_tests_onboards_a_good_package(serve, tmp_path):
     """The daemon the attacks go to onboards a sound package, so a refusal
     below is the check under test, not a host that cannot take it."""
-    got = _onboard(serve["c"], appd_package(tmp_path, load_appd("container")))
+    got = _onboard(serve["c"], appd_package(tmp_path, {**load_appd("container"), **VALID}))
     assert isinstance(got, dict) and got["onboardingState"] == "ONBOARDED", got
     serve["c"].call("PATCH", f"{PKGS}/{got['id']}", {"operationState": "DISABLED"})
     serve["c"].call("DELETE", f"{PKGS}/{got['id']}")
@@ -247,3 +249,105 @@ class TestYamlsafeBound:
         with pytest.raises(InvalidInput, match="expand"):
             yamlsafe.load_yaml(expanding_appd(200, levels=9).decode())
         yamlsafe.load_yaml(expanding_appd(200, levels=3).decode())     # 8,000 bytes: fine
+
+
+# -- every AppD field checked ------------------------------------------------------------
+
+CATEGORY = {"href": "https://mep.example/catalogue/rni", "id": "rni", "name": "RNI",
+            "version": "v2"}
+TRANSPORT = {"type": "REST_HTTP", "protocol": "HTTP", "version": "2.0",
+             "security": {"oAuth2Info": {"grantTypes": ["OAUTH2_CLIENT_CREDENTIALS"],
+                                         "tokenEndpoint": "https://mep.example/token"}}}
+TRANSPORT_DEP = {"transport": TRANSPORT, "serializers": ["JSON"], "labels": ["rest"]}
+SERVICE_DEP = {"serName": "rnis", "version": "2.1.1", "serCategory": CATEGORY,
+               "serTransportDependencies": [TRANSPORT_DEP], "requestedPermissions": ["read"]}
+# A value of the MEC 010-2 shape for each field mecorch used to keep as given
+VALID = {
+    "appServiceRequired": [SERVICE_DEP],
+    "appServiceOptional": [{"serName": "location", "version": "2.1.1"}],
+    "appServiceProduced": [{"serName": "sample", "version": "1.0", "serCategory": CATEGORY,
+                            "transportsSupported": [{"transport": TRANSPORT,
+                                                     "serializers": ["JSON", "XML"]}]}],
+    "appFeatureRequired": [{"featureName": "UserApps", "version": "1.0"}],
+    "appFeatureOptional": [{"featureName": "UEIdentity", "version": "1.0"}],
+    "transportDependencies": [TRANSPORT_DEP],
+    "appLatency": {"maxLatency": 20_000_000},
+    "terminateAppInstanceOpConfig": {"minGracefulTerminationTimeout": 10,
+                                     "maxRecommendedGracefulTerminationTimeout": 60},
+    "changeAppInstanceStateOpConfig": {"minGracefulStopTimeout": 5,
+                                       "maxRecommendedGracefulStopTimeout": 30},
+    "appExtCpd": [{"inherited_attributes": {"cpdId": "ext-1", "layerProtocol": ["IPV4"]}}],
+}
+# (field, a wrong value, the field path the refusal names)
+WRONG = [
+    ("appServiceOptional", "rnis", "appServiceOptional"),
+    ("appServiceOptional", [[["x"]]], "appServiceOptional[0]"),
+    ("appServiceOptional", [{"serName": "x"}], "appServiceOptional[0]"),
+    ("appServiceOptional", [{"serName": "x", "version": "1", "extra": 1}],
+     "appServiceOptional[0]"),
+    ("appServiceOptional", [{"serName": "x" * 5000, "version": "1"}],
+     "appServiceOptional[0].serName"),
+    ("appServiceOptional", [{"serName": "x", "version": "1"}] * 65, "appServiceOptional"),
+    ("appServiceRequired", [{**SERVICE_DEP, "serCategory": "rni"}],
+     "appServiceRequired[0].serCategory"),
+    ("appServiceRequired", [{**SERVICE_DEP, "requestedPermissions": [{"a": ["b"] * 9}]}],
+     "appServiceRequired[0].requestedPermissions[0]"),
+    ("appServiceRequired", [{**SERVICE_DEP, "serTransportDependencies": [
+        {**TRANSPORT_DEP, "serializers": ["YAML"]}]}],
+     "appServiceRequired[0].serTransportDependencies[0].serializers[0]"),
+    ("appServiceProduced", [{"serName": "s", "version": "1",
+                             "transportsSupported": [{"transport": TRANSPORT}]}],
+     "appServiceProduced[0].transportsSupported[0]"),
+    ("appFeatureRequired", [{"featureName": "UserApps"}], "appFeatureRequired[0]"),
+    ("appFeatureOptional", {"featureName": "UEIdentity", "version": "1"},
+     "appFeatureOptional"),
+    ("transportDependencies", [{**TRANSPORT_DEP, "transport": {**TRANSPORT,
+                                                               "type": "CARRIER_PIGEON"}}],
+     "transportDependencies[0].transport.type"),
+    ("transportDependencies", [{**TRANSPORT_DEP, "labels": []}],
+     "transportDependencies[0].labels"),
+    ("transportDependencies", [{**TRANSPORT_DEP, "transport": {
+        **TRANSPORT, "security": {"oAuth2Info": {"grantTypes": ["ANY"]}}}}],
+     "transportDependencies[0].transport.security.oAuth2Info.grantTypes[0]"),
+    ("appLatency", 5, "appLatency"),
+    ("appLatency", {"maxLatency": "5ms"}, "appLatency.maxLatency"),
+    ("appLatency", {"maxLatency": 2**32}, "appLatency.maxLatency"),
+    ("appLatency", {"maxLatency": 5, "minLatency": 1}, "appLatency"),
+    ("terminateAppInstanceOpConfig", "graceful", "terminateAppInstanceOpConfig"),
+    ("terminateAppInstanceOpConfig", {"minGracefulTerminationTimeout": -1},
+     "terminateAppInstanceOpConfig.minGracefulTerminationTimeout"),
+    ("changeAppInstanceStateOpConfig", {"minGracefulStopTimeout": 1, "x": 1},
+     "changeAppInstanceStateOpConfig"),
+    ("appExtCpd", [{"inherited_attributes": {"cpdId": "e", "layerProtocol": ["SMOKE"]}}],
+     "appExtCpd[0].inherited_attributes.layerProtocol[0]"),
+    ("appExtCpd", [{}], "appExtCpd[0]"),
+]
+
+
+def _detail(e) -> str:
+    return e.body["detail"] if isinstance(e, ApiError) else str(e)
+
+
+class TestAppdFieldsValidated:
+    def test_each_field_of_the_mec_010_2_shape_is_accepted(self):
+        appd = {**load_appd("container"), **VALID}
+        validate_appd(appd)
+
+    @pytest.mark.parametrize("field,value,named", WRONG,
+                             ids=[f"{w[0]}-{i}" for i, w in enumerate(WRONG)])
+    def test_a_wrong_shape_is_refused_naming_the_field(self, field, value, named):
+        appd = {**load_appd("container"), field: value}
+        with pytest.raises(InvalidInput) as e:
+            validate_appd(appd)
+        assert str(e.value).startswith(named), str(e.value)
+
+    @pytest.mark.parametrize("field", sorted(VALID))
+    def test_through_the_rest_api_a_wrong_shape_is_a_400_naming_the_field(
+            self, serve, tmp_path, field):
+        wrong = [[["nested"] * 3] * 3] if isinstance(VALID[field], list) else ["not", "it"]
+        appd = {**load_appd("container"), field: wrong}
+        got = _onboard(serve["c"], appd_package(tmp_path, appd))
+        assert isinstance(got, ApiError), f"onboarded: {got}"
+        assert got.status == 400 and got.body["status"] == 400, got.body
+        assert field in got.body["detail"], got.body
+        assert _kept(serve) == []

@@ -241,6 +241,121 @@ def traffic_rules(value) -> None:
     _unique_ids(rules_, "trafficRuleId", f)
 
 
+# -- the other AppD attributes -------------------------------------------------
+# Each is checked against its MEC 010-2 type (6.2.1.x; the types MEC 010-2
+# takes from MEC 011 and, for the two OpConfigs, NFV-IFA 011) before the
+# AppD is stored and served: closed keys (an unknown one is refused naming
+# it), texts and lists bounded. A check is a function (value, field path).
+
+def _str(max_len: int = 256):
+    return lambda v, f: validate.text(v, f, max_len)
+
+
+def _int(lo: int, hi: int):
+    return lambda v, f: validate.integer(v, f, lo, hi)
+
+
+def _one_of(*allowed: str):
+    def check(v, f):
+        if not isinstance(v, str) or v not in allowed:
+            raise InvalidInput(f"{f}: {str(v)[:64]!r} is not one of {', '.join(allowed)}")
+    return check
+
+
+def _list_of(item, lo: int = 0, hi: int = 16):
+    def check(v, f):
+        if not isinstance(v, list) or not lo <= len(v) <= hi:
+            raise InvalidInput(f"{f}: must be a list of {lo} to {hi} items")
+        for i, x in enumerate(v):
+            item(x, f"{f}[{i}]")
+    return check
+
+
+def _struct(required: dict, optional: dict | None = None):
+    fields = {**required, **(optional or {})}
+
+    def check(v, f):
+        _mapping(v, f)
+        validate.known_fields(v, fields, f)
+        missing = [k for k in required if v.get(k) is None]
+        if missing:
+            raise InvalidInput(f"{f}: required field(s) missing: {', '.join(missing)}")
+        for k, sub in fields.items():
+            if v.get(k) is not None:
+                sub(v[k], f"{f}.{k}")
+    return check
+
+
+def _bool(v, f):
+    if not isinstance(v, bool):
+        raise InvalidInput(f"{f}: must be true or false")
+
+
+_URI = _str(2048)
+# MEC 011 CategoryRef, SecurityInfo, TransportTypes, SerializerTypes
+_CATEGORY = _struct({"href": _URI, "id": _str(), "name": _str(), "version": _str()})
+_SECURITY = _struct({}, {"oAuth2Info": _struct({}, {
+    "grantTypes": _list_of(_one_of("OAUTH2_AUTHORIZATION_CODE", "OAUTH2_IMPLICIT_GRANT",
+                                   "OAUTH2_RESOURCE_OWNER", "OAUTH2_CLIENT_CREDENTIALS"),
+                           0, 4),
+    "tokenEndpoint": _URI})})
+_SERIALIZERS = _list_of(_one_of("JSON", "XML", "PROTOBUF3"), 1, 3)
+# 6.2.1.19 TransportDescriptor, 6.2.1.18 TransportDependency
+_TRANSPORT = _struct({"type": _one_of("REST_HTTP", "MB_TOPIC_BASED", "MB_ROUTING",
+                                      "MB_PUBSUB", "RPC", "RPC_STREAMING", "WEBSOCKET"),
+                      "protocol": _str(64), "version": _str(64), "security": _SECURITY})
+_TRANSPORT_DEPENDENCY = _struct({"transport": _TRANSPORT, "serializers": _SERIALIZERS,
+                                 "labels": _list_of(_str(128), 1, 16)})
+# 6.2.1.17 ServiceDependency (requestedPermissions: "left for the data
+# model design stage"; mecorch takes names of permissions)
+_SERVICE_DEPENDENCY = _struct(
+    {"serName": _str(128), "version": _str(64)},
+    {"serCategory": _CATEGORY, "serTransportDependencies": _list_of(_TRANSPORT_DEPENDENCY),
+     "requestedPermissions": _list_of(_str(128), 0, 64)})
+# 6.2.1.16 ServiceDescriptor: transportsSupported is a list of {transport,
+# serializers} as the table gives it (0..N)
+_SERVICE_DESCRIPTOR = _struct(
+    {"serName": _str(128), "version": _str(64)},
+    {"serCategory": _CATEGORY,
+     "transportsSupported": _list_of(_struct({"transport": _TRANSPORT,
+                                              "serializers": _SERIALIZERS}))})
+# 6.2.1.8 FeatureDependency
+_FEATURE = _struct({"featureName": _str(128), "version": _str(64)})
+_SECONDS = _int(0, 86400)
+_PARAMETERS = _list_of(_str(256), 0, 32)
+# 6.2.1.6 AppExternalCpd: the Cpd attributes of NFV-IFA 011 under
+# inherited_attributes (as MEC 010-2's OpenAPI has it)
+_EXT_CPD = _struct(
+    {"inherited_attributes": _struct(
+        {"cpdId": validate.ident,
+         "layerProtocol": _list_of(_one_of("Ethernet", "MPLS", "ODU2", "IPV4", "IPV6",
+                                           "Pseudo-Wire"), 1, 6)},
+        {"cpRole": _str(64), "description": _str(1024), "trunkMode": _bool})},
+    {"virtualNetworkInterfaceRequirements": _list_of(_struct(
+        {"supportMandatory": _bool},
+        {"name": _str(128), "description": _str(1024),
+         "networkInterfaceRequirements": _list_of(_str(256), 0, 32)}))})
+
+ATTRIBUTES = {
+    "appServiceRequired": _list_of(_SERVICE_DEPENDENCY, 0, 64),
+    "appServiceOptional": _list_of(_SERVICE_DEPENDENCY, 0, 64),
+    "appServiceProduced": _list_of(_SERVICE_DESCRIPTOR, 0, 64),
+    "appFeatureRequired": _list_of(_FEATURE, 0, 64),
+    "appFeatureOptional": _list_of(_FEATURE, 0, 64),
+    "transportDependencies": _list_of(_TRANSPORT_DEPENDENCY, 0, 16),
+    # 6.2.1.14 LatencyDescriptor: maxLatency in ns, Uint32
+    "appLatency": _struct({"maxLatency": _int(0, 2**32 - 1)}),
+    # NFV-IFA 011 TerminateVnfOpConfig and OperateVnfOpConfig, in seconds
+    "terminateAppInstanceOpConfig": _struct(
+        {"minGracefulTerminationTimeout": _SECONDS},
+        {"maxRecommendedGracefulTerminationTimeout": _SECONDS, "parameter": _PARAMETERS}),
+    "changeAppInstanceStateOpConfig": _struct(
+        {"minGracefulStopTimeout": _SECONDS},
+        {"maxRecommendedGracefulStopTimeout": _SECONDS, "parameter": _PARAMETERS}),
+    "appExtCpd": _list_of(_EXT_CPD, 0, 16),
+}
+
+
 IMAGE_NEEDS = ("virtualComputeDescriptor", "virtualStorageDescriptor")
 
 
@@ -305,4 +420,7 @@ def validate_appd(appd) -> dict:
               "compute": first["compute"], "storage": first["storage"], "images": images}
     dns_rules(appd.get("appDNSRule"))
     traffic_rules(appd.get("appTrafficRule"))
+    for key, check in ATTRIBUTES.items():
+        if appd.get(key) is not None:
+            check(appd[key], key)
     return result
