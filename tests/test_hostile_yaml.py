@@ -2,18 +2,19 @@
 whose aliases expand it to tens of MB (or, over a 1 MB string, to ~30 GB)
 is refused by the strict loader while it is read, before anything of it
 is stored; and every AppD field mecorch keeps and serves is checked for its
-shape, so a field that is not what MEC 010-2 says is a 400 naming it.
+shape, so a field that is not what MEC 010-2 (or the NFV schema of
+mecorch.package.schema) says is a 400 naming it.
 
-The expansion attack goes through a real `mecorch serve` (a subprocess, so
-its memory is the daemon's own, read from /proc/PID/status) and the REST
-onboarding path; the field checks through the in-process API server."""
+The attacks and the REST field checks go through a real `mecorch serve`
+(a subprocess, so its memory is the daemon's own, read from
+/proc/PID/status) and the REST onboarding path; its host's CIM and MEP are
+the in-memory drivers of tests/fakes.py, so no backend is touched."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import resource
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from mecorch import yamlsafe
 from mecorch.client import ApiError, Client
 from mecorch.errors import InvalidInput, MecorchError
 from mecorch.package.appd import validate_appd
+from test_access import _free_port, _stop
 from test_package import appd_package, load_appd
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,12 +50,6 @@ def expanded_bytes(string_bytes: int, levels: int = 9) -> int:
 
 
 # -- a real `mecorch serve` -------------------------------------------------------------
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _status(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM of a process, in kB."""
@@ -114,7 +110,7 @@ def serve(tmp_path_factory):
                                                   "registry": "127.0.0.1:5999"},
                       "mep": {"driver": "fake-mep"}}]}
     (tmp / "mecorch.yaml").write_text(yaml.safe_dump(cfg))
-    port = _free_port()
+    port = _free_port("127.0.0.1")
     log = open(tmp / "serve.log", "wb")
     proc = subprocess.Popen([sys.executable, "-c",
                              LAUNCHER.format(tests=str(REPO / "tests")), "--config",
@@ -135,12 +131,7 @@ def serve(tmp_path_factory):
                 time.sleep(0.1)
         yield {"c": c, "pid": proc.pid, "tmp": tmp}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        _stop(proc)
         log.close()
 
 
@@ -322,6 +313,36 @@ WRONG = [
      "appExtCpd[0].inherited_attributes.layerProtocol[0]"),
     ("appExtCpd", [{}], "appExtCpd[0]"),
 ]
+# the NFV structures and rules mecorch reads: their other keys, closed too
+_S = load_appd("container")
+_VCD, _SWD = _S["virtualComputeDescriptor"], _S["swImageDescriptor"]
+_DNS, _TR = _S["appDNSRule"][0], _S["appTrafficRule"][0]
+WRONG += [
+    ("virtualComputeDescriptor", {**_VCD, "virtualCpu": {"numVirtualCpu": 1,
+                                                         "cpuArchitecure": "x86_64"}},
+     "virtualComputeDescriptor.virtualCpu"),
+    ("virtualComputeDescriptor", {**_VCD, "logicalNode": [[[[["deep"]]]]]},
+     "virtualComputeDescriptor.logicalNode[0][0]"),
+    ("virtualComputeDescriptor", {**_VCD, "numaEnabled": "yes"},
+     "virtualComputeDescriptor"),
+    ("virtualComputeDescriptor", {**_VCD, "virtualMemory": {"virtualMemSize": 64,
+                                                            "numaEnabled": "x" * 300}},
+     "virtualComputeDescriptor.virtualMemory.numaEnabled"),
+    ("swImageDescriptor", {**_SWD, "swImageURL": "http://x"}, "swImageDescriptor"),
+    ("swImageDescriptor", {**_SWD, "virtualComputeDescriptor": _VCD}, "swImageDescriptor"),
+    ("swImageDescriptor", {**_SWD, "operatingSystem": ["linux"] * 3},
+     "swImageDescriptor.operatingSystem"),
+    ("virtualStorageDescriptor", [{"id": "v", "typeOfStorage": "BLOCK", "sizeOfStorage": 1,
+                                   "mountPoint": "/data"}], "virtualStorageDescriptor[0]"),
+    ("appDNSRule", [{**_DNS, "priority": 1}], "appDNSRule[0]"),
+    ("appTrafficRule", [{**_TR, "state": "ACTIVE"}], "appTrafficRule[0]"),
+    ("appTrafficRule", [{**_TR, "dstInterface": [{"interfaceType": "TUNNEL",
+                                                  "tunnelInfo": {"tunnelType": "VXLAN"}}]}],
+     "appTrafficRule[0].dstInterface[0].tunnelInfo.tunnelType"),
+    ("appTrafficRule", [{**_TR, "dstInterface": [{"interfaceType": "IP", "dstIpAddress":
+                                                  "10.0.0.1"}]}],
+     "appTrafficRule[0].dstInterface[0]"),
+]
 
 
 def _detail(e) -> str:
@@ -331,6 +352,20 @@ def _detail(e) -> str:
 class TestAppdFieldsValidated:
     def test_each_field_of_the_mec_010_2_shape_is_accepted(self):
         appd = {**load_appd("container"), **VALID}
+        validate_appd(appd)
+
+    def test_the_nfv_attributes_of_the_schema_are_accepted(self):
+        appd = load_appd("container")
+        appd["virtualComputeDescriptor"] = {
+            **_VCD, "logicalNode": [{"id": "n1", "logicalNodeRequirementDetail": [
+                {"key": "numa", "value": "0"}]}],
+            "virtualCpu": {"numVirtualCpu": 1, "cpuArchitecture": "x86_64",
+                           "virtualCpuClock": 2400},
+            "virtualMemory": {"virtualMemSize": 64, "numaEnabled": False}}
+        appd["swImageDescriptor"] = {**_SWD, "operatingSystem": "linux",
+                                     "supportedVirtualisationEnvironment": ["docker"]}
+        appd["virtualStorageDescriptor"] = [{"id": "v", "typeOfStorage": "BLOCK",
+                                             "sizeOfStorage": 1, "rdmaEnabled": False}]
         validate_appd(appd)
 
     @pytest.mark.parametrize("field,value,named", WRONG,
