@@ -14,6 +14,12 @@ Dual-format apps (a mecorch extension): swImageDescriptor may be a list of
 two SwImageDesc, one per manner (a `docker save` tar and a qcow2/raw disk);
 each may carry its own virtualComputeDescriptor and virtualStorageDescriptor
 (the needs of that manner, replacing the AppD's top-level ones for it).
+
+Every attribute is checked before the AppD is stored and served as the
+package's AppD: those mecorch reads for their values, the others for their
+MEC 010-2 type (ATTRIBUTES) or, inside the NFV structures, the type
+mecorch.package.schema gives them. Keys are closed at every level (an
+unknown one is refused naming it), texts and lists bounded.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from dataclasses import dataclass
 from .. import rules, validate
 from ..errors import InvalidInput
 from ..states import DeploymentType
+from .schema import NFV_SCHEMAS
 
 REQUIRED = ("appDId", "appName", "appProvider", "appSoftVersion", "appDVersion",
             "mecVersion", "appDescription", "virtualComputeDescriptor", "swImageDescriptor")
@@ -38,6 +45,12 @@ CONTAINER_FORMATS = {"AKI", "AMI", "ARI", "BARE", "DOCKER", "OVA", "OVF"}
 DISK_FORMATS = {"AKI", "AMI", "ARI", "ISO", "QCOW2", "RAW", "VDI", "VHD", "VHDX", "VMDK"}
 TRAFFIC_ACTIONS = {"DROP", "FORWARD_DECAPSULATED", "FORWARD_AS_IS", "PASSTHROUGH",
                    "DUPLICATED_DECAPSULATED", "DUPLICATE_AS_IS"}
+# MEC 010-2 DNSRuleDescriptor, TrafficRuleDescriptor, InterfaceDescriptor
+DNS_RULE_FIELDS = ("dnsRuleId", "domainName", "ipAddressType", "ipAddress", "ttl")
+TRAFFIC_RULE_FIELDS = ("trafficRuleId", "filterType", "priority", "trafficFilter", "action",
+                       "dstInterface")
+INTERFACE_FIELDS = ("interfaceType", "tunnelInfo", "srcMACAddress", "dstMACAddress",
+                    "dstIPAddress")
 # Where a swImage that is not a package file cannot be an image reference:
 # it looks like a file name, so "not in the package" is the clear error.
 FILE_SUFFIXES = (".tar", ".qcow2", ".img", ".raw", ".iso")
@@ -90,6 +103,47 @@ def _unique_ids(items: list[dict], key: str, field: str) -> None:
         raise InvalidInput(f"{field}: {key} {', '.join(sorted(dup))} used more than once")
 
 
+def _closed(value: dict, schema: dict, field: str, read: tuple[str, ...],
+            extra: tuple[str, ...] = ()) -> dict:
+    """An NFV structure has the keys its schema (mecorch.package.schema)
+    gives, and `extra`; an unknown one is refused naming it. Those mecorch
+    does not read itself (`read`) are checked for their schema type."""
+    props = schema["properties"]
+    validate.known_fields(value, (*props, *extra), field)
+    for key, v in value.items():
+        if key not in read and key not in extra and v is not None:
+            _typed(v, props[key], f"{field}.{key}")
+    return value
+
+
+def _typed(value, schema: dict, field: str, depth: int = 4) -> None:
+    """A value of an NFV attribute mecorch keeps but does not read: its
+    schema type, texts and lists bounded; an array without an item schema
+    holds scalars or small mappings (IFA 011 key-value structures)."""
+    kind = schema.get("type")
+    if kind == "string" or kind is None and isinstance(value, str):
+        validate.text(value, field, 256)
+    elif kind == "number" or kind is None and isinstance(value, (int, float)) \
+            and not isinstance(value, bool):
+        validate.number(value, field, 0 if kind else -1e12, 1e9 if kind else 1e12)
+    elif kind == "boolean" or kind is None and isinstance(value, bool):
+        if not isinstance(value, bool):
+            raise InvalidInput(f"{field}: must be true or false")
+    elif (kind == "array" or kind is None and isinstance(value, list)) and depth > 0:
+        for i, item in enumerate(_list(value, field, 16)):
+            _typed(item, schema.get("items", {}), f"{field}[{i}]", depth - 1)
+    elif kind in (None, "object") and isinstance(value, dict) and depth > 0:
+        if len(value) > 16:
+            raise InvalidInput(f"{field}: must have at most 16 fields")
+        for k, v in value.items():
+            validate.text(k, f"{field} (a field name)", 64)
+            _typed(v, {}, f"{field}.{k}", depth - 1)
+    else:
+        raise InvalidInput(f"{field}: must be " + (f"a {kind}" if kind else
+                                                   "a text, a number, true/false or a "
+                                                   "small mapping of those"))
+
+
 def checksum(value, field: str) -> str | None:
     """NFV checksum: 'hex', 'sha256:hex' or {algorithm: SHA-256, hash: hex}."""
     if value is None:
@@ -106,9 +160,14 @@ def checksum(value, field: str) -> str | None:
 
 def compute(vcd, manner: DeploymentType) -> dict:
     f = "virtualComputeDescriptor"
-    vcd = _mapping(vcd, f)
-    vcpu = _mapping(vcd.get("virtualCpu"), f"{f}.virtualCpu")
-    mem = _mapping(vcd.get("virtualMemory"), f"{f}.virtualMemory")
+    schema = NFV_SCHEMAS["VirtualComputeDescription"]
+    vcd = _closed(_mapping(vcd, f), schema, f, ("virtualComputeDescId", "virtualCpu",
+                                                "virtualMemory"))
+    vcpu = _closed(_mapping(vcd.get("virtualCpu"), f"{f}.virtualCpu"),
+                   schema["properties"]["virtualCpu"], f"{f}.virtualCpu", ("numVirtualCpu",))
+    mem = _closed(_mapping(vcd.get("virtualMemory"), f"{f}.virtualMemory"),
+                  schema["properties"]["virtualMemory"], f"{f}.virtualMemory",
+                  ("virtualMemSize",))
     validate.ident(vcd.get("virtualComputeDescId"), f"{f}.virtualComputeDescId")
     n = validate.number(vcpu.get("numVirtualCpu"), f"{f}.virtualCpu.numVirtualCpu", 0.01, 256)
     if manner is DeploymentType.VM and n != int(n):
@@ -119,10 +178,15 @@ def compute(vcd, manner: DeploymentType) -> dict:
     return {"vcpu": n, "memory_mb": int(mb)}
 
 
-def software_image(swd) -> tuple[DeploymentType, dict]:
-    """(manner, validated swImageDescriptor fields)."""
+SW_IMAGE_READ = ("id", "name", "version", "checksum", "containerFormat", "diskFormat",
+                 "minDisk", "minRam", "size", "swImage")
+
+
+def software_image(swd, extra: tuple[str, ...] = ()) -> tuple[DeploymentType, dict]:
+    """(manner, validated swImageDescriptor fields); `extra`: the other
+    keys it may have (a dual-format image's own needs)."""
     f = "swImageDescriptor"
-    swd = _mapping(swd, f)
+    swd = _closed(_mapping(swd, f), NFV_SCHEMAS["SwImageDescriptor"], f, SW_IMAGE_READ, extra)
     out = {"id": validate.ident(swd.get("id"), f"{f}.id"),
            "name": validate.text(swd.get("name"), f"{f}.name", 128),
            "version": validate.text(swd.get("version"), f"{f}.version", 64),
@@ -182,7 +246,8 @@ def storage(value) -> list[dict]:
     out = []
     for i, vsd in enumerate(_list(value, f, 16)):
         g = f"{f}[{i}]"
-        vsd = _mapping(vsd, g)
+        vsd = _closed(_mapping(vsd, g), NFV_SCHEMAS["VirtualStorageDescriptor"], g,
+                      ("id", "typeOfStorage", "sizeOfStorage"))
         out.append({"id": validate.ident(vsd.get("id"), f"{g}.id"),
                     "typeOfStorage": _enum(vsd.get("typeOfStorage"), f"{g}.typeOfStorage",
                                            {"BLOCK", "OBJECT", "FILE"}),
@@ -198,6 +263,7 @@ def dns_rules(value) -> None:
     for i, rule in enumerate(rules):
         g = f"{f}[{i}]"
         rule = _mapping(rule, g)
+        validate.known_fields(rule, DNS_RULE_FIELDS, g)
         validate.ident(rule.get("dnsRuleId"), f"{g}.dnsRuleId")
         validate.domain_name(rule.get("domainName"), f"{g}.domainName")
         kind = _enum(rule.get("ipAddressType"), f"{g}.ipAddressType", {"IP_V4", "IP_V6"})
@@ -217,6 +283,7 @@ def traffic_rules(value) -> None:
     for i, rule in enumerate(rules_):
         g = f"{f}[{i}]"
         rule = _mapping(rule, g)
+        validate.known_fields(rule, TRAFFIC_RULE_FIELDS, g)
         validate.ident(rule.get("trafficRuleId"), f"{g}.trafficRuleId")
         _enum(rule.get("filterType"), f"{g}.filterType", {"FLOW", "PACKET"})
         validate.integer(rule.get("priority"), f"{g}.priority", 0, 255)
@@ -232,13 +299,131 @@ def traffic_rules(value) -> None:
         for j, itf in enumerate(_list(rule.get("dstInterface"), f"{g}.dstInterface", 2)):
             h = f"{g}.dstInterface[{j}]"
             itf = _mapping(itf, h)
+            validate.known_fields(itf, INTERFACE_FIELDS, h)
             _enum(itf.get("interfaceType"), f"{h}.interfaceType", {"TUNNEL", "MAC", "IP"})
+            if itf.get("tunnelInfo") is not None:
+                rules.TunnelInfo.from_etsi(itf["tunnelInfo"], f"{h}.tunnelInfo")
             if itf.get("dstIPAddress") is not None:
                 validate.ip_address(itf["dstIPAddress"], f"{h}.dstIPAddress")
             for key in ("srcMACAddress", "dstMACAddress"):
                 if itf.get(key) is not None:
                     rules.mac_address(itf[key], f"{h}.{key}")
     _unique_ids(rules_, "trafficRuleId", f)
+
+
+# -- the other AppD attributes -------------------------------------------------
+# Each is checked against its MEC 010-2 type (6.2.1.x; the types MEC 010-2
+# takes from MEC 011 and, for the two OpConfigs, NFV-IFA 011) before the
+# AppD is stored and served: closed keys (an unknown one is refused naming
+# it), texts and lists bounded. A check is a function (value, field path).
+
+def _str(max_len: int = 256):
+    return lambda v, f: validate.text(v, f, max_len)
+
+
+def _int(lo: int, hi: int):
+    return lambda v, f: validate.integer(v, f, lo, hi)
+
+
+def _one_of(*allowed: str):
+    def check(v, f):
+        if not isinstance(v, str) or v not in allowed:
+            raise InvalidInput(f"{f}: {str(v)[:64]!r} is not one of {', '.join(allowed)}")
+    return check
+
+
+def _list_of(item, lo: int = 0, hi: int = 16):
+    def check(v, f):
+        if not isinstance(v, list) or not lo <= len(v) <= hi:
+            raise InvalidInput(f"{f}: must be a list of {lo} to {hi} items")
+        for i, x in enumerate(v):
+            item(x, f"{f}[{i}]")
+    return check
+
+
+def _struct(required: dict, optional: dict | None = None):
+    fields = {**required, **(optional or {})}
+
+    def check(v, f):
+        _mapping(v, f)
+        validate.known_fields(v, fields, f)
+        missing = [k for k in required if v.get(k) is None]
+        if missing:
+            raise InvalidInput(f"{f}: required field(s) missing: {', '.join(missing)}")
+        for k, sub in fields.items():
+            if v.get(k) is not None:
+                sub(v[k], f"{f}.{k}")
+    return check
+
+
+def _bool(v, f):
+    if not isinstance(v, bool):
+        raise InvalidInput(f"{f}: must be true or false")
+
+
+_URI = _str(2048)
+# MEC 011 CategoryRef, SecurityInfo, TransportTypes, SerializerTypes
+_CATEGORY = _struct({"href": _URI, "id": _str(), "name": _str(), "version": _str()})
+_SECURITY = _struct({}, {"oAuth2Info": _struct({}, {
+    "grantTypes": _list_of(_one_of("OAUTH2_AUTHORIZATION_CODE", "OAUTH2_IMPLICIT_GRANT",
+                                   "OAUTH2_RESOURCE_OWNER", "OAUTH2_CLIENT_CREDENTIALS"),
+                           0, 4),
+    "tokenEndpoint": _URI})})
+_SERIALIZERS = _list_of(_one_of("JSON", "XML", "PROTOBUF3"), 1, 3)
+# 6.2.1.19 TransportDescriptor, 6.2.1.18 TransportDependency
+_TRANSPORT = _struct({"type": _one_of("REST_HTTP", "MB_TOPIC_BASED", "MB_ROUTING",
+                                      "MB_PUBSUB", "RPC", "RPC_STREAMING", "WEBSOCKET"),
+                      "protocol": _str(64), "version": _str(64), "security": _SECURITY})
+_TRANSPORT_DEPENDENCY = _struct({"transport": _TRANSPORT, "serializers": _SERIALIZERS,
+                                 "labels": _list_of(_str(128), 1, 16)})
+# 6.2.1.17 ServiceDependency (requestedPermissions: "left for the data
+# model design stage"; mecorch takes names of permissions)
+_SERVICE_DEPENDENCY = _struct(
+    {"serName": _str(128), "version": _str(64)},
+    {"serCategory": _CATEGORY, "serTransportDependencies": _list_of(_TRANSPORT_DEPENDENCY),
+     "requestedPermissions": _list_of(_str(128), 0, 64)})
+# 6.2.1.16 ServiceDescriptor: transportsSupported is a list of {transport,
+# serializers} as the table gives it (0..N)
+_SERVICE_DESCRIPTOR = _struct(
+    {"serName": _str(128), "version": _str(64)},
+    {"serCategory": _CATEGORY,
+     "transportsSupported": _list_of(_struct({"transport": _TRANSPORT,
+                                              "serializers": _SERIALIZERS}))})
+# 6.2.1.8 FeatureDependency
+_FEATURE = _struct({"featureName": _str(128), "version": _str(64)})
+_SECONDS = _int(0, 86400)
+_PARAMETERS = _list_of(_str(256), 0, 32)
+# 6.2.1.6 AppExternalCpd: the Cpd attributes of NFV-IFA 011 under
+# inherited_attributes (as MEC 010-2's OpenAPI has it)
+_EXT_CPD = _struct(
+    {"inherited_attributes": _struct(
+        {"cpdId": validate.ident,
+         "layerProtocol": _list_of(_one_of("Ethernet", "MPLS", "ODU2", "IPV4", "IPV6",
+                                           "Pseudo-Wire"), 1, 6)},
+        {"cpRole": _str(64), "description": _str(1024), "trunkMode": _bool})},
+    {"virtualNetworkInterfaceRequirements": _list_of(_struct(
+        {"supportMandatory": _bool},
+        {"name": _str(128), "description": _str(1024),
+         "networkInterfaceRequirements": _list_of(_str(256), 0, 32)}))})
+
+ATTRIBUTES = {
+    "appServiceRequired": _list_of(_SERVICE_DEPENDENCY, 0, 64),
+    "appServiceOptional": _list_of(_SERVICE_DEPENDENCY, 0, 64),
+    "appServiceProduced": _list_of(_SERVICE_DESCRIPTOR, 0, 64),
+    "appFeatureRequired": _list_of(_FEATURE, 0, 64),
+    "appFeatureOptional": _list_of(_FEATURE, 0, 64),
+    "transportDependencies": _list_of(_TRANSPORT_DEPENDENCY, 0, 16),
+    # 6.2.1.14 LatencyDescriptor: maxLatency in ns, Uint32
+    "appLatency": _struct({"maxLatency": _int(0, 2**32 - 1)}),
+    # NFV-IFA 011 TerminateVnfOpConfig and OperateVnfOpConfig, in seconds
+    "terminateAppInstanceOpConfig": _struct(
+        {"minGracefulTerminationTimeout": _SECONDS},
+        {"maxRecommendedGracefulTerminationTimeout": _SECONDS, "parameter": _PARAMETERS}),
+    "changeAppInstanceStateOpConfig": _struct(
+        {"minGracefulStopTimeout": _SECONDS},
+        {"maxRecommendedGracefulStopTimeout": _SECONDS, "parameter": _PARAMETERS}),
+    "appExtCpd": _list_of(_EXT_CPD, 0, 16),
+}
 
 
 IMAGE_NEEDS = ("virtualComputeDescriptor", "virtualStorageDescriptor")
@@ -256,7 +441,8 @@ def software_images(appd: dict) -> list[dict]:
     for i, entry in enumerate(entries):
         where = f"{f}[{i}]" if isinstance(appd[f], list) else f
         try:
-            manner, sw = software_image(entry)
+            manner, sw = software_image(entry, IMAGE_NEEDS if isinstance(appd[f], list)
+                                        else ())
             own = entry if isinstance(appd[f], list) else {}
             vcd = own.get("virtualComputeDescriptor") or appd["virtualComputeDescriptor"]
             vsd = own.get("virtualStorageDescriptor", appd.get("virtualStorageDescriptor"))
@@ -305,4 +491,7 @@ def validate_appd(appd) -> dict:
               "compute": first["compute"], "storage": first["storage"], "images": images}
     dns_rules(appd.get("appDNSRule"))
     traffic_rules(appd.get("appTrafficRule"))
+    for key, check in ATTRIBUTES.items():
+        if appd.get(key) is not None:
+            check(appd[key], key)
     return result

@@ -4,7 +4,9 @@ MEC010-2_AppPkgMgmt.yaml declares SwImageDescriptor, VirtualComputeDescription
 and VirtualStorageDescriptor only as placeholders ("Ref NFV", type string);
 these are the ETSI GS NFV-IFA 011 structures (SwImageDesc, VirtualComputeDesc,
 VirtualStorageDesc) that mecorch reads, to put in their place when an AppD is
-checked against the ETSI schema or the schema is published. Deviations from
+checked against the ETSI schema or the schema is published. They are also
+the keys mecorch.package.appd accepts in those structures (any other is
+refused), and the types it checks the ones it does not read against. Deviations from
 IFA 011, all deliberate: numVirtualCpu is a number (a container may get 0.5
 CPU); checksum, diskFormat, minDisk and size of SwImageDesc are optional (the
 package manifest already carries every file's SHA-256; a DOCKER image has no
