@@ -21,6 +21,7 @@ class Registration:
     def __init__(self, cfg: dict, server):
         mepm = cfg.get("mepm") or {}
         self.meo_url = mepm["meo_url"]
+        self.meo_ca_file = mepm.get("meo_ca_file")
         self.meo_token = _first_line(mepm.get("meo_token_file"))
         host, port = server.server_address[:2]
         scheme = "https" if cfg["api"].get("tls_cert") else "http"
@@ -39,7 +40,10 @@ class Registration:
         self._thread.join(timeout=15)
 
     def _loop(self) -> None:
-        meo = RemoteMepm("meo", self.meo_url, self.meo_token)
+        # refuses an http:// meo_url off loopback (config.load did already):
+        # this MEPM's token must not cross a network in clear
+        meo = RemoteMepm("meo", self.meo_url, self.meo_token, self.meo_ca_file,
+                         field="mepm.meo_url")
         body = {"hostId": self.host_id, "url": self.url}
         if self.own_token:
             body["token"] = self.own_token
