@@ -28,6 +28,11 @@ class Registration:
         self.url = mepm.get("advertise_url") or f"{scheme}://{host}:{port}"
         self.host_id = cfg["hosts"][0]["id"]
         self.own_token = _first_line(cfg["api"].get("token_file"))
+        # made here, not in the thread, so that a refusal stops `serve`: an
+        # http:// meo_url off loopback (config.load refuses it already)
+        # would carry this MEPM's token in clear
+        self._meo = RemoteMepm("meo", self.meo_url, self.meo_token, self.meo_ca_file,
+                               field="mepm.meo_url")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="mepm-register", daemon=True)
         self.registered = threading.Event()
@@ -40,10 +45,7 @@ class Registration:
         self._thread.join(timeout=15)
 
     def _loop(self) -> None:
-        # refuses an http:// meo_url off loopback (config.load did already):
-        # this MEPM's token must not cross a network in clear
-        meo = RemoteMepm("meo", self.meo_url, self.meo_token, self.meo_ca_file,
-                         field="mepm.meo_url")
+        meo = self._meo
         body = {"hostId": self.host_id, "url": self.url}
         if self.own_token:
             body["token"] = self.own_token
