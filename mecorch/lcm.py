@@ -4,7 +4,8 @@ unified orchestration function.
 instantiate = decide the manner, pick a host with room, ask the CIM or the
 VIM for the resources, ask the MEP for the rules, answer with what was
 allocated; terminate = notify the app, stop, remove rules, release
-resources by the manner recorded for the instance. Each runs as an op
+resources by the manner recorded for the instance (a FORCEFUL terminate
+supersedes a GRACEFUL one still waiting for the app). Each runs as an op
 occurrence in a worker thread; every step is journalled before and after,
 and a failure undoes the steps before it.
 """

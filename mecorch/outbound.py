@@ -120,6 +120,8 @@ def exchange(conn: http.client.HTTPConnection, method: str, path: str, deadline_
     """One request on `conn`, answered in full within `deadline_s` seconds
     in total, or DeadlineExceeded (the connection is then closed). Other
     transport failures raise OSError or http.client.HTTPException."""
+    if deadline_s <= 0:                 # the caller's time is up: nothing is sent
+        raise DeadlineExceeded("no time left for the request")
     end = time.monotonic() + deadline_s
     conn.timeout = deadline_s                        # connect and each read
     if conn.sock is not None:
