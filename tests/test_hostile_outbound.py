@@ -265,6 +265,31 @@ class TestForcefulPreemptsGraceful:
         assert env.c.wait_op(first, timeout=10)["operationState"] == "COMPLETED"
 
 
+    def test_forceful_while_the_graceful_one_is_stopping_the_app_completes_with_it(
+            self, env):
+        """Past the notices the graceful terminate is stopping the app (its
+        stop bounded by the time left): a FORCEFUL terminate is still
+        accepted, and both end COMPLETED when the release is done."""
+        stopping, go_on = threading.Event(), threading.Event()
+        real_stop = env.cim.stop
+
+        def held_stop(handle, timeout_s):
+            stopping.set()
+            go_on.wait(10)
+            return real_stop(handle, timeout_s)
+        env.cim.stop = held_stop
+        iid = env.deploy()
+        graceful = terminate(env, iid, "GRACEFUL", 30)
+        assert stopping.wait(5)
+        status, forceful, _ = env.c.call("POST", f"{INST}/{iid}/terminate",
+                                         {"terminationType": "FORCEFUL"})
+        assert status == 202
+        go_on.set()
+        assert env.c.wait_op(forceful, timeout=10)["operationState"] == "COMPLETED"
+        assert env.c.wait_op(graceful, timeout=10)["operationState"] == "COMPLETED"
+        assert env.c.get(f"{INST}/{iid}")["instantiationState"] == "NOT_INSTANTIATED"
+
+
 class TestMp1SubscriptionCap:
     def test_over_the_cap_is_a_400_naming_it(self, env, peers):
         sink = peers(answer(204))
