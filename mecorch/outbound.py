@@ -145,11 +145,11 @@ def exchange(conn: http.client.HTTPConnection, method: str, path: str, deadline_
         if resp.getheader("Connection", "").lower() == "close":
             conn.close()
         answer = Answer(resp.status, payload, {k.lower(): v for k, v in resp.getheaders()})
-    except (OSError, http.client.HTTPException) as e:
+    except (OSError, http.client.HTTPException):
         conn.close()
         if fired.is_set() or time.monotonic() >= end:
             raise DeadlineExceeded(f"no complete answer within {deadline_s:g} s") from None
-        raise e
+        raise
     finally:
         watchdog.cancel()
     if fired.is_set():          # answered, but the socket was shut meanwhile: not reusable
