@@ -84,6 +84,7 @@ KEYS: list[Key] = [
     _k("api.notify_timeout_s", NUMBER, 5, "longest wait for a subscriber's callback to answer"),
     _k("api.notify_retry_s", NUMBER, 600,
        "how long a failing callback is retried before its subscription is dropped"),
+    _k("api.mp1_max_subscriptions", INT, 16, "most Mp1 subscriptions of one app instance"),
     _k("api.mp1_url", STR, None, "the Mp1 base URL apps are given", nullable=True),
     _k("api.tls_cert", STR, None, "PEM certificate: serve HTTPS", nullable=True),
     _k("api.tls_key", STR, None, "PEM private key of api.tls_cert", nullable=True),
@@ -115,6 +116,7 @@ KEYS: list[Key] = [
     _k("mepm", MAP, {}, "role mepm: the MEO this MEPM registers with"),
     _k("mepm.meo_url", STR, None, "base URL of the MEO", nullable=True),
     _k("mepm.meo_token_file", STR, None, "bearer token to call the MEO with", nullable=True),
+    _k("mepm.meo_ca_file", STR, None, "CA to check the MEO's TLS certificate", nullable=True),
     _k("mepm.advertise_url", STR, None, "URL the MEO reaches this MEPM at (registration)",
        nullable=True),
     _k("mepm.latency_ms", NUMBER, None, "latency this host declares (AppD appLatency)",
@@ -344,6 +346,7 @@ def load(path: str | Path | None = None, sources: dict | None = None) -> dict[st
         if "hosts" in user:
             cfg["hosts"] = [_inherit(h, i, src) for i, h in enumerate(cfg["hosts"])]
     check(cfg, where)
+    _check_token_urls(cfg, where)
     seen = set()
     for i, host in enumerate(cfg["hosts"]):
         hid = host.get("id")
@@ -366,6 +369,22 @@ def load(path: str | Path | None = None, sources: dict | None = None) -> dict[st
         sources.clear()
         sources.update(src)
     return cfg
+
+
+def _check_token_urls(cfg: dict, where: str) -> None:
+    """The URLs mecorch sends bearer tokens to between levels (an MEPM's to
+    its MEO, an MEO's to its MEPMs) must be https or loopback: refused here,
+    before anything starts, naming the key."""
+    from .outbound import check_token_url
+    urls = [("mepm.meo_url", (cfg.get("mepm") or {}).get("meo_url"))]
+    urls += [(f"meo.mepms[{i}].url", m.get("url"))
+             for i, m in enumerate((cfg.get("meo") or {}).get("mepms") or [])]
+    for key, url in urls:
+        if url is not None:
+            try:
+                check_token_url(url, key)
+            except InvalidInput as e:
+                raise InvalidInput(f"{where}: {e.detail}") from None
 
 
 def _inherit(host: dict, i: int, src: dict) -> dict:

@@ -4,7 +4,8 @@ unified orchestration function.
 instantiate = decide the manner, pick a host with room, ask the CIM or the
 VIM for the resources, ask the MEP for the rules, answer with what was
 allocated; terminate = notify the app, stop, remove rules, release
-resources by the manner recorded for the instance. Each runs as an op
+resources by the manner recorded for the instance (a FORCEFUL terminate
+supersedes a GRACEFUL one still waiting for the app). Each runs as an op
 occurrence in a worker thread; every step is journalled before and after,
 and a failure undoes the steps before it.
 """
@@ -94,6 +95,10 @@ class Lcm(InstanceQueries):
         self._busy_lock = threading.Lock()
         # op occurrences running in this process (recovery leaves them alone)
         self._live: set[str] = set()
+        # GRACEFUL terminates running here, by instance: {op, cancel (an
+        # Event that ends the wait for the app), forceful (the op that
+        # superseded it, or None)}
+        self._graceful: dict[str, dict] = {}
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -267,48 +272,122 @@ class Lcm(InstanceQueries):
 
     # ------------------------------------------------------------ terminate
     def terminate(self, instance_id: str, body: dict) -> dict:
+        """A FORCEFUL terminate while a GRACEFUL one of the instance runs
+        here is not refused: it supersedes it (`_supersede`), since an app
+        (or a slow subscriber of its notices) must not be able to keep
+        itself from being taken down."""
         kind, timeout = parse_terminate(body, self.default_graceful_s)
         # mecorch extension: a named manner, checked against the instance's
         named, field = decision.named_type(body, "TerminateAppRequest")
-        with self._exclusive(instance_id):
+        # not self._exclusive: a busy instance is refused only when no
+        # GRACEFUL terminate can be superseded (one check, under the lock)
+        with self._busy_lock:
+            running = self._graceful.get(instance_id)
+            if kind is TerminationType.FORCEFUL and running is not None:
+                return public(self._supersede(instance_id, running, named, field))
+            if instance_id in self._busy:
+                raise Conflict(f"app instance {instance_id} has an operation in progress")
             inst = self.get(instance_id)
             if inst["instantiationState"] != InstantiationState.INSTANTIATED.value:
                 raise Conflict(f"app instance {instance_id} is NOT_INSTANTIATED")
-            if named is not None and named.value != inst["deploymentType"]:
-                raise InvalidInput(f"{field} says {named.value} but app instance "
-                                   f"{instance_id} was deployed as {inst['deploymentType']}")
+            _check_named(named, field, inst)
             op = self.journal.start(instance_id, LcmOperation.TERMINATE, {
                 "terminationType": kind.value, "timeout": timeout,
                 "hostId": inst["hostId"], "manner": inst["deploymentType"]})
             self._busy.add(instance_id)
             self._live.add(op["id"])
+            if kind is TerminationType.GRACEFUL:
+                self._graceful[instance_id] = {"op": op, "cancel": threading.Event(),
+                                               "forceful": None}
         self._pool.submit(self._guarded, instance_id, self._run_terminate, op)
         return public(op)
+
+    def _supersede(self, instance_id: str, running: dict, named, field) -> dict:
+        """A FORCEFUL terminate taking over the GRACEFUL one `running` (the
+        busy lock held): its op is started, the graceful wait is cancelled,
+        and the graceful op's worker runs the release under the new op (one
+        worker per instance, never two releasing at once). Before the stop
+        began, the graceful op ends FAILED, saying it was superseded; once
+        the stop began, it completes and so does this op."""
+        if running["forceful"] is not None:
+            raise Conflict(f"app instance {instance_id} is already being terminated "
+                           f"FORCEFUL (op {running['forceful']['id']})")
+        inst = self.get(instance_id)
+        _check_named(named, field, inst)
+        op = self.journal.start(instance_id, LcmOperation.TERMINATE, {
+            "terminationType": TerminationType.FORCEFUL.value, "timeout": 0,
+            "hostId": inst["hostId"], "manner": inst["deploymentType"],
+            "supersedes": running["op"]["id"]})
+        self._live.add(op["id"])
+        running["forceful"] = op
+        running["cancel"].set()             # notify_termination stops waiting
+        logs.op_started(op, inst)
+        return op
 
     def _run_terminate(self, op: dict) -> None:
         iid = op["appInstanceId"]
         plan = op["_plan"]
+        graceful = None             # what terminate() registered for a GRACEFUL op
+        if plan["terminationType"] == TerminationType.GRACEFUL.value:
+            with self._busy_lock:
+                graceful = self._graceful[iid]
+        ops = [op]                  # what this worker ends: op, and a FORCEFUL one
         try:
             inst = self.get(iid)
             host = self.inventory.get(plan["hostId"])
             compute = host.compute(DeploymentType(plan["manner"]))
-            if plan["terminationType"] == TerminationType.GRACEFUL.value:
+            stop_s = None               # FORCEFUL: destroy takes it down at once
+            if graceful is not None:
                 deadline = time.monotonic() + plan["timeout"]
-                self.journal.step(op, "notify")
-                confirmed = self.mep.notify_termination(iid, plan["timeout"])
-                self.journal.step(op, "notified", confirmed=confirmed)
-                stop_s = max(0.0, deadline - time.monotonic())
-            else:
-                stop_s = None           # FORCEFUL: destroy takes it down at once
+                if not graceful["cancel"].is_set():
+                    self.journal.step(op, "notify")
+                    confirmed = self.mep.notify_termination(iid, plan["timeout"],
+                                                            cancel=graceful["cancel"])
+                    self.journal.step(op, "notified", confirmed=confirmed)
+                with self._busy_lock:
+                    forceful = graceful["forceful"]
+                if forceful is not None:
+                    self.journal.finish(op, Conflict(
+                        f"superseded by FORCEFUL terminate {forceful['id']} before the app "
+                        "was stopped"))
+                    op, ops = forceful, [forceful]
+                    self.journal.step(op, "supersedes", opId=graceful["op"]["id"])
+                else:
+                    stop_s = max(0.0, deadline - time.monotonic())
             self._release(op, host, compute, iid, inst.get("_handle"), stop_s)
             self.packages.refresh_usage(inst["appDId"])
-            self._free(iid)
-            self.journal.finish(op)
+            ops += self._end_terminate(iid, graceful, ops)
+            for one in ops:
+                self.journal.finish(one)
         except Exception as e:   # noqa: BLE001 - op must end FAILED with the reason
             err = e if isinstance(e, MecorchError) else _internal(e)
             log.warning("terminate %s failed: %s", iid, err.detail)
-            self._free(iid)
-            self.journal.finish(op, err)
+            ops += self._end_terminate(iid, graceful, ops)
+            for one in ops:
+                self.journal.finish(one, err)
+        finally:
+            # _guarded ends the op it was given; a FORCEFUL one is ended here
+            for one in ops:
+                if graceful is not None and one is not graceful["op"]:
+                    with self._busy_lock:
+                        self._live.discard(one["id"])
+                    logs.op_ended(one, self.store.get("instances", iid))
+
+    def _end_terminate(self, iid: str, graceful: dict | None, ops: list[dict]) -> list[dict]:
+        """Free the instance (before its ops are journalled as ended, so the
+        next operation may start at once); the FORCEFUL op that came while
+        the graceful one was stopping the app, if any: it ends with it."""
+        with self._busy_lock:
+            self._busy.discard(iid)
+            if graceful is None:
+                return []
+            self._graceful.pop(iid, None)
+            late = graceful["forceful"]
+        if late is None or any(one["id"] == late["id"] for one in ops):
+            return []
+        self.journal.step(late, "joined", opId=graceful["op"]["id"],
+                          note="the GRACEFUL terminate was already stopping the app")
+        return [late]
 
     def _release(self, op: dict, host: EdgeHost, compute: ComputeDriver, iid: str,
                  handle: dict | None, stop_timeout: float | None) -> None:
@@ -486,6 +565,13 @@ def fingerprint(body) -> str:
 def idempotency_mismatch() -> IdempotencyMismatch:
     return IdempotencyMismatch("Idempotency-Key was already used with a different request "
                                "body: use a new key for a new request")
+
+
+def _check_named(named: DeploymentType | None, field: str | None, inst: dict) -> None:
+    """A manner named in a TerminateAppRequest must be the instance's."""
+    if named is not None and named.value != inst["deploymentType"]:
+        raise InvalidInput(f"{field} says {named.value} but app instance "
+                           f"{inst['id']} was deployed as {inst['deploymentType']}")
 
 
 def parse_terminate(body, default_s: int) -> tuple[TerminationType, int]:

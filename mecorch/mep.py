@@ -35,21 +35,28 @@ Each instantiation issues the instance an Mp1 token (random; only its
 SHA-256 is stored, in the instance record as `_mp1Token`) that the app gets
 in its environment (`app_env`); the API lets that token reach the
 instance's own Mp1 resources and nothing else (mecorch.api.http).
+
+An app may hold at most api.mp1_max_subscriptions termination
+subscriptions, each with a callback in api.callback_networks. A graceful
+termination posts the notices in parallel through mecorch.outbound (no
+redirect followed, each POST bounded as a whole) and waits for
+confirm_termination; notices and wait together never outlast the graceful
+timeout, and a FORCEFUL terminate cuts the wait short (mecorch.lcm).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import ipaddress
 import json
 import logging
 import secrets
 import threading
-import urllib.parse
-import urllib.request
+import time
 
-from . import logs, validate
+from . import logs, outbound
 from . import rules as R
 from .errors import Conflict, InvalidInput, MecorchError, NotFound, PreconditionFailed
 from .hosts import EdgeHost, Inventory
@@ -60,6 +67,7 @@ from .timeutil import new_id
 
 log = logging.getLogger("mecorch.mep")
 MP1 = "/mec_app_support/v1"
+CANCEL_POLL_S = 0.1         # how soon a superseded termination stops waiting
 KINDS = {"traffic_rules": ("trafficRules", "trafficRuleId", TrafficRule),
          "dns_rules": ("dnsRules", "dnsRuleId", DnsRule)}
 
@@ -81,7 +89,12 @@ class MepService:
         # One lock for the rule ledger: claims are checked and taken (and Mp1
         # changes applied) one at a time.
         self._lock = threading.Lock()
-        self._termination: dict[str, threading.Event] = {}
+        # Mp1 subscriptions and the terminations waiting on them (not the
+        # ledger's lock: a notice never waits behind a rule change)
+        self._subs_lock = threading.Lock()
+        self._termination: dict[str, _TerminationWait] = {}
+        self.max_subscriptions = int(cfg["api"]["mp1_max_subscriptions"])
+        self.notify_timeout_s = float(cfg["api"]["notify_timeout_s"])
 
     # ------------------------------------------------------------ rule sets
     def initial_rules(self, appd: dict, request: dict) -> tuple[list[dict], list[dict]]:
@@ -360,12 +373,24 @@ class MepService:
             raise InvalidInput("subscriptionType must be AppTerminationNotificationSubscription")
         if body.get("appInstanceId", instance_id) != instance_id:
             raise InvalidInput("appInstanceId in the body must be the instance of the URI")
-        callback = self._callback(body.get("callbackReference"))
+        # Callbacks go only to allowed networks (loopback by default): the
+        # MEP must not become a way to reach arbitrary hosts.
+        callback = outbound.check_url(body.get("callbackReference"), self.callback_networks,
+                                      "callbackReference")
         sid = new_id()
         doc = {"subscriptionType": "AppTerminationNotificationSubscription",
                "callbackReference": callback, "appInstanceId": instance_id,
                "_links": {"self": {"href": _sub_href(instance_id, sid)}}, "id": sid}
-        self.store.put("subscriptions", sid, doc)
+        # Capped per instance: each subscription is one POST at termination,
+        # and an app must not be able to make that thousands.
+        with self._subs_lock:
+            have = len(self.store.list("subscriptions", appInstanceId=instance_id,
+                                       keep=("id",)))
+            if have >= self.max_subscriptions:
+                raise InvalidInput(f"app instance {instance_id} already has {have} Mp1 "
+                                   f"subscriptions, the most api.mp1_max_subscriptions "
+                                   f"({self.max_subscriptions}) allows")
+            self.store.put("subscriptions", sid, doc)
         return _public_sub(doc)
 
     def subscriptions(self, instance_id: str) -> dict:
@@ -391,44 +416,87 @@ class MepService:
 
     # ------------------------------------------------------------ termination
     def notify_termination(self, instance_id: str, timeout_s: float,
-                           action: str = "TERMINATING") -> bool:
+                           action: str = "TERMINATING",
+                           cancel: threading.Event | None = None) -> bool:
         """Send AppTerminationNotification to the app's subscriptions and
-        wait for confirm_termination or the timeout. True if confirmed; no
-        subscription means nothing to wait for (False at once)."""
+        wait for confirm_termination. True if confirmed; no subscription, or
+        none that took its notice, means nothing to wait for (False).
+
+        All of it, the notices and the wait, ends within `timeout_s` (the
+        graceful timeout): the notices are posted in parallel, each bounded
+        by the time left (and api.notify_timeout_s) as a whole, so no
+        subscriber, however slow, holds the termination longer. `cancel`
+        set (a FORCEFUL terminate superseding this one) ends the wait
+        within CANCEL_POLL_S (False)."""
         subs = self.store.list("subscriptions", appInstanceId=instance_id)
         if not subs or timeout_s <= 0:
             return False
-        event = threading.Event()
-        with self._lock:
-            self._termination[instance_id] = event
+        end = time.monotonic() + timeout_s
+        wait = _TerminationWait()
+        with self._subs_lock:
+            self._termination[instance_id] = wait
         try:
-            sent = 0
             for sub in subs:
-                note = {"notificationType": "AppTerminationNotification",
-                        "operationAction": action, "maxGracefulTimeout": int(timeout_s),
-                        "_links": {"subscription": {"href": sub["_links"]["self"]["href"]},
-                                   "confirmTermination": {
-                                       "href": f"{MP1}/applications/{instance_id}/confirm_termination"}}}
-                try:
-                    _post_json(sub["callbackReference"], note, timeout=min(5.0, timeout_s))
-                    sent += 1
-                except OSError as e:
-                    log.warning("termination notice to %s failed: %s", sub["callbackReference"], e)
-            return event.wait(timeout_s) if sent else False
+                threading.Thread(target=self._notice, args=(instance_id, sub, action,
+                                                            timeout_s, end, wait),
+                                 name=f"mp1-notice-{instance_id[:8]}", daemon=True).start()
+            while not wait.confirmed:
+                left = end - time.monotonic()
+                if left <= 0 or (cancel is not None and cancel.is_set()):
+                    return False
+                if wait.finished == len(subs) and not wait.delivered:
+                    return False            # nobody took the notice: nobody will confirm
+                wait.wake.wait(min(left, CANCEL_POLL_S))
+                wait.wake.clear()
+            return True
         finally:
-            with self._lock:
+            with self._subs_lock:
                 self._termination.pop(instance_id, None)
+
+    def _notice(self, instance_id: str, sub: dict, action: str, timeout_s: float,
+                end: float, wait: "_TerminationWait") -> None:
+        """POST one termination notice (its own thread), through
+        mecorch.outbound: the callback checked again, no redirect followed
+        (a 3xx is a notice not taken), the whole POST bounded by the
+        graceful deadline."""
+        url = sub["callbackReference"]
+        note = {"notificationType": "AppTerminationNotification",
+                "operationAction": action, "maxGracefulTimeout": int(timeout_s),
+                "_links": {"subscription": {"href": sub["_links"]["self"]["href"]},
+                           "confirmTermination": {
+                               "href": f"{MP1}/applications/{instance_id}/confirm_termination"}}}
+        delivered = False
+        try:
+            url = outbound.check_url(url, self.callback_networks, "callbackReference")
+            answer = outbound.request(url, "POST",
+                                      min(self.notify_timeout_s, end - time.monotonic()),
+                                      json.dumps(note).encode(),
+                                      {"Content-Type": "application/json"})
+            delivered = 200 <= answer.status < 300
+            if not delivered:
+                log.warning("termination notice to %s answered HTTP %d (redirects are not "
+                            "followed)", url, answer.status)
+        except InvalidInput as e:
+            log.warning("termination notice not sent: %s", e.detail)
+        except (OSError, http.client.HTTPException) as e:
+            log.warning("termination notice to %s failed: %s", url, e)
+        finally:
+            with self._subs_lock:
+                wait.finished += 1
+                wait.delivered += delivered
+            wait.wake.set()
 
     def confirm_termination(self, instance_id: str, body) -> None:
         self._instance(instance_id)
         if not isinstance(body, dict) or body.get("operationAction") not in ("TERMINATING",
                                                                               "STOPPING"):
             raise InvalidInput("operationAction must be TERMINATING or STOPPING")
-        with self._lock:
-            event = self._termination.get(instance_id)
-        if event is None:
+        with self._subs_lock:
+            wait = self._termination.get(instance_id)
+        if wait is None:
             raise Conflict(f"no termination of instance {instance_id} is in progress")
-        event.set()
+        wait.confirmed = True
+        wait.wake.set()
 
     def confirm_ready(self, instance_id: str, body) -> None:
         inst = self._instance(instance_id)
@@ -443,25 +511,6 @@ class MepService:
         if inst is None:
             raise NotFound(f"app instance {instance_id!r} does not exist")
         return inst
-
-    def _callback(self, url) -> str:
-        """Callbacks go only to allowed networks (loopback by default): the
-        MEP must not become a way to reach arbitrary hosts."""
-        url = validate.text(url, "callbackReference", 2048)
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise InvalidInput("callbackReference must be an http(s) URL")
-        try:
-            addr = ipaddress.ip_address(parts.hostname)
-        except ValueError:
-            if parts.hostname != "localhost":
-                raise InvalidInput("callbackReference must name an IP address (or localhost)") \
-                    from None
-            addr = ipaddress.ip_address("127.0.0.1")
-        if not any(addr in net for net in self.callback_networks):
-            raise InvalidInput(f"callbackReference address {addr} is not in the allowed "
-                               "callback networks")
-        return url
 
 
 def check_targets(doc: dict) -> None:
@@ -517,9 +566,12 @@ def _public_sub(doc: dict) -> dict:
     return {k: v for k, v in doc.items() if k != "id"}
 
 
-def _post_json(url: str, body: dict, timeout: float) -> None:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:    # noqa: S310 - checked URL
-        resp.read(1024)
+class _TerminationWait:
+    """One notify_termination under way: what its notice threads and
+    confirm_termination tell it (counters changed under MepService._subs_lock)."""
 
+    def __init__(self):
+        self.finished = 0           # notices whose POST ended, taken or not
+        self.delivered = 0          # of them, answered 2xx
+        self.confirmed = False
+        self.wake = threading.Event()

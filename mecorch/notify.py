@@ -15,9 +15,12 @@ one sender thread POSTs it to the subscription's callback:
   logged as a warning; until then each shows `deliveryFailure`;
 - stored, so what was not delivered before a restart is sent after it.
 
-Callbacks may only point at api.callback_networks, by IP address (or
-localhost): no name is resolved, and redirects are not followed, so a
-subscription cannot make mecorch reach anything else.
+Each POST goes through mecorch.outbound: callbacks may only point at
+api.callback_networks, by IP address (or localhost; checked when the
+subscription is made and again at each POST): no name is resolved, a
+redirect is not followed (it counts as a failed delivery), and
+api.notify_timeout_s bounds the whole attempt, not each read, so a
+subscription cannot make mecorch reach anything else or hold its sender.
 """
 
 from __future__ import annotations
@@ -27,46 +30,17 @@ import http.client
 import ipaddress
 import json
 import logging
-import socket
-import ssl
 import threading
 import time
-import urllib.parse
 from typing import Callable
 
-from . import validate
+from . import outbound
 from .errors import InvalidInput
 from .store import Store
 
 log = logging.getLogger("mecorch.notify")
 BACKOFF_FIRST_S = 0.25
 BACKOFF_MAX_S = 10.0
-
-
-def check_callback(url, networks: list, field: str) -> str:
-    """An http(s) URL naming an IP address (or localhost) inside one of
-    `networks`; credentials in the URL are refused (they belong in the
-    subscription's authentication)."""
-    url = validate.text(url, field, 2048)
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidInput(f"{field} must be an http(s) URL")
-    if parts.username is not None or parts.password is not None:
-        raise InvalidInput(f"{field} must not carry credentials; use authentication")
-    try:
-        parts.port                                   # raises on a bad port
-    except ValueError:
-        raise InvalidInput(f"{field} has an invalid port") from None
-    try:
-        addr = ipaddress.ip_address(parts.hostname)
-    except ValueError:
-        if parts.hostname != "localhost":
-            raise InvalidInput(f"{field} must name an IP address (or localhost)") from None
-        addr = ipaddress.ip_address("127.0.0.1")
-    if not any(addr in net for net in networks):
-        raise InvalidInput(f"{field} address {addr} is not in the allowed callback networks "
-                           "(api.callback_networks)")
-    return url
 
 
 def auth_header(auth: dict | None) -> str | None:
@@ -99,6 +73,7 @@ class Notifier:
         api = cfg["api"]
         self.timeout_s = float(api.get("notify_timeout_s", 5))
         self.retry_s = float(api.get("notify_retry_s", 600))
+        self.networks = [ipaddress.ip_network(n) for n in api["callback_networks"]]
         self._lookup, self._sharing = lookup, sharing
         self._failing, self._dropped = failing, dropped
         self._wake = threading.Event()
@@ -225,38 +200,24 @@ class Notifier:
         return delay
 
     def _post(self, sub: dict, body: dict) -> str | None:
-        """POST one notification; None on a 2xx answer, else what went wrong."""
-        parts = urllib.parse.urlsplit(sub["callbackUri"])
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        """POST one notification; None on a 2xx answer, else what went wrong.
+        Through mecorch.outbound: the callback is checked again (the
+        allowed networks may have shrunk since it was stored), a redirect is
+        an answer that failed, and api.notify_timeout_s bounds the whole
+        attempt (a receiver dripping its answer byte by byte must not hold
+        the sender)."""
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         authorization = auth_header(sub.get("_auth"))
         if authorization:
             headers["Authorization"] = authorization
-        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        kw = {"context": ssl.create_default_context()} if parts.scheme == "https" else {}
-        conn = cls(parts.hostname, parts.port, timeout=self.timeout_s, **kw)
-        # The socket timeout bounds each read; this bounds the whole attempt
-        # (a receiver dripping its answer byte by byte must not hold the
-        # sender): shutting the socket down wakes a blocked read.
-        watchdog = threading.Timer(self.timeout_s, _shut, (conn,))
-        watchdog.start()
         try:
-            conn.request("POST", path, body=json.dumps(body).encode(), headers=headers)
-            resp = conn.getresponse()          # the status is all that counts
-            if 200 <= resp.status < 300:
-                return None
-            return f"HTTP {resp.status}"
+            url = outbound.check_url(sub["callbackUri"], self.networks, "callbackUri")
+            answer = outbound.request(url, "POST", self.timeout_s,
+                                      json.dumps(body).encode(), headers)
+        except InvalidInput as e:
+            return e.detail
         except (OSError, http.client.HTTPException) as e:
             return f"{type(e).__name__}: {e}"[:300]
-        finally:
-            watchdog.cancel()
-            conn.close()
-
-
-def _shut(conn: http.client.HTTPConnection) -> None:
-    sock = conn.sock
-    if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        if 200 <= answer.status < 300:
+            return None
+        return f"HTTP {answer.status}"

@@ -34,7 +34,8 @@ from . import filters, validate
 from .errors import InvalidInput, NotFound
 from .events import Events
 from .journal import LCM
-from .notify import Notifier, check_callback
+from .notify import Notifier
+from .outbound import check_url
 from .pkgmgmt import PKGM
 from .store import Store
 from .timeutil import new_id, timestamp
@@ -84,8 +85,7 @@ class Subscriptions(Events):
         if not isinstance(body, dict):
             raise InvalidInput("body must be a subscription request object")
         doc = _parse_pkgm(body) if api == "pkgm" else _parse_lcm(body, query_type)
-        doc["callbackUri"] = check_callback(body.get("callbackUri"), self.networks,
-                                            "callbackUri")
+        doc["callbackUri"] = check_url(body.get("callbackUri"), self.networks, "callbackUri")
         auth = parse_authentication(body.get("authentication"))
         key = _identity(api, doc)
         with self._lock:

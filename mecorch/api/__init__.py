@@ -63,13 +63,16 @@ def make_server(orch: Orchestrator, listen: str, role: str = "all") -> ApiServer
 
 
 def _tls_context(cfg: dict, host: str, role: str):
-    """TLS from api.tls_cert / api.tls_key. An MEPM off loopback must have
-    it: its MEO sends it bearer tokens and app packages over the network."""
+    """TLS from api.tls_cert / api.tls_key. An MEPM or an MEO off loopback
+    must have it: bearer tokens cross the network between them (the MEO
+    sends an MEPM its token and packages; an MEPM registers with its own
+    token and the MEO's; off loopback load_tokens requires tokens)."""
     cert, key = cfg["api"].get("tls_cert"), cfg["api"].get("tls_key")
     if not cert:
-        if role == "mepm" and not ipaddress.ip_address(host).is_loopback:
-            raise InvalidInput(f"an MEPM listening on {host} needs api.tls_cert and "
-                               "api.tls_key (its MEO sends tokens and packages over the network)")
+        if role in ("mepm", "meo") and not ipaddress.ip_address(host).is_loopback:
+            raise InvalidInput(f"an {role.upper()} listening on {host} needs api.tls_cert and "
+                               "api.tls_key (bearer tokens cross the network between MEO and "
+                               "MEPM); without TLS it listens on loopback only")
         return None
     import ssl          # only when TLS is configured: OpenSSL costs the idle node RSS
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

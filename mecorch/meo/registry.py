@@ -78,13 +78,23 @@ class Registry:
             self._from_config(entry, i)
         for doc in store.list("hosts"):
             if doc["id"] not in self._hosts:
-                self._add(HostEntry(doc["id"], self._remote(doc["id"], doc["url"],
-                                                            doc.get("_token"), doc.get("caFile")),
-                                    "registration", doc["url"]))
+                try:
+                    remote = self._remote(doc["id"], doc["url"], doc.get("_token"),
+                                          doc.get("caFile"), "url")
+                except InvalidInput as e:
+                    # registered before tokens went only over TLS or loopback
+                    log.warning("registration of edge host %s not loaded (%s); it is "
+                                "accepted again when its MEPM registers over https",
+                                doc["id"], e.detail)
+                    continue
+                self._add(HostEntry(doc["id"], remote, "registration", doc["url"]))
 
     # ---------------------------------------------------------------- membership
-    def _remote(self, host_id: str, url: str, token: str | None, ca_file: str | None) -> Mepm:
-        return RemoteMepm(host_id, url, token, ca_file, self.timeout_s)
+    def _remote(self, host_id: str, url: str, token: str | None, ca_file: str | None,
+                field: str) -> Mepm:
+        """Refuses (400 naming `field`) an http:// URL off loopback: the MEO
+        sends the MEPM's token with every call."""
+        return RemoteMepm(host_id, url, token, ca_file, self.timeout_s, field)
 
     def _from_config(self, entry: dict, i: int) -> None:
         where = f"meo.mepms[{i}]"
@@ -93,7 +103,8 @@ class Registry:
         hid = validate.ident(entry.get("id"), f"{where}.id")
         url = validate.text(entry.get("url"), f"{where}.url", 512)
         token = _read_token(entry.get("token_file"), f"{where}.token_file")
-        self._add(HostEntry(hid, self._remote(hid, url, token, entry.get("ca_file")),
+        self._add(HostEntry(hid, self._remote(hid, url, token, entry.get("ca_file"),
+                                                 f"{where}.url"),
                             "config", url))
 
     def _add(self, entry: HostEntry) -> HostEntry:
@@ -131,7 +142,7 @@ class Registry:
             old = self._hosts.get(hid)
         if old is not None and (old.source != "registration" or old.url != url):
             raise Conflict(f"edge host {hid!r} is already known at {old.url or old.source}")
-        mepm = self._remote(hid, url, token, ca)
+        mepm = self._remote(hid, url, token, ca, "url")
         try:
             served = mepm.discover()
         except MecorchError as e:

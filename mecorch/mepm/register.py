@@ -21,12 +21,18 @@ class Registration:
     def __init__(self, cfg: dict, server):
         mepm = cfg.get("mepm") or {}
         self.meo_url = mepm["meo_url"]
+        self.meo_ca_file = mepm.get("meo_ca_file")
         self.meo_token = _first_line(mepm.get("meo_token_file"))
         host, port = server.server_address[:2]
         scheme = "https" if cfg["api"].get("tls_cert") else "http"
         self.url = mepm.get("advertise_url") or f"{scheme}://{host}:{port}"
         self.host_id = cfg["hosts"][0]["id"]
         self.own_token = _first_line(cfg["api"].get("token_file"))
+        # made here, not in the thread, so that a refusal stops `serve`: an
+        # http:// meo_url off loopback (config.load refuses it already)
+        # would carry this MEPM's token in clear
+        self._meo = RemoteMepm("meo", self.meo_url, self.meo_token, self.meo_ca_file,
+                               field="mepm.meo_url")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="mepm-register", daemon=True)
         self.registered = threading.Event()
@@ -39,7 +45,7 @@ class Registration:
         self._thread.join(timeout=15)
 
     def _loop(self) -> None:
-        meo = RemoteMepm("meo", self.meo_url, self.meo_token)
+        meo = self._meo
         body = {"hostId": self.host_id, "url": self.url}
         if self.own_token:
             body["token"] = self.own_token

@@ -3,7 +3,8 @@ through ETSI MEC 010-2's own resources (Mm3), with a bearer token, over
 TLS when the URL is https (the MEPM's certificate checked against the
 configured CA file).
 
-One place maps the transport: an unreachable host is BackendUnavailable;
+The transport is mecorch.outbound (no redirect followed, a total deadline
+per call, a token only over https or to loopback). One place maps it: an unreachable host is BackendUnavailable;
 an answer that refuses becomes the mecorch error of its status, with the
 MEPM's ProblemDetails detail, so the MEO can tell "the host is away" from
 "the host said no". Connections are kept alive per thread: a deploy makes
@@ -21,7 +22,7 @@ import time
 import urllib.parse
 from typing import Any
 
-from .. import errors
+from .. import errors, outbound
 from ..client import _next_link           # one reading of Link rel="next"
 from ..errors import BackendUnavailable, MecorchError
 from .contract import HostInfo, Mepm
@@ -46,13 +47,16 @@ _BY_STATUS = {400: errors.InvalidInput, 401: errors.Unauthorized, 403: errors.Fo
 
 class RemoteMepm(Mepm):
     def __init__(self, host_id: str, url: str, token: str | None = None,
-                 ca_file: str | None = None, timeout_s: float = 10.0):
+                 ca_file: str | None = None, timeout_s: float = 10.0, field: str = "MEPM url"):
+        """`field` names where `url` comes from (a config key, a request
+        field) in the errors about it."""
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
-            raise errors.InvalidInput(f"MEPM url {url!r} must be http(s)://HOST:PORT")
+            raise errors.InvalidInput(f"{field} {url!r} must be http(s)://HOST:PORT")
+        # every call carries a bearer token (or is a registration with one)
+        outbound.check_token_url(url, field)
         self.host_id = host_id
         self.url = url.rstrip("/")
-        self._scheme, self._host, self._port = parts.scheme, parts.hostname, parts.port
         self._token = token
         self._timeout = timeout_s
         self._ctx: ssl.SSLContext | None = None
@@ -64,11 +68,7 @@ class RemoteMepm(Mepm):
     def _conn(self) -> http.client.HTTPConnection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            if self._ctx is not None:
-                conn = http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout,
-                                                   context=self._ctx)
-            else:
-                conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+            conn = outbound.connection(self.url, self._timeout, self._ctx)
             self._local.conn = conn
         return conn
 
@@ -104,16 +104,10 @@ class RemoteMepm(Mepm):
         for attempt in (1, 2):
             conn = self._conn()
             try:
-                # a longer wait for one call (a synchronous onboarding), then
-                # the connection's own again
-                conn.timeout = timeout_s or self._timeout
-                if conn.sock is not None:
-                    conn.sock.settimeout(conn.timeout)
-                conn.request(method, path, body=data, headers=hdrs)
-                resp = conn.getresponse()
-                payload = resp.read()
-                if resp.getheader("Connection", "").lower() == "close":
-                    self._drop()
+                # the whole call within the deadline (a longer one for a
+                # synchronous onboarding); redirects are not followed
+                answer = outbound.exchange(conn, method, path, timeout_s or self._timeout,
+                                           data, hdrs)
                 break
             except (OSError, http.client.HTTPException) as e:
                 self._drop()
@@ -123,15 +117,19 @@ class RemoteMepm(Mepm):
                     continue
                 raise BackendUnavailable(
                     f"edge host {self.host_id!r}: MEPM at {self.url} unreachable: {e}") from None
-        doc = _decode(payload)
-        if resp.status >= 400:
+        doc = _decode(answer.body)
+        if 300 <= answer.status < 400:
+            raise errors.BackendError(f"edge host {self.host_id!r}: MEPM at {self.url} "
+                                      f"answered HTTP {answer.status} (a redirect: not "
+                                      "followed)")
+        if answer.status >= 400:
             detail = doc.get("detail") if isinstance(doc, dict) else None
-            cls = _BY_STATUS.get(resp.status, MecorchError)
-            err = cls(f"edge host {self.host_id!r}: {detail or f'HTTP {resp.status}'}")
+            cls = _BY_STATUS.get(answer.status, MecorchError)
+            err = cls(f"edge host {self.host_id!r}: {detail or f'HTTP {answer.status}'}")
             if cls is MecorchError:
-                err.status = resp.status
+                err.status = answer.status
             raise err
-        return resp.status, doc, {k.lower(): v for k, v in resp.getheaders()}
+        return answer.status, doc, answer.headers
 
     def _get(self, path: str) -> Any:
         return self.call("GET", path)[1]
