@@ -28,8 +28,8 @@ import vim_overhead as vo                              # noqa: E402
 from drivers.docker_cim.pause import PAUSE_IMAGE      # noqa: E402
 from drivers.docker_cim.plan import make_plan         # noqa: E402
 from drivers.libvirt_vim import xmlrender as X        # noqa: E402
-from mecorch.decision import resource_request         # noqa: E402
-from mecorch.states import DeploymentType             # noqa: E402
+from mecorch.spec.decision import resource_request         # noqa: E402
+from mecorch.kernel.states import DeploymentType             # noqa: E402
 
 
 class DirectDocker:

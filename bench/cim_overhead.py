@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from drivers.docker_cim import DockerCIM                     # noqa: E402
 from drivers.docker_cim.pause import PAUSE_IMAGE             # noqa: E402
-from mecorch.model import PortSpec, ResourceRequest, VolumeSpec  # noqa: E402
-from mecorch.states import DeploymentType                    # noqa: E402
+from mecorch.driverapi.model import PortSpec, ResourceRequest, VolumeSpec  # noqa: E402
+from mecorch.kernel.states import DeploymentType                    # noqa: E402
 
 
 def free_port() -> int:

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from lab import NO_RULES, Lab, descendants, sample
-from mecorch.api.http import KEEPALIVE_IDLE_S
-from mecorch.workers import IDLE_S
+from mecorch.kernel.http import KEEPALIVE_IDLE_S
+from mecorch.kernel.workers import IDLE_S
 
 SETTLE_S = max(IDLE_S, KEEPALIVE_IDLE_S) + 2
 

@@ -31,11 +31,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mecorch import config as mconfig                 # noqa: E402
-from mecorch.client import ApiError, Client           # noqa: E402
-from mecorch.errors import MecorchError               # noqa: E402
+from mecorch.kernel import config as mconfig                 # noqa: E402
+from mecorch.kernel.client import ApiError, Client           # noqa: E402
+from mecorch.kernel.errors import MecorchError               # noqa: E402
 from mecorch.package import build_package             # noqa: E402
-from mecorch.fileutil import sha256_file              # noqa: E402
+from mecorch.kernel.fileutil import sha256_file              # noqa: E402
 from cim_overhead import free_port, pct               # noqa: E402 - shared by the suite
 
 INST = "/app_lcm/v1/app_instances"

@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from drivers.linux_mep import LinuxMEP            # noqa: E402
-from mecorch.rules import DnsRule, TrafficRule    # noqa: E402
+from mecorch.spec.rules import DnsRule, TrafficRule    # noqa: E402
 
 DNS_ADDR, DNS_PORT, APP_PORT = "10.231.1.1", 5353, 8080
 SERVER = ("import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"

@@ -45,7 +45,7 @@ import yaml
 
 from lab import REPO, Lab, pct
 
-from mecorch.rules import DnsRule, TrafficRule            # noqa: E402 - lab puts REPO on the path
+from mecorch.spec.rules import DnsRule, TrafficRule            # noqa: E402 - lab puts REPO on the path
 
 TARGET_MS = 100.0
 APP = "mp1bench"

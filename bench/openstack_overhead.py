@@ -35,8 +35,8 @@ from openstack import config as occ
 
 from drivers.openstack_vim import OpenStackVIM
 from drivers.openstack_vim import flavors as F
-from mecorch.model import ResourceRequest
-from mecorch.states import DeploymentType
+from mecorch.driverapi.model import ResourceRequest
+from mecorch.kernel.states import DeploymentType
 
 WORKLOADS = Path("/var/cache/mecorch/workloads")
 CLOUDS_YAML = "/etc/mecorch/openstack-clouds.yaml"

@@ -28,8 +28,8 @@ import docker
 import footprint
 from lab import INST, NO_RULES, Api, Lab, pct
 from throughput import _pool
-from mecorch import config as mconfig
-from mecorch.orchestrator import Orchestrator
+from mecorch.kernel import config as mconfig
+from mecorch.mepm.orchestrator import Orchestrator
 
 
 def _deploy(lab: Lab, app_d_id: str, n: int, concurrency: int = 8) -> tuple[list[str], list[str]]:

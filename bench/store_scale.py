@@ -27,8 +27,8 @@ from pathlib import Path
 
 
 from lab import INST, PKGS, Serve, new_lab_dir, pct, remove_infrastructure
-from mecorch import views
-from mecorch.store import Store
+from mecorch.kernel import views
+from mecorch.kernel.store import Store
 
 
 def populate(db: Path, pkg_doc: dict, inst_doc: dict, packages: int, instances: int,

@@ -39,8 +39,8 @@ from drivers.libvirt_vim import LibvirtVIM
 from drivers.libvirt_vim import network as N
 from drivers.libvirt_vim import storage as S
 from drivers.libvirt_vim import xmlrender as X
-from mecorch.model import PortSpec, ResourceRequest, VolumeSpec
-from mecorch.states import DeploymentType
+from mecorch.driverapi.model import PortSpec, ResourceRequest, VolumeSpec
+from mecorch.kernel.states import DeploymentType
 
 WORKLOADS = Path("/var/cache/mecorch/workloads")
 URI = "qemu:///system"

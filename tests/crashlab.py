@@ -25,10 +25,10 @@ from pathlib import Path
 import yaml
 
 from conftest import remove_mep_chains, run
-from mecorch import config as mconfig
-from mecorch.client import Client
+from mecorch.kernel import config as mconfig
+from mecorch.kernel.client import Client
 from mecorch.package import build_package
-from mecorch.fileutil import sha256_file
+from mecorch.kernel.fileutil import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"

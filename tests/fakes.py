@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import threading
 
-from mecorch.drivers import Capabilities, ComputeDriver, PlatformDriver
-from mecorch import validate
-from mecorch.errors import (BackendError, BackendUnavailable, ImageNotFound, ImageUnavailable,
-                            IntegrityError, InvalidInput)
-from mecorch.model import Address, Allocation, Check, HostCapacity, Observation
-from mecorch.states import DeploymentType, ObservedState
+from mecorch.driverapi.contracts import Capabilities, ComputeDriver, PlatformDriver
+from mecorch.kernel import validate
+from mecorch.kernel.errors import (
+    BackendError, BackendUnavailable, ImageNotFound, ImageUnavailable, IntegrityError,
+    InvalidInput)
+from mecorch.driverapi.model import Address, Allocation, Check, HostCapacity, Observation
+from mecorch.kernel.states import DeploymentType, ObservedState
 
 
 class FakeCompute(ComputeDriver):

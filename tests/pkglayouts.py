@@ -326,7 +326,7 @@ def lab(prefix: str, cidr: str, chain: str):
     """A `mecorch serve` with its own state dir, host id, docker network,
     libvirt pool and network (`cidr`), iptables chain prefix and dnsmasq
     port; everything it made is removed at the end."""
-    from mecorch.client import Client
+    from mecorch.kernel.client import Client
     tmp = Path(tempfile.mkdtemp(prefix=f"mecorch-{prefix}-", dir="/var/tmp"))
     os.chmod(tmp, 0o711)        # QEMU (libvirt-qemu) reaches the pool under it
     tag = f"{prefix}{int(time.time()) % 100000}"
@@ -382,7 +382,7 @@ def _remove_infrastructure(tag: str, chain: str, host: str, tmp: Path, mep_cfg: 
                 ["pool-destroy", name], ["pool-undefine", name]):
         run("virsh", "-c", "qemu:///system", *cmd, check=False)
     from drivers.linux_mep import LinuxMEP
-    from mecorch import config as mconfig
+    from mecorch.kernel import config as mconfig
     LinuxMEP({**mconfig.DEFAULT["hosts"][0]["mep"], **mep_cfg,
               "state_dir": str(tmp / "state/hosts" / host),
               "run_dir": str(tmp / "run" / host)}).stop_services()

@@ -33,12 +33,12 @@ import yaml
 
 from conftest import run
 from fakes import FakeCompute, FakeMep
-from mecorch import config as mconfig
+from mecorch.kernel import config as mconfig
 from mecorch.api import load_tokens, make_router, make_server
-from mecorch.errors import InvalidInput
-from mecorch.mep import token_digest
-from mecorch.orchestrator import Orchestrator
-from mecorch.states import DeploymentType
+from mecorch.kernel.errors import InvalidInput
+from mecorch.mepm.mep import token_digest
+from mecorch.mepm.orchestrator import Orchestrator
+from mecorch.kernel.states import DeploymentType
 from test_core_orchestration import INST, PKGS, onboard
 # the real-dockerd fixtures (the CIM on its own network, the sample image)
 from test_docker_cim import api, cim, config, leftovers, request, sample  # noqa: F401
@@ -133,7 +133,7 @@ class Served:
 
 def _onboard_via(s: Served, tmp: Path) -> None:
     """Onboard the sample container package (through the real client)."""
-    from mecorch.client import Client
+    from mecorch.kernel.client import Client
 
     class E:
         pass
@@ -498,7 +498,7 @@ def test_a_container_gets_only_its_own_volumes_and_the_mp1_env(cim, sample, api,
     """On the real dockerd: the create call mounts only the instance's named
     volumes (never the Docker socket or any host path), runs unprivileged,
     and the Mp1 variables reach the container's environment."""
-    from mecorch.model import VolumeSpec
+    from mecorch.driverapi.model import VolumeSpec
     iid = f"acc-{uid}"
     env = {"MEC_APP_TOKEN": secrets.token_urlsafe(32), "MEC_APP_INSTANCE_ID": iid,
            "MEC_MP1_URL": "http://127.0.0.1:8080/mec_app_support/v1"}

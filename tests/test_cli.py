@@ -193,7 +193,7 @@ def test_help_explains_arguments_and_filters(capsys):
 
 def test_long_wait_says_it_still_waits(env, capsys, monkeypatch):  # noqa: F811
     import threading
-    from mecorch import client
+    from mecorch.kernel import client
     monkeypatch.setattr(client, "PROGRESS_EVERY_S", 0.3)
     onboard(env)
     env.cim.deploy_gate = threading.Event()

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from mecorch import config
-from mecorch.errors import InvalidInput
+from mecorch.kernel import config
+from mecorch.kernel.errors import InvalidInput
 
 
 def write(tmp_path: Path, text: str) -> Path:

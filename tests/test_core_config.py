@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from mecorch import config
-from mecorch.errors import InvalidInput
-from mecorch.yamlsafe import load_yaml
+from mecorch.kernel import config
+from mecorch.kernel.errors import InvalidInput
+from mecorch.kernel.yamlsafe import load_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 

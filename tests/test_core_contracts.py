@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from mecorch import errors
-from mecorch.catalog import ImageCatalog
-from mecorch.drivers import load_driver
-from mecorch.model import HostCapacity
+from mecorch.kernel import errors
+from mecorch.driverapi.catalog import ImageCatalog
+from mecorch.driverapi.contracts import load_driver
+from mecorch.driverapi.model import HostCapacity
 
 
 def test_unknown_driver_is_a_clear_error():

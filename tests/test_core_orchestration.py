@@ -20,12 +20,12 @@ import pytest
 import yaml
 
 from fakes import FakeCompute, FakeMep, broken
-from mecorch import config
+from mecorch.kernel import config
 from mecorch.api import make_server
-from mecorch.client import ApiError, Client
-from mecorch.orchestrator import Orchestrator
+from mecorch.kernel.client import ApiError, Client
+from mecorch.mepm.orchestrator import Orchestrator
 from mecorch.package import build_package
-from mecorch.states import DeploymentType
+from mecorch.kernel.states import DeploymentType
 
 REPO = Path(__file__).resolve().parents[1]
 CONTAINER_APPD = REPO / "examples/sample-container-app/Definitions/appd.yaml"
@@ -340,7 +340,7 @@ def test_recover_rolls_back_an_interrupted_instantiate(env):
     op = orch.lcm.journal.start(inst["id"], __import__("mecorch.states").states.LcmOperation.INSTANTIATE,
                                 {"hostId": "default", "manner": "CONTAINER", "need": {}})
     orch.lcm.journal.step(op, "begin:deploy")
-    from mecorch import decision
+    from mecorch.spec import decision
     req = decision.resource_request(inst["id"], pkg["_appd"], DeploymentType.CONTAINER,
                                     pkg["_image"], {})
     env.cim.deploy(req)
@@ -403,8 +403,8 @@ def test_orphan_listed_before_a_delete_ended_is_not_reported(env):
     """The reconciler lists the backend, then looks at each instance: one
     that a terminate + delete removed in between is not an orphan (no
     destroy, no recovery line); one still on the backend is removed."""
-    from mecorch.model import Observation
-    from mecorch.states import ObservedState
+    from mecorch.driverapi.model import Observation
+    from mecorch.kernel.states import ObservedState
     rec, host = env.orch.reconciler, env.orch.inventory.get("default")
     stale = Observation("gone-meanwhile", ObservedState.RUNNING, {"id": "gone-meanwhile"})
     env.cim.calls.clear()

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from mecorch import filters
-from mecorch.store import Store
+from mecorch.kernel import filters
+from mecorch.kernel.store import Store
 
 DOCS = [
     {"id": "a", "appDId": "x", "n": 5, "b": True, "l": ["p", "q"], "o": {"k": "v"},
@@ -48,7 +48,7 @@ def test_prefilter_narrows_text_equality(store):
 def test_the_store_keeps_a_small_page_cache(tmp_path):
     """SQLite's page cache is capped (mecorch.store.CACHE_KIB): an idle node
     does not keep 2 MB of it for the process's life."""
-    from mecorch.store import CACHE_KIB
+    from mecorch.kernel.store import CACHE_KIB
     store = Store(tmp_path / "s.db")
     try:
         assert store._db.execute("PRAGMA cache_size").fetchone()[0] == -CACHE_KIB

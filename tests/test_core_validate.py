@@ -2,8 +2,8 @@
 
 import pytest
 
-from mecorch import validate as v
-from mecorch.errors import InvalidInput
+from mecorch.kernel import validate as v
+from mecorch.kernel.errors import InvalidInput
 
 HOSTILE = ["", "a\nb", "a b", "-rf", "--address=/x/1.2.3.4", "a#b", "../etc", "a/b",
            "x" * 65, "é", "a\x00b", "$(id)", "`id`", "a;b", ".hidden"]

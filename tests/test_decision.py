@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mecorch.decision import Decision, decide_manner, deployment_type, resource_request
-from mecorch.errors import InvalidInput
-from mecorch.model import PortSpec, ResourceRequest, VolumeSpec
-from mecorch.orchestration_info import (k8s_bytes, k8s_cpu, orchestration_kind, tosca_bytes,
-                                        bytes_to_mb, parse)
-from mecorch.states import DeploymentType
+from mecorch.spec.decision import Decision, decide_manner, deployment_type, resource_request
+from mecorch.kernel.errors import InvalidInput
+from mecorch.driverapi.model import PortSpec, ResourceRequest, VolumeSpec
+from mecorch.spec.orchestration_info import (
+    k8s_bytes, k8s_cpu, orchestration_kind, tosca_bytes, bytes_to_mb, parse)
+from mecorch.kernel.states import DeploymentType
 
 VM, CONTAINER = DeploymentType.VM, DeploymentType.CONTAINER
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "orchestration"

@@ -27,17 +27,18 @@ import pytest
 import yaml
 
 from fakes import FakeCompute, FakeMep
-from mecorch import config, decision
+from mecorch.kernel import config
+from mecorch.spec import decision
 from mecorch.api import make_server
-from mecorch.client import ApiError, Client
-from mecorch.decision import (ACCEPTED_FORMS, Decision, HostFacts, appd_for_manner,
-                              accel_required, choose_manner, decide_manner, deployment_type,
-                              named_type, preference_for, resource_request)
-from mecorch.errors import CapacityExceeded, InvalidInput
-from mecorch.hosts import Need
-from mecorch.orchestrator import Orchestrator
+from mecorch.kernel.client import ApiError, Client
+from mecorch.spec.decision import (
+    ACCEPTED_FORMS, Decision, HostFacts, appd_for_manner, accel_required, choose_manner,
+    decide_manner, deployment_type, named_type, preference_for, resource_request)
+from mecorch.kernel.errors import CapacityExceeded, InvalidInput
+from mecorch.mepm.inventory import Need
+from mecorch.mepm.orchestrator import Orchestrator
 from mecorch.package import build_package, open_package
-from mecorch.states import DeploymentType
+from mecorch.kernel.states import DeploymentType
 from test_core_orchestration import INST, PKGS, POD, TOSCA, _fake_docker_tar
 
 VM, CONTAINER = DeploymentType.VM, DeploymentType.CONTAINER

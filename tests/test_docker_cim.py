@@ -21,11 +21,12 @@ import docker
 import pytest
 
 from drivers.docker_cim import DockerCIM
-from mecorch.drivers import load_driver
-from mecorch.errors import (BackendError, BackendUnavailable, Conflict, ImageNotFound,
-                            ImageUnavailable, IntegrityError, InvalidInput)
-from mecorch.model import PortSpec, ResourceRequest, VolumeSpec
-from mecorch.states import DeploymentType, ObservedState
+from mecorch.driverapi.contracts import load_driver
+from mecorch.kernel.errors import (
+    BackendError, BackendUnavailable, Conflict, ImageNotFound, ImageUnavailable, IntegrityError,
+    InvalidInput)
+from mecorch.driverapi.model import PortSpec, ResourceRequest, VolumeSpec
+from mecorch.kernel.states import DeploymentType, ObservedState
 
 pytestmark = pytest.mark.docker
 

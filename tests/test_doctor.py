@@ -48,7 +48,7 @@ def own_registry(tmp_path):
 def test_doctor_green_then_names_the_stopped_registry(tmp_path, own_registry):
     proc, addr = own_registry
     cfg = tmp_path / "c.yaml"
-    from mecorch.config import DEFAULT
+    from mecorch.kernel.config import DEFAULT
     host = {**DEFAULT["hosts"][0]}
     host["cim"] = {**host["cim"], "registry": addr}
     cfg.write_text(yaml.safe_dump({"hosts": [host]}))
@@ -69,7 +69,7 @@ def test_doctor_green_then_names_the_stopped_registry(tmp_path, own_registry):
 
 def test_doctor_names_an_unreachable_docker_daemon(tmp_path):
     cfg = tmp_path / "c.yaml"
-    from mecorch.config import DEFAULT
+    from mecorch.kernel.config import DEFAULT
     host = {**DEFAULT["hosts"][0]}
     host["cim"] = {**host["cim"], "docker_host": f"unix://{tmp_path}/no-docker.sock"}
     host.pop("vim")

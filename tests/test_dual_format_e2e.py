@@ -38,8 +38,8 @@ import pytest
 import yaml
 
 from conftest import REGISTRY, run
-from mecorch.client import ApiError, Client
-from mecorch.fileutil import sha256_file
+from mecorch.kernel.client import ApiError, Client
+from mecorch.kernel.fileutil import sha256_file
 from mecorch.package import build_package
 
 pytestmark = [pytest.mark.docker, pytest.mark.libvirt]

@@ -23,9 +23,9 @@ import pytest
 import yaml
 
 from conftest import remove_mep_chains, run
-from mecorch.client import ApiError, Client
+from mecorch.kernel.client import ApiError, Client
 from mecorch.package import build_package
-from mecorch.fileutil import sha256_file
+from mecorch.kernel.fileutil import sha256_file
 
 pytestmark = [pytest.mark.docker, pytest.mark.libvirt, pytest.mark.mep]
 
@@ -63,7 +63,7 @@ def mec(sample_container, sample_vm):
                    "mep": {"driver": "linux", "dns_port": dns_port, "chain_prefix": "MECE2E"}}],
     }
     # the lists in `hosts` replace the default's: fill the driver defaults in
-    from mecorch import config as mconfig
+    from mecorch.kernel import config as mconfig
     base = mconfig.DEFAULT["hosts"][0]
     for role in ("cim", "vim", "mep"):
         cfg["hosts"][0][role] = {**base[role], **cfg["hosts"][0][role]}

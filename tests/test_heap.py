@@ -7,7 +7,7 @@ import platform
 
 import pytest
 
-from mecorch import heap
+from mecorch.kernel import heap
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")

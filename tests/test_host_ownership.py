@@ -9,7 +9,7 @@ import docker
 import pytest
 
 from drivers.docker_cim import DockerCIM
-from mecorch.errors import Conflict
+from mecorch.kernel.errors import Conflict
 
 pytestmark = pytest.mark.docker
 

@@ -49,11 +49,11 @@ import yaml
 
 from conftest import run
 from fakes import FakeCompute, broken
-from mecorch import config as mconfig
+from mecorch.kernel import config as mconfig
 from mecorch.api import make_server
-from mecorch.orchestrator import Orchestrator
+from mecorch.mepm.orchestrator import Orchestrator
 from mecorch.package.meta import META_PATH, format_manifest, format_tosca_meta
-from mecorch.states import DeploymentType
+from mecorch.kernel.states import DeploymentType
 from test_access import Served, _onboard_via
 from test_core_orchestration import INST, PKGS, POD, TOSCA, VM_APPD, _fake_docker_tar, \
     make_package

@@ -35,10 +35,10 @@ import pytest
 import yaml
 
 from drivers.linux_mep import iptables
-from mecorch import rules as R
-from mecorch.client import ApiError
-from mecorch.errors import InvalidInput
-from mecorch.rules import TrafficRule
+from mecorch.spec import rules as R
+from mecorch.kernel.client import ApiError
+from mecorch.kernel.errors import InvalidInput
+from mecorch.spec.rules import TrafficRule
 
 from conftest import SAMPLE_CONTAINER_REF, run
 from test_hostile_mep import CONTAINER_APPD, Env, descriptor, refused

@@ -24,14 +24,14 @@ import pytest
 import yaml
 
 from fakes import FakeCompute, FakeMep, broken
-from mecorch import config
+from mecorch.kernel import config
 from mecorch.api import make_server
-from mecorch.client import ApiError, Client
-from mecorch.errors import InvalidInput
-from mecorch.model import ResourceRequest
-from mecorch.orchestrator import Orchestrator
+from mecorch.kernel.client import ApiError, Client
+from mecorch.kernel.errors import InvalidInput
+from mecorch.driverapi.model import ResourceRequest
+from mecorch.mepm.orchestrator import Orchestrator
 from mecorch.package import build_package
-from mecorch.states import DeploymentType
+from mecorch.kernel.states import DeploymentType
 
 REPO = Path(__file__).resolve().parents[1]
 CONTAINER_APPD = REPO / "examples/sample-container-app/Definitions/appd.yaml"

@@ -22,14 +22,14 @@ from pathlib import Path
 import pytest
 
 from test_hostile_mep import INST, MP1, Env
-from mecorch import config, outbound
+from mecorch.kernel import config, outbound
 from mecorch.api import _tls_context
-from mecorch.client import ApiError
-from mecorch.errors import InvalidInput
+from mecorch.kernel.client import ApiError
+from mecorch.kernel.errors import InvalidInput
 from mecorch.meo.registry import Registry
 from mecorch.mepm.register import Registration
 from mecorch.mepm.remote import RemoteMepm
-from mecorch.store import Store
+from mecorch.kernel.store import Store
 
 DRIP_S = 3.0            # the dripping subscriber sends one byte this often
 
@@ -388,8 +388,8 @@ def test_a_real_container_is_terminated_in_time_despite_a_dripping_subscriber(
     import sys
 
     from conftest import run
-    from mecorch.client import Client
-    from mecorch.fileutil import sha256_file
+    from mecorch.kernel.client import Client
+    from mecorch.kernel.fileutil import sha256_file
     from mecorch.package import build_package
 
     examples = Path(__file__).resolve().parents[1] / "examples"

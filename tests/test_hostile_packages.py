@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import pkglayouts as L
-from mecorch.errors import IntegrityError, InvalidInput, PayloadTooLarge
+from mecorch.kernel.errors import IntegrityError, InvalidInput, PayloadTooLarge
 from mecorch.package import ArchiveLimits, open_package
 from test_package import fake_docker_tar
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mecorch import yamlsafe
-from mecorch.client import ApiError, Client
-from mecorch.errors import InvalidInput, MecorchError
+from mecorch.kernel import yamlsafe
+from mecorch.kernel.client import ApiError, Client
+from mecorch.kernel.errors import InvalidInput, MecorchError
 from mecorch.package.appd import validate_appd
 from test_access import _free_port, _stop
 from test_package import appd_package, load_appd

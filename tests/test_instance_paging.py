@@ -11,10 +11,10 @@ import urllib.parse
 
 import pytest
 
-from mecorch import config
+from mecorch.kernel import config
 from mecorch.api import make_server
-from mecorch.client import ApiError, Client
-from mecorch.orchestrator import Orchestrator
+from mecorch.kernel.client import ApiError, Client
+from mecorch.mepm.orchestrator import Orchestrator
 
 INST = "/app_lcm/v1/app_instances"
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from mecorch.errors import Conflict, InvalidInput
+from mecorch.kernel.errors import Conflict, InvalidInput
 from mecorch.mepm.lease import HostLease
 
 

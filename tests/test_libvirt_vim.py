@@ -30,10 +30,10 @@ libvirt = pytest.importorskip("libvirt")
 
 from drivers.libvirt_vim import LibvirtVIM                     # noqa: E402
 from drivers.libvirt_vim import xmlrender as X                 # noqa: E402
-from mecorch import errors                                     # noqa: E402
-from mecorch.drivers import load_driver                        # noqa: E402
-from mecorch.model import PortSpec, ResourceRequest, VolumeSpec  # noqa: E402
-from mecorch.states import DeploymentType, ObservedState       # noqa: E402
+from mecorch.kernel import errors                                     # noqa: E402
+from mecorch.driverapi.contracts import load_driver                        # noqa: E402
+from mecorch.driverapi.model import PortSpec, ResourceRequest, VolumeSpec  # noqa: E402
+from mecorch.kernel.states import DeploymentType, ObservedState       # noqa: E402
 
 from conftest import run                                       # noqa: E402
 

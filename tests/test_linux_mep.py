@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 
 from drivers.linux_mep import LinuxMEP, dnsmasq, iptables
-from mecorch.errors import BackendError, InvalidInput, UnsupportedAction
-from mecorch.rules import DnsRule, TrafficRule
+from mecorch.kernel.errors import BackendError, InvalidInput, UnsupportedAction
+from mecorch.spec.rules import DnsRule, TrafficRule
 
 from conftest import run
 

@@ -12,9 +12,9 @@ import logging
 import pytest
 
 from fakes import broken
-from mecorch import logs
+from mecorch.kernel import logs
 from mecorch.api import status
-from mecorch.states import LcmOperation
+from mecorch.kernel.states import LcmOperation
 from test_core_orchestration import INST, PKGS, env, instantiate, onboard, terminate  # noqa: F401
 
 

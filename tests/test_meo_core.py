@@ -13,14 +13,14 @@ import time
 import pytest
 
 from fakes import FakeCompute, FakeMep
-from mecorch import config
+from mecorch.kernel import config
 from mecorch.api import make_server
-from mecorch.client import ApiError, Client
-from mecorch.errors import BackendUnavailable
+from mecorch.kernel.client import ApiError, Client
+from mecorch.kernel.errors import BackendUnavailable
 from mecorch.meo.orchestrator import MeoOrchestrator
 from mecorch.mepm.local import LocalMepm
-from mecorch.orchestrator import Orchestrator
-from mecorch.states import DeploymentType
+from mecorch.mepm.orchestrator import Orchestrator
+from mecorch.kernel.states import DeploymentType
 from test_core_orchestration import CONTAINER_APPD, VM_APPD, _fake_docker_tar, make_package
 
 INST = "/app_lcm/v1/app_instances"

@@ -32,9 +32,9 @@ import pytest
 import yaml
 
 from conftest import run
-from mecorch import config as mconfig
-from mecorch.client import ApiError, Client
-from mecorch.fileutil import sha256_file
+from mecorch.kernel import config as mconfig
+from mecorch.kernel.client import ApiError, Client
+from mecorch.kernel.fileutil import sha256_file
 from mecorch.package import build_package
 
 pytestmark = [pytest.mark.docker, pytest.mark.libvirt, pytest.mark.mep]

@@ -37,8 +37,8 @@ from pathlib import Path
 
 import pytest
 
-from mecorch.client import ApiError, Client
-from mecorch.fileutil import sha256_file
+from mecorch.kernel.client import ApiError, Client
+from mecorch.kernel.fileutil import sha256_file
 from mecorch.package import build_package
 
 from conftest import WORKLOADS, run

@@ -15,12 +15,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from fakes import FakeCompute, FakeMep
-from mecorch import config
+from mecorch.kernel import config
 from mecorch.api import _tls_context, make_server
-from mecorch.errors import BackendUnavailable, InvalidInput, Unauthorized
+from mecorch.kernel.errors import BackendUnavailable, InvalidInput, Unauthorized
 from mecorch.mepm.remote import RemoteMepm
-from mecorch.orchestrator import Orchestrator
-from mecorch.states import DeploymentType
+from mecorch.mepm.orchestrator import Orchestrator
+from mecorch.kernel.states import DeploymentType
 
 
 def _self_signed(tmp):

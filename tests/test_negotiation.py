@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from mecorch.api.http import acceptable
+from mecorch.kernel.http import acceptable
 from test_core_orchestration import INST, PKGS
 from test_package_upload import Lab, _zip
 

@@ -206,8 +206,8 @@ def test_filters_read_the_shipped_files_as_the_strict_loader_does(name):
     """filters reads these files with libyaml's safe loader (start-up
     cost); the strict loader mecorch uses for input (duplicate keys refused,
     aliases counted) must read each to the same document."""
-    from mecorch import filters
-    from mecorch.yamlsafe import load_yaml
+    from mecorch.kernel import filters
+    from mecorch.kernel.yamlsafe import load_yaml
     assert yaml.__with_libyaml__, "PyYAML without libyaml: filters falls back to SafeLoader"
     strict = load_yaml((OPENAPI / name).read_text(encoding="utf-8"), what=name)
     assert filters._openapi_file(name) == strict
@@ -609,7 +609,7 @@ def _hosts(api: Checker, e) -> None:
     """The host inventory extension: on this node, and in an MEO's registry
     with this node's server as the MEPM that registers."""
     import threading
-    from mecorch import config as mconfig
+    from mecorch.kernel import config as mconfig
     from mecorch.meo.orchestrator import MeoOrchestrator
     hosts = api("GET", "/mecorch/v1/hosts", status=200, etsi=EXTENSION)
     assert [h["hostId"] for h in hosts] == ["default"]

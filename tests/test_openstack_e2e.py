@@ -29,8 +29,8 @@ import yaml
 from conformance.compute_labs import (CLOUDS_YAML, OS_CLOUD, OS_CONTAINER, OS_NETWORK,
                                       free_port, os_admin, os_owned)
 from conftest import run
-from mecorch.client import Client
-from mecorch.fileutil import sha256_file
+from mecorch.kernel.client import Client
+from mecorch.kernel.fileutil import sha256_file
 from mecorch.package import build_package
 
 pytestmark = [pytest.mark.openstack, pytest.mark.mep]
@@ -50,7 +50,7 @@ def mec(sample_vm):
     run("ip", "netns", "attach", netns, pid)        # a name for the cloud's namespace
     tmp = Path(tempfile.mkdtemp(prefix="mecorch-ose2e-", dir="/var/tmp"))
     dns_port, api_port = free_port(), free_port()
-    from mecorch import config as mconfig
+    from mecorch.kernel import config as mconfig
     mep = {**mconfig.DEFAULT["hosts"][0]["mep"], "dns_port": dns_port,
            "chain_prefix": f"MECOS{tag[-4:]}", "netns": netns}
     cfg = {"state_dir": str(tmp / "state"), "run_dir": str(tmp / "run"),

@@ -22,10 +22,10 @@ from conftest import run
 from drivers.openstack_vim import OpenStackVIM
 from drivers.openstack_vim.errors import translate
 from drivers.openstack_vim.settings import parse
-from mecorch import errors
-from mecorch.drivers import load_driver
-from mecorch.model import VolumeSpec
-from mecorch.states import ObservedState
+from mecorch.kernel import errors
+from mecorch.driverapi.contracts import load_driver
+from mecorch.driverapi.model import VolumeSpec
+from mecorch.kernel.states import ObservedState
 
 PASSWORD = "mecorch-test-cloud"
 
@@ -167,7 +167,7 @@ def test_server_flavor_port_and_disks_as_nova_sees_them(lab, uid):
 
 @pytest.mark.openstack
 def test_reserved_volume_or_host_port_is_refused_up_front(lab, uid):
-    from mecorch.model import PortSpec
+    from mecorch.driverapi.model import PortSpec
     with pytest.raises(errors.UnsupportedAction, match="Cinder"):
         lab.drv.deploy(lab.request(f"r-{uid}", volumes=(VolumeSpec("db", 1, reserved=True),)))
     with pytest.raises(errors.UnsupportedAction):

@@ -21,12 +21,12 @@ import jsonschema
 import pytest
 import yaml
 
-from mecorch.errors import IntegrityError, InvalidInput, PayloadTooLarge
+from mecorch.kernel.errors import IntegrityError, InvalidInput, PayloadTooLarge
 from mecorch.package import (NFV_SCHEMAS, ArchiveLimits, build_package, open_package,
                              sha256_file, validate_appd)
 from mecorch.package import archive as archive_mod
 from mecorch.package.meta import format_manifest, format_tosca_meta
-from mecorch.states import DeploymentType
+from mecorch.kernel.states import DeploymentType
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -701,7 +701,7 @@ def test_sample_examples_have_no_committed_images():
 def test_sample_rules_are_valid_mep_rules(kind):
     """The AppD's rule descriptors become MEC 011 rules (plus a state) that
     the MEP accepts: the VIP, port and protocol survive the conversion."""
-    from mecorch import rules
+    from mecorch.spec import rules
     appd = load_appd(kind)
     vip = "10.90.0.10" if kind == "container" else "10.90.0.11"
     (dns,) = [rules.DnsRule.from_etsi({**r, "state": "ACTIVE"}) for r in appd["appDNSRule"]]

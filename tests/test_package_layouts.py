@@ -22,10 +22,10 @@ import pytest
 import yaml
 
 import pkglayouts as L
-from mecorch.client import ApiError
-from mecorch.errors import IntegrityError, InvalidInput
+from mecorch.kernel.client import ApiError
+from mecorch.kernel.errors import IntegrityError, InvalidInput
 from mecorch.package import convert_package, open_package
-from mecorch.states import DeploymentType
+from mecorch.kernel.states import DeploymentType
 from test_package import fake_docker_tar, fake_qcow2
 
 LAYOUTS = ("sol004-mec", "sol004-tosca", "pre26-mec", "pre26-tosca", "edgegallery")

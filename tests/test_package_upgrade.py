@@ -18,7 +18,7 @@ import pytest
 
 import pkglayouts as L
 from conftest import run
-from mecorch.client import ApiError
+from mecorch.kernel.client import ApiError
 
 pytestmark = [pytest.mark.docker, pytest.mark.libvirt]
 MEMBER = {"container": "Artifacts/app.tar", "vm": "Artifacts/app.qcow2"}
@@ -169,7 +169,7 @@ from test_core_orchestration import env  # noqa: E402,F401 - the in-memory lab f
 
 def test_usable_takes_the_version_asked_for_and_usage_counts_per_version(env):
     from test_core_orchestration import create, instantiate, onboard
-    from mecorch.errors import Conflict, NotFound
+    from mecorch.kernel.errors import Conflict, NotFound
     v1 = onboard(env, appDVersion="1.0")
     v2 = onboard(env, appDVersion="2.0")
     pk = env.orch.packages

@@ -16,11 +16,11 @@ import time
 import pytest
 
 from fakes import FakeCompute, FakeMep
-from mecorch import config
+from mecorch.kernel import config
 from mecorch.api import make_server
-from mecorch.client import ApiError, Client
-from mecorch.orchestrator import Orchestrator
-from mecorch.states import DeploymentType
+from mecorch.kernel.client import ApiError, Client
+from mecorch.mepm.orchestrator import Orchestrator
+from mecorch.kernel.states import DeploymentType
 from test_core_orchestration import CONTAINER_APPD, PKGS, _fake_docker_tar, make_package
 
 ZIP = {"Accept": "application/zip"}

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from mecorch.errors import CapacityExceeded, NotFound
-from mecorch.hosts import Need
+from mecorch.kernel.errors import CapacityExceeded, NotFound
+from mecorch.mepm.inventory import Need
 from mecorch.meo.placement import Candidate, place, why_not
 from mecorch.mepm.contract import HostInfo, MannerCapacity
-from mecorch.states import DeploymentType
+from mecorch.kernel.states import DeploymentType
 
 C, V = DeploymentType.CONTAINER, DeploymentType.VM
 SMALL = Need(1, 512, 1)

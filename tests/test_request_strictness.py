@@ -51,7 +51,7 @@ def test_idempotency_key_with_another_body_is_a_422(env):  # noqa: F811
 
 
 def test_a_misspelled_appd_field_names_the_closest():
-    from mecorch.errors import InvalidInput
+    from mecorch.kernel.errors import InvalidInput
     from mecorch.package import appd as appd_mod
     import yaml
     from test_core_orchestration import CONTAINER_APPD
@@ -73,8 +73,8 @@ def test_a_misspelled_appd_field_names_the_closest():
      .replace("num_cpus", "num_cpuz"), "has no field 'num_cpuz' (did you mean 'num_cpus'?)"),
 ])
 def test_orchestration_info_typos_are_refused(doc, says):
-    from mecorch import decision, orchestration_info
-    from mecorch.errors import InvalidInput
+    from mecorch.spec import decision, orchestration_info
+    from mecorch.kernel.errors import InvalidInput
     with pytest.raises(InvalidInput) as e:
         orchestration_info.details(orchestration_info.parse(doc))
     assert says in e.value.detail

@@ -8,8 +8,8 @@ import copy
 import pytest
 
 from drivers.linux_mep import dnsmasq, iptables
-from mecorch.errors import Conflict, InvalidInput, UnsupportedAction
-from mecorch.rules import DnsRule, TrafficRule
+from mecorch.kernel.errors import Conflict, InvalidInput, UnsupportedAction
+from mecorch.spec.rules import DnsRule, TrafficRule
 
 DNS = {"dnsRuleId": "dns1", "domainName": "app.mec.example", "ipAddressType": "IP_V4",
        "ipAddress": "10.0.0.5", "ttl": 30, "state": "ACTIVE"}
@@ -248,7 +248,7 @@ def test_dnsmasq_argv_has_no_config_or_upstream():
 
 # -- ownership: what a rule claims (issue 12) --------------------------------------------
 
-from mecorch import rules as R       # noqa: E402 - grouped with the tests that use it
+from mecorch.spec import rules as R       # noqa: E402 - grouped with the tests that use it
 
 
 def _dest(**flt) -> list:

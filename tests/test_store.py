@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from mecorch.store import Store
+from mecorch.kernel.store import Store
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def _named(doc: dict) -> dict:
 
 
 def test_a_row_keeps_its_view_as_the_views_give_it(tmp_path):
-    from mecorch.store import Views
+    from mecorch.kernel.store import Views
     s = Store(tmp_path / "v.db", Views(1, {"instances": _shown}))
     try:
         s.put("instances", "a", {"id": "a", "instantiationState": "NOT_INSTANTIATED"})
@@ -92,7 +92,7 @@ def test_a_row_keeps_its_view_as_the_views_give_it(tmp_path):
 
 
 def test_rows_written_without_views_get_them_when_read_and_when_next_opened(tmp_path):
-    from mecorch.store import Views
+    from mecorch.kernel.store import Views
     views = Views(1, {"instances": _shown})
     db = tmp_path / "v.db"
     s = Store(db, views)
@@ -120,7 +120,7 @@ def test_rows_written_without_views_get_them_when_read_and_when_next_opened(tmp_
 
 
 def test_other_views_than_the_store_holds_rebuild_every_one(tmp_path):
-    from mecorch.store import Views
+    from mecorch.kernel.store import Views
     db = tmp_path / "v.db"
     s = Store(db, Views(1, {"instances": _shown}))
     s.put("instances", "a", {"id": "a", "instantiationState": "INSTANTIATED"})

@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 from fakes import broken
-from mecorch.client import ApiError, Client
+from mecorch.kernel.client import ApiError, Client
 from test_core_orchestration import INST, PKGS
 from test_openapi import LCM_FILE, PKGM_FILE, errors_of, etsi_validator
 from test_package_upload import Lab, _zip
@@ -497,7 +497,7 @@ class Serve:
     chains, dnsmasq port, API port); restartable on the same state."""
 
     def __init__(self, tmp: Path, tag: str):
-        from mecorch import config as mconfig
+        from mecorch.kernel import config as mconfig
         base = mconfig.DEFAULT["hosts"][0]
         self.tmp, self.tag = tmp, tag
         self.port = _free_port()

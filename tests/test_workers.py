@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from mecorch.workers import Workers
+from mecorch.kernel.workers import Workers
 
 
 def wait_for(check, timeout: float = 5.0) -> bool:

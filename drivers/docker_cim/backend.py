@@ -19,8 +19,8 @@ import docker.errors
 import docker.utils
 import requests.exceptions
 
-from mecorch.errors import (BackendError, BackendUnavailable, Conflict, ImageNotFound,
-                            MecorchError, NotFound, Timeout)
+from mecorch.kernel.errors import (
+    BackendError, BackendUnavailable, Conflict, ImageNotFound, MecorchError, NotFound, Timeout)
 
 
 def _daemon_message(e: docker.errors.APIError) -> str:

@@ -21,13 +21,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mecorch import validate
-from mecorch.catalog import ImageCatalog
-from mecorch.drivers import Capabilities, ComputeDriver
-from mecorch.errors import BackendError, Conflict, InvalidInput, MecorchError, NotFound
-from mecorch.model import (Address, Allocation, Check, HostCapacity, Observation,
-                           ResourceRequest)
-from mecorch.states import DeploymentType, ObservedState
+from mecorch.kernel import validate
+from mecorch.driverapi.catalog import ImageCatalog
+from mecorch.driverapi.contracts import Capabilities, ComputeDriver
+from mecorch.kernel.errors import BackendError, Conflict, InvalidInput, MecorchError, NotFound
+from mecorch.driverapi.model import (
+    Address, Allocation, Check, HostCapacity, Observation, ResourceRequest)
+from mecorch.kernel.states import DeploymentType, ObservedState
 
 from . import pause
 from .backend import backend_errors, connect, drain, gone_ok, list_containers

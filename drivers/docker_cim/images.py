@@ -13,10 +13,10 @@ import hashlib
 import os
 from typing import Callable
 
-from mecorch import validate
-from mecorch.catalog import ImageCatalog
-from mecorch.errors import (BackendError, ImageNotFound, ImageUnavailable, IntegrityError,
-                            InvalidInput, MecorchError)
+from mecorch.kernel import validate
+from mecorch.driverapi.catalog import ImageCatalog
+from mecorch.kernel.errors import (
+    BackendError, ImageNotFound, ImageUnavailable, IntegrityError, InvalidInput, MecorchError)
 
 from .backend import backend_errors, drain, gone_ok
 from .registry import Registry

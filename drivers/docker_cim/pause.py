@@ -14,7 +14,7 @@ import io
 import json
 import tarfile
 
-from mecorch.errors import BackendError
+from mecorch.kernel.errors import BackendError
 
 PAUSE_REPO = "mecorch/pause"
 PAUSE_TAG = "1"

@@ -10,10 +10,10 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 
-from mecorch import validate
-from mecorch.errors import InvalidInput
-from mecorch.model import ResourceRequest
-from mecorch.states import DeploymentType
+from mecorch.kernel import validate
+from mecorch.kernel.errors import InvalidInput
+from mecorch.driverapi.model import ResourceRequest
+from mecorch.kernel.states import DeploymentType
 
 LABEL_INSTANCE = "mecorch.instance"
 LABEL_ROLE = "mecorch.role"

@@ -20,7 +20,7 @@ import xml.etree.ElementTree as ET
 
 import libvirt
 
-from mecorch.errors import BackendError, Timeout
+from mecorch.kernel.errors import BackendError, Timeout
 
 from . import network as N
 from . import storage as S

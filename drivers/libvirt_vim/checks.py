@@ -11,8 +11,8 @@ import xml.etree.ElementTree as ET
 
 import libvirt
 
-from mecorch.errors import MecorchError
-from mecorch.model import Check
+from mecorch.kernel.errors import MecorchError
+from mecorch.driverapi.model import Check
 
 from . import accel as A
 from .errors import VIRTLOGD_HINT, libvirt_errors

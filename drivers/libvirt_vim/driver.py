@@ -17,13 +17,13 @@ from functools import cached_property
 
 import libvirt
 
-from mecorch import validate
-from mecorch.drivers import Capabilities, ComputeDriver
-from mecorch.errors import (BackendUnavailable, Conflict, InvalidInput, MecorchError, NotFound,
-                            Timeout)
-from mecorch.model import (Address, Allocation, Check, HostCapacity, Observation,
-                           ResourceRequest)
-from mecorch.states import DeploymentType, ObservedState
+from mecorch.kernel import validate
+from mecorch.driverapi.contracts import Capabilities, ComputeDriver
+from mecorch.kernel.errors import (
+    BackendUnavailable, Conflict, InvalidInput, MecorchError, NotFound, Timeout)
+from mecorch.driverapi.model import (
+    Address, Allocation, Check, HostCapacity, Observation, ResourceRequest)
+from mecorch.kernel.states import DeploymentType, ObservedState
 
 from . import accel as A
 from . import network as N

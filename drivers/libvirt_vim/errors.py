@@ -7,7 +7,7 @@ from typing import Iterator
 
 import libvirt
 
-from mecorch.errors import BackendError, BackendUnavailable, NotFound
+from mecorch.kernel.errors import BackendError, BackendUnavailable, NotFound
 
 # libvirt prints every error on stderr by default; the driver reports them
 # through mecorch's errors instead.

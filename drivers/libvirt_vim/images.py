@@ -17,11 +17,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from mecorch import validate
-from mecorch.catalog import ImageCatalog
-from mecorch.fileutil import sha256_file, unlink_quietly
-from mecorch.errors import (BackendError, ImageNotFound, ImageUnavailable,
-                            IntegrityError, InvalidInput)
+from mecorch.kernel import validate
+from mecorch.driverapi.catalog import ImageCatalog
+from mecorch.kernel.fileutil import sha256_file, unlink_quietly
+from mecorch.kernel.errors import (
+    BackendError, ImageNotFound, ImageUnavailable, IntegrityError, InvalidInput)
 
 FORMATS = ("qcow2", "raw")
 _CHUNK = 1 << 20

@@ -8,7 +8,7 @@ import time
 
 import libvirt
 
-from mecorch.errors import BackendError, Timeout
+from mecorch.kernel.errors import BackendError, Timeout
 
 from . import xmlrender as X
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 
-from mecorch import validate
-from mecorch.errors import InvalidInput
-from mecorch.model import ResourceRequest
-from mecorch.states import DeploymentType
+from mecorch.kernel import validate
+from mecorch.kernel.errors import InvalidInput
+from mecorch.driverapi.model import ResourceRequest
+from mecorch.kernel.states import DeploymentType
 
 GIB = 1 << 30
 

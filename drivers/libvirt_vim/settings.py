@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mecorch import validate
-from mecorch.errors import InvalidInput
+from mecorch.kernel import validate
+from mecorch.kernel.errors import InvalidInput
 
 _BRIDGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")    # IFNAMSIZ: 15 chars
 ACCEL_MODES = ("auto", "kvm", "tcg")

@@ -36,8 +36,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from mecorch.errors import BackendError, UnsupportedAction
-from mecorch.rules import DnsRule
+from mecorch.kernel.errors import BackendError, UnsupportedAction
+from mecorch.spec.rules import DnsRule
 
 
 def render_hosts(instance_id: str, rules: list[DnsRule]) -> str:

@@ -38,12 +38,12 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
-from mecorch import validate
-from mecorch.drivers import Capabilities, PlatformDriver
-from mecorch.errors import (BackendError, BackendUnavailable, InvalidInput,
-                            MecorchError, Timeout)
-from mecorch.model import Check
-from mecorch.rules import DnsRule, TrafficRule, unique_ids
+from mecorch.kernel import validate
+from mecorch.driverapi.contracts import Capabilities, PlatformDriver
+from mecorch.kernel.errors import (
+    BackendError, BackendUnavailable, InvalidInput, MecorchError, Timeout)
+from mecorch.driverapi.model import Check
+from mecorch.spec.rules import DnsRule, TrafficRule, unique_ids
 
 from . import dnsmasq, iptables
 

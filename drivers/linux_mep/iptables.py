@@ -42,8 +42,8 @@ import ipaddress
 import itertools
 import re
 
-from mecorch.errors import Conflict, InvalidInput, UnsupportedAction
-from mecorch.rules import TrafficFilter, TrafficRule
+from mecorch.kernel.errors import Conflict, InvalidInput, UnsupportedAction
+from mecorch.spec.rules import TrafficFilter, TrafficRule
 
 TABLES = ("raw", "nat")
 HOOKS = ("PREROUTING", "OUTPUT")

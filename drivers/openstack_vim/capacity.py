@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from openstack import exceptions as sdk_exc
 
-from mecorch.errors import BackendError, MecorchError
-from mecorch.model import HostCapacity
+from mecorch.kernel.errors import BackendError, MecorchError
+from mecorch.driverapi.model import HostCapacity
 
 from .errors import os_errors
 

@@ -4,8 +4,8 @@ network) and the quota headroom. Never raises."""
 
 from __future__ import annotations
 
-from mecorch.errors import MecorchError
-from mecorch.model import Check
+from mecorch.kernel.errors import MecorchError
+from mecorch.driverapi.model import Check
 
 from .errors import os_errors
 

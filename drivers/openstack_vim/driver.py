@@ -26,13 +26,14 @@ from functools import cached_property
 
 import openstack
 
-from mecorch import validate
-from mecorch.drivers import Capabilities, ComputeDriver
-from mecorch.errors import (BackendError, CapacityExceeded, Conflict, InvalidInput,
-                            MecorchError, NotFound, UnsupportedAction)
-from mecorch.model import (Address, Allocation, Check, HostCapacity, Observation,
-                           ResourceRequest)
-from mecorch.states import DeploymentType, ObservedState
+from mecorch.kernel import validate
+from mecorch.driverapi.contracts import Capabilities, ComputeDriver
+from mecorch.kernel.errors import (
+    BackendError, CapacityExceeded, Conflict, InvalidInput, MecorchError, NotFound,
+    UnsupportedAction)
+from mecorch.driverapi.model import (
+    Address, Allocation, Check, HostCapacity, Observation, ResourceRequest)
+from mecorch.kernel.states import DeploymentType, ObservedState
 
 from . import flavors as F
 from .errors import os_errors

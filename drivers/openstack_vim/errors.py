@@ -14,8 +14,8 @@ from typing import Iterator
 from keystoneauth1 import exceptions as ksa
 from openstack import exceptions as sdk
 
-from mecorch.errors import (BackendError, BackendUnavailable, CapacityExceeded, Conflict,
-                            MecorchError, NotFound, Timeout)
+from mecorch.kernel.errors import (
+    BackendError, BackendUnavailable, CapacityExceeded, Conflict, MecorchError, NotFound, Timeout)
 
 # Gateway answers of a cloud that is (partly) down or restarting.
 _UNAVAILABLE_STATUS = {502, 503, 504}

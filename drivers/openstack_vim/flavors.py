@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 
-from mecorch.errors import CapacityExceeded, Forbidden, MecorchError
+from mecorch.kernel.errors import CapacityExceeded, Forbidden, MecorchError
 
 from .errors import os_errors
 

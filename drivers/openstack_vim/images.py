@@ -20,10 +20,10 @@ import hashlib
 import os
 import struct
 
-from mecorch import validate
-from mecorch.catalog import ImageCatalog
-from mecorch.errors import (BackendError, ImageNotFound, ImageUnavailable, IntegrityError,
-                            InvalidInput, NotFound)
+from mecorch.kernel import validate
+from mecorch.driverapi.catalog import ImageCatalog
+from mecorch.kernel.errors import (
+    BackendError, ImageNotFound, ImageUnavailable, IntegrityError, InvalidInput, NotFound)
 
 from .errors import os_errors
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mecorch import validate
-from mecorch.errors import InvalidInput
+from mecorch.kernel import validate
+from mecorch.kernel.errors import InvalidInput
 
 KEYS = ("driver", "cloud", "clouds_yaml", "auth", "region", "network", "availability_zone",
         "boot_timeout_s", "stop_grace_s", "api_timeout_s", "flavor_prefix",

@@ -9,10 +9,10 @@ import ipaddress
 from importlib import resources
 from pathlib import Path
 
-from ..errors import InvalidInput, NotFound
-from ..orchestrator import Orchestrator
-from .http import PUBLIC, ApiServer, Request, Response, Router
-from . import routes, status, subscription_routes
+from mecorch.kernel.errors import InvalidInput, NotFound
+from mecorch.mepm.orchestrator import Orchestrator
+from mecorch.kernel.http import PUBLIC, ApiServer, Request, Response, Router
+from mecorch.api import routes, status, subscription_routes
 
 _OPENAPI_DIR = resources.files("mecorch").joinpath("openapi")
 
@@ -94,7 +94,7 @@ def serve_app_networks(orch: Orchestrator, port: int) -> list[ApiServer]:
     import logging
     import secrets
     import threading
-    from ..mep import MP1
+    from mecorch.mepm.mep import MP1
 
     class Mp1Only(Router):
         def add(self, method, pattern, *args, **kw):
@@ -104,9 +104,9 @@ def serve_app_networks(orch: Orchestrator, port: int) -> list[ApiServer]:
     router = Mp1Only()
     routes.install(router, orch)
     if getattr(orch, "role", "all") == "meo":
-        from ..meo import routes as host_routes
+        from mecorch.meo import routes as host_routes
     else:
-        from ..mepm import routes as host_routes
+        from mecorch.mepm import routes as host_routes
     host_routes.install(router, orch)
     nobody = {secrets.token_urlsafe(32)}
     servers = []
@@ -132,9 +132,9 @@ def make_router(orch: Orchestrator) -> Router:
     routes.install(router, orch)
     subscription_routes.install(router, orch)   # app_pkgm and app_lcm subscriptions
     if getattr(orch, "role", "all") == "meo":
-        from ..meo import routes as host_routes
+        from mecorch.meo import routes as host_routes
     else:
-        from ..mepm import routes as host_routes
+        from mecorch.mepm import routes as host_routes
     host_routes.install(router, orch)
     status.install(router, orch)        # /metrics, /healthz, /readyz, /status
     # The published documents need no token (their `security: [{}]`).

@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 import urllib.parse
 
-from ..mep import MP1, etag
-from ..orchestrator import Orchestrator
-from ..pkgmgmt import PKGM
-from ..journal import LCM
-from .. import filters, paging
-from ..errors import Conflict, NotFound
-from ..states import OnboardingState
-from .http import APP, FileBody, Request, Response, Router, UnsupportedMediaType
+from mecorch.mepm.mep import MP1, etag
+from mecorch.mepm.orchestrator import Orchestrator
+from mecorch.package.manager import PKGM
+from mecorch.kernel.journal import LCM
+from mecorch.kernel import filters, paging
+from mecorch.kernel.errors import Conflict, NotFound
+from mecorch.kernel.states import OnboardingState
+from mecorch.kernel.http import APP, FileBody, Request, Response, Router, UnsupportedMediaType
 
 
 # The query parameters of the ETSI listings mecorch honours: every attribute

@@ -23,10 +23,10 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from .. import heap, logs
-from ..errors import MecorchError
-from ..states import DeploymentType, InstantiationState
-from .http import LOCAL, Request, Response, Router
+from mecorch.kernel import heap, logs
+from mecorch.kernel.errors import MecorchError
+from mecorch.kernel.states import DeploymentType, InstantiationState
+from mecorch.kernel.http import LOCAL, Request, Response, Router
 
 METRICS_CTYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds of an op, from 10 ms to 10 min (a TCG VM boot takes minutes).
@@ -140,7 +140,7 @@ def _used_by_host(orch) -> dict[str, dict]:
 def hosts_view(orch, health: Health) -> list[dict]:
     """Each host: capacity (total as allocatable, promised, free) and the
     health of its backends."""
-    from ..hosts import Need
+    from mecorch.mepm.inventory import Need
     if getattr(orch, "inventory", None) is None:
         return []               # an MEO: its hosts are /mecorch/v1/hosts (the registry)
     probes = {(p.host, p.role): p for p in health.snapshot()}
@@ -361,8 +361,8 @@ def install(router: Router, orch) -> None:
     router.add("GET", "/status", page, LOCAL)
 
     def app_logs(req: Request) -> Response:
-        from .. import applogs
-        from ..errors import InvalidInput, UnsupportedAction
+        from mecorch.mepm import applogs
+        from mecorch.kernel.errors import InvalidInput, UnsupportedAction
         lcm = orch.lcm
         if not hasattr(lcm, "logs_dir"):
             raise UnsupportedAction("an MEO keeps no app output: ask the instance's MEPM")

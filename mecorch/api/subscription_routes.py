@@ -4,9 +4,9 @@
 
 from __future__ import annotations
 
-from ..errors import NotFound
-from ..subscriptions import LCM_SUBS, PKGM_SUBS, Duplicate
-from .http import Request, Response, Router
+from mecorch.kernel.errors import NotFound
+from mecorch.notifications.subscriptions import LCM_SUBS, PKGM_SUBS, Duplicate
+from mecorch.kernel.http import Request, Response, Router
 
 LCM_QUERY = ("subscriptionType",)
 

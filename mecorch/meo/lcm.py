@@ -26,21 +26,23 @@ import logging
 import threading
 import time
 
-from .. import decision, validate
-from ..errors import (BackendUnavailable, Conflict, InvalidInput, MecorchError, NotFound,
-                      Timeout)
-from ..hosts import Need
-from ..journal import Journal
-from ..locks import exclusive
-from ..lcm import (INSTANTIATE_FIELDS, InstanceQueries, create_instance, fingerprint,
-                   idempotency_mismatch, parse_operate, parse_terminate, selected_hosts)
-from ..decision import HostFacts
-from ..states import DeploymentType, InstantiationState, LcmOperation, OperationState
-from ..store import Store
-from ..timeutil import public
-from ..workers import Workers
-from . import placement
-from .registry import UNREACHABLE, HostEntry, Registry
+from mecorch.spec import decision
+from mecorch.kernel import validate
+from mecorch.kernel.errors import (
+    BackendUnavailable, Conflict, InvalidInput, MecorchError, NotFound, Timeout)
+from mecorch.mepm.inventory import Need
+from mecorch.kernel.journal import Journal
+from mecorch.kernel.locks import exclusive
+from mecorch.mepm.lcm import (
+    INSTANTIATE_FIELDS, InstanceQueries, create_instance, fingerprint, idempotency_mismatch,
+    parse_operate, parse_terminate, selected_hosts)
+from mecorch.spec.decision import HostFacts
+from mecorch.kernel.states import DeploymentType, InstantiationState, LcmOperation, OperationState
+from mecorch.kernel.store import Store
+from mecorch.kernel.timeutil import public
+from mecorch.kernel.workers import Workers
+from mecorch.meo import placement
+from mecorch.meo.registry import UNREACHABLE, HostEntry, Registry
 
 log = logging.getLogger("mecorch.meo.lcm")
 INSTANTIATED = InstantiationState.INSTANTIATED.value

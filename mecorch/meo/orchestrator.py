@@ -9,14 +9,14 @@ import logging
 import threading
 from pathlib import Path
 
-from .. import views
-from ..events import Guarded
-from ..hosts import Inventory
-from ..store import Store
-from ..subscriptions import Subscriptions
-from .lcm import SystemLcm
-from .packages import SystemPackages
-from .registry import REACHABLE, HostEntry, Registry
+from mecorch.kernel import views
+from mecorch.kernel.events import Guarded
+from mecorch.mepm.inventory import Inventory
+from mecorch.kernel.store import Store
+from mecorch.notifications.subscriptions import Subscriptions
+from mecorch.meo.lcm import SystemLcm
+from mecorch.meo.packages import SystemPackages
+from mecorch.meo.registry import REACHABLE, HostEntry, Registry
 
 log = logging.getLogger("mecorch.meo")
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import logging
 
-from ..errors import MecorchError
-from ..pkgmgmt import PackageManager, _repo_name
-from ..states import DeploymentType
+from mecorch.kernel.errors import MecorchError
+from mecorch.package.manager import PackageManager, _repo_name
+from mecorch.kernel.states import DeploymentType
 
 log = logging.getLogger("mecorch.meo.packages")
 

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import CapacityExceeded, NotFound
-from ..hosts import Need
-from ..states import DeploymentType
-from ..mepm.contract import HostInfo
+from mecorch.kernel.errors import CapacityExceeded, NotFound
+from mecorch.mepm.inventory import Need
+from mecorch.kernel.states import DeploymentType
+from mecorch.mepm.contract import HostInfo
 
 
 @dataclass(frozen=True)

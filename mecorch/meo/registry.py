@@ -19,14 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .. import validate
-from ..errors import Conflict, InvalidInput, MecorchError, NotFound
-from ..hosts import Need
-from ..mepm.contract import HostInfo, Mepm
-from ..mepm.remote import RemoteMepm
-from ..store import Store
-from ..timeutil import timestamp
-from .placement import Candidate
+from mecorch.kernel import validate
+from mecorch.kernel.errors import Conflict, InvalidInput, MecorchError, NotFound
+from mecorch.mepm.inventory import Need
+from mecorch.mepm.contract import HostInfo, Mepm
+from mecorch.mepm.remote import RemoteMepm
+from mecorch.kernel.store import Store
+from mecorch.kernel.timeutil import timestamp
+from mecorch.meo.placement import Candidate
 
 log = logging.getLogger("mecorch.meo.hosts")
 REACHABLE, UNREACHABLE, UNKNOWN = "REACHABLE", "UNREACHABLE", "UNKNOWN"

@@ -5,7 +5,7 @@ registration of an MEPM."""
 
 from __future__ import annotations
 
-from ..api.http import Request, Response, Router
+from mecorch.kernel.http import Request, Response, Router
 
 HOSTS = "/mecorch/v1/hosts"
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import abc
 from dataclasses import asdict, dataclass, field
 
-from ..states import DeploymentType
+from mecorch.kernel.states import DeploymentType
 
 
 @dataclass(frozen=True)

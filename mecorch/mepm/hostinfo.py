@@ -4,9 +4,9 @@ the `/mecorch/v1/hosts` extension (ETSI has no host inventory resource)."""
 
 from __future__ import annotations
 
-from ..errors import MecorchError
-from ..states import DeploymentType
-from .contract import HostInfo, MannerCapacity
+from mecorch.kernel.errors import MecorchError
+from mecorch.kernel.states import DeploymentType
+from mecorch.mepm.contract import HostInfo, MannerCapacity
 
 
 def host_info(orch, host_id: str) -> HostInfo:

@@ -19,7 +19,7 @@ import os
 import re
 from pathlib import Path
 
-from ..errors import Conflict, InvalidInput
+from mecorch.kernel.errors import Conflict, InvalidInput
 
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 

@@ -4,10 +4,10 @@ placement benchmark; the MEO's core tests with in-memory drivers)."""
 
 from __future__ import annotations
 
-from ..errors import NotFound
-from ..timeutil import public
-from .contract import HostInfo, Mepm
-from .hostinfo import host_info
+from mecorch.kernel.errors import NotFound
+from mecorch.kernel.timeutil import public
+from mecorch.mepm.contract import HostInfo, Mepm
+from mecorch.mepm.hostinfo import host_info
 
 
 class LocalMepm(Mepm):

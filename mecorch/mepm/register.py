@@ -10,8 +10,8 @@ import logging
 import threading
 from pathlib import Path
 
-from ..errors import MecorchError
-from .remote import RemoteMepm
+from mecorch.kernel.errors import MecorchError
+from mecorch.mepm.remote import RemoteMepm
 
 log = logging.getLogger("mecorch.mepm.register")
 RETRY_S = 5.0

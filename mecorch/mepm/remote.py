@@ -22,10 +22,10 @@ import time
 import urllib.parse
 from typing import Any
 
-from .. import errors, outbound
-from ..client import _next_link           # one reading of Link rel="next"
-from ..errors import BackendUnavailable, MecorchError
-from .contract import HostInfo, Mepm
+from mecorch.kernel import errors, outbound
+from mecorch.kernel.client import _next_link           # one reading of Link rel="next"
+from mecorch.kernel.errors import BackendUnavailable, MecorchError
+from mecorch.mepm.contract import HostInfo, Mepm
 
 # How a kept-alive connection the MEPM closed while it was idle shows on the
 # next request: over TLS the close arrives as an SSL EOF, not as the plain

@@ -4,8 +4,8 @@ MEC 010-2 has no host inventory resource; documented in /openapi.yaml."""
 
 from __future__ import annotations
 
-from ..api.http import Request, Response, Router
-from .hostinfo import host_info
+from mecorch.kernel.http import Request, Response, Router
+from mecorch.mepm.hostinfo import host_info
 
 HOSTS = "/mecorch/v1/hosts"
 

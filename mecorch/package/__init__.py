@@ -11,13 +11,13 @@ CSARs), tosca_appd.py for TOSCA AppDs, convert.py for rewriting any of them
 in mecorch's own layout.
 """
 
-from .appd import ImageInfo, validate_appd
-from ..fileutil import sha256_file
-from .archive import DEFAULT_LIMITS, ArchiveLimits
-from .build import APPD_PATH, ARTIFACTS_FILE, build_package
-from .convert import convert_package
-from .reader import Package, open_package
-from .schema import NFV_SCHEMAS
+from mecorch.package.appd import ImageInfo, validate_appd
+from mecorch.kernel.fileutil import sha256_file
+from mecorch.package.archive import DEFAULT_LIMITS, ArchiveLimits
+from mecorch.package.build import APPD_PATH, ARTIFACTS_FILE, build_package
+from mecorch.package.convert import convert_package
+from mecorch.package.reader import Package, open_package
+from mecorch.package.schema import NFV_SCHEMAS
 
 __all__ = ["APPD_PATH", "ARTIFACTS_FILE", "ArchiveLimits", "DEFAULT_LIMITS", "ImageInfo",
            "NFV_SCHEMAS", "Package", "build_package", "convert_package", "open_package", "sha256_file",

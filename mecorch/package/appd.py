@@ -27,10 +27,11 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-from .. import rules, validate
-from ..errors import InvalidInput
-from ..states import DeploymentType
-from .schema import NFV_SCHEMAS
+from mecorch.spec import rules
+from mecorch.kernel import validate
+from mecorch.kernel.errors import InvalidInput
+from mecorch.kernel.states import DeploymentType
+from mecorch.package.schema import NFV_SCHEMAS
 
 REQUIRED = ("appDId", "appName", "appProvider", "appSoftVersion", "appDVersion",
             "mecVersion", "appDescription", "virtualComputeDescriptor", "swImageDescriptor")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from ..errors import IntegrityError, InvalidInput, PayloadTooLarge
+from mecorch.kernel.errors import IntegrityError, InvalidInput, PayloadTooLarge
 
 CHUNK = 1 << 20
 

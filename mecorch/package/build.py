@@ -29,13 +29,14 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from ..fileutil import unlink_quietly
-from ..errors import InvalidInput
-from ..yamlsafe import MAX_YAML_BYTES, load_yaml
-from . import appd as appd_mod
-from ..fileutil import sha256_file
-from .archive import CHUNK, check_member_name
-from .meta import META_PATH, SIGNATURE_SUFFIX, format_manifest, format_tosca_meta, sign_manifest
+from mecorch.kernel.fileutil import unlink_quietly
+from mecorch.kernel.errors import InvalidInput
+from mecorch.kernel.yamlsafe import MAX_YAML_BYTES, load_yaml
+from mecorch.package import appd as appd_mod
+from mecorch.kernel.fileutil import sha256_file
+from mecorch.package.archive import CHUNK, check_member_name
+from mecorch.package.meta import (
+    META_PATH, SIGNATURE_SUFFIX, format_manifest, format_tosca_meta, sign_manifest)
 
 APPD_PATH = "Definitions/appd.yaml"
 ARTIFACTS_FILE = "artifacts.yaml"

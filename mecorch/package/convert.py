@@ -20,9 +20,9 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import InvalidInput
-from .build import APPD_PATH, build_package
-from .reader import open_package
+from mecorch.kernel.errors import InvalidInput
+from mecorch.package.build import APPD_PATH, build_package
+from mecorch.package.reader import open_package
 
 
 class _PlainDumper(yaml.SafeDumper):

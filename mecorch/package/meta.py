@@ -36,9 +36,9 @@ import os
 import re
 from pathlib import Path
 
-from ..errors import IntegrityError, InvalidInput
-from .. import validate
-from .archive import check_member_name
+from mecorch.kernel.errors import IntegrityError, InvalidInput
+from mecorch.kernel import validate
+from mecorch.package.archive import check_member_name
 
 META_PATH = "TOSCA-Metadata/TOSCA.meta"
 SIGNATURE_SUFFIX = ".sig"

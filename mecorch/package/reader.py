@@ -34,17 +34,18 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..fileutil import sha256_file, unlink_quietly
-from ..errors import IntegrityError, InvalidInput
-from ..states import DeploymentType
-from ..yamlsafe import MAX_YAML_BYTES, load_yaml
-from . import appd as appd_mod
-from . import tosca_appd
-from .archive import (DEFAULT_LIMITS, ArchiveLimits, check_member_name, hash_member,
-                      member_files, open_zip, open_zip_file, read_member, stream_member)
-from .meta import (META_PATH, SIGNATURE_SUFFIX, meta_block, parse_manifest, parse_tosca_meta,
-                   verify_signature)
-from ..errors import MecorchError, PayloadTooLarge
+from mecorch.kernel.fileutil import sha256_file, unlink_quietly
+from mecorch.kernel.errors import IntegrityError, InvalidInput
+from mecorch.kernel.states import DeploymentType
+from mecorch.kernel.yamlsafe import MAX_YAML_BYTES, load_yaml
+from mecorch.package import appd as appd_mod
+from mecorch.package import tosca_appd
+from mecorch.package.archive import (
+    DEFAULT_LIMITS, ArchiveLimits, check_member_name, hash_member, member_files, open_zip,
+    open_zip_file, read_member, stream_member)
+from mecorch.package.meta import (
+    META_PATH, SIGNATURE_SUFFIX, meta_block, parse_manifest, parse_tosca_meta, verify_signature)
+from mecorch.kernel.errors import MecorchError, PayloadTooLarge
 
 MAX_META_BYTES = 64 << 10
 MAX_MANIFEST_BYTES = 1 << 20

@@ -35,10 +35,10 @@ import re
 
 import yaml
 
-from .. import orchestration_info as oi
-from .. import validate
-from ..errors import InvalidInput
-from ..yamlsafe import load_yaml
+from mecorch.spec import orchestration_info as oi
+from mecorch.kernel import validate
+from mecorch.kernel.errors import InvalidInput
+from mecorch.kernel.yamlsafe import load_yaml
 
 APP, COMPUTE, CONTAINER, VOLUME, CONFIG, IGNORED, UNSUPPORTED = (
     "app", "compute", "container", "volume", "config", "ignored", "unsupported")

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import pytest
 
-from mecorch.model import ResourceRequest, VolumeSpec
-from mecorch.states import DeploymentType
+from mecorch.driverapi.model import ResourceRequest, VolumeSpec
+from mecorch.kernel.states import DeploymentType
 
 CLOUDS_YAML = os.environ.get("MECORCH_OS_CLOUDS_YAML", "/etc/mecorch/openstack-clouds.yaml")
 OS_CLOUD = "mecorch-test"

@@ -14,9 +14,9 @@ import os
 import pytest
 
 from compute_labs import LABS
-from mecorch import errors
-from mecorch.model import ResourceRequest, VolumeSpec
-from mecorch.states import DeploymentType, ObservedState
+from mecorch.kernel import errors
+from mecorch.driverapi.model import ResourceRequest, VolumeSpec
+from mecorch.kernel.states import DeploymentType, ObservedState
 
 MARKS = {"docker": pytest.mark.docker, "libvirt": pytest.mark.libvirt,
          "openstack": pytest.mark.openstack}

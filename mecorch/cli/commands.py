@@ -1,0 +1,377 @@
+"""CLI actions over the REST API (`mecorch package ...`, `mecorch app ...`,
+`mecorch host ...`) and the local `mecorch config show`.
+
+Every command that expects an id takes the full id, a unique prefix of it,
+or an appDId (for an instance: when that app has exactly one instance).
+`--output json` prints the API's documents instead of the columns.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from mecorch.kernel.client import ApiError, Client, print_json
+from mecorch.kernel.errors import InvalidInput, NotFound
+from mecorch.kernel.fileutil import sha256_file
+from mecorch.kernel.yamlsafe import load_yaml
+
+PKGM = "/app_pkgm/v1/app_packages"
+INST = "/app_lcm/v1/app_instances"
+OPS = "/app_lcm/v1/app_lcm_op_occs"
+MP1 = "/mec_app_support/v1/applications"
+HOSTS = "/mecorch/v1/hosts"
+READYZ = "/readyz"
+
+
+def _q(filter_expr: str | None) -> str:
+    return f"?filter={urllib.parse.quote(filter_expr)}" if filter_expr else ""
+
+
+# ---------------------------------------------------------------- output
+def table(headers: Iterable[str], rows: Iterable[Iterable[Any]], out=None) -> None:
+    """Columns as wide as their widest cell, two spaces apart; '-' for empty."""
+    out = out or sys.stdout
+    headers = list(headers)
+    cells = [["-" if c in (None, "") else str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in [headers, *cells]) for i in range(len(headers))]
+    for row in [headers, *cells]:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip(), file=out)
+
+
+def emit(args, doc: Any, text: Callable[[Any], None] | None = None) -> int:
+    if getattr(args, "output", "text") == "json" or text is None:
+        print_json(doc)
+    else:
+        text(doc)
+    return 0
+
+
+# ---------------------------------------------------------------- id resolution
+def _match(kind: str, ref: str, docs: list[dict], *fields: str) -> dict:
+    """The one document whose id equals `ref`, or whose id starts with it,
+    or whose `fields` equal it; an error naming the candidates otherwise."""
+    exact = [d for d in docs if d["id"] == ref]
+    if exact:
+        return exact[0]
+    hits = {d["id"]: d for d in docs if d["id"].startswith(ref)}
+    for f in fields:
+        hits.update({d["id"]: d for d in docs if d.get(f) == ref})
+    if len(hits) == 1:
+        return next(iter(hits.values()))
+    if not hits:
+        raise NotFound(f"no {kind} with the id, id prefix or {' or '.join(fields)} {ref!r}")
+    names = ", ".join(f"{i} ({d.get(fields[0]) if fields else ''})" for i, d in hits.items())
+    raise InvalidInput(f"{ref!r} matches {len(hits)} {kind}s: {names}; give more of the id")
+
+
+def package_id(c: Client, ref: str) -> str:
+    return _match("package", ref, c.get_all(PKGM), "appDId")["id"]
+
+
+def instance_id(c: Client, ref: str) -> str:
+    return _match("app instance", ref, c.get_all(INST), "appDId", "appInstanceName")["id"]
+
+
+# ---------------------------------------------------------------- config
+def config_show(cfg: dict, sources: dict, args) -> int:
+    from mecorch.kernel.config import flatten
+    leaves = flatten(cfg)
+    if args.output == "json":
+        print_json({"config": cfg, "sources": {p: sources.get(p, "default") for p, _ in leaves}})
+        return 0
+    table(("KEY", "VALUE", "FROM"),
+          ((p, json.dumps(v) if not isinstance(v, str) else v, sources.get(p, "default"))
+           for p, v in leaves))
+    return 0
+
+
+# ---------------------------------------------------------------- packages
+def package_onboard(c: Client, a) -> int:
+    path = Path(a.zip).resolve()
+    if not path.is_file():
+        raise InvalidInput(f"{path} is not a file")
+    print(f"onboarding {path} ...", file=sys.stderr, flush=True)
+    body = {"appPkgName": a.name or path.stem, "appPkgVersion": a.pkg_version,
+            "checksum": {"algorithm": "SHA-256", "hash": sha256_file(path)}}
+    if getattr(a, "upload", False):
+        info = c.upload_package(body, path)     # two-step: create + PUT package_content
+    else:
+        info, _ = c.post(PKGM, {**body, "appPkgPath": str(path)})
+    return emit(a, info, _package_text)
+
+
+def _package_rows(rows: list[dict]) -> None:
+    # several versions of one appDId can be onboarded: both versions shown
+    table(("ID", "APPDID", "NAME", "VERSION", "APPD-VERSION", "MANNER", "STATE", "USAGE",
+           "ONBOARDING"),
+          ((p["id"], p["appDId"], p["appName"], p.get("appSoftwareVersion"),
+            p.get("appDVersion"),
+            p.get("deploymentType") or "+".join(p.get("deploymentTypes") or ()),
+            p["operationalState"], p["usageState"],
+            p["onboardingState"]) for p in rows))
+
+
+def _package_text(p: dict) -> None:
+    _package_rows([p])
+
+
+def package_list(c: Client, a) -> int:
+    return emit(a, c.get_all(PKGM + _q(a.filter)), _package_rows)
+
+
+def package_show(c: Client, a) -> int:
+    print_json(c.get(f"{PKGM}/{package_id(c, a.id)}"))
+    return 0
+
+
+def _patch(c: Client, a, state: str) -> int:
+    return emit(a, c.call("PATCH", f"{PKGM}/{package_id(c, a.id)}",
+                          {"operationState": state})[1],
+                lambda d: print(f"{a.id}: {d.get('operationState')}"))
+
+
+def package_enable(c: Client, a) -> int:
+    return _patch(c, a, "ENABLED")
+
+
+def package_disable(c: Client, a) -> int:
+    return _patch(c, a, "DISABLED")
+
+
+def package_delete(c: Client, a) -> int:
+    status = c.call("DELETE", f"{PKGM}/{package_id(c, a.id)}")[0]
+    print("deleted" if status == 204 else "deletion pending: instances still use it")
+    return 0
+
+
+# ---------------------------------------------------------------- instances
+def app_create(c: Client, a) -> int:
+    body = {"appDId": a.app_d_id}
+    if a.name:
+        body["appInstanceName"] = a.name
+    return emit(a, c.post(INST, body)[0], lambda d: print(d["id"]))
+
+
+def app_instantiate(c: Client, a) -> int:
+    iid = instance_id(c, a.id)
+    body: dict = {}
+    if a.host:
+        body["selectedMECHostInfo"] = [{"hostId": {"id": a.host}}]
+    if a.type:
+        body["deploymentType"] = a.type
+    if a.orchestration:
+        text = Path(a.orchestration).read_text(encoding="utf-8")
+        load_yaml(text, what=a.orchestration)          # fail early on bad YAML
+        body["orchestrationInfo"] = text
+    op, _ = c.post(f"{INST}/{iid}/instantiate", body)
+    if a.type == "VM":
+        print("  a VM is deployed once it took a DHCP lease and opened its first port "
+              "(up to the host's vim.boot_timeout_s)", file=sys.stderr, flush=True)
+    op = c.wait_op(op, out=sys.stderr)
+    if op["operationState"] != "COMPLETED":
+        print(f"instantiate failed: {op.get('error', {}).get('detail')}", file=sys.stderr)
+        return 1
+    print_json(c.get(f"{INST}/{iid}"))
+    return 0
+
+
+def app_terminate(c: Client, a) -> int:
+    iid = instance_id(c, a.id)
+    body = {"terminationType": "FORCEFUL" if a.forceful else "GRACEFUL"}
+    if not a.forceful:
+        body["gracefulTerminationTimeout"] = a.timeout
+    op, _ = c.post(f"{INST}/{iid}/terminate", body)
+    op = c.wait_op(op, out=sys.stderr)
+    if op["operationState"] != "COMPLETED":
+        print(f"terminate failed: {op.get('error', {}).get('detail')}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def app_operate(c: Client, a) -> int:
+    iid = instance_id(c, a.id)
+    body: dict = {"changeStateTo": "STARTED" if a.to == "start" else "STOPPED"}
+    if a.to == "stop":
+        body["stopType"] = "FORCEFUL" if a.forceful else "GRACEFUL"
+        if not a.forceful:
+            body["gracefulStopTimeout"] = a.timeout
+    op, _ = c.post(f"{INST}/{iid}/operate", body)
+    op = c.wait_op(op, out=sys.stderr)
+    if op["operationState"] != "COMPLETED":
+        print(f"operate failed: {op.get('error', {}).get('detail')}", file=sys.stderr)
+        return 1
+    return emit(a, c.get(f"{INST}/{iid}"), lambda d: print(
+        f"{iid}: {d.get('instantiatedAppState', {}).get('operationalState')}"))
+
+
+def _dns_names(c: Client, iid: str) -> list[str]:
+    return [r.get("domainName") for r in c.get(f"{MP1}/{iid}/dns_rules")]
+
+
+def app_list(c: Client, a) -> int:
+    rows = c.get_all(INST + _q(a.filter))
+    for inst in rows:
+        if inst["instantiationState"] == "INSTANTIATED":
+            inst["_dns"] = _dns_names(c, inst["id"])
+    if a.output == "json":
+        for inst in rows:
+            inst.pop("_dns", None)
+        print_json(rows)
+        return 0
+    table(("ID", "NAME", "APPDID", "HOST", "MANNER", "STATE", "OPERATIONAL", "OBSERVED",
+           "ADDRESSES", "DNS"),
+          ((i["id"], i.get("appInstanceName"), i["appDId"], i.get("hostId"),
+            i.get("deploymentType"), i["instantiationState"],
+            i.get("instantiatedAppState", {}).get("operationalState"), _observed(i),
+            ",".join(n["ip"] for n in i.get("allocatedResources", {}).get("network", [])),
+            ",".join(i.get("_dns", []))) for i in rows))
+    return 0
+
+
+def _observed(inst: dict) -> str:
+    state, detail = inst.get("observedState"), inst.get("observedStateDetail")
+    if state and state != "RUNNING" and detail:
+        return f"{state} ({detail})"
+    return state or ""
+
+
+def app_show(c: Client, a) -> int:
+    print_json(c.get(f"{INST}/{instance_id(c, a.id)}"))
+    return 0
+
+
+def app_delete(c: Client, a) -> int:
+    c.call("DELETE", f"{INST}/{instance_id(c, a.id)}")
+    print("deleted")
+    return 0
+
+
+def app_logs(c: Client, a) -> int:
+    iid = instance_id(c, a.id)
+    query = f"?tail={a.tail}" if a.tail is not None else ""
+    _, data, headers = c.call("GET", f"{INST}/{iid}/logs{query}")
+    if headers.get("X-Mecorch-Logs-Source") == "kept":
+        print(f"(output of the last run of {iid}, kept after its termination)",
+              file=sys.stderr)
+    out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
+    if out is not None:
+        out.write(data if isinstance(data, bytes) else str(data).encode())
+        out.flush()
+    else:
+        sys.stdout.write(data.decode(errors="replace") if isinstance(data, bytes) else data)
+    return 0
+
+
+def app_events(c: Client, a) -> int:
+    iid = instance_id(c, a.id)
+    ops = c.get(f"{OPS}{_q(f'(eq,appInstanceId,{iid})')}")
+    ops.sort(key=lambda o: (o["startTime"]["seconds"], o["startTime"]["nanoSeconds"]))
+    return emit(a, ops, lambda rows: table(
+        ("OP", "OPERATION", "STATE", "STARTED", "ENDED", "ERROR"),
+        ((o["id"], o["operationParams"], o["operationState"], _time(o["startTime"]),
+          _time(o["stateEnteredTime"]) if o["operationState"] in ("COMPLETED", "FAILED")
+          else "", (o.get("error") or {}).get("detail", "")) for o in rows)))
+
+
+def _time(ts: dict) -> str:
+    """An ETSI TimeStamp as UTC with milliseconds."""
+    t = time.gmtime(ts["seconds"])
+    return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{ts['nanoSeconds'] // 1_000_000:03d}Z"
+
+
+def app_rules(c: Client, a) -> int:
+    iid = instance_id(c, a.id)
+    traffic = c.get(f"{MP1}/{iid}/traffic_rules")
+    dns = c.get(f"{MP1}/{iid}/dns_rules")
+    if a.output == "json":
+        print_json({"trafficRules": traffic, "dnsRules": dns})
+        return 0
+    print("traffic rules:")
+    table(("ID", "STATE", "PRIORITY", "ACTION", "FILTER", "DESTINATION"),
+          ((r.get("trafficRuleId"), r.get("state"), r.get("priority"), r.get("action"),
+            _filters(r.get("trafficFilter") or []), _destination(r)) for r in traffic))
+    print("dns rules:")
+    table(("ID", "STATE", "NAME", "TYPE", "ADDRESS", "TTL"),
+          ((r.get("dnsRuleId"), r.get("state"), r.get("domainName"), r.get("ipAddressType"),
+            r.get("ipAddress"), r.get("ttl")) for r in dns))
+    return 0
+
+
+def _filters(filters: list[dict]) -> str:
+    parts = []
+    for f in filters:
+        addrs = ",".join(f.get("dstAddress") or []) or "*"
+        ports = ",".join(f.get("dstPort") or []) or "*"
+        proto = ",".join(str(p) for p in f.get("protocol") or []) or "any"
+        parts.append(f"{proto}:{addrs}:{ports}")
+    return " ".join(parts)
+
+
+def _destination(rule: dict) -> str:
+    out = []
+    dst = rule.get("dstInterface") or []
+    for d in [dst] if isinstance(dst, dict) else dst:
+        if not isinstance(d, dict):
+            continue
+        tun = d.get("tunnelInfo") or {}
+        out.append(d.get("dstIpAddress") or tun.get("tunnelDstAddress") or d.get("interfaceType"))
+    return ",".join(str(x) for x in out if x)
+
+
+# ---------------------------------------------------------------- hosts
+def _backends(c: Client) -> dict[str, list[dict]]:
+    """host id -> its backends' last probes, from /readyz (503 when one is
+    down: the same body, as ProblemDetails)."""
+    try:
+        checks = c.get(READYZ)["checks"]
+    except ApiError as e:
+        if e.status != 503:
+            raise
+        checks = e.body.get("checks") or []
+    out: dict[str, list[dict]] = {}
+    for chk in checks:
+        host, _, role = chk["name"].rpartition("/")
+        if host:
+            out.setdefault(host, []).append({**chk, "role": role})
+    return out
+
+
+def host_list(c: Client, a) -> int:
+    hosts = c.get(HOSTS)
+    backends = _backends(c)
+    if a.output == "json":
+        print_json([{**h, "backends": backends.get(h.get("hostId"), [])} for h in hosts])
+        return 0
+    rows = []
+    for h in hosts:
+        hid = h.get("hostId")
+        health = " ".join(f"{b['role']}:{'up' if b['ok'] else 'DOWN'}"
+                          for b in backends.get(hid, [])) or h.get("state", "")
+        for manner, cap in sorted((h.get("capacity") or {"-": {}}).items()):
+            vt, vu = cap.get("vcpuTotal"), cap.get("vcpuUsed")
+            mt, mu = cap.get("memoryMbTotal"), cap.get("memoryMbUsed")
+            rows.append((hid, manner, _n(vt), _n(vu), _n(None if vt is None else vt - vu),
+                         _n(mt), _n(mu), _n(None if mt is None else mt - mu), health))
+    table(("HOST", "MANNER", "VCPU", "VCPU PROMISED", "VCPU FREE", "MEM MB", "MEM PROMISED",
+           "MEM FREE", "BACKENDS"), rows)
+    for hid, probes in backends.items():
+        for b in probes:
+            if not b["ok"]:
+                print(f"{hid}/{b['role']}: {b['detail']}", file=sys.stderr)
+    for h in hosts:
+        if h.get("reason"):
+            print(f"{h.get('hostId')}: {h['reason']}", file=sys.stderr)
+    return 0
+
+
+def _n(x) -> str:
+    if x is None:
+        return "?"
+    if isinstance(x, float):
+        return f"{round(x, 3):g}"
+    return str(x)

@@ -1,0 +1,183 @@
+"""Driver contracts: what the core asks of a CIM, a VIM and a MEP.
+
+Failure semantics, which every driver implementation must keep:
+
+- A driver raises only `mecorch.errors.MecorchError` subclasses. It maps its
+  backend's exceptions in one place (one function or context manager per
+  driver) so transport errors never reach the core.
+- `deploy` either returns a complete `Allocation` or raises, having removed
+  everything it made: a failed deploy leaves the backend as it was.
+- `destroy` and `remove_rules` of something already gone succeed.
+- Constructors have no side effects: no connection, no file, no daemon.
+  The backend library is imported when the driver module is imported, and
+  the module is imported only when the configuration names the driver.
+- Every backend object a driver makes carries the instance id (Docker
+  labels, libvirt domain metadata, iptables chain names, dnsmasq file
+  names) so `list_instances` can find it after a restart without the store.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, ClassVar
+
+from mecorch.kernel.errors import InvalidInput
+from mecorch.driverapi.model import Allocation, Check, HostCapacity, Observation, ResourceRequest
+from mecorch.kernel.states import DeploymentType
+
+ENTRY_POINT_GROUP = "mecorch.drivers"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a driver can do, stated up front rather than found by failing."""
+    manner: DeploymentType | None       # None for the MEP
+    graceful_stop: bool = True          # stop() tries a clean stop first
+    sized_volumes: bool = False         # VolumeSpec.size_gb is enforced
+    reserved_volumes: bool = True       # VolumeSpec.reserved is honoured
+    published_ports: bool = False       # PortSpec.host_port is honoured
+    hardware_accel: str = ""            # VIM: "kvm" or "tcg" once probed
+
+
+class Driver(abc.ABC):
+    """Common to every driver: built from its config section, checkable."""
+
+    kind: ClassVar[str]                 # "cim" | "vim" | "mep"
+
+    def __init__(self, config: dict[str, Any]):
+        self.config = config
+
+    @abc.abstractmethod
+    def capabilities(self) -> Capabilities: ...
+
+    @abc.abstractmethod
+    def check(self) -> list[Check]:
+        """Check the backend for real (reachable, version, usable) for
+        `mecorch doctor`. Never raises: a failure is a Check with ok=False
+        and a fix."""
+
+    def open(self) -> None:
+        """Connect to the backend and make what the driver owns exist (its
+        network, pool, chains, dnsmasq...). Idempotent; called by the core
+        before first use, never by the constructor."""
+
+    def close(self) -> None:
+        """Release connections (not the backend objects). Safe to call more
+        than once."""
+
+
+class ComputeDriver(Driver):
+    """A CIM (containers) or a VIM (virtual machines)."""
+
+    # -- image repository ------------------------------------------------
+    @abc.abstractmethod
+    def import_image(self, image: str, source: str, sha256: str | None = None) -> dict:
+        """Store an image in this manner's image repository under `image`
+        (a registry reference or a VM image id) from `source` (a local
+        file: a `docker save` tar or a qcow2/raw disk), verify `sha256` when
+        given, and mark it available. Returns the repository record."""
+
+    @abc.abstractmethod
+    def set_image_available(self, image: str, available: bool) -> None:
+        """Mark an image (un)available; an unavailable image is not deployed."""
+
+    @abc.abstractmethod
+    def remove_image(self, image: str) -> None:
+        """Remove an image from the repository. Already gone: success."""
+
+    @abc.abstractmethod
+    def check_image(self, image: str) -> dict:
+        """Raise ImageNotFound, ImageUnavailable or IntegrityError, each
+        with its own message; else return the repository record."""
+
+    # -- instances -------------------------------------------------------
+    @abc.abstractmethod
+    def capacity(self) -> HostCapacity:
+        """Host capacity and what mecorch's instances use of it."""
+
+    @abc.abstractmethod
+    def deploy(self, request: ResourceRequest) -> Allocation:
+        """Check the image, create storage, network and runtime, start it.
+        All or nothing: on failure everything made so far is removed."""
+
+    @abc.abstractmethod
+    def start(self, handle: dict) -> None:
+        """Start a stopped instance (ETSI operate STARTED)."""
+
+    @abc.abstractmethod
+    def stop(self, handle: dict, timeout_s: float) -> None:
+        """Stop gracefully (SIGTERM / ACPI shutdown), forcefully after
+        `timeout_s` (0 = at once). Already stopped or gone: success."""
+
+    @abc.abstractmethod
+    def destroy(self, handle: dict) -> None:
+        """Remove the runtime, network attachment and non-reserved
+        volumes. Idempotent: what is already gone is success."""
+
+    @abc.abstractmethod
+    def inspect(self, handle: dict) -> Observation:
+        """Observed state of one instance (MISSING when it is gone)."""
+
+    @abc.abstractmethod
+    def list_instances(self) -> list[Observation]:
+        """Every instance this driver finds on its backend by mecorch's
+        labels/metadata, whether or not the store knows it."""
+
+    def logs(self, handle: dict, tail: int | None = None) -> bytes:
+        """The instance's own output (a container's stdout and stderr, a
+        VM's serial console), its last `tail` lines; b"" when it wrote none."""
+        from mecorch.kernel.errors import UnsupportedAction
+        raise UnsupportedAction(f"the {self.kind} driver {type(self).__name__} keeps no "
+                                "output of its instances")
+
+    def app_gateway(self) -> str | None:
+        """This host's address on the network the driver attaches apps to
+        (its gateway), where apps reach the MEP's DNS and Mp1; None when
+        there is none (the default)."""
+        return None
+
+
+class PlatformDriver(Driver):
+    """The MEP data plane: DNS rules and traffic rules of instances."""
+
+    kind = "mep"
+
+    @abc.abstractmethod
+    def apply_rules(self, instance_id: str, target_ip: str,
+                    traffic_rules: list, dns_rules: list) -> None:
+        """Make the instance's rule set exactly this (replacing what it had)
+        atomically: it all takes effect or nothing changes. Rules are the
+        validated objects of `mecorch.rules`; `target_ip` is the
+        instance's address, where FORWARD rules steer traffic to."""
+
+    @abc.abstractmethod
+    def remove_rules(self, instance_id: str) -> None:
+        """Remove exactly what was added for the instance. Idempotent."""
+
+    @abc.abstractmethod
+    def rule_owners(self) -> set[str]:
+        """Instance ids that have rules applied on the backend."""
+
+
+_KINDS = {"cim": ComputeDriver, "vim": ComputeDriver, "mep": PlatformDriver}
+
+
+def load_driver(kind: str, config: dict[str, Any]) -> Driver:
+    """Build the driver named by `config["driver"]` for role `kind`.
+
+    Drivers are looked up through the `mecorch.drivers` entry points, so
+    only the named driver's module (and its backend library) is imported.
+    """
+    name = config.get("driver")
+    if kind not in _KINDS:
+        raise InvalidInput(f"unknown driver role {kind!r}")
+    eps = {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    if name not in eps:
+        raise InvalidInput(
+            f"no {kind} driver named {name!r}; installed: {', '.join(sorted(eps)) or 'none'}")
+    cls = eps[name].load()
+    if not (isinstance(cls, type) and issubclass(cls, _KINDS[kind])) or cls.kind != kind:
+        raise InvalidInput(f"driver {name!r} is not a {kind} driver")
+    return cls(config)

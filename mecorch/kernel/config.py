@@ -1,0 +1,423 @@
+"""Configuration: an embedded default for one edge node, overlaid by an
+optional YAML file, checked against one schema. `config/mecorch.yaml`
+documents the same default (a test keeps the two equal).
+
+The schema is the table `KEYS` below: one row per key, with its type, its
+default and what it is for. The default configuration (`DEFAULT`) is made
+from the table, so a new key is one new row (and its line in
+`config/mecorch.yaml`).
+
+Overlay rules:
+- mappings merge key by key; lists (`hosts`, `api.callback_networks`,
+  `meo.mepms`) replace the default's list whole;
+- each host of a `hosts` list inherits the default host's keys for the
+  roles (`cim`, `vim`, `mep`) it names, as long as it names the same driver
+  (or none): `{id: edge1, cim: {network: n1}}` is a container-only host
+  with the default Docker settings but the network `n1`. A role left out (or
+  `null`) is not on that host.
+- an unknown key or a value of the wrong type is an error naming the key,
+  its path and the closest valid key.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mecorch.kernel.errors import InvalidInput
+from mecorch.kernel.yamlsafe import load_yaml
+
+ROLES = ("cim", "vim", "mep")
+
+# ---------------------------------------------------------------- value types
+# A type is (name shown in errors, check).
+STR = ("a string", lambda v: isinstance(v, str))
+INT = ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool))
+NUMBER = ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
+BOOL = ("true or false", lambda v: isinstance(v, bool))
+STRS = ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
+LIST = ("a list", lambda v: isinstance(v, list))          # of mappings: see its "[]" rows
+MAP = ("a mapping", lambda v: isinstance(v, dict))
+# appDId -> manner preference; its keys are app ids, so not schema rows
+PREFS = ("a mapping of appDId to container or vm", lambda v: isinstance(v, dict) and all(
+    isinstance(k, str) and x in ("container", "vm") for k, x in v.items()))
+
+ABSENT = object()       # an optional key with no default: not in DEFAULT
+REQUIRED = object()     # an item key that must be given (in list items)
+ONE_ITEM = object()     # a list whose default is one item made of its "[]" rows' defaults
+
+
+@dataclass(frozen=True)
+class Key:
+    path: str           # dotted; "x[]" is "each item of the list x"
+    type: tuple
+    default: Any
+    doc: str
+    nullable: bool = False
+    choices: tuple = ()
+    driver: str | None = None   # in a host role section: only for this driver
+
+
+def _k(path, type_, default, doc, nullable=False, choices=(), driver=None) -> Key:
+    return Key(path, type_, default, doc, nullable, choices, driver)
+
+
+# ---------------------------------------------------------------- the schema
+# Order matters only for `config show` and DEFAULT's key order (the
+# documented file's order).
+KEYS: list[Key] = [
+    _k("role", STR, "all", "what this process is: all (one node: MEO and MEPM), meo, mepm",
+       choices=("all", "meo", "mepm")),
+    _k("state_dir", STR, "/var/lib/mecorch", "SQLite store, VM image repository, rules"),
+    _k("run_dir", STR, "/run/mecorch", "pid files and sockets of what mecorch starts"),
+
+    _k("api", MAP, {}, "the northbound REST API and Mp1"),
+    _k("api.listen", STR, "127.0.0.1:8080", "HOST:PORT of the REST API"),
+    _k("api.token_file", STR, None, "bearer tokens, one per line", nullable=True),
+    _k("api.max_body_bytes", INT, 1048576, "largest request body accepted"),
+    _k("api.page_size", INT, 500, "most items in one page of the package listing"),
+    _k("api.callback_networks", STRS, ["127.0.0.0/8", "::1/128"],
+       "where apps' notification callbacks may point"),
+    _k("api.notify_timeout_s", NUMBER, 5, "longest wait for a subscriber's callback to answer"),
+    _k("api.notify_retry_s", NUMBER, 600,
+       "how long a failing callback is retried before its subscription is dropped"),
+    _k("api.mp1_max_subscriptions", INT, 16, "most Mp1 subscriptions of one app instance"),
+    _k("api.mp1_url", STR, None, "the Mp1 base URL apps are given", nullable=True),
+    _k("api.tls_cert", STR, None, "PEM certificate: serve HTTPS", nullable=True),
+    _k("api.tls_key", STR, None, "PEM private key of api.tls_cert", nullable=True),
+
+    _k("orchestrator", MAP, {}, "deployment and lifecycle"),
+    _k("orchestrator.cpu_allocation_ratio", NUMBER, 4.0, "vCPUs promised per physical core"),
+    _k("orchestrator.graceful_timeout_s", INT, 30, "default wait for confirm_termination"),
+    _k("orchestrator.reconcile_interval_s", NUMBER, 30, "reconcile store and backends this often"),
+    _k("orchestrator.trusted_key", STR, None, "PEM public key packages must be signed with",
+       nullable=True),
+    _k("orchestrator.max_package_bytes", INT, 2147483648, "largest app package accepted"),
+    _k("orchestrator.health_interval_s", NUMBER, 15, "probe every backend this often"),
+    _k("orchestrator.prefer", STR, None, "manner a dual-format app gets when both fit",
+       nullable=True, choices=("container", "vm")),
+    _k("orchestrator.prefer_by_app", PREFS, {}, "the same, per appDId (wins over prefer)"),
+
+    _k("meo", MAP, {}, "role meo: the MEPMs this MEO places instances on"),
+    _k("meo.mepms", LIST, [], "MEPMs known from the configuration"),
+    _k("meo.mepms[].id", STR, REQUIRED, "the host id the MEPM serves (checked)"),
+    _k("meo.mepms[].url", STR, REQUIRED, "base URL of the MEPM's API"),
+    _k("meo.mepms[].token_file", STR, None, "bearer token to call it with", nullable=True),
+    _k("meo.mepms[].ca_file", STR, None, "CA to check its TLS certificate", nullable=True),
+    _k("meo.heartbeat_s", NUMBER, 2, "ask each MEPM this often whether it is alive"),
+    _k("meo.unreachable_after", INT, 2, "missed heartbeats in a row: UNREACHABLE"),
+    _k("meo.request_timeout_s", NUMBER, 10, "wait this long for an MEPM's answer"),
+    _k("meo.sync_s", NUMBER, 10, "refresh the hosts' instance states this often"),
+    _k("meo.op_timeout_s", NUMBER, 3600, "an operation a host has not ended by then fails"),
+
+    _k("mepm", MAP, {}, "role mepm: the MEO this MEPM registers with"),
+    _k("mepm.meo_url", STR, None, "base URL of the MEO", nullable=True),
+    _k("mepm.meo_token_file", STR, None, "bearer token to call the MEO with", nullable=True),
+    _k("mepm.meo_ca_file", STR, None, "CA to check the MEO's TLS certificate", nullable=True),
+    _k("mepm.advertise_url", STR, None, "URL the MEO reaches this MEPM at (registration)",
+       nullable=True),
+    _k("mepm.latency_ms", NUMBER, None, "latency this host declares (AppD appLatency)",
+       nullable=True),
+
+    _k("hosts", LIST, ONE_ITEM, "the edge hosts; the default is this machine"),
+    _k("hosts[].id", STR, "default", "unique host id; mecorch labels what it makes with it"),
+
+    _k("hosts[].cim", MAP, {}, "containers", nullable=True),
+    _k("hosts[].cim.driver", STR, "docker", "CIM driver (entry point mecorch.drivers)"),
+    _k("hosts[].cim.docker_host", STR, "unix:///var/run/docker.sock", "Docker Engine endpoint",
+       driver="docker"),
+    _k("hosts[].cim.registry", STR, "127.0.0.1:5000", "the container image repository",
+       driver="docker"),
+    _k("hosts[].cim.network", STR, "mecorch", "bridge network mecorch owns", driver="docker"),
+    _k("hosts[].cim.dns", STRS, ["gateway"], "containers' resolvers (gateway: the MEP's DNS on "
+       "the network's gateway); []: Docker's default", driver="docker"),
+    _k("hosts[].cim.busybox", STR, ABSENT, "busybox binary for the pause container",
+       driver="docker"),
+    _k("hosts[].cim.timeout_s", NUMBER, ABSENT, "Docker API timeout", driver="docker"),
+
+    _k("hosts[].vim", MAP, {}, "virtual machines", nullable=True),
+    _k("hosts[].vim.driver", STR, "libvirt", "VIM driver (entry point mecorch.drivers)"),
+    _k("hosts[].vim.uri", STR, "qemu:///system", "libvirt connection URI", driver="libvirt"),
+    _k("hosts[].vim.pool", STR, "mecorch", "storage pool mecorch owns", driver="libvirt"),
+    _k("hosts[].vim.network", STR, "mecorch", "NAT network mecorch owns", driver="libvirt"),
+    _k("hosts[].vim.network_cidr", STR, "192.168.150.0/24", "its addresses", driver="libvirt"),
+    _k("hosts[].vim.accel", STR, "auto", "auto | kvm | tcg", choices=("auto", "kvm", "tcg"),
+       driver="libvirt"),
+    _k("hosts[].vim.boot_timeout_s", NUMBER, 120, "wait for a guest's lease and first port",
+       driver="libvirt"),
+    _k("hosts[].vim.probe_timeout_s", NUMBER, 20, "KVM probe: no lease by then means TCG",
+       driver="libvirt"),
+    _k("hosts[].vim.probe_image", STR, "/var/cache/mecorch/workloads/sample-vm.qcow2",
+       "bootable disk the KVM probe uses", nullable=True, driver="libvirt"),
+    _k("hosts[].vim.bridge", STR, ABSENT, "bridge name of the NAT network", driver="libvirt"),
+
+    _k("hosts[].mep", MAP, {}, "DNS and traffic rules", nullable=True),
+    _k("hosts[].mep.driver", STR, "linux", "MEP driver (entry point mecorch.drivers)"),
+    _k("hosts[].mep.dns_listen", STR, "127.0.0.1", "address dnsmasq answers on", driver="linux"),
+    _k("hosts[].mep.dns_port", INT, 5353, "port dnsmasq answers on", driver="linux"),
+    _k("hosts[].mep.chain_prefix", STR, "MECORCH", "prefix of mecorch's iptables chains",
+       driver="linux"),
+    _k("hosts[].mep.netns", STR, None, "run iptables in this network namespace", nullable=True,
+       driver="linux"),
+    _k("hosts[].mep.service_cidr", STR, "10.90.0.0/24", "steered service addresses",
+       driver="linux"),
+    _k("hosts[].mep.dns_ttl", INT, 0, "TTL dnsmasq serves", driver="linux"),
+    _k("hosts[].mep.dns_domain", STR, "mec.local",
+       "the MEC domain DNS rules must lie in (never forwarded upstream); null: any",
+       nullable=True, driver="linux"),
+    _k("hosts[].mep.dns_upstream", STRS, [], "resolvers for names that are not MEC rules",
+       driver="linux"),
+    _k("hosts[].mep.data_plane_address", STR, None, "address UEs reach DNS on", nullable=True,
+       driver="linux"),
+    _k("hosts[].mep.dns_user", STR, ABSENT, "user dnsmasq runs as", driver="linux"),
+    _k("hosts[].mep.service_interface", STR, ABSENT, "link the service CIDR is routed to",
+       driver="linux"),
+]
+# Every role section may also name where its driver keeps state (default:
+# under state_dir/run_dir, per host).
+for _role in ROLES:
+    KEYS += [_k(f"hosts[].{_role}.state_dir", STR, ABSENT, "driver state (default: per host)"),
+             _k(f"hosts[].{_role}.run_dir", STR, ABSENT, "driver runtime files (per host)")]
+
+BY_PATH: dict[str, Key] = {k.path: k for k in KEYS}
+
+
+def _children(path: str) -> list[Key]:
+    """Rows one level below `path` ("" for the top level)."""
+    prefix = f"{path}." if path else ""
+    return [k for k in KEYS if k.path.startswith(prefix) and "." not in k.path[len(prefix):]]
+
+
+def _build_default(path: str) -> dict:
+    out: dict[str, Any] = {}
+    for key in _children(path):
+        name = key.path.rsplit(".", 1)[-1]
+        if key.default is ABSENT or key.default is REQUIRED:
+            continue
+        if key.type is MAP:
+            out[name] = _build_default(key.path)
+        elif key.default is ONE_ITEM:
+            out[name] = [_build_default(key.path + "[]")]
+        else:
+            out[name] = copy.deepcopy(key.default)
+    return out
+
+
+DEFAULT: dict[str, Any] = _build_default("")
+
+# ---------------------------------------------------------------- provenance
+DEFAULT_SRC = "default"
+HOST_SRC = "default host"        # inherited by a host entry from the default host
+DERIVED_SRC = "derived"          # made by load(): driver paths and host ids
+
+
+def _merge(base: dict, over: dict, src: dict, origin: str, path: str) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        here = f"{path}.{key}" if path else str(key)
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value, src, origin, here)
+        else:
+            out[key] = copy.deepcopy(value)
+            _mark(src, here, value, origin)
+    return out
+
+
+def _mark(src: dict, path: str, value: Any, origin: str) -> None:
+    """Record `origin` for `path` and every leaf below it."""
+    for k in [k for k in src if k == path or k.startswith(path + ".") or k.startswith(path + "[")]:
+        del src[k]
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _mark(src, f"{path}.{k}", v, origin)
+    elif isinstance(value, list) and value and all(isinstance(x, dict) for x in value):
+        for i, v in enumerate(value):
+            _mark(src, f"{path}[{i}]", v, origin)
+    else:
+        src[path] = origin
+
+
+# ---------------------------------------------------------------- checking
+def _schema_path(path: str) -> str:
+    """hosts[2].cim.network -> hosts[].cim.network"""
+    out, i = [], 0
+    while i < len(path):
+        if path[i] == "[":
+            j = path.index("]", i)
+            out.append("[]")
+            i = j + 1
+        else:
+            out.append(path[i])
+            i += 1
+    return "".join(out)
+
+
+def check(doc: Any, where: str = "config", path: str = "", driver: str | None = None) -> None:
+    """Refuse unknown keys and wrong types in `doc` (a configuration or a
+    part of one at `path`), naming the key, its path and the closest key."""
+    if not isinstance(doc, dict):
+        raise InvalidInput(f"{where}: {path or 'the top level'} must be a mapping")
+    rows = {k.path.rsplit(".", 1)[-1]: k for k in _children(_schema_path(path))}
+    role_driver = driver
+    if _is_role(path):      # a host's cim/vim/mep: its keys depend on its driver
+        role = _schema_path(path).rsplit(".", 1)[-1]
+        role_driver = doc.get("driver") or DEFAULT["hosts"][0][role]["driver"]
+    free = role_driver is not None and _is_role(path) and not any(
+        k.driver == role_driver for k in rows.values())
+    for name, value in doc.items():
+        here = f"{path}.{name}" if path else str(name)
+        key = rows.get(name) if isinstance(name, str) else None
+        if key is not None and key.driver is not None and key.driver != role_driver:
+            if free:
+                continue                 # a driver mecorch does not describe: its own keys
+            raise InvalidInput(f"{where}: {here} is a key of the {key.driver} driver, "
+                               f"not of {role_driver!r}")
+        if key is None:
+            if free:
+                continue
+            valid = sorted(n for n, k in rows.items()
+                           if k.driver is None or k.driver == role_driver)
+            close = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else \
+                f"; valid keys here: {', '.join(valid)}"
+            raise InvalidInput(f"{where}: unknown key {name!r} at {here}{hint}")
+        _check_value(key, value, where, here, role_driver)
+
+
+def _is_role(path: str) -> bool:
+    sp = _schema_path(path)
+    return sp.startswith("hosts[].") and sp.count(".") == 1
+
+
+def _check_value(key: Key, value: Any, where: str, here: str, driver: str | None) -> None:
+    if value is None:
+        if key.nullable:
+            return
+        raise InvalidInput(f"{where}: {here} must be {key.type[0]}, not null")
+    if not key.type[1](value):
+        raise InvalidInput(f"{where}: {here} must be {key.type[0]} (got {value!r:.60})")
+    if key.choices and value not in key.choices:
+        close = difflib.get_close_matches(str(value), key.choices, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise InvalidInput(f"{where}: {here} must be one of {', '.join(key.choices)} "
+                           f"(got {value!r}){hint}")
+    if key.type is MAP:
+        check(value, where, here, driver)
+    elif key.type is LIST and any(k.path.startswith(key.path + "[].") for k in KEYS):
+        for i, item in enumerate(value):
+            check(item, where, f"{here}[{i}]", driver)
+            for row in _children(key.path + "[]"):
+                name = row.path.rsplit(".", 1)[-1]
+                if row.default is REQUIRED and name not in item:
+                    raise InvalidInput(f"{where}: {here}[{i}] needs {name!r}")
+
+
+# ---------------------------------------------------------------- loading
+def load(path: str | Path | None = None, sources: dict | None = None) -> dict[str, Any]:
+    """The embedded default, overlaid by the YAML file at `path` if given,
+    checked against the schema.
+
+    Each driver section gets `state_dir`, `run_dir` and `host_id` so a
+    driver needs nothing but its own section. `sources`, if given, is
+    filled with where each value came from (dotted path -> "default", the
+    file, "default host" or "derived").
+    """
+    src: dict[str, str] = {}
+    _mark(src, "", DEFAULT, DEFAULT_SRC)
+    src = {k.lstrip("."): v for k, v in src.items()}
+    cfg = copy.deepcopy(DEFAULT)
+    where = "config"
+    if path is not None:
+        where = f"config {path}"
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            raise InvalidInput(f"cannot read config {path}: {e.strerror}") from None
+        user = load_yaml(text, what=where)
+        if user is None:
+            user = {}
+        if not isinstance(user, dict):
+            raise InvalidInput(f"{where}: top level must be a mapping")
+        check(user, where)
+        cfg = _merge(cfg, user, src, str(path), "")
+        if "hosts" in user:
+            cfg["hosts"] = [_inherit(h, i, src) for i, h in enumerate(cfg["hosts"])]
+    check(cfg, where)
+    _check_token_urls(cfg, where)
+    seen = set()
+    for i, host in enumerate(cfg["hosts"]):
+        hid = host.get("id")
+        if not isinstance(hid, str) or not hid or hid in seen:
+            raise InvalidInput(f"{where}: every host needs a unique id "
+                               f"(hosts[{i}].id is {hid!r})")
+        seen.add(hid)
+        for role in ROLES:
+            section = host.get(role)
+            if section is None:
+                continue
+            for name, value in (("state_dir", str(Path(cfg["state_dir"]) / "hosts" / hid)),
+                                ("run_dir", str(Path(cfg["run_dir"]) / hid))):
+                if name not in section:
+                    section[name] = value
+                    src[f"hosts[{i}].{role}.{name}"] = DERIVED_SRC
+            section["host_id"] = hid
+            src[f"hosts[{i}].{role}.host_id"] = DERIVED_SRC
+    if sources is not None:
+        sources.clear()
+        sources.update(src)
+    return cfg
+
+
+def _check_token_urls(cfg: dict, where: str) -> None:
+    """The URLs mecorch sends bearer tokens to between levels (an MEPM's to
+    its MEO, an MEO's to its MEPMs) must be https or loopback: refused here,
+    before anything starts, naming the key."""
+    from mecorch.kernel.outbound import check_token_url
+    urls = [("mepm.meo_url", (cfg.get("mepm") or {}).get("meo_url"))]
+    urls += [(f"meo.mepms[{i}].url", m.get("url"))
+             for i, m in enumerate((cfg.get("meo") or {}).get("mepms") or [])]
+    for key, url in urls:
+        if url is not None:
+            try:
+                check_token_url(url, key)
+            except InvalidInput as e:
+                raise InvalidInput(f"{where}: {e.detail}") from None
+
+
+def _inherit(host: dict, i: int, src: dict) -> dict:
+    """A host entry with the default host's keys for each role it names (of
+    the same driver), its own keys over them."""
+    base = DEFAULT["hosts"][0]
+    out = dict(host)
+    for role in ROLES:
+        mine = host.get(role)
+        if mine is None or not isinstance(mine, dict):
+            continue
+        default = base[role]
+        if mine.get("driver", default["driver"]) != default["driver"]:
+            continue                # another driver: the default's keys are not its keys
+        merged = copy.deepcopy(default)
+        for k, v in default.items():
+            if k not in mine:
+                src[f"hosts[{i}].{role}.{k}"] = HOST_SRC
+        merged.update(copy.deepcopy(mine))
+        out[role] = merged
+    return out
+
+
+def flatten(cfg: Any, path: str = "") -> list[tuple[str, Any]]:
+    """(dotted path, value) of every leaf, in document order."""
+    if isinstance(cfg, dict) and cfg:
+        out = []
+        for k, v in cfg.items():
+            out += flatten(v, f"{path}.{k}" if path else str(k))
+        return out
+    if isinstance(cfg, list) and cfg and all(isinstance(x, dict) for x in cfg):
+        out = []
+        for i, v in enumerate(cfg):
+            out += flatten(v, f"{path}[{i}]")
+        return out
+    return [(path, cfg)]

@@ -1,0 +1,591 @@
+"""A small HTTP layer on the standard library: routing, JSON bodies with a
+size limit, bearer-token access control, and every error as ProblemDetails.
+
+Access control, per route (`Router.add(..., access=...)`):
+
+- OPERATOR (the northbound APIs): an operator token when `api.token_file`
+  is configured; without tokens (loopback only) anyone on loopback.
+- APP (Mp1, /mec_app_support/v1/applications/{app}/...): an operator token,
+  or the app instance's own Mp1 token (issued at instantiate) for its own
+  {app} only. Without operator tokens, a request that presents an app
+  token is still held to that app's own resources.
+- PUBLIC (the OpenAPI documents): anyone.
+- LOCAL (/metrics, /healthz, /readyz, /status): anyone on loopback, an
+  operator token from anywhere else.
+
+An app token is refused (403) everywhere but its own instance's Mp1 routes.
+
+The standard library's threading server keeps the whole control plane in
+one light process (an ASGI stack alone costs more memory than mecorch's
+footprint target).
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+import math
+import re
+import urllib.parse
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+from mecorch.kernel.errors import (
+    Forbidden, InvalidInput, MecorchError, NotFound, PayloadTooLarge, Unauthorized)
+
+log = logging.getLogger("mecorch.api")
+OPERATOR, APP, PUBLIC, LOCAL = "operator", "app", "public", "local"
+# Deeper JSON than this is refused before parsing: json.loads recurses per
+# level and would otherwise fail with RecursionError (a 500) near 1000.
+MAX_JSON_DEPTH = 64
+# A client gets this long for each read of its request line, headers and
+# body (a slow client must not hold a thread forever).
+REQUEST_TIMEOUT_S = 30.0
+# An idle keep-alive connection is closed after this long without a request
+# (Apache's default): each one holds a thread of the server, and an idle
+# edge node should not keep the threads of a burst of clients gone quiet.
+KEEPALIVE_IDLE_S = 5.0
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,15}")
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,15}")
+# what is still read of a streaming body refused before it was read
+DRAIN_MAX = 1 << 20
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: Any
+    raw: bytes
+    params: dict[str, str] = field(default_factory=dict)
+    # the body of a streaming route (Router.add(stream=True)), read by the
+    # handler as it arrives; `raw` is then empty
+    stream: "BodyStream | None" = None
+
+    def json(self) -> Any:
+        """The body as JSON. Refused: no body, bad UTF-8 or JSON, nesting
+        deeper than MAX_JSON_DEPTH, NaN/Infinity (not JSON), a key given
+        twice in one object (which one would win is undefined)."""
+        if not self.raw:
+            raise InvalidInput("a JSON body is required")
+        try:
+            text = self.raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput("body is not UTF-8") from None
+        try:
+            doc = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant,
+                             parse_float=_finite)
+        except RecursionError:
+            raise InvalidInput(f"body is nested deeper than {MAX_JSON_DEPTH} levels") from None
+        except ValueError as e:
+            raise InvalidInput(f"body is not valid JSON: {e}") from None
+        _check_depth(doc)
+        return doc
+
+
+@dataclass
+class Response:
+    status: int
+    body: Any = None                    # JSON-able, bytes, FileBody, or None
+    headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+
+
+Handler = Callable[[Request], Response]
+
+
+@dataclass
+class FileBody:
+    """A response body sent from an open binary file in blocks (a package
+    zip is never held whole in memory). The server closes it."""
+    file: Any
+    size: int
+
+
+class BodyStream:
+    """The request body of a streaming route, read as it arrives. Framed by
+    one Content-Length or by chunked transfer coding (strictly parsed); each
+    read is under the connection's socket timeout; more than `limit` bytes
+    is a 413. `done` tells whether the whole body (and, chunked, its
+    trailer) was read, so the connection can be kept."""
+
+    MAX_LINE = 4096          # a chunk-size or trailer line
+    MAX_TRAILERS = 32
+
+    def __init__(self, rfile, length: int | None, chunked: bool):
+        self._rfile = rfile
+        self._left = length if length is not None else 0   # of the current chunk, when chunked
+        self._chunked = chunked
+        self.length = length
+        self.received = 0
+        self.limit: int | None = None
+        self.done = not chunked and not length
+
+    def set_limit(self, limit: int) -> None:
+        """Refuse a body over `limit` bytes: at once when Content-Length says
+        so, else as soon as more arrives."""
+        self.limit = limit
+        if self.length is not None and self.length > limit:
+            raise PayloadTooLarge(f"request body larger than {limit} bytes")
+
+    def read(self, size: int = 1 << 20) -> bytes:
+        """Up to `size` bytes of the body; b"" at its end."""
+        while not self.done:
+            if self._chunked and self._left == 0:
+                self._next_chunk()
+                continue
+            data = self._recv(min(size, self._left))
+            if not data:
+                raise InvalidInput("the request body ended before its declared length")
+            self._left -= len(data)
+            self.received += len(data)
+            if self.limit is not None and self.received > self.limit:
+                raise PayloadTooLarge(f"request body larger than {self.limit} bytes")
+            if self._left == 0:
+                if self._chunked:
+                    if self._line() != b"":
+                        raise InvalidInput("a chunk of the request body is longer than its size")
+                else:
+                    self.done = True
+            return data
+        return b""
+
+    def _recv(self, n: int) -> bytes:
+        try:
+            return self._rfile.read1(n) if hasattr(self._rfile, "read1") else self._rfile.read(n)
+        except OSError:                   # the socket timeout
+            raise RequestTimeout("the request body did not arrive in time") from None
+
+    def _line(self) -> bytes:
+        try:
+            line = self._rfile.readline(self.MAX_LINE + 1)
+        except OSError:
+            raise RequestTimeout("the request body did not arrive in time") from None
+        if len(line) > self.MAX_LINE or not line.endswith(b"\r\n"):
+            raise InvalidInput("malformed chunked request body (a line too long or not CRLF)")
+        return line[:-2]
+
+    def drain(self, most: int) -> None:
+        """Read and drop a body of at most `most` bytes that the handler
+        refused before reading any of it. A longer one, one refused as too
+        large, one read in part (a failure while reading it), or one that
+        fails now is left: the connection is then closed."""
+        if self.received or (self.length is not None and (
+                self.length > most or (self.limit is not None and self.length > self.limit))):
+            return
+        self.limit = most
+        try:
+            while self.read(1 << 16):
+                pass
+        except MecorchError:
+            pass
+
+    def _next_chunk(self) -> None:
+        size = self._line().split(b";", 1)[0]          # chunk extensions are ignored
+        if not _CHUNK_SIZE.fullmatch(size):
+            raise InvalidInput("malformed chunked request body (chunk size)")
+        self._left = int(size, 16)
+        if self._left == 0:                             # last chunk: the trailer follows
+            for _ in range(self.MAX_TRAILERS + 1):
+                if self._line() == b"":
+                    self.done = True
+                    return
+            raise InvalidInput("chunked request body has too many trailer lines")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise InvalidInput(f"body has the key {k[:64]!r} twice in one object")
+        out[k] = v
+    return out
+
+
+def _no_constant(name: str):
+    raise InvalidInput(f"body has {name}, which is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):         # 1e999 would be stored as Infinity
+        raise InvalidInput(f"body has the number {text[:32]}, too large for a float")
+    return value
+
+
+def _check_depth(doc: Any) -> None:
+    """Refuse nesting deeper than MAX_JSON_DEPTH: what handlers do with a
+    document (validate, store, dump) may recurse too. Iterative walk."""
+    stack = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise InvalidInput(f"body is nested deeper than {MAX_JSON_DEPTH} levels")
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((c, depth + 1) for c in children)
+
+
+class Router:
+    def __init__(self):
+        self._routes: list[tuple[str, re.Pattern, Handler]] = []
+        self._access: dict[int, str] = {}          # index in _routes -> access class
+        self._streaming: set[Handler] = set()      # handlers that read the body themselves
+        # content negotiation and query parameters, per handler (see add)
+        self._produces: dict[Handler, str] = {}
+        self._query: dict[Handler, frozenset[str]] = {}
+
+    def add(self, method: str, pattern: str, handler: Handler, access: str = OPERATOR,
+            stream: bool = False, produces: str | None = None,
+            query: tuple[str, ...] | None = None) -> None:
+        """`pattern` uses {name} for one path segment. APP routes must have
+        an {app} segment: the instance an app token is checked against.
+        `stream`: the handler reads the body itself from `Request.stream`
+        (not held whole, not bound by api.max_body_bytes: the handler sets
+        its own limit).
+        `produces`: the media type of the route's answers: a request whose
+        Accept excludes it is a 406 before anything is done. `query`: the
+        query parameters the route takes; any other is a 400 naming it."""
+        assert access in (OPERATOR, APP, PUBLIC, LOCAL) and (access != APP or "{app}" in pattern)
+        regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern)
+        self._access[len(self._routes)] = access
+        if stream:
+            self._streaming.add(handler)
+        if produces:
+            self._produces[handler] = produces
+        if query is not None:
+            self._query[handler] = frozenset(query)
+        self._routes.append((method, re.compile(regex + r"/?"), handler))
+
+    def streams(self, handler: Handler) -> bool:
+        return handler in self._streaming
+
+    def check_request(self, handler: Handler, accept: str | None, query: str) -> None:
+        """406 when Accept excludes what the route produces; 400 for query
+        parameters the route does not take (both before the handler runs)."""
+        produces = self._produces.get(handler)
+        if produces and accept and not acceptable(accept, produces):
+            raise NotAcceptable(f"this resource is only available as {produces} "
+                                f"(Accept: {accept[:100]})")
+        allowed = self._query.get(handler)
+        if allowed is not None and query:
+            names = {k for k, _ in urllib.parse.parse_qsl(query, keep_blank_values=True,
+                                                         errors="replace", max_num_fields=64)}
+            unknown = sorted(names - allowed)
+            if unknown:
+                takes = ", ".join(sorted(allowed)) or "none"
+                raise InvalidInput(f"unknown query parameter(s) {', '.join(unknown)[:200]} "
+                                   f"(this resource takes: {takes})")
+
+    def resolve(self, method: str, path: str) -> tuple[Handler, dict[str, str], str]:
+        """(handler, path parameters, access class) of the route."""
+        allowed = False
+        for i, (m, regex, handler) in enumerate(self._routes):
+            hit = regex.fullmatch(path)
+            if hit:
+                if m == method:
+                    params = {k: urllib.parse.unquote(v, errors="strict")
+                              for k, v in hit.groupdict().items()}
+                    return handler, params, self._access[i]
+                allowed = True
+        if allowed:
+            raise MethodNotAllowed(f"{method} is not allowed on {path}")
+        raise NotFound(f"no resource at {path}")
+
+
+class MethodNotAllowed(MecorchError):
+    status, title = 405, "Method not allowed"
+
+
+def acceptable(accept: str, media_type: str) -> bool:
+    """Whether an Accept header (RFC 9110 12.5.1) admits `media_type`: the
+    most specific range that matches it decides, by its q (0: refused).
+    Ranges that do not parse are ignored (none that parses: anything goes)."""
+    kind, _, sub = media_type.lower().partition("/")
+    best = (-1, 0.0)                      # (specificity, q)
+    parsed = False
+    for item in accept.split(",")[:64]:
+        rng, *params = [p.strip() for p in item.split(";")]
+        rtype, slash, rsub = rng.lower().partition("/")
+        if not slash or not rtype or not rsub:
+            continue
+        q = 1.0
+        for p in params:
+            name, _, value = p.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = -1.0
+        if not 0.0 <= q <= 1.0:
+            continue
+        parsed = True
+        if (rtype, rsub) == (kind, sub):
+            spec = 2
+        elif rtype == kind and rsub == "*":
+            spec = 1
+        elif (rtype, rsub) == ("*", "*"):
+            spec = 0
+        else:
+            continue
+        if spec > best[0]:
+            best = (spec, q)
+    return best[1] > 0 or not parsed
+
+
+class RequestTimeout(MecorchError):
+    status, title = 408, "Request timeout"
+
+
+class NotAcceptable(MecorchError):
+    status, title = 406, "Not acceptable"
+
+
+class UnsupportedMediaType(InvalidInput):
+    status, title = 415, "Unsupported media type"
+
+
+class ApiServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], router: Router, max_body: int,
+                 tokens: set[str], app_token_owner: Callable[[str], str | None] | None = None):
+        self.router = router
+        self.max_body = max_body
+        self.tokens = {t.encode() for t in tokens}
+        # token -> the app instance it was issued to, or None
+        self.app_token_owner = app_token_owner or (lambda token: None)
+        self.request_timeout = REQUEST_TIMEOUT_S
+        self.keepalive_idle = KEEPALIVE_IDLE_S
+        super().__init__(address, _RequestHandler)
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    server: ApiServer
+    protocol_version = "HTTP/1.1"
+    server_version = "mecorch"
+    # Headers and body go out in two writes: with Nagle on, a keep-alive
+    # client's delayed ACK stalls every answer by 40 ms.
+    disable_nagle_algorithm = True
+
+    def setup(self) -> None:
+        self.timeout = self.server.request_timeout       # socket timeout of this connection
+        super().setup()
+
+    def handle(self) -> None:
+        """http.server's keep-alive loop, with the wait for the next request
+        under `keepalive_idle` and the request itself under the request
+        timeout."""
+        self.close_connection = True
+        self.handle_one_request()
+        while not self.close_connection:
+            try:
+                self.connection.settimeout(self.server.keepalive_idle)
+                if not self.rfile.peek(1):          # the client closed it
+                    return
+                self.connection.settimeout(self.timeout)
+            except OSError:                         # idle too long, or reset
+                return
+            self.handle_one_request()
+
+    def log_message(self, fmt, *args):            # through logging, not stderr
+        log.debug("%s " + fmt, self.client_address[0], *args)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None):
+        """http.server's own refusals (bad request line, header lines too long
+        or too many, unknown method) as ProblemDetails too, not HTML."""
+        try:
+            title = HTTPStatus(code).phrase
+        except ValueError:
+            title = "Error"
+        body = json.dumps({"type": "about:blank", "title": title, "status": code,
+                           "detail": message or explain or title}).encode()
+        self.close_connection = True
+        self.send_response(code, message)
+        self.send_header("Connection", "close")
+        self.send_header("Content-Type", "application/problem+json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _handle(self) -> None:
+        url = urllib.parse.urlsplit(self.path)
+        instance = url.path
+        body_read, stream = False, None
+        try:
+            try:
+                handler, params, access = self.server.router.resolve(self.command, url.path)
+            except (NotFound, MethodNotAllowed):
+                self._authorize(OPERATOR, {})     # no route map for the unauthorized
+                raise
+            except UnicodeDecodeError:
+                raise InvalidInput("a path parameter is not UTF-8") from None
+            self._authorize(access, params)
+            self.server.router.check_request(handler, self.headers.get("Accept"), url.query)
+            if self.server.router.streams(handler):
+                raw, stream = b"", self._body_stream()
+            else:
+                raw, stream = self._body(), None
+                body_read = True
+            try:
+                query = {k: v[-1] for k, v in urllib.parse.parse_qs(
+                    url.query, errors="strict", max_num_fields=64).items()}
+            except (UnicodeDecodeError, ValueError):
+                raise InvalidInput("the query string is not valid (UTF-8, at most 64 fields)") \
+                    from None
+            resp = handler(Request(self.command, url.path, query, self.headers, raw, params,
+                                   stream))
+        except MecorchError as e:
+            resp = Response(e.status, e.problem(instance), content_type="application/problem+json")
+            if isinstance(e, Unauthorized):
+                resp.headers["WWW-Authenticate"] = "Bearer"
+        except Exception as e:  # noqa: BLE001 - a bug must still answer ProblemDetails
+            self.close_connection = True
+            log.exception("unhandled error on %s %s", self.command, url.path)
+            err = MecorchError(f"internal error: {type(e).__name__}")
+            resp = Response(500, err.problem(instance), content_type="application/problem+json")
+        if stream is not None and not stream.done:
+            # refused before its body was read (415, 404, 409): read a small
+            # rest so the client, still sending, gets the answer rather than
+            # a reset connection
+            stream.drain(DRAIN_MAX)
+        if not (body_read or (stream is not None and stream.done)):
+            self.close_connection = True   # an unread body would be read as the next request
+        self._send(resp)
+
+    # Methods no route has answer 405 like any method a path lacks.
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+    do_HEAD = do_OPTIONS = do_TRACE = do_CONNECT = _handle
+
+    def _authorize(self, access: str, params: dict[str, str]) -> None:
+        """See the module docstring. 401: no valid credential; 403: an app
+        token used outside its own instance's Mp1 routes."""
+        if access == PUBLIC:
+            return
+        if access == LOCAL and _loopback(self.client_address[0]):
+            return
+        if access == LOCAL:
+            access = OPERATOR
+        token = self._bearer()
+        operators = self.server.tokens
+        if token is not None and operators and any(
+                hmac.compare_digest(token.encode(), t) for t in operators):
+            return
+        owner = self.server.app_token_owner(token) if token else None
+        if owner is not None:
+            if access == APP and params.get("app") == owner:
+                return
+            raise Forbidden("an app's Mp1 token grants access to its own instance's "
+                            "Mp1 resources only")
+        if operators:
+            raise Unauthorized("a valid bearer token is required")
+
+    def _bearer(self) -> str | None:
+        """The bearer token of the Authorization header, if any. The header
+        is read as latin-1 by http.server: a token must be printable ASCII."""
+        scheme, _, token = self.headers.get("Authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return None
+        if not token.isascii() or not token.isprintable() or len(token) > 512:
+            raise Unauthorized("the bearer token is malformed")
+        return token
+
+    def _body(self) -> bytes:
+        length = self.headers.get("Content-Length")
+        if self.headers.get("Transfer-Encoding"):
+            raise InvalidInput("chunked request bodies are not accepted; send Content-Length")
+        if length is None:
+            return b""
+        # int() would take "+5", " 5" or "5_0"; two Content-Length headers
+        # that differ are a request-smuggling classic.
+        if len(set(self.headers.get_all("Content-Length"))) != 1 \
+                or not _CONTENT_LENGTH.fullmatch(length):
+            raise InvalidInput("Content-Length must be one decimal number")
+        n = int(length)
+        if n > self.server.max_body:
+            raise PayloadTooLarge(f"request body larger than {self.server.max_body} bytes")
+        try:
+            data = self.rfile.read(n)
+        except OSError:                   # the socket timeout
+            self.close_connection = True
+            raise RequestTimeout("the request body did not arrive in time") from None
+        if len(data) != n:
+            self.close_connection = True
+            raise InvalidInput("the request body is shorter than its Content-Length")
+        return data
+
+    def _body_stream(self) -> BodyStream:
+        """The framing of a streaming route's body: one Content-Length, or
+        `Transfer-Encoding: chunked` alone (both at once is the
+        request-smuggling classic; other codings are refused)."""
+        te = self.headers.get_all("Transfer-Encoding") or []
+        lengths = self.headers.get_all("Content-Length") or []
+        if te:
+            if lengths:
+                raise InvalidInput("a request must not have both Transfer-Encoding and "
+                                   "Content-Length")
+            if len(te) != 1 or te[0].strip().lower() != "chunked":
+                raise InvalidInput("the only Transfer-Encoding accepted is chunked")
+            return BodyStream(self.rfile, None, chunked=True)
+        if not lengths:
+            return BodyStream(self.rfile, 0, chunked=False)
+        if len(set(lengths)) != 1 or not _CONTENT_LENGTH.fullmatch(lengths[0]):
+            raise InvalidInput("Content-Length must be one decimal number")
+        return BodyStream(self.rfile, int(lengths[0]), chunked=False)
+
+    def _send(self, resp: Response) -> None:
+        if isinstance(resp.body, FileBody):
+            self._send_file(resp)
+            return
+        if resp.body is None:
+            data = b""
+        elif isinstance(resp.body, bytes):
+            data = resp.body
+        else:
+            data = json.dumps(resp.body).encode()
+        self.send_response(resp.status)
+        if data or resp.status not in (204, 304):
+            self.send_header("Content-Type", resp.content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in resp.headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def _send_file(self, resp: Response) -> None:
+        body = resp.body
+        try:
+            self.send_response(resp.status)
+            self.send_header("Content-Type", resp.content_type)
+            self.send_header("Content-Length", str(body.size))
+            for k, v in resp.headers.items():
+                self.send_header(k, v)
+            self.end_headers()
+            if self.command == "HEAD":
+                return
+            left = body.size
+            while left > 0:
+                block = body.file.read(min(1 << 20, left))
+                if not block:           # the file shrank: the client sees a short body
+                    self.close_connection = True
+                    return
+                self.wfile.write(block)
+                left -= len(block)
+        finally:
+            body.file.close()
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.split("%")[0]).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,52 @@
+"""What the API shows of a stored document (its view), one function per
+resource, and the sets of them a store keeps beside its documents
+(store.Views): an edge host's store (the MEPM's) and the MEO's.
+
+A view is a pure function of the document: the store builds it when the
+document is written, and a page of a listing is sent as stored. Bump
+VERSION when what a function returns changes, so stores rebuild theirs.
+"""
+
+from __future__ import annotations
+
+from mecorch.kernel.states import InstantiationState, OnboardingState, OperationalState, UsageState
+from mecorch.kernel.store import Views
+from mecorch.kernel.timeutil import public
+
+VERSION = 1
+
+
+def package_view(doc: dict) -> dict:
+    """AppPkgInfo."""
+    out = public(doc)
+    out["deletionPending"] = bool(doc.get("_deletionPending"))   # mecorch extension
+    if doc["onboardingState"] != OnboardingState.ONBOARDED.value:
+        # what only the content tells is not known yet: the fields the
+        # ETSI schema requires anyway are empty until it is onboarded
+        for key in ("appDId", "appName", "appSoftwareVersion", "appDVersion"):
+            out.setdefault(key, "")
+        out.setdefault("softwareImages", [])
+        out.setdefault("operationalState", OperationalState.DISABLED.value)
+        out.setdefault("usageState", UsageState.NOT_IN_USE.value)
+    return out
+
+
+def host_instance_view(doc: dict) -> dict:
+    """AppInstanceInfo on the edge host that runs it."""
+    out = public(doc)
+    observed = doc.get("_observed")
+    if observed and doc["instantiationState"] == InstantiationState.INSTANTIATED.value:
+        # mecorch extension: what reconciliation last saw of the runtime
+        out["observedState"] = observed["state"]
+        out["observedStateDetail"] = observed.get("detail", "")
+        out["observedStateTime"] = observed.get("at")
+    return out
+
+
+def system_instance_view(doc: dict) -> dict:
+    """AppInstanceInfo at the MEO: what it copied from the host, as it is."""
+    return public(doc)
+
+
+MEPM = Views(VERSION, {"packages": package_view, "instances": host_instance_view})
+MEO = Views(VERSION, {"packages": package_view, "instances": system_instance_view})

@@ -1,0 +1,720 @@
+"""Application instance lifecycle (ETSI MEC 010-2 app_lcm): the heart of the
+unified orchestration function.
+
+instantiate = decide the manner, pick a host with room, ask the CIM or the
+VIM for the resources, ask the MEP for the rules, answer with what was
+allocated; terminate = notify the app, stop, remove rules, release
+resources by the manner recorded for the instance (a FORCEFUL terminate
+supersedes a GRACEFUL one still waiting for the app). Each runs as an op
+occurrence in a worker thread; every step is journalled before and after,
+and a failure undoes the steps before it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+from mecorch.mepm import applogs, manner_policy
+from mecorch.spec import decision
+from mecorch.kernel import logs, paging, validate, views
+from mecorch.driverapi.contracts import ComputeDriver
+from mecorch.kernel.errors import (
+    Conflict, IdempotencyMismatch, InvalidInput, MecorchError, NotFound)
+from mecorch.mepm.inventory import EdgeHost, Inventory, Need
+from mecorch.kernel.journal import LCM, Journal
+from mecorch.kernel.locks import exclusive
+from mecorch.mepm.mep import MepService
+from mecorch.driverapi.model import Allocation, ResourceRequest
+from mecorch.package.manager import PackageManager
+from mecorch.kernel.states import (
+    DeploymentType, InstanceOperationalState, InstantiationState, LcmOperation, TerminationType)
+from mecorch.kernel.store import Store
+from mecorch.kernel.timeutil import new_id, public
+from mecorch.kernel.workers import Workers
+
+log = logging.getLogger("mecorch.lcm")
+# What an instance record holds only while it is deployed.
+_DEPLOYED_KEYS = ("instantiatedAppState", "hostId", "deploymentType", "decisionReason",
+                  "allocatedResources",
+                  "_handle", "_need", "_observed", "_mp1Token")
+
+
+class InstanceQueries:
+    """The app_lcm queries, over `self.store` and `self.view`: the same for a
+    host's LCM and the MEO's (each has its own store and view)."""
+
+    store: Store
+
+    def view(self, doc: dict) -> dict:
+        return views.system_instance_view(doc)
+
+    def get(self, instance_id: str) -> dict:
+        doc = self.store.get("instances", instance_id)
+        if doc is None:
+            raise NotFound(f"app instance {instance_id!r} does not exist")
+        return doc
+
+    def list(self) -> list[dict]:
+        return [self.view(d) for d in self.store.list("instances")]
+
+    def list_page(self, filter_expr: str | None, marker: str | None,
+                  size: int) -> tuple[list[str], str | None]:
+        """One page of the instance listing, paged like the packages'
+        (NFV-SOL 013, mecorch.paging): JSON texts, as stored."""
+        return paging.page(self.store, "instances", filter_expr, marker, size)
+
+    def op(self, op_id: str) -> dict:
+        doc = self.store.get("op_occs", op_id)
+        if doc is None:
+            raise NotFound(f"LCM operation occurrence {op_id!r} does not exist")
+        return public(doc)
+
+    def ops(self) -> list[dict]:
+        return [public(d) for d in self.store.list("op_occs")]
+
+
+class Lcm(InstanceQueries):
+    def __init__(self, store: Store, inventory: Inventory, packages: PackageManager,
+                 mep: MepService, cfg: dict, workers: int = 8):
+        self.store = store
+        self.inventory = inventory
+        self.packages = packages
+        self.mep = mep
+        self.journal = Journal(store)
+        self.default_graceful_s = int(cfg["orchestrator"]["graceful_timeout_s"])
+        # apps' output kept after termination (mecorch.applogs)
+        self.logs_dir = Path(cfg["state_dir"]) / "app-logs"
+        self._orchestrator_cfg = cfg["orchestrator"]     # the manner preference
+        self._pool = Workers(workers, "lcm")     # threads end when idle (mecorch.workers)
+        # one operation at a time per instance; guards the check-and-start
+        self._busy: set[str] = set()
+        self._busy_lock = threading.Lock()
+        # op occurrences running in this process (recovery leaves them alone)
+        self._live: set[str] = set()
+        # GRACEFUL terminates running here, by instance: {op, cancel (an
+        # Event that ends the wait for the app), forceful (the op that
+        # superseded it, or None)}
+        self._graceful: dict[str, dict] = {}
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    # ------------------------------------------------------------ queries
+    def view(self, doc: dict) -> dict:
+        return views.host_instance_view(doc)
+
+    # ------------------------------------------------------------ create / delete
+    def create(self, body: dict, idempotency_key: str | None = None) -> dict:
+        """CreateAppInstanceRequest -> AppInstanceInfo (NOT_INSTANTIATED)."""
+        doc, made = create_instance(self.store, self.packages, body, idempotency_key)
+        if made:
+            logs.event("instance.created", instance=doc["id"], package=doc["appPkgId"],
+                       app=doc["appDId"])
+        return public(doc)
+
+    def delete(self, instance_id: str) -> None:
+        with self._exclusive(instance_id):
+            doc = self.get(instance_id)
+            if doc["instantiationState"] != InstantiationState.NOT_INSTANTIATED.value:
+                raise Conflict(f"app instance {instance_id} is INSTANTIATED: terminate it first")
+            self.store.delete("instances", instance_id)
+            self.mep.forget(instance_id)
+            applogs.forget(self.logs_dir, instance_id)
+        logs.event("instance.deleted", instance=instance_id, package=doc.get("appPkgId"))
+
+    # ------------------------------------------------------------ instantiate
+    def instantiate(self, instance_id: str, body: dict,
+                    idempotency_key: str | None = None) -> dict:
+        """Validate and plan synchronously (400/404/409 here, nothing made),
+        then run the deployment as an op occurrence in the background.
+        A retry with the same Idempotency-Key gets the same op occurrence
+        back, whatever state it is in, and deploys nothing."""
+        if not isinstance(body, dict):
+            raise InvalidInput("body must be an InstantiateAppRequest object")
+        validate.known_fields(body, INSTANTIATE_FIELDS, "InstantiateAppRequest")
+        key = digest = None
+        if idempotency_key:
+            key = (f"instantiate|{instance_id}|"
+                   f"{validate.text(idempotency_key, 'Idempotency-Key', 128)}")
+            digest = fingerprint(body)
+            seen = self._replay(key, digest)
+            if seen:
+                return seen
+        try:
+            return self._instantiate(instance_id, body, key, digest)
+        except Conflict:
+            # a concurrent twin of this request may have won the race
+            seen = self._replay(key, digest) if key else None
+            if seen:
+                return seen
+            raise
+
+    def _replay(self, key: str, digest: str) -> dict | None:
+        seen = self.store.get("idempotency", key)
+        if not seen:
+            return None
+        if seen.get("fingerprint") != digest:
+            raise idempotency_mismatch()
+        return public(self.store.get("op_occs", seen["resource"]))
+
+    def _instantiate(self, instance_id: str, body: dict, key: str | None,
+                     fingerprint: str | None) -> dict:
+        with self._exclusive(instance_id):
+            inst = self.get(instance_id)
+            if inst["instantiationState"] != InstantiationState.NOT_INSTANTIATED.value:
+                raise Conflict(f"app instance {instance_id} is already INSTANTIATED")
+            pkg = self.packages.usable(inst["appDId"], inst.get("appPkgId"))
+            # A dual-format app records both manners; with none named the
+            # policy chooses from host facts (decision.choose_manner).
+            recorded = pkg.get("_manners") or [pkg["_manner"]]
+            images = pkg.get("_imageOf") or {pkg["_manner"]: pkg["_image"]}
+            chooser = manner_policy.PolicyChooser(
+                self.inventory, self._orchestrator_cfg, instance_id, inst["appDId"],
+                pkg["_appd"], images, body, selected_hosts(body), self.used_by_host())
+            choice = decision.decide_manner(body, recorded, chooser)
+            request = decision.resource_request(
+                instance_id, pkg["_appd"], choice.manner, images[choice.manner.value], body)
+            # The app's Mp1 credential: only its digest is stored; the token
+            # itself goes to the app's environment, never into the journal.
+            app_token, app_token_digest = self.mep.new_app_token()
+            traffic, dns = self.mep.initial_rules(pkg["_appd"], body)
+            wanted = chooser.fit_hosts or selected_hosts(body)
+            need = Need(request.vcpu, request.memory_mb,
+                        request.disk_gb + sum(v.size_gb for v in request.volumes))
+            accel = choice.manner is DeploymentType.VM and decision.accel_required(pkg["_appd"])
+            host = self.inventory.reserve(instance_id, choice.manner, need, wanted,
+                                          self.used_by_host(), accel)
+            try:
+                # First: the rules claim their addresses and names on the
+                # host (400/409 here, before anything is made or journalled).
+                self.mep.set_rules(instance_id, traffic, dns, host)
+                op = self.journal.start(instance_id, LcmOperation.INSTANTIATE, {
+                    "hostId": host.id, "manner": choice.manner.value,
+                    "decidedBy": choice.source, "request": _request_doc(request),
+                    "need": dataclasses.asdict(need)})
+                op["decisionReason"] = choice.reason                # mecorch extension
+                self.store.put("op_occs", op["id"], op)
+                inst["_opId"] = op["id"]
+                inst["_mp1Token"] = app_token_digest
+                self.store.put("instances", instance_id, inst)
+                if key:
+                    self.store.put("idempotency", key, {"resource": op["id"],
+                                                        "fingerprint": fingerprint})
+            except BaseException:
+                self.mep.release(instance_id)
+                self.inventory.release(instance_id)
+                raise
+            self._busy.add(instance_id)
+            self._live.add(op["id"])
+        request = dataclasses.replace(request, env={
+            **request.env, **self.mep.app_env(instance_id, app_token, host, choice.manner)})
+        self._pool.submit(self._guarded, instance_id, self._run_instantiate, op, request, host)
+        return public(op)
+
+    def _run_instantiate(self, op: dict, request: ResourceRequest, host: EdgeHost) -> None:
+        iid = request.instance_id
+        compute: ComputeDriver | None = None
+        alloc: Allocation | None = None
+        try:
+            compute = host.compute(request.manner)
+            self.journal.step(op, "begin:deploy")
+            alloc = compute.deploy(request)
+            self.journal.step(op, "deploy", handle=alloc.handle)
+            target = alloc.addresses[0].ip if alloc.addresses else None
+            self.journal.step(op, "begin:rules")
+            self.mep.apply(host, iid, target)
+            self.journal.step(op, "rules")
+            inst = self.get(iid)
+            inst.update({
+                "instantiationState": InstantiationState.INSTANTIATED.value,
+                "instantiatedAppState": {"operationalState": InstanceOperationalState.STARTED.value},
+                "hostId": host.id,
+                "deploymentType": request.manner.value,     # mecorch extension
+                "decisionReason": op.get("decisionReason"),  # mecorch extension
+                "allocatedResources": _allocation_view(alloc, host.id),  # mecorch extension
+                "_handle": alloc.handle,
+                "_need": op["_plan"]["need"],
+            })
+            self.store.put("instances", iid, inst)
+            self.journal.events.instance(inst)          # notifications
+            self.packages.refresh_usage(inst["appDId"])
+            self._free(iid)
+            self.journal.finish(op)
+        except Exception as e:   # noqa: BLE001 - every failure must be undone
+            err = e if isinstance(e, MecorchError) else _internal(e)
+            log.warning("instantiate %s failed: %s; rolling back", iid, err.detail)
+            self._undo_instantiate(op, host, request.manner, alloc.handle if alloc else None)
+            self._free(iid)
+            self.journal.finish(op, err)
+        finally:
+            self.inventory.release(iid)
+
+    def _undo_instantiate(self, op: dict, host: EdgeHost, manner: DeploymentType,
+                          handle: dict | None) -> None:
+        iid = op["appInstanceId"]
+        if self.journal.done(op, "begin:rules"):
+            _best_effort(f"remove rules of {iid}", self.mep.remove, host, iid)
+        self.mep.release(iid)           # its addresses and names are free again
+        if self.journal.done(op, "begin:deploy"):
+            step = self.journal.data(op, "deploy")
+            handle = handle or (step or {}).get("handle")
+            _best_effort(f"release resources of {iid}", _destroy, host.compute(manner), iid, handle)
+        inst = self.store.get("instances", iid)
+        if inst is not None:
+            for k in _DEPLOYED_KEYS:
+                inst.pop(k, None)
+            inst["instantiationState"] = InstantiationState.NOT_INSTANTIATED.value
+            self.store.put("instances", iid, inst)
+
+    # ------------------------------------------------------------ terminate
+    def terminate(self, instance_id: str, body: dict) -> dict:
+        """A FORCEFUL terminate while a GRACEFUL one of the instance runs
+        here is not refused: it supersedes it (`_supersede`), since an app
+        (or a slow subscriber of its notices) must not be able to keep
+        itself from being taken down."""
+        kind, timeout = parse_terminate(body, self.default_graceful_s)
+        # mecorch extension: a named manner, checked against the instance's
+        named, field = decision.named_type(body, "TerminateAppRequest")
+        # not self._exclusive: a busy instance is refused only when no
+        # GRACEFUL terminate can be superseded (one check, under the lock)
+        with self._busy_lock:
+            running = self._graceful.get(instance_id)
+            if kind is TerminationType.FORCEFUL and running is not None:
+                return public(self._supersede(instance_id, running, named, field))
+            if instance_id in self._busy:
+                raise Conflict(f"app instance {instance_id} has an operation in progress")
+            inst = self.get(instance_id)
+            if inst["instantiationState"] != InstantiationState.INSTANTIATED.value:
+                raise Conflict(f"app instance {instance_id} is NOT_INSTANTIATED")
+            _check_named(named, field, inst)
+            op = self.journal.start(instance_id, LcmOperation.TERMINATE, {
+                "terminationType": kind.value, "timeout": timeout,
+                "hostId": inst["hostId"], "manner": inst["deploymentType"]})
+            self._busy.add(instance_id)
+            self._live.add(op["id"])
+            if kind is TerminationType.GRACEFUL:
+                self._graceful[instance_id] = {"op": op, "cancel": threading.Event(),
+                                               "forceful": None}
+        self._pool.submit(self._guarded, instance_id, self._run_terminate, op)
+        return public(op)
+
+    def _supersede(self, instance_id: str, running: dict, named, field) -> dict:
+        """A FORCEFUL terminate taking over the GRACEFUL one `running` (the
+        busy lock held): its op is started, the graceful wait is cancelled,
+        and the graceful op's worker runs the release under the new op (one
+        worker per instance, never two releasing at once). Before the stop
+        began, the graceful op ends FAILED, saying it was superseded; once
+        the stop began, it completes and so does this op."""
+        if running["forceful"] is not None:
+            raise Conflict(f"app instance {instance_id} is already being terminated "
+                           f"FORCEFUL (op {running['forceful']['id']})")
+        inst = self.get(instance_id)
+        _check_named(named, field, inst)
+        op = self.journal.start(instance_id, LcmOperation.TERMINATE, {
+            "terminationType": TerminationType.FORCEFUL.value, "timeout": 0,
+            "hostId": inst["hostId"], "manner": inst["deploymentType"],
+            "supersedes": running["op"]["id"]})
+        self._live.add(op["id"])
+        running["forceful"] = op
+        running["cancel"].set()             # notify_termination stops waiting
+        logs.op_started(op, inst)
+        return op
+
+    def _run_terminate(self, op: dict) -> None:
+        iid = op["appInstanceId"]
+        plan = op["_plan"]
+        graceful = None             # what terminate() registered for a GRACEFUL op
+        if plan["terminationType"] == TerminationType.GRACEFUL.value:
+            with self._busy_lock:
+                graceful = self._graceful[iid]
+        ops = [op]                  # what this worker ends: op, and a FORCEFUL one
+        try:
+            inst = self.get(iid)
+            host = self.inventory.get(plan["hostId"])
+            compute = host.compute(DeploymentType(plan["manner"]))
+            stop_s = None               # FORCEFUL: destroy takes it down at once
+            if graceful is not None:
+                deadline = time.monotonic() + plan["timeout"]
+                if not graceful["cancel"].is_set():
+                    self.journal.step(op, "notify")
+                    confirmed = self.mep.notify_termination(iid, plan["timeout"],
+                                                            cancel=graceful["cancel"])
+                    self.journal.step(op, "notified", confirmed=confirmed)
+                with self._busy_lock:
+                    forceful = graceful["forceful"]
+                if forceful is not None:
+                    self.journal.finish(op, Conflict(
+                        f"superseded by FORCEFUL terminate {forceful['id']} before the app "
+                        "was stopped"))
+                    op, ops = forceful, [forceful]
+                    self.journal.step(op, "supersedes", opId=graceful["op"]["id"])
+                else:
+                    stop_s = max(0.0, deadline - time.monotonic())
+            self._release(op, host, compute, iid, inst.get("_handle"), stop_s)
+            self.packages.refresh_usage(inst["appDId"])
+            ops += self._end_terminate(iid, graceful, ops)
+            for one in ops:
+                self.journal.finish(one)
+        except Exception as e:   # noqa: BLE001 - op must end FAILED with the reason
+            err = e if isinstance(e, MecorchError) else _internal(e)
+            log.warning("terminate %s failed: %s", iid, err.detail)
+            ops += self._end_terminate(iid, graceful, ops)
+            for one in ops:
+                self.journal.finish(one, err)
+        finally:
+            # _guarded ends the op it was given; a FORCEFUL one is ended here
+            for one in ops:
+                if graceful is not None and one is not graceful["op"]:
+                    with self._busy_lock:
+                        self._live.discard(one["id"])
+                    logs.op_ended(one, self.store.get("instances", iid))
+
+    def _end_terminate(self, iid: str, graceful: dict | None, ops: list[dict]) -> list[dict]:
+        """Free the instance (before its ops are journalled as ended, so the
+        next operation may start at once); the FORCEFUL op that came while
+        the graceful one was stopping the app, if any: it ends with it."""
+        with self._busy_lock:
+            self._busy.discard(iid)
+            if graceful is None:
+                return []
+            self._graceful.pop(iid, None)
+            late = graceful["forceful"]
+        if late is None or any(one["id"] == late["id"] for one in ops):
+            return []
+        self.journal.step(late, "joined", opId=graceful["op"]["id"],
+                          note="the GRACEFUL terminate was already stopping the app")
+        return [late]
+
+    def _release(self, op: dict, host: EdgeHost, compute: ComputeDriver, iid: str,
+                 handle: dict | None, stop_timeout: float | None) -> None:
+        """Stop, remove rules, destroy, forget: the end of every instance.
+        `stop_timeout` None: no stop of its own (FORCEFUL, or finishing an
+        interrupted terminate): every driver's destroy takes a running
+        runtime down at once, and a stop first would only add the engine's
+        stop call to it (docker stop + remove: ~20 ms more than one forced
+        remove)."""
+        if handle and stop_timeout is not None:
+            self.journal.step(op, "begin:stop")
+            compute.stop(handle, stop_timeout)
+        self.journal.step(op, "begin:rules-removal")
+        self.mep.remove(host, iid)
+        self.journal.step(op, "begin:destroy")
+        applogs.keep(self.logs_dir, compute, iid, handle)
+        _destroy(compute, iid, handle)
+        inst = self.get(iid)
+        for k in _DEPLOYED_KEYS:
+            inst.pop(k, None)
+        inst["instantiationState"] = InstantiationState.NOT_INSTANTIATED.value
+        self.store.put("instances", iid, inst)
+        self.journal.events.instance(inst)              # notifications
+        self.journal.step(op, "released")
+
+    # ------------------------------------------------------------ operate
+    def operate(self, instance_id: str, body: dict) -> dict:
+        to, graceful, timeout = parse_operate(body, self.default_graceful_s)
+        with self._exclusive(instance_id):
+            inst = self.get(instance_id)
+            if inst["instantiationState"] != InstantiationState.INSTANTIATED.value:
+                raise Conflict(f"app instance {instance_id} is NOT_INSTANTIATED")
+            if inst["instantiatedAppState"]["operationalState"] == to.value:
+                raise Conflict(f"app instance {instance_id} is already {to.value}")
+            op = self.journal.start(instance_id, LcmOperation.OPERATE, {
+                "to": to.value, "timeout": timeout if graceful == "GRACEFUL" else 0})
+            self._busy.add(instance_id)
+            self._live.add(op["id"])
+        self._pool.submit(self._guarded, instance_id, self._run_operate, op)
+        return public(op)
+
+    def _run_operate(self, op: dict) -> None:
+        iid = op["appInstanceId"]
+        try:
+            inst = self.get(iid)
+            host = self.inventory.get(inst["hostId"])
+            compute = host.compute(DeploymentType(inst["deploymentType"]))
+            self.journal.step(op, "begin:" + op["_plan"]["to"].lower())
+            if op["_plan"]["to"] == InstanceOperationalState.STOPPED.value:
+                compute.stop(inst["_handle"], op["_plan"]["timeout"])
+            else:
+                compute.start(inst["_handle"])
+            inst["instantiatedAppState"] = {"operationalState": op["_plan"]["to"]}
+            self.store.put("instances", iid, inst)
+            self.journal.events.instance(inst)          # notifications
+            self._free(iid)
+            self.journal.finish(op)
+        except Exception as e:   # noqa: BLE001
+            self._free(iid)
+            self.journal.finish(op, e if isinstance(e, MecorchError) else _internal(e))
+
+    # ------------------------------------------------------------ recovery
+    def recover(self) -> list[str]:
+        """Finish or undo every operation a crash interrupted (or whose
+        recovery failed before, e.g. with a backend down: called again by
+        each reconciliation round). Operations running in this process are
+        left alone. Returns what was done, one line each."""
+        done = []
+        for op in self.journal.in_progress():
+            iid = op["appInstanceId"]
+            with self._busy_lock:
+                if op["id"] in self._live or iid in self._busy:
+                    continue
+                self._busy.add(iid)
+            try:
+                op = self.store.get("op_occs", op["id"])     # again, now that it is held
+                if op["operationState"] in ("STARTING", "PROCESSING"):
+                    done.append(self._recover_one(op))
+            except MecorchError as e:
+                done.append(f"could not recover op {op['id']} of {iid}: {e.detail}")
+            finally:
+                self._free(iid)
+        return done
+
+    def _recover_one(self, op: dict) -> str:
+        iid = op["appInstanceId"]
+        plan = op["_plan"]
+        if op["lcmOperation"] == LcmOperation.INSTANTIATE.value:
+            host = self.inventory.get(plan["hostId"])
+            self._undo_instantiate(op, host, DeploymentType(plan["manner"]), None)
+            self.journal.finish(op, Conflict("interrupted by a restart of mecorch; rolled back"))
+            line = f"rolled back instantiate of {iid}"
+        elif op["lcmOperation"] == LcmOperation.TERMINATE.value:
+            host = self.inventory.get(plan["hostId"])
+            compute = host.compute(DeploymentType(plan["manner"]))
+            inst = self.get(iid)
+            self._release(op, host, compute, iid, inst.get("_handle"), None)
+            self.journal.finish(op)
+            line = f"finished terminate of {iid}"
+        else:
+            self.journal.finish(op, Conflict("interrupted by a restart of mecorch"))
+            line = f"failed interrupted operate of {iid}"
+        inst = self.store.get("instances", iid)
+        if inst:
+            self.packages.refresh_usage(inst["appDId"])
+        logs.op_ended(op, inst)
+        return line
+
+    # ------------------------------------------------------------ helpers
+    def _exclusive(self, instance_id: str):
+        return exclusive(self._busy_lock, self._busy, instance_id)
+
+    def _guarded(self, instance_id: str, fn, op: dict, *args) -> None:
+        logs.op_started(op, self.store.get("instances", instance_id))
+        try:
+            fn(op, *args)
+        finally:
+            with self._busy_lock:
+                self._live.discard(op["id"])
+            self._free(instance_id)
+            logs.op_ended(op, self.store.get("instances", instance_id))
+
+    @contextlib.contextmanager
+    def hold(self, instance_id: str):
+        """Keep every LCM operation off the instance while the block runs
+        (recovery, reconciliation); Conflict if one is in progress."""
+        with self._exclusive(instance_id):
+            self._busy.add(instance_id)
+        try:
+            yield
+        finally:
+            self._free(instance_id)
+
+    def working_on(self, instance_id: str) -> bool:
+        """An operation of the instance runs here or awaits recovery."""
+        with self._busy_lock:
+            if instance_id in self._busy:
+                return True
+        return bool(self.journal.in_progress(instance_id))
+
+    def _free(self, instance_id: str) -> None:
+        """End the instance's operation lock; called before the op is
+        journalled as ended, so the next operation may start at once."""
+        with self._busy_lock:
+            self._busy.discard(instance_id)
+
+    def used_by_host(self) -> dict[str, Need]:
+        """Per host, what INSTANTIATED instances in the store hold."""
+        used: dict[str, Need] = {}
+        # every placement asks: only the two keys, not each whole document
+        for inst in self.store.list("instances",
+                                    instantiationState=InstantiationState.INSTANTIATED.value,
+                                    keep=("hostId", "_need")):
+            n = inst.get("_need")
+            if not n:
+                continue
+            u = used.get(inst["hostId"], Need(0.0, 0, 0.0))
+            used[inst["hostId"]] = Need(u.vcpu + n["vcpu"], u.memory_mb + n["memory_mb"],
+                                        u.disk_gb + n["disk_gb"])
+        return used
+
+
+# InstantiateAppRequest as mecorch defines it: ETSI's attributes and
+# mecorch's documented extensions (a misspelling of one is refused).
+INSTANTIATE_FIELDS = ("selectedMECHostInfo", "locationConstraints", "vimConnectionInfo",
+                      "virtualComputeDescriptor", "virtualStorageDescriptor",
+                      *decision.TYPE_FIELDS, "orchestrationInfo", "appTrafficRule", "appDNSRule")
+TERMINATE_FIELDS = ("terminationType", "gracefulTerminationTimeout", *decision.TYPE_FIELDS)
+
+
+def fingerprint(body) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def idempotency_mismatch() -> IdempotencyMismatch:
+    return IdempotencyMismatch("Idempotency-Key was already used with a different request "
+                               "body: use a new key for a new request")
+
+
+def _check_named(named: DeploymentType | None, field: str | None, inst: dict) -> None:
+    """A manner named in a TerminateAppRequest must be the instance's."""
+    if named is not None and named.value != inst["deploymentType"]:
+        raise InvalidInput(f"{field} says {named.value} but app instance "
+                           f"{inst['id']} was deployed as {inst['deploymentType']}")
+
+
+def parse_terminate(body, default_s: int) -> tuple[TerminationType, int]:
+    """TerminateAppRequest -> (kind, graceful timeout; 0 when FORCEFUL)."""
+    if not isinstance(body, dict):
+        raise InvalidInput("body must be a TerminateAppRequest object")
+    validate.known_fields(body, TERMINATE_FIELDS, "TerminateAppRequest")
+    try:
+        kind = TerminationType(body.get("terminationType"))
+    except ValueError:
+        raise InvalidInput("terminationType must be GRACEFUL or FORCEFUL") from None
+    timeout = validate.integer(body.get("gracefulTerminationTimeout", default_s),
+                               "gracefulTerminationTimeout", 0, 3600)
+    return kind, 0 if kind is TerminationType.FORCEFUL else timeout
+
+
+def parse_operate(body, default_s: int) -> tuple[InstanceOperationalState, str, int]:
+    """OperateAppRequest -> (target state, stop type, graceful stop timeout)."""
+    if not isinstance(body, dict):
+        raise InvalidInput("body must be an OperateAppRequest object")
+    try:
+        to = InstanceOperationalState(body.get("changeStateTo"))
+    except ValueError:
+        raise InvalidInput("changeStateTo must be STARTED or STOPPED") from None
+    graceful = body.get("stopType", "GRACEFUL")
+    if graceful not in ("GRACEFUL", "FORCEFUL"):
+        raise InvalidInput("stopType must be GRACEFUL or FORCEFUL")
+    timeout = validate.integer(body.get("gracefulStopTimeout", default_s),
+                               "gracefulStopTimeout", 0, 3600)
+    return to, graceful, timeout
+
+
+def create_instance(store: Store, packages, body, idempotency_key: str | None
+                    ) -> tuple[dict, bool]:
+    """Store a new NOT_INSTANTIATED instance record for
+    CreateAppInstanceRequest `body` (the MEO's and a host's alike); returns
+    it and whether it was made now (False: a retry with the same
+    Idempotency-Key, answered with the first one's record)."""
+    if not isinstance(body, dict):
+        raise InvalidInput("body must be a CreateAppInstanceRequest object")
+    key = f"create|{validate.text(idempotency_key, 'Idempotency-Key', 128)}" \
+        if idempotency_key else None
+    if key:
+        seen = store.get("idempotency", key)
+        if seen:
+            if seen.get("fingerprint", fingerprint(body)) != fingerprint(body):
+                raise idempotency_mismatch()
+            doc = store.get("instances", seen["resource"])
+            if doc is None:
+                raise NotFound(f"app instance {seen['resource']!r} does not exist")
+            return doc, False
+    app_d_id = validate.ident(body.get("appDId"), "appDId")
+    # mecorch extension: appPkgId picks one version of the app (an MEO
+    # creates an instance from the exact package it copied to the host)
+    pkg_id = body.get("appPkgId")
+    pkg = packages.usable(app_d_id, validate.ident(pkg_id, "appPkgId")
+                          if pkg_id is not None else None)
+    iid = new_id()
+    doc = new_instance_doc(iid, body, pkg)
+    with store.transaction():
+        store.put("instances", iid, doc)
+        if key:
+            store.put("idempotency", key, {"resource": iid, "fingerprint": fingerprint(body)})
+    return doc, True
+
+
+def new_instance_doc(iid: str, body: dict, pkg: dict) -> dict:
+    """A NOT_INSTANTIATED AppInstanceInfo for CreateAppInstanceRequest `body`
+    of package `pkg` (the MEO's and the MEPM's records alike)."""
+    href = f"{LCM}/app_instances/{iid}"
+    appd = pkg["_appd"]
+    return {
+        "id": iid,
+        "appInstanceName": validate.text(body.get("appInstanceName") or appd["appName"],
+                                         "appInstanceName"),
+        "appInstanceDescription": validate.text(
+            body.get("appInstanceDescription") or appd.get("appDescription") or "-",
+            "appInstanceDescription", 1024),
+        "appDId": pkg["appDId"],
+        "appProvider": appd["appProvider"],
+        "appName": appd["appName"],
+        "appSoftVersion": appd["appSoftVersion"],
+        "appDVersion": appd["appDVersion"],
+        "appPkgId": pkg["id"],
+        "instantiationState": InstantiationState.NOT_INSTANTIATED.value,
+        "_links": {"self": {"href": href},
+                   "instantiate": {"href": f"{href}/instantiate"},
+                   "terminate": {"href": f"{href}/terminate"},
+                   "operate": {"href": f"{href}/operate"}},
+    }
+
+
+def selected_hosts(body: dict) -> list[str]:
+    """Host ids named in selectedMECHostInfo (MECHostInformation.hostId is
+    KeyValuePairs in the spec; mecorch reads {"id": ...} or a plain string)."""
+    infos = body.get("selectedMECHostInfo") or []
+    if not isinstance(infos, list):
+        raise InvalidInput("selectedMECHostInfo must be an array of MECHostInformation")
+    ids = []
+    for i, info in enumerate(infos):
+        hid = info.get("hostId") if isinstance(info, dict) else None
+        if isinstance(hid, dict):
+            hid = hid.get("id")
+        ids.append(validate.ident(hid, f"selectedMECHostInfo[{i}].hostId"))
+    return ids
+
+
+def _destroy(compute: ComputeDriver, instance_id: str, handle: dict | None) -> None:
+    """Destroy by handle, or, when the handle was never recorded (a crash
+    inside deploy), by what the backend finds under the instance's label."""
+    if handle:
+        compute.destroy(handle)
+        return
+    for obs in compute.list_instances():
+        if obs.instance_id == instance_id:
+            compute.destroy(obs.handle)
+
+
+def _best_effort(what: str, fn, *args) -> None:
+    try:
+        fn(*args)
+    except Exception as e:   # noqa: BLE001 - undo must try every step
+        log.error("%s failed during rollback: %s", what, e)
+
+
+def _internal(e: Exception) -> MecorchError:
+    log.exception("internal error")
+    return MecorchError(f"internal error: {type(e).__name__}: {e}")
+
+
+def _request_doc(req: ResourceRequest) -> dict:
+    d = dataclasses.asdict(req)
+    d["manner"] = req.manner.value
+    return d
+
+
+def _allocation_view(alloc: Allocation, host_id: str) -> dict:
+    return {
+        "hostId": host_id,
+        "compute": {"vcpu": alloc.vcpu, "memoryMb": alloc.memory_mb},
+        "storage": list(alloc.storage),
+        "network": [dataclasses.asdict(a) for a in alloc.addresses],
+    }

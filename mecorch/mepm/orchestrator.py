@@ -1,0 +1,55 @@
+"""The unified orchestration function (MEO + MEPM in one process): wires the
+store, the edge host inventory, package management, the MEP and the LCM."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from mecorch.kernel import logs, views
+from mecorch.mepm.inventory import Inventory
+from mecorch.mepm.lcm import Lcm
+from mecorch.mepm.mep import MepService
+from mecorch.package.manager import PackageManager
+from mecorch.mepm.reconcile import Reconciler
+from mecorch.kernel.store import Store
+from mecorch.kernel.events import Guarded
+from mecorch.notifications.subscriptions import Subscriptions
+
+log = logging.getLogger("mecorch")
+
+
+class Orchestrator:
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.store = Store(Path(cfg["state_dir"]) / "mecorch.db", views.MEPM)
+        self.inventory = Inventory(cfg)
+        self.packages = PackageManager(self.store, self.inventory, cfg)
+        self.mep = MepService(self.store, self.inventory, cfg)
+        self.lcm = Lcm(self.store, self.inventory, self.packages, self.mep, cfg)
+        self.reconciler = Reconciler(self.store, self.inventory, self.lcm, self.mep,
+                                     cfg["orchestrator"].get("reconcile_interval_s", 30))
+        # northbound subscriptions: told of changes by the core's hooks
+        self.subscriptions = Subscriptions(self.store, cfg)
+        self.packages.events = self.lcm.journal.events = Guarded(self.subscriptions)
+
+    def recover(self) -> list[str]:
+        """Finish or undo what a crash interrupted and reconcile the store
+        with the backends (one round). Called before serving."""
+        done = self.reconciler.run_once() + self.packages.recover()
+        for line in done:
+            logs.recovery(line)
+        return done
+
+    def start_background(self) -> None:
+        """Reconcile every orchestrator.reconcile_interval_s from now on."""
+        self.reconciler.start()
+        self.subscriptions.start()      # the notification sender
+
+    def close(self) -> None:
+        self.subscriptions.stop()
+        self.reconciler.stop()
+        self.lcm.close()
+        for host in self.inventory.hosts.values():
+            host.close()
+        self.store.close()

@@ -1,0 +1,347 @@
+"""Reconciliation: what mecorch decided (the store, the op journal) against
+what the backends report, on start and then every
+`orchestrator.reconcile_interval_s` seconds.
+
+Each round:
+1. finishes or undoes the operations a crash interrupted (`Lcm.recover`:
+   the journal part; operations running in this process are left alone);
+2. per edge host and compute driver, lists what the backend has under
+   mecorch's labels/metadata (`list_instances`, which only returns objects
+   of this host id) and
+   - adopts what belongs to an INSTANTIATED instance: nothing is stopped or
+     started, only its observed state is recorded (`_observed`);
+   - removes orphans: objects of instances the store does not have as
+     INSTANTIATED by this manner on this host, and that no operation is
+     working on;
+   - marks INSTANTIATED instances whose runtime vanished as observed
+     MISSING (the record is kept: an operator decides what happens next);
+   - after a host reboot or daemon restart: starts again what stopped with
+     its host (the driver's `revive`; never what the operator stopped or
+     what crashed by itself), and moves the rules of an instance whose
+     runtime came back with another address to that address;
+3. per MEP, re-opens the driver when its own check fails (a dead dnsmasq
+   is started again), removes rules of instances that are not
+   INSTANTIATED there, and applies again the stored rules of INSTANTIATED
+   instances the MEP does not hold as applied (`rules_applied`: after a
+   reboot the chains are gone).
+
+A backend that cannot be listed is skipped for the round with a log line:
+"cannot list" never means "nothing exists". Every change to one instance is
+made while holding that instance (`Lcm.hold`), so it cannot race an LCM
+operation; an instance busy with one is left for the next round.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from mecorch.kernel import heap, logs
+from mecorch.kernel.errors import Conflict, MecorchError
+from mecorch.mepm.inventory import EdgeHost, Inventory
+from mecorch.mepm.lcm import Lcm
+from mecorch.mepm.mep import MepService
+from mecorch.driverapi.model import Observation
+from mecorch.spec.rules import DnsRule, TrafficRule
+from mecorch.kernel.states import DeploymentType, InstantiationState, ObservedState
+from mecorch.kernel.store import Store
+from mecorch.kernel.timeutil import timestamp
+
+log = logging.getLogger("mecorch.reconcile")
+INSTANTIATED = InstantiationState.INSTANTIATED.value
+
+
+class Reconciler:
+    def __init__(self, store: Store, inventory: Inventory, lcm: Lcm, mep: MepService,
+                 interval_s: float):
+        self.store = store
+        self.inventory = inventory
+        self.lcm = lcm
+        self.mep = mep
+        self.interval_s = float(interval_s)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._round_lock = threading.Lock()     # one round at a time
+
+    # ------------------------------------------------------------ the loop
+    def start(self) -> None:
+        """Run a round every interval in a daemon thread (the first round is
+        the caller's: `run_once` before serving)."""
+        if self._thread is None and self.interval_s > 0:
+            self._thread = threading.Thread(target=self._loop, name="reconcile", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                for line in self.run_once():
+                    logs.recovery(line)
+            except Exception:      # noqa: BLE001 - the loop must survive anything
+                log.exception("reconcile round failed; retrying next round")
+            # what the round (and the requests since the last one) freed
+            # goes back to the system: an idle node stays small
+            heap.trim()
+
+    # ------------------------------------------------------------ one round
+    def run_once(self) -> list[str]:
+        """One reconciliation round; returns what it did, one line each."""
+        with self._round_lock:
+            done = self.lcm.recover()
+            for host in self.inventory.hosts.values():
+                for manner in DeploymentType:
+                    if host.has(manner):
+                        done += self._compute(host, manner)
+                if host.section("mep"):
+                    done += self._rules(host)
+            return done
+
+    def _compute(self, host: EdgeHost, manner: DeploymentType) -> list[str]:
+        # Snapshot the instances before listing: one that became
+        # INSTANTIATED while we listed may have objects the list missed.
+        before = {i["id"]: i.get("_opId") for i in self._instantiated(host, manner)}
+        try:
+            observed = host.compute(manner).list_instances()
+        except MecorchError as e:       # logged by the caller, like every line
+            return [f"skipped {manner.value} of host {host.id}: {e.detail}"]
+        done = []
+        seen: dict[str, list[Observation]] = {}
+        for obs in observed:
+            seen.setdefault(obs.instance_id, []).append(obs)
+        for iid, obs_list in seen.items():
+            done += self._one_observed(host, manner, iid, obs_list)
+        for iid, op_id in before.items():
+            if iid not in seen:
+                done += self._vanished(host, manner, iid, op_id)
+        return done
+
+    def _one_observed(self, host: EdgeHost, manner: DeploymentType, iid: str,
+                      obs_list: list[Observation]) -> list[str]:
+        inst = self.store.get("instances", iid)
+        if self._owned(inst, host, manner):
+            done = self._readdress(host, iid, obs_list[0])
+            if obs_list[0].state is ObservedState.STOPPED:
+                revived = self._revive(host, manner, iid, obs_list[0])
+                if revived:
+                    return done + revived
+            return done + self._adopt(inst, obs_list[0])
+        if self.lcm.working_on(iid):
+            return []
+        try:
+            with self.lcm.hold(iid):
+                inst = self.store.get("instances", iid)     # again, now that it is held
+                if self._owned(inst, host, manner) or self.lcm.journal.in_progress(iid):
+                    return []
+                compute = host.compute(manner)
+                # Listed before the hold: a terminate and delete that ended
+                # meanwhile removed these objects itself. Only what the
+                # backend still shows now is an orphan (and worth a line).
+                obs_list = [o for o in compute.list_instances() if o.instance_id == iid]
+                for obs in obs_list:
+                    compute.destroy(obs.handle)
+                if not obs_list:
+                    return []
+                return [f"removed orphaned {manner.value} objects of instance {iid} "
+                        f"on host {host.id}"]
+        except Conflict:
+            return []               # an operation started meanwhile: next round
+        except MecorchError as e:
+            log.warning("reconcile: removing orphan %s failed: %s", iid, e.detail)
+            return [f"could not remove orphaned {manner.value} of {iid}: {e.detail}"]
+
+    def _adopt(self, inst: dict, obs: Observation) -> list[str]:
+        """A running instance is left as it is: only what was observed is
+        recorded, and only when it changed."""
+        old = (inst.get("_observed") or {}).get("state")
+        if old == obs.state.value:
+            return []
+        if not self._record(inst["id"], obs.state, obs.detail):
+            return []
+        if old is None and obs.state is ObservedState.RUNNING:
+            return []               # the normal case: nothing to report
+        return [f"instance {inst['id']} observed {obs.state.value} (was {old or 'unknown'})"]
+
+    def _readdress(self, host: EdgeHost, iid: str, obs: Observation) -> list[str]:
+        """The runtime has another address than the one its rules steer to
+        (a container restarted by dockerd gets the first free address): the
+        rules are applied again to the new one and the record follows."""
+        now = (obs.handle or {}).get("address") or {}
+        doc = self.store.get("rules", iid) or {}
+        if not now.get("ip") or doc.get("hostId") != host.id \
+                or doc.get("targetIp") in (None, now["ip"]) or self.lcm.working_on(iid):
+            return []
+        try:
+            with self.lcm.hold(iid):
+                inst = self.store.get("instances", iid)
+                doc = self.store.get("rules", iid) or {}
+                old = doc.get("targetIp")
+                if not self._rules_owned(iid, host) or doc.get("hostId") != host.id \
+                        or old in (None, now["ip"]) or self.lcm.journal.in_progress(iid):
+                    return []
+                self.mep.apply(host, iid, now["ip"])
+                nets = (inst.get("allocatedResources") or {}).get("network") or []
+                for n in nets:
+                    if n.get("ip") == old:
+                        n.update(ip=now["ip"], mac=now.get("mac") or n.get("mac"))
+                self.store.put("instances", iid, inst)
+        except Conflict:
+            return []
+        except MecorchError as e:
+            return [f"could not move the rules of {iid} to its new address: {e.detail}"]
+        return [f"instance {iid} has a new address {now['ip']} (was {old}): its rules follow"]
+
+    def _revive(self, host: EdgeHost, manner: DeploymentType, iid: str,
+                obs: Observation) -> list[str]:
+        """A stopped instance the operator did not stop, whose runtime died
+        with its host (a reboot, a daemon restart): the driver starts it
+        again (`revive`, which tells that case from a crash). A driver
+        without `revive` (libvirt: domain autostart does it) is left alone."""
+        revive = getattr(host.compute(manner), "revive", None)
+        inst = self.store.get("instances", iid)
+        state = ((inst or {}).get("instantiatedAppState") or {}).get("operationalState")
+        if revive is None or state != "STARTED" or self.lcm.working_on(iid):
+            return []
+        try:
+            if not revive(obs.handle, check_only=True):    # a crash: not held
+                return []
+            with self.lcm.hold(iid):
+                inst = self.store.get("instances", iid)
+                state = ((inst or {}).get("instantiatedAppState") or {}).get("operationalState")
+                if not self._owned(inst, host, manner) or state != "STARTED" \
+                        or self.lcm.journal.in_progress(iid):
+                    return []
+                if not revive(obs.handle):
+                    return []
+        except Conflict:
+            return []
+        except MecorchError as e:
+            return [f"could not start {manner.value} of instance {iid} again: {e.detail}"]
+        self._record(iid, ObservedState.RUNNING, "started again after its host restarted")
+        return [f"instance {iid} started again on host {host.id} (its runtime stopped "
+                f"with the host)"]
+
+    def _vanished(self, host: EdgeHost, manner: DeploymentType, iid: str,
+                  op_id: str | None) -> list[str]:
+        inst = self.store.get("instances", iid)
+        if not self._owned(inst, host, manner) or inst.get("_opId") != op_id:
+            return []               # terminated or redeployed meanwhile
+        if (inst.get("_observed") or {}).get("state") == ObservedState.MISSING.value:
+            return []
+        detail = f"no {manner.value} runtime found on host {host.id}"
+        if self._record(iid, ObservedState.MISSING, detail, expect_op=op_id):
+            return [f"instance {iid} is INSTANTIATED but its runtime is MISSING"]
+        return []
+
+    def _record(self, iid: str, state: ObservedState, detail: str,
+                expect_op: str | None = None) -> bool:
+        try:
+            with self.lcm.hold(iid):
+                inst = self.store.get("instances", iid)
+                if inst is None or inst["instantiationState"] != INSTANTIATED:
+                    return False
+                if expect_op is not None and inst.get("_opId") != expect_op:
+                    return False
+                inst["_observed"] = {"state": state.value, "detail": detail[:500],
+                                     "at": timestamp()}
+                self.store.put("instances", iid, inst)
+                return True
+        except Conflict:
+            return False
+
+    # ------------------------------------------------------------ MEP
+    def _rules(self, host: EdgeHost) -> list[str]:
+        done = []
+        try:
+            mep = host.mep()
+            failed = [c.name for c in mep.check() if not c.ok]
+            if failed:
+                # open() is idempotent: it makes the chains, hooks and a live
+                # dnsmasq exist again. Only then: nothing is redone that works.
+                mep.open()
+                done.append(f"MEP of host {host.id} re-opened ({', '.join(failed)} failed)")
+            owners = mep.rule_owners()
+        except MecorchError as e:
+            return done + [f"skipped MEP of host {host.id}: {e.detail}"]
+        for iid in sorted(owners):
+            if self._rules_owned(iid, host) or self.lcm.working_on(iid):
+                continue
+            try:
+                with self.lcm.hold(iid):
+                    if self._rules_owned(iid, host) or self.lcm.journal.in_progress(iid):
+                        continue
+                    self.mep.remove(host, iid)
+                    done.append(f"removed orphaned rules of instance {iid} on host {host.id}")
+            except Conflict:
+                continue
+            except MecorchError as e:
+                done.append(f"could not remove orphaned rules of {iid}: {e.detail}")
+        return done + self._reapply(host, mep)
+
+    def _reapply(self, host: EdgeHost, mep) -> list[str]:
+        """Apply again the stored rules of every INSTANTIATED instance of the
+        host whose rules the MEP does not hold as applied (after a reboot
+        the chains are gone). Rules in place are not touched."""
+        applied = getattr(mep, "rules_applied", None)
+        if applied is None:
+            return []
+        done = []
+        # one iptables-save for the round's first look at every instance
+        snapshot, saved = getattr(mep, "snapshot", None), None
+        try:
+            saved = snapshot() if snapshot is not None else None
+        except MecorchError as e:
+            return [f"skipped re-applying rules on host {host.id}: {e.detail}"]
+        for inst in self.store.list("instances", instantiationState=INSTANTIATED,
+                                    hostId=host.id, keep=("id",)):
+            iid = inst["id"]
+            doc = self.store.get("rules", iid)
+            if not doc or doc.get("hostId") != host.id or not doc.get("targetIp") \
+                    or self.lcm.working_on(iid):
+                continue
+            try:
+                # Checked first without holding the instance: a round must
+                # not make every API operation of it wait (409) meanwhile.
+                first = (iid, doc["targetIp"],
+                         [TrafficRule.from_etsi(r) for r in doc["trafficRules"]],
+                         [DnsRule.from_etsi(r) for r in doc["dnsRules"]])
+                if applied(*first, saved=saved) if saved is not None else applied(*first):
+                    continue
+                with self.lcm.hold(iid):
+                    doc = self.store.get("rules", iid)
+                    if not self._rules_owned(iid, host) or not doc \
+                            or doc.get("hostId") != host.id or self.lcm.journal.in_progress(iid):
+                        continue
+                    if applied(iid, doc["targetIp"],
+                               [TrafficRule.from_etsi(r) for r in doc["trafficRules"]],
+                               [DnsRule.from_etsi(r) for r in doc["dnsRules"]]):
+                        continue
+                    self.mep.apply(host, iid, doc["targetIp"])
+                    done.append(f"re-applied the rules of instance {iid} on host {host.id}")
+            except Conflict:
+                continue
+            except MecorchError as e:
+                done.append(f"could not re-apply the rules of {iid}: {e.detail}")
+        return done
+
+    def _rules_owned(self, iid: str, host: EdgeHost) -> bool:
+        inst = self.store.get("instances", iid)
+        return bool(inst) and inst["instantiationState"] == INSTANTIATED \
+            and inst.get("hostId") == host.id
+
+    # ------------------------------------------------------------ helpers
+    def _instantiated(self, host: EdgeHost, manner: DeploymentType) -> list[dict]:
+        """id and _opId of the host's INSTANTIATED instances of one manner."""
+        return [i for i in self.store.list("instances", instantiationState=INSTANTIATED,
+                                           hostId=host.id,
+                                           keep=("id", "_opId", "deploymentType"))
+                if i["deploymentType"] == manner.value]
+
+    @staticmethod
+    def _owned(inst: dict | None, host: EdgeHost, manner: DeploymentType) -> bool:
+        return bool(inst) and inst["instantiationState"] == INSTANTIATED \
+            and inst.get("hostId") == host.id and inst.get("deploymentType") == manner.value

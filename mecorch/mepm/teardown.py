@@ -1,0 +1,82 @@
+"""`mecorch host teardown [HOST]`: remove everything mecorch made on an
+edge host, with `mecorch serve` stopped and nothing left deployed.
+
+Refused while a `mecorch serve` holds the host (its lease), while an
+instance of the host is INSTANTIATED or an operation on it is unfinished,
+and while packages are onboarded (their images live in the pool and the
+registry). Then each driver removes what it made (`uninstall`): the MEP its
+iptables chains and hooks, its dnsmasq processes, its DNS files and its
+service link; the VIM its NAT network and storage pool; the CIM its bridge
+network. Says what it removed, one line each.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mecorch.driverapi.contracts import load_driver
+from mecorch.kernel.errors import Conflict, InvalidInput, NotFound
+from mecorch.kernel.store import Store
+
+
+def teardown(cfg: dict, host_id: str | None = None) -> list[str]:
+    hosts = {h["id"]: h for h in cfg["hosts"]}
+    if host_id is None:
+        if len(hosts) != 1:
+            raise InvalidInput(f"name the host to tear down: {', '.join(hosts)}")
+        host_id = next(iter(hosts))
+    host = hosts.get(host_id)
+    if host is None:
+        raise NotFound(f"unknown edge host {host_id!r}; configured: {', '.join(hosts)}")
+    from mecorch.mepm.lease import HostLease
+    lease = HostLease(cfg["state_dir"], "mecorch host teardown")
+    lease.acquire([host_id])            # Conflict while a serve holds the host
+    try:
+        _refuse_if_in_use(cfg, host_id)
+        done: list[str] = []
+        for role in ("mep", "vim", "cim"):     # rules first, then what they point at
+            section = host.get(role)
+            if not section:
+                continue
+            driver = load_driver(role, section)
+            uninstall = getattr(driver, "uninstall", None)
+            if uninstall is None:
+                done.append(f"{role}: driver {section.get('driver')} has nothing to remove")
+                continue
+            try:
+                removed = uninstall()
+            finally:
+                driver.close()
+            if removed is None:             # the MEP says nothing: say what it owns
+                removed = [f"iptables chains {section.get('chain_prefix')}-* and their hooks, "
+                           f"its dnsmasq, its DNS files, its service link "
+                           f"{section.get('service_interface', 'mecorch-svc')}"]
+            done += [f"{role}: {line}" for line in removed]
+        return done
+    finally:
+        lease.release()
+
+
+def _refuse_if_in_use(cfg: dict, host_id: str) -> None:
+    db = Path(cfg["state_dir"]) / "mecorch.db"
+    if not db.exists():
+        return
+    store = Store(db)
+    try:
+        live = [i["id"] for i in store.list("instances", hostId=host_id)
+                if i["instantiationState"] == "INSTANTIATED"]
+        if live:
+            raise Conflict(f"{len(live)} instance(s) on host {host_id} are INSTANTIATED "
+                           f"({', '.join(live[:5])}): terminate them first")
+        busy = [o["id"] for o in store.list("op_occs")
+                if o["operationState"] in ("STARTING", "PROCESSING")
+                and (o.get("_plan") or {}).get("hostId") in (host_id, None)]
+        if busy:
+            raise Conflict(f"operation(s) {', '.join(busy[:5])} are unfinished: start "
+                           "`mecorch serve` to finish or undo them first")
+        pkgs = [p["id"] for p in store.list("packages")]
+        if pkgs:
+            raise Conflict(f"{len(pkgs)} app package(s) are onboarded (their images are in the "
+                           "host's repositories): delete them first")
+    finally:
+        store.close()

@@ -1,0 +1,85 @@
+"""Observed state from the backends' own events, within seconds.
+
+Reconciliation compares the store with the backends every
+`orchestrator.reconcile_interval_s`; a container that crashes in between
+would stay "RUNNING" until the next round. A compute driver that can stream
+its backend's events (`watch(on_change, stop)`: Docker's events in the CIM,
+libvirt's domain lifecycle events in the VIM) is watched
+by one thread per host while `mecorch serve` runs: each start or death of
+an app's runtime is recorded as the instance's observed state at once (with
+the exit code in its detail) and logged (instance.observed). A stream that
+breaks is opened again after a pause; reconciliation still covers what an
+outage of the stream missed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from mecorch.kernel import logs
+from mecorch.kernel.errors import MecorchError
+from mecorch.driverapi.model import Observation
+from mecorch.kernel.states import DeploymentType
+
+log = logging.getLogger("mecorch.watch")
+RETRY_S = 5.0
+
+
+class Watcher:
+    def __init__(self, orch):
+        self.orch = orch
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for host in self.orch.inventory.hosts.values():
+            for manner in DeploymentType:
+                if not host.has(manner):
+                    continue
+                try:
+                    driver = host.compute(manner)
+                except MecorchError:
+                    driver = None        # down now: tried again in the thread
+                if driver is not None and not hasattr(driver, "watch"):
+                    continue
+                t = threading.Thread(target=self._run, args=(host, manner),
+                                     name=f"watch-{host.id}-{manner.value}", daemon=True)
+                t.start()
+                self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=5)
+        self._threads.clear()
+
+    def _run(self, host, manner: DeploymentType) -> None:
+        while not self._stop.is_set():
+            try:
+                driver = host.compute(manner)
+                if not hasattr(driver, "watch"):
+                    return
+                driver.watch(lambda obs: self._changed(host, manner, obs), self._stop)
+            except MecorchError as e:
+                log.debug("events of %s/%s: %s; again in %gs", host.id, manner.value,
+                          e.detail, RETRY_S)
+            except Exception:       # noqa: BLE001 - the watch must survive anything
+                log.exception("events of %s/%s failed", host.id, manner.value)
+            self._stop.wait(RETRY_S)
+
+    def _changed(self, host, manner: DeploymentType, obs: Observation) -> None:
+        inst = self.orch.store.get("instances", obs.instance_id)
+        if not inst or inst.get("hostId") != host.id \
+                or inst.get("deploymentType") != manner.value:
+            return              # not deployed (yet): its own operation records it
+        if self.orch.lcm.working_on(obs.instance_id):
+            return              # an operate/terminate in flight made this change
+        old = (inst.get("_observed") or {}).get("state")
+        # the reconciler's own record: held against LCM operations
+        if self.orch.reconciler._record(obs.instance_id, obs.state, obs.detail):
+            if old != obs.state.value:
+                logs.event("instance.observed", logging.WARNING if obs.state.value != "RUNNING"
+                           else logging.INFO, instance=obs.instance_id,
+                           package=inst.get("appPkgId"), host=host.id, manner=manner.value,
+                           state=obs.state.value, was=old, detail=obs.detail)
