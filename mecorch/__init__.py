@@ -1,9 +1,12 @@
 """mecorch: a unified MEC orchestrator (MEO + MEPM) for small edge hosts.
 
-The core (this package) owns the contracts: driver interfaces
-(`mecorch.drivers`), the error hierarchy (`mecorch.errors`), the lifecycle
-states (`mecorch.states`) and the value objects at the driver boundary
-(`mecorch.model`). Backends live in the top-level `drivers` package.
+The two ETSI MEC levels each live in one package: `mepm` (the host engine:
+LCM, inventory, MEP, reconciliation) and `meo` (the system level: registry
+of MEPMs, placement, system LCM). Below them: `kernel` (errors, states,
+store, HTTP toolkit, ...), `driverapi` (the driver contracts and value
+objects), `spec` (what a request means), `package` (reading, checking and
+keeping app packages), `notifications`; above them `api` (one router per
+role) and `cli`. Backends live in the top-level `drivers` package.
 """
 
 __version__ = "0.1.0"

@@ -134,6 +134,40 @@ def test_other_views_than_the_store_holds_rebuild_every_one(tmp_path):
             s.close()
 
 
+def test_a_store_written_before_the_layout_change_keeps_its_views(tmp_path):
+    """Before mecorch/ was cut into layers the fingerprint named each view
+    function with its module (mecorch.views.*); the same functions, moved,
+    rebuild nothing: a sentinel view text survives the open."""
+    from mecorch.kernel.store import Views
+    from mecorch.kernel import views as V
+    db = tmp_path / "old.db"
+    s = Store(db, V.MEPM)
+    s.put("packages", "p", {"id": "p", "onboardingState": "ONBOARDED", "operationalState": "ENABLED", "usageState": "NOT_IN_USE"})
+    s.close()
+    raw = sqlite3.connect(db)
+    raw.execute("UPDATE meta SET value=? WHERE key='views'",
+                (f"{V.VERSION}:instances=mecorch.views.host_instance_view,"
+                 "packages=mecorch.views.package_view",))
+    raw.execute("UPDATE packages SET view='\"sentinel\"'")
+    raw.commit()
+    s = Store(db, V.MEPM)
+    try:
+        assert raw.execute("SELECT view FROM packages").fetchall() == [('"sentinel"',)]
+    finally:
+        s.close()
+    # ...while another function under the same old-style name still rebuilds
+    raw.execute("UPDATE meta SET value=? WHERE key='views'",
+                (f"{V.VERSION}:instances=mecorch.views.system_instance_view,"
+                 "packages=mecorch.views.package_view",))
+    raw.commit()
+    s = Store(db, V.MEPM)
+    try:
+        assert raw.execute("SELECT view FROM packages").fetchall() != [('"sentinel"',)]
+    finally:
+        s.close()
+        raw.close()
+
+
 def test_an_equality_on_an_indexed_column_is_answered_from_its_index(tmp_path):
     """(column, seq) indexes: a rare value is found without walking the
     table, and a page walks insertion order without sorting (SQLite's own

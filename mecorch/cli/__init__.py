@@ -301,6 +301,3 @@ def _serve_meo(cfg: dict, listen: str) -> int:
         logs.event("serve.stop", pid=os.getpid())
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -28,11 +28,11 @@ import threading
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Protocol
 
 from mecorch.spec import decision
 from mecorch.kernel import filters, logs, paging, validate, views
 from mecorch.kernel.errors import Conflict, IntegrityError, InvalidInput, MecorchError, NotFound
-from mecorch.mepm.inventory import Inventory
 from mecorch.package import open_package
 from mecorch.kernel.states import (
     DeploymentType, InstantiationState, OnboardingState, OperationalState, UsageState)
@@ -40,6 +40,7 @@ from mecorch.kernel.store import TABLES, Store
 from mecorch.kernel.fileutil import sha256_file
 from mecorch.kernel.events import NONE as NO_EVENTS, Events
 from mecorch.kernel.timeutil import new_id, public
+from mecorch.driverapi.contracts import ComputeDriver
 
 log = logging.getLogger("mecorch.pkgm")
 PKGM = "/app_pkgm/v1"
@@ -48,8 +49,21 @@ _VERSION_TAG = re.compile(r"[^A-Za-z0-9_.-]")
 _LIST_DROPS = ("_appd", "_images", "_path", "_zip", "_image", "_manner")
 
 
+class ImageHost(Protocol):
+    """What packages need of an edge host: its image repositories (the
+    compute drivers of the manners it runs) and its CIM's registry. The host
+    engine's EdgeHost is one; the package layer names no host engine."""
+    def has(self, manner: DeploymentType) -> bool: ...
+    def compute(self, manner: DeploymentType) -> ComputeDriver: ...
+    def section(self, role: str) -> dict: ...
+
+
+class ImageHosts(Protocol):
+    hosts: dict[str, ImageHost]
+
+
 class PackageManager:
-    def __init__(self, store: Store, inventory: Inventory, cfg: dict):
+    def __init__(self, store: Store, inventory: ImageHosts, cfg: dict):
         self.store = store
         self.inventory = inventory
         self.dir = Path(cfg["state_dir"]) / "packages"
