@@ -19,7 +19,7 @@ def test_explicit_vm_with_acceleration_needs_a_kvm_vim(lab):  # noqa: F811
     err = _problem(lab.c.post, f"{INST}/{inst['id']}/instantiate",
                    {"deploymentType": "VM", "selectedMECHostInfo": [{"hostId": {"id": "edge-b"}}]})
     assert err.status == 409
-    assert "edge-b: VIM is tcg-only; the app asks for hardware acceleration" in err.detail
+    assert "edge-b: its VIM is TCG-only and the AppD asks for hardware acceleration" in err.detail
     assert lab.c.get(f"{INST}/{inst['id']}")["instantiationState"] == "NOT_INSTANTIATED"
     lab.fakes["b-vim"].accel = "kvm"
     op, _ = lab.c.post(f"{INST}/{inst['id']}/instantiate",

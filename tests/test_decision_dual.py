@@ -35,7 +35,7 @@ from mecorch.spec.decision import (
     ACCEPTED_FORMS, Decision, HostFacts, appd_for_manner, accel_required, choose_manner,
     decide_manner, deployment_type, named_type, preference_for, resource_request)
 from mecorch.kernel.errors import CapacityExceeded, InvalidInput
-from mecorch.mepm.inventory import Need
+from mecorch.spec.capacity import Need
 from mecorch.mepm.orchestrator import Orchestrator
 from mecorch.package import build_package, open_package
 from mecorch.kernel.states import DeploymentType

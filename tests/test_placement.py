@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mecorch.kernel.errors import CapacityExceeded, NotFound
-from mecorch.mepm.inventory import Need
+from mecorch.spec.capacity import Need
 from mecorch.meo.placement import Candidate, place, why_not
 from mecorch.mepm.contract import HostInfo, MannerCapacity
 from mecorch.kernel.states import DeploymentType
@@ -33,7 +33,7 @@ def test_a_host_without_a_vim_takes_no_vm():
     with pytest.raises(CapacityExceeded) as e:
         place(V, SMALL, hosts)
     assert "novim: no VIM: takes no VM" in e.value.detail
-    assert "full: vCPU 8.5 of 8" in e.value.detail
+    assert "full: vCPU 1 > 0.5 free" in e.value.detail
 
 
 def test_the_409_names_every_host_and_its_reason():
@@ -42,9 +42,9 @@ def test_the_409_names_every_host_and_its_reason():
     with pytest.raises(CapacityExceeded) as e:
         place(C, SMALL, hosts, max_latency_ns=10_000_000)
     d = e.value.detail
-    for reason in ("down: UNREACHABLE", "full: memory 4512 of 4096 MB",
+    for reason in ("down: UNREACHABLE", "full: memory 512 MB > 96 MB free",
                    "far: latency 50 ms over the app's maximum 10 ms",
-                   "tiny: disk 1 GB of 0.5 GB free"):
+                   "tiny: disk 1 GB > 0.5 GB free"):
         assert reason in d
     assert e.value.status == 409
 
@@ -68,13 +68,13 @@ def test_explicit_host_is_honoured_even_when_another_is_freer():
 def test_reservations_not_yet_reported_count():
     hosts = [host("a", reserved=Need(7.5, 0, 0.0)), host("b", used_cpu=2)]
     assert place(C, SMALL, hosts) == "b"
-    assert why_not(hosts[0], C, SMALL, None) == "vCPU 8.5 of 8"
+    assert why_not(hosts[0], C, SMALL, None) == "vCPU 1 > 0.5 free"
 
 
 def test_hardware_acceleration_needs_a_kvm_vim():
     hosts = [host("tcg", accel="tcg"), host("kvm", accel="kvm", used_cpu=6)]
     assert place(V, SMALL, hosts, accel=True) == "kvm"
-    with pytest.raises(CapacityExceeded, match="tcg: VIM is tcg-only"):
+    with pytest.raises(CapacityExceeded, match="tcg: its VIM is TCG-only and the AppD asks for hardware acceleration"):
         place(V, SMALL, hosts[:1], accel=True)
 
 

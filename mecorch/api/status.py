@@ -122,40 +122,35 @@ class Health:
 
 
 # ---------------------------------------------------------------- views
-def _used_by_host(orch) -> dict[str, dict]:
-    used: dict[str, dict] = {}
+def _instances_by_host(orch) -> dict[str, int]:
+    counts: dict[str, int] = {}
     for inst in orch.store.list("instances",
                                 instantiationState=InstantiationState.INSTANTIATED.value,
-                                keep=("hostId", "_need")):
-        n = inst.get("_need") or {}
-        u = used.setdefault(inst["hostId"], {"vcpu": 0.0, "memory_mb": 0, "disk_gb": 0.0,
-                                             "instances": 0})
-        u["vcpu"] += n.get("vcpu", 0)
-        u["memory_mb"] += n.get("memory_mb", 0)
-        u["disk_gb"] += n.get("disk_gb", 0)
-        u["instances"] += 1
-    return used
+                                keep=("hostId",)):
+        counts[inst["hostId"]] = counts.get(inst["hostId"], 0) + 1
+    return counts
 
 
 def hosts_view(orch, health: Health) -> list[dict]:
-    """Each host: capacity (total as allocatable, promised, free) and the
-    health of its backends."""
-    from mecorch.mepm.inventory import Need
+    """Each host: capacity (total as allocatable, promised, free: the room
+    of `spec.capacity`, as placement reckons it) and the health of its
+    backends."""
     if getattr(orch, "inventory", None) is None:
         return []               # an MEO: its hosts are /mecorch/v1/hosts (the registry)
     probes = {(p.host, p.role): p for p in health.snapshot()}
-    used = _used_by_host(orch)
+    used = orch.lcm.used_by_host()
+    counts = _instances_by_host(orch)
     ratio = float(orch.cfg["orchestrator"]["cpu_allocation_ratio"])
     out = []
     for host in orch.inventory.hosts.values():
-        u = used.get(host.id, {"vcpu": 0.0, "memory_mb": 0, "disk_gb": 0.0, "instances": 0})
-        promised = orch.inventory.promised(host.id, Need(u["vcpu"], u["memory_mb"], u["disk_gb"]))
-        total = None
+        promised = orch.inventory.promised(host.id, used.get(host.id))
+        room = total = None
         for manner in (DeploymentType.CONTAINER, DeploymentType.VM):
             probe = probes.get((host.id, "cim" if manner is DeploymentType.CONTAINER else "vim"))
             if host.has(manner) and probe is not None and probe.up:
                 try:
                     total = host.totals(manner)
+                    room = orch.inventory.room(host.id, manner, used.get(host.id))
                     break
                 except MecorchError:
                     continue
@@ -163,16 +158,14 @@ def hosts_view(orch, health: Health) -> list[dict]:
                                "vcpuPromised": round(promised.vcpu, 3),
                                "memoryMbPromised": promised.memory_mb,
                                "diskGbPromised": round(promised.disk_gb, 3)}
-        if total is not None:
-            vcpu_total = total.cpu_total * ratio
-            free_disk = total.disk_gb_total - total.disk_gb_used
-            cap.update({"cpus": total.cpu_total, "vcpuTotal": vcpu_total,
-                        "vcpuFree": round(vcpu_total - promised.vcpu, 3),
-                        "memoryMbTotal": total.memory_mb_total,
-                        "memoryMbFree": total.memory_mb_total - promised.memory_mb,
-                        "diskGbFree": round(free_disk, 1)})
+        if room is not None:
+            cap.update({"cpus": total.cpu_total, "vcpuTotal": room.vcpu_total,
+                        "vcpuFree": round(room.free_vcpu, 3),
+                        "memoryMbTotal": room.memory_mb_total,
+                        "memoryMbFree": room.free_memory_mb,
+                        "diskGbFree": round(room.free_disk_gb, 1)})
         out.append({
-            "id": host.id, "instances": u["instances"], "capacity": cap,
+            "id": host.id, "instances": counts.get(host.id, 0), "capacity": cap,
             "backends": [{"role": role, "driver": p.driver, "up": p.up, "detail": p.detail}
                          for role in ("cim", "vim", "mep")
                          if (p := probes.get((host.id, role))) is not None]})

@@ -30,7 +30,8 @@ from mecorch.spec import decision
 from mecorch.kernel import validate
 from mecorch.kernel.errors import (
     BackendUnavailable, Conflict, InvalidInput, MecorchError, NotFound, Timeout)
-from mecorch.mepm.inventory import Need
+from mecorch.spec import capacity
+from mecorch.spec.capacity import need_of
 from mecorch.kernel.journal import Journal
 from mecorch.kernel.locks import exclusive
 from mecorch.mepm.lcm import (
@@ -128,7 +129,7 @@ class SystemLcm(InstanceQueries):
             # validates the whole request as the host will (400 here, not later)
             request = decision.resource_request(instance_id, pkg["_appd"], choice.manner,
                                                 _image_of(pkg, choice.manner), body)
-            need = _need(request)
+            need = need_of(request)
             max_latency = _max_latency_ns(pkg["_appd"])
             with self._place_lock:
                 accel = choice.manner is DeploymentType.VM and \
@@ -166,7 +167,7 @@ class SystemLcm(InstanceQueries):
         appd = pkg["_appd"]
 
         def choose(manners):
-            needs = {m: _need(decision.resource_request(instance_id, appd, m,
+            needs = {m: need_of(decision.resource_request(instance_id, appd, m,
                                                         _image_of(pkg, m), body))
                      for m in manners}
             accel = DeploymentType.VM in manners and decision.accel_required(appd)
@@ -441,27 +442,18 @@ class SystemLcm(InstanceQueries):
             self._busy.discard(instance_id)
 
 
-def _need(request) -> Need:
-    return Need(request.vcpu, request.memory_mb,
-                request.disk_gb + sum(v.size_gb for v in request.volumes))
-
-
 def _image_of(pkg: dict, manner: DeploymentType) -> str:
     return (pkg.get("_imageOf") or {}).get(manner.value) or pkg.get("_image") or ""
 
 
 def _facts(c) -> HostFacts:
-    """HostFacts of one reported host: its cores, memory and disk are shared
-    by its containers and VMs, so its room is the least either reports."""
+    """HostFacts of one reported host, its room by `spec.capacity` (the
+    MEO's reservations there not reported yet counted)."""
     caps = c.info.manners
-    frees = [cap.free for cap in caps.values()]
     vm = caps.get(DeploymentType.VM.value)
+    rooms = [placement.room_of(c, DeploymentType(m)) for m in caps]
     return HostFacts(c.host_id, DeploymentType.CONTAINER.value in caps, vm is not None,
-                     vm.accel if vm else "",
-                     max(min(f[0] for f in frees) - c.reserved.vcpu, 0.0) if frees else 0.0,
-                     max(min(f[1] for f in frees) - c.reserved.memory_mb, 0) if frees else 0,
-                     max(min(f[2] for f in frees) - c.reserved.disk_gb, 0.0) if frees else 0.0)
-
+                     vm.accel if vm else "", *capacity.shared(rooms))
 
 def _max_latency_ns(appd: dict) -> int | None:
     lat = appd.get("appLatency")

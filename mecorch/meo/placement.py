@@ -22,7 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mecorch.kernel.errors import CapacityExceeded, NotFound
-from mecorch.mepm.inventory import Need
+from mecorch.spec import capacity
+from mecorch.spec.capacity import Need
 from mecorch.kernel.states import DeploymentType
 from mecorch.mepm.contract import HostInfo
 
@@ -44,30 +45,21 @@ def why_not(c: Candidate, manner: DeploymentType, need: Need,
     if cap is None:
         return "no VIM: takes no VM" if manner is DeploymentType.VM \
             else "no CIM: takes no container"
-    if accel and cap.accel != "kvm":
-        return f"VIM is {cap.accel or 'not probed'}-only; the app asks for hardware acceleration"
+    if accel:
+        refused = capacity.accel_refusal(cap.accel)
+        if refused:
+            return refused
     if max_latency_ns is not None and c.info.latency_ms is not None \
             and c.info.latency_ms * 1_000_000 > max_latency_ns:
         return (f"latency {c.info.latency_ms:g} ms over the app's maximum "
                 f"{max_latency_ns / 1_000_000:g} ms")
-    cpu = cap.vcpu_used + c.reserved.vcpu + need.vcpu
-    mem = cap.memory_mb_used + c.reserved.memory_mb + need.memory_mb
-    disk_free = cap.disk_gb_total - cap.disk_gb_used - c.reserved.disk_gb
-    if cpu > cap.vcpu_total:
-        return f"vCPU {cpu:g} of {cap.vcpu_total:g}"
-    if mem > cap.memory_mb_total:
-        return f"memory {mem} of {cap.memory_mb_total} MB"
-    if need.disk_gb > disk_free:
-        return f"disk {need.disk_gb:g} GB of {disk_free:.1f} GB free"
-    return None
+    return room_of(c, manner).why_not(need)
 
 
-def _free_share(c: Candidate, manner: DeploymentType, need: Need) -> float:
-    cap = c.info.manners[manner.value]
-    cpu_left = cap.vcpu_total - cap.vcpu_used - c.reserved.vcpu - need.vcpu
-    mem_left = cap.memory_mb_total - cap.memory_mb_used - c.reserved.memory_mb - need.memory_mb
-    return min(cpu_left / cap.vcpu_total if cap.vcpu_total else 0.0,
-               mem_left / cap.memory_mb_total if cap.memory_mb_total else 0.0)
+def room_of(c: Candidate, manner: DeploymentType) -> capacity.Room:
+    """The host's room as it reported it, less the MEO's reservations there
+    that it has not reported yet."""
+    return c.info.manners[manner.value].room().reserving(c.reserved)
 
 
 def place(manner: DeploymentType, need: Need, candidates: list[Candidate],
@@ -95,7 +87,8 @@ def place(manner: DeploymentType, need: Need, candidates: list[Candidate],
         raise CapacityExceeded(
             f"no edge host fits {manner.value} {need.vcpu:g} vCPU, {need.memory_mb} MB, "
             f"{need.disk_gb:g} GB ({'; '.join(reasons) or 'no edge host is registered'})")
-    return max(fits, key=lambda c: (_free_share(c, manner, need), _neg(c.host_id))).host_id
+    return max(fits, key=lambda c: (room_of(c, manner).share_left(need),
+                                    _neg(c.host_id))).host_id
 
 
 def _neg(s: str) -> tuple:

@@ -21,7 +21,7 @@ from typing import Callable
 
 from mecorch.kernel import validate
 from mecorch.kernel.errors import Conflict, InvalidInput, MecorchError, NotFound
-from mecorch.mepm.inventory import Need
+from mecorch.spec.capacity import Need
 from mecorch.mepm.contract import HostInfo, Mepm
 from mecorch.mepm.remote import RemoteMepm
 from mecorch.kernel.store import Store

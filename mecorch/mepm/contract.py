@@ -21,6 +21,7 @@ import abc
 from dataclasses import asdict, dataclass, field
 
 from mecorch.kernel.states import DeploymentType
+from mecorch.spec.capacity import Room
 
 
 @dataclass(frozen=True)
@@ -36,10 +37,10 @@ class MannerCapacity:
     disk_gb_used: float
     accel: str = ""             # VM: "kvm" | "tcg" once probed
 
-    @property
-    def free(self) -> tuple[float, int, float]:
-        return (self.vcpu_total - self.vcpu_used, self.memory_mb_total - self.memory_mb_used,
-                self.disk_gb_total - self.disk_gb_used)
+    def room(self) -> Room:
+        """As `spec.capacity` reckons room (the host's own computation, sent)."""
+        return Room(self.vcpu_total, self.memory_mb_total, self.disk_gb_total,
+                    self.vcpu_used, self.memory_mb_used, self.disk_gb_used)
 
 
 @dataclass(frozen=True)

@@ -13,26 +13,21 @@ def host_info(orch, host_id: str) -> HostInfo:
     """`orch`: the host-level Orchestrator that owns `host_id`."""
     host = orch.inventory.get(host_id)
     used = orch.lcm.used_by_host().get(host_id)
-    promised = orch.inventory.promised(host_id, used)
-    ratio = orch.inventory.cpu_allocation_ratio
     manners = {}
     for manner in DeploymentType:
         if not host.has(manner):
             continue
-        total = host.totals(manner)
+        room = orch.inventory.room(host_id, manner, used)
         accel = ""
         if manner is DeploymentType.VM:
             try:
                 accel = host.compute(manner).capabilities().hardware_accel
             except MecorchError:
                 accel = ""
-        # disk: the backend's own free space is the truth (images and other
-        # tenants use it too); mecorch's promises come on top
         manners[manner.value] = MannerCapacity(
-            vcpu_total=total.cpu_total * ratio, vcpu_used=promised.vcpu,
-            memory_mb_total=total.memory_mb_total, memory_mb_used=promised.memory_mb,
-            disk_gb_total=total.disk_gb_total, disk_gb_used=total.disk_gb_used,
-            accel=accel)
+            vcpu_total=room.vcpu_total, vcpu_used=room.vcpu_used,
+            memory_mb_total=room.memory_mb_total, memory_mb_used=room.memory_mb_used,
+            disk_gb_total=room.disk_gb_total, disk_gb_used=room.disk_gb_used, accel=accel)
     mepm_cfg = orch.cfg.get("mepm") or {}
     lat = mepm_cfg.get("latency_ms")
     return HostInfo(host_id, manners, float(lat) if lat is not None else None,

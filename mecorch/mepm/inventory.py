@@ -1,32 +1,27 @@
 """The inventory of edge hosts and the choice of where an instance goes.
 
 A host's drivers are loaded and opened on first use, so a host whose VIM is
-never asked for never imports libvirt. Capacity is decided the way Nova's
-placement does it: the totals come from the backend (cached), the usage
-from what mecorch itself promised (instances in the store plus deploys in
-flight), so concurrent deploys cannot both take the last core.
+never asked for never imports libvirt. Capacity follows the one model of
+`spec.capacity`: the totals come from the backend (cached, and read before
+the inventory's lock is taken, so a slow backend never holds up another
+host's placement), the usage from what mecorch itself promised (instances
+in the store plus deploys in flight), so concurrent deploys cannot both
+take the last core.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 
 from mecorch.driverapi.contracts import ComputeDriver, Driver, PlatformDriver, load_driver
 from mecorch.kernel.errors import CapacityExceeded, Conflict, InvalidInput, NotFound
 from mecorch.driverapi.model import HostCapacity
 from mecorch.kernel.states import DeploymentType
+from mecorch.spec.capacity import NOTHING, Need, Room, accel_refusal
 
 ROLE_OF = {DeploymentType.CONTAINER: "cim", DeploymentType.VM: "vim"}
 TOTALS_TTL_S = 30.0
-
-
-@dataclass(frozen=True)
-class Need:
-    vcpu: float
-    memory_mb: int
-    disk_gb: float
 
 
 class EdgeHost:
@@ -119,15 +114,19 @@ class Inventory:
         candidates = [h for h in candidates if h.has(manner)]
         if not candidates:
             raise InvalidInput(f"no selected edge host can run {manner.value} instances")
+        # The backends are asked before the lock (their answers are cached;
+        # an expired cache costs a backend call that must not block others).
+        totals = {h.id: h.totals(manner) for h in candidates}
+        refused = {}
+        if accel and manner is DeploymentType.VM:
+            refused = {h.id: accel_refusal(h.compute(manner).capabilities().hardware_accel)
+                       for h in candidates}
         with self._lock:
             reasons = []
             for host in candidates:
-                why = self._why_not(host, manner, need, used.get(host.id))
-                if why is None and accel and manner is DeploymentType.VM:
-                    have = host.compute(manner).capabilities().hardware_accel
-                    if have != "kvm":
-                        why = (f"VIM is {have or 'not probed'}-only; the app asks for "
-                               "hardware acceleration")
+                why = refused.get(host.id) or Room.of(
+                    totals[host.id], self._ratio, used.get(host.id, NOTHING),
+                    self._inflight_on(host.id)).why_not(need)
                 if why is None:
                     self._inflight[instance_id] = (host.id, need)
                     return host
@@ -136,15 +135,20 @@ class Inventory:
                                f"{need.vcpu:g} vCPU, {need.memory_mb} MB, {need.disk_gb:g} GB "
                                f"({'; '.join(reasons)})")
 
+    def room(self, host_id: str, manner: DeploymentType, used: Need | None) -> Room:
+        """The host's room for `manner` now: `used` (its instances in the
+        store) plus the deploys in flight there, against its backend's
+        totals (a backend call when the cache expired)."""
+        total = self.get(host_id).totals(manner)
+        with self._lock:
+            inflight = self._inflight_on(host_id)
+        return Room.of(total, self._ratio, used or NOTHING, inflight)
+
     def promised(self, host_id: str, used: Need | None) -> Need:
         """What the host has promised: `used` (instances in the store) plus
         the deploys in flight there."""
-        cpu, mem, disk = (used.vcpu, used.memory_mb, used.disk_gb) if used else (0.0, 0, 0.0)
         with self._lock:
-            for hid, n in self._inflight.values():
-                if hid == host_id:
-                    cpu, mem, disk = cpu + n.vcpu, mem + n.memory_mb, disk + n.disk_gb
-        return Need(cpu, mem, disk)
+            return (used or NOTHING) + self._inflight_on(host_id)
 
     @property
     def cpu_allocation_ratio(self) -> float:
@@ -154,21 +158,10 @@ class Inventory:
         with self._lock:
             self._inflight.pop(instance_id, None)
 
-    def _why_not(self, host: EdgeHost, manner: DeploymentType, need: Need,
-                 used: Need | None) -> str | None:
-        total = host.totals(manner)
-        cpu = (used.vcpu if used else 0.0) + need.vcpu
-        mem = (used.memory_mb if used else 0) + need.memory_mb
+    def _inflight_on(self, host_id: str) -> Need:
+        """The needs of the deploys in flight on the host (lock held)."""
+        out = NOTHING
         for hid, n in self._inflight.values():
-            if hid == host.id:
-                cpu += n.vcpu
-                mem += n.memory_mb
-        cpu_cap = total.cpu_total * self._ratio
-        free_disk = total.disk_gb_total - total.disk_gb_used
-        if cpu > cpu_cap:
-            return f"vCPU {cpu:g} of {cpu_cap:g}"
-        if mem > total.memory_mb_total:
-            return f"memory {mem} of {total.memory_mb_total} MB"
-        if need.disk_gb > free_disk:
-            return f"disk {need.disk_gb:g} GB of {free_disk:.1f} GB free"
-        return None
+            if hid == host_id:
+                out = out + n
+        return out

@@ -27,7 +27,8 @@ from mecorch.kernel import logs, paging, validate, views
 from mecorch.driverapi.contracts import ComputeDriver
 from mecorch.kernel.errors import (
     Conflict, IdempotencyMismatch, InvalidInput, MecorchError, NotFound)
-from mecorch.mepm.inventory import EdgeHost, Inventory, Need
+from mecorch.mepm.inventory import EdgeHost, Inventory
+from mecorch.spec.capacity import Need, need_of
 from mecorch.kernel.journal import LCM, Journal
 from mecorch.kernel.locks import exclusive
 from mecorch.mepm.mep import MepService
@@ -186,8 +187,7 @@ class Lcm(InstanceQueries):
             app_token, app_token_digest = self.mep.new_app_token()
             traffic, dns = self.mep.initial_rules(pkg["_appd"], body)
             wanted = chooser.fit_hosts or selected_hosts(body)
-            need = Need(request.vcpu, request.memory_mb,
-                        request.disk_gb + sum(v.size_gb for v in request.volumes))
+            need = need_of(request)
             accel = choice.manner is DeploymentType.VM and decision.accel_required(pkg["_appd"])
             host = self.inventory.reserve(instance_id, choice.manner, need, wanted,
                                           self.used_by_host(), accel)

@@ -35,6 +35,7 @@ from mecorch.spec.orchestration_info import (
     MAX_VOLUMES, RETAIN_ANNOTATION, Parsed, check_disk_gb, check_memory_mb, check_vcpu,
     check_volume_gb, details, orchestration_kind, parse)
 from mecorch.kernel.states import DeploymentType
+from mecorch.spec import capacity
 from mecorch.kernel.yamlsafe import load_yaml
 
 __all__ = ["Decision", "HostFacts", "ACCEPTED_FORMS", "appd_for_manner", "accel_required",
@@ -312,23 +313,14 @@ def can_run(h: HostFacts, manner: DeploymentType, accel: bool = False) -> str | 
         return None if h.can_container else "no CIM (container engine)"
     if not h.can_vm:
         return "no VIM"
-    if accel and h.vm_accel != "kvm":
-        what = "TCG-only" if h.vm_accel == "tcg" else "not probed for KVM yet"
-        return f"its VIM is {what} and the AppD asks for hardware acceleration"
-    return None
+    return capacity.accel_refusal(h.vm_accel) if accel else None
 
 
 def room_for(h: HostFacts, need) -> str | None:
     """None if `need` (vcpu, memory_mb, disk_gb) fits the host's free room."""
     if need is None:
         return None
-    if need.vcpu > h.free_vcpu:
-        return f"vCPU {need.vcpu:g} > {h.free_vcpu:g} free"
-    if need.memory_mb > h.free_memory_mb:
-        return f"memory {need.memory_mb:g} MB > {h.free_memory_mb:g} MB free"
-    if need.disk_gb > h.free_disk_gb:
-        return f"disk {need.disk_gb:g} GB > {h.free_disk_gb:.1f} GB free"
-    return None
+    return capacity.shortfall(need, h.free_vcpu, h.free_memory_mb, h.free_disk_gb)
 
 
 def preference_for(orchestrator_cfg: dict, app_d_id: str) -> tuple[DeploymentType | None, str]:
