@@ -42,7 +42,7 @@ from lab import INST, NO_RULES, PKGS, Api, Lab              # noqa: E402
 from mecorch.kernel import config                                  # noqa: E402
 from mecorch.kernel.fileutil import sha256_file                    # noqa: E402
 from mecorch.spec.capacity import Need                              # noqa: E402
-from mecorch.meo import placement                           # noqa: E402
+from mecorch.spec import placement                           # noqa: E402
 from mecorch.meo.orchestrator import MeoOrchestrator        # noqa: E402
 from mecorch.mepm.local import LocalMepm                    # noqa: E402
 from mecorch.mepm.orchestrator import Orchestrator               # noqa: E402

@@ -18,12 +18,12 @@ from mecorch.driverapi.model import HostCapacity
 from mecorch.kernel import config
 from mecorch.kernel.errors import CapacityExceeded
 from mecorch.kernel.states import DeploymentType
-from mecorch.meo import placement
+from mecorch.meo.registry import candidate
 from mecorch.mepm import manner_policy
 from mecorch.mepm.contract import HostInfo
 from mecorch.mepm.inventory import Inventory
 from mecorch.spec.capacity import NOTHING, Need, Room, accel_refusal, shared, shortfall
-from test_core_orchestration import INST, create, env, onboard  # noqa: F401
+from test_core_orchestration import INST, create, env, onboard  # noqa: F401 (env: fixture)
 
 C = DeploymentType.CONTAINER
 
@@ -95,8 +95,8 @@ def test_every_level_agrees_on_free_room_with_a_deploy_in_flight(env):  # noqa: 
         listed = {h["hostId"]: h for h in env.c.get("/mecorch/v1/hosts")}
         reported = HostInfo.from_dict(listed["default"]).manners[C.value].room()
         # the MEO's placement over that report
-        meo = placement.room_of(placement.Candidate("default", True,
-                                                    HostInfo.from_dict(listed["default"])), C)
+        meo = candidate("default", True, HostInfo.from_dict(listed["default"]),
+                        NOTHING).rooms[C.value]
         # the manner policy's facts (both backends of the host share its room)
         facts = manner_policy.host_facts(orch.inventory, [], used)[0]
         # the status page

@@ -196,7 +196,7 @@ def test_capacity_refusal_changes_nothing(env):
     inst = create(env)
     err = problem(instantiate, env, inst["id"],
                   orchestrationInfo=POD.replace("memory: 64Mi", "memory: 64Gi"))
-    assert err.status == 409 and "no edge host has room" in err.body["detail"]
+    assert err.status == 409 and "no edge host fits CONTAINER" in err.body["detail"] and "default: memory 65536 MB > 4096 MB free" in err.body["detail"]
     assert env.orch.store.list("op_occs") == [] and env.cim.instances == {}
 
 

@@ -1,4 +1,5 @@
-"""Placement by the MEO (pure: the hosts' reported facts handed in)."""
+"""Placement (spec.placement, pure) over hosts as the MEO sees them: their
+reported facts less its own reservations (meo.registry.candidate)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import pytest
 
 from mecorch.kernel.errors import CapacityExceeded, NotFound
 from mecorch.spec.capacity import Need
-from mecorch.meo.placement import Candidate, place, why_not
+from mecorch.meo.registry import candidate
+from mecorch.spec.placement import place, why_not
 from mecorch.mepm.contract import HostInfo, MannerCapacity
 from mecorch.kernel.states import DeploymentType
 
@@ -20,7 +22,7 @@ def cap(vcpu=8.0, used_cpu=0.0, mem=4096, used_mem=0, disk=100.0, used_disk=0.0,
 
 def host(hid, manners=("CONTAINER", "VM"), reachable=True, latency=None, reserved=None, **kw):
     info = HostInfo(hid, {m: cap(**kw) for m in manners}, latency)
-    return Candidate(hid, reachable, info, reserved or Need(0.0, 0, 0.0))
+    return candidate(hid, reachable, info, reserved or Need(0.0, 0, 0.0))
 
 
 def test_most_free_capacity_wins_then_host_id():

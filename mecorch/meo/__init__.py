@@ -5,7 +5,6 @@ in process or over HTTP (Mm3).
 
 - `orchestrator.py`: wires the MEO (`mecorch serve --role meo`).
 - `registry.py`:     the edge hosts, their heartbeat, UNREACHABLE, resync.
-- `placement.py`:    where an instance goes (pure).
 - `lcm.py`:          app lifecycle over the hosts' MEPMs.
 - `packages.py`:     packages kept by the MEO, copied to a host on first use.
 - `routes.py`:       the host registry's HTTP resources (an extension).

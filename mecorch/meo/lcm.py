@@ -30,19 +30,17 @@ from mecorch.spec import decision
 from mecorch.kernel import validate
 from mecorch.kernel.errors import (
     BackendUnavailable, Conflict, InvalidInput, MecorchError, NotFound, Timeout)
-from mecorch.spec import capacity
 from mecorch.spec.capacity import need_of
 from mecorch.kernel.journal import Journal
 from mecorch.kernel.locks import exclusive
 from mecorch.mepm.lcm import (
     INSTANTIATE_FIELDS, InstanceQueries, create_instance, fingerprint, idempotency_mismatch,
     parse_operate, parse_terminate, selected_hosts)
-from mecorch.spec.decision import HostFacts
 from mecorch.kernel.states import DeploymentType, InstantiationState, LcmOperation, OperationState
 from mecorch.kernel.store import Store
 from mecorch.kernel.timeutil import public
 from mecorch.kernel.workers import Workers
-from mecorch.meo import placement
+from mecorch.spec import placement
 from mecorch.meo.registry import UNREACHABLE, HostEntry, Registry
 
 log = logging.getLogger("mecorch.meo.lcm")
@@ -130,7 +128,7 @@ class SystemLcm(InstanceQueries):
             request = decision.resource_request(instance_id, pkg["_appd"], choice.manner,
                                                 _image_of(pkg, choice.manner), body)
             need = need_of(request)
-            max_latency = _max_latency_ns(pkg["_appd"])
+            max_latency = placement.max_latency_ns(pkg["_appd"])
             with self._place_lock:
                 accel = choice.manner is DeploymentType.VM and \
                     decision.accel_required(pkg["_appd"])
@@ -171,8 +169,8 @@ class SystemLcm(InstanceQueries):
                                                         _image_of(pkg, m), body))
                      for m in manners}
             accel = DeploymentType.VM in manners and decision.accel_required(appd)
-            facts = [_facts(c) for c in self.registry.candidates()
-                     if c.reachable and c.info and (not wanted or c.host_id in wanted)]
+            facts = [placement.facts(c) for c in self.registry.candidates()
+                     if c.reachable and (not wanted or c.host_id in wanted)]
             pref, source = decision.preference_for(self.orchestrator_cfg, pkg["appDId"])
             return decision.choose_manner(manners, facts, pref, needs, accel,
                                           source or "the configured preference")
@@ -444,22 +442,6 @@ class SystemLcm(InstanceQueries):
 
 def _image_of(pkg: dict, manner: DeploymentType) -> str:
     return (pkg.get("_imageOf") or {}).get(manner.value) or pkg.get("_image") or ""
-
-
-def _facts(c) -> HostFacts:
-    """HostFacts of one reported host, its room by `spec.capacity` (the
-    MEO's reservations there not reported yet counted)."""
-    caps = c.info.manners
-    vm = caps.get(DeploymentType.VM.value)
-    rooms = [placement.room_of(c, DeploymentType(m)) for m in caps]
-    return HostFacts(c.host_id, DeploymentType.CONTAINER.value in caps, vm is not None,
-                     vm.accel if vm else "", *capacity.shared(rooms))
-
-def _max_latency_ns(appd: dict) -> int | None:
-    lat = appd.get("appLatency")
-    if isinstance(lat, dict) and isinstance(lat.get("maxLatency"), int):
-        return lat["maxLatency"]
-    return None
 
 
 def _host_failure(host_id: str, host_op: dict) -> MecorchError:

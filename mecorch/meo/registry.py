@@ -24,9 +24,10 @@ from mecorch.kernel.errors import Conflict, InvalidInput, MecorchError, NotFound
 from mecorch.spec.capacity import Need
 from mecorch.mepm.contract import HostInfo, Mepm
 from mecorch.mepm.remote import RemoteMepm
+from mecorch.kernel.states import DeploymentType
 from mecorch.kernel.store import Store
 from mecorch.kernel.timeutil import timestamp
-from mecorch.meo.placement import Candidate
+from mecorch.spec.placement import Candidate
 
 log = logging.getLogger("mecorch.meo.hosts")
 REACHABLE, UNREACHABLE, UNKNOWN = "REACHABLE", "UNREACHABLE", "UNKNOWN"
@@ -183,7 +184,7 @@ class Registry:
     # ---------------------------------------------------------------- placement facts
     def candidates(self) -> list[Candidate]:
         with self._lock:
-            return [Candidate(e.host_id, e.state == REACHABLE, e.info,
+            return [candidate(e.host_id, e.state == REACHABLE, e.info,
                               _sum(r[0] for r in e.reserved.values()))
                     for e in self._hosts.values()]
 
@@ -296,3 +297,16 @@ def _read_token(path, where: str) -> str | None:
     if not lines:
         raise InvalidInput(f"{where} {path} holds no token")
     return lines[0]
+
+
+def candidate(host_id: str, reachable: bool, info: HostInfo | None,
+              reserved: Need) -> Candidate:
+    """A host as placement sees it: the room it last reported for each
+    manner, less the MEO's reservations there it has not reported yet. A
+    host never reached has no room."""
+    if info is None:
+        return Candidate(host_id, False)
+    vm = info.manners.get(DeploymentType.VM.value)
+    return Candidate(host_id, reachable,
+                     {m: cap.room().reserving(reserved) for m, cap in info.manners.items()},
+                     vm.accel if vm else "", info.latency_ms)

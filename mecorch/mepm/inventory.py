@@ -11,15 +11,18 @@ take the last core.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
 from mecorch.driverapi.contracts import ComputeDriver, Driver, PlatformDriver, load_driver
-from mecorch.kernel.errors import CapacityExceeded, Conflict, InvalidInput, NotFound
+from mecorch.kernel.errors import Conflict, InvalidInput, MecorchError, NotFound
 from mecorch.driverapi.model import HostCapacity
 from mecorch.kernel.states import DeploymentType
-from mecorch.spec.capacity import NOTHING, Need, Room, accel_refusal
+from mecorch.spec import placement
+from mecorch.spec.capacity import NOTHING, Need, Room
 
+log = logging.getLogger("mecorch.decision")
 ROLE_OF = {DeploymentType.CONTAINER: "cim", DeploymentType.VM: "vim"}
 TOTALS_TTL_S = 30.0
 
@@ -92,6 +95,10 @@ class Inventory:
     def __init__(self, cfg: dict):
         ratio = float(cfg["orchestrator"]["cpu_allocation_ratio"])
         self.hosts = {h["id"]: EdgeHost(h, ratio) for h in cfg["hosts"]}
+        # what the hosts of this process declare of their latency to UEs
+        # (mepm.latency_ms; the MEO reads the same from their reports)
+        lat = (cfg.get("mepm") or {}).get("latency_ms")
+        self.latency_ms = float(lat) if lat is not None else None
         self._ratio = ratio
         self._lock = threading.Lock()
         self._inflight: dict[str, tuple[str, Need]] = {}   # instance -> (host, need)
@@ -103,37 +110,58 @@ class Inventory:
         return host
 
     def reserve(self, instance_id: str, manner: DeploymentType, need: Need,
-                wanted: list[str], used: dict[str, Need], accel: bool = False) -> EdgeHost:
-        """Pick a host for the instance and hold its resources until
-        `release`. `wanted`: hosts named in selectedMECHostInfo (any of them
-        will do), empty for "any host". `used`: per host, what instances in
-        the store already hold. `accel`: the AppD asks for hardware
-        acceleration, which a VM only gets from a KVM VIM. Raises
-        CapacityExceeded, changing nothing."""
-        candidates = [self.get(h) for h in wanted] if wanted else list(self.hosts.values())
-        candidates = [h for h in candidates if h.has(manner)]
-        if not candidates:
+                wanted: list[str], used: dict[str, Need], accel: bool = False,
+                max_latency_ns: int | None = None) -> EdgeHost:
+        """Place the instance with the one placement engine
+        (`spec.placement.place`: the MEO's rules over this process's hosts)
+        and hold its resources until `release`. `wanted`: hosts named in
+        selectedMECHostInfo (any of them will do), empty for "any host".
+        `used`: per host, what instances in the store already hold. `accel`:
+        the AppD asks for hardware acceleration, which a VM only gets from a
+        KVM VIM. Raises CapacityExceeded naming each host, changing nothing."""
+        hosts = [self.get(h) for h in wanted] if wanted else list(self.hosts.values())
+        hosts = [h for h in hosts if h.has(manner)]
+        if not hosts:
             raise InvalidInput(f"no selected edge host can run {manner.value} instances")
         # The backends are asked before the lock (their answers are cached;
         # an expired cache costs a backend call that must not block others).
-        totals = {h.id: h.totals(manner) for h in candidates}
-        refused = {}
-        if accel and manner is DeploymentType.VM:
-            refused = {h.id: accel_refusal(h.compute(manner).capabilities().hardware_accel)
-                       for h in candidates}
+        totals = {h.id: h.totals(manner) for h in hosts}
+        vm_accel = {h.id: h.compute(manner).capabilities().hardware_accel
+                    for h in hosts} if accel and manner is DeploymentType.VM else {}
         with self._lock:
-            reasons = []
-            for host in candidates:
-                why = refused.get(host.id) or Room.of(
-                    totals[host.id], self._ratio, used.get(host.id, NOTHING),
-                    self._inflight_on(host.id)).why_not(need)
-                if why is None:
-                    self._inflight[instance_id] = (host.id, need)
-                    return host
-                reasons.append(f"{host.id}: {why}")
-        raise CapacityExceeded("no edge host has room for "
-                               f"{need.vcpu:g} vCPU, {need.memory_mb} MB, {need.disk_gb:g} GB "
-                               f"({'; '.join(reasons)})")
+            candidates = [placement.Candidate(
+                h.id, True, {manner.value: Room.of(totals[h.id], self._ratio,
+                                                   used.get(h.id, NOTHING),
+                                                   self._inflight_on(h.id))},
+                vm_accel.get(h.id, ""), self.latency_ms) for h in hosts]
+            chosen = placement.place(manner, need, candidates, [h.id for h in hosts],
+                                     max_latency_ns, accel)
+            self._inflight[instance_id] = (chosen, need)
+        return self.hosts[chosen]
+
+    def candidates(self, used: dict[str, Need], host_ids: list[str] | None = None
+                   ) -> list[placement.Candidate]:
+        """Every (or each named) host as placement and the manner policy see
+        it: its room for each manner it runs (instances in the store and
+        deploys in flight). A backend that cannot report counts as absent
+        on that host (logged): the other manner may still fit there."""
+        hosts = [self.get(h) for h in host_ids] if host_ids else list(self.hosts.values())
+        out = []
+        for host in hosts:
+            rooms, accel = {}, ""
+            for m in DeploymentType:
+                if not host.has(m):
+                    continue
+                try:
+                    rooms[m.value] = self.room(host.id, m, used.get(host.id))
+                    if m is DeploymentType.VM:
+                        accel = host.compute(m).capabilities().hardware_accel
+                except MecorchError as e:
+                    rooms.pop(m.value, None)
+                    log.warning("host %s: %s backend cannot report (%s): not counted for %s",
+                                host.id, m.value, e.detail, m.value)
+            out.append(placement.Candidate(host.id, True, rooms, accel, self.latency_ms))
+        return out
 
     def room(self, host_id: str, manner: DeploymentType, used: Need | None) -> Room:
         """The host's room for `manner` now: `used` (its instances in the

@@ -28,6 +28,7 @@ from mecorch.driverapi.contracts import ComputeDriver
 from mecorch.kernel.errors import (
     Conflict, IdempotencyMismatch, InvalidInput, MecorchError, NotFound)
 from mecorch.mepm.inventory import EdgeHost, Inventory
+from mecorch.spec import placement
 from mecorch.spec.capacity import Need, need_of
 from mecorch.kernel.journal import LCM, Journal
 from mecorch.kernel.locks import exclusive
@@ -190,7 +191,8 @@ class Lcm(InstanceQueries):
             need = need_of(request)
             accel = choice.manner is DeploymentType.VM and decision.accel_required(pkg["_appd"])
             host = self.inventory.reserve(instance_id, choice.manner, need, wanted,
-                                          self.used_by_host(), accel)
+                                          self.used_by_host(), accel,
+                                          placement.max_latency_ns(pkg["_appd"]))
             try:
                 # First: the rules claim their addresses and names on the
                 # host (400/409 here, before anything is made or journalled).

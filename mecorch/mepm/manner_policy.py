@@ -10,45 +10,21 @@ what mecorch already promised there.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 from mecorch.spec import decision
 from mecorch.spec.decision import HostFacts
-from mecorch.kernel.errors import MecorchError
 from mecorch.mepm.inventory import Inventory
-from mecorch.spec import capacity
+from mecorch.spec import placement
 from mecorch.spec.capacity import Need, need_of
 from mecorch.kernel.states import DeploymentType
-
-log = logging.getLogger("mecorch.decision")
 
 
 def host_facts(inventory: Inventory, host_ids: list[str],
                used: dict[str, Need]) -> list[HostFacts]:
     """HostFacts of the named hosts (all of them when `host_ids` is empty),
-    their room by `spec.capacity` (instances in the store and deploys in
-    flight). A backend that cannot report counts as absent on that host
-    (logged): the other manner may still be deployable there or elsewhere."""
-    hosts = [inventory.get(h) for h in host_ids] if host_ids else list(inventory.hosts.values())
-    out = []
-    for host in hosts:
-        can = {m: host.has(m) for m in DeploymentType}
-        rooms, accel = [], ""
-        for m in DeploymentType:
-            if not can[m]:
-                continue
-            try:
-                rooms.append(inventory.room(host.id, m, used.get(host.id)))
-                if m is DeploymentType.VM:
-                    accel = host.compute(m).capabilities().hardware_accel
-            except MecorchError as e:
-                log.warning("host %s: %s backend cannot report (%s): not counted for %s",
-                            host.id, m.value, e.detail, m.value)
-                can[m] = False
-        out.append(HostFacts(host.id, can[DeploymentType.CONTAINER], can[DeploymentType.VM],
-                             accel, *capacity.shared(rooms)))
-    return out
+    as placement sees them (`Inventory.candidates`)."""
+    return [placement.facts(c) for c in inventory.candidates(used, host_ids)]
 
 
 @dataclass

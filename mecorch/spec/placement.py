@@ -1,7 +1,9 @@
-"""Where an instance goes: the MEO's choice of edge host. Pure: the facts
-(each host's reported capacity, reachability, the MEO's own reservations
-not yet reported back) are handed in, so every rule is tested without a
-backend or a network.
+"""Where an instance goes: the one placement engine of both levels. Pure:
+each host's facts are handed in as a `Candidate` (its room per manner by
+`spec.capacity`, reservations included; reachability; declared latency), so
+every rule is tested without a backend or a network. The MEO places over
+the hosts' last reports (`meo/registry.py`); the single node over its own
+inventory (`mepm/inventory.py`); the rules and their wording are the same.
 
 Order, as ETSI's MEO "selects an appropriate mobile edge host ... based on
 a constraint":
@@ -19,47 +21,42 @@ a constraint":
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mecorch.kernel.errors import CapacityExceeded, NotFound
-from mecorch.spec import capacity
-from mecorch.spec.capacity import Need
 from mecorch.kernel.states import DeploymentType
-from mecorch.mepm.contract import HostInfo
+from mecorch.spec import capacity
+from mecorch.spec.capacity import Need, Room
+from mecorch.spec.decision import HostFacts
 
 
 @dataclass(frozen=True)
 class Candidate:
     host_id: str
     reachable: bool
-    info: HostInfo | None           # last reported; None: never reached
-    reserved: Need = Need(0.0, 0, 0.0)   # MEO placements the host has not reported yet
+    rooms: dict[str, Room] = field(default_factory=dict)   # manner value -> room
+    vm_accel: str = ""                  # the VIM's: "kvm" | "tcg" once probed
+    latency_ms: float | None = None     # declared one-way latency to its UEs
 
 
 def why_not(c: Candidate, manner: DeploymentType, need: Need,
             max_latency_ns: int | None = None, accel: bool = False) -> str | None:
     """Why the host cannot take the instance, or None when it can."""
-    if not c.reachable or c.info is None:
+    if not c.reachable:
         return "UNREACHABLE"
-    cap = c.info.manners.get(manner.value)
-    if cap is None:
+    room = c.rooms.get(manner.value)
+    if room is None:
         return "no VIM: takes no VM" if manner is DeploymentType.VM \
             else "no CIM: takes no container"
-    if accel:
-        refused = capacity.accel_refusal(cap.accel)
+    if accel and manner is DeploymentType.VM:
+        refused = capacity.accel_refusal(c.vm_accel)
         if refused:
             return refused
-    if max_latency_ns is not None and c.info.latency_ms is not None \
-            and c.info.latency_ms * 1_000_000 > max_latency_ns:
-        return (f"latency {c.info.latency_ms:g} ms over the app's maximum "
+    if max_latency_ns is not None and c.latency_ms is not None \
+            and c.latency_ms * 1_000_000 > max_latency_ns:
+        return (f"latency {c.latency_ms:g} ms over the app's maximum "
                 f"{max_latency_ns / 1_000_000:g} ms")
-    return room_of(c, manner).why_not(need)
-
-
-def room_of(c: Candidate, manner: DeploymentType) -> capacity.Room:
-    """The host's room as it reported it, less the MEO's reservations there
-    that it has not reported yet."""
-    return c.info.manners[manner.value].room().reserving(c.reserved)
+    return room.why_not(need)
 
 
 def place(manner: DeploymentType, need: Need, candidates: list[Candidate],
@@ -87,8 +84,25 @@ def place(manner: DeploymentType, need: Need, candidates: list[Candidate],
         raise CapacityExceeded(
             f"no edge host fits {manner.value} {need.vcpu:g} vCPU, {need.memory_mb} MB, "
             f"{need.disk_gb:g} GB ({'; '.join(reasons) or 'no edge host is registered'})")
-    return max(fits, key=lambda c: (room_of(c, manner).share_left(need),
+    return max(fits, key=lambda c: (c.rooms[manner.value].share_left(need),
                                     _neg(c.host_id))).host_id
+
+
+def facts(c: Candidate) -> HostFacts:
+    """The host as the manner policy (`decision.choose_manner`) sees it: its
+    cores, memory and disk are shared by its containers and VMs, so its
+    room is the least either reports."""
+    return HostFacts(c.host_id, DeploymentType.CONTAINER.value in c.rooms,
+                     DeploymentType.VM.value in c.rooms, c.vm_accel,
+                     *capacity.shared(list(c.rooms.values())))
+
+
+def max_latency_ns(appd: dict) -> int | None:
+    """The AppD's appLatency.maxLatency (nanoseconds), or None."""
+    lat = appd.get("appLatency")
+    if isinstance(lat, dict) and isinstance(lat.get("maxLatency"), int):
+        return lat["maxLatency"]
+    return None
 
 
 def _neg(s: str) -> tuple:
