@@ -32,7 +32,7 @@ def dnsmasq_count(lab: Lab) -> int:
 
 def idle(lab: Lab, seconds: float) -> dict:
     # idle: after the last request's LCM workers and kept-alive connections
-    # ended (mecorch.workers.IDLE_S, api.http.KEEPALIVE_IDLE_S), not during
+    # ended (mecorch.kernel.workers.IDLE_S, api.http.KEEPALIVE_IDLE_S), not during
     time.sleep(SETTLE_S)
     out = sample(lab.serve.pid, seconds)
     out["dnsmasq"] = dnsmasq_count(lab)

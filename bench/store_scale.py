@@ -4,7 +4,7 @@ paged like the packages: one request is one page of api.page_size), and
 the time `mecorch serve` takes to be ready on the largest store.
 
 The records are written straight into a fresh SQLite store with
-mecorch.store.Store and the edge host's views (copies of a real onboarded package's document and of
+mecorch.kernel.store.Store and the edge host's views (copies of a real onboarded package's document and of
 a real instance record, each with its own id/appDId/name), then `mecorch
 serve` runs on that state dir with the lab's kind of config (a host id and
 names of its own). Listing and querying never touch a backend. The

@@ -46,7 +46,7 @@ def test_prefilter_narrows_text_equality(store):
 
 
 def test_the_store_keeps_a_small_page_cache(tmp_path):
-    """SQLite's page cache is capped (mecorch.store.CACHE_KIB): an idle node
+    """SQLite's page cache is capped (mecorch.kernel.store.CACHE_KIB): an idle node
     does not keep 2 MB of it for the process's life."""
     from mecorch.kernel.store import CACHE_KIB
     store = Store(tmp_path / "s.db")

@@ -1,4 +1,4 @@
-"""mecorch.heap: glibc's malloc is reachable and takes the settings serve
+"""mecorch.kernel.heap: glibc's malloc is reachable and takes the settings serve
 makes (their effect on RSS is measured by bench/run.py, not here)."""
 
 from __future__ import annotations

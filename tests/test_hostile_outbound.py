@@ -4,7 +4,7 @@ that drips its answer a byte every few seconds to keep its app from being
 terminated, an app making thousands of Mp1 subscriptions, and bearer tokens
 between MEO and MEPM sent in clear.
 
-The subject is mecorch's client (mecorch.outbound) and its LCM, so the
+The subject is mecorch's client (mecorch.kernel.outbound) and its LCM, so the
 cases run through the real REST API with in-memory drivers (Env of
 tests/test_hostile_mep.py); one real-container check is at the end. Every
 peer is a server on loopback this test starts; no other address is ever

@@ -1,4 +1,4 @@
-"""Pure tests: rule value objects (mecorch.rules) and the MEP renderers
+"""Pure tests: rule value objects (mecorch.spec.rules) and the MEP renderers
 (drivers.linux_mep.iptables / .dnsmasq). No backend needed."""
 
 from __future__ import annotations

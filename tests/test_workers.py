@@ -1,4 +1,4 @@
-"""mecorch.workers: the LCM's worker threads, which end when idle."""
+"""mecorch.kernel.workers: the LCM's worker threads, which end when idle."""
 
 from __future__ import annotations
 

@@ -305,7 +305,7 @@ class LinuxMEP(PlatformDriver):
         for name, rules, cls in (("traffic_rules", traffic_rules, TrafficRule),
                                  ("dns_rules", dns_rules, DnsRule)):
             if not isinstance(rules, (list, tuple)) or not all(isinstance(r, cls) for r in rules):
-                raise InvalidInput(f"{name}: must be a list of mecorch.rules.{cls.__name__}")
+                raise InvalidInput(f"{name}: must be a list of mecorch.spec.rules.{cls.__name__}")
         unique_ids(traffic_rules, "traffic_rule_id", "trafficRules")
         unique_ids(dns_rules, "dns_rule_id", "dnsRules")
 

@@ -11,7 +11,7 @@ Backend health is probed per host and role with a cheap real call
 every `orchestrator.health_interval_s` while `mecorch serve` runs (a change
 is logged as backend.down / backend.up), and on demand when no probe is
 recent. Gauges are read from the store when scraped; operation latencies
-are observed from the same events the log writes (mecorch.logs).
+are observed from the same events the log writes (mecorch.kernel.logs).
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ class Health:
     def _loop(self) -> None:
         while True:
             self.probe_all()
-            heap.trim()             # a probe lists every app container (mecorch.heap)
+            heap.trim()             # a probe lists every app container (mecorch.kernel.heap)
             if self._stop.wait(self.interval_s()):
                 return
 

@@ -1,6 +1,6 @@
 """Routes of the northbound subscriptions (ETSI GS MEC 010-2):
 /app_pkgm/v1/subscriptions[/{subscriptionId}] and
-/app_lcm/v1/subscriptions[/{subscriptionId}] (mecorch.subscriptions)."""
+/app_lcm/v1/subscriptions[/{subscriptionId}] (mecorch.notifications.subscriptions)."""
 
 from __future__ import annotations
 

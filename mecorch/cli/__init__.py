@@ -235,7 +235,7 @@ def serve(cfg: dict, listen: str, verbose: int = 0, log_format: str = "text",
     # second mecorch never reads the first one's objects as orphans.
     lease = HostLease(cfg["state_dir"], listen)
     lease.acquire([h["id"] for h in cfg["hosts"]])
-    heap.limit_arenas()                 # before any thread starts (mecorch.heap)
+    heap.limit_arenas()                 # before any thread starts (mecorch.kernel.heap)
     orch = Orchestrator(cfg)
     watcher = Watcher(orch)
     registration = None

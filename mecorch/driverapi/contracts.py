@@ -2,7 +2,7 @@
 
 Failure semantics, which every driver implementation must keep:
 
-- A driver raises only `mecorch.errors.MecorchError` subclasses. It maps its
+- A driver raises only `mecorch.kernel.errors.MecorchError` subclasses. It maps its
   backend's exceptions in one place (one function or context manager per
   driver) so transport errors never reach the core.
 - `deploy` either returns a complete `Allocation` or raises, having removed
@@ -149,7 +149,7 @@ class PlatformDriver(Driver):
                     traffic_rules: list, dns_rules: list) -> None:
         """Make the instance's rule set exactly this (replacing what it had)
         atomically: it all takes effect or nothing changes. Rules are the
-        validated objects of `mecorch.rules`; `target_ip` is the
+        validated objects of `mecorch.spec.rules`; `target_ip` is the
         instance's address, where FORWARD rules steer traffic to."""
 
     @abc.abstractmethod

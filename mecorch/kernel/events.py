@@ -1,5 +1,5 @@
 """What the core tells about changes of its resources, for the ETSI
-notifications (mecorch.subscriptions). The core calls these hooks right
+notifications (mecorch.notifications.subscriptions). The core calls these hooks right
 after it stored a change; the default object ignores them, so package
 management, the LCM and the journal work the same without subscribers.
 

@@ -25,7 +25,7 @@ class Journal:
     def __init__(self, store: Store):
         self.store = store
         # told of every operationState entered, and (by the Lcm) of instance
-        # state changes: the notifications of mecorch.subscriptions
+        # state changes: the notifications of mecorch.notifications.subscriptions
         self.events: Events = NO_EVENTS
 
     def start(self, instance_id: str, operation: LcmOperation, plan: dict) -> dict:

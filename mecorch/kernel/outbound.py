@@ -1,6 +1,6 @@
 """Every HTTP request mecorch itself makes goes through here: notifications
-to northbound subscribers (mecorch.notify), termination notices to Mp1
-subscribers (mecorch.mep), and the calls between an MEO and its MEPMs
+to northbound subscribers (mecorch.notifications.sender), termination notices to Mp1
+subscribers (mecorch.mepm.mep), and the calls between an MEO and its MEPMs
 (mecorch.mepm.remote, used by mecorch.meo.registry and
 mecorch.mepm.register).
 

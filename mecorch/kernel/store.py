@@ -29,7 +29,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "idempotency": ("resource",),
     "rules": ("hostId",),
     # the northbound (app_pkgm, app_lcm) subscriptions and the notifications
-    # still to be delivered to them (mecorch.subscriptions, mecorch.notify)
+    # still to be delivered to them (mecorch.notifications)
     "oss_subscriptions": ("api",),
     "outbox": ("subscriptionId",),
     "hosts": (),                # an MEO's registered edge hosts

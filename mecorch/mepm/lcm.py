@@ -69,7 +69,7 @@ class InstanceQueries:
     def list_page(self, filter_expr: str | None, marker: str | None,
                   size: int) -> tuple[list[str], str | None]:
         """One page of the instance listing, paged like the packages'
-        (NFV-SOL 013, mecorch.paging): JSON texts, as stored."""
+        (NFV-SOL 013, mecorch.kernel.paging): JSON texts, as stored."""
         return paging.page(self.store, "instances", filter_expr, marker, size)
 
     def op(self, op_id: str) -> dict:
@@ -91,10 +91,10 @@ class Lcm(InstanceQueries):
         self.mep = mep
         self.journal = Journal(store)
         self.default_graceful_s = int(cfg["orchestrator"]["graceful_timeout_s"])
-        # apps' output kept after termination (mecorch.applogs)
+        # apps' output kept after termination (mecorch.mepm.applogs)
         self.logs_dir = Path(cfg["state_dir"]) / "app-logs"
         self._orchestrator_cfg = cfg["orchestrator"]     # the manner preference
-        self._pool = Workers(workers, "lcm")     # threads end when idle (mecorch.workers)
+        self._pool = Workers(workers, "lcm")     # threads end when idle (mecorch.kernel.workers)
         # one operation at a time per instance; guards the check-and-start
         self._busy: set[str] = set()
         self._busy_lock = threading.Lock()

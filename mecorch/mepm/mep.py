@@ -4,7 +4,7 @@ app makes about itself (MEC 011 app support), and termination notices.
 The rules an instance runs under come from its AppD (appTrafficRule,
 appDNSRule), are kept in the store, and are applied to the host's MEP
 driver as one set. An app can read and change only its own rules; every
-change is validated (`mecorch.rules`) before anything is applied, and the
+change is validated (`mecorch.spec.rules`) before anything is applied, and the
 stored set changes only when the driver accepted the new one.
 
 Where a rule sends traffic: a traffic rule steers (DNATs) only to its own
@@ -34,14 +34,14 @@ instantiations racing for one address exactly one wins.
 Each instantiation issues the instance an Mp1 token (random; only its
 SHA-256 is stored, in the instance record as `_mp1Token`) that the app gets
 in its environment (`app_env`); the API lets that token reach the
-instance's own Mp1 resources and nothing else (mecorch.api.http).
+instance's own Mp1 resources and nothing else (mecorch.kernel.http).
 
 An app may hold at most api.mp1_max_subscriptions termination
 subscriptions, each with a callback in api.callback_networks. A graceful
-termination posts the notices in parallel through mecorch.outbound (no
+termination posts the notices in parallel through mecorch.kernel.outbound (no
 redirect followed, each POST bounded as a whole) and waits for
 confirm_termination; notices and wait together never outlast the graceful
-timeout, and a FORCEFUL terminate cuts the wait short (mecorch.lcm).
+timeout, and a FORCEFUL terminate cuts the wait short (mecorch.mepm.lcm).
 """
 
 from __future__ import annotations
@@ -457,7 +457,7 @@ class MepService:
     def _notice(self, instance_id: str, sub: dict, action: str, timeout_s: float,
                 end: float, wait: "_TerminationWait") -> None:
         """POST one termination notice (its own thread), through
-        mecorch.outbound: the callback checked again, no redirect followed
+        mecorch.kernel.outbound: the callback checked again, no redirect followed
         (a 3xx is a notice not taken), the whole POST bounded by the
         graceful deadline."""
         url = sub["callbackReference"]

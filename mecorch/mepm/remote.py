@@ -3,7 +3,7 @@ through ETSI MEC 010-2's own resources (Mm3), with a bearer token, over
 TLS when the URL is https (the MEPM's certificate checked against the
 configured CA file).
 
-The transport is mecorch.outbound (no redirect followed, a total deadline
+The transport is mecorch.kernel.outbound (no redirect followed, a total deadline
 per call, a token only over https or to loopback). One place maps it: an unreachable host is BackendUnavailable;
 an answer that refuses becomes the mecorch error of its status, with the
 MEPM's ProblemDetails detail, so the MEO can tell "the host is away" from

@@ -15,7 +15,7 @@ one sender thread POSTs it to the subscription's callback:
   logged as a warning; until then each shows `deliveryFailure`;
 - stored, so what was not delivered before a restart is sent after it.
 
-Each POST goes through mecorch.outbound: callbacks may only point at
+Each POST goes through mecorch.kernel.outbound: callbacks may only point at
 api.callback_networks, by IP address (or localhost; checked when the
 subscription is made and again at each POST): no name is resolved, a
 redirect is not followed (it counts as a failed delivery), and
@@ -201,7 +201,7 @@ class Notifier:
 
     def _post(self, sub: dict, body: dict) -> str | None:
         """POST one notification; None on a 2xx answer, else what went wrong.
-        Through mecorch.outbound: the callback is checked again (the
+        Through mecorch.kernel.outbound: the callback is checked again (the
         allowed networks may have shrunk since it was stored), a redirect is
         an answer that failed, and api.notify_timeout_s bounds the whole
         attempt (a receiver dripping its answer byte by byte must not hold

@@ -12,7 +12,7 @@
 
 Subscriptions are stored (table oss_subscriptions) and kept in memory for
 matching: a change is matched on the thread that made it, and each
-notification is stored in the outbox for mecorch.notify's sender.
+notification is stored in the outbox for mecorch.notifications.sender.
 
 mecorch extensions: `authentication` (the NFV-SOL 013
 SubscriptionAuthentication shape; BASIC, or BEARER with paramsBearer.token),

@@ -276,7 +276,7 @@ def dns_rules(value) -> None:
 
 
 def traffic_rules(value) -> None:
-    """Shape and values. Filters are checked by mecorch.rules (MEC 011,
+    """Shape and values. Filters are checked by mecorch.spec.rules (MEC 011,
     the same values the MEP accepts; MEC 010-2's `tag` is MEC 011's
     `token`); what the MEP can express is the driver's own check."""
     f = "appTrafficRule"

@@ -71,7 +71,7 @@ class PackageManager:
         self.trusted_key = orch.get("trusted_key")
         self.max_bytes = int(orch.get("max_package_bytes", 2 << 30))
         self._lock = threading.Lock()
-        self.events: Events = NO_EVENTS         # notifications (mecorch.subscriptions)
+        self.events: Events = NO_EVENTS         # notifications (mecorch.notifications.subscriptions)
 
     # ------------------------------------------------------------ onboard
     def onboard(self, body) -> dict:
@@ -325,7 +325,7 @@ class PackageManager:
 
     def list_page(self, filter_expr: str | None, marker: str | None,
                   size: int) -> tuple[list[str], str | None]:
-        """One page of the listing (NFV-SOL 013 paging, mecorch.paging): the
+        """One page of the listing (NFV-SOL 013 paging, mecorch.kernel.paging): the
         views as the store keeps them, JSON texts."""
         return paging.page(self.store, "packages", filter_expr, marker, size,
                            onboardingState=OnboardingState.ONBOARDED.value)

@@ -1,7 +1,7 @@
 """Reading a TOSCA AppD into mecorch's AppD (ETSI MEC 010-2 field names).
 
 Two published shapes are read, with the node-template reader that
-orchestrationInfo uses (mecorch.orchestration_info.tosca_nodes):
+orchestrationInfo uses (mecorch.spec.orchestration_info.tosca_nodes):
 
 - ETSI GS MEC 037: a node derived from tosca.nodes.mec.MecApp (itself a
   tosca.nodes.nfv.VNF) whose properties, or the defaults of its node type,

@@ -1,7 +1,7 @@
 """MEP rule value objects: ETSI MEC 011 `DnsRule` and `TrafficRule`.
 
 Pure: no I/O. `from_etsi(dict)` validates every field (allow-lists, via
-`mecorch.validate`) and raises `InvalidInput` naming the field, e.g.
+`mecorch.kernel.validate`) and raises `InvalidInput` naming the field, e.g.
 `trafficRule.trafficFilter[0].dstPort[1]: ...`; `to_etsi()` gives back the
 spec's JSON shape (field names and enums of MecAppSupportApi.yaml), with
 values normalised (addresses canonical, protocol names lower-case, domain
@@ -399,7 +399,7 @@ def unique_ids(rules: list, attr: str, field: str) -> None:
 
 # -- what a rule set claims: addresses and names ---------------------------------
 #
-# Ownership is decided on these pure values (mecorch.mep holds the ledger):
+# Ownership is decided on these pure values (mecorch.mepm.mep holds the ledger):
 # a traffic rule claims every (destination address, port, protocol) its
 # filters match; a DNS rule claims its name. Two instances may not claim
 # overlapping destinations (one DNAT would shadow the other).

@@ -1,4 +1,4 @@
-"""The ComputeDriver contract (mecorch/drivers.py), written once and run
+"""The ComputeDriver contract (mecorch/driverapi/contracts.py), written once and run
 against every backend: the in-memory fake, Docker, libvirt and OpenStack.
 
 Each test gets a fresh lab (its own host id, network, pool, image names);
