@@ -1,18 +1,22 @@
 """Hostile peers against mecorch's own HTTP client (issue 28, findings 2, 3
 and 6): a subscriber that redirects the termination notice elsewhere, one
 that drips its answer a byte every few seconds to keep its app from being
-terminated, an app making thousands of Mp1 subscriptions, and bearer tokens
-between MEO and MEPM sent in clear.
+terminated (on a host, and through an MEO), an app making thousands of Mp1
+subscriptions, bearer tokens between MEO and MEPM sent in clear, and a
+package server (http appPkgPath) that redirects or drips the zip.
 
 The subject is mecorch's client (mecorch.kernel.outbound) and its LCM, so the
 cases run through the real REST API with in-memory drivers (Env of
-tests/test_hostile_mep.py); one real-container check is at the end. Every
+tests/test_hostile_mep.py; the MEO system of tests/test_meo_core.py; the
+Lab of tests/test_package_upload.py); one real-container check is at the
+end. Every
 peer is a server on loopback this test starts; no other address is ever
 contacted (a non-loopback URL appears only where it is refused before any
 connection, or where the connection is stubbed out)."""
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import socket
 import threading
@@ -22,9 +26,15 @@ from pathlib import Path
 import pytest
 
 from test_hostile_mep import INST, MP1, Env
+from test_core_orchestration import CONTAINER_APPD, PKGS, _fake_docker_tar, make_package
+from test_package_upload import Lab
+from test_meo_core import _host as meo_host, deploy as meo_deploy, onboard as meo_onboard
+from test_meo_core import served as meo_served
+from test_meo_core import system  # noqa: F401 - a fixture
 from mecorch.kernel import config, outbound
-from mecorch.api import _tls_context
+from mecorch.api import _tls_context, make_server
 from mecorch.kernel.client import ApiError
+from mecorch.meo.orchestrator import MeoOrchestrator
 from mecorch.kernel.errors import InvalidInput
 from mecorch.meo.registry import Registry
 from mecorch.mepm.register import Registration
@@ -144,13 +154,22 @@ def terminate(env: Env, iid: str, kind: str, timeout: int | None = None) -> dict
     return env.c.post(f"{INST}/{iid}/terminate", body)[0]
 
 
-def wait_state(env: Env, op: dict, states: tuple, timeout: float) -> dict:
+def wait_state(env, op: dict, states: tuple, timeout: float) -> dict:
+    """`op` as `env.c` (an Env's or an MEO system's client) shows it once in
+    one of `states`, or after `timeout`."""
     end = time.monotonic() + timeout
     while True:
         cur = env.c.get(op["_links"]["self"]["href"])
         if cur["operationState"] in states or time.monotonic() > end:
             return cur
         time.sleep(0.05)
+
+
+def refused_config(tmp_path: Path, text: str, match: str) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(InvalidInput, match=match):
+        config.load(f)
 
 
 # ---------------------------------------------------------------- finding 2
@@ -200,6 +219,16 @@ class TestNoticeRedirectsRefused:
 class TestTerminationBounded:
     def test_the_client_cuts_a_dripping_peer_off_at_its_total_deadline(self, peers):
         slow = peers(drip)
+        t0 = time.monotonic()
+        with pytest.raises(outbound.DeadlineExceeded):
+            outbound.request(slow.url + "/cb", "POST", 2, b"{}")
+        took = time.monotonic() - t0
+        assert 1.9 < took < 3.0, took
+
+    def test_a_body_dripped_after_connection_close_headers_is_cut_off_too(self, peers):
+        """http.client hands the socket to the response when the answer
+        says Connection: close: the watchdog still reaches it."""
+        slow = peers(serve_zip(b"x" * 1000, every_s=0.2))
         t0 = time.monotonic()
         with pytest.raises(outbound.DeadlineExceeded):
             outbound.request(slow.url + "/cb", "POST", 2, b"{}")
@@ -290,6 +319,198 @@ class TestForcefulPreemptsGraceful:
         assert env.c.get(f"{INST}/{iid}")["instantiationState"] == "NOT_INSTANTIATED"
 
 
+@pytest.fixture
+def meo_over_http(tmp_path):
+    """An MEO over one MEPM reached over HTTP (its API served on loopback,
+    RemoteMepm: the MEO<->MEPM calls through mecorch.kernel.outbound), in-memory
+    drivers; shaped as tests/test_meo_core.py's system."""
+    host, _ = meo_host(tmp_path, "edge1")
+    server = make_server(host, "127.0.0.1:0", "mepm")
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    cfg = config.load()
+    cfg["state_dir"] = str(tmp_path / "meo")
+    cfg["hosts"] = []
+    cfg["meo"]["heartbeat_s"] = 0
+    meo = MeoOrchestrator(cfg)
+    meo.registry.attach(RemoteMepm("edge1", f"http://127.0.0.1:{server.server_address[1]}"))
+    s, api = meo_served(meo, {"edge1": host}, tmp_path)
+    yield s
+    for srv in (api, server):
+        srv.shutdown()
+        srv.server_close()
+    meo.close()
+    host.close()
+
+
+class TestForcefulPreemptsGracefulThroughTheMeo:
+    """The same through an MEO (tests/test_meo_core.py's system: an MEO over
+    in-process MEPMs on in-memory drivers; and over one MEPM reached over
+    HTTP): the MEO's forwarded GRACEFUL terminate is bounded by its timeout,
+    and a FORCEFUL one through the MEO supersedes it there as on the host."""
+
+    @staticmethod
+    def _held(s, peers):
+        pkg = meo_onboard(s)
+        iid, op = meo_deploy(s, pkg["appDId"], deploymentType="CONTAINER")
+        assert op["operationState"] == "COMPLETED", op.get("error")
+        remote = s.meo.lcm.get(iid)["_hostInstance"]
+        host = s.hosts[remote["hostId"]]
+        slow = peers(drip)
+        host.mep.subscribe(remote["id"], {
+            "subscriptionType": "AppTerminationNotificationSubscription",
+            "callbackReference": slow.url + "/cb", "appInstanceId": remote["id"]})
+        return s, iid, host, remote["id"], slow
+
+    def test_a_maximally_slow_subscriber_cannot_hold_the_meos_graceful_terminate(
+            self, request, peers):
+        s, iid, host, _, slow = self._held(request.getfixturevalue("system"), peers)
+        t0 = time.monotonic()
+        graceful = s.c.post(f"{INST}/{iid}/terminate", {
+            "terminationType": "GRACEFUL", "gracefulTerminationTimeout": 5})[0]
+        graceful = wait_state(s, graceful, ("COMPLETED", "FAILED", "ROLLED_BACK"), 15)
+        took = time.monotonic() - t0
+        print(f"graceful terminate through the MEO, dripping subscriber: {took:.2f} s")
+        assert graceful["operationState"] == "COMPLETED", graceful.get("error")
+        assert took < 10, took
+        assert len(slow.hits) == 1
+        assert s.c.get(f"{INST}/{iid}")["instantiationState"] == "NOT_INSTANTIATED"
+
+    @pytest.mark.parametrize("over", ["system", "meo_over_http"])
+    def test_forceful_through_the_meo_supersedes_its_graceful_terminate(
+            self, over, request, peers, notification_sink):
+        s, iid, host, rid, slow = self._held(request.getfixturevalue(over), peers)
+        s.meo.subscriptions.start()
+        s.c.post("/app_lcm/v1/subscriptions", {"subscriptionType": "AppLcmOpOccStateChange",
+                                               "callbackUri": notification_sink.url})
+        graceful = s.c.post(f"{INST}/{iid}/terminate", {
+            "terminationType": "GRACEFUL", "gracefulTerminationTimeout": 5})[0]
+        end = time.monotonic() + 5
+        while not slow.hits and time.monotonic() < end:     # the host is notifying
+            time.sleep(0.05)
+        assert slow.hits
+        assert wait_state(s, graceful, ("PROCESSING",), 15)["operationState"] == "PROCESSING"
+        t0 = time.monotonic()
+        status, forceful, _ = s.c.call("POST", f"{INST}/{iid}/terminate",
+                                       {"terminationType": "FORCEFUL"})
+        assert status == 202, (status, forceful)
+        forceful = wait_state(s, forceful, ("COMPLETED", "FAILED", "ROLLED_BACK"), 10)
+        took = time.monotonic() - t0
+        print(f"FORCEFUL through the MEO ({over}) preempting its GRACEFUL terminate: "
+              f"{took:.2f} s")
+        assert forceful["operationState"] == "COMPLETED", forceful.get("error")
+        assert took < 3, took
+        graceful = wait_state(s, graceful, ("COMPLETED", "FAILED", "ROLLED_BACK"), 10)
+        assert graceful["operationState"] == "FAILED", graceful
+        assert f"superseded by FORCEFUL terminate {forceful['id']}" in \
+            graceful["error"]["detail"]
+        assert s.c.get(f"{INST}/{iid}")["instantiationState"] == "NOT_INSTANTIATED"
+        # on the host: its graceful op superseded by one FORCEFUL op (no second)
+        ended = sorted(o["operationState"] for o in host.lcm.ops()
+                       if o["appInstanceId"] == rid and o["lcmOperation"] == "TERMINATE")
+        assert ended == ["COMPLETED", "FAILED"], ended
+        # the OSS is told of both ends, as for any op
+        end = time.monotonic() + 5
+        want = {(graceful["id"], "FAILED"), (forceful["id"], "COMPLETED")}
+        while time.monotonic() < end:
+            got = {(n.get("appLcmOpOccId"), n.get("notificationType"))
+                   for n in notification_sink.got}
+            if want <= got:
+                break
+            time.sleep(0.05)
+        assert want <= got, notification_sink.got
+        # nothing left holding the instance: a second FORCEFUL is a plain 409
+        with pytest.raises(ApiError) as e:
+            s.c.post(f"{INST}/{iid}/terminate", {"terminationType": "FORCEFUL"})
+        assert e.value.status == 409 and "NOT_INSTANTIATED" in str(e.value)
+
+
+def serve_zip(data: bytes, every_s: float = 0.0):
+    """Answer 200 with the zip; with `every_s`, one byte that often."""
+    def go(peer: Peer, conn: socket.socket) -> None:
+        conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Type: application/zip\r\n"
+                     f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode())
+        if not every_s:
+            conn.sendall(data)
+            return
+        for byte in data:
+            conn.sendall(bytes([byte]))
+            if peer.stop.wait(every_s):
+                return
+    return go
+
+
+@pytest.fixture
+def lab(tmp_path, monkeypatch):
+    """test_package_upload's Lab (real API, in-memory drivers) with
+    orchestrator.package_fetch_timeout_s 2."""
+    real = config.load
+
+    def load(*a, **kw):
+        cfg = real(*a, **kw)
+        cfg["orchestrator"]["package_fetch_timeout_s"] = 2
+        return cfg
+    monkeypatch.setattr(config, "load", load)
+    lab = Lab(tmp_path)
+    yield lab
+    lab.stop()
+
+
+class TestPackageFetchThroughOutbound:
+    @staticmethod
+    def _body(url: str, data: bytes) -> dict:
+        return {"appPkgName": "p", "appPkgVersion": "1", "appPkgPath": url,
+                "checksum": {"algorithm": "SHA-256", "hash": hashlib.sha256(data).hexdigest()}}
+
+    @staticmethod
+    def _nothing_kept(lab) -> None:
+        assert lab.c.get(PKGS) == []
+        left = lab.tmp / "state" / "packages"
+        assert not left.exists() or list(left.iterdir()) == []
+
+    @staticmethod
+    def _zip(lab) -> bytes:
+        return make_package(lab.tmp, CONTAINER_APPD, _fake_docker_tar()).read_bytes()
+
+    def test_a_302_to_another_loopback_port_is_refused_naming_appPkgPath(self, lab, peers):
+        data = self._zip(lab)
+        target = peers(serve_zip(data))
+        redirector = peers(answer(302, f"Location: {target.url}/pkg.zip\r\n"))
+        with pytest.raises(ApiError) as e:
+            lab.c.post(PKGS, self._body(redirector.url + "/pkg.zip", data))
+        assert e.value.status == 400
+        assert "appPkgPath" in str(e.value) and "HTTP 302" in str(e.value), str(e.value)
+        assert [h.split()[0] for h in redirector.hits] == ["GET"]
+        assert target.hits == []                    # the redirect was not followed
+        self._nothing_kept(lab)
+
+    def test_a_server_dripping_the_zip_is_cut_off_at_the_deadline(self, lab, peers):
+        data = self._zip(lab)
+        slow = peers(serve_zip(data, every_s=0.2))     # minutes for the whole zip
+        t0 = time.monotonic()
+        with pytest.raises(ApiError) as e:
+            lab.c.post(PKGS, self._body(slow.url + "/pkg.zip", data))
+        took = time.monotonic() - t0
+        print(f"dripped package download cut off after {took:.2f} s (deadline 2 s)")
+        assert e.value.status == 400
+        assert "appPkgPath" in str(e.value) and \
+            "orchestrator.package_fetch_timeout_s" in str(e.value), str(e.value)
+        assert 1.9 < took < 4, took
+        self._nothing_kept(lab)
+
+    def test_a_normal_loopback_url_still_onboards(self, lab, peers):
+        data = self._zip(lab)
+        server = peers(serve_zip(data))
+        pkg = lab.c.post(PKGS, self._body(server.url + "/pkg.zip", data))[0]
+        assert pkg["onboardingState"] == "ONBOARDED", pkg
+        assert [h.split()[0] for h in server.hits] == ["GET"]
+
+    def test_the_deadline_is_a_validated_config_key(self, tmp_path):
+        assert config.load()["orchestrator"]["package_fetch_timeout_s"] == 600
+        refused_config(tmp_path, "orchestrator: {package_fetch_timeout_s: 0}\n",
+                       "orchestrator.package_fetch_timeout_s must be a number above 0")
+
+
 class TestMp1SubscriptionCap:
     def test_over_the_cap_is_a_400_naming_it(self, env, peers):
         sink = peers(answer(204))
@@ -306,10 +527,8 @@ class TestMp1SubscriptionCap:
 
     def test_the_cap_is_a_validated_config_key(self, tmp_path):
         assert config.load()["api"]["mp1_max_subscriptions"] == 16
-        f = tmp_path / "c.yaml"
-        f.write_text("api: {mp1_max_subscriptions: many}\n")
-        with pytest.raises(InvalidInput, match="api.mp1_max_subscriptions must be an integer"):
-            config.load(f)
+        refused_config(tmp_path, "api: {mp1_max_subscriptions: many}\n",
+                       "api.mp1_max_subscriptions must be an integer")
 
 
 # ---------------------------------------------------------------- finding 6

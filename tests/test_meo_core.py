@@ -79,6 +79,19 @@ def system(tmp_path):
     for hid, orch in hosts.items():
         mepms[hid] = FlakyMepm(orch, hid)
         meo.registry.attach(mepms[hid])
+    s, server = served(meo, hosts, tmp_path)
+    s.mepms = mepms
+    yield s
+    server.shutdown()
+    server.server_close()
+    meo.close()
+    for orch in hosts.values():
+        orch.close()
+
+
+def served(meo, hosts: dict, tmp):
+    """The MEO's API on a loopback port: (the system the tests drive, its
+    server)."""
     server = make_server(meo, "127.0.0.1:0", "meo")
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                      daemon=True).start()
@@ -86,14 +99,9 @@ def system(tmp_path):
     class S:
         pass
     s = S()
-    s.meo, s.hosts, s.mepms, s.tmp = meo, hosts, mepms, tmp_path
+    s.meo, s.hosts, s.tmp = meo, hosts, tmp
     s.c = Client(f"http://127.0.0.1:{server.server_address[1]}", token="")
-    yield s
-    server.shutdown()
-    server.server_close()
-    meo.close()
-    for orch in hosts.values():
-        orch.close()
+    return s, server
 
 
 def onboard(s, appd=CONTAINER_APPD, **changes):

@@ -37,6 +37,7 @@ ROLES = ("cim", "vim", "mep")
 STR = ("a string", lambda v: isinstance(v, str))
 INT = ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool))
 NUMBER = ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
+POSITIVE = ("a number above 0", lambda v: NUMBER[1](v) and v > 0)
 BOOL = ("true or false", lambda v: isinstance(v, bool))
 STRS = ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
 LIST = ("a list", lambda v: isinstance(v, list))          # of mappings: see its "[]" rows
@@ -96,6 +97,8 @@ KEYS: list[Key] = [
     _k("orchestrator.trusted_key", STR, None, "PEM public key packages must be signed with",
        nullable=True),
     _k("orchestrator.max_package_bytes", INT, 2147483648, "largest app package accepted"),
+    _k("orchestrator.package_fetch_timeout_s", POSITIVE, 600,
+       "longest download of a package from an http(s) appPkgPath, in total"),
     _k("orchestrator.health_interval_s", NUMBER, 15, "probe every backend this often"),
     _k("orchestrator.prefer", STR, None, "manner a dual-format app gets when both fit",
        nullable=True, choices=("container", "vm")),

@@ -1,8 +1,10 @@
 """Every HTTP request mecorch itself makes goes through here: notifications
 to northbound subscribers (mecorch.notifications.sender), termination notices to Mp1
-subscribers (mecorch.mepm.mep), and the calls between an MEO and its MEPMs
+subscribers (mecorch.mepm.mep), the calls between an MEO and its MEPMs
 (mecorch.mepm.remote, used by mecorch.meo.registry and
-mecorch.mepm.register).
+mecorch.mepm.register), and the download of an app package from an
+http(s) appPkgPath (mecorch.package.manager; its body streamed to disk by a
+`sink`, never held in memory).
 
 What holds for each request (issue 28):
 - redirects are never followed: a 3xx is an answer like any other, so a
@@ -14,7 +16,10 @@ What holds for each request (issue 28):
 - a request has one TOTAL deadline (connect, send, answer and body): a
   socket timeout bounds each read only, so a peer dripping its answer one
   byte at a time would hold the caller for ever; a watchdog shuts the
-  socket down at the deadline, which wakes a blocked read.
+  socket down at the deadline, which wakes a blocked read;
+- an answer held in memory is at most MAX_ANSWER_BYTES; a larger body
+  (a package) goes to a `sink` that reads it from the response itself,
+  under the same deadline.
 """
 
 from __future__ import annotations
@@ -116,10 +121,15 @@ def connection(url: str, timeout_s: float,
 
 
 def exchange(conn: http.client.HTTPConnection, method: str, path: str, deadline_s: float,
-             body=None, headers: dict | None = None) -> Answer:
+             body=None, headers: dict | None = None, sink=None) -> Answer:
     """One request on `conn`, answered in full within `deadline_s` seconds
     in total, or DeadlineExceeded (the connection is then closed). Other
-    transport failures raise OSError or http.client.HTTPException."""
+    transport failures raise OSError or http.client.HTTPException.
+
+    `sink(response)`, if given, reads the body itself (the Answer's body is
+    then empty, the connection closed afterwards); what it raises goes to
+    the caller, and a sink the deadline cut short is DeadlineExceeded even
+    if its last read looked like the end of the body."""
     if deadline_s <= 0:                 # the caller's time is up: nothing is sent
         raise DeadlineExceeded("no time left for the request")
     end = time.monotonic() + deadline_s
@@ -127,18 +137,30 @@ def exchange(conn: http.client.HTTPConnection, method: str, path: str, deadline_
     if conn.sock is not None:
         conn.sock.settimeout(deadline_s)
     fired = threading.Event()
+    held: list[socket.socket] = []      # the socket an answer is read from
 
     def expire() -> None:
         fired.set()
-        _shut(conn)
+        _shut(conn, held)
 
     watchdog = threading.Timer(deadline_s, expire)
     watchdog.daemon = True
     watchdog.start()
     try:
         conn.request(method, path, body=body, headers=headers or {})
+        # an answer saying "Connection: close" takes the socket from `conn`
+        # (getresponse forgets it): the watchdog must still reach it
+        held.append(conn.sock)
         resp = conn.getresponse()
+        if sink is not None:
+            sink(resp)
+            conn.close()                    # what the sink left unread goes with it
+            if fired.is_set():
+                raise DeadlineExceeded(f"no complete answer within {deadline_s:g} s")
+            return Answer(resp.status, b"", {k.lower(): v for k, v in resp.getheaders()})
         payload = resp.read(MAX_ANSWER_BYTES + 1)
+        if fired.is_set():      # a shut socket reads as an end: the body may be cut short
+            raise DeadlineExceeded(f"no complete answer within {deadline_s:g} s")
         if len(payload) > MAX_ANSWER_BYTES:
             conn.close()
             raise http.client.HTTPException(f"answer over {MAX_ANSWER_BYTES} bytes")
@@ -152,29 +174,30 @@ def exchange(conn: http.client.HTTPConnection, method: str, path: str, deadline_
         raise
     finally:
         watchdog.cancel()
-    if fired.is_set():          # answered, but the socket was shut meanwhile: not reusable
+    if fired.is_set():      # answered just before the deadline, socket shut since: not reusable
         conn.close()
     return answer
 
 
 def request(url: str, method: str, deadline_s: float, body=None, headers: dict | None = None,
-            context: ssl.SSLContext | None = None) -> Answer:
+            context: ssl.SSLContext | None = None, sink=None) -> Answer:
     """One request on a connection of its own, closed afterwards. The
     caller has checked `url` (check_url / check_token_url)."""
     parts = urllib.parse.urlsplit(url)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     conn = connection(url, deadline_s, context)
     try:
-        return exchange(conn, method, path, deadline_s, body, headers)
+        return exchange(conn, method, path, deadline_s, body, headers, sink)
     finally:
         conn.close()
 
 
-def _shut(conn: http.client.HTTPConnection) -> None:
-    """Wake whatever blocks on the connection's socket."""
-    sock = conn.sock
-    if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+def _shut(conn: http.client.HTTPConnection, held: list) -> None:
+    """Wake whatever blocks on the connection's socket (or on the one its
+    answer is read from)."""
+    for sock in {conn.sock, *held}:
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass

@@ -18,6 +18,13 @@ operation after a broken link or an MEO restart: a retried create or
 instantiate returns what the first made, never a second instance. While a
 host is UNREACHABLE its operations stay PROCESSING; when it returns the
 registry's resync resumes them and they end as the host ended them.
+
+A FORCEFUL terminate while the MEO's own GRACEFUL terminate of the instance
+is in progress is not refused: it is an op occurrence of its own, sent to
+the host as a FORCEFUL terminate, which supersedes the host's graceful one
+(mecorch.mepm.lcm). The MEO's graceful op then ends as the host's did: FAILED,
+superseded by the MEO's FORCEFUL terminate, or COMPLETED when the host was
+already stopping the app.
 """
 
 from __future__ import annotations
@@ -36,7 +43,8 @@ from mecorch.kernel.locks import exclusive
 from mecorch.mepm.lcm import (
     INSTANTIATE_FIELDS, InstanceQueries, create_instance, fingerprint, idempotency_mismatch,
     parse_operate, parse_terminate, selected_hosts)
-from mecorch.kernel.states import DeploymentType, InstantiationState, LcmOperation, OperationState
+from mecorch.kernel.states import (
+    DeploymentType, InstantiationState, LcmOperation, OperationState, TerminationType)
 from mecorch.kernel.store import Store
 from mecorch.kernel.timeutil import public
 from mecorch.kernel.workers import Workers
@@ -75,6 +83,7 @@ class SystemLcm(InstanceQueries):
         self._pool = Workers(workers, "meo-lcm")
         self._busy: set[str] = set()           # instances with an operation here
         self._live: set[str] = set()           # op occurrences a worker is on
+        self._superseded: dict[str, str] = {}  # GRACEFUL terminate op -> FORCEFUL op
         self._lock = threading.Lock()
         self._place_lock = threading.Lock()
 
@@ -220,7 +229,7 @@ class SystemLcm(InstanceQueries):
         try:
             host_op, host_instance = steps(op, entry)
             if host_op["operationState"] != OperationState.COMPLETED.value:
-                raise _host_failure(entry.host_id, host_op)
+                raise self._superseded_by(op) or _host_failure(entry.host_id, host_op)
             inst = self.get(iid)
             self._copy_host_view(inst, entry.mepm.get_instance(host_instance), entry.host_id)
             self.store.put("instances", iid, inst)
@@ -242,10 +251,55 @@ class SystemLcm(InstanceQueries):
             self._free(iid)
             self.journal.finish(op, err)
 
+    def _superseded_by(self, op: dict) -> Conflict | None:
+        """A GRACEFUL terminate whose host op failed because the MEO's
+        FORCEFUL terminate superseded it: the error saying so."""
+        with self._lock:
+            forceful = self._superseded.pop(op["id"], None)
+        if forceful is None and _is_graceful_terminate(op):        # after a restart
+            forceful = next((o["id"] for o in self.store.list(
+                "op_occs", appInstanceId=op["appInstanceId"])
+                if o["_plan"].get("supersedes") == op["id"]), None)
+        if forceful is None:
+            return None
+        return Conflict(f"superseded by FORCEFUL terminate {forceful} before the app was "
+                        "stopped")
+
     # ---------------------------------------------------------------- terminate / operate
     def terminate(self, instance_id: str, body: dict) -> dict:
-        parse_terminate(body, self.default_graceful_s)
+        kind, _ = parse_terminate(body, self.default_graceful_s)
+        if kind is TerminationType.FORCEFUL:
+            op = self._preempt(instance_id, body)
+            if op is not None:
+                return op
         return self._host_op(instance_id, LcmOperation.TERMINATE, body)
+
+    def _preempt(self, instance_id: str, body: dict) -> dict | None:
+        """A FORCEFUL terminate while the MEO's GRACEFUL terminate of the
+        instance is in progress: its own op occurrence, dispatched by a
+        worker of its own (the host supersedes its graceful op with it).
+        None when no graceful terminate is in progress (the usual checks
+        then apply); Conflict when one is already being superseded."""
+        with self._lock:
+            running = self.journal.in_progress(instance_id)
+            forceful = [o for o in running if o["_plan"].get("supersedes")]
+            if forceful:
+                raise Conflict(f"app instance {instance_id} is already being terminated "
+                               f"FORCEFUL (op {forceful[0]['id']})")
+            graceful = [o for o in running if _is_graceful_terminate(o)]
+            if len(running) != 1 or not graceful:
+                return None
+            inst = self.get(instance_id)
+            remote = inst["_hostInstance"]
+            op = self.journal.start(instance_id, LcmOperation.TERMINATE, {
+                "hostId": remote["hostId"], "hostInstance": remote["id"], "body": body,
+                "supersedes": graceful[0]["id"]})
+            self._superseded[graceful[0]["id"]] = op["id"]
+            inst["_opId"] = op["id"]
+            self.store.put("instances", instance_id, inst)
+            self._live.add(op["id"])
+        self._pool.submit(self._guarded, instance_id, self._run_host_op, op)
+        return public(op)
 
     def operate(self, instance_id: str, body: dict) -> dict:
         to, _, _ = parse_operate(body, self.default_graceful_s)
@@ -431,6 +485,7 @@ class SystemLcm(InstanceQueries):
         finally:
             with self._lock:
                 self._live.discard(op["id"])
+                self._superseded.pop(op["id"], None)
                 # an op left PROCESSING (host away) keeps the instance held
                 # for the resync, through the journal, not this set
                 self._busy.discard(instance_id)
@@ -438,6 +493,12 @@ class SystemLcm(InstanceQueries):
     def _free(self, instance_id: str) -> None:
         with self._lock:
             self._busy.discard(instance_id)
+
+
+def _is_graceful_terminate(op: dict) -> bool:
+    return op["lcmOperation"] == LcmOperation.TERMINATE.value and \
+        op["_plan"].get("body", {}).get("terminationType") == TerminationType.GRACEFUL.value
+
 
 
 def _image_of(pkg: dict, manner: DeploymentType) -> str:

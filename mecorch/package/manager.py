@@ -2,7 +2,8 @@
 query, enable/disable, delete.
 
 Onboarding is all or nothing: fetch the package (a file, or an HTTP URL on
-loopback), check its checksum, open and verify it (`mecorch.package`:
+loopback, downloaded through mecorch.kernel.outbound: no redirect followed, within
+orchestrator.package_fetch_timeout_s, streamed to disk), check its checksum, open and verify it (`mecorch.package`:
 archive limits, manifest, signature, AppD), put its software image into the
 manner's image repository on every host that has that manner, and only then
 mark it ONBOARDED. Any failure removes the record, the file and the images:
@@ -19,19 +20,18 @@ whose upload or processing a crash interrupted is removed like any other.
 
 from __future__ import annotations
 
-import ipaddress
+import http.client
 import logging
 import os
 import re
 import tempfile
 import threading
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Protocol
 
 from mecorch.spec import decision
-from mecorch.kernel import filters, logs, paging, validate, views
+from mecorch.kernel import filters, logs, outbound, paging, validate, views
 from mecorch.kernel.errors import Conflict, IntegrityError, InvalidInput, MecorchError, NotFound
 from mecorch.package import open_package
 from mecorch.kernel.states import (
@@ -70,6 +70,7 @@ class PackageManager:
         orch = cfg["orchestrator"]
         self.trusted_key = orch.get("trusted_key")
         self.max_bytes = int(orch.get("max_package_bytes", 2 << 30))
+        self.fetch_timeout_s = float(orch.get("package_fetch_timeout_s", 600))
         self._lock = threading.Lock()
         self.events: Events = NO_EVENTS         # notifications (mecorch.notifications.subscriptions)
 
@@ -133,7 +134,7 @@ class PackageManager:
         zpath = self.dir / f"{doc['id']}.zip"
         self._state(doc, OnboardingState.UPLOADING)
         if stream is None:
-            _fetch(req["appPkgPath"], zpath, self.max_bytes)
+            _fetch(req["appPkgPath"], zpath, self.max_bytes, self.fetch_timeout_s)
         else:
             _receive(stream, zpath, self.max_bytes)
         got = sha256_file(zpath)
@@ -480,24 +481,13 @@ def _create_request(body) -> dict:
     return out
 
 
-def _fetch(path: str, dest: Path, max_bytes: int) -> None:
+def _fetch(path: str, dest: Path, max_bytes: int, deadline_s: float) -> None:
     """Copy the package from a local file or a loopback HTTP URL to `dest`,
-    refusing more than `max_bytes`."""
+    refusing more than `max_bytes`; a download ends within `deadline_s`."""
     parts = urllib.parse.urlsplit(path)
     part = dest.with_suffix(".zip.part")
     if parts.scheme in ("http", "https"):
-        host = parts.hostname or ""
-        try:
-            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback:
-            raise InvalidInput("appPkgPath: HTTP URLs must point at loopback")
-        try:
-            with urllib.request.urlopen(path, timeout=30) as resp, open(part, "wb") as out:  # noqa: S310
-                _copy_limited(resp, out, max_bytes)
-        except OSError as e:
-            raise InvalidInput(f"appPkgPath: cannot fetch {path}: {e}") from None
+        _download(path, part, max_bytes, deadline_s)
     elif parts.scheme in ("", "file"):
         local = Path(urllib.parse.unquote(parts.path) if parts.scheme else path)
         if not local.is_absolute():
@@ -512,6 +502,33 @@ def _fetch(path: str, dest: Path, max_bytes: int) -> None:
     else:
         raise InvalidInput("appPkgPath must be an absolute path, a file: URL or a loopback http URL")
     os.replace(part, dest)
+
+
+def _download(url: str, part: Path, max_bytes: int, deadline_s: float) -> None:
+    """GET an http(s) appPkgPath on loopback into `part`, through
+    mecorch.kernel.outbound: no redirect followed (a 3xx is refused naming it),
+    the whole download within `deadline_s`, the body streamed to disk."""
+    if not outbound.is_loopback(urllib.parse.urlsplit(url).hostname):
+        raise InvalidInput("appPkgPath: HTTP URLs must point at loopback")
+
+    def to_disk(resp) -> None:
+        if resp.status == 200:
+            with open(part, "wb") as out:
+                _copy_limited(resp, out, max_bytes)
+    try:
+        got = outbound.request(url, "GET", deadline_s, headers={"Accept": "application/zip"},
+                               sink=to_disk)
+    except outbound.DeadlineExceeded:
+        raise InvalidInput(f"appPkgPath: {url} was not downloaded within "
+                           f"orchestrator.package_fetch_timeout_s ({deadline_s:g} s)") from None
+    except (OSError, http.client.HTTPException) as e:
+        raise InvalidInput(f"appPkgPath: cannot fetch {url}: {e}") from None
+    if 300 <= got.status < 400:
+        raise InvalidInput(f"appPkgPath: {url} answered HTTP {got.status} (a redirect, to "
+                           f"{got.headers.get('location', 'nowhere given')}); redirects are "
+                           "not followed: give the package's own URL")
+    if got.status != 200:
+        raise InvalidInput(f"appPkgPath: {url} answered HTTP {got.status}")
 
 
 def _receive(stream, dest: Path, max_bytes: int) -> None:
