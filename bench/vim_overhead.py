@@ -36,6 +36,8 @@ from pathlib import Path
 import libvirt
 
 from drivers.libvirt_vim import LibvirtVIM
+from drivers.libvirt_vim.driver import _qemu_owner, write_guest_env
+from drivers.libvirt_vim.request import validate_request
 from drivers.libvirt_vim import network as N
 from drivers.libvirt_vim import storage as S
 from drivers.libvirt_vim import xmlrender as X
@@ -108,8 +110,8 @@ def via_driver(drv: LibvirtVIM, iid: str, stop_timeout: float = 0) -> tuple[floa
 def direct_deploy(conn, cfg: dict, base_name: str, req: ResourceRequest) -> dict:
     """The libvirt calls LibvirtVIM.deploy makes for `req`, in its order
     (drivers/libvirt_vim/driver.py): the name checks, the base lookup, the
-    domain defined with the same XML (SMBIOS OEM strings, data disks,
-    console log), the qcow2 overlay sized like the driver's, the data
+    domain defined with the same XML (the environment as a fw_cfg file,
+    written like the driver's, data disks, console log), the qcow2 overlay sized like the driver's, the data
     volumes, create, the DHCP lease and the first TCP port polled every
     network._POLL_S (0.25 s). Returns the handle direct_terminate takes."""
     iid = req.instance_id
@@ -127,11 +129,13 @@ def direct_deploy(conn, cfg: dict, base_name: str, req: ResourceRequest) -> dict
     base = pool.storageVolLookupByName(base_name)
     meta = X.DomainMeta(iid, req.app_d_id, cfg["host_id"], req.image, cfg["pool"],
                         ((root, False),) + tuple((n, v.reserved) for n, v in data))
-    oem = tuple(f"{k}={v}" for k, v in sorted(req.env.items()))
+    env_file = Path(cfg["state_dir"]) / "vm-env" / f"{name}.env"
+    write_guest_env(env_file, validate_request(req)["env"],
+                    _qemu_owner(conn, X_TYPE[cfg["accel"]]))
     spec = X.DomainSpec(name=name, virt_type=X_TYPE[cfg["accel"]],
                         vcpu=max(1, math.ceil(req.vcpu)), memory_mb=req.memory_mb,
                         pool=cfg["pool"], disks=(root,) + tuple(n for n, _ in data),
-                        network=cfg["network"], meta=meta, oem_strings=oem,
+                        network=cfg["network"], meta=meta, env_file=str(env_file),
                         console_log=f"{cfg['run_dir']}/vm/{name}.console.log")
     dom = conn.defineXML(X.domain_xml(spec))
     capacity = max(int(req.disk_gb * GIB), base.info()[1])
@@ -171,6 +175,7 @@ def direct_terminate(conn, cfg: dict, h: dict, stop_timeout: float) -> None:
     pool = conn.storagePoolLookupByName(cfg["pool"])
     for vol in h["volumes"]:
         pool.storageVolLookupByName(vol).delete(libvirt.VIR_STORAGE_VOL_DELETE_NORMAL)
+    os.unlink(Path(cfg["state_dir"]) / "vm-env" / f"{dom.name()}.env")
     try:
         os.unlink(f"{cfg['run_dir']}/vm/{dom.name()}.console.log")
     except FileNotFoundError:

@@ -377,7 +377,9 @@ HOSTILE_ENV = ["</entry><entry>MEC_APP_TOKEN=stolen", "a\nb", "<![CDATA[x]]>", "
                "'\"", "x" * 4096, "\u00e9\u0430"]
 
 
-def test_vm_oem_strings_are_escaped_and_checked():
+def test_vm_env_is_escaped_and_checked():
+    """The VM's environment is NUL-ended KEY=VALUE strings in a fw_cfg file
+    the domain XML names (the XML holds no value of it)."""
     pytest.importorskip("libvirt")
     from drivers.libvirt_vim import xmlrender as X
     from drivers.libvirt_vim.request import validate_request
@@ -387,14 +389,17 @@ def test_vm_oem_strings_are_escaped_and_checked():
         env[f"X{i}"] = value
     req = ResourceRequest(instance_id="i-1", app_d_id="a", manner=DeploymentType.VM,
                           image="img", vcpu=1, memory_mb=64, disk_gb=1, env=env)
-    oem = validate_request(req)["oem_strings"]
-    spec = X.DomainSpec(name="mecorch-i-1", virt_type="qemu", vcpu=1, memory_mb=64,
-                        pool="p", disks=("d",), network="n", oem_strings=oem)
-    root = ET.fromstring(X.domain_xml(spec))
-    entries = [e.text for e in root.findall("./sysinfo/oemStrings/entry")]
-    assert entries == [f"{k}={v}" for k, v in sorted(env.items())]
-    assert root.find("./os/smbios").get("mode") == "sysinfo"
+    data = validate_request(req)["env"]
+    entries = data.decode().split("\0")
+    assert entries[-1] == "" and entries[:-1] == [f"{k}={v}" for k, v in sorted(env.items())]
     assert "MEC_APP_TOKEN=stolen" not in entries
+    spec = X.DomainSpec(name="mecorch-i-1", virt_type="qemu", vcpu=1, memory_mb=64,
+                        pool="p", disks=("d",), network="n", env_file="/s/vm-env/mecorch-i-1.env")
+    text = X.domain_xml(spec)
+    root = ET.fromstring(text)
+    assert [(e.get("name"), e.get("file")) for e in root.findall("./sysinfo/entry")] == [
+        ("opt/org.mecorch/env", "/s/vm-env/mecorch-i-1.env")]
+    assert root.find("./sysinfo").get("type") == "fwcfg" and "t0k" not in text
     for bad in ({"1BAD": "x"}, {"A B": "x"}, {"A": "x\x00y"}, {"A": "y" * 5000}):
         with pytest.raises(InvalidInput, match="env"):
             validate_request(ResourceRequest(instance_id="i-1", app_d_id="a",

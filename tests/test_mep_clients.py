@@ -276,8 +276,9 @@ def poll(probe, check, timeout: float = 10.0):
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     assert SAMPLE_VM.is_file(), f"{SAMPLE_VM} missing: run bash vagrant/provision.sh"
-    # The image must come from the current build script (it reads the OEM
-    # strings and carries the MEC client): the build records the script's hash.
+    # The image must come from the current build script (it reads its
+    # fw_cfg environment and carries the MEC client): the build records the
+    # script's hash.
     script = Path(__file__).resolve().parents[1] / "vagrant/workloads/build-vm-image.sh"
     key = Path(f"{SAMPLE_VM}.key")
     assert key.is_file() and key.read_text().strip() == sha256_file(script), (

@@ -122,14 +122,22 @@ if have_systemd && systemctl is-active --quiet docker-registry 2>/dev/null && ! 
   say "stopping Debian's docker-registry unit (mecorch runs its own on $REGISTRY_ADDR)"
   systemctl disable --now docker-registry
 fi
+# The registry's storage is the registry daemon's, not mecorch's state:
+# it lives beside the state dir, not in it (mecorch keeps its state dir
+# 0700 and its files 0600; the registry writes with its own modes, as its
+# own user on a packaged install). An older lab's storage moves there.
+REGISTRY_DIR=/var/lib/mecorch-registry
 if ! registry_up >/dev/null 2>&1; then
+  if [ -d "$STATE_DIR/registry" ] && [ ! -e "$REGISTRY_DIR" ]; then
+    mv "$STATE_DIR/registry" "$REGISTRY_DIR"
+  fi
   # Our own registry config: loopback only, no auth, deletes enabled (a
   # deleted package removes its image from the repository).
   cat > /etc/mecorch/registry.yml <<EOF
 version: 0.1
 log: {level: warn}
 storage:
-  filesystem: {rootdirectory: $STATE_DIR/registry}
+  filesystem: {rootdirectory: $REGISTRY_DIR}
   delete: {enabled: true}
 http:
   addr: $REGISTRY_ADDR

@@ -5,6 +5,18 @@ disk is a qcow2 overlay on a base copy of the repository image, plus one
 qcow2 volume per data disk, all in the dir pool mecorch owns, with a virtio
 NIC on the NAT network mecorch owns. The domain's <metadata> records the
 instance, so `list_instances` finds it after a restart without the store.
+
+QEMU, another user, opens the pool's volumes by path: the pool directory
+(libvirt's 0711) and the dirs above it up to the first one others may
+enter get search permission only (x, never r) for others; mecorch's state
+dir is 0700 otherwise.
+
+The guest's environment (its Mp1 URL, instance id and Mp1 token) is the
+file <state_dir>/vm-env/<domain>.env, given to QEMU as a fw_cfg file (its
+command line, which every local user can read, names the path only): 0600
+and owned by the user QEMU runs as (libvirt's DAC label; libvirt does not
+relabel fw_cfg files), in a 0700 directory of that user; removed with the
+domain (a failed deploy's too, and by a destroy of a domain already gone).
 """
 
 from __future__ import annotations
@@ -13,7 +25,9 @@ import os
 import re
 import threading
 import time
+import xml.etree.ElementTree as ET
 from functools import cached_property
+from pathlib import Path
 
 import libvirt
 
@@ -23,6 +37,7 @@ from mecorch.kernel.errors import (
     BackendUnavailable, Conflict, InvalidInput, MecorchError, NotFound, Timeout)
 from mecorch.driverapi.model import (
     Address, Allocation, Check, HostCapacity, Observation, ResourceRequest)
+from mecorch.kernel.fileutil import let_others_search, unlink_quietly
 from mecorch.kernel.states import DeploymentType, ObservedState
 
 from . import accel as A
@@ -67,6 +82,41 @@ def _read_meta(dom) -> X.DomainMeta | None:
     return X.parse_meta(text)
 
 
+def _qemu_owner(conn, virt_type: str) -> tuple[int, int] | None:
+    """(uid, gid) QEMU runs as: the DAC security model's base label for
+    `virt_type` in libvirt's capabilities ("+64055:+64055"); None when
+    there is no DAC model (QEMU runs as root)."""
+    caps = ET.fromstring(conn.getCapabilities())
+    for model in caps.findall("./host/secmodel"):
+        if (model.findtext("model") or "") != "dac":
+            continue
+        for label in model.findall("baselabel"):
+            if label.get("type") == virt_type and label.text:
+                uid, _, gid = label.text.strip().partition(":")
+                return int(uid.lstrip("+")), int(gid.lstrip("+"))
+    return None
+
+
+def write_guest_env(path: Path, data: bytes, owner: tuple[int, int] | None) -> None:
+    """A domain's environment file (see the module docstring): 0600 from
+    its creation on, then given to `owner` (the user QEMU runs as), in a
+    0700 directory of that owner."""
+    d = path.parent
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(d, 0o700)
+    if owner is not None:
+        os.chown(d, *owner)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class LibvirtVIM(ComputeDriver):
     kind = "vim"
 
@@ -102,6 +152,7 @@ class LibvirtVIM(ComputeDriver):
         with libvirt_errors("create the mecorch pool and network"):
             S.ensure_pool(conn, s.pool, str(s.pool_dir))
             N.ensure_network(conn, s.network, s.bridge, s.network_cidr)
+        let_others_search(s.pool_dir)           # QEMU reaches its volumes by path
         self._opened = True
 
     def close(self) -> None:
@@ -225,11 +276,12 @@ class LibvirtVIM(ComputeDriver):
                 accel = self._accel_for(conn, pool, base)
                 meta = X.DomainMeta(iid, request.app_d_id, s.host_id, request.image, s.pool,
                                     ((root, False),) + tuple((n, vs.reserved) for n, vs in data))
+                env_file = self._write_env(conn, name, A.VIRT_TYPE[accel], v["env"])
                 spec = X.DomainSpec(name=name, virt_type=A.VIRT_TYPE[accel], vcpu=v["vcpu"],
                                     memory_mb=request.memory_mb, pool=s.pool,
                                     disks=(root,) + tuple(n for n, _ in data),
                                     network=s.network, console_log=self._console_log(name),
-                                    meta=meta, oem_strings=v["oem_strings"])
+                                    meta=meta, env_file=env_file)
                 # Defined before its volumes exist (libvirt checks them at
                 # start): a crash in between leaves a domain whose metadata
                 # names the volumes, which list_instances finds and destroy
@@ -286,6 +338,14 @@ class LibvirtVIM(ComputeDriver):
     def _console_log(self, name: str) -> str:
         return str(self.settings.console_dir / f"{name}.console.log")
 
+    def _env_file(self, name: str) -> Path:
+        return self.settings.env_dir / f"{name}.env"
+
+    def _write_env(self, conn, name: str, virt_type: str, data: bytes) -> str:
+        path = self._env_file(name)
+        write_guest_env(path, data, _qemu_owner(conn, virt_type))
+        return str(path)
+
     def _rollback(self, conn, name: str, dom, made: list[str], cause: BaseException) -> None:
         """Undo a failed deploy; a failure here is added to the cause's detail."""
         try:
@@ -296,6 +356,7 @@ class LibvirtVIM(ComputeDriver):
                 for vol in reversed(made):
                     S.delete_volume(pool, vol)
             self._remove_console_log(name)
+            unlink_quietly(self._env_file(name))
         except MecorchError as e:
             if isinstance(cause, MecorchError):
                 cause.detail += f" (and the rollback failed: {e.detail})"
@@ -358,6 +419,7 @@ class LibvirtVIM(ComputeDriver):
                     if not res:
                         S.delete_volume(pool, vol)
         self._remove_console_log(name)
+        unlink_quietly(self._env_file(name))      # also when the domain was already gone
         self._collect_bases()
 
     def stop(self, handle: dict, timeout_s: float) -> None:

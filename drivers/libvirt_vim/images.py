@@ -95,7 +95,7 @@ class VMImageRepo:
             if fmt == "raw":
                 self._convert_to_qcow2(tmp)
             stored_sha = source_sha if fmt == "qcow2" else sha256_file(tmp)
-            os.chmod(tmp, 0o644)
+            os.chmod(tmp, 0o600)         # read by mecorch only (uploaded into the pool)
             os.replace(tmp, target)
         except BaseException:
             unlink_quietly(tmp)

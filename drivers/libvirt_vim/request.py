@@ -36,10 +36,12 @@ def validate_request(r: ResourceRequest) -> dict:
         validate.port(p.port, f"ports[{i}].port")
         if p.protocol not in ("tcp", "udp"):
             raise InvalidInput(f"ports[{i}].protocol: must be tcp or udp")
-    # The environment reaches the guest as SMBIOS OEM strings KEY=VALUE
-    # (read in the guest from /sys/firmware/dmi/entries/11-0/raw).
+    # The environment reaches the guest as the fw_cfg file X.FW_CFG_ENV:
+    # KEY=VALUE strings, each ended by a NUL (read in the guest from
+    # /sys/firmware/qemu_fw_cfg/by_name/opt/org.mecorch/env/raw). A file,
+    # not QEMU's command line: the Mp1 token is not for every local user.
     env = validate.env(dict(r.env))
-    oem = tuple(f"{k}={v}" for k, v in sorted(env.items()))
-    if sum(len(e) + 1 for e in oem) > 8192:
+    data = b"".join(f"{k}={v}".encode() + b"\0" for k, v in sorted(env.items()))
+    if len(data) > 8192:
         raise InvalidInput("env: at most 8 KiB of KEY=VALUE strings reach a VM")
-    return {"iid": iid, "vcpu": vcpu, "disk_bytes": int(disk_gb * GIB), "oem_strings": oem}
+    return {"iid": iid, "vcpu": vcpu, "disk_bytes": int(disk_gb * GIB), "env": data}

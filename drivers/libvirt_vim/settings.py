@@ -36,6 +36,11 @@ class Settings:
         return self.state_dir / "pool"
 
     @property
+    def env_dir(self) -> Path:
+        """The guests' environment files (fw_cfg), one per domain."""
+        return self.state_dir / "vm-env"
+
+    @property
     def console_dir(self) -> Path:
         return self.run_dir / "vm"
 

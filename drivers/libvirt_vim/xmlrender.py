@@ -172,9 +172,13 @@ class DomainSpec:
     network: str
     console_log: str | None = None
     meta: DomainMeta | None = None
-    # SMBIOS type 11 OEM strings ("KEY=VALUE"): what the guest is told
-    # without a network call (its Mp1 URL, instance id and token).
-    oem_strings: tuple[str, ...] = ()
+    # A file QEMU gives the guest as the fw_cfg file FW_CFG_ENV: what the
+    # guest is told without a network call (its Mp1 URL, instance id and
+    # token). QEMU's command line names the path only.
+    env_file: str | None = None
+
+
+FW_CFG_ENV = "opt/org.mecorch/env"
 
 
 def domain_xml(spec: DomainSpec) -> str:
@@ -185,16 +189,12 @@ def domain_xml(spec: DomainSpec) -> str:
         md.append(spec.meta.to_xml())
     _sub(root, "memory", spec.memory_mb, unit="MiB")
     _sub(root, "vcpu", spec.vcpu, placement="static")
-    if spec.oem_strings:
-        sysinfo = _sub(root, "sysinfo", type="smbios")
-        oem = _sub(sysinfo, "oemStrings")
-        for entry in spec.oem_strings:
-            _sub(oem, "entry", entry)
+    if spec.env_file:
+        sysinfo = _sub(root, "sysinfo", type="fwcfg")
+        _sub(sysinfo, "entry", name=FW_CFG_ENV, file=spec.env_file)
     os_el = _sub(root, "os")
     _sub(os_el, "type", "hvm", arch="x86_64")
     _sub(os_el, "boot", dev="hd")
-    if spec.oem_strings:
-        _sub(os_el, "smbios", mode="sysinfo")
     feats = _sub(root, "features")
     _sub(feats, "acpi")                 # ACPI shutdown needs it
     _sub(feats, "apic")

@@ -104,7 +104,16 @@ def live_pid(pid_file: Path) -> int | None:
 
 def start(cmd: list[str], pid_file: Path, timeout_s: float = 5.0) -> int:
     """Start dnsmasq as a daemon (it forks and writes its pid file; the
-    parent's exit status tells whether it could bind). Returns its pid."""
+    parent's exit status tells whether it could bind). Returns its pid.
+    Its log (the names asked) and pid file are 0600 like all mecorch
+    writes: dnsmasq sets its own umask (022) and makes its log 0640, so the
+    log is made here first (dnsmasq appends to it, and gives it to its
+    --user) and the pid file is narrowed once written."""
+    for arg in cmd:
+        if arg.startswith("--log-facility=/"):
+            log = arg.split("=", 1)[1]
+            os.close(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600))
+            os.chmod(log, 0o600)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     if proc.returncode != 0:
         raise BackendError(f"dnsmasq did not start (exit {proc.returncode}): "
@@ -113,6 +122,7 @@ def start(cmd: list[str], pid_file: Path, timeout_s: float = 5.0) -> int:
     while time.monotonic() < deadline:
         pid = live_pid(pid_file)
         if pid:
+            os.chmod(pid_file, 0o600)
             return pid
         time.sleep(0.02)
     raise BackendError(f"dnsmasq started but {pid_file} names no running dnsmasq")
@@ -136,17 +146,22 @@ def stop(pid_file: Path, timeout_s: float = 5.0) -> bool:
     return True
 
 
-def stage(hosts_dir: Path, instance_id: str, text: str) -> Path | None:
+def stage(hosts_dir: Path, instance_id: str, text: str,
+          owner: tuple[int, int] | None = None) -> Path | None:
     """Write the instance's new file next to its final place, not yet
-    visible to dnsmasq (dot-file). None when the instance has no rules."""
+    visible to dnsmasq (dot-file), 0600 and given to `owner` (dnsmasq's
+    user, when not this process's). None when the instance has no rules."""
     if not text:
         return None
     tmp = hosts_dir / f".{instance_id}.tmp"
-    with open(tmp, "w", encoding="ascii") as f:
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600),
+              "w", encoding="ascii") as f:
+        os.fchmod(f.fileno(), 0o600)
+        if owner is not None:
+            os.fchown(f.fileno(), *owner)
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)
     return tmp
 
 

@@ -1,8 +1,9 @@
 """LinuxMEP: DNS rules in mecorch's dnsmasq, traffic rules in iptables.
 
 Config keys (the `mep` section): dns_listen, dns_port, dns_ttl (default 0),
-dns_user (default root: the hostsdir lives under state_dir, which may not be
-readable by an unprivileged user), chain_prefix, netns (optional: run
+dns_user (default root; another user gets the hostsdir and its files,
+0700/0600, and search permission only on the state dirs above it, which
+are 0700 otherwise: DNS rules are no one else's to read), chain_prefix, netns (optional: run
 iptables and dnsmasq inside this existing network namespace, through
 `ip netns exec NS ...`), service_cidr, dns_domain, dns_upstream (servers
 for names that are no DNS rule; none: refused), data_plane_address (the
@@ -38,7 +39,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
-from mecorch.kernel import validate
+from mecorch.kernel import fileutil, validate
 from mecorch.driverapi.contracts import Capabilities, PlatformDriver
 from mecorch.kernel.errors import (
     BackendError, BackendUnavailable, InvalidInput, MecorchError, Timeout)
@@ -123,6 +124,29 @@ class LinuxMEP(PlatformDriver):
         self._held = 0                          # instances with chains, as last read
 
     # -- plumbing ------------------------------------------------------------------
+    def _dns_owner(self) -> tuple[int, int] | None:
+        """(uid, gid) of mep.dns_user when dnsmasq runs as another user than
+        this process, else None."""
+        if self.dns_user == "root":
+            return None
+        import pwd
+        try:
+            pw = pwd.getpwnam(self.dns_user)
+        except KeyError:
+            raise InvalidInput(f"mep.dns_user: no user {self.dns_user!r}") from None
+        return None if pw.pw_uid == os.geteuid() else (pw.pw_uid, pw.pw_gid)
+
+    def _share_hosts_dir(self) -> None:
+        """The hostsdir 0700, its files 0600: this process's, or given to
+        an unprivileged dnsmasq (which then may search the dirs above it)."""
+        os.chmod(self.hosts_dir, 0o700)
+        owner = self._dns_owner()
+        if owner is None:
+            return
+        for p in [self.hosts_dir, *self.hosts_dir.iterdir()]:
+            os.chown(p, *owner, follow_symlinks=False)
+        fileutil.let_others_search(self.hosts_dir.parent)
+
 
     def _argv(self, *argv: str) -> list[str]:
         return (["ip", "netns", "exec", self.netns] if self.netns else []) + list(argv)
@@ -202,7 +226,7 @@ class LinuxMEP(PlatformDriver):
         dnsmasq (started unless our pid file names a live one)."""
         with _backend("mep open"), self._exclusive():
             self.hosts_dir.mkdir(parents=True, exist_ok=True)
-            os.chmod(self.hosts_dir, 0o755)
+            self._share_hosts_dir()
             self._restore(iptables.base_text(self._save(), self.prefix, self.service_cidr))
             if self.service_cidr:
                 self._ensure_service_route()
@@ -328,7 +352,7 @@ class LinuxMEP(PlatformDriver):
                          and iptables.matches(saved, self.prefix, instance_id, desired))
             change = "" if unchanged else iptables.transition(saved, self.prefix, instance_id,
                                                               desired)
-            staged = dnsmasq.stage(self.hosts_dir, instance_id, hosts)
+            staged = dnsmasq.stage(self.hosts_dir, instance_id, hosts, self._dns_owner())
             try:
                 self._restore(change)
                 dnsmasq.commit(self.hosts_dir, instance_id, staged)

@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 from mecorch.kernel.errors import InvalidInput, NotFound
+from mecorch.kernel.fileutil import token_lines
 from mecorch.mepm.orchestrator import Orchestrator
 from mecorch.kernel.http import PUBLIC, ApiServer, Request, Response, Router
 from mecorch.api import routes, status, subscription_routes
@@ -39,7 +40,7 @@ def load_tokens(cfg: dict, host: str) -> set[str]:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as e:
             raise InvalidInput(f"cannot read api.token_file {path}: {e.strerror}") from None
-        tokens = {t.strip() for t in text.splitlines() if t.strip() and not t.startswith("#")}
+        tokens = set(token_lines(text))
         if not tokens or any(len(t) < 16 for t in tokens):
             raise InvalidInput("api.token_file must hold tokens of at least 16 characters")
     if not tokens and not ipaddress.ip_address(host).is_loopback:
@@ -52,14 +53,24 @@ def make_server(orch: Orchestrator, listen: str, role: str = "all") -> ApiServer
     host, port = parse_listen(listen)
     tokens = load_tokens(orch.cfg, host)
     tls = _tls_context(orch.cfg, host, role)
-    server = ApiServer((host, port), make_router(orch), int(orch.cfg["api"]["max_body_bytes"]),
-                       tokens, orch.mep.app_token_owner if orch.mep is not None else None)
+    server = ApiServer((host, port), make_router(orch), tokens=tokens,
+                       app_token_owner=orch.mep.app_token_owner if orch.mep is not None else None,
+                       **_limits(orch.cfg))
     if tls is not None:
         # The handshake happens on the first read, in the connection's own
         # thread under its timeout: a slow client never stalls accept().
         server.socket = tls.wrap_socket(server.socket, server_side=True,
                                         do_handshake_on_connect=False)
     return server
+
+
+def _limits(cfg: dict) -> dict:
+    """What every listener is held to (api.max_body_bytes, api.max_connections,
+    api.request_deadline_s): mecorch.kernel.http's module docstring."""
+    api = cfg["api"]
+    return {"max_body": int(api["max_body_bytes"]),
+            "max_connections": int(api["max_connections"]),
+            "request_deadline": float(api["request_deadline_s"])}
 
 
 def _tls_context(cfg: dict, host: str, role: str):
@@ -88,7 +99,8 @@ def serve_app_networks(orch: Orchestrator, port: int) -> list[ApiServer]:
     """Serve Mp1 on every app network's gateway address too (issue 12), on
     the northbound API's port, so an app reaches it from its own network.
     Only the Mp1 routes, and only with an app's own token (an operator
-    token that nobody holds closes them to everyone else). Each server runs
+    token that nobody holds closes them to everyone else), each listener
+    under the API's connection cap and request deadline. Each server runs
     in a daemon thread; the caller shuts them down. A gateway that cannot be
     bound is logged and left out (its apps are told the listen address)."""
     import logging
@@ -113,8 +125,8 @@ def serve_app_networks(orch: Orchestrator, port: int) -> list[ApiServer]:
     orch.mep.mp1_port = port
     for gateway in orch.mep.app_gateways():
         try:
-            server = ApiServer((gateway, port), router, int(orch.cfg["api"]["max_body_bytes"]),
-                               nobody, orch.mep.app_token_owner)
+            server = ApiServer((gateway, port), router, tokens=nobody,
+                               app_token_owner=orch.mep.app_token_owner, **_limits(orch.cfg))
         except OSError as e:
             logging.getLogger("mecorch.api").warning("Mp1 not served on %s:%s: %s",
                                                      gateway, port, e.strerror)

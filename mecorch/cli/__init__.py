@@ -10,7 +10,7 @@ import signal
 import sys
 
 from mecorch import __version__
-from mecorch.kernel import config, heap
+from mecorch.kernel import config, fileutil, heap
 from mecorch.kernel.errors import InvalidInput, MecorchError
 
 FILTER_HELP = """\
@@ -177,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
+    if not (args.command == "package" and args.action in ("build", "convert")):
+        # What mecorch writes (its store, packages, logs, driver state) is
+        # its owner's only; a package zip built here is the user's own file
+        # and keeps the user's umask.
+        os.umask(fileutil.PRIVATE_UMASK)
     sources: dict[str, str] = {}
     cfg = config.load(args.config, sources=sources)
     if args.command == "config":
@@ -221,6 +226,7 @@ def serve(cfg: dict, listen: str, verbose: int = 0, log_format: str = "text",
           role: str = "all") -> int:
     from mecorch.kernel import logs
     logs.setup(verbose, log_format)
+    fileutil.make_private(*_state_dirs(cfg))    # what an older mecorch left readable
     if role == "meo":
         return _serve_meo(cfg, listen)
     from mecorch.api import make_server, serve_app_networks, status
@@ -274,6 +280,17 @@ def serve(cfg: dict, listen: str, verbose: int = 0, log_format: str = "text",
         lease.release()
         logs.event("serve.stop", pid=os.getpid())
     return 0
+
+
+def _state_dirs(cfg: dict) -> list[str]:
+    """Where this mecorch keeps state: state_dir, run_dir and every
+    driver's own (hosts[].ROLE.state_dir / run_dir)."""
+    dirs = [cfg["state_dir"], cfg["run_dir"]]
+    for host in cfg.get("hosts") or []:
+        for role in config.ROLES:
+            section = host.get(role) or {}
+            dirs += [section[k] for k in ("state_dir", "run_dir") if section.get(k)]
+    return list(dict.fromkeys(dirs))
 
 
 def _serve_meo(cfg: dict, listen: str) -> int:

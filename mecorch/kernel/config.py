@@ -60,10 +60,11 @@ class Key:
     nullable: bool = False
     choices: tuple = ()
     driver: str | None = None   # in a host role section: only for this driver
+    bounds: tuple = ()          # (least, most) of a number
 
 
-def _k(path, type_, default, doc, nullable=False, choices=(), driver=None) -> Key:
-    return Key(path, type_, default, doc, nullable, choices, driver)
+def _k(path, type_, default, doc, nullable=False, choices=(), driver=None, bounds=()) -> Key:
+    return Key(path, type_, default, doc, nullable, choices, driver, bounds)
 
 
 # ---------------------------------------------------------------- the schema
@@ -80,6 +81,11 @@ KEYS: list[Key] = [
     _k("api.token_file", STR, None, "bearer tokens, one per line", nullable=True),
     _k("api.max_body_bytes", INT, 1048576, "largest request body accepted"),
     _k("api.page_size", INT, 500, "most items in one page of the package listing"),
+    _k("api.max_connections", INT, 128, "connections one listener (the API, each Mp1 "
+       "gateway) holds at once; more are answered 503 at once", bounds=(1, 10000)),
+    _k("api.request_deadline_s", NUMBER, 30, "a request's line, headers and body must have "
+       "arrived within this long; a streaming body gets this long per api.max_body_bytes",
+       bounds=(0.1, 3600)),
     _k("api.callback_networks", STRS, ["127.0.0.0/8", "::1/128"],
        "where apps' notification callbacks may point"),
     _k("api.notify_timeout_s", NUMBER, 5, "longest wait for a subscriber's callback to answer"),
@@ -307,6 +313,9 @@ def _check_value(key: Key, value: Any, where: str, here: str, driver: str | None
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise InvalidInput(f"{where}: {here} must be one of {', '.join(key.choices)} "
                            f"(got {value!r}){hint}")
+    if key.bounds and not key.bounds[0] <= value <= key.bounds[1]:
+        raise InvalidInput(f"{where}: {here} must be between {key.bounds[0]} and "
+                           f"{key.bounds[1]} (got {value!r})")
     if key.type is MAP:
         check(value, where, here, driver)
     elif key.type is LIST and any(k.path.startswith(key.path + "[].") for k in KEYS):

@@ -15,6 +15,15 @@ Access control, per route (`Router.add(..., access=...)`):
 
 An app token is refused (403) everywhere but its own instance's Mp1 routes.
 
+Limits of every listener (`ApiServer`: the API and each Mp1 gateway
+listener): at most `max_connections` connections at once, one thread each;
+one more is answered 503 and closed by the accepting thread at once (no
+thread waits for a slot). A request's line, headers and body must arrive
+within `request_deadline` of its first byte (of the connection's opening,
+for its first request): every read of the connection waits at most until
+then, and one past it reads the end of the stream (the client gets a 408),
+so a client dripping a byte at a time holds its thread no longer.
+
 The standard library's threading server keeps the whole control plane in
 one light process (an ASGI stack alone costs more memory than mecorch's
 footprint target).
@@ -27,7 +36,10 @@ import ipaddress
 import json
 import logging
 import math
+import io
 import re
+import threading
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -45,6 +57,10 @@ MAX_JSON_DEPTH = 64
 # A client gets this long for each read of its request line, headers and
 # body (a slow client must not hold a thread forever).
 REQUEST_TIMEOUT_S = 30.0
+# Defaults of api.max_connections and api.request_deadline_s (see the
+# module docstring).
+MAX_CONNECTIONS = 128
+REQUEST_DEADLINE_S = 30.0
 # An idle keep-alive connection is closed after this long without a request
 # (Apache's default): each one holds a thread of the server, and an idle
 # edge node should not keep the threads of a burst of clients gone quiet.
@@ -125,6 +141,9 @@ class BodyStream:
         self.received = 0
         self.limit: int | None = None
         self.done = not chunked and not length
+        # the connection's request deadline (set by the server): moved on as
+        # the body arrives, told when it is all read
+        self.deadline: "RequestDeadline | None" = None
 
     def set_limit(self, limit: int) -> None:
         """Refuse a body over `limit` bytes: at once when Content-Length says
@@ -141,9 +160,13 @@ class BodyStream:
                 continue
             data = self._recv(min(size, self._left))
             if not data:
+                if self.deadline is not None and self.deadline.passed():
+                    raise RequestTimeout("the request body did not arrive in time")
                 raise InvalidInput("the request body ended before its declared length")
             self._left -= len(data)
             self.received += len(data)
+            if self.deadline is not None:
+                self.deadline.progress(self.received)
             if self.limit is not None and self.received > self.limit:
                 raise PayloadTooLarge(f"request body larger than {self.limit} bytes")
             if self._left == 0:
@@ -151,9 +174,14 @@ class BodyStream:
                     if self._line() != b"":
                         raise InvalidInput("a chunk of the request body is longer than its size")
                 else:
-                    self.done = True
+                    self._end()
             return data
         return b""
+
+    def _end(self) -> None:
+        self.done = True
+        if self.deadline is not None:
+            self.deadline.stop()
 
     def _recv(self, n: int) -> bytes:
         try:
@@ -166,6 +194,8 @@ class BodyStream:
             line = self._rfile.readline(self.MAX_LINE + 1)
         except OSError:
             raise RequestTimeout("the request body did not arrive in time") from None
+        if not line and self.deadline is not None and self.deadline.passed():
+            raise RequestTimeout("the request body did not arrive in time")
         if len(line) > self.MAX_LINE or not line.endswith(b"\r\n"):
             raise InvalidInput("malformed chunked request body (a line too long or not CRLF)")
         return line[:-2]
@@ -193,7 +223,7 @@ class BodyStream:
         if self._left == 0:                             # last chunk: the trailer follows
             for _ in range(self.MAX_TRAILERS + 1):
                 if self._line() == b"":
-                    self.done = True
+                    self._end()
                     return
             raise InvalidInput("chunked request body has too many trailer lines")
 
@@ -350,12 +380,79 @@ class UnsupportedMediaType(InvalidInput):
     status, title = 415, "Unsupported media type"
 
 
+class RequestDeadline:
+    """The deadline of the request a connection is reading (see the module
+    docstring): started at the request's first byte, stopped once it is
+    read; a streaming body moves it on by `seconds` per `per_bytes` read."""
+
+    def __init__(self, seconds: float, per_bytes: int):
+        self.seconds, self.per_bytes = seconds, max(1, per_bytes)
+        self.started: float | None = None
+        self.at: float | None = None
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+        self.at = self.started + self.seconds
+
+    def progress(self, received: int) -> None:
+        if self.at is not None:
+            self.at = max(self.at, self.started + self.seconds * (1 + received // self.per_bytes))
+
+    def stop(self) -> None:
+        self.at = None
+
+    def passed(self) -> bool:
+        return self.at is not None and time.monotonic() >= self.at
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The connection's reading side under its request deadline: while one
+    runs, a read waits at most until it (and at most the request timeout),
+    and past it reads the end of the stream."""
+
+    def __init__(self, conn, deadline: RequestDeadline, timeout: float):
+        super().__init__()
+        self.conn, self.deadline, self.timeout = conn, deadline, timeout
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        at = self.deadline.at
+        if at is None:                  # between requests: the caller's timeout
+            return self.conn.recv_into(buf)
+        left = at - time.monotonic()
+        try:
+            if left > 0:
+                self.conn.settimeout(min(left, self.timeout))
+                try:
+                    return self.conn.recv_into(buf)
+                except TimeoutError:
+                    if not self.deadline.passed():
+                        raise           # the request timeout of one read
+            return 0                    # the deadline: cut off
+        finally:
+            self.conn.settimeout(self.timeout)   # for the answer's writes
+
+
+# What a connection over the cap is told, by the accepting thread.
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/problem+json\r\n"
+         b"Retry-After: 1\r\nConnection: close\r\nContent-Length: 104\r\n\r\n"
+         b'{"type": "about:blank", "title": "Service Unavailable", "status": 503, '
+         b'"detail": "too many connections"}')
+
+
 class ApiServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # listen() backlog (socketserver's 5 would leave a burst of clients
+    # retrying their SYNs for seconds instead of being served or refused)
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], router: Router, max_body: int,
-                 tokens: set[str], app_token_owner: Callable[[str], str | None] | None = None):
+                 tokens: set[str], app_token_owner: Callable[[str], str | None] | None = None,
+                 max_connections: int = MAX_CONNECTIONS,
+                 request_deadline: float = REQUEST_DEADLINE_S):
         self.router = router
         self.max_body = max_body
         self.tokens = {t.encode() for t in tokens}
@@ -363,7 +460,56 @@ class ApiServer(ThreadingHTTPServer):
         self.app_token_owner = app_token_owner or (lambda token: None)
         self.request_timeout = REQUEST_TIMEOUT_S
         self.keepalive_idle = KEEPALIVE_IDLE_S
+        self.max_connections = max_connections
+        self.request_deadline = request_deadline
+        self.connections = 0                # open now, each with its thread
+        self._count_lock = threading.Lock()
         super().__init__(address, _RequestHandler)
+
+    def process_request(self, request, client_address) -> None:
+        """A thread for the connection if a slot is free, else a 503 from
+        this (the accepting) thread and the connection closed."""
+        with self._count_lock:
+            busy = self.connections >= self.max_connections
+            if not busy:
+                self.connections += 1
+        if busy:
+            _turn_away(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        with self._count_lock:
+            self.connections -= 1
+
+
+def _turn_away(conn) -> None:
+    """503 to a connection over the cap without ever blocking: what it sent
+    already is read first (closing on unread data would reset the
+    connection before the client reads the answer). A TLS connection,
+    whose handshake would block, is closed."""
+    try:
+        if not hasattr(conn, "do_handshake"):
+            conn.setblocking(False)
+            try:
+                conn.recv(1 << 16)
+            except BlockingIOError:
+                pass
+            conn.send(_BUSY)
+    except OSError:
+        pass
+    finally:
+        conn.close()
 
 
 class _RequestHandler(BaseHTTPRequestHandler):
@@ -377,14 +523,20 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         self.timeout = self.server.request_timeout       # socket timeout of this connection
         super().setup()
+        self.deadline = RequestDeadline(self.server.request_deadline, self.server.max_body)
+        self.rfile.close()              # the plain reader: replaced by one under the deadline
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, self.deadline,
+                                                       self.timeout))
 
     def handle(self) -> None:
         """http.server's keep-alive loop, with the wait for the next request
-        under `keepalive_idle` and the request itself under the request
-        timeout."""
+        under `keepalive_idle`, each read of the request itself under the
+        request timeout and the whole request under its deadline."""
         self.close_connection = True
+        self.deadline.start()                       # the first: from the connection's opening
         self.handle_one_request()
         while not self.close_connection:
+            self.deadline.stop()
             try:
                 self.connection.settimeout(self.server.keepalive_idle)
                 if not self.rfile.peek(1):          # the client closed it
@@ -392,7 +544,24 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 self.connection.settimeout(self.timeout)
             except OSError:                         # idle too long, or reset
                 return
+            self.deadline.start()
             self.handle_one_request()
+
+    def parse_request(self) -> bool:
+        """http.server's, but a request whose headers were cut off at its
+        deadline (they end at the end of the stream) is a 408, not handled;
+        so is one cut off in its request line (not a malformed request)."""
+        if self.deadline.passed():
+            self.command, self.request_version = None, self.protocol_version
+            self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+            self.send_error(408, "the request did not arrive in time")
+            return False
+        if not super().parse_request():
+            return False
+        if self.deadline.passed():
+            self.send_error(408, "the request did not arrive in time")
+            return False
+        return True
 
     def log_message(self, fmt, *args):            # through logging, not stderr
         log.debug("%s " + fmt, self.client_address[0], *args)
@@ -431,9 +600,13 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self.server.router.check_request(handler, self.headers.get("Accept"), url.query)
             if self.server.router.streams(handler):
                 raw, stream = b"", self._body_stream()
+                stream.deadline = self.deadline
+                if stream.done:
+                    self.deadline.stop()
             else:
                 raw, stream = self._body(), None
                 body_read = True
+                self.deadline.stop()            # all read: the handler's time is its own
             try:
                 query = {k: v[-1] for k, v in urllib.parse.parse_qs(
                     url.query, errors="strict", max_num_fields=64).items()}
@@ -519,6 +692,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
             raise RequestTimeout("the request body did not arrive in time") from None
         if len(data) != n:
             self.close_connection = True
+            if self.deadline.passed():    # cut off at the deadline
+                raise RequestTimeout("the request body did not arrive in time")
             raise InvalidInput("the request body is shorter than its Content-Length")
         return data
 

@@ -10,6 +10,7 @@ finish or undo what a crash interrupted. What the backends report
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -81,6 +82,9 @@ class Store:
         self.views = views
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            # its owner's only whatever the umask (SQLite gives the WAL and
+            # SHM the database's mode): it holds callback passwords and tokens
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         self._db = sqlite3.connect(self.path, check_same_thread=False,
                                    isolation_level=None, timeout=30)
         self._lock = threading.RLock()

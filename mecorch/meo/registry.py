@@ -27,6 +27,7 @@ from mecorch.mepm.remote import RemoteMepm
 from mecorch.kernel.states import DeploymentType
 from mecorch.kernel.store import Store
 from mecorch.kernel.timeutil import timestamp
+from mecorch.kernel.fileutil import token_lines
 from mecorch.spec.placement import Candidate
 
 log = logging.getLogger("mecorch.meo.hosts")
@@ -290,8 +291,7 @@ def _read_token(path, where: str) -> str | None:
         return None
     path = validate.text(path, where, 1024)
     try:
-        lines = [t.strip() for t in Path(path).read_text(encoding="utf-8").splitlines()
-                 if t.strip() and not t.startswith("#")]
+        lines = token_lines(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
         raise InvalidInput(f"cannot read {where} {path}: {e.strerror}") from None
     if not lines:

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 from mecorch.kernel.errors import MecorchError
+from mecorch.kernel.fileutil import token_lines
 from mecorch.mepm.remote import RemoteMepm
 
 log = logging.getLogger("mecorch.mepm.register")
@@ -69,7 +70,4 @@ class Registration:
 def _first_line(path: str | None) -> str | None:
     if not path:
         return None
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if line.strip() and not line.startswith("#"):
-            return line.strip()
-    return None
+    return next(iter(token_lines(Path(path).read_text(encoding="utf-8"))), None)

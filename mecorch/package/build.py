@@ -29,7 +29,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from mecorch.kernel.fileutil import unlink_quietly
+from mecorch.kernel.fileutil import current_umask, unlink_quietly
 from mecorch.kernel.errors import InvalidInput
 from mecorch.kernel.yamlsafe import MAX_YAML_BYTES, load_yaml
 from mecorch.package import appd as appd_mod
@@ -179,7 +179,7 @@ def build_package(src_dir: str | os.PathLike, out_zip: str | os.PathLike,
                         _add_file(zf, name, members[name], hashes[name])
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, 0o666 & ~current_umask())   # the user's own file, as `cp` makes it
         os.replace(tmp, out)
     except BaseException:
         unlink_quietly(tmp)

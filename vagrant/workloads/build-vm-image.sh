@@ -14,9 +14,12 @@
 # powers it off through busybox acpid. Extra virtio disks show up as /dev/vdX.
 #
 # MEC: the guest reads what the platform tells it (MEC_MP1_URL,
-# MEC_APP_INSTANCE_ID, MEC_APP_TOKEN) from its SMBIOS type 11 OEM strings
-# (/sys/firmware/dmi/entries/11-*/raw; mecorch's VIM sets them) into
-# /run/mec.env, publishes its instance id at /mec-instance, and answers
+# MEC_APP_INSTANCE_ID, MEC_APP_TOKEN) from the QEMU fw_cfg file
+# opt/org.mecorch/env (/sys/firmware/qemu_fw_cfg/by_name/.../raw: mecorch's
+# VIM passes it as a file, so the token is never on QEMU's command line) and,
+# from older VIMs, its SMBIOS type 11 OEM strings (/sys/firmware/dmi/
+# entries/11-*/raw), into /run/mec.env, publishes its instance id at
+# /mec-instance, and answers
 # /cgi-bin/mec (a sample MEC client to drive from the host: resolve a name,
 # fetch a URL, call its own Mp1 with its token; see the script below). Its
 # resolver is the one DHCP names (the MEP's DNS on the network's gateway).
@@ -32,8 +35,10 @@ IMG_NAME=sample-vm.qcow2
 DISK_MB=64                         # raw disk; kernel (~14 MB) + initrd fit easily
 KERNEL_META=linux-image-cloud-amd64
 # Modules the guest needs; dependencies are resolved from modules.dep.
-# virtio_* are =m in Debian's cloud kernel (only ext4 etc. are built in).
-REQUIRED_MODULES="virtio_pci virtio_blk virtio_net"
+# virtio_* are =m in Debian's cloud kernel (only ext4 etc. are built in);
+# so is qemu_fw_cfg (CONFIG_FW_CFG_SYSFS=m), which shows the fw_cfg files
+# under /sys/firmware/qemu_fw_cfg (the MEC environment).
+REQUIRED_MODULES="virtio_pci virtio_blk virtio_net qemu_fw_cfg"
 # For ACPI power-button shutdown: button creates the input device,
 # evdev exposes it as /dev/input/eventN for busybox acpid.
 OPTIONAL_MODULES="button evdev"
@@ -314,15 +319,20 @@ hostname -F /etc/hostname
 hostname > /www/hostname
 ip link set lo up
 
-# What the MEC platform tells this app: SMBIOS type 11 OEM strings
-# "KEY=VALUE" (after the 5-byte structure header, NUL-separated). The token
-# stays in /run/mec.env (0600); the instance id is published.
+# What the MEC platform tells this app, "KEY=VALUE" strings, NUL-separated:
+# the fw_cfg file opt/org.mecorch/env (mecorch's VIM), or SMBIOS type 11 OEM
+# strings (after the 5-byte structure header; older VIMs). The token stays
+# in /run/mec.env (0600); the instance id is published.
 : > /run/mec.env
 chmod 600 /run/mec.env
 for t in /sys/firmware/dmi/entries/11-*/raw; do
     [ -r "$t" ] || continue
     dd if="$t" bs=1 skip=5 2>/dev/null | tr '\0' '\n' | grep '^MEC_[A-Z0-9_]*=' >> /run/mec.env
 done
+fwcfg=/sys/firmware/qemu_fw_cfg/by_name/opt/org.mecorch/env/raw
+if [ -r "$fwcfg" ]; then
+    tr '\0' '\n' < "$fwcfg" | grep '^MEC_[A-Z0-9_]*=' >> /run/mec.env
+fi
 sed -n 's/^MEC_APP_INSTANCE_ID=//p' /run/mec.env > /www/mec-instance
 say "MEC instance $(cat /www/mec-instance) Mp1 $(sed -n 's/^MEC_MP1_URL=//p' /run/mec.env)"
 
