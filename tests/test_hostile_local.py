@@ -39,7 +39,7 @@ import pytest
 
 from conftest import WORKLOADS, run
 from fakes import FakeCompute, FakeMep
-from mecorch import config as mconfig
+from mecorch.kernel import config as mconfig
 from mecorch.api import load_tokens, make_server, serve_app_networks
 from mecorch.kernel.errors import InvalidInput, MecorchError
 from mecorch.kernel.fileutil import sha256_file
