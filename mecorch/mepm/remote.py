@@ -42,7 +42,12 @@ ONBOARD_TIMEOUT_S = 600.0
 _BY_STATUS = {400: errors.InvalidInput, 401: errors.Unauthorized, 403: errors.Forbidden,
               404: errors.NotFound, 409: errors.Conflict, 412: errors.PreconditionFailed,
               413: errors.PayloadTooLarge, 422: errors.IntegrityError,
-              503: errors.BackendUnavailable, 504: errors.Timeout}
+              502: errors.BackendError, 503: errors.BackendUnavailable, 504: errors.Timeout}
+# The class the MEPM raised, by its ProblemDetails status and title: a 422
+# is IdempotencyMismatch or IntegrityError, a 409 CapacityExceeded or
+# ImageUnavailable... (_BY_STATUS for a peer that answers without a title)
+_BY_PROBLEM = {(c.status, c.title): c for c in vars(errors).values()
+               if isinstance(c, type) and issubclass(c, MecorchError) and "title" in vars(c)}
 
 
 class RemoteMepm(Mepm):
@@ -124,7 +129,9 @@ class RemoteMepm(Mepm):
                                       "followed)")
         if answer.status >= 400:
             detail = doc.get("detail") if isinstance(doc, dict) else None
-            cls = _BY_STATUS.get(answer.status, MecorchError)
+            title = doc.get("title") if isinstance(doc, dict) else None
+            cls = _BY_PROBLEM.get((answer.status, title)) or _BY_STATUS.get(answer.status,
+                                                                              MecorchError)
             err = cls(f"edge host {self.host_id!r}: {detail or f'HTTP {answer.status}'}")
             if cls is MecorchError:
                 err.status = answer.status
