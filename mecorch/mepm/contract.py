@@ -108,10 +108,11 @@ class Mepm(abc.ABC):
         A package already there is left as it is."""
 
     @abc.abstractmethod
-    def remove_package(self, app_d_id: str, versions: tuple | None = None) -> None:
+    def remove_package(self, app_d_id: str, versions: tuple) -> None:
         """Disable and delete the host's copy of the package of that appDId
-        and (appDVersion, appSoftwareVersion) (gone = success; deletion
-        pending on the host while instances there still use it)."""
+        and (appDVersion, appSoftwareVersion), and no other version (gone =
+        success; deletion pending on the host while instances there still
+        use it)."""
 
     # ---------------------------------------------------------------- instances
     @abc.abstractmethod

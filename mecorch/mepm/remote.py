@@ -150,13 +150,13 @@ class RemoteMepm(Mepm):
         return [h["hostId"] for h in self._get(HOSTS)]
 
     # ---------------------------------------------------------------- packages
-    def _package(self, app_d_id: str, versions: tuple | None) -> dict | None:
+    def _package(self, app_d_id: str, versions: tuple) -> dict | None:
         """The host's package of that appDId and (appDVersion,
-        appSoftwareVersion); with no versions, the newest there."""
+        appSoftwareVersion)."""
         q = urllib.parse.quote(f"(eq,appDId,{app_d_id})")
         found = self.get_all(f"{PKGM}/app_packages?filter={q}")
         for p in found:
-            if versions is None or (p.get("appDVersion"), p.get("appSoftwareVersion")) == versions:
+            if (p.get("appDVersion"), p.get("appSoftwareVersion")) == versions:
                 return p
         return None
 
@@ -195,7 +195,7 @@ class RemoteMepm(Mepm):
             time.sleep(0.2)
         raise errors.Timeout(f"edge host {self.host_id!r}: package onboarding took over 600 s")
 
-    def remove_package(self, app_d_id: str, versions: tuple | None = None) -> None:
+    def remove_package(self, app_d_id: str, versions: tuple) -> None:
         have = self._package(app_d_id, versions)
         if have is None:
             return
