@@ -95,10 +95,31 @@ def test_package_copy_is_idempotent(lab):
     versions = (pkg["appDVersion"], pkg["appSoftwareVersion"])
     lab.mepm.remove_package(pkg["appDId"], ("9.9", "9.9"))      # another version: none
     assert [p["id"] for p in lab.orch.packages.list()] == [first]
+    # two versions on the host: each removed by its own, the other kept
+    newer, newer_zip = lab.package(appDVersion="2.0")
+    second = lab.mepm.ensure_package(newer, newer_zip)
+    assert second != first
     lab.mepm.remove_package(pkg["appDId"], versions)
-    assert lab.orch.packages.list() == []
+    assert [p["id"] for p in lab.orch.packages.list()] == [second]
     lab.mepm.remove_package(pkg["appDId"], versions)            # gone: success
-    lab.mepm.remove_package(f"absent-{lab.uid}")
+    lab.mepm.remove_package(f"absent-{lab.uid}", versions)
+    lab.mepm.remove_package(pkg["appDId"], ("2.0", newer["appSoftwareVersion"]))
+    assert lab.orch.packages.list() == []
+
+
+def test_a_package_in_use_is_removed_when_its_instance_goes(lab):
+    iid, _ = deployed(lab)
+    pkg = lab.orch.packages.list()[0]
+    versions = (pkg["appDVersion"], pkg["appSoftwareVersion"])
+    lab.mepm.remove_package(pkg["appDId"], versions)
+    kept = lab.orch.packages.list()
+    assert [(p["id"], p["operationalState"], p["deletionPending"]) for p in kept] == \
+        [(pkg["id"], "DISABLED", True)]
+    lab.mepm.remove_package(pkg["appDId"], versions)            # pending: success
+    op = lab.mepm.terminate(iid, {"terminationType": "FORCEFUL"})
+    assert wait_op(lab.mepm, op["id"])["operationState"] == "COMPLETED"
+    lab.mepm.delete_instance(iid)
+    assert lab.orch.packages.list() == []
 
 
 def test_a_retried_create_returns_the_first_instance(lab):
@@ -240,7 +261,7 @@ def test_an_unreachable_host_is_backend_unavailable(lab):
     mepm = lab.unreachable()
     pkg, zip_path = lab.package()
     for call in (mepm.info, lambda: mepm.ensure_package(pkg, zip_path),
-                 lambda: mepm.remove_package(pkg["appDId"]),
+                 lambda: mepm.remove_package(pkg["appDId"], ("1.0", "1.0")),
                  lambda: mepm.create_instance({"appDId": pkg["appDId"]}, "k2"),
                  lambda: mepm.instantiate(iid, {}, "k3"),
                  lambda: mepm.terminate(iid, {"terminationType": "FORCEFUL"}),
