@@ -107,6 +107,17 @@ def test_package_copy_is_idempotent(lab):
     assert lab.orch.packages.list() == []
 
 
+def test_a_copy_the_host_refuses_leaves_nothing(lab):
+    """Bytes that are not what the checksum says: the host's IntegrityError,
+    no copy kept; the right bytes then copy as usual."""
+    pkg, zip_path = lab.package()
+    with pytest.raises(errors.IntegrityError, match="checksum"):
+        lab.mepm.ensure_package({**pkg, "checksum": {"algorithm": "SHA-256",
+                                                     "hash": "0" * 64}}, zip_path)
+    assert lab.orch.packages.list() == []
+    assert lab.mepm.ensure_package(pkg, zip_path)
+
+
 def test_a_package_in_use_is_removed_when_its_instance_goes(lab):
     iid, _ = deployed(lab)
     pkg = lab.orch.packages.list()[0]
