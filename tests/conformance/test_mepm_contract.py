@@ -21,20 +21,14 @@ import time
 
 import pytest
 
+from labfixture import lab_fixture
 from mecorch.kernel import errors
 from mecorch.kernel.states import LcmOperation
 from mecorch.mepm.contract import HostInfo, MannerCapacity
 from mepm_labs import LABS
 
 
-@pytest.fixture(params=list(LABS))
-def lab(request, uid, tmp_path):
-    lab = LABS[request.param](uid, tmp_path)
-    try:
-        lab.make()
-        yield lab
-    finally:
-        lab.teardown()
+lab = lab_fixture(LABS)
 
 
 def wait_op(mepm, op_id: str, timeout_s: float = 10) -> dict:

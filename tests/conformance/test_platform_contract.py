@@ -14,20 +14,11 @@ from __future__ import annotations
 import pytest
 
 from mecorch.driverapi.model import Check
+from labfixture import lab_fixture
 from mecorch.kernel import errors
 from platform_labs import LABS, SERVICE, SERVICE_B, dns, forward
 
-MARKS = {"linux": pytest.mark.mep}
-
-
-@pytest.fixture(params=[pytest.param(n, marks=MARKS.get(n, ())) for n in LABS])
-def lab(request, uid, tmp_path):
-    lab = LABS[request.param](uid, tmp_path)
-    try:
-        lab.make()
-        yield lab
-    finally:
-        lab.teardown()
+lab = lab_fixture(LABS, {"linux": pytest.mark.mep})
 
 
 def rules_a(lab, name="a.conf.test"):
