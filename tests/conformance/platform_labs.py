@@ -125,8 +125,8 @@ class LinuxLab(Lab):
         from drivers.linux_mep import LinuxMEP
         self.net = netns.Lab(self.tmp)
         self.net.up()
-        self.net.driver.config.update(chain_prefix=f"MCF{self.uid}")
-        self.cfg = dict(self.net.driver.config)
+        # test_linux_mep's config (not opened: nothing made), this test's prefix
+        self.cfg = {**self.net.driver.config, "chain_prefix": f"MCF{self.uid}"}
         self.drv = self.net.driver = self._keep(LinuxMEP(self.cfg))
         self.drv.open()
         return self.drv
