@@ -9,7 +9,7 @@ from mecorch.driverapi.contracts import Capabilities, ComputeDriver, PlatformDri
 from mecorch.kernel import validate
 from mecorch.kernel.errors import (
     BackendError, BackendUnavailable, ImageNotFound, ImageUnavailable, IntegrityError,
-    InvalidInput)
+    InvalidInput, UnsupportedAction)
 from mecorch.driverapi.model import Address, Allocation, Check, HostCapacity, Observation
 from mecorch.kernel.states import DeploymentType, ObservedState
 
@@ -123,27 +123,49 @@ class FakeCompute(ComputeDriver):
 
 
 class FakeMep(PlatformDriver):
-    def __init__(self):
+    """The platform contract in memory. `applied` is its "backend": a new
+    FakeMep given the same dict finds what an earlier one applied (as a
+    LinuxMEP finds its chains after a restart). `cannot_express`: actions
+    this MEP refuses (UnsupportedAction, nothing changed); `down`: every
+    verb fails as an unreachable backend would."""
+
+    def __init__(self, applied: dict | None = None, cannot_express: frozenset = frozenset()):
         super().__init__({})
-        self.applied: dict[str, tuple] = {}
+        self.applied: dict[str, tuple] = {} if applied is None else applied
+        self.cannot_express = cannot_express
         self.fail: Exception | None = None
+        self.down = False
 
     def capabilities(self):
         return Capabilities(manner=None)
 
     def check(self):
-        return [Check("fake", True, "in memory")]
+        return [Check("fake", not self.down, "down" if self.down else "in memory")]
+
+    def _reachable(self, verb: str) -> None:
+        if self.down:
+            raise BackendUnavailable(f"fake MEP down ({verb})")
 
     def apply_rules(self, instance_id, target_ip, traffic_rules, dns_rules):
+        self._reachable("apply_rules")
+        for rule in traffic_rules:
+            if rule.active and rule.action in self.cannot_express:
+                raise UnsupportedAction(f"trafficRule {rule.traffic_rule_id}: this fake MEP "
+                                        f"cannot express {rule.action}")
         if self.fail:
             raise self.fail
         self.applied[instance_id] = (target_ip, list(traffic_rules), list(dns_rules))
 
     def remove_rules(self, instance_id):
+        self._reachable("remove_rules")
         self.applied.pop(instance_id, None)
 
     def rule_owners(self):
-        return set(self.applied)
+        # as a real backend: an instance whose set has no ACTIVE rule has
+        # nothing applied (no chain, no DNS file)
+        self._reachable("rule_owners")
+        return {iid for iid, (_, traffic, dns) in self.applied.items()
+                if any(r.active for r in [*traffic, *dns])}
 
 
 def broken(what: str = "injected failure") -> Exception:

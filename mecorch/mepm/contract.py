@@ -9,10 +9,22 @@ Failure semantics every implementation keeps:
 - a host that cannot be reached raises `BackendUnavailable` (never a
   different error, so the MEO can tell "unreachable" from "refused");
 - an answer of the MEPM that refuses raises the same `MecorchError`
-  subclass (status) the MEPM answered, with its detail;
+  subclass the MEPM answered (its ProblemDetails status and title), with
+  its detail;
 - creates and instantiates carry an idempotency key: a retry after a
-  broken link returns what the first call made, never a second instance;
-- deleting what is gone succeeds.
+  broken link returns what the first call made, never a second instance
+  (the same key with another body: `IdempotencyMismatch`);
+- a terminate or operate sent again while the first runs is refused
+  (`Conflict`) and the first is among `ops_of`; a terminate of an instance
+  already NOT_INSTANTIATED is refused (`Conflict`): the MEO follows the
+  one running, or takes the instance as terminated;
+- what the host has not: `get_instance` and `get_op` answer None,
+  `ops_of` nothing, `delete_instance` and `remove_package` succeed; an
+  operation on it is the MEPM's `NotFound`;
+- answers are documents as the API carries them (JSON, no internal keys).
+
+tests/conformance/test_mepm_contract.py holds both implementations to
+these rules.
 """
 
 from __future__ import annotations
@@ -96,10 +108,11 @@ class Mepm(abc.ABC):
         A package already there is left as it is."""
 
     @abc.abstractmethod
-    def remove_package(self, app_d_id: str, versions: tuple | None = None) -> None:
+    def remove_package(self, app_d_id: str, versions: tuple) -> None:
         """Disable and delete the host's copy of the package of that appDId
-        and (appDVersion, appSoftwareVersion) (gone = success; deletion
-        pending on the host while instances there still use it)."""
+        and (appDVersion, appSoftwareVersion), and no other version (gone =
+        success; deletion pending on the host while instances there still
+        use it)."""
 
     # ---------------------------------------------------------------- instances
     @abc.abstractmethod

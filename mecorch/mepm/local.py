@@ -4,7 +4,7 @@ placement benchmark; the MEO's core tests with in-memory drivers)."""
 
 from __future__ import annotations
 
-from mecorch.kernel.errors import NotFound
+from mecorch.kernel.errors import Conflict, NotFound
 from mecorch.kernel.timeutil import public
 from mecorch.mepm.contract import HostInfo, Mepm
 from mecorch.mepm.hostinfo import host_info
@@ -18,15 +18,9 @@ class LocalMepm(Mepm):
     def info(self) -> HostInfo:
         return host_info(self.orch, self.host_id)
 
-    def _package(self, app_d_id: str, versions: tuple | None) -> dict | None:
+    def _package(self, app_d_id: str, versions: tuple) -> dict | None:
         """The host's package of that appDId and (appDVersion,
-        appSoftwareVersion); with no versions, the one a lookup by appDId
-        takes."""
-        if versions is None:
-            try:
-                return self.orch.packages.by_appd(app_d_id)
-            except NotFound:
-                return None
+        appSoftwareVersion)."""
         for doc in self.orch.packages.list(f"(eq,appDId,{app_d_id})"):
             if (doc.get("appDVersion"), doc.get("appSoftwareVersion")) == versions:
                 return doc
@@ -42,13 +36,19 @@ class LocalMepm(Mepm):
             self.orch.packages.modify(have["id"], {"operationState": "ENABLED"})
         return have["id"]
 
-    def remove_package(self, app_d_id: str, versions: tuple | None = None) -> None:
+    def remove_package(self, app_d_id: str, versions: tuple) -> None:
         have = self._package(app_d_id, versions)
         if have is None:
             return
         if have["operationalState"] == "ENABLED":
-            self.orch.packages.modify(have["id"], {"operationState": "DISABLED"})
-        self.orch.packages.delete(have["id"])
+            try:
+                self.orch.packages.modify(have["id"], {"operationState": "DISABLED"})
+            except Conflict:
+                pass                # disabled meanwhile (as RemoteMepm)
+        try:
+            self.orch.packages.delete(have["id"])
+        except NotFound:
+            pass                    # gone meanwhile
 
     def create_instance(self, body: dict, key: str) -> dict:
         return self.orch.lcm.create(body, key)

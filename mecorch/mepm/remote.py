@@ -42,7 +42,12 @@ ONBOARD_TIMEOUT_S = 600.0
 _BY_STATUS = {400: errors.InvalidInput, 401: errors.Unauthorized, 403: errors.Forbidden,
               404: errors.NotFound, 409: errors.Conflict, 412: errors.PreconditionFailed,
               413: errors.PayloadTooLarge, 422: errors.IntegrityError,
-              503: errors.BackendUnavailable, 504: errors.Timeout}
+              502: errors.BackendError, 503: errors.BackendUnavailable, 504: errors.Timeout}
+# The class the MEPM raised, by its ProblemDetails status and title: a 422
+# is IdempotencyMismatch or IntegrityError, a 409 CapacityExceeded or
+# ImageUnavailable... (_BY_STATUS for a peer that answers without a title)
+_BY_PROBLEM = {(c.status, c.title): c for c in vars(errors).values()
+               if isinstance(c, type) and issubclass(c, MecorchError) and "title" in vars(c)}
 
 
 class RemoteMepm(Mepm):
@@ -124,7 +129,9 @@ class RemoteMepm(Mepm):
                                       "followed)")
         if answer.status >= 400:
             detail = doc.get("detail") if isinstance(doc, dict) else None
-            cls = _BY_STATUS.get(answer.status, MecorchError)
+            title = doc.get("title") if isinstance(doc, dict) else None
+            cls = _BY_PROBLEM.get((answer.status, title)) or _BY_STATUS.get(answer.status,
+                                                                              MecorchError)
             err = cls(f"edge host {self.host_id!r}: {detail or f'HTTP {answer.status}'}")
             if cls is MecorchError:
                 err.status = answer.status
@@ -143,13 +150,13 @@ class RemoteMepm(Mepm):
         return [h["hostId"] for h in self._get(HOSTS)]
 
     # ---------------------------------------------------------------- packages
-    def _package(self, app_d_id: str, versions: tuple | None) -> dict | None:
+    def _package(self, app_d_id: str, versions: tuple) -> dict | None:
         """The host's package of that appDId and (appDVersion,
-        appSoftwareVersion); with no versions, the newest there."""
+        appSoftwareVersion)."""
         q = urllib.parse.quote(f"(eq,appDId,{app_d_id})")
         found = self.get_all(f"{PKGM}/app_packages?filter={q}")
         for p in found:
-            if versions is None or (p.get("appDVersion"), p.get("appSoftwareVersion")) == versions:
+            if (p.get("appDVersion"), p.get("appSoftwareVersion")) == versions:
                 return p
         return None
 
@@ -188,7 +195,7 @@ class RemoteMepm(Mepm):
             time.sleep(0.2)
         raise errors.Timeout(f"edge host {self.host_id!r}: package onboarding took over 600 s")
 
-    def remove_package(self, app_d_id: str, versions: tuple | None = None) -> None:
+    def remove_package(self, app_d_id: str, versions: tuple) -> None:
         have = self._package(app_d_id, versions)
         if have is None:
             return

@@ -1,0 +1,278 @@
+"""The MEPM contract (mecorch/mepm/contract.py), written once and run
+against both ways the MEO reaches a host: LocalMepm (in process) and
+RemoteMepm (HTTP to an API server of role mepm on loopback), with the same
+host engine on in-memory drivers behind each.
+
+The failure rules of the contract, case by case: a retried create or
+instantiate with its idempotency key returns what the first made (and the
+same key with another body is refused); a retried terminate is refused
+while the first runs and the MEO finds that op among the instance's; what
+the host has not is None (get) or success (delete); a refusal is the
+MEPM's own error class with its detail; a host that cannot be reached
+raises BackendUnavailable (only over a link: in process there is none to
+lose); the package copy is idempotent; the host info has its shape.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from labfixture import lab_fixture
+from mecorch.kernel import errors
+from mecorch.kernel.states import LcmOperation
+from mecorch.mepm.contract import HostInfo, MannerCapacity
+from mepm_labs import LABS
+
+
+lab = lab_fixture(LABS)
+
+
+def wait_op(mepm, op_id: str, timeout_s: float = 10) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        op = mepm.get_op(op_id)
+        if op["operationState"] in ("COMPLETED", "FAILED", "ROLLED_BACK") \
+                or time.monotonic() > deadline:
+            return op
+        time.sleep(0.01)
+
+
+def on_the_wire(doc):
+    """An answer is what HTTP would carry: JSON, no internal keys."""
+    assert json.loads(json.dumps(doc)) == doc
+    for d in doc if isinstance(doc, list) else [doc]:
+        assert not [k for k in d if k.startswith("_") and k != "_links"], d
+    return doc
+
+
+def deployed(lab, key="k") -> tuple[str, dict]:
+    """A package on the host, an instance created and instantiated."""
+    pkg, zip_path = lab.package()
+    host_pkg = lab.mepm.ensure_package(pkg, zip_path)
+    inst = lab.mepm.create_instance({"appDId": pkg["appDId"], "appPkgId": host_pkg},
+                                    key=f"create-{key}")
+    op = lab.mepm.instantiate(inst["id"], {"deploymentType": "CONTAINER"}, key=f"inst-{key}")
+    assert wait_op(lab.mepm, op["id"])["operationState"] == "COMPLETED"
+    return inst["id"], op
+
+
+def test_host_info_has_its_shape(lab):
+    info = lab.mepm.info()
+    assert isinstance(info, HostInfo) and info.host_id == lab.host_id
+    assert set(info.manners) == {"CONTAINER", "VM"}
+    for cap in info.manners.values():
+        assert isinstance(cap, MannerCapacity)
+        assert cap.vcpu_total > 0 and cap.memory_mb_total > 0 and cap.disk_gb_total > 0
+        assert cap.vcpu_used == 0 and cap.memory_mb_used == 0
+    assert HostInfo.from_dict(on_the_wire(info.to_dict())) == info
+    # an instance running counts in what the host reports as used
+    deployed(lab)
+    assert lab.mepm.info().manners["CONTAINER"].vcpu_used > 0
+    # a host this MEPM does not serve is the MEPM's refusal, not None
+    with pytest.raises(errors.NotFound):
+        lab.connect(f"other-{lab.uid}").info()
+
+
+def test_package_copy_is_idempotent(lab):
+    pkg, zip_path = lab.package()
+    first = lab.mepm.ensure_package(pkg, zip_path)
+    assert lab.mepm.ensure_package(pkg, zip_path) == first
+    assert [p["id"] for p in lab.orch.packages.list()] == [first]
+    # disabled on the host meanwhile: made usable again, not copied again
+    lab.orch.packages.modify(first, {"operationState": "DISABLED"})
+    assert lab.mepm.ensure_package(pkg, zip_path) == first
+    assert lab.orch.packages.get(first)["operationalState"] == "ENABLED"
+    versions = (pkg["appDVersion"], pkg["appSoftwareVersion"])
+    lab.mepm.remove_package(pkg["appDId"], ("9.9", "9.9"))      # another version: none
+    assert [p["id"] for p in lab.orch.packages.list()] == [first]
+    # two versions on the host: each removed by its own, the other kept
+    newer, newer_zip = lab.package(appDVersion="2.0")
+    second = lab.mepm.ensure_package(newer, newer_zip)
+    assert second != first
+    lab.mepm.remove_package(pkg["appDId"], versions)
+    assert [p["id"] for p in lab.orch.packages.list()] == [second]
+    lab.mepm.remove_package(pkg["appDId"], versions)            # gone: success
+    lab.mepm.remove_package(f"absent-{lab.uid}", versions)
+    lab.mepm.remove_package(pkg["appDId"], ("2.0", newer["appSoftwareVersion"]))
+    assert lab.orch.packages.list() == []
+
+
+def test_a_copy_the_host_refuses_leaves_nothing(lab):
+    """Bytes that are not what the checksum says: the host's IntegrityError,
+    no copy kept; the right bytes then copy as usual."""
+    pkg, zip_path = lab.package()
+    with pytest.raises(errors.IntegrityError, match="checksum"):
+        lab.mepm.ensure_package({**pkg, "checksum": {"algorithm": "SHA-256",
+                                                     "hash": "0" * 64}}, zip_path)
+    assert lab.orch.packages.list() == []
+    assert lab.mepm.ensure_package(pkg, zip_path)
+
+
+def test_a_package_in_use_is_removed_when_its_instance_goes(lab):
+    iid, _ = deployed(lab)
+    pkg = lab.orch.packages.list()[0]
+    versions = (pkg["appDVersion"], pkg["appSoftwareVersion"])
+    lab.mepm.remove_package(pkg["appDId"], versions)
+    kept = lab.orch.packages.list()
+    assert [(p["id"], p["operationalState"], p["deletionPending"]) for p in kept] == \
+        [(pkg["id"], "DISABLED", True)]
+    lab.mepm.remove_package(pkg["appDId"], versions)            # pending: success
+    op = lab.mepm.terminate(iid, {"terminationType": "FORCEFUL"})
+    assert wait_op(lab.mepm, op["id"])["operationState"] == "COMPLETED"
+    lab.mepm.delete_instance(iid)
+    assert lab.orch.packages.list() == []
+
+
+def test_a_retried_create_returns_the_first_instance(lab):
+    pkg, zip_path = lab.package()
+    lab.mepm.ensure_package(pkg, zip_path)
+    body = {"appDId": pkg["appDId"], "appInstanceName": "one"}
+    first = on_the_wire(lab.mepm.create_instance(body, key="same"))
+    again = lab.mepm.create_instance(body, key="same")
+    assert again["id"] == first["id"]
+    assert first["instantiationState"] == "NOT_INSTANTIATED"
+    assert [i["id"] for i in on_the_wire(lab.mepm.list_instances())] == [first["id"]]
+    with pytest.raises(errors.IdempotencyMismatch):
+        lab.mepm.create_instance({**body, "appInstanceName": "two"}, key="same")
+    assert len(lab.mepm.list_instances()) == 1
+    assert lab.mepm.create_instance(body, key="other")["id"] != first["id"]
+
+
+def test_a_retried_instantiate_returns_the_first_op(lab):
+    pkg, zip_path = lab.package()
+    lab.mepm.ensure_package(pkg, zip_path)
+    iid = lab.mepm.create_instance({"appDId": pkg["appDId"]}, key="c")["id"]
+    body = {"deploymentType": "CONTAINER"}
+    gate = threading.Event()
+    lab.cim.deploy_gate = gate
+    try:
+        op = on_the_wire(lab.mepm.instantiate(iid, body, key="i"))
+        assert op["lcmOperation"] == LcmOperation.INSTANTIATE.value and op["appInstanceId"] == iid
+        assert lab.mepm.instantiate(iid, body, key="i")["id"] == op["id"]    # in flight
+    finally:
+        gate.set()
+    assert wait_op(lab.mepm, op["id"])["operationState"] == "COMPLETED"
+    assert lab.mepm.instantiate(iid, body, key="i")["id"] == op["id"]        # ended
+    assert list(lab.cim.instances) == [iid]                                   # one deploy
+    with pytest.raises(errors.IdempotencyMismatch):
+        lab.mepm.instantiate(iid, {"deploymentType": "VM"}, key="i")
+    with pytest.raises(errors.Conflict, match="INSTANTIATED"):
+        lab.mepm.instantiate(iid, body, key="another")
+    view = on_the_wire(lab.mepm.get_instance(iid))
+    assert view["instantiationState"] == "INSTANTIATED" and view["hostId"] == lab.host_id
+    assert [o["id"] for o in on_the_wire(lab.mepm.ops_of(iid))] == [op["id"]]
+
+
+def test_a_retried_terminate_finds_the_first(lab):
+    """A terminate sent again while the first runs is refused (Conflict)
+    and the first is among the instance's ops (what the MEO follows then);
+    after it ended, a terminate is refused and the instance is
+    NOT_INSTANTIATED (the MEO takes that as done)."""
+    iid, _ = deployed(lab)
+    gate, destroy = threading.Event(), lab.cim.destroy
+    lab.cim.destroy = lambda handle: (gate.wait(10), destroy(handle))
+    try:
+        op = on_the_wire(lab.mepm.terminate(iid, {"terminationType": "FORCEFUL"}))
+        assert op["lcmOperation"] == LcmOperation.TERMINATE.value
+        with pytest.raises(errors.Conflict):
+            lab.mepm.terminate(iid, {"terminationType": "FORCEFUL"})
+        running = [o for o in lab.mepm.ops_of(iid)
+                   if o["operationState"] in ("STARTING", "PROCESSING")]
+        assert [o["id"] for o in running] == [op["id"]]
+    finally:
+        gate.set()
+    assert wait_op(lab.mepm, op["id"])["operationState"] == "COMPLETED"
+    with pytest.raises(errors.Conflict, match="NOT_INSTANTIATED"):
+        lab.mepm.terminate(iid, {"terminationType": "FORCEFUL"})
+    assert lab.mepm.get_instance(iid)["instantiationState"] == "NOT_INSTANTIATED"
+    assert lab.cim.instances == {}
+
+
+def test_operate_runs_as_an_op_of_the_instance(lab):
+    """Sent again while it runs: refused, the first among the ops."""
+    iid, first = deployed(lab)
+    gate, stop = threading.Event(), lab.cim.stop
+    lab.cim.stop = lambda handle, timeout_s: (gate.wait(10), stop(handle, timeout_s))
+    try:
+        op = lab.mepm.operate(iid, {"changeStateTo": "STOPPED", "stopType": "FORCEFUL"})
+        with pytest.raises(errors.Conflict):
+            lab.mepm.operate(iid, {"changeStateTo": "STOPPED", "stopType": "FORCEFUL"})
+        assert op["id"] in [o["id"] for o in lab.mepm.ops_of(iid)
+                            if o["operationState"] in ("STARTING", "PROCESSING")]
+    finally:
+        gate.set()
+    assert wait_op(lab.mepm, op["id"])["operationState"] == "COMPLETED"
+    view = lab.mepm.get_instance(iid)
+    assert view["instantiatedAppState"]["operationalState"] == "STOPPED"
+    with pytest.raises(errors.Conflict, match="already STOPPED"):
+        lab.mepm.operate(iid, {"changeStateTo": "STOPPED"})
+    assert {o["id"] for o in lab.mepm.ops_of(iid)} == {first["id"], op["id"]}
+
+
+def test_what_the_host_has_not(lab):
+    """A get of what the host has not is None, a delete of it succeeds,
+    its ops are none; an operation on it is the MEPM's NotFound."""
+    absent = f"absent-{lab.uid}"
+    assert lab.mepm.get_instance(absent) is None
+    assert lab.mepm.get_op(absent) is None
+    assert lab.mepm.ops_of(absent) == []
+    lab.mepm.delete_instance(absent)
+    for call in (lambda: lab.mepm.instantiate(absent, {"deploymentType": "CONTAINER"}, "k"),
+                 lambda: lab.mepm.terminate(absent, {"terminationType": "FORCEFUL"}),
+                 lambda: lab.mepm.operate(absent, {"changeStateTo": "STOPPED"})):
+        with pytest.raises(errors.NotFound, match=absent):
+            call()
+
+
+def test_delete_of_a_gone_instance_succeeds(lab):
+    pkg, zip_path = lab.package()
+    lab.mepm.ensure_package(pkg, zip_path)
+    iid = lab.mepm.create_instance({"appDId": pkg["appDId"]}, key="c")["id"]
+    lab.mepm.delete_instance(iid)
+    assert lab.mepm.get_instance(iid) is None
+    lab.mepm.delete_instance(iid)
+    assert lab.mepm.list_instances() == []
+
+
+def test_a_refusal_is_the_mepms_own_error_with_its_detail(lab):
+    iid, _ = deployed(lab)
+    with pytest.raises(errors.Conflict, match="terminate it first"):
+        lab.mepm.delete_instance(iid)
+    with pytest.raises(errors.InvalidInput, match="appDId"):
+        lab.mepm.create_instance({"appDId": "bad id!"}, key="bad")
+    with pytest.raises(errors.NotFound, match=f"nope-{lab.uid}"):
+        lab.mepm.create_instance({"appDId": f"nope-{lab.uid}"}, key="nope")
+    with pytest.raises(errors.InvalidInput, match="terminationType"):
+        lab.mepm.terminate(iid, {"terminationType": "SOON"})
+    with pytest.raises(errors.InvalidInput, match="changeStateTo"):
+        lab.mepm.operate(iid, {"changeStateTo": "PAUSED"})
+    # a subclass too: no room is CapacityExceeded, not just a Conflict
+    other = lab.mepm.create_instance({"appDId": "sample-http"}, key="big")["id"]
+    with pytest.raises(errors.CapacityExceeded, match="vCPU"):
+        lab.mepm.instantiate(other, {"deploymentType": "CONTAINER", "virtualComputeDescriptor": {
+            "virtualCpu": {"numVirtualCpu": 64}, "virtualMemory": {"virtualMemSize": 64}}}, "big")
+    assert lab.mepm.get_instance(other)["instantiationState"] == "NOT_INSTANTIATED"
+
+
+@pytest.mark.parametrize("lab", [n for n in LABS if LABS[n].link], indirect=True)
+def test_an_unreachable_host_is_backend_unavailable(lab):
+    """Every verb, the reads included: an unreachable host is never 'has
+    none' (None) and never another error."""
+    iid, op = deployed(lab)
+    mepm = lab.unreachable()
+    pkg, zip_path = lab.package()
+    for call in (mepm.info, lambda: mepm.ensure_package(pkg, zip_path),
+                 lambda: mepm.remove_package(pkg["appDId"], ("1.0", "1.0")),
+                 lambda: mepm.create_instance({"appDId": pkg["appDId"]}, "k2"),
+                 lambda: mepm.instantiate(iid, {}, "k3"),
+                 lambda: mepm.terminate(iid, {"terminationType": "FORCEFUL"}),
+                 lambda: mepm.operate(iid, {"changeStateTo": "STOPPED"}),
+                 lambda: mepm.delete_instance(iid), lambda: mepm.get_instance(iid),
+                 mepm.list_instances, lambda: mepm.get_op(op["id"]),
+                 lambda: mepm.ops_of(iid)):
+        with pytest.raises(errors.BackendUnavailable):
+            call()
