@@ -178,7 +178,8 @@ class TestDnatTargetIsTheInstancesOwn:
         appd["appDId"] = appd["appName"] = f"steer-{lab.u}"
         rule = appd["appTrafficRule"][0]
         rule["trafficFilter"][0]["dstAddress"] = [lab.spare[3]]   # in the service range
-        rule["dstInterface"] = [{"interfaceType": "IP", "dstIpAddress": lab.victim_ip}]
+        # MEC 010-2's spelling, as an AppD has it
+        rule["dstInterface"] = [{"interfaceType": "IP", "dstIPAddress": lab.victim_ip}]
         appd["appDNSRule"][0].update(domainName=f"steer-{lab.u}.mec.local",
                                      ipAddress=lab.spare[3])
         appd_path.write_text(yaml.safe_dump(appd))
@@ -239,7 +240,7 @@ class TestDnatTargetIsTheInstancesOwn:
         appd = yaml.safe_load(CONTAINER_APPD.read_text())
         appd["appDId"] = appd["appName"] = "steer"
         appd["appTrafficRule"][0]["dstInterface"] = [{"interfaceType": "IP",
-                                                      "dstIpAddress": ELSEWHERE}]
+                                                      "dstIPAddress": ELSEWHERE}]
         env.onboard(CONTAINER_APPD, appd)
         before = env.state()
         b = env.create("steer")
@@ -328,3 +329,22 @@ class TestBareDomainRefused:
         assert lab.snapshot() == before
         assert lab.dig("mec.local") == ""
         assert lab.dig(lab.names["a"]) == lab.vip["a"]
+
+
+class TestDescriptorSpelling:
+    """An AppD's or an instantiate request's rule descriptor is MEC 010-2:
+    its InterfaceDescriptor says dstIPAddress where the MEC 011 rule says
+    dstIpAddress; the check of where a rule steers reads either."""
+
+    def test_mec_010_2_names_become_the_rule_s(self):
+        from mecorch.mepm.mep import _descriptor
+        d = _descriptor({"trafficRuleId": "r", "dstInterface": [
+            {"interfaceType": "IP", "dstIPAddress": "10.0.0.1", "dstMACAddress": "02-00-00-00-00-01"}]})
+        assert d["dstInterface"] == {"interfaceType": "IP", "dstIpAddress": "10.0.0.1",
+                                     "dstMacAddress": "02-00-00-00-00-01"}
+
+    def test_both_spellings_of_one_field_are_refused(self):
+        from mecorch.mepm.mep import _descriptor
+        with pytest.raises(InvalidInput, match="names both dstIPAddress and dstIpAddress"):
+            _descriptor({"dstInterface": [{"interfaceType": "IP", "dstIPAddress": "10.0.0.1",
+                                           "dstIpAddress": "10.0.0.2"}]})

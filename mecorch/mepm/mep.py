@@ -527,9 +527,10 @@ def check_targets(doc: dict) -> None:
             continue
         if own is None:
             raise InvalidInput(
-                f"trafficRule {rule.traffic_rule_id}: dstInterface.dstIpAddress {bad} cannot "
-                f"be the instance's own address: it has none yet (a rule steers only to its "
-                f"own instance; omit dstIpAddress to steer to it)")
+                f"trafficRule {rule.traffic_rule_id}: dstInterface.dstIpAddress {bad} "
+                f"(dstIPAddress in an AppD or instantiate request) cannot be the instance's "
+                f"own address: it has none yet (a rule steers only to its own instance; omit "
+                f"dstIpAddress to steer to it)")
         raise InvalidInput(
             f"trafficRule {rule.traffic_rule_id}: dstInterface.dstIpAddress {bad} is not the "
             f"instance's own address {own} (a rule steers only to its own instance; omit "
@@ -546,9 +547,19 @@ def etag(doc: dict) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# MEC 010-2's InterfaceDescriptor (an AppD's or an InstantiateAppRequest's
+# rule descriptor) spells these as MEC 011's DestinationInterface does not.
+_INTERFACE_NAMES = {"dstIPAddress": "dstIpAddress", "dstMACAddress": "dstMacAddress",
+                    "srcMACAddress": "srcMacAddress"}
+
+
 def _descriptor(d) -> dict:
-    """AppD rule descriptors have the MEC 011 shape minus `state`; a
-    descriptor's dstInterface is an array (MEC 010-2), the rule's an object."""
+    """A rule descriptor (MEC 010-2: an AppD's or an instantiate request's)
+    as the MEC 011 rule it becomes, minus `state`: its dstInterface is an
+    array of InterfaceDescriptors (one object in the rule), whose
+    dstIPAddress / dstMACAddress / srcMACAddress are the rule's
+    dstIpAddress / dstMacAddress / srcMacAddress (MEC 011's spelling is
+    taken too; both for one field is refused)."""
     if not isinstance(d, dict):
         raise InvalidInput("a rule descriptor must be an object")
     d = dict(d)
@@ -556,6 +567,16 @@ def _descriptor(d) -> dict:
         d["dstInterface"] = d["dstInterface"][0]
     if d.get("dstInterface") == []:
         d.pop("dstInterface")
+    itf = d.get("dstInterface")
+    if isinstance(itf, dict):
+        itf = dict(itf)
+        for name, mp1_name in _INTERFACE_NAMES.items():
+            if name in itf:
+                if mp1_name in itf:
+                    raise InvalidInput(f"dstInterface names both {name} and {mp1_name}: "
+                                       f"one field, give it once")
+                itf[mp1_name] = itf.pop(name)
+        d["dstInterface"] = itf
     return d
 
 
