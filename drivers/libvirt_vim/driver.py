@@ -18,7 +18,7 @@ from functools import cached_property
 import libvirt
 
 from mecorch.kernel import validate
-from mecorch.driverapi.contracts import Capabilities, ComputeDriver
+from mecorch.driverapi.contracts import Capabilities, ComputeDriver, Uninstallable, Watchable
 from mecorch.kernel.errors import (
     BackendUnavailable, Conflict, InvalidInput, MecorchError, NotFound, Timeout)
 from mecorch.driverapi.model import (
@@ -67,7 +67,7 @@ def _read_meta(dom) -> X.DomainMeta | None:
     return X.parse_meta(text)
 
 
-class LibvirtVIM(ComputeDriver):
+class LibvirtVIM(ComputeDriver, Watchable, Uninstallable):
     kind = "vim"
 
     def __init__(self, config: dict):

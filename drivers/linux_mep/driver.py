@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from mecorch.kernel import validate
-from mecorch.driverapi.contracts import Capabilities, PlatformDriver
+from mecorch.driverapi.contracts import (
+    Capabilities, DnsOnAppNetworks, PlatformDriver, RuleAudit, Uninstallable)
 from mecorch.kernel.errors import (
     BackendError, BackendUnavailable, InvalidInput, MecorchError, Timeout)
 from mecorch.driverapi.model import Check
@@ -74,7 +75,7 @@ def _backend(what: str) -> Iterator[None]:
         raise BackendError(f"{what}: {e.strerror or e} ({e.filename or ''})") from None
 
 
-class LinuxMEP(PlatformDriver):
+class LinuxMEP(PlatformDriver, RuleAudit, DnsOnAppNetworks, Uninstallable):
     kind = "mep"
 
     def __init__(self, config: dict[str, Any]):
@@ -279,10 +280,11 @@ class LinuxMEP(PlatformDriver):
             clients = dnsmasq.stop(self.clients_pid_file)
             return dnsmasq.stop(self.pid_file) or clients
 
-    def uninstall(self) -> None:
+    def uninstall(self) -> list[str]:
         """Remove everything of this MEP: both dnsmasq processes, every hook
         and chain of its prefix (all instances' rules), its hostsdir files
-        and its service route sink. For tests and decommissioning."""
+        and its service route sink. For tests and decommissioning (`mecorch
+        host teardown`). Says what it owns, removed or already gone."""
         self.stop_services()
         with _backend("mep uninstall"), self._exclusive():
             self._restore(iptables.teardown_text(self._save(), self.prefix))
@@ -293,6 +295,8 @@ class LinuxMEP(PlatformDriver):
                 links = self._run("ip", "-o", "link", "show")
                 if f": {self.service_if}:" in links:
                     self._run("ip", "link", "del", self.service_if)
+        return [f"iptables chains {self.prefix}-* and their hooks, its dnsmasq, its DNS files, "
+                f"its service link {self.service_if}"]
 
     def dnsmasq_pid(self) -> int | None:
         return dnsmasq.live_pid(self.pid_file)
