@@ -1,8 +1,10 @@
 """LinuxMEP: DNS rules in mecorch's dnsmasq, traffic rules in iptables.
 
-Config keys (the `mep` section): dns_listen, dns_port, dns_ttl (default 0),
-dns_user (default root: the hostsdir lives under state_dir, which may not be
-readable by an unprivileged user), chain_prefix, netns (optional: run
+Config keys (the `mep` section, declared in `settings.SCHEMA`; a section
+built by hand gets the constructor's defaults, not the schema's): dns_listen,
+dns_port, dns_ttl (default 0), dns_user (default root: the hostsdir lives
+under state_dir, which may not be readable by an unprivileged user),
+chain_prefix, netns (optional: run
 iptables and dnsmasq inside this existing network namespace, through
 `ip netns exec NS ...`), service_cidr, dns_domain, dns_upstream (servers
 for names that are no DNS rule; none: refused), data_plane_address (the

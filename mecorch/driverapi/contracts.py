@@ -10,7 +10,9 @@ Failure semantics, which every driver implementation must keep:
 - `destroy` and `remove_rules` of something already gone succeed.
 - Constructors have no side effects: no connection, no file, no daemon.
   The backend library is imported when the driver module is imported, and
-  the module is imported only when the configuration names the driver.
+  the module is imported only when the configuration names the driver (the
+  driver package imports it on demand: `on_demand`; the core imports the
+  package's `settings` alone, for its config schema).
 - Every backend object a driver makes carries the instance id (Docker
   labels, libvirt domain metadata, iptables chain names, dnsmasq file
   names) so `list_instances` can find it after a restart without the store.
@@ -23,16 +25,18 @@ the core checks them with `isinstance`.
 from __future__ import annotations
 
 import abc
+import importlib
 import threading
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Callable, ClassVar
 
 from mecorch.kernel.errors import InvalidInput
+from mecorch.kernel.schema import DRIVER_GROUP
 from mecorch.driverapi.model import Allocation, Check, HostCapacity, Observation, ResourceRequest
 from mecorch.kernel.states import DeploymentType
 
-ENTRY_POINT_GROUP = "mecorch.drivers"
+ENTRY_POINT_GROUP = DRIVER_GROUP
 
 
 @dataclass(frozen=True)
@@ -243,6 +247,18 @@ class DnsOnAppNetworks(abc.ABC):
 
 
 OPTIONAL = (Watchable, Revivable, Uninstallable, RuleAudit, DnsOnAppNetworks)
+
+
+def on_demand(package: str, cls: str) -> Callable[[str], type]:
+    """A driver package's module `__getattr__`: its driver class, imported
+    from `<package>.driver` (with the backend library) when first asked for
+    (the entry point loads it so), never with the package: the core imports
+    the package's `settings` for its config schema, and nothing else."""
+    def __getattr__(name: str) -> type:
+        if name != cls:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return vars(importlib.import_module(f"{package}.driver"))[cls]
+    return __getattr__
 
 
 _KINDS = {"cim": ComputeDriver, "vim": ComputeDriver, "mep": PlatformDriver}
