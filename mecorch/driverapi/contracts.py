@@ -210,9 +210,10 @@ class Uninstallable(abc.ABC):
     def uninstall(self) -> list[str]:
         """Remove everything this driver made for its host (`mecorch host
         teardown`) and say what, one line each in the driver's words (what
-        it names: its network, pool, chains...). Raises Conflict while an
-        instance's objects of the host remain; what is already gone is
-        success."""
+        it names: its network, pool, chains...). A compute driver raises
+        Conflict while an instance's objects of the host remain (a MEP
+        removes every instance's rules with its own); what is already gone
+        is success."""
 
 
 class RuleAudit(abc.ABC):
