@@ -1,5 +1,10 @@
 """In-memory drivers for testing the core's logic (flows, rollback, state
-rules). They prove nothing about a backend: the real-backend tests do that."""
+rules). They prove nothing about a backend: the real-backend tests do that.
+
+They declare none of the optional capabilities of `driverapi.contracts`
+(`Watchable`, `Revivable`, `Uninstallable`, `RuleAudit`,
+`DnsOnAppNetworks`): the core leaves those steps out for them, as it does
+for a real driver without them."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ import threading
 import time
 
 import pytest
+import yaml
 from keystoneauth1 import exceptions as ksa
 from openstack import exceptions as sdk
 
@@ -22,7 +23,7 @@ from conftest import run
 from drivers.openstack_vim import OpenStackVIM
 from drivers.openstack_vim.errors import translate
 from drivers.openstack_vim.settings import parse
-from mecorch.kernel import errors
+from mecorch.kernel import config, errors
 from mecorch.driverapi.contracts import load_driver
 from mecorch.driverapi.model import VolumeSpec
 from mecorch.kernel.states import ObservedState
@@ -32,10 +33,25 @@ PASSWORD = "mecorch-test-cloud"
 
 # -- configuration and error mapping (no cloud) ---------------------------------------
 
-def test_config_typos_and_contradictions_are_named():
+def test_config_typos_and_contradictions_are_named(tmp_path):
     base = {"driver": "openstack", "cloud": "c", "network": "n"}
-    with pytest.raises(errors.InvalidInput, match="did you mean 'availability_zone'"):
-        parse({**base, "availabilty_zone": "nova"})
+    # a typo is the configuration's (one check of the driver's schema, at load)
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump({"hosts": [{"id": "h", "vim": {**base,
+                                                              "availabilty_zone": "nova"}}]}))
+    with pytest.raises(errors.InvalidInput,
+                       match=r"at hosts\[0\]\.vim\.availabilty_zone; did you mean "
+                             "'availability_zone'"):
+        config.load(f)
+    f.write_text(yaml.safe_dump({"hosts": [{"id": "h", "vim": {**base, "pool": "p"}}]}))
+    with pytest.raises(errors.InvalidInput, match="a key of the libvirt driver, not of "
+                                                  "'openstack'"):
+        config.load(f)
+    f.write_text(yaml.safe_dump({"hosts": [{"id": "h", "vim": {**base, "boot_timeout_s": "x"}}]}))
+    with pytest.raises(errors.InvalidInput, match=r"vim\.boot_timeout_s must be a number"):
+        config.load(f)
+    f.write_text(yaml.safe_dump({"hosts": [{"id": "h", "vim": base}]}))
+    assert parse(config.load(f)["hosts"][0]["vim"]).boot_timeout_s == 300
     with pytest.raises(errors.InvalidInput, match="either 'cloud'"):
         parse({**base, "auth": {"auth_url": "http://x/v3", "password": "p"}})
     with pytest.raises(errors.InvalidInput, match="vim.network"):

@@ -23,7 +23,8 @@ from typing import Any
 
 from mecorch.kernel import validate
 from mecorch.driverapi.catalog import ImageCatalog
-from mecorch.driverapi.contracts import Capabilities, ComputeDriver
+from mecorch.driverapi.contracts import (
+    Capabilities, ComputeDriver, Revivable, Uninstallable, Watchable)
 from mecorch.kernel.errors import BackendError, Conflict, InvalidInput, MecorchError, NotFound
 from mecorch.driverapi.model import (
     Address, Allocation, Check, HostCapacity, Observation, ResourceRequest)
@@ -45,7 +46,7 @@ _STATES = {"running": ObservedState.RUNNING, "created": ObservedState.STOPPED,
            "exited": ObservedState.STOPPED, "dead": ObservedState.STOPPED}
 
 
-class DockerCIM(ComputeDriver):
+class DockerCIM(ComputeDriver, Watchable, Revivable, Uninstallable):
     kind = "cim"
 
     def __init__(self, config: dict[str, Any]):

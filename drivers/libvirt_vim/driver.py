@@ -32,7 +32,7 @@ from pathlib import Path
 import libvirt
 
 from mecorch.kernel import validate
-from mecorch.driverapi.contracts import Capabilities, ComputeDriver
+from mecorch.driverapi.contracts import Capabilities, ComputeDriver, Uninstallable, Watchable
 from mecorch.kernel.errors import (
     BackendUnavailable, Conflict, InvalidInput, MecorchError, NotFound, Timeout)
 from mecorch.driverapi.model import (
@@ -117,7 +117,7 @@ def write_guest_env(path: Path, data: bytes, owner: tuple[int, int] | None) -> N
         os.close(fd)
 
 
-class LibvirtVIM(ComputeDriver):
+class LibvirtVIM(ComputeDriver, Watchable, Uninstallable):
     kind = "vim"
 
     def __init__(self, config: dict):

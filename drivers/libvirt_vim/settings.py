@@ -1,5 +1,9 @@
-"""The driver's config section, validated once (names here become libvirt
-object names, a bridge name and paths)."""
+"""The driver's config section (`hosts[].vim` with `driver: libvirt`): its
+schema (`SCHEMA`: types, defaults, choices), which the core composes into
+the configuration's and checks when the configuration is loaded, and
+`parse`, which reads the section by it and checks what the schema cannot
+say (names here become libvirt object names, a bridge name and paths).
+Light to import: no libvirt library."""
 
 from __future__ import annotations
 
@@ -11,9 +15,24 @@ from typing import Any
 
 from mecorch.kernel import validate
 from mecorch.kernel.errors import InvalidInput
+from mecorch.kernel.schema import ABSENT, NUMBER, STR, key, read
 
 _BRIDGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")    # IFNAMSIZ: 15 chars
 ACCEL_MODES = ("auto", "kvm", "tcg")
+
+ROLE = "vim"
+SCHEMA = (
+    key("uri", STR, "qemu:///system", "libvirt connection URI"),
+    key("pool", STR, "mecorch", "storage pool mecorch owns"),
+    key("network", STR, "mecorch", "NAT network mecorch owns"),
+    key("network_cidr", STR, "192.168.150.0/24", "its addresses"),
+    key("accel", STR, "auto", "auto | kvm | tcg", choices=ACCEL_MODES),
+    key("boot_timeout_s", NUMBER, 120, "wait for a guest's lease and first port"),
+    key("probe_timeout_s", NUMBER, 20, "KVM probe: no lease by then means TCG"),
+    key("probe_image", STR, "/var/cache/mecorch/workloads/sample-vm.qcow2",
+        "bootable disk the KVM probe uses", nullable=True),
+    key("bridge", STR, ABSENT, "bridge name of the NAT network"),
+)
 
 
 @dataclass(frozen=True)
@@ -54,30 +73,31 @@ def default_bridge(network: str) -> str:
 
 
 def parse(cfg: dict[str, Any]) -> Settings:
-    network = validate.ident(cfg.get("network", "mecorch"), "vim.network")
-    bridge = cfg.get("bridge") or default_bridge(network)
+    """The section's values (its own, else the schema's defaults), with what
+    the schema cannot check: names, the bridge, the network's size, paths,
+    ranges. A section built by hand (tests, benches) without `probe_image`
+    has none: `check()` probes nothing."""
+    probe_image = cfg.get("probe_image")
+    cfg = read(SCHEMA, cfg)
+    network = validate.ident(cfg["network"], "vim.network")
+    bridge = cfg["bridge"] or default_bridge(network)
     if not isinstance(bridge, str) or not _BRIDGE.fullmatch(bridge):
         raise InvalidInput("vim.bridge: must be 1-15 characters of letters, digits, '_', '.', '-'")
-    cidr = validate.network(cfg.get("network_cidr", "192.168.150.0/24"), "vim.network_cidr", 4)
+    cidr = validate.network(cfg["network_cidr"], "vim.network_cidr", 4)
     if ipaddress.ip_network(cidr).prefixlen > 29:
         raise InvalidInput("vim.network_cidr: needs at least a /29")
-    accel = cfg.get("accel", "auto")
-    if accel not in ACCEL_MODES:
-        raise InvalidInput(f"vim.accel: must be one of {', '.join(ACCEL_MODES)}")
-    for key in ("state_dir", "run_dir"):
-        if not isinstance(cfg.get(key), str) or not cfg[key].startswith("/"):
-            raise InvalidInput(f"vim.{key}: must be an absolute path")
+    for name in ("state_dir", "run_dir"):
+        if not isinstance(cfg.get(name), str) or not cfg[name].startswith("/"):
+            raise InvalidInput(f"vim.{name}: must be an absolute path")
     return Settings(
-        uri=validate.text(cfg.get("uri", "qemu:///system"), "vim.uri"),
-        pool=validate.ident(cfg.get("pool", "mecorch"), "vim.pool"),
-        network=network, bridge=bridge, network_cidr=cidr, accel=accel,
+        uri=validate.text(cfg["uri"], "vim.uri"),
+        pool=validate.ident(cfg["pool"], "vim.pool"),
+        network=network, bridge=bridge, network_cidr=cidr, accel=cfg["accel"],
         state_dir=Path(cfg["state_dir"]), run_dir=Path(cfg["run_dir"]),
         host_id=validate.ident(cfg.get("host_id", "default"), "vim.host_id"),
-        boot_timeout_s=validate.number(cfg.get("boot_timeout_s", 120), "vim.boot_timeout_s",
-                                       1, 3600),
-        probe_image=_abs_or_none(cfg.get("probe_image"), "vim.probe_image"),
-        probe_timeout_s=validate.number(cfg.get("probe_timeout_s", 20), "vim.probe_timeout_s",
-                                        1, 600),
+        boot_timeout_s=validate.number(cfg["boot_timeout_s"], "vim.boot_timeout_s", 1, 3600),
+        probe_image=_abs_or_none(probe_image, "vim.probe_image"),
+        probe_timeout_s=validate.number(cfg["probe_timeout_s"], "vim.probe_timeout_s", 1, 600),
     )
 
 

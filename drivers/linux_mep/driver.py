@@ -1,9 +1,11 @@
 """LinuxMEP: DNS rules in mecorch's dnsmasq, traffic rules in iptables.
 
-Config keys (the `mep` section): dns_listen, dns_port, dns_ttl (default 0),
-dns_user (default root; another user gets the hostsdir and its files,
-0700/0600, and search permission only on the state dirs above it, which
-are 0700 otherwise: DNS rules are no one else's to read), chain_prefix, netns (optional: run
+Config keys (the `mep` section, declared in `settings.SCHEMA`; a section
+built by hand gets the constructor's defaults, not the schema's): dns_listen,
+dns_port, dns_ttl (default 0), dns_user (default root; another user gets the
+hostsdir and its files, 0700/0600, and search permission only on the state
+dirs above it, which are 0700 otherwise: DNS rules are no one else's to read),
+chain_prefix, netns (optional: run
 iptables and dnsmasq inside this existing network namespace, through
 `ip netns exec NS ...`), service_cidr, dns_domain, dns_upstream (servers
 for names that are no DNS rule; none: refused), data_plane_address (the
@@ -40,7 +42,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from mecorch.kernel import fileutil, validate
-from mecorch.driverapi.contracts import Capabilities, PlatformDriver
+from mecorch.driverapi.contracts import (
+    Capabilities, DnsOnAppNetworks, PlatformDriver, RuleAudit, Uninstallable)
 from mecorch.kernel.errors import (
     BackendError, BackendUnavailable, InvalidInput, MecorchError, Timeout)
 from mecorch.driverapi.model import Check
@@ -75,7 +78,7 @@ def _backend(what: str) -> Iterator[None]:
         raise BackendError(f"{what}: {e.strerror or e} ({e.filename or ''})") from None
 
 
-class LinuxMEP(PlatformDriver):
+class LinuxMEP(PlatformDriver, RuleAudit, DnsOnAppNetworks, Uninstallable):
     kind = "mep"
 
     def __init__(self, config: dict[str, Any]):
@@ -303,10 +306,11 @@ class LinuxMEP(PlatformDriver):
             clients = dnsmasq.stop(self.clients_pid_file)
             return dnsmasq.stop(self.pid_file) or clients
 
-    def uninstall(self) -> None:
+    def uninstall(self) -> list[str]:
         """Remove everything of this MEP: both dnsmasq processes, every hook
         and chain of its prefix (all instances' rules), its hostsdir files
-        and its service route sink. For tests and decommissioning."""
+        and its service route sink. For tests and decommissioning (`mecorch
+        host teardown`). Says what it owns, removed or already gone."""
         self.stop_services()
         with _backend("mep uninstall"), self._exclusive():
             self._restore(iptables.teardown_text(self._save(), self.prefix))
@@ -317,6 +321,8 @@ class LinuxMEP(PlatformDriver):
                 links = self._run("ip", "-o", "link", "show")
                 if f": {self.service_if}:" in links:
                     self._run("ip", "link", "del", self.service_if)
+        return [f"iptables chains {self.prefix}-* and their hooks, its dnsmasq, its DNS files, "
+                f"its service link {self.service_if}"]
 
     def dnsmasq_pid(self) -> int | None:
         return dnsmasq.live_pid(self.pid_file)

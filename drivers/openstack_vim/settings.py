@@ -1,5 +1,9 @@
-"""The driver's config section (`hosts[].vim` with `driver: openstack`),
-validated once: a typo is an error naming the key and the closest one.
+"""The driver's config section (`hosts[].vim` with `driver: openstack`):
+its schema (`SCHEMA`), which the core composes into the configuration's and
+checks when the configuration is loaded (a typo is an error naming the key,
+its path and the closest one), and `parse`, which reads the section by it
+and checks what the schema cannot say (cloud or auth, the auth keys of its
+kind, ranges). Light to import: no openstacksdk.
 
     vim:
       driver: openstack
@@ -30,10 +34,23 @@ from typing import Any
 
 from mecorch.kernel import validate
 from mecorch.kernel.errors import InvalidInput
+from mecorch.kernel.schema import ABSENT, NUMBER, OPEN_MAP, STR, key, read
 
-KEYS = ("driver", "cloud", "clouds_yaml", "auth", "region", "network", "availability_zone",
-        "boot_timeout_s", "stop_grace_s", "api_timeout_s", "flavor_prefix",
-        "host_id", "state_dir", "run_dir")
+ROLE = "vim"
+SCHEMA = (
+    key("cloud", STR, ABSENT, "a clouds.yaml entry (or give auth)", nullable=True),
+    key("clouds_yaml", STR, ABSENT, "the clouds.yaml file (default: the standard places)",
+        nullable=True),
+    key("auth", OPEN_MAP, ABSENT, "the credentials: password or application credential",
+        nullable=True),
+    key("region", STR, ABSENT, "region name", nullable=True),
+    key("network", STR, ABSENT, "Neutron network (name or id) the ports go on"),
+    key("availability_zone", STR, ABSENT, "availability zone of the servers", nullable=True),
+    key("boot_timeout_s", NUMBER, 300, "wait for a server to be ACTIVE"),
+    key("stop_grace_s", NUMBER, 90, "wait for a clean stop before a hard one"),
+    key("api_timeout_s", NUMBER, 60, "OpenStack API timeout"),
+    key("flavor_prefix", STR, "mecorch", "name prefix of the flavors mecorch makes"),
+)
 PASSWORD_AUTH = ("auth_url", "username", "password", "project_name", "project_id",
                  "user_domain_name", "user_domain_id", "project_domain_name",
                  "project_domain_id", "user_id", "domain_name", "domain_id")
@@ -48,16 +65,16 @@ class Settings:
     cloud: str | None
     clouds_yaml: str | None
     auth: dict = field(repr=False)      # never printed: it holds secrets
-    auth_type: str | None = None
-    region: str | None = None
-    network: str = ""
-    availability_zone: str | None = None
-    boot_timeout_s: float = 300
-    stop_grace_s: float = 90
-    api_timeout_s: float = 60
-    flavor_prefix: str = "mecorch"
-    host_id: str = "default"
-    state_dir: Path = Path("/var/lib/mecorch")
+    auth_type: str | None
+    region: str | None
+    network: str
+    availability_zone: str | None
+    boot_timeout_s: float
+    stop_grace_s: float
+    api_timeout_s: float
+    flavor_prefix: str
+    host_id: str
+    state_dir: Path
 
     def describe(self) -> str:
         """Where the driver points, for messages (no secret in it)."""
@@ -92,9 +109,9 @@ def _auth(value: Any) -> tuple[dict, str]:
 
 
 def parse(cfg: dict[str, Any]) -> Settings:
-    for k in cfg:
-        if k not in KEYS:
-            raise _unknown(str(k), KEYS, "vim")
+    """The section's values (its own, else the schema's defaults), with what
+    the schema cannot check."""
+    cfg = read(SCHEMA, cfg)
     cloud = cfg.get("cloud")
     has_auth = cfg.get("auth") is not None
     if (cloud is None) == (not has_auth):
@@ -119,11 +136,10 @@ def parse(cfg: dict[str, Any]) -> Settings:
         region=validate.text(cfg["region"], "vim.region") if cfg.get("region") else None,
         network=validate.text(network, "vim.network"),
         availability_zone=validate.text(az, "vim.availability_zone") if az else None,
-        boot_timeout_s=validate.number(cfg.get("boot_timeout_s", 300), "vim.boot_timeout_s",
-                                       1, 7200),
-        stop_grace_s=validate.number(cfg.get("stop_grace_s", 90), "vim.stop_grace_s", 0, 3600),
-        api_timeout_s=validate.number(cfg.get("api_timeout_s", 60), "vim.api_timeout_s", 1, 600),
-        flavor_prefix=validate.ident(cfg.get("flavor_prefix", "mecorch"), "vim.flavor_prefix"),
+        boot_timeout_s=validate.number(cfg["boot_timeout_s"], "vim.boot_timeout_s", 1, 7200),
+        stop_grace_s=validate.number(cfg["stop_grace_s"], "vim.stop_grace_s", 0, 3600),
+        api_timeout_s=validate.number(cfg["api_timeout_s"], "vim.api_timeout_s", 1, 600),
+        flavor_prefix=validate.ident(cfg["flavor_prefix"], "vim.flavor_prefix"),
         host_id=validate.ident(cfg.get("host_id", "default"), "vim.host_id"),
         state_dir=Path(cfg.get("state_dir") or "/var/lib/mecorch"),
     )

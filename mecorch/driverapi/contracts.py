@@ -10,24 +10,33 @@ Failure semantics, which every driver implementation must keep:
 - `destroy` and `remove_rules` of something already gone succeed.
 - Constructors have no side effects: no connection, no file, no daemon.
   The backend library is imported when the driver module is imported, and
-  the module is imported only when the configuration names the driver.
+  the module is imported only when the configuration names the driver (the
+  driver package imports it on demand: `on_demand`; the core imports the
+  package's `settings` alone, for its config schema).
 - Every backend object a driver makes carries the instance id (Docker
   labels, libvirt domain metadata, iptables chain names, dnsmasq file
   names) so `list_instances` can find it after a restart without the store.
+
+Optional capabilities (`Watchable`, `Revivable`, `Uninstallable`,
+`RuleAudit`, `DnsOnAppNetworks`) are ABCs a driver inherits to declare them;
+the core checks them with `isinstance`.
 """
 
 from __future__ import annotations
 
 import abc
+import importlib
+import threading
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 from mecorch.kernel.errors import InvalidInput
+from mecorch.kernel.schema import DRIVER_GROUP
 from mecorch.driverapi.model import Allocation, Check, HostCapacity, Observation, ResourceRequest
 from mecorch.kernel.states import DeploymentType
 
-ENTRY_POINT_GROUP = "mecorch.drivers"
+ENTRY_POINT_GROUP = DRIVER_GROUP
 
 
 @dataclass(frozen=True)
@@ -159,6 +168,98 @@ class PlatformDriver(Driver):
     @abc.abstractmethod
     def rule_owners(self) -> set[str]:
         """Instance ids that have rules applied on the backend."""
+
+
+# -- optional capabilities -------------------------------------------------
+# A driver declares each one it has by inheriting it (`class DockerCIM(
+# ComputeDriver, Watchable, Revivable, Uninstallable)`); the core asks with
+# `isinstance`, never by looking a method up by name. The same failure
+# semantics as above hold: only MecorchError subclasses leave a verb.
+
+class Watchable(abc.ABC):
+    """A compute driver that streams its backend's own events."""
+
+    @abc.abstractmethod
+    def watch(self, on_change: Callable[[Observation], None], stop: threading.Event) -> None:
+        """Call `on_change(Observation)` for each start and death of an app
+        runtime of this driver's host as the backend reports it (seconds,
+        not a reconcile period), until `stop` is set; then return. Raises
+        BackendError or BackendUnavailable when the stream breaks or cannot
+        be opened: the core opens it again after a pause (reconciliation
+        covers what the outage missed)."""
+
+
+class Revivable(abc.ABC):
+    """A compute driver whose instances do not come back by themselves when
+    their host restarts (Docker; libvirt's domain autostart does it)."""
+
+    @abc.abstractmethod
+    def revive(self, handle: dict, check_only: bool = False) -> bool:
+        """Start the instance again if its runtime stopped with its host (a
+        reboot, a daemon restart), not by itself (a crash stays stopped).
+        True if it was started; with `check_only`, True if it would be and
+        nothing is started. Gone or running: False. The caller checks the
+        operator did not stop it."""
+
+
+class Uninstallable(abc.ABC):
+    """A driver that makes things of its own on its backend (a network, a
+    pool, chains, processes) beyond its instances' objects."""
+
+    @abc.abstractmethod
+    def uninstall(self) -> list[str]:
+        """Remove everything this driver made for its host (`mecorch host
+        teardown`) and say what, one line each in the driver's words (what
+        it names: its network, pool, chains...). A compute driver raises
+        Conflict while an instance's objects of the host remain (a MEP
+        removes every instance's rules with its own); what is already gone
+        is success."""
+
+
+class RuleAudit(abc.ABC):
+    """A MEP driver that can tell whether an instance's rules are in place
+    as `apply_rules` left them (after a reboot the chains are gone while the
+    DNS files remain): reconciliation applies again only what is missing."""
+
+    @abc.abstractmethod
+    def snapshot(self) -> Any:
+        """One read of the backend's rules, to answer several
+        `rules_applied` questions in a row (one read per reconcile round,
+        not one per instance). Opaque to the core."""
+
+    @abc.abstractmethod
+    def rules_applied(self, instance_id: str, target_ip: str, traffic_rules: list,
+                      dns_rules: list, saved: Any = None) -> bool:
+        """The instance's rules (validated values, as `apply_rules` takes
+        them) are in place exactly; `saved`: a `snapshot()` to read instead
+        of the backend. Changes nothing."""
+
+
+class DnsOnAppNetworks(abc.ABC):
+    """A MEP driver that answers DNS rules on more addresses than its own
+    listener: the app networks' gateways, which containers and VMs get as
+    their resolver."""
+
+    @abc.abstractmethod
+    def serve_dns_on(self, addresses: list[str]) -> None:
+        """Answer DNS rules on port 53 of `addresses` (besides what the
+        driver's config names); the set replaces the previous one.
+        Idempotent: the same set changes nothing."""
+
+
+OPTIONAL = (Watchable, Revivable, Uninstallable, RuleAudit, DnsOnAppNetworks)
+
+
+def on_demand(package: str, cls: str) -> Callable[[str], type]:
+    """A driver package's module `__getattr__`: its driver class, imported
+    from `<package>.driver` (with the backend library) when first asked for
+    (the entry point loads it so), never with the package: the core imports
+    the package's `settings` for its config schema, and nothing else."""
+    def __getattr__(name: str) -> type:
+        if name != cls:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return vars(importlib.import_module(f"{package}.driver"))[cls]
+    return __getattr__
 
 
 _KINDS = {"cim": ComputeDriver, "vim": ComputeDriver, "mep": PlatformDriver}

@@ -1,7 +1,9 @@
 """The kernel: what every layer above uses and that knows no MEC role:
 errors, states, input validation, safe YAML, the store and its views,
 paging and filters, events, locks, workers, the op journal, logs, the
-configuration schema, the HTTP toolkit (server) and the API client.
+configuration schema (its vocabulary in `schema`, which drivers declare
+their sections with; `config` composes the core's rows with theirs), the
+HTTP toolkit (server) and the API client.
 
 Layers, lowest first (tests/test_layers.py holds the code to them): kernel,
 driverapi, spec, package, notifications, mepm, meo, api, cli. A module

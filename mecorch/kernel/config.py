@@ -2,9 +2,15 @@
 optional YAML file, checked against one schema. `config/mecorch.yaml`
 documents the same default (a test keeps the two equal).
 
-The schema is the table `KEYS` below: one row per key, with its type, its
-default and what it is for. The default configuration (`DEFAULT`) is made
-from the table, so a new key is one new row (and its line in
+The schema is the table `KEYS`: one row per key, with its type, its
+default and what it is for. The core's rows are below; the rows of a
+driver's section are the driver's own (`SCHEMA` of its `settings` module),
+found through the `mecorch.drivers` entry points (the settings module
+beside each entry point's, imported alone: no backend library) and put
+under `hosts[].<role>` for that driver. The whole configuration is checked
+against the composed table in one pass. The default configuration
+(`DEFAULT`) is made from the table (each role with its default driver's
+rows), so a new key is one new row (and its line in
 `config/mecorch.yaml`).
 
 Overlay rules:
@@ -23,48 +29,21 @@ from __future__ import annotations
 
 import copy
 import difflib
-from dataclasses import dataclass
+import importlib
+import importlib.util
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from mecorch.kernel.errors import InvalidInput
+from mecorch.kernel.schema import (  # noqa: F401 - the schema's vocabulary, named here too
+    ABSENT, BOOL, DRIVER_GROUP, INT, LIST, MAP, NUMBER, ONE_ITEM, OPEN_MAP, POSITIVE, PREFS,
+    REQUIRED, STR, STRS, Key, key)
 from mecorch.kernel.yamlsafe import load_yaml
 
 ROLES = ("cim", "vim", "mep")
 
-# ---------------------------------------------------------------- value types
-# A type is (name shown in errors, check).
-STR = ("a string", lambda v: isinstance(v, str))
-INT = ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool))
-NUMBER = ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
-POSITIVE = ("a number above 0", lambda v: NUMBER[1](v) and v > 0)
-BOOL = ("true or false", lambda v: isinstance(v, bool))
-STRS = ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
-LIST = ("a list", lambda v: isinstance(v, list))          # of mappings: see its "[]" rows
-MAP = ("a mapping", lambda v: isinstance(v, dict))
-# appDId -> manner preference; its keys are app ids, so not schema rows
-PREFS = ("a mapping of appDId to container or vm", lambda v: isinstance(v, dict) and all(
-    isinstance(k, str) and x in ("container", "vm") for k, x in v.items()))
-
-ABSENT = object()       # an optional key with no default: not in DEFAULT
-REQUIRED = object()     # an item key that must be given (in list items)
-ONE_ITEM = object()     # a list whose default is one item made of its "[]" rows' defaults
-
-
-@dataclass(frozen=True)
-class Key:
-    path: str           # dotted; "x[]" is "each item of the list x"
-    type: tuple
-    default: Any
-    doc: str
-    nullable: bool = False
-    choices: tuple = ()
-    driver: str | None = None   # in a host role section: only for this driver
-    bounds: tuple = ()          # (least, most) of a number
-
-
-def _k(path, type_, default, doc, nullable=False, choices=(), driver=None, bounds=()) -> Key:
-    return Key(path, type_, default, doc, nullable, choices, driver, bounds)
+_k = key
 
 
 # ---------------------------------------------------------------- the schema
@@ -136,73 +115,91 @@ KEYS: list[Key] = [
 
     _k("hosts[].cim", MAP, {}, "containers", nullable=True),
     _k("hosts[].cim.driver", STR, "docker", "CIM driver (entry point mecorch.drivers)"),
-    _k("hosts[].cim.docker_host", STR, "unix:///var/run/docker.sock", "Docker Engine endpoint",
-       driver="docker"),
-    _k("hosts[].cim.registry", STR, "127.0.0.1:5000", "the container image repository",
-       driver="docker"),
-    _k("hosts[].cim.network", STR, "mecorch", "bridge network mecorch owns", driver="docker"),
-    _k("hosts[].cim.dns", STRS, ["gateway"], "containers' resolvers (gateway: the MEP's DNS on "
-       "the network's gateway); []: Docker's default", driver="docker"),
-    _k("hosts[].cim.busybox", STR, ABSENT, "busybox binary for the pause container",
-       driver="docker"),
-    _k("hosts[].cim.timeout_s", NUMBER, ABSENT, "Docker API timeout", driver="docker"),
 
     _k("hosts[].vim", MAP, {}, "virtual machines", nullable=True),
     _k("hosts[].vim.driver", STR, "libvirt", "VIM driver (entry point mecorch.drivers)"),
-    _k("hosts[].vim.uri", STR, "qemu:///system", "libvirt connection URI", driver="libvirt"),
-    _k("hosts[].vim.pool", STR, "mecorch", "storage pool mecorch owns", driver="libvirt"),
-    _k("hosts[].vim.network", STR, "mecorch", "NAT network mecorch owns", driver="libvirt"),
-    _k("hosts[].vim.network_cidr", STR, "192.168.150.0/24", "its addresses", driver="libvirt"),
-    _k("hosts[].vim.accel", STR, "auto", "auto | kvm | tcg", choices=("auto", "kvm", "tcg"),
-       driver="libvirt"),
-    _k("hosts[].vim.boot_timeout_s", NUMBER, 120, "wait for a guest's lease and first port",
-       driver="libvirt"),
-    _k("hosts[].vim.probe_timeout_s", NUMBER, 20, "KVM probe: no lease by then means TCG",
-       driver="libvirt"),
-    _k("hosts[].vim.probe_image", STR, "/var/cache/mecorch/workloads/sample-vm.qcow2",
-       "bootable disk the KVM probe uses", nullable=True, driver="libvirt"),
-    _k("hosts[].vim.bridge", STR, ABSENT, "bridge name of the NAT network", driver="libvirt"),
 
     _k("hosts[].mep", MAP, {}, "DNS and traffic rules", nullable=True),
     _k("hosts[].mep.driver", STR, "linux", "MEP driver (entry point mecorch.drivers)"),
-    _k("hosts[].mep.dns_listen", STR, "127.0.0.1", "address dnsmasq answers on", driver="linux"),
-    _k("hosts[].mep.dns_port", INT, 5353, "port dnsmasq answers on", driver="linux"),
-    _k("hosts[].mep.chain_prefix", STR, "MECORCH", "prefix of mecorch's iptables chains",
-       driver="linux"),
-    _k("hosts[].mep.netns", STR, None, "run iptables in this network namespace", nullable=True,
-       driver="linux"),
-    _k("hosts[].mep.service_cidr", STR, "10.90.0.0/24", "steered service addresses",
-       driver="linux"),
-    _k("hosts[].mep.dns_ttl", INT, 0, "TTL dnsmasq serves", driver="linux"),
-    _k("hosts[].mep.dns_domain", STR, "mec.local",
-       "the MEC domain DNS rules must lie in (never forwarded upstream); null: any",
-       nullable=True, driver="linux"),
-    _k("hosts[].mep.dns_upstream", STRS, [], "resolvers for names that are not MEC rules",
-       driver="linux"),
-    _k("hosts[].mep.data_plane_address", STR, None, "address UEs reach DNS on", nullable=True,
-       driver="linux"),
-    _k("hosts[].mep.dns_user", STR, ABSENT, "user dnsmasq runs as", driver="linux"),
-    _k("hosts[].mep.service_interface", STR, ABSENT, "link the service CIDR is routed to",
-       driver="linux"),
 ]
+
+
+def _settings_module(entry_point_value: str) -> str | None:
+    """`drivers.libvirt_vim:LibvirtVIM` -> `drivers.libvirt_vim.settings`:
+    beside the entry point's module (in it, when that is a package); None
+    for a module in no package (`__main__:FakeCIM`)."""
+    module = entry_point_value.split(":", 1)[0].strip()
+    try:
+        spec = importlib.util.find_spec(module)     # imports the parents only
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.submodule_search_locations is not None:
+        return f"{module}.settings"
+    parent = module.rpartition(".")[0]
+    return f"{parent}.settings" if parent else None
+
+
+def driver_schemas() -> list[tuple[str, str, tuple[Key, ...]]]:
+    """(driver name, role, its rows) of every installed driver whose package
+    declares its section (`ROLE`, `SCHEMA` in its settings module). A driver
+    without one is not described: its section's other keys are its own."""
+    out = []
+    for ep in metadata.entry_points(group=DRIVER_GROUP):
+        name = _settings_module(ep.value)
+        if name is None:
+            continue
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue
+        schema = vars(module).get("SCHEMA")
+        if schema is not None:
+            out.append((ep.name, module.ROLE, tuple(schema)))
+    return out
+
+
+def _compose(core: list[Key]) -> list[Key]:
+    """The core's rows with each driver's rows after its role's `driver` row."""
+    schemas, out = driver_schemas(), []
+    for row in core:
+        out.append(row)
+        for role in ROLES:
+            if row.path == f"hosts[].{role}.driver":
+                out += [Key(f"hosts[].{role}.{k.path}", k.type, k.default, k.doc, k.nullable,
+                            k.choices, name)
+                        for name, their_role, rows in schemas if their_role == role
+                        for k in rows]
+    return out
+
+
+KEYS = _compose(KEYS)
 # Every role section may also name where its driver keeps state (default:
 # under state_dir/run_dir, per host).
 for _role in ROLES:
     KEYS += [_k(f"hosts[].{_role}.state_dir", STR, ABSENT, "driver state (default: per host)"),
              _k(f"hosts[].{_role}.run_dir", STR, ABSENT, "driver runtime files (per host)")]
 
-BY_PATH: dict[str, Key] = {k.path: k for k in KEYS}
+# A path's row (of a role section: of the first driver with that key; the
+# checks pick by the section's driver)
+BY_PATH: dict[str, Key] = {}
+for _row in KEYS:
+    BY_PATH.setdefault(_row.path, _row)
 
 
-def _children(path: str) -> list[Key]:
-    """Rows one level below `path` ("" for the top level)."""
+def _children(path: str, driver: str | None = None) -> list[Key]:
+    """Rows one level below `path` ("" for the top level); in a role section
+    with `driver` given, the core's and that driver's."""
     prefix = f"{path}." if path else ""
-    return [k for k in KEYS if k.path.startswith(prefix) and "." not in k.path[len(prefix):]]
+    return [k for k in KEYS if k.path.startswith(prefix) and "." not in k.path[len(prefix):]
+            and (driver is None or k.driver in (None, driver))]
 
 
 def _build_default(path: str) -> dict:
     out: dict[str, Any] = {}
-    for key in _children(path):
+    driver = BY_PATH.get(f"{path}.driver")        # a role section: its default driver's rows
+    for key in _children(path, driver.default if driver is not None else None):
         name = key.path.rsplit(".", 1)[-1]
         if key.default is ABSENT or key.default is REQUIRED:
             continue
@@ -269,26 +266,28 @@ def check(doc: Any, where: str = "config", path: str = "", driver: str | None = 
     part of one at `path`), naming the key, its path and the closest key."""
     if not isinstance(doc, dict):
         raise InvalidInput(f"{where}: {path or 'the top level'} must be a mapping")
-    rows = {k.path.rsplit(".", 1)[-1]: k for k in _children(_schema_path(path))}
     role_driver = driver
     if _is_role(path):      # a host's cim/vim/mep: its keys depend on its driver
         role = _schema_path(path).rsplit(".", 1)[-1]
         role_driver = doc.get("driver") or DEFAULT["hosts"][0][role]["driver"]
+    every = _children(_schema_path(path))
+    rows = {k.path.rsplit(".", 1)[-1]: k for k in every
+            if role_driver is None or k.driver in (None, role_driver)}
+    others = {k.path.rsplit(".", 1)[-1]: k for k in every
+              if k.driver is not None and k.driver != role_driver}
+    # a driver mecorch does not describe (no schema): its own keys
     free = role_driver is not None and _is_role(path) and not any(
-        k.driver == role_driver for k in rows.values())
+        k.driver == role_driver for k in every)
     for name, value in doc.items():
         here = f"{path}.{name}" if path else str(name)
         key = rows.get(name) if isinstance(name, str) else None
-        if key is not None and key.driver is not None and key.driver != role_driver:
-            if free:
-                continue                 # a driver mecorch does not describe: its own keys
-            raise InvalidInput(f"{where}: {here} is a key of the {key.driver} driver, "
-                               f"not of {role_driver!r}")
+        if key is None and free:
+            continue
+        if key is None and name in others:
+            raise InvalidInput(f"{where}: {here} is a key of the {others[name].driver} "
+                               f"driver, not of {role_driver!r}")
         if key is None:
-            if free:
-                continue
-            valid = sorted(n for n, k in rows.items()
-                           if k.driver is None or k.driver == role_driver)
+            valid = sorted(rows)
             close = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]!r}?" if close else \
                 f"; valid keys here: {', '.join(valid)}"

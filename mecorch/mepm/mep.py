@@ -60,6 +60,7 @@ from mecorch.kernel import logs, outbound
 from mecorch.spec import rules as R
 from mecorch.kernel.errors import (
     Conflict, InvalidInput, MecorchError, NotFound, PreconditionFailed)
+from mecorch.driverapi.contracts import DnsOnAppNetworks
 from mecorch.mepm.inventory import EdgeHost, Inventory
 from mecorch.spec.rules import DnsRule, TrafficRule, unique_ids
 from mecorch.kernel.states import DeploymentType
@@ -308,11 +309,11 @@ class MepService:
     def serve_dns(self, host: EdgeHost) -> None:
         """Have the host's MEP answer DNS on its app-network gateways too
         (and its data-plane address, which the MEP knows from its config).
-        A MEP without that ability (a fake) is left alone."""
+        A MEP without that ability (no `DnsOnAppNetworks`: a fake) is left
+        alone."""
         mep = host.mep()
-        serve_on = getattr(mep, "serve_dns_on", None)
-        if serve_on is not None:
-            serve_on([gw for gw in (self.gateway(host, m) for m in DeploymentType) if gw])
+        if isinstance(mep, DnsOnAppNetworks):
+            mep.serve_dns_on([gw for gw in (self.gateway(host, m) for m in DeploymentType) if gw])
 
     def app_token_owner(self, token: str) -> str | None:
         """The instance an Mp1 token was issued to (and not yet revoked by

@@ -41,6 +41,7 @@ from mecorch.kernel.errors import Conflict, MecorchError
 from mecorch.mepm.inventory import EdgeHost, Inventory
 from mecorch.mepm.lcm import Lcm
 from mecorch.mepm.mep import MepService
+from mecorch.driverapi.contracts import Revivable, RuleAudit
 from mecorch.driverapi.model import Observation
 from mecorch.spec.rules import DnsRule, TrafficRule
 from mecorch.kernel.states import DeploymentType, InstantiationState, ObservedState
@@ -199,15 +200,15 @@ class Reconciler:
                 obs: Observation) -> list[str]:
         """A stopped instance the operator did not stop, whose runtime died
         with its host (a reboot, a daemon restart): the driver starts it
-        again (`revive`, which tells that case from a crash). A driver
-        without `revive` (libvirt: domain autostart does it) is left alone."""
-        revive = getattr(host.compute(manner), "revive", None)
+        again (a `Revivable`'s `revive`, which tells that case from a crash).
+        Another driver (libvirt: domain autostart does it) is left alone."""
+        driver = host.compute(manner)
         inst = self.store.get("instances", iid)
         state = ((inst or {}).get("instantiatedAppState") or {}).get("operationalState")
-        if revive is None or state != "STARTED" or self.lcm.working_on(iid):
+        if not isinstance(driver, Revivable) or state != "STARTED" or self.lcm.working_on(iid):
             return []
         try:
-            if not revive(obs.handle, check_only=True):    # a crash: not held
+            if not driver.revive(obs.handle, check_only=True):    # a crash: not held
                 return []
             with self.lcm.hold(iid):
                 inst = self.store.get("instances", iid)
@@ -215,7 +216,7 @@ class Reconciler:
                 if not self._owned(inst, host, manner) or state != "STARTED" \
                         or self.lcm.journal.in_progress(iid):
                     return []
-                if not revive(obs.handle):
+                if not driver.revive(obs.handle):
                     return []
         except Conflict:
             return []
@@ -285,15 +286,13 @@ class Reconciler:
     def _reapply(self, host: EdgeHost, mep) -> list[str]:
         """Apply again the stored rules of every INSTANTIATED instance of the
         host whose rules the MEP does not hold as applied (after a reboot
-        the chains are gone). Rules in place are not touched."""
-        applied = getattr(mep, "rules_applied", None)
-        if applied is None:
+        the chains are gone). Rules in place are not touched. A MEP that
+        cannot tell (no `RuleAudit`) is left alone."""
+        if not isinstance(mep, RuleAudit):
             return []
         done = []
-        # one iptables-save for the round's first look at every instance
-        snapshot, saved = getattr(mep, "snapshot", None), None
         try:
-            saved = snapshot() if snapshot is not None else None
+            saved = mep.snapshot()      # one read for the round's first look at every instance
         except MecorchError as e:
             return [f"skipped re-applying rules on host {host.id}: {e.detail}"]
         for inst in self.store.list("instances", instantiationState=INSTANTIATED,
@@ -309,14 +308,14 @@ class Reconciler:
                 first = (iid, doc["targetIp"],
                          [TrafficRule.from_etsi(r) for r in doc["trafficRules"]],
                          [DnsRule.from_etsi(r) for r in doc["dnsRules"]])
-                if applied(*first, saved=saved) if saved is not None else applied(*first):
+                if mep.rules_applied(*first, saved=saved):
                     continue
                 with self.lcm.hold(iid):
                     doc = self.store.get("rules", iid)
                     if not self._rules_owned(iid, host) or not doc \
                             or doc.get("hostId") != host.id or self.lcm.journal.in_progress(iid):
                         continue
-                    if applied(iid, doc["targetIp"],
+                    if mep.rules_applied(iid, doc["targetIp"],
                                [TrafficRule.from_etsi(r) for r in doc["trafficRules"]],
                                [DnsRule.from_etsi(r) for r in doc["dnsRules"]]):
                         continue

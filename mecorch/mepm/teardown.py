@@ -4,17 +4,18 @@ edge host, with `mecorch serve` stopped and nothing left deployed.
 Refused while a `mecorch serve` holds the host (its lease), while an
 instance of the host is INSTANTIATED or an operation on it is unfinished,
 and while packages are onboarded (their images live in the pool and the
-registry). Then each driver removes what it made (`uninstall`): the MEP its
-iptables chains and hooks, its dnsmasq processes, its DNS files and its
-service link; the VIM its NAT network and storage pool; the CIM its bridge
-network. Says what it removed, one line each.
+registry). Then each driver that makes things of its own (an
+`Uninstallable`) removes them and says what, one line each in its own
+words (the Linux MEP: its iptables chains and hooks, dnsmasq, DNS files and
+service link; libvirt: its NAT network and storage pool; Docker: its bridge
+network); of another driver, that it has nothing to remove.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from mecorch.driverapi.contracts import load_driver
+from mecorch.driverapi.contracts import Uninstallable, load_driver
 from mecorch.kernel.errors import Conflict, InvalidInput, NotFound
 from mecorch.kernel.store import Store
 
@@ -39,18 +40,13 @@ def teardown(cfg: dict, host_id: str | None = None) -> list[str]:
             if not section:
                 continue
             driver = load_driver(role, section)
-            uninstall = getattr(driver, "uninstall", None)
-            if uninstall is None:
+            if not isinstance(driver, Uninstallable):
                 done.append(f"{role}: driver {section.get('driver')} has nothing to remove")
                 continue
             try:
-                removed = uninstall()
+                removed = driver.uninstall()
             finally:
                 driver.close()
-            if removed is None:             # the MEP says nothing: say what it owns
-                removed = [f"iptables chains {section.get('chain_prefix')}-* and their hooks, "
-                           f"its dnsmasq, its DNS files, its service link "
-                           f"{section.get('service_interface', 'mecorch-svc')}"]
             done += [f"{role}: {line}" for line in removed]
         return done
     finally:

@@ -2,9 +2,9 @@
 
 Reconciliation compares the store with the backends every
 `orchestrator.reconcile_interval_s`; a container that crashes in between
-would stay "RUNNING" until the next round. A compute driver that can stream
-its backend's events (`watch(on_change, stop)`: Docker's events in the CIM,
-libvirt's domain lifecycle events in the VIM) is watched
+would stay "RUNNING" until the next round. A compute driver that streams
+its backend's events (a `Watchable`: Docker's events in the CIM, libvirt's
+domain lifecycle events in the VIM) is watched
 by one thread per host while `mecorch serve` runs: each start or death of
 an app's runtime is recorded as the instance's observed state at once (with
 the exit code in its detail) and logged (instance.observed). A stream that
@@ -19,6 +19,7 @@ import threading
 
 from mecorch.kernel import logs
 from mecorch.kernel.errors import MecorchError
+from mecorch.driverapi.contracts import Watchable
 from mecorch.driverapi.model import Observation
 from mecorch.kernel.states import DeploymentType
 
@@ -41,7 +42,7 @@ class Watcher:
                     driver = host.compute(manner)
                 except MecorchError:
                     driver = None        # down now: tried again in the thread
-                if driver is not None and not hasattr(driver, "watch"):
+                if driver is not None and not isinstance(driver, Watchable):
                     continue
                 t = threading.Thread(target=self._run, args=(host, manner),
                                      name=f"watch-{host.id}-{manner.value}", daemon=True)
@@ -58,7 +59,7 @@ class Watcher:
         while not self._stop.is_set():
             try:
                 driver = host.compute(manner)
-                if not hasattr(driver, "watch"):
+                if not isinstance(driver, Watchable):
                     return
                 driver.watch(lambda obs: self._changed(host, manner, obs), self._stop)
             except MecorchError as e:
