@@ -25,7 +25,7 @@ from mecorch.api import make_server
 from mecorch.kernel.client import ApiError, Client
 from mecorch.mepm.orchestrator import Orchestrator
 from mecorch.package import build_package
-from mecorch.kernel.states import DeploymentType
+from mecorch.kernel.states import DeploymentType, LcmOperation
 
 REPO = Path(__file__).resolve().parents[1]
 CONTAINER_APPD = REPO / "examples/sample-container-app/Definitions/appd.yaml"
@@ -337,7 +337,7 @@ def test_recover_rolls_back_an_interrupted_instantiate(env):
     pkg = orch.packages.by_appd("sample-http")
     # what a crash right after the deploy call leaves: journal says deploy
     # began; the backend has the instance; no handle was recorded.
-    op = orch.lcm.journal.start(inst["id"], __import__("mecorch.states").states.LcmOperation.INSTANTIATE,
+    op = orch.lcm.journal.start(inst["id"], LcmOperation.INSTANTIATE,
                                 {"hostId": "default", "manner": "CONTAINER", "need": {}})
     orch.lcm.journal.step(op, "begin:deploy")
     from mecorch.spec import decision
