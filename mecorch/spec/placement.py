@@ -108,3 +108,10 @@ def max_latency_ns(appd: dict) -> int | None:
 def _neg(s: str) -> tuple:
     """Sort key making smaller host ids win ties under max()."""
     return tuple(-ord(ch) for ch in s)
+
+
+def place_plan(plan, candidates: list[Candidate]) -> str:
+    """`place` for a planned request (`spec.plan.Plan`): its manner, need,
+    wanted hosts, latency and acceleration asks."""
+    return place(plan.manner, plan.need, candidates, list(plan.wanted), plan.max_latency_ns,
+                 plan.accel)

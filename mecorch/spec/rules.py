@@ -397,6 +397,38 @@ def unique_ids(rules: list, attr: str, field: str) -> None:
         seen.add(rid)
 
 
+def instance_rules(appd: dict, request: dict
+                   ) -> tuple[tuple["TrafficRule", ...], tuple[DnsRule, ...]]:
+    """An instance's rules, validated (state ACTIVE): the AppD's
+    appTrafficRule / appDNSRule descriptors, or the InstantiateAppRequest's
+    own arrays, which replace them."""
+    traffic_src = request.get("appTrafficRule", appd.get("appTrafficRule") or [])
+    dns_src = request.get("appDNSRule", appd.get("appDNSRule") or [])
+    if not isinstance(traffic_src, list) or not isinstance(dns_src, list):
+        raise InvalidInput("appTrafficRule and appDNSRule must be arrays")
+    traffic = [TrafficRule.from_etsi({"state": "ACTIVE", **_descriptor(d)},
+                                     f"appTrafficRule[{i}]")
+               for i, d in enumerate(traffic_src)]
+    dns = [DnsRule.from_etsi({"state": "ACTIVE", **_descriptor(d)}, f"appDNSRule[{i}]")
+           for i, d in enumerate(dns_src)]
+    unique_ids(traffic, "traffic_rule_id", "appTrafficRule")
+    unique_ids(dns, "dns_rule_id", "appDNSRule")
+    return tuple(traffic), tuple(dns)
+
+
+def _descriptor(d) -> dict:
+    """AppD rule descriptors have the MEC 011 shape minus `state`; a
+    descriptor's dstInterface is an array (MEC 010-2), the rule's an object."""
+    if not isinstance(d, dict):
+        raise InvalidInput("a rule descriptor must be an object")
+    d = dict(d)
+    if isinstance(d.get("dstInterface"), list) and len(d["dstInterface"]) == 1:
+        d["dstInterface"] = d["dstInterface"][0]
+    if d.get("dstInterface") == []:
+        d.pop("dstInterface")
+    return d
+
+
 # -- what a rule set claims: addresses and names ---------------------------------
 #
 # Ownership is decided on these pure values (mecorch.mep holds the ledger):
