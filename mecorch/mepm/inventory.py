@@ -112,8 +112,8 @@ class Inventory:
     def reserve(self, instance_id: str, plan, used: dict[str, Need]) -> EdgeHost:
         """Place the planned request (`spec.plan.Plan`) with the one
         placement engine (`spec.placement.place`: the MEO's rules over this
-        process's hosts) and hold its resources until `release`.
-        `plan.wanted`: hosts named in
+        process's hosts, each host's driver capabilities included) and
+        hold its resources until `release`. `plan.wanted`: hosts named in
         selectedMECHostInfo or found fit by the manner policy (any of them
         will do), empty for "any host". `used`: per host, what instances in
         the store already hold. Raises CapacityExceeded naming each host,
@@ -126,16 +126,16 @@ class Inventory:
         # The backends are asked before the lock (their answers are cached;
         # an expired cache costs a backend call that must not block others).
         totals = {h.id: h.totals(manner) for h in hosts}
-        vm_accel = {h.id: h.compute(manner).capabilities().hardware_accel
-                    for h in hosts} if plan.accel else {}
+        caps = {h.id: h.compute(manner).capabilities() for h in hosts}
         with self._lock:
             candidates = [placement.Candidate(
                 h.id, True, {manner.value: Room.of(totals[h.id], self._ratio,
                                                    used.get(h.id, NOTHING),
                                                    self._inflight_on(h.id))},
-                vm_accel.get(h.id, ""), self.latency_ms) for h in hosts]
+                caps[h.id].hardware_accel, self.latency_ms, {manner.value: caps[h.id]})
+                for h in hosts]
             chosen = placement.place(manner, plan.need, candidates, [h.id for h in hosts],
-                                     plan.max_latency_ns, plan.accel)
+                                     plan.max_latency_ns, plan.accel, plan.request)
             self._inflight[instance_id] = (chosen, plan.need)
         return self.hosts[chosen]
 
