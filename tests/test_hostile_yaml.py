@@ -75,7 +75,7 @@ import sys
 from importlib import metadata
 sys.path.insert(0, {tests!r})
 from fakes import FakeCompute, FakeMep
-from mecorch.states import DeploymentType
+from mecorch.kernel.states import DeploymentType
 
 class FakeCIM(FakeCompute):
     kind = "cim"
