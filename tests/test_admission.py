@@ -94,31 +94,32 @@ RETAIN_VM = {"deploymentType": "VM", "virtualStorageDescriptor": [
     {"id": "sample-vm-data", "sizeOfStorage": 1, "deletionPolicy": "RETAIN"}]}
 
 
-def test_a_16_mb_vm_is_refused_before_the_202_by_the_libvirt_minimum(env):
-    vim = Declaring(libvirt_vim(env.tmp), _libvirt_late)
+def _refused_on_one_node(env, real, late, body) -> tuple[dict, str]:
+    """Instantiate sample-vm with `body` on a VIM declaring `real`'s
+    capabilities: a 409 before the 202, nothing journalled or deployed.
+    Returns the instance and the refusal's detail."""
+    vim = Declaring(real, late)
     env.orch.inventory.get("default").attach("vim", vim)
     onboard(env, VM_APPD, **_vm_appd_changes())
     inst = create(env, "sample-vm")
-    err = _refused(env.c.post, f"{INST}/{inst['id']}/instantiate", SMALL_VM)
+    err = _refused(env.c.post, f"{INST}/{inst['id']}/instantiate", body)
     assert err.status == 409, err.body
-    detail = err.body["detail"]
+    assert env.orch.store.list("op_occs") == [] and "deploy" not in vim.calls
+    return inst, err.body["detail"]
+
+
+def test_a_16_mb_vm_is_refused_before_the_202_by_the_libvirt_minimum(env):
+    _, detail = _refused_on_one_node(env, libvirt_vim(env.tmp), _libvirt_late, SMALL_VM)
     assert "default: memory 16 MB is below its VIM's minimum of 32 MB" in detail
     assert detail.count("32 MB") == 1                   # one message, said once
-    assert env.orch.store.list("op_occs") == [] and "deploy" not in vim.calls
 
 
 def test_an_openstack_retain_volume_is_refused_before_the_202(env):
-    vim = Declaring(openstack_vim(env.tmp), _openstack_late)
-    env.orch.inventory.get("default").attach("vim", vim)
-    onboard(env, VM_APPD, **_vm_appd_changes())
-    inst = create(env, "sample-vm")
-    err = _refused(env.c.post, f"{INST}/{inst['id']}/instantiate", RETAIN_VM)
-    assert err.status == 409, err.body
-    detail = err.body["detail"]
+    inst, detail = _refused_on_one_node(env, openstack_vim(env.tmp), _openstack_late,
+                                        RETAIN_VM)
     assert ("default: volume sample-vm-data is to be retained (RETAIN), but its VIM keeps "
             "no volume beyond its instance") in detail
     assert detail.count("RETAIN") == 1
-    assert env.orch.store.list("op_occs") == [] and "deploy" not in vim.calls
     # the same VM without RETAIN is admitted and deployed
     ok = env.c.wait_op(env.c.post(f"{INST}/{inst['id']}/instantiate",
                                   {"deploymentType": "VM"})[0], timeout=10)
