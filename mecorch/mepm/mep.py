@@ -328,8 +328,7 @@ class MepService:
         current = self.get_rule(instance_id, kind, rule_id)
         if if_match is not None and if_match.strip('"') != etag(current):
             raise PreconditionFailed("the rule changed since it was read (ETag mismatch)")
-        value = cls.from_etsi(body, kind[:-1])
-        new = value.to_etsi()
+        new = cls.from_etsi(body, kind[:-1]).to_etsi()
         if new[id_field] != rule_id:
             raise InvalidInput(f"{id_field} in the body ({new[id_field]!r}) differs from the "
                                f"one in the URI ({rule_id!r})")
