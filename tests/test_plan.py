@@ -87,3 +87,43 @@ def test_rules_are_read_from_etsi_once_before_the_202_and_once_to_apply(env, mon
     inst = create(env)
     assert instantiate(env, inst["id"])["operationState"] == "COMPLETED"
     assert reads == {"TrafficRule": 2, "DnsRule": 2}
+
+
+def test_the_manner_policy_is_given_each_manners_need_from_the_one_reading(monkeypatch):
+    """A dual-format app with no manner named: the policy gets both
+    manners' needs, and the chosen manner's request is the one already
+    made for the policy (each manner's request made once)."""
+    from pathlib import Path
+
+    import yaml
+
+    from mecorch.kernel.states import DeploymentType
+    from mecorch.spec.capacity import Need
+    from mecorch.spec.plan import plan_request
+    appd = yaml.safe_load((Path(__file__).resolve().parents[1]
+                           / "examples/sample-dual-app/Definitions/appd.yaml").read_text())
+    pkg = {"_appd": appd, "_manners": ["CONTAINER", "VM"], "appDId": "sample-dual",
+           "_imageOf": {"CONTAINER": "127.0.0.1:5000/mecorch/sample-http:1.0",
+                        "VM": "sample-dual-vm"}}
+    made = []
+    real = decision.resource_request
+
+    def counting(*a, **kw):
+        made.append(a[2])
+        return real(*a, **kw)
+    monkeypatch.setattr(decision, "resource_request", counting)
+    asked = {}
+
+    def policy(manners, needs, accel):
+        asked.update(needs)
+        return DeploymentType.VM, "the test says VM", ["edge-b"]
+    p = plan_request("i1", pkg, {}, policy)
+    assert asked == {DeploymentType.CONTAINER: Need(0.5, 64, 0.1),
+                     DeploymentType.VM: Need(1.0, 256, 2.0)}
+    assert sorted(m.value for m in made) == ["CONTAINER", "VM"]        # once each
+    assert p.manner is DeploymentType.VM and p.decision.source == "policy"
+    assert p.need == asked[DeploymentType.VM] and p.wanted == ("edge-b",)
+    assert [r.traffic_rule_id for r in p.traffic] == ["sample-dual-vip"]
+    assert [r.dns_rule_id for r in p.dns] == ["sample-dual-dns"]
+    with pytest.raises(AttributeError):
+        p.wanted = ()                                                    # frozen
