@@ -14,7 +14,7 @@ import pytest
 
 from fakes import FakeCompute
 from mecorch.api.status import Health, hosts_view
-from mecorch.driverapi.model import HostCapacity
+from mecorch.driverapi.model import HostCapacity, ResourceRequest
 from mecorch.kernel import config
 from mecorch.kernel.errors import CapacityExceeded
 from mecorch.kernel.states import DeploymentType
@@ -23,6 +23,8 @@ from mecorch.mepm import manner_policy
 from mecorch.mepm.contract import HostInfo
 from mecorch.mepm.inventory import Inventory
 from mecorch.spec.capacity import NOTHING, Need, Room, accel_refusal, shared, shortfall
+from mecorch.spec.decision import Decision
+from mecorch.spec.plan import Plan
 from test_core_orchestration import INST, create, env, onboard  # noqa: F401 (env: fixture)
 
 C = DeploymentType.CONTAINER
@@ -142,16 +144,23 @@ def test_a_slow_backend_does_not_hold_up_placement_on_another_host(tmp_path):
     inv.get("slow").attach("cim", slow)
     inv.get("quick").attach("cim", quick)
     small = Need(0.5, 64, 1.0)
-    held = threading.Thread(target=inv.reserve, args=("a", C, small, ["slow"], {}))
+    held = threading.Thread(target=inv.reserve, args=("a", _plan(small, "slow"), {}))
     held.start()
     try:
         assert slow.asked.wait(5)
         t0 = time.monotonic()
-        assert inv.reserve("b", C, small, ["quick"], {}).id == "quick"
+        assert inv.reserve("b", _plan(small, "quick"), {}).id == "quick"
         assert time.monotonic() - t0 < 1.0
     finally:
         slow.release.set()
         held.join(10)
     assert inv.promised("slow", None) == small and inv.promised("quick", None) == small
     with pytest.raises(CapacityExceeded, match="quick: memory 5000 MB > 4032 MB free"):
-        inv.reserve("c", C, Need(0.5, 5000, 1.0), ["quick"], {"quick": NOTHING})
+        inv.reserve("c", _plan(Need(0.5, 5000, 1.0), "quick"), {"quick": NOTHING})
+
+
+def _plan(need: Need, host: str) -> Plan:
+    """A planned container request of `need` that wants `host`."""
+    request = ResourceRequest("i", "app", C, "127.0.0.1:5000/a/b:1", need.vcpu,
+                              need.memory_mb, need.disk_gb)
+    return Plan(Decision(C, "deploymentType"), request, need, (), (), (host,), False, None)

@@ -337,14 +337,14 @@ class TestDescriptorSpelling:
     dstIpAddress; the check of where a rule steers reads either."""
 
     def test_mec_010_2_names_become_the_rule_s(self):
-        from mecorch.mepm.mep import _descriptor
+        from mecorch.spec.rules import _descriptor
         d = _descriptor({"trafficRuleId": "r", "dstInterface": [
             {"interfaceType": "IP", "dstIPAddress": "10.0.0.1", "dstMACAddress": "02-00-00-00-00-01"}]})
         assert d["dstInterface"] == {"interfaceType": "IP", "dstIpAddress": "10.0.0.1",
                                      "dstMacAddress": "02-00-00-00-00-01"}
 
     def test_both_spellings_of_one_field_are_refused(self):
-        from mecorch.mepm.mep import _descriptor
+        from mecorch.spec.rules import _descriptor
         with pytest.raises(InvalidInput, match="names both dstIPAddress and dstIpAddress"):
             _descriptor({"dstInterface": [{"interfaceType": "IP", "dstIPAddress": "10.0.0.1",
                                            "dstIpAddress": "10.0.0.2"}]})

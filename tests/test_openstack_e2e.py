@@ -29,7 +29,7 @@ import yaml
 from conformance.compute_labs import (CLOUDS_YAML, OS_CLOUD, OS_CONTAINER, OS_NETWORK,
                                       free_port, os_admin, os_owned)
 from conftest import run
-from mecorch.kernel.client import Client
+from mecorch.kernel.client import ApiError, Client
 from mecorch.kernel.fileutil import sha256_file
 from mecorch.package import build_package
 
@@ -172,3 +172,25 @@ def test_forceful_termination(mec):
     assert op["operationState"] == "COMPLETED", op.get("error")
     assert nothing_of(mec, info["id"]) == []
     c.call("DELETE", f"{INST}/{info['id']}")
+
+
+def test_a_retain_volume_is_refused_before_the_202_with_one_message(mec):
+    """This cloud's VIM keeps no data disk beyond its server (no Cinder), as
+    its capabilities declare: a RETAIN volume is a 409 before the 202, with
+    nothing made on the cloud and no op occurrence."""
+    c = mec["c"]
+    inst, _ = c.post(INST, {"appDId": mec["pkg"]["appDId"]})
+    with pytest.raises(ApiError) as refused:
+        c.post(f"{INST}/{inst['id']}/instantiate", {
+            "selectedMECHostInfo": [{"hostId": {"id": mec["host"]}}],
+            "deploymentType": "VM",
+            "virtualStorageDescriptor": [{"id": "sample-vm-data", "sizeOfStorage": 1,
+                                          "deletionPolicy": "RETAIN"}]})
+    detail = refused.value.body["detail"]
+    assert refused.value.status == 409, refused.value.body
+    assert (f"{mec['host']}: volume sample-vm-data is to be retained (RETAIN), but its VIM "
+            "keeps no volume beyond its instance") in detail and detail.count("RETAIN") == 1
+    assert [o for o in c.get("/app_lcm/v1/app_lcm_op_occs")
+            if o["appInstanceId"] == inst["id"]] == []
+    assert nothing_of(mec, inst["id"]) == []
+    c.call("DELETE", f"{INST}/{inst['id']}")

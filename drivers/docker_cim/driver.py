@@ -31,6 +31,7 @@ from mecorch.driverapi.model import (
 from mecorch.kernel.states import DeploymentType, ObservedState
 
 from . import pause
+from . import plan as P
 from .backend import backend_errors, connect, drain, gone_ok, list_containers
 from .plan import (LABEL_HOST, LABEL_INSTANCE, LABEL_MEM_BYTES, LABEL_NANO_CPUS,
                    LABEL_NETWORK, LABEL_RESERVED, LABEL_ROLE, LABEL_VOLUME, Plan, make_plan)
@@ -104,7 +105,11 @@ class DockerCIM(ComputeDriver, Watchable, Revivable, Uninstallable):
         # The local volume driver has no size limit on overlay2/extfs, so
         # VolumeSpec.size_gb is recorded but not enforced.
         return Capabilities(manner=DeploymentType.CONTAINER, graceful_stop=True,
-                            sized_volumes=False, reserved_volumes=True, published_ports=True)
+                            sized_volumes=False, reserved_volumes=True, published_ports=True,
+                            vcpu_min=P.VCPU_MIN, vcpu_max=P.VCPU_MAX,
+                            memory_mb_min=P.MEMORY_MB_MIN, memory_mb_max=P.MEMORY_MB_MAX,
+                            disk_gb_max=P.DISK_GB_MAX, volume_gb_max=P.VOLUME_GB_MAX,
+                            port_protocols=P.PROTOCOLS)
 
     def check(self) -> list[Check]:
         """For `mecorch doctor`: every probe is real; nothing raises."""

@@ -27,7 +27,12 @@ LABEL_NETWORK = "mecorch.network"
 LABEL_NANO_CPUS = "mecorch.nano-cpus"
 LABEL_MEM_BYTES = "mecorch.mem-bytes"
 
-_PROTOCOLS = ("tcp", "udp", "sctp")
+# What one container may ask: declared in DockerCIM.capabilities(), which
+# the core reads at admission, and checked again here before anything is made.
+PROTOCOLS = ("tcp", "udp", "sctp")
+VCPU_MIN, VCPU_MAX = 0.01, 1024
+MEMORY_MB_MIN, MEMORY_MB_MAX = 6, 1024 * 1024         # dockerd's minimum is 6 MB
+DISK_GB_MAX = VOLUME_GB_MAX = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -81,9 +86,9 @@ def make_plan(req: ResourceRequest) -> Plan:
     if req.manner != DeploymentType.CONTAINER:
         raise InvalidInput(f"manner: the Docker CIM deploys containers, not {req.manner}")
     _, repo, tag = validate.split_image_ref(req.image)
-    vcpu = validate.number(req.vcpu, "vcpu", 0.01, 1024)
-    memory_mb = validate.integer(req.memory_mb, "memory_mb", 6, 1024 * 1024)  # dockerd's minimum is 6 MB
-    validate.number(req.disk_gb, "disk_gb", 0, 1024 * 1024)
+    vcpu = validate.number(req.vcpu, "vcpu", VCPU_MIN, VCPU_MAX)
+    memory_mb = validate.integer(req.memory_mb, "memory_mb", MEMORY_MB_MIN, MEMORY_MB_MAX)
+    validate.number(req.disk_gb, "disk_gb", 0, DISK_GB_MAX)
     env = validate.env(dict(req.env))
     command = None
     if req.command:
@@ -107,7 +112,7 @@ def make_plan(req: ResourceRequest) -> Plan:
         if path in mounts:
             raise InvalidInput(f"volumes[{i}].mount_path: {path} is used twice")
         mounts.add(path)
-        size = validate.number(v.size_gb, f"volumes[{i}].size_gb", 0, 1024 * 1024)
+        size = validate.number(v.size_gb, f"volumes[{i}].size_gb", 0, VOLUME_GB_MAX)
         if not isinstance(v.reserved, bool):
             raise InvalidInput(f"volumes[{i}].reserved: must be true or false")
         volumes.append(VolumePlan(volume_name(iid, name), name, path, size, v.reserved))
@@ -115,8 +120,8 @@ def make_plan(req: ResourceRequest) -> Plan:
     ports, exposed = {}, []
     for i, p in enumerate(req.ports):
         port = validate.port(p.port, f"ports[{i}].port")
-        if p.protocol not in _PROTOCOLS:
-            raise InvalidInput(f"ports[{i}].protocol: must be one of {', '.join(_PROTOCOLS)}")
+        if p.protocol not in PROTOCOLS:
+            raise InvalidInput(f"ports[{i}].protocol: must be one of {', '.join(PROTOCOLS)}")
         key = f"{port}/{p.protocol}"
         if (port, p.protocol) in exposed:
             raise InvalidInput(f"ports[{i}]: {key} is given twice")

@@ -46,6 +46,7 @@ from . import storage as S
 from . import xmlrender as X
 from .errors import libvirt_errors
 from .images import VMImageRepo
+from . import request as R
 from .request import validate_request
 from .settings import Settings, parse
 
@@ -185,7 +186,11 @@ class LibvirtVIM(ComputeDriver, Watchable, Uninstallable):
     def capabilities(self) -> Capabilities:
         return Capabilities(manner=DeploymentType.VM, graceful_stop=True, sized_volumes=True,
                             reserved_volumes=True, published_ports=False,
-                            hardware_accel=self._accel_known())
+                            hardware_accel=self._accel_known(),
+                            vcpu_min=R.VCPU_MIN, vcpu_max=R.VCPU_MAX,
+                            memory_mb_min=R.MEMORY_MB_MIN, memory_mb_max=R.MEMORY_MB_MAX,
+                            disk_gb_max=R.DISK_GB_MAX, volume_gb_max=R.VOLUME_GB_MAX,
+                            volumes_max=R.VOLUMES_MAX, port_protocols=R.PROTOCOLS)
 
     def check(self) -> list[Check]:
         from .checks import run_checks      # doctor-only code, kept apart

@@ -10,6 +10,13 @@ from mecorch.driverapi.model import ResourceRequest
 from mecorch.kernel.states import DeploymentType
 
 GIB = 1 << 30
+# What one VM may ask: declared in LibvirtVIM.capabilities(), which the core
+# reads at admission, and checked again here before anything is made.
+VCPU_MIN, VCPU_MAX = 0.01, 64
+MEMORY_MB_MIN, MEMORY_MB_MAX = 32, 1 << 22
+DISK_GB_MAX = VOLUME_GB_MAX = 4096
+VOLUMES_MAX = 20
+PROTOCOLS = ("tcp", "udp")
 
 
 def validate_request(r: ResourceRequest) -> dict:
@@ -20,21 +27,21 @@ def validate_request(r: ResourceRequest) -> dict:
     iid = validate.ident(r.instance_id, "instance_id")
     validate.text(r.app_d_id, "app_d_id")
     validate.ident(r.image, "image")
-    vcpu = max(1, math.ceil(validate.number(r.vcpu, "vcpu", 0.01, 64)))
-    validate.integer(r.memory_mb, "memory_mb", 32, 1 << 22)
-    disk_gb = validate.number(r.disk_gb, "disk_gb", 0, 4096)
-    if len(r.volumes) > 20:
-        raise InvalidInput("volumes: at most 20 data disks")
+    vcpu = max(1, math.ceil(validate.number(r.vcpu, "vcpu", VCPU_MIN, VCPU_MAX)))
+    validate.integer(r.memory_mb, "memory_mb", MEMORY_MB_MIN, MEMORY_MB_MAX)
+    disk_gb = validate.number(r.disk_gb, "disk_gb", 0, DISK_GB_MAX)
+    if len(r.volumes) > VOLUMES_MAX:
+        raise InvalidInput(f"volumes: at most {VOLUMES_MAX} data disks")
     seen = set()
     for i, v in enumerate(r.volumes):
         validate.ident(v.name, f"volumes[{i}].name")
-        validate.number(v.size_gb, f"volumes[{i}].size_gb", 0.001, 4096)
+        validate.number(v.size_gb, f"volumes[{i}].size_gb", 0.001, VOLUME_GB_MAX)
         if v.name == "root" or v.name in seen:
             raise InvalidInput(f"volumes[{i}].name: {v.name!r} is used twice or is 'root'")
         seen.add(v.name)
     for i, p in enumerate(r.ports):
         validate.port(p.port, f"ports[{i}].port")
-        if p.protocol not in ("tcp", "udp"):
+        if p.protocol not in PROTOCOLS:
             raise InvalidInput(f"ports[{i}].protocol: must be tcp or udp")
     # The environment reaches the guest as the fw_cfg file X.FW_CFG_ENV:
     # KEY=VALUE strings, each ended by a NUL (read in the guest from

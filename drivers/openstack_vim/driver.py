@@ -49,6 +49,14 @@ _STATES = {"ACTIVE": ObservedState.RUNNING, "SHUTOFF": ObservedState.STOPPED,
            "PAUSED": ObservedState.STOPPED, "SHELVED": ObservedState.STOPPED,
            "SHELVED_OFFLOADED": ObservedState.STOPPED}
 DELETE_WAIT_S = 180
+# What one VM may ask: declared in OpenStackVIM.capabilities(), which the
+# core reads at admission, and checked again here before anything is made
+# (a reserved volume and a host port are declared unsupported there too).
+VCPU_MIN, VCPU_MAX = 0.01, 256
+MEMORY_MB_MIN, MEMORY_MB_MAX = 32, 1 << 22
+DISK_GB_MAX = VOLUME_GB_MAX = 65536
+VOLUMES_MAX = 20
+PROTOCOLS = ("tcp", "udp")
 
 
 def server_name(iid: str) -> str:
@@ -62,15 +70,15 @@ def validate_request(r: ResourceRequest) -> dict:
     iid = validate.ident(r.instance_id, "instance_id")
     validate.text(r.app_d_id, "app_d_id")
     validate.ident(r.image, "image")
-    vcpu = max(1, math.ceil(validate.number(r.vcpu, "vcpu", 0.01, 256)))
-    memory = validate.integer(r.memory_mb, "memory_mb", 32, 1 << 22)
-    disk_gb = validate.number(r.disk_gb, "disk_gb", 0, 65536)
-    if len(r.volumes) > 20:
-        raise InvalidInput("volumes: at most 20 data disks")
+    vcpu = max(1, math.ceil(validate.number(r.vcpu, "vcpu", VCPU_MIN, VCPU_MAX)))
+    memory = validate.integer(r.memory_mb, "memory_mb", MEMORY_MB_MIN, MEMORY_MB_MAX)
+    disk_gb = validate.number(r.disk_gb, "disk_gb", 0, DISK_GB_MAX)
+    if len(r.volumes) > VOLUMES_MAX:
+        raise InvalidInput(f"volumes: at most {VOLUMES_MAX} data disks")
     seen, sizes = set(), []
     for i, v in enumerate(r.volumes):
         validate.ident(v.name, f"volumes[{i}].name")
-        size = validate.number(v.size_gb, f"volumes[{i}].size_gb", 0.001, 65536)
+        size = validate.number(v.size_gb, f"volumes[{i}].size_gb", 0.001, VOLUME_GB_MAX)
         if v.name == "root" or v.name in seen:
             raise InvalidInput(f"volumes[{i}].name: {v.name!r} is used twice or is 'root'")
         if v.reserved:
@@ -81,7 +89,7 @@ def validate_request(r: ResourceRequest) -> dict:
         sizes.append(max(1, math.ceil(size)))           # Nova sizes disks in whole GB
     for i, p in enumerate(r.ports):
         validate.port(p.port, f"ports[{i}].port")
-        if p.protocol not in ("tcp", "udp"):
+        if p.protocol not in PROTOCOLS:
             raise InvalidInput(f"ports[{i}].protocol: must be tcp or udp")
         if p.host_port is not None:
             raise UnsupportedAction(f"ports[{i}].host_port: a VM is reached by its own "
@@ -181,7 +189,11 @@ class OpenStackVIM(ComputeDriver):
     def capabilities(self) -> Capabilities:
         return Capabilities(manner=DeploymentType.VM, graceful_stop=True, sized_volumes=True,
                             reserved_volumes=False, published_ports=False,
-                            hardware_accel="")
+                            hardware_accel="",
+                            vcpu_min=VCPU_MIN, vcpu_max=VCPU_MAX,
+                            memory_mb_min=MEMORY_MB_MIN, memory_mb_max=MEMORY_MB_MAX,
+                            disk_gb_max=DISK_GB_MAX, volume_gb_max=VOLUME_GB_MAX,
+                            volumes_max=VOLUMES_MAX, port_protocols=PROTOCOLS)
 
     def check(self) -> list[Check]:
         from .checks import run_checks          # doctor-only code, kept apart

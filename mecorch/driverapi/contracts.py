@@ -41,13 +41,49 @@ ENTRY_POINT_GROUP = DRIVER_GROUP
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a driver can do, stated up front rather than found by failing."""
+    """What a driver can do, stated up front rather than found by failing.
+
+    The core reads it at admission, before the 202 (`spec.capacity.
+    unfit_for`, through placement: a host whose driver cannot take the
+    request is not a fit): `reserved_volumes`, `published_ports`,
+    `hardware_accel` and the declared limits of one instance below (None:
+    none declared). A driver's own checks in `deploy` use the same numbers,
+    so they never refuse a request the core admitted."""
     manner: DeploymentType | None       # None for the MEP
     graceful_stop: bool = True          # stop() tries a clean stop first
     sized_volumes: bool = False         # VolumeSpec.size_gb is enforced
-    reserved_volumes: bool = True       # VolumeSpec.reserved is honoured
-    published_ports: bool = False       # PortSpec.host_port is honoured
+    reserved_volumes: bool = True       # VolumeSpec.reserved (RETAIN) is honoured
+    published_ports: bool = False       # PortSpec.host_port is honoured (else refused)
     hardware_accel: str = ""            # VIM: "kvm" or "tcg" once probed
+    vcpu_min: float | None = None       # vCPUs of one instance
+    vcpu_max: float | None = None
+    memory_mb_min: int | None = None    # memory of one instance, MB
+    memory_mb_max: int | None = None
+    disk_gb_max: float | None = None    # its system disk (root filesystem), GB
+    volume_gb_max: float | None = None  # one volume, GB
+    volumes_max: int | None = None      # volumes of one instance
+    port_protocols: tuple[str, ...] | None = None   # PortSpec.protocol it serves
+
+    # What admission reads besides hardware_accel: sent in a host's report
+    # to an MEO (mepm/contract.py), so the MEO admits by the same numbers.
+    ADMISSION: ClassVar[tuple[str, ...]] = (
+        "reserved_volumes", "published_ports", "vcpu_min", "vcpu_max", "memory_mb_min",
+        "memory_mb_max", "disk_gb_max", "volume_gb_max", "volumes_max", "port_protocols")
+
+    def admission(self) -> dict[str, Any]:
+        """The ADMISSION fields as plain JSON values."""
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k in self.ADMISSION for v in [getattr(self, k)]}
+
+    @classmethod
+    def admitting(cls, manner: DeploymentType, declared: dict[str, Any],
+                  hardware_accel: str = "") -> "Capabilities":
+        """Capabilities from `admission()`'s values (a host's report);
+        fields not given keep their defaults."""
+        got = {k: declared[k] for k in cls.ADMISSION if k in declared}
+        if got.get("port_protocols") is not None:
+            got["port_protocols"] = tuple(got["port_protocols"])
+        return cls(manner=manner, hardware_accel=hardware_accel, **got)
 
 
 class Driver(abc.ABC):

@@ -4,9 +4,12 @@ The MEO keeps the OSS's instance resources and op occurrences; the work is
 done by the MEPM of the host each instance is placed on, reached through
 the MEPM contract. An instantiate:
 
-1. decides the manner and the resource needs (the same pure code as a
-   host), places the instance (`placement.place`) and reserves its needs
-   in the registry until the host's own ledger holds them;
+1. plans the request (`spec.plan.plan_request`, the same pure code as a
+   host: orchestrationInfo parsed once, the manner, the resource request,
+   the rules validated), places it (`placement.place_plan`) and reserves
+   its need in the registry until the host's own ledger holds them; the
+   host is sent the same MEC 010-2 body with the manner and host named,
+   and plans it once on its side against its own host;
 2. journals the op occurrence, then, as recorded steps: makes the package
    onboarded on the host (on first use), creates the host's instance
    resource, dispatches the host's instantiate, and follows the host's op
@@ -37,18 +40,18 @@ from mecorch.spec import decision
 from mecorch.kernel import validate
 from mecorch.kernel.errors import (
     BackendUnavailable, Conflict, InvalidInput, MecorchError, NotFound, Timeout)
-from mecorch.spec.capacity import need_of
 from mecorch.kernel.journal import Journal
 from mecorch.kernel.locks import exclusive
 from mecorch.mepm.lcm import (
-    INSTANTIATE_FIELDS, InstanceQueries, create_instance, fingerprint, idempotency_mismatch,
-    parse_operate, parse_terminate, selected_hosts)
+    InstanceQueries, create_instance, fingerprint, idempotency_mismatch, parse_operate,
+    parse_terminate)
 from mecorch.kernel.states import (
-    DeploymentType, InstantiationState, LcmOperation, OperationState, TerminationType)
+    InstantiationState, LcmOperation, OperationState, TerminationType)
 from mecorch.kernel.store import Store
 from mecorch.kernel.timeutil import public
 from mecorch.kernel.workers import Workers
 from mecorch.spec import placement
+from mecorch.spec.plan import INSTANTIATE_FIELDS, plan_request, selected_hosts
 from mecorch.meo.registry import UNREACHABLE, HostEntry, Registry
 
 log = logging.getLogger("mecorch.meo.lcm")
@@ -129,31 +132,22 @@ class SystemLcm(InstanceQueries):
             if inst["instantiationState"] != NOT_INSTANTIATED:
                 raise Conflict(f"app instance {instance_id} is already INSTANTIATED")
             pkg = self.packages.usable(inst["appDId"], inst.get("appPkgId"))
-            wanted = selected_hosts(body)
-            recorded = pkg.get("_manners") or [pkg["_manner"]]
-            choice = decision.decide_manner(body, recorded,
-                                            self._chooser(instance_id, pkg, body, wanted))
-            # validates the whole request as the host will (400 here, not later)
-            request = decision.resource_request(instance_id, pkg["_appd"], choice.manner,
-                                                _image_of(pkg, choice.manner), body)
-            need = need_of(request)
-            max_latency = placement.max_latency_ns(pkg["_appd"])
+            # the request read once, validated as the host will (400 here,
+            # not after the 202); the host reads the same body once on its side
+            p = plan_request(instance_id, pkg, body, self._chooser(pkg, selected_hosts(body)))
             with self._place_lock:
-                accel = choice.manner is DeploymentType.VM and \
-                    decision.accel_required(pkg["_appd"])
-                host_id = placement.place(choice.manner, need, self.registry.candidates(),
-                                          wanted, max_latency, accel)
-                self.registry.reserve(host_id, instance_id, need)
+                host_id = placement.place_plan(p, self.registry.candidates())
+                self.registry.reserve(host_id, instance_id, p.need)
             try:
                 # the host decides the same manner: it is told it explicitly
                 host_body = {k: v for k, v in body.items()
                              if k not in decision.TYPE_FIELDS and k != "selectedMECHostInfo"}
-                host_body["deploymentType"] = choice.manner.value
+                host_body["deploymentType"] = p.manner.value
                 host_body["selectedMECHostInfo"] = [{"hostId": {"id": host_id}}]
                 op = self.journal.start(instance_id, LcmOperation.INSTANTIATE, {
-                    "hostId": host_id, "manner": choice.manner.value,
-                    "decidedBy": choice.source, "body": host_body, "pkgId": pkg["id"]})
-                op["decisionReason"] = choice.reason                # mecorch extension
+                    "hostId": host_id, "manner": p.manner.value,
+                    "decidedBy": p.decision.source, "body": host_body, "pkgId": pkg["id"]})
+                op["decisionReason"] = p.decision.reason            # mecorch extension
                 self.store.put("op_occs", op["id"], op)
                 inst["_opId"] = op["id"]
                 self.store.put("instances", instance_id, inst)
@@ -168,21 +162,17 @@ class SystemLcm(InstanceQueries):
         self._pool.submit(self._guarded, instance_id, self._run_instantiate, op)
         return public(op)
 
-    def _chooser(self, instance_id: str, pkg: dict, body: dict, wanted: list[str]):
-        """The manner policy of a dual-format app whose request names none,
-        over what the hosts last reported (decision.choose_manner is pure)."""
-        appd = pkg["_appd"]
-
-        def choose(manners):
-            needs = {m: need_of(decision.resource_request(instance_id, appd, m,
-                                                        _image_of(pkg, m), body))
-                     for m in manners}
-            accel = DeploymentType.VM in manners and decision.accel_required(appd)
+    def _chooser(self, pkg: dict, wanted: list[str]):
+        """The manner policy of a dual-format app whose request names none
+        (a `spec.plan.Chooser`), over what the hosts last reported
+        (decision.choose_manner is pure), from the needs the plan computed."""
+        def choose(manners, needs, accel):
             facts = [placement.facts(c) for c in self.registry.candidates()
                      if c.reachable and (not wanted or c.host_id in wanted)]
             pref, source = decision.preference_for(self.orchestrator_cfg, pkg["appDId"])
-            return decision.choose_manner(manners, facts, pref, needs, accel,
-                                          source or "the configured preference")
+            manner, reason = decision.choose_manner(manners, facts, pref, needs, accel,
+                                                    source or "the configured preference")
+            return manner, reason, []       # placement then picks among all the hosts
         return choose
 
     def _run_instantiate(self, op: dict) -> None:
@@ -498,11 +488,6 @@ class SystemLcm(InstanceQueries):
 def _is_graceful_terminate(op: dict) -> bool:
     return op["lcmOperation"] == LcmOperation.TERMINATE.value and \
         op["_plan"].get("body", {}).get("terminationType") == TerminationType.GRACEFUL.value
-
-
-
-def _image_of(pkg: dict, manner: DeploymentType) -> str:
-    return (pkg.get("_imageOf") or {}).get(manner.value) or pkg.get("_image") or ""
 
 
 def _host_failure(host_id: str, host_op: dict) -> MecorchError:

@@ -307,6 +307,8 @@ def candidate(host_id: str, reachable: bool, info: HostInfo | None,
     if info is None:
         return Candidate(host_id, False)
     vm = info.manners.get(DeploymentType.VM.value)
+    caps = {m: cap.capabilities(m) for m, cap in info.manners.items()}
     return Candidate(host_id, reachable,
                      {m: cap.room().reserving(reserved) for m, cap in info.manners.items()},
-                     vm.accel if vm else "", info.latency_ms)
+                     vm.accel if vm else "", info.latency_ms,
+                     {m: c for m, c in caps.items() if c is not None})

@@ -32,6 +32,7 @@ from __future__ import annotations
 import abc
 from dataclasses import asdict, dataclass, field
 
+from mecorch.driverapi.contracts import Capabilities
 from mecorch.kernel.states import DeploymentType
 from mecorch.spec.capacity import Room
 
@@ -48,11 +49,20 @@ class MannerCapacity:
     disk_gb_total: float
     disk_gb_used: float
     accel: str = ""             # VM: "kvm" | "tcg" once probed
+    # what its driver declares it admits (Capabilities.admission()); {}: unknown
+    admits: dict = field(default_factory=dict)
 
     def room(self) -> Room:
         """As `spec.capacity` reckons room (the host's own computation, sent)."""
         return Room(self.vcpu_total, self.memory_mb_total, self.disk_gb_total,
                     self.vcpu_used, self.memory_mb_used, self.disk_gb_used)
+
+    def capabilities(self, manner: str) -> Capabilities | None:
+        """The driver's declared capabilities as admission reads them (None
+        when the host reported none)."""
+        if not self.admits:
+            return None
+        return Capabilities.admitting(DeploymentType(manner), self.admits, self.accel)
 
 
 @dataclass(frozen=True)
@@ -67,7 +77,8 @@ class HostInfo:
 
     def to_dict(self) -> dict:
         return {"hostId": self.host_id, "latencyMs": self.latency_ms, "mp1Url": self.mp1_url,
-                "capacity": {m: _camel(asdict(c)) for m, c in self.manners.items()}}
+                "capacity": {m: {**_camel(asdict(c)), "admits": _camel(c.admits)}
+                             for m, c in self.manners.items()}}
 
     @classmethod
     def from_dict(cls, d: dict) -> "HostInfo":
@@ -77,10 +88,16 @@ class HostInfo:
             manners[m] = MannerCapacity(
                 float(c["vcpuTotal"]), float(c["vcpuUsed"]), int(c["memoryMbTotal"]),
                 int(c["memoryMbUsed"]), float(c["diskGbTotal"]), float(c["diskGbUsed"]),
-                str(c.get("accel") or ""))
+                str(c.get("accel") or ""), _snake(c.get("admits") or {}))
         lat = d.get("latencyMs")
         return cls(str(d["hostId"]), manners, float(lat) if lat is not None else None,
                    d.get("mp1Url"))
+
+
+def _snake(d: dict) -> dict:
+    """The inverse of `_camel` for the declared capabilities."""
+    names = {_camel({k: None}).popitem()[0]: k for k in Capabilities.ADMISSION}
+    return {names[k]: v for k, v in d.items() if k in names}
 
 
 def _camel(d: dict) -> dict:

@@ -1,5 +1,6 @@
 """What an edge host reports of itself to an MEO: the manners it runs, the
-capacity it can still promise for each, its declared latency. Served as
+capacity it can still promise for each and what its driver declares it
+admits (`Capabilities.admission`), its declared latency. Served as
 the `/mecorch/v1/hosts` extension (ETSI has no host inventory resource)."""
 
 from __future__ import annotations
@@ -18,16 +19,16 @@ def host_info(orch, host_id: str) -> HostInfo:
         if not host.has(manner):
             continue
         room = orch.inventory.room(host_id, manner, used)
-        accel = ""
-        if manner is DeploymentType.VM:
-            try:
-                accel = host.compute(manner).capabilities().hardware_accel
-            except MecorchError:
-                accel = ""
+        try:
+            caps = host.compute(manner).capabilities()
+        except MecorchError:
+            caps = None
         manners[manner.value] = MannerCapacity(
             vcpu_total=room.vcpu_total, vcpu_used=room.vcpu_used,
             memory_mb_total=room.memory_mb_total, memory_mb_used=room.memory_mb_used,
-            disk_gb_total=room.disk_gb_total, disk_gb_used=room.disk_gb_used, accel=accel)
+            disk_gb_total=room.disk_gb_total, disk_gb_used=room.disk_gb_used,
+            accel=caps.hardware_accel if caps and manner is DeploymentType.VM else "",
+            admits=caps.admission() if caps else {})
     mepm_cfg = orch.cfg.get("mepm") or {}
     lat = mepm_cfg.get("latency_ms")
     return HostInfo(host_id, manners, float(lat) if lat is not None else None,

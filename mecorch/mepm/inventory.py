@@ -109,34 +109,34 @@ class Inventory:
             raise NotFound(f"unknown edge host {host_id!r}; known: {', '.join(self.hosts)}")
         return host
 
-    def reserve(self, instance_id: str, manner: DeploymentType, need: Need,
-                wanted: list[str], used: dict[str, Need], accel: bool = False,
-                max_latency_ns: int | None = None) -> EdgeHost:
-        """Place the instance with the one placement engine
-        (`spec.placement.place`: the MEO's rules over this process's hosts)
-        and hold its resources until `release`. `wanted`: hosts named in
-        selectedMECHostInfo (any of them will do), empty for "any host".
-        `used`: per host, what instances in the store already hold. `accel`:
-        the AppD asks for hardware acceleration, which a VM only gets from a
-        KVM VIM. Raises CapacityExceeded naming each host, changing nothing."""
-        hosts = [self.get(h) for h in wanted] if wanted else list(self.hosts.values())
+    def reserve(self, instance_id: str, plan, used: dict[str, Need]) -> EdgeHost:
+        """Place the planned request (`spec.plan.Plan`) with the one
+        placement engine (`spec.placement.place`: the MEO's rules over this
+        process's hosts, each host's driver capabilities included) and
+        hold its resources until `release`. `plan.wanted`: hosts named in
+        selectedMECHostInfo or found fit by the manner policy (any of them
+        will do), empty for "any host". `used`: per host, what instances in
+        the store already hold. Raises CapacityExceeded naming each host,
+        changing nothing."""
+        manner = plan.manner
+        hosts = [self.get(h) for h in plan.wanted] if plan.wanted else list(self.hosts.values())
         hosts = [h for h in hosts if h.has(manner)]
         if not hosts:
             raise InvalidInput(f"no selected edge host can run {manner.value} instances")
         # The backends are asked before the lock (their answers are cached;
         # an expired cache costs a backend call that must not block others).
         totals = {h.id: h.totals(manner) for h in hosts}
-        vm_accel = {h.id: h.compute(manner).capabilities().hardware_accel
-                    for h in hosts} if accel and manner is DeploymentType.VM else {}
+        caps = {h.id: h.compute(manner).capabilities() for h in hosts}
         with self._lock:
             candidates = [placement.Candidate(
                 h.id, True, {manner.value: Room.of(totals[h.id], self._ratio,
                                                    used.get(h.id, NOTHING),
                                                    self._inflight_on(h.id))},
-                vm_accel.get(h.id, ""), self.latency_ms) for h in hosts]
-            chosen = placement.place(manner, need, candidates, [h.id for h in hosts],
-                                     max_latency_ns, accel)
-            self._inflight[instance_id] = (chosen, need)
+                caps[h.id].hardware_accel, self.latency_ms, {manner.value: caps[h.id]})
+                for h in hosts]
+            chosen = placement.place(manner, plan.need, candidates, [h.id for h in hosts],
+                                     plan.max_latency_ns, plan.accel, plan.request)
+            self._inflight[instance_id] = (chosen, plan.need)
         return self.hosts[chosen]
 
     def candidates(self, used: dict[str, Need], host_ids: list[str] | None = None

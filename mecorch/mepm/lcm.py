@@ -1,9 +1,10 @@
 """Application instance lifecycle (ETSI MEC 010-2 app_lcm): the heart of the
 unified orchestration function.
 
-instantiate = decide the manner, pick a host with room, ask the CIM or the
-VIM for the resources, ask the MEP for the rules, answer with what was
-allocated; terminate = notify the app, stop, remove rules, release
+instantiate = plan the request once (`spec.plan`: the manner, the
+resources, the rules), pick a host with room, claim the rules' addresses
+and names there, ask the CIM or the VIM for the resources, ask the MEP for
+the rules, answer with what was allocated; terminate = notify the app, stop, remove rules, release
 resources by the manner recorded for the instance (a FORCEFUL terminate
 supersedes a GRACEFUL one still waiting for the app). Each runs as an op
 occurrence in a worker thread; every step is journalled before and after,
@@ -28,8 +29,8 @@ from mecorch.driverapi.contracts import ComputeDriver
 from mecorch.kernel.errors import (
     Conflict, IdempotencyMismatch, InvalidInput, MecorchError, NotFound)
 from mecorch.mepm.inventory import EdgeHost, Inventory
-from mecorch.spec import placement
-from mecorch.spec.capacity import Need, need_of
+from mecorch.spec.capacity import Need
+from mecorch.spec.plan import INSTANTIATE_FIELDS, plan_request, selected_hosts
 from mecorch.kernel.journal import LCM, Journal
 from mecorch.kernel.locks import exclusive
 from mecorch.mepm.mep import MepService
@@ -173,35 +174,26 @@ class Lcm(InstanceQueries):
             if inst["instantiationState"] != InstantiationState.NOT_INSTANTIATED.value:
                 raise Conflict(f"app instance {instance_id} is already INSTANTIATED")
             pkg = self.packages.usable(inst["appDId"], inst.get("appPkgId"))
-            # A dual-format app records both manners; with none named the
-            # policy chooses from host facts (decision.choose_manner).
-            recorded = pkg.get("_manners") or [pkg["_manner"]]
-            images = pkg.get("_imageOf") or {pkg["_manner"]: pkg["_image"]}
+            # The request read once (spec/plan.py); a dual-format app with no
+            # manner named gets one from the policy over the host facts.
+            used = self.used_by_host()
             chooser = manner_policy.PolicyChooser(
-                self.inventory, self._orchestrator_cfg, instance_id, inst["appDId"],
-                pkg["_appd"], images, body, selected_hosts(body), self.used_by_host())
-            choice = decision.decide_manner(body, recorded, chooser)
-            request = decision.resource_request(
-                instance_id, pkg["_appd"], choice.manner, images[choice.manner.value], body)
+                self.inventory, self._orchestrator_cfg, inst["appDId"], selected_hosts(body),
+                used)
+            p = plan_request(instance_id, pkg, body, chooser)
             # The app's Mp1 credential: only its digest is stored; the token
             # itself goes to the app's environment, never into the journal.
             app_token, app_token_digest = self.mep.new_app_token()
-            traffic, dns = self.mep.initial_rules(pkg["_appd"], body)
-            wanted = chooser.fit_hosts or selected_hosts(body)
-            need = need_of(request)
-            accel = choice.manner is DeploymentType.VM and decision.accel_required(pkg["_appd"])
-            host = self.inventory.reserve(instance_id, choice.manner, need, wanted,
-                                          self.used_by_host(), accel,
-                                          placement.max_latency_ns(pkg["_appd"]))
+            host = self.inventory.reserve(instance_id, p, used)
             try:
                 # First: the rules claim their addresses and names on the
                 # host (400/409 here, before anything is made or journalled).
-                self.mep.set_rules(instance_id, traffic, dns, host)
+                self.mep.set_rules(instance_id, p.traffic, p.dns, host)
                 op = self.journal.start(instance_id, LcmOperation.INSTANTIATE, {
-                    "hostId": host.id, "manner": choice.manner.value,
-                    "decidedBy": choice.source, "request": _request_doc(request),
-                    "need": dataclasses.asdict(need)})
-                op["decisionReason"] = choice.reason                # mecorch extension
+                    "hostId": host.id, "manner": p.manner.value,
+                    "decidedBy": p.decision.source, "request": _request_doc(p.request),
+                    "need": dataclasses.asdict(p.need)})
+                op["decisionReason"] = p.decision.reason            # mecorch extension
                 self.store.put("op_occs", op["id"], op)
                 inst["_opId"] = op["id"]
                 inst["_mp1Token"] = app_token_digest
@@ -215,8 +207,9 @@ class Lcm(InstanceQueries):
                 raise
             self._busy.add(instance_id)
             self._live.add(op["id"])
-        request = dataclasses.replace(request, env={
-            **request.env, **self.mep.app_env(instance_id, app_token, host, choice.manner)})
+        # the one value the plan made, with the Mp1 credential the app is told
+        request = dataclasses.replace(p.request, env={
+            **p.request.env, **self.mep.app_env(instance_id, app_token, host, p.manner)})
         self._pool.submit(self._guarded, instance_id, self._run_instantiate, op, request, host)
         return public(op)
 
@@ -555,11 +548,6 @@ class Lcm(InstanceQueries):
         return used
 
 
-# InstantiateAppRequest as mecorch defines it: ETSI's attributes and
-# mecorch's documented extensions (a misspelling of one is refused).
-INSTANTIATE_FIELDS = ("selectedMECHostInfo", "locationConstraints", "vimConnectionInfo",
-                      "virtualComputeDescriptor", "virtualStorageDescriptor",
-                      *decision.TYPE_FIELDS, "orchestrationInfo", "appTrafficRule", "appDNSRule")
 TERMINATE_FIELDS = ("terminationType", "gracefulTerminationTimeout", *decision.TYPE_FIELDS)
 
 
@@ -667,21 +655,6 @@ def new_instance_doc(iid: str, body: dict, pkg: dict) -> dict:
                    "terminate": {"href": f"{href}/terminate"},
                    "operate": {"href": f"{href}/operate"}},
     }
-
-
-def selected_hosts(body: dict) -> list[str]:
-    """Host ids named in selectedMECHostInfo (MECHostInformation.hostId is
-    KeyValuePairs in the spec; mecorch reads {"id": ...} or a plain string)."""
-    infos = body.get("selectedMECHostInfo") or []
-    if not isinstance(infos, list):
-        raise InvalidInput("selectedMECHostInfo must be an array of MECHostInformation")
-    ids = []
-    for i, info in enumerate(infos):
-        hid = info.get("hostId") if isinstance(info, dict) else None
-        if isinstance(hid, dict):
-            hid = hid.get("id")
-        ids.append(validate.ident(hid, f"selectedMECHostInfo[{i}].hostId"))
-    return ids
 
 
 def _destroy(compute: ComputeDriver, instance_id: str, handle: dict | None) -> None:

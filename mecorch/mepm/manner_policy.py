@@ -10,13 +10,13 @@ what mecorch already promised there.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from mecorch.spec import decision
 from mecorch.spec.decision import HostFacts
 from mecorch.mepm.inventory import Inventory
 from mecorch.spec import placement
-from mecorch.spec.capacity import Need, need_of
+from mecorch.spec.capacity import Need
 from mecorch.kernel.states import DeploymentType
 
 
@@ -29,31 +29,23 @@ def host_facts(inventory: Inventory, host_ids: list[str],
 
 @dataclass
 class PolicyChooser:
-    """The `choose` callback of decision.decide_manner for one
-    instantiation: gathers the facts only when the policy is needed, and
-    remembers which hosts fit the chosen manner (`fit_hosts`), so the
-    reservation goes to one of them."""
+    """The manner policy of one instantiation (a `spec.plan.Chooser`):
+    gathers the facts only when the policy is needed, from the needs the
+    plan computed for each manner, and names the hosts that fit the chosen
+    manner, so the reservation goes to one of them."""
     inventory: Inventory
     orchestrator_cfg: dict
-    instance_id: str
     app_d_id: str
-    appd: dict
-    images: dict[str, str]                  # manner value -> stored image
-    body: dict
     wanted: list[str]
     used: dict[str, Need]
-    fit_hosts: list[str] = field(default_factory=list)
 
-    def __call__(self, manners: tuple[DeploymentType, ...]) -> tuple[DeploymentType, str]:
-        needs = {m: need_of(decision.resource_request(self.instance_id, self.appd, m,
-                                                      self.images[m.value], self.body))
-                 for m in manners}
-        accel = DeploymentType.VM in manners and decision.accel_required(self.appd)
+    def __call__(self, manners: tuple[DeploymentType, ...], needs: dict[DeploymentType, Need],
+                 accel: bool) -> tuple[DeploymentType, str, list[str]]:
         facts = host_facts(self.inventory, self.wanted, self.used)
         pref, source = decision.preference_for(self.orchestrator_cfg, self.app_d_id)
         manner, reason = decision.choose_manner(manners, facts, pref, needs, accel,
                                                 source or "the configured preference")
-        self.fit_hosts = [h.host_id for h in facts
-                          if decision.can_run(h, manner, accel and manner is DeploymentType.VM)
-                          is None and decision.room_for(h, needs[manner]) is None]
-        return manner, reason
+        fit = [h.host_id for h in facts
+               if decision.can_run(h, manner, accel and manner is DeploymentType.VM)
+               is None and decision.room_for(h, needs[manner]) is None]
+        return manner, reason, fit

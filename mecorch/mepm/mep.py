@@ -55,6 +55,7 @@ import logging
 import secrets
 import threading
 import time
+from typing import Sequence
 
 from mecorch.kernel import logs, outbound
 from mecorch.spec import rules as R
@@ -62,7 +63,7 @@ from mecorch.kernel.errors import (
     Conflict, InvalidInput, MecorchError, NotFound, PreconditionFailed)
 from mecorch.driverapi.contracts import DnsOnAppNetworks
 from mecorch.mepm.inventory import EdgeHost, Inventory
-from mecorch.spec.rules import DnsRule, TrafficRule, unique_ids
+from mecorch.spec.rules import DnsRule, TrafficRule
 from mecorch.kernel.states import DeploymentType
 from mecorch.kernel.store import Store
 from mecorch.kernel.timeutil import new_id
@@ -99,37 +100,21 @@ class MepService:
         self.notify_timeout_s = float(cfg["api"]["notify_timeout_s"])
 
     # ------------------------------------------------------------ rule sets
-    def initial_rules(self, appd: dict, request: dict) -> tuple[list[dict], list[dict]]:
-        """The instance's rules from the AppD's descriptors (state ACTIVE),
-        validated, as ETSI TrafficRule / DnsRule documents. The request may
-        replace them with its own appTrafficRule / appDNSRule arrays."""
-        traffic_src = request.get("appTrafficRule", appd.get("appTrafficRule") or [])
-        dns_src = request.get("appDNSRule", appd.get("appDNSRule") or [])
-        if not isinstance(traffic_src, list) or not isinstance(dns_src, list):
-            raise InvalidInput("appTrafficRule and appDNSRule must be arrays")
-        traffic = [TrafficRule.from_etsi({"state": "ACTIVE", **_descriptor(d)},
-                                         f"appTrafficRule[{i}]")
-                   for i, d in enumerate(traffic_src)]
-        dns = [DnsRule.from_etsi({"state": "ACTIVE", **_descriptor(d)}, f"appDNSRule[{i}]")
-               for i, d in enumerate(dns_src)]
-        unique_ids(traffic, "traffic_rule_id", "appTrafficRule")
-        unique_ids(dns, "dns_rule_id", "appDNSRule")
-        return [r.to_etsi() for r in traffic], [r.to_etsi() for r in dns]
-
-    def set_rules(self, instance_id: str, traffic: list[dict], dns: list[dict],
-                  host: EdgeHost | None = None) -> None:
-        """Record the instance's rule set (applied later by `apply`). With
-        `host`, the set claims its addresses and names there: checked
+    def set_rules(self, instance_id: str, traffic: Sequence[TrafficRule],
+                  dns: Sequence[DnsRule], host: EdgeHost | None = None) -> None:
+        """Record the instance's rule set, validated values (the planned
+        request's), stored as ETSI documents (applied later by `apply`).
+        With `host`, the set claims its addresses and names there: checked
         against every other claim of that host and taken atomically
         (InvalidInput / Conflict with nothing recorded)."""
         inst = self.store.get("instances", instance_id) or {}
-        doc = {"id": instance_id, "trafficRules": traffic, "dnsRules": dns, "hostId": None,
-               "targetIp": None,
+        doc = {"id": instance_id, "trafficRules": [r.to_etsi() for r in traffic],
+               "dnsRules": [r.to_etsi() for r in dns], "hostId": None, "targetIp": None,
                "appDId": inst.get("appDId"), "claimHost": host.id if host else None}
         with self._lock:
-            check_targets(doc)
+            check_targets(traffic, None)
             if host is not None:
-                self.check_claims(host, instance_id, doc)
+                self.check_claims(host, instance_id, traffic, dns, doc["appDId"])
             self.store.put("rules", instance_id, doc)
 
     def release(self, instance_id: str) -> None:
@@ -142,16 +127,16 @@ class MepService:
                 self.store.put("rules", instance_id, doc)
 
     # ------------------------------------------------------------ ownership
-    def check_claims(self, host: EdgeHost, instance_id: str, doc: dict) -> None:
-        """Refuse a rule set that leaves the host's service range or MEC
-        domain, or claims the bare domain (InvalidInput), or takes what
-        another instance of the host claims (Conflict naming it). Called
-        with the ledger lock held, after `check_targets`."""
+    def check_claims(self, host: EdgeHost, instance_id: str, traffic: Sequence[TrafficRule],
+                     dns: Sequence[DnsRule], app_d_id: str | None) -> None:
+        """Refuse a rule set (values) that leaves the host's service range
+        or MEC domain, or claims the bare domain (InvalidInput), or takes
+        what another instance of the host claims (Conflict naming it).
+        Each other claim's stored set is read once. Called with the ledger
+        lock held, after `check_targets`."""
         mep = host.section("mep")
         service = mep.get("service_cidr")
         domain = mep.get("dns_domain")
-        traffic = [TrafficRule.from_etsi(r) for r in doc["trafficRules"]]
-        dns = [DnsRule.from_etsi(r) for r in doc["dnsRules"]]
         if service:
             for rule in traffic:
                 bad = R.outside(rule, service)
@@ -183,9 +168,8 @@ class MepService:
                                 f"trafficRule {d.rule_id}: {where} is steered by instance "
                                 f"{other_id} (app {other.get('appDId')}, trafficRule "
                                 f"{theirs.rule_id})")
-            same_app = doc.get("appDId") is not None and other.get("appDId") == doc["appDId"]
-            if same_app:
-                continue
+            if app_d_id is not None and other.get("appDId") == app_d_id:
+                continue            # the same app's replicas share names
             for rule in other["dnsRules"]:
                 name = rule["domainName"]
                 if name in names:
@@ -207,10 +191,11 @@ class MepService:
     def apply(self, host: EdgeHost, instance_id: str, target_ip: str | None) -> None:
         doc = self._rules(instance_id)
         doc.update(hostId=host.id, targetIp=target_ip)
+        traffic, dns = rule_values(doc)         # the stored set, read once
         # Against the address the set is applied to now (a set stored before
         # this check existed, or an instance that moved, is refused here).
-        check_targets(doc)
-        self._push(host, instance_id, doc)
+        check_targets(traffic, target_ip)
+        self._push(host, instance_id, target_ip, traffic, dns)
         self.store.put("rules", instance_id, doc)
 
     def remove(self, host: EdgeHost, instance_id: str) -> None:
@@ -229,15 +214,14 @@ class MepService:
         for sub in self.store.list("subscriptions", appInstanceId=instance_id):
             self.store.delete("subscriptions", sub["id"])
 
-    def _push(self, host: EdgeHost, instance_id: str, doc: dict) -> None:
+    def _push(self, host: EdgeHost, instance_id: str, target_ip: str | None,
+              traffic: Sequence[TrafficRule], dns: Sequence[DnsRule]) -> None:
         mep = host.mep()
         if mep is None:
-            if doc["trafficRules"] or doc["dnsRules"]:
+            if traffic or dns:
                 raise Conflict(f"edge host {host.id!r} has no MEP configured for the rules")
             return
-        mep.apply_rules(instance_id, doc["targetIp"],
-                        [TrafficRule.from_etsi(r) for r in doc["trafficRules"]],
-                        [DnsRule.from_etsi(r) for r in doc["dnsRules"]])
+        mep.apply_rules(instance_id, target_ip, list(traffic), list(dns))
 
     def _rules(self, instance_id: str) -> dict:
         doc = self.store.get("rules", instance_id)
@@ -352,15 +336,18 @@ class MepService:
         with self._lock:
             doc = self._rules(instance_id)
             doc[key] = [new if r[id_field] == rule_id else r for r in doc[key]]
+            traffic, dns = rule_values(doc)     # the new set, read once
             claim = doc.get("claimHost", doc.get("hostId"))
             # Checked (where it sends traffic; then against the other claims)
             # with the lock held, then applied: nothing is applied or stored
             # when refused.
-            check_targets(doc)
+            check_targets(traffic, doc.get("targetIp"))
             if claim:
-                self.check_claims(self.inventory.get(claim), instance_id, doc)
+                self.check_claims(self.inventory.get(claim), instance_id, traffic, dns,
+                                  doc.get("appDId"))
             if doc.get("hostId"):
-                self._push(self.inventory.get(doc["hostId"]), instance_id, doc)
+                self._push(self.inventory.get(doc["hostId"]), instance_id, doc["targetIp"],
+                           traffic, dns)
             self.store.put("rules", instance_id, doc)
         logs.event("rule.changed", kind=kind[:-1], rule=rule_id, instance=instance_id,
                    host=doc.get("hostId"), state=new.get("state"))
@@ -515,14 +502,18 @@ class MepService:
         return inst
 
 
-def check_targets(doc: dict) -> None:
+def rule_values(doc: dict) -> tuple[list[TrafficRule], list[DnsRule]]:
+    """A stored rule set (ETSI documents) as validated values."""
+    return ([TrafficRule.from_etsi(r) for r in doc["trafficRules"]],
+            [DnsRule.from_etsi(r) for r in doc["dnsRules"]])
+
+
+def check_targets(traffic: Sequence[TrafficRule], own: str | None) -> None:
     """Refuse a rule set steering anywhere but to its own instance: every
-    dstInterface.dstIpAddress must be the set's `targetIp` (InvalidInput
-    naming the rule, the field and the address). Before the instance has an
-    address (targetIp None) no dstIpAddress is its own."""
-    own = doc.get("targetIp")
-    for raw in doc["trafficRules"]:
-        rule = TrafficRule.from_etsi(raw)
+    dstInterface.dstIpAddress must be `own`, the instance's address
+    (InvalidInput naming the rule, the field and the address). Before the
+    instance has an address (`own` None) no dstIpAddress is its own."""
+    for rule in traffic:
         bad = R.foreign_target(rule, own)
         if bad is None:
             continue
@@ -546,39 +537,6 @@ def etag(doc: dict) -> str:
     """A stable entity tag of a rule, for If-Match on PUT."""
     import hashlib
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
-
-
-# MEC 010-2's InterfaceDescriptor (an AppD's or an InstantiateAppRequest's
-# rule descriptor) spells these as MEC 011's DestinationInterface does not.
-_INTERFACE_NAMES = {"dstIPAddress": "dstIpAddress", "dstMACAddress": "dstMacAddress",
-                    "srcMACAddress": "srcMacAddress"}
-
-
-def _descriptor(d) -> dict:
-    """A rule descriptor (MEC 010-2: an AppD's or an instantiate request's)
-    as the MEC 011 rule it becomes, minus `state`: its dstInterface is an
-    array of InterfaceDescriptors (one object in the rule), whose
-    dstIPAddress / dstMACAddress / srcMACAddress are the rule's
-    dstIpAddress / dstMacAddress / srcMacAddress (MEC 011's spelling is
-    taken too; both for one field is refused)."""
-    if not isinstance(d, dict):
-        raise InvalidInput("a rule descriptor must be an object")
-    d = dict(d)
-    if isinstance(d.get("dstInterface"), list) and len(d["dstInterface"]) == 1:
-        d["dstInterface"] = d["dstInterface"][0]
-    if d.get("dstInterface") == []:
-        d.pop("dstInterface")
-    itf = d.get("dstInterface")
-    if isinstance(itf, dict):
-        itf = dict(itf)
-        for name, mp1_name in _INTERFACE_NAMES.items():
-            if name in itf:
-                if mp1_name in itf:
-                    raise InvalidInput(f"dstInterface names both {name} and {mp1_name}: "
-                                       f"one field, give it once")
-                itf[mp1_name] = itf.pop(name)
-        d["dstInterface"] = itf
-    return d
 
 
 def _sub_href(instance_id: str, sid: str) -> str:

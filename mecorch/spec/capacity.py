@@ -130,3 +130,44 @@ def accel_refusal(vm_accel: str) -> str | None:
         return None
     what = "TCG-only" if vm_accel == "tcg" else "not probed for KVM yet"
     return f"its VIM is {what} and the AppD asks for hardware acceleration"
+
+
+_ROLE = {"VM": "VIM", "CONTAINER": "CIM"}
+
+
+def unfit_for(caps, request) -> str | None:
+    """Why a driver declaring `caps` (`driverapi.contracts.Capabilities`)
+    cannot take `request` (a `ResourceRequest`), in the one wording every
+    level uses; None when it can. Read at admission, before the 202."""
+    role = "its " + _ROLE.get(getattr(caps.manner, "value", ""), "driver")
+
+    def outside(what: str, value, low, high, unit: str = "") -> str | None:
+        if low is not None and value < low:
+            return f"{what} {value:g}{unit} is below {role}'s minimum of {low:g}{unit}"
+        if high is not None and value > high:
+            return f"{what} {value:g}{unit} is over {role}'s maximum of {high:g}{unit}"
+        return None
+
+    why = (outside("vCPU", request.vcpu, caps.vcpu_min, caps.vcpu_max)
+           or outside("memory", request.memory_mb, caps.memory_mb_min, caps.memory_mb_max,
+                      " MB")
+           or outside("disk", request.disk_gb, None, caps.disk_gb_max, " GB"))
+    if why:
+        return why
+    if caps.volumes_max is not None and len(request.volumes) > caps.volumes_max:
+        return f"{len(request.volumes)} volumes are over {role}'s maximum of {caps.volumes_max}"
+    for v in request.volumes:
+        why = outside(f"volume {v.name}", v.size_gb, None, caps.volume_gb_max, " GB")
+        if why:
+            return why
+        if v.reserved and not caps.reserved_volumes:
+            return (f"volume {v.name} is to be retained (RETAIN), but {role} keeps no "
+                    f"volume beyond its instance")
+    for p in request.ports:
+        if p.host_port is not None and not caps.published_ports:
+            return f"port {p.port}/{p.protocol} asks for host port {p.host_port}, but " \
+                   f"{role} publishes no host ports"
+        if caps.port_protocols is not None and p.protocol not in caps.port_protocols:
+            return f"port {p.port}/{p.protocol}: {role} serves only " \
+                   f"{', '.join(caps.port_protocols)}"
+    return None

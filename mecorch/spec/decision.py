@@ -40,7 +40,8 @@ from mecorch.kernel.yamlsafe import load_yaml
 
 __all__ = ["Decision", "HostFacts", "ACCEPTED_FORMS", "appd_for_manner", "accel_required",
            "can_run", "choose_manner", "room_for", "decide_manner", "deployment_type", "image_manners",
-           "named_type", "orchestration_kind", "preference_for", "resource_request"]
+           "named_type", "orchestration_kind", "preference_for", "read_orchestration_info",
+           "resource_request"]
 
 VM, CONTAINER = DeploymentType.VM, DeploymentType.CONTAINER
 # The order signals are weighed in; "onboarding" is the app's recorded manner.
@@ -174,7 +175,20 @@ def _phrase(signal: str, manner: DeploymentType, label: str = "",
 Chooser = Callable[[tuple[DeploymentType, ...]], tuple[DeploymentType, str]]
 
 
-def decide_manner(request: dict, recorded, choose: Chooser | None = None) -> Decision:
+# `parsed` left out: the function parses orchestrationInfo itself. The
+# planned request (spec/plan.py) parses it once and hands it in.
+_UNREAD = object()
+
+
+def read_orchestration_info(request: dict) -> Parsed | None:
+    """The request's orchestrationInfo parsed and recognised, None if it has
+    none: the one parse of a request (spec/plan.py calls it once)."""
+    info = request.get("orchestrationInfo") if isinstance(request, dict) else None
+    return None if info is None else parse(info)
+
+
+def decide_manner(request: dict, recorded, choose: Chooser | None = None,
+                  parsed=_UNREAD) -> Decision:
     """Decide VM or CONTAINER for an InstantiateAppRequest.
 
     Order: an explicit `deploymentType` (or its alias `deployMethod`); else
@@ -192,17 +206,20 @@ def decide_manner(request: dict, recorded, choose: Chooser | None = None) -> Dec
     Any disagreement is an InvalidInput (400) naming the signals and their
     values. An invalid identifier, an unrecognised orchestrationInfo, or no
     signal at all are InvalidInput too. A JSON null counts as absent.
+    `parsed`: the request's orchestrationInfo as `read_orchestration_info`
+    gave it (not given: read here).
     """
     if not isinstance(request, dict):
         raise InvalidInput("InstantiateAppRequest: must be a JSON object")
+    if parsed is _UNREAD:
+        parsed = read_orchestration_info(request)
     signals: dict[str, DeploymentType] = {}
     phrases: dict[str, str] = {}
     for f in TYPE_FIELDS:
         if request.get(f) is not None:
             signals[f] = deployment_type(request[f], f)
             phrases[f] = _phrase(f, signals[f])
-    if request.get("orchestrationInfo") is not None:
-        parsed = parse(request["orchestrationInfo"])
+    if parsed is not None:
         kind_manner, keyword = _orchestration_manner(parsed)
         if keyword is not None:
             signals["orchestrationType"] = keyword
@@ -499,7 +516,7 @@ def _image_names(image: str, sw: dict) -> set[str]:
 
 
 def resource_request(instance_id: str, appd: dict, manner: DeploymentType | str,
-                     image: str, request: dict) -> ResourceRequest:
+                     image: str, request: dict, parsed=_UNREAD) -> ResourceRequest:
     """Reduce the AppD, the InstantiateAppRequest and its orchestrationInfo
     to one ResourceRequest. Layers, later wins field by field:
 
@@ -524,6 +541,7 @@ def resource_request(instance_id: str, appd: dict, manner: DeploymentType | str,
     minDisk (GB); a VM gets a whole number of vCPUs. Kubernetes `command` is
     the image's entrypoint: it goes to `extra["entrypoint"]`, `args` to
     `command` (Docker's Entrypoint/Cmd, as Kubernetes maps them).
+    `parsed`: as for `decide_manner`.
     """
     manner = deployment_type(manner, "manner")
     iid = validate.ident(instance_id, "instance_id")
@@ -558,8 +576,9 @@ def resource_request(instance_id: str, appd: dict, manner: DeploymentType | str,
     b.storage(request.get("virtualStorageDescriptor"), "virtualStorageDescriptor")
     # 3. orchestrationInfo
     ports, env, command, extra = (), {}, (), {}
-    if request.get("orchestrationInfo") is not None:
-        parsed = parse(request["orchestrationInfo"])
+    if parsed is _UNREAD:
+        parsed = read_orchestration_info(request)
+    if parsed is not None:
         described, _ = _orchestration_manner(parsed)
         if described != manner:
             raise InvalidInput(f"orchestrationInfo is {parsed.label} ({described.value}) "

@@ -12,7 +12,9 @@ a constraint":
 2. a host must be reachable, support the decided manner (a host without a
    VIM takes no VM), have room for vCPU, memory and disk, and meet the
    AppD's `appLatency` when it declares its latency (and, for a VM whose
-   AppD asks for hardware acceleration, have a KVM VIM);
+   AppD asks for hardware acceleration, have a KVM VIM); its driver must
+   take the request as its declared capabilities say (limits of one
+   instance, RETAIN volumes, host ports: `capacity.unfit_for`);
 3. among the hosts left, the one with the most free capacity after the
    placement wins (the smaller of its free vCPU and memory shares), then
    the host id, so the choice is stable.
@@ -24,6 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mecorch.kernel.errors import CapacityExceeded, NotFound
+from mecorch.driverapi.contracts import Capabilities
+from mecorch.driverapi.model import ResourceRequest
 from mecorch.kernel.states import DeploymentType
 from mecorch.spec import capacity
 from mecorch.spec.capacity import Need, Room
@@ -37,10 +41,13 @@ class Candidate:
     rooms: dict[str, Room] = field(default_factory=dict)   # manner value -> room
     vm_accel: str = ""                  # the VIM's: "kvm" | "tcg" once probed
     latency_ms: float | None = None     # declared one-way latency to its UEs
+    # manner value -> the driver's declared Capabilities (none: not declared)
+    capabilities: dict[str, Capabilities] = field(default_factory=dict)
 
 
 def why_not(c: Candidate, manner: DeploymentType, need: Need,
-            max_latency_ns: int | None = None, accel: bool = False) -> str | None:
+            max_latency_ns: int | None = None, accel: bool = False,
+            request: ResourceRequest | None = None) -> str | None:
     """Why the host cannot take the instance, or None when it can."""
     if not c.reachable:
         return "UNREACHABLE"
@@ -56,14 +63,20 @@ def why_not(c: Candidate, manner: DeploymentType, need: Need,
             and c.latency_ms * 1_000_000 > max_latency_ns:
         return (f"latency {c.latency_ms:g} ms over the app's maximum "
                 f"{max_latency_ns / 1_000_000:g} ms")
+    caps = c.capabilities.get(manner.value)
+    if request is not None and caps is not None:
+        refused = capacity.unfit_for(caps, request)
+        if refused:
+            return refused
     return room.why_not(need)
 
 
 def place(manner: DeploymentType, need: Need, candidates: list[Candidate],
           wanted: list[str] | None = None, max_latency_ns: int | None = None,
-          accel: bool = False) -> str:
+          accel: bool = False, request: ResourceRequest | None = None) -> str:
     """The host id the instance goes to; CapacityExceeded (409) naming every
-    host's reason when none fits; NotFound (404) for an unknown wanted host."""
+    host's reason when none fits; NotFound (404) for an unknown wanted host.
+    `request`: checked against each host's declared driver capabilities."""
     by_id = {c.host_id: c for c in candidates}
     if wanted:
         unknown = [h for h in wanted if h not in by_id]
@@ -75,7 +88,7 @@ def place(manner: DeploymentType, need: Need, candidates: list[Candidate],
         pool = sorted(candidates, key=lambda c: c.host_id)
     fits, reasons = [], []
     for c in pool:
-        why = why_not(c, manner, need, max_latency_ns, accel)
+        why = why_not(c, manner, need, max_latency_ns, accel, request)
         if why is None:
             fits.append(c)
         else:
@@ -108,3 +121,11 @@ def max_latency_ns(appd: dict) -> int | None:
 def _neg(s: str) -> tuple:
     """Sort key making smaller host ids win ties under max()."""
     return tuple(-ord(ch) for ch in s)
+
+
+def place_plan(plan, candidates: list[Candidate]) -> str:
+    """`place` for a planned request (`spec.plan.Plan`): its manner, need,
+    wanted hosts, latency and acceleration asks, and its request against
+    each host's declared capabilities."""
+    return place(plan.manner, plan.need, candidates, list(plan.wanted), plan.max_latency_ns,
+                 plan.accel, plan.request)

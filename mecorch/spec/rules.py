@@ -397,6 +397,58 @@ def unique_ids(rules: list, attr: str, field: str) -> None:
         seen.add(rid)
 
 
+def instance_rules(appd: dict, request: dict
+                   ) -> tuple[tuple["TrafficRule", ...], tuple[DnsRule, ...]]:
+    """An instance's rules, validated (state ACTIVE): the AppD's
+    appTrafficRule / appDNSRule descriptors, or the InstantiateAppRequest's
+    own arrays, which replace them."""
+    traffic_src = request.get("appTrafficRule", appd.get("appTrafficRule") or [])
+    dns_src = request.get("appDNSRule", appd.get("appDNSRule") or [])
+    if not isinstance(traffic_src, list) or not isinstance(dns_src, list):
+        raise InvalidInput("appTrafficRule and appDNSRule must be arrays")
+    traffic = [TrafficRule.from_etsi({"state": "ACTIVE", **_descriptor(d)},
+                                     f"appTrafficRule[{i}]")
+               for i, d in enumerate(traffic_src)]
+    dns = [DnsRule.from_etsi({"state": "ACTIVE", **_descriptor(d)}, f"appDNSRule[{i}]")
+           for i, d in enumerate(dns_src)]
+    unique_ids(traffic, "traffic_rule_id", "appTrafficRule")
+    unique_ids(dns, "dns_rule_id", "appDNSRule")
+    return tuple(traffic), tuple(dns)
+
+
+# MEC 010-2's InterfaceDescriptor (an AppD's or an InstantiateAppRequest's
+# rule descriptor) spells these as MEC 011's DestinationInterface does not.
+_INTERFACE_NAMES = {"dstIPAddress": "dstIpAddress", "dstMACAddress": "dstMacAddress",
+                    "srcMACAddress": "srcMacAddress"}
+
+
+def _descriptor(d) -> dict:
+    """A rule descriptor (MEC 010-2: an AppD's or an instantiate request's)
+    as the MEC 011 rule it becomes, minus `state`: its dstInterface is an
+    array of InterfaceDescriptors (one object in the rule), whose
+    dstIPAddress / dstMACAddress / srcMACAddress are the rule's
+    dstIpAddress / dstMacAddress / srcMacAddress (MEC 011's spelling is
+    taken too; both for one field is refused)."""
+    if not isinstance(d, dict):
+        raise InvalidInput("a rule descriptor must be an object")
+    d = dict(d)
+    if isinstance(d.get("dstInterface"), list) and len(d["dstInterface"]) == 1:
+        d["dstInterface"] = d["dstInterface"][0]
+    if d.get("dstInterface") == []:
+        d.pop("dstInterface")
+    itf = d.get("dstInterface")
+    if isinstance(itf, dict):
+        itf = dict(itf)
+        for name, mp1_name in _INTERFACE_NAMES.items():
+            if name in itf:
+                if mp1_name in itf:
+                    raise InvalidInput(f"dstInterface names both {name} and {mp1_name}: "
+                                       f"one field, give it once")
+                itf[mp1_name] = itf.pop(name)
+        d["dstInterface"] = itf
+    return d
+
+
 # -- what a rule set claims: addresses and names ---------------------------------
 #
 # Ownership is decided on these pure values (mecorch.mepm.mep holds the ledger):
