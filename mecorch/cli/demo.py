@@ -27,7 +27,7 @@ from mecorch.package import build_package
 from mecorch.kernel.fileutil import sha256_file
 from mecorch.kernel.yamlsafe import load_yaml
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 APPS = [  # (package folder, how the instantiate request decides the manner)
     ("sample-container-app", {"deploymentType": "CONTAINER"}),
     ("sample-vm-app", {"orchestrationInfo": "vm-tosca.yaml"}),
