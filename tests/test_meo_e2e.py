@@ -126,7 +126,8 @@ def system(sample_container, sample_vm):
     tmp = Path(tempfile.mkdtemp(prefix="mecorch-meo-", dir="/var/tmp"))
     os.chmod(tmp, 0o711)            # QEMU (libvirt-qemu) reaches the pools under it
     tag = secrets.token_hex(3)
-    made = {"netns": [], "veth": [], "docker_user": [], "nets": [], "pools": [], "meps": []}
+    made = {"netns": [], "veth": [], "docker_user": [], "nets": [], "pools": [], "meps": [],
+            "hosts": []}
     procs: dict[str, Proc] = {}
     tokens = {}
     for who in ("meo", "edge1", "edge2", "edge3"):
@@ -173,6 +174,7 @@ def system(sample_container, sample_vm):
             cfg_path = tmp / f"{name}.yaml"
             cfg_path.write_text(yaml.safe_dump(cfg))
             made["nets"].append(net)
+            made["hosts"].append(hid)
             if k != 1:
                 made["pools"].append(net)
             made["meps"].append((host["mep"], str(tmp / name / "hosts" / hid),
@@ -230,6 +232,22 @@ def _teardown(procs: dict, made: dict, tmp: Path) -> None:
             print("teardown through the MEO:", e)
     for p in procs.values():
         p.stop()
+    # what a failed test left of this test's hosts' instances (the MEO may
+    # be gone): by the host id each carries (an app container shares its
+    # pause container's network, so a filter by network misses it)
+    for hid in made["hosts"]:
+        for kind in ("ps", "volume"):
+            ids = run("docker", *([kind, "ls"] if kind == "volume" else [kind, "-a"]), "-q",
+                      "--filter", f"label=mecorch.host={hid}", check=False).stdout.split()
+            if ids:
+                run("docker", *(["volume", "rm", "-f"] if kind == "volume" else ["rm", "-f"]),
+                    *ids, check=False)
+    for dom in run("virsh", "-c", "qemu:///system", "list", "--all", "--name",
+                   check=False).stdout.split():
+        xml = run("virsh", "-c", "qemu:///system", "dumpxml", dom, check=False).stdout
+        if any(f"host_id>{hid}</" in xml for hid in made["hosts"]):
+            run("virsh", "-c", "qemu:///system", "destroy", dom, check=False)
+            run("virsh", "-c", "qemu:///system", "undefine", dom, check=False)
     # what the MEPMs made, by their names (only this test's)
     for name in made["nets"]:
         for c in run("docker", "ps", "-aq", "--filter", f"network={name}", check=False) \
