@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import secrets
-import socket
 import statistics
 import sys
 import tempfile
@@ -29,17 +28,13 @@ from pathlib import Path
 import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from drivers.docker_cim import DockerCIM                     # noqa: E402
 from drivers.docker_cim.pause import PAUSE_IMAGE             # noqa: E402
 from mecorch.driverapi.model import PortSpec, ResourceRequest, VolumeSpec  # noqa: E402
 from mecorch.kernel.states import DeploymentType                    # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from support.lab import free_port                            # noqa: E402 - the one lab
 
 
 def pct(values: list[float], p: float) -> float:

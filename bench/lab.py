@@ -14,12 +14,9 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import re
 import secrets
 import shutil
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -30,49 +27,26 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))       # the one lab of the tests and the benchmarks
 
-from mecorch.kernel import config as mconfig                 # noqa: E402
 from mecorch.kernel.client import ApiError, Client           # noqa: E402
 from mecorch.kernel.errors import MecorchError               # noqa: E402
 from mecorch.package import build_package             # noqa: E402
 from mecorch.kernel.fileutil import sha256_file              # noqa: E402
-from cim_overhead import free_port, pct               # noqa: E402 - shared by the suite
+from cim_overhead import pct                            # noqa: E402,F401 - shared by the suite
+from support import lab as testlab                      # noqa: E402
+from support.lab import free_port                       # noqa: E402,F401 - the benches' too
 
 INST = "/app_lcm/v1/app_instances"
 PKGS = "/app_pkgm/v1/app_packages"
-CHAIN_PREFIX = "MECBN"
-VM_CIDR = "192.168.188.0/24"
 SERVICE_CIDR = "10.188.0.0/24"
 NO_RULES = {"appTrafficRule": [], "appDNSRule": []}
 
 
-def free_vm_cidr() -> str:
-    """A 192.168.180-199.0/24 no libvirt network and no route of this host
-    uses: several benches (and engineers) run labs at once."""
-    import ipaddress
-    used = []
-    for line in _run("ip", "-4", "-o", "addr", "show").stdout.splitlines():
-        parts = line.split()
-        if "inet" in parts:
-            used.append(ipaddress.ip_interface(parts[parts.index("inet") + 1]).network)
-    for name in _run("virsh", "-q", "-c", "qemu:///system", "net-list", "--all",
-                     "--name").stdout.split():
-        xml = _run("virsh", "-c", "qemu:///system", "net-dumpxml", name).stdout
-        for m in re.finditer(r"<ip address='([0-9.]+)' netmask='([0-9.]+)'", xml):
-            used.append(ipaddress.ip_interface(f"{m.group(1)}/{m.group(2)}").network)
-    taken = {str(n) for n in used}
-    for third in secrets.SystemRandom().sample(range(180, 200), 20):
-        net = ipaddress.ip_network(f"192.168.{third}.0/24")
-        if str(net) not in taken and not any(net.overlaps(u) for u in used):
-            return str(net)
-    raise RuntimeError("no free 192.168.180-199.0/24 for the lab's VM network")
-
-
 def new_lab_dir(tag: str, **orchestrator) -> tuple[Path, dict, Path, str]:
-    """A private state dir (mode 0711: QEMU, as libvirt-qemu, must reach the
-    pool in it) with its config written: (dir, config, config path, host id)."""
-    tmp = Path(tempfile.mkdtemp(prefix=f"mecorch-bench-{tag}-", dir="/var/tmp"))
-    os.chmod(tmp, 0o711)
+    """A private state dir (tests/support/lab.py: QEMU must reach the pool
+    in it) with its config written: (dir, config, config path, host id)."""
+    tmp = testlab.private_dir(f"bench-{tag}")
     cfg = config(tmp, tag, free_port(), **orchestrator)
     cfg_path = tmp / "mecorch.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
@@ -177,78 +151,38 @@ class Api(Client):
         self.call("DELETE", f"{INST}/{iid}")
 
 
-def chain_prefix(tag: str) -> str:
-    return f"{CHAIN_PREFIX}{tag.upper()}"
+def names(tag: str) -> testlab.Names:
+    # a host id of its own: mecorch labels what it makes with it, and
+    # another mecorch on this machine (the tests') must not see the
+    # bench's containers as its own orphans, nor the bench theirs
+    return testlab.Names("bench", tag=f"bench{tag}")
 
 
 def config(tmp: Path, tag: str, dns_port: int, **orchestrator) -> dict:
-    cfg = {
-        "state_dir": str(tmp / "state"), "run_dir": str(tmp / "run"),
-        "orchestrator": orchestrator,
-        # a host id of its own: mecorch labels what it makes with it, and
-        # another mecorch on this machine (the tests') must not see the
-        # bench's containers as its own orphans, nor the bench theirs
-        "hosts": [{"id": f"bench{tag}",
-                   "cim": {"network": f"mecb-{tag}"},
-                   "vim": {"pool": f"mecb-{tag}", "network": f"mecb-{tag}",
-                           "network_cidr": free_vm_cidr(), "accel": "tcg"},
-                   # a prefix per lab: labs of several benches run at once,
-                   # and the cleanup removes every chain of its prefix
-                   "mep": {"dns_port": dns_port, "chain_prefix": chain_prefix(tag),
-                           "service_cidr": SERVICE_CIDR,
-                           "service_interface": f"mecb-{tag}"[:15]}}],
-    }
-    # a list in the overlay replaces the default's: fill the driver defaults in
-    base = mconfig.DEFAULT["hosts"][0]
-    for role in ("cim", "vim", "mep"):
-        cfg["hosts"][0][role] = {**base[role], **cfg["hosts"][0][role]}
-    return cfg
+    # a service link and range of its own: the cleanup removes the link
+    host = testlab.host_config(names(tag), dns_port=dns_port,
+                               mep={"service_cidr": SERVICE_CIDR,
+                                    "service_interface": f"mecb-{tag}"[:15]})
+    return testlab.lab_config(tmp, [host], orchestrator=orchestrator)
 
 
-class Serve:
-    """One `mecorch serve` process on a config file."""
+class Serve(testlab.Serve):
+    """The lab's `mecorch serve` (tests/support/lab.py), started at once,
+    with the benchmarks' keep-alive client as `api`."""
 
     def __init__(self, cfg_path: Path, log_path: Path, host_id: str = "default"):
-        self.port = free_port()
-        self.log = open(log_path, "ab")
-        self.t0 = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mecorch.cli", "--config", str(cfg_path), "serve",
-             "--listen", f"127.0.0.1:{self.port}"],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=str(REPO))
-        self.api = Api(f"http://127.0.0.1:{self.port}", token="", timeout=120)
+        super().__init__(cfg_path, log_path.parent, name=log_path.stem,
+                         ready=f"{PKGS}?filter=(eq,appDId,bench-ready-probe)",
+                         client_timeout_s=120)
+        self.api = Api(self.url, token="", timeout=120)
         self.api.host_id = host_id
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
+        self.start(wait=False)
 
     def ready(self, timeout: float = 30) -> float:
         """Seconds from the exec to the first answer of GET app_packages
         (a query matching nothing: with a large store, listing everything
         would measure the listing, which store_scale measures)."""
-        while True:
-            try:
-                self.api.get(f"{PKGS}?filter=(eq,appDId,bench-ready-probe)")
-                return time.perf_counter() - self.t0
-            except ApiError:
-                raise
-            except Exception:  # noqa: BLE001 - not listening yet
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"mecorch serve exited with {self.proc.returncode}")
-                if time.perf_counter() - self.t0 > timeout:
-                    raise
-                time.sleep(0.005)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        return self.wait_ready(timeout)
 
 
 def loopback_receiver(on_post, path: str, name: str) -> tuple[ThreadingHTTPServer, str]:
@@ -400,70 +334,25 @@ class Lab:
         return problems
 
 
-def _run(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, text=True)
-
-
 def remove_infrastructure(cfg: dict, tag: str, state_dir: str, run_dir: str,
                           tmp: str) -> list[str]:
-    """The lab's docker containers/volumes/network, libvirt domains/pool/
-    network, iptables chains, sink link and dnsmasq (by its pid file)."""
-    name = f"mecb-{tag}"
+    """What the lab's host made (tests/support/lab.py: instances by owner
+    mark, network, pool, dnsmasq, chains), what the direct paths made (by
+    the bench's label, or disks under the lab's dir), the lab's service
+    link. Returns what the host still held before the forced removal."""
     host = cfg["hosts"][0]
-    ids = _run("docker", "ps", "-aq", "--filter", f"network={name}").stdout.split()
-    ids += _run("docker", "ps", "-aq", "--filter",
-                f"label=mecorch.host={cfg['hosts'][0]['id']}").stdout.split()
-    ids += _run("docker", "ps", "-aq", "--filter", f"label=mecorch.bench={tag}").stdout.split()
+    left = testlab.leftovers(host)
+    ids = testlab.run("docker", "ps", "-aq", "--filter", f"label=mecorch.bench={tag}",
+                      check=False).stdout.split()
     if ids:
-        _run("docker", "rm", "-f", *set(ids))
-    _run("docker", "network", "rm", name)
-    doms = _run("virsh", "-q", "-c", "qemu:///system", "list", "--all", "--name").stdout.split()
-    for dom in doms:
-        # the lab's domains (mecorch's and the direct path's) have their
-        # disks in the lab's pool, under its state dir
-        xml = _run("virsh", "-c", "qemu:///system", "dumpxml", dom).stdout
-        if tmp in xml or f"pool='{name}'" in xml:
-            _run("virsh", "-c", "qemu:///system", "destroy", dom)
-            _run("virsh", "-c", "qemu:///system", "undefine", dom, "--nvram")
-    for cmd in (["net-destroy", name], ["net-undefine", name]):
-        _run("virsh", "-c", "qemu:///system", *cmd)
-    for cmd in (["pool-destroy", name], ["pool-undefine", name]):
-        _run("virsh", "-c", "qemu:///system", *cmd)
-    from drivers.linux_mep import LinuxMEP
-    mep = LinuxMEP({**host["mep"], "state_dir": state_dir, "run_dir": run_dir})
-    try:
-        mep.stop_services()
-    except Exception:  # noqa: BLE001 - never started
-        pass
-    prefix = host["mep"]["chain_prefix"]
-    saved = _run("iptables-save").stdout
-    # the lab's chains and the jumps to them (drivers/linux_mep/iptables.py:
-    # raw/nat PREFIX-RAW/-PRE, nat POSTROUTING PREFIX-POST, filter FORWARD
-    # PREFIX-FWD, one chain per instance)
-    tops = {"raw": [("PREROUTING", "RAW"), ("OUTPUT", "RAW")],
-            "nat": [("PREROUTING", "PRE"), ("OUTPUT", "PRE"), ("POSTROUTING", "POST")],
-            "filter": [("FORWARD", "FWD")]}
-    for table, hooks in tops.items():
-        for hook, top in hooks:
-            while _run("iptables", "-w", "-t", table, "-D", hook, "-j",
-                       f"{prefix}-{top}").returncode == 0:
-                pass
-        section = saved.split(f"*{table}\n", 1)[1].split("COMMIT", 1)[0] \
-            if f"*{table}\n" in saved else ""
-        chains = {line[1:].split()[0] for line in section.splitlines()
-                  if line.startswith(f":{prefix}-")}
-        for chain in chains:
-            _run("iptables", "-w", "-t", table, "-F", chain)
-        for chain in chains:
-            _run("iptables", "-w", "-t", table, "-X", chain)
-    _run("ip", "link", "del", host["mep"]["service_interface"])
-    left = []
-    if _run("docker", "ps", "-aq", "--filter", f"network={name}").stdout.strip():
-        left.append("containers")
-    if f":{prefix}-" in _run("iptables-save").stdout:
-        left.append("iptables chains")
-    if name in _run("virsh", "-c", "qemu:///system", "net-list", "--all", "--name").stdout:
-        left.append("libvirt network")
+        testlab.run("docker", "rm", "-f", *ids, check=False)
+    for dom in testlab.run(*testlab.VIRSH, "list", "--all", "--name",
+                           check=False).stdout.split():
+        if tmp in testlab.run(*testlab.VIRSH, "dumpxml", dom, check=False).stdout:
+            testlab.run(*testlab.VIRSH, "destroy", dom, check=False)
+            testlab.run(*testlab.VIRSH, "undefine", dom, "--nvram", check=False)
+    testlab.remove_host(host, cfg["state_dir"], cfg["run_dir"])
+    testlab.run("ip", "link", "del", host["mep"]["service_interface"], check=False)
     return left
 
 

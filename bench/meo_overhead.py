@@ -24,7 +24,6 @@ import argparse
 import hashlib
 import json
 import logging
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,10 +34,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
-import yaml                                                 # noqa: E402
 
-from cim_overhead import free_port, pct                     # noqa: E402
-from lab import INST, NO_RULES, PKGS, Api, Lab              # noqa: E402
+from cim_overhead import pct                                # noqa: E402
+from lab import NO_RULES, PKGS, Api, Lab, testlab           # noqa: E402
 from mecorch.kernel import config                                  # noqa: E402
 from mecorch.kernel.fileutil import sha256_file                    # noqa: E402
 from mecorch.spec.capacity import Need                              # noqa: E402
@@ -166,29 +164,17 @@ def real(n: int) -> dict:
     try:
         lab.start()
         lab.onboard("sample-container-app", "bench-meo-http")
-        meo_dir = lab.tmp / "meo"
-        port = free_port()
-        cfg = {"role": "meo", "state_dir": str(meo_dir), "run_dir": str(lab.tmp / "run-meo"),
+        cfg = {"role": "meo", "state_dir": str(lab.tmp / "meo"),
+               "run_dir": str(lab.tmp / "run-meo"),
                "hosts": [], "meo": {"heartbeat_s": 1, "mepms": [
                    {"id": lab.host_id, "url": f"http://127.0.0.1:{lab.serve.port}"}]}}
-        path = lab.tmp / "meo.yaml"
-        path.write_text(yaml.safe_dump(cfg))
-        log = open(lab.tmp / "meo.log", "ab")
-        meo_proc = subprocess.Popen([sys.executable, "-m", "mecorch.cli", "--config", str(path),
-                                     "serve", "--role", "meo", "--listen", f"127.0.0.1:{port}"],
-                                    stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO))
-        meo = Api(f"http://127.0.0.1:{port}", token="", timeout=120)
+        meo_proc = testlab.Serve(cfg, lab.tmp, name="meo", role="meo", client_timeout_s=120)
+        meo_proc.start()
+        meo = Api(meo_proc.url, token="", timeout=120)
         meo.host_id = lab.host_id
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if all(h["state"] == "REACHABLE" for h in meo.get("/mecorch/v1/hosts")):
-                    break
-            except Exception:  # noqa: BLE001 - not up yet
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the MEO did not reach the MEPM")
-            time.sleep(0.05)
+        testlab.wait_for(lambda: all(h["state"] == "REACHABLE"
+                                     for h in meo.get("/mecorch/v1/hosts")),
+                         30, "the MEO to reach the MEPM", step=0.05)
         zpath = lab.tmp / "bench-meo-http.zip"
         meo.post(PKGS, {"appPkgName": "bench-meo-http", "appPkgVersion": "1.0",
                         "appPkgPath": str(zpath),
@@ -211,8 +197,7 @@ def real(n: int) -> dict:
         return out
     finally:
         if meo_proc is not None:
-            meo_proc.terminate()
-            meo_proc.wait(timeout=60)
+            meo_proc.stop()
         problems = lab.close()
         if problems:
             print("cleanup:", problems, file=sys.stderr)

@@ -212,11 +212,11 @@ class Serve:
 
     def start(self, wait: bool = True) -> float:
         """Start it; with `wait`, the seconds until it answered."""
+        self.started_at = time.perf_counter()      # from the exec: start-up is measured
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 cwd=str(REPO), env=self.env, preexec_fn=self.preexec_fn)
-        self.started_at = time.perf_counter()
         return self.wait_ready() if wait else 0.0
 
     def wait_ready(self, timeout_s: float | None = None) -> float:
