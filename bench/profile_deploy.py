@@ -33,7 +33,9 @@ from lab import Lab, pct                 # noqa: E402
 APP = "bench-http"
 
 
-CALLS = re.compile(r"(Lcm\.\w+|MepService\.\w+|PackageManager\.\w+|Journal\.\w+|"
+CALLS = re.compile(r"(Lcm\.\w+|MepService\.\w+|ClaimsLedger\.\w+|PlatformRules\.\w+|"
+                   r"AppAccess\.\w+|Mp1Api\.\w+|TerminationNotices\.\w+|"
+                   r"PackageManager\.\w+|Journal\.\w+|"
                    r"DockerCIM\.\w+|ImageRepository\.\w+|keep|_destroy|Store\.\w+) \(")
 
 

@@ -36,7 +36,7 @@ from fakes import FakeCompute, FakeMep
 from mecorch.kernel import config as mconfig
 from mecorch.api import load_tokens, make_router, make_server
 from mecorch.kernel.errors import InvalidInput
-from mecorch.mepm.mep import token_digest
+from mecorch.mepm.app_access import token_digest
 from mecorch.mepm.orchestrator import Orchestrator
 from mecorch.kernel.states import DeploymentType
 from test_core_orchestration import INST, PKGS, onboard

@@ -155,7 +155,7 @@ def _targets(rule: TrafficRule, target_ip: str) -> dict[str, str]:
                                    "dstInterface (MAC and TUNNEL interfaces need an "
                                    "L2/tunnel data plane)")
             dest = iface.dst_ip_address or target_ip
-            # Defense in depth (the core refuses it first, mecorch.mepm.mep.
+            # Defense in depth (the core refuses it first, mecorch.mepm.claims.
             # check_targets): the contract gives the driver the instance's
             # address, and a rule DNATs only there. Any other destination
             # would steer the service address to something the app does not

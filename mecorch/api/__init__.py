@@ -106,7 +106,7 @@ def serve_app_networks(orch: Orchestrator, port: int) -> list[ApiServer]:
     import logging
     import secrets
     import threading
-    from mecorch.mepm.mep import MP1
+    from mecorch.mepm.mp1 import MP1
 
     class Mp1Only(Router):
         def add(self, method, pattern, *args, **kw):

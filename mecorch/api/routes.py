@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import urllib.parse
 
-from mecorch.mepm.mep import MP1, etag
+from mecorch.mepm.mp1 import MP1, etag
 from mecorch.mepm.orchestrator import Orchestrator
 from mecorch.package.manager import PKGM
 from mecorch.kernel.journal import LCM

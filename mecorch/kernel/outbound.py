@@ -1,6 +1,6 @@
 """Every HTTP request mecorch itself makes goes through here: notifications
 to northbound subscribers (mecorch.notifications.sender), termination notices to Mp1
-subscribers (mecorch.mepm.mep), the calls between an MEO and its MEPMs
+subscribers (mecorch.mepm.termination), the calls between an MEO and its MEPMs
 (mecorch.mepm.remote, used by mecorch.meo.registry and
 mecorch.mepm.register), and the download of an app package from an
 http(s) appPkgPath (mecorch.package.manager; its body streamed to disk by a

@@ -12,7 +12,10 @@ The host engine:
 - `inventory.py`:     the edge hosts and their drivers, reservations.
 - `lcm.py`:           instantiate / terminate / operate, journalled.
 - `manner_policy.py`: the host facts the manner policy (`spec.decision`) needs.
-- `mep.py`:           rules, claims, Mp1 tokens and CRUD, termination notices.
+- `mep.py`:           the MEP service, composed of one module per job:
+  `claims.py` (the claims ledger), `platform_rules.py` (rules pushed to the
+  MEP driver), `app_access.py` (Mp1 tokens, gateways), `mp1.py` (the Mp1
+  API), `termination.py` (termination notices).
 - `reconcile.py`, `watch.py`: observed state, crash recovery, orphans.
 - `applogs.py`, `teardown.py`: app output; removing a host's objects.
 

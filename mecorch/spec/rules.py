@@ -451,7 +451,7 @@ def _descriptor(d) -> dict:
 
 # -- what a rule set claims: addresses and names ---------------------------------
 #
-# Ownership is decided on these pure values (mecorch.mepm.mep holds the ledger):
+# Ownership is decided on these pure values (mecorch.mepm.claims holds the ledger):
 # a traffic rule claims every (destination address, port, protocol) its
 # filters match; a DNS rule claims its name. Two instances may not claim
 # overlapping destinations (one DNAT would shadow the other).

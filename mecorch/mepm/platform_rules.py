@@ -1,0 +1,70 @@
+"""Pushing an instance's rule set to its host's MEP driver (the platform
+driver), and keeping the stored set in step with what was pushed.
+
+The rules an instance runs under come from its AppD (appTrafficRule,
+appDNSRule), are kept in the store, and are applied to the host's MEP
+driver as one set; the stored set changes only when the driver accepted
+the new one.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from mecorch.kernel.errors import Conflict, NotFound
+from mecorch.mepm.claims import ClaimsLedger, check_targets, rule_values
+from mecorch.mepm.inventory import EdgeHost
+from mecorch.spec.rules import DnsRule, TrafficRule
+from mecorch.kernel.store import Store
+
+
+class PlatformRules:
+    def __init__(self, store: Store, ledger: ClaimsLedger):
+        self.store = store
+        self.ledger = ledger
+
+    def apply(self, host: EdgeHost, instance_id: str, target_ip: str | None) -> None:
+        doc = self.stored(instance_id)
+        doc.update(hostId=host.id, targetIp=target_ip)
+        traffic, dns = rule_values(doc)         # the stored set, read once
+        # Against the address the set is applied to now (a set stored before
+        # this check existed, or an instance that moved, is refused here).
+        check_targets(traffic, target_ip)
+        self.push(host, instance_id, target_ip, traffic, dns)
+        self.store.put("rules", instance_id, doc)
+
+    def remove(self, host: EdgeHost, instance_id: str) -> None:
+        mep = host.mep()
+        if mep is not None:
+            mep.remove_rules(instance_id)
+        with self.ledger.lock:
+            doc = self.store.get("rules", instance_id)
+            if doc:
+                doc["hostId"] = None
+                doc["claimHost"] = None
+                self.store.put("rules", instance_id, doc)
+
+    def forget(self, instance_id: str) -> None:
+        self.store.delete("rules", instance_id)
+        for sub in self.store.list("subscriptions", appInstanceId=instance_id):
+            self.store.delete("subscriptions", sub["id"])
+
+    def push(self, host: EdgeHost, instance_id: str, target_ip: str | None,
+             traffic: Sequence[TrafficRule], dns: Sequence[DnsRule]) -> None:
+        mep = host.mep()
+        if mep is None:
+            if traffic or dns:
+                raise Conflict(f"edge host {host.id!r} has no MEP configured for the rules")
+            return
+        mep.apply_rules(instance_id, target_ip, list(traffic), list(dns))
+
+    def stored(self, instance_id: str) -> dict:
+        """The instance's stored rule set (an empty one if it has none yet;
+        NotFound if the instance does not exist)."""
+        doc = self.store.get("rules", instance_id)
+        if doc is None:
+            if self.store.get("instances", instance_id) is None:
+                raise NotFound(f"app instance {instance_id!r} does not exist")
+            doc = {"id": instance_id, "trafficRules": [], "dnsRules": [], "hostId": None,
+                   "targetIp": None}
+        return doc
