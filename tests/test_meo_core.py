@@ -279,3 +279,139 @@ def test_the_oss_subscribes_at_the_meo(system, notification_sink):
     # the op occurrence's states as the MEO journalled them, in order
     states = [t for t, i in got if i == iid and t in ("STARTING", "PROCESSING", "COMPLETED")]
     assert states[0] == "STARTING" and states[-1] == "COMPLETED", got
+
+
+# ---------------------------------------------------------------- one identity
+def _vip_rules():
+    import yaml
+    return yaml.safe_load(CONTAINER_APPD.read_text())["appTrafficRule"]
+
+
+def test_one_identity_the_host_takes_the_meos_ids(system):
+    """The ids the OSS got from the MEO are the host's: its instance and
+    package records, what the CIM was asked to deploy (container names and
+    labels derive from it); the usage state is NOT_IN_USE at both levels
+    as soon as the last instance's terminate is seen COMPLETED."""
+    s = system
+    pkg = onboard(s)
+    iid, op = deploy(s, pkg["appDId"], deploymentType="CONTAINER",
+                     selectedMECHostInfo=[{"hostId": {"id": "edge2"}}])
+    assert op["operationState"] == "COMPLETED", op
+    host = s.hosts["edge2"]
+    assert [i["id"] for i in host.lcm.list()] == [iid]
+    assert host.lcm.list()[0]["appPkgId"] == pkg["id"]
+    assert [p["id"] for p in host.packages.list()] == [pkg["id"]]
+    cim = host.inventory.get("edge2").compute(DeploymentType.CONTAINER)
+    assert list(cim.instances) == [iid]
+    assert s.meo.store.get("instances", iid)["_hostInstance"] == {"hostId": "edge2", "id": iid}
+    assert s.c.get(f"{PKGS}/{pkg['id']}")["usageState"] == "IN_USE"
+    assert host.packages.get(pkg["id"])["usageState"] == "IN_USE"
+    op, _ = s.c.post(f"{INST}/{iid}/terminate", {"terminationType": "FORCEFUL"})
+    assert s.c.wait_op(op, timeout=10)["operationState"] == "COMPLETED"
+    # read at once: no later pass may be needed to get it right
+    assert s.c.get(f"{PKGS}/{pkg['id']}")["usageState"] == "NOT_IN_USE"
+    assert host.packages.get(pkg["id"])["usageState"] == "NOT_IN_USE"
+
+
+def test_a_relayed_error_names_the_meos_ids_and_the_host(system, caplog):
+    """Two instances steering one service address on one host: the second
+    fails, and its error (at the MEO) names the first by the MEO's id and
+    the host; the log spells the operation INSTANTIATE."""
+    s = system
+    pkg = onboard(s, appTrafficRule=_vip_rules())
+    on_edge2 = [{"hostId": {"id": "edge2"}}]
+    first, op = deploy(s, pkg["appDId"], deploymentType="CONTAINER",
+                       selectedMECHostInfo=on_edge2)
+    assert op["operationState"] == "COMPLETED", op
+    caplog.set_level("WARNING", logger="mecorch.meo.lcm")
+    second, op = deploy(s, pkg["appDId"], deploymentType="CONTAINER",
+                        selectedMECHostInfo=on_edge2)
+    assert op["operationState"] == "FAILED", op
+    detail = op["error"]["detail"]
+    assert f"steered by instance {first}" in detail and "edge host 'edge2'" in detail, detail
+    assert op["error"]["status"] == 409
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith(f"INSTANTIATE of {second} on edge2 failed") for line in lines), lines
+    assert not any("INSTATIATE" in line for line in lines)
+    # the wire keeps the ETSI enum value
+    assert op["lcmOperation"] == "INSTATIATE" and op["operationParams"] == "INSTANTIATE"
+
+
+def test_a_host_instance_under_an_id_of_its_own_keeps_working(system, monkeypatch):
+    """A host that holds an instance under an id of its own (made before
+    the MEO passed its ids, or by an MEPM that ignores the header): the MEO
+    maps it as before, errors about it are relayed in the MEO's ids, and
+    its terminate and delete reach it."""
+    s = system
+    pkg = onboard(s, appTrafficRule=_vip_rules())
+    on_edge3 = [{"hostId": {"id": "edge3"}}]
+    mepm = s.mepms["edge3"]
+    made = mepm.create_instance
+    monkeypatch.setattr(mepm, "create_instance",
+                        lambda body, key, instance_id=None: made(body, key))
+    old, op = deploy(s, pkg["appDId"], deploymentType="CONTAINER", selectedMECHostInfo=on_edge3)
+    assert op["operationState"] == "COMPLETED", op
+    theirs = s.meo.store.get("instances", old)["_hostInstance"]["id"]
+    assert theirs != old and [i["id"] for i in s.hosts["edge3"].lcm.list()] == [theirs]
+    monkeypatch.undo()
+    new, op = deploy(s, pkg["appDId"], deploymentType="CONTAINER", selectedMECHostInfo=on_edge3)
+    assert op["operationState"] == "FAILED", op
+    assert f"steered by instance {old}" in op["error"]["detail"], op["error"]
+    assert theirs not in op["error"]["detail"]
+    op, _ = s.c.post(f"{INST}/{old}/terminate", {"terminationType": "FORCEFUL"})
+    assert s.c.wait_op(op, timeout=10)["operationState"] == "COMPLETED"
+    assert s.hosts["edge3"].lcm.get(theirs)["instantiationState"] == "NOT_INSTANTIATED"
+    assert s.c.get(f"{PKGS}/{pkg['id']}")["usageState"] == "NOT_IN_USE"
+    s.c.call("DELETE", f"{INST}/{old}")
+    assert [i["id"] for i in s.hosts["edge3"].lcm.list()] == [new]
+
+
+def _serve(orch, role):
+    server = make_server(orch, "127.0.0.1:0", role)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def test_the_meos_ids_are_taken_from_the_meo_only(tmp_path):
+    """X-Mecorch-Meo-Id: on an MEPM with tokens, only with the MEO's token
+    (the first of api.token_file, the one it registers with), validated as
+    any id, never twice; refused by a single node."""
+    orch, _ = _host(tmp_path, "edge9")
+    tokens = tmp_path / "tokens"
+    meo_token, operator = "meo-token-0123456789", "operator-token-0123456789"
+    tokens.write_text(f"{meo_token}\n{operator}\n")
+    orch.cfg["api"]["token_file"] = str(tokens)
+    s = type("S", (), {"tmp": tmp_path})()
+    servers = []
+    try:
+        server, url = _serve(orch, "mepm")
+        servers.append(server)
+        s.c = Client(url, token=meo_token)
+        pkg = onboard(s)
+        body = {"appDId": pkg["appDId"]}
+        by = {"X-Mecorch-Meo-Id": "c0ffee00-0000-4000-8000-000000000001"}
+        with pytest.raises(ApiError) as e:
+            Client(url, token=operator).call("POST", INST, body, headers=by)
+        assert e.value.status == 403 and "MEO" in str(e.value)
+        made, _ = s.c.post(INST, body, headers=by)
+        assert made["id"] == by["X-Mecorch-Meo-Id"]
+        assert s.c.get(f"{INST}/{made['id']}")["id"] == made["id"]
+        with pytest.raises(ApiError) as e:
+            s.c.call("POST", INST, body, headers=by)             # the same id again
+        assert e.value.status == 409
+        with pytest.raises(ApiError) as e:
+            s.c.call("POST", INST, body, headers={"X-Mecorch-Meo-Id": "../x"})
+        assert e.value.status == 400 and "X-Mecorch-Meo-Id" in str(e.value)
+        # a single node names its resources itself
+        orch.cfg["api"]["token_file"] = None
+        server, url = _serve(orch, "all")
+        servers.append(server)
+        with pytest.raises(ApiError) as e:
+            Client(url, token="").call("POST", INST, body, headers=by)
+        assert e.value.status == 403
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+        orch.close()

@@ -476,3 +476,87 @@ def _domains(host_id: str, app_d_id: str) -> list[str]:
 
 def _strip_counters(text: str) -> list[str]:
     return [line.split(" [")[0] for line in text.splitlines() if not line.startswith("#")]
+
+
+# ---------------------------------------------------------------- one identity
+def _on(c: Client, host_id: str, app_d_id: str) -> list[dict]:
+    return [i for i in _by_host(c).get(host_id, []) if i["appDId"] == app_d_id]
+
+
+def test_one_identity_meo_mepm_container_and_domain(system):
+    """The ids the OSS gets from the MEO are the ids on the host: the
+    MEPM's own API answers the instance and the package copy under them,
+    the container carries the instance id in its `mecorch.instance` label
+    (and its name), the domain in its name; once the last instance goes,
+    the package is NOT_IN_USE at both levels, read as soon as the
+    terminate COMPLETED."""
+    c, edges, procs, pkgs = system["c"], system["edges"], system["procs"], system["pkgs"]
+    edge2 = edges["edge2"]["id"]
+    host = procs["edge2"].client
+    on_edge2 = [{"hostId": {"id": edge2}}]
+    # an app of its own: no other instance of it anywhere
+    zpath = _sample(system["tmp"], "sample-container-app", "id-http", rules=False)
+    own, _ = c.post(PKGS, {"appPkgName": zpath.stem, "appPkgVersion": "1.0",
+                           "appPkgPath": str(zpath),
+                           "checksum": {"algorithm": "SHA-256", "hash": sha256_file(zpath)}})
+    pkgs = {**pkgs, "id-http": own}
+    cid, container = _deploy(c, "id-http", deploymentType="CONTAINER",
+                             selectedMECHostInfo=on_edge2)
+    vid, vm = _deploy(c, "meo-vm", deploymentType="VM", selectedMECHostInfo=on_edge2)
+    for iid, app, answer in ((cid, "id-http", container), (vid, "meo-vm", vm)):
+        assert answer["id"] == iid and answer["hostId"] == edge2
+        theirs = host.get(f"{INST}/{iid}")
+        assert theirs["id"] == iid and theirs["instantiationState"] == "INSTANTIATED"
+        assert theirs["appPkgId"] == pkgs[app]["id"] == answer["appPkgId"]
+        assert host.get(f"{PKGS}/{pkgs[app]['id']}")["usageState"] == "IN_USE"
+    labelled = run("docker", "ps", "-q", "--filter", f"label=mecorch.instance={cid}",
+                   "--filter", f"label=mecorch.host={edge2}").stdout.split()
+    assert labelled, "no container labelled with the MEO's instance id"
+    names = json.loads(run("docker", "inspect", *labelled).stdout)
+    assert all(cid in n["Name"] for n in names), [n["Name"] for n in names]
+    assert [d for d in _domains(edge2, "meo-vm") if d.endswith(vid)], _domains(edge2, "meo-vm")
+    checked = []
+    for iid, app in ((cid, "id-http"), (vid, "meo-vm")):
+        op, _ = c.post(f"{INST}/{iid}/terminate", {"terminationType": "FORCEFUL"})
+        assert c.wait_op(op, timeout=120)["operationState"] == "COMPLETED"
+        # read at once, at each level where this was the app's last instance
+        if not [i for i in c.get(INST) if i["appDId"] == app
+                and i["instantiationState"] == "INSTANTIATED"]:
+            assert c.get(f"{PKGS}/{pkgs[app]['id']}")["usageState"] == "NOT_IN_USE"
+            checked.append(("meo", app))
+        if not [i for i in host.get(INST) if i["appDId"] == app
+                and i["instantiationState"] == "INSTANTIATED"]:
+            assert host.get(f"{PKGS}/{pkgs[app]['id']}")["usageState"] == "NOT_IN_USE"
+            checked.append(("mepm", app))
+        assert host.get(f"{INST}/{iid}")["instantiationState"] == "NOT_INSTANTIATED"
+        c.call("DELETE", f"{INST}/{iid}")
+        with pytest.raises(ApiError) as e:
+            host.get(f"{INST}/{iid}")
+        assert e.value.status == 404
+    assert ("meo", "id-http") in checked and ("mepm", "id-http") in checked, checked
+
+
+def test_an_error_relayed_by_the_meo_names_its_instance_id_and_the_host(system):
+    """A second owner of a steered service address on one host: the host
+    refuses it (after the MEO's 202), and the failed op at the MEO names
+    the instance that holds the address by the MEO's id, and the host."""
+    c, edges = system["c"], system["edges"]
+    edge1 = edges["edge1"]["id"]
+    on_edge1 = [{"hostId": {"id": edge1}}]
+    holders = _on(c, edge1, "sample-http")
+    if not holders:
+        _deploy(c, "sample-http", deploymentType="CONTAINER", selectedMECHostInfo=on_edge1)
+        holders = _on(c, edge1, "sample-http")
+    holder = holders[0]["id"]
+    inst = c.post(INST, {"appDId": "sample-http"})[0]
+    op, _ = c.post(f"{INST}/{inst['id']}/instantiate",
+                   {"deploymentType": "CONTAINER", "selectedMECHostInfo": on_edge1})
+    op = c.wait_op(op, timeout=120)
+    assert op["operationState"] == "FAILED", op
+    detail = op["error"]["detail"]
+    assert f"10.90.0.10:80/tcp is steered by instance {holder}" in detail, detail
+    assert f"edge host {edge1!r}" in detail, detail
+    assert op["error"]["status"] == 409
+    c.call("DELETE", f"{INST}/{inst['id']}")
+    meo_log = system["tmp"] / "meo.log"
+    assert "INSTATIATE" not in meo_log.read_text(errors="replace")

@@ -55,6 +55,7 @@ def make_server(orch: Orchestrator, listen: str, role: str = "all") -> ApiServer
     tls = _tls_context(orch.cfg, host, role)
     server = ApiServer((host, port), make_router(orch), tokens=tokens,
                        app_token_owner=orch.mep.app_token_owner if orch.mep is not None else None,
+                       meo_caller=role == "mepm", meo_token=_meo_token(orch.cfg, tokens),
                        **_limits(orch.cfg))
     if tls is not None:
         # The handshake happens on the first read, in the connection's own
@@ -62,6 +63,14 @@ def make_server(orch: Orchestrator, listen: str, role: str = "all") -> ApiServer
         server.socket = tls.wrap_socket(server.socket, server_side=True,
                                         do_handshake_on_connect=False)
     return server
+
+
+def _meo_token(cfg: dict, tokens: set[str]) -> str | None:
+    """The token an MEPM's MEO calls it with: the first of api.token_file
+    (the one it hands its MEO when it registers, mecorch.mepm.register)."""
+    if not tokens:
+        return None
+    return next(iter(token_lines(Path(cfg["api"]["token_file"]).read_text(encoding="utf-8"))))
 
 
 def _limits(cfg: dict) -> dict:

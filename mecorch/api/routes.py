@@ -10,7 +10,7 @@ from mecorch.mepm.orchestrator import Orchestrator
 from mecorch.package.manager import PKGM
 from mecorch.kernel.journal import LCM
 from mecorch.kernel import filters, paging
-from mecorch.kernel.errors import Conflict, NotFound
+from mecorch.kernel.errors import Conflict, Forbidden, NotFound
 from mecorch.kernel.states import OnboardingState
 from mecorch.kernel.http import APP, FileBody, Request, Response, Router, UnsupportedMediaType
 
@@ -22,12 +22,28 @@ LISTING = ("filter", "all_fields")
 JSON, ZIP = "application/json", "application/zip"
 
 
+# One identity across the levels: the MEO's id of the package or instance a
+# POST creates (mecorch extension of Mm3), taken from the MEPM's MEO only.
+MEO_ID = "X-Mecorch-Meo-Id"
+
+
+def meo_id(req: Request) -> str | None:
+    """The MEO's id for the resource `req` creates (None when the header is
+    absent); refused from any caller but the MEPM's MEO. Validated as any
+    id by the service that makes the resource."""
+    given = req.headers.get(MEO_ID)
+    if given is not None and not req.from_meo:
+        raise Forbidden(f"{MEO_ID} is taken only from this MEPM's MEO: a single node "
+                        "or an MEO names its resources itself")
+    return given
+
+
 def install(r: Router, o: Orchestrator) -> None:
     pk, lcm, mep = o.packages, o.lcm, o.mep
 
     # ---------------------------------------------------------------- app_pkgm
     def onboard(req: Request) -> Response:
-        info = pk.view(pk.resource(pk.onboard(req.json())["id"]))
+        info = pk.view(pk.resource(pk.onboard(req.json(), meo_id(req))["id"]))
         return Response(201, info, {"Location": info["_links"]["self"]["href"]})
 
     def upload(req: Request) -> Response:
@@ -97,7 +113,7 @@ def install(r: Router, o: Orchestrator) -> None:
 
     # ---------------------------------------------------------------- app_lcm
     def create_instance(req: Request) -> Response:
-        info = lcm.create(req.json(), req.headers.get("Idempotency-Key"))
+        info = lcm.create(req.json(), req.headers.get("Idempotency-Key"), meo_id(req))
         return Response(201, info, {"Location": info["_links"]["self"]["href"]})
 
     def list_instances(req: Request) -> Response:

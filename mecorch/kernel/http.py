@@ -15,6 +15,11 @@ Access control, per route (`Router.add(..., access=...)`):
 
 An app token is refused (403) everywhere but its own instance's Mp1 routes.
 
+The MEO as a caller (`Request.from_meo`): on an MEPM's listener
+(`ApiServer(meo_token=...)`), a request with the MEO's token, or any
+request when the MEPM has no tokens (loopback only: every local caller is
+its operator, the MEO among them); on any other listener, none.
+
 Limits of every listener (`ApiServer`: the API and each Mp1 gateway
 listener): at most `max_connections` connections at once, one thread each;
 one more is answered 503 and closed by the accepting thread at once (no
@@ -82,6 +87,8 @@ class Request:
     # the body of a streaming route (Router.add(stream=True)), read by the
     # handler as it arrives; `raw` is then empty
     stream: "BodyStream | None" = None
+    # the caller is this MEPM's MEO (see the module docstring)
+    from_meo: bool = False
 
     def json(self) -> Any:
         """The body as JSON. Refused: no body, bad UTF-8 or JSON, nesting
@@ -452,10 +459,15 @@ class ApiServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], router: Router, max_body: int,
                  tokens: set[str], app_token_owner: Callable[[str], str | None] | None = None,
                  max_connections: int = MAX_CONNECTIONS,
-                 request_deadline: float = REQUEST_DEADLINE_S):
+                 request_deadline: float = REQUEST_DEADLINE_S, meo_token: str | None = None,
+                 meo_caller: bool = False):
+        """`meo_caller`: this is an MEPM's listener, whose MEO may call it;
+        `meo_token`: the token that MEO presents (None: no tokens)."""
         self.router = router
         self.max_body = max_body
         self.tokens = {t.encode() for t in tokens}
+        self.meo_caller = meo_caller
+        self.meo_token = meo_token.encode() if meo_token else None
         # token -> the app instance it was issued to, or None
         self.app_token_owner = app_token_owner or (lambda token: None)
         self.request_timeout = REQUEST_TIMEOUT_S
@@ -614,7 +626,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 raise InvalidInput("the query string is not valid (UTF-8, at most 64 fields)") \
                     from None
             resp = handler(Request(self.command, url.path, query, self.headers, raw, params,
-                                   stream))
+                                   stream, self._from_meo()))
         except MecorchError as e:
             resp = Response(e.status, e.problem(instance), content_type="application/problem+json")
             if isinstance(e, Unauthorized):
@@ -659,6 +671,16 @@ class _RequestHandler(BaseHTTPRequestHandler):
                             "Mp1 resources only")
         if operators:
             raise Unauthorized("a valid bearer token is required")
+
+    def _from_meo(self) -> bool:
+        """The caller, authorized already, is this MEPM's MEO."""
+        if not self.server.meo_caller:
+            return False
+        if not self.server.tokens:
+            return True                 # loopback only: every caller is the operator
+        token = self._bearer()
+        return token is not None and self.server.meo_token is not None and \
+            hmac.compare_digest(token.encode(), self.server.meo_token)
 
     def _bearer(self) -> str | None:
         """The bearer token of the Authorization header, if any. The header

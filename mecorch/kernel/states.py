@@ -47,6 +47,15 @@ class LcmOperation(str, Enum):
     TERMINATE = "TERMINATE"
 
 
+def operation_words(value: str) -> str:
+    """An `lcmOperation` value as prose spells it (log lines, messages,
+    reasons): the member's name, so INSTANTIATE, never the wire's typo."""
+    try:
+        return LcmOperation(value).name
+    except ValueError:
+        return str(value)
+
+
 class OperationState(str, Enum):
     """operationState of an LCM operation occurrence."""
     STARTING = "STARTING"

@@ -46,7 +46,7 @@ from mecorch.mepm.lcm import (
     InstanceQueries, create_instance, fingerprint, idempotency_mismatch, parse_operate,
     parse_terminate)
 from mecorch.kernel.states import (
-    InstantiationState, LcmOperation, OperationState, TerminationType)
+    InstantiationState, LcmOperation, OperationState, TerminationType, operation_words)
 from mecorch.kernel.store import Store
 from mecorch.kernel.timeutil import public
 from mecorch.kernel.workers import Workers
@@ -94,8 +94,11 @@ class SystemLcm(InstanceQueries):
         self._pool.shutdown(wait=True)
 
     # ---------------------------------------------------------------- create / delete
-    def create(self, body: dict, idempotency_key: str | None = None) -> dict:
-        return public(create_instance(self.store, self.packages, body, idempotency_key)[0])
+    def create(self, body: dict, idempotency_key: str | None = None,
+               instance_id: str | None = None) -> dict:
+        """`instance_id` is never given to an MEO (mecorch.api.routes.meo_id)."""
+        return public(create_instance(self.store, self.packages, body, idempotency_key,
+                                      instance_id)[0])
 
     def delete(self, instance_id: str) -> None:
         with self._exclusive(instance_id):
@@ -193,11 +196,14 @@ class SystemLcm(InstanceQueries):
         remote = self.journal.data(op, "created")
         if remote is None:
             inst = self.get(iid)
+            # one identity: the host makes its instance under the MEO's id
+            # (a host that has the package under an id of its own, from
+            # before, is sent that id: the MEO maps package copies)
             made = mepm.create_instance(
                 {"appDId": inst["appDId"], "appInstanceName": inst["appInstanceName"],
                  "appInstanceDescription": inst["appInstanceDescription"],
                  "appPkgId": self.journal.data(op, "package")["id"]},   # its version
-                key=f"meo-{iid}")
+                key=f"meo-{iid}", instance_id=iid)
             remote = self.journal.step(op, "created", id=made["id"])["_steps"][-1]
             inst = self.get(iid)
             inst["_hostInstance"] = {"hostId": entry.host_id, "id": made["id"]}
@@ -224,22 +230,50 @@ class SystemLcm(InstanceQueries):
             self._copy_host_view(inst, entry.mepm.get_instance(host_instance), entry.host_id)
             self.store.put("instances", iid, inst)
             self.journal.events.instance(inst)              # notifications
-            self.packages.refresh_usage(inst["appDId"])
+            # before the op ends (a client that sees it COMPLETED reads the
+            # package's new usageState), not counting this op as running
+            self.packages.refresh_usage(inst["appDId"], ending=op["id"])
             self._free(iid)
             self.journal.finish(op)
         except HostAway:
             log.warning("%s of %s: host %s is away; the op stays PROCESSING until it "
-                        "returns", op["lcmOperation"], iid, entry.host_id)
+                        "returns", operation_words(op["lcmOperation"]), iid, entry.host_id)
         except Exception as e:  # noqa: BLE001 - the op must end FAILED with the reason
             if on_failure is not None:
                 on_failure()
             if isinstance(e, BackendUnavailable) and self.journal.done(op, "dispatched"):
                 return          # the host is going away: the resync ends it
-            err = e if isinstance(e, MecorchError) else _internal(e)
-            log.warning("%s of %s on %s failed: %s", op["lcmOperation"], iid, entry.host_id,
-                        err.detail)
+            err = self._in_meo_words(e, entry.host_id) if isinstance(e, MecorchError) \
+                else _internal(e)
+            log.warning("%s of %s on %s failed: %s", operation_words(op["lcmOperation"]), iid,
+                        entry.host_id, err.detail)
             self._free(iid)
             self.journal.finish(op, err)
+
+    def _in_meo_words(self, err: MecorchError, host_id: str) -> MecorchError:
+        """A host's error as the OSS must read it: the MEO's ids, the host
+        named. Instances and packages the host made under the MEO's ids
+        need nothing; those a host holds under ids of its own (made before
+        the MEO passed its ids) are named by the MEO's ids instead."""
+        own = {}
+        for inst in self.store.list("instances", keep=("id", "_hostInstance")):
+            remote = inst.get("_hostInstance") or {}
+            if remote.get("hostId") == host_id and remote.get("id") not in (None, inst["id"]):
+                own[remote["id"]] = inst["id"]
+        for pkg in self.packages.store.list("packages", keep=("id", "_hostCopies")):
+            copy = (pkg.get("_hostCopies") or {}).get(host_id)
+            if copy not in (None, pkg["id"]):
+                own[copy] = pkg["id"]
+        detail = err.detail
+        for theirs, ours in own.items():
+            detail = detail.replace(theirs, ours)
+        if f"edge host {host_id!r}" not in detail:
+            detail = f"edge host {host_id!r}: {detail}"
+        if detail == err.detail:
+            return err
+        out = type(err)(detail)
+        out.status, out.title = err.status, err.title
+        return out
 
     def _superseded_by(self, op: dict) -> Conflict | None:
         """A GRACEFUL terminate whose host op failed because the MEO's
@@ -407,7 +441,7 @@ class SystemLcm(InstanceQueries):
                 done.append(f"instance {inst['id']} resynced from host {entry.host_id}")
         for op in self.journal.in_progress():
             if op["_plan"].get("hostId") == entry.host_id and self._resume(op):
-                done.append(f"resumed {op['lcmOperation']} {op['id']} on host "
+                done.append(f"resumed {operation_words(op['lcmOperation'])} {op['id']} on host "
                             f"{entry.host_id}")
         return done
 
@@ -422,10 +456,11 @@ class SystemLcm(InstanceQueries):
             except NotFound:
                 self.journal.finish(op, Conflict(f"edge host {op['_plan']['hostId']!r} is "
                                                  "no longer registered"))
-                done.append(f"failed {op['lcmOperation']} {op['id']}: host gone")
+                done.append(f"failed {operation_words(op['lcmOperation'])} {op['id']}: "
+                            "host gone")
                 continue
             if entry.state != UNREACHABLE and self._resume(op):
-                done.append(f"resumed {op['lcmOperation']} {op['id']}")
+                done.append(f"resumed {operation_words(op['lcmOperation'])} {op['id']}")
         return done
 
     def _resume(self, op: dict) -> bool:

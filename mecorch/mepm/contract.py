@@ -21,7 +21,13 @@ Failure semantics every implementation keeps:
 - what the host has not: `get_instance` and `get_op` answer None,
   `ops_of` nothing, `delete_instance` and `remove_package` succeed; an
   operation on it is the MEPM's `NotFound`;
-- answers are documents as the API carries them (JSON, no internal keys).
+- answers are documents as the API carries them (JSON, no internal keys);
+- one identity: a package copy the host makes takes the MEO's package id,
+  an instance created with `instance_id` takes that id (the MEO's), so
+  records, containers, domains, logs and errors on the host name the ids
+  the OSS has. A copy or instance the host made before under an id of its
+  own keeps it (the MEO maps it); an id the host already has is a
+  `Conflict` (a retried create with its key returns the first one).
 
 tests/conformance/test_mepm_contract.py holds both implementations to
 these rules.
@@ -121,8 +127,9 @@ class Mepm(abc.ABC):
     @abc.abstractmethod
     def ensure_package(self, pkg: dict, zip_path: str) -> str:
         """Make the app package (the MEO's AppPkgInfo, its zip on the MEO)
-        onboarded and enabled on this host; returns the host's package id.
-        A package already there is left as it is."""
+        onboarded and enabled on this host, a new copy under the MEO's id
+        `pkg["id"]`; returns the host's package id. A package already there
+        (by appDId and versions) is left as it is, under its own id."""
 
     @abc.abstractmethod
     def remove_package(self, app_d_id: str, versions: tuple) -> None:
@@ -133,8 +140,9 @@ class Mepm(abc.ABC):
 
     # ---------------------------------------------------------------- instances
     @abc.abstractmethod
-    def create_instance(self, body: dict, key: str) -> dict:
-        """CreateAppInstanceRequest -> the host's AppInstanceInfo."""
+    def create_instance(self, body: dict, key: str, instance_id: str | None = None) -> dict:
+        """CreateAppInstanceRequest -> the host's AppInstanceInfo, made
+        under `instance_id` (the MEO's id for it) when given."""
 
     @abc.abstractmethod
     def instantiate(self, instance_id: str, body: dict, key: str) -> dict:

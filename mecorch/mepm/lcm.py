@@ -114,9 +114,13 @@ class Lcm(InstanceQueries):
         return views.host_instance_view(doc)
 
     # ------------------------------------------------------------ create / delete
-    def create(self, body: dict, idempotency_key: str | None = None) -> dict:
-        """CreateAppInstanceRequest -> AppInstanceInfo (NOT_INSTANTIATED)."""
-        doc, made = create_instance(self.store, self.packages, body, idempotency_key)
+    def create(self, body: dict, idempotency_key: str | None = None,
+               instance_id: str | None = None) -> dict:
+        """CreateAppInstanceRequest -> AppInstanceInfo (NOT_INSTANTIATED).
+        `instance_id`: the id the MEO gave the instance (an MEPM's record
+        takes it: one identity across the levels); a new id otherwise."""
+        doc, made = create_instance(self.store, self.packages, body, idempotency_key,
+                                    instance_id)
         if made:
             logs.event("instance.created", instance=doc["id"], package=doc["appPkgId"],
                        app=doc["appDId"])
@@ -597,12 +601,13 @@ def parse_operate(body, default_s: int) -> tuple[InstanceOperationalState, str, 
     return to, graceful, timeout
 
 
-def create_instance(store: Store, packages, body, idempotency_key: str | None
-                    ) -> tuple[dict, bool]:
+def create_instance(store: Store, packages, body, idempotency_key: str | None,
+                    instance_id: str | None = None) -> tuple[dict, bool]:
     """Store a new NOT_INSTANTIATED instance record for
     CreateAppInstanceRequest `body` (the MEO's and a host's alike); returns
     it and whether it was made now (False: a retry with the same
-    Idempotency-Key, answered with the first one's record)."""
+    Idempotency-Key, answered with the first one's record). `instance_id`:
+    the id to make it under (an MEPM given the MEO's), else a new one."""
     if not isinstance(body, dict):
         raise InvalidInput("body must be a CreateAppInstanceRequest object")
     key = f"create|{validate.text(idempotency_key, 'Idempotency-Key', 128)}" \
@@ -622,9 +627,11 @@ def create_instance(store: Store, packages, body, idempotency_key: str | None
     pkg_id = body.get("appPkgId")
     pkg = packages.usable(app_d_id, validate.ident(pkg_id, "appPkgId")
                           if pkg_id is not None else None)
-    iid = new_id()
+    iid = new_id() if instance_id is None else validate.ident(instance_id, "X-Mecorch-Meo-Id")
     doc = new_instance_doc(iid, body, pkg)
     with store.transaction():
+        if instance_id is not None and store.get("instances", iid) is not None:
+            raise Conflict(f"app instance {iid} already exists")
         store.put("instances", iid, doc)
         if key:
             store.put("idempotency", key, {"resource": iid, "fingerprint": fingerprint(body)})

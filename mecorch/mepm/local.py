@@ -31,7 +31,7 @@ class LocalMepm(Mepm):
         if have is None:
             have = self.orch.packages.onboard({
                 "appPkgName": pkg["appPkgName"], "appPkgVersion": pkg["appPkgVersion"],
-                "appPkgPath": zip_path, "checksum": pkg["checksum"]})
+                "appPkgPath": zip_path, "checksum": pkg["checksum"]}, pkg_id=pkg["id"])
         if have.get("operationalState") == "DISABLED":
             self.orch.packages.modify(have["id"], {"operationState": "ENABLED"})
         return have["id"]
@@ -50,8 +50,8 @@ class LocalMepm(Mepm):
         except NotFound:
             pass                    # gone meanwhile
 
-    def create_instance(self, body: dict, key: str) -> dict:
-        return self.orch.lcm.create(body, key)
+    def create_instance(self, body: dict, key: str, instance_id: str | None = None) -> dict:
+        return self.orch.lcm.create(body, key, instance_id)
 
     def instantiate(self, instance_id: str, body: dict, key: str) -> dict:
         return self.orch.lcm.instantiate(instance_id, body, key)

@@ -38,6 +38,10 @@ _CLOSED_BY_SERVER = (http.client.RemoteDisconnected, ConnectionResetError, Broke
 PKGM = "/app_pkgm/v1"
 LCM = "/app_lcm/v1"
 HOSTS = "/mecorch/v1/hosts"
+# The MEO's id of the package or instance a POST creates on the MEPM (one
+# identity across the levels): a mecorch extension of Mm3, taken by an MEPM
+# from its MEO only (mecorch.api).
+MEO_ID = "X-Mecorch-Meo-Id"
 ONBOARD_TIMEOUT_S = 600.0
 _BY_STATUS = {400: errors.InvalidInput, 401: errors.Unauthorized, 403: errors.Forbidden,
               404: errors.NotFound, 409: errors.Conflict, 412: errors.PreconditionFailed,
@@ -175,7 +179,7 @@ class RemoteMepm(Mepm):
         _, info = self.call("POST", f"{PKGM}/app_packages", {
             "appPkgName": pkg["appPkgName"], "appPkgVersion": pkg["appPkgVersion"],
             "checksum": {"algorithm": "SHA-256", "hash": pkg["checksum"]["hash"]},
-            "userDefinedData": {"mecorch.meoPackageId": pkg["id"]}})
+            "userDefinedData": {"mecorch.meoPackageId": pkg["id"]}}, {MEO_ID: pkg["id"]})
         size = os.path.getsize(zip_path)
         with open(zip_path, "rb") as f:
             # the host answers once the package is ONBOARDED (its image
@@ -211,8 +215,11 @@ class RemoteMepm(Mepm):
             pass
 
     # ---------------------------------------------------------------- instances
-    def create_instance(self, body: dict, key: str) -> dict:
-        return self.call("POST", f"{LCM}/app_instances", body, {"Idempotency-Key": key})[1]
+    def create_instance(self, body: dict, key: str, instance_id: str | None = None) -> dict:
+        headers = {"Idempotency-Key": key}
+        if instance_id is not None:
+            headers[MEO_ID] = instance_id
+        return self.call("POST", f"{LCM}/app_instances", body, headers)[1]
 
     def instantiate(self, instance_id: str, body: dict, key: str) -> dict:
         return self.call("POST", f"{LCM}/app_instances/{instance_id}/instantiate", body,

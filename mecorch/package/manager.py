@@ -20,6 +20,7 @@ whose upload or processing a crash interrupted is removed like any other.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import logging
 import os
@@ -75,9 +76,20 @@ class PackageManager:
         self.events: Events = NO_EVENTS         # notifications (mecorch.notifications.subscriptions)
 
     # ------------------------------------------------------------ onboard
-    def onboard(self, body) -> dict:
+    def onboard(self, body, pkg_id: str | None = None) -> dict:
+        """`pkg_id`: the id the MEO gave the package (an MEPM's copy takes
+        it: one identity across the levels); a new id otherwise."""
         req = _create_request(body)
         pid = new_id()
+        if pkg_id is not None:
+            pid = validate.ident(pkg_id, "X-Mecorch-Meo-Id")
+            have = self.store.get("packages", pid)
+            if have is not None:
+                if have.get("_awaitingContent") and have.get("checksum") == req["checksum"] \
+                        and req["appPkgPath"] is None \
+                        and have["onboardingState"] == OnboardingState.CREATED.value:
+                    return public(have)         # the MEO's create again, after a lost answer
+                raise Conflict(f"app package {pid} already exists")
         doc = {"id": pid, "appPkgName": req["appPkgName"], "appPkgVersion": req["appPkgVersion"],
                "checksum": req["checksum"], "onboardingState": OnboardingState.CREATED.value,
                "_path": req["appPkgPath"], "_images": []}
@@ -226,10 +238,10 @@ class PackageManager:
             # two versions of an app with the same image, or orchestrators
             # sharing a registry (a lab, a test run), need a repository each.
             image = f"{registry}/mecorch-apps/{_repo_name(pkg.app_d_id)[:100]}-" \
-                    f"{doc['id'][:8]}:{_VERSION_TAG.sub('_', info.version or 'latest')[:110]}"
+                    f"{_id_part(doc['id'])}:{_VERSION_TAG.sub('_', info.version or 'latest')[:110]}"
         else:
             # one VM image per package: two versions of an app coexist
-            image = f"{pkg.app_d_id[:55]}-{doc['id'][:8]}"
+            image = f"{pkg.app_d_id[:55]}-{_id_part(doc['id'])}"
         doc["_images"].append({"image": image, "imported": True, "manner": manner.value})
         self.store.put("packages", doc["id"], doc)     # journal before import
         with tempfile.TemporaryDirectory(dir=self.dir) as tmp:
@@ -403,14 +415,16 @@ class PackageManager:
             logs.event("package.deleted", package=pkg_id, app=doc["appDId"])
             return True
 
-    def refresh_usage(self, app_d_id: str) -> None:
+    def refresh_usage(self, app_d_id: str, ending: str | None = None) -> None:
         """Recompute usageState of every version of `app_d_id` after an
         instance came or went, and finish the pending deletion of a version
-        whose last instance is gone."""
+        whose last instance is gone. `ending`: the op occurrence about to
+        end (called just before it does, so that whoever sees it ended sees
+        the new usage): not counted as running."""
         with self._lock:
             for doc in self.store.list("packages", appDId=app_d_id,
                                        onboardingState=OnboardingState.ONBOARDED.value):
-                users = self._users(doc)
+                users = self._users(doc, ending)
                 usage = (UsageState.IN_USE if users else UsageState.NOT_IN_USE).value
                 if doc.get("_deletionPending") and not users:
                     self._remove(doc)
@@ -420,7 +434,7 @@ class PackageManager:
                     doc["usageState"] = usage
                     self.store.put("packages", doc["id"], doc)
 
-    def _users(self, doc: dict) -> int:
+    def _users(self, doc: dict, ending: str | None = None) -> int:
         """Instances using this package: made from it (their appPkgId; one
         without, from before versions, counts for every version) and
         instantiated or being instantiated/terminated."""
@@ -429,7 +443,8 @@ class PackageManager:
                                               keep=("appPkgId", "instantiationState", "_opId"))
                    if (i["appPkgId"] or doc["id"]) == doc["id"]
                    and (i["instantiationState"] == InstantiationState.INSTANTIATED.value
-                        or i.get("_opId") and self._op_running(i["_opId"])))
+                        or i.get("_opId") and i["_opId"] != ending
+                        and self._op_running(i["_opId"])))
 
     def _op_running(self, op_id: str) -> bool:
         op = self.store.get("op_occs", op_id)
@@ -561,6 +576,16 @@ def _copy_limited(src, out, max_bytes: int) -> None:
         if total > max_bytes:
             raise InvalidInput(f"appPkgPath: package is larger than {max_bytes} bytes")
         out.write(block)
+
+
+def _id_part(pkg_id: str) -> str:
+    """Eight characters of a package id for its image's name: the id's own
+    head when it is a UUID (every id mecorch makes), else a digest of it
+    (an id the MEO gave, of any letters: an image name is lower case, and
+    ids with a common head must not share a repository)."""
+    if re.fullmatch(r"[0-9a-f]{8}-[0-9a-f-]{27}", pkg_id):
+        return pkg_id[:8]
+    return hashlib.sha256(pkg_id.encode()).hexdigest()[:8]
 
 
 def _repo_name(app_d_id: str) -> str:

@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import socket
 import threading
+import uuid
 from pathlib import Path
 
 import yaml
@@ -69,7 +70,8 @@ class Lab:
         the path of its zip, as the MEO keeps them."""
         appd = {**yaml.safe_load(CONTAINER_APPD.read_text()), **appd_changes}
         z = make_package(self.tmp, CONTAINER_APPD, _fake_docker_tar(), **appd_changes)
-        return {"id": f"meo-pkg-{self.uid}", "appDId": appd["appDId"],
+        # each package its own MEO id: a host's copy takes it
+        return {"id": f"meo-pkg-{self.uid}-{uuid.uuid4().hex[:8]}", "appDId": appd["appDId"],
                 "appPkgName": appd["appName"], "appPkgVersion": str(appd["appDVersion"]),
                 "appDVersion": str(appd["appDVersion"]),
                 "appSoftwareVersion": str(appd["appSoftVersion"]),
