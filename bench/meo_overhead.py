@@ -51,7 +51,7 @@ from mecorch.kernel.states import DeploymentType                   # noqa: E402
 
 # ---------------------------------------------------------------- 1. in memory
 def _fake_system(tmp: Path, n: int):
-    from fakes import FakeCompute, FakeMep
+    from support.fakes import FakeCompute, FakeMep
     hosts = []
     for i in range(n):
         cfg = config.load()
@@ -75,8 +75,8 @@ def _fake_system(tmp: Path, n: int):
 
 
 def _fake_package(tmp: Path) -> dict:
-    from test_core_orchestration import CONTAINER_APPD, _fake_docker_tar, make_package
-    z = make_package(tmp, CONTAINER_APPD, _fake_docker_tar(), appTrafficRule=[], appDNSRule=[])
+    from support.corelab import CONTAINER_APPD, fake_docker_tar, make_package
+    z = make_package(tmp, CONTAINER_APPD, fake_docker_tar(), appTrafficRule=[], appDNSRule=[])
     return {"appPkgName": "bench", "appPkgVersion": "1", "appPkgPath": str(z),
             "checksum": {"algorithm": "SHA-256",
                          "hash": hashlib.sha256(z.read_bytes()).hexdigest()}}

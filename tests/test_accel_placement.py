@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import yaml
 
-from test_decision_dual import DUAL_APPD, INST, _onboard, _problem, dual_package, lab  # noqa: F401
+from support.corelab import INST
+from support.duallab import DUAL_APPD, dual_package, lab, onboard, problem  # noqa: F401
 
 
 def test_explicit_vm_with_acceleration_needs_a_kvm_vim(lab):  # noqa: F811
@@ -14,9 +15,9 @@ def test_explicit_vm_with_acceleration_needs_a_kvm_vim(lab):  # noqa: F811
     vcd = dict(appd["virtualComputeDescriptor"], requestAdditionalCapabilities=[
         {"requestedAdditionalCapabilityName": "hardwareAcceleration", "supportMandatory": True}])
     appd["swImageDescriptor"][1]["virtualComputeDescriptor"] = vcd
-    _onboard(lab, dual_package(lab.tmp, swImageDescriptor=appd["swImageDescriptor"]))
+    onboard(lab, dual_package(lab.tmp, swImageDescriptor=appd["swImageDescriptor"]))
     inst = lab.c.post(INST, {"appDId": "sample-dual"})[0]
-    err = _problem(lab.c.post, f"{INST}/{inst['id']}/instantiate",
+    err = problem(lab.c.post, f"{INST}/{inst['id']}/instantiate",
                    {"deploymentType": "VM", "selectedMECHostInfo": [{"hostId": {"id": "edge-b"}}]})
     assert err.status == 409
     assert "edge-b: its VIM is TCG-only and the AppD asks for hardware acceleration" in err.detail

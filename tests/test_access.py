@@ -19,133 +19,31 @@ import ast
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import run
-from fakes import FakeCompute, FakeMep
-from mecorch.kernel import config as mconfig
-from mecorch.api import load_tokens, make_router, make_server
+from mecorch.api import load_tokens, make_router
 from mecorch.kernel.errors import InvalidInput
 from mecorch.mepm.mep import token_digest
-from mecorch.mepm.orchestrator import Orchestrator
-from mecorch.kernel.states import DeploymentType
-from test_core_orchestration import INST, PKGS, onboard
+from support.corelab import INST, PKGS
 # the real-dockerd fixtures (the CIM on its own network, the sample image)
-from test_docker_cim import api, cim, config, leftovers, request, sample  # noqa: F401
+from support.dockerlab import api, cim, config, leftovers, request, sample  # noqa: F401
+from support.apiserve import (  # noqa: F401
+    HOST, REPO, Served, free_port, onboard_via, stop, call)
 
-REPO = Path(__file__).resolve().parents[1]
 MP1 = "/mec_app_support/v1/applications"
-HOST = [{"hostId": {"id": "default"}}]
-
-
-# ---------------------------------------------------------------- helpers
-def call(base: str, method: str, path: str, body=None, token: str | None = None,
-         headers: dict | None = None) -> tuple[int, dict, dict]:
-    """(status, JSON body or {}, headers) of one request."""
-    data = json.dumps(body).encode() if body is not None else None
-    hdrs = {"Content-Type": "application/json"} if data is not None else {}
-    if token is not None:
-        hdrs["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(base + path, data=data, method=method,
-                                 headers={**hdrs, **(headers or {})})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            raw, status, h = r.read(), r.status, dict(r.headers)
-    except urllib.error.HTTPError as e:
-        raw, status, h = e.read(), e.code, dict(e.headers)
-    body = json.loads(raw) if raw and "json" in h.get("Content-Type", "") else {}
-    if status >= 400:
-        assert h["Content-Type"] == "application/problem+json", (status, raw[:200])
-        assert body["status"] == status and body["detail"], body
-    return status, body, h
-
-
-class Served:
-    """The real HTTP API with in-memory drivers (as tests/test_core_orchestration's
-    `env`), optionally with operator tokens."""
-
-    def __init__(self, tmp: Path, tokens: list[str] | None = None):
-        cfg = mconfig.load()
-        cfg["state_dir"] = str(tmp / "state")
-        if tokens:
-            (tmp / "tokens").write_text("\n".join(tokens) + "\n")
-            cfg["api"]["token_file"] = str(tmp / "tokens")
-        self.orch = Orchestrator(cfg)
-        host = self.orch.inventory.get("default")
-        self.cim, self.vim = FakeCompute(DeploymentType.CONTAINER), FakeCompute(DeploymentType.VM)
-        self.mep = FakeMep()
-        host.attach("cim", self.cim)
-        host.attach("vim", self.vim)
-        host.attach("mep", self.mep)
-        self.server = make_server(self.orch, "127.0.0.1:0")
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.tmp = tmp
-        self.operator = tokens[0] if tokens else None
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.orch.close()
-
-    def __call__(self, method, path, body=None, token=None, **kw):
-        return call(self.base, method, path, body, token, **kw)
-
-    def wait(self, op: dict, token=None) -> dict:
-        for _ in range(200):
-            _, cur, _ = self("GET", op["_links"]["self"]["href"], token=token)
-            if cur["operationState"] in ("COMPLETED", "FAILED"):
-                return cur
-            time.sleep(0.05)
-        raise AssertionError(f"op {op['id']} did not end")
-
-    def deployed_instance(self, token=None) -> tuple[str, str]:
-        """A new INSTANTIATED container instance: (id, its Mp1 token as the
-        app got it in its environment)."""
-        status, inst, _ = self("POST", INST, {"appDId": "sample-http"}, token)
-        assert status == 201, inst
-        # the AppD's traffic rule with a service address of this instance's
-        # own: one address is steered by one instance only
-        self.deployed = getattr(self, "deployed", 0) + 1
-        rule = yaml.safe_load((REPO / "examples/sample-container-app/Definitions/appd.yaml")
-                              .read_text())["appTrafficRule"][0]
-        rule["trafficFilter"][0]["dstAddress"] = [f"10.90.0.{100 + self.deployed}"]
-        status, op, _ = self("POST", f"{INST}/{inst['id']}/instantiate",
-                             {"selectedMECHostInfo": HOST, "appTrafficRule": [rule]}, token)
-        assert status == 202, op
-        assert self.wait(op, token)["operationState"] == "COMPLETED"
-        env = self.cim.instances[inst["id"]]["request"].env
-        assert env["MEC_APP_INSTANCE_ID"] == inst["id"]
-        assert env["MEC_MP1_URL"] == "http://127.0.0.1:8080/mec_app_support/v1"
-        return inst["id"], env["MEC_APP_TOKEN"]
-
-
-def _onboard_via(s: Served, tmp: Path) -> None:
-    """Onboard the sample container package (through the real client)."""
-    from mecorch.kernel.client import Client
-
-    class E:
-        pass
-    e = E()
-    e.tmp, e.c = tmp, Client(s.base, token=s.operator or "")
-    onboard(e)
 
 
 @pytest.fixture
 def open_api(tmp_path):
     s = Served(tmp_path)
-    _onboard_via(s, tmp_path)
+    onboard_via(s, tmp_path)
     yield s
     s.close()
 
@@ -153,7 +51,7 @@ def open_api(tmp_path):
 @pytest.fixture
 def guarded_api(tmp_path):
     s = Served(tmp_path, tokens=[secrets.token_urlsafe(24), secrets.token_urlsafe(24)])
-    _onboard_via(s, tmp_path)
+    onboard_via(s, tmp_path)
     yield s
     s.close()
 
@@ -326,12 +224,6 @@ def test_load_tokens_rules(tmp_path):
         load_tokens(cfg, "127.0.0.1")
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def _serve_config(tmp: Path, token_file: Path | None) -> Path:
     """A config whose one host has no drivers: the server is about access,
     it must touch no backend."""
@@ -350,20 +242,10 @@ def _start(argv_prefix: list[str], cfg: Path, listen: str, log: Path) -> subproc
                             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 def test_serve_with_tokens_on_127_0_0_2_needs_a_bearer_token(tmp_path):
     token = secrets.token_urlsafe(24)
     (tmp_path / "tokens").write_text(token + "\n")
-    port = _free_port("127.0.0.2")
+    port = free_port("127.0.0.2")
     base = f"http://127.0.0.2:{port}"
     proc = _start([], _serve_config(tmp_path, tmp_path / "tokens"), f"127.0.0.2:{port}",
                   tmp_path / "serve.log")
@@ -386,7 +268,7 @@ def test_serve_with_tokens_on_127_0_0_2_needs_a_bearer_token(tmp_path):
         assert call(base, "GET", INST, token=token)[0] == 200
         assert call(base, "GET", f"{MP1}/x/dns_rules", token=token)[0] == 404
     finally:
-        _stop(proc)
+        stop(proc)
     assert proc.returncode is not None
 
 
@@ -421,7 +303,7 @@ def test_serve_off_loopback_refuses_without_tokens_and_guards_with_them(tmp_path
     try:
         assert proc.wait(30) == 2
     finally:
-        _stop(proc)
+        stop(proc)
     log = (tmp_path / "refused.log").read_text()
     assert "needs api.token_file" in log, log
     assert run(*inside, *CURL_STATUS, f"http://{listen}/openapi.yaml", check=False).stdout \
@@ -445,7 +327,7 @@ def test_serve_off_loopback_refuses_without_tokens_and_guards_with_them(tmp_path
         assert run(*inside, *CURL_STATUS, "-H", f"Authorization: Bearer {token}", url,
                    check=False).stdout == "200"
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 # ---------------------------------------------------------------- (c) sockets

@@ -17,15 +17,15 @@ import dataclasses
 import pytest
 import yaml
 
-from fakes import FakeCompute
+from support.fakes import FakeCompute
 from mecorch.driverapi.model import PortSpec, ResourceRequest, VolumeSpec
 from mecorch.kernel.client import ApiError
 from mecorch.kernel.errors import InvalidInput, MecorchError
 from mecorch.kernel.states import DeploymentType
 from mecorch.mepm.contract import HostInfo
-from test_core_orchestration import (  # noqa: F401 (env: a fixture)
+from support.corelab import (  # noqa: F401 (env: a fixture)
     INST, VM_APPD, create, env, onboard)
-from test_meo_core import deploy, onboard as meo_onboard, system  # noqa: F401 (a fixture)
+from support.meolab import deploy, onboard as meo_onboard, system  # noqa: F401 (a fixture)
 
 VM, CONTAINER = DeploymentType.VM, DeploymentType.CONTAINER
 

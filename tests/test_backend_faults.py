@@ -39,7 +39,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run
-from crashlab import INST, OPS, PKGS, VIRSH, Daemon, Lab, private_registry, wait_clean
+from support.crashlab import INST, OPS, PKGS, VIRSH, Daemon, Lab, private_registry, wait_clean
 
 pytestmark = [pytest.mark.docker, pytest.mark.libvirt, pytest.mark.mep]
 

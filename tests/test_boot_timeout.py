@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from crashlab import Lab
+from support.crashlab import Lab
 
 pytestmark = [pytest.mark.docker, pytest.mark.libvirt, pytest.mark.mep]
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from fakes import FakeCompute
+from support.fakes import FakeCompute
 from mecorch.api.status import Health, hosts_view
 from mecorch.driverapi.model import HostCapacity, ResourceRequest
 from mecorch.kernel import config
@@ -25,7 +25,7 @@ from mecorch.mepm.inventory import Inventory
 from mecorch.spec.capacity import NOTHING, Need, Room, accel_refusal, shared, shortfall
 from mecorch.spec.decision import Decision
 from mecorch.spec.plan import Plan
-from test_core_orchestration import INST, create, env, onboard  # noqa: F401 (env: fixture)
+from support.corelab import INST, create, env, onboard  # noqa: F401 (env: fixture)
 
 C = DeploymentType.CONTAINER
 

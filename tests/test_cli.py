@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from mecorch import cli
-from test_core_orchestration import env, onboard  # noqa: F401 - the fixture
+from support.corelab import env, onboard  # noqa: F401 - the fixture
 
 
 def run_cli(e, capsys, *argv: str) -> tuple[int, str, str]:
@@ -133,7 +133,7 @@ def test_host_list_shows_capacity_and_backends(env, capsys):  # noqa: F811
     assert int(cont["MEM MB"]) == 4096
     assert int(cont["MEM FREE"]) == 4096 - int(cont["MEM PROMISED"])
     assert "cim:up" in cont["BACKENDS"] and "mep:up" in cont["BACKENDS"]
-    env.cim.capacity = lambda: (_ for _ in ()).throw(__import__("fakes").broken("dockerd gone"))
+    env.cim.capacity = lambda: (_ for _ in ()).throw(__import__("support.fakes", fromlist=["broken"]).broken("dockerd gone"))
     from mecorch.api import status
     status.for_orchestrator(env.orch).health.probe_all()
     rc, out, err = run_cli(env, capsys, "host", "list")

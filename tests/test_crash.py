@@ -38,7 +38,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run
-from crashlab import INST, VIRSH, Lab, private_registry, rules_body, wait_clean
+from support.crashlab import INST, VIRSH, Lab, private_registry, rules_body, wait_clean
 
 pytestmark = [pytest.mark.docker, pytest.mark.libvirt, pytest.mark.mep]
 

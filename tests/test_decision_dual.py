@@ -17,34 +17,24 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
-import tempfile
-import threading
-from pathlib import Path
 
 import pytest
 import yaml
 
-from fakes import FakeCompute, FakeMep
 from mecorch.kernel import config
 from mecorch.spec import decision
-from mecorch.api import make_server
-from mecorch.kernel.client import ApiError, Client
 from mecorch.spec.decision import (
     ACCEPTED_FORMS, Decision, HostFacts, appd_for_manner, accel_required, choose_manner,
     decide_manner, deployment_type, named_type, preference_for, resource_request)
 from mecorch.kernel.errors import CapacityExceeded, InvalidInput
 from mecorch.spec.capacity import Need
-from mecorch.mepm.orchestrator import Orchestrator
-from mecorch.package import build_package, open_package
+from mecorch.package import open_package
 from mecorch.kernel.states import DeploymentType
-from test_core_orchestration import INST, PKGS, POD, TOSCA, _fake_docker_tar
+from support.corelab import INST, PKGS, POD, TOSCA, fake_docker_tar
+from support.duallab import (  # noqa: F401
+    CONTAINER, DUAL_APPD, REPO, VM, onboard, problem, dual_package, lab)
 
-VM, CONTAINER = DeploymentType.VM, DeploymentType.CONTAINER
-REPO = Path(__file__).resolve().parents[1]
-DUAL_APPD = REPO / "examples/sample-dual-app/Definitions/appd.yaml"
-QCOW2 = b"QFI\xfb" + b"\0" * 508
 
 # every accepted form of the identifier and what it means
 FORMS = [("VM", VM), ("vm", VM), ("Vm", VM), ("vM", VM), (0, VM), ("0", VM),
@@ -406,82 +396,6 @@ def test_the_config_takes_the_preference_and_refuses_typos(tmp_path):
             config.load(f)
 
 
-# ---------------------------------------------------------------- through the API (fakes)
-class AccelFake(FakeCompute):
-    """A fake VIM reporting its acceleration, as the libvirt VIM does."""
-
-    def __init__(self, accel: str, **kw):
-        super().__init__(VM, **kw)
-        self.accel = accel
-
-    def capabilities(self):
-        return dataclasses_replace(super().capabilities(), hardware_accel=self.accel)
-
-
-def dataclasses_replace(obj, **kw):
-    import dataclasses
-    return dataclasses.replace(obj, **kw)
-
-
-def dual_package(tmp: Path, **appd_changes) -> Path:
-    appd = yaml.safe_load(DUAL_APPD.read_text())
-    appd.update(appd_changes)
-    src = Path(tempfile.mkdtemp(dir=tmp, prefix="src-dual-"))
-    (src / "Artifacts").mkdir(parents=True)
-    (src / "Artifacts/sample-http.tar").write_bytes(_fake_docker_tar())
-    (src / "Artifacts/sample-vm.qcow2").write_bytes(QCOW2)
-    (src / "Definitions").mkdir()
-    (src / "Definitions/appd.yaml").write_text(yaml.safe_dump(appd))
-    return build_package(src, src.with_suffix(".zip"))
-
-
-@pytest.fixture
-def lab(tmp_path):
-    """The real core and REST API with two hosts: edge-a has only a CIM,
-    edge-b a CIM and a VIM (TCG); fake drivers."""
-    cfg = config.load()
-    cfg["state_dir"] = str(tmp_path / "state")
-    cfg["hosts"] = [{"id": "edge-a", "cim": {"driver": "fake", "registry": "127.0.0.1:5000"}, "mep": {"driver": "fake"}},
-                    {"id": "edge-b", "cim": {"driver": "fake", "registry": "127.0.0.1:5000"}, "vim": {"driver": "fake"},
-                     "mep": {"driver": "fake"}}]
-    orch = Orchestrator(cfg)
-    fakes = {"a-cim": FakeCompute(CONTAINER), "b-cim": FakeCompute(CONTAINER),
-             "b-vim": AccelFake("tcg")}
-    orch.inventory.get("edge-a").attach("cim", fakes["a-cim"])
-    orch.inventory.get("edge-b").attach("cim", fakes["b-cim"])
-    orch.inventory.get("edge-b").attach("vim", fakes["b-vim"])
-    for h in ("edge-a", "edge-b"):
-        orch.inventory.get(h).attach("mep", FakeMep())
-    server = make_server(orch, "127.0.0.1:0")
-    t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True)
-    t.start()
-
-    class Lab:
-        pass
-    e = Lab()
-    e.orch, e.fakes, e.tmp, e.cfg = orch, fakes, tmp_path, cfg
-    e.c = Client(f"http://127.0.0.1:{server.server_address[1]}", token="")
-    yield e
-    server.shutdown()
-    server.server_close()
-    orch.close()
-
-
-def _onboard(e, zpath: Path, **extra) -> dict:
-    return e.c.post(PKGS, {"appPkgName": "dual", "appPkgVersion": "1",
-                           "appPkgPath": str(zpath), **extra,
-                           "checksum": {"algorithm": "SHA-256",
-                                        "hash": hashlib.sha256(zpath.read_bytes()).hexdigest()}}
-                    )[0]
-
-
-def _problem(fn, *args, **kw) -> ApiError:
-    with pytest.raises(ApiError) as e:
-        fn(*args, **kw)
-    return e.value
-
-
 def _deploy(e, body: dict, keep: bool = False) -> tuple[dict, dict]:
     """Deploy an instance of sample-dual; unless `keep`, terminate it again
     (its traffic rule's address is then free for the next one)."""
@@ -495,16 +409,16 @@ def _deploy(e, body: dict, keep: bool = False) -> tuple[dict, dict]:
 
 
 def test_dual_onboarding_stores_both_images_and_records_both_manners(lab):
-    pkg = _onboard(lab, dual_package(lab.tmp))
+    pkg = onboard(lab, dual_package(lab.tmp))
     assert pkg["deploymentTypes"] == ["CONTAINER", "VM"] and "deploymentType" not in pkg
     assert [i["containerFormat"] for i in pkg["softwareImages"]] == ["DOCKER", "BARE"]
     ref = pkg["softwareImages"][0]["imagePath"]
     assert set(lab.fakes["a-cim"].images) == {ref} == set(lab.fakes["b-cim"].images)
     assert set(lab.fakes["b-vim"].images) == {pkg["softwareImages"][1]["imagePath"]}
     # the package DELETE checks a named manner against both
-    bad = _problem(lab.c.call, "DELETE", f"{PKGS}/{pkg['id']}?deploymentType=kvm")
+    bad = problem(lab.c.call, "DELETE", f"{PKGS}/{pkg['id']}?deploymentType=kvm")
     assert bad.status == 400 and ACCEPTED_FORMS in bad.detail
-    bad = _problem(lab.c.call, "DELETE", f"{PKGS}/{pkg['id']}?deploymentTyp=VM")
+    bad = problem(lab.c.call, "DELETE", f"{PKGS}/{pkg['id']}?deploymentTyp=VM")
     assert bad.status == 400 and "deploymentTyp" in bad.detail
     lab.c.call("PATCH", f"{PKGS}/{pkg['id']}", {"operationState": "DISABLED"})
     assert lab.c.call("DELETE", f"{PKGS}/{pkg['id']}?deployMethod=0")[0] == 204
@@ -513,37 +427,37 @@ def test_dual_onboarding_stores_both_images_and_records_both_manners(lab):
 
 @pytest.mark.parametrize("value, manner", [("container", CONTAINER), (0, VM), ("VM", VM)])
 def test_onboarding_for_one_manner(lab, value, manner):
-    pkg = _onboard(lab, dual_package(lab.tmp), deploymentType=value)
+    pkg = onboard(lab, dual_package(lab.tmp), deploymentType=value)
     assert pkg["deploymentType"] == manner.value and pkg["deploymentTypes"] == [manner.value]
     assert bool(lab.fakes["b-vim"].images) is (manner is VM)
     assert bool(lab.fakes["a-cim"].images) is (manner is CONTAINER)
     # instances of it then follow that manner, and the other is refused
     other = "CONTAINER" if manner is VM else "VM"
     inst = lab.c.post(INST, {"appDId": "sample-dual"})[0]
-    err = _problem(lab.c.post, f"{INST}/{inst['id']}/instantiate", {"deploymentType": other})
+    err = problem(lab.c.post, f"{INST}/{inst['id']}/instantiate", {"deploymentType": other})
     assert err.status == 400 and f"onboarded as {manner.value}" in err.detail
     # the delete request naming the other manner is refused
     lab.c.call("PATCH", f"{PKGS}/{pkg['id']}", {"operationState": "DISABLED"})
-    err = _problem(lab.c.call, "DELETE", f"{PKGS}/{pkg['id']}?deploymentType={other}")
+    err = problem(lab.c.call, "DELETE", f"{PKGS}/{pkg['id']}?deploymentType={other}")
     assert err.status == 400 and f"onboarded as {manner.value}" in err.detail
 
 
 def test_onboarding_type_is_checked_against_the_images(lab, tmp_path):
-    from test_core_orchestration import CONTAINER_APPD, make_package
-    zpath = make_package(tmp_path, CONTAINER_APPD, _fake_docker_tar())
-    err = _problem(_onboard, lab, zpath, deployMethod="vm")
+    from support.corelab import CONTAINER_APPD, make_package
+    zpath = make_package(tmp_path, CONTAINER_APPD, fake_docker_tar())
+    err = problem(onboard, lab, zpath, deployMethod="vm")
     assert err.status == 400
     assert err.detail == ("deployMethod says VM but the package holds only a CONTAINER image "
                           "(DOCKER/RAW)")
-    err = _problem(_onboard, lab, zpath, deploymentType="VM", deployMethod="1")
+    err = problem(onboard, lab, zpath, deploymentType="VM", deployMethod="1")
     assert "deploymentType says VM but deployMethod says CONTAINER" in err.detail
-    err = _problem(_onboard, lab, zpath, deploymentType="vmm")
+    err = problem(onboard, lab, zpath, deploymentType="vmm")
     assert err.detail.startswith("deploymentType: 'vmm' is not a deployment type")
     assert lab.c.get(PKGS) == [] and lab.fakes["a-cim"].images == {}      # nothing kept
 
 
 def test_policy_picks_by_host_and_records_the_reason(lab):
-    _onboard(lab, dual_package(lab.tmp))
+    onboard(lab, dual_package(lab.tmp))
     # the same body, no manner: edge-a has no VIM -> container
     info, op = _deploy(lab, {"selectedMECHostInfo": [{"hostId": {"id": "edge-a"}}]})
     assert op["operationState"] == "COMPLETED", op
@@ -575,7 +489,7 @@ def test_accel_asked_tcg_vim_means_a_container(lab):
     vcd = dict(appd["virtualComputeDescriptor"], requestAdditionalCapabilities=[
         {"requestedAdditionalCapabilityName": "hardwareAcceleration", "supportMandatory": True}])
     appd["swImageDescriptor"][1]["virtualComputeDescriptor"] = vcd
-    _onboard(lab, dual_package(lab.tmp, swImageDescriptor=appd["swImageDescriptor"]))
+    onboard(lab, dual_package(lab.tmp, swImageDescriptor=appd["swImageDescriptor"]))
     lab.orch.lcm._orchestrator_cfg["prefer"] = "vm"
     info, _ = _deploy(lab, {"selectedMECHostInfo": [{"hostId": {"id": "edge-b"}}]})
     assert info["deploymentType"] == "CONTAINER"
@@ -588,17 +502,17 @@ def test_accel_asked_tcg_vim_means_a_container(lab):
 
 @pytest.mark.parametrize("value, manner", [(0, "VM"), ("1", "CONTAINER"), ("vm", "VM")])
 def test_named_manner_and_terminate_check(lab, value, manner):
-    _onboard(lab, dual_package(lab.tmp))
+    onboard(lab, dual_package(lab.tmp))
     info, op = _deploy(lab, {"selectedMECHostInfo": [{"hostId": {"id": "edge-b"}}],
                              "deployMethod": value}, keep=True)
     assert info["deploymentType"] == manner and info["decisionReason"].startswith(
         f"deployMethod says {manner} (the app is dual-format")
     other = "CONTAINER" if manner == "VM" else "VM"
-    err = _problem(lab.c.post, f"{INST}/{info['id']}/terminate",
+    err = problem(lab.c.post, f"{INST}/{info['id']}/terminate",
                    {"terminationType": "FORCEFUL", "deploymentType": other})
     assert err.status == 400 and err.detail == (
         f"deploymentType says {other} but app instance {info['id']} was deployed as {manner}")
-    err = _problem(lab.c.post, f"{INST}/{info['id']}/terminate",
+    err = problem(lab.c.post, f"{INST}/{info['id']}/terminate",
                    {"terminationType": "FORCEFUL", "deploymentType": "pod"})
     assert err.status == 400 and ACCEPTED_FORMS in err.detail
     op = lab.c.wait_op(lab.c.post(f"{INST}/{info['id']}/terminate",

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import drivers
-import fakes
+from support import fakes
 from mecorch.driverapi import contracts
 from mecorch.driverapi.contracts import OPTIONAL, Driver
 

@@ -29,7 +29,7 @@ from hypothesis.errors import Unsatisfiable
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from test_access import Served, _onboard_via
+from support.apiserve import Served, onboard_via
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "mecorch" / "openapi" / "mecorch.yaml"
@@ -42,7 +42,7 @@ schemathesis.serializer.alias("application/zip", "application/octet-stream")
 def world(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fuzz")
     s = Served(tmp)
-    _onboard_via(s, tmp)
+    onboard_via(s, tmp)
     a, _ = s.deployed_instance()
     pkg = s("GET", PKGS)[1][0]
     st_, sub, _ = s("POST", f"{MP1}/{a}/subscriptions", {

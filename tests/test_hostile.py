@@ -48,14 +48,14 @@ import pytest
 import yaml
 
 from conftest import run
-from fakes import FakeCompute, broken
+from support.fakes import FakeCompute, broken
 from mecorch.kernel import config as mconfig
 from mecorch.api import make_server
 from mecorch.mepm.orchestrator import Orchestrator
 from mecorch.package.meta import META_PATH, format_manifest, format_tosca_meta
 from mecorch.kernel.states import DeploymentType
-from test_access import Served, _onboard_via
-from test_core_orchestration import INST, PKGS, POD, TOSCA, VM_APPD, _fake_docker_tar, \
+from support.apiserve import Served, onboard_via
+from support.corelab import INST, PKGS, POD, TOSCA, VM_APPD, fake_docker_tar, \
     make_package
 
 REPO = Path(__file__).resolve().parents[1]
@@ -242,7 +242,7 @@ def world(tmp_path):
     INSTANTIATED container instance A (with a subscription), and idle
     instances to instantiate."""
     s = Served(tmp_path)
-    _onboard_via(s, tmp_path)
+    onboard_via(s, tmp_path)
     vm_zip = make_package(tmp_path, VM_APPD, b"QFI\xfb" + b"\0" * 508)
     st, vm_pkg, _ = s("POST", PKGS, {"appPkgName": "v", "appPkgVersion": "1",
                                       "appPkgPath": str(vm_zip), "checksum": {
@@ -599,7 +599,7 @@ def test_hostile_package_documents(world, tmp_path):
         (src / "Definitions/appd.yaml").write_text(text)
         sw = appd["swImageDescriptor"]["swImage"]
         (src / sw).parent.mkdir(parents=True, exist_ok=True)
-        (src / sw).write_bytes(_fake_docker_tar())
+        (src / sw).write_bytes(fake_docker_tar())
         zpath = _zip_folder(src, tmp_path / f"p{n}.zip")
         status, body = Wire(w.s.server.server_address[1]).send("POST", PKGS, {
             "appPkgName": "h", "appPkgVersion": "1", "appPkgPath": str(zpath),
@@ -639,7 +639,7 @@ def _zip_folder(src: Path, dest: Path) -> Path:
 def real_mep(tmp_path):
     """The API with a fake CIM and the real LinuxMEP (iptables + dnsmasq) in
     network namespaces (tests/test_linux_mep.py's lab)."""
-    from test_linux_mep import Lab
+    from support.netns import Lab
     lab = Lab(tmp_path / "lab")
     (tmp_path / "lab").mkdir()
     try:
@@ -659,7 +659,7 @@ def real_mep(tmp_path):
         s = Served.__new__(Served)
         s.orch, s.cim, s.mep, s.server, s.tmp, s.operator = orch, cim, None, server, tmp_path, None
         s.base = f"http://127.0.0.1:{server.server_address[1]}"
-        _onboard_via(s, tmp_path)
+        onboard_via(s, tmp_path)
         yield s, lab
         server.shutdown()
         server.server_close()
@@ -788,7 +788,7 @@ def test_malformed_bodies_are_400(wire_api, body, why):
 
 def test_huge_numbers_where_numbers_belong_are_refused(wire_api):
     s = wire_api
-    _onboard_via(s, s.tmp)
+    onboard_via(s, s.tmp)
     iid = s("POST", INST, {"appDId": "sample-http"})[1]["id"]
     port = s.server.server_address[1]
     for value in (b"1e308", b"10" * 200, b"-1", b"1.5", b"true", b"1e999"):

@@ -41,10 +41,10 @@ from mecorch.kernel.errors import InvalidInput
 from mecorch.spec.rules import TrafficRule
 
 from conftest import SAMPLE_CONTAINER_REF, run
-from test_hostile_mep import CONTAINER_APPD, Env, descriptor, refused
-from test_hostile_mep import dns as fake_dns
-from test_hostile_mep import traffic as fake_traffic
-from test_mep_clients import EXAMPLES, INST, MP1, Lab, app_mp1, dns, etsi, poll, traffic
+from support.mepenv import CONTAINER_APPD, Env, descriptor, refused
+from support.mepenv import dns as fake_dns
+from support.mepenv import traffic as fake_traffic
+from support.meplab import EXAMPLES, INST, MP1, Lab, app_mp1, dns, etsi, poll, traffic
 
 OPS = "/app_lcm/v1/app_lcm_op_occs"
 # An address the fake CIM never gives (it counts 10.123.0.1, .2, ...).

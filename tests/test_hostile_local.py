@@ -38,7 +38,7 @@ from pathlib import Path
 import pytest
 
 from conftest import WORKLOADS, run
-from fakes import FakeCompute, FakeMep
+from support.fakes import FakeCompute, FakeMep
 from mecorch.kernel import config as mconfig
 from mecorch.api import load_tokens, make_server, serve_app_networks
 from mecorch.kernel.errors import InvalidInput, MecorchError
@@ -48,7 +48,7 @@ from mecorch.driverapi.model import PortSpec, ResourceRequest
 from mecorch.mepm.register import _first_line
 from mecorch.mepm.orchestrator import Orchestrator
 from mecorch.kernel.states import DeploymentType
-from test_core_orchestration import INST
+from support.corelab import INST
 
 try:
     import libvirt
@@ -57,7 +57,7 @@ except ImportError:              # no libvirt bindings: TestVmTokenOffCommandLin
 if libvirt is not None:
     from drivers.libvirt_vim import LibvirtVIM
     from drivers.libvirt_vim import xmlrender as X
-    from test_libvirt_vim import conn, vim_cfg  # noqa: F401 - fixtures: pool, network, state dir
+    from support.libvirtlab import conn, vim_cfg  # noqa: F401 - fixtures: pool, network, state dir
 
 
 # ---------------------------------------------------------------- finding 8
@@ -382,7 +382,7 @@ class TestStateFilesPrivate:
         os.chmod(state, 0o755)
         os.chmod(state / "packages", 0o755)
         os.chmod(state / "packages" / "old.zip", 0o644)
-        from test_mep_clients import dns, free_net, traffic
+        from support.meplab import dns, free_net, traffic
         port = _free_port()
         host, net, prefix = f"priv{uid}", f"mcp-{uid}", f"MCP{uid}".upper()
         service = free_net("10.93.0.0", 24)

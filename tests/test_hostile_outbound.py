@@ -25,12 +25,12 @@ from pathlib import Path
 
 import pytest
 
-from test_hostile_mep import INST, MP1, Env
-from test_core_orchestration import CONTAINER_APPD, PKGS, _fake_docker_tar, make_package
-from test_package_upload import Lab
-from test_meo_core import _host as meo_host, deploy as meo_deploy, onboard as meo_onboard
-from test_meo_core import served as meo_served
-from test_meo_core import system  # noqa: F401 - a fixture
+from support.mepenv import INST, MP1, Env
+from support.corelab import CONTAINER_APPD, PKGS, fake_docker_tar, make_package
+from support.uploadlab import Lab
+from support.meolab import host as meo_host, deploy as meo_deploy, onboard as meo_onboard
+from support.meolab import served as meo_served
+from support.meolab import system  # noqa: F401 - a fixture
 from mecorch.kernel import config, outbound
 from mecorch.api import _tls_context, make_server
 from mecorch.kernel.client import ApiError
@@ -469,8 +469,8 @@ class TestPackageFetchThroughOutbound:
         assert not left.exists() or list(left.iterdir()) == []
 
     @staticmethod
-    def _zip(lab) -> bytes:
-        return make_package(lab.tmp, CONTAINER_APPD, _fake_docker_tar()).read_bytes()
+    def zip_package(lab) -> bytes:
+        return make_package(lab.tmp, CONTAINER_APPD, fake_docker_tar()).read_bytes()
 
     def test_a_302_to_another_loopback_port_is_refused_naming_appPkgPath(self, lab, peers):
         data = self._zip(lab)

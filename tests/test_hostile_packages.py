@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-import pkglayouts as L
+from support import pkglayouts as L
 from mecorch.kernel.errors import IntegrityError, InvalidInput, PayloadTooLarge
 from mecorch.package import ArchiveLimits, open_package
-from test_package import fake_docker_tar
+from support.packages import fake_docker_tar
 
 APPD = "Definition/MainServiceTemplate.yaml"
 

@@ -27,8 +27,8 @@ from mecorch.kernel import yamlsafe
 from mecorch.kernel.client import ApiError, Client
 from mecorch.kernel.errors import InvalidInput, MecorchError
 from mecorch.package.appd import validate_appd
-from test_access import _free_port, _stop
-from test_package import appd_package, load_appd
+from support.apiserve import free_port, stop
+from support.packages import appd_package, load_appd
 
 REPO = Path(__file__).resolve().parent.parent
 PKGS = "/app_pkgm/v1/app_packages"
@@ -74,7 +74,7 @@ LAUNCHER = """
 import sys
 from importlib import metadata
 sys.path.insert(0, {tests!r})
-from fakes import FakeCompute, FakeMep
+from support.fakes import FakeCompute, FakeMep
 from mecorch.kernel.states import DeploymentType
 
 class FakeCIM(FakeCompute):
@@ -110,7 +110,7 @@ def serve(tmp_path_factory):
                                                   "registry": "127.0.0.1:5999"},
                       "mep": {"driver": "fake-mep"}}]}
     (tmp / "mecorch.yaml").write_text(yaml.safe_dump(cfg))
-    port = _free_port("127.0.0.1")
+    port = free_port("127.0.0.1")
     log = open(tmp / "serve.log", "wb")
     proc = subprocess.Popen([sys.executable, "-c",
                              LAUNCHER.format(tests=str(REPO / "tests")), "--config",
@@ -131,7 +131,7 @@ def serve(tmp_path_factory):
                 time.sleep(0.1)
         yield {"c": c, "pid": proc.pid, "tmp": tmp}
     finally:
-        _stop(proc)
+        stop(proc)
         log.close()
 
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import shutil
-import tempfile
 import urllib.request
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -36,35 +34,12 @@ from mecorch.driverapi.model import PortSpec, ResourceRequest, VolumeSpec  # noq
 from mecorch.kernel.states import DeploymentType, ObservedState       # noqa: E402
 
 from conftest import run                                       # noqa: E402
+from support.libvirtlab import conn, domains, vim_cfg, volumes  # noqa: E402,F401 (fixtures)
 
-URI = "qemu:///system"
 pytestmark = pytest.mark.libvirt
 
 
 # -- helpers ---------------------------------------------------------------------
-
-def _used_cidrs(conn) -> list:
-    nets = []
-    for net in conn.listAllNetworks(0):
-        for ip in ET.fromstring(net.XMLDesc(0)).findall("./ip"):
-            if ip.get("netmask"):
-                nets.append(ipaddress.ip_interface(
-                    f"{ip.get('address')}/{ip.get('netmask')}").network)
-    for line in run("ip", "-4", "-o", "addr", "show").stdout.splitlines():
-        nets.append(ipaddress.ip_interface(line.split()[3]).network)
-    return nets
-
-
-def _free_cidr(conn, uid: str) -> str:
-    """A /24 in 192.168.200-249 no libvirt network or host interface uses,
-    starting from one derived from uid."""
-    used = _used_cidrs(conn)
-    start = int(uid, 16) % 50
-    for i in range(50):
-        net = ipaddress.ip_network(f"192.168.{200 + (start + i) % 50}.0/24")
-        if not any(net.overlaps(u) for u in used):
-            return str(net)
-    pytest.fail("no free 192.168.200-249.0/24 for the test network")
 
 
 def _request(iid: str, image: str = "sample", **kw) -> ResourceRequest:
@@ -73,25 +48,9 @@ def _request(iid: str, image: str = "sample", **kw) -> ResourceRequest:
                            image=image, **kw)
 
 
-def _domains(conn) -> list[str]:
-    return [d.name() for d in conn.listAllDomains(0)]
-
-
-def _pools(conn) -> list[str]:
-    return [p.name() for p in conn.listAllStoragePools(0)]
-
-
-def _volumes(conn, pool: str) -> list[str]:
-    if pool not in _pools(conn):
-        return []
-    p = conn.storagePoolLookupByName(pool)
-    p.refresh(0)
-    return [v.name() for v in p.listAllVolumes(0)]
-
-
 def _assert_instance_gone(conn, cfg: dict, iid: str, keep: tuple[str, ...] = ()) -> None:
-    assert X.domain_name(iid) not in _domains(conn)
-    left = [v for v in _volumes(conn, cfg["pool"]) if v.startswith(f"{iid}-") and v not in keep]
+    assert X.domain_name(iid) not in domains(conn)
+    left = [v for v in volumes(conn, cfg["pool"]) if v.startswith(f"{iid}-") and v not in keep]
     assert left == [], f"volumes of {iid} left behind: {left}"
     pool_dir = Path(cfg["state_dir"]) / "pool"
     files = [f for f in (os.listdir(pool_dir) if pool_dir.exists() else [])
@@ -100,50 +59,6 @@ def _assert_instance_gone(conn, cfg: dict, iid: str, keep: tuple[str, ...] = ())
 
 
 # -- fixtures --------------------------------------------------------------------
-
-@pytest.fixture
-def conn():
-    c = libvirt.open(URI)
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def vim_cfg(uid, conn):
-    base = Path(tempfile.mkdtemp(prefix=f"mecorch-vim-{uid}-", dir="/var/tmp"))
-    base.chmod(0o711)
-    cfg = {"driver": "libvirt", "uri": URI, "pool": f"mct-{uid}", "network": f"mct-{uid}",
-           "bridge": f"mct-{uid}", "network_cidr": _free_cidr(conn, uid), "accel": "tcg",
-           "state_dir": str(base / "state"), "run_dir": str(base / "run"),
-           "host_id": f"test-{uid}", "boot_timeout_s": 90}
-    yield cfg
-    # Teardown: everything named after this test, whatever the test did.
-    for dom in conn.listAllDomains(0):
-        if dom.name().startswith(X.DOMAIN_PREFIX) and uid in dom.name():
-            if dom.isActive():
-                dom.destroy()
-            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
-    try:
-        pool = conn.storagePoolLookupByName(cfg["pool"])
-        if pool.isActive():
-            pool.refresh(0)
-            for vol in pool.listAllVolumes(0):
-                vol.delete(0)
-            pool.destroy()
-        pool.undefine()
-    except libvirt.libvirtError:
-        pass
-    try:
-        net = conn.networkLookupByName(cfg["network"])
-        if net.isActive():
-            net.destroy()
-        net.undefine()
-    except libvirt.libvirtError:
-        pass
-    shutil.rmtree(base, ignore_errors=True)
-    assert not [d for d in _domains(conn) if uid in d]
-    assert cfg["pool"] not in [p.name() for p in conn.listAllStoragePools(0)]
-    assert cfg["network"] not in [n.name() for n in conn.listAllNetworks(0)]
 
 
 @pytest.fixture
@@ -249,7 +164,7 @@ def test_boot_reach_check_and_destroy(vim, vim_cfg, conn, sample_vm, uid):
     assert vim.inspect(alloc.handle).state == ObservedState.MISSING
     vim.destroy(alloc.handle)                                   # idempotent
     _assert_instance_gone(conn, vim_cfg, iid, keep=(f"{iid}-keep.qcow2",))
-    assert f"{iid}-keep.qcow2" in _volumes(conn, vim_cfg["pool"])   # reserved survives
+    assert f"{iid}-keep.qcow2" in volumes(conn, vim_cfg["pool"])   # reserved survives
     pool.storageVolLookupByName(f"{iid}-keep.qcow2").delete(0)
     assert not Path(alloc.extra["console_log"]).exists()
     assert iid not in {o.instance_id for o in vim.list_instances()}
@@ -291,7 +206,7 @@ def test_invalid_requests_change_nothing(vim, vim_cfg, conn, uid):
             vim.deploy(req)
     with pytest.raises(errors.InvalidInput):
         vim.destroy({"domain": "not-ours"})
-    assert not [d for d in _domains(conn) if uid in d]
+    assert not [d for d in domains(conn) if uid in d]
 
 
 def test_failures_half_way_roll_back(vim, vim_cfg, conn, uid):
@@ -303,7 +218,7 @@ def test_failures_half_way_roll_back(vim, vim_cfg, conn, uid):
     pool.createXML(X.volume_xml(f"{iid}-data.qcow2", 1 << 20), 0)
     with pytest.raises(errors.Conflict):
         vim.deploy(_request(iid, volumes=(VolumeSpec("data", 0.01),)))
-    assert _volumes(conn, vim_cfg["pool"]) == [f"{iid}-data.qcow2"]
+    assert volumes(conn, vim_cfg["pool"]) == [f"{iid}-data.qcow2"]
     pool.storageVolLookupByName(f"{iid}-data.qcow2").delete(0)
 
     # 2. Absurd memory: the base, overlay, data volume and domain are made,
@@ -322,5 +237,5 @@ def test_failures_half_way_roll_back(vim, vim_cfg, conn, uid):
     _assert_instance_gone(conn, vim_cfg, iid)                   # reserved too: it was new
     short.close()
     # Only the shared base copy stays, for the next deploy of the image.
-    assert [v.startswith("base-sample-") for v in _volumes(conn, vim_cfg["pool"])] == [True]
-    assert not [d for d in _domains(conn) if uid in d]
+    assert [v.startswith("base-sample-") for v in volumes(conn, vim_cfg["pool"])] == [True]
+    assert not [d for d in domains(conn) if uid in d]

@@ -11,11 +11,11 @@ import logging
 
 import pytest
 
-from fakes import broken
+from support.fakes import broken
 from mecorch.kernel import logs
 from mecorch.api import status
 from mecorch.kernel.states import LcmOperation
-from test_core_orchestration import INST, PKGS, env, instantiate, onboard, terminate  # noqa: F401
+from support.corelab import INST, PKGS, env, instantiate, onboard, terminate  # noqa: F401
 
 
 @pytest.fixture

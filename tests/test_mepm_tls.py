@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from fakes import FakeCompute, FakeMep
+from support.fakes import FakeCompute, FakeMep
 from mecorch.kernel import config
 from mecorch.api import _tls_context, make_server
 from mecorch.kernel.errors import BackendUnavailable, InvalidInput, Unauthorized
@@ -78,9 +78,9 @@ def test_a_connection_the_mepm_closed_while_idle_is_opened_again(mepm):
     EOF on the next request: the client opens a new one and the call works
     (a POST too: the server closed it before any request came)."""
     url, ca, orch, tmp = mepm
-    from test_core_orchestration import CONTAINER_APPD, _fake_docker_tar, make_package
+    from support.corelab import CONTAINER_APPD, fake_docker_tar, make_package
     import hashlib
-    z = make_package(tmp, CONTAINER_APPD, _fake_docker_tar())
+    z = make_package(tmp, CONTAINER_APPD, fake_docker_tar())
     orch.packages.onboard({"appPkgName": "p", "appPkgVersion": "1", "appPkgPath": str(z),
                            "checksum": {"algorithm": "SHA-256",
                                         "hash": hashlib.sha256(z.read_bytes()).hexdigest()}})
@@ -115,9 +115,9 @@ def test_listings_follow_every_page(mepm):
     url, ca, orch, tmp = mepm
     remote = RemoteMepm("tls-edge", url, "mepm-token-0123456789abcdef", ca)
     orch.cfg["api"]["page_size"] = 2
-    from test_core_orchestration import CONTAINER_APPD, _fake_docker_tar, make_package
+    from support.corelab import CONTAINER_APPD, fake_docker_tar, make_package
     import hashlib
-    z = make_package(tmp, CONTAINER_APPD, _fake_docker_tar())
+    z = make_package(tmp, CONTAINER_APPD, fake_docker_tar())
     orch.packages.onboard({"appPkgName": "p", "appPkgVersion": "1", "appPkgPath": str(z),
                            "checksum": {"algorithm": "SHA-256",
                                         "hash": hashlib.sha256(z.read_bytes()).hexdigest()}})

@@ -13,9 +13,9 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fakes import broken
+from support.fakes import broken
 from mecorch.api import make_server, status
-from test_core_orchestration import INST, env, instantiate, onboard, terminate  # noqa: F401
+from support.corelab import INST, env, instantiate, onboard, terminate  # noqa: F401
 
 
 def get(url: str, token: str | None = None) -> tuple[int, str, dict]:

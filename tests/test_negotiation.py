@@ -12,8 +12,8 @@ import json
 import pytest
 
 from mecorch.kernel.http import acceptable
-from test_core_orchestration import INST, PKGS
-from test_package_upload import Lab, _zip
+from support.corelab import INST, PKGS
+from support.uploadlab import Lab, zip_package
 
 OPS = "/app_lcm/v1/app_lcm_op_occs"
 
@@ -22,7 +22,7 @@ OPS = "/app_lcm/v1/app_lcm_op_occs"
 def lab(tmp_path):
     lab = Lab(tmp_path)
     zpath = tmp_path / "p.zip"
-    data, body = _zip(lab)
+    data, body = zip_package(lab)
     zpath.write_bytes(data)
     lab.pkg = lab.c.upload_package(body, zpath)
     lab.zip = data

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import run
-from crashlab import Lab, rules_body
+from support.crashlab import Lab, rules_body
 
 pytestmark = [pytest.mark.docker, pytest.mark.mep]
 
@@ -77,7 +77,7 @@ def test_crashed_container_shows_stopped_with_exit_code_within_seconds():
 
 @pytest.mark.libvirt
 def test_destroyed_vm_shows_stopped_within_seconds():
-    from crashlab import VIRSH
+    from support.crashlab import VIRSH
     lab = Lab("evm", "MEW", interval_s=60)
     try:
         lab.start()

@@ -18,7 +18,6 @@ structures the document publishes.
 
 from __future__ import annotations
 
-import copy
 import functools
 import hashlib
 import json
@@ -38,107 +37,20 @@ from openapi_spec_validator import validate as validate_openapi
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from fakes import broken
+from support.fakes import broken
 from mecorch.api import make_router, make_server
 from mecorch.package import NFV_SCHEMAS
-from test_core_orchestration import (CONTAINER_APPD, INST, PKGS, POD, TOSCA, VM_APPD,
-                                     _fake_docker_tar, make_package)
-from test_core_orchestration import env  # noqa: F401 - the fixture (real API, fake drivers)
+from support.corelab import (CONTAINER_APPD, INST, PKGS, POD, TOSCA, VM_APPD,
+                                     fake_docker_tar, make_package)
+from support.corelab import env  # noqa: F401 - the fixture (real API, fake drivers)
+from support.etsischema import (  # noqa: F401
+    DOC_PATH, ETSI, LCM_FILE, MP1_FILE, OPENAPI, PKGM_FILE, REPO, doc, errors_of,
+    etsi_components, etsi_validator)
 
-REPO = Path(__file__).resolve().parents[1]
-OPENAPI = REPO / "mecorch" / "openapi"
-DOC_PATH = OPENAPI / "mecorch.yaml"
-ETSI = OPENAPI / "etsi"
 SHARED = REPO.parent / "shared" / "etsi-mec"
-LCM_FILE, PKGM_FILE, MP1_FILE = "MEC010-2_AppLcm.yaml", "MEC010-2_AppPkgMgmt.yaml", \
-    "MecAppSupportApi.yaml"
 ETSI_FILES = [LCM_FILE, PKGM_FILE, MP1_FILE, "LICENSE-MEC010-2", "LICENSE-MEC011"]
 MP1 = "/mec_app_support/v1/applications"
 METHODS = ("get", "put", "post", "delete", "patch")
-
-
-# ---------------------------------------------------------------- loading
-@functools.cache
-def doc() -> dict:
-    return yaml.safe_load(DOC_PATH.read_text())
-
-
-@functools.cache
-def etsi_doc(name: str) -> dict:
-    return yaml.safe_load((ETSI / name).read_text())
-
-
-def _json_schema_of_30(node: Any) -> Any:
-    """An OpenAPI 3.0 schema as JSON Schema: `nullable: true` becomes a
-    "null" type (the ETSI 3.0 files have none today; a later copy might)."""
-    if isinstance(node, list):
-        return [_json_schema_of_30(n) for n in node]
-    if not isinstance(node, dict):
-        return node
-    out = {k: _json_schema_of_30(v) for k, v in node.items()}
-    if out.pop("nullable", False) is True and isinstance(out.get("type"), str):
-        out["type"] = [out["type"], "null"]
-    return out
-
-
-def _assert_draft_neutral(node: Any, where: str) -> None:
-    """OpenAPI 3.0 schemas are a JSON Schema draft-04/05 dialect. Draft 7 and
-    2020-12 read them the same unless they use exclusiveMinimum/Maximum
-    (boolean in 3.0) or put keywords beside a $ref (ignored in 3.0): fail
-    loudly if an ETSI 3.0 file ever does, rather than validate wrongly."""
-    if isinstance(node, list):
-        for n in node:
-            _assert_draft_neutral(n, where)
-    elif isinstance(node, dict):
-        assert "exclusiveMinimum" not in node and "exclusiveMaximum" not in node, where
-        if "$ref" in node:
-            assert set(node) <= {"$ref", "description"}, (where, node)
-        for v in node.values():
-            _assert_draft_neutral(v, where)
-
-
-@functools.cache
-def etsi_components(name: str) -> dict:
-    """The `components` of an ETSI file as JSON Schema (2020-12/Draft 7).
-    Cached: callers must not change it."""
-    d = etsi_doc(name)
-    comps = copy.deepcopy(d["components"])
-    if d["openapi"].startswith("3.0"):
-        _assert_draft_neutral(comps, name)
-        comps = _json_schema_of_30(comps)
-    else:
-        assert d["openapi"].startswith("3.1"), d["openapi"]
-    return comps
-
-
-def nfv_substitutes() -> dict:
-    """What mecorch.yaml puts in place of the AppD's three "Ref NFV"
-    placeholders, self-contained (no refs into mecorch.yaml)."""
-    s = doc()["components"]["schemas"]
-    ext = s["VirtualStorageDescriptor"]["allOf"][1]
-    assert s["VirtualStorageDescriptor"]["allOf"][0] == {
-        "$ref": "#/components/schemas/NfvVirtualStorageDesc"}
-    return {"VirtualComputeDescription": s["NfvVirtualComputeDesc"],
-            "SwImageDescriptor": s["NfvSwImageDesc"],
-            "VirtualStorageDescriptor": {"allOf": [s["NfvVirtualStorageDesc"], ext]}}
-
-
-@functools.cache
-def etsi_validator(name: str, schema: str) -> jsonschema.protocols.Validator:
-    """A validator of components/schemas/`schema` of the ETSI file `name`:
-    {"$ref": ...} plus the file's components, so its internal refs resolve.
-    3.0 files are read as Draft 7 (see _assert_draft_neutral), 3.1 files as
-    2020-12, their dialect."""
-    comps = copy.deepcopy(etsi_components(name))
-    if name == PKGM_FILE and schema == "AppD":
-        for key, sub in nfv_substitutes().items():
-            assert comps["schemas"][key] == {"description": "Ref NFV", "type": "string"}, key
-            comps["schemas"][key] = sub
-    root = {"$ref": f"#/components/schemas/{schema}", "components": comps}
-    cls = jsonschema.Draft7Validator if etsi_doc(name)["openapi"].startswith("3.0") \
-        else jsonschema.Draft202012Validator
-    cls.check_schema(root)
-    return cls(root)
 
 
 @functools.cache
@@ -161,11 +73,6 @@ def _pointer(*parts: str) -> str:
 def doc_validator(pointer: str) -> jsonschema.protocols.Validator:
     return jsonschema.Draft202012Validator({"$ref": f"{DOC_PATH.as_uri()}#{pointer}"},
                                            registry=registry())
-
-
-def errors_of(validator, body) -> list[str]:
-    return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
-            for e in validator.iter_errors(body)]
 
 
 # ---------------------------------------------------------------- the document
@@ -437,14 +344,12 @@ def _api_file(template: str) -> str:
 
 
 def _onboard_body(e, appd_path) -> tuple[dict, Path]:
-    image = _fake_docker_tar() if appd_path == CONTAINER_APPD else b"QFI\xfb" + b"\0" * 508
+    image = fake_docker_tar() if appd_path == CONTAINER_APPD else b"QFI\xfb" + b"\0" * 508
     zpath = make_package(e.tmp, appd_path, image)
     return {"appPkgName": f"pkg-{appd_path.parent.parent.name}", "appPkgVersion": "1.0",
             "appPkgPath": str(zpath), "userDefinedData": {"owner": "test"},
             "checksum": {"algorithm": "SHA-256",
                          "hash": hashlib.sha256(zpath.read_bytes()).hexdigest()}}, zpath
-
-
 
 
 PKG_INFO = (PKGM_FILE, "AppPkgInfo")

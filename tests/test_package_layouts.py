@@ -21,12 +21,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-import pkglayouts as L
+from support import pkglayouts as L
 from mecorch.kernel.client import ApiError
 from mecorch.kernel.errors import IntegrityError, InvalidInput
 from mecorch.package import convert_package, open_package
 from mecorch.kernel.states import DeploymentType
-from test_package import fake_docker_tar, fake_qcow2
+from support.packages import fake_docker_tar, fake_qcow2
 
 LAYOUTS = ("sol004-mec", "sol004-tosca", "pre26-mec", "pre26-tosca", "edgegallery")
 KINDS = ("container", "vm")
@@ -434,7 +434,7 @@ def test_malformed_variant_onboarding_refused_nothing_kept(lab, tmp_path, case):
 
 def test_a_signed_package_must_sign_its_tosca_meta(tmp_path):
     from mecorch.package.meta import sign_manifest
-    from test_package import keypair
+    from support.packages import keypair
     private, public = keypair(tmp_path)
     image = fake_image(tmp_path, "container")
     files = L.edgegallery_files("container", "sig", image, "10.90.0.240")

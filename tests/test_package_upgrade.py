@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-import pkglayouts as L
+from support import pkglayouts as L
 from conftest import run
 from mecorch.kernel.client import ApiError
 
@@ -164,11 +164,11 @@ def test_a_new_version_of_a_disabled_app_is_what_lookups_find(lab, images, tmp_p
 
 # -- the version rules, with in-memory drivers (fakes) -------------------------------
 
-from test_core_orchestration import env  # noqa: E402,F401 - the in-memory lab fixture
+from support.corelab import env  # noqa: E402,F401 - the in-memory lab fixture
 
 
 def test_usable_takes_the_version_asked_for_and_usage_counts_per_version(env):
-    from test_core_orchestration import create, instantiate, onboard
+    from support.corelab import create, instantiate, onboard
     from mecorch.kernel.errors import Conflict, NotFound
     v1 = onboard(env, appDVersion="1.0")
     v2 = onboard(env, appDVersion="2.0")
@@ -188,7 +188,7 @@ def test_usable_takes_the_version_asked_for_and_usage_counts_per_version(env):
 
 
 def test_an_instance_created_before_an_upgrade_deploys_its_own_version(env):
-    from test_core_orchestration import create, instantiate, onboard
+    from support.corelab import create, instantiate, onboard
     v1 = onboard(env, appDVersion="1.0")
     a = create(env)                                     # created from 1.0 ...
     onboard(env, appDVersion="2.0")

@@ -10,72 +10,16 @@ import hashlib
 import json
 import http.client
 import socket
-import threading
 import time
 
 import pytest
 
-from fakes import FakeCompute, FakeMep
-from mecorch.kernel import config
-from mecorch.api import make_server
-from mecorch.kernel.client import ApiError, Client
-from mecorch.mepm.orchestrator import Orchestrator
-from mecorch.kernel.states import DeploymentType
-from test_core_orchestration import CONTAINER_APPD, PKGS, _fake_docker_tar, make_package
+from mecorch.kernel.client import ApiError
+from support.corelab import PKGS
+from support.uploadlab import (  # noqa: F401
+    Lab, zip_package, lab)
 
 ZIP = {"Accept": "application/zip"}
-
-
-class Lab:
-    """An orchestrator with fake drivers behind a real API server; `restart`
-    makes a new one on the same state directory."""
-
-    def __init__(self, tmp, max_package_bytes=None):
-        self.tmp = tmp
-        self.max_package_bytes = max_package_bytes
-        self.start()
-
-    def start(self):
-        cfg = config.load()
-        cfg["state_dir"] = str(self.tmp / "state")
-        if self.max_package_bytes:
-            cfg["orchestrator"]["max_package_bytes"] = self.max_package_bytes
-        self.orch = Orchestrator(cfg)
-        host = self.orch.inventory.get("default")
-        self.cim = FakeCompute(DeploymentType.CONTAINER)
-        host.attach("cim", self.cim)
-        host.attach("vim", FakeCompute(DeploymentType.VM))
-        host.attach("mep", FakeMep())
-        self.orch.recover()
-        self.server = make_server(self.orch, "127.0.0.1:0")
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
-        self.port = self.server.server_address[1]
-        self.c = Client(f"http://127.0.0.1:{self.port}", token="")
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
-        self.orch.close()
-
-    def restart(self):
-        self.stop()
-        self.start()
-
-
-@pytest.fixture
-def lab(tmp_path):
-    lab = Lab(tmp_path)
-    yield lab
-    lab.stop()
-
-
-def _zip(lab) -> tuple[bytes, dict]:
-    zpath = make_package(lab.tmp, CONTAINER_APPD, _fake_docker_tar())
-    data = zpath.read_bytes()
-    body = {"appPkgName": "oss-pkg", "appPkgVersion": "1.0", "userDefinedData": {"by": "oss"},
-            "checksum": {"algorithm": "SHA-256", "hash": hashlib.sha256(data).hexdigest()}}
-    return data, body
 
 
 def _put(lab, pkg_id: str, data: bytes, ctype="application/zip", chunked=False,
@@ -101,7 +45,7 @@ def _state(lab, pkg_id):
 
 
 def test_create_then_put_onboards(lab):
-    data, body = _zip(lab)
+    data, body = zip_package(lab)
     created, headers = lab.c.post(PKGS, body)
     assert created["onboardingState"] == "CREATED"
     assert headers["Location"] == created["_links"]["self"]["href"]
@@ -130,7 +74,7 @@ def test_create_then_put_onboards(lab):
 
 
 def test_chunked_upload(lab):
-    data, body = _zip(lab)
+    data, body = zip_package(lab)
     created, _ = lab.c.post(PKGS, body)
     status, raw, _ = _put(lab, created["id"], data, chunked=True)
     assert status == 202, raw
@@ -138,7 +82,7 @@ def test_chunked_upload(lab):
 
 
 def test_checksum_mismatch_removes_everything(lab):
-    data, body = _zip(lab)
+    data, body = zip_package(lab)
     body["checksum"]["hash"] = "0" * 64
     created, _ = lab.c.post(PKGS, body)
     status, raw, _ = _put(lab, created["id"], data)
@@ -159,7 +103,7 @@ def test_bad_zip_is_refused(lab):
 
 
 def test_wrong_content_type_and_unknown_package(lab):
-    data, body = _zip(lab)
+    data, body = zip_package(lab)
     created, _ = lab.c.post(PKGS, body)
     status, raw, _ = _put(lab, created["id"], data, ctype="application/json")
     assert status == 415 and b"application/zip" in raw
@@ -176,7 +120,7 @@ def test_size_limit(tmp_path):
     (the upload had claimed it), and nothing of the body is kept."""
     lab = Lab(tmp_path, max_package_bytes=4096)
     try:
-        _, body = _zip(lab)
+        _, body = zip_package(lab)
         # (what is sent after the headers, the framing header): nothing is
         # sent that the server does not read, so its answer is never lost
         # to a reset connection
@@ -200,7 +144,7 @@ def test_size_limit(tmp_path):
 
 
 def test_both_framings_or_bad_chunks_are_refused(lab):
-    data, body = _zip(lab)
+    data, body = zip_package(lab)
     cases = [   # (headers, body, refused before the upload starts)
         (b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", b"0\r\n\r\n", True),
         (b"Transfer-Encoding: gzip\r\n", b"", True),
@@ -235,7 +179,7 @@ def test_both_framings_or_bad_chunks_are_refused(lab):
 def test_put_while_uploading_is_409(lab):
     """A second PUT while the first is still sending: 409; the first then
     completes."""
-    data, body = _zip(lab)
+    data, body = zip_package(lab)
     created, _ = lab.c.post(PKGS, body)
     url = f"{PKGS}/{created['id']}/package_content"
     s = socket.create_connection(("127.0.0.1", lab.port), timeout=30)
@@ -257,7 +201,7 @@ def test_put_while_uploading_is_409(lab):
 
 
 def test_created_package_survives_restart_and_can_be_deleted(lab):
-    data, body = _zip(lab)
+    data, body = zip_package(lab)
     created, _ = lab.c.post(PKGS, body)
     other, _ = lab.c.post(PKGS, body)
     lab.restart()
@@ -270,7 +214,7 @@ def test_created_package_survives_restart_and_can_be_deleted(lab):
 
 
 def test_client_upload_package(lab):
-    data, body = _zip(lab)
+    data, body = zip_package(lab)
     zpath = lab.tmp / "upload.zip"
     zpath.write_bytes(data)
     body.pop("checksum")                     # the helper computes it
@@ -291,7 +235,7 @@ def test_cli_onboard_upload(lab):
     import subprocess
     import sys
     from pathlib import Path
-    data, _ = _zip(lab)
+    data, _ = zip_package(lab)
     zpath = lab.tmp / "cli.zip"
     zpath.write_bytes(data)
     repo = Path(__file__).resolve().parents[1]
@@ -310,7 +254,7 @@ def test_refused_upload_keeps_the_connection(lab):
     """A PUT refused before its body is read (415, 404, 409) still reads a
     small body, so the client gets its answer and the keep-alive
     connection goes on."""
-    data, body = _zip(lab)
+    data, body = zip_package(lab)
     created, _ = lab.c.post(PKGS, body)
     conn = http.client.HTTPConnection("127.0.0.1", lab.port, timeout=10)
     for path, ctype, want in ((f"{PKGS}/{created['id']}/package_content", "text/plain", 415),

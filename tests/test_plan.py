@@ -10,9 +10,9 @@ import traceback
 import pytest
 
 from mecorch.spec import decision, orchestration_info
-from test_core_orchestration import (  # noqa: F401 (env: a fixture)
+from support.corelab import (  # noqa: F401 (env: a fixture)
     CONTAINER_APPD, INST, POD, TOSCA, VM_APPD, create, env, instantiate, onboard)
-from test_meo_core import deploy, onboard as meo_onboard, system  # noqa: F401 (a fixture)
+from support.meolab import deploy, onboard as meo_onboard, system  # noqa: F401 (a fixture)
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ from pathlib import Path
 import pytest
 
 from conftest import remove_mep_chains, run
-from crashlab import INST, VIRSH, Daemon, Lab, private_registry
+from support.crashlab import INST, VIRSH, Daemon, Lab, private_registry
 from drivers.docker_cim.driver import REVIVE_SLACK_S
 from drivers.docker_cim.pause import PAUSE_IMAGE
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from test_core_orchestration import INST, create, env, onboard, problem  # noqa: F401
+from support.corelab import INST, create, env, onboard, problem  # noqa: F401
 
 
 def test_a_misspelled_extension_is_refused_with_the_closest_field(env):  # noqa: F811
@@ -54,7 +54,7 @@ def test_a_misspelled_appd_field_names_the_closest():
     from mecorch.kernel.errors import InvalidInput
     from mecorch.package import appd as appd_mod
     import yaml
-    from test_core_orchestration import CONTAINER_APPD
+    from support.corelab import CONTAINER_APPD
     doc = yaml.safe_load(CONTAINER_APPD.read_text())
     doc["appTraficRule"] = doc.pop("appTrafficRule")
     with pytest.raises(InvalidInput, match="did you mean 'appTrafficRule'"):

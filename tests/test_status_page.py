@@ -23,7 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import run
-from crashlab import Lab
+from support.crashlab import Lab
 
 pytestmark = [pytest.mark.docker, pytest.mark.libvirt, pytest.mark.mep]
 
@@ -263,7 +263,7 @@ def test_app_logs_while_running_and_after_termination(lab):
     # a container that writes a line of its own, and the VM's serial console
     iid = lab.create("sample-http")
     body = {"selectedMECHostInfo": lab.selected, "orchestrationInfo": POD_WITH_OUTPUT}
-    from crashlab import rules_body
+    from support.crashlab import rules_body
     body.update(rules_body("CONTAINER", 39))
     body["appDNSRule"][0]["domainName"] = "lab-logs.mec.local"
     op, _ = lab.c.post(f"/app_lcm/v1/app_instances/{iid}/instantiate", body)

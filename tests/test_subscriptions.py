@@ -30,11 +30,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fakes import broken
+from support.fakes import broken
 from mecorch.kernel.client import ApiError, Client
-from test_core_orchestration import INST, PKGS
-from test_openapi import LCM_FILE, PKGM_FILE, errors_of, etsi_validator
-from test_package_upload import Lab, _zip
+from support.corelab import INST, PKGS
+from support.etsischema import LCM_FILE, PKGM_FILE, errors_of, etsi_validator
+from support.uploadlab import Lab, zip_package
 
 PKG_SUBS, LCM_SUBS = "/app_pkgm/v1/subscriptions", "/app_lcm/v1/subscriptions"
 HOST = [{"hostId": {"id": "default"}}]
@@ -208,7 +208,7 @@ def _fake_failure(lab):
 
 
 def _package(lab) -> tuple[Path, dict]:
-    data, body = _zip(lab)
+    data, body = zip_package(lab)
     zpath = lab.tmp / "oss.zip"
     zpath.write_bytes(data)
     return zpath, body

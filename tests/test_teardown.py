@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from conftest import run
-from crashlab import VIRSH, Lab
+from support.crashlab import VIRSH, Lab
 
 pytestmark = [pytest.mark.docker, pytest.mark.libvirt, pytest.mark.mep]
 NO_RULES = {"appTrafficRule": [], "appDNSRule": []}

@@ -30,7 +30,7 @@ from mecorch.kernel.client import Client
 from mecorch.package import build_package
 from mecorch.kernel.fileutil import sha256_file
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 INST = "/app_lcm/v1/app_instances"
 OPS = "/app_lcm/v1/app_lcm_op_occs"

@@ -43,7 +43,7 @@ import yaml
 
 from conftest import run
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 META = "TOSCA-Metadata/TOSCA.meta"
 PKGS = "/app_pkgm/v1/app_packages"
