@@ -3,7 +3,7 @@
 
 1. Placement + dispatch with 1, 10 and 100 registered MEPMs. The MEPMs are
    in-process (LocalMepm over host-level Orchestrators) on the IN-MEMORY
-   drivers of tests/fakes.py: what is measured is the MEO's own work
+   drivers of tests/support/fakes.py: what is measured is the MEO's own work
    (decision, placement over N hosts' reports, journal, package copy on
    first use, dispatch, following the host's op), not a backend. Each
    figure is against the same deploy made directly on the host's LCM in

@@ -17,7 +17,7 @@ A lab makes an opened driver on its own corner of the backend and knows:
 - `teardown()`         remove whatever the lab made, even after a failure
 
 The LinuxMEP lab runs real iptables and a real dnsmasq inside network
-namespaces it makes (test_linux_mep.py's topology, reused by import): DNS
+namespaces it makes (tests/support/netns.py's topology): DNS
 is observed with dig and traffic with HTTP from the client namespace. The
 fake lab runs the same cases on the in-memory FakeMep the core tests use,
 with a model of what its rules would do.

@@ -50,7 +50,7 @@ def call(base: str, method: str, path: str, body=None, token: str | None = None,
 
 
 class Served:
-    """The real HTTP API with in-memory drivers (as tests/test_core_orchestration's
+    """The real HTTP API with in-memory drivers (as tests/support/corelab.py's
     `env`), optionally with operator tokens."""
 
     def __init__(self, tmp: Path, tokens: list[str] | None = None):

@@ -8,7 +8,7 @@ from mecorch.kernel import config
 from mecorch.kernel.errors import InvalidInput
 from mecorch.kernel.yamlsafe import load_yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_documented_default_equals_embedded_default():

@@ -51,7 +51,7 @@ def lab(tmp_path_factory):
     # The image must come from the current build script (it reads its
     # fw_cfg environment and carries the MEC client): the build records the
     # script's hash.
-    script = Path(__file__).resolve().parents[1] / "vagrant/workloads/build-vm-image.sh"
+    script = Path(__file__).resolve().parents[2] / "vagrant/workloads/build-vm-image.sh"
     key = Path(f"{SAMPLE_VM}.key")
     assert key.is_file() and key.read_text().strip() == sha256_file(script), (
         f"{SAMPLE_VM} was built by an older build-vm-image.sh: run bash vagrant/provision.sh "

@@ -6,7 +6,7 @@ MEC domain, containers' resolvers, a VM's SMBIOS OEM strings).
 
 The ownership ledger is core logic: it runs here through the real REST API
 with in-memory drivers (its real-backend proof, with iptables-save and the
-dnsmasq files byte-identical, is tests/test_mep_clients.py)."""
+dnsmasq files byte-identical, is tests/e2e/test_mep_clients.py)."""
 
 from __future__ import annotations
 

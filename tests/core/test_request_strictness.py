@@ -69,7 +69,7 @@ def test_a_misspelled_appd_field_names_the_closest():
      "    - name: c\n      resources: {limit: {cpu: 1}}\n",
      "orchestrationInfo.spec.containers[0].resources has no field 'limit' "
      "(did you mean 'limits'?)"),
-    ((Path(__file__).resolve().parents[1] / "examples/orchestration/vm-tosca.yaml").read_text()
+    ((Path(__file__).resolve().parents[2] / "examples/orchestration/vm-tosca.yaml").read_text()
      .replace("num_cpus", "num_cpuz"), "has no field 'num_cpuz' (did you mean 'num_cpus'?)"),
 ])
 def test_orchestration_info_typos_are_refused(doc, says):

@@ -24,7 +24,7 @@ import pytest
 
 from conftest import run
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VAGRANT_DIR = REPO / "vagrant"
 SCRIPTS = ["box/build.sh", "accel-probe.sh", "edge-up.sh", "lab-secrets.sh",
            "meo-config.sh", "smoke.sh"]

@@ -4,7 +4,7 @@
   resolves, and its paths are exactly the routes the server answers;
 - the vendored ETSI files are byte-identical to ../shared/etsi-mec;
 - every response of a tour of the whole API (real HTTP server, in-memory
-  drivers from tests/fakes.py) validates against BOTH the ETSI schema of
+  drivers from tests/support/fakes.py) validates against BOTH the ETSI schema of
   that operation, loaded straight from the ETSI file, AND the response
   schema mecorch.yaml documents for that status and content type (so the
   document's extensions are checked against the code too), with every

@@ -35,7 +35,7 @@ from mecorch.package import build_package
 
 pytestmark = [pytest.mark.openstack, pytest.mark.mep]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 INST = "/app_lcm/v1/app_instances"
 PKGS = "/app_pkgm/v1/app_packages"
 

@@ -19,7 +19,7 @@ from mecorch.kernel import config
 from mecorch.kernel.errors import InvalidInput
 from mecorch.kernel.schema import DRIVER_GROUP
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DRIVERS = {"docker": ("docker_cim", "cim"), "libvirt": ("libvirt_vim", "vim"),
            "openstack": ("openstack_vim", "vim"), "linux": ("linux_mep", "mep")}
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # Lowest first. A package's modules sit in its layer; `mecorch` itself
 # (the root __init__: the version) is below everything.

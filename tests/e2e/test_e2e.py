@@ -29,7 +29,7 @@ from mecorch.kernel.fileutil import sha256_file
 
 pytestmark = [pytest.mark.docker, pytest.mark.libvirt, pytest.mark.mep]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 INST = "/app_lcm/v1/app_instances"
 PKGS = "/app_pkgm/v1/app_packages"

@@ -31,7 +31,7 @@ from schemathesis import GenerationMode
 
 from support.apiserve import Served, onboard_via
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "mecorch" / "openapi" / "mecorch.yaml"
 EXAMPLES = 25          # per operation and generation mode (~15 s on an idle 2-core host)
 # PUT .../package_content takes application/zip: generated bodies sent as bytes

@@ -13,11 +13,11 @@ the LinuxMEP driver refuses it too.
 Finding 10: an app could claim the bare MEC domain (`mec.local`) as a DNS
 name. Now only names below it are accepted.
 
-The real-backend proof is a `mecorch serve` of its own (tests/test_mep_clients.py's
+The real-backend proof is a `mecorch serve` of its own (tests/support/meplab.py's
 Lab: host id, docker network, chain prefix, service range, dnsmasq port and a
 UE network namespace of its own) with one container app and a victim
 container on another docker network of its own; the core logic also runs
-through the real REST API with the in-memory fakes (tests/test_hostile_mep.py's
+through the real REST API with the in-memory fakes (tests/support/mepenv.py's
 Env), and the driver's pure part is checked alone.
 """
 
@@ -61,7 +61,7 @@ def steered(rule: dict, to: str) -> dict:
 # -- the real backends -----------------------------------------------------------------
 
 class ForwardingLab(Lab):
-    """tests/test_mep_clients.py's lab with the container app only, and a
+    """tests/support/meplab.py's lab with the container app only, and a
     victim: a container on a docker network of its own, unpublished,
     serving a secret file."""
 

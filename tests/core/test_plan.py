@@ -100,7 +100,7 @@ def test_the_manner_policy_is_given_each_manners_need_from_the_one_reading(monke
     from mecorch.kernel.states import DeploymentType
     from mecorch.spec.capacity import Need
     from mecorch.spec.plan import plan_request
-    appd = yaml.safe_load((Path(__file__).resolve().parents[1]
+    appd = yaml.safe_load((Path(__file__).resolve().parents[2]
                            / "examples/sample-dual-app/Definitions/appd.yaml").read_text())
     pkg = {"_appd": appd, "_manners": ["CONTAINER", "VM"], "appDId": "sample-dual",
            "_imageOf": {"CONTAINER": "127.0.0.1:5000/mecorch/sample-http:1.0",

@@ -19,7 +19,7 @@ from support import fakes
 from mecorch.driverapi import contracts
 from mecorch.driverapi.contracts import OPTIONAL, Driver
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VERBS = {name for proto in OPTIONAL for name in proto.__abstractmethods__}
 
 

@@ -44,7 +44,7 @@ from mecorch.package import build_package
 
 pytestmark = [pytest.mark.docker, pytest.mark.libvirt]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DUAL = REPO / "examples" / "sample-dual-app"
 INST = "/app_lcm/v1/app_instances"
 PKGS = "/app_pkgm/v1/app_packages"

@@ -8,7 +8,7 @@ mecorch.package.schema) says is a 400 naming it.
 The attacks and the REST field checks go through a real `mecorch serve`
 (a subprocess, so its memory is the daemon's own, read from
 /proc/PID/status) and the REST onboarding path; its host's CIM and MEP are
-the in-memory drivers of tests/fakes.py, so no backend is touched."""
+the in-memory drivers of tests/support/fakes.py, so no backend is touched."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from mecorch.package.appd import validate_appd
 from support.apiserve import free_port, stop
 from support.packages import appd_package, load_appd
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PKGS = "/app_pkgm/v1/app_packages"
 
 
@@ -68,7 +68,7 @@ def _cap_memory():
 
 
 # `mecorch serve` itself, with one host whose CIM and MEP are the in-memory
-# drivers of tests/fakes.py (added as entry points in the subprocess): the
+# drivers of tests/support/fakes.py (added as entry points in the subprocess): the
 # package is onboarded as far as a real one, and no backend is touched.
 LAUNCHER = """
 import sys

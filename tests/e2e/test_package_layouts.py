@@ -4,7 +4,7 @@ EdgeGallery-style CSARs with a zipped APPD and zipped images described by
 Image/SwImageDesc.json, and `mecorch package convert`.
 
 Every layout is written here from its published description
-(tests/pkglayouts.py). The first part opens them with the reader alone;
+(tests/support/pkglayouts.py). The first part opens them with the reader alone;
 the second onboards, deploys (as a container and as a VM), reaches and
 terminates them on the real backends through a `mecorch serve` of its own,
 and refuses every malformed variant with one message, keeping nothing.

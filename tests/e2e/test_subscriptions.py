@@ -2,7 +2,7 @@
 delivery, with real HTTP callback receivers on loopback.
 
 - Core: the real API server and orchestrator with in-memory drivers
-  (tests/fakes.py): every notification type, filters, duplicates (303),
+  (tests/support/fakes.py): every notification type, filters, duplicates (303),
   authentication, callback networks, a receiver down then back, one that
   never answers, one that keeps failing (reported, then dropped), restart.
 - Real backends: an OSS-style client against a `mecorch serve` process with
@@ -563,7 +563,7 @@ def test_oss_on_real_backends(sample_container):
     try:
         c = lab.c
         subscribe_all(c, receiver.url)
-        repo = Path(__file__).resolve().parents[1]
+        repo = Path(__file__).resolve().parents[2]
         zpath = build_package(repo / "examples/sample-container-app", tmp / "pkg.zip")
         body = {"appPkgName": "oss-sample", "appPkgVersion": "1.0"}
         pod = yaml.safe_load((repo / "examples/orchestration/container-pod.yaml").read_text())

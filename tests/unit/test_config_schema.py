@@ -166,7 +166,7 @@ def test_serve_refuses_a_typo_at_start(tmp_path):
 
 def test_the_example_meo_and_mepm_configs_load():
     from pathlib import Path
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     meo = config.load(repo / "config/meo.example.yaml")
     assert meo["role"] == "meo" and [m["id"] for m in meo["meo"]["mepms"]] == ["edge1", "edge2"]
     mepm = config.load(repo / "config/mepm.example.yaml")

@@ -238,7 +238,7 @@ def test_cli_onboard_upload(lab):
     data, _ = zip_package(lab)
     zpath = lab.tmp / "cli.zip"
     zpath.write_bytes(data)
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     out = subprocess.run(
         [sys.executable, "-m", "mecorch.cli", "--api", f"http://127.0.0.1:{lab.port}",
          "--output", "json", "package", "onboard", "--upload", str(zpath), "--name", "cli"],

@@ -225,7 +225,7 @@ class TestListenerLimits:
 # (provision rebuilds the cached one when the script changed);
 # MECORCH_SAMPLE_VM points at another build of it.
 SAMPLE_VM = Path(os.environ.get("MECORCH_SAMPLE_VM", WORKLOADS / "sample-vm.qcow2"))
-BUILD_SCRIPT = Path(__file__).resolve().parents[1] / "vagrant/workloads/build-vm-image.sh"
+BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "vagrant/workloads/build-vm-image.sh"
 
 
 class _Mp1Recorder(ThreadingHTTPServer):
@@ -470,4 +470,4 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -21,7 +21,7 @@ from mecorch.spec.orchestration_info import (
 from mecorch.kernel.states import DeploymentType
 
 VM, CONTAINER = DeploymentType.VM, DeploymentType.CONTAINER
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "orchestration"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "orchestration"
 VM_TOSCA = (EXAMPLES / "vm-tosca.yaml").read_text()
 POD_YAML = (EXAMPLES / "container-pod.yaml").read_text()
 REF = "127.0.0.1:5000/mecorch/sample-http:1.0"

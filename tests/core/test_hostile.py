@@ -58,7 +58,7 @@ from support.apiserve import Served, onboard_via
 from support.corelab import INST, PKGS, POD, TOSCA, VM_APPD, fake_docker_tar, \
     make_package
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MP1 = "/mec_app_support/v1/applications"
 OPS = "/app_lcm/v1/app_lcm_op_occs"
 MARK = "mecorch-hostile-mark"
@@ -638,7 +638,7 @@ def _zip_folder(src: Path, dest: Path) -> Path:
 @pytest.fixture
 def real_mep(tmp_path):
     """The API with a fake CIM and the real LinuxMEP (iptables + dnsmasq) in
-    network namespaces (tests/test_linux_mep.py's lab)."""
+    network namespaces (tests/support/netns.py's lab)."""
     from support.netns import Lab
     lab = Lab(tmp_path / "lab")
     (tmp_path / "lab").mkdir()

@@ -7,8 +7,8 @@ package server (http appPkgPath) that redirects or drips the zip.
 
 The subject is mecorch's client (mecorch.kernel.outbound) and its LCM, so the
 cases run through the real REST API with in-memory drivers (Env of
-tests/test_hostile_mep.py; the MEO system of tests/test_meo_core.py; the
-Lab of tests/test_package_upload.py); one real-container check is at the
+tests/support/mepenv.py; the MEO system of tests/support/meolab.py; the
+Lab of tests/support/uploadlab.py); one real-container check is at the
 end. Every
 peer is a server on loopback this test starts; no other address is ever
 contacted (a non-loopback URL appears only where it is refused before any
@@ -323,7 +323,7 @@ class TestForcefulPreemptsGraceful:
 def meo_over_http(tmp_path):
     """An MEO over one MEPM reached over HTTP (its API served on loopback,
     RemoteMepm: the MEO<->MEPM calls through mecorch.kernel.outbound), in-memory
-    drivers; shaped as tests/test_meo_core.py's system."""
+    drivers; shaped as tests/support/meolab.py's system."""
     host, _ = meo_host(tmp_path, "edge1")
     server = make_server(host, "127.0.0.1:0", "mepm")
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -344,7 +344,7 @@ def meo_over_http(tmp_path):
 
 
 class TestForcefulPreemptsGracefulThroughTheMeo:
-    """The same through an MEO (tests/test_meo_core.py's system: an MEO over
+    """The same through an MEO (tests/support/meolab.py's system: an MEO over
     in-process MEPMs on in-memory drivers; and over one MEPM reached over
     HTTP): the MEO's forwarded GRACEFUL terminate is bounded by its timeout,
     and a FORCEFUL one through the MEO supersedes it there as on the host."""
@@ -611,7 +611,7 @@ def test_a_real_container_is_terminated_in_time_despite_a_dripping_subscriber(
     from mecorch.kernel.fileutil import sha256_file
     from mecorch.package import build_package
 
-    examples = Path(__file__).resolve().parents[1] / "examples"
+    examples = Path(__file__).resolve().parents[2] / "examples"
     u = secrets.token_hex(3)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

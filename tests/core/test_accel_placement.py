@@ -1,6 +1,6 @@
 """A VM named outright for an AppD that asks for hardware acceleration is
 refused on a host whose VIM is TCG-only (the single node's placement, as
-the MEO's placement does: tests/test_placement.py). In-memory drivers."""
+the MEO's placement does: tests/unit/test_placement.py). In-memory drivers."""
 
 from __future__ import annotations
 
