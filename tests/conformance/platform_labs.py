@@ -29,7 +29,7 @@ from pathlib import Path
 
 from mecorch.spec.rules import DnsRule, TrafficRule
 
-from support import netns as netns
+from support import netns
 from support.netns import INSTANCE_A, INSTANCE_B, SERVICE, dns, forward   # noqa: F401
 
 TARGETS = (INSTANCE_A, INSTANCE_B)

@@ -469,7 +469,7 @@ class TestPackageFetchThroughOutbound:
         assert not left.exists() or list(left.iterdir()) == []
 
     @staticmethod
-    def zip_package(lab) -> bytes:
+    def _zip(lab) -> bytes:
         return make_package(lab.tmp, CONTAINER_APPD, fake_docker_tar()).read_bytes()
 
     def test_a_302_to_another_loopback_port_is_refused_naming_appPkgPath(self, lab, peers):
