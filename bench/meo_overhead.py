@@ -3,7 +3,7 @@
 
 1. Placement + dispatch with 1, 10 and 100 registered MEPMs. The MEPMs are
    in-process (LocalMepm over host-level Orchestrators) on the IN-MEMORY
-   drivers of tests/fakes.py: what is measured is the MEO's own work
+   drivers of tests/support/fakes.py: what is measured is the MEO's own work
    (decision, placement over N hosts' reports, journal, package copy on
    first use, dispatch, following the host's op), not a backend. Each
    figure is against the same deploy made directly on the host's LCM in
@@ -49,7 +49,7 @@ from mecorch.kernel.states import DeploymentType                   # noqa: E402
 
 # ---------------------------------------------------------------- 1. in memory
 def _fake_system(tmp: Path, n: int):
-    from fakes import FakeCompute, FakeMep
+    from support.fakes import FakeCompute, FakeMep
     hosts = []
     for i in range(n):
         cfg = config.load()
@@ -73,8 +73,8 @@ def _fake_system(tmp: Path, n: int):
 
 
 def _fake_package(tmp: Path) -> dict:
-    from test_core_orchestration import CONTAINER_APPD, _fake_docker_tar, make_package
-    z = make_package(tmp, CONTAINER_APPD, _fake_docker_tar(), appTrafficRule=[], appDNSRule=[])
+    from support.corelab import CONTAINER_APPD, fake_docker_tar, make_package
+    z = make_package(tmp, CONTAINER_APPD, fake_docker_tar(), appTrafficRule=[], appDNSRule=[])
     return {"appPkgName": "bench", "appPkgVersion": "1", "appPkgPath": str(z),
             "checksum": {"algorithm": "SHA-256",
                          "hash": hashlib.sha256(z.read_bytes()).hexdigest()}}

@@ -85,21 +85,21 @@ class FakeLab(Lab):
     boots = False
 
     def make(self):
-        from fakes import FakeCompute
+        from support.fakes import FakeCompute
         self.drv = self._keep(FakeCompute(self.manner))
         self.image = "sample"
         self.drv.import_image(self.image, "/dev/null")
         return self.drv
 
     def unconnected(self):
-        from fakes import FakeCompute
+        from support.fakes import FakeCompute
         return FakeCompute(self.manner), []
 
     def leftovers(self, iid):
         return [f"instance {iid}"] if iid in self.drv.instances else []
 
     def broken(self):
-        from fakes import FakeCompute
+        from support.fakes import FakeCompute
         drv = FakeCompute(self.manner)
         drv.import_image(self.image, "/dev/null")
         drv.down = True
@@ -110,7 +110,7 @@ class FakeLab(Lab):
 
     def failing_request(self, iid):
         # The fake has nothing half-made to undo: its deploy fails whole.
-        from fakes import broken
+        from support.fakes import broken
         self.drv.fail["deploy"] = broken("injected")
         return self.request(iid)
 
@@ -201,7 +201,7 @@ class LibvirtLab(Lab):
 
     def make(self):
         import libvirt
-        from test_libvirt_vim import _free_cidr
+        from support.libvirtlab import free_cidr
         from drivers.libvirt_vim import LibvirtVIM
         self.conn = libvirt.open(self.URI)
         # QEMU runs as libvirt-qemu: the state lives where it can enter.
@@ -209,7 +209,7 @@ class LibvirtLab(Lab):
         self.base.chmod(0o711)
         self.cfg = {"driver": "libvirt", "uri": self.URI, "pool": f"mct-{self.uid}",
                     "network": f"mct-{self.uid}", "bridge": f"mct-{self.uid}",
-                    "network_cidr": _free_cidr(self.conn, self.uid), "accel": "tcg",
+                    "network_cidr": free_cidr(self.conn, self.uid), "accel": "tcg",
                     "state_dir": str(self.base / "state"), "run_dir": str(self.base / "run"),
                     "host_id": f"ct-{self.uid}", "boot_timeout_s": 90}
         self.drv = self._keep(LibvirtVIM(self.cfg))
@@ -225,10 +225,10 @@ class LibvirtLab(Lab):
         return LibvirtVIM(cfg), [self.base / "nc-state", self.base / "nc-run"]
 
     def leftovers(self, iid):
-        from test_libvirt_vim import _domains, _volumes
+        from support.libvirtlab import domains, volumes
         from drivers.libvirt_vim import xmlrender as X
-        left = [f"domain {d}" for d in _domains(self.conn) if d == X.domain_name(iid)]
-        left += [f"volume {v}" for v in _volumes(self.conn, self.cfg["pool"])
+        left = [f"domain {d}" for d in domains(self.conn) if d == X.domain_name(iid)]
+        left += [f"volume {v}" for v in volumes(self.conn, self.cfg["pool"])
                  if v.startswith(f"{iid}-")]
         pool_dir = Path(self.cfg["state_dir"]) / "pool"
         left += [f"file {f}" for f in (os.listdir(pool_dir) if pool_dir.exists() else [])

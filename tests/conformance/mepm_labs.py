@@ -27,12 +27,12 @@ from pathlib import Path
 
 import yaml
 
-from fakes import FakeCompute, FakeMep
+from support.fakes import FakeCompute, FakeMep
 from mecorch.kernel import config
 from mecorch.kernel.states import DeploymentType
 from mecorch.mepm.local import LocalMepm
 from mecorch.mepm.orchestrator import Orchestrator
-from test_core_orchestration import CONTAINER_APPD, _fake_docker_tar, make_package
+from support.corelab import CONTAINER_APPD, fake_docker_tar, make_package
 
 
 class Lab:
@@ -69,7 +69,7 @@ class Lab:
         """The MEO's AppPkgInfo (the fields a host copy is made from) and
         the path of its zip, as the MEO keeps them."""
         appd = {**yaml.safe_load(CONTAINER_APPD.read_text()), **appd_changes}
-        z = make_package(self.tmp, CONTAINER_APPD, _fake_docker_tar(), **appd_changes)
+        z = make_package(self.tmp, CONTAINER_APPD, fake_docker_tar(), **appd_changes)
         # each package its own MEO id: a host's copy takes it
         return {"id": f"meo-pkg-{self.uid}-{uuid.uuid4().hex[:8]}", "appDId": appd["appDId"],
                 "appPkgName": appd["appName"], "appPkgVersion": str(appd["appDVersion"]),

@@ -17,7 +17,7 @@ A lab makes an opened driver on its own corner of the backend and knows:
 - `teardown()`         remove whatever the lab made, even after a failure
 
 The LinuxMEP lab runs real iptables and a real dnsmasq inside network
-namespaces it makes (test_linux_mep.py's topology, reused by import): DNS
+namespaces it makes (tests/support/netns.py's topology): DNS
 is observed with dig and traffic with HTTP from the client namespace. The
 fake lab runs the same cases on the in-memory FakeMep the core tests use,
 with a model of what its rules would do.
@@ -29,8 +29,8 @@ from pathlib import Path
 
 from mecorch.spec.rules import DnsRule, TrafficRule
 
-import test_linux_mep as netns
-from test_linux_mep import INSTANCE_A, INSTANCE_B, SERVICE, dns, forward   # noqa: F401
+from support import netns
+from support.netns import INSTANCE_A, INSTANCE_B, SERVICE, dns, forward   # noqa: F401
 
 TARGETS = (INSTANCE_A, INSTANCE_B)
 # a second service address that exists nowhere, for a second instance
@@ -62,7 +62,7 @@ class FakeLab(Lab):
     name = "fake"
 
     def make(self):
-        from fakes import FakeMep
+        from support.fakes import FakeMep
         self.backend: dict = {}
         self.drv = self._keep(FakeMep(self.backend, frozenset({"FORWARD_ENCAPSULATED"})))
         self.drv.open()
@@ -93,18 +93,18 @@ class FakeLab(Lab):
         return None
 
     def unconnected(self):
-        from fakes import FakeMep
+        from support.fakes import FakeMep
         backend: dict = {}
         return self._keep(FakeMep(backend)), lambda: [f"rules of {i}" for i in backend]
 
     def broken(self):
-        from fakes import FakeMep
+        from support.fakes import FakeMep
         drv = self._keep(FakeMep({}))
         drv.down = True
         return drv
 
     def fresh(self):
-        from fakes import FakeMep
+        from support.fakes import FakeMep
         drv = self._keep(FakeMep(self.backend, self.drv.cannot_express))
         drv.open()
         return drv

@@ -1,0 +1,316 @@
+"""The MEO over several edge hosts, with each host an in-process MEPM
+(LocalMepm: the host-level Orchestrator) on in-memory drivers: placement
+across hosts, the 409 naming each host, an explicit host, a host that
+stops answering (UNREACHABLE, nothing placed there, its op finished on
+its return), package copies on first use. The same flows over HTTP on the
+real backends are in test_meo_e2e.py."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from mecorch.kernel.client import ApiError
+from mecorch.meo.orchestrator import MeoOrchestrator
+from mecorch.mepm.local import LocalMepm
+from mecorch.kernel.states import DeploymentType
+from support.corelab import VM_APPD
+from support.meolab import (  # noqa: F401
+    INST, PKGS, deploy, onboard, system)
+
+HOSTS = "/mecorch/v1/hosts"
+
+
+def test_placement_across_hosts_and_first_use_copies(system):
+    s = system
+    pkg = onboard(s)
+    vm_pkg = onboard(s, VM_APPD)
+    # the MEO keeps the package; no host has it before an instance goes there
+    assert all(not o.packages.list() for o in s.hosts.values())
+    placed = []
+    for _ in range(4):
+        iid, op = deploy(s, pkg["appDId"], deploymentType="CONTAINER")
+        assert op["operationState"] == "COMPLETED", op
+        placed.append(s.c.get(f"{INST}/{iid}")["hostId"])
+    # edge1 has 1 core (4 vCPU), edge2/3 2 cores: most free share first
+    assert set(placed) == {"edge1", "edge2", "edge3"}, placed
+    for iid_host in placed:
+        assert s.hosts[iid_host].packages.by_appd(pkg["appDId"])
+    for _ in range(2):
+        iid, op = deploy(s, vm_pkg["appDId"], deploymentType="VM")
+        assert op["operationState"] == "COMPLETED", op
+        assert s.c.get(f"{INST}/{iid}")["hostId"] in ("edge2", "edge3")
+    # every MEO instance is exactly one host instance
+    meo_ids = {i["id"] for i in s.c.get(INST)}
+    host_insts = [i for o in s.hosts.values() for i in o.lcm.list()
+                  if i["instantiationState"] == "INSTANTIATED"]
+    assert len(host_insts) == len(meo_ids) == 6
+
+
+def test_no_host_fits_names_each_host(system):
+    s = system
+    vm_pkg = onboard(s, VM_APPD)
+    inst = s.c.post(INST, {"appDId": vm_pkg["appDId"]})[0]
+    with pytest.raises(ApiError) as e:
+        s.c.post(f"{INST}/{inst['id']}/instantiate", {
+            "deploymentType": "VM",
+            "virtualComputeDescriptor": {"virtualCpu": {"numVirtualCpu": 64},
+                                         "virtualMemory": {"virtualMemSize": 512}}})
+    assert e.value.status == 409
+    d = e.value.body["detail"]
+    assert "edge1: no VIM: takes no VM" in d and "edge2: vCPU" in d and "edge3: vCPU" in d
+    assert s.c.get(f"{INST}/{inst['id']}")["instantiationState"] == "NOT_INSTANTIATED"
+    assert not s.c.get("/app_lcm/v1/app_lcm_op_occs")
+
+
+def test_explicit_host_is_honoured(system):
+    s = system
+    pkg = onboard(s)
+    for _ in range(2):
+        iid, op = deploy(s, pkg["appDId"], deploymentType="CONTAINER",
+                         selectedMECHostInfo=[{"hostId": {"id": "edge3"}}])
+        assert s.c.get(f"{INST}/{iid}")["hostId"] == "edge3"
+    with pytest.raises(ApiError) as e:
+        deploy(s, pkg["appDId"], selectedMECHostInfo=[{"hostId": {"id": "edge9"}}])
+    assert e.value.status == 404
+
+
+def test_unreachable_host_gets_nothing_and_its_op_ends_on_return(system):
+    s = system
+    pkg = onboard(s)
+    gate = threading.Event()
+    s.hosts["edge2"].inventory.get("edge2").compute(DeploymentType.CONTAINER).deploy_gate = gate
+    inst = s.c.post(INST, {"appDId": pkg["appDId"]})[0]
+    op, _ = s.c.post(f"{INST}/{inst['id']}/instantiate", {
+        "deploymentType": "CONTAINER", "selectedMECHostInfo": [{"hostId": {"id": "edge2"}}]})
+    # the host got the instantiate; now its link breaks mid-deploy
+    deadline = time.monotonic() + 5
+    while not s.hosts["edge2"].lcm.list() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)
+    s.mepms["edge2"].down.set()
+    for _ in range(3):
+        s.meo.registry.beat_all()
+    hosts = {h["hostId"]: h for h in s.c.get(HOSTS)}
+    assert hosts["edge2"]["state"] == "UNREACHABLE" and "link cut" in hosts["edge2"]["reason"]
+    # new deploys go elsewhere
+    for _ in range(2):
+        iid, done = deploy(s, pkg["appDId"], deploymentType="CONTAINER")
+        assert s.c.get(f"{INST}/{iid}")["hostId"] != "edge2"
+    gate.set()                          # the host finishes by itself meanwhile
+    time.sleep(0.5)
+    assert s.c.get(f"/app_lcm/v1/app_lcm_op_occs/{op['id']}")["operationState"] == "PROCESSING"
+    # a second instantiate of the same instance must not make a duplicate
+    with pytest.raises(ApiError) as e:
+        s.c.post(f"{INST}/{inst['id']}/instantiate", {"deploymentType": "CONTAINER"})
+    assert e.value.status == 409
+    s.mepms["edge2"].down.clear()
+    s.meo.registry.beat_all()           # REACHABLE again: resync
+    done = s.c.wait_op(op, timeout=10)
+    assert done["operationState"] == "COMPLETED"
+    view = s.c.get(f"{INST}/{inst['id']}")
+    assert view["instantiationState"] == "INSTANTIATED" and view["hostId"] == "edge2"
+    assert len([i for i in s.hosts["edge2"].lcm.list()
+                if i["instantiationState"] == "INSTANTIATED"]) == 1
+
+
+def test_terminate_and_delete_release_the_host(system):
+    s = system
+    pkg = onboard(s)
+    iid, _ = deploy(s, pkg["appDId"], deploymentType="CONTAINER")
+    hid = s.c.get(f"{INST}/{iid}")["hostId"]
+    op, _ = s.c.post(f"{INST}/{iid}/terminate", {"terminationType": "FORCEFUL"})
+    assert s.c.wait_op(op, timeout=10)["operationState"] == "COMPLETED"
+    assert s.c.get(f"{INST}/{iid}")["instantiationState"] == "NOT_INSTANTIATED"
+    s.c.call("DELETE", f"{INST}/{iid}")
+    assert not s.hosts[hid].lcm.list()
+    # the package's copies go with it
+    s.c.call("PATCH", f"{PKGS}/{pkg['id']}", {"operationState": "DISABLED"})
+    s.c.call("DELETE", f"{PKGS}/{pkg['id']}")
+    assert not s.hosts[hid].packages.list()
+
+
+def test_meo_restart_resumes_an_interrupted_op(system, tmp_path):
+    s = system
+    pkg = onboard(s)
+    gate = threading.Event()
+    s.hosts["edge3"].inventory.get("edge3").compute(DeploymentType.CONTAINER).deploy_gate = gate
+    inst = s.c.post(INST, {"appDId": pkg["appDId"]})[0]
+    op, _ = s.c.post(f"{INST}/{inst['id']}/instantiate", {
+        "deploymentType": "CONTAINER", "selectedMECHostInfo": [{"hostId": {"id": "edge3"}}]})
+    time.sleep(0.3)
+    # a second MEO on the same store (as after a crash) finds the op and
+    # follows the host's op to its end; the host makes one instance only
+    cfg = dict(s.meo.cfg)
+    meo2 = MeoOrchestrator(cfg)
+    try:
+        meo2.registry.attach(LocalMepm(s.hosts["edge3"], "edge3"))
+        gate.set()
+        meo2.lcm.recover()
+        deadline = time.monotonic() + 10
+        while meo2.lcm.op(op["id"])["operationState"] == "PROCESSING" \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert meo2.lcm.op(op["id"])["operationState"] == "COMPLETED"
+    finally:
+        meo2.close()
+    assert len(s.hosts["edge3"].lcm.list()) == 1
+
+
+def test_the_oss_subscribes_at_the_meo(system, notification_sink):
+    s = system
+    s.meo.subscriptions.start()
+    s.c.post("/app_lcm/v1/subscriptions", {"subscriptionType": "AppInstanceStateChange",
+                                           "callbackUri": notification_sink.url,
+                                           "appInstanceState": "STARTED"})
+    s.c.post("/app_lcm/v1/subscriptions", {"subscriptionType": "AppLcmOpOccStateChange",
+                                           "callbackUri": notification_sink.url})
+    pkg = onboard(s)
+    iid, op = deploy(s, pkg["appDId"], deploymentType="CONTAINER")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(
+            n.get("notificationType") == "STARTED" for n in notification_sink.got):
+        time.sleep(0.05)
+    got = [(n["notificationType"], n.get("appInstanceId")) for n in notification_sink.got]
+    assert ("STARTED", iid) in got
+    # the op occurrence's states as the MEO journalled them, in order
+    states = [t for t, i in got if i == iid and t in ("STARTING", "PROCESSING", "COMPLETED")]
+    assert states[0] == "STARTING" and states[-1] == "COMPLETED", got
+
+
+# ---------------------------------------------------------------- one identity
+def _vip_rules():
+    import yaml
+    return yaml.safe_load(CONTAINER_APPD.read_text())["appTrafficRule"]
+
+
+def test_one_identity_the_host_takes_the_meos_ids(system):
+    """The ids the OSS got from the MEO are the host's: its instance and
+    package records, what the CIM was asked to deploy (container names and
+    labels derive from it); the usage state is NOT_IN_USE at both levels
+    as soon as the last instance's terminate is seen COMPLETED."""
+    s = system
+    pkg = onboard(s)
+    iid, op = deploy(s, pkg["appDId"], deploymentType="CONTAINER",
+                     selectedMECHostInfo=[{"hostId": {"id": "edge2"}}])
+    assert op["operationState"] == "COMPLETED", op
+    host = s.hosts["edge2"]
+    assert [i["id"] for i in host.lcm.list()] == [iid]
+    assert host.lcm.list()[0]["appPkgId"] == pkg["id"]
+    assert [p["id"] for p in host.packages.list()] == [pkg["id"]]
+    cim = host.inventory.get("edge2").compute(DeploymentType.CONTAINER)
+    assert list(cim.instances) == [iid]
+    assert s.meo.store.get("instances", iid)["_hostInstance"] == {"hostId": "edge2", "id": iid}
+    assert s.c.get(f"{PKGS}/{pkg['id']}")["usageState"] == "IN_USE"
+    assert host.packages.get(pkg["id"])["usageState"] == "IN_USE"
+    op, _ = s.c.post(f"{INST}/{iid}/terminate", {"terminationType": "FORCEFUL"})
+    assert s.c.wait_op(op, timeout=10)["operationState"] == "COMPLETED"
+    # read at once: no later pass may be needed to get it right
+    assert s.c.get(f"{PKGS}/{pkg['id']}")["usageState"] == "NOT_IN_USE"
+    assert host.packages.get(pkg["id"])["usageState"] == "NOT_IN_USE"
+
+
+def test_a_relayed_error_names_the_meos_ids_and_the_host(system, caplog):
+    """Two instances steering one service address on one host: the second
+    fails, and its error (at the MEO) names the first by the MEO's id and
+    the host; the log spells the operation INSTANTIATE."""
+    s = system
+    pkg = onboard(s, appTrafficRule=_vip_rules())
+    on_edge2 = [{"hostId": {"id": "edge2"}}]
+    first, op = deploy(s, pkg["appDId"], deploymentType="CONTAINER",
+                       selectedMECHostInfo=on_edge2)
+    assert op["operationState"] == "COMPLETED", op
+    caplog.set_level("WARNING", logger="mecorch.meo.lcm")
+    second, op = deploy(s, pkg["appDId"], deploymentType="CONTAINER",
+                        selectedMECHostInfo=on_edge2)
+    assert op["operationState"] == "FAILED", op
+    detail = op["error"]["detail"]
+    assert f"steered by instance {first}" in detail and "edge host 'edge2'" in detail, detail
+    assert op["error"]["status"] == 409
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith(f"INSTANTIATE of {second} on edge2 failed") for line in lines), lines
+    assert not any("INSTATIATE" in line for line in lines)
+    # the wire keeps the ETSI enum value
+    assert op["lcmOperation"] == "INSTATIATE" and op["operationParams"] == "INSTANTIATE"
+
+
+def test_a_host_instance_under_an_id_of_its_own_keeps_working(system, monkeypatch):
+    """A host that holds an instance under an id of its own (made before
+    the MEO passed its ids, or by an MEPM that ignores the header): the MEO
+    maps it as before, errors about it are relayed in the MEO's ids, and
+    its terminate and delete reach it."""
+    s = system
+    pkg = onboard(s, appTrafficRule=_vip_rules())
+    on_edge3 = [{"hostId": {"id": "edge3"}}]
+    mepm = s.mepms["edge3"]
+    made = mepm.create_instance
+    monkeypatch.setattr(mepm, "create_instance",
+                        lambda body, key, instance_id=None: made(body, key))
+    old, op = deploy(s, pkg["appDId"], deploymentType="CONTAINER", selectedMECHostInfo=on_edge3)
+    assert op["operationState"] == "COMPLETED", op
+    theirs = s.meo.store.get("instances", old)["_hostInstance"]["id"]
+    assert theirs != old and [i["id"] for i in s.hosts["edge3"].lcm.list()] == [theirs]
+    monkeypatch.undo()
+    new, op = deploy(s, pkg["appDId"], deploymentType="CONTAINER", selectedMECHostInfo=on_edge3)
+    assert op["operationState"] == "FAILED", op
+    assert f"steered by instance {old}" in op["error"]["detail"], op["error"]
+    assert theirs not in op["error"]["detail"]
+    op, _ = s.c.post(f"{INST}/{old}/terminate", {"terminationType": "FORCEFUL"})
+    assert s.c.wait_op(op, timeout=10)["operationState"] == "COMPLETED"
+    assert s.hosts["edge3"].lcm.get(theirs)["instantiationState"] == "NOT_INSTANTIATED"
+    assert s.c.get(f"{PKGS}/{pkg['id']}")["usageState"] == "NOT_IN_USE"
+    s.c.call("DELETE", f"{INST}/{old}")
+    assert [i["id"] for i in s.hosts["edge3"].lcm.list()] == [new]
+
+
+def _serve(orch, role):
+    server = make_server(orch, "127.0.0.1:0", role)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def test_the_meos_ids_are_taken_from_the_meo_only(tmp_path):
+    """X-Mecorch-Meo-Id: on an MEPM with tokens, only with the MEO's token
+    (the first of api.token_file, the one it registers with), validated as
+    any id, never twice; refused by a single node."""
+    orch, _ = _host(tmp_path, "edge9")
+    tokens = tmp_path / "tokens"
+    meo_token, operator = "meo-token-0123456789", "operator-token-0123456789"
+    tokens.write_text(f"{meo_token}\n{operator}\n")
+    orch.cfg["api"]["token_file"] = str(tokens)
+    s = type("S", (), {"tmp": tmp_path})()
+    servers = []
+    try:
+        server, url = _serve(orch, "mepm")
+        servers.append(server)
+        s.c = Client(url, token=meo_token)
+        pkg = onboard(s)
+        body = {"appDId": pkg["appDId"]}
+        by = {"X-Mecorch-Meo-Id": "c0ffee00-0000-4000-8000-000000000001"}
+        with pytest.raises(ApiError) as e:
+            Client(url, token=operator).call("POST", INST, body, headers=by)
+        assert e.value.status == 403 and "MEO" in str(e.value)
+        made, _ = s.c.post(INST, body, headers=by)
+        assert made["id"] == by["X-Mecorch-Meo-Id"]
+        assert s.c.get(f"{INST}/{made['id']}")["id"] == made["id"]
+        with pytest.raises(ApiError) as e:
+            s.c.call("POST", INST, body, headers=by)             # the same id again
+        assert e.value.status == 409
+        with pytest.raises(ApiError) as e:
+            s.c.call("POST", INST, body, headers={"X-Mecorch-Meo-Id": "../x"})
+        assert e.value.status == 400 and "X-Mecorch-Meo-Id" in str(e.value)
+        # a single node names its resources itself
+        orch.cfg["api"]["token_file"] = None
+        server, url = _serve(orch, "all")
+        servers.append(server)
+        with pytest.raises(ApiError) as e:
+            Client(url, token="").call("POST", INST, body, headers=by)
+        assert e.value.status == 403
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+        orch.close()

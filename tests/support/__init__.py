@@ -1,0 +1,1 @@
+"""Helpers shared by test modules: labs, fakes, packages. No tests here."""
