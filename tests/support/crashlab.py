@@ -1,66 +1,24 @@
-"""A `mecorch serve` process with names of its own (host id, docker
-network, libvirt pool + network, chain prefix, dnsmasq port, state dir)
-that tests can SIGKILL and restart on the same state, and a census of what
-the real backends hold for it.
+"""A single-node `mecorch serve` on the real backends (the one lab,
+tests/support/lab.py) that tests can SIGKILL and restart on the same state,
+deploy the sample apps on with service addresses of its own, and a census
+of what the real backends hold for it, per instance.
 
-Used by test_crash.py and test_backend_faults.py.
+Used by the crash, backend-fault, reboot, teardown, observed-event and
+status-page tests.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import re
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
-import yaml
-
-from conftest import remove_mep_chains, run
-from mecorch.kernel import config as mconfig
-from mecorch.kernel.client import Client
+from support import lab as thelab
+from support.lab import (EXAMPLES, INST, OPS, PKGS, VIRSH, Daemon,  # noqa: F401 - the tests'
+                         free_port, private_registry, run)
 from mecorch.package import build_package
 from mecorch.kernel.fileutil import sha256_file
-
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = REPO / "examples"
-INST = "/app_lcm/v1/app_instances"
-OPS = "/app_lcm/v1/app_lcm_op_occs"
-PKGS = "/app_pkgm/v1/app_packages"
-VIRSH = ("virsh", "-q", "-c", "qemu:///system")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_cidr() -> str:
-    """A 10.199.0-63.0/24 no route or libvirt network of this machine uses
-    (a libvirt network refuses a subnet already routed; Docker's default
-    pools take 172.17-31 and 192.168 ones)."""
-    used = [ipaddress.ip_network(line.split()[0], strict=False)
-            for line in run("ip", "-o", "-4", "route", "show").stdout.splitlines()
-            if line.split()[0][0].isdigit()]
-    for name in run(*VIRSH, "net-list", "--all", "--name").stdout.split():
-        xml = run(*VIRSH, "net-dumpxml", name, check=False).stdout
-        for addr in re.findall(r"<ip address='([0-9.]+)' (?:netmask|prefix)", xml):
-            used.append(ipaddress.ip_network(f"{addr}/24", strict=False))
-    start = os.getpid() % 64
-    for i in range(64):
-        net = ipaddress.ip_network(f"10.199.{(start + i) % 64}.0/24")
-        if not any(net.overlaps(u) for u in used):
-            return str(net)
-    raise AssertionError("no free 10.199.0-63.0/24 for the lab's VM network")
 
 
 def rules_body(manner: str, n: int) -> dict:
@@ -76,36 +34,29 @@ def rules_body(manner: str, n: int) -> dict:
 
 
 class Lab:
-    def __init__(self, prefix: str, chain: str, cidr: str | None = None, cim: dict | None = None,
-                 vim: dict | None = None, interval_s: float = 2, vm: bool = True):
-        # QEMU runs as libvirt-qemu and must reach the pool under state_dir.
-        self.tmp = Path(tempfile.mkdtemp(prefix=f"mecorch-{prefix}-", dir="/var/tmp"))
-        os.chmod(self.tmp, 0o711)
-        self.tag = f"{prefix}{int(time.time()) % 100000}"
-        self.host_id = f"h{self.tag}"
-        # names of its own even when the same test runs twice at once
-        self.chain = f"{chain}{os.getpid() % 10000}"[:16]
-        cidr = cidr or free_cidr()
-        self.api_port, self.dns_port = free_port(), free_port()
-        base = mconfig.DEFAULT["hosts"][0]
-        host = {"id": self.host_id,
-                "cim": {**base["cim"], "network": f"mec-{self.tag}", **(cim or {})},
-                "mep": {**base["mep"], "dns_port": self.dns_port, "chain_prefix": self.chain}}
-        if vm:
-            host["vim"] = {**base["vim"], "pool": f"mec-{self.tag}", "network": f"mec-{self.tag}",
-                           "network_cidr": cidr, "accel": "tcg", **(vim or {})}
-        self.cfg = {"state_dir": str(self.tmp / "state"), "run_dir": str(self.tmp / "run"),
-                    # room for a few dozen sample instances on 2 cores
-                    "orchestrator": {"reconcile_interval_s": interval_s,
-                                     "cpu_allocation_ratio": 32.0},
-                    "hosts": [host]}
-        self.cfg_path = self.tmp / "mecorch.yaml"
-        self.cfg_path.write_text(yaml.safe_dump(self.cfg))
-        self.c = Client(f"http://127.0.0.1:{self.api_port}", token="", timeout=30)
-        self.proc: subprocess.Popen | None = None
+    def __init__(self, prefix: str, chain: str | None = None, cidr: str | None = None,
+                 cim: dict | None = None, vim: dict | None = None, interval_s: float = 2,
+                 vm: bool = True):
+        self.names = thelab.Names(prefix)
+        self.tmp = thelab.private_dir(prefix)
+        self.tag, self.host_id, self.chain = self.names.tag, self.names.host_id, \
+            self.names.chain
+        host = thelab.host_config(self.names, vms=vm, cim=cim,
+                                  vim={**({"network_cidr": cidr} if cidr else {}), **(vim or {})})
+        self.dns_port = host["mep"]["dns_port"]
+        self.cfg = thelab.lab_config(
+            self.tmp, [host],
+            # room for a few dozen sample instances on 2 cores
+            orchestrator={"reconcile_interval_s": interval_s, "cpu_allocation_ratio": 32.0})
+        self.serve = thelab.Serve(self.cfg, self.tmp, timeout_s=30)
+        self.cfg_path, self.api_port = self.serve.config_path, self.serve.port
+        self.c = self.serve.client
         self.ids: set[str] = set()          # every instance id ever created here
-        self.log = open(self.tmp / "serve.log", "ab")
         self.docker = ("docker", "-H", host["cim"]["docker_host"])
+
+    @property
+    def proc(self):
+        return self.serve.proc
 
     @property
     def hostsdir(self) -> Path:
@@ -118,36 +69,17 @@ class Lab:
     # ------------------------------------------------------------ process
     def start(self, timeout: float = 30) -> float:
         """Start the server; returns seconds until the API answered."""
-        t0 = time.monotonic()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mecorch.cli", "--config", str(self.cfg_path), "serve",
-             "--listen", f"127.0.0.1:{self.api_port}"], stdout=self.log, stderr=subprocess.STDOUT)
-        while True:
-            try:
-                self.c.get(OPS)
-                return time.monotonic() - t0
-            except Exception:  # noqa: BLE001 - not up yet
-                if self.proc.poll() is not None:
-                    raise AssertionError("mecorch serve exited:\n" + self.log_tail())
-                if time.monotonic() - t0 > timeout:
-                    raise AssertionError("mecorch serve did not answer:\n" + self.log_tail())
-                time.sleep(0.05)
+        self.serve.start(wait=False)
+        return self.serve.wait_ready(timeout)
 
     def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
+        self.serve.kill()
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        self.serve.stop()
 
     def log_tail(self, n: int = 4000) -> str:
-        self.log.flush()
-        return (self.tmp / "serve.log").read_text(errors="replace")[-n:]
+        return self.serve.log_tail(n)
 
     # ------------------------------------------------------------ API helpers
     def onboard(self, folders=("sample-container-app", "sample-vm-app")) -> None:
@@ -289,39 +221,19 @@ class Lab:
         infrastructure; returns what was left behind (should be [])."""
         left = []
         try:
-            if self.proc is None or self.proc.poll() is not None:
+            if not self.serve.alive:
                 self.start()
-            for inst in self.c.get(INST):
-                if inst["instantiationState"] == "INSTANTIATED":
-                    op = self.terminate(inst["id"])
-                    self.c.wait_op(op, timeout=120)
-                self.c.call("DELETE", f"{INST}/{inst['id']}")
-            for pkg in self.c.get(PKGS):
-                if pkg["operationalState"] == "ENABLED":
-                    self.c.call("PATCH", f"{PKGS}/{pkg['id']}", {"operationState": "DISABLED"})
-                self.c.call("DELETE", f"{PKGS}/{pkg['id']}")
+            thelab.clear(self.c)
             left = [f"{k}: {v}" for k, v in self.census().items()]
         finally:
             self.stop()
             self.remove_infrastructure()
-            self.log.close()
+            import shutil
             shutil.rmtree(self.tmp, ignore_errors=True)
         return left
 
     def remove_infrastructure(self) -> None:
-        host = self.cfg["hosts"][0]
-        run(*self.docker, "network", "rm", host["cim"]["network"], check=False)
-        if "vim" in host:
-            name = host["vim"]["network"]
-            for cmd in (["net-destroy", name], ["net-undefine", name],
-                        ["pool-destroy", host["vim"]["pool"]],
-                        ["pool-undefine", host["vim"]["pool"]]):
-                run(*VIRSH, *cmd, check=False)
-        from drivers.linux_mep import LinuxMEP
-        mep = LinuxMEP({**host["mep"], "state_dir": str(self.tmp / "state/hosts" / self.host_id),
-                        "run_dir": str(self.tmp / "run" / self.host_id)})
-        mep.stop_services()                 # both dnsmasqs
-        remove_mep_chains(self.chain)       # every hook and chain of the prefix
+        thelab.remove_host(self.cfg["hosts"][0], self.cfg["state_dir"], self.cfg["run_dir"])
 
 
 def wait_clean(lab: Lab, since: float, limit_s: float = 10.0,
@@ -337,51 +249,3 @@ def wait_clean(lab: Lab, since: float, limit_s: float = 10.0,
             raise AssertionError(f"not reconciled {took:.1f}s after restart: {found}\n"
                                  + lab.log_tail())
         time.sleep(0.3)
-
-
-class Daemon:
-    """A daemon this test starts and stops by its pid."""
-
-    def __init__(self, name: str, argv: list[str], ready, log: Path):
-        self.name, self.argv, self.ready, self.log = name, argv, ready, log
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 60) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while not self.ready():
-            assert self.proc.poll() is None, f"{self.name} exited: {self.log.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, f"{self.name} not ready"
-            time.sleep(0.1)
-
-    def stop(self, timeout: float = 60) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
-
-
-def private_registry(root: Path) -> Daemon:
-    """A container registry of the test's own on a free loopback port (the
-    shared one on :5000 holds the same image names for other tests: a
-    package deleted there would pull an image from under them)."""
-    port = free_port()
-    conf = root / "registry.yml"
-    conf.write_text(yaml.safe_dump({
-        "version": 0.1, "log": {"level": "error"},
-        "storage": {"filesystem": {"rootdirectory": str(root / "registry")}},
-        "http": {"addr": f"127.0.0.1:{port}"}}))
-
-    def up() -> bool:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).read()
-            return True
-        except OSError:
-            return False
-    reg = Daemon("registry", ["docker-registry", "serve", str(conf)], up, root / "registry.log")
-    reg.addr = f"127.0.0.1:{port}"
-    return reg

@@ -487,3 +487,54 @@ class Lab:
             remove_host(self.host, self.cfg["state_dir"], self.cfg["run_dir"])
             shutil.rmtree(self.dir, ignore_errors=True)
         return left
+
+
+# ---------------------------------------------------------------- other daemons
+class Daemon:
+    """A daemon of the lab's own (a registry, a dockerd on a socket of its
+    own), started and stopped by its pid."""
+
+    def __init__(self, name: str, argv: list[str], ready: Callable[[], bool], log: Path):
+        self.name, self.argv, self.ready, self.log = name, argv, ready, log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            assert self.proc.poll() is None, f"{self.name} exited: {self.log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"{self.name} not ready"
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 60) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+
+
+def private_registry(root: Path) -> Daemon:
+    """A container registry of the test's own on a free loopback port (the
+    shared one on :5000 holds the same image names for other tests: a
+    package deleted there would pull an image from under them)."""
+    import urllib.request
+    port = free_port()
+    conf = root / "registry.yml"
+    conf.write_text(yaml.safe_dump({
+        "version": 0.1, "log": {"level": "error"},
+        "storage": {"filesystem": {"rootdirectory": str(root / "registry")}},
+        "http": {"addr": f"127.0.0.1:{port}"}}))
+
+    def up() -> bool:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).read()
+            return True
+        except OSError:
+            return False
+    reg = Daemon("registry", ["docker-registry", "serve", str(conf)], up, root / "registry.log")
+    reg.addr = f"127.0.0.1:{port}"
+    return reg
