@@ -20,7 +20,6 @@ The only addresses it talks to are those of the VMs it started.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import math
 import os
 import secrets
@@ -30,7 +29,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import libvirt
@@ -43,6 +41,9 @@ from drivers.libvirt_vim import storage as S
 from drivers.libvirt_vim import xmlrender as X
 from mecorch.driverapi.model import PortSpec, ResourceRequest, VolumeSpec
 from mecorch.kernel.states import DeploymentType
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support.lab import free_subnet                  # noqa: E402 - the one lab
 
 WORKLOADS = Path("/var/cache/mecorch/workloads")
 URI = "qemu:///system"
@@ -68,19 +69,6 @@ def http_get(ip: str, deadline: float) -> str:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
-
-
-def free_cidr(conn) -> str:
-    used = []
-    for net in conn.listAllNetworks(0):
-        for ip in ET.fromstring(net.XMLDesc(0)).findall("./ip"):
-            if ip.get("netmask"):
-                used.append(ipaddress.ip_interface(f"{ip.get('address')}/{ip.get('netmask')}").network)
-    for third in range(230, 250):
-        net = ipaddress.ip_network(f"192.168.{third}.0/24")
-        if not any(net.overlaps(u) for u in used):
-            return str(net)
-    sys.exit("no free 192.168.230-249.0/24 for the benchmark network")
 
 
 def sample_request(iid: str) -> ResourceRequest:
@@ -214,7 +202,7 @@ def main() -> int:
     work.chmod(0o711)              # QEMU (libvirt-qemu) must reach the pool
     conn = libvirt.open(URI)
     cfg = {"uri": URI, "pool": f"mcb-{tag}", "network": f"mcb-{tag}", "bridge": f"mcb-{tag}",
-           "network_cidr": free_cidr(conn), "accel": args.accel, "host_id": f"bench-{tag}",
+           "network_cidr": free_subnet(), "accel": args.accel, "host_id": f"bench-{tag}",
            "state_dir": str(work / "state"), "run_dir": str(work / "run")}
     drv = LibvirtVIM(cfg)
     res: dict[str, list] = {"driver": [], "direct": []}
