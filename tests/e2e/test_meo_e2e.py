@@ -8,7 +8,8 @@ config and edge3 registers itself. Everything is driven through the MEO's
 REST API; the hosts' own APIs are read only to check what they hold.
 
 Topology made here (addresses exist only on this machine):
-    root netns  10.233.K.1 --veth-- 10.233.K.2  netns of edgeK's MEP
+    root netns  10.233.N.1 --veth-- 10.233.N.2  netns of edgeK's MEP
+(N a /24 no other run of this test or lab on the machine uses)
 A client inside edgeK's netns reaches a container by its steered service
 address: the MEP's DNAT (in that netns) sends it over the veth to the
 docker bridge; a DOCKER-USER rule made here lets that veth in.
@@ -17,14 +18,9 @@ docker bridge; a DOCKER-USER rule made here lets that veth in.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +28,7 @@ import pytest
 import yaml
 
 from conftest import run
-from mecorch.kernel import config as mconfig
+from support import lab
 from mecorch.kernel.client import ApiError, Client
 from mecorch.kernel.fileutil import sha256_file
 from mecorch.package import build_package
@@ -46,63 +42,12 @@ HOSTS = "/mecorch/v1/hosts"
 SERVICE_CIDR = "10.90.0.0/24"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def ns(name: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
     return run("ip", "netns", "exec", name, *argv, check=check)
 
 
 def _wait(pred, timeout: float, what: str, step: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-class Proc:
-    """A `mecorch serve` started by this test, stopped by its pid."""
-
-    def __init__(self, name: str, cfg_path: Path, listen: str, role: str, log: Path,
-                 token: str):
-        self.name, self.cfg_path, self.listen, self.role, self.log = name, cfg_path, listen, \
-            role, log
-        self.client = Client(f"http://{listen}", token=token, timeout=30)
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, wait: bool = True) -> "Proc":
-        out = open(self.log, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mecorch.cli", "--config", str(self.cfg_path), "serve",
-             "--role", self.role, "--listen", self.listen], stdout=out, stderr=subprocess.STDOUT)
-        if wait:
-            def up():
-                assert self.proc.poll() is None, self.log.read_text()[-3000:]
-                try:
-                    self.client.get(HOSTS)
-                    return True
-                except Exception:  # noqa: BLE001 - not up yet
-                    return False
-            _wait(up, 60, f"{self.name} to serve")
-        return self
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.kill()
+    return lab.wait_for(pred, timeout, what, step)
 
 
 def _sample(tmp: Path, folder: str, app_d_id: str | None = None, rules: bool = True) -> Path:
@@ -123,47 +68,30 @@ def _sample(tmp: Path, folder: str, app_d_id: str | None = None, rules: bool = T
 
 @pytest.fixture(scope="module")
 def system(sample_container, sample_vm):
-    tmp = Path(tempfile.mkdtemp(prefix="mecorch-meo-", dir="/var/tmp"))
-    os.chmod(tmp, 0o711)            # QEMU (libvirt-qemu) reaches the pools under it
+    tmp = lab.private_dir("meo")    # QEMU (libvirt-qemu) reaches the pools under it
     tag = secrets.token_hex(3)
-    made = {"netns": [], "veth": [], "docker_user": [], "nets": [], "pools": [], "meps": [],
-            "hosts": []}
-    procs: dict[str, Proc] = {}
+    made: dict = {"netns": [], "docker_user": [], "hosts": []}
+    procs: dict[str, lab.Serve] = {}
     tokens = {}
     for who in ("meo", "edge1", "edge2", "edge3"):
         tokens[who] = secrets.token_hex(16)
         (tmp / f"{who}.token").write_text(tokens[who] + "\n")
-    meo_port = _free_port()
-    base = mconfig.DEFAULT["hosts"][0]
+    meo_port = lab.free_port()
     edges = {}
     try:
         for k in (1, 2, 3):
             name = f"edge{k}"
-            hid = f"m{tag}-{name}"
-            netns, veth = f"mm{tag}{k}", f"vm{tag}{k}"
-            run("ip", "netns", "add", netns)
+            netns = lab.Netns(f"mm{tag}{k}")
             made["netns"].append(netns)
-            ns(netns, "ip", "link", "set", "lo", "up")
-            run("ip", "link", "add", veth, "type", "veth", "peer", "name", veth + "p",
-                "netns", netns)
-            made["veth"].append(veth)
-            run("ip", "addr", "add", f"10.233.{k}.1/24", "dev", veth)
-            run("ip", "link", "set", veth, "up")
-            ns(netns, "ip", "addr", "add", f"10.233.{k}.2/24", "dev", veth + "p")
-            ns(netns, "ip", "link", "set", veth + "p", "up")
-            ns(netns, "ip", "route", "add", "default", "via", f"10.233.{k}.1")
+            veth = f"vm{tag}{k}"
+            link = lab.free_subnet("10.233.0.0/16").rsplit(".", 1)[0]
+            netns.link(veth, f"{link}.1/24", f"{link}.2/24")
+            netns.exec("ip", "route", "add", "default", "via", f"{link}.1")
             run("iptables", "-I", "DOCKER-USER", "-i", veth, "-j", "ACCEPT")
             made["docker_user"].append(veth)
-            port = _free_port()
-            net = f"mm-{tag}-{k}"
-            host = {"id": hid,
-                    "cim": {**base["cim"], "network": net},
-                    "vim": ({**base["vim"], "pool": net, "network": net,
-                             "network_cidr": f"192.168.{190 + k}.0/24", "accel": "tcg"}
-                            if k != 1 else None),
-                    "mep": {**base["mep"], "netns": netns, "dns_port": _free_port(),
-                            "chain_prefix": f"MM{k}{tag}".upper(),
-                            "service_cidr": SERVICE_CIDR}}
+            port = lab.free_port()
+            host = lab.host_config(lab.Names(f"m{k}"), vms=k != 1,        # edge1 has no VIM
+                                   mep={"netns": netns.name, "service_cidr": SERVICE_CIDR})
             cfg = {"role": "mepm", "state_dir": str(tmp / name), "run_dir": str(tmp / "run" / name),
                    "api": {"token_file": str(tmp / f"{name}.token"),
                            "mp1_url": f"http://127.0.0.1:{port}/mec_app_support/v1"},
@@ -171,18 +99,11 @@ def system(sample_container, sample_vm):
             if k == 3:      # edge3 is not in the MEO's config: it registers itself
                 cfg["mepm"] = {"meo_url": f"http://127.0.0.1:{meo_port}",
                                "meo_token_file": str(tmp / "meo.token")}
-            cfg_path = tmp / f"{name}.yaml"
-            cfg_path.write_text(yaml.safe_dump(cfg))
-            made["nets"].append(net)
-            made["hosts"].append(hid)
-            if k != 1:
-                made["pools"].append(net)
-            made["meps"].append((host["mep"], str(tmp / name / "hosts" / hid),
-                                 str(tmp / "run" / name / hid)))
-            edges[name] = {"id": hid, "netns": netns, "cfg": cfg, "port": port,
-                           "dns_port": host["mep"]["dns_port"], "cfg_path": cfg_path}
-            procs[name] = Proc(name, cfg_path, f"127.0.0.1:{port}", "mepm",
-                               tmp / f"{name}.log", tokens[name])
+            made["hosts"].append((host, cfg))
+            procs[name] = lab.Serve(cfg, tmp, name=name, role="mepm", listen=f"127.0.0.1:{port}",
+                                    token=tokens[name])
+            edges[name] = {"id": host["id"], "netns": netns.name, "cfg": cfg, "port": port,
+                           "dns_port": host["mep"]["dns_port"], "cfg_path": procs[name].config_path}
         meo_cfg = {"role": "meo", "state_dir": str(tmp / "meo"), "run_dir": str(tmp / "run/meo"),
                    "api": {"token_file": str(tmp / "meo.token")}, "hosts": [],
                    "meo": {"heartbeat_s": 1, "request_timeout_s": 10, "sync_s": 2,
@@ -192,10 +113,8 @@ def system(sample_container, sample_vm):
                                      for n in ("edge1", "edge2")]}}
         # edge3 registers with the token the MEO accepts, and hands over its own
         (tmp / "meo.token").write_text(tokens["meo"] + "\n")
-        meo_path = tmp / "meo.yaml"
-        meo_path.write_text(yaml.safe_dump(meo_cfg))
-        procs["meo"] = Proc("meo", meo_path, f"127.0.0.1:{meo_port}", "meo", tmp / "meo.log",
-                            tokens["meo"])
+        procs["meo"] = lab.Serve(meo_cfg, tmp, name="meo", role="meo",
+                                 listen=f"127.0.0.1:{meo_port}", token=tokens["meo"])
         procs["meo"].start()
         for name in ("edge1", "edge2", "edge3"):
             procs[name].start()
@@ -215,62 +134,32 @@ def system(sample_container, sample_vm):
         yield {"c": c, "procs": procs, "edges": edges, "tmp": tmp, "pkgs": pkgs,
                "tokens": tokens, "tag": tag}
     finally:
-        _teardown(procs, made, tmp)
+        left = _teardown(procs, made, tmp)
+    assert left == [], f"left behind by the MEO's cleanup: {left}"
 
 
-def _teardown(procs: dict, made: dict, tmp: Path) -> None:
+def _teardown(procs: dict, made: dict, tmp: Path) -> list[str]:
+    """Everything through the MEO first (as an operator would), then what
+    is left of each host by its owner marks; what the backends still held
+    after the MEO's cleanup is returned."""
     meo = procs.get("meo")
-    if meo and meo.proc and meo.proc.poll() is None:
+    if meo and meo.alive:
         try:
-            for inst in meo.client.get(INST):
-                if inst["instantiationState"] == "INSTANTIATED":
-                    op, _ = meo.client.post(f"{INST}/{inst['id']}/terminate",
-                                            {"terminationType": "FORCEFUL"})
-                    meo.client.wait_op(op, timeout=180)
-                meo.client.call("DELETE", f"{INST}/{inst['id']}")
+            lab.clear(meo.client, timeout_s=180)
         except Exception as e:  # noqa: BLE001 - teardown goes on; leftovers are removed below
             print("teardown through the MEO:", e)
     for p in procs.values():
         p.stop()
-    # what a failed test left of this test's hosts' instances (the MEO may
-    # be gone): by the host id each carries (an app container shares its
-    # pause container's network, so a filter by network misses it)
-    for hid in made["hosts"]:
-        for kind in ("ps", "volume"):
-            ids = run("docker", *([kind, "ls"] if kind == "volume" else [kind, "-a"]), "-q",
-                      "--filter", f"label=mecorch.host={hid}", check=False).stdout.split()
-            if ids:
-                run("docker", *(["volume", "rm", "-f"] if kind == "volume" else ["rm", "-f"]),
-                    *ids, check=False)
-    for dom in run("virsh", "-c", "qemu:///system", "list", "--all", "--name",
-                   check=False).stdout.split():
-        xml = run("virsh", "-c", "qemu:///system", "dumpxml", dom, check=False).stdout
-        if any(f"host_id>{hid}</" in xml for hid in made["hosts"]):
-            run("virsh", "-c", "qemu:///system", "destroy", dom, check=False)
-            run("virsh", "-c", "qemu:///system", "undefine", dom, check=False)
-    # what the MEPMs made, by their names (only this test's)
-    for name in made["nets"]:
-        for c in run("docker", "ps", "-aq", "--filter", f"network={name}", check=False) \
-                .stdout.split():
-            run("docker", "rm", "-f", c, check=False)
-        run("docker", "network", "rm", name, check=False)
-    for name in made["pools"]:
-        for cmd in (["net-destroy", name], ["net-undefine", name],
-                    ["pool-destroy", name], ["pool-undefine", name]):
-            run("virsh", "-c", "qemu:///system", *cmd, check=False)
-    from drivers.linux_mep import LinuxMEP
-    for mep_cfg, state_dir, run_dir in made["meps"]:
-        try:
-            LinuxMEP({**mep_cfg, "state_dir": state_dir, "run_dir": run_dir}).stop_services()
-        except Exception as e:  # noqa: BLE001
-            print("dnsmasq stop:", e)
+    left = []
+    for host, cfg in made["hosts"]:
+        left += lab.leftovers(host)
+        lab.remove_host(host, cfg["state_dir"], cfg["run_dir"])
     for veth in made["docker_user"]:
         run("iptables", "-D", "DOCKER-USER", "-i", veth, "-j", "ACCEPT", check=False)
-    for veth in made["veth"]:
-        run("ip", "link", "del", veth, check=False)
     for netns in made["netns"]:
-        run("ip", "netns", "del", netns, check=False)
+        netns.close()
     shutil.rmtree(tmp, ignore_errors=True)
+    return left
 
 
 def _deploy(c: Client, app_d_id: str, **body) -> tuple[str, dict]:
@@ -441,15 +330,13 @@ def test_two_processes_on_one_host_id_the_second_refuses(system):
     cfg = json.loads(json.dumps(edge["cfg"]))
     cfg["state_dir"] = str(tmp / "intruder")
     cfg["run_dir"] = str(tmp / "run" / "intruder")
-    path = tmp / "intruder.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    res = subprocess.run([sys.executable, "-m", "mecorch.cli", "--config", str(path), "serve",
-                          "--role", "mepm", "--listen", f"127.0.0.1:{_free_port()}"],
-                         capture_output=True, text=True, timeout=60)
-    assert res.returncode != 0
-    assert f"edge host {edge['id']!r} is held by another mecorch" in res.stderr
-    assert str(tmp / "edge1") in res.stderr and f"127.0.0.1:{edge['port']}" in res.stderr
-    assert str(system["procs"]["edge1"].proc.pid) in res.stderr
+    intruder = lab.Serve(cfg, tmp, name="intruder", role="mepm")
+    intruder.start(wait=False)
+    assert intruder.proc.wait(timeout=60) != 0
+    out = intruder.log_tail(20000)
+    assert f"edge host {edge['id']!r} is held by another mecorch" in out
+    assert str(tmp / "edge1") in out and f"127.0.0.1:{edge['port']}" in out
+    assert str(system["procs"]["edge1"].proc.pid) in out
     assert _labelled(edge["id"]) == containers
     assert _strip_counters(ns(edge["netns"], "iptables-save").stdout) == _strip_counters(rules)
 
