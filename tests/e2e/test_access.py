@@ -17,11 +17,7 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import secrets
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -34,8 +30,8 @@ from mecorch.mepm.app_access import token_digest
 from support.corelab import INST, PKGS
 # the real-dockerd fixtures (the CIM on its own network, the sample image)
 from support.dockerlab import api, cim, config, leftovers, request, sample  # noqa: F401
-from support.apiserve import (  # noqa: F401
-    HOST, REPO, Served, free_port, onboard_via, stop, call)
+from support.apiserve import HOST, REPO, Served, onboard_via, call
+from support.lab import Names, Netns, Serve, free_port, wait_for
 
 MP1 = "/mec_app_support/v1/applications"
 
@@ -226,20 +222,14 @@ def test_load_tokens_rules(tmp_path):
 
 def _serve_config(tmp: Path, token_file: Path | None) -> Path:
     """A config whose one host has no drivers: the server is about access,
-    it must touch no backend."""
+    it must touch no backend. (The host id is the lab's own: an id is held
+    by one mecorch on the machine, and other tests run one as `default`.)"""
     cfg = {"state_dir": str(tmp / "state"), "run_dir": str(tmp / "run"),
-           "hosts": [{"id": "default"}],
+           "hosts": [{"id": Names("acc").host_id}],
            "api": {"token_file": str(token_file) if token_file else None}}
     path = tmp / "mecorch.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
-
-
-def _start(argv_prefix: list[str], cfg: Path, listen: str, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([*argv_prefix, sys.executable, "-m", "mecorch.cli", "--config",
-                             str(cfg), "serve", "--listen", listen],
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
 def test_serve_with_tokens_on_127_0_0_2_needs_a_bearer_token(tmp_path):
@@ -247,18 +237,11 @@ def test_serve_with_tokens_on_127_0_0_2_needs_a_bearer_token(tmp_path):
     (tmp_path / "tokens").write_text(token + "\n")
     port = free_port("127.0.0.2")
     base = f"http://127.0.0.2:{port}"
-    proc = _start([], _serve_config(tmp_path, tmp_path / "tokens"), f"127.0.0.2:{port}",
-                  tmp_path / "serve.log")
+    serve = Serve(_serve_config(tmp_path, tmp_path / "tokens"), tmp_path,
+                  listen=f"127.0.0.2:{port}", timeout_s=20)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                status = call(base, "GET", "/openapi.yaml")[0]
-                break
-            except OSError:
-                assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-                assert time.monotonic() < deadline, "mecorch serve did not come up"
-                time.sleep(0.1)
+        serve.start()                                           # up: 401 without a token
+        status = call(base, "GET", "/openapi.yaml")[0]
         assert status == 200                                    # public document
         for path in (PKGS, INST, "/app_lcm/v1/app_lcm_op_occs", f"{MP1}/x/dns_rules"):
             status, body, headers = call(base, "GET", path)
@@ -268,8 +251,8 @@ def test_serve_with_tokens_on_127_0_0_2_needs_a_bearer_token(tmp_path):
         assert call(base, "GET", INST, token=token)[0] == 200
         assert call(base, "GET", f"{MP1}/x/dns_rules", token=token)[0] == 404
     finally:
-        stop(proc)
-    assert proc.returncode is not None
+        serve.stop(15)
+    assert serve.proc.returncode is not None
 
 
 @pytest.fixture
@@ -277,19 +260,16 @@ def netns():
     """A network namespace with one address, 10.231.250.1 on a veth pair
     that lives wholly inside it (this kernel has no dummy links): an
     address that is not loopback, reachable only inside the namespace."""
-    name = f"mecacc-{secrets.token_hex(3)}"
-    run("ip", "netns", "add", name)
+    ns = Netns(f"mecacc-{secrets.token_hex(3)}")
     try:
-        run("ip", "netns", "exec", name, "ip", "link", "set", "lo", "up")
-        run("ip", "netns", "exec", name, "ip", "link", "add", "v0", "type", "veth",
-            "peer", "name", "v1")
-        run("ip", "netns", "exec", name, "ip", "addr", "add", "10.231.250.1/24", "dev", "v0")
+        ns.exec("ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+        ns.exec("ip", "addr", "add", "10.231.250.1/24", "dev", "v0")
         for link in ("v0", "v1"):
-            run("ip", "netns", "exec", name, "ip", "link", "set", link, "up")
-        yield name
+            ns.exec("ip", "link", "set", link, "up")
+        yield ns.name
     finally:
-        run("ip", "netns", "del", name, check=False)
-    assert name not in run("ip", "netns", "list").stdout
+        ns.close()
+    assert ns.name not in run("ip", "netns", "list").stdout
 
 
 CURL_STATUS = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5"]
@@ -299,27 +279,31 @@ def test_serve_off_loopback_refuses_without_tokens_and_guards_with_them(tmp_path
     listen = "10.231.250.1:8080"
     inside = ["ip", "netns", "exec", netns]
     # Without tokens: refused, nothing listens.
-    proc = _start(inside, _serve_config(tmp_path, None), listen, tmp_path / "refused.log")
+    refused = Serve(_serve_config(tmp_path, None), tmp_path, name="refused", listen=listen,
+                    wrap=inside)
     try:
-        assert proc.wait(30) == 2
+        refused.start(wait=False)
+        assert refused.proc.wait(30) == 2
     finally:
-        stop(proc)
-    log = (tmp_path / "refused.log").read_text()
+        refused.stop(15)
+    log = refused.log_tail(10 ** 6)
     assert "needs api.token_file" in log, log
     assert run(*inside, *CURL_STATUS, f"http://{listen}/openapi.yaml", check=False).stdout \
         == "000"
-    # With tokens: it serves, and only with a token.
+    # With tokens: it serves, and only with a token. (It answers inside the
+    # namespace only: the wait is a curl there.)
     token = secrets.token_urlsafe(24)
     (tmp_path / "tokens").write_text(token + "\n")
-    proc = _start(inside, _serve_config(tmp_path, tmp_path / "tokens"), listen,
-                  tmp_path / "serve.log")
+    serve = Serve(_serve_config(tmp_path, tmp_path / "tokens"), tmp_path, listen=listen,
+                  wrap=inside)
     try:
-        deadline = time.monotonic() + 20
-        while run(*inside, *CURL_STATUS, f"http://{listen}/openapi.yaml",
-                  check=False).stdout != "200":
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            assert time.monotonic() < deadline, "mecorch serve did not come up"
-            time.sleep(0.2)
+        serve.start(wait=False)
+
+        def up() -> bool:
+            assert serve.alive, serve.log_tail()
+            return run(*inside, *CURL_STATUS, f"http://{listen}/openapi.yaml",
+                       check=False).stdout == "200"
+        wait_for(up, 20, "mecorch serve to come up", step=0.2)
         url = f"http://{listen}{INST}"
         assert run(*inside, *CURL_STATUS, url, check=False).stdout == "401"
         assert run(*inside, *CURL_STATUS, "-H", "Authorization: Bearer wrong-token-123456",
@@ -327,7 +311,7 @@ def test_serve_off_loopback_refuses_without_tokens_and_guards_with_them(tmp_path
         assert run(*inside, *CURL_STATUS, "-H", f"Authorization: Bearer {token}", url,
                    check=False).stdout == "200"
     finally:
-        stop(proc)
+        serve.stop(15)
 
 
 # ---------------------------------------------------------------- (c) sockets

@@ -24,103 +24,65 @@ edge-a has no MEP, and the rules are test_e2e.py's business.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
-import yaml
 
 from conftest import REGISTRY, run
 from mecorch.kernel.client import ApiError, Client
 from mecorch.kernel.fileutil import sha256_file
 from mecorch.package import build_package
+from support.lab import (EXAMPLES, INST, PKGS, Names, Serve, clear, host_config, lab_config,
+                         leftovers, private_dir, remove_host)
 
 pytestmark = [pytest.mark.docker, pytest.mark.libvirt]
 
-REPO = Path(__file__).resolve().parents[2]
-DUAL = REPO / "examples" / "sample-dual-app"
-INST = "/app_lcm/v1/app_instances"
-PKGS = "/app_pkgm/v1/app_packages"
+DUAL = EXAMPLES / "sample-dual-app"
 NO_RULES = {"appTrafficRule": [], "appDNSRule": []}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _no_mep(host: dict) -> dict:
+    """A lab host without the MEP section: these edge hosts have no MEP."""
+    return {k: v for k, v in host.items() if k != "mep"}
 
 
 @pytest.fixture(scope="module")
 def lab(sample_container, sample_vm):
     # QEMU runs as libvirt-qemu and must reach the pool under state_dir.
-    tmp = Path(tempfile.mkdtemp(prefix="mecorch-dual-", dir="/var/tmp"))
-    os.chmod(tmp, 0o711)
-    tag = f"{os.getpid() % 10000}{int(time.time()) % 1000}"
-    a, b = f"dual-a-{tag}", f"dual-b-{tag}"
-    names = {"net_a": f"mdual-a-{tag}", "net_b": f"mdual-b-{tag}", "vim": f"mdual-{tag}"}
-    api_port = _free_port()
-    cfg = {
-        "state_dir": str(tmp / "state"), "run_dir": str(tmp / "run"),
-        "orchestrator": {"prefer": "vm", "reconcile_interval_s": 0},
-        "hosts": [
-            {"id": a, "cim": {"driver": "docker", "network": names["net_a"]}},
-            {"id": b, "cim": {"driver": "docker", "network": names["net_b"]},
-             "vim": {"driver": "libvirt", "pool": names["vim"], "network": names["vim"],
-                     "network_cidr": "192.168.219.0/24", "accel": "tcg"}},
-        ],
-    }
-    cfg_path = tmp / "mecorch.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg))
-    log = open(tmp / "serve.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "mecorch.cli", "--config", str(cfg_path),
-                             "serve", "--listen", f"127.0.0.1:{api_port}"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{api_port}"
-    c = Client(url, token="")
+    tmp = private_dir("dual")
+    na, nb = Names("duala"), Names("dualb")
+    hosts = [_no_mep(host_config(na, vms=False)), _no_mep(host_config(nb))]
+    a, b = na.host_id, nb.host_id
+    names = {"net_a": na.network, "net_b": nb.network, "vim": nb.pool}
+    cfg = lab_config(tmp, hosts,
+                     orchestrator={"prefer": "vm", "reconcile_interval_s": 0})
+    serve = Serve(cfg, tmp)
+    c = serve.client
     try:
-        for _ in range(150):
-            try:
-                c.get(PKGS)
-                break
-            except Exception:  # noqa: BLE001 - not up yet
-                assert proc.poll() is None, (tmp / "serve.log").read_text()
-                time.sleep(0.1)
+        serve.start()
         zpath = build_package(DUAL, tmp / "sample-dual.zip")
-        pkg, _ = c.post(PKGS, {"appPkgName": f"dual-{tag}", "appPkgVersion": "1.0",
+        pkg, _ = c.post(PKGS, {"appPkgName": f"dual-{na.tag}", "appPkgVersion": "1.0",
                                "appPkgPath": str(zpath),
                                "checksum": {"algorithm": "SHA-256",
                                             "hash": sha256_file(zpath)}})
-        yield {"c": c, "url": url, "a": a, "b": b, "pkg": pkg, "names": names, "tmp": tmp,
-               "cfg_path": cfg_path}
+        yield {"c": c, "url": serve.url, "a": a, "b": b, "pkg": pkg, "names": names,
+               "tmp": tmp, "cfg_path": serve.config_path}
     finally:
         try:
-            for inst in c.get(INST):
-                if inst["instantiationState"] == "INSTANTIATED":
-                    op, _ = c.post(f"{INST}/{inst['id']}/terminate",
-                                   {"terminationType": "FORCEFUL"})
-                    c.wait_op(op, timeout=120)
-                c.call("DELETE", f"{INST}/{inst['id']}")
-            for p in c.get(PKGS):
-                if p["operationalState"] == "ENABLED":
-                    c.call("PATCH", f"{PKGS}/{p['id']}", {"operationState": "DISABLED"})
-                c.call("DELETE", f"{PKGS}/{p['id']}")
+            if not serve.alive:
+                serve.start()
+            clear(c)
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-            log.close()
-            for net in (names["net_a"], names["net_b"]):
-                run("docker", "network", "rm", net, check=False)
-            for cmd in (["net-destroy", names["vim"]], ["net-undefine", names["vim"]],
-                        ["pool-destroy", names["vim"]], ["pool-undefine", names["vim"]]):
-                run("virsh", "-c", "qemu:///system", *cmd, check=False)
+            serve.stop()
+            left = [x for h in hosts for x in leftovers(h)]
+            for h in hosts:
+                remove_host(h, cfg["state_dir"], cfg["run_dir"])
             shutil.rmtree(tmp, ignore_errors=True)
+    assert left == []
 
 
 def _http(url: str, tries: int = 100) -> str:

@@ -9,116 +9,35 @@ backends are then searched for anything of the instances that was left.
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import remove_mep_chains, run
-from mecorch.kernel.client import ApiError, Client
+from conftest import run
+from mecorch.kernel.client import ApiError
 from mecorch.package import build_package
 from mecorch.kernel.fileutil import sha256_file
+from support.lab import EXAMPLES, INST, PKGS, Lab, onboard_samples
 
 pytestmark = [pytest.mark.docker, pytest.mark.libvirt, pytest.mark.mep]
-
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = REPO / "examples"
-INST = "/app_lcm/v1/app_instances"
-PKGS = "/app_pkgm/v1/app_packages"
-HOST = [{"hostId": {"id": "default"}}]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def mec(sample_container, sample_vm):
-    """A running `mecorch serve` with names of its own, and the two sample
-    packages onboarded."""
-    # QEMU runs as libvirt-qemu and must reach the pool under state_dir:
-    # pytest's 0700 tmp dirs would shut it out.
-    tmp = Path(tempfile.mkdtemp(prefix="mecorch-e2e-", dir="/var/tmp"))
-    os.chmod(tmp, 0o711)
-    tag = f"e2e{int(time.time()) % 100000}"
-    dns_port, api_port = _free_port(), _free_port()
-    cfg = {
-        "state_dir": str(tmp / "state"), "run_dir": str(tmp / "run"),
-        "hosts": [{"id": "default",
-                   "cim": {"driver": "docker", "network": f"mec-{tag}"},
-                   "vim": {"driver": "libvirt", "pool": f"mec-{tag}", "network": f"mec-{tag}",
-                           "network_cidr": "192.168.177.0/24",
-                           # the KVM probe is proven by the VIM tests and doctor
-                           "accel": "tcg"},
-                   "mep": {"driver": "linux", "dns_port": dns_port, "chain_prefix": "MECE2E"}}],
-    }
-    # the lists in `hosts` replace the default's: fill the driver defaults in
-    from mecorch.kernel import config as mconfig
-    base = mconfig.DEFAULT["hosts"][0]
-    for role in ("cim", "vim", "mep"):
-        cfg["hosts"][0][role] = {**base[role], **cfg["hosts"][0][role]}
-    cfg_path = tmp / "mecorch.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg))
-    log = open(tmp / "serve.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "mecorch.cli", "--config", str(cfg_path),
-                             "serve", "--listen", f"127.0.0.1:{api_port}"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    client = Client(f"http://127.0.0.1:{api_port}", token="")
-    for _ in range(100):
-        try:
-            client.get(PKGS)
-            break
-        except Exception:  # noqa: BLE001 - not up yet
-            assert proc.poll() is None, (tmp / "serve.log").read_text()
-            time.sleep(0.1)
-    pkgs = {}
-    for folder in ("sample-container-app", "sample-vm-app"):
-        zpath = build_package(EXAMPLES / folder, tmp / f"{folder}.zip")
-        pkg, _ = client.post(PKGS, {"appPkgName": folder, "appPkgVersion": "1.0",
-                                    "appPkgPath": str(zpath),
-                                    "checksum": {"algorithm": "SHA-256",
-                                                 "hash": sha256_file(zpath)}})
-        pkgs[pkg["appDId"]] = pkg
-    yield {"c": client, "dns_port": dns_port, "tag": tag, "pkgs": pkgs, "tmp": tmp,
-           "cfg": cfg}
-    # teardown: every instance terminated and deleted, packages removed,
-    # then the server stopped by its pid, then the infrastructure it made
-    for inst in client.get(INST):
-        if inst["instantiationState"] == "INSTANTIATED":
-            op, _ = client.post(f"{INST}/{inst['id']}/terminate", {"terminationType": "FORCEFUL"})
-            client.wait_op(op, timeout=120)
-        client.call("DELETE", f"{INST}/{inst['id']}")
-    for pkg in client.get(PKGS):
-        if pkg["operationalState"] == "ENABLED":
-            client.call("PATCH", f"{PKGS}/{pkg['id']}", {"operationState": "DISABLED"})
-        client.call("DELETE", f"{PKGS}/{pkg['id']}")
-    proc.terminate()
-    proc.wait(timeout=30)
-    _remove_infrastructure(cfg, tag, tmp)
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _remove_infrastructure(cfg: dict, tag: str, tmp: Path) -> None:
-    name = f"mec-{tag}"
-    run("docker", "network", "rm", name, check=False)
-    for cmd in (["net-destroy", name], ["net-undefine", name],
-                ["pool-destroy", name], ["pool-undefine", name]):
-        run("virsh", "-c", "qemu:///system", *cmd, check=False)
-    from drivers.linux_mep import LinuxMEP
-    mep = LinuxMEP({**cfg["hosts"][0]["mep"], "state_dir": str(tmp / "state/hosts/default"),
-                    "run_dir": str(tmp / "run/default")})
-    mep.stop_services()                 # both dnsmasqs
-    remove_mep_chains("MECE2E")         # every hook and chain of the prefix
+    """A running `mecorch serve` with names of its own (the lab's), and the
+    two sample packages onboarded."""
+    lab = Lab("e2e")
+    try:
+        lab.start()
+        pkgs = onboard_samples(lab.c, lab.dir)
+        yield {"c": lab.c, "dns_port": lab.host["mep"]["dns_port"], "tag": lab.names.tag,
+               "pkgs": pkgs, "tmp": lab.dir, "cfg": lab.cfg, "host": lab.selected}
+    finally:
+        # every instance terminated and deleted, packages removed, the
+        # server stopped by its pid, then the infrastructure it made
+        left = lab.close()
+    assert left == []
 
 
 def _dig(port: int, name: str) -> str:
@@ -138,9 +57,11 @@ def _http(url: str, tries: int = 50) -> str:
     raise AssertionError(f"{url} did not answer: {last}")
 
 
-def _deploy(c: Client, app_d_id: str, **body) -> tuple[dict, dict]:
+def _deploy(mec: dict, app_d_id: str, **body) -> tuple[dict, dict]:
+    c = mec["c"]
     inst, _ = c.post(INST, {"appDId": app_d_id})
-    op, _ = c.post(f"{INST}/{inst['id']}/instantiate", {"selectedMECHostInfo": HOST, **body})
+    op, _ = c.post(f"{INST}/{inst['id']}/instantiate",
+                   {"selectedMECHostInfo": mec["host"], **body})
     op = c.wait_op(op, timeout=300)
     return c.get(f"{INST}/{inst['id']}"), op
 
@@ -171,7 +92,7 @@ def test_deploy_reach_by_dns_and_traffic_rule_then_terminate_gracefully(mec, app
                                                                           body_text,
                                                                           notification_sink):
     c = mec["c"]
-    info, op = _deploy(c, app_d_id, **decide)
+    info, op = _deploy(mec, app_d_id, **decide)
     assert op["operationState"] == "COMPLETED", op.get("error")
     iid = info["id"]
     alloc = info["allocatedResources"]
@@ -206,7 +127,7 @@ def test_deploy_reach_by_dns_and_traffic_rule_then_terminate_gracefully(mec, app
 
 def test_forceful_termination_of_a_vm_deployed_by_its_onboarded_manner(mec):
     c = mec["c"]
-    info, op = _deploy(c, "sample-vm")                            # no signal: onboarding says VM
+    info, op = _deploy(mec, "sample-vm")                          # no signal: onboarding says VM
     assert op["operationState"] == "COMPLETED", op.get("error")
     assert info["deploymentType"] == "VM"
     t0 = time.monotonic()
@@ -222,7 +143,7 @@ def test_contradiction_is_400_and_nothing_made(mec):
     pod = (EXAMPLES / "orchestration/container-pod.yaml").read_text()
     with pytest.raises(ApiError) as e:
         c.post(f"{INST}/{inst['id']}/instantiate",
-               {"selectedMECHostInfo": HOST, "deploymentType": "VM", "orchestrationInfo": pod})
+               {"selectedMECHostInfo": mec["host"], "deploymentType": "VM", "orchestrationInfo": pod})
     assert e.value.status == 400 and "deploymentType" in e.value.detail
     assert _leftovers(inst["id"]) == []
 
@@ -230,13 +151,12 @@ def test_contradiction_is_400_and_nothing_made(mec):
 def test_failure_in_the_rules_step_releases_the_container(mec):
     """A traffic rule iptables cannot express fails the MEP step after the
     container was made: the container, its pause container and volumes go."""
-    c = mec["c"]
     rule = {"trafficRuleId": "enc", "filterType": "FLOW", "priority": 1,
             "trafficFilter": [{"dstAddress": ["10.90.0.10"], "dstPort": ["80"]}],
             "action": "FORWARD_ENCAPSULATED",
             "dstInterface": [{"interfaceType": "TUNNEL",
                               "tunnelInfo": {"tunnelType": "GTP_U"}}]}
-    info, op = _deploy(c, "sample-http", appTrafficRule=[rule])
+    info, op = _deploy(mec, "sample-http", appTrafficRule=[rule])
     assert op["operationState"] == "FAILED"
     assert op["error"]["status"] == 400, op["error"]
     assert "FORWARD_ENCAPSULATED" in op["error"]["detail"], op["error"]
@@ -250,7 +170,7 @@ def test_capacity_refusal_changes_nothing(mec):
     tosca = (EXAMPLES / "orchestration/vm-tosca.yaml").read_text().replace("256 MB", "200 GB")
     with pytest.raises(ApiError) as e:
         c.post(f"{INST}/{inst['id']}/instantiate",
-               {"selectedMECHostInfo": HOST, "orchestrationInfo": tosca})
+               {"selectedMECHostInfo": mec["host"], "orchestrationInfo": tosca})
     assert e.value.status == 409, e.value.body
     assert c.get(f"{INST}/{inst['id']}")["instantiationState"] == "NOT_INSTANTIATED"
     assert _leftovers(inst["id"]) == []

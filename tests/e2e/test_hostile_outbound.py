@@ -601,53 +601,33 @@ def test_a_real_container_is_terminated_in_time_despite_a_dripping_subscriber(
     and the sample container: a GRACEFUL terminate with gracefulTerminationTimeout
     5 and a subscriber dripping its answer ends within 5 + 5 s, the
     container gone."""
-    import json
-    import secrets
-    import subprocess
-    import sys
-
     from conftest import run
-    from mecorch.kernel.client import Client
     from mecorch.kernel.fileutil import sha256_file
     from mecorch.package import build_package
+    from support.lab import (EXAMPLES, Names, Serve, clear, host_config, lab_config, leftovers,
+                             remove_host)
 
-    examples = Path(__file__).resolve().parents[2] / "examples"
-    u = secrets.token_hex(3)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    net = f"mc28-{u}"
-    cfg = {"state_dir": str(tmp_path / "state"), "run_dir": str(tmp_path / "run"),
-           "orchestrator": {"reconcile_interval_s": 0},
-           "hosts": [{"id": f"mc28-{u}", "cim": {"driver": "docker", "network": net,
-                                                  "dns": []}}]}
-    (tmp_path / "mecorch.yaml").write_text(json.dumps(cfg))         # JSON is YAML
-    log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "mecorch.cli", "--config",
-                             str(tmp_path / "mecorch.yaml"), "serve", "--listen",
-                             f"127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
-    c = Client(f"http://127.0.0.1:{port}", token="", timeout=60)
+    names = Names("mc28")
+    host_id = names.host_id
+    host = {k: v for k, v in host_config(names, vms=False, cim={"dns": []}).items()
+            if k != "mep"}                                          # no VM, no MEP
+    cfg = lab_config(tmp_path, [host], orchestrator={"reconcile_interval_s": 0})
+    serve = Serve(cfg, tmp_path, client_timeout_s=60)
+    c = serve.client
     slow = None
     try:
-        for _ in range(300):
-            try:
-                c.get("/app_pkgm/v1/app_packages")
-                break
-            except Exception:  # noqa: BLE001 - not up yet
-                assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-                time.sleep(0.1)
-        zpath = build_package(examples / "sample-container-app", tmp_path / "app.zip")
+        serve.start()
+        zpath = build_package(EXAMPLES / "sample-container-app", tmp_path / "app.zip")
         c.post("/app_pkgm/v1/app_packages", {
             "appPkgName": "sample-container-app", "appPkgVersion": "1.0",
             "appPkgPath": str(zpath), "checksum": {"algorithm": "SHA-256",
                                                    "hash": sha256_file(zpath)}})
         iid = c.post(INST, {"appDId": "sample-http"})[0]["id"]
         op = c.wait_op(c.post(f"{INST}/{iid}/instantiate", {
-            "selectedMECHostInfo": [{"hostId": {"id": f"mc28-{u}"}}],
+            "selectedMECHostInfo": [{"hostId": {"id": host_id}}],
             "appTrafficRule": [], "appDNSRule": []})[0], timeout=120)
         assert op["operationState"] == "COMPLETED", op.get("error")
-        assert run("docker", "ps", "-q", "--filter", f"label=mecorch.host=mc28-{u}").stdout.strip()
+        assert run("docker", "ps", "-q", "--filter", f"label=mecorch.host={host_id}").stdout.strip()
         slow = peers(drip)
         c.post(f"{MP1}/{iid}/subscriptions", {
             "subscriptionType": "AppTerminationNotificationSubscription",
@@ -661,26 +641,17 @@ def test_a_real_container_is_terminated_in_time_despite_a_dripping_subscriber(
         assert took < 10, took
         assert slow.hits                                    # the notice was sent
         assert run("docker", "ps", "-aq", "--filter",
-                   f"label=mecorch.host=mc28-{u}").stdout.strip() == ""
+                   f"label=mecorch.host={host_id}").stdout.strip() == ""
         c.call("DELETE", f"{INST}/{iid}")
     finally:
         if slow is not None:
             slow.close()            # a terminate it still holds (without the fix) goes on
         try:
-            for inst in c.get(INST):
-                if inst["instantiationState"] == "INSTANTIATED":
-                    c.wait_op(c.post(f"{INST}/{inst['id']}/terminate",
-                                     {"terminationType": "FORCEFUL"})[0], timeout=60)
+            if serve.alive:
+                clear(c, timeout_s=60)
         except Exception as e:  # noqa: BLE001 - the server must be stopped whatever failed
             print(f"cleanup: {e}")
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        # what a failed run left of this test's own host (by container id)
-        for cid in run("docker", "ps", "-aq", "--filter",
-                       f"label=mecorch.host=mc28-{u}").stdout.split():
-            run("docker", "rm", "-f", cid, check=False)
-        run("docker", "network", "rm", net, check=False)
+        serve.stop(30)
+        left = leftovers(host)
+        remove_host(host, cfg["state_dir"], cfg["run_dir"])     # what a failed run left
+    assert left == []

@@ -18,89 +18,66 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
-import yaml
 
 from conformance.compute_labs import (CLOUDS_YAML, OS_CLOUD, OS_CONTAINER, OS_NETWORK,
-                                      free_port, os_admin, os_owned)
+                                      os_admin, os_owned)
 from conftest import run
-from mecorch.kernel.client import ApiError, Client
+from mecorch.kernel.client import ApiError
 from mecorch.kernel.fileutil import sha256_file
 from mecorch.package import build_package
+from support.lab import (EXAMPLES, INST, PKGS, Names, Serve, clear, host_config, lab_config,
+                         leftovers, private_dir, remove_host, remove_mep_chains)
 
 pytestmark = [pytest.mark.openstack, pytest.mark.mep]
-
-REPO = Path(__file__).resolve().parents[2]
-INST = "/app_lcm/v1/app_instances"
-PKGS = "/app_pkgm/v1/app_packages"
 
 
 @pytest.fixture(scope="module")
 def mec(sample_vm):
     admin = os_admin()
-    tag = f"ose{int(time.time()) % 100000}"
-    host_id = f"os-{tag}"
-    netns = f"mec-{tag}"
+    names = Names("ose")
+    host_id = names.host_id
+    netns = f"mec-{names.tag}"
     pid = run("docker", "inspect", "-f", "{{.State.Pid}}", OS_CONTAINER).stdout.strip()
     run("ip", "netns", "attach", netns, pid)        # a name for the cloud's namespace
-    tmp = Path(tempfile.mkdtemp(prefix="mecorch-ose2e-", dir="/var/tmp"))
-    dns_port, api_port = free_port(), free_port()
-    from mecorch.kernel import config as mconfig
-    mep = {**mconfig.DEFAULT["hosts"][0]["mep"], "dns_port": dns_port,
-           "chain_prefix": f"MECOS{tag[-4:]}", "netns": netns}
-    cfg = {"state_dir": str(tmp / "state"), "run_dir": str(tmp / "run"),
-           "hosts": [{"id": host_id, "cim": None,
-                      "vim": {"driver": "openstack", "cloud": OS_CLOUD,
-                              "clouds_yaml": CLOUDS_YAML, "network": OS_NETWORK,
-                              "boot_timeout_s": 300},
-                      "mep": mep}]}
-    cfg_path = tmp / "mecorch.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg))
-    log = open(tmp / "serve.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "mecorch.cli", "--config", str(cfg_path),
-                             "serve", "--listen", f"127.0.0.1:{api_port}"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    client = Client(f"http://127.0.0.1:{api_port}", token="")
-    for _ in range(300):
-        try:
-            client.get(PKGS)
-            break
-        except Exception:  # noqa: BLE001 - not up yet
-            assert proc.poll() is None, (tmp / "serve.log").read_text()
-            time.sleep(0.1)
-    zpath = build_package(REPO / "examples" / "sample-vm-app", tmp / "sample-vm-app.zip")
-    pkg, _ = client.post(PKGS, {"appPkgName": "sample-vm-app", "appPkgVersion": "1.0",
-                                "appPkgPath": str(zpath),
-                                "checksum": {"algorithm": "SHA-256", "hash": sha256_file(zpath)}})
-    env = {"c": client, "admin": admin, "host": host_id, "netns": netns, "pkg": pkg,
-           "dns_port": dns_port, "tmp": tmp}
-    yield env
+    tmp = private_dir("ose2e")
+    host = {**host_config(names, containers=False, vms=False, mep={"netns": netns}),
+            "cim": None,
+            "vim": {"driver": "openstack", "cloud": OS_CLOUD, "clouds_yaml": CLOUDS_YAML,
+                    "network": OS_NETWORK, "boot_timeout_s": 300}}
+    # what the lab removes and searches of this host on this machine: its
+    # MEP (the VMs are the cloud's: os_owned searches them)
+    local = {**host, "vim": None}
+    cfg = lab_config(tmp, [host])
+    serve = Serve(cfg, tmp)
+    client = serve.client
     try:
-        for inst in client.get(INST):
-            if inst["instantiationState"] == "INSTANTIATED":
-                op, _ = client.post(f"{INST}/{inst['id']}/terminate",
-                                    {"terminationType": "FORCEFUL"})
-                client.wait_op(op, timeout=300)
-            client.call("DELETE", f"{INST}/{inst['id']}")
-        for p in client.get(PKGS):
-            if p["operationalState"] == "ENABLED":
-                client.call("PATCH", f"{PKGS}/{p['id']}", {"operationState": "DISABLED"})
-            client.call("DELETE", f"{PKGS}/{p['id']}")
-        left = os_owned(admin, host_id)          # the package's Glance image went with it
+        serve.start()
+        zpath = build_package(EXAMPLES / "sample-vm-app", tmp / "sample-vm-app.zip")
+        pkg, _ = client.post(PKGS, {"appPkgName": "sample-vm-app", "appPkgVersion": "1.0",
+                                    "appPkgPath": str(zpath),
+                                    "checksum": {"algorithm": "SHA-256",
+                                                 "hash": sha256_file(zpath)}})
+        env = {"c": client, "admin": admin, "host": host_id, "netns": netns, "pkg": pkg,
+               "dns_port": host["mep"]["dns_port"], "tmp": tmp}
+        yield env
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        from drivers.linux_mep import LinuxMEP
-        LinuxMEP({**mep, "state_dir": str(tmp / "state/hosts" / host_id),
-                  "run_dir": str(tmp / "run" / host_id)}).stop_services()
-        run("ip", "netns", "delete", netns, check=False)
-        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            if not serve.alive:
+                serve.start()
+            clear(client, timeout_s=300)
+            left = os_owned(admin, host_id)          # the package's Glance image went with it
+        finally:
+            serve.stop()
+            left_here = leftovers(local)
+            remove_host(local, cfg["state_dir"], cfg["run_dir"])       # both dnsmasqs
+            remove_mep_chains(names.chain, netns=netns)     # the MEP's chains in the cloud
+            run("ip", "netns", "delete", netns, check=False)
+            shutil.rmtree(tmp, ignore_errors=True)
     assert left == [], f"left on the cloud: {left}"
+    assert left_here == []
 
 
 def in_cloud(netns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -1,11 +1,11 @@
-"""`mecorch serve` as a subprocess with in-memory drivers (Served), plain
-HTTP calls to it, onboarding through it, a free port, a clean stop. (Was
-part of test_access.)"""
+"""The real HTTP API in this process with in-memory drivers (Served), plain
+HTTP calls to it, onboarding through it. (Was part of test_access.) A
+`mecorch serve` process is tests/support/lab.py's `Serve`; `free_port` here
+is the lab's; `stop` is a subprocess's stop for test_hostile_yaml's serve."""
 
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import threading
 import time
@@ -21,6 +21,7 @@ from mecorch.api import make_server
 from mecorch.mepm.orchestrator import Orchestrator
 from mecorch.kernel.states import DeploymentType
 from support.corelab import INST, onboard
+from support import lab
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -121,10 +122,7 @@ def onboard_via(s: Served, tmp: Path) -> None:
     onboard(e)
 
 
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+free_port = lab.free_port          # the lab's (test_hostile_yaml imports it from here)
 
 
 def stop(proc: subprocess.Popen) -> None:
