@@ -30,7 +30,7 @@ from mecorch.driverapi.model import (
     Address, Allocation, Check, HostCapacity, Observation, ResourceRequest)
 from mecorch.kernel.states import DeploymentType, ObservedState
 
-from . import pause
+from . import pause, settings
 from . import plan as P
 from .backend import backend_errors, connect, drain, gone_ok, list_containers
 from .plan import (LABEL_HOST, LABEL_INSTANCE, LABEL_MEM_BYTES, LABEL_NANO_CPUS,
@@ -58,7 +58,12 @@ class DockerCIM(ComputeDriver, Watchable, Revivable, Uninstallable):
                                            "cim.registry", 255)
         if validate.split_image_ref(f"{self.registry_host}/x")[0] != self.registry_host:
             raise InvalidInput("cim.registry: must be host:port, e.g. 127.0.0.1:5000")
-        self.network = validate.ident(config.get("network", "mecorch"), "cim.network")
+        self.host_id = validate.ident(config.get("host_id", "default"), "cim.host_id")
+        # The network: the section's, else the host's own (as the
+        # configuration names it); its subnet: the section's, else Docker's pick
+        self.network = config.get("network") or settings.per_host(self.host_id)["network"]
+        self.subnet = config.get("subnet")
+        settings.check_section({"network": self.network, "subnet": self.subnet})
         # The containers' resolvers (Docker's `dns` option; on a user-defined
         # network Docker's embedded DNS at 127.0.0.11 forwards to them):
         # "gateway" is the network's gateway, where the MEP answers DNS rules.
@@ -67,7 +72,6 @@ class DockerCIM(ComputeDriver, Watchable, Revivable, Uninstallable):
             raise InvalidInput("cim.dns: must be a list of up to 3 IP addresses or 'gateway'")
         self.dns = [d if d == "gateway" else validate.ip_address(d, f"cim.dns[{i}]")
                     for i, d in enumerate(dns)]
-        self.host_id = validate.ident(config.get("host_id", "default"), "cim.host_id")
         self.busybox = validate.text(config.get("busybox", "/bin/busybox"), "cim.busybox", 1024)
         self.timeout_s = validate.number(config.get("timeout_s", 60), "cim.timeout_s", 1, 3600)
         state_dir = Path(config.get("state_dir", "/var/lib/mecorch"))
@@ -179,14 +183,21 @@ class DockerCIM(ComputeDriver, Watchable, Revivable, Uninstallable):
                 if owner and owner != self.host_id:
                     raise Conflict(f"network {self.network} belongs to edge host {owner!r}, "
                                    f"not {self.host_id!r}: give cim.network another name")
+                have = [c.get("Subnet") for c in (nets[0].get("IPAM") or {}).get("Config") or []]
+                if self.subnet and self.subnet not in have:
+                    raise Conflict(f"network {self.network} has subnet {', '.join(have) or 'none'}"
+                                   f", not cim.subnet {self.subnet}: remove it (`mecorch host "
+                                   "teardown`) or set cim.subnet to its subnet")
                 self._gateway = _gateway_of(nets[0])
                 self._network_id = nets[0]["Id"]
                 return self._network_id
             try:
                 with backend_errors(f"create network {self.network}"):
+                    ipam = ({"Driver": "default", "Config": [{"Subnet": self.subnet}]}
+                            if self.subnet else None)
                     net = api.create_network(self.network, driver="bridge", check_duplicate=True,
-                                             labels={LABEL_NETWORK: "true",
-                                                     LABEL_HOST: self.host_id})
+                                             ipam=ipam, labels={LABEL_NETWORK: "true",
+                                                                LABEL_HOST: self.host_id})
                 with backend_errors(f"inspect network {self.network}"):
                     self._gateway = _gateway_of(api.inspect_network(net["Id"]))
                 self._network_id = net["Id"]
@@ -439,10 +450,14 @@ class DockerCIM(ComputeDriver, Watchable, Revivable, Uninstallable):
             return self._client().logs(app, stdout=True, stderr=True,
                                        tail="all" if tail is None else int(tail))
 
-    def uninstall(self) -> list[str]:
+    def uninstall(self, keep: dict[str, tuple[str, ...]] | None = None) -> list[str]:
         """Remove what this driver made for its host (`mecorch host
         teardown`): its bridge network, when no container of the host is
-        left. Returns what was removed, one line each."""
+        left, the network is marked as this host's (label mecorch.host)
+        and `keep` does not name it (another configured host names it too;
+        the value says which). Returns what was removed, one line each;
+        "kept ..." for what it left and why."""
+        keep = keep or {}
         api = self._client()
         with backend_errors("list mecorch containers"):
             left = list_containers(api, {"label": [f"{LABEL_HOST}={self.host_id}"]})
@@ -453,10 +468,17 @@ class DockerCIM(ComputeDriver, Watchable, Revivable, Uninstallable):
         with backend_errors(f"look up network {self.network}"):
             nets = [n for n in api.networks(names=[self.network]) if n["Name"] == self.network]
         for net in nets:
-            if (net.get("Labels") or {}).get(LABEL_NETWORK) != "true":
-                continue            # not made by mecorch: not ours to remove
-            gone_ok(f"remove network {self.network}", api.remove_network, net["Id"])
-            done.append(f"docker network {self.network}")
+            labels = net.get("Labels") or {}
+            if labels.get(LABEL_NETWORK) != "true":
+                done.append(f"kept docker network {self.network}: not made by mecorch")
+            elif labels.get(LABEL_HOST) != self.host_id:
+                done.append(f"kept docker network {self.network}: marked as host "
+                            f"{labels.get(LABEL_HOST)!r}'s")
+            elif "network" in keep:
+                done.append(f"kept docker network {self.network}: {_users(keep['network'])}")
+            else:
+                gone_ok(f"remove network {self.network}", api.remove_network, net["Id"])
+                done.append(f"docker network {self.network}")
         self._network_id = None
         return done
 
@@ -606,3 +628,8 @@ def _label_limits(labels: dict) -> tuple[int, int] | None:
         return int(labels[LABEL_NANO_CPUS]), int(labels[LABEL_MEM_BYTES])
     except (KeyError, ValueError):
         return None
+
+
+def _users(hosts) -> str:
+    """Why an object is kept: the other configured hosts naming it."""
+    return f"host(s) {', '.join(hosts)} of the configuration use it too"

@@ -62,7 +62,11 @@ def _accel_check(drv, s, conn) -> Check:
     if s.accel != "auto":
         return Check("vim.accel", True, f"{s.accel} (set by config, not probed)")
     cached = A.load(str(s.accel_cache))
-    if not cached and conn is not None and s.probe_image and os.path.isfile(s.probe_image):
+    # The probe boots a guest in the pool on the network: only where they
+    # exist already (the doctor makes neither)
+    if not cached and conn is not None and s.probe_image and os.path.isfile(s.probe_image) \
+            and _exists(conn.storagePoolLookupByName, s.pool) \
+            and _exists(conn.networkLookupByName, s.network):
         try:
             cached = drv.probe_accel(s.probe_image)
         except MecorchError as e:
@@ -91,6 +95,9 @@ def _pool_check(conn, s) -> Check:
                      f"{'active' if ok else 'inactive'}, {avail / 2**30:.1f} of "
                      f"{cap / 2**30:.1f} GiB free", "" if ok else f"virsh pool-start {s.pool}")
     except libvirt.libvirtError as e:
+        if e.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
+            return Check("vim.pool", True, f"pool {s.pool} not made yet: `mecorch serve` makes "
+                         f"it at {s.pool_dir} on first use")
         return Check("vim.pool", False, f"pool {s.pool}: {e.get_error_message()}",
                      "it is created by the driver's open() (first use)")
 
@@ -108,8 +115,19 @@ def _network_check(conn, s) -> Check:
                      f"{bridge.get('name') if bridge is not None else '?'} {cidr}: "
                      f"{'active' if ok else 'inactive'}", "" if ok else f"virsh net-start {s.network}")
     except libvirt.libvirtError as e:
+        if e.get_error_code() == libvirt.VIR_ERR_NO_NETWORK:
+            return Check("vim.network", True, f"network {s.network} not made yet: `mecorch "
+                         f"serve` makes it (bridge {s.bridge}, {s.network_cidr}) on first use")
         return Check("vim.network", False, f"network {s.network}: {e.get_error_message()}",
                      "it is created by the driver's open() (first use)")
+
+
+def _exists(lookup, name: str) -> bool:
+    try:
+        lookup(name)
+        return True
+    except libvirt.libvirtError:
+        return False
 
 
 def _kvm_mode_check() -> Check | None:

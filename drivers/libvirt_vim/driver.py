@@ -522,11 +522,14 @@ class LibvirtVIM(ComputeDriver, Watchable, Uninstallable):
             except libvirt.libvirtError:
                 pass
 
-    def uninstall(self) -> list[str]:
+    def uninstall(self, keep: dict[str, tuple[str, ...]] | None = None) -> list[str]:
         """Remove what this driver made for its host (`mecorch host
         teardown`): its NAT network and its storage pool with the volumes
-        left in it (image bases), when no domain of the host is left.
-        Returns what was removed, one line each."""
+        left in it (image bases), when no domain of the host is left; not
+        one `keep` names (`network`, `pool`: another configured host names
+        it too; the value says which). Returns what was removed, one line
+        each; "kept ..." for what it left and why."""
+        keep = keep or {}
         s = self.settings
         conn = self._connect()
         done = []
@@ -541,7 +544,9 @@ class LibvirtVIM(ComputeDriver, Watchable, Uninstallable):
                 if e.get_error_code() != libvirt.VIR_ERR_NO_NETWORK:
                     raise
                 net = None
-            if net is not None:
+            if net is not None and "network" in keep:
+                done.append(f"kept libvirt network {s.network}: {_users(keep['network'])}")
+            elif net is not None:
                 if net.isActive():
                     net.destroy()
                 net.undefine()
@@ -552,7 +557,9 @@ class LibvirtVIM(ComputeDriver, Watchable, Uninstallable):
                 if e.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
                     raise
                 pool = None
-            if pool is not None:
+            if pool is not None and "pool" in keep:
+                done.append(f"kept libvirt pool {s.pool}: {_users(keep['pool'])}")
+            elif pool is not None:
                 if not pool.isActive():
                     pool.create()
                 vols = pool.listAllVolumes()
@@ -642,3 +649,8 @@ def _event_loop_ready() -> None:
                     libvirt.virEventRunDefaultImpl()
             threading.Thread(target=run, name="libvirt-events", daemon=True).start()
             _EVENT_LOOP.append(True)
+
+
+def _users(hosts) -> str:
+    """Why an object is kept: the other configured hosts naming it."""
+    return f"host(s) {', '.join(hosts)} of the configuration use it too"

@@ -15,7 +15,7 @@ from typing import Any
 
 from mecorch.kernel import validate
 from mecorch.kernel.errors import InvalidInput
-from mecorch.kernel.schema import ABSENT, NUMBER, STR, key, read
+from mecorch.kernel.schema import ABSENT, DEFAULT_HOST, NUMBER, STR, host_name, key, read
 
 _BRIDGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")    # IFNAMSIZ: 15 chars
 ACCEL_MODES = ("auto", "kvm", "tcg")
@@ -23,16 +23,47 @@ ACCEL_MODES = ("auto", "kvm", "tcg")
 ROLE = "vim"
 SCHEMA = (
     key("uri", STR, "qemu:///system", "libvirt connection URI"),
-    key("pool", STR, "mecorch", "storage pool mecorch owns"),
-    key("network", STR, "mecorch", "NAT network mecorch owns"),
+    key("pool", STR, "mecorch", "storage pool mecorch makes for the host; default: mecorch "
+        "for the host `default`, mecorch-<host id> for another"),
+    key("network", STR, "mecorch", "NAT network mecorch makes for the host; default as the "
+        "pool's"),
     key("network_cidr", STR, "192.168.150.0/24", "its addresses"),
     key("accel", STR, "auto", "auto | kvm | tcg", choices=ACCEL_MODES),
     key("boot_timeout_s", NUMBER, 120, "wait for a guest's lease and first port"),
     key("probe_timeout_s", NUMBER, 20, "KVM probe: no lease by then means TCG"),
     key("probe_image", STR, "/var/cache/mecorch/workloads/sample-vm.qcow2",
         "bootable disk the KVM probe uses", nullable=True),
-    key("bridge", STR, ABSENT, "bridge name of the NAT network"),
+    key("bridge", STR, ABSENT, "bridge name of the NAT network (default: mecorch-br0 for "
+        "the network mecorch, mc-<network> for another)"),
 )
+
+OWNED = ("network", "pool")       # the bridge goes with its network
+
+
+def per_host(host_id: str) -> dict:
+    """The network's and pool's names when the section sets none: the
+    machine's `default` host keeps today's, another host gets its own."""
+    name = "mecorch" if host_id == DEFAULT_HOST else host_name("mecorch", host_id, 64)
+    return {"network": name, "pool": name}
+
+
+def check_section(section: dict) -> None:
+    parse(section)
+
+
+def check_hosts(sections: list[tuple[str, dict]]) -> None:
+    """Two networks of one libvirt on overlapping ranges: the second would
+    not start."""
+    seen: list = []
+    for path, s in sections:
+        net = ipaddress.ip_network(s["network_cidr"])
+        for other_path, other_net, other in seen:
+            if (other.get("uri") == s.get("uri") and other.get("network") != s.get("network")
+                    and net.overlaps(other_net)):
+                raise InvalidInput(f"{path}.network_cidr: {net} overlaps {other_path}."
+                                   f"network_cidr {other_net}: give each host a range of its own")
+        seen.append((path, net, s))
+
 
 
 @dataclass(frozen=True)
@@ -69,7 +100,10 @@ class Settings:
 
 
 def default_bridge(network: str) -> str:
-    return "mecorch-br0" if network == "mecorch" else f"mc-{network}"[:15].rstrip("-.")
+    """mecorch-br0 for the network `mecorch` (an installed node's), else
+    mc-<network>, cut with a hash of the whole name when too long (two
+    networks never share a bridge because their names were cut)."""
+    return "mecorch-br0" if network == "mecorch" else host_name("mc", network, 15)
 
 
 def parse(cfg: dict[str, Any]) -> Settings:
@@ -78,7 +112,11 @@ def parse(cfg: dict[str, Any]) -> Settings:
     ranges. A section built by hand (tests, benches) without `probe_image`
     has none: `check()` probes nothing."""
     probe_image = cfg.get("probe_image")
-    cfg = read(SCHEMA, cfg)
+    # a section built by hand without names: the host's own, as the
+    # configuration gives them
+    own = per_host(cfg.get("host_id", DEFAULT_HOST) if isinstance(cfg.get("host_id"), str)
+                   else DEFAULT_HOST)
+    cfg = read(SCHEMA, {**{k: v for k, v in own.items() if k not in cfg}, **cfg})
     network = validate.ident(cfg["network"], "vim.network")
     bridge = cfg["bridge"] or default_bridge(network)
     if not isinstance(bridge, str) or not _BRIDGE.fullmatch(bridge):

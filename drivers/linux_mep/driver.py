@@ -49,7 +49,7 @@ from mecorch.kernel.errors import (
 from mecorch.driverapi.model import Check
 from mecorch.spec.rules import DnsRule, TrafficRule, unique_ids
 
-from . import dnsmasq, iptables
+from . import dnsmasq, iptables, settings
 
 CMD_TIMEOUT_S = 15
 # From this many instances with chains on, a change reads its chains one by
@@ -57,6 +57,8 @@ CMD_TIMEOUT_S = 15
 # with bench/mep_rule_latency.py lies between 100 and 1,000)
 READ_BY_CHAIN_AT = 250
 log = logging.getLogger("mecorch.mep.linux")
+# The mark on a service link: the host that made it (`ip link ... alias`)
+LINK_MARK = "mecorch:host="
 CLIENT_DNS_PORT = 53        # resolvers given by DHCP or Docker's dns option have no port
 
 
@@ -84,7 +86,11 @@ class LinuxMEP(PlatformDriver, RuleAudit, DnsOnAppNetworks, Uninstallable):
     def __init__(self, config: dict[str, Any]):
         super().__init__(config)
         # Only validation and paths here: no files, no processes.
-        self.prefix = iptables.check_prefix(config.get("chain_prefix", "MECORCH"))
+        self.host_id = validate.ident(config.get("host_id", "default"), "mep.host_id")
+        # Names of what this MEP makes on the machine: the section's, else
+        # the host's own (a section built by hand, as the configuration does)
+        own = settings.per_host(self.host_id)
+        self.prefix = iptables.check_prefix(config.get("chain_prefix") or own["chain_prefix"])
         self.netns = config.get("netns")
         if self.netns is not None:
             validate.ident(self.netns, "mep.netns")
@@ -112,8 +118,8 @@ class LinuxMEP(PlatformDriver, RuleAudit, DnsOnAppNetworks, Uninstallable):
         # default route out.
         cidr = config.get("service_cidr")
         self.service_cidr = validate.network(cidr, "mep.service_cidr") if cidr else None
-        self.service_if = validate.ident(config.get("service_interface", "mecorch-svc"),
-                                         "mep.service_interface")[:15]
+        self.service_if = config.get("service_interface") or own["service_interface"]
+        settings.check_section({"chain_prefix": self.prefix, "service_interface": self.service_if})
         state_dir = Path(validate.text(config.get("state_dir", "/var/lib/mecorch"), "mep.state_dir", 1024))
         run_dir = Path(validate.text(config.get("run_dir", "/run/mecorch"), "mep.run_dir", 1024))
         self.hosts_dir = state_dir / "dns" / "hosts.d"
@@ -287,10 +293,37 @@ class LinuxMEP(PlatformDriver, RuleAudit, DnsOnAppNetworks, Uninstallable):
         """Where the clients' dnsmasq answers (port 53)."""
         return list(self._client_addresses)
 
+    def _link_mark(self, link: str) -> str | None:
+        """The host id a link is marked with ('' unmarked; None: no link)."""
+        try:
+            out = self._run("ip", "-o", "link", "show", "dev", link)
+        except subprocess.CalledProcessError:
+            return None
+        m = re.search(r"\balias (\S+)", out)
+        return m.group(1)[len(LINK_MARK):] if m and m.group(1).startswith(LINK_MARK) else ""
+
     def _ensure_service_route(self) -> None:
-        links = self._run("ip", "-o", "link", "show")
-        if f": {self.service_if}:" not in links:
+        """The service range routed into this host's sink link, made and
+        marked as this host's when missing. A range already routed into
+        another mecorch service link (another host's on this machine, one
+        configured to share it, or the default node's from before links
+        were marked) is left as it is: its traffic already dies there, and
+        taking the route would leave it with the other's teardown."""
+        route = self._run("ip", "-o", "route", "show", "exact", self.service_cidr).split()
+        via = route[route.index("dev") + 1] if "dev" in route[:-1] else None
+        if via and via != self.service_if and (via == "mecorch-svc" or self._link_mark(via)):
+            log.warning("service range %s is routed to %s, which another mecorch host made: "
+                        "not making %s (give mep.service_cidr a range of its own)",
+                        self.service_cidr, via, self.service_if)
+            return
+        mark = self._link_mark(self.service_if)
+        if mark is None:
             self._run("ip", "link", "add", self.service_if, "type", "bridge")
+            mark = ""
+        if mark == "":
+            # ours now (made here, or an unmarked one of our name: the default
+            # node's from before links were marked)
+            self._run("ip", "link", "set", self.service_if, "alias", LINK_MARK + self.host_id)
         self._run("ip", "link", "set", self.service_if, "up")
         self._run("ip", "route", "replace", self.service_cidr, "dev", self.service_if)
 
@@ -306,23 +339,42 @@ class LinuxMEP(PlatformDriver, RuleAudit, DnsOnAppNetworks, Uninstallable):
             clients = dnsmasq.stop(self.clients_pid_file)
             return dnsmasq.stop(self.pid_file) or clients
 
-    def uninstall(self) -> list[str]:
-        """Remove everything of this MEP: both dnsmasq processes, every hook
-        and chain of its prefix (all instances' rules), its hostsdir files
-        and its service route sink. For tests and decommissioning (`mecorch
-        host teardown`). Says what it owns, removed or already gone."""
+    def uninstall(self, keep: dict[str, tuple[str, ...]] | None = None) -> list[str]:
+        """Remove what this MEP made for its host: both dnsmasq processes
+        (its run dir's), its hostsdir files, every hook and chain of its
+        prefix (all instances' rules) and its service link (with its route),
+        but only the link marked as this host's, and neither chains nor link
+        while `keep` names their key (`chain_prefix`, `service_interface`:
+        another configured host names them too; the value says which). For
+        tests and decommissioning (`mecorch host teardown`). Says what, a
+        line each; "kept ..." for what it left and why."""
+        keep = keep or {}
         self.stop_services()
+        done = []
         with _backend("mep uninstall"), self._exclusive():
-            self._restore(iptables.teardown_text(self._save(), self.prefix))
+            if "chain_prefix" in keep:
+                done.append(f"kept iptables chains {self.prefix}-*: {_users(keep['chain_prefix'])}")
+            else:
+                self._restore(iptables.teardown_text(self._save(), self.prefix))
+                done.append(f"iptables chains {self.prefix}-* and their hooks")
             if self.hosts_dir.is_dir():
                 for name in os.listdir(self.hosts_dir):
                     (self.hosts_dir / name).unlink(missing_ok=True)
-            if self.service_cidr:
-                links = self._run("ip", "-o", "link", "show")
-                if f": {self.service_if}:" in links:
-                    self._run("ip", "link", "del", self.service_if)
-        return [f"iptables chains {self.prefix}-* and their hooks, its dnsmasq, its DNS files, "
-                f"its service link {self.service_if}"]
+            done.append(f"its dnsmasq and DNS files ({self.run_dir}, {self.hosts_dir})")
+            mark = self._link_mark(self.service_if)
+            if "service_interface" in keep and mark is not None:
+                if mark in ("", self.host_id):
+                    # handed over: the next host's teardown may remove it
+                    self._run("ip", "link", "set", self.service_if, "alias",
+                              LINK_MARK + keep["service_interface"][0])
+                done.append(f"kept service link {self.service_if}: {_users(keep['service_interface'])}")
+            elif mark == self.host_id:
+                self._run("ip", "link", "del", self.service_if)
+                done.append(f"service link {self.service_if}")
+            elif mark is not None:
+                done.append(f"kept service link {self.service_if}: " + (
+                    f"marked as host {mark!r}'s" if mark else "not marked as this host's"))
+        return done
 
     def dnsmasq_pid(self) -> int | None:
         return dnsmasq.live_pid(self.pid_file)
@@ -440,7 +492,8 @@ class LinuxMEP(PlatformDriver, RuleAudit, DnsOnAppNetworks, Uninstallable):
                             "apt-get install iptables; run as root"
                             + (f"; create the netns: ip netns add {self.netns}" if self.netns else "")),
                 self._check("mep: dnsmasq running", self._check_running,
-                            "mecorch starts it on open(); see " + str(self.log_file)),
+                            f"free {self.dns_listen}:{self.dns_port} (mep.dns_port) or give "
+                            f"the host another; see " + str(self.log_file)),
                 self._check("mep: DNS for apps and UEs", self._check_clients,
                             "free port 53 on those addresses; see " + str(self.clients_log_file))]
 
@@ -476,6 +529,26 @@ class LinuxMEP(PlatformDriver, RuleAudit, DnsOnAppNetworks, Uninstallable):
 
     def _check_running(self) -> str:
         pid = dnsmasq.live_pid(self.pid_file)
-        if pid is None:
-            raise BackendError(f"no live dnsmasq in {self.pid_file}")
-        return f"pid {pid}, {self.dns_listen}:{self.dns_port}, ttl {self.dns_ttl}"
+        if pid is not None:
+            return f"pid {pid}, {self.dns_listen}:{self.dns_port}, ttl {self.dns_ttl}"
+        # Not running (no `mecorch serve` has opened this MEP): start one
+        # as serve would, on the same address and port, in a directory of
+        # its own, and stop it by its pid: it can bind, and nothing is left.
+        import tempfile
+        with tempfile.TemporaryDirectory(prefix="mecorch-doctor-") as tmp:
+            probe = Path(tmp)
+            (probe / "hosts.d").mkdir()
+            cmd = dnsmasq.argv(pid_file=probe / "dnsmasq.pid", hosts_dir=probe / "hosts.d",
+                               log_file=probe / "dnsmasq.log", listen=self.dns_listen,
+                               port=self.dns_port, local_ttl=self.dns_ttl, user="root",
+                               upstream=self.dns_upstream, domain=self.dns_domain)
+            with _backend("dnsmasq probe"):
+                probe_pid = dnsmasq.start(self._argv(*cmd), probe / "dnsmasq.pid")
+                dnsmasq.stop(probe / "dnsmasq.pid")
+        return (f"not running (`mecorch serve` starts it); a probe dnsmasq (pid {probe_pid}) "
+                f"started on {self.dns_listen}:{self.dns_port} and was stopped")
+
+
+def _users(hosts) -> str:
+    """Why an object is kept: the other configured hosts naming it."""
+    return f"host(s) {', '.join(hosts)} of the configuration use it too"

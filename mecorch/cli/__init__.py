@@ -204,10 +204,16 @@ def _run(args) -> int:
         return 0
     if args.command == "host" and args.action == "teardown":
         from mecorch.mepm.teardown import teardown
-        removed = teardown(cfg, args.host_id)
-        for line in removed:
-            print(f"removed {line}")
-        if not removed:
+        if args.api:
+            raise InvalidInput("host teardown does not go through an API (--api): it removes "
+                               "what mecorch made on the machine it runs on, from that edge "
+                               "host's config; run `mecorch --config FILE host teardown HOST` "
+                               "there, with its `mecorch serve` stopped (an MEO has no host "
+                               "objects of its own)")
+        lines = teardown(cfg, args.host_id)
+        for line in lines:
+            print(line)
+        if not lines:
             print("nothing to remove")
         return 0
     if args.command == "package" and args.action == "build":

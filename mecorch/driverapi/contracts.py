@@ -243,13 +243,16 @@ class Uninstallable(abc.ABC):
     pool, chains, processes) beyond its instances' objects."""
 
     @abc.abstractmethod
-    def uninstall(self) -> list[str]:
+    def uninstall(self, keep: dict[str, tuple[str, ...]] | None = None) -> list[str]:
         """Remove everything this driver made for its host (`mecorch host
         teardown`) and say what, one line each in the driver's words (what
-        it names: its network, pool, chains...). A compute driver raises
-        Conflict while an instance's objects of the host remain (a MEP
-        removes every instance's rules with its own); what is already gone
-        is success."""
+        it names: its network, pool, chains...), but nothing marked as
+        another host's, and not what `keep` names: {config key (one of its
+        settings' `OWNED`): the other configured hosts naming the same
+        object}; a line "kept <what>: <why>" says so. A compute driver
+        raises Conflict while an instance's objects of the host remain (a
+        MEP removes every instance's rules with its own); what is already
+        gone is success."""
 
 
 class RuleAudit(abc.ABC):

@@ -143,6 +143,28 @@ def driver_schemas() -> list[tuple[str, str, tuple[Key, ...]]]:
     """(driver name, role, its rows) of every installed driver whose package
     declares its section (`ROLE`, `SCHEMA` in its settings module). A driver
     without one is not described: its section's other keys are its own."""
+    return [(name, module.ROLE, tuple(module.SCHEMA)) for name, module in _settings_modules()]
+
+
+_SETTINGS: dict[tuple[str, str], Any] = {}      # (role, driver name) -> its settings module
+
+
+def settings_of(role: str, driver: str | None) -> Any:
+    """The settings module of a role's driver (None if it declares none).
+    Besides its rows it may say, per host: `per_host(host_id)` (the names
+    of what it makes on the machine when the section sets none),
+    `check_section(section)` (what a row cannot check, e.g. names reaching
+    command lines), `check_hosts([(path, section)])` (hosts of one
+    configuration that would fight over one object) and `OWNED` (the keys
+    naming what it makes on the machine: `mecorch host teardown` leaves
+    one another configured host names too)."""
+    if not _SETTINGS:
+        for name, module in _settings_modules():
+            _SETTINGS[(module.ROLE, name)] = module
+    return _SETTINGS.get((role, driver))
+
+
+def _settings_modules() -> list[tuple[str, Any]]:
     out = []
     for ep in metadata.entry_points(group=DRIVER_GROUP):
         name = _settings_module(ep.value)
@@ -154,9 +176,8 @@ def driver_schemas() -> list[tuple[str, str, tuple[Key, ...]]]:
             if e.name != name:
                 raise
             continue
-        schema = vars(module).get("SCHEMA")
-        if schema is not None:
-            out.append((ep.name, module.ROLE, tuple(schema)))
+        if vars(module).get("SCHEMA") is not None:
+            out.append((ep.name, module))
     return out
 
 
@@ -376,10 +397,55 @@ def load(path: str | Path | None = None, sources: dict | None = None) -> dict[st
                     src[f"hosts[{i}].{role}.{name}"] = DERIVED_SRC
             section["host_id"] = hid
             src[f"hosts[{i}].{role}.host_id"] = DERIVED_SRC
+            _own_names(section, role, hid, f"hosts[{i}].{role}", src, where)
+    _check_hosts(cfg, where)
     if sources is not None:
         sources.clear()
         sources.update(src)
     return cfg
+
+
+def _own_names(section: dict, role: str, hid: str, path: str, src: dict, where: str) -> None:
+    """The names of what the host's driver makes on the machine that its
+    section leaves at the default: the host's own (its driver's
+    `per_host`), then the driver's checks of the section."""
+    module = settings_of(role, section.get("driver"))
+    if module is None:
+        return
+    per_host = getattr(module, "per_host", None)
+    for name, value in (per_host(hid) if per_host else {}).items():
+        here = f"{path}.{name}"
+        if name not in section or (src.get(here) in (DEFAULT_SRC, HOST_SRC)
+                                   and section[name] != value):
+            section[name] = value
+            src[here] = DERIVED_SRC
+    check_section = getattr(module, "check_section", None)
+    if check_section is not None:
+        try:
+            check_section(section)
+        except InvalidInput as e:
+            raise InvalidInput(f"{where}: hosts[{path.split('[')[1].split(']')[0]}]."
+                               f"{e.detail}") from None
+
+
+def _check_hosts(cfg: dict, where: str) -> None:
+    """Hosts of one configuration whose drivers would fight over one object
+    (one DNS port, overlapping ranges): refused, naming the key."""
+    for role in ROLES:
+        by_driver: dict[str, list] = {}
+        for i, host in enumerate(cfg["hosts"]):
+            section = host.get(role)
+            if section:
+                by_driver.setdefault(section.get("driver"), []).append(
+                    (f"hosts[{i}].{role}", section))
+        for driver, sections in by_driver.items():
+            module = settings_of(role, driver)
+            check_hosts = getattr(module, "check_hosts", None) if module else None
+            if check_hosts is not None and len(sections) > 1:
+                try:
+                    check_hosts(sections)
+                except InvalidInput as e:
+                    raise InvalidInput(f"{where}: {e.detail}") from None
 
 
 def _check_token_urls(cfg: dict, where: str) -> None:

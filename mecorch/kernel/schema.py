@@ -68,3 +68,28 @@ def read(rows: Iterable[Key], section: dict[str, Any]) -> dict[str, Any]:
             out[row.path] = None if row.default in (ABSENT, REQUIRED) \
                 else copy.deepcopy(row.default)
     return out
+
+
+# ---------------------------------------------------------------- names per host
+# The machine's own default node: its objects keep the names they have
+# always had (an installed node finds its network, pool, chains and link
+# again after an upgrade); every other host id gets names of its own.
+DEFAULT_HOST = "default"
+LINK_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}"        # IFNAMSIZ: 15 characters
+
+
+def host_name(base: str, host_id: str, limit: int, sep: str = "-",
+              allowed: str = "A-Za-z0-9_.-") -> str:
+    """The name of an object `base` made for `host_id`: `base<sep><host id>`
+    when that fits in `limit` characters of the `allowed` set, else the
+    host id's head cut to fit and a hash of the whole id (two ids never
+    share a name because one was cut or had characters replaced)."""
+    import hashlib
+    import re
+    clean = re.sub(f"[^{allowed}]", "_", host_id)
+    name = f"{base}{sep}{clean}"
+    if clean == host_id and len(name) <= limit:
+        return name
+    digest = hashlib.sha256(host_id.encode()).hexdigest()[:6]
+    room = limit - len(base) - 2 * len(sep) - len(digest)
+    return f"{base}{sep}{clean[:room]}{sep}{digest}" if room > 0 else f"{base}{sep}{digest}"

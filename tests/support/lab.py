@@ -362,9 +362,9 @@ def remove_instances(host_cfg: dict) -> None:
 def remove_host(host_cfg: dict, state_dir: str | Path, run_dir: str | Path) -> None:
     """The host's infrastructure, made by mecorch under the lab's names:
     its instances' leftovers, the docker network, the libvirt network and
-    pool, the MEP (both dnsmasqs and every chain of its prefix; the service
-    link stays: hosts of one machine share the default one). Gone already
-    is fine."""
+    pool, the MEP (both dnsmasqs, every chain of its prefix, and a service
+    link marked as this host's: the default node's, or another host's, is
+    never touched). Gone already is fine."""
     remove_instances(host_cfg)
     if host_cfg.get("cim"):
         run(*_docker(host_cfg), "network", "rm", host_cfg["cim"]["network"], check=False)
@@ -381,6 +381,19 @@ def remove_host(host_cfg: dict, state_dir: str | Path, run_dir: str | Path) -> N
                   "state_dir": str(Path(state_dir) / "hosts" / host_id),
                   "run_dir": str(Path(run_dir) / host_id)}).stop_services()
         remove_mep_chains(mep["chain_prefix"])
+    if mep:
+        for link in service_links_of(host_cfg["id"]):
+            run("ip", "link", "del", link, check=False)
+
+
+def service_links_of(host_id: str) -> list[str]:
+    """The links marked as `host_id`'s service link (alias mecorch:host=ID)."""
+    out = []
+    for line in run("ip", "-o", "link", "show").stdout.splitlines():
+        m = re.match(r"\d+: ([^:@]+)[:@].*\balias (\S+)", line)
+        if m and m.group(2) == f"mecorch:host={host_id}":
+            out.append(m.group(1))
+    return out
 
 
 def remove_mep_chains(prefix: str, netns: str | None = None) -> None:

@@ -77,7 +77,10 @@ def test_host_entry_inherits_default_host_keys_for_named_roles(tmp_path):
     assert host["cim"]["driver"] == "docker"          # the reported failure: driver None
     assert host["cim"]["network"] == "n1"
     assert host["cim"]["registry"] == base["cim"]["registry"]
-    assert host["mep"]["dns_port"] == 5399 and host["mep"]["chain_prefix"] == "MECORCH"
+    # the names of what the host makes on the machine are its own (derived
+    # from its id), not the default host's: only the default keys are
+    assert host["mep"]["dns_port"] == 5399 and host["mep"]["chain_prefix"] == "MC_edge1"
+    assert host["mep"]["dns_ttl"] == base["mep"]["dns_ttl"]
     assert "vim" not in host                          # not named: not on this host
     assert host["cim"]["host_id"] == "edge1"
     assert host["cim"]["state_dir"] == "/var/lib/mecorch/hosts/edge1"
@@ -86,7 +89,7 @@ def test_host_entry_inherits_default_host_keys_for_named_roles(tmp_path):
 def test_null_role_means_none(tmp_path):
     cfg = config.load(write(tmp_path, "hosts: [{id: a, cim: {}, vim: null}]\n"))
     assert cfg["hosts"][0]["vim"] is None
-    assert cfg["hosts"][0]["cim"]["network"] == "mecorch"
+    assert cfg["hosts"][0]["cim"]["network"] == "mecorch-a"     # the host's own
 
 
 def test_other_driver_inherits_nothing_and_keeps_its_keys(tmp_path):
