@@ -29,7 +29,7 @@ from mecorch.spec.rules import DnsRule
 from support.lab import (VIRSH, Names, free_port, free_subnet, private_dir, remove_host, run,
                          service_links_of)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def cli(cfg_path, *argv, api: str | None = None) -> subprocess.CompletedProcess:
