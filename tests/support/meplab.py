@@ -143,8 +143,7 @@ class Lab:
         self.serve.stop()
         left = thelab.leftovers(self.host_cfg)
         thelab.remove_host(self.host_cfg, self.cfg["state_dir"], self.cfg["run_dir"])
-        # the service link is this lab's own (not the machine's shared one)
-        run("ip", "link", "del", self.host_cfg["mep"]["service_interface"], check=False)
+        thelab.remove_service_link(self.host_cfg)       # its own, not the shared one
         if self.ue is not None:
             self.ue.close()
         return left
