@@ -13,7 +13,7 @@ import pytest
 libvirt = pytest.importorskip("libvirt")
 
 from drivers.libvirt_vim import xmlrender as X  # noqa: E402
-from support.lab import free_subnet, remove_host  # noqa: E402
+from support.lab import free_subnet, leftovers, remove_host  # noqa: E402
 
 URI = "qemu:///system"
 
@@ -53,6 +53,7 @@ def vim_cfg(uid, conn):
     # Teardown: the host's domains (by owner mark) and the one named after
     # this test, its pool and network, whatever the test did.
     host = {"id": cfg["host_id"], "vim": cfg}
+    left = leftovers(host)                  # what the test left of the host
     for dom in conn.listAllDomains(0):
         if dom.name().startswith(X.DOMAIN_PREFIX) and uid in dom.name():
             if dom.isActive():
@@ -63,3 +64,4 @@ def vim_cfg(uid, conn):
     assert not [d for d in domains(conn) if uid in d]
     assert cfg["pool"] not in [p.name() for p in conn.listAllStoragePools(0)]
     assert cfg["network"] not in [n.name() for n in conn.listAllNetworks(0)]
+    assert left == [], f"left behind: {left}"
