@@ -25,14 +25,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from mecorch.driverapi.model import ResourceRequest, VolumeSpec
 from mecorch.kernel.states import DeploymentType
-from support.lab import free_port, free_subnet, leftovers, remove_host
+from support.lab import free_port, free_subnet, leftovers, private_dir, remove_host
 
 CLOUDS_YAML = os.environ.get("MECORCH_OS_CLOUDS_YAML", "/etc/mecorch/openstack-clouds.yaml")
 OS_CLOUD = "mecorch-test"
@@ -191,8 +190,7 @@ class LibvirtLab(Lab):
         from drivers.libvirt_vim import LibvirtVIM
         self.conn = libvirt.open(self.URI)
         # QEMU runs as libvirt-qemu: the state lives where it can enter.
-        self.base = Path(tempfile.mkdtemp(prefix=f"mecorch-ct-{self.uid}-", dir="/var/tmp"))
-        self.base.chmod(0o711)
+        self.base = private_dir(f"ct-{self.uid}")
         self.cfg = {"driver": "libvirt", "uri": self.URI, "pool": f"mct-{self.uid}",
                     "network": f"mct-{self.uid}", "bridge": f"mct-{self.uid}",
                     "network_cidr": free_subnet(), "accel": "tcg",

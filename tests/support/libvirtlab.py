@@ -1,19 +1,18 @@
 """Fixtures for the libvirt VIM on the real libvirtd (connection, the VIM
-config with a free subnet of the one lab, tests/support/lab.py) and the census of domains and volumes. (Was part
-of test_libvirt_vim.)"""
+config with a free subnet and private dir of the one lab,
+tests/support/lab.py) and the census of domains and volumes. (Was part of
+test_libvirt_vim.)"""
 
 from __future__ import annotations
 
 import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
 
 libvirt = pytest.importorskip("libvirt")
 
 from drivers.libvirt_vim import xmlrender as X  # noqa: E402
-from support.lab import free_subnet, leftovers, remove_host  # noqa: E402
+from support.lab import free_subnet, leftovers, private_dir, remove_host  # noqa: E402
 
 URI = "qemu:///system"
 
@@ -43,8 +42,7 @@ def conn():
 
 @pytest.fixture
 def vim_cfg(uid, conn):
-    base = Path(tempfile.mkdtemp(prefix=f"mecorch-vim-{uid}-", dir="/var/tmp"))
-    base.chmod(0o711)
+    base = private_dir(f"vim-{uid}")
     cfg = {"driver": "libvirt", "uri": URI, "pool": f"mct-{uid}", "network": f"mct-{uid}",
            "bridge": f"mct-{uid}", "network_cidr": free_subnet(), "accel": "tcg",
            "state_dir": str(base / "state"), "run_dir": str(base / "run"),
