@@ -28,14 +28,9 @@ from mecorch.driverapi.model import PortSpec, ResourceRequest, VolumeSpec
 from mecorch.kernel.states import DeploymentType, ObservedState
 from support.dockerlab import (  # noqa: F401
     api, cim, config, leftovers, request, sample)
+from support.lab import free_port
 
 pytestmark = pytest.mark.docker
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def network_exists(api, name: str) -> bool:

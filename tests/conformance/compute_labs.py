@@ -24,27 +24,20 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from mecorch.driverapi.model import ResourceRequest, VolumeSpec
 from mecorch.kernel.states import DeploymentType
+from support.lab import free_port, free_subnet, leftovers, private_dir, remove_host
 
 CLOUDS_YAML = os.environ.get("MECORCH_OS_CLOUDS_YAML", "/etc/mecorch/openstack-clouds.yaml")
 OS_CLOUD = "mecorch-test"
 OS_NETWORK = "mecorch-net"
 OS_CONTAINER = os.environ.get("MECORCH_OS_NAME", "mecorch-os-aio")
 CLOUD_HINT = "run `bash tests/openstack/cloud.sh` (builds and starts the test cloud) first"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Lab:
@@ -178,16 +171,9 @@ class DockerLab(Lab):
 
     def teardown(self):
         self.close()
-        flt = {"label": [f"mecorch.host={self.cfg['host_id']}"]}
-        left = [c["Names"][0] for c in self.api.containers(all=True, filters=flt)]
-        for c in self.api.containers(all=True, filters=flt):
-            self.api.remove_container(c["Id"], force=True)
-        for v in self.api.volumes(filters=flt).get("Volumes") or []:
-            left.append(v["Name"])
-            self.api.remove_volume(v["Name"])
-        for n in self.api.networks(names=[self.cfg["network"]]):
-            if n["Name"] == self.cfg["network"]:
-                self.api.remove_network(n["Id"])
+        host = {"id": self.cfg["host_id"], "cim": self.cfg}
+        left = leftovers(host)
+        remove_host(host, self.tmp / "state", self.tmp / "run")
         from drivers.docker_cim import DockerCIM
         DockerCIM(self.cfg).remove_image(self.image)
         self.api.close()
@@ -201,15 +187,13 @@ class LibvirtLab(Lab):
 
     def make(self):
         import libvirt
-        from support.libvirtlab import free_cidr
         from drivers.libvirt_vim import LibvirtVIM
         self.conn = libvirt.open(self.URI)
         # QEMU runs as libvirt-qemu: the state lives where it can enter.
-        self.base = Path(tempfile.mkdtemp(prefix=f"mecorch-ct-{self.uid}-", dir="/var/tmp"))
-        self.base.chmod(0o711)
+        self.base = private_dir(f"ct-{self.uid}")
         self.cfg = {"driver": "libvirt", "uri": self.URI, "pool": f"mct-{self.uid}",
                     "network": f"mct-{self.uid}", "bridge": f"mct-{self.uid}",
-                    "network_cidr": free_cidr(self.conn, self.uid), "accel": "tcg",
+                    "network_cidr": free_subnet(), "accel": "tcg",
                     "state_dir": str(self.base / "state"), "run_dir": str(self.base / "run"),
                     "host_id": f"ct-{self.uid}", "boot_timeout_s": 90}
         self.drv = self._keep(LibvirtVIM(self.cfg))
@@ -257,29 +241,13 @@ class LibvirtLab(Lab):
         return self._keep(LibvirtVIM(self.cfg))
 
     def teardown(self):
-        import libvirt
         self.close()
         conn, uid = self.conn, self.uid
-        for dom in conn.listAllDomains(0):
-            if uid in dom.name():
-                if dom.isActive():
-                    dom.destroy()
-                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
-        for getter, name in ((conn.storagePoolLookupByName, self.cfg["pool"]),
-                             (conn.networkLookupByName, self.cfg["network"])):
-            try:
-                obj = getter(name)
-            except libvirt.libvirtError:
-                continue
-            if obj.isActive():
-                if hasattr(obj, "listAllVolumes"):
-                    obj.refresh(0)
-                    for vol in obj.listAllVolumes(0):
-                        vol.delete(0)
-                obj.destroy()
-            obj.undefine()
+        host = {"id": self.cfg["host_id"], "vim": self.cfg}
+        left = leftovers(host)
+        remove_host(host, self.cfg["state_dir"], self.cfg["run_dir"])
         shutil.rmtree(self.base, ignore_errors=True)
-        left = [d.name() for d in conn.listAllDomains(0) if uid in d.name()]
+        left += [d.name() for d in conn.listAllDomains(0) if uid in d.name()]
         conn.close()
         assert left == [], f"domains left behind: {left}"
 

@@ -24,10 +24,8 @@ Env), and the driver's pure part is checked alone.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
-import tempfile
 import threading
 from pathlib import Path
 
@@ -44,6 +42,7 @@ from conftest import SAMPLE_CONTAINER_REF, run
 from support.mepenv import CONTAINER_APPD, Env, descriptor, refused
 from support.mepenv import dns as fake_dns
 from support.mepenv import traffic as fake_traffic
+from support.lab import private_dir
 from support.meplab import EXAMPLES, INST, MP1, Lab, app_mp1, dns, etsi, poll, traffic
 
 OPS = "/app_lcm/v1/app_lcm_op_occs"
@@ -84,9 +83,9 @@ class ForwardingLab(Lab):
                              self.victim).stdout.strip()
         assert self.victim_ip, "the victim container has no address"
 
-    def down(self) -> None:
+    def down(self) -> list[str]:
         try:
-            super().down()
+            return super().down()
         finally:
             run("docker", "rm", "-f", self.victim, check=False)
             run("docker", "network", "rm", self.victim, check=False)
@@ -109,8 +108,7 @@ class ForwardingLab(Lab):
 
 @pytest.fixture(scope="module")
 def flab():
-    tmp = Path(tempfile.mkdtemp(prefix="mecorch-fwd28-", dir="/var/tmp"))
-    os.chmod(tmp, 0o711)
+    tmp = private_dir("fwd28")
     lab = ForwardingLab(tmp)
     try:
         lab.up_victim()
@@ -118,8 +116,9 @@ def flab():
         lab.deploy("a", "sample-http", "CONTAINER")
         yield lab
     finally:
-        lab.down()
+        left = lab.down()
         shutil.rmtree(tmp, ignore_errors=True)
+    assert left == [], f"left behind after the API cleanup: {left}"
 
 
 @pytest.fixture

@@ -21,9 +21,7 @@ address. What is shown:
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 import threading
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from mecorch.kernel.client import ApiError
 from mecorch.kernel.fileutil import sha256_file
 
 from conftest import run
+from support.lab import private_dir
 from support.meplab import (  # noqa: F401
     Lab, MP1, SAMPLE_VM, app_mp1, dns, etsi, poll, traffic)
 
@@ -57,8 +56,7 @@ def lab(tmp_path_factory):
         f"{SAMPLE_VM} was built by an older build-vm-image.sh: run bash vagrant/provision.sh "
         "(it rebuilds the cached image when the script changed)")
     # QEMU runs as libvirt-qemu and must reach the pool under the state dir.
-    tmp = Path(tempfile.mkdtemp(prefix="mecorch-mep12-", dir="/var/tmp"))
-    os.chmod(tmp, 0o711)
+    tmp = private_dir("mep12")
     lab = Lab(tmp)
     try:
         lab.up()
@@ -67,8 +65,9 @@ def lab(tmp_path_factory):
         lab.deploy("v", "sample-vm", "VM")
         yield lab
     finally:
-        lab.down()
+        left = lab.down()
         shutil.rmtree(tmp, ignore_errors=True)
+    assert left == [], f"left behind after the API cleanup: {left}"
 
 
 # -- DNS and traffic where clients look ----------------------------------------------------

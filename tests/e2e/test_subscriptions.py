@@ -16,12 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,8 +27,10 @@ import yaml
 
 from support.fakes import broken
 from mecorch.kernel.client import ApiError, Client
+from support import lab as thelab
 from support.corelab import INST, PKGS
 from support.etsischema import LCM_FILE, PKGM_FILE, errors_of, etsi_validator
+from support.lab import free_port
 from support.uploadlab import Lab, zip_package
 
 PKG_SUBS, LCM_SUBS = "/app_pkgm/v1/subscriptions", "/app_lcm/v1/subscriptions"
@@ -59,9 +56,7 @@ class Receiver:
         self.hanging = threading.Event()        # a request is being held
         self._release = threading.Event()
         self._lock = threading.Lock()
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/cb/notify"
         self._server = None
         self.start()
@@ -486,64 +481,31 @@ def test_deleted_subscription_gets_nothing_more(lab, receiver):
 
 
 # ---------------------------------------------------------------- real backends
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _real_lab() -> tuple[Path, dict, thelab.Serve]:
+    """A `mecorch serve` of the one lab (tests/support/lab.py) with names of
+    its own (host id, docker network, chains, dnsmasq port, API port) and no
+    VMs; restartable on the same state."""
+    tmp = thelab.private_dir("subs")
+    # a host id of its own: mecorch holds a lease on each host id
+    host = thelab.host_config(thelab.Names("sub"), vms=False)
+    cfg = thelab.lab_config(tmp, [host], api={"notify_timeout_s": 2, "notify_retry_s": 120})
+    return tmp, host, thelab.Serve(cfg, tmp)
 
 
-class Serve:
-    """A `mecorch serve` process with names of its own (docker network,
-    chains, dnsmasq port, API port); restartable on the same state."""
-
-    def __init__(self, tmp: Path, tag: str):
-        from mecorch.kernel import config as mconfig
-        base = mconfig.DEFAULT["hosts"][0]
-        self.tmp, self.tag = tmp, tag
-        self.port = _free_port()
-        self.cfg = {
-            "state_dir": str(tmp / "state"), "run_dir": str(tmp / "run"),
-            "api": {"notify_timeout_s": 2, "notify_retry_s": 120},
-            # a host id of its own: mecorch holds a lease on each host id
-            "hosts": [{"id": tag,
-                       "cim": {**base["cim"], "driver": "docker", "network": f"mec-{tag}"},
-                       "mep": {**base["mep"], "driver": "linux", "dns_port": _free_port(),
-                               "chain_prefix": f"MS{tag[-5:].upper()}"}}]}
-        (tmp / "mecorch.yaml").write_text(yaml.safe_dump(self.cfg))
-        self.c = Client(f"http://127.0.0.1:{self.port}", token="")
-        self.proc = None
-        self.start()
-
-    def start(self) -> None:
-        log = open(self.tmp / "serve.log", "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mecorch.cli", "--config", str(self.tmp / "mecorch.yaml"),
-             "serve", "--listen", f"127.0.0.1:{self.port}"],
-            stdout=log, stderr=subprocess.STDOUT)
-        for _ in range(300):
-            try:
-                self.c.get(PKG_SUBS)
-                return
-            except Exception:  # noqa: BLE001 - not up yet
-                assert self.proc.poll() is None, (self.tmp / "serve.log").read_text()
-                time.sleep(0.1)
-        raise AssertionError("mecorch serve did not come up")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=60)
-
-    def cleanup(self) -> None:
-        self.stop()
-        subprocess.run(["docker", "network", "rm", f"mec-{self.tag}"], capture_output=True)
-        from drivers.linux_mep import LinuxMEP
-        # its chains, dnsmasq and hosts files; not the service route sink,
-        # which every MEP on the default service range shares
-        mep = LinuxMEP({**self.cfg["hosts"][0]["mep"], "service_cidr": None,
-                        "state_dir": str(self.tmp / f"state/hosts/{self.tag}"),
-                        "run_dir": str(self.tmp / f"run/{self.tag}"), "host_id": self.tag})
-        mep.uninstall()
+def _end_real_lab(tmp: Path, host: dict, serve: thelab.Serve) -> list[str]:
+    """Everything through the API, then the server, then the host: what the
+    backends still held for it before the forced removal ([] when clean)."""
+    try:
+        if not serve.alive:
+            serve.start()
+        thelab.clear(serve.client)
+    except Exception:  # noqa: BLE001 - cleanup goes on; leftovers say what stayed
+        pass
+    serve.stop()
+    left = thelab.leftovers(host)
+    thelab.remove_host(host, serve.config["state_dir"], serve.config["run_dir"])
+    shutil.rmtree(tmp, ignore_errors=True)
+    return left
 
 
 @pytest.mark.docker
@@ -555,13 +517,12 @@ def test_oss_on_real_backends(sample_container):
     its receiver is down for a while in the middle and mecorch restarts in
     between: every notification arrives once, in order, ETSI-valid."""
     from mecorch.package import build_package
-    tmp = Path(tempfile.mkdtemp(prefix="mecorch-subs-", dir="/var/tmp"))
-    tag = f"sub{os.getpid() % 100000:05d}"
     receiver = Receiver()
-    lab = Serve(tmp, tag)
-    host = [{"hostId": {"id": tag}}]
+    tmp, host_cfg, lab = _real_lab()
+    host = [{"hostId": {"id": host_cfg["id"]}}]
     try:
-        c = lab.c
+        lab.start()
+        c = lab.client
         subscribe_all(c, receiver.url)
         repo = Path(__file__).resolve().parents[2]
         zpath = build_package(repo / "examples/sample-container-app", tmp / "pkg.zip")
@@ -609,23 +570,10 @@ def test_oss_on_real_backends(sample_container):
                     + op_ok + ["op:FAILED", "AppPacakgeDisabled", "AppPackageDeleted"])
         receiver.wait_for(len(expected), timeout_s=60)
         time.sleep(0.5)
-        assert events(receiver.bodies()) == expected, (tmp / "serve.log").read_text()[-3000:]
+        assert events(receiver.bodies()) == expected, lab.log_tail(3000)
         check_bodies(receiver.bodies())
         assert len({b["id"] for b in receiver.bodies()}) == len(expected)   # each once
     finally:
         receiver.close()
-        try:
-            for inst in lab.c.get(INST):
-                if inst["instantiationState"] == "INSTANTIATED":
-                    op, _ = lab.c.post(f"{INST}/{inst['id']}/terminate",
-                                       {"terminationType": "FORCEFUL"})
-                    lab.c.wait_op(op, timeout=120)
-                lab.c.call("DELETE", f"{INST}/{inst['id']}")
-            for p in lab.c.get(PKGS):
-                if p["operationalState"] == "ENABLED":
-                    lab.c.call("PATCH", f"{PKGS}/{p['id']}", {"operationState": "DISABLED"})
-                lab.c.call("DELETE", f"{PKGS}/{p['id']}")
-        except Exception:  # noqa: BLE001 - cleanup goes on
-            pass
-        lab.cleanup()
-        shutil.rmtree(tmp, ignore_errors=True)
+        left = _end_real_lab(tmp, host_cfg, lab)
+    assert left == [], left

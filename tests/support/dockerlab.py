@@ -10,6 +10,7 @@ import pytest
 from drivers.docker_cim import DockerCIM
 from mecorch.driverapi.model import ResourceRequest
 from mecorch.kernel.states import DeploymentType
+from support.lab import leftovers as lab_leftovers, remove_host
 
 DOCKER_HOST = "unix:///var/run/docker.sock"
 
@@ -34,15 +35,12 @@ def cim(config, api):
     driver = DockerCIM(config)
     yield driver
     driver.close()
-    # Safety net: remove whatever a failing test left, then the network.
-    flt = {"label": [f"mecorch.host={config['host_id']}"]}
-    for c in api.containers(all=True, filters=flt):
-        api.remove_container(c["Id"], force=True)
-    for v in api.volumes(filters=flt).get("Volumes") or []:
-        api.remove_volume(v["Name"])
-    for n in api.networks(names=[config["network"]]):
-        if n["Name"] == config["network"]:
-            api.remove_network(n["Id"])
+    # Safety net: remove whatever a failing test left, then the network;
+    # a passing test left nothing of the host (the lab's census).
+    host = {"id": config["host_id"], "cim": config}
+    left = lab_leftovers(host)
+    remove_host(host, config["state_dir"], config["run_dir"])
+    assert left == [], f"left behind: {left}"
 
 
 @pytest.fixture

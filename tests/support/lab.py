@@ -419,6 +419,16 @@ def remove_mep_chains(prefix: str, netns: str | None = None) -> None:
             run(*pre, "iptables", "-w", "-t", table, op, chain, check=False)
 
 
+def remove_service_link(host_cfg: dict) -> None:
+    """The MEP's service link (and the route of its service range with it)
+    when the lab's config names one of its own (`mep.service_interface`);
+    remove_host leaves the machine's shared default one alone. Gone already
+    is fine."""
+    link = (host_cfg.get("mep") or {}).get("service_interface")
+    if link:
+        run("ip", "link", "del", link, check=False)
+
+
 # ---------------------------------------------------------------- namespaces
 class Netns:
     """A network namespace this lab made, with loopback up; `link()` adds a

@@ -9,17 +9,15 @@ import json
 import os
 import secrets
 import shutil
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
-from mecorch.kernel.client import ApiError, Client
 from mecorch.kernel.fileutil import sha256_file
 from mecorch.package import build_package
 from conftest import WORKLOADS, run
+from support import lab as thelab
+from support.lab import free_subnet
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 INST = "/app_lcm/v1/app_instances"
@@ -29,25 +27,10 @@ MP1 = "/mec_app_support/v1/applications"
 SAMPLE_VM = Path(os.environ.get("MECORCH_SAMPLE_VM", WORKLOADS / "sample-vm.qcow2"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def free_net(first: str, prefix: int) -> str:
-    """A network under `first`/16 no route of this machine overlaps."""
-    used = [ipaddress.ip_network(line.split()[0], strict=False)
-            for line in run("ip", "-4", "route", "show", "table", "all").stdout.splitlines()
-            if line and line.split()[0][0].isdigit()]
-    base = ipaddress.ip_network(first + "/16")
-    subnets = list(base.subnets(new_prefix=prefix))
-    start = secrets.randbelow(len(subnets))
-    for i in range(len(subnets)):
-        net = subnets[(start + i) % len(subnets)]
-        if not any(net.overlaps(u) for u in used):
-            return str(net)
-    raise AssertionError(f"no free /{prefix} under {first}/16")
+    """The lab's free_subnet under `first`/16 (kept for the callers that
+    still ask for it by this name)."""
+    return free_subnet(f"{first}/16", prefix)
 
 
 def traffic(rule_id: str, vip: str, port: str = "80") -> dict:
@@ -69,70 +52,46 @@ def etsi(rule: dict) -> dict:
 
 
 class Lab:
+    """A `mecorch serve` of the one lab (tests/support/lab.py) with names of
+    its own (host id, docker network, libvirt pool + network, chain prefix,
+    service range and link, dnsmasq port) and a UE namespace behind the
+    data-plane address."""
+
     def __init__(self, tmp: Path):
         u = secrets.token_hex(3)
         self.u, self.tmp = u, tmp
-        self.host = f"mc12-{u}"
-        self.service = free_net("10.97.0.0", 24)
+        names = thelab.Names("mc", tag=f"mc{u}")
+        self.service = free_subnet("10.97.0.0/16", 24)
         svc = list(ipaddress.ip_network(self.service).hosts())
         self.vip = {"a": str(svc[9]), "b": str(svc[10]), "v": str(svc[11])}
         self.spare = [str(a) for a in svc[20:40]]
         self.names = {k: f"{k}-{u}.mec.local" for k in ("a", "b", "v")}
-        ue_net = ipaddress.ip_network(free_net("10.98.0.0", 30))
+        ue_net = ipaddress.ip_network(free_subnet("10.98.0.0/16", 30))
         self.dp, self.ue_ip = (str(a) for a in ue_net.hosts())
         self.ue_ns, self.ue_link = f"mc12ue-{u}", f"mcue{u}"
-        self.dns_port = free_port()
-        self.port = free_port()
-        self.prefix = f"MC{u}".upper()
-        self.cfg = {
-            "state_dir": str(tmp / "state"), "run_dir": str(tmp / "run"),
-            "api": {"listen": f"127.0.0.1:{self.port}"},
-            "orchestrator": {"reconcile_interval_s": 0},
-            "hosts": [{
-                "id": self.host,
-                "cim": {"driver": "docker", "network": f"mc12-{u}"},
-                "vim": {"driver": "libvirt", "pool": f"mc12-{u}", "network": f"mc12-{u}",
-                        "network_cidr": free_net("10.96.0.0", 24), "accel": "tcg",
-                        "boot_timeout_s": 300},
-                "mep": {"driver": "linux", "dns_port": self.dns_port, "chain_prefix": self.prefix,
-                        "service_cidr": self.service, "service_interface": f"mcs{u}",
-                        "dns_domain": "mec.local", "dns_upstream": [],
-                        "data_plane_address": self.dp}}]}
-        self.api = Client(f"http://127.0.0.1:{self.port}", timeout=60)
-        self.server: subprocess.Popen | None = None
+        self.ue: thelab.Netns | None = None
+        self.prefix = names.chain
+        self.host_cfg = thelab.host_config(
+            names, vim={"boot_timeout_s": 300},
+            mep={"service_cidr": self.service, "service_interface": f"mcs{u}",
+                 "dns_domain": "mec.local", "dns_upstream": [], "data_plane_address": self.dp})
+        self.host, self.dns_port = names.host_id, self.host_cfg["mep"]["dns_port"]
+        self.cfg = thelab.lab_config(tmp, [self.host_cfg],
+                                     orchestrator={"reconcile_interval_s": 0})
+        self.serve = thelab.Serve(self.cfg, tmp, timeout_s=120, client_timeout_s=60)
+        self.port, self.api = self.serve.port, self.serve.client
         self.ids: dict[str, str] = {}
 
     # -- set up and tear down --------------------------------------------------------
     def up(self) -> None:
-        run("ip", "netns", "add", self.ue_ns)
-        run("ip", "link", "add", self.ue_link, "type", "veth", "peer", "name", self.ue_link + "p",
-            "netns", self.ue_ns)
-        run("ip", "addr", "add", f"{self.dp}/30", "dev", self.ue_link)
-        run("ip", "link", "set", self.ue_link, "up")
-        for argv in (("ip", "link", "set", "lo", "up"),
-                     ("ip", "addr", "add", f"{self.ue_ip}/30", "dev", self.ue_link + "p"),
-                     ("ip", "link", "set", self.ue_link + "p", "up"),
-                     ("ip", "route", "add", "default", "via", self.dp)):
-            run("ip", "netns", "exec", self.ue_ns, *argv)
-        (self.tmp / "mecorch.yaml").write_text(json.dumps(self.cfg))   # JSON is YAML
-        log = open(self.tmp / "serve.log", "wb")
-        self.server = subprocess.Popen(
-            [sys.executable, "-m", "mecorch.cli", "--config", str(self.tmp / "mecorch.yaml"),
-             "serve", "--listen", f"127.0.0.1:{self.port}"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while True:
-            assert self.server.poll() is None, self.log()
-            try:
-                self.api.get("/app_pkgm/v1/app_packages")
-                break
-            except (ApiError, OSError, Exception):
-                assert time.monotonic() < deadline, self.log()
-                time.sleep(0.3)
+        self.ue = thelab.Netns(self.ue_ns)
+        self.ue.link(self.ue_link, f"{self.dp}/30", f"{self.ue_ip}/30")
+        self.ue.exec("ip", "route", "add", "default", "via", self.dp)
+        self.serve.start()
         self.onboard()
 
     def log(self) -> str:
-        return (self.tmp / "serve.log").read_text(errors="replace")[-4000:]
+        return self.serve.log_tail()
 
     def onboard(self) -> None:
         vm_folder = self.tmp / "sample-vm-app"
@@ -171,28 +130,23 @@ class Lab:
         op = self.api.call("POST", f"{INST}/{iid}/terminate", {"terminationType": "FORCEFUL"})[1]
         assert self.api.wait_op(op)["operationState"] == "COMPLETED"
 
-    def down(self) -> None:
+    def down(self) -> list[str]:
+        """Everything through the API (terminate, delete), the server, then
+        the host's infrastructure and the UE namespace: what the backends
+        still held for the host before the forced removal ([] when clean)."""
         try:
-            for inst in self.api.get(INST):
-                if inst["instantiationState"] == "INSTANTIATED":
-                    self.terminate(inst["id"])
+            if not self.serve.alive:
+                self.serve.start()
+            thelab.clear(self.api, timeout_s=300)
         except Exception:       # noqa: BLE001 - clean up what can be cleaned
             pass
-        if self.server is not None:
-            self.server.terminate()
-            try:
-                self.server.wait(30)
-            except subprocess.TimeoutExpired:
-                self.server.kill()
-        host = self.cfg["hosts"][0]
-        from drivers.linux_mep import LinuxMEP
-        mep = LinuxMEP({**host["mep"], "state_dir": str(self.tmp / "state/hosts" / self.host),
-                        "run_dir": str(self.tmp / "run" / self.host), "host_id": self.host})
-        mep.uninstall()
-        run("docker", "network", "rm", host["cim"]["network"], check=False)
-        for cmd in (["net-destroy"], ["net-undefine"], ["pool-destroy"], ["pool-undefine"]):
-            run("virsh", "-c", "qemu:///system", *cmd, host["vim"]["network"], check=False)
-        run("ip", "netns", "del", self.ue_ns, check=False)
+        self.serve.stop()
+        left = thelab.leftovers(self.host_cfg)
+        thelab.remove_host(self.host_cfg, self.cfg["state_dir"], self.cfg["run_dir"])
+        thelab.remove_service_link(self.host_cfg)       # its own, not the shared one
+        if self.ue is not None:
+            self.ue.close()
+        return left
 
     # -- probes ------------------------------------------------------------------------
     def in_app(self, iid: str, script: str) -> str:
