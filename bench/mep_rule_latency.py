@@ -36,6 +36,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from drivers.linux_mep import LinuxMEP            # noqa: E402
 from mecorch.spec.rules import DnsRule, TrafficRule    # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support.lab import Netns                          # noqa: E402 - the one lab
 
 DNS_ADDR, DNS_PORT, APP_PORT = "10.231.1.1", 5353, 8080
 SERVER = ("import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
@@ -125,23 +127,21 @@ def addr_of(name: str) -> str:
 # -- the lab ---------------------------------------------------------------------------------
 
 def lab_up(u: str) -> tuple[str, str, str, subprocess.Popen]:
-    edge, client, inst = f"mecb-{u}", f"mecb-{u}-c", f"mecb-{u}-i"
-    for ns in (edge, client, inst):
-        sh("ip", "netns", "add", ns)
-        nsx(ns, "ip", "link", "set", "lo", "up")
-    for link, peer, edge_ip, peer_ips in ((f"bc{u}", client, "10.231.1.1", ["10.231.1.2"]),
-                                          (f"bi{u}", inst, "10.231.2.1", ["10.231.2.2", "10.231.2.3"])):
-        sh("ip", "link", "add", link, "netns", edge, "type", "veth", "peer", "name", link + "p",
-           "netns", peer)
-        nsx(edge, "ip", "addr", "add", edge_ip + "/24", "dev", link)
-        nsx(edge, "ip", "link", "set", link, "up")
-        for ip in peer_ips:
-            nsx(peer, "ip", "addr", "add", ip + "/24", "dev", link + "p")
-        nsx(peer, "ip", "link", "set", link + "p", "up")
-        nsx(peer, "ip", "route", "add", "default", "via", edge_ip)
-    nsx(edge, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-    server = subprocess.Popen(["ip", "netns", "exec", inst, sys.executable, "-c", SERVER])
-    return edge, client, inst, server
+    """The edge, client and instance namespaces (tests/support/lab.py's
+    Netns), the instance's TCP server. Names: mecb-U, mecb-U-c, mecb-U-i."""
+    edge, client, inst = (Netns(f"mecb-{u}{s}") for s in ("", "-c", "-i"))
+    edge.veth_to(client, f"bc{u}", "10.231.1.1/24", ["10.231.1.2/24"])
+    edge.veth_to(inst, f"bi{u}", "10.231.2.1/24", ["10.231.2.2/24", "10.231.2.3/24"])
+    edge.exec("sysctl", "-qw", "net.ipv4.ip_forward=1")
+    server = subprocess.Popen(["ip", "netns", "exec", inst.name, sys.executable, "-c", SERVER])
+    return edge.name, client.name, inst.name, server
+
+
+def lab_down(server: subprocess.Popen, *spaces: str) -> None:
+    server.terminate()
+    server.wait(5)
+    for name in spaces:
+        Netns.existing(name).close()
 
 
 def pct(values: list[float], p: float) -> float:
@@ -250,10 +250,7 @@ def curve(sizes: list[int], probes: int = 20) -> dict:
         if sock is not None:
             sock.close()
         mep.stop_services()
-        server.terminate()
-        server.wait(5)
-        for ns in (edge, client, inst):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        lab_down(server, edge, client, inst)
         subprocess.run(["rm", "-rf", str(tmp)])
     return out
 
@@ -324,10 +321,7 @@ def main() -> None:
         setns(home)                              # back home for teardown
         os.close(home)
         mep.stop_services()
-        server.terminate()
-        server.wait(5)
-        for ns in (edge, client, inst):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        lab_down(server, edge, client, inst)
         subprocess.run(["rm", "-rf", str(tmp)])
 
     print(f"LinuxMEP rule latency, {n} instances (1 DNS + 1 FORWARD rule each), "

@@ -442,6 +442,13 @@ class Netns:
         run("ip", "netns", "add", self.name)
         self.exec("ip", "link", "set", "lo", "up")
 
+    @classmethod
+    def existing(cls, name: str) -> "Netns":
+        """One this lab made earlier, known by its name (to close it)."""
+        space = cls.__new__(cls)
+        space.name, space.links = name, []
+        return space
+
     def exec(self, *argv: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
         return run("ip", "netns", "exec", self.name, *argv, check=check, **kw)
 
@@ -457,6 +464,20 @@ class Netns:
         self.exec("ip", "addr", "add", inner_cidr, "dev", inner)
         self.exec("ip", "link", "set", inner, "up")
         return inner
+
+    def veth_to(self, other: "Netns", link: str, mine: str, theirs: list[str]) -> None:
+        """A veth pair between two namespaces: `link` here with the address
+        `mine` (CIDR), `link`p in `other` with each of `theirs`, and
+        `other`'s default route through this end (a client or an instance
+        behind an edge namespace). Both ends go with their namespaces."""
+        run("ip", "link", "add", link, "netns", self.name, "type", "veth",
+            "peer", "name", link + "p", "netns", other.name)
+        self.exec("ip", "addr", "add", mine, "dev", link)
+        self.exec("ip", "link", "set", link, "up")
+        for cidr in theirs:
+            other.exec("ip", "addr", "add", cidr, "dev", link + "p")
+        other.exec("ip", "link", "set", link + "p", "up")
+        other.exec("ip", "route", "add", "default", "via", mine.split("/")[0])
 
     def close(self) -> None:
         for link in self.links:

@@ -13,6 +13,7 @@ from pathlib import Path
 from drivers.linux_mep import LinuxMEP
 from mecorch.spec.rules import DnsRule, TrafficRule
 from conftest import run
+from support.lab import Netns, wait_for
 
 SERVICE = "10.231.3.80"
 INSTANCE_A, INSTANCE_B = "10.231.2.2", "10.231.2.3"
@@ -44,21 +45,11 @@ class Lab:
         self.driver: LinuxMEP | None = None
 
     def up(self) -> None:
-        for name in (self.edge, self.client, self.inst):
-            run("ip", "netns", "add", name)
-            ns(name, "ip", "link", "set", "lo", "up")
-        for (link, peer_ns, edge_ip, peer_ips) in (
-                (self.links[0], self.client, "10.231.1.1/24", ["10.231.1.2/24"]),
-                (self.links[1], self.inst, "10.231.2.1/24", ["10.231.2.2/24", "10.231.2.3/24"])):
-            run("ip", "link", "add", link, "netns", self.edge, "type", "veth",
-                "peer", "name", link + "p", "netns", peer_ns)
-            ns(self.edge, "ip", "addr", "add", edge_ip, "dev", link)
-            ns(self.edge, "ip", "link", "set", link, "up")
-            for ip in peer_ips:
-                ns(peer_ns, "ip", "addr", "add", ip, "dev", link + "p")
-            ns(peer_ns, "ip", "link", "set", link + "p", "up")
-            ns(peer_ns, "ip", "route", "add", "default", "via", edge_ip.split("/")[0])
-        ns(self.edge, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        self.spaces = [Netns(name) for name in (self.edge, self.client, self.inst)]
+        edge, client, inst = self.spaces
+        edge.veth_to(client, self.links[0], "10.231.1.1/24", ["10.231.1.2/24"])
+        edge.veth_to(inst, self.links[1], "10.231.2.1/24", ["10.231.2.2/24", "10.231.2.3/24"])
+        edge.exec("sysctl", "-qw", "net.ipv4.ip_forward=1")
         self.server = subprocess.Popen(
             ["ip", "netns", "exec", self.inst, sys.executable, "-c", SERVER, str(PORT)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -66,11 +57,9 @@ class Lab:
             "driver": "linux", "dns_listen": "10.231.1.1", "dns_port": 5353,
             "chain_prefix": "MECT", "netns": self.edge, "state_dir": str(self.tmp / "state"),
             "run_dir": str(self.tmp / "run"), "host_id": "test"})
-        deadline = time.monotonic() + 10
-        while ns(self.inst, "curl", "-s", "-m", "1", f"http://{INSTANCE_A}:{PORT}/",
-                 check=False).returncode != 0:
-            assert time.monotonic() < deadline, "sample instance server did not come up"
-            time.sleep(0.1)
+        wait_for(lambda: ns(self.inst, "curl", "-s", "-m", "1", f"http://{INSTANCE_A}:{PORT}/",
+                            check=False).returncode == 0, 10,
+                 "the sample instance server", step=0.1)
 
     def down(self) -> None:
         if self.driver is not None:
@@ -78,8 +67,8 @@ class Lab:
         if self.server is not None:
             self.server.terminate()
             self.server.wait(10)
-        for name in (self.edge, self.client, self.inst):
-            run("ip", "netns", "del", name, check=False)
+        for space in getattr(self, "spaces", []):
+            space.close()
 
     # -- probes ---------------------------------------------------------------------
     def dig(self, name: str, qtype: str = "A") -> str:
