@@ -35,10 +35,8 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 import yaml
@@ -174,10 +172,10 @@ def container_env(name: str) -> dict[str, str]:
 
 
 def own_lab() -> Lab:
-    """bench/lab.py's lab with a chain prefix and service range of its own."""
+    """bench/lab.py's lab (a chain prefix of its own) with a service range
+    of its own."""
     lab = Lab(reconcile_interval_s=0)     # the direct rule set is no orphan to remove
     mep = lab.cfg["hosts"][0]["mep"]
-    mep["chain_prefix"] = f"MECBA{lab.tag}".upper()[:16]
     mep["service_cidr"] = SERVICE.format(int(lab.tag, 16) % 250)
     lab.cfg_path.write_text(yaml.safe_dump(lab.cfg))
     return lab
@@ -278,21 +276,7 @@ def main() -> int:
         lab.start()
         res = measure(lab, args.n)
     finally:
-        # lab.close() removes the MECBN chains only (and counts any MECBN
-        # chain of another run as left behind): this lab's own prefix is
-        # removed after it, every hook and chain (the MEP's uninstall).
-        left = [p for p in lab.close() if p != "iptables chains"]
-        from drivers.linux_mep import LinuxMEP
-        scratch = tempfile.mkdtemp(prefix="mecorch-bench-mp1-")
-        try:
-            LinuxMEP({**lab.cfg["hosts"][0]["mep"], "state_dir": scratch, "run_dir": scratch,
-                      "host_id": lab.host_id}).uninstall()
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        prefix = lab.cfg["hosts"][0]["mep"]["chain_prefix"]
-        saved = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
-        if f":{prefix}-" in saved:
-            left.append(f"iptables chains {prefix}-*")
+        left = lab.close()          # its host's chains, dnsmasq, network: the one lab's removal
     out = report(res, args.n)
     out["left_behind"] = left
     if args.json:
