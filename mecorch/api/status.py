@@ -27,6 +27,7 @@ from mecorch.kernel import heap, logs
 from mecorch.kernel.errors import MecorchError
 from mecorch.kernel.states import DeploymentType, InstantiationState
 from mecorch.kernel.http import LOCAL, Request, Response, Router
+from mecorch.mepm import hostinfo
 
 METRICS_CTYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds of an op, from 10 ms to 10 min (a TCG VM boot takes minutes).
@@ -68,20 +69,8 @@ class Health:
         return out
 
     def _probe(self, host, role: str) -> Probe:
-        driver = host.section(role).get("driver", "?")
-        try:
-            if role == "mep":
-                failed = [f"{c.name}: {c.detail}" for c in host.mep().check() if not c.ok]
-                up, detail = not failed, "; ".join(failed) or "ok"
-            else:
-                manner = DeploymentType.CONTAINER if role == "cim" else DeploymentType.VM
-                cap = host.compute(manner).capacity()
-                up, detail = True, f"{cap.cpu_total:g} CPUs, {cap.memory_mb_total} MB"
-        except MecorchError as e:
-            up, detail = False, e.detail
-        except Exception as e:      # noqa: BLE001 - a probe reports, never raises
-            up, detail = False, f"{type(e).__name__}: {e}"
-        probe = Probe(host.id, role, driver, up, detail[:300], time.time())
+        driver, up, detail = hostinfo.probe(host, role)
+        probe = Probe(host.id, role, driver, up, detail, time.time())
         with self._lock:
             old = self._probes.get((host.id, role))
             self._probes[(host.id, role)] = probe
@@ -335,7 +324,8 @@ def install(router: Router, orch) -> None:
         except Exception as e:                      # noqa: BLE001 - reported
             checks.append({"name": "store", "ok": False, "detail": str(e)})
         for p in for_orchestrator(orch).health.snapshot():
-            checks.append({"name": f"{p.host}/{p.role}", "ok": p.up, "detail": p.detail})
+            checks.append({"name": f"{p.host}/{p.role}", "ok": p.up, "detail": p.detail,
+                           "driver": p.driver})
         failed = [c["name"] for c in checks if not c["ok"]]
         if failed:
             return Response(503, {"type": "about:blank", "title": "Service unavailable",
