@@ -113,6 +113,7 @@ class SystemLcm(InstanceQueries):
                 # that is away keeps the MEO's record, to be deleted again
                 self.registry.get(remote["hostId"]).mepm.delete_instance(remote["id"])
             self.store.delete("instances", instance_id)
+            self.store.delete("rules", instance_id)     # the rules last read from the host
 
     # ---------------------------------------------------------------- instantiate
     def instantiate(self, instance_id: str, body: dict,
@@ -235,6 +236,8 @@ class SystemLcm(InstanceQueries):
             inst = self.get(iid)
             self._copy_host_view(inst, entry.mepm.get_instance(host_instance), entry.host_id)
             self.store.put("instances", iid, inst)
+            if inst["instantiationState"] == NOT_INSTANTIATED:
+                self.store.delete("rules", iid)         # the host removed them
             self._synced_at.setdefault(entry.host_id, time.time())
             self.journal.events.instance(inst)              # notifications
             self.packages.refresh_usage(inst["appDId"])
