@@ -638,7 +638,8 @@ def test_meo_views_match_the_mepms_and_a_killed_host_shows_unknown(system):
 
     # edge2 killed: its apps are UNKNOWN with their last known state, never RUNNING
     edge = edges["edge2"]
-    theirs = {i["id"]: i for i in running if i["hostId"] == edge["id"]}
+    theirs = {i["id"]: i for i in c.get(INST)          # as the MEO has them now
+              if i.get("hostId") == edge["id"] and i["instantiationState"] == "INSTANTIATED"}
     log = procs["meo"].log
     mark = log.stat().st_size
     procs["edge2"].kill()
