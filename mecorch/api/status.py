@@ -27,6 +27,7 @@ from mecorch.kernel import heap, logs
 from mecorch.kernel.errors import MecorchError
 from mecorch.kernel.states import DeploymentType, InstantiationState
 from mecorch.kernel.http import LOCAL, Request, Response, Router
+from mecorch.mepm import hostinfo
 
 METRICS_CTYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds of an op, from 10 ms to 10 min (a TCG VM boot takes minutes).
@@ -68,20 +69,8 @@ class Health:
         return out
 
     def _probe(self, host, role: str) -> Probe:
-        driver = host.section(role).get("driver", "?")
-        try:
-            if role == "mep":
-                failed = [f"{c.name}: {c.detail}" for c in host.mep().check() if not c.ok]
-                up, detail = not failed, "; ".join(failed) or "ok"
-            else:
-                manner = DeploymentType.CONTAINER if role == "cim" else DeploymentType.VM
-                cap = host.compute(manner).capacity()
-                up, detail = True, f"{cap.cpu_total:g} CPUs, {cap.memory_mb_total} MB"
-        except MecorchError as e:
-            up, detail = False, e.detail
-        except Exception as e:      # noqa: BLE001 - a probe reports, never raises
-            up, detail = False, f"{type(e).__name__}: {e}"
-        probe = Probe(host.id, role, driver, up, detail[:300], time.time())
+        driver, up, detail = hostinfo.probe(host, role)
+        probe = Probe(host.id, role, driver, up, detail, time.time())
         with self._lock:
             old = self._probes.get((host.id, role))
             self._probes[(host.id, role)] = probe
@@ -135,8 +124,10 @@ def hosts_view(orch, health: Health) -> list[dict]:
     """Each host: capacity (total as allocatable, promised, free: the room
     of `spec.capacity`, as placement reckons it) and the health of its
     backends."""
+    if getattr(orch, "registry", None) is not None:
+        return meo_hosts_view(orch)
     if getattr(orch, "inventory", None) is None:
-        return []               # an MEO: its hosts are /mecorch/v1/hosts (the registry)
+        return []
     probes = {(p.host, p.role): p for p in health.snapshot()}
     used = orch.lcm.used_by_host()
     counts = _instances_by_host(orch)
@@ -172,6 +163,31 @@ def hosts_view(orch, health: Health) -> list[dict]:
     return out
 
 
+def meo_hosts_view(orch) -> list[dict]:
+    """An MEO's edge hosts: reachability, heartbeat age, what each last
+    reported of its capacity per manner, its backends as its MEPM's probes
+    last saw them, and the instances the MEO placed there."""
+    counts = _instances_by_host(orch)
+    out = []
+    for e in orch.registry.entries():
+        v = e.view()
+        out.append({"id": e.host_id, "state": e.state, "heartbeatAgeS": v["heartbeatAgeS"],
+                    "reason": v.get("reason"), "source": e.source,
+                    "instances": counts.get(e.host_id, 0), "capacity": v.get("capacity") or {},
+                    "backends": [{"role": b.get("role"), "driver": b.get("driver") or "?",
+                                  "up": bool(b.get("ok")), "detail": b.get("detail", "")}
+                                 for b in v["backends"]]})
+    return out
+
+
+def _reachable(orch) -> set[str] | None:
+    """An MEO's REACHABLE hosts (None on a node: its hosts are its own)."""
+    reg = getattr(orch, "registry", None)
+    if reg is None:
+        return None
+    return {e.host_id for e in reg.entries() if e.state == "REACHABLE"}
+
+
 # ---------------------------------------------------------------- metrics
 class Metrics:
     """A registry of its own per server: histograms and counters fed by
@@ -187,7 +203,15 @@ class Metrics:
         self.op_seconds = Histogram(
             "mecorch_lcm_operation_duration_seconds",
             "Duration of LCM operations (instantiate, terminate, operate) from start to end",
-            ("operation", "manner", "outcome"), buckets=LATENCY_BUCKETS, registry=self.registry)
+            ("operation", "manner", "outcome", "host"), buckets=LATENCY_BUCKETS,
+            registry=self.registry)
+        self.placements = Counter("mecorch_placements", "Instances placed by the MEO, by host "
+                                  "and manner", ("host", "manner"), registry=self.registry)
+        self.refusals = Counter("mecorch_placement_refusals",
+                                "Placements refused, by each kind of reason a refusal gave "
+                                "(capacity, manner, unreachable, latency, accel, limits, "
+                                "unknown_host, none_registered)", ("reason",),
+                                registry=self.registry)
         self.events = Counter("mecorch_events", "Events logged, by event name", ("event",),
                               registry=self.registry)
         gauge = GaugeMetricFamily
@@ -205,15 +229,21 @@ class Metrics:
     def _on_event(self, name: str, fields: dict) -> None:
         self.events.labels(name).inc()
         if name in ("op.completed", "op.failed") and "duration_s" in fields:
-            self.op_seconds.labels(fields.get("operation", "?"), fields.get("manner", "?"),
-                                   "completed" if name == "op.completed" else "failed") \
+            self.op_seconds.labels(fields.get("operation") or "?", fields.get("manner") or "?",
+                                   "completed" if name == "op.completed" else "failed",
+                                   fields.get("host") or "none") \
                 .observe(fields["duration_s"])
+        elif name == "placement.decided":
+            self.placements.labels(fields.get("host") or "?", fields.get("manner") or "?").inc()
+        elif name == "placement.refused":
+            for reason in (fields.get("reasons") or "other").split(","):
+                self.refusals.labels(reason).inc()
 
     def _collect(self, gauge):
         """Each family on its own: one that cannot be read (a store of an
         MEO has other tables) is left out, the others still answer."""
         for family in (self._instances, self._packages, self._rules, self._backends,
-                       self._outbox):
+                       self._outbox, self._hosts):
             try:
                 yield from family(gauge, self.orch.store)
             except Exception:       # noqa: BLE001 - a scrape must not fail whole
@@ -221,13 +251,20 @@ class Metrics:
                                                             family.__name__, exc_info=True)
 
     def _instances(self, gauge, store):
-        inst = gauge("mecorch_instances", "App instances by manner, state and host",
-                     labels=("manner", "state", "operational", "host"))
+        inst = gauge("mecorch_instances", "App instances by manner, state, host and observed "
+                                          "state (UNKNOWN: at an MEO, its host is away)",
+                     labels=("manner", "state", "operational", "host", "observed"))
         counts: dict[tuple, int] = {}
+        reachable = _reachable(self.orch)
         for d in store.list("instances", drop=("_handle",)):
+            observed = d.get("observedState") or (d.get("_observed") or {}).get("state")
+            if d["instantiationState"] != InstantiationState.INSTANTIATED.value:
+                observed = None
+            elif reachable is not None and d.get("hostId") not in reachable:
+                observed = "UNKNOWN"
             key = (d.get("deploymentType") or "none", d["instantiationState"],
                    (d.get("instantiatedAppState") or {}).get("operationalState") or "none",
-                   d.get("hostId") or "none")
+                   d.get("hostId") or "none", observed or "none")
             counts[key] = counts.get(key, 0) + 1
         for key, n in sorted(counts.items()):
             inst.add_metric(key, n)
@@ -261,9 +298,30 @@ class Metrics:
     def _backends(self, gauge, store):
         up = gauge("mecorch_backend_up", "1 when the backend answered its last probe",
                    labels=("host", "role", "driver"))
-        for p in self.health.snapshot():
-            up.add_metric((p.host, p.role, p.driver), 1 if p.up else 0)
+        if getattr(self.orch, "registry", None) is not None:     # an MEO: its hosts' own
+            for h in meo_hosts_view(self.orch):
+                for b in h["backends"]:
+                    up.add_metric((h["id"], b["role"], b["driver"]), 1 if b["up"] else 0)
+        else:
+            for p in self.health.snapshot():
+                up.add_metric((p.host, p.role, p.driver), 1 if p.up else 0)
         yield up
+
+    def _hosts(self, gauge, store):
+        """An MEO's edge hosts: reachability and heartbeat age."""
+        if getattr(self.orch, "registry", None) is None:
+            return
+        reach = gauge("mecorch_host_reachable", "1 when the edge host answers the MEO's "
+                                                "heartbeat (REACHABLE), else 0", labels=("host",))
+        age = gauge("mecorch_host_heartbeat_age_seconds",
+                    "Seconds since the edge host last answered a heartbeat", labels=("host",))
+        for e in self.orch.registry.entries():
+            reach.add_metric((e.host_id,), 1 if e.state == "REACHABLE" else 0)
+            a = e.heartbeat_age_s()
+            if a is not None:
+                age.add_metric((e.host_id,), a)
+        yield reach
+        yield age
 
     def _outbox(self, gauge, store):
         """Notifications stored and not yet delivered (mecorch/notify.py)."""
@@ -335,7 +393,8 @@ def install(router: Router, orch) -> None:
         except Exception as e:                      # noqa: BLE001 - reported
             checks.append({"name": "store", "ok": False, "detail": str(e)})
         for p in for_orchestrator(orch).health.snapshot():
-            checks.append({"name": f"{p.host}/{p.role}", "ok": p.up, "detail": p.detail})
+            checks.append({"name": f"{p.host}/{p.role}", "ok": p.up, "detail": p.detail,
+                           "driver": p.driver})
         failed = [c["name"] for c in checks if not c["ok"]]
         if failed:
             return Response(503, {"type": "about:blank", "title": "Service unavailable",
@@ -355,17 +414,21 @@ def install(router: Router, orch) -> None:
 
     def app_logs(req: Request) -> Response:
         from mecorch.mepm import applogs
-        from mecorch.kernel.errors import InvalidInput, UnsupportedAction
+        from mecorch.kernel.errors import InvalidInput
         lcm = orch.lcm
-        if not hasattr(lcm, "logs_dir"):
-            raise UnsupportedAction("an MEO keeps no app output: ask the instance's MEPM")
         tail = req.query.get("tail")
         if tail is not None:
             if not tail.isdigit() or int(tail) > applogs.MAX_TAIL:
                 raise InvalidInput(f"tail must be a number of lines, 0 to {applogs.MAX_TAIL}")
             tail = int(tail)
-        data, source = applogs.read(lcm, lcm.logs_dir, req.params["id"], tail)
-        return Response(200, data, {"X-Mecorch-Logs-Source": source},
+        headers = {}
+        if hasattr(lcm, "host_logs"):       # an MEO: the output is its host's
+            from mecorch.meo.routes import warning
+            data, source, warn = lcm.host_logs(req.params["id"], tail)
+            headers.update(warning(warn))
+        else:
+            data, source = applogs.read(lcm, lcm.logs_dir, req.params["id"], tail)
+        return Response(200, data, {"X-Mecorch-Logs-Source": source, **headers},
                         content_type="text/plain; charset=utf-8")
     router.add("GET", "/app_lcm/v1/app_instances/{id}/logs", app_logs)
 
@@ -394,6 +457,12 @@ def _table(tid: str, headers: list[str], rows: list[str], empty: str) -> str:
     return f'<table id="{tid}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def _n(x) -> str:
+    if x is None:
+        return "?"
+    return f"{round(x, 2):g}" if isinstance(x, float) else str(x)
+
+
 def _ts(ts: dict | None) -> str:
     if not isinstance(ts, dict):
         return "-"
@@ -404,18 +473,44 @@ def render_page(orch, health: Health) -> str:
     """Plain HTML from the store and the probes: no script, no build step;
     it reloads itself every 10 s."""
     hosts = hosts_view(orch, health)
+    meo = getattr(orch, "registry", None) is not None
     host_rows = []
     for h in hosts:
-        c = h["capacity"]
         backends = " ".join(f"{b['role']}={b['driver']}:{'up' if b['up'] else 'DOWN'}"
                             for b in h["backends"])
         down = any(not b["up"] for b in h["backends"])
+        if meo:
+            caps = "; ".join(
+                f"{m} {_n(c.get('vcpuUsed'))}/{_n(c.get('vcpuTotal'))} vCPU, "
+                f"{_n(c.get('memoryMbUsed'))}/{_n(c.get('memoryMbTotal'))} MB, "
+                f"{_n(c.get('diskGbUsed'))}/{_n(c.get('diskGbTotal'))} GB"
+                for m, c in sorted(h["capacity"].items()))
+            state = h["state"] + (f" ({h['reason']})" if h.get("reason") else "")
+            age = h["heartbeatAgeS"]
+            host_rows.append(
+                f'<tr data-host="{html.escape(h["id"])}">' + _cell(h["id"])
+                + _cell(state, "ok" if h["state"] == "REACHABLE" else "bad")
+                + _cell(f"{age:g} s" if age is not None else "never", "num")
+                + _cell(caps) + _cell(h["instances"], "num")
+                + _cell(backends or ("unknown" if h["state"] != "REACHABLE" else ""),
+                        "bad" if down else "ok") + "</tr>")
+            continue
+        c = h["capacity"]
         host_rows.append(
             f'<tr data-host="{html.escape(h["id"])}">' + _cell(h["id"])
             + _cell(f"{c.get('vcpuTotal', '?')}", "num") + _cell(c["vcpuPromised"], "num")
             + _cell(c.get("vcpuFree", "?"), "num") + _cell(c.get("memoryMbTotal", "?"), "num")
             + _cell(c["memoryMbPromised"], "num") + _cell(c.get("memoryMbFree", "?"), "num")
             + _cell(h["instances"], "num") + _cell(backends, "bad" if down else "ok") + "</tr>")
+    if meo:
+        hosts_table = _table("hosts", ["host", "state", "heartbeat age", "capacity (used/total)",
+                                       "instances", "backends"], host_rows,
+                             "no edge hosts registered")
+    else:
+        hosts_table = _table("hosts", ["host", "vCPU total", "vCPU promised", "vCPU free",
+                                       "memory MB", "memory promised", "memory free",
+                                       "instances", "backends"], host_rows,
+                             "no hosts configured")
     pkgs = orch.packages.list()
     pkg_rows = [f'<tr data-package="{html.escape(p["id"])}">' + _cell(p["appDId"])
                 + _cell(p.get("appName")) + _cell(p.get("appSoftwareVersion"))
@@ -425,9 +520,13 @@ def render_page(orch, health: Health) -> str:
     for inst in orch.lcm.list():
         iid = inst["id"]
         try:
-            dns = orch.mep.list_rules(iid, "dns_rules")
-            traffic = orch.mep.list_rules(iid, "traffic_rules")
-        except (MecorchError, AttributeError):      # an MEO has no MEP of its own
+            if meo:         # asked of the host (its last known rules while it is away)
+                got, _ = orch.lcm.host_rules(iid)
+                dns, traffic = got["dnsRules"], got["trafficRules"]
+            else:
+                dns = orch.mep.list_rules(iid, "dns_rules")
+                traffic = orch.mep.list_rules(iid, "traffic_rules")
+        except MecorchError:
             dns, traffic = [], []
         addrs = ", ".join(n["ip"] for n in (inst.get("allocatedResources") or {})
                           .get("network", []))
@@ -458,11 +557,14 @@ def render_page(orch, health: Health) -> str:
     ops = sorted(orch.lcm.ops(), key=lambda o: (o["startTime"].get("seconds", 0),
                                                 o["startTime"].get("nanoSeconds", 0)),
                  reverse=True)[:RECENT_OPS]
+    host_of = {i["id"]: i.get("hostId") for i in orch.store.list(
+        "instances", keep=("id", "hostId"))}
     op_rows = ["<tr>" + _cell(_ts(o["startTime"])) + _cell(o.get("operationParams"))
                + _cell(o["operationState"],
                        "bad" if o["operationState"] == "FAILED" else "")
-               + _cell(o["appInstanceId"]) + _cell((o.get("error") or {}).get("detail"))
-               + "</tr>" for o in ops]
+               + _cell(o["appInstanceId"]) + _cell(host_of.get(o["appInstanceId"]))
+               + _cell(o.get("decisionReason"))
+               + _cell((o.get("error") or {}).get("detail")) + "</tr>" for o in ops]
     now = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -473,9 +575,7 @@ def render_page(orch, health: Health) -> str:
 <p class="muted">{html.escape(now)} &middot; read-only; reloads every 10 s &middot;
 <a href="/metrics">metrics</a> &middot; <a href="/readyz">readiness</a></p>
 <h2>Edge hosts</h2>
-{_table("hosts", ["host", "vCPU total", "vCPU promised", "vCPU free", "memory MB",
-                  "memory promised", "memory free", "instances", "backends"], host_rows,
-        "no hosts configured")}
+{hosts_table}
 <h2>App packages</h2>
 {_table("packages", ["appDId", "name", "version", "manner", "state", "usage", "id"],
         pkg_rows, "no packages onboarded")}
@@ -486,7 +586,7 @@ def render_page(orch, health: Health) -> str:
 {_table("rules", ["instance", "kind", "rule", "state", "what"], rule_rows,
         "no rules of deployed instances")}
 <h2>Recent operations</h2>
-{_table("operations", ["started", "operation", "state", "instance", "error"], op_rows,
-        "no operations yet")}
+{_table("operations", ["started", "operation", "state", "instance", "host",
+                        "placement decision", "error"], op_rows, "no operations yet")}
 </body></html>
 """

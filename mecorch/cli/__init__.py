@@ -157,6 +157,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # a `show` prints the document unless text is asked for by name
+    args.output_asked = getattr(args, "output", None)
     args.output = getattr(args, "output", "text")
     try:
         return _run(args)
@@ -301,12 +303,15 @@ def _state_dirs(cfg: dict) -> list[str]:
 
 def _serve_meo(cfg: dict, listen: str) -> int:
     from mecorch.kernel import logs
-    from mecorch.api import make_server
+    from mecorch.api import make_server, status
     from mecorch.meo.orchestrator import MeoOrchestrator
     heap.limit_arenas()
     meo = MeoOrchestrator(cfg)
     try:
         server = make_server(meo, listen, "meo")
+        # the metrics' event listener before any op runs (op durations,
+        # placements): an MEO has no backend of its own to probe
+        status.for_orchestrator(meo).start()
         meo.recover()
         meo.start_background()          # heartbeat, resync
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -320,6 +325,7 @@ def _serve_meo(cfg: dict, listen: str) -> int:
         finally:
             server.server_close()
     finally:
+        status.for_orchestrator(meo).stop()
         meo.close()
         logs.event("serve.stop", pid=os.getpid())
     return 0

@@ -125,8 +125,27 @@ def package_list(c: Client, a) -> int:
 
 
 def package_show(c: Client, a) -> int:
-    print_json(c.get(f"{PKGM}/{package_id(c, a.id)}"))
+    doc = c.get(f"{PKGM}/{package_id(c, a.id)}")
+    if getattr(a, "output_asked", None) == "text":
+        _fields(doc)
+        return 0
+    print_json(doc)
     return 0
+
+
+def _fields(doc: dict, prefix: str = "") -> None:
+    """A document as `key: value` lines (nested keys joined by '.')."""
+    for k, v in doc.items():
+        if k == "_links":
+            continue
+        if isinstance(v, dict) and v:
+            _fields(v, f"{prefix}{k}.")
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            for n, x in enumerate(v):
+                _fields(x, f"{prefix}{k}[{n}].")
+        else:
+            text = ",".join(str(x) for x in v) if isinstance(v, list) else v
+            print(f"{prefix}{k}: {'-' if text in (None, '') else text}")
 
 
 def _patch(c: Client, a, state: str) -> int:
@@ -209,18 +228,25 @@ def app_operate(c: Client, a) -> int:
         f"{iid}: {d.get('instantiatedAppState', {}).get('operationalState')}"))
 
 
-def _dns_names(c: Client, iid: str) -> list[str]:
-    return [r.get("domainName") for r in c.get(f"{MP1}/{iid}/dns_rules")]
+def _warned(headers: dict) -> None:
+    """What a server answered from what it last knew (an MEO whose host is
+    away says so in a Warning header): told on stderr."""
+    text = headers.get("Warning") or headers.get("warning")
+    if text:
+        print(f"warning: {text.split(' ', 2)[-1].strip(chr(34))}", file=sys.stderr)
+
+
+def _dns_names(c: Client, iid: str) -> str:
+    try:
+        _, rules, _ = c.call("GET", f"{MP1}/{iid}/dns_rules")
+    except ApiError as e:       # a listing still lists: this cell says it is unknown
+        return f"? ({e.status})"
+    return ",".join(r.get("domainName") or "" for r in rules or [])
 
 
 def app_list(c: Client, a) -> int:
     rows = c.get_all(INST + _q(a.filter))
-    for inst in rows:
-        if inst["instantiationState"] == "INSTANTIATED":
-            inst["_dns"] = _dns_names(c, inst["id"])
     if a.output == "json":
-        for inst in rows:
-            inst.pop("_dns", None)
         print_json(rows)
         return 0
     table(("ID", "NAME", "APPDID", "HOST", "MANNER", "STATE", "OPERATIONAL", "OBSERVED",
@@ -229,7 +255,12 @@ def app_list(c: Client, a) -> int:
             i.get("deploymentType"), i["instantiationState"],
             i.get("instantiatedAppState", {}).get("operationalState"), _observed(i),
             ",".join(n["ip"] for n in i.get("allocatedResources", {}).get("network", [])),
-            ",".join(i.get("_dns", []))) for i in rows))
+            _dns_names(c, i["id"]) if i["instantiationState"] == "INSTANTIATED" else "")
+           for i in rows))
+    away = sorted({i["hostId"] for i in rows if i.get("hostState")})
+    for host in away:
+        print(f"warning: edge host {host} does not answer: its instances show their last "
+              "known state (OBSERVED UNKNOWN)", file=sys.stderr)
     return 0
 
 
@@ -241,7 +272,13 @@ def _observed(inst: dict) -> str:
 
 
 def app_show(c: Client, a) -> int:
-    print_json(c.get(f"{INST}/{instance_id(c, a.id)}"))
+    doc = c.get(f"{INST}/{instance_id(c, a.id)}")
+    if doc.get("hostState"):
+        print(f"warning: {doc.get('observedStateDetail')}", file=sys.stderr)
+    if getattr(a, "output_asked", None) == "text":
+        _fields(doc)
+        return 0
+    print_json(doc)
     return 0
 
 
@@ -255,6 +292,7 @@ def app_logs(c: Client, a) -> int:
     iid = instance_id(c, a.id)
     query = f"?tail={a.tail}" if a.tail is not None else ""
     _, data, headers = c.call("GET", f"{INST}/{iid}/logs{query}")
+    _warned(headers)
     if headers.get("X-Mecorch-Logs-Source") == "kept":
         print(f"(output of the last run of {iid}, kept after its termination)",
               file=sys.stderr)
@@ -286,7 +324,8 @@ def _time(ts: dict) -> str:
 
 def app_rules(c: Client, a) -> int:
     iid = instance_id(c, a.id)
-    traffic = c.get(f"{MP1}/{iid}/traffic_rules")
+    _, traffic, headers = c.call("GET", f"{MP1}/{iid}/traffic_rules")
+    _warned(headers)
     dns = c.get(f"{MP1}/{iid}/dns_rules")
     if a.output == "json":
         print_json({"trafficRules": traffic, "dnsRules": dns})
@@ -344,6 +383,10 @@ def _backends(c: Client) -> dict[str, list[dict]]:
 def host_list(c: Client, a) -> int:
     hosts = c.get(HOSTS)
     backends = _backends(c)
+    for h in hosts:             # an MEO: each host's backends as its MEPM probed them
+        if "backends" in h:
+            backends[h["hostId"]] = [{**b, "name": f"{h['hostId']}/{b.get('role')}"}
+                                     for b in h["backends"]]
     if a.output == "json":
         print_json([{**h, "backends": backends.get(h.get("hostId"), [])} for h in hosts])
         return 0
@@ -351,7 +394,11 @@ def host_list(c: Client, a) -> int:
     for h in hosts:
         hid = h.get("hostId")
         health = " ".join(f"{b['role']}:{'up' if b['ok'] else 'DOWN'}"
-                          for b in backends.get(hid, [])) or h.get("state", "")
+                          for b in backends.get(hid, [])) or "-"
+        if h.get("state"):          # an MEO: is the host answering, since when
+            age = h.get("heartbeatAgeS")
+            health = f"{h['state']}" + (f" ({_n(age)} s ago)" if age is not None else "") \
+                + ("" if health == "-" else f" {health}")
         for manner, cap in sorted((h.get("capacity") or {"-": {}}).items()):
             vt, vu = cap.get("vcpuTotal"), cap.get("vcpuUsed")
             mt, mu = cap.get("memoryMbTotal"), cap.get("memoryMbUsed")

@@ -32,12 +32,13 @@ already stopping the app.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 
 from mecorch.spec import decision
-from mecorch.kernel import validate
+from mecorch.kernel import logs, validate
 from mecorch.kernel.errors import (
     BackendUnavailable, Conflict, InvalidInput, MecorchError, NotFound, Timeout)
 from mecorch.kernel.journal import Journal
@@ -52,7 +53,7 @@ from mecorch.kernel.timeutil import public
 from mecorch.kernel.workers import Workers
 from mecorch.spec import placement
 from mecorch.spec.plan import INSTANTIATE_FIELDS, plan_request, selected_hosts
-from mecorch.meo.registry import UNREACHABLE, HostEntry, Registry
+from mecorch.meo.registry import REACHABLE, UNKNOWN, UNREACHABLE, HostEntry, Registry
 
 log = logging.getLogger("mecorch.meo.lcm")
 INSTANTIATED = InstantiationState.INSTANTIATED.value
@@ -60,9 +61,11 @@ NOT_INSTANTIATED = InstantiationState.NOT_INSTANTIATED.value
 # What the MEO copies from the host's AppInstanceInfo (the host is the
 # truth for what runs on it).
 _FROM_HOST = ("instantiationState", "instantiatedAppState", "deploymentType",
-              "allocatedResources", "observedState")
+              "allocatedResources", "observedState", "observedStateDetail",
+              "observedStateTime")
 _DEPLOYED = ("instantiatedAppState", "hostId", "deploymentType", "allocatedResources",
-             "observedState", "_remote")
+             "observedState", "observedStateDetail", "observedStateTime", "_remote")
+_NO_RULES = {"trafficRules": [], "dnsRules": []}
 
 
 class HostAway(Exception):
@@ -89,6 +92,7 @@ class SystemLcm(InstanceQueries):
         self._superseded: dict[str, str] = {}  # GRACEFUL terminate op -> FORCEFUL op
         self._lock = threading.Lock()
         self._place_lock = threading.Lock()
+        self._synced_at: dict[str, float] = {}  # host -> when its instances were last read
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -112,6 +116,7 @@ class SystemLcm(InstanceQueries):
                 # that is away keeps the MEO's record, to be deleted again
                 self.registry.get(remote["hostId"]).mepm.delete_instance(remote["id"])
             self.store.delete("instances", instance_id)
+            self.store.delete("rules", instance_id)     # the rules last read from the host
 
     # ---------------------------------------------------------------- instantiate
     def instantiate(self, instance_id: str, body: dict,
@@ -139,8 +144,15 @@ class SystemLcm(InstanceQueries):
             # not after the 202); the host reads the same body once on its side
             p = plan_request(instance_id, pkg, body, self._chooser(pkg, selected_hosts(body)))
             with self._place_lock:
-                host_id = placement.place_plan(p, self.registry.candidates())
+                try:
+                    host_id = placement.place_plan(p, self.registry.candidates())
+                except MecorchError as e:
+                    logs.event("placement.refused", instance=instance_id, app=inst["appDId"],
+                               manner=p.manner.value, reasons=",".join(refusal_reasons(e)))
+                    raise
                 self.registry.reserve(host_id, instance_id, p.need)
+            logs.event("placement.decided", instance=instance_id, app=inst["appDId"],
+                       host=host_id, manner=p.manner.value, decidedBy=p.decision.source)
             try:
                 # the host decides the same manner: it is told it explicitly
                 host_body = {k: v for k, v in body.items()
@@ -154,6 +166,7 @@ class SystemLcm(InstanceQueries):
                 self.store.put("op_occs", op["id"], op)
                 inst["_opId"] = op["id"]
                 self.store.put("instances", instance_id, inst)
+                logs.op_started(op, inst)
                 if key:
                     self.store.put("idempotency", key, {"resource": op["id"],
                                                         "fingerprint": digest})
@@ -229,12 +242,15 @@ class SystemLcm(InstanceQueries):
             inst = self.get(iid)
             self._copy_host_view(inst, entry.mepm.get_instance(host_instance), entry.host_id)
             self.store.put("instances", iid, inst)
+            if inst["instantiationState"] == NOT_INSTANTIATED:
+                self.store.delete("rules", iid)         # the host removed them
+            self._synced_at.setdefault(entry.host_id, time.time())
             self.journal.events.instance(inst)              # notifications
             # before the op ends (a client that sees it COMPLETED reads the
             # package's new usageState), not counting this op as running
             self.packages.refresh_usage(inst["appDId"], ending=op["id"])
             self._free(iid)
-            self.journal.finish(op)
+            logs.op_ended(self.journal.finish(op), inst)
         except HostAway:
             log.warning("%s of %s: host %s is away; the op stays PROCESSING until it "
                         "returns", operation_words(op["lcmOperation"]), iid, entry.host_id)
@@ -248,7 +264,7 @@ class SystemLcm(InstanceQueries):
             log.warning("%s of %s on %s failed: %s", operation_words(op["lcmOperation"]), iid,
                         entry.host_id, err.detail)
             self._free(iid)
-            self.journal.finish(op, err)
+            logs.op_ended(self.journal.finish(op, err), self.store.get("instances", iid))
 
     def _in_meo_words(self, err: MecorchError, host_id: str) -> MecorchError:
         """A host's error as the OSS must read it: the MEO's ids, the host
@@ -321,6 +337,7 @@ class SystemLcm(InstanceQueries):
             self._superseded[graceful[0]["id"]] = op["id"]
             inst["_opId"] = op["id"]
             self.store.put("instances", instance_id, inst)
+            logs.op_started(op, inst)
             self._live.add(op["id"])
         self._pool.submit(self._guarded, instance_id, self._run_host_op, op)
         return public(op)
@@ -344,6 +361,7 @@ class SystemLcm(InstanceQueries):
                 "hostId": remote["hostId"], "hostInstance": remote["id"], "body": body})
             inst["_opId"] = op["id"]
             self.store.put("instances", instance_id, inst)
+            logs.op_started(op, inst)
             self._busy.add(instance_id)
             self._live.add(op["id"])
         self._pool.submit(self._guarded, instance_id, self._run_host_op, op)
@@ -416,6 +434,128 @@ class SystemLcm(InstanceQueries):
                 inst.pop(k, None)
         inst["hostId"] = host_id
 
+    # ---------------------------------------------------------------- views
+    # The MEO keeps what it decided; what only the host has (observed state,
+    # rules, output) is asked of the host, and shown as last known, with its
+    # age, while the host is away: never a guess as current state.
+    def host_status(self, host_id: str) -> tuple[str, float | None]:
+        """(the host's state as the registry has it, seconds since the MEO
+        last had its view of its instances; None: not since the MEO started)."""
+        try:
+            entry = self.registry.get(host_id)
+        except NotFound:
+            return UNKNOWN, None
+        at = self._synced_at.get(host_id)
+        if at is None and entry.last_seen:
+            at = entry.last_seen.get("seconds", 0) + entry.last_seen.get("nanoSeconds", 0) / 1e9
+        return entry.state, (round(max(0.0, time.time() - at), 1) if at else None)
+
+    def view(self, doc: dict) -> dict:
+        return self._as_known(super().view(doc))
+
+    def _as_known(self, out: dict, away: dict | None = None) -> dict:
+        """An instance whose host does not answer: observedState UNKNOWN, the
+        last state the host reported and its age beside it (mecorch
+        extensions). `away`: host -> (state, age), when already known."""
+        host = out.get("hostId")
+        if not host or out.get("instantiationState") != INSTANTIATED:
+            return out
+        state, age = away[host] if away is not None else self.host_status(host)
+        if state == REACHABLE:
+            return out
+        last = out.get("observedState")
+        when = f"{age:.0f} s ago" if age is not None else "before the MEO started"
+        out.update(observedState="UNKNOWN", lastKnownObservedState=last,
+                   observedStateAge=age, hostState=state,
+                   observedStateDetail=f"edge host {host} is {state}: last known state "
+                                       f"{last or 'not reported'} ({when})")
+        return out
+
+    def list_page(self, filter_expr: str | None, marker: str | None,
+                  size: int) -> tuple[list[str], str | None]:
+        items, nxt = super().list_page(filter_expr, marker, size)
+        away = {e.host_id: self.host_status(e.host_id) for e in self.registry.entries()
+                if e.state != REACHABLE}
+        if not away:
+            return items, nxt
+        out = []
+        for text in items:
+            doc = json.loads(text)
+            host = doc.get("hostId")
+            if host and (host in away or not self._registered(host)):
+                text = json.dumps(self._as_known(doc, None if host not in away else away))
+            out.append(text)
+        return out, nxt
+
+    def _registered(self, host_id: str) -> bool:
+        try:
+            self.registry.get(host_id)
+            return True
+        except NotFound:
+            return False
+
+    def _host_of(self, instance_id: str) -> tuple[dict, dict | None, HostEntry | None]:
+        inst = self.get(instance_id)
+        remote = inst.get("_hostInstance")
+        if not remote:
+            return inst, None, None
+        try:
+            return inst, remote, self.registry.get(remote["hostId"])
+        except NotFound:
+            return inst, remote, None
+
+    def _away(self, remote: dict, why: str = "") -> str:
+        state, age = self.host_status(remote["hostId"])
+        when = f"{age:.0f} s ago" if age is not None else "before the MEO started"
+        return (f"edge host {remote['hostId']} is "
+                f"{state if state != REACHABLE else 'not answering'}"
+                f"{': ' + why if why else ''}; shown as last read from it (the host last "
+                f"answered {when})")
+
+    def host_rules(self, instance_id: str) -> tuple[dict, str | None]:
+        """The instance's rules as its host's MEP holds them, and None; or,
+        the host away, the rules last read from it and a warning saying so.
+        What was read is kept (the store's rules table) for that case."""
+        inst, remote, entry = self._host_of(instance_id)
+        if remote is None:
+            return dict(_NO_RULES), None        # never deployed: no MEP holds any
+        why = ""
+        if entry is not None and entry.state == REACHABLE:
+            try:
+                got = entry.mepm.rules(remote["id"])
+            except BackendUnavailable as e:
+                why = e.detail
+            else:
+                got = got if got is not None else dict(_NO_RULES)
+                kept = self.store.get("rules", instance_id)
+                if kept is None or any(kept.get(k) != got[k] for k in _NO_RULES):
+                    self.store.put("rules", instance_id, {
+                        "id": instance_id, "hostId": remote["hostId"], **got,
+                        "readAt": time.time()})
+                return got, None
+        kept = self.store.get("rules", instance_id) or {}
+        return {k: kept.get(k) or [] for k in _NO_RULES}, self._away(remote, why)
+
+    def host_logs(self, instance_id: str, tail: int | None) -> tuple[bytes, str, str | None]:
+        """(output, source, warning): the app's output as its host has it;
+        the host away: nothing (the MEO keeps no output), source
+        "unavailable" and a warning saying why."""
+        inst, remote, entry = self._host_of(instance_id)
+        if remote is None:
+            raise NotFound(f"app instance {instance_id} was never deployed: it has no output")
+        why = ""
+        if entry is not None and entry.state == REACHABLE:
+            try:
+                data, source = entry.mepm.logs(remote["id"], tail)
+                return data, source, None
+            except BackendUnavailable as e:
+                why = e.detail
+        state, _ = self.host_status(remote["hostId"])
+        return b"", "unavailable", (f"edge host {remote['hostId']} is "
+                                    f"{state if state != REACHABLE else 'not answering'}"
+                                    f"{': ' + why if why else ''}; the MEO keeps no app "
+                                    "output: none can be shown until the host answers")
+
     # ---------------------------------------------------------------- resync
     def resync(self, entry: HostEntry) -> list[str]:
         """A host answered again (or the MEO started): take its instances'
@@ -423,6 +563,7 @@ class SystemLcm(InstanceQueries):
         flight there. Nothing on the host is started or stopped."""
         done = []
         views = {v["id"]: v for v in entry.mepm.list_instances()}
+        self._synced_at[entry.host_id] = time.time()
         for inst in self.store.list("instances"):
             remote = inst.get("_hostInstance")
             if not remote or remote["hostId"] != entry.host_id or self._is_busy(inst["id"]):
@@ -518,6 +659,35 @@ class SystemLcm(InstanceQueries):
     def _free(self, instance_id: str) -> None:
         with self._lock:
             self._busy.discard(instance_id)
+
+
+def refusal_reasons(e: MecorchError) -> list[str]:
+    """The kinds of reason a placement refusal gave, one per kind (its
+    detail names each host's: "host: why; ..."): capacity, manner,
+    unreachable, latency, accel, limits (a driver's declared limits),
+    unknown_host, none_registered."""
+    if isinstance(e, NotFound):
+        return ["unknown_host"]
+    detail = e.detail
+    if "no edge host is registered" in detail:
+        return ["none_registered"]
+    inner = detail[detail.find("(") + 1:detail.rfind(")")] if "(" in detail else detail
+    kinds = set()
+    for part in inner.split("; "):
+        why = part.partition(": ")[2] or part
+        if why == "UNREACHABLE":
+            kinds.add("unreachable")
+        elif why.startswith(("no VIM", "no CIM")):
+            kinds.add("manner")
+        elif why.startswith(("vCPU ", "memory ", "disk ")) and why.endswith("free"):
+            kinds.add("capacity")
+        elif why.startswith("latency "):
+            kinds.add("latency")
+        elif "acceleration" in why:
+            kinds.add("accel")
+        else:
+            kinds.add("limits")
+    return sorted(kinds)
 
 
 def _is_graceful_terminate(op: dict) -> bool:

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 from mecorch.kernel import views
+from mecorch.kernel.errors import BackendUnavailable
 from mecorch.kernel.events import Guarded
 from mecorch.mepm.inventory import Inventory
 from mecorch.kernel.store import Store
@@ -71,8 +72,14 @@ class MeoOrchestrator:
             try:
                 self.lcm.tick()
                 for entry in self.registry.entries():
-                    if entry.state == REACHABLE:
+                    if entry.state != REACHABLE:
+                        continue
+                    try:
                         self.lcm.resync(entry)
+                    except BackendUnavailable as e:
+                        # going away: the heartbeat says so, once (one WARNING
+                        # per outage), and the resync on its return catches up
+                        log.debug("sync of edge host %s skipped: %s", entry.host_id, e.detail)
             except Exception:           # noqa: BLE001 - the loop must survive anything
                 log.exception("sync round failed")
 

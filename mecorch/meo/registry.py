@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from mecorch.spec.placement import Candidate
 
 log = logging.getLogger("mecorch.meo.hosts")
 REACHABLE, UNREACHABLE, UNKNOWN = "REACHABLE", "UNREACHABLE", "UNKNOWN"
+HEALTH_EVERY_S = 10.0       # how often the heartbeat also asks a host for its backends
 
 
 @dataclass
@@ -49,11 +51,23 @@ class HostEntry:
     # took the deploy]; a report from a later heartbeat includes it
     reserved: dict[str, list] = field(default_factory=dict)
     beat_seq: int = 0               # heartbeats started so far
+    # its backends as the MEPM's own probes last saw them (MEPM contract
+    # `health`), asked by the heartbeat every HEALTH_EVERY_S, and when
+    backends: list = field(default_factory=list)
+    backends_at: float | None = None
+
+    def heartbeat_age_s(self) -> float | None:
+        """Seconds since the host last answered a heartbeat (None: never)."""
+        if not self.last_seen:
+            return None
+        at = self.last_seen.get("seconds", 0) + self.last_seen.get("nanoSeconds", 0) / 1e9
+        return round(max(0.0, time.time() - at), 1)
 
     def view(self) -> dict:
         """The host as the host list shows it (mecorch extension)."""
         out = {"hostId": self.host_id, "state": self.state, "source": self.source,
-               "url": self.url, "lastSeen": self.last_seen}
+               "url": self.url, "lastSeen": self.last_seen,
+               "heartbeatAgeS": self.heartbeat_age_s(), "backends": list(self.backends)}
         if self.info:
             d = self.info.to_dict()
             out.update(capacity=d["capacity"], latencyMs=d["latencyMs"])
@@ -243,6 +257,7 @@ class Registry:
             for iid, (_, mark) in list(entry.reserved.items()):
                 if mark is not None and mark < seq:      # this report counts it
                     del entry.reserved[iid]
+        self._health(entry)
         if before != REACHABLE:
             log.log(logging.WARNING if before == UNREACHABLE else logging.INFO,
                     "edge host %s REACHABLE (was %s)", entry.host_id, before)
@@ -253,6 +268,20 @@ class Registry:
                 with self._lock:
                     entry.state = UNREACHABLE
         return True
+
+    def _health(self, entry: HostEntry) -> None:
+        """The host's backends, at most every HEALTH_EVERY_S (its MEPM
+        answers from its own background probes: no backend is touched)."""
+        now = time.time()
+        if entry.backends_at is not None and now - entry.backends_at < HEALTH_EVERY_S:
+            return
+        try:
+            got = entry.mepm.health()
+        except MecorchError as e:       # the next heartbeat says whether it is away
+            log.debug("backends of edge host %s not read: %s", entry.host_id, e.detail)
+            return
+        with self._lock:
+            entry.backends, entry.backends_at = got, now
 
     def beat_all(self) -> None:
         list(self._pool.map(self.beat, self.entries()))

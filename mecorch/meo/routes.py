@@ -5,9 +5,23 @@ registration of an MEPM."""
 
 from __future__ import annotations
 
+from mecorch.kernel.errors import NotFound, UnsupportedAction
 from mecorch.kernel.http import Request, Response, Router
 
 HOSTS = "/mecorch/v1/hosts"
+MP1 = "/mec_app_support/v1"
+# ETSI MEC 011's rules of an app, read at the MEO from the host that holds
+# them (the MEP is the host's): read-only here.
+_KINDS = {"traffic_rules": ("trafficRules", "trafficRuleId"),
+          "dns_rules": ("dnsRules", "dnsRuleId")}
+
+
+def warning(text: str | None) -> dict:
+    """RFC 7234 Warning header (199: miscellaneous) for an answer the MEO
+    gives from what it last knew."""
+    if not text:
+        return {}
+    return {"Warning": '199 mecorch "' + text.replace('"', "'").replace("\n", " ")[:900] + '"'}
 
 
 def install(r: Router, meo) -> None:
@@ -26,3 +40,35 @@ def install(r: Router, meo) -> None:
     r.add("GET", f"{HOSTS}/{{hostId}}",
           lambda req: Response(200, reg.get(req.params["hostId"]).view()))
     r.add("DELETE", f"{HOSTS}/{{hostId}}", deregister)
+
+    # ---------------------------------------------------------------- Mp1, read through
+    lcm = meo.lcm
+    app = f"{MP1}/applications/{{app}}"
+
+    def rules(kind: str):
+        key, id_field = _KINDS[kind]
+
+        def list_(req: Request) -> Response:
+            got, warn = lcm.host_rules(req.params["app"])
+            return Response(200, got[key], warning(warn))
+
+        def get(req: Request) -> Response:
+            got, warn = lcm.host_rules(req.params["app"])
+            for rule in got[key]:
+                if rule.get(id_field) == req.params["rule"]:
+                    return Response(200, rule, warning(warn))
+            raise NotFound(f"{kind[:-1].replace('_', ' ')} {req.params['rule']!r} of instance "
+                           f"{req.params['app']} does not exist")
+
+        def put(req: Request) -> Response:
+            inst = lcm.get(req.params["app"])
+            host = (inst.get("_hostInstance") or {}).get("hostId") or "its edge host"
+            raise UnsupportedAction(f"an MEO shows an app's {kind.replace('_', ' ')} read-only: "
+                                    f"change them at the MEPM of {host} (its Mp1, "
+                                    f"{MP1}/applications/{{appInstanceId}}/{kind}/{{ruleId}})")
+        r.add("GET", f"{app}/{kind}", list_)
+        r.add("GET", f"{app}/{kind}/{{rule}}", get)
+        r.add("PUT", f"{app}/{kind}/{{rule}}", put)
+
+    rules("traffic_rules")
+    rules("dns_rules")

@@ -18,9 +18,9 @@ Failure semantics every implementation keeps:
   (`Conflict`) and the first is among `ops_of`; a terminate of an instance
   already NOT_INSTANTIATED is refused (`Conflict`): the MEO follows the
   one running, or takes the instance as terminated;
-- what the host has not: `get_instance` and `get_op` answer None,
-  `ops_of` nothing, `delete_instance` and `remove_package` succeed; an
-  operation on it is the MEPM's `NotFound`;
+- what the host has not: `get_instance`, `get_op` and `rules` answer
+  None, `ops_of` nothing, `delete_instance` and `remove_package` succeed;
+  an operation on it (and `logs` of it) is the MEPM's `NotFound`;
 - answers are documents as the API carries them (JSON, no internal keys);
 - one identity: a package copy the host makes takes the MEO's package id,
   an instance created with `instance_id` takes that id (the MEO's), so
@@ -175,6 +175,25 @@ class Mepm(abc.ABC):
     @abc.abstractmethod
     def ops_of(self, instance_id: str) -> list[dict]:
         """The host's op occurrences of one instance."""
+
+    # ---------------------------------------------------------------- what only the host has
+    @abc.abstractmethod
+    def rules(self, instance_id: str) -> dict | None:
+        """The instance's MEC 011 rules as its MEP holds them (with their
+        state): {"trafficRules": [...], "dnsRules": [...]}; None when the host
+        has no instance by that id."""
+
+    @abc.abstractmethod
+    def logs(self, instance_id: str, tail: int | None = None) -> tuple[bytes, str]:
+        """(the app's own output, its last `tail` lines; where it came from:
+        "backend" or "kept" after a termination). `NotFound` when the host
+        has no such instance or kept nothing of it; `UnsupportedAction` when
+        its driver keeps no output."""
+
+    @abc.abstractmethod
+    def health(self) -> list[dict]:
+        """The host's backends as its own probes last saw them:
+        [{"role": "cim"|"vim"|"mep", "ok": bool, "detail": str}]."""
 
     def close(self) -> None:
         """Release connections (nothing by default)."""

@@ -33,3 +33,35 @@ def host_info(orch, host_id: str) -> HostInfo:
     lat = mepm_cfg.get("latency_ms")
     return HostInfo(host_id, manners, float(lat) if lat is not None else None,
                     getattr(orch.mep, "mp1_url", None))
+
+
+def probe(host, role: str) -> tuple[str, bool, str]:
+    """One backend of a host checked with a cheap real call (`capacity()` of
+    a compute driver, `check()` of a MEP): (driver, up, detail). Never
+    raises: a failure is what it reports."""
+    driver = host.section(role).get("driver", "?")
+    try:
+        if role == "mep":
+            failed = [f"{c.name}: {c.detail}" for c in host.mep().check() if not c.ok]
+            up, detail = not failed, "; ".join(failed) or "ok"
+        else:
+            manner = DeploymentType.CONTAINER if role == "cim" else DeploymentType.VM
+            cap = host.compute(manner).capacity()
+            up, detail = True, f"{cap.cpu_total:g} CPUs, {cap.memory_mb_total} MB"
+    except MecorchError as e:
+        up, detail = False, e.detail
+    except Exception as e:      # noqa: BLE001 - a probe reports, never raises
+        up, detail = False, f"{type(e).__name__}: {e}"
+    return driver, up, detail[:300]
+
+
+def backend_health(orch, host_id: str) -> list[dict]:
+    """Each configured backend of the host, probed now (the MEPM contract's
+    `health` in process)."""
+    host = orch.inventory.get(host_id)
+    out = []
+    for role in ("cim", "vim", "mep"):
+        if host.section(role):
+            driver, up, detail = probe(host, role)
+            out.append({"role": role, "driver": driver, "ok": up, "detail": detail})
+    return out

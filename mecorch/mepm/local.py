@@ -7,7 +7,8 @@ from __future__ import annotations
 from mecorch.kernel.errors import Conflict, NotFound
 from mecorch.kernel.timeutil import public
 from mecorch.mepm.contract import HostInfo, Mepm
-from mecorch.mepm.hostinfo import host_info
+from mecorch.mepm import applogs
+from mecorch.mepm.hostinfo import backend_health, host_info
 
 
 class LocalMepm(Mepm):
@@ -85,6 +86,20 @@ class LocalMepm(Mepm):
 
     def ops_of(self, instance_id: str) -> list[dict]:
         return [public(d) for d in self.orch.store.list("op_occs", appInstanceId=instance_id)]
+
+    def rules(self, instance_id: str) -> dict | None:
+        try:
+            return {"trafficRules": self.orch.mep.list_rules(instance_id, "traffic_rules"),
+                    "dnsRules": self.orch.mep.list_rules(instance_id, "dns_rules")}
+        except NotFound:
+            return None
+
+    def logs(self, instance_id: str, tail: int | None = None) -> tuple[bytes, str]:
+        lcm = self.orch.lcm
+        return applogs.read(lcm, lcm.logs_dir, instance_id, tail)
+
+    def health(self) -> list[dict]:
+        return backend_health(self.orch, self.host_id)
 
 
 def _versions(pkg: dict) -> tuple:

@@ -38,6 +38,7 @@ _CLOSED_BY_SERVER = (http.client.RemoteDisconnected, ConnectionResetError, Broke
 PKGM = "/app_pkgm/v1"
 LCM = "/app_lcm/v1"
 HOSTS = "/mecorch/v1/hosts"
+MP1 = "/mec_app_support/v1"
 # The MEO's id of the package or instance a POST creates on the MEPM (one
 # identity across the levels): a mecorch extension of Mm3, taken by an MEPM
 # from its MEO only (mecorch.api).
@@ -102,7 +103,10 @@ class RemoteMepm(Mepm):
         return items
 
     def _request(self, method: str, path: str, body: Any = None, headers: dict | None = None,
-                 raw: Any = None, timeout_s: float | None = None) -> tuple[int, Any, dict]:
+                 raw: Any = None, timeout_s: float | None = None, decode: bool = True,
+                 answered: tuple = ()) -> tuple[int, Any, dict]:
+        """`decode`: the body as JSON (else its bytes); `answered`: error
+        statuses that are an answer here (returned, not raised)."""
         hdrs = {"Accept": "application/json", **(headers or {})}
         data = raw
         if body is not None:
@@ -127,6 +131,8 @@ class RemoteMepm(Mepm):
                 raise BackendUnavailable(
                     f"edge host {self.host_id!r}: MEPM at {self.url} unreachable: {e}") from None
         doc = _decode(answer.body)
+        if answer.status in answered:
+            return answer.status, doc, answer.headers
         if 300 <= answer.status < 400:
             raise errors.BackendError(f"edge host {self.host_id!r}: MEPM at {self.url} "
                                       f"answered HTTP {answer.status} (a redirect: not "
@@ -140,7 +146,7 @@ class RemoteMepm(Mepm):
             if cls is MecorchError:
                 err.status = answer.status
             raise err
-        return answer.status, doc, answer.headers
+        return answer.status, doc if decode else answer.body, answer.headers
 
     def _get(self, path: str) -> Any:
         return self.call("GET", path)[1]
@@ -255,6 +261,36 @@ class RemoteMepm(Mepm):
     def ops_of(self, instance_id: str) -> list[dict]:
         q = urllib.parse.quote(f"(eq,appInstanceId,{instance_id})")
         return self._get(f"{LCM}/app_lcm_op_occs?filter={q}")
+
+    # ---------------------------------------------------------------- what only the host has
+    def rules(self, instance_id: str) -> dict | None:
+        """Read through the host's Mp1 (MEC 011), with the operator's token."""
+        out = {}
+        for kind, key in (("traffic_rules", "trafficRules"), ("dns_rules", "dnsRules")):
+            try:
+                out[key] = self._get(f"{MP1}/applications/{instance_id}/{kind}")
+            except errors.NotFound:
+                return None
+        return out
+
+    def logs(self, instance_id: str, tail: int | None = None) -> tuple[bytes, str]:
+        query = f"?tail={int(tail)}" if tail is not None else ""
+        _, data, headers = self._request("GET", f"{LCM}/app_instances/{instance_id}/logs{query}",
+                                         decode=False)
+        return data or b"", headers.get("x-mecorch-logs-source", "backend")
+
+    def health(self) -> list[dict]:
+        """The MEPM's /readyz checks of this host (its last background
+        probes: no backend is touched by the call); a 503 there is an
+        answer (a backend down), not an unreachable host."""
+        _, doc, _ = self._request("GET", "/readyz", answered=(503,))
+        out = []
+        for chk in (doc or {}).get("checks") or []:
+            host, _, role = str(chk.get("name", "")).rpartition("/")
+            if host == self.host_id:
+                out.append({"role": role, "driver": chk.get("driver"), "ok": bool(chk.get("ok")),
+                            "detail": chk.get("detail", "")})
+        return out
 
     def close(self) -> None:
         self._drop()

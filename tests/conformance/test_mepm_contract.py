@@ -273,6 +273,36 @@ def test_an_unreachable_host_is_backend_unavailable(lab):
                  lambda: mepm.operate(iid, {"changeStateTo": "STOPPED"}),
                  lambda: mepm.delete_instance(iid), lambda: mepm.get_instance(iid),
                  mepm.list_instances, lambda: mepm.get_op(op["id"]),
-                 lambda: mepm.ops_of(iid)):
+                 lambda: mepm.ops_of(iid), lambda: mepm.rules(iid),
+                 lambda: mepm.logs(iid), mepm.health):
         with pytest.raises(errors.BackendUnavailable):
             call()
+
+
+def test_rules_are_the_mep_s_own(lab):
+    """An instance's rules as its host's MEP holds them (with their state);
+    None for an instance the host has not."""
+    iid, _ = deployed(lab)
+    rules = on_the_wire(lab.mepm.rules(iid))
+    assert set(rules) == {"trafficRules", "dnsRules"}
+    assert rules["trafficRules"] == lab.orch.mep.list_rules(iid, "traffic_rules")
+    assert rules["dnsRules"] == lab.orch.mep.list_rules(iid, "dns_rules")
+    assert rules["trafficRules"] and rules["dnsRules"]          # the sample app has both
+    assert all(r.get("state") for r in rules["trafficRules"] + rules["dnsRules"])
+    assert lab.mepm.rules(f"absent-{lab.uid}") is None
+
+
+def test_logs_are_the_host_s_answer(lab):
+    """The in-memory driver keeps no output: both say so with the same
+    error; an instance the host has not is its NotFound."""
+    iid, _ = deployed(lab)
+    with pytest.raises(errors.UnsupportedAction, match="keeps no output"):
+        lab.mepm.logs(iid, 10)
+    with pytest.raises(errors.NotFound, match=f"absent-{lab.uid}"):
+        lab.mepm.logs(f"absent-{lab.uid}")
+
+
+def test_health_names_each_backend(lab):
+    health = on_the_wire(lab.mepm.health())
+    assert sorted(h["role"] for h in health) == ["cim", "mep", "vim"]
+    assert all(h["ok"] is True and isinstance(h["detail"], str) for h in health)

@@ -7,18 +7,20 @@ real backends are in test_meo_e2e.py."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
 import pytest
 
-from mecorch.kernel.client import ApiError
+from mecorch.api import make_server
+from mecorch.kernel.client import ApiError, Client
 from mecorch.meo.orchestrator import MeoOrchestrator
 from mecorch.mepm.local import LocalMepm
 from mecorch.kernel.states import DeploymentType
-from support.corelab import VM_APPD
+from support.corelab import CONTAINER_APPD, VM_APPD
 from support.meolab import (  # noqa: F401
-    INST, PKGS, deploy, onboard, system)
+    INST, PKGS, deploy, host, onboard, system)
 
 HOSTS = "/mecorch/v1/hosts"
 
@@ -276,7 +278,7 @@ def test_the_meos_ids_are_taken_from_the_meo_only(tmp_path):
     """X-Mecorch-Meo-Id: on an MEPM with tokens, only with the MEO's token
     (the first of api.token_file, the one it registers with), validated as
     any id, never twice; refused by a single node."""
-    orch, _ = _host(tmp_path, "edge9")
+    orch, _ = host(tmp_path, "edge9")
     tokens = tmp_path / "tokens"
     meo_token, operator = "meo-token-0123456789", "operator-token-0123456789"
     tokens.write_text(f"{meo_token}\n{operator}\n")
@@ -314,3 +316,186 @@ def test_the_meos_ids_are_taken_from_the_meo_only(tmp_path):
             server.shutdown()
             server.server_close()
         orch.close()
+
+
+# ---------------------------------------------------------------- the MEO's views
+def _cli(s, capsys, *argv: str) -> tuple[int, str, str]:
+    from mecorch.cli import main
+    capsys.readouterr()
+    rc = main(["--api", s.c.base, *argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _columns(out: str) -> list[dict]:
+    import re
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    starts = [m.start() for m in re.finditer(r"(?:(?<=  )|^)[A-Z][A-Z ]*?(?=  |$)", lines[0])]
+    heads = [lines[0][a:b].strip() for a, b in zip(starts, starts[1:] + [None])]
+    return [{h: ln[a:b].strip() if b else ln[a:].strip()
+             for h, a, b in zip(heads, starts, starts[1:] + [None])} for ln in lines[1:]]
+
+
+def _with_rules(s):
+    import yaml
+    appd = yaml.safe_load(CONTAINER_APPD.read_text())
+    return onboard(s, appTrafficRule=appd["appTrafficRule"], appDNSRule=appd["appDNSRule"])
+
+
+def _metrics(s) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+    text = s.c.call("GET", "/metrics")[1]
+    text = text.decode() if isinstance(text, bytes) else text
+    return {(smp.name, tuple(sorted(smp.labels.items()))): smp.value
+            for fam in text_string_to_metric_families(text) for smp in fam.samples}
+
+
+def _metric(m: dict, name: str, **labels) -> list[float]:
+    return [v for (n, ls), v in m.items()
+            if n == name and all(dict(ls).get(k) == w for k, w in labels.items())]
+
+
+def test_meo_views_ask_the_host_and_say_when_it_is_away(system, capsys, caplog):
+    """app list/show/rules/logs/events at the MEO answer as a node's do,
+    asking the instance's MEPM for its rules and output; with the host's
+    link cut, its instances show UNKNOWN with the last known state and age
+    (never RUNNING), rules as last read and a warning, every command exits 0,
+    and the outage is one WARNING line."""
+    import logging
+    s = system
+    pkg = _with_rules(s)
+    s.hosts["edge2"].inventory.get("edge2").compute(DeploymentType.CONTAINER).logs = \
+        lambda handle, tail=None: b"line one\nline two\n"
+    ids = {}
+    for hid in ("edge2", "edge3"):
+        iid, op = deploy(s, pkg["appDId"], deploymentType="CONTAINER",
+                         selectedMECHostInfo=[{"hostId": {"id": hid}}])
+        assert op["operationState"] == "COMPLETED", op
+        ids[hid] = iid
+    mp1 = "/mec_app_support/v1/applications"
+    for hid, iid in ids.items():
+        host_iid = next(i["id"] for i in s.hosts[hid].lcm.list()
+                        if i["instantiationState"] == "INSTANTIATED")
+        for kind in ("dns_rules", "traffic_rules"):
+            assert s.c.get(f"{mp1}/{iid}/{kind}") == \
+                s.hosts[hid].mep.list_rules(host_iid, kind)
+    rule = s.c.get(f"{mp1}/{ids['edge2']}/dns_rules/sample-http-dns")
+    assert rule["domainName"] == "sample-http.mec.local" and rule["state"] == "ACTIVE"
+    with pytest.raises(ApiError) as e:          # read-only at the MEO: the MEPM's to change
+        s.c.call("PUT", f"{mp1}/{ids['edge2']}/dns_rules/sample-http-dns", rule)
+    assert e.value.status == 400 and "MEPM of edge2" in e.value.body["detail"]
+
+    # the CLI against the MEO: every view exits 0 with what the hosts hold
+    rc, out, err = _cli(s, capsys, "app", "list")
+    assert rc == 0, err
+    rows = {r["ID"]: r for r in _columns(out)}
+    assert {rows[i]["HOST"] for i in ids.values()} == {"edge2", "edge3"}
+    assert all(rows[i]["DNS"] == "sample-http.mec.local" for i in ids.values())
+    rc, out, err = _cli(s, capsys, "-o", "json", "app", "list")
+    assert rc == 0 and {i["id"] for i in json.loads(out)} == set(ids.values())
+    rc, out, err = _cli(s, capsys, "app", "rules", ids["edge3"][:8])
+    assert rc == 0 and "sample-http-vip" in out and "sample-http.mec.local" in out, err
+    assert "{" not in out                       # text, not a JSON dump
+    rc, out, err = _cli(s, capsys, "app", "logs", ids["edge2"][:8], "--tail", "1")
+    assert rc == 0 and out == "line two\n", err
+    rc, out, err = _cli(s, capsys, "app", "events", ids["edge2"][:8])
+    assert rc == 0 and "INSTANTIATE" in out and "COMPLETED" in out
+    rc, out, err = _cli(s, capsys, "-o", "text", "app", "show", ids["edge2"][:8])
+    assert rc == 0 and "hostId: edge2" in out and "{" not in out
+    rc, out, err = _cli(s, capsys, "host", "list")
+    assert rc == 0 and "REACHABLE" in out and "cim:up" in out, (out, err)
+
+    # edge2's link breaks: one WARNING, and every view says what it knows
+    before = s.c.get(f"{INST}/{ids['edge2']}")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mecorch"):
+        s.mepms["edge2"].down.set()
+        for _ in range(3):
+            s.meo.registry.beat_all()
+        view = s.c.get(f"{INST}/{ids['edge2']}")
+        listed = {i["id"]: i for i in s.c.get(INST)}
+        got = s.c.call("GET", f"{mp1}/{ids['edge2']}/dns_rules")
+        logs_answer = s.c.call("GET", f"{INST}/{ids['edge2']}/logs")
+        results = {cmd: _cli(s, capsys, *cmd) for cmd in (
+            ("app", "list"), ("-o", "json", "app", "list"), ("app", "rules", ids["edge2"][:8]),
+            ("app", "logs", ids["edge2"][:8]), ("app", "show", ids["edge2"][:8]),
+            ("app", "events", ids["edge2"][:8]), ("host", "list"))}
+        s.c.call("GET", "/status")
+        m = _metrics(s)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "UNREACHABLE" in warnings[0].getMessage(), \
+        [r.getMessage() for r in warnings]
+    for v in (view, listed[ids["edge2"]]):
+        assert v["observedState"] == "UNKNOWN" and v["hostState"] == "UNREACHABLE"
+        assert v["lastKnownObservedState"] == before.get("observedState")
+        assert v["observedStateAge"] is not None and v["observedStateAge"] >= 0
+        assert "edge2 is UNREACHABLE" in v["observedStateDetail"]
+    assert listed[ids["edge3"]].get("observedState") != "UNKNOWN"
+    assert "hostState" not in listed[ids["edge3"]]
+    status, rules, headers = got
+    assert status == 200 and rules[0]["domainName"] == "sample-http.mec.local"
+    assert "edge2 is UNREACHABLE" in headers["Warning"]
+    status, data, headers = logs_answer
+    assert status == 200 and headers["X-Mecorch-Logs-Source"] == "unavailable"
+    assert "edge2 is UNREACHABLE" in headers["Warning"]
+    for cmd, (rc, out, err) in results.items():
+        assert rc == 0, (cmd, out, err)
+    rc, out, err = results[("app", "list")]
+    row = {r["ID"]: r for r in _columns(out)}[ids["edge2"]]
+    assert row["OBSERVED"].startswith("UNKNOWN") and "RUNNING" not in row["OBSERVED"].split()[0]
+    assert row["DNS"] == "sample-http.mec.local" and "edge2 does not answer" in err
+    assert "UNREACHABLE" in results[("app", "rules", ids["edge2"][:8])][2]
+    assert "UNREACHABLE" in results[("app", "logs", ids["edge2"][:8])][2]
+    assert "UNREACHABLE" in results[("host", "list")][1]
+    # the metrics: reachability, heartbeat age, instances by observed state
+    assert _metric(m, "mecorch_host_reachable", host="edge2") == [0]
+    assert _metric(m, "mecorch_host_reachable", host="edge3") == [1]
+    assert _metric(m, "mecorch_host_heartbeat_age_seconds", host="edge3")[0] >= 0
+    assert _metric(m, "mecorch_instances", host="edge2", observed="UNKNOWN") == [1]
+    assert not _metric(m, "mecorch_instances", host="edge3", observed="UNKNOWN")
+
+
+def test_meo_status_page_and_metrics(system):
+    from test_status_page import Tables
+    from mecorch.api import status
+    s = system
+    status.for_orchestrator(s.meo).start()     # as serve does: listen before the ops
+    try:
+        _status_page_and_metrics(s, Tables)
+    finally:
+        status.for_orchestrator(s.meo).stop()
+
+
+def _status_page_and_metrics(s, Tables):
+    pkg = _with_rules(s)
+    iid, op = deploy(s, pkg["appDId"], deploymentType="CONTAINER",
+                     selectedMECHostInfo=[{"hostId": {"id": "edge3"}}])
+    assert op["operationState"] == "COMPLETED"
+    with pytest.raises(ApiError):       # no host has 64 vCPUs
+        deploy(s, pkg["appDId"], deploymentType="CONTAINER", virtualComputeDescriptor={
+            "virtualCpu": {"numVirtualCpu": 64}, "virtualMemory": {"virtualMemSize": 64}})
+    s.meo.registry.beat_all()
+    page = s.c.call("GET", "/status")[1]
+    t = Tables()
+    t.feed(page.decode() if isinstance(page, bytes) else page)
+    hosts = {h["host"]: h for h in t.tables["hosts"]}
+    assert set(hosts) == {"edge1", "edge2", "edge3"}
+    assert all(h["state"] == "REACHABLE" for h in hosts.values())
+    assert "CONTAINER" in hosts["edge3"]["capacity (used/total)"]
+    assert "cim=" in hosts["edge3"]["backends"] and hosts["edge3"]["instances"] == "1"
+    (inst,) = [r for r in t.tables["instances"] if r["id"] == iid]
+    assert inst["host"] == "edge3" and inst["DNS names"] == "sample-http.mec.local"
+    assert inst["addresses"] not in ("", "-")
+    kinds = {r["kind"] for r in t.tables["rules"] if r["instance"] == inst["name"]}
+    assert kinds == {"traffic", "dns"}
+    ops = [o for o in t.tables["operations"] if o["instance"] == iid]
+    assert ops and ops[0]["host"] == "edge3" and ops[0]["placement decision"] not in ("", "-")
+    m = _metrics(s)
+    assert _metric(m, "mecorch_placements_total", host="edge3", manner="CONTAINER") == [1]
+    assert _metric(m, "mecorch_placement_refusals_total", reason="capacity") == [1]
+    assert _metric(m, "mecorch_placement_refusals_total", reason="manner") == []
+    # the MEO's op and, in this one process, the host's own (a served MEO has its own)
+    assert _metric(m, "mecorch_lcm_operation_duration_seconds_count", operation="INSTANTIATE",
+                   host="edge3", manner="CONTAINER", outcome="completed") == [2]
+    assert _metric(m, "mecorch_backend_up", host="edge3", role="cim") == [1]
+    assert _metric(m, "mecorch_rules", kind="dns", host="edge3")

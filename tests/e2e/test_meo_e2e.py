@@ -18,6 +18,7 @@ docker bridge; a DOCKER-USER rule made here lets that veth in.
 from __future__ import annotations
 
 import json
+import sys
 import secrets
 import shutil
 import subprocess
@@ -447,3 +448,226 @@ def test_an_error_relayed_by_the_meo_names_its_instance_id_and_the_host(system):
     c.call("DELETE", f"{INST}/{inst['id']}")
     meo_log = system["tmp"] / "meo.log"
     assert "INSTATIATE" not in meo_log.read_text(errors="replace")
+
+
+# ---------------------------------------------------------------- the MEO's views
+MP1 = "/mec_app_support/v1/applications"
+
+
+def _meo_cli(system, *argv: str) -> subprocess.CompletedProcess:
+    """`mecorch --api MEO ...` as an operator runs it (token by option)."""
+    return subprocess.run([sys.executable, "-m", "mecorch.cli", "--api",
+                           system["c"].base, "--token", system["tokens"]["meo"], *argv],
+                          capture_output=True, text=True, timeout=120)
+
+
+def _cli_rows(out: str) -> list[dict]:
+    import re
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    starts = [m.start() for m in re.finditer(r"(?:(?<=  )|^)[A-Z][A-Z ]*?(?=  |$)", lines[0])]
+    heads = [lines[0][a:b].strip() for a, b in zip(starts, starts[1:] + [None])]
+    return [{h: ln[a:b].strip() if b else ln[a:].strip()
+             for h, a, b in zip(heads, starts, starts[1:] + [None])} for ln in lines[1:]]
+
+
+def _host_twin(system, inst: dict) -> tuple[str, dict]:
+    """The MEPM's own instance of an MEO instance (same host, same address)."""
+    name = next(n for n, e in system["edges"].items() if e["id"] == inst["hostId"])
+    twin = next(i for i in system["procs"][name].client.get(INST)
+                if i["instantiationState"] == "INSTANTIATED" and _ip(i) == _ip(inst))
+    return name, twin
+
+
+def _scrape(c: Client) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+    text = c.call("GET", "/metrics")[1]
+    text = text.decode() if isinstance(text, bytes) else text
+    out: dict = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out.setdefault(s.name, []).append((s.labels, s.value))
+    return out
+
+
+def _samples(m: dict, name: str, **labels) -> list[float]:
+    return [v for ls, v in m.get(name, []) if all(ls.get(k) == w for k, w in labels.items())]
+
+
+def _status_page(c: Client) -> dict:
+    from test_status_page import Tables, chromium
+    r = chromium(f"{c.base}/status", "--dump-dom")
+    assert r.returncode == 0 and "<title>mecorch status</title>" in r.stdout, r.stderr[-2000:]
+    page = Tables()
+    page.feed(r.stdout)
+    return page.tables
+
+
+def test_meo_views_match_the_mepms_and_a_killed_host_shows_unknown(system):
+    c, procs, edges = system["c"], system["procs"], system["edges"]
+    _wait(lambda: all(h["state"] == "REACHABLE" for h in c.get(HOSTS)), 60, "hosts REACHABLE")
+    # the app with rules on every host (run alone, this test deploys them)
+    have = {i["hostId"] for i in c.get(INST)
+            if i["appDId"] == "sample-http" and i["instantiationState"] == "INSTANTIATED"}
+    for e in edges.values():
+        if e["id"] not in have:
+            _deploy(c, "sample-http", deploymentType="CONTAINER",
+                    selectedMECHostInfo=[{"hostId": {"id": e["id"]}}])
+    # one more placement and one refusal for the metrics of this MEO process
+    _deploy(c, "meo-http", deploymentType="CONTAINER")
+    inst = c.post(INST, {"appDId": "meo-http"})[0]
+    with pytest.raises(ApiError) as refused:
+        c.post(f"{INST}/{inst['id']}/instantiate", {
+            "deploymentType": "CONTAINER", "virtualComputeDescriptor": {
+                "virtualCpu": {"numVirtualCpu": 64}, "virtualMemory": {"virtualMemSize": 64}}})
+    assert refused.value.status == 409 and "vCPU" in refused.value.body["detail"]
+    c.call("DELETE", f"{INST}/{inst['id']}")
+    running = [i for i in c.get(INST) if i["instantiationState"] == "INSTANTIATED"]
+    assert {i["hostId"] for i in running} == {e["id"] for e in edges.values()}
+
+    def observed_alike() -> bool:
+        """The MEO has each host's observed state of its instances (its sync
+        round every meo.sync_s reads them)."""
+        mine = {i["id"]: i for i in c.get(INST)}
+        return all(mine[i["id"]].get("observedState") == _host_twin(system, i)[1]
+                   .get("observedState") for i in running)
+    try:
+        _wait(observed_alike, 20, "the MEO's observed states to be the MEPMs'", step=1)
+    except AssertionError:
+        raise AssertionError(procs["meo"].log.read_text()[-4000:]) from None
+
+    # app list: exit 0, each instance as its MEPM has it, DNS names from its MEP
+    r = _meo_cli(system, "app", "list")
+    assert r.returncode == 0, r.stderr
+    rows = {row["ID"]: row for row in _cli_rows(r.stdout)}
+    for i in running:
+        name, twin = _host_twin(system, i)
+        row = rows[i["id"]]
+        assert row["HOST"] == i["hostId"] and row["ADDRESSES"] == _ip(twin)
+        assert row["OBSERVED"] == (twin.get("observedState") or "-"), (row, twin)
+        dns = procs[name].client.get(f"{MP1}/{twin['id']}/dns_rules")
+        assert row["DNS"] == (",".join(d["domainName"] for d in dns) or "-")
+    assert sum(row["DNS"] == "sample-http.mec.local" for row in rows.values()) == 3
+    r = _meo_cli(system, "-o", "json", "app", "list")
+    assert r.returncode == 0 and {i["id"] for i in json.loads(r.stdout)} >= \
+        {i["id"] for i in running}
+    # rules, logs, events, show of one instance on each host
+    for edge in edges.values():
+        i = next(x for x in running if x["hostId"] == edge["id"] and x["appDId"] == "sample-http")
+        name, twin = _host_twin(system, i)
+        r = _meo_cli(system, "-o", "json", "app", "rules", i["id"])
+        assert r.returncode == 0, r.stderr
+        got = json.loads(r.stdout)
+        for kind, key in (("traffic_rules", "trafficRules"), ("dns_rules", "dnsRules")):
+            assert got[key] == procs[name].client.get(f"{MP1}/{twin['id']}/{kind}")
+        r = _meo_cli(system, "app", "rules", i["id"])
+        assert r.returncode == 0 and "sample-http-vip" in r.stdout and "{" not in r.stdout
+        r = _meo_cli(system, "app", "logs", i["id"], "--tail", "20")
+        assert r.returncode == 0, r.stderr
+        _, mine, _ = procs[name].client.call("GET", f"{INST}/{twin['id']}/logs?tail=200")
+        mine = mine.decode() if isinstance(mine, bytes) else str(mine or "")
+        assert all(line in mine.splitlines() for line in r.stdout.splitlines())
+        r = _meo_cli(system, "app", "events", i["id"])
+        assert r.returncode == 0 and "INSTANTIATE" in r.stdout and "COMPLETED" in r.stdout
+        r = _meo_cli(system, "app", "show", i["id"])
+        assert r.returncode == 0 and json.loads(r.stdout)["hostId"] == edge["id"]
+    r = _meo_cli(system, "host", "list")
+    assert r.returncode == 0, r.stderr
+    for edge in edges.values():
+        assert any(line.startswith(edge["id"]) and "REACHABLE" in line and "cim:up" in line
+                   for line in r.stdout.splitlines()), r.stdout
+
+    # the status page: both kinds of rows, in a real browser
+    t = _status_page(c)
+    hosts = {h["host"]: h for h in t["hosts"]}
+    assert set(hosts) == {e["id"] for e in edges.values()}
+    assert all(h["state"] == "REACHABLE" and "cim=docker:up" in h["backends"]
+               for h in hosts.values()), hosts
+    page_insts = {row["id"]: row for row in t["instances"]}
+    for i in running:
+        row = page_insts[i["id"]]
+        assert row["host"] == i["hostId"] and row["addresses"] == _ip(i)
+        if i["appDId"] == "sample-http":
+            assert row["DNS names"] == "sample-http.mec.local"
+    assert {r["kind"] for r in t["rules"]} == {"traffic", "dns"}
+    assert any(o["placement decision"] not in ("", "-") for o in t["operations"])
+
+    # the metrics
+    m = _scrape(c)
+    for edge in edges.values():
+        assert _samples(m, "mecorch_host_reachable", host=edge["id"]) == [1]
+        (age,) = _samples(m, "mecorch_host_heartbeat_age_seconds", host=edge["id"])
+        assert 0 <= age < 10
+        assert _samples(m, "mecorch_backend_up", host=edge["id"], role="cim") == [1]
+    assert sum(_samples(m, "mecorch_placements_total")) >= 1
+    assert sum(_samples(m, "mecorch_placement_refusals_total", reason="capacity")) >= 1, \
+        m.get("mecorch_placement_refusals_total")
+    lat = _samples(m, "mecorch_lcm_operation_duration_seconds_sum", operation="INSTANTIATE",
+                   manner="CONTAINER", outcome="completed")
+    cnt = _samples(m, "mecorch_lcm_operation_duration_seconds_count", operation="INSTANTIATE",
+                   manner="CONTAINER", outcome="completed")
+    assert sum(cnt) >= 1 and 0 < sum(lat) / sum(cnt) < 120
+    assert sum(_samples(m, "mecorch_instances", state="INSTANTIATED")) == len(running)
+
+    # edge2 killed: its apps are UNKNOWN with their last known state, never RUNNING
+    edge = edges["edge2"]
+    theirs = {i["id"]: i for i in c.get(INST)          # as the MEO has them now
+              if i.get("hostId") == edge["id"] and i["instantiationState"] == "INSTANTIATED"}
+    log = procs["meo"].log
+    mark = log.stat().st_size
+    procs["edge2"].kill()
+    try:
+        _wait(lambda: {h["hostId"]: h for h in c.get(HOSTS)}[edge["id"]]["state"]
+              == "UNREACHABLE", 30, "edge2 UNREACHABLE")
+        time.sleep(3)                   # a few heartbeats and sync rounds meanwhile
+        r = _meo_cli(system, "app", "list")
+        assert r.returncode == 0, r.stderr
+        rows = {row["ID"]: row for row in _cli_rows(r.stdout)}
+        for iid in theirs:
+            assert rows[iid]["OBSERVED"].startswith("UNKNOWN"), rows[iid]
+        assert f"{edge['id']} does not answer" in r.stderr
+        r = _meo_cli(system, "-o", "json", "app", "list")
+        assert r.returncode == 0, r.stderr
+        listed = {i["id"]: i for i in json.loads(r.stdout)}
+        for iid, before in theirs.items():
+            v = listed[iid]
+            assert v["observedState"] == "UNKNOWN" and v["hostState"] == "UNREACHABLE"
+            assert v["lastKnownObservedState"] == before.get("observedState")
+            assert v["observedStateAge"] is not None and v["observedStateAge"] < 60
+        for iid, v in listed.items():
+            if v.get("hostId") != edge["id"] and v["instantiationState"] == "INSTANTIATED":
+                assert "hostState" not in v
+        one = next(iid for iid, i in theirs.items() if i["appDId"] == "sample-http")
+        r = _meo_cli(system, "app", "rules", one)
+        assert r.returncode == 0 and "sample-http-vip" in r.stdout, r.stderr
+        assert "UNREACHABLE" in r.stderr
+        r = _meo_cli(system, "app", "logs", one)
+        assert r.returncode == 0 and "UNREACHABLE" in r.stderr, r.stderr
+        for argv in (("app", "show", one), ("app", "events", one), ("host", "list")):
+            r = _meo_cli(system, *argv)
+            assert r.returncode == 0, (argv, r.stderr)
+        t = _status_page(c)
+        hosts = {h["host"]: h for h in t["hosts"]}
+        assert hosts[edge["id"]]["state"].startswith("UNREACHABLE")
+        assert all(h["state"] == "REACHABLE" for hid, h in hosts.items() if hid != edge["id"])
+        page_insts = {row["id"]: row for row in t["instances"]}
+        for iid, before in theirs.items():
+            assert page_insts[iid]["observed"].startswith("UNKNOWN")
+            assert page_insts[iid]["addresses"] == _ip(before)
+        assert page_insts[one]["DNS names"] == "sample-http.mec.local"
+        m = _scrape(c)
+        assert _samples(m, "mecorch_host_reachable", host=edge["id"]) == [0]
+        assert sum(_samples(m, "mecorch_instances", host=edge["id"], observed="UNKNOWN")) \
+            == len(theirs)
+        assert not _samples(m, "mecorch_instances", host=edge["id"], observed="RUNNING")
+        # the outage is one WARNING line in the MEO's log
+        with open(log, "rb") as f:
+            f.seek(mark)
+            lines = f.read().decode(errors="replace").splitlines()
+        bad = [ln for ln in lines if " WARNING " in ln or " ERROR " in ln or "Traceback" in ln]
+        assert len(bad) == 1 and "UNREACHABLE" in bad[0], bad
+    finally:
+        procs["edge2"].start()
+        _wait(lambda: {h["hostId"]: h for h in c.get(HOSTS)}[edge["id"]]["state"]
+              == "REACHABLE", 60, "edge2 REACHABLE again")
+    listed = {i["id"]: i for i in c.get(INST)}
+    assert all("hostState" not in listed[iid] for iid in theirs)
