@@ -27,6 +27,7 @@ $MECORCH_FAULTS_SUMMARY (default /var/tmp/mecorch-faults-summary.txt).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import signal
@@ -40,6 +41,7 @@ import pytest
 
 from conftest import run
 from support.crashlab import INST, OPS, PKGS, VIRSH, Daemon, Lab, private_registry, wait_clean
+from support.lab import free_subnet
 
 pytestmark = [pytest.mark.docker, pytest.mark.libvirt, pytest.mark.mep]
 
@@ -160,7 +162,8 @@ def fab(sample_container, sample_vm):
     # docker0 at start (the system dockerd's default network would break).
     bridge = f"mcf-{os.getpid() % 100000}"
     run("ip", "link", "add", bridge, "type", "bridge")
-    run("ip", "addr", "add", f"10.232.{os.getpid() % 200}.1/24", "dev", bridge)
+    net = ipaddress.ip_network(free_subnet("10.232.0.0/16", 24))
+    run("ip", "addr", "add", f"{net[1]}/{net.prefixlen}", "dev", bridge)
     run("ip", "link", "set", bridge, "up")
     dockerd = Daemon("dockerd", [
         "dockerd", f"--host=unix://{dsock}", f"--data-root={root}/docker",

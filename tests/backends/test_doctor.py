@@ -3,14 +3,13 @@ red, naming the piece, when a daemon it needs is stopped."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 import yaml
+
+from support.lab import private_registry
 
 pytestmark = [pytest.mark.docker, pytest.mark.libvirt, pytest.mark.mep]
 
@@ -22,31 +21,16 @@ def doctor(cfg_path) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def own_registry(tmp_path):
-    """A registry of the test's own on a free loopback port, stoppable."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    conf = tmp_path / "registry.yml"
-    conf.write_text(yaml.safe_dump({
-        "version": 0.1, "log": {"level": "error"},
-        "storage": {"filesystem": {"rootdirectory": str(tmp_path / "data")}},
-        "http": {"addr": f"127.0.0.1:{port}"}}))
-    proc = subprocess.Popen(["docker-registry", "serve", str(conf)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).read()
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield proc, f"127.0.0.1:{port}"
-    if proc.poll() is None:
-        proc.terminate()
-        proc.wait(timeout=10)
+    """A registry of the test's own on a free loopback port, stoppable (the
+    lab's private_registry)."""
+    reg = private_registry(tmp_path)
+    reg.start()
+    yield reg, reg.addr
+    reg.stop(timeout=10)
 
 
 def test_doctor_green_then_names_the_stopped_registry(tmp_path, own_registry):
-    proc, addr = own_registry
+    reg, addr = own_registry
     cfg = tmp_path / "c.yaml"
     from mecorch.kernel.config import DEFAULT
     host = {**DEFAULT["hosts"][0]}
@@ -57,8 +41,7 @@ def test_doctor_green_then_names_the_stopped_registry(tmp_path, own_registry):
     assert "all" in ok.stdout and "checks passed" in ok.stdout
     assert "TCG" in ok.stdout or "KVM" in ok.stdout or "tcg" in ok.stdout.lower()
 
-    proc.terminate()                     # the daemon this test started, by its pid
-    proc.wait(timeout=10)
+    reg.stop(timeout=10)                 # the daemon this test started, by its pid
     bad = doctor(cfg)
     assert bad.returncode == 1
     failed = bad.stdout.split("check(s) failed:")[1]

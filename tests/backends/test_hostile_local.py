@@ -19,15 +19,11 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
-import json
 import os
 import secrets
 import shutil
 import socket
 import stat
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -38,6 +34,7 @@ from pathlib import Path
 import pytest
 
 from conftest import WORKLOADS, run
+from support import lab as thelab
 from support.fakes import FakeCompute, FakeMep
 from mecorch.kernel import config as mconfig
 from mecorch.api import load_tokens, make_server, serve_app_networks
@@ -372,9 +369,9 @@ class TestStateFilesPrivate:
 
     def test_nothing_under_the_state_dir_is_readable_by_others(self, tmp_path_factory, uid,
                                                               notification_sink):
-        from mecorch.kernel.client import Client
         from mecorch.package import build_package
-        tmp = Path(tempfile.mkdtemp(prefix=f"mecorch-private-{uid}-", dir="/var/tmp"))
+        names = thelab.Names("priv")
+        tmp = thelab.private_dir("private")
         state, rundir = tmp / "state", tmp / "run"
         # what an older mecorch (umask 022) left behind
         (state / "packages").mkdir(parents=True)
@@ -382,35 +379,20 @@ class TestStateFilesPrivate:
         os.chmod(state, 0o755)
         os.chmod(state / "packages", 0o755)
         os.chmod(state / "packages" / "old.zip", 0o644)
-        from support.meplab import dns, free_net, traffic
-        port = _free_port()
-        host, net, prefix = f"priv{uid}", f"mcp-{uid}", f"MCP{uid}".upper()
-        service = free_net("10.93.0.0", 24)
+        from support.meplab import dns, traffic
+        service = thelab.free_subnet("10.93.0.0/16", 24)
         vip = str(next(ipaddress.ip_network(service).hosts()))
-        cfg = {"state_dir": str(state), "run_dir": str(rundir),
-               "api": {"listen": f"127.0.0.1:{port}"},
-               "orchestrator": {"reconcile_interval_s": 0},
-               "hosts": [{"id": host, "cim": {"driver": "docker", "network": net},
-                          "mep": {"driver": "linux", "dns_port": _free_port(),
-                                  "chain_prefix": prefix, "service_cidr": service,
-                                  "service_interface": f"mcp{uid}"}}]}
-        (tmp / "mecorch.yaml").write_text(json.dumps(cfg))
-        log = open(tmp / "serve.log", "wb")
-        server = subprocess.Popen(
-            [sys.executable, "-m", "mecorch.cli", "--config", str(tmp / "mecorch.yaml"),
-             "serve"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        api = Client(f"http://127.0.0.1:{port}", timeout=60)
+        link = f"mcp{names.tag}"[:15]
+        host_cfg = thelab.host_config(names, vms=False, mep={"service_cidr": service,
+                                                             "service_interface": link})
+        host = host_cfg["id"]
+        cfg = thelab.lab_config(tmp, [host_cfg], orchestrator={"reconcile_interval_s": 0})
+        server = thelab.Serve(cfg, tmp, client_timeout_s=60)
+        api = server.client
         password = f"pw-{secrets.token_hex(8)}"
+        left = None
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                assert server.poll() is None, (tmp / "serve.log").read_text()
-                try:
-                    api.get("/app_pkgm/v1/app_packages")
-                    break
-                except Exception:       # noqa: BLE001 - not up yet
-                    assert time.monotonic() < deadline, (tmp / "serve.log").read_text()
-                    time.sleep(0.3)
+            server.start()
             api.post("/app_lcm/v1/subscriptions", {
                 "subscriptionType": "AppLcmOpOccStateChange",
                 "callbackUri": notification_sink.url,
@@ -443,31 +425,16 @@ class TestStateFilesPrivate:
             for where in (state, rundir):
                 assert _readable_by_others(where) == [], "after the terminate"
         finally:
-            try:                # a failed run's instance too: its containers hold the network
-                for left in api.get(INST):
-                    if left["instantiationState"] == "INSTANTIATED":
-                        op = api.post(f"{INST}/{left['id']}/terminate",
-                                      {"terminationType": "FORCEFUL"})[0]
-                        api.wait_op(op, timeout=120)
-            except Exception:   # noqa: BLE001 - clean up what can be cleaned
-                pass
-            server.terminate()
             try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-            log.close()
-            from drivers.linux_mep import LinuxMEP
-            LinuxMEP({**cfg["hosts"][0]["mep"], "state_dir": str(state / "hosts" / host),
-                      "run_dir": str(rundir / host), "host_id": host}).uninstall()
-            run("docker", "network", "rm", net, check=False)
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+                if server.alive:
+                    thelab.clear(api)
+                    left = thelab.leftovers(host_cfg)
+            finally:
+                server.stop()
+                thelab.remove_host(host_cfg, state, rundir)
+                run("ip", "link", "del", link, check=False)     # its own service link
+                shutil.rmtree(tmp, ignore_errors=True)
+        assert left == [], f"the host left {left}"
 
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

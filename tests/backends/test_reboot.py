@@ -28,6 +28,7 @@ cleared by an operator's stop, set again by start).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -38,7 +39,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import remove_mep_chains, run
+from conftest import run
+from support.lab import free_subnet, remove_mep_chains
 from support.crashlab import INST, VIRSH, Daemon, Lab, private_registry
 from drivers.docker_cim.driver import REVIVE_SLACK_S
 from drivers.docker_cim.pause import PAUSE_IMAGE
@@ -67,7 +69,8 @@ def reboot_lab(sample_container):
     # Its own default bridge (with --bridge=none dockerd deletes docker0).
     bridge = f"mrb-{os.getpid() % 100000}"
     run("ip", "link", "add", bridge, "type", "bridge")
-    run("ip", "addr", "add", f"10.236.{os.getpid() % 200}.1/24", "dev", bridge)
+    net = ipaddress.ip_network(free_subnet("10.236.0.0/16", 24))
+    run("ip", "addr", "add", f"{net[1]}/{net.prefixlen}", "dev", bridge)
     run("ip", "link", "set", bridge, "up")
     dockerd = Daemon("dockerd", [
         "dockerd", f"--host=unix://{dsock}", f"--data-root={root}/docker",

@@ -93,7 +93,7 @@ def test_teardown_refuses_in_use_then_leaves_nothing():
         assert f"removed cim: docker network mec-{lab.tag}" in out
         assert f"removed vim: libvirt network mec-{lab.tag}" in out
         assert f"removed vim: libvirt pool mec-{lab.tag}" in out
-        assert "removed mep: iptables chains MTD" in out
+        assert f"removed mep: iptables chains {lab.chain}-" in out
         assert snapshot(lab) == before
         if pid is not None:             # its dnsmasq is stopped
             assert subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode != 0

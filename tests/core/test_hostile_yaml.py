@@ -15,8 +15,6 @@ from __future__ import annotations
 import hashlib
 import os
 import resource
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,9 +23,9 @@ import yaml
 
 from mecorch.kernel import yamlsafe
 from mecorch.kernel.client import ApiError, Client
-from mecorch.kernel.errors import InvalidInput, MecorchError
+from mecorch.kernel.errors import InvalidInput
 from mecorch.package.appd import validate_appd
-from support.apiserve import free_port, stop
+from support.lab import Serve
 from support.packages import appd_package, load_appd
 
 REPO = Path(__file__).resolve().parents[2]
@@ -109,30 +107,14 @@ def serve(tmp_path_factory):
            "hosts": [{"id": "default", "cim": {"driver": "fake-cim",
                                                   "registry": "127.0.0.1:5999"},
                       "mep": {"driver": "fake-mep"}}]}
-    (tmp / "mecorch.yaml").write_text(yaml.safe_dump(cfg))
-    port = free_port("127.0.0.1")
-    log = open(tmp / "serve.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-c",
-                             LAUNCHER.format(tests=str(REPO / "tests")), "--config",
-                             str(tmp / "mecorch.yaml"), "serve", "--listen",
-                             f"127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT,
-                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                            preexec_fn=_cap_memory)
-    c = Client(f"http://127.0.0.1:{port}", token="", timeout=120)
+    server = Serve(cfg, tmp, launcher=LAUNCHER.format(tests=str(REPO / "tests")),
+                   env={**os.environ, "PYTHONPATH": str(REPO)}, preexec_fn=_cap_memory,
+                   timeout_s=30, client_timeout_s=120)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                c.get(PKGS)
-                break
-            except MecorchError:                    # not up yet
-                assert proc.poll() is None, (tmp / "serve.log").read_text()
-                assert time.monotonic() < deadline, "mecorch serve did not come up"
-                time.sleep(0.1)
-        yield {"c": c, "pid": proc.pid, "tmp": tmp}
+        server.start()
+        yield {"c": server.client, "pid": server.pid, "tmp": tmp}
     finally:
-        stop(proc)
-        log.close()
+        server.stop(timeout_s=15)
 
 
 def test_the_serve_of_these_tests_onboards_a_good_package(serve, tmp_path):

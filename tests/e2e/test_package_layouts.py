@@ -354,7 +354,7 @@ def test_a_layout_error_names_the_layouts_mecorch_reads(tmp_path):
 
 @pytest.fixture(scope="module")
 def lab():
-    with L.lab("lay", "192.168.161.0/24", "MECLAY") as lab:
+    with L.lab("lay") as lab:
         yield lab
 
 

@@ -26,7 +26,7 @@ MEMBER = {"container": "Artifacts/app.tar", "vm": "Artifacts/app.qcow2"}
 
 @pytest.fixture(scope="module")
 def lab():
-    with L.lab("upg", "192.168.162.0/24", "MECUPG") as lab:
+    with L.lab("upg") as lab:
         yield lab
 
 

@@ -10,13 +10,14 @@ status-page tests.
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
 
 from support import lab as thelab
 from support.lab import (EXAMPLES, INST, OPS, PKGS, VIRSH, Daemon,  # noqa: F401 - the tests'
-                         free_port, private_registry, run)
+                         private_registry, run)
 from mecorch.package import build_package
 from mecorch.kernel.fileutil import sha256_file
 
@@ -225,10 +226,10 @@ class Lab:
                 self.start()
             thelab.clear(self.c)
             left = [f"{k}: {v}" for k, v in self.census().items()]
+            left += thelab.leftovers(self.cfg["hosts"][0])
         finally:
             self.stop()
             self.remove_infrastructure()
-            import shutil
             shutil.rmtree(self.tmp, ignore_errors=True)
         return left
 

@@ -28,12 +28,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 import zipfile
 from contextlib import contextmanager
@@ -42,6 +37,7 @@ from pathlib import Path
 import yaml
 
 from conftest import run
+from support import lab as thelab
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -315,84 +311,33 @@ def edgegallery(path: Path, kind: str, app: str, image: bytes, vip: str,
 
 # -- a real lab ------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
-def lab(prefix: str, cidr: str, chain: str):
-    """A `mecorch serve` with its own state dir, host id, docker network,
-    libvirt pool and network (`cidr`), iptables chain prefix and dnsmasq
-    port; everything it made is removed at the end."""
-    from mecorch.kernel.client import Client
-    tmp = Path(tempfile.mkdtemp(prefix=f"mecorch-{prefix}-", dir="/var/tmp"))
-    os.chmod(tmp, 0o711)        # QEMU (libvirt-qemu) reaches the pool under it
-    tag = f"{prefix}{int(time.time()) % 100000}"
-    host = f"h-{tag}"
-    dns_port, api_port = free_port(), free_port()
-    cfg = {"state_dir": str(tmp / "state"), "run_dir": str(tmp / "run"),
-           "hosts": [{"id": host,
-                      "cim": {"driver": "docker", "network": f"mec-{tag}"},
-                      "vim": {"driver": "libvirt", "pool": f"mec-{tag}",
-                              "network": f"mec-{tag}", "network_cidr": cidr, "accel": "tcg"},
-                      "mep": {"driver": "linux", "dns_port": dns_port,
-                              "chain_prefix": chain}}]}
-    (tmp / "mecorch.yaml").write_text(yaml.safe_dump(cfg))
-    log = open(tmp / "serve.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "mecorch.cli", "--config",
-                             str(tmp / "mecorch.yaml"), "serve", "--listen",
-                             f"127.0.0.1:{api_port}"], stdout=log, stderr=subprocess.STDOUT)
-    client = Client(f"http://127.0.0.1:{api_port}", token="")
+def lab(prefix: str):
+    """A `mecorch serve` of the one lab (tests/support/lab.py) with names of
+    its own: state dir, host id, docker network, libvirt pool and network
+    on a free subnet, iptables chain prefix and dnsmasq port; what the test
+    made is removed through the API at the end, nothing of the host's may
+    be left behind, and the host's infrastructure goes."""
+    names = thelab.Names(prefix)
+    tmp = thelab.private_dir(prefix)
+    host = thelab.host_config(names)
+    cfg = thelab.lab_config(tmp, [host])
+    serve = thelab.Serve(cfg, tmp)
+    left = None
     try:
-        for _ in range(200):
-            try:
-                client.get(PKGS)
-                break
-            except Exception:  # noqa: BLE001 - not up yet
-                assert proc.poll() is None, (tmp / "serve.log").read_text()
-                time.sleep(0.1)
-        yield {"c": client, "host": host, "dns_port": dns_port, "tmp": tmp, "tag": tag,
-               "log": tmp / "serve.log"}
+        serve.start()
+        yield {"c": serve.client, "host": names.host_id, "dns_port": host["mep"]["dns_port"],
+               "tmp": tmp, "tag": names.tag, "log": serve.log_path}
     finally:
         try:
-            for inst in client.get(INST):
-                if inst["instantiationState"] == "INSTANTIATED":
-                    op, _ = client.post(f"{INST}/{inst['id']}/terminate",
-                                        {"terminationType": "FORCEFUL"})
-                    client.wait_op(op, timeout=120)
-                client.call("DELETE", f"{INST}/{inst['id']}")
-            for pkg in client.get_all(PKGS):
-                if pkg["operationalState"] == "ENABLED":
-                    client.call("PATCH", f"{PKGS}/{pkg['id']}", {"operationState": "DISABLED"})
-                client.call("DELETE", f"{PKGS}/{pkg['id']}")
+            if serve.alive:
+                thelab.clear(serve.client)
+                left = thelab.leftovers(host)
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-            log.close()
-            _remove_infrastructure(tag, chain, host, tmp, cfg["hosts"][0]["mep"])
+            serve.stop()
+            thelab.remove_host(host, cfg["state_dir"], cfg["run_dir"])
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _remove_infrastructure(tag: str, chain: str, host: str, tmp: Path, mep_cfg: dict) -> None:
-    name = f"mec-{tag}"
-    run("docker", "network", "rm", name, check=False)
-    for cmd in (["net-destroy", name], ["net-undefine", name],
-                ["pool-destroy", name], ["pool-undefine", name]):
-        run("virsh", "-c", "qemu:///system", *cmd, check=False)
-    from drivers.linux_mep import LinuxMEP
-    from mecorch.kernel import config as mconfig
-    LinuxMEP({**mconfig.DEFAULT["hosts"][0]["mep"], **mep_cfg,
-              "state_dir": str(tmp / "state/hosts" / host),
-              "run_dir": str(tmp / "run" / host)}).stop_services()
-    saved = run("iptables-save").stdout
-    for table, own in (("raw", f"{chain}-RAW"), ("nat", f"{chain}-PRE")):
-        for hook in ("PREROUTING", "OUTPUT"):
-            if f"-A {hook} -j {own}" in saved:
-                run("iptables", "-w", "-t", table, "-D", hook, "-j", own, check=False)
-        run("iptables", "-w", "-t", table, "-F", own, check=False)
-        run("iptables", "-w", "-t", table, "-X", own, check=False)
+    assert left == [], f"the lab's host left {left}"
 
 
 def onboard(c, path: Path, name: str = "p") -> dict:
