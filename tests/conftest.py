@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
 from pathlib import Path
 
 import pytest
+
+from support.lab import remove_mep_chains, run  # noqa: F401 - the tests' (one lab)
 
 WORKLOADS = Path(os.environ.get("MECORCH_WORKLOADS", "/var/cache/mecorch/workloads"))
 REGISTRY = os.environ.get("MECORCH_REGISTRY", "127.0.0.1:5000")
@@ -50,11 +51,6 @@ def sample_vm() -> dict:
     _need(img.is_file() and sha.is_file(), f"sample VM image {img}")
     return {"path": str(img), "sha256": sha.read_text().split()[0],
             "body": "mecorch sample vm"}
-
-
-def run(*argv: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    """Run a command without a shell, capturing text output."""
-    return subprocess.run(argv, check=check, capture_output=True, text=True, **kw)
 
 
 class NotificationSink:
@@ -99,26 +95,3 @@ def notification_sink():
     sink.close()
 
 
-def remove_mep_chains(prefix: str, netns: str | None = None) -> None:
-    """Remove every hook jumping to a `PREFIX-*` chain and every such chain,
-    in every table (what a test's MEP made: RAW, PRE, FWD, POST...). Only
-    that prefix is touched: the shared service sink and other prefixes stay."""
-    pre = ["ip", "netns", "exec", netns] if netns else []
-    saved = run(*pre, "iptables-save").stdout
-    table = None
-    hooks, chains = [], []
-    for line in saved.splitlines():
-        if line.startswith("*"):
-            table = line[1:]
-        elif line.startswith(f":{prefix}-"):
-            chains.append((table, line.split()[0][1:]))
-        elif line.startswith("-A ") and f" -j {prefix}-" in line:
-            parts = line.split()
-            if not parts[1].startswith(f"{prefix}-"):
-                hooks.append((table, parts[1:]))
-    for table, spec in hooks:
-        run(*pre, "iptables", "-w", "-t", table, "-D", *spec, check=False)
-    for table, chain in chains:
-        run(*pre, "iptables", "-w", "-t", table, "-F", chain, check=False)
-    for table, chain in chains:
-        run(*pre, "iptables", "-w", "-t", table, "-X", chain, check=False)

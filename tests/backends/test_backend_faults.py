@@ -178,7 +178,7 @@ def fab(sample_container, sample_vm):
     dockerd.start()
     registry.start()
     proxy.start()
-    lab = Lab("fault", "MECFAULT",
+    lab = Lab("fault",
               cim={"docker_host": f"unix://{dsock}", "registry": registry.addr},
               vim={"uri": f"qemu+unix:///system?socket={proxy.path}"})
     try:

@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.libvirt, pytest.mark.mep]
 
 
 def test_boot_timeout_names_its_setting_and_the_console():
-    lab = Lab("bt", "MBT", vim={"boot_timeout_s": 2}, interval_s=30)
+    lab = Lab("bt", vim={"boot_timeout_s": 2}, interval_s=30)
     try:
         lab.start()
         lab.onboard(("sample-vm-app",))

@@ -76,7 +76,7 @@ def lab(sample_container, sample_vm):
     root = Path(tempfile.mkdtemp(prefix="mecorch-crash-reg-", dir="/var/tmp"))
     registry = private_registry(root)
     registry.start()
-    lab = Lab("crash", "MECCRASH", interval_s=2,
+    lab = Lab("crash", interval_s=2,
               cim={"registry": registry.addr})
     try:
         lab.start()

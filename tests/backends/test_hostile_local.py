@@ -432,7 +432,6 @@ class TestStateFilesPrivate:
             finally:
                 server.stop()
                 thelab.remove_host(host_cfg, state, rundir)
-                run("ip", "link", "del", link, check=False)     # its own service link
                 shutil.rmtree(tmp, ignore_errors=True)
         assert left == [], f"the host left {left}"
 

@@ -46,7 +46,7 @@ def wait_for(lab, iid: str, text: str, limit_s: float = 5.0) -> float:
 
 
 def test_crashed_container_shows_stopped_with_exit_code_within_seconds():
-    lab = Lab("ev", "MEV", vm=False, interval_s=60)
+    lab = Lab("ev", vm=False, interval_s=60)
     try:
         lab.start()
         lab.onboard(("sample-container-app",))
@@ -78,7 +78,7 @@ def test_crashed_container_shows_stopped_with_exit_code_within_seconds():
 @pytest.mark.libvirt
 def test_destroyed_vm_shows_stopped_within_seconds():
     from support.crashlab import VIRSH
-    lab = Lab("evm", "MEW", interval_s=60)
+    lab = Lab("evm", interval_s=60)
     try:
         lab.start()
         lab.onboard(("sample-vm-app",))

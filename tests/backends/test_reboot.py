@@ -82,7 +82,7 @@ def reboot_lab(sample_container):
     registry = private_registry(root)
     dockerd.start()
     registry.start()
-    lab = Lab("reboot", "MECRB", cim={"docker_host": f"unix://{dsock}",
+    lab = Lab("reboot", cim={"docker_host": f"unix://{dsock}",
                                       "registry": registry.addr}, vm=False)
     try:
         lab.start()
@@ -312,7 +312,7 @@ def check_back(lab: Lab, running: str, stopped: str, crashed: str, vip: str, nam
 def test_vm_domain_autostart_follows_operate(reboot_lab, sample_vm):
     """libvirtd starts autostart domains when it starts (at boot): the flag
     is set at deploy, cleared by an operator's stop, set again by start."""
-    lab = Lab("rbvm", "MECRBV", cim=reboot_lab["lab"].cfg["hosts"][0]["cim"])
+    lab = Lab("rbvm", cim=reboot_lab["lab"].cfg["hosts"][0]["cim"])
     try:
         lab.start()
         lab.onboard(("sample-vm-app",))

@@ -45,7 +45,7 @@ def teardown_cli(lab) -> subprocess.CompletedProcess:
 
 
 def test_teardown_refuses_in_use_then_leaves_nothing():
-    lab = Lab("td", "MTD", interval_s=60)
+    lab = Lab("td", interval_s=60)
     mep = lab.cfg["hosts"][0]["mep"]
     # a service link and range of its own: teardown removes the link
     mep["service_interface"] = f"mtd{lab.tag[-8:]}"[:15]

@@ -456,7 +456,7 @@ def test_meo_views_ask_the_host_and_say_when_it_is_away(system, capsys, caplog):
 
 
 def test_meo_status_page_and_metrics(system):
-    from test_status_page import Tables
+    from support.page import Tables
     from mecorch.api import status
     s = system
     status.for_orchestrator(s.meo).start()     # as serve does: listen before the ops

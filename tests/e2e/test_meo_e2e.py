@@ -494,7 +494,7 @@ def _samples(m: dict, name: str, **labels) -> list[float]:
 
 
 def _status_page(c: Client) -> dict:
-    from test_status_page import Tables, chromium
+    from support.page import Tables, chromium
     r = chromium(f"{c.base}/status", "--dump-dom")
     assert r.returncode == 0 and "<title>mecorch status</title>" in r.stdout, r.stderr[-2000:]
     page = Tables()

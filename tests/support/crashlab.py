@@ -35,9 +35,8 @@ def rules_body(manner: str, n: int) -> dict:
 
 
 class Lab:
-    def __init__(self, prefix: str, chain: str | None = None, cidr: str | None = None,
-                 cim: dict | None = None, vim: dict | None = None, interval_s: float = 2,
-                 vm: bool = True):
+    def __init__(self, prefix: str, cidr: str | None = None, cim: dict | None = None,
+                 vim: dict | None = None, interval_s: float = 2, vm: bool = True):
         self.names = thelab.Names(prefix)
         self.tmp = thelab.private_dir(prefix)
         self.tag, self.host_id, self.chain = self.names.tag, self.names.host_id, \

@@ -291,13 +291,13 @@ def clear(client: Client, timeout_s: float = 120) -> None:
     """Terminate (forcefully) and delete every instance, then disable and
     delete every package: what a test made through the API, removed the
     way a user would."""
-    for inst in client.get(INST):
+    for inst in client.get_all(INST):
         if inst["instantiationState"] == "INSTANTIATED":
             op, _ = client.post(f"{INST}/{inst['id']}/terminate",
                                 {"terminationType": "FORCEFUL"})
             client.wait_op(op, timeout=timeout_s)
         client.call("DELETE", f"{INST}/{inst['id']}")
-    for pkg in client.get(PKGS):
+    for pkg in client.get_all(PKGS):
         if pkg["operationalState"] == "ENABLED":
             client.call("PATCH", f"{PKGS}/{pkg['id']}", {"operationState": "DISABLED"})
         client.call("DELETE", f"{PKGS}/{pkg['id']}")
@@ -417,16 +417,6 @@ def remove_mep_chains(prefix: str, netns: str | None = None) -> None:
     for op in ("-F", "-X"):
         for table, chain in chains:
             run(*pre, "iptables", "-w", "-t", table, op, chain, check=False)
-
-
-def remove_service_link(host_cfg: dict) -> None:
-    """The MEP's service link (and the route of its service range with it)
-    when the lab's config names one of its own (`mep.service_interface`);
-    remove_host leaves the machine's shared default one alone. Gone already
-    is fine."""
-    link = (host_cfg.get("mep") or {}).get("service_interface")
-    if link:
-        run("ip", "link", "del", link, check=False)
 
 
 # ---------------------------------------------------------------- namespaces

@@ -27,12 +27,6 @@ MP1 = "/mec_app_support/v1/applications"
 SAMPLE_VM = Path(os.environ.get("MECORCH_SAMPLE_VM", WORKLOADS / "sample-vm.qcow2"))
 
 
-def free_net(first: str, prefix: int) -> str:
-    """The lab's free_subnet under `first`/16 (kept for the callers that
-    still ask for it by this name)."""
-    return free_subnet(f"{first}/16", prefix)
-
-
 def traffic(rule_id: str, vip: str, port: str = "80") -> dict:
     return {"trafficRuleId": rule_id, "filterType": "FLOW", "priority": 1,
             "trafficFilter": [{"dstAddress": [vip], "dstPort": [port], "protocol": ["TCP"]}],
@@ -143,7 +137,6 @@ class Lab:
         self.serve.stop()
         left = thelab.leftovers(self.host_cfg)
         thelab.remove_host(self.host_cfg, self.cfg["state_dir"], self.cfg["run_dir"])
-        thelab.remove_service_link(self.host_cfg)       # its own, not the shared one
         if self.ue is not None:
             self.ue.close()
         return left
