@@ -111,6 +111,10 @@ class LinuxMEP(PlatformDriver, RuleAudit, DnsOnAppNetworks, Uninstallable):
         self.data_plane_address = None if dp is None else validate.ip_address(
             dp, "mep.data_plane_address")
         self._client_addresses = [self.data_plane_address] if self.data_plane_address else []
+        # Opened by a serve (its dnsmasq is meant to run): a dead one is a
+        # failed check, which the reconcile round answers by opening again.
+        # Not opened (doctor): the check only probes that one could run.
+        self._opened = False
         # Steered service addresses (the VIPs traffic rules DNAT from) get a
         # route into a port-less bridge (a sink; the `dummy` link type is not
         # in every kernel, `bridge` is wherever Docker runs): traffic to a VIP
@@ -251,6 +255,7 @@ class LinuxMEP(PlatformDriver, RuleAudit, DnsOnAppNetworks, Uninstallable):
                 # The rules still work (and are answered on dns_listen); the
                 # doctor check shows why the clients' listener is missing.
                 log.warning("DNS for apps and UEs not served: %s", e.detail)
+            self._opened = True
 
     def _dnsmasq_argv(self, pid_file: Path, log_file: Path, listen, port: int,
                       dynamic: bool = False) -> list[str]:
@@ -531,6 +536,9 @@ class LinuxMEP(PlatformDriver, RuleAudit, DnsOnAppNetworks, Uninstallable):
         pid = dnsmasq.live_pid(self.pid_file)
         if pid is not None:
             return f"pid {pid}, {self.dns_listen}:{self.dns_port}, ttl {self.dns_ttl}"
+        if self._opened:
+            raise BackendError(f"the dnsmasq of {self.dns_listen}:{self.dns_port} is not running "
+                               f"(no live process in {self.pid_file})")
         # Not running (no `mecorch serve` has opened this MEP): start one
         # as serve would, on the same address and port, in a directory of
         # its own, and stop it by its pid: it can bind, and nothing is left.
