@@ -62,7 +62,7 @@ NOT_INSTANTIATED = InstantiationState.NOT_INSTANTIATED.value
 _FROM_HOST = ("instantiationState", "instantiatedAppState", "deploymentType",
               "allocatedResources", "observedState")
 _DEPLOYED = ("instantiatedAppState", "hostId", "deploymentType", "allocatedResources",
-             "observedState", "_remote")
+             "observedState", "_remote", "decisionReason")
 
 
 class HostAway(Exception):
@@ -136,8 +136,15 @@ class SystemLcm(InstanceQueries):
             # not after the 202); the host reads the same body once on its side
             p = plan_request(instance_id, pkg, body, self._chooser(pkg, selected_hosts(body)))
             with self._place_lock:
-                host_id = placement.place_plan(p, self.registry.candidates())
+                try:
+                    host_id, where = placement.choose_plan(p, self.registry.candidates())
+                except MecorchError as e:
+                    log.info("instance %s (app %s) not placed: %s", instance_id,
+                             inst["appDId"], e.detail)
+                    raise
                 self.registry.reserve(host_id, instance_id, p.need)
+            log.info("instance %s (app %s) placed on %s as %s: %s", instance_id,
+                     inst["appDId"], host_id, p.manner.value, where)
             try:
                 # the host decides the same manner: it is told it explicitly
                 host_body = {k: v for k, v in body.items()
@@ -147,7 +154,8 @@ class SystemLcm(InstanceQueries):
                 op = self.journal.start(instance_id, LcmOperation.INSTANTIATE, {
                     "hostId": host_id, "manner": p.manner.value,
                     "decidedBy": p.decision.source, "body": host_body, "pkgId": pkg["id"]})
-                op["decisionReason"] = p.decision.reason            # mecorch extension
+                # mecorch extension: why this manner, and why this host
+                op["decisionReason"] = f"{p.decision.reason}; placed on {where}"
                 self.store.put("op_occs", op["id"], op)
                 inst["_opId"] = op["id"]
                 self.store.put("instances", instance_id, inst)
@@ -222,6 +230,8 @@ class SystemLcm(InstanceQueries):
                 raise self._superseded_by(op) or _host_failure(entry.host_id, host_op)
             inst = self.get(iid)
             self._copy_host_view(inst, entry.mepm.get_instance(host_instance), entry.host_id)
+            if op.get("decisionReason") and inst.get("instantiationState") == INSTANTIATED:
+                inst["decisionReason"] = op["decisionReason"]   # the MEO's: manner and host
             self.store.put("instances", iid, inst)
             self.journal.events.instance(inst)              # notifications
             self.packages.refresh_usage(inst["appDId"])
