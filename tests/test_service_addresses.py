@@ -257,8 +257,9 @@ def _in(addr, cidr):
     return R.in_range(addr, cidr)
 
 
-def test_single_node_allocates_per_host_places_by_range_and_explains(node, tmp_path):
+def test_single_node_allocates_per_host_places_by_range_and_explains(node, tmp_path, caplog):
     orch, meps, c = node
+    caplog.set_level(logging.INFO, logger="mecorch.events")
     pkg = _onboard(c, tmp_path)
     # the sample as packaged, no host named: the host with most room, an
     # address of its range, the DNS rule answering it
@@ -274,6 +275,9 @@ def test_single_node_allocates_per_host_places_by_range_and_explains(node, tmp_p
     assert inst["decisionReason"] == op["decisionReason"]
     assert inst["decisionReason"].startswith("the app was onboarded as CONTAINER")
     assert "; placed on edge2: most room left of 2 fitting (" in inst["decisionReason"]
+    (placed,) = [r for r in caplog.records if r.getMessage() == "instance.placed"]
+    assert placed.mecorch_fields == {"instance": iid, "host": "edge2", "manner": "CONTAINER",
+                                     "reason": inst["decisionReason"]}
     # a second one on the same host: the next address
     iid2, op = _deploy(c, pkg["appDId"], selectedMECHostInfo=[{"hostId": {"id": "edge2"}}])
     assert c.get(f"{INST}/{iid2}")["allocatedResources"]["serviceAddress"] == "10.172.0.2"

@@ -198,6 +198,8 @@ class Lcm(InstanceQueries):
                 # mecorch extension: why this manner, and why this host
                 op["decisionReason"] = f"{p.decision.reason}; placed on {where}"
                 self.store.put("op_occs", op["id"], op)
+                logs.event("instance.placed", instance=instance_id, host=host.id,
+                           manner=p.manner.value, reason=op["decisionReason"])
                 inst["_opId"] = op["id"]
                 inst["_mp1Token"] = app_token_digest
                 self.store.put("instances", instance_id, inst)
