@@ -34,8 +34,6 @@ from mecorch.spec.plan import INSTANTIATE_FIELDS, plan_request, selected_hosts
 from mecorch.kernel.journal import LCM, Journal
 from mecorch.kernel.locks import exclusive
 from mecorch.mepm.mep import MepService
-from mecorch.mepm.claims import rule_values
-from mecorch.spec.rules import fixed_addresses
 from mecorch.driverapi.model import Allocation, ResourceRequest
 from mecorch.package.manager import PackageManager
 from mecorch.kernel.states import (
@@ -261,9 +259,11 @@ class Lcm(InstanceQueries):
         """The service addresses the instance's stored rules steer to it,
         and the one its host's MEP allocated (None: it asked for none)."""
         doc = self.store.get("rules", instance_id) or {}
-        traffic, _ = rule_values({"trafficRules": doc.get("trafficRules") or [],
-                                  "dnsRules": []})
-        return {"serviceAddresses": list(fixed_addresses(traffic)),
+        # the stored documents are normalised already: read, not parsed again
+        addresses = [a for rule in doc.get("trafficRules") or []
+                     for flt in rule.get("trafficFilter") or []
+                     for a in flt.get("dstAddress") or []]
+        return {"serviceAddresses": list(dict.fromkeys(addresses)),
                 "serviceAddress": doc.get("serviceAddress")}
 
     def _undo_instantiate(self, op: dict, host: EdgeHost, manner: DeploymentType,
