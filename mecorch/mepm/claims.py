@@ -97,9 +97,7 @@ class ClaimsLedger:
         if address is None:
             held = []
             for _, other in self._claims(host.id, instance_id):
-                held += R.held_intervals(*rule_values(other))
-                if other.get("serviceAddress"):     # its own, even if an Mp1 PUT moved off it
-                    held += [R.address_interval(other["serviceAddress"])]
+                held += _held(other)
             # the set's own fixed addresses are not given to it twice
             held += R.held_intervals(traffic, dns)
             address = R.lowest_free(service, held)
@@ -185,6 +183,19 @@ class ClaimsLedger:
             claim = doc.get("claimHost", doc.get("hostId"))
             if claim == host_id:
                 yield iid, doc
+
+
+def _held(doc: dict) -> list[tuple[int, int, int]]:
+    """The address intervals a stored rule set holds: its filters'
+    dstAddresses, its DNS rules' ipAddresses and its service address (its
+    own even if an Mp1 PUT moved its rules off it). Read from the stored,
+    normalised documents: not parsed again."""
+    values = [a for rule in doc.get("trafficRules") or []
+              for flt in rule.get("trafficFilter") or [] for a in flt.get("dstAddress") or []]
+    values += [r["ipAddress"] for r in doc.get("dnsRules") or [] if r.get("ipAddress")]
+    if doc.get("serviceAddress"):
+        values.append(doc["serviceAddress"])
+    return [R.address_interval(v) for v in values]
 
 
 def rule_values(doc: dict) -> tuple[list[TrafficRule], list[DnsRule]]:
