@@ -142,6 +142,16 @@ def test_no_range_and_a_dns_rule_without_address_is_a_409(tmp_path):
     assert "dnsRule d1" in info.value.detail
 
 
+def test_a_dns_rule_of_the_other_ip_version_is_a_400(tmp_path):
+    ledger, host = _ledger(tmp_path)
+    traffic, (dns,) = _asking(1)
+    from dataclasses import replace
+    with pytest.raises(InvalidInput) as info:
+        ledger.set_rules("a", traffic, (replace(dns, ip_address_type="IP_V6"),), host)
+    assert "dnsRule d1: ipAddressType IP_V6" in info.value.detail
+    assert "IP_V4 addresses (service range 10.171.0.0/24)" in info.value.detail
+
+
 def test_a_fixed_address_outside_the_range_still_400(tmp_path):
     ledger, host = _ledger(tmp_path)
     with pytest.raises(InvalidInput) as info:

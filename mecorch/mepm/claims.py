@@ -92,6 +92,13 @@ class ClaimsLedger:
                 f"dnsRule {asking}: no ipAddress, so it answers the instance's service "
                 f"address, but host {host.id} has no service range (hosts[].mep."
                 f"service_cidr) to allocate one from; name the address (ipAddress)")
+        version = "IP_V6" if ":" in service else "IP_V4"
+        for rule in dns:
+            if rule.ip_address is None and rule.ip_address_type != version:
+                raise InvalidInput(
+                    f"dnsRule {rule.dns_rule_id}: ipAddressType {rule.ip_address_type} asks for "
+                    f"the instance's service address, but host {host.id} gives {version} "
+                    f"addresses (service range {service})")
         mine = self.store.get("rules", instance_id) or {}
         address = mine.get("serviceAddress") if mine.get("claimHost") == host.id else None
         if address is None:
