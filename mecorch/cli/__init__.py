@@ -110,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     c = _output(app.add_parser("create", help="create an instance of an onboarded app"))
     c.add_argument("app_d_id", metavar="APPDID", help="appDId of an enabled package")
     c.add_argument("--name", help="appInstanceName (default: the AppD's appName)")
-    i = _output(app.add_parser("instantiate", help="deploy an instance"))
+    i = _output(app.add_parser("instantiate", aliases=["deploy"], help="deploy an instance"))
     i.add_argument("id", metavar="ID", help=ID_HELP)
     i.add_argument("--type", metavar="VM|CONTAINER|0|1",
                    help="deploymentType (default: decided from --orchestration or the "
@@ -118,6 +118,14 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--orchestration", metavar="FILE", help="TOSCA or Kubernetes-style YAML")
     i.add_argument("--host", help="edge host id (default: any configured host with room; "
                                   "with one host, that one)")
+    i.add_argument("--rules", metavar="FILE",
+                   help="YAML/JSON with appTrafficRule and/or appDNSRule: this deploy's "
+                        "rules, replacing the AppD's")
+    i.add_argument("--service-address", metavar="ADDR",
+                   help="fix the service address the rules ask for (a trafficFilter "
+                        "without dstAddress, a DNS rule without ipAddress) instead of "
+                        "taking one from the host's range; placed on a host whose range "
+                        "holds it")
     t = _output(app.add_parser("terminate", help="terminate an instance"))
     t.add_argument("id", metavar="ID", help=ID_HELP)
     t.add_argument("--forceful", action="store_true", help="stop at once, no notification")

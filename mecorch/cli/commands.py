@@ -187,6 +187,13 @@ def app_instantiate(c: Client, a) -> int:
         text = Path(a.orchestration).read_text(encoding="utf-8")
         load_yaml(text, what=a.orchestration)          # fail early on bad YAML
         body["orchestrationInfo"] = text
+    rules = _rules_file(a.rules) if getattr(a, "rules", None) else None
+    address = getattr(a, "service_address", None)
+    if address is not None:
+        rules = with_service_address(rules if rules is not None else _appd_rules(c, iid),
+                                     address)
+    if rules is not None:
+        body.update(rules)
     op, _ = c.post(f"{INST}/{iid}/instantiate", body)
     if a.type == "VM":
         print("  a VM is deployed once it took a DHCP lease and opened its first port "
@@ -197,6 +204,80 @@ def app_instantiate(c: Client, a) -> int:
         return 1
     print_json(c.get(f"{INST}/{iid}"))
     return 0
+
+
+app_deploy = app_instantiate          # `mecorch app deploy`: the same command
+
+
+RULE_KEYS = ("appTrafficRule", "appDNSRule")
+
+
+def _rules_file(path: str) -> dict:
+    """--rules FILE: a YAML/JSON mapping of appTrafficRule and/or
+    appDNSRule (MEC 010-2 rule descriptors, as in an AppD), checked here
+    as the server will (InvalidInput naming the file and the field)."""
+    from mecorch.spec.rules import instance_rules
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise InvalidInput(f"--rules {path}: {e.strerror}") from None
+    try:
+        doc = load_yaml(text, what=path)
+    except InvalidInput as e:
+        raise InvalidInput(f"--rules {path}: {e.detail}") from None
+    if not isinstance(doc, dict) or not doc:
+        raise InvalidInput(f"--rules {path}: must be a mapping with {' and/or '.join(RULE_KEYS)}")
+    extra = [k for k in doc if k not in RULE_KEYS]
+    if extra:
+        raise InvalidInput(f"--rules {path}: unknown field {extra[0]!r} (allowed: "
+                           f"{', '.join(RULE_KEYS)})")
+    for key in RULE_KEYS:
+        if key in doc and not isinstance(doc[key], list):
+            raise InvalidInput(f"--rules {path}: {key} must be a list of rule descriptors")
+    try:
+        instance_rules({}, doc)
+    except InvalidInput as e:
+        raise InvalidInput(f"--rules {path}: {e.detail}") from None
+    return {k: doc[k] for k in RULE_KEYS if k in doc}
+
+
+def _appd_rules(c: Client, iid: str) -> dict:
+    """The rule descriptors of the instance's AppD (its package's)."""
+    inst = c.get(f"{INST}/{iid}")
+    pkg = inst.get("appPkgId")
+    appd = c.get(f"{PKGM}/{pkg}/appd" if pkg else
+                 f"/app_pkgm/v1/onboarded_app_packages/{inst['appDId']}/appd")
+    return {k: appd.get(k) or [] for k in RULE_KEYS}
+
+
+def with_service_address(rules: dict, address: str) -> dict:
+    """--service-address ADDR: the rules with ADDR where they ask for a
+    service address (a trafficFilter without dstAddress, a DNS rule without
+    ipAddress); InvalidInput naming the option when ADDR is no address or
+    the rules ask for none."""
+    import copy
+    import ipaddress
+    try:
+        address = str(ipaddress.ip_address(address))
+    except ValueError:
+        raise InvalidInput(f"--service-address {address!r}: must be an IP address "
+                           f"(e.g. 10.171.0.10)") from None
+    rules = copy.deepcopy(rules)
+    filled = 0
+    for rule in rules.get("appTrafficRule") or []:
+        for flt in (rule.get("trafficFilter") or []) if isinstance(rule, dict) else []:
+            if isinstance(flt, dict) and not flt.get("dstAddress"):
+                flt["dstAddress"] = [address]
+                filled += 1
+    for rule in rules.get("appDNSRule") or []:
+        if isinstance(rule, dict) and not rule.get("ipAddress"):
+            rule["ipAddress"] = address
+            filled += 1
+    if not filled:
+        raise InvalidInput(f"--service-address {address}: the rules ask for no service "
+                           f"address (every trafficFilter names a dstAddress and every DNS "
+                           f"rule an ipAddress); give the rules with --rules instead")
+    return rules
 
 
 def app_terminate(c: Client, a) -> int:

@@ -9,8 +9,6 @@ gracefully, removes the packages, and shows that nothing is left.
 
 from __future__ import annotations
 
-import copy
-import ipaddress
 import json
 import os
 import shutil
@@ -25,7 +23,6 @@ from mecorch.kernel.client import ApiError, Client
 from mecorch.kernel.errors import MecorchError
 from mecorch.package import build_package
 from mecorch.kernel.fileutil import sha256_file
-from mecorch.kernel.yamlsafe import load_yaml
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 APPS = [  # (package folder, how the instantiate request decides the manner)
@@ -48,9 +45,10 @@ def main(cfg: dict, listen: str) -> int:
         _wait_ready(client, server)
         _clean_earlier_run(client)
         instances = []
-        for n, (folder, decide) in enumerate(APPS):
+        for folder, decide in APPS:
             appd_id, pkg = _onboard(client, folder, work)
-            instances.append(_deploy(client, appd_id, decide, _service_rules(cfg, folder, n)))
+            # deployed as packaged: the host gives each a service address
+            instances.append(_deploy(client, appd_id, decide, {}))
         for inst in instances:
             _show(client, cfg, inst)
         for inst in instances:
@@ -117,27 +115,6 @@ def _onboard(client: Client, folder: str, work: Path) -> tuple[str, dict]:
     print(f"    {pkg['appDId']}: {pkg['onboardingState']}, {pkg['operationalState']}, "
           f"manner {pkg['deploymentType']}, image {pkg['softwareImages'][0]['imagePath']}")
     return pkg["appDId"], pkg
-
-
-def _service_rules(cfg: dict, folder: str, n: int) -> dict:
-    """The AppD's DNS and traffic rules with their service address taken
-    from the host's own service range (its 10th, 11th... address): the MEP
-    refuses a destination outside it. {} without a range (the AppD's as
-    they are)."""
-    cidr = (cfg["hosts"][0].get("mep") or {}).get("service_cidr")
-    if not cidr:
-        return {}
-    appd = load_yaml((EXAMPLES / folder / "Definitions" / "appd.yaml").read_text(),
-                     what="sample AppD")
-    vip = str(ipaddress.ip_network(cidr)[10 + n])
-    dns_rules = copy.deepcopy(appd.get("appDNSRule") or [])
-    traffic = copy.deepcopy(appd.get("appTrafficRule") or [])
-    for rule in dns_rules:
-        rule["ipAddress"] = vip
-    for rule in traffic:
-        for flt in rule.get("trafficFilter") or []:
-            flt["dstAddress"] = [vip]
-    return {"appDNSRule": dns_rules, "appTrafficRule": traffic}
 
 
 def _deploy(client: Client, appd_id: str, decide: dict, rules: dict) -> dict:

@@ -64,7 +64,8 @@ _FROM_HOST = ("instantiationState", "instantiatedAppState", "deploymentType",
               "allocatedResources", "observedState", "observedStateDetail",
               "observedStateTime")
 _DEPLOYED = ("instantiatedAppState", "hostId", "deploymentType", "allocatedResources",
-             "observedState", "observedStateDetail", "observedStateTime", "_remote")
+             "observedState", "observedStateDetail", "observedStateTime", "_remote",
+             "decisionReason")
 _NO_RULES = {"trafficRules": [], "dnsRules": []}
 
 
@@ -145,12 +146,16 @@ class SystemLcm(InstanceQueries):
             p = plan_request(instance_id, pkg, body, self._chooser(pkg, selected_hosts(body)))
             with self._place_lock:
                 try:
-                    host_id = placement.place_plan(p, self.registry.candidates())
+                    host_id, where = placement.choose_plan(p, self.registry.candidates())
                 except MecorchError as e:
+                    log.info("instance %s (app %s) not placed: %s", instance_id,
+                             inst["appDId"], e.detail)
                     logs.event("placement.refused", instance=instance_id, app=inst["appDId"],
                                manner=p.manner.value, reasons=",".join(refusal_reasons(e)))
                     raise
                 self.registry.reserve(host_id, instance_id, p.need)
+            log.info("instance %s (app %s) placed on %s as %s: %s", instance_id,
+                     inst["appDId"], host_id, p.manner.value, where)
             logs.event("placement.decided", instance=instance_id, app=inst["appDId"],
                        host=host_id, manner=p.manner.value, decidedBy=p.decision.source)
             try:
@@ -162,7 +167,8 @@ class SystemLcm(InstanceQueries):
                 op = self.journal.start(instance_id, LcmOperation.INSTANTIATE, {
                     "hostId": host_id, "manner": p.manner.value,
                     "decidedBy": p.decision.source, "body": host_body, "pkgId": pkg["id"]})
-                op["decisionReason"] = p.decision.reason            # mecorch extension
+                # mecorch extension: why this manner, and why this host
+                op["decisionReason"] = f"{p.decision.reason}; placed on {where}"
                 self.store.put("op_occs", op["id"], op)
                 inst["_opId"] = op["id"]
                 self.store.put("instances", instance_id, inst)
@@ -241,6 +247,8 @@ class SystemLcm(InstanceQueries):
                 raise self._superseded_by(op) or _host_failure(entry.host_id, host_op)
             inst = self.get(iid)
             self._copy_host_view(inst, entry.mepm.get_instance(host_instance), entry.host_id)
+            if op.get("decisionReason") and inst.get("instantiationState") == INSTANTIATED:
+                inst["decisionReason"] = op["decisionReason"]   # the MEO's: manner and host
             self.store.put("instances", iid, inst)
             if inst["instantiationState"] == NOT_INSTANTIATED:
                 self.store.delete("rules", iid)         # the host removed them

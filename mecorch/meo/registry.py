@@ -340,4 +340,4 @@ def candidate(host_id: str, reachable: bool, info: HostInfo | None,
     return Candidate(host_id, reachable,
                      {m: cap.room().reserving(reserved) for m, cap in info.manners.items()},
                      vm.accel if vm else "", info.latency_ms,
-                     {m: c for m, c in caps.items() if c is not None})
+                     {m: c for m, c in caps.items() if c is not None}, info.service_cidr)

@@ -24,6 +24,16 @@ appDId: replicas share a name), and must lie below the host's MEC domain
 Claims are checked and taken under one lock, at instantiation (before
 anything is made) and on every Mp1 PUT (with the apply), so of two
 instantiations racing for one address exactly one wins.
+
+Service addresses the MEP gives (mecorch departure, `spec.rules`
+`asks_address`): a rule set that asks for one (a trafficFilter without
+dstAddress on a host with a service range, a DNS rule without ipAddress)
+is given the lowest address of the host's range that no other claim of
+the host holds (a Kubernetes ClusterIP allocator's rule), under the same
+lock, so two concurrent deploys never get the same one. It is written into
+the stored rules (and kept as `serviceAddress`): Mp1 and `app show` show
+it, a restart and the reconciliation keep it, and giving up the claims
+(terminate, rollback) frees it. A full range is a 409 naming it.
 """
 
 from __future__ import annotations
@@ -53,14 +63,59 @@ class ClaimsLedger:
         against every other claim of that host and taken atomically
         (InvalidInput / Conflict with nothing recorded)."""
         inst = self.store.get("instances", instance_id) or {}
-        doc = {"id": instance_id, "trafficRules": [r.to_etsi() for r in traffic],
-               "dnsRules": [r.to_etsi() for r in dns], "hostId": None, "targetIp": None,
-               "appDId": inst.get("appDId"), "claimHost": host.id if host else None}
         with self.lock:
             check_targets(traffic, None)
+            address = None
             if host is not None:
-                self.check_claims(host, instance_id, traffic, dns, doc["appDId"])
+                traffic, dns, address = self.allocate(host, instance_id, traffic, dns)
+                self.check_claims(host, instance_id, traffic, dns, inst.get("appDId"))
+            doc = {"id": instance_id, "trafficRules": [r.to_etsi() for r in traffic],
+                   "dnsRules": [r.to_etsi() for r in dns], "hostId": None, "targetIp": None,
+                   "appDId": inst.get("appDId"), "claimHost": host.id if host else None,
+                   "serviceAddress": address}
             self.store.put("rules", instance_id, doc)
+
+    def allocate(self, host: EdgeHost, instance_id: str, traffic: Sequence[TrafficRule],
+                 dns: Sequence[DnsRule]):
+        """(traffic, dns, address): the rule set with its service address
+        put where it asks for one (address None: it asks for none). The
+        address the instance already holds on the host is kept (a retry);
+        else the lowest free one of the host's range. Conflict naming the
+        range when it is full, or the host when it has none. Called with
+        the ledger lock held."""
+        service = host.section("mep").get("service_cidr")
+        if not R.asks_address(traffic, dns, service):
+            return tuple(traffic), tuple(dns), None
+        if not service:
+            asking = next(r.dns_rule_id for r in dns if r.ip_address is None)
+            raise Conflict(
+                f"dnsRule {asking}: no ipAddress, so it answers the instance's service "
+                f"address, but host {host.id} has no service range (hosts[].mep."
+                f"service_cidr) to allocate one from; name the address (ipAddress)")
+        version = "IP_V6" if ":" in service else "IP_V4"
+        for rule in dns:
+            if rule.ip_address is None and rule.ip_address_type != version:
+                raise InvalidInput(
+                    f"dnsRule {rule.dns_rule_id}: ipAddressType {rule.ip_address_type} asks for "
+                    f"the instance's service address, but host {host.id} gives {version} "
+                    f"addresses (service range {service})")
+        mine = self.store.get("rules", instance_id) or {}
+        address = mine.get("serviceAddress") if mine.get("claimHost") == host.id else None
+        if address is None:
+            held = []
+            for _, other in self._claims(host.id, instance_id):
+                held += _held(other)
+            # the set's own fixed addresses are not given to it twice
+            held += R.held_intervals(traffic, dns)
+            address = R.lowest_free(service, held)
+            if address is None:
+                raise Conflict(
+                    f"the service range {service} of host {host.id} has no free address "
+                    f"left for instance {instance_id} (every one is held by an instance "
+                    f"of the host); terminate one, widen hosts[].mep.service_cidr, or "
+                    f"name a fixed address")
+        traffic, dns = R.with_service_address(traffic, dns, address, service)
+        return traffic, dns, address
 
     def release(self, instance_id: str) -> None:
         """Give up the instance's claims (its rule set is kept, unclaimed).
@@ -90,6 +145,9 @@ class ClaimsLedger:
                         f"trafficRule {rule.traffic_rule_id}: destination {bad} is outside "
                         f"the service range {service} of host {host.id} (trafficFilter."
                         f"dstAddress must lie in it)")
+        for rule in dns:
+            if rule.ip_address is None:
+                raise InvalidInput(f"dnsRule {rule.dns_rule_id}: ipAddress is required here")
         if domain:
             for rule in dns:
                 if rule.domain_name == domain.lower().rstrip("."):
@@ -132,6 +190,19 @@ class ClaimsLedger:
             claim = doc.get("claimHost", doc.get("hostId"))
             if claim == host_id:
                 yield iid, doc
+
+
+def _held(doc: dict) -> list[tuple[int, int, int]]:
+    """The address intervals a stored rule set holds: its filters'
+    dstAddresses, its DNS rules' ipAddresses and its service address (its
+    own even if an Mp1 PUT moved its rules off it). Read from the stored,
+    normalised documents: not parsed again."""
+    values = [a for rule in doc.get("trafficRules") or []
+              for flt in rule.get("trafficFilter") or [] for a in flt.get("dstAddress") or []]
+    values += [r["ipAddress"] for r in doc.get("dnsRules") or [] if r.get("ipAddress")]
+    if doc.get("serviceAddress"):
+        values.append(doc["serviceAddress"])
+    return [R.address_interval(v) for v in values]
 
 
 def rule_values(doc: dict) -> tuple[list[TrafficRule], list[DnsRule]]:

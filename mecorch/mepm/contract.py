@@ -77,12 +77,14 @@ class HostInfo:
     manners: dict[str, MannerCapacity] = field(default_factory=dict)   # "CONTAINER"/"VM"
     latency_ms: float | None = None     # declared one-way latency to its UEs
     mp1_url: str | None = None
+    service_cidr: str | None = None     # its MEP's service range (mep.service_cidr)
 
     def supports(self, manner: DeploymentType) -> bool:
         return manner.value in self.manners
 
     def to_dict(self) -> dict:
         return {"hostId": self.host_id, "latencyMs": self.latency_ms, "mp1Url": self.mp1_url,
+                "serviceCidr": self.service_cidr,
                 "capacity": {m: {**_camel(asdict(c)), "admits": _camel(c.admits)}
                              for m, c in self.manners.items()}}
 
@@ -96,8 +98,9 @@ class HostInfo:
                 int(c["memoryMbUsed"]), float(c["diskGbTotal"]), float(c["diskGbUsed"]),
                 str(c.get("accel") or ""), _snake(c.get("admits") or {}))
         lat = d.get("latencyMs")
+        cidr = d.get("serviceCidr")
         return cls(str(d["hostId"]), manners, float(lat) if lat is not None else None,
-                   d.get("mp1Url"))
+                   d.get("mp1Url"), str(cidr) if cidr else None)
 
 
 def _snake(d: dict) -> dict:

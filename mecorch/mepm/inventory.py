@@ -110,17 +110,23 @@ class Inventory:
         return host
 
     def reserve(self, instance_id: str, plan, used: dict[str, Need]) -> EdgeHost:
+        """`reserve_explained` without the reason."""
+        return self.reserve_explained(instance_id, plan, used)[0]
+
+    def reserve_explained(self, instance_id: str, plan, used: dict[str, Need]
+                          ) -> tuple[EdgeHost, str]:
         """Place the planned request (`spec.plan.Plan`) with the one
-        placement engine (`spec.placement.place`: the MEO's rules over this
-        process's hosts, each host's driver capabilities included) and
-        hold its resources until `release`. `plan.wanted`: hosts named in
-        selectedMECHostInfo or found fit by the manner policy (any of them
-        will do), empty for "any host". `used`: per host, what instances in
-        the store already hold. Raises CapacityExceeded naming each host,
-        changing nothing."""
+        placement engine (`spec.placement.choose`: the MEO's rules over this
+        process's hosts, each host's driver capabilities and service range
+        included) and hold its resources until `release`. `plan.wanted`:
+        hosts named in selectedMECHostInfo or found fit by the manner policy
+        (any of them will do), empty for "any host". `used`: per host, what
+        instances in the store already hold. Returns the host and why it
+        was chosen (and the others not); raises CapacityExceeded naming
+        each host, changing nothing."""
         manner = plan.manner
-        hosts = [self.get(h) for h in plan.wanted] if plan.wanted else list(self.hosts.values())
-        hosts = [h for h in hosts if h.has(manner)]
+        named = [self.get(h) for h in plan.wanted] if plan.wanted else list(self.hosts.values())
+        hosts = [h for h in named if h.has(manner)]
         if not hosts:
             raise InvalidInput(f"no selected edge host can run {manner.value} instances")
         # The backends are asked before the lock (their answers are cached;
@@ -132,12 +138,15 @@ class Inventory:
                 h.id, True, {manner.value: Room.of(totals[h.id], self._ratio,
                                                    used.get(h.id, NOTHING),
                                                    self._inflight_on(h.id))},
-                caps[h.id].hardware_accel, self.latency_ms, {manner.value: caps[h.id]})
-                for h in hosts]
-            chosen = placement.place(manner, plan.need, candidates, [h.id for h in hosts],
-                                     plan.max_latency_ns, plan.accel, plan.request)
+                caps[h.id].hardware_accel, self.latency_ms, {manner.value: caps[h.id]},
+                h.section("mep").get("service_cidr")) for h in hosts]
+            # a host without the manner is named in the reason, not placed on
+            candidates += [placement.Candidate(h.id, True) for h in named if not h.has(manner)]
+            chosen, reason = placement.choose(
+                manner, plan.need, candidates, list(plan.wanted), plan.max_latency_ns,
+                plan.accel, plan.request, plan.fixed_addresses)
             self._inflight[instance_id] = (chosen, plan.need)
-        return self.hosts[chosen]
+        return self.hosts[chosen], reason
 
     def candidates(self, used: dict[str, Need], host_ids: list[str] | None = None
                    ) -> list[placement.Candidate]:
@@ -160,7 +169,8 @@ class Inventory:
                     rooms.pop(m.value, None)
                     log.warning("host %s: %s backend cannot report (%s): not counted for %s",
                                 host.id, m.value, e.detail, m.value)
-            out.append(placement.Candidate(host.id, True, rooms, accel, self.latency_ms))
+            out.append(placement.Candidate(host.id, True, rooms, accel, self.latency_ms,
+                                           service_cidr=host.section("mep").get("service_cidr")))
         return out
 
     def room(self, host_id: str, manner: DeploymentType, used: Need | None) -> Room:

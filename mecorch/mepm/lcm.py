@@ -188,7 +188,7 @@ class Lcm(InstanceQueries):
             # The app's Mp1 credential: only its digest is stored; the token
             # itself goes to the app's environment, never into the journal.
             app_token, app_token_digest = self.mep.new_app_token()
-            host = self.inventory.reserve(instance_id, p, used)
+            host, where = self.inventory.reserve_explained(instance_id, p, used)
             try:
                 # First: the rules claim their addresses and names on the
                 # host (400/409 here, before anything is made or journalled).
@@ -197,8 +197,11 @@ class Lcm(InstanceQueries):
                     "hostId": host.id, "manner": p.manner.value,
                     "decidedBy": p.decision.source, "request": _request_doc(p.request),
                     "need": dataclasses.asdict(p.need)})
-                op["decisionReason"] = p.decision.reason            # mecorch extension
+                # mecorch extension: why this manner, and why this host
+                op["decisionReason"] = f"{p.decision.reason}; placed on {where}"
                 self.store.put("op_occs", op["id"], op)
+                logs.event("instance.placed", instance=instance_id, host=host.id,
+                           manner=p.manner.value, reason=op["decisionReason"])
                 inst["_opId"] = op["id"]
                 inst["_mp1Token"] = app_token_digest
                 self.store.put("instances", instance_id, inst)
@@ -237,7 +240,8 @@ class Lcm(InstanceQueries):
                 "hostId": host.id,
                 "deploymentType": request.manner.value,     # mecorch extension
                 "decisionReason": op.get("decisionReason"),  # mecorch extension
-                "allocatedResources": _allocation_view(alloc, host.id),  # mecorch extension
+                "allocatedResources": {**_allocation_view(alloc, host.id),  # mecorch extension
+                                       **self._service_view(iid)},
                 "_handle": alloc.handle,
                 "_need": op["_plan"]["need"],
             })
@@ -254,6 +258,17 @@ class Lcm(InstanceQueries):
             self.journal.finish(op, err)
         finally:
             self.inventory.release(iid)
+
+    def _service_view(self, instance_id: str) -> dict:
+        """The service addresses the instance's stored rules steer to it,
+        and the one its host's MEP allocated (None: it asked for none)."""
+        doc = self.store.get("rules", instance_id) or {}
+        # the stored documents are normalised already: read, not parsed again
+        addresses = [a for rule in doc.get("trafficRules") or []
+                     for flt in rule.get("trafficFilter") or []
+                     for a in flt.get("dstAddress") or []]
+        return {"serviceAddresses": list(dict.fromkeys(addresses)),
+                "serviceAddress": doc.get("serviceAddress")}
 
     def _undo_instantiate(self, op: dict, host: EdgeHost, manner: DeploymentType,
                           handle: dict | None) -> None:

@@ -22,7 +22,7 @@ from mecorch.kernel.errors import InvalidInput, NotFound, PreconditionFailed
 from mecorch.mepm.claims import ClaimsLedger, check_targets, rule_values
 from mecorch.mepm.inventory import Inventory
 from mecorch.mepm.platform_rules import PlatformRules
-from mecorch.spec.rules import DnsRule, TrafficRule
+from mecorch.spec.rules import DnsRule, TrafficRule, with_service_address
 from mecorch.kernel.store import Store
 from mecorch.kernel.timeutil import new_id
 
@@ -70,9 +70,13 @@ class Mp1Api:
                                f"one in the URI ({rule_id!r})")
         with self.ledger.lock:
             doc = self.rules.stored(instance_id)
+            claim = doc.get("claimHost", doc.get("hostId"))
+            if doc.get("serviceAddress") and claim:
+                # a rule that asks for the service address keeps the one held
+                new = _with_address(kind, new, doc["serviceAddress"],
+                                    self.inventory.get(claim).section("mep").get("service_cidr"))
             doc[key] = [new if r[id_field] == rule_id else r for r in doc[key]]
             traffic, dns = rule_values(doc)     # the new set, read once
-            claim = doc.get("claimHost", doc.get("hostId"))
             # Checked (where it sends traffic; then against the other claims)
             # with the lock held, then applied: nothing is applied or stored
             # when refused.
@@ -137,6 +141,16 @@ class Mp1Api:
     def unsubscribe(self, instance_id: str, sid: str) -> None:
         self.subscription(instance_id, sid)
         self.store.delete("subscriptions", sid)
+
+
+def _with_address(kind: str, rule: dict, address: str, service_range: str | None) -> dict:
+    """The rule (ETSI document) with the instance's service address put
+    where it asks for one (`spec.rules.with_service_address`)."""
+    if kind == "dns_rules":
+        _, dns = with_service_address((), (DnsRule.from_etsi(rule),), address, service_range)
+        return dns[0].to_etsi()
+    traffic, _ = with_service_address((TrafficRule.from_etsi(rule),), (), address, service_range)
+    return traffic[0].to_etsi()
 
 
 def instance_record(store: Store, instance_id: str) -> dict:

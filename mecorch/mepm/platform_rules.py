@@ -51,6 +51,10 @@ class PlatformRules:
 
     def push(self, host: EdgeHost, instance_id: str, target_ip: str | None,
              traffic: Sequence[TrafficRule], dns: Sequence[DnsRule]) -> None:
+        for rule in dns:
+            if rule.ip_address is None:     # never given a service address
+                raise Conflict(f"dnsRule {rule.dns_rule_id} of instance {instance_id} has no "
+                               f"ipAddress and no service address was allocated for it")
         mep = host.mep()
         if mep is None:
             if traffic or dns:

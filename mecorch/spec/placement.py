@@ -14,11 +14,17 @@ a constraint":
    AppD's `appLatency` when it declares its latency (and, for a VM whose
    AppD asks for hardware acceleration, have a KVM VIM); its driver must
    take the request as its declared capabilities say (limits of one
-   instance, RETAIN volumes, host ports: `capacity.unfit_for`);
+   instance, RETAIN volumes, host ports: `capacity.unfit_for`); and a
+   request that names fixed service addresses (trafficFilter.dstAddress)
+   goes only to a host whose service range holds them all (a host that
+   reports no range is not held to one: its MEP checks the rules);
 3. among the hosts left, the one with the most free capacity after the
    placement wins (the smaller of its free vCPU and memory shares), then
    the host id, so the choice is stable.
 "No host fits" is a 409 that names every host and why it was left out.
+The choice explains itself (`choose`): the winner and why, then every
+host left out and why ("edge2: most room left of 2 fitting; edge1: no
+VIM: takes no VM"), recorded in the op's and instance's decisionReason.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from mecorch.kernel.errors import CapacityExceeded, NotFound
 from mecorch.driverapi.contracts import Capabilities
 from mecorch.driverapi.model import ResourceRequest
 from mecorch.kernel.states import DeploymentType
-from mecorch.spec import capacity
+from mecorch.spec import capacity, rules
 from mecorch.spec.capacity import Need, Room
 from mecorch.spec.decision import HostFacts
 
@@ -43,14 +49,22 @@ class Candidate:
     latency_ms: float | None = None     # declared one-way latency to its UEs
     # manner value -> the driver's declared Capabilities (none: not declared)
     capabilities: dict[str, Capabilities] = field(default_factory=dict)
+    service_cidr: str | None = None     # its MEP's service range (None: not reported)
 
 
 def why_not(c: Candidate, manner: DeploymentType, need: Need,
             max_latency_ns: int | None = None, accel: bool = False,
-            request: ResourceRequest | None = None) -> str | None:
-    """Why the host cannot take the instance, or None when it can."""
+            request: ResourceRequest | None = None, fixed: tuple[str, ...] = ()
+            ) -> str | None:
+    """Why the host cannot take the instance, or None when it can.
+    `fixed`: the service addresses the request names."""
     if not c.reachable:
         return "UNREACHABLE"
+    if fixed and c.service_cidr:
+        outside = [a for a in fixed if not rules.in_range(a, c.service_cidr)]
+        if outside:
+            return (f"its service range {c.service_cidr} does not hold "
+                    f"{', '.join(outside)}")
     room = c.rooms.get(manner.value)
     if room is None:
         return "no VIM: takes no VM" if manner is DeploymentType.VM \
@@ -73,10 +87,21 @@ def why_not(c: Candidate, manner: DeploymentType, need: Need,
 
 def place(manner: DeploymentType, need: Need, candidates: list[Candidate],
           wanted: list[str] | None = None, max_latency_ns: int | None = None,
-          accel: bool = False, request: ResourceRequest | None = None) -> str:
+          accel: bool = False, request: ResourceRequest | None = None,
+          fixed: tuple[str, ...] = ()) -> str:
     """The host id the instance goes to; CapacityExceeded (409) naming every
     host's reason when none fits; NotFound (404) for an unknown wanted host.
-    `request`: checked against each host's declared driver capabilities."""
+    `request`: checked against each host's declared driver capabilities;
+    `fixed`: the service addresses it names (a host's range must hold them)."""
+    return choose(manner, need, candidates, wanted, max_latency_ns, accel, request, fixed)[0]
+
+
+def choose(manner: DeploymentType, need: Need, candidates: list[Candidate],
+           wanted: list[str] | None = None, max_latency_ns: int | None = None,
+           accel: bool = False, request: ResourceRequest | None = None,
+           fixed: tuple[str, ...] = ()) -> tuple[str, str]:
+    """`place`, with its reason: (host id, "edge2: most room left of 2
+    fitting; edge1: no VIM: takes no VM")."""
     by_id = {c.host_id: c for c in candidates}
     if wanted:
         unknown = [h for h in wanted if h not in by_id]
@@ -88,17 +113,31 @@ def place(manner: DeploymentType, need: Need, candidates: list[Candidate],
         pool = sorted(candidates, key=lambda c: c.host_id)
     fits, reasons = [], []
     for c in pool:
-        why = why_not(c, manner, need, max_latency_ns, accel, request)
+        why = why_not(c, manner, need, max_latency_ns, accel, request, fixed)
         if why is None:
             fits.append(c)
         else:
             reasons.append(f"{c.host_id}: {why}")
     if not fits:
+        asked = f", service address {', '.join(fixed)}" if fixed else ""
         raise CapacityExceeded(
             f"no edge host fits {manner.value} {need.vcpu:g} vCPU, {need.memory_mb} MB, "
-            f"{need.disk_gb:g} GB ({'; '.join(reasons) or 'no edge host is registered'})")
-    return max(fits, key=lambda c: (c.rooms[manner.value].share_left(need),
-                                    _neg(c.host_id))).host_id
+            f"{need.disk_gb:g} GB{asked} ({'; '.join(reasons) or 'no edge host is registered'})")
+    best = max(fits, key=lambda c: (c.rooms[manner.value].share_left(need), _neg(c.host_id)))
+    if len(fits) == 1:
+        why = ("the selected host that fits" if wanted and len(pool) > 1
+               else "the selected host" if wanted else "the only host that fits")
+    else:
+        left = best.rooms[manner.value].share_left(need)
+        why = (f"most room left of {len(fits)} fitting ({left:.0%} of its vCPU and "
+               f"memory free after it)")
+        tied = [c.host_id for c in fits if c is not best
+                and c.rooms[manner.value].share_left(need) == left]
+        if tied:
+            why += f" (tied with {', '.join(tied)}: the first host id)"
+    if fixed and best.service_cidr:
+        why += f", its service range {best.service_cidr} holds {', '.join(fixed)}"
+    return best.host_id, "; ".join([f"{best.host_id}: {why}", *reasons])
 
 
 def facts(c: Candidate) -> HostFacts:
@@ -125,7 +164,12 @@ def _neg(s: str) -> tuple:
 
 def place_plan(plan, candidates: list[Candidate]) -> str:
     """`place` for a planned request (`spec.plan.Plan`): its manner, need,
-    wanted hosts, latency and acceleration asks, and its request against
-    each host's declared capabilities."""
-    return place(plan.manner, plan.need, candidates, list(plan.wanted), plan.max_latency_ns,
-                 plan.accel, plan.request)
+    wanted hosts, latency and acceleration asks, its request against each
+    host's declared capabilities, and the service addresses it names."""
+    return choose_plan(plan, candidates)[0]
+
+
+def choose_plan(plan, candidates: list[Candidate]) -> tuple[str, str]:
+    """`place_plan` with its reason (`choose`)."""
+    return choose(plan.manner, plan.need, candidates, list(plan.wanted), plan.max_latency_ns,
+                  plan.accel, plan.request, plan.fixed_addresses)

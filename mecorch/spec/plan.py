@@ -27,7 +27,7 @@ from mecorch.driverapi.model import ResourceRequest
 from mecorch.spec import decision, placement
 from mecorch.spec.capacity import Need, need_of
 from mecorch.spec.decision import Decision
-from mecorch.spec.rules import DnsRule, TrafficRule, instance_rules
+from mecorch.spec.rules import DnsRule, TrafficRule, fixed_addresses, instance_rules
 
 __all__ = ["INSTANTIATE_FIELDS", "Chooser", "Plan", "image_of", "plan_request", "selected_hosts"]
 
@@ -55,6 +55,12 @@ class Plan:
     wanted: tuple[str, ...]                 # selectedMECHostInfo, or the policy's fit hosts
     accel: bool                             # a VM whose AppD asks for acceleration
     max_latency_ns: int | None              # the AppD's appLatency
+
+    @property
+    def fixed_addresses(self) -> tuple[str, ...]:
+        """The service addresses the rules name (placement: a host whose
+        range holds them); those they ask the host for are not here."""
+        return fixed_addresses(self.traffic)
 
     @property
     def manner(self) -> DeploymentType:

@@ -155,16 +155,19 @@ def mac_address(value: Any, field: str) -> str:
 
 @dataclass(frozen=True)
 class DnsRule:
-    """ETSI DnsRule. `ttl` None means "not given" (the MEP's default)."""
+    """ETSI DnsRule. `ttl` None means "not given" (the MEP's default).
+    `ip_address` None (mecorch departure: ipAddress omitted) means "the
+    instance's service address", which the host's MEP allocates from its
+    service range (`with_service_address`); a rule is never applied so."""
     dns_rule_id: str
     domain_name: str
     ip_address_type: str
-    ip_address: str
+    ip_address: str | None
     state: str = "ACTIVE"
     ttl: int | None = None
 
     FIELDS = ("dnsRuleId", "domainName", "ipAddressType", "ipAddress", "ttl", "state")
-    REQUIRED = ("dnsRuleId", "domainName", "ipAddressType", "ipAddress", "state")
+    REQUIRED = ("dnsRuleId", "domainName", "ipAddressType", "state")
 
     @property
     def active(self) -> bool:
@@ -179,8 +182,8 @@ class DnsRule:
             dns_rule_id=validate.ident(d["dnsRuleId"], f"{field}.dnsRuleId"),
             domain_name=validate.domain_name(d["domainName"], f"{field}.domainName"),
             ip_address_type=kind,
-            ip_address=validate.ip_address(d["ipAddress"], f"{field}.ipAddress",
-                                           version=4 if kind == "IP_V4" else 6),
+            ip_address=None if d.get("ipAddress") is None else validate.ip_address(
+                d["ipAddress"], f"{field}.ipAddress", version=4 if kind == "IP_V4" else 6),
             state=_enum(d["state"], f"{field}.state", STATES),
             ttl=None if ttl is None else validate.integer(ttl, f"{field}.ttl", 0, 2**31 - 1),
         )
@@ -189,6 +192,8 @@ class DnsRule:
         out = {"dnsRuleId": self.dns_rule_id, "domainName": self.domain_name,
                "ipAddressType": self.ip_address_type, "ipAddress": self.ip_address,
                "state": self.state}
+        if self.ip_address is None:
+            del out["ipAddress"]
         if self.ttl is not None:
             out["ttl"] = self.ttl
         return out
@@ -570,3 +575,85 @@ def foreign_target(rule: TrafficRule, own: str | None) -> str | None:
         if addr is not None and ipaddress.ip_address(addr) != mine:
             return addr
     return None
+
+
+# -- service addresses the MEP allocates -----------------------------------------
+#
+# mecorch departure from MEC 010-2/011 (neither has the notion): a rule set
+# may ask for a service address without naming one, so one package deploys
+# unchanged on hosts with different service ranges. On a host with a
+# service range (`mep.service_cidr`):
+# - a TrafficFilter that names no dstAddress (but a port, protocol, ...)
+#   matches the instance's service address (before, it meant "every
+#   address", which such a host refuses as outside its range);
+# - a DnsRule without ipAddress answers the instance's service address.
+# The host's MEP allocates one address per instance (as a Kubernetes
+# Service gets one ClusterIP for all its ports): the lowest of the range
+# no instance of the host holds (mecorch.mepm.claims), and writes it into
+# the stored rules, so Mp1 and `app show` show it, a restart and the
+# reconciliation keep it, and terminate frees it. On a host without a
+# range a filter without dstAddress keeps matching every address, and a
+# DNS rule without ipAddress is refused (nothing to allocate from).
+
+def asks_address(traffic, dns, service_range: str | None) -> bool:
+    """Does the rule set ask its host for a service address?"""
+    if any(r.ip_address is None for r in dns):
+        return True
+    return bool(service_range) and any(
+        not flt.dst_address for rule in traffic for flt in rule.traffic_filter)
+
+
+def with_service_address(traffic, dns, addr: str, service_range: str | None = None):
+    """The rule set with `addr` put where it asks for its service address:
+    in each DNS rule without ipAddress and, on a host with a range, each
+    filter without dstAddress."""
+    from dataclasses import replace
+    out_traffic = tuple(rule if not service_range else replace(rule, traffic_filter=tuple(
+        flt if flt.dst_address else replace(flt, dst_address=(addr,))
+        for flt in rule.traffic_filter)) for rule in traffic)
+    out_dns = tuple(r if r.ip_address is not None else replace(r, ip_address=addr)
+                    for r in dns)
+    return out_traffic, out_dns
+
+
+def fixed_addresses(traffic) -> tuple[str, ...]:
+    """Every dstAddress the rules name (an address, CIDR or range): the
+    addresses that bind the instance to hosts whose range holds them."""
+    return tuple(dict.fromkeys(a for rule in traffic for flt in rule.traffic_filter
+                               for a in flt.dst_address))
+
+
+def held_intervals(traffic, dns) -> list[tuple[int, int, int]]:
+    """(version, lo, hi) of every address a rule set holds: its filters'
+    dstAddresses and its DNS rules' ipAddresses."""
+    out = [address_interval(a) for a in fixed_addresses(traffic)]
+    for r in dns:
+        if r.ip_address is not None:
+            ip = ipaddress.ip_address(r.ip_address)
+            out.append((ip.version, int(ip), int(ip)))
+    return out
+
+
+def lowest_free(service_range: str, held) -> str | None:
+    """The lowest address of `service_range` (its network and broadcast
+    addresses excepted, as a Kubernetes Service IP allocator does) that no
+    interval of `held` covers, or None when none is left."""
+    net = ipaddress.ip_network(service_range)
+    lo, hi = int(net.network_address), int(net.broadcast_address)
+    if net.num_addresses > 2:
+        lo, hi = lo + 1, hi - 1 if net.version == 4 else hi
+    spans = sorted((a, b) for v, a, b in held if v == net.version and b >= lo and a <= hi)
+    cand = lo
+    for a, b in spans:
+        if a > cand:
+            break
+        cand = max(cand, b + 1)
+    return str(ipaddress.ip_address(cand)) if cand <= hi else None
+
+
+def in_range(value: str, service_range: str) -> bool:
+    """Is the address, CIDR or range `value` wholly inside `service_range`?"""
+    net = ipaddress.ip_network(service_range)
+    version, lo, hi = address_interval(value)
+    return version == net.version and lo >= int(net.network_address) \
+        and hi <= int(net.broadcast_address)

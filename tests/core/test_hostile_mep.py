@@ -46,12 +46,24 @@ def test_destination_outside_the_service_range_is_400_naming_it(env, vip):
     e = refused(env.c.call, "PUT", f"{MP1}/{a}/traffic_rules/sample-http-vip", traffic(vip))
     assert e.status == 400 and SERVICE in e.detail and "sample-http-vip" in e.detail, e.detail
     assert env.state() == before
+    if vip is None:
+        return      # at instantiation, no dstAddress asks the host for one (below)
     b = env.create()
+    # at instantiation the placement refuses first: no host's range holds it
+    # (409 naming each host's range; the ledger's 400 stays behind it)
     e = refused(env.instantiate, b, appTrafficRule=[descriptor(traffic(vip, rule_id="x"))],
                 appDNSRule=[])
-    assert e.status == 400 and SERVICE in e.detail
+    assert e.status == 409 and f"its service range {SERVICE} does not hold" in e.detail
     assert env.state() == before
     assert env.c.get(f"{INST}/{b}")["instantiationState"] == "NOT_INSTANTIATED"
+
+
+def test_no_destination_at_instantiation_is_given_an_address_of_the_range(env):
+    """A filter without dstAddress (once "every address", refused) now asks
+    the host for a service address: the lowest free one of its range."""
+    a = env.deploy(appTrafficRule=[descriptor(traffic(None, rule_id="x"))], appDNSRule=[])
+    (flt,) = env.mep.applied[a][1][0].traffic_filter
+    assert flt.dst_address == ("10.90.0.1",)
 
 
 @pytest.mark.parametrize("vip", ["10.90.0.0/24", "10.90.0.64/26", "10.90.0.1-10.90.0.254",

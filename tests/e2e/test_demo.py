@@ -3,6 +3,7 @@ with exit 0 after reaching both apps by DNS name and traffic rule."""
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -21,8 +22,9 @@ def test_demo_deploys_reaches_and_removes_both_apps():
                           capture_output=True, text=True, timeout=600)
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
-    assert "DNS sample-http.mec.local -> 10.90.0.10" in out
-    assert "DNS sample-vm.mec.local -> 10.90.0.11" in out
+    # the packages carry no service address: the host gave each one of its range
+    assert re.search(r"DNS sample-http\.mec\.local -> 10\.90\.0\.\d+\n", out), out
+    assert re.search(r"DNS sample-vm\.mec\.local -> 10\.90\.0\.\d+\n", out), out
     assert "'mecorch sample container'" in out and "'mecorch sample vm'" in out
     assert "none left" in out
     assert "demo finished" in out

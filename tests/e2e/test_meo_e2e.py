@@ -40,7 +40,10 @@ REPO = Path(__file__).resolve().parents[2]
 INST = "/app_lcm/v1/app_instances"
 PKGS = "/app_pkgm/v1/app_packages"
 HOSTS = "/mecorch/v1/hosts"
-SERVICE_CIDR = "10.90.0.0/24"
+# each host its own service range: the sample packages name no address, the
+# MEP of each host gives one of its own range (the lowest free); the ranges
+# live in each edge's network namespace
+SERVICE_CIDRS = {1: "10.171.0.0/24", 2: "10.172.0.0/24", 3: "10.173.0.0/24"}
 
 
 def ns(name: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -92,7 +95,7 @@ def system(sample_container, sample_vm):
             made["docker_user"].append(veth)
             port = lab.free_port()
             host = lab.host_config(lab.Names(f"m{k}"), vms=k != 1,        # edge1 has no VIM
-                                   mep={"netns": netns.name, "service_cidr": SERVICE_CIDR})
+                                   mep={"netns": netns.name, "service_cidr": SERVICE_CIDRS[k]})
             cfg = {"role": "mepm", "state_dir": str(tmp / name), "run_dir": str(tmp / "run" / name),
                    "api": {"token_file": str(tmp / f"{name}.token"),
                            "mp1_url": f"http://127.0.0.1:{port}/mec_app_support/v1"},
@@ -104,7 +107,10 @@ def system(sample_container, sample_vm):
             procs[name] = lab.Serve(cfg, tmp, name=name, role="mepm", listen=f"127.0.0.1:{port}",
                                     token=tokens[name])
             edges[name] = {"id": host["id"], "netns": netns.name, "cfg": cfg, "port": port,
-                           "dns_port": host["mep"]["dns_port"], "cfg_path": procs[name].config_path}
+                           "dns_port": host["mep"]["dns_port"], "cfg_path": procs[name].config_path,
+                           "service_cidr": SERVICE_CIDRS[k],
+                           # what its first sample-http gets: the range's lowest
+                           "vip": SERVICE_CIDRS[k].replace(".0/24", ".1")}
         meo_cfg = {"role": "meo", "state_dir": str(tmp / "meo"), "run_dir": str(tmp / "run/meo"),
                    "api": {"token_file": str(tmp / "meo.token")}, "hosts": [],
                    "meo": {"heartbeat_s": 1, "request_timeout_s": 10, "sync_s": 2,
@@ -242,8 +248,8 @@ def test_instances_reached_by_dns_and_traffic_rule_in_their_hosts_netns(system):
     for name, edge in edges.items():
         apps = [i for i in by_host[edge["id"]] if i["appDId"] == "sample-http"]
         assert len(apps) == 1
-        assert _dig(edge, "sample-http.mec.local") == "10.90.0.10"
-        assert "mecorch sample container" in _http("http://10.90.0.10/", edge["netns"])
+        assert _dig(edge, "sample-http.mec.local") == edge["vip"]
+        assert "mecorch sample container" in _http(f"http://{edge['vip']}/", edge["netns"])
 
 
 def test_mepm_killed_keeps_serving_then_resyncs(system):
@@ -256,8 +262,8 @@ def test_mepm_killed_keeps_serving_then_resyncs(system):
     for i in _by_host(c)[edge["id"]]:
         body = _http(f"http://{_ip(i)}/")
         assert "mecorch sample" in body, (i, body)
-    assert _dig(edge, "sample-http.mec.local") == "10.90.0.10"
-    assert "mecorch sample container" in _http("http://10.90.0.10/", edge["netns"])
+    assert _dig(edge, "sample-http.mec.local") == edge["vip"]
+    assert "mecorch sample container" in _http(f"http://{edge['vip']}/", edge["netns"])
     _wait(lambda: {h["hostId"]: h for h in c.get(HOSTS)}[edge["id"]]["state"] == "UNREACHABLE",
           30, "edge2 UNREACHABLE")
     for _ in range(2):              # nothing new goes there meanwhile
@@ -310,8 +316,8 @@ def test_meo_killed_every_mepm_keeps_serving_and_the_meo_finds_the_same_state(sy
     seen = sorted((i["id"], i["hostId"], i["instantiationState"]) for i in c.get(INST))
     procs["meo"].kill()
     for name, edge in edges.items():
-        assert _dig(edge, "sample-http.mec.local") == "10.90.0.10"
-        assert "mecorch sample container" in _http("http://10.90.0.10/", edge["netns"])
+        assert _dig(edge, "sample-http.mec.local") == edge["vip"]
+        assert "mecorch sample container" in _http(f"http://{edge['vip']}/", edge["netns"])
         # its Mp1 answers its apps: an app's own rules through the MEPM
         app = next(i for i in procs[name].client.get(INST) if i["appDId"] == "sample-http"
                    and i["instantiationState"] == "INSTANTIATED")
@@ -435,14 +441,17 @@ def test_an_error_relayed_by_the_meo_names_its_instance_id_and_the_host(system):
     if not holders:
         _deploy(c, "sample-http", deploymentType="CONTAINER", selectedMECHostInfo=on_edge1)
         holders = _on(c, edge1, "sample-http")
-    holder = holders[0]["id"]
+    holder, vip = holders[0]["id"], holders[0]["allocatedResources"]["serviceAddress"]
     inst = c.post(INST, {"appDId": "sample-http"})[0]
+    # the holder's own address, asked for by name (a name of its own: only
+    # the address is in dispute)
     op, _ = c.post(f"{INST}/{inst['id']}/instantiate",
-                   {"deploymentType": "CONTAINER", "selectedMECHostInfo": on_edge1})
+                   {"deploymentType": "CONTAINER", "selectedMECHostInfo": on_edge1,
+                    **_fixed_rules(vip, f"dup-{system['tag']}.mec.local")})
     op = c.wait_op(op, timeout=120)
     assert op["operationState"] == "FAILED", op
     detail = op["error"]["detail"]
-    assert f"10.90.0.10:80/tcp is steered by instance {holder}" in detail, detail
+    assert f"{vip}:80/tcp is steered by instance {holder}" in detail, detail
     assert f"edge host {edge1!r}" in detail, detail
     assert op["error"]["status"] == 409
     c.call("DELETE", f"{INST}/{inst['id']}")
@@ -671,3 +680,81 @@ def test_meo_views_match_the_mepms_and_a_killed_host_shows_unknown(system):
               == "REACHABLE", 60, "edge2 REACHABLE again")
     listed = {i["id"]: i for i in c.get(INST)}
     assert all("hostState" not in listed[iid] for iid in theirs)
+
+
+# ---------------------------------------------------------------- service addresses per site
+def test_the_sample_deployed_unchanged_answers_on_each_host_by_its_own_range(system):
+    """The sample packages name no service address: each host's MEP gave
+    its instance the lowest address of its own range; DNS (in the host's
+    netns) answers it and HTTP goes through it; Mp1 and the MEO's view show
+    it; the MEO logged the placement with its reason."""
+    c, edges, procs = system["c"], system["edges"], system["procs"]
+    by_host = _by_host(c)
+    seen = set()
+    for name, edge in edges.items():
+        (inst,) = [i for i in by_host[edge["id"]] if i["appDId"] == "sample-http"]
+        addr = inst["allocatedResources"]["serviceAddress"]
+        assert addr == edge["vip"] and addr.startswith(edge["service_cidr"][:8]), (name, inst)
+        seen.add(addr)
+        assert f"; placed on {edge['id']}: " in inst["decisionReason"], inst["decisionReason"]
+        assert _dig(edge, "sample-http.mec.local") == addr
+        assert "mecorch sample container" in _http(f"http://{addr}/", edge["netns"])
+        # the host's Mp1: the rules as applied, with the address in them
+        (mine,) = [i for i in procs[name].client.get(INST) if i["appDId"] == "sample-http"
+                   and i["instantiationState"] == "INSTANTIATED"]
+        mp1 = f"/mec_app_support/v1/applications/{mine['id']}"
+        (tr,) = procs[name].client.get(f"{mp1}/traffic_rules")
+        (dns,) = procs[name].client.get(f"{mp1}/dns_rules")
+        assert tr["trafficFilter"][0]["dstAddress"] == [addr] and dns["ipAddress"] == addr
+    assert len(seen) == 3                   # three ranges, three addresses
+    # the sample VM asked for one too: the next free of its host's range
+    (vm,) = [i for h in by_host.values() for i in h if i["appDId"] == "sample-vm"]
+    edge = next(e for e in edges.values() if e["id"] == vm["hostId"])
+    assert vm["allocatedResources"]["serviceAddress"] == edge["vip"].rsplit(".", 1)[0] + ".2"
+    assert _dig(edge, "sample-vm.mec.local") == vm["allocatedResources"]["serviceAddress"]
+    log = procs["meo"].log_path.read_text()
+    assert f"placed on {edges['edge1']['id']} as CONTAINER: " in log
+
+
+def _fixed_rules(addr: str, name: str) -> dict:
+    return {"appTrafficRule": [{"trafficRuleId": "fixed", "filterType": "FLOW", "priority": 1,
+                                "trafficFilter": [{"dstAddress": [addr], "dstPort": ["80"],
+                                                   "protocol": ["TCP"]}],
+                                "action": "FORWARD_DECAPSULATED",
+                                "dstInterface": [{"interfaceType": "IP"}]}],
+            "appDNSRule": [{"dnsRuleId": "fixed", "domainName": name,
+                            "ipAddressType": "IP_V4", "ipAddress": addr, "ttl": 5}]}
+
+
+def test_a_fixed_address_lands_on_the_only_host_whose_range_holds_it(system):
+    c, edges, tag = system["c"], system["edges"], system["tag"]
+    edge = edges["edge2"]
+    addr, name = "10.172.0.50", f"fixed-{tag}.mec.local"
+    iid, inst = _deploy(c, "meo-http", deploymentType="CONTAINER", **_fixed_rules(addr, name))
+    assert inst["hostId"] == edge["id"], inst
+    assert inst["allocatedResources"]["serviceAddresses"] == [addr]
+    why = inst["decisionReason"]
+    for other in ("edge1", "edge3"):
+        assert (f"{edges[other]['id']}: its service range {edges[other]['service_cidr']} "
+                f"does not hold {addr}") in why, why
+    assert _dig(edge, name) == addr
+    assert "mecorch sample container" in _http(f"http://{addr}/", edge["netns"])
+    op, _ = c.post(f"{INST}/{iid}/terminate", {"terminationType": "FORCEFUL"})
+    assert c.wait_op(op, timeout=180)["operationState"] == "COMPLETED"
+    assert _dig(edge, name) == ""
+
+
+def test_an_address_in_no_hosts_range_is_a_409_naming_each_range(system):
+    c, edges, tag = system["c"], system["edges"], system["tag"]
+    inst = c.post(INST, {"appDId": "meo-http"})[0]
+    with pytest.raises(ApiError) as e:
+        c.post(f"{INST}/{inst['id']}/instantiate",
+               {"deploymentType": "CONTAINER",
+                **_fixed_rules("10.90.0.10", f"nowhere-{tag}.mec.local")})
+    assert e.value.status == 409
+    detail = e.value.body["detail"]
+    for edge in edges.values():
+        assert (f"{edge['id']}: its service range {edge['service_cidr']} does not hold "
+                "10.90.0.10") in detail, detail
+    assert c.get(f"{INST}/{inst['id']}")["instantiationState"] == "NOT_INSTANTIATED"
+    c.call("DELETE", f"{INST}/{inst['id']}")

@@ -177,7 +177,9 @@ def test_every_ownership_case_is_refused_and_nothing_changes(lab):
     c = lab.create("sample-http")
     for rules, status, named in (
             (([traffic("c", lab.vip["b"])], []), 409, b),
-            (([traffic("c", "192.0.2.78")], []), 400, lab.service),
+            # outside every host's range: placement refuses it first (409
+            # naming each host's range), before the ledger's 400
+            (([traffic("c", "192.0.2.78")], []), 409, lab.service),
             (([], [dns("c", lab.names["v"], lab.spare[5])]), 409, v),
             (([], [dns("c", "c.example.org", lab.spare[5])]), 400, "mec.local")):
         with pytest.raises(ApiError) as e:

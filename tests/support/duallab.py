@@ -62,9 +62,11 @@ def lab(tmp_path):
     edge-b a CIM and a VIM (TCG); fake drivers."""
     cfg = config.load()
     cfg["state_dir"] = str(tmp_path / "state")
-    cfg["hosts"] = [{"id": "edge-a", "cim": {"driver": "fake", "registry": "127.0.0.1:5000"}, "mep": {"driver": "fake"}},
+    # each MEP with a service range: the sample asks its host for an address
+    mep = {"driver": "fake", "service_cidr": "10.90.0.0/24"}
+    cfg["hosts"] = [{"id": "edge-a", "cim": {"driver": "fake", "registry": "127.0.0.1:5000"}, "mep": mep},
                     {"id": "edge-b", "cim": {"driver": "fake", "registry": "127.0.0.1:5000"}, "vim": {"driver": "fake"},
-                     "mep": {"driver": "fake"}}]
+                     "mep": mep}]
     orch = Orchestrator(cfg)
     fakes = {"a-cim": FakeCompute(CONTAINER), "b-cim": FakeCompute(CONTAINER),
              "b-vim": AccelFake("tcg")}
