@@ -21,7 +21,7 @@ import threading
 
 import pytest
 
-from fakes import FakeCompute, FakeMep
+from support.fakes import FakeCompute, FakeMep
 from mecorch.api import make_server
 from mecorch.kernel import config
 from mecorch.kernel.client import ApiError, Client
@@ -35,7 +35,7 @@ from mecorch.mepm.local import LocalMepm
 from mecorch.mepm.orchestrator import Orchestrator
 from mecorch.spec import placement, rules as R
 from mecorch.spec.capacity import Need, Room
-from test_core_orchestration import CONTAINER_APPD, VM_APPD, _fake_docker_tar, make_package
+from support.corelab import CONTAINER_APPD, VM_APPD, fake_docker_tar, make_package
 
 C, VM = DeploymentType.CONTAINER, DeploymentType.VM
 INST = "/app_lcm/v1/app_instances"
@@ -206,7 +206,7 @@ def test_the_reason_names_the_winner_and_every_host_left_out():
 
 # ---------------------------------------------------------------- the single node, two hosts
 def _onboard(c, tmp, appd=CONTAINER_APPD):
-    image = _fake_docker_tar() if appd == CONTAINER_APPD else b"QFI\xfb" + b"\0" * 508
+    image = fake_docker_tar() if appd == CONTAINER_APPD else b"QFI\xfb" + b"\0" * 508
     z = make_package(tmp, appd, image)          # the sample's rules as they are
     return c.post(PKGS, {"appPkgName": "p", "appPkgVersion": "1", "appPkgPath": str(z),
                          "checksum": {"algorithm": "SHA-256",
