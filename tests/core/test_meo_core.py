@@ -184,8 +184,12 @@ def test_the_oss_subscribes_at_the_meo(system, notification_sink):
 
 # ---------------------------------------------------------------- one identity
 def _vip_rules():
+    """The sample's traffic rule at a fixed service address (the sample now
+    asks its host for one): two instances of it on one host collide."""
     import yaml
-    return yaml.safe_load(CONTAINER_APPD.read_text())["appTrafficRule"]
+    rules = yaml.safe_load(CONTAINER_APPD.read_text())["appTrafficRule"]
+    rules[0]["trafficFilter"][0]["dstAddress"] = ["10.90.0.10"]
+    return rules
 
 
 def test_one_identity_the_host_takes_the_meos_ids(system):

@@ -434,7 +434,7 @@ def test_vm_sample_asks_for_an_address_too(node, tmp_path):
 
 
 # ---------------------------------------------------------------- the CLI
-from test_core_orchestration import env, onboard  # noqa: E402,F401,F811 - the fixture
+from support.corelab import env, onboard  # noqa: E402,F401,F811 - the fixture
 
 
 def _cli(e, capsys, *argv):
