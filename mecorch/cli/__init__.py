@@ -165,8 +165,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    # a `show` prints the document unless text is asked for by name
-    args.output_asked = getattr(args, "output", None)
     args.output = getattr(args, "output", "text")
     try:
         return _run(args)

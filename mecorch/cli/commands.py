@@ -126,11 +126,7 @@ def package_list(c: Client, a) -> int:
 
 def package_show(c: Client, a) -> int:
     doc = c.get(f"{PKGM}/{package_id(c, a.id)}")
-    if getattr(a, "output_asked", None) == "text":
-        _fields(doc)
-        return 0
-    print_json(doc)
-    return 0
+    return emit(a, doc, _fields)
 
 
 def _fields(doc: dict, prefix: str = "") -> None:
@@ -356,11 +352,7 @@ def app_show(c: Client, a) -> int:
     doc = c.get(f"{INST}/{instance_id(c, a.id)}")
     if doc.get("hostState"):
         print(f"warning: {doc.get('observedStateDetail')}", file=sys.stderr)
-    if getattr(a, "output_asked", None) == "text":
-        _fields(doc)
-        return 0
-    print_json(doc)
-    return 0
+    return emit(a, doc, _fields)
 
 
 def app_delete(c: Client, a) -> int:

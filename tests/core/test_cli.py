@@ -50,7 +50,7 @@ def test_package_commands_take_prefix_and_appdid(env, capsys):  # noqa: F811
     assert rc == 0
     (row,) = columns(out)
     assert row["ID"] == pkg["id"] and row["APPDID"] == "sample-http" and row["STATE"] == "ENABLED"
-    rc, out, _ = run_cli(env, capsys, "package", "show", pkg["id"][:6])
+    rc, out, _ = run_cli(env, capsys, "-o", "json", "package", "show", pkg["id"][:6])
     assert json.loads(out)["id"] == pkg["id"]
     rc, out, _ = run_cli(env, capsys, "package", "disable", "sample-http")
     assert rc == 0 and "DISABLED" in out
@@ -72,13 +72,13 @@ def test_unknown_and_ambiguous_ids_are_clear_errors(env, capsys):  # noqa: F811
     a, b = ids
     rc, _, err = run_cli(env, capsys, "app", "show", "sample-http")     # the appDId of both
     assert rc == 2 and "matches 2 app instances" in err and a in err and b in err
-    rc, out, _ = run_cli(env, capsys, "app", "show", "beta")           # its appInstanceName
+    rc, out, _ = run_cli(env, capsys, "-o", "json", "app", "show", "beta")           # its appInstanceName
     assert rc == 0 and json.loads(out)["id"] == b
     n = next(i for i in range(1, 37) if not b.startswith(a[:i]))
-    rc, out, _ = run_cli(env, capsys, "app", "show", a[:n])            # a unique prefix
+    rc, out, _ = run_cli(env, capsys, "-o", "json", "app", "show", a[:n])            # a unique prefix
     assert rc == 0 and json.loads(out)["id"] == a
     rc, out, _ = run_cli(env, capsys, "app", "delete", b)
-    rc, out, _ = run_cli(env, capsys, "app", "show", "sample-http")    # one left: unique
+    rc, out, _ = run_cli(env, capsys, "-o", "json", "app", "show", "sample-http")  # one left
     assert rc == 0 and json.loads(out)["id"] == a
 
 
@@ -166,7 +166,8 @@ def test_closed_pipe_is_no_traceback(env):  # noqa: F811
     onboard(env)
     pkg = env.c.get("/app_pkgm/v1/app_packages")[0]
     # `mecorch package show ID | head -1`: head exits after one line
-    cmd = [sys.executable, "-m", "mecorch.cli", "--api", env.c.base, "package", "show", pkg["id"]]
+    cmd = [sys.executable, "-m", "mecorch.cli", "--api", env.c.base, "-o", "json", "package", "show",
+           pkg["id"]]
     producer = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     head = subprocess.run(["head", "-1"], stdin=producer.stdout, capture_output=True, text=True)
     producer.stdout.close()

@@ -178,7 +178,7 @@ def test_same_body_container_without_vim_and_vm_with_one(lab, sample_container, 
     assert f"no host can take VM ({lab['a']}: no VIM)" in reason
     assert op["decisionReason"] == reason
     shown = subprocess.run([sys.executable, "-m", "mecorch.cli", "--api", lab["url"],
-                            "app", "show", info["id"]], capture_output=True, text=True,
+                            "-o", "json", "app", "show", info["id"]], capture_output=True, text=True,
                            check=True).stdout
     assert reason in json.loads(shown)["decisionReason"]
     _terminate(c, info)

@@ -577,8 +577,10 @@ def test_meo_views_match_the_mepms_and_a_killed_host_shows_unknown(system):
         assert all(line in mine.splitlines() for line in r.stdout.splitlines())
         r = _meo_cli(system, "app", "events", i["id"])
         assert r.returncode == 0 and "INSTANTIATE" in r.stdout and "COMPLETED" in r.stdout
-        r = _meo_cli(system, "app", "show", i["id"])
+        r = _meo_cli(system, "-o", "json", "app", "show", i["id"])
         assert r.returncode == 0 and json.loads(r.stdout)["hostId"] == edge["id"]
+        r = _meo_cli(system, "app", "show", i["id"])         # text mode: key: value lines
+        assert r.returncode == 0 and f"hostId: {edge['id']}" in r.stdout.splitlines()
     r = _meo_cli(system, "host", "list")
     assert r.returncode == 0, r.stderr
     for edge in edges.values():
