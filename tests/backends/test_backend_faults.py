@@ -41,7 +41,7 @@ import pytest
 
 from conftest import run
 from support.crashlab import INST, OPS, PKGS, VIRSH, Daemon, Lab, private_registry, wait_clean
-from support.lab import free_subnet
+from support.lab import dig as lab_dig, free_subnet
 
 pytestmark = [pytest.mark.docker, pytest.mark.libvirt, pytest.mark.mep]
 
@@ -347,8 +347,7 @@ def test_libvirtd_unreachable_during_a_vm_boot_and_back(fab):
 
 
 def _dig(port: int, name: str) -> str:
-    return run("dig", "+short", "+time=1", "+tries=1", "@127.0.0.1", "-p", str(port),
-               name, check=False).stdout.strip()
+    return lab_dig(port, name)
 
 
 def test_dnsmasq_killed_is_started_again(fab):

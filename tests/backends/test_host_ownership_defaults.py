@@ -26,6 +26,7 @@ import yaml
 from mecorch.kernel import config
 from mecorch.kernel.errors import InvalidInput
 from mecorch.spec.rules import DnsRule
+from support.lab import dig as lab_dig
 from support.lab import (VIRSH, Names, free_port, free_subnet, private_dir, remove_host, run,
                          service_links_of)
 
@@ -151,8 +152,7 @@ def route_dev(addr: str) -> str:
 
 
 def dig(port: int, name: str) -> str:
-    return run("dig", "+short", "+tries=1", "+time=2", "@127.0.0.1", "-p", str(port), name,
-               check=False).stdout.strip()
+    return lab_dig(port, name, time_s=2)
 
 
 def two_hosts(workdir: Path) -> tuple[dict, Path, list[dict]]:

@@ -40,7 +40,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run
-from support.lab import free_subnet, remove_mep_chains
+from support.lab import dig as lab_dig, free_subnet, remove_mep_chains
 from support.crashlab import INST, VIRSH, Daemon, Lab, private_registry
 from drivers.docker_cim.driver import REVIVE_SLACK_S
 from drivers.docker_cim.pause import PAUSE_IMAGE
@@ -105,9 +105,7 @@ def reboot_lab(sample_container):
 
 
 def dig(lab: Lab, name: str) -> str:
-    out = run("dig", "+short", "+time=1", "+tries=1", "@127.0.0.1", "-p", str(lab.dns_port),
-              name, check=False).stdout
-    return "\n".join(line for line in out.splitlines() if not line.startswith(";;")).strip()
+    return lab_dig(lab.dns_port, name)
 
 
 def http_body(vip: str) -> str:

@@ -27,7 +27,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
@@ -36,6 +35,7 @@ from conftest import REGISTRY, run
 from mecorch.kernel.client import ApiError, Client
 from mecorch.kernel.fileutil import sha256_file
 from mecorch.package import build_package
+from support.lab import http_get
 from support.lab import (EXAMPLES, INST, PKGS, Names, Serve, clear, host_config, lab_config,
                          leftovers, private_dir, remove_host)
 
@@ -86,15 +86,7 @@ def lab(sample_container, sample_vm):
 
 
 def _http(url: str, tries: int = 100) -> str:
-    last = None
-    for _ in range(tries):
-        try:
-            with urllib.request.urlopen(url, timeout=3) as r:
-                return r.read(200).decode().strip()
-        except OSError as e:
-            last = e
-            time.sleep(0.3)
-    raise AssertionError(f"{url} did not answer: {last}")
+    return http_get(url, tries, step_s=0.3)
 
 
 def _body(host: str, **extra) -> dict:

@@ -10,7 +10,6 @@ backends are then searched for anything of the instances that was left.
 from __future__ import annotations
 
 import time
-import urllib.request
 
 import pytest
 
@@ -18,6 +17,7 @@ from conftest import run
 from mecorch.kernel.client import ApiError
 from mecorch.package import build_package
 from mecorch.kernel.fileutil import sha256_file
+from support import lab
 from support.lab import EXAMPLES, INST, PKGS, Lab, onboard_samples
 
 pytestmark = [pytest.mark.docker, pytest.mark.libvirt, pytest.mark.mep]
@@ -41,20 +41,10 @@ def mec(sample_container, sample_vm):
 
 
 def _dig(port: int, name: str) -> str:
-    return run("dig", "+short", "+time=1", "+tries=3", "@127.0.0.1", "-p", str(port),
-               name).stdout.strip()
+    return lab.dig(port, name, tries=3)
 
 
-def _http(url: str, tries: int = 50) -> str:
-    last = None
-    for _ in range(tries):
-        try:
-            with urllib.request.urlopen(url, timeout=3) as r:
-                return r.read(200).decode().strip()
-        except OSError as e:
-            last = e
-            time.sleep(0.2)
-    raise AssertionError(f"{url} did not answer: {last}")
+_http = lab.http_get
 
 
 def _deploy(mec: dict, app_d_id: str, **body) -> tuple[dict, dict]:

@@ -29,6 +29,7 @@ import pytest
 import yaml
 
 from conftest import run
+from mecorch.kernel import config as mconfig
 from support import lab
 from mecorch.kernel.client import ApiError, Client
 from mecorch.kernel.fileutil import sha256_file
@@ -94,18 +95,24 @@ def system(sample_container, sample_vm):
             run("iptables", "-I", "DOCKER-USER", "-i", veth, "-j", "ACCEPT")
             made["docker_user"].append(veth)
             port = lab.free_port()
-            host = lab.host_config(lab.Names(f"m{k}"), vms=k != 1,        # edge1 has no VIM
-                                   mep={"netns": netns.name, "service_cidr": SERVICE_CIDRS[k]})
+            # a host entry as an operator writes one: its id and its ranges
+            # (service; VM network where it has a VIM), every name derived
+            # from the id (network, pool, chains, service link)
+            entry = {"id": lab.Names(f"m{k}").host_id, "cim": {},
+                     "mep": {"netns": netns.name, "service_cidr": SERVICE_CIDRS[k]}}
+            if k != 1:                                                  # edge1 has no VIM
+                entry["vim"] = {"network_cidr": lab.free_subnet(), "accel": "tcg"}
             cfg = {"role": "mepm", "state_dir": str(tmp / name), "run_dir": str(tmp / "run" / name),
                    "api": {"token_file": str(tmp / f"{name}.token"),
                            "mp1_url": f"http://127.0.0.1:{port}/mec_app_support/v1"},
-                   "hosts": [host]}
+                   "hosts": [entry]}
             if k == 3:      # edge3 is not in the MEO's config: it registers itself
                 cfg["mepm"] = {"meo_url": f"http://127.0.0.1:{meo_port}",
                                "meo_token_file": str(tmp / "meo.token")}
-            made["hosts"].append((host, cfg))
             procs[name] = lab.Serve(cfg, tmp, name=name, role="mepm", listen=f"127.0.0.1:{port}",
                                     token=tokens[name])
+            host = mconfig.load(procs[name].config_path)["hosts"][0]     # with its derived names
+            made["hosts"].append((host, cfg))
             edges[name] = {"id": host["id"], "netns": netns.name, "cfg": cfg, "port": port,
                            "dns_port": host["mep"]["dns_port"], "cfg_path": procs[name].config_path,
                            "service_cidr": SERVICE_CIDRS[k],
@@ -184,8 +191,7 @@ def _http(url: str, netns: str | None = None) -> str:
 
 
 def _dig(edge: dict, name: str) -> str:
-    return ns(edge["netns"], "dig", "+short", "-p", str(edge["dns_port"]), "@127.0.0.1",
-              name, check=False).stdout.strip()
+    return lab.dig(edge["dns_port"], name, netns=edge["netns"], tries=3, time_s=5)
 
 
 def _by_host(c: Client) -> dict[str, list[dict]]:

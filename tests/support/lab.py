@@ -303,6 +303,33 @@ def clear(client: Client, timeout_s: float = 120) -> None:
         client.call("DELETE", f"{PKGS}/{pkg['id']}")
 
 
+# ---------------------------------------------------------------- clients
+def dig(port: int, name: str, *, server: str = "127.0.0.1", netns: str | None = None,
+        tries: int = 1, time_s: int = 1) -> str:
+    """What DNS answers for `name` at `server:port` (inside `netns`), as
+    `dig +short` prints it; '' when nothing answers (dig's own error lines
+    are left out)."""
+    pre = ("ip", "netns", "exec", netns) if netns else ()
+    out = run(*pre, "dig", "+short", f"+time={time_s}", f"+tries={tries}", f"@{server}",
+              "-p", str(port), name, check=False).stdout
+    return "\n".join(line for line in out.splitlines() if not line.startswith(";;")).strip()
+
+
+def http_get(url: str, tries: int = 50, step_s: float = 0.2) -> str:
+    """The first 200 characters of a GET of `url`, retried while nothing
+    answers (an app coming up); an AssertionError naming it after `tries`."""
+    import urllib.request
+    last = None
+    for _ in range(tries):
+        try:
+            with urllib.request.urlopen(url, timeout=3) as r:
+                return r.read(200).decode().strip()
+        except OSError as e:
+            last = e
+            time.sleep(step_s)
+    raise AssertionError(f"{url} did not answer: {last}")
+
+
 # ---------------------------------------------------------------- the backends
 def _docker(host_cfg: dict) -> tuple:
     cim = host_cfg.get("cim") or {}

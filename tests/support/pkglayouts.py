@@ -29,7 +29,6 @@ import hashlib
 import io
 import json
 import shutil
-import time
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -362,21 +361,11 @@ def terminate(c, iid: str) -> dict:
 
 
 def dig(port: int, name: str) -> str:
-    return run("dig", "+short", "+time=1", "+tries=3", "@127.0.0.1", "-p", str(port),
-               name).stdout.strip()
+    return thelab.dig(port, name, tries=3)
 
 
 def http(url: str, tries: int = 100) -> str:
-    import urllib.request
-    last = None
-    for _ in range(tries):
-        try:
-            with urllib.request.urlopen(url, timeout=3) as r:
-                return r.read(200).decode().strip()
-        except OSError as e:
-            last = e
-            time.sleep(0.2)
-    raise AssertionError(f"{url} did not answer: {last}")
+    return thelab.http_get(url, tries)
 
 
 def leftovers(iid: str) -> list[str]:
