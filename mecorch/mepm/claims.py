@@ -159,27 +159,9 @@ class ClaimsLedger:
                     raise InvalidInput(
                         f"dnsRule {rule.dns_rule_id}: domainName {rule.domain_name} is not in "
                         f"the MEC domain {domain} of host {host.id}")
-        mine = [d for rule in traffic for d in R.destinations(rule)]
-        names = {r.domain_name: r.dns_rule_id for r in dns}
-        for other_id, other in self._claims(host.id, instance_id):
-            for rule in other["trafficRules"]:
-                for theirs in R.destinations(TrafficRule.from_etsi(rule)):
-                    for d in mine:
-                        where = d.overlap(theirs)
-                        if where:
-                            raise Conflict(
-                                f"trafficRule {d.rule_id}: {where} is steered by instance "
-                                f"{other_id} (app {other.get('appDId')}, trafficRule "
-                                f"{theirs.rule_id})")
-            if app_d_id is not None and other.get("appDId") == app_d_id:
-                continue            # the same app's replicas share names
-            for rule in other["dnsRules"]:
-                name = rule["domainName"]
-                if name in names:
-                    raise Conflict(
-                        f"dnsRule {names[name]}: the name {name} belongs to instance "
-                        f"{other_id} (app {other.get('appDId')}); only instances of that "
-                        f"app may share it")
+        taken = R.claim_conflict(traffic, dns, app_d_id, self._claims(host.id, instance_id))
+        if taken:
+            raise Conflict(taken)
 
     def _claims(self, host_id: str, but: str):
         """(instance id, rule set) of every claim on the host but `but`'s."""

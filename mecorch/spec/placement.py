@@ -17,7 +17,10 @@ a constraint":
    instance, RETAIN volumes, host ports: `capacity.unfit_for`); and a
    request that names fixed service addresses (trafficFilter.dstAddress)
    goes only to a host whose service range holds them all (a host that
-   reports no range is not held to one: its MEP checks the rules);
+   reports no range is not held to one: its MEP checks the rules), and
+   not to a host where another instance holds one of the destinations
+   (address:port/protocol) or DNS names it claims, as the level knows the
+   host's claims (`Candidate.held`; the host's own ledger checks again);
 3. among the hosts left, the one with the most free capacity after the
    placement wins (the smaller of its free vCPU and memory shares), then
    the host id, so the choice is stable.
@@ -50,14 +53,32 @@ class Candidate:
     # manner value -> the driver's declared Capabilities (none: not declared)
     capabilities: dict[str, Capabilities] = field(default_factory=dict)
     service_cidr: str | None = None     # its MEP's service range (None: not reported)
+    # the claims of its other instances as the placing level knows them:
+    # (instance id, rule set: ETSI trafficRules, dnsRules, and appDId)
+    held: tuple[tuple[str, dict], ...] = ()
+
+
+@dataclass(frozen=True)
+class Claims:
+    """What a request claims on its host before the host gives it an
+    address: its rules' fixed destinations and its DNS names."""
+    traffic: tuple = ()
+    dns: tuple = ()
+    app_d_id: str | None = None     # the app (its replicas share DNS names)
+
+    def taken_on(self, c: Candidate) -> str | None:
+        """The host's wording of what another instance there holds, or None."""
+        return rules.claim_conflict(self.traffic, self.dns, self.app_d_id, c.held) \
+            if c.held else None
 
 
 def why_not(c: Candidate, manner: DeploymentType, need: Need,
             max_latency_ns: int | None = None, accel: bool = False,
-            request: ResourceRequest | None = None, fixed: tuple[str, ...] = ()
-            ) -> str | None:
+            request: ResourceRequest | None = None, fixed: tuple[str, ...] = (),
+            claims: Claims | None = None) -> str | None:
     """Why the host cannot take the instance, or None when it can.
-    `fixed`: the service addresses the request names."""
+    `fixed`: the service addresses the request names; `claims`: what it
+    claims against the host's other instances (`Candidate.held`)."""
     if not c.reachable:
         return "UNREACHABLE"
     if fixed and c.service_cidr:
@@ -65,6 +86,10 @@ def why_not(c: Candidate, manner: DeploymentType, need: Need,
         if outside:
             return (f"its service range {c.service_cidr} does not hold "
                     f"{', '.join(outside)}")
+    if claims is not None:
+        taken = claims.taken_on(c)
+        if taken:
+            return taken
     room = c.rooms.get(manner.value)
     if room is None:
         return "no VIM: takes no VM" if manner is DeploymentType.VM \
@@ -88,18 +113,20 @@ def why_not(c: Candidate, manner: DeploymentType, need: Need,
 def place(manner: DeploymentType, need: Need, candidates: list[Candidate],
           wanted: list[str] | None = None, max_latency_ns: int | None = None,
           accel: bool = False, request: ResourceRequest | None = None,
-          fixed: tuple[str, ...] = ()) -> str:
+          fixed: tuple[str, ...] = (), claims: Claims | None = None) -> str:
     """The host id the instance goes to; CapacityExceeded (409) naming every
     host's reason when none fits; NotFound (404) for an unknown wanted host.
     `request`: checked against each host's declared driver capabilities;
-    `fixed`: the service addresses it names (a host's range must hold them)."""
-    return choose(manner, need, candidates, wanted, max_latency_ns, accel, request, fixed)[0]
+    `fixed`: the service addresses it names (a host's range must hold them);
+    `claims`: what it claims (no other instance of the host may hold it)."""
+    return choose(manner, need, candidates, wanted, max_latency_ns, accel, request, fixed,
+                  claims)[0]
 
 
 def choose(manner: DeploymentType, need: Need, candidates: list[Candidate],
            wanted: list[str] | None = None, max_latency_ns: int | None = None,
            accel: bool = False, request: ResourceRequest | None = None,
-           fixed: tuple[str, ...] = ()) -> tuple[str, str]:
+           fixed: tuple[str, ...] = (), claims: Claims | None = None) -> tuple[str, str]:
     """`place`, with its reason: (host id, "edge2: most room left of 2
     fitting; edge1: no VIM: takes no VM")."""
     by_id = {c.host_id: c for c in candidates}
@@ -113,7 +140,7 @@ def choose(manner: DeploymentType, need: Need, candidates: list[Candidate],
         pool = sorted(candidates, key=lambda c: c.host_id)
     fits, reasons = [], []
     for c in pool:
-        why = why_not(c, manner, need, max_latency_ns, accel, request, fixed)
+        why = why_not(c, manner, need, max_latency_ns, accel, request, fixed, claims)
         if why is None:
             fits.append(c)
         else:
@@ -162,14 +189,21 @@ def _neg(s: str) -> tuple:
     return tuple(-ord(ch) for ch in s)
 
 
-def place_plan(plan, candidates: list[Candidate]) -> str:
+def place_plan(plan, candidates: list[Candidate], app_d_id: str | None = None) -> str:
     """`place` for a planned request (`spec.plan.Plan`): its manner, need,
     wanted hosts, latency and acceleration asks, its request against each
-    host's declared capabilities, and the service addresses it names."""
-    return choose_plan(plan, candidates)[0]
+    host's declared capabilities, the service addresses it names, and its
+    claims against each host's `held` (`app_d_id`: the request's app)."""
+    return choose_plan(plan, candidates, app_d_id)[0]
 
 
-def choose_plan(plan, candidates: list[Candidate]) -> tuple[str, str]:
+def plan_claims(plan, app_d_id: str | None = None) -> Claims:
+    """What a planned request claims before its host gives it an address."""
+    return Claims(rules.with_fixed_addresses(plan.traffic), tuple(plan.dns), app_d_id)
+
+
+def choose_plan(plan, candidates: list[Candidate],
+                app_d_id: str | None = None) -> tuple[str, str]:
     """`place_plan` with its reason (`choose`)."""
     return choose(plan.manner, plan.need, candidates, list(plan.wanted), plan.max_latency_ns,
-                  plan.accel, plan.request, plan.fixed_addresses)
+                  plan.accel, plan.request, plan.fixed_addresses, plan_claims(plan, app_d_id))

@@ -657,3 +657,47 @@ def in_range(value: str, service_range: str) -> bool:
     version, lo, hi = address_interval(value)
     return version == net.version and lo >= int(net.network_address) \
         and hi <= int(net.broadcast_address)
+
+
+def with_fixed_addresses(traffic) -> tuple["TrafficRule", ...]:
+    """The traffic rules with only their filters that name their
+    destination addresses (dstAddress): what a rule set claims before its
+    host gives it an address (a filter without one asks the host, which
+    alone can check what it gets). A rule left with no filter is left out."""
+    from dataclasses import replace
+    out = []
+    for rule in traffic:
+        named = tuple(flt for flt in rule.traffic_filter if flt.dst_address)
+        if named:
+            out.append(replace(rule, traffic_filter=named))
+    return tuple(out)
+
+
+def claim_conflict(traffic, dns, app_d_id: str | None, others) -> str | None:
+    """Why a rule set (values) cannot be claimed on a host where `others`
+    ((instance id, stored rule set: ETSI `trafficRules`, `dnsRules` and its
+    `appDId`) of the host's other instances) hold claims, or None: a
+    destination (address:port/protocol) another instance steers, or a DNS
+    name another app's instance has (the same app's replicas share names).
+    The one wording of both levels: the host's ledger (`mepm.claims`) and
+    the MEO before its 202 (`meo.lcm`, over what it last knew of the host)."""
+    mine = [d for rule in traffic for d in destinations(rule)]
+    names = {r.domain_name: r.dns_rule_id for r in dns}
+    for other_id, other in others:
+        for rule in other.get("trafficRules") or []:
+            for theirs in destinations(TrafficRule.from_etsi(rule)):
+                for d in mine:
+                    where = d.overlap(theirs)
+                    if where:
+                        return (f"trafficRule {d.rule_id}: {where} is steered by instance "
+                                f"{other_id} (app {other.get('appDId')}, trafficRule "
+                                f"{theirs.rule_id})")
+        if app_d_id is not None and other.get("appDId") == app_d_id:
+            continue            # the same app's replicas share names
+        for rule in other.get("dnsRules") or []:
+            name = rule["domainName"]
+            if name in names:
+                return (f"dnsRule {names[name]}: the name {name} belongs to instance "
+                        f"{other_id} (app {other.get('appDId')}); only instances of that "
+                        f"app may share it")
+    return None

@@ -193,6 +193,38 @@ def test_an_address_in_no_range_is_a_409_naming_each_range():
     assert "edge2: its service range 10.172.0.0/24 does not hold 10.173.0.10" in d
 
 
+def test_a_host_where_the_address_or_name_is_held_is_left_out():
+    """`Candidate.held` (the claims the placing level knows on the host):
+    a host where another instance steers the fixed destination, or another
+    app's instance has the DNS name, is left out in the host's words; what
+    the host would allocate (no dstAddress) claims nothing here."""
+    (tr,), _ = _fixed("10.171.0.10")
+    held = (("i1", {"appDId": "a1", "trafficRules": [tr.to_etsi()], "dnsRules": [
+        {"dnsRuleId": "d", "domainName": "x.mec.local", "ipAddressType": "IP_V4",
+         "ipAddress": "10.171.0.11", "ttl": 60, "state": "ACTIVE"}]}),)
+    from dataclasses import replace
+    hosts = [replace(_cand("edge1", RANGES["edge1"], cpus=8), held=held),
+             _cand("edge3", None)]
+    traffic, dns = _fixed("10.171.0.10", 1)
+    claims = placement.Claims(R.with_fixed_addresses(traffic), dns, "a2")
+    host, why = placement.choose(C, NEED, hosts, claims=claims)
+    assert host == "edge3"
+    assert "edge1: trafficRule f1: 10.171.0.10:80/tcp/udp is steered by instance i1 (app a1, " \
+           "trafficRule f0)" in why, why
+    with pytest.raises(CapacityExceeded) as info:
+        placement.choose(C, NEED, hosts, wanted=["edge1"], claims=claims)
+    assert "steered by instance i1" in info.value.detail
+    # a rule asking for its address claims none before its host gives one
+    traffic, dns = _asking(2)
+    asking = placement.Claims(R.with_fixed_addresses(traffic), dns, "a2")
+    assert placement.place(C, NEED, hosts[:1], claims=asking) == "edge1"
+    # a DNS name: another app's is held, the same app's replicas share it
+    named = tuple(R.DnsRule.from_etsi(d) for d in held[0][1]["dnsRules"])
+    assert "the name x.mec.local belongs to instance i1" in placement.why_not(
+        hosts[0], C, NEED, claims=placement.Claims((), named, "a2"))
+    assert placement.why_not(hosts[0], C, NEED, claims=placement.Claims((), named, "a1")) is None
+
+
 def test_the_reason_names_the_winner_and_every_host_left_out():
     hosts = [_cand("edge1", None), _cand("edge2", None, manners=(C, VM)),
              _cand("edge3", None, cpus=8, manners=(C, VM))]
