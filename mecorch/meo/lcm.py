@@ -6,8 +6,11 @@ the MEPM contract. An instantiate:
 
 1. plans the request (`spec.plan.plan_request`, the same pure code as a
    host: orchestrationInfo parsed once, the manner, the resource request,
-   the rules validated), places it (`placement.place_plan`) and reserves
-   its need in the registry until the host's own ledger holds them; the
+   the rules validated), places it (`placement.place_plan`: its fixed
+   service addresses and DNS names against the claims it knows on each
+   host, `_held`: 409 before the 202 for a named host where they are held)
+   and reserves its need in the registry until the host's own ledger holds
+   them; the
    host is sent the same MEC 010-2 body with the manner and host named,
    and plans it once on its side against its own host;
 2. journals the op occurrence, then, as recorded steps: makes the package
@@ -36,6 +39,7 @@ import json
 import logging
 import threading
 import time
+from dataclasses import replace
 
 from mecorch.spec import decision
 from mecorch.kernel import logs, validate
@@ -145,8 +149,24 @@ class SystemLcm(InstanceQueries):
             # not after the 202); the host reads the same body once on its side
             p = plan_request(instance_id, pkg, body, self._chooser(pkg, selected_hosts(body)))
             with self._place_lock:
+                held = self._held(but=instance_id)
+                candidates = [replace(c, held=held.get(c.host_id, ()))
+                              for c in self.registry.candidates()]
+                claims = placement.plan_claims(p, inst["appDId"])
+                if len(p.wanted) == 1:
+                    # a named host where another instance holds what the
+                    # request claims: the host's refusal, before the 202
+                    taken = claims.taken_on(next(
+                        (c for c in candidates if c.host_id == p.wanted[0]),
+                        placement.Candidate(p.wanted[0], False)))
+                    if taken:
+                        log.info("instance %s (app %s) not placed: %s", instance_id,
+                                 inst["appDId"], taken)
+                        logs.event("placement.refused", instance=instance_id,
+                                   app=inst["appDId"], manner=p.manner.value, reasons="claims")
+                        raise Conflict(f"edge host {p.wanted[0]!r}: {taken}")
                 try:
-                    host_id, where = placement.choose_plan(p, self.registry.candidates())
+                    host_id, where = placement.choose_plan(p, candidates, inst["appDId"])
                 except MecorchError as e:
                     log.info("instance %s (app %s) not placed: %s", instance_id,
                              inst["appDId"], e.detail)
@@ -171,6 +191,11 @@ class SystemLcm(InstanceQueries):
                 op["decisionReason"] = f"{p.decision.reason}; placed on {where}"
                 self.store.put("op_occs", op["id"], op)
                 inst["_opId"] = op["id"]
+                # what it claims there, as the MEO knows it until it reads
+                # the host's rules (`_held`)
+                inst["_claims"] = {"hostId": host_id, "trafficRules": [
+                    r.to_etsi() for r in claims.traffic], "dnsRules": [
+                    r.to_etsi() for r in claims.dns]}
                 self.store.put("instances", instance_id, inst)
                 logs.op_started(op, inst)
                 if key:
@@ -183,6 +208,36 @@ class SystemLcm(InstanceQueries):
             self._live.add(op["id"])
         self._pool.submit(self._guarded, instance_id, self._run_instantiate, op)
         return public(op)
+
+    def _held(self, but: str) -> dict[str, tuple[tuple[str, dict], ...]]:
+        """host -> the claims the MEO knows its instances hold there
+        (`placement.Candidate.held`), `but`'s excepted: each instance
+        INSTANTIATED on the host or being instantiated there, with the rules
+        last read from the host (the `rules` table) or else those it planned
+        (`_claims`: fixed addresses and DNS names). The host's own ledger is
+        the authority: it checks again (this view may be stale)."""
+        out: dict[str, list] = {}
+        read_from_hosts = {d["id"]: d for d in self.store.list("rules")}
+        for inst in self.store.list("instances"):
+            iid, planned = inst["id"], inst.get("_claims") or {}
+            if iid == but:
+                continue
+            if inst.get("instantiationState") == INSTANTIATED:
+                host = inst.get("hostId") or planned.get("hostId")
+            else:
+                op = self.store.get("op_occs", inst["_opId"]) if inst.get("_opId") else None
+                if not planned or op is None \
+                        or op["lcmOperation"] != LcmOperation.INSTANTIATE.value \
+                        or op["operationState"] not in ("STARTING", "PROCESSING"):
+                    continue
+                host = planned.get("hostId")
+            read = read_from_hosts.get(iid)
+            rules = read if read and read.get("hostId") == host else planned
+            if host and rules:
+                out.setdefault(host, []).append((iid, {
+                    "appDId": inst.get("appDId"), "trafficRules": rules.get("trafficRules"),
+                    "dnsRules": rules.get("dnsRules")}))
+        return {h: tuple(v) for h, v in out.items()}
 
     def _chooser(self, pkg: dict, wanted: list[str]):
         """The manner policy of a dual-format app whose request names none
@@ -672,7 +727,8 @@ class SystemLcm(InstanceQueries):
 def refusal_reasons(e: MecorchError) -> list[str]:
     """The kinds of reason a placement refusal gave, one per kind (its
     detail names each host's: "host: why; ..."): capacity, manner,
-    unreachable, latency, accel, limits (a driver's declared limits),
+    unreachable, latency, accel, claims (another instance holds an address
+    or name), limits (a driver's declared limits),
     unknown_host, none_registered."""
     if isinstance(e, NotFound):
         return ["unknown_host"]
@@ -693,6 +749,10 @@ def refusal_reasons(e: MecorchError) -> list[str]:
             kinds.add("latency")
         elif "acceleration" in why:
             kinds.add("accel")
+        elif " is steered by instance " in why or " belongs to instance " in why:
+            kinds.add("claims")
+        elif why.startswith("only instances of that app"):
+            continue                # the rest of a DNS name's refusal
         else:
             kinds.add("limits")
     return sorted(kinds)

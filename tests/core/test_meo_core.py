@@ -183,54 +183,114 @@ def test_the_oss_subscribes_at_the_meo(system, notification_sink):
 
 
 # ---------------------------------------------------------------- one identity
-def _vip_rules():
+def _vip_rules(address="10.90.0.10"):
     """The sample's traffic rule at a fixed service address (the sample now
     asks its host for one): two instances of it on one host collide."""
     import yaml
     rules = yaml.safe_load(CONTAINER_APPD.read_text())["appTrafficRule"]
-    rules[0]["trafficFilter"][0]["dstAddress"] = ["10.90.0.10"]
+    rules[0]["trafficFilter"][0]["dstAddress"] = [address]
     return rules
 
 
-def test_one_identity_the_host_takes_the_meos_ids(system):
-    """The ids the OSS got from the MEO are the host's: its instance and
-    package records, what the CIM was asked to deploy (container names and
-    labels derive from it); the usage state is NOT_IN_USE at both levels
-    as soon as the last instance's terminate is seen COMPLETED."""
-    s = system
-    pkg = onboard(s)
-    iid, op = deploy(s, pkg["appDId"], deploymentType="CONTAINER",
-                     selectedMECHostInfo=[{"hostId": {"id": "edge2"}}])
-    assert op["operationState"] == "COMPLETED", op
-    host = s.hosts["edge2"]
-    assert [i["id"] for i in host.lcm.list()] == [iid]
-    assert host.lcm.list()[0]["appPkgId"] == pkg["id"]
-    assert [p["id"] for p in host.packages.list()] == [pkg["id"]]
-    cim = host.inventory.get("edge2").compute(DeploymentType.CONTAINER)
-    assert list(cim.instances) == [iid]
-    assert s.meo.store.get("instances", iid)["_hostInstance"] == {"hostId": "edge2", "id": iid}
-    assert s.c.get(f"{PKGS}/{pkg['id']}")["usageState"] == "IN_USE"
-    assert host.packages.get(pkg["id"])["usageState"] == "IN_USE"
-    op, _ = s.c.post(f"{INST}/{iid}/terminate", {"terminationType": "FORCEFUL"})
-    assert s.c.wait_op(op, timeout=10)["operationState"] == "COMPLETED"
-    # read at once: no later pass may be needed to get it right
-    assert s.c.get(f"{PKGS}/{pkg['id']}")["usageState"] == "NOT_IN_USE"
-    assert host.packages.get(pkg["id"])["usageState"] == "NOT_IN_USE"
+def _moved_at_the_host(s, host_id, host_instance, address):
+    """The instance's traffic rule moved to `address` through the host's
+    Mp1 (the MEO has not read it: its view of the host's claims is stale)."""
+    mep = s.hosts[host_id].mep
+    (rule,) = mep.list_rules(host_instance, "traffic_rules")
+    rule["trafficFilter"][0]["dstAddress"] = [address]
+    mep.put_rule(host_instance, "traffic_rules", rule["trafficRuleId"], rule)
 
 
-def test_a_relayed_error_names_the_meos_ids_and_the_host(system, caplog):
-    """Two instances steering one service address on one host: the second
-    fails, and its error (at the MEO) names the first by the MEO's id and
-    the host; the log spells the operation INSTANTIATE."""
+def test_a_held_address_or_name_is_a_409_before_the_202(system):
+    """Before its 202 the MEO refuses a request naming a host where another
+    of its instances holds the fixed service address (or DNS name) it
+    claims, in the host's words with the MEO's id and the host: nothing is
+    made at the host, no op at the MEO. Named no host, it is placed where
+    the address is free, the holding host left out with the reason."""
     s = system
     pkg = onboard(s, appTrafficRule=_vip_rules())
     on_edge2 = [{"hostId": {"id": "edge2"}}]
     first, op = deploy(s, pkg["appDId"], deploymentType="CONTAINER",
                        selectedMECHostInfo=on_edge2)
     assert op["operationState"] == "COMPLETED", op
+    second = s.c.post(INST, {"appDId": pkg["appDId"]})[0]["id"]
+    with pytest.raises(ApiError) as info:
+        s.c.post(f"{INST}/{second}/instantiate",
+                 {"deploymentType": "CONTAINER", "selectedMECHostInfo": on_edge2})
+    assert info.value.status == 409
+    assert info.value.detail.startswith("edge host 'edge2': trafficRule "), info.value.detail
+    assert f"10.90.0.10:80/tcp is steered by instance {first}" in info.value.detail
+    assert [i["id"] for i in s.hosts["edge2"].lcm.list()] == [first]
+    assert s.meo.store.list("op_occs", appInstanceId=second) == []
+    assert s.c.get(f"{INST}/{second}")["instantiationState"] == "NOT_INSTANTIATED"
+    # no host named: placed where the address is free, edge2 left out
+    op, _ = s.c.post(f"{INST}/{second}/instantiate", {"deploymentType": "CONTAINER"})
+    op = s.c.wait_op(op, timeout=20)
+    assert op["operationState"] == "COMPLETED", op
+    assert s.c.get(f"{INST}/{second}")["hostId"] != "edge2"
+    assert f"edge2: trafficRule {_vip_rules()[0]['trafficRuleId']}: 10.90.0.10:80/tcp is " \
+           f"steered by instance {first}" in op["decisionReason"], op["decisionReason"]
+    # a DNS name another app's instance holds: the same, before the 202
+    named = [{"dnsRuleId": "n", "domainName": "held.mec.local", "ipAddressType": "IP_V4",
+              "ipAddress": "10.90.0.20"}]
+    other = onboard(s, appDId="other-app", appDNSRule=named)
+    holder, op = deploy(s, other["appDId"], deploymentType="CONTAINER",
+                        selectedMECHostInfo=on_edge2)
+    assert op["operationState"] == "COMPLETED", op
+    third = s.c.post(INST, {"appDId": pkg["appDId"]})[0]["id"]
+    with pytest.raises(ApiError) as info:
+        s.c.post(f"{INST}/{third}/instantiate", {
+            "deploymentType": "CONTAINER", "selectedMECHostInfo": on_edge2,
+            "appTrafficRule": [], "appDNSRule": [dict(named[0], ipAddress="10.90.0.21")]})
+    assert info.value.status == 409
+    assert f"edge host 'edge2': dnsRule n: the name held.mec.local belongs to instance " \
+           f"{holder}" in info.value.detail, info.value.detail
+    assert s.meo.store.list("op_occs", appInstanceId=third) == []
+
+
+def test_an_instance_in_flight_holds_its_claims_at_the_meo(system, monkeypatch):
+    """Two requests for one address on one host, the first still deploying
+    (its host's instantiate held): the MEO counts its own instance in
+    flight, the second is a 409 before the 202."""
+    s = system
+    pkg = onboard(s, appTrafficRule=_vip_rules())
+    on_edge2 = [{"hostId": {"id": "edge2"}}]
+    gate, mepm = threading.Event(), s.mepms["edge2"]
+    real = mepm.instantiate
+    monkeypatch.setattr(mepm, "instantiate", lambda *a, **kw: gate.wait(10) and real(*a, **kw))
+    first = s.c.post(INST, {"appDId": pkg["appDId"]})[0]["id"]
+    op, _ = s.c.post(f"{INST}/{first}/instantiate",
+                     {"deploymentType": "CONTAINER", "selectedMECHostInfo": on_edge2})
+    try:
+        second = s.c.post(INST, {"appDId": pkg["appDId"]})[0]["id"]
+        with pytest.raises(ApiError) as info:
+            s.c.post(f"{INST}/{second}/instantiate",
+                     {"deploymentType": "CONTAINER", "selectedMECHostInfo": on_edge2})
+        assert info.value.status == 409
+        assert f"steered by instance {first}" in info.value.detail, info.value.detail
+    finally:
+        gate.set()
+    assert s.c.wait_op(op, timeout=20)["operationState"] == "COMPLETED"
+
+
+def test_a_relayed_error_names_the_meos_ids_and_the_host(system, caplog):
+    """The MEO's view of the host's claims is stale (the first instance's
+    rule moved through the host's Mp1): the MEO passes the second, the host
+    refuses it (its ledger is the authority), and the error at the MEO
+    names the first by the MEO's id and the host; the log spells the
+    operation INSTANTIATE. Once the MEO has read the rules it refuses the
+    same request before its 202."""
+    s = system
+    pkg = onboard(s, appTrafficRule=_vip_rules())
+    on_edge2 = [{"hostId": {"id": "edge2"}}]
+    first, op = deploy(s, pkg["appDId"], deploymentType="CONTAINER",
+                       selectedMECHostInfo=on_edge2)
+    assert op["operationState"] == "COMPLETED", op
+    _moved_at_the_host(s, "edge2", first, "10.90.0.11")
     caplog.set_level("WARNING", logger="mecorch.meo.lcm")
     second, op = deploy(s, pkg["appDId"], deploymentType="CONTAINER",
-                        selectedMECHostInfo=on_edge2)
+                        selectedMECHostInfo=on_edge2,
+                        appTrafficRule=_vip_rules("10.90.0.11"))
     assert op["operationState"] == "FAILED", op
     detail = op["error"]["detail"]
     assert f"steered by instance {first}" in detail and "edge host 'edge2'" in detail, detail
@@ -240,6 +300,14 @@ def test_a_relayed_error_names_the_meos_ids_and_the_host(system, caplog):
     assert not any("INSTATIATE" in line for line in lines)
     # the wire keeps the ETSI enum value
     assert op["lcmOperation"] == "INSTATIATE" and op["operationParams"] == "INSTANTIATE"
+    # the rules read through the MEO: its view is the host's again
+    (rule,) = s.c.get(f"/mec_app_support/v1/applications/{first}/traffic_rules")
+    assert rule["trafficFilter"][0]["dstAddress"] == ["10.90.0.11"]
+    with pytest.raises(ApiError) as info:
+        s.c.post(f"{INST}/{second}/instantiate",
+                 {"deploymentType": "CONTAINER", "selectedMECHostInfo": on_edge2,
+                  "appTrafficRule": _vip_rules("10.90.0.11")})
+    assert info.value.status == 409 and f"steered by instance {first}" in info.value.detail
 
 
 def test_a_host_instance_under_an_id_of_its_own_keeps_working(system, monkeypatch):
@@ -259,7 +327,10 @@ def test_a_host_instance_under_an_id_of_its_own_keeps_working(system, monkeypatc
     theirs = s.meo.store.get("instances", old)["_hostInstance"]["id"]
     assert theirs != old and [i["id"] for i in s.hosts["edge3"].lcm.list()] == [theirs]
     monkeypatch.undo()
-    new, op = deploy(s, pkg["appDId"], deploymentType="CONTAINER", selectedMECHostInfo=on_edge3)
+    # moved at the host: the MEO's view is stale, so the host refuses it
+    _moved_at_the_host(s, "edge3", theirs, "10.90.0.11")
+    new, op = deploy(s, pkg["appDId"], deploymentType="CONTAINER", selectedMECHostInfo=on_edge3,
+                     appTrafficRule=_vip_rules("10.90.0.11"))
     assert op["operationState"] == "FAILED", op
     assert f"steered by instance {old}" in op["error"]["detail"], op["error"]
     assert theirs not in op["error"]["detail"]

@@ -437,9 +437,11 @@ def test_one_identity_meo_mepm_container_and_domain(system):
 
 
 def test_an_error_relayed_by_the_meo_names_its_instance_id_and_the_host(system):
-    """A second owner of a steered service address on one host: the host
-    refuses it (after the MEO's 202), and the failed op at the MEO names
-    the instance that holds the address by the MEO's id, and the host."""
+    """A second owner of a steered service address on one host: refused,
+    naming the instance that holds the address by the MEO's id, and the
+    host. The holder's address was given by its host: until the MEO has
+    read its rules the host refuses it (after the MEO's 202, a FAILED op);
+    once read, the MEO refuses it before its 202 (409, nothing made)."""
     c, edges = system["c"], system["edges"]
     edge1 = edges["edge1"]["id"]
     on_edge1 = [{"hostId": {"id": edge1}}]
@@ -451,15 +453,29 @@ def test_an_error_relayed_by_the_meo_names_its_instance_id_and_the_host(system):
     inst = c.post(INST, {"appDId": "sample-http"})[0]
     # the holder's own address, asked for by name (a name of its own: only
     # the address is in dispute)
-    op, _ = c.post(f"{INST}/{inst['id']}/instantiate",
-                   {"deploymentType": "CONTAINER", "selectedMECHostInfo": on_edge1,
-                    **_fixed_rules(vip, f"dup-{system['tag']}.mec.local")})
-    op = c.wait_op(op, timeout=120)
-    assert op["operationState"] == "FAILED", op
-    detail = op["error"]["detail"]
-    assert f"{vip}:80/tcp is steered by instance {holder}" in detail, detail
-    assert f"edge host {edge1!r}" in detail, detail
-    assert op["error"]["status"] == 409
+    body = {"deploymentType": "CONTAINER", "selectedMECHostInfo": on_edge1,
+            **_fixed_rules(vip, f"dup-{system['tag']}.mec.local")}
+
+    def refused() -> dict:
+        try:
+            op, _ = c.post(f"{INST}/{inst['id']}/instantiate", body)
+        except ApiError as e:       # the MEO knew the holder's rules
+            assert c.get(f"{INST}/{inst['id']}")["instantiationState"] == "NOT_INSTANTIATED"
+            return {"status": e.status, "detail": e.detail, "before202": True}
+        op = c.wait_op(op, timeout=120)
+        assert op["operationState"] == "FAILED", op
+        return {**op["error"], "before202": False}
+
+    for error in (refused(), None):
+        if error is None:
+            # the holder's rules read through the MEO: then it knows them
+            c.get(f"{MP1}/{holder}/traffic_rules")
+            error = refused()
+            assert error["before202"], error
+        detail = error["detail"]
+        assert f"{vip}:80/tcp is steered by instance {holder}" in detail, detail
+        assert f"edge host {edge1!r}" in detail, detail
+        assert error["status"] == 409
     c.call("DELETE", f"{INST}/{inst['id']}")
     meo_log = system["tmp"] / "meo.log"
     assert "INSTATIATE" not in meo_log.read_text(errors="replace")
