@@ -564,7 +564,7 @@ def test_meo_views_match_the_mepms_and_a_killed_host_shows_unknown(system):
     try:
         _wait(observed_alike, 20, "the MEO's observed states to be the MEPMs'", step=1)
     except AssertionError:
-        raise AssertionError(procs["meo"].log.read_text()[-4000:]) from None
+        raise AssertionError(procs["meo"].log_path.read_text()[-4000:]) from None
 
     # app list: exit 0, each instance as its MEPM has it, DNS names from its MEP
     r = _meo_cli(system, "app", "list")
@@ -645,7 +645,7 @@ def test_meo_views_match_the_mepms_and_a_killed_host_shows_unknown(system):
     edge = edges["edge2"]
     theirs = {i["id"]: i for i in c.get(INST)          # as the MEO has them now
               if i.get("hostId") == edge["id"] and i["instantiationState"] == "INSTANTIATED"}
-    log = procs["meo"].log
+    log = procs["meo"].log_path
     mark = log.stat().st_size
     procs["edge2"].kill()
     try:
