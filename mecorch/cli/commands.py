@@ -198,8 +198,7 @@ def app_instantiate(c: Client, a) -> int:
     if op["operationState"] != "COMPLETED":
         print(f"instantiate failed: {op.get('error', {}).get('detail')}", file=sys.stderr)
         return 1
-    print_json(c.get(f"{INST}/{iid}"))
-    return 0
+    return emit(a, c.get(f"{INST}/{iid}"), _fields)
 
 
 app_deploy = app_instantiate          # `mecorch app deploy`: the same command
