@@ -6,7 +6,7 @@ the MEPM contract. An instantiate:
 
 1. plans the request (`spec.plan.plan_request`, the same pure code as a
    host: orchestrationInfo parsed once, the manner, the resource request,
-   the rules validated), places it (`placement.place_plan`: its fixed
+   the rules validated), places it (`placement.choose_plan`: its fixed
    service addresses and DNS names against the claims it knows on each
    host, `_held`: 409 before the 202 for a named host where they are held)
    and reserves its need in the registry until the host's own ledger holds

@@ -189,14 +189,6 @@ def _neg(s: str) -> tuple:
     return tuple(-ord(ch) for ch in s)
 
 
-def place_plan(plan, candidates: list[Candidate], app_d_id: str | None = None) -> str:
-    """`place` for a planned request (`spec.plan.Plan`): its manner, need,
-    wanted hosts, latency and acceleration asks, its request against each
-    host's declared capabilities, the service addresses it names, and its
-    claims against each host's `held` (`app_d_id`: the request's app)."""
-    return choose_plan(plan, candidates, app_d_id)[0]
-
-
 def plan_claims(plan, app_d_id: str | None = None) -> Claims:
     """What a planned request claims before its host gives it an address."""
     return Claims(rules.with_fixed_addresses(plan.traffic), tuple(plan.dns), app_d_id)
@@ -204,6 +196,9 @@ def plan_claims(plan, app_d_id: str | None = None) -> Claims:
 
 def choose_plan(plan, candidates: list[Candidate],
                 app_d_id: str | None = None) -> tuple[str, str]:
-    """`place_plan` with its reason (`choose`)."""
+    """`choose` for a planned request (`spec.plan.Plan`): its manner, need,
+    wanted hosts, latency and acceleration asks, its request against each
+    host's declared capabilities, the service addresses it names, and its
+    claims against each host's `held` (`app_d_id`: the request's app)."""
     return choose(plan.manner, plan.need, candidates, list(plan.wanted), plan.max_latency_ns,
                   plan.accel, plan.request, plan.fixed_addresses, plan_claims(plan, app_d_id))
