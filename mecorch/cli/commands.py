@@ -173,7 +173,6 @@ def app_create(c: Client, a) -> int:
 
 
 def app_instantiate(c: Client, a) -> int:
-    iid = instance_id(c, a.id)
     body: dict = {}
     if a.host:
         body["selectedMECHostInfo"] = [{"hostId": {"id": a.host}}]
@@ -184,6 +183,8 @@ def app_instantiate(c: Client, a) -> int:
         load_yaml(text, what=a.orchestration)          # fail early on bad YAML
         body["orchestrationInfo"] = text
     rules = _rules_file(a.rules) if getattr(a, "rules", None) else None
+    # the local files are checked first: a typo there needs no server
+    iid = instance_id(c, a.id)
     address = getattr(a, "service_address", None)
     if address is not None:
         rules = with_service_address(rules if rules is not None else _appd_rules(c, iid),

@@ -207,3 +207,16 @@ def test_long_wait_says_it_still_waits(env, capsys, monkeypatch):  # noqa: F811
     assert any(ln.startswith("  INSTANTIATE PROCESSING, ") and ln.endswith(" s ...")
                for ln in lines), err
     assert lines[-1] == "  INSTANTIATE COMPLETED"
+
+
+def test_a_bad_rules_file_is_refused_before_any_server_is_asked(tmp_path, capsys):
+    """--rules is a local file: its mistakes are named without a server (the
+    API given here has nothing listening; reaching for it would say so)."""
+    from mecorch.cli import main
+    bad = tmp_path / "rules.yaml"
+    bad.write_text("appTrafficRule:\n  - {trafficRuleId: web, filterType: FLOW, priority: 1,"
+                   "\n     trafficFilter: [{dstPort: ['80'], protocl: [TCP]}],"
+                   "\n     action: FORWARD_DECAPSULATED}\n")
+    rc = main(["--api", "http://127.0.0.1:1", "app", "deploy", "abc", "--rules", str(bad)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "unknown field 'protocl'" in err and "cannot reach" not in err, err
