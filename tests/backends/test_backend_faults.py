@@ -27,7 +27,6 @@ $MECORCH_FAULTS_SUMMARY (default /var/tmp/mecorch-faults-summary.txt).
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import shutil
 import signal
@@ -40,8 +39,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run
-from support.crashlab import INST, OPS, PKGS, VIRSH, Daemon, Lab, private_registry, wait_clean
-from support.lab import dig as lab_dig, free_subnet
+from support.crashlab import INST, OPS, PKGS, VIRSH, Lab, private_registry, wait_clean
+from support.lab import PrivateDockerd, dig as lab_dig
 
 pytestmark = [pytest.mark.docker, pytest.mark.libvirt, pytest.mark.mep]
 
@@ -157,29 +156,15 @@ def fab(sample_container, sample_vm):
     tag = f"{os.getpid()}-{int(time.time()) % 100000}"
     root = Path(f"/var/tmp/mecorch-faults-{tag}")
     root.mkdir(mode=0o711)
-    dsock = f"/run/mecorch-test-{tag}.sock"
-    # Its own default bridge: with --bridge=none dockerd DELETES the host's
-    # docker0 at start (the system dockerd's default network would break).
-    bridge = f"mcf-{os.getpid() % 100000}"
-    run("ip", "link", "add", bridge, "type", "bridge")
-    net = ipaddress.ip_network(free_subnet("10.232.0.0/16", 24))
-    run("ip", "addr", "add", f"{net[1]}/{net.prefixlen}", "dev", bridge)
-    run("ip", "link", "set", bridge, "up")
-    dockerd = Daemon("dockerd", [
-        "dockerd", f"--host=unix://{dsock}", f"--data-root={root}/docker",
-        f"--exec-root=/run/mecorch-test-{tag}", f"--pidfile=/run/mecorch-test-{tag}.pid",
-        f"--bridge={bridge}", "--iptables=false", "--live-restore",
-        # its networks must not take a subnet the system dockerd routes
-        "--default-address-pool", "base=10.231.0.0/16,size=24"],
-        lambda: run("docker", "-H", f"unix://{dsock}", "version", check=False).returncode == 0,
-        root / "dockerd.log")
+    dockerd = PrivateDockerd(root, f"fault-{tag}", "10.232.0.0/16", "10.231.0.0/16",
+                             "--live-restore")
     registry = private_registry(root)
     proxy = SocketProxy(f"/run/mecorch-lvp-{tag}.sock", LIBVIRT_SOCK)
     dockerd.start()
     registry.start()
     proxy.start()
     lab = Lab("fault",
-              cim={"docker_host": f"unix://{dsock}", "registry": registry.addr},
+              cim={"docker_host": dockerd.host, "registry": registry.addr},
               vim={"uri": f"qemu+unix:///system?socket={proxy.path}"})
     try:
         lab.start()
@@ -193,16 +178,11 @@ def fab(sample_container, sample_vm):
             proxy.start()
         left = lab.teardown()
         # the private dockerd's objects: nothing of mecorch's may be left
-        ps = run("docker", "-H", f"unix://{dsock}", "ps", "-aq").stdout.split()
+        ps = dockerd.containers()
         proxy.stop()
         dockerd.stop()
         registry.stop()
-        # dockerd bind-mounts its data root on itself and leaves the mount
-        # (same device: os.path.ismount cannot tell; umount says no if not)
-        for path in (f"{root}/docker", f"/run/mecorch-test-{tag}"):
-            run("umount", path, check=False)
-        shutil.rmtree(f"/run/mecorch-test-{tag}", ignore_errors=True)
-        run("ip", "link", "del", bridge, check=False)
+        dockerd.remove()
         shutil.rmtree(root, ignore_errors=True)
         text = f"{len(FAULTS)} faults injected: " + "; ".join(FAULTS)
         print("\n" + text)

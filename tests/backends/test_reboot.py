@@ -28,7 +28,6 @@ cleared by an operator's stop, set again by start).
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import re
@@ -40,7 +39,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run
-from support.lab import dig as lab_dig, free_subnet, remove_mep_chains
+from support.lab import PrivateDockerd, dig as lab_dig, remove_mep_chains
 from support.crashlab import INST, VIRSH, Daemon, Lab, private_registry
 from drivers.docker_cim.driver import REVIVE_SLACK_S
 from drivers.docker_cim.pause import PAUSE_IMAGE
@@ -65,24 +64,11 @@ def reboot_lab(sample_container):
     tag = f"{os.getpid()}-{int(time.time()) % 100000}"
     root = Path(f"/var/tmp/mecorch-reboot-{tag}")
     root.mkdir(mode=0o711)
-    dsock = f"/run/mecorch-rb-{tag}.sock"
-    # Its own default bridge (with --bridge=none dockerd deletes docker0).
-    bridge = f"mrb-{os.getpid() % 100000}"
-    run("ip", "link", "add", bridge, "type", "bridge")
-    net = ipaddress.ip_network(free_subnet("10.236.0.0/16", 24))
-    run("ip", "addr", "add", f"{net[1]}/{net.prefixlen}", "dev", bridge)
-    run("ip", "link", "set", bridge, "up")
-    dockerd = Daemon("dockerd", [
-        "dockerd", f"--host=unix://{dsock}", f"--data-root={root}/docker",
-        f"--exec-root=/run/mecorch-rb-{tag}", f"--pidfile=/run/mecorch-rb-{tag}.pid",
-        f"--bridge={bridge}", "--iptables=false",
-        "--default-address-pool", "base=10.237.0.0/16,size=24"],
-        lambda: run("docker", "-H", f"unix://{dsock}", "version", check=False).returncode == 0,
-        root / "dockerd.log")
+    dockerd = PrivateDockerd(root, f"rb-{tag}", "10.236.0.0/16", "10.237.0.0/16")
     registry = private_registry(root)
     dockerd.start()
     registry.start()
-    lab = Lab("reboot", cim={"docker_host": f"unix://{dsock}",
+    lab = Lab("reboot", cim={"docker_host": dockerd.host,
                                       "registry": registry.addr}, vm=False)
     try:
         lab.start()
@@ -93,13 +79,10 @@ def reboot_lab(sample_container):
             if d.proc.poll() is not None:
                 d.start()
         left = lab.teardown()
-        ps = run("docker", "-H", f"unix://{dsock}", "ps", "-aq").stdout.split()
+        ps = dockerd.containers()
         dockerd.stop()
         registry.stop()
-        for path in (f"{root}/docker", f"/run/mecorch-rb-{tag}"):
-            run("umount", path, check=False)
-        shutil.rmtree(f"/run/mecorch-rb-{tag}", ignore_errors=True)
-        run("ip", "link", "del", bridge, check=False)
+        dockerd.remove()
         shutil.rmtree(root, ignore_errors=True)
         assert left == [] and ps == [] and not root.exists(), (left, ps)
 

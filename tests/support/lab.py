@@ -599,3 +599,42 @@ def private_registry(root: Path) -> Daemon:
     reg = Daemon("registry", ["docker-registry", "serve", str(conf)], up, root / "registry.log")
     reg.addr = f"127.0.0.1:{port}"
     return reg
+
+
+class PrivateDockerd(Daemon):
+    """A dockerd of the test's own, for tests that stop and start Docker
+    under a serve: its socket, data root and exec root named from `tag`
+    under `root`, and a default bridge of its own on a free /24 of
+    `bridge_pool` (with --bridge=none dockerd DELETES the host's docker0),
+    its networks from `address_pool` (never a subnet the system dockerd
+    routes), no iptables rules of its own. `host` is its -H; `remove()`
+    after `stop()` takes its mounts, exec root and bridge away."""
+
+    def __init__(self, root: Path, tag: str, bridge_pool: str, address_pool: str,
+                 *extra: str):
+        self.exec_root = f"/run/mecorch-{tag}"
+        self.host = f"unix://{self.exec_root}.sock"
+        self.data_root = root / "docker"
+        self.bridge = f"mb{secrets.token_hex(4)}"
+        run("ip", "link", "add", self.bridge, "type", "bridge")
+        net = ipaddress.ip_network(free_subnet(bridge_pool, 24))
+        run("ip", "addr", "add", f"{net[1]}/{net.prefixlen}", "dev", self.bridge)
+        run("ip", "link", "set", self.bridge, "up")
+        super().__init__("dockerd", [
+            "dockerd", f"--host={self.host}", f"--data-root={self.data_root}",
+            f"--exec-root={self.exec_root}", f"--pidfile={self.exec_root}.pid",
+            f"--bridge={self.bridge}", "--iptables=false",
+            "--default-address-pool", f"base={address_pool},size=24", *extra],
+            lambda: run("docker", "-H", self.host, "version", check=False).returncode == 0,
+            root / "dockerd.log")
+
+    def containers(self) -> list[str]:
+        return run("docker", "-H", self.host, "ps", "-aq").stdout.split()
+
+    def remove(self) -> None:
+        # dockerd bind-mounts its data root on itself and leaves the mount
+        # (same device: os.path.ismount cannot tell; umount says no if not)
+        for path in (str(self.data_root), self.exec_root):
+            run("umount", path, check=False)
+        shutil.rmtree(self.exec_root, ignore_errors=True)
+        run("ip", "link", "del", self.bridge, check=False)
