@@ -133,8 +133,18 @@ def system(sample_container, sample_vm):
         for name in ("edge1", "edge2", "edge3"):
             procs[name].start()
         c = procs["meo"].client
-        _wait(lambda: len(c.get(HOSTS)) == 3 and all(
-            h["state"] == "REACHABLE" for h in c.get(HOSTS)), 60, "three REACHABLE hosts")
+        try:
+            _wait(lambda: len(c.get(HOSTS)) == 3 and all(
+                h["state"] == "REACHABLE" for h in c.get(HOSTS)), 60, "three REACHABLE hosts")
+        except AssertionError as e:
+            # Seen once in a CI rehearsal and never alone: say what the MEO
+            # saw and what each server logged, or the cause is lost with tmp.
+            try:
+                seen = c.get(HOSTS)
+            except Exception as why:      # noqa: BLE001 - the MEO may be the one down
+                seen = why
+            raise AssertionError(f"{e}\nhosts: {seen}\n" + "\n".join(
+                f"--- {n} (alive: {p.alive}):\n{p.log_tail()}" for n, p in procs.items())) from e
         pkgs = {}
         for zpath in (_sample(tmp, "sample-container-app"),
                       _sample(tmp, "sample-container-app", "meo-http", rules=False),
