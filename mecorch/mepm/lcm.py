@@ -46,7 +46,7 @@ log = logging.getLogger("mecorch.lcm")
 # What an instance record holds only while it is deployed.
 _DEPLOYED_KEYS = ("instantiatedAppState", "hostId", "deploymentType", "decisionReason",
                   "allocatedResources",
-                  "_handle", "_need", "_observed", "_mp1Token")
+                  "_handle", "_need", "_observed", "_mp1Token", "_probes", "_health")
 
 
 class InstanceQueries:
@@ -204,6 +204,9 @@ class Lcm(InstanceQueries):
                            manner=p.manner.value, reason=op["decisionReason"])
                 inst["_opId"] = op["id"]
                 inst["_mp1Token"] = app_token_digest
+                # the health checks mecorch.mepm.health runs once it is deployed
+                if p.probes:
+                    inst["_probes"] = p.probes.to_doc()
                 self.store.put("instances", instance_id, inst)
                 if key:
                     self.store.put("idempotency", key, {"resource": op["id"],
