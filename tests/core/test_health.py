@@ -214,3 +214,49 @@ def test_an_instance_without_probes_is_not_tracked(env):
     step(p, clock, 3)
     assert script.calls == [] and p.snapshot() == {}
     assert "health" not in e.c.get(f"{INST}/{iid}")
+
+
+def test_app_list_shows_ready(env, capsys):
+    from mecorch import cli
+    e = env
+    iid = deploy(e, readinessProbe=check(3, failureThreshold=1))
+
+    def row() -> str:
+        assert cli.main(["--api", e.c.base, "app", "list"]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert "READY" in out[0].split()
+        return next(ln for ln in out if ln.startswith(iid))
+    p, script, clock, _ = prober(e)
+    assert " ? " in row()                        # checked, not decided yet
+    step(p, clock)
+    assert " yes " in row()
+    script.passing["tcp:3"] = False
+    step(p, clock)
+    assert " no (out of service) " in row()
+
+
+def test_metrics_and_status_page_show_health(env):
+    import urllib.request
+    from prometheus_client.parser import text_string_to_metric_families
+    e = env
+    iid = deploy(e, readinessProbe=check(3, failureThreshold=1), livenessProbe=check(2))
+
+    def scrape() -> dict:
+        with urllib.request.urlopen(f"{e.c.base}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        return {(s.name, s.labels.get("instance")): s.value
+                for f in text_string_to_metric_families(text) for s in f.samples}
+
+    def page() -> str:
+        with urllib.request.urlopen(f"{e.c.base}/status", timeout=10) as r:
+            return r.read().decode()
+    p, script, clock, _ = prober(e)
+    assert ("mecorch_instance_ready", iid) not in scrape()      # not decided: no sample
+    assert "not decided" in page()
+    step(p, clock)
+    m = scrape()
+    assert m[("mecorch_instance_ready", iid)] == 1 and m[("mecorch_instance_live", iid)] == 1
+    script.passing["tcp:3"] = False
+    step(p, clock)
+    assert scrape()[("mecorch_instance_ready", iid)] == 0
+    assert "out of service (readiness: tcp:3 refused)" in page()
