@@ -12,7 +12,9 @@ import copy
 
 import yaml
 
+from support import meolab
 from support.corelab import INST, POD, create, env, instantiate, onboard  # noqa: F401 - fixture
+from support.meolab import system  # noqa: F401 - the fixture
 from mecorch.mepm.health import Prober
 
 PROBES = {"startupProbe": None, "livenessProbe": None, "readinessProbe": None}
@@ -260,3 +262,30 @@ def test_metrics_and_status_page_show_health(env):
     step(p, clock)
     assert scrape()[("mecorch_instance_ready", iid)] == 0
     assert "out of service (readiness: tcp:3 refused)" in page()
+
+
+def test_a_vm_gets_the_appds_health_checks_and_the_meo_shows_health(system):
+    """The AppD's healthChecks extension on a VM deployed through an MEO;
+    the host's health record reaches the MEO's view at its resync."""
+    from support.corelab import VM_APPD
+    s = system
+    pkg = meolab.onboard(s, VM_APPD, healthChecks={
+        "readinessProbe": {"tcpSocket": {"port": 3}, "periodSeconds": 1,
+                           "failureThreshold": 1}})
+    iid, op = meolab.deploy(s, pkg["appDId"], deploymentType="VM",
+                            selectedMECHostInfo=[{"hostId": {"id": "edge2"}}])
+    assert op["operationState"] == "COMPLETED", op
+    edge = s.hosts["edge2"]
+    (host_inst,) = [i for i in edge.store.list("instances")
+                    if i["instantiationState"] == "INSTANTIATED"]
+    assert host_inst["_probes"] == {"readiness": {
+        "action": "tcp", "port": 3, "path": "/", "headers": [], "command": [],
+        "initial_delay_s": 0, "period_s": 1, "timeout_s": 1, "success_threshold": 1,
+        "failure_threshold": 1}}
+    script, clock = Script(), Clock()
+    p = Prober(edge, lambda *_: None, runner=script, clock=clock)
+    step(p, clock)
+    assert script.calls == ["tcp:3"]
+    s.meo.lcm.resync(s.meo.registry.get("edge2"))
+    health = s.c.get(f"{INST}/{iid}")["health"]
+    assert health["ready"] is True and health["checks"] == ["readiness"]
