@@ -50,6 +50,8 @@ TICK_S = 0.1            # the scheduler's resolution
 _KEEP = ("id", "hostId", "deploymentType", "instantiatedAppState", "allocatedResources",
          "_probes", "_handle", "_opId", "_health", "appPkgId")
 
+_WITH_PROBES = ("json_extract(doc, '$._probes') IS NOT NULL", [])
+
 OnDead = Callable[[str, str], None]
 # (probe, instance address, instance doc) -> (passed, what was seen)
 Runner = Callable[[Probe, str, dict], tuple[bool, str]]
@@ -144,8 +146,10 @@ class Prober:
         self._tracked: dict[str, _Tracked] = {}
         self._pool = Workers(workers, "probe")
         self._stop = threading.Event()
+        self._wake = threading.Event()      # a check became due early (startup passed, restarted)
         self._thread: threading.Thread | None = None
         self._refreshed = -1e18
+        self._next_at = 0.0         # when the next check is due (the loop sleeps till then)
 
     # ------------------------------------------------------------ the loop
     def start(self) -> None:
@@ -155,21 +159,32 @@ class Prober:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
         self._pool.shutdown(wait=False)
 
     def _loop(self) -> None:
-        while not self._stop.wait(TICK_S):
+        wait = 0.0
+        while True:
+            self._wake.wait(wait)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 now = self.clock()
                 if now - self._refreshed >= REFRESH_S:
                     self.refresh(now)
                 for t, c in self.due(now):
                     self._pool.submit(self.probe_one, t, c)
+                # asleep until the next check is due (at most until the next
+                # refresh; at least TICK_S: a check that is running now is
+                # due again only after its period)
+                wait = min(max(self._next_at - self.clock(), TICK_S), REFRESH_S)
             except Exception:       # noqa: BLE001 - the loop must survive anything
                 log.exception("health check round failed")
+                wait = REFRESH_S
 
     # ------------------------------------------------------------ what to probe
     def refresh(self, now: float | None = None) -> None:
@@ -178,8 +193,10 @@ class Prober:
         now = self.clock() if now is None else now
         self._refreshed = now
         wanted: dict[str, dict] = {}
-        for inst in self.orch.store.list("instances", instantiationState=INSTANTIATED,
-                                         keep=_KEEP):
+        # selected by SQLite: an idle host with many instances and no checks
+        # decodes nothing each second
+        for inst in self.orch.store.list("instances", _WITH_PROBES,
+                                         instantiationState=INSTANTIATED, keep=_KEEP):
             state = (inst.get("instantiatedAppState") or {}).get("operationalState")
             if inst.get("_probes") and state != "STOPPED" \
                     and inst.get("hostId") in self.orch.inventory.hosts:
@@ -214,6 +231,7 @@ class Prober:
         """The checks to run now, marked running (the caller runs each with
         `probe_one`)."""
         out = []
+        next_at = now + REFRESH_S
         with self._lock:
             for t in self._tracked.values():
                 if t.restarting:
@@ -221,11 +239,16 @@ class Prober:
                 for c in t.checks.values():
                     gated = c.kind != "startup" and not t.started
                     done = c.kind == "startup" and t.started
-                    if gated or done or c.running or c.next_at > now:
+                    if gated or done or c.running:
+                        continue
+                    if c.next_at > now:
+                        next_at = min(next_at, c.next_at)
                         continue
                     c.running = True
                     c.next_at = now + c.probe.period_s
+                    next_at = min(next_at, c.next_at)
                     out.append((t, c))
+        self._next_at = next_at
         return out
 
     def run_due(self, now: float | None = None) -> int:
@@ -268,6 +291,7 @@ class Prober:
                     now = self.clock()
                     for other in t.checks.values():     # they start from here
                         other.next_at = now
+                    self._wake.set()
                 elif c.failures >= c.probe.failure_threshold:
                     dead = f"startup check failed {c.failures} times: {detail}"
             elif c.kind == "liveness":
@@ -303,6 +327,7 @@ class Prober:
             with self._lock:
                 t.restarting = False
                 t.reset(self.clock())
+            self._wake.set()
 
     def _settle(self, t: _Tracked) -> None:
         """Make the rules and the record follow what the checks decided;
