@@ -239,9 +239,9 @@ class Prober:
                 for c in t.checks.values():
                     gated = c.kind != "startup" and not t.started
                     done = c.kind == "startup" and t.started
-                    if gated or done or c.running:
+                    if gated or done:
                         continue
-                    if c.next_at > now:
+                    if c.running or c.next_at > now:    # (running: due again at next_at)
                         next_at = min(next_at, c.next_at)
                         continue
                     c.running = True
