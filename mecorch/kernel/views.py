@@ -47,8 +47,8 @@ def host_instance_view(doc: dict) -> dict:
 
 def health_view(doc: dict) -> dict:
     """mecorch extension `health`: what the instance's health checks
-    (mecorch.mepm.health) last decided; ready/live null until a check
-    decided, or when there is no check of that kind."""
+    (mecorch.mepm.health) last decided; ready false from instantiation
+    until a readiness check passes; null: no check of that kind decided."""
     h = doc.get("_health") or {}
     kinds = [k for k in ("startup", "liveness", "readiness") if k in doc["_probes"]]
     return {"ready": h.get("ready"), "live": h.get("live"), "checks": kinds,

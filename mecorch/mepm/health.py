@@ -14,9 +14,10 @@ bridge, a VM's on its network) or, for exec, through the compute driver
 - readiness: failureThreshold failures in a row -> the instance is taken
   out of service (PlatformRules.withdraw: its DNS answer and its traffic
   rule destination go); successThreshold successes in a row -> back
-  (PlatformRules.restore). Before its first result an instance is in
-  service (its rules were applied at instantiate): mecorch does not hold a
-  new instance back until a first success as Kubernetes does.
+  (PlatformRules.restore). An instance with a readiness check starts out
+  of service (the instantiate applies its rules, then withdraws them:
+  `_health.ready` false, "not checked yet"), as a Kubernetes pod is not
+  Ready before its readiness probe passes.
 An instance the operator STOPPED is not probed. Withdraw, restore and the
 record are made while holding the instance (Lcm.hold): an instance busy
 with an LCM operation is left alone and acted on at its next result.

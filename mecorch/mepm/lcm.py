@@ -39,7 +39,7 @@ from mecorch.package.manager import PackageManager
 from mecorch.kernel.states import (
     DeploymentType, InstanceOperationalState, InstantiationState, LcmOperation, TerminationType)
 from mecorch.kernel.store import Store
-from mecorch.kernel.timeutil import new_id, public
+from mecorch.kernel.timeutil import new_id, public, timestamp
 from mecorch.kernel.workers import Workers
 
 log = logging.getLogger("mecorch.lcm")
@@ -235,8 +235,15 @@ class Lcm(InstanceQueries):
             target = alloc.addresses[0].ip if alloc.addresses else None
             self.journal.step(op, "begin:rules")
             self.mep.apply(host, iid, target)
-            self.journal.step(op, "rules")
             inst = self.get(iid)
+            if "readiness" in (inst.get("_probes") or {}):
+                # As Kubernetes: not in service until its readiness check
+                # passes (mecorch.mepm.health restores it). Applied first all
+                # the same: the MEP has accepted the set the instance will get.
+                self.mep.withdraw(host, iid)
+                inst["_health"] = {"ready": False, "live": None, "at": timestamp(),
+                                   "detail": "readiness: not checked yet"}
+            self.journal.step(op, "rules")
             inst.update({
                 "instantiationState": InstantiationState.INSTANTIATED.value,
                 "instantiatedAppState": {"operationalState": InstanceOperationalState.STARTED.value},

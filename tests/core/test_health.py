@@ -84,12 +84,16 @@ def test_readiness_withdraws_after_failure_threshold_and_restores_after_success_
     inst = e.orch.store.get("instances", iid)
     assert inst["_probes"]["readiness"]["failure_threshold"] == 2
     assert "_probes" not in e.c.get(f"{INST}/{iid}")
+    # as Kubernetes: out of service until the readiness check passes
+    assert iid not in e.mep.applied and rules_doc(e, iid)["inService"] is False
+    view = e.c.get(f"{INST}/{iid}")["health"]
+    assert view["ready"] is False and view["checks"] == ["readiness"]
+    assert view["detail"] == "readiness: not checked yet"
     p, script, clock, _ = prober(e)
     step(p, clock)
-    assert iid in e.mep.applied
-    view = e.c.get(f"{INST}/{iid}")["health"]
-    assert view["ready"] is None and view["checks"] == ["readiness"]   # 1 success of 2
+    assert iid not in e.mep.applied              # 1 success of 2
     step(p, clock)
+    assert iid in e.mep.applied and "inService" not in rules_doc(e, iid)
     assert e.c.get(f"{INST}/{iid}")["health"]["ready"] is True
     script.passing["tcp:3"] = False
     step(p, clock)
@@ -120,7 +124,7 @@ def test_the_record_is_written_only_on_a_change(env):
     e.orch.store.put = lambda t, i, d: (writes.append(t) if t == "instances" else None,
                                         put(t, i, d))[1]
     step(p, clock, 5)
-    assert writes == ["instances"]               # None -> ready, then nothing
+    assert writes == ["instances"]               # not ready -> ready, then nothing
     assert script.calls == ["tcp:3"] * 5
 
 
@@ -180,6 +184,11 @@ def test_an_instance_held_by_an_operation_is_withdrawn_at_the_next_result(env):
     e = env
     iid = deploy(e, readinessProbe=check(3, failureThreshold=1))
     p, script, clock, _ = prober(e)
+    with e.orch.lcm.hold(iid):
+        step(p, clock)
+        assert iid not in e.mep.applied         # ready, but held: not restored yet
+    step(p, clock)
+    assert iid in e.mep.applied
     script.passing["tcp:3"] = False
     with e.orch.lcm.hold(iid):
         step(p, clock)
@@ -192,6 +201,8 @@ def test_terminate_while_withdrawn_leaves_nothing_out_of_service(env):
     e = env
     iid = deploy(e, readinessProbe=check(3, failureThreshold=1))
     p, script, clock, _ = prober(e)
+    step(p, clock)
+    assert "inService" not in rules_doc(e, iid)
     script.passing["tcp:3"] = False
     step(p, clock)
     assert rules_doc(e, iid)["inService"] is False
@@ -201,9 +212,9 @@ def test_terminate_while_withdrawn_leaves_nothing_out_of_service(env):
     assert "health" not in e.c.get(f"{INST}/{iid}")
     assert "_health" not in e.orch.store.get("instances", iid)
     step(p, clock)
-    assert script.calls == ["tcp:3"]             # not probed once terminated
-    # instantiated again: in service from the start
-    op = instantiate(e, iid, orchestrationInfo=pod_with(readinessProbe=check(3)))
+    assert script.calls == ["tcp:3", "tcp:3"]    # not probed once terminated
+    # instantiated again without a readiness check: in service from the start
+    op = instantiate(e, iid, orchestrationInfo=pod_with(livenessProbe=check(2)))
     assert op["operationState"] == "COMPLETED" and iid in e.mep.applied
 
 
@@ -229,7 +240,7 @@ def test_app_list_shows_ready(env, capsys):
         assert "READY" in out[0].split()
         return next(ln for ln in out if ln.startswith(iid))
     p, script, clock, _ = prober(e)
-    assert " ? " in row()                        # checked, not decided yet
+    assert " no (out of service) " in row()      # not checked yet
     step(p, clock)
     assert " yes " in row()
     script.passing["tcp:3"] = False
@@ -253,8 +264,9 @@ def test_metrics_and_status_page_show_health(env):
         with urllib.request.urlopen(f"{e.c.base}/status", timeout=10) as r:
             return r.read().decode()
     p, script, clock, _ = prober(e)
-    assert ("mecorch_instance_ready", iid) not in scrape()      # not decided: no sample
-    assert "not decided" in page()
+    assert scrape()[("mecorch_instance_ready", iid)] == 0       # not checked yet
+    assert ("mecorch_instance_live", iid) not in scrape()      # not decided: no sample
+    assert "out of service (readiness: not checked yet)" in page()
     step(p, clock)
     m = scrape()
     assert m[("mecorch_instance_ready", iid)] == 1 and m[("mecorch_instance_live", iid)] == 1
