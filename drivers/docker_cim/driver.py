@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,8 +25,9 @@ from typing import Any
 from mecorch.kernel import validate
 from mecorch.driverapi.catalog import ImageCatalog
 from mecorch.driverapi.contracts import (
-    Capabilities, ComputeDriver, Revivable, Uninstallable, Watchable)
-from mecorch.kernel.errors import BackendError, Conflict, InvalidInput, MecorchError, NotFound
+    Capabilities, ComputeDriver, ExecInside, Revivable, Uninstallable, Watchable)
+from mecorch.kernel.errors import (
+    BackendError, Conflict, InvalidInput, MecorchError, NotFound, Timeout)
 from mecorch.driverapi.model import (
     Address, Allocation, Check, HostCapacity, Observation, ResourceRequest)
 from mecorch.kernel.states import DeploymentType, ObservedState
@@ -47,7 +49,7 @@ _STATES = {"running": ObservedState.RUNNING, "created": ObservedState.STOPPED,
            "exited": ObservedState.STOPPED, "dead": ObservedState.STOPPED}
 
 
-class DockerCIM(ComputeDriver, Watchable, Revivable, Uninstallable):
+class DockerCIM(ComputeDriver, Watchable, Revivable, Uninstallable, ExecInside):
     kind = "cim"
 
     def __init__(self, config: dict[str, Any]):
@@ -449,6 +451,30 @@ class DockerCIM(ComputeDriver, Watchable, Revivable, Uninstallable):
         with backend_errors(f"logs of {app[:12]}"):
             return self._client().logs(app, stdout=True, stderr=True,
                                        tail="all" if tail is None else int(tail))
+
+    def exec_in(self, handle: dict, command: list[str], timeout_s: float) -> int:
+        """Docker's exec in the app container (an exec health check). The
+        exec is started detached and its end polled: docker-py's blocking
+        start has no timeout of its own."""
+        iid = self._check_handle(handle)
+        argv = [validate.text(a, f"command[{i}]", 4096) for i, a in enumerate(command)]
+        app = self._ref(handle, "app")
+        if not app or not argv:
+            raise NotFound(f"instance {iid}: no app container to run a command in")
+        api = self._client()
+        # (the daemon's 409 for a container not running becomes Conflict)
+        with backend_errors(f"exec in {app[:12]}"):
+            ex = api.exec_create(app, argv, stdout=False, stderr=False)
+            api.exec_start(ex["Id"], detach=True)
+            deadline = time.monotonic() + timeout_s
+            while True:
+                info = api.exec_inspect(ex["Id"])
+                if not info.get("Running"):
+                    return int(info.get("ExitCode") or 0)
+                if time.monotonic() >= deadline:
+                    raise Timeout(f"instance {iid}: {argv[0][:40]} did not end within "
+                                  f"{timeout_s:g} s")
+                time.sleep(0.02)
 
     def uninstall(self, keep: dict[str, tuple[str, ...]] | None = None) -> list[str]:
         """Remove what this driver made for its host (`mecorch host

@@ -111,6 +111,18 @@ class Health:
 
 
 # ---------------------------------------------------------------- views
+def _health_cell(health: dict | None) -> str:
+    """The health column: what the checks decided (empty: no checks)."""
+    if not health:
+        return _cell(None)
+    word = {True: "ready", False: "out of service", None: "not decided"}[health.get("ready")]
+    if health.get("live") is False:
+        word += ", not live"
+    bad = health.get("ready") is False or health.get("live") is False
+    text = word if not bad else f"{word} ({health.get('detail', '')})"
+    return _cell(text, "bad" if bad else "")
+
+
 def _instances_by_host(orch) -> dict[str, int]:
     counts: dict[str, int] = {}
     for inst in orch.store.list("instances",
@@ -242,8 +254,8 @@ class Metrics:
     def _collect(self, gauge):
         """Each family on its own: one that cannot be read (a store of an
         MEO has other tables) is left out, the others still answer."""
-        for family in (self._instances, self._packages, self._rules, self._backends,
-                       self._outbox, self._hosts):
+        for family in (self._instances, self._health, self._packages, self._rules,
+                       self._backends, self._outbox, self._hosts):
             try:
                 yield from family(gauge, self.orch.store)
             except Exception:       # noqa: BLE001 - a scrape must not fail whole
@@ -269,6 +281,22 @@ class Metrics:
         for key, n in sorted(counts.items()):
             inst.add_metric(key, n)
         yield inst
+
+    def _health(self, gauge, store):
+        """Per instance with health checks: 1 ready / 0 out of service (and
+        live / not); an instance not decided yet has no sample."""
+        ready = gauge("mecorch_instance_ready", "1 when the instance's readiness check passes "
+                      "(0: withdrawn from DNS and traffic rules)", labels=("instance", "host"))
+        live = gauge("mecorch_instance_live", "1 when the instance's liveness check passes",
+                     labels=("instance", "host"))
+        for d in store.list("instances", instantiationState=InstantiationState.INSTANTIATED.value,
+                            keep=("id", "hostId", "_health", "health")):
+            h = d.get("_health") or d.get("health") or {}     # a host's record, an MEO's copy
+            for family, key in ((ready, "ready"), (live, "live")):
+                if h.get(key) is not None:
+                    family.add_metric((d["id"], d.get("hostId") or "none"), int(h[key]))
+        yield ready
+        yield live
 
     def _packages(self, gauge, store):
         pk = gauge("mecorch_packages", "App packages by onboarding, operational and usage state",
@@ -540,6 +568,7 @@ def render_page(orch, health: Health) -> str:
             + _cell(inst.get("deploymentType")) + _cell(state)
             + _cell((inst.get("instantiatedAppState") or {}).get("operationalState"))
             + _cell(observed, "bad" if observed not in (None, "RUNNING") else "")
+            + _health_cell(inst.get("health"))
             + _cell(addrs) + _cell(", ".join(r.get("domainName", "") for r in dns))
             + _cell(iid) + "</tr>")
         if state != InstantiationState.INSTANTIATED.value:
@@ -581,7 +610,7 @@ def render_page(orch, health: Health) -> str:
         pkg_rows, "no packages onboarded")}
 <h2>App instances</h2>
 {_table("instances", ["name", "appDId", "host", "manner", "state", "operational", "observed",
-                      "addresses", "DNS names", "id"], inst_rows, "no instances")}
+                      "health", "addresses", "DNS names", "id"], inst_rows, "no instances")}
 <h2>Rules</h2>
 {_table("rules", ["instance", "kind", "rule", "state", "what"], rule_rows,
         "no rules of deployed instances")}

@@ -245,6 +245,7 @@ def serve(cfg: dict, listen: str, verbose: int = 0, log_format: str = "text",
         return _serve_meo(cfg, listen)
     from mecorch.api import make_server, serve_app_networks, status
     from mecorch.mepm.watch import Watcher
+    from mecorch.mepm.health import Prober, plain_restart
     from mecorch.mepm.lease import HostLease
     from mecorch.mepm.register import Registration
     from mecorch.mepm.orchestrator import Orchestrator
@@ -258,6 +259,10 @@ def serve(cfg: dict, listen: str, verbose: int = 0, log_format: str = "text",
     heap.limit_arenas()                 # before any thread starts (mecorch.kernel.heap)
     orch = Orchestrator(cfg)
     watcher = Watcher(orch)
+    # Health checks; a failed liveness check restarts the app through
+    # `plain_restart` until mecorch.mepm.supervisor exists: then
+    # `Supervisor.restart` is passed here instead.
+    prober = Prober(orch, on_dead=plain_restart(orch))
     registration = None
     try:
         server = make_server(orch, listen, role)
@@ -268,6 +273,7 @@ def serve(cfg: dict, listen: str, verbose: int = 0, log_format: str = "text",
         orch.start_background()         # periodic reconciliation
         status.for_orchestrator(orch).start()      # backend probes, metrics
         watcher.start()                 # observed state from Docker's events
+        prober.start()                  # health checks (mecorch.mepm.health)
         # SIGTERM ends the process like Ctrl-C: finish the request, close.
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         host, port = server.server_address[:2]
@@ -289,6 +295,7 @@ def serve(cfg: dict, listen: str, verbose: int = 0, log_format: str = "text",
         if registration is not None:
             registration.stop()
         status.for_orchestrator(orch).stop()
+        prober.stop()
         watcher.stop()
         orch.close()
         lease.release()

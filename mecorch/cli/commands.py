@@ -327,10 +327,10 @@ def app_list(c: Client, a) -> int:
         print_json(rows)
         return 0
     table(("ID", "NAME", "APPDID", "HOST", "MANNER", "STATE", "OPERATIONAL", "OBSERVED",
-           "ADDRESSES", "DNS"),
+           "READY", "ADDRESSES", "DNS"),
           ((i["id"], i.get("appInstanceName"), i["appDId"], i.get("hostId"),
             i.get("deploymentType"), i["instantiationState"],
-            i.get("instantiatedAppState", {}).get("operationalState"), _observed(i),
+            i.get("instantiatedAppState", {}).get("operationalState"), _observed(i), _ready(i),
             ",".join(n["ip"] for n in i.get("allocatedResources", {}).get("network", [])),
             _dns_names(c, i["id"]) if i["instantiationState"] == "INSTANTIATED" else "")
            for i in rows))
@@ -346,6 +346,20 @@ def _observed(inst: dict) -> str:
     if state and state != "RUNNING" and detail:
         return f"{state} ({detail})"
     return state or ""
+
+
+def _ready(inst: dict) -> str:
+    """READY: what the health checks decided (mecorch.mepm.health); empty
+    for an instance without checks, "?" until a check decided."""
+    h = inst.get("health")
+    if not h:
+        return ""
+    out = {True: "yes", False: "no (out of service)", None: "?"}[h.get("ready")]
+    if "readiness" not in h.get("checks", ["readiness"]) and h.get("ready") is None:
+        out = "-"           # no readiness check: in service while it runs
+    if h.get("live") is False:
+        out += " (not live)"
+    return out
 
 
 def app_show(c: Client, a) -> int:

@@ -18,7 +18,7 @@ Failure semantics, which every driver implementation must keep:
   names) so `list_instances` can find it after a restart without the store.
 
 Optional capabilities (`Watchable`, `Revivable`, `Uninstallable`,
-`RuleAudit`, `DnsOnAppNetworks`) are ABCs a driver inherits to declare them;
+`RuleAudit`, `DnsOnAppNetworks`, `ExecInside`) are ABCs a driver inherits to declare them;
 the core checks them with `isinstance`.
 """
 
@@ -286,7 +286,21 @@ class DnsOnAppNetworks(abc.ABC):
         Idempotent: the same set changes nothing."""
 
 
-OPTIONAL = (Watchable, Revivable, Uninstallable, RuleAudit, DnsOnAppNetworks)
+class ExecInside(abc.ABC):
+    """A compute driver that can run a command inside an instance's runtime
+    (a container's exec): what an `exec` health check needs
+    (mecorch.mepm.health; a driver without it gets no exec probe run: the
+    check fails, saying so)."""
+
+    @abc.abstractmethod
+    def exec_in(self, handle: dict, command: list[str], timeout_s: float) -> int:
+        """Run `command` (argv, no shell) inside the instance's running app
+        and return its exit code; Timeout when it has not ended after
+        `timeout_s` (it is left to end by itself, as Kubernetes does);
+        Conflict when the app is not running; NotFound when it is gone."""
+
+
+OPTIONAL = (Watchable, Revivable, Uninstallable, RuleAudit, DnsOnAppNetworks, ExecInside)
 
 
 def on_demand(package: str, cls: str) -> Callable[[str], type]:

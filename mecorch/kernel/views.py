@@ -13,7 +13,7 @@ from mecorch.kernel.states import InstantiationState, OnboardingState, Operation
 from mecorch.kernel.store import Views
 from mecorch.kernel.timeutil import public
 
-VERSION = 1
+VERSION = 2
 
 
 def package_view(doc: dict) -> dict:
@@ -40,7 +40,19 @@ def host_instance_view(doc: dict) -> dict:
         out["observedState"] = observed["state"]
         out["observedStateDetail"] = observed.get("detail", "")
         out["observedStateTime"] = observed.get("at")
+    if doc.get("_probes") and doc["instantiationState"] == InstantiationState.INSTANTIATED.value:
+        out["health"] = health_view(doc)
     return out
+
+
+def health_view(doc: dict) -> dict:
+    """mecorch extension `health`: what the instance's health checks
+    (mecorch.mepm.health) last decided; ready false from instantiation
+    until a readiness check passes; null: no check of that kind decided."""
+    h = doc.get("_health") or {}
+    kinds = [k for k in ("startup", "liveness", "readiness") if k in doc["_probes"]]
+    return {"ready": h.get("ready"), "live": h.get("live"), "checks": kinds,
+            "detail": h.get("detail") or "not checked yet", "time": h.get("at")}
 
 
 def system_instance_view(doc: dict) -> dict:

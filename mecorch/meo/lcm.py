@@ -66,10 +66,10 @@ NOT_INSTANTIATED = InstantiationState.NOT_INSTANTIATED.value
 # truth for what runs on it).
 _FROM_HOST = ("instantiationState", "instantiatedAppState", "deploymentType",
               "allocatedResources", "observedState", "observedStateDetail",
-              "observedStateTime")
+              "observedStateTime", "health")
 _DEPLOYED = ("instantiatedAppState", "hostId", "deploymentType", "allocatedResources",
              "observedState", "observedStateDetail", "observedStateTime", "_remote",
-             "decisionReason")
+             "decisionReason", "health")
 _NO_RULES = {"trafficRules": [], "dnsRules": []}
 
 

@@ -39,14 +39,14 @@ from mecorch.package.manager import PackageManager
 from mecorch.kernel.states import (
     DeploymentType, InstanceOperationalState, InstantiationState, LcmOperation, TerminationType)
 from mecorch.kernel.store import Store
-from mecorch.kernel.timeutil import new_id, public
+from mecorch.kernel.timeutil import new_id, public, timestamp
 from mecorch.kernel.workers import Workers
 
 log = logging.getLogger("mecorch.lcm")
 # What an instance record holds only while it is deployed.
 _DEPLOYED_KEYS = ("instantiatedAppState", "hostId", "deploymentType", "decisionReason",
                   "allocatedResources",
-                  "_handle", "_need", "_observed", "_mp1Token")
+                  "_handle", "_need", "_observed", "_mp1Token", "_probes", "_health")
 
 
 class InstanceQueries:
@@ -204,6 +204,9 @@ class Lcm(InstanceQueries):
                            manner=p.manner.value, reason=op["decisionReason"])
                 inst["_opId"] = op["id"]
                 inst["_mp1Token"] = app_token_digest
+                # the health checks mecorch.mepm.health runs once it is deployed
+                if p.probes:
+                    inst["_probes"] = p.probes.to_doc()
                 self.store.put("instances", instance_id, inst)
                 if key:
                     self.store.put("idempotency", key, {"resource": op["id"],
@@ -232,8 +235,15 @@ class Lcm(InstanceQueries):
             target = alloc.addresses[0].ip if alloc.addresses else None
             self.journal.step(op, "begin:rules")
             self.mep.apply(host, iid, target)
-            self.journal.step(op, "rules")
             inst = self.get(iid)
+            if "readiness" in (inst.get("_probes") or {}):
+                # As Kubernetes: not in service until its readiness check
+                # passes (mecorch.mepm.health restores it). Applied first all
+                # the same: the MEP has accepted the set the instance will get.
+                self.mep.withdraw(host, iid)
+                inst["_health"] = {"ready": False, "live": None, "at": timestamp(),
+                                   "detail": "readiness: not checked yet"}
+            self.journal.step(op, "rules")
             inst.update({
                 "instantiationState": InstantiationState.INSTANTIATED.value,
                 "instantiatedAppState": {"operationalState": InstanceOperationalState.STARTED.value},

@@ -84,6 +84,12 @@ class MepService:
     def forget(self, instance_id: str) -> None:
         self.rules.forget(instance_id)
 
+    def withdraw(self, host: EdgeHost, instance_id: str) -> bool:
+        return self.rules.withdraw(host, instance_id)
+
+    def restore(self, host: EdgeHost, instance_id: str) -> bool:
+        return self.rules.restore(host, instance_id)
+
     # ------------------------------------------------------------ app access
     @staticmethod
     def new_app_token() -> tuple[str, str]:

@@ -21,7 +21,7 @@ from mecorch.kernel import logs, outbound
 from mecorch.kernel.errors import InvalidInput, NotFound, PreconditionFailed
 from mecorch.mepm.claims import ClaimsLedger, check_targets, rule_values
 from mecorch.mepm.inventory import Inventory
-from mecorch.mepm.platform_rules import PlatformRules
+from mecorch.mepm.platform_rules import PlatformRules, in_service
 from mecorch.spec.rules import DnsRule, TrafficRule, with_service_address
 from mecorch.kernel.store import Store
 from mecorch.kernel.timeutil import new_id
@@ -84,7 +84,8 @@ class Mp1Api:
             if claim:
                 self.ledger.check_claims(self.inventory.get(claim), instance_id, traffic, dns,
                                   doc.get("appDId"))
-            if doc.get("hostId"):
+            # withdrawn (failed readiness): stored only, pushed by restore
+            if doc.get("hostId") and in_service(doc):
                 self.rules.push(self.inventory.get(doc["hostId"]), instance_id, doc["targetIp"],
                            traffic, dns)
             self.store.put("rules", instance_id, doc)

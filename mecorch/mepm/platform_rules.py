@@ -5,6 +5,14 @@ The rules an instance runs under come from its AppD (appTrafficRule,
 appDNSRule), are kept in the store, and are applied to the host's MEP
 driver as one set; the stored set changes only when the driver accepted
 the new one.
+
+An instance whose readiness check fails (mecorch.mepm.health) is taken out
+of service: `withdraw` removes its rules from the MEP (its DNS answer and
+its traffic-rule destination) and marks the stored set `"inService": false`;
+`restore` pushes the stored set again and clears the mark. While it is
+withdrawn the stored set still changes (an apply to a new address, an Mp1
+rule update, a reconcile round) but nothing is pushed: only `restore` puts
+the instance back.
 """
 
 from __future__ import annotations
@@ -30,8 +38,39 @@ class PlatformRules:
         # Against the address the set is applied to now (a set stored before
         # this check existed, or an instance that moved, is refused here).
         check_targets(traffic, target_ip)
-        self.push(host, instance_id, target_ip, traffic, dns)
+        if in_service(doc):
+            self.push(host, instance_id, target_ip, traffic, dns)
         self.store.put("rules", instance_id, doc)
+
+    def withdraw(self, host: EdgeHost, instance_id: str) -> bool:
+        """Take the instance out of service: the MEP drops its rules, the
+        stored set is kept, marked `inService: false`. False if it was out
+        already. The caller holds the instance (Lcm.hold)."""
+        with self.ledger.lock:
+            doc = self.stored(instance_id)
+            if not in_service(doc):
+                return False
+            mep = host.mep()
+            if mep is not None:
+                mep.remove_rules(instance_id)
+            doc["inService"] = False
+            self.store.put("rules", instance_id, doc)
+        return True
+
+    def restore(self, host: EdgeHost, instance_id: str) -> bool:
+        """Put a withdrawn instance back: push its stored set again (if it is
+        applied on this host) and clear the mark. False if it was in
+        service. The caller holds the instance (Lcm.hold)."""
+        with self.ledger.lock:
+            doc = self.stored(instance_id)
+            if in_service(doc):
+                return False
+            if doc.get("hostId") == host.id and doc.get("targetIp"):
+                traffic, dns = rule_values(doc)
+                self.push(host, instance_id, doc["targetIp"], traffic, dns)
+            doc.pop("inService", None)
+            self.store.put("rules", instance_id, doc)
+        return True
 
     def remove(self, host: EdgeHost, instance_id: str) -> None:
         mep = host.mep()
@@ -42,6 +81,7 @@ class PlatformRules:
             if doc:
                 doc["hostId"] = None
                 doc["claimHost"] = None
+                doc.pop("inService", None)      # a new deployment starts in service
                 self.store.put("rules", instance_id, doc)
 
     def forget(self, instance_id: str) -> None:
@@ -72,3 +112,8 @@ class PlatformRules:
             doc = {"id": instance_id, "trafficRules": [], "dnsRules": [], "hostId": None,
                    "targetIp": None}
         return doc
+
+
+def in_service(doc: dict | None) -> bool:
+    """A stored rule set is in service unless withdrawn (`inService` false)."""
+    return (doc or {}).get("inService") is not False

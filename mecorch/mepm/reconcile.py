@@ -23,7 +23,8 @@ Each round:
    is started again), removes rules of instances that are not
    INSTANTIATED there, and applies again the stored rules of INSTANTIATED
    instances the MEP does not hold as applied (`rules_applied`: after a
-   reboot the chains are gone).
+   reboot the chains are gone), except those a failed readiness check
+   withdrew (`inService: false`, mecorch.mepm.health).
 
 A backend that cannot be listed is skipped for the round with a log line:
 "cannot list" never means "nothing exists". Every change to one instance is
@@ -41,6 +42,7 @@ from mecorch.kernel.errors import Conflict, MecorchError
 from mecorch.mepm.inventory import EdgeHost, Inventory
 from mecorch.mepm.lcm import Lcm
 from mecorch.mepm.mep import MepService
+from mecorch.mepm.platform_rules import in_service
 from mecorch.driverapi.contracts import Revivable, RuleAudit
 from mecorch.driverapi.model import Observation
 from mecorch.spec.rules import DnsRule, TrafficRule
@@ -299,8 +301,10 @@ class Reconciler:
                                     hostId=host.id, keep=("id",)):
             iid = inst["id"]
             doc = self.store.get("rules", iid)
+            # withdrawn by a failed readiness check: its rules stay off the
+            # MEP until the check passes again (mecorch.mepm.health)
             if not doc or doc.get("hostId") != host.id or not doc.get("targetIp") \
-                    or self.lcm.working_on(iid):
+                    or not in_service(doc) or self.lcm.working_on(iid):
                 continue
             try:
                 # Checked first without holding the instance: a round must
@@ -312,7 +316,7 @@ class Reconciler:
                     continue
                 with self.lcm.hold(iid):
                     doc = self.store.get("rules", iid)
-                    if not self._rules_owned(iid, host) or not doc \
+                    if not self._rules_owned(iid, host) or not doc or not in_service(doc) \
                             or doc.get("hostId") != host.id or self.lcm.journal.in_progress(iid):
                         continue
                     if mep.rules_applied(iid, doc["targetIp"],

@@ -27,7 +27,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-from mecorch.spec import rules
+from mecorch.spec import probes, rules
 from mecorch.kernel import validate
 from mecorch.kernel.errors import InvalidInput
 from mecorch.kernel.states import DeploymentType
@@ -41,7 +41,8 @@ KNOWN = set(REQUIRED) | {
     "appInfoName", "appServiceRequired", "appServiceOptional", "appServiceProduced",
     "appFeatureRequired", "appFeatureOptional", "transportDependencies",
     "appTrafficRule", "appDNSRule", "appLatency", "terminateAppInstanceOpConfig",
-    "changeAppInstanceStateOpConfig", "virtualStorageDescriptor", "appExtCpd"}
+    "changeAppInstanceStateOpConfig", "virtualStorageDescriptor", "appExtCpd",
+    probes.APPD_FIELD}                  # mecorch extension: health checks
 CONTAINER_FORMATS = {"AKI", "AMI", "ARI", "BARE", "DOCKER", "OVA", "OVF"}
 DISK_FORMATS = {"AKI", "AMI", "ARI", "ISO", "QCOW2", "RAW", "VDI", "VHD", "VHDX", "VMDK"}
 TRAFFIC_ACTIONS = {"DROP", "FORWARD_DECAPSULATED", "FORWARD_AS_IS", "PASSTHROUGH",
@@ -425,6 +426,7 @@ ATTRIBUTES = {
         {"minGracefulStopTimeout": _SECONDS},
         {"maxRecommendedGracefulStopTimeout": _SECONDS, "parameter": _PARAMETERS}),
     "appExtCpd": _list_of(_EXT_CPD, 0, 16),
+    probes.APPD_FIELD: probes.check_appd,
 }
 
 

@@ -39,7 +39,9 @@ is refused), command (-> image entrypoint) and args (-> its arguments),
 emptyDir volumes (sizeLimit; without one, the AppD's size for a volume of
 that name, else 1 GB) with their volumeMounts (mountPath; subPath and
 readOnly are refused), and the annotation `mecorch/retain-volumes: "a,b"`
-(on the manifest or the pod template) marking volumes RETAIN. Any other
+(on the manifest or the pod template) marking volumes RETAIN. The
+container's livenessProbe, readinessProbe and startupProbe are read by
+spec/probes.py (the same one parse, through the Plan). Any other
 volume source (hostPath, secret, PVC...) is refused.
 
 Units. mecorch counts memory in MiB and storage in GiB, as Docker, libvirt

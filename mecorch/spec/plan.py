@@ -25,6 +25,7 @@ from mecorch.kernel.errors import InvalidInput
 from mecorch.kernel.states import DeploymentType
 from mecorch.driverapi.model import ResourceRequest
 from mecorch.spec import decision, placement
+from mecorch.spec.probes import Probes, probes_of
 from mecorch.spec.capacity import Need, need_of
 from mecorch.spec.decision import Decision
 from mecorch.spec.rules import DnsRule, TrafficRule, fixed_addresses, instance_rules
@@ -55,6 +56,7 @@ class Plan:
     wanted: tuple[str, ...]                 # selectedMECHostInfo, or the policy's fit hosts
     accel: bool                             # a VM whose AppD asks for acceleration
     max_latency_ns: int | None              # the AppD's appLatency
+    probes: Probes = Probes()               # health checks (spec/probes.py)
 
     @property
     def fixed_addresses(self) -> tuple[str, ...]:
@@ -106,7 +108,8 @@ def plan_request(instance_id: str, pkg: dict, body: dict,
     return Plan(choice, request, need_of(request), traffic, dns,
                 tuple(fit or selected_hosts(body)),
                 choice.manner is DeploymentType.VM and decision.accel_required(appd),
-                placement.max_latency_ns(appd))
+                placement.max_latency_ns(appd),
+                probes_of(appd, choice.manner, parsed))
 
 
 def selected_hosts(body: dict) -> list[str]:

@@ -34,9 +34,9 @@ def _driver_classes() -> list[type]:
     return found
 
 
-def test_the_six_verbs_are_declared():
+def test_the_seven_verbs_are_declared():
     assert VERBS == {"watch", "revive", "uninstall", "rules_applied", "snapshot",
-                     "serve_dns_on"}
+                     "serve_dns_on", "exec_in"}
 
 
 def test_every_driver_package_has_its_class():
@@ -58,7 +58,7 @@ def test_a_driver_declares_what_it_has(cls):
 
 
 def test_the_declared_sets():
-    want = {"DockerCIM": {"Watchable", "Revivable", "Uninstallable"},
+    want = {"DockerCIM": {"Watchable", "Revivable", "Uninstallable", "ExecInside"},
             "LibvirtVIM": {"Watchable", "Uninstallable"},
             "OpenStackVIM": set(),
             "LinuxMEP": {"RuleAudit", "DnsOnAppNetworks", "Uninstallable"},
