@@ -188,6 +188,7 @@ class Serve:
         self.url = f"http://{self.listen}"
         self.port = int(self.listen.rsplit(":", 1)[1])
         self.client = Client(self.url, token=token, timeout=client_timeout_s)
+        self.token = token
         self.log_path = self.workdir / f"{name}.log"
         self.wrap, self.launcher, self.preexec_fn = tuple(wrap), launcher, preexec_fn
         self.env = env
@@ -226,8 +227,12 @@ class Serve:
                 self.client.get(self.ready_path)
                 return time.perf_counter() - self.started_at
             except Exception as e:  # noqa: BLE001 - not up yet, or up and refusing
-                if getattr(e, "status", None) in (401, 403):
-                    return time.perf_counter() - self.started_at     # up, guarded
+                # Up and guarded, when the lab holds no token for it. With
+                # one, a refusal is another process on a port free_port
+                # handed out twice (ours exited "Address already in use").
+                if getattr(e, "status", None) in (401, 403) and not self.token \
+                        and self.proc.poll() is None:
+                    return time.perf_counter() - self.started_at
                 if self.proc.poll() is not None:
                     raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n"
                                          + self.log_tail()) from None
