@@ -219,7 +219,7 @@ class Replacer:
                     host_id, where = placement.choose_plan(p, candidates, inst["appDId"])
                     self.registry.reserve(host_id, iid, p.need)
             except MecorchError as e:
-                return self._no_fit(inst, f"re-placement: {reason}: {e.detail}", e)
+                return self._no_fit(inst, reason, e)
             host_body = {**plan["body"], "selectedMECHostInfo": [{"hostId": {"id": host_id}}]}
             try:
                 op = self.journal.start(iid, LcmOperation.INSTANTIATE, {
@@ -240,14 +240,16 @@ class Replacer:
         lcm._pool.submit(lcm._guarded, iid, lcm._run_instantiate, op)
         return f"re-placing instance {iid} from {lost_host} on {host_id}"
 
-    def _no_fit(self, inst: dict, detail: str, e: MecorchError) -> str | None:
+    def _no_fit(self, inst: dict, lost: str, e: MecorchError) -> str | None:
         """No host takes it now: a FAILED op occurrence saying why (only when
-        the reason is new: not one per round), and a try again later."""
+        the placement's reason is new: not one per round), and a try again
+        later."""
         state = inst.get("_replace") or {}
-        inst["_replace"] = {"lastFailure": detail, "nextAt": time.time() + RETRY_S}
+        inst["_replace"] = {"lastFailure": e.detail, "nextAt": time.time() + RETRY_S}
         self.store.put("instances", inst["id"], inst)
-        if state.get("lastFailure") == detail:
+        if state.get("lastFailure") == e.detail:
             return None
+        detail = f"re-placement: {lost}: {e.detail}"
         old = inst["_hostInstance"]
         op = self.journal.start(inst["id"], LcmOperation.INSTANTIATE, {
             "hostId": old["hostId"], "decidedBy": "re-placement", "replaces": dict(old)})

@@ -1,0 +1,215 @@
+"""Re-placement of an app whose edge host is lost (`lostAfter`, an MEO
+extension: mecorch/meo/replace.py), with each host an in-process MEPM on
+in-memory drivers whose link the test cuts (the host keeps running its
+apps, as an edge host does without its MEO). The loop is driven by the
+test (`Replacer.check` with a clock of its own); the same over HTTP on
+the real backends is tests/e2e/test_meo_replace.py."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from mecorch.kernel.client import ApiError
+from mecorch.kernel.states import LcmOperation
+from mecorch.meo import replace
+from support.meolab import INST, deploy, onboard, system  # noqa: F401
+
+OPS = "/app_lcm/v1/app_lcm_op_occs"
+INSTANTIATE = LcmOperation.INSTANTIATE.value        # ETSI spells it INSTATIATE
+
+
+def _ops(s, iid: str) -> list[dict]:
+    return [o for o in s.c.get(OPS) if o["appInstanceId"] == iid]
+
+
+def _lose(s, hid: str) -> float:
+    """Cut the host's link and beat until the registry has it UNREACHABLE;
+    when it was marked so."""
+    s.mepms[hid].down.set()
+    entry = s.meo.registry.get(hid)
+    for _ in range(s.meo.registry.unreachable_after):
+        s.meo.registry.beat(entry)
+    assert entry.state == "UNREACHABLE"
+    return entry.unreachable_since
+
+
+def _return(s, hid: str) -> None:
+    s.mepms[hid].down.clear()
+    assert s.meo.registry.beat(s.meo.registry.get(hid))
+
+
+def _wait_replaced(s, iid: str, n: int) -> dict:
+    """The n-th re-placement op of the instance, once ended."""
+    deadline = time.monotonic() + 20
+    while True:
+        ops = [o for o in _ops(s, iid) if o["lcmOperation"] == INSTANTIATE
+               and o.get("decisionReason", "").startswith("re-placed")]
+        if len(ops) >= n and ops[n - 1]["operationState"] in ("COMPLETED", "FAILED"):
+            return ops[n - 1]
+        assert time.monotonic() < deadline, _ops(s, iid)
+        time.sleep(0.05)
+
+
+def _running_on(s, hid: str, iid: str) -> bool:
+    return any(i["id"] == iid and i["instantiationState"] == "INSTANTIATED"
+               for i in s.hosts[hid].lcm.list())
+
+
+def test_lost_after_is_validated_and_only_at_the_meo(system):
+    s = system
+    pkg = onboard(s)
+    inst = s.c.post(INST, {"appDId": pkg["appDId"]})[0]
+    url = f"{INST}/{inst['id']}/instantiate"
+    for bad in (0, -5, 1.5, "30", True, replace.MAX_LOST_AFTER_S + 1):
+        with pytest.raises(ApiError) as e:
+            s.c.post(url, {"deploymentType": "CONTAINER", "lostAfter": bad})
+        assert e.value.status == 400 and "lostAfter" in e.value.body["detail"], bad
+    with pytest.raises(ApiError) as e:          # a typo is named, with the field meant
+        s.c.post(url, {"deploymentType": "CONTAINER", "lostAftr": 30})
+    assert "'lostAftr'" in e.value.body["detail"] and "'lostAfter'" in e.value.body["detail"]
+    with pytest.raises(ApiError) as e:          # one selected host: nowhere to go
+        s.c.post(url, {"deploymentType": "CONTAINER", "lostAfter": 30,
+                       "selectedMECHostInfo": [{"hostId": {"id": "edge2"}}]})
+    assert e.value.status == 400 and "lostAfter" in e.value.body["detail"]
+    assert not _ops(s, inst["id"])
+    op = s.c.wait_op(s.c.post(url, {"deploymentType": "CONTAINER", "lostAfter": 30})[0])
+    assert op["operationState"] == "COMPLETED", op
+    view = s.c.get(f"{INST}/{inst['id']}")
+    assert view["lostAfter"] == 30 and "replacedFrom" not in view
+    # the host is never sent it (the body the MEO sends): the MEO alone re-places
+    [sent] = s.meo.store.list("op_occs", appInstanceId=inst["id"])
+    assert sent["_plan"]["body"]["deploymentType"] == "CONTAINER"
+    assert "lostAfter" not in sent["_plan"]["body"]
+
+
+def test_replaced_once_after_lost_after_and_the_stale_copy_removed_on_return(system):
+    s = system
+    pkg = onboard(s)
+    iid, op = deploy(s, pkg["appDId"], deploymentType="CONTAINER", lostAfter=30,
+                     selectedMECHostInfo=[{"hostId": {"id": "edge2"}},
+                                          {"hostId": {"id": "edge3"}}])
+    lost = s.c.get(f"{INST}/{iid}")["hostId"]
+    other = ({"edge2", "edge3"} - {lost}).pop()
+    since = _lose(s, lost)
+    # not before lostAfter
+    assert s.meo.replacer.check(now=since + 29) == []
+    assert [o["lcmOperation"] for o in _ops(s, iid)] == [INSTANTIATE]
+    done = s.meo.replacer.check(now=since + 31)
+    assert done == [f"re-placing instance {iid} from {lost} on {other}"]
+    moved = _wait_replaced(s, iid, 1)
+    assert moved["operationState"] == "COMPLETED", moved
+    assert moved["decisionReason"].startswith(
+        f"re-placed: edge host {lost} unreachable for 31 s (lostAfter 30 s); placed on {other}")
+    # exactly once: later rounds leave it where it is
+    for dt in (32, 60, 600):
+        assert s.meo.replacer.check(now=since + dt) == []
+    assert len([o for o in _ops(s, iid) if o["lcmOperation"] == INSTANTIATE]) == 2
+    view = s.c.get(f"{INST}/{iid}")
+    assert view["hostId"] == other and view["instantiationState"] == "INSTANTIATED"
+    assert "hostState" not in view                  # its host answers: not shown UNKNOWN
+    assert view["decisionReason"] == moved["decisionReason"]
+    [move] = view["replacedFrom"]
+    assert move["hostId"] == lost and move["opId"] == moved["id"]
+    assert move["staleCopy"] == "PENDING_REMOVAL"
+    # the new host runs it under the MEO's id; the lost host still runs its
+    # copy (edge autonomy), which the MEO owes a removal
+    assert _running_on(s, other, iid) and _running_on(s, lost, iid)
+    _return(s, lost)
+    # removed as the host came back, before anything else was read from it
+    assert not any(i["id"] == iid for i in s.hosts[lost].lcm.list())
+    assert _running_on(s, other, iid)
+    removal = _ops(s, iid)[-1]
+    assert removal["lcmOperation"] == "TERMINATE" and removal["operationState"] == "COMPLETED"
+    assert removal["decisionReason"].startswith(f"stale copy on edge host {lost} removed")
+    view = s.c.get(f"{INST}/{iid}")
+    assert view["hostId"] == other and view["replacedFrom"][0]["staleCopy"] == "REMOVED"
+    assert not s.meo.store.list("host_tasks")
+    assert s.meo.replacer.check(now=time.time() + 600) == []
+    # the instance is the OSS's as before: terminated on its new host
+    op = s.c.wait_op(s.c.post(f"{INST}/{iid}/terminate",
+                              {"terminationType": "FORCEFUL"})[0])
+    assert op["operationState"] == "COMPLETED", op
+    assert not _running_on(s, other, iid)
+    view = s.c.get(f"{INST}/{iid}")
+    assert "lostAfter" not in view and "replacedFrom" not in view
+
+
+def test_no_host_fits_is_recorded_once_and_retried(system):
+    s = system
+    pkg = onboard(s)
+    iid, _ = deploy(s, pkg["appDId"], deploymentType="CONTAINER", lostAfter=5,
+                    selectedMECHostInfo=[{"hostId": {"id": "edge2"}},
+                                         {"hostId": {"id": "edge3"}}])
+    lost = s.c.get(f"{INST}/{iid}")["hostId"]
+    other = ({"edge2", "edge3"} - {lost}).pop()
+    _lose(s, other)
+    since = _lose(s, lost)
+    t = since + 10
+    [line] = s.meo.replacer.check(now=t)
+    assert line.startswith(f"instance {iid} not re-placed")
+    failed = _ops(s, iid)[-1]
+    assert failed["operationState"] == "FAILED" and failed["lcmOperation"] == INSTANTIATE
+    assert f"{other}: UNREACHABLE" in failed["error"]["detail"]
+    assert "edge1" not in failed["error"]["detail"]     # not selected: never a candidate
+    # the same reason again: tried, not recorded again
+    t += replace.RETRY_S + 1
+    assert s.meo.replacer.check(now=t) == []
+    assert len(_ops(s, iid)) == 2
+    # not before the retry time even with a host back
+    _return(s, other)
+    assert s.meo.replacer.check(now=time.time()) == []
+    t = time.time() + replace.RETRY_S + 1
+    assert s.meo.replacer.check(now=t) == [f"re-placing instance {iid} from {lost} on {other}"]
+    assert _wait_replaced(s, iid, 1)["operationState"] == "COMPLETED"
+    assert s.c.get(f"{INST}/{iid}")["hostId"] == other
+
+
+def test_not_opted_in_stays_and_an_op_in_flight_is_not_overtaken(system):
+    s = system
+    pkg = onboard(s)
+    opted, _ = deploy(s, pkg["appDId"], deploymentType="CONTAINER", lostAfter=5,
+                      selectedMECHostInfo=[{"hostId": {"id": "edge2"}},
+                                           {"hostId": {"id": "edge3"}}])
+    lost = s.c.get(f"{INST}/{opted}")["hostId"]
+    plain, _ = deploy(s, pkg["appDId"], deploymentType="CONTAINER",
+                      selectedMECHostInfo=[{"hostId": {"id": lost}}])
+    since = _lose(s, lost)
+    # not opted in: never moved
+    assert s.meo.replacer.check(now=since + 4) == []
+    assert s.c.get(f"{INST}/{plain}")["hostId"] == lost
+    # an operation of its own in flight (the instance held, as by a worker
+    # following a host op): the round leaves it to that op
+    s.meo.lcm._busy.add(opted)
+    try:
+        assert s.meo.replacer.check(now=since + 3600) == []
+    finally:
+        s.meo.lcm._free(opted)
+    for iid in (plain, opted):
+        assert s.c.get(f"{INST}/{iid}")["hostId"] == lost
+    assert not s.meo.store.list("host_tasks")
+    # free again: moved on the next round
+    assert s.meo.replacer.check(now=since + 3600) == [
+        f"re-placing instance {opted} from {lost} on {({'edge2', 'edge3'} - {lost}).pop()}"]
+    assert _wait_replaced(s, opted, 1)["operationState"] == "COMPLETED"
+
+
+def test_the_stale_copy_of_a_deleted_instance_is_still_removed(system):
+    s = system
+    pkg = onboard(s)
+    iid, _ = deploy(s, pkg["appDId"], deploymentType="CONTAINER", lostAfter=5,
+                    selectedMECHostInfo=[{"hostId": {"id": "edge2"}},
+                                         {"hostId": {"id": "edge3"}}])
+    lost = s.c.get(f"{INST}/{iid}")["hostId"]
+    since = _lose(s, lost)
+    s.meo.replacer.check(now=since + 6)
+    assert _wait_replaced(s, iid, 1)["operationState"] == "COMPLETED"
+    # the OSS is done with it while the lost host is still away
+    op = s.c.wait_op(s.c.post(f"{INST}/{iid}/terminate", {"terminationType": "FORCEFUL"})[0])
+    assert op["operationState"] == "COMPLETED", op
+    s.c.call("DELETE", f"{INST}/{iid}")
+    assert _running_on(s, lost, iid)
+    _return(s, lost)
+    assert not any(i["id"] == iid for i in s.hosts[lost].lcm.list())
+    assert not s.meo.store.list("host_tasks")
