@@ -14,6 +14,7 @@ import pytest
 from mecorch.kernel.client import ApiError
 from mecorch.kernel.states import LcmOperation
 from mecorch.meo import replace
+from support.fakes import broken
 from support.meolab import INST, deploy, onboard, system  # noqa: F401
 
 OPS = "/app_lcm/v1/app_lcm_op_occs"
@@ -213,3 +214,31 @@ def test_the_stale_copy_of_a_deleted_instance_is_still_removed(system):
     _return(s, lost)
     assert not any(i["id"] == iid for i in s.hosts[lost].lcm.list())
     assert not s.meo.store.list("host_tasks")
+
+
+def test_a_re_placement_the_new_host_fails_leaves_it_where_it_was(system):
+    s = system
+    pkg = onboard(s)
+    iid, _ = deploy(s, pkg["appDId"], deploymentType="CONTAINER", lostAfter=5,
+                    selectedMECHostInfo=[{"hostId": {"id": "edge2"}},
+                                         {"hostId": {"id": "edge3"}}])
+    lost = s.c.get(f"{INST}/{iid}")["hostId"]
+    other = ({"edge2", "edge3"} - {lost}).pop()
+    cim = s.hosts[other].inventory.get(other).driver("cim")
+    cim.fail["deploy"] = broken("the new host's deploy broke")
+    since = _lose(s, lost)
+    s.meo.replacer.check(now=since + 6)
+    failed = _wait_replaced(s, iid, 1)
+    assert failed["operationState"] == "FAILED"
+    assert "the new host's deploy broke" in failed["error"]["detail"]
+    # still the lost host's, as before; nothing left on the other
+    view = s.c.get(f"{INST}/{iid}")
+    assert view["hostId"] == lost and "replacedFrom" not in view
+    assert not any(i["id"] == iid for i in s.hosts[other].lcm.list())
+    assert not s.meo.store.list("host_tasks")
+    # tried again after RETRY_S, and this time it lands
+    del cim.fail["deploy"]
+    assert s.meo.replacer.check(now=time.time() + 1) == []
+    s.meo.replacer.check(now=time.time() + replace.RETRY_S + 1)
+    assert _wait_replaced(s, iid, 2)["operationState"] == "COMPLETED"
+    assert s.c.get(f"{INST}/{iid}")["hostId"] == other
