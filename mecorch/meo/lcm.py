@@ -286,7 +286,7 @@ class SystemLcm(InstanceQueries):
                     "appPkgId": self.journal.data(op, "package")["id"]}   # its version
             if plan.get("replaces"):
                 # the instance still lives on the lost host until this ends
-                made = replace.create_on(mepm, body, op, iid)
+                made = replace.create_on(mepm, body, op)
                 remote = self.journal.step(op, "created", id=made["id"])["_steps"][-1]
             else:
                 # one identity: the host makes its instance under the MEO's id

@@ -10,7 +10,8 @@ sent to the MEO. The MEO alone reads it (the host is never sent it).
   again (`placement.choose_plan` over the hosts that answer, the lost one
   and any holding a stale copy of it left out, within the hosts the
   original request selected, if it selected some) and instantiated there
-  through the MEO's own instantiate steps, under the same MEO instance id:
+  through the MEO's own instantiate steps, under the same MEO instance id
+  (the new host's copy under an id of that host's own, `create_on`):
   an INSTANTIATE op occurrence of its own whose decisionReason says
   "re-placed: edge host X unreachable for N s". The instance keeps living
   on the lost host (its record unchanged) until that op COMPLETES; then it
@@ -78,17 +79,13 @@ def remember(inst: dict, lost_after: int | None, host_body: dict, wanted: list[s
                           "wanted": list(wanted), "pkgId": pkg_id}
 
 
-def create_on(mepm, body: dict, op: dict, iid: str) -> dict:
-    """The instance resource on the new host, under the MEO's id. The key is
-    the op's (a host tried before and given up keeps the key of that try);
-    a NOT_INSTANTIATED resource an earlier try left there is used again."""
-    try:
-        return mepm.create_instance(body, key=f"meo-{op['id']}", instance_id=iid)
-    except Conflict:
-        view = mepm.get_instance(iid)
-        if view is not None and view.get("instantiationState") == NOT_INSTANTIATED:
-            return view
-        raise
+def create_on(mepm, body: dict, op: dict) -> dict:
+    """The instance resource on the new host, under an id of the host's own
+    (the MEO maps it, as for a host's resource from before the MEO passed
+    its ids): the lost host's copy still holds the MEO's id, and two host
+    ids may share one backend (one dockerd), whose object names carry the
+    id. The key is the op's: a retry after a broken link gets the same."""
+    return mepm.create_instance(body, key=f"meo-{op['id']}")
 
 
 def moved(store, inst: dict, op: dict, host_id: str, host_instance: str) -> None:
