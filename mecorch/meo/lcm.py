@@ -319,7 +319,7 @@ class SystemLcm(InstanceQueries):
             self._copy_host_view(inst, entry.mepm.get_instance(host_instance), entry.host_id)
             if op.get("decisionReason") and inst.get("instantiationState") == INSTANTIATED:
                 inst["decisionReason"] = op["decisionReason"]   # the MEO's: manner and host
-            if op["_plan"].get("replaces"):
+            if op["_plan"].get("replaces") and inst["instantiationState"] == INSTANTIATED:
                 # it lives on the new host now; the lost host's copy is removed
                 # when that host answers again (replace.Replacer.remove_stale)
                 replace.moved(self.store, inst, op, entry.host_id, host_instance)

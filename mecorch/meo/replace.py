@@ -216,7 +216,14 @@ class Replacer:
                     host_id, where = placement.choose_plan(p, candidates, inst["appDId"])
                     self.registry.reserve(host_id, iid, p.need)
             except MecorchError as e:
+                from mecorch.meo.lcm import refusal_reasons     # lcm imports this module
+                logs.event("placement.refused", instance=iid, app=inst["appDId"],
+                           manner=plan["body"].get("deploymentType"),
+                           reasons=",".join(refusal_reasons(e)))
                 return self._no_fit(inst, reason, e)
+            # the metrics count it as any placement (mecorch_placements_total)
+            logs.event("placement.decided", instance=iid, app=inst["appDId"], host=host_id,
+                       manner=p.manner.value, decidedBy="re-placement")
             host_body = {**plan["body"], "selectedMECHostInfo": [{"hostId": {"id": host_id}}]}
             try:
                 op = self.journal.start(iid, LcmOperation.INSTANTIATE, {

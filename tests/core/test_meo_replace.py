@@ -14,6 +14,8 @@ import pytest
 from mecorch.kernel.client import ApiError
 from mecorch.kernel.states import LcmOperation
 from mecorch.meo import replace
+from support import corelab
+from support.corelab import env  # noqa: F401
 from support.fakes import broken
 from support.meolab import INST, deploy, onboard, system  # noqa: F401
 
@@ -246,3 +248,14 @@ def test_a_re_placement_the_new_host_fails_leaves_it_where_it_was(system):
     s.meo.replacer.check(now=time.time() + replace.RETRY_S + 1)
     assert _wait_replaced(s, iid, 2)["operationState"] == "COMPLETED"
     assert s.c.get(f"{INST}/{iid}")["hostId"] == other
+
+
+def test_a_single_node_refuses_lost_after_by_name(env):  # noqa: F811
+    """No other host to go to: a node (or an MEPM) does not accept and ignore
+    it; the MEO alone knows it."""
+    corelab.onboard(env)
+    iid = corelab.create(env)["id"]
+    err = corelab.problem(env.c.post, f"{INST}/{iid}/instantiate",
+                          {"deploymentType": "CONTAINER", "lostAfter": 30})
+    assert err.status == 400 and "no field 'lostAfter'" in err.body["detail"]
+    assert not env.c.get(OPS)
