@@ -216,10 +216,6 @@ class Replacer:
                     host_id, where = placement.choose_plan(p, candidates, inst["appDId"])
                     self.registry.reserve(host_id, iid, p.need)
             except MecorchError as e:
-                from mecorch.meo.lcm import refusal_reasons     # lcm imports this module
-                logs.event("placement.refused", instance=iid, app=inst["appDId"],
-                           manner=plan["body"].get("deploymentType"),
-                           reasons=",".join(refusal_reasons(e)))
                 return self._no_fit(inst, reason, e)
             # the metrics count it as any placement (mecorch_placements_total)
             logs.event("placement.decided", instance=iid, app=inst["appDId"], host=host_id,
@@ -253,6 +249,10 @@ class Replacer:
         self.store.put("instances", inst["id"], inst)
         if state.get("lastFailure") == e.detail:
             return None
+        from mecorch.meo.lcm import refusal_reasons     # lcm imports this module
+        logs.event("placement.refused", instance=inst["id"], app=inst["appDId"],
+                   manner=inst["_placement"]["body"].get("deploymentType"),
+                   reasons=",".join(refusal_reasons(e)))
         detail = f"re-placement: {lost}: {e.detail}"
         old = inst["_hostInstance"]
         op = self.journal.start(inst["id"], LcmOperation.INSTANTIATE, {
