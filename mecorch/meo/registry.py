@@ -83,6 +83,10 @@ class HostEntry:
             out.update(capacity=d["capacity"], latencyMs=d["latencyMs"])
         if self.last_error and self.state == UNREACHABLE:
             out["reason"] = self.last_error
+        lost = self.unreachable_for_s()
+        if lost is not None:
+            # what lostAfter is compared with (meo/replace.py)
+            out["unreachableForS"] = round(lost, 1)
         return out
 
 

@@ -100,6 +100,9 @@ def test_replaced_once_after_lost_after_and_the_stale_copy_removed_on_return(sys
     lost = s.c.get(f"{INST}/{iid}")["hostId"]
     other = ({"edge2", "edge3"} - {lost}).pop()
     since = _lose(s, lost)
+    # the host list shows the time lostAfter is compared with
+    hosts = {h["hostId"]: h for h in s.c.get("/mecorch/v1/hosts")}
+    assert hosts[lost]["unreachableForS"] >= 0 and "unreachableForS" not in hosts[other]
     # not before lostAfter
     assert s.meo.replacer.check(now=since + 29) == []
     assert [o["lcmOperation"] for o in _ops(s, iid)] == [INSTANTIATE]
