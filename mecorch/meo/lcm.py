@@ -348,6 +348,8 @@ class SystemLcm(InstanceQueries):
                 # still on the lost host: what the new host made goes, and
                 # the loop tries again later
                 replace.not_moved(self.store, entry, op, err.detail)
+            elif op["lcmOperation"] == LcmOperation.INSTANTIATE.value:
+                replace.forget(self.store, iid)     # its opt-in went with the failed deploy
             log.warning("%s of %s on %s failed: %s", operation_words(op["lcmOperation"]), iid,
                         entry.host_id, err.detail)
             self._free(iid)

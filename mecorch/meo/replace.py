@@ -79,6 +79,17 @@ def remember(inst: dict, lost_after: int | None, host_body: dict, wanted: list[s
                           "wanted": list(wanted), "pkgId": pkg_id}
 
 
+def forget(store, iid: str) -> None:
+    """An instantiate that FAILED: the instance, NOT_INSTANTIATED, keeps no
+    opt-in (the next instantiate says again whether it opts in)."""
+    inst = store.get("instances", iid)
+    if inst is not None and inst.get("instantiationState") == NOT_INSTANTIATED \
+            and any(k in inst for k in DEPLOYED):
+        for k in DEPLOYED:
+            inst.pop(k, None)
+        store.put("instances", iid, inst)
+
+
 def create_on(mepm, body: dict, op: dict) -> dict:
     """The instance resource on the new host, under an id of the host's own
     (the MEO maps it, as for a host's resource from before the MEO passed

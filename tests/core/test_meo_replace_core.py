@@ -262,3 +262,14 @@ def test_a_single_node_refuses_lost_after_by_name(env):  # noqa: F811
                           {"deploymentType": "CONTAINER", "lostAfter": 30})
     assert err.status == 400 and "no field 'lostAfter'" in err.body["detail"]
     assert not env.c.get(OPS)
+
+
+def test_a_failed_instantiate_keeps_no_opt_in(system):
+    s = system
+    pkg = onboard(s)
+    for hid in ("edge1", "edge2", "edge3"):
+        s.hosts[hid].inventory.get(hid).driver("cim").fail["deploy"] = broken("no deploy")
+    iid, op = deploy(s, pkg["appDId"], deploymentType="CONTAINER", lostAfter=30)
+    assert op["operationState"] == "FAILED"
+    view = s.c.get(f"{INST}/{iid}")
+    assert view["instantiationState"] == "NOT_INSTANTIATED" and "lostAfter" not in view
