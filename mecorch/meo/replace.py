@@ -105,6 +105,8 @@ def moved(store, inst: dict, op: dict, host_id: str, host_instance: str) -> None
     old = op["_plan"]["replaces"]
     inst["_hostInstance"] = {"hostId": host_id, "id": host_instance}
     moves = inst.get("replacedFrom") or []
+    if any(m.get("opId") == op["id"] for m in moves):
+        return      # recorded already: the op resumed after the MEO stopped before its end
     moves.append({"hostId": old["hostId"], "replacedAt": timestamp(), "opId": op["id"],
                   "reason": op.get("decisionReason", ""), "staleCopy": "PENDING_REMOVAL"})
     inst["replacedFrom"] = moves[-HISTORY:]

@@ -7,12 +7,15 @@ the real backends is tests/e2e/test_meo_replace.py."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 
 from mecorch.kernel.client import ApiError
-from mecorch.kernel.states import LcmOperation
+from mecorch.kernel.states import DeploymentType, LcmOperation
+from mecorch.meo.orchestrator import MeoOrchestrator
+from mecorch.mepm.local import LocalMepm
 from mecorch.meo import replace
 from support import corelab
 from support.corelab import env  # noqa: F401
@@ -273,3 +276,39 @@ def test_a_failed_instantiate_keeps_no_opt_in(system):
     assert op["operationState"] == "FAILED"
     view = s.c.get(f"{INST}/{iid}")
     assert view["instantiationState"] == "NOT_INSTANTIATED" and "lostAfter" not in view
+
+
+def test_an_meo_restart_resumes_a_re_placement_and_keeps_what_the_lost_host_owes(system):
+    s = system
+    pkg = onboard(s)
+    iid, _ = deploy(s, pkg["appDId"], deploymentType="CONTAINER", lostAfter=5,
+                    selectedMECHostInfo=[{"hostId": {"id": "edge2"}},
+                                         {"hostId": {"id": "edge3"}}])
+    lost = s.c.get(f"{INST}/{iid}")["hostId"]
+    other = ({"edge2", "edge3"} - {lost}).pop()
+    gate = threading.Event()
+    s.hosts[other].inventory.get(other).compute(DeploymentType.CONTAINER).deploy_gate = gate
+    since = _lose(s, lost)
+    s.meo.replacer.check(now=since + 6)
+    time.sleep(0.3)         # the new host's deploy is held at the gate
+    # a second MEO on the same store (as after a crash), the lost host not
+    # back yet: it follows the re-placement to its end
+    meo2 = MeoOrchestrator(dict(s.meo.cfg))
+    try:
+        meo2.registry.attach(LocalMepm(s.hosts[other], other))
+        gate.set()
+        meo2.replacer.recover()
+        meo2.lcm.recover()
+        op = _wait_replaced(s, iid, 1)
+        assert op["operationState"] == "COMPLETED", op
+        time.sleep(0.3)     # both MEOs' workers followed it: one move is recorded
+        inst = meo2.lcm.get(iid)
+        assert inst["hostId"] == other and len(inst["replacedFrom"]) == 1
+        assert _running_on(s, lost, iid)
+        # the lost host comes back to the second MEO: it owes the removal
+        meo2.registry.attach(LocalMepm(s.hosts[lost], lost))
+        assert not any(i["id"] == iid for i in s.hosts[lost].lcm.list())
+        assert meo2.lcm.get(iid)["replacedFrom"][0]["staleCopy"] == "REMOVED"
+    finally:
+        meo2.close()
+    assert _running_on(s, other, iid)
