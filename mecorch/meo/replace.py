@@ -171,13 +171,18 @@ class Replacer:
         """One round; returns what it did, one line each."""
         now = now or time.time()
         done = []
-        for inst in self.store.list("instances", instantiationState=INSTANTIATED):
+        entries = self.registry.entries()
+        lost = {e.host_id: e for e in entries if e.unreachable_for_s(now) is not None}
+        # every round, every heartbeat: with no host lost nothing is read, and
+        # then only the few keys this needs of each instance
+        for inst in self.store.list("instances", instantiationState=INSTANTIATED,
+                                    keep=("id", FIELD, "_hostInstance", "_replace")) \
+                if lost else ():
             if inst.get(FIELD) is None or not inst.get("_hostInstance"):
                 continue
-            try:
-                entry = self.registry.get(inst["_hostInstance"]["hostId"])
-            except NotFound:
-                continue            # deregistered: an operator's decision, not a loss
+            entry = lost.get(inst["_hostInstance"]["hostId"])
+            if entry is None:
+                continue            # its host answers (or was deregistered: an operator's call)
             lost_s = entry.unreachable_for_s(now)
             if lost_s is None or lost_s < inst[FIELD]:
                 continue
@@ -189,8 +194,10 @@ class Replacer:
                 continue            # busy with an op (the next round), or deleted
             if line:
                 done.append(line)
-        for entry in self.registry.entries():
-            if entry.state == REACHABLE:
+        owed = {t["hostId"] for t in self.store.list("host_tasks", keep=("hostId", STALE))
+                if t.get(STALE)}
+        for entry in entries:
+            if entry.state == REACHABLE and entry.host_id in owed:
                 done += self.remove_stale(entry, now)
         return done
 

@@ -312,3 +312,31 @@ def test_an_meo_restart_resumes_a_re_placement_and_keeps_what_the_lost_host_owes
     finally:
         meo2.close()
     assert _running_on(s, other, iid)
+
+
+def test_a_stale_copy_the_returning_host_fails_to_remove_is_tried_again(system):
+    s = system
+    pkg = onboard(s)
+    iid, _ = deploy(s, pkg["appDId"], deploymentType="CONTAINER", lostAfter=5,
+                    selectedMECHostInfo=[{"hostId": {"id": "edge2"}},
+                                         {"hostId": {"id": "edge3"}}])
+    lost = s.c.get(f"{INST}/{iid}")["hostId"]
+    since = _lose(s, lost)
+    s.meo.replacer.check(now=since + 6)
+    assert _wait_replaced(s, iid, 1)["operationState"] == "COMPLETED"
+    cim = s.hosts[lost].inventory.get(lost).driver("cim")
+    cim.fail["destroy"] = broken("destroy refused")
+    _return(s, lost)
+    failed = _ops(s, iid)[-1]
+    assert failed["lcmOperation"] == "TERMINATE" and failed["operationState"] == "FAILED"
+    assert "stale copy not removed yet" in failed["error"]["detail"]
+    assert s.c.get(f"{INST}/{iid}")["replacedFrom"][0]["staleCopy"] == "PENDING_REMOVAL"
+    assert len(s.meo.store.list("host_tasks")) == 1
+    # the next rounds while the host answers: after RETRY_S, and done
+    del cim.fail["destroy"]
+    assert s.meo.replacer.check(now=time.time() + 1) == []
+    assert s.meo.replacer.check(now=time.time() + replace.RETRY_S + 1) == [
+        f"removed the stale copy of instance {iid} from host {lost}"]
+    assert not any(i["id"] == iid for i in s.hosts[lost].lcm.list())
+    assert _ops(s, iid)[-1]["operationState"] == "COMPLETED"
+    assert s.c.get(f"{INST}/{iid}")["replacedFrom"][0]["staleCopy"] == "REMOVED"
