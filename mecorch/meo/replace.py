@@ -326,6 +326,8 @@ class Replacer:
             task["nextAt"] = time.time() + RETRY_S
             self.store.put("host_tasks", task["id"], task)
             if op is not None:
+                op["decisionReason"] = op["decisionReason"].replace(" removed:", " not removed "
+                                                                    "yet:", 1)
                 self.journal.finish(op, MecorchError(
                     f"edge host {entry.host_id!r}: stale copy not removed yet (tried again "
                     f"while the host answers): {why}"))

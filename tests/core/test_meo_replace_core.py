@@ -330,6 +330,7 @@ def test_a_stale_copy_the_returning_host_fails_to_remove_is_tried_again(system):
     failed = _ops(s, iid)[-1]
     assert failed["lcmOperation"] == "TERMINATE" and failed["operationState"] == "FAILED"
     assert "stale copy not removed yet" in failed["error"]["detail"]
+    assert failed["decisionReason"].startswith(f"stale copy on edge host {lost} not removed yet")
     assert s.c.get(f"{INST}/{iid}")["replacedFrom"][0]["staleCopy"] == "PENDING_REMOVAL"
     assert len(s.meo.store.list("host_tasks")) == 1
     # the next rounds while the host answers: after RETRY_S, and done
