@@ -67,7 +67,7 @@ def _running_on(s, hid: str, iid: str) -> bool:
                for i in s.hosts[hid].lcm.list())
 
 
-def test_lost_after_is_validated_and_only_at_the_meo(system):
+def test_lost_after_is_validated_and_only_at_the_meo(system):  # noqa: F811
     s = system
     pkg = onboard(s)
     inst = s.c.post(INST, {"appDId": pkg["appDId"]})[0]
@@ -94,7 +94,7 @@ def test_lost_after_is_validated_and_only_at_the_meo(system):
     assert "lostAfter" not in sent["_plan"]["body"]
 
 
-def test_replaced_once_after_lost_after_and_the_stale_copy_removed_on_return(system):
+def test_replaced_once_after_lost_after_and_the_stale_copy_removed_on_return(system):  # noqa: F811
     s = system
     pkg = onboard(s)
     iid, op = deploy(s, pkg["appDId"], deploymentType="CONTAINER", lostAfter=30,
@@ -149,7 +149,7 @@ def test_replaced_once_after_lost_after_and_the_stale_copy_removed_on_return(sys
     assert "lostAfter" not in view and "replacedFrom" not in view
 
 
-def test_no_host_fits_is_recorded_once_and_retried(system):
+def test_no_host_fits_is_recorded_once_and_retried(system):  # noqa: F811
     s = system
     pkg = onboard(s)
     iid, _ = deploy(s, pkg["appDId"], deploymentType="CONTAINER", lostAfter=5,
@@ -179,7 +179,7 @@ def test_no_host_fits_is_recorded_once_and_retried(system):
     assert s.c.get(f"{INST}/{iid}")["hostId"] == other
 
 
-def test_not_opted_in_stays_and_an_op_in_flight_is_not_overtaken(system):
+def test_not_opted_in_stays_and_an_op_in_flight_is_not_overtaken(system):  # noqa: F811
     s = system
     pkg = onboard(s)
     opted, _ = deploy(s, pkg["appDId"], deploymentType="CONTAINER", lostAfter=5,
@@ -208,7 +208,7 @@ def test_not_opted_in_stays_and_an_op_in_flight_is_not_overtaken(system):
     assert _wait_replaced(s, opted, 1)["operationState"] == "COMPLETED"
 
 
-def test_the_stale_copy_of_a_deleted_instance_is_still_removed(system):
+def test_the_stale_copy_of_a_deleted_instance_is_still_removed(system):  # noqa: F811
     s = system
     pkg = onboard(s)
     iid, _ = deploy(s, pkg["appDId"], deploymentType="CONTAINER", lostAfter=5,
@@ -228,7 +228,7 @@ def test_the_stale_copy_of_a_deleted_instance_is_still_removed(system):
     assert not s.meo.store.list("host_tasks")
 
 
-def test_a_re_placement_the_new_host_fails_leaves_it_where_it_was(system):
+def test_a_re_placement_the_new_host_fails_leaves_it_where_it_was(system):  # noqa: F811
     s = system
     pkg = onboard(s)
     iid, _ = deploy(s, pkg["appDId"], deploymentType="CONTAINER", lostAfter=5,
@@ -267,7 +267,7 @@ def test_a_single_node_refuses_lost_after_by_name(env):  # noqa: F811
     assert not env.c.get(OPS)
 
 
-def test_a_failed_instantiate_keeps_no_opt_in(system):
+def test_a_failed_instantiate_keeps_no_opt_in(system):  # noqa: F811
     s = system
     pkg = onboard(s)
     for hid in ("edge1", "edge2", "edge3"):
@@ -278,7 +278,7 @@ def test_a_failed_instantiate_keeps_no_opt_in(system):
     assert view["instantiationState"] == "NOT_INSTANTIATED" and "lostAfter" not in view
 
 
-def test_an_meo_restart_resumes_a_re_placement_and_keeps_what_the_lost_host_owes(system):
+def test_an_meo_restart_resumes_a_re_placement_and_keeps_what_the_lost_host_owes(system):  # noqa: F811
     s = system
     pkg = onboard(s)
     iid, _ = deploy(s, pkg["appDId"], deploymentType="CONTAINER", lostAfter=5,
@@ -314,7 +314,7 @@ def test_an_meo_restart_resumes_a_re_placement_and_keeps_what_the_lost_host_owes
     assert _running_on(s, other, iid)
 
 
-def test_a_stale_copy_the_returning_host_fails_to_remove_is_tried_again(system):
+def test_a_stale_copy_the_returning_host_fails_to_remove_is_tried_again(system):  # noqa: F811
     s = system
     pkg = onboard(s)
     iid, _ = deploy(s, pkg["appDId"], deploymentType="CONTAINER", lostAfter=5,
