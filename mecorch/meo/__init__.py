@@ -6,6 +6,7 @@ in process or over HTTP (Mm3).
 - `orchestrator.py`: wires the MEO (`mecorch serve --role meo`).
 - `registry.py`:     the edge hosts, their heartbeat, UNREACHABLE, resync.
 - `lcm.py`:          app lifecycle over the hosts' MEPMs.
+- `replace.py`:      re-placement of opted-in apps whose host is lost.
 - `packages.py`:     packages kept by the MEO, copied to a host on first use.
 - `routes.py`:       the host registry's HTTP resources (an extension).
 """

@@ -39,7 +39,7 @@ import json
 import logging
 import threading
 import time
-from dataclasses import replace
+import dataclasses
 
 from mecorch.spec import decision
 from mecorch.kernel import logs, validate
@@ -57,6 +57,7 @@ from mecorch.kernel.timeutil import public
 from mecorch.kernel.workers import Workers
 from mecorch.spec import placement
 from mecorch.spec.plan import INSTANTIATE_FIELDS, plan_request, selected_hosts
+from mecorch.meo import replace
 from mecorch.meo.registry import REACHABLE, UNKNOWN, UNREACHABLE, HostEntry, Registry
 
 log = logging.getLogger("mecorch.meo.lcm")
@@ -69,7 +70,7 @@ _FROM_HOST = ("instantiationState", "instantiatedAppState", "deploymentType",
               "observedStateTime", "health")
 _DEPLOYED = ("instantiatedAppState", "hostId", "deploymentType", "allocatedResources",
              "observedState", "observedStateDetail", "observedStateTime", "_remote",
-             "decisionReason", "health")
+             "decisionReason", "health", *replace.DEPLOYED)
 _NO_RULES = {"trafficRules": [], "dnsRules": []}
 
 
@@ -128,12 +129,19 @@ class SystemLcm(InstanceQueries):
                     idempotency_key: str | None = None) -> dict:
         if not isinstance(body, dict):
             raise InvalidInput("body must be an InstantiateAppRequest object")
-        validate.known_fields(body, INSTANTIATE_FIELDS, "InstantiateAppRequest")
+        # mecorch extension of the MEO only (the host never sees it): re-place
+        # the app when its host has been UNREACHABLE that long (meo/replace.py)
+        lost_after = replace.parse_lost_after(body)
+        validate.known_fields(body, (*INSTANTIATE_FIELDS, replace.FIELD), "InstantiateAppRequest")
+        request, body = body, {k: v for k, v in body.items() if k != replace.FIELD}
+        if lost_after is not None and len(selected_hosts(body)) == 1:
+            raise InvalidInput(f"{replace.FIELD}: selectedMECHostInfo names one edge host, so "
+                               "there is no other to re-place the app on")
         key = digest = None
         if idempotency_key:
             key = (f"instantiate|{instance_id}|"
                    f"{validate.text(idempotency_key, 'Idempotency-Key', 128)}")
-            digest = fingerprint(body)
+            digest = fingerprint(request)
             seen = self.store.get("idempotency", key)
             if seen:
                 if seen.get("fingerprint") != digest:
@@ -150,7 +158,7 @@ class SystemLcm(InstanceQueries):
             p = plan_request(instance_id, pkg, body, self._chooser(pkg, selected_hosts(body)))
             with self._place_lock:
                 held = self._held(but=instance_id)
-                candidates = [replace(c, held=held.get(c.host_id, ()))
+                candidates = [dataclasses.replace(c, held=held.get(c.host_id, ()))
                               for c in self.registry.candidates()]
                 claims = placement.plan_claims(p, inst["appDId"])
                 if len(p.wanted) == 1:
@@ -196,6 +204,9 @@ class SystemLcm(InstanceQueries):
                 inst["_claims"] = {"hostId": host_id, "trafficRules": [
                     r.to_etsi() for r in claims.traffic], "dnsRules": [
                     r.to_etsi() for r in claims.dns]}
+                # what a re-placement needs to place it again as asked (or
+                # nothing: not opted in)
+                replace.remember(inst, lost_after, host_body, selected_hosts(body), pkg["id"])
                 self.store.put("instances", instance_id, inst)
                 logs.op_started(op, inst)
                 if key:
@@ -270,18 +281,22 @@ class SystemLcm(InstanceQueries):
         remote = self.journal.data(op, "created")
         if remote is None:
             inst = self.get(iid)
-            # one identity: the host makes its instance under the MEO's id
-            # (a host that has the package under an id of its own, from
-            # before, is sent that id: the MEO maps package copies)
-            made = mepm.create_instance(
-                {"appDId": inst["appDId"], "appInstanceName": inst["appInstanceName"],
-                 "appInstanceDescription": inst["appInstanceDescription"],
-                 "appPkgId": self.journal.data(op, "package")["id"]},   # its version
-                key=f"meo-{iid}", instance_id=iid)
-            remote = self.journal.step(op, "created", id=made["id"])["_steps"][-1]
-            inst = self.get(iid)
-            inst["_hostInstance"] = {"hostId": entry.host_id, "id": made["id"]}
-            self.store.put("instances", iid, inst)
+            body = {"appDId": inst["appDId"], "appInstanceName": inst["appInstanceName"],
+                    "appInstanceDescription": inst["appInstanceDescription"],
+                    "appPkgId": self.journal.data(op, "package")["id"]}   # its version
+            if plan.get("replaces"):
+                # the instance still lives on the lost host until this ends
+                made = replace.create_on(mepm, body, op)
+                remote = self.journal.step(op, "created", id=made["id"])["_steps"][-1]
+            else:
+                # one identity: the host makes its instance under the MEO's id
+                # (a host that has the package under an id of its own, from
+                # before, is sent that id: the MEO maps package copies)
+                made = mepm.create_instance(body, key=f"meo-{iid}", instance_id=iid)
+                remote = self.journal.step(op, "created", id=made["id"])["_steps"][-1]
+                inst = self.get(iid)
+                inst["_hostInstance"] = {"hostId": entry.host_id, "id": made["id"]}
+                self.store.put("instances", iid, inst)
         sent = self.journal.data(op, "dispatched")
         if sent is None:
             host_op = mepm.instantiate(remote["id"], plan["body"], key=f"meo-{op['id']}")
@@ -304,6 +319,11 @@ class SystemLcm(InstanceQueries):
             self._copy_host_view(inst, entry.mepm.get_instance(host_instance), entry.host_id)
             if op.get("decisionReason") and inst.get("instantiationState") == INSTANTIATED:
                 inst["decisionReason"] = op["decisionReason"]   # the MEO's: manner and host
+            if op["_plan"].get("replaces") and inst["instantiationState"] == INSTANTIATED:
+                # it lives on the new host now; the lost host's copy is removed
+                # when that host answers again (replace.Replacer.remove_stale)
+                replace.moved(self.store, inst, op, entry.host_id, host_instance)
+                self.store.delete("rules", iid)         # those read from the lost host
             self.store.put("instances", iid, inst)
             if inst["instantiationState"] == NOT_INSTANTIATED:
                 self.store.delete("rules", iid)         # the host removed them
@@ -324,6 +344,12 @@ class SystemLcm(InstanceQueries):
                 return          # the host is going away: the resync ends it
             err = self._in_meo_words(e, entry.host_id) if isinstance(e, MecorchError) \
                 else _internal(e)
+            if op["_plan"].get("replaces"):
+                # still on the lost host: what the new host made goes, and
+                # the loop tries again later
+                replace.not_moved(self.store, entry, op, err.detail)
+            elif op["lcmOperation"] == LcmOperation.INSTANTIATE.value:
+                replace.forget(self.store, iid)     # its opt-in went with the failed deploy
             log.warning("%s of %s on %s failed: %s", operation_words(op["lcmOperation"]), iid,
                         entry.host_id, err.detail)
             self._free(iid)
@@ -384,7 +410,8 @@ class SystemLcm(InstanceQueries):
         None when no graceful terminate is in progress (the usual checks
         then apply); Conflict when one is already being superseded."""
         with self._lock:
-            running = self.journal.in_progress(instance_id)
+            running = [o for o in self.journal.in_progress(instance_id)
+                       if not o["_plan"].get(replace.STALE)]
             forceful = [o for o in running if o["_plan"].get("supersedes")]
             if forceful:
                 raise Conflict(f"app instance {instance_id} is already being terminated "
@@ -631,7 +658,7 @@ class SystemLcm(InstanceQueries):
             remote = inst.get("_hostInstance")
             if not remote or remote["hostId"] != entry.host_id or self._is_busy(inst["id"]):
                 continue
-            if self.journal.in_progress(inst["id"]):
+            if any(not o["_plan"].get(replace.STALE) for o in self.journal.in_progress(inst["id"])):
                 continue
             before = {k: inst.get(k) for k in _FROM_HOST}
             view = views.get(remote["id"])
@@ -669,6 +696,8 @@ class SystemLcm(InstanceQueries):
 
     def _resume(self, op: dict) -> bool:
         iid = op["appInstanceId"]
+        if op["_plan"].get(replace.STALE):
+            return False        # the Replacer's (remove_stale), never a host op of the instance
         with self._lock:
             if op["id"] in self._live or iid in self._busy:
                 return False
@@ -688,6 +717,8 @@ class SystemLcm(InstanceQueries):
         """An op left PROCESSING while its host is away still owns the
         instance: a second instantiate then could make a duplicate."""
         for op in self.journal.in_progress(instance_id):
+            if op["_plan"].get(replace.STALE):
+                continue        # another host's copy: the instance is free
             host = op["_plan"].get("hostId")
             raise Conflict(f"app instance {instance_id} has an operation in progress "
                            f"({op['id']}, on edge host {host!r}, which ends it when it "

@@ -18,6 +18,7 @@ from mecorch.notifications.subscriptions import Subscriptions
 from mecorch.meo.lcm import SystemLcm
 from mecorch.meo.packages import SystemPackages
 from mecorch.meo.registry import REACHABLE, HostEntry, Registry
+from mecorch.meo.replace import Replacer
 
 log = logging.getLogger("mecorch.meo")
 
@@ -34,6 +35,10 @@ class MeoOrchestrator:
         self.registry = Registry(self.store, cfg, on_return=self._host_returned)
         self.packages.registry = self.registry
         self.lcm = SystemLcm(self.store, self.packages, self.registry, cfg)
+        # apps that opted in (lostAfter) are placed again when their host is
+        # lost: checked after every heartbeat round
+        self.replacer = Replacer(self.lcm, self.registry)
+        self.registry.after_round = self._after_round
         # the OSS subscribes here (Mm1): told of the MEO's own resources
         self.subscriptions = Subscriptions(self.store, cfg)
         self.packages.events = self.lcm.journal.events = Guarded(self.subscriptions)
@@ -43,14 +48,22 @@ class MeoOrchestrator:
         self._thread: threading.Thread | None = None
 
     def _host_returned(self, entry: HostEntry) -> None:
-        for line in self.lcm.resync(entry) + self.packages.host_tasks(entry.host_id):
+        # the copies of apps re-placed while it was away go first: never two
+        # serving one app once the host is back
+        for line in (self.replacer.remove_stale(entry) + self.lcm.resync(entry)
+                     + self.packages.host_tasks(entry.host_id)):
             log.warning("resync: %s", line)
+
+    def _after_round(self) -> None:
+        for line in self.replacer.check():
+            log.info("re-placement: %s", line)
 
     def recover(self) -> list[str]:
         """Before serving: reach every host once, finish what the MEO's own
         crash interrupted."""
+        done = self.replacer.recover()         # before a host's return runs a removal
         self.registry.beat_all()
-        done = self.packages.recover()
+        done += self.packages.recover()
         for entry in self.registry.entries():
             if entry.state == REACHABLE:
                 done += self.lcm.resync(entry)

@@ -55,6 +55,16 @@ class HostEntry:
     # `health`), asked by the heartbeat every HEALTH_EVERY_S, and when
     backends: list = field(default_factory=list)
     backends_at: float | None = None
+    # when the registry last marked it UNREACHABLE (time.time(); None while
+    # REACHABLE): how long it has been lost, for the re-placement of apps
+    # that opted in (meo/replace.py)
+    unreachable_since: float | None = None
+
+    def unreachable_for_s(self, now: float | None = None) -> float | None:
+        """Seconds since the host was marked UNREACHABLE (None: it is not)."""
+        if self.state != UNREACHABLE or self.unreachable_since is None:
+            return None
+        return max(0.0, (now or time.time()) - self.unreachable_since)
 
     def heartbeat_age_s(self) -> float | None:
         """Seconds since the host last answered a heartbeat (None: never)."""
@@ -73,18 +83,26 @@ class HostEntry:
             out.update(capacity=d["capacity"], latencyMs=d["latencyMs"])
         if self.last_error and self.state == UNREACHABLE:
             out["reason"] = self.last_error
+        lost = self.unreachable_for_s()
+        if lost is not None:
+            # what lostAfter is compared with (meo/replace.py)
+            out["unreachableForS"] = round(lost, 1)
         return out
 
 
 class Registry:
     def __init__(self, store: Store, cfg: dict,
-                 on_return: Callable[[HostEntry], None] | None = None):
+                 on_return: Callable[[HostEntry], None] | None = None,
+                 after_round: Callable[[], None] | None = None):
         meo = cfg.get("meo") or {}
         self.store = store
         self.heartbeat_s = float(meo.get("heartbeat_s", 2))
         self.unreachable_after = int(meo.get("unreachable_after", 2))
         self.timeout_s = float(meo.get("request_timeout_s", 10))
         self.on_return = on_return or (lambda entry: None)
+        # run after every heartbeat round: what depends on the hosts' states
+        # just read (the re-placement of apps whose host is lost)
+        self.after_round = after_round or (lambda: None)
         self._hosts: dict[str, HostEntry] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -241,6 +259,8 @@ class Registry:
                 went = entry.state == REACHABLE and entry.misses >= self.unreachable_after
                 if went or entry.info is None:
                     entry.state = UNREACHABLE
+                if entry.state == UNREACHABLE and entry.unreachable_since is None:
+                    entry.unreachable_since = time.time()
             if went:
                 log.warning("edge host %s UNREACHABLE: %s", entry.host_id, e.detail)
             return False
@@ -248,12 +268,15 @@ class Registry:
             with self._lock:
                 entry.state, entry.last_error = UNREACHABLE, (
                     f"the MEPM at {entry.url} now serves {info.host_id!r}")
+                if entry.unreachable_since is None:
+                    entry.unreachable_since = time.time()
             return False
         with self._lock:
             before = entry.state
             entry.info, entry.misses, entry.last_error = info, 0, ""
             entry.last_seen = timestamp()
             entry.state = REACHABLE
+            entry.unreachable_since = None
             for iid, (_, mark) in list(entry.reserved.items()):
                 if mark is not None and mark < seq:      # this report counts it
                     del entry.reserved[iid]
@@ -267,6 +290,8 @@ class Registry:
                 log.exception("resync of edge host %s failed", entry.host_id)
                 with self._lock:
                     entry.state = UNREACHABLE
+                    if entry.unreachable_since is None:
+                        entry.unreachable_since = time.time()
         return True
 
     def _health(self, entry: HostEntry) -> None:
@@ -297,6 +322,10 @@ class Registry:
                 self.beat_all()
             except Exception:           # noqa: BLE001 - the heartbeat must survive anything
                 log.exception("heartbeat round failed")
+            try:
+                self.after_round()
+            except Exception:           # noqa: BLE001 - as above
+                log.exception("after the heartbeat round")
 
     def stop(self) -> None:
         self._stop.set()
