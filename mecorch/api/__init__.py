@@ -56,6 +56,8 @@ def make_server(orch: Orchestrator, listen: str, role: str = "all") -> ApiServer
     server = ApiServer((host, port), make_router(orch), tokens=tokens,
                        app_token_owner=orch.mep.app_token_owner if orch.mep is not None else None,
                        meo_caller=role == "mepm", meo_token=_meo_token(orch.cfg, tokens),
+                       # the MEO's last word, by which the MEPM fences apps
+                       on_meo=orch.fence.heard if role == "mepm" else None,
                        **_limits(orch.cfg))
     if tls is not None:
         # The handshake happens on the first read, in the connection's own

@@ -146,7 +146,8 @@ def install(r: Router, o: Orchestrator) -> None:
     r.add("DELETE", f"{LCM}/app_instances/{{id}}", delete_instance)
     r.add("POST", f"{LCM}/app_instances/{{id}}/instantiate",
           lambda req: accepted(lcm.instantiate(req.params["id"], req.json(),
-                                               req.headers.get("Idempotency-Key"))),
+                                               req.headers.get("Idempotency-Key"),
+                                               from_meo=req.from_meo)),
           produces=JSON)
     r.add("POST", f"{LCM}/app_instances/{{id}}/terminate",
           lambda req: accepted(lcm.terminate(req.params["id"], req.json())), produces=JSON)

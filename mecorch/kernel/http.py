@@ -18,7 +18,9 @@ An app token is refused (403) everywhere but its own instance's Mp1 routes.
 The MEO as a caller (`Request.from_meo`): on an MEPM's listener
 (`ApiServer(meo_token=...)`), a request with the MEO's token, or any
 request when the MEPM has no tokens (loopback only: every local caller is
-its operator, the MEO among them); on any other listener, none.
+its operator, the MEO among them); on any other listener, none. Each such
+request is the MEO's word (`ApiServer(on_meo=...)`: how long the MEPM has
+been without one fences apps, mecorch.mepm.fence).
 
 Limits of every listener (`ApiServer`: the API and each Mp1 gateway
 listener): at most `max_connections` connections at once, one thread each;
@@ -460,10 +462,13 @@ class ApiServer(ThreadingHTTPServer):
                  tokens: set[str], app_token_owner: Callable[[str], str | None] | None = None,
                  max_connections: int = MAX_CONNECTIONS,
                  request_deadline: float = REQUEST_DEADLINE_S, meo_token: str | None = None,
-                 meo_caller: bool = False):
+                 meo_caller: bool = False, on_meo: Callable[[], None] | None = None):
         """`meo_caller`: this is an MEPM's listener, whose MEO may call it;
-        `meo_token`: the token that MEO presents (None: no tokens)."""
+        `meo_token`: the token that MEO presents (None: no tokens);
+        `on_meo`: called at each authorized request of the MEO (the MEPM's
+        record of its MEO's last word: mecorch.mepm.fence)."""
         self.router = router
+        self.on_meo = on_meo
         self.max_body = max_body
         self.tokens = {t.encode() for t in tokens}
         self.meo_caller = meo_caller
@@ -625,8 +630,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
             except (UnicodeDecodeError, ValueError):
                 raise InvalidInput("the query string is not valid (UTF-8, at most 64 fields)") \
                     from None
+            from_meo = self._from_meo()
+            if from_meo and self.server.on_meo is not None:
+                self.server.on_meo()
             resp = handler(Request(self.command, url.path, query, self.headers, raw, params,
-                                   stream, self._from_meo()))
+                                   stream, from_meo))
         except MecorchError as e:
             resp = Response(e.status, e.problem(instance), content_type="application/problem+json")
             if isinstance(e, Unauthorized):

@@ -13,7 +13,7 @@ from mecorch.kernel.states import InstantiationState, OnboardingState, Operation
 from mecorch.kernel.store import Views
 from mecorch.kernel.timeutil import public
 
-VERSION = 2
+VERSION = 3
 
 
 def package_view(doc: dict) -> dict:
@@ -42,6 +42,13 @@ def host_instance_view(doc: dict) -> dict:
         out["observedStateTime"] = observed.get("at")
     if doc.get("_probes") and doc["instantiationState"] == InstantiationState.INSTANTIATED.value:
         out["health"] = health_view(doc)
+    if doc.get("_lostAfter") is not None:
+        # mecorch extensions: the MEO's opt-in, and this host's fence of the
+        # app after that long without its MEO (mecorch.mepm.fence)
+        out["lostAfter"] = doc["_lostAfter"]
+    if doc.get("_fenced"):
+        out["fenced"] = {"time": doc["_fenced"].get("at"),
+                         "reason": doc["_fenced"].get("reason", "")}
     return out
 
 

@@ -67,10 +67,10 @@ NOT_INSTANTIATED = InstantiationState.NOT_INSTANTIATED.value
 # truth for what runs on it).
 _FROM_HOST = ("instantiationState", "instantiatedAppState", "deploymentType",
               "allocatedResources", "observedState", "observedStateDetail",
-              "observedStateTime", "health")
+              "observedStateTime", "health", "fenced")
 _DEPLOYED = ("instantiatedAppState", "hostId", "deploymentType", "allocatedResources",
              "observedState", "observedStateDetail", "observedStateTime", "_remote",
-             "decisionReason", "health", *replace.DEPLOYED)
+             "decisionReason", "health", "fenced", *replace.DEPLOYED)
 _NO_RULES = {"trafficRules": [], "dnsRules": []}
 
 
@@ -126,17 +126,27 @@ class SystemLcm(InstanceQueries):
 
     # ---------------------------------------------------------------- instantiate
     def instantiate(self, instance_id: str, body: dict,
-                    idempotency_key: str | None = None) -> dict:
+                    idempotency_key: str | None = None, from_meo: bool = False) -> dict:
+        """`from_meo` is never true here (an MEO has no MEO above it)."""
         if not isinstance(body, dict):
             raise InvalidInput("body must be an InstantiateAppRequest object")
-        # mecorch extension of the MEO only (the host never sees it): re-place
-        # the app when its host has been UNREACHABLE that long (meo/replace.py)
+        # mecorch extension: re-place the app when its host has been
+        # UNREACHABLE that long (meo/replace.py); the host is sent it too,
+        # to fence the app after that long without the MEO (mepm/fence.py)
         lost_after = replace.parse_lost_after(body)
         validate.known_fields(body, (*INSTANTIATE_FIELDS, replace.FIELD), "InstantiateAppRequest")
         request, body = body, {k: v for k, v in body.items() if k != replace.FIELD}
         if lost_after is not None and len(selected_hosts(body)) == 1:
             raise InvalidInput(f"{replace.FIELD}: selectedMECHostInfo names one edge host, so "
                                "there is no other to re-place the app on")
+        beat = self.registry.heartbeat_s
+        if lost_after is not None and 0 < beat and lost_after < 2 * beat:
+            # the host fences the app after lostAfter without a word from the
+            # MEO: heartbeats must come well within it, or it fences an app
+            # whose MEO is there
+            raise InvalidInput(f"{replace.FIELD}: {lost_after} s is less than two heartbeats "
+                               f"of this MEO (meo.heartbeat_s {beat:g} s); the host would "
+                               "fence the app between two of them")
         key = digest = None
         if idempotency_key:
             key = (f"instantiate|{instance_id}|"
@@ -192,6 +202,8 @@ class SystemLcm(InstanceQueries):
                              if k not in decision.TYPE_FIELDS and k != "selectedMECHostInfo"}
                 host_body["deploymentType"] = p.manner.value
                 host_body["selectedMECHostInfo"] = [{"hostId": {"id": host_id}}]
+                if lost_after is not None:
+                    host_body[replace.FIELD] = lost_after       # the host fences by it
                 op = self.journal.start(instance_id, LcmOperation.INSTANTIATE, {
                     "hostId": host_id, "manner": p.manner.value,
                     "decidedBy": p.decision.source, "body": host_body, "pkgId": pkg["id"]})
@@ -648,10 +660,15 @@ class SystemLcm(InstanceQueries):
 
     # ---------------------------------------------------------------- resync
     def resync(self, entry: HostEntry) -> list[str]:
-        """A host answered again (or the MEO started): take its instances'
-        state as the host has it, and resume the operations that were in
-        flight there. Nothing on the host is started or stopped."""
+        """A host answered again (or the MEO started, or every meo.sync_s):
+        take its instances' state as the host has it, and resume the
+        operations that were in flight there. Nothing on the host is started
+        or stopped, but for one thing: an instance the host fenced
+        (mecorch.mepm.fence) that is still the MEO's there, with no op in
+        progress, is unfenced (the copies re-placed elsewhere were removed
+        before: Replacer.remove_stale runs first on a host's return)."""
         done = []
+        fenced = []
         views = {v["id"]: v for v in entry.mepm.list_instances()}
         self._synced_at[entry.host_id] = time.time()
         for inst in self.store.list("instances"):
@@ -667,13 +684,35 @@ class SystemLcm(InstanceQueries):
                     inst["observedState"] = "MISSING"       # the host lost it
             else:
                 self._copy_host_view(inst, view, entry.host_id)
+                if view.get("fenced") and inst["instantiationState"] == INSTANTIATED:
+                    fenced.append((inst["id"], remote["id"]))
             if {k: inst.get(k) for k in _FROM_HOST} != before:
                 self.store.put("instances", inst["id"], inst)
                 done.append(f"instance {inst['id']} resynced from host {entry.host_id}")
+        if fenced:
+            done += self._unfence(entry, fenced)
         for op in self.journal.in_progress():
             if op["_plan"].get("hostId") == entry.host_id and self._resume(op):
                 done.append(f"resumed {operation_words(op['lcmOperation'])} {op['id']} on host "
                             f"{entry.host_id}")
+        return done
+
+    def _unfence(self, entry: HostEntry, fenced: list[tuple[str, str]]) -> list[str]:
+        """Tell the host that these fenced instances are still the MEO's
+        there: they serve again (the host restores them)."""
+        answer = entry.mepm.unfence([host_iid for _, host_iid in fenced])
+        lifted = set(answer.get("unfenced") or ())
+        done = []
+        for iid, host_iid in fenced:
+            if host_iid not in lifted:
+                continue            # busy there (tried at the next resync), or not fenced
+            inst = self.store.get("instances", iid)
+            if inst is not None:
+                inst.pop("fenced", None)
+                self.store.put("instances", iid, inst)
+            log.warning("instance %s: unfenced on edge host %s (still the MEO's there)",
+                        iid, entry.host_id)
+            done.append(f"instance {iid} unfenced on host {entry.host_id}")
         return done
 
     def recover(self) -> list[str]:

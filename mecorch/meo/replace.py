@@ -2,7 +2,10 @@
 the MEO, modelled on Nomad's `disconnect { lost_after, replace = true }`).
 
 Opt-in per instance: `lostAfter` (seconds) in the InstantiateAppRequest
-sent to the MEO. The MEO alone reads it (the host is never sent it).
+sent to the MEO (parsed by mecorch.spec.lost_after). The MEO forwards it to
+the host it places the app on: that MEPM fences the app itself once it has
+not heard from its MEO that long (mecorch.mepm.fence), so a copy cut off
+from the MEO serves nothing by the time the MEO re-places it.
 
 - After every heartbeat round (`Registry.after_round`) `Replacer.check`
   looks at the INSTANTIATED instances that opted in: one whose host the
@@ -36,17 +39,16 @@ import logging
 import threading
 import time
 
-from mecorch.kernel import logs, validate
+from mecorch.kernel import logs
 from mecorch.kernel.errors import Conflict, MecorchError, NotFound
 from mecorch.kernel.states import InstantiationState, LcmOperation, TerminationType
 from mecorch.kernel.timeutil import timestamp
 from mecorch.meo.registry import REACHABLE
 from mecorch.spec import placement
+from mecorch.spec.lost_after import FIELD, MAX_LOST_AFTER_S, parse_lost_after  # noqa: F401
 from mecorch.spec.plan import plan_request
 
 log = logging.getLogger("mecorch.meo.replace")
-FIELD = "lostAfter"
-MAX_LOST_AFTER_S = 7 * 24 * 3600        # a week: beyond that an operator decides
 STALE = "staleCopy"                     # an op's _plan key: the removal of a lost copy
 # what an instance carries while INSTANTIATED with the opt-in (dropped with it)
 DEPLOYED = (FIELD, "replacedFrom", "_placement", "_replace")
@@ -54,13 +56,6 @@ RETRY_S = 5.0                           # between two tries of one instance (or 
 HISTORY = 10                            # moves kept in replacedFrom
 INSTANTIATED = InstantiationState.INSTANTIATED.value
 NOT_INSTANTIATED = InstantiationState.NOT_INSTANTIATED.value
-
-
-def parse_lost_after(body: dict) -> int | None:
-    """The request's `lostAfter`: whole seconds, 1 to a week; None: absent."""
-    if FIELD not in body:
-        return None
-    return validate.integer(body[FIELD], FIELD, 1, MAX_LOST_AFTER_S)
 
 
 def remember(inst: dict, lost_after: int | None, host_body: dict, wanted: list[str],

@@ -3,7 +3,9 @@
 It is ETSI MEC 010-2 at the Mm3 reference point: app package management
 and app lifecycle on the host's MEPM (the same resources and bodies as the
 northbound API), plus what ETSI leaves out, as a documented extension: the
-host's inventory and capacity (`HostInfo`, `GET /mecorch/v1/hosts`).
+host's inventory and capacity (`HostInfo`, `GET /mecorch/v1/hosts`), and
+the lifting of the host's fence of apps the MEO still holds there
+(`unfence`, `POST /mecorch/v1/hosts/{hostId}/unfence`).
 
 Failure semantics every implementation keeps:
 - a host that cannot be reached raises `BackendUnavailable` (never a
@@ -192,6 +194,13 @@ class Mepm(abc.ABC):
         "backend" or "kept" after a termination). `NotFound` when the host
         has no such instance or kept nothing of it; `UnsupportedAction` when
         its driver keeps no output."""
+
+    @abc.abstractmethod
+    def unfence(self, instance_ids: list[str]) -> dict:
+        """These instances are still the MEO's on this host: those the host
+        fenced (mecorch.mepm.fence: no word from the MEO for their
+        lostAfter) serve again. {"unfenced": [...], "notFenced": [...],
+        "busy": [...]} (busy: an LCM operation holds it; ask again later)."""
 
     @abc.abstractmethod
     def health(self) -> list[dict]:

@@ -18,7 +18,8 @@ bridge, a VM's on its network) or, for exec, through the compute driver
   of service (the instantiate applies its rules, then withdraws them:
   `_health.ready` false, "not checked yet"), as a Kubernetes pod is not
   Ready before its readiness probe passes.
-An instance the operator STOPPED is not probed. Withdraw, restore and the
+An instance the operator STOPPED is not probed, nor one its host fenced
+(mecorch.mepm.fence: only its MEO brings it back). Withdraw, restore and the
 record are made while holding the instance (Lcm.hold): an instance busy
 with an LCM operation is left alone and acted on at its next result.
 `_health` ({ready, live, detail, at}) is written only when ready or live
@@ -49,7 +50,7 @@ INSTANTIATED = InstantiationState.INSTANTIATED.value
 REFRESH_S = 1.0         # how often the set of instances is read again
 TICK_S = 0.1            # the scheduler's resolution
 _KEEP = ("id", "hostId", "deploymentType", "instantiatedAppState", "allocatedResources",
-         "_probes", "_handle", "_opId", "_health", "appPkgId")
+         "_probes", "_handle", "_opId", "_health", "appPkgId", "_fenced")
 
 _WITH_PROBES = ("json_extract(doc, '$._probes') IS NOT NULL", [])
 
@@ -199,7 +200,9 @@ class Prober:
         for inst in self.orch.store.list("instances", _WITH_PROBES,
                                          instantiationState=INSTANTIATED, keep=_KEEP):
             state = (inst.get("instantiatedAppState") or {}).get("operationalState")
-            if inst.get("_probes") and state != "STOPPED" \
+            # a fenced app (mecorch.mepm.fence) is stopped and out of service
+            # until its MEO lifts the fence: not probed, never restored here
+            if inst.get("_probes") and state != "STOPPED" and not inst.get("_fenced") \
                     and inst.get("hostId") in self.orch.inventory.hosts:
                 wanted[inst["id"]] = inst
         with self._lock:
@@ -342,7 +345,8 @@ class Prober:
             with lcm.hold(t.iid):
                 inst = self.orch.store.get("instances", t.iid)
                 if not inst or inst["instantiationState"] != INSTANTIATED \
-                        or (inst.get("_opId"), inst.get("hostId")) != t.key:
+                        or (inst.get("_opId"), inst.get("hostId")) != t.key \
+                        or inst.get("_fenced"):     # a result from before the fence
                     return
                 host = self.orch.inventory.get(inst["hostId"])
                 changed = None
@@ -386,8 +390,9 @@ def plain_restart(orch) -> OnDead:
         with orch.lcm.hold(instance_id):
             inst = orch.store.get("instances", instance_id)
             state = ((inst or {}).get("instantiatedAppState") or {}).get("operationalState")
-            if not inst or inst["instantiationState"] != INSTANTIATED or state == "STOPPED":
-                return              # the operator's stop is never undone
+            if not inst or inst["instantiationState"] != INSTANTIATED or state == "STOPPED" \
+                    or inst.get("_fenced"):
+                return              # the operator's stop is never undone, nor a fence
             compute = orch.inventory.get(inst["hostId"]).compute(
                 DeploymentType(inst["deploymentType"]))
             compute.stop(inst["_handle"], orch.lcm.default_graceful_s)

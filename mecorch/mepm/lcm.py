@@ -30,6 +30,7 @@ from mecorch.kernel.errors import (
     Conflict, IdempotencyMismatch, InvalidInput, MecorchError, NotFound)
 from mecorch.mepm.inventory import EdgeHost, Inventory
 from mecorch.spec.capacity import Need
+from mecorch.spec.lost_after import FIELD as LOST_AFTER, parse_lost_after
 from mecorch.spec.plan import INSTANTIATE_FIELDS, plan_request, selected_hosts
 from mecorch.kernel.journal import LCM, Journal
 from mecorch.kernel.locks import exclusive
@@ -46,7 +47,8 @@ log = logging.getLogger("mecorch.lcm")
 # What an instance record holds only while it is deployed.
 _DEPLOYED_KEYS = ("instantiatedAppState", "hostId", "deploymentType", "decisionReason",
                   "allocatedResources",
-                  "_handle", "_need", "_observed", "_mp1Token", "_probes", "_health")
+                  "_handle", "_need", "_observed", "_mp1Token", "_probes", "_health",
+                  "_lostAfter", "_fenced")
 
 
 class InstanceQueries:
@@ -138,24 +140,30 @@ class Lcm(InstanceQueries):
 
     # ------------------------------------------------------------ instantiate
     def instantiate(self, instance_id: str, body: dict,
-                    idempotency_key: str | None = None) -> dict:
+                    idempotency_key: str | None = None, from_meo: bool = False) -> dict:
         """Validate and plan synchronously (400/404/409 here, nothing made),
         then run the deployment as an op occurrence in the background.
         A retry with the same Idempotency-Key gets the same op occurrence
-        back, whatever state it is in, and deploys nothing."""
+        back, whatever state it is in, and deploys nothing. `from_meo`: the
+        request is this MEPM's MEO's (mecorch.kernel.http `from_meo`): it
+        alone may send `lostAfter`, which this host fences the app by
+        (mecorch.mepm.fence); a single node, or an operator, is refused it."""
         if not isinstance(body, dict):
             raise InvalidInput("body must be an InstantiateAppRequest object")
-        validate.known_fields(body, INSTANTIATE_FIELDS, "InstantiateAppRequest")
+        validate.known_fields(body, (*INSTANTIATE_FIELDS, *((LOST_AFTER,) if from_meo else ())),
+                              "InstantiateAppRequest")
+        lost_after = parse_lost_after(body) if from_meo else None
+        request, body = body, {k: v for k, v in body.items() if k != LOST_AFTER}
         key = digest = None
         if idempotency_key:
             key = (f"instantiate|{instance_id}|"
                    f"{validate.text(idempotency_key, 'Idempotency-Key', 128)}")
-            digest = fingerprint(body)
+            digest = fingerprint(request)
             seen = self._replay(key, digest)
             if seen:
                 return seen
         try:
-            return self._instantiate(instance_id, body, key, digest)
+            return self._instantiate(instance_id, body, key, digest, lost_after)
         except Conflict:
             # a concurrent twin of this request may have won the race
             seen = self._replay(key, digest) if key else None
@@ -172,7 +180,7 @@ class Lcm(InstanceQueries):
         return public(self.store.get("op_occs", seen["resource"]))
 
     def _instantiate(self, instance_id: str, body: dict, key: str | None,
-                     fingerprint: str | None) -> dict:
+                     fingerprint: str | None, lost_after: int | None = None) -> dict:
         with self._exclusive(instance_id):
             inst = self.get(instance_id)
             if inst["instantiationState"] != InstantiationState.NOT_INSTANTIATED.value:
@@ -207,6 +215,9 @@ class Lcm(InstanceQueries):
                 # the health checks mecorch.mepm.health runs once it is deployed
                 if p.probes:
                     inst["_probes"] = p.probes.to_doc()
+                # fenced by this host after that long without its MEO
+                if lost_after is not None:
+                    inst["_lostAfter"] = lost_after
                 self.store.put("instances", instance_id, inst)
                 if key:
                     self.store.put("idempotency", key, {"resource": op["id"],

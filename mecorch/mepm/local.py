@@ -55,7 +55,11 @@ class LocalMepm(Mepm):
         return self.orch.lcm.create(body, key, instance_id)
 
     def instantiate(self, instance_id: str, body: dict, key: str) -> dict:
-        return self.orch.lcm.instantiate(instance_id, body, key)
+        # in process, the caller is the MEO (its lostAfter is taken)
+        return self.orch.lcm.instantiate(instance_id, body, key, from_meo=True)
+
+    def unfence(self, instance_ids: list[str]) -> dict:
+        return self.orch.fence.unfence(list(instance_ids))
 
     def terminate(self, instance_id: str, body: dict) -> dict:
         return self.orch.lcm.terminate(instance_id, body)

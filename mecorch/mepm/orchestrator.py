@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from mecorch.kernel import logs, views
+from mecorch.mepm.fence import Fence
 from mecorch.mepm.inventory import Inventory
 from mecorch.mepm.lcm import Lcm
 from mecorch.mepm.mep import MepService
@@ -29,6 +30,9 @@ class Orchestrator:
         self.lcm = Lcm(self.store, self.inventory, self.packages, self.mep, cfg)
         self.reconciler = Reconciler(self.store, self.inventory, self.lcm, self.mep,
                                      cfg["orchestrator"].get("reconcile_interval_s", 30))
+        # apps its MEO may re-place elsewhere stop serving here after their
+        # lostAfter without a word from the MEO (role mepm)
+        self.fence = Fence(self)
         # northbound subscriptions: told of changes by the core's hooks
         self.subscriptions = Subscriptions(self.store, cfg)
         self.packages.events = self.lcm.journal.events = Guarded(self.subscriptions)
@@ -36,7 +40,11 @@ class Orchestrator:
     def recover(self) -> list[str]:
         """Finish or undo what a crash interrupted and reconcile the store
         with the backends (one round). Called before serving."""
-        done = self.reconciler.run_once() + self.packages.recover()
+        # first the fences due while this MEPM was down (its MEO's last word
+        # is on disk): before the first round revives anything and before
+        # the MEP is opened for any rule
+        done = self.fence.check()
+        done += self.reconciler.run_once() + self.packages.recover()
         for line in done:
             logs.recovery(line)
         return done
@@ -44,10 +52,13 @@ class Orchestrator:
     def start_background(self) -> None:
         """Reconcile every orchestrator.reconcile_interval_s from now on."""
         self.reconciler.start()
+        if self.cfg.get("role") == "mepm":
+            self.fence.start()          # only an MEPM has an MEO to hear from
         self.subscriptions.start()      # the notification sender
 
     def close(self) -> None:
         self.subscriptions.stop()
+        self.fence.stop()
         self.reconciler.stop()
         self.lcm.close()
         for host in self.inventory.hosts.values():

@@ -16,8 +16,9 @@ Each round:
    - marks INSTANTIATED instances whose runtime vanished as observed
      MISSING (the record is kept: an operator decides what happens next);
    - after a host reboot or daemon restart: starts again what stopped with
-     its host (the driver's `revive`; never what the operator stopped or
-     what crashed by itself), and moves the rules of an instance whose
+     its host (the driver's `revive`; never what the operator stopped,
+     what crashed by itself, or what its host fenced: mecorch.mepm.fence),
+     and moves the rules of an instance whose
      runtime came back with another address to that address;
 3. per MEP, re-opens the driver when its own check fails (a dead dnsmasq
    is started again), removes rules of instances that are not
@@ -42,6 +43,7 @@ from mecorch.kernel.errors import Conflict, MecorchError
 from mecorch.mepm.inventory import EdgeHost, Inventory
 from mecorch.mepm.lcm import Lcm
 from mecorch.mepm.mep import MepService
+from mecorch.mepm.fence import fenced
 from mecorch.mepm.platform_rules import in_service
 from mecorch.driverapi.contracts import Revivable, RuleAudit
 from mecorch.driverapi.model import Observation
@@ -207,7 +209,9 @@ class Reconciler:
         driver = host.compute(manner)
         inst = self.store.get("instances", iid)
         state = ((inst or {}).get("instantiatedAppState") or {}).get("operationalState")
-        if not isinstance(driver, Revivable) or state != "STARTED" or self.lcm.working_on(iid):
+        # a fenced app stays stopped until its MEO lifts the fence (mepm/fence.py)
+        if not isinstance(driver, Revivable) or state != "STARTED" or fenced(inst) \
+                or self.lcm.working_on(iid):
             return []
         try:
             if not driver.revive(obs.handle, check_only=True):    # a crash: not held
@@ -215,7 +219,7 @@ class Reconciler:
             with self.lcm.hold(iid):
                 inst = self.store.get("instances", iid)
                 state = ((inst or {}).get("instantiatedAppState") or {}).get("operationalState")
-                if not self._owned(inst, host, manner) or state != "STARTED" \
+                if not self._owned(inst, host, manner) or state != "STARTED" or fenced(inst) \
                         or self.lcm.journal.in_progress(iid):
                     return []
                 if not driver.revive(obs.handle):
@@ -249,6 +253,8 @@ class Reconciler:
                     return False
                 if expect_op is not None and inst.get("_opId") != expect_op:
                     return False
+                if fenced(inst) and state is not ObservedState.RUNNING:
+                    detail = inst["_fenced"]["reason"]     # why it stopped: the fence
                 inst["_observed"] = {"state": state.value, "detail": detail[:500],
                                      "at": timestamp()}
                 self.store.put("instances", iid, inst)

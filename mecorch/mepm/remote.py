@@ -231,6 +231,10 @@ class RemoteMepm(Mepm):
         return self.call("POST", f"{LCM}/app_instances/{instance_id}/instantiate", body,
                          {"Idempotency-Key": key})[1]
 
+    def unfence(self, instance_ids: list[str]) -> dict:
+        return self.call("POST", f"{HOSTS}/{self.host_id}/unfence",
+                         {"appInstanceIds": list(instance_ids)})[1]
+
     def terminate(self, instance_id: str, body: dict) -> dict:
         return self.call("POST", f"{LCM}/app_instances/{instance_id}/terminate", body)[1]
 

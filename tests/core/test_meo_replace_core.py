@@ -67,7 +67,7 @@ def _running_on(s, hid: str, iid: str) -> bool:
                for i in s.hosts[hid].lcm.list())
 
 
-def test_lost_after_is_validated_and_only_at_the_meo(system):  # noqa: F811
+def test_lost_after_is_validated_at_the_meo_and_forwarded_to_the_host(system):  # noqa: F811
     s = system
     pkg = onboard(s)
     inst = s.c.post(INST, {"appDId": pkg["appDId"]})[0]
@@ -88,10 +88,14 @@ def test_lost_after_is_validated_and_only_at_the_meo(system):  # noqa: F811
     assert op["operationState"] == "COMPLETED", op
     view = s.c.get(f"{INST}/{inst['id']}")
     assert view["lostAfter"] == 30 and "replacedFrom" not in view
-    # the host is never sent it (the body the MEO sends): the MEO alone re-places
+    # the host is sent it (the body the MEO sends): it fences the app after
+    # that long without the MEO (mecorch/mepm/fence.py)
     [sent] = s.meo.store.list("op_occs", appInstanceId=inst["id"])
     assert sent["_plan"]["body"]["deploymentType"] == "CONTAINER"
-    assert "lostAfter" not in sent["_plan"]["body"]
+    assert sent["_plan"]["body"]["lostAfter"] == 30
+    host = s.hosts[view["hostId"]]
+    assert host.lcm.get(inst["id"])["_lostAfter"] == 30
+    assert host.lcm.view(host.lcm.get(inst["id"]))["lostAfter"] == 30
 
 
 def test_replaced_once_after_lost_after_and_the_stale_copy_removed_on_return(system):  # noqa: F811
