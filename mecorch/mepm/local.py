@@ -17,6 +17,9 @@ class LocalMepm(Mepm):
         self.host_id = host_id
 
     def info(self) -> HostInfo:
+        # the heartbeat: a word from the MEO, as its HTTP request would be
+        # (mecorch.mepm.fence)
+        self.orch.fence.heard()
         return host_info(self.orch, self.host_id)
 
     def _package(self, app_d_id: str, versions: tuple) -> dict | None:
