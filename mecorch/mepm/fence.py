@@ -136,10 +136,13 @@ class Fence:
             except Exception:       # noqa: BLE001 - the loop must survive anything
                 log.exception("fencing round failed")
 
-    def check(self, now: float | None = None) -> list[str]:
+    def check(self, now: float | None = None, at_start: bool = False) -> list[str]:
         """One round: fence every opted-in instance whose lostAfter the
         silence has reached; stop again a fenced runtime whose stop failed.
-        Reads the store only when a fence may be due (or every REFRESH_S)."""
+        Reads the store only when a fence may be due (or every REFRESH_S).
+        `at_start`: the MEPM's first round, before anything opened its MEP:
+        the rules are removed before it is opened (a dnsmasq started by the
+        opening would answer the fenced name from its files meanwhile)."""
         now = self.clock() if now is None else now
         silence = self.silence_s(now)
         if self._min_lost is not None and silence < self._min_lost \
@@ -156,14 +159,14 @@ class Fence:
             smallest = lost_after if smallest is None else min(smallest, lost_after)
             f = inst.get("_fenced")
             if (f is None and silence >= lost_after) or (f and not f.get("stopped")):
-                line = self._fence(inst["id"], silence, now)
+                line = self._fence(inst["id"], silence, at_start)
                 if line:
                     done.append(line)
         self._min_lost = smallest
         return done
 
     # ------------------------------------------------------------ fence
-    def _fence(self, iid: str, silence: float, now: float) -> str | None:
+    def _fence(self, iid: str, silence: float, at_start: bool = False) -> str | None:
         lcm = self.orch.lcm
         if lcm.working_on(iid):
             return None             # an LCM operation has it: the next round
@@ -179,7 +182,7 @@ class Fence:
                     reason = (f"fenced: no word from the MEO for {silence:.0f} s "
                               f"(lostAfter {inst['_lostAfter']} s)")
                     # the rules first: from here on no client is sent to it
-                    self.orch.mep.withdraw(host, iid)
+                    self.orch.mep.withdraw(host, iid, open_mep=not at_start)
                     inst["_fenced"] = {"at": timestamp(), "reason": reason, "stopped": False}
                     inst["_observed"] = {"state": ObservedState.STOPPED.value,
                                          "detail": reason, "at": timestamp()}

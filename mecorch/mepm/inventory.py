@@ -33,6 +33,7 @@ class EdgeHost:
         self._cfg = cfg
         self._ratio = cpu_allocation_ratio
         self._drivers: dict[str, Driver] = {}
+        self._unopened: dict[str, Driver] = {}     # loaded, not opened yet (`driver`)
         self._lock = threading.Lock()
         self._totals: dict[str, tuple[float, HostCapacity]] = {}
 
@@ -48,14 +49,24 @@ class EdgeHost:
         with self._lock:
             self._drivers[role] = driver
 
-    def driver(self, role: str) -> Driver:
+    def driver(self, role: str, opened: bool = True) -> Driver:
+        """The role's driver, loaded and opened on first use. `opened`
+        False: not opened if it is not yet (the fence at an MEPM's start
+        removes a fenced app's rules before the MEP is opened: an opened
+        MEP would serve them from its files until then); the next use
+        opens it."""
         with self._lock:
             drv = self._drivers.get(role)
             if drv is None:
-                section = self._cfg.get(role)
-                if not section:
-                    raise Conflict(f"edge host {self.id!r} has no {role} configured")
-                drv = load_driver(role, section)
+                drv = self._unopened.pop(role, None)
+                if drv is None:
+                    section = self._cfg.get(role)
+                    if not section:
+                        raise Conflict(f"edge host {self.id!r} has no {role} configured")
+                    drv = load_driver(role, section)
+                if not opened:
+                    self._unopened[role] = drv
+                    return drv
                 drv.open()
                 self._drivers[role] = drv
             return drv
@@ -65,10 +76,10 @@ class EdgeHost:
         assert isinstance(drv, ComputeDriver)
         return drv
 
-    def mep(self) -> PlatformDriver | None:
+    def mep(self, opened: bool = True) -> PlatformDriver | None:
         if not self._cfg.get("mep"):
             return None
-        drv = self.driver("mep")
+        drv = self.driver("mep", opened)
         assert isinstance(drv, PlatformDriver)
         return drv
 

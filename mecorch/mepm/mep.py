@@ -84,8 +84,8 @@ class MepService:
     def forget(self, instance_id: str) -> None:
         self.rules.forget(instance_id)
 
-    def withdraw(self, host: EdgeHost, instance_id: str) -> bool:
-        return self.rules.withdraw(host, instance_id)
+    def withdraw(self, host: EdgeHost, instance_id: str, open_mep: bool = True) -> bool:
+        return self.rules.withdraw(host, instance_id, open_mep)
 
     def restore(self, host: EdgeHost, instance_id: str) -> bool:
         return self.rules.restore(host, instance_id)

@@ -43,7 +43,7 @@ class Orchestrator:
         # first the fences due while this MEPM was down (its MEO's last word
         # is on disk): before the first round revives anything and before
         # the MEP is opened for any rule
-        done = self.fence.check()
+        done = self.fence.check(at_start=True)
         done += self.reconciler.run_once() + self.packages.recover()
         for line in done:
             logs.recovery(line)

@@ -42,15 +42,16 @@ class PlatformRules:
             self.push(host, instance_id, target_ip, traffic, dns)
         self.store.put("rules", instance_id, doc)
 
-    def withdraw(self, host: EdgeHost, instance_id: str) -> bool:
+    def withdraw(self, host: EdgeHost, instance_id: str, open_mep: bool = True) -> bool:
         """Take the instance out of service: the MEP drops its rules, the
         stored set is kept, marked `inService: false`. False if it was out
-        already. The caller holds the instance (Lcm.hold)."""
+        already. The caller holds the instance (Lcm.hold). `open_mep` False:
+        an MEP not opened yet is not (mecorch.mepm.fence at start)."""
         with self.ledger.lock:
             doc = self.stored(instance_id)
             if not in_service(doc):
                 return False
-            mep = host.mep()
+            mep = host.mep(opened=open_mep)
             if mep is not None:
                 mep.remove_rules(instance_id)
             doc["inService"] = False

@@ -201,10 +201,11 @@ def test_a_restarted_mepm_fences_before_it_reconciles_anything(system, monkeypat
     s = system
     iid, orch = _opted(s)
     order = []
-    monkeypatch.setattr(orch.fence, "check", lambda: order.append("fence") or [])
+    monkeypatch.setattr(orch.fence, "check",
+                        lambda at_start=False: order.append(f"fence {at_start}") or [])
     monkeypatch.setattr(orch.reconciler, "run_once", lambda: order.append("reconcile") or [])
     orch.recover()
-    assert order == ["fence", "reconcile"]
+    assert order == ["fence True", "reconcile"]
 
 
 def test_a_fenced_instance_is_not_probed_nor_restored_by_its_health_checks(system):  # noqa: F811

@@ -6,8 +6,11 @@ dnsmasq live there), as tests/e2e/test_meo_e2e.py makes them.
 An opted-in container app (`lostAfter`) runs on host A. A's site is lost:
 its MEPM is killed (by its pid) and its containers stopped. The app must
 serve again on host B within lostAfter + 10 s, by its DNS name on B's
-MEP. Then A comes back (its MEPM started again; at start it revives what
-stopped with its host): its copy must be removed, and only B's serves.
+MEP. Then A comes back (its MEPM started again): its copy must be removed,
+and only B's serves; A's DNS never answers the name meanwhile (A's MEPM,
+without a word from its MEO for lostAfter, starts with the app fenced:
+mecorch/mepm/fence.py). Then a partition: the MEO stops, the MEPMs stay:
+after lostAfter their copies serve nothing; the MEO back, each serves again.
 
 Topology made here (addresses exist only on this machine):
     root netns  10.233.N.1 --veth-- 10.233.N.2  netns of host K's MEP
@@ -17,12 +20,14 @@ from __future__ import annotations
 
 import secrets
 import shutil
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from conftest import run
+from drivers.linux_mep import dnsmasq
 from mecorch.kernel import config as mconfig
 from mecorch.kernel.fileutil import sha256_file
 from mecorch.kernel.states import LcmOperation
@@ -89,6 +94,7 @@ def site(sample_container):
             host = mconfig.load(procs[name].config_path)["hosts"][0]   # its derived names
             made["hosts"].append((host, cfg))
             edges[name] = {"id": host["id"], "netns": netns.name, "port": port,
+                           "mep_run": Path(host["mep"]["run_dir"]),
                            "dns_port": host["mep"]["dns_port"], "name": name,
                            "vip": SERVICE_CIDRS[k].replace(".0/24", ".1")}
         meo_cfg = {"role": "meo", "state_dir": str(tmp / "meo"), "run_dir": str(tmp / "run/meo"),
@@ -160,6 +166,11 @@ def _containers(host_id: str, running_only: bool = True) -> list[str]:
                f"label=mecorch.host={host_id}").stdout.split()
 
 
+def _app_running(host_id: str) -> bool:
+    return bool(run("docker", "ps", "-q", "--filter", f"label=mecorch.host={host_id}",
+                    "--filter", "label=mecorch.role=app").stdout.split())
+
+
 def test_a_lost_site_is_replaced_and_its_copy_removed_on_return(site):
     c, procs, edges = site["c"], site["procs"], site["edges"]
     inst = c.post(INST, {"appDId": site["pkg"]["appDId"]})[0]
@@ -175,12 +186,16 @@ def test_a_lost_site_is_replaced_and_its_copy_removed_on_return(site):
     _wait(procs, lambda: _serves(a), 20, f"the app serving on {a['id']}")
     assert not _serves(b)
 
-    # the site is lost: its MEPM dies, its containers stop
+    # the site is lost: its MEPM dies, its containers stop, and its MEP's
+    # dnsmasq (which outlives a crash of the MEPM alone: edge autonomy)
     lost_at = time.monotonic()
     procs[a["name"]].kill()
     ids = _containers(a["id"])
     assert len(ids) == 2 and not _containers(b["id"])
     run("docker", "stop", "-t", "1", *ids)
+    for pid_file in ("dnsmasq.pid", "dnsmasq-clients.pid"):
+        dnsmasq.stop(a["mep_run"] / pid_file)      # the ones A's MEPM started, by pid
+    assert _dig(a) == ""
     moved = _wait(procs, lambda: (v := c.get(f"{INST}/{iid}"))["hostId"] == b["id"]
                   and v["instantiationState"] == "INSTANTIATED" and v,
                   LOST_AFTER + 10, f"the instance re-placed on {b['id']}")
@@ -202,21 +217,41 @@ def test_a_lost_site_is_replaced_and_its_copy_removed_on_return(site):
     # the new copy is B's: its service address is from B's own range
     assert moved["allocatedResources"]["serviceAddress"] == b["vip"]
 
-    # the site returns: its MEPM starts again (and revives what stopped with
-    # its host); the MEO removes that copy as it reaches the host
-    back_at = time.monotonic()
-    procs[a["name"]].start()
-    answered_on_a = []
+    # the site returns: its MEPM starts again; without a word from its MEO
+    # for lostAfter it starts with the app fenced (not revived, no rules);
+    # the MEO removes that copy as it reaches the host. A's DNS is asked
+    # every 50 ms from before the MEPM starts until the copy is gone.
+    answered_on_a: list = []
+    asked = [0]
+    polling = threading.Event()
 
-    def removed() -> bool:
-        if _dig(a):
-            answered_on_a.append(round(time.monotonic() - back_at, 1))
-            return False
-        return not _containers(a["id"], running_only=False)
-    _wait(procs, removed, 30, f"the stale copy on {a['id']} removed")
-    gone_after = time.monotonic() - back_at
+    def poll_a() -> None:
+        while not polling.is_set():
+            got = _dig(a)
+            asked[0] += 1
+            if got:
+                answered_on_a.append((round(time.monotonic() - back_at, 2), got))
+            polling.wait(0.05)
+    back_at = time.monotonic()
+    poller = threading.Thread(target=poll_a, daemon=True)
+    poller.start()
+    try:
+        procs[a["name"]].start()
+        _wait(procs, lambda: not _containers(a["id"], running_only=False), 30,
+              f"the stale copy on {a['id']} removed", step=0.05)
+        gone_after = time.monotonic() - back_at
+    finally:
+        polling.set()
+        poller.join(timeout=10)
     print(f"returning site: its stale copy removed {gone_after:.1f} s after its MEPM started "
-          f"(its name answered there at {answered_on_a or 'no time'} s)")
+          f"(its name answered there at {answered_on_a or 'no time'}; asked {asked[0]} times)")
+    # never two serving one name: A's MEP never answered it (asked all along)
+    assert answered_on_a == [] and asked[0] >= 5
+    # fenced at its start, before it served (its log holds both lives)
+    log = procs[a["name"]].log_tail(10 ** 7)
+    second = log.rindex(" serve.start ")
+    assert log.count(" serve.start ") == 2
+    assert log.rfind(" serve.start ", 0, second) < log.find(" instance.fenced ") < second
     # as the host came back: within a few heartbeats (meo.heartbeat_s 1) of
     # its MEPM answering, not at some later round
     assert gone_after <= 10
@@ -233,3 +268,55 @@ def test_a_lost_site_is_replaced_and_its_copy_removed_on_return(site):
     removal = [o for o in c.get(OPS) if o["appInstanceId"] == iid][-1]
     assert removal["lcmOperation"] == "TERMINATE" and removal["operationState"] == "COMPLETED"
     assert removal["decisionReason"].startswith(f"stale copy on edge host {a['id']} removed")
+
+
+def test_a_partition_fences_the_copies_and_the_meo_s_return_unfences_them(site):
+    """The MEO stops, the MEPMs keep running (a partition, as each MEPM sees
+    it): after lostAfter without a word from it each host stops serving its
+    opted-in app; when the MEO is back (nothing was re-placed meanwhile)
+    each serves again on its own host."""
+    c, procs, edges = site["c"], site["procs"], site["edges"]
+    serving = {}
+    for inst in c.get(INST):
+        if inst["instantiationState"] == "INSTANTIATED":
+            serving[inst["id"]] = inst["hostId"]
+    if len(serving) < 2:
+        # a second opted-in app, on the host the first test left free
+        iid = c.post(INST, {"appDId": site["pkg"]["appDId"]})[0]["id"]
+        op = c.wait_op(c.post(f"{INST}/{iid}/instantiate",
+                              {"deploymentType": "CONTAINER", "lostAfter": LOST_AFTER})[0],
+                       timeout=120)
+        assert op["operationState"] == "COMPLETED", op
+        serving[iid] = c.get(f"{INST}/{iid}")["hostId"]
+    hosts = [e for e in edges.values() if e["id"] in serving.values()]
+    assert len(hosts) == 2
+    _wait(procs, lambda: all(_serves(e) for e in hosts), 20, "the apps serving on both hosts")
+
+    stopped_at = time.monotonic()
+    procs["meo"].stop()
+    try:
+        # not fenced early: a heartbeat came within a second of the stop
+        time.sleep(max(0.0, LOST_AFTER - 2 - (time.monotonic() - stopped_at)))
+        assert all(_serves(e) for e in hosts)
+        _wait(procs, lambda: not any(_dig(e) for e in hosts), 5,
+              "both hosts' names withdrawn after lostAfter without the MEO", step=0.1)
+        fenced_after = time.monotonic() - stopped_at
+        # the apps stopped too (the pause container keeps the address)
+        assert not any(_app_running(e["id"]) for e in hosts)
+        print(f"partition: both copies fenced {fenced_after:.1f} s after the MEO stopped "
+              f"(lostAfter {LOST_AFTER} s)")
+        assert LOST_AFTER - 2 <= fenced_after <= LOST_AFTER + 3
+    finally:
+        back_at = time.monotonic()
+        procs["meo"].start()
+    _wait(procs, lambda: all(_serves(e) for e in hosts), 30,
+          "both apps serving again once the MEO is back", step=0.1)
+    print(f"partition over: both apps serve again {time.monotonic() - back_at:.1f} s after "
+          f"the MEO started")
+    for iid, hid in serving.items():
+        view = c.get(f"{INST}/{iid}")
+        assert view["hostId"] == hid and "fenced" not in view       # not re-placed
+        host = next(e for e in edges.values() if e["id"] == hid)
+        [copy] = [i for i in procs[host["name"]].client.get(INST)
+                  if i["instantiationState"] == "INSTANTIATED"]
+        assert "fenced" not in copy and copy["observedState"] == "RUNNING"
