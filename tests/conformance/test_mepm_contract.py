@@ -306,3 +306,27 @@ def test_health_names_each_backend(lab):
     health = on_the_wire(lab.mepm.health())
     assert sorted(h["role"] for h in health) == ["cim", "mep", "vim"]
     assert all(h["ok"] is True and isinstance(h["detail"], str) for h in health)
+
+
+def test_the_meo_s_lost_after_fences_and_only_its_unfence_lifts_it(lab):
+    """The host takes the MEO's lostAfter (mecorch/mepm/fence.py), shows it
+    and, once fenced, the fence; `unfence` answers what became of each id."""
+    pkg, zip_path = lab.package()
+    host_pkg = lab.mepm.ensure_package(pkg, zip_path)
+    iid = lab.mepm.create_instance({"appDId": pkg["appDId"], "appPkgId": host_pkg},
+                                   key="c")["id"]
+    op = lab.mepm.instantiate(iid, {"deploymentType": "CONTAINER", "lostAfter": 30}, key="i")
+    assert wait_op(lab.mepm, op["id"])["operationState"] == "COMPLETED"
+    view = on_the_wire(lab.mepm.get_instance(iid))
+    assert view["lostAfter"] == 30 and "fenced" not in view
+    fence = lab.orch.fence
+    assert fence.check(now=fence._last + 29) == []
+    assert len(fence.check(now=fence._last + 31)) == 1
+    view = on_the_wire(lab.mepm.get_instance(iid))
+    assert view["fenced"]["reason"].startswith("fenced: no word from the MEO for ")
+    assert lab.cim.instances[iid]["state"].value == "STOPPED"
+    absent = f"absent-{lab.uid}"
+    assert on_the_wire(lab.mepm.unfence([iid, absent])) == {
+        "unfenced": [iid], "notFenced": [absent], "busy": []}
+    assert "fenced" not in lab.mepm.get_instance(iid)
+    assert lab.cim.instances[iid]["state"].value == "RUNNING"

@@ -521,6 +521,22 @@ def _hosts(api: Checker, e) -> None:
     assert set(hosts[0]["capacity"]) == {"CONTAINER", "VM"}
     api("GET", "/mecorch/v1/hosts/default", status=200, etsi=EXTENSION)
     api("GET", "/mecorch/v1/hosts/nope", status=404)
+    # the MEO's unfence: refused on a node (no MEO calls it), answered by an
+    # MEPM's listener to its MEO (without tokens: every loopback caller)
+    api("POST", "/mecorch/v1/hosts/default/unfence", {"appInstanceIds": []}, status=403)
+    mepm = make_server(e.orch, "127.0.0.1:0", "mepm")
+    threading.Thread(target=mepm.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    try:
+        h = Checker(f"http://127.0.0.1:{mepm.server_address[1]}")
+        assert h("POST", "/mecorch/v1/hosts/default/unfence", {"appInstanceIds": ["x1"]},
+                 status=200, etsi=EXTENSION) == {"unfenced": [], "notFenced": ["x1"],
+                                                 "busy": []}
+        h("POST", "/mecorch/v1/hosts/default/unfence", {"ids": []}, status=400)
+        api.seen |= h.seen
+    finally:
+        mepm.shutdown()
+        mepm.server_close()
     cfg = mconfig.load()
     cfg["state_dir"] = str(e.tmp / "meo")
     cfg["hosts"] = []
