@@ -17,9 +17,12 @@ Ownership of addresses and names (the ledger is the store's rule sets that
 are *claimed*: from instantiation until termination or rollback): a traffic
 rule's destinations must lie in the host's service range (400 naming it);
 a destination (address:port/protocol) another instance of the host claims
-is a 409 naming that instance; a DNS name belongs to the first instance
-that claims it (409), unless every claimant comes from the same app (same
-appDId: replicas share a name), and must lie below the host's MEC domain
+is a 409 naming that instance, unless the claim is a replica's (the
+request's `shareServiceAddress`: same appDId and the same rule, so the
+MEP spreads the connections over them, `mepm.replicas`); a DNS name
+belongs to the first instance that claims it (409), unless every claimant
+comes from the same app (same appDId: replicas share a name), and must lie
+below the host's MEC domain
 (`mep.dns_domain`, 400; the bare domain itself is the host's, no app's).
 Claims are checked and taken under one lock, at instantiation (before
 anything is made) and on every Mp1 PUT (with the apply), so of two
@@ -56,23 +59,28 @@ class ClaimsLedger:
         self.lock = threading.Lock()
 
     def set_rules(self, instance_id: str, traffic: Sequence[TrafficRule],
-                  dns: Sequence[DnsRule], host: EdgeHost | None = None) -> None:
+                  dns: Sequence[DnsRule], host: EdgeHost | None = None,
+                  share: bool = False) -> None:
         """Record the instance's rule set, validated values (the planned
         request's), stored as ETSI documents (applied later by `apply`).
         With `host`, the set claims its addresses and names there: checked
         against every other claim of that host and taken atomically
-        (InvalidInput / Conflict with nothing recorded)."""
+        (InvalidInput / Conflict with nothing recorded). `share`: a replica
+        (the request's shareServiceAddress), kept with the set so an Mp1
+        change is checked the same way."""
         inst = self.store.get("instances", instance_id) or {}
         with self.lock:
             check_targets(traffic, None)
             address = None
             if host is not None:
                 traffic, dns, address = self.allocate(host, instance_id, traffic, dns)
-                self.check_claims(host, instance_id, traffic, dns, inst.get("appDId"))
+                self.check_claims(host, instance_id, traffic, dns, inst.get("appDId"), share)
             doc = {"id": instance_id, "trafficRules": [r.to_etsi() for r in traffic],
                    "dnsRules": [r.to_etsi() for r in dns], "hostId": None, "targetIp": None,
                    "appDId": inst.get("appDId"), "claimHost": host.id if host else None,
                    "serviceAddress": address}
+            if share:
+                doc["shareServiceAddress"] = True
             self.store.put("rules", instance_id, doc)
 
     def allocate(self, host: EdgeHost, instance_id: str, traffic: Sequence[TrafficRule],
@@ -128,7 +136,7 @@ class ClaimsLedger:
 
     # ------------------------------------------------------------ ownership
     def check_claims(self, host: EdgeHost, instance_id: str, traffic: Sequence[TrafficRule],
-                     dns: Sequence[DnsRule], app_d_id: str | None) -> None:
+                     dns: Sequence[DnsRule], app_d_id: str | None, share: bool = False) -> None:
         """Refuse a rule set (values) that leaves the host's service range
         or MEC domain, or claims the bare domain (InvalidInput), or takes
         what another instance of the host claims (Conflict naming it).
@@ -159,7 +167,8 @@ class ClaimsLedger:
                     raise InvalidInput(
                         f"dnsRule {rule.dns_rule_id}: domainName {rule.domain_name} is not in "
                         f"the MEC domain {domain} of host {host.id}")
-        taken = R.claim_conflict(traffic, dns, app_d_id, self._claims(host.id, instance_id))
+        taken = R.claim_conflict(traffic, dns, app_d_id, self._claims(host.id, instance_id),
+                                 share)
         if taken:
             raise Conflict(taken)
 

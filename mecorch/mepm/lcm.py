@@ -192,7 +192,7 @@ class Lcm(InstanceQueries):
             try:
                 # First: the rules claim their addresses and names on the
                 # host (400/409 here, before anything is made or journalled).
-                self.mep.set_rules(instance_id, p.traffic, p.dns, host)
+                self.mep.set_rules(instance_id, p.traffic, p.dns, host, p.share)
                 op = self.journal.start(instance_id, LcmOperation.INSTANTIATE, {
                     "hostId": host.id, "manner": p.manner.value,
                     "decidedBy": p.decision.source, "request": _request_doc(p.request),

@@ -5,38 +5,69 @@ The rules an instance runs under come from its AppD (appTrafficRule,
 appDNSRule), are kept in the store, and are applied to the host's MEP
 driver as one set; the stored set changes only when the driver accepted
 the new one.
+
+Replicas (`mepm.replicas`): an instance whose FORWARD rule other
+instances of its app steer too is applied with its share of them, and
+when it joins (apply) or leaves (remove) the others are applied again
+with theirs: the ones that stay first, the leaving one's rules removed
+last, so at every moment the last replica visited takes what the others
+leave (no connection falls through). Changes to one host's replicas are
+made one at a time (a lock per host, taken before the ledger's, never
+inside it).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Sequence
 
-from mecorch.kernel.errors import Conflict, NotFound
+from mecorch.kernel.errors import Conflict, MecorchError, NotFound
+from mecorch.mepm import replicas
 from mecorch.mepm.claims import ClaimsLedger, check_targets, rule_values
 from mecorch.mepm.inventory import EdgeHost
 from mecorch.spec.rules import DnsRule, TrafficRule
 from mecorch.kernel.store import Store
+
+log = logging.getLogger("mecorch.mepm.rules")
 
 
 class PlatformRules:
     def __init__(self, store: Store, ledger: ClaimsLedger):
         self.store = store
         self.ledger = ledger
+        self._locks: dict[str, threading.RLock] = {}
+        self._locks_guard = threading.Lock()
+
+    def _group(self, host_id: str) -> threading.RLock:
+        """The lock of the host's replica sets."""
+        with self._locks_guard:
+            return self._locks.setdefault(host_id, threading.RLock())
 
     def apply(self, host: EdgeHost, instance_id: str, target_ip: str | None) -> None:
-        doc = self.stored(instance_id)
-        doc.update(hostId=host.id, targetIp=target_ip)
-        traffic, dns = rule_values(doc)         # the stored set, read once
-        # Against the address the set is applied to now (a set stored before
-        # this check existed, or an instance that moved, is refused here).
-        check_targets(traffic, target_ip)
-        self.push(host, instance_id, target_ip, traffic, dns)
-        self.store.put("rules", instance_id, doc)
+        with self._group(host.id):
+            doc = self.stored(instance_id)
+            doc.update(hostId=host.id, targetIp=target_ip)
+            traffic, dns = rule_values(doc)         # the stored set, read once
+            # Against the address the set is applied to now (a set stored before
+            # this check existed, or an instance that moved, is refused here).
+            check_targets(traffic, target_ip)
+            before = self.mates(host.id, instance_id)
+            self.push(host, instance_id, target_ip, traffic, dns)
+            self.store.put("rules", instance_id, doc)
+            self.respread(host, before | self.mates(host.id, instance_id))
 
     def remove(self, host: EdgeHost, instance_id: str) -> None:
         mep = host.mep()
-        if mep is not None:
-            mep.remove_rules(instance_id)
+        with self._group(host.id):
+            if mep is not None:
+                # the replicas that stay take its part before it leaves
+                self.respread(host, self.mates(host.id, instance_id), leaving=instance_id)
+                mep.remove_rules(instance_id)
+            self._unplace(instance_id)
+
+    def _unplace(self, instance_id: str) -> None:
+        """The stored set is no longer applied nor claimed anywhere."""
         with self.ledger.lock:
             doc = self.store.get("rules", instance_id)
             if doc:
@@ -50,7 +81,11 @@ class PlatformRules:
             self.store.delete("subscriptions", sub["id"])
 
     def push(self, host: EdgeHost, instance_id: str, target_ip: str | None,
-             traffic: Sequence[TrafficRule], dns: Sequence[DnsRule]) -> None:
+             traffic: Sequence[TrafficRule], dns: Sequence[DnsRule],
+             leaving: str | None = None) -> None:
+        """Apply the set to the host's MEP, with the instance's share of
+        the replicas it has there (`leaving`: one not counted, whose rules
+        are about to go)."""
         for rule in dns:
             if rule.ip_address is None:     # never given a service address
                 raise Conflict(f"dnsRule {rule.dns_rule_id} of instance {instance_id} has no "
@@ -60,7 +95,53 @@ class PlatformRules:
             if traffic or dns:
                 raise Conflict(f"edge host {host.id!r} has no MEP configured for the rules")
             return
-        mep.apply_rules(instance_id, target_ip, list(traffic), list(dns))
+        shares = self.shares(host.id, instance_id, [r.to_etsi() for r in traffic], leaving)
+        if shares:
+            mep.apply_rules(instance_id, target_ip, list(traffic), list(dns), shares)
+        else:
+            # the call every MEP driver has always had, for a set of its own
+            mep.apply_rules(instance_id, target_ip, list(traffic), list(dns))
+
+    # ------------------------------------------------------------ replicas
+    def placed(self, host_id: str, leaving: str | None = None) -> list[dict]:
+        """The stored sets applied on the host (the leaving one's excepted)."""
+        return [d for d in self.store.list("rules", hostId=host_id) if d.get("id") != leaving]
+
+    def _app(self, instance_id: str) -> str | None:
+        doc = self.store.get("rules", instance_id) or self.store.get("instances", instance_id)
+        return (doc or {}).get("appDId")
+
+    def shares(self, host_id: str, instance_id: str, rules: list[dict],
+               leaving: str | None = None) -> dict[str, tuple[str, ...]]:
+        """{rule id: replica ids} of the instance's rules (ETSI documents)
+        on the host: what its MEP driver is told (`replicas.shares`)."""
+        return replicas.shares(self.placed(host_id, leaving), host_id, instance_id,
+                               self._app(instance_id), rules)
+
+    def mates(self, host_id: str, instance_id: str) -> set[str]:
+        """The in-service replicas the instance's stored set shares a rule with."""
+        doc = self.store.get("rules", instance_id) or {}
+        return replicas.mates(self.placed(host_id), host_id, instance_id,
+                              self._app(instance_id), doc.get("trafficRules") or [])
+
+    def respread(self, host: EdgeHost, ids: set[str], leaving: str | None = None) -> None:
+        """Apply each of `ids` (instances applied on the host, in service)
+        again with its share as it is now, in ascending id (the order that
+        keeps the driver's jump order sorted). One that fails is logged and
+        left to reconciliation (its rules stay in place with the old share,
+        which still delivers every connection; `rules_applied` sees the
+        difference): the change of the others is not undone for it."""
+        with self._group(host.id):
+            for iid in sorted(ids):
+                doc = self.store.get("rules", iid)
+                if not doc or not replicas.in_service(doc, host.id) or iid == leaving:
+                    continue
+                try:
+                    traffic, dns = rule_values(doc)
+                    self.push(host, iid, doc.get("targetIp"), traffic, dns, leaving)
+                except MecorchError as e:
+                    log.warning("replica %s on host %s not given its new share: %s",
+                                iid, host.id, e.detail)
 
     def stored(self, instance_id: str) -> dict:
         """The instance's stored rule set (an empty one if it has none yet;
