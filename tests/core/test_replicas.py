@@ -269,3 +269,52 @@ def test_the_meo_admits_a_replica_and_refuses_another_app_before_its_202(meo_sys
         c.post(f"{INST}/{third['id']}/instantiate",
                {**on, **{k: v for k, v in _joining(addr).items() if k != "shareServiceAddress"}})
     assert info.value.status == 409 and "shareServiceAddress" in info.value.detail
+
+
+# ---------------------------------------------------------------- the CLI
+from support.corelab import env, onboard  # noqa: E402,F401,F811 - the fixture
+
+
+def _cli(e, capsys, *argv):
+    from mecorch import cli
+    rc = cli.main(["--api", e.c.base, *argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_cli_deploys_three_replicas_with_replica_of(env, capsys):  # noqa: F811
+    import json
+    onboard(env)
+    onboard(env, appDId="other-http")
+    ids = []
+    for name in ("web-1", "web-2", "web-3", "other"):
+        rc, out, err = _cli(env, capsys, "app", "create",
+                            "other-http" if name == "other" else "sample-http", "--name", name)
+        assert rc == 0, err
+        ids.append(out.strip())
+    rc, out, err = _cli(env, capsys, "-o", "json", "app", "deploy", "web-1")
+    assert rc == 0, err
+    addr = json.loads(out)["allocatedResources"]["serviceAddress"]
+    # each option checked before anything is sent, naming it
+    for argv, said in ((["web-2", "--replica-of", "web-2"], "names the instance being deployed"),
+                       (["web-2", "--replica-of", "other"], "is of app other-http"),
+                       (["web-2", "--replica-of", "web-3"], "is not INSTANTIATED"),
+                       (["web-2", "--replica-of", "web-1", "--host", "edge9"],
+                        "--host edge9: a replica runs on the host of --replica-of web-1"),
+                       (["web-2", "--replica-of", "web-1", "--service-address", "10.90.0.99"],
+                        f"a replica takes the address of --replica-of web-1, {addr}")):
+        rc, _, err = _cli(env, capsys, "app", "deploy", *argv)
+        assert rc != 0 and said in err, (argv, err)
+    assert env.c.get(f"{INST}/{ids[1]}")["instantiationState"] == "NOT_INSTANTIATED"
+    for name in ("web-2", "web-3"):
+        rc, out, err = _cli(env, capsys, "-o", "json", "app", "deploy", name,
+                            "--replica-of", "web-1")
+        assert rc == 0, err
+        assert json.loads(out)["allocatedResources"]["serviceAddresses"] == [addr]
+    group = tuple(sorted(ids[:3]))
+    assert {i: env.mep.shares[i] for i in ids[:3]} == {
+        i: {"sample-http-vip": group} for i in ids[:3]}
+    # the other app, naming the address as a replica would: 409, nothing applied
+    rc, _, err = _cli(env, capsys, "app", "deploy", "other", "--service-address", addr)
+    assert rc != 0 and "steered by instance" in err
+    assert ids[3] not in env.mep.applied
