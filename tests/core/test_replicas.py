@@ -24,6 +24,7 @@ import threading
 import pytest
 
 from mecorch.api import make_server
+from mecorch.driverapi.contracts import RuleAudit
 from mecorch.cli.commands import with_service_address
 from mecorch.kernel import config
 from mecorch.kernel.client import ApiError, Client
@@ -221,6 +222,45 @@ def test_a_withdrawn_replica_is_left_out_of_the_others_shares(node, tmp_path):
     orch.mep.rules.apply(orch.inventory.get("edge1"), second, doc and
                          orch.store.get("rules", second)["targetIp"])
     assert mep.shares[second] == {}
+
+
+class AuditedMep(FakeMep, RuleAudit):
+    """The fake MEP, able to say whether an instance's rules are in place
+    as last applied, shares included (as LinuxMEP compares its parts)."""
+
+    def snapshot(self):
+        return None
+
+    def rules_applied(self, instance_id, target_ip, traffic_rules, dns_rules, saved=None,
+                      shares=None):
+        return self.applied.get(instance_id) == (target_ip, list(traffic_rules),
+                                                 list(dns_rules)) \
+            and self.shares.get(instance_id) == dict(shares or {})
+
+
+def test_reconciliation_leaves_replicas_alone_and_restores_a_stale_part(tmp_path):
+    orch, _ = _edge(tmp_path)
+    mep = AuditedMep()
+    orch.inventory.get("edge1").attach("mep", mep)
+    server, c = _serve(orch)
+    try:
+        pkg = _onboard(c, tmp_path)
+        first, _ = _deploy(c, pkg["appDId"])
+        addr = c.get(f"{INST}/{first}")["allocatedResources"]["serviceAddress"]
+        ids = [first] + [_deploy(c, pkg["appDId"], **_joining(addr))[0] for _ in range(2)]
+        assert not [d for d in orch.reconciler.run_once() if "re-applied" in d]
+        # one replica's part lost (as after a reboot, or a failed re-spread)
+        stale = sorted(ids)[0]
+        mep.shares[stale] = {"sample-http-vip": tuple(sorted(ids))[:2]}
+        done = orch.reconciler.run_once()
+        assert [d for d in done if "re-applied" in d] == [
+            f"re-applied the rules of instance {stale} on host edge1"]
+        assert mep.shares[stale] == {"sample-http-vip": tuple(sorted(ids))}
+        assert not [d for d in orch.reconciler.run_once() if "re-applied" in d]
+    finally:
+        server.shutdown()
+        server.server_close()
+        orch.close()
 
 
 # ---------------------------------------------------------------- the MEO agrees
