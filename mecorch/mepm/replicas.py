@@ -34,6 +34,11 @@ def _spread_keys(rules: Iterable[dict]) -> dict[str, str]:
             if r.get("action") == FORWARD and r.get("state", "ACTIVE") == "ACTIVE"}
 
 
+def spreadable(rules: Iterable[dict]) -> bool:
+    """Has the set a rule replicas could spread (an ACTIVE FORWARD rule)?"""
+    return bool(_spread_keys(rules))
+
+
 def shares(docs: Iterable[dict], host_id: str, instance_id: str, app_d_id: str | None,
            rules: list[dict]) -> dict[str, tuple[str, ...]]:
     """{rule id: replica ids, ascending, the instance's own included} for
@@ -55,10 +60,3 @@ def shares(docs: Iterable[dict], host_id: str, instance_id: str, app_d_id: str |
             if key in theirs:
                 found[rid].add(doc["id"])
     return {rid: tuple(sorted(ids)) for rid, ids in found.items() if len(ids) > 1}
-
-
-def mates(docs: Iterable[dict], host_id: str, instance_id: str, app_d_id: str | None,
-          rules: list[dict]) -> set[str]:
-    """The other instances that spread one of the instance's rules with it."""
-    return {i for ids in shares(docs, host_id, instance_id, app_d_id, rules).values()
-            for i in ids} - {instance_id}

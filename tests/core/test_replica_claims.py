@@ -125,7 +125,8 @@ def test_shares_count_only_in_service_replicas_of_the_app_on_the_host():
                 ("i7", "b", "e1", {}))]                       # another app
     assert replicas.shares(docs, "e1", "i2", "a", rule) == {
         "sample-http-vip": ("i1", "i2", "i3")}
-    assert replicas.mates(docs, "e1", "i1", "a", rule) == {"i3"}
+    assert replicas.shares(docs, "e1", "i1", "a", rule) == {"sample-http-vip": ("i1", "i3")}
+    assert replicas.spreadable(rule) and not replicas.spreadable([])
     assert replicas.shares(docs, "e1", "i7", "b", rule) == {}
 
 
