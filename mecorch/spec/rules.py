@@ -691,8 +691,9 @@ def claim_conflict(traffic, dns, app_d_id: str | None, others,
     `appDId`) of the host's other instances) hold claims, or None: a
     destination (address:port/protocol) another instance steers, or a DNS
     name another app's instance has. Instances of the same app share
-    names; with `share` (a replica: the request's `shareServiceAddress`)
-    destinations too, when both steer them with the same rule
+    names; with `share` (a replica: the request's `shareServiceAddress`,
+    or the other's stored flag) destinations too, when both steer them
+    with the same rule
     (`replica_key`: the MEP spreads connections over them). The one
     wording of both levels: the host's ledger (`mepm.claims`) and the MEO
     before its 202 (`meo.lcm`, over what it last knew of the host)."""
@@ -701,7 +702,9 @@ def claim_conflict(traffic, dns, app_d_id: str | None, others,
     names = {r.domain_name: r.dns_rule_id for r in dns}
     for other_id, other in others:
         same_app = app_d_id is not None and other.get("appDId") == app_d_id
-        replica = share and same_app
+        # a pair shares when either asked to be a replica: the instance
+        # joined keeps its Mp1 changes checked as before
+        replica = same_app and (share or bool(other.get("shareServiceAddress")))
         for rule in other.get("trafficRules") or []:
             key = replica_key(rule)
             for theirs in destinations(TrafficRule.from_etsi(rule)):

@@ -44,6 +44,7 @@ from support.fakes import FakeCompute, FakeMep
 C = DeploymentType.CONTAINER
 INST = "/app_lcm/v1/app_instances"
 PKGS = "/app_pkgm/v1/app_packages"
+MP1 = "/mec_app_support/v1/applications"
 CIDR = "10.171.0.0/24"
 SAMPLE_RULES = {   # the sample AppD's rules (examples/sample-container-app)
     "appTrafficRule": [{"trafficRuleId": "sample-http-vip", "filterType": "FLOW",
@@ -87,6 +88,11 @@ def test_same_app_same_rule_shares_other_rule_or_app_is_refused():
     assert taken.startswith("trafficRule sample-http-vip: 10.171.0.1:80/tcp is steered by "
                             "instance first (app app-a")
     assert "replica" not in taken
+    # the one joined, checked again (an Mp1 change of its rules): the
+    # replica's stored flag counts for both
+    joined = [("second", {**_stored("app-a", "10.171.0.1"), "shareServiceAddress": True})]
+    assert R.claim_conflict(traffic, dns, "app-a", joined) is None
+    assert R.claim_conflict(traffic, dns, "app-b", joined).startswith("trafficRule ")
     # the same app steering an overlapping but different box (ports 80-90)
     other = [("first", _stored("app-a", "10.171.0.1", "80-90"))]
     taken = R.claim_conflict(traffic, dns, "app-a", other, share=True)
@@ -188,6 +194,16 @@ def test_three_replicas_get_their_shares_and_a_terminate_respreads(node, tmp_pat
         ids.append(iid)
     group = tuple(sorted(ids))
     assert {i: mep.shares[i] for i in ids} == {i: {"sample-http-vip": group} for i in ids}
+    # the first (which did not ask to share) changes its DNS rule over Mp1:
+    # still its own to change, and applied with its share
+    (dns,) = c.get(f"{MP1}/{first}/dns_rules")
+    new = c.call("PUT", f"{MP1}/{first}/dns_rules/{dns['dnsRuleId']}", {**dns, "ttl": 30})[1]
+    assert new["ttl"] == 30 and mep.shares[first] == {"sample-http-vip": group}
+    (tr,) = c.get(f"{MP1}/{first}/traffic_rules")
+    other_port = {**tr, "trafficFilter": [{**tr["trafficFilter"][0], "dstPort": ["80-81"]}]}
+    with pytest.raises(ApiError) as info:
+        c.call("PUT", f"{MP1}/{first}/traffic_rules/{tr['trafficRuleId']}", other_port)
+    assert info.value.status == 409 and "the same rule" in info.value.detail
     # another app naming the address: refused, nothing applied for it
     other = _onboard(c, tmp_path, appDId="other-http")
     inst = c.post(INST, {"appDId": other["appDId"]})[0]
