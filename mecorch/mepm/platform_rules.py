@@ -13,7 +13,10 @@ with theirs: the ones that stay first, the leaving one's rules removed
 last, so at every moment the last replica visited takes what the others
 leave (no connection falls through). Changes to one host's replicas are
 made one at a time (a lock per host, taken before the ledger's, never
-inside it).
+inside it). Taking a replica out of service (readiness) is a leave: its
+stored set says `inService: false`, then `respread(host, mates(host.id,
+iid), leaving=iid)` under the host's lock, then its rules are removed;
+putting it back is a join: `inService` true again, then `apply`.
 """
 
 from __future__ import annotations
