@@ -9,7 +9,7 @@ instance id, in the `--hostsdir` directory. dnsmasq watches that directory
 with inotify: a new, changed or renamed-in file is re-read and the names it
 held before are flushed; a removed file's names are flushed (measured with
 dnsmasq 2.90). A name and address held by several files (replicas) is
-kept once, as the first file read, and flushed with it: `sharing` and
+kept once, as the first file read, and flushed with it: `index` and
 `reread` let the driver make the others read again. Files are replaced atomically (write `.<id>.tmp`, then
 rename): dnsmasq ignores dot-files, so it never reads a half-written one.
 dnsmasq is never restarted or signalled for a rule change.
@@ -185,22 +185,19 @@ def read(hosts_dir: Path, instance_id: str) -> str:
         return ""
 
 
-def _entries(text: str) -> set[str]:
+def entries(text: str) -> set[str]:
+    """The `address name` lines of a file's text."""
     return {line for line in text.splitlines() if line and not line.startswith("#")}
 
 
-def sharing(hosts_dir: Path, instance_id: str, text: str) -> list[str]:
-    """The other instances whose files hold one of the `address name`
-    lines of `text` (replicas answering one name with one address)."""
-    mine = _entries(text)
-    if not mine:
-        return []
-    out = []
-    for name in sorted(os.listdir(hosts_dir)):
-        if name.startswith(".") or name == instance_id:
-            continue
-        if _entries(read(hosts_dir, name)) & mine:
-            out.append(name)
+def index(hosts_dir: Path) -> dict[str, set[str]]:
+    """{`address name` line: the instances whose files hold it}, read from
+    the hostsdir (dot-files, the staged ones, left out)."""
+    out: dict[str, set[str]] = {}
+    for name in os.listdir(hosts_dir):
+        if not name.startswith("."):
+            for line in entries(read(hosts_dir, name)):
+                out.setdefault(line, set()).add(name)
     return out
 
 

@@ -152,9 +152,10 @@ def test_dns_files_sharing_a_line(tmp_path):
                       ("c", "# mecorch: c\n# d\n10.9.0.81 other.mec.local\n"),
                       (".b.tmp", "10.9.0.80 web.mec.local\n")):
         (tmp_path / iid).write_text(text)
-    old = dnsmasq.read(tmp_path, "a")
-    assert dnsmasq.sharing(tmp_path, "a", old) == ["b"]
-    assert dnsmasq.sharing(tmp_path, "a", "# only comments\n") == []
+    assert dnsmasq.index(tmp_path) == {"10.9.0.80 web.mec.local": {"a", "b"},
+                                       "10.9.0.81 other.mec.local": {"c"}}
+    assert dnsmasq.entries(dnsmasq.read(tmp_path, "a")) == {"10.9.0.80 web.mec.local"}
+    assert dnsmasq.entries("# only comments\n") == set()
     before = (tmp_path / "b").stat().st_ino
     dnsmasq.reread(tmp_path, "b")
     # renamed in anew (what dnsmasq's inotify sees), the same text
