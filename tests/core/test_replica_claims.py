@@ -183,6 +183,16 @@ def node(tmp_path):
 def test_three_replicas_get_their_shares_and_a_terminate_respreads(node, tmp_path):
     orch, mep, c = node
     pkg = _onboard(c, tmp_path)
+    # an instance of another app, with an address and name of its own: no
+    # replica's coming or going applies its rules again
+    bystander_pkg = _onboard(c, tmp_path, appDId="bystander")
+    rules = {k: v for k, v in _joining("10.171.0.200").items() if k != "shareServiceAddress"}
+    rules["appDNSRule"][0]["domainName"] = "bystander.mec.local"
+    bystander, op = _deploy(c, bystander_pkg["appDId"], **rules)
+    assert op["operationState"] == "COMPLETED", op
+    calls: list[str] = []
+    apply_rules = mep.apply_rules
+    mep.apply_rules = lambda iid, *a, **kw: (calls.append(iid), apply_rules(iid, *a, **kw))
     first, op = _deploy(c, pkg["appDId"])
     assert op["operationState"] == "COMPLETED", op
     addr = c.get(f"{INST}/{first}")["allocatedResources"]["serviceAddress"]
@@ -224,6 +234,10 @@ def test_three_replicas_get_their_shares_and_a_terminate_respreads(node, tmp_pat
     assert mep.shares[left[1]] == {} and mep.applied[left[1]][0]
     # its DNS name still answered by the one left
     assert [r.ip_address for r in mep.applied[left[1]][2]] == [addr]
+    # each replica applied when it came and when the others came or went;
+    # the other app's instance never
+    assert bystander not in calls and bystander in mep.applied
+    assert calls.count(group[0]) >= 3 and set(calls) == set(group)
 
 
 def test_a_withdrawn_replica_is_left_out_of_the_others_shares(node, tmp_path):
