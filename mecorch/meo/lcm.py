@@ -196,6 +196,8 @@ class SystemLcm(InstanceQueries):
                 inst["_claims"] = {"hostId": host_id, "trafficRules": [
                     r.to_etsi() for r in claims.traffic], "dnsRules": [
                     r.to_etsi() for r in claims.dns]}
+                if claims.share:        # a replica: others of its app may share with it
+                    inst["_claims"]["shareServiceAddress"] = True
                 self.store.put("instances", instance_id, inst)
                 logs.op_started(op, inst)
                 if key:
@@ -236,7 +238,8 @@ class SystemLcm(InstanceQueries):
             if host and rules:
                 out.setdefault(host, []).append((iid, {
                     "appDId": inst.get("appDId"), "trafficRules": rules.get("trafficRules"),
-                    "dnsRules": rules.get("dnsRules")}))
+                    "dnsRules": rules.get("dnsRules"),
+                    "shareServiceAddress": planned.get("shareServiceAddress", False)}))
         return {h: tuple(v) for h, v in out.items()}
 
     def _chooser(self, pkg: dict, wanted: list[str]):
