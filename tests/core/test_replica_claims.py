@@ -120,6 +120,32 @@ def test_the_ledger_lets_a_replica_join_the_allocated_address(tmp_path):
     assert store.get("rules", "x")["serviceAddress"] == "10.171.0.2"
 
 
+def test_a_replica_asking_for_an_address_gets_the_one_of_its_app(tmp_path):
+    """shareServiceAddress with the sample's rules as they are (asking for
+    an address): the first gets one, the next ones the same; two addresses
+    of the app on the host is a 409 asking to name one."""
+    store = Store(tmp_path / "s.db")
+    ledger = ClaimsLedger(store)
+    host = EdgeHost({"id": "edge1", "mep": {"service_cidr": CIDR}}, 4.0)
+    for iid in ("r1", "r2", "r3", "solo", "r4"):
+        store.put("instances", iid, {"id": iid, "appDId": "app-a"})
+    sample = R.instance_rules({}, SAMPLE_RULES)
+    for iid in ("r1", "r2", "r3"):
+        ledger.set_rules(iid, *sample, host, share=True)
+    assert {store.get("rules", i)["serviceAddress"] for i in ("r1", "r2", "r3")} == \
+        {"10.171.0.1"}
+    # one not asking: an address of its own (its name is the app's to share)
+    ledger.set_rules("solo", *sample, host)
+    assert store.get("rules", "solo")["serviceAddress"] == "10.171.0.2"
+    with pytest.raises(Conflict, match=r"hold several \(10.171.0.1, 10.171.0.2\); name the one"):
+        ledger.set_rules("r4", *sample, host, share=True)
+    # the first gone: the others keep the address, a new replica joins it
+    ledger.release("r1")
+    ledger.release("solo")
+    ledger.set_rules("r4", *sample, host, share=True)
+    assert store.get("rules", "r4")["serviceAddress"] == "10.171.0.1"
+
+
 def test_shares_count_only_in_service_replicas_of_the_app_on_the_host():
     rule = _stored("a", "10.171.0.1")["trafficRules"]
     docs = [{"id": i, "appDId": app, "hostId": h, "trafficRules": rule, **extra}
