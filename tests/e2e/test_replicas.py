@@ -8,8 +8,9 @@ writes its hostname to /www/hostname at start: GET /hostname tells which
 replica (which container) answered.
 
 - the sample deployed once gets an address; two more deploys of the same
-  app join it (`shareServiceAddress`, the sample's rules naming the
-  address: what `app deploy --replica-of` sends);
+  app join it (`shareServiceAddress`): one with the sample's rules naming
+  the address (what `app deploy --replica-of` sends), one with them as
+  they are (asking for an address: it is given the app's);
 - 300 new connections from the client to the address: each replica
   serves at least 20 % (a third expected);
 - one replica terminated (GRACEFUL: its rules are removed before it is
@@ -110,7 +111,12 @@ def test_three_replicas_share_the_load_and_one_leaves_without_a_failed_request(l
     appd = lab.c.get("/app_pkgm/v1/onboarded_app_packages/sample-http/appd")
     joining = with_service_address({k: appd[k] for k in ("appTrafficRule", "appDNSRule")},
                                    addr)
-    ids = [first] + [_deploy(lab, shareServiceAddress=True, **joining) for _ in range(2)]
+    # one naming the address (as --replica-of sends it), one asking for an
+    # address as the sample does: it is given the app's
+    ids = [first, _deploy(lab, shareServiceAddress=True, **joining),
+           _deploy(lab, shareServiceAddress=True)]
+    for iid in ids[1:]:
+        assert lab.c.get(f"{INST}/{iid}")["allocatedResources"]["serviceAddresses"] == [addr]
     hosts = {iid: _hostname(lab, iid) for iid in ids}
     name = appd["appDNSRule"][0]["domainName"]
     assert thelab.dig(53, name, server=lab.dp, netns=lab.ue.name, tries=2) == addr
