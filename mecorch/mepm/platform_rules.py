@@ -14,9 +14,9 @@ last, so at every moment the last replica visited takes what the others
 leave (no connection falls through). Changes to one host's replicas are
 made one at a time (a lock per host, taken before the ledger's, never
 inside it). Taking a replica out of service (readiness) is a leave: its
-stored set says `inService: false`, then `respread(host, mates(host.id,
-iid), leaving=iid)` under the host's lock, then its rules are removed;
-putting it back is a join: `inService` true again, then `apply`.
+stored set says `inService: false`, then `before_leaving(host, iid)`, then
+its rules are removed; putting it back is a join: `inService` true again,
+then `apply`.
 """
 
 from __future__ import annotations
@@ -64,10 +64,18 @@ class PlatformRules:
         mep = host.mep()
         with self._group(host.id):
             if mep is not None:
-                # the replicas that stay take its part before it leaves
-                self.respread(host, self.mates(host.id, instance_id), leaving=instance_id)
+                self.before_leaving(host, instance_id)
                 mep.remove_rules(instance_id)
             self._unplace(instance_id)
+
+    def before_leaving(self, host: EdgeHost, instance_id: str) -> None:
+        """The instance's replicas on the host take its part of the
+        connections (applied again without it): called, under the host's
+        lock, before its rules are removed, by a terminate (`remove`) and
+        by a readiness withdrawal. Without it the one visited last before
+        it would keep passing connections on to rules that are gone."""
+        with self._group(host.id):
+            self.respread(host, self.mates(host.id, instance_id), leaving=instance_id)
 
     def _unplace(self, instance_id: str) -> None:
         """The stored set is no longer applied nor claimed anywhere."""

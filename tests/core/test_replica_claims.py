@@ -276,7 +276,7 @@ def test_a_withdrawn_replica_is_left_out_of_the_others_shares(node, tmp_path):
     second, _ = _deploy(c, pkg["appDId"], **_joining(addr))
     doc = orch.store.get("rules", first)
     orch.store.put("rules", first, {**doc, "inService": False})
-    orch.mep.rules.apply(orch.inventory.get("edge1"), second, doc and
+    orch.mep.rules.apply(orch.inventory.get("edge1"), second,
                          orch.store.get("rules", second)["targetIp"])
     assert mep.shares[second] == {}
 
@@ -426,3 +426,23 @@ def test_cli_deploys_three_replicas_with_replica_of(env, capsys):  # noqa: F811
     rc, _, err = _cli(env, capsys, "app", "deploy", "other", "--service-address", addr)
     assert rc != 0 and "steered by instance" in err
     assert ids[3] not in env.mep.applied
+
+
+def test_a_withdrawal_respreads_the_others_before_the_rules_go(node, tmp_path):
+    """What a readiness withdrawal does (the probes' `withdraw`): the
+    stored set says inService false, `before_leaving` gives the others
+    their parts without it, then its rules go; `apply` brings it back."""
+    orch, mep, c = node
+    pkg = _onboard(c, tmp_path)
+    ids = [_deploy(c, pkg["appDId"], shareServiceAddress=True)[0] for _ in range(3)]
+    group = tuple(sorted(ids))
+    host, out = orch.inventory.get("edge1"), group[2]
+    doc = orch.store.get("rules", out)
+    orch.store.put("rules", out, {**doc, "inService": False})
+    orch.mep.rules.before_leaving(host, out)
+    mep.remove_rules(out)
+    assert {i: mep.shares[i] for i in group[:2]} == {
+        i: {"sample-http-vip": group[:2]} for i in group[:2]}
+    orch.store.put("rules", out, doc)                  # ready again
+    orch.mep.rules.apply(host, out, doc["targetIp"])
+    assert {i: mep.shares[i] for i in group} == {i: {"sample-http-vip": group} for i in group}
