@@ -39,6 +39,7 @@ Spec interpretations (the YAML leaves these open):
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -679,7 +680,6 @@ def replica_key(rule: dict) -> str:
     its dstInterface (each steers to its own instance) and its state. Two
     instances with the same key match the same connections, so the MEP
     can spread them over both."""
-    import json
     return json.dumps([rule.get("trafficFilter"), rule.get("filterType"),
                        rule.get("priority"), rule.get("action")], sort_keys=True)
 
@@ -693,8 +693,8 @@ def claim_conflict(traffic, dns, app_d_id: str | None, others,
     name another app's instance has. Instances of the same app share
     names; with `share` (a replica: the request's `shareServiceAddress`,
     or the other's stored flag) destinations too, when both steer them
-    with the same rule
-    (`replica_key`: the MEP spreads connections over them). The one
+    with the same rule (`replica_key`: the MEP spreads connections over
+    them). The one
     wording of both levels: the host's ledger (`mepm.claims`) and the MEO
     before its 202 (`meo.lcm`, over what it last knew of the host)."""
     mine = [d for rule in traffic for d in destinations(rule)]
