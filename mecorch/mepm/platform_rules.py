@@ -111,36 +111,6 @@ class PlatformRules:
                     raise
         return True
 
-    def withdraw(self, host: EdgeHost, instance_id: str) -> bool:
-        """Take the instance out of service: the MEP drops its rules, the
-        stored set is kept, marked `inService: false`. False if it was out
-        already. The caller holds the instance (Lcm.hold)."""
-        with self.ledger.lock:
-            doc = self.stored(instance_id)
-            if not in_service(doc):
-                return False
-            mep = host.mep()
-            if mep is not None:
-                mep.remove_rules(instance_id)
-            doc["inService"] = False
-            self.store.put("rules", instance_id, doc)
-        return True
-
-    def restore(self, host: EdgeHost, instance_id: str) -> bool:
-        """Put a withdrawn instance back: push its stored set again (if it is
-        applied on this host) and clear the mark. False if it was in
-        service. The caller holds the instance (Lcm.hold)."""
-        with self.ledger.lock:
-            doc = self.stored(instance_id)
-            if in_service(doc):
-                return False
-            if doc.get("hostId") == host.id and doc.get("targetIp"):
-                traffic, dns = rule_values(doc)
-                self.push(host, instance_id, doc["targetIp"], traffic, dns)
-            doc.pop("inService", None)
-            self.store.put("rules", instance_id, doc)
-        return True
-
     def remove(self, host: EdgeHost, instance_id: str) -> None:
         mep = host.mep()
         with self._group(host.id):
