@@ -8,7 +8,9 @@ How rules reach dnsmasq: one hosts-format file per instance, named by the
 instance id, in the `--hostsdir` directory. dnsmasq watches that directory
 with inotify: a new, changed or renamed-in file is re-read and the names it
 held before are flushed; a removed file's names are flushed (measured with
-dnsmasq 2.90). Files are replaced atomically (write `.<id>.tmp`, then
+dnsmasq 2.90). A name and address held by several files (replicas) is
+kept once, as the first file read, and flushed with it: `index` and
+`reread` let the driver make the others read again. Files are replaced atomically (write `.<id>.tmp`, then
 rename): dnsmasq ignores dot-files, so it never reads a half-written one.
 dnsmasq is never restarted or signalled for a rule change.
 
@@ -173,6 +175,39 @@ def commit(hosts_dir: Path, instance_id: str, staged: Path | None) -> None:
         final.unlink(missing_ok=True)
     else:
         os.replace(staged, final)
+
+
+def read(hosts_dir: Path, instance_id: str) -> str:
+    """The instance's file as it is ('' when it has none)."""
+    try:
+        return (hosts_dir / instance_id).read_text(encoding="ascii")
+    except FileNotFoundError:
+        return ""
+
+
+def entries(text: str) -> set[str]:
+    """The `address name` lines of a file's text."""
+    return {line for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def index(hosts_dir: Path) -> dict[str, set[str]]:
+    """{`address name` line: the instances whose files hold it}, read from
+    the hostsdir (dot-files, the staged ones, left out)."""
+    out: dict[str, set[str]] = {}
+    for name in os.listdir(hosts_dir):
+        if not name.startswith("."):
+            for line in entries(read(hosts_dir, name)):
+                out.setdefault(line, set()).add(name)
+    return out
+
+
+def reread(hosts_dir: Path, instance_id: str, owner: tuple[int, int] | None = None) -> None:
+    """Make dnsmasq read the instance's file again (the same text, renamed
+    onto itself): it then holds that file's entries again, whichever file
+    it had first read them from."""
+    text = read(hosts_dir, instance_id)
+    if text:
+        commit(hosts_dir, instance_id, stage(hosts_dir, instance_id, text, owner))
 
 
 def discard(staged: Path | None) -> None:

@@ -134,6 +134,11 @@ class LinuxMEP(PlatformDriver, RuleAudit, DnsOnAppNetworks, Uninstallable):
         self.clients_log_file = run_dir / "dnsmasq-clients.log"
         self._lock = threading.Lock()
         self._applied: dict[str, dict] = {}     # instance -> traffic rule lines it last got
+        # "address name" line -> instances whose DNS file holds it: read from
+        # the hostsdir once (the first change of a file), then kept by each
+        # change, so a change finds the replicas sharing a line without
+        # reading every file (~12 ms at 1,000 instances)
+        self._dns_index: dict[str, set[str]] | None = None
         self._held = 0                          # instances with chains, as last read
 
     # -- plumbing ------------------------------------------------------------------
@@ -365,6 +370,7 @@ class LinuxMEP(PlatformDriver, RuleAudit, DnsOnAppNetworks, Uninstallable):
             if self.hosts_dir.is_dir():
                 for name in os.listdir(self.hosts_dir):
                     (self.hosts_dir / name).unlink(missing_ok=True)
+            self._dns_index = None
             done.append(f"its dnsmasq and DNS files ({self.run_dir}, {self.hosts_dir})")
             mark = self._link_mark(self.service_if)
             if "service_interface" in keep and mark is not None:
@@ -386,8 +392,18 @@ class LinuxMEP(PlatformDriver, RuleAudit, DnsOnAppNetworks, Uninstallable):
 
     # -- rules -------------------------------------------------------------------------
 
-    def _validate(self, instance_id, target_ip, traffic_rules, dns_rules):
+    def _validate(self, instance_id, target_ip, traffic_rules, dns_rules, shares=None):
         validate.ident(instance_id, "instance_id")
+        if shares is not None:
+            if not isinstance(shares, dict):
+                raise InvalidInput("shares: must be a mapping of traffic rule id to replica ids")
+            for rid, peers in shares.items():
+                if not isinstance(peers, (list, tuple)) or \
+                        list(peers) != sorted(set(peers)):
+                    raise InvalidInput(f"shares[{rid}]: must list replica ids once each, "
+                                       f"ascending (the order connections visit them)")
+                for i, peer in enumerate(peers):
+                    validate.ident(peer, f"shares[{rid}][{i}]")
         validate.ip_address(target_ip, "target_ip")
         for name, rules, cls in (("traffic_rules", traffic_rules, TrafficRule),
                                  ("dns_rules", dns_rules, DnsRule)):
@@ -397,11 +413,13 @@ class LinuxMEP(PlatformDriver, RuleAudit, DnsOnAppNetworks, Uninstallable):
         unique_ids(dns_rules, "dns_rule_id", "dnsRules")
 
     def apply_rules(self, instance_id: str, target_ip: str,
-                    traffic_rules: list, dns_rules: list) -> None:
-        self._validate(instance_id, target_ip, traffic_rules, dns_rules)
+                    traffic_rules: list, dns_rules: list, shares=None) -> None:
+        self._validate(instance_id, target_ip, traffic_rules, dns_rules, shares)
         # Render everything before touching anything: an unsupported or
         # malformed rule stops here with nothing changed.
-        desired = iptables.render_instance(self.prefix, instance_id, target_ip, list(traffic_rules))
+        desired = iptables.render_instance(self.prefix, instance_id, target_ip,
+                                           list(traffic_rules), shares)
+        peers = _peers(shares)
         dnsmasq.check_ttls(list(dns_rules), self.dns_ttl)
         hosts = dnsmasq.render_hosts(instance_id, list(dns_rules))
         with _backend(f"apply rules of {instance_id}"), self._exclusive():
@@ -412,9 +430,10 @@ class LinuxMEP(PlatformDriver, RuleAudit, DnsOnAppNetworks, Uninstallable):
             # applied, and iptables still shows that many lines in the
             # instance's chains and its jumps): no iptables-restore at all.
             unchanged = (self._applied.get(instance_id) == desired
-                         and iptables.matches(saved, self.prefix, instance_id, desired))
+                         and iptables.matches(saved, self.prefix, instance_id, desired, peers))
             change = "" if unchanged else iptables.transition(saved, self.prefix, instance_id,
-                                                              desired)
+                                                              desired, peers)
+            old_hosts = dnsmasq.read(self.hosts_dir, instance_id)
             staged = dnsmasq.stage(self.hosts_dir, instance_id, hosts, self._dns_owner())
             try:
                 self._restore(change)
@@ -425,6 +444,35 @@ class LinuxMEP(PlatformDriver, RuleAudit, DnsOnAppNetworks, Uninstallable):
                 self._put_back(instance_id, before)
                 raise
             self._applied[instance_id] = desired
+            if old_hosts != hosts:
+                self._dns_changed(instance_id, old_hosts, hosts)
+
+    def _dns_changed(self, instance_id: str, old_hosts: str, hosts: str) -> None:
+        """The instance's DNS file went from `old_hosts` to `hosts` ('':
+        removed). dnsmasq keeps one entry for a name and address that
+        several hostsdir files hold (the first file read), and flushes it
+        with that file (measured with 2.90): when replicas share a name,
+        removing or changing one replica's file would leave the others'
+        name unanswered. So each other file holding one of the lines the
+        old file held is made to be read again (renamed onto itself, same
+        text); dnsmasq re-reads a renamed-in file at once. Called with the
+        lock held."""
+        if self._dns_index is None:
+            self._dns_index = dnsmasq.index(self.hosts_dir)
+        old, new = dnsmasq.entries(old_hosts), dnsmasq.entries(hosts)
+        for line in old - new:
+            self._dns_index.get(line, set()).discard(instance_id)
+        for line in new:
+            self._dns_index.setdefault(line, set()).add(instance_id)
+        others = {o for line in old for o in self._dns_index.get(line, ())} - {instance_id}
+        for other in sorted(others):
+            try:
+                dnsmasq.reread(self.hosts_dir, other, self._dns_owner())
+            except OSError as e:
+                # the instance's own change is made; the other's name is
+                # answered again when its file is next written
+                log.warning("DNS file of %s not read again after %s's changed: %s",
+                            other, instance_id, e)
 
     def _put_back(self, instance_id: str, before: dict[str, list[str]]) -> None:
         """Best effort: return the instance's chains to `before` after a
@@ -443,8 +491,11 @@ class LinuxMEP(PlatformDriver, RuleAudit, DnsOnAppNetworks, Uninstallable):
             if self._applied.pop(instance_id, None) != {}:
                 self._restore(iptables.transition(self._read(instance_id), self.prefix,
                                                   instance_id, {}))
+            old_hosts = dnsmasq.read(self.hosts_dir, instance_id)
             dnsmasq.commit(self.hosts_dir, instance_id, None)
             (self.hosts_dir / f".{instance_id}.tmp").unlink(missing_ok=True)
+            if old_hosts:
+                self._dns_changed(instance_id, old_hosts, "")
 
     def snapshot(self) -> iptables.Saved:
         """One iptables-save, for several `rules_applied` questions in a row
@@ -455,18 +506,20 @@ class LinuxMEP(PlatformDriver, RuleAudit, DnsOnAppNetworks, Uninstallable):
 
     def rules_applied(self, instance_id: str, target_ip: str,
                       traffic_rules: list, dns_rules: list,
-                      saved: iptables.Saved | None = None) -> bool:
+                      saved: iptables.Saved | None = None, shares=None) -> bool:
         """The instance's rules are in place as `apply_rules` leaves them
-        (its chains with that many lines and their jumps, its DNS file with
-        that text). Reconciliation asks before applying again: after a host
-        reboot the chains are gone while the DNS files remain. `saved`: a
-        `snapshot()` to read instead of a new iptables-save."""
-        self._validate(instance_id, target_ip, traffic_rules, dns_rules)
-        desired = iptables.render_instance(self.prefix, instance_id, target_ip, list(traffic_rules))
+        (its chains with that many lines, the same replica parts, and their
+        jumps in order among its replicas; its DNS file with that text).
+        Reconciliation asks before applying again: after a host reboot the
+        chains are gone while the DNS files remain. `saved`: a `snapshot()`
+        to read instead of a new iptables-save."""
+        self._validate(instance_id, target_ip, traffic_rules, dns_rules, shares)
+        desired = iptables.render_instance(self.prefix, instance_id, target_ip,
+                                           list(traffic_rules), shares)
         hosts = dnsmasq.render_hosts(instance_id, list(dns_rules))
         with _backend(f"check rules of {instance_id}"):
             if not iptables.matches(saved if saved is not None else self._save(), self.prefix,
-                                    instance_id, desired):
+                                    instance_id, desired, _peers(shares)):
                 return False
             try:
                 return (self.hosts_dir / instance_id).read_text(encoding="ascii") == hosts
@@ -555,6 +608,12 @@ class LinuxMEP(PlatformDriver, RuleAudit, DnsOnAppNetworks, Uninstallable):
                 dnsmasq.stop(probe / "dnsmasq.pid")
         return (f"not running (`mecorch serve` starts it); a probe dnsmasq (pid {probe_pid}) "
                 f"started on {self.dns_listen}:{self.dns_port} and was stopped")
+
+
+def _peers(shares) -> tuple[str, ...]:
+    """Every replica the shares name (whose jumps this one's must follow in
+    id order)."""
+    return tuple(sorted({p for peers in (shares or {}).values() for p in peers}))
 
 
 def _users(hosts) -> str:

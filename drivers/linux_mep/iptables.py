@@ -25,6 +25,18 @@ connections; a DROP rule (raw) also cuts established ones.
 Instances are independent: a RETURN leaves only that instance's chain.
 IPv4 only (iptables, not ip6tables): IPv6 filters are UnsupportedAction.
 
+Replicas behind one service address (`shares`: the instances whose
+identical FORWARD rule steers the same destinations): each keeps its DNAT
+lines in its own chain, and new connections are spread as kube-proxy
+spreads a Service's endpoints: the replicas' jumps are visited in
+ascending instance id, and the k-th of n takes a connection with
+probability 1/(n-k) (`-m statistic --mode random`), else RETURNs to the
+top chain so the next replica is tried; the last one (1/1) has no
+statistic match and takes the rest. Each replica gets 1/n, and every
+connection reaches exactly one. So the visiting order must be the id
+order: a new jump goes before the first jump of a higher id
+(`-I TOP n`), and one found out of order among its replicas is moved.
+
 Plumbing for steered connections (when the MEP has a service range), so a
 client on any app network or the UE side reaches an app on any other:
 
@@ -172,11 +184,40 @@ def _targets(rule: TrafficRule, target_ip: str) -> dict[str, str]:
                        "(no encapsulation or packet duplication here)")
 
 
+# xt_statistic keeps a probability as a 31-bit fraction (round(p * 2^31))
+# and iptables-save prints it back with 11 decimals
+_SCALE = 0x80000000
+_PROBABILITY = re.compile(r"--probability ([0-9.]+)")
+
+
+def probability(position: int, count: int) -> str:
+    """The part of what reaches it the replica at `position` (0-based) of
+    `count` takes: 1/(count - position), written as iptables-save prints
+    it back, so a rendered line and the saved one compare equal."""
+    return f"{int(_SCALE / (count - position) + 0.5) / _SCALE:.11f}"
+
+
+def _share(rule: TrafficRule, instance_id: str, shares) -> tuple[int, int] | None:
+    """(position, count) of the instance among the replicas of a FORWARD
+    rule, None when the rule is its own (or has nothing to spread: a DROP
+    or PASSTHROUGH does the same whichever replica it is in)."""
+    peers = (shares or {}).get(rule.traffic_rule_id)
+    if not peers or len(peers) < 2 or rule.action != "FORWARD_DECAPSULATED":
+        return None
+    if instance_id not in peers:
+        raise InvalidInput(f"shares[{rule.traffic_rule_id}]: names the replicas "
+                           f"{', '.join(peers)} but not instance {instance_id} itself")
+    return peers.index(instance_id), len(peers)
+
+
 def render_instance(prefix: str, instance_id: str, target_ip: str,
-                    rules: list[TrafficRule]) -> dict[str, list[str]]:
+                    rules: list[TrafficRule], shares=None) -> dict[str, list[str]]:
     """`{table: ["-A CHAIN ...", ...]}` for the instance's ACTIVE rules in
     priority order (0 first; equal priorities by rule id), or `{}` when it
-    has none. Raises UnsupportedAction for what iptables cannot express."""
+    has none. Raises UnsupportedAction for what iptables cannot express.
+    `shares`: {rule id: replica ids, ascending} (see the module doc): a
+    shared FORWARD rule DNATs its part of the connections and RETURNs the
+    others, unless the instance is the last replica."""
     chain = instance_chain(prefix, instance_id)
     active = sorted((r for r in rules if r.active),
                     key=lambda r: (r.priority, r.traffic_rule_id))
@@ -188,10 +229,17 @@ def render_instance(prefix: str, instance_id: str, target_ip: str,
             raise InvalidInput(f"trafficRule {rule.traffic_rule_id}: its filters expand to "
                                f"{len(matches)} iptables rules (at most {MAX_LINES_PER_RULE})")
         note = _comment(f"mecorch:{instance_id}/{rule.traffic_rule_id}")
+        share = _share(rule, instance_id, shares)
         for match in matches:
             for table in TABLES:
-                out[table].append(" ".join(
-                    p for p in (f"-A {chain}", match, note, f"-j {targets[table]}") if p))
+                line = [f"-A {chain}", match, note, f"-j {targets[table]}"]
+                if table == "nat" and share and share[0] < share[1] - 1:
+                    # this replica's part; the rest goes on to the next one
+                    line[2:2] = [f"-m statistic --mode random --probability "
+                                 f"{probability(*share)}"]
+                    out[table].append(" ".join(p for p in line if p))
+                    line = [f"-A {chain}", match, note, "-j RETURN"]
+                out[table].append(" ".join(p for p in line if p))
     return out if active else {}
 
 
@@ -318,12 +366,53 @@ def teardown_text(saved: Saved, prefix: str) -> str:
     return "\n".join(parts) + "\n" if parts else ""
 
 
+def _owner(line: str) -> str | None:
+    m = _JUMP_COMMENT.search(line)
+    return m.group(1) if m else None
+
+
+def in_order(top_lines: list[str], instance_id: str, peers=()) -> bool:
+    """The instance has one jump in its top chain, after the jumps of its
+    replicas (`peers`) with lower ids and before those with higher ones:
+    the order their shares were computed for."""
+    owners = [_owner(l) for l in top_lines]
+    if owners.count(instance_id) != 1:
+        return False
+    mine = owners.index(instance_id)
+    return all((i < mine) == (o < instance_id)
+               for i, o in enumerate(owners) if o in peers and o != instance_id)
+
+
+def _place_jump(top_lines: list[str], prefix: str, table: str, instance_id: str,
+                chain: str, peers=()) -> list[str]:
+    """Restore lines giving the instance its one jump where connections
+    visit it in id order: before the first jump of a higher id (among its
+    replicas when it has some, else among all), else last. A jump already
+    there is kept (no line at all); one out of order is moved (deleted and
+    inserted in the same commit, so no connection misses it)."""
+    jumps = [l for l in top_lines if l.split()[-1] == chain]
+    if len(jumps) == 1 and in_order(top_lines, instance_id, peers):
+        return []
+    others = [l for l in top_lines if l.split()[-1] != chain]
+    owners = [_owner(l) for l in others]
+    group = set(peers) if peers else {o for o in owners if o}
+    slot = next((i for i, o in enumerate(owners)
+                 if o in group and o != instance_id and o > instance_id), None)
+    top, jump = top_chain(prefix, table), jump_line(prefix, table, instance_id)
+    lines = ["-D" + l[2:] for l in jumps]
+    if slot is None:
+        return lines + [jump]
+    return lines + [f"-I {top} {slot + 1}" + jump[len(f"-A {top}"):]]
+
+
 def transition(saved: Saved, prefix: str, instance_id: str,
-               desired: dict[str, list[str]]) -> str:
+               desired: dict[str, list[str]], peers=()) -> str:
     """Restore text (for `iptables-restore --noflush`) taking the instance
     from what `saved` shows to `desired` (`{}`: no rules, chains removed).
     '' when there is nothing to do. Raises Conflict if the instance's chain
-    name is already used by another instance (hash collision)."""
+    name is already used by another instance (hash collision). `peers`:
+    the instance's replicas (the ids its shares name), whose jumps its own
+    must follow in id order."""
     chain = instance_chain(prefix, instance_id)
     parts = []
     for table in TABLES:
@@ -339,8 +428,7 @@ def transition(saved: Saved, prefix: str, instance_id: str,
         if desired:
             lines.append(f":{chain} - [0:0]")          # declare = create or flush
             lines += desired.get(table, [])
-            if not jumps:
-                lines.append(jump_line(prefix, table, instance_id))
+            lines += _place_jump(chains.get(top, []), prefix, table, instance_id, chain, peers)
         else:
             lines += ["-D" + l[2:] for l in jumps]
             if chain in chains:
@@ -350,19 +438,31 @@ def transition(saved: Saved, prefix: str, instance_id: str,
     return "\n".join(parts) + "\n" if parts else ""
 
 
-def matches(saved: Saved, prefix: str, instance_id: str, desired: dict[str, list[str]]) -> bool:
+def _probabilities(lines: list[str]) -> list[int]:
+    """The statistic parts of the lines, in order, as xt_statistic keeps them."""
+    return [int(float(m.group(1)) * _SCALE + 0.5)
+            for m in map(_PROBABILITY.search, lines) if m]
+
+
+def matches(saved: Saved, prefix: str, instance_id: str, desired: dict[str, list[str]],
+            peers=()) -> bool:
     """`saved` shows the instance with exactly as many rule lines per table
-    as `desired`, and its jumps (or, for `{}`, no chain and no jump): the
-    shape of what was applied, still there."""
+    as `desired`, the same replica parts (statistic probabilities), and its
+    jumps in order among its replicas `peers` (or, for `{}`, no chain and
+    no jump): the shape of what was applied, still there. (Lines are not
+    compared as text: iptables-save writes matches its own way.)"""
     chain = instance_chain(prefix, instance_id)
     for table in TABLES:
         chains = saved.get(table, {})
-        jumped = any(l.split()[-1] == chain for l in chains.get(top_chain(prefix, table), []))
+        top = chains.get(top_chain(prefix, table), [])
+        jumped = any(l.split()[-1] == chain for l in top)
         if not desired:
             if chain in chains or jumped:
                 return False
         elif chain not in chains or not jumped or \
-                len(chains[chain]) != len(desired.get(table, [])):
+                len(chains[chain]) != len(desired.get(table, [])) or \
+                _probabilities(chains[chain]) != _probabilities(desired.get(table, [])) or \
+                not in_order(top, instance_id, peers):
             return False
     return True
 

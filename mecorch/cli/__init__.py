@@ -126,6 +126,11 @@ def _parser() -> argparse.ArgumentParser:
                         "without dstAddress, a DNS rule without ipAddress) instead of "
                         "taking one from the host's range; placed on a host whose range "
                         "holds it")
+    i.add_argument("--replica-of", metavar="INSTANCE",
+                   help="deploy as a replica of this running instance of the same app: on "
+                        "its host, on its service address and DNS name "
+                        "(shareServiceAddress); the host's MEP spreads new connections "
+                        "over the replicas")
     t = _output(app.add_parser("terminate", help="terminate an instance"))
     t.add_argument("id", metavar="ID", help=ID_HELP)
     t.add_argument("--forceful", action="store_true", help="stop at once, no notification")

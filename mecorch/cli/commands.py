@@ -186,6 +186,10 @@ def app_instantiate(c: Client, a) -> int:
     # the local files are checked first: a typo there needs no server
     iid = instance_id(c, a.id)
     address = getattr(a, "service_address", None)
+    if getattr(a, "replica_of", None):
+        host, address = _replica_of(c, iid, a.replica_of, a.host, address)
+        body["selectedMECHostInfo"] = [{"hostId": {"id": host}}]
+        body["shareServiceAddress"] = True
     if address is not None:
         rules = with_service_address(rules if rules is not None else _appd_rules(c, iid),
                                      address)
@@ -203,6 +207,34 @@ def app_instantiate(c: Client, a) -> int:
 
 
 app_deploy = app_instantiate          # `mecorch app deploy`: the same command
+
+
+def _replica_of(c: Client, iid: str, ref: str, host: str | None,
+                address: str | None) -> tuple[str, str]:
+    """--replica-of INSTANCE: (its host, its service address), checked
+    against the instance being deployed (same app, the instance running)
+    and the other options (an error naming the option)."""
+    other = c.get(f"{INST}/{instance_id(c, ref)}")
+    mine = c.get(f"{INST}/{iid}")
+    if other["id"] == iid:
+        raise InvalidInput(f"--replica-of {ref}: names the instance being deployed")
+    if other.get("appDId") != mine.get("appDId"):
+        raise InvalidInput(f"--replica-of {ref}: instance {other['id']} is of app "
+                           f"{other.get('appDId')}, not {mine.get('appDId')} (only instances "
+                           f"of one app are replicas)")
+    if other.get("instantiationState") != "INSTANTIATED":
+        raise InvalidInput(f"--replica-of {ref}: instance {other['id']} is not INSTANTIATED")
+    res = other.get("allocatedResources") or {}
+    theirs = res.get("serviceAddress") or next(iter(res.get("serviceAddresses") or []), None)
+    if theirs is None:
+        raise InvalidInput(f"--replica-of {ref}: instance {other['id']} has no service address")
+    if host is not None and host != other.get("hostId"):
+        raise InvalidInput(f"--host {host}: a replica runs on the host of --replica-of "
+                           f"{ref}, {other.get('hostId')}")
+    if address is not None and address != theirs:
+        raise InvalidInput(f"--service-address {address}: a replica takes the address of "
+                           f"--replica-of {ref}, {theirs}")
+    return other["hostId"], theirs
 
 
 RULE_KEYS = ("appTrafficRule", "appDNSRule")

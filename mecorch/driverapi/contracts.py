@@ -29,7 +29,7 @@ import importlib
 import threading
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Mapping
 
 from mecorch.kernel.errors import InvalidInput
 from mecorch.kernel.schema import DRIVER_GROUP
@@ -37,6 +37,10 @@ from mecorch.driverapi.model import Allocation, Check, HostCapacity, Observation
 from mecorch.kernel.states import DeploymentType
 
 ENTRY_POINT_GROUP = DRIVER_GROUP
+
+# {traffic rule id: ids of the replicas steering its destinations, ascending}
+# (PlatformDriver.apply_rules)
+Shares = Mapping[str, tuple[str, ...]]
 
 
 @dataclass(frozen=True)
@@ -191,11 +195,23 @@ class PlatformDriver(Driver):
 
     @abc.abstractmethod
     def apply_rules(self, instance_id: str, target_ip: str,
-                    traffic_rules: list, dns_rules: list) -> None:
+                    traffic_rules: list, dns_rules: list,
+                    shares: Shares | None = None) -> None:
         """Make the instance's rule set exactly this (replacing what it had)
         atomically: it all takes effect or nothing changes. Rules are the
         validated objects of `mecorch.spec.rules`; `target_ip` is the
-        instance's address, where FORWARD rules steer traffic to."""
+        instance's address, where FORWARD rules steer traffic to.
+
+        `shares` (replicas behind one service address): {traffic rule id:
+        the ids of the instances whose identical rule steers the same
+        destinations, this one included, ascending}. The driver spreads
+        NEW connections matching that rule evenly over them: each replica
+        takes its part (1/(n-k) of what reaches the k-th), and what it
+        does not take goes on to the next replica in ascending id order,
+        the last one taking the rest, so that every connection reaches
+        exactly one of them. Only this instance's own rules change: the
+        core applies each replica again when the set of them changes.
+        A rule not named is this instance's alone."""
 
     @abc.abstractmethod
     def remove_rules(self, instance_id: str) -> None:
@@ -268,9 +284,11 @@ class RuleAudit(abc.ABC):
 
     @abc.abstractmethod
     def rules_applied(self, instance_id: str, target_ip: str, traffic_rules: list,
-                      dns_rules: list, saved: Any = None) -> bool:
+                      dns_rules: list, saved: Any = None,
+                      shares: Shares | None = None) -> bool:
         """The instance's rules (validated values, as `apply_rules` takes
-        them) are in place exactly; `saved`: a `snapshot()` to read instead
+        them, with the same `shares`) are in place exactly, the replicas'
+        part and order included; `saved`: a `snapshot()` to read instead
         of the backend. Changes nothing."""
 
 

@@ -219,6 +219,8 @@ class SystemLcm(InstanceQueries):
                 # what a re-placement needs to place it again as asked (or
                 # nothing: not opted in)
                 replace.remember(inst, lost_after, host_body, selected_hosts(body), pkg["id"])
+                if claims.share:        # a replica: others of its app may share with it
+                    inst["_claims"]["shareServiceAddress"] = True
                 self.store.put("instances", instance_id, inst)
                 logs.op_started(op, inst)
                 if key:
@@ -259,7 +261,8 @@ class SystemLcm(InstanceQueries):
             if host and rules:
                 out.setdefault(host, []).append((iid, {
                     "appDId": inst.get("appDId"), "trafficRules": rules.get("trafficRules"),
-                    "dnsRules": rules.get("dnsRules")}))
+                    "dnsRules": rules.get("dnsRules"),
+                    "shareServiceAddress": planned.get("shareServiceAddress", False)}))
         return {h: tuple(v) for h, v in out.items()}
 
     def _chooser(self, pkg: dict, wanted: list[str]):

@@ -17,9 +17,12 @@ Ownership of addresses and names (the ledger is the store's rule sets that
 are *claimed*: from instantiation until termination or rollback): a traffic
 rule's destinations must lie in the host's service range (400 naming it);
 a destination (address:port/protocol) another instance of the host claims
-is a 409 naming that instance; a DNS name belongs to the first instance
-that claims it (409), unless every claimant comes from the same app (same
-appDId: replicas share a name), and must lie below the host's MEC domain
+is a 409 naming that instance, unless the claim is a replica's (the
+request's `shareServiceAddress`: same appDId and the same rule, so the
+MEP spreads the connections over them, `mepm.replicas`); a DNS name
+belongs to the first instance that claims it (409), unless every claimant
+comes from the same app (same appDId: replicas share a name), and must lie
+below the host's MEC domain
 (`mep.dns_domain`, 400; the bare domain itself is the host's, no app's).
 Claims are checked and taken under one lock, at instantiation (before
 anything is made) and on every Mp1 PUT (with the apply), so of two
@@ -33,7 +36,11 @@ the host holds (a Kubernetes ClusterIP allocator's rule), under the same
 lock, so two concurrent deploys never get the same one. It is written into
 the stored rules (and kept as `serviceAddress`): Mp1 and `app show` show
 it, a restart and the reconciliation keep it, and giving up the claims
-(terminate, rollback) frees it. A full range is a 409 naming it.
+(terminate, rollback) frees it. A full range is a 409 naming it. A
+replica (shareServiceAddress) that asks for one is given the address its
+app's instances on the host were given, if any (so the sample's rules,
+unchanged, deploy replicas behind one address); several is a 409 asking
+to name one.
 """
 
 from __future__ import annotations
@@ -56,33 +63,40 @@ class ClaimsLedger:
         self.lock = threading.Lock()
 
     def set_rules(self, instance_id: str, traffic: Sequence[TrafficRule],
-                  dns: Sequence[DnsRule], host: EdgeHost | None = None) -> None:
+                  dns: Sequence[DnsRule], host: EdgeHost | None = None,
+                  share: bool = False) -> None:
         """Record the instance's rule set, validated values (the planned
         request's), stored as ETSI documents (applied later by `apply`).
         With `host`, the set claims its addresses and names there: checked
         against every other claim of that host and taken atomically
-        (InvalidInput / Conflict with nothing recorded)."""
+        (InvalidInput / Conflict with nothing recorded). `share`: a replica
+        (the request's shareServiceAddress), kept with the set so an Mp1
+        change is checked the same way."""
         inst = self.store.get("instances", instance_id) or {}
         with self.lock:
             check_targets(traffic, None)
             address = None
             if host is not None:
-                traffic, dns, address = self.allocate(host, instance_id, traffic, dns)
-                self.check_claims(host, instance_id, traffic, dns, inst.get("appDId"))
+                traffic, dns, address = self.allocate(
+                    host, instance_id, traffic, dns, inst.get("appDId") if share else None)
+                self.check_claims(host, instance_id, traffic, dns, inst.get("appDId"), share)
             doc = {"id": instance_id, "trafficRules": [r.to_etsi() for r in traffic],
                    "dnsRules": [r.to_etsi() for r in dns], "hostId": None, "targetIp": None,
                    "appDId": inst.get("appDId"), "claimHost": host.id if host else None,
                    "serviceAddress": address}
+            if share:
+                doc["shareServiceAddress"] = True
             self.store.put("rules", instance_id, doc)
 
     def allocate(self, host: EdgeHost, instance_id: str, traffic: Sequence[TrafficRule],
-                 dns: Sequence[DnsRule]):
+                 dns: Sequence[DnsRule], replica_of: str | None = None):
         """(traffic, dns, address): the rule set with its service address
         put where it asks for one (address None: it asks for none). The
         address the instance already holds on the host is kept (a retry);
-        else the lowest free one of the host's range. Conflict naming the
-        range when it is full, or the host when it has none. Called with
-        the ledger lock held."""
+        else, for a replica of app `replica_of`, the one the app's
+        instances on the host were given (`_joined`); else the lowest free
+        one of the host's range. Conflict naming the range when it is full,
+        or the host when it has none. Called with the ledger lock held."""
         service = host.section("mep").get("service_cidr")
         if not R.asks_address(traffic, dns, service):
             return tuple(traffic), tuple(dns), None
@@ -101,6 +115,8 @@ class ClaimsLedger:
                     f"addresses (service range {service})")
         mine = self.store.get("rules", instance_id) or {}
         address = mine.get("serviceAddress") if mine.get("claimHost") == host.id else None
+        if address is None and replica_of is not None:
+            address = self._joined(host, instance_id, replica_of)
         if address is None:
             held = []
             for _, other in self._claims(host.id, instance_id):
@@ -117,6 +133,21 @@ class ClaimsLedger:
         traffic, dns = R.with_service_address(traffic, dns, address, service)
         return traffic, dns, address
 
+    def _joined(self, host: EdgeHost, instance_id: str, app_d_id: str) -> str | None:
+        """The service address a replica asking for one shares: the one the
+        app's instances on the host were given (None: none yet, it is the
+        first and gets one of its own). Several: Conflict naming them (the
+        request must name the one it joins)."""
+        given = sorted({other["serviceAddress"] for _, other in self._claims(host.id, instance_id)
+                        if other.get("appDId") == app_d_id and other.get("serviceAddress")})
+        if len(given) > 1:
+            raise Conflict(
+                f"instance {instance_id} asks to share the service address of app {app_d_id} "
+                f"on host {host.id}, whose instances there hold several ({', '.join(given)}); "
+                f"name the one to share (a trafficFilter dstAddress and DNS ipAddress, or "
+                f"`app deploy --replica-of INSTANCE`)")
+        return given[0] if given else None
+
     def release(self, instance_id: str) -> None:
         """Give up the instance's claims (its rule set is kept, unclaimed).
         Nothing claimed: nothing to do."""
@@ -128,7 +159,7 @@ class ClaimsLedger:
 
     # ------------------------------------------------------------ ownership
     def check_claims(self, host: EdgeHost, instance_id: str, traffic: Sequence[TrafficRule],
-                     dns: Sequence[DnsRule], app_d_id: str | None) -> None:
+                     dns: Sequence[DnsRule], app_d_id: str | None, share: bool = False) -> None:
         """Refuse a rule set (values) that leaves the host's service range
         or MEC domain, or claims the bare domain (InvalidInput), or takes
         what another instance of the host claims (Conflict naming it).
@@ -159,7 +190,8 @@ class ClaimsLedger:
                     raise InvalidInput(
                         f"dnsRule {rule.dns_rule_id}: domainName {rule.domain_name} is not in "
                         f"the MEC domain {domain} of host {host.id}")
-        taken = R.claim_conflict(traffic, dns, app_d_id, self._claims(host.id, instance_id))
+        taken = R.claim_conflict(traffic, dns, app_d_id, self._claims(host.id, instance_id),
+                                 share)
         if taken:
             raise Conflict(taken)
 

@@ -200,7 +200,7 @@ class Lcm(InstanceQueries):
             try:
                 # First: the rules claim their addresses and names on the
                 # host (400/409 here, before anything is made or journalled).
-                self.mep.set_rules(instance_id, p.traffic, p.dns, host)
+                self.mep.set_rules(instance_id, p.traffic, p.dns, host, p.share)
                 op = self.journal.start(instance_id, LcmOperation.INSTANTIATE, {
                     "hostId": host.id, "manner": p.manner.value,
                     "decidedBy": p.decision.source, "request": _request_doc(p.request),
@@ -429,17 +429,21 @@ class Lcm(InstanceQueries):
 
     def _release(self, op: dict, host: EdgeHost, compute: ComputeDriver, iid: str,
                  handle: dict | None, stop_timeout: float | None) -> None:
-        """Stop, remove rules, destroy, forget: the end of every instance.
+        """Remove rules, stop, destroy, forget: the end of every instance.
         `stop_timeout` None: no stop of its own (FORCEFUL, or finishing an
         interrupted terminate): every driver's destroy takes a running
         runtime down at once, and a stop first would only add the engine's
         stop call to it (docker stop + remove: ~20 ms more than one forced
         remove)."""
+        # Its rules first: no new connection is steered to an app that is
+        # stopping (a replica's part goes to the others at once, as a
+        # Kubernetes endpoint leaves its Service when its pod terminates);
+        # those it has may finish while it stops.
+        self.journal.step(op, "begin:rules-removal")
+        self.mep.remove(host, iid)
         if handle and stop_timeout is not None:
             self.journal.step(op, "begin:stop")
             compute.stop(handle, stop_timeout)
-        self.journal.step(op, "begin:rules-removal")
-        self.mep.remove(host, iid)
         self.journal.step(op, "begin:destroy")
         applogs.keep(self.logs_dir, compute, iid, handle)
         _destroy(compute, iid, handle)

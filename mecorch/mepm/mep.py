@@ -69,8 +69,9 @@ class MepService:
 
     # ------------------------------------------------------------ rule sets
     def set_rules(self, instance_id: str, traffic: Sequence[TrafficRule],
-                  dns: Sequence[DnsRule], host: EdgeHost | None = None) -> None:
-        self.claims.set_rules(instance_id, traffic, dns, host)
+                  dns: Sequence[DnsRule], host: EdgeHost | None = None,
+                  share: bool = False) -> None:
+        self.claims.set_rules(instance_id, traffic, dns, host, share)
 
     def release(self, instance_id: str) -> None:
         self.claims.release(instance_id)

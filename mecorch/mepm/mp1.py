@@ -70,6 +70,9 @@ class Mp1Api:
                                f"one in the URI ({rule_id!r})")
         with self.ledger.lock:
             doc = self.rules.stored(instance_id)
+            placed = doc.get("hostId")
+            # the replicas it spreads a rule with before the change
+            before = self.rules.mates(placed, instance_id) if placed else set()
             claim = doc.get("claimHost", doc.get("hostId"))
             if doc.get("serviceAddress") and claim:
                 # a rule that asks for the service address keeps the one held
@@ -83,12 +86,17 @@ class Mp1Api:
             check_targets(traffic, doc.get("targetIp"))
             if claim:
                 self.ledger.check_claims(self.inventory.get(claim), instance_id, traffic, dns,
-                                  doc.get("appDId"))
+                                  doc.get("appDId"), bool(doc.get("shareServiceAddress")))
             # withdrawn (failed readiness): stored only, pushed by restore
             if doc.get("hostId") and in_service(doc):
                 self.rules.push(self.inventory.get(doc["hostId"]), instance_id, doc["targetIp"],
                            traffic, dns)
             self.store.put("rules", instance_id, doc)
+        if placed:
+            # replicas it joined or left with the change get their new share
+            # (after the ledger's lock: the replicas' lock is never taken in it)
+            self.rules.respread(self.inventory.get(placed),
+                                before | self.rules.mates(placed, instance_id))
         logs.event("rule.changed", kind=kind[:-1], rule=rule_id, instance=instance_id,
                    host=doc.get("hostId"), state=new.get("state"))
         return new

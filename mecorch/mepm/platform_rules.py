@@ -13,70 +13,125 @@ its traffic-rule destination) and marks the stored set `"inService": false`;
 withdrawn the stored set still changes (an apply to a new address, an Mp1
 rule update, a reconcile round) but nothing is pushed: only `restore` puts
 the instance back.
+
+Replicas (`mepm.replicas`): an instance whose FORWARD rule other
+instances of its app steer too is applied with its share of them, and
+when it joins (apply) or leaves (remove) the others are applied again
+with theirs: the ones that stay first, the leaving one's rules removed
+last, so at every moment the last replica visited takes what the others
+leave (no connection falls through). Changes to one host's replicas are
+made one at a time (a lock per host, taken before the ledger's, never
+inside it). Taking a replica out of service (readiness) is a leave: its
+stored set says `inService: false`, then `before_leaving(host, iid)`, then
+its rules are removed; putting it back is a join: `inService` true again,
+then `apply`.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Sequence
 
-from mecorch.kernel.errors import Conflict, NotFound
+from mecorch.kernel.errors import Conflict, MecorchError, NotFound
+from mecorch.mepm import replicas
 from mecorch.mepm.claims import ClaimsLedger, check_targets, rule_values
 from mecorch.mepm.inventory import EdgeHost
 from mecorch.spec.rules import DnsRule, TrafficRule
 from mecorch.kernel.store import Store
+
+log = logging.getLogger("mecorch.mepm.rules")
 
 
 class PlatformRules:
     def __init__(self, store: Store, ledger: ClaimsLedger):
         self.store = store
         self.ledger = ledger
+        self._locks: dict[str, threading.RLock] = {}
+        self._locks_guard = threading.Lock()
+
+    def _group(self, host_id: str) -> threading.RLock:
+        """The lock of the host's replica sets."""
+        with self._locks_guard:
+            return self._locks.setdefault(host_id, threading.RLock())
 
     def apply(self, host: EdgeHost, instance_id: str, target_ip: str | None) -> None:
-        doc = self.stored(instance_id)
-        doc.update(hostId=host.id, targetIp=target_ip)
-        traffic, dns = rule_values(doc)         # the stored set, read once
-        # Against the address the set is applied to now (a set stored before
-        # this check existed, or an instance that moved, is refused here).
-        check_targets(traffic, target_ip)
-        if in_service(doc):
+        with self._group(host.id):
+            doc = self.stored(instance_id)
+            doc.update(hostId=host.id, targetIp=target_ip)
+            traffic, dns = rule_values(doc)         # the stored set, read once
+            # Against the address the set is applied to now (a set stored before
+            # this check existed, or an instance that moved, is refused here).
+            check_targets(traffic, target_ip)
+            if not in_service(doc):             # withdrawn: stored, pushed by restore
+                self.store.put("rules", instance_id, doc)
+                return
+            before = self.mates(host.id, instance_id)
             self.push(host, instance_id, target_ip, traffic, dns)
-        self.store.put("rules", instance_id, doc)
+            self.store.put("rules", instance_id, doc)
+            self.respread(host, before | self.mates(host.id, instance_id))
 
     def withdraw(self, host: EdgeHost, instance_id: str, open_mep: bool = True) -> bool:
-        """Take the instance out of service: the MEP drops its rules, the
-        stored set is kept, marked `inService: false`. False if it was out
-        already. The caller holds the instance (Lcm.hold). `open_mep` False:
-        an MEP not opened yet is not (mecorch.mepm.fence at start)."""
-        with self.ledger.lock:
-            doc = self.stored(instance_id)
-            if not in_service(doc):
-                return False
+        """Take the instance out of service: marked `inService: false`, its
+        replicas take its part (a leave), then the MEP drops its rules; the
+        stored set is kept. False if it was out already. The caller holds
+        the instance (Lcm.hold). `open_mep` False: an MEP not opened yet is
+        not opened for it (mecorch.mepm.fence at an MEPM's start; replicas
+        to re-spread open it all the same)."""
+        with self._group(host.id):
+            with self.ledger.lock:
+                doc = self.stored(instance_id)
+                if not in_service(doc):
+                    return False
+                doc["inService"] = False
+                self.store.put("rules", instance_id, doc)
             mep = host.mep(opened=open_mep)
             if mep is not None:
+                self.before_leaving(host, instance_id)
                 mep.remove_rules(instance_id)
-            doc["inService"] = False
-            self.store.put("rules", instance_id, doc)
         return True
 
     def restore(self, host: EdgeHost, instance_id: str) -> bool:
-        """Put a withdrawn instance back: push its stored set again (if it is
-        applied on this host) and clear the mark. False if it was in
-        service. The caller holds the instance (Lcm.hold)."""
-        with self.ledger.lock:
-            doc = self.stored(instance_id)
-            if in_service(doc):
-                return False
+        """Put a withdrawn instance back (a join: the mark cleared, then
+        `apply`, which gives its replicas their new parts). False if it was
+        in service. The caller holds the instance (Lcm.hold)."""
+        with self._group(host.id):
+            with self.ledger.lock:
+                doc = self.stored(instance_id)
+                if in_service(doc):
+                    return False
+                doc.pop("inService", None)
+                self.store.put("rules", instance_id, doc)
             if doc.get("hostId") == host.id and doc.get("targetIp"):
-                traffic, dns = rule_values(doc)
-                self.push(host, instance_id, doc["targetIp"], traffic, dns)
-            doc.pop("inService", None)
-            self.store.put("rules", instance_id, doc)
+                try:
+                    self.apply(host, instance_id, doc["targetIp"])
+                except BaseException:
+                    with self.ledger.lock:      # still out: tried again next time
+                        doc = self.stored(instance_id)
+                        doc["inService"] = False
+                        self.store.put("rules", instance_id, doc)
+                    raise
         return True
 
     def remove(self, host: EdgeHost, instance_id: str) -> None:
         mep = host.mep()
-        if mep is not None:
-            mep.remove_rules(instance_id)
+        with self._group(host.id):
+            if mep is not None:
+                self.before_leaving(host, instance_id)
+                mep.remove_rules(instance_id)
+            self._unplace(instance_id)
+
+    def before_leaving(self, host: EdgeHost, instance_id: str) -> None:
+        """The instance's replicas on the host take its part of the
+        connections (applied again without it): called, under the host's
+        lock, before its rules are removed, by a terminate (`remove`) and
+        by a readiness withdrawal. Without it the one visited last before
+        it would keep passing connections on to rules that are gone."""
+        with self._group(host.id):
+            self.respread(host, self.mates(host.id, instance_id), leaving=instance_id)
+
+    def _unplace(self, instance_id: str) -> None:
+        """The stored set is no longer applied nor claimed anywhere."""
         with self.ledger.lock:
             doc = self.store.get("rules", instance_id)
             if doc:
@@ -91,7 +146,11 @@ class PlatformRules:
             self.store.delete("subscriptions", sub["id"])
 
     def push(self, host: EdgeHost, instance_id: str, target_ip: str | None,
-             traffic: Sequence[TrafficRule], dns: Sequence[DnsRule]) -> None:
+             traffic: Sequence[TrafficRule], dns: Sequence[DnsRule],
+             leaving: str | None = None) -> None:
+        """Apply the set to the host's MEP, with the instance's share of
+        the replicas it has there (`leaving`: one not counted, whose rules
+        are about to go)."""
         for rule in dns:
             if rule.ip_address is None:     # never given a service address
                 raise Conflict(f"dnsRule {rule.dns_rule_id} of instance {instance_id} has no "
@@ -101,7 +160,62 @@ class PlatformRules:
             if traffic or dns:
                 raise Conflict(f"edge host {host.id!r} has no MEP configured for the rules")
             return
-        mep.apply_rules(instance_id, target_ip, list(traffic), list(dns))
+        shares = self.shares(host.id, instance_id, [r.to_etsi() for r in traffic], leaving)
+        if shares:
+            mep.apply_rules(instance_id, target_ip, list(traffic), list(dns), shares)
+        else:
+            # the call every MEP driver has always had, for a set of its own
+            mep.apply_rules(instance_id, target_ip, list(traffic), list(dns))
+
+    # ------------------------------------------------------------ replicas
+    def placed(self, host_id: str, leaving: str | None = None,
+               app_d_id: str | None = None) -> list[dict]:
+        """The stored sets applied on the host (the leaving one's
+        excepted); with `app_d_id`, only that app's, selected by SQLite
+        (an apply on a host of 1,000 instances decodes its replicas' sets,
+        not every one)."""
+        match = ("json_extract(doc, '$.appDId') = ?", [app_d_id]) if app_d_id else None
+        return [d for d in self.store.list("rules", match, hostId=host_id)
+                if d.get("id") != leaving]
+
+    def _app(self, instance_id: str) -> str | None:
+        doc = self.store.get("rules", instance_id) or self.store.get("instances", instance_id)
+        return (doc or {}).get("appDId")
+
+    def shares(self, host_id: str, instance_id: str, rules: list[dict],
+               leaving: str | None = None) -> dict[str, tuple[str, ...]]:
+        """{rule id: replica ids} of the instance's rules (ETSI documents)
+        on the host: what its MEP driver is told (`replicas.shares`)."""
+        app = self._app(instance_id)
+        if app is None or not replicas.spreadable(rules):
+            return {}           # nothing to share: no listing at all
+        return replicas.shares(self.placed(host_id, leaving, app), host_id, instance_id,
+                               app, rules)
+
+    def mates(self, host_id: str, instance_id: str) -> set[str]:
+        """The in-service replicas the instance's stored set shares a rule with."""
+        rules = (self.store.get("rules", instance_id) or {}).get("trafficRules") or []
+        return {i for ids in self.shares(host_id, instance_id, rules).values()
+                for i in ids} - {instance_id}
+
+    def respread(self, host: EdgeHost, ids: set[str], leaving: str | None = None) -> None:
+        """Apply each of `ids` (instances applied on the host, in service)
+        again with its share as it is now, in ascending id (the order that
+        keeps the driver's jump order sorted). One that fails is logged and
+        left to reconciliation (its rules stay in place with the old share,
+        which still delivers every connection; `rules_applied` sees the
+        difference): the change of the others is not undone for it."""
+        with self._group(host.id):
+            for iid in sorted(ids):
+                doc = self.store.get("rules", iid)
+                if not doc or not replicas.in_service(doc, host.id) or iid == leaving:
+                    continue
+                try:
+                    traffic, dns = rule_values(doc)
+                    self.push(host, iid, doc.get("targetIp"), traffic, dns, leaving)
+                except MecorchError as e:
+                    log.warning("replica %s on host %s not given its new share: %s",
+                                iid, host.id, e.detail)
 
     def stored(self, instance_id: str) -> dict:
         """The instance's stored rule set (an empty one if it has none yet;

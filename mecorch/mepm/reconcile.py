@@ -41,6 +41,7 @@ import threading
 from mecorch.kernel import heap, logs
 from mecorch.kernel.errors import Conflict, MecorchError
 from mecorch.mepm.inventory import EdgeHost, Inventory
+from mecorch.mepm import replicas
 from mecorch.mepm.lcm import Lcm
 from mecorch.mepm.mep import MepService
 from mecorch.mepm.fence import fenced
@@ -303,6 +304,13 @@ class Reconciler:
             saved = mep.snapshot()      # one read for the round's first look at every instance
         except MecorchError as e:
             return [f"skipped re-applying rules on host {host.id}: {e.detail}"]
+        # the host's applied sets, read once: each instance's share of its
+        # replicas is part of what must be in place
+        placed = self.mep.rules.placed(host.id)
+
+        def shares(doc: dict, placed: list[dict]) -> dict:
+            return replicas.shares(placed, host.id, doc["id"], doc.get("appDId"),
+                                   doc["trafficRules"])
         for inst in self.store.list("instances", instantiationState=INSTANTIATED,
                                     hostId=host.id, keep=("id",)):
             iid = inst["id"]
@@ -318,7 +326,8 @@ class Reconciler:
                 first = (iid, doc["targetIp"],
                          [TrafficRule.from_etsi(r) for r in doc["trafficRules"]],
                          [DnsRule.from_etsi(r) for r in doc["dnsRules"]])
-                if mep.rules_applied(*first, saved=saved):
+                if mep.rules_applied(*first, saved=saved,
+                                     **_shares_kw(shares(doc, placed))):
                     continue
                 with self.lcm.hold(iid):
                     doc = self.store.get("rules", iid)
@@ -327,7 +336,8 @@ class Reconciler:
                         continue
                     if mep.rules_applied(iid, doc["targetIp"],
                                [TrafficRule.from_etsi(r) for r in doc["trafficRules"]],
-                               [DnsRule.from_etsi(r) for r in doc["dnsRules"]]):
+                               [DnsRule.from_etsi(r) for r in doc["dnsRules"]],
+                               **_shares_kw(shares(doc, self.mep.rules.placed(host.id)))):
                         continue
                     self.mep.apply(host, iid, doc["targetIp"])
                     done.append(f"re-applied the rules of instance {iid} on host {host.id}")
@@ -354,3 +364,9 @@ class Reconciler:
     def _owned(inst: dict | None, host: EdgeHost, manner: DeploymentType) -> bool:
         return bool(inst) and inst["instantiationState"] == INSTANTIATED \
             and inst.get("hostId") == host.id and inst.get("deploymentType") == manner.value
+
+
+def _shares_kw(shares: dict) -> dict:
+    """`rules_applied`'s shares argument, only when there are replicas: a
+    MEP driver's check of a set of its own is the call it always had."""
+    return {"shares": shares} if shares else {}

@@ -64,12 +64,13 @@ class Claims:
     address: its rules' fixed destinations and its DNS names."""
     traffic: tuple = ()
     dns: tuple = ()
-    app_d_id: str | None = None     # the app (its replicas share DNS names)
+    app_d_id: str | None = None     # the app (its instances share DNS names)
+    share: bool = False             # a replica: shares the app's destinations too
 
     def taken_on(self, c: Candidate) -> str | None:
         """The host's wording of what another instance there holds, or None."""
-        return rules.claim_conflict(self.traffic, self.dns, self.app_d_id, c.held) \
-            if c.held else None
+        return rules.claim_conflict(self.traffic, self.dns, self.app_d_id, c.held,
+                                    self.share) if c.held else None
 
 
 def why_not(c: Candidate, manner: DeploymentType, need: Need,
@@ -191,7 +192,8 @@ def _neg(s: str) -> tuple:
 
 def plan_claims(plan, app_d_id: str | None = None) -> Claims:
     """What a planned request claims before its host gives it an address."""
-    return Claims(rules.with_fixed_addresses(plan.traffic), tuple(plan.dns), app_d_id)
+    return Claims(rules.with_fixed_addresses(plan.traffic), tuple(plan.dns), app_d_id,
+                  plan.share)
 
 
 def choose_plan(plan, candidates: list[Candidate],

@@ -36,7 +36,8 @@ __all__ = ["INSTANTIATE_FIELDS", "Chooser", "Plan", "image_of", "plan_request", 
 # mecorch's documented extensions (a misspelling of one is refused).
 INSTANTIATE_FIELDS = ("selectedMECHostInfo", "locationConstraints", "vimConnectionInfo",
                       "virtualComputeDescriptor", "virtualStorageDescriptor",
-                      *decision.TYPE_FIELDS, "orchestrationInfo", "appTrafficRule", "appDNSRule")
+                      *decision.TYPE_FIELDS, "orchestrationInfo", "appTrafficRule", "appDNSRule",
+                      "shareServiceAddress")
 
 # The manner policy of a dual-format app: (the manners its package holds,
 # each one's Need, whether the AppD asks for hardware acceleration) ->
@@ -57,6 +58,9 @@ class Plan:
     accel: bool                             # a VM whose AppD asks for acceleration
     max_latency_ns: int | None              # the AppD's appLatency
     probes: Probes = Probes()               # health checks (spec/probes.py)
+    # mecorch extension: a replica, sharing the destinations and names of
+    # the same app's instances on its host (`spec.rules.claim_conflict`)
+    share: bool = False
 
     @property
     def fixed_addresses(self) -> tuple[str, ...]:
@@ -105,11 +109,14 @@ def plan_request(instance_id: str, pkg: dict, body: dict,
     choice = decision.decide_manner(body, recorded, policy if choose else None, parsed)
     request = request_for(choice.manner)
     traffic, dns = instance_rules(appd, body)
+    share = body.get("shareServiceAddress", False)
+    if not isinstance(share, bool):
+        raise InvalidInput("shareServiceAddress: must be true or false")
     return Plan(choice, request, need_of(request), traffic, dns,
                 tuple(fit or selected_hosts(body)),
                 choice.manner is DeploymentType.VM and decision.accel_required(appd),
                 placement.max_latency_ns(appd),
-                probes_of(appd, choice.manner, parsed))
+                probes_of(appd, choice.manner, parsed), share)
 
 
 def selected_hosts(body: dict) -> list[str]:

@@ -39,6 +39,7 @@ Spec interpretations (the YAML leaves these open):
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -673,26 +674,52 @@ def with_fixed_addresses(traffic) -> tuple["TrafficRule", ...]:
     return tuple(out)
 
 
-def claim_conflict(traffic, dns, app_d_id: str | None, others) -> str | None:
+def replica_key(rule: dict) -> str:
+    """What replicas of one app must have in common to share a rule's
+    destinations (an ETSI TrafficRule document, normalised): the rule but
+    its dstInterface (each steers to its own instance) and its state. Two
+    instances with the same key match the same connections, so the MEP
+    can spread them over both."""
+    return json.dumps([rule.get("trafficFilter"), rule.get("filterType"),
+                       rule.get("priority"), rule.get("action")], sort_keys=True)
+
+
+def claim_conflict(traffic, dns, app_d_id: str | None, others,
+                   share: bool = False) -> str | None:
     """Why a rule set (values) cannot be claimed on a host where `others`
     ((instance id, stored rule set: ETSI `trafficRules`, `dnsRules` and its
     `appDId`) of the host's other instances) hold claims, or None: a
     destination (address:port/protocol) another instance steers, or a DNS
-    name another app's instance has (the same app's replicas share names).
-    The one wording of both levels: the host's ledger (`mepm.claims`) and
-    the MEO before its 202 (`meo.lcm`, over what it last knew of the host)."""
+    name another app's instance has. Instances of the same app share
+    names; with `share` (a replica: the request's `shareServiceAddress`,
+    or the other's stored flag) destinations too, when both steer them
+    with the same rule (`replica_key`: the MEP spreads connections over
+    them). The one
+    wording of both levels: the host's ledger (`mepm.claims`) and the MEO
+    before its 202 (`meo.lcm`, over what it last knew of the host)."""
     mine = [d for rule in traffic for d in destinations(rule)]
+    keys = {r.traffic_rule_id: replica_key(r.to_etsi()) for r in traffic}
     names = {r.domain_name: r.dns_rule_id for r in dns}
     for other_id, other in others:
+        same_app = app_d_id is not None and other.get("appDId") == app_d_id
+        # a pair shares when either asked to be a replica: the instance
+        # joined keeps its Mp1 changes checked as before
+        replica = same_app and (share or bool(other.get("shareServiceAddress")))
         for rule in other.get("trafficRules") or []:
+            key = replica_key(rule)
             for theirs in destinations(TrafficRule.from_etsi(rule)):
                 for d in mine:
                     where = d.overlap(theirs)
-                    if where:
-                        return (f"trafficRule {d.rule_id}: {where} is steered by instance "
-                                f"{other_id} (app {other.get('appDId')}, trafficRule "
-                                f"{theirs.rule_id})")
-        if app_d_id is not None and other.get("appDId") == app_d_id:
+                    if not where or (replica and keys[d.rule_id] == key):
+                        continue
+                    hint = (" (a replica shares a destination only with the same rule: "
+                            "trafficFilter, filterType, priority and action alike)" if replica
+                            else " (an instance of the same app shares it as a replica: "
+                            "shareServiceAddress)" if same_app else "")
+                    return (f"trafficRule {d.rule_id}: {where} is steered by instance "
+                            f"{other_id} (app {other.get('appDId')}, trafficRule "
+                            f"{theirs.rule_id}){hint}")
+        if same_app:
             continue            # the same app's replicas share names
         for rule in other.get("dnsRules") or []:
             name = rule["domainName"]

@@ -161,6 +161,41 @@ def test_two_instances_are_independent(lab):
     assert lab.snapshot() == before
 
 
+def test_replicas_parts_read_back_as_applied_and_a_stale_part_is_seen(lab):
+    """Two replicas of one address: what iptables-save shows of their
+    parts and jump order is what `rules_applied` expects (reconciliation
+    leaves them alone); told three replicas, or its jump moved out of
+    order, it is not; applied again, it is. The spreading itself:
+    tests/conformance/test_platform_contract.py."""
+    d = lab.driver
+    before = lab.snapshot()
+    rules, names = [forward(port=PORT)], [dns("d", "rep.mect.test", SERVICE)]
+    two = {rules[0].traffic_rule_id: ("rep-a", "rep-b")}
+    three = {rules[0].traffic_rule_id: ("rep-a", "rep-b", "rep-c")}
+    d.apply_rules("rep-a", INSTANCE_A, rules, names, two)
+    d.apply_rules("rep-b", INSTANCE_B, rules, names, two)
+    try:
+        for iid, ip in (("rep-a", INSTANCE_A), ("rep-b", INSTANCE_B)):
+            assert d.rules_applied(iid, ip, rules, names, shares=two)
+        assert not d.rules_applied("rep-a", INSTANCE_A, rules, names, shares=three)
+        assert not d.rules_applied("rep-a", INSTANCE_A, rules, names)      # alone: no part
+        # rep-a's jump moved behind rep-b's (as an older mecorch left it)
+        chain = iptables.instance_chain(d.prefix, "rep-a")
+        jump = f'-m comment --comment "mecorch:rep-a" -j {chain}'
+        ns(lab.edge, "iptables", "-t", "nat", "-D", f"{d.prefix}-PRE", *jump.replace(
+            '"', "").split())
+        ns(lab.edge, "iptables", "-t", "nat", "-A", f"{d.prefix}-PRE", *jump.replace(
+            '"', "").split())
+        assert not d.rules_applied("rep-a", INSTANCE_A, rules, names, shares=two)
+        d.apply_rules("rep-a", INSTANCE_A, rules, names, two)
+        assert d.rules_applied("rep-a", INSTANCE_A, rules, names, shares=two)
+        assert d.rules_applied("rep-b", INSTANCE_B, rules, names, shares=two)
+    finally:
+        d.remove_rules("rep-a")
+        d.remove_rules("rep-b")
+    assert lab.snapshot() == before
+
+
 def test_a_change_reads_the_same_chains_as_a_full_iptables_save(lab):
     """apply/remove read only the hooks, the top chain and the instance's
     chain (`iptables -S CHAIN` each): what they read equals those chains in

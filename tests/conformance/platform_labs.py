@@ -9,6 +9,8 @@ A lab makes an opened driver on its own corner of the backend and knows:
                        none), waiting a moment for `expect`
 - `reaches(address)`   the instance address a connection to `address`
                        reaches, None when it reaches none
+- `spread(address, n)` a Counter of the instance addresses n new
+                       connections to `address` reach (None: none)
 - `unexpressible()`    a valid traffic rule the backend cannot express
 - `unconnected()`      a driver built on a new corner of the backend, not
                        opened, and a probe listing what of it the backend holds
@@ -52,6 +54,10 @@ class Lab:
     def target(n: int) -> str:
         return TARGETS[n]
 
+    def spread(self, address: str, n: int):
+        import collections
+        return collections.Counter(self.reaches(address) for _ in range(n))
+
     @staticmethod
     def unexpressible() -> TrafficRule:
         return forward("enc", action="FORWARD_ENCAPSULATED")
@@ -85,11 +91,20 @@ class FakeLab(Lab):
         return ""
 
     def reaches(self, address):
-        for iid in self.backend:
+        """A model of the contract: instances visited in ascending id; a
+        shared FORWARD rule takes its replica's part (1/(n-k)) and passes
+        the rest on to the next instance."""
+        import random
+        for iid in sorted(self.backend):
             target, traffic, _ = self._active(iid)
             for r in sorted(traffic, key=lambda r: r.priority):
                 if any(address in f.dst_address for f in r.traffic_filter):
-                    return target if r.action == "FORWARD_DECAPSULATED" else None
+                    if r.action != "FORWARD_DECAPSULATED":
+                        return None
+                    peers = self.drv.shares.get(iid, {}).get(r.traffic_rule_id, ())
+                    if len(peers) > 1 and random.random() >= 1 / (len(peers) - peers.index(iid)):
+                        break
+                    return target
         return None
 
     def unconnected(self):

@@ -152,3 +152,27 @@ def test_found_again_after_a_restart(lab, uid):
     fresh.remove_rules(iid)
     assert iid not in fresh.rule_owners()
     assert lab.answers("a.conf.test") == ""
+
+
+def test_replicas_share_one_address(lab, uid):
+    """Two instances with the same rule on one service address and one DNS
+    name, applied with their shares (the later id first: its jump must
+    still be visited last): new connections reach both; once one is gone
+    (the other applied again alone, then the leaving one removed, as the
+    core does) the other takes every connection, and the name still answers
+    though the file the DNS server read it from first is gone."""
+    drv = lab.drv
+    a, b = f"rpa-{uid}", f"rpb-{uid}"
+    rule, name = [forward("web", dst=SERVICE)], [dns("dw", "web.conf.test", SERVICE)]
+    drv.apply_rules(b, lab.target(1), rule, name, {"web": (a, b)})
+    drv.apply_rules(a, lab.target(0), rule, name, {"web": (a, b)})
+    assert lab.answers("web.conf.test", SERVICE) == SERVICE
+    seen = lab.spread(SERVICE, 40)
+    # each takes half: fewer than 8 of 40 for either is a chance of 3e-5
+    assert set(seen) == {lab.target(0), lab.target(1)} and min(seen.values()) >= 8, seen
+    drv.apply_rules(a, lab.target(0), rule, name)
+    drv.remove_rules(b)                 # b's DNS file was the first one read
+    assert lab.spread(SERVICE, 10) == {lab.target(0): 10}
+    assert lab.answers("web.conf.test", SERVICE) == SERVICE
+    drv.remove_rules(a)
+    assert lab.answers("web.conf.test") == "" and lab.reaches(SERVICE) is None

@@ -137,6 +137,7 @@ class FakeMep(PlatformDriver):
     def __init__(self, applied: dict | None = None, cannot_express: frozenset = frozenset()):
         super().__init__({})
         self.applied: dict[str, tuple] = {} if applied is None else applied
+        self.shares: dict[str, dict] = {}
         self.cannot_express = cannot_express
         self.fail: Exception | None = None
         self.down = False
@@ -151,7 +152,7 @@ class FakeMep(PlatformDriver):
         if self.down:
             raise BackendUnavailable(f"fake MEP down ({verb})")
 
-    def apply_rules(self, instance_id, target_ip, traffic_rules, dns_rules):
+    def apply_rules(self, instance_id, target_ip, traffic_rules, dns_rules, shares=None):
         self._reachable("apply_rules")
         for rule in traffic_rules:
             if rule.active and rule.action in self.cannot_express:
@@ -160,10 +161,13 @@ class FakeMep(PlatformDriver):
         if self.fail:
             raise self.fail
         self.applied[instance_id] = (target_ip, list(traffic_rules), list(dns_rules))
+        # the replicas each rule was last spread over ({} when none)
+        self.shares[instance_id] = {k: tuple(v) for k, v in (shares or {}).items()}
 
     def remove_rules(self, instance_id):
         self._reachable("remove_rules")
         self.applied.pop(instance_id, None)
+        self.shares.pop(instance_id, None)
 
     def rule_owners(self):
         # as a real backend: an instance whose set has no ACTIVE rule has
