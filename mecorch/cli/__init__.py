@@ -276,6 +276,8 @@ def serve(cfg: dict, listen: str, verbose: int = 0, log_format: str = "text",
         app_servers = serve_app_networks(orch, server.server_address[1])
         orch.mep.serve_dns_everywhere()
         orch.start_background()         # periodic reconciliation
+        if role == "mepm":
+            orch.fence.start()          # only an MEPM has an MEO to hear from (mepm/fence.py)
         status.for_orchestrator(orch).start()      # backend probes, metrics
         watcher.start()                 # observed state from Docker's events
         prober.start()                  # health checks (mecorch.mepm.health)

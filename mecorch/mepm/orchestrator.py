@@ -52,8 +52,6 @@ class Orchestrator:
     def start_background(self) -> None:
         """Reconcile every orchestrator.reconcile_interval_s from now on."""
         self.reconciler.start()
-        if self.cfg.get("role") == "mepm":
-            self.fence.start()          # only an MEPM has an MEO to hear from
         self.subscriptions.start()      # the notification sender
 
     def close(self) -> None:

@@ -288,3 +288,27 @@ def test_a_node_without_an_meo_fences_nothing(env):  # noqa: F811
     orch = env.orch
     assert orch.fence.check(now=time.time() + 10 ** 7) == []
     assert "_fenced" not in orch.lcm.get(iid)
+
+
+def test_a_driver_asked_for_unopened_is_opened_at_its_next_use(tmp_path, monkeypatch):
+    """The fence at an MEPM's start removes rules from an MEP it does not
+    open (EdgeHost.driver(opened=False)); the next use opens it, once."""
+    from mecorch.kernel import config
+    from mecorch.mepm import inventory
+    from support.fakes import FakeMep
+
+    opened = []
+
+    class CountingMep(FakeMep):
+        def open(self):
+            opened.append(self)
+
+    monkeypatch.setattr(inventory, "load_driver", lambda role, section: CountingMep())
+    cfg = config.load()
+    cfg["state_dir"] = str(tmp_path)
+    host = inventory.Inventory(cfg).get(cfg["hosts"][0]["id"])
+    first = host.mep(opened=False)
+    first.remove_rules("x1")
+    assert opened == [] and host.mep(opened=False) is first
+    assert host.mep() is first and opened == [first]
+    assert host.mep() is first and host.mep(opened=False) is first and opened == [first]
