@@ -55,7 +55,9 @@ log = logging.getLogger("mecorch.fence")
 INSTANTIATED = InstantiationState.INSTANTIATED.value
 TICK_S = 0.5            # the loop's period: a fence lands within this of its due time
 PERSIST_S = 1.0         # the word is written to disk at most this often
-REFRESH_S = 10.0        # the smallest lostAfter is read again at least this often
+# the smallest lostAfter is read again at least this often (an instance
+# instantiated since with a smaller one is fenced at most this late)
+REFRESH_S = 1.0
 WORD_FILE = "meo-word"
 # a fenced app is stopped with this grace (its rules are gone already: no
 # client is sent to it; the loop must not wait long for one app)
