@@ -74,17 +74,24 @@ def fenced(inst: dict | None) -> bool:
 
 
 class Fence:
-    def __init__(self, orch, clock: Callable[[], float] = time.time):
+    """Silences are measured on `clock` (monotonic: a step of the wall clock
+    fences nothing); the word is persisted as wall-clock time (`wall`),
+    the one a later life of the process can compare with."""
+
+    def __init__(self, orch, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time):
         self.orch = orch
         self.clock = clock
+        self.wall = wall
         self._path = Path(orch.cfg["state_dir"]) / WORD_FILE
         self._lock = threading.Lock()
-        # the last word as a previous life of this MEPM recorded it; none
-        # recorded (a new state dir, an older mecorch): counted from now
-        self._last = self._load()
-        self._written = self._last if self._last is not None else -1e18
-        if self._last is None:
-            self._last = self.clock()
+        # the last word as a previous life of this MEPM recorded it, on this
+        # life's clock; none recorded (a new state dir, an older mecorch):
+        # counted from now
+        then = self._load()
+        self._last = self.clock() - max(0.0, self.wall() - then) if then is not None \
+            else self.clock()
+        self._written = self._last if then is not None else -1e18
         self._min_lost: float | None = None     # the smallest _lostAfter last read
         self._read_at = -1e18
         self._stop = threading.Event()
@@ -99,7 +106,7 @@ class Fence:
         if now - self._written >= PERSIST_S and self._lock.acquire(blocking=False):
             try:
                 self._written = now
-                self._persist(now)
+                self._persist(self.wall())
             finally:
                 self._lock.release()
 
