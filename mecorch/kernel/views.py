@@ -13,7 +13,7 @@ from mecorch.kernel.states import InstantiationState, OnboardingState, Operation
 from mecorch.kernel.store import Views
 from mecorch.kernel.timeutil import public
 
-VERSION = 1
+VERSION = 2
 
 
 def package_view(doc: dict) -> dict:
@@ -40,6 +40,16 @@ def host_instance_view(doc: dict) -> dict:
         out["observedState"] = observed["state"]
         out["observedStateDetail"] = observed.get("detail", "")
         out["observedStateTime"] = observed.get("at")
+    rs = doc.get("_restart")
+    if rs and doc["instantiationState"] == InstantiationState.INSTANTIATED.value:
+        # mecorch extensions: the restart policy at work (mepm/supervisor.py)
+        out["restartPolicy"] = rs.get("policy")
+        out["restartCount"] = rs.get("total", 0)
+        if rs.get("lastExitAt"):
+            out["lastExitCode"] = rs.get("lastExitCode")
+            out["lastExitTime"] = rs["lastExitAt"]
+        if rs.get("nextAt"):
+            out["nextRestartTime"] = rs["nextAt"]
     return out
 
 

@@ -64,12 +64,15 @@ INSTANTIATED = InstantiationState.INSTANTIATED.value
 NOT_INSTANTIATED = InstantiationState.NOT_INSTANTIATED.value
 # What the MEO copies from the host's AppInstanceInfo (the host is the
 # truth for what runs on it).
+# The restart policy's fields (mecorch.mepm.supervisor) come along.
+_RESTART_VIEW = ("restartPolicy", "restartCount", "lastExitCode", "lastExitTime",
+                 "nextRestartTime")
 _FROM_HOST = ("instantiationState", "instantiatedAppState", "deploymentType",
               "allocatedResources", "observedState", "observedStateDetail",
-              "observedStateTime")
+              "observedStateTime", *_RESTART_VIEW)
 _DEPLOYED = ("instantiatedAppState", "hostId", "deploymentType", "allocatedResources",
              "observedState", "observedStateDetail", "observedStateTime", "_remote",
-             "decisionReason")
+             "decisionReason", *_RESTART_VIEW)
 _NO_RULES = {"trafficRules": [], "dnsRules": []}
 
 

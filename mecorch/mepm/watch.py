@@ -77,6 +77,9 @@ class Watcher:
         if self.orch.lcm.working_on(obs.instance_id):
             return              # an operate/terminate in flight made this change
         old = (inst.get("_observed") or {}).get("state")
+        supervisor = getattr(self.orch, "supervisor", None)
+        if supervisor is not None and supervisor.pending(obs.instance_id):
+            return              # its restart is on the way: the death is counted
         # the reconciler's own record: held against LCM operations
         if self.orch.reconciler._record(obs.instance_id, obs.state, obs.detail):
             if old != obs.state.value:
@@ -84,3 +87,6 @@ class Watcher:
                            else logging.INFO, instance=obs.instance_id,
                            package=inst.get("appPkgId"), host=host.id, manner=manner.value,
                            state=obs.state.value, was=old, detail=obs.detail)
+            if supervisor is not None:
+                # the policy decides (restart after its wait, give up, leave)
+                supervisor.died(host, manner, obs)

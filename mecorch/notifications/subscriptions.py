@@ -190,8 +190,19 @@ class Subscriptions(Events):
                 "operationalState": doc.get("operationalState", "DISABLED"),
                 "_links": {"subscription": sub["_links"]["self"]}})
 
-    def instance(self, doc: dict) -> None:
-        state = _instance_state(doc)
+    def instance(self, doc: dict, state: str | None = None) -> None:
+        extra = {}
+        if state is not None:
+            # mecorch extension: why a STARTED instance is notified STOPPED
+            # (its runtime kept dying: observedState CRASH_LOOP)
+            extra = {k: v for k, v in (("observedState", (doc.get("_observed") or {}).get("state")),
+                                       ("observedStateDetail",
+                                        (doc.get("_observed") or {}).get("detail")),
+                                       ("restartCount", (doc.get("_restart") or {}).get("total")),
+                                       ("lastExitCode",
+                                        (doc.get("_restart") or {}).get("lastExitCode")))
+                     if v is not None}
+        state = state or _instance_state(doc)
         for sub in self._matching("lcm"):
             if sub["subscriptionType"] != INST_TYPE or sub["notificationType"] != state \
                     or not _selects(sub.get("appInstanceSubscriptionFilter"), doc):
@@ -201,7 +212,7 @@ class Subscriptions(Events):
                 "id": nid, "notificationType": state, "subscriptionId": sub["id"],
                 "timeStamp": timestamp(), "appInstanceId": doc["id"],
                 "appPkgId": doc.get("appPkgId", ""), "appDId": doc.get("appDId", ""),
-                "_links": {"subscription": sub["_links"]["self"]}})
+                **extra, "_links": {"subscription": sub["_links"]["self"]}})
 
     def operation(self, op: dict) -> None:
         subs = [s for s in self._matching("lcm") if s["subscriptionType"] == OP_TYPE]

@@ -24,7 +24,7 @@ from mecorch.kernel import validate
 from mecorch.kernel.errors import InvalidInput
 from mecorch.kernel.states import DeploymentType
 from mecorch.driverapi.model import ResourceRequest
-from mecorch.spec import decision, placement
+from mecorch.spec import decision, orchestration_info, placement, restart
 from mecorch.spec.capacity import Need, need_of
 from mecorch.spec.decision import Decision
 from mecorch.spec.rules import DnsRule, TrafficRule, fixed_addresses, instance_rules
@@ -35,7 +35,8 @@ __all__ = ["INSTANTIATE_FIELDS", "Chooser", "Plan", "image_of", "plan_request", 
 # mecorch's documented extensions (a misspelling of one is refused).
 INSTANTIATE_FIELDS = ("selectedMECHostInfo", "locationConstraints", "vimConnectionInfo",
                       "virtualComputeDescriptor", "virtualStorageDescriptor",
-                      *decision.TYPE_FIELDS, "orchestrationInfo", "appTrafficRule", "appDNSRule")
+                      *decision.TYPE_FIELDS, "orchestrationInfo", "appTrafficRule", "appDNSRule",
+                      "restartPolicy")
 
 # The manner policy of a dual-format app: (the manners its package holds,
 # each one's Need, whether the AppD asks for hardware acceleration) ->
@@ -55,6 +56,7 @@ class Plan:
     wanted: tuple[str, ...]                 # selectedMECHostInfo, or the policy's fit hosts
     accel: bool                             # a VM whose AppD asks for acceleration
     max_latency_ns: int | None              # the AppD's appLatency
+    restart: restart.RestartPolicy = restart.RestartPolicy()   # spec/restart.py
 
     @property
     def fixed_addresses(self) -> tuple[str, ...]:
@@ -73,11 +75,14 @@ def image_of(pkg: dict, manner: DeploymentType) -> str:
 
 
 def plan_request(instance_id: str, pkg: dict, body: dict,
-                 choose: Chooser | None = None) -> Plan:
+                 choose: Chooser | None = None,
+                 restart_default: restart.RestartPolicy | None = None) -> Plan:
     """Plan an InstantiateAppRequest `body` for instance `instance_id` of
     package `pkg` (the stored AppPkgInfo: its AppD, manners and images).
     Pure but for `choose`; InvalidInput (400) / CapacityExceeded (409)
-    before anything exists. orchestrationInfo is parsed here, once."""
+    before anything exists. orchestrationInfo is parsed here, once.
+    `restart_default`: the host's restart policy (the MEO, which restarts
+    nothing, leaves it None: the request is only checked)."""
     if not isinstance(body, dict):
         raise InvalidInput("body must be an InstantiateAppRequest object")
     appd = pkg["_appd"]
@@ -103,10 +108,14 @@ def plan_request(instance_id: str, pkg: dict, body: dict,
     choice = decision.decide_manner(body, recorded, policy if choose else None, parsed)
     request = request_for(choice.manner)
     traffic, dns = instance_rules(appd, body)
+    pod = orchestration_info.pod_spec_of(parsed) if parsed else None
+    manifest_policy = restart.kubernetes_policy(pod[0], parsed.kind, pod[1]) if pod else None
+    policy = restart.resolve(body, manifest_policy, appd,
+                             restart_default or restart.RestartPolicy())
     return Plan(choice, request, need_of(request), traffic, dns,
                 tuple(fit or selected_hosts(body)),
                 choice.manner is DeploymentType.VM and decision.accel_required(appd),
-                placement.max_latency_ns(appd))
+                placement.max_latency_ns(appd), policy)
 
 
 def selected_hosts(body: dict) -> list[str]:
