@@ -327,10 +327,11 @@ def app_list(c: Client, a) -> int:
         print_json(rows)
         return 0
     table(("ID", "NAME", "APPDID", "HOST", "MANNER", "STATE", "OPERATIONAL", "OBSERVED",
-           "ADDRESSES", "DNS"),
+           "RESTARTS", "ADDRESSES", "DNS"),
           ((i["id"], i.get("appInstanceName"), i["appDId"], i.get("hostId"),
             i.get("deploymentType"), i["instantiationState"],
             i.get("instantiatedAppState", {}).get("operationalState"), _observed(i),
+            _restarts(i),
             ",".join(n["ip"] for n in i.get("allocatedResources", {}).get("network", [])),
             _dns_names(c, i["id"]) if i["instantiationState"] == "INSTANTIATED" else "")
            for i in rows))
@@ -346,6 +347,18 @@ def _observed(inst: dict) -> str:
     if state and state != "RUNNING" and detail:
         return f"{state} ({detail})"
     return state or ""
+
+
+def _restarts(inst: dict) -> str:
+    """The restart count, with the policy when it restarts at all and the
+    last exit code: "3 (Always, last exit 137)"."""
+    if "restartCount" not in inst:
+        return ""
+    policy = (inst.get("restartPolicy") or {}).get("policy")
+    if inst["restartCount"] == 0 and policy in (None, "Never"):
+        return "0"
+    last = f", last exit {inst['lastExitCode']}" if inst.get("lastExitCode") is not None else ""
+    return f"{inst['restartCount']} ({policy}{last})"
 
 
 def app_show(c: Client, a) -> int:

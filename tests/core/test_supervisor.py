@@ -220,3 +220,19 @@ def test_a_vm_destroyed_counts_as_a_failure(env):
     until(lambda: env.vim.instances[inst["id"]]["state"] is ObservedState.RUNNING)
     assert env.orch.store.get("instances", inst["id"])["deploymentType"] == \
         DeploymentType.VM.value
+
+
+def test_restarts_are_a_metric_per_instance(env):
+    import urllib.request
+    from prometheus_client.parser import text_string_to_metric_families
+    iid = deployed(env, **FAST)
+    crash(env, iid)
+    until(lambda: running(env, iid) and view(env, iid)["restartCount"] == 1)
+    with urllib.request.urlopen(f"{env.c.base}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    (fam,) = [f for f in text_string_to_metric_families(text)
+              if f.name == "mecorch_instance_restarts"]
+    assert fam.type == "counter"
+    assert [(s.name, s.labels, s.value) for s in fam.samples] == [
+        ("mecorch_instance_restarts_total",
+         {"instance": iid, "host": "default", "policy": "Always"}, 1.0)]
