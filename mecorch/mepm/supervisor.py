@@ -15,7 +15,9 @@ what died with its host (reconciliation's `_revive` does that first, as
 before, without counting it).
 
 Why mecorch and not the backends' own restart mechanisms, for both
-manners: Docker's restart policies (`always`, `on-failure[:N]`) restart
+manners: Docker's restart policies (`always`, `on-failure[:N]`) do not
+restart a container after `docker kill` at all (dockerd records it as
+stopped by hand: tried on dockerd 20.10, `always` left it exited), restart
 outside mecorch's hold (racing an operate or terminate), `always` has no
 limit, none reports a crash loop or gives up visibly, `on-failure:N`
 counts for the container's whole life (no reset after a healthy run) and
