@@ -442,12 +442,14 @@ def _own_names(section: dict, role: str, hid: str, path: str, src: dict, where: 
 
 
 def _check_restart(cfg: dict, where: str) -> None:
-    """What the schema's rows cannot say: the first wait not above the longest."""
-    from mecorch.spec.restart import host_default
-    try:
-        host_default(cfg["orchestrator"].get("restart_policy"))
-    except InvalidInput as e:
-        raise InvalidInput(f"{where}: {e.detail}") from None
+    """What the schema's rows cannot say: the first wait not above the longest
+    (mecorch.spec.restart reads the section)."""
+    rp = cfg["orchestrator"].get("restart_policy") or {}
+    first, most = rp.get("backoff_initial_s", 0), rp.get("backoff_max_s", 0)
+    if first > most:
+        key = "orchestrator.restart_policy"
+        raise InvalidInput(f"{where}: {key}.backoff_initial_s ({first:g}) must not be above "
+                           f"{key}.backoff_max_s ({most:g})")
 
 
 def _check_hosts(cfg: dict, where: str) -> None:

@@ -12,6 +12,7 @@ import time
 
 from mecorch.kernel.states import DeploymentType, ObservedState
 from support.corelab import INST, create, env, instantiate, onboard  # noqa: F401 (env: a fixture)
+from support.meolab import system  # noqa: F401 (a fixture)
 
 FAST = {"policy": "Always", "backoffInitialS": 0.05, "backoffMaxS": 0.1, "limit": 5,
         "resetAfterS": 600}
@@ -236,3 +237,23 @@ def test_restarts_are_a_metric_per_instance(env):
     assert [(s.name, s.labels, s.value) for s in fam.samples] == [
         ("mecorch_instance_restarts_total",
          {"instance": iid, "host": "default", "policy": "Always"}, 1.0)]
+
+
+def test_the_meo_shows_the_hosts_restart_fields(system):
+    from support.meolab import deploy as meo_deploy, onboard as meo_onboard
+    s = system
+    pkg = meo_onboard(s)
+    iid, op = meo_deploy(s, pkg["appDId"], deploymentType="CONTAINER", restartPolicy=FAST)
+    assert op["operationState"] == "COMPLETED", op
+    hid = s.c.get(f"{INST}/{iid}")["hostId"]
+    host = s.hosts[hid]
+    cim = host.inventory.get(hid).compute(DeploymentType.CONTAINER)
+    (remote,) = [i["id"] for i in host.lcm.list() if i["instantiationState"] == "INSTANTIATED"]
+    cim.crash(remote, 137)
+    host.reconciler.run_once()
+    until(lambda: host.lcm.view(host.store.get("instances", remote))["restartCount"] == 1)
+    (entry,) = [e for e in s.meo.registry.entries() if e.host_id == hid]
+    s.meo.lcm.resync(entry)
+    v = s.c.get(f"{INST}/{iid}")
+    assert (v["restartCount"], v["lastExitCode"], v["restartPolicy"]["policy"]) == \
+        (1, 137, "Always")
