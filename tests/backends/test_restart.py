@@ -7,7 +7,8 @@ Docker's and libvirt's own events (the lab reconciles only every 60 s):
   more, its limit of 5 reached, it is given up in CRASH_LOOP with an
   AppInstanceStateChange notification;
 - `OnFailure`: a non-zero exit is restarted, an exit 0 stays STOPPED;
-- a VM destroyed with `virsh destroy` is started again."""
+- a VM destroyed with `virsh destroy` is started again;
+- an app that exits at once is seen STOPPED within seconds."""
 
 from __future__ import annotations
 
@@ -195,6 +196,32 @@ def test_on_failure_restarts_a_failure_and_leaves_exit_0_stopped():
         op, _ = lab.c.post(f"{INST}/{iid}/operate", {"changeStateTo": "STARTED"})
         assert lab.c.wait_op(op, timeout=60)["operationState"] == "COMPLETED"
         until(lambda: serves(ip), 5, "started by the operator", lab)
+    finally:
+        left = lab.teardown()
+    assert left == []
+
+
+def test_an_app_that_exits_at_once_is_not_left_running_in_the_view():
+    """The instantiate records RUNNING when it ends; the app's death, at
+    about the same moment (during the operation's hold or just after it:
+    tests/core/test_supervisor.py holds it on purpose), is seen within
+    seconds, not a reconcile round (60 s) later."""
+    lab = Lab("rd", vm=False, interval_s=60)
+    try:
+        lab.start()
+        lab.onboard(("sample-container-app",))
+        iid = lab.create("sample-http")
+        quick = (POD % "Never").replace(
+            "trap 'exit 0' USR1; trap 'exit 3' USR2; /bin/serve & wait", "exit 3")
+        op, _ = lab.c.post(f"{INST}/{iid}/instantiate", {
+            "selectedMECHostInfo": lab.selected, "orchestrationInfo": quick,
+            "appTrafficRule": [], "appDNSRule": []})
+        assert lab.c.wait_op(op, timeout=300)["operationState"] == "COMPLETED"
+        until(lambda: lab.c.get(f"{INST}/{iid}")["observedState"] == "STOPPED", 5,
+              "STOPPED after the instantiate", lab)
+        info = lab.c.get(f"{INST}/{iid}")
+        assert "exit code 3" in info["observedStateDetail"], info
+        assert info["restartCount"] == 0            # Never
     finally:
         left = lab.teardown()
     assert left == []

@@ -257,3 +257,33 @@ def test_the_meo_shows_the_hosts_restart_fields(system):
     v = s.c.get(f"{INST}/{iid}")
     assert (v["restartCount"], v["lastExitCode"], v["restartPolicy"]["policy"]) == \
         (1, 137, "Always")
+
+
+def test_an_event_during_a_hold_is_applied_when_it_ends(env):
+    """The watcher keeps what a backend reports while an operation holds
+    the instance (an app dying while its instantiate ends) and applies it
+    after; what the operation recorded itself is not overwritten."""
+    from mecorch.driverapi.model import Observation
+    from mecorch.mepm.watch import Watcher
+    iid = deployed(env)
+    host = env.orch.inventory.get("default")
+    watcher = Watcher(env.orch)
+    watcher.start()                 # the fakes stream nothing: only the keeper runs
+    try:
+        with env.orch.lcm.hold(iid):
+            watcher._changed(host, DeploymentType.CONTAINER,
+                             Observation(iid, ObservedState.STOPPED, {}, "exited, exit code 3", 3))
+            time.sleep(0.3)
+            assert view(env, iid)["observedState"] == "RUNNING"      # held: not yet
+        until(lambda: view(env, iid)["observedState"] == "STOPPED", 2, "applied after the hold")
+        assert view(env, iid)["observedStateDetail"] == "exited, exit code 3"
+        env.cim.instances[iid]["state"] = ObservedState.RUNNING
+        assert operate(env, iid, "STOPPED")["operationState"] == "COMPLETED"
+        with env.orch.lcm.hold(iid):        # the stop's own event, late
+            watcher._changed(host, DeploymentType.CONTAINER,
+                             Observation(iid, ObservedState.STOPPED, {}, "exited, exit code 137",
+                                         137))
+        time.sleep(0.4)
+        assert view(env, iid)["observedStateDetail"] == "stopped by operate"
+    finally:
+        watcher.stop()
