@@ -41,7 +41,7 @@ import threading
 import time
 
 from mecorch.kernel import logs
-from mecorch.kernel.errors import Conflict, MecorchError, NotFound
+from mecorch.kernel.errors import BackendUnavailable, Conflict, MecorchError, NotFound
 from mecorch.driverapi.model import Observation
 from mecorch.kernel.states import (
     DeploymentType, InstanceOperationalState, InstantiationState, ObservedState)
@@ -51,6 +51,7 @@ from mecorch.spec.restart import RestartPolicy
 
 log = logging.getLogger("mecorch.supervisor")
 RETRY_HELD_S = 0.2          # an instance held by a short reconcile step: try again soon
+RETRY_DOWN_S = 5.0          # the backend daemon does not answer: not the app's fault
 STOP_TIMEOUT_S = 10         # a liveness restart's graceful stop
 
 
@@ -174,6 +175,11 @@ class Supervisor:
                 return
         try:
             self._start(iid, host, manner, n)
+        except BackendUnavailable as e:
+            # dockerd or libvirtd restarting: not counted against the app
+            # (the reboot path starts what died with its daemon)
+            log.info("restart of %s waits for its backend: %s", iid, e.detail)
+            self._schedule(iid, host, manner, n, RETRY_DOWN_S)
         except Conflict:
             # held: an operation (it will say what happens; checked again
             # then) or a short reconcile step (the restart is still due)
@@ -193,6 +199,8 @@ class Supervisor:
             compute = host.compute(manner)
             try:
                 compute.start(inst["_handle"])
+            except BackendUnavailable:
+                raise
             except MecorchError as e:
                 # counted like a death: failing starts end in CRASH_LOOP too
                 rs["nextAt"] = None

@@ -287,3 +287,18 @@ def test_an_event_during_a_hold_is_applied_when_it_ends(env):
         assert view(env, iid)["observedStateDetail"] == "stopped by operate"
     finally:
         watcher.stop()
+
+
+def test_a_backend_that_does_not_answer_is_not_counted(env, monkeypatch):
+    from mecorch.kernel.errors import BackendUnavailable
+    from mecorch.mepm import supervisor
+    monkeypatch.setattr(supervisor, "RETRY_DOWN_S", 0.1)
+    iid = deployed(env, **{**FAST, "limit": 2})
+    env.cim.fail["start"] = BackendUnavailable("dockerd restarting")
+    crash(env, iid)
+    until(lambda: env.cim.calls.count("start") >= 4, what="tries while it is down")
+    assert view(env, iid)["observedState"] == "STOPPED"     # not given up: the daemon's fault
+    del env.cim.fail["start"]
+    until(lambda: running(env, iid), what="started once it answers")
+    v = view(env, iid)
+    assert (v["observedState"], v["restartCount"]) == ("RUNNING", 1)
