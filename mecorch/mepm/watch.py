@@ -27,7 +27,7 @@ from mecorch.kernel import logs
 from mecorch.kernel.errors import MecorchError
 from mecorch.driverapi.contracts import Watchable
 from mecorch.driverapi.model import Observation
-from mecorch.kernel.states import DeploymentType
+from mecorch.kernel.states import DeploymentType, ObservedState
 
 log = logging.getLogger("mecorch.watch")
 RETRY_S = 5.0
@@ -123,6 +123,8 @@ class Watcher:
 
     def _apply(self, host, manner: DeploymentType, inst: dict, obs: Observation) -> None:
         old = (inst.get("_observed") or {}).get("state")
+        if old == ObservedState.CRASH_LOOP.value and obs.state is ObservedState.STOPPED:
+            return              # given up on: it stays so until an operator's start
         supervisor = getattr(self.orch, "supervisor", None)
         if supervisor is not None and supervisor.pending(obs.instance_id):
             return              # its restart is on the way: the death is counted
