@@ -26,9 +26,10 @@ level as in short fragments). Node types are matched by name, following
            tosca.nodes.Storage.BlockStorage (properties.size); name from
            properties.name, else the node's name; mecorch extension
            properties.deletion_policy RETAIN|DELETE.
-Other node types (connection points, virtual links, policies...) are
-ignored: networking is the MEP's business, and TOSCA interface operations
-(scripts) are never run.
+Other node types (connection points, virtual links...) are ignored:
+networking is the MEP's business, and TOSCA interface operations (scripts)
+are never run. Of `topology_template.policies`, mecorch.spec.restart reads
+a `mecorch.policies.Restart` (the instance's restart policy).
 
 Kubernetes (Pod: spec; Deployment: spec.template.spec, replicas absent or 1):
 exactly one container (mecorch runs one app container per instance; a
@@ -40,7 +41,10 @@ emptyDir volumes (sizeLimit; without one, the AppD's size for a volume of
 that name, else 1 GB) with their volumeMounts (mountPath; subPath and
 readOnly are refused), and the annotation `mecorch/retain-volumes: "a,b"`
 (on the manifest or the pod template) marking volumes RETAIN. Any other
-volume source (hostPath, secret, PVC...) is refused.
+volume source (hostPath, secret, PVC...) is refused. The pod spec's
+`restartPolicy` is read by mecorch.spec.restart; its other fields are
+checked by name (K8S_POD_*: a typo or a field mecorch does not honour is
+refused, cluster placement and privilege asks are ignored).
 
 Units. mecorch counts memory in MiB and storage in GiB, as Docker, libvirt
 and Nova do and as mecorch reads the ETSI "MB"/"GB" fields of the AppD.

@@ -108,14 +108,23 @@ def plan_request(instance_id: str, pkg: dict, body: dict,
     choice = decision.decide_manner(body, recorded, policy if choose else None, parsed)
     request = request_for(choice.manner)
     traffic, dns = instance_rules(appd, body)
-    pod = orchestration_info.pod_spec_of(parsed) if parsed else None
-    manifest_policy = restart.kubernetes_policy(pod[0], parsed.kind, pod[1]) if pod else None
-    policy = restart.resolve(body, manifest_policy, appd,
-                             restart_default or restart.RestartPolicy())
+    said, where = _restart_said(parsed)
+    policy = restart.resolve(body, said, appd, restart_default or restart.RestartPolicy(), where)
     return Plan(choice, request, need_of(request), traffic, dns,
                 tuple(fit or selected_hosts(body)),
                 choice.manner is DeploymentType.VM and decision.accel_required(appd),
                 placement.max_latency_ns(appd), policy)
+
+
+def _restart_said(parsed) -> tuple[dict, str]:
+    """What orchestrationInfo says of the restart policy, and where."""
+    if parsed is None:
+        return {}, ""
+    if parsed.kind == "TOSCA":
+        return restart.tosca_policy(parsed.doc)
+    pod = orchestration_info.pod_spec_of(parsed)
+    said = restart.kubernetes_policy(pod[0], parsed.kind, pod[1]) if pod else None
+    return ({"policy": said}, f"{pod[1]}.restartPolicy") if said else ({}, "")
 
 
 def selected_hosts(body: dict) -> list[str]:

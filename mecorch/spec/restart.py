@@ -4,15 +4,17 @@ itself (mecorch.mepm.supervisor acts on it).
 Where it comes from, the first that says wins per field:
 1. the InstantiateAppRequest's `restartPolicy` (mecorch extension; the
    RESTART_FIELDS below, every one optional);
-2. the Kubernetes `restartPolicy` of a Pod's `spec` (or a Deployment's
-   `spec.template.spec`, where Kubernetes allows only Always): the policy
-   only, the timing comes from below;
+2. orchestrationInfo: the Kubernetes `restartPolicy` of a Pod's `spec`
+   (or a Deployment's `spec.template.spec`, where Kubernetes allows only
+   Always): the policy only, the timing comes from below; or in a TOSCA
+   service template a policy of type `mecorch.policies.Restart` in
+   `topology_template.policies`, its properties the RESTART_FIELDS;
 3. the AppD's `restartPolicy` (mecorch extension, same shape as 1: the
    place for a VM app, which has no Kubernetes manifest);
 4. the host default, `orchestrator.restart_policy` in the configuration.
 
-The request's `policy` and the manifest's `restartPolicy`, when both are
-given, must agree (a contradiction is refused naming both). A container's
+The request's `policy` and orchestrationInfo's, when both are given, must
+agree (a contradiction is refused naming both). A container's
 own `restartPolicy` (the Kubernetes sidecar feature) is refused by
 orchestration_info, not read here.
 
@@ -135,20 +137,59 @@ def kubernetes_policy(pod_spec: dict, kind: str, where: str) -> str | None:
     return value
 
 
-def resolve(request: dict, manifest_policy: str | None, appd: dict,
-            default: RestartPolicy) -> RestartPolicy:
-    """The instance's policy from the four places (module docstring)."""
+TOSCA_POLICY_TYPE = "mecorch.policies.Restart"
+
+
+def tosca_policy(doc: dict, root: str = "orchestrationInfo") -> tuple[dict, str]:
+    """The fields of the service template's `mecorch.policies.Restart`
+    policy and where it is ({} when it has none). TOSCA 1.3 writes
+    `policies` as a list of one-entry mappings; a mapping is read too."""
+    tt = doc.get("topology_template")
+    policies = tt.get("policies") if isinstance(tt, dict) else None
+    where = f"{root}.topology_template.policies"
+    if policies is None:
+        return {}, ""
+    if isinstance(policies, dict):
+        entries = [(f"{where}.{str(k)[:64]}", k, v) for k, v in policies.items()]
+    elif isinstance(policies, list):
+        entries = []
+        for i, one in enumerate(policies):
+            if not isinstance(one, dict) or len(one) != 1:
+                raise InvalidInput(f"{where}[{i}]: must be a mapping of one policy name "
+                                   "to its definition")
+            (name, value), = one.items()
+            entries.append((f"{where}[{i}].{str(name)[:64]}", name, value))
+    else:
+        raise InvalidInput(f"{where}: must be a list of policies")
+    found = [(w, v) for w, _, v in entries
+             if isinstance(v, dict) and v.get("type") == TOSCA_POLICY_TYPE]
+    if len(found) > 1:
+        raise InvalidInput(f"{found[1][0]}: a second {TOSCA_POLICY_TYPE} (one instance has "
+                           "one restart policy)")
+    if not found:
+        return {}, ""
+    w, policy = found[0]
+    validate.known_fields(policy, ("type", "description", "properties", "targets"), w)
+    props = policy.get("properties")
+    return _fields({} if props is None else props, f"{w}.properties"), \
+        f"{w}.properties"
+
+
+def resolve(request: dict, manifest: dict, appd: dict, default: RestartPolicy,
+            manifest_where: str = "orchestrationInfo") -> RestartPolicy:
+    """The instance's policy from the four places (module docstring).
+    `manifest`: what orchestrationInfo says (attribute -> value, as
+    `_fields` gives them), found at `manifest_where`."""
     values = asdict(default)
     if appd.get("restartPolicy") is not None:
         values.update(_fields(appd["restartPolicy"], "AppD.restartPolicy"))
-    if manifest_policy is not None:
-        values["policy"] = manifest_policy
+    values.update(manifest)
     if request.get("restartPolicy") is not None:
         given = _fields(request["restartPolicy"], "restartPolicy")
-        if manifest_policy is not None and given.get("policy", manifest_policy) \
-                != manifest_policy:
+        said = manifest.get("policy")
+        if said is not None and given.get("policy", said) != said:
             raise InvalidInput(f"restartPolicy.policy says {given['policy']!r} but "
-                               f"orchestrationInfo's restartPolicy says {manifest_policy!r}")
+                               f"{manifest_where} says {said!r}")
         values.update(given)
     p = RestartPolicy(**values)
     if p.backoff_initial_s > p.backoff_max_s:

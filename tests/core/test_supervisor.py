@@ -302,3 +302,31 @@ def test_a_backend_that_does_not_answer_is_not_counted(env, monkeypatch):
     until(lambda: running(env, iid), what="started once it answers")
     v = view(env, iid)
     assert (v["observedState"], v["restartCount"]) == ("RUNNING", 1)
+
+
+def test_the_policy_comes_from_orchestration_info_through_the_api(env):
+    import yaml
+    from support.corelab import POD, TOSCA, VM_APPD
+    from support.corelab import problem
+    onboard(env, appTrafficRule=[], appDNSRule=[])
+    onboard(env, VM_APPD, appTrafficRule=[], appDNSRule=[])
+    vm = create(env, "sample-vm")
+    template = yaml.safe_load(TOSCA)
+    template["topology_template"]["policies"] = [{"restart": {
+        "type": "mecorch.policies.Restart", "properties": {"policy": "OnFailure", "limit": 3}}}]
+    assert instantiate(env, vm["id"], orchestrationInfo=template)["operationState"] == \
+        "COMPLETED"
+    assert view(env, vm["id"])["restartPolicy"] == {
+        "policy": "OnFailure", "backoffInitialS": 1.0, "backoffMaxS": 60.0, "limit": 3,
+        "resetAfterS": 300.0}
+    pod = yaml.safe_load(POD)
+    pod["spec"]["restartPolicy"] = "Always"
+    c = create(env)
+    err = problem(env.c.post, f"{INST}/{c['id']}/instantiate",
+                  {"orchestrationInfo": pod, "restartPolicy": {"policy": "Never"},
+                   "selectedMECHostInfo": [{"hostId": {"id": "default"}}]})
+    assert err.status == 400 and "orchestrationInfo.spec.restartPolicy" in err.body["detail"]
+    assert instantiate(env, c["id"], orchestrationInfo=pod,
+                       restartPolicy={"limit": 2})["operationState"] == "COMPLETED"
+    assert (view(env, c["id"])["restartPolicy"]["policy"],
+            view(env, c["id"])["restartPolicy"]["limit"]) == ("Always", 2)

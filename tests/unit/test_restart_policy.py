@@ -14,6 +14,7 @@ from mecorch.spec import orchestration_info, restart
 from mecorch.spec.restart import RestartPolicy
 
 HOST = RestartPolicy("Never", 1.0, 60.0, 10, 300.0)
+ALWAYS = {"policy": "Always"}          # what a manifest's restartPolicy: Always gives
 POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
        "spec": {"containers": [{"name": "app", "image": "x:1"}]}}
 DEPLOYMENT = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
@@ -64,26 +65,27 @@ def test_stored_form_round_trips():
 
 # ---------------------------------------------------------------- where it comes from
 def test_nothing_said_is_the_host_default():
-    assert restart.resolve({}, None, {}, HOST) == HOST
+    assert restart.resolve({}, {}, {}, HOST) == HOST
 
 
 def test_every_field_of_the_request_extension():
     body = {"restartPolicy": {"policy": "OnFailure", "backoffInitialS": 0.1,
                               "backoffMaxS": 2, "limit": 4, "resetAfterS": 30}}
-    assert restart.resolve(body, None, {}, HOST) == RestartPolicy("OnFailure", 0.1, 2, 4, 30)
+    assert restart.resolve(body, {}, {}, HOST) == RestartPolicy("OnFailure", 0.1, 2, 4, 30)
 
 
 def test_precedence_request_then_manifest_then_appd_then_host():
     appd = {"restartPolicy": {"policy": "OnFailure", "limit": 2, "backoffMaxS": 9}}
-    assert restart.resolve({}, None, appd, HOST) == RestartPolicy("OnFailure", 1.0, 9, 2, 300.0)
-    assert restart.resolve({}, "Always", appd, HOST).policy == "Always"
-    got = restart.resolve({"restartPolicy": {"limit": 7}}, "Always", appd, HOST)
+    assert restart.resolve({}, {}, appd, HOST) == RestartPolicy("OnFailure", 1.0, 9, 2, 300.0)
+    assert restart.resolve({}, ALWAYS, appd, HOST).policy == "Always"
+    got = restart.resolve({"restartPolicy": {"limit": 7}}, ALWAYS, appd, HOST)
     assert (got.policy, got.limit, got.backoff_max_s) == ("Always", 7, 9)
 
 
 def test_request_and_manifest_that_disagree_are_refused_naming_both():
-    says = refused(restart.resolve, {"restartPolicy": {"policy": "Never"}}, "Always", {}, HOST)
-    assert "restartPolicy.policy" in says and "orchestrationInfo" in says
+    says = refused(restart.resolve, {"restartPolicy": {"policy": "Never"}}, ALWAYS, {}, HOST,
+                   "orchestrationInfo.spec.restartPolicy")
+    assert "restartPolicy.policy" in says and "orchestrationInfo.spec.restartPolicy" in says
 
 
 @pytest.mark.parametrize("doc, field", [
@@ -99,11 +101,11 @@ def test_request_and_manifest_that_disagree_are_refused_naming_both():
     ({"backoffInitialS": 10, "backoffMaxS": 5}, "backoffInitialS"),
 ])
 def test_request_refusals_name_the_field(doc, field):
-    assert field in refused(restart.resolve, {"restartPolicy": doc}, None, {}, HOST)
+    assert field in refused(restart.resolve, {"restartPolicy": doc}, {}, {}, HOST)
 
 
 def test_request_extension_must_be_an_object():
-    assert "restartPolicy" in refused(restart.resolve, {"restartPolicy": "Always"}, None, {},
+    assert "restartPolicy" in refused(restart.resolve, {"restartPolicy": "Always"}, {}, {},
                                       HOST)
 
 
@@ -162,6 +164,43 @@ def test_placement_and_privilege_asks_stay_ignored():
     # a cluster's placement and privilege asks: never granted, nothing to rely on
     assert orchestration_info.details(orchestration_info.parse(
         pod(nodeSelector={"a": "b"}, serviceAccountName="x", hostNetwork=True)))
+
+
+# ---------------------------------------------------------------- TOSCA
+def tosca(policies) -> dict:
+    return {"tosca_definitions_version": "tosca_simple_yaml_1_3",
+            "topology_template": {"node_templates": {"app": {"type": "Application"}},
+                                  "policies": policies}}
+
+
+def test_tosca_restart_policy_every_field():
+    props = {"policy": "OnFailure", "backoffInitialS": 2, "backoffMaxS": 30, "limit": 3,
+             "resetAfterS": 120}
+    said, where = restart.tosca_policy(tosca([
+        {"placement": {"type": "tosca.policies.Placement"}},          # others: not read
+        {"restart": {"type": "mecorch.policies.Restart", "properties": props,
+                     "targets": ["app"]}}]))
+    assert where == "orchestrationInfo.topology_template.policies[1].restart.properties"
+    assert restart.resolve({}, said, {}, HOST, where) == RestartPolicy("OnFailure", 2, 30, 3, 120)
+    assert restart.tosca_policy(tosca(None)) == ({}, "")
+    # the mapping form some templates use
+    said, _ = restart.tosca_policy(tosca({"r": {"type": "mecorch.policies.Restart",
+                                               "properties": {"policy": "Always"}}}))
+    assert said == {"policy": "Always"}
+
+
+@pytest.mark.parametrize("policies, field", [
+    ([{"r": {"type": "mecorch.policies.Restart", "properties": {"policy": "always"}}}],
+     "policies[0].r.properties.policy"),
+    ([{"r": {"type": "mecorch.policies.Restart", "properties": {"limt": 3}}}], "limt"),
+    ([{"r": {"type": "mecorch.policies.Restart", "propertes": {}}}], "propertes"),
+    ([{"r": {"type": "mecorch.policies.Restart"}}, {"s": {"type": "mecorch.policies.Restart"}}],
+     "policies[1].s"),
+    ([{"r": {}, "s": {}}], "policies[0]"),
+    ("restart", "topology_template.policies"),
+])
+def test_tosca_refusals_name_the_field(policies, field):
+    assert field in refused(restart.tosca_policy, tosca(policies))
 
 
 # ---------------------------------------------------------------- the host default
