@@ -646,6 +646,11 @@ class SystemLcm(InstanceQueries):
             if {k: inst.get(k) for k in _FROM_HOST} != before:
                 self.store.put("instances", inst["id"], inst)
                 done.append(f"instance {inst['id']} resynced from host {entry.host_id}")
+                if inst.get("observedState") == "CRASH_LOOP" \
+                        and before.get("observedState") != "CRASH_LOOP":
+                    # the host's restart policy gave up: the MEO's subscribers
+                    # are told as the host's are (STOPPED, with CRASH_LOOP)
+                    self.journal.events.instance(inst, "STOPPED")
         for op in self.journal.in_progress():
             if op["_plan"].get("hostId") == entry.host_id and self._resume(op):
                 done.append(f"resumed {operation_words(op['lcmOperation'])} {op['id']} on host "

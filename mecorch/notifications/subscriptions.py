@@ -195,12 +195,13 @@ class Subscriptions(Events):
         if state is not None:
             # mecorch extension: why a STARTED instance is notified STOPPED
             # (its runtime kept dying: observedState CRASH_LOOP)
-            extra = {k: v for k, v in (("observedState", (doc.get("_observed") or {}).get("state")),
-                                       ("observedStateDetail",
-                                        (doc.get("_observed") or {}).get("detail")),
-                                       ("restartCount", (doc.get("_restart") or {}).get("total")),
-                                       ("lastExitCode",
-                                        (doc.get("_restart") or {}).get("lastExitCode")))
+            # (a host's record keeps them private; an MEO's copies its view)
+            seen, rs = doc.get("_observed") or {}, doc.get("_restart") or {}
+            extra = {k: v for k, v in (
+                ("observedState", seen.get("state", doc.get("observedState"))),
+                ("observedStateDetail", seen.get("detail", doc.get("observedStateDetail"))),
+                ("restartCount", rs.get("total", doc.get("restartCount"))),
+                ("lastExitCode", rs.get("lastExitCode", doc.get("lastExitCode"))))
                      if v is not None}
         state = state or _instance_state(doc)
         for sub in self._matching("lcm"):

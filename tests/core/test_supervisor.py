@@ -239,9 +239,12 @@ def test_restarts_are_a_metric_per_instance(env):
          {"instance": iid, "host": "default", "policy": "Always"}, 1.0)]
 
 
-def test_the_meo_shows_the_hosts_restart_fields(system):
+def test_the_meo_shows_the_hosts_restart_fields_and_tells_a_crash_loop(system):
     from support.meolab import deploy as meo_deploy, onboard as meo_onboard
     s = system
+    sub, _ = s.c.post("/app_lcm/v1/subscriptions", {
+        "subscriptionType": "AppInstanceStateChange", "appInstanceState": "STOPPED",
+        "callbackUri": "http://127.0.0.1:9/cb"})
     pkg = meo_onboard(s)
     iid, op = meo_deploy(s, pkg["appDId"], deploymentType="CONTAINER", restartPolicy=FAST)
     assert op["operationState"] == "COMPLETED", op
@@ -257,6 +260,22 @@ def test_the_meo_shows_the_hosts_restart_fields(system):
     v = s.c.get(f"{INST}/{iid}")
     assert (v["restartCount"], v["lastExitCode"], v["restartPolicy"]["policy"]) == \
         (1, 137, "Always")
+    # limit 5: five more deaths in a row give up
+    for n in range(2, 7):
+        cim.crash(remote, 1)
+        host.reconciler.run_once()
+        if n < 6:
+            until(lambda: host.lcm.view(host.store.get("instances", remote))["restartCount"]
+                  == n)
+    s.meo.lcm.resync(entry)
+    assert s.c.get(f"{INST}/{iid}")["observedState"] == "CRASH_LOOP"
+    sent = [d["body"] for d in s.meo.store.list("outbox")
+            if d["body"]["subscriptionId"] == sub["id"]]
+    assert [(b["notificationType"], b["appInstanceId"], b["observedState"], b["restartCount"],
+             b["lastExitCode"]) for b in sent] == [("STOPPED", iid, "CRASH_LOOP", 5, 1)]
+    s.meo.lcm.resync(entry)                 # told once
+    assert len([d for d in s.meo.store.list("outbox")
+                if d["body"]["subscriptionId"] == sub["id"]]) == 1
 
 
 def test_an_event_during_a_hold_is_applied_when_it_ends(env):
