@@ -12,6 +12,7 @@ from mecorch.mepm.lcm import Lcm
 from mecorch.mepm.mep import MepService
 from mecorch.package.manager import PackageManager
 from mecorch.mepm.reconcile import Reconciler
+from mecorch.mepm.supervisor import Supervisor
 from mecorch.kernel.store import Store
 from mecorch.kernel.events import Guarded
 from mecorch.notifications.subscriptions import Subscriptions
@@ -29,6 +30,9 @@ class Orchestrator:
         self.lcm = Lcm(self.store, self.inventory, self.packages, self.mep, cfg)
         self.reconciler = Reconciler(self.store, self.inventory, self.lcm, self.mep,
                                      cfg["orchestrator"].get("reconcile_interval_s", 30))
+        # restart policies: told of deaths by the watcher and the rounds
+        self.supervisor = Supervisor(self.store, self.inventory, self.lcm, self.reconciler)
+        self.reconciler.supervisor = self.supervisor
         # northbound subscriptions: told of changes by the core's hooks
         self.subscriptions = Subscriptions(self.store, cfg)
         self.packages.events = self.lcm.journal.events = Guarded(self.subscriptions)
@@ -49,6 +53,7 @@ class Orchestrator:
     def close(self) -> None:
         self.subscriptions.stop()
         self.reconciler.stop()
+        self.supervisor.close()
         self.lcm.close()
         for host in self.inventory.hosts.values():
             host.close()
