@@ -20,7 +20,9 @@ it as JSON.
   running containers, the observed-state lag of a container killed behind
   mecorch's back, rule apply to effect with N instances holding rules (the
   MEP alone), list/query of N instances in the store (paged), serve ready
-  with 10,000 packages and 10,000 instances; start-up; Mp1 rules.
+  with 10,000 packages and 10,000 instances; start-up; Mp1 rules;
+- kill to serving again under mecorch's restart policy against Docker's own
+  `--restart=always` (restart.py), interleaved.
 
 Run as root on a provisioned host (dockerd, the registry on 127.0.0.1:5000,
 libvirtd, the sample workloads in /var/cache/mecorch/workloads). Every
@@ -50,6 +52,7 @@ import api_overhead                       # noqa: E402
 import api_rules                          # noqa: E402
 import footprint                          # noqa: E402
 import mep_rule_latency                   # noqa: E402
+import restart                            # noqa: E402
 import scale                              # noqa: E402
 import startup                            # noqa: E402
 import store_scale                        # noqa: E402
@@ -148,6 +151,9 @@ def main_lab(args, R: dict) -> tuple[dict, dict] | None:
                 f"throughput: {args.vm_deploys} VMs at concurrency 4...")
         _part(R, "rules", lambda: api_rules.run(lab, CONTAINER_APP, args.n_rules),
               f"rules: {args.n_rules} DNS + traffic rule changes through Mp1...")
+        _part(R, "restart", lambda: restart.measure(lab, CONTAINER_APP, args.n_restart),
+              f"restart: {args.n_restart} kills per side, mecorch's supervisor and Docker's "
+              "--restart=always, interleaved (>10 s apart)...")
         _part(R, "scale_containers", lambda: scale.containers(
             lab, CONTAINER_APP, args.container_sizes, args.idle_s, args.lag_samples,
             args.interval_s),
@@ -213,6 +219,13 @@ def table(R: dict) -> list[tuple[str, str, str, str]]:
             f"{max(int(k) for k in by)} inst.)",
             f"p50 {lag.get('p50_s')} s, p99 {lag.get('p99_s')} s, {lag['missed']} not seen in "
             f"{lag['timeout_s']:g} s", "p99 < 2 s", val is not None and val < 2)
+    rs = R.get("restart")
+    if rs:
+        add(f"restart: process killed -> serving again p50 ({rs['n']} per side)",
+            f"{rs['ratio_p50']}x ({rs['mecorch_p50_ms']:.0f}/{rs['docker_p50_ms']:.0f} ms) of "
+            "docker --restart=always", "<= 1.10x", rs["ratio_p50"] <= 1.10)
+        add("restart: same, p99", f"{rs['ratio_p99']}x ({rs['mecorch_p99_ms']:.0f}/"
+            f"{rs['docker_p99_ms']:.0f} ms)", "<= 1.20x", rs["ratio_p99"] <= 1.20)
     rc = R.get("rules_curve")
     if rc and rc.get("by_size"):
         b = rc["by_size"]
@@ -327,6 +340,7 @@ def main() -> int:
     args.deploys = 16 if q else 100             # per path, in A-B-B-A halves
     args.vm_deploys = 0 if q else 4
     args.n_rules = 10 if q else 50
+    args.n_restart = 3 if q else 10             # each round waits out Docker's 10 s reset
     # three sizes in --quick too; each idle sample waits out the idle timers (12 s)
     args.container_sizes = [0, 5, 20] if q else [0, 10, 50, 200]
     args.lag_samples = 2 if q else 5

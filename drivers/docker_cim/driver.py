@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import threading
 import time
 from collections import defaultdict
@@ -536,8 +537,10 @@ class DockerCIM(ComputeDriver, Watchable, Revivable, Uninstallable, ExecInside):
                     if ev.get("Action") == "start":
                         on_change(Observation(iid, ObservedState.RUNNING, {}, "running"))
                     else:
+                        code = _exit_code(attrs.get("exitCode"))
                         on_change(Observation(iid, ObservedState.STOPPED, {},
-                                              f"exited, exit code {attrs.get('exitCode', '?')}"))
+                                              f"exited, exit code {attrs.get('exitCode', '?')}",
+                                              code))
         except MecorchError:
             if not stop.is_set():
                 raise
@@ -555,7 +558,9 @@ class DockerCIM(ComputeDriver, Watchable, Revivable, Uninstallable, ExecInside):
         st = info["State"]
         detail = f"{st['Status']}, exit code {st.get('ExitCode')}" + \
             (", killed: out of memory" if st.get("OOMKilled") else "")
-        return Observation(iid, _STATES.get(st["Status"], ObservedState.UNKNOWN), handle, detail)
+        state = _STATES.get(st["Status"], ObservedState.UNKNOWN)
+        return Observation(iid, state, handle, detail,
+                           None if state is ObservedState.RUNNING else _exit_code(st.get("ExitCode")))
 
     def list_instances(self) -> list[Observation]:
         api = self._client()
@@ -594,8 +599,10 @@ class DockerCIM(ComputeDriver, Watchable, Revivable, Uninstallable, ExecInside):
                 out.append(Observation(iid, ObservedState.MISSING, handle,
                                        "app container is gone (pause container left)"))
             else:
+                status = app.get("Status", "")
+                code = re.match(r"Exited \((-?\d+)\)", status)       # "Exited (137) 5 s ago"
                 out.append(Observation(iid, _STATES.get(app["State"], ObservedState.UNKNOWN),
-                                       handle, app.get("Status", "")))
+                                       handle, status, int(code[1]) if code else None))
         return out
 
     def capacity(self) -> HostCapacity:
@@ -659,3 +666,11 @@ def _label_limits(labels: dict) -> tuple[int, int] | None:
 def _users(hosts) -> str:
     """Why an object is kept: the other configured hosts naming it."""
     return f"host(s) {', '.join(hosts)} of the configuration use it too"
+
+
+def _exit_code(value) -> int | None:
+    """An exit code as Docker gives it (an int, or a string in events)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

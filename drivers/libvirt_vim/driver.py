@@ -474,7 +474,9 @@ class LibvirtVIM(ComputeDriver, Watchable, Uninstallable):
                             "pool": meta.pool if meta else self.settings.pool,
                             "volumes": [{"name": n, "reserved": r}
                                         for n, r in (meta.volumes if meta else ())]})
-        return Observation(iid, observed, h, detail=f"libvirt state {state} reason {reason}")
+        clean = state == libvirt.VIR_DOMAIN_SHUTOFF and reason == libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN
+        return Observation(iid, observed, h, detail=f"libvirt state {state} reason {reason}",
+                           exit_code=0 if clean else None)
 
     def watch(self, on_change, stop: threading.Event) -> None:
         """Report each lifecycle change of a domain of this host as
@@ -500,8 +502,13 @@ class LibvirtVIM(ComputeDriver, Watchable, Uninstallable):
             state = ObservedState.RUNNING if event in (libvirt.VIR_DOMAIN_EVENT_STARTED,
                                                        libvirt.VIR_DOMAIN_EVENT_RESUMED) \
                 else ObservedState.STOPPED
+            # a VM has no exit code: its guest's own shutdown counts as 0
+            # (a clean end), any other stop (destroyed, crashed) as none
+            clean = event == libvirt.VIR_DOMAIN_EVENT_STOPPED \
+                and detail == libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN
             on_change(Observation(meta.instance_id, state, {},
-                                  f"{reasons[event]} (libvirt event detail {detail})"))
+                                  f"{reasons[event]} (libvirt event detail {detail})",
+                                  0 if clean else None))
         try:
             with libvirt_errors("register for domain events"):
                 cb = conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,

@@ -254,8 +254,8 @@ class Metrics:
     def _collect(self, gauge):
         """Each family on its own: one that cannot be read (a store of an
         MEO has other tables) is left out, the others still answer."""
-        for family in (self._instances, self._health, self._packages, self._rules,
-                       self._backends, self._outbox, self._hosts):
+        for family in (self._instances, self._health, self._restarts, self._packages,
+                       self._rules, self._backends, self._outbox, self._hosts):
             try:
                 yield from family(gauge, self.orch.store)
             except Exception:       # noqa: BLE001 - a scrape must not fail whole
@@ -297,6 +297,23 @@ class Metrics:
                     family.add_metric((d["id"], d.get("hostId") or "none"), int(h[key]))
         yield ready
         yield live
+
+    def _restarts(self, gauge, store):
+        """Restarts made by the restart policy (mecorch.mepm.supervisor), per
+        INSTANTIATED instance: a counter that starts again with the instance."""
+        from prometheus_client.core import CounterMetricFamily
+        fam = CounterMetricFamily("mecorch_instance_restarts",
+                                  "Restarts of an app instance's runtime by its restart policy",
+                                  labels=("instance", "host", "policy"))
+        for d in store.list("instances", instantiationState=InstantiationState.INSTANTIATED.value,
+                            keep=("id", "hostId", "_restart", "restartCount", "restartPolicy")):
+            rs = d.get("_restart") or {}
+            total = rs.get("total", d.get("restartCount"))       # an MEO has the host's view
+            if total is None:
+                continue
+            policy = (rs.get("policy") or d.get("restartPolicy") or {}).get("policy") or "none"
+            fam.add_metric((d["id"], d.get("hostId") or "none", policy), total)
+        yield fam
 
     def _packages(self, gauge, store):
         pk = gauge("mecorch_packages", "App packages by onboarding, operational and usage state",
@@ -478,6 +495,16 @@ def _cell(v: Any, cls: str = "") -> str:
     return f"<td{attr}>{html.escape(text)}</td>"
 
 
+def restarts_cell(inst: dict) -> str | None:
+    """How often the restart policy restarted it, the policy and the last
+    exit code: "3 (Always, last exit 137)"; None before restart policies."""
+    if "restartCount" not in inst:
+        return None
+    policy = (inst.get("restartPolicy") or {}).get("policy") or "?"
+    last = f", last exit {inst['lastExitCode']}" if inst.get("lastExitCode") is not None else ""
+    return f"{inst['restartCount']} ({policy}{last})"
+
+
 def _table(tid: str, headers: list[str], rows: list[str], empty: str) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join(rows) or f'<tr><td colspan="{len(headers)}" class="muted">' \
@@ -569,6 +596,7 @@ def render_page(orch, health: Health) -> str:
             + _cell((inst.get("instantiatedAppState") or {}).get("operationalState"))
             + _cell(observed, "bad" if observed not in (None, "RUNNING") else "")
             + _health_cell(inst.get("health"))
+            + _cell(restarts_cell(inst))
             + _cell(addrs) + _cell(", ".join(r.get("domainName", "") for r in dns))
             + _cell(iid) + "</tr>")
         if state != InstantiationState.INSTANTIATED.value:
@@ -610,7 +638,7 @@ def render_page(orch, health: Health) -> str:
         pkg_rows, "no packages onboarded")}
 <h2>App instances</h2>
 {_table("instances", ["name", "appDId", "host", "manner", "state", "operational", "observed",
-                      "health", "addresses", "DNS names", "id"], inst_rows, "no instances")}
+                      "health", "restarts", "addresses", "DNS names", "id"], inst_rows, "no instances")}
 <h2>Rules</h2>
 {_table("rules", ["instance", "kind", "rule", "state", "what"], rule_rows,
         "no rules of deployed instances")}

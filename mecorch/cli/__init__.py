@@ -250,7 +250,7 @@ def serve(cfg: dict, listen: str, verbose: int = 0, log_format: str = "text",
         return _serve_meo(cfg, listen)
     from mecorch.api import make_server, serve_app_networks, status
     from mecorch.mepm.watch import Watcher
-    from mecorch.mepm.health import Prober, plain_restart
+    from mecorch.mepm.health import Prober
     from mecorch.mepm.lease import HostLease
     from mecorch.mepm.register import Registration
     from mecorch.mepm.orchestrator import Orchestrator
@@ -264,10 +264,9 @@ def serve(cfg: dict, listen: str, verbose: int = 0, log_format: str = "text",
     heap.limit_arenas()                 # before any thread starts (mecorch.kernel.heap)
     orch = Orchestrator(cfg)
     watcher = Watcher(orch)
-    # Health checks; a failed liveness check restarts the app through
-    # `plain_restart` until mecorch.mepm.supervisor exists: then
-    # `Supervisor.restart` is passed here instead.
-    prober = Prober(orch, on_dead=plain_restart(orch))
+    # Health checks; a failed liveness check restarts the app under its
+    # restart policy (counted, backed off, given up after the limit).
+    prober = Prober(orch, on_dead=orch.supervisor.restart)
     registration = None
     try:
         server = make_server(orch, listen, role)

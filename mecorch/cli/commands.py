@@ -359,10 +359,11 @@ def app_list(c: Client, a) -> int:
         print_json(rows)
         return 0
     table(("ID", "NAME", "APPDID", "HOST", "MANNER", "STATE", "OPERATIONAL", "OBSERVED",
-           "READY", "ADDRESSES", "DNS"),
+           "READY", "RESTARTS", "ADDRESSES", "DNS"),
           ((i["id"], i.get("appInstanceName"), i["appDId"], i.get("hostId"),
             i.get("deploymentType"), i["instantiationState"],
             i.get("instantiatedAppState", {}).get("operationalState"), _observed(i), _ready(i),
+            _restarts(i),
             ",".join(n["ip"] for n in i.get("allocatedResources", {}).get("network", [])),
             _dns_names(c, i["id"]) if i["instantiationState"] == "INSTANTIATED" else "")
            for i in rows))
@@ -392,6 +393,18 @@ def _ready(inst: dict) -> str:
     if h.get("live") is False:
         out += " (not live)"
     return out
+
+
+def _restarts(inst: dict) -> str:
+    """The restart count, with the policy when it restarts at all and the
+    last exit code: "3 (Always, last exit 137)"."""
+    if "restartCount" not in inst:
+        return ""
+    policy = (inst.get("restartPolicy") or {}).get("policy")
+    if inst["restartCount"] == 0 and policy in (None, "Never"):
+        return "0"
+    last = f", last exit {inst['lastExitCode']}" if inst.get("lastExitCode") is not None else ""
+    return f"{inst['restartCount']} ({policy}{last})"
 
 
 def app_show(c: Client, a) -> int:

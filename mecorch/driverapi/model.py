@@ -89,6 +89,10 @@ class Observation:
     state: ObservedState
     handle: dict[str, Any]
     detail: str = ""
+    # how a stopped runtime ended: a container's exit code; a VM's 0 for a
+    # shutdown by its guest, None for any other end (destroyed, crashed).
+    # The supervisor's OnFailure reads it (None counts as a failure).
+    exit_code: int | None = None
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,18 @@ KEYS: list[Key] = [
     _k("orchestrator.prefer", STR, None, "manner a dual-format app gets when both fit",
        nullable=True, choices=("container", "vm")),
     _k("orchestrator.prefer_by_app", PREFS, {}, "the same, per appDId (wins over prefer)"),
+    _k("orchestrator.restart_policy", MAP, {}, "what happens when an app's runtime dies "
+       "(an app's own policy wins: mecorch.spec.restart)"),
+    _k("orchestrator.restart_policy.policy", STR, "Never", "the policy of an app that "
+       "names none", choices=("Always", "OnFailure", "Never")),
+    _k("orchestrator.restart_policy.backoff_initial_s", NUMBER, 1.0,
+       "wait before the first restart; doubled for each next one", bounds=(0, 3600)),
+    _k("orchestrator.restart_policy.backoff_max_s", NUMBER, 60.0,
+       "the longest wait between two restarts", bounds=(0, 3600)),
+    _k("orchestrator.restart_policy.limit", INT, 10, "restarts with no long run in between "
+       "before mecorch gives up (observed CRASH_LOOP)", bounds=(0, 1000)),
+    _k("orchestrator.restart_policy.reset_after_s", NUMBER, 300.0,
+       "a run this long starts the restart count again", bounds=(0, 86400)),
 
     _k("meo", MAP, {}, "role meo: the MEPMs this MEO places instances on"),
     _k("meo.mepms", LIST, [], "MEPMs known from the configuration"),
@@ -399,6 +411,7 @@ def load(path: str | Path | None = None, sources: dict | None = None) -> dict[st
             src[f"hosts[{i}].{role}.host_id"] = DERIVED_SRC
             _own_names(section, role, hid, f"hosts[{i}].{role}", src, where)
     _check_hosts(cfg, where)
+    _check_restart(cfg, where)
     if sources is not None:
         sources.clear()
         sources.update(src)
@@ -426,6 +439,17 @@ def _own_names(section: dict, role: str, hid: str, path: str, src: dict, where: 
         except InvalidInput as e:
             raise InvalidInput(f"{where}: hosts[{path.split('[')[1].split(']')[0]}]."
                                f"{e.detail}") from None
+
+
+def _check_restart(cfg: dict, where: str) -> None:
+    """What the schema's rows cannot say: the first wait not above the longest
+    (mecorch.spec.restart reads the section)."""
+    rp = cfg["orchestrator"].get("restart_policy") or {}
+    first, most = rp.get("backoff_initial_s", 0), rp.get("backoff_max_s", 0)
+    if first > most:
+        key = "orchestrator.restart_policy"
+        raise InvalidInput(f"{where}: {key}.backoff_initial_s ({first:g}) must not be above "
+                           f"{key}.backoff_max_s ({most:g})")
 
 
 def _check_hosts(cfg: dict, where: str) -> None:

@@ -20,9 +20,12 @@ class Events:
         """An app package was onboarded, enabled, disabled or deleted
         (`kind`: ONBOARDED, ENABLED, DISABLED, DELETED)."""
 
-    def instance(self, doc: dict) -> None:
+    def instance(self, doc: dict, state: str | None = None) -> None:
         """An app instance's state changed (instantiated and STARTED,
-        STOPPED, STARTED again, NOT_INSTANTIATED after terminate)."""
+        STOPPED, STARTED again, NOT_INSTANTIATED after terminate).
+        `state`: the AppInstanceState to notify when it is not the
+        document's own (the supervisor gave up: STOPPED while the operator's
+        operationalState stays STARTED)."""
 
     def operation(self, op: dict) -> None:
         """An LCM operation occurrence entered a new operationState."""
@@ -41,8 +44,8 @@ class Guarded(Events):
     def package(self, kind: str, doc: dict) -> None:
         self._call(self.inner.package, kind, doc)
 
-    def instance(self, doc: dict) -> None:
-        self._call(self.inner.instance, doc)
+    def instance(self, doc: dict, state: str | None = None) -> None:
+        self._call(self.inner.instance, doc, state)
 
     def operation(self, op: dict) -> None:
         self._call(self.inner.operation, op)

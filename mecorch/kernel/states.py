@@ -76,3 +76,6 @@ class ObservedState(str, Enum):
     STOPPED = "STOPPED"
     MISSING = "MISSING"
     UNKNOWN = "UNKNOWN"
+    # the runtime kept dying and the supervisor gave up restarting it
+    # (mecorch.mepm.supervisor); an operator's start begins again
+    CRASH_LOOP = "CRASH_LOOP"

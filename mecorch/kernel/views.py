@@ -42,6 +42,16 @@ def host_instance_view(doc: dict) -> dict:
         out["observedStateTime"] = observed.get("at")
     if doc.get("_probes") and doc["instantiationState"] == InstantiationState.INSTANTIATED.value:
         out["health"] = health_view(doc)
+    rs = doc.get("_restart")
+    if rs and doc["instantiationState"] == InstantiationState.INSTANTIATED.value:
+        # mecorch extensions: the restart policy at work (mepm/supervisor.py)
+        out["restartPolicy"] = rs.get("policy")
+        out["restartCount"] = rs.get("total", 0)
+        if rs.get("lastExitAt"):
+            out["lastExitCode"] = rs.get("lastExitCode")
+            out["lastExitTime"] = rs["lastExitAt"]
+        if rs.get("nextAt"):
+            out["nextRestartTime"] = rs["nextAt"]
     if doc.get("_lostAfter") is not None:
         # mecorch extensions: the MEO's opt-in, and this host's fence of the
         # app after that long without its MEO (mecorch.mepm.fence)

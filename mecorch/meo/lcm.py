@@ -65,12 +65,15 @@ INSTANTIATED = InstantiationState.INSTANTIATED.value
 NOT_INSTANTIATED = InstantiationState.NOT_INSTANTIATED.value
 # What the MEO copies from the host's AppInstanceInfo (the host is the
 # truth for what runs on it).
+# The restart policy's fields (mecorch.mepm.supervisor) come along.
+_RESTART_VIEW = ("restartPolicy", "restartCount", "lastExitCode", "lastExitTime",
+                 "nextRestartTime")
 _FROM_HOST = ("instantiationState", "instantiatedAppState", "deploymentType",
               "allocatedResources", "observedState", "observedStateDetail",
-              "observedStateTime", "health", "fenced")
+              "observedStateTime", "health", "fenced", *_RESTART_VIEW)
 _DEPLOYED = ("instantiatedAppState", "hostId", "deploymentType", "allocatedResources",
              "observedState", "observedStateDetail", "observedStateTime", "_remote",
-             "decisionReason", "health", "fenced", *replace.DEPLOYED)
+             "decisionReason", "health", "fenced", *replace.DEPLOYED, *_RESTART_VIEW)
 _NO_RULES = {"trafficRules": [], "dnsRules": []}
 
 
@@ -692,6 +695,11 @@ class SystemLcm(InstanceQueries):
             if {k: inst.get(k) for k in _FROM_HOST} != before:
                 self.store.put("instances", inst["id"], inst)
                 done.append(f"instance {inst['id']} resynced from host {entry.host_id}")
+                if inst.get("observedState") == "CRASH_LOOP" \
+                        and before.get("observedState") != "CRASH_LOOP":
+                    # the host's restart policy gave up: the MEO's subscribers
+                    # are told as the host's are (STOPPED, with CRASH_LOOP)
+                    self.journal.events.instance(inst, "STOPPED")
         if fenced:
             done += self._unfence(entry, fenced)
         for op in self.journal.in_progress():

@@ -24,12 +24,10 @@ a restarted MEPM knows how long it has been without one: its first fencing
 check runs before its first reconciliation round revives anything and
 before its MEP is opened for the apps' rules (Orchestrator.recover).
 
-Nothing undoes a fence behind the MEO's back: reconciliation's revive and
-the health prober (with its restart) skip a fenced instance (`fenced`),
-and a word from the MEO does not lift it. THE HOOK for the restart
-supervisor (mecorch/mepm/supervisor.py, merged separately): its
-`_supervised` must be false for a `fenced` instance, or the stop of a
-fence, seen as a death, would be restarted by the policy. Only the MEO does,
+Nothing undoes a fence behind the MEO's back: reconciliation's revive, the
+health prober and the restart supervisor (`Supervisor._supervised`: the
+fence's stop is no death to restart) skip a fenced instance (`fenced`), and
+a word from the MEO does not lift it. Only the MEO does,
 explicitly (`unfence`, the Mm3 extension POST /mecorch/v1/hosts/{hostId}/
 unfence), for the instances that are still its on this host, after it has
 removed the copies it re-placed elsewhere (mecorch.meo.lcm resync): the

@@ -379,24 +379,3 @@ class Prober:
             return {iid: {"ready": t.ready, "live": t.live, "started": t.started}
                     for iid, t in self._tracked.items()}
 
-
-def plain_restart(orch) -> OnDead:
-    """What a failed liveness (or startup) check does until the restart
-    supervisor exists: stop and start the app through its compute driver,
-    holding the instance. THE PLACE mecorch.mepm.supervisor TAKES OVER: the
-    serve wiring passes `Supervisor.restart` instead (the restart policy,
-    its backoff and its limit)."""
-    def restart(instance_id: str, reason: str) -> None:
-        with orch.lcm.hold(instance_id):
-            inst = orch.store.get("instances", instance_id)
-            state = ((inst or {}).get("instantiatedAppState") or {}).get("operationalState")
-            if not inst or inst["instantiationState"] != INSTANTIATED or state == "STOPPED" \
-                    or inst.get("_fenced"):
-                return              # the operator's stop is never undone, nor a fence
-            compute = orch.inventory.get(inst["hostId"]).compute(
-                DeploymentType(inst["deploymentType"]))
-            compute.stop(inst["_handle"], orch.lcm.default_graceful_s)
-            compute.start(inst["_handle"])
-        logs.event("instance.restarted", logging.WARNING, instance=instance_id,
-                   package=inst.get("appPkgId"), reason=reason)
-    return restart

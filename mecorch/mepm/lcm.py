@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from mecorch.mepm import applogs, manner_policy
-from mecorch.spec import decision
+from mecorch.spec import decision, restart
 from mecorch.kernel import logs, paging, validate, views
 from mecorch.driverapi.contracts import ComputeDriver
 from mecorch.kernel.errors import (
@@ -48,7 +48,7 @@ log = logging.getLogger("mecorch.lcm")
 _DEPLOYED_KEYS = ("instantiatedAppState", "hostId", "deploymentType", "decisionReason",
                   "allocatedResources",
                   "_handle", "_need", "_observed", "_mp1Token", "_probes", "_health",
-                  "_lostAfter", "_fenced")
+                  "_restart", "_lostAfter", "_fenced")
 
 
 class InstanceQueries:
@@ -97,6 +97,8 @@ class Lcm(InstanceQueries):
         # apps' output kept after termination (mecorch.mepm.applogs)
         self.logs_dir = Path(cfg["state_dir"]) / "app-logs"
         self._orchestrator_cfg = cfg["orchestrator"]     # the manner preference
+        # the policy of an app that names none (mecorch.spec.restart)
+        self.restart_default = restart.host_default(cfg["orchestrator"].get("restart_policy"))
         self._pool = Workers(workers, "lcm")     # threads end when idle (mecorch.kernel.workers)
         # one operation at a time per instance; guards the check-and-start
         self._busy: set[str] = set()
@@ -192,7 +194,7 @@ class Lcm(InstanceQueries):
             chooser = manner_policy.PolicyChooser(
                 self.inventory, self._orchestrator_cfg, inst["appDId"], selected_hosts(body),
                 used)
-            p = plan_request(instance_id, pkg, body, chooser)
+            p = plan_request(instance_id, pkg, body, chooser, self.restart_default)
             # The app's Mp1 credential: only its digest is stored; the token
             # itself goes to the app's environment, never into the journal.
             app_token, app_token_digest = self.mep.new_app_token()
@@ -204,7 +206,7 @@ class Lcm(InstanceQueries):
                 op = self.journal.start(instance_id, LcmOperation.INSTANTIATE, {
                     "hostId": host.id, "manner": p.manner.value,
                     "decidedBy": p.decision.source, "request": _request_doc(p.request),
-                    "need": dataclasses.asdict(p.need)})
+                    "need": dataclasses.asdict(p.need), "restart": p.restart.to_doc()})
                 # mecorch extension: why this manner, and why this host
                 op["decisionReason"] = f"{p.decision.reason}; placed on {where}"
                 self.store.put("op_occs", op["id"], op)
@@ -265,6 +267,12 @@ class Lcm(InstanceQueries):
                                        **self._service_view(iid)},
                 "_handle": alloc.handle,
                 "_need": op["_plan"]["need"],
+                # what the supervisor keeps of the runtime's deaths (mepm/supervisor.py);
+                # an op journalled by an older mecorch has no policy: the host's
+                "_restart": new_restart(op["_plan"].get("restart")
+                                        or self.restart_default.to_doc()),
+                # known from the first moment, not only after a change
+                "_observed": observed_now("RUNNING", "started by instantiate"),
             })
             self.store.put("instances", iid, inst)
             self.journal.events.instance(inst)          # notifications
@@ -462,7 +470,11 @@ class Lcm(InstanceQueries):
             inst = self.get(instance_id)
             if inst["instantiationState"] != InstantiationState.INSTANTIATED.value:
                 raise Conflict(f"app instance {instance_id} is NOT_INSTANTIATED")
-            if inst["instantiatedAppState"]["operationalState"] == to.value:
+            # STARTED again is allowed for a runtime seen dead (it crashed, or
+            # the supervisor gave up): "already STARTED" would be untrue
+            dead = (inst.get("_observed") or {}).get("state") in ("STOPPED", "CRASH_LOOP")
+            if inst["instantiatedAppState"]["operationalState"] == to.value \
+                    and not (to is InstanceOperationalState.STARTED and dead):
                 raise Conflict(f"app instance {instance_id} is already {to.value}")
             op = self.journal.start(instance_id, LcmOperation.OPERATE, {
                 "to": to.value, "timeout": timeout if graceful == "GRACEFUL" else 0})
@@ -483,6 +495,16 @@ class Lcm(InstanceQueries):
             else:
                 compute.start(inst["_handle"])
             inst["instantiatedAppState"] = {"operationalState": op["_plan"]["to"]}
+            started = op["_plan"]["to"] == InstanceOperationalState.STARTED.value
+            inst["_observed"] = observed_now("RUNNING", "started by operate") if started \
+                else observed_now("STOPPED", "stopped by operate")
+            if started:
+                # an operator's start ends a crash loop: the count begins again
+                was = inst.get("_restart") or {}
+                inst["_restart"] = new_restart(was.get("policy") or self.restart_default.to_doc(),
+                                               was.get("total", 0))
+            else:
+                (inst.get("_restart") or {}).pop("nextAt", None)    # nothing is pending
             self.store.put("instances", iid, inst)
             self.journal.events.instance(inst)          # notifications
             self._free(iid)
@@ -590,6 +612,19 @@ class Lcm(InstanceQueries):
             used[inst["hostId"]] = Need(u.vcpu + n["vcpu"], u.memory_mb + n["memory_mb"],
                                         u.disk_gb + n["disk_gb"])
         return used
+
+
+def observed_now(state: str, detail: str) -> dict:
+    """An `_observed` record made by the operation that caused the state."""
+    return {"state": state, "detail": detail, "at": timestamp()}
+
+
+def new_restart(policy: dict, total: int = 0) -> dict:
+    """An instance's `_restart` record with no restart counted yet in a row
+    (`count`: what the backoff and limit read); `total`: every restart of
+    the instance (restartCount in its view, as Kubernetes counts)."""
+    return {"policy": policy, "count": 0, "total": total, "lastExitCode": None,
+            "lastExitAt": None, "nextAt": None, "gaveUp": False, "since": time.time()}
 
 
 TERMINATE_FIELDS = ("terminationType", "gracefulTerminationTimeout", *decision.TYPE_FIELDS)

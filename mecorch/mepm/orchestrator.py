@@ -13,6 +13,7 @@ from mecorch.mepm.lcm import Lcm
 from mecorch.mepm.mep import MepService
 from mecorch.package.manager import PackageManager
 from mecorch.mepm.reconcile import Reconciler
+from mecorch.mepm.supervisor import Supervisor
 from mecorch.kernel.store import Store
 from mecorch.kernel.events import Guarded
 from mecorch.notifications.subscriptions import Subscriptions
@@ -30,6 +31,9 @@ class Orchestrator:
         self.lcm = Lcm(self.store, self.inventory, self.packages, self.mep, cfg)
         self.reconciler = Reconciler(self.store, self.inventory, self.lcm, self.mep,
                                      cfg["orchestrator"].get("reconcile_interval_s", 30))
+        # restart policies: told of deaths by the watcher and the rounds
+        self.supervisor = Supervisor(self.store, self.inventory, self.lcm, self.reconciler)
+        self.reconciler.supervisor = self.supervisor
         # apps its MEO may re-place elsewhere stop serving here after their
         # lostAfter without a word from the MEO (role mepm)
         self.fence = Fence(self)
@@ -58,6 +62,7 @@ class Orchestrator:
         self.subscriptions.stop()
         self.fence.stop()
         self.reconciler.stop()
+        self.supervisor.close()
         self.lcm.close()
         for host in self.inventory.hosts.values():
             host.close()

@@ -68,6 +68,9 @@ class Reconciler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._round_lock = threading.Lock()     # one round at a time
+        # mecorch.mepm.supervisor, set by the orchestrator: a stopped
+        # runtime is given to it after the round recorded it
+        self.supervisor = None
 
     # ------------------------------------------------------------ the loop
     def start(self) -> None:
@@ -135,7 +138,13 @@ class Reconciler:
                 revived = self._revive(host, manner, iid, obs_list[0])
                 if revived:
                     return done + revived
-            return done + self._adopt(inst, obs_list[0])
+            if self.supervisor is not None and self.supervisor.pending(iid):
+                return done         # dead, counted, its restart waits: leave its record
+            done += self._adopt(inst, obs_list[0])
+            if self.supervisor is not None and obs_list[0].state is ObservedState.STOPPED:
+                line = self.supervisor.died(host, manner, obs_list[0])
+                done += [line] if line else []
+            return done
         if self.lcm.working_on(iid):
             return []
         try:
@@ -162,14 +171,18 @@ class Reconciler:
 
     def _adopt(self, inst: dict, obs: Observation) -> list[str]:
         """A running instance is left as it is: only what was observed is
-        recorded, and only when it changed."""
+        recorded, and only when it changed (the first observation of an
+        instance recorded by an older mecorch too: the view shows from the
+        first round what runs). A crash loop the supervisor gave up on
+        stays recorded as such while its runtime stays stopped."""
         old = (inst.get("_observed") or {}).get("state")
-        if old == obs.state.value:
+        if old == obs.state.value or (old == ObservedState.CRASH_LOOP.value
+                                      and obs.state is ObservedState.STOPPED):
             return []
         if not self._record(inst["id"], obs.state, obs.detail):
             return []
         if old is None and obs.state is ObservedState.RUNNING:
-            return []               # the normal case: nothing to report
+            return []               # the normal case: recorded, nothing to report
         return [f"instance {inst['id']} observed {obs.state.value} (was {old or 'unknown'})"]
 
     def _readdress(self, host: EdgeHost, iid: str, obs: Observation) -> list[str]:

@@ -10,21 +10,29 @@ an app's runtime is recorded as the instance's observed state at once (with
 the exit code in its detail) and logged (instance.observed). A stream that
 breaks is opened again after a pause; reconciliation still covers what an
 outage of the stream missed.
+
+An event of an instance an operation holds (an LCM operation, a restart by
+the supervisor) is kept and applied when the hold ends, the last one per
+instance, unless the operation recorded that state itself: an app that dies
+while its instantiate finishes is seen STOPPED at once, not a round later.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from mecorch.kernel import logs
 from mecorch.kernel.errors import MecorchError
 from mecorch.driverapi.contracts import Watchable
 from mecorch.driverapi.model import Observation
-from mecorch.kernel.states import DeploymentType
+from mecorch.kernel.states import DeploymentType, ObservedState
 
 log = logging.getLogger("mecorch.watch")
 RETRY_S = 5.0
+DEFER_POLL_S = 0.1          # how often a kept event looks whether its hold ended
+DEFER_MAX_S = 900.0         # a hold longer than the longest operation: dropped
 
 
 class Watcher:
@@ -32,6 +40,9 @@ class Watcher:
         self.orch = orch
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        # instance id -> (host, manner, the last event seen while it was held, when)
+        self._deferred: dict[str, tuple] = {}
+        self._deferred_lock = threading.Lock()
 
     def start(self) -> None:
         for host in self.orch.inventory.hosts.values():
@@ -48,6 +59,9 @@ class Watcher:
                                      name=f"watch-{host.id}-{manner.value}", daemon=True)
                 t.start()
                 self._threads.append(t)
+        t = threading.Thread(target=self._apply_deferred, name="watch-deferred", daemon=True)
+        t.start()
+        self._threads.append(t)
 
     def stop(self) -> None:
         self._stop.set()
@@ -71,12 +85,49 @@ class Watcher:
 
     def _changed(self, host, manner: DeploymentType, obs: Observation) -> None:
         inst = self.orch.store.get("instances", obs.instance_id)
-        if not inst or inst.get("hostId") != host.id \
-                or inst.get("deploymentType") != manner.value:
-            return              # not deployed (yet): its own operation records it
+        if not inst:
+            return
         if self.orch.lcm.working_on(obs.instance_id):
-            return              # an operate/terminate in flight made this change
+            # held: an operation in flight made this change (its own
+            # instantiate too), or the app died while it ran; looked at
+            # again when the hold ends
+            with self._deferred_lock:
+                self._deferred[obs.instance_id] = (host, manner, obs, time.monotonic())
+            return
+        with self._deferred_lock:
+            self._deferred.pop(obs.instance_id, None)       # this one is newer
+        if inst.get("hostId") != host.id or inst.get("deploymentType") != manner.value:
+            return              # not deployed here
+        self._apply(host, manner, inst, obs)
+
+    def _apply_deferred(self) -> None:
+        while not self._stop.wait(DEFER_POLL_S):
+            with self._deferred_lock:
+                kept = list(self._deferred.items())
+            for iid, (host, manner, obs, at) in kept:
+                if self.orch.lcm.working_on(iid) and time.monotonic() - at < DEFER_MAX_S:
+                    continue
+                with self._deferred_lock:
+                    if self._deferred.get(iid, (None,) * 4)[3] != at:
+                        continue        # a newer event replaced it meanwhile
+                    del self._deferred[iid]
+                try:
+                    inst = self.orch.store.get("instances", iid)
+                    if not inst or inst.get("hostId") != host.id \
+                            or inst.get("deploymentType") != manner.value \
+                            or (inst.get("_observed") or {}).get("state") == obs.state.value:
+                        continue        # gone, or the operation recorded it itself
+                    self._apply(host, manner, inst, obs)
+                except Exception:       # noqa: BLE001 - the thread must survive anything
+                    log.exception("a kept event of %s failed", iid)
+
+    def _apply(self, host, manner: DeploymentType, inst: dict, obs: Observation) -> None:
         old = (inst.get("_observed") or {}).get("state")
+        if old == ObservedState.CRASH_LOOP.value and obs.state is ObservedState.STOPPED:
+            return              # given up on: it stays so until an operator's start
+        supervisor = getattr(self.orch, "supervisor", None)
+        if supervisor is not None and supervisor.pending(obs.instance_id):
+            return              # its restart is on the way: the death is counted
         # the reconciler's own record: held against LCM operations
         if self.orch.reconciler._record(obs.instance_id, obs.state, obs.detail):
             if old != obs.state.value:
@@ -84,3 +135,6 @@ class Watcher:
                            else logging.INFO, instance=obs.instance_id,
                            package=inst.get("appPkgId"), host=host.id, manner=manner.value,
                            state=obs.state.value, was=old, detail=obs.detail)
+            if supervisor is not None:
+                # the policy decides (restart after its wait, give up, leave)
+                supervisor.died(host, manner, obs)

@@ -190,8 +190,20 @@ class Subscriptions(Events):
                 "operationalState": doc.get("operationalState", "DISABLED"),
                 "_links": {"subscription": sub["_links"]["self"]}})
 
-    def instance(self, doc: dict) -> None:
-        state = _instance_state(doc)
+    def instance(self, doc: dict, state: str | None = None) -> None:
+        extra = {}
+        if state is not None:
+            # mecorch extension: why a STARTED instance is notified STOPPED
+            # (its runtime kept dying: observedState CRASH_LOOP)
+            # (a host's record keeps them private; an MEO's copies its view)
+            seen, rs = doc.get("_observed") or {}, doc.get("_restart") or {}
+            extra = {k: v for k, v in (
+                ("observedState", seen.get("state", doc.get("observedState"))),
+                ("observedStateDetail", seen.get("detail", doc.get("observedStateDetail"))),
+                ("restartCount", rs.get("total", doc.get("restartCount"))),
+                ("lastExitCode", rs.get("lastExitCode", doc.get("lastExitCode"))))
+                     if v is not None}
+        state = state or _instance_state(doc)
         for sub in self._matching("lcm"):
             if sub["subscriptionType"] != INST_TYPE or sub["notificationType"] != state \
                     or not _selects(sub.get("appInstanceSubscriptionFilter"), doc):
@@ -201,7 +213,7 @@ class Subscriptions(Events):
                 "id": nid, "notificationType": state, "subscriptionId": sub["id"],
                 "timeStamp": timestamp(), "appInstanceId": doc["id"],
                 "appPkgId": doc.get("appPkgId", ""), "appDId": doc.get("appDId", ""),
-                "_links": {"subscription": sub["_links"]["self"]}})
+                **extra, "_links": {"subscription": sub["_links"]["self"]}})
 
     def operation(self, op: dict) -> None:
         subs = [s for s in self._matching("lcm") if s["subscriptionType"] == OP_TYPE]

@@ -27,7 +27,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-from mecorch.spec import probes, rules
+from mecorch.spec import probes, restart, rules
 from mecorch.kernel import validate
 from mecorch.kernel.errors import InvalidInput
 from mecorch.kernel.states import DeploymentType
@@ -42,7 +42,9 @@ KNOWN = set(REQUIRED) | {
     "appFeatureRequired", "appFeatureOptional", "transportDependencies",
     "appTrafficRule", "appDNSRule", "appLatency", "terminateAppInstanceOpConfig",
     "changeAppInstanceStateOpConfig", "virtualStorageDescriptor", "appExtCpd",
-    probes.APPD_FIELD}                  # mecorch extension: health checks
+    probes.APPD_FIELD,                  # mecorch extension: health checks
+    # mecorch extension (mecorch.spec.restart): what to do when the app dies
+    "restartPolicy"}
 CONTAINER_FORMATS = {"AKI", "AMI", "ARI", "BARE", "DOCKER", "OVA", "OVF"}
 DISK_FORMATS = {"AKI", "AMI", "ARI", "ISO", "QCOW2", "RAW", "VDI", "VHD", "VHDX", "VMDK"}
 TRAFFIC_ACTIONS = {"DROP", "FORWARD_DECAPSULATED", "FORWARD_AS_IS", "PASSTHROUGH",
@@ -495,6 +497,7 @@ def validate_appd(appd) -> dict:
               "compute": first["compute"], "storage": first["storage"], "images": images}
     dns_rules(appd.get("appDNSRule"))
     traffic_rules(appd.get("appTrafficRule"))
+    restart.check_appd(appd)
     for key, check in ATTRIBUTES.items():
         if appd.get(key) is not None:
             check(appd[key], key)

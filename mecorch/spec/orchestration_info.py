@@ -26,9 +26,10 @@ level as in short fragments). Node types are matched by name, following
            tosca.nodes.Storage.BlockStorage (properties.size); name from
            properties.name, else the node's name; mecorch extension
            properties.deletion_policy RETAIN|DELETE.
-Other node types (connection points, virtual links, policies...) are
-ignored: networking is the MEP's business, and TOSCA interface operations
-(scripts) are never run.
+Other node types (connection points, virtual links...) are ignored:
+networking is the MEP's business, and TOSCA interface operations (scripts)
+are never run. Of `topology_template.policies`, mecorch.spec.restart reads
+a `mecorch.policies.Restart` (the instance's restart policy).
 
 Kubernetes (Pod: spec; Deployment: spec.template.spec, replicas absent or 1):
 exactly one container (mecorch runs one app container per instance; a
@@ -42,7 +43,10 @@ readOnly are refused), and the annotation `mecorch/retain-volumes: "a,b"`
 (on the manifest or the pod template) marking volumes RETAIN. The
 container's livenessProbe, readinessProbe and startupProbe are read by
 spec/probes.py (the same one parse, through the Plan). Any other
-volume source (hostPath, secret, PVC...) is refused.
+volume source (hostPath, secret, PVC...) is refused. The pod spec's
+`restartPolicy` is read by mecorch.spec.restart; its other fields are
+checked by name (K8S_POD_*: a typo or a field mecorch does not honour is
+refused, cluster placement and privilege asks are ignored).
 
 Units. mecorch counts memory in MiB and storage in GiB, as Docker, libvirt
 and Nova do and as mecorch reads the ETSI "MB"/"GB" fields of the AppD.
@@ -470,11 +474,29 @@ TOSCA_HOST_PROPERTIES = ("name", "num_cpus", "cpu_frequency", "disk_size", "mem_
 # none of these is a typo, refused as `kubectl --validate=strict` does.
 K8S_CONTAINER_FIELDS = (
     "name", "image", "command", "args", "workingDir", "ports", "env", "envFrom",
-    "resources", "resizePolicy", "restartPolicy", "volumeMounts", "volumeDevices",
+    "resources", "resizePolicy", "volumeMounts", "volumeDevices",
     "livenessProbe", "readinessProbe", "startupProbe", "lifecycle",
     "terminationMessagePath", "terminationMessagePolicy", "imagePullPolicy",
     "securityContext", "stdin", "stdinOnce", "tty")
 K8S_RESOURCES_FIELDS = ("limits", "requests", "claims")
+# Every field of a Kubernetes PodSpec (core/v1), in three groups: what
+# mecorch reads (containers, volumes, restartPolicy; initContainers only
+# empty), what it refuses by name because the app would rely on behaviour
+# mecorch does not give, and what it ignores as before: cluster placement
+# and privilege asks, which mecorch never grants and whose absence the app
+# cannot be hurt by. A name in none of them is a typo, refused.
+K8S_POD_READ = ("containers", "initContainers", "volumes", "restartPolicy")
+K8S_POD_REFUSED = (
+    "activeDeadlineSeconds", "dnsConfig", "dnsPolicy", "ephemeralContainers", "hostAliases",
+    "hostname", "hostUsers", "os", "overhead", "readinessGates", "resourceClaims",
+    "resources", "runtimeClassName", "schedulingGates", "setHostnameAsFQDN",
+    "shareProcessNamespace", "subdomain", "terminationGracePeriodSeconds")
+K8S_POD_IGNORED = (
+    "affinity", "automountServiceAccountToken", "enableServiceLinks", "hostIPC",
+    "hostNetwork", "hostPID", "imagePullSecrets", "nodeName", "nodeSelector",
+    "preemptionPolicy", "priority", "priorityClassName", "schedulerName",
+    "securityContext", "serviceAccount", "serviceAccountName", "tolerations",
+    "topologySpreadConstraints")
 _VOLUME_SIZES = (("properties", "size"),
                  ("properties", "virtual_block_storage_data", "size_of_storage"))
 
@@ -683,6 +705,27 @@ def _retained(metas: list[tuple[dict, str]]) -> frozenset[str]:
     return frozenset(out)
 
 
+def _pod_fields(pod_spec: dict, where: str) -> None:
+    for name in pod_spec:
+        if name in K8S_POD_REFUSED:
+            raise InvalidInput(f"{where}.{_key(name)}: is not supported by mecorch "
+                               "(one app container per instance, no cluster)")
+    validate.known_fields(pod_spec, K8S_POD_READ + K8S_POD_REFUSED + K8S_POD_IGNORED, where)
+
+
+def pod_spec_of(parsed: Parsed) -> tuple[dict, str] | None:
+    """A Kubernetes manifest's pod spec and where it is (None for TOSCA or
+    a manifest without one: `details` refuses those)."""
+    if parsed.kind == "Pod":
+        spec, where = _get(parsed.doc, "spec"), f"{ROOT}.spec"
+    elif parsed.kind == "Deployment":
+        spec, where = _get(_get(_get(parsed.doc, "spec"), "template"), "spec"), \
+            f"{ROOT}.spec.template.spec"
+    else:
+        return None
+    return (spec, where) if isinstance(spec, dict) else None
+
+
 def _kubernetes(doc: dict, kind: str) -> Details:
     metas = [(doc.get("metadata"), f"{ROOT}.metadata")]
     if kind == "Deployment":
@@ -698,6 +741,7 @@ def _kubernetes(doc: dict, kind: str) -> Details:
     else:
         where = f"{ROOT}.spec"
         pod_spec = _mapping(doc.get("spec"), where, required=True)
+    _pod_fields(pod_spec, where)
     containers = _sequence(pod_spec.get("containers"), f"{where}.containers", 16)
     if len(containers) != 1:
         raise InvalidInput(f"{where}.containers: must hold exactly one container "
@@ -707,6 +751,12 @@ def _kubernetes(doc: dict, kind: str) -> Details:
         raise InvalidInput(f"{where}.initContainers: is not supported")
     c_where = f"{where}.containers[0]"
     c = _mapping(containers[0], c_where, required=True)
+    if c.get("restartPolicy") is not None:
+        # Kubernetes' sidecar feature (a restartable init container), not
+        # the pod's policy: said here it would be silently something else
+        raise InvalidInput(f"{c_where}.restartPolicy: a container's own restartPolicy (the "
+                           "Kubernetes sidecar feature) is not supported; give the pod's "
+                           f"{where}.restartPolicy")
     validate.known_fields(c, K8S_CONTAINER_FIELDS, c_where)
     images = []
     if c.get("image") is not None:

@@ -24,7 +24,7 @@ from mecorch.kernel import validate
 from mecorch.kernel.errors import InvalidInput
 from mecorch.kernel.states import DeploymentType
 from mecorch.driverapi.model import ResourceRequest
-from mecorch.spec import decision, placement
+from mecorch.spec import decision, orchestration_info, placement, restart
 from mecorch.spec.probes import Probes, probes_of
 from mecorch.spec.capacity import Need, need_of
 from mecorch.spec.decision import Decision
@@ -37,7 +37,7 @@ __all__ = ["INSTANTIATE_FIELDS", "Chooser", "Plan", "image_of", "plan_request", 
 INSTANTIATE_FIELDS = ("selectedMECHostInfo", "locationConstraints", "vimConnectionInfo",
                       "virtualComputeDescriptor", "virtualStorageDescriptor",
                       *decision.TYPE_FIELDS, "orchestrationInfo", "appTrafficRule", "appDNSRule",
-                      "shareServiceAddress")
+                      "shareServiceAddress", "restartPolicy")
 
 # The manner policy of a dual-format app: (the manners its package holds,
 # each one's Need, whether the AppD asks for hardware acceleration) ->
@@ -61,6 +61,7 @@ class Plan:
     # mecorch extension: a replica, sharing the destinations and names of
     # the same app's instances on its host (`spec.rules.claim_conflict`)
     share: bool = False
+    restart: restart.RestartPolicy = restart.RestartPolicy()   # spec/restart.py
 
     @property
     def fixed_addresses(self) -> tuple[str, ...]:
@@ -79,11 +80,14 @@ def image_of(pkg: dict, manner: DeploymentType) -> str:
 
 
 def plan_request(instance_id: str, pkg: dict, body: dict,
-                 choose: Chooser | None = None) -> Plan:
+                 choose: Chooser | None = None,
+                 restart_default: restart.RestartPolicy | None = None) -> Plan:
     """Plan an InstantiateAppRequest `body` for instance `instance_id` of
     package `pkg` (the stored AppPkgInfo: its AppD, manners and images).
     Pure but for `choose`; InvalidInput (400) / CapacityExceeded (409)
-    before anything exists. orchestrationInfo is parsed here, once."""
+    before anything exists. orchestrationInfo is parsed here, once.
+    `restart_default`: the host's restart policy (the MEO, which restarts
+    nothing, leaves it None: the request is only checked)."""
     if not isinstance(body, dict):
         raise InvalidInput("body must be an InstantiateAppRequest object")
     appd = pkg["_appd"]
@@ -112,11 +116,25 @@ def plan_request(instance_id: str, pkg: dict, body: dict,
     share = body.get("shareServiceAddress", False)
     if not isinstance(share, bool):
         raise InvalidInput("shareServiceAddress: must be true or false")
+    said, where = _restart_said(parsed)
+    restarts = restart.resolve(body, said, appd, restart_default or restart.RestartPolicy(),
+                               where)
     return Plan(choice, request, need_of(request), traffic, dns,
                 tuple(fit or selected_hosts(body)),
                 choice.manner is DeploymentType.VM and decision.accel_required(appd),
                 placement.max_latency_ns(appd),
-                probes_of(appd, choice.manner, parsed), share)
+                probes=probes_of(appd, choice.manner, parsed), share=share, restart=restarts)
+
+
+def _restart_said(parsed) -> tuple[dict, str]:
+    """What orchestrationInfo says of the restart policy, and where."""
+    if parsed is None:
+        return {}, ""
+    if parsed.kind == "TOSCA":
+        return restart.tosca_policy(parsed.doc)
+    pod = orchestration_info.pod_spec_of(parsed)
+    said = restart.kubernetes_policy(pod[0], parsed.kind, pod[1]) if pod else None
+    return ({"policy": said}, f"{pod[1]}.restartPolicy") if said else ({}, "")
 
 
 def selected_hosts(body: dict) -> list[str]:

@@ -8,7 +8,7 @@ Docker's exec), its rules in the lab's real iptables and dnsmasq.
   reconcile round (every second here) does not put it back; the file back,
   both come back within 2 s;
 - liveness: the file the exec probe reads is removed; the app container is
-  restarted (its start time changes, instance.restarted is logged) and
+  restarted by its restart policy (Always) (its start time changes, instance.restarted is logged) and
   passes again."""
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ apiVersion: v1
 kind: Pod
 metadata: {name: probed}
 spec:
+  restartPolicy: Always         # a failed liveness check restarts (Never: stays stopped)
   containers:
     - name: app
       image: mecorch/sample-http:1.0

@@ -89,6 +89,7 @@ def test_instantiate_without_host_uses_the_only_host(env, capsys):  # noqa: F811
     (row,) = columns(out)
     assert row["ID"] == iid and row["HOST"] == "default" and row["MANNER"] == "CONTAINER"
     assert row["STATE"] == "INSTANTIATED" and row["OPERATIONAL"] == "STARTED"
+    assert row["OBSERVED"] == "RUNNING" and row["RESTARTS"] == "0"     # from the first moment
     assert row["ADDRESSES"].startswith("10.123.0.")
     assert row["DNS"] == "sample-http.mec.local"
     assert row["NAME"] == "one"

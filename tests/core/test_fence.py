@@ -315,3 +315,20 @@ def test_a_driver_asked_for_unopened_is_opened_at_its_next_use(tmp_path, monkeyp
     assert opened == [] and host.mep(opened=False) is first
     assert host.mep() is first and opened == [first]
     assert host.mep() is first and host.mep(opened=False) is first and opened == [first]
+
+
+def test_the_restart_policy_does_not_restart_a_fenced_app(system):  # noqa: F811
+    """The fence's stop is seen as a death (Docker's event, a reconcile
+    round): the supervisor leaves it, and its liveness restart too."""
+    from mecorch.driverapi.model import Observation
+    s = system
+    iid, orch = _opted(s)
+    orch.fence.check(now=orch.fence._last + 6)
+    inst = orch.lcm.get(iid)
+    host = orch.inventory.get(inst["hostId"])
+    died = Observation(iid, fence_mod.ObservedState.STOPPED, inst["_handle"], "exited",
+                       exit_code=137)
+    assert orch.supervisor.died(host, DeploymentType.CONTAINER, died) is None
+    assert orch.supervisor.restart(iid, "liveness check failed 3 times") is None
+    assert not orch.supervisor.pending(iid)
+    assert _state(orch, iid) == ("STOPPED", False)

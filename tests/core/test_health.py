@@ -302,18 +302,3 @@ def test_a_vm_gets_the_appds_health_checks_and_the_meo_shows_health(system):
     health = s.c.get(f"{INST}/{iid}")["health"]
     assert health["ready"] is True and health["checks"] == ["readiness"]
 
-
-def test_plain_restart_stops_and_starts_but_never_undoes_an_operators_stop(env):
-    from mecorch.mepm.health import plain_restart
-    e = env
-    iid = deploy(e, livenessProbe=check(2))
-    restart = plain_restart(e.orch)
-    e.cim.calls.clear()
-    restart(iid, "liveness check failed 3 times")
-    assert e.cim.calls == ["stop", "start"]
-    op, _ = e.c.post(f"{INST}/{iid}/operate", {"changeStateTo": "STOPPED",
-                                               "stopType": "FORCEFUL"})
-    assert e.c.wait_op(op, timeout=10)["operationState"] == "COMPLETED"
-    e.cim.calls.clear()
-    restart(iid, "liveness check failed 3 times")
-    assert e.cim.calls == []
