@@ -308,6 +308,11 @@ def test_a_partition_fences_the_copies_and_the_meo_s_return_unfences_them(site):
         print(f"partition: both copies fenced {fenced_after:.1f} s after the MEO stopped "
               f"(lostAfter {LOST_AFTER} s)")
         assert LOST_AFTER - 2 <= fenced_after <= LOST_AFTER + 3
+        # and they stay so: nothing on the host (a restart policy, a
+        # reconcile round) undoes the fence
+        time.sleep(3)
+        assert not any(_app_running(e["id"]) for e in hosts)
+        assert not any(_dig(e) for e in hosts)
     finally:
         back_at = time.monotonic()
         procs["meo"].start()
