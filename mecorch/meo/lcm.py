@@ -711,7 +711,14 @@ class SystemLcm(InstanceQueries):
     def _unfence(self, entry: HostEntry, fenced: list[tuple[str, str]]) -> list[str]:
         """Tell the host that these fenced instances are still the MEO's
         there: they serve again (the host restores them)."""
-        answer = entry.mepm.unfence([host_iid for _, host_iid in fenced])
+        try:
+            answer = entry.mepm.unfence([host_iid for _, host_iid in fenced])
+        except MecorchError as e:
+            # the resync goes on (the host's state is read); asked again at
+            # the next one (every meo.sync_s)
+            log.warning("edge host %s: fenced instances not unfenced: %s", entry.host_id,
+                        e.detail)
+            return []
         lifted = set(answer.get("unfenced") or ())
         done = []
         for iid, host_iid in fenced:

@@ -230,12 +230,18 @@ class Fence:
         one with a readiness check gets them back from the prober once the
         check passes, as after its instantiation). {"unfenced": [...],
         "notFenced": [...], "busy": [...]}: busy ones (an LCM operation
-        holds them) are for the MEO's next resync."""
+        holds them, or their runtime did not start: still fenced) are for
+        the MEO's next resync."""
         out: dict[str, list] = {"unfenced": [], "notFenced": [], "busy": []}
         for iid in ids:
             try:
                 what = self._unfence(iid)
             except Conflict:
+                what = "busy"
+            except MecorchError as e:
+                # one app that does not start is no failure of the call (the
+                # MEO's resync of the host goes on); it stays fenced
+                log.warning("instance %s not unfenced: %s", iid, e.detail)
                 what = "busy"
             out[what].append(iid)
         return out

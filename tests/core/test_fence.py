@@ -332,3 +332,45 @@ def test_the_restart_policy_does_not_restart_a_fenced_app(system):  # noqa: F811
     assert orch.supervisor.restart(iid, "liveness check failed 3 times") is None
     assert not orch.supervisor.pending(iid)
     assert _state(orch, iid) == ("STOPPED", False)
+
+
+def test_an_app_that_does_not_start_stays_fenced_and_the_resync_goes_on(system):  # noqa: F811
+    s = system
+    iid, orch = _opted(s)
+    hid = orch.lcm.get(iid)["hostId"]
+    orch.fence.check(now=orch.fence._last + 6)
+    cim = orch.inventory.get(hid).driver("cim")
+    cim.fail["start"] = broken("start refused")
+    assert orch.fence.unfence([iid]) == {"unfenced": [], "notFenced": [], "busy": [iid]}
+    done = s.meo.lcm.resync(s.meo.registry.get(hid))
+    assert not any("unfenced" in line for line in done)
+    assert "_fenced" in orch.lcm.get(iid) and _state(orch, iid) == ("STOPPED", False)
+    assert s.meo.registry.get(hid).state == "REACHABLE"
+    del cim.fail["start"]
+    assert f"instance {iid} unfenced on host {hid}" in s.meo.lcm.resync(s.meo.registry.get(hid))
+    assert _state(orch, iid) == ("RUNNING", True)
+
+
+def test_an_unfenced_app_with_a_readiness_check_serves_once_it_passes(system):  # noqa: F811
+    s = system
+    iid, orch = _opted(s)
+    inst = orch.lcm.get(iid)
+    inst["_probes"] = {"readiness": {"action": "tcp", "port": 80}}
+    inst["_health"] = {"ready": True, "live": None, "at": inst["instantiatedAppState"]}
+    orch.store.put("instances", iid, inst)
+    orch.fence.check(now=orch.fence._last + 6)
+    assert orch.fence.unfence([iid])["unfenced"] == [iid]
+    # running, but out of service until its readiness check passes again
+    assert _state(orch, iid) == ("RUNNING", False)
+    assert orch.lcm.get(iid)["_health"]["ready"] is False
+    ready = []
+    prober = Prober(orch, on_dead=lambda *a: None,
+                    runner=lambda *a: (bool(ready), "connect: open" if ready else "refused"))
+    try:
+        prober.run_due()
+        assert _state(orch, iid) == ("RUNNING", False)
+        ready.append(True)
+        prober.run_due(time.monotonic() + 60)
+        assert _state(orch, iid) == ("RUNNING", True)
+    finally:
+        prober.stop()
