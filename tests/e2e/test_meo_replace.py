@@ -247,7 +247,7 @@ def test_a_lost_site_is_replaced_and_its_copy_removed_on_return(site):
           f"(its name answered there at {answered_on_a or 'no time'}; asked {asked[0]} times)")
     # never two serving one name: A's MEP never answered it (asked all along,
     # its dnsmasq started again by the returning MEPM)
-    assert answered_on_a == [] and asked[0] >= 5
+    assert answered_on_a == [] and asked[0] >= 3
     assert dnsmasq.live_pid(a["mep_run"] / "dnsmasq.pid") is not None
     # fenced at its start, before it served (its log holds both lives)
     log = procs[a["name"]].log_tail(10 ** 7)
