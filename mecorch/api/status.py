@@ -254,8 +254,9 @@ class Metrics:
     def _collect(self, gauge):
         """Each family on its own: one that cannot be read (a store of an
         MEO has other tables) is left out, the others still answer."""
-        for family in (self._instances, self._health, self._restarts, self._packages,
-                       self._rules, self._backends, self._outbox, self._hosts):
+        for family in (self._instances, self._health, self._restarts, self._fenced,
+                       self._packages, self._rules, self._backends, self._outbox,
+                       self._hosts):
             try:
                 yield from family(gauge, self.orch.store)
             except Exception:       # noqa: BLE001 - a scrape must not fail whole
@@ -313,6 +314,18 @@ class Metrics:
                 continue
             policy = (rs.get("policy") or d.get("restartPolicy") or {}).get("policy") or "none"
             fam.add_metric((d["id"], d.get("hostId") or "none", policy), total)
+        yield fam
+
+    def _fenced(self, gauge, store):
+        """Instances their host fenced (mecorch.mepm.fence: no word from the
+        MEO for their lostAfter): 1 each; none fenced, no sample."""
+        fam = gauge("mecorch_instance_fenced", "1 when the instance's host fenced it (no word "
+                    "from its MEO for its lostAfter: withdrawn and stopped)",
+                    labels=("instance", "host"))
+        for d in store.list("instances", instantiationState=InstantiationState.INSTANTIATED.value,
+                            keep=("id", "hostId", "_fenced", "fenced")):
+            if d.get("_fenced") or d.get("fenced"):     # a host's record, an MEO's copy
+                fam.add_metric((d["id"], d.get("hostId") or "none"), 1)
         yield fam
 
     def _packages(self, gauge, store):

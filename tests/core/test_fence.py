@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -245,6 +246,8 @@ def test_unfence_only_from_the_meo_and_lost_after_only_through_it(tmp_path, syst
         remote.info()
         assert orch.fence._last > before                # a request of the MEO is a word
         assert _state(orch, iid) == ("STOPPED", False)  # and no unfence
+        assert f'mecorch_instance_fenced{{host="{hid}",instance="{iid}"}} 1.0' in \
+            urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
         assert remote.unfence([iid, "nope"]) == {"unfenced": [iid], "notFenced": ["nope"],
                                                  "busy": []}
         assert _state(orch, iid) == ("RUNNING", True)
