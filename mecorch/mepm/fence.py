@@ -8,10 +8,11 @@ cannot stop this host's copy while it cannot reach it (a partition; a site
 that comes back and revives its apps before the MEO reaches it): so the
 host does it itself. Once it has not heard from its MEO for an instance's
 `lostAfter` seconds, that instance is FENCED:
-- its rules are withdrawn from the MEP (PlatformRules.withdraw: its DNS
-  answer and its traffic-rule destination go, the stored set is marked
-  `inService: false` so reconciliation does not put it back) and its
-  runtime is stopped through its compute driver;
+- its rules are withdrawn from the MEP (PlatformRules.withdraw for the
+  reason "fenced": its DNS answer and its traffic-rule destination go, the
+  stored set's `outOfService` names it, so nothing but the restore of that
+  reason puts them back) and its runtime is stopped through its compute
+  driver (the rules then follow the runtime too: reason "down");
 - `_fenced` = {at, reason, stopped} is recorded; observed state STOPPED with
   the reason as detail; an `instance.fenced` log event.
 The MEO counts a host lost only after missed heartbeats plus `lostAfter`,
@@ -192,7 +193,7 @@ class Fence:
                     reason = (f"fenced: no word from the MEO for {silence:.0f} s "
                               f"(lostAfter {inst['_lostAfter']} s)")
                     # the rules first: from here on no client is sent to it
-                    self.orch.mep.withdraw(host, iid, open_mep=not at_start)
+                    self.orch.mep.withdraw(host, iid, "fenced", open_mep=not at_start)
                     inst["_fenced"] = {"at": timestamp(), "reason": reason, "stopped": False}
                     inst["_observed"] = {"state": ObservedState.STOPPED.value,
                                          "detail": reason, "at": timestamp()}
@@ -212,6 +213,8 @@ class Fence:
                 inst = self.orch.store.get("instances", iid)
                 inst["_fenced"]["stopped"] = True
                 self.orch.store.put("instances", iid, inst)
+                # the rules follow the runtime as for any stop (reason "down")
+                self.orch.mep.follow_runtime(host, iid, ObservedState.STOPPED.value)
         except Conflict:
             return None
         except MecorchError as e:
@@ -260,12 +263,13 @@ class Fence:
                 compute = host.compute(DeploymentType(inst["deploymentType"]))
                 compute.start(inst["_handle"])
                 self._follow_address(host, compute, inst)
+                self.orch.mep.follow_runtime(host, iid, ObservedState.RUNNING.value)
             if "readiness" in (inst.get("_probes") or {}):
                 # out of service until its readiness check passes again
+                self.orch.mep.withdraw(host, iid, "readiness")
                 inst["_health"] = {"ready": False, "live": None, "at": timestamp(),
                                    "detail": "readiness: not checked yet (unfenced)"}
-            else:
-                self.orch.mep.restore(host, iid)
+            self.orch.mep.restore(host, iid, "fenced")
             was = inst.pop("_fenced")
             if state != "STOPPED":
                 inst["_observed"] = {"state": ObservedState.RUNNING.value, "at": timestamp(),

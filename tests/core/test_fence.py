@@ -74,7 +74,7 @@ def test_fenced_after_lost_after_without_the_meo_and_nothing_on_the_host_undoes_
     # serves nothing: its rules are off the MEP, its runtime stopped
     assert _state(orch, iid) == ("STOPPED", False)
     inst = orch.lcm.get(iid)
-    assert orch.store.get("rules", iid)["inService"] is False
+    assert orch.store.get("rules", iid)["outOfService"] == ["down", "fenced"]
     assert inst["_fenced"]["stopped"] is True
     view = orch.lcm.view(inst)
     assert view["fenced"]["reason"] == "fenced: no word from the MEO for 5 s (lostAfter 5 s)"
@@ -144,7 +144,7 @@ def test_the_meo_unfences_an_instance_still_its_at_its_resync(system):  # noqa: 
     assert f"instance {iid} unfenced on host {hid}" in done
     assert _state(orch, iid) == ("RUNNING", True)
     inst = orch.lcm.get(iid)
-    assert "_fenced" not in inst and orch.store.get("rules", iid).get("inService") is not False
+    assert "_fenced" not in inst and not orch.store.get("rules", iid).get("outOfService")
     assert orch.lcm.view(inst)["observedState"] == "RUNNING"
     assert "fenced" not in s.c.get(f"{INST}/{iid}")
     # and the next silence fences it again
