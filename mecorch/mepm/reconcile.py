@@ -168,7 +168,8 @@ class Reconciler:
                     compute.destroy(obs.handle)
                 if not obs_list:
                     return []
-                which = f" (runtime {rid}, not its current one)" if rid != iid else ""
+                which = f" (runtime {rid}, not its current one)" \
+                    if self._owned(inst, host, manner) else ""
                 return [f"removed orphaned {manner.value} objects of instance {iid}{which} "
                         f"on host {host.id}"]
         except Conflict:

@@ -12,7 +12,8 @@ One op, under the instance's exclusivity (as operate):
    (`<id>.g<n>`, mecorch.mepm.runtimes: the drivers need no change);
 2. deploy it beside the old one and wait until it is READY (its readiness
    probe, run against its own address; without one: RUNNING and a TCP
-   connect to its first port) within readyTimeoutS;
+   connect to its first port, or else to the first port its traffic rules
+   steer) within readyTimeoutS;
 3. switch the instance's rules to it (one `PlatformRules.apply`: new
    connections go to the new runtime, established ones finish on the old;
    service address and DNS name unchanged), then update the record;
@@ -125,6 +126,7 @@ class Upgrader:
                 "runtime": rid, "generation": generation, "readyTimeoutS": ready_s,
                 "oldRuntime": runtimes.current(inst), "oldHandle": inst.get("_handle"),
                 "oldIp": rules.get("targetIp"),
+                "port": p.request.ports[0].port if p.request.ports else _rule_port(rules),
                 "need": dataclasses.asdict(p.need), "probes": p.probes.to_doc(),
                 "restart": p.restart.to_doc()})
             # the new runtime's Mp1 credential is accepted from now on (it
@@ -191,7 +193,7 @@ class Upgrader:
         with the last reason when it is not (or when it stopped)."""
         deadline = time.monotonic() + plan["readyTimeoutS"]
         probe = Probes.from_doc(plan["probes"]).readiness
-        port = request.ports[0].port if request.ports else None
+        port = plan.get("port")
         # what the runner reads of an instance (exec goes through its driver)
         target = {"hostId": host.id, "deploymentType": plan["manner"], "_handle": handle}
         if probe is not None:
@@ -306,6 +308,8 @@ class Upgrader:
             for k in ("_mp1TokenNext", "_upgradeTo"):
                 inst.pop(k, None)
             lcm.store.put("instances", iid, inst)
+            # the target version is no longer in use by this instance
+            lcm.packages.refresh_usage(inst["appDId"], ending=op["id"])
         journal.step(op, "rolled-back")
 
     # ------------------------------------------------------------ recovery
@@ -325,6 +329,19 @@ class Upgrader:
         self.lcm.journal.finish(op, Conflict("interrupted by a restart of mecorch; rolled "
                                              "back: the old version still serves"))
         return f"rolled back change of package of {iid} to {plan['toPkgId']}"
+
+
+def _rule_port(rules: dict) -> int | None:
+    """The first destination port the instance's traffic rules steer (the
+    port clients reach it on: the MEP's DNAT keeps it), for an app that
+    declares no port of its own."""
+    for rule in rules.get("trafficRules") or []:
+        for flt in rule.get("trafficFilter") or []:
+            for port in flt.get("dstPort") or []:
+                first = str(port).split("-")[0]
+                if first.isdigit():
+                    return int(first)
+    return None
 
 
 def _in_service(lcm, iid: str) -> bool:
