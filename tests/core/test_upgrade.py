@@ -323,3 +323,45 @@ def test_recovery_after_the_switch_finishes(env):
     assert e.orch.store.get("op_occs", op["id"])["operationState"] == "COMPLETED"
     assert target(e, iid) == ip
     assert e.c.get(f"{INST}/{iid}")["appPkgId"] == two
+
+
+# ---------------------------------------------------------------- CLI
+def cli(e, capsys, *argv: str) -> tuple[int, str, str]:
+    from mecorch import cli as the_cli
+    rc = the_cli.main(["--api", e.c.base, *argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_cli_upgrades_one_instance_or_every_instance_of_an_app_on_a_host(env, capsys):
+    e = env
+    one, two = two_versions(e)
+    ids = [deploy(e, one) for _ in range(3)]
+    ready_when(e, True)
+    rc, out, err = cli(e, capsys, "app", "upgrade", ids[0][:8], "--package", two[:12],
+                       "--ready-timeout", "5")
+    assert rc == 0, err
+    assert out.strip() == f"{ids[0]}: {two} (2.0)"
+    # the others, one at a time; the one already on `two` is left out
+    rc, out, err = cli(e, capsys, "app", "upgrade", "--app", "sample-http", "--host",
+                       "default", "--package", two)
+    assert rc == 0, err
+    assert sorted(out.split("\n")[:-1]) == sorted(f"{i}: {two} (2.0)" for i in ids[1:])
+    assert err.count("upgrading ") == 2
+    # back to `one`, with the second never ready: stops there
+    calls = []
+
+    def connect(ip, port):
+        calls.append(ip)
+        return len(calls) == 1
+    e.orch.lcm.upgrader.connect = connect
+    rc, out, err = cli(e, capsys, "app", "upgrade", "--app", "sample-http", "--host",
+                       "default", "--package", one, "--ready-timeout", "1")
+    assert rc == 1
+    assert "did not get ready" in err and "stopped: 1 of 3 upgraded, 1 not tried" in err
+    pkgs = sorted(e.c.get(f"{INST}/{i}")["appPkgId"] for i in ids)
+    assert pkgs == sorted([one, two, two])
+    rc, _, err = cli(e, capsys, "app", "upgrade", "--package", two)
+    assert rc == 2 and "--app APPDID with --host" in err
+    rc, _, err = cli(e, capsys, "app", "upgrade", "--app", "sample-http", "--package", two)
+    assert rc == 2 and "--app needs --host" in err
