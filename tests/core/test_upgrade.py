@@ -14,6 +14,8 @@ import yaml
 from support.corelab import (  # noqa: F401 - env is a fixture
     INST, POD, create, env, instantiate, onboard, problem, terminate)
 from support.fakes import broken
+from support import meolab
+from support.meolab import system  # noqa: F401 - the fixture
 
 PKGS = "/app_pkgm/v1/app_packages"
 
@@ -365,3 +367,19 @@ def test_cli_upgrades_one_instance_or_every_instance_of_an_app_on_a_host(env, ca
     assert rc == 2 and "--app APPDID with --host" in err
     rc, _, err = cli(e, capsys, "app", "upgrade", "--app", "sample-http", "--package", two)
     assert rc == 2 and "--app needs --host" in err
+
+
+# ---------------------------------------------------------------- MEO
+def test_meo_refuses_with_501_naming_the_host_level_operation(system):
+    s = system
+    pkg = meolab.onboard(s)
+    iid, op = meolab.deploy(s, pkg["appDId"], deploymentType="CONTAINER")
+    assert op["operationState"] == "COMPLETED", op
+    err = problem(s.c.post, f"{INST}/{iid}/change_app_pkg", {"appPkgId": pkg["id"]})
+    assert err.status == 501
+    assert "MEPM of the instance's host" in err.detail and "change_app_pkg" in err.detail
+    # the instance has the same id at its host, where the operation is offered
+    host = s.c.get(f"{INST}/{iid}")["hostId"]
+    assert s.hosts[host].store.get("instances", iid)["instantiationState"] == "INSTANTIATED"
+    err = problem(s.c.post, f"{INST}/nope/change_app_pkg", {"appPkgId": pkg["id"]})
+    assert err.status == 404
