@@ -95,6 +95,9 @@ class Upgrader:
             inst = lcm.get(iid)
             if inst["instantiationState"] != InstantiationState.INSTANTIATED.value:
                 raise Conflict(f"app instance {iid} is NOT_INSTANTIATED")
+            if (inst.get("instantiatedAppState") or {}).get("operationalState") == "STOPPED":
+                raise Conflict(f"app instance {iid} is STOPPED: an upgrade replaces a serving "
+                               "runtime (operate it STARTED first)")
             if inst.get("appPkgId") == pkg_id:
                 raise Conflict(f"app instance {iid} already runs app package {pkg_id}")
             pkg = lcm.packages.usable(inst["appDId"], pkg_id)
@@ -234,8 +237,9 @@ class Upgrader:
         pkg = lcm.store.get("packages", plan["toPkgId"]) or {}
         appd = pkg.get("_appd") or {}
         inst = lcm.get(iid)
-        if plan["probes"].get("readiness") and not _in_service(lcm, iid):
-            # withdrawn while the old one was unready: the new one is ready
+        if not _in_service(lcm, iid):
+            # withdrawn while the old one was unready (its readiness check):
+            # the new one was found ready, so it serves
             lcm.mep.restore(host, iid)
         inst.update({
             "appPkgId": plan["toPkgId"],

@@ -151,6 +151,8 @@ def test_readiness_probe_of_the_new_runtime_decides(env):
     pod["spec"]["containers"][0]["readinessProbe"] = {
         "httpGet": {"path": "/ready", "port": 80}, "periodSeconds": 1, "successThreshold": 2}
     iid = deploy(e, one, orchestrationInfo=yaml.safe_dump(pod))
+    # no prober runs here: the old runtime was never found ready (withdrawn)
+    assert iid not in e.mep.applied and e.orch.store.get("rules", iid)["inService"] is False
     seen = []
 
     def runner(probe, ip, inst):
@@ -164,6 +166,9 @@ def test_readiness_probe_of_the_new_runtime_decides(env):
     assert seen == [("/ready", new_ip, f"{iid}.g1")] * 2
     inst = e.orch.store.get("instances", iid)
     assert inst["_health"]["ready"] is True and inst["_probes"]["readiness"]["path"] == "/ready"
+    # the new runtime was found ready: it serves (its rules restored, to it)
+    assert e.mep.applied[iid][0] == new_ip
+    assert e.orch.store.get("rules", iid).get("inService") is not False
     e.orch.lcm.upgrader.runner = lambda probe, ip, inst: (False, "http 404")
     op = change(e, iid, appPkgId=one, readyTimeoutS=1)
     assert op["operationState"] == "FAILED" and "http 404" in op["error"]["detail"], op
@@ -212,6 +217,11 @@ def test_refusals_name_the_field_or_the_reason(env):
     err = problem(e.c.post, url, {"appPkgId": two})
     assert err.status == 409 and "terminate and instantiate" in err.detail
     e.orch.store.put("instances", iid, kept)
+    # stopped by its operator: nothing serves to switch from
+    op, _ = e.c.post(f"{INST}/{iid}/operate", {"changeStateTo": "STOPPED"})
+    assert e.c.wait_op(op, timeout=10)["operationState"] == "COMPLETED"
+    err = problem(e.c.post, url, {"appPkgId": two})
+    assert err.status == 409 and "STOPPED" in err.detail
     # not instantiated
     fresh = create(e)["id"]
     err = problem(e.c.post, f"{INST}/{fresh}/change_app_pkg", {"appPkgId": two})
