@@ -393,3 +393,37 @@ def test_meo_refuses_with_501_naming_the_host_level_operation(system):
     assert s.hosts[host].store.get("instances", iid)["instantiationState"] == "INSTANTIATED"
     err = problem(s.c.post, f"{INST}/nope/change_app_pkg", {"appPkgId": pkg["id"]})
     assert err.status == 404
+
+
+def test_watcher_events_of_a_replaced_runtime_are_not_the_instance_s(env):
+    """Docker's events name runtimes: the old runtime's stop, seen during
+    the upgrade (kept while it is held) or after it, is not the instance's
+    state; the current runtime's death is, under the instance's id."""
+    import time
+    from mecorch.driverapi.model import Observation
+    from mecorch.kernel.states import DeploymentType, ObservedState
+    from mecorch.mepm.watch import Watcher
+    e = env
+    one, two = two_versions(e)
+    iid = deploy(e, one)
+    ready_when(e, True)
+    host = e.orch.inventory.get("default")
+    watcher = Watcher(e.orch)
+    watcher.start()                 # the fakes stream nothing: only the keeper runs
+    try:
+        with e.orch.lcm.hold(iid):      # as during the op: kept
+            watcher._changed(host, DeploymentType.CONTAINER,
+                             Observation(iid, ObservedState.STOPPED, {}, "exit 0", 0))
+        assert change(e, iid, appPkgId=two)["operationState"] == "COMPLETED"
+        watcher._changed(host, DeploymentType.CONTAINER,
+                         Observation(iid, ObservedState.STOPPED, {}, "exit 0", 0))
+        time.sleep(0.4)                 # the keeper looked at the kept one
+        observed = e.orch.store.get("instances", iid)["_observed"]
+        assert observed["state"] == "RUNNING", observed
+        e.orch.supervisor.close()       # its restart is not this test's
+        watcher._changed(host, DeploymentType.CONTAINER,
+                         Observation(f"{iid}.g1", ObservedState.STOPPED, {}, "exit 3", 3))
+        observed = e.orch.store.get("instances", iid)["_observed"]
+        assert observed["state"] == "STOPPED" and observed["detail"] == "exit 3", observed
+    finally:
+        watcher.stop()
