@@ -346,9 +346,9 @@ class Prober:
                     return
                 host = self.orch.inventory.get(inst["hostId"])
                 changed = None
-                if ready is False and self.orch.mep.withdraw(host, t.iid):
+                if ready is False and self.orch.mep.withdraw(host, t.iid, "readiness"):
                     changed = "instance.unready"
-                elif ready is True and self.orch.mep.restore(host, t.iid):
+                elif ready is True and self.orch.mep.restore(host, t.iid, "readiness"):
                     changed = "instance.ready"
                 old = inst.get("_health") or {}
                 if (old.get("ready"), old.get("live")) != (ready, live) or "ready" not in old:

@@ -248,7 +248,7 @@ class Lcm(InstanceQueries):
                 # As Kubernetes: not in service until its readiness check
                 # passes (mecorch.mepm.health restores it). Applied first all
                 # the same: the MEP has accepted the set the instance will get.
-                self.mep.withdraw(host, iid)
+                self.mep.withdraw(host, iid, "readiness")
                 inst["_health"] = {"ready": False, "live": None, "at": timestamp(),
                                    "detail": "readiness: not checked yet"}
             self.journal.step(op, "rules")
@@ -486,9 +486,12 @@ class Lcm(InstanceQueries):
             compute = host.compute(DeploymentType(inst["deploymentType"]))
             self.journal.step(op, "begin:" + op["_plan"]["to"].lower())
             if op["_plan"]["to"] == InstanceOperationalState.STOPPED.value:
+                # out of service first: no new client reaches an app stopping
+                self.mep.follow_runtime(host, iid, "STOPPED")
                 compute.stop(inst["_handle"], op["_plan"]["timeout"])
             else:
                 compute.start(inst["_handle"])
+                self.mep.follow_runtime(host, iid, "RUNNING")
             inst["instantiatedAppState"] = {"operationalState": op["_plan"]["to"]}
             started = op["_plan"]["to"] == InstanceOperationalState.STARTED.value
             inst["_observed"] = observed_now("RUNNING", "started by operate") if started \

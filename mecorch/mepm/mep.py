@@ -9,14 +9,18 @@ It composes the parts, one job each, and passes their calls through:
 - `app_access.py`:     Mp1 tokens, what an app is told, app-network gateways.
 - `mp1.py`:            the Mp1 API (rules, subscriptions).
 - `termination.py`:    termination notices and their confirmations.
+And it keeps an instance's rules out of service while its runtime does not
+run (`follow_runtime`).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import threading
 from typing import Sequence
 
+from mecorch.kernel.errors import MecorchError
 from mecorch.mepm.app_access import AppAccess
 from mecorch.mepm.claims import ClaimsLedger
 from mecorch.mepm.inventory import EdgeHost, Inventory
@@ -27,6 +31,7 @@ from mecorch.spec.rules import DnsRule, TrafficRule
 from mecorch.kernel.states import DeploymentType
 from mecorch.kernel.store import Store
 
+log = logging.getLogger("mecorch.mep")
 
 class MepService:
     def __init__(self, store: Store, inventory: Inventory, cfg: dict):
@@ -85,11 +90,32 @@ class MepService:
     def forget(self, instance_id: str) -> None:
         self.rules.forget(instance_id)
 
-    def withdraw(self, host: EdgeHost, instance_id: str) -> bool:
-        return self.rules.withdraw(host, instance_id)
+    def follow_runtime(self, host: EdgeHost, instance_id: str, state: str) -> None:
+        """No client is sent to a runtime that does not run: an instance
+        whose runtime was seen STOPPED, MISSING or CRASH_LOOP (it died, the
+        operator stopped it, a restart waits) is taken out of service
+        (reason "down": its DNS answer and traffic-rule destination go, a
+        replica's part goes to the others), and put back when it runs
+        again. Only an instance whose rules are applied on this host; a
+        failure is logged (the next change, or reconciliation, tries
+        again). The caller holds the instance."""
+        doc = self.store.get("rules", instance_id)
+        if not doc or doc.get("hostId") != host.id:
+            return
+        try:
+            if state == "RUNNING":
+                self.rules.restore(host, instance_id, "down")
+            elif state in ("STOPPED", "MISSING", "CRASH_LOOP"):
+                self.rules.withdraw(host, instance_id, "down")
+        except MecorchError as e:
+            log.warning("rules of %s not steered for its runtime %s: %s", instance_id, state,
+                        e.detail)
 
-    def restore(self, host: EdgeHost, instance_id: str) -> bool:
-        return self.rules.restore(host, instance_id)
+    def withdraw(self, host: EdgeHost, instance_id: str, reason: str) -> bool:
+        return self.rules.withdraw(host, instance_id, reason)
+
+    def restore(self, host: EdgeHost, instance_id: str, reason: str) -> bool:
+        return self.rules.restore(host, instance_id, reason)
 
     # ------------------------------------------------------------ app access
     @staticmethod

@@ -6,10 +6,12 @@ appDNSRule), are kept in the store, and are applied to the host's MEP
 driver as one set; the stored set changes only when the driver accepted
 the new one.
 
-An instance whose readiness check fails (mecorch.mepm.health) is taken out
-of service: `withdraw` removes its rules from the MEP (its DNS answer and
-its traffic-rule destination) and marks the stored set `"inService": false`;
-`restore` pushes the stored set again and clears the mark. While it is
+An instance is taken out of service while its readiness check fails
+(mecorch.mepm.health) or its runtime does not run (mecorch.mepm.steering):
+`withdraw(host, iid, reason)` removes its rules from the MEP (its DNS answer
+and its traffic-rule destination) and records the reason in the stored
+set's `outOfService`; `restore(host, iid, reason)` drops the reason and,
+when none is left, pushes the stored set again. While it is
 withdrawn the stored set still changes (an apply to a new address, an Mp1
 rule update, a reconcile round) but nothing is pushed: only `restore` puts
 the instance back.
@@ -22,9 +24,9 @@ last, so at every moment the last replica visited takes what the others
 leave (no connection falls through). Changes to one host's replicas are
 made one at a time (a lock per host, taken before the ledger's, never
 inside it). Taking a replica out of service (readiness) is a leave: its
-stored set says `inService: false`, then `before_leaving(host, iid)`, then
-its rules are removed; putting it back is a join: `inService` true again,
-then `apply`.
+stored set gets its first out-of-service reason, then
+`before_leaving(host, iid)`, then its rules are removed; putting it back is
+a join: the last reason dropped, then `apply`.
 """
 
 from __future__ import annotations
@@ -71,42 +73,55 @@ class PlatformRules:
             self.store.put("rules", instance_id, doc)
             self.respread(host, before | self.mates(host.id, instance_id))
 
-    def withdraw(self, host: EdgeHost, instance_id: str) -> bool:
-        """Take the instance out of service: marked `inService: false`, its
-        replicas take its part (a leave), then the MEP drops its rules; the
-        stored set is kept. False if it was out already. The caller holds
-        the instance (Lcm.hold)."""
+    def withdraw(self, host: EdgeHost, instance_id: str, reason: str) -> bool:
+        """Take the instance out of service for `reason` (one of REASONS):
+        recorded in the stored set's `outOfService`; the first reason makes
+        it a leave (its replicas take its part, then the MEP drops its
+        rules; the stored set is kept). True when this took it out. The
+        caller holds the instance (Lcm.hold)."""
+        _check_reason(reason)
         with self._group(host.id):
             with self.ledger.lock:
                 doc = self.stored(instance_id)
-                if not in_service(doc):
+                was_in = in_service(doc)
+                reasons = set(doc.get(OUT) or ())
+                if reason in reasons:
                     return False
-                doc["inService"] = False
+                doc[OUT] = sorted(reasons | {reason})
                 self.store.put("rules", instance_id, doc)
             mep = host.mep()
-            if mep is not None:
+            if was_in and mep is not None:
                 self.before_leaving(host, instance_id)
                 mep.remove_rules(instance_id)
-        return True
+        return was_in
 
-    def restore(self, host: EdgeHost, instance_id: str) -> bool:
-        """Put a withdrawn instance back (a join: the mark cleared, then
-        `apply`, which gives its replicas their new parts). False if it was
-        in service. The caller holds the instance (Lcm.hold)."""
+    def restore(self, host: EdgeHost, instance_id: str, reason: str) -> bool:
+        """`reason` no longer holds; once no reason is left the instance is
+        put back (a join: `apply`, which gives its replicas their new
+        parts). True when this put it back. The caller holds the instance
+        (Lcm.hold)."""
+        _check_reason(reason)
         with self._group(host.id):
             with self.ledger.lock:
                 doc = self.stored(instance_id)
-                if in_service(doc):
+                reasons = set(doc.get(OUT) or ())
+                if reason not in reasons:
                     return False
-                doc.pop("inService", None)
+                reasons.discard(reason)
+                if reasons:
+                    doc[OUT] = sorted(reasons)
+                else:
+                    doc.pop(OUT, None)
                 self.store.put("rules", instance_id, doc)
+            if reasons:
+                return False                # still out for another reason
             if doc.get("hostId") == host.id and doc.get("targetIp"):
                 try:
                     self.apply(host, instance_id, doc["targetIp"])
                 except BaseException:
                     with self.ledger.lock:      # still out: tried again next time
                         doc = self.stored(instance_id)
-                        doc["inService"] = False
+                        doc[OUT] = sorted(set(doc.get(OUT) or ()) | {reason})
                         self.store.put("rules", instance_id, doc)
                     raise
         return True
@@ -135,7 +150,7 @@ class PlatformRules:
             if doc:
                 doc["hostId"] = None
                 doc["claimHost"] = None
-                doc.pop("inService", None)      # a new deployment starts in service
+                doc.pop(OUT, None)              # a new deployment starts in service
                 self.store.put("rules", instance_id, doc)
 
     def forget(self, instance_id: str) -> None:
@@ -227,6 +242,19 @@ class PlatformRules:
         return doc
 
 
+# Why an instance's rules may be out of service (the stored set's
+# `outOfService`, a list): its readiness check fails (mepm.health), its
+# runtime is not running (died, stopped by the operator, being restarted:
+# mepm.steering), its host lost its MEO (fenced).
+OUT = "outOfService"
+REASONS = ("readiness", "down", "fenced")
+
+
+def _check_reason(reason: str) -> None:
+    if reason not in REASONS:
+        raise ValueError(f"out-of-service reason {reason!r} is not one of {REASONS}")
+
+
 def in_service(doc: dict | None) -> bool:
-    """A stored rule set is in service unless withdrawn (`inService` false)."""
-    return (doc or {}).get("inService") is not False
+    """A stored rule set is in service unless withdrawn for some reason."""
+    return not (doc or {}).get(OUT)

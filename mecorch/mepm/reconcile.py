@@ -24,7 +24,7 @@ Each round:
    INSTANTIATED there, and applies again the stored rules of INSTANTIATED
    instances the MEP does not hold as applied (`rules_applied`: after a
    reboot the chains are gone), except those a failed readiness check
-   withdrew (`inService: false`, mecorch.mepm.health).
+   withdrew (`outOfService`: mecorch.mepm.health, mecorch.mepm.steering).
 
 A backend that cannot be listed is skipped for the round with a log line:
 "cannot list" never means "nothing exists". Every change to one instance is
@@ -187,12 +187,32 @@ class Reconciler:
         old = (inst.get("_observed") or {}).get("state")
         if old == obs.state.value or (old == ObservedState.CRASH_LOOP.value
                                       and obs.state is ObservedState.STOPPED):
-            return []
+            return self._steer(inst, obs)
         if not self._record(inst["id"], obs.state, obs.detail):
             return []
         if old is None and obs.state is ObservedState.RUNNING:
             return []               # the normal case: recorded, nothing to report
         return [f"instance {inst['id']} observed {obs.state.value} (was {old or 'unknown'})"]
+
+    def _steer(self, inst: dict, obs: Observation) -> list[str]:
+        """Rules out of service exactly while the runtime does not run
+        (`MepService.follow_runtime`): a change whose steering failed, or
+        could not hold the instance, is caught up here."""
+        doc = self.store.get("rules", inst["id"]) or {}
+        down = "down" in (doc.get("outOfService") or ())
+        running = obs.state is ObservedState.RUNNING
+        host = self.inventory.hosts.get(doc.get("hostId"))
+        if host is None or down != running or self.lcm.working_on(inst["id"]):
+            return []
+        try:
+            with self.lcm.hold(inst["id"]):
+                if self.lcm.journal.in_progress(inst["id"]):
+                    return []
+                self.mep.follow_runtime(host, inst["id"], obs.state.value)
+        except Conflict:
+            return []
+        return [f"instance {inst['id']}: rules {'back in' if running else 'out of'} service "
+                f"(its runtime is {obs.state.value})"]
 
     def _readdress(self, host: EdgeHost, iid: str, obs: Observation) -> list[str]:
         """The runtime has another address than the one its rules steer to
@@ -277,6 +297,9 @@ class Reconciler:
                 inst["_observed"] = {"state": state.value, "detail": detail[:500],
                                      "at": timestamp()}
                 self.store.put("instances", iid, inst)
+                host = self.inventory.hosts.get(inst.get("hostId"))
+                if host is not None:
+                    self.mep.follow_runtime(host, iid, state.value)
                 return True
         except Conflict:
             return False

@@ -6,8 +6,8 @@ Several instances of one app on a host may claim the same destinations
 `replica_key`). The replicas of an instance's FORWARD rule are the
 instances whose rules are applied on the host (stored `hostId`: the
 rules are applied as the last step of instantiation and removed as the
-first of termination), in service (the stored `inService` is not false: a
-replica withdrawn for failing readiness takes no connections), of the same
+first of termination), in service (no `outOfService` reason: a replica
+withdrawn for failing readiness or a dead runtime takes no connections), of the same
 app, with an ACTIVE rule of the same key. The MEP driver is told them per
 rule (`shares`, ascending ids: the order it visits them in), and each
 replica is applied again when that set changes (`PlatformRules`), since
@@ -25,7 +25,7 @@ FORWARD = "FORWARD_DECAPSULATED"
 
 def in_service(doc: dict, host_id: str) -> bool:
     """The stored rule set is applied on the host and takes connections."""
-    return doc.get("hostId") == host_id and doc.get("inService") is not False
+    return doc.get("hostId") == host_id and not doc.get("outOfService")
 
 
 def _spread_keys(rules: Iterable[dict]) -> dict[str, str]:

@@ -71,6 +71,7 @@ class Supervisor:
         self.inventory = inventory
         self.lcm = lcm
         self.reconciler = reconciler        # its `_readdress`: the rules follow
+        self.mep = reconciler.mep           # rules out of service while it is down
         self._lock = threading.Lock()
         self._timers: dict[str, threading.Timer] = {}
         self._closed = False
@@ -133,6 +134,7 @@ class Supervisor:
             inst["_observed"] = {"state": ObservedState.CRASH_LOOP.value, "detail": detail,
                                  "at": timestamp()}
             self.store.put("instances", iid, inst)
+            self.mep.follow_runtime(host, iid, ObservedState.CRASH_LOOP.value)
             self._gave_up(inst, host, manner, detail)
             return f"instance {iid} is in a crash loop: {detail}"
         delay = policy.delay(rs["count"])
@@ -143,6 +145,7 @@ class Supervisor:
         inst["_observed"] = {"state": ObservedState.STOPPED.value, "detail": detail,
                              "at": timestamp()}
         self.store.put("instances", iid, inst)
+        self.mep.follow_runtime(host, iid, ObservedState.STOPPED.value)
         logs.event("instance.restart_scheduled", logging.WARNING, instance=iid, host=host.id,
                    manner=manner.value, delay_s=delay, restart=rs["count"],
                    limit=policy.limit, exitCode=code)
@@ -239,6 +242,15 @@ class Supervisor:
                     line = self.reconciler._readdress(host, iid, obs)
                     for one in line:
                         logs.recovery(one)
+            # back in service only now, at its address (a reconcile round
+            # does it if this hold cannot be had)
+            with self.lcm.hold(iid):
+                inst = self.store.get("instances", iid)
+                if self._supervised(inst, host, manner) \
+                        and (inst.get("_observed") or {}).get("state") == "RUNNING":
+                    self.mep.follow_runtime(host, iid, "RUNNING")
+        except Conflict:
+            pass
         except MecorchError as e:
             log.warning("after restarting %s: %s", iid, e.detail)
 
@@ -272,6 +284,7 @@ class Supervisor:
                     inst["_observed"] = {"state": ObservedState.STOPPED.value, "at": timestamp(),
                                          "detail": f"stopped: {reason[:200]} (policy Never)"}
                     self.store.put("instances", instance_id, inst)
+                    self.mep.follow_runtime(host, instance_id, ObservedState.STOPPED.value)
                     return f"instance {instance_id} stopped: {reason[:200]} (policy Never)"
                 return self._decide(inst, host, manner, None, reason[:200])
         except Conflict:

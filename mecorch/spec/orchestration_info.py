@@ -45,8 +45,9 @@ container's livenessProbe, readinessProbe and startupProbe are read by
 spec/probes.py (the same one parse, through the Plan). Any other
 volume source (hostPath, secret, PVC...) is refused. The pod spec's
 `restartPolicy` is read by mecorch.spec.restart; its other fields are
-checked by name (K8S_POD_*: a typo or a field mecorch does not honour is
-refused, cluster placement and privilege asks are ignored).
+checked by name, and so are the container's (K8S_POD_*, K8S_CONTAINER_*: a
+typo, or a field mecorch does not honour given anything but Kubernetes'
+default, is refused naming it).
 
 Units. mecorch counts memory in MiB and storage in GiB, as Docker, libvirt
 and Nova do and as mecorch reads the ETSI "MB"/"GB" fields of the AppD.
@@ -469,34 +470,62 @@ _COMPUTE_FIELDS = (
 # Profile tosca.capabilities.Compute): another name there is a typo that
 # would silently deploy with the AppD's size instead.
 TOSCA_HOST_PROPERTIES = ("name", "num_cpus", "cpu_frequency", "disk_size", "mem_size")
-# Every field of a Kubernetes container (core/v1 Container): mecorch reads
-# some and ignores the others as Kubernetes defines them; a field that is
-# none of these is a typo, refused as `kubectl --validate=strict` does.
-K8S_CONTAINER_FIELDS = (
-    "name", "image", "command", "args", "workingDir", "ports", "env", "envFrom",
-    "resources", "resizePolicy", "volumeMounts", "volumeDevices",
-    "livenessProbe", "readinessProbe", "startupProbe", "lifecycle",
-    "terminationMessagePath", "terminationMessagePolicy", "imagePullPolicy",
-    "securityContext", "stdin", "stdinOnce", "tty")
 K8S_RESOURCES_FIELDS = ("limits", "requests", "claims")
-# Every field of a Kubernetes PodSpec (core/v1), in three groups: what
-# mecorch reads (containers, volumes, restartPolicy; initContainers only
-# empty), what it refuses by name because the app would rely on behaviour
-# mecorch does not give, and what it ignores as before: cluster placement
-# and privilege asks, which mecorch never grants and whose absence the app
-# cannot be hurt by. A name in none of them is a typo, refused.
+# Every field of a Kubernetes PodSpec (core/v1): what mecorch reads
+# (containers, volumes, restartPolicy; initContainers only empty), and the
+# rest, refused by name unless given the value Kubernetes itself defaults
+# it to (a manifest exported with `kubectl get -o yaml` spells those out
+# and asks nothing by them). Placement asks are refused too (mecorch places
+# by selectedMECHostInfo), and so are privilege asks either way: a
+# securityContext may also drop privileges, and an app must not be started
+# believing it runs read-only or unprivileged when nothing made it so. A
+# name in neither group is a typo, refused with the closest known name.
 K8S_POD_READ = ("containers", "initContainers", "volumes", "restartPolicy")
 K8S_POD_REFUSED = (
-    "activeDeadlineSeconds", "dnsConfig", "dnsPolicy", "ephemeralContainers", "hostAliases",
-    "hostname", "hostUsers", "os", "overhead", "readinessGates", "resourceClaims",
-    "resources", "runtimeClassName", "schedulingGates", "setHostnameAsFQDN",
-    "shareProcessNamespace", "subdomain", "terminationGracePeriodSeconds")
-K8S_POD_IGNORED = (
-    "affinity", "automountServiceAccountToken", "enableServiceLinks", "hostIPC",
-    "hostNetwork", "hostPID", "imagePullSecrets", "nodeName", "nodeSelector",
-    "preemptionPolicy", "priority", "priorityClassName", "schedulerName",
-    "securityContext", "serviceAccount", "serviceAccountName", "tolerations",
-    "topologySpreadConstraints")
+    "activeDeadlineSeconds", "affinity", "automountServiceAccountToken", "dnsConfig",
+    "dnsPolicy", "enableServiceLinks", "ephemeralContainers", "hostAliases", "hostIPC",
+    "hostNetwork", "hostPID", "hostUsers", "hostname", "imagePullSecrets", "nodeName",
+    "nodeSelector", "os", "overhead", "preemptionPolicy", "priority", "priorityClassName",
+    "readinessGates", "resourceClaims", "resources", "runtimeClassName", "schedulerName",
+    "schedulingGates", "securityContext", "serviceAccount", "serviceAccountName",
+    "setHostnameAsFQDN", "shareProcessNamespace", "subdomain",
+    "terminationGracePeriodSeconds", "tolerations", "topologySpreadConstraints")
+# A container's fields: read (the probes by spec/probes.py), or refused by
+# name unless at Kubernetes' default. imagePullPolicy: the image is the
+# package's, pulled by digest from the host's registry, so Always and
+# IfNotPresent both describe what happens; Never does not.
+K8S_CONTAINER_READ = (
+    "name", "image", "command", "args", "ports", "env", "resources", "volumeMounts",
+    "livenessProbe", "readinessProbe", "startupProbe")
+K8S_CONTAINER_REFUSED = (
+    "envFrom", "lifecycle", "resizePolicy", "securityContext", "stdin", "stdinOnce",
+    "terminationMessagePath", "terminationMessagePolicy", "tty", "volumeDevices",
+    "workingDir", "imagePullPolicy", "restartPolicy")
+K8S_CONTAINER_FIELDS = K8S_CONTAINER_READ + K8S_CONTAINER_REFUSED
+# The values that ask nothing: Kubernetes' own defaults (and, for
+# imagePullPolicy, what mecorch does anyway).
+K8S_HARMLESS = {
+    "automountServiceAccountToken": (True,), "dnsPolicy": ("ClusterFirst",),
+    "enableServiceLinks": (True,), "hostIPC": (False,), "hostNetwork": (False,),
+    "hostPID": (False,), "preemptionPolicy": ("PreemptLowerPriority",),
+    "schedulerName": ("default-scheduler",), "securityContext": ({},),
+    "setHostnameAsFQDN": (False,), "shareProcessNamespace": (False,),
+    "serviceAccount": ("default",), "serviceAccountName": ("default",),
+    "stdin": (False,), "stdinOnce": (False,), "tty": (False,),
+    "terminationMessagePath": ("/dev/termination-log",),
+    "terminationMessagePolicy": ("File",), "imagePullPolicy": ("Always", "IfNotPresent"),
+    "terminationGracePeriodSeconds": (30,)}
+
+
+def _refuse_unhonoured(fields: dict, refused: tuple[str, ...], where: str, why: str) -> None:
+    """A field mecorch does not honour, given a value that asks something,
+    is an error that names it (never accepted and ignored)."""
+    for name in refused:
+        if name in fields and not any(fields[name] == v and type(fields[name]) is type(v)
+                                      for v in K8S_HARMLESS.get(name, ())):
+            raise InvalidInput(f"{where}.{_key(name)}: is not supported by mecorch ({why})")
+
+
 _VOLUME_SIZES = (("properties", "size"),
                  ("properties", "virtual_block_storage_data", "size_of_storage"))
 
@@ -706,11 +735,10 @@ def _retained(metas: list[tuple[dict, str]]) -> frozenset[str]:
 
 
 def _pod_fields(pod_spec: dict, where: str) -> None:
-    for name in pod_spec:
-        if name in K8S_POD_REFUSED:
-            raise InvalidInput(f"{where}.{_key(name)}: is not supported by mecorch "
-                               "(one app container per instance, no cluster)")
-    validate.known_fields(pod_spec, K8S_POD_READ + K8S_POD_REFUSED + K8S_POD_IGNORED, where)
+    validate.known_fields(pod_spec, K8S_POD_READ + K8S_POD_REFUSED, where)
+    _refuse_unhonoured(pod_spec, K8S_POD_REFUSED, where,
+                       "one app container per instance, placed by selectedMECHostInfo, "
+                       "no cluster")
 
 
 def pod_spec_of(parsed: Parsed) -> tuple[dict, str] | None:
@@ -758,6 +786,9 @@ def _kubernetes(doc: dict, kind: str) -> Details:
                            "Kubernetes sidecar feature) is not supported; give the pod's "
                            f"{where}.restartPolicy")
     validate.known_fields(c, K8S_CONTAINER_FIELDS, c_where)
+    _refuse_unhonoured(c, K8S_CONTAINER_REFUSED, c_where,
+                       "not honoured for an app container; only its Kubernetes default is "
+                       "accepted")
     images = []
     if c.get("image") is not None:
         images.append((f"{c_where}.image", validate.text(c["image"], f"{c_where}.image", 255)))

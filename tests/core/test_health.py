@@ -85,7 +85,7 @@ def test_readiness_withdraws_after_failure_threshold_and_restores_after_success_
     assert inst["_probes"]["readiness"]["failure_threshold"] == 2
     assert "_probes" not in e.c.get(f"{INST}/{iid}")
     # as Kubernetes: out of service until the readiness check passes
-    assert iid not in e.mep.applied and rules_doc(e, iid)["inService"] is False
+    assert iid not in e.mep.applied and rules_doc(e, iid)["outOfService"] == ["readiness"]
     view = e.c.get(f"{INST}/{iid}")["health"]
     assert view["ready"] is False and view["checks"] == ["readiness"]
     assert view["detail"] == "readiness: not checked yet"
@@ -93,25 +93,25 @@ def test_readiness_withdraws_after_failure_threshold_and_restores_after_success_
     step(p, clock)
     assert iid not in e.mep.applied              # 1 success of 2
     step(p, clock)
-    assert iid in e.mep.applied and "inService" not in rules_doc(e, iid)
+    assert iid in e.mep.applied and "outOfService" not in rules_doc(e, iid)
     assert e.c.get(f"{INST}/{iid}")["health"]["ready"] is True
     script.passing["tcp:3"] = False
     step(p, clock)
     assert iid in e.mep.applied                  # 1 failure of 2: still in service
     step(p, clock)
     assert iid not in e.mep.applied              # withdrawn at the MEP
-    assert rules_doc(e, iid)["inService"] is False
+    assert rules_doc(e, iid)["outOfService"] == ["readiness"]
     health = e.c.get(f"{INST}/{iid}")["health"]
     assert health["ready"] is False and "tcp:3 refused" in health["detail"]
     # an apply while withdrawn (a new address, a reconcile) stores, pushes nothing
     host = e.orch.inventory.get("default")
     e.orch.mep.apply(host, iid, rules_doc(e, iid)["targetIp"])
-    assert iid not in e.mep.applied and rules_doc(e, iid)["inService"] is False
+    assert iid not in e.mep.applied and rules_doc(e, iid)["outOfService"] == ["readiness"]
     script.passing["tcp:3"] = True
     step(p, clock)
     assert iid not in e.mep.applied              # 1 success of 2
     step(p, clock)
-    assert iid in e.mep.applied and "inService" not in rules_doc(e, iid)
+    assert iid in e.mep.applied and "outOfService" not in rules_doc(e, iid)
     assert e.c.get(f"{INST}/{iid}")["health"]["ready"] is True
 
 
@@ -177,7 +177,9 @@ def test_an_operator_stopped_instance_is_not_probed(env):
     assert e.c.wait_op(op, timeout=10)["operationState"] == "COMPLETED"
     script.passing["tcp:3"] = False
     step(p, clock, 5)
-    assert script.calls == ["tcp:3"] and iid in e.mep.applied
+    # not probed; out of service because it is stopped, not for readiness
+    assert script.calls == ["tcp:3"] and iid not in e.mep.applied
+    assert rules_doc(e, iid)["outOfService"] == ["down"]
 
 
 def test_an_instance_held_by_an_operation_is_withdrawn_at_the_next_result(env):
@@ -202,13 +204,13 @@ def test_terminate_while_withdrawn_leaves_nothing_out_of_service(env):
     iid = deploy(e, readinessProbe=check(3, failureThreshold=1))
     p, script, clock, _ = prober(e)
     step(p, clock)
-    assert "inService" not in rules_doc(e, iid)
+    assert "outOfService" not in rules_doc(e, iid)
     script.passing["tcp:3"] = False
     step(p, clock)
-    assert rules_doc(e, iid)["inService"] is False
+    assert rules_doc(e, iid)["outOfService"] == ["readiness"]
     op, _ = e.c.post(f"{INST}/{iid}/terminate", {"terminationType": "FORCEFUL"})
     assert e.c.wait_op(op, timeout=10)["operationState"] == "COMPLETED"
-    assert "inService" not in rules_doc(e, iid)
+    assert "outOfService" not in rules_doc(e, iid)
     assert "health" not in e.c.get(f"{INST}/{iid}")
     assert "_health" not in e.orch.store.get("instances", iid)
     step(p, clock)

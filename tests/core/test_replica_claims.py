@@ -151,7 +151,7 @@ def test_shares_count_only_in_service_replicas_of_the_app_on_the_host():
     docs = [{"id": i, "appDId": app, "hostId": h, "trafficRules": rule, **extra}
             for i, app, h, extra in (
                 ("i1", "a", "e1", {}), ("i3", "a", "e1", {}),
-                ("i4", "a", "e1", {"inService": False}),     # withdrawn
+                ("i4", "a", "e1", {"outOfService": ["readiness"]}),  # withdrawn
                 ("i5", "a", "e2", {}),                        # another host
                 ("i6", "a", None, {}),                        # not applied
                 ("i7", "b", "e1", {}))]                       # another app
@@ -267,18 +267,38 @@ def test_three_replicas_get_their_shares_and_a_terminate_respreads(node, tmp_pat
 
 
 def test_a_withdrawn_replica_is_left_out_of_the_others_shares(node, tmp_path):
-    """The readiness helper's flag: an instance whose stored rules say
-    inService false takes no part; applying a replica then gives it none."""
+    """An instance whose stored rules hold an out-of-service reason takes
+    no part; applying a replica then gives it none."""
     orch, mep, c = node
     pkg = _onboard(c, tmp_path)
     first, _ = _deploy(c, pkg["appDId"])
     addr = c.get(f"{INST}/{first}")["allocatedResources"]["serviceAddress"]
     second, _ = _deploy(c, pkg["appDId"], **_joining(addr))
     doc = orch.store.get("rules", first)
-    orch.store.put("rules", first, {**doc, "inService": False})
+    orch.store.put("rules", first, {**doc, "outOfService": ["readiness"]})
     orch.mep.rules.apply(orch.inventory.get("edge1"), second,
                          orch.store.get("rules", second)["targetIp"])
     assert mep.shares[second] == {}
+
+
+def test_a_replica_whose_runtime_dies_leaves_its_share_until_it_runs_again(node, tmp_path):
+    """Killed, not terminated: the others take its part at once (a reconcile
+    round here, Docker's die event on a real host), and it joins again when
+    the operator starts it."""
+    orch, mep, c = node
+    pkg = _onboard(c, tmp_path)
+    first, _ = _deploy(c, pkg["appDId"])
+    addr = c.get(f"{INST}/{first}")["allocatedResources"]["serviceAddress"]
+    second, _ = _deploy(c, pkg["appDId"], **_joining(addr))
+    group = tuple(sorted((first, second)))
+    assert mep.shares[first] == {"sample-http-vip": group}
+    orch.inventory.get("edge1").compute(C).crash(second, 137)
+    orch.reconciler.run_once()
+    assert second not in mep.applied and mep.shares[first] == {}
+    assert orch.store.get("rules", second)["outOfService"] == ["down"]
+    op, _ = c.post(f"{INST}/{second}/operate", {"changeStateTo": "STARTED"})
+    assert c.wait_op(op, timeout=10)["operationState"] == "COMPLETED"
+    assert {i: mep.shares[i] for i in group} == {i: {"sample-http-vip": group} for i in group}
 
 
 class AuditedMep(FakeMep, RuleAudit):

@@ -151,3 +151,26 @@ def test_three_replicas_share_the_load_and_one_leaves_without_a_failed_request(l
     assert all(count >= REQUESTS * 0.2 for count in got.values()), got
     print(f"after terminating one: {got}")
     assert thelab.dig(53, name, server=lab.dp, netns=lab.ue.name, tries=2) == addr
+
+
+def test_a_killed_replica_leaves_at_once_and_no_request_fails(lab):
+    """Killed, not terminated (the issue's case): Docker's die event takes
+    its rules out of service (mecorch.mepm.mep follow_runtime), the others
+    take its part: 2 s later, 0 failed requests of the next 300."""
+    running = [i["id"] for i in lab.c.get(INST) if i["appDId"] == "sample-http"
+               and i["instantiationState"] == "INSTANTIATED"]
+    addr = lab.c.get(f"{INST}/{running[0]}")["allocatedResources"]["serviceAddresses"][0]
+    while len(running) < 3:
+        running.append(_deploy(lab, shareServiceAddress=True))
+    hosts = {iid: _hostname(lab, iid) for iid in running}
+    victim = running[-1]
+    cid = thelab.run("docker", "ps", "-q", "--filter", f"label=mecorch.instance={victim}",
+                     "--filter", "label=mecorch.role=app").stdout.split()[0]
+    thelab.run("docker", "kill", cid)
+    time.sleep(2)
+    got = _spread(lab, addr)
+    assert got.get("failed", 0) == 0, (got, lab.serve.log_tail())
+    assert set(got) == {hosts[i] for i in running if i != victim}, (got, hosts)
+    view = lab.c.get(f"{INST}/{victim}")
+    assert view["observedState"] == "STOPPED", view
+    print(f"\nafter killing one: {got}")

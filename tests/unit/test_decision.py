@@ -615,11 +615,28 @@ def test_what_cannot_be_run_is_refused_not_dropped():
     init = pod()
     init["spec"]["initContainers"] = [{"name": "i", "image": REF}]
     assert "initContainers" in refused(rr_container, {"orchestrationInfo": init})
-    # Fields mecorch does not read and that only ask for more privilege are ignored.
-    quiet = pod(securityContext={"privileged": True}, imagePullPolicy="Always",
-                livenessProbe={"httpGet": {"port": 80}})
-    quiet["spec"]["hostNetwork"] = True
-    assert rr_container({"orchestrationInfo": quiet}) == rr_container({})
+    # Fields mecorch does not honour are refused by name, privilege asks
+    # too (a securityContext may drop privileges: never pretended)...
+    for field, value in (("securityContext", {"privileged": True}),
+                         ("securityContext", {"readOnlyRootFilesystem": True}),
+                         ("workingDir", "/srv"), ("imagePullPolicy", "Never"),
+                         ("lifecycle", {"preStop": {"exec": {"command": ["x"]}}}),
+                         ("tty", True)):
+        says = refused(rr_container, {"orchestrationInfo": pod(**{field: value})})
+        assert f"containers[0].{field}: is not supported" in says, (field, says)
+    for field, value in (("hostNetwork", True), ("nodeSelector", {"zone": "a"}),
+                         ("serviceAccountName", "robot"), ("tolerations", [{}])):
+        doc = pod()
+        doc["spec"][field] = value
+        says = refused(rr_container, {"orchestrationInfo": doc})
+        assert f"spec.{field}: is not supported" in says, (field, says)
+    # ...unless at Kubernetes' own default, as `kubectl get -o yaml` spells them
+    exported = pod(imagePullPolicy="IfNotPresent", terminationMessagePath="/dev/termination-log",
+                   terminationMessagePolicy="File", securityContext={}, tty=False)
+    exported["spec"].update(hostNetwork=False, dnsPolicy="ClusterFirst",
+                            schedulerName="default-scheduler", enableServiceLinks=True,
+                            terminationGracePeriodSeconds=30, securityContext={})
+    assert rr_container({"orchestrationInfo": exported}) == rr_container({})
 
 
 # -- TOSCA details ----------------------------------------------------------------

@@ -160,10 +160,13 @@ def test_a_misspelt_pod_field_is_refused_with_a_hint():
     assert "restartPolcy" in says and "restartPolicy" in says
 
 
-def test_placement_and_privilege_asks_stay_ignored():
-    # a cluster's placement and privilege asks: never granted, nothing to rely on
-    assert orchestration_info.details(orchestration_info.parse(
-        pod(nodeSelector={"a": "b"}, serviceAccountName="x", hostNetwork=True)))
+def test_placement_and_privilege_asks_are_refused_by_name():
+    # never granted, so never accepted: the app would run believing them
+    for field, value in (("nodeSelector", {"a": "b"}), ("serviceAccountName", "x"),
+                         ("hostNetwork", True)):
+        says = refused(orchestration_info.details,
+                       orchestration_info.parse(pod(**{field: value})))
+        assert f"spec.{field}: is not supported" in says, says
 
 
 # ---------------------------------------------------------------- TOSCA
