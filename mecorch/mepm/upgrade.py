@@ -238,9 +238,12 @@ class Upgrader:
         appd = pkg.get("_appd") or {}
         inst = lcm.get(iid)
         if not _in_service(lcm, iid):
-            # withdrawn while the old one was unready (its readiness check):
-            # the new one was found ready, so it serves
-            lcm.mep.restore(host, iid)
+            # out of service for the old runtime (its readiness check failed,
+            # or it was down): the new one runs and was found ready, so
+            # neither holds. "fenced" (the host lost its MEO) is not the
+            # upgrade's to lift.
+            lcm.mep.restore(host, iid, "readiness")
+            lcm.mep.follow_runtime(host, iid, "RUNNING")
         inst.update({
             "appPkgId": plan["toPkgId"],
             "appSoftVersion": appd.get("appSoftVersion", inst.get("appSoftVersion")),

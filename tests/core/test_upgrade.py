@@ -151,7 +151,8 @@ def test_readiness_probe_of_the_new_runtime_decides(env):
         "httpGet": {"path": "/ready", "port": 80}, "periodSeconds": 1, "successThreshold": 2}
     iid = deploy(e, one, orchestrationInfo=yaml.safe_dump(pod))
     # no prober runs here: the old runtime was never found ready (withdrawn)
-    assert iid not in e.mep.applied and e.orch.store.get("rules", iid)["inService"] is False
+    assert iid not in e.mep.applied
+    assert e.orch.store.get("rules", iid)["outOfService"] == ["readiness"]
     seen = []
 
     def runner(probe, ip, inst):
@@ -167,7 +168,7 @@ def test_readiness_probe_of_the_new_runtime_decides(env):
     assert inst["_health"]["ready"] is True and inst["_probes"]["readiness"]["path"] == "/ready"
     # the new runtime was found ready: it serves (its rules restored, to it)
     assert e.mep.applied[iid][0] == new_ip
-    assert e.orch.store.get("rules", iid).get("inService") is not False
+    assert not e.orch.store.get("rules", iid).get("outOfService")
     e.orch.lcm.upgrader.runner = lambda probe, ip, inst: (False, "http 404")
     op = change(e, iid, appPkgId=one, readyTimeoutS=1)
     assert op["operationState"] == "FAILED" and "http 404" in op["error"]["detail"], op
@@ -426,3 +427,20 @@ def test_watcher_events_of_a_replaced_runtime_are_not_the_instance_s(env):
         assert observed["state"] == "STOPPED" and observed["detail"] == "exit 3", observed
     finally:
         watcher.stop()
+
+
+def test_an_instance_whose_runtime_died_serves_again_from_its_new_version(env):
+    """Its rules were out of service ("down": the runtime stopped); the new
+    version runs and was found ready, so they are back, to it."""
+    e = env
+    one, two = two_versions(e)
+    iid = deploy(e, one)
+    e.cim.crash(iid, 1)
+    e.orch.reconciler.run_once()
+    assert "down" in e.orch.store.get("rules", iid)["outOfService"]
+    assert iid not in e.mep.applied
+    ready_when(e, True)
+    assert change(e, iid, appPkgId=two)["operationState"] == "COMPLETED"
+    assert not e.orch.store.get("rules", iid).get("outOfService")
+    assert e.mep.applied[iid][0] == e.cim.instances[f"{iid}.g1"]["ip"]
+    assert set(e.cim.instances) == {f"{iid}.g1"}
