@@ -153,6 +153,10 @@ def install(r: Router, o: Orchestrator) -> None:
           lambda req: accepted(lcm.terminate(req.params["id"], req.json())), produces=JSON)
     r.add("POST", f"{LCM}/app_instances/{{id}}/operate",
           lambda req: accepted(lcm.operate(req.params["id"], req.json())), produces=JSON)
+    # mecorch extension: a rolling upgrade (mecorch.mepm.upgrade)
+    r.add("POST", f"{LCM}/app_instances/{{id}}/change_app_pkg",
+          lambda req: accepted(lcm.change_app_pkg(req.params["id"], req.json())),
+          produces=JSON)
 
     def list_ops(req: Request) -> Response:
         filters.check(req.query.get("filter"), "AppInstanceLcmOpOcc")

@@ -136,6 +136,20 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--forceful", action="store_true", help="stop at once, no notification")
     t.add_argument("--timeout", type=int, default=30,
                    help="graceful: seconds to wait for the app's confirmation (default 30)")
+    up = _output(app.add_parser(
+        "upgrade", help="rolling upgrade to another version of the package: the new version "
+                        "is started beside the old one, switched to when ready, the old one "
+                        "stopped (mecorch extension change_app_pkg)"))
+    up.add_argument("id", metavar="ID", nargs="?",
+                    help=f"{ID_HELP} (or --app and --host for every instance of an app)")
+    up.add_argument("--package", required=True, metavar="PKG",
+                    help="the version to run: package id or a unique prefix of it")
+    up.add_argument("--app", metavar="APPDID",
+                    help="every INSTANTIATED instance of this appDId on --host, one at a "
+                         "time; stops at the first that fails")
+    up.add_argument("--host", help="the edge host (with --app)")
+    up.add_argument("--ready-timeout", type=int, metavar="S",
+                    help="seconds the new version has to get ready (default 120)")
     op = _output(app.add_parser("operate", help="start or stop a deployed instance"))
     op.add_argument("id", metavar="ID", help=ID_HELP)
     op.add_argument("to", choices=("start", "stop"), help="start: STARTED; stop: STOPPED")

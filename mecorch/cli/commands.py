@@ -337,6 +337,49 @@ def app_operate(c: Client, a) -> int:
         f"{iid}: {d.get('instantiatedAppState', {}).get('operationalState')}"))
 
 
+def app_upgrade(c: Client, a) -> int:
+    """One instance, or every instance of an appDId on a host one after
+    the other (each one's op waited for: at most one runtime of the app is
+    being replaced at a time; the first failure stops the rest)."""
+    if (a.id is None) == (a.app is None):
+        raise InvalidInput("give an instance ID, or --app APPDID with --host HOST")
+    if a.app is not None and not a.host:
+        raise InvalidInput("--app needs --host: the instances of the app on that host")
+    if a.id is not None and a.host:
+        raise InvalidInput("--host goes with --app (an instance ID names its host already)")
+    pkg = package_id(c, a.package)
+    if a.id is not None:
+        ids = [instance_id(c, a.id)]
+    else:
+        ids = sorted(d["id"] for d in c.get_all(INST)
+                     if d.get("appDId") == a.app and d.get("hostId") == a.host
+                     and d.get("instantiationState") == "INSTANTIATED"
+                     and d.get("appPkgId") != pkg)
+        if not ids:
+            print(f"no instance of {a.app} on host {a.host} runs another version than {pkg}",
+                  file=sys.stderr)
+            return 0
+    body: dict = {"appPkgId": pkg}
+    if a.ready_timeout is not None:
+        body["readyTimeoutS"] = a.ready_timeout
+    done = []
+    for iid in ids:
+        print(f"upgrading {iid} to {pkg} ...", file=sys.stderr, flush=True)
+        op, _ = c.post(f"{INST}/{iid}/change_app_pkg", body)
+        op = c.wait_op(op, out=sys.stderr)
+        if op["operationState"] != "COMPLETED":
+            print(f"upgrade of {iid} failed: {op.get('error', {}).get('detail')}",
+                  file=sys.stderr)
+            if len(ids) > 1:
+                print(f"stopped: {len(done)} of {len(ids)} upgraded, "
+                      f"{len(ids) - len(done) - 1} not tried", file=sys.stderr)
+            return 1
+        done.append(c.get(f"{INST}/{iid}"))
+    return emit(a, done if len(ids) > 1 else done[0], lambda d: [
+        print(f"{x['id']}: {x.get('appPkgId')} ({x.get('appSoftVersion')})")
+        for x in (d if isinstance(d, list) else [d])])
+
+
 def _warned(headers: dict) -> None:
     """What a server answered from what it last knew (an MEO whose host is
     away says so in a Warning header): told on stderr."""

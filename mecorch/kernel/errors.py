@@ -57,6 +57,12 @@ class Conflict(MecorchError):
     status, title = 409, "Conflict"
 
 
+class NotImplementedHere(MecorchError):
+    """An operation this level of mecorch does not offer (the detail names
+    where it is offered)."""
+    status, title = 501, "Not implemented"
+
+
 class PreconditionFailed(MecorchError):
     """An If-Match/ETag precondition did not hold (Mp1 PUT)."""
     status, title = 412, "Precondition failed"

@@ -18,7 +18,8 @@ LCM = "/app_lcm/v1"
 # there, unlike LcmOperation's "INSTATIATE".
 _PARAMS = {LcmOperation.INSTANTIATE: "INSTANTIATE",
            LcmOperation.OPERATE: "OPERATE",
-           LcmOperation.TERMINATE: "TERMINATE"}
+           LcmOperation.TERMINATE: "TERMINATE",
+           LcmOperation.CHANGE_APP_PKG: "CHANGE_APP_PKG"}     # mecorch extension
 
 
 class Journal:

@@ -45,6 +45,10 @@ class LcmOperation(str, Enum):
     INSTANTIATE = "INSTATIATE"
     OPERATE = "OPERATE"
     TERMINATE = "TERMINATE"
+    # mecorch extension (ETSI's enum has no such value): a rolling upgrade
+    # to another version of the package, modelled on NFV-SOL 003's "Change
+    # current VNF package" (mecorch.mepm.upgrade)
+    CHANGE_APP_PKG = "CHANGE_APP_PKG"
 
 
 def operation_words(value: str) -> str:

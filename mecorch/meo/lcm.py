@@ -44,7 +44,8 @@ import dataclasses
 from mecorch.spec import decision
 from mecorch.kernel import logs, validate
 from mecorch.kernel.errors import (
-    BackendUnavailable, Conflict, InvalidInput, MecorchError, NotFound, Timeout)
+    BackendUnavailable, Conflict, InvalidInput, MecorchError, NotFound, NotImplementedHere,
+    Timeout)
 from mecorch.kernel.journal import Journal
 from mecorch.kernel.locks import exclusive
 from mecorch.mepm.lcm import (
@@ -457,6 +458,17 @@ class SystemLcm(InstanceQueries):
         if inst.get("instantiatedAppState", {}).get("operationalState") == to.value:
             raise Conflict(f"app instance {instance_id} is already {to.value}")
         return self._host_op(instance_id, LcmOperation.OPERATE, body)
+
+    def change_app_pkg(self, instance_id: str, body) -> dict:
+        """The rolling upgrade is a host-level operation (mecorch.mepm.
+        upgrade): the MEO does not forward it (it would first have to copy
+        the target version to the host and name it by the host's package
+        id); it says where to ask instead."""
+        self.get(instance_id)                   # 404 for an unknown instance first
+        raise NotImplementedHere(
+            "change_app_pkg (rolling upgrade) is not offered by the MEO: ask the MEPM of the "
+            "instance's host (POST /app_lcm/v1/app_instances/{appInstanceId}/change_app_pkg "
+            "there: the instance has the same id; the package must be onboarded on that host)")
 
     def _host_op(self, instance_id: str, operation: LcmOperation, body: dict) -> dict:
         with self._exclusive(instance_id):

@@ -109,10 +109,12 @@ class AppAccess:
         """The instance an Mp1 token was issued to (and not yet revoked by
         its termination), or None."""
         digest = token_digest(token)
-        for inst in self.store.list("instances", keep=("id", "_mp1Token")):
-            stored = inst.get("_mp1Token")
-            if stored and hmac.compare_digest(stored, digest):
-                return inst["id"]
+        # `_mp1TokenNext`: the new runtime's, while a rolling upgrade of the
+        # instance runs (mecorch.mepm.upgrade); it becomes `_mp1Token`
+        for inst in self.store.list("instances", keep=("id", "_mp1Token", "_mp1TokenNext")):
+            for stored in (inst.get("_mp1Token"), inst.get("_mp1TokenNext")):
+                if stored and hmac.compare_digest(stored, digest):
+                    return inst["id"]
         return None
 
 

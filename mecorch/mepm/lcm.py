@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from mecorch.mepm import applogs, manner_policy
+from mecorch.mepm import applogs, manner_policy, runtimes, upgrade
 from mecorch.spec import decision, restart
 from mecorch.kernel import logs, paging, validate, views
 from mecorch.driverapi.contracts import ComputeDriver
@@ -48,7 +48,8 @@ log = logging.getLogger("mecorch.lcm")
 _DEPLOYED_KEYS = ("instantiatedAppState", "hostId", "deploymentType", "decisionReason",
                   "allocatedResources",
                   "_handle", "_need", "_observed", "_mp1Token", "_probes", "_health",
-                  "_restart", "_lostAfter", "_fenced")
+                  "_restart", "_request", "_runtime", "_generation", "_mp1TokenNext",
+                  "_upgradeTo", "_lostAfter", "_fenced")
 
 
 class InstanceQueries:
@@ -109,6 +110,8 @@ class Lcm(InstanceQueries):
         # Event that ends the wait for the app), forceful (the op that
         # superseded it, or None)}
         self._graceful: dict[str, dict] = {}
+        # change_app_pkg, the rolling upgrade (mecorch.mepm.upgrade)
+        self.upgrader = upgrade.Upgrader(self)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -217,6 +220,8 @@ class Lcm(InstanceQueries):
                 # the health checks mecorch.mepm.health runs once it is deployed
                 if p.probes:
                     inst["_probes"] = p.probes.to_doc()
+                # what a rolling upgrade plans the new version with
+                inst["_request"] = upgrade.request_to_keep(body)
                 # fenced by this host after that long without its MEO
                 if lost_after is not None:
                     inst["_lostAfter"] = lost_after
@@ -454,8 +459,8 @@ class Lcm(InstanceQueries):
             compute.stop(handle, stop_timeout)
         self.journal.step(op, "begin:destroy")
         applogs.keep(self.logs_dir, compute, iid, handle)
-        _destroy(compute, iid, handle)
         inst = self.get(iid)
+        _destroy(compute, runtimes.current(inst), handle)
         for k in _DEPLOYED_KEYS:
             inst.pop(k, None)
         inst["instantiationState"] = InstantiationState.NOT_INSTANTIATED.value
@@ -516,6 +521,12 @@ class Lcm(InstanceQueries):
             self._free(iid)
             self.journal.finish(op, e if isinstance(e, MecorchError) else _internal(e))
 
+    # ------------------------------------------------------------ change package
+    def change_app_pkg(self, instance_id: str, body) -> dict:
+        """A rolling upgrade to another version of the package (mecorch
+        extension; mecorch.mepm.upgrade)."""
+        return self.upgrader.start(instance_id, body)
+
     # ------------------------------------------------------------ recovery
     def recover(self) -> list[str]:
         """Finish or undo every operation a crash interrupted (or whose
@@ -554,6 +565,8 @@ class Lcm(InstanceQueries):
             self._release(op, host, compute, iid, inst.get("_handle"), None)
             self.journal.finish(op)
             line = f"finished terminate of {iid}"
+        elif op["lcmOperation"] == LcmOperation.CHANGE_APP_PKG.value:
+            line = self.upgrader.recover(op)
         else:
             self.journal.finish(op, Conflict("interrupted by a restart of mecorch"))
             line = f"failed interrupted operate of {iid}"

@@ -41,7 +41,7 @@ import threading
 from mecorch.kernel import heap, logs
 from mecorch.kernel.errors import Conflict, MecorchError
 from mecorch.mepm.inventory import EdgeHost, Inventory
-from mecorch.mepm import replicas
+from mecorch.mepm import replicas, runtimes
 from mecorch.mepm.lcm import Lcm
 from mecorch.mepm.mep import MepService
 from mecorch.mepm.fence import fenced
@@ -113,26 +113,34 @@ class Reconciler:
     def _compute(self, host: EdgeHost, manner: DeploymentType) -> list[str]:
         # Snapshot the instances before listing: one that became
         # INSTANTIATED while we listed may have objects the list missed.
-        before = {i["id"]: i.get("_opId") for i in self._instantiated(host, manner)}
+        before = {i["id"]: (i.get("_opId"), runtimes.current(i))
+                  for i in self._instantiated(host, manner)}
         try:
             observed = host.compute(manner).list_instances()
         except MecorchError as e:       # logged by the caller, like every line
             return [f"skipped {manner.value} of host {host.id}: {e.detail}"]
         done = []
+        # by runtime id: an instance's current runtime, or one a rolling
+        # upgrade made beside it (mecorch.mepm.runtimes)
         seen: dict[str, list[Observation]] = {}
         for obs in observed:
             seen.setdefault(obs.instance_id, []).append(obs)
-        for iid, obs_list in seen.items():
-            done += self._one_observed(host, manner, iid, obs_list)
-        for iid, op_id in before.items():
-            if iid not in seen:
+        for rid, obs_list in seen.items():
+            done += self._one_observed(host, manner, rid, obs_list)
+        for iid, (op_id, rid) in before.items():
+            if rid not in seen:
                 done += self._vanished(host, manner, iid, op_id)
         return done
 
-    def _one_observed(self, host: EdgeHost, manner: DeploymentType, iid: str,
+    def _one_observed(self, host: EdgeHost, manner: DeploymentType, rid: str,
                       obs_list: list[Observation]) -> list[str]:
+        """`rid`: a runtime id; the instance's current runtime is adopted,
+        any other runtime of it is an orphan unless an operation of the
+        instance (its upgrade) works on it."""
+        iid = runtimes.owner(rid)
         inst = self.store.get("instances", iid)
-        if self._owned(inst, host, manner):
+        if self._owned(inst, host, manner) and runtimes.is_current(inst, rid):
+            obs_list = [runtimes.as_instance(o) for o in obs_list]
             done = self._readdress(host, iid, obs_list[0])
             if obs_list[0].state is ObservedState.STOPPED:
                 revived = self._revive(host, manner, iid, obs_list[0])
@@ -150,18 +158,21 @@ class Reconciler:
         try:
             with self.lcm.hold(iid):
                 inst = self.store.get("instances", iid)     # again, now that it is held
-                if self._owned(inst, host, manner) or self.lcm.journal.in_progress(iid):
+                if self._owned(inst, host, manner) and runtimes.is_current(inst, rid) \
+                        or self.lcm.journal.in_progress(iid):
                     return []
                 compute = host.compute(manner)
                 # Listed before the hold: a terminate and delete that ended
                 # meanwhile removed these objects itself. Only what the
                 # backend still shows now is an orphan (and worth a line).
-                obs_list = [o for o in compute.list_instances() if o.instance_id == iid]
+                obs_list = [o for o in compute.list_instances() if o.instance_id == rid]
                 for obs in obs_list:
                     compute.destroy(obs.handle)
                 if not obs_list:
                     return []
-                return [f"removed orphaned {manner.value} objects of instance {iid} "
+                which = f" (runtime {rid}, not its current one)" \
+                    if self._owned(inst, host, manner) else ""
+                return [f"removed orphaned {manner.value} objects of instance {iid}{which} "
                         f"on host {host.id}"]
         except Conflict:
             return []               # an operation started meanwhile: next round
@@ -390,10 +401,11 @@ class Reconciler:
 
     # ------------------------------------------------------------ helpers
     def _instantiated(self, host: EdgeHost, manner: DeploymentType) -> list[dict]:
-        """id and _opId of the host's INSTANTIATED instances of one manner."""
+        """id, _opId and _runtime of the host's INSTANTIATED instances of
+        one manner."""
         return [i for i in self.store.list("instances", instantiationState=INSTANTIATED,
                                            hostId=host.id,
-                                           keep=("id", "_opId", "deploymentType"))
+                                           keep=("id", "_opId", "deploymentType", "_runtime"))
                 if i["deploymentType"] == manner.value]
 
     @staticmethod

@@ -46,6 +46,7 @@ from mecorch.driverapi.model import Observation
 from mecorch.kernel.states import (
     DeploymentType, InstanceOperationalState, InstantiationState, ObservedState)
 from mecorch.kernel.timeutil import timestamp
+from mecorch.mepm import runtimes
 from mecorch.mepm.fence import fenced
 from mecorch.mepm.lcm import new_restart
 from mecorch.spec.restart import RestartPolicy
@@ -231,13 +232,14 @@ class Supervisor:
         watcher leaves held instances alone): look once more; and the rules
         follow a runtime that came back on another address."""
         try:
-            now = compute.inspect(handle)
+            now = runtimes.as_instance(compute.inspect(handle))
             if now.state is ObservedState.STOPPED:
                 self.reconciler._record(iid, now.state, now.detail)
                 self.died(host, manner, now)
                 return
+            rid = runtimes.current(self.store.get("instances", iid) or {"id": iid})
             for obs in compute.list_instances():
-                if obs.instance_id == iid:
+                if obs.instance_id == rid:
                     line = self.reconciler._readdress(host, iid, obs)
                     for one in line:
                         logs.recovery(one)

@@ -28,6 +28,7 @@ from mecorch.kernel.errors import MecorchError
 from mecorch.driverapi.contracts import Watchable
 from mecorch.driverapi.model import Observation
 from mecorch.kernel.states import DeploymentType, ObservedState
+from mecorch.mepm import runtimes
 
 log = logging.getLogger("mecorch.watch")
 RETRY_S = 5.0
@@ -84,21 +85,27 @@ class Watcher:
             self._stop.wait(RETRY_S)
 
     def _changed(self, host, manner: DeploymentType, obs: Observation) -> None:
-        inst = self.orch.store.get("instances", obs.instance_id)
+        # events name runtimes: an instance's, or one its upgrade made
+        # (mecorch.mepm.runtimes); only its current runtime's are its state
+        iid = runtimes.owner(obs.instance_id)
+        inst = self.orch.store.get("instances", iid)
         if not inst:
             return
-        if self.orch.lcm.working_on(obs.instance_id):
+        if self.orch.lcm.working_on(iid):
             # held: an operation in flight made this change (its own
             # instantiate too), or the app died while it ran; looked at
-            # again when the hold ends
+            # again when the hold ends (kept as the runtime's: which one is
+            # current is known then)
             with self._deferred_lock:
-                self._deferred[obs.instance_id] = (host, manner, obs, time.monotonic())
+                self._deferred[iid] = (host, manner, obs, time.monotonic())
             return
+        if not runtimes.is_current(inst, obs.instance_id):
+            return              # a leftover runtime: reconciliation removes it
         with self._deferred_lock:
-            self._deferred.pop(obs.instance_id, None)       # this one is newer
+            self._deferred.pop(iid, None)       # this one is newer
         if inst.get("hostId") != host.id or inst.get("deploymentType") != manner.value:
             return              # not deployed here
-        self._apply(host, manner, inst, obs)
+        self._apply(host, manner, inst, runtimes.as_instance(obs))
 
     def _apply_deferred(self) -> None:
         while not self._stop.wait(DEFER_POLL_S):
@@ -115,9 +122,10 @@ class Watcher:
                     inst = self.orch.store.get("instances", iid)
                     if not inst or inst.get("hostId") != host.id \
                             or inst.get("deploymentType") != manner.value \
+                            or not runtimes.is_current(inst, obs.instance_id) \
                             or (inst.get("_observed") or {}).get("state") == obs.state.value:
-                        continue        # gone, or the operation recorded it itself
-                    self._apply(host, manner, inst, obs)
+                        continue        # gone, replaced, or the operation recorded it
+                    self._apply(host, manner, inst, runtimes.as_instance(obs))
                 except Exception:       # noqa: BLE001 - the thread must survive anything
                     log.exception("a kept event of %s failed", iid)
 

@@ -439,9 +439,12 @@ class PackageManager:
         without, from before versions, counts for every version) and
         instantiated or being instantiated/terminated."""
         # asked at every instantiate and terminate: only the keys it reads
+        # `_upgradeTo`: the target of a rolling upgrade under way is in use
         return sum(1 for i in self.store.list("instances", appDId=doc["appDId"],
-                                              keep=("appPkgId", "instantiationState", "_opId"))
-                   if (i["appPkgId"] or doc["id"]) == doc["id"]
+                                              keep=("appPkgId", "instantiationState", "_opId",
+                                                    "_upgradeTo"))
+                   if i.get("_upgradeTo") == doc["id"]
+                   or (i["appPkgId"] or doc["id"]) == doc["id"]
                    and (i["instantiationState"] == InstantiationState.INSTANTIATED.value
                         or i.get("_opId") and i["_opId"] != ending
                         and self._op_running(i["_opId"])))

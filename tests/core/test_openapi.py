@@ -454,6 +454,10 @@ def _lifecycle(api: Checker, e) -> str:
     api("POST", f"{INST}/nope/instantiate", {"selectedMECHostInfo": HOST}, status=404)
     api("POST", f"{url}/terminate", {"terminationType": "FORCEFUL"}, status=409)
     api("POST", f"{url}/operate", {"changeStateTo": "STOPPED"}, status=409)
+    # the rolling upgrade (mecorch extension; its 202 is tested in
+    # tests/core/test_upgrade.py: CHANGE_APP_PKG is not in the ETSI enum)
+    api("POST", f"{url}/change_app_pkg", {"appPkgId": "nope", "readyTimeout": 1}, status=400)
+    api("POST", f"{url}/change_app_pkg", {"appPkgId": "nope"}, status=409)
 
     op = api("POST", f"{url}/instantiate",
              {"deploymentType": "CONTAINER", "orchestrationInfo": POD,
@@ -464,6 +468,7 @@ def _lifecycle(api: Checker, e) -> str:
     assert info["deploymentType"] == "CONTAINER" and info["hostId"] == "default"
     assert info["allocatedResources"]["network"][0]["ip"].startswith("10.123.0.")
     api("POST", f"{url}/instantiate", {"selectedMECHostInfo": HOST}, status=409)
+    api("POST", f"{url}/change_app_pkg", {"appPkgId": "nope"}, status=404)
     api("DELETE", url, status=409)                                      # instantiated
 
     api("POST", f"{url}/operate", {"changeStateTo": "SIDEWAYS"}, status=400)
