@@ -448,12 +448,17 @@ class Lcm(InstanceQueries):
         runtime down at once, and a stop first would only add the engine's
         stop call to it (docker stop + remove: ~20 ms more than one forced
         remove)."""
-        # Its rules first: no new connection is steered to an app that is
-        # stopping (a replica's part goes to the others at once, as a
-        # Kubernetes endpoint leaves its Service when its pod terminates);
-        # those it has may finish while it stops.
+        # Its rules out of service first: no new connection is steered to an
+        # app that is stopping (a replica's part goes to the others at once,
+        # as a Kubernetes endpoint leaves its Service when its pod
+        # terminates); those it has may finish while it stops. Withdrawn,
+        # not removed: a terminate that fails after this (the engine down)
+        # leaves an INSTANTIATED app whose rules a reconcile round puts
+        # back once it sees the runtime running (Reconciler._steer).
         self.journal.step(op, "begin:rules-removal")
-        self.mep.remove(host, iid)
+        doc = self.store.get("rules", iid)
+        if doc and doc.get("hostId") == host.id:
+            self.mep.withdraw(host, iid, "down")
         if handle and stop_timeout is not None:
             self.journal.step(op, "begin:stop")
             compute.stop(handle, stop_timeout)
@@ -461,6 +466,7 @@ class Lcm(InstanceQueries):
         applogs.keep(self.logs_dir, compute, iid, handle)
         inst = self.get(iid)
         _destroy(compute, runtimes.current(inst), handle)
+        self.mep.remove(host, iid)          # no longer placed (its rules gone already)
         for k in _DEPLOYED_KEYS:
             inst.pop(k, None)
         inst["instantiationState"] = InstantiationState.NOT_INSTANTIATED.value

@@ -31,9 +31,18 @@ def view(env, iid: str) -> dict:
 
 
 def crash(env, iid: str, code: int | None = 137) -> None:
-    """The runtime dies; the round sees it (the fakes have no events)."""
+    """The runtime dies; a round sees it (the fakes have no events). A
+    round that finds the instance held (the supervisor finishing its last
+    restart) leaves it to the next one, as on a real host: rounds until
+    the death is recorded."""
+    before = env.c.get(f"{INST}/{iid}").get("lastExitTime")
     env.cim.crash(iid, code)
-    env.orch.reconciler.run_once()
+
+    def seen() -> bool:         # stopped, or counted (and maybe restarted already)
+        env.orch.reconciler.run_once()
+        v = env.c.get(f"{INST}/{iid}")
+        return v["observedState"] != "RUNNING" or v.get("lastExitTime") != before
+    until(seen, what="the death recorded by a round")
 
 
 def until(check, limit_s: float = 5.0, what: str = "") -> None:

@@ -210,7 +210,8 @@ class Lab:
             want = {"container:app": 1, "container:pause": 1} if manner == "CONTAINER" \
                 else {"domain": 1,      # its root disk and data disks
                       "pool-volume": len(insts[iid]["allocatedResources"]["storage"])}
-            want.update({"iptables": 2, "dns-file": 1})    # raw + nat jump, one hosts file
+            if not out_of_service(insts[iid]):
+                want.update({"iptables": 2, "dns-file": 1})    # raw + nat jump, one hosts file
             if kinds != want:
                 found.append(f"INSTANTIATED {iid} ({manner}) has {kinds}, want {want}")
         return found
@@ -249,3 +250,11 @@ def wait_clean(lab: Lab, since: float, limit_s: float = 10.0,
             raise AssertionError(f"not reconciled {took:.1f}s after restart: {found}\n"
                                  + lab.log_tail())
         time.sleep(0.3)
+
+
+def out_of_service(inst: dict) -> bool:
+    """Whether an instance's rules should be out of service, from its view
+    alone: its runtime does not run, its readiness check fails, or it is
+    fenced (mecorch takes its DNS answer and traffic destination away)."""
+    return inst.get("observedState") in ("STOPPED", "MISSING", "CRASH_LOOP") \
+        or (inst.get("health") or {}).get("ready") is False or bool(inst.get("fenced"))
