@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from mecorch.mepm import applogs, manner_policy, runtimes, upgrade
+from mecorch.mepm import applogs, manner_policy, runtimes, undo, upgrade
 from mecorch.spec import decision, restart
 from mecorch.kernel import logs, paging, validate, views
 from mecorch.driverapi.contracts import ComputeDriver
@@ -285,7 +285,7 @@ class Lcm(InstanceQueries):
             self._free(iid)
             self.journal.finish(op)
         except Exception as e:   # noqa: BLE001 - every failure must be undone
-            err = e if isinstance(e, MecorchError) else _internal(e)
+            err = e if isinstance(e, MecorchError) else undo.internal(e)
             log.warning("instantiate %s failed: %s; rolling back", iid, err.detail)
             self._undo_instantiate(op, host, request.manner, alloc.handle if alloc else None)
             self._free(iid)
@@ -308,12 +308,13 @@ class Lcm(InstanceQueries):
                           handle: dict | None) -> None:
         iid = op["appInstanceId"]
         if self.journal.done(op, "begin:rules"):
-            _best_effort(f"remove rules of {iid}", self.mep.remove, host, iid)
+            undo.best_effort(f"remove rules of {iid}", self.mep.remove, host, iid)
         self.mep.release(iid)           # its addresses and names are free again
         if self.journal.done(op, "begin:deploy"):
             step = self.journal.data(op, "deploy")
             handle = handle or (step or {}).get("handle")
-            _best_effort(f"release resources of {iid}", _destroy, host.compute(manner), iid, handle)
+            undo.best_effort(f"release resources of {iid}", undo.destroy, host.compute(manner),
+                             iid, handle)
         inst = self.store.get("instances", iid)
         if inst is not None:
             for k in _DEPLOYED_KEYS:
@@ -411,7 +412,7 @@ class Lcm(InstanceQueries):
             for one in ops:
                 self.journal.finish(one)
         except Exception as e:   # noqa: BLE001 - op must end FAILED with the reason
-            err = e if isinstance(e, MecorchError) else _internal(e)
+            err = e if isinstance(e, MecorchError) else undo.internal(e)
             log.warning("terminate %s failed: %s", iid, err.detail)
             ops += self._end_terminate(iid, graceful, ops)
             for one in ops:
@@ -465,7 +466,7 @@ class Lcm(InstanceQueries):
         self.journal.step(op, "begin:destroy")
         applogs.keep(self.logs_dir, compute, iid, handle)
         inst = self.get(iid)
-        _destroy(compute, runtimes.current(inst), handle)
+        undo.destroy(compute, runtimes.current(inst), handle)
         self.mep.remove(host, iid)          # no longer placed (its rules gone already)
         for k in _DEPLOYED_KEYS:
             inst.pop(k, None)
@@ -525,7 +526,7 @@ class Lcm(InstanceQueries):
             self.journal.finish(op)
         except Exception as e:   # noqa: BLE001
             self._free(iid)
-            self.journal.finish(op, e if isinstance(e, MecorchError) else _internal(e))
+            self.journal.finish(op, e if isinstance(e, MecorchError) else undo.internal(e))
 
     # ------------------------------------------------------------ change package
     def change_app_pkg(self, instance_id: str, body) -> dict:
@@ -759,29 +760,6 @@ def new_instance_doc(iid: str, body: dict, pkg: dict) -> dict:
                    "terminate": {"href": f"{href}/terminate"},
                    "operate": {"href": f"{href}/operate"}},
     }
-
-
-def _destroy(compute: ComputeDriver, instance_id: str, handle: dict | None) -> None:
-    """Destroy by handle, or, when the handle was never recorded (a crash
-    inside deploy), by what the backend finds under the instance's label."""
-    if handle:
-        compute.destroy(handle)
-        return
-    for obs in compute.list_instances():
-        if obs.instance_id == instance_id:
-            compute.destroy(obs.handle)
-
-
-def _best_effort(what: str, fn, *args) -> None:
-    try:
-        fn(*args)
-    except Exception as e:   # noqa: BLE001 - undo must try every step
-        log.error("%s failed during rollback: %s", what, e)
-
-
-def _internal(e: Exception) -> MecorchError:
-    log.exception("internal error")
-    return MecorchError(f"internal error: {type(e).__name__}: {e}")
 
 
 def _request_doc(req: ResourceRequest) -> dict:

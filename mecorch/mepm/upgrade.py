@@ -37,7 +37,7 @@ from mecorch.kernel import logs, validate
 from mecorch.kernel.errors import Conflict, InvalidInput, MecorchError
 from mecorch.kernel.states import DeploymentType, InstantiationState, LcmOperation
 from mecorch.kernel.timeutil import public, timestamp
-from mecorch.mepm import health, runtimes
+from mecorch.mepm import health, runtimes, undo
 from mecorch.spec.decision import TYPE_FIELDS
 from mecorch.spec.plan import plan_request
 from mecorch.spec.probes import Probes
@@ -175,7 +175,7 @@ class Upgrader:
             lcm.mep.apply(host, iid, ip)
             inst = self._switched(op, alloc, ip, host)
         except Exception as e:   # noqa: BLE001 - every failure rolls back
-            err = e if isinstance(e, MecorchError) else _internal(e)
+            err = e if isinstance(e, MecorchError) else undo.internal(e)
             log.warning("change_app_pkg of %s failed: %s; rolling back", iid, err.detail)
             self._roll_back(op, host, alloc.handle if alloc else None)
             lcm._free(iid)
@@ -290,7 +290,7 @@ class Upgrader:
                 except MecorchError as e:      # already gone or stopped: destroy says
                     log.info("stopping the old runtime of %s: %s", op["appInstanceId"],
                              e.detail)
-            _destroy(compute, plan["oldRuntime"], plan.get("oldHandle"))
+            undo.destroy(compute, plan["oldRuntime"], plan.get("oldHandle"))
             self.lcm.journal.step(op, "retired")
         except MecorchError as e:
             log.warning("the old runtime of %s was not removed: %s (reconciliation removes "
@@ -304,11 +304,11 @@ class Upgrader:
         plan = op["_plan"]
         iid = op["appInstanceId"]
         if journal.done(op, "begin:switch") and plan.get("oldIp"):
-            _best_effort(f"rules of {iid} back to {plan['oldIp']}", lcm.mep.apply, host, iid,
+            undo.best_effort(f"rules of {iid} back to {plan['oldIp']}", lcm.mep.apply, host, iid,
                          plan["oldIp"])
         if journal.done(op, "begin:deploy"):
             handle = handle or (journal.data(op, "deploy") or {}).get("handle")
-            _best_effort(f"remove the new runtime {plan['runtime']}", lambda: _destroy(
+            undo.best_effort(f"remove the new runtime {plan['runtime']}", lambda: undo.destroy(
                 host.compute(DeploymentType(plan["manner"])), plan["runtime"], handle))
         inst = lcm.store.get("instances", iid)
         if inst is not None:
@@ -354,25 +354,3 @@ def _rule_port(rules: dict) -> int | None:
 def _in_service(lcm, iid: str) -> bool:
     from mecorch.mepm.platform_rules import in_service
     return in_service(lcm.store.get("rules", iid))
-
-
-def _destroy(compute, runtime: str, handle: dict | None) -> None:
-    """By handle, or (a crash inside deploy) by what carries the runtime id."""
-    if handle:
-        compute.destroy(handle)
-        return
-    for obs in compute.list_instances():
-        if obs.instance_id == runtime:
-            compute.destroy(obs.handle)
-
-
-def _best_effort(what: str, fn, *args) -> None:
-    try:
-        fn(*args)
-    except Exception as e:   # noqa: BLE001 - a rollback tries every step
-        log.error("%s failed during rollback: %s", what, e)
-
-
-def _internal(e: Exception) -> MecorchError:
-    log.exception("internal error")
-    return MecorchError(f"internal error: {type(e).__name__}: {e}")
