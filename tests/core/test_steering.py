@@ -9,9 +9,8 @@ tests/e2e/test_replicas.py.)"""
 
 from __future__ import annotations
 
-import time
 
-from support.corelab import INST, create, env, instantiate, onboard  # noqa: F401 (env: a fixture)
+from support.corelab import INST, crash, create, env, instantiate, onboard, until  # noqa: F401 (env: a fixture)
 
 
 def deployed(env, **body) -> str:
@@ -30,25 +29,6 @@ def operate(env, iid: str, to: str) -> dict:
     op, _ = env.c.post(f"{INST}/{iid}/operate", {"changeStateTo": to, "stopType": "FORCEFUL"})
     return env.c.wait_op(op, timeout=10)
 
-
-def crash(env, iid: str, code: int) -> None:
-    """The runtime dies; rounds until one records it (a round that finds
-    the instance held by the supervisor leaves it to the next)."""
-    before = env.c.get(f"{INST}/{iid}").get("lastExitTime")
-    env.cim.crash(iid, code)
-
-    def seen() -> bool:         # stopped, or counted (and maybe restarted already)
-        env.orch.reconciler.run_once()
-        v = env.c.get(f"{INST}/{iid}")
-        return v["observedState"] != "RUNNING" or v.get("lastExitTime") != before
-    until(seen, what="the death recorded by a round")
-
-
-def until(check, limit_s: float = 5.0, what: str = "") -> None:
-    t0 = time.monotonic()
-    while not check():
-        assert time.monotonic() - t0 < limit_s, f"not within {limit_s}s: {what}"
-        time.sleep(0.01)
 
 
 def test_a_dead_runtime_is_out_of_service_until_the_operator_starts_it(env):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from mecorch.kernel.states import DeploymentType, ObservedState
-from support.corelab import INST, create, env, instantiate, onboard  # noqa: F401 (env: a fixture)
+from support.corelab import INST, crash, create, env, instantiate, onboard, until  # noqa: F401 (env: a fixture)
 from support.meolab import system  # noqa: F401 (a fixture)
 
 FAST = {"policy": "Always", "backoffInitialS": 0.05, "backoffMaxS": 0.1, "limit": 5,
@@ -29,27 +29,6 @@ def deployed(env, **policy) -> str:
 def view(env, iid: str) -> dict:
     return env.c.get(f"{INST}/{iid}")
 
-
-def crash(env, iid: str, code: int | None = 137) -> None:
-    """The runtime dies; a round sees it (the fakes have no events). A
-    round that finds the instance held (the supervisor finishing its last
-    restart) leaves it to the next one, as on a real host: rounds until
-    the death is recorded."""
-    before = env.c.get(f"{INST}/{iid}").get("lastExitTime")
-    env.cim.crash(iid, code)
-
-    def seen() -> bool:         # stopped, or counted (and maybe restarted already)
-        env.orch.reconciler.run_once()
-        v = env.c.get(f"{INST}/{iid}")
-        return v["observedState"] != "RUNNING" or v.get("lastExitTime") != before
-    until(seen, what="the death recorded by a round")
-
-
-def until(check, limit_s: float = 5.0, what: str = "") -> None:
-    t0 = time.monotonic()
-    while not check():
-        assert time.monotonic() - t0 < limit_s, f"not within {limit_s}s: {what}"
-        time.sleep(0.01)
 
 
 def running(env, iid: str) -> bool:

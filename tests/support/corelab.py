@@ -10,6 +10,7 @@ import io
 import tarfile
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,26 @@ def problem(fn, *args, **kw) -> ApiError:
     with pytest.raises(ApiError) as info:
         fn(*args, **kw)
     return info.value
+
+
+def until(check, limit_s: float = 5.0, what: str = "") -> None:
+    """Poll `check` every 10 ms until it is true; fail after `limit_s`."""
+    t0 = time.monotonic()
+    while not check():
+        assert time.monotonic() - t0 < limit_s, f"not within {limit_s}s: {what}"
+        time.sleep(0.01)
+
+
+def crash(e, iid: str, code: int | None = 137) -> None:
+    """The runtime dies; a round sees it (the fakes have no events). A
+    round that finds the instance held (the supervisor finishing its last
+    restart) leaves it to the next one, as on a real host: rounds until
+    the death is recorded (stopped, or counted and maybe restarted already)."""
+    before = e.c.get(f"{INST}/{iid}").get("lastExitTime")
+    e.cim.crash(iid, code)
+
+    def seen() -> bool:
+        e.orch.reconciler.run_once()
+        v = e.c.get(f"{INST}/{iid}")
+        return v["observedState"] != "RUNNING" or v.get("lastExitTime") != before
+    until(seen, what="the death recorded by a round")
