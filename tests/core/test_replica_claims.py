@@ -18,16 +18,13 @@ iptables in network namespaces) and tests/e2e/test_replicas.py.
 
 from __future__ import annotations
 
-import hashlib
-import threading
 
 import pytest
 
-from mecorch.api import make_server
 from mecorch.driverapi.contracts import RuleAudit
 from mecorch.cli.commands import with_service_address
 from mecorch.kernel import config
-from mecorch.kernel.client import ApiError, Client
+from mecorch.kernel.client import ApiError
 from mecorch.kernel.errors import Conflict
 from mecorch.kernel.states import DeploymentType
 from mecorch.kernel.store import Store
@@ -38,7 +35,7 @@ from mecorch.mepm.inventory import EdgeHost
 from mecorch.mepm.local import LocalMepm
 from mecorch.mepm.orchestrator import Orchestrator
 from mecorch.spec import rules as R
-from support.corelab import CONTAINER_APPD, fake_docker_tar, make_package
+from support.corelab import deploy, onboard_with, serve
 from support.fakes import FakeCompute, FakeMep
 
 C = DeploymentType.CONTAINER
@@ -163,12 +160,6 @@ def test_shares_count_only_in_service_replicas_of_the_app_on_the_host():
 
 
 # ---------------------------------------------------------------- the single node
-def _serve(orch, role=None):
-    server = make_server(orch, "127.0.0.1:0", role) if role else make_server(orch, "127.0.0.1:0")
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                     daemon=True).start()
-    return server, Client(f"http://127.0.0.1:{server.server_address[1]}", token="")
-
 
 def _edge(tmp_path, hid="edge1"):
     cfg = config.load()
@@ -183,23 +174,10 @@ def _edge(tmp_path, hid="edge1"):
     return orch, mep
 
 
-def _onboard(c, tmp, **changes):
-    z = make_package(tmp, CONTAINER_APPD, fake_docker_tar(), **changes)
-    return c.post(PKGS, {"appPkgName": "p", "appPkgVersion": "1", "appPkgPath": str(z),
-                         "checksum": {"algorithm": "SHA-256",
-                                      "hash": hashlib.sha256(z.read_bytes()).hexdigest()}})[0]
-
-
-def _deploy(c, app_d_id, **body):
-    inst = c.post(INST, {"appDId": app_d_id})[0]
-    op, _ = c.post(f"{INST}/{inst['id']}/instantiate", body)
-    return inst["id"], c.wait_op(op, timeout=20)
-
-
 @pytest.fixture
 def node(tmp_path):
     orch, mep = _edge(tmp_path)
-    server, c = _serve(orch)
+    server, c = serve(orch)
     yield orch, mep, c
     server.shutdown()
     server.server_close()
@@ -208,23 +186,23 @@ def node(tmp_path):
 
 def test_three_replicas_get_their_shares_and_a_terminate_respreads(node, tmp_path):
     orch, mep, c = node
-    pkg = _onboard(c, tmp_path)
+    pkg = onboard_with(c, tmp_path)
     # an instance of another app, with an address and name of its own: no
     # replica's coming or going applies its rules again
-    bystander_pkg = _onboard(c, tmp_path, appDId="bystander")
+    bystander_pkg = onboard_with(c, tmp_path, appDId="bystander")
     rules = {k: v for k, v in _joining("10.171.0.200").items() if k != "shareServiceAddress"}
     rules["appDNSRule"][0]["domainName"] = "bystander.mec.local"
-    bystander, op = _deploy(c, bystander_pkg["appDId"], **rules)
+    bystander, op = deploy(c, bystander_pkg["appDId"], **rules)
     assert op["operationState"] == "COMPLETED", op
     calls: list[str] = []
     apply_rules = mep.apply_rules
     mep.apply_rules = lambda iid, *a, **kw: (calls.append(iid), apply_rules(iid, *a, **kw))
-    first, op = _deploy(c, pkg["appDId"])
+    first, op = deploy(c, pkg["appDId"])
     assert op["operationState"] == "COMPLETED", op
     addr = c.get(f"{INST}/{first}")["allocatedResources"]["serviceAddress"]
     ids = [first]
     for _ in range(2):
-        iid, op = _deploy(c, pkg["appDId"], **_joining(addr))
+        iid, op = deploy(c, pkg["appDId"], **_joining(addr))
         assert op["operationState"] == "COMPLETED", op
         assert c.get(f"{INST}/{iid}")["allocatedResources"]["serviceAddresses"] == [addr]
         ids.append(iid)
@@ -241,7 +219,7 @@ def test_three_replicas_get_their_shares_and_a_terminate_respreads(node, tmp_pat
         c.call("PUT", f"{MP1}/{first}/traffic_rules/{tr['trafficRuleId']}", other_port)
     assert info.value.status == 409 and "the same rule" in info.value.detail
     # another app naming the address: refused, nothing applied for it
-    other = _onboard(c, tmp_path, appDId="other-http")
+    other = onboard_with(c, tmp_path, appDId="other-http")
     inst = c.post(INST, {"appDId": other["appDId"]})[0]
     with pytest.raises(ApiError) as info:
         c.post(f"{INST}/{inst['id']}/instantiate", _joining(addr))
@@ -270,10 +248,10 @@ def test_a_withdrawn_replica_is_left_out_of_the_others_shares(node, tmp_path):
     """An instance whose stored rules hold an out-of-service reason takes
     no part; applying a replica then gives it none."""
     orch, mep, c = node
-    pkg = _onboard(c, tmp_path)
-    first, _ = _deploy(c, pkg["appDId"])
+    pkg = onboard_with(c, tmp_path)
+    first, _ = deploy(c, pkg["appDId"])
     addr = c.get(f"{INST}/{first}")["allocatedResources"]["serviceAddress"]
-    second, _ = _deploy(c, pkg["appDId"], **_joining(addr))
+    second, _ = deploy(c, pkg["appDId"], **_joining(addr))
     doc = orch.store.get("rules", first)
     orch.store.put("rules", first, {**doc, "outOfService": ["readiness"]})
     orch.mep.rules.apply(orch.inventory.get("edge1"), second,
@@ -286,10 +264,10 @@ def test_a_replica_whose_runtime_dies_leaves_its_share_until_it_runs_again(node,
     round here, Docker's die event on a real host), and it joins again when
     the operator starts it."""
     orch, mep, c = node
-    pkg = _onboard(c, tmp_path)
-    first, _ = _deploy(c, pkg["appDId"])
+    pkg = onboard_with(c, tmp_path)
+    first, _ = deploy(c, pkg["appDId"])
     addr = c.get(f"{INST}/{first}")["allocatedResources"]["serviceAddress"]
-    second, _ = _deploy(c, pkg["appDId"], **_joining(addr))
+    second, _ = deploy(c, pkg["appDId"], **_joining(addr))
     group = tuple(sorted((first, second)))
     assert mep.shares[first] == {"sample-http-vip": group}
     orch.inventory.get("edge1").compute(C).crash(second, 137)
@@ -319,12 +297,12 @@ def test_reconciliation_leaves_replicas_alone_and_restores_a_stale_part(tmp_path
     orch, _ = _edge(tmp_path)
     mep = AuditedMep()
     orch.inventory.get("edge1").attach("mep", mep)
-    server, c = _serve(orch)
+    server, c = serve(orch)
     try:
-        pkg = _onboard(c, tmp_path)
-        first, _ = _deploy(c, pkg["appDId"])
+        pkg = onboard_with(c, tmp_path)
+        first, _ = deploy(c, pkg["appDId"])
         addr = c.get(f"{INST}/{first}")["allocatedResources"]["serviceAddress"]
-        ids = [first] + [_deploy(c, pkg["appDId"], **_joining(addr))[0] for _ in range(2)]
+        ids = [first] + [deploy(c, pkg["appDId"], **_joining(addr))[0] for _ in range(2)]
         assert not [d for d in orch.reconciler.run_once() if "re-applied" in d]
         # one replica's part lost (as after a reboot, or a failed re-spread)
         stale = sorted(ids)[0]
@@ -350,7 +328,7 @@ def meo_system(tmp_path):
     cfg["meo"]["heartbeat_s"] = 0
     meo = MeoOrchestrator(cfg)
     meo.registry.attach(LocalMepm(orch, "edge1"))
-    server, c = _serve(meo, "meo")
+    server, c = serve(meo, "meo")
     yield meo, mep, c
     server.shutdown()
     server.server_close()
@@ -360,17 +338,17 @@ def meo_system(tmp_path):
 
 def test_the_meo_admits_a_replica_and_refuses_another_app_before_its_202(meo_system, tmp_path):
     meo, mep, c = meo_system
-    pkg = _onboard(c, tmp_path)
+    pkg = onboard_with(c, tmp_path)
     on = {"selectedMECHostInfo": [{"hostId": {"id": "edge1"}}]}
-    first, op = _deploy(c, pkg["appDId"], **on)
+    first, op = deploy(c, pkg["appDId"], **on)
     assert op["operationState"] == "COMPLETED", op
     addr = c.get(f"{INST}/{first}")["allocatedResources"]["serviceAddress"]
-    second, op = _deploy(c, pkg["appDId"], **on, **_joining(addr))
+    second, op = deploy(c, pkg["appDId"], **on, **_joining(addr))
     assert op["operationState"] == "COMPLETED", op
     assert set(mep.shares) >= {first, second}
     assert all(len(s["sample-http-vip"]) == 2 for i, s in mep.shares.items()
                if i in (first, second))
-    other = _onboard(c, tmp_path, appDId="other-http")
+    other = onboard_with(c, tmp_path, appDId="other-http")
     inst = c.post(INST, {"appDId": other["appDId"]})[0]
     rules = _joining(addr)
     rules["appDNSRule"][0]["domainName"] = "other-http.mec.local"    # its own name
@@ -453,8 +431,8 @@ def test_a_withdrawal_respreads_the_others_before_the_rules_go(node, tmp_path):
     stored set says inService false, `before_leaving` gives the others
     their parts without it, then its rules go; `apply` brings it back."""
     orch, mep, c = node
-    pkg = _onboard(c, tmp_path)
-    ids = [_deploy(c, pkg["appDId"], shareServiceAddress=True)[0] for _ in range(3)]
+    pkg = onboard_with(c, tmp_path)
+    ids = [deploy(c, pkg["appDId"], shareServiceAddress=True)[0] for _ in range(3)]
     group = tuple(sorted(ids))
     host, out = orch.inventory.get("edge1"), group[2]
     doc = orch.store.get("rules", out)

@@ -15,16 +15,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 
 import pytest
 
 from support.fakes import FakeCompute, FakeMep
-from mecorch.api import make_server
 from mecorch.kernel import config
-from mecorch.kernel.client import ApiError, Client
+from mecorch.kernel.client import ApiError
 from mecorch.kernel.errors import CapacityExceeded, Conflict, InvalidInput
 from mecorch.kernel.states import DeploymentType
 from mecorch.kernel.store import Store
@@ -35,7 +33,7 @@ from mecorch.mepm.local import LocalMepm
 from mecorch.mepm.orchestrator import Orchestrator
 from mecorch.spec import placement, rules as R
 from mecorch.spec.capacity import Need, Room
-from support.corelab import CONTAINER_APPD, VM_APPD, fake_docker_tar, make_package
+from support.corelab import VM_APPD, deploy, onboard_with, serve
 
 C, VM = DeploymentType.CONTAINER, DeploymentType.VM
 INST = "/app_lcm/v1/app_instances"
@@ -237,20 +235,6 @@ def test_the_reason_names_the_winner_and_every_host_left_out():
 
 
 # ---------------------------------------------------------------- the single node, two hosts
-def _onboard(c, tmp, appd=CONTAINER_APPD):
-    image = fake_docker_tar() if appd == CONTAINER_APPD else b"QFI\xfb" + b"\0" * 508
-    z = make_package(tmp, appd, image)          # the sample's rules as they are
-    return c.post(PKGS, {"appPkgName": "p", "appPkgVersion": "1", "appPkgPath": str(z),
-                         "checksum": {"algorithm": "SHA-256",
-                                      "hash": hashlib.sha256(z.read_bytes()).hexdigest()}})[0]
-
-
-def _deploy(c, app_d_id, **body):
-    inst = c.post(INST, {"appDId": app_d_id})[0]
-    op, _ = c.post(f"{INST}/{inst['id']}/instantiate", body)
-    return inst["id"], c.wait_op(op, timeout=20)
-
-
 def _rules_at(addr):
     return {"appTrafficRule": [{"trafficRuleId": "vip", "filterType": "FLOW", "priority": 1,
                                 "trafficFilter": [{"dstAddress": [addr], "dstPort": ["80"],
@@ -258,13 +242,6 @@ def _rules_at(addr):
                                 "action": "FORWARD_DECAPSULATED",
                                 "dstInterface": [{"interfaceType": "IP"}]}],
             "appDNSRule": []}
-
-
-def _serve(orch, role=None):
-    server = make_server(orch, "127.0.0.1:0", role) if role else make_server(orch, "127.0.0.1:0")
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                     daemon=True).start()
-    return server, Client(f"http://127.0.0.1:{server.server_address[1]}", token="")
 
 
 def _node(tmp_path, state="node"):
@@ -288,7 +265,7 @@ def _node(tmp_path, state="node"):
 @pytest.fixture
 def node(tmp_path):
     orch, meps = _node(tmp_path)
-    server, c = _serve(orch)
+    server, c = serve(orch)
     yield orch, meps, c
     server.shutdown()
     server.server_close()
@@ -302,10 +279,10 @@ def _in(addr, cidr):
 def test_single_node_allocates_per_host_places_by_range_and_explains(node, tmp_path, caplog):
     orch, meps, c = node
     caplog.set_level(logging.INFO, logger="mecorch.events")
-    pkg = _onboard(c, tmp_path)
+    pkg = onboard_with(c, tmp_path)
     # the sample as packaged, no host named: the host with most room, an
     # address of its range, the DNS rule answering it
-    iid, op = _deploy(c, pkg["appDId"])
+    iid, op = deploy(c, pkg["appDId"])
     assert op["operationState"] == "COMPLETED", op
     inst = c.get(f"{INST}/{iid}")
     assert inst["hostId"] == "edge2"
@@ -321,11 +298,11 @@ def test_single_node_allocates_per_host_places_by_range_and_explains(node, tmp_p
     assert placed.mecorch_fields == {"instance": iid, "host": "edge2", "manner": "CONTAINER",
                                      "reason": inst["decisionReason"]}
     # a second one on the same host: the next address
-    iid2, op = _deploy(c, pkg["appDId"], selectedMECHostInfo=[{"hostId": {"id": "edge2"}}])
+    iid2, op = deploy(c, pkg["appDId"], selectedMECHostInfo=[{"hostId": {"id": "edge2"}}])
     assert c.get(f"{INST}/{iid2}")["allocatedResources"]["serviceAddress"] == "10.172.0.2"
     assert "placed on edge2: the selected host" in op["decisionReason"]
     # a fixed address of edge1's range lands on edge1, though edge2 has more room
-    iid3, op = _deploy(c, pkg["appDId"], **_rules_at("10.171.0.10"))
+    iid3, op = deploy(c, pkg["appDId"], **_rules_at("10.171.0.10"))
     assert op["operationState"] == "COMPLETED", op
     assert c.get(f"{INST}/{iid3}")["hostId"] == "edge1"
     assert "edge2: its service range 10.172.0.0/24 does not hold 10.171.0.10" \
@@ -339,23 +316,23 @@ def test_single_node_allocates_per_host_places_by_range_and_explains(node, tmp_p
     # terminate frees the address: the next instance on edge2 gets it
     op, _ = c.post(f"{INST}/{iid}/terminate", {"terminationType": "FORCEFUL"})
     assert c.wait_op(op, timeout=20)["operationState"] == "COMPLETED"
-    iid5, _ = _deploy(c, pkg["appDId"], selectedMECHostInfo=[{"hostId": {"id": "edge2"}}])
+    iid5, _ = deploy(c, pkg["appDId"], selectedMECHostInfo=[{"hostId": {"id": "edge2"}}])
     assert c.get(f"{INST}/{iid5}")["allocatedResources"]["serviceAddress"] == "10.172.0.1"
 
 
 def test_the_address_is_kept_across_a_restart(tmp_path):
     orch, _ = _node(tmp_path)
-    server, c = _serve(orch)
+    server, c = serve(orch)
     try:
-        pkg = _onboard(c, tmp_path)
-        iid, op = _deploy(c, pkg["appDId"], selectedMECHostInfo=[{"hostId": {"id": "edge1"}}])
+        pkg = onboard_with(c, tmp_path)
+        iid, op = deploy(c, pkg["appDId"], selectedMECHostInfo=[{"hostId": {"id": "edge1"}}])
         assert op["operationState"] == "COMPLETED", op
     finally:
         server.shutdown()
         server.server_close()
         orch.close()
     orch, _ = _node(tmp_path)
-    server, c = _serve(orch)
+    server, c = serve(orch)
     try:
         (dns,) = c.get(f"{MP1}/{iid}/dns_rules")
         assert dns["ipAddress"] == "10.171.0.1"
@@ -370,8 +347,8 @@ def test_the_address_is_kept_across_a_restart(tmp_path):
 
 def test_an_mp1_put_without_address_keeps_the_allocated_one(node, tmp_path):
     orch, meps, c = node
-    pkg = _onboard(c, tmp_path)
-    iid, _ = _deploy(c, pkg["appDId"], selectedMECHostInfo=[{"hostId": {"id": "edge1"}}])
+    pkg = onboard_with(c, tmp_path)
+    iid, _ = deploy(c, pkg["appDId"], selectedMECHostInfo=[{"hostId": {"id": "edge1"}}])
     (dns,) = c.get(f"{MP1}/{iid}/dns_rules")
     dns.pop("ipAddress")
     dns["ttl"] = 30
@@ -401,7 +378,7 @@ def meo_system(tmp_path):
     meo = MeoOrchestrator(cfg)
     for hid, orch in hosts.items():
         meo.registry.attach(LocalMepm(orch, hid))
-    server, c = _serve(meo, "meo")
+    server, c = serve(meo, "meo")
     yield meo, hosts, c
     server.shutdown()
     server.server_close()
@@ -412,11 +389,11 @@ def meo_system(tmp_path):
 
 def test_meo_places_by_range_allocates_on_each_host_and_logs(meo_system, tmp_path, caplog):
     meo, hosts, c = meo_system
-    pkg = _onboard(c, tmp_path)
+    pkg = onboard_with(c, tmp_path)
     caplog.set_level(logging.INFO, logger="mecorch.meo.lcm")
     got = {}
     for hid in RANGES:
-        iid, op = _deploy(c, pkg["appDId"], selectedMECHostInfo=[{"hostId": {"id": hid}}])
+        iid, op = deploy(c, pkg["appDId"], selectedMECHostInfo=[{"hostId": {"id": hid}}])
         assert op["operationState"] == "COMPLETED", op
         inst = c.get(f"{INST}/{iid}")
         got[hid] = inst["allocatedResources"]["serviceAddress"]
@@ -427,11 +404,11 @@ def test_meo_places_by_range_allocates_on_each_host_and_logs(meo_system, tmp_pat
         assert [d["dnsRules"][0]["ipAddress"] for d in held] == [got[hid]]
     assert got == {"edge1": "10.171.0.1", "edge2": "10.172.0.1"}
     # no host named: most room (edge2), and the reason says so
-    iid, op = _deploy(c, pkg["appDId"])
+    iid, op = deploy(c, pkg["appDId"])
     assert c.get(f"{INST}/{iid}")["hostId"] == "edge2"
     assert "placed on edge2: most room left" in op["decisionReason"]
     # a fixed address of edge1's range: edge1
-    iid, op = _deploy(c, pkg["appDId"], **_rules_at("10.171.0.10"))
+    iid, op = deploy(c, pkg["appDId"], **_rules_at("10.171.0.10"))
     assert op["operationState"] == "COMPLETED", op
     assert c.get(f"{INST}/{iid}")["hostId"] == "edge1"
     assert "edge2: its service range 10.172.0.0/24 does not hold 10.171.0.10" \
@@ -458,8 +435,8 @@ def test_vm_sample_asks_for_an_address_too(node, tmp_path):
     for hid in RANGES:
         orch.inventory.get(hid)._cfg["vim"] = {"driver": "fake"}
         orch.inventory.get(hid).attach("vim", FakeCompute(VM))
-    pkg = _onboard(c, tmp_path, VM_APPD)
-    iid, op = _deploy(c, pkg["appDId"], selectedMECHostInfo=[{"hostId": {"id": "edge1"}}])
+    pkg = onboard_with(c, tmp_path, VM_APPD)
+    iid, op = deploy(c, pkg["appDId"], selectedMECHostInfo=[{"hostId": {"id": "edge1"}}])
     assert op["operationState"] == "COMPLETED", op
     (dns,) = c.get(f"{MP1}/{iid}/dns_rules")
     assert dns["ipAddress"] == "10.171.0.1"

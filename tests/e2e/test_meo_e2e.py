@@ -158,32 +158,9 @@ def system(sample_container, sample_vm):
         yield {"c": c, "procs": procs, "edges": edges, "tmp": tmp, "pkgs": pkgs,
                "tokens": tokens, "tag": tag}
     finally:
-        left = _teardown(procs, made, tmp)
+        left = lab.teardown_system(procs, made, tmp)
     assert left == [], f"left behind by the MEO's cleanup: {left}"
 
-
-def _teardown(procs: dict, made: dict, tmp: Path) -> list[str]:
-    """Everything through the MEO first (as an operator would), then what
-    is left of each host by its owner marks; what the backends still held
-    after the MEO's cleanup is returned."""
-    meo = procs.get("meo")
-    if meo and meo.alive:
-        try:
-            lab.clear(meo.client, timeout_s=180)
-        except Exception as e:  # noqa: BLE001 - teardown goes on; leftovers are removed below
-            print("teardown through the MEO:", e)
-    for p in procs.values():
-        p.stop()
-    left = []
-    for host, cfg in made["hosts"]:
-        left += lab.leftovers(host)
-        lab.remove_host(host, cfg["state_dir"], cfg["run_dir"])
-    for veth in made["docker_user"]:
-        run("iptables", "-D", "DOCKER-USER", "-i", veth, "-j", "ACCEPT", check=False)
-    for netns in made["netns"]:
-        netns.close()
-    shutil.rmtree(tmp, ignore_errors=True)
-    return left
 
 
 def _deploy(c: Client, app_d_id: str, **body) -> tuple[str, dict]:

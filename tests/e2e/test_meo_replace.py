@@ -119,29 +119,9 @@ def site(sample_container):
                                             "hash": sha256_file(zpath)}})
         yield {"c": c, "procs": procs, "edges": edges, "pkg": pkg}
     finally:
-        left = _teardown(procs, made, tmp)
+        left = lab.teardown_system(procs, made, tmp, timeout_s=120)
     assert left == [], f"left behind by the MEO's cleanup: {left}"
 
-
-def _teardown(procs: dict, made: dict, tmp: Path) -> list[str]:
-    meo = procs.get("meo")
-    if meo and meo.alive:
-        try:
-            lab.clear(meo.client, timeout_s=120)
-        except Exception as e:  # noqa: BLE001 - teardown goes on; leftovers are removed below
-            print("teardown through the MEO:", e)
-    for p in procs.values():
-        p.stop()
-    left = []
-    for host, cfg in made["hosts"]:
-        left += lab.leftovers(host)
-        lab.remove_host(host, cfg["state_dir"], cfg["run_dir"])
-    for veth in made["docker_user"]:
-        run("iptables", "-D", "DOCKER-USER", "-i", veth, "-j", "ACCEPT", check=False)
-    for netns in made["netns"]:
-        netns.close()
-    shutil.rmtree(tmp, ignore_errors=True)
-    return left
 
 
 def _dig(edge: dict) -> str:

@@ -68,10 +68,7 @@ def env(tmp_path):
     host.attach("cim", cim)
     host.attach("vim", vim)
     host.attach("mep", mep)
-    server = make_server(orch, "127.0.0.1:0")
-    t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    t.start()
-    client = Client(f"http://127.0.0.1:{server.server_address[1]}", token="")
+    server, client = serve(orch)
 
     class Env:
         pass
@@ -83,13 +80,34 @@ def env(tmp_path):
     orch.close()
 
 
-def onboard(e, appd_path=CONTAINER_APPD, **changes) -> dict:
+def serve(orch, role: str | None = None):
+    """The API of `orch` (its role's router; the default: the single node)
+    on a free loopback port, in a thread: (server, client)."""
+    server = make_server(orch, "127.0.0.1:0", role) if role else make_server(orch, "127.0.0.1:0")
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    return server, Client(f"http://127.0.0.1:{server.server_address[1]}", token="")
+
+
+def onboard_with(c: Client, tmp: Path, appd_path=CONTAINER_APPD, **changes) -> dict:
+    """A package of the sample AppD (with `changes`) onboarded through `c`."""
     image = fake_docker_tar() if appd_path == CONTAINER_APPD else b"QFI\xfb" + b"\0" * 508
-    zpath = make_package(e.tmp, appd_path, image, **changes)
+    zpath = make_package(tmp, appd_path, image, **changes)
     body = {"appPkgName": "p", "appPkgVersion": "1", "appPkgPath": str(zpath),
             "checksum": {"algorithm": "SHA-256",
                          "hash": hashlib.sha256(zpath.read_bytes()).hexdigest()}}
-    return e.c.post(PKGS, body)[0]
+    return c.post(PKGS, body)[0]
+
+
+def deploy(c: Client, app_d_id: str, **body) -> tuple[str, dict]:
+    """A new instance of `app_d_id` instantiated with `body`: (id, its op, ended)."""
+    inst = c.post(INST, {"appDId": app_d_id})[0]
+    op, _ = c.post(f"{INST}/{inst['id']}/instantiate", body)
+    return inst["id"], c.wait_op(op, timeout=20)
+
+
+def onboard(e, appd_path=CONTAINER_APPD, **changes) -> dict:
+    return onboard_with(e.c, e.tmp, appd_path, **changes)
 
 
 def create(e, app_d_id="sample-http") -> dict:
