@@ -104,7 +104,8 @@ def _mapping(value, where: str) -> dict:
 def _port(value, where: str, names: dict[str, int] | None) -> int:
     """A port number, or (names given) the name of one of the container's
     ports, as Kubernetes' IntOrString."""
-    if isinstance(value, str) and not value.isdigit():
+    # isascii: "²".isdigit() is true, and int() refuses it
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
         if names is None:
             raise InvalidInput(f"{where}: must be a port number (a named port is only "
                                "known in a container's ports)")

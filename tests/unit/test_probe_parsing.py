@@ -89,6 +89,7 @@ def test_stored_form_round_trips():
      "readinessProbe.httpGet.httpHeaders[0].name"),
     ({"httpGet": {"port": "admin"}}, "readinessProbe.httpGet.port"),
     ({"httpGet": {"port": 0}}, "readinessProbe.httpGet.port"),
+    ({"tcpSocket": {"port": "\u00b2"}}, "readinessProbe.tcpSocket.port"),   # str.isdigit, not int
     ({"tcpSocket": {"port": 80, "host": "x"}}, "readinessProbe.tcpSocket.host"),
     ({"tcpSocket": {}}, "readinessProbe.tcpSocket.port"),
     ({"exec": {"command": []}}, "readinessProbe.exec.command"),
