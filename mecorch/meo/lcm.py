@@ -50,9 +50,10 @@ from mecorch.kernel.journal import Journal
 from mecorch.kernel.locks import exclusive
 from mecorch.mepm.lcm import (
     InstanceQueries, create_instance, fingerprint, idempotency_mismatch, parse_operate,
-    parse_terminate)
+    parse_terminate, refuse_same_state)
 from mecorch.kernel.states import (
-    InstantiationState, LcmOperation, OperationState, TerminationType, operation_words)
+    InstanceOperationalState, InstantiationState, LcmOperation, OperationState, TerminationType,
+    operation_words)
 from mecorch.kernel.store import Store
 from mecorch.kernel.timeutil import public
 from mecorch.kernel.workers import Workers
@@ -455,9 +456,25 @@ class SystemLcm(InstanceQueries):
         to, _, _ = parse_operate(body, self.default_graceful_s)
         with self._lock:
             inst = self.get(instance_id)
-        if inst.get("instantiatedAppState", {}).get("operationalState") == to.value:
-            raise Conflict(f"app instance {instance_id} is already {to.value}")
+        state = inst.get("instantiatedAppState", {}).get("operationalState")
+        observed = inst.get("observedState")
+        if state == to.value == InstanceOperationalState.STARTED.value \
+                and observed not in ("STOPPED", "CRASH_LOOP"):
+            # the MEO's copy lags a death on the host by up to meo.sync_s:
+            # the host's own view decides whether a start is the way back
+            observed = self._host_observed(inst) or observed
+        refuse_same_state(instance_id, state, observed, to)
         return self._host_op(instance_id, LcmOperation.OPERATE, body)
+
+    def _host_observed(self, inst: dict) -> str | None:
+        """The observed state the instance's host reports now (None: the
+        host does not answer, or has no such instance)."""
+        remote = inst.get("_hostInstance") or {}
+        try:
+            view = self.registry.get(remote["hostId"]).mepm.get_instance(remote["id"])
+        except (KeyError, MecorchError):
+            return None
+        return (view or {}).get("observedState")
 
     def change_app_pkg(self, instance_id: str, body) -> dict:
         """The rolling upgrade is a host-level operation (mecorch.mepm.

@@ -482,12 +482,8 @@ class Lcm(InstanceQueries):
             inst = self.get(instance_id)
             if inst["instantiationState"] != InstantiationState.INSTANTIATED.value:
                 raise Conflict(f"app instance {instance_id} is NOT_INSTANTIATED")
-            # STARTED again is allowed for a runtime seen dead (it crashed, or
-            # the supervisor gave up): "already STARTED" would be untrue
-            dead = (inst.get("_observed") or {}).get("state") in ("STOPPED", "CRASH_LOOP")
-            if inst["instantiatedAppState"]["operationalState"] == to.value \
-                    and not (to is InstanceOperationalState.STARTED and dead):
-                raise Conflict(f"app instance {instance_id} is already {to.value}")
+            refuse_same_state(instance_id, inst["instantiatedAppState"]["operationalState"],
+                              (inst.get("_observed") or {}).get("state"), to)
             op = self.journal.start(instance_id, LcmOperation.OPERATE, {
                 "to": to.value, "timeout": timeout if graceful == "GRACEFUL" else 0})
             self._busy.add(instance_id)
@@ -681,6 +677,18 @@ def parse_terminate(body, default_s: int) -> tuple[TerminationType, int]:
     timeout = validate.integer(body.get("gracefulTerminationTimeout", default_s),
                                "gracefulTerminationTimeout", 0, 3600)
     return kind, 0 if kind is TerminationType.FORCEFUL else timeout
+
+
+def refuse_same_state(instance_id: str, state: str | None, observed: str | None,
+                      to: InstanceOperationalState) -> None:
+    """Conflict for an operate to the state the instance is in already
+    (`state`: its operationalState). STARTED again is allowed for a
+    runtime seen dead (`observed` STOPPED: it crashed; CRASH_LOOP: the
+    supervisor gave up): "already STARTED" would be untrue, and that start
+    is the operator's way back. Both levels decide by this."""
+    dead = observed in ("STOPPED", "CRASH_LOOP")
+    if state == to.value and not (to is InstanceOperationalState.STARTED and dead):
+        raise Conflict(f"app instance {instance_id} is already {to.value}")
 
 
 def parse_operate(body, default_s: int) -> tuple[InstanceOperationalState, str, int]:

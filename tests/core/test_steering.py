@@ -10,7 +10,8 @@ tests/e2e/test_replicas.py.)"""
 from __future__ import annotations
 
 
-from support.corelab import INST, crash, create, env, instantiate, onboard, until  # noqa: F401 (env: a fixture)
+from support.corelab import (  # noqa: F401 (env: a fixture)
+    INST, crash, create, env, instantiate, onboard, until)
 
 
 def deployed(env, **body) -> str:

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
+from mecorch.kernel.client import ApiError
 from mecorch.kernel.states import DeploymentType, ObservedState
-from support.corelab import INST, crash, create, env, instantiate, onboard, until  # noqa: F401 (env: a fixture)
+from support.corelab import (  # noqa: F401 (env: a fixture)
+    INST, crash, crash_on, create, env, instantiate, onboard, until)
 from support.meolab import system  # noqa: F401 (a fixture)
 
 FAST = {"policy": "Always", "backoffInitialS": 0.05, "backoffMaxS": 0.1, "limit": 5,
@@ -240,8 +244,7 @@ def test_the_meo_shows_the_hosts_restart_fields_and_tells_a_crash_loop(system):
     host = s.hosts[hid]
     cim = host.inventory.get(hid).compute(DeploymentType.CONTAINER)
     (remote,) = [i["id"] for i in host.lcm.list() if i["instantiationState"] == "INSTANTIATED"]
-    cim.crash(remote, 137)
-    host.reconciler.run_once()
+    crash_on(host, cim, remote, 137)
     until(lambda: host.lcm.view(host.store.get("instances", remote))["restartCount"] == 1)
     (entry,) = [e for e in s.meo.registry.entries() if e.host_id == hid]
     s.meo.lcm.resync(entry)
@@ -250,8 +253,7 @@ def test_the_meo_shows_the_hosts_restart_fields_and_tells_a_crash_loop(system):
         (1, 137, "Always")
     # limit 5: five more deaths in a row give up
     for n in range(2, 7):
-        cim.crash(remote, 1)
-        host.reconciler.run_once()
+        crash_on(host, cim, remote, 1)
         if n < 6:
             until(lambda: host.lcm.view(host.store.get("instances", remote))["restartCount"]
                   == n)
@@ -265,6 +267,26 @@ def test_the_meo_shows_the_hosts_restart_fields_and_tells_a_crash_loop(system):
     assert len([d for d in s.meo.store.list("outbox")
                 if d["body"]["subscriptionId"] == sub["id"]]) == 1
 
+
+def test_a_start_through_the_meo_is_the_way_back_before_its_next_sync(system):
+    """The issue's trap through the MEO: the app died on its host (policy
+    Never), the MEO has not synced since; `operate start` at the MEO asks
+    the host's view and is accepted, not "already STARTED"."""
+    from support.meolab import deploy as meo_deploy, onboard as meo_onboard
+    s = system
+    iid, op = meo_deploy(s, meo_onboard(s)["appDId"], deploymentType="CONTAINER")
+    assert op["operationState"] == "COMPLETED", op
+    hid = s.c.get(f"{INST}/{iid}")["hostId"]
+    host = s.hosts[hid]
+    (remote,) = [i["id"] for i in host.lcm.list() if i["instantiationState"] == "INSTANTIATED"]
+    crash_on(host, host.inventory.get(hid).compute(DeploymentType.CONTAINER), remote, 137)
+    assert s.c.get(f"{INST}/{iid}").get("observedState") != "STOPPED"    # not synced yet
+    op, _ = s.c.post(f"{INST}/{iid}/operate", {"changeStateTo": "STARTED"})
+    assert s.c.wait_op(op, timeout=10)["operationState"] == "COMPLETED"
+    assert host.lcm.view(host.store.get("instances", remote))["observedState"] == "RUNNING"
+    with pytest.raises(ApiError) as e:          # running: a start is refused again
+        s.c.post(f"{INST}/{iid}/operate", {"changeStateTo": "STARTED"})
+    assert e.value.status == 409 and "already STARTED" in e.value.body["detail"]
 
 def test_an_event_during_a_hold_is_applied_when_it_ends(env):
     """The watcher keeps what a backend reports while an operation holds

@@ -142,15 +142,23 @@ def until(check, limit_s: float = 5.0, what: str = "") -> None:
 
 
 def crash(e, iid: str, code: int | None = 137) -> None:
-    """The runtime dies; a round sees it (the fakes have no events). A
-    round that finds the instance held (the supervisor finishing its last
-    restart) leaves it to the next one, as on a real host: rounds until
-    the death is recorded (stopped, or counted and maybe restarted already)."""
-    before = e.c.get(f"{INST}/{iid}").get("lastExitTime")
-    e.cim.crash(iid, code)
+    """`crash_on` the env's single node."""
+    crash_on(e.orch, e.cim, iid, code)
+
+
+def crash_on(orch, cim, iid: str, code: int | None = 137) -> None:
+    """The runtime of `iid` (a host's instance id) dies; a round of `orch`
+    sees it (the fakes have no events). A round that finds the instance
+    held (the supervisor finishing its last restart) leaves it to the next
+    one, as on a real host: rounds until the death is recorded (stopped, or
+    counted and maybe restarted already)."""
+    def view() -> dict:
+        return orch.lcm.view(orch.store.get("instances", iid))
+    before = view().get("lastExitTime")
+    cim.crash(iid, code)
 
     def seen() -> bool:
-        e.orch.reconciler.run_once()
-        v = e.c.get(f"{INST}/{iid}")
-        return v["observedState"] != "RUNNING" or v.get("lastExitTime") != before
+        orch.reconciler.run_once()
+        v = view()
+        return v.get("observedState") != "RUNNING" or v.get("lastExitTime") != before
     until(seen, what="the death recorded by a round")
