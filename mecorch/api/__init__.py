@@ -109,7 +109,8 @@ def _tls_context(cfg: dict, host: str, role: str):
 def serve_app_networks(orch: Orchestrator, port: int) -> list[ApiServer]:
     """Serve Mp1 on every app network's gateway address too (issue 12), on
     the northbound API's port, so an app reaches it from its own network.
-    Only the Mp1 routes, and only with an app's own token (an operator
+    Only the Mp1 routes (app support and service management), and only
+    with an app's own token (an operator
     token that nobody holds closes them to everyone else), each listener
     under the API's connection cap and request deadline. Each server runs
     in a daemon thread; the caller shuts them down. A gateway that cannot be
@@ -117,11 +118,11 @@ def serve_app_networks(orch: Orchestrator, port: int) -> list[ApiServer]:
     import logging
     import secrets
     import threading
-    from mecorch.mepm.mp1 import MP1
+    from mecorch.mepm.mp1 import MP1, SERVICE_MGMT
 
     class Mp1Only(Router):
         def add(self, method, pattern, *args, **kw):
-            if pattern.startswith(MP1 + "/"):
+            if pattern.startswith((MP1 + "/", SERVICE_MGMT + "/")):
                 super().add(method, pattern, *args, **kw)
 
     router = Mp1Only()

@@ -9,11 +9,15 @@ Access control, per route (`Router.add(..., access=...)`):
   or the app instance's own Mp1 token (issued at instantiate) for its own
   {app} only. Without operator tokens, a request that presents an app
   token is still held to that app's own resources.
+- APPS (what the platform offers every app: MEC 011 service discovery,
+  transports, timing): an operator token, or the Mp1 token of any app
+  instance of this host.
 - PUBLIC (the OpenAPI documents): anyone.
 - LOCAL (/metrics, /healthz, /readyz, /status): anyone on loopback, an
   operator token from anywhere else.
 
-An app token is refused (403) everywhere but its own instance's Mp1 routes.
+An app token is refused (403) everywhere but its own instance's Mp1 routes
+and the APPS routes.
 
 The MEO as a caller (`Request.from_meo`): on an MEPM's listener
 (`ApiServer(meo_token=...)`), a request with the MEO's token, or any
@@ -57,7 +61,7 @@ from mecorch.kernel.errors import (
     Forbidden, InvalidInput, MecorchError, NotFound, PayloadTooLarge, Unauthorized)
 
 log = logging.getLogger("mecorch.api")
-OPERATOR, APP, PUBLIC, LOCAL = "operator", "app", "public", "local"
+OPERATOR, APP, APPS, PUBLIC, LOCAL = "operator", "app", "apps", "public", "local"
 # Deeper JSON than this is refused before parsing: json.loads recurses per
 # level and would otherwise fail with RecursionError (a 500) near 1000.
 MAX_JSON_DEPTH = 64
@@ -290,7 +294,7 @@ class Router:
         `produces`: the media type of the route's answers: a request whose
         Accept excludes it is a 406 before anything is done. `query`: the
         query parameters the route takes; any other is a 400 naming it."""
-        assert access in (OPERATOR, APP, PUBLIC, LOCAL) and (access != APP or "{app}" in pattern)
+        assert access in (OPERATOR, APP, APPS, PUBLIC, LOCAL) and (access != APP or "{app}" in pattern)
         regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern)
         self._access[len(self._routes)] = access
         if stream:
@@ -673,10 +677,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
             return
         owner = self.server.app_token_owner(token) if token else None
         if owner is not None:
-            if access == APP and params.get("app") == owner:
+            if access == APPS or (access == APP and params.get("app") == owner):
                 return
             raise Forbidden("an app's Mp1 token grants access to its own instance's "
-                            "Mp1 resources only")
+                            "Mp1 resources and the platform's shared ones only")
         if operators:
             raise Unauthorized("a valid bearer token is required")
 
