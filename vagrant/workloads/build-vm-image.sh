@@ -21,7 +21,8 @@
 # entries/11-*/raw), into /run/mec.env, publishes its instance id at
 # /mec-instance, and answers
 # /cgi-bin/mec (a sample MEC client to drive from the host: resolve a name,
-# fetch a URL, call its own Mp1 with its token; see the script below). Its
+# fetch a URL, call its own Mp1 and the service management API with its
+# token, read the notifications /cgi-bin/notify received; see below). Its
 # resolver is the one DHCP names (the MEP's DNS on the network's gateway).
 #
 # Idempotent: a finished image whose checksum verifies and whose recorded
@@ -401,12 +402,23 @@ chmod 755 "$IRD/etc/udhcpc.script"
 
 # The sample MEC client, as CGI of the guest's httpd (the guest has no
 # shell access; a test or the demo drives it from the host over HTTP).
-# Query: env | resolve=NAME | fetch=URL | mp1=PATH (GET; POST: PUT of the
-# request body to $MEC_MP1_URL/PATH). HTTP answers come back whole (status
-# line, headers, body). HTTP is spoken with nc: busybox-static's wget calls
-# glibc's NSS, which a static binary without NSS modules crashes in.
+# /cgi-bin/mec?QUERY, QUERY one of
+#   env | resolve=NAME | fetch=URL | notices
+#   [method=M&]mp1=PATH   $MEC_MP1_URL/PATH with the app's token
+#   [method=M&]srv=PATH   the MEC 011 service management API beside Mp1:
+#                         ${MEC_MP1_URL%/mec_app_support/v1}/mec_service_mgmt/v1/PATH
+# PATH is the rest of the query string, passed on as it came (URL-encoded
+# by the caller; it may carry a query of its own: srv=services?ser_name=x).
+# M is GET, PUT, POST or DELETE; without it: GET, or PUT of the request body
+# when the request has one (a POST). A body goes on as JSON.
+# /cgi-bin/notify: a notification receiver (a subscription's callback): a
+# POSTed body becomes one line of /run/notices, which `notices` prints.
+# HTTP answers come back whole (status line, headers, body). HTTP is spoken
+# with nc: busybox-static's wget calls glibc's NSS, which a static binary
+# without NSS modules crashes in.
 cat > "$IRD/www/cgi-bin/mec" <<'CGI'
 #!/bin/sh
+MAX_BODY=65536
 get() { sed -n "s/^$1=//p" /run/mec.env; }
 # http METHOD URL [BODY] [AUTHORIZATION]: one HTTP/1.0 exchange, printed whole
 http() {
@@ -420,13 +432,41 @@ http() {
     {
         printf '%s %s HTTP/1.0\r\nHost: %s\r\n' "$1" "$path" "$hostport"
         [ -n "$4" ] && printf 'Authorization: Bearer %s\r\n' "$4"
-        [ "$1" = PUT ] && printf 'Content-Type: application/json\r\nContent-Length: %s\r\n' "${#3}"
-        printf '\r\n%s' "$3"
+        # Content-Length in bytes (${#3} may count characters)
+        case $1 in PUT|POST) printf 'Content-Type: application/json\r\nContent-Length: %s\r\n' \
+            "$(printf '%s' "$3" | wc -c)" ;; esac
+        printf '\r\n'
+        case $1 in PUT|POST) printf '%s' "$3" ;; esac
     } | nc -w 5 "$host" "$port"
+}
+fail() { echo "$*"; exit 0; }
+# call BASE_URL: the app's own API at BASE_URL/$path with its token
+call() {
+    case $path in
+        '') fail "no PATH" ;;
+        *..*) fail "PATH must not hold '..'" ;;
+        *[!A-Za-z0-9._~%/?=\&:,+@-]*) fail "PATH holds a character a URL does not (URL-encode it)" ;;
+    esac
+    body=""
+    if [ "$REQUEST_METHOD" = POST ]; then
+        n=${CONTENT_LENGTH:-0}
+        case $n in *[!0-9]*|'') fail "bad Content-Length" ;; esac
+        [ ${#n} -le 9 ] && [ "$n" -le $MAX_BODY ] || fail "body larger than $MAX_BODY bytes"
+        body=$(head -c "$n")
+        [ -n "$method" ] || method=PUT
+    fi
+    http "${method:-GET}" "$1/$path" "$body" "$(get MEC_APP_TOKEN)"
 }
 printf 'Content-Type: text/plain\r\n\r\n'
 q=$QUERY_STRING
-case "$q" in
+method=""
+case $q in
+method=*\&*)
+    method=${q%%&*}; method=${method#method=}; q=${q#*&}
+    case $method in GET|PUT|POST|DELETE) ;; *) fail "method: GET, PUT, POST or DELETE" ;; esac
+    case $q in mp1=*|srv=*) ;; *) fail "method= goes with mp1=PATH or srv=PATH" ;; esac ;;
+esac
+case $q in
 env)
     echo "MEC_APP_INSTANCE_ID=$(get MEC_APP_INSTANCE_ID)"
     echo "MEC_MP1_URL=$(get MEC_MP1_URL)"
@@ -435,18 +475,54 @@ resolve=*)
     nslookup "${q#resolve=}" 2>&1 ;;
 fetch=http://*)
     http GET "${q#fetch=}" ;;
+notices)
+    cat /run/notices 2>/dev/null ;;
 mp1=*)
-    if [ "$REQUEST_METHOD" = POST ]; then
-        http PUT "$(get MEC_MP1_URL)/${q#mp1=}" "$(head -c "${CONTENT_LENGTH:-0}")" \
-            "$(get MEC_APP_TOKEN)"
-    else
-        http GET "$(get MEC_MP1_URL)/${q#mp1=}" "" "$(get MEC_APP_TOKEN)"
-    fi ;;
+    path=${q#mp1=}
+    call "$(get MEC_MP1_URL)" ;;
+srv=*)
+    path=${q#srv=}
+    mp1=$(get MEC_MP1_URL)
+    case $mp1 in */mec_app_support/v1) ;; *) fail "MEC_MP1_URL does not end in /mec_app_support/v1" ;; esac
+    call "${mp1%/mec_app_support/v1}/mec_service_mgmt/v1" ;;
 *)
-    echo "unknown action: use env, resolve=NAME, fetch=URL or mp1=PATH" ;;
+    echo "unknown action: use env, resolve=NAME, fetch=URL, notices, [method=M&]mp1=PATH or [method=M&]srv=PATH" ;;
 esac
 CGI
 chmod 755 "$IRD/www/cgi-bin/mec"
+
+# The notification receiver: anyone on the network may POST to it, so a
+# body is bounded (16 KiB) and so is the store (256 KiB; then 507, the
+# sender retries). One line per notification (JSON has no raw newlines
+# that matter), appended under a lock directory (busybox has no flock).
+cat > "$IRD/www/cgi-bin/notify" <<'CGI'
+#!/bin/sh
+MAX_BODY=16384
+MAX_STORE=262144
+STORE=/run/notices
+LOCK=/run/notices.lock
+reply() { printf 'Status: %s\r\nContent-Type: text/plain\r\n\r\n%s\n' "$1" "$2"; exit 0; }
+[ "$REQUEST_METHOD" = POST ] || reply "405 Method Not Allowed" "POST a notification"
+n=${CONTENT_LENGTH:-}
+case $n in *[!0-9]*|'') reply "411 Length Required" "Content-Length needed" ;; esac
+[ ${#n} -le 9 ] && [ "$n" -le $MAX_BODY ] || reply "413 Payload Too Large" "at most $MAX_BODY bytes"
+body=$(head -c "$n" | tr '\r\n' '  ')
+i=0
+until mkdir "$LOCK" 2>/dev/null; do
+    i=$((i + 1))
+    [ $i -ge 50 ] && break          # a holder that died: take it over
+    sleep 0.1
+done
+size=$(wc -c < "$STORE" 2>/dev/null || echo 0)
+if [ $((size + ${#body} + 1)) -gt $MAX_STORE ]; then
+    rmdir "$LOCK" 2>/dev/null
+    reply "507 Insufficient Storage" "notice store full"
+fi
+printf '%s\n' "$body" >> "$STORE"
+rmdir "$LOCK" 2>/dev/null
+reply "200 OK" "noted"
+CGI
+chmod 755 "$IRD/www/cgi-bin/notify"
 
 # acpid: default action table maps the PWRF event to PWRF/00000080 under -c.
 # "#!/bin/sh" matters: acpid ignores SIGCHLD, a shell resets it.
