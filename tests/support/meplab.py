@@ -13,6 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from mecorch.kernel import config
 from mecorch.kernel.fileutil import sha256_file
 from mecorch.package import build_package
 from conftest import WORKLOADS, run
@@ -49,9 +50,11 @@ class Lab:
     """A `mecorch serve` of the one lab (tests/support/lab.py) with names of
     its own (host id, docker network, libvirt pool + network, chain prefix,
     service range and link, dnsmasq port) and a UE namespace behind the
-    data-plane address."""
+    data-plane address. With `app_callbacks`, the apps' networks (the
+    containers' and the VMs', each given a subnet) are in
+    api.callback_networks: an app may subscribe with a callback on itself."""
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, app_callbacks: bool = False):
         u = secrets.token_hex(3)
         self.u, self.tmp = u, tmp
         names = thelab.Names("mc", tag=f"mc{u}")
@@ -65,13 +68,22 @@ class Lab:
         self.ue_ns, self.ue_link = f"mc12ue-{u}", f"mcue{u}"
         self.ue: thelab.Netns | None = None
         self.prefix = names.chain
+        nets: dict = {"cim": {}, "vim": {}}
+        sections: dict = {"orchestrator": {"reconcile_interval_s": 0}}
+        if app_callbacks:
+            vms = free_subnet()
+            containers = vms
+            while containers == vms:        # two picks of the free ones
+                containers = free_subnet()
+            nets = {"cim": {"subnet": containers}, "vim": {"network_cidr": vms}}
+            sections["api"] = {"callback_networks": [
+                *config.DEFAULT["api"]["callback_networks"], containers, vms]}
         self.host_cfg = thelab.host_config(
-            names, vim={"boot_timeout_s": 300},
+            names, cim=nets["cim"], vim={"boot_timeout_s": 300, **nets["vim"]},
             mep={"service_cidr": self.service, "service_interface": f"mcs{u}",
                  "dns_domain": "mec.local", "dns_upstream": [], "data_plane_address": self.dp})
         self.host, self.dns_port = names.host_id, self.host_cfg["mep"]["dns_port"]
-        self.cfg = thelab.lab_config(tmp, [self.host_cfg],
-                                     orchestrator={"reconcile_interval_s": 0})
+        self.cfg = thelab.lab_config(tmp, [self.host_cfg], **sections)
         self.serve = thelab.Serve(self.cfg, tmp, timeout_s=120, client_timeout_s=60)
         self.port, self.api = self.serve.port, self.serve.client
         self.ids: dict[str, str] = {}
@@ -171,14 +183,25 @@ class Lab:
         return rules, {p.name: p.read_bytes() for p in sorted(hosts.iterdir())}
 
 
-def app_mp1(method: str, path: str, body: dict | None = None) -> str:
-    """A busybox script an app runs to call its Mp1 with its own env."""
+MP1_BASE = "mec_app_support/v1"          # what MEC_MP1_URL ends in
+SRV_BASE = "mec_service_mgmt/v1"        # the MEC 011 service management API beside it
+
+
+def app_mp1(method: str, path: str, body: dict | None = None, base: str = MP1_BASE) -> str:
+    """A busybox script an app runs to call its Mp1 (or, with base=SRV_BASE,
+    the service management API on the same host:port) with its own env:
+    the HTTP answer, whole. `path` may carry a query (URL-encoded); the
+    body is ASCII (json.dumps), so ${#b} counts its bytes."""
     payload = json.dumps(body) if body is not None else ""
-    return (f"u=${{MEC_MP1_URL#http://}}; hp=${{u%%/*}}; base=/${{u#*/}}; b='{payload}'; "
-            f"{{ printf '{method} %s/{path} HTTP/1.0\\r\\nHost: %s\\r\\n"
+    for what, text in (("path", path), ("body", payload), ("base", base)):
+        if "'" in text:     # each goes into the script single-quoted
+            raise ValueError(f"{what} holds a single quote: {text!r}")
+    return (f"u=${{MEC_MP1_URL#http://}}; hp=${{u%%/*}}; base=/${{u#*/}}; "
+            f"base=${{base%/{MP1_BASE}}}/{base}; b='{payload}'; "
+            f"{{ printf '{method} %s/%s HTTP/1.0\\r\\nHost: %s\\r\\n"
             f"Authorization: Bearer %s\\r\\nContent-Type: application/json\\r\\n"
-            f"Content-Length: %s\\r\\n\\r\\n%s' \"$base\" \"$hp\" \"$MEC_APP_TOKEN\" "
-            f"\"${{#b}}\" \"$b\"; }} | nc -w 5 \"${{hp%:*}}\" \"${{hp##*:}}\"")
+            f"Content-Length: %s\\r\\n\\r\\n%s' \"$base\" '{path}' \"$hp\" "
+            f"\"$MEC_APP_TOKEN\" \"${{#b}}\" \"$b\"; }} | nc -w 5 \"${{hp%:*}}\" \"${{hp##*:}}\"")
 
 
 def poll(probe, check, timeout: float = 10.0):
