@@ -50,11 +50,13 @@ class Lab:
     """A `mecorch serve` of the one lab (tests/support/lab.py) with names of
     its own (host id, docker network, libvirt pool + network, chain prefix,
     service range and link, dnsmasq port) and a UE namespace behind the
-    data-plane address. With `app_callbacks`, the apps' networks (the
-    containers' and the VMs', each given a subnet) are in
-    api.callback_networks: an app may subscribe with a callback on itself."""
+    data-plane address. With `vm_callbacks`, the VMs' network is in
+    api.callback_networks: a VM app may subscribe with a callback on itself.
+    (Not the containers' network: Docker picks its subnet, and one given
+    in cim.subnet leaves the network without the gateway address the
+    containers' DNS needs - Docker reports no Gateway then.)"""
 
-    def __init__(self, tmp: Path, app_callbacks: bool = False):
+    def __init__(self, tmp: Path, vm_callbacks: bool = False):
         u = secrets.token_hex(3)
         self.u, self.tmp = u, tmp
         names = thelab.Names("mc", tag=f"mc{u}")
@@ -68,18 +70,14 @@ class Lab:
         self.ue_ns, self.ue_link = f"mc12ue-{u}", f"mcue{u}"
         self.ue: thelab.Netns | None = None
         self.prefix = names.chain
-        nets: dict = {"cim": {}, "vim": {}}
+        vim: dict = {"boot_timeout_s": 300}
         sections: dict = {"orchestrator": {"reconcile_interval_s": 0}}
-        if app_callbacks:
-            vms = free_subnet()
-            containers = vms
-            while containers == vms:        # two picks of the free ones
-                containers = free_subnet()
-            nets = {"cim": {"subnet": containers}, "vim": {"network_cidr": vms}}
+        if vm_callbacks:
+            vim["network_cidr"] = free_subnet()
             sections["api"] = {"callback_networks": [
-                *config.DEFAULT["api"]["callback_networks"], containers, vms]}
+                *config.DEFAULT["api"]["callback_networks"], vim["network_cidr"]]}
         self.host_cfg = thelab.host_config(
-            names, cim=nets["cim"], vim={"boot_timeout_s": 300, **nets["vim"]},
+            names, vim=vim,
             mep={"service_cidr": self.service, "service_interface": f"mcs{u}",
                  "dns_domain": "mec.local", "dns_upstream": [], "data_plane_address": self.dp})
         self.host, self.dns_port = names.host_id, self.host_cfg["mep"]["dns_port"]
