@@ -153,6 +153,13 @@ def service_info(name: str, category: dict, host: str, port: int) -> dict:
     return body
 
 
+def a_info(lab: Lab) -> dict:
+    """What A registers: its service address, and its locality spelled out
+    (only on this host; consumable from elsewhere)."""
+    return {**service_info(NAME, CATEGORY, lab.vip["a"], 80), "scopeOfLocality": "MEC_HOST",
+            "consumedLocalOnly": False, "isLocal": True}
+
+
 def operate(lab: Lab, key: str, to: str) -> None:
     body = {"changeStateTo": to, **({"stopType": "FORCEFUL"} if to == "STOPPED" else {})}
     op = lab.api.post(f"{INST}/{lab.ids[key]}/operate", body)[0]
@@ -202,8 +209,7 @@ def story(lab):
     assert s["v_registered"].status == 201, s["v_registered"].raw
     s["v_sid"] = s["v_registered"].body["serInstanceId"]
     s["notices_before"] = notices(lab)
-    s["registered"] = from_app(lab, "a", "POST", f"applications/{a}/services",
-                               service_info(NAME, CATEGORY, lab.vip["a"], 80))
+    s["registered"] = from_app(lab, "a", "POST", f"applications/{a}/services", a_info(lab))
     assert s["registered"].status == 201, s["registered"].raw
     s["sid"] = s["registered"].body["serInstanceId"]
     return s
@@ -236,7 +242,7 @@ def test_container_app_registers_its_service_through_its_gateway(lab, story):
     assert sid and sid != story["v_sid"]
     location = story["registered"].headers.get("location", "")
     assert location.endswith(f"/mec_service_mgmt/v1/applications/{a}/services/{sid}"), location
-    sent = service_info(NAME, CATEGORY, lab.vip["a"], 80)
+    sent = a_info(lab)
     assert {k: info[k] for k in sent} == sent, info
     got = ok(from_app(lab, "a", "GET", f"applications/{a}/services/{sid}"), 200, "ServiceInfo")
     assert got == info
@@ -247,6 +253,35 @@ def test_container_app_registers_its_service_through_its_gateway(lab, story):
 
 def test_vm_gets_an_added_notice(lab, story):
     notice_of(lab, story, "ADDED", "ACTIVE")
+    # V's own service is not in its filter (serNames)
+    assert not [r for n in notices(lab) for r in n["serviceReferences"]
+                if r["serInstanceId"] == story["v_sid"]]
+
+
+def test_bad_registrations_and_subscriptions_are_refused_naming_the_field(lab, story):
+    a, v = lab.ids["a"], lab.ids["v"]
+    good = a_info(lab)
+    for body, field in (
+            ({k: val for k, val in good.items() if k != "serName"}, "serName"),
+            ({**good, "state": "SLEEPY"}, "state"),
+            ({**good, "serializer": "YAML"}, "serializer"),
+            ({**good, "transportInfo": {**good["transportInfo"], "type": "CARRIER_PIGEON"}},
+             "type")):
+        assert field in problem(from_app(lab, "a", "POST", f"applications/{a}/services", body),
+                                400).get("detail", ""), body
+    sub = {"subscriptionType": SUBSCRIPTION_TYPE, "callbackReference": "http://192.0.2.1/x"}
+    detail = problem(from_vm(lab, "POST", f"applications/{v}/subscriptions", sub), 400)
+    assert "callbackReference" in detail.get("detail", ""), detail
+    wrong = {**sub, "subscriptionType": "AppTerminationNotificationSubscription",
+             "callbackReference": f"http://{lab.vm_ip()}/cgi-bin/notify"}
+    detail = problem(from_vm(lab, "POST", f"applications/{v}/subscriptions", wrong), 400)
+    assert "subscriptionType" in detail.get("detail", ""), detail
+    # nothing of it was kept
+    assert [s["serInstanceId"] for s in ok(from_app(lab, "a", "GET", f"applications/{a}/services"),
+                                          200, "ServiceInfo", array=True)] == [story["sid"]]
+    links = ok(from_vm(lab, "GET", f"applications/{v}/subscriptions"), 200,
+               "MecServiceMgmtApiSubscriptionLinkList")
+    assert len(links["_links"]["subscriptions"]) == 1, links
 
 
 # -- discovery ------------------------------------------------------------------------------
@@ -268,6 +303,23 @@ def test_vm_discovers_the_service_by_name_category_id_and_resource(lab, story):
     assert ok(from_vm(lab, "GET", f"services/{sid}"), 200, "ServiceInfo") == found[0]
     assert ok(from_vm(lab, "GET", "services?ser_name=no-such-service"), 200, "ServiceInfo",
               array=True) == []
+    both = ok(from_vm(lab, "GET", f"services?ser_name={NAME}&ser_name={V_NAME}"), 200,
+              "ServiceInfo", array=True)                 # an array parameter, form-exploded
+    assert sorted(s["serInstanceId"] for s in both) == sorted([sid, v_sid])
+    for query, want in ((f"ser_name={NAME}&scope_of_locality=MEC_HOST", [sid]),
+                        (f"ser_name={NAME}&scope_of_locality=ZONE", []),
+                        (f"ser_name={NAME}&consumed_local_only=false", [sid]),
+                        (f"ser_name={NAME}&consumed_local_only=true", []),
+                        (f"ser_name={NAME}&is_local=true", [sid])):
+        got = ok(from_vm(lab, "GET", f"services?{query}"), 200, "ServiceInfo", array=True)
+        assert [s["serInstanceId"] for s in got] == want, (query, got)
+    # "Either ser_instance_id or ser_name or ser_category_id or none"; a typo is an error
+    for query, field in ((f"ser_name={NAME}&ser_category_id={CATEGORY['id']}", "ser_"),
+                         ("is_local=maybe", "is_local"),
+                         ("scope_of_locality=PLANET", "scope_of_locality"),
+                         (f"ser_nmae={NAME}", "ser_nmae")):
+        detail = problem(from_vm(lab, "GET", f"services?{query}"), 400)
+        assert field in detail.get("detail", ""), (query, detail)
     # and A discovers V's service with its own token
     theirs = ok(from_app(lab, "a", "GET", f"services?ser_name={V_NAME}"), 200, "ServiceInfo",
                 array=True)
@@ -337,8 +389,14 @@ def test_the_registry_survives_an_mepm_restart(lab, story):
     listed = by_name(lab)
     sub = story["subscribed"].body
     lab.serve.restart()
-    after = poll(lambda: from_vm(lab, "GET", f"services?ser_name={NAME}"),
-                 lambda got: got.status == 200, timeout=30)
+
+    def listing() -> Answer | None:     # the gateway listener may still be coming up
+        try:
+            return from_vm(lab, "GET", f"services?ser_name={NAME}")
+        except AssertionError:
+            return None
+    after = poll(listing, lambda got: got is not None and got.status == 200, timeout=30)
+    assert after is not None, lab.log()
     assert ok(after, 200, "ServiceInfo", array=True) == listed
     assert listed[0]["serInstanceId"] == sid
     href_tail = story["sub_href"].split("/mec_service_mgmt/v1/", 1)[1]
