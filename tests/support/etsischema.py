@@ -18,6 +18,7 @@ ETSI = OPENAPI / "etsi"
 
 LCM_FILE, PKGM_FILE, MP1_FILE = "MEC010-2_AppLcm.yaml", "MEC010-2_AppPkgMgmt.yaml", \
     "MecAppSupportApi.yaml"
+SRV_FILE = "MecServiceMgmtApi.yaml"         # MEC 011 service management
 
 
 # ---------------------------------------------------------------- loading
@@ -111,3 +112,10 @@ def etsi_validator(name: str, schema: str) -> jsonschema.protocols.Validator:
 def errors_of(validator, body) -> list[str]:
     return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
             for e in validator.iter_errors(body)]
+
+
+def validate_etsi(name: str, schema: str, body) -> None:
+    """Fail naming every place `body` breaks components/schemas/`schema`
+    of the ETSI file `name`."""
+    errors = errors_of(etsi_validator(name, schema), body)
+    assert not errors, (schema, errors, body)
