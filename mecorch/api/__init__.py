@@ -118,7 +118,8 @@ def serve_app_networks(orch: Orchestrator, port: int) -> list[ApiServer]:
     import logging
     import secrets
     import threading
-    from mecorch.mepm.mp1 import MP1, SERVICE_MGMT
+    from mecorch.mepm.mp1 import MP1
+    from mecorch.mepm.services import SERVICE_MGMT
 
     class Mp1Only(Router):
         def add(self, method, pattern, *args, **kw):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import urllib.parse
 
+from mecorch.mepm import service_routes
 from mecorch.mepm.mp1 import MP1, etag
 from mecorch.mepm.orchestrator import Orchestrator
 from mecorch.package.manager import PKGM
@@ -212,4 +213,7 @@ def install(r: Router, o: Orchestrator) -> None:
     r.add("DELETE", f"{app}/subscriptions/{{sub}}", unsubscribe, APP)
     r.add("POST", f"{app}/confirm_termination", confirm(mep.confirm_termination), APP)
     r.add("POST", f"{app}/confirm_ready", confirm(mep.confirm_ready), APP)
+
+    # MEC 011 service management: the host's service registry
+    service_routes.install(r, mep.services)
 

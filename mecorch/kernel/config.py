@@ -71,6 +71,7 @@ KEYS: list[Key] = [
     _k("api.notify_retry_s", NUMBER, 600,
        "how long a failing callback is retried before its subscription is dropped"),
     _k("api.mp1_max_subscriptions", INT, 16, "most Mp1 subscriptions of one app instance"),
+    _k("api.mp1_max_services", INT, 16, "most MEC 011 services one app instance registers"),
     _k("api.mp1_url", STR, None, "the Mp1 base URL apps are given", nullable=True),
     _k("api.tls_cert", STR, None, "PEM certificate: serve HTTPS", nullable=True),
     _k("api.tls_key", STR, None, "PEM private key of api.tls_cert", nullable=True),

@@ -95,6 +95,12 @@ class Request:
     stream: "BodyStream | None" = None
     # the caller is this MEPM's MEO (see the module docstring)
     from_meo: bool = False
+    # every value of each query parameter (`query` keeps the last): the
+    # arrays of a form-style, exploded parameter (?ser_name=a&ser_name=b)
+    query_all: dict[str, list[str]] = field(default_factory=dict)
+    # the app instance whose Mp1 token authorized the call (None: an
+    # operator, or no tokens at all)
+    app: str | None = None
 
     def json(self) -> Any:
         """The body as JSON. Refused: no body, bad UTF-8 or JSON, nesting
@@ -617,7 +623,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 raise
             except UnicodeDecodeError:
                 raise InvalidInput("a path parameter is not UTF-8") from None
-            self._authorize(access, params)
+            caller_app = self._authorize(access, params)
             self.server.router.check_request(handler, self.headers.get("Accept"), url.query)
             if self.server.router.streams(handler):
                 raw, stream = b"", self._body_stream()
@@ -629,8 +635,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 body_read = True
                 self.deadline.stop()            # all read: the handler's time is its own
             try:
-                query = {k: v[-1] for k, v in urllib.parse.parse_qs(
-                    url.query, errors="strict", max_num_fields=64).items()}
+                query_all = urllib.parse.parse_qs(url.query, errors="strict", max_num_fields=64)
+                query = {k: v[-1] for k, v in query_all.items()}
             except (UnicodeDecodeError, ValueError):
                 raise InvalidInput("the query string is not valid (UTF-8, at most 64 fields)") \
                     from None
@@ -638,7 +644,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
             if from_meo and self.server.on_meo is not None:
                 self.server.on_meo()
             resp = handler(Request(self.command, url.path, query, self.headers, raw, params,
-                                   stream, from_meo))
+                                   stream, from_meo, query_all, caller_app))
         except MecorchError as e:
             resp = Response(e.status, e.problem(instance), content_type="application/problem+json")
             if isinstance(e, Unauthorized):
@@ -661,28 +667,30 @@ class _RequestHandler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
     do_HEAD = do_OPTIONS = do_TRACE = do_CONNECT = _handle
 
-    def _authorize(self, access: str, params: dict[str, str]) -> None:
+    def _authorize(self, access: str, params: dict[str, str]) -> str | None:
         """See the module docstring. 401: no valid credential; 403: an app
-        token used outside its own instance's Mp1 routes."""
+        token used outside its own instance's Mp1 routes. The app instance
+        whose token was taken, if one was."""
         if access == PUBLIC:
-            return
+            return None
         if access == LOCAL and _loopback(self.client_address[0]):
-            return
+            return None
         if access == LOCAL:
             access = OPERATOR
         token = self._bearer()
         operators = self.server.tokens
         if token is not None and operators and any(
                 hmac.compare_digest(token.encode(), t) for t in operators):
-            return
+            return None
         owner = self.server.app_token_owner(token) if token else None
         if owner is not None:
             if access == APPS or (access == APP and params.get("app") == owner):
-                return
+                return owner
             raise Forbidden("an app's Mp1 token grants access to its own instance's "
                             "Mp1 resources and the platform's shared ones only")
         if operators:
             raise Unauthorized("a valid bearer token is required")
+        return None
 
     def _from_meo(self) -> bool:
         """The caller, authorized already, is this MEPM's MEO."""

@@ -33,6 +33,12 @@ TABLES: dict[str, tuple[str, ...]] = {
     # still to be delivered to them (mecorch.notifications)
     "oss_subscriptions": ("api",),
     "outbox": ("subscriptionId",),
+    # MEC 011 service registry of a host's apps (mecorch.mepm.services):
+    # services (their tombstones too), availability subscriptions, and
+    # the notifications still to be delivered to those
+    "services": ("appInstanceId",),
+    "service_subscriptions": ("appInstanceId",),
+    "service_outbox": ("subscriptionId",),
     "hosts": (),                # an MEO's registered edge hosts
     "host_tasks": ("hostId",),  # what an MEO still owes a host that was away
 }

@@ -9,6 +9,9 @@ It composes the parts, one job each, and passes their calls through:
 - `app_access.py`:     Mp1 tokens, what an app is told, app-network gateways.
 - `mp1.py`:            the Mp1 API (rules, subscriptions).
 - `termination.py`:    termination notices and their confirmations.
+- `services.py`:       the MEC 011 service registry (its services follow
+                       their provider: told here when it goes out of
+                       service, comes back or is gone).
 And it keeps an instance's rules out of service while its runtime does not
 run (`follow_runtime`).
 """
@@ -26,6 +29,7 @@ from mecorch.mepm.claims import ClaimsLedger
 from mecorch.mepm.inventory import EdgeHost, Inventory
 from mecorch.mepm.mp1 import Mp1Api
 from mecorch.mepm.platform_rules import PlatformRules
+from mecorch.mepm.services import ServiceRegistry
 from mecorch.mepm.termination import TerminationNotices
 from mecorch.spec.rules import DnsRule, TrafficRule
 from mecorch.kernel.states import DeploymentType
@@ -49,6 +53,8 @@ class MepService:
                           callback_networks, int(cfg["api"]["mp1_max_subscriptions"]))
         self.termination = TerminationNotices(store, subs_lock, callback_networks,
                                               float(cfg["api"]["notify_timeout_s"]))
+        self.services = ServiceRegistry(store, cfg, int(cfg["api"]["mp1_max_services"]),
+                                        int(cfg["api"]["mp1_max_subscriptions"]))
 
     # ------------------------------------------------------------ settings
     @property
@@ -59,6 +65,7 @@ class MepService:
     @callback_networks.setter
     def callback_networks(self, networks: list) -> None:
         self.mp1.callback_networks = self.termination.callback_networks = networks
+        self.services.callback_networks = self.services.notifier.networks = networks
 
     @property
     def mp1_port(self) -> int:
@@ -85,10 +92,14 @@ class MepService:
         self.rules.apply(host, instance_id, target_ip)
 
     def remove(self, host: EdgeHost, instance_id: str) -> None:
+        """The instance no longer runs on the host: its rules and the
+        services it provides go."""
         self.rules.remove(host, instance_id)
+        self.services.provider_gone(instance_id)
 
     def forget(self, instance_id: str) -> None:
         self.rules.forget(instance_id)
+        self.services.forget(instance_id)
 
     def follow_runtime(self, host: EdgeHost, instance_id: str, state: str) -> None:
         """No client is sent to a runtime that does not run: an instance
@@ -104,19 +115,29 @@ class MepService:
             return
         try:
             if state == "RUNNING":
-                self.rules.restore(host, instance_id, "down")
+                self.restore(host, instance_id, "down")
             elif state in ("STOPPED", "MISSING", "CRASH_LOOP"):
-                self.rules.withdraw(host, instance_id, "down")
+                self.withdraw(host, instance_id, "down")
         except MecorchError as e:
             log.warning("rules of %s not steered for its runtime %s: %s", instance_id, state,
                         e.detail)
 
     def withdraw(self, host: EdgeHost, instance_id: str, reason: str,
                  open_mep: bool = True) -> bool:
-        return self.rules.withdraw(host, instance_id, reason, open_mep)
+        """Out of service for `reason` (PlatformRules.withdraw); the
+        services it provides turn INACTIVE."""
+        try:
+            return self.rules.withdraw(host, instance_id, reason, open_mep)
+        finally:
+            # recorded before the MEP was touched: followed even when that failed
+            self.services.provider_changed(instance_id)
 
     def restore(self, host: EdgeHost, instance_id: str, reason: str) -> bool:
-        return self.rules.restore(host, instance_id, reason)
+        """Back in service once no reason is left; its services follow."""
+        try:
+            return self.rules.restore(host, instance_id, reason)
+        finally:
+            self.services.provider_changed(instance_id)
 
     # ------------------------------------------------------------ app access
     @staticmethod

@@ -27,7 +27,6 @@ from mecorch.kernel.store import Store
 from mecorch.kernel.timeutil import new_id
 
 MP1 = "/mec_app_support/v1"
-SERVICE_MGMT = "/mec_service_mgmt/v1"      # MEC 011 service registry (mecorch.mepm.services)
 KINDS = {"traffic_rules": ("trafficRules", "trafficRuleId", TrafficRule),
          "dns_rules": ("dnsRules", "dnsRuleId", DnsRule)}
 

@@ -57,9 +57,11 @@ class Orchestrator:
         """Reconcile every orchestrator.reconcile_interval_s from now on."""
         self.reconciler.start()
         self.subscriptions.start()      # the notification sender
+        self.mep.services.start()       # the service-availability sender
 
     def close(self) -> None:
         self.subscriptions.stop()
+        self.mep.services.stop()
         self.fence.stop()
         self.reconciler.stop()
         self.supervisor.close()

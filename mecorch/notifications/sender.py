@@ -68,8 +68,11 @@ class Notifier:
     def __init__(self, store: Store, cfg: dict, lookup: Callable[[str], dict | None],
                  sharing: Callable[[str], list[str]],
                  failing: Callable[[str, dict | None], None],
-                 dropped: Callable[[str, str], None]):
+                 dropped: Callable[[str, str], None], outbox: str = "outbox"):
         self.store = store
+        # the table of its pending notifications: one per sender (a sender
+        # forgets what it finds for a subscription it does not know)
+        self.outbox = outbox
         api = cfg["api"]
         self.timeout_s = float(api.get("notify_timeout_s", 5))
         self.retry_s = float(api.get("notify_retry_s", 600))
@@ -86,20 +89,20 @@ class Notifier:
     # ------------------------------------------------------------ producer side
     def enqueue(self, nid: str, subscription_id: str, body: dict) -> None:
         """Store one notification (the caller's thread: one insert)."""
-        self.store.put("outbox", nid, {"id": nid, "subscriptionId": subscription_id,
+        self.store.put(self.outbox, nid, {"id": nid, "subscriptionId": subscription_id,
                                        "body": body})
         self._wake.set()
 
     def forget(self, subscription_id: str) -> None:
         """Drop what is pending for a subscription (it was deleted)."""
         with self.store.transaction():
-            for doc in self.store.list("outbox", subscriptionId=subscription_id):
-                self.store.delete("outbox", doc["id"])
+            for doc in self.store.list(self.outbox, subscriptionId=subscription_id):
+                self.store.delete(self.outbox, doc["id"])
 
     def pending(self, subscription_id: str | None = None) -> int:
         if subscription_id is None:
-            return len(self.store.list("outbox"))
-        return len(self.store.list("outbox", subscriptionId=subscription_id))
+            return len(self.store.list(self.outbox))
+        return len(self.store.list(self.outbox, subscriptionId=subscription_id))
 
     # ------------------------------------------------------------ the sender
     def start(self) -> None:
@@ -139,7 +142,7 @@ class Notifier:
             if blocked:
                 match = (f"subscriptionId NOT IN ({', '.join('?' * len(blocked))})",
                          sorted(blocked))
-            rows = self.store.page("outbox", after, 100, match=match)
+            rows = self.store.page(self.outbox, after, 100, match=match)
             if not rows:
                 break
             for seq, doc in rows:
@@ -173,7 +176,7 @@ class Notifier:
         error = self._post(sub, doc["body"])
         now = time.monotonic()
         if error is None:
-            self.store.delete("outbox", doc["id"])
+            self.store.delete(self.outbox, doc["id"])
             if self._backoff.pop(url, None) is not None:
                 for other in self._sharing(url):
                     self._failing(other, None)

@@ -62,6 +62,20 @@ def world(tmp_path_factory):
         st_, sub, _ = s("POST", path, body)
         assert st_ == 201, sub
         ids[path + "/{subscriptionId}"] = sub["id"]
+    # a service of the app and its service-availability subscription
+    srv = f"/mec_service_mgmt/v1/applications/{a}"
+    st_, svc, _ = s("POST", f"{srv}/services", {
+        "serName": "fuzzed", "version": "1", "state": "ACTIVE", "serializer": "JSON",
+        "transportInfo": {"id": "t", "name": "REST", "type": "REST_HTTP", "protocol": "HTTP",
+                          "version": "1.1", "endpoint": {"uris": []}, "security": {}}})
+    assert st_ == 201, svc
+    ids["serviceId"] = svc["serInstanceId"]
+    st_, sub, _ = s("POST", f"{srv}/subscriptions", {
+        "subscriptionType": "SerAvailabilityNotificationSubscription",
+        "callbackReference": "http://127.0.0.1:9/cb"})
+    assert st_ == 201, sub
+    ids["/mec_service_mgmt/v1/applications/{appInstanceId}/subscriptions/{subscriptionId}"] = \
+        sub["_links"]["self"]["href"].rsplit("/", 1)[1]
     yield s, ids
     s.close()
 

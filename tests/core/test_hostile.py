@@ -220,6 +220,17 @@ TRAFFIC_RULE = {
                                     "tunnelSrcAddress": "10.0.0.4"}}}
 
 
+SERVICE_INFO = {
+    "serName": "hostile", "version": "1", "state": "ACTIVE", "serializer": "JSON",
+    "scopeOfLocality": "MEC_HOST", "consumedLocalOnly": False,
+    "serCategory": {"href": "/c", "id": "cat", "name": "Cat", "version": "1"},
+    "transportInfo": {"id": "t", "name": "REST", "description": "d", "type": "REST_HTTP",
+                      "protocol": "HTTP", "version": "1.1",
+                      "endpoint": {"addresses": [{"host": "10.90.0.10", "port": 80}]},
+                      "security": {"oAuth2Info": {"grantTypes": ["OAUTH2_CLIENT_CREDENTIALS"],
+                                                  "tokenEndpoint": "/token"}}}}
+
+
 def _descriptor(rule: dict) -> dict:
     return {k: v for k, v in rule.items() if k != "state"}
 
@@ -263,6 +274,10 @@ def world(tmp_path):
         "callbackReference": "http://127.0.0.1:9/cb"})
     assert st == 201
     w.sub = sub["_links"]["self"]["href"].rsplit("/", 1)[1]
+    st, svc, _ = s("POST", f"/mec_service_mgmt/v1/applications/{a}/services",
+                   {**SERVICE_INFO, "serName": "registered"})
+    assert st == 201, svc
+    w.service = svc["serInstanceId"]
     yield w
     s.close()
 
@@ -418,6 +433,32 @@ def _cases(w) -> list[tuple[str, object]]:
         body_fields(name, "POST", f"{app}/{name}", body)
         cases.append((f"POST {{app}}/{name}", lambda p, n=name, b=body: (
             "POST", f"{MP1}/{q(p)}/{n}", b, None)))
+    # MEC 011 service management: the body of a registration and of a
+    # change, the subscription, every path parameter and filter
+    srv = f"/mec_service_mgmt/v1/applications/{a}"
+    body_fields("POST services", "POST", f"{srv}/services", SERVICE_INFO,
+                extra_leaves=[("transportInfo", "endpoint"), ("serCategory",)])
+    body_fields("PUT services", "PUT", f"{srv}/services/{w.service}", SERVICE_INFO)
+    cases.append(("PUT services If-Match", lambda p: (
+        "PUT", f"{srv}/services/{w.service}", SERVICE_INFO, {"If-Match": p})))
+    body_fields("POST service subscriptions", "POST", f"{srv}/subscriptions", {
+        "subscriptionType": "SerAvailabilityNotificationSubscription",
+        "callbackReference": "http://127.0.0.1:9/cb",
+        "filteringCriteria": {"serInstanceIds": ["x"], "serNames": ["n"], "states": ["ACTIVE"],
+                              "serCategories": [{"href": "h", "id": "i", "name": "n",
+                                                 "version": "v"}]}})
+    for tmpl, method in (("/mec_service_mgmt/v1/applications/{}/services", "GET"),
+                         (f"{srv}/services/{{}}", "GET"), (f"{srv}/services/{{}}", "DELETE"),
+                         (f"{srv}/subscriptions/{{}}", "GET"),
+                         (f"{srv}/subscriptions/{{}}", "DELETE"),
+                         ("/mec_service_mgmt/v1/applications/{}/subscriptions", "GET"),
+                         ("/mec_service_mgmt/v1/services/{}", "GET"),
+                         ("/mec_service_mgmt/v1/services?ser_name={}", "GET"),
+                         ("/mec_service_mgmt/v1/services?ser_category_id={}", "GET"),
+                         ("/mec_service_mgmt/v1/services?scope_of_locality={}", "GET"),
+                         ("/mec_service_mgmt/v1/services?is_local={}", "GET")):
+        cases.append((f"{method} {tmpl}", lambda p, t=tmpl, m=method: (m, t.format(q(p)),
+                                                                        None, None)))
     # app_pkgm and app_lcm subscriptions; two-step onboarding; negotiation
     cb = "http://127.0.0.1:9/cb"
     basic = {"authType": ["BASIC"], "paramsBasic": {"userName": "u", "password": "p"}}
@@ -481,6 +522,9 @@ def _after_accepted(w, method: str, path: str, status: int, body) -> None:
             w.deployed_in_field += 1
         assert w.s.mep.applied.keys() == {w.a}
         w.accepted["instantiate"] += 1
+    elif path.startswith("/mec_service_mgmt/"):
+        # a service or subscription made or changed: JSON in the store only
+        w.accepted[f"{method} {path.split('?')[0].split('/')[-2]}"] += 1
     elif method == "PUT" and status == 200:
         kind, rid = path.split("/")[-2:]
         rule = TRAFFIC_RULE if kind == "traffic_rules" else DNS_RULE

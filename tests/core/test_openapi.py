@@ -44,12 +44,17 @@ from support.corelab import (CONTAINER_APPD, INST, PKGS, POD, TOSCA, VM_APPD,
                                      fake_docker_tar, make_package)
 from support.corelab import env  # noqa: F401 - the fixture (real API, fake drivers)
 from support.etsischema import (  # noqa: F401
-    DOC_PATH, ETSI, LCM_FILE, MP1_FILE, OPENAPI, PKGM_FILE, REPO, doc, errors_of,
+    DOC_PATH, ETSI, LCM_FILE, MP1_FILE, OPENAPI, PKGM_FILE, REPO, SRV_FILE, doc, errors_of,
     etsi_components, etsi_validator)
 
+# the official ETSI files, as the project was given them: MEC 010-2 and
+# MEC 011's app support in one folder, MEC 011's service management (and
+# its licence again, the same text) in another
 SHARED = REPO.parent / "shared" / "etsi-mec"
-ETSI_FILES = [LCM_FILE, PKGM_FILE, MP1_FILE, "LICENSE-MEC010-2", "LICENSE-MEC011"]
+SHARED_SRV = REPO.parent / "shared" / "etsi-mec-service-mgmt"
+ETSI_FILES = [LCM_FILE, PKGM_FILE, MP1_FILE, SRV_FILE, "LICENSE-MEC010-2", "LICENSE-MEC011"]
 MP1 = "/mec_app_support/v1/applications"
+SRV = "/mec_service_mgmt/v1"
 METHODS = ("get", "put", "post", "delete", "patch")
 
 
@@ -163,8 +168,9 @@ def test_every_operation_documents_its_errors_as_problem_details():
                 if int(status) >= 400:
                     assert resp["$ref"] in ("#/components/responses/PkgmProblem",
                                             "#/components/responses/LcmProblem",
-                                            "#/components/responses/Mp1Problem"), (path, status)
-    for name in ("PkgmProblem", "LcmProblem", "Mp1Problem"):
+                                            "#/components/responses/Mp1Problem",
+                                            "#/components/responses/SrvProblem"), (path, status)
+    for name in ("PkgmProblem", "LcmProblem", "Mp1Problem", "SrvProblem"):
         content = doc()["components"]["responses"][name]["content"]
         assert list(content) == ["application/problem+json"]
 
@@ -203,9 +209,12 @@ def test_vendored_etsi_files_are_verbatim():
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} (the official ETSI files) is not on this machine")
     assert sorted(p.name for p in ETSI.iterdir()) == sorted(ETSI_FILES)
-    assert sorted(p.name for p in SHARED.iterdir()) == sorted(ETSI_FILES)
+    given = {p.name: p for p in SHARED.iterdir()}
+    for p in SHARED_SRV.iterdir() if SHARED_SRV.is_dir() else ():
+        assert given.setdefault(p.name, p).read_bytes() == p.read_bytes(), p
+    assert sorted(given) == sorted(ETSI_FILES)
     for name in ETSI_FILES:
-        assert (ETSI / name).read_bytes() == (SHARED / name).read_bytes(), name
+        assert (ETSI / name).read_bytes() == given[name].read_bytes(), name
 
 
 @pytest.mark.parametrize("name,schema,body", [
@@ -220,6 +229,16 @@ def test_vendored_etsi_files_are_verbatim():
                            "ipAddress": "10.0.0.1", "state": "ACTIVE"}),
     (MP1_FILE, "AppTerminationNotification", {"notificationType": "AppTerminationNotification",
                                               "operationAction": "TERMINATING"}),
+    (SRV_FILE, "ServiceInfo", {"serName": "s", "version": "1", "state": "UP",
+                               "serializer": "JSON", "transportInfo": {}}),
+    (SRV_FILE, "TransportInfo", {"id": "t", "name": "REST", "type": "REST_HTTP",
+                                 "protocol": "HTTP", "version": "1.1", "security": {},
+                                 "endpoint": {"uris": ["/a"], "addresses": []}}),   # oneOf
+    (SRV_FILE, "ServiceAvailabilityNotification",
+     {"notificationType": "x", "serviceReferences": [{"serName": "s", "serInstanceId": "i",
+                                                      "state": "ACTIVE",
+                                                      "changeType": "MOVED"}],
+      "_links": {"subscription": {"href": "/s"}}}),
 ])
 def test_etsi_validation_can_fail(name, schema, body):
     assert errors_of(etsi_validator(name, schema), body)
@@ -315,7 +334,10 @@ class Checker:
             assert errs == [], f"{method} {path} {status} vs ETSI {etsi[1]}: {errs}"
             self.checked += 1
         if "Location" in resp.get("headers", {}):
-            assert ans.headers["Location"] == ans.body["_links"]["self"]["href"]
+            # MEC 011 v2.1.1's ServiceInfo has no _links: its id names it
+            self_href = ans.body["_links"]["self"]["href"] if "_links" in ans.body else \
+                f"{path}/{ans.body['serInstanceId']}"
+            assert ans.headers["Location"] == self_href
         return ans.body
 
     def wait(self, op: dict) -> dict:
@@ -339,6 +361,7 @@ def _template(path: str) -> str:
 def _api_file(template: str) -> str:
     # mecorch's own routes answer the MEC 010-2 ProblemDetails, as app_lcm does
     files = {"/app_pkgm": PKGM_FILE, "/app_lcm/": LCM_FILE, "/mec_app": MP1_FILE,
+             "/mec_service_mgmt/": SRV_FILE,
              "/openapi": LCM_FILE, "/mecorch/": LCM_FILE}
     return files[next(p for p in files if template.startswith(p))]
 
@@ -362,6 +385,7 @@ def test_responses_validate_against_etsi_schemas(env, notification_sink):  # noq
     api = Checker(env.c.base)
     _packages(api, env)
     vm_inst = _lifecycle(api, env)
+    _services(api, env, vm_inst)
     _mp1(api, env, vm_inst, notification_sink)
     _openapi_files(api)
     _subscriptions(api, notification_sink)
@@ -567,6 +591,73 @@ def _hosts(api: Checker, e) -> None:
         server.shutdown()
         server.server_close()
         meo.close()
+
+
+def _services(api: Checker, e, vm_inst: str) -> None:
+    """The MEC 011 service registry: every operation, bodies and the
+    notification a subscriber gets checked against MecServiceMgmtApi.yaml."""
+    from conftest import NotificationSink
+    (inst,) = [i for i in api("GET", INST, status=200, etsi=INST_INFO, many=True)
+               if i["id"] != vm_inst]
+    app = f"{SRV}/applications/{inst['id']}"
+    info_schema, sub_schema = (SRV_FILE, "ServiceInfo"), \
+        (SRV_FILE, "SerAvailabilityNotificationSubscription")
+    sink = NotificationSink()
+    try:
+        sub = api("POST", f"{app}/subscriptions", {
+            "subscriptionType": "SerAvailabilityNotificationSubscription",
+            "callbackReference": sink.url, "filteringCriteria": {"serNames": ["tour"]}},
+            status=201, etsi=sub_schema)
+        api("POST", f"{app}/subscriptions", {"subscriptionType": "Other",
+                                             "callbackReference": sink.url}, status=400)
+        api("GET", f"{app}/subscriptions", status=200,
+            etsi=(SRV_FILE, "MecServiceMgmtApiSubscriptionLinkList"))
+        api("GET", sub["_links"]["self"]["href"], status=200, etsi=sub_schema)
+        body = {"serName": "tour", "version": "1", "state": "ACTIVE", "serializer": "JSON",
+                "serCategory": {"href": "/c/tour", "id": "tour", "name": "Tour",
+                                "version": "1"},
+                "transportInfo": {"id": "t", "name": "REST", "type": "REST_HTTP",
+                                  "protocol": "HTTP", "version": "1.1", "security": {},
+                                  "endpoint": {"uris": ["http://10.0.0.9/api"]}}}
+        svc = api("POST", f"{app}/services", body, status=201, etsi=info_schema)
+        api("POST", f"{app}/services", {**body, "serName": 7}, status=400)
+        api("POST", f"{SRV}/applications/nope/services", body, status=404)
+        url = f"{app}/services/{svc['serInstanceId']}"
+        tag = api.call("GET", url).headers["ETag"]
+        api("GET", url, status=200, etsi=info_schema)
+        api("PUT", url, {**body, "version": "2"}, {"If-Match": '"stale"'}, status=412)
+        api("PUT", url, {**body, "version": "2"}, {"If-Match": tag}, status=200,
+            etsi=info_schema)
+        api("PUT", url, {**body, "state": "GONE"}, status=400)
+        api("GET", f"{app}/services?ser_name=tour", status=200, etsi=info_schema, many=True)
+        api("GET", f"{app}/services?ser_name=a&ser_category_id=b", status=400)
+        api("GET", f"{SRV}/applications/nope/services", status=404)
+        api("GET", f"{SRV}/services?ser_category_id=tour", status=200, etsi=info_schema,
+            many=True)
+        api("GET", f"{SRV}/services?is_local=1", status=400)
+        api("GET", f"{SRV}/services/{svc['serInstanceId']}", status=200, etsi=info_schema)
+        api("GET", f"{SRV}/services/nope", status=404)
+        api("GET", f"{SRV}/transports", status=200, etsi=(SRV_FILE, "TransportInfo"),
+            many=True)
+        api("DELETE", url, status=204)
+        api("GET", url, status=404)
+        e.orch.mep.services.notifier.deliver_round()
+        notes = sink.wait()
+        assert [r["changeType"] for n in notes for r in n["serviceReferences"]] == \
+            ["ADDED", "ATTRIBUTES_CHANGED", "REMOVED"]
+        callback = _pointer("paths", f"{SRV}/applications/{{appInstanceId}}/subscriptions",
+                            "post", "callbacks", "ServiceAvailabilityNotification",
+                            "{$request.body#/callbackReference}", "post", "requestBody",
+                            "content", "application/json", "schema")
+        for note in notes:
+            assert errors_of(etsi_validator(SRV_FILE, "ServiceAvailabilityNotification"),
+                             note) == []
+            assert errors_of(doc_validator(callback), note) == []
+        api("DELETE", sub["_links"]["self"]["href"], status=204)
+        api("GET", sub["_links"]["self"]["href"], status=404)
+        api("DELETE", sub["_links"]["self"]["href"], status=404)
+    finally:
+        sink.close()
 
 
 def _mp1(api: Checker, e, vm_inst: str, notification_sink) -> None:

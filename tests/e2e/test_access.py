@@ -34,6 +34,7 @@ from support.apiserve import HOST, REPO, Served, onboard_via, call
 from support.lab import Names, Netns, Serve, free_port, wait_for
 
 MP1 = "/mec_app_support/v1/applications"
+SRV = "/mec_service_mgmt/v1"
 
 
 @pytest.fixture
@@ -69,7 +70,32 @@ def _mp1_paths(iid: str) -> list[tuple[str, str, dict | None]]:
              {"subscriptionType": "AppTerminationNotificationSubscription",
               "callbackReference": "http://127.0.0.1:9/x"}),
             ("PUT", f"{app}/dns_rules/sample-http-dns", None),
-            ("PUT", f"{app}/traffic_rules/sample-http-vip", None)]
+            ("PUT", f"{app}/traffic_rules/sample-http-vip", None)] + _service_paths(iid)
+
+
+def _service_paths(iid: str) -> list[tuple[str, str, dict | None]]:
+    """Every MEC 011 service-management route of one instance."""
+    app = f"{SRV}/applications/{iid}"
+    return [("GET", f"{app}/services", None),
+            ("POST", f"{app}/services", {
+                "serName": f"svc-{iid}", "version": "1", "state": "ACTIVE",
+                "serializer": "JSON", "transportInfo": {
+                    "id": "t", "name": "REST", "type": "REST_HTTP", "protocol": "HTTP",
+                    "version": "1.1", "endpoint": {"uris": []}, "security": {}}}),
+            ("GET", f"{app}/services/nope", None),
+            ("DELETE", f"{app}/services/nope", None),
+            ("GET", f"{app}/subscriptions", None),
+            ("POST", f"{app}/subscriptions", {
+                "subscriptionType": "SerAvailabilityNotificationSubscription",
+                "callbackReference": "http://127.0.0.1:9/x"}),
+            ("GET", f"{app}/subscriptions/nope", None),
+            ("DELETE", f"{app}/subscriptions/nope", None)]
+
+
+# what the platform offers every app of the host (any app's token)
+SHARED_PATHS = [("GET", "/mec_service_mgmt/v1/services", None),
+                ("GET", "/mec_service_mgmt/v1/services/nope", None),
+                ("GET", "/mec_service_mgmt/v1/transports", None)]
 
 
 def _northbound_paths() -> list[tuple[str, str, dict | None]]:
@@ -87,7 +113,7 @@ def _check_scope(s: Served, a: str, token_a: str, b: str) -> int:
         status, rule, _ = s("GET", f"{MP1}/{a}/{kind}", token=token_a)
         assert status == 200, rule
         rule_bodies[kind] = rule
-    for method, path, body in _mp1_paths(a):
+    for method, path, body in _mp1_paths(a) + SHARED_PATHS:
         body = body if body is not None or method != "PUT" else rule_bodies[path.split("/", 5)[5]]
         status, ans, _ = s(method, path, body, token=token_a)
         assert status not in (401, 403), (method, path, status, ans)
@@ -165,6 +191,11 @@ def test_app_and_operator_tokens_when_tokens_are_configured(guarded_api):
     assert s("GET", f"{MP1}/{a}/dns_rules", token="y" * 43)[0] == 401
     assert s("GET", f"{MP1}/{a}/dns_rules", token=op_token)[0] == 200
     assert s("GET", f"{MP1}/{b}/dns_rules", token=op_token)[0] == 200
+    # Discovery too: an app's token or the operator's, nothing else.
+    for method, path, body in SHARED_PATHS:
+        assert s(method, path, body)[0] == 401, path
+        assert s(method, path, body, token="y" * 43)[0] == 401, path
+        assert s(method, path, body, token=op_token)[0] in (200, 404), path
     # A terminated instance's token is worth nothing.
     status, op, _ = s("POST", f"{INST}/{b}/terminate", {"terminationType": "FORCEFUL"},
                       token=op_token)

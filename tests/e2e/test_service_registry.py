@@ -34,7 +34,7 @@ import pytest
 
 from mecorch.kernel.fileutil import sha256_file
 
-from support.etsischema import SRV_MGMT_FILE, errors_of, etsi_validator
+from support.etsischema import SRV_FILE, errors_of, etsi_validator
 from support.lab import private_dir
 from support.meplab import INST, SAMPLE_VM, SRV_BASE, Lab, app_mp1, poll
 
@@ -76,7 +76,7 @@ def parse(raw: str) -> Answer:
 
 def spec(schema: str, body: Any) -> None:
     """`body` is a valid `schema` of MecServiceMgmtApi.yaml."""
-    errors = errors_of(etsi_validator(SRV_MGMT_FILE, schema), body)
+    errors = errors_of(etsi_validator(SRV_FILE, schema), body)
     assert errors == [], (schema, errors, body)
 
 
