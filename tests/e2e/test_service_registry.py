@@ -438,6 +438,12 @@ def test_the_service_goes_with_its_provider_terminated(lab, story):
     # (the state a REMOVED reference carries is left open by the spec)
     notice_of(lab, story, "REMOVED", None, after=seen)
     assert by_name(lab) == []
+    # the whole story, in order, once each: nothing from the restart; the
+    # termination may first withdraw the provider (INACTIVE), then REMOVED
+    seq = [(r["changeType"], r["state"]) for n in notices(lab) for r in n["serviceReferences"]]
+    assert seq[:3] == [("ADDED", "ACTIVE"), ("STATE_CHANGED", "INACTIVE"),
+                       ("STATE_CHANGED", "ACTIVE")], seq
+    assert seq[-1][0] == "REMOVED" and seq[3:-1] in ([], [("STATE_CHANGED", "INACTIVE")]), seq
     problem(from_vm(lab, "GET", f"services/{story['sid']}"), 404)
 
 
