@@ -169,6 +169,15 @@ def _parser() -> argparse.ArgumentParser:
                          ("rules", "the instance's traffic and DNS rules")):
         _output(app.add_parser(action, help=what)).add_argument("id", metavar="ID", help=ID_HELP)
 
+    srv = sub.add_parser("service", help="the MEC 011 services apps registered").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    sl = _output(srv.add_parser("list", help="each service: id, name, category, version, "
+                                             "state, transport endpoint (at an MEO: of every "
+                                             "reachable host, with its host)"))
+    sl.add_argument("--name", action="append", metavar="NAME",
+                    help="only services of this serName (repeat for several)")
+    sl.add_argument("--category", metavar="ID", help="only services of this category id")
+
     host = sub.add_parser("host", help="edge hosts").add_subparsers(
         dest="action", required=True, metavar="ACTION")
     _output(host.add_parser("list", help="each host: capacity (total, promised, free) and "

@@ -555,6 +555,34 @@ def _backends(c: Client) -> dict[str, list[dict]]:
     return out
 
 
+def service_list(c: Client, a) -> int:
+    query = [("ser_name", n) for n in a.name or ()]
+    if a.category:
+        query.append(("ser_category_id", a.category))
+    path = "/mec_service_mgmt/v1/services" + \
+        ("?" + urllib.parse.urlencode(query) if query else "")
+    _, rows, headers = c.call("GET", path)
+    if a.output == "json":
+        print_json(rows)
+    else:
+        table(("ID", "NAME", "CATEGORY", "VERSION", "STATE", "ENDPOINT", "HOST"),
+              ((s["serInstanceId"], s["serName"], (s.get("serCategory") or {}).get("id"),
+                s["version"], s["state"], _endpoint(s["transportInfo"]), s.get("hostId"))
+               for s in rows))
+    if headers.get("Warning"):      # an MEO: hosts left out
+        print(f"warning: {headers['Warning']}", file=sys.stderr)
+    return 0
+
+
+def _endpoint(transport: dict) -> str:
+    ep = transport.get("endpoint") or {}
+    if "addresses" in ep:
+        return ",".join(f"{x['host']}:{x['port']}" for x in ep["addresses"])
+    if "uris" in ep:
+        return ",".join(ep["uris"])
+    return "(alternative)"
+
+
 def host_list(c: Client, a) -> int:
     hosts = c.get(HOSTS)
     backends = _backends(c)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from mecorch.kernel.errors import NotFound, UnsupportedAction
 from mecorch.kernel.http import Request, Response, Router
+from mecorch.meo import services
 
 HOSTS = "/mecorch/v1/hosts"
 MP1 = "/mec_app_support/v1"
@@ -40,6 +41,9 @@ def install(r: Router, meo) -> None:
     r.add("GET", f"{HOSTS}/{{hostId}}",
           lambda req: Response(200, reg.get(req.params["hostId"]).view()))
     r.add("DELETE", f"{HOSTS}/{{hostId}}", deregister)
+
+    # MEC 011 services of every host, read-only
+    services.install(r, reg)
 
     # ---------------------------------------------------------------- Mp1, read through
     lcm = meo.lcm

@@ -20,6 +20,8 @@ Failure semantics every implementation keeps:
   (`Conflict`) and the first is among `ops_of`; a terminate of an instance
   already NOT_INSTANTIATED is refused (`Conflict`): the MEO follows the
   one running, or takes the instance as terminated;
+- `services` is the host's registry as its operator reads it (read-only:
+  the apps change it on their host);
 - what the host has not: `get_instance`, `get_op` and `rules` answer
   None, `ops_of` nothing, `delete_instance` and `remove_package` succeed;
   an operation on it (and `logs` of it) is the MEPM's `NotFound`;
@@ -206,6 +208,11 @@ class Mepm(abc.ABC):
     def health(self) -> list[dict]:
         """The host's backends as its own probes last saw them:
         [{"role": "cim"|"vim"|"mep", "ok": bool, "detail": str}]."""
+
+    @abc.abstractmethod
+    def services(self) -> list[dict]:
+        """The MEC 011 services the host's apps registered (ServiceInfo,
+        as an operator discovers them on the host: no isLocal)."""
 
     def close(self) -> None:
         """Release connections (nothing by default)."""

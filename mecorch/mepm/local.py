@@ -108,6 +108,9 @@ class LocalMepm(Mepm):
     def health(self) -> list[dict]:
         return backend_health(self.orch, self.host_id)
 
+    def services(self) -> list[dict]:
+        return self.orch.mep.services.of_host(self.host_id)
+
 
 def _versions(pkg: dict) -> tuple:
     return (pkg.get("appDVersion"), pkg.get("appSoftwareVersion"))

@@ -39,6 +39,7 @@ PKGM = "/app_pkgm/v1"
 LCM = "/app_lcm/v1"
 HOSTS = "/mecorch/v1/hosts"
 MP1 = "/mec_app_support/v1"
+SERVICE_MGMT = "/mec_service_mgmt/v1"
 # The MEO's id of the package or instance a POST creates on the MEPM (one
 # identity across the levels): a mecorch extension of Mm3, taken by an MEPM
 # from its MEO only (mecorch.api).
@@ -295,6 +296,10 @@ class RemoteMepm(Mepm):
                 out.append({"role": role, "driver": chk.get("driver"), "ok": bool(chk.get("ok")),
                             "detail": chk.get("detail", "")})
         return out
+
+    def services(self) -> list[dict]:
+        """Its registry, with the operator's token (an MEPM serves one host)."""
+        return self._get(f"{SERVICE_MGMT}/services")
 
     def close(self) -> None:
         self._drop()

@@ -176,6 +176,10 @@ class ServiceRegistry:
                 out.append(self.view(rec, consumer))
         return out
 
+    def of_host(self, host_id: str) -> list[dict]:
+        """Every live service of one edge host, as its operator sees them."""
+        return [self.view(r) for r in self._records() if r.get("hostId") == host_id]
+
     def one(self, service_id: str, consumer: str | None) -> dict:
         rec = self.store.get("services", service_id)
         if rec is None or rec.get("deleted") or (

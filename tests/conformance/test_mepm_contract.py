@@ -302,6 +302,19 @@ def test_logs_are_the_host_s_answer(lab):
         lab.mepm.logs(f"absent-{lab.uid}")
 
 
+def test_services_are_the_host_s_registry(lab):
+    """The MEC 011 services the host's apps registered, as its operator
+    reads them (no isLocal); none for a host whose apps registered none."""
+    assert on_the_wire(lab.mepm.services()) == []
+    iid, _ = deployed(lab)
+    made = lab.orch.mep.services.register(iid, {
+        "serName": "contract", "version": "1", "state": "ACTIVE", "serializer": "JSON",
+        "transportInfo": {"id": "t", "name": "REST", "type": "REST_HTTP", "protocol": "HTTP",
+                          "version": "1.1", "endpoint": {"uris": []}, "security": {}}})
+    got = on_the_wire(lab.mepm.services())
+    assert got == [made] and "isLocal" not in got[0]
+
+
 def test_health_names_each_backend(lab):
     health = on_the_wire(lab.mepm.health())
     assert sorted(h["role"] for h in health) == ["cim", "mep", "vim"]

@@ -119,6 +119,30 @@ def test_operate_events_and_rules(env, capsys):  # noqa: F811
     assert doc["dnsRules"][0]["domainName"] in out
 
 
+def test_service_list_shows_the_registry_with_filters(env, capsys):  # noqa: F811
+    onboard(env)
+    iid = deployed(env, capsys)
+    for name, cat in (("video", "analytics"), ("maps", "location")):
+        env.orch.mep.services.register(iid, {
+            "serName": name, "version": "1", "state": "ACTIVE", "serializer": "JSON",
+            "serCategory": {"href": "/c", "id": cat, "name": cat, "version": "1"},
+            "transportInfo": {"id": "t", "name": "REST", "type": "REST_HTTP",
+                              "protocol": "HTTP", "version": "1.1", "security": {},
+                              "endpoint": {"addresses": [{"host": "10.90.0.10",
+                                                          "port": 8080}]}}})
+    rc, out, _ = run_cli(env, capsys, "service", "list")
+    assert rc == 0
+    rows = columns(out)
+    assert sorted((r["NAME"], r["CATEGORY"], r["STATE"], r["ENDPOINT"]) for r in rows) == [
+        ("maps", "location", "ACTIVE", "10.90.0.10:8080"),
+        ("video", "analytics", "ACTIVE", "10.90.0.10:8080")]
+    rc, out, _ = run_cli(env, capsys, "service", "list", "--category", "location")
+    assert [r["NAME"] for r in columns(out)] == ["maps"]
+    rc, out, _ = run_cli(env, capsys, "service", "list", "--name", "video", "--name", "maps",
+                         "-o", "json")
+    assert sorted(s["serName"] for s in json.loads(out)) == ["maps", "video"]
+
+
 def test_host_list_shows_capacity_and_backends(env, capsys):  # noqa: F811
     onboard(env)
     deployed(env, capsys)

@@ -271,3 +271,16 @@ def test_is_local_needs_an_app_s_token(two):
     ca.post(f"{SRV}/applications/{a}/services", service())
     e = problem(env.c.get, f"{SRV}/services?is_local=true")
     assert e.status == 400 and "app's Mp1 token" in e.body["detail"]
+
+
+def test_a_provider_without_rules_is_followed_too(env):
+    """An app whose package declares no traffic or DNS rule still has its
+    services follow it."""
+    onboard(env, appTrafficRule=[], appDNSRule=[])
+    a, ca = app(env)
+    sid = ca.post(f"{SRV}/applications/{a}/services", service())[0]["serInstanceId"]
+    crash(env, a, 137)
+    assert env.c.get(f"{SRV}/services/{sid}")["state"] == "INACTIVE"
+    op, _ = env.c.post(f"{INST}/{a}/operate", {"changeStateTo": "STARTED"})
+    assert env.c.wait_op(op, timeout=10)["operationState"] == "COMPLETED"
+    assert env.c.get(f"{SRV}/services/{sid}")["state"] == "ACTIVE"

@@ -36,7 +36,8 @@ class FlakyMepm(LocalMepm):
         attr = super().__getattribute__(name)
         if name in ("info", "ensure_package", "remove_package", "create_instance",
                     "instantiate", "terminate", "operate", "delete_instance", "get_instance",
-                    "list_instances", "get_op", "ops_of", "rules", "logs", "health", "unfence"):
+                    "list_instances", "get_op", "ops_of", "rules", "logs", "health", "unfence",
+                    "services"):
             def call(*a, **kw):
                 if self.down.is_set():
                     raise BackendUnavailable(f"edge host {self.host_id!r}: link cut by the test")
