@@ -186,7 +186,7 @@ def by_name(lab: Lab) -> list:
 # -- the lab and the story's start ----------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
+def lab():
     assert SAMPLE_VM.is_file(), f"{SAMPLE_VM} missing: run bash vagrant/provision.sh"
     # The VM's MEC client must be the current one (srv=, method=, notify).
     script = Path(__file__).resolve().parents[2] / "vagrant/workloads/build-vm-image.sh"
@@ -206,6 +206,12 @@ def lab(tmp_path_factory):
     assert left == [], f"left behind after the API cleanup: {left}"
 
 
+def created(answer: Answer) -> Answer:
+    """A 201 with a body (checked against the schema by the tests)."""
+    assert answer.status == 201 and isinstance(answer.body, dict), answer.raw
+    return answer
+
+
 @pytest.fixture(scope="module")
 def story(lab):
     """V subscribes and registers its own service, then A registers
@@ -214,16 +220,15 @@ def story(lab):
     subscription = {"subscriptionType": SUBSCRIPTION_TYPE,
                     "callbackReference": f"http://{lab.vm_ip()}/cgi-bin/notify",
                     "filteringCriteria": {"serNames": [NAME]}}
-    s["subscribed"] = from_vm(lab, "POST", f"applications/{v}/subscriptions", subscription)
-    assert s["subscribed"].status == 201 and isinstance(s["subscribed"].body, dict), s["subscribed"].raw
+    s["subscribed"] = created(from_vm(lab, "POST", f"applications/{v}/subscriptions",
+                                      subscription))
     s["sub_href"] = s["subscribed"].body["_links"]["self"]["href"]
-    s["v_registered"] = from_vm(lab, "POST", f"applications/{v}/services",
-                                service_info(V_NAME, V_CATEGORY, lab.vm_ip(), 80))
-    assert s["v_registered"].status == 201 and isinstance(s["v_registered"].body, dict), s["v_registered"].raw
+    s["v_registered"] = created(from_vm(lab, "POST", f"applications/{v}/services",
+                                        service_info(V_NAME, V_CATEGORY, lab.vm_ip(), 80)))
     s["v_sid"] = s["v_registered"].body["serInstanceId"]
     s["notices_before"] = notices(lab)
-    s["registered"] = from_app(lab, "a", "POST", f"applications/{a}/services", a_info(lab))
-    assert s["registered"].status == 201 and isinstance(s["registered"].body, dict), s["registered"].raw
+    s["registered"] = created(from_app(lab, "a", "POST", f"applications/{a}/services",
+                                       a_info(lab)))
     s["sid"] = s["registered"].body["serInstanceId"]
     return s
 
