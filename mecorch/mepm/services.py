@@ -110,7 +110,7 @@ class ServiceRegistry:
             self._notify(rec, "ADDED")
         logs.event("service.registered", instance=instance_id, service=sid,
                    name=info.ser_name)
-        return self.view(rec)
+        return self.view(rec, instance_id)
 
     def update(self, instance_id: str, service_id: str, body,
                if_match: str | None = None) -> dict:
@@ -133,7 +133,7 @@ class ServiceRegistry:
                 self._notify(rec, "ATTRIBUTES_CHANGED")
             elif rec["shown"] != was:
                 self._notify(rec, "STATE_CHANGED")
-        return self.view(rec)
+        return self.view(rec, instance_id)
 
     def delete(self, instance_id: str, service_id: str) -> None:
         """Deleting a service already deleted is success (its tombstone)."""
