@@ -13,6 +13,8 @@ double the number of daemon round trips of a deploy.
 
 from __future__ import annotations
 
+import ipaddress
+
 import math
 import os
 import re
@@ -645,11 +647,17 @@ def _instant(text: str) -> float:
 
 
 def _gateway_of(net: dict) -> str | None:
-    """The IPv4 gateway of a network as Docker inspects it."""
+    """The IPv4 gateway of a network as Docker inspects it. A network made
+    with a subnet and no gateway (cim.subnet) reports none, though Docker
+    gave the bridge the subnet's first address: that one, then."""
     for cfg in (net.get("IPAM") or {}).get("Config") or []:
         gw = cfg.get("Gateway")
         if gw and ":" not in gw:
             return gw.split("/")[0]
+    for cfg in (net.get("IPAM") or {}).get("Config") or []:
+        subnet = cfg.get("Subnet") or ""
+        if subnet and ":" not in subnet:
+            return str(next(ipaddress.ip_network(subnet, strict=False).hosts()))
     return None
 
 

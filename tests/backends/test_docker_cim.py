@@ -400,3 +400,24 @@ def test_lean_decoding_keeps_labels_that_look_like_docker_fields():
         "Id": "c1", "Names": ["/a"], "State": "running", "Status": "Up",
         "Labels": {"mecorch.instance": "i1", "mecorch.role": "app"},
         "NetworkSettings": {"Networks": {"n1": {"IPAddress": "10.0.0.2", "MacAddress": "m"}}}}]
+
+
+def test_a_network_made_with_cim_subnet_has_its_gateway(config, api, uid):
+    """Docker makes a network with a subnet and no gateway without naming
+    the gateway in its IPAM config; the bridge has the subnet's first
+    address all the same, and that is the apps' gateway (their DNS and
+    Mp1): deploys used to fail with "no gateway address"."""
+    import ipaddress
+    from conftest import run
+    octet = int(hashlib.sha256(uid.encode()).hexdigest(), 16) % 250 + 1
+    subnet = f"10.232.{octet}.0/29"
+    driver = DockerCIM({**config, "subnet": subnet})
+    try:
+        gateway = driver.app_gateway()
+        assert gateway == str(next(ipaddress.ip_network(subnet).hosts()))
+        net = api.inspect_network(config["network"])    # (Docker 20.10-26: no Gateway in it)
+        bridge = run("ip", "-4", "-o", "addr", "show", f"br-{net['Id'][:12]}").stdout
+        assert f"inet {gateway}/29" in bridge, bridge
+    finally:
+        driver.close()
+        api.remove_network(config["network"])
