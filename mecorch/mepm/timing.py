@@ -24,7 +24,7 @@ say about its clock, to every app of the host (access APPS).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import glob
 import ipaddress
 import logging
@@ -76,13 +76,22 @@ class _Timex(ctypes.Structure):
                 ("_reserved", ctypes.c_int * 32)]
 
 
+@functools.cache
+def _adjtimex():
+    """libc's adjtimex, from the symbols the process has loaded already
+    (CDLL(None): no ctypes.util.find_library, which runs ldconfig), or
+    None."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).adjtimex
+    except (OSError, AttributeError):
+        return None
+
+
 def clock_state() -> tuple[int, int] | None:
     """(adjtimex's return value, the timex status bits), read only (modes
     0, allowed to any process); None when the kernel cannot be asked."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        adjtimex = libc.adjtimex
-    except (OSError, AttributeError):
+    adjtimex = _adjtimex()
+    if adjtimex is None:
         return None
     tx = _Timex()
     tx.modes = 0
