@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import urllib.parse
 
-from mecorch.mepm import service_routes
+from mecorch.api import appd_forms
+from mecorch.mepm import service_routes, timing
 from mecorch.mepm.mp1 import MP1, etag
 from mecorch.mepm.orchestrator import Orchestrator
 from mecorch.package.manager import PKGM
@@ -80,8 +81,10 @@ def install(r: Router, o: Orchestrator) -> None:
         return Response(204) if gone else Response(202)
 
     def appd(req: Request) -> Response:
+        """The AppD as text/plain, application/zip (ETSI's) or JSON
+        (mecorch's), as negotiated (mecorch.api.appd_forms)."""
         doc = pk.get(req.params["id"]) if "id" in req.params else pk.by_appd(req.params["appDId"])
-        return Response(200, doc["_appd"])
+        return appd_forms.answer(doc, req.media_types)
 
     def content(req: Request) -> Response:
         """The package zip, sent from the file in blocks."""
@@ -105,8 +108,9 @@ def install(r: Router, o: Orchestrator) -> None:
     r.add("GET", f"{PKGM}/app_packages/{{id}}", get_package, produces=JSON)
     r.add("PATCH", f"{PKGM}/app_packages/{{id}}", patch_package, produces=JSON)
     r.add("DELETE", f"{PKGM}/app_packages/{{id}}", delete_package)
-    r.add("GET", f"{PKGM}/app_packages/{{id}}/appd", appd, produces=JSON)
-    r.add("GET", f"{PKGM}/onboarded_app_packages/{{appDId}}/appd", appd, produces=JSON)
+    r.add("GET", f"{PKGM}/app_packages/{{id}}/appd", appd, produces=appd_forms.APPD_TYPES)
+    r.add("GET", f"{PKGM}/onboarded_app_packages/{{appDId}}/appd", appd,
+          produces=appd_forms.APPD_TYPES)
     r.add("GET", f"{PKGM}/app_packages/{{id}}/package_content", content, produces=ZIP)
     r.add("PUT", f"{PKGM}/app_packages/{{id}}/package_content", upload, stream=True, query=())
     r.add("GET", f"{PKGM}/onboarded_app_packages/{{appDId}}/package_content", content,
@@ -213,6 +217,8 @@ def install(r: Router, o: Orchestrator) -> None:
     r.add("DELETE", f"{app}/subscriptions/{{sub}}", unsubscribe, APP)
     r.add("POST", f"{app}/confirm_termination", confirm(mep.confirm_termination), APP)
     r.add("POST", f"{app}/confirm_ready", confirm(mep.confirm_ready), APP)
+    # MEC 011 timing: for every app of this host (APPS)
+    timing.install(r, o)
 
     # MEC 011 service management: the host's service registry
     service_routes.install(r, mep.services)

@@ -101,6 +101,15 @@ class Request:
     # the app instance whose Mp1 token authorized the call (None: an
     # operator, or no tokens at all)
     app: str | None = None
+    # what the route produces that the request's Accept admits, the
+    # preferred first (Router.add(produces=...)); empty for a route that
+    # declares none
+    media_types: tuple[str, ...] = ()
+
+    @property
+    def media(self) -> str | None:
+        """The media type to answer in: the one negotiated first."""
+        return self.media_types[0] if self.media_types else None
 
     def json(self) -> Any:
         """The body as JSON. Refused: no body, bad UTF-8 or JSON, nesting
@@ -286,19 +295,21 @@ class Router:
         self._access: dict[int, str] = {}          # index in _routes -> access class
         self._streaming: set[Handler] = set()      # handlers that read the body themselves
         # content negotiation and query parameters, per handler (see add)
-        self._produces: dict[Handler, str] = {}
+        self._produces: dict[Handler, tuple[str, ...]] = {}
         self._query: dict[Handler, frozenset[str]] = {}
 
     def add(self, method: str, pattern: str, handler: Handler, access: str = OPERATOR,
-            stream: bool = False, produces: str | None = None,
+            stream: bool = False, produces: str | tuple[str, ...] | None = None,
             query: tuple[str, ...] | None = None) -> None:
         """`pattern` uses {name} for one path segment. APP routes must have
         an {app} segment: the instance an app token is checked against.
         `stream`: the handler reads the body itself from `Request.stream`
         (not held whole, not bound by api.max_body_bytes: the handler sets
         its own limit).
-        `produces`: the media type of the route's answers: a request whose
-        Accept excludes it is a 406 before anything is done. `query`: the
+        `produces`: the media type of the route's answers, or several in
+        the server's order of preference: a request whose Accept excludes
+        them all is a 406 before anything is done; the handler finds those
+        admitted in `Request.media_types` (`negotiate`). `query`: the
         query parameters the route takes; any other is a 400 naming it."""
         assert access in (OPERATOR, APP, APPS, PUBLIC, LOCAL) and (access != APP or "{app}" in pattern)
         regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern)
@@ -306,7 +317,8 @@ class Router:
         if stream:
             self._streaming.add(handler)
         if produces:
-            self._produces[handler] = produces
+            self._produces[handler] = (produces,) if isinstance(produces, str) \
+                else tuple(produces)
         if query is not None:
             self._query[handler] = frozenset(query)
         self._routes.append((method, re.compile(regex + r"/?"), handler))
@@ -314,12 +326,16 @@ class Router:
     def streams(self, handler: Handler) -> bool:
         return handler in self._streaming
 
-    def check_request(self, handler: Handler, accept: str | None, query: str) -> None:
-        """406 when Accept excludes what the route produces; 400 for query
-        parameters the route does not take (both before the handler runs)."""
-        produces = self._produces.get(handler)
-        if produces and accept and not acceptable(accept, produces):
-            raise NotAcceptable(f"this resource is only available as {produces} "
+    def check_request(self, handler: Handler, accept: str | None,
+                      query: str) -> tuple[str, ...]:
+        """406 when Accept excludes all the route produces; 400 for query
+        parameters the route does not take (both before the handler runs).
+        The media types the route produces that Accept admits, the
+        preferred first (empty when the route declares none)."""
+        produces = self._produces.get(handler, ())
+        admitted = negotiate(accept, produces)
+        if produces and not admitted:
+            raise NotAcceptable(f"this resource is only available as {' or '.join(produces)} "
                                 f"(Accept: {accept[:100]})")
         allowed = self._query.get(handler)
         if allowed is not None and query:
@@ -330,6 +346,7 @@ class Router:
                 takes = ", ".join(sorted(allowed)) or "none"
                 raise InvalidInput(f"unknown query parameter(s) {', '.join(unknown)[:200]} "
                                    f"(this resource takes: {takes})")
+        return admitted
 
     def resolve(self, method: str, path: str) -> tuple[Handler, dict[str, str], str]:
         """(handler, path parameters, access class) of the route."""
@@ -355,6 +372,22 @@ def acceptable(accept: str, media_type: str) -> bool:
     """Whether an Accept header (RFC 9110 12.5.1) admits `media_type`: the
     most specific range that matches it decides, by its q (0: refused).
     Ranges that do not parse are ignored (none that parses: anything goes)."""
+    return quality(accept, media_type) > 0
+
+
+def negotiate(accept: str | None, choices: tuple[str, ...]) -> tuple[str, ...]:
+    """The `choices` (the server's order of preference) that an Accept
+    header admits, by the client's preference: a higher q first, the
+    server's order among equals. No Accept header admits every choice."""
+    if not accept:
+        return tuple(choices)
+    rated = [(quality(accept, c), i, c) for i, c in enumerate(choices)]
+    return tuple(c for q, i, c in sorted(rated, key=lambda r: (-r[0], r[1])) if q > 0)
+
+
+def quality(accept: str, media_type: str) -> float:
+    """The q an Accept header gives `media_type` (see `acceptable`): 0 when
+    no range matches it, 1 when no range parses."""
     kind, _, sub = media_type.lower().partition("/")
     best = (-1, 0.0)                      # (specificity, q)
     parsed = False
@@ -384,7 +417,7 @@ def acceptable(accept: str, media_type: str) -> bool:
             continue
         if spec > best[0]:
             best = (spec, q)
-    return best[1] > 0 or not parsed
+    return best[1] if parsed else 1.0
 
 
 class RequestTimeout(MecorchError):
@@ -624,7 +657,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
             except UnicodeDecodeError:
                 raise InvalidInput("a path parameter is not UTF-8") from None
             caller_app = self._authorize(access, params)
-            self.server.router.check_request(handler, self.headers.get("Accept"), url.query)
+            media_types = self.server.router.check_request(handler, self.headers.get("Accept"),
+                                                           url.query)
             if self.server.router.streams(handler):
                 raw, stream = b"", self._body_stream()
                 stream.deadline = self.deadline
@@ -644,7 +678,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
             if from_meo and self.server.on_meo is not None:
                 self.server.on_meo()
             resp = handler(Request(self.command, url.path, query, self.headers, raw, params,
-                                   stream, from_meo, query_all, caller_app))
+                                   stream, from_meo, query_all, caller_app, media_types))
         except MecorchError as e:
             resp = Response(e.status, e.problem(instance), content_type="application/problem+json")
             if isinstance(e, Unauthorized):

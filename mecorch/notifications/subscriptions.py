@@ -5,7 +5,8 @@
   `appPkgFilter`, notified by AppPkgNotification (AppPackageOnBoarded,
   AppPacakgeEnabled, AppPacakgeDisabled, AppPackageDeleted);
 - app_lcm: AppInstSubscriptionRequest (AppInstanceStateChange: one
-  appInstanceState, NOT_INSTANTIATED, STARTED or STOPPED) and
+  appInstanceState, NOT_INSTANTIATED, STARTED or STOPPED, or none: "If this
+  attribute is absent, match all states") and
   AppLcmOpOccSubscriptionRequest (AppLcmOpOccStateChange, with operation
   states and types), both with an AppInstanceSubscriptionFilter, notified by
   AppInstNotification and AppLcmOpOccNotification.
@@ -17,6 +18,9 @@ notification is stored in the outbox for mecorch.notifications.sender.
 mecorch extensions: `authentication` (the NFV-SOL 013
 SubscriptionAuthentication shape; BASIC, or BEARER with paramsBearer.token),
 never shown back; `deliveryFailure` on a subscription whose callback fails.
+An AppInstanceStateChange subscription to all states is shown without
+`notificationType` (ETSI's AppInstSubscriptionInfo requires one state and
+has no way to say "all"), as it was asked: without `appInstanceState`.
 A subscription with the same type, callback and filter as an existing one
 is not made twice: the answer is 303 See Other to the existing one
 (NFV-SOL 013 5.5.2.3.2 / SOL 005).
@@ -206,7 +210,9 @@ class Subscriptions(Events):
                      if v is not None}
         state = state or _instance_state(doc)
         for sub in self._matching("lcm"):
-            if sub["subscriptionType"] != INST_TYPE or sub["notificationType"] != state \
+            # no notificationType: every state (appInstanceState was absent)
+            if sub["subscriptionType"] != INST_TYPE \
+                    or sub.get("notificationType", state) != state \
                     or not _selects(sub.get("appInstanceSubscriptionFilter"), doc):
                 continue
             nid = new_id()
@@ -278,12 +284,14 @@ def _parse_lcm(body: dict, query_type: str | None) -> dict:
         _no_extra(body, {"subscriptionType", "callbackUri", "appInstanceState",
                          "appInstanceSubscriptionFilter", "authentication"},
                   "AppInstSubscriptionRequest")
+        doc = {"subscriptionType": stype}
         state = body.get("appInstanceState")
-        if state not in INST_STATES:
-            raise InvalidInput(f"appInstanceState (the state to be notified of) must be one "
-                               f"of {', '.join(INST_STATES)}")
-        doc = {"subscriptionType": stype, "notificationType": state,
-               "appInstanceState": state}
+        # ETSI: "If this attribute is absent, match all states."
+        if state is not None:
+            if state not in INST_STATES:
+                raise InvalidInput(f"appInstanceState (the state to be notified of) must be "
+                                   f"one of {', '.join(INST_STATES)}, or absent for all states")
+            doc.update(notificationType=state, appInstanceState=state)
         if body.get("appInstanceSubscriptionFilter") is not None:
             doc["appInstanceSubscriptionFilter"] = _selector(
                 body["appInstanceSubscriptionFilter"], "appInstanceSubscriptionFilter")

@@ -494,6 +494,16 @@ def _cases(w) -> list[tuple[str, object]]:
     cases.append(("PUT package_content Content-Type", lambda p: (
         "PUT", f"{PKGS}/{pkg}/package_content", None, {"Content-Type": p})))
     cases.append(("GET app_packages Accept", lambda p: ("GET", PKGS, None, {"Accept": p})))
+    # the AppD's negotiated forms (text/plain, application/zip, JSON)
+    cases.append(("GET appd Accept", lambda p: ("GET", f"{PKGS}/{pkg}/appd", None,
+                                                {"Accept": p})))
+    # MEC 011 timing (APPS: any app's token): queries and credentials
+    for res in ("timing_caps", "current_time"):
+        url = f"/mec_app_support/v1/timing/{res}"
+        cases.append((f"GET {url}?{{}}", lambda p, u=url: ("GET", f"{u}?{q(p)}=1", None, None)))
+        cases.append((f"GET {url} Authorization", lambda p, u=url: (
+            "GET", u, None, {"Authorization": f"Bearer {p}"})))
+        cases.append((f"GET {url} Accept", lambda p, u=url: ("GET", u, None, {"Accept": p})))
     return cases
 
 

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import re
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -421,7 +423,18 @@ def _packages(api: Checker, e) -> None:
         b = api("GET", f"/app_pkgm/v1/onboarded_app_packages/{app_d_id}/appd", status=200,
                 etsi=(PKGM_FILE, "AppD"))
         assert a == b and a["appDId"] == app_d_id
+        # the ETSI forms: the AppD file as the package holds it, and a zip of it
+        text = api("GET", f"{PKGS}/{p['id']}/appd", headers={"Accept": "text/plain"},
+                   status=200)
+        assert yaml.safe_load(text) == a
+        with zipfile.ZipFile(io.BytesIO(api(
+                "GET", f"/app_pkgm/v1/onboarded_app_packages/{app_d_id}/appd",
+                headers={"Accept": "application/zip"}, status=200))) as zf:
+            assert zf.read("Definitions/appd.yaml") == text
+    api("GET", f"{PKGS}/{pkg['id']}/appd", headers={"Accept": "image/png"}, status=406)
     api("GET", "/app_pkgm/v1/onboarded_app_packages/nope/appd", status=404)
+    api("GET", "/app_pkgm/v1/onboarded_app_packages/nope/appd",
+        headers={"Accept": "text/plain"}, status=404)
     assert api("GET", f"{url}/package_content", status=200) == zpath.read_bytes()
     assert api("GET", "/app_pkgm/v1/onboarded_app_packages/sample-http/package_content",
                status=200) == zpath.read_bytes()
@@ -708,6 +721,11 @@ def _mp1(api: Checker, e, vm_inst: str, notification_sink) -> None:
     api("DELETE", extra["_links"]["self"]["href"], status=404)
 
     api("POST", f"{app}/confirm_ready", {"indication": "READY"}, status=204)
+    timing = "/mec_app_support/v1/timing"
+    caps = api("GET", f"{timing}/timing_caps", status=200, etsi=(MP1_FILE, "TimingCaps"))
+    now = api("GET", f"{timing}/current_time", status=200, etsi=(MP1_FILE, "CurrentTime"))
+    assert 0 <= now["seconds"] - caps["timeStamp"]["seconds"] < 60
+    api("GET", f"{timing}/current_time?x=1", status=400)
     api("POST", f"{app}/confirm_ready", {"indication": "SOON"}, status=400)
     api("POST", f"{MP1}/nope/confirm_ready", {"indication": "READY"}, status=404)
     confirm = {"operationAction": "TERMINATING"}
@@ -791,6 +809,14 @@ def _subscriptions(api: Checker, sink) -> None:
                  status=201, etsi=(LCM_FILE, "AppLcmOpOccSubscriptionInfo"))
     api("POST", subs + "?subscriptionType=AppInstanceStateChange", op_req, status=400)
     api("POST", subs, dict(inst_req, appInstanceState="GONE"), status=400)
+    # without appInstanceState: all states; shown as asked, without
+    # notificationType (ETSI's SubscriptionInfo requires one state)
+    every_req = {k: v for k, v in inst_req.items() if k != "appInstanceState"}
+    every = api("POST", subs, every_req, status=201, etsi=EXTENSION)
+    assert "notificationType" not in every and "appInstanceState" not in every
+    assert errors_of(etsi_validator(LCM_FILE, "AppInstSubscriptionRequest"), every_req) == []
+    api("GET", every["_links"]["self"]["href"], status=200, etsi=EXTENSION)
+    api("DELETE", every["_links"]["self"]["href"], status=204)
     api("POST", subs, {"subscriptionType": "Other", "callbackUri": sink.url}, status=400)
     link_list = (LCM_FILE, "SubscriptionLinkList")
     assert len(api("GET", subs, status=200, etsi=link_list)["_links"]["subscriptions"]) == 2

@@ -302,8 +302,9 @@ def test_bad_pkgm_subscriptions_name_the_field(lab, body, field):
 
 
 @pytest.mark.parametrize("body, field", [
-    ({"subscriptionType": "AppInstanceStateChange", "callbackUri": "http://127.0.0.1/x"},
-     "appInstanceState"),
+    # absent is all states (ETSI); a value that is no state is refused
+    ({"subscriptionType": "AppInstanceStateChange", "callbackUri": "http://127.0.0.1/x",
+      "appInstanceState": "RUNNING"}, "appInstanceState"),
     ({"subscriptionType": "AppInstanceStateChange", "callbackUri": "http://127.0.0.1/x",
       "appInstanceState": "STARTED", "appInstanceSubscriptionFilter": {
           "appInstSelectorType": "APP_D_ID"}}, "appInstances"),
