@@ -44,8 +44,10 @@ def test_dns_rule_ipv6_and_type_mismatch():
 def test_traffic_rule_round_trip_normalises():
     rule = tr(dstInterface={"interfaceType": "IP", "dstIpAddress": "10.0.0.9"})
     out = rule.to_etsi()
+    # the protocol is given back as sent ("TCP"); its value compares as "tcp"
     assert out["trafficFilter"] == [{"dstAddress": ["10.9.0.80"], "dstPort": ["80"],
-                                     "protocol": ["tcp"]}]
+                                     "protocol": ["TCP"]}]
+    assert rule.traffic_filter[0].protocol == ("tcp",)
     assert out["dstInterface"] == {"interfaceType": "IP", "dstIpAddress": "10.0.0.9"}
     assert TrafficRule.from_etsi(out) == rule
     full = tr(trafficFilter=[{"srcAddress": ["192.0.2.0/24", "10.0.0.1-10.0.0.9"],
@@ -308,3 +310,28 @@ def test_dnsmasq_argv_upstream_domain_and_dynamic():
     assert argv.count("--bind-dynamic") == 1 and "--bind-interfaces" not in argv
     assert "--listen-address=10.0.0.1" in argv and "--listen-address=10.0.1.1" in argv
     assert "--server=192.0.2.53" in argv and "--local=/mec.local/" in argv
+
+
+def test_protocol_is_given_back_as_sent_and_compared_normalised():
+    upper, lower = tr(), tr(trafficFilter=[{"dstAddress": ["10.9.0.80"], "dstPort": ["80"],
+                                           "protocol": ["tcp"]}])
+    assert upper.to_etsi()["trafficFilter"][0]["protocol"] == ["TCP"]
+    assert lower.to_etsi()["trafficFilter"][0]["protocol"] == ["tcp"]
+    # one value: equal, one hash, the same iptables lines, the same claims
+    assert upper == lower and hash(upper) == hash(lower)
+    assert TrafficRule.from_etsi(upper.to_etsi()) == upper
+    assert iptables.render_instance("MEC", "i", "10.0.1.2", [upper]) == \
+        iptables.render_instance("MEC", "i", "10.0.1.2", [lower])
+    assert "-p tcp -m tcp --dport 80" in iptables.render_instance(
+        "MEC", "i", "10.0.1.2", [upper])["nat"][0]
+    from mecorch.spec import rules as R
+    assert R.replica_key(upper.to_etsi()) == R.replica_key(lower.to_etsi())
+    held = [("other", {"appDId": "b", "trafficRules": [lower.to_etsi()], "dnsRules": []})]
+    assert R.claim_conflict([upper], [], "a", held).startswith(
+        "trafficRule tr1: 10.9.0.80:80/tcp is steered by instance other")
+    # numbers as sent too, compared by value
+    number = tr(trafficFilter=[{"dstAddress": ["10.9.0.80"], "protocol": ["Udp", "017"]}])
+    assert number.to_etsi()["trafficFilter"][0]["protocol"] == ["Udp", "017"]
+    assert number.traffic_filter[0].protocol == ("udp", "17")
+    with pytest.raises(InvalidInput, match=r"trafficFilter\[0\].protocol\[0\]"):
+        tr(trafficFilter=[{"dstAddress": ["10.9.0.80"], "protocol": ["TCPX"]}])
