@@ -25,12 +25,10 @@ The real dnsmasq answering such a name: tests/e2e/test_package_dns_names.py.
 
 from __future__ import annotations
 
-import pytest
-
 from mecorch.spec.rules import TrafficRule
 from support import meolab
 from support.corelab import (  # noqa: F401 - env is a fixture
-    deploy, env, node_env, onboard, onboard_with, problem)
+    deploy, env, node_env, onboard, problem)
 from support.meolab import system  # noqa: F401 - the fixture
 
 INST = "/app_lcm/v1/app_instances"
