@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 
@@ -335,3 +336,21 @@ def test_protocol_is_given_back_as_sent_and_compared_normalised():
     assert number.traffic_filter[0].protocol == ("udp", "17")
     with pytest.raises(InvalidInput, match=r"trafficFilter\[0\].protocol\[0\]"):
         tr(trafficFilter=[{"dstAddress": ["10.9.0.80"], "protocol": ["TCPX"]}])
+
+
+def test_held_names_outside_the_domain_are_rendered_local():
+    index = {"10.0.0.5 video.example.com": {"i1", "i2"}, "10.0.0.6 app.mec.local": {"i3"},
+             "10.0.0.7 gone.example.org": set(), "10.0.0.8 mec.local.example.net": {"i4"}}
+    names = dnsmasq.held_names(index, "mec.local")
+    assert names == ["mec.local.example.net", "video.example.com"]
+    assert dnsmasq.held_names(index, None) == ["app.mec.local", "mec.local.example.net",
+                                               "video.example.com"]
+    text = dnsmasq.render_servers(names)
+    assert text.splitlines()[1:] == ["server=/mec.local.example.net/",
+                                     "server=/video.example.com/"]
+    assert text.startswith("# mecorch: ")
+    assert dnsmasq.render_servers([]).count("\n") == 1
+    argv = dnsmasq.argv(pid_file=Path("/r/p"), hosts_dir=Path("/s/h"), log_file=Path("/r/l"),
+                        listen="127.0.0.1", port=5353, local_ttl=0, user="root",
+                        domain="mec.local", servers_file=Path("/s/servers.conf"))
+    assert argv[-2:] == ["--local=/mec.local/", "--servers-file=/s/servers.conf"]
