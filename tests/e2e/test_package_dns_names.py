@@ -13,7 +13,7 @@ upstream) and a UE in a network namespace behind that address.
   elsewhere); a name nobody holds is refused;
 - a second app, whose package does not declare the name, cannot claim it
   by an Mp1 PUT (409 naming the holder) and the first still answers.
-The decision itself: tests/core/test_package_dns_names.py.
+The decision itself: tests/core/test_package_dns_grants.py.
 """
 
 from __future__ import annotations
