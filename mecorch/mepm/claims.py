@@ -26,8 +26,8 @@ one the instance may hold there (`spec.dns_names`, 400 naming it): below
 the host's MEC domain (`mep.dns_domain`; the bare domain itself is the
 host's, no app's), declared by the instance's own package (the names of
 its AppD's appDNSRule, recorded on the package as `dnsNames`), or below
-one of the host's `mep.dns_allowed_domains`. The 409 is decided first: a
-name another app holds is refused as that app's.
+one of the host's `mep.dns_allowed_domains`; but a name another app's
+instance holds is that app's 409, whether or not this one could hold it.
 Claims are checked and taken under one lock, at instantiation (before
 anything is made) and on every Mp1 PUT (with the apply), so of two
 instantiations racing for one address exactly one wins.
@@ -165,11 +165,11 @@ class ClaimsLedger:
     def check_claims(self, host: EdgeHost, instance_id: str, traffic: Sequence[TrafficRule],
                      dns: Sequence[DnsRule], app_d_id: str | None, share: bool = False) -> None:
         """Refuse a rule set (values) that leaves the host's service range
-        (InvalidInput), takes what another instance of the host claims
-        (Conflict naming it), or names a DNS name the instance may not hold
-        there (InvalidInput, `check_names`). Each other claim's stored set
-        is read once. Called with the ledger lock held, after
-        `check_targets`."""
+        or names a DNS name the instance may not hold there (InvalidInput,
+        `check_names`), or takes what another instance of the host claims
+        (Conflict naming it; first for a name another app holds). Each
+        other claim's stored set is read once. Called with the ledger lock
+        held, after `check_targets`."""
         service = host.section("mep").get("service_cidr")
         if service:
             for rule in traffic:
@@ -182,13 +182,16 @@ class ClaimsLedger:
         for rule in dns:
             if rule.ip_address is None:
                 raise InvalidInput(f"dnsRule {rule.dns_rule_id}: ipAddress is required here")
-        taken = R.claim_conflict(traffic, dns, app_d_id, self._claims(host.id, instance_id),
-                                 share)
+        others = list(self._claims(host.id, instance_id))
+        # a name another app holds is refused as that app's (the 409
+        # below), whether or not this one could hold it
+        theirs = {rule["domainName"] for _, other in others
+                  if app_d_id is None or other.get("appDId") != app_d_id
+                  for rule in other.get("dnsRules") or []}
+        self.check_names(host, instance_id, [r for r in dns if r.domain_name not in theirs])
+        taken = R.claim_conflict(traffic, dns, app_d_id, others, share)
         if taken:
-            # first: a name another app holds is that app's (409), whether
-            # or not this one could hold it
             raise Conflict(taken)
-        self.check_names(host, instance_id, dns)
 
     def check_names(self, host: EdgeHost, instance_id: str, dns: Sequence[DnsRule],
                     pkg: dict | None = None) -> None:
