@@ -12,7 +12,8 @@ dnsmasq 2.90). A name and address held by several files (replicas) is
 kept once, as the first file read, and flushed with it: `index` and
 `reread` let the driver make the others read again. Files are replaced atomically (write `.<id>.tmp`, then
 rename): dnsmasq ignores dot-files, so it never reads a half-written one.
-dnsmasq is never restarted or signalled for a rule change.
+dnsmasq is never restarted for a rule change, and signalled only
+when the held names outside the MEC domain change (below).
 
 Two dnsmasq processes read that one hostsdir: the control one on
 `dns_listen:dns_port` (loopback by default), and the clients' one on port 53
@@ -21,6 +22,16 @@ data-plane address), started with --bind-dynamic so an address that appears
 later (a network made after the MEP opened) is bound when it appears.
 Names that are no DNS rule go to the configured upstream servers (none by
 default: REFUSED); names in the MEC domain never go upstream (--local).
+
+A name outside the MEC domain that a rule holds (a public name an app's
+package declares, `video.example.com`) is answered from the hostsdir for
+its A record, but dnsmasq would still ask upstream for its other types: an
+AAAA query would get the public IPv6 address and send a dual-stack UE past
+the edge instance (measured with 2.90). Such names are made local too: a
+`--servers-file` of `server=/NAME/` lines (`render_servers`), the held
+names outside the domain, rewritten and re-read (SIGHUP, `reload`) only
+when that set changes; then the other types get an empty answer (NOERROR)
+here, as names of the MEC domain do, and so do names below a held one.
 
 TTL: hostsdir entries are all served with one TTL, `--local-ttl`, which the
 config sets (`dns_ttl`, default 0 = clients must not cache). A per-rule
@@ -66,10 +77,12 @@ def check_ttls(rules: list[DnsRule], local_ttl: int) -> None:
 
 def argv(*, pid_file: Path, hosts_dir: Path, log_file: Path, listen: str | list[str],
          port: int, local_ttl: int, user: str, upstream: tuple[str, ...] = (),
-         domain: str | None = None, dynamic: bool = False) -> list[str]:
+         domain: str | None = None, dynamic: bool = False,
+         servers_file: Path | None = None) -> list[str]:
     """The dnsmasq command line: DNS only, our hostsdir only (no config
     file, no /etc/hosts, no /etc/resolv.conf, no DHCP); `upstream` servers
-    for other names; `domain` answered here only."""
+    for other names; `domain`, and the names `servers_file` lists, answered
+    here only."""
     addrs = [listen] if isinstance(listen, str) else list(listen)
     return (["dnsmasq", "--conf-file=/dev/null", f"--pid-file={pid_file}", f"--port={port}"]
             + [f"--listen-address={a}" for a in addrs]
@@ -77,7 +90,53 @@ def argv(*, pid_file: Path, hosts_dir: Path, log_file: Path, listen: str | list[
                "--no-resolv", "--no-hosts", f"--hostsdir={hosts_dir}",
                f"--local-ttl={local_ttl}", f"--user={user}", f"--log-facility={log_file}"]
             + [f"--server={u}" for u in upstream]
-            + ([f"--local=/{domain}/"] if domain else []))
+            + ([f"--local=/{domain}/"] if domain else [])
+            + ([f"--servers-file={servers_file}"] if servers_file else []))
+
+
+def held_names(index: dict[str, set[str]], domain: str | None) -> list[str]:
+    """The names the hostsdir files hold (`index`: line -> files) that lie
+    outside `domain` (every one when there is none): those to keep local."""
+    names = {line.split()[1] for line, files in index.items() if files}
+    if domain:
+        names = {n for n in names if n != domain and not n.endswith("." + domain)}
+    return sorted(names)
+
+
+def render_servers(names: list[str]) -> str:
+    """The --servers-file keeping `names` local: `server=/NAME/` (no
+    address: answered here only, never upstream), one a line."""
+    lines = ["# mecorch: held DNS names outside the MEC domain, answered here only "
+             "(generated, do not edit)"]
+    lines += [f"server=/{n}/" for n in names]
+    return "\n".join(lines) + "\n"
+
+
+def write_file(path: Path, text: str, owner: tuple[int, int] | None = None) -> None:
+    """Replace `path` by `text` atomically (a dot-file renamed onto it),
+    0600, given to `owner` (dnsmasq's user: it reads it again on SIGHUP,
+    after dropping root)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600),
+              "w", encoding="ascii") as f:
+        os.fchmod(f.fileno(), 0o600)
+        if owner is not None:
+            os.fchown(f.fileno(), *owner)
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def reload(pid_file: Path) -> bool:
+    """Make the dnsmasq our pid file names read its servers file again
+    (SIGHUP: it also re-reads the hostsdir and clears its cache). False
+    when none runs."""
+    pid = live_pid(pid_file)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGHUP)
+    return True
 
 
 def cmdline(pid: int) -> list[str]:

@@ -17,7 +17,8 @@ with `serve_dns_on` (the app networks' gateways: what containers and VMs
 are given as resolver).
 
 Files: <state_dir>/dns/hosts.d/<instance id> (one per instance with ACTIVE
-DNS rules), <run_dir>/dnsmasq.pid, <run_dir>/dnsmasq.log,
+DNS rules), <state_dir>/dns/servers.conf (the held names outside dns_domain,
+answered only here), <run_dir>/dnsmasq.pid, <run_dir>/dnsmasq.log,
 <run_dir>/dnsmasq-clients.pid, <run_dir>/dnsmasq-clients.log, <run_dir>/mep.lock.
 
 apply_rules is all-or-nothing across both backends: everything is validated
@@ -127,6 +128,8 @@ class LinuxMEP(PlatformDriver, RuleAudit, DnsOnAppNetworks, Uninstallable):
         state_dir = Path(validate.text(config.get("state_dir", "/var/lib/mecorch"), "mep.state_dir", 1024))
         run_dir = Path(validate.text(config.get("run_dir", "/run/mecorch"), "mep.run_dir", 1024))
         self.hosts_dir = state_dir / "dns" / "hosts.d"
+        # the held names outside the MEC domain, kept local (dnsmasq.py)
+        self.servers_file = state_dir / "dns" / "servers.conf"
         self.run_dir = run_dir
         self.pid_file = run_dir / "dnsmasq.pid"
         self.log_file = run_dir / "dnsmasq.log"
@@ -248,6 +251,7 @@ class LinuxMEP(PlatformDriver, RuleAudit, DnsOnAppNetworks, Uninstallable):
             self._restore(iptables.base_text(self._save(), self.prefix, self.service_cidr))
             if self.service_cidr:
                 self._ensure_service_route()
+            self._keep_local()      # before a start: dnsmasq reads it at once
             if dnsmasq.live_pid(self.pid_file) is None:
                 dnsmasq.start(self._argv(*self._dnsmasq_argv(
                     self.pid_file, self.log_file, self.dns_listen, self.dns_port)), self.pid_file)
@@ -267,7 +271,8 @@ class LinuxMEP(PlatformDriver, RuleAudit, DnsOnAppNetworks, Uninstallable):
         return dnsmasq.argv(pid_file=pid_file, hosts_dir=self.hosts_dir, log_file=log_file,
                             listen=listen, port=port, local_ttl=self.dns_ttl,
                             user=self.dns_user, upstream=self.dns_upstream,
-                            domain=self.dns_domain, dynamic=dynamic)
+                            domain=self.dns_domain, dynamic=dynamic,
+                            servers_file=self.servers_file)
 
     def serve_dns_on(self, addresses: list[str]) -> None:
         """Answer DNS rules on port 53 of `addresses` (the app networks'
@@ -370,6 +375,7 @@ class LinuxMEP(PlatformDriver, RuleAudit, DnsOnAppNetworks, Uninstallable):
             if self.hosts_dir.is_dir():
                 for name in os.listdir(self.hosts_dir):
                     (self.hosts_dir / name).unlink(missing_ok=True)
+            self.servers_file.unlink(missing_ok=True)
             self._dns_index = None
             done.append(f"its dnsmasq and DNS files ({self.run_dir}, {self.hosts_dir})")
             mark = self._link_mark(self.service_if)
@@ -473,6 +479,30 @@ class LinuxMEP(PlatformDriver, RuleAudit, DnsOnAppNetworks, Uninstallable):
                 # answered again when its file is next written
                 log.warning("DNS file of %s not read again after %s's changed: %s",
                             other, instance_id, e)
+        try:
+            self._keep_local()
+        except OSError as e:
+            # the change is made; the list is written again at the next
+            # change or open (until then a held name's other record types
+            # may still be asked upstream)
+            log.warning("DNS names outside the MEC domain not made local after %s's "
+                        "change: %s", instance_id, e)
+
+    def _keep_local(self) -> None:
+        """The servers file lists the names the hostsdir holds outside the
+        MEC domain (answered here only: dnsmasq.py); when the list changed,
+        both dnsmasqs read it again. Called with the lock held."""
+        if self._dns_index is None:
+            self._dns_index = dnsmasq.index(self.hosts_dir)
+        text = dnsmasq.render_servers(dnsmasq.held_names(self._dns_index, self.dns_domain))
+        try:
+            if self.servers_file.read_text(encoding="ascii") == text:
+                return
+        except FileNotFoundError:
+            pass
+        dnsmasq.write_file(self.servers_file, text, self._dns_owner())
+        for pid_file in (self.pid_file, self.clients_pid_file):
+            dnsmasq.reload(pid_file)
 
     def _put_back(self, instance_id: str, before: dict[str, list[str]]) -> None:
         """Best effort: return the instance's chains to `before` after a

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from mecorch.kernel import validate
 from mecorch.kernel.errors import InvalidInput
 from mecorch.kernel.schema import ABSENT, DEFAULT_HOST, INT, LINK_NAME, STR, STRS, host_name, key
 
@@ -22,6 +23,10 @@ SCHEMA = (
     key("dns_domain", STR, "mec.local",
         "the MEC domain DNS rules must lie in (never forwarded upstream); null: any",
         nullable=True),
+    key("dns_allowed_domains", STRS, [],
+        "further domains the apps of this host may name in DNS rules (a name below one; "
+        "forwarded upstream when no rule holds it), beside the MEC domain and the names "
+        "each app's own package declares"),
     key("dns_upstream", STRS, [], "resolvers for names that are not MEC rules"),
     key("data_plane_address", STR, None, "address UEs reach DNS on", nullable=True),
     key("dns_user", STR, ABSENT, "user dnsmasq runs as"),
@@ -58,6 +63,11 @@ def check_section(section: dict) -> None:
     if link is not None and (not isinstance(link, str) or not re.fullmatch(LINK_NAME, link)):
         raise InvalidInput("mep.service_interface: must be a link name of 1-15 letters, digits, "
                            f"'_', '.', '-' starting with a letter or digit (got {link!r:.40})")
+    domains = section.get("dns_allowed_domains") or []
+    if len(domains) > 32:
+        raise InvalidInput("mep.dns_allowed_domains: at most 32 domains")
+    for i, domain in enumerate(domains):
+        validate.domain_name(domain, f"mep.dns_allowed_domains[{i}]")
     for name in ("service_cidr",):
         value = section.get(name)
         if value is not None:

@@ -21,9 +21,13 @@ is a 409 naming that instance, unless the claim is a replica's (the
 request's `shareServiceAddress`: same appDId and the same rule, so the
 MEP spreads the connections over them, `mepm.replicas`); a DNS name
 belongs to the first instance that claims it (409), unless every claimant
-comes from the same app (same appDId: replicas share a name), and must lie
-below the host's MEC domain
-(`mep.dns_domain`, 400; the bare domain itself is the host's, no app's).
+comes from the same app (same appDId: replicas share a name), and must be
+one the instance may hold there (`spec.dns_names`, 400 naming it): below
+the host's MEC domain (`mep.dns_domain`; the bare domain itself is the
+host's, no app's), declared by the instance's own package (the names of
+its AppD's appDNSRule, recorded on the package as `dnsNames`), or below
+one of the host's `mep.dns_allowed_domains`; but a name another app's
+instance holds is that app's 409, whether or not this one could hold it.
 Claims are checked and taken under one lock, at instantiation (before
 anything is made) and on every Mp1 PUT (with the apply), so of two
 instantiations racing for one address exactly one wins.
@@ -48,7 +52,7 @@ from __future__ import annotations
 import threading
 from typing import Sequence
 
-from mecorch.spec import rules as R
+from mecorch.spec import dns_names, rules as R
 from mecorch.kernel.errors import Conflict, InvalidInput
 from mecorch.mepm.inventory import EdgeHost
 from mecorch.spec.rules import DnsRule, TrafficRule
@@ -161,13 +165,12 @@ class ClaimsLedger:
     def check_claims(self, host: EdgeHost, instance_id: str, traffic: Sequence[TrafficRule],
                      dns: Sequence[DnsRule], app_d_id: str | None, share: bool = False) -> None:
         """Refuse a rule set (values) that leaves the host's service range
-        or MEC domain, or claims the bare domain (InvalidInput), or takes
-        what another instance of the host claims (Conflict naming it).
-        Each other claim's stored set is read once. Called with the ledger
-        lock held, after `check_targets`."""
-        mep = host.section("mep")
-        service = mep.get("service_cidr")
-        domain = mep.get("dns_domain")
+        or names a DNS name the instance may not hold there (InvalidInput,
+        `check_names`), or takes what another instance of the host claims
+        (Conflict naming it; first for a name another app holds). Each
+        other claim's stored set is read once. Called with the ledger lock
+        held, after `check_targets`."""
+        service = host.section("mep").get("service_cidr")
         if service:
             for rule in traffic:
                 bad = R.outside(rule, service)
@@ -179,21 +182,48 @@ class ClaimsLedger:
         for rule in dns:
             if rule.ip_address is None:
                 raise InvalidInput(f"dnsRule {rule.dns_rule_id}: ipAddress is required here")
-        if domain:
-            for rule in dns:
-                if rule.domain_name == domain.lower().rstrip("."):
-                    raise InvalidInput(
-                        f"dnsRule {rule.dns_rule_id}: domainName {rule.domain_name} is the MEC "
-                        f"domain of host {host.id} itself, which no app may claim (a name "
-                        f"below it may be, e.g. app.{rule.domain_name})")
-                if not R.below_domain(rule.domain_name, domain):
-                    raise InvalidInput(
-                        f"dnsRule {rule.dns_rule_id}: domainName {rule.domain_name} is not in "
-                        f"the MEC domain {domain} of host {host.id}")
-        taken = R.claim_conflict(traffic, dns, app_d_id, self._claims(host.id, instance_id),
-                                 share)
+        others = list(self._claims(host.id, instance_id))
+        # a name another app holds is refused as that app's (the 409
+        # below), whether or not this one could hold it
+        theirs = {rule["domainName"] for _, other in others
+                  if app_d_id is None or other.get("appDId") != app_d_id
+                  for rule in other.get("dnsRules") or []}
+        self.check_names(host, instance_id, [r for r in dns if r.domain_name not in theirs])
+        taken = R.claim_conflict(traffic, dns, app_d_id, others, share)
         if taken:
             raise Conflict(taken)
+
+    def check_names(self, host: EdgeHost, instance_id: str, dns: Sequence[DnsRule],
+                    pkg: dict | None = None) -> None:
+        """Refuse (InvalidInput naming the name, the host's domains and the
+        package) a DNS rule naming what the instance may not hold on the
+        host (`spec.dns_names`): not below the MEC domain, not below one
+        of the host's allowed domains, not granted by its package (`pkg`,
+        by default the one the instance was made from)."""
+        mep = host.section("mep")
+        domain = mep.get("dns_domain")
+        if domain is None or not dns:
+            return
+        if pkg is None:
+            pkg = self._package_of(instance_id)
+        grant = dns_names.granted(pkg)
+        for rule in dns:
+            why = dns_names.refusal(rule.dns_rule_id, rule.domain_name, host.id, domain,
+                                    mep.get("dns_allowed_domains") or (), grant,
+                                    pkg["id"] if pkg else None)
+            if why:
+                raise InvalidInput(why)
+
+    def _package_of(self, instance_id: str) -> dict | None:
+        """The package record an instance was made from (its appPkgId; one
+        from before package versions: the newest onboarded of its app)."""
+        inst = self.store.get("instances", instance_id) or {}
+        if inst.get("appPkgId"):
+            return self.store.get("packages", inst["appPkgId"])
+        if not inst.get("appDId"):
+            return None
+        docs = self.store.list("packages", appDId=inst["appDId"], onboardingState="ONBOARDED")
+        return docs[-1] if docs else None
 
     def _claims(self, host_id: str, but: str):
         """(instance id, rule set) of every claim on the host but `but`'s."""

@@ -21,7 +21,10 @@ One op, under the instance's exclusivity (as operate):
 A new runtime that fails to deploy or never gets ready is destroyed and the
 op FAILS with the reason: the old runtime and its rules were never touched.
 
-Refused (nothing made): an instance with volumes (old and new would need
+Refused (nothing made): an instance holding a DNS name the new version's
+package does not let it hold (400: its rules, names included, are kept,
+and a name outside the host's domains is the grant of the package,
+`spec.dns_names`), an instance with volumes (old and new would need
 the same data at once), one that publishes host ports (both cannot bind
 them), one instantiated before its request was stored.
 """
@@ -41,6 +44,7 @@ from mecorch.mepm import health, runtimes, undo
 from mecorch.spec.decision import TYPE_FIELDS
 from mecorch.spec.plan import plan_request
 from mecorch.spec.probes import Probes
+from mecorch.spec.rules import DnsRule
 
 log = logging.getLogger("mecorch.upgrade")
 CHANGE_FIELDS = ("appPkgId", "readyTimeoutS")
@@ -121,8 +125,12 @@ class Upgrader:
             p = plan_request(rid, pkg, request_body, None, lcm.restart_default)
             self._check(inst, p)
             host = lcm.inventory.get(inst["hostId"])
-            token, digest = lcm.mep.new_app_token()
             rules = lcm.store.get("rules", iid) or {}
+            # the DNS names are kept through the upgrade: the new version's
+            # package must let the instance hold them too (400 naming one)
+            lcm.mep.claims.check_names(host, iid, [DnsRule.from_etsi(r) for r in
+                                                   rules.get("dnsRules") or []], pkg)
+            token, digest = lcm.mep.new_app_token()
             op = lcm.journal.start(iid, LcmOperation.CHANGE_APP_PKG, {
                 "hostId": host.id, "manner": manner.value,
                 "fromPkgId": inst["appPkgId"], "toPkgId": pkg_id,

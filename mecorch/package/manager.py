@@ -31,7 +31,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Protocol
 
-from mecorch.spec import decision
+from mecorch.spec import decision, dns_names
 from mecorch.kernel import filters, logs, outbound, paging, validate, views
 from mecorch.kernel.errors import Conflict, IntegrityError, InvalidInput, MecorchError, NotFound
 from mecorch.package import open_package
@@ -186,6 +186,9 @@ class PackageManager:
             "usageState": UsageState.NOT_IN_USE.value,
             # mecorch extensions: the manner(s) recorded for the appDId
             "deploymentTypes": manners,
+            # the DNS names its AppD declares, granted to its instances
+            # (spec/dns_names.py: they may hold them outside the MEC domain)
+            "dnsNames": dns_names.declared(appd),
             "_links": _links(doc["id"]),
             "_appd": appd, "_manner": manners[0], "_image": stored[manners[0]],
             "_manners": manners, "_imageOf": stored, "_zip": str(zpath),

@@ -4,8 +4,12 @@ Pure: no I/O. `from_etsi(dict)` validates every field (allow-lists, via
 `mecorch.kernel.validate`) and raises `InvalidInput` naming the field, e.g.
 `trafficRule.trafficFilter[0].dstPort[1]: ...`; `to_etsi()` gives back the
 spec's JSON shape (field names and enums of MecAppSupportApi.yaml), with
-values normalised (addresses canonical, protocol names lower-case, domain
-names lower-case without a trailing dot).
+values normalised (addresses canonical, domain names lower-case without a
+trailing dot), but for protocols: a TrafficFilter's `protocol` is compared
+(claims, the MEP's rules) by its normalised value (names lower-case,
+numbers without leading zeros) and given back as the client spelled it
+(`"TCP"` stays `"TCP"`), as an ETSI client reading back what it PUT
+expects.
 
 Conventions, the same for every object here:
 - Unknown fields are REFUSED (InvalidInput naming the field), never
@@ -41,7 +45,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field as dataclass_field
 from typing import Any, Callable
 
 from mecorch.kernel import validate
@@ -238,6 +242,10 @@ class TrafficFilter:
     qci: int | None = None
     dscp: int | None = None
     tc: int | None = None
+    # `protocol` as the client spelled it ("TCP"), given back by `to_etsi`;
+    # every comparison (equality, claims, the MEP's rendering) reads the
+    # normalised `protocol` ("tcp"), so it takes no part in equality
+    protocol_as_sent: tuple[str, ...] = dataclass_field(default=(), compare=False)
 
     @classmethod
     def from_etsi(cls, data: Any, field: str = "trafficFilter") -> "TrafficFilter":
@@ -245,6 +253,8 @@ class TrafficFilter:
         kw: dict[str, Any] = {}
         for name, (attr, item) in _FILTER_ARRAYS.items():
             kw[attr] = _array(d.get(name), f"{field}.{name}", item)
+        if kw["protocol"]:
+            kw["protocol_as_sent"] = tuple(d["protocol"])      # each one valid (above)
         for name, (attr, lo, hi) in _FILTER_INTEGERS.items():
             if d.get(name) is not None:
                 kw[attr] = validate.integer(d[name], f"{field}.{name}", lo, hi)
@@ -262,6 +272,8 @@ class TrafficFilter:
         for name, (attr, _) in _FILTER_ARRAYS.items():
             if getattr(self, attr):
                 out[name] = list(getattr(self, attr))
+        if self.protocol:
+            out["protocol"] = list(self.protocol_as_sent or self.protocol)
         for name, (attr, _, _) in _FILTER_INTEGERS.items():
             if getattr(self, attr) is not None:
                 out[name] = getattr(self, attr)
@@ -679,8 +691,12 @@ def replica_key(rule: dict) -> str:
     destinations (an ETSI TrafficRule document, normalised): the rule but
     its dstInterface (each steers to its own instance) and its state. Two
     instances with the same key match the same connections, so the MEP
-    can spread them over both."""
-    return json.dumps([rule.get("trafficFilter"), rule.get("filterType"),
+    can spread them over both. Protocols compare normalised ("TCP" is
+    "tcp": a document keeps them as the client spelled them)."""
+    filters = [{**flt, "protocol": [protocol(p, "protocol") for p in flt["protocol"]]}
+               if isinstance(flt, dict) and flt.get("protocol") else flt
+               for flt in rule.get("trafficFilter") or []]
+    return json.dumps([filters, rule.get("filterType"),
                        rule.get("priority"), rule.get("action")], sort_keys=True)
 
 

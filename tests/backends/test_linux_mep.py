@@ -460,6 +460,64 @@ def test_clients_dns_on_port_53_forwards_upstream_as_configured(lab):
     assert dnsmasq.live_pid(mep.clients_pid_file) is None
 
 
+def test_a_held_name_outside_the_mec_domain_is_answered_here_only(lab):
+    """A DNS rule may hold a public name (one its app's package declares:
+    video.example.com). Its A record is the rule's, on both listeners, and
+    nothing else of it goes upstream: an AAAA from there would send a
+    dual-stack UE past the edge instance (dnsmasq asks upstream for a
+    hostsdir name's other types unless the name is local: the servers
+    file). A name no rule holds still goes upstream; without one it is
+    refused. Once the rule is gone, the name is the upstream's again."""
+    upstream = subprocess.Popen(
+        ["ip", "netns", "exec", lab.client, "dnsmasq", "--no-daemon", "--conf-file=/dev/null",
+         "--port=53", "--listen-address=10.231.1.2", "--bind-interfaces", "--no-resolv",
+         "--no-hosts", "--address=/video.example.com/10.9.9.7",
+         "--address=/video.example.com/2001:db8::7", "--address=/nobody.example.com/10.9.9.6"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    mep = LinuxMEP({**lab.driver.config, "run_dir": str(lab.tmp / "run-public"),
+                    "state_dir": str(lab.tmp / "state-public"), "dns_listen": "10.231.1.1",
+                    "dns_port": 5356, "dns_upstream": ["10.231.1.2"], "dns_domain": "mect.test",
+                    "data_plane_address": "10.231.1.1"})
+
+    def ask(name, qtype="A", server="10.231.1.1", port="5356"):
+        """(status, answers) of a query from the client ns."""
+        out = ns(lab.client, "dig", "+noall", "+comments", "+answer", "+time=1", "+tries=2",
+                 f"@{server}", "-p", port, name, qtype, check=False).stdout
+        status = next((line.split("status: ")[1].split(",")[0] for line in out.splitlines()
+                       if "status: " in line), None)
+        return status, [line.split()[-1] for line in out.splitlines()
+                        if line and not line.startswith(";")]
+    try:
+        mep.open()
+        assert poll(lambda: ask("video.example.com", "AAAA"), ("NOERROR", ["2001:db8::7"])) \
+            == ("NOERROR", ["2001:db8::7"])                     # nobody holds it: upstream's
+        mep.apply_rules("pub", INSTANCE_A, [], [dns(name="video.example.com")])
+        mep.apply_rules("own", INSTANCE_B, [], [dns(name="app.mect.test", ip=INSTANCE_B)])
+        for server, port in (("10.231.1.1", "5356"), ("10.231.1.1", "53")):
+            assert poll(lambda: ask("video.example.com", server=server, port=port),
+                        ("NOERROR", [INSTANCE_A])) == ("NOERROR", [INSTANCE_A])
+            assert poll(lambda: ask("video.example.com", "AAAA", server, port),
+                        ("NOERROR", [])) == ("NOERROR", [])     # not asked upstream
+            assert ask("nobody.example.com", server=server, port=port) == ("NOERROR",
+                                                                         ["10.9.9.6"])
+            assert ask("app.mect.test", server=server, port=port) == ("NOERROR", [INSTANCE_B])
+        # only the held name outside the MEC domain is listed (the domain is --local)
+        assert mep.servers_file.read_text().splitlines()[1:] == ["server=/video.example.com/"]
+        mep.remove_rules("pub")
+        assert poll(lambda: ask("video.example.com", "AAAA"), ("NOERROR", ["2001:db8::7"])) \
+            == ("NOERROR", ["2001:db8::7"])
+        assert ask("video.example.com") == ("NOERROR", ["10.9.9.7"])
+        assert mep.servers_file.read_text().splitlines()[1:] == []
+        # the lab's MEP has no upstream: a name nobody holds is refused there
+        assert ask("nobody.example.com", port="5353")[0] == "REFUSED"
+    finally:
+        for iid in ("pub", "own"):
+            mep.remove_rules(iid)
+        mep.stop_services()
+        upstream.terminate()
+        upstream.wait(10)
+
+
 def test_removing_what_was_applied_without_traffic_rules_reads_no_iptables(lab):
     """An instance this driver applied with DNS rules only has no chains:
     removing it runs no iptables at all and its name goes away. A driver

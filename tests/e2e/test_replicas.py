@@ -21,7 +21,6 @@ replica (which container) answered.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import subprocess
 import time
@@ -30,7 +29,6 @@ import pytest
 
 from mecorch.cli.commands import with_service_address
 from support import lab as thelab
-from support.lab import Netns, free_subnet
 
 pytestmark = [pytest.mark.docker, pytest.mark.mep]
 INST = "/app_lcm/v1/app_instances"
@@ -60,25 +58,13 @@ print(json.dumps(got))
 
 @pytest.fixture(scope="module")
 def lab():
-    service = free_subnet("10.97.0.0/16", 24)
-    ue_net = ipaddress.ip_network(free_subnet("10.98.0.0/16", 30))
-    dp, ue_ip = (str(a) for a in ue_net.hosts())
-    names = thelab.Names("rep")
-    lab = thelab.Lab("rep", vms=False, mep={
-        "service_cidr": service, "service_interface": f"mcs{names.tag[-6:]}",
-        "dns_domain": "mec.local", "dns_upstream": [], "data_plane_address": dp},
-        orchestrator={"reconcile_interval_s": 0})
-    ue = Netns(f"mcrep-{names.tag[-6:]}")
+    lab = thelab.UeLab("rep", orchestrator={"reconcile_interval_s": 0})
     try:
-        ue.link(f"mcue{names.tag[-6:]}", f"{dp}/30", f"{ue_ip}/30")
-        ue.exec("ip", "route", "add", "default", "via", dp)
         lab.start()
         thelab.onboard_samples(lab.c, lab.dir, folders=("sample-container-app",))
-        lab.ue, lab.dp = ue, dp
         yield lab
     finally:
         left = lab.close()
-        ue.close()
     assert left == [], f"left behind after the API cleanup: {left}"
 
 

@@ -59,9 +59,17 @@ def make_package(tmp: Path, appd_path: Path, image_bytes: bytes, **appd_changes)
 
 @pytest.fixture
 def env(tmp_path):
+    yield from node_env(tmp_path)
+
+
+def node_env(tmp_path, mep_keys: dict | None = None):
+    """The `env` fixture's single node, served (a generator: one Env, then
+    the shutdown); `mep_keys`: keys of its MEP section set (the allowed DNS
+    domains...)."""
     cfg = config.load()
     cfg["state_dir"] = str(tmp_path / "state")
     cfg["hosts"][0]["cim"]["state_dir"] = str(tmp_path / "state/cim")
+    cfg["hosts"][0]["mep"].update(mep_keys or {})
     orch = Orchestrator(cfg)
     host = orch.inventory.get("default")
     cim, vim, mep = FakeCompute(DeploymentType.CONTAINER), FakeCompute(DeploymentType.VM), FakeMep()

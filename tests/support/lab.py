@@ -319,6 +319,22 @@ def onboard_samples(client: Client, workdir: Path,
     return pkgs
 
 
+def onboard_variant(client: Client, workdir: Path, folder: str, **appd_changes) -> dict:
+    """A sample folder's package with its AppD changed (another appDId,
+    other DNS rules...), built and onboarded: the package."""
+    from mecorch.package import build_package
+    src = Path(tempfile.mkdtemp(dir=workdir, prefix=f"{folder}-"))
+    shutil.copytree(EXAMPLES / folder, src, dirs_exist_ok=True)
+    appd_path = src / "Definitions" / "appd.yaml"
+    appd_path.write_text(yaml.safe_dump({**yaml.safe_load(appd_path.read_text()),
+                                         **appd_changes}))
+    zpath = build_package(src, src.with_suffix(".zip"))
+    return client.post(PKGS, {"appPkgName": appd_changes.get("appDId", folder),
+                              "appPkgVersion": "1.0", "appPkgPath": str(zpath),
+                              "checksum": {"algorithm": "SHA-256",
+                                           "hash": sha256_file(zpath)}})[0]
+
+
 def clear(client: Client, timeout_s: float = 120) -> None:
     """Terminate (forcefully) and delete every instance, then disable and
     delete every package: what a test made through the API, removed the
@@ -580,6 +596,49 @@ class Lab:
             remove_host(self.host, self.cfg["state_dir"], self.cfg["run_dir"])
             shutil.rmtree(self.dir, ignore_errors=True)
         return left
+
+
+class UeLab(Lab):
+    """A `Lab` of containers and the Linux MEP with a service range and a
+    data-plane address (`dp`), and a UE in a network namespace behind it
+    (`ue`, its default route through `dp`): an edge site and one of its
+    UEs. `start()` makes the namespace first; `close()` removes it last."""
+
+    def __init__(self, kind: str, **sections):
+        names_tag = secrets.token_hex(3)
+        self.service = free_subnet("10.97.0.0/16", 24)
+        ue_net = ipaddress.ip_network(free_subnet("10.98.0.0/16", 30))
+        self.dp, self.ue_ip = (str(a) for a in ue_net.hosts())
+        super().__init__(kind, vms=False, mep={
+            "service_cidr": self.service, "service_interface": f"mcs{names_tag}",
+            "dns_domain": "mec.local", "dns_upstream": [], "data_plane_address": self.dp},
+            **sections)
+        self.ue = Netns.existing(f"mcue-{names_tag}")
+        self._ue_link = f"mcue{names_tag}"
+
+    def start(self) -> float:
+        self.ue = Netns(self.ue.name)
+        self.ue.link(self._ue_link, f"{self.dp}/30", f"{self.ue_ip}/30")
+        self.ue.exec("ip", "route", "add", "default", "via", self.dp)
+        return super().start()
+
+    def close(self) -> list[str]:
+        try:
+            return super().close()
+        finally:
+            if self._ue_link not in self.ue.links:      # start stopped half-way
+                self.ue.links.append(self._ue_link)
+            self.ue.close()
+
+    def dig(self, name: str, qtype: str = "A") -> str:
+        """What the MEP answers the UE for `name` on the data-plane address
+        (`dig` with its status line: `status: NOERROR` and the answers)."""
+        out = self.ue.exec("dig", "+noall", "+comments", "+answer", "+time=2", "+tries=2",
+                           f"@{self.dp}", name, qtype, check=False).stdout
+        status = re.search(r"status: (\w+)", out)
+        answers = [line.split()[-1] for line in out.splitlines()
+                   if line and not line.startswith(";")]
+        return " ".join([status.group(1) if status else "NO-ANSWER", *answers])
 
 
 # ---------------------------------------------------------------- other daemons

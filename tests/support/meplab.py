@@ -153,10 +153,7 @@ class Lab:
 
     # -- probes ------------------------------------------------------------------------
     def in_app(self, iid: str, script: str) -> str:
-        """Run a busybox shell script inside the instance's app container."""
-        r = run("docker", "exec", f"mecorch-{iid}-app", "/bin/busybox", "sh", "-c", script,
-                check=False, timeout=60)
-        return r.stdout + r.stderr
+        return in_app(iid, script)
 
     def vm_ip(self) -> str:
         return self.api.get(f"{INST}/{self.ids['v']}")["allocatedResources"]["network"][0]["ip"]
@@ -179,6 +176,13 @@ class Lab:
         rules = "\n".join(l for l in saved.splitlines() if self.prefix + "-" in l)
         hosts = self.tmp / "state/hosts" / self.host / "dns/hosts.d"
         return rules, {p.name: p.read_bytes() for p in sorted(hosts.iterdir())}
+
+
+def in_app(iid: str, script: str) -> str:
+    """Run a busybox shell script inside the instance's app container."""
+    r = run("docker", "exec", f"mecorch-{iid}-app", "/bin/busybox", "sh", "-c", script,
+            check=False, timeout=60)
+    return r.stdout + r.stderr
 
 
 MP1_BASE = "mec_app_support/v1"          # what MEC_MP1_URL ends in

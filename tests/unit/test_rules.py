@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 
@@ -44,8 +45,10 @@ def test_dns_rule_ipv6_and_type_mismatch():
 def test_traffic_rule_round_trip_normalises():
     rule = tr(dstInterface={"interfaceType": "IP", "dstIpAddress": "10.0.0.9"})
     out = rule.to_etsi()
+    # the protocol is given back as sent ("TCP"); its value compares as "tcp"
     assert out["trafficFilter"] == [{"dstAddress": ["10.9.0.80"], "dstPort": ["80"],
-                                     "protocol": ["tcp"]}]
+                                     "protocol": ["TCP"]}]
+    assert rule.traffic_filter[0].protocol == ("tcp",)
     assert out["dstInterface"] == {"interfaceType": "IP", "dstIpAddress": "10.0.0.9"}
     assert TrafficRule.from_etsi(out) == rule
     full = tr(trafficFilter=[{"srcAddress": ["192.0.2.0/24", "10.0.0.1-10.0.0.9"],
@@ -308,3 +311,46 @@ def test_dnsmasq_argv_upstream_domain_and_dynamic():
     assert argv.count("--bind-dynamic") == 1 and "--bind-interfaces" not in argv
     assert "--listen-address=10.0.0.1" in argv and "--listen-address=10.0.1.1" in argv
     assert "--server=192.0.2.53" in argv and "--local=/mec.local/" in argv
+
+
+def test_protocol_is_given_back_as_sent_and_compared_normalised():
+    upper, lower = tr(), tr(trafficFilter=[{"dstAddress": ["10.9.0.80"], "dstPort": ["80"],
+                                           "protocol": ["tcp"]}])
+    assert upper.to_etsi()["trafficFilter"][0]["protocol"] == ["TCP"]
+    assert lower.to_etsi()["trafficFilter"][0]["protocol"] == ["tcp"]
+    # one value: equal, one hash, the same iptables lines, the same claims
+    assert upper == lower and hash(upper) == hash(lower)
+    assert TrafficRule.from_etsi(upper.to_etsi()) == upper
+    assert iptables.render_instance("MEC", "i", "10.0.1.2", [upper]) == \
+        iptables.render_instance("MEC", "i", "10.0.1.2", [lower])
+    assert "-p tcp -m tcp --dport 80" in iptables.render_instance(
+        "MEC", "i", "10.0.1.2", [upper])["nat"][0]
+    from mecorch.spec import rules as R
+    assert R.replica_key(upper.to_etsi()) == R.replica_key(lower.to_etsi())
+    held = [("other", {"appDId": "b", "trafficRules": [lower.to_etsi()], "dnsRules": []})]
+    assert R.claim_conflict([upper], [], "a", held).startswith(
+        "trafficRule tr1: 10.9.0.80:80/tcp is steered by instance other")
+    # numbers as sent too, compared by value
+    number = tr(trafficFilter=[{"dstAddress": ["10.9.0.80"], "protocol": ["Udp", "017"]}])
+    assert number.to_etsi()["trafficFilter"][0]["protocol"] == ["Udp", "017"]
+    assert number.traffic_filter[0].protocol == ("udp", "17")
+    with pytest.raises(InvalidInput, match=r"trafficFilter\[0\].protocol\[0\]"):
+        tr(trafficFilter=[{"dstAddress": ["10.9.0.80"], "protocol": ["TCPX"]}])
+
+
+def test_held_names_outside_the_domain_are_rendered_local():
+    index = {"10.0.0.5 video.example.com": {"i1", "i2"}, "10.0.0.6 app.mec.local": {"i3"},
+             "10.0.0.7 gone.example.org": set(), "10.0.0.8 mec.local.example.net": {"i4"}}
+    names = dnsmasq.held_names(index, "mec.local")
+    assert names == ["mec.local.example.net", "video.example.com"]
+    assert dnsmasq.held_names(index, None) == ["app.mec.local", "mec.local.example.net",
+                                               "video.example.com"]
+    text = dnsmasq.render_servers(names)
+    assert text.splitlines()[1:] == ["server=/mec.local.example.net/",
+                                     "server=/video.example.com/"]
+    assert text.startswith("# mecorch: ")
+    assert dnsmasq.render_servers([]).count("\n") == 1
+    argv = dnsmasq.argv(pid_file=Path("/r/p"), hosts_dir=Path("/s/h"), log_file=Path("/r/l"),
+                        listen="127.0.0.1", port=5353, local_ttl=0, user="root",
+                        domain="mec.local", servers_file=Path("/s/servers.conf"))
+    assert argv[-2:] == ["--local=/mec.local/", "--servers-file=/s/servers.conf"]
