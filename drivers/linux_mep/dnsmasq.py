@@ -117,7 +117,14 @@ def write_file(path: Path, text: str, owner: tuple[int, int] | None = None) -> N
     0600, given to `owner` (dnsmasq's user: it reads it again on SIGHUP,
     after dropping root)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600),
+    _write_private(tmp, text, owner)
+    os.replace(tmp, path)
+
+
+def _write_private(path: Path, text: str, owner: tuple[int, int] | None) -> None:
+    """`text` in `path` (never through a link), 0600, given to `owner`,
+    on disk before it returns."""
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600),
               "w", encoding="ascii") as f:
         os.fchmod(f.fileno(), 0o600)
         if owner is not None:
@@ -125,7 +132,6 @@ def write_file(path: Path, text: str, owner: tuple[int, int] | None = None) -> N
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def reload(pid_file: Path) -> bool:
@@ -215,14 +221,7 @@ def stage(hosts_dir: Path, instance_id: str, text: str,
     if not text:
         return None
     tmp = hosts_dir / f".{instance_id}.tmp"
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600),
-              "w", encoding="ascii") as f:
-        os.fchmod(f.fileno(), 0o600)
-        if owner is not None:
-            os.fchown(f.fileno(), *owner)
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+    _write_private(tmp, text, owner)
     return tmp
 
 

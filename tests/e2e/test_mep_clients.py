@@ -21,19 +21,15 @@ address. What is shown:
 
 from __future__ import annotations
 
-import shutil
 import threading
-from pathlib import Path
 
 import pytest
 
 from mecorch.kernel.client import ApiError
-from mecorch.kernel.fileutil import sha256_file
 
 from conftest import run
-from support.lab import private_dir
 from support.meplab import (  # noqa: F401
-    Lab, MP1, SAMPLE_VM, app_mp1, dns, etsi, poll, traffic)
+    MP1, app_mp1, dns, etsi, poll, running, traffic)
 
 pytestmark = [pytest.mark.docker, pytest.mark.libvirt, pytest.mark.mep]
 
@@ -45,29 +41,10 @@ def http_get(address: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    assert SAMPLE_VM.is_file(), f"{SAMPLE_VM} missing: run bash vagrant/provision.sh"
-    # The image must come from the current build script (it reads its
-    # fw_cfg environment and carries the MEC client): the build records the
-    # script's hash.
-    script = Path(__file__).resolve().parents[2] / "vagrant/workloads/build-vm-image.sh"
-    key = Path(f"{SAMPLE_VM}.key")
-    assert key.is_file() and key.read_text().strip() == sha256_file(script), (
-        f"{SAMPLE_VM} was built by an older build-vm-image.sh: run bash vagrant/provision.sh "
-        "(it rebuilds the cached image when the script changed)")
-    # QEMU runs as libvirt-qemu and must reach the pool under the state dir.
-    tmp = private_dir("mep12")
-    lab = Lab(tmp)
-    try:
-        lab.up()
-        lab.deploy("a", "sample-http", "CONTAINER")
-        lab.deploy("b", "sample-http", "CONTAINER")
-        lab.deploy("v", "sample-vm", "VM")
+def lab():
+    with running("mep12", (("a", "sample-http", "CONTAINER"), ("b", "sample-http", "CONTAINER"),
+                           ("v", "sample-vm", "VM"))) as lab:
         yield lab
-    finally:
-        left = lab.down()
-        shutil.rmtree(tmp, ignore_errors=True)
-    assert left == [], f"left behind after the API cleanup: {left}"
 
 
 # -- DNS and traffic where clients look ----------------------------------------------------

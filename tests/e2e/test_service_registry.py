@@ -26,20 +26,16 @@ MecServiceMgmtApi.yaml. What is shown, in this order:
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mecorch.kernel.client import ApiError
-from mecorch.kernel.fileutil import sha256_file
 
 from support.etsischema import SRV_FILE, errors_of, etsi_validator
-from support.lab import private_dir
-from support.meplab import INST, SAMPLE_VM, SRV_BASE, Lab, app_mp1, poll
+from support.meplab import INST, SRV_BASE, Lab, app_mp1, poll, running
 
 pytestmark = [pytest.mark.docker, pytest.mark.libvirt, pytest.mark.mep]
 
@@ -187,23 +183,9 @@ def by_name(lab: Lab) -> list:
 
 @pytest.fixture(scope="module")
 def lab():
-    assert SAMPLE_VM.is_file(), f"{SAMPLE_VM} missing: run bash vagrant/provision.sh"
-    # The VM's MEC client must be the current one (srv=, method=, notify).
-    script = Path(__file__).resolve().parents[2] / "vagrant/workloads/build-vm-image.sh"
-    key = Path(f"{SAMPLE_VM}.key")
-    assert key.is_file() and key.read_text().strip() == sha256_file(script), (
-        f"{SAMPLE_VM} was built by an older build-vm-image.sh: run bash vagrant/provision.sh")
-    tmp = private_dir("mec011")          # QEMU (libvirt-qemu) reads the pool under it
-    lab = Lab(tmp, vm_callbacks=True)
-    try:
-        lab.up()
-        lab.deploy("a", "sample-http", "CONTAINER")
-        lab.deploy("v", "sample-vm", "VM")
+    with running("mec011", (("a", "sample-http", "CONTAINER"), ("v", "sample-vm", "VM")),
+                 vm_callbacks=True) as lab:
         yield lab
-    finally:
-        left = lab.down()
-        shutil.rmtree(tmp, ignore_errors=True)
-    assert left == [], f"left behind after the API cleanup: {left}"
 
 
 def created(answer: Answer) -> Answer:

@@ -4,6 +4,7 @@ test_mep_clients.)"""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -176,6 +177,31 @@ class Lab:
         rules = "\n".join(l for l in saved.splitlines() if self.prefix + "-" in l)
         hosts = self.tmp / "state/hosts" / self.host / "dns/hosts.d"
         return rules, {p.name: p.read_bytes() for p in sorted(hosts.iterdir())}
+
+
+@contextlib.contextmanager
+def running(name: str, apps: tuple[tuple[str, str, str], ...], **lab_options):
+    """A Lab up with `apps` deployed ((key, appDId, manner) each), taken
+    down at the end, which must leave nothing behind. The sample VM image
+    must be the current build script's (it reads its fw_cfg environment
+    and carries the MEC client: the build records the script's hash)."""
+    assert SAMPLE_VM.is_file(), f"{SAMPLE_VM} missing: run bash vagrant/provision.sh"
+    script = Path(__file__).resolve().parents[2] / "vagrant/workloads/build-vm-image.sh"
+    key = Path(f"{SAMPLE_VM}.key")
+    assert key.is_file() and key.read_text().strip() == sha256_file(script), (
+        f"{SAMPLE_VM} was built by an older build-vm-image.sh: run bash vagrant/provision.sh "
+        "(it rebuilds the cached image when the script changed)")
+    tmp = thelab.private_dir(name)      # QEMU (libvirt-qemu) reads the pool under it
+    lab = Lab(tmp, **lab_options)
+    try:
+        lab.up()
+        for app in apps:
+            lab.deploy(*app)
+        yield lab
+    finally:
+        left = lab.down()
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert left == [], f"left behind after the API cleanup: {left}"
 
 
 def in_app(iid: str, script: str) -> str:
