@@ -343,6 +343,25 @@ def _state_dirs(cfg: dict) -> list[str]:
     return list(dict.fromkeys(dirs))
 
 
+def _notifications_here(meo, cfg: dict, server) -> None:
+    """Where the MEO's hosts send their op notifications
+    (mecorch.meo.follow): meo.callback_url, else the address it serves on;
+    an unspecified one (0.0.0.0) names no host to reach: then polled."""
+    import ipaddress
+    import logging
+    follower = meo.lcm.follower
+    if follower.callback_base is not None:
+        return
+    host, port = server.server_address[:2]
+    if ipaddress.ip_address(host).is_unspecified:
+        logging.getLogger("mecorch.meo").warning(
+            "serving on %s: set meo.callback_url for the MEPMs' op notifications (until "
+            "then the MEO polls them)", host)
+        return
+    scheme = "https" if (cfg.get("api") or {}).get("tls_cert") else "http"
+    follower.callback_base = f"{scheme}://{host if ':' not in host else f'[{host}]'}:{port}"
+
+
 def _serve_meo(cfg: dict, listen: str) -> int:
     from mecorch.kernel import logs
     from mecorch.api import make_server, status
@@ -351,6 +370,7 @@ def _serve_meo(cfg: dict, listen: str) -> int:
     meo = MeoOrchestrator(cfg)
     try:
         server = make_server(meo, listen, "meo")
+        _notifications_here(meo, cfg, server)
         # the metrics' event listener before any op runs (op durations,
         # placements): an MEO has no backend of its own to probe
         status.for_orchestrator(meo).start()

@@ -113,6 +113,8 @@ KEYS: list[Key] = [
     _k("meo.request_timeout_s", NUMBER, 10, "wait this long for an MEPM's answer"),
     _k("meo.sync_s", NUMBER, 10, "refresh the hosts' instance states this often"),
     _k("meo.op_timeout_s", NUMBER, 3600, "an operation a host has not ended by then fails"),
+    _k("meo.callback_url", STR, None, "the MEO's base URL as its MEPMs reach it, for their "
+       "op notifications; null: the address it serves on", nullable=True),
 
     _k("mepm", MAP, {}, "role mepm: the MEO this MEPM registers with"),
     _k("mepm.meo_url", STR, None, "base URL of the MEO", nullable=True),

@@ -60,6 +60,7 @@ from mecorch.kernel.workers import Workers
 from mecorch.spec import placement
 from mecorch.spec.plan import INSTANTIATE_FIELDS, plan_request, selected_hosts
 from mecorch.meo import replace
+from mecorch.meo.follow import OpFollower
 from mecorch.meo.registry import REACHABLE, UNKNOWN, UNREACHABLE, HostEntry, Registry
 
 log = logging.getLogger("mecorch.meo.lcm")
@@ -104,6 +105,8 @@ class SystemLcm(InstanceQueries):
         self._lock = threading.Lock()
         self._place_lock = threading.Lock()
         self._synced_at: dict[str, float] = {}  # host -> when its instances were last read
+        # the hosts' op notifications (set by the MEO: mecorch.meo.follow)
+        self.follower = OpFollower(cfg["state_dir"], (cfg.get("meo") or {}).get("callback_url"))
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -535,28 +538,38 @@ class SystemLcm(InstanceQueries):
             raise
 
     def _await(self, entry: HostEntry, host_op_id: str) -> dict:
-        """Follow the host's op occurrence to its end. Polls back off from
-        5 ms to 20 ms: a container deploy takes about half a second, and a
-        coarser poll would add its own wait to every deploy (a GET of an op
-        occurrence costs the host about a millisecond)."""
+        """Follow the host's op occurrence to its end. A host that notifies
+        its op changes (mecorch.meo.follow) wakes the wait: its op is read
+        when it changed, and otherwise at most every FALLBACK_POLL_S. One
+        that does not is polled, backing off from 5 ms to 20 ms: a
+        container deploy takes about half a second, and a coarser poll
+        would add its own wait to every deploy (a GET of an op occurrence
+        costs the host about a millisecond)."""
         delay, deadline = 0.005, time.monotonic() + self.op_timeout_s
-        while True:
-            try:
-                host_op = entry.mepm.get_op(host_op_id)
-            except BackendUnavailable:
-                if entry.state == UNREACHABLE:
-                    raise HostAway() from None
-                host_op = {"operationState": "PROCESSING"}
-            if host_op is None:
-                raise MecorchError(f"edge host {entry.host_id!r} has no op occurrence "
-                                   f"{host_op_id} any more")
-            if host_op["operationState"] in ("COMPLETED", "FAILED", "ROLLED_BACK"):
-                return host_op
-            if time.monotonic() > deadline:
-                raise Timeout(f"edge host {entry.host_id!r}: op occurrence {host_op_id} "
-                              f"not ended after meo.op_timeout_s ({self.op_timeout_s:g} s)")
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.02)
+        woken = self.follower.waiter(entry.host_id, host_op_id)
+        notified = True             # ended at the first read: nothing to say of it
+        try:
+            while True:
+                woken.clear()
+                try:
+                    host_op = entry.mepm.get_op(host_op_id)
+                except BackendUnavailable:
+                    if entry.state == UNREACHABLE:
+                        raise HostAway() from None
+                    host_op = {"operationState": "PROCESSING"}
+                if host_op is None:
+                    raise MecorchError(f"edge host {entry.host_id!r} has no op occurrence "
+                                       f"{host_op_id} any more")
+                if host_op["operationState"] in ("COMPLETED", "FAILED", "ROLLED_BACK"):
+                    self.follower.ended(entry.host_id, notified)
+                    return host_op
+                if time.monotonic() > deadline:
+                    raise Timeout(f"edge host {entry.host_id!r}: op occurrence {host_op_id} "
+                                  f"not ended after meo.op_timeout_s ({self.op_timeout_s:g} s)")
+                notified = woken.wait(delay)
+                delay = min(delay * 1.5, self.follower.poll_cap(entry.host_id, 0.02))
+        finally:
+            self.follower.done(entry.host_id, host_op_id)
 
     def _copy_host_view(self, inst: dict, view: dict | None, host_id: str) -> None:
         if view is None or view.get("instantiationState") != INSTANTIATED:

@@ -48,6 +48,9 @@ class MeoOrchestrator:
         self._thread: threading.Thread | None = None
 
     def _host_returned(self, entry: HostEntry) -> None:
+        # its op notifications first: what is dispatched from now on is
+        # followed by them
+        self.lcm.follower.subscribe(entry)
         # the copies of apps re-placed while it was away go first: never two
         # serving one app once the host is back
         for line in (self.replacer.remove_stale(entry) + self.lcm.resync(entry)

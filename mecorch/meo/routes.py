@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from mecorch.kernel.errors import NotFound, UnsupportedAction
 from mecorch.kernel.http import Request, Response, Router
-from mecorch.meo import services
+from mecorch.meo import follow, services
 
 HOSTS = "/mecorch/v1/hosts"
 MP1 = "/mec_app_support/v1"
@@ -44,6 +44,8 @@ def install(r: Router, meo) -> None:
 
     # MEC 011 services of every host, read-only
     services.install(r, reg)
+    # the hosts' op notifications (mecorch.meo.follow)
+    follow.install(r, meo.lcm)
 
     # ---------------------------------------------------------------- Mp1, read through
     lcm = meo.lcm

@@ -210,6 +210,13 @@ class Mepm(abc.ABC):
         [{"role": "cim"|"vim"|"mep", "ok": bool, "detail": str}]."""
 
     @abc.abstractmethod
+    def follow(self, callback_url: str, token: str) -> bool:
+        """Ask the host to notify its op occurrences' state changes
+        (AppLcmOpOccStateChange) to `callback_url` with bearer `token`;
+        asking again finds the same subscription. True when it will; False
+        when the MEO is better off reading the host (in process)."""
+
+    @abc.abstractmethod
     def services(self) -> list[dict]:
         """The MEC 011 services the host's apps registered (ServiceInfo,
         as an operator discovers them on the host: no isLocal)."""

@@ -108,6 +108,11 @@ class LocalMepm(Mepm):
     def health(self) -> list[dict]:
         return backend_health(self.orch, self.host_id)
 
+    def follow(self, callback_url: str, token: str) -> bool:
+        """In process, reading the host's op is a store read: no HTTP
+        notification would come sooner."""
+        return False
+
     def services(self) -> list[dict]:
         return self.orch.mep.services.of_host(self.host_id)
 

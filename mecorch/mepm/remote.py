@@ -297,6 +297,14 @@ class RemoteMepm(Mepm):
                             "detail": chk.get("detail", "")})
         return out
 
+    def follow(self, callback_url: str, token: str) -> bool:
+        """A MEC 010-2 AppLcmOpOccStateChange subscription on the host (a
+        303 is the same one, made before)."""
+        body = {"subscriptionType": "AppLcmOpOccStateChange", "callbackUri": callback_url,
+                "authentication": {"authType": ["BEARER"], "paramsBearer": {"token": token}}}
+        self._request("POST", f"{LCM}/subscriptions", body, answered=(303,))
+        return True
+
     def services(self) -> list[dict]:
         """Its registry, with the operator's token (an MEPM serves one host)."""
         return self._get(f"{SERVICE_MGMT}/services")

@@ -316,6 +316,20 @@ def test_services_are_the_host_s_registry(lab):
                                                 if k != "isLocal"}]
 
 
+def test_follow_subscribes_once_or_says_the_meo_reads(lab):
+    """Over HTTP the host is asked to notify its op changes (one MEC 010-2
+    subscription, asked again: the same one); in process it says no (the
+    MEO reads the host's store)."""
+    url = "http://127.0.0.1:9/mecorch/v1/hosts/h/notifications"
+    will = lab.mepm.follow(url, "t" * 43)
+    assert lab.mepm.follow(url, "t" * 43) is will
+    subs = [s for s in lab.orch.store.list("oss_subscriptions", api="lcm")
+            if s["callbackUri"] == url]
+    assert len(subs) == (1 if will else 0), subs
+    if will:
+        assert subs[0]["subscriptionType"] == "AppLcmOpOccStateChange"
+
+
 def test_health_names_each_backend(lab):
     health = on_the_wire(lab.mepm.health())
     assert sorted(h["role"] for h in health) == ["cim", "mep", "vim"]

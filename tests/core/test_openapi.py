@@ -596,6 +596,15 @@ def _hosts(api: Checker, e) -> None:
         m("POST", "/mecorch/v1/hosts", {"hostId": "other", "url": api.base}, status=400)
         m("POST", "/mecorch/v1/hosts", {"hostId": "default", "url": "http://127.0.0.1:9"},
           status=409)
+        # a host's op notification (mecorch.meo.follow): with the MEO's token only
+        note = {"id": "n", "notificationType": "COMPLETED", "subscriptionId": "s", "timeStamp": {
+                    "seconds": 1, "nanoSeconds": 0}, "appLcmOpOccId": "o", "appInstanceId": "i",
+                "_links": {"subscription": {"href": "/s"}, "appLcmOpOcc": {"href": "/o"},
+                           "appInstance": {"href": "/i"}}}
+        bearer = {"Authorization": f"Bearer {meo.lcm.follower.token}"}
+        m("POST", "/mecorch/v1/hosts/default/notifications", note, bearer, status=204)
+        m("POST", "/mecorch/v1/hosts/default/notifications", note,
+          {"Authorization": "Bearer not-the-token"}, status=401)
         m("DELETE", "/mecorch/v1/hosts/default", status=204)
         m("DELETE", "/mecorch/v1/hosts/default", status=404)
         api.seen |= m.seen

@@ -22,6 +22,8 @@ import sys
 import secrets
 import shutil
 import subprocess
+import urllib.error
+import urllib.request
 import time
 from pathlib import Path
 
@@ -218,6 +220,34 @@ def test_placement_across_three_mepms(system):
             continue
         mine = [i for i in proc.client.get(INST) if i["instantiationState"] == "INSTANTIATED"]
         assert len(mine) == len(_by_host(c).get(edges[name]["id"], []))
+
+
+def test_each_mepm_notifies_the_meo_of_its_ops(system):
+    """The MEO follows its hosts' ops by their notifications
+    (mecorch.meo.follow): each MEPM holds one AppLcmOpOccStateChange
+    subscription whose callback is the MEO, and after a deploy through the
+    MEO every notification was taken (no delivery failure, nothing
+    pending); the callback refuses any other token."""
+    c, procs = system["c"], system["procs"]
+    meo_url = procs["meo"].url
+    _deploy(c, "meo-http", deploymentType="CONTAINER")
+    for name in ("edge1", "edge2", "edge3"):
+        host = system["edges"][name]["id"]
+        callback = f"{meo_url}/mecorch/v1/hosts/{host}/notifications"
+
+        def delivered() -> list:
+            got = procs[name].client.get("/app_lcm/v1/subscriptions")["_links"]["subscriptions"]
+            subs = [procs[name].client.get(s["href"]) for s in got]
+            return [s for s in subs if s["callbackUri"] == callback]
+        _wait(lambda: len(delivered()) == 1 and "deliveryFailure" not in delivered()[0], 10,
+              f"{name}'s subscription of the MEO, its notifications taken")
+        assert delivered()[0]["subscriptionType"] == "AppLcmOpOccStateChange"
+    req = urllib.request.Request(f"{meo_url}/mecorch/v1/hosts/x/notifications", data=b"{}",
+                                 method="POST", headers={"Authorization": "Bearer guessed",
+                                                         "Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=10)             # noqa: S310 - our own MEO
+    assert e.value.code == 401
 
 
 def test_no_host_fits_is_a_409_naming_each_host(system):

@@ -1,0 +1,148 @@
+"""The MEO follows its hosts' operations by their own notifications.
+
+Each MEPM reached over HTTP is asked, whenever it becomes REACHABLE, to
+notify the MEO of its op occurrences' state changes: a MEC 010-2
+AppLcmOpOccStateChange subscription on the host's `/app_lcm/v1`
+(Mm3), with the MEO's callback `POST /mecorch/v1/hosts/{hostId}/notifications`
+and a bearer token only the MEO and its hosts know. The host's sender
+delivers them in order and retries them (mecorch.notifications.sender), so
+the MEO learns that a host's op ended within a millisecond or two instead
+of after its next poll: each one it dispatched is waited for here
+(`wait`), and read once when its notification comes.
+
+Polling stays the fallback: a followed host's op is still read every
+FALLBACK_POLL_S at the most, so nothing waits on a notification that
+never comes; a host that refuses the subscription (an MEPM in process, a
+callback its api.callback_networks refuses) is polled as before, and so is
+one whose ops keep ending unnotified (`ended`: a certificate of the MEO it
+does not trust, a notification lost with its store).
+
+The token is kept in the MEO's state directory (0600): the subscription a
+host keeps across the MEO's restarts still carries the right one.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import secrets
+import threading
+from pathlib import Path
+
+from mecorch.kernel.errors import MecorchError, Unauthorized
+from mecorch.kernel.http import PUBLIC, Request, Response, Router
+from mecorch.meo.registry import HostEntry
+
+log = logging.getLogger("mecorch.meo.follow")
+
+HOSTS = "/mecorch/v1/hosts"
+TOKEN_FILE = "meo-notification-token"
+FALLBACK_POLL_S = 0.25      # a followed host's op is read at least this often
+MISSES = 3                  # ops in a row seen ended unnotified: the host is polled again
+
+
+class OpFollower:
+    def __init__(self, state_dir: str, callback_url: str | None = None):
+        # the MEO's own base URL as its hosts reach it (meo.callback_url,
+        # else the address it serves on: set by `serve`); None: not followed
+        self.callback_base = callback_url.rstrip("/") if callback_url else None
+        self.token = _token(Path(state_dir) / TOKEN_FILE)
+        self._lock = threading.Lock()
+        self._waiting: dict[tuple[str, str], threading.Event] = {}
+        self.followed: set[str] = set()     # hosts that said they will notify
+        self._misses: dict[str, int] = {}    # host -> its ops in a row ended unnotified
+
+    # ------------------------------------------------------------ subscribing
+    def subscribe(self, entry: HostEntry) -> None:
+        """Ask the host to notify its op changes here (again: a host keeps
+        one such subscription, the same request finds it)."""
+        if self.callback_base is None:
+            return
+        url = f"{self.callback_base}{HOSTS}/{entry.host_id}/notifications"
+        try:
+            will = entry.mepm.follow(url, self.token)
+        except MecorchError as e:
+            log.warning("edge host %s will not notify its operations (%s): the MEO polls "
+                        "it", entry.host_id, e.detail)
+            will = False
+        with self._lock:
+            (self.followed.add if will else self.followed.discard)(entry.host_id)
+            self._misses.pop(entry.host_id, None)
+
+    def ended(self, host_id: str, notified: bool) -> None:
+        """A host's op was seen ended, after its notification or not. A
+        host whose notifications do not come (its callback refused after
+        all: a certificate it does not trust, a network it may not reach)
+        is polled as before once MISSES ops in a row ended unnotified,
+        until it is asked again on its next return."""
+        with self._lock:
+            if host_id not in self.followed:
+                return
+            if notified:
+                self._misses.pop(host_id, None)
+                return
+            self._misses[host_id] = self._misses.get(host_id, 0) + 1
+            if self._misses[host_id] < MISSES:
+                return
+            self.followed.discard(host_id)
+        log.warning("edge host %s: its last %d operations ended without its notification: "
+                    "the MEO polls it (until it is asked again on its return)", host_id,
+                    MISSES)
+
+    # ------------------------------------------------------------ waiting
+    def waiter(self, host_id: str, op_id: str) -> threading.Event:
+        with self._lock:
+            return self._waiting.setdefault((host_id, op_id), threading.Event())
+
+    def done(self, host_id: str, op_id: str) -> None:
+        with self._lock:
+            self._waiting.pop((host_id, op_id), None)
+
+    def poll_cap(self, host_id: str, cap: float) -> float:
+        """How long a wait for a host's op may go without reading it."""
+        return FALLBACK_POLL_S if host_id in self.followed else cap
+
+    def notified(self, host_id: str, body) -> None:
+        """A host's notification: wake whoever waits on that op."""
+        op_id = body.get("appLcmOpOccId") if isinstance(body, dict) else None
+        if not isinstance(op_id, str):
+            return
+        with self._lock:
+            event = self._waiting.get((host_id, op_id))
+        if event is not None:
+            event.set()
+
+    def check(self, authorization: str) -> None:
+        """The host presents the token of its subscription (the callback
+        is open to the network, like any notification callback)."""
+        scheme, _, given = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+                given.strip().encode(), self.token.encode()):
+            raise Unauthorized("not a notification of this MEO's hosts")
+
+
+def install(r: Router, lcm) -> None:
+    """The callback route; `lcm.follower` is read per request."""
+    def receive(req: Request) -> Response:
+        lcm.follower.check(req.headers.get("Authorization", ""))
+        lcm.follower.notified(req.params["hostId"], req.json())
+        return Response(204)
+    r.add("POST", f"{HOSTS}/{{hostId}}/notifications", receive, PUBLIC, query=())
+
+
+def _token(path: Path) -> str:
+    """The MEO's notification token: made once, kept 0600."""
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        pass
+    token = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:         # made meanwhile by another start
+        return path.read_text(encoding="ascii").strip()
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(token + "\n")
+    return token
