@@ -26,7 +26,7 @@ from typing import Any
 from mecorch.kernel import heap, logs
 from mecorch.kernel.errors import MecorchError
 from mecorch.kernel.states import DeploymentType, InstantiationState
-from mecorch.kernel.http import LOCAL, Request, Response, Router
+from mecorch.kernel.http import LOCAL, Request, Response, Router, warning
 from mecorch.mepm import hostinfo
 
 METRICS_CTYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -481,7 +481,6 @@ def install(router: Router, orch) -> None:
             tail = int(tail)
         headers = {}
         if hasattr(lcm, "host_logs"):       # an MEO: the output is its host's
-            from mecorch.meo.routes import warning
             data, source, warn = lcm.host_logs(req.params["id"], tail)
             headers.update(warning(warn))
         else:

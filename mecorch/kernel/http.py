@@ -106,11 +106,6 @@ class Request:
     # declares none
     media_types: tuple[str, ...] = ()
 
-    @property
-    def media(self) -> str | None:
-        """The media type to answer in: the one negotiated first."""
-        return self.media_types[0] if self.media_types else None
-
     def json(self) -> Any:
         """The body as JSON. Refused: no body, bad UTF-8 or JSON, nesting
         deeper than MAX_JSON_DEPTH, NaN/Infinity (not JSON), a key given
@@ -418,6 +413,15 @@ def quality(accept: str, media_type: str) -> float:
         if spec > best[0]:
             best = (spec, q)
     return best[1] if parsed else 1.0
+
+
+def warning(text: str | None) -> dict:
+    """RFC 7234 Warning header (199: miscellaneous) for an answer given from
+    what was last known, or short of a part (an MEO's hosts away); no
+    header for no text."""
+    if not text:
+        return {}
+    return {"Warning": '199 mecorch "' + text.replace('"', "'").replace("\n", " ")[:900] + '"'}
 
 
 class RequestTimeout(MecorchError):

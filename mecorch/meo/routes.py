@@ -6,7 +6,7 @@ registration of an MEPM."""
 from __future__ import annotations
 
 from mecorch.kernel.errors import NotFound, UnsupportedAction
-from mecorch.kernel.http import Request, Response, Router
+from mecorch.kernel.http import Request, Response, Router, warning
 from mecorch.meo import follow, services
 
 HOSTS = "/mecorch/v1/hosts"
@@ -15,14 +15,6 @@ MP1 = "/mec_app_support/v1"
 # them (the MEP is the host's): read-only here.
 _KINDS = {"traffic_rules": ("trafficRules", "trafficRuleId"),
           "dns_rules": ("dnsRules", "dnsRuleId")}
-
-
-def warning(text: str | None) -> dict:
-    """RFC 7234 Warning header (199: miscellaneous) for an answer the MEO
-    gives from what it last knew."""
-    if not text:
-        return {}
-    return {"Warning": '199 mecorch "' + text.replace('"', "'").replace("\n", " ")[:900] + '"'}
 
 
 def install(r: Router, meo) -> None:

@@ -8,7 +8,7 @@ out of the answer and named in its warning."""
 from __future__ import annotations
 
 from mecorch.kernel.errors import BackendUnavailable, InvalidInput, MecorchError, NotFound
-from mecorch.kernel.http import Request, Response, Router
+from mecorch.kernel.http import Request, Response, Router, warning
 from mecorch.meo.registry import REACHABLE, Registry
 from mecorch.spec.services import QUERY, Discovery, ServiceInfo
 
@@ -35,13 +35,6 @@ def every_host(registry: Registry) -> tuple[list[dict], list[str]]:
     return found, away
 
 
-def _warning(away: list[str]) -> dict:
-    if not away:
-        return {}
-    text = "services of edge hosts " + ", ".join(away) + " are left out: not reachable"
-    return {"Warning": '199 mecorch "' + text.replace('"', "'")[:900] + '"'}
-
-
 def install(r: Router, registry: Registry) -> None:
     def listing(req: Request) -> Response:
         wanted = Discovery.parse(req.query_all)
@@ -51,7 +44,8 @@ def install(r: Router, registry: Registry) -> None:
         found, away = every_host(registry)
         out = [s for s in found
                if wanted.matches(s["serInstanceId"], ServiceInfo.parse(_info(s)), True)]
-        return Response(200, out, _warning(away))
+        return Response(200, out, warning(away and "services of edge hosts " + ", ".join(away)
+                                          + " are left out: not reachable"))
 
     def one(req: Request) -> Response:
         found, away = every_host(registry)

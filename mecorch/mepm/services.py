@@ -33,9 +33,7 @@ local to.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
-import json
 import logging
 import threading
 
@@ -44,6 +42,7 @@ from mecorch.kernel.errors import Forbidden, InvalidInput, NotFound, Preconditio
 from mecorch.kernel.states import InstantiationState
 from mecorch.kernel.store import Store
 from mecorch.kernel.timeutil import new_id
+from mecorch.mepm import mp1
 from mecorch.mepm.platform_rules import in_service
 from mecorch.notifications.sender import Notifier
 from mecorch.spec.services import (
@@ -88,7 +87,7 @@ class ServiceRegistry:
     def register(self, instance_id: str, body) -> dict:
         inst = self._provider(instance_id)
         info = ServiceInfo.parse(body)
-        if isinstance(body, dict) and body.get("serInstanceId") is not None:
+        if body.get("serInstanceId") is not None:      # a dict: parsed above
             raise InvalidInput("serInstanceId is assigned by the MEC platform: leave it out "
                                "of a registration")
         with self._lock:
@@ -385,7 +384,6 @@ def _sub_href(doc: dict) -> str:
 
 
 def etag(view: dict) -> str:
-    """A stable entity tag of a ServiceInfo, for If-Match on PUT (isLocal,
-    which depends on who asks, left out)."""
-    same = {k: v for k, v in view.items() if k != "isLocal"}
-    return hashlib.sha256(json.dumps(same, sort_keys=True).encode()).hexdigest()[:16]
+    """The entity tag of a ServiceInfo, for If-Match on PUT: the rules' own
+    (`mp1.etag`), of the view without isLocal (which depends on who asks)."""
+    return mp1.etag({k: v for k, v in view.items() if k != "isLocal"})

@@ -4,7 +4,7 @@ TransportInfo and CategoryRef), the discovery query of `GET /services`,
 and a SerAvailabilityNotificationSubscription's filteringCriteria.
 
 Strict as the rest of mecorch: an attribute the file does not define is a
-400 naming it (a later version's `_links`, `transportId` or
+400 naming it (`validate.known_fields`) (a later version's `_links`, `transportId` or
 `livenessInterval` too: this is v2.1.1), every string is bounded, and an
 enum value outside the file's list is a 400 naming the field.
 """
@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from mecorch.kernel import validate
 from mecorch.kernel.errors import InvalidInput
 
 SERVICE_STATES = ("ACTIVE", "INACTIVE")
@@ -61,7 +62,7 @@ class ServiceInfo:
     @classmethod
     def parse(cls, body: Any, where: str = "ServiceInfo") -> "ServiceInfo":
         obj = _object(body, where)
-        _known(obj, _SERVICE_FIELDS, where)
+        validate.known_fields(obj, _SERVICE_FIELDS, where)
         for name in _REQUIRED:
             if name not in obj:
                 raise InvalidInput(f"{where}.{name} is required")
@@ -114,7 +115,7 @@ class ServiceInfo:
 
 def category_ref(value: Any, where: str) -> dict:
     obj = _object(value, where)
-    _known(obj, set(_CATEGORY_FIELDS), where)
+    validate.known_fields(obj, set(_CATEGORY_FIELDS), where)
     for name in _CATEGORY_FIELDS:
         if name not in obj:
             raise InvalidInput(f"{where}.{name} is required (CategoryRef: href, id, name, "
@@ -124,7 +125,7 @@ def category_ref(value: Any, where: str) -> dict:
 
 def transport_info(value: Any, where: str) -> dict:
     obj = _object(value, where)
-    _known(obj, _TRANSPORT_FIELDS, where)
+    validate.known_fields(obj, _TRANSPORT_FIELDS, where)
     for name in _TRANSPORT_REQUIRED:
         if name not in obj:
             raise InvalidInput(f"{where}.{name} is required")
@@ -145,7 +146,7 @@ def endpoint(value: Any, where: str) -> dict:
     file's oneOf)."""
     obj = _object(value, where)
     kinds = [k for k in ("uris", "addresses", "alternative") if k in obj]
-    _known(obj, {"uris", "addresses", "alternative"}, where)
+    validate.known_fields(obj, {"uris", "addresses", "alternative"}, where)
     if len(kinds) != 1:
         raise InvalidInput(f"{where} must hold exactly one of uris, addresses, alternative")
     kind = kinds[0]
@@ -158,7 +159,7 @@ def endpoint(value: Any, where: str) -> dict:
     for i, a in enumerate(_list(obj["addresses"], f"{where}.addresses")):
         at = f"{where}.addresses[{i}]"
         a = _object(a, at)
-        _known(a, {"host", "port"}, at)
+        validate.known_fields(a, {"host", "port"}, at)
         if "host" not in a or "port" not in a:
             raise InvalidInput(f"{at} needs host and port")
         port = a["port"]
@@ -170,12 +171,12 @@ def endpoint(value: Any, where: str) -> dict:
 
 def security(value: Any, where: str) -> dict:
     obj = _object(value, where)
-    _known(obj, {"oAuth2Info"}, where)
+    validate.known_fields(obj, {"oAuth2Info"}, where)
     if obj.get("oAuth2Info") is None:
         return {}
     at = f"{where}.oAuth2Info"
     info = _object(obj["oAuth2Info"], at)
-    _known(info, {"grantTypes", "tokenEndpoint"}, at)
+    validate.known_fields(info, {"grantTypes", "tokenEndpoint"}, at)
     if "grantTypes" not in info or "tokenEndpoint" not in info:
         raise InvalidInput(f"{at} needs grantTypes and tokenEndpoint")
     grants = [one_of(g, GRANT_TYPES, f"{at}.grantTypes[{i}]")
@@ -279,7 +280,7 @@ class Criteria:
         if value is None:
             return cls()
         obj = _object(value, where)
-        _known(obj, _CRITERIA_FIELDS, where)
+        validate.known_fields(obj, _CRITERIA_FIELDS, where)
         ids = tuple(text(v, f"{where}.serInstanceIds[{i}]")
                     for i, v in enumerate(_list(obj.get("serInstanceIds", []),
                                                 f"{where}.serInstanceIds")))
@@ -318,7 +319,7 @@ def subscription_request(body: Any, instance_id: str) -> tuple[str, Criteria]:
     other unknown attribute is a 400."""
     where = SUBSCRIPTION_TYPE
     obj = _object(body, where)
-    _known(obj, _SUBSCRIPTION_FIELDS, where)
+    validate.known_fields(obj, _SUBSCRIPTION_FIELDS, where)
     if obj.get("subscriptionType") != SUBSCRIPTION_TYPE:
         raise InvalidInput(f"subscriptionType must be {SUBSCRIPTION_TYPE}")
     if not isinstance(obj.get("callbackReference"), str):
@@ -328,12 +329,13 @@ def subscription_request(body: Any, instance_id: str) -> tuple[str, Criteria]:
 
 # ---------------------------------------------------------------- values
 def text(value: Any, where: str, limit: int = MAX_TEXT) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidInput(f"{where} must be a non-empty string")
-    if len(value) > limit:
-        raise InvalidInput(f"{where} is longer than {limit} characters")
+    """The project's text (`validate.text`: bounded, no control character,
+    Unicode), printable and not blank: what discovery shows and matches."""
+    validate.text(value, where, limit)
+    if not value.strip():
+        raise InvalidInput(f"{where} must not be blank")
     if not value.isprintable():
-        raise InvalidInput(f"{where} holds control characters")
+        raise InvalidInput(f"{where} holds characters that do not print")
     return value
 
 
@@ -372,8 +374,3 @@ def _list(value: Any, where: str) -> list:
     return value
 
 
-def _known(obj: dict, allowed: set, where: str) -> None:
-    unknown = sorted(str(k)[:64] for k in obj if k not in allowed)
-    if unknown:
-        raise InvalidInput(f"{where}: unknown attribute(s) {', '.join(unknown)} (MEC 011 "
-                           f"v2.1.1 defines: {', '.join(sorted(allowed))})")
