@@ -113,6 +113,8 @@ KEYS: list[Key] = [
     _k("meo.request_timeout_s", NUMBER, 10, "wait this long for an MEPM's answer"),
     _k("meo.sync_s", NUMBER, 10, "refresh the hosts' instance states this often"),
     _k("meo.op_timeout_s", NUMBER, 3600, "an operation a host has not ended by then fails"),
+    _k("meo.lease_s", NUMBER, 5, "replicas on one database: the leader's lease; another "
+       "replica takes the background work over this long after the leader's last renewal"),
     _k("meo.callback_url", STR, None, "the MEO's base URL as its MEPMs reach it, for their "
        "op notifications; null: the address it serves on", nullable=True),
 
@@ -415,6 +417,11 @@ def load(path: str | Path | None = None, sources: dict | None = None) -> dict[st
             _own_names(section, role, hid, f"hosts[{i}].{role}", src, where)
     _check_hosts(cfg, where)
     _check_restart(cfg, where)
+    lease = (cfg.get("meo") or {}).get("lease_s", 5)
+    if not 0.5 <= lease <= 300:
+        # renewed every fifth of it: shorter, and a busy store misses
+        # renewals; longer, and a dead leader's work waits that long
+        raise InvalidInput(f"{where}: meo.lease_s ({lease:g}) must be from 0.5 to 300")
     if sources is not None:
         sources.clear()
         sources.update(src)

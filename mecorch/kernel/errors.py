@@ -111,6 +111,12 @@ class BackendUnavailable(BackendError):
     status, title = 503, "Backend unavailable"
 
 
+class StoreUnavailable(MecorchError):
+    """The state store (an MEO's PostgreSQL) cannot be reached: asked again
+    later, nothing was done."""
+    status, title = 503, "Store unavailable"
+
+
 class Timeout(BackendError):
     """The backend did not reach the wanted state in time."""
     status, title = 504, "Timeout"

@@ -7,6 +7,8 @@ had already been made (the compute handle, whether rules were applied).
 
 from __future__ import annotations
 
+from typing import Callable
+
 from mecorch.kernel.errors import MecorchError
 from mecorch.kernel.events import NONE as NO_EVENTS, Events
 from mecorch.kernel.states import LcmOperation, OperationState
@@ -28,6 +30,10 @@ class Journal:
         # told of every operationState entered, and (by the Lcm) of instance
         # state changes: the notifications of mecorch.notifications.subscriptions
         self.events: Events = NO_EVENTS
+        # run in the transaction of every step and end written: raises when
+        # this process may no longer write them (an MEO replica that lost
+        # the lease: mecorch.meo.leader.Lease.fence); None: always may
+        self.guard: Callable[[], None] | None = None
 
     def start(self, instance_id: str, operation: LcmOperation, plan: dict) -> dict:
         now = timestamp()
@@ -57,7 +63,7 @@ class Journal:
         if entered:
             op["operationState"] = OperationState.PROCESSING.value
             op["stateEnteredTime"] = timestamp()
-        self.store.put("op_occs", op["id"], op)
+        self._write(op)
         if entered:
             self.events.operation(op)
         return op
@@ -76,9 +82,17 @@ class Journal:
         op["stateEnteredTime"] = timestamp()
         if error:
             op["error"] = error.problem(op["_links"]["self"]["href"])
-        self.store.put("op_occs", op["id"], op)
+        self._write(op)
         self.events.operation(op)
         return op
+
+    def _write(self, op: dict) -> None:
+        if self.guard is None:
+            self.store.put("op_occs", op["id"], op)
+            return
+        with self.store.transaction():
+            self.guard()
+            self.store.put("op_occs", op["id"], op)
 
     def in_progress(self, instance_id: str | None = None) -> list[dict]:
         ops = []

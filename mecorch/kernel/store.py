@@ -40,6 +40,12 @@ TABLES: dict[str, tuple[str, ...]] = {
     "service_subscriptions": ("appInstanceId",),
     "service_outbox": ("subscriptionId",),
     "hosts": (),                # an MEO's registered edge hosts
+    # an MEO's replicas: the lease of the one that runs the background
+    # work (mecorch.meo.leader), what its heartbeat last learnt of each
+    # host, and the room held on a host for a deploy it has not reported
+    "leases": (),
+    "host_states": (),
+    "reservations": ("hostId",),
     "host_tasks": ("hostId",),  # what an MEO still owes a host that was away
 }
 
@@ -94,6 +100,7 @@ class Store:
         self._db = sqlite3.connect(self.path, check_same_thread=False,
                                    isolation_level=None, timeout=30)
         self._lock = threading.RLock()
+        self._depth = 0         # transactions open (nested ones join the outer)
         # per table: the highest seq this store has given (see put)
         self._last_seq: dict[str, int] = {}
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -169,15 +176,31 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """Group writes so they land together or not at all."""
+        """Group writes so they land together or not at all. A transaction
+        begun inside another (same thread) is part of it."""
         with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
             self._db.execute("BEGIN IMMEDIATE")
+            self._depth = 1
             try:
                 yield
             except BaseException:
+                self._depth = 0
                 self._db.execute("ROLLBACK")
                 raise
+            self._depth = 0
             self._db.execute("COMMIT")
+
+    def lock(self, key: str) -> None:
+        """Inside a transaction: hold `key` against every other process
+        until it ends. BEGIN IMMEDIATE already holds the file's write lock
+        against every other writer, so there is nothing more to take."""
 
     def put(self, table: str, id_: str, doc: dict[str, Any]) -> dict[str, Any]:
         cols = TABLES[table]

@@ -35,17 +35,19 @@ already stopping the app.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
 import dataclasses
+from typing import Callable
 
 from mecorch.spec import decision
 from mecorch.kernel import logs, validate
 from mecorch.kernel.errors import (
     BackendUnavailable, Conflict, InvalidInput, MecorchError, NotFound, NotImplementedHere,
-    Timeout)
+    StoreUnavailable, Timeout)
 from mecorch.kernel.journal import Journal
 from mecorch.kernel.locks import exclusive
 from mecorch.mepm.lcm import (
@@ -61,6 +63,7 @@ from mecorch.spec import placement
 from mecorch.spec.plan import INSTANTIATE_FIELDS, plan_request, selected_hosts
 from mecorch.meo import replace
 from mecorch.meo.follow import OpFollower
+from mecorch.meo.leader import Fenced
 from mecorch.meo.registry import REACHABLE, UNKNOWN, UNREACHABLE, HostEntry, Registry
 
 log = logging.getLogger("mecorch.meo.lcm")
@@ -106,6 +109,9 @@ class SystemLcm(InstanceQueries):
         self._place_lock = threading.Lock()
         self._synced_at: dict[str, float] = {}  # host -> when its instances were last read
         # the hosts' op notifications (set by the MEO: mecorch.meo.follow)
+        # whether this process runs ops (the replica holding the lease:
+        # mecorch.meo.leader; set by the MEO)
+        self.leading: Callable[[], bool] = lambda: True
         self.follower = OpFollower(cfg["state_dir"], (cfg.get("meo") or {}).get("callback_url"))
 
     def close(self) -> None:
@@ -119,18 +125,25 @@ class SystemLcm(InstanceQueries):
                                       instance_id)[0])
 
     def delete(self, instance_id: str) -> None:
-        with self._exclusive(instance_id):
-            doc = self.get(instance_id)
-            self._no_unfinished_op(instance_id)
-            if doc["instantiationState"] != NOT_INSTANTIATED:
-                raise Conflict(f"app instance {instance_id} is INSTANTIATED: terminate it first")
-            remote = doc.get("_hostInstance")
+        with self._exclusive(instance_id, held=False):
+            remote = self._deletable(instance_id).get("_hostInstance")
             if remote:
                 # the host's (NOT_INSTANTIATED) resource goes first: a host
-                # that is away keeps the MEO's record, to be deleted again
+                # that is away keeps the MEO's record, to be deleted again.
+                # Not in a transaction: no replica's store waits on a host.
                 self.registry.get(remote["hostId"]).mepm.delete_instance(remote["id"])
-            self.store.delete("instances", instance_id)
-            self.store.delete("rules", instance_id)     # the rules last read from the host
+            with self.store.transaction():
+                self.store.lock(f"instance:{instance_id}")
+                self._deletable(instance_id)    # no instantiate slipped in meanwhile
+                self.store.delete("instances", instance_id)
+                self.store.delete("rules", instance_id)     # the rules last read from the host
+
+    def _deletable(self, instance_id: str) -> dict:
+        doc = self.get(instance_id)
+        self._no_unfinished_op(instance_id)
+        if doc["instantiationState"] != NOT_INSTANTIATED:
+            raise Conflict(f"app instance {instance_id} is INSTANTIATED: terminate it first")
+        return doc
 
     # ---------------------------------------------------------------- instantiate
     def instantiate(self, instance_id: str, body: dict,
@@ -160,12 +173,11 @@ class SystemLcm(InstanceQueries):
             key = (f"instantiate|{instance_id}|"
                    f"{validate.text(idempotency_key, 'Idempotency-Key', 128)}")
             digest = fingerprint(request)
-            seen = self.store.get("idempotency", key)
-            if seen:
-                if seen.get("fingerprint") != digest:
-                    raise idempotency_mismatch()
-                return public(self.store.get("op_occs", seen["resource"]))
+            if (seen := self._seen_instantiate(key, digest)) is not None:
+                return seen
         with self._exclusive(instance_id):
+            if key and (seen := self._seen_instantiate(key, digest)) is not None:
+                return seen         # the twin's, on another replica, came first
             inst = self.get(instance_id)
             self._no_unfinished_op(instance_id)
             if inst["instantiationState"] != NOT_INSTANTIATED:
@@ -175,6 +187,9 @@ class SystemLcm(InstanceQueries):
             # not after the 202); the host reads the same body once on its side
             p = plan_request(instance_id, pkg, body, self._chooser(pkg, selected_hosts(body)))
             with self._place_lock:
+                # one placement at a time across replicas too: each sees the
+                # reservations the one before made
+                self.store.lock("placement")
                 held = self._held(but=instance_id)
                 candidates = [dataclasses.replace(c, held=held.get(c.host_id, ()))
                               for c in self.registry.candidates()]
@@ -237,10 +252,18 @@ class SystemLcm(InstanceQueries):
             except BaseException:
                 self.registry.unreserve(host_id, instance_id)
                 raise
-            self._busy.add(instance_id)
-            self._live.add(op["id"])
-        self._pool.submit(self._guarded, instance_id, self._run_instantiate, op)
+            here = self._runs_here(instance_id, op)
+        if here:
+            self._pool.submit(self._guarded, instance_id, self._run_instantiate, op)
         return public(op)
+
+    def _seen_instantiate(self, key: str, digest: str) -> dict | None:
+        seen = self.store.get("idempotency", key)
+        if not seen:
+            return None
+        if seen.get("fingerprint") != digest:
+            raise idempotency_mismatch()
+        return public(self.store.get("op_occs", seen["resource"]))
 
     def _held(self, but: str) -> dict[str, tuple[tuple[str, dict], ...]]:
         """host -> the claims the MEO knows its instances hold there
@@ -338,28 +361,42 @@ class SystemLcm(InstanceQueries):
             host_op, host_instance = steps(op, entry)
             if host_op["operationState"] != OperationState.COMPLETED.value:
                 raise self._superseded_by(op) or _host_failure(entry.host_id, host_op)
-            inst = self.get(iid)
-            self._copy_host_view(inst, entry.mepm.get_instance(host_instance), entry.host_id)
-            if op.get("decisionReason") and inst.get("instantiationState") == INSTANTIATED:
-                inst["decisionReason"] = op["decisionReason"]   # the MEO's: manner and host
-            if op["_plan"].get("replaces") and inst["instantiationState"] == INSTANTIATED:
-                # it lives on the new host now; the lost host's copy is removed
-                # when that host answers again (replace.Replacer.remove_stale)
-                replace.moved(self.store, inst, op, entry.host_id, host_instance)
-                self.store.delete("rules", iid)         # those read from the lost host
-            self.store.put("instances", iid, inst)
-            if inst["instantiationState"] == NOT_INSTANTIATED:
-                self.store.delete("rules", iid)         # the host removed them
-            self._synced_at.setdefault(entry.host_id, time.time())
-            self.journal.events.instance(inst)              # notifications
+            view = entry.mepm.get_instance(host_instance)
+            # Written under the lease (a replica that took over finishes the
+            # op instead), the notifications with the op's end in one
+            # transaction: the subscribers hear of it once, never from both.
+            with self.store.transaction():
+                self._fenced()
+                inst = self.get(iid)
+                self._copy_host_view(inst, view, entry.host_id)
+                if op.get("decisionReason") and inst.get("instantiationState") == INSTANTIATED:
+                    inst["decisionReason"] = op["decisionReason"]   # the MEO's: manner, host
+                if op["_plan"].get("replaces") and inst["instantiationState"] == INSTANTIATED:
+                    # it lives on the new host now; the lost host's copy is removed
+                    # when that host answers again (replace.Replacer.remove_stale)
+                    replace.moved(self.store, inst, op, entry.host_id, host_instance)
+                    self.store.delete("rules", iid)         # those read from the lost host
+                self.store.put("instances", iid, inst)
+                if inst["instantiationState"] == NOT_INSTANTIATED:
+                    self.store.delete("rules", iid)         # the host removed them
             # before the op ends (a client that sees it COMPLETED reads the
-            # package's new usageState), not counting this op as running
+            # package's new usageState), not counting this op as running;
+            # not in a transaction: a deletion pending removes host copies
             self.packages.refresh_usage(inst["appDId"], ending=op["id"])
+            with self.store.transaction():
+                self.journal.events.instance(inst)              # notifications
+                ended = self.journal.finish(op)                 # fenced too
+            self._synced_at.setdefault(entry.host_id, time.time())
             self._free(iid)
-            logs.op_ended(self.journal.finish(op), inst)
+            logs.op_ended(ended, inst)
         except HostAway:
             log.warning("%s of %s: host %s is away; the op stays PROCESSING until it "
                         "returns", operation_words(op["lcmOperation"]), iid, entry.host_id)
+        except (Fenced, StoreUnavailable) as e:
+            # this replica lost the lease, or the database is away: the op
+            # is left as its journal says, for the leader to finish
+            log.warning("%s of %s left to the leader: %s", operation_words(op["lcmOperation"]),
+                        iid, e.detail)
         except Exception as e:  # noqa: BLE001 - the op must end FAILED with the reason
             if on_failure is not None:
                 on_failure()
@@ -432,7 +469,8 @@ class SystemLcm(InstanceQueries):
         worker of its own (the host supersedes its graceful op with it).
         None when no graceful terminate is in progress (the usual checks
         then apply); Conflict when one is already being superseded."""
-        with self._lock:
+        with self._lock, self.store.transaction():
+            self.store.lock(f"instance:{instance_id}")
             running = [o for o in self.journal.in_progress(instance_id)
                        if not o["_plan"].get(replace.STALE)]
             forceful = [o for o in running if o["_plan"].get("supersedes")]
@@ -451,8 +489,11 @@ class SystemLcm(InstanceQueries):
             inst["_opId"] = op["id"]
             self.store.put("instances", instance_id, inst)
             logs.op_started(op, inst)
-            self._live.add(op["id"])
-        self._pool.submit(self._guarded, instance_id, self._run_host_op, op)
+            here = self.leading()
+            if here:
+                self._live.add(op["id"])
+        if here:
+            self._pool.submit(self._guarded, instance_id, self._run_host_op, op)
         return public(op)
 
     def operate(self, instance_id: str, body: dict) -> dict:
@@ -502,9 +543,9 @@ class SystemLcm(InstanceQueries):
             inst["_opId"] = op["id"]
             self.store.put("instances", instance_id, inst)
             logs.op_started(op, inst)
-            self._busy.add(instance_id)
-            self._live.add(op["id"])
-        self._pool.submit(self._guarded, instance_id, self._run_host_op, op)
+            here = self._runs_here(instance_id, op)
+        if here:
+            self._pool.submit(self._guarded, instance_id, self._run_host_op, op)
         return public(op)
 
     def _run_host_op(self, op: dict) -> None:
@@ -809,8 +850,34 @@ class SystemLcm(InstanceQueries):
         return True
 
     # ---------------------------------------------------------------- locking
-    def _exclusive(self, instance_id: str):
-        return exclusive(self._lock, self._busy, instance_id)
+    @contextlib.contextmanager
+    def _exclusive(self, instance_id: str, held: bool = True):
+        """One operation at a time per instance: in this process (`_busy`:
+        a worker of ours is on it) and across replicas (the database's lock
+        on the instance, to the end of the block's transaction, around the
+        check for an op in progress and the op's start). held=False: the
+        caller takes the transaction itself (a block that calls a host)."""
+        with exclusive(self._lock, self._busy, instance_id):
+            if not held:
+                yield
+                return
+            with self.store.transaction():
+                self.store.lock(f"instance:{instance_id}")
+                yield
+
+    def _fenced(self) -> None:
+        if self.journal.guard is not None:
+            self.journal.guard()
+
+    def _runs_here(self, instance_id: str, op: dict) -> bool:
+        """Whether this process runs the op it just started: the leader
+        does; another replica leaves it STARTING in the journal, where the
+        leader's pickup finds it (`tick`)."""
+        if not self.leading():
+            return False
+        self._busy.add(instance_id)
+        self._live.add(op["id"])
+        return True
 
     def _no_unfinished_op(self, instance_id: str) -> None:
         """An op left PROCESSING while its host is away still owns the

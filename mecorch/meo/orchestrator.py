@@ -1,7 +1,14 @@
 """The MEO (`mecorch serve --role meo`): its own store (packages, instance
 resources and op occurrences for the OSS, registered hosts), the host
 registry with its heartbeat, and the system-level LCM. It runs no backend
-of its own: every edge host is an MEPM reached through the MEPM contract."""
+of its own: every edge host is an MEPM reached through the MEPM contract.
+
+Several MEO processes may share one store (replicas, on PostgreSQL): all
+serve the API; the one holding the lease (mecorch.meo.leader) runs the
+background work (heartbeat and resync, op runners, the notification
+sender, package copies, re-placement). A replica that takes the lease over
+recovers as the MEO does at start: it reaches every host and finishes
+the operations in flight from their journal."""
 
 from __future__ import annotations
 
@@ -17,10 +24,12 @@ from mecorch.kernel.store import Store
 from mecorch.notifications.subscriptions import Subscriptions
 from mecorch.meo.lcm import SystemLcm
 from mecorch.meo.packages import SystemPackages
-from mecorch.meo.registry import REACHABLE, HostEntry, Registry
+from mecorch.meo.leader import Lease
+from mecorch.meo.registry import REACHABLE, UNKNOWN, HostEntry, Registry
 from mecorch.meo.replace import Replacer
 
 log = logging.getLogger("mecorch.meo")
+PICKUP_S = 0.25     # how soon the leader runs an op another replica accepted
 
 
 class MeoOrchestrator:
@@ -45,7 +54,32 @@ class MeoOrchestrator:
         meo = cfg.get("meo") or {}
         self.sync_s = float(meo.get("sync_s", 10))
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        # one replica at a time runs the background work; the lease is taken
+        # (or found held by another) now, so that an MEO built and driven
+        # without `serve` (tests, benchmarks) leads as it always did
+        self.lease = Lease(self.store, float(meo.get("lease_s", 5)),
+                           on_elected=self._elected)
+        self.registry.leading = self.lcm.leading = self.lease.leading
+        self.subscriptions.notifier.gate = self.lease.leading
+        self.subscriptions.notifier.shared = True       # replicas write its outbox
+        self.lcm.journal.guard = self.lease.fence
+        self.lease.start(quiet=True)
+
+    def _elected(self) -> None:
+        """This replica took the lease over (not at its own start: recover()
+        runs then): recover as at a start, in a thread of its own, so the
+        lease is renewed meanwhile."""
+        threading.Thread(target=self._take_over, name="meo-takeover", daemon=True).start()
+
+    def _take_over(self) -> None:
+        try:
+            self.registry.sync_members()
+            for entry in self.registry.entries():
+                entry.state = UNKNOWN   # its return (follow, resync, copies) runs again
+            self.recover()
+        except Exception:               # noqa: BLE001 - the loops carry on from here
+            log.exception("taking over as the MEO's leader")
 
     def _host_returned(self, entry: HostEntry) -> None:
         # its op notifications first: what is dispatched from now on is
@@ -63,7 +97,14 @@ class MeoOrchestrator:
 
     def recover(self) -> list[str]:
         """Before serving: reach every host once, finish what the MEO's own
-        crash interrupted."""
+        crash interrupted. A replica that does not lead reads the hosts'
+        states its leader wrote instead."""
+        if not self.lease.leading():
+            self.registry.follow_store()
+            holder = self.lease.holder or {}
+            log.info("MEO replica %s follows %s (epoch %s)", self.lease.me,
+                     holder.get("holder"), holder.get("epoch"))
+            return []
         done = self.replacer.recover()         # before a host's return runs a removal
         self.registry.beat_all()
         done += self.packages.recover()
@@ -76,15 +117,34 @@ class MeoOrchestrator:
         return done
 
     def start_background(self) -> None:
+        """The loops run in every replica; each round does its work only in
+        the one that leads (the registry's reads the leader's host states
+        in the others)."""
         self.registry.start()
         self.subscriptions.start()      # the notification sender
-        self._thread = threading.Thread(target=self._sync_loop, name="meo-sync", daemon=True)
-        self._thread.start()
+        for name, fn in (("meo-sync", self._sync_loop), ("meo-pickup", self._pickup_loop)):
+            t = threading.Thread(target=fn, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _pickup_loop(self) -> None:
+        """Every PICKUP_S, in the leader: the operations another replica
+        accepted (it journals them STARTING and runs none), and those a
+        broken link or a takeover left."""
+        while not self._stop.wait(PICKUP_S):
+            if not self.lease.leading():
+                continue
+            try:
+                self.lcm.tick()
+            except Exception as e:      # noqa: BLE001 - the store away, say: next round
+                log.debug("pickup round failed: %s", e)
 
     def _sync_loop(self) -> None:
         """Every meo.sync_s: the hosts' view of their instances (observed
         state) and the operations to resume; the heartbeat does the rest."""
         while not self._stop.wait(self.sync_s):
+            if not self.lease.leading():
+                continue
             try:
                 self.lcm.tick()
                 for entry in self.registry.entries():
@@ -102,8 +162,9 @@ class MeoOrchestrator:
     def close(self) -> None:
         self.subscriptions.stop()
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        for t in self._threads:
+            t.join(timeout=30)
         self.registry.stop()
         self.lcm.close()
+        self.lease.stop()               # given up: another replica leads at once
         self.store.close()

@@ -8,6 +8,13 @@ UNREACHABLE: placement leaves it out and the host list shows it. When it
 answers again it is resynced (its instances and the outcomes of the
 operations that were in flight) without restarting anything; nothing on
 the host depends on the MEO meanwhile.
+
+Replicas of an MEO share this view through the store: the one that holds
+the lease (mecorch.meo.leader) runs the heartbeat and writes what it
+learns of each host (table host_states) when it changes; the others read
+it (`follow_store`) for placement and listings. Room held for a deploy a
+host has not reported yet is a row of `reservations`, so a replica places
+knowing what another placed.
 """
 
 from __future__ import annotations
@@ -34,6 +41,9 @@ from mecorch.spec.placement import Candidate
 log = logging.getLogger("mecorch.meo.hosts")
 REACHABLE, UNREACHABLE, UNKNOWN = "REACHABLE", "UNREACHABLE", "UNKNOWN"
 HEALTH_EVERY_S = 10.0       # how often the heartbeat also asks a host for its backends
+# a host's unchanged state is written for the other replicas this often
+# (its last-seen time); a change is written at once
+STATE_REFRESH_S = 30.0
 
 
 @dataclass
@@ -47,10 +57,6 @@ class HostEntry:
     misses: int = 0
     last_seen: dict | None = None
     last_error: str = ""
-    # instance -> [need, None or the heartbeat number current when the host
-    # took the deploy]; a report from a later heartbeat includes it
-    reserved: dict[str, list] = field(default_factory=dict)
-    beat_seq: int = 0               # heartbeats started so far
     # its backends as the MEPM's own probes last saw them (MEPM contract
     # `health`), asked by the heartbeat every HEALTH_EVERY_S, and when
     backends: list = field(default_factory=list)
@@ -72,6 +78,20 @@ class HostEntry:
             return None
         at = self.last_seen.get("seconds", 0) + self.last_seen.get("nanoSeconds", 0) / 1e9
         return round(max(0.0, time.time() - at), 1)
+
+    def state_doc(self) -> dict:
+        """What replicas that do not beat need of the host (host_states)."""
+        return {"id": self.host_id, "state": self.state, "misses": self.misses,
+                "info": self.info.to_dict() if self.info else None,
+                "lastSeen": self.last_seen, "lastError": self.last_error,
+                "backends": list(self.backends), "unreachableSince": self.unreachable_since}
+
+    def take_state(self, doc: dict) -> None:
+        self.state, self.misses = doc["state"], doc.get("misses", 0)
+        self.info = HostInfo.from_dict(doc["info"]) if doc.get("info") else None
+        self.last_seen, self.last_error = doc.get("lastSeen"), doc.get("lastError", "")
+        self.backends = list(doc.get("backends") or [])
+        self.unreachable_since = doc.get("unreachableSince")
 
     def view(self) -> dict:
         """The host as the host list shows it (mecorch extension)."""
@@ -108,20 +128,55 @@ class Registry:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="heartbeat")
+        # whether this process runs the heartbeat (the replica holding the
+        # lease, mecorch.meo.leader) or reads what that one wrote
+        self.leading: Callable[[], bool] = lambda: True
+        self._written: dict[str, tuple[dict, float]] = {}   # host -> (state doc, when)
+        self._refused: set[str] = set()     # registrations not loaded (said once)
         for i, entry in enumerate(meo.get("mepms") or []):
             self._from_config(entry, i)
-        for doc in store.list("hosts"):
-            if doc["id"] not in self._hosts:
-                try:
-                    remote = self._remote(doc["id"], doc["url"], doc.get("_token"),
-                                          doc.get("caFile"), "url")
-                except InvalidInput as e:
+        self.sync_members()
+
+    def sync_members(self) -> None:
+        """The registered hosts as the store has them: a replica learns of
+        registrations and removals another replica took."""
+        docs = {d["id"]: d for d in self.store.list("hosts")}
+        for entry in self.entries():
+            if entry.source == "registration" and (
+                    entry.host_id not in docs or docs[entry.host_id]["url"] != entry.url):
+                with self._lock:
+                    self._hosts.pop(entry.host_id, None)
+                entry.mepm.close()
+        for hid, doc in docs.items():
+            with self._lock:
+                if hid in self._hosts:
+                    continue
+            try:
+                remote = self._remote(hid, doc["url"], doc.get("_token"),
+                                      doc.get("caFile"), "url")
+            except InvalidInput as e:
+                if hid not in self._refused:
                     # registered before tokens went only over TLS or loopback
                     log.warning("registration of edge host %s not loaded (%s); it is "
                                 "accepted again when its MEPM registers over https",
-                                doc["id"], e.detail)
-                    continue
-                self._add(HostEntry(doc["id"], remote, "registration", doc["url"]))
+                                hid, e.detail)
+                    self._refused.add(hid)
+                continue
+            try:
+                self._add(HostEntry(hid, remote, "registration", doc["url"]))
+            except Conflict:
+                pass                # registered meanwhile by this replica
+
+    def follow_store(self) -> None:
+        """A replica that does not beat: the hosts and their states as the
+        leader last wrote them."""
+        self.sync_members()
+        states = {d["id"]: d for d in self.store.list("host_states")}
+        for entry in self.entries():
+            doc = states.get(entry.host_id)
+            if doc is not None:
+                with self._lock:
+                    entry.take_state(doc)
 
     # ---------------------------------------------------------------- membership
     def _remote(self, host_id: str, url: str, token: str | None, ca_file: str | None,
@@ -172,6 +227,7 @@ class Registry:
         ca = body.get("caFile")
         if ca is not None:
             ca = validate.text(ca, "caFile", 1024)
+        self.sync_members()         # another replica's registration counts
         with self._lock:
             old = self._hosts.get(hid)
         if old is not None and (old.source != "registration" or old.url != url):
@@ -200,11 +256,16 @@ class Registry:
         with self._lock:
             self._hosts.pop(host_id, None)
         self.store.delete("hosts", host_id)
+        self.store.delete("host_states", host_id)
         entry.mepm.close()
 
     def get(self, host_id: str) -> HostEntry:
         with self._lock:
             entry = self._hosts.get(host_id)
+        if entry is None:
+            self.sync_members()     # registered at another replica since
+            with self._lock:
+                entry = self._hosts.get(host_id)
         if entry is None:
             raise NotFound(f"unknown edge host {host_id!r}; known: "
                            f"{', '.join(sorted(self._hosts)) or 'none'}")
@@ -216,40 +277,71 @@ class Registry:
 
     # ---------------------------------------------------------------- placement facts
     def candidates(self) -> list[Candidate]:
+        held: dict[str, list[Need]] = {}
+        for r in self.store.list("reservations"):
+            held.setdefault(r["hostId"], []).append(Need(*r["need"]))
         with self._lock:
             return [candidate(e.host_id, e.state == REACHABLE, e.info,
-                              _sum(r[0] for r in e.reserved.values()))
+                              _sum(held.get(e.host_id, ())))
                     for e in self._hosts.values()]
 
     def reserve(self, host_id: str, instance_id: str, need: Need) -> None:
-        """Hold `need` on the host until a report of the host counts it."""
-        with self._lock:
-            self._hosts[host_id].reserved[instance_id] = [need, None]
+        """Hold `need` on the host until a report of the host counts it (a
+        row: every replica places knowing it)."""
+        self.store.put("reservations", instance_id, {
+            "id": instance_id, "hostId": host_id,
+            "need": [need.vcpu, need.memory_mb, need.disk_gb], "dispatchedAt": None})
 
     def dispatched(self, host_id: str, instance_id: str) -> None:
-        """The host accepted the deploy: its next report counts it, and the
-        MEO's reservation ends with that report. Without a heartbeat (tests,
-        benchmarks) the host is asked at once."""
-        with self._lock:
-            entry = self._hosts.get(host_id)
-            if entry is None or instance_id not in entry.reserved:
+        """The host accepted the deploy: a report asked for after this counts
+        it, and the reservation ends with that report. Without a heartbeat
+        (tests, benchmarks) the host is asked at once."""
+        with self.store.transaction():
+            doc = self.store.get("reservations", instance_id)
+            if doc is None or doc["hostId"] != host_id:
                 return
-            entry.reserved[instance_id][1] = entry.beat_seq
+            doc["dispatchedAt"] = time.time()
+            self.store.put("reservations", instance_id, doc)
         if self.heartbeat_s <= 0:
-            self.beat(entry)
+            try:
+                self.beat(self.get(host_id))
+            except NotFound:
+                pass
 
     def unreserve(self, host_id: str, instance_id: str) -> None:
+        with self.store.transaction():
+            doc = self.store.get("reservations", instance_id)
+            if doc is not None and doc["hostId"] == host_id:
+                self.store.delete("reservations", instance_id)
+
+    def _counted(self, host_id: str, asked_at: float) -> None:
+        """A report the host made after `asked_at` counts every deploy it
+        accepted before: their reservations end."""
+        for doc in self.store.list("reservations", hostId=host_id):
+            if doc.get("dispatchedAt") is not None and doc["dispatchedAt"] < asked_at:
+                self.store.delete("reservations", doc["id"])
+
+    def _persist(self, entry: HostEntry) -> None:
+        """Write the host's state for the other replicas when it changed
+        (or every STATE_REFRESH_S: its last-seen time), not at every beat."""
         with self._lock:
-            entry = self._hosts.get(host_id)
-            if entry:
-                entry.reserved.pop(instance_id, None)
+            doc = entry.state_doc()
+        key = {k: v for k, v in doc.items() if k != "lastSeen"}
+        last = self._written.get(entry.host_id)
+        now = time.monotonic()
+        if last is not None and last[0] == key and now - last[1] < STATE_REFRESH_S:
+            return
+        try:
+            self.store.put("host_states", entry.host_id, doc)
+        except MecorchError as e:       # the store away: written again next time
+            log.debug("state of edge host %s not written: %s", entry.host_id, e.detail)
+            return
+        self._written[entry.host_id] = (key, now)
 
     # ---------------------------------------------------------------- heartbeat
     def beat(self, entry: HostEntry) -> bool:
         """Ask one host for its info now; returns whether it answered."""
-        with self._lock:
-            entry.beat_seq += 1
-            seq = entry.beat_seq
+        asked_at = time.time()
         try:
             info = entry.mepm.info()
         except MecorchError as e:
@@ -263,6 +355,7 @@ class Registry:
                     entry.unreachable_since = time.time()
             if went:
                 log.warning("edge host %s UNREACHABLE: %s", entry.host_id, e.detail)
+            self._persist(entry)
             return False
         if info.host_id != entry.host_id:
             with self._lock:
@@ -270,6 +363,7 @@ class Registry:
                     f"the MEPM at {entry.url} now serves {info.host_id!r}")
                 if entry.unreachable_since is None:
                     entry.unreachable_since = time.time()
+            self._persist(entry)
             return False
         with self._lock:
             before = entry.state
@@ -277,9 +371,7 @@ class Registry:
             entry.last_seen = timestamp()
             entry.state = REACHABLE
             entry.unreachable_since = None
-            for iid, (_, mark) in list(entry.reserved.items()):
-                if mark is not None and mark < seq:      # this report counts it
-                    del entry.reserved[iid]
+        self._counted(entry.host_id, asked_at)
         self._health(entry)
         if before != REACHABLE:
             log.log(logging.WARNING if before == UNREACHABLE else logging.INFO,
@@ -292,6 +384,7 @@ class Registry:
                     entry.state = UNREACHABLE
                     if entry.unreachable_since is None:
                         entry.unreachable_since = time.time()
+        self._persist(entry)
         return True
 
     def _health(self, entry: HostEntry) -> None:
@@ -318,7 +411,14 @@ class Registry:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
+            if not self.leading():
+                try:
+                    self.follow_store()
+                except Exception as e:  # noqa: BLE001 - the store away, say: next round
+                    log.debug("hosts not read from the store: %s", e)
+                continue
             try:
+                self.sync_members()
                 self.beat_all()
             except Exception:           # noqa: BLE001 - the heartbeat must survive anything
                 log.exception("heartbeat round failed")

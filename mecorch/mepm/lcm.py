@@ -718,15 +718,8 @@ def create_instance(store: Store, packages, body, idempotency_key: str | None,
         raise InvalidInput("body must be a CreateAppInstanceRequest object")
     key = f"create|{validate.text(idempotency_key, 'Idempotency-Key', 128)}" \
         if idempotency_key else None
-    if key:
-        seen = store.get("idempotency", key)
-        if seen:
-            if seen.get("fingerprint", fingerprint(body)) != fingerprint(body):
-                raise idempotency_mismatch()
-            doc = store.get("instances", seen["resource"])
-            if doc is None:
-                raise NotFound(f"app instance {seen['resource']!r} does not exist")
-            return doc, False
+    if key and (seen := _seen_create(store, key, body)) is not None:
+        return seen, False
     app_d_id = validate.ident(body.get("appDId"), "appDId")
     # mecorch extension: appPkgId picks one version of the app (an MEO
     # creates an instance from the exact package it copied to the host)
@@ -736,12 +729,30 @@ def create_instance(store: Store, packages, body, idempotency_key: str | None,
     iid = new_id() if instance_id is None else validate.ident(instance_id, "X-Mecorch-Meo-Id")
     doc = new_instance_doc(iid, body, pkg)
     with store.transaction():
+        if key:
+            # a twin request on another MEO replica: the first made it
+            store.lock(key)
+            if (seen := _seen_create(store, key, body)) is not None:
+                return seen, False
         if instance_id is not None and store.get("instances", iid) is not None:
             raise Conflict(f"app instance {iid} already exists")
         store.put("instances", iid, doc)
         if key:
             store.put("idempotency", key, {"resource": iid, "fingerprint": fingerprint(body)})
     return doc, True
+
+
+def _seen_create(store: Store, key: str, body: dict) -> dict | None:
+    """The instance a create with this Idempotency-Key made (None: none)."""
+    seen = store.get("idempotency", key)
+    if not seen:
+        return None
+    if seen.get("fingerprint", fingerprint(body)) != fingerprint(body):
+        raise idempotency_mismatch()
+    doc = store.get("instances", seen["resource"])
+    if doc is None:
+        raise NotFound(f"app instance {seen['resource']!r} does not exist")
+    return doc
 
 
 def new_instance_doc(iid: str, body: dict, pkg: dict) -> dict:

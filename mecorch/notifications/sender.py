@@ -38,6 +38,7 @@ from mecorch.kernel import outbound
 from mecorch.kernel.errors import InvalidInput
 from mecorch.kernel.store import Store
 
+SHARED_POLL_S = 0.5
 log = logging.getLogger("mecorch.notify")
 BACKOFF_FIRST_S = 0.25
 BACKOFF_MAX_S = 10.0
@@ -82,6 +83,12 @@ class Notifier:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # whether this process sends now (an MEO replica that does not hold
+        # the lease leaves the outbox to the one that does: mecorch.meo.leader);
+        # `shared`: other processes write the outbox too, so an idle sender
+        # looks again every SHARED_POLL_S instead of waiting to be woken
+        self.gate: Callable[[], bool] = lambda: True
+        self.shared = False
         # callbackUri -> (failing since, attempts, next try): in memory; after
         # a restart a failing callback gets a fresh retry period
         self._backoff: dict[str, tuple[float, int, float]] = {}
@@ -121,11 +128,16 @@ class Notifier:
     def _run(self) -> None:
         while not self._stop.is_set():
             self._wake.clear()
+            if not self.gate():
+                self._wake.wait(SHARED_POLL_S)
+                continue
             try:
                 wait = self.deliver_round()
             except Exception:  # noqa: BLE001 - the sender must outlive a bug or a store error
                 log.exception("notification sender")
                 wait = 1.0
+            if self.shared:
+                wait = min(wait, SHARED_POLL_S)
             if wait > 0:
                 self._wake.wait(wait)
 

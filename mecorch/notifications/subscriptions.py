@@ -11,9 +11,11 @@
   states and types), both with an AppInstanceSubscriptionFilter, notified by
   AppInstNotification and AppLcmOpOccNotification.
 
-Subscriptions are stored (table oss_subscriptions) and kept in memory for
-matching: a change is matched on the thread that made it, and each
-notification is stored in the outbox for mecorch.notifications.sender.
+Subscriptions are stored (table oss_subscriptions) and read from the store
+for each match, never cached: replicas of an MEO share the store, and one
+must notify a subscription another accepted. A change is matched on the
+thread that made it, and each notification is stored in the outbox for
+mecorch.notifications.sender.
 
 mecorch extensions: `authentication` (the NFV-SOL 013
 SubscriptionAuthentication shape; BASIC, or BEARER with paramsBearer.token),
@@ -79,7 +81,6 @@ class Subscriptions(Events):
         self.store = store
         self.networks = [ipaddress.ip_network(n) for n in cfg["api"]["callback_networks"]]
         self._lock = threading.Lock()
-        self._subs: dict[str, dict] = {d["id"]: d for d in store.list("oss_subscriptions")}
         self.notifier = Notifier(store, cfg, self._stored, self._sharing, self._mark_failing,
                                  self._drop)
 
@@ -93,11 +94,14 @@ class Subscriptions(Events):
         doc["callbackUri"] = check_url(body.get("callbackUri"), self.networks, "callbackUri")
         auth = parse_authentication(body.get("authentication"))
         key = _identity(api, doc)
-        with self._lock:
-            for other in self._subs.values():
+        with self._lock, self.store.transaction():
+            # one at a time across replicas: a twin request is a Duplicate
+            self.store.lock("oss_subscriptions")
+            subs = self._subs
+            for other in subs.values():
                 if other["_key"] == key:
                     raise Duplicate(self.info(other))
-            if len(self._subs) >= MAX_SUBSCRIPTIONS:
+            if len(subs) >= MAX_SUBSCRIPTIONS:
                 raise InvalidInput(f"at most {MAX_SUBSCRIPTIONS} subscriptions")
             sid = new_id()
             base = PKGM_SUBS if api == "pkgm" else LCM_SUBS
@@ -106,8 +110,13 @@ class Subscriptions(Events):
             if auth:
                 doc["_auth"] = auth
             self.store.put("oss_subscriptions", sid, doc)
-            self._subs[sid] = doc
         return self.info(doc)
+
+    @property
+    def _subs(self) -> dict[str, dict]:
+        # a few hundred microseconds for tens of subscriptions: a change
+        # matches them a handful of times per operation
+        return {d["id"]: d for d in self.store.list("oss_subscriptions")}
 
     def list(self, api: str, subscription_type: str | None = None) -> dict:
         base = PKGM_SUBS if api == "pkgm" else LCM_SUBS
@@ -129,7 +138,6 @@ class Subscriptions(Events):
     def delete(self, api: str, sid: str) -> None:
         with self._lock:
             self._find(api, sid)
-            self._subs.pop(sid)
             self.store.delete("oss_subscriptions", sid)
         self.notifier.forget(sid)
 
@@ -139,7 +147,7 @@ class Subscriptions(Events):
             | {"_links": doc["_links"]}
 
     def _find(self, api: str, sid: str, subscription_type: str | None = None) -> dict:
-        doc = self._subs.get(sid)
+        doc = self.store.get("oss_subscriptions", sid)
         if doc is None or doc["api"] != api \
                 or subscription_type not in (None, doc["subscriptionType"]):
             raise NotFound(f"subscription {sid!r} does not exist")
@@ -153,7 +161,7 @@ class Subscriptions(Events):
         self.notifier.stop()
 
     def _stored(self, sid: str) -> dict | None:
-        return self._subs.get(sid)
+        return self.store.get("oss_subscriptions", sid)
 
     def _sharing(self, callback: str) -> list[str]:
         with self._lock:
@@ -162,7 +170,7 @@ class Subscriptions(Events):
     def _mark_failing(self, sid: str, failure: dict | None) -> None:
         """Show (or clear, None) a delivery failure on the subscription."""
         with self._lock:
-            doc = self._subs.get(sid)
+            doc = self.store.get("oss_subscriptions", sid)
             if doc is None:
                 return
             if failure is None:
@@ -175,8 +183,7 @@ class Subscriptions(Events):
 
     def _drop(self, sid: str, reason: str) -> None:
         with self._lock:
-            if self._subs.pop(sid, None) is not None:
-                self.store.delete("oss_subscriptions", sid)
+            self.store.delete("oss_subscriptions", sid)
 
     # ------------------------------------------------------------ events
     def package(self, kind: str, doc: dict) -> None:

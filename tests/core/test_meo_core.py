@@ -145,6 +145,9 @@ def test_meo_restart_resumes_an_interrupted_op(system, tmp_path):
     time.sleep(0.3)
     # a second MEO on the same store (as after a crash) finds the op and
     # follows the host's op to its end; the host makes one instance only
+    # the first one's lease goes with it (its workers, still running in
+    # this process, are fenced from then on)
+    s.meo.lease.stop()
     cfg = dict(s.meo.cfg)
     meo2 = MeoOrchestrator(cfg)
     try:

@@ -297,6 +297,9 @@ def test_an_meo_restart_resumes_a_re_placement_and_keeps_what_the_lost_host_owes
     time.sleep(0.3)         # the new host's deploy is held at the gate
     # a second MEO on the same store (as after a crash), the lost host not
     # back yet: it follows the re-placement to its end
+    # the first one's lease goes with it (its workers, still running in
+    # this process, are fenced from then on)
+    s.meo.lease.stop()
     meo2 = MeoOrchestrator(dict(s.meo.cfg))
     try:
         meo2.registry.attach(LocalMepm(s.hosts[other], other))
