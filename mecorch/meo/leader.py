@@ -120,15 +120,14 @@ class Lease:
             self.store.lock(f"{TABLE}:{ROW}")
             row = self.store.get(TABLE, ROW)
             self.holder = row
-            if row is not None and row.get("holder") == self.me and row.get("epoch") == self.epoch \
-                    and self._leading:
+            if row is not None and row.get("holder") == self.me \
+                    and row.get("epoch") == self.epoch:
                 row["renewals"] = int(row.get("renewals", 0)) + 1
                 self.store.put(TABLE, ROW, row)
                 self._valid_until = began + self.ttl_s
                 return True
-            # our own row from before (we stopped leading while the database
-            # was away): taken again at once, under a new epoch that fences
-            # what our old runners still try to write
+            # (a row naming us under another epoch: ours from before, taken
+            # again at once under a new epoch)
             mine = row is not None and row.get("holder") == self.me
             if row is not None and not mine and not self._silent(row, began):
                 return False
