@@ -371,6 +371,9 @@ def _serve_meo(cfg: dict, listen: str) -> int:
     try:
         server = make_server(meo, listen, "meo")
         _notifications_here(meo, cfg, server)
+        host, port = server.server_address[:2]
+        meo.lease.url = (f"{'https' if (cfg.get('api') or {}).get('tls_cert') else 'http'}://"
+                         f"{host if ':' not in host else f'[{host}]'}:{port}")
         # the metrics' event listener before any op runs (op durations,
         # placements): an MEO has no backend of its own to probe
         status.for_orchestrator(meo).start()

@@ -123,6 +123,7 @@ class Lease:
             if row is not None and row.get("holder") == self.me \
                     and row.get("epoch") == self.epoch:
                 row["renewals"] = int(row.get("renewals", 0)) + 1
+                row["url"] = self.url           # known once the API serves
                 self.store.put(TABLE, ROW, row)
                 self._valid_until = began + self.ttl_s
                 return True

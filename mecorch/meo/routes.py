@@ -10,6 +10,7 @@ from mecorch.kernel.http import Request, Response, Router, warning
 from mecorch.meo import follow, services
 
 HOSTS = "/mecorch/v1/hosts"
+LEADER = "/mecorch/v1/leader"
 MP1 = "/mec_app_support/v1"
 # ETSI MEC 011's rules of an app, read at the MEO from the host that holds
 # them (the MEP is the host's): read-only here.
@@ -33,6 +34,16 @@ def install(r: Router, meo) -> None:
     r.add("GET", f"{HOSTS}/{{hostId}}",
           lambda req: Response(200, reg.get(req.params["hostId"]).view()))
     r.add("DELETE", f"{HOSTS}/{{hostId}}", deregister)
+
+    def leader(req: Request) -> Response:
+        """Which replica runs the background work (mecorch.meo.leader), as
+        this replica last read the lease; `leading`: this replica does."""
+        lease = meo.lease
+        row = lease.holder or {}
+        return Response(200, {"replica": lease.me, "leading": lease.leading(),
+                              "leader": row.get("holder"), "epoch": row.get("epoch"),
+                              "leaderUrl": row.get("url"), "leaseS": lease.ttl_s})
+    r.add("GET", LEADER, leader)
 
     # MEC 011 services of every host, read-only
     services.install(r, reg)
