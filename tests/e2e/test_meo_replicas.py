@@ -157,8 +157,19 @@ def _subscribe(s, via: str) -> None:
     s["subscribed"] = True
 
 
+def _wait_notices(s, got: dict) -> None:
+    """The op's COMPLETED notice came; then a while for any duplicate."""
+    try:
+        lab.wait_for(lambda: _op_notices(s, got["op"])["COMPLETED"] >= 1, 20, "COMPLETED notice")
+    except AssertionError as e:
+        raise AssertionError(f"{e}: got {s['receiver'].bodies()}\n" + "\n".join(
+            f"--- {n}:\n{s['procs'][n].log_tail(3000)}" for n in s["replicas"])) from None
+    time.sleep(2)                       # a late duplicate would have come by now
+
+
 def _op_notices(s, op_id: str) -> Counter:
-    return Counter(b.get("operationState") for b in s["receiver"].bodies()
+    # ETSI names the state of an AppLcmOpOccNotification its notificationType
+    return Counter(b.get("notificationType") for b in s["receiver"].bodies()
                    if b.get("appLcmOpOccId") == op_id)
 
 
@@ -225,8 +236,7 @@ def test_leader_killed_during_a_container_deploy(system):
              .strip() for cid in _containers(edge, got["instance"])]
     assert sorted(roles) == sorted(set(roles)), roles      # each role's container once
     # every notification once: the op's STARTING, PROCESSING, COMPLETED
-    lab.wait_for(lambda: _op_notices(s, got["op"])["COMPLETED"] >= 1, 20, "COMPLETED notice")
-    time.sleep(2)                       # a late duplicate would have come by now
+    _wait_notices(s, got)
     assert _op_notices(s, got["op"]) == Counter(STARTING=1, PROCESSING=1, COMPLETED=1), \
         _op_notices(s, got["op"])
 
@@ -239,8 +249,7 @@ def test_leader_killed_during_a_vm_deploy(system):
     assert got["took"] <= TAKEOVER_S, got
     made = set(_domains(s["edges"]["edgeB"])) - before
     assert len(made) == 1, made                         # one domain
-    lab.wait_for(lambda: _op_notices(s, got["op"])["COMPLETED"] >= 1, 20, "COMPLETED notice")
-    time.sleep(2)
+    _wait_notices(s, got)
     assert _op_notices(s, got["op"]) == Counter(STARTING=1, PROCESSING=1, COMPLETED=1), \
         _op_notices(s, got["op"])
 
