@@ -36,7 +36,7 @@ from typing import Callable
 
 from mecorch.kernel import outbound
 from mecorch.kernel.errors import InvalidInput
-from mecorch.kernel.store import Store
+from mecorch.kernel.store import ColumnIn, Store
 
 log = logging.getLogger("mecorch.notify")
 BACKOFF_FIRST_S = 0.25
@@ -140,8 +140,7 @@ class Notifier:
         while not self._stop.is_set():
             match = None
             if blocked:
-                match = (f"subscriptionId NOT IN ({', '.join('?' * len(blocked))})",
-                         sorted(blocked))
+                match = ColumnIn("subscriptionId", tuple(sorted(blocked)), negate=True)
             rows = self.store.page(self.outbox, after, 100, match=match)
             if not rows:
                 break
