@@ -248,7 +248,8 @@ class StateStore(ABC):
                 after: int | None = None, limit: int | None = None,
                 keep: tuple[str, ...] = (), views: bool = False) -> list:
         """(seq, document) pairs in seq order, or with `views` (seq, view
-        text or None, document when the view is None)."""
+        text or None, the document (or its JSON text) when the view is
+        None)."""
 
     def page(self, table: str, after: int, limit: int, match: Match | None = None,
              drop: tuple[str, ...] = (), **where: Any) -> list[tuple[int, dict[str, Any]]]:
@@ -264,7 +265,8 @@ class StateStore(ABC):
             raise KeyError(f"this store keeps no views of {table}")
         rows = self._select(table, match, (), _where(table, where), after=after, limit=limit,
                             views=True)
-        return [(seq, view if view is not None else self.views.text(table, doc))
+        return [(seq, view if view is not None else self.views.text(
+                    table, json.loads(doc) if isinstance(doc, str) else doc))
                 for seq, view, doc in rows]
 
     def list(self, table: str, match: Match | None = None, drop: tuple[str, ...] = (),
@@ -515,8 +517,7 @@ class Store(StateStore):
         with self._lock:
             rows = self._db.execute(sql, params).fetchall()
         if views:
-            return [(seq, view, None if doc is None else json.loads(doc))
-                    for seq, view, doc in rows]
+            return rows             # as they are: a view needs no decoding
         return [(r[0], json.loads(r[1])) for r in rows]
 
     def delete(self, table: str, id_: str) -> None:
