@@ -86,6 +86,9 @@ def settings(database: dict, where: str = KEY) -> Settings:
             hint = f"; set {where}.{name}" if name in ("sslmode", "sslrootcert") else ""
             raise InvalidInput(f"{where}.dsn: parameter {name!r} is not taken here "
                                f"(allowed: {', '.join(sorted(_DSN_PARAMS))}){hint}")
+    for port in str(params.get("port") or "").split(","):
+        if port and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+            raise InvalidInput(f"{where}.dsn: port {port[:20]!r} is not a port number")
     for name in ("user", "dbname"):
         if not params.get(name):
             raise InvalidInput(f"{where}.dsn must name the {name} "
@@ -300,7 +303,9 @@ class PgStore(StateStore):
     def lock(self, key: str) -> None:
         """pg_advisory_xact_lock on 64 bits of the key's SHA-256: held
         until the transaction ends (a collision of two keys only makes
-        them wait for each other)."""
+        them wait for each other). While it waits, this process's other
+        threads wait for the store too (the transaction holds the
+        connection), at most LOCK_TIMEOUT_MS: then StoreUnavailable."""
         if self._tx_thread != threading.get_ident():
             raise RuntimeError("store.lock: only inside a transaction")
         self._q("SELECT pg_advisory_xact_lock(%s)", (_key64(key),), fetch=None)
