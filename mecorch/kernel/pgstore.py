@@ -237,11 +237,17 @@ class PgStore(StateStore):
                                    f"{_first_line(e)}") from None
         return self._conn
 
-    def _q(self, sql: str, params: Any = (), fetch: str | None = "all", many: bool = False):
+    def _q(self, sql: str, params: Any = (), fetch: str | None = "all", many: bool = False,
+           again: bool = True):
         """Run one statement on the connection (opened again if it was
-        lost): its rows, its first row, or nothing."""
+        lost): its rows, its first row, or nothing. Outside a transaction,
+        a statement whose connection turns out lost (the server restarted
+        or failed over while it was idle) runs once more on a new one:
+        every statement the store sends alone is safe to repeat (an upsert,
+        a delete by id, a select)."""
         import psycopg
         with self._lock:
+            reused = self._conn is not None
             conn = self._connection()
             try:
                 with conn.cursor() as cur:
@@ -264,6 +270,9 @@ class PgStore(StateStore):
                         conn.close()
                     except Exception:  # noqa: BLE001 - it is gone either way
                         pass
+                    if again and reused and self._tx_thread is None \
+                            and sql not in ("COMMIT", "ROLLBACK"):
+                        return self._q(sql, params, fetch, many, again=False)
                     what = "the commit's outcome is unknown" if sql == "COMMIT" \
                         else "nothing was done"
                     raise StoreUnavailable(f"lost the connection to PostgreSQL at "

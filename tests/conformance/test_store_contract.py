@@ -309,6 +309,81 @@ def test_a_stopped_server_is_unavailable_and_the_same_store_recovers(pglab, pgda
 
 
 @pytest.mark.postgres
+def test_an_idle_connection_lost_to_a_restart_is_replaced_at_once(pglab, pgdatabase, tmp_path):
+    """A restart (or fail-over) while the store was idle costs no error:
+    the statement runs again on a new connection."""
+    s = Db("postgres", tmp_path, pgdatabase).open()
+    try:
+        s.put("hosts", "a", {"id": "a"})
+        pid = s._conn.info.backend_pid
+        pglab.restart()
+        assert s.get("hosts", "a") == {"id": "a"}
+        assert s._conn.info.backend_pid != pid
+        pglab.restart()
+        s.put("hosts", "b", {"id": "b"})
+        assert ids(s.list("hosts")) == ["a", "b"]
+    finally:
+        s.close()
+
+
+@pytest.mark.postgres
+def test_replicas_opening_a_new_database_together_make_its_schema_once(pgdatabase, tmp_path):
+    db = Db("postgres", tmp_path, pgdatabase)
+    errors: list = []
+
+    def open_one():
+        try:
+            db.open(Views(1, {"instances": _shown}))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and len(db.opened) == 4
+    assert db.raw("SELECT value FROM meta WHERE key='schema_version'") == [(str(len(MIGRATIONS)),)]
+
+
+@pytest.mark.postgres
+def test_lock_excludes_another_process(pgdatabase, tmp_path):
+    """The same key locked by another OS process waits for this
+    transaction's commit (CLOCK_MONOTONIC is one clock for both)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[2]
+    code = ("import json, sys, time\n"
+            "from mecorch.kernel.pgstore import PgStore, settings\n"
+            "s = PgStore(settings(json.loads(sys.argv[1])))\n"
+            "print('open', flush=True)\n"
+            "with s.transaction():\n"
+            "    s.lock('host:edge1')\n"
+            "    got = time.monotonic()\n"
+            "    seen = s.get('hosts', 'edge1')\n"
+            "print(json.dumps([got, seen]), flush=True)\n")
+    s = Db("postgres", tmp_path, pgdatabase).open()
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    with s.transaction():
+        s.lock("host:edge1")
+        child = subprocess.Popen([sys.executable, "-c", code, json.dumps(pgdatabase)],
+                                 stdout=subprocess.PIPE, text=True, env=env, cwd=repo)
+        try:
+            assert child.stdout.readline().strip() == "open"
+            time.sleep(0.7)                  # it is waiting on the lock meanwhile
+            s.put("hosts", "edge1", {"id": "edge1"})
+        except BaseException:
+            child.kill()
+            raise
+        committing = time.monotonic()
+    out, _ = child.communicate(timeout=30)
+    got, seen = json.loads(out)
+    assert child.returncode == 0
+    assert got >= committing and seen == {"id": "edge1"}
+
+
+@pytest.mark.postgres
 def test_a_connection_lost_in_a_transaction_does_not_go_on_outside_it(pglab, pgdatabase,
                                                                        tmp_path):
     s = Db("postgres", tmp_path, pgdatabase).open()
