@@ -226,7 +226,10 @@ class PgStore(StateStore):
             raise StoreUnavailable(f"the connection to PostgreSQL at {self.path} was lost "
                                    f"in a transaction: it was rolled back")
         params = {**_LIVENESS, **self.settings.params}
-        password = self._password()
+        try:
+            password = self._password()         # read again: it may have been rotated
+        except InvalidInput as e:
+            raise StoreUnavailable(e.detail) from None
         if password is not None:
             params["password"] = password
         try:
@@ -374,18 +377,16 @@ class PgStore(StateStore):
         return doc
 
     def get(self, table: str, id_: str) -> dict[str, Any] | None:
-        TABLES[table]
-        row = self._q(f"SELECT doc FROM {table} WHERE id=%s", (id_,), fetch="one")
+        row = self._q(f"SELECT doc FROM {_table(table)} WHERE id=%s", (id_,), fetch="one")
         return row[0] if row else None
 
     def delete(self, table: str, id_: str) -> None:
-        TABLES[table]
-        self._q(f"DELETE FROM {table} WHERE id=%s", (id_,), fetch=None)
+        self._q(f"DELETE FROM {_table(table)} WHERE id=%s", (id_,), fetch=None)
 
     def _select(self, table: str, match, drop, where: dict, after: int | None = None,
                 limit: int | None = None, keep: tuple[str, ...] = (),
                 views: bool = False) -> list:
-        TABLES[table]
+        _table(table)
         conds = [f'"{k}" = %s' for k in where]
         params: list = list(where.values())
         if match:
@@ -412,6 +413,13 @@ class PgStore(StateStore):
             params.append(int(limit))
         rows = self._q(sql, params)
         return [tuple(r) for r in rows]
+
+
+def _table(name: str) -> str:
+    """A table of the store (its name goes into SQL as it is)."""
+    if name not in TABLES:
+        raise KeyError(f"the store has no table {name!r}")
+    return name
 
 
 def _first_line(e: BaseException) -> str:
