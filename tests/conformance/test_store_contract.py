@@ -487,7 +487,8 @@ def _v1_pg_ddl() -> list[str]:
     for table, cols in TABLES_V1.items():
         extra = "".join(f', "{c}" text' for c in cols)
         out.append(f"CREATE TABLE {table} (id text PRIMARY KEY, seq bigint GENERATED ALWAYS "
-                   f"AS IDENTITY, doc json NOT NULL, view text{extra})")
+                   f"AS IDENTITY, doc json NOT NULL, docb jsonb GENERATED ALWAYS AS "
+                   f"(doc::jsonb) STORED, view text{extra})")
         out += [f'CREATE INDEX {table}_{c} ON {table} ("{c}", seq)' for c in cols]
         out.append(f"CREATE UNIQUE INDEX {table}__seq ON {table} (seq)")
     return out
@@ -526,7 +527,8 @@ def test_a_new_postgres_store_has_the_current_schema(pgdatabase, tmp_path):
     for table, column in db.raw("SELECT table_name, column_name FROM information_schema.columns "
                                 "WHERE table_schema='public' ORDER BY ordinal_position"):
         got.setdefault(table, []).append(column)
-    assert {t: c for t, c in got.items() if t != "meta"} == _want_columns()
+    assert {t: c for t, c in got.items() if t != "meta"} == \
+        {t: [*c[:3], "docb", *c[3:]] for t, c in _want_columns().items()}
     assert db.raw("SELECT value FROM meta WHERE key='schema_version'") == [(str(len(MIGRATIONS)),)]
 
 
