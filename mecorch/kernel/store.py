@@ -390,23 +390,28 @@ class Store(StateStore):
         if views is not None:
             self._build_views()
 
+    def _version(self) -> int:
+        try:
+            row = self._db.execute(
+                "SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.OperationalError:            # no meta table: an empty file
+            return 0
+        return int(row[0]) if row else 0
+
     def _migrate(self) -> None:
         """Bring the file to the newest schema version, one migration per
         transaction (BEGIN IMMEDIATE: a second process opening it waits,
-        then finds it migrated)."""
-        with self.transaction():
-            self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-        while True:
+        then finds it migrated). An up-to-date store is only read."""
+        newest = len(SQLITE_MIGRATIONS)
+        while (version := self._version()) != newest:
+            if version > newest:
+                raise StoreTooNew(f"store {self.path} is at schema version {version}; this "
+                                  f"mecorch knows versions up to {newest}: run a newer mecorch")
             with self.transaction():
-                row = self._db.execute(
-                    "SELECT value FROM meta WHERE key='schema_version'").fetchone()
-                version = int(row[0]) if row else 0
-                if version > len(SQLITE_MIGRATIONS):
-                    raise StoreTooNew(
-                        f"store {self.path} is at schema version {version}; this mecorch "
-                        f"knows versions up to {len(SQLITE_MIGRATIONS)}: run a newer mecorch")
-                if version == len(SQLITE_MIGRATIONS):
-                    return
+                self._db.execute("CREATE TABLE IF NOT EXISTS meta "
+                                 "(key TEXT PRIMARY KEY, value TEXT)")
+                if self._version() != version:
+                    continue                # another process migrated it meanwhile
                 SQLITE_MIGRATIONS[version](self._db)
                 self._db.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
                                  "ON CONFLICT(key) DO UPDATE SET value=excluded.value",

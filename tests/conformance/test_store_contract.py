@@ -434,9 +434,14 @@ def _want_columns() -> dict:
     return {t: ["id", "seq", "doc", "view", *cols] for t, cols in TABLES.items()}
 
 
-@pytest.mark.parametrize("older", [False, True])
-def test_a_sqlite_store_of_version_1_migrates_and_keeps_its_rows(tmp_path, older):
+@pytest.mark.parametrize("made", ["version 1", "unversioned", "older"])
+def test_a_sqlite_store_of_version_1_migrates_and_keeps_its_rows(tmp_path, made):
+    """`version 1`: schema_version 1 and a views fingerprint of before the
+    layout change; `unversioned`: as mecorch made stores before schema
+    versions (it must open unchanged: its views are kept); `older`: before
+    views were stored and appName/appProvider were indexed."""
     from mecorch.kernel import views as V
+    older = made == "older"
     path = tmp_path / "s.db"
     raw = sqlite3.connect(path, isolation_level=None)
     _v1_sqlite_ddl(raw, view_column=not older)
@@ -448,13 +453,16 @@ def test_a_sqlite_store_of_version_1_migrates_and_keeps_its_rows(tmp_path, older
                 f'{", ?" * len(cols)})', ["p", json.dumps(doc), *(doc[c] for c in cols)])
     if older:
         raw.execute("INSERT INTO hosts (id, seq, doc) VALUES ('h', 1, '{\"id\":\"h\"}')")
-    if not older:
-        raw.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    else:
         raw.execute("UPDATE packages SET view='\"sentinel\"'")
+    if made == "version 1":
+        raw.execute("INSERT INTO meta VALUES ('schema_version', '1')")
         # a fingerprint of before the layout change (module-qualified)
         raw.execute("INSERT INTO meta VALUES ('views', ?)", (
             f"{V.VERSION}:instances=mecorch.views.host_instance_view,"
             "packages=mecorch.views.package_view",))
+    elif made == "unversioned":
+        raw.execute("INSERT INTO meta VALUES ('views', ?)", (V.MEPM.fingerprint(),))
     raw.close()
     s = Store(path, V.MEPM)
     try:
