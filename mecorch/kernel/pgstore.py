@@ -27,7 +27,10 @@ inside one), as SQLite's does; a pool under READ COMMITTED would not.
 Statements are sub-millisecond on a LAN, the MEO's store traffic small.
 
 A lost connection (server stopped, restarted, failed over, network cut)
-is `StoreUnavailable` (503 with Retry-After); the next call connects again.
+is `StoreUnavailable` (503 with Retry-After) and the next call connects
+again; a statement outside a transaction that finds its idle connection
+gone runs once more on a new one first, so a restart the store slept
+through costs no error.
 """
 
 from __future__ import annotations
