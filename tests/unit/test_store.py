@@ -140,7 +140,6 @@ def test_a_store_written_before_the_layout_change_keeps_its_views(tmp_path):
     rebuild nothing: a sentinel view text survives the open. Such a store
     was made before schema versions (no schema_version: migration 2 puts
     its fingerprint in today's form)."""
-    from mecorch.kernel.store import Views
     from mecorch.kernel import views as V
     db = tmp_path / "old.db"
     s = Store(db, V.MEPM)
