@@ -36,6 +36,10 @@ PACKAGES=(
   libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils
   # MEP: DNS rules and traffic rules; iproute2 for the test network namespaces
   dnsmasq-base iptables iproute2 dnsutils curl
+  # PostgreSQL 15, for an MEO whose replicas share a database (meo.database)
+  # and its tests, which run a private cluster of their own
+  # (tests/support/pglab.py); the cluster Debian makes is not used
+  postgresql
   # building the sample VM image
   busybox-static cpio extlinux syslinux-common fdisk e2fsprogs xz-utils kmod
   # building libvirt-python into the virtualenv

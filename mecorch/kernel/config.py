@@ -117,6 +117,16 @@ KEYS: list[Key] = [
        "replica takes the background work over this long after the leader's last renewal"),
     _k("meo.callback_url", STR, None, "the MEO's base URL as its MEPMs reach it, for their "
        "op notifications; null: the address it serves on", nullable=True),
+    # absent: SQLite in state_dir (meo.db), as a single MEO needs no server
+    _k("meo.database", MAP, ABSENT, "PostgreSQL for the MEO's store, which its replicas share"),
+    _k("meo.database.dsn", STR, ABSENT, "postgresql://USER@HOST:PORT/DBNAME, no password"),
+    _k("meo.database.password_file", STR, None, "the password, on the file's first line",
+       nullable=True),
+    _k("meo.database.sslmode", STR, None, "libpq's sslmode (null: prefer); off loopback "
+       "verify-ca or verify-full", nullable=True,
+       choices=("disable", "allow", "prefer", "require", "verify-ca", "verify-full")),
+    _k("meo.database.sslrootcert", STR, None, "CA file to verify the server's certificate",
+       nullable=True),
 
     _k("mepm", MAP, {}, "role mepm: the MEO this MEPM registers with"),
     _k("mepm.meo_url", STR, None, "base URL of the MEO", nullable=True),
@@ -396,6 +406,7 @@ def load(path: str | Path | None = None, sources: dict | None = None) -> dict[st
             cfg["hosts"] = [_inherit(h, i, src) for i, h in enumerate(cfg["hosts"])]
     check(cfg, where)
     _check_token_urls(cfg, where)
+    _check_database(cfg, where)
     seen = set()
     for i, host in enumerate(cfg["hosts"]):
         hid = host.get("id")
@@ -496,6 +507,22 @@ def _check_token_urls(cfg: dict, where: str) -> None:
                 check_token_url(url, key)
             except InvalidInput as e:
                 raise InvalidInput(f"{where}: {e.detail}") from None
+
+
+def _check_database(cfg: dict, where: str) -> None:
+    """`meo.database`, when given: a DSN libpq reads, without a password,
+    verifying TLS off loopback (mecorch.kernel.pgstore.settings; psycopg
+    is imported only for a configuration that names a database)."""
+    database = (cfg.get("meo") or {}).get("database")
+    if database is None:
+        return
+    if "dsn" not in database:
+        raise InvalidInput(f"{where}: meo.database needs 'dsn'")
+    from mecorch.kernel.pgstore import settings
+    try:
+        settings(database)
+    except InvalidInput as e:
+        raise InvalidInput(f"{where}: {e.detail}") from None
 
 
 def _inherit(host: dict, i: int, src: dict) -> dict:

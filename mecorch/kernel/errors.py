@@ -13,6 +13,9 @@ class MecorchError(Exception):
 
     status = 500
     title = "Internal error"
+    # seconds a client should wait before trying again (the answer's
+    # Retry-After), for a failure that is expected to pass
+    retry_after: int | None = None
 
     def __init__(self, detail: str):
         super().__init__(detail)
@@ -111,12 +114,15 @@ class BackendUnavailable(BackendError):
     status, title = 503, "Backend unavailable"
 
 
-class StoreUnavailable(MecorchError):
-    """The state store (an MEO's PostgreSQL) cannot be reached: asked again
-    later, nothing was done."""
-    status, title = 503, "Store unavailable"
-
-
 class Timeout(BackendError):
     """The backend did not reach the wanted state in time."""
     status, title = 504, "Timeout"
+
+
+class StoreUnavailable(MecorchError):
+    """The state store's database cannot be reached (PostgreSQL down,
+    restarting, or the connection lost): nothing was done, or a commit's
+    outcome is unknown (said in the detail). The next call opens a new
+    connection."""
+    status, title = 503, "State store unavailable"
+    retry_after = 2

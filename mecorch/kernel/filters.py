@@ -15,6 +15,7 @@ from pathlib import PurePosixPath
 from typing import Any, Callable
 
 from mecorch.kernel.errors import InvalidInput
+from mecorch.kernel.store import AllOf, ColumnIn, TextIn
 
 _TERM = re.compile(r"\((eq|neq|in|nin|gt|gte|lt|lte|cont|ncont),([A-Za-z0-9_/.]{1,128}),"
                    r"([^()]{0,1024})\)")
@@ -85,29 +86,25 @@ def _lookup(doc: Any, path: list[str]) -> Any:
     return doc
 
 
-def prefilter(expr: str | None, columns: tuple[str, ...] = ()) -> tuple[str, list[str]] | None:
-    """SQL over a stored JSON `doc` column that keeps a superset of what
-    `apply` keeps, so a store can skip decoding most rows (decoding every
-    document is what makes a query slow: 10,000 packages take ~0.6 s).
-    Only eq/in terms on a text value narrow; numbers, booleans, arrays,
-    nulls and missing paths all pass, and `apply` decides on them. A
-    top-level attribute among `columns` (the store's indexed text copies of
-    string fields) is matched on its column, using the index. None when no
-    term narrows."""
-    clauses, params = [], []
+def prefilter(expr: str | None, columns: tuple[str, ...] = ()) -> AllOf | None:
+    """A store condition (mecorch.kernel.store) that keeps a superset of
+    what `apply` keeps, so a store can skip decoding most rows (decoding
+    every document is what makes a query slow: 10,000 packages take
+    ~0.6 s). Only eq/in terms on a text value narrow; numbers, booleans,
+    arrays, nulls and missing paths all pass, and `apply` decides on them.
+    A top-level attribute among `columns` (the store's indexed text copies
+    of string fields) is matched on its column, using the index. None when
+    no term narrows."""
+    clauses: list = []
     for op, path, vals in parse(expr):
         if op not in ("eq", "in"):
             continue
-        # path parts match [A-Za-z0-9_.]+ (_TERM): quoted, they are literal keys
-        jpath = "$" + "".join(f'."{part}"' for part in path)
-        marks = ", ".join("?" * len(vals))
         if len(path) == 1 and path[0] in columns:
-            clauses.append(f'"{path[0]}" IN ({marks})')
-            params += vals
-            continue
-        clauses.append(f"(json_type(doc, ?) IS NOT 'text' OR json_extract(doc, ?) IN ({marks}))")
-        params += [jpath, jpath, *vals]
-    return (" AND ".join(clauses), params) if clauses else None
+            clauses.append(ColumnIn(path[0], tuple(vals)))
+        else:
+            # path parts match [A-Za-z0-9_.]+ (_TERM): each is a literal key
+            clauses.append(TextIn(tuple(path), tuple(vals), or_not_text=True))
+    return AllOf(tuple(clauses)) if clauses else None
 
 
 def exact_on_columns(expr: str | None, columns: tuple[str, ...]) -> bool:

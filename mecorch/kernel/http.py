@@ -685,6 +685,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
                                    stream, from_meo, query_all, caller_app, media_types))
         except MecorchError as e:
             resp = Response(e.status, e.problem(instance), content_type="application/problem+json")
+            if e.retry_after is not None:
+                resp.headers["Retry-After"] = str(e.retry_after)
             if isinstance(e, Unauthorized):
                 resp.headers["WWW-Authenticate"] = "Bearer"
         except Exception as e:  # noqa: BLE001 - a bug must still answer ProblemDetails

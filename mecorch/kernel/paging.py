@@ -10,7 +10,7 @@ from typing import Any
 
 from mecorch.kernel import filters
 from mecorch.kernel.errors import InvalidInput
-from mecorch.kernel.store import TABLES, Store
+from mecorch.kernel.store import TABLES, StateStore
 
 
 def parse_marker(marker: str | None) -> int:
@@ -22,14 +22,14 @@ def parse_marker(marker: str | None) -> int:
     return int(marker)
 
 
-def page(store: Store, table: str, filter_expr: str | None, marker: str | None, size: int,
+def page(store: StateStore, table: str, filter_expr: str | None, marker: str | None, size: int,
          **where: Any) -> tuple[list[str], str | None]:
     """Up to `size` views (as the store keeps them: JSON texts) of
     documents of `table` that match `filter_expr` (tested on the view, as
     the API shows it) after `marker`, and the next page's marker (None on
     the last). The filter's eq/in terms narrow rows in SQLite first
     (filters.prefilter); when they are all it has, on indexed columns,
-    SQLite's answer is exact and no view is decoded. `where` as in
+    the database's answer is exact and no view is decoded. `where` as in
     Store.page."""
     after = parse_marker(marker)
     columns = TABLES[table]

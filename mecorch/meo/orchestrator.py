@@ -20,7 +20,7 @@ from mecorch.kernel import views
 from mecorch.kernel.errors import BackendUnavailable
 from mecorch.kernel.events import Guarded
 from mecorch.mepm.inventory import Inventory
-from mecorch.kernel.store import Store
+from mecorch.kernel.store import open_store
 from mecorch.notifications.subscriptions import Subscriptions
 from mecorch.meo.lcm import SystemLcm
 from mecorch.meo.packages import SystemPackages
@@ -38,7 +38,7 @@ class MeoOrchestrator:
 
     def __init__(self, cfg: dict):
         self.cfg = cfg
-        self.store = Store(Path(cfg["state_dir"]) / "meo.db", views.MEO)
+        self.store = open_store(cfg, views.MEO, Path(cfg["state_dir"]) / "meo.db")
         # no edge host of its own: packages are verified and kept, not imported
         self.packages = SystemPackages(self.store, Inventory({**cfg, "hosts": []}), cfg)
         self.registry = Registry(self.store, cfg, on_return=self._host_returned)

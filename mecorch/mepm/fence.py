@@ -48,6 +48,7 @@ from typing import Callable
 from mecorch.kernel import logs
 from mecorch.kernel.errors import Conflict, MecorchError
 from mecorch.kernel.states import DeploymentType, InstantiationState, ObservedState
+from mecorch.kernel.store import Has
 from mecorch.kernel.timeutil import timestamp
 
 log = logging.getLogger("mecorch.fence")
@@ -63,7 +64,7 @@ WORD_FILE = "meo-word"
 STOP_GRACE_S = 2
 _KEEP = ("id", "hostId", "deploymentType", "instantiatedAppState", "_handle", "_lostAfter",
          "_fenced", "_probes", "appPkgId")
-_OPTED_IN = ("json_extract(doc, '$._lostAfter') IS NOT NULL", [])
+_OPTED_IN = Has(("_lostAfter",))
 
 
 def fenced(inst: dict | None) -> bool:

@@ -41,6 +41,7 @@ from mecorch.driverapi.contracts import ExecInside
 from mecorch.kernel import logs
 from mecorch.kernel.errors import Conflict, MecorchError
 from mecorch.kernel.states import DeploymentType, InstantiationState
+from mecorch.kernel.store import Has
 from mecorch.kernel.timeutil import timestamp
 from mecorch.kernel.workers import Workers
 from mecorch.spec.probes import Probe, Probes
@@ -52,7 +53,7 @@ TICK_S = 0.1            # the scheduler's resolution
 _KEEP = ("id", "hostId", "deploymentType", "instantiatedAppState", "allocatedResources",
          "_probes", "_handle", "_opId", "_health", "appPkgId", "_fenced")
 
-_WITH_PROBES = ("json_extract(doc, '$._probes') IS NOT NULL", [])
+_WITH_PROBES = Has(("_probes",))
 
 OnDead = Callable[[str, str], None]
 # (probe, instance address, instance doc) -> (passed, what was seen)

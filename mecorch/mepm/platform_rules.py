@@ -40,7 +40,7 @@ from mecorch.mepm import replicas
 from mecorch.mepm.claims import ClaimsLedger, check_targets, rule_values
 from mecorch.mepm.inventory import EdgeHost
 from mecorch.spec.rules import DnsRule, TrafficRule
-from mecorch.kernel.store import Store
+from mecorch.kernel.store import Store, TextIn
 
 log = logging.getLogger("mecorch.mepm.rules")
 
@@ -190,7 +190,7 @@ class PlatformRules:
         excepted); with `app_d_id`, only that app's, selected by SQLite
         (an apply on a host of 1,000 instances decodes its replicas' sets,
         not every one)."""
-        match = ("json_extract(doc, '$.appDId') = ?", [app_d_id]) if app_d_id else None
+        match = TextIn(("appDId",), (app_d_id,)) if app_d_id else None
         return [d for d in self.store.list("rules", match, hostId=host_id)
                 if d.get("id") != leaving]
 

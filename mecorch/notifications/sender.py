@@ -36,7 +36,7 @@ from typing import Callable
 
 from mecorch.kernel import outbound
 from mecorch.kernel.errors import InvalidInput
-from mecorch.kernel.store import Store
+from mecorch.kernel.store import ColumnIn, Store
 
 SHARED_POLL_S = 0.5
 log = logging.getLogger("mecorch.notify")
@@ -152,8 +152,7 @@ class Notifier:
         while not self._stop.is_set():
             match = None
             if blocked:
-                match = (f"subscriptionId NOT IN ({', '.join('?' * len(blocked))})",
-                         sorted(blocked))
+                match = ColumnIn("subscriptionId", tuple(sorted(blocked)), negate=True)
             rows = self.store.page(self.outbox, after, 100, match=match)
             if not rows:
                 break

@@ -37,7 +37,7 @@ from mecorch.kernel.errors import Conflict, IntegrityError, InvalidInput, Mecorc
 from mecorch.package import open_package
 from mecorch.kernel.states import (
     DeploymentType, InstantiationState, OnboardingState, OperationalState, UsageState)
-from mecorch.kernel.store import TABLES, Store
+from mecorch.kernel.store import TABLES, AnyOf, ColumnIn, Has, Store
 from mecorch.kernel.fileutil import sha256_file
 from mecorch.kernel.events import NONE as NO_EVENTS, Events
 from mecorch.kernel.timeutil import new_id, public
@@ -287,9 +287,9 @@ class PackageManager:
         done = []
         # only the rows needing work are decoded: start-up must not read
         # every package of a large store
-        for doc in self.store.list("packages", match=(
-                "onboardingState IS NOT ? OR json_extract(doc, '$._deletionPending')",
-                [OnboardingState.ONBOARDED.value])):
+        for doc in self.store.list("packages", match=AnyOf((
+                ColumnIn("onboardingState", (OnboardingState.ONBOARDED.value,), negate=True),
+                Has(("_deletionPending",))))):
             if doc.get("_awaitingContent") \
                     and doc["onboardingState"] == OnboardingState.CREATED.value:
                 continue                          # waits for its upload, across restarts

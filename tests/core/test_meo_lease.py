@@ -1,5 +1,5 @@
 """The MEO replicas' lease (mecorch.meo.leader) on a store two connections
-share, as two replica processes would: one leads, the other takes over only
+share, as two replica processes would (SQLite and PostgreSQL): one leads, the other takes over only
 after the leader has been silent for the lease's length, a deposed leader
 is fenced, a clean stop hands over at once."""
 
@@ -9,15 +9,21 @@ import time
 
 import pytest
 
+from mecorch.kernel.pgstore import PgStore, settings
 from mecorch.kernel.store import Store
 from mecorch.meo.leader import Fenced, Lease
 
 TTL = 0.6
 
 
-@pytest.fixture
-def stores(tmp_path):
-    made = [Store(tmp_path / "meo.db") for _ in range(2)]
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def stores(request, tmp_path):
+    """Two stores (two connections) on one database, as two replicas."""
+    if request.param == "sqlite":
+        made = [Store(tmp_path / "meo.db") for _ in range(2)]
+    else:
+        database = request.getfixturevalue("pgdatabase")
+        made = [PgStore(settings(database)) for _ in range(2)]
     yield made
     for s in made:
         s.close()

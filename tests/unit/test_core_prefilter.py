@@ -40,8 +40,8 @@ def test_prefilter_keeps_what_apply_keeps(store, expr):
 
 
 def test_prefilter_narrows_text_equality(store):
-    sql = filters.prefilter("(eq,s,text)")
-    assert [d["id"] for d in store.list("packages", match=sql)] == ["a"]
+    cond = filters.prefilter("(eq,s,text)")
+    assert [d["id"] for d in store.list("packages", match=cond)] == ["a"]
     assert filters.prefilter("(neq,s,text)") is None
 
 
