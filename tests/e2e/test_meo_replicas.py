@@ -1,4 +1,5 @@
-"""Three MEO replicas on one database and two MEPMs, each its own process,
+"""Three MEO replicas on one PostgreSQL database (the test lab's own
+cluster, tests/support/pglab.py) and two MEPMs, each its own process,
 on the real backends: a leader killed in the middle of a container deploy
 and of a VM deploy, a replica that does not lead killed, the database
 restarted in the middle of a deploy.
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import secrets
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 
 import pytest
@@ -24,7 +27,7 @@ from mecorch.kernel.client import ApiError
 from support import lab
 from support.receiver import Receiver
 
-pytestmark = [pytest.mark.docker, pytest.mark.libvirt, pytest.mark.mep]
+pytestmark = [pytest.mark.docker, pytest.mark.libvirt, pytest.mark.mep, pytest.mark.postgres]
 
 INST = "/app_lcm/v1/app_instances"
 OPS = "/app_lcm/v1/app_lcm_op_occs"
@@ -35,14 +38,8 @@ LEASE_S = 5             # the default
 TAKEOVER_S = 10         # the issue's bound
 
 
-def _database(tmp) -> dict | None:
-    """The replicas' database section (None: SQLite in the shared state
-    directory)."""
-    return None
-
-
 @pytest.fixture(scope="module")
-def system(sample_container, sample_vm):
+def system(sample_container, sample_vm, pglab):
     tmp = lab.private_dir("meorep")     # QEMU (libvirt-qemu) reaches the pools under it
     tag = secrets.token_hex(3)
     made: dict = {"netns": [], "docker_user": [], "hosts": []}
@@ -79,9 +76,7 @@ def system(sample_container, sample_vm):
         meo = {"heartbeat_s": 1, "sync_s": 2, "lease_s": LEASE_S,
                "mepms": [{"id": edges[n]["id"], "url": procs[n].url,
                           "token_file": str(tmp / f"{n}.token")} for n in edges]}
-        db = _database(tmp)
-        if db is not None:
-            meo["database"] = db
+        meo["database"] = pglab.database()
         for i in range(3):
             cfg = {"role": "meo", "state_dir": str(tmp / "meo"), "run_dir": str(tmp / f"run/meo{i}"),
                    "api": {"token_file": str(tmp / "meo.token")}, "hosts": [], "meo": meo}
@@ -96,7 +91,7 @@ def system(sample_container, sample_vm):
                      and len(c.get(HOSTS)) == 2, 60, "two REACHABLE hosts")
         pkgs = lab.onboard_samples(c, tmp)
         receiver = Receiver()
-        yield {"procs": procs, "edges": edges, "tmp": tmp, "pkgs": pkgs,
+        yield {"procs": procs, "edges": edges, "tmp": tmp, "pkgs": pkgs, "pglab": pglab,
                "receiver": receiver, "replicas": [f"meo{i}" for i in range(3)]}
         receiver.close()
     finally:
@@ -158,9 +153,10 @@ def _subscribe(s, via: str) -> None:
 
 
 def _wait_notices(s, got: dict) -> None:
-    """The op's COMPLETED notice came; then a while for any duplicate."""
+    """The op's end was notified; then a while for any duplicate."""
     try:
-        lab.wait_for(lambda: _op_notices(s, got["op"])["COMPLETED"] >= 1, 20, "COMPLETED notice")
+        lab.wait_for(lambda: _op_notices(s, got["op"])["COMPLETED"]
+                     + _op_notices(s, got["op"])["FAILED"] >= 1, 20, "the op's end notified")
     except AssertionError as e:
         raise AssertionError(f"{e}: got {s['receiver'].bodies()}\n" + "\n".join(
             f"--- {n}:\n{s['procs'][n].log_tail(3000)}" for n in s["replicas"])) from None
@@ -273,3 +269,64 @@ def test_a_replica_that_does_not_lead_killed_changes_nothing(system):
         c = s["procs"][name].client
         lists.append((sorted(i["id"] for i in c.get(INST)), sorted(o["id"] for o in c.get(OPS))))
     assert all(x == lists[0] for x in lists), lists
+
+
+def test_the_database_restarted_in_the_middle_of_a_deploy(system):
+    """PostgreSQL stopped for 3 s while a host deploys: meanwhile the
+    replicas answer 503 with Retry-After; then the op ends
+    (COMPLETED, or FAILED with a reason and nothing made), every replica
+    serves again without a restart, and the OSS hears of the op's end once."""
+    s = system
+    procs, edge = s["procs"], s["edges"]["edgeA"]
+    leader, _ = _wait_leader(s)
+    _subscribe(s, leader)
+    c = procs[leader].client
+    inst = c.post(INST, {"appDId": "sample-http"})[0]
+    op, _ = c.post(f"{INST}/{inst['id']}/instantiate", {
+        "deploymentType": "CONTAINER", "selectedMECHostInfo": [{"hostId": {"id": edge["id"]}}]})
+    lab.wait_for(lambda: _host_busy(edge), 60, "edgeA deploying", step=0.02)
+    # down for longer than the deploy takes: the op's end is seen while
+    # the database is away
+    s["pglab"].stop()
+    try:
+        for name in s["replicas"]:
+            status, retry = _raw_get(procs[name], INST)
+            assert status == 503 and retry, (name, status, retry)
+        time.sleep(3)
+    finally:
+        s["pglab"].start()
+    # every replica answers again (a 503 meanwhile is the answer to retry)
+    for name in s["replicas"]:
+        lab.wait_for(lambda: _answers(procs[name]), 30, f"{name} serving again")
+        assert procs[name].alive
+    done = c.wait_op(op, timeout=120)
+    host_view = [i for i in edge["proc"].client.get(INST) if i["id"] == inst["id"]]
+    if done["operationState"] == "COMPLETED":
+        assert host_view and host_view[0]["instantiationState"] == "INSTANTIATED"
+    else:
+        assert done["operationState"] == "FAILED" and done["error"]["detail"], done
+        assert not _containers(edge, inst["id"]), "a failed deploy left containers"
+    _wait_notices(s, {"op": op["id"]})
+    notices = _op_notices(s, op["id"])
+    assert notices[done["operationState"]] == 1 and max(notices.values()) == 1, notices
+    _wait_leader(s)                     # one leads again
+
+
+def _raw_get(proc, path: str) -> tuple[int, str | None]:
+    """(status, Retry-After) of a GET, read off the wire."""
+    req = urllib.request.Request(proc.url + path,
+                                 headers={"Authorization": f"Bearer {proc.token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.headers.get("Retry-After")
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Retry-After")
+
+
+def _answers(proc) -> bool:
+    try:
+        proc.client.get(INST)
+        return True
+    except ApiError as e:
+        assert e.status == 503, e       # the database away: nothing else
+        return False
