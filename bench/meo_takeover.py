@@ -55,14 +55,14 @@ def run(kills: int, sqlite: bool, lease_s: float) -> dict:
     (tmp / "meo.token").write_text(token + "\n")
     db = None
     if not sqlite:
-        from support.pglab import Postgres
-        db = Postgres(tmp / "pg")
-        db.start()
+        from support.pglab import PgLab
+        db = PgLab()
+        db.make()
     replicas = []
     try:
         meo = {"heartbeat_s": 1, "lease_s": lease_s}
         if db is not None:
-            meo["database"] = db.meo_database()
+            meo["database"] = db.database()
         for i in range(3):
             cfg = {"role": "meo", "state_dir": str(tmp / "meo"), "run_dir": str(tmp / f"run{i}"),
                    "api": {"token_file": str(tmp / "meo.token")}, "hosts": [], "meo": meo}
@@ -91,7 +91,7 @@ def run(kills: int, sqlite: bool, lease_s: float) -> dict:
         for p in replicas:
             p.stop()
         if db is not None:
-            db.stop()
+            db.remove()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
