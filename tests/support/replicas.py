@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import threading
+import urllib.error
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 DROP = 0        # a status meaning: read the request, close without an answer
@@ -15,11 +17,17 @@ DROP = 0        # a status meaning: read the request, close without an answer
 class Replica:
     """Answers every request with `status` and the JSON `body` (a
     ProblemDetails for an error status when none is given); DROP: reads
-    the request and closes the connection. `seen`: (method, path, headers,
-    JSON body) of each request, in order."""
+    the request and closes the connection; `forward_to`: a proxy (see
+    there). `seen`: (method, path, headers, JSON body) of each request, in
+    order."""
 
-    def __init__(self, status: int = 200, body=None):
+    def __init__(self, status: int = 200, body=None, forward_to: str | None = None,
+                 lose: tuple = ()):
         self.status, self.body = status, body
+        # a proxy to this API: its answers relayed, but those of the methods
+        # in `lose` lost on the way back (the request took effect there, the
+        # client never heard)
+        self.forward_to, self.lose = forward_to, lose
         self.seen: list[tuple[str, str, dict, object]] = []
         replica = self
 
@@ -27,9 +35,30 @@ class Replica:
             def _any(self):
                 n = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(n) if n else b""
-                replica.seen.append((self.command, self.path, dict(self.headers),
-                                     json.loads(raw) if raw else None))
-                if replica.status == DROP:
+                try:
+                    doc = json.loads(raw) if raw else None
+                except ValueError:
+                    doc = raw
+                replica.seen.append((self.command, self.path, dict(self.headers), doc))
+                if replica.forward_to:
+                    hdrs = {k: v for k, v in self.headers.items()
+                            if k.lower() not in ("host", "connection")}
+                    req = urllib.request.Request(replica.forward_to + self.path,
+                                                 data=raw or None, method=self.command,
+                                                 headers=hdrs)
+                    try:
+                        with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310
+                            status, ctype, data = r.status, r.headers["Content-Type"], r.read()
+                    except urllib.error.HTTPError as e:
+                        status, ctype, data = e.code, e.headers["Content-Type"], e.read()
+                    if self.command not in replica.lose:
+                        self.send_response(status)
+                        self.send_header("Content-Type", ctype or "application/json")
+                        self.send_header("Content-Length", str(len(data)))
+                        self.end_headers()
+                        self.wfile.write(data)
+                        return
+                if replica.status == DROP or replica.forward_to:
                     self.close_connection = True
                     self.wfile.flush()
                     self.connection.close()
