@@ -72,7 +72,7 @@ class Client:
         if self.token:
             hdrs = {**hdrs, "Authorization": f"Bearer {self.token}"}
         again = method in IDEMPOTENT or bool(hdrs.get("Idempotency-Key"))
-        start = self.bases.index(self.base)
+        start = self.bases.index(self.base) if self.base in self.bases else 0
         order = self.bases[start:] + self.bases[:start]
         failed: list[str] = []
         for i, base in enumerate(order):

@@ -1,4 +1,5 @@
-"""The MEO follows its hosts' operations by their own notifications.
+"""The MEO follows its hosts' operations and instance states by their own
+notifications.
 
 Each MEPM reached over HTTP is asked, whenever it becomes REACHABLE, to
 notify the MEO of its op occurrences' state changes: a MEC 010-2
@@ -11,8 +12,8 @@ of after its next poll: each one it dispatched is waited for here
 (`wait`), and read once when its notification comes.
 
 A second subscription on each such host, AppInstanceStateChange of every
-state, tells the MEO that an instance changed on the host by itself or by the
-host's operator (its restart policy gave up: STOPPED with CRASH_LOOP; an
+state, tells the MEO that an instance changed on the host by itself or by
+the host's operator (its restart policy gave up: STOPPED with CRASH_LOOP; an
 operate or terminate sent to the MEPM directly): the MEO reads that one
 instance from the host at once (`SystemLcm.refresh_instance`, off the
 host's request, one read at a time per instance), instead of at its next
@@ -28,8 +29,8 @@ callback its api.callback_networks refuses) is polled as before, and so is
 one whose ops keep ending unnotified (`ended`: a certificate of the MEO it
 does not trust, a notification lost with its store).
 
-The token is kept in the MEO's state directory (0600): the subscription a
-host keeps across the MEO's restarts still carries the right one.
+The token is kept in the MEO's state directory (0600): the subscriptions
+a host keeps across the MEO's restarts still carry the right one.
 """
 
 from __future__ import annotations
