@@ -777,15 +777,14 @@ class SystemLcm(InstanceQueries):
         An instance with an operation of the MEO in progress is left to it
         (it takes the host's view when it ends). Returns what changed."""
         iid = self._of_host(entry.host_id, host_instance_id)
-        if iid is None:
-            return None
+        if iid is None or self._op_holds(iid):
+            return None         # (the host's STARTED after the MEO's own instantiate)
         view = entry.mepm.get_instance(host_instance_id)
         with self._lock:            # no op of the MEO starts meanwhile (_exclusive)
             inst = self.store.get("instances", iid)
             remote = (inst or {}).get("_hostInstance") or {}
             if (remote.get("hostId"), remote.get("id")) != (entry.host_id, host_instance_id) \
-                    or iid in self._busy or any(not o["_plan"].get(replace.STALE)
-                                                for o in self.journal.in_progress(iid)):
+                    or self._op_holds(iid):
                 return None
             before = {k: inst.get(k) for k in _FROM_HOST}
             if view is not None:
@@ -797,6 +796,13 @@ class SystemLcm(InstanceQueries):
             self.store.put("instances", iid, inst)
         self._tell_change(inst, before)
         return f"instance {iid} refreshed from host {entry.host_id} (notified)"
+
+    def _op_holds(self, iid: str) -> bool:
+        """An operation of the MEO runs on the instance, or waits for its
+        host to return (a re-placement's removal of a stale copy does not
+        count: the instance lives elsewhere)."""
+        return iid in self._busy or any(not o["_plan"].get(replace.STALE)
+                                        for o in self.journal.in_progress(iid))
 
     def _of_host(self, host_id: str, host_instance_id: str) -> str | None:
         """The MEO's id of a host's instance: the same id (one identity),
