@@ -44,8 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE",
                    help="YAML config overlaid on the embedded default "
                         "(config/mecorch.yaml documents every key)")
-    p.add_argument("--api", metavar="URL",
-                   help="mecorch API to talk to (default: http://<api.listen>)")
+    p.add_argument("--api", metavar="URL[,URL...]",
+                   help="mecorch API to talk to (default: $MECORCH_API, else "
+                        "http://<api.listen>); several URLs separated by commas (the "
+                        "replicas of an MEO): a request goes on to the next when one cannot "
+                        "be reached or answers 503, if sending it again is safe")
     p.add_argument("--token", metavar="TOKEN",
                    help="bearer token for the API (default: $MECORCH_TOKEN, which other "
                         "users cannot see in `ps`; needed when the server has api.token_file)")
@@ -260,7 +263,8 @@ def _run(args) -> int:
         return 0
     from mecorch.cli import commands
     from mecorch.kernel.client import Client
-    client = Client(args.api or f"http://{cfg['api']['listen']}", token=args.token)
+    api = args.api or os.environ.get("MECORCH_API") or f"http://{cfg['api']['listen']}"
+    client = Client(api, token=args.token)
     return getattr(commands, f"{args.command}_{args.action}")(client, args)
 
 

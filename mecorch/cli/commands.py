@@ -12,6 +12,7 @@ import json
 import sys
 import time
 import urllib.parse
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -26,6 +27,13 @@ OPS = "/app_lcm/v1/app_lcm_op_occs"
 MP1 = "/mec_app_support/v1/applications"
 HOSTS = "/mecorch/v1/hosts"
 READYZ = "/readyz"
+
+
+def once() -> dict:
+    """The Idempotency-Key of one create or instantiate of this command:
+    sent again to another of the API's URLs (`--api` with several), the
+    server answers what the first made, never a second one."""
+    return {"Idempotency-Key": f"cli-{uuid.uuid4()}"}
 
 
 def _q(filter_expr: str | None) -> str:
@@ -169,7 +177,7 @@ def app_create(c: Client, a) -> int:
     body = {"appDId": a.app_d_id}
     if a.name:
         body["appInstanceName"] = a.name
-    return emit(a, c.post(INST, body)[0], lambda d: print(d["id"]))
+    return emit(a, c.post(INST, body, once())[0], lambda d: print(d["id"]))
 
 
 def app_instantiate(c: Client, a) -> int:
@@ -195,7 +203,7 @@ def app_instantiate(c: Client, a) -> int:
                                      address)
     if rules is not None:
         body.update(rules)
-    op, _ = c.post(f"{INST}/{iid}/instantiate", body)
+    op, _ = c.post(f"{INST}/{iid}/instantiate", body, once())
     if a.type == "VM":
         print("  a VM is deployed once it took a DHCP lease and opened its first port "
               "(up to the host's vim.boot_timeout_s)", file=sys.stderr, flush=True)

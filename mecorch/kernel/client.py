@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import errno
+import http.client
 import json
 import os
+import socket
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any, TextIO
 
-from mecorch.kernel.errors import MecorchError, Timeout
+from mecorch.kernel.errors import InvalidInput, MecorchError, Timeout
 from mecorch.kernel.fileutil import sha256_file
 
 PKGM = "/app_pkgm/v1"
@@ -28,9 +32,29 @@ class ApiError(MecorchError):
         self.body = problem
 
 
+# Methods a request of which may be sent again to another URL after it
+# may have reached the first: they change nothing, or the same again
+# (RFC 9110 9.2.2). A POST may be sent again only with an Idempotency-Key
+# the API honours (create and instantiate: the replay answers what the
+# first made).
+IDEMPOTENT = ("GET", "HEAD", "OPTIONS", "PUT", "DELETE")
+# Transport failures that happen before a byte of the request left: the
+# connection was never made, so any request may go to the next URL.
+_NOT_SENT = (ConnectionRefusedError, socket.gaierror)
+_UNREACHABLE = (errno.EHOSTUNREACH, errno.ENETUNREACH)
+
+
 class Client:
+    """`base_url`: the API's URL, or several separated by commas (the
+    replicas of one MEO, or a load balancer and a replica): each request
+    goes to the one that answered last (first the first), and on to the
+    next when that one cannot be reached or answers 503, as long as
+    sending it again is safe: a request that never left, an idempotent
+    method, or a POST with an Idempotency-Key."""
+
     def __init__(self, base_url: str, token: str | None = None, timeout: float = 60):
-        self.base = base_url.rstrip("/")
+        self.bases = parse_urls(base_url)
+        self.base = self.bases[0]         # the one in use: the last that answered
         self.token = token if token is not None else os.environ.get("MECORCH_TOKEN")
         self.timeout = timeout
 
@@ -40,17 +64,50 @@ class Client:
         hdrs = {"Accept": "application/json", **(headers or {})}
         if data is not None:
             hdrs["Content-Type"] = "application/json"
+        return self._send(method, path, lambda: data, hdrs)
+
+    def _send(self, method: str, path: str, data, hdrs: dict) -> tuple[int, Any, dict]:
+        """`data()` gives the body anew for each URL tried (a file is
+        opened again)."""
         if self.token:
-            hdrs["Authorization"] = f"Bearer {self.token}"
-        req = urllib.request.Request(self.base + path, data=data, method=method, headers=hdrs)
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:   # noqa: S310
-                return resp.status, _decode(resp.read(), resp.headers), dict(resp.headers)
-        except urllib.error.HTTPError as e:
-            payload = _decode(e.read(), e.headers)
-            raise ApiError(e.code, payload if isinstance(payload, dict) else {}) from None
-        except OSError as e:
-            raise MecorchError(f"cannot reach mecorch at {self.base}: {e}") from None
+            hdrs = {**hdrs, "Authorization": f"Bearer {self.token}"}
+        again = method in IDEMPOTENT or bool(hdrs.get("Idempotency-Key"))
+        start = self.bases.index(self.base) if self.base in self.bases else 0
+        order = self.bases[start:] + self.bases[:start]
+        failed: list[str] = []
+        for i, base in enumerate(order):
+            last = i == len(order) - 1
+            req = urllib.request.Request(base + path, data=data(), method=method, headers=hdrs)
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:   # noqa: S310
+                    self.base = base
+                    return resp.status, _decode(resp.read(), resp.headers), dict(resp.headers)
+            except urllib.error.HTTPError as e:
+                payload = _decode(e.read(), e.headers)
+                if e.code == 503 and again and not last:
+                    failed.append(f"{base}: HTTP 503")
+                    continue                # not ready, no leader, a proxy without a backend
+                self.base = base
+                raise ApiError(e.code, payload if isinstance(payload, dict) else {}) from None
+            except (OSError, http.client.HTTPException) as e:
+                # (an answer cut short, a malformed one: HTTPException)
+                reason = getattr(e, "reason", e) or type(e).__name__
+                failed.append(f"{base}: {reason}")
+                if last:
+                    break
+                if again or _never_sent(e):
+                    continue
+                raise MecorchError(
+                    f"cannot reach mecorch at {base}: {reason}; a {method} without an "
+                    "Idempotency-Key is not sent to another URL (it may have reached this "
+                    f"one: look before you retry): {', '.join(failed)}") from None
+            finally:
+                close = getattr(req.data, "close", None)
+                if close is not None:
+                    close()
+        if len(self.bases) == 1:
+            raise MecorchError(f"cannot reach mecorch at {failed[0]}")
+        raise MecorchError(f"cannot reach mecorch at any of its URLs: {'; '.join(failed)}")
 
     def get(self, path: str) -> Any:
         return self.call("GET", path)[1]
@@ -82,18 +139,8 @@ class Client:
         size = os.path.getsize(zip_path)
         hdrs = {"Content-Type": "application/zip", "Content-Length": str(size),
                 "Accept": "application/json"}
-        if self.token:
-            hdrs["Authorization"] = f"Bearer {self.token}"
-        with open(zip_path, "rb") as f:
-            req = urllib.request.Request(self.base + href, data=f, method="PUT", headers=hdrs)
-            try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:   # noqa: S310
-                    resp.read()
-            except urllib.error.HTTPError as e:
-                payload = _decode(e.read(), e.headers)
-                raise ApiError(e.code, payload if isinstance(payload, dict) else {}) from None
-            except OSError as e:
-                raise MecorchError(f"cannot upload to mecorch at {self.base}: {e}") from None
+        # streamed from the file, opened again for each URL tried
+        self._send("PUT", href, lambda: open(zip_path, "rb"), hdrs)
         return self.get(info["_links"]["self"]["href"])
 
     def wait_op(self, op: dict, timeout: float = 600, out: TextIO | None = None) -> dict:
@@ -122,6 +169,28 @@ class Client:
                               f"after {timeout:.0f}s")
             time.sleep(0.2)
             seen_steps += 1
+
+
+def parse_urls(text: str) -> list[str]:
+    """The API's URLs from `--api`/MECORCH_API: one, or several separated
+    by commas; each an http(s) URL of a host (a path prefix is kept)."""
+    urls = [u.strip().rstrip("/") for u in str(text).split(",")]
+    for url in urls:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InvalidInput(f"API URL {url!r} must be http(s)://HOST:PORT (several: "
+                               "separated by commas)")
+    if len(set(urls)) != len(urls):
+        raise InvalidInput(f"API URLs {text!r} name one URL twice")
+    return urls
+
+
+def _never_sent(e: Exception) -> bool:
+    """The request never left: the connection itself was refused or had
+    no route (urllib wraps what the connect raised in a URLError)."""
+    reason = getattr(e, "reason", e)
+    return isinstance(reason, _NOT_SENT) or (
+        isinstance(reason, OSError) and reason.errno in _UNREACHABLE)
 
 
 def _op_name(op: dict) -> str:

@@ -38,7 +38,7 @@ from typing import Any
 from mecorch.kernel.errors import InvalidInput
 from mecorch.kernel.schema import (  # noqa: F401 - the schema's vocabulary, named here too
     ABSENT, BOOL, DRIVER_GROUP, INT, LIST, MAP, NUMBER, ONE_ITEM, OPEN_MAP, POSITIVE, PREFS,
-    REQUIRED, STR, STRS, Key, key)
+    REQUIRED, STR, STRS, URLS, Key, key)
 from mecorch.kernel.yamlsafe import load_yaml
 
 ROLES = ("cim", "vim", "mep")
@@ -129,7 +129,8 @@ KEYS: list[Key] = [
        nullable=True),
 
     _k("mepm", MAP, {}, "role mepm: the MEO this MEPM registers with"),
-    _k("mepm.meo_url", STR, None, "base URL of the MEO", nullable=True),
+    _k("mepm.meo_url", URLS, None, "base URL of the MEO, or a list of its replicas' URLs "
+       "(registered with the first that answers)", nullable=True),
     _k("mepm.meo_token_file", STR, None, "bearer token to call the MEO with", nullable=True),
     _k("mepm.meo_ca_file", STR, None, "CA to check the MEO's TLS certificate", nullable=True),
     _k("mepm.advertise_url", STR, None, "URL the MEO reaches this MEPM at (registration)",
@@ -498,7 +499,7 @@ def _check_token_urls(cfg: dict, where: str) -> None:
     its MEO, an MEO's to its MEPMs) must be https or loopback: refused here,
     before anything starts, naming the key."""
     from mecorch.kernel.outbound import check_token_url
-    urls = [("mepm.meo_url", (cfg.get("mepm") or {}).get("meo_url"))]
+    urls = meo_urls(cfg.get("mepm") or {})
     urls += [(f"meo.mepms[{i}].url", m.get("url"))
              for i, m in enumerate((cfg.get("meo") or {}).get("mepms") or [])]
     for key, url in urls:
@@ -523,6 +524,17 @@ def _check_database(cfg: dict, where: str) -> None:
         settings(database)
     except InvalidInput as e:
         raise InvalidInput(f"{where}: {e.detail}") from None
+
+
+def meo_urls(mepm: dict) -> list[tuple[str, str]]:
+    """(the key naming it, URL) of each MEO URL of an MEPM's section:
+    `mepm.meo_url` is one URL or a list of them (the replicas of one MEO)."""
+    value = mepm.get("meo_url")
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [("mepm.meo_url", value)]
+    return [(f"mepm.meo_url[{i}]", url) for i, url in enumerate(value)]
 
 
 def _inherit(host: dict, i: int, src: dict) -> dict:

@@ -27,6 +27,9 @@ NUMBER = ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v
 POSITIVE = ("a number above 0", lambda v: NUMBER[1](v) and v > 0)
 BOOL = ("true or false", lambda v: isinstance(v, bool))
 STRS = ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
+# one URL, or the URLs of one service's replicas (tried in order)
+URLS = ("a URL or a non-empty list of URLs", lambda v: isinstance(v, str) or (
+    isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v)))
 LIST = ("a list", lambda v: isinstance(v, list))          # of mappings: see its "[]" rows
 MAP = ("a mapping", lambda v: isinstance(v, dict))       # its keys: the rows below it
 # a mapping whose keys its driver checks (they depend on one another)

@@ -1,4 +1,5 @@
-"""The MEO follows its hosts' operations by their own notifications.
+"""The MEO follows its hosts' operations and instance states by their own
+notifications.
 
 Each MEPM reached over HTTP is asked, whenever it becomes REACHABLE, to
 notify the MEO of its op occurrences' state changes: a MEC 010-2
@@ -10,6 +11,17 @@ the MEO learns that a host's op ended within a millisecond or two instead
 of after its next poll: each one it dispatched is waited for here
 (`wait`), and read once when its notification comes.
 
+A second subscription on each such host, AppInstanceStateChange of every
+state, tells the MEO that an instance changed on the host by itself or by
+the host's operator (its restart policy gave up: STOPPED with CRASH_LOOP; an
+operate or terminate sent to the MEPM directly): the MEO reads that one
+instance from the host at once (`SystemLcm.refresh_instance`, off the
+host's request, one read at a time per instance), instead of at its next
+resync (every meo.sync_s, which stays the fallback after a notification
+missed while the MEO was away). A subscription the host holds for this
+route at another address of the MEO (a replica that led before) is
+removed when the MEO subscribes (`Mepm.follow`).
+
 Polling stays the fallback: a followed host's op is still read every
 FALLBACK_POLL_S at the most, so nothing waits on a notification that
 never comes; a host that refuses the subscription (an MEPM in process, a
@@ -17,8 +29,8 @@ callback its api.callback_networks refuses) is polled as before, and so is
 one whose ops keep ending unnotified (`ended`: a certificate of the MEO it
 does not trust, a notification lost with its store).
 
-The token is kept in the MEO's state directory (0600): the subscription a
-host keeps across the MEO's restarts still carries the right one.
+The token is kept in the MEO's state directory (0600): the subscriptions
+a host keeps across the MEO's restarts still carry the right one.
 """
 
 from __future__ import annotations
@@ -40,6 +52,7 @@ HOSTS = "/mecorch/v1/hosts"
 TOKEN_FILE = "meo-notification-token"
 FALLBACK_POLL_S = 0.25      # a followed host's op is read at least this often
 MISSES = 3                  # ops in a row seen ended unnotified: the host is polled again
+MAX_REFRESHING = 32         # instance reads at once; beyond, the next resync reads them
 
 
 class OpFollower:
@@ -52,6 +65,10 @@ class OpFollower:
         self._waiting: dict[tuple[str, str], threading.Event] = {}
         self.followed: set[str] = set()     # hosts that said they will notify
         self._misses: dict[str, int] = {}    # host -> its ops in a row ended unnotified
+        # (host id, host's instance id) -> read it; set by the MEO's LCM
+        self.on_instance = None
+        # (host, instance) being read -> notified again meanwhile (read again)
+        self._refreshing: dict[tuple[str, str], bool] = {}
 
     # ------------------------------------------------------------ subscribing
     def subscribe(self, entry: HostEntry) -> None:
@@ -104,14 +121,57 @@ class OpFollower:
         return FALLBACK_POLL_S if host_id in self.followed else cap
 
     def notified(self, host_id: str, body) -> None:
-        """A host's notification: wake whoever waits on that op."""
-        op_id = body.get("appLcmOpOccId") if isinstance(body, dict) else None
+        """A host's notification: wake whoever waits on that op, or read the
+        instance whose state changed."""
+        if not isinstance(body, dict):
+            return
+        if "appLcmOpOccId" not in body:         # an AppInstNotification
+            iid = body.get("appInstanceId")
+            if isinstance(iid, str) and 0 < len(iid) <= 128:
+                self._instance_changed(host_id, iid)
+            return
+        op_id = body.get("appLcmOpOccId")
         if not isinstance(op_id, str):
             return
         with self._lock:
             event = self._waiting.get((host_id, op_id))
         if event is not None:
             event.set()
+
+    def _instance_changed(self, host_id: str, iid: str) -> None:
+        """Read the instance on a thread of its own (the host's sender waits
+        for the answer to its POST; the read is a call back to that host).
+        Notified again while it is read: read once more after."""
+        key = (host_id, iid)
+        with self._lock:
+            if self.on_instance is None:
+                return
+            if key in self._refreshing:
+                self._refreshing[key] = True
+                return
+            if len(self._refreshing) >= MAX_REFRESHING:
+                log.debug("edge host %s: instance %s left to the next resync (%d reads "
+                          "running)", host_id, iid, MAX_REFRESHING)
+                return
+            self._refreshing[key] = False
+        threading.Thread(target=self._refresh, args=(key,), name=f"meo-refresh-{iid[:8]}",
+                         daemon=True).start()
+
+    def _refresh(self, key: tuple[str, str]) -> None:
+        while True:
+            try:
+                self.on_instance(*key)
+            except MecorchError as e:       # the host went away: the resync catches up
+                log.info("edge host %s: instance %s not read after its notification: %s",
+                         key[0], key[1], e.detail)
+            except Exception:               # noqa: BLE001 - the next resync reads it
+                log.exception("edge host %s: instance %s not read after its notification",
+                              *key)
+            with self._lock:
+                if not self._refreshing.get(key):
+                    self._refreshing.pop(key, None)
+                    return
+                self._refreshing[key] = False
 
     def check(self, authorization: str) -> None:
         """The host presents the token of its subscription (the callback

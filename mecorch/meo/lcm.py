@@ -113,6 +113,7 @@ class SystemLcm(InstanceQueries):
         # mecorch.meo.leader; set by the MEO)
         self.leading: Callable[[], bool] = lambda: True
         self.follower = OpFollower(cfg["state_dir"], (cfg.get("meo") or {}).get("callback_url"))
+        self.follower.on_instance = self._instance_notified
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -778,11 +779,7 @@ class SystemLcm(InstanceQueries):
             if {k: inst.get(k) for k in _FROM_HOST} != before:
                 self.store.put("instances", inst["id"], inst)
                 done.append(f"instance {inst['id']} resynced from host {entry.host_id}")
-                if inst.get("observedState") == "CRASH_LOOP" \
-                        and before.get("observedState") != "CRASH_LOOP":
-                    # the host's restart policy gave up: the MEO's subscribers
-                    # are told as the host's are (STOPPED, with CRASH_LOOP)
-                    self.journal.events.instance(inst, "STOPPED")
+                self._tell_change(inst, before)
         if fenced:
             done += self._unfence(entry, fenced)
         for op in self.journal.in_progress():
@@ -790,6 +787,73 @@ class SystemLcm(InstanceQueries):
                 done.append(f"resumed {operation_words(op['lcmOperation'])} {op['id']} on host "
                             f"{entry.host_id}")
         return done
+
+    def _tell_change(self, inst: dict, before: dict) -> None:
+        """The MEO's subscribers hear of a change read from the host (one an
+        op of the MEO made is told when the op ends): the instance's
+        AppInstanceState (an operate or terminate done at the host), or the
+        host's restart policy giving up, told as the host's subscribers are
+        told (STOPPED, with CRASH_LOOP)."""
+        if _app_state(inst) != _app_state(before):
+            self.journal.events.instance(inst)
+        elif inst.get("observedState") == "CRASH_LOOP" \
+                and before.get("observedState") != "CRASH_LOOP":
+            self.journal.events.instance(inst, "STOPPED")
+
+    def _instance_notified(self, host_id: str, host_instance_id: str) -> None:
+        """mecorch.meo.follow: the host notified a state change of one of
+        its instances."""
+        try:
+            entry = self.registry.get(host_id)
+        except NotFound:
+            return
+        line = self.refresh_instance(entry, host_instance_id)
+        if line:
+            log.info("%s", line)
+
+    def refresh_instance(self, entry: HostEntry, host_instance_id: str) -> str | None:
+        """The MEO's copy of one instance takes the host's view at once, as
+        a resync does for all (after the host's AppInstanceStateChange
+        notification), and the MEO's subscribers are told what changed.
+        An instance with an operation of the MEO in progress is left to it
+        (it takes the host's view when it ends). Returns what changed."""
+        iid = self._of_host(entry.host_id, host_instance_id)
+        if iid is None or self._op_holds(iid):
+            return None         # (the host's STARTED after the MEO's own instantiate)
+        view = entry.mepm.get_instance(host_instance_id)
+        with self._lock:            # no op of the MEO starts meanwhile (_exclusive)
+            inst = self.store.get("instances", iid)
+            remote = (inst or {}).get("_hostInstance") or {}
+            if (remote.get("hostId"), remote.get("id")) != (entry.host_id, host_instance_id) \
+                    or self._op_holds(iid):
+                return None
+            before = {k: inst.get(k) for k in _FROM_HOST}
+            if view is not None:
+                self._copy_host_view(inst, view, entry.host_id)
+            elif inst["instantiationState"] == INSTANTIATED:
+                inst["observedState"] = "MISSING"           # the host lost it
+            if {k: inst.get(k) for k in _FROM_HOST} == before:
+                return None
+            self.store.put("instances", iid, inst)
+        self._tell_change(inst, before)
+        return f"instance {iid} refreshed from host {entry.host_id} (notified)"
+
+    def _op_holds(self, iid: str) -> bool:
+        """An operation of the MEO runs on the instance, or waits for its
+        host to return (a re-placement's removal of a stale copy does not
+        count: the instance lives elsewhere)."""
+        return iid in self._busy or any(not o["_plan"].get(replace.STALE)
+                                        for o in self.journal.in_progress(iid))
+
+    def _of_host(self, host_id: str, host_instance_id: str) -> str | None:
+        """The MEO's id of a host's instance: the same id (one identity),
+        else the one an older host made under an id of its own."""
+        def mine(inst: dict | None) -> bool:
+            remote = (inst or {}).get("_hostInstance") or {}
+            return (remote.get("hostId"), remote.get("id")) == (host_id, host_instance_id)
+        if mine(self.store.get("instances", host_instance_id)):
+            return host_instance_id
+        return next((i["id"] for i in self.store.list("instances") if mine(i)), None)
 
     def _unfence(self, entry: HostEntry, fenced: list[tuple[str, str]]) -> list[str]:
         """Tell the host that these fenced instances are still the MEO's
@@ -953,6 +1017,13 @@ def refusal_reasons(e: MecorchError) -> list[str]:
         else:
             kinds.add("limits")
     return sorted(kinds)
+
+
+def _app_state(inst: dict) -> str | None:
+    """The AppInstanceState a record shows (what AppInstNotification says)."""
+    if inst.get("instantiationState") != INSTANTIATED:
+        return NOT_INSTANTIATED
+    return (inst.get("instantiatedAppState") or {}).get("operationalState")
 
 
 def _is_graceful_terminate(op: dict) -> bool:

@@ -212,9 +212,12 @@ class Mepm(abc.ABC):
     @abc.abstractmethod
     def follow(self, callback_url: str, token: str) -> bool:
         """Ask the host to notify its op occurrences' state changes
-        (AppLcmOpOccStateChange) to `callback_url` with bearer `token`;
-        asking again finds the same subscription. True when it will; False
-        when the MEO is better off reading the host (in process)."""
+        (AppLcmOpOccStateChange) and its instances' (AppInstanceStateChange,
+        every state) to `callback_url` with bearer `token`; asking again
+        finds the same subscriptions. The host's subscriptions for the
+        same callback path at another address (a former MEO replica's, an
+        old address of the MEO) are removed. True when it will; False when
+        the MEO is better off reading the host (in process)."""
 
     @abc.abstractmethod
     def services(self) -> list[dict]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import os
 import ssl
 import threading
@@ -26,6 +27,8 @@ from mecorch.kernel import errors, outbound
 from mecorch.kernel.client import _next_link           # one reading of Link rel="next"
 from mecorch.kernel.errors import BackendUnavailable, MecorchError
 from mecorch.mepm.contract import HostInfo, Mepm
+
+log = logging.getLogger("mecorch.mepm.remote")
 
 # How a kept-alive connection the MEPM closed while it was idle shows on the
 # next request: over TLS the close arrives as an SSL EOF, not as the plain
@@ -44,6 +47,9 @@ SERVICE_MGMT = "/mec_service_mgmt/v1"
 # identity across the levels): a mecorch extension of Mm3, taken by an MEPM
 # from its MEO only (mecorch.api).
 MEO_ID = "X-Mecorch-Meo-Id"
+# What the MEO follows of a host by notifications (mecorch.meo.follow): its
+# op occurrences and its instances' states.
+FOLLOWED = ("AppLcmOpOccStateChange", "AppInstanceStateChange")
 ONBOARD_TIMEOUT_S = 600.0
 _BY_STATUS = {400: errors.InvalidInput, 401: errors.Unauthorized, 403: errors.Forbidden,
               404: errors.NotFound, 409: errors.Conflict, 412: errors.PreconditionFailed,
@@ -298,12 +304,51 @@ class RemoteMepm(Mepm):
         return out
 
     def follow(self, callback_url: str, token: str) -> bool:
-        """A MEC 010-2 AppLcmOpOccStateChange subscription on the host (a
-        303 is the same one, made before)."""
-        body = {"subscriptionType": "AppLcmOpOccStateChange", "callbackUri": callback_url,
-                "authentication": {"authType": ["BEARER"], "paramsBearer": {"token": token}}}
-        self._request("POST", f"{LCM}/subscriptions", body, answered=(303,))
+        """Two MEC 010-2 subscriptions on the host (one type each, as ETSI
+        models them): AppLcmOpOccStateChange and AppInstanceStateChange of
+        every state; a 303 is the same one, made before. Then the host's
+        subscriptions for this callback's path at another address are
+        removed (`_forget_others`)."""
+        auth = {"authType": ["BEARER"], "paramsBearer": {"token": token}}
+        for kind in FOLLOWED:
+            self._request("POST", f"{LCM}/subscriptions", {
+                "subscriptionType": kind, "callbackUri": callback_url, "authentication": auth},
+                answered=(303,))
+        try:
+            self._forget_others(callback_url)
+        except MecorchError as e:       # the new ones are made: tried again at the next
+            log.warning("edge host %s: subscriptions of the MEO's former addresses not "
+                        "removed: %s", self.host_id, e.detail)
         return True
+
+    def _forget_others(self, callback_url: str) -> list[str]:
+        """Remove the host's subscriptions whose callback is this one's path
+        (the MEO's notification route for this host id) at another scheme
+        or address: made by an MEO replica that led before, or the MEO at
+        an address it no longer has. The host would go on sending to (and
+        retrying) a callback nobody reads. Nothing else is touched: an
+        OSS's subscriptions name other paths. Returns the removed ids."""
+        mine = urllib.parse.urlsplit(callback_url)
+        listing = self._get(f"{LCM}/subscriptions") or {}
+        removed = []
+        for link in (listing.get("_links") or {}).get("subscriptions") or []:
+            href = link.get("href") if isinstance(link, dict) else None
+            if not isinstance(href, str) or link.get("subscriptionType") not in FOLLOWED \
+                    or not href.startswith(f"{LCM}/subscriptions/") or "?" in href:
+                continue
+            try:
+                sub = self._get(href)
+                theirs = urllib.parse.urlsplit(str(sub.get("callbackUri", "")))
+                if theirs.path != mine.path \
+                        or (theirs.scheme, theirs.netloc) == (mine.scheme, mine.netloc):
+                    continue
+                self.call("DELETE", href)
+            except errors.NotFound:
+                continue                # removed meanwhile
+            log.info("edge host %s: removed subscription %s of a former MEO address (%s)",
+                     self.host_id, href.rsplit("/", 1)[-1], sub.get("callbackUri"))
+            removed.append(href.rsplit("/", 1)[-1])
+        return removed
 
     def services(self) -> list[dict]:
         """Its registry, with the operator's token (an MEPM serves one host)."""

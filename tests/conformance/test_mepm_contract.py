@@ -317,17 +317,35 @@ def test_services_are_the_host_s_registry(lab):
 
 
 def test_follow_subscribes_once_or_says_the_meo_reads(lab):
-    """Over HTTP the host is asked to notify its op changes (one MEC 010-2
-    subscription, asked again: the same one); in process it says no (the
-    MEO reads the host's store)."""
+    """Over HTTP the host is asked to notify its op changes and its
+    instances' state changes (one MEC 010-2 subscription of each type,
+    asked again: the same ones), and its subscriptions for the same
+    callback path at another MEO address are removed, no other; in
+    process it says no (the MEO reads the host's store)."""
     url = "http://127.0.0.1:9/mecorch/v1/hosts/h/notifications"
+    subs = lab.orch.subscriptions
+
+    def made(callback: str, kind: str = "AppLcmOpOccStateChange") -> str:
+        return subs.create("lcm", {"subscriptionType": kind, "callbackUri": callback})["id"]
+    former = [made("http://127.0.0.2:9/mecorch/v1/hosts/h/notifications"),
+              made("https://127.0.0.1:9/mecorch/v1/hosts/h/notifications",
+                   "AppInstanceStateChange")]
+    kept = [made("http://127.0.0.2:9/mecorch/v1/hosts/other/notifications"),
+            made("http://127.0.0.2:9/oss/notifications"),
+            made("http://127.0.0.2:9/oss/notifications", "AppInstanceStateChange")]
     will = lab.mepm.follow(url, "t" * 43)
     assert lab.mepm.follow(url, "t" * 43) is will
-    subs = [s for s in lab.orch.store.list("oss_subscriptions", api="lcm")
-            if s["callbackUri"] == url]
-    assert len(subs) == (1 if will else 0), subs
+    held = lab.orch.store.list("oss_subscriptions", api="lcm")
+    mine = [s for s in held if s["callbackUri"] == url]
+    assert len(mine) == (2 if will else 0), mine
+    ids = {s["id"] for s in held}
+    assert set(kept) <= ids
     if will:
-        assert subs[0]["subscriptionType"] == "AppLcmOpOccStateChange"
+        assert sorted(s["subscriptionType"] for s in mine) == [
+            "AppInstanceStateChange", "AppLcmOpOccStateChange"]
+        assert not ids & set(former)
+    else:
+        assert set(former) <= ids
 
 
 def test_health_names_each_backend(lab):

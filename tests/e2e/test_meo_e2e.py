@@ -108,8 +108,11 @@ def system(sample_container, sample_vm):
                    "api": {"token_file": str(tmp / f"{name}.token"),
                            "mp1_url": f"http://127.0.0.1:{port}/mec_app_support/v1"},
                    "hosts": [entry]}
-            if k == 3:      # edge3 is not in the MEO's config: it registers itself
-                cfg["mepm"] = {"meo_url": f"http://127.0.0.1:{meo_port}",
+            if k == 3:      # edge3 is not in the MEO's config: it registers itself,
+                # with the first of its MEO URLs that answers (the first: nobody)
+                nobody = next(p for p in iter(lab.free_port, None) if p != meo_port)
+                cfg["mepm"] = {"meo_url": [f"http://127.0.0.1:{nobody}",
+                                           f"http://127.0.0.1:{meo_port}"],
                                "meo_token_file": str(tmp / "meo.token")}
             procs[name] = lab.Serve(cfg, tmp, name=name, role="mepm", listen=f"127.0.0.1:{port}",
                                     token=tokens[name])
@@ -223,11 +226,12 @@ def test_placement_across_three_mepms(system):
 
 
 def test_each_mepm_notifies_the_meo_of_its_ops(system):
-    """The MEO follows its hosts' ops by their notifications
-    (mecorch.meo.follow): each MEPM holds one AppLcmOpOccStateChange
-    subscription whose callback is the MEO, and after a deploy through the
-    MEO every notification was taken (no delivery failure, nothing
-    pending); the callback refuses any other token."""
+    """The MEO follows its hosts' ops and instance states by their
+    notifications (mecorch.meo.follow): each MEPM holds one
+    AppLcmOpOccStateChange and one AppInstanceStateChange subscription
+    whose callback is the MEO, and after a deploy through the MEO every
+    notification was taken (no delivery failure, nothing pending); the
+    callback refuses any other token."""
     c, procs = system["c"], system["procs"]
     meo_url = procs["meo"].url
     _deploy(c, "meo-http", deploymentType="CONTAINER")
@@ -239,9 +243,11 @@ def test_each_mepm_notifies_the_meo_of_its_ops(system):
             got = procs[name].client.get("/app_lcm/v1/subscriptions")["_links"]["subscriptions"]
             subs = [procs[name].client.get(s["href"]) for s in got]
             return [s for s in subs if s["callbackUri"] == callback]
-        _wait(lambda: len(delivered()) == 1 and "deliveryFailure" not in delivered()[0], 10,
-              f"{name}'s subscription of the MEO, its notifications taken")
-        assert delivered()[0]["subscriptionType"] == "AppLcmOpOccStateChange"
+        _wait(lambda: len(delivered()) == 2
+              and not any("deliveryFailure" in sub for sub in delivered()), 10,
+              f"{name}'s subscriptions of the MEO, their notifications taken")
+        assert sorted(sub["subscriptionType"] for sub in delivered()) == [
+            "AppInstanceStateChange", "AppLcmOpOccStateChange"]
     req = urllib.request.Request(f"{meo_url}/mecorch/v1/hosts/x/notifications", data=b"{}",
                                  method="POST", headers={"Authorization": "Bearer guessed",
                                                          "Content-Type": "application/json"})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import stat
 import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -95,3 +96,34 @@ def test_a_host_whose_ops_keep_ending_unnotified_is_polled_again(tmp_path):
     assert f.followed == set() and f.poll_cap("h1", 0.02) == 0.02
     f.subscribe(host)                                       # asked again on its return
     assert f.followed == {"h1"}
+
+
+def test_an_instance_notification_reads_that_instance_off_the_request(tmp_path):
+    """An AppInstNotification (no appLcmOpOccId) has the instance read, on
+    a thread of its own; notified again while it is read: read once more
+    after, however many came meanwhile."""
+    f = OpFollower(str(tmp_path))
+    reads, first_in, go_on = [], threading.Event(), threading.Event()
+
+    def read(host_id, iid):
+        reads.append((host_id, iid, threading.current_thread().name))
+        first_in.set()
+        go_on.wait(5)
+    f.notified("h1", {"appInstanceId": "i1", "notificationType": "STOPPED"})  # no reader yet
+    f.on_instance = read
+    for garbage in ({"appInstanceId": 7}, {"appInstanceId": ""}, {"appInstanceId": "x" * 129},
+                    {"appLcmOpOccId": "op1", "appInstanceId": "i1"}):
+        f.notified("h1", garbage)
+    assert reads == []
+    f.notified("h1", {"appInstanceId": "i1", "notificationType": "STOPPED"})
+    assert first_in.wait(5)
+    for _ in range(3):
+        f.notified("h1", {"appInstanceId": "i1", "notificationType": "STARTED"})
+    go_on.set()
+    deadline = time.monotonic() + 5
+    while len(reads) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    assert [r[:2] for r in reads] == [("h1", "i1")] * 2
+    assert all(r[2].startswith("meo-refresh-") for r in reads)
+    assert f._refreshing == {}
