@@ -817,11 +817,16 @@ class SystemLcm(InstanceQueries):
         notification), and the MEO's subscribers are told what changed.
         An instance with an operation of the MEO in progress is left to it
         (it takes the host's view when it ends). Returns what changed."""
+        if not self.leading():
+            return None         # a former leader's subscription: the leader follows
         iid = self._of_host(entry.host_id, host_instance_id)
         if iid is None or self._op_holds(iid):
             return None         # (the host's STARTED after the MEO's own instantiate)
         view = entry.mepm.get_instance(host_instance_id)
-        with self._lock:            # no op of the MEO starts meanwhile (_exclusive)
+        # no op of the MEO starts meanwhile, in this replica or another
+        # (_exclusive)
+        with self._lock, self.store.transaction():
+            self.store.lock(f"instance:{iid}")
             inst = self.store.get("instances", iid)
             remote = (inst or {}).get("_hostInstance") or {}
             if (remote.get("hostId"), remote.get("id")) != (entry.host_id, host_instance_id) \
