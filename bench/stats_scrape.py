@@ -26,11 +26,13 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import lab  # noqa: F401 - puts the repository and tests/ on sys.path
+import lab
 from mecorch.driverapi.model import ResourceUsage  # noqa: E402
 from mecorch.kernel.states import DeploymentType  # noqa: E402
 from support.corelab import INST, instantiate, node_env, onboard  # noqa: E402
 from support.fakes import MeteredCompute  # noqa: E402
+
+REPO = lab.REPO     # (importing lab put it and tests/ on sys.path)
 
 
 def timed_get(url: str) -> tuple[float, bytes]:

@@ -216,3 +216,24 @@ def test_nova_diagnostics():
     # a hypervisor driver that fills nothing: None, not 0
     assert diagnostics_usage({"cpu_details": [{"id": 0, "time": None}]}, 3.0) \
         == ResourceUsage(at=3.0)
+
+
+def test_nova_refusing_diagnostics_is_unavailable_not_a_failure():
+    """Nova's default policy gives server diagnostics to admins only: its
+    403 becomes UnsupportedAction (shown as unavailable, with the reason);
+    any other failure stays a failure."""
+    from openstack import exceptions as sdk
+    from drivers.openstack_vim.errors import diagnostics_errors
+    from mecorch.kernel.errors import BackendError, NotFound
+    with pytest.raises(UnsupportedAction) as got:
+        with diagnostics_errors("diagnostics of server mecorch-x"):
+            raise sdk.HttpException("Policy doesn't allow os_compute_api:os-server-diagnostics "
+                                    "to be performed.", http_status=403)
+    assert "refuses server diagnostics to this user" in got.value.detail
+    assert "Policy doesn't allow" in got.value.detail
+    with pytest.raises(NotFound):
+        with diagnostics_errors("diagnostics"):
+            raise sdk.NotFoundException("no server", http_status=404)
+    with pytest.raises(BackendError):
+        with diagnostics_errors("diagnostics"):
+            raise sdk.HttpException("boom", http_status=500)
