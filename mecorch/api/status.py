@@ -567,8 +567,15 @@ def restarts_cell(inst: dict) -> str | None:
     return f"{inst['restartCount']} ({policy}{last})"
 
 
-def _mib(n) -> str:
-    return "?" if n is None else f"{n / 1048576:.1f} MiB"
+def _size(n) -> str:
+    """Bytes in binary units, as `docker stats` prints them: 512 B, 1.5 KiB."""
+    if n is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:g} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 
 def _usage_cell(u: dict | None) -> str:
@@ -579,11 +586,11 @@ def _usage_cell(u: dict | None) -> str:
     if "cpuPercent" not in u:
         return _cell(f"unavailable: {u.get('unavailable') or u.get('error', '')}", "muted")
     cpu = "?" if u.get("cpuPercent") is None else f"{u['cpuPercent']:g} %"
-    mem = _mib(u.get("memoryBytes")) + (f" / {_mib(u['memoryLimitBytes'])}"
-                                        if u.get("memoryLimitBytes") is not None else "")
-    text = (f"cpu {cpu}, mem {mem}, net rx/tx {_mib(u.get('networkRxBytes'))} / "
-            f"{_mib(u.get('networkTxBytes'))}, disk r/w {_mib(u.get('blockReadBytes'))} / "
-            f"{_mib(u.get('blockWriteBytes'))}, read {_ts(u.get('time'))}")
+    mem = _size(u.get("memoryBytes")) + (f" / {_size(u['memoryLimitBytes'])}"
+                                         if u.get("memoryLimitBytes") is not None else "")
+    text = (f"cpu {cpu}, mem {mem}, net rx/tx {_size(u.get('networkRxBytes'))} / "
+            f"{_size(u.get('networkTxBytes'))}, disk r/w {_size(u.get('blockReadBytes'))} / "
+            f"{_size(u.get('blockWriteBytes'))}, read {_ts(u.get('time'))}")
     if u.get("error"):
         text += f" (last read failed: {u['error']})"
     return _cell(text, "bad" if u.get("error") else "")
