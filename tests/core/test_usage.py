@@ -21,6 +21,7 @@ from mecorch.kernel.states import DeploymentType
 from mecorch.mepm import usage as U
 from support.corelab import INST, env, instantiate, onboard, terminate  # noqa: F401
 from support.fakes import MeteredCompute
+from support.meolab import deploy as meo_deploy, onboard as meo_onboard, system  # noqa: F401
 
 MiB = 1 << 20
 
@@ -237,3 +238,27 @@ def test_nova_refusing_diagnostics_is_unavailable_not_a_failure():
     with pytest.raises(BackendError):
         with diagnostics_errors("diagnostics"):
             raise sdk.HttpException("boom", http_status=500)
+
+
+def test_the_meo_host_list_shows_each_host_s_sum(system):  # noqa: F811
+    """A host's MEPM reports its instances' figures summed with its host
+    info; the MEO's host list shows them as of its last heartbeat."""
+    s = system
+    cim = MeteredCompute(DeploymentType.CONTAINER, cpus=2)
+    s.hosts["edge2"].inventory.get("edge2").attach("cim", cim)
+    pkg = meo_onboard(s)
+    iid, op = meo_deploy(s, pkg["appDId"], deploymentType="CONTAINER",
+                         selectedMECHostInfo=[{"hostId": {"id": "edge2"}}])
+    assert op["operationState"] == "COMPLETED", op
+    t0 = time.time()
+    cim.figures[iid] = figures(t0, 2.0, 24 * MiB)
+    s.hosts["edge2"].usage_reader.read_all()
+    cim.figures[iid] = figures(t0 + 4, 3.0, 24 * MiB)
+    s.hosts["edge2"].usage_reader.read_all()
+    for entry in s.meo.registry.entries():
+        s.meo.registry.beat(entry)
+    hosts = {h["hostId"]: h for h in s.c.get("/mecorch/v1/hosts")}
+    assert hosts["edge2"]["resourceUsage"]["cpuPercent"] == 25.0
+    assert hosts["edge2"]["resourceUsage"]["memoryBytes"] == 24 * MiB
+    assert hosts["edge2"]["resourceUsage"]["instances"] == 1
+    assert hosts["edge1"]["resourceUsage"]["instances"] == 0      # nothing there
