@@ -87,6 +87,9 @@ KEYS: list[Key] = [
        "longest download of a package from an http(s) appPkgPath, in total"),
     _k("orchestrator.health_interval_s", NUMBER, 15, "probe every backend, and read every "
        "instance's resource usage, this often"),
+    _k("orchestrator.usage_interval_s", NUMBER, None, "read every instance's resource usage "
+       "this often instead (null: health_interval_s; 0: never)", nullable=True,
+       bounds=(0, 86400)),
     _k("orchestrator.prefer", STR, None, "manner a dual-format app gets when both fit",
        nullable=True, choices=("container", "vm")),
     _k("orchestrator.prefer_by_app", PREFS, {}, "the same, per appDId (wins over prefer)"),

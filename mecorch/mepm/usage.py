@@ -3,8 +3,9 @@ its backend counts them (Docker's stats, libvirt's domain stats, Nova's
 server diagnostics: the compute driver's `UsageReadable.read_usage`).
 
 Read in the background while `mecorch serve` runs, on the schedule of the
-host's health probes (`orchestrator.health_interval_s`, one round for every
-INSTANTIATED instance of this process's hosts), never when an API request
+host's backend health probes (`orchestrator.health_interval_s`, unless
+`orchestrator.usage_interval_s` sets its own; one round for every
+INSTANTIATED instance of this process's hosts, in a thread of its own), never when an API request
 comes and never on a deploy's path; kept in memory per instance (the store
 is not written: the figures change every round and are not state). What the
 API, the status page and /metrics show is the last reading, with the time
@@ -90,8 +91,12 @@ def cpu_percent(prev: ResourceUsage | None, now: ResourceUsage) -> float | None:
 class UsageReader:
     def __init__(self, orch, interval_s: float | None = None):
         self.orch = orch
-        self.interval = interval_s if interval_s is not None else \
-            float(orch.cfg["orchestrator"].get("health_interval_s", 15))
+        cfg = orch.cfg["orchestrator"]
+        if interval_s is None:
+            interval_s = cfg.get("usage_interval_s")
+        if interval_s is None:
+            interval_s = cfg.get("health_interval_s", 15)
+        self.interval = float(interval_s)
         self._lock = threading.Lock()
         self._readings: dict[str, Reading] = {}
         self._stop = threading.Event()
