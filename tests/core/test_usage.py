@@ -9,6 +9,8 @@ documents."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import urllib.request
 
@@ -108,6 +110,13 @@ def test_a_reading_shows_in_the_view_app_show_metrics_status_and_host(metered):
     assert host["resourceUsage"]["cpuPercent"] == 50.0
     assert host["resourceUsage"]["memoryBytes"] == 40 * MiB
     assert host["resourceUsage"]["instances"] == 1
+    # the CLI: `app show` on one line, `host list` the host's sum
+    for argv, want in ((("app", "show", iid), "resourceUsage: cpu 50 %, memory 40.0 MiB / "
+                        "64.0 MiB, net rx 1000 B tx 4.8 MiB, block read 4.0 KiB write 20.0 MiB"),
+                       (("host", "list"), "default: 1 instance(s) use cpu 50 %, memory 40.0 MiB")):
+        out = subprocess.run([sys.executable, "-m", "mecorch.cli", "--api", e.c.base, *argv],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and want in out.stdout, out.stdout + out.stderr
     # terminated: gone from the reader at its next round, and from /metrics
     assert terminate(e, iid)["operationState"] == "COMPLETED"
     e.orch.usage_reader.read_all()
