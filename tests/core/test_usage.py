@@ -125,6 +125,38 @@ def test_a_reading_shows_in_the_view_app_show_metrics_status_and_host(metered):
     assert e.orch.usage_reader.host_sum("default")["instances"] == 0
 
 
+def documented(schema: str, body) -> list[str]:
+    """What of `body` breaks mecorch.yaml's components/schemas/`schema`."""
+    import jsonschema
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+    from support.etsischema import DOC_PATH, doc, errors_of, etsi_components
+
+    def retrieve(uri: str) -> Resource:
+        name = uri.rsplit("/", 1)[1]
+        return Resource.from_contents({"components": etsi_components(name)},
+                                      default_specification=DRAFT202012)
+    reg = Registry(retrieve=retrieve).with_resource(
+        DOC_PATH.as_uri(), Resource.from_contents(doc(), default_specification=DRAFT202012))
+    v = jsonschema.Draft202012Validator(
+        {"$ref": f"{DOC_PATH.as_uri()}#/components/schemas/{schema}"}, registry=reg)
+    return errors_of(v, body)
+
+
+def test_the_views_are_as_documented(metered):
+    e = metered
+    iid = deployed(e)
+    t0 = time.time()
+    for n in range(2):
+        e.cim.figures[iid] = figures(t0 + n, 1.0 + n)
+        e.orch.usage_reader.read_all()
+    inst = e.c.get(f"{INST}/{iid}")
+    assert documented("ResourceUsage", inst["resourceUsage"]) == []
+    hosts = e.c.get("/mecorch/v1/hosts")
+    assert [documented("EdgeHost", h) for h in hosts] == [[]]
+    assert documented("ResourceUsage", {"cpuPercent": "lots"}) != []    # it can fail
+
+
 def test_two_instances_sum_per_host(metered):
     e = metered
     a, b = deployed(e), e.c.post(INST, {"appDId": "sample-http"})[0]["id"]
