@@ -163,6 +163,11 @@ def test_found_again_after_a_restart(lab, uid):
 
 
 
+# The UsageReadable drivers whose figures were checked on their backend
+# (OpenStack's server diagnostics are implemented but were not run against
+# the test cloud yet: its lab joins once they are).
+@pytest.mark.parametrize("lab", [pytest.param(n, marks=MARKS[n]) for n in ("docker", "libvirt")],
+                         indirect=True)
 def test_usage_of_a_running_instance_and_of_one_gone(lab, uid):
     """A UsageReadable driver reads one instance's figures from its backend
     in one cheap call (no second sample waited for): memory in use, CPU
@@ -170,8 +175,7 @@ def test_usage_of_a_running_instance_and_of_one_gone(lab, uid):
     from mecorch.driverapi.contracts import UsageReadable
     import time
     drv = lab.drv
-    if not isinstance(drv, UsageReadable):
-        pytest.skip(f"{type(drv).__name__} declares no UsageReadable")
+    assert isinstance(drv, UsageReadable)
     iid = f"use-{uid}"
     alloc = drv.deploy(lab.request(iid))
     try:
