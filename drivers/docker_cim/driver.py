@@ -637,8 +637,12 @@ class DockerCIM(ComputeDriver, Watchable, Revivable, Uninstallable, ExecInside, 
             else:
                 status = app.get("Status", "")
                 code = re.match(r"Exited \((-?\d+)\)", status)       # "Exited (137) 5 s ago"
+                # killed (137): by its memory limit? (the summary does not say)
+                fault = OOM_KILLED if code and code[1] == "137" \
+                    and self._oom_killed(app["Id"]) else ""
                 out.append(Observation(iid, _STATES.get(app["State"], ObservedState.UNKNOWN),
-                                       handle, status, int(code[1]) if code else None))
+                                       handle, f"{status}, {fault}" if fault else status,
+                                       int(code[1]) if code else None, fault))
         return out
 
     def capacity(self) -> HostCapacity:

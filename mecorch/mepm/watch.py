@@ -29,7 +29,7 @@ from mecorch.kernel import logs
 from mecorch.kernel.errors import MecorchError
 from mecorch.driverapi.contracts import Watchable
 from mecorch.driverapi.model import Observation
-from mecorch.kernel.states import DeploymentType, InstanceOperationalState, ObservedState
+from mecorch.kernel.states import DeploymentType, ObservedState
 from mecorch.mepm import runtimes
 
 log = logging.getLogger("mecorch.watch")
@@ -146,20 +146,7 @@ class Watcher:
                            package=inst.get("appPkgId"), host=host.id, manner=manner.value,
                            state=obs.state.value, was=old, detail=obs.detail)
             if obs.fault and obs.state is not ObservedState.RUNNING and old != obs.state.value:
-                self._tell_fault(obs)
+                self.orch.reconciler.tell_fault(obs)
             if supervisor is not None:
                 # the policy decides (restart after its wait, give up, leave)
                 supervisor.died(host, manner, obs)
-
-    def _tell_fault(self, obs: Observation) -> None:
-        """A fault the backend named (a container OOM killed, a VM crashed
-        or paused on a disk error): AppInstanceStateChange to the STOPPED
-        subscribers, with observedStateDetail saying which (as a crash loop
-        is told: the operator's operationalState is still STARTED)."""
-        inst = self.orch.store.get("instances", obs.instance_id)
-        if inst is None:
-            return
-        logs.event("instance.fault", logging.WARNING, instance=obs.instance_id,
-                   package=inst.get("appPkgId"), host=inst.get("hostId"), fault=obs.fault,
-                   detail=obs.detail)
-        self.orch.lcm.journal.events.instance(inst, InstanceOperationalState.STOPPED.value)

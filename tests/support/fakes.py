@@ -109,7 +109,8 @@ class FakeCompute(ComputeDriver):
 
     def start(self, handle):
         self._maybe_fail("start")
-        self.instances[self._id(handle)].update(state=ObservedState.RUNNING, exit_code=None)
+        self.instances[self._id(handle)].update(state=ObservedState.RUNNING, exit_code=None,
+                                                fault="")
 
     def stop(self, handle, timeout_s):
         self._maybe_fail("stop")
@@ -123,17 +124,20 @@ class FakeCompute(ComputeDriver):
     def inspect(self, handle):
         inst = self.instances.get(self._id(handle))
         return Observation(handle["id"], inst["state"] if inst else ObservedState.MISSING, handle,
-                           exit_code=(inst or {}).get("exit_code"))
+                           (inst or {}).get("fault", ""), (inst or {}).get("exit_code"),
+                           (inst or {}).get("fault", ""))
 
     def list_instances(self):
         if self.down:
             raise BackendUnavailable("fake backend down (list_instances)")
-        return [Observation(i, v["state"], {"id": i}, exit_code=v.get("exit_code"))
-                for i, v in self.instances.items()]
+        return [Observation(i, v["state"], {"id": i}, v.get("fault", ""), v.get("exit_code"),
+                            v.get("fault", "")) for i, v in self.instances.items()]
 
-    def crash(self, instance_id: str, exit_code: int | None) -> None:
-        """The runtime ends by itself (what a `docker kill` is to Docker)."""
-        self.instances[instance_id].update(state=ObservedState.STOPPED, exit_code=exit_code)
+    def crash(self, instance_id: str, exit_code: int | None, fault: str = "") -> None:
+        """The runtime ends by itself (what a `docker kill` is to Docker);
+        `fault`: what the backend names of it (its detail too)."""
+        self.instances[instance_id].update(state=ObservedState.STOPPED, exit_code=exit_code,
+                                           fault=fault)
 
 
 class MeteredCompute(FakeCompute, UsageReadable):
