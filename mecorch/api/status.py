@@ -337,14 +337,17 @@ class Metrics:
          "block_write_bytes", True))
 
     def _usage(self, gauge, store):
-        """Each instance's figures as its backend last counted them (in
-        memory: no store read); labels instance and host only; an instance
-        gone is gone from the reader, and so are its series."""
+        """Each instance's figures as its backend last counted them (the
+        reader's memory); labels instance and host only; an instance no
+        longer INSTANTIATED has no series from this scrape on (the reader
+        forgets it at its next round)."""
         reader = getattr(self.orch, "usage_reader", None)      # an MEO reads no backend
         if reader is None:
             return
         from prometheus_client.core import CounterMetricFamily
-        readings = sorted(reader.readings().items())
+        live = {d["id"] for d in store.list(
+            "instances", instantiationState=InstantiationState.INSTANTIATED.value, keep=("id",))}
+        readings = sorted((iid, r) for iid, r in reader.readings().items() if iid in live)
         pct = gauge("mecorch_instance_cpu_percent", "CPU the instance used between its last two "
                     "readings, percent of one core", labels=("instance", "host"))
         at = gauge("mecorch_instance_usage_read_timestamp_seconds", "When the instance's "

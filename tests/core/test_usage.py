@@ -117,11 +117,12 @@ def test_a_reading_shows_in_the_view_app_show_metrics_status_and_host(metered):
         out = subprocess.run([sys.executable, "-m", "mecorch.cli", "--api", e.c.base, *argv],
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and want in out.stdout, out.stdout + out.stderr
-    # terminated: gone from the reader at its next round, and from /metrics
+    # terminated: gone from /metrics at once, from the reader at its next round
     assert terminate(e, iid)["operationState"] == "COMPLETED"
-    e.orch.usage_reader.read_all()
     m = scrape(e.c.base)
     assert not [s for s in m["mecorch_instance_memory_bytes"] if s.labels["instance"] == iid]
+    e.orch.usage_reader.read_all()
+    assert e.orch.usage_reader.reading(iid) is None
     assert e.orch.usage_reader.host_sum("default")["instances"] == 0
 
 
