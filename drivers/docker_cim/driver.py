@@ -38,6 +38,7 @@ from mecorch.kernel.states import DeploymentType, ObservedState
 from . import pause, settings
 from . import plan as P
 from .backend import backend_errors, connect, drain, gone_ok, list_containers
+from .stats import usage_of
 from .plan import (LABEL_HOST, LABEL_INSTANCE, LABEL_MEM_BYTES, LABEL_NANO_CPUS,
                    LABEL_NETWORK, LABEL_RESERVED, LABEL_ROLE, LABEL_VOLUME, Plan, make_plan)
 from .images import ImageRepository
@@ -580,7 +581,7 @@ class DockerCIM(ComputeDriver, Watchable, Revivable, Uninstallable, ExecInside, 
             raise NotFound("the instance has no app container")
         with backend_errors(f"stats of {app[:12]}"):
             s = self._client().stats(app, stream=False, one_shot=True)
-        return _usage_of(s, time.time())
+        return usage_of(s, time.time())
 
     def inspect(self, handle: dict) -> Observation:
         iid = self._check_handle(handle)
@@ -671,32 +672,6 @@ class DockerCIM(ComputeDriver, Watchable, Revivable, Uninstallable, ExecInside, 
             memory_mb_total=info["MemTotal"] // MiB, memory_mb_used=mem_used // MiB,
             disk_gb_total=fs.f_blocks * fs.f_frsize / GiB,
             disk_gb_used=(fs.f_blocks - fs.f_bfree) * fs.f_frsize / GiB)
-
-
-def _usage_of(s: dict, at: float) -> ResourceUsage:
-    """A ResourceUsage from Docker's stats document (cgroup v1 or v2)."""
-    cpu = ((s.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage")
-    mem = s.get("memory_stats") or {}
-    used = mem.get("usage")
-    if used is not None:
-        # what the docker CLI subtracts: the inactive file cache
-        stats = mem.get("stats") or {}
-        cache = stats.get("total_inactive_file", stats.get("inactive_file"))
-        if cache is not None and cache < used:
-            used -= cache
-    nets = (s.get("networks") or {}).values()
-    blk: dict[str, int] = {}
-    for row in (s.get("blkio_stats") or {}).get("io_service_bytes_recursive") or []:
-        op = str(row.get("op", "")).lower()
-        blk[op] = blk.get(op, 0) + int(row.get("value") or 0)
-    running = bool(mem)          # a stopped container's stats are empty
-    return ResourceUsage(
-        at=at, cpu_seconds=cpu / 1e9 if cpu is not None and running else None,
-        memory_bytes=used, memory_limit_bytes=mem.get("limit"),
-        net_rx_bytes=sum(int(n.get("rx_bytes") or 0) for n in nets) if running else None,
-        net_tx_bytes=sum(int(n.get("tx_bytes") or 0) for n in nets) if running else None,
-        block_read_bytes=blk.get("read", 0) if running else None,
-        block_write_bytes=blk.get("write", 0) if running else None)
 
 
 def _instant(text: str) -> float:

@@ -210,7 +210,7 @@ def test_cpu_percent_from_two_readings():
 
 # ---------------------------------------------------------------- the drivers' parsers
 def test_docker_stats_document():
-    from drivers.docker_cim.driver import _usage_of
+    from drivers.docker_cim.stats import usage_of as _usage_of
     s = {"cpu_stats": {"cpu_usage": {"total_usage": 2_500_000_000}},
          "memory_stats": {"usage": 50 * MiB, "limit": 128 * MiB,
                           "stats": {"total_inactive_file": 8 * MiB}},
@@ -232,7 +232,7 @@ def test_docker_stats_document():
 
 
 def test_libvirt_domain_stats():
-    from drivers.libvirt_vim.driver import usage_of
+    from drivers.libvirt_vim.stats import usage_of
     st = {"cpu.time": 31_000_000_000, "balloon.maximum": 131072, "balloon.current": 131072,
           "balloon.rss": 100000, "net.count": 1, "net.0.rx.bytes": 5, "net.0.tx.bytes": 7,
           "block.count": 2, "block.0.rd.bytes": 1000, "block.0.wr.bytes": 10,
