@@ -25,6 +25,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import docker.utils
+
 from mecorch.kernel import validate
 from mecorch.driverapi.catalog import ImageCatalog
 from mecorch.driverapi.contracts import (
@@ -579,8 +581,12 @@ class DockerCIM(ComputeDriver, Watchable, Revivable, Uninstallable, ExecInside, 
         app = self._ref(handle, "app")
         if not app:
             raise NotFound("the instance has no app container")
+        api = self._client()
+        # one-shot needs API 1.41 (Docker 20.10, Debian 12's); an older
+        # daemon samples twice, a second apart (in the reader's thread)
+        one_shot = True if not docker.utils.version_lt(api.api_version, "1.41") else None
         with backend_errors(f"stats of {app[:12]}"):
-            s = self._client().stats(app, stream=False, one_shot=True)
+            s = api.stats(app, stream=False, one_shot=one_shot)
         return usage_of(s, time.time())
 
     def inspect(self, handle: dict) -> Observation:
