@@ -5,8 +5,9 @@ Docker Engine, with 10 other containers running, with the usage reader
 every 0.5 s (orchestrator.usage_interval_s 0.5: 30x the default pace, each
 round one one-shot `docker stats` per container) against the reader off
 (usage_interval_s 0); the backend health probes at their default pace in
-both (health_interval_s 15). In labs run A-B-A-B (each its own `mecorch serve`, crashlab.Lab: host id, network,
-chains of its own), `--n` deploys each. Prints the p50/max of each and the
+both (health_interval_s 15). In labs run A-B-A-B (each its own `mecorch
+serve`, crashlab.Lab: host id, network, chains of its own), `--n` deploys
+each. Prints the p50/max of each and the
 ratio of the p50s.
 
     /opt/mecorch/venv/bin/python bench/stats_deploy.py [--n 6] [--others 10]

@@ -600,10 +600,10 @@ class DockerCIM(ComputeDriver, Watchable, Revivable, Uninstallable, ExecInside, 
         detail = f"{st['Status']}, exit code {st.get('ExitCode')}" + \
             (f", {OOM_KILLED}" if st.get("OOMKilled") else "")
         state = _STATES.get(st["Status"], ObservedState.UNKNOWN)
+        ended = state is not ObservedState.RUNNING
         return Observation(iid, state, handle, detail,
-                           None if state is ObservedState.RUNNING else _exit_code(st.get("ExitCode")),
-                           OOM_KILLED if st.get("OOMKilled") and state is not ObservedState.RUNNING
-                           else "")
+                           _exit_code(st.get("ExitCode")) if ended else None,
+                           OOM_KILLED if ended and st.get("OOMKilled") else "")
 
     def list_instances(self) -> list[Observation]:
         api = self._client()

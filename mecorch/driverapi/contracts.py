@@ -18,8 +18,8 @@ Failure semantics, which every driver implementation must keep:
   names) so `list_instances` can find it after a restart without the store.
 
 Optional capabilities (`Watchable`, `Revivable`, `Uninstallable`,
-`RuleAudit`, `DnsOnAppNetworks`, `ExecInside`, `UsageReadable`) are ABCs a driver inherits to declare them;
-the core checks them with `isinstance`.
+`RuleAudit`, `DnsOnAppNetworks`, `ExecInside`, `UsageReadable`) are ABCs a
+driver inherits to declare them; the core checks them with `isinstance`.
 """
 
 from __future__ import annotations
@@ -324,8 +324,8 @@ class UsageReadable(abc.ABC):
     network and block I/O) from its backend's own counters (Docker's stats,
     libvirt's domain stats, Nova's server diagnostics). Read in the
     background on the host's health schedule (mecorch.mepm.usage), never
-    on a deploy's path: one call must be cheap (no waiting for a second
-    sample)."""
+    on a deploy's path; one call should be cheap (Docker's one-shot stats:
+    no waiting for a second sample)."""
 
     @abc.abstractmethod
     def read_usage(self, handle: dict) -> ResourceUsage:

@@ -33,7 +33,8 @@ def host_info(orch, host_id: str) -> HostInfo:
             admits=caps.admission() if caps else {})
     mepm_cfg = orch.cfg.get("mepm") or {}
     lat = mepm_cfg.get("latency_ms")
-    usage = orch.usage_reader.host_sum(host_id) if getattr(orch, "usage_reader", None) is not None else None
+    reader = getattr(orch, "usage_reader", None)
+    usage = reader.host_sum(host_id) if reader is not None else None
     return HostInfo(host_id, manners, float(lat) if lat is not None else None,
                     getattr(orch.mep, "mp1_url", None),
                     host.section("mep").get("service_cidr") or None, usage)
