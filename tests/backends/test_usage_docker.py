@@ -59,7 +59,10 @@ spec:
     - name: app
       image: mecorch/sample-http:1.0
       resources: {limits: {memory: 64Mi}}
-      command: ["/bin/sh", "-c", "sleep 2; x=$(busybox head -c 200000000 /dev/zero | busybox tr '\\\\0' a); sleep 1000"]
+      command:
+        - /bin/sh
+        - -c
+        - sleep 2; x=$(busybox head -c 200000000 /dev/zero | busybox tr '\\0' a); sleep 1000
 """
 
 UNITS = {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9, "KiB": 1024, "MiB": 1024 ** 2,

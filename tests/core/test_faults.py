@@ -24,7 +24,8 @@ def told(e, sink, iid: str, limit_s: float = 5.0) -> list[dict]:
     return []
 
 
-def test_a_fault_found_by_a_round_is_told_and_a_plain_death_is_not(env, notification_sink):  # noqa: F811
+def test_a_fault_found_by_a_round_is_told_and_a_plain_death_is_not(  # noqa: F811
+        env, notification_sink):
     e = env
     e.orch.subscriptions.start()            # the notification sender
     e.c.post("/app_lcm/v1/subscriptions", {"subscriptionType": "AppInstanceStateChange",
