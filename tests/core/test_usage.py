@@ -9,6 +9,7 @@ documents."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -248,11 +249,20 @@ def test_libvirt_domain_stats():
 
 
 def test_nova_diagnostics():
+    """Nova's 2.48 body (the shape of its API reference's example) as
+    openstacksdk's ServerDiagnostics gives it to the driver."""
+    from openstack.compute.v2.server_diagnostics import ServerDiagnostics
     from drivers.openstack_vim.driver import diagnostics_usage
-    d = {"cpu_details": [{"id": 0, "time": 2_000_000_000}, {"id": 1, "time": 1_000_000_000}],
-         "memory_details": {"maximum": 128, "used": 64},
-         "disk_details": [{"read_bytes": 10, "write_bytes": 20}],
-         "nic_details": [{"rx_octets": 30, "tx_octets": 40}]}
+    body = {"state": "running", "driver": "libvirt", "hypervisor": "qemu", "uptime": 46664,
+            "config_drive": False, "num_cpus": 2, "num_nics": 1, "num_disks": 1,
+            "cpu_details": [{"id": 0, "time": 2_000_000_000, "utilisation": None},
+                            {"id": 1, "time": 1_000_000_000, "utilisation": None}],
+            "memory_details": {"maximum": 128, "used": 64},
+            "disk_details": [{"read_bytes": 10, "read_requests": 1, "write_bytes": 20,
+                              "write_requests": 2, "errors_count": 0}],
+            "nic_details": [{"mac_address": "fa:16:3e:00:00:01", "rx_octets": 30,
+                             "tx_octets": 40, "rx_packets": 1, "tx_packets": 1}]}
+    d = ServerDiagnostics.existing(server_id="x", **body).to_dict(computed=False)
     assert diagnostics_usage(d, 3.0) == ResourceUsage(
         at=3.0, cpu_seconds=3.0, memory_bytes=64 * MiB, memory_limit_bytes=128 * MiB,
         net_rx_bytes=30, net_tx_bytes=40, block_read_bytes=10, block_write_bytes=20)
@@ -304,3 +314,15 @@ def test_the_meo_host_list_shows_each_host_s_sum(system):  # noqa: F811
     assert hosts["edge2"]["resourceUsage"]["memoryBytes"] == 24 * MiB
     assert hosts["edge2"]["resourceUsage"]["instances"] == 1
     assert hosts["edge1"]["resourceUsage"]["instances"] == 0      # nothing there
+
+
+def test_host_info_carries_the_sum_across_the_wire():
+    """What a RemoteMepm reads of its host (HostInfo.from_dict of the JSON
+    the host served) keeps the sum; a peer without one reads None."""
+    from mecorch.mepm.contract import HostInfo
+    total = {"cpuPercent": 12.5, "memoryBytes": 3 * MiB, "networkRxBytes": 1,
+             "networkTxBytes": 2, "blockReadBytes": 0, "blockWriteBytes": None,
+             "instances": 2, "unavailable": 1, "time": {"seconds": 1, "nanoSeconds": 2}}
+    info = HostInfo("edge9", usage=total)
+    assert HostInfo.from_dict(json.loads(json.dumps(info.to_dict()))).usage == total
+    assert HostInfo.from_dict({"hostId": "old"}).usage is None
