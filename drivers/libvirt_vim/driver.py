@@ -32,11 +32,12 @@ from pathlib import Path
 import libvirt
 
 from mecorch.kernel import validate
-from mecorch.driverapi.contracts import Capabilities, ComputeDriver, Uninstallable, Watchable
+from mecorch.driverapi.contracts import (
+    Capabilities, ComputeDriver, Uninstallable, UsageReadable, Watchable)
 from mecorch.kernel.errors import (
     BackendUnavailable, Conflict, InvalidInput, MecorchError, NotFound, Timeout)
 from mecorch.driverapi.model import (
-    Address, Allocation, Check, HostCapacity, Observation, ResourceRequest)
+    Address, Allocation, Check, HostCapacity, Observation, ResourceRequest, ResourceUsage)
 from mecorch.kernel.fileutil import let_others_search, unlink_quietly
 from mecorch.kernel.states import DeploymentType, ObservedState
 
@@ -46,6 +47,7 @@ from . import storage as S
 from . import xmlrender as X
 from .errors import libvirt_errors
 from .images import VMImageRepo
+from .stats import STATS_WANTED, usage_of
 from . import request as R
 from .request import validate_request
 from .settings import Settings, parse
@@ -118,7 +120,7 @@ def write_guest_env(path: Path, data: bytes, owner: tuple[int, int] | None) -> N
         os.close(fd)
 
 
-class LibvirtVIM(ComputeDriver, Watchable, Uninstallable):
+class LibvirtVIM(ComputeDriver, Watchable, Uninstallable, UsageReadable):
     kind = "vim"
 
     def __init__(self, config: dict):
@@ -475,8 +477,10 @@ class LibvirtVIM(ComputeDriver, Watchable, Uninstallable):
                             "volumes": [{"name": n, "reserved": r}
                                         for n, r in (meta.volumes if meta else ())]})
         clean = state == libvirt.VIR_DOMAIN_SHUTOFF and reason == libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN
-        return Observation(iid, observed, h, detail=f"libvirt state {state} reason {reason}",
-                           exit_code=0 if clean else None)
+        why = _STATE_REASONS.get((state, reason))
+        return Observation(iid, observed, h, detail=(f"{why} " if why else "")
+                           + f"(libvirt state {state} reason {reason})",
+                           exit_code=0 if clean else None, fault=why if why in FAULTS else "")
 
     def watch(self, on_change, stop: threading.Event) -> None:
         """Report each lifecycle change of a domain of this host as
@@ -506,9 +510,11 @@ class LibvirtVIM(ComputeDriver, Watchable, Uninstallable):
             # (a clean end), any other stop (destroyed, crashed) as none
             clean = event == libvirt.VIR_DOMAIN_EVENT_STOPPED \
                 and detail == libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN
+            why = _EVENT_REASONS.get((event, detail))
             on_change(Observation(meta.instance_id, state, {},
-                                  f"{reasons[event]} (libvirt event detail {detail})",
-                                  0 if clean else None))
+                                  f"{reasons[event]}{f': {why}' if why else ''} "
+                                  f"(libvirt event detail {detail})", 0 if clean else None,
+                                  why if why in FAULTS else ""))
         try:
             with libvirt_errors("register for domain events"):
                 cb = conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
@@ -602,6 +608,19 @@ class LibvirtVIM(ComputeDriver, Watchable, Uninstallable):
                                    detail=f"domain {name} does not exist")
             return self._observe(dom, handle)
 
+    def read_usage(self, handle: dict) -> ResourceUsage:
+        """libvirt's domain stats (what `virsh domstats` prints) of the
+        domain: cpu.time, the balloon (memory), every interface and disk.
+        Memory in use: the guest's own figure (balloon.available - unused)
+        when its balloon driver reports one, else the resident memory of
+        the VM's QEMU process (balloon.rss), which includes QEMU's own."""
+        name, _ = self._handle_parts(handle)
+        conn = self._connect()
+        with libvirt_errors(f"stats of {name}"):
+            dom = conn.lookupByName(name)
+            got = conn.domainListGetStats([dom], STATS_WANTED, 0)
+        return usage_of(got[0][1] if got else {}, time.time())
+
     def _own_domains(self, conn) -> list[tuple[object, X.DomainMeta]]:
         """Domains whose metadata says this host and pool made them."""
         out = []
@@ -637,6 +656,33 @@ class LibvirtVIM(ComputeDriver, Watchable, Uninstallable):
                             disk_gb_total=cap / GIB, disk_gb_used=(cap - avail) / GIB)
 
 
+# What libvirt says of a domain's end or pause, in words (the faults an
+# operator must see: a crash, a failed emulator, a disk I/O error such as a
+# full disk, which QEMU answers by pausing the guest; a watchdog).
+FAULTS = ("crashed", "guest kernel panic", "the emulator failed", "disk I/O error",
+          "watchdog fired")
+_EVENT_REASONS = {
+    (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN): "shut down",
+    (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_DESTROYED): "destroyed",
+    (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED): "crashed",
+    (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED):
+        "the emulator failed",
+    (libvirt.VIR_DOMAIN_EVENT_CRASHED, libvirt.VIR_DOMAIN_EVENT_CRASHED_PANICKED):
+        "guest kernel panic",
+    (libvirt.VIR_DOMAIN_EVENT_SUSPENDED, libvirt.VIR_DOMAIN_EVENT_SUSPENDED_IOERROR):
+        "disk I/O error",
+    (libvirt.VIR_DOMAIN_EVENT_SUSPENDED, libvirt.VIR_DOMAIN_EVENT_SUSPENDED_WATCHDOG):
+        "watchdog fired",
+}
+_STATE_REASONS = {
+    (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN): "shut down",
+    (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_DESTROYED): "destroyed",
+    (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_CRASHED): "crashed",
+    (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_FAILED): "the emulator failed",
+    (libvirt.VIR_DOMAIN_CRASHED, libvirt.VIR_DOMAIN_CRASHED_PANICKED): "guest kernel panic",
+    (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_IOERROR): "disk I/O error",
+    (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_WATCHDOG): "watchdog fired",
+}
 _EVENT_LOOP_LOCK = threading.Lock()
 _EVENT_LOOP = []
 

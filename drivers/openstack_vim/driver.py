@@ -27,16 +27,16 @@ from functools import cached_property
 import openstack
 
 from mecorch.kernel import validate
-from mecorch.driverapi.contracts import Capabilities, ComputeDriver
+from mecorch.driverapi.contracts import Capabilities, ComputeDriver, UsageReadable
 from mecorch.kernel.errors import (
     BackendError, CapacityExceeded, Conflict, InvalidInput, MecorchError, NotFound,
     UnsupportedAction)
 from mecorch.driverapi.model import (
-    Address, Allocation, Check, HostCapacity, Observation, ResourceRequest)
+    Address, Allocation, Check, HostCapacity, Observation, ResourceRequest, ResourceUsage)
 from mecorch.kernel.states import DeploymentType, ObservedState
 
 from . import flavors as F
-from .errors import os_errors
+from .errors import diagnostics_errors, os_errors
 from .images import GlanceImages
 from .settings import Settings, parse
 
@@ -98,6 +98,26 @@ def validate_request(r: ResourceRequest) -> dict:
             "disk_gb": max(1, math.ceil(disk_gb)), "volume_gb": sizes}
 
 
+def diagnostics_usage(d: dict, at: float) -> ResourceUsage:
+    """A ResourceUsage from Nova's diagnostics (2.48): CPU time in ns per
+    vCPU, memory in MiB, per-disk and per-NIC byte counters; a figure the
+    hypervisor's driver does not fill is None, not 0."""
+    def total(rows, key: str) -> int | None:
+        vals = [r.get(key) for r in rows or () if isinstance(r, dict)]
+        return int(sum(vals)) if vals and None not in vals else None
+    cpu = total(d.get("cpu_details"), "time")
+    mem = d.get("memory_details") or {}
+    mib = 1 << 20
+    return ResourceUsage(
+        at=at, cpu_seconds=cpu / 1e9 if cpu is not None else None,
+        memory_bytes=int(mem["used"] * mib) if mem.get("used") is not None else None,
+        memory_limit_bytes=int(mem["maximum"] * mib) if mem.get("maximum") is not None else None,
+        net_rx_bytes=total(d.get("nic_details"), "rx_octets"),
+        net_tx_bytes=total(d.get("nic_details"), "tx_octets"),
+        block_read_bytes=total(d.get("disk_details"), "read_bytes"),
+        block_write_bytes=total(d.get("disk_details"), "write_bytes"))
+
+
 def _handle_parts(handle: dict) -> tuple[str, str | None, str | None]:
     """(instance id, server id, port id) of a handle, checked: they become
     API paths."""
@@ -113,7 +133,7 @@ def _handle_parts(handle: dict) -> tuple[str, str | None, str | None]:
     return iid, ids[0], ids[1]
 
 
-class OpenStackVIM(ComputeDriver):
+class OpenStackVIM(ComputeDriver, UsageReadable):
     kind = "vim"
 
     def __init__(self, config: dict):
@@ -421,6 +441,17 @@ class OpenStackVIM(ComputeDriver):
             return Observation(iid, ObservedState.MISSING, handle,
                                detail=f"server {server_name(iid)} does not exist")
         return self._observe(srv, handle)
+
+    def read_usage(self, handle: dict) -> ResourceUsage:
+        """Nova's server diagnostics (microversion 2.48: the same fields for
+        every hypervisor), where the cloud's policy allows them to this user
+        (by default only to admins: then UnsupportedAction, saying so)."""
+        iid, server_id, _ = _handle_parts(handle)
+        if server_id is None:
+            raise NotFound(f"instance {iid} has no server")
+        with diagnostics_errors(f"diagnostics of server {server_name(iid)}"):
+            d = self._connect().compute.get_server_diagnostics(server_id)
+        return diagnostics_usage(d.to_dict(computed=False), time.time())
 
     def _own_servers(self, conn) -> list:
         with os_errors("list servers"):

@@ -15,7 +15,8 @@ from keystoneauth1 import exceptions as ksa
 from openstack import exceptions as sdk
 
 from mecorch.kernel.errors import (
-    BackendError, BackendUnavailable, CapacityExceeded, Conflict, MecorchError, NotFound, Timeout)
+    BackendError, BackendUnavailable, CapacityExceeded, Conflict, MecorchError, NotFound, Timeout,
+    UnsupportedAction)
 
 # Gateway answers of a cloud that is (partly) down or restarting.
 _UNAVAILABLE_STATUS = {502, 503, 504}
@@ -87,5 +88,24 @@ def os_errors(what: str) -> Iterator[None]:
     a waiter's timeout -> Timeout, anything else -> BackendError)."""
     try:
         yield
+    except OPENSTACK_ERRORS as e:
+        raise translate(e, what) from None
+
+
+@contextlib.contextmanager
+def diagnostics_errors(what: str) -> Iterator[None]:
+    """As os_errors, for Nova's server diagnostics, which its default policy
+    (os_compute_api:os-server-diagnostics) grants to admins only: a 403 is
+    not a failure of the cloud but figures it will not give this user
+    (UnsupportedAction, with the cloud's reason)."""
+    try:
+        yield
+    except sdk.HttpException as e:
+        if e.status_code == 403:
+            raise UnsupportedAction(
+                f"{what}: the cloud refuses server diagnostics to this user (Nova's policy "
+                f"os_compute_api:os-server-diagnostics; admin-only by default): "
+                f"{_reason(e)}") from None
+        raise translate(e, what) from None
     except OPENSTACK_ERRORS as e:
         raise translate(e, what) from None

@@ -10,8 +10,10 @@ Backend health is probed per host and role with a cheap real call
 (`capacity()` of a compute driver, `check()` of a MEP): in the background
 every `orchestrator.health_interval_s` while `mecorch serve` runs (a change
 is logged as backend.down / backend.up), and on demand when no probe is
-recent. Gauges are read from the store when scraped; operation latencies
-are observed from the same events the log writes (mecorch.kernel.logs).
+recent. Gauges are read from the store when scraped, each instance's
+resource usage from the host's usage reader (in memory, mecorch.mepm.usage);
+operation latencies are observed from the same events the log writes
+(mecorch.kernel.logs).
 """
 
 from __future__ import annotations
@@ -256,7 +258,7 @@ class Metrics:
         MEO has other tables) is left out, the others still answer."""
         for family in (self._instances, self._health, self._restarts, self._fenced,
                        self._packages, self._rules, self._backends, self._outbox,
-                       self._hosts):
+                       self._hosts, self._usage):
             try:
                 yield from family(gauge, self.orch.store)
             except Exception:       # noqa: BLE001 - a scrape must not fail whole
@@ -315,6 +317,57 @@ class Metrics:
             policy = (rs.get("policy") or d.get("restartPolicy") or {}).get("policy") or "none"
             fam.add_metric((d["id"], d.get("hostId") or "none", policy), total)
         yield fam
+
+    # (name, help, ResourceUsage attribute, counter?) of the per-instance
+    # series read from the host's usage reader (mecorch.mepm.usage)
+    USAGE_SERIES = (
+        ("mecorch_instance_cpu_seconds", "CPU time the instance's runtime used, seconds",
+         "cpu_seconds", True),
+        ("mecorch_instance_memory_bytes", "Memory the instance's runtime uses, bytes",
+         "memory_bytes", False),
+        ("mecorch_instance_memory_limit_bytes", "Memory limit of the instance's runtime, bytes",
+         "memory_limit_bytes", False),
+        ("mecorch_instance_network_receive_bytes", "Bytes the instance received",
+         "net_rx_bytes", True),
+        ("mecorch_instance_network_transmit_bytes", "Bytes the instance sent",
+         "net_tx_bytes", True),
+        ("mecorch_instance_block_read_bytes", "Bytes the instance read from its disks",
+         "block_read_bytes", True),
+        ("mecorch_instance_block_write_bytes", "Bytes the instance wrote to its disks",
+         "block_write_bytes", True))
+
+    def _usage(self, gauge, store):
+        """Each instance's figures as its backend last counted them (the
+        reader's memory); labels instance and host only; an instance no
+        longer INSTANTIATED has no series from this scrape on (the reader
+        forgets it at its next round)."""
+        reader = getattr(self.orch, "usage_reader", None)      # an MEO reads no backend
+        if reader is None:
+            return
+        from prometheus_client.core import CounterMetricFamily
+        live = {d["id"] for d in store.list(
+            "instances", instantiationState=InstantiationState.INSTANTIATED.value, keep=("id",))}
+        readings = sorted((iid, r) for iid, r in reader.readings().items() if iid in live)
+        pct = gauge("mecorch_instance_cpu_percent", "CPU the instance used between its last two "
+                    "readings, percent of one core", labels=("instance", "host"))
+        at = gauge("mecorch_instance_usage_read_timestamp_seconds", "When the instance's "
+                   "figures were read from its backend (Unix time)", labels=("instance", "host"))
+        fams = [(CounterMetricFamily if counter else gauge)(name, text, labels=("instance", "host"))
+                for name, text, _, counter in self.USAGE_SERIES]
+        for iid, r in readings:
+            if r.usage is None:
+                continue
+            labels = (iid, r.host)
+            at.add_metric(labels, r.usage.at)
+            if r.cpu_percent is not None:
+                pct.add_metric(labels, r.cpu_percent)
+            for fam, (_, _, attr, _) in zip(fams, self.USAGE_SERIES):
+                v = getattr(r.usage, attr)
+                if v is not None:
+                    fam.add_metric(labels, v)
+        yield pct
+        yield at
+        yield from fams
 
     def _fenced(self, gauge, store):
         """Instances their host fenced (mecorch.mepm.fence: no word from the
@@ -517,6 +570,35 @@ def restarts_cell(inst: dict) -> str | None:
     return f"{inst['restartCount']} ({policy}{last})"
 
 
+def _size(n) -> str:
+    """Bytes in binary units, as `docker stats` prints them: 512 B, 1.5 KiB."""
+    if n is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:g} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _usage_cell(u: dict | None) -> str:
+    """The usage column: the last reading of its backend's figures, with
+    the time read; unavailable with the backend's reason."""
+    if not u:
+        return _cell(None)
+    if "cpuPercent" not in u:
+        return _cell(f"unavailable: {u.get('unavailable') or u.get('error', '')}", "muted")
+    cpu = "?" if u.get("cpuPercent") is None else f"{u['cpuPercent']:g} %"
+    mem = _size(u.get("memoryBytes")) + (f" / {_size(u['memoryLimitBytes'])}"
+                                         if u.get("memoryLimitBytes") is not None else "")
+    text = (f"cpu {cpu}, mem {mem}, net rx/tx {_size(u.get('networkRxBytes'))} / "
+            f"{_size(u.get('networkTxBytes'))}, disk r/w {_size(u.get('blockReadBytes'))} / "
+            f"{_size(u.get('blockWriteBytes'))}, read {_ts(u.get('time'))}")
+    if u.get("error"):
+        text += f" (last read failed: {u['error']})"
+    return _cell(text, "bad" if u.get("error") else "")
+
+
 def _table(tid: str, headers: list[str], rows: list[str], empty: str) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join(rows) or f'<tr><td colspan="{len(headers)}" class="muted">' \
@@ -608,7 +690,7 @@ def render_page(orch, health: Health) -> str:
             + _cell((inst.get("instantiatedAppState") or {}).get("operationalState"))
             + _cell(observed, "bad" if observed not in (None, "RUNNING") else "")
             + _health_cell(inst.get("health"))
-            + _cell(restarts_cell(inst))
+            + _cell(restarts_cell(inst)) + _usage_cell(inst.get("resourceUsage"))
             + _cell(addrs) + _cell(", ".join(r.get("domainName", "") for r in dns))
             + _cell(iid) + "</tr>")
         if state != InstantiationState.INSTANTIATED.value:
@@ -650,7 +732,8 @@ def render_page(orch, health: Health) -> str:
         pkg_rows, "no packages onboarded")}
 <h2>App instances</h2>
 {_table("instances", ["name", "appDId", "host", "manner", "state", "operational", "observed",
-                      "health", "restarts", "addresses", "DNS names", "id"], inst_rows, "no instances")}
+                      "health", "restarts", "usage", "addresses", "DNS names", "id"], inst_rows,
+        "no instances")}
 <h2>Rules</h2>
 {_table("rules", ["instance", "kind", "rule", "state", "what"], rule_rows,
         "no rules of deployed instances")}

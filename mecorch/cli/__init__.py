@@ -307,6 +307,7 @@ def serve(cfg: dict, listen: str, verbose: int = 0, log_format: str = "text",
         status.for_orchestrator(orch).start()      # backend probes, metrics
         watcher.start()                 # observed state from Docker's events
         prober.start()                  # health checks (mecorch.mepm.health)
+        orch.usage_reader.start()       # each instance's figures (mecorch.mepm.usage)
         # SIGTERM ends the process like Ctrl-C: finish the request, close.
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         host, port = server.server_address[:2]
@@ -328,6 +329,7 @@ def serve(cfg: dict, listen: str, verbose: int = 0, log_format: str = "text",
         if registration is not None:
             registration.stop()
         status.for_orchestrator(orch).stop()
+        orch.usage_reader.stop()
         prober.stop()
         watcher.stop()
         orch.close()

@@ -462,7 +462,42 @@ def app_show(c: Client, a) -> int:
     doc = c.get(f"{INST}/{instance_id(c, a.id)}")
     if doc.get("hostState"):
         print(f"warning: {doc.get('observedStateDetail')}", file=sys.stderr)
-    return emit(a, doc, _fields)
+
+    def show(d: dict) -> None:
+        usage = d.get("resourceUsage")
+        _fields({k: v for k, v in d.items() if k != "resourceUsage"})
+        if usage is not None:
+            print(f"resourceUsage: {usage_text(usage)}")
+    return emit(a, doc, show)
+
+
+def _bytes(n) -> str:
+    """1536 -> '1.5 KiB' (binary units, as `docker stats`); None -> '?'."""
+    if n is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:g} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return "?"
+
+
+def usage_text(u: dict) -> str:
+    """A `resourceUsage` (an instance's or a host's sum) on one line."""
+    if "cpuPercent" not in u:
+        return f"unavailable: {u.get('unavailable') or u.get('error') or 'not read yet'}"
+    cpu = "?" if u.get("cpuPercent") is None else f"{u['cpuPercent']:g} %"
+    mem = _bytes(u.get("memoryBytes"))
+    if u.get("memoryLimitBytes") is not None:
+        mem += f" / {_bytes(u['memoryLimitBytes'])}"
+    text = (f"cpu {cpu}, memory {mem}, net rx {_bytes(u.get('networkRxBytes'))} "
+            f"tx {_bytes(u.get('networkTxBytes'))}, block read {_bytes(u.get('blockReadBytes'))} "
+            f"write {_bytes(u.get('blockWriteBytes'))}")
+    if u.get("time"):
+        text += f" (read {_time(u['time'])})"
+    if u.get("error"):
+        text += f"; last read failed: {u['error']}"
+    return text
 
 
 def app_delete(c: Client, a) -> int:
@@ -617,6 +652,10 @@ def host_list(c: Client, a) -> int:
                          _n(mt), _n(mu), _n(None if mt is None else mt - mu), health))
     table(("HOST", "MANNER", "VCPU", "VCPU PROMISED", "VCPU FREE", "MEM MB", "MEM PROMISED",
            "MEM FREE", "BACKENDS"), rows)
+    for h in hosts:             # its instances' figures summed
+        u = h.get("resourceUsage")
+        if u and u.get("instances"):
+            print(f"{h.get('hostId')}: {u['instances']} instance(s) use {usage_text(u)}")
     for hid, probes in backends.items():
         for b in probes:
             if not b["ok"]:

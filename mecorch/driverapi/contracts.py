@@ -18,8 +18,8 @@ Failure semantics, which every driver implementation must keep:
   names) so `list_instances` can find it after a restart without the store.
 
 Optional capabilities (`Watchable`, `Revivable`, `Uninstallable`,
-`RuleAudit`, `DnsOnAppNetworks`, `ExecInside`) are ABCs a driver inherits to declare them;
-the core checks them with `isinstance`.
+`RuleAudit`, `DnsOnAppNetworks`, `ExecInside`, `UsageReadable`) are ABCs a
+driver inherits to declare them; the core checks them with `isinstance`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from typing import Any, Callable, ClassVar, Mapping
 
 from mecorch.kernel.errors import InvalidInput
 from mecorch.kernel.schema import DRIVER_GROUP
-from mecorch.driverapi.model import Allocation, Check, HostCapacity, Observation, ResourceRequest
+from mecorch.driverapi.model import (
+    Allocation, Check, HostCapacity, Observation, ResourceRequest, ResourceUsage)
 from mecorch.kernel.states import DeploymentType
 
 ENTRY_POINT_GROUP = DRIVER_GROUP
@@ -318,7 +319,26 @@ class ExecInside(abc.ABC):
         Conflict when the app is not running; NotFound when it is gone."""
 
 
-OPTIONAL = (Watchable, Revivable, Uninstallable, RuleAudit, DnsOnAppNetworks, ExecInside)
+class UsageReadable(abc.ABC):
+    """A compute driver that reads what one instance uses (CPU, memory,
+    network and block I/O) from its backend's own counters (Docker's stats,
+    libvirt's domain stats, Nova's server diagnostics). Read in the
+    background on the host's health schedule (mecorch.mepm.usage), never
+    on a deploy's path; one call should be cheap (Docker's one-shot stats:
+    no waiting for a second sample)."""
+
+    @abc.abstractmethod
+    def read_usage(self, handle: dict) -> ResourceUsage:
+        """One reading of the instance's runtime. NotFound when it is gone;
+        UnsupportedAction, saying why, when the backend will not tell (a
+        cloud refusing diagnostics to this user): the core shows the figures
+        as unavailable with that reason; BackendError / BackendUnavailable
+        as any verb. A stopped runtime: its figures that the backend still
+        gives (counters), None for the others."""
+
+
+OPTIONAL = (Watchable, Revivable, Uninstallable, RuleAudit, DnsOnAppNetworks, ExecInside,
+            UsageReadable)
 
 
 def on_demand(package: str, cls: str) -> Callable[[str], type]:

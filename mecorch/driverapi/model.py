@@ -93,6 +93,9 @@ class Observation:
     # shutdown by its guest, None for any other end (destroyed, crashed).
     # The supervisor's OnFailure reads it (None counts as a failure).
     exit_code: int | None = None
+    # a fault the backend names, in a few words ("OOM killed", "crashed",
+    # "disk I/O error"): subscribers are told (AppInstanceStateChange)
+    fault: str = ""
 
 
 @dataclass(frozen=True)
@@ -118,3 +121,23 @@ class Check:
     ok: bool
     detail: str
     fix: str = ""
+
+
+@dataclass(frozen=True)
+class ResourceUsage:
+    """What one instance uses now, as its backend counts it (`UsageReadable`).
+
+    Counters are cumulative since the runtime started (CPU seconds, bytes);
+    None: the backend does not tell that figure (never a guess). `at`: when
+    it was read (seconds since the epoch). `cpu_percent` is the backend's own
+    figure where it gives one over an interval; otherwise the core works it
+    out from two successive readings of `cpu_seconds` (100 = one core)."""
+    at: float
+    cpu_seconds: float | None = None
+    cpu_percent: float | None = None
+    memory_bytes: int | None = None         # in use (Docker: without the inactive page cache)
+    memory_limit_bytes: int | None = None
+    net_rx_bytes: int | None = None
+    net_tx_bytes: int | None = None
+    block_read_bytes: int | None = None
+    block_write_bytes: int | None = None

@@ -85,7 +85,11 @@ KEYS: list[Key] = [
     _k("orchestrator.max_package_bytes", INT, 2147483648, "largest app package accepted"),
     _k("orchestrator.package_fetch_timeout_s", POSITIVE, 600,
        "longest download of a package from an http(s) appPkgPath, in total"),
-    _k("orchestrator.health_interval_s", NUMBER, 15, "probe every backend this often"),
+    _k("orchestrator.health_interval_s", NUMBER, 15, "probe every backend, and read every "
+       "instance's resource usage, this often"),
+    _k("orchestrator.usage_interval_s", NUMBER, None, "read every instance's resource usage "
+       "this often instead (null: health_interval_s; 0: never)", nullable=True,
+       bounds=(0, 86400)),
     _k("orchestrator.prefer", STR, None, "manner a dual-format app gets when both fit",
        nullable=True, choices=("container", "vm")),
     _k("orchestrator.prefer_by_app", PREFS, {}, "the same, per appDId (wins over prefer)"),

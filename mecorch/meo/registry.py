@@ -100,7 +100,8 @@ class HostEntry:
                "heartbeatAgeS": self.heartbeat_age_s(), "backends": list(self.backends)}
         if self.info:
             d = self.info.to_dict()
-            out.update(capacity=d["capacity"], latencyMs=d["latencyMs"])
+            out.update(capacity=d["capacity"], latencyMs=d["latencyMs"],
+                       resourceUsage=d["resourceUsage"])      # its instances' sum
         if self.last_error and self.state == UNREACHABLE:
             out["reason"] = self.last_error
         lost = self.unreachable_for_s()

@@ -82,13 +82,15 @@ class HostInfo:
     latency_ms: float | None = None     # declared one-way latency to its UEs
     mp1_url: str | None = None
     service_cidr: str | None = None     # its MEP's service range (mep.service_cidr)
+    # its instances' figures summed (mecorch.mepm.usage.UsageReader.host_sum)
+    usage: dict | None = None
 
     def supports(self, manner: DeploymentType) -> bool:
         return manner.value in self.manners
 
     def to_dict(self) -> dict:
         return {"hostId": self.host_id, "latencyMs": self.latency_ms, "mp1Url": self.mp1_url,
-                "serviceCidr": self.service_cidr,
+                "serviceCidr": self.service_cidr, "resourceUsage": self.usage,
                 "capacity": {m: {**_camel(asdict(c)), "admits": _camel(c.admits)}
                              for m, c in self.manners.items()}}
 
@@ -103,8 +105,10 @@ class HostInfo:
                 str(c.get("accel") or ""), _snake(c.get("admits") or {}))
         lat = d.get("latencyMs")
         cidr = d.get("serviceCidr")
+        usage = d.get("resourceUsage")
         return cls(str(d["hostId"]), manners, float(lat) if lat is not None else None,
-                   d.get("mp1Url"), str(cidr) if cidr else None)
+                   d.get("mp1Url"), str(cidr) if cidr else None,
+                   usage if isinstance(usage, dict) else None)
 
 
 def _snake(d: dict) -> dict:

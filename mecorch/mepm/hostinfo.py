@@ -1,7 +1,8 @@
 """What an edge host reports of itself to an MEO: the manners it runs, the
 capacity it can still promise for each and what its driver declares it
 admits (`Capabilities.admission`), its declared latency, its MEP's service
-range (placement by fixed service addresses). Served as
+range (placement by fixed service addresses), its instances' resource
+usage summed (mecorch.mepm.usage). Served as
 the `/mecorch/v1/hosts` extension (ETSI has no host inventory resource)."""
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ def host_info(orch, host_id: str) -> HostInfo:
             admits=caps.admission() if caps else {})
     mepm_cfg = orch.cfg.get("mepm") or {}
     lat = mepm_cfg.get("latency_ms")
+    reader = getattr(orch, "usage_reader", None)
+    usage = reader.host_sum(host_id) if reader is not None else None
     return HostInfo(host_id, manners, float(lat) if lat is not None else None,
                     getattr(orch.mep, "mp1_url", None),
-                    host.section("mep").get("service_cidr") or None)
+                    host.section("mep").get("service_cidr") or None, usage)
 
 
 def probe(host, role: str) -> tuple[str, bool, str]:

@@ -117,8 +117,18 @@ class Lcm(InstanceQueries):
         self._pool.shutdown(wait=True)
 
     # ------------------------------------------------------------ queries
+    usage_reader = None     # the UsageReader of its Orchestrator (mecorch.mepm.usage)
+
     def view(self, doc: dict) -> dict:
-        return views.host_instance_view(doc)
+        out = views.host_instance_view(doc)
+        if self.usage_reader is not None \
+                and doc["instantiationState"] == InstantiationState.INSTANTIATED.value:
+            # mecorch extension: the last reading of its backend's figures
+            # (kept in memory, not stored: not in the listing's pages)
+            got = self.usage_reader.view(doc["id"])
+            if got is not None:
+                out["resourceUsage"] = got
+        return out
 
     # ------------------------------------------------------------ create / delete
     def create(self, body: dict, idempotency_key: str | None = None,

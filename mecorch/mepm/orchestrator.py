@@ -14,6 +14,7 @@ from mecorch.mepm.mep import MepService
 from mecorch.package.manager import PackageManager
 from mecorch.mepm.reconcile import Reconciler
 from mecorch.mepm.supervisor import Supervisor
+from mecorch.mepm.usage import UsageReader
 from mecorch.kernel.store import Store
 from mecorch.kernel.events import Guarded
 from mecorch.notifications.subscriptions import Subscriptions
@@ -40,6 +41,9 @@ class Orchestrator:
         # northbound subscriptions: told of changes by the core's hooks
         self.subscriptions = Subscriptions(self.store, cfg)
         self.packages.events = self.lcm.journal.events = Guarded(self.subscriptions)
+        # each instance's CPU, memory, network and block I/O, read in the
+        # background (mecorch.mepm.usage; started by `serve`)
+        self.usage_reader = self.lcm.usage_reader = UsageReader(self)
 
     def recover(self) -> list[str]:
         """Finish or undo what a crash interrupted and reconcile the store

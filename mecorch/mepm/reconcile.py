@@ -49,7 +49,8 @@ from mecorch.mepm.platform_rules import in_service
 from mecorch.driverapi.contracts import Revivable, RuleAudit
 from mecorch.driverapi.model import Observation
 from mecorch.spec.rules import DnsRule, TrafficRule
-from mecorch.kernel.states import DeploymentType, InstantiationState, ObservedState
+from mecorch.kernel.states import (
+    DeploymentType, InstanceOperationalState, InstantiationState, ObservedState)
 from mecorch.kernel.store import Store
 from mecorch.kernel.timeutil import timestamp
 
@@ -192,6 +193,8 @@ class Reconciler:
             return self._steer(inst, obs)
         if not self._record(inst["id"], obs.state, obs.detail):
             return []
+        if obs.fault and obs.state is not ObservedState.RUNNING:
+            self.tell_fault(runtimes.as_instance(obs))     # its event was missed
         if old is None and obs.state is ObservedState.RUNNING:
             return []               # the normal case: recorded, nothing to report
         return [f"instance {inst['id']} observed {obs.state.value} (was {old or 'unknown'})"]
@@ -288,6 +291,22 @@ class Reconciler:
         if self._record(iid, ObservedState.MISSING, detail, expect_op=op_id):
             return [f"instance {iid} is INSTANTIATED but its runtime is MISSING"]
         return []
+
+    def tell_fault(self, obs: Observation) -> None:
+        """A fault the backend named as the runtime ended (a container OOM
+        killed, a VM crashed or paused on a disk I/O error), just recorded:
+        AppInstanceStateChange to the STOPPED subscribers, with
+        observedStateDetail saying which (as a crash loop is told: the
+        operator's operationalState is still STARTED); logged
+        (instance.fault). Told by the watcher, or by a round when the
+        backend's event was missed."""
+        inst = self.store.get("instances", obs.instance_id)
+        if inst is None:
+            return
+        logs.event("instance.fault", logging.WARNING, instance=obs.instance_id,
+                   package=inst.get("appPkgId"), host=inst.get("hostId"), fault=obs.fault,
+                   detail=obs.detail)
+        self.lcm.journal.events.instance(inst, InstanceOperationalState.STOPPED.value)
 
     def _record(self, iid: str, state: ObservedState, detail: str,
                 expect_op: str | None = None) -> bool:

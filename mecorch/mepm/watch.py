@@ -9,7 +9,9 @@ by one thread per host while `mecorch serve` runs: each start or death of
 an app's runtime is recorded as the instance's observed state at once (with
 the exit code in its detail) and logged (instance.observed). A stream that
 breaks is opened again after a pause; reconciliation still covers what an
-outage of the stream missed.
+outage of the stream missed. A death with a fault the backend names (a
+container OOM killed, a VM crashed or paused on a disk I/O error) is also
+told to the AppInstanceStateChange subscribers (STOPPED, with the detail).
 
 An event of an instance an operation holds (an LCM operation, a restart by
 the supervisor) is kept and applied when the hold ends, the last one per
@@ -143,6 +145,8 @@ class Watcher:
                            else logging.INFO, instance=obs.instance_id,
                            package=inst.get("appPkgId"), host=host.id, manner=manner.value,
                            state=obs.state.value, was=old, detail=obs.detail)
+            if obs.fault and obs.state is not ObservedState.RUNNING and old != obs.state.value:
+                self.orch.reconciler.tell_fault(obs)
             if supervisor is not None:
                 # the policy decides (restart after its wait, give up, leave)
                 supervisor.died(host, manner, obs)

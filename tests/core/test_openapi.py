@@ -501,8 +501,10 @@ def _lifecycle(api: Checker, e) -> str:
               "selectedMECHostInfo": HOST}, status=202, etsi=OP_OCC)
     assert op["lcmOperation"] == "INSTATIATE" and op["operationParams"] == "INSTANTIATE"
     assert api.wait(op)["operationState"] == "COMPLETED"
+    e.orch.usage_reader.read_all()          # its resourceUsage (the fake reads none)
     info = api("GET", url, status=200, etsi=INST_INFO)
     assert info["deploymentType"] == "CONTAINER" and info["hostId"] == "default"
+    assert info["resourceUsage"]["unavailable"].endswith("reads no usage figures")
     assert info["allocatedResources"]["network"][0]["ip"].startswith("10.123.0.")
     api("POST", f"{url}/instantiate", {"selectedMECHostInfo": HOST}, status=409)
     api("POST", f"{url}/change_app_pkg", {"appPkgId": "nope"}, status=404)

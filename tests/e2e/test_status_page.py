@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,8 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 SCREENSHOT = ARTIFACTS / "status-page.png"
 @pytest.fixture(scope="module")
 def lab():
-    lab = Lab("st", interval_s=30)
+    # each instance's figures read every second (its usage column)
+    lab = Lab("st", interval_s=30, orchestrator={"health_interval_s": 1})
     try:
         lab.start()
         lab.onboard()
@@ -53,6 +55,12 @@ def cli(lab, *argv: str) -> subprocess.CompletedProcess:
 
 def test_status_page_in_chromium_shows_what_runs(lab):
     url = f"{lab.c.base}/status"
+    for iid in lab.deployed.values():       # two readings: a CPU percent
+        deadline = time.monotonic() + 15
+        while (lab.c.get(f"/app_lcm/v1/app_instances/{iid}").get("resourceUsage") or {}) \
+                .get("cpuPercent") is None:
+            assert time.monotonic() < deadline, f"{iid}: no usage reading"
+            time.sleep(0.2)
     r = chromium(url, "--dump-dom")
     assert r.returncode == 0 and "<title>mecorch status</title>" in r.stdout, r.stderr[-2000:]
     page = Tables()
@@ -86,6 +94,9 @@ def test_status_page_in_chromium_shows_what_runs(lab):
         # known from the first moment (recorded by the instantiate itself)
         assert row["observed"] == "RUNNING"
         assert row["restarts"] == "0 (Never)"
+        # its backend's figures, with the time they were read
+        assert row["usage"].startswith("cpu ") and " %, mem " in row["usage"], row["usage"]
+        assert ", read 20" in row["usage"] and "disk r/w" in row["usage"], row["usage"]
 
     rules = t["rules"]
     assert sorted((r["kind"], r["rule"], r["state"]) for r in rules) == [

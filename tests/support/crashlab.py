@@ -36,7 +36,8 @@ def rules_body(manner: str, n: int) -> dict:
 
 class Lab:
     def __init__(self, prefix: str, cidr: str | None = None, cim: dict | None = None,
-                 vim: dict | None = None, interval_s: float = 2, vm: bool = True):
+                 vim: dict | None = None, interval_s: float = 2, vm: bool = True,
+                 orchestrator: dict | None = None):
         self.names = thelab.Names(prefix)
         self.tmp = thelab.private_dir(prefix)
         self.tag, self.host_id, self.chain = self.names.tag, self.names.host_id, \
@@ -47,7 +48,8 @@ class Lab:
         self.cfg = thelab.lab_config(
             self.tmp, [host],
             # room for a few dozen sample instances on 2 cores
-            orchestrator={"reconcile_interval_s": interval_s, "cpu_allocation_ratio": 32.0})
+            orchestrator={"reconcile_interval_s": interval_s, "cpu_allocation_ratio": 32.0,
+                          **(orchestrator or {})})
         self.serve = thelab.Serve(self.cfg, self.tmp, timeout_s=30)
         self.cfg_path, self.api_port = self.serve.config_path, self.serve.port
         self.c = self.serve.client

@@ -4,18 +4,21 @@ rules). They prove nothing about a backend: the real-backend tests do that.
 They declare none of the optional capabilities of `driverapi.contracts`
 (`Watchable`, `Revivable`, `Uninstallable`, `RuleAudit`,
 `DnsOnAppNetworks`): the core leaves those steps out for them, as it does
-for a real driver without them."""
+for a real driver without them; `MeteredCompute` alone reads usage figures
+(`UsageReadable`) of its own making."""
 
 from __future__ import annotations
 
 import threading
+import time
 
-from mecorch.driverapi.contracts import Capabilities, ComputeDriver, PlatformDriver
+from mecorch.driverapi.contracts import Capabilities, ComputeDriver, PlatformDriver, UsageReadable
 from mecorch.kernel import validate
 from mecorch.kernel.errors import (
     BackendError, BackendUnavailable, ImageNotFound, ImageUnavailable, IntegrityError,
-    InvalidInput, UnsupportedAction)
-from mecorch.driverapi.model import Address, Allocation, Check, HostCapacity, Observation
+    InvalidInput, NotFound, UnsupportedAction)
+from mecorch.driverapi.model import (
+    Address, Allocation, Check, HostCapacity, Observation, ResourceUsage)
 from mecorch.kernel.states import DeploymentType, ObservedState
 
 
@@ -106,7 +109,8 @@ class FakeCompute(ComputeDriver):
 
     def start(self, handle):
         self._maybe_fail("start")
-        self.instances[self._id(handle)].update(state=ObservedState.RUNNING, exit_code=None)
+        self.instances[self._id(handle)].update(state=ObservedState.RUNNING, exit_code=None,
+                                                fault="")
 
     def stop(self, handle, timeout_s):
         self._maybe_fail("stop")
@@ -120,17 +124,44 @@ class FakeCompute(ComputeDriver):
     def inspect(self, handle):
         inst = self.instances.get(self._id(handle))
         return Observation(handle["id"], inst["state"] if inst else ObservedState.MISSING, handle,
-                           exit_code=(inst or {}).get("exit_code"))
+                           (inst or {}).get("fault", ""), (inst or {}).get("exit_code"),
+                           (inst or {}).get("fault", ""))
 
     def list_instances(self):
         if self.down:
             raise BackendUnavailable("fake backend down (list_instances)")
-        return [Observation(i, v["state"], {"id": i}, exit_code=v.get("exit_code"))
-                for i, v in self.instances.items()]
+        return [Observation(i, v["state"], {"id": i}, v.get("fault", ""), v.get("exit_code"),
+                            v.get("fault", "")) for i, v in self.instances.items()]
 
-    def crash(self, instance_id: str, exit_code: int | None) -> None:
-        """The runtime ends by itself (what a `docker kill` is to Docker)."""
-        self.instances[instance_id].update(state=ObservedState.STOPPED, exit_code=exit_code)
+    def crash(self, instance_id: str, exit_code: int | None, fault: str = "") -> None:
+        """The runtime ends by itself (what a `docker kill` is to Docker);
+        `fault`: what the backend names of it (its detail too)."""
+        self.instances[instance_id].update(state=ObservedState.STOPPED, exit_code=exit_code,
+                                           fault=fault)
+
+
+class MeteredCompute(FakeCompute, UsageReadable):
+    """A FakeCompute that reads usage figures: each instance's are what
+    `figures[instance id]` holds (a ResourceUsage, or an exception to raise),
+    else a fixed small reading; `reads` counts the calls."""
+
+    def __init__(self, manner: DeploymentType, **kw):
+        super().__init__(manner, **kw)
+        self.figures: dict[str, object] = {}
+        self.reads = 0
+
+    def read_usage(self, handle):
+        self.reads += 1
+        iid = self._id(handle)
+        self._maybe_fail("read_usage")
+        if iid not in self.instances:
+            raise NotFound(f"{iid} is gone")
+        got = self.figures.get(iid)
+        if isinstance(got, Exception):
+            raise got
+        return got or ResourceUsage(at=time.time(), cpu_seconds=1.0, memory_bytes=1 << 20,
+                                    memory_limit_bytes=64 << 20, net_rx_bytes=10,
+                                    net_tx_bytes=20, block_read_bytes=0, block_write_bytes=0)
 
 
 class FakeMep(PlatformDriver):
