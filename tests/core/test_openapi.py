@@ -595,6 +595,8 @@ def _hosts(api: Checker, e) -> None:
         assert got["state"] == "REACHABLE" and got["source"] == "registration"
         assert m("GET", "/mecorch/v1/hosts", status=200, etsi=EXTENSION)[0]["hostId"] == "default"
         m("GET", "/mecorch/v1/hosts/default", status=200, etsi=EXTENSION)
+        lease = m("GET", "/mecorch/v1/leader", status=200, etsi=EXTENSION)
+        assert lease["leading"] and lease["leader"] == lease["replica"]   # alone: it leads
         m("POST", "/mecorch/v1/hosts", {"hostId": "other", "url": api.base}, status=400)
         m("POST", "/mecorch/v1/hosts", {"hostId": "default", "url": "http://127.0.0.1:9"},
           status=409)
