@@ -51,7 +51,7 @@ from mecorch.kernel.errors import (
 from mecorch.kernel.journal import Journal
 from mecorch.kernel.locks import exclusive
 from mecorch.mepm.lcm import (
-    InstanceQueries, create_instance, fingerprint, idempotency_mismatch, parse_operate,
+    InstanceQueries, create_instance, fingerprint, parse_operate, replayed,
     parse_terminate, refuse_same_state)
 from mecorch.kernel.states import (
     InstanceOperationalState, InstantiationState, LcmOperation, OperationState, TerminationType,
@@ -174,10 +174,10 @@ class SystemLcm(InstanceQueries):
             key = (f"instantiate|{instance_id}|"
                    f"{validate.text(idempotency_key, 'Idempotency-Key', 128)}")
             digest = fingerprint(request)
-            if (seen := self._seen_instantiate(key, digest)) is not None:
+            if (seen := replayed(self.store, key, digest)) is not None:
                 return seen
         with self._exclusive(instance_id):
-            if key and (seen := self._seen_instantiate(key, digest)) is not None:
+            if key and (seen := replayed(self.store, key, digest)) is not None:
                 return seen         # the twin's, on another replica, came first
             inst = self.get(instance_id)
             self._no_unfinished_op(instance_id)
@@ -257,14 +257,6 @@ class SystemLcm(InstanceQueries):
         if here:
             self._pool.submit(self._guarded, instance_id, self._run_instantiate, op)
         return public(op)
-
-    def _seen_instantiate(self, key: str, digest: str) -> dict | None:
-        seen = self.store.get("idempotency", key)
-        if not seen:
-            return None
-        if seen.get("fingerprint") != digest:
-            raise idempotency_mismatch()
-        return public(self.store.get("op_occs", seen["resource"]))
 
     def _held(self, but: str) -> dict[str, tuple[tuple[str, dict], ...]]:
         """host -> the claims the MEO knows its instances hold there

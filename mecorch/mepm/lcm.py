@@ -187,12 +187,7 @@ class Lcm(InstanceQueries):
             raise
 
     def _replay(self, key: str, digest: str) -> dict | None:
-        seen = self.store.get("idempotency", key)
-        if not seen:
-            return None
-        if seen.get("fingerprint") != digest:
-            raise idempotency_mismatch()
-        return public(self.store.get("op_occs", seen["resource"]))
+        return replayed(self.store, key, digest)
 
     def _instantiate(self, instance_id: str, body: dict, key: str | None,
                      fingerprint: str | None, lost_after: int | None = None) -> dict:
@@ -750,6 +745,18 @@ def create_instance(store: Store, packages, body, idempotency_key: str | None,
         if key:
             store.put("idempotency", key, {"resource": iid, "fingerprint": fingerprint(body)})
     return doc, True
+
+
+def replayed(store: Store, key: str, digest: str) -> dict | None:
+    """The op occurrence a request with this idempotency key started (the
+    MEO's and a host's instantiate alike), None: none; a different request
+    under the same key is a 422."""
+    seen = store.get("idempotency", key)
+    if not seen:
+        return None
+    if seen.get("fingerprint") != digest:
+        raise idempotency_mismatch()
+    return public(store.get("op_occs", seen["resource"]))
 
 
 def _seen_create(store: Store, key: str, body: dict) -> dict | None:
