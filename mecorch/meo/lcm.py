@@ -579,7 +579,11 @@ class SystemLcm(InstanceQueries):
         container deploy takes about half a second, and a coarser poll
         would add its own wait to every deploy (a GET of an op occurrence
         costs the host about a millisecond)."""
-        delay, deadline = 0.005, time.monotonic() + self.op_timeout_s
+        deadline = time.monotonic() + self.op_timeout_s
+        cap = self.follower.poll_cap(entry.host_id, 0.02)
+        # a followed host is read when it notifies (or every cap): reading
+        # it every few ms meanwhile took CPU from the deploy on 2 cores
+        delay = cap if cap > 0.02 else 0.005
         woken = self.follower.waiter(entry.host_id, host_op_id)
         notified = True             # ended at the first read: nothing to say of it
         try:
@@ -601,7 +605,7 @@ class SystemLcm(InstanceQueries):
                     raise Timeout(f"edge host {entry.host_id!r}: op occurrence {host_op_id} "
                                   f"not ended after meo.op_timeout_s ({self.op_timeout_s:g} s)")
                 notified = woken.wait(delay)
-                delay = min(delay * 1.5, self.follower.poll_cap(entry.host_id, 0.02))
+                delay = min(delay * 1.5, cap)
         finally:
             self.follower.done(entry.host_id, host_op_id)
 
