@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 from mecorch.kernel import views
@@ -84,20 +85,30 @@ class MeoOrchestrator:
     def _sync_loop(self) -> None:
         """Every meo.sync_s: the hosts' view of their instances (observed
         state) and the operations to resume; the heartbeat does the rest."""
-        while not self._stop.wait(self.sync_s):
+        wait = self.sync_s
+        while not self._stop.wait(wait):
+            started = time.monotonic()
             try:
                 self.lcm.tick()
-                for entry in self.registry.entries():
-                    if entry.state != REACHABLE:
-                        continue
-                    try:
-                        self.lcm.resync(entry)
-                    except BackendUnavailable as e:
-                        # going away: the heartbeat says so, once (one WARNING
-                        # per outage), and the resync on its return catches up
-                        log.debug("sync of edge host %s skipped: %s", entry.host_id, e.detail)
+                # paced as the heartbeat is (meo.max_heartbeats_per_s hosts a
+                # second): with 1,000 hosts a round takes 10 s, not a burst of
+                # 1,000 instance listings every sync_s
+                self.registry.paced(self._sync_host, self.registry.entries(),
+                                    self.registry.max_beats_per_s, pool=False,
+                                    stop=self._stop)
             except Exception:           # noqa: BLE001 - the loop must survive anything
                 log.exception("sync round failed")
+            wait = max(0.0, self.sync_s - (time.monotonic() - started))
+
+    def _sync_host(self, entry: HostEntry) -> None:
+        if entry.state != REACHABLE:
+            return
+        try:
+            self.lcm.resync(entry)
+        except BackendUnavailable as e:
+            # going away: the heartbeat says so, once (one WARNING
+            # per outage), and the resync on its return catches up
+            log.debug("sync of edge host %s skipped: %s", entry.host_id, e.detail)
 
     def close(self) -> None:
         self.subscriptions.stop()
