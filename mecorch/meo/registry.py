@@ -34,9 +34,8 @@ from mecorch.spec.placement import Candidate
 
 log = logging.getLogger("mecorch.meo.hosts")
 REACHABLE, UNREACHABLE, UNKNOWN = "REACHABLE", "UNREACHABLE", "UNKNOWN"
-HEALTH_EVERY_S = 10.0       # how often the heartbeat also asks a host for its backends
+HEALTH_EVERY_S = 10.0       # how often (at most) the heartbeat also asks a host for its backends
 MAX_BEATS_PER_S = 50.0      # meo.max_heartbeats_per_s by default (Nomad's too)
-PACE_S = 0.25               # a paced round asks its share of hosts in slices this long
 
 
 @dataclass
@@ -323,7 +322,10 @@ class Registry:
         """The host's backends, at most every HEALTH_EVERY_S (its MEPM
         answers from its own background probes: no backend is touched)."""
         now = time.time()
-        if entry.backends_at is not None and now - entry.backends_at < HEALTH_EVERY_S:
+        # and at most every third heartbeat: with 1,000 hosts (a period of
+        # 20 s) it doubled the heartbeat's calls
+        every = max(HEALTH_EVERY_S, 3 * self.period_s())
+        if entry.backends_at is not None and now - entry.backends_at < every:
             return
         try:
             got = entry.mepm.health()
@@ -352,24 +354,27 @@ class Registry:
     def paced(self, fn: Callable[[HostEntry], object], entries: list[HostEntry],
               per_s: float, pool: bool = True,
               stop: threading.Event | None = None) -> bool:
-        """`fn` on every entry, at most `per_s` a second (on the pool, or in
-        this thread, in slices of PACE_S): a round over many hosts is
-        spread over its period, not a burst that holds the MEO's CPU (and
-        its API answers) for a second. False when `stop` (the registry's
-        by default) was set meanwhile."""
+        """`fn` on every entry, one every 1/`per_s` seconds (handed to the
+        pool, or run in this thread): a round over many hosts is spread over
+        its period, not a burst that holds the MEO's CPU (and its API
+        answers) for a second, and a host that does not answer holds one
+        pool thread, not the round. False when `stop` (the registry's by
+        default) was set meanwhile."""
         stop = stop or self._stop
-        per_slice = max(1, int(per_s * PACE_S)) if per_s > 0 else len(entries) or 1
-        for i in range(0, len(entries), per_slice):
-            started = time.monotonic()
-            if pool:
-                list(self._pool.map(fn, entries[i:i + per_slice]))
-            else:
-                for entry in entries[i:i + per_slice]:
+        started, futures = time.monotonic(), []
+        try:
+            for i, entry in enumerate(entries):
+                due = started + i / per_s if per_s > 0 else started
+                if stop.wait(max(0.0, due - time.monotonic())) if i else stop.is_set():
+                    return False
+                if pool:
+                    futures.append(self._pool.submit(fn, entry))
+                else:
                     fn(entry)
-            if i + per_slice < len(entries) and stop.wait(
-                    max(0.0, PACE_S - (time.monotonic() - started))):
-                return False
-        return True
+            return True
+        finally:
+            for f in futures:
+                f.result()              # its exception is the round's (logged by the loop)
 
     def start(self) -> None:
         if self._thread is None and self.heartbeat_s > 0:

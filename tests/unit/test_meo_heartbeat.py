@@ -5,10 +5,11 @@ its period instead of asked in one burst."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 from mecorch.kernel.store import Store
-from mecorch.meo.registry import PACE_S, HostEntry, Registry
+from mecorch.meo.registry import HostEntry, Registry
 
 
 def registry(hosts: int, **meo) -> Registry:
@@ -33,13 +34,38 @@ def test_a_paced_round_reaches_every_host_at_the_rate_it_is_given():
     reg = registry(30)
     seen = []
     started = time.monotonic()
-    assert reg.paced(lambda e: seen.append(e.host_id), reg.entries(), per_s=40)
+    assert reg.paced(lambda e: seen.append(e.host_id), reg.entries(), per_s=100)
     took = time.monotonic() - started
     assert sorted(seen) == [e.host_id for e in reg.entries()]
-    # 10 hosts a slice of PACE_S: the third slice starts two slices in
-    assert took >= 2 * PACE_S * 0.95
-    reg._stop.set()
-    # stopped: the round ends after the slice it is in
+    assert took >= 29 / 100 * 0.95          # the last one 29 hundredths in
+    # in the caller's thread, the same
     seen.clear()
-    assert not reg.paced(lambda e: seen.append(e.host_id), reg.entries(), per_s=40)
-    assert len(seen) == 10
+    assert reg.paced(lambda e: seen.append(e.host_id), reg.entries(), per_s=0, pool=False)
+    assert len(seen) == 30
+
+
+def test_a_stopped_round_ends_where_it_is():
+    reg = registry(30)
+    stop, seen = threading.Event(), []
+
+    def beat(entry):
+        seen.append(entry.host_id)
+        if len(seen) == 3:
+            stop.set()
+    assert not reg.paced(beat, reg.entries(), per_s=1000, pool=False, stop=stop)
+    assert len(seen) == 3
+    assert not reg.paced(beat, reg.entries(), per_s=1000, stop=stop)
+    assert len(seen) == 3
+
+
+def test_an_error_in_a_round_is_the_rounds():
+    reg = registry(3)
+
+    def beat(entry):
+        raise RuntimeError(f"broken {entry.host_id}")
+    try:
+        reg.paced(beat, reg.entries(), per_s=1000)
+    except RuntimeError as e:
+        assert "broken edge0000" in str(e)
+    else:
+        raise AssertionError("the round's error was lost")
