@@ -68,6 +68,7 @@ class Host:
         state = state or {}
         self.instances: dict[str, dict] = state.get("instances", {})
         self.packages: dict[str, dict] = state.get("packages", {})
+        self.app_d_ids: dict[str, str] = {}         # package -> appDId (its appPkgName)
         self.ops: dict[str, dict] = {}
         self.subscriptions: dict[str, dict] = {}
         self.vcpu_used = sum(i["allocatedResources"]["compute"]["vcpu"]
@@ -103,15 +104,17 @@ class Host:
                "usageState": "NOT_IN_USE", "userDefinedData": body.get("userDefinedData"),
                "_links": {"self": {"href": f"{PKGM}/app_packages/{pid}"}}}
         self.packages[pid] = pkg
+        self.app_d_ids[pid] = body.get("appPkgName")
         return pkg
 
     def onboarded(self, pid: str) -> None:
         """What the real MEPM reads from the package's AppD; the stand-in
-        knows the benchmark's one app."""
+        reads no AppD: the benchmark names its packages by their appDId."""
+        app = self.app_d_ids.get(pid, "bench-scale")
         self.packages[pid].update(
-            onboardingState="ONBOARDED", operationalState="ENABLED", appDId="bench-scale",
+            onboardingState="ONBOARDED", operationalState="ENABLED", appDId=app,
             appDVersion="1.0", appSoftwareVersion="1.0", appProvider="mecorch",
-            appName="bench-scale", deploymentTypes=["CONTAINER"], dnsNames=[],
+            appName=app, deploymentTypes=["CONTAINER"], dnsNames=[],
             deploymentType="CONTAINER", deletionPending=False)
 
     # ------------------------------------------------------------ instances
