@@ -274,6 +274,8 @@ def run(a) -> dict:
             res["rss_after_idle_mb"] = round(rss_mb(meo_proc.pid), 1)
 
             # ---------------------------------------------------- reconnect storm
+            if a.no_storm:
+                return res
             t0 = time.perf_counter()
             standin.stop()
             testlab.wait_for(lambda: host_states(meo).get("UNREACHABLE") == a.hosts, 600,
@@ -335,6 +337,7 @@ def main() -> int:
     ap.add_argument("--heartbeat-s", type=float, default=2.0)
     ap.add_argument("--meo-config", default="", help="JSON merged into the MEO's meo: section")
     ap.add_argument("--idle-s", type=float, default=30.0)
+    ap.add_argument("--no-storm", action="store_true", help="end after the idle window")
     ap.add_argument("--settle-s", type=float, default=5.0)
     ap.add_argument("--out", default=str(REPO / "bench" / "results-meo-scale.json"))
     a = ap.parse_args()

@@ -261,8 +261,14 @@ class SystemLcm(InstanceQueries):
         the authority: it checks again (this view may be stale)."""
         out: dict[str, list] = {}
         read_from_hosts = {d["id"]: d for d in self.store.list("rules")}
-        # only the keys read here: not every instance's whole document
-        for inst in self.store.list("instances", keep=(
+        # only the instances that may hold a claim (rules planned, or read
+        # from their host), and only the keys read here: every instance's
+        # whole document was 300 ms at 10,000 instances, these ~30 ms (a
+        # scan still: the store has no index of the instances that claim)
+        for inst in self.store.list("instances", match=(
+                "json_array_length(doc, '$._claims.trafficRules') > 0 OR "
+                "json_array_length(doc, '$._claims.dnsRules') > 0 OR "
+                "id IN (SELECT id FROM rules)", ()), keep=(
                 "id", "instantiationState", "hostId", "appDId", "_claims", "_opId")):
             iid, planned = inst["id"], inst.get("_claims") or {}
             if iid == but:

@@ -83,22 +83,33 @@ class MeoOrchestrator:
         self._thread.start()
 
     def _sync_loop(self) -> None:
-        """Every meo.sync_s: the hosts' view of their instances (observed
-        state) and the operations to resume; the heartbeat does the rest."""
+        """Every meo.sync_s (longer with many hosts, as the heartbeat's
+        period): the hosts' view of their instances (observed state) and
+        the operations to resume; the heartbeat does the rest."""
         wait = self.sync_s
         while not self._stop.wait(wait):
             started = time.monotonic()
             try:
                 self.lcm.tick()
-                # paced as the heartbeat is (meo.max_heartbeats_per_s hosts a
-                # second): with 1,000 hosts a round takes 10 s, not a burst of
-                # 1,000 instance listings every sync_s
-                self.registry.paced(self._sync_host, self.registry.entries(),
-                                    self.registry.max_beats_per_s, pool=False,
+                # paced so that its period grows as the heartbeat's does
+                # (meo.max_heartbeats_per_s): a host is synced every
+                # sync_s × period_s / heartbeat_s (1,000 hosts: every 100 s),
+                # not in a burst of 1,000 instance listings that outlasted
+                # sync_s (a round of minutes at 10,000 instances)
+                entries = self.registry.entries()
+                period = self._sync_period_s()
+                self.registry.paced(self._sync_host, entries,
+                                    len(entries) / period if period > 0 else 0, pool=False,
                                     stop=self._stop)
             except Exception:           # noqa: BLE001 - the loop must survive anything
                 log.exception("sync round failed")
-            wait = max(0.0, self.sync_s - (time.monotonic() - started))
+            wait = max(0.0, self._sync_period_s() - (time.monotonic() - started))
+
+    def _sync_period_s(self) -> float:
+        beat = self.registry.heartbeat_s
+        if beat <= 0:
+            return self.sync_s
+        return self.sync_s * max(1.0, self.registry.period_s() / beat)
 
     def _sync_host(self, entry: HostEntry) -> None:
         if entry.state != REACHABLE:
