@@ -113,6 +113,8 @@ KEYS: list[Key] = [
     _k("meo.mepms[].token_file", STR, None, "bearer token to call it with", nullable=True),
     _k("meo.mepms[].ca_file", STR, None, "CA to check its TLS certificate", nullable=True),
     _k("meo.heartbeat_s", NUMBER, 2, "ask each MEPM this often whether it is alive"),
+    _k("meo.max_heartbeats_per_s", NUMBER, 50, "ask at most this many MEPMs a second: with "
+       "more hosts than heartbeat_s allows, each is asked less often"),
     _k("meo.unreachable_after", INT, 2, "missed heartbeats in a row: UNREACHABLE"),
     _k("meo.request_timeout_s", NUMBER, 10, "wait this long for an MEPM's answer"),
     _k("meo.sync_s", NUMBER, 10, "refresh the hosts' instance states this often"),

@@ -161,14 +161,19 @@ class SystemLcm(InstanceQueries):
         if lost_after is not None and len(selected_hosts(body)) == 1:
             raise InvalidInput(f"{replace.FIELD}: selectedMECHostInfo names one edge host, so "
                                "there is no other to re-place the app on")
-        beat = self.registry.heartbeat_s
+        # a host's heartbeat period, longer than meo.heartbeat_s with many
+        # hosts (Registry.period_s)
+        beat = self.registry.period_s()
         if lost_after is not None and 0 < beat and lost_after < 2 * beat:
             # the host fences the app after lostAfter without a word from the
             # MEO: heartbeats must come well within it, or it fences an app
             # whose MEO is there
             raise InvalidInput(f"{replace.FIELD}: {lost_after} s is less than two heartbeats "
-                               f"of this MEO (meo.heartbeat_s {beat:g} s); the host would "
-                               "fence the app between two of them")
+                               f"of this MEO (every {beat:g} s: meo.heartbeat_s "
+                               f"{self.registry.heartbeat_s:g} s, at most "
+                               f"meo.max_heartbeats_per_s {self.registry.max_beats_per_s:g} "
+                               "hosts a second); the host would fence the app between two "
+                               "of them")
         key = digest = None
         if idempotency_key:
             key = (f"instantiate|{instance_id}|"
@@ -191,10 +196,15 @@ class SystemLcm(InstanceQueries):
                 # one placement at a time across replicas too: each sees the
                 # reservations the one before made
                 self.store.lock("placement")
-                held = self._held(but=instance_id)
-                candidates = [dataclasses.replace(c, held=held.get(c.host_id, ()))
-                              for c in self.registry.candidates()]
                 claims = placement.plan_claims(p, inst["appDId"])
+                # a request that claims no fixed destination and no DNS name
+                # conflicts with nothing held: the claims of every instance
+                # (a read of all of them, 10,000: most of a placement's time)
+                # are read only for one that does
+                held = self._held(but=instance_id) if claims.traffic or claims.dns else {}
+                candidates = [dataclasses.replace(c, held=held[c.host_id])
+                              if c.host_id in held else c
+                              for c in self.registry.candidates()]
                 if len(p.wanted) == 1:
                     # a named host where another instance holds what the
                     # request claims: the host's refusal, before the 202
@@ -267,7 +277,15 @@ class SystemLcm(InstanceQueries):
         the authority: it checks again (this view may be stale)."""
         out: dict[str, list] = {}
         read_from_hosts = {d["id"]: d for d in self.store.list("rules")}
-        for inst in self.store.list("instances"):
+        # only the instances that may hold a claim (rules planned, or read
+        # from their host), and only the keys read here: every instance's
+        # whole document was 300 ms at 10,000 instances, these ~30 ms (a
+        # scan still: the store has no index of the instances that claim)
+        for inst in self.store.list("instances", match=(
+                "json_array_length(doc, '$._claims.trafficRules') > 0 OR "
+                "json_array_length(doc, '$._claims.dnsRules') > 0 OR "
+                "id IN (SELECT id FROM rules)", ()), keep=(
+                "id", "instantiationState", "hostId", "appDId", "_claims", "_opId")):
             iid, planned = inst["id"], inst.get("_claims") or {}
             if iid == but:
                 continue
@@ -374,8 +392,15 @@ class SystemLcm(InstanceQueries):
                     self.store.delete("rules", iid)         # the host removed them
             # before the op ends (a client that sees it COMPLETED reads the
             # package's new usageState), not counting this op as running;
-            # not in a transaction: a deletion pending removes host copies
-            self.packages.refresh_usage(inst["appDId"], ending=op["id"])
+            # not in a transaction: a deletion pending removes host copies.
+            # An instance left INSTANTIATED from a package already IN_USE
+            # changes no usage: the count reads every instance of the app
+            # (10,000 of one app: ~20 ms of each op's end), so it is made
+            # only for an end that may change one
+            pkg = self.store.get("packages", inst["appPkgId"]) if inst.get("appPkgId") else None
+            if not (inst.get("instantiationState") == INSTANTIATED and pkg is not None
+                    and pkg.get("usageState") == "IN_USE"):
+                self.packages.refresh_usage(inst["appDId"], ending=op["id"])
             with self.store.transaction():
                 self.journal.events.instance(inst)              # notifications
                 ended = self.journal.finish(op)                 # fenced too
@@ -757,11 +782,15 @@ class SystemLcm(InstanceQueries):
         fenced = []
         views = {v["id"]: v for v in entry.mepm.list_instances()}
         self._synced_at[entry.host_id] = time.time()
-        for inst in self.store.list("instances"):
+        # the ops in progress read once, not twice per instance (an op
+        # started since is its instance's `_busy` until its worker ends)
+        running = {o["appInstanceId"] for o in self.journal.in_progress()
+                   if not o["_plan"].get(replace.STALE)}
+        for inst in self._instances_on(entry.host_id):
             remote = inst.get("_hostInstance")
             if not remote or remote["hostId"] != entry.host_id or self._is_busy(inst["id"]):
                 continue
-            if any(not o["_plan"].get(replace.STALE) for o in self.journal.in_progress(inst["id"])):
+            if inst["id"] in running:
                 continue
             before = {k: inst.get(k) for k in _FROM_HOST}
             view = views.get(remote["id"])
@@ -855,6 +884,22 @@ class SystemLcm(InstanceQueries):
         if mine(self.store.get("instances", host_instance_id)):
             return host_instance_id
         return next((i["id"] for i in self.store.list("instances") if mine(i)), None)
+
+    def _instances_on(self, host_id: str) -> list[dict]:
+        """The instances the MEO made on the host (`_hostInstance` there):
+        those INSTANTIATED there (the indexed hostId) and the
+        NOT_INSTANTIATED ones (their hostId went with their deployment).
+        A resync read every instance of every host for each host: 1,000
+        hosts with 10,000 instances made a sync round of minutes."""
+        mine = self.store.list("instances", hostId=host_id)
+        seen = {d["id"] for d in mine}
+        for d in self.store.list("instances", instantiationState=NOT_INSTANTIATED,
+                                 keep=("id", "_hostInstance")):
+            if (d.get("_hostInstance") or {}).get("hostId") == host_id and d["id"] not in seen:
+                doc = self.store.get("instances", d["id"])
+                if doc is not None:
+                    mine.append(doc)
+        return mine
 
     def _unfence(self, entry: HostEntry, fenced: list[tuple[str, str]]) -> list[str]:
         """Tell the host that these fenced instances are still the MEO's

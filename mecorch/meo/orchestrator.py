@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 from mecorch.kernel import views
@@ -140,24 +141,47 @@ class MeoOrchestrator:
                 log.debug("pickup round failed: %s", e)
 
     def _sync_loop(self) -> None:
-        """Every meo.sync_s: the hosts' view of their instances (observed
-        state) and the operations to resume; the heartbeat does the rest."""
-        while not self._stop.wait(self.sync_s):
+        """Every meo.sync_s (longer with many hosts, as the heartbeat's
+        period), in the leader: the hosts' view of their instances
+        (observed state) and the operations to resume; the heartbeat does
+        the rest."""
+        wait = self.sync_s
+        while not self._stop.wait(wait):
             if not self.lease.leading():
+                wait = self.sync_s
                 continue
+            started = time.monotonic()
             try:
                 self.lcm.tick()
-                for entry in self.registry.entries():
-                    if entry.state != REACHABLE:
-                        continue
-                    try:
-                        self.lcm.resync(entry)
-                    except BackendUnavailable as e:
-                        # going away: the heartbeat says so, once (one WARNING
-                        # per outage), and the resync on its return catches up
-                        log.debug("sync of edge host %s skipped: %s", entry.host_id, e.detail)
+                # paced so that its period grows as the heartbeat's does
+                # (meo.max_heartbeats_per_s): a host is synced every
+                # sync_s × period_s / heartbeat_s (1,000 hosts: every 100 s),
+                # not in a burst of 1,000 instance listings that outlasted
+                # sync_s (a round of minutes at 10,000 instances)
+                entries = self.registry.entries()
+                period = self._sync_period_s()
+                self.registry.paced(self._sync_host, entries,
+                                    len(entries) / period if period > 0 else 0, pool=False,
+                                    stop=self._stop)
             except Exception:           # noqa: BLE001 - the loop must survive anything
                 log.exception("sync round failed")
+            wait = max(0.0, self._sync_period_s() - (time.monotonic() - started))
+
+    def _sync_period_s(self) -> float:
+        beat = self.registry.heartbeat_s
+        if beat <= 0:
+            return self.sync_s
+        return self.sync_s * max(1.0, self.registry.period_s() / beat)
+
+    def _sync_host(self, entry: HostEntry) -> None:
+        if entry.state != REACHABLE or not self.lease.leading():
+            return                      # (a round outlasts a lost lease)
+        try:
+            self.lcm.resync(entry)
+        except BackendUnavailable as e:
+            # going away: the heartbeat says so, once (one WARNING
+            # per outage), and the resync on its return catches up
+            log.debug("sync of edge host %s skipped: %s", entry.host_id, e.detail)
 
     def close(self) -> None:
         self.subscriptions.stop()

@@ -7,8 +7,9 @@ The transport is mecorch.kernel.outbound (no redirect followed, a total deadline
 per call, a token only over https or to loopback). One place maps it: an unreachable host is BackendUnavailable;
 an answer that refuses becomes the mecorch error of its status, with the
 MEPM's ProblemDetails detail, so the MEO can tell "the host is away" from
-"the host said no". Connections are kept alive per thread: a deploy makes
-a handful of calls and must not pay a TCP (and TLS) handshake for each.
+"the host said no". Connections are kept alive (a few per MEPM, shared by
+the threads that call it): a deploy makes a handful of calls and must not
+pay a TCP (and TLS) handshake for each.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ MEO_ID = "X-Mecorch-Meo-Id"
 # op occurrences and its instances' states.
 FOLLOWED = ("AppLcmOpOccStateChange", "AppInstanceStateChange")
 ONBOARD_TIMEOUT_S = 600.0
+MAX_IDLE = 4                # kept-alive connections kept per MEPM between calls
 _BY_STATUS = {400: errors.InvalidInput, 401: errors.Unauthorized, 403: errors.Forbidden,
               404: errors.NotFound, 409: errors.Conflict, 412: errors.PreconditionFailed,
               413: errors.PayloadTooLarge, 422: errors.IntegrityError,
@@ -79,21 +81,34 @@ class RemoteMepm(Mepm):
         self._ctx: ssl.SSLContext | None = None
         if parts.scheme == "https":
             self._ctx = ssl.create_default_context(cafile=ca_file)
-        self._local = threading.local()
+        # kept-alive connections no call holds: a call takes one (or makes
+        # one) and gives it back. They were one per thread: an MEO's 8
+        # heartbeat and 16 LCM threads each kept one to every host, 18,000
+        # sockets for 1,000 hosts (its RSS, its open files limit)
+        self._idle: list[http.client.HTTPConnection] = []
+        self._idle_lock = threading.Lock()
 
     # ---------------------------------------------------------------- transport
-    def _conn(self) -> http.client.HTTPConnection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = outbound.connection(self.url, self._timeout, self._ctx)
-            self._local.conn = conn
-        return conn
+    def _take(self) -> http.client.HTTPConnection:
+        with self._idle_lock:
+            if self._idle:
+                return self._idle.pop()
+        return outbound.connection(self.url, self._timeout, self._ctx)
+
+    def _give(self, conn: http.client.HTTPConnection) -> None:
+        with self._idle_lock:
+            if len(self._idle) < MAX_IDLE:
+                self._idle.append(conn)
+                return
+        conn.close()
 
     def _drop(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
+        """Close the idle connections (the server closed them, or the MEPM
+        is let go)."""
+        with self._idle_lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
             conn.close()
-            self._local.conn = None
 
     def call(self, method: str, path: str, body: Any = None, headers: dict | None = None,
              raw: Any = None) -> tuple[int, Any]:
@@ -122,7 +137,8 @@ class RemoteMepm(Mepm):
         if self._token:
             hdrs["Authorization"] = f"Bearer {self._token}"
         for attempt in (1, 2):
-            conn = self._conn()
+            conn = self._take() if attempt == 1 else outbound.connection(
+                self.url, self._timeout, self._ctx)
             try:
                 # the whole call within the deadline (a longer one for a
                 # synchronous onboarding); redirects are not followed
@@ -130,13 +146,16 @@ class RemoteMepm(Mepm):
                                            data, hdrs)
                 break
             except (OSError, http.client.HTTPException) as e:
-                self._drop()
+                conn.close()
                 # a kept-alive connection the server closed meanwhile: one
-                # fresh try (never for a body streamed from a file)
+                # fresh try (never for a body streamed from a file); the
+                # other idle ones are as likely closed
                 if attempt == 1 and raw is None and isinstance(e, _CLOSED_BY_SERVER):
+                    self._drop()
                     continue
                 raise BackendUnavailable(
                     f"edge host {self.host_id!r}: MEPM at {self.url} unreachable: {e}") from None
+        self._give(conn)
         doc = _decode(answer.body)
         if answer.status in answered:
             return answer.status, doc, answer.headers

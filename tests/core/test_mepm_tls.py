@@ -86,14 +86,14 @@ def test_a_connection_the_mepm_closed_while_idle_is_opened_again(mepm):
                                         "hash": hashlib.sha256(z.read_bytes()).hexdigest()}})
     remote = RemoteMepm("tls-edge", url, "mepm-token-0123456789abcdef", ca)
     remote.info()
-    first = remote._local.conn.sock
+    first = remote._idle[-1].sock
     for _ in range(2):
         time.sleep(0.8)                 # past the server's keepalive_idle
         assert remote.info().host_id == "tls-edge"
         time.sleep(0.8)
         made = remote.create_instance({"appDId": "sample-http"}, key=f"idle-{time.time()}")
         assert made["id"]
-    assert remote._local.conn.sock is not first
+    assert remote._idle[-1].sock is not first
 
 
 def test_wrong_token_and_unknown_ca_are_refused(mepm):

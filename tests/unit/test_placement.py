@@ -83,3 +83,20 @@ def test_hardware_acceleration_needs_a_kvm_vim():
 def test_no_host_registered_says_so():
     with pytest.raises(CapacityExceeded, match="no edge host is registered"):
         place(C, SMALL, [])
+
+
+def test_ties_go_to_the_smaller_host_id_and_the_longer_of_a_prefix():
+    # the order a max() over each id's negated code points gave
+    assert place(C, SMALL, [host("edge3"), host("edge2"), host("edge1")]) == "edge1"
+    assert place(C, SMALL, [host("edge2"), host("edge10"), host("edge1")]) == "edge10"
+    assert place(C, SMALL, [host("a"), host("ab"), host("b")]) == "ab"
+
+
+def test_the_reason_names_a_few_tied_and_unfit_hosts_and_counts_the_rest():
+    from mecorch.spec.placement import NAMED, choose
+    fit = [host(f"fit{i:02d}") for i in range(NAMED + 3)]
+    unfit = [host(f"full{i:02d}", used_cpu=8) for i in range(NAMED + 4)]
+    best, why = choose(C, SMALL, fit + unfit)
+    assert best == "fit00"
+    assert f"tied with {', '.join(f'fit{i:02d}' for i in range(1, NAMED + 1))} and 2 more" in why
+    assert why.count("full") == NAMED and why.endswith("; 4 more hosts that do not fit")
