@@ -56,7 +56,7 @@ from mecorch.mepm.lcm import (
 from mecorch.kernel.states import (
     InstanceOperationalState, InstantiationState, LcmOperation, OperationState, TerminationType,
     operation_words)
-from mecorch.kernel.store import Store
+from mecorch.kernel.store import AnyOf, Has, Store
 from mecorch.kernel.timeutil import public
 from mecorch.kernel.workers import Workers
 from mecorch.spec import placement
@@ -247,9 +247,13 @@ class SystemLcm(InstanceQueries):
                 inst["_opId"] = op["id"]
                 # what it claims there, as the MEO knows it until it reads
                 # the host's rules (`_held`)
-                inst["_claims"] = {"hostId": host_id, "trafficRules": [
-                    r.to_etsi() for r in claims.traffic], "dnsRules": [
-                    r.to_etsi() for r in claims.dns]}
+                # (a kind it claims nothing of is left out: `_held` reads only
+                # the instances that have one)
+                inst["_claims"] = {"hostId": host_id}
+                if claims.traffic:
+                    inst["_claims"]["trafficRules"] = [r.to_etsi() for r in claims.traffic]
+                if claims.dns:
+                    inst["_claims"]["dnsRules"] = [r.to_etsi() for r in claims.dns]
                 # what a re-placement needs to place it again as asked (or
                 # nothing: not opted in)
                 replace.remember(inst, lost_after, host_body, selected_hosts(body), pkg["id"])
@@ -280,12 +284,17 @@ class SystemLcm(InstanceQueries):
         # only the instances that may hold a claim (rules planned, or read
         # from their host), and only the keys read here: every instance's
         # whole document was 300 ms at 10,000 instances, these ~30 ms (a
-        # scan still: the store has no index of the instances that claim)
-        for inst in self.store.list("instances", match=(
-                "json_array_length(doc, '$._claims.trafficRules') > 0 OR "
-                "json_array_length(doc, '$._claims.dnsRules') > 0 OR "
-                "id IN (SELECT id FROM rules)", ()), keep=(
-                "id", "instantiationState", "hostId", "appDId", "_claims", "_opId")):
+        # scan still: the store has no index of the instances that claim).
+        # An instance made before `_claims` left out what it claims nothing
+        # of has empty lists: read too (Has keeps them), harmless.
+        keys = ("id", "instantiationState", "hostId", "appDId", "_claims", "_opId")
+        found = self.store.list("instances", match=AnyOf((
+            Has(("_claims", "trafficRules")), Has(("_claims", "dnsRules")))), keep=keys)
+        seen = {d["id"] for d in found}
+        for iid in read_from_hosts:
+            if iid not in seen and (doc := self.store.get("instances", iid)) is not None:
+                found.append({k: doc.get(k) for k in keys})
+        for inst in found:
             iid, planned = inst["id"], inst.get("_claims") or {}
             if iid == but:
                 continue
@@ -302,8 +311,9 @@ class SystemLcm(InstanceQueries):
             rules = read if read and read.get("hostId") == host else planned
             if host and rules:
                 out.setdefault(host, []).append((iid, {
-                    "appDId": inst.get("appDId"), "trafficRules": rules.get("trafficRules"),
-                    "dnsRules": rules.get("dnsRules"),
+                    "appDId": inst.get("appDId"),
+                    "trafficRules": rules.get("trafficRules") or [],
+                    "dnsRules": rules.get("dnsRules") or [],
                     "shareServiceAddress": planned.get("shareServiceAddress", False)}))
         return {h: tuple(v) for h, v in out.items()}
 
