@@ -51,6 +51,8 @@ log = logging.getLogger("mecorch.meo.follow")
 HOSTS = "/mecorch/v1/hosts"
 TOKEN_FILE = "meo-notification-token"
 FALLBACK_POLL_S = 0.25      # a followed host's op is read at least this often
+FINAL = ("COMPLETED", "FAILED", "ROLLED_BACK")
+MAX_SAID = 1024             # ends notified before their wait began, kept this many
 MISSES = 3                  # ops in a row seen ended unnotified: the host is polled again
 MAX_REFRESHING = 32         # instance reads at once; beyond, the next resync reads them
 
@@ -63,6 +65,8 @@ class OpFollower:
         self.token = _token(Path(state_dir) / TOKEN_FILE)
         self._lock = threading.Lock()
         self._waiting: dict[tuple[str, str], threading.Event] = {}
+        # (host, op) -> the end it notified, oldest first (MAX_SAID kept)
+        self._said: dict[tuple[str, str], str] = {}
         self.followed: set[str] = set()     # hosts that said they will notify
         self._misses: dict[str, int] = {}    # host -> its ops in a row ended unnotified
         # (host id, host's instance id) -> read it; set by the MEO's LCM
@@ -115,6 +119,7 @@ class OpFollower:
     def done(self, host_id: str, op_id: str) -> None:
         with self._lock:
             self._waiting.pop((host_id, op_id), None)
+            self._said.pop((host_id, op_id), None)
 
     def poll_cap(self, host_id: str, cap: float) -> float:
         """How long a wait for a host's op may go without reading it."""
@@ -133,10 +138,26 @@ class OpFollower:
         op_id = body.get("appLcmOpOccId")
         if not isinstance(op_id, str):
             return
+        # ETSI names an AppLcmOpOccNotification's state its notificationType.
+        # Only an end wakes the wait (a PROCESSING read would be one more
+        # call to the host per op, for nothing); a COMPLETED is taken as the
+        # host said it, with no read (`said`), kept for a wait not yet begun
+        state = body.get("notificationType")
+        if state not in FINAL:
+            return
+        key = (host_id, op_id)
         with self._lock:
-            event = self._waiting.get((host_id, op_id))
+            event = self._waiting.get(key)
+            self._said[key] = state
+            while len(self._said) > MAX_SAID:
+                self._said.pop(next(iter(self._said)))
         if event is not None:
             event.set()
+
+    def said(self, host_id: str, op_id: str) -> str | None:
+        """The end the host notified for its op (None: none yet)."""
+        with self._lock:
+            return self._said.get((host_id, op_id))
 
     def _instance_changed(self, host_id: str, iid: str) -> None:
         """Read the instance on a thread of its own (the host's sender waits

@@ -608,8 +608,9 @@ class SystemLcm(InstanceQueries):
 
     def _await(self, entry: HostEntry, host_op_id: str) -> dict:
         """Follow the host's op occurrence to its end. A host that notifies
-        its op changes (mecorch.meo.follow) wakes the wait: its op is read
-        when it changed, and otherwise at most every FALLBACK_POLL_S. One
+        its op changes (mecorch.meo.follow) wakes the wait when the op ends:
+        a COMPLETED is taken as notified, another end is read (its error),
+        and the op is read at most every FALLBACK_POLL_S otherwise. One
         that does not is polled, backing off from 5 ms to 20 ms: a
         container deploy takes about half a second, and a coarser poll
         would add its own wait to every deploy (a GET of an op occurrence
@@ -621,9 +622,21 @@ class SystemLcm(InstanceQueries):
         delay = cap if cap > 0.02 else 0.005
         woken = self.follower.waiter(entry.host_id, host_op_id)
         notified = True             # ended at the first read: nothing to say of it
+        # a followed host's op is first read when it notifies its end (or
+        # after cap): the op the dispatch answered has just started
+        read = cap <= 0.02
         try:
             while True:
                 woken.clear()
+                said = self.follower.said(entry.host_id, host_op_id)
+                if said == OperationState.COMPLETED.value:
+                    # as the host notified it (its bearer token): no read
+                    self.follower.ended(entry.host_id, True)
+                    return {"id": host_op_id, "operationState": said}
+                if not (read or said):
+                    read = True
+                    notified = woken.wait(delay)
+                    continue
                 try:
                     host_op = entry.mepm.get_op(host_op_id)
                 except BackendUnavailable:

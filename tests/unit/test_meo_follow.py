@@ -79,10 +79,21 @@ def test_the_callback_takes_only_the_token(tmp_path):
 
 
 def test_a_wait_woken_by_its_notification_returns_at_once(tmp_path):
+    """Only an end wakes the wait (a PROCESSING would cost a read of the
+    op for nothing), and the end notified is kept for the wait, even one
+    that begins after it."""
     f = OpFollower(str(tmp_path))
     event = f.waiter("h", "op")
-    threading.Timer(0.05, f.notified, ("h", {"appLcmOpOccId": "op"})).start()
+    f.notified("h", {"appLcmOpOccId": "op", "notificationType": "PROCESSING"})
+    assert not event.is_set() and f.said("h", "op") is None
+    threading.Timer(0.05, f.notified,
+                    ("h", {"appLcmOpOccId": "op", "notificationType": "COMPLETED"})).start()
     assert event.wait(5)
+    assert f.said("h", "op") == "COMPLETED"
+    f.notified("h", {"appLcmOpOccId": "early", "notificationType": "FAILED"})
+    assert f.said("h", "early") == "FAILED"         # before any wait on it
+    f.done("h", "op")
+    assert f.said("h", "op") is None
 
 
 def test_a_host_whose_ops_keep_ending_unnotified_is_polled_again(tmp_path):
