@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from mecorch.kernel.errors import InvalidInput, StoreUnavailable
-from mecorch.kernel.store import (TABLES, TABLES_REPLICAS, TABLES_V1, AllOf, AnyOf, ColumnIn, Has, Match,
+from mecorch.kernel.store import (CLAIMING, TABLES, TABLES_REPLICAS, TABLES_V1, AllOf, AnyOf, ColumnIn, Has, Match,
                                   StateStore, StoreTooNew, TextIn, Views, _column, _index_value)
 
 KEY = "meo.database"
@@ -193,7 +193,18 @@ def _tables(q: Run, tables: dict[str, tuple[str, ...]]) -> None:
 
 
 # Migration i brings a database at version i to i + 1 (0: no tables yet).
-MIGRATIONS: list[Callable[[Run], None]] = [_v1, _v2]
+def _v3(q: Run) -> None:
+    """Schema version 3: the instances' CLAIMING column (store.CLAIMING),
+    filled in the column and the document for those that claim something."""
+    q(f'ALTER TABLE instances ADD COLUMN "{CLAIMING}" text')
+    q(f"""UPDATE instances SET doc = jsonb_set(doc::jsonb, '{{{CLAIMING}}}', '"yes"')::json,
+          "{CLAIMING}" = 'yes'
+          WHERE jsonb_array_length(COALESCE(docb #> '{{_claims,trafficRules}}', '[]')) > 0
+             OR jsonb_array_length(COALESCE(docb #> '{{_claims,dnsRules}}', '[]')) > 0""")
+    q(f'CREATE INDEX instances_{CLAIMING} ON instances ("{CLAIMING}", seq)')
+
+
+MIGRATIONS: list[Callable[[Run], None]] = [_v1, _v2, _v3]
 
 
 def _key64(key: str) -> int:

@@ -67,7 +67,13 @@ TABLES_REPLICAS: dict[str, tuple[str, ...]] = {
     "host_states": (),
     "reservations": ("hostId",),
 }
-TABLES: dict[str, tuple[str, ...]] = {**TABLES_V1, **TABLES_REPLICAS}
+# SQLite version 4, PostgreSQL version 3: an MEO's instance that claims a
+# fixed service address or a DNS name on its host says so in an indexed
+# column ("yes"; mecorch.meo.lcm._held reads only those: a scan of every
+# instance was most of such a placement's time at 10,000 instances)
+CLAIMING = "_claiming"
+TABLES: dict[str, tuple[str, ...]] = {**TABLES_V1, **TABLES_REPLICAS,
+                                      "instances": (*TABLES_V1["instances"], CLAIMING)}
 
 
 class StoreTooNew(MecorchError):
@@ -363,9 +369,21 @@ def _sqlite_v3(db: sqlite3.Connection) -> None:
     _sqlite_tables(db, TABLES_REPLICAS)
 
 
+def _sqlite_v4(db: sqlite3.Connection) -> None:
+    """The instances' CLAIMING column, filled (in the column and in the
+    document, whose key put copies to it) for those that claim something."""
+    if CLAIMING not in {r[1] for r in db.execute("PRAGMA table_info(instances)")}:
+        db.execute(f'ALTER TABLE instances ADD COLUMN "{CLAIMING}" TEXT')
+    db.execute(f"""UPDATE instances SET doc=json_set(doc, '$.{CLAIMING}', 'yes'),
+                   "{CLAIMING}"='yes'
+                   WHERE json_array_length(doc, '$._claims.trafficRules') > 0
+                      OR json_array_length(doc, '$._claims.dnsRules') > 0""")
+    db.execute(f'CREATE INDEX IF NOT EXISTS instances_{CLAIMING} ON instances("{CLAIMING}", seq)')
+
+
 # Migration i brings a store at version i to i + 1 (0: an empty file).
 SQLITE_MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
-    _sqlite_v1, _sqlite_v2, _sqlite_v3]
+    _sqlite_v1, _sqlite_v2, _sqlite_v3, _sqlite_v4]
 
 
 class Store(StateStore):

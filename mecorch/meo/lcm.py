@@ -56,7 +56,7 @@ from mecorch.mepm.lcm import (
 from mecorch.kernel.states import (
     InstanceOperationalState, InstantiationState, LcmOperation, OperationState, TerminationType,
     operation_words)
-from mecorch.kernel.store import AnyOf, Has, Store
+from mecorch.kernel.store import CLAIMING, Store
 from mecorch.kernel.timeutil import public
 from mecorch.kernel.workers import Workers
 from mecorch.spec import placement
@@ -254,6 +254,10 @@ class SystemLcm(InstanceQueries):
                     inst["_claims"]["trafficRules"] = [r.to_etsi() for r in claims.traffic]
                 if claims.dns:
                     inst["_claims"]["dnsRules"] = [r.to_etsi() for r in claims.dns]
+                if claims.traffic or claims.dns:
+                    inst[CLAIMING] = "yes"      # the store's index of what `_held` reads
+                else:
+                    inst.pop(CLAIMING, None)
                 # what a re-placement needs to place it again as asked (or
                 # nothing: not opted in)
                 replace.remember(inst, lost_after, host_body, selected_hosts(body), pkg["id"])
@@ -281,15 +285,12 @@ class SystemLcm(InstanceQueries):
         the authority: it checks again (this view may be stale)."""
         out: dict[str, list] = {}
         read_from_hosts = {d["id"]: d for d in self.store.list("rules")}
-        # only the instances that may hold a claim (rules planned, or read
-        # from their host), and only the keys read here: every instance's
-        # whole document was 300 ms at 10,000 instances, these ~30 ms (a
-        # scan still: the store has no index of the instances that claim).
-        # An instance made before `_claims` left out what it claims nothing
-        # of has empty lists: read too (Has keeps them), harmless.
+        # only the instances that may hold a claim (rules planned: the
+        # store's CLAIMING index; or read from their host), and only the
+        # keys read here: every instance's whole document was 300 ms at
+        # 10,000 instances
         keys = ("id", "instantiationState", "hostId", "appDId", "_claims", "_opId")
-        found = self.store.list("instances", match=AnyOf((
-            Has(("_claims", "trafficRules")), Has(("_claims", "dnsRules")))), keep=keys)
+        found = self.store.list("instances", keep=keys, **{CLAIMING: "yes"})
         seen = {d["id"] for d in found}
         for iid in read_from_hosts:
             if iid not in seen and (doc := self.store.get("instances", iid)) is not None:

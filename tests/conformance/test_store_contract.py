@@ -606,3 +606,30 @@ def test_a_transaction_begun_inside_another_is_part_of_it(store):
         with store.transaction():
             store.put("hosts", "c", {"id": "c"})
     assert store.get("hosts", "c") == {"id": "c"}
+
+
+def test_an_instance_claiming_something_is_indexed_after_the_migration(db, monkeypatch):
+    """The CLAIMING column (SQLite 4, PostgreSQL 3): a store of the version
+    before it, holding an MEO instance that claims a DNS name and one that
+    claims nothing, opens with the first found by the column and its
+    document carrying the key (a later put keeps the column)."""
+    from mecorch.kernel import store as store_mod
+    claiming = {"id": "a", "_claims": {"hostId": "h", "trafficRules": [],
+                                       "dnsRules": [{"domainName": "x.mec"}]}}
+    plain = {"id": "b", "_claims": {"hostId": "h", "trafficRules": [], "dnsRules": []}}
+    # the code of that version: its migrations, its instances' columns
+    monkeypatch.setitem(store_mod.TABLES, "instances", TABLES_V1["instances"])
+    if db.engine == "sqlite":
+        monkeypatch.setattr(store_mod, "SQLITE_MIGRATIONS", store_mod.SQLITE_MIGRATIONS[:3])
+        old = db.open()
+    else:
+        old = db.open(migrations=MIGRATIONS[:2])
+    for doc in (claiming, plain):
+        old.put("instances", doc["id"], doc)
+    old.close()
+    monkeypatch.undo()
+    s = db.open()
+    got = s.list("instances", **{store_mod.CLAIMING: "yes"})
+    assert [d["id"] for d in got] == ["a"] and got[0][store_mod.CLAIMING] == "yes"
+    s.put("instances", "a", s.get("instances", "a"))            # written again as read
+    assert ids(s.list("instances", **{store_mod.CLAIMING: "yes"})) == ["a"]

@@ -169,6 +169,11 @@ def _op_notices(s, op_id: str) -> Counter:
                    if b.get("appLcmOpOccId") == op_id)
 
 
+def _instance_notices(s, iid: str) -> Counter:
+    return Counter(b.get("notificationType") for b in s["receiver"].bodies()
+                   if b.get("appInstanceId") == iid and "appLcmOpOccId" not in b)
+
+
 def _containers(edge: dict, host_iid: str) -> list[str]:
     return run("docker", "ps", "-a", "-q", "--filter", f"label=mecorch.host={edge['id']}",
                "--filter", f"label=mecorch.instance={host_iid}", check=False).stdout.split()
@@ -235,6 +240,8 @@ def test_leader_killed_during_a_container_deploy(system):
     _wait_notices(s, got)
     assert _op_notices(s, got["op"]) == Counter(STARTING=1, PROCESSING=1, COMPLETED=1), \
         _op_notices(s, got["op"])
+    assert _instance_notices(s, got["instance"]) == Counter(STARTED=1), \
+        _instance_notices(s, got["instance"])
 
 
 def test_leader_killed_during_a_vm_deploy(system):
@@ -248,6 +255,8 @@ def test_leader_killed_during_a_vm_deploy(system):
     _wait_notices(s, got)
     assert _op_notices(s, got["op"]) == Counter(STARTING=1, PROCESSING=1, COMPLETED=1), \
         _op_notices(s, got["op"])
+    assert _instance_notices(s, got["instance"]) == Counter(STARTED=1), \
+        _instance_notices(s, got["instance"])
 
 
 def test_a_replica_that_does_not_lead_killed_changes_nothing(system):
