@@ -370,10 +370,15 @@ class Lcm(InstanceQueries):
             raise Conflict(f"app instance {instance_id} is already being terminated "
                            f"FORCEFUL (op {running['forceful']['id']})")
         inst = self.get(instance_id)
-        _check_named(named, field, inst)
+        # the host and manner the graceful op took: its release may already
+        # have left the instance NOT_INSTANTIATED, without them (this lock
+        # is taken again only to forget the graceful op: a FORCEFUL arriving
+        # in between found no hostId, a 500 the API fuzz caught)
+        graceful = running["op"]["_plan"]
+        _check_named(named, field, {"id": instance_id, "deploymentType": graceful["manner"]})
         op = self.journal.start(instance_id, LcmOperation.TERMINATE, {
             "terminationType": TerminationType.FORCEFUL.value, "timeout": 0,
-            "hostId": inst["hostId"], "manner": inst["deploymentType"],
+            "hostId": graceful["hostId"], "manner": graceful["manner"],
             "supersedes": running["op"]["id"]})
         self._live.add(op["id"])
         running["forceful"] = op

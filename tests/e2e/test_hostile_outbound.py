@@ -318,6 +318,33 @@ class TestForcefulPreemptsGraceful:
         assert env.c.wait_op(graceful, timeout=10)["operationState"] == "COMPLETED"
         assert env.c.get(f"{INST}/{iid}")["instantiationState"] == "NOT_INSTANTIATED"
 
+    def test_forceful_after_the_graceful_one_released_the_app_completes_with_it(self, env):
+        """Released (the instance NOT_INSTANTIATED, its host and manner gone
+        from it) but not yet ended: a FORCEFUL terminate then takes the
+        graceful op's host and manner and ends with it (it was a 500: the
+        API fuzz sent one in that window)."""
+        released, go_on = threading.Event(), threading.Event()
+        real = env.orch.packages.refresh_usage
+
+        def held(*a, **kw):                 # the graceful worker, after the release
+            released.set()
+            go_on.wait(10)
+            return real(*a, **kw)
+        iid = env.deploy()
+        env.orch.packages.refresh_usage = held
+        try:
+            graceful = terminate(env, iid, "GRACEFUL", 30)
+            assert released.wait(5)
+            assert env.c.get(f"{INST}/{iid}")["instantiationState"] == "NOT_INSTANTIATED"
+            status, forceful, _ = env.c.call("POST", f"{INST}/{iid}/terminate",
+                                             {"terminationType": "FORCEFUL"})
+            assert status == 202, forceful
+        finally:
+            go_on.set()
+            env.orch.packages.refresh_usage = real
+        assert env.c.wait_op(forceful, timeout=10)["operationState"] == "COMPLETED"
+        assert env.c.wait_op(graceful, timeout=10)["operationState"] == "COMPLETED"
+
 
 @pytest.fixture
 def meo_over_http(tmp_path):
