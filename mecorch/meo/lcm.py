@@ -181,6 +181,15 @@ class SystemLcm(InstanceQueries):
             digest = fingerprint(request)
             if (seen := replayed(self.store, key, digest)) is not None:
                 return seen
+        inst = self.get(instance_id)
+        if inst["instantiationState"] != NOT_INSTANTIATED:
+            raise Conflict(f"app instance {instance_id} is already INSTANTIATED")
+        pkg = self.packages.usable(inst["appDId"], inst.get("appPkgId"))
+        # the request read once, validated as the host will (400 here, not
+        # after the 202); the host reads the same body once on its side.
+        # Before the store's transaction: every other store user of this
+        # process waits while it is open
+        p = plan_request(instance_id, pkg, body, self._chooser(pkg, selected_hosts(body)))
         with self._exclusive(instance_id):
             if key and (seen := replayed(self.store, key, digest)) is not None:
                 return seen         # the twin's, on another replica, came first
@@ -188,10 +197,6 @@ class SystemLcm(InstanceQueries):
             self._no_unfinished_op(instance_id)
             if inst["instantiationState"] != NOT_INSTANTIATED:
                 raise Conflict(f"app instance {instance_id} is already INSTANTIATED")
-            pkg = self.packages.usable(inst["appDId"], inst.get("appPkgId"))
-            # the request read once, validated as the host will (400 here,
-            # not after the 202); the host reads the same body once on its side
-            p = plan_request(instance_id, pkg, body, self._chooser(pkg, selected_hosts(body)))
             with self._place_lock:
                 # one placement at a time across replicas too: each sees the
                 # reservations the one before made

@@ -33,7 +33,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import threading
 import time
 
 from mecorch.kernel import filters, validate
@@ -80,7 +79,9 @@ class Subscriptions(Events):
     def __init__(self, store: Store, cfg: dict):
         self.store = store
         self.networks = [ipaddress.ip_network(n) for n in cfg["api"]["callback_networks"]]
-        self._lock = threading.Lock()
+        # no lock of its own: the store's transaction is the one lock (a
+        # lock of this object taken around store reads, and the store's
+        # taken around a change's notifications, deadlocked two threads)
         self.notifier = Notifier(store, cfg, self._stored, self._sharing, self._mark_failing,
                                  self._drop)
 
@@ -94,7 +95,7 @@ class Subscriptions(Events):
         doc["callbackUri"] = check_url(body.get("callbackUri"), self.networks, "callbackUri")
         auth = parse_authentication(body.get("authentication"))
         key = _identity(api, doc)
-        with self._lock, self.store.transaction():
+        with self.store.transaction():
             # one at a time across replicas: a twin request is a Duplicate
             self.store.lock("oss_subscriptions")
             subs = self._subs
@@ -122,9 +123,8 @@ class Subscriptions(Events):
         base = PKGM_SUBS if api == "pkgm" else LCM_SUBS
         # the ETSI files spell the link's type key differently per API
         type_key = "subsctiptionType" if api == "pkgm" else "subscriptionType"
-        with self._lock:
-            subs = [s for s in self._subs.values() if s["api"] == api
-                    and subscription_type in (None, s["subscriptionType"])]
+        subs = [s for s in self._subs.values() if s["api"] == api
+                and subscription_type in (None, s["subscriptionType"])]
         if api == "lcm" and subscription_type is not None \
                 and subscription_type not in (INST_TYPE, OP_TYPE):
             raise InvalidInput(f"subscriptionType must be {INST_TYPE} or {OP_TYPE}")
@@ -136,7 +136,7 @@ class Subscriptions(Events):
         return self.info(self._find(api, sid, subscription_type))
 
     def delete(self, api: str, sid: str) -> None:
-        with self._lock:
+        with self.store.transaction():
             self._find(api, sid)
             self.store.delete("oss_subscriptions", sid)
         self.notifier.forget(sid)
@@ -164,12 +164,11 @@ class Subscriptions(Events):
         return self.store.get("oss_subscriptions", sid)
 
     def _sharing(self, callback: str) -> list[str]:
-        with self._lock:
-            return [s["id"] for s in self._subs.values() if s["callbackUri"] == callback]
+        return [s["id"] for s in self._subs.values() if s["callbackUri"] == callback]
 
     def _mark_failing(self, sid: str, failure: dict | None) -> None:
         """Show (or clear, None) a delivery failure on the subscription."""
-        with self._lock:
+        with self.store.transaction():
             doc = self.store.get("oss_subscriptions", sid)
             if doc is None:
                 return
@@ -182,8 +181,7 @@ class Subscriptions(Events):
             self.store.put("oss_subscriptions", sid, doc)
 
     def _drop(self, sid: str, reason: str) -> None:
-        with self._lock:
-            self.store.delete("oss_subscriptions", sid)
+        self.store.delete("oss_subscriptions", sid)
 
     # ------------------------------------------------------------ events
     def package(self, kind: str, doc: dict) -> None:
@@ -255,8 +253,7 @@ class Subscriptions(Events):
                            "appLcmOpOcc": op["_links"]["self"]}})
 
     def _matching(self, api: str) -> list[dict]:
-        with self._lock:
-            return [s for s in self._subs.values() if s["api"] == api]
+        return [s for s in self._subs.values() if s["api"] == api]
 
 
 # ---------------------------------------------------------------- requests
