@@ -90,9 +90,10 @@ class Lease:
                          f"(held by {(row or {}).get('holder')}, epoch {(row or {}).get('epoch')})")
 
     # ------------------------------------------------------------ one round
-    def tick(self) -> bool:
+    def tick(self, notify: bool = True) -> bool:
         """Renew the lease, or take it when its holder has gone silent for
-        ttl_s; calls on_elected / on_deposed on a change. Returns leading()."""
+        ttl_s; calls on_elected / on_deposed on a change (notify=False: not,
+        for a first round whose owner recovers itself). Returns leading()."""
         with self._lock:
             was = self.leading()
             began = time.monotonic()
@@ -109,9 +110,9 @@ class Lease:
             elif was and not now_leading:
                 log.warning("MEO replica %s no longer leads", self.me)
         # outside the lock: the callbacks start or stop threads
-        if now_leading and not was:
+        if notify and now_leading and not was:
             self.on_elected()
-        elif was and not now_leading:
+        elif notify and was and not now_leading:
             self.on_deposed()
         return now_leading
 
@@ -152,14 +153,7 @@ class Lease:
     def start(self, quiet: bool = False) -> None:
         """First round now (quiet: without on_elected, its owner recovers
         itself), then one every ttl/5."""
-        if quiet:
-            with self._lock:
-                try:
-                    self._leading = bool(self._round(time.monotonic()))
-                except Exception as e:      # noqa: BLE001 - the database away: the loop retries
-                    log.warning("lease not read: %s", e)
-        else:
-            self.tick()
+        self.tick(notify=not quiet)
         self._thread = threading.Thread(target=self._loop, name="meo-lease", daemon=True)
         self._thread.start()
 
