@@ -18,7 +18,7 @@ Failure semantics, which every driver implementation must keep:
   names) so `list_instances` can find it after a restart without the store.
 
 Optional capabilities (`Watchable`, `Revivable`, `Uninstallable`,
-`RuleAudit`, `DnsOnAppNetworks`, `ExecInside`, `UsageReadable`) are ABCs a
+`RuleAudit`, `DnsOnAppNetworks`, `ExecInside`, `UsageReadable`, `DataMovable`) are ABCs a
 driver inherits to declare them; the core checks them with `isinstance`.
 """
 
@@ -28,6 +28,7 @@ import abc
 import importlib
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from importlib import metadata
 from typing import Any, Callable, ClassVar, Mapping
 
@@ -337,8 +338,30 @@ class UsageReadable(abc.ABC):
         gives (counters), None for the others."""
 
 
+class DataMovable(abc.ABC):
+    """A compute driver that can carry an instance's data to another host:
+    what a relocation needs (mecorch.meo.relocate). The data is what the
+    app wrote: a container's named volumes, a VM's disks (its system
+    disk's overlay on the image, its data disks). The carrier is one
+    uncompressed tar archive, one member per volume / disk, named by the
+    app's own name for it (the descriptor's volume name; for a VM
+    `disk/<name>`), so the target's driver finds each under its own
+    object names (another host id, another instance id)."""
+
+    @abc.abstractmethod
+    def export_data(self, handle: dict, into: Path) -> None:
+        """Write the instance's data to the file `into` (a tar archive, as
+        above). The instance must be stopped (Conflict when it runs: a
+        copy of a running app's data is not consistent); NotFound when it
+        is gone. An instance with no data writes an empty archive."""
+
+    # The import side is `ResourceRequest.seed`: a deploy given a seed
+    # archive fills the volumes / disks it makes from it before the app
+    # first starts, and a deploy that fails removes them as any deploy.
+
+
 OPTIONAL = (Watchable, Revivable, Uninstallable, RuleAudit, DnsOnAppNetworks, ExecInside,
-            UsageReadable)
+            UsageReadable, DataMovable)
 
 
 def on_demand(package: str, cls: str) -> Callable[[str], type]:

@@ -54,6 +54,10 @@ class ResourceRequest:
     env: dict[str, str] = field(default_factory=dict)
     command: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    # a relocation's data from the source host (DataMovable.export_data's
+    # archive, a local file): the deploy fills its volumes / disks from it
+    # before the app first starts; only a DataMovable driver is given one
+    seed: str | None = None
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from drivers.linux_mep import dnsmasq
 from mecorch.kernel import config as mconfig
 from mecorch.kernel.fileutil import sha256_file
 from mecorch.kernel.states import LcmOperation
+from mecorch.mepm.fence import STOP_GRACE_S
 from mecorch.package import build_package
 from support import lab
 
@@ -283,8 +284,10 @@ def test_a_partition_fences_the_copies_and_the_meo_s_return_unfences_them(site):
         _wait(procs, lambda: not any(_dig(e) for e in hosts), 5,
               "both hosts' names withdrawn after lostAfter without the MEO", step=0.1)
         fenced_after = time.monotonic() - stopped_at
-        # the apps stopped too (the pause container keeps the address)
-        assert not any(_app_running(e["id"]) for e in hosts)
+        # the apps stopped too (the pause container keeps the address): the
+        # rules go first, the runtime's stop follows within its grace
+        _wait(procs, lambda: not any(_app_running(e["id"]) for e in hosts),
+              STOP_GRACE_S + 5, "both hosts' apps stopped after their names", step=0.1)
         print(f"partition: both copies fenced {fenced_after:.1f} s after the MEO stopped "
               f"(lostAfter {LOST_AFTER} s)")
         assert LOST_AFTER - 2 <= fenced_after <= LOST_AFTER + 3
