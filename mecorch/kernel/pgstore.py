@@ -339,6 +339,10 @@ class PgStore(StateStore):
             self._tx_thread = None
             self._q("COMMIT", fetch=None)
 
+    def seq_epoch(self) -> int:
+        """0: seq is an identity column, never given twice."""
+        return 0
+
     def lock(self, key: str) -> None:
         """pg_advisory_xact_lock on 64 bits of the key's SHA-256: held
         until the transaction ends (a collision of two keys only makes

@@ -256,6 +256,13 @@ class StateStore(ABC):
         waits for it)."""
 
     @abstractmethod
+    def seq_epoch(self) -> int:
+        """A value that changes when a seq read before may have been given
+        again (`page` after that seq would miss the new row): a reader that
+        keeps the last seq it read starts over when it changes. 0 always
+        where seqs are never given twice."""
+
+    @abstractmethod
     def close(self) -> None: ...
 
     @abstractmethod
@@ -502,6 +509,15 @@ class Store(StateStore):
             self._depth, self._tx_thread = 0, None
             self._db.execute("COMMIT")
 
+    def seq_epoch(self) -> int:
+        """SQLite's data_version: it changes when another connection (an
+        MEO replica's process on this file) commits. Only another process
+        may give a seq again (each process keeps its high-water mark of the
+        seqs it gave and read, past deletes: `put`, `_select`); this
+        process's own commits leave it as is."""
+        with self._lock:
+            return self._db.execute("PRAGMA data_version").fetchone()[0]
+
     def lock(self, key: str) -> None:
         """Nothing to take: BEGIN IMMEDIATE already made this transaction
         the only writer of the file, in every process, until it ends."""
@@ -568,6 +584,12 @@ class Store(StateStore):
             params.append(int(limit))
         with self._lock:
             rows = self._db.execute(sql, params).fetchall()
+            if rows and rows[-1][0] > self._last_seq.get(table, 0):
+                # a row this process inserts next goes past every seq it
+                # has read too (even one deleted since): a reader paging
+                # after the last seq it saw misses none of this process's
+                # (another process's commits: `seq_epoch`)
+                self._last_seq[table] = rows[-1][0]
         if views:
             return rows             # as they are: a view needs no decoding
         return [(r[0], json.loads(r[1])) for r in rows]

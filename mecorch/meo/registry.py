@@ -31,6 +31,7 @@ from typing import Callable
 from mecorch.kernel import validate
 from mecorch.kernel.errors import Conflict, InvalidInput, MecorchError, NotFound
 from mecorch.spec.capacity import Need
+from mecorch.meo.reservations import Reservations
 from mecorch.mepm.contract import HostInfo, Mepm
 from mecorch.mepm.remote import RemoteMepm
 from mecorch.kernel.states import DeploymentType
@@ -144,6 +145,7 @@ class Registry:
         self._hosts: dict[str, HostEntry] = {}
         # host -> (info, reachable, reserved, its Candidate): `_candidate`
         self._candidates: dict[str, tuple] = {}
+        self.reservations = Reservations(store)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -297,11 +299,7 @@ class Registry:
 
     # ---------------------------------------------------------------- placement facts
     def candidates(self) -> list[Candidate]:
-        held: dict[str, list[Need]] = {}
-        # (only the two keys read: at 1,000 hosts a reservation lives until
-        # the host's next report, 20 s, so placement reads many of them)
-        for r in self.store.list("reservations", keep=("hostId", "need")):
-            held.setdefault(r["hostId"], []).append(Need(*r["need"]))
+        held = self.reservations.held()
         with self._lock:
             return [self._candidate(e, _sum(held.get(e.host_id, ())))
                     for e in self._hosts.values()]
@@ -318,22 +316,15 @@ class Registry:
         return made[3]
 
     def reserve(self, host_id: str, instance_id: str, need: Need) -> None:
-        """Hold `need` on the host until a report of the host counts it (a
-        row: every replica places knowing it)."""
-        self.store.put("reservations", instance_id, {
-            "id": instance_id, "hostId": host_id,
-            "need": [need.vcpu, need.memory_mb, need.disk_gb], "dispatchedAt": None})
+        """Hold `need` on the host until a report of the host counts it
+        (mecorch.meo.reservations; inside the store's "placement" lock)."""
+        self.reservations.reserve(host_id, instance_id, need)
 
     def dispatched(self, host_id: str, instance_id: str) -> None:
         """The host accepted the deploy: a report asked for after this counts
         it, and the reservation ends with that report. Without a heartbeat
         (tests, benchmarks) the host is asked at once."""
-        with self.store.transaction():
-            doc = self.store.get("reservations", instance_id)
-            if doc is None or doc["hostId"] != host_id:
-                return
-            doc["dispatchedAt"] = time.time()
-            self.store.put("reservations", instance_id, doc)
+        self.reservations.dispatched(host_id, instance_id)
         if self.heartbeat_s <= 0:
             try:
                 self.beat(self.get(host_id))
@@ -341,17 +332,7 @@ class Registry:
                 pass
 
     def unreserve(self, host_id: str, instance_id: str) -> None:
-        with self.store.transaction():
-            doc = self.store.get("reservations", instance_id)
-            if doc is not None and doc["hostId"] == host_id:
-                self.store.delete("reservations", instance_id)
-
-    def _counted(self, host_id: str, asked_at: float) -> None:
-        """A report the host made after `asked_at` counts every deploy it
-        accepted before: their reservations end."""
-        for doc in self.store.list("reservations", hostId=host_id):
-            if doc.get("dispatchedAt") is not None and doc["dispatchedAt"] < asked_at:
-                self.store.delete("reservations", doc["id"])
+        self.reservations.unreserve(host_id, instance_id)
 
     def _persist(self, entry: HostEntry) -> None:
         """Write the host's state for the other replicas when it changed
@@ -403,7 +384,7 @@ class Registry:
             entry.last_seen = timestamp()
             entry.state = REACHABLE
             entry.unreachable_since = None
-        self._counted(entry.host_id, asked_at)
+        self.reservations.counted(entry.host_id, asked_at)
         self._health(entry)
         if before != REACHABLE:
             log.log(logging.WARNING if before == UNREACHABLE else logging.INFO,

@@ -225,6 +225,9 @@ class Replacer:
                     body["selectedMECHostInfo"] = [{"hostId": {"id": h}} for h in wanted]
                 p = plan_request(iid, pkg, body, lcm._chooser(pkg, wanted))
                 with lcm._place_lock:
+                    # one placement at a time across replicas, as an
+                    # instantiate's (the reservations commit in seq order)
+                    self.store.lock("placement")
                     held = lcm._held(but=iid)
                     candidates = [dataclasses.replace(c, held=held.get(c.host_id, ()))
                                   for c in self.registry.candidates() if c.host_id not in out]
