@@ -140,7 +140,7 @@ def fill(seed: str, m: tarfile.TarInfo, path: str) -> None:
             os.close(fd)
 
 
-def _qemu_img(*argv: str) -> str:
+def _qemu_img(what: str, *argv: str) -> str:
     try:
         out = subprocess.run(["qemu-img", *argv], capture_output=True, text=True, timeout=300)
     except FileNotFoundError:
@@ -148,14 +148,15 @@ def _qemu_img(*argv: str) -> str:
     except subprocess.TimeoutExpired:
         raise BackendError(f"qemu-img {argv[0]} timed out") from None
     if out.returncode != 0:
-        raise InvalidInput(f"seed: qemu-img {argv[0]} failed: {out.stderr.strip()[:300]}")
+        raise InvalidInput(f"seed: {what}: qemu-img {argv[0]} failed: {out.stderr.strip()[:300]}")
     return out.stdout
 
 
-def info(path: str) -> dict:
-    """qemu-img's view of one file, its backing file not opened."""
+def info(disk: str, path: str) -> dict:
+    """qemu-img's view of one disk's file, its backing file not opened."""
     try:
-        return json.loads(_qemu_img("info", "--output=json", "-f", "qcow2", "--", path))
+        return json.loads(_qemu_img(member(disk), "info", "--output=json", "-f", "qcow2",
+                                    "--", path))
     except ValueError:
         raise BackendError("qemu-img info returned unreadable JSON") from None
 
@@ -168,7 +169,7 @@ def check_disk(disk: str, path: str, capacity: int, backing: object) -> None:
     external data file, backed by `backing` (the overlay, once rebased; ANY
     before) or by nothing (None: a data disk, whose backing file could name
     any file of the host)."""
-    got = info(path)
+    got = info(disk, path)
     name = member(disk)
     if got.get("format") != "qcow2":
         raise InvalidInput(f"seed: {name} is not a qcow2 disk")
@@ -180,15 +181,19 @@ def check_disk(disk: str, path: str, capacity: int, backing: object) -> None:
                            f"{capacity} bytes declared")
     if backing is ANY:
         return
-    if got.get("backing-filename") != backing:
-        raise InvalidInput(f"seed: {name} is backed by {got.get('backing-filename')!r}, "
-                           f"expected {backing!r}")
+    theirs = got.get("backing-filename")
+    if backing is None and theirs is not None:
+        raise InvalidInput(f"seed: {name} is backed by {theirs!r}: a data disk has no "
+                           "backing file (one could name any file of this host)")
+    if theirs != backing:
+        raise InvalidInput(f"seed: {name} is backed by {theirs!r} after the rebase, "
+                           f"not by {backing!r}")
     if backing is not None and got.get("backing-filename-format") != "qcow2":
         raise InvalidInput(f"seed: {name}'s backing file is not read as qcow2")
 
 
-def rebase(path: str, base: str) -> None:
+def rebase(disk: str, path: str, base: str) -> None:
     """Point the overlay at this host's base copy of its image, reading
     nothing through the old backing file (unsafe mode: the bytes are the
     same image's, which open_seed checked when the archive said)."""
-    _qemu_img("rebase", "-u", "-f", "qcow2", "-b", base, "-F", "qcow2", "--", path)
+    _qemu_img(member(disk), "rebase", "-u", "-f", "qcow2", "-b", base, "-F", "qcow2", "--", path)

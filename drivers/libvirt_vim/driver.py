@@ -374,7 +374,7 @@ class LibvirtVIM(ComputeDriver, Watchable, Uninstallable, UsageReadable, DataMov
             C.check_disk(disk, path, capacity, None)
             return
         C.check_disk(disk, path, capacity, C.ANY)
-        C.rebase(path, base_path)
+        C.rebase(disk, path, base_path)
         C.check_disk(disk, path, capacity, base_path)
 
     def export_data(self, handle: dict, into: Path) -> None:
