@@ -197,3 +197,21 @@ def rebase(disk: str, path: str, base: str) -> None:
     nothing through the old backing file (unsafe mode: the bytes are the
     same image's, which open_seed checked when the archive said)."""
     _qemu_img(member(disk), "rebase", "-u", "-f", "qcow2", "-b", base, "-F", "qcow2", "--", path)
+
+
+def seed_volume(archive: str, m: tarfile.TarInfo, path: str, capacity: int,
+                base: str | None) -> None:
+    """Fill the volume a deploy just made at `path` (`capacity` virtual
+    bytes) from its member `m` and check it; the overlay (`base`: this
+    host's base copy of its image) is rebased onto it first."""
+    disk = m.name[len(PREFIX):]
+    try:
+        fill(archive, m, path)
+    except OSError as e:
+        raise BackendError(f"seed: writing {m.name} into {path}: {e.strerror or e}") from None
+    if base is None:
+        check_disk(disk, path, capacity, None)
+        return
+    check_disk(disk, path, capacity, ANY)
+    rebase(disk, path, base)
+    check_disk(disk, path, capacity, base)

@@ -318,12 +318,14 @@ class LibvirtVIM(ComputeDriver, Watchable, Uninstallable, UsageReadable, DataMov
                 made_vol = S.create_overlay(pool, root, base, v["disk_bytes"])
                 made.append(root)
                 if seed:
-                    self._seed_disk(request.seed, seed[C.ROOT], C.ROOT, made_vol, base.path())
+                    C.seed_volume(request.seed, seed[C.ROOT], made_vol.path(),
+                                  made_vol.info()[1], base.path())
                 for vol, vs in data:
                     made_vol = S.create_volume(pool, vol, int(vs.size_gb * GIB))
                     made.append(vol)
                     if seed:
-                        self._seed_disk(request.seed, seed[vs.name], vs.name, made_vol, None)
+                        C.seed_volume(request.seed, seed[vs.name], made_vol.path(),
+                                      made_vol.info()[1], None)
                 if seed:
                     pool.refresh(0)         # libvirt reads the new backing and allocation
                 seed_s = time.monotonic() - t_seed
@@ -359,23 +361,6 @@ class LibvirtVIM(ComputeDriver, Watchable, Uninstallable, UsageReadable, DataMov
             extra={"accel": accel, "vcpu_count": v["vcpu"], "boot_s": round(boot_s, 2),
                    "console_log": self._console_log(name), "image_sha256": record["sha256"],
                    **({"seed_s": round(seed_s, 2)} if seed else {})})
-
-    @staticmethod
-    def _seed_disk(archive: str, member, disk: str, vol, base_path: str | None) -> None:
-        """Fill one volume the deploy just made from its seed member; the
-        overlay (`base_path` given) is rebased onto this host's base."""
-        path, capacity = vol.path(), vol.info()[1]
-        try:
-            C.fill(archive, member, path)
-        except OSError as e:
-            raise BackendError(f"seed: writing {C.member(disk)} into {path}: "
-                               f"{e.strerror or e}") from None
-        if base_path is None:
-            C.check_disk(disk, path, capacity, None)
-            return
-        C.check_disk(disk, path, capacity, C.ANY)
-        C.rebase(disk, path, base_path)
-        C.check_disk(disk, path, capacity, base_path)
 
     def export_data(self, handle: dict, into: Path) -> None:
         """The shut-off domain's disks as one tar at `into` (see `carry`):

@@ -175,7 +175,7 @@ def test_a_vm_moves_to_another_host_with_its_disks(hosts, vim_cfg, other_vim_cfg
     print(f"\nVM disks moved: archive {archive.stat().st_size / MIB:.2f} MiB "
           f"(root {members['disk/root'].size / MIB:.2f} MiB, data "
           f"{members['disk/data'].size / MIB:.2f} MiB); export {export_s:.2f} s; seeded "
-          f"deploy {deploy_s:.2f} s, of which writing and rebasing the disks "
+          f"deploy {deploy_s:.2f} s, of which making, filling and rebasing the disks "
           f"{alloc2.extra['seed_s']:.2f} s, boot {alloc2.extra['boot_s']:.2f} s")
 
     dst.destroy(alloc2.handle)
