@@ -17,6 +17,17 @@ command line, which every local user can read, names the path only): 0600
 and owned by the user QEMU runs as (libvirt's DAC label; libvirt does not
 relabel fw_cfg files), in a 0700 directory of that user; removed with the
 domain (a failed deploy's too, and by a destroy of a domain already gone).
+
+Relocation (DataMovable): cold only. `export_data` writes a shut-off
+domain's disks (overlay and data disks, qcow2 files as they lie in the
+pool) into one tar; a deploy given `ResourceRequest.seed` makes its volumes
+as always, writes the archive's members over them and points the overlay at
+this host's base of the image (module `carry`). Live migration (libvirt's
+peer-to-peer `virDomainMigrateToURI3` with its storage copied) is not built:
+it needs two libvirtd, one per host, reaching each other, and the hosts of
+the tests (and of one machine's configuration) share one libvirtd, where a
+domain cannot migrate onto the daemon it runs on; the Vagrant lab's two
+nodes would be its first real test.
 """
 
 from __future__ import annotations
@@ -33,15 +44,16 @@ import libvirt
 
 from mecorch.kernel import validate
 from mecorch.driverapi.contracts import (
-    Capabilities, ComputeDriver, Uninstallable, UsageReadable, Watchable)
+    Capabilities, ComputeDriver, DataMovable, Uninstallable, UsageReadable, Watchable)
 from mecorch.kernel.errors import (
-    BackendUnavailable, Conflict, InvalidInput, MecorchError, NotFound, Timeout)
+    BackendError, BackendUnavailable, Conflict, InvalidInput, MecorchError, NotFound, Timeout)
 from mecorch.driverapi.model import (
     Address, Allocation, Check, HostCapacity, Observation, ResourceRequest, ResourceUsage)
 from mecorch.kernel.fileutil import let_others_search, unlink_quietly
 from mecorch.kernel.states import DeploymentType, ObservedState
 
 from . import accel as A
+from . import carry as C
 from . import network as N
 from . import storage as S
 from . import xmlrender as X
@@ -120,7 +132,7 @@ def write_guest_env(path: Path, data: bytes, owner: tuple[int, int] | None) -> N
         os.close(fd)
 
 
-class LibvirtVIM(ComputeDriver, Watchable, Uninstallable, UsageReadable):
+class LibvirtVIM(ComputeDriver, Watchable, Uninstallable, UsageReadable, DataMovable):
     kind = "vim"
 
     def __init__(self, config: dict):
@@ -267,6 +279,11 @@ class LibvirtVIM(ComputeDriver, Watchable, Uninstallable, UsageReadable):
         iid, name = v["iid"], X.domain_name(v["iid"])
         root = X.root_volume_name(iid)
         data = [(X.data_volume_name(iid, vs.name), vs) for vs in request.volumes]
+        seed = None
+        if request.seed is not None:        # checked before anything is made
+            disks = {C.ROOT: max(v["disk_bytes"], int(record.get("virtual_size") or 0))}
+            disks.update({vs.name: int(vs.size_gb * GIB) for vs in request.volumes})
+            seed = C.open_seed(request.seed, disks, record["sha256"])
         with libvirt_errors(f"deploy {iid}"):
             pool = self._pool(conn)
             if _lookup_domain(conn, name) is not None:
@@ -297,11 +314,21 @@ class LibvirtVIM(ComputeDriver, Watchable, Uninstallable, UsageReadable):
                 # libvirtd starts it again when the host boots (autostart is
                 # cleared by an operator's stop, set again by start).
                 dom.setAutostart(1)
-                S.create_overlay(pool, root, base, v["disk_bytes"])
+                t_seed = time.monotonic()
+                made_vol = S.create_overlay(pool, root, base, v["disk_bytes"])
                 made.append(root)
+                if seed:
+                    C.seed_volume(request.seed, seed[C.ROOT], made_vol.path(),
+                                  made_vol.info()[1], base.path())
                 for vol, vs in data:
-                    S.create_volume(pool, vol, int(vs.size_gb * GIB))
+                    made_vol = S.create_volume(pool, vol, int(vs.size_gb * GIB))
                     made.append(vol)
+                    if seed:
+                        C.seed_volume(request.seed, seed[vs.name], made_vol.path(),
+                                      made_vol.info()[1], None)
+                if seed:
+                    pool.refresh(0)         # libvirt reads the new backing and allocation
+                seed_s = time.monotonic() - t_seed
                 t0 = time.monotonic()
                 dom.create()
                 deadline = t0 + s.boot_timeout_s
@@ -332,7 +359,60 @@ class LibvirtVIM(ComputeDriver, Watchable, Uninstallable, UsageReadable):
             addresses=tuple(Address(ip, s.network, mac) for ip, mac in leases),
             handle=handle,
             extra={"accel": accel, "vcpu_count": v["vcpu"], "boot_s": round(boot_s, 2),
-                   "console_log": self._console_log(name), "image_sha256": record["sha256"]})
+                   "console_log": self._console_log(name), "image_sha256": record["sha256"],
+                   **({"seed_s": round(seed_s, 2)} if seed else {})})
+
+    def export_data(self, handle: dict, into: Path) -> None:
+        """The shut-off domain's disks as one tar at `into` (see `carry`):
+        `disk/root` (the overlay, with its image's SHA-256 when the
+        repository still holds those bytes) and `disk/<name>` per data disk,
+        reserved ones too. Conflict while the domain runs (or when it was
+        started during the copy: the archive is removed); NotFound when the
+        domain or one of its volumes is gone."""
+        name, vols = self._handle_parts(handle)
+        conn = self._connect()
+        with libvirt_errors(f"export the disks of {name}"):
+            dom = _lookup_domain(conn, name)
+            if dom is None:
+                raise NotFound(f"domain {name} does not exist")
+            if dom.isActive():
+                raise Conflict(f"domain {name} is running: its disks are copied only when "
+                               "it is shut off")
+            meta = _read_meta(dom)
+            iid = meta.instance_id if meta else str(handle.get("instance_id", ""))
+            names = [n for n, _ in meta.volumes] if meta else [x["name"] for x in vols]
+            pool = conn.storagePoolLookupByName(meta.pool if meta else self.settings.pool)
+            disks, sha = [], None
+            for vol_name in names:
+                disk = X.disk_of_volume(iid, vol_name)
+                if disk is None:
+                    raise BackendError(f"domain {name}: volume {vol_name} is not named as a "
+                                       f"disk of instance {iid}")
+                vol = S.lookup_volume(pool, vol_name)
+                if vol is None:
+                    raise NotFound(f"domain {name}: volume {vol_name} is gone")
+                disks.append((disk, vol.path()))
+                if disk == C.ROOT and meta:
+                    sha = self._image_sha(meta.image, X.backing_path(vol.XMLDesc(0)))
+        try:
+            C.write_archive(Path(into), disks, sha)
+        except OSError as e:
+            raise BackendError(f"export the disks of {name} into {into}: "
+                               f"{e.strerror or e}") from None
+        with libvirt_errors(f"export the disks of {name}"):
+            if dom.isActive():
+                unlink_quietly(Path(into))
+                raise Conflict(f"domain {name} was started while its disks were copied")
+
+    def _image_sha(self, image: str, backing: str | None) -> str | None:
+        """The SHA-256 of the image an overlay lies on: the repository's
+        record when the base it backs onto is of those bytes (its name holds
+        their first 12 hex digits), else None (re-imported since)."""
+        record = self.images.catalog.get(image) or {}
+        sha = record.get("sha256")
+        if sha and backing and os.path.basename(backing) == X.base_volume_name(image, sha):
+            return sha
+        return None
 
     def _console_tail(self, name: str, lines: int = 6) -> str:
         try:

@@ -48,6 +48,18 @@ def data_volume_name(instance_id: str, name: str) -> str:
     return f"{instance_id}-{name}.qcow2"
 
 
+def disk_of_volume(instance_id: str, volume: str) -> str | None:
+    """The app's own name of one of an instance's volumes (the inverse of
+    the two above): "root" for the system disk, the descriptor's name for
+    a data disk; None for a volume not named as this instance's."""
+    if volume == root_volume_name(instance_id):
+        return "root"
+    head, tail = f"{instance_id}-", ".qcow2"
+    if volume.startswith(head) and volume.endswith(tail) and len(volume) > len(head + tail):
+        return volume[len(head):-len(tail)]
+    return None
+
+
 def base_volume_name(image_id: str, sha256: str) -> str:
     # The checksum prefix makes a re-imported image (same id, new bytes) get
     # a new base, so overlays of running instances keep their own base.

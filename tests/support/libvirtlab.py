@@ -6,6 +6,7 @@ test_libvirt_vim.)"""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -40,26 +41,51 @@ def conn():
     c.close()
 
 
-@pytest.fixture
-def vim_cfg(uid, conn):
-    base = private_dir(f"vim-{uid}")
-    cfg = {"driver": "libvirt", "uri": URI, "pool": f"mct-{uid}", "network": f"mct-{uid}",
-           "bridge": f"mct-{uid}", "network_cidr": free_subnet(), "accel": "tcg",
+def vim_section(tag: str, avoid: tuple[str, ...] = ()) -> tuple[dict, Path]:
+    """A VIM config section of its own names (pool, network, bridge, host
+    id from `tag`), a free subnet not in `avoid`, a private dir."""
+    base = private_dir(f"vim-{tag}")
+    cidr = free_subnet()
+    while cidr in avoid:
+        cidr = free_subnet()
+    cfg = {"driver": "libvirt", "uri": URI, "pool": f"mct-{tag}", "network": f"mct-{tag}",
+           "bridge": f"mct-{tag}", "network_cidr": cidr, "accel": "tcg",
            "state_dir": str(base / "state"), "run_dir": str(base / "run"),
-           "host_id": f"test-{uid}", "boot_timeout_s": 90}
-    yield cfg
-    # Teardown: the host's domains (by owner mark) and the one named after
-    # this test, its pool and network, whatever the test did.
+           "host_id": f"test-{tag}", "boot_timeout_s": 90}
+    return cfg, base
+
+
+def remove_vim(conn, cfg: dict, base, tag: str) -> None:
+    """Teardown: the host's domains (by owner mark) and the ones named after
+    `tag`, its pool and network, whatever the test did; then assert none is
+    left."""
     host = {"id": cfg["host_id"], "vim": cfg}
     left = leftovers(host)                  # what the test left of the host
     for dom in conn.listAllDomains(0):
-        if dom.name().startswith(X.DOMAIN_PREFIX) and uid in dom.name():
+        if dom.name().startswith(X.DOMAIN_PREFIX) and tag in dom.name():
             if dom.isActive():
                 dom.destroy()
             dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
     remove_host(host, cfg["state_dir"], cfg["run_dir"])
     shutil.rmtree(base, ignore_errors=True)
-    assert not [d for d in domains(conn) if uid in d]
+    assert not [d for d in domains(conn) if tag in d]
     assert cfg["pool"] not in [p.name() for p in conn.listAllStoragePools(0)]
     assert cfg["network"] not in [n.name() for n in conn.listAllNetworks(0)]
     assert left == [], f"left behind: {left}"
+
+
+@pytest.fixture
+def vim_cfg(uid, conn):
+    cfg, base = vim_section(uid)
+    yield cfg
+    remove_vim(conn, cfg, base, uid)
+
+
+@pytest.fixture
+def other_vim_cfg(uid, conn, vim_cfg):
+    """A second host on the same libvirtd (host id, pool, network, subnet
+    and state of its own): where a relocation's copy lands."""
+    tag = f"{uid}o"
+    cfg, base = vim_section(tag, avoid=(vim_cfg["network_cidr"],))
+    yield cfg
+    remove_vim(conn, cfg, base, tag)

@@ -34,9 +34,9 @@ def _driver_classes() -> list[type]:
     return found
 
 
-def test_the_eight_verbs_are_declared():
+def test_the_nine_verbs_are_declared():
     assert VERBS == {"watch", "revive", "uninstall", "rules_applied", "snapshot",
-                     "serve_dns_on", "exec_in", "read_usage"}
+                     "serve_dns_on", "exec_in", "read_usage", "export_data"}
 
 
 def test_every_driver_package_has_its_class():
@@ -60,7 +60,7 @@ def test_a_driver_declares_what_it_has(cls):
 def test_the_declared_sets():
     want = {"DockerCIM": {"Watchable", "Revivable", "Uninstallable", "ExecInside",
                           "UsageReadable"},
-            "LibvirtVIM": {"Watchable", "Uninstallable", "UsageReadable"},
+            "LibvirtVIM": {"Watchable", "Uninstallable", "UsageReadable", "DataMovable"},
             "OpenStackVIM": {"UsageReadable"},
             "LinuxMEP": {"RuleAudit", "DnsOnAppNetworks", "Uninstallable"},
             "FakeCompute": set(), "MeteredCompute": {"UsageReadable"}, "FakeMep": set()}
