@@ -17,8 +17,7 @@ from mecorch.driverapi.model import PortSpec, VolumeSpec
 from mecorch.kernel.errors import BackendError, Conflict, InvalidInput, NotFound
 from support.dockerlab import (  # noqa: F401
     api, cim, config, leftovers, request, sample)
-from support.lab import free_port
-from test_docker_cim import http_get
+from support.lab import free_port, http_get
 
 pytestmark = pytest.mark.docker
 
@@ -56,7 +55,7 @@ def test_volume_moves_to_another_instance_through_the_archive(cim, api, sample, 
     alloc = cim.deploy(app_request(src, sample["ref"], f"from-{src}", port))
     target = None
     try:
-        assert http_get(f"http://127.0.0.1:{port}/").strip() == f"from-{src}"
+        assert http_get(f"http://127.0.0.1:{port}/") == f"from-{src}"
         archive = tmp_path / "data.tar"
         with pytest.raises(Conflict, match="stop it first"):
             cim.export_data(alloc.handle, archive)         # running: not a consistent copy
@@ -72,7 +71,7 @@ def test_volume_moves_to_another_instance_through_the_archive(cim, api, sample, 
         port2 = free_port()
         target = cim.deploy(app_request(dst, sample["ref"], f"from-{dst}", port2,
                                         seed=str(archive)))
-        assert http_get(f"http://127.0.0.1:{port2}/").strip() == f"from-{src}"
+        assert http_get(f"http://127.0.0.1:{port2}/") == f"from-{src}"
         got = read_volume(api, target.handle["app"]["id"], "/data/.")
         assert got == {"./note": f"from-{src}\n".encode(), "./d/n": b"nested\n"}
         assert api.inspect_volume(f"mecorch.{dst}.data")["Labels"]["mecorch.instance"] == dst

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -21,11 +22,20 @@ from mecorch.kernel import errors
 from mecorch.kernel.states import DeploymentType
 from mepm_labs import LABS
 from support.fakes import FakeCompute
-from test_mepm_contract import wait_op
 
 lab = lab_fixture(LABS)
 
 VOLUME = [{"id": "data", "typeOfStorage": "BLOCK", "sizeOfStorage": 1}]
+
+
+def wait_op(mepm, op_id: str, timeout_s: float = 10) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        op = mepm.get_op(op_id)
+        if op["operationState"] in ("COMPLETED", "FAILED", "ROLLED_BACK") \
+                or time.monotonic() > deadline:
+            return op
+        time.sleep(0.01)
 
 
 def tar_of(members: dict[str, bytes], kind: dict[str, bytes] | None = None) -> bytes:
