@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
 from mecorch.kernel import validate
 from mecorch.kernel.errors import Forbidden, InvalidInput, PayloadTooLarge
@@ -60,7 +61,7 @@ def install(r: Router, orch) -> None:
             lcm.export_data(iid, name)
             f = open(name, "rb")            # closed by the server once sent
         finally:
-            os.unlink(name)
+            Path(name).unlink(missing_ok=True)      # a failed export removed it already
         return Response(200, FileBody(f, os.fstat(f.fileno()).st_size), content_type=TAR)
 
     def import_(req: Request) -> Response:

@@ -46,6 +46,11 @@ class Seeds:
     def __init__(self, state_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES):
         self.dir = Path(state_dir) / "seeds"
         self.max_bytes = int(max_bytes)
+        # what a process that stopped half-way left: an archive being
+        # received (.part), one being exported to send (.export)
+        if self.dir.is_dir():
+            for p in [*self.dir.glob("*.part"), *self.dir.glob("*.export")]:
+                p.unlink(missing_ok=True)
 
     def path(self, instance_id: str) -> Path:
         return self.dir / f"{validate.ident(instance_id, 'appInstanceId')}.tar"

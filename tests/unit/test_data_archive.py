@@ -115,3 +115,12 @@ def test_a_volume_over_the_drivers_limit_is_refused(tmp_path):
     with open(tmp_path / "out.tar", "wb") as out, \
             pytest.raises(InvalidInput, match="data_max_bytes"):
         carry._append(out, "data", iter([b"x" * 600, b"y" * 600]), 1000, "read volume data")
+
+
+def test_what_a_stopped_process_left_half_way_goes_at_the_next_start(tmp_path):
+    d = tmp_path / "seeds"
+    d.mkdir()
+    for name in ("a.tar", "b.tar.part", "c.1x2y.export"):
+        (d / name).write_bytes(b"x")
+    seeds.Seeds(tmp_path)
+    assert sorted(p.name for p in d.iterdir()) == ["a.tar"]     # a kept seed stays
