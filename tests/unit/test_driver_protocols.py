@@ -59,11 +59,12 @@ def test_a_driver_declares_what_it_has(cls):
 
 def test_the_declared_sets():
     want = {"DockerCIM": {"Watchable", "Revivable", "Uninstallable", "ExecInside",
-                          "UsageReadable"},
+                          "UsageReadable", "DataMovable"},
             "LibvirtVIM": {"Watchable", "Uninstallable", "UsageReadable", "DataMovable"},
             "OpenStackVIM": {"UsageReadable"},
             "LinuxMEP": {"RuleAudit", "DnsOnAppNetworks", "Uninstallable"},
-            "FakeCompute": set(), "MeteredCompute": {"UsageReadable"}, "FakeMep": set()}
+            "FakeCompute": set(), "MeteredCompute": {"UsageReadable"},
+            "CarryingCompute": {"DataMovable"}, "FakeMep": set()}
     got = {c.__name__: {p.__name__ for p in OPTIONAL if issubclass(c, p)}
            for c in _driver_classes() if c.__name__ in want}
     assert got == want
