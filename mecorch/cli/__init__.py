@@ -191,6 +191,12 @@ def _parser() -> argparse.ArgumentParser:
                                           "dnsmasq) and say what was removed")
     td.add_argument("host_id", metavar="HOST", nargs="?",
                     help="host id (default: the only configured host)")
+    co = _output(host.add_parser("cordon", help="at an MEO: the host takes no new placement "
+                                                "(its instances stay) until uncordon"))
+    co.add_argument("host_id", metavar="HOST", help="edge host id")
+    co.add_argument("--reason", help="why, shown with the host (e.g. maintenance)")
+    un = _output(host.add_parser("uncordon", help="at an MEO: the host takes placements again"))
+    un.add_argument("host_id", metavar="HOST", help="edge host id")
     return p
 
 

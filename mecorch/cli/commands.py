@@ -649,9 +649,10 @@ def host_list(c: Client, a) -> int:
             vt, vu = cap.get("vcpuTotal"), cap.get("vcpuUsed")
             mt, mu = cap.get("memoryMbTotal"), cap.get("memoryMbUsed")
             rows.append((hid, manner, _n(vt), _n(vu), _n(None if vt is None else vt - vu),
-                         _n(mt), _n(mu), _n(None if mt is None else mt - mu), health))
+                         _n(mt), _n(mu), _n(None if mt is None else mt - mu),
+                         cordon_text(h.get("cordoned")), health))
     table(("HOST", "MANNER", "VCPU", "VCPU PROMISED", "VCPU FREE", "MEM MB", "MEM PROMISED",
-           "MEM FREE", "BACKENDS"), rows)
+           "MEM FREE", "CORDONED", "BACKENDS"), rows)
     for h in hosts:             # its instances' figures summed
         u = h.get("resourceUsage")
         if u and u.get("instances"):
@@ -664,6 +665,31 @@ def host_list(c: Client, a) -> int:
         if h.get("reason"):
             print(f"{h.get('hostId')}: {h['reason']}", file=sys.stderr)
     return 0
+
+
+def cordon_text(cordon: dict | None) -> str | None:
+    """A host's cordon as a cell: "yes (its reason)"; None (shown "-"):
+    not cordoned (or a server that has no cordons)."""
+    if not cordon:
+        return None
+    return f"yes ({cordon['reason']})" if cordon.get("reason") else "yes"
+
+
+def host_cordon(c: Client, a) -> int:
+    """Take the host out of placement at the MEO; what runs there stays."""
+    body = {"reason": a.reason} if a.reason else None
+    _, view, _ = c.call("POST", f"{HOSTS}/{urllib.parse.quote(a.host_id, safe='')}/cordon",
+                        body)
+    return emit(a, view, lambda v: print(
+        f"edge host {v['hostId']} cordoned: it takes no new placement"
+        + (f" ({v['cordoned']['reason']})" if (v.get("cordoned") or {}).get("reason") else "")))
+
+
+def host_uncordon(c: Client, a) -> int:
+    _, view, _ = c.call("POST", f"{HOSTS}/{urllib.parse.quote(a.host_id, safe='')}/uncordon",
+                        None)
+    return emit(a, view, lambda v: print(
+        f"edge host {v['hostId']} uncordoned: it takes placements again"))
 
 
 def _n(x) -> str:

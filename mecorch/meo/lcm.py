@@ -329,7 +329,8 @@ class SystemLcm(InstanceQueries):
         (decision.choose_manner is pure), from the needs the plan computed."""
         def choose(manners, needs, accel):
             facts = [placement.facts(c) for c in self.registry.candidates()
-                     if c.reachable and (not wanted or c.host_id in wanted)]
+                     if c.reachable and c.cordoned is None
+                     and (not wanted or c.host_id in wanted)]
             pref, source = decision.preference_for(self.orchestrator_cfg, pkg["appDId"])
             manner, reason = decision.choose_manner(manners, facts, pref, needs, accel,
                                                     source or "the configured preference")
@@ -1064,8 +1065,8 @@ def refusal_reasons(e: MecorchError) -> list[str]:
     """The kinds of reason a placement refusal gave, one per kind (its
     detail names each host's: "host: why; ..."): capacity, manner,
     unreachable, latency, accel, claims (another instance holds an address
-    or name), limits (a driver's declared limits),
-    unknown_host, none_registered."""
+    or name), limits (a driver's declared limits), cordoned (its operator
+    took the host out of placement), unknown_host, none_registered."""
     if isinstance(e, NotFound):
         return ["unknown_host"]
     detail = e.detail
@@ -1077,6 +1078,8 @@ def refusal_reasons(e: MecorchError) -> list[str]:
         why = part.partition(": ")[2] or part
         if why == "UNREACHABLE":
             kinds.add("unreachable")
+        elif why.startswith("cordoned"):
+            kinds.add("cordoned")
         elif why.startswith(("no VIM", "no CIM")):
             kinds.add("manner")
         elif why.startswith(("vCPU ", "memory ", "disk ")) and why.endswith("free"):

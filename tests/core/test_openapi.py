@@ -609,6 +609,16 @@ def _hosts(api: Checker, e) -> None:
         m("POST", "/mecorch/v1/hosts/default/notifications", note, bearer, status=204)
         m("POST", "/mecorch/v1/hosts/default/notifications", note,
           {"Authorization": "Bearer not-the-token"}, status=401)
+        # the cordon of a host (no new placement there)
+        got = m("POST", "/mecorch/v1/hosts/default/cordon", {"reason": "maintenance"},
+                status=200, etsi=EXTENSION)
+        assert got["cordoned"]["reason"] == "maintenance"
+        m("POST", "/mecorch/v1/hosts/default/cordon", status=200, etsi=EXTENSION)
+        m("POST", "/mecorch/v1/hosts/default/cordon", {"reasn": "x"}, status=400)
+        m("POST", "/mecorch/v1/hosts/nope/cordon", status=404)
+        got = m("POST", "/mecorch/v1/hosts/default/uncordon", status=200, etsi=EXTENSION)
+        assert got["cordoned"] is None
+        m("POST", "/mecorch/v1/hosts/nope/uncordon", status=404)
         m("DELETE", "/mecorch/v1/hosts/default", status=204)
         m("DELETE", "/mecorch/v1/hosts/default", status=404)
         api.seen |= m.seen
