@@ -244,3 +244,37 @@ def test_status_page_and_metrics_show_the_cordon(system):  # noqa: F811
         assert _metric(s, "mecorch_host_cordoned", host="edge2") == [0]
     finally:
         status.for_orchestrator(s.meo).stop()
+
+
+def test_a_registered_host_keeps_its_cordon_when_its_mepm_registers_again(system, tmp_path):  # noqa: F811,E501
+    """A registered MEPM (over HTTP: the host's API served on loopback)
+    that registers again, as it does when it restarts, stays cordoned;
+    its deregistration takes the cordon with its row."""
+    import threading
+    from mecorch.api import make_server
+    from mecorch.kernel import config
+    s = system
+    server = make_server(s.hosts["edge2"], "127.0.0.1:0")
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    cfg = config.load()
+    cfg["state_dir"], cfg["hosts"] = str(tmp_path / "meo-b"), []
+    cfg["meo"]["heartbeat_s"] = 0
+    meo = MeoOrchestrator(cfg)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        meo.registry.register({"hostId": "edge2", "url": url})
+        meo.registry.cordon("edge2", "maintenance")
+        assert meo.registry.view("edge2")["cordoned"]["reason"] == "maintenance"
+        meo.registry.register({"hostId": "edge2", "url": url})      # its MEPM restarted
+        assert meo.registry.view("edge2")["cordoned"]["reason"] == "maintenance"
+        assert meo.store.get("hosts", "edge2")["url"] == url
+        meo.registry.uncordon("edge2")           # a registration's row stays
+        assert meo.store.get("hosts", "edge2")["url"] == url
+        meo.registry.cordon("edge2")
+        meo.registry.deregister("edge2")
+        assert meo.store.get("hosts", "edge2") is None and meo.registry.cordons() == {}
+    finally:
+        meo.close()
+        server.shutdown()
+        server.server_close()
