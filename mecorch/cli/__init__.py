@@ -197,6 +197,11 @@ def _parser() -> argparse.ArgumentParser:
     co.add_argument("--reason", help="why, shown with the host (e.g. maintenance)")
     un = _output(host.add_parser("uncordon", help="at an MEO: the host takes placements again"))
     un.add_argument("host_id", metavar="HOST", help="edge host id")
+    dr = _output(host.add_parser("drain", help="at an MEO: cordon the host, then relocate "
+                                               "every instance that can move; lists those "
+                                               "that cannot, with why"))
+    dr.add_argument("host_id", metavar="HOST", help="edge host id")
+    dr.add_argument("--reason", help="the cordon's reason (default: drained)")
     return p
 
 

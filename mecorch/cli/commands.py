@@ -692,6 +692,23 @@ def host_uncordon(c: Client, a) -> int:
         f"edge host {v['hostId']} uncordoned: it takes placements again"))
 
 
+def host_drain(c: Client, a) -> int:
+    """Cordon the host at the MEO and relocate what runs there; the
+    relocations are op occurrences (`mecorch app events ID`)."""
+    body = {"reason": a.reason} if a.reason else None
+    _, out, _ = c.call("POST", f"{HOSTS}/{urllib.parse.quote(a.host_id, safe='')}/drain",
+                       body)
+
+    def text(d: dict) -> None:
+        print(f"edge host {a.host_id} cordoned; {len(d['relocating'])} instance(s) "
+              f"relocating, {len(d['cannotMove'])} cannot move")
+        for r in d["relocating"]:
+            print(f"relocating {r['appInstanceId']} (op {r['opId']})")
+        for r in d["cannotMove"]:
+            print(f"cannot move {r['appInstanceId']}: {r['reason']}")
+    return emit(a, out, text)
+
+
 def _n(x) -> str:
     if x is None:
         return "?"

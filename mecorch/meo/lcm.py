@@ -69,6 +69,7 @@ from mecorch.meo.registry import REACHABLE, UNKNOWN, UNREACHABLE, HostEntry, Reg
 log = logging.getLogger("mecorch.meo.lcm")
 INSTANTIATED = InstantiationState.INSTANTIATED.value
 NOT_INSTANTIATED = InstantiationState.NOT_INSTANTIATED.value
+SELECTED = "_selectedHosts"     # an instance's key: the hosts its instantiate named
 # What the MEO copies from the host's AppInstanceInfo (the host is the
 # truth for what runs on it).
 # The restart policy's fields (mecorch.mepm.supervisor) come along.
@@ -79,7 +80,8 @@ _FROM_HOST = ("instantiationState", "instantiatedAppState", "deploymentType",
               "observedStateTime", "health", "fenced", *_RESTART_VIEW)
 _DEPLOYED = ("instantiatedAppState", "hostId", "deploymentType", "allocatedResources",
              "observedState", "observedStateDetail", "observedStateTime", "_remote",
-             "decisionReason", "health", "fenced", *replace.DEPLOYED, *_RESTART_VIEW)
+             "decisionReason", "health", "fenced", *replace.DEPLOYED, *_RESTART_VIEW,
+             SELECTED)
 _NO_RULES = {"trafficRules": [], "dnsRules": []}
 
 
@@ -266,6 +268,9 @@ class SystemLcm(InstanceQueries):
                 # what a re-placement needs to place it again as asked (or
                 # nothing: not opted in)
                 replace.remember(inst, lost_after, host_body, selected_hosts(body), pkg["id"])
+                # the hosts the request named (a drain leaves an instance
+                # that named only its host where it is: meo/drain.py)
+                inst[SELECTED] = selected_hosts(body)
                 if claims.share:        # a replica: others of its app may share with it
                     inst["_claims"]["shareServiceAddress"] = True
                 self.store.put("instances", instance_id, inst)

@@ -1,14 +1,15 @@
 """The MEO's host registry as HTTP resources (a documented extension: ETSI
 MEC 010-2 names no host inventory): the hosts with their state
 (REACHABLE / UNREACHABLE) and last reported capacity, the
-registration of an MEPM, and the cordon of a host (no new placement there)."""
+registration of an MEPM, the cordon of a host (no new placement there)
+and its drain (cordon, then relocate what runs there)."""
 
 from __future__ import annotations
 
 from mecorch.kernel import validate
 from mecorch.kernel.errors import InvalidInput, NotFound, UnsupportedAction
 from mecorch.kernel.http import Request, Response, Router, warning
-from mecorch.meo import follow, services
+from mecorch.meo import drain, follow, services
 
 HOSTS = "/mecorch/v1/hosts"
 LEADER = "/mecorch/v1/leader"
@@ -46,6 +47,13 @@ def install(r: Router, meo) -> None:
     r.add("DELETE", f"{HOSTS}/{{hostId}}", deregister)
     r.add("POST", f"{HOSTS}/{{hostId}}/cordon", cordon)
     r.add("POST", f"{HOSTS}/{{hostId}}/uncordon", uncordon)
+
+    def drain_host(req: Request) -> Response:
+        """Cordon, then relocate each instance (meo/drain.py): 202, the
+        relocations run as op occurrences of their own."""
+        return Response(202, drain.drain(meo.lcm, reg, req.params["hostId"],
+                                         cordon_reason(req)))
+    r.add("POST", f"{HOSTS}/{{hostId}}/drain", drain_host)
 
     def leader(req: Request) -> Response:
         """Which replica runs the background work (mecorch.meo.leader), as

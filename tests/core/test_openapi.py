@@ -616,6 +616,11 @@ def _hosts(api: Checker, e) -> None:
         m("POST", "/mecorch/v1/hosts/default/cordon", status=200, etsi=EXTENSION)
         m("POST", "/mecorch/v1/hosts/default/cordon", {"reasn": "x"}, status=400)
         m("POST", "/mecorch/v1/hosts/nope/cordon", status=404)
+        # a drain of a host that runs nothing the MEO placed: cordoned, nothing to move
+        got = m("POST", "/mecorch/v1/hosts/default/drain", status=202, etsi=EXTENSION)
+        assert got == {"relocating": [], "cannotMove": []}
+        m("POST", "/mecorch/v1/hosts/default/drain", {"reason": 7}, status=400)
+        m("POST", "/mecorch/v1/hosts/nope/drain", status=404)
         got = m("POST", "/mecorch/v1/hosts/default/uncordon", status=200, etsi=EXTENSION)
         assert got["cordoned"] is None
         m("POST", "/mecorch/v1/hosts/nope/uncordon", status=404)
