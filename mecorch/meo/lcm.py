@@ -333,9 +333,12 @@ class SystemLcm(InstanceQueries):
         (a `spec.plan.Chooser`), over what the hosts last reported
         (decision.choose_manner is pure), from the needs the plan computed."""
         def choose(manners, needs, accel):
-            facts = [placement.facts(c) for c in self.registry.candidates()
-                     if c.reachable and c.cordoned is None
-                     and (not wanted or c.host_id in wanted)]
+            live = [c for c in self.registry.candidates()
+                    if c.reachable and (not wanted or c.host_id in wanted)]
+            # a cordoned host takes nothing, so it does not sway the manner;
+            # when only cordoned ones are left, placement's refusal says so
+            facts = [placement.facts(c) for c in
+                     ([c for c in live if c.cordoned is None] or live)]
             pref, source = decision.preference_for(self.orchestrator_cfg, pkg["appDId"])
             manner, reason = decision.choose_manner(manners, facts, pref, needs, accel,
                                                     source or "the configured preference")

@@ -278,3 +278,25 @@ def test_a_registered_host_keeps_its_cordon_when_its_mepm_registers_again(system
         meo.close()
         server.shutdown()
         server.server_close()
+
+
+def test_a_dual_format_app_naming_only_a_cordoned_host_is_told_it_is_cordoned(system):  # noqa: F811,E501
+    """The manner policy of a request that names no manner counts the open
+    hosts; named only cordoned ones, placement's refusal says why."""
+    import hashlib
+    from support.duallab import dual_package
+    s = system
+    z = dual_package(s.tmp, appTrafficRule=[], appDNSRule=[])
+    s.c.post("/app_pkgm/v1/app_packages", {
+        "appPkgName": "dual", "appPkgVersion": "1", "appPkgPath": str(z),
+        "checksum": {"algorithm": "SHA-256", "hash": hashlib.sha256(z.read_bytes()).hexdigest()}})
+    s.c.post(f"{HOSTS}/edge3/cordon", {"reason": "maintenance"})
+    with pytest.raises(ApiError) as e:
+        deploy(s, "sample-dual", selectedMECHostInfo=[{"hostId": {"id": "edge3"}}])
+    assert e.value.status == 409 and "edge3: cordoned (maintenance)" in e.value.body["detail"], \
+        e.value.body
+    # named with an open host too: placed there
+    iid, op = deploy(s, "sample-dual", selectedMECHostInfo=[{"hostId": {"id": "edge3"}},
+                                                            {"hostId": {"id": "edge2"}}])
+    assert op["operationState"] == "COMPLETED", op
+    assert s.c.get(f"{INST}/{iid}")["hostId"] == "edge2"
