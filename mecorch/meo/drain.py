@@ -10,7 +10,10 @@ why:
   OSS asked for that host, so the drain does not overrule it (the operator
   may relocate it by naming another host, or terminate it);
 - relocate refused to start (another operation holds the instance, no
-  other host fits, ...): relocate's own reason.
+  other host fits, ...): relocate's own reason;
+- it is being instantiated onto this host (placed before the cordon, or a
+  re-placement): it is not there to move yet; a drain again once that op
+  ends moves it.
 
 The answer comes once every relocation has started, not when they end;
 `uncordon` makes the host placeable again (nothing moves back).
@@ -21,12 +24,13 @@ from __future__ import annotations
 import logging
 
 from mecorch.kernel.errors import MecorchError
-from mecorch.kernel.states import InstantiationState
+from mecorch.kernel.states import InstantiationState, LcmOperation
 from mecorch.meo.lcm import SELECTED
 
 log = logging.getLogger("mecorch.meo.drain")
 DRAIN_REASON = "drained"        # the cordon's reason when the drain gives none
 INSTANTIATED = InstantiationState.INSTANTIATED.value
+INSTANTIATE = LcmOperation.INSTANTIATE.value
 
 
 def drain(lcm, registry, host_id: str, reason: str = "") -> dict:
@@ -52,6 +56,14 @@ def drain(lcm, registry, host_id: str, reason: str = "") -> dict:
             cannot.append({"appInstanceId": iid, "reason": e.detail})
             continue
         relocating.append({"appInstanceId": iid, "opId": op["id"]})
+    listed = {r["appInstanceId"] for r in relocating + cannot}
+    for op in lcm.journal.in_progress():
+        if op["lcmOperation"] == INSTANTIATE and op["_plan"].get("hostId") == host_id \
+                and op["appInstanceId"] not in listed:
+            listed.add(op["appInstanceId"])
+            cannot.append({"appInstanceId": op["appInstanceId"], "reason": (
+                f"being instantiated onto edge host {host_id} (op {op['id']}, placed before "
+                "the cordon); drain again once it ends")})
     log.warning("edge host %s drained: %d instance(s) relocating, %d cannot move%s",
                 host_id, len(relocating), len(cannot),
                 "".join(f"; {c['appInstanceId']}: {c['reason']}" for c in cannot))

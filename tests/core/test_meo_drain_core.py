@@ -112,3 +112,30 @@ def test_cli_host_drain(drained, capsys):
     assert any(ln.startswith(f"cannot move {s.only}: its instantiate request selected only")
                for ln in lines)
     assert s.meo.registry.cordons()["edge2"]["reason"] == "maintenance"
+
+
+def test_an_instantiate_still_running_onto_the_host_is_listed_not_lost(drained):
+    """Placed on edge2 before the drain, its instantiate still running
+    there: not yet there to move, listed with why."""
+    import threading
+    import time
+    from mecorch.kernel.states import DeploymentType
+    s = drained
+    gate = threading.Event()
+    s.hosts["edge2"].inventory.get("edge2").compute(DeploymentType.CONTAINER).deploy_gate = gate
+    inst = s.c.post(INST, {"appDId": s.c.get(f"{INST}/{s.free}")["appDId"]})[0]
+    op, _ = s.c.post(f"{INST}/{inst['id']}/instantiate", {
+        "deploymentType": "CONTAINER", "selectedMECHostInfo": [{"hostId": {"id": "edge2"}}]})
+    try:
+        deadline = time.monotonic() + 5
+        while not any(i["id"] == inst["id"] for i in s.hosts["edge2"].lcm.list()):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        out, _ = s.c.post(f"{HOSTS}/edge2/drain", None)
+    finally:
+        gate.set()
+    cannot = {c["appInstanceId"]: c["reason"] for c in out["cannotMove"]}
+    assert cannot[inst["id"]] == (f"being instantiated onto edge host edge2 (op {op['id']}, "
+                                  "placed before the cordon); drain again once it ends")
+    assert inst["id"] not in {c[0] for c in s.calls}
+    assert s.c.wait_op(op, timeout=10)["operationState"] == "COMPLETED"
