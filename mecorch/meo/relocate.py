@@ -379,7 +379,8 @@ def _moved(lcm, op: dict, target, rid: str, stale: str | None) -> None:
             key = f"{source['hostId']}|stale|{iid}"
             store.put("host_tasks", key, {"id": key, "hostId": source["hostId"],
                                           replace.STALE: source["id"], "appInstanceId": iid,
-                                          "replacedBy": target.host_id, "opId": op["id"]})
+                                          "replacedBy": target.host_id, "opId": op["id"],
+                                          "relocated": True})
     with store.transaction():
         ended = journal.finish(op)
     lcm._free(iid)

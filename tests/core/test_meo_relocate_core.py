@@ -423,6 +423,12 @@ def test_a_source_deletion_that_fails_after_the_move_is_owed(system):
     s.mepms["edge1"].delete_instance = real
     assert s.meo.replacer.check() == [f"removed the stale copy of instance {iid} from host edge1"]
     assert _copies(s, "edge1") == [] and not s.meo.store.list("host_tasks")
+    assert s.c.get(f"{INST}/{iid}")["relocatedFrom"][0]["sourceCopy"] == "REMOVED"
+    removal = [o for o in s.c.get(OPS) if o["appInstanceId"] == iid][-1]
+    assert removal["lcmOperation"] == "TERMINATE" and removal["operationState"] == "COMPLETED"
+    assert removal["decisionReason"] == (
+        f"stale copy on edge host edge1 removed: the instance was relocated to edge2 (op "
+        f"{op['id']}) and its copy here not deleted then")
 
 
 def test_an_meo_restart_mid_relocation_resumes_it(system):

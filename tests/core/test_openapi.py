@@ -508,6 +508,10 @@ def _lifecycle(api: Checker, e) -> str:
     assert info["allocatedResources"]["network"][0]["ip"].startswith("10.123.0.")
     api("POST", f"{url}/instantiate", {"selectedMECHostInfo": HOST}, status=409)
     api("POST", f"{url}/change_app_pkg", {"appPkgId": "nope"}, status=404)
+    # relocation is an MEO's (tests/core/test_meo_relocate_core.py): one
+    # node has no other host
+    api("POST", f"{url}/relocate", {"hostId": "default"}, status=409)
+    api("POST", f"{INST}/nope/relocate", {}, status=404)
     api("DELETE", url, status=409)                                      # instantiated
 
     api("POST", f"{url}/operate", {"changeStateTo": "SIDEWAYS"}, status=400)
