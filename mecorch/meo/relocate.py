@@ -109,21 +109,25 @@ def deployed_with(store, inst: dict) -> tuple[dict, list[str], str]:
     plan = max(ops, key=lambda o: (o["startTime"]["seconds"], o["startTime"]["nanoSeconds"],
                                    o["id"]))["_plan"]
     body = {k: v for k, v in plan["body"].items() if k != "selectedMECHostInfo"}
-    wanted = plan.get("wanted")
-    if wanted is None:      # an instantiate recorded before "wanted" was, or a re-placement's
+    # the hosts the request selected: as the instance keeps them (the
+    # drain's _selectedHosts), else as its op recorded them, else as a
+    # re-placement's opt-in kept them
+    wanted = inst.get("_selectedHosts")
+    if wanted is None:
+        wanted = plan.get("wanted")
+    if wanted is None:
         wanted = (inst.get("_placement") or {}).get("wanted") or []
     return body, list(wanted), plan["pkgId"]
 
 
-def cordoned(registry, store, host_id: str) -> str | None:
-    """Why the host takes no new placement (cordoned: the store's host
-    record says so), or None."""
-    for table in ("hosts", "host_states"):
-        mark = (store.get(table, host_id) or {}).get("cordoned")
-        if mark:
-            reason = mark.get("reason") if isinstance(mark, dict) else None
-            return f"edge host {host_id!r} is cordoned" + (f" ({reason})" if reason else "")
-    return None
+def cordoned(store, host_id: str) -> str | None:
+    """Why the host takes no new placement (cordoned: its row of `hosts`
+    holds {at, reason}, the registry's cordon), or None."""
+    mark = (store.get("hosts", host_id) or {}).get("cordoned")
+    if not mark:
+        return None
+    reason = mark.get("reason") if isinstance(mark, dict) else None
+    return f"edge host {host_id!r} is cordoned" + (f" ({reason})" if reason else "")
 
 
 # ---------------------------------------------------------------------- start
@@ -169,8 +173,7 @@ def start(lcm, iid: str, body) -> dict:
             held = lcm._held(but=iid)
             candidates = [dataclasses.replace(c, held=held.get(c.host_id, ()))
                           for c in registry.candidates()
-                          if c.host_id not in out and not cordoned(registry, store, c.host_id)
-                          and not getattr(c, "cordoned", None)]
+                          if c.host_id not in out and not cordoned(store, c.host_id)]
             if not candidates:
                 others = "no other edge host is registered" if len(registry.entries()) <= 1 \
                     else "every other edge host is cordoned or holds a copy of it"
@@ -222,7 +225,7 @@ def _named_target(lcm, iid: str, host_id: str, out: set[str]) -> str:
                        "(removed when it answers): no place for it")
     if entry.state != REACHABLE:
         raise Conflict(f"edge host {host_id!r} is {entry.state}: no place to relocate to")
-    why = cordoned(lcm.registry, lcm.store, host_id)
+    why = cordoned(lcm.store, host_id)
     if why:
         raise Conflict(f"{why}: it takes no new placements")
     return host_id

@@ -283,6 +283,9 @@ def test_the_body_and_a_named_host_are_checked_before_anything_is_made(system):
     s.meo.store.put("hosts", "edge2", {"id": "edge2", "cordoned": {"at": 1, "reason": "disk"}})
     err = _problem(s.c.post, url, {"hostId": "edge2"})
     assert err.status == 409 and "'edge2' is cordoned (disk)" in err.body["detail"]
+    s.meo.store.put("hosts", "edge2", {"id": "edge2", "cordoned": {"at": 1, "reason": ""}})
+    err = _problem(s.c.post, url, {"hostId": "edge2"})
+    assert err.status == 409 and "'edge2' is cordoned:" in err.body["detail"]
     # and placement leaves both out: no host fits
     err = _problem(s.c.post, url, {})
     assert err.status == 409 and "edge3: vCPU" in err.body["detail"], err.body
