@@ -14,6 +14,7 @@ import threading
 import time
 
 import pytest
+import yaml
 
 from mecorch.driverapi.contracts import DataMovable
 from mecorch.kernel import config
@@ -478,3 +479,41 @@ def test_the_cli_relocates(system, capsys):
     assert rc == 0, capsys.readouterr()
     out = capsys.readouterr().out
     assert f"{iid}: on edge3 (from edge1), STARTED" in out
+
+
+def test_its_dns_name_and_rules_follow_and_the_oss_is_notified(system, notification_sink):
+    """The AppD's rules (a DNS name, a traffic rule whose service address
+    the host allocates): the target's MEP holds them after the move (the
+    address allocated again from the target's range), the source's holds
+    nothing; the OSS hears of the RELOCATE op as of any op."""
+    s = system
+    s.meo.subscriptions.start()
+    s.c.post("/app_lcm/v1/subscriptions", {
+        "subscriptionType": "AppLcmOpOccStateChange", "callbackUri": notification_sink.url,
+        "appLcmOpOccSubscriptionFilter": {"operationTypes": "RELOCATE"}})
+    pkg = onboard(s)
+    appd = yaml.safe_load(corelab.CONTAINER_APPD.read_text())
+    iid, op = deploy(s, pkg["appDId"], deploymentType="CONTAINER",
+                     appTrafficRule=appd["appTrafficRule"], appDNSRule=appd["appDNSRule"])
+    assert op["operationState"] == "COMPLETED", op
+    before = s.c.get(f"/mec_app_support/v1/applications/{iid}/dns_rules")
+    assert [r["domainName"] for r in before] == ["sample-http.mec.local"]
+    src = s.meo.store.get("instances", iid)["_hostInstance"]
+    op = _relocate(s, iid)
+    assert op["operationState"] == "COMPLETED", op
+    target = s.c.get(f"{INST}/{iid}")["hostId"]
+    assert target != src["hostId"]
+    after = s.c.get(f"/mec_app_support/v1/applications/{iid}/dns_rules")
+    assert [r["domainName"] for r in after] == ["sample-http.mec.local"]
+    traffic = s.c.get(f"/mec_app_support/v1/applications/{iid}/traffic_rules")
+    assert [r["trafficRuleId"] for r in traffic] == ["sample-http-vip"]
+    # the source's MEP holds nothing of it any more
+    assert s.hosts[src["hostId"]].store.list("instances") == []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(
+            n.get("notificationType") == "COMPLETED" for n in notification_sink.got):
+        time.sleep(0.05)
+    # (the filter took the RELOCATE op only, not the deploy's INSTANTIATE)
+    got = [(n["appLcmOpOccId"], n["notificationType"]) for n in notification_sink.got]
+    assert got == [(op["id"], "STARTING"), (op["id"], "PROCESSING"),
+                   (op["id"], "COMPLETED")], notification_sink.got
