@@ -40,11 +40,14 @@ A failure in 2-6 rolls back ("rollback" step, with the reason): the
 target's copy terminated FORCEFUL and deleted (deleting what is gone is
 success), the source started again if it was started; the op FAILED with
 the reason. A host that does not answer during the rollback leaves the op
-PROCESSING: the rollback goes on when it answers (SystemLcm.tick, resync).
-Once the source's terminate has COMPLETED there is no way back: a failure
-after it (the resource's deletion) leaves the deletion owed to the source
-host (a stale-copy task, `replace.Replacer.remove_stale`), and the op
-COMPLETES.
+PROCESSING: the rollback goes on when it answers (SystemLcm.tick, resync);
+a host that refuses a rollback step ends the op FAILED naming what was
+left undone (never an op stuck on an error that will not pass).
+Once the source's copy is down (its terminate COMPLETED, or failed after
+taking the copy out of INSTANTIATED) there is no way back to it, and the
+target serves: what remains of the source (its terminate, the resource's
+deletion) is owed to the source host (a stale-copy task,
+`replace.Replacer.remove_stale`), and the op COMPLETES.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ from pathlib import Path
 
 from mecorch.kernel import logs, validate
 from mecorch.kernel.errors import (
-    Conflict, InvalidInput, MecorchError, NotFound, StoreUnavailable)
+    BackendUnavailable, Conflict, InvalidInput, MecorchError, NotFound, StoreUnavailable)
 from mecorch.kernel.states import (
     InstantiationState, LcmOperation, OperationState, TerminationType)
 from mecorch.kernel.timeutil import public, timestamp
@@ -259,30 +262,30 @@ def run(lcm, op: dict) -> None:
     from mecorch.meo.lcm import HostAway     # lcm imports this module
     iid, journal = op["appInstanceId"], lcm.journal
     try:
-        if journal.done(op, "rollback"):
-            _roll_back(lcm, op)
-            return
-        try:
-            _forward(lcm, op)
-        except (HostAway, Fenced, StoreUnavailable):
-            raise
-        except Exception as e:  # noqa: BLE001 - any failure rolls back, with its reason
-            err = e if isinstance(e, MecorchError) else _internal(e)
-            log.warning("relocation %s of %s failed: %s; rolling back", op["id"], iid,
-                        err.detail)
-            journal.step(op, "rollback", detail=err.detail, status=err.status,
-                         title=err.title)
-            _roll_back(lcm, op)
+        if not journal.done(op, "rollback"):
+            try:
+                _forward(lcm, op)
+                return
+            except (HostAway, Fenced, StoreUnavailable):
+                raise
+            except Exception as e:  # noqa: BLE001 - any failure rolls back, with its reason
+                err = e if isinstance(e, MecorchError) else _internal(e)
+                log.warning("relocation %s of %s failed: %s; rolling back", op["id"], iid,
+                            err.detail)
+                journal.step(op, "rollback", detail=err.detail, status=err.status,
+                             title=err.title)
+        _roll_back(lcm, op)
     except HostAway:
         log.warning("relocation %s of %s: a host is away; the op stays PROCESSING until it "
                     "answers", op["id"], iid)
     except (Fenced, StoreUnavailable) as e:
         log.warning("relocation %s of %s left to the leader: %s", op["id"], iid, e.detail)
-    except Exception as e:  # noqa: BLE001 - the rollback's own failure: tried again later
-        why = getattr(e, "detail", None) or f"{type(e).__name__}: {e}"
+    except BackendUnavailable as e:
+        # a host that does not answer: the rollback goes on when it does
+        # (SystemLcm.tick, resync)
         log.warning("relocation %s of %s: rollback not finished (%s); the op stays PROCESSING "
-                    "and the rollback goes on when the hosts answer", op["id"], iid, why)
-        _note(journal, op, "rollbackRetry", why)
+                    "until the hosts answer", op["id"], iid, e.detail)
+        _note(journal, op, "rollbackWaits", e.detail)
 
 
 def _forward(lcm, op: dict) -> None:
@@ -319,20 +322,37 @@ def _forward(lcm, op: dict) -> None:
     if not plan["started"]:
         _host_op(lcm, op, target, remote["id"], "targetStop", False, {
             "changeStateTo": STOPPED, "stopType": "FORCEFUL"}, already=STOPPED)
-    _host_op(lcm, op, source, src_id, "sourceTerminate", True,   # 6. the source goes
-             {"terminationType": TerminationType.FORCEFUL.value})
-    stale = None
-    if not journal.done(op, "sourceDeleted"):
+    owed = None                                                 # 6. the source goes
+    try:
+        _host_op(lcm, op, source, src_id, "sourceTerminate", True,
+                 {"terminationType": TerminationType.FORCEFUL.value})
+    except MecorchError as e:
+        if isinstance(e, BackendUnavailable) or _instantiated(source, src_id):
+            raise       # the source's copy is whole: started again by the rollback
+        # its terminate took it down and then failed: there is no copy to
+        # start again, the target serves: the rest is owed to the host
+        owed = e.detail
+    if owed is None and not journal.done(op, "sourceDeleted"):
         try:
             source.mepm.delete_instance(src_id)
         except NotFound:
             pass
         except Exception as e:  # noqa: BLE001 - owed to the host: no way back now
-            stale = getattr(e, "detail", None) or f"{type(e).__name__}: {e}"
-        journal.step(op, "sourceDeleted", owed=stale)
-    else:
-        stale = journal.data(op, "sourceDeleted").get("owed")
-    _moved(lcm, op, target, remote["id"], stale)                 # 7. the instance follows
+            owed = getattr(e, "detail", None) or f"{type(e).__name__}: {e}"
+        journal.step(op, "sourceDeleted", owed=owed)
+    elif owed is None:
+        owed = journal.data(op, "sourceDeleted").get("owed")
+    _moved(lcm, op, target, remote["id"], owed)                 # 7. the instance follows
+
+
+def _instantiated(entry, rid: str) -> bool:
+    """Whether the host has the instance INSTANTIATED (True when it cannot
+    tell: the safe side, the source copy is taken as whole)."""
+    try:
+        view = entry.mepm.get_instance(rid)
+    except MecorchError:
+        return True
+    return (view or {}).get("instantiationState") == INSTANTIATED
 
 
 def _host_op(lcm, op: dict, entry, rid: str, step: str, terminate: bool, body: dict,
@@ -395,35 +415,53 @@ def _moved(lcm, op: dict, target, rid: str, stale: str | None) -> None:
 
 def _roll_back(lcm, op: dict) -> None:
     """Nothing on the target, the source serving as before; the op FAILED
-    with the reason the "rollback" step recorded. Raises (the op stays
-    PROCESSING) when a host does not let it finish."""
+    with the reason the "rollback" step recorded. A host that does not
+    answer (BackendUnavailable, HostAway) leaves the op PROCESSING, the
+    rollback to go on when it does; any other refusal is named in the op's
+    error (an operator's turn: the op ends, never stuck)."""
     journal, plan, iid = lcm.journal, op["_plan"], op["appInstanceId"]
     lcm.registry.unreserve(plan["hostId"], iid)
+    left = []                   # what the rollback could not do, and why
     made = journal.data(op, "created")
     target = _entry(lcm, plan["hostId"])
     if made is not None and target is not None and not journal.done(op, "targetRemoved"):
-        _settle(lcm, target, made["id"])        # its instantiate first ends, if it runs
-        view = target.mepm.get_instance(made["id"])
-        if view is not None and view.get("instantiationState") == INSTANTIATED:
-            _host_op(lcm, op, target, made["id"], "targetTerminate", True,
-                     {"terminationType": TerminationType.FORCEFUL.value})
         try:
-            target.mepm.delete_instance(made["id"])
-        except NotFound:
-            pass
-        journal.step(op, "targetRemoved")
+            _settle(lcm, target, made["id"])    # its instantiate first ends, if it runs
+            if _instantiated(target, made["id"]):
+                _host_op(lcm, op, target, made["id"], "targetTerminate", True,
+                         {"terminationType": TerminationType.FORCEFUL.value})
+            try:
+                target.mepm.delete_instance(made["id"])
+            except NotFound:
+                pass
+            journal.step(op, "targetRemoved")
+        except BackendUnavailable:
+            raise
+        except MecorchError as e:
+            left.append(f"its copy on {plan['hostId']} not removed: {e.detail}")
     source = _entry(lcm, plan[KEY]["hostId"])
     if plan["started"] and source is not None and not journal.done(op, "sourceStarted"):
-        view = source.mepm.get_instance(plan[KEY]["id"])
-        state = ((view or {}).get("instantiatedAppState") or {}).get("operationalState")
-        if (view or {}).get("instantiationState") == INSTANTIATED and state != STARTED:
-            _host_op(lcm, op, source, plan[KEY]["id"], "sourceStart", False,
-                     {"changeStateTo": STARTED}, already=STARTED)
-        journal.step(op, "sourceStarted")
+        try:
+            view = source.mepm.get_instance(plan[KEY]["id"])
+            state = ((view or {}).get("instantiatedAppState") or {}).get("operationalState")
+            if (view or {}).get("instantiationState") != INSTANTIATED:
+                raise MecorchError("it is not INSTANTIATED there any more")
+            if state != STARTED:
+                _host_op(lcm, op, source, plan[KEY]["id"], "sourceStart", False,
+                         {"changeStateTo": STARTED}, already=STARTED)
+            journal.step(op, "sourceStarted")
+        except BackendUnavailable:
+            raise
+        except MecorchError as e:
+            left.append(f"not started again on {plan[KEY]['hostId']}: {e.detail}")
     why = journal.data(op, "rollback")
-    err = MecorchError(f"relocation rolled back (the app serves on edge host "
-                       f"{plan[KEY]['hostId']} as before, nothing left on "
-                       f"{plan['hostId']}): {why['detail']}")
+    if left:
+        detail = (f"relocation failed and its rollback did not finish ({'; '.join(left)}): "
+                  f"{why['detail']}")
+    else:
+        detail = (f"relocation rolled back (the app serves on edge host {plan[KEY]['hostId']} "
+                  f"as before, nothing left on {plan['hostId']}): {why['detail']}")
+    err = MecorchError(detail)
     err.status, err.title = why.get("status", 500), why.get("title", err.title)
     with lcm.store.transaction():
         ended = journal.finish(op, err)

@@ -19,7 +19,7 @@ import yaml
 from mecorch.driverapi.contracts import DataMovable
 from mecorch.kernel import config
 from mecorch.kernel.client import ApiError
-from mecorch.kernel.errors import Conflict, NotFound
+from mecorch.kernel.errors import BackendUnavailable, Conflict, NotFound
 from mecorch.kernel.states import DeploymentType, InstantiationState
 from mecorch.meo.orchestrator import MeoOrchestrator
 from mecorch.spec.capacity import Need
@@ -94,7 +94,6 @@ class MovableMepm(FlakyMepm):
 
     def _check(self, verb: str) -> None:
         if self.down.is_set():
-            from mecorch.kernel.errors import BackendUnavailable
             raise BackendUnavailable(f"edge host {self.host_id!r}: link cut by the test")
         if verb in self.fail:
             raise self.fail[verb]
@@ -344,7 +343,8 @@ def test_an_meo_with_one_host_and_a_single_node_say_there_is_no_other(tmp_path, 
     assert _problem(env.c.post, f"{INST}/nope/relocate", {}).status == 404
 
 
-@pytest.mark.parametrize("where", ["create", "export", "import", "instantiate"])
+@pytest.mark.parametrize("where", ["create", "export", "import", "instantiate",
+                                   "source-terminate"])
 def test_a_failure_at_any_step_leaves_it_serving_on_the_source(system, where):
     s = system
     iid, rid = _deployed(s, "edge1")
@@ -354,8 +354,12 @@ def test_a_failure_at_any_step_leaves_it_serving_on_the_source(system, where):
         s.cims["edge1"].fail["export_data"] = broken("export broke")
     elif where == "import":
         s.mepms["edge2"].fail["import_data"] = broken("import broke")
-    else:
+    elif where == "instantiate":
         s.cims["edge2"].fail["deploy"] = broken("the target's image repository is away")
+    else:
+        # the source's runtime cannot be destroyed: its copy stays whole
+        # (INSTANTIATED), so the target's goes and the source serves again
+        s.cims["edge1"].fail["destroy"] = broken("the source's engine refused")
     op = _relocate(s, iid, hostId="edge2")
     assert op["operationState"] == "FAILED", op
     detail = op["error"]["detail"]
@@ -363,10 +367,12 @@ def test_a_failure_at_any_step_leaves_it_serving_on_the_source(system, where):
                              "before, nothing left on edge2): "), detail
     assert {"create": "target create refused", "export": "export broke",
             "import": "import broke",
-            "instantiate": "the target's image repository is away"}[where] in detail
+            "instantiate": "the target's image repository is away",
+            "source-terminate": "the source's engine refused"}[where] in detail
     _serving_on_source(s, iid, "edge1", rid)
     steps = [st["step"] for st in s.meo.store.get("op_occs", op["id"])["_steps"]]
-    assert "rollback" in steps and "sourceTerminate" not in steps
+    assert "rollback" in steps and ("targetRemoved" in steps) == (where != "create")
+    assert ("sourceTerminate" in steps) == (where == "source-terminate")
     # the source was started again after it was stopped (not for a
     # failure before the stop)
     assert ("sourceStarted" in steps) and (("sourceStart" in steps) == (where != "create"))
@@ -517,3 +523,35 @@ def test_its_dns_name_and_rules_follow_and_the_oss_is_notified(system, notificat
     got = [(n["appLcmOpOccId"], n["notificationType"]) for n in notification_sink.got]
     assert got == [(op["id"], "STARTING"), (op["id"], "PROCESSING"),
                    (op["id"], "COMPLETED")], notification_sink.got
+
+
+def test_a_rollback_a_host_interrupts_goes_on_when_it_answers(system):
+    """The source's link breaks in the middle of the export: the rollback
+    removes the target's copy, cannot start the source again yet, and leaves
+    the op PROCESSING; once the host answers, the pickup finishes it."""
+    s = system
+    iid, rid = _deployed(s, "edge1")
+
+    def cut(*a):
+        s.mepms["edge1"].down.set()
+        raise BackendUnavailable("edge host 'edge1': link cut in the middle of the export")
+    s.mepms["edge1"].export_data = cut
+    op, _ = s.c.post(f"{INST}/{iid}/relocate", {"hostId": "edge2"})
+    deadline = time.monotonic() + 10
+    while not any(st["step"] == "rollbackWaits"
+                  for st in s.meo.store.get("op_occs", op["id"])["_steps"]):
+        assert time.monotonic() < deadline, s.meo.store.get("op_occs", op["id"])
+        time.sleep(0.02)
+    assert s.c.get(f"{OPS}/{op['id']}")["operationState"] == "PROCESSING"
+    assert _copies(s, "edge2") == []                    # the target's part is done
+    err = _problem(s.c.post, f"{INST}/{iid}/relocate", {"hostId": "edge3"})
+    assert err.status == 409                            # the instance is still held
+    del s.mepms["edge1"].export_data
+    s.mepms["edge1"].down.clear()
+    s.meo.lcm.tick()
+    ended = s.c.wait_op(op, timeout=10)
+    assert ended["operationState"] == "FAILED"
+    assert ended["error"]["detail"].startswith("relocation rolled back (the app serves on "
+                                               "edge host edge1 as before")
+    assert "link cut in the middle of the export" in ended["error"]["detail"]
+    _serving_on_source(s, iid, "edge1", rid)
