@@ -141,36 +141,33 @@ def start(lcm, iid: str, body) -> dict:
     cannot start (nothing made)."""
     named, graceful = parse(body, lcm.default_graceful_s)
     registry, store = lcm.registry, lcm.store
+    # read and planned before the store's transaction (every other store
+    # user of this process waits while it is open), checked again in it
+    inst = lcm.get(iid)
+    source, src = _source(lcm, inst)
+    request, wanted, pkg_id = deployed_with(store, inst)
+    pkg = lcm.packages.usable(inst["appDId"], pkg_id)
+    # hosts holding a copy of it (its source; one owing a stale copy's
+    # removal) are no place for it
+    out = {src.host_id} | {t["hostId"] for t in store.list("host_tasks")
+                           if t.get("appInstanceId") == iid and t.get(replace.STALE)}
+    if named is not None:
+        target_ids = [_named_target(lcm, iid, named, out)]
+    else:
+        target_ids = [h for h in wanted if h not in out]
+        if wanted and not target_ids:
+            raise Conflict(f"app instance {iid}: no other edge host to relocate it to: its "
+                           f"request selected only {', '.join(wanted)}")
+    host_body = dict(request)
+    if target_ids:
+        host_body["selectedMECHostInfo"] = [{"hostId": {"id": h}} for h in target_ids]
+    p = plan_request(iid, pkg, host_body, lcm._chooser(pkg, target_ids))
     with lcm._exclusive(iid):
         inst = lcm.get(iid)
         lcm._no_unfinished_op(iid)
-        source = inst.get("_hostInstance")
-        if inst["instantiationState"] != INSTANTIATED or not source:
-            raise Conflict(f"app instance {iid} is NOT_INSTANTIATED: there is nothing to "
-                           "relocate")
-        src = registry.get(source["hostId"])
-        if src.state != REACHABLE:
-            raise Conflict(f"app instance {iid}: its edge host {src.host_id!r} is {src.state}; "
-                           "a relocation stops the app there and carries its data, so it "
-                           "needs the host to answer (re-placement moves apps off a lost "
-                           "host: lostAfter)")
-        request, wanted, pkg_id = deployed_with(store, inst)
-        pkg = lcm.packages.usable(inst["appDId"], pkg_id)
-        # hosts holding a copy of it (its source; one owing a stale copy's
-        # removal) are no place for it
-        out = {src.host_id} | {t["hostId"] for t in store.list("host_tasks")
-                               if t.get("appInstanceId") == iid and t.get(replace.STALE)}
-        if named is not None:
-            target_ids = [_named_target(lcm, iid, named, out)]
-        else:
-            target_ids = [h for h in wanted if h not in out]
-            if wanted and not target_ids:
-                raise Conflict(f"app instance {iid}: no other edge host to relocate it to: its "
-                               f"request selected only {', '.join(wanted)}")
-        host_body = dict(request)
-        if target_ids:
-            host_body["selectedMECHostInfo"] = [{"hostId": {"id": h}} for h in target_ids]
-        p = plan_request(iid, pkg, host_body, lcm._chooser(pkg, target_ids))
+        if _source(lcm, inst)[0] != source:
+            raise Conflict(f"app instance {iid} changed meanwhile (another operation): "
+                           "try again")
         with lcm._place_lock:
             store.lock("placement")
             held = lcm._held(but=iid)
@@ -214,6 +211,22 @@ def start(lcm, iid: str, body) -> dict:
     return public(op)
 
 
+def _source(lcm, inst: dict) -> tuple[dict, object]:
+    """(the instance's copy on its host {hostId, id}, that host's registry
+    entry); Conflict when it is not deployed or its host does not answer."""
+    source = inst.get("_hostInstance")
+    if inst["instantiationState"] != INSTANTIATED or not source:
+        raise Conflict(f"app instance {inst['id']} is NOT_INSTANTIATED: there is nothing to "
+                       "relocate")
+    src = lcm.registry.get(source["hostId"])
+    if src.state != REACHABLE:
+        raise Conflict(f"app instance {inst['id']}: its edge host {src.host_id!r} is "
+                       f"{src.state}; a relocation stops the app there and carries its data, "
+                       "so it needs the host to answer (re-placement moves apps off a lost "
+                       "host: lostAfter)")
+    return source, src
+
+
 def _named_target(lcm, iid: str, host_id: str, out: set[str]) -> str:
     """The named target host, checked (registered, answering, no copy of the
     instance, not cordoned); the manner and the room are placement's."""
@@ -223,7 +236,8 @@ def _named_target(lcm, iid: str, host_id: str, out: set[str]) -> str:
         raise InvalidInput(f"hostId: {e.detail}") from None
     if host_id in out:
         raise Conflict(f"app instance {iid} runs on edge host {host_id!r} already"
-                       if host_id == lcm.get(iid)["_hostInstance"]["hostId"] else
+                       if host_id == (lcm.get(iid).get("_hostInstance") or {}).get("hostId")
+                       else
                        f"edge host {host_id!r} still holds a stale copy of app instance {iid} "
                        "(removed when it answers): no place for it")
     if entry.state != REACHABLE:
