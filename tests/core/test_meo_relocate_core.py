@@ -1,25 +1,24 @@
 """Relocation of an instance to another edge host (the MEO's RELOCATE op,
-mecorch/meo/relocate.py), each host an in-process MEPM on in-memory
-drivers. These prove the MEO's flow (placement of the target, the
-journalled steps, the rollback, the resume, the API and CLI), not the
-drivers nor the MEPM's data carriers: the fake compute carries its "data"
-as the DataMovable contract says (one tar, a member per volume), and the
-real-backend tests do the rest."""
+mecorch/meo/relocate.py), each host an in-process MEPM (LocalMepm, with
+the host engine's own data verbs: mecorch/mepm/seeds.py) on in-memory
+drivers (CarryingCompute holds each volume's "data" and carries it as the
+DataMovable contract says: one tar, a member per volume). These prove the
+MEO's flow (placement of the target, the journalled steps, the rollback,
+the resume, the API and CLI), not the drivers: the real-backend tests do
+that."""
 
 from __future__ import annotations
 
-import io
-import tarfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import yaml
 
-from mecorch.driverapi.contracts import DataMovable
 from mecorch.kernel import config
 from mecorch.kernel.client import ApiError
-from mecorch.kernel.errors import BackendUnavailable, Conflict, NotFound
+from mecorch.kernel.errors import BackendUnavailable
 from mecorch.kernel.states import DeploymentType, InstantiationState
 from mecorch.meo.orchestrator import MeoOrchestrator
 from mecorch.spec.capacity import Need
@@ -27,70 +26,20 @@ from mecorch.mepm.local import LocalMepm
 from mecorch.mepm.orchestrator import Orchestrator
 from support import corelab
 from support.corelab import env  # noqa: F401 - a fixture
-from support.fakes import FakeCompute, FakeMep, broken
+from support.fakes import CarryingCompute, FakeMep, broken
 from support.meolab import INST, FlakyMepm, deploy, onboard, served
 
 OPS = "/app_lcm/v1/app_lcm_op_occs"
-# the MEPM's own data verbs (helper rel-host's LocalMepm), when this tree
-# has them; else the test's stand-in below
-REAL_VERBS = "export_data" in vars(LocalMepm)
-
-
-class MovableCompute(FakeCompute, DataMovable):
-    """A FakeCompute whose instances hold "data": volume name -> bytes
-    (`data[instance id]`), exported as the contract's tar and filled from a
-    seed archive at deploy."""
-
-    def __init__(self, manner: DeploymentType, **kw):
-        super().__init__(manner, **kw)
-        self.data: dict[str, dict[str, bytes]] = {}
-        self.pending: dict[str, bytes] = {}     # the stand-in MEPM's seeds (no REAL_VERBS)
-
-    def deploy(self, request):
-        alloc = super().deploy(request)
-        seed = None
-        if request.seed:
-            with open(request.seed, "rb") as f:
-                seed = f.read()
-        seed = seed or self.pending.pop(request.instance_id, None)
-        self.data[request.instance_id] = _untar(seed) if seed else {}
-        return alloc
-
-    def destroy(self, handle):
-        super().destroy(handle)
-        self.data.pop(handle["id"], None)
-
-    def export_data(self, handle, into):
-        self._maybe_fail("export_data")
-        inst = self.instances.get(self._id(handle))
-        if inst is None:
-            raise NotFound(f"{handle['id']} is gone")
-        if inst["state"] == "RUNNING":
-            raise Conflict(f"{handle['id']} runs: its data is exported stopped")
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            for name, content in sorted(self.data.get(handle["id"], {}).items()):
-                info = tarfile.TarInfo(name)
-                info.size = len(content)
-                tar.addfile(info, io.BytesIO(content))
-        into.write_bytes(buf.getvalue())
-
-
-def _untar(raw: bytes) -> dict[str, bytes]:
-    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
-        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+VOLUME = [{"id": "www", "typeOfStorage": "BLOCK", "sizeOfStorage": 1}]
 
 
 class MovableMepm(FlakyMepm):
-    """A FlakyMepm that can be told to fail a verb (`fail[verb]`), with the
-    data verbs: LocalMepm's own when this tree has them, else a stand-in
-    that checks what the contract says and hands the archive to the
-    fake compute."""
+    """A FlakyMepm (LocalMepm: the host engine's own data verbs, over a
+    CarryingCompute) that can be told to fail a verb (`fail[verb]`)."""
 
-    def __init__(self, orch, host_id, cim: MovableCompute):
+    def __init__(self, orch, host_id):
         super().__init__(orch, host_id)
         self.fail: dict[str, Exception] = {}
-        self.cim = cim
 
     def _check(self, verb: str) -> None:
         if self.down.is_set():
@@ -104,21 +53,11 @@ class MovableMepm(FlakyMepm):
 
     def export_data(self, instance_id, into):
         self._check("export_data")
-        if REAL_VERBS:
-            return super().export_data(instance_id, into)
-        inst = self.orch.lcm.get(instance_id)
-        state = (inst.get("instantiatedAppState") or {}).get("operationalState")
-        if inst["instantiationState"] != "INSTANTIATED" or state != "STOPPED":
-            raise Conflict(f"app instance {instance_id} must be INSTANTIATED and STOPPED")
-        self.cim.export_data(inst["_handle"], into)
+        return super().export_data(instance_id, into)
 
     def import_data(self, instance_id, archive):
         self._check("import_data")
-        if REAL_VERBS:
-            return super().import_data(instance_id, archive)
-        if self.orch.lcm.get(instance_id)["instantiationState"] != "NOT_INSTANTIATED":
-            raise Conflict(f"app instance {instance_id} is INSTANTIATED")
-        self.cim.pending[instance_id] = archive.read_bytes()
+        return super().import_data(instance_id, archive)
 
 
 def _host(tmp, hid: str):
@@ -127,7 +66,7 @@ def _host(tmp, hid: str):
     cfg["hosts"][0]["id"] = hid
     cfg["hosts"][0]["vim"] = None
     orch = Orchestrator(cfg)
-    cim = MovableCompute(DeploymentType.CONTAINER, cpus=2)
+    cim = CarryingCompute(DeploymentType.CONTAINER, cpus=2)
     orch.inventory.get(hid).attach("cim", cim)
     orch.inventory.get(hid).attach("mep", FakeMep())
     return orch, cim
@@ -143,7 +82,7 @@ def _system(tmp, host_ids):
     cfg["meo"]["heartbeat_s"] = 0       # beats driven by the test
     meo = MeoOrchestrator(cfg)
     for hid, orch in hosts.items():
-        mepms[hid] = MovableMepm(orch, hid, cims[hid])
+        mepms[hid] = MovableMepm(orch, hid)
         meo.registry.attach(mepms[hid])
     s, server = served(meo, hosts, tmp)
     s.mepms, s.cims = mepms, cims
@@ -165,8 +104,8 @@ def system(tmp_path):
 def _deployed(s, host: str = "edge1") -> tuple[str, str]:
     """An instance STARTED on `host` (edge1: placement's pick among equal
     hosts, the first id; the request selects none), with data in its
-    volume: (id, host's id)."""
-    pkg = onboard(s)
+    volume `www`: (id, host's id)."""
+    pkg = onboard(s, virtualStorageDescriptor=VOLUME)
     iid, op = deploy(s, pkg["appDId"], deploymentType="CONTAINER")
     assert op["operationState"] == "COMPLETED", op
     assert s.c.get(f"{INST}/{iid}")["hostId"] == host
@@ -206,6 +145,9 @@ def _serving_on_source(s, iid: str, host: str, rid: str) -> None:
         if other != host:
             assert _copies(s, other) == [], other
             assert s.cims[other].instances == {}, other
+            seeds = Path(s.hosts[other].cfg["state_dir"]) / "seeds"
+            assert not seeds.exists() or list(seeds.iterdir()) == [], other
+    assert list((Path(s.meo.cfg["state_dir"]) / "relocations").glob("*")) == []
     assert "relocatedFrom" not in view
     assert not s.meo.store.list("reservations")
 
@@ -231,6 +173,10 @@ def test_relocated_keeps_its_id_and_data_and_leaves_nothing_behind(system):
     remote = s.meo.store.get("instances", iid)["_hostInstance"]
     assert remote["hostId"] == target
     assert s.cims[target].data[remote["id"]] == {"www": b"the app's file"}
+    assert len(s.cims[target].seeds) == 1           # the deploy was given the archive
+    # no archive left behind: the MEO's carrier file, the target's seed
+    assert list((Path(s.meo.cfg["state_dir"]) / "relocations").iterdir()) == []
+    assert list((Path(s.hosts[target].cfg["state_dir"]) / "seeds").glob("*")) == []
     # the source holds nothing of it; the source was stopped GRACEFUL first
     assert _copies(s, "edge1") == [] and s.cims["edge1"].instances == {}
     stops = [o for o in s.hosts["edge1"].store.list("op_occs") if o["lcmOperation"] == "OPERATE"]
@@ -351,7 +297,9 @@ def test_a_failure_at_any_step_leaves_it_serving_on_the_source(system, where):
     if where == "create":
         s.mepms["edge2"].fail["create_instance"] = broken("target create refused")
     elif where == "export":
-        s.cims["edge1"].fail["export_data"] = broken("export broke")
+        def export_broke(handle, into):         # the source's driver fails its export
+            raise broken("export broke")
+        s.cims["edge1"].export_data = export_broke
     elif where == "import":
         s.mepms["edge2"].fail["import_data"] = broken("import broke")
     elif where == "instantiate":
@@ -378,6 +326,7 @@ def test_a_failure_at_any_step_leaves_it_serving_on_the_source(system, where):
     assert ("sourceStarted" in steps) and (("sourceStart" in steps) == (where != "create"))
     # and it can be relocated once the cause is gone
     s.mepms["edge2"].fail.clear()
+    vars(s.cims["edge1"]).pop("export_data", None)
     s.cims["edge1"].fail.clear()
     s.cims["edge2"].fail.clear()
     assert _relocate(s, iid, hostId="edge2")["operationState"] == "COMPLETED"
