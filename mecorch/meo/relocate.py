@@ -182,7 +182,10 @@ def start(lcm, iid: str, body) -> dict:
             try:
                 host_id, where = placement.choose_plan(p, candidates, inst["appDId"])
             except MecorchError as e:
+                from mecorch.meo.lcm import refusal_reasons     # lcm imports this module
                 log.info("relocation of %s not placed: %s", iid, e.detail)
+                logs.event("placement.refused", instance=iid, app=inst["appDId"],
+                           manner=p.manner.value, reasons=",".join(refusal_reasons(e)))
                 raise _reworded(e, f"app instance {iid} cannot be relocated: ") from None
             registry.reserve(host_id, iid, p.need)
         logs.event("placement.decided", instance=iid, app=inst["appDId"], host=host_id,
