@@ -441,6 +441,9 @@ def _roll_back(lcm, op: dict) -> None:
     left = []                   # what the rollback could not do, and why
     made = journal.data(op, "created")
     target = _entry(lcm, plan["hostId"])
+    if made is not None and target is None:
+        left.append(f"its copy on {plan['hostId']} not removed: the host is no longer "
+                    "registered")
     if made is not None and target is not None and not journal.done(op, "targetRemoved"):
         try:
             _settle(lcm, target, made["id"])    # its instantiate first ends, if it runs
@@ -457,6 +460,9 @@ def _roll_back(lcm, op: dict) -> None:
         except MecorchError as e:
             left.append(f"its copy on {plan['hostId']} not removed: {e.detail}")
     source = _entry(lcm, plan[KEY]["hostId"])
+    if plan["started"] and source is None and journal.done(op, "sourceStop"):
+        left.append(f"not started again on {plan[KEY]['hostId']}: the host is no longer "
+                    "registered")
     if plan["started"] and source is not None and not journal.done(op, "sourceStarted"):
         try:
             view = source.mepm.get_instance(plan[KEY]["id"])

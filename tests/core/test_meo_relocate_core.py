@@ -504,3 +504,40 @@ def test_a_rollback_a_host_interrupts_goes_on_when_it_answers(system):
                                                "edge host edge1 as before")
     assert "link cut in the middle of the export" in ended["error"]["detail"]
     _serving_on_source(s, iid, "edge1", rid)
+
+
+def test_a_relocation_whose_target_was_deregistered_ends_at_the_meo_restart(system):
+    """The MEO stops mid-relocation and comes back without the target host:
+    its recovery rolls back as far as it can and says what it left."""
+    s = system
+    iid, rid = _deployed(s, "edge1")
+    gate = threading.Event()
+    s.cims["edge2"].deploy_gate = gate
+    op, _ = s.c.post(f"{INST}/{iid}/relocate", {"hostId": "edge2"})
+    deadline = time.monotonic() + 10
+    while not any(st["step"] == "dispatched"
+                  for st in s.meo.store.get("op_occs", op["id"])["_steps"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    s.meo.lease.stop()
+    meo2 = MeoOrchestrator(dict(s.meo.cfg))
+    try:
+        meo2.registry.attach(LocalMepm(s.hosts["edge1"], "edge1"))     # no edge2
+        meo2.lcm.recover()
+        deadline = time.monotonic() + 10
+        while meo2.lcm.op(op["id"])["operationState"] == "PROCESSING":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        ended = meo2.lcm.op(op["id"])
+        assert ended["operationState"] == "FAILED"
+        assert ended["error"]["detail"].startswith(
+            "relocation failed and its rollback did not finish (its copy on edge2 not "
+            "removed: the host is no longer registered): "), ended["error"]
+        inst = meo2.lcm.get(iid)
+        assert inst["hostId"] == "edge1" and "relocatedFrom" not in inst
+        # the source serves again
+        view = s.hosts["edge1"].lcm.view(s.hosts["edge1"].lcm.get(rid))
+        assert view["instantiatedAppState"]["operationalState"] == "STARTED"
+    finally:
+        gate.set()
+        meo2.close()
