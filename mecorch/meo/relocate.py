@@ -144,7 +144,18 @@ def start(lcm, iid: str, body) -> dict:
     # read and planned before the store's transaction (every other store
     # user of this process waits while it is open), checked again in it
     inst = lcm.get(iid)
+    if lcm._is_busy(iid):
+        raise Conflict(f"app instance {iid} has an operation in progress")
+    lcm._no_unfinished_op(iid)
     source, src = _source(lcm, inst)
+    # whether the app runs, as its host has it (the MEO's copy may lag):
+    # the target is left as the source was
+    view = src.mepm.get_instance(source["id"])
+    if view is None or view.get("instantiationState") != INSTANTIATED:
+        raise Conflict(f"app instance {iid}: edge host {src.host_id!r} has it "
+                       f"{(view or {}).get('instantiationState', 'no more')}: nothing to "
+                       "relocate (the MEO's view catches up at its next resync)")
+    started = (view.get("instantiatedAppState") or {}).get("operationalState") == STARTED
     request, wanted, pkg_id = deployed_with(store, inst)
     pkg = lcm.packages.usable(inst["appDId"], pkg_id)
     # hosts holding a copy of it (its source; one owing a stale copy's
@@ -192,11 +203,10 @@ def start(lcm, iid: str, body) -> dict:
                    manner=p.manner.value, decidedBy="relocation")
         try:
             host_body["selectedMECHostInfo"] = [{"hostId": {"id": host_id}}]
-            state = (inst.get("instantiatedAppState") or {}).get("operationalState", STARTED)
             op = lcm.journal.start(iid, LcmOperation.RELOCATE, {
                 "hostId": host_id, KEY: dict(source), "manner": p.manner.value,
                 "decidedBy": "relocation", "body": host_body, "pkgId": pkg["id"],
-                "wanted": wanted, "gracefulStopTimeout": graceful, "started": state == STARTED})
+                "wanted": wanted, "gracefulStopTimeout": graceful, "started": started})
             op["decisionReason"] = (f"relocated from edge host {src.host_id}"
                                     f"{' (the host named)' if named else ''}; placed on {where}")
             store.put("op_occs", op["id"], op)

@@ -541,3 +541,21 @@ def test_a_relocation_whose_target_was_deregistered_ends_at_the_meo_restart(syst
     finally:
         gate.set()
         meo2.close()
+
+
+def test_the_hosts_view_decides_whether_it_runs(system):
+    """Stopped at its host directly (the MEO's copy not caught up yet): it is
+    relocated as it is, STOPPED, not started on the target."""
+    s = system
+    iid, rid = _deployed(s, "edge1")
+    host_op = s.hosts["edge1"].lcm.operate(rid, {"changeStateTo": "STOPPED",
+                                                 "stopType": "FORCEFUL"})
+    corelab.until(lambda: s.hosts["edge1"].lcm.op(host_op["id"])["operationState"]
+                  == "COMPLETED")
+    assert s.meo.store.get("instances", iid)["instantiatedAppState"]["operationalState"] \
+        == "STARTED"
+    op = _relocate(s, iid, hostId="edge2")
+    assert op["operationState"] == "COMPLETED", op
+    remote = s.meo.store.get("instances", iid)["_hostInstance"]
+    assert s.cims["edge2"].instances[remote["id"]]["state"] == "STOPPED"
+    assert s.c.get(f"{INST}/{iid}")["instantiatedAppState"]["operationalState"] == "STOPPED"
