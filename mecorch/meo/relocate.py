@@ -75,7 +75,6 @@ MAX_GRACEFUL_S = 3600                           # as OperateAppRequest's
 HISTORY = 10                                    # moves kept in relocatedFrom
 KEY = "relocates"                               # an op's _plan key: the source copy
 INSTANTIATED = InstantiationState.INSTANTIATED.value
-NOT_INSTANTIATED = InstantiationState.NOT_INSTANTIATED.value
 STARTED, STOPPED = "STARTED", "STOPPED"
 ENDED = ("COMPLETED", "FAILED", "ROLLED_BACK")
 
@@ -313,6 +312,11 @@ def run(lcm, op: dict) -> None:
         log.warning("relocation %s of %s: rollback not finished (%s); the op stays PROCESSING "
                     "until the hosts answer", op["id"], iid, e.detail)
         _note(journal, op, "rollbackWaits", e.detail)
+    except Exception as e:  # noqa: BLE001 - a fault of the rollback itself: the op ends
+        err = _internal(e)
+        journal.finish(op, MecorchError(f"relocation failed and its rollback did not finish: "
+                                        f"{err.detail}"))
+        lcm._free(iid)
 
 
 def _forward(lcm, op: dict) -> None:
