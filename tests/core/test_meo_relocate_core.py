@@ -61,15 +61,18 @@ class MovableMepm(FlakyMepm):
 
 
 def _host(tmp, hid: str):
+    """An edge host with a CIM; "vm-..." hosts: a VIM only (no container)."""
     cfg = config.load()
     cfg["state_dir"] = str(tmp / hid)
     cfg["hosts"][0]["id"] = hid
-    cfg["hosts"][0]["vim"] = None
+    kind, manner = ("vim", DeploymentType.VM) if hid.startswith("vm-") \
+        else ("cim", DeploymentType.CONTAINER)
+    cfg["hosts"][0]["vim" if kind == "cim" else "cim"] = None
     orch = Orchestrator(cfg)
-    cim = CarryingCompute(DeploymentType.CONTAINER, cpus=2)
-    orch.inventory.get(hid).attach("cim", cim)
+    compute = CarryingCompute(manner, cpus=2)
+    orch.inventory.get(hid).attach(kind, compute)
     orch.inventory.get(hid).attach("mep", FakeMep())
-    return orch, cim
+    return orch, compute
 
 
 def _system(tmp, host_ids):
@@ -246,6 +249,24 @@ def test_the_body_and_a_named_host_are_checked_before_anything_is_made(system):
     other = s.c.post(INST, {"appDId": s.c.get(f"{INST}/{iid}")["appDId"]})[0]
     err = _problem(s.c.post, f"{INST}/{other['id']}/relocate", {})
     assert err.status == 409 and "NOT_INSTANTIATED" in err.body["detail"]
+
+
+def test_a_named_host_without_the_manner_is_refused(tmp_path):
+    s, server = _system(tmp_path, ("edge1", "vm-edge"))
+    try:
+        iid, rid = _deployed(s, "edge1")
+        err = _problem(s.c.post, f"{INST}/{iid}/relocate", {"hostId": "vm-edge"})
+        assert err.status == 409 and "vm-edge: no CIM: takes no container" in \
+            err.body["detail"], err.body
+        err = _problem(s.c.post, f"{INST}/{iid}/relocate", {})      # nor placed there
+        assert err.status == 409 and "vm-edge: no CIM" in err.body["detail"], err.body
+        _serving_on_source(s, iid, "edge1", rid)
+    finally:
+        server.shutdown()
+        server.server_close()
+        s.meo.close()
+        for orch in s.hosts.values():
+            orch.close()
 
 
 def test_placement_keeps_to_the_hosts_the_request_selected(system):
