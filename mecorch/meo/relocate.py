@@ -350,6 +350,8 @@ def _forward(lcm, op: dict) -> None:
     if (view or {}).get("instantiationState") != INSTANTIATED:
         raise MecorchError(f"edge host {target.host_id!r}: the instance is not INSTANTIATED "
                            "there after its instantiate COMPLETED")
+    if not journal.done(op, "targetServing"):
+        journal.step(op, "targetServing", at=time.time())     # (the outage's end)
     if not plan["started"]:
         _host_op(lcm, op, target, remote["id"], "targetStop", False, {
             "changeStateTo": STOPPED, "stopType": "FORCEFUL"}, already=STOPPED)
@@ -402,7 +404,8 @@ def _host_op(lcm, op: dict, entry, rid: str, step: str, terminate: bool, body: d
             if already is None or state != already:
                 raise
             host_op = None
-        sent = journal.step(op, step, opId=host_op["id"] if host_op else None)["_steps"][-1]
+        sent = journal.step(op, step, opId=host_op["id"] if host_op else None,
+                            at=time.time())["_steps"][-1]
     if sent.get("opId"):
         ended = lcm._await(entry, sent["opId"])
         if ended["operationState"] != OperationState.COMPLETED.value:
@@ -424,8 +427,15 @@ def _moved(lcm, op: dict, target, rid: str, stale: str | None) -> None:
             inst["_claims"]["hostId"] = target.host_id
         inst["decisionReason"] = op["decisionReason"]
         moves = [m for m in inst.get("relocatedFrom") or [] if m.get("opId") != op["id"]]
-        moves.append({"hostId": source["hostId"], "relocatedAt": timestamp(), "opId": op["id"],
-                      "sourceCopy": "PENDING_REMOVAL" if stale else "REMOVED"})
+        move = {"hostId": source["hostId"], "relocatedAt": timestamp(), "opId": op["id"],
+                "sourceCopy": "PENDING_REMOVAL" if stale else "REMOVED"}
+        # how long it served nowhere, as the MEO saw it: from the source's
+        # stop sent to the target's instantiate COMPLETED (an app that was
+        # STOPPED had none)
+        stop, serving = lcm.journal.data(op, "sourceStop"), lcm.journal.data(op, "targetServing")
+        if stop and serving and stop.get("at") and serving.get("at"):
+            move["outageS"] = round(max(0.0, serving["at"] - stop["at"]), 3)
+        moves.append(move)
         inst["relocatedFrom"] = moves[-HISTORY:]
         store.put("instances", iid, inst)
         store.delete("rules", iid)              # those read from the source

@@ -120,6 +120,10 @@ def test_a_container_with_its_volume_moves_and_a_refused_move_rolls_back(system,
         assert view["id"] == iid and view["hostId"] == b.host_id
         assert view["instantiatedAppState"]["operationalState"] == "STARTED"
         assert view["relocatedFrom"][-1]["hostId"] == a.host_id
+        outage = view["relocatedFrom"][-1]["outageS"]
+        print(f"\nrelocation of a container with a volume: op {op['id']}, outage as the MEO "
+              f"saw it {outage} s")
+        assert 0 < outage < 60
         moved = s.meo.store.get("instances", iid)["_hostInstance"]["id"]
         assert moved != src and running(moved) and files(moved) == {"./note.txt": b"hello\n"}
         assert made_for(src) == []                      # the source holds nothing of it
