@@ -580,3 +580,28 @@ def test_the_hosts_view_decides_whether_it_runs(system):
     remote = s.meo.store.get("instances", iid)["_hostInstance"]
     assert s.cims["edge2"].instances[remote["id"]]["state"] == "STOPPED"
     assert s.c.get(f"{INST}/{iid}")["instantiatedAppState"]["operationalState"] == "STOPPED"
+
+
+def test_a_vm_is_relocated_the_same_way(tmp_path):
+    """The flow does not depend on the manner: a VM app between two hosts
+    with a VIM (the fake carries its volume as a container's)."""
+    s, server = _system(tmp_path, ("vm-a", "vm-b"))
+    try:
+        pkg = onboard(s, corelab.VM_APPD, virtualStorageDescriptor=VOLUME)
+        iid, op = deploy(s, pkg["appDId"], deploymentType="VM")
+        assert op["operationState"] == "COMPLETED", op
+        src = s.meo.store.get("instances", iid)["_hostInstance"]
+        s.cims[src["hostId"]].data[src["id"]] = {"www": b"a disk's file"}
+        op = _relocate(s, iid)
+        assert op["operationState"] == "COMPLETED", op
+        view = s.c.get(f"{INST}/{iid}")
+        assert view["deploymentType"] == "VM" and view["hostId"] != src["hostId"]
+        remote = s.meo.store.get("instances", iid)["_hostInstance"]
+        assert s.cims[remote["hostId"]].data[remote["id"]] == {"www": b"a disk's file"}
+        assert _copies(s, src["hostId"]) == []
+    finally:
+        server.shutdown()
+        server.server_close()
+        s.meo.close()
+        for orch in s.hosts.values():
+            orch.close()
