@@ -55,7 +55,7 @@ def members(seed: str, plan: Plan, max_bytes: int) -> dict[str, tarfile.TarInfo]
     for m in found:
         if m.isdir() and not m.name.strip("/").count("/"):
             continue                    # a directory entry of the layout: nothing to fill
-        if not m.isfile():
+        if not m.isfile() or m.issparse():      # (a sparse member's bytes are not its data)
             raise InvalidInput(f"seed: member {m.name!r} is not a regular file")
         if m.size > max_bytes:
             raise InvalidInput(f"seed: volume {m.name!r} is {m.size} bytes, over the "

@@ -33,8 +33,8 @@ Failure semantics every implementation keeps:
   own keeps it (the MEO maps it); an id the host already has is a
   `Conflict` (a retried create with its key returns the first one).
 
-tests/conformance/test_mepm_contract.py holds both implementations to
-these rules.
+tests/conformance/test_mepm_contract.py (and test_mepm_data.py, for a
+relocation's data) holds both implementations to these rules.
 """
 
 from __future__ import annotations

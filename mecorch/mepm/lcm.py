@@ -557,7 +557,6 @@ class Lcm(InstanceQueries):
             self._free(iid)
             self.journal.finish(op, e if isinstance(e, MecorchError) else undo.internal(e))
 
-    # ------------------------------------------------------------ change package
     # ------------------------------------------------------------ a relocation's data
     def export_data(self, instance_id: str, into: Path) -> None:
         """The instance's data, as its driver writes it (mecorch.mepm.seeds)."""
@@ -568,6 +567,7 @@ class Lcm(InstanceQueries):
         instantiate (mecorch.mepm.seeds)."""
         seeds.import_data(self, instance_id, write)
 
+    # ------------------------------------------------------------ change package
     def change_app_pkg(self, instance_id: str, body) -> dict:
         """A rolling upgrade to another version of the package (mecorch
         extension; mecorch.mepm.upgrade)."""

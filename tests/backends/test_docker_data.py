@@ -117,3 +117,23 @@ def test_not_an_archive_is_refused(cim, api, sample, uid, tmp_path):
     with pytest.raises(InvalidInput, match="not a readable uncompressed tar"):
         cim.deploy(app_request(iid, sample["ref"], "x", free_port(), seed=str(seed)))
     assert leftovers(api, iid) == []
+
+
+def test_a_seed_never_fills_a_kept_reserved_volume(cim, api, sample, uid, tmp_path):
+    """A reserved volume kept from an earlier life of the instance holds
+    that life's data: a seed does not write over it (Conflict), and the
+    failed deploy leaves the volume as it was."""
+    iid = f"kept-{uid}"
+    vols = (VolumeSpec("data", mount_path="/data", reserved=True),)
+    alloc = cim.deploy(request(iid, sample["ref"], volumes=vols))
+    cim.destroy(alloc.handle)
+    kept = f"mecorch.{iid}.data"
+    try:
+        assert leftovers(api, iid) == [f"volume {kept}"]
+        seed = tmp_path / "seed.tar"
+        seed.write_bytes(tar_of({"data": tar_of({"x": b"1"})}))
+        with pytest.raises(Conflict, match="'data' of instance .* exists already"):
+            cim.deploy(request(iid, sample["ref"], volumes=vols, seed=str(seed)))
+        assert leftovers(api, iid) == [f"volume {kept}"]
+    finally:
+        api.remove_volume(kept)

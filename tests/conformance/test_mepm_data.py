@@ -173,3 +173,33 @@ def test_a_driver_that_cannot_carry_data_is_refused_never_ignored(lab, tmp_path)
     with pytest.raises(errors.UnsupportedAction, match="FakeCompute.*not DataMovable"):
         lab.mepm.export_data(other, tmp_path / "x.tar")
     assert not (tmp_path / "x.tar").exists()
+
+
+def test_a_chunked_body_is_taken_and_bounded_as_it_arrives(lab, tmp_path):
+    """Over HTTP only: a PUT without Content-Length (chunked transfer
+    coding) is kept when it is a good archive, and refused (413) once more
+    than orchestrator.max_data_bytes has arrived, nothing kept."""
+    if not lab.link:
+        pytest.skip("in process there is no HTTP body")
+    import http.client
+    iid = created(lab, "chunked")
+    lab.orch.lcm.seeds.max_bytes = 64 << 10
+
+    def put(data: bytes) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", int(lab.url.rsplit(":", 1)[1]),
+                                          timeout=10)
+        try:
+            conn.request("PUT", f"/mecorch/v1/app_instances/{iid}/data",
+                         body=(data[i:i + 4096] for i in range(0, len(data), 4096)),
+                         headers={"Content-Type": "application/x-tar"},
+                         encode_chunked=True)
+            return conn.getresponse().status
+        except (BrokenPipeError, ConnectionResetError):
+            return 0                # cut off while sending: nothing to read
+        finally:
+            conn.close()
+    assert put(tar_of({"data": b"ok"})) == 204
+    assert read_tar(seed_file(lab, iid)) == {"data": b"ok"}
+    assert put(tar_of({"data": b"x" * (128 << 10)})) in (413, 0)
+    assert read_tar(seed_file(lab, iid)) == {"data": b"ok"}      # the earlier one stays
+    assert seeds_left(lab) == [f"{iid}.tar"]
