@@ -230,7 +230,11 @@ def _source(lcm, inst: dict) -> tuple[dict, object]:
     if inst["instantiationState"] != INSTANTIATED or not source:
         raise Conflict(f"app instance {inst['id']} is NOT_INSTANTIATED: there is nothing to "
                        "relocate")
-    src = lcm.registry.get(source["hostId"])
+    try:
+        src = lcm.registry.get(source["hostId"])
+    except NotFound:
+        raise Conflict(f"app instance {inst['id']}: its edge host {source['hostId']!r} is no "
+                       "longer registered: there is no copy to stop and carry") from None
     if src.state != REACHABLE:
         raise Conflict(f"app instance {inst['id']}: its edge host {src.host_id!r} is "
                        f"{src.state}; a relocation stops the app there and carries its data, "
