@@ -63,7 +63,8 @@ from mecorch.kernel.errors import (
 from mecorch.kernel.states import (
     InstantiationState, LcmOperation, OperationState, TerminationType)
 from mecorch.kernel.timeutil import public, timestamp
-from mecorch.meo import replace
+# mecorch.meo.lcm imports this module: its names are read at call time
+from mecorch.meo import lcm as system_lcm, replace
 from mecorch.meo.leader import Fenced
 from mecorch.meo.registry import REACHABLE, UNREACHABLE
 from mecorch.spec import placement
@@ -192,10 +193,10 @@ def start(lcm, iid: str, body) -> dict:
             try:
                 host_id, where = placement.choose_plan(p, candidates, inst["appDId"])
             except MecorchError as e:
-                from mecorch.meo.lcm import refusal_reasons     # lcm imports this module
                 log.info("relocation of %s not placed: %s", iid, e.detail)
                 logs.event("placement.refused", instance=iid, app=inst["appDId"],
-                           manner=p.manner.value, reasons=",".join(refusal_reasons(e)))
+                           manner=p.manner.value,
+                           reasons=",".join(system_lcm.refusal_reasons(e)))
                 raise _reworded(e, f"app instance {iid} cannot be relocated: ") from None
             registry.reserve(host_id, iid, p.need)
         logs.event("placement.decided", instance=iid, app=inst["appDId"], host=host_id,
@@ -289,7 +290,7 @@ def resumable(lcm, op: dict, unknown_ok: bool = False) -> bool:
 def run(lcm, op: dict) -> None:
     """The relocation's steps from where its journal says it is, to its end
     (or to a host that does not answer: the op stays PROCESSING)."""
-    from mecorch.meo.lcm import HostAway     # lcm imports this module
+    HostAway = system_lcm.HostAway
     iid, journal = op["appInstanceId"], lcm.journal
     try:
         if not journal.done(op, "rollback"):
@@ -425,6 +426,7 @@ def _moved(lcm, op: dict, target, rid: str, stale: str | None) -> None:
     with store.transaction():
         lcm._fenced()
         inst = lcm.get(iid)
+        was = system_lcm._app_state(inst)
         lcm._copy_host_view(inst, view, target.host_id)
         inst["_hostInstance"] = {"hostId": target.host_id, "id": rid}
         if inst.get("_claims"):
@@ -450,6 +452,10 @@ def _moved(lcm, op: dict, target, rid: str, stale: str | None) -> None:
                                           "replacedBy": target.host_id, "opId": op["id"],
                                           "relocated": True})
     with store.transaction():
+        if system_lcm._app_state(inst) != was:
+            # (stopped at its host meanwhile, the MEO's copy not caught up:
+            # its subscribers hear of the state it is relocated in)
+            journal.events.instance(inst)
         ended = journal.finish(op)
     lcm._free(iid)
     logs.op_ended(ended, inst)
@@ -543,8 +549,7 @@ def _settle(lcm, entry, rid: str) -> None:
 def _failure(lcm, host_id: str, ended: dict, rid: str, iid: str) -> MecorchError:
     """A host op that did not COMPLETE, in the MEO's words (its id for the
     host's)."""
-    from mecorch.meo.lcm import _host_failure
-    err = _host_failure(host_id, ended)
+    err = system_lcm._host_failure(host_id, ended)
     if rid != iid and rid in err.detail:
         out = type(err)(err.detail.replace(rid, iid))
         out.status, out.title = err.status, err.title

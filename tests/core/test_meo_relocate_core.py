@@ -288,7 +288,7 @@ def test_placement_keeps_to_the_hosts_the_request_selected(system):
     assert _relocate(s, iid2, hostId="edge1")["operationState"] == "COMPLETED"
 
 
-def test_an_meo_with_one_host_and_a_single_node_say_there_is_no_other(tmp_path, env):  # noqa: F811,E501
+def test_one_host_at_an_meo_or_a_single_node_has_no_other(tmp_path, env):  # noqa: F811
     s, server = _system(tmp_path, ("edge1",))
     try:
         iid, rid = _deployed(s, "edge1")
