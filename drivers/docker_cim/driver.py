@@ -30,19 +30,21 @@ import docker.utils
 from mecorch.kernel import validate
 from mecorch.driverapi.catalog import ImageCatalog
 from mecorch.driverapi.contracts import (
-    Capabilities, ComputeDriver, ExecInside, Revivable, Uninstallable, UsageReadable, Watchable)
+    Capabilities, ComputeDriver, DataMovable, ExecInside, Revivable, Uninstallable,
+    UsageReadable, Watchable)
 from mecorch.kernel.errors import (
     BackendError, Conflict, InvalidInput, MecorchError, NotFound, Timeout)
 from mecorch.driverapi.model import (
     Address, Allocation, Check, HostCapacity, Observation, ResourceRequest, ResourceUsage)
 from mecorch.kernel.states import DeploymentType, ObservedState
 
-from . import pause, settings
+from . import carry, pause, settings
 from . import plan as P
 from .backend import backend_errors, connect, drain, gone_ok, list_containers
 from .stats import usage_of
 from .plan import (LABEL_HOST, LABEL_INSTANCE, LABEL_MEM_BYTES, LABEL_NANO_CPUS,
-                   LABEL_NETWORK, LABEL_RESERVED, LABEL_ROLE, LABEL_VOLUME, Plan, make_plan)
+                   LABEL_NETWORK, LABEL_RESERVED, LABEL_ROLE, LABEL_VOLUME, Plan, VolumePlan,
+                   make_plan, volume_name)
 from .images import ImageRepository
 
 MiB = 1024 * 1024
@@ -52,11 +54,13 @@ GiB = 1024 * MiB
 # them together, each within its stop timeout (10 s by default).
 REVIVE_SLACK_S = 20
 OOM_KILLED = "OOM killed"     # in a detail: the kernel killed it at its memory limit
+DATA_MAX_BYTES = 16 * GiB     # one volume carried by a relocation (cim.data_max_bytes)
 _STATES = {"running": ObservedState.RUNNING, "created": ObservedState.STOPPED,
            "exited": ObservedState.STOPPED, "dead": ObservedState.STOPPED}
 
 
-class DockerCIM(ComputeDriver, Watchable, Revivable, Uninstallable, ExecInside, UsageReadable):
+class DockerCIM(ComputeDriver, Watchable, Revivable, Uninstallable, ExecInside, UsageReadable,
+                DataMovable):
     kind = "cim"
 
     def __init__(self, config: dict[str, Any]):
@@ -83,6 +87,9 @@ class DockerCIM(ComputeDriver, Watchable, Revivable, Uninstallable, ExecInside, 
                     for i, d in enumerate(dns)]
         self.busybox = validate.text(config.get("busybox", "/bin/busybox"), "cim.busybox", 1024)
         self.timeout_s = validate.number(config.get("timeout_s", 60), "cim.timeout_s", 1, 3600)
+        # the largest volume a relocation carries (export_data, a deploy's seed)
+        self.data_max_bytes = validate.integer(config.get("data_max_bytes", DATA_MAX_BYTES),
+                                               "cim.data_max_bytes", 0, 1 << 50)
         state_dir = Path(config.get("state_dir", "/var/lib/mecorch"))
         self.catalog = ImageCatalog(state_dir / "container-images.json")
         self.images = ImageRepository(self.registry_host, self.catalog, self._client)
@@ -248,6 +255,9 @@ class DockerCIM(ComputeDriver, Watchable, Revivable, Uninstallable, ExecInside, 
     # -- deploy ----------------------------------------------------------------
     def deploy(self, request: ResourceRequest) -> Allocation:
         plan = make_plan(request)
+        # a relocation's data: checked against the plan before anything is made
+        seed = carry.members(request.seed, plan, self.data_max_bytes) \
+            if request.seed is not None else None
         digest = self.check_image(request.image)["digest"]
         self.open()
         api = self._client()
@@ -263,7 +273,13 @@ class DockerCIM(ComputeDriver, Watchable, Revivable, Uninstallable, ExecInside, 
             # volumes alone.
             pause_id = self._create_pause(api, plan, made)
             storage = self._create_volumes(api, plan, made)
-            app_id = self._create_app(api, plan, image, pause_id, made, request)
+            if seed is not None:
+                kept = [v.volume for v in plan.volumes if ("volume", v.name) not in made]
+                if kept:
+                    raise Conflict(f"seed: volume {kept[0]!r} of instance {plan.instance_id} "
+                                   "exists already (a reserved volume kept from an earlier "
+                                   "life): a seed fills only volumes the deploy makes")
+            app_id = self._create_app(api, plan, image, pause_id, made, request, seed)
             with backend_errors(f"inspect {plan.pause_name}"):
                 nets = api.inspect_container(pause_id)["NetworkSettings"]["Networks"]
             net = nets.get(self.network)
@@ -333,7 +349,7 @@ class DockerCIM(ComputeDriver, Watchable, Revivable, Uninstallable, ExecInside, 
         return cid
 
     def _create_app(self, api, plan: Plan, image: str, pause_id: str, made: list,
-                    request: ResourceRequest) -> str:
+                    request: ResourceRequest, seed: dict | None = None) -> str:
         labels = {**self._labels(plan, "app"), "mecorch.image": request.image,
                   LABEL_NANO_CPUS: str(plan.nano_cpus), LABEL_MEM_BYTES: str(plan.mem_bytes)}
         with backend_errors(f"create {plan.app_name}"):
@@ -346,6 +362,8 @@ class DockerCIM(ComputeDriver, Watchable, Revivable, Uninstallable, ExecInside, 
                                        environment=plan.env or None, labels=labels,
                                        host_config=host_config)["Id"]
         made.append(("container", cid))
+        if seed is not None:        # before its first start: the app finds its data there
+            carry.fill(api, cid, plan, request.seed, seed)
         with backend_errors(f"start {plan.app_name}"):
             api.start(cid)
         return cid
@@ -458,6 +476,28 @@ class DockerCIM(ComputeDriver, Watchable, Revivable, Uninstallable, ExecInside, 
         with backend_errors(f"logs of {app[:12]}"):
             return self._client().logs(app, stdout=True, stderr=True,
                                        tail="all" if tail is None else int(tail))
+
+    def export_data(self, handle: dict, into: Path) -> None:
+        """The named volumes of the stopped app container, one archive
+        (layout: drivers/docker_cim/carry.py), through Docker's archive API
+        on the container itself. Conflict while it runs; NotFound when it
+        is gone. An instance without volumes writes an empty archive."""
+        iid = self._check_handle(handle)
+        app = self._ref(handle, "app")
+        api = self._client()
+        info = gone_ok(f"inspect {app[:12]}", api.inspect_container, app) if app else None
+        if info is None:
+            raise NotFound(f"instance {iid}: its app container is gone")
+        if info["State"].get("Status") not in ("created", "exited", "dead"):
+            raise Conflict(f"instance {iid}: its app container is {info['State'].get('Status')}"
+                           ": stop it first (a running app's data is not a consistent copy)")
+        prefix = volume_name(iid, "")
+        volumes = sorted((VolumePlan(m["Name"], m["Name"][len(prefix):], m["Destination"], 0,
+                                     False)
+                          for m in info.get("Mounts") or []
+                          if m.get("Type") == "volume" and m.get("Name", "").startswith(prefix)),
+                         key=lambda v: v.volume)
+        carry.export(api, app, volumes, Path(into), self.data_max_bytes)
 
     def exec_in(self, handle: dict, command: list[str], timeout_s: float) -> int:
         """Docker's exec in the app container (an exec health check). The

@@ -8,7 +8,7 @@ import ipaddress
 import re
 
 from mecorch.kernel.errors import InvalidInput
-from mecorch.kernel.schema import ABSENT, DEFAULT_HOST, NUMBER, STR, STRS, host_name, key
+from mecorch.kernel.schema import ABSENT, DEFAULT_HOST, INT, NUMBER, STR, STRS, host_name, key
 
 ROLE = "cim"
 SCHEMA = (
@@ -23,6 +23,8 @@ SCHEMA = (
         "the network's gateway); []: Docker's default"),
     key("busybox", STR, ABSENT, "busybox binary for the pause container"),
     key("timeout_s", NUMBER, ABSENT, "Docker API timeout"),
+    key("data_max_bytes", INT, ABSENT, "largest named volume a relocation carries, in bytes "
+        "(default 16 GiB)"),
 )
 
 OWNED = ("network",)

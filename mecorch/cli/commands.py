@@ -345,6 +345,25 @@ def app_operate(c: Client, a) -> int:
         f"{iid}: {d.get('instantiatedAppState', {}).get('operationalState')}"))
 
 
+def app_relocate(c: Client, a) -> int:
+    iid = instance_id(c, a.id)
+    body: dict = {}
+    if a.host:
+        body["hostId"] = a.host
+    if a.graceful_timeout is not None:
+        body["gracefulStopTimeout"] = a.graceful_timeout
+    before = c.get(f"{INST}/{iid}").get("hostId")
+    op, _ = c.post(f"{INST}/{iid}/relocate", body)
+    print(f"relocating {iid} from {before} ...", file=sys.stderr, flush=True)
+    op = c.wait_op(op, out=sys.stderr)
+    if op["operationState"] != "COMPLETED":
+        print(f"relocate failed: {op.get('error', {}).get('detail')}", file=sys.stderr)
+        return 1
+    return emit(a, c.get(f"{INST}/{iid}"), lambda d: print(
+        f"{iid}: on {d.get('hostId')} (from {before}), "
+        f"{d.get('instantiatedAppState', {}).get('operationalState')}"))
+
+
 def app_upgrade(c: Client, a) -> int:
     """One instance, or every instance of an appDId on a host one after
     the other (each one's op waited for: at most one runtime of the app is

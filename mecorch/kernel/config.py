@@ -83,6 +83,8 @@ KEYS: list[Key] = [
     _k("orchestrator.trusted_key", STR, None, "PEM public key packages must be signed with",
        nullable=True),
     _k("orchestrator.max_package_bytes", INT, 2147483648, "largest app package accepted"),
+    _k("orchestrator.max_data_bytes", INT, 17179869184, "largest data archive of a "
+       "relocation a host takes for an instance (PUT /mecorch/v1/app_instances/{id}/data)"),
     _k("orchestrator.package_fetch_timeout_s", POSITIVE, 600,
        "longest download of a package from an http(s) appPkgPath, in total"),
     _k("orchestrator.health_interval_s", NUMBER, 15, "probe every backend, and read every "

@@ -814,6 +814,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         for k, v in resp.headers.items():
             self.send_header(k, v)
+        if self.close_connection and "Connection" not in resp.headers:
+            # said, so a client keeping connections alive does not send its
+            # next request on this one (a body refused unread closes it)
+            self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)

@@ -147,7 +147,15 @@ def exchange(conn: http.client.HTTPConnection, method: str, path: str, deadline_
     watchdog.daemon = True
     watchdog.start()
     try:
-        conn.request(method, path, body=body, headers=headers or {})
+        cut = False
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+        except (BrokenPipeError, ConnectionResetError):
+            # the peer answered before it took the whole body (a 413 for
+            # its Content-Length) and closed: its answer is read if it came
+            if body is None or conn.sock is None:
+                raise
+            cut = True
         # an answer saying "Connection: close" takes the socket from `conn`
         # (getresponse forgets it): the watchdog must still reach it
         held.append(conn.sock)
@@ -164,7 +172,7 @@ def exchange(conn: http.client.HTTPConnection, method: str, path: str, deadline_
         if len(payload) > MAX_ANSWER_BYTES:
             conn.close()
             raise http.client.HTTPException(f"answer over {MAX_ANSWER_BYTES} bytes")
-        if resp.getheader("Connection", "").lower() == "close":
+        if cut or resp.getheader("Connection", "").lower() == "close":
             conn.close()
         answer = Answer(resp.status, payload, {k.lower(): v for k, v in resp.getheaders()})
     except (OSError, http.client.HTTPException):

@@ -33,14 +33,15 @@ Failure semantics every implementation keeps:
   own keeps it (the MEO maps it); an id the host already has is a
   `Conflict` (a retried create with its key returns the first one).
 
-tests/conformance/test_mepm_contract.py holds both implementations to
-these rules.
+tests/conformance/test_mepm_contract.py (and test_mepm_data.py, for a
+relocation's data) holds both implementations to these rules.
 """
 
 from __future__ import annotations
 
 import abc
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from mecorch.driverapi.contracts import Capabilities
 from mecorch.kernel.states import DeploymentType
@@ -222,6 +223,30 @@ class Mepm(abc.ABC):
         same callback path at another address (a former MEO replica's, an
         old address of the MEO) are removed. True when it will; False when
         the MEO is better off reading the host (in process)."""
+
+    # ---------------------------------------------------------------- a relocation's data
+    @abc.abstractmethod
+    def export_data(self, instance_id: str, into: Path) -> None:
+        """Write the instance's data (its driver's archive: one uncompressed
+        tar, a member per volume / disk, DataMovable) to the file `into`.
+        The instance must be INSTANTIATED with operationalState STOPPED
+        (Conflict otherwise); its manner's driver must be DataMovable
+        (UnsupportedAction naming it otherwise). Over Mm3: `GET
+        /mecorch/v1/app_instances/{id}/data` (application/x-tar, streamed)."""
+
+    @abc.abstractmethod
+    def import_data(self, instance_id: str, archive: Path) -> None:
+        """Keep the archive (as `export_data` writes it) for the instance's
+        next instantiate, which hands it to its driver to fill the volumes /
+        disks it makes (ResourceRequest.seed). The instance must be
+        NOT_INSTANTIATED (Conflict otherwise); the archive is checked (a
+        tar, safe member names, at most the host's
+        orchestrator.max_data_bytes: InvalidInput / PayloadTooLarge). The
+        host drops it once that instantiation COMPLETES or the instance
+        resource is deleted; a driver that is not DataMovable refuses the
+        instantiate (UnsupportedAction). Over Mm3: `PUT
+        /mecorch/v1/app_instances/{id}/data` (application/x-tar).
+        (mecorch.mepm.seeds)"""
 
     @abc.abstractmethod
     def services(self) -> list[dict]:

@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from mecorch.mepm import applogs, manner_policy, runtimes, undo, upgrade
+from mecorch.mepm import applogs, manner_policy, runtimes, seeds, undo, upgrade
 from mecorch.spec import decision, restart
 from mecorch.kernel import logs, paging, validate, views
 from mecorch.driverapi.contracts import ComputeDriver
@@ -97,6 +97,9 @@ class Lcm(InstanceQueries):
         self.default_graceful_s = int(cfg["orchestrator"]["graceful_timeout_s"])
         # apps' output kept after termination (mecorch.mepm.applogs)
         self.logs_dir = Path(cfg["state_dir"]) / "app-logs"
+        # a relocation's data kept for an instance's next instantiate (mecorch.mepm.seeds)
+        self.seeds = seeds.Seeds(Path(cfg["state_dir"]), cfg["orchestrator"].get(
+            "max_data_bytes", seeds.DEFAULT_MAX_BYTES))
         self._orchestrator_cfg = cfg["orchestrator"]     # the manner preference
         # the policy of an app that names none (mecorch.spec.restart)
         self.restart_default = restart.host_default(cfg["orchestrator"].get("restart_policy"))
@@ -151,6 +154,7 @@ class Lcm(InstanceQueries):
             self.store.delete("instances", instance_id)
             self.mep.forget(instance_id)
             applogs.forget(self.logs_dir, instance_id)
+            self.seeds.forget(instance_id)
         logs.event("instance.deleted", instance=instance_id, package=doc.get("appPkgId"))
 
     # ------------------------------------------------------------ instantiate
@@ -208,6 +212,10 @@ class Lcm(InstanceQueries):
             app_token, app_token_digest = self.mep.new_app_token()
             host, where = self.inventory.reserve_explained(instance_id, p, used)
             try:
+                # data imported for it (a relocation's): its driver must take it
+                seed = self.seeds.of(instance_id)
+                if seed is not None:
+                    seeds.driver_takes_data(host, p.manner, instance_id)
                 # First: the rules claim their addresses and names on the
                 # host (400/409 here, before anything is made or journalled).
                 self.mep.set_rules(instance_id, p.traffic, p.dns, host, p.share)
@@ -242,7 +250,8 @@ class Lcm(InstanceQueries):
             self._live.add(op["id"])
         # the one value the plan made, with the Mp1 credential the app is told
         request = dataclasses.replace(p.request, env={
-            **p.request.env, **self.mep.app_env(instance_id, app_token, host, p.manner)})
+            **p.request.env, **self.mep.app_env(instance_id, app_token, host, p.manner)},
+            seed=str(seed) if seed is not None else None)
         self._pool.submit(self._guarded, instance_id, self._run_instantiate, op, request, host)
         return public(op)
 
@@ -287,6 +296,8 @@ class Lcm(InstanceQueries):
             self.store.put("instances", iid, inst)
             self.journal.events.instance(inst)          # notifications
             self.packages.refresh_usage(inst["appDId"])
+            if request.seed is not None:        # its data is in its volumes now
+                self.seeds.forget(iid)
             self._free(iid)
             self.journal.finish(op)
         except Exception as e:   # noqa: BLE001 - every failure must be undone
@@ -509,9 +520,21 @@ class Lcm(InstanceQueries):
             compute = host.compute(DeploymentType(inst["deploymentType"]))
             self.journal.step(op, "begin:" + op["_plan"]["to"].lower())
             if op["_plan"]["to"] == InstanceOperationalState.STOPPED.value:
+                stop_s = op["_plan"]["timeout"]
+                if stop_s > 0:
+                    # GRACEFUL: the app's AppTerminationNotification
+                    # subscriptions are told (MEC 011 operationAction
+                    # STOPPING, as a graceful terminate tells TERMINATING;
+                    # an MEO's relocation stops the app so) and waited for
+                    # within the one graceful timeout; the runtime's stop
+                    # gets what is left
+                    deadline = time.monotonic() + stop_s
+                    if self.mep.notify_termination(iid, stop_s, "STOPPING"):
+                        self.journal.step(op, "notified", confirmed=True)
+                    stop_s = max(0.0, deadline - time.monotonic())
                 # out of service first: no new client reaches an app stopping
                 self.mep.follow_runtime(host, iid, "STOPPED")
-                compute.stop(inst["_handle"], op["_plan"]["timeout"])
+                compute.stop(inst["_handle"], stop_s)
             else:
                 compute.start(inst["_handle"])
                 self.mep.follow_runtime(host, iid, "RUNNING")
@@ -533,6 +556,16 @@ class Lcm(InstanceQueries):
         except Exception as e:   # noqa: BLE001
             self._free(iid)
             self.journal.finish(op, e if isinstance(e, MecorchError) else undo.internal(e))
+
+    # ------------------------------------------------------------ a relocation's data
+    def export_data(self, instance_id: str, into: Path) -> None:
+        """The instance's data, as its driver writes it (mecorch.mepm.seeds)."""
+        seeds.export_data(self, instance_id, into)
+
+    def import_data(self, instance_id: str, write) -> None:
+        """Keep the archive `write(out)` writes for the instance's next
+        instantiate (mecorch.mepm.seeds)."""
+        seeds.import_data(self, instance_id, write)
 
     # ------------------------------------------------------------ change package
     def change_app_pkg(self, instance_id: str, body) -> dict:

@@ -4,10 +4,12 @@ placement benchmark; the MEO's core tests with in-memory drivers)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from mecorch.kernel.errors import Conflict, NotFound
 from mecorch.kernel.timeutil import public
 from mecorch.mepm.contract import HostInfo, Mepm
-from mecorch.mepm import applogs
+from mecorch.mepm import applogs, seeds
 from mecorch.mepm.hostinfo import backend_health, host_info
 
 
@@ -107,6 +109,15 @@ class LocalMepm(Mepm):
 
     def health(self) -> list[dict]:
         return backend_health(self.orch, self.host_id)
+
+    def export_data(self, instance_id: str, into: Path) -> None:
+        self.orch.lcm.export_data(instance_id, Path(into))
+
+    def import_data(self, instance_id: str, archive: Path) -> None:
+        lcm = self.orch.lcm
+        with open(archive, "rb") as f:      # a copy: the caller's file stays its own
+            lcm.import_data(instance_id,
+                            lambda out: seeds.copy(f.read, out, lcm.seeds.max_bytes))
 
     def follow(self, callback_url: str, token: str) -> bool:
         """In process, reading the host's op is a store read: no HTTP

@@ -22,6 +22,7 @@ import ssl
 import threading
 import time
 import urllib.parse
+from pathlib import Path
 from typing import Any
 
 from mecorch.kernel import errors, outbound
@@ -52,6 +53,10 @@ MEO_ID = "X-Mecorch-Meo-Id"
 # op occurrences and its instances' states.
 FOLLOWED = ("AppLcmOpOccStateChange", "AppInstanceStateChange")
 ONBOARD_TIMEOUT_S = 600.0
+# a relocation's data, either way, within this (16 GiB at 40 MB/s: 7 min)
+DATA_TIMEOUT_S = 3600.0
+DATA = "/mecorch/v1/app_instances/{}/data"
+TAR = "application/x-tar"
 MAX_IDLE = 4                # kept-alive connections kept per MEPM between calls
 _BY_STATUS = {400: errors.InvalidInput, 401: errors.Unauthorized, 403: errors.Forbidden,
               404: errors.NotFound, 409: errors.Conflict, 412: errors.PreconditionFailed,
@@ -164,15 +169,18 @@ class RemoteMepm(Mepm):
                                       f"answered HTTP {answer.status} (a redirect: not "
                                       "followed)")
         if answer.status >= 400:
-            detail = doc.get("detail") if isinstance(doc, dict) else None
-            title = doc.get("title") if isinstance(doc, dict) else None
-            cls = _BY_PROBLEM.get((answer.status, title)) or _BY_STATUS.get(answer.status,
-                                                                              MecorchError)
-            err = cls(f"edge host {self.host_id!r}: {detail or f'HTTP {answer.status}'}")
-            if cls is MecorchError:
-                err.status = answer.status
-            raise err
+            raise self._refusal(answer.status, doc)
         return answer.status, doc if decode else answer.body, answer.headers
+
+    def _refusal(self, status: int, doc: Any) -> MecorchError:
+        """The mecorch error the MEPM answered (its ProblemDetails)."""
+        detail = doc.get("detail") if isinstance(doc, dict) else None
+        title = doc.get("title") if isinstance(doc, dict) else None
+        cls = _BY_PROBLEM.get((status, title)) or _BY_STATUS.get(status, MecorchError)
+        err = cls(f"edge host {self.host_id!r}: {detail or f'HTTP {status}'}")
+        if cls is MecorchError:
+            err.status = status
+        return err
 
     def _get(self, path: str) -> Any:
         return self.call("GET", path)[1]
@@ -321,6 +329,55 @@ class RemoteMepm(Mepm):
                 out.append({"role": role, "driver": chk.get("driver"), "ok": bool(chk.get("ok")),
                             "detail": chk.get("detail", "")})
         return out
+
+    # ---------------------------------------------------------------- a relocation's data
+    def export_data(self, instance_id: str, into: Path) -> None:
+        """GET .../data, its body written to `into` as it arrives (a
+        connection of its own, never the body whole in memory); a refusal
+        is the MEPM's error, and leaves no file."""
+        into = Path(into)
+        refused: list = []
+
+        def sink(resp) -> None:
+            if resp.status != 200:
+                refused.append((resp.status, _decode(resp.read(outbound.MAX_ANSWER_BYTES))))
+                return
+            with open(into, "wb") as out:
+                while block := resp.read(1 << 20):
+                    out.write(block)
+            if resp.length:                 # http.client: bytes the answer still owes
+                raise http.client.IncompleteRead(b"", resp.length)
+        conn = outbound.connection(self.url, self._timeout, self._ctx)
+        try:
+            outbound.exchange(conn, "GET", DATA.format(urllib.parse.quote(instance_id, safe="")),
+                              DATA_TIMEOUT_S, None, self._headers(TAR), sink)
+        except outbound.DeadlineExceeded:
+            into.unlink(missing_ok=True)
+            raise errors.Timeout(f"edge host {self.host_id!r}: data of {instance_id} not read "
+                                 f"within {DATA_TIMEOUT_S:g} s") from None
+        except (OSError, http.client.HTTPException) as e:
+            into.unlink(missing_ok=True)
+            raise BackendUnavailable(f"edge host {self.host_id!r}: data of {instance_id} not "
+                                     f"read from the MEPM at {self.url}: {e}") from None
+        finally:
+            conn.close()
+        if refused:
+            into.unlink(missing_ok=True)
+            raise self._refusal(*refused[0])
+
+    def import_data(self, instance_id: str, archive: Path) -> None:
+        """PUT .../data, the body sent from the file in blocks."""
+        size = os.path.getsize(archive)
+        with open(archive, "rb") as f:
+            self._request("PUT", DATA.format(urllib.parse.quote(instance_id, safe="")),
+                          headers={"Content-Type": TAR, "Content-Length": str(size)},
+                          raw=f, timeout_s=DATA_TIMEOUT_S)
+
+    def _headers(self, accept: str) -> dict:
+        hdrs = {"Accept": accept}
+        if self._token:
+            hdrs["Authorization"] = f"Bearer {self._token}"
+        return hdrs
 
     def follow(self, callback_url: str, token: str) -> bool:
         """Two MEC 010-2 subscriptions on the host (one type each, as ETSI

@@ -1,17 +1,25 @@
 """The host level's own extension of Mm3: what each edge host served here
-reports of itself (`HostInfo`: manners, capacity, declared latency), and
-the MEO's lifting of the host's fence of apps that are still its
-(mecorch.mepm.fence). ETSI MEC 010-2 has no host inventory resource;
-documented in /openapi.yaml."""
+reports of itself (`HostInfo`: manners, capacity, declared latency), the
+MEO's lifting of the host's fence of apps that are still its
+(mecorch.mepm.fence), and an instance's data carried by a relocation
+(mecorch.mepm.seeds). ETSI MEC 010-2 has none of these; documented in
+/openapi.yaml."""
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 from mecorch.kernel import validate
-from mecorch.kernel.errors import Forbidden, InvalidInput
-from mecorch.kernel.http import Request, Response, Router
+from mecorch.kernel.errors import Forbidden, InvalidInput, PayloadTooLarge
+from mecorch.kernel.http import FileBody, Request, Response, Router, UnsupportedMediaType
+from mecorch.mepm import seeds
 from mecorch.mepm.hostinfo import host_info
 
 HOSTS = "/mecorch/v1/hosts"
+DATA = "/mecorch/v1/app_instances/{id}/data"
+TAR = "application/x-tar"
 MAX_UNFENCE = 1000          # ids in one unfence request
 
 
@@ -40,6 +48,42 @@ def install(r: Router, orch) -> None:
         ids = [validate.ident(i, "appInstanceIds[]") for i in body["appInstanceIds"]]
         return Response(200, orch.fence.unfence(ids))
 
+    def export(req: Request) -> Response:
+        """The stopped instance's data, written by its driver to a file of
+        the state dir, then sent from it in blocks (the file is unlinked
+        once open: it goes when the answer is sent, or the server stops)."""
+        lcm = orch.lcm
+        iid = validate.ident(req.params["id"], "appInstanceId")
+        lcm.seeds.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f"{iid}.", suffix=".export", dir=lcm.seeds.dir)
+        os.close(fd)
+        try:
+            lcm.export_data(iid, name)
+            f = open(name, "rb")            # closed by the server once sent
+        finally:
+            Path(name).unlink(missing_ok=True)      # a failed export removed it already
+        return Response(200, FileBody(f, os.fstat(f.fileno()).st_size), content_type=TAR)
+
+    def import_(req: Request) -> Response:
+        """A relocation's data for the instance's next instantiate, streamed
+        to the state dir (not held in memory, not bound by api.max_body_bytes:
+        by orchestrator.max_data_bytes)."""
+        ctype = req.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if ctype != TAR:
+            raise UnsupportedMediaType(f"the data must be sent as {TAR}")
+        lcm = orch.lcm
+        iid = validate.ident(req.params["id"], "appInstanceId")
+        lcm.get(iid)                # 404 for an unknown instance, whatever the body's size
+        try:
+            req.stream.set_limit(lcm.seeds.max_bytes)     # a larger Content-Length: 413 now
+        except PayloadTooLarge:
+            raise PayloadTooLarge(f"the data archive is larger than orchestrator.max_data_bytes "
+                                  f"({lcm.seeds.max_bytes} bytes)") from None
+        lcm.import_data(iid, lambda out: seeds.copy(req.stream.read, out, lcm.seeds.max_bytes))
+        return Response(204)
+
+    r.add("GET", DATA, export, produces=TAR, query=())
+    r.add("PUT", DATA, import_, stream=True, query=())
     r.add("GET", HOSTS, list_)
     r.add("GET", f"{HOSTS}/{{hostId}}", one)
     r.add("POST", f"{HOSTS}/{{hostId}}/unfence", unfence)

@@ -2,8 +2,9 @@
 for the MEPM conformance suite.
 
 Behind both is the same host engine: a host-level Orchestrator with its own
-state directory and host id, on the in-memory drivers (FakeCompute for the
-CIM and the VIM, FakeMep). The local lab reaches it in process (LocalMepm);
+state directory and host id, on the in-memory drivers (CarryingCompute, a
+FakeCompute that carries data, for the CIM; FakeCompute for the VIM;
+FakeMep). The local lab reaches it in process (LocalMepm);
 the remote lab through an API server of role mepm on an ephemeral loopback
 port (RemoteMepm over HTTP). A lab knows:
 
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from support.fakes import FakeCompute, FakeMep
+from support.fakes import CarryingCompute, FakeCompute, FakeMep
 from mecorch.kernel import config
 from mecorch.kernel.states import DeploymentType
 from mecorch.mepm.local import LocalMepm
@@ -50,7 +51,7 @@ class Lab:
         cfg["hosts"][0]["cim"]["state_dir"] = str(self.tmp / "state/cim")
         self.orch = Orchestrator(cfg)
         host = self.orch.inventory.get(self.host_id)
-        self.cim = FakeCompute(DeploymentType.CONTAINER)
+        self.cim = CarryingCompute(DeploymentType.CONTAINER)
         host.attach("cim", self.cim)
         host.attach("vim", FakeCompute(DeploymentType.VM))
         host.attach("mep", FakeMep())

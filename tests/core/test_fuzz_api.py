@@ -34,8 +34,10 @@ from support.apiserve import Served, onboard_via
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "mecorch" / "openapi" / "mecorch.yaml"
 EXAMPLES = 25          # per operation and generation mode (~15 s on an idle 2-core host)
-# PUT .../package_content takes application/zip: generated bodies sent as bytes
+# PUT .../package_content takes application/zip, PUT .../data application/x-tar:
+# generated bodies sent as bytes
 schemathesis.serializer.alias("application/zip", "application/octet-stream")
+schemathesis.serializer.alias("application/x-tar", "application/octet-stream")
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import re
+import tarfile
 import time
 import urllib.error
 import urllib.request
@@ -393,6 +394,7 @@ def test_responses_validate_against_etsi_schemas(env, notification_sink):  # noq
     _subscriptions(api, notification_sink)
     _hosts(api, env)
     _operations(api, env)
+    _data(api, env)
     _deletion(api, env)
 
     # The tour used every operation mecorch.yaml documents.
@@ -508,6 +510,10 @@ def _lifecycle(api: Checker, e) -> str:
     assert info["allocatedResources"]["network"][0]["ip"].startswith("10.123.0.")
     api("POST", f"{url}/instantiate", {"selectedMECHostInfo": HOST}, status=409)
     api("POST", f"{url}/change_app_pkg", {"appPkgId": "nope"}, status=404)
+    # relocation is an MEO's (tests/core/test_meo_relocate_core.py): one
+    # node has no other host
+    api("POST", f"{url}/relocate", {"hostId": "default"}, status=409)
+    api("POST", f"{INST}/nope/relocate", {}, status=404)
     api("DELETE", url, status=409)                                      # instantiated
 
     api("POST", f"{url}/operate", {"changeStateTo": "SIDEWAYS"}, status=400)
@@ -863,6 +869,28 @@ def _subscriptions(api: Checker, sink) -> None:
         api("DELETE", s["_links"]["self"]["href"], status=204)
     api("DELETE", url, status=404)
     assert api("GET", subs, status=200, etsi=link_list)["_links"]["subscriptions"] == []
+
+
+def _data(api: Checker, e) -> None:
+    """A relocation's data (mecorch extension): kept for an instance not
+    yet instantiated; refused when it is not a tar, sent as another type,
+    or the instance is in the wrong state (its export needs it stopped; the
+    in-memory drivers carry no data, tests/conformance covers an export)."""
+    tar = io.BytesIO()
+    with tarfile.open(fileobj=tar, mode="w") as t:
+        info = tarfile.TarInfo("data")
+        info.size = 5
+        t.addfile(info, io.BytesIO(b"hello"))
+    inst = api("POST", INST, {"appDId": "sample-http"}, status=201, etsi=INST_INFO)
+    url = f"/mecorch/v1/app_instances/{inst['id']}/data"
+    x_tar = {"Content-Type": "application/x-tar"}
+    api("PUT", url, tar.getvalue(), x_tar, status=204)
+    api("PUT", url, tar.getvalue(), status=415)                 # sent as application/zip
+    api("PUT", url, b"not a tar" * 100, x_tar, status=400)
+    api("PUT", "/mecorch/v1/app_instances/nope/data", tar.getvalue(), x_tar, status=404)
+    api("GET", url, status=409)                                 # not instantiated
+    api("GET", "/mecorch/v1/app_instances/nope/data", status=404)
+    api("DELETE", f"{INST}/{inst['id']}", status=204)
 
 
 def _deletion(api: Checker, e) -> None:

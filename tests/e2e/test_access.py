@@ -364,10 +364,12 @@ def test_no_route_or_published_path_reaches_a_backend_socket():
         for word in SOCKET_WORDS:
             assert word not in text.lower(), (text, word)
     # every route is one of the four ETSI APIs, the documents, mecorch's
-    # host inventory extension or the operator's health, metrics and status
+    # host inventory extension, an instance's data (a relocation's) or the
+    # operator's health, metrics and status
     for p in patterns:
         assert p.startswith(("/app_pkgm/v1/", "/app_lcm/v1/", "/mec_app_support/v1/",
-                             "/mec_service_mgmt/v1/", "/openapi", "/mecorch/v1/hosts", "/metrics", "/healthz",
+                             "/mec_service_mgmt/v1/", "/openapi", "/mecorch/v1/hosts",
+                             "/mecorch/v1/app_instances/", "/metrics", "/healthz",
                              "/readyz", "/status")), p
     # no module of mecorch's API imports a socket or backend library, or
     # names a backend socket

@@ -5,18 +5,22 @@ They declare none of the optional capabilities of `driverapi.contracts`
 (`Watchable`, `Revivable`, `Uninstallable`, `RuleAudit`,
 `DnsOnAppNetworks`): the core leaves those steps out for them, as it does
 for a real driver without them; `MeteredCompute` alone reads usage figures
-(`UsageReadable`) of its own making."""
+(`UsageReadable`) of its own making, `CarryingCompute` alone carries data
+(`DataMovable`) held in memory."""
 
 from __future__ import annotations
 
+import io
+import tarfile
 import threading
 import time
 
-from mecorch.driverapi.contracts import Capabilities, ComputeDriver, PlatformDriver, UsageReadable
+from mecorch.driverapi.contracts import (
+    Capabilities, ComputeDriver, DataMovable, PlatformDriver, UsageReadable)
 from mecorch.kernel import validate
 from mecorch.kernel.errors import (
-    BackendError, BackendUnavailable, ImageNotFound, ImageUnavailable, IntegrityError,
-    InvalidInput, NotFound, UnsupportedAction)
+    BackendError, BackendUnavailable, Conflict, ImageNotFound, ImageUnavailable,
+    IntegrityError, InvalidInput, NotFound, UnsupportedAction)
 from mecorch.driverapi.model import (
     Address, Allocation, Check, HostCapacity, Observation, ResourceUsage)
 from mecorch.kernel.states import DeploymentType, ObservedState
@@ -162,6 +166,54 @@ class MeteredCompute(FakeCompute, UsageReadable):
         return got or ResourceUsage(at=time.time(), cpu_seconds=1.0, memory_bytes=1 << 20,
                                     memory_limit_bytes=64 << 20, net_rx_bytes=10,
                                     net_tx_bytes=20, block_read_bytes=0, block_write_bytes=0)
+
+
+class CarryingCompute(FakeCompute, DataMovable):
+    """A FakeCompute that carries its instances' data (`DataMovable`), for
+    the core's logic of a relocation's data (mecorch.mepm.seeds): it proves
+    nothing about a backend (tests/backends/test_docker_data.py does).
+    `data[instance id]` = {volume name: its bytes}; a deploy makes each
+    volume of the request empty, or fills it from the seed archive (a
+    member per volume, named by it; one the request has not, or a volume
+    with no member: InvalidInput, nothing made); `export_data` writes that
+    archive of a stopped instance. `seeds` lists the seeds deploys were given."""
+
+    def __init__(self, manner: DeploymentType, **kw):
+        super().__init__(manner, **kw)
+        self.data: dict[str, dict[str, bytes]] = {}
+        self.seeds: list[str] = []
+
+    def deploy(self, request):
+        volumes = {v.name for v in request.volumes}
+        filled = {v: b"" for v in volumes}
+        if request.seed is not None:
+            self.seeds.append(request.seed)
+            with tarfile.open(request.seed, "r:") as t:
+                got = {m.name: t.extractfile(m).read() for m in t if m.isfile()}
+            odd = sorted(set(got) ^ volumes)
+            if odd:
+                raise InvalidInput(f"seed: volume {odd[0]!r} is in only one of the archive "
+                                   "and the request")
+            filled = got
+        alloc = super().deploy(request)
+        self.data[request.instance_id] = filled
+        return alloc
+
+    def destroy(self, handle):
+        super().destroy(handle)
+        self.data.pop(self._id(handle), None)
+
+    def export_data(self, handle, into):
+        inst = self.instances.get(self._id(handle))
+        if inst is None:
+            raise NotFound(f"{handle['id']} is gone")
+        if inst["state"] is ObservedState.RUNNING:
+            raise Conflict(f"{handle['id']} runs: stop it first")
+        with tarfile.open(into, "w") as t:
+            for name, content in sorted(self.data.get(handle["id"], {}).items()):
+                info = tarfile.TarInfo(name)
+                info.size = len(content)
+                t.addfile(info, io.BytesIO(content))
 
 
 class FakeMep(PlatformDriver):

@@ -34,9 +34,9 @@ def _driver_classes() -> list[type]:
     return found
 
 
-def test_the_eight_verbs_are_declared():
+def test_the_nine_verbs_are_declared():
     assert VERBS == {"watch", "revive", "uninstall", "rules_applied", "snapshot",
-                     "serve_dns_on", "exec_in", "read_usage"}
+                     "serve_dns_on", "exec_in", "read_usage", "export_data"}
 
 
 def test_every_driver_package_has_its_class():
@@ -59,11 +59,12 @@ def test_a_driver_declares_what_it_has(cls):
 
 def test_the_declared_sets():
     want = {"DockerCIM": {"Watchable", "Revivable", "Uninstallable", "ExecInside",
-                          "UsageReadable"},
+                          "UsageReadable", "DataMovable"},
             "LibvirtVIM": {"Watchable", "Uninstallable", "UsageReadable"},
             "OpenStackVIM": {"UsageReadable"},
             "LinuxMEP": {"RuleAudit", "DnsOnAppNetworks", "Uninstallable"},
-            "FakeCompute": set(), "MeteredCompute": {"UsageReadable"}, "FakeMep": set()}
+            "FakeCompute": set(), "MeteredCompute": {"UsageReadable"},
+            "CarryingCompute": {"DataMovable"}, "FakeMep": set()}
     got = {c.__name__: {p.__name__ for p in OPTIONAL if issubclass(c, p)}
            for c in _driver_classes() if c.__name__ in want}
     assert got == want
