@@ -1,10 +1,10 @@
 """A drain whose relocations run (mecorch/meo/drain.py over
 `SystemLcm.relocate`, mecorch/meo/relocate.py), each host an in-process
 MEPM (the host engine's own data verbs) whose fake containers carry
-their volume's "data" (support/movelab.py): what can move
-ends on the other hosts with its data and id, what cannot stays, the
-drained host keeps only that and takes no new placement until uncordoned.
-The MEO's logic only: the real-backend drain is an e2e test."""
+their volume's "data" (support/movelab.py): what can move ends on the
+other hosts with its data and id, what cannot stays, the drained host
+keeps only that and takes no new placement until uncordoned. The MEO's
+logic only, on fake drivers: no real-backend drain test exists yet."""
 
 from __future__ import annotations
 
