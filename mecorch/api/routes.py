@@ -163,6 +163,20 @@ def install(r: Router, o: Orchestrator) -> None:
           lambda req: accepted(lcm.change_app_pkg(req.params["id"], req.json())),
           produces=JSON)
 
+    def relocate(req: Request) -> Response:
+        """mecorch extension: the MEO moves the instance to another edge host
+        (mecorch.meo.relocate). A host's MEPM, or a single node, has no
+        other host to move it to."""
+        if not hasattr(lcm, "relocate"):
+            lcm.get(req.params["id"])           # 404 for an unknown instance first
+            raise Conflict("relocation moves an instance to another edge host: this mecorch "
+                           "runs one edge host (a single node, or one host's MEPM), so there "
+                           "is no other host to relocate to; an MEO (mecorch serve --role "
+                           "meo) relocates between its hosts")
+        # its fields are all optional: no body is {}
+        return accepted(lcm.relocate(req.params["id"], req.json() if req.raw else {}))
+    r.add("POST", f"{LCM}/app_instances/{{id}}/relocate", relocate, produces=JSON)
+
     def list_ops(req: Request) -> Response:
         filters.check(req.query.get("filter"), "AppInstanceLcmOpOcc")
         return Response(200, filters.apply(lcm.ops(), req.query.get("filter")))

@@ -180,13 +180,15 @@ def hosts_view(orch, health: Health) -> list[dict]:
 def meo_hosts_view(orch) -> list[dict]:
     """An MEO's edge hosts: reachability, heartbeat age, what each last
     reported of its capacity per manner, its backends as its MEPM's probes
-    last saw them, and the instances the MEO placed there."""
+    last saw them, the instances the MEO placed there, and its cordon."""
     counts = _instances_by_host(orch)
+    cordons = orch.registry.cordons()
     out = []
     for e in orch.registry.entries():
         v = e.view()
         out.append({"id": e.host_id, "state": e.state, "heartbeatAgeS": v["heartbeatAgeS"],
                     "reason": v.get("reason"), "source": e.source,
+                    "cordoned": cordons.get(e.host_id),
                     "instances": counts.get(e.host_id, 0), "capacity": v.get("capacity") or {},
                     "backends": [{"role": b.get("role"), "driver": b.get("driver") or "?",
                                   "up": bool(b.get("ok")), "detail": b.get("detail", "")}
@@ -419,20 +421,25 @@ class Metrics:
         yield up
 
     def _hosts(self, gauge, store):
-        """An MEO's edge hosts: reachability and heartbeat age."""
+        """An MEO's edge hosts: reachability, heartbeat age, cordon."""
         if getattr(self.orch, "registry", None) is None:
             return
         reach = gauge("mecorch_host_reachable", "1 when the edge host answers the MEO's "
                                                 "heartbeat (REACHABLE), else 0", labels=("host",))
         age = gauge("mecorch_host_heartbeat_age_seconds",
                     "Seconds since the edge host last answered a heartbeat", labels=("host",))
+        cordoned = gauge("mecorch_host_cordoned", "1 when the edge host is cordoned (takes "
+                                                  "no new placement), else 0", labels=("host",))
+        cordons = self.orch.registry.cordons()
         for e in self.orch.registry.entries():
             reach.add_metric((e.host_id,), 1 if e.state == "REACHABLE" else 0)
             a = e.heartbeat_age_s()
             if a is not None:
                 age.add_metric((e.host_id,), a)
+            cordoned.add_metric((e.host_id,), 1 if e.host_id in cordons else 0)
         yield reach
         yield age
+        yield cordoned
 
     def _outbox(self, gauge, store):
         """Notifications stored and not yet delivered (mecorch/notify.py)."""
@@ -636,9 +643,13 @@ def render_page(orch, health: Health) -> str:
                 for m, c in sorted(h["capacity"].items()))
             state = h["state"] + (f" ({h['reason']})" if h.get("reason") else "")
             age = h["heartbeatAgeS"]
+            cordon = h.get("cordoned")
             host_rows.append(
                 f'<tr data-host="{html.escape(h["id"])}">' + _cell(h["id"])
                 + _cell(state, "ok" if h["state"] == "REACHABLE" else "bad")
+                + _cell(("cordoned" + (f" ({cordon['reason']})" if cordon.get("reason")
+                                       else "") + f" since {_ts(cordon.get('at'))}")
+                        if cordon else "", "bad" if cordon else "")
                 + _cell(f"{age:g} s" if age is not None else "never", "num")
                 + _cell(caps) + _cell(h["instances"], "num")
                 + _cell(backends or ("unknown" if h["state"] != "REACHABLE" else ""),
@@ -652,7 +663,8 @@ def render_page(orch, health: Health) -> str:
             + _cell(c["memoryMbPromised"], "num") + _cell(c.get("memoryMbFree", "?"), "num")
             + _cell(h["instances"], "num") + _cell(backends, "bad" if down else "ok") + "</tr>")
     if meo:
-        hosts_table = _table("hosts", ["host", "state", "heartbeat age", "capacity (used/total)",
+        hosts_table = _table("hosts", ["host", "state", "cordon", "heartbeat age",
+                                       "capacity (used/total)",
                                        "instances", "backends"], host_rows,
                              "no edge hosts registered")
     else:

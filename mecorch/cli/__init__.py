@@ -153,6 +153,16 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--host", help="the edge host (with --app)")
     up.add_argument("--ready-timeout", type=int, metavar="S",
                     help="seconds the new version has to get ready (default 120)")
+    rel = _output(app.add_parser(
+        "relocate", help="move a deployed instance to another edge host (an MEO; mecorch "
+                         "extension relocate): same id, DNS name, rules and data"))
+    rel.add_argument("id", metavar="ID", help=ID_HELP)
+    rel.add_argument("--host", help="the edge host to move it to (default: placement "
+                                    "picks one, as for a deploy, other than its own)")
+    rel.add_argument("--graceful-timeout", type=int, metavar="S",
+                     help="seconds the app has to stop on its old host (its termination "
+                          "notice, then the runtime's stop; default: the MEO's "
+                          "orchestrator.graceful_timeout_s)")
     op = _output(app.add_parser("operate", help="start or stop a deployed instance"))
     op.add_argument("id", metavar="ID", help=ID_HELP)
     op.add_argument("to", choices=("start", "stop"), help="start: STARTED; stop: STOPPED")
@@ -191,6 +201,17 @@ def _parser() -> argparse.ArgumentParser:
                                           "dnsmasq) and say what was removed")
     td.add_argument("host_id", metavar="HOST", nargs="?",
                     help="host id (default: the only configured host)")
+    co = _output(host.add_parser("cordon", help="at an MEO: the host takes no new placement "
+                                                "(its instances stay) until uncordon"))
+    co.add_argument("host_id", metavar="HOST", help="edge host id")
+    co.add_argument("--reason", help="why, shown with the host (e.g. maintenance)")
+    un = _output(host.add_parser("uncordon", help="at an MEO: the host takes placements again"))
+    un.add_argument("host_id", metavar="HOST", help="edge host id")
+    dr = _output(host.add_parser("drain", help="at an MEO: cordon the host, then relocate "
+                                               "every instance that can move; lists those "
+                                               "that cannot, with why"))
+    dr.add_argument("host_id", metavar="HOST", help="edge host id")
+    dr.add_argument("--reason", help="the cordon's reason (default: drained)")
     return p
 
 

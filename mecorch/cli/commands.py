@@ -345,6 +345,25 @@ def app_operate(c: Client, a) -> int:
         f"{iid}: {d.get('instantiatedAppState', {}).get('operationalState')}"))
 
 
+def app_relocate(c: Client, a) -> int:
+    iid = instance_id(c, a.id)
+    body: dict = {}
+    if a.host:
+        body["hostId"] = a.host
+    if a.graceful_timeout is not None:
+        body["gracefulStopTimeout"] = a.graceful_timeout
+    before = c.get(f"{INST}/{iid}").get("hostId")
+    op, _ = c.post(f"{INST}/{iid}/relocate", body)
+    print(f"relocating {iid} from {before} ...", file=sys.stderr, flush=True)
+    op = c.wait_op(op, out=sys.stderr)
+    if op["operationState"] != "COMPLETED":
+        print(f"relocate failed: {op.get('error', {}).get('detail')}", file=sys.stderr)
+        return 1
+    return emit(a, c.get(f"{INST}/{iid}"), lambda d: print(
+        f"{iid}: on {d.get('hostId')} (from {before}), "
+        f"{d.get('instantiatedAppState', {}).get('operationalState')}"))
+
+
 def app_upgrade(c: Client, a) -> int:
     """One instance, or every instance of an appDId on a host one after
     the other (each one's op waited for: at most one runtime of the app is
@@ -649,9 +668,10 @@ def host_list(c: Client, a) -> int:
             vt, vu = cap.get("vcpuTotal"), cap.get("vcpuUsed")
             mt, mu = cap.get("memoryMbTotal"), cap.get("memoryMbUsed")
             rows.append((hid, manner, _n(vt), _n(vu), _n(None if vt is None else vt - vu),
-                         _n(mt), _n(mu), _n(None if mt is None else mt - mu), health))
+                         _n(mt), _n(mu), _n(None if mt is None else mt - mu),
+                         cordon_text(h.get("cordoned")), health))
     table(("HOST", "MANNER", "VCPU", "VCPU PROMISED", "VCPU FREE", "MEM MB", "MEM PROMISED",
-           "MEM FREE", "BACKENDS"), rows)
+           "MEM FREE", "CORDONED", "BACKENDS"), rows)
     for h in hosts:             # its instances' figures summed
         u = h.get("resourceUsage")
         if u and u.get("instances"):
@@ -664,6 +684,48 @@ def host_list(c: Client, a) -> int:
         if h.get("reason"):
             print(f"{h.get('hostId')}: {h['reason']}", file=sys.stderr)
     return 0
+
+
+def cordon_text(cordon: dict | None) -> str | None:
+    """A host's cordon as a cell: "yes (its reason)"; None (shown "-"):
+    not cordoned (or a server that has no cordons)."""
+    if not cordon:
+        return None
+    return f"yes ({cordon['reason']})" if cordon.get("reason") else "yes"
+
+
+def host_cordon(c: Client, a) -> int:
+    """Take the host out of placement at the MEO; what runs there stays."""
+    body = {"reason": a.reason} if a.reason else None
+    _, view, _ = c.call("POST", f"{HOSTS}/{urllib.parse.quote(a.host_id, safe='')}/cordon",
+                        body)
+    return emit(a, view, lambda v: print(
+        f"edge host {v['hostId']} cordoned: it takes no new placement"
+        + (f" ({v['cordoned']['reason']})" if (v.get("cordoned") or {}).get("reason") else "")))
+
+
+def host_uncordon(c: Client, a) -> int:
+    _, view, _ = c.call("POST", f"{HOSTS}/{urllib.parse.quote(a.host_id, safe='')}/uncordon",
+                        None)
+    return emit(a, view, lambda v: print(
+        f"edge host {v['hostId']} uncordoned: it takes placements again"))
+
+
+def host_drain(c: Client, a) -> int:
+    """Cordon the host at the MEO and relocate what runs there; the
+    relocations are op occurrences (`mecorch app events ID`)."""
+    body = {"reason": a.reason} if a.reason else None
+    _, out, _ = c.call("POST", f"{HOSTS}/{urllib.parse.quote(a.host_id, safe='')}/drain",
+                       body)
+
+    def text(d: dict) -> None:
+        print(f"edge host {a.host_id} cordoned; {len(d['relocating'])} instance(s) "
+              f"relocating, {len(d['cannotMove'])} cannot move")
+        for r in d["relocating"]:
+            print(f"relocating {r['appInstanceId']} (op {r['opId']})")
+        for r in d["cannotMove"]:
+            print(f"cannot move {r['appInstanceId']}: {r['reason']}")
+    return emit(a, out, text)
 
 
 def _n(x) -> str:

@@ -21,7 +21,8 @@ LCM = "/app_lcm/v1"
 _PARAMS = {LcmOperation.INSTANTIATE: "INSTANTIATE",
            LcmOperation.OPERATE: "OPERATE",
            LcmOperation.TERMINATE: "TERMINATE",
-           LcmOperation.CHANGE_APP_PKG: "CHANGE_APP_PKG"}     # mecorch extension
+           LcmOperation.CHANGE_APP_PKG: "CHANGE_APP_PKG",     # mecorch extension
+           LcmOperation.RELOCATE: "RELOCATE"}                 # mecorch extension
 
 
 class Journal:

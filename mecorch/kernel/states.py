@@ -49,6 +49,10 @@ class LcmOperation(str, Enum):
     # to another version of the package, modelled on NFV-SOL 003's "Change
     # current VNF package" (mecorch.mepm.upgrade)
     CHANGE_APP_PKG = "CHANGE_APP_PKG"
+    # mecorch extension (not in ETSI's enum either): the MEO moves an
+    # instance to another edge host, same id, DNS name, rules and data
+    # (mecorch.meo.relocate)
+    RELOCATE = "RELOCATE"
 
 
 def operation_words(value: str) -> str:

@@ -61,7 +61,7 @@ from mecorch.kernel.timeutil import public
 from mecorch.kernel.workers import Workers
 from mecorch.spec import placement
 from mecorch.spec.plan import INSTANTIATE_FIELDS, plan_request, selected_hosts
-from mecorch.meo import replace
+from mecorch.meo import relocate, replace
 from mecorch.meo.follow import OpFollower
 from mecorch.meo.leader import Fenced
 from mecorch.meo.registry import REACHABLE, UNKNOWN, UNREACHABLE, HostEntry, Registry
@@ -69,6 +69,7 @@ from mecorch.meo.registry import REACHABLE, UNKNOWN, UNREACHABLE, HostEntry, Reg
 log = logging.getLogger("mecorch.meo.lcm")
 INSTANTIATED = InstantiationState.INSTANTIATED.value
 NOT_INSTANTIATED = InstantiationState.NOT_INSTANTIATED.value
+SELECTED = "_selectedHosts"     # an instance's key: the hosts its instantiate named
 # What the MEO copies from the host's AppInstanceInfo (the host is the
 # truth for what runs on it).
 # The restart policy's fields (mecorch.mepm.supervisor) come along.
@@ -79,7 +80,8 @@ _FROM_HOST = ("instantiationState", "instantiatedAppState", "deploymentType",
               "observedStateTime", "health", "fenced", *_RESTART_VIEW)
 _DEPLOYED = ("instantiatedAppState", "hostId", "deploymentType", "allocatedResources",
              "observedState", "observedStateDetail", "observedStateTime", "_remote",
-             "decisionReason", "health", "fenced", *replace.DEPLOYED, *_RESTART_VIEW)
+             "decisionReason", "health", "fenced", "relocatedFrom", *replace.DEPLOYED,
+             *_RESTART_VIEW, SELECTED)
 _NO_RULES = {"trafficRules": [], "dnsRules": []}
 
 
@@ -97,6 +99,7 @@ class SystemLcm(InstanceQueries):
         self.packages = packages
         self.registry = registry
         self.journal = Journal(store)
+        self.state_dir = cfg["state_dir"]      # (a relocation's data passes through it)
         self.default_graceful_s = int(cfg["orchestrator"]["graceful_timeout_s"])
         self.orchestrator_cfg = cfg["orchestrator"]
         meo = cfg.get("meo") or {}
@@ -243,9 +246,12 @@ class SystemLcm(InstanceQueries):
                 host_body["selectedMECHostInfo"] = [{"hostId": {"id": host_id}}]
                 if lost_after is not None:
                     host_body[replace.FIELD] = lost_after       # the host fences by it
+                # "wanted": the hosts the request selected, where a relocation
+                # may take it (mecorch.meo.relocate)
                 op = self.journal.start(instance_id, LcmOperation.INSTANTIATE, {
                     "hostId": host_id, "manner": p.manner.value,
-                    "decidedBy": p.decision.source, "body": host_body, "pkgId": pkg["id"]})
+                    "decidedBy": p.decision.source, "body": host_body, "pkgId": pkg["id"],
+                    "wanted": selected_hosts(body)})
                 # mecorch extension: why this manner, and why this host
                 op["decisionReason"] = f"{p.decision.reason}; placed on {where}"
                 self.store.put("op_occs", op["id"], op)
@@ -266,6 +272,9 @@ class SystemLcm(InstanceQueries):
                 # what a re-placement needs to place it again as asked (or
                 # nothing: not opted in)
                 replace.remember(inst, lost_after, host_body, selected_hosts(body), pkg["id"])
+                # the hosts the request named (a drain leaves an instance
+                # that named only its host where it is: meo/drain.py)
+                inst[SELECTED] = selected_hosts(body)
                 if claims.share:        # a replica: others of its app may share with it
                     inst["_claims"]["shareServiceAddress"] = True
                 self.store.put("instances", instance_id, inst)
@@ -328,8 +337,12 @@ class SystemLcm(InstanceQueries):
         (a `spec.plan.Chooser`), over what the hosts last reported
         (decision.choose_manner is pure), from the needs the plan computed."""
         def choose(manners, needs, accel):
-            facts = [placement.facts(c) for c in self.registry.candidates()
-                     if c.reachable and (not wanted or c.host_id in wanted)]
+            live = [c for c in self.registry.candidates()
+                    if c.reachable and (not wanted or c.host_id in wanted)]
+            # a cordoned host takes nothing, so it does not sway the manner;
+            # when only cordoned ones are left, placement's refusal says so
+            facts = [placement.facts(c) for c in
+                     ([c for c in live if c.cordoned is None] or live)]
             pref, source = decision.preference_for(self.orchestrator_cfg, pkg["appDId"])
             manner, reason = decision.choose_manner(manners, facts, pref, needs, accel,
                                                     source or "the configured preference")
@@ -345,6 +358,21 @@ class SystemLcm(InstanceQueries):
         """The recorded steps of an instantiate on the host; each done once,
         each call to the host idempotent. Returns the host's ended op and the
         host's instance id."""
+        plan, mepm = op["_plan"], entry.mepm
+        remote = self._made_on_host(op, entry)
+        sent = self.journal.data(op, "dispatched")
+        if sent is None:
+            host_op = mepm.instantiate(remote["id"], plan["body"], key=f"meo-{op['id']}")
+            sent = self.journal.step(op, "dispatched", opId=host_op["id"])["_steps"][-1]
+        # the host's own ledger holds it now: the MEO's reservation goes once
+        # a report made after this dispatch has arrived
+        self.registry.dispatched(entry.host_id, op["appInstanceId"])
+        return self._await(entry, sent["opId"]), remote["id"]
+
+    def _made_on_host(self, op: dict, entry: HostEntry) -> dict:
+        """The first recorded steps of a deploy on the host (an instantiate's,
+        a relocation's): the package onboarded there, the host's instance
+        resource made. Returns the "created" step ({id: the host's id})."""
         iid, plan, mepm = op["appInstanceId"], op["_plan"], entry.mepm
         if not self.journal.done(op, "package"):
             pkg = self.packages.get(plan["pkgId"])
@@ -357,8 +385,9 @@ class SystemLcm(InstanceQueries):
             body = {"appDId": inst["appDId"], "appInstanceName": inst["appInstanceName"],
                     "appInstanceDescription": inst["appInstanceDescription"],
                     "appPkgId": self.journal.data(op, "package")["id"]}   # its version
-            if plan.get("replaces"):
-                # the instance still lives on the lost host until this ends
+            if plan.get("replaces") or plan.get(relocate.KEY):
+                # the instance still lives on the lost / source host until
+                # this ends
                 made = replace.create_on(mepm, body, op)
                 remote = self.journal.step(op, "created", id=made["id"])["_steps"][-1]
             else:
@@ -370,14 +399,7 @@ class SystemLcm(InstanceQueries):
                 inst = self.get(iid)
                 inst["_hostInstance"] = {"hostId": entry.host_id, "id": made["id"]}
                 self.store.put("instances", iid, inst)
-        sent = self.journal.data(op, "dispatched")
-        if sent is None:
-            host_op = mepm.instantiate(remote["id"], plan["body"], key=f"meo-{op['id']}")
-            sent = self.journal.step(op, "dispatched", opId=host_op["id"])["_steps"][-1]
-        # the host's own ledger holds it now: the MEO's reservation goes once
-        # a report made after this dispatch has arrived
-        self.registry.dispatched(entry.host_id, iid)
-        return self._await(entry, sent["opId"]), remote["id"]
+        return remote
 
     def _run(self, op: dict, entry: HostEntry, steps, on_failure=None) -> None:
         """Run an operation's steps on its host, then take the host's view
@@ -564,6 +586,13 @@ class SystemLcm(InstanceQueries):
             "change_app_pkg (rolling upgrade) is not offered by the MEO: ask the MEPM of the "
             "instance's host (POST /app_lcm/v1/app_instances/{appInstanceId}/change_app_pkg "
             "there: the instance has the same id; the package must be onboarded on that host)")
+
+    def relocate(self, instance_id: str, body) -> dict:
+        """Move the instance to another edge host (mecorch extension: a
+        RELOCATE op occurrence, mecorch.meo.relocate); the op occurrence.
+        Raises (Conflict, InvalidInput, NotFound, CapacityExceeded) with the
+        reason when it cannot start: nothing is made then."""
+        return relocate.start(self, instance_id, body)
 
     def _host_op(self, instance_id: str, operation: LcmOperation, body: dict) -> dict:
         with self._exclusive(instance_id):
@@ -837,7 +866,10 @@ class SystemLcm(InstanceQueries):
         if fenced:
             done += self._unfence(entry, fenced)
         for op in self.journal.in_progress():
-            if op["_plan"].get("hostId") == entry.host_id and self._resume(op):
+            # (a relocation also when its source answers again)
+            if entry.host_id in (op["_plan"].get("hostId"),
+                                 (op["_plan"].get(relocate.KEY) or {}).get("hostId")) \
+                    and self._resume(op):
                 done.append(f"resumed {operation_words(op['lcmOperation'])} {op['id']} on host "
                             f"{entry.host_id}")
         return done
@@ -961,6 +993,12 @@ class SystemLcm(InstanceQueries):
         host no longer registered ends FAILED."""
         done = []
         for op in self.journal.in_progress():
+            if op["lcmOperation"] == LcmOperation.RELOCATE.value:
+                # two hosts: it goes on (or, one no longer registered, rolls
+                # back as far as it can)
+                if self._resume(op, unknown_ok=True):
+                    done.append(f"resumed relocation {op['id']}")
+                continue
             try:
                 entry = self.registry.get(op["_plan"]["hostId"])
             except NotFound:
@@ -973,17 +1011,21 @@ class SystemLcm(InstanceQueries):
                 done.append(f"resumed {operation_words(op['lcmOperation'])} {op['id']}")
         return done
 
-    def _resume(self, op: dict) -> bool:
+    def _resume(self, op: dict, unknown_ok: bool = False) -> bool:
         iid = op["appInstanceId"]
         if op["_plan"].get(replace.STALE):
             return False        # the Replacer's (remove_stale), never a host op of the instance
+        relocation = op["lcmOperation"] == LcmOperation.RELOCATE.value
+        if relocation and not relocate.resumable(self, op, unknown_ok):
+            return False        # one of its hosts is away: when it answers (resync)
         with self._lock:
             if op["id"] in self._live or iid in self._busy:
                 return False
             self._busy.add(iid)
             self._live.add(op["id"])
         op = self.store.get("op_occs", op["id"])
-        fn = self._run_instantiate if op["lcmOperation"] == LcmOperation.INSTANTIATE.value \
+        fn = (lambda o: relocate.run(self, o)) if relocation \
+            else self._run_instantiate if op["lcmOperation"] == LcmOperation.INSTANTIATE.value \
             else self._run_host_op
         self._pool.submit(self._guarded, iid, fn, op)
         return True
@@ -1064,8 +1106,8 @@ def refusal_reasons(e: MecorchError) -> list[str]:
     """The kinds of reason a placement refusal gave, one per kind (its
     detail names each host's: "host: why; ..."): capacity, manner,
     unreachable, latency, accel, claims (another instance holds an address
-    or name), limits (a driver's declared limits),
-    unknown_host, none_registered."""
+    or name), limits (a driver's declared limits), cordoned (its operator
+    took the host out of placement), unknown_host, none_registered."""
     if isinstance(e, NotFound):
         return ["unknown_host"]
     detail = e.detail
@@ -1077,6 +1119,8 @@ def refusal_reasons(e: MecorchError) -> list[str]:
         why = part.partition(": ")[2] or part
         if why == "UNREACHABLE":
             kinds.add("unreachable")
+        elif why.startswith("cordoned"):
+            kinds.add("cordoned")
         elif why.startswith(("no VIM", "no CIM")):
             kinds.add("manner")
         elif why.startswith(("vCPU ", "memory ", "disk ")) and why.endswith("free"):

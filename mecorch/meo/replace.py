@@ -313,9 +313,12 @@ class Replacer:
             op = self.journal.start(iid, LcmOperation.TERMINATE, {
                 "hostId": entry.host_id, "hostInstance": copy, STALE: True,
                 "body": {"terminationType": TerminationType.FORCEFUL.value}})
+            moved = (f"relocated to {task['replacedBy']} (op {task['opId']}) and its copy "
+                     f"here not deleted then" if task.get("relocated") else
+                     f"re-placed on {task['replacedBy']} (op {task['opId']}) while "
+                     f"{entry.host_id} was unreachable")
             op["decisionReason"] = (f"stale copy on edge host {entry.host_id} removed: the "
-                                    f"instance was re-placed on {task['replacedBy']} (op "
-                                    f"{task['opId']}) while {entry.host_id} was unreachable")
+                                    f"instance was {moved}")
             self.store.put("op_occs", op["id"], op)
         try:
             self._terminate_and_delete(entry, copy, op)
@@ -340,6 +343,9 @@ class Replacer:
             for move in inst.get("replacedFrom") or []:
                 if move.get("opId") == task["opId"]:
                     move["staleCopy"] = "REMOVED"
+            for move in inst.get("relocatedFrom") or []:    # (mecorch.meo.relocate)
+                if move.get("opId") == task["opId"]:
+                    move["sourceCopy"] = "REMOVED"
             self.store.put("instances", iid, inst)
         log.warning("instance %s: stale copy on %s terminated and removed (it runs on %s)",
                     iid, entry.host_id, task["replacedBy"])

@@ -1,13 +1,15 @@
 """The MEO's host registry as HTTP resources (a documented extension: ETSI
 MEC 010-2 names no host inventory): the hosts with their state
-(REACHABLE / UNREACHABLE) and last reported capacity, and the
-registration of an MEPM."""
+(REACHABLE / UNREACHABLE) and last reported capacity, the
+registration of an MEPM, the cordon of a host (no new placement there)
+and its drain (cordon, then relocate what runs there)."""
 
 from __future__ import annotations
 
-from mecorch.kernel.errors import NotFound, UnsupportedAction
+from mecorch.kernel import validate
+from mecorch.kernel.errors import InvalidInput, NotFound, UnsupportedAction
 from mecorch.kernel.http import Request, Response, Router, warning
-from mecorch.meo import follow, services
+from mecorch.meo import drain, follow, services
 
 HOSTS = "/mecorch/v1/hosts"
 LEADER = "/mecorch/v1/leader"
@@ -29,11 +31,29 @@ def install(r: Router, meo) -> None:
         reg.deregister(req.params["hostId"])
         return Response(204)
 
-    r.add("GET", HOSTS, lambda req: Response(200, [e.view() for e in reg.entries()]))
+    def cordon(req: Request) -> Response:
+        hid = req.params["hostId"]
+        reg.cordon(hid, cordon_reason(req))
+        return Response(200, reg.view(hid))
+
+    def uncordon(req: Request) -> Response:
+        hid = req.params["hostId"]
+        reg.uncordon(hid)
+        return Response(200, reg.view(hid))
+
+    r.add("GET", HOSTS, lambda req: Response(200, reg.views()))
     r.add("POST", HOSTS, register)
-    r.add("GET", f"{HOSTS}/{{hostId}}",
-          lambda req: Response(200, reg.get(req.params["hostId"]).view()))
+    r.add("GET", f"{HOSTS}/{{hostId}}", lambda req: Response(200, reg.view(req.params["hostId"])))
     r.add("DELETE", f"{HOSTS}/{{hostId}}", deregister)
+    r.add("POST", f"{HOSTS}/{{hostId}}/cordon", cordon)
+    r.add("POST", f"{HOSTS}/{{hostId}}/uncordon", uncordon)
+
+    def drain_host(req: Request) -> Response:
+        """Cordon, then relocate each instance (meo/drain.py): 202, the
+        relocations run as op occurrences of their own."""
+        return Response(202, drain.drain(meo.lcm, reg, req.params["hostId"],
+                                         cordon_reason(req)))
+    r.add("POST", f"{HOSTS}/{{hostId}}/drain", drain_host)
 
     def leader(req: Request) -> Response:
         """Which replica runs the background work (mecorch.meo.leader), as
@@ -81,3 +101,17 @@ def install(r: Router, meo) -> None:
 
     rules("traffic_rules")
     rules("dns_rules")
+
+
+def cordon_reason(req: Request) -> str:
+    """The optional body of a cordon (or drain): {"reason": text}; none,
+    or no reason, is ""."""
+    if not req.raw:
+        return ""
+    body = req.json()
+    if not isinstance(body, dict):
+        raise InvalidInput('body must be an object: {"reason": text}')
+    validate.known_fields(body, ("reason",), "cordon request")
+    if body.get("reason") is None:
+        return ""
+    return validate.text(body["reason"], "reason", 256)

@@ -520,9 +520,21 @@ class Lcm(InstanceQueries):
             compute = host.compute(DeploymentType(inst["deploymentType"]))
             self.journal.step(op, "begin:" + op["_plan"]["to"].lower())
             if op["_plan"]["to"] == InstanceOperationalState.STOPPED.value:
+                stop_s = op["_plan"]["timeout"]
+                if stop_s > 0:
+                    # GRACEFUL: the app's AppTerminationNotification
+                    # subscriptions are told (MEC 011 operationAction
+                    # STOPPING, as a graceful terminate tells TERMINATING;
+                    # an MEO's relocation stops the app so) and waited for
+                    # within the one graceful timeout; the runtime's stop
+                    # gets what is left
+                    deadline = time.monotonic() + stop_s
+                    if self.mep.notify_termination(iid, stop_s, "STOPPING"):
+                        self.journal.step(op, "notified", confirmed=True)
+                    stop_s = max(0.0, deadline - time.monotonic())
                 # out of service first: no new client reaches an app stopping
                 self.mep.follow_runtime(host, iid, "STOPPED")
-                compute.stop(inst["_handle"], op["_plan"]["timeout"])
+                compute.stop(inst["_handle"], stop_s)
             else:
                 compute.start(inst["_handle"])
                 self.mep.follow_runtime(host, iid, "RUNNING")

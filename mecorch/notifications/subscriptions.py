@@ -57,8 +57,9 @@ PKG_EVENTS = {"ONBOARDED": "AppPackageOnBoarded", "ENABLED": "AppPacakgeEnabled"
 INST_TYPE, OP_TYPE = "AppInstanceStateChange", "AppLcmOpOccStateChange"
 INST_STATES = ("NOT_INSTANTIATED", "STARTED", "STOPPED")
 OP_STATES = ("STARTING", "PROCESSING", "COMPLETED", "FAILED")
-# CHANGE_APP_PKG: mecorch's rolling upgrade (an extension of ETSI's enum)
-OP_TYPES = ("INSTANTIATE", "OPERATE", "TERMINATE", "CHANGE_APP_PKG")
+# CHANGE_APP_PKG: mecorch's rolling upgrade, RELOCATE: the MEO's move of an
+# instance to another edge host (extensions of ETSI's enum)
+OP_TYPES = ("INSTANTIATE", "OPERATE", "TERMINATE", "CHANGE_APP_PKG", "RELOCATE")
 SELECTORS = ("VOID", "APP_IDENTITY", "APP_NAME", "APP_D_ID", "APP_FROM_PROVIDER")
 MAX_SUBSCRIPTIONS = 1000
 _MAX_ITEMS = 64

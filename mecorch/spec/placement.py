@@ -9,9 +9,11 @@ Order, as ETSI's MEO "selects an appropriate mobile edge host ... based on
 a constraint":
 1. an explicit `selectedMECHostInfo` restricts the candidates to those
    hosts (an unknown one is a 404);
-2. a host must be reachable, support the decided manner (a host without a
-   VIM takes no VM), have room for vCPU, memory and disk, and meet the
-   AppD's `appLatency` when it declares its latency (and, for a VM whose
+2. a host must not be cordoned (an MEO's operator took it out of
+   placement: `meo/registry.py`), be reachable, support the decided
+   manner (a host without a VIM takes no VM), have room for vCPU, memory
+   and disk, and meet the AppD's `appLatency` when it declares its
+   latency (and, for a VM whose
    AppD asks for hardware acceleration, have a KVM VIM); its driver must
    take the request as its declared capabilities say (limits of one
    instance, RETAIN volumes, host ports: `capacity.unfit_for`); and a
@@ -62,6 +64,9 @@ class Candidate:
     # the claims of its other instances as the placing level knows them:
     # (instance id, rule set: ETSI trafficRules, dnsRules, and appDId)
     held: tuple[tuple[str, dict], ...] = ()
+    # an MEO's operator cordoned it (its reason, "" when none was given):
+    # it takes no new placement (None: not cordoned)
+    cordoned: str | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,8 @@ def why_not(c: Candidate, manner: DeploymentType, need: Need,
     """Why the host cannot take the instance, or None when it can.
     `fixed`: the service addresses the request names; `claims`: what it
     claims against the host's other instances (`Candidate.held`)."""
+    if c.cordoned is not None:
+        return cordon_words(c.cordoned)
     if not c.reachable:
         return "UNREACHABLE"
     if fixed and c.service_cidr:
@@ -115,6 +122,11 @@ def why_not(c: Candidate, manner: DeploymentType, need: Need,
         if refused:
             return refused
     return room.why_not(need)
+
+
+def cordon_words(reason: str) -> str:
+    """How a cordoned host is left out: "cordoned" with its reason."""
+    return f"cordoned ({reason})" if reason else "cordoned"
 
 
 def place(manner: DeploymentType, need: Need, candidates: list[Candidate],

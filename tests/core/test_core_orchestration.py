@@ -206,6 +206,38 @@ def test_graceful_termination_waits_for_confirm(env, notification_sink):
     assert {"step": "notified", "confirmed": True} in steps
 
 
+def test_graceful_stop_tells_the_app_stopping(env, notification_sink):
+    """An operate to STOPPED, GRACEFUL, gives the app its termination notice
+    (operationAction STOPPING, MEC 011) within its graceful timeout, as a
+    graceful terminate does (an MEO's relocation stops the app so)."""
+    onboard(env)
+    inst = create(env)
+    instantiate(env, inst["id"])
+    app = f"/mec_app_support/v1/applications/{inst['id']}"
+    env.c.post(f"{app}/subscriptions", {
+        "subscriptionType": "AppTerminationNotificationSubscription",
+        "callbackReference": notification_sink.url, "appInstanceId": inst["id"]})
+    t0 = time.monotonic()
+    op, _ = env.c.post(f"{INST}/{inst['id']}/operate", {
+        "changeStateTo": "STOPPED", "stopType": "GRACEFUL", "gracefulStopTimeout": 30})
+    got = notification_sink.wait()
+    assert got and got[0]["notificationType"] == "AppTerminationNotification"
+    assert got[0]["operationAction"] == "STOPPING" and got[0]["maxGracefulTimeout"] == 30
+    env.c.post(f"{app}/confirm_termination", {"operationAction": "STOPPING"})
+    assert env.c.wait_op(op, timeout=10)["operationState"] == "COMPLETED"
+    assert time.monotonic() - t0 < 10, "the confirm ended the wait early"
+    assert {"step": "notified", "confirmed": True} in \
+        env.orch.store.get("op_occs", op["id"])["_steps"]
+    assert env.cim.instances[inst["id"]]["state"] == "STOPPED"
+    # FORCEFUL: no notice
+    start = env.c.post(f"{INST}/{inst['id']}/operate", {"changeStateTo": "STARTED"})[0]
+    assert env.c.wait_op(start)["operationState"] == "COMPLETED"
+    op, _ = env.c.post(f"{INST}/{inst['id']}/operate", {"changeStateTo": "STOPPED",
+                                                         "stopType": "FORCEFUL"})
+    assert env.c.wait_op(op, timeout=10)["operationState"] == "COMPLETED"
+    assert len(notification_sink.got) == 1
+
+
 def test_callbacks_only_to_allowed_networks(env):
     onboard(env)
     inst = create(env)

@@ -510,6 +510,10 @@ def _lifecycle(api: Checker, e) -> str:
     assert info["allocatedResources"]["network"][0]["ip"].startswith("10.123.0.")
     api("POST", f"{url}/instantiate", {"selectedMECHostInfo": HOST}, status=409)
     api("POST", f"{url}/change_app_pkg", {"appPkgId": "nope"}, status=404)
+    # relocation is an MEO's (tests/core/test_meo_relocate_core.py): one
+    # node has no other host
+    api("POST", f"{url}/relocate", {"hostId": "default"}, status=409)
+    api("POST", f"{INST}/nope/relocate", {}, status=404)
     api("DELETE", url, status=409)                                      # instantiated
 
     api("POST", f"{url}/operate", {"changeStateTo": "SIDEWAYS"}, status=400)
@@ -611,6 +615,21 @@ def _hosts(api: Checker, e) -> None:
         m("POST", "/mecorch/v1/hosts/default/notifications", note, bearer, status=204)
         m("POST", "/mecorch/v1/hosts/default/notifications", note,
           {"Authorization": "Bearer not-the-token"}, status=401)
+        # the cordon of a host (no new placement there)
+        got = m("POST", "/mecorch/v1/hosts/default/cordon", {"reason": "maintenance"},
+                status=200, etsi=EXTENSION)
+        assert got["cordoned"]["reason"] == "maintenance"
+        m("POST", "/mecorch/v1/hosts/default/cordon", status=200, etsi=EXTENSION)
+        m("POST", "/mecorch/v1/hosts/default/cordon", {"reasn": "x"}, status=400)
+        m("POST", "/mecorch/v1/hosts/nope/cordon", status=404)
+        # a drain of a host that runs nothing the MEO placed: cordoned, nothing to move
+        got = m("POST", "/mecorch/v1/hosts/default/drain", status=202, etsi=EXTENSION)
+        assert got == {"relocating": [], "cannotMove": []}
+        m("POST", "/mecorch/v1/hosts/default/drain", {"reason": 7}, status=400)
+        m("POST", "/mecorch/v1/hosts/nope/drain", status=404)
+        got = m("POST", "/mecorch/v1/hosts/default/uncordon", status=200, etsi=EXTENSION)
+        assert got["cordoned"] is None
+        m("POST", "/mecorch/v1/hosts/nope/uncordon", status=404)
         m("DELETE", "/mecorch/v1/hosts/default", status=204)
         m("DELETE", "/mecorch/v1/hosts/default", status=404)
         api.seen |= m.seen

@@ -100,3 +100,15 @@ def test_the_reason_names_a_few_tied_and_unfit_hosts_and_counts_the_rest():
     assert best == "fit00"
     assert f"tied with {', '.join(f'fit{i:02d}' for i in range(1, NAMED + 1))} and 2 more" in why
     assert why.count("full") == NAMED and why.endswith("; 4 more hosts that do not fit")
+
+
+def test_a_cordoned_host_is_left_out_with_its_reason_first():
+    roomy = candidate("roomy", True, HostInfo("roomy", {"CONTAINER": cap()}),
+                      Need(0.0, 0, 0.0), cordoned="maintenance")
+    quiet = candidate("quiet", False, None, Need(0.0, 0, 0.0), cordoned="")
+    assert why_not(roomy, C, SMALL) == "cordoned (maintenance)"
+    assert why_not(quiet, C, SMALL) == "cordoned"      # before UNREACHABLE
+    assert place(C, SMALL, [roomy, host("busy", used_cpu=6)]) == "busy"
+    with pytest.raises(CapacityExceeded) as e:
+        place(C, SMALL, [roomy, host("busy", used_cpu=6)], wanted=["roomy"])
+    assert "(roomy: cordoned (maintenance))" in e.value.detail
