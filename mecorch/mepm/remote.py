@@ -142,7 +142,12 @@ class RemoteMepm(Mepm):
         if self._token:
             hdrs["Authorization"] = f"Bearer {self._token}"
         for attempt in (1, 2):
-            conn = self._take() if attempt == 1 else outbound.connection(
+            # a body streamed from a file cannot be sent twice: it goes on a
+            # fresh connection, never a kept-alive one the server may have
+            # closed meanwhile (a relocation's data PUT failed so, "Remote
+            # end closed connection without response", with several moves
+            # at once)
+            conn = self._take() if attempt == 1 and raw is None else outbound.connection(
                 self.url, self._timeout, self._ctx)
             try:
                 # the whole call within the deadline (a longer one for a

@@ -204,3 +204,20 @@ def test_a_chunked_body_is_taken_and_bounded_as_it_arrives(remote_lab, tmp_path)
     assert put(tar_of({"data": b"x" * (128 << 10)})) in (413, 0)
     assert read_tar(seed_file(lab, iid)) == {"data": b"ok"}      # the earlier one stays
     assert seeds_left(lab) == [f"{iid}.tar"]
+
+
+def test_a_data_put_after_the_server_closed_an_idle_connection(remote_lab, tmp_path):
+    """Over HTTP only: the MEPM closes a kept-alive connection idle for
+    `keepalive_idle`; a data PUT (its body streamed from a file, which
+    cannot be sent twice) goes on a fresh connection, never on such a one
+    (several relocations at once failed so: "Remote end closed connection
+    without response")."""
+    lab = remote_lab
+    lab.server.keepalive_idle = 0.2
+    iid = created(lab, "idle")
+    lab.mepm.get_instance(iid)              # a kept-alive connection, then idle
+    time.sleep(0.5)                         # closed by the server meanwhile
+    archive = tmp_path / "a.tar"
+    archive.write_bytes(tar_of({"data": tar_of({"f.txt": b"x"})}))
+    lab.mepm.import_data(iid, archive)
+    assert seed_file(lab, iid).is_file()
