@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from support.lab import remove_mep_chains, run  # noqa: F401 - the tests' (one lab)
-from support.pglab import pgdatabase, pglab  # noqa: F401 - PostgreSQL of the session
+from support.pglab import pgdatabase, pglab, replica_stores  # noqa: F401 - PostgreSQL of the session
 
 WORKLOADS = Path(os.environ.get("MECORCH_WORKLOADS", "/var/cache/mecorch/workloads"))
 REGISTRY = os.environ.get("MECORCH_REGISTRY", "127.0.0.1:5000")

@@ -4,7 +4,8 @@ MEPM (the host engine's own data verbs) whose fake containers carry
 their volume's "data" (support/movelab.py): what can move ends on the
 other hosts with its data and id, what cannot stays, the drained host
 keeps only that and takes no new placement until uncordoned. The MEO's
-logic only, on fake drivers: no real-backend drain test exists yet."""
+logic only, on fake drivers (tests/e2e/test_meo_relocate_sites.py drains
+on the real backends)."""
 
 from __future__ import annotations
 

@@ -9,24 +9,9 @@ import time
 
 import pytest
 
-from mecorch.kernel.pgstore import PgStore, settings
-from mecorch.kernel.store import Store
 from mecorch.meo.leader import Fenced, Lease
 
 TTL = 0.6
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def stores(request, tmp_path):
-    """Two stores (two connections) on one database, as two replicas."""
-    if request.param == "sqlite":
-        made = [Store(tmp_path / "meo.db") for _ in range(2)]
-    else:
-        database = request.getfixturevalue("pgdatabase")
-        made = [PgStore(settings(database)) for _ in range(2)]
-    yield made
-    for s in made:
-        s.close()
 
 
 def _fence(lease: Lease) -> None:
@@ -34,8 +19,8 @@ def _fence(lease: Lease) -> None:
         lease.fence()
 
 
-def test_one_leads_and_the_other_takes_over_only_after_the_leader_is_silent(stores):
-    a, b = Lease(stores[0], TTL, me="a"), Lease(stores[1], TTL, me="b")
+def test_one_leads_and_the_other_takes_over_only_after_the_leader_is_silent(replica_stores):
+    a, b = Lease(replica_stores[0], TTL, me="a"), Lease(replica_stores[1], TTL, me="b")
     assert a.tick() and not b.tick()
     # the leader renews: the other never takes it, however long it waits
     for _ in range(6):
@@ -59,8 +44,8 @@ def test_one_leads_and_the_other_takes_over_only_after_the_leader_is_silent(stor
     assert not a.tick() and b.tick()
 
 
-def test_a_leader_that_cannot_renew_stops_leading_when_its_lease_ends(stores):
-    a = Lease(stores[0], TTL, me="a")
+def test_a_leader_that_cannot_renew_stops_leading_when_its_lease_ends(replica_stores):
+    a = Lease(replica_stores[0], TTL, me="a")
     assert a.tick()
     time.sleep(TTL * 1.1)
     # no round ran meanwhile (its store was away, say): no longer leading
@@ -72,10 +57,10 @@ def test_a_leader_that_cannot_renew_stops_leading_when_its_lease_ends(stores):
     _fence(a)
 
 
-def test_a_clean_stop_hands_over_at_the_next_round(stores):
+def test_a_clean_stop_hands_over_at_the_next_round(replica_stores):
     events = []
-    a = Lease(stores[0], TTL, me="a", on_deposed=lambda: events.append("a out"))
-    b = Lease(stores[1], TTL, me="b", on_elected=lambda: events.append("b in"))
+    a = Lease(replica_stores[0], TTL, me="a", on_deposed=lambda: events.append("a out"))
+    b = Lease(replica_stores[1], TTL, me="b", on_elected=lambda: events.append("b in"))
     assert a.tick() and not b.tick()
     a.stop()
     assert b.tick()
@@ -83,8 +68,8 @@ def test_a_clean_stop_hands_over_at_the_next_round(stores):
     assert b.holder["holder"] == "b"
 
 
-def test_only_one_of_two_racing_replicas_takes_a_free_lease(stores):
-    a, b = Lease(stores[0], TTL, me="a"), Lease(stores[1], TTL, me="b")
+def test_only_one_of_two_racing_replicas_takes_a_free_lease(replica_stores):
+    a, b = Lease(replica_stores[0], TTL, me="a"), Lease(replica_stores[1], TTL, me="b")
     import threading
     got = {}
     threads = [threading.Thread(target=lambda x=x: got.__setitem__(x.me, x.tick()))

@@ -16,85 +16,22 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mecorch.kernel import config
 from mecorch.kernel.client import ApiError
 from mecorch.kernel.errors import BackendUnavailable
-from mecorch.kernel.states import DeploymentType, InstantiationState
+from mecorch.kernel.states import InstantiationState
 from mecorch.meo.orchestrator import MeoOrchestrator
 from mecorch.spec.capacity import Need
 from mecorch.mepm.local import LocalMepm
-from mecorch.mepm.orchestrator import Orchestrator
 from support import corelab
 from support.corelab import env  # noqa: F401 - a fixture
-from support.fakes import CarryingCompute, FakeMep, broken
-from support.meolab import INST, FlakyMepm, deploy, onboard, served
+from support.fakes import broken
+from support.meolab import INST, deploy, onboard
+from support.movelab import VOLUME, movable_system
 
 OPS = "/app_lcm/v1/app_lcm_op_occs"
-VOLUME = [{"id": "www", "typeOfStorage": "BLOCK", "sizeOfStorage": 1}]
-
-
-class MovableMepm(FlakyMepm):
-    """A FlakyMepm (LocalMepm: the host engine's own data verbs, over a
-    CarryingCompute) that can be told to fail a verb (`fail[verb]`)."""
-
-    def __init__(self, orch, host_id):
-        super().__init__(orch, host_id)
-        self.fail: dict[str, Exception] = {}
-
-    def _check(self, verb: str) -> None:
-        if self.down.is_set():
-            raise BackendUnavailable(f"edge host {self.host_id!r}: link cut by the test")
-        if verb in self.fail:
-            raise self.fail[verb]
-
-    def create_instance(self, body, key, instance_id=None):
-        self._check("create_instance")
-        return super().create_instance(body, key, instance_id)
-
-    def export_data(self, instance_id, into):
-        self._check("export_data")
-        return super().export_data(instance_id, into)
-
-    def import_data(self, instance_id, archive):
-        self._check("import_data")
-        return super().import_data(instance_id, archive)
-
-
-def _host(tmp, hid: str):
-    """An edge host with a CIM; "vm-..." hosts: a VIM only (no container)."""
-    cfg = config.load()
-    cfg["state_dir"] = str(tmp / hid)
-    cfg["hosts"][0]["id"] = hid
-    kind, manner = ("vim", DeploymentType.VM) if hid.startswith("vm-") \
-        else ("cim", DeploymentType.CONTAINER)
-    cfg["hosts"][0]["vim" if kind == "cim" else "cim"] = None
-    orch = Orchestrator(cfg)
-    compute = CarryingCompute(manner, cpus=2)
-    orch.inventory.get(hid).attach(kind, compute)
-    orch.inventory.get(hid).attach("mep", FakeMep())
-    return orch, compute
-
-
-def _system(tmp, host_ids):
-    hosts, cims, mepms = {}, {}, {}
-    for hid in host_ids:
-        hosts[hid], cims[hid] = _host(tmp, hid)
-    cfg = config.load()
-    cfg["state_dir"] = str(tmp / "meo")
-    cfg["hosts"] = []
-    cfg["meo"]["heartbeat_s"] = 0       # beats driven by the test
-    meo = MeoOrchestrator(cfg)
-    for hid, orch in hosts.items():
-        mepms[hid] = MovableMepm(orch, hid)
-        meo.registry.attach(mepms[hid])
-    s, server = served(meo, hosts, tmp)
-    s.mepms, s.cims = mepms, cims
-    return s, server
-
-
 @pytest.fixture
 def system(tmp_path):
-    s, server = _system(tmp_path, ("edge1", "edge2", "edge3"))
+    s, server = movable_system(tmp_path, ("edge1", "edge2", "edge3"))
     yield s
     server.shutdown()
     server.server_close()
@@ -252,7 +189,7 @@ def test_the_body_and_a_named_host_are_checked_before_anything_is_made(system):
 
 
 def test_a_named_host_without_the_manner_is_refused(tmp_path):
-    s, server = _system(tmp_path, ("edge1", "vm-edge"))
+    s, server = movable_system(tmp_path, ("edge1", "vm-edge"))
     try:
         iid, rid = _deployed(s, "edge1")
         err = _problem(s.c.post, f"{INST}/{iid}/relocate", {"hostId": "vm-edge"})
@@ -289,7 +226,7 @@ def test_placement_keeps_to_the_hosts_the_request_selected(system):
 
 
 def test_one_host_at_an_meo_or_a_single_node_has_no_other(tmp_path, env):  # noqa: F811
-    s, server = _system(tmp_path, ("edge1",))
+    s, server = movable_system(tmp_path, ("edge1",))
     try:
         iid, rid = _deployed(s, "edge1")
         err = _problem(s.c.post, f"{INST}/{iid}/relocate", {})
@@ -585,7 +522,7 @@ def test_the_hosts_view_decides_whether_it_runs(system):
 def test_a_vm_is_relocated_the_same_way(tmp_path):
     """The flow does not depend on the manner: a VM app between two hosts
     with a VIM (the fake carries its volume as a container's)."""
-    s, server = _system(tmp_path, ("vm-a", "vm-b"))
+    s, server = movable_system(tmp_path, ("vm-a", "vm-b"))
     try:
         pkg = onboard(s, corelab.VM_APPD, virtualStorageDescriptor=VOLUME)
         iid, op = deploy(s, pkg["appDId"], deploymentType="VM")

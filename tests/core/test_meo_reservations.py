@@ -9,25 +9,9 @@ from __future__ import annotations
 import random
 import time
 
-import pytest
-
-from mecorch.kernel.pgstore import PgStore, settings
-from mecorch.kernel.store import Store
 from mecorch.meo import reservations as mod
 from mecorch.meo.reservations import Reservations
 from mecorch.spec.capacity import Need
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def stores(request, tmp_path):
-    if request.param == "sqlite":
-        made = [Store(tmp_path / "meo.db") for _ in range(2)]
-    else:
-        database = request.getfixturevalue("pgdatabase")
-        made = [PgStore(settings(database)) for _ in range(2)]
-    yield made
-    for s in made:
-        s.close()
 
 
 def _key(need: Need) -> tuple:
@@ -52,38 +36,38 @@ def _reserve(r: Reservations, host: str, iid: str, cpu: float) -> None:
         r.reserve(host, iid, Need(cpu, 64, 1.0))
 
 
-def test_what_this_process_does_is_seen_at_once(stores):
-    r = Reservations(stores[0])
+def test_what_this_process_does_is_seen_at_once(replica_stores):
+    r = Reservations(replica_stores[0])
     assert r.held() == {}
     _reserve(r, "h1", "i1", 1.0)
     _reserve(r, "h1", "i2", 2.0)
     _reserve(r, "h2", "i3", 0.5)
-    assert _sorted(r.held()) == _table(stores[0])
+    assert _sorted(r.held()) == _table(replica_stores[0])
     r.unreserve("h1", "i1")
-    assert _sorted(r.held()) == _table(stores[0]) == {
+    assert _sorted(r.held()) == _table(replica_stores[0]) == {
         "h1": [Need(2.0, 64, 1.0)], "h2": [Need(0.5, 64, 1.0)]}
     # the host accepted i2 and i3; a report asked for after that counts them
     r.dispatched("h1", "i2")
     r.dispatched("h2", "i3")
     asked = time.time() + 1
     r.counted("h1", asked)
-    assert _sorted(r.held()) == _table(stores[0]) == {"h2": [Need(0.5, 64, 1.0)]}
+    assert _sorted(r.held()) == _table(replica_stores[0]) == {"h2": [Need(0.5, 64, 1.0)]}
     # a reservation made again under the same id (a retried placement) counts
     _reserve(r, "h1", "i1", 3.0)
-    assert _sorted(r.held()) == _table(stores[0])
+    assert _sorted(r.held()) == _table(replica_stores[0])
 
 
-def test_another_replica_s_reservation_is_seen_at_the_next_placement(stores):
-    mine, theirs = Reservations(stores[0]), Reservations(stores[1])
+def test_another_replica_s_reservation_is_seen_at_the_next_placement(replica_stores):
+    mine, theirs = Reservations(replica_stores[0]), Reservations(replica_stores[1])
     mine.held()                                 # loaded once: the rest comes by seq
     _reserve(theirs, "h1", "t1", 1.0)
     assert _sorted(mine.held()) == {"h1": [Need(1.0, 64, 1.0)]}
 
 
 def test_another_replica_s_removal_is_seen_within_the_reload_and_held_until(
-        stores, monkeypatch):
+        replica_stores, monkeypatch):
     monkeypatch.setattr(mod, "RELOAD_S", 0.5)
-    mine, theirs = Reservations(stores[0]), Reservations(stores[1])
+    mine, theirs = Reservations(replica_stores[0]), Reservations(replica_stores[1])
     _reserve(theirs, "h1", "t1", 1.0)
     assert _sorted(mine.held()) == {"h1": [Need(1.0, 64, 1.0)]}
     theirs.unreserve("h1", "t1")
@@ -94,13 +78,13 @@ def test_another_replica_s_removal_is_seen_within_the_reload_and_held_until(
     assert mine.held() == {}
 
 
-def test_never_less_than_the_table_under_two_replicas_churning(stores, monkeypatch):
+def test_never_less_than_the_table_under_two_replicas_churning(replica_stores, monkeypatch):
     """Random reserves, removals and reports on both replicas: after every
     step each one's view holds every row of the table (a missing row is an
     overcommitted host), and after a reload exactly the table."""
     monkeypatch.setattr(mod, "RELOAD_S", 0.05)
     rnd = random.Random(7)
-    reps = [Reservations(s) for s in stores]
+    reps = [Reservations(s) for s in replica_stores]
     live: list[tuple[str, str]] = []
     for step in range(150):
         r = rnd.choice(reps)
@@ -117,7 +101,7 @@ def test_never_less_than_the_table_under_two_replicas_churning(stores, monkeypat
             r.dispatched(host, iid)
             r.counted(host, time.time() + 1)
             live = [x for x in live if x != (host, iid)]
-        table = _table(stores[0])
+        table = _table(replica_stores[0])
         for rep in reps:
             view = _sorted(rep.held())
             for host, needs in table.items():
@@ -125,4 +109,4 @@ def test_never_less_than_the_table_under_two_replicas_churning(stores, monkeypat
                     assert view.get(host, []).count(need) >= needs.count(need), (step, host)
     time.sleep(0.06)
     for rep in reps:
-        assert _sorted(rep.held()) == _table(stores[0])
+        assert _sorted(rep.held()) == _table(replica_stores[0])

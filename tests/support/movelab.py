@@ -7,6 +7,7 @@ real-backend tests prove the carriers."""
 from __future__ import annotations
 
 from mecorch.kernel import config
+from mecorch.kernel.errors import BackendUnavailable
 from mecorch.kernel.states import DeploymentType
 from mecorch.meo.orchestrator import MeoOrchestrator
 from mecorch.mepm.orchestrator import Orchestrator
@@ -17,26 +18,62 @@ from support.meolab import FlakyMepm, served
 VOLUME = [{"id": "www", "typeOfStorage": "BLOCK", "sizeOfStorage": 1}]
 
 
+class MovableMepm(FlakyMepm):
+    """A FlakyMepm (LocalMepm: the host engine's own data verbs, over a
+    CarryingCompute) that can be told to fail a verb (`fail[verb]`)."""
+
+    def __init__(self, orch, host_id):
+        super().__init__(orch, host_id)
+        self.fail: dict[str, Exception] = {}
+
+    def _check(self, verb: str) -> None:
+        if self.down.is_set():
+            raise BackendUnavailable(f"edge host {self.host_id!r}: link cut by the test")
+        if verb in self.fail:
+            raise self.fail[verb]
+
+    def create_instance(self, body, key, instance_id=None):
+        self._check("create_instance")
+        return super().create_instance(body, key, instance_id)
+
+    def export_data(self, instance_id, into):
+        self._check("export_data")
+        return super().export_data(instance_id, into)
+
+    def import_data(self, instance_id, archive):
+        self._check("import_data")
+        return super().import_data(instance_id, archive)
+
+
+def _host(tmp, hid: str):
+    """An edge host with a carrying CIM (2 CPUs); "vm-..." hosts: a
+    carrying VIM only (no container)."""
+    cfg = config.load()
+    cfg["state_dir"] = str(tmp / hid)
+    cfg["hosts"][0]["id"] = hid
+    kind, manner = ("vim", DeploymentType.VM) if hid.startswith("vm-") \
+        else ("cim", DeploymentType.CONTAINER)
+    cfg["hosts"][0]["vim" if kind == "cim" else "cim"] = None
+    orch = Orchestrator(cfg)
+    compute = CarryingCompute(manner, cpus=2)
+    orch.inventory.get(hid).attach(kind, compute)
+    orch.inventory.get(hid).attach("mep", FakeMep())
+    return orch, compute
+
+
 def movable_system(tmp, host_ids):
     """(the system the tests drive: `s.c`, `s.meo`, `s.hosts`, `s.cims`,
-    `s.mepms`; its server). Each host has a carrying CIM (2 CPUs), no VIM."""
+    `s.mepms` (MovableMepm); its server)."""
     hosts, cims, mepms = {}, {}, {}
     for hid in host_ids:
-        cfg = config.load()
-        cfg["state_dir"] = str(tmp / hid)
-        cfg["hosts"][0]["id"] = hid
-        cfg["hosts"][0]["vim"] = None
-        hosts[hid] = Orchestrator(cfg)
-        cims[hid] = CarryingCompute(DeploymentType.CONTAINER, cpus=2)
-        hosts[hid].inventory.get(hid).attach("cim", cims[hid])
-        hosts[hid].inventory.get(hid).attach("mep", FakeMep())
+        hosts[hid], cims[hid] = _host(tmp, hid)
     cfg = config.load()
     cfg["state_dir"] = str(tmp / "meo")
     cfg["hosts"] = []
     cfg["meo"]["heartbeat_s"] = 0       # beats driven by the test
     meo = MeoOrchestrator(cfg)
     for hid, orch in hosts.items():
-        mepms[hid] = FlakyMepm(orch, hid)
+        mepms[hid] = MovableMepm(orch, hid)
         meo.registry.attach(mepms[hid])
     s, server = served(meo, hosts, tmp)
     s.mepms, s.cims = mepms, cims

@@ -142,3 +142,19 @@ def pgdatabase(pglab):
         if not pglab.running:
             pglab.start()
         pglab.drop(database)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def replica_stores(request, tmp_path):
+    """Two stores (two connections) on one database, as two MEO replicas
+    hold it: one SQLite file, or a fresh PostgreSQL database."""
+    from mecorch.kernel.pgstore import PgStore, settings
+    from mecorch.kernel.store import Store
+    if request.param == "sqlite":
+        made = [Store(tmp_path / "meo.db") for _ in range(2)]
+    else:
+        database = request.getfixturevalue("pgdatabase")
+        made = [PgStore(settings(database)) for _ in range(2)]
+    yield made
+    for s in made:
+        s.close()
