@@ -18,6 +18,7 @@ from mecorch.kernel.errors import BackendError, Conflict, InvalidInput, NotFound
 from support.dockerlab import (  # noqa: F401
     api, cim, config, leftovers, request, sample)
 from support.lab import free_port, http_get
+from support.tars import tar_of
 
 pytestmark = pytest.mark.docker
 
@@ -37,16 +38,6 @@ def read_volume(api, container: str, path: str) -> dict[str, bytes]:
     stream, _ = api.get_archive(container, path)
     with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as t:
         return {m.name: t.extractfile(m).read() for m in t if m.isfile()}
-
-
-def tar_of(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as t:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            t.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def test_volume_moves_to_another_instance_through_the_archive(cim, api, sample, uid, tmp_path):

@@ -10,7 +10,6 @@ proves the Docker CIM). The app has one volume, `data`.
 
 from __future__ import annotations
 
-import io
 import tarfile
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from mecorch.kernel import errors
 from mecorch.kernel.states import DeploymentType
 from mepm_labs import LABS
 from support.fakes import FakeCompute
+from support.tars import tar_of
 
 lab = lab_fixture(LABS)
 # the HTTP body's own cases: RemoteMepm's lab only (in process there is none)
@@ -38,21 +38,6 @@ def wait_op(mepm, op_id: str, timeout_s: float = 10) -> dict:
                 or time.monotonic() > deadline:
             return op
         time.sleep(0.01)
-
-
-def tar_of(members: dict[str, bytes], kind: dict[str, bytes] | None = None) -> bytes:
-    """A tar of regular files; `kind`: {name: tarfile type} for others."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as t:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            t.addfile(info, io.BytesIO(data))
-        for name, typ in (kind or {}).items():
-            info = tarfile.TarInfo(name)
-            info.type, info.linkname = typ, "/etc/passwd"
-            t.addfile(info)
-    return buf.getvalue()
 
 
 def read_tar(path: Path) -> dict[str, bytes]:

@@ -13,20 +13,15 @@ import pytest
 
 from mecorch.kernel.client import ApiError
 from support.meolab import INST, deploy, onboard
-from support.movelab import VOLUME, movable_system
+from support.movelab import VOLUME, movable
 
 HOSTS = "/mecorch/v1/hosts"
 
 
 @pytest.fixture
 def system(tmp_path):
-    s, server = movable_system(tmp_path, ("edge1", "edge2", "edge3"))
-    yield s
-    server.shutdown()
-    server.server_close()
-    s.meo.close()
-    for orch in s.hosts.values():
-        orch.close()
+    with movable(tmp_path, ("edge1", "edge2", "edge3")) as s:
+        yield s
 
 
 def _on_edge1(s, pkg, **body) -> tuple[str, str]:

@@ -26,18 +26,15 @@ from support import corelab
 from support.corelab import env  # noqa: F401 - a fixture
 from support.fakes import broken
 from support.meolab import INST, deploy, onboard
-from support.movelab import VOLUME, movable_system
+from support.movelab import VOLUME, movable
 
 OPS = "/app_lcm/v1/app_lcm_op_occs"
+
+
 @pytest.fixture
 def system(tmp_path):
-    s, server = movable_system(tmp_path, ("edge1", "edge2", "edge3"))
-    yield s
-    server.shutdown()
-    server.server_close()
-    s.meo.close()
-    for orch in s.hosts.values():
-        orch.close()
+    with movable(tmp_path, ("edge1", "edge2", "edge3")) as s:
+        yield s
 
 
 # ---------------------------------------------------------------------- helpers
@@ -189,8 +186,7 @@ def test_the_body_and_a_named_host_are_checked_before_anything_is_made(system):
 
 
 def test_a_named_host_without_the_manner_is_refused(tmp_path):
-    s, server = movable_system(tmp_path, ("edge1", "vm-edge"))
-    try:
+    with movable(tmp_path, ("edge1", "vm-edge")) as s:
         iid, rid = _deployed(s, "edge1")
         err = _problem(s.c.post, f"{INST}/{iid}/relocate", {"hostId": "vm-edge"})
         assert err.status == 409 and "vm-edge: no CIM: takes no container" in \
@@ -198,12 +194,6 @@ def test_a_named_host_without_the_manner_is_refused(tmp_path):
         err = _problem(s.c.post, f"{INST}/{iid}/relocate", {})      # nor placed there
         assert err.status == 409 and "vm-edge: no CIM" in err.body["detail"], err.body
         _serving_on_source(s, iid, "edge1", rid)
-    finally:
-        server.shutdown()
-        server.server_close()
-        s.meo.close()
-        for orch in s.hosts.values():
-            orch.close()
 
 
 def test_placement_keeps_to_the_hosts_the_request_selected(system):
@@ -226,17 +216,11 @@ def test_placement_keeps_to_the_hosts_the_request_selected(system):
 
 
 def test_one_host_at_an_meo_or_a_single_node_has_no_other(tmp_path, env):  # noqa: F811
-    s, server = movable_system(tmp_path, ("edge1",))
-    try:
+    with movable(tmp_path, ("edge1",)) as s:
         iid, rid = _deployed(s, "edge1")
         err = _problem(s.c.post, f"{INST}/{iid}/relocate", {})
         assert err.status == 409 and "no other edge host is registered" in err.body["detail"]
         _serving_on_source(s, iid, "edge1", rid)
-    finally:
-        server.shutdown()
-        server.server_close()
-        s.meo.close()
-        s.hosts["edge1"].close()
     # the single node (role all) has one host and no relocation
     corelab.onboard(env)
     iid = corelab.create(env)["id"]
@@ -522,8 +506,7 @@ def test_the_hosts_view_decides_whether_it_runs(system):
 def test_a_vm_is_relocated_the_same_way(tmp_path):
     """The flow does not depend on the manner: a VM app between two hosts
     with a VIM (the fake carries its volume as a container's)."""
-    s, server = movable_system(tmp_path, ("vm-a", "vm-b"))
-    try:
+    with movable(tmp_path, ("vm-a", "vm-b")) as s:
         pkg = onboard(s, corelab.VM_APPD, virtualStorageDescriptor=VOLUME)
         iid, op = deploy(s, pkg["appDId"], deploymentType="VM")
         assert op["operationState"] == "COMPLETED", op
@@ -536,9 +519,3 @@ def test_a_vm_is_relocated_the_same_way(tmp_path):
         remote = s.meo.store.get("instances", iid)["_hostInstance"]
         assert s.cims[remote["hostId"]].data[remote["id"]] == {"www": b"a disk's file"}
         assert _copies(s, src["hostId"]) == []
-    finally:
-        server.shutdown()
-        server.server_close()
-        s.meo.close()
-        for orch in s.hosts.values():
-            orch.close()

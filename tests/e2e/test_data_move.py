@@ -21,6 +21,7 @@ import pytest
 from mecorch.kernel.errors import Conflict
 from mecorch.mepm.remote import RemoteMepm
 from support.lab import Lab, onboard_variant
+from support.tars import tar_of
 
 pytestmark = [pytest.mark.docker, pytest.mark.mep]
 VOLUME = [{"id": "data", "typeOfStorage": "BLOCK", "sizeOfStorage": 1}]
@@ -32,16 +33,6 @@ def lab():
     made.start()
     yield made
     assert made.close() == []
-
-
-def tar_of(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as t:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            t.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def labelled(api, iid: str) -> list[str]:

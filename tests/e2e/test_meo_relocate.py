@@ -26,21 +26,12 @@ from mecorch.meo.orchestrator import MeoOrchestrator
 from mecorch.mepm.remote import RemoteMepm
 from support.lab import Lab, Serve, onboard_variant
 from support.meolab import served
+from support.tars import tar_of
 
 pytestmark = [pytest.mark.docker, pytest.mark.mep]
 VOLUME = [{"id": "data", "typeOfStorage": "BLOCK", "sizeOfStorage": 1}]
 INST = "/app_lcm/v1/app_instances"
 LIMIT = 4096            # the first host's cim.data_max_bytes: a volume's tar over it is refused
-
-
-def tar_of(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as t:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            t.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 @pytest.fixture

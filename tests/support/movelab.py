@@ -6,6 +6,8 @@ real-backend tests prove the carriers."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from mecorch.kernel import config
 from mecorch.kernel.errors import BackendUnavailable
 from mecorch.kernel.states import DeploymentType
@@ -78,3 +80,17 @@ def movable_system(tmp, host_ids):
     s, server = served(meo, hosts, tmp)
     s.mepms, s.cims = mepms, cims
     return s, server
+
+
+@contextmanager
+def movable(tmp, host_ids):
+    """`movable_system`, closed at the end (its server, the MEO, the hosts)."""
+    s, server = movable_system(tmp, host_ids)
+    try:
+        yield s
+    finally:
+        server.shutdown()
+        server.server_close()
+        s.meo.close()
+        for orch in s.hosts.values():
+            orch.close()
