@@ -46,10 +46,18 @@ class Reservations:
         self._epoch: int | None = None                    # the store's seq_epoch then
 
     def reserve(self, host_id: str, instance_id: str, need: Need) -> None:
-        """Hold `need` on the host (inside the store's "placement" lock)."""
-        self.store.put("reservations", instance_id, {
-            "id": instance_id, "hostId": host_id,
-            "need": [need.vcpu, need.memory_mb, need.disk_gb], "dispatchedAt": None})
+        """Hold `need` on the host (inside the store's "placement" lock).
+        An earlier reservation of the instance (a re-placement's, while the
+        first deploy's is not counted yet) is replaced by a new row, not
+        updated: an update keeps its seq, and readers by seq would keep the
+        old host."""
+        with self.store.transaction():
+            self.store.delete("reservations", instance_id)
+            self.store.put("reservations", instance_id, {
+                "id": instance_id, "hostId": host_id,
+                "need": [need.vcpu, need.memory_mb, need.disk_gb], "dispatchedAt": None})
+        with self._lock:
+            self._rows.pop(instance_id, None)       # read again, by its new seq
 
     def dispatched(self, host_id: str, instance_id: str) -> None:
         """The host accepted the deploy: a report asked for after this counts it."""

@@ -57,6 +57,21 @@ def test_what_this_process_does_is_seen_at_once(replica_stores):
     assert _sorted(r.held()) == _table(replica_stores[0])
 
 
+def test_a_reservation_made_again_on_another_host_moves(replica_stores):
+    """A re-placement reserves the instance on another host while its first
+    deploy's reservation is not counted yet: the room is held on the new
+    host only, in this replica's view and in another's."""
+    mine, theirs = Reservations(replica_stores[0]), Reservations(replica_stores[1])
+    _reserve(mine, "h1", "i1", 1.0)
+    assert _sorted(mine.held()) == _sorted(theirs.held()) == {"h1": [Need(1.0, 64, 1.0)]}
+    _reserve(mine, "h2", "i1", 1.0)
+    assert _sorted(mine.held()) == _sorted(theirs.held()) == {"h2": [Need(1.0, 64, 1.0)]}
+    mine.counted("h2", time.time() + 1)        # not dispatched: stays
+    mine.dispatched("h2", "i1")
+    mine.counted("h2", time.time() + 1)
+    assert mine.held() == {} and _table(replica_stores[0]) == {}
+
+
 def test_another_replica_s_reservation_is_seen_at_the_next_placement(replica_stores):
     mine, theirs = Reservations(replica_stores[0]), Reservations(replica_stores[1])
     mine.held()                                 # loaded once: the rest comes by seq
