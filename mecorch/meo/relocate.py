@@ -123,10 +123,9 @@ def deployed_with(store, inst: dict) -> tuple[dict, list[str], str]:
     return body, list(wanted), plan["pkgId"]
 
 
-def cordoned(store, host_id: str) -> str | None:
-    """Why the host takes no new placement (cordoned: its row of `hosts`
-    holds {at, reason}, the registry's cordon), or None."""
-    mark = (store.get("hosts", host_id) or {}).get("cordoned")
+def cordoned(registry, host_id: str) -> str | None:
+    """Why the host takes no new placement (the registry's cordon), or None."""
+    mark = registry.cordons().get(host_id)
     if not mark:
         return None
     reason = mark.get("reason") if isinstance(mark, dict) else None
@@ -184,7 +183,7 @@ def start(lcm, iid: str, body) -> dict:
             held = lcm._held(but=iid)
             candidates = [dataclasses.replace(c, held=held.get(c.host_id, ()))
                           for c in registry.candidates()
-                          if c.host_id not in out and not cordoned(store, c.host_id)]
+                          if c.host_id not in out and c.cordoned is None]
             if not candidates:
                 others = "no other edge host is registered" if len(registry.entries()) <= 1 \
                     else "every other edge host is cordoned or holds a copy of it"
@@ -259,7 +258,7 @@ def _named_target(lcm, iid: str, host_id: str, out: set[str]) -> str:
                        "(removed when it answers): no place for it")
     if entry.state != REACHABLE:
         raise Conflict(f"edge host {host_id!r} is {entry.state}: no place to relocate to")
-    why = cordoned(lcm.store, host_id)
+    why = cordoned(lcm.registry, host_id)
     if why:
         raise Conflict(f"{why}: it takes no new placements")
     return host_id
