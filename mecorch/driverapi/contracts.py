@@ -359,9 +359,66 @@ class DataMovable(abc.ABC):
     # archive fills the volumes / disks it makes from it before the app
     # first starts, and a deploy that fails removes them as any deploy.
 
+class LiveMovable(abc.ABC):
+    """A compute driver that moves a RUNNING instance to the same kind of
+    backend on another host without stopping it: libvirt's peer-to-peer
+    live migration with its storage copied (what a live relocation needs,
+    mecorch.meo.relocate). The guest keeps its memory, its devices (MACs,
+    disk targets) and its addresses, so both hosts' guest networks must
+    have the same range: a move that cannot keep the guest's address is
+    refused by the target, never done with a guest left unreachable.
+
+    Three steps, the two hosts' MEPMs between them (mecorch.mepm.live):
+    the target's `prepare_incoming` makes the room and answers an offer;
+    the source's `migrate_out` sends the running instance to it; the
+    target's `deploy` given `ResourceRequest.incoming` (that offer) adopts
+    the arrived instance as its own, as a deploy's Allocation.
+    `abort_incoming` undoes a prepare whose migration did not happen or
+    whose adoption failed. Every value handed between hosts is JSON."""
+
+    @abc.abstractmethod
+    def live_endpoint(self) -> dict | None:
+        """Where another host's backend sends a running instance to this
+        one: {"uri": the backend URI the source's backend connects to,
+        "network_cidr": the guests' address range}; None when this host is
+        not configured for live migration (it then takes no incoming)."""
+
+    @abc.abstractmethod
+    def live_source(self, handle: dict) -> dict:
+        """What a target needs to take the running instance in:
+        {"xml": the running domain's description (its device identity),
+        "addresses": [its guest IPv4 addresses]}. Conflict when it is not
+        running (a stopped instance moves cold); NotFound when it is gone."""
+
+    @abc.abstractmethod
+    def prepare_incoming(self, request: ResourceRequest, source: dict) -> dict:
+        """Target: make `request`'s volumes (the system disk an overlay on
+        this host's copy of the image, the data disks at the source's sizes)
+        and the domain description for them with the source's device
+        identity, and reserve the guest's addresses on this host's network.
+        Answers the offer (JSON): {"uri", "migrate_uri", "xml", "disks"}.
+        Conflict naming why when the move cannot keep the guest as it is
+        (its address outside this host's range or held by another guest,
+        no live endpoint configured); nothing is left when it fails."""
+
+    @abc.abstractmethod
+    def migrate_out(self, handle: dict, offer: dict, timeout_s: float) -> None:
+        """Source: send the running instance to the offer's backend, its
+        storage copied. On success it runs there, and here its domain is
+        shut off, still defined, its disks kept (a rollback starts it again
+        here; `destroy` removes it). On failure or after `timeout_s` the
+        migration is aborted and the instance still runs here
+        (BackendError / Timeout naming why)."""
+
+    @abc.abstractmethod
+    def abort_incoming(self, instance_id: str) -> None:
+        """Target: remove what `prepare_incoming` made for `instance_id`
+        (its volumes, its address reservation, a domain that arrived).
+        Removing what is gone is success."""
+
 
 OPTIONAL = (Watchable, Revivable, Uninstallable, RuleAudit, DnsOnAppNetworks, ExecInside,
-            UsageReadable, DataMovable)
+            UsageReadable, DataMovable, LiveMovable)
 
 
 def on_demand(package: str, cls: str) -> Callable[[str], type]:

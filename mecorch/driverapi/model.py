@@ -58,6 +58,10 @@ class ResourceRequest:
     # archive, a local file): the deploy fills its volumes / disks from it
     # before the app first starts; only a DataMovable driver is given one
     seed: str | None = None
+    # a live relocation's offer (LiveMovable.prepare_incoming's answer on
+    # this host): the deploy adopts the instance that arrived by it instead
+    # of making one; only a LiveMovable driver is given one
+    incoming: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -34,9 +34,11 @@ def _driver_classes() -> list[type]:
     return found
 
 
-def test_the_nine_verbs_are_declared():
+def test_the_optional_verbs_are_declared():
     assert VERBS == {"watch", "revive", "uninstall", "rules_applied", "snapshot",
-                     "serve_dns_on", "exec_in", "read_usage", "export_data"}
+                     "serve_dns_on", "exec_in", "read_usage", "export_data",
+                     "live_endpoint", "live_source", "prepare_incoming", "migrate_out",
+                     "abort_incoming"}
 
 
 def test_every_driver_package_has_its_class():
