@@ -163,6 +163,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="seconds the app has to stop on its old host (its termination "
                           "notice, then the runtime's stop; default: the MEO's "
                           "orchestrator.graceful_timeout_s)")
+    how = rel.add_mutually_exclusive_group()
+    how.add_argument("--live", dest="live", action="store_const", const=True,
+                     help="move it running (a VM between hosts whose VIMs take live "
+                          "migration); refused, saying why, when it cannot")
+    how.add_argument("--cold", dest="live", action="store_const", const=False,
+                     help="stop, carry the data, start (default: live where it can be)")
     op = _output(app.add_parser("operate", help="start or stop a deployed instance"))
     op.add_argument("id", metavar="ID", help=ID_HELP)
     op.add_argument("to", choices=("start", "stop"), help="start: STARTED; stop: STOPPED")

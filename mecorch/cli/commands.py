@@ -352,6 +352,8 @@ def app_relocate(c: Client, a) -> int:
         body["hostId"] = a.host
     if a.graceful_timeout is not None:
         body["gracefulStopTimeout"] = a.graceful_timeout
+    if a.live is not None:
+        body["live"] = a.live
     before = c.get(f"{INST}/{iid}").get("hostId")
     op, _ = c.post(f"{INST}/{iid}/relocate", body)
     print(f"relocating {iid} from {before} ...", file=sys.stderr, flush=True)

@@ -1,7 +1,11 @@
 """Relocation: the MEO moves an INSTANTIATED instance to another edge host
 (a mecorch extension: `POST .../app_instances/{id}/relocate`, an op
 occurrence with lcmOperation RELOCATE). Cold: the app stops on its source
-host, its data is carried, it starts on the target host. The instance
+host, its data is carried, it starts on the target host. Live (a running
+VM between two hosts whose VIMs take live migration on guest networks of
+one range, `live_refusal`; `live: true` asks for it, `false` refuses it,
+absent is live where it can be): the VM moves running, memory and disks,
+by its backend (LiveMovable), and the target adopts it. The instance
 keeps its id, package version, DNS name and traffic rules (the target's
 MEP takes them from the same request; an address its MEP allocated is
 allocated again from the target's range).
@@ -27,6 +31,10 @@ link, an MEO restart, a new leader) does each step once:
    the host's operate; skipped for an instance that was STOPPED.
 4. "imported": the source's `export_data` into a file of the MEO, handed to
    the target's `import_data` (the file goes either way).
+   Live, 3-4 instead: "incoming" (the source's `live_source` handed to the
+   target's `prepare_incoming`: its offer), "migrating", "migrated" (the
+   source's `migrate_out` to that offer: the VM runs on the target, its
+   source copy shut off and kept until step 6).
 5. "dispatched": the target's instantiate with the request the instance
    was deployed with (same package, manner, rules), followed to its end.
    An instance that was STOPPED is stopped there again ("targetStop").
@@ -71,7 +79,7 @@ from mecorch.spec import placement
 from mecorch.spec.plan import plan_request
 
 log = logging.getLogger("mecorch.meo.relocate")
-FIELDS = ("hostId", "gracefulStopTimeout")      # RelocateAppRequest (mecorch extension)
+FIELDS = ("hostId", "gracefulStopTimeout", "live")   # RelocateAppRequest (mecorch extension)
 MAX_GRACEFUL_S = 3600                           # as OperateAppRequest's
 HISTORY = 10                                    # moves kept in relocatedFrom
 KEY = "relocates"                               # an op's _plan key: the source copy
@@ -80,21 +88,48 @@ STARTED, STOPPED = "STARTED", "STOPPED"
 ENDED = ("COMPLETED", "FAILED", "ROLLED_BACK")
 
 
-def parse(body, default_graceful_s: int) -> tuple[str | None, int]:
+def parse(body, default_graceful_s: int) -> tuple[str | None, int, bool | None]:
     """RelocateAppRequest -> (the target host named, or None; the source's
-    graceful stop timeout in seconds)."""
+    graceful stop timeout in seconds; live: True asked, False refused, None
+    live where it can be)."""
     if body is None:
         body = {}
     if not isinstance(body, dict):
         raise InvalidInput("body must be a RelocateAppRequest object "
-                           "({hostId?, gracefulStopTimeout?})")
+                           "({hostId?, gracefulStopTimeout?, live?})")
     validate.known_fields(body, FIELDS, "RelocateAppRequest")
     host = body.get("hostId")
     if host is not None:
         host = validate.ident(host, "hostId")
     graceful = validate.integer(body.get("gracefulStopTimeout", default_graceful_s),
                                 "gracefulStopTimeout", 0, MAX_GRACEFUL_S)
-    return host, graceful
+    live = body.get("live")
+    if live is not None and not isinstance(live, bool):
+        raise InvalidInput("live: must be true or false")
+    return host, graceful, live
+
+
+def live_refusal(manner: str, started: bool, source, target) -> str | None:
+    """Why the instance cannot move live from `source` to `target` (registry
+    entries), None when it can: a running VM between two hosts whose VIMs
+    take live migration (HostInfo.live) on guest networks of one range (the
+    guest keeps its address, so the target's network must hold it)."""
+    if manner != "VM":
+        return "it is a container: a container moves cold (its runtime's memory is not carried)"
+    if not started:
+        return "it is STOPPED: a stopped VM moves cold"
+    ends = []
+    for entry in (source, target):
+        live = entry.info.live if entry.info else None
+        if not live:
+            return (f"edge host {entry.host_id!r} takes no live migration (its VIM has no "
+                    "vim.live_uri)")
+        ends.append(live)
+    if ends[0].get("networkCidr") != ends[1].get("networkCidr"):
+        return (f"the guest networks differ ({source.host_id}: {ends[0].get('networkCidr')}, "
+                f"{target.host_id}: {ends[1].get('networkCidr')}): a live move keeps the "
+                "guest's address")
+    return None
 
 
 def deployed_with(store, inst: dict) -> tuple[dict, list[str], str]:
@@ -138,7 +173,7 @@ def start(lcm, iid: str, body) -> dict:
     hand it to a worker (the leader's); the op occurrence's view. Conflict /
     InvalidInput / NotFound / CapacityExceeded, with the reason, when it
     cannot start (nothing made)."""
-    named, graceful = parse(body, lcm.default_graceful_s)
+    named, graceful, want_live = parse(body, lcm.default_graceful_s)
     registry, store = lcm.registry, lcm.store
     # read and planned before the store's transaction (every other store
     # user of this process waits while it is open), checked again in it
@@ -184,6 +219,15 @@ def start(lcm, iid: str, body) -> dict:
             candidates = [dataclasses.replace(c, held=held.get(c.host_id, ()))
                           for c in registry.candidates()
                           if c.host_id not in out and c.cordoned is None]
+            if want_live and candidates:
+                # asked live: only a host it can move to live
+                why_not = {c.host_id: live_refusal(p.manner.value, started, src,
+                                                   registry.get(c.host_id))
+                           for c in candidates}
+                candidates = [c for c in candidates if why_not[c.host_id] is None]
+                if not candidates:
+                    raise Conflict(f"app instance {iid} cannot be relocated live: "
+                                   + "; ".join(sorted(set(why_not.values()))))
             if not candidates:
                 others = "no other edge host is registered" if len(registry.entries()) <= 1 \
                     else "every other edge host is cordoned or holds a copy of it"
@@ -198,6 +242,8 @@ def start(lcm, iid: str, body) -> dict:
                            reasons=",".join(system_lcm.refusal_reasons(e)))
                 raise _reworded(e, f"app instance {iid} cannot be relocated: ") from None
             registry.reserve(host_id, iid, p.need)
+            cold_why = (live_refusal(p.manner.value, started, src, registry.get(host_id))
+                        if want_live is not False else "a cold move was asked (live: false)")
         logs.event("placement.decided", instance=iid, app=inst["appDId"], host=host_id,
                    manner=p.manner.value, decidedBy="relocation")
         try:
@@ -205,8 +251,10 @@ def start(lcm, iid: str, body) -> dict:
             op = lcm.journal.start(iid, LcmOperation.RELOCATE, {
                 "hostId": host_id, KEY: dict(source), "manner": p.manner.value,
                 "decidedBy": "relocation", "body": host_body, "pkgId": pkg["id"],
-                "wanted": wanted, "gracefulStopTimeout": graceful, "started": started})
-            op["decisionReason"] = (f"relocated from edge host {src.host_id}"
+                "wanted": wanted, "gracefulStopTimeout": graceful, "started": started,
+                "live": cold_why is None})
+            how = "live" if cold_why is None else f"cold ({cold_why})"
+            op["decisionReason"] = (f"relocated {how} from edge host {src.host_id}"
                                     f"{' (the host named)' if named else ''}; placed on {where}")
             store.put("op_occs", op["id"], op)
             inst["_opId"] = op["id"]
@@ -329,11 +377,13 @@ def _forward(lcm, op: dict) -> None:
     source = lcm.registry.get(plan[KEY]["hostId"])
     src_id = plan[KEY]["id"]
     remote = lcm._made_on_host(op, target)                     # 2. package, created
-    if plan["started"]:                                         # 3. the source stops
+    if plan.get("live"):                                        # 3-4 live: it moves running
+        _migrate(lcm, op, source, src_id, target, remote["id"])
+    elif plan["started"]:                                       # 3. the source stops
         _host_op(lcm, op, source, src_id, "sourceStop", False, {
             "changeStateTo": STOPPED, "stopType": "GRACEFUL",
             "gracefulStopTimeout": plan["gracefulStopTimeout"]}, already=STOPPED)
-    if not journal.done(op, "imported"):                        # 4. its data
+    if not plan.get("live") and not journal.done(op, "imported"):   # 4. its data
         carrier = Path(lcm.state_dir) / "relocations" / f"{op['id']}.tar"
         carrier.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -380,6 +430,34 @@ def _forward(lcm, op: dict) -> None:
     elif owed is None:
         owed = journal.data(op, "sourceDeleted").get("owed")
     _moved(lcm, op, target, remote["id"], owed)                 # 7. the instance follows
+
+
+def _migrate(lcm, op: dict, source, src_id: str, target, rid: str) -> None:
+    """A live move's middle (mecorch.driverapi.contracts.LiveMovable): the
+    target prepares for the running VM ("incoming": its offer journalled),
+    the source's backend sends it there ("migrated"); it runs on the
+    target from then on, its source copy shut off, kept for a rollback
+    until the target's instantiate adopts it. A resume after the MEO lost
+    the migrate's answer asks the source: STOPPED there means it went."""
+    journal = lcm.journal
+    incoming = journal.data(op, "incoming")
+    if incoming is None:
+        facts = source.mepm.live_source(src_id)
+        offer = target.mepm.prepare_incoming(rid, op["_plan"]["body"], facts)
+        incoming = journal.step(op, "incoming", offer=offer)["_steps"][-1]
+    if journal.done(op, "migrated"):
+        return
+    if journal.done(op, "migrating") and _operational(source, src_id) == STOPPED:
+        journal.step(op, "migrated", at=time.time())
+        return
+    journal.step(op, "migrating", at=time.time())
+    source.mepm.migrate_out(src_id, incoming["offer"])
+    journal.step(op, "migrated", at=time.time())
+
+
+def _operational(entry, rid: str) -> str | None:
+    view = entry.mepm.get_instance(rid)
+    return ((view or {}).get("instantiatedAppState") or {}).get("operationalState")
 
 
 def _instantiated(entry, rid: str) -> bool:
@@ -432,12 +510,16 @@ def _moved(lcm, op: dict, target, rid: str, stale: str | None) -> None:
             inst["_claims"]["hostId"] = target.host_id
         inst["decisionReason"] = op["decisionReason"]
         moves = [m for m in inst.get("relocatedFrom") or [] if m.get("opId") != op["id"]]
+        live = bool(op["_plan"].get("live"))
         move = {"hostId": source["hostId"], "relocatedAt": timestamp(), "opId": op["id"],
-                "sourceCopy": "PENDING_REMOVAL" if stale else "REMOVED"}
-        # how long it served nowhere, as the MEO saw it: from the source's
-        # stop sent to the target's instantiate COMPLETED (an app that was
-        # STOPPED had none)
-        stop, serving = lcm.journal.data(op, "sourceStop"), lcm.journal.data(op, "targetServing")
+                "sourceCopy": "PENDING_REMOVAL" if stale else "REMOVED",
+                "moveType": "LIVE" if live else "COLD"}
+        # how long it served nowhere, as the MEO saw it: cold, from the
+        # source's stop sent to the target's instantiate COMPLETED (an app
+        # that was STOPPED had none); live, from the migration's end (the
+        # guest runs on the target, its rules still the source's) to then
+        stop = lcm.journal.data(op, "migrated" if live else "sourceStop")
+        serving = lcm.journal.data(op, "targetServing")
         if stop and serving and stop.get("at") and serving.get("at"):
             move["outageS"] = round(max(0.0, serving["at"] - stop["at"]), 3)
         moves.append(move)
@@ -493,7 +575,8 @@ def _roll_back(lcm, op: dict) -> None:
         except MecorchError as e:
             left.append(f"its copy on {plan['hostId']} not removed: {e.detail}")
     source = _entry(lcm, plan[KEY]["hostId"])
-    if plan["started"] and source is None and journal.done(op, "sourceStop"):
+    if plan["started"] and source is None and (journal.done(op, "sourceStop")
+                                               or journal.done(op, "migrating")):
         left.append(f"not started again on {plan[KEY]['hostId']}: the host is no longer "
                     "registered")
     if plan["started"] and source is not None and not journal.done(op, "sourceStarted"):
