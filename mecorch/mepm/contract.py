@@ -34,7 +34,8 @@ Failure semantics every implementation keeps:
   `Conflict` (a retried create with its key returns the first one).
 
 tests/conformance/test_mepm_contract.py (and test_mepm_data.py, for a
-relocation's data) holds both implementations to these rules.
+relocation's data, test_mepm_live.py for a live one) holds both
+implementations to these rules.
 """
 
 from __future__ import annotations
@@ -85,6 +86,10 @@ class HostInfo:
     service_cidr: str | None = None     # its MEP's service range (mep.service_cidr)
     # its instances' figures summed (mecorch.mepm.usage.UsageReader.host_sum)
     usage: dict | None = None
+    # where its VIM takes a running VM in (LiveMovable.live_endpoint):
+    # {"uri", "networkCidr"}; None when it takes none. A live relocation
+    # needs both hosts' with the same networkCidr (the guest keeps its address)
+    live: dict | None = None
 
     def supports(self, manner: DeploymentType) -> bool:
         return manner.value in self.manners
@@ -92,6 +97,7 @@ class HostInfo:
     def to_dict(self) -> dict:
         return {"hostId": self.host_id, "latencyMs": self.latency_ms, "mp1Url": self.mp1_url,
                 "serviceCidr": self.service_cidr, "resourceUsage": self.usage,
+                "live": self.live,
                 "capacity": {m: {**_camel(asdict(c)), "admits": _camel(c.admits)}
                              for m, c in self.manners.items()}}
 
@@ -107,9 +113,14 @@ class HostInfo:
         lat = d.get("latencyMs")
         cidr = d.get("serviceCidr")
         usage = d.get("resourceUsage")
+        live = d.get("live")
+        if not (isinstance(live, dict) and isinstance(live.get("uri"), str)
+                and isinstance(live.get("networkCidr"), str)):
+            live = None                 # none, or an older host's report
         return cls(str(d["hostId"]), manners, float(lat) if lat is not None else None,
                    d.get("mp1Url"), str(cidr) if cidr else None,
-                   usage if isinstance(usage, dict) else None)
+                   usage if isinstance(usage, dict) else None,
+                   {"uri": live["uri"], "networkCidr": live["networkCidr"]} if live else None)
 
 
 def _snake(d: dict) -> dict:
@@ -247,6 +258,57 @@ class Mepm(abc.ABC):
         instantiate (UnsupportedAction). Over Mm3: `PUT
         /mecorch/v1/app_instances/{id}/data` (application/x-tar).
         (mecorch.mepm.seeds)"""
+
+    # ---------------------------------------------------------------- a live relocation
+    # The MEO drives it (mecorch.meo.relocate), the two hosts' MEPMs each do
+    # their side (mecorch.mepm.live); the hosts never talk to each other but
+    # backend to backend (libvirtd to libvirtd). Every value is JSON.
+    @abc.abstractmethod
+    def live_source(self, instance_id: str) -> dict:
+        """What a target host needs to take this running instance in:
+        {"driver": its driver's LiveMovable.live_source answer,
+        "mp1TokenDigest": the instance's Mp1 token digest here (the guest
+        keeps the token it booted with) or None}. The instance must be
+        INSTANTIATED and STARTED (Conflict otherwise); its manner's driver
+        LiveMovable (UnsupportedAction otherwise). Over Mm3: `GET
+        /mecorch/v1/app_instances/{id}/live_source`."""
+
+    @abc.abstractmethod
+    def prepare_incoming(self, instance_id: str, body: dict, source: dict) -> dict:
+        """Target: make room for the instance arriving live. `body`: the
+        InstantiateAppRequest its instantiate will be given; `source`: the
+        source host's `live_source` answer. The host plans the request as
+        instantiate would and asks its driver (LiveMovable.prepare_incoming);
+        answers the offer {"driver": the driver's offer}, to hand to the
+        source's `migrate_out`. The instance must be NOT_INSTANTIATED
+        (Conflict otherwise; Conflict from the driver when the move cannot
+        keep the guest as it is, saying why). The host keeps the offer for
+        the instance's next instantiate, which adopts the arrived instance
+        (ResourceRequest.incoming) and keeps the source's Mp1 token digest;
+        it is dropped once that instantiate COMPLETES, by `abort_incoming`,
+        or when the instance resource is deleted. Over Mm3: `POST
+        /mecorch/v1/app_instances/{id}/incoming` {"instantiateAppRequest":
+        body, "source": source}."""
+
+    @abc.abstractmethod
+    def abort_incoming(self, instance_id: str) -> None:
+        """Target: drop the kept offer and have the driver remove what its
+        prepare made (LiveMovable.abort_incoming: volumes, address
+        reservation, an arrived instance). Nothing kept, or no such
+        instance: success. Over Mm3: `DELETE
+        /mecorch/v1/app_instances/{id}/incoming`."""
+
+    @abc.abstractmethod
+    def migrate_out(self, instance_id: str, offer: dict) -> None:
+        """Source: send the running instance to the target's offer (its
+        `prepare_incoming` answer), synchronously. On success the instance
+        here reads INSTANTIATED with operationalState STOPPED and is marked
+        moved out: nothing on the host starts it again (supervisor, restart
+        policy, reconciliation) until an operate START (a rollback), which
+        clears the mark; a terminate removes it as any. On failure it still
+        runs here (the driver's error). Conflict unless INSTANTIATED and
+        STARTED; UnsupportedAction when its driver is not LiveMovable. Over
+        Mm3: `POST /mecorch/v1/app_instances/{id}/migrate` {"offer": offer}."""
 
     @abc.abstractmethod
     def services(self) -> list[dict]:

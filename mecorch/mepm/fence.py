@@ -50,6 +50,7 @@ from mecorch.kernel.errors import Conflict, MecorchError
 from mecorch.kernel.states import DeploymentType, InstantiationState, ObservedState
 from mecorch.kernel.store import Has
 from mecorch.kernel.timeutil import timestamp
+from mecorch.mepm.live import moved_out
 
 log = logging.getLogger("mecorch.fence")
 INSTANTIATED = InstantiationState.INSTANTIATED.value
@@ -260,7 +261,10 @@ class Fence:
                 return "busy"
             host = self.orch.inventory.get(inst["hostId"])
             state = (inst.get("instantiatedAppState") or {}).get("operationalState")
-            if state != "STOPPED":              # the operator's stop stays
+            # the operator's stop stays, and so does a live move's (mecorch.mepm.live:
+            # an MEPM stopped while it sent the instance left it marked, STARTED)
+            running = state != "STOPPED" and not moved_out(inst)
+            if running:
                 compute = host.compute(DeploymentType(inst["deploymentType"]))
                 compute.start(inst["_handle"])
                 self._follow_address(host, compute, inst)
@@ -272,7 +276,7 @@ class Fence:
                                    "detail": "readiness: not checked yet (unfenced)"}
             self.orch.mep.restore(host, iid, "fenced")
             was = inst.pop("_fenced")
-            if state != "STOPPED":
+            if running:
                 inst["_observed"] = {"state": ObservedState.RUNNING.value, "at": timestamp(),
                                      "detail": "started again: unfenced by the MEO"}
             self.orch.store.put("instances", iid, inst)

@@ -19,7 +19,8 @@ bridge, a VM's on its network) or, for exec, through the compute driver
   `_health.ready` false, "not checked yet"), as a Kubernetes pod is not
   Ready before its readiness probe passes.
 An instance the operator STOPPED is not probed, nor one its host fenced
-(mecorch.mepm.fence: only its MEO brings it back). Withdraw, restore and the
+(mecorch.mepm.fence: only its MEO brings it back), nor one moved out live
+(mecorch.mepm.live: it runs on another host). Withdraw, restore and the
 record are made while holding the instance (Lcm.hold): an instance busy
 with an LCM operation is left alone and acted on at its next result.
 `_health` ({ready, live, detail, at}) is written only when ready or live
@@ -44,6 +45,7 @@ from mecorch.kernel.states import DeploymentType, InstantiationState
 from mecorch.kernel.store import Has
 from mecorch.kernel.timeutil import timestamp
 from mecorch.kernel.workers import Workers
+from mecorch.mepm.live import MOVED_OUT, moved_out
 from mecorch.spec.probes import Probe, Probes
 
 log = logging.getLogger("mecorch.health")
@@ -51,7 +53,7 @@ INSTANTIATED = InstantiationState.INSTANTIATED.value
 REFRESH_S = 1.0         # how often the set of instances is read again
 TICK_S = 0.1            # the scheduler's resolution
 _KEEP = ("id", "hostId", "deploymentType", "instantiatedAppState", "allocatedResources",
-         "_probes", "_handle", "_opId", "_health", "appPkgId", "_fenced")
+         "_probes", "_handle", "_opId", "_health", "appPkgId", "_fenced", MOVED_OUT)
 
 _WITH_PROBES = Has(("_probes",))
 
@@ -203,7 +205,9 @@ class Prober:
             state = (inst.get("instantiatedAppState") or {}).get("operationalState")
             # a fenced app (mecorch.mepm.fence) is stopped and out of service
             # until its MEO lifts the fence: not probed, never restored here
+            # nor one moved out live (mecorch.mepm.live): it runs elsewhere
             if inst.get("_probes") and state != "STOPPED" and not inst.get("_fenced") \
+                    and not moved_out(inst) \
                     and inst.get("hostId") in self.orch.inventory.hosts:
                 wanted[inst["id"]] = inst
         with self._lock:

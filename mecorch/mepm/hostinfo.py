@@ -2,11 +2,13 @@
 capacity it can still promise for each and what its driver declares it
 admits (`Capabilities.admission`), its declared latency, its MEP's service
 range (placement by fixed service addresses), its instances' resource
-usage summed (mecorch.mepm.usage). Served as
+usage summed (mecorch.mepm.usage), where its VIM takes a running VM in (a
+live relocation, mecorch.mepm.live). Served as
 the `/mecorch/v1/hosts` extension (ETSI has no host inventory resource)."""
 
 from __future__ import annotations
 
+from mecorch.driverapi.contracts import LiveMovable
 from mecorch.kernel.errors import MecorchError
 from mecorch.kernel.states import DeploymentType
 from mecorch.mepm.contract import HostInfo, MannerCapacity
@@ -37,7 +39,20 @@ def host_info(orch, host_id: str) -> HostInfo:
     usage = reader.host_sum(host_id) if reader is not None else None
     return HostInfo(host_id, manners, float(lat) if lat is not None else None,
                     getattr(orch.mep, "mp1_url", None),
-                    host.section("mep").get("service_cidr") or None, usage)
+                    host.section("mep").get("service_cidr") or None, usage, live_endpoint(host))
+
+
+def live_endpoint(host) -> dict | None:
+    """{"uri", "networkCidr"} of the host's VIM when it is LiveMovable and
+    configured for it, else None (read from its config: not opened)."""
+    if not host.has(DeploymentType.VM):
+        return None
+    try:
+        drv = host.driver("vim", opened=False)
+        got = drv.live_endpoint() if isinstance(drv, LiveMovable) else None
+    except MecorchError:
+        return None
+    return {"uri": got["uri"], "networkCidr": got["network_cidr"]} if got else None
 
 
 def probe(host, role: str) -> tuple[str, bool, str]:

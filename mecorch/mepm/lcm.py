@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from mecorch.mepm import applogs, manner_policy, runtimes, seeds, undo, upgrade
+from mecorch.mepm import applogs, live, manner_policy, runtimes, seeds, undo, upgrade
 from mecorch.spec import decision, restart
 from mecorch.kernel import logs, paging, validate, views
 from mecorch.driverapi.contracts import ComputeDriver
@@ -49,7 +49,7 @@ _DEPLOYED_KEYS = ("instantiatedAppState", "hostId", "deploymentType", "decisionR
                   "allocatedResources",
                   "_handle", "_need", "_observed", "_mp1Token", "_probes", "_health",
                   "_restart", "_request", "_runtime", "_generation", "_mp1TokenNext",
-                  "_upgradeTo", "_lostAfter", "_fenced")
+                  "_upgradeTo", "_lostAfter", "_fenced", live.MOVED_OUT)
 
 
 class InstanceQueries:
@@ -147,10 +147,13 @@ class Lcm(InstanceQueries):
         return public(doc)
 
     def delete(self, instance_id: str) -> None:
-        with self._exclusive(instance_id):
+        # held, not under the busy lock: a live prepare's undo is a backend call
+        with self.hold(instance_id):
             doc = self.get(instance_id)
             if doc["instantiationState"] != InstantiationState.NOT_INSTANTIATED.value:
                 raise Conflict(f"app instance {instance_id} is INSTANTIATED: terminate it first")
+            # a live relocation's prepare: its driver removes what it made
+            live.abort_kept(self, doc)
             self.store.delete("instances", instance_id)
             self.mep.forget(instance_id)
             applogs.forget(self.logs_dir, instance_id)
@@ -190,6 +193,14 @@ class Lcm(InstanceQueries):
                 return seen
             raise
 
+    def plan(self, inst: dict, body: dict, used: dict[str, Need]):
+        """The request read once (spec/plan.py: a `Plan`); a dual-format app
+        with no manner named gets one from the policy over the host facts."""
+        pkg = self.packages.usable(inst["appDId"], inst.get("appPkgId"))
+        chooser = manner_policy.PolicyChooser(
+            self.inventory, self._orchestrator_cfg, inst["appDId"], selected_hosts(body), used)
+        return plan_request(inst["id"], pkg, body, chooser, self.restart_default)
+
     def _replay(self, key: str, digest: str) -> dict | None:
         return replayed(self.store, key, digest)
 
@@ -199,14 +210,8 @@ class Lcm(InstanceQueries):
             inst = self.get(instance_id)
             if inst["instantiationState"] != InstantiationState.NOT_INSTANTIATED.value:
                 raise Conflict(f"app instance {instance_id} is already INSTANTIATED")
-            pkg = self.packages.usable(inst["appDId"], inst.get("appPkgId"))
-            # The request read once (spec/plan.py); a dual-format app with no
-            # manner named gets one from the policy over the host facts.
             used = self.used_by_host()
-            chooser = manner_policy.PolicyChooser(
-                self.inventory, self._orchestrator_cfg, inst["appDId"], selected_hosts(body),
-                used)
-            p = plan_request(instance_id, pkg, body, chooser, self.restart_default)
+            p = self.plan(inst, body, used)
             # The app's Mp1 credential: only its digest is stored; the token
             # itself goes to the app's environment, never into the journal.
             app_token, app_token_digest = self.mep.new_app_token()
@@ -216,6 +221,11 @@ class Lcm(InstanceQueries):
                 seed = self.seeds.of(instance_id)
                 if seed is not None:
                     seeds.driver_takes_data(host, p.manner, instance_id)
+                # a live relocation's offer kept for it: its driver adopts
+                # what arrived, which keeps the token it booted with
+                incoming = live.kept_for(self, inst, host, p.manner)
+                if incoming is not None:
+                    app_token_digest = incoming["mp1TokenDigest"]
                 # First: the rules claim their addresses and names on the
                 # host (400/409 here, before anything is made or journalled).
                 self.mep.set_rules(instance_id, p.traffic, p.dns, host, p.share)
@@ -249,9 +259,12 @@ class Lcm(InstanceQueries):
             self._busy.add(instance_id)
             self._live.add(op["id"])
         # the one value the plan made, with the Mp1 credential the app is told
+        # (an arrived instance was told the source's at its boot)
         request = dataclasses.replace(p.request, env={
-            **p.request.env, **self.mep.app_env(instance_id, app_token, host, p.manner)},
-            seed=str(seed) if seed is not None else None)
+            **p.request.env, **({} if incoming is not None
+                                else self.mep.app_env(instance_id, app_token, host, p.manner))},
+            seed=str(seed) if seed is not None else None,
+            incoming=incoming["offer"] if incoming is not None else None)
         self._pool.submit(self._guarded, instance_id, self._run_instantiate, op, request, host)
         return public(op)
 
@@ -293,6 +306,7 @@ class Lcm(InstanceQueries):
                 # known from the first moment, not only after a change
                 "_observed": observed_now("RUNNING", "started by instantiate"),
             })
+            inst.pop(live.INCOMING, None)       # adopted (if it was kept): the offer is spent
             self.store.put("instances", iid, inst)
             self.journal.events.instance(inst)          # notifications
             self.packages.refresh_usage(inst["appDId"])
@@ -412,7 +426,8 @@ class Lcm(InstanceQueries):
             stop_s = None               # FORCEFUL: destroy takes it down at once
             if graceful is not None:
                 deadline = time.monotonic() + plan["timeout"]
-                if not graceful["cancel"].is_set():
+                # one moved out live runs elsewhere: nothing here to tell
+                if not graceful["cancel"].is_set() and not live.moved_out(inst):
                     self.journal.step(op, "notify")
                     confirmed = self.mep.notify_termination(iid, plan["timeout"],
                                                             cancel=graceful["cancel"])
@@ -503,8 +518,11 @@ class Lcm(InstanceQueries):
             inst = self.get(instance_id)
             if inst["instantiationState"] != InstantiationState.INSTANTIATED.value:
                 raise Conflict(f"app instance {instance_id} is NOT_INSTANTIATED")
-            refuse_same_state(instance_id, inst["instantiatedAppState"]["operationalState"],
-                              (inst.get("_observed") or {}).get("state"), to)
+            # moved out live (mecorch.mepm.live): START is the MEO's
+            # rollback, whatever the record says of its state
+            if not (live.moved_out(inst) and to is InstanceOperationalState.STARTED):
+                refuse_same_state(instance_id, inst["instantiatedAppState"]["operationalState"],
+                                  (inst.get("_observed") or {}).get("state"), to)
             op = self.journal.start(instance_id, LcmOperation.OPERATE, {
                 "to": to.value, "timeout": timeout if graceful == "GRACEFUL" else 0})
             self._busy.add(instance_id)
@@ -543,6 +561,7 @@ class Lcm(InstanceQueries):
             inst["_observed"] = observed_now("RUNNING", "started by operate") if started \
                 else observed_now("STOPPED", "stopped by operate")
             if started:
+                inst.pop(live.MOVED_OUT, None)      # a live move's rollback: it runs here again
                 # an operator's start ends a crash loop: the count begins again
                 was = inst.get("_restart") or {}
                 inst["_restart"] = new_restart(was.get("policy") or self.restart_default.to_doc(),
@@ -566,6 +585,19 @@ class Lcm(InstanceQueries):
         """Keep the archive `write(out)` writes for the instance's next
         instantiate (mecorch.mepm.seeds)."""
         seeds.import_data(self, instance_id, write)
+
+    # ------------------------------------------------------------ a live relocation
+    def live_source(self, instance_id: str) -> dict:
+        return live.live_source(self, instance_id)
+
+    def prepare_incoming(self, instance_id: str, body: dict, source: dict) -> dict:
+        return live.prepare_incoming(self, instance_id, body, source)
+
+    def abort_incoming(self, instance_id: str) -> None:
+        live.abort_incoming(self, instance_id)
+
+    def migrate_out(self, instance_id: str, offer: dict) -> None:
+        live.migrate_out(self, instance_id, offer)
 
     # ------------------------------------------------------------ change package
     def change_app_pkg(self, instance_id: str, body) -> dict:

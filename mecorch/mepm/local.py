@@ -4,12 +4,13 @@ placement benchmark; the MEO's core tests with in-memory drivers)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from mecorch.kernel.errors import Conflict, NotFound
 from mecorch.kernel.timeutil import public
 from mecorch.mepm.contract import HostInfo, Mepm
-from mecorch.mepm import applogs, seeds
+from mecorch.mepm import applogs, live, seeds
 from mecorch.mepm.hostinfo import backend_health, host_info
 
 
@@ -124,8 +125,29 @@ class LocalMepm(Mepm):
         notification would come sooner."""
         return False
 
+    # a live relocation (mecorch.mepm.live): the values checked as the
+    # routes check them, and copied (JSON, as over HTTP: no object shared
+    # between the two hosts' engines)
+    def live_source(self, instance_id: str) -> dict:
+        return _copy(self.orch.lcm.live_source(instance_id))
+
+    def prepare_incoming(self, instance_id: str, body: dict, source: dict) -> dict:
+        body, source = live.parse_incoming(_copy({"instantiateAppRequest": body,
+                                                  "source": source}))
+        return _copy(self.orch.lcm.prepare_incoming(instance_id, body, source))
+
+    def abort_incoming(self, instance_id: str) -> None:
+        self.orch.lcm.abort_incoming(instance_id)
+
+    def migrate_out(self, instance_id: str, offer: dict) -> None:
+        self.orch.lcm.migrate_out(instance_id, live.parse_migrate(_copy({"offer": offer})))
+
     def services(self) -> list[dict]:
         return self.orch.mep.services.of_host(self.host_id)
+
+
+def _copy(doc):
+    return json.loads(json.dumps(doc))
 
 
 def _versions(pkg: dict) -> tuple:

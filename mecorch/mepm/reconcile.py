@@ -45,6 +45,7 @@ from mecorch.mepm import replicas, runtimes
 from mecorch.mepm.lcm import Lcm
 from mecorch.mepm.mep import MepService
 from mecorch.mepm.fence import fenced
+from mecorch.mepm.live import moved_out
 from mecorch.mepm.platform_rules import in_service
 from mecorch.driverapi.contracts import Revivable, RuleAudit
 from mecorch.driverapi.model import Observation
@@ -257,9 +258,10 @@ class Reconciler:
         driver = host.compute(manner)
         inst = self.store.get("instances", iid)
         state = ((inst or {}).get("instantiatedAppState") or {}).get("operationalState")
-        # a fenced app stays stopped until its MEO lifts the fence (mepm/fence.py)
+        # a fenced app stays stopped until its MEO lifts the fence (mepm/fence.py),
+        # one moved out live runs elsewhere (mepm/live.py)
         if not isinstance(driver, Revivable) or state != "STARTED" or fenced(inst) \
-                or self.lcm.working_on(iid):
+                or moved_out(inst) or self.lcm.working_on(iid):
             return []
         try:
             if not driver.revive(obs.handle, check_only=True):    # a crash: not held
@@ -268,7 +270,7 @@ class Reconciler:
                 inst = self.store.get("instances", iid)
                 state = ((inst or {}).get("instantiatedAppState") or {}).get("operationalState")
                 if not self._owned(inst, host, manner) or state != "STARTED" or fenced(inst) \
-                        or self.lcm.journal.in_progress(iid):
+                        or moved_out(inst) or self.lcm.journal.in_progress(iid):
                     return []
                 if not driver.revive(obs.handle):
                     return []

@@ -56,6 +56,9 @@ ONBOARD_TIMEOUT_S = 600.0
 # a relocation's data, either way, within this (16 GiB at 40 MB/s: 7 min)
 DATA_TIMEOUT_S = 3600.0
 DATA = "/mecorch/v1/app_instances/{}/data"
+# a live relocation's steps (mecorch.mepm.live): live_source, incoming, migrate
+LIVE = "/mecorch/v1/app_instances/{}/{}"
+PREPARE_TIMEOUT_S = 300.0
 TAR = "application/x-tar"
 MAX_IDLE = 4                # kept-alive connections kept per MEPM between calls
 _BY_STATUS = {400: errors.InvalidInput, 401: errors.Unauthorized, 403: errors.Forbidden,
@@ -431,12 +434,40 @@ class RemoteMepm(Mepm):
             removed.append(href.rsplit("/", 1)[-1])
         return removed
 
+    # ---------------------------------------------------------------- a live relocation
+    def live_source(self, instance_id: str) -> dict:
+        return self._get(LIVE.format(_q(instance_id), "live_source"))
+
+    def prepare_incoming(self, instance_id: str, body: dict, source: dict) -> dict:
+        """The target makes the room (its volumes): longer than a plain call."""
+        return self._request("POST", LIVE.format(_q(instance_id), "incoming"),
+                             {"instantiateAppRequest": body, "source": source},
+                             timeout_s=PREPARE_TIMEOUT_S)[1]
+
+    def abort_incoming(self, instance_id: str) -> None:
+        try:
+            self._request("DELETE", LIVE.format(_q(instance_id), "incoming"),
+                          timeout_s=PREPARE_TIMEOUT_S)
+        except errors.NotFound:
+            pass                    # no such instance: nothing kept
+
+    def migrate_out(self, instance_id: str, offer: dict) -> None:
+        """Answered once the instance runs on the target (the MEPM's driver
+        bounds the migration by mecorch.mepm.live.MIGRATE_TIMEOUT_S, below
+        this wait)."""
+        self._request("POST", LIVE.format(_q(instance_id), "migrate"), {"offer": offer},
+                      timeout_s=DATA_TIMEOUT_S)
+
     def services(self) -> list[dict]:
         """Its registry, with the operator's token (an MEPM serves one host)."""
         return self._get(f"{SERVICE_MGMT}/services")
 
     def close(self) -> None:
         self._drop()
+
+
+def _q(instance_id: str) -> str:
+    return urllib.parse.quote(instance_id, safe="")
 
 
 def _decode(payload: bytes) -> Any:

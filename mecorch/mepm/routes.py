@@ -1,9 +1,9 @@
 """The host level's own extension of Mm3: what each edge host served here
 reports of itself (`HostInfo`: manners, capacity, declared latency), the
 MEO's lifting of the host's fence of apps that are still its
-(mecorch.mepm.fence), and an instance's data carried by a relocation
-(mecorch.mepm.seeds). ETSI MEC 010-2 has none of these; documented in
-/openapi.yaml."""
+(mecorch.mepm.fence), an instance's data carried by a relocation
+(mecorch.mepm.seeds) and the host's steps of a live one (mecorch.mepm.live).
+ETSI MEC 010-2 has none of these; documented in /openapi.yaml."""
 
 from __future__ import annotations
 
@@ -14,11 +14,14 @@ from pathlib import Path
 from mecorch.kernel import validate
 from mecorch.kernel.errors import Forbidden, InvalidInput, PayloadTooLarge
 from mecorch.kernel.http import FileBody, Request, Response, Router, UnsupportedMediaType
-from mecorch.mepm import seeds
+from mecorch.mepm import live, seeds
 from mecorch.mepm.hostinfo import host_info
 
 HOSTS = "/mecorch/v1/hosts"
 DATA = "/mecorch/v1/app_instances/{id}/data"
+LIVE_SOURCE = "/mecorch/v1/app_instances/{id}/live_source"
+INCOMING = "/mecorch/v1/app_instances/{id}/incoming"
+MIGRATE = "/mecorch/v1/app_instances/{id}/migrate"
 TAR = "application/x-tar"
 MAX_UNFENCE = 1000          # ids in one unfence request
 
@@ -82,6 +85,30 @@ def install(r: Router, orch) -> None:
         lcm.import_data(iid, lambda out: seeds.copy(req.stream.read, out, lcm.seeds.max_bytes))
         return Response(204)
 
+    def live_source(req: Request) -> Response:
+        iid = validate.ident(req.params["id"], "appInstanceId")
+        return Response(200, orch.lcm.live_source(iid))
+
+    def prepare_incoming(req: Request) -> Response:
+        iid = validate.ident(req.params["id"], "appInstanceId")
+        body, source = live.parse_incoming(req.json())
+        return Response(200, orch.lcm.prepare_incoming(iid, body, source))
+
+    def abort_incoming(req: Request) -> Response:
+        orch.lcm.abort_incoming(validate.ident(req.params["id"], "appInstanceId"))
+        return Response(204)
+
+    def migrate(req: Request) -> Response:
+        """Synchronous: answered once the instance runs on the target (or
+        the migration failed and it still runs here)."""
+        iid = validate.ident(req.params["id"], "appInstanceId")
+        orch.lcm.migrate_out(iid, live.parse_migrate(req.json()))
+        return Response(204)
+
+    r.add("GET", LIVE_SOURCE, live_source, query=())
+    r.add("POST", INCOMING, prepare_incoming, query=())
+    r.add("DELETE", INCOMING, abort_incoming, query=())
+    r.add("POST", MIGRATE, migrate, query=())
     r.add("GET", DATA, export, produces=TAR, query=())
     r.add("PUT", DATA, import_, stream=True, query=())
     r.add("GET", HOSTS, list_)

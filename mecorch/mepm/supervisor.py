@@ -48,6 +48,7 @@ from mecorch.kernel.states import (
 from mecorch.kernel.timeutil import timestamp
 from mecorch.mepm import runtimes
 from mecorch.mepm.fence import fenced
+from mecorch.mepm.live import moved_out
 from mecorch.mepm.lcm import new_restart
 from mecorch.spec.restart import RestartPolicy
 
@@ -298,10 +299,12 @@ class Supervisor:
 
     @staticmethod
     def _supervised(inst: dict | None, host, manner: DeploymentType) -> bool:
-        """INSTANTIATED here by this manner, STARTED by its operator, and not
+        """INSTANTIATED here by this manner, STARTED by its operator, not
         fenced (mecorch.mepm.fence: the fence's stop is no death to restart;
-        only the MEO lifts it)."""
+        only the MEO lifts it) and not moved out live (mecorch.mepm.live: it
+        runs on another host; only the MEO's operate START runs it here)."""
         return bool(inst) and inst["instantiationState"] == InstantiationState.INSTANTIATED.value \
             and inst.get("hostId") == host.id and inst.get("deploymentType") == manner.value \
             and (inst.get("instantiatedAppState") or {}).get("operationalState") \
-            == InstanceOperationalState.STARTED.value and not fenced(inst)
+            == InstanceOperationalState.STARTED.value and not fenced(inst) \
+            and not moved_out(inst)

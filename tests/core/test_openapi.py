@@ -395,6 +395,7 @@ def test_responses_validate_against_etsi_schemas(env, notification_sink):  # noq
     _hosts(api, env)
     _operations(api, env)
     _data(api, env)
+    _live(api, env)
     _deletion(api, env)
 
     # The tour used every operation mecorch.yaml documents.
@@ -890,6 +891,25 @@ def _data(api: Checker, e) -> None:
     api("PUT", "/mecorch/v1/app_instances/nope/data", tar.getvalue(), x_tar, status=404)
     api("GET", url, status=409)                                 # not instantiated
     api("GET", "/mecorch/v1/app_instances/nope/data", status=404)
+    api("DELETE", f"{INST}/{inst['id']}", status=204)
+
+
+def _live(api: Checker, e) -> None:
+    """A live relocation's steps (mecorch extension): their refusals (the
+    in-memory drivers here are not LiveMovable; tests/conformance/
+    test_mepm_live.py covers the steps themselves)."""
+    inst = api("POST", INST, {"appDId": "sample-http"}, status=201, etsi=INST_INFO)
+    base = f"/mecorch/v1/app_instances/{inst['id']}"
+    source = {"driver": {"xml": "<domain/>"}, "mp1TokenDigest": None}
+    api("GET", f"{base}/live_source", status=409)               # not instantiated
+    api("GET", "/mecorch/v1/app_instances/nope/live_source", status=404)
+    api("POST", f"{base}/incoming", {"instantiateAppRequest": {"deploymentType": "CONTAINER"},
+                                     "source": source}, status=400)     # not LiveMovable
+    api("POST", f"{base}/incoming", {"instantiateAppRequest": {}, "sauce": source},
+        status=400)
+    api("DELETE", f"{base}/incoming", status=204)               # nothing kept
+    api("POST", f"{base}/migrate", {"offer": {"driver": {}}}, status=409)
+    api("POST", f"{base}/migrate", {"offer": {"driver": {}, "x": 1}}, status=400)
     api("DELETE", f"{INST}/{inst['id']}", status=204)
 
 

@@ -6,17 +6,19 @@ They declare none of the optional capabilities of `driverapi.contracts`
 `DnsOnAppNetworks`): the core leaves those steps out for them, as it does
 for a real driver without them; `MeteredCompute` alone reads usage figures
 (`UsageReadable`) of its own making, `CarryingCompute` alone carries data
-(`DataMovable`) held in memory."""
+(`DataMovable`) held in memory, `LiveCompute` alone moves a running instance
+(`LiveMovable`) between two fakes."""
 
 from __future__ import annotations
 
 import io
+import ipaddress
 import tarfile
 import threading
 import time
 
 from mecorch.driverapi.contracts import (
-    Capabilities, ComputeDriver, DataMovable, PlatformDriver, UsageReadable)
+    Capabilities, ComputeDriver, DataMovable, LiveMovable, PlatformDriver, UsageReadable)
 from mecorch.kernel import validate
 from mecorch.kernel.errors import (
     BackendError, BackendUnavailable, Conflict, ImageNotFound, ImageUnavailable,
@@ -214,6 +216,104 @@ class CarryingCompute(FakeCompute, DataMovable):
                 info = tarfile.TarInfo(name)
                 info.size = len(content)
                 t.addfile(info, io.BytesIO(content))
+
+
+class LiveCompute(CarryingCompute, LiveMovable):
+    """A CarryingCompute that moves a running instance to another host
+    (`LiveMovable`), for the core's logic of a live relocation
+    (mecorch.mepm.live, mecorch.meo.relocate). It is a fake: it proves only
+    that logic, never a backend (tests/backends/test_libvirt_live.py does).
+
+    `wire` stands for the backends' own link (two hosts' libvirtds): one
+    dict shared by the fakes of a test's hosts, {live uri: {domain: what
+    arrived there}}. `endpoint` is what `live_endpoint()` answers ({"uri",
+    "network_cidr"}; None: not configured, no incoming taken); its uri is
+    this fake's place in `wire`. `prepare_incoming` keeps its offer in
+    `prepared`; `migrate_out` puts the running instance (its address, its
+    data) under the offer's uri and leaves it here STOPPED, kept, as a
+    shut-off domain; a deploy given `incoming` (its own prepare's offer)
+    adopts what arrived, keeping the guest's address and data, and lists
+    the offer in `incomings`; `abort_incoming` removes the offer and an
+    arrival. Each verb fails as `fail[verb]` says, as FakeCompute's."""
+
+    def __init__(self, manner: DeploymentType = DeploymentType.VM, wire: dict | None = None,
+                 endpoint: dict | None = None, **kw):
+        super().__init__(manner, **kw)
+        self.wire: dict[str, dict] = {} if wire is None else wire
+        self.endpoint = endpoint
+        self.prepared: dict[str, dict] = {}
+        self.incomings: list[dict] = []
+        if endpoint is not None:
+            self.wire.setdefault(endpoint["uri"], {})
+
+    def live_endpoint(self):
+        return dict(self.endpoint) if self.endpoint is not None else None
+
+    def _running(self, handle) -> dict:
+        inst = self.instances.get(self._id(handle))
+        if inst is None:
+            raise NotFound(f"{handle['id']} is gone")
+        if inst["state"] is not ObservedState.RUNNING:
+            raise Conflict(f"{handle['id']} is not running: a stopped instance moves cold")
+        return inst
+
+    def live_source(self, handle):
+        self._maybe_fail("live_source")
+        inst = self._running(handle)
+        return {"xml": f"<domain name='{handle['id']}'/>", "addresses": [inst["ip"]]}
+
+    def prepare_incoming(self, request, source):
+        self._maybe_fail("prepare_incoming")
+        if self.endpoint is None:
+            raise Conflict("this host takes no live incoming: no live endpoint configured")
+        self._validate(request)
+        self.check_image(request.image)
+        net = ipaddress.ip_network(self.endpoint["network_cidr"])
+        for a in source.get("addresses") or []:
+            if ipaddress.ip_address(a) not in net:
+                raise Conflict(f"the guest's address {a} is outside this host's network {net}")
+        offer = {"uri": self.endpoint["uri"], "migrate_uri": "tcp://fake",
+                 "xml": source.get("xml"), "disks": sorted(v.name for v in request.volumes),
+                 "instance_id": request.instance_id, "domain": request.instance_id}
+        self.prepared[request.instance_id] = offer
+        return dict(offer)
+
+    def migrate_out(self, handle, offer, timeout_s):
+        self._maybe_fail("migrate_out")
+        inst = self._running(handle)
+        there = self.wire.get(offer.get("uri"))
+        if there is None:
+            raise BackendError(f"cannot reach the backend at {offer.get('uri')!r}")
+        there[offer["domain"]] = {"ip": inst["ip"], "from": handle["id"],
+                                  "data": dict(self.data.get(handle["id"], {}))}
+        inst["state"] = ObservedState.STOPPED       # shut off here, still defined
+
+    def deploy(self, request):
+        if request.incoming is None:
+            return super().deploy(request)
+        self._maybe_fail("deploy")
+        self.incomings.append(dict(request.incoming))
+        self._validate(request)
+        iid = request.instance_id
+        offer = self.prepared.pop(iid, None)
+        arrived = self.wire.get((self.endpoint or {}).get("uri"), {}).pop(
+            (offer or {}).get("domain"), None)
+        if offer is None or offer != request.incoming:
+            raise Conflict(f"incoming: not this host's offer for {iid}")
+        if arrived is None:
+            raise BackendError(f"incoming: nothing arrived for {iid}")
+        self.instances[iid] = {"state": ObservedState.RUNNING, "ip": arrived["ip"],
+                               "request": request}
+        self.data[iid] = arrived["data"]
+        return Allocation(iid, self.manner, request.vcpu, request.memory_mb, (),
+                          (Address(arrived["ip"], "fake"),), {"id": iid})
+
+    def abort_incoming(self, instance_id):
+        self._maybe_fail("abort_incoming")
+        offer = self.prepared.pop(instance_id, None)
+        if self.endpoint is not None:
+            self.wire.get(self.endpoint["uri"], {}).pop((offer or {}).get("domain", instance_id),
+                                                         None)
 
 
 class FakeMep(PlatformDriver):
