@@ -253,8 +253,10 @@ def start(lcm, iid: str, body) -> dict:
                 "decidedBy": "relocation", "body": host_body, "pkgId": pkg["id"],
                 "wanted": wanted, "gracefulStopTimeout": graceful, "started": started,
                 "live": cold_why is None})
-            how = "live" if cold_why is None else f"cold ({cold_why})"
-            op["decisionReason"] = (f"relocated {how} from edge host {src.host_id}"
+            # (a container moves cold, always: no need to say so)
+            how = ("" if p.manner.value != "VM" else "live " if cold_why is None
+                   else f"cold ({cold_why}) ")
+            op["decisionReason"] = (f"relocated {how}from edge host {src.host_id}"
                                     f"{' (the host named)' if named else ''}; placed on {where}")
             store.put("op_occs", op["id"], op)
             inst["_opId"] = op["id"]

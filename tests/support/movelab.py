@@ -13,7 +13,7 @@ from mecorch.kernel.errors import BackendUnavailable
 from mecorch.kernel.states import DeploymentType
 from mecorch.meo.orchestrator import MeoOrchestrator
 from mecorch.mepm.orchestrator import Orchestrator
-from support.fakes import CarryingCompute, FakeMep
+from support.fakes import CarryingCompute, FakeMep, LiveCompute
 from support.meolab import FlakyMepm, served
 
 # a named volume for the package (onboard(..., virtualStorageDescriptor=VOLUME))
@@ -46,29 +46,52 @@ class MovableMepm(FlakyMepm):
         self._check("import_data")
         return super().import_data(instance_id, archive)
 
+    def live_source(self, instance_id):
+        self._check("live_source")
+        return super().live_source(instance_id)
 
-def _host(tmp, hid: str):
+    def prepare_incoming(self, instance_id, body, source):
+        self._check("prepare_incoming")
+        return super().prepare_incoming(instance_id, body, source)
+
+    def migrate_out(self, instance_id, offer):
+        self._check("migrate_out")
+        return super().migrate_out(instance_id, offer)
+
+
+# the guest range of the fakes' addresses (FakeCompute's 10.123.0.N)
+LIVE_CIDR = "10.123.0.0/24"
+
+
+def _host(tmp, hid: str, wire: dict, live_cidrs: dict):
     """An edge host with a carrying CIM (2 CPUs); "vm-..." hosts: a
-    carrying VIM only (no container)."""
+    carrying VIM only (no container); "live-..." hosts: a VIM that moves
+    running instances (LiveCompute, its backends' link `wire`), its guest
+    range LIVE_CIDR or `live_cidrs[hid]` (None: no live endpoint)."""
     cfg = config.load()
     cfg["state_dir"] = str(tmp / hid)
     cfg["hosts"][0]["id"] = hid
-    kind, manner = ("vim", DeploymentType.VM) if hid.startswith("vm-") \
+    kind, manner = ("vim", DeploymentType.VM) if hid.startswith(("vm-", "live-")) \
         else ("cim", DeploymentType.CONTAINER)
     cfg["hosts"][0]["vim" if kind == "cim" else "cim"] = None
     orch = Orchestrator(cfg)
-    compute = CarryingCompute(manner, cpus=2)
+    if hid.startswith("live-"):
+        cidr = live_cidrs.get(hid, LIVE_CIDR)
+        compute = LiveCompute(manner, wire=wire, cpus=2, endpoint=None if cidr is None else
+                              {"uri": f"fake+live://{hid}/system", "network_cidr": cidr})
+    else:
+        compute = CarryingCompute(manner, cpus=2)
     orch.inventory.get(hid).attach(kind, compute)
     orch.inventory.get(hid).attach("mep", FakeMep())
     return orch, compute
 
 
-def movable_system(tmp, host_ids):
+def movable_system(tmp, host_ids, live_cidrs: dict | None = None):
     """(the system the tests drive: `s.c`, `s.meo`, `s.hosts`, `s.cims`,
     `s.mepms` (MovableMepm); its server)."""
-    hosts, cims, mepms = {}, {}, {}
+    hosts, cims, mepms, wire = {}, {}, {}, {}
     for hid in host_ids:
-        hosts[hid], cims[hid] = _host(tmp, hid)
+        hosts[hid], cims[hid] = _host(tmp, hid, wire, live_cidrs or {})
     cfg = config.load()
     cfg["state_dir"] = str(tmp / "meo")
     cfg["hosts"] = []
@@ -83,9 +106,9 @@ def movable_system(tmp, host_ids):
 
 
 @contextmanager
-def movable(tmp, host_ids):
+def movable(tmp, host_ids, live_cidrs: dict | None = None):
     """`movable_system`, closed at the end (its server, the MEO, the hosts)."""
-    s, server = movable_system(tmp, host_ids)
+    s, server = movable_system(tmp, host_ids, live_cidrs)
     try:
         yield s
     finally:
