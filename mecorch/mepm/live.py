@@ -148,7 +148,8 @@ def prepare_incoming(lcm, instance_id: str, body: dict, source: dict) -> dict:
         host, _ = lcm.inventory.reserve_explained(instance_id, plan, used)
         lcm.inventory.release(instance_id)
         driver = driver_moves_live(host, plan.manner, instance_id)
-        abort_kept(lcm, inst)
+        if abort_kept(lcm, inst):               # gone before the new one is made
+            lcm.store.put("instances", instance_id, inst)
         host.compute(plan.manner)               # opened
         offer = driver.prepare_incoming(plan.request, source["driver"])
         inst[INCOMING] = {"offer": offer, "mp1TokenDigest": source["mp1TokenDigest"],

@@ -206,10 +206,13 @@ def test_a_prepare_is_undone_by_abort_and_by_delete(pair):
     dst.mepm.abort_incoming(f"absent-{dst.uid}")
     assert dst.vim.calls.count("abort_incoming") == 1
 
-    offer = dst.mepm.prepare_incoming(tid, BODY, facts)
+    dst.mepm.prepare_incoming(tid, BODY, facts)
+    offer = dst.mepm.prepare_incoming(tid, BODY, facts)       # again: replaces the first
+    assert dst.vim.calls.count("abort_incoming") == 2
+    assert record(dst, tid)["_incoming"]["offer"] == offer["driver"]
     src.mepm.migrate_out(sid, offer)                          # it arrived
     dst.mepm.delete_instance(tid)
-    assert dst.vim.calls.count("abort_incoming") == 2
+    assert dst.vim.calls.count("abort_incoming") == 3
     assert dst.vim.prepared == {} and src.wire[endpoint("dst")["uri"]] == {}
     assert dst.mepm.get_instance(tid) is None
 
