@@ -31,6 +31,8 @@ from mecorch.kernel import logs, validate
 from mecorch.kernel.errors import Conflict, InvalidInput, UnsupportedAction
 from mecorch.kernel.states import DeploymentType, InstanceOperationalState, InstantiationState
 from mecorch.kernel.timeutil import timestamp
+from mecorch.spec.lost_after import FIELD as LOST_AFTER
+from mecorch.spec.plan import INSTANTIATE_FIELDS
 
 INCOMING = "_incoming"      # target, NOT_INSTANTIATED: {offer, mp1TokenDigest, hostId, manner}
 MOVED_OUT = "_movedOut"     # source, after (or during) migrate_out: {at, sent}
@@ -73,7 +75,11 @@ def parse_incoming(body) -> tuple[dict, dict]:
     """The body of POST .../incoming -> (InstantiateAppRequest, source)."""
     body = _object(body, "body")
     validate.known_fields(body, INCOMING_FIELDS, "the incoming request")
-    return (_object(body.get("instantiateAppRequest"), "instantiateAppRequest"),
+    request = _object(body.get("instantiateAppRequest"), "instantiateAppRequest")
+    # as the instantiate will be sent (an MEO's carries its lostAfter:
+    # nothing the plan reads)
+    validate.known_fields(request, (*INSTANTIATE_FIELDS, LOST_AFTER), "instantiateAppRequest")
+    return ({k: v for k, v in request.items() if k != LOST_AFTER},
             parse_source(body.get("source")))
 
 
@@ -142,7 +148,8 @@ def prepare_incoming(lcm, instance_id: str, body: dict, source: dict) -> dict:
         host, _ = lcm.inventory.reserve_explained(instance_id, plan, used)
         lcm.inventory.release(instance_id)
         driver = driver_moves_live(host, plan.manner, instance_id)
-        abort_kept(lcm, inst)
+        if abort_kept(lcm, inst):               # gone before the new one is made
+            lcm.store.put("instances", instance_id, inst)
         host.compute(plan.manner)               # opened
         offer = driver.prepare_incoming(plan.request, source["driver"])
         inst[INCOMING] = {"offer": offer, "mp1TokenDigest": source["mp1TokenDigest"],
