@@ -439,7 +439,12 @@ class Registry:
         (or every STATE_REFRESH_S: its last-seen time), not at every beat."""
         with self._lock:
             doc = entry.state_doc()
+        # a change of the figures alone (its instances' readings and their
+        # sum, new at every usage round of the host: mecorch.mepm.usage) is
+        # not a change of state: written with the refresh, not at each beat
         key = {k: v for k, v in doc.items() if k != "lastSeen"}
+        if isinstance(key.get("info"), dict) and "resourceUsage" in key["info"]:
+            key["info"] = {k: v for k, v in key["info"].items() if k != "resourceUsage"}
         last = self._written.get(entry.host_id)
         now = time.monotonic()
         if last is not None and last[0] == key and now - last[1] < STATE_REFRESH_S:

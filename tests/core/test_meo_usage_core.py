@@ -117,3 +117,39 @@ def test_each_reading_crosses_the_wire_with_the_host_info():
     assert entry.instance_usage("i-2") is None
     assert HostEntry("edge9", None, "in-process",
                      info=HostInfo.from_dict({"hostId": "edge9"})).instance_usage("i-1") is None
+
+
+def test_new_figures_alone_ride_the_state_refresh_not_every_beat(system, monkeypatch):  # noqa: F811
+    """The host's row for the other replicas (host_states) is written when
+    its state changes, not when only its figures did (new at every usage
+    round): they go with the next refresh (STATE_REFRESH_S)."""
+    from mecorch.meo import registry as R
+    s = system
+    cim = MeteredCompute(DeploymentType.CONTAINER, cpus=2)
+    s.hosts["edge2"].inventory.get("edge2").attach("cim", cim)
+    pkg = onboard(s)
+    iid, op = deploy(s, pkg["appDId"], deploymentType="CONTAINER",
+                     selectedMECHostInfo=[{"hostId": {"id": "edge2"}}])
+    assert op["operationState"] == "COMPLETED", op
+    reader, entry = s.hosts["edge2"].usage_reader, s.meo.registry.get("edge2")
+
+    def written() -> dict:
+        return ((s.meo.store.get("host_states", "edge2")["info"] or {}).get("resourceUsage")
+                or {}).get("byInstance") or {}
+    cim.figures[iid] = figures(time.time() - 5, 1.0, 10 * MiB)
+    reader.read_all()
+    s.meo.registry._written.pop("edge2", None)      # as if never written
+    s.meo.registry.beat(entry)
+    assert written()[iid]["memoryBytes"] == 10 * MiB
+    cim.figures[iid] = figures(time.time(), 2.0, 20 * MiB)
+    reader.read_all()
+    s.meo.registry.beat(entry)
+    assert written()[iid]["memoryBytes"] == 10 * MiB       # figures alone: not written
+    assert s.c.get(f"{INST}/{iid}")["resourceUsage"]["memoryBytes"] == 20 * MiB   # leader: new
+    monkeypatch.setattr(R, "STATE_REFRESH_S", 0.0)
+    s.meo.registry.beat(entry)
+    assert written()[iid]["memoryBytes"] == 20 * MiB       # with the refresh
+    # a replica that does not lead reads the row: the same reading
+    follower = R.HostEntry("edge2", None, "config")
+    follower.take_state(s.meo.store.get("host_states", "edge2"))
+    assert follower.instance_usage(iid) == s.c.get(f"{INST}/{iid}")["resourceUsage"]
