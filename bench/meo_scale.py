@@ -31,7 +31,12 @@ Phases and what each figure is:
               MEO's resync reads it) since its restart
 
     PYTHONPATH=$PWD /opt/mecorch/venv/bin/python bench/meo_scale.py \\
-        [--hosts 1000] [--instances 10000] [--idle-s 30] [--out bench/results-meo-scale.json]
+        [--hosts 1000] [--instances 10000] [--idle-s 30] [--usage] \\
+        [--out bench/results-meo-scale.json]
+
+--usage: the stand-in's host info carries each instance's figures
+(`resourceUsage.byInstance`, as an MEPM reports them), new at every
+heartbeat; the MEO keeps them in memory and in each host's host_states row.
 """
 
 from __future__ import annotations
@@ -101,8 +106,8 @@ class Conn:
 class Standin:
     """bench/standin.py as a subprocess, started and stopped by its pid."""
 
-    def __init__(self, tmp: Path, hosts: int):
-        self.tmp, self.hosts = tmp, hosts
+    def __init__(self, tmp: Path, hosts: int, usage: bool = False):
+        self.tmp, self.hosts, self.usage = tmp, hosts, usage
         self.ports_file, self.state = tmp / "standin.ports", tmp / "standin.json"
         self.proc: subprocess.Popen | None = None
 
@@ -111,7 +116,8 @@ class Standin:
         log = open(self.tmp / "standin.log", "ab")
         self.proc = subprocess.Popen(
             [sys.executable, str(REPO / "bench" / "standin.py"), "--hosts", str(self.hosts),
-             "--ports-file", str(self.ports_file), "--state", str(self.state)],
+             "--ports-file", str(self.ports_file), "--state", str(self.state),
+             *(["--usage"] if self.usage else [])],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         testlab.wait_for(self.ports_file.exists, 120, "the stand-in's ports", step=0.05)
         ports = dict(line.split() for line in self.ports_file.read_text().splitlines())
@@ -158,7 +164,8 @@ def run(a) -> dict:
                  "meo_config": {"heartbeat_s": a.heartbeat_s}}
     with tempfile.TemporaryDirectory(prefix="mecorch-meo-scale-") as d:
         tmp = Path(d)
-        standin = Standin(tmp, a.hosts)
+        standin = Standin(tmp, a.hosts, a.usage)
+        res["usage_reported"] = a.usage
         meo_proc = None
         try:
             t0 = time.perf_counter()
@@ -265,6 +272,11 @@ def run(a) -> dict:
             res["page_items"] = len(meo.ok("GET", INST))
             hl = timed(lambda: meo.ok("GET", HOSTS), 50)
             res["host_list_p50_ms"], res["host_list_p99_ms"] = ms(hl, 50), ms(hl, 99)
+            # GET of one instance (its figures from its host's last report)
+            one = meo.ok("GET", INST)[0]["id"]
+            got = timed(lambda: meo.ok("GET", f"{INST}/{one}"), 200)
+            res["get_one_p50_ms"], res["get_one_p99_ms"] = ms(got, 50), ms(got, 99)
+            res["get_one_has_figures"] = "resourceUsage" in meo.ok("GET", f"{INST}/{one}")
 
             # ---------------------------------------------------- idle cpu
             assert host_states(meo).get("REACHABLE") == a.hosts
@@ -322,6 +334,8 @@ def report(res: dict) -> None:
          f"< {TARGETS['page_p99_ms']} ms", res.get("page_p50_ms")),
         ("host list p99", res.get("host_list_p99_ms"), "ms", "(reported)",
          res.get("host_list_p50_ms")),
+        ("GET of one instance p99", res.get("get_one_p99_ms"), "ms", "(reported)",
+         res.get("get_one_p50_ms")),
     ]
     print()
     print(f"MEO with {res['hosts']} hosts (STAND-IN: bench/standin.py, not MEPMs) and "
@@ -344,6 +358,9 @@ def main() -> int:
     ap.add_argument("--idle-s", type=float, default=30.0)
     ap.add_argument("--no-storm", action="store_true", help="end after the idle window")
     ap.add_argument("--settle-s", type=float, default=5.0)
+    ap.add_argument("--usage", action="store_true",
+                    help="the stand-in reports each instance's figures with its host info "
+                         "(new at every heartbeat: the worst case for the MEO)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results-meo-scale.json"))
     a = ap.parse_args()
     res = run(a)

@@ -46,6 +46,7 @@ import uuid
 
 LCM, PKGM, HOSTS = "/app_lcm/v1", "/app_pkgm/v1", "/mecorch/v1/hosts"
 VCPU, MEMORY_MB, DISK_GB = 64.0, 65536, 1000.0      # each host's room (CONTAINER)
+USAGE = False       # --usage: report figures (Host.usage)
 ADMITS = {"reservedVolumes": True, "publishedPorts": False, "vcpuMin": None,
           "vcpuMax": None, "memoryMbMin": None, "memoryMbMax": None, "diskGbMax": None,
           "volumeGbMax": None, "volumesMax": None, "portProtocols": None}
@@ -81,12 +82,33 @@ class Host:
 
     # ------------------------------------------------------------ host
     def info(self) -> dict:
-        return {"hostId": self.host_id, "latencyMs": None, "mp1Url": None,
-                "serviceCidr": "10.90.0.0/24",
-                "capacity": {"CONTAINER": {
-                    "vcpuTotal": VCPU, "vcpuUsed": self.vcpu_used, "memoryMbTotal": MEMORY_MB,
-                    "memoryMbUsed": self.mem_used, "diskGbTotal": DISK_GB, "diskGbUsed": 0.0,
-                    "accel": "", "admits": dict(ADMITS)}}}
+        out = {"hostId": self.host_id, "latencyMs": None, "mp1Url": None,
+               "serviceCidr": "10.90.0.0/24",
+               "capacity": {"CONTAINER": {
+                   "vcpuTotal": VCPU, "vcpuUsed": self.vcpu_used, "memoryMbTotal": MEMORY_MB,
+                   "memoryMbUsed": self.mem_used, "diskGbTotal": DISK_GB, "diskGbUsed": 0.0,
+                   "accel": "", "admits": dict(ADMITS)}}}
+        if USAGE:
+            out["resourceUsage"] = self.usage()
+        return out
+
+    def usage(self) -> dict:
+        """--usage: the host's sum and each INSTANTIATED instance's reading
+        (mecorch.mepm.usage's shape), new at every call: the worst case for
+        the MEO (a real host's change every usage round, not every beat)."""
+        t = time.time()
+        stamp = {"seconds": int(t), "nanoSeconds": int((t % 1) * 1e9)}
+        each = {iid: {"time": stamp, "cpuPercent": 1.5, "cpuSeconds": round(t % 1000, 3),
+                      "memoryBytes": 40 << 20, "memoryLimitBytes": 64 << 20,
+                      "networkRxBytes": int(t), "networkTxBytes": int(t),
+                      "blockReadBytes": 4096, "blockWriteBytes": 1 << 20}
+                for iid, i in self.instances.items()
+                if i.get("instantiationState") == "INSTANTIATED"}
+        total = {k: sum(v[k] for v in each.values()) if each else None
+                 for k in ("cpuPercent", "memoryBytes", "networkRxBytes", "networkTxBytes",
+                           "blockReadBytes", "blockWriteBytes")}
+        return {**total, "instances": len(each), "unavailable": 0,
+                "time": stamp if each else None, "byInstance": each}
 
     def readyz(self) -> dict:
         return {"status": "ready", "checks": [
@@ -360,7 +382,12 @@ def main() -> None:
     ap.add_argument("--prefix", default="edge")
     ap.add_argument("--ports-file", required=True)
     ap.add_argument("--state", required=True, help="its hosts' instances across a restart")
-    asyncio.run(main_async(ap.parse_args()))
+    ap.add_argument("--usage", action="store_true",
+                    help="report each instance's figures with the host info, new every call")
+    a = ap.parse_args()
+    global USAGE
+    USAGE = a.usage
+    asyncio.run(main_async(a))
 
 
 if __name__ == "__main__":

@@ -722,7 +722,26 @@ class SystemLcm(InstanceQueries):
         return entry.state, (round(max(0.0, time.time() - at), 1) if at else None)
 
     def view(self, doc: dict) -> dict:
-        return self._as_known(super().view(doc))
+        out = super().view(doc)
+        figures = self._figures(doc)
+        if figures is not None:
+            out["resourceUsage"] = figures
+        return self._as_known(out)
+
+    def _figures(self, doc: dict) -> dict | None:
+        """The instance's own figures (`resourceUsage`, the host's shape) as
+        its host last read them, with their own time: the host reports each
+        instance's last reading with its heartbeat (mecorch.mepm.usage
+        `byInstance`), kept in memory with the host's report (and in its
+        host_states row for the other replicas), never in the instance's
+        record: no store write per reading. None (absent, not zero) when
+        the host has reported no reading of it. Like the host's, not in the
+        listing's pages."""
+        remote = doc.get("_hostInstance")
+        if not remote or doc.get("instantiationState") != INSTANTIATED:
+            return None
+        entry = self.registry.known(remote["hostId"])
+        return entry.instance_usage(remote["id"]) if entry is not None else None
 
     def _as_known(self, out: dict, away: dict | None = None) -> dict:
         """An instance whose host does not answer: observedState UNKNOWN, the

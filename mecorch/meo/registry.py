@@ -42,6 +42,7 @@ from mecorch.spec.capacity import Need
 from mecorch.meo.reservations import Reservations
 from mecorch.mepm.contract import HostInfo, Mepm
 from mecorch.mepm.remote import RemoteMepm
+from mecorch.mepm.usage import BY_INSTANCE
 from mecorch.kernel.states import DeploymentType
 from mecorch.kernel.store import Has, Store
 from mecorch.kernel.timeutil import timestamp
@@ -80,6 +81,15 @@ class HostEntry:
     info_view: tuple | None = field(default=None, repr=False, compare=False)
     # the info dict a replica that does not lead last read (take_state)
     info_doc: dict | None = field(default=None, repr=False, compare=False)
+
+    def instance_usage(self, host_instance_id: str) -> dict | None:
+        """One of its instances' figures as the host last reported them
+        (its `byInstance`, mecorch.mepm.usage), as of the last heartbeat;
+        None when the host reported no reading of it."""
+        usage = self.info.usage if self.info is not None else None
+        each = usage.get(BY_INSTANCE) if usage else None
+        got = each.get(host_instance_id) if isinstance(each, dict) else None
+        return dict(got) if isinstance(got, dict) else None
 
     def unreachable_for_s(self, now: float | None = None) -> float | None:
         """Seconds since the host was marked UNREACHABLE (None: it is not)."""
@@ -121,7 +131,13 @@ class HostEntry:
             # made once per report: the host list of 1,000 hosts spent 140 ms
             # in to_dict (dataclasses.asdict) per listing
             if self.info_view is None or self.info_view[0] is not self.info:
-                self.info_view = (self.info, self.info.to_dict())
+                d = self.info.to_dict()
+                if isinstance(d.get("resourceUsage"), dict):
+                    # its instances' own readings are shown with each
+                    # instance (SystemLcm.view), not in the host list
+                    d["resourceUsage"] = {k: v for k, v in d["resourceUsage"].items()
+                                          if k != BY_INSTANCE}
+                self.info_view = (self.info, d)
             d = self.info_view[1]
             out.update(capacity=d["capacity"], latencyMs=d["latencyMs"],
                        resourceUsage=d["resourceUsage"])      # its instances' sum
@@ -310,6 +326,13 @@ class Registry:
                            f"{', '.join(sorted(self._hosts)) or 'none'}")
         return entry
 
+    def known(self, host_id: str) -> HostEntry | None:
+        """The host's entry as this process has it, or None: no store read
+        (`get` reads the registrations again for an unknown host), for a
+        lookup per instance of a listing."""
+        with self._lock:
+            return self._hosts.get(host_id)
+
     def entries(self) -> list[HostEntry]:
         with self._lock:
             return sorted(self._hosts.values(), key=lambda e: e.host_id)
@@ -416,7 +439,12 @@ class Registry:
         (or every STATE_REFRESH_S: its last-seen time), not at every beat."""
         with self._lock:
             doc = entry.state_doc()
+        # a change of the figures alone (its instances' readings and their
+        # sum, new at every usage round of the host: mecorch.mepm.usage) is
+        # not a change of state: written with the refresh, not at each beat
         key = {k: v for k, v in doc.items() if k != "lastSeen"}
+        if isinstance(key.get("info"), dict) and "resourceUsage" in key["info"]:
+            key["info"] = {k: v for k, v in key["info"].items() if k != "resourceUsage"}
         last = self._written.get(entry.host_id)
         now = time.monotonic()
         if last is not None and last[0] == key and now - last[1] < STATE_REFRESH_S:

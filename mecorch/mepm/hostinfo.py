@@ -2,8 +2,8 @@
 capacity it can still promise for each and what its driver declares it
 admits (`Capabilities.admission`), its declared latency, its MEP's service
 range (placement by fixed service addresses), its instances' resource
-usage summed (mecorch.mepm.usage), where its VIM takes a running VM in (a
-live relocation, mecorch.mepm.live). Served as
+usage summed and each instance's last reading (mecorch.mepm.usage), where
+its VIM takes a running VM in (a live relocation, mecorch.mepm.live). Served as
 the `/mecorch/v1/hosts` extension (ETSI has no host inventory resource)."""
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ def host_info(orch, host_id: str) -> HostInfo:
     mepm_cfg = orch.cfg.get("mepm") or {}
     lat = mepm_cfg.get("latency_ms")
     reader = getattr(orch, "usage_reader", None)
-    usage = reader.host_sum(host_id) if reader is not None else None
+    # the sum, and each instance's last reading (`byInstance`): an MEO keeps
+    # them from its heartbeat (in memory) for its own `app show`
+    usage = reader.host_sum(host_id, by_instance=True) if reader is not None else None
     return HostInfo(host_id, manners, float(lat) if lat is not None else None,
                     getattr(orch.mep, "mp1_url", None),
                     host.section("mep").get("service_cidr") or None, usage, live_endpoint(host))

@@ -40,6 +40,8 @@ FIGURES = (("cpu_seconds", "cpuSeconds"), ("memory_bytes", "memoryBytes"),
            ("memory_limit_bytes", "memoryLimitBytes"), ("net_rx_bytes", "networkRxBytes"),
            ("net_tx_bytes", "networkTxBytes"), ("block_read_bytes", "blockReadBytes"),
            ("block_write_bytes", "blockWriteBytes"))
+# the key of a host's report (HostInfo.usage) holding each instance's view
+BY_INSTANCE = "byInstance"
 SUMMED = ("cpuPercent", "memoryBytes", "networkRxBytes", "networkTxBytes", "blockReadBytes",
           "blockWriteBytes")
 
@@ -176,27 +178,34 @@ class UsageReader:
         with self._lock:
             return dict(self._readings)
 
-    def host_sum(self, host_id: str) -> dict:
+    def host_sum(self, host_id: str, by_instance: bool = False) -> dict:
         """The host's instances summed (each figure over the instances that
         have it; `instances`: how many have figures, `unavailable`: how many
-        have none); `time`: the oldest reading in the sum."""
+        have none); `time`: the oldest reading in the sum. `by_instance`:
+        also `byInstance`, each instance's own view by its id (what the host
+        reports to an MEO, whose `app show` shows them: mecorch.meo.lcm)."""
         total: dict = {k: None for k in SUMMED}
         counted = missing = 0
         oldest = None
-        for r in self.readings().values():
+        each: dict[str, dict] = {}
+        for iid, r in self.readings().items():
             if r.host != host_id:
                 continue
+            v = r.view()
+            each[iid] = v
             if r.usage is None:
                 missing += 1
                 continue
             counted += 1
             oldest = r.usage.at if oldest is None else min(oldest, r.usage.at)
-            v = r.view()
             for k in SUMMED:
                 if v.get(k) is not None:
                     total[k] = (total[k] or 0) + v[k]
         if total["cpuPercent"] is not None:
             total["cpuPercent"] = round(total["cpuPercent"], 2)
-        return {**total, "instances": counted, "unavailable": missing,
-                "time": _stamp(oldest) if oldest is not None else None}
+        out = {**total, "instances": counted, "unavailable": missing,
+               "time": _stamp(oldest) if oldest is not None else None}
+        if by_instance:
+            out[BY_INSTANCE] = each
+        return out
 

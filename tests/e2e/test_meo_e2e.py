@@ -626,6 +626,17 @@ def test_meo_views_match_the_mepms_and_a_killed_host_shows_unknown(system):
         assert r.returncode == 0 and json.loads(r.stdout)["hostId"] == edge["id"]
         r = _meo_cli(system, "app", "show", i["id"])         # text mode: key: value lines
         assert r.returncode == 0 and f"hostId: {edge['id']}" in r.stdout.splitlines()
+
+        # the container's own figures through the MEO: the reading its MEPM
+        # shows (docker stats, read every health_interval_s), with the same
+        # read time, once the MEO's heartbeat (every 1 s) has brought it
+        def same_reading() -> bool:
+            mine = c.get(f"{INST}/{i['id']}").get("resourceUsage")
+            theirs = procs[name].client.get(f"{INST}/{twin['id']}").get("resourceUsage")
+            return bool(mine) and mine == theirs and (mine.get("memoryBytes") or 0) > 0
+        _wait(same_reading, 40, f"the MEO's figures of {i['id']} to be its MEPM's", step=1)
+        r = _meo_cli(system, "app", "show", i["id"])
+        assert r.returncode == 0 and "resourceUsage: cpu " in r.stdout, r.stdout
     r = _meo_cli(system, "host", "list")
     assert r.returncode == 0, r.stderr
     for edge in edges.values():
