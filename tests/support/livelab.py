@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -47,7 +46,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from support.lab import Netns, private_dir, run
+from support.lab import Netns, private_dir
 
 _LAUNCHER = r"""
 import os, socket, subprocess, sys
@@ -93,6 +92,20 @@ def in_netns(netns: str, fn: Callable, *args, **kw) -> Any:
     if "error" in out:
         raise out["error"]
     return out.get("value")
+
+
+class OnHost:
+    """`obj`'s methods called inside network namespace `netns` (a driver of
+    the second host: it waits for its guests' ports there)."""
+
+    def __init__(self, obj: Any, netns: str):
+        self._obj, self._netns = obj, netns
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._obj, name)
+        if not callable(attr):
+            return attr
+        return lambda *a, **kw: in_netns(self._netns, attr, *a, **kw)
 
 
 class SecondLibvirtd:
@@ -222,6 +235,3 @@ class SecondLibvirtd:
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-def tag() -> str:
-    return secrets.token_hex(3)
