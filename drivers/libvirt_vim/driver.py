@@ -478,7 +478,11 @@ class LibvirtVIM(ComputeDriver, Watchable, Uninstallable, UsageReadable, DataMov
                 raise NotFound(f"domain {name} does not exist")
             if not dom.isActive():
                 raise Conflict(f"domain {name} is not running: a stopped instance moves cold")
-            return L.source_facts(dom, N.lease_addresses(dom), self.settings.network_cidr)
+            addresses = N.lease_addresses(dom)
+            if not addresses:   # moved here live: no lease of this dnsmasq until it renews
+                rec = self._incoming.load(name[len(X.DOMAIN_PREFIX):]) or {}
+                addresses = [(a["ip"], a["mac"]) for a in rec.get("addresses") or []]
+            return L.source_facts(dom, addresses, self.settings.network_cidr)
 
     def prepare_incoming(self, request: ResourceRequest, source: dict) -> dict:
         v = validate_request(request)
@@ -954,6 +958,8 @@ _EVENT_REASONS = {
     (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED): "crashed",
     (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED):
         "the emulator failed",
+    (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_MIGRATED):
+        "migrated to another host",
     (libvirt.VIR_DOMAIN_EVENT_CRASHED, libvirt.VIR_DOMAIN_EVENT_CRASHED_PANICKED):
         "guest kernel panic",
     (libvirt.VIR_DOMAIN_EVENT_SUSPENDED, libvirt.VIR_DOMAIN_EVENT_SUSPENDED_IOERROR):
@@ -966,6 +972,7 @@ _STATE_REASONS = {
     (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_DESTROYED): "destroyed",
     (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_CRASHED): "crashed",
     (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_FAILED): "the emulator failed",
+    (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED): "migrated to another host",
     (libvirt.VIR_DOMAIN_CRASHED, libvirt.VIR_DOMAIN_CRASHED_PANICKED): "guest kernel panic",
     (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_IOERROR): "disk I/O error",
     (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_WATCHDOG): "watchdog fired",

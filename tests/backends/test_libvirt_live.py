@@ -166,6 +166,11 @@ def test_a_running_vm_moves_live_and_keeps_its_address_memory_and_disks(
 
     # a target that cannot be reached: fails, the instance runs here still
     offer = dst.prepare_incoming(_request(iid2), facts)
+    # (meanwhile another guest cannot take that address here)
+    other = dict(facts, addresses=[{"ip": ip, "mac": "52:54:00:00:00:42"}])
+    with pytest.raises(errors.Conflict, match=f"{ip} is reserved for another guest"):
+        dst.prepare_incoming(_request(f"lv3-{uid}"), other)
+    assert _lab_state(lab, dst, f"lv3-{uid}") == {**NOTHING, "dhcp_hosts": [(mac, ip)]}
     bad = dict(offer, uri="qemu+tcp://127.0.0.1:1/system")
     with pytest.raises(errors.BackendError, match="127.0.0.1"):
         src.migrate_out(alloc.handle, bad, 30)
@@ -191,12 +196,15 @@ def test_a_running_vm_moves_live_and_keeps_its_address_memory_and_disks(
     assert _lab_state(lab, dst, iid2)["dhcp_hosts"] == [(mac, ip)]
     dst.abort_incoming(iid2)                   # adopted: the instance's now, not undone
     assert dst.inspect(alloc2.handle).state == ObservedState.RUNNING
+    # moved again from here: its address comes from the reservation (no lease yet)
+    assert dst.live_source(alloc2.handle)["addresses"] == [{"ip": ip, "mac": mac}]
 
     # the source: shut off, defined, no autostart; destroy leaves nothing
     dom = conn.lookupByName(alloc.handle["domain"])
     assert dom.state()[0] == libvirt.VIR_DOMAIN_SHUTOFF and dom.isPersistent()
     assert dom.autostart() == 0
-    assert src.inspect(alloc.handle).state == ObservedState.STOPPED
+    stopped = src.inspect(alloc.handle)
+    assert stopped.state == ObservedState.STOPPED and "migrated" in stopped.detail
     src.destroy(alloc.handle)
     assert X.domain_name(iid) not in domains(conn)
     assert [v for v in volumes(conn, vim_cfg["pool"]) if v.startswith(f"{iid}-")] == []
