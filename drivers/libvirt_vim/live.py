@@ -158,10 +158,19 @@ def check_range(addresses: list[dict], cidr: str, network: str, source_cidr) -> 
     for a in addresses:
         ip = ipaddress.ip_address(a["ip"])
         if ip not in net or a["ip"] == gw or ip in (net.network_address, net.broadcast_address):
-            theirs = f" (the source's range {source_cidr})" if isinstance(source_cidr, str) else ""
+            theirs = f" (the source's range {_cidr_or_none(source_cidr)})" \
+                if _cidr_or_none(source_cidr) else ""
             raise Conflict(f"the guest's address {a['ip']}{theirs} is not one of this host's "
                            f"network {network} range {cidr}: a live migration keeps the "
                            "guest's address, so both hosts need the same range (move it cold)")
+
+
+def _cidr_or_none(value) -> str | None:
+    """The source's range as it said it, when it is one (named in a refusal)."""
+    try:
+        return str(ipaddress.ip_network(value, strict=False)) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 def check_free(net, addresses: list[dict], network: str) -> None:
