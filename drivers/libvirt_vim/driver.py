@@ -18,16 +18,22 @@ and owned by the user QEMU runs as (libvirt's DAC label; libvirt does not
 relabel fw_cfg files), in a 0700 directory of that user; removed with the
 domain (a failed deploy's too, and by a destroy of a domain already gone).
 
-Relocation (DataMovable): cold only. `export_data` writes a shut-off
+Relocation (DataMovable): cold. `export_data` writes a shut-off
 domain's disks (overlay and data disks, qcow2 files as they lie in the
 pool) into one tar; a deploy given `ResourceRequest.seed` makes its volumes
 as always, writes the archive's members over them and points the overlay at
-this host's base of the image (module `carry`). Live migration (libvirt's
-peer-to-peer `virDomainMigrateToURI3` with its storage copied) is not built:
-it needs two libvirtd, one per host, reaching each other, and the hosts of
-the tests (and of one machine's configuration) share one libvirtd, where a
-domain cannot migrate onto the daemon it runs on; the Vagrant lab's two
-nodes would be its first real test.
+this host's base of the image (module `carry`).
+
+Live relocation (LiveMovable, module `live`): libvirt's peer-to-peer
+`virDomainMigrateToURI3` with the disks copied (NON_SHARED_INC), between
+two hosts' libvirtds whose networks have the same range (the guest keeps
+its address). The target (`vim.live_uri`, `vim.live_address` set) prepares
+its volumes, the destination XML and a DHCP host entry reserving the
+guest's address; the source migrates and is left shut off, defined, its
+autostart cleared (a rollback starts it; `destroy` removes it); the
+target's deploy given `ResourceRequest.incoming` adopts the arrived domain.
+Tested with a second libvirtd in namespaces of its own on one machine
+(tests/support/livelab.py).
 """
 
 from __future__ import annotations
@@ -44,7 +50,8 @@ import libvirt
 
 from mecorch.kernel import validate
 from mecorch.driverapi.contracts import (
-    Capabilities, ComputeDriver, DataMovable, Uninstallable, UsageReadable, Watchable)
+    Capabilities, ComputeDriver, DataMovable, LiveMovable, Uninstallable, UsageReadable,
+    Watchable)
 from mecorch.kernel.errors import (
     BackendError, BackendUnavailable, Conflict, InvalidInput, MecorchError, NotFound, Timeout)
 from mecorch.driverapi.model import (
@@ -54,6 +61,7 @@ from mecorch.kernel.states import DeploymentType, ObservedState
 
 from . import accel as A
 from . import carry as C
+from . import live as L
 from . import network as N
 from . import storage as S
 from . import xmlrender as X
@@ -132,7 +140,8 @@ def write_guest_env(path: Path, data: bytes, owner: tuple[int, int] | None) -> N
         os.close(fd)
 
 
-class LibvirtVIM(ComputeDriver, Watchable, Uninstallable, UsageReadable, DataMovable):
+class LibvirtVIM(ComputeDriver, Watchable, Uninstallable, UsageReadable, DataMovable,
+                 LiveMovable):
     kind = "vim"
 
     def __init__(self, config: dict):
@@ -272,6 +281,8 @@ class LibvirtVIM(ComputeDriver, Watchable, Uninstallable, UsageReadable, DataMov
         return A.load(str(self.settings.accel_cache)) or {"accel": self.settings.accel}
 
     def deploy(self, request: ResourceRequest) -> Allocation:
+        if request.incoming is not None:
+            return self._adopt(request)
         v = validate_request(request)
         record = self.images.check(request.image)
         s = self.settings
@@ -449,6 +460,187 @@ class LibvirtVIM(ComputeDriver, Watchable, Uninstallable, UsageReadable, DataMov
                 cause.detail += f" (and the rollback failed: {e.detail})"
                 cause.args = (cause.detail,)
 
+    # -- live migration (LiveMovable; mechanics in module `live`) ----------------
+    @cached_property
+    def _incoming(self) -> L.Records:
+        return L.Records(self.settings.state_dir)
+
+    def live_endpoint(self) -> dict | None:
+        s = self.settings
+        return None if s.live_uri is None else {"uri": s.live_uri, "network_cidr": s.network_cidr}
+
+    def live_source(self, handle: dict) -> dict:
+        name, _ = self._handle_parts(handle)
+        conn = self._connect()
+        with libvirt_errors(f"live source {name}"):
+            dom = _lookup_domain(conn, name)
+            if dom is None:
+                raise NotFound(f"domain {name} does not exist")
+            if not dom.isActive():
+                raise Conflict(f"domain {name} is not running: a stopped instance moves cold")
+            addresses = N.lease_addresses(dom)
+            if not addresses:   # moved here live: no lease of this dnsmasq until it renews
+                rec = self._incoming.load(name[len(X.DOMAIN_PREFIX):]) or {}
+                addresses = [(a["ip"], a["mac"]) for a in rec.get("addresses") or []]
+            return L.source_facts(dom, addresses, self.settings.network_cidr)
+
+    def prepare_incoming(self, request: ResourceRequest, source: dict) -> dict:
+        v = validate_request(request)
+        s = self.settings
+        iid, name = v["iid"], X.domain_name(v["iid"])
+        if s.live_uri is None:
+            raise Conflict(f"host {s.host_id} takes no live migration: vim.live_uri is not set")
+        src_root, targets, addresses = L.source_identity(source)
+        if len(targets) != 1 + len(request.volumes):
+            raise Conflict(f"the source domain has {len(targets)} disk(s), the request "
+                           f"{1 + len(request.volumes)} (system disk and data disks)")
+        L.check_range(addresses, s.network_cidr, s.network, source.get("network_cidr"))
+        record = self.images.check(request.image)
+        conn = self._ready()
+        root = X.root_volume_name(iid)
+        data = [(X.data_volume_name(iid, vs.name), vs) for vs in request.volumes]
+        with libvirt_errors(f"prepare incoming {iid}"):
+            pool = self._pool(conn)
+            net = conn.networkLookupByName(s.network)
+            if _lookup_domain(conn, name) is not None or self._incoming.load(iid) is not None:
+                raise Conflict(f"instance {iid}: domain {name} or its incoming move already exists")
+            for vol in [root] + [n for n, _ in data]:
+                if S.lookup_volume(pool, vol) is not None:
+                    raise Conflict(f"instance {iid}: volume {vol} already exists in pool {s.pool}")
+            L.check_free(net, addresses, s.network)
+        rec = {"domain": name, "volumes": [], "addresses": [], "image": request.image}
+        self._incoming.save(iid, rec)       # first: abort_incoming finds what follows
+        try:
+            with libvirt_errors(f"prepare incoming {iid}"):
+                base = S.ensure_base(conn, pool, str(self.images.path(request.image)),
+                                     X.base_volume_name(request.image, record["sha256"]))
+                paths = []
+                for vol, size in [(root, None)] + [(n, vs.size_gb) for n, vs in data]:
+                    rec["volumes"].append(vol)
+                    self._incoming.save(iid, rec)
+                    made = (S.create_overlay(pool, vol, base, v["disk_bytes"]) if size is None
+                            else S.create_volume(pool, vol, int(size * GIB)))
+                    paths.append(made.path())
+                rec["addresses"] = addresses
+                self._incoming.save(iid, rec)
+                L.reserve(net, addresses)
+                meta = X.DomainMeta(iid, request.app_d_id, s.host_id, request.image, s.pool,
+                                    ((root, False),) + tuple((n, vs.reserved) for n, vs in data))
+                env_file = self._write_env(conn, name, src_root.get("type"), v["env"])
+                xml = L.dest_xml(src_root, disk_paths=paths, network=s.network, meta=meta,
+                                 env_file=env_file, console_log=self._console_log(name))
+        except BaseException:
+            try:
+                self.abort_incoming(iid)
+            except MecorchError:
+                pass        # the cause matters more; abort_incoming again removes the rest
+            raise
+        return {"uri": s.live_uri, "migrate_uri": f"tcp://{s.live_address}", "xml": xml,
+                "disks": targets, "instance_id": iid, "domain": name}
+
+    def migrate_out(self, handle: dict, offer: dict, timeout_s: float) -> None:
+        name, _ = self._handle_parts(handle)
+        o = L.check_offer(offer)
+        timeout_s = validate.number(timeout_s, "timeout_s", 1, 86400)
+        conn = self._connect()
+        with libvirt_errors(f"migrate {name}"):
+            dom = _lookup_domain(conn, name)
+            if dom is None:
+                raise NotFound(f"domain {name} does not exist")
+            if not dom.isActive():
+                raise Conflict(f"domain {name} is not running: nothing to migrate live")
+        L.migrate(dom, o, timeout_s)
+        with libvirt_errors(f"after migrating {name}"):
+            # shut off here now, defined for a rollback: a host reboot must
+            # not start it again beside its moved self
+            dom.setAutostart(0)
+
+    def abort_incoming(self, instance_id: str) -> None:
+        iid = validate.ident(instance_id, "instance_id")
+        rec = self._incoming.load(iid)
+        if rec is None or rec.get("adopted"):
+            return          # nothing prepared, or adopted: the instance's now (destroy)
+        s = self.settings
+        name = X.domain_name(iid)
+        conn = self._connect()
+        with libvirt_errors(f"abort incoming {iid}"):
+            dom = _lookup_domain(conn, name)
+            if dom is not None:
+                meta = _read_meta(dom)
+                if meta and meta.host_id == s.host_id and meta.instance_id == iid:
+                    self._remove_domain(dom)        # it arrived (or was adopted half-way)
+            pool = self._pool(conn)
+            for vol in reversed(rec.get("volumes") or []):
+                S.delete_volume(pool, vol)
+            if rec.get("addresses"):
+                L.release(conn.networkLookupByName(s.network), rec["addresses"])
+        self._remove_console_log(name)
+        unlink_quietly(self._env_file(name))
+        self._incoming.drop(iid)
+        self._collect_bases()
+
+    def _adopt(self, request: ResourceRequest) -> Allocation:
+        """deploy() of a live relocation's target: the domain that arrived
+        for this prepared instance, as a deploy's Allocation; on failure
+        everything of it here is removed (abort_incoming)."""
+        v = validate_request(request)
+        s = self.settings
+        iid, name = v["iid"], X.domain_name(v["iid"])
+        rec = self._incoming.load(iid)
+        if rec is None:
+            raise Conflict(f"instance {iid}: no incoming live migration was prepared here")
+        offer = request.incoming
+        if not isinstance(offer, dict) or offer.get("domain") != name \
+                or offer.get("instance_id") != iid:
+            raise InvalidInput(f"incoming: not the offer this host made for instance {iid}")
+        conn = self._connect()
+        try:
+            with libvirt_errors(f"adopt {name}"):
+                dom = _lookup_domain(conn, name)
+                if dom is None:
+                    raise Conflict(f"domain {name} has not arrived: was it migrated here?")
+                meta = _read_meta(dom)
+                if not meta or meta.host_id != s.host_id or meta.instance_id != iid \
+                        or meta.pool != s.pool:
+                    raise Conflict(f"domain {name} is not the one prepared for instance {iid} "
+                                   "on this host (its metadata)")
+                if not dom.isActive():
+                    raise Conflict(f"domain {name} arrived but is not running")
+                t0 = time.monotonic()
+                ip = rec["addresses"][0]["ip"]
+                tcp = [p.port for p in request.ports if p.protocol == "tcp"]
+                if tcp:
+                    N.wait_tcp(ip, tcp[0], t0 + s.boot_timeout_s)
+                dom.setAutostart(1)
+                # adopted: abort_incoming leaves it; destroy releases its
+                # address reservation
+                self._incoming.save(iid, {"adopted": True, "addresses": rec["addresses"]})
+                uuid = dom.UUIDString()
+                virt_type = ET.fromstring(dom.XMLDesc(0)).get("type")
+                record = self.images.catalog.get(request.image) or {}
+        except BaseException:
+            try:
+                self.abort_incoming(iid)
+            except MecorchError:
+                pass
+            raise
+        root = X.root_volume_name(iid)
+        data = [(X.data_volume_name(iid, vs.name), vs) for vs in request.volumes]
+        vols = [{"name": "root", "size_gb": request.disk_gb, "id": root, "reserved": False}]
+        vols += [{"name": vs.name, "size_gb": vs.size_gb, "id": n, "reserved": vs.reserved}
+                 for n, vs in data]
+        handle = {"domain": name, "uuid": uuid, "pool": s.pool, "instance_id": iid,
+                  "volumes": [{"name": x["id"], "reserved": x["reserved"]} for x in vols]}
+        return Allocation(
+            instance_id=iid, manner=DeploymentType.VM, vcpu=request.vcpu,
+            memory_mb=request.memory_mb, storage=tuple(vols),
+            addresses=tuple(Address(a["ip"], s.network, a["mac"]) for a in rec["addresses"]),
+            handle=handle,
+            extra={"accel": "kvm" if virt_type == "kvm" else "tcg", "vcpu_count": v["vcpu"],
+                   "boot_s": 0.0, "adopted_s": round(time.monotonic() - t0, 2),
+                   "live_migrated": True, "console_log": self._console_log(name),
+                   "image_sha256": record.get("sha256", "")})
+
     # -- lifecycle -------------------------------------------------------------
     @staticmethod
     def _handle_parts(handle: dict) -> tuple[str, list[dict]]:
@@ -507,7 +699,26 @@ class LibvirtVIM(ComputeDriver, Watchable, Uninstallable, UsageReadable, DataMov
                         S.delete_volume(pool, vol)
         self._remove_console_log(name)
         unlink_quietly(self._env_file(name))      # also when the domain was already gone
+        self._release_adopted(conn, name)
         self._collect_bases()
+
+    def _release_adopted(self, conn, name: str) -> None:
+        """A live-migrated instance's DHCP reservation and record, at its
+        destroy (none for a deployed one)."""
+        iid = name[len(X.DOMAIN_PREFIX):]
+        rec = self._incoming.load(iid)
+        if rec is None:
+            return
+        with libvirt_errors(f"release the addresses of {name}"):
+            try:
+                net = conn.networkLookupByName(self.settings.network)
+            except libvirt.libvirtError as e:
+                if e.get_error_code() != libvirt.VIR_ERR_NO_NETWORK:
+                    raise
+                net = None
+            if net is not None:
+                L.release(net, rec.get("addresses") or [])
+        self._incoming.drop(iid)
 
     def stop(self, handle: dict, timeout_s: float) -> None:
         name, _ = self._handle_parts(handle)
@@ -747,6 +958,8 @@ _EVENT_REASONS = {
     (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED): "crashed",
     (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED):
         "the emulator failed",
+    (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_MIGRATED):
+        "migrated to another host",
     (libvirt.VIR_DOMAIN_EVENT_CRASHED, libvirt.VIR_DOMAIN_EVENT_CRASHED_PANICKED):
         "guest kernel panic",
     (libvirt.VIR_DOMAIN_EVENT_SUSPENDED, libvirt.VIR_DOMAIN_EVENT_SUSPENDED_IOERROR):
@@ -759,6 +972,7 @@ _STATE_REASONS = {
     (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_DESTROYED): "destroyed",
     (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_CRASHED): "crashed",
     (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_FAILED): "the emulator failed",
+    (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED): "migrated to another host",
     (libvirt.VIR_DOMAIN_CRASHED, libvirt.VIR_DOMAIN_CRASHED_PANICKED): "guest kernel panic",
     (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_IOERROR): "disk I/O error",
     (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_WATCHDOG): "watchdog fired",

@@ -55,3 +55,15 @@ def libvirt_errors(what: str) -> Iterator[None]:
         yield
     except libvirt.libvirtError as e:
         raise translate(e, what) from None
+
+
+@contextlib.contextmanager
+def migration_errors(what: str, target: str) -> Iterator[None]:
+    """A migration's libvirt calls: any failure is a BackendError naming the
+    target (an unreachable target is not this host's libvirtd being down:
+    never BackendUnavailable, which would mark this host unreachable)."""
+    try:
+        yield
+    except libvirt.libvirtError as e:
+        msg = e.get_error_message() or str(e)
+        raise BackendError(f"{what} to {target}: {msg}") from None

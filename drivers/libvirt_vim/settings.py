@@ -17,6 +17,9 @@ from mecorch.kernel import validate
 from mecorch.kernel.errors import InvalidInput
 from mecorch.kernel.schema import ABSENT, DEFAULT_HOST, NUMBER, STR, host_name, key, read
 
+# a libvirt URI another host's libvirtd may connect to (peer to peer)
+_LIVE_URI = re.compile(r"qemu\+(tcp|tls|ssh)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]{0,252})"
+                       r"(:[0-9]{1,5})?/system")
 _BRIDGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")    # IFNAMSIZ: 15 chars
 ACCEL_MODES = ("auto", "kvm", "tcg")
 
@@ -35,6 +38,12 @@ SCHEMA = (
         "bootable disk the KVM probe uses", nullable=True),
     key("bridge", STR, ABSENT, "bridge name of the NAT network (default: mecorch-br0 for "
         "the network mecorch, mc-<network> for another)"),
+    key("live_uri", STR, None, "live migration: the libvirt URI another host's libvirtd "
+        "connects to for this host (qemu+tcp|qemu+tls|qemu+ssh://<host>/system); unset: "
+        "this host takes no live migration in (a move to it is cold)", nullable=True),
+    key("live_address", STR, None, "live migration: the IPv4 address of this host the "
+        "source's QEMU sends the guest's memory and disks to (tcp://<address>); required "
+        "with live_uri", nullable=True),
 )
 
 OWNED = ("network", "pool")       # the bridge goes with its network
@@ -80,6 +89,8 @@ class Settings:
     boot_timeout_s: float
     probe_timeout_s: float
     probe_image: str | None            # a bootable qcow2 `check()` may probe KVM with
+    live_uri: str | None = None        # see SCHEMA: live migration in
+    live_address: str | None = None
 
     @property
     def pool_dir(self) -> Path:
@@ -136,7 +147,23 @@ def parse(cfg: dict[str, Any]) -> Settings:
         boot_timeout_s=validate.number(cfg["boot_timeout_s"], "vim.boot_timeout_s", 1, 3600),
         probe_image=_abs_or_none(probe_image, "vim.probe_image"),
         probe_timeout_s=validate.number(cfg["probe_timeout_s"], "vim.probe_timeout_s", 1, 600),
+        **_live(cfg.get("live_uri"), cfg.get("live_address")),
     )
+
+
+def _live(uri, address) -> dict:
+    """live_uri and live_address, checked: both or neither."""
+    if uri is None:
+        if address is not None:
+            raise InvalidInput("vim.live_address: set only with vim.live_uri")
+        return {}
+    if not isinstance(uri, str) or not _LIVE_URI.fullmatch(uri):
+        raise InvalidInput("vim.live_uri: must be qemu+tcp://, qemu+tls:// or qemu+ssh:// "
+                           "<host>[:port]/system")
+    if address is None:
+        raise InvalidInput("vim.live_address: required with vim.live_uri (where the "
+                           "migration stream arrives)")
+    return {"live_uri": uri, "live_address": validate.ip_address(address, "vim.live_address", 4)}
 
 
 def _abs_or_none(value, field: str) -> str | None:

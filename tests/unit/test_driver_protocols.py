@@ -62,7 +62,8 @@ def test_a_driver_declares_what_it_has(cls):
 def test_the_declared_sets():
     want = {"DockerCIM": {"Watchable", "Revivable", "Uninstallable", "ExecInside",
                           "UsageReadable", "DataMovable"},
-            "LibvirtVIM": {"Watchable", "Uninstallable", "UsageReadable", "DataMovable"},
+            "LibvirtVIM": {"Watchable", "Uninstallable", "UsageReadable", "DataMovable",
+                           "LiveMovable"},
             "OpenStackVIM": {"UsageReadable"},
             "LinuxMEP": {"RuleAudit", "DnsOnAppNetworks", "Uninstallable"},
             "FakeCompute": set(), "MeteredCompute": {"UsageReadable"},
