@@ -51,6 +51,12 @@ def moved_out(inst: dict | None) -> bool:
     return bool((inst or {}).get(MOVED_OUT))
 
 
+def incoming(inst: dict | None) -> bool:
+    """The instance keeps a live move's offer: what its backend holds of it
+    (the arrived, running guest) waits for its instantiate to adopt it."""
+    return bool((inst or {}).get(INCOMING))
+
+
 def driver_moves_live(host, manner: DeploymentType, instance_id: str) -> LiveMovable:
     """The host's driver of `manner`; UnsupportedAction, naming it, when it
     cannot move a running instance (not LiveMovable). Loaded, not opened."""

@@ -45,7 +45,7 @@ from mecorch.mepm import replicas, runtimes
 from mecorch.mepm.lcm import Lcm
 from mecorch.mepm.mep import MepService
 from mecorch.mepm.fence import fenced
-from mecorch.mepm.live import moved_out
+from mecorch.mepm.live import incoming, moved_out
 from mecorch.mepm.platform_rules import in_service
 from mecorch.driverapi.contracts import Revivable, RuleAudit
 from mecorch.driverapi.model import Observation
@@ -155,13 +155,15 @@ class Reconciler:
                 line = self.supervisor.died(host, manner, obs_list[0])
                 done += [line] if line else []
             return done
-        if self.lcm.working_on(iid):
+        # A live move's arrival (or one arriving): it runs here before its
+        # instance's instantiate adopts it; the kept offer says so
+        if self.lcm.working_on(iid) or incoming(inst):
             return []
         try:
             with self.lcm.hold(iid):
                 inst = self.store.get("instances", iid)     # again, now that it is held
                 if self._owned(inst, host, manner) and runtimes.is_current(inst, rid) \
-                        or self.lcm.journal.in_progress(iid):
+                        or self.lcm.journal.in_progress(iid) or incoming(inst):
                     return []
                 compute = host.compute(manner)
                 # Listed before the hold: a terminate and delete that ended

@@ -172,6 +172,23 @@ def test_nothing_starts_a_moved_out_instance_but_an_operate_start(pair):
     src.orch.supervisor.close()
 
 
+def test_a_reconciliation_leaves_an_arrival_to_its_instantiate(pair):
+    """Between the migration's end and the target's instantiate, the
+    arrived guest runs on the target for an instance NOT_INSTANTIATED
+    there: no orphan (a reconciliation round once destroyed it, and held
+    the instance while it did: the instantiate was refused)."""
+    src, dst = pair
+    sid, tid, _, offer = moved(src, dst)
+    assert tid in [o.instance_id for o in dst.vim.list_instances()]   # listed, as libvirt does
+    dst.orch.reconciler.run_once()
+    assert tid in dst.wire[endpoint("dst")["uri"]]
+    op = dst.mepm.instantiate(tid, BODY, key="inst-dst")
+    assert wait_op(dst.mepm, op["id"])["operationState"] == "COMPLETED"
+    assert dst.vim.incomings == [offer["driver"]]
+    dst.orch.reconciler.run_once()                      # adopted: its instance's now
+    assert dst.vim.instances[tid]["state"] is ObservedState.RUNNING
+
+
 def test_an_operate_start_rolls_a_move_back_and_a_terminate_ends_it(pair):
     src, dst = pair
     sid, _, _, _ = moved(src, dst)

@@ -233,8 +233,9 @@ class LiveCompute(CarryingCompute, LiveMovable):
     data) under the offer's uri and leaves it here STOPPED, kept, as a
     shut-off domain; a deploy given `incoming` (its own prepare's offer)
     adopts what arrived, keeping the guest's address and data, and lists
-    the offer in `incomings`; `abort_incoming` removes the offer and an
-    arrival. Each verb fails as `fail[verb]` says, as FakeCompute's."""
+    the offer in `incomings`; an arrival not adopted yet is listed by
+    `list_instances` (running) and removed by `destroy`, as libvirt's
+    migrated domain; `abort_incoming` removes the offer and an arrival. Each verb fails as `fail[verb]` says, as FakeCompute's."""
 
     def __init__(self, manner: DeploymentType = DeploymentType.VM, wire: dict | None = None,
                  endpoint: dict | None = None, **kw):
@@ -307,6 +308,20 @@ class LiveCompute(CarryingCompute, LiveMovable):
         self.data[iid] = arrived["data"]
         return Allocation(iid, self.manner, request.vcpu, request.memory_mb, (),
                           (Address(arrived["ip"], "fake"),), {"id": iid})
+
+    def _arrived(self) -> dict:
+        return self.wire.get((self.endpoint or {}).get("uri"), {})
+
+    def list_instances(self):
+        # an arrival is listed before its adoption, as libvirt lists the
+        # migrated domain (running, this host's marks)
+        return super().list_instances() + [
+            Observation(d, ObservedState.RUNNING, {"id": d}) for d in self._arrived()
+            if d not in self.instances]
+
+    def destroy(self, handle):
+        super().destroy(handle)
+        self._arrived().pop(self._id(handle), None)
 
     def abort_incoming(self, instance_id):
         self._maybe_fail("abort_incoming")

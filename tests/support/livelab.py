@@ -26,6 +26,14 @@ hostname and execs libvirtd), stopped by its pid; `close()` then removes
 what it holds (its domains, networks, pools: they live in its private
 dirs), the namespace, the veth pair and the directories.
 
+`peer(a, b, cidr)` joins two of them directly (two second hosts, the
+one test of a relocation between two MEPMs): a veth pair between their
+namespaces on a /30 of its own, and a route in each to the other's
+listening address over it (its libvirtd's TCP listener and its QEMUs'
+incoming migrations are on that address): libvirtd->libvirtd and
+QEMU->QEMU traffic goes straight from one to the other, never through
+the root namespace (whose FORWARD policy docker sets to DROP).
+
 `in_netns(name, fn, *args)` runs `fn` in a thread that entered the
 namespace (setns is per thread): what runs "on the second host" (a driver
 waiting for a guest's TCP port, an HTTP client) reaches its guests there.
@@ -106,6 +114,26 @@ class OnHost:
         if not callable(attr):
             return attr
         return lambda *a, **kw: in_netns(self._netns, attr, *a, **kw)
+
+
+def peer(a: "SecondLibvirtd", b: "SecondLibvirtd", cidr: str) -> str:
+    """A direct link between two started labs' namespaces on `cidr` (a
+    /30: its first host address on `a`'s end, the second on `b`'s), each
+    reaching the other's `ip` through it. Returns the link's name (`a`'s
+    end; `b`'s is it + "p"). It goes with either namespace."""
+    import ipaddress
+    net = ipaddress.ip_network(cidr)
+    if net.prefixlen != 30:
+        raise ValueError(f"peer: cidr must be a /30, not {cidr!r}")
+    ea, eb = (str(h) for h in net.hosts())
+    link = f"mctp{a.tag}"[:13]
+    subprocess.run(["ip", "link", "add", link, "netns", a.netns.name, "type", "veth",
+                    "peer", "name", link + "p", "netns", b.netns.name], check=True)
+    for lab, name, mine, theirs, other in ((a, link, ea, eb, b), (b, link + "p", eb, ea, a)):
+        lab.exec("ip", "addr", "add", f"{mine}/30", "dev", name)
+        lab.exec("ip", "link", "set", name, "up")
+        lab.exec("ip", "route", "add", f"{other.ip}/32", "via", theirs)
+    return link
 
 
 class SecondLibvirtd:
