@@ -359,19 +359,29 @@ class LibvirtVIM(ComputeDriver, Watchable, Uninstallable, UsageReadable, DataMov
         except BaseException as e:
             self._rollback(conn, name, dom, made, e)
             raise
-        vols = [{"name": "root", "size_gb": request.disk_gb, "id": root, "reserved": False}]
-        vols += [{"name": vs.name, "size_gb": vs.size_gb, "id": n, "reserved": vs.reserved}
-                 for n, vs in data]
-        handle = {"domain": name, "uuid": uuid, "pool": s.pool, "instance_id": iid,
+        return self._allocation(request, uuid, leases, {
+            "accel": accel, "vcpu_count": v["vcpu"], "boot_s": round(boot_s, 2),
+            "console_log": self._console_log(name), "image_sha256": record["sha256"],
+            **({"seed_s": round(seed_s, 2)} if seed else {})})
+
+    def _allocation(self, request: ResourceRequest, uuid: str,
+                    addresses: list[tuple[str, str]], extra: dict) -> Allocation:
+        """What a deploy (or an adoption) made: the system disk and data
+        disks by the instance's volume names, its addresses, its handle."""
+        iid, s = request.instance_id, self.settings
+        vols = [{"name": "root", "size_gb": request.disk_gb, "id": X.root_volume_name(iid),
+                 "reserved": False}]
+        vols += [{"name": vs.name, "size_gb": vs.size_gb,
+                  "id": X.data_volume_name(iid, vs.name), "reserved": vs.reserved}
+                 for vs in request.volumes]
+        handle = {"domain": X.domain_name(iid), "uuid": uuid, "pool": s.pool,
+                  "instance_id": iid,
                   "volumes": [{"name": x["id"], "reserved": x["reserved"]} for x in vols]}
         return Allocation(
             instance_id=iid, manner=DeploymentType.VM, vcpu=request.vcpu,
             memory_mb=request.memory_mb, storage=tuple(vols),
-            addresses=tuple(Address(ip, s.network, mac) for ip, mac in leases),
-            handle=handle,
-            extra={"accel": accel, "vcpu_count": v["vcpu"], "boot_s": round(boot_s, 2),
-                   "console_log": self._console_log(name), "image_sha256": record["sha256"],
-                   **({"seed_s": round(seed_s, 2)} if seed else {})})
+            addresses=tuple(Address(ip, s.network, mac) for ip, mac in addresses),
+            handle=handle, extra=extra)
 
     def export_data(self, handle: dict, into: Path) -> None:
         """The shut-off domain's disks as one tar at `into` (see `carry`):
@@ -624,22 +634,12 @@ class LibvirtVIM(ComputeDriver, Watchable, Uninstallable, UsageReadable, DataMov
             except MecorchError:
                 pass
             raise
-        root = X.root_volume_name(iid)
-        data = [(X.data_volume_name(iid, vs.name), vs) for vs in request.volumes]
-        vols = [{"name": "root", "size_gb": request.disk_gb, "id": root, "reserved": False}]
-        vols += [{"name": vs.name, "size_gb": vs.size_gb, "id": n, "reserved": vs.reserved}
-                 for n, vs in data]
-        handle = {"domain": name, "uuid": uuid, "pool": s.pool, "instance_id": iid,
-                  "volumes": [{"name": x["id"], "reserved": x["reserved"]} for x in vols]}
-        return Allocation(
-            instance_id=iid, manner=DeploymentType.VM, vcpu=request.vcpu,
-            memory_mb=request.memory_mb, storage=tuple(vols),
-            addresses=tuple(Address(a["ip"], s.network, a["mac"]) for a in rec["addresses"]),
-            handle=handle,
-            extra={"accel": "kvm" if virt_type == "kvm" else "tcg", "vcpu_count": v["vcpu"],
-                   "boot_s": 0.0, "adopted_s": round(time.monotonic() - t0, 2),
-                   "live_migrated": True, "console_log": self._console_log(name),
-                   "image_sha256": record.get("sha256", "")})
+        return self._allocation(
+            request, uuid, [(a["ip"], a["mac"]) for a in rec["addresses"]],
+            {"accel": "kvm" if virt_type == "kvm" else "tcg", "vcpu_count": v["vcpu"],
+             "boot_s": 0.0, "adopted_s": round(time.monotonic() - t0, 2),
+             "live_migrated": True, "console_log": self._console_log(name),
+             "image_sha256": record.get("sha256", "")})
 
     # -- lifecycle -------------------------------------------------------------
     @staticmethod

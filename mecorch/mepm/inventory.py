@@ -16,7 +16,8 @@ import threading
 import time
 
 from mecorch.driverapi.contracts import ComputeDriver, Driver, PlatformDriver, load_driver
-from mecorch.kernel.errors import Conflict, InvalidInput, MecorchError, NotFound
+from mecorch.kernel.errors import (
+    Conflict, InvalidInput, MecorchError, NotFound, UnsupportedAction)
 from mecorch.driverapi.model import HostCapacity
 from mecorch.kernel.states import DeploymentType
 from mecorch.spec import placement
@@ -70,6 +71,22 @@ class EdgeHost:
                 drv.open()
                 self._drivers[role] = drv
             return drv
+
+    def compute_that(self, manner: DeploymentType, verbs: type, instance_id: str,
+                     can: str):
+        """The driver of `manner`, loaded (not opened), when it declares the
+        optional `verbs` (a contract of mecorch.driverapi.contracts);
+        UnsupportedAction naming the driver and what it `can`not do
+        otherwise."""
+        role = ROLE_OF[manner]
+        drv = self.driver(role, opened=False)
+        if not isinstance(drv, verbs):
+            named = self.section(role).get("driver")
+            name = f"{named!r} ({type(drv).__name__})" if named else type(drv).__name__
+            raise UnsupportedAction(f"app instance {instance_id}: the {role} driver {name} of "
+                                    f"edge host {self.id} cannot {can} (it is not "
+                                    f"{verbs.__name__})")
+        return drv
 
     def compute(self, manner: DeploymentType) -> ComputeDriver:
         drv = self.driver(ROLE_OF[manner])

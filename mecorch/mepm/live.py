@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from mecorch.driverapi.contracts import LiveMovable
 from mecorch.kernel import logs, validate
-from mecorch.kernel.errors import Conflict, InvalidInput, UnsupportedAction
+from mecorch.kernel.errors import Conflict, InvalidInput
 from mecorch.kernel.states import DeploymentType, InstanceOperationalState, InstantiationState
 from mecorch.kernel.timeutil import timestamp
 from mecorch.spec.lost_after import FIELD as LOST_AFTER
@@ -42,7 +42,6 @@ SOURCE_FIELDS = ("driver", "mp1TokenDigest")
 INCOMING_FIELDS = ("instantiateAppRequest", "source")
 MIGRATE_FIELDS = ("offer",)
 OFFER_FIELDS = ("driver",)
-ROLE_OF = {DeploymentType.CONTAINER: "cim", DeploymentType.VM: "vim"}
 
 
 def moved_out(inst: dict | None) -> bool:
@@ -60,15 +59,7 @@ def incoming(inst: dict | None) -> bool:
 def driver_moves_live(host, manner: DeploymentType, instance_id: str) -> LiveMovable:
     """The host's driver of `manner`; UnsupportedAction, naming it, when it
     cannot move a running instance (not LiveMovable). Loaded, not opened."""
-    role = ROLE_OF[manner]
-    drv = host.driver(role, opened=False)
-    if not isinstance(drv, LiveMovable):
-        named = host.section(role).get("driver")
-        name = f"{named!r} ({type(drv).__name__})" if named else type(drv).__name__
-        raise UnsupportedAction(f"app instance {instance_id}: the {role} driver {name} of "
-                                f"edge host {host.id} cannot move a running instance (it is "
-                                "not LiveMovable)")
-    return drv
+    return host.compute_that(manner, LiveMovable, instance_id, "move a running instance")
 
 
 def _object(value, field: str) -> dict:

@@ -29,7 +29,7 @@ from typing import BinaryIO, Callable
 
 from mecorch.driverapi.contracts import DataMovable
 from mecorch.kernel import validate
-from mecorch.kernel.errors import Conflict, InvalidInput, PayloadTooLarge, UnsupportedAction
+from mecorch.kernel.errors import Conflict, InvalidInput, PayloadTooLarge
 from mecorch.kernel.states import DeploymentType, InstantiationState
 
 DEFAULT_MAX_BYTES = 16 << 30        # orchestrator.max_data_bytes's default (16 GiB)
@@ -37,7 +37,6 @@ MAX_MEMBERS = 256
 CHUNK = 1 << 20
 _SEGMENT = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 _MEMBER = re.compile(rf"{_SEGMENT}(/{_SEGMENT})?")
-ROLE_OF = {DeploymentType.CONTAINER: "cim", DeploymentType.VM: "vim"}
 
 
 class Seeds:
@@ -124,14 +123,7 @@ def check(path: Path, max_bytes: int) -> list[str]:
 def driver_takes_data(host, manner: DeploymentType, instance_id: str) -> None:
     """UnsupportedAction, naming the driver, when the host's driver of
     `manner` cannot carry data (not DataMovable); loaded, not opened."""
-    role = ROLE_OF[manner]
-    drv = host.driver(role, opened=False)
-    if not isinstance(drv, DataMovable):
-        named = host.section(role).get("driver")
-        name = f"{named!r} ({type(drv).__name__})" if named else type(drv).__name__
-        raise UnsupportedAction(f"app instance {instance_id}: the {role} driver {name} of "
-                                f"edge host {host.id} cannot carry an instance's data "
-                                "(it is not DataMovable)")
+    host.compute_that(manner, DataMovable, instance_id, "carry an instance's data")
 
 
 def export_data(lcm, instance_id: str, into: Path) -> None:
