@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import socket
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -139,3 +140,14 @@ class RemoteLab(Lab):
 
 
 LABS = {"local": LocalLab, "remote": RemoteLab}
+
+
+def wait_op(mepm, op_id: str, timeout_s: float = 10) -> dict:
+    """The host's op occurrence once it ended (or as it is at `timeout_s`)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        op = mepm.get_op(op_id)
+        if op["operationState"] in ("COMPLETED", "FAILED", "ROLLED_BACK") \
+                or time.monotonic() > deadline:
+            return op
+        time.sleep(0.01)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import pytest
 
@@ -25,20 +24,10 @@ from labfixture import lab_fixture
 from mecorch.kernel import errors
 from mecorch.kernel.states import LcmOperation
 from mecorch.mepm.contract import HostInfo, MannerCapacity
-from mepm_labs import LABS
+from mepm_labs import LABS, wait_op
 
 
 lab = lab_fixture(LABS)
-
-
-def wait_op(mepm, op_id: str, timeout_s: float = 10) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        op = mepm.get_op(op_id)
-        if op["operationState"] in ("COMPLETED", "FAILED", "ROLLED_BACK") \
-                or time.monotonic() > deadline:
-            return op
-        time.sleep(0.01)
 
 
 def on_the_wire(doc):

@@ -19,7 +19,7 @@ import pytest
 from labfixture import lab_fixture
 from mecorch.kernel import errors
 from mecorch.kernel.states import DeploymentType
-from mepm_labs import LABS
+from mepm_labs import LABS, wait_op
 from support.fakes import FakeCompute
 from support.tars import tar_of
 
@@ -28,16 +28,6 @@ lab = lab_fixture(LABS)
 remote_lab = lab_fixture({"remote": LABS["remote"]})
 
 VOLUME = [{"id": "data", "typeOfStorage": "BLOCK", "sizeOfStorage": 1}]
-
-
-def wait_op(mepm, op_id: str, timeout_s: float = 10) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        op = mepm.get_op(op_id)
-        if op["operationState"] in ("COMPLETED", "FAILED", "ROLLED_BACK") \
-                or time.monotonic() > deadline:
-            return op
-        time.sleep(0.01)
 
 
 def read_tar(path: Path) -> dict[str, bytes]:

@@ -13,7 +13,6 @@ tests/backends/test_libvirt_live.py proves the libvirt VIM).
 from __future__ import annotations
 
 import hashlib
-import time
 import uuid
 
 import pytest
@@ -21,7 +20,7 @@ import yaml
 
 from mecorch.kernel import errors
 from mecorch.kernel.states import DeploymentType, ObservedState
-from mepm_labs import LABS
+from mepm_labs import LABS, wait_op
 from support.corelab import VM_APPD, make_package
 from support.fakes import FakeCompute, LiveCompute
 
@@ -51,16 +50,6 @@ def pair(request, uid, tmp_path):
     finally:
         for lab in labs:
             lab.teardown()
-
-
-def wait_op(mepm, op_id: str, timeout_s: float = 10) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        op = mepm.get_op(op_id)
-        if op["operationState"] in ("COMPLETED", "FAILED", "ROLLED_BACK") \
-                or time.monotonic() > deadline:
-            return op
-        time.sleep(0.01)
 
 
 def created(lab, key: str) -> str:
