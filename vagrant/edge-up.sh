@@ -109,6 +109,21 @@ ss -Hltn "( sport = :16509 )" | awk '{print $4}' | grep -qvx "$IP:16509" &&
   die "libvirtd listens on TCP beyond $IP: $(ss -Hltn '( sport = :16509 )')"
 say "libvirtd takes live migrations on qemu+tcp://$IP/system"
 
+# AppArmor (on in the box's kernel) confines each QEMU to the paths
+# virt-aa-helper lists for its domain: the VIM's base images (the backing
+# files of its guests' disks) and the guests' environment files (fw_cfg)
+# are not among them, and QEMU was refused them. The lab lets QEMU read
+# those two directories of every host's state, nothing else of it.
+aa=/etc/apparmor.d/local/abstractions/libvirt-qemu
+aa_rules="  # mecorch (vagrant/edge-up.sh): the libvirt VIM's base images, guests' env
+  /var/lib/mecorch/hosts/*/pool/* rk,
+  /var/lib/mecorch/hosts/*/vm-env/* r,"
+if [ -d "${aa%/*}" ] && ! grep -qF "$aa_rules" "$aa" 2>/dev/null; then
+  sed -i '/# mecorch (vagrant\/edge-up.sh)/,+2d' "$aa" 2>/dev/null || true
+  printf '%s\n' "$aa_rules" >> "$aa"
+  say "AppArmor: QEMU may read the VIM's base images and guest env files"
+fi
+
 # The driver's live keys, when the synced tree's VIM has them (a tree from
 # before them would refuse the config).
 live_vim=""
