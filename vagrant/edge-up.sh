@@ -110,18 +110,19 @@ ss -Hltn "( sport = :16509 )" | awk '{print $4}' | grep -qvx "$IP:16509" &&
 say "libvirtd takes live migrations on qemu+tcp://$IP/system"
 
 # AppArmor (on in the box's kernel) confines each QEMU to the paths
-# virt-aa-helper lists for its domain: the VIM's base images (the backing
-# files of its guests' disks) and the guests' environment files (fw_cfg)
-# are not among them, and QEMU was refused them. The lab lets QEMU read
-# those two directories of every host's state, nothing else of it.
+# virt-aa-helper lists for its domain; the VIM's volumes under the state
+# dir are not among them (virt-aa-helper's own profile does not let it read
+# there), and QEMU was refused its guest's disks and their base image. The
+# lab lets QEMU use the VIM's pool and read the guests' environment files
+# (fw_cfg), of every host's state dir, nothing else of it.
 aa=/etc/apparmor.d/local/abstractions/libvirt-qemu
-aa_rules="  # mecorch (vagrant/edge-up.sh): the libvirt VIM's base images, guests' env
-  /var/lib/mecorch/hosts/*/pool/* rk,
+aa_rules="  # mecorch (vagrant/edge-up.sh): the libvirt VIM's volumes, guests' env
+  /var/lib/mecorch/hosts/*/pool/* rwk,
   /var/lib/mecorch/hosts/*/vm-env/* r,"
-if [ -d "${aa%/*}" ] && ! grep -qF "$aa_rules" "$aa" 2>/dev/null; then
-  sed -i '/# mecorch (vagrant\/edge-up.sh)/,+2d' "$aa" 2>/dev/null || true
+if [ -d "${aa%/*}" ] && [[ $(cat "$aa" 2>/dev/null) != *"$aa_rules"* ]]; then
+  [ -f "$aa" ] && sed -i '/# mecorch (vagrant\/edge-up.sh)/,+2d' "$aa"
   printf '%s\n' "$aa_rules" >> "$aa"
-  say "AppArmor: QEMU may read the VIM's base images and guest env files"
+  say "AppArmor: QEMU may use the VIM's volumes and read the guests' env files"
 fi
 
 # The driver's live keys, when the synced tree's VIM has them (a tree from
