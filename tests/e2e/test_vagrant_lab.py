@@ -27,7 +27,7 @@ from conftest import run
 REPO = Path(__file__).resolve().parents[2]
 VAGRANT_DIR = REPO / "vagrant"
 SCRIPTS = ["box/build.sh", "accel-probe.sh", "edge-up.sh", "lab-secrets.sh",
-           "meo-config.sh", "smoke.sh"]
+           "meo-config.sh", "smoke.sh", "live-smoke.sh"]
 PACKAGES = ["shellcheck", "vagrant", "vagrant-libvirt"]
 
 

@@ -258,7 +258,17 @@ EOF
   rm -f "$MNT/usr/sbin/policy-rc.d"
   rm -rf "$MNT"/tmp/* 2>/dev/null || true
   for m in tmp/wheels var/cache/apt/archives dev/pts dev proc sys; do umount "$MNT/$m"; done
+  # Read-only before the umount: a process that made a mount namespace
+  # while the disk was mounted keeps a copy of the mount, and umount here
+  # then leaves the file system live, its journal unrecovered, in the image
+  # (guests found it corrupt). The remount writes it out clean in every
+  # namespace; the image is checked before it is packed.
+  mount -o remount,ro "$MNT"
   umount "$MNT"
+  blockdev --flushbufs "$LOOP"
+  if dumpe2fs -h "$LOOP" 2>/dev/null | grep -q needs_recovery || ! e2fsck -fn "$LOOP" >/dev/null 2>&1; then
+    die "the box's file system is not clean after its umount (e2fsck -fn $LOOP)"
+  fi
   losetup -d "$LOOP"
   LOOP=""
   dd if=/usr/lib/EXTLINUX/mbr.bin of="$RAW" bs=440 count=1 conv=notrunc status=none
