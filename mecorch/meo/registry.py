@@ -140,7 +140,8 @@ class HostEntry:
                 self.info_view = (self.info, d)
             d = self.info_view[1]
             out.update(capacity=d["capacity"], latencyMs=d["latencyMs"],
-                       resourceUsage=d["resourceUsage"])      # its instances' sum
+                       resourceUsage=d["resourceUsage"],      # its instances' sum
+                       live=d.get("live"))                    # takes a VM moved live
         if self.last_error and self.state == UNREACHABLE:
             out["reason"] = self.last_error
         lost = self.unreachable_for_s()

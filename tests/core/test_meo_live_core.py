@@ -57,6 +57,10 @@ def _serving_on(s, iid: str, src: dict) -> None:
 
 def test_a_running_vm_moves_live_keeping_its_address_and_data(tmp_path):
     with movable(tmp_path, ("live-a", "live-b")) as s:
+        # the host list says where a VM may move live (and on what range)
+        listed = {h["hostId"]: h.get("live") for h in s.c.get("/mecorch/v1/hosts")}
+        assert listed == {h: {"uri": f"fake+live://{h}/system", "networkCidr": "10.123.0.0/24"}
+                          for h in ("live-a", "live-b")}, listed
         iid, src = _vm(s)
         ip = s.cims["live-a"].instances[src["id"]]["ip"]
         op = _relocate(s, iid)
