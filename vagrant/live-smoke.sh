@@ -240,9 +240,9 @@ moves = inst.get("relocatedFrom") or []
 assert inst["hostId"] == dst, f"hostId {inst['hostId']}"
 assert inst["instantiationState"] == "INSTANTIATED", inst["instantiationState"]
 assert moves and moves[-1]["hostId"] == src, f"relocatedFrom {moves}"
-assert moves[-1].get("manner") == "LIVE", f"manner {moves[-1].get('manner')}"
+assert moves[-1].get("moveType") == "LIVE", f"moveType {moves[-1].get('moveType')}"
 EOF
-say "the MEO: on $DST_ID, relocatedFrom $SRC_ID, manner LIVE"
+say "the MEO: on $DST_ID, relocatedFrom $SRC_ID, moveType LIVE"
 notices=$(ask "$NS_DST" "/cgi-bin/mec?notices" 10) || die "GET /cgi-bin/mec?notices through $DST failed"
 [[ $notices == *"$MARK"* ]] || die "the marker is gone from the guest's RAM (it rebooted): '$notices'"
 say "the guest did not reboot: its RAM still holds $MARK"
