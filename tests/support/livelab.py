@@ -59,6 +59,10 @@ from support.lab import Netns, private_dir
 _LAUNCHER = r"""
 import os, socket, subprocess, sys
 root, hostname = sys.argv[1], sys.argv[2]
+# a system libvirtd's umask: the test process's may be the CLI's 077 (an
+# in-process CLI test sets it), and the dirs libvirtd makes (its qemu lib
+# dir, each domain's) would shut QEMU (libvirt-qemu) out
+os.umask(0o022)
 def mount(*a):
     subprocess.run(["mount", *a], check=True)
 mount("--make-rprivate", "/")
@@ -161,6 +165,8 @@ class SecondLibvirtd:
         for d in ("etc/libvirt", "run/libvirt", "var/lib/libvirt", "var/cache/libvirt",
                   "var/log/libvirt", "cgroup"):
             (self.dir / d).mkdir(parents=True, exist_ok=True)
+            for part in Path(d).parents[::-1][1:] + (Path(d),):   # whatever the umask
+                os.chmod(self.dir / part, 0o755)
         etc = self.dir / "etc/libvirt"
         for f in Path("/etc/libvirt").glob("*.conf"):
             shutil.copy2(f, etc / f.name)
