@@ -115,14 +115,21 @@ def _running(inst: dict) -> None:
                        + ": only an instance INSTANTIATED and STARTED moves live")
 
 
+def _source_side(lcm, inst: dict):
+    """(its host, its opened LiveMovable driver) of a running instance that
+    may move out (the caller holds it): Conflict / UnsupportedAction else."""
+    _running(inst)
+    host = lcm.inventory.get(inst["hostId"])
+    manner = DeploymentType(inst["deploymentType"])
+    driver_moves_live(host, manner, inst["id"])
+    return host, host.compute(manner)
+
+
 def live_source(lcm, instance_id: str) -> dict:
     with lcm.hold(instance_id):
         inst = lcm.get(instance_id)
-        _running(inst)
-        host = lcm.inventory.get(inst["hostId"])
-        manner = DeploymentType(inst["deploymentType"])
-        driver_moves_live(host, manner, instance_id)
-        facts = host.compute(manner).live_source(inst["_handle"])
+        _, compute = _source_side(lcm, inst)
+        facts = compute.live_source(inst["_handle"])
     return {"driver": facts, "mp1TokenDigest": inst.get("_mp1Token")}
 
 
@@ -198,11 +205,7 @@ def migrate_out(lcm, instance_id: str, offer: dict) -> None:
     """`offer` as `parse_offer` answers it."""
     with lcm.hold(instance_id):
         inst = lcm.get(instance_id)
-        _running(inst)
-        host = lcm.inventory.get(inst["hostId"])
-        manner = DeploymentType(inst["deploymentType"])
-        driver_moves_live(host, manner, instance_id)
-        compute = host.compute(manner)
+        host, compute = _source_side(lcm, inst)
         # marked first: an MEPM that stops half-way starts nothing again
         inst[MOVED_OUT] = {"at": timestamp(), "sent": False}
         lcm.store.put("instances", instance_id, inst)
