@@ -3,17 +3,12 @@ behind a real HTTPS server on loopback)."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import threading
 import time
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from support.certs import self_signed
 from support.fakes import FakeCompute, FakeMep
 from mecorch.kernel import config
 from mecorch.api import _tls_context, make_server
@@ -23,27 +18,9 @@ from mecorch.mepm.orchestrator import Orchestrator
 from mecorch.kernel.states import DeploymentType
 
 
-def _self_signed(tmp):
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mepm.test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .sign(key, hashes.SHA256()))
-    (tmp / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp / "key.pem").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    return str(tmp / "cert.pem"), str(tmp / "key.pem")
-
-
 @pytest.fixture
 def mepm(tmp_path):
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path, ["127.0.0.1"], "mepm.test")
     (tmp_path / "tokens").write_text("mepm-token-0123456789abcdef\n")
     cfg = config.load()
     cfg["state_dir"] = str(tmp_path / "state")

@@ -27,8 +27,6 @@ asserted.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import secrets
 import shutil
 import time
@@ -39,13 +37,10 @@ import pytest
 
 libvirt = pytest.importorskip("libvirt")
 
-from cryptography import x509                                      # noqa: E402
-from cryptography.hazmat.primitives import hashes, serialization   # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec           # noqa: E402
-from cryptography.x509.oid import NameOID                          # noqa: E402
 
 from conftest import run                                           # noqa: E402
 from support import lab                                            # noqa: E402
+from support.certs import self_signed                              # noqa: E402
 from support.livelab import SecondLibvirtd, peer                   # noqa: E402
 
 pytestmark = pytest.mark.libvirt
@@ -53,28 +48,6 @@ pytestmark = pytest.mark.libvirt
 INST, HOSTS = lab.INST, "/mecorch/v1/hosts"
 MEPM_PORT = 8443
 APP = "sample-vm-live"
-
-
-def _certificate(tmp: Path, ips: list[str]) -> tuple[str, str]:
-    """A self-signed certificate for the MEPMs' addresses (the MEO's CA
-    file is the certificate itself) and its key: the cert and key paths."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mepm.live.test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    (tmp / "mepm.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp / "mepm.key").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    (tmp / "mepm.key").chmod(0o600)
-    return str(tmp / "mepm.crt"), str(tmp / "mepm.key")
 
 
 def _socket_uri(libvirtd: SecondLibvirtd) -> str:
@@ -155,7 +128,7 @@ def system(sample_vm, uid, request):
             subnet = lab.free_subnet("10.213.0.0/16", 30).split("/")[0]
             libvirtds.append(SecondLibvirtd(f"{'ab'[k - 1]}{tag}", subnet=subnet).start())
         peer(libvirtds[0], libvirtds[1], lab.free_subnet("10.214.0.0/16", 30))
-        cert, key = _certificate(tmp, [lv.ip for lv in libvirtds])
+        cert, key = self_signed(tmp, [lv.ip for lv in libvirtds], "mepm.live.test", ca=True)
         tokens = {who: secrets.token_hex(16) for who in ("meo", "edge1", "edge2")}
         for who, token in tokens.items():
             (tmp / f"{who}.token").write_text(token + "\n")
